@@ -1,0 +1,69 @@
+# recmg top-level build. `make demo` runs the main job, `make test` the whole test suite.
+# Both set up everything they need themselves (system packages when run as root, .venv, native build).
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(VENV)/bin/pip
+APT_PACKAGES := gcc make pkg-config liburing-dev libsystemd-dev fio
+TRACE  ?=
+PREFIX ?= /usr/local
+
+.PHONY: all sysdeps venv native test demo bench lint install clean
+
+all: native
+
+# System packages: installed when missing and we are root; otherwise the exact command is printed.
+sysdeps:
+	@missing=""; for p in $(APT_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing system packages:$$missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	  else \
+	    echo "missing system packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	  fi; \
+	fi
+
+$(VENV)/.installed: pyproject.toml setup.py | sysdeps
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel cffi
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-build-isolation -e '.[test]'
+	touch $@
+
+venv: sysdeps $(VENV)/.installed
+
+# librecmg for C apps (native/build) and the cffi extension module in place (recmgd/_native*.so).
+native: venv
+	$(MAKE) -s -C native
+	$(PY) setup.py -q build_ext --inplace >/dev/null
+
+test: native
+	$(PY) -m pytest -q tests
+
+demo: native
+	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),)
+
+bench: native
+	$(PY) tools/bench.py
+
+lint: venv
+	$(VENV)/bin/ruff check recmgd tests tools
+	$(MAKE) -s -C native clean all
+
+install: native
+	$(PIP) install -q --no-build-isolation .
+	install -d $(DESTDIR)/etc/recmgd $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
+	install -m 0644 native/include/recmg.h $(DESTDIR)$(PREFIX)/include/recmg.h
+	install -m 0755 native/build/librecmg.so $(DESTDIR)$(PREFIX)/lib/librecmg.so
+	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
+	install -D -m 0644 systemd/recmgd.service $(DESTDIR)/etc/systemd/system/recmgd.service
+	install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
+
+clean:
+	$(MAKE) -s -C native clean
+	rm -rf build recmgd/_native*.so recmgd/_native.c

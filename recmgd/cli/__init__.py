@@ -1,0 +1,1 @@
+"""The three thin command-line front ends: recmg, recmgd, recmgctl."""

@@ -1,0 +1,61 @@
+"""`recmg`: offline work on traces and models. One module per subcommand (set_argparser + main)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from recmgd.errors import RecmgError
+
+# subcommand -> (module, help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "trace": ("recmgd.cli.cmd_trace", "convert, inspect and synthesize traces"),
+    "sim": ("recmgd.cli.cmd_sim", "simulate policies on a trace"),
+    "train": ("recmgd.cli.cmd_train", "train the RecMG caching and prefetching models"),
+    "demo": ("recmgd.cli.cmd_demo", "run the end-to-end demo: pool, daemon and a DLRM app"),
+}
+
+
+def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+    parser = argparse.ArgumentParser(prog="recmg", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    loaded: dict[str, object] = {}
+    for name, (modname, help_text) in SUBCOMMANDS.items():
+        sp = sub.add_parser(name, help=help_text)
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name != modname:
+                raise
+            continue
+        mod.set_argparser(sp)
+        loaded[name] = mod
+    return parser, loaded
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser, loaded = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    if args.command is None:
+        parser.print_help()
+        return 2
+    mod = loaded.get(args.command)
+    if mod is None:
+        print(f"recmg {args.command}: not yet available", file=sys.stderr)
+        return 2
+    try:
+        return int(mod.main(args) or 0)
+    except RecmgError as exc:
+        print(f"recmg {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

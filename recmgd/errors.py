@@ -1,0 +1,31 @@
+"""The exceptions recmg raises; every one carries a one-line message that names the problem."""
+
+from __future__ import annotations
+
+
+class RecmgError(Exception):
+    """Base class of every recmg error."""
+
+
+class PoolError(RecmgError):
+    """A pool could not be created, attached or used (wrong version, wrong name, bad arguments)."""
+
+
+class PoolVersionError(PoolError):
+    """The shared-memory object is a pool of another layout version, or not a pool at all."""
+
+
+class TraceError(RecmgError):
+    """A trace file is malformed or unreadable; the message names file and line."""
+
+
+class ConfigError(RecmgError):
+    """A configuration file is invalid; the message names file, key and problem."""
+
+
+class ModelError(RecmgError):
+    """A model checkpoint is missing, corrupt, or of another format version."""
+
+
+class PolicyError(RecmgError):
+    """A policy broke its contract (for example, it asked for more rows than the capacity)."""

@@ -1,0 +1,137 @@
+"""The one interface every caching policy and prefetcher implements (DESIGN.md: one policy, two drivers).
+
+A *driver* (the simulator, from a trace; the daemon, from the live access rings) owns the truth: which
+keys are resident in the fast tier. It shows the policy each step's deduplicated accesses with the
+residency it observed, and applies the policy's answer before the next step (``delay`` steps later in
+the simulator). The policy never touches memory itself.
+
+Contract, for every step ``b``:
+
+1. The driver calls ``policy.observe(view)`` with the keys read in step ``b`` (deduplicated, in order
+   of first appearance) and, for each, whether it was resident (``hit``) when read.
+2. The policy returns a :class:`Decision`: keys to ``evict``, missed keys to ``admit``, and keys to
+   ``prefetch`` (not read in this step, predicted to be read soon).
+3. The driver applies it: first every eviction, then admissions, then prefetches, in the order given.
+   Keys already resident are skipped. After applying, resident keys must not exceed ``capacity``: a
+   decision that would overflow is a :class:`~recmgd.errors.PolicyError` in the simulator. The daemon
+   may apply fewer insertions than asked (fill budget caps); it then calls ``policy.rejected(keys)``
+   with the keys it did not insert, so the policy's own view of residency stays exact.
+
+Keys are int64 values from :mod:`recmgd.keys` (table in the high bits, row in the low 40 bits).
+"""
+
+from __future__ import annotations
+
+import inspect
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+EMPTY_KEYS = np.zeros(0, dtype=np.int64)
+
+
+@dataclass(frozen=True)
+class StepView:
+    """What the driver saw in one step."""
+
+    step: int
+    keys: np.ndarray  # int64, deduplicated, first-appearance order
+    hit: np.ndarray  # bool, same length: resident when read
+    hints: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)  # int64 keys an app announced
+
+
+@dataclass
+class Decision:
+    """What the policy wants done before the next step."""
+
+    evict: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
+    admit: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
+    prefetch: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
+
+
+class Policy(ABC):
+    """A caching policy, optionally with a prefetcher; driven step by step."""
+
+    #: registry name, as used by ``recmg sim --policies`` and the daemon config
+    name: str = ""
+    #: True for policies that must be trained (``fit``) before they are scored
+    learned: bool = False
+    #: True for policies that need the whole future (OPT): the simulator only
+    needs_future: bool = False
+
+    @abstractmethod
+    def reset(self, capacity: int) -> None:
+        """Forget all state and start with an empty fast tier of ``capacity`` rows."""
+
+    @abstractmethod
+    def observe(self, view: StepView) -> Decision:
+        """Take one step's accesses; return what to evict, admit and prefetch."""
+
+    def rejected(self, keys: np.ndarray) -> None:  # noqa: B027 - optional hook
+        """The driver did not insert these keys (budget); policies that track residency forget them."""
+
+    def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:  # noqa: B027 - optional hook
+        """Train on a list of steps (each an int64 array of deduplicated keys). Learned policies only."""
+
+    def set_future(self, steps: Sequence[np.ndarray]) -> None:  # noqa: B027 - optional hook
+        """Give a future-knowing policy (OPT) the whole sequence of steps it will be driven through."""
+
+
+PolicyFactory = Callable[..., Policy]
+_REGISTRY: dict[str, PolicyFactory] = {}
+
+
+def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
+    """Class decorator: make a policy available by name to the simulator and the daemon."""
+
+    def deco(factory: PolicyFactory) -> PolicyFactory:
+        if name in _REGISTRY:
+            raise ValueError(f"policy {name!r} registered twice")
+        _REGISTRY[name] = factory
+        return factory
+
+    return deco
+
+
+def _load_builtin() -> None:
+    # Importing the policy modules registers them; kept lazy so that low layers stay light.
+    import importlib
+
+    for mod in ("recmgd.policies", "recmgd.models.policies"):
+        try:
+            importlib.import_module(mod)
+        except ModuleNotFoundError as exc:  # a module not written yet
+            if exc.name is None or not mod.startswith(exc.name):
+                raise
+
+
+def available() -> list[str]:
+    """Names of every registered policy."""
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create(name: str, **options: object) -> Policy:
+    """Build a policy by registry name.
+
+    ``options`` are offered to the factory; those its signature does not take are dropped, so a driver
+    can pass one set of options (``prefetch_budget``, ``seed``, ``model_dir``, ``threads``, ...) to every
+    policy. An unknown name is a ValueError that lists the known ones.
+    """
+    _load_builtin()
+    try:
+        factory = _REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown policy {name!r} (known: {', '.join(sorted(_REGISTRY))})") from None
+    params = inspect.signature(factory).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        options = {k: v for k, v in options.items() if k in params}
+    return factory(**options)
+
+
+def as_keys(values: Iterable[int] | np.ndarray) -> np.ndarray:
+    """Any iterable of keys as a contiguous int64 array."""
+    return np.ascontiguousarray(np.fromiter(values, dtype=np.int64) if not isinstance(values, np.ndarray)
+                                else values.astype(np.int64, copy=False))
