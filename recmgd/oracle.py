@@ -19,8 +19,11 @@ API (stable; the learned models build their labels on it)::
 
 Protocol: the fast tier starts empty; a row read in step b hits when it was resident at the start of
 step b; after step b, OPT (demand) admits every missed row of step b and, to make room, evicts the
-resident rows (hits of step b included) whose next use is farthest; when the missed rows alone exceed
-the capacity it keeps those of them with the nearest next use. With ``bypass`` OPT keeps the
+resident rows (hits of step b included) whose next use is farthest (ties: the one whose use after
+next is nearest goes first, since its forced re-admission is then worth most); when the missed rows
+alone exceed the capacity it keeps those of them with the nearest next use. This is Belady's rule; it
+is the exact optimum for single-lookup steps (the textbook cache) and, at step granularity with
+forced admission, within a few fetches of it (tested). With ``bypass`` (exact optimum) OPT keeps the
 ``capacity`` rows with the nearest next use among resident rows and the rows of step b, so a missed row
 may not be admitted at all.
 ``delay=0`` is the textbook cache: every lookup is its own step (next uses then count lookups).
@@ -95,38 +98,47 @@ def _held(miss: np.ndarray, nxt: np.ndarray) -> np.ndarray:
     return held
 
 
-def _belady_python(s: Steps, nu: np.ndarray, capacity: int, bypass: bool) -> np.ndarray:
+def _belady_python(s: Steps, nu: np.ndarray, nu2: np.ndarray, capacity: int, bypass: bool) -> np.ndarray:
     """Reference implementation (heap with lazy deletion); returns the miss mask."""
     miss = np.zeros(nu.shape[0], dtype=bool)
     cur: dict[int, int] = {}  # resident key -> its next use
-    heap: list[tuple[int, int]] = []  # (-next use, key), lazy
+    heap: list[tuple[int, int, int]] = []  # (-next use, use after next, key), lazy
     offs = s.offsets
     keys = s.keys
     for b in range(len(s)):
         lo, hi = int(offs[b]), int(offs[b + 1])
         step_keys = [int(k) for k in keys[lo:hi]]
+        n_missed = 0
         for j, k in enumerate(step_keys):
             miss[lo + j] = k not in cur
-        missed = [k for k in step_keys if k not in cur]
+            n_missed += int(miss[lo + j])
         for j, k in enumerate(step_keys):
-            if k in cur:
+            if not miss[lo + j]:
                 cur[k] = int(nu[lo + j])
-                heapq.heappush(heap, (-int(nu[lo + j]), k))
+                heapq.heappush(heap, (-int(nu[lo + j]), int(nu2[lo + j]), k))
         if not bypass:
-            room = max(capacity - len(missed), 0)
+            room = max(capacity - n_missed, 0)
             while len(cur) > room:
-                negnu, k = heapq.heappop(heap)
+                negnu, _, k = heapq.heappop(heap)
                 if k in cur and cur[k] == -negnu:
                     del cur[k]
         for j, k in enumerate(step_keys):
             if miss[lo + j]:
                 cur[k] = int(nu[lo + j])
-                heapq.heappush(heap, (-int(nu[lo + j]), k))
+                heapq.heappush(heap, (-int(nu[lo + j]), int(nu2[lo + j]), k))
         while len(cur) > capacity:
-            negnu, k = heapq.heappop(heap)
+            negnu, _, k = heapq.heappop(heap)
             if k in cur and cur[k] == -negnu:
                 del cur[k]
     return miss
+
+
+def use_after_next(nu: np.ndarray, nxt: np.ndarray) -> np.ndarray:
+    """For every occurrence, the step of the use after its next use (NEVER when none)."""
+    out = np.full(nu.shape[0], NEVER, dtype=np.int64)
+    has = nxt >= 0
+    out[has] = nu[nxt[has]]
+    return out
 
 
 def belady(steps: StepsLike, capacity: int, *, bypass: bool = False, delay: int = 1) -> OptResult:
@@ -142,7 +154,7 @@ def belady(steps: StepsLike, capacity: int, *, bypass: bool = False, delay: int 
     nu = next_use(s)
     miss = _belady_native(s, capacity, bypass)
     if miss is None:
-        miss = _belady_python(s, nu, capacity, bypass)
+        miss = _belady_python(s, nu, use_after_next(nu, nxt), capacity, bypass)
     return OptResult(miss=miss, held_at_next_use=_held(miss, nxt), capacity=capacity, bypass=bypass)
 
 
