@@ -161,11 +161,34 @@ def belady(steps: StepsLike, capacity: int, *, bypass: bool = False, delay: int 
 def _belady_native(s: Steps, capacity: int, bypass: bool) -> np.ndarray | None:
     """OPT through the C core (the same step function the OPT policy runs), or None without it."""
     try:
-        from recmgd import _simcore  # noqa: F401
+        from recmgd._simcore import ffi, lib
     except ImportError:
         log.debug("recmgd._simcore not built; OPT runs in Python")
         return None
-    return None
+    keys = np.ascontiguousarray(s.keys[s.offsets[0]:s.offsets[-1]], dtype=np.int64)
+    offsets = np.ascontiguousarray(s.offsets - s.offsets[0], dtype=np.int64)
+    n = keys.shape[0]
+    miss = np.zeros(n, dtype=np.uint8)
+    if n == 0:
+        return miss.astype(bool)
+    idmap = ffi.gc(lib.sc_idmap_new(), lib.sc_idmap_free)
+    ids = np.empty(n, dtype=np.int32)
+    ids_p = ffi.from_buffer("int32_t[]", ids)
+    off_p = ffi.from_buffer("int64_t[]", offsets)
+    if lib.sc_idmap_map(idmap, ffi.from_buffer("int64_t[]", keys), n, ids_p) != lib.SC_OK:
+        raise MemoryError("oracle: id map")
+    params = ffi.new("sc_params *")
+    pol = ffi.gc(lib.sc_policy_new(b"opt-bypass" if bypass else b"opt", idmap, capacity, params),
+                 lib.sc_policy_free)
+    drv = ffi.gc(lib.sc_driver_new(idmap, capacity), lib.sc_driver_free)
+    if pol == ffi.NULL or drv == ffi.NULL:
+        raise MemoryError("oracle: OPT state")
+    rc = lib.sc_policy_set_future(pol, ids_p, off_p, len(s))
+    if rc == lib.SC_OK:
+        rc = lib.sc_driver_run(drv, pol, ids_p, off_p, len(s), 0, ffi.from_buffer("uint8_t[]", miss))
+    if rc != lib.SC_OK:
+        raise RuntimeError(f"oracle: C OPT failed ({rc})")
+    return miss.astype(bool)
 
 
 def opt_labels(steps: StepsLike, capacity: int, *, bypass: bool = False) -> np.ndarray:

@@ -124,3 +124,18 @@ def test_bypass_never_worse() -> None:
 def test_bad_capacity() -> None:
     with pytest.raises(ValueError):
         belady([np.array([1])], 0)
+
+
+def test_native_matches_python_reference() -> None:
+    from recmgd import oracle
+
+    rng = np.random.default_rng(3)
+    steps = Steps.from_list([np.unique(rng.integers(0, 300, size=12)) for _ in range(400)])
+    nxt = next_occurrence(steps)
+    nu = next_use(steps)
+    for cap in (10, 50, 150):
+        for bypass in (False, True):
+            native = oracle._belady_native(steps, cap, bypass)
+            assert native is not None
+            ref = oracle._belady_python(steps, nu, oracle.use_after_next(nu, nxt), cap, bypass)
+            assert int(native.sum()) == int(ref.sum())

@@ -1,0 +1,137 @@
+/* simcore internals: the policy object, per-id arrays, lists and the indexed heap. */
+#ifndef RECMG_SIMCORE_INTERNAL_H
+#define RECMG_SIMCORE_INTERNAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "simcore.h"
+
+int32_t sc_idmap_get(sc_idmap *m, int64_t key);
+int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
+
+enum sc_kind { K_LRU, K_LFU, K_S3FIFO, K_OPT, K_OPT_BYPASS, K_STMS, K_DOMINO, K_BINGO };
+
+#define SC_NOLIST 255
+#define SC_MAX_ARRAYS 24
+
+typedef struct {
+    void **ptr;
+    size_t elem;
+    int fill; /* byte each new element is filled with */
+} sc_array;
+
+typedef struct {
+    int32_t head, tail; /* head: most recent */
+    int64_t size;
+} sc_list;
+
+typedef struct {
+    int32_t *v;
+    int64_t n, cap;
+} sc_vec;
+
+typedef struct {
+    uint64_t tag; /* region key + 1, 0 = empty */
+    int64_t trigger;
+    uint64_t footprint;
+} sc_at_entry;
+
+typedef struct {
+    uint64_t tag; /* event + 1, 0 = empty */
+    uint64_t footprint;
+} sc_pht_entry;
+
+struct sc_policy {
+    enum sc_kind kind;
+    sc_idmap *map;
+    int64_t capacity;
+    sc_params prm;
+    int64_t stamp; /* step counter, from 1 */
+
+    /* per-id arrays */
+    sc_array arrays[SC_MAX_ARRAYS];
+    int n_arrays;
+    int64_t n_alloc;
+    uint8_t *res;
+    int64_t *ins_stamp, *ev_stamp, *out_stamp;
+    int64_t n_res;
+
+    /* decision */
+    sc_vec ev, ad, pf;
+    sc_decision dec;
+
+    /* lists (LRU, S3-FIFO small/main) */
+    int32_t *prv, *nxt;
+    uint8_t *qid;
+    sc_list lists[2];
+
+    /* indexed min-heap (LFU, OPT) */
+    int32_t *heap;
+    int64_t heap_n, heap_cap;
+    int32_t *hpos;
+    int64_t *hkey;
+
+    /* LFU */
+    int64_t *count;
+    /* S3-FIFO */
+    uint8_t *freq;
+    int64_t *ghost;
+    int64_t gseq, ghost_cap, small_cap;
+
+    /* OPT */
+    int32_t *fut_ids;
+    int64_t *fut_off;
+    int64_t *prio; /* per occurrence */
+    int64_t fut_steps, cursor;
+
+    /* prefetchers */
+    uint8_t *pfd;           /* prefetched, not read yet (policy's view) */
+    int64_t *cand_stamp;    /* candidate already chosen this step */
+    sc_vec cand, trig;
+    int32_t *hist;
+    uint64_t hmask;
+    int64_t hpos_w;         /* next history write position */
+    int64_t *last;          /* STMS: id -> last history position + 1 */
+    int64_t *pair_key, *pair_pos;
+    uint64_t pmask;
+    int32_t prev_trig;
+    /* Bingo */
+    sc_at_entry *at;
+    uint64_t at_mask;
+    sc_pht_entry *pht_long, *pht_short;
+    uint64_t pht_mask;
+};
+
+int sc_vec_push(sc_vec *v, int32_t x);
+int sc_grow(sc_policy *p, int64_t need);
+int sc_register(sc_policy *p, void *ptr, size_t elem, int fill);
+
+/* base residency bookkeeping: record the net decision */
+int sc_base_insert(sc_policy *p, int32_t id, int prefetch);
+int sc_base_evict(sc_policy *p, int32_t id);
+
+/* lists */
+void sc_list_push_head(sc_policy *p, int l, int32_t id);
+void sc_list_remove(sc_policy *p, int32_t id);
+
+/* heap */
+int sc_heap_push(sc_policy *p, int32_t id, int64_t key);
+int32_t sc_heap_pop(sc_policy *p);
+void sc_heap_remove(sc_policy *p, int32_t id);
+void sc_heap_update(sc_policy *p, int32_t id, int64_t key);
+
+/* kinds */
+int sc_cache_init(sc_policy *p);
+int32_t sc_cache_victim(sc_policy *p);
+int sc_cache_touch(sc_policy *p, int32_t id);
+int sc_cache_insert(sc_policy *p, int32_t id, int prefetch);
+int sc_cache_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n);
+void sc_cache_forget(sc_policy *p, int32_t id);
+int sc_opt_step(sc_policy *p, const int32_t *ids, int64_t n);
+int sc_opt_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps);
+int sc_prefetch_init(sc_policy *p);
+int sc_prefetch_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n);
+void sc_prefetch_free(sc_policy *p);
+
+#endif

@@ -1,0 +1,335 @@
+/* The policy object: creation, per-id arrays, the net decision of a step, lists and the heap. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+
+int sc_vec_push(sc_vec *v, int32_t x)
+{
+    if (v->n == v->cap) {
+        int64_t nc = v->cap ? v->cap * 2 : 256;
+        int32_t *nv = realloc(v->v, (size_t)nc * sizeof(int32_t));
+        if (!nv)
+            return SC_ENOMEM;
+        v->v = nv;
+        v->cap = nc;
+    }
+    v->v[v->n++] = x;
+    return SC_OK;
+}
+
+int sc_register(sc_policy *p, void *ptr, size_t elem, int fill)
+{
+    if (p->n_arrays == SC_MAX_ARRAYS)
+        return SC_EARG;
+    p->arrays[p->n_arrays++] = (sc_array){(void **)ptr, elem, fill};
+    return SC_OK;
+}
+
+/* make every per-id array hold at least `need` ids */
+int sc_grow(sc_policy *p, int64_t need)
+{
+    if (need <= p->n_alloc)
+        return SC_OK;
+    int64_t n = p->n_alloc ? p->n_alloc : 1024;
+    while (n < need)
+        n *= 2;
+    for (int i = 0; i < p->n_arrays; i++) {
+        sc_array *a = &p->arrays[i];
+        void *nv = realloc(*a->ptr, (size_t)n * a->elem);
+        if (!nv)
+            return SC_ENOMEM;
+        memset((char *)nv + (size_t)p->n_alloc * a->elem, a->fill, (size_t)(n - p->n_alloc) * a->elem);
+        *a->ptr = nv;
+    }
+    p->n_alloc = n;
+    return SC_OK;
+}
+
+sc_policy *sc_policy_new(const char *kind, sc_idmap *map, int64_t capacity, const sc_params *params)
+{
+    static const struct {
+        const char *name;
+        enum sc_kind kind;
+    } kinds[] = {{"lru", K_LRU},         {"lfu", K_LFU},   {"s3fifo", K_S3FIFO},
+                 {"opt", K_OPT},         {"opt-bypass", K_OPT_BYPASS},
+                 {"stms", K_STMS},       {"domino", K_DOMINO}, {"bingo", K_BINGO}};
+    if (!kind || !map || capacity < 1 || !params)
+        return NULL;
+    int found = -1;
+    for (size_t i = 0; i < sizeof(kinds) / sizeof(kinds[0]); i++)
+        if (strcmp(kinds[i].name, kind) == 0)
+            found = (int)i;
+    if (found < 0)
+        return NULL;
+    sc_policy *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->kind = kinds[found].kind;
+    p->map = map;
+    p->capacity = capacity;
+    p->prm = *params;
+    p->prev_trig = -1;
+    int rc = SC_OK;
+    rc |= sc_register(p, &p->res, 1, 0);
+    rc |= sc_register(p, &p->ins_stamp, 8, 0);
+    rc |= sc_register(p, &p->ev_stamp, 8, 0);
+    rc |= sc_register(p, &p->out_stamp, 8, 0);
+    if (rc == SC_OK)
+        rc = sc_cache_init(p);
+    if (rc == SC_OK && (p->kind == K_STMS || p->kind == K_DOMINO || p->kind == K_BINGO))
+        rc = sc_prefetch_init(p);
+    if (rc == SC_OK)
+        rc = sc_grow(p, sc_idmap_size(map) > 0 ? sc_idmap_size(map) : 1024);
+    if (rc != SC_OK) {
+        sc_policy_free(p);
+        return NULL;
+    }
+    return p;
+}
+
+void sc_policy_free(sc_policy *p)
+{
+    if (!p)
+        return;
+    for (int i = 0; i < p->n_arrays; i++)
+        free(*p->arrays[i].ptr);
+    free(p->ev.v);
+    free(p->ad.v);
+    free(p->pf.v);
+    free(p->heap);
+    free(p->fut_ids);
+    free(p->fut_off);
+    free(p->prio);
+    sc_prefetch_free(p);
+    free(p);
+}
+
+int sc_base_insert(sc_policy *p, int32_t id, int prefetch)
+{
+    p->res[id] = 1;
+    p->n_res++;
+    p->ins_stamp[id] = p->stamp;
+    return sc_vec_push(prefetch ? &p->pf : &p->ad, id);
+}
+
+int sc_base_evict(sc_policy *p, int32_t id)
+{
+    p->res[id] = 0;
+    p->n_res--;
+    if (p->ins_stamp[id] == p->stamp)
+        return SC_OK; /* inserted in this very step: the insertion is dropped instead */
+    p->ev_stamp[id] = p->stamp;
+    return sc_vec_push(&p->ev, id);
+}
+
+/* net decision: evictions of rows resident at the start that stay out; insertions that stay in */
+static void finish_step(sc_policy *p)
+{
+    int64_t k = 0;
+    for (int64_t i = 0; i < p->ev.n; i++) {
+        int32_t id = p->ev.v[i];
+        if (!p->res[id])
+            p->ev.v[k++] = id;
+    }
+    p->ev.n = k;
+    sc_vec *ins[2] = {&p->ad, &p->pf};
+    for (int j = 0; j < 2; j++) {
+        sc_vec *v = ins[j];
+        k = 0;
+        for (int64_t i = 0; i < v->n; i++) {
+            int32_t id = v->v[i];
+            if (p->res[id] && p->ev_stamp[id] != p->stamp && p->out_stamp[id] != p->stamp) {
+                p->out_stamp[id] = p->stamp;
+                v->v[k++] = id;
+            }
+        }
+        v->n = k;
+    }
+    p->dec = (sc_decision){p->ev.v, p->ad.v, p->pf.v, p->ev.n, p->ad.n, p->pf.n};
+}
+
+int sc_policy_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n)
+{
+    int rc = sc_grow(p, sc_idmap_size(p->map));
+    if (rc != SC_OK)
+        return rc;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= sc_idmap_size(p->map))
+            return SC_EBADID;
+    p->stamp++;
+    p->ev.n = p->ad.n = p->pf.n = 0;
+    switch (p->kind) {
+    case K_OPT:
+    case K_OPT_BYPASS:
+        rc = sc_opt_step(p, ids, n);
+        break;
+    case K_STMS:
+    case K_DOMINO:
+    case K_BINGO:
+        rc = sc_prefetch_step(p, ids, hit, n);
+        break;
+    default:
+        rc = sc_cache_step(p, ids, hit, n);
+    }
+    if (rc != SC_OK)
+        return rc;
+    finish_step(p);
+    return SC_OK;
+}
+
+const sc_decision *sc_policy_decision(const sc_policy *p) { return &p->dec; }
+
+int64_t sc_policy_resident(const sc_policy *p) { return p->n_res; }
+
+int sc_policy_rejected(sc_policy *p, const int32_t *ids, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= p->n_alloc)
+            return SC_EBADID;
+        if (!p->res[id])
+            continue;
+        sc_cache_forget(p, id);
+        p->res[id] = 0;
+        p->n_res--;
+        if (p->pfd)
+            p->pfd[id] = 0;
+    }
+    return SC_OK;
+}
+
+int sc_policy_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps)
+{
+    if (p->kind != K_OPT && p->kind != K_OPT_BYPASS)
+        return SC_OK;
+    int rc = sc_grow(p, sc_idmap_size(p->map));
+    if (rc != SC_OK)
+        return rc;
+    return sc_opt_set_future(p, ids, offsets, n_steps);
+}
+
+/* ---- doubly linked lists over ids (an id is in at most one list) ---- */
+void sc_list_push_head(sc_policy *p, int l, int32_t id)
+{
+    sc_list *L = &p->lists[l];
+    p->qid[id] = (uint8_t)l;
+    p->prv[id] = -1;
+    p->nxt[id] = L->head;
+    if (L->head >= 0)
+        p->prv[L->head] = id;
+    else
+        L->tail = id;
+    L->head = id;
+    L->size++;
+}
+
+void sc_list_remove(sc_policy *p, int32_t id)
+{
+    if (p->qid[id] == SC_NOLIST)
+        return;
+    sc_list *L = &p->lists[p->qid[id]];
+    int32_t a = p->prv[id], b = p->nxt[id];
+    if (a >= 0)
+        p->nxt[a] = b;
+    else
+        L->head = b;
+    if (b >= 0)
+        p->prv[b] = a;
+    else
+        L->tail = a;
+    L->size--;
+    p->qid[id] = SC_NOLIST;
+}
+
+/* ---- indexed binary min-heap on hkey[id] ---- */
+static inline void heap_set(sc_policy *p, int64_t i, int32_t id)
+{
+    p->heap[i] = id;
+    p->hpos[id] = (int32_t)i;
+}
+
+static void heap_up(sc_policy *p, int64_t i)
+{
+    int32_t id = p->heap[i];
+    int64_t k = p->hkey[id];
+    while (i > 0) {
+        int64_t par = (i - 1) >> 1;
+        int32_t pid = p->heap[par];
+        if (p->hkey[pid] <= k)
+            break;
+        heap_set(p, i, pid);
+        i = par;
+    }
+    heap_set(p, i, id);
+}
+
+static void heap_down(sc_policy *p, int64_t i)
+{
+    int32_t id = p->heap[i];
+    int64_t k = p->hkey[id];
+    for (;;) {
+        int64_t c = 2 * i + 1;
+        if (c >= p->heap_n)
+            break;
+        if (c + 1 < p->heap_n && p->hkey[p->heap[c + 1]] < p->hkey[p->heap[c]])
+            c++;
+        if (p->hkey[p->heap[c]] >= k)
+            break;
+        heap_set(p, i, p->heap[c]);
+        i = c;
+    }
+    heap_set(p, i, id);
+}
+
+int sc_heap_push(sc_policy *p, int32_t id, int64_t key)
+{
+    if (p->heap_n == p->heap_cap) {
+        int64_t nc = p->heap_cap ? p->heap_cap * 2 : 1024;
+        int32_t *nh = realloc(p->heap, (size_t)nc * sizeof(int32_t));
+        if (!nh)
+            return SC_ENOMEM;
+        p->heap = nh;
+        p->heap_cap = nc;
+    }
+    p->hkey[id] = key;
+    heap_set(p, p->heap_n++, id);
+    heap_up(p, p->heap_n - 1);
+    return SC_OK;
+}
+
+int32_t sc_heap_pop(sc_policy *p)
+{
+    int32_t top = p->heap[0];
+    p->hpos[top] = -1;
+    if (--p->heap_n > 0) {
+        heap_set(p, 0, p->heap[p->heap_n]);
+        heap_down(p, 0);
+    }
+    return top;
+}
+
+void sc_heap_remove(sc_policy *p, int32_t id)
+{
+    int64_t i = p->hpos[id];
+    if (i < 0)
+        return;
+    p->hpos[id] = -1;
+    if (--p->heap_n == i)
+        return;
+    int32_t x = p->heap[p->heap_n];
+    heap_set(p, i, x);
+    heap_up(p, i);
+    if (p->hpos[x] == i)
+        heap_down(p, i);
+}
+
+void sc_heap_update(sc_policy *p, int32_t id, int64_t key)
+{
+    int64_t old = p->hkey[id];
+    p->hkey[id] = key;
+    if (key < old)
+        heap_up(p, p->hpos[id]);
+    else
+        heap_down(p, p->hpos[id]);
+}

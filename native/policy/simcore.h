@@ -1,0 +1,88 @@
+/* simcore: the C core of recmg's classical policies and of the simulator's driver.
+ *
+ * One policy, two drivers: a policy's step function (sc_policy_step) is the same code whether the
+ * daemon calls it one step at a time through the Python Policy object, or the simulator runs a whole
+ * trace through sc_driver_run. Keys (int64, table << 40 | row) are remapped to dense int32 ids by an
+ * sc_idmap, so policy state is plain arrays indexed by id. Every function that can fail returns an
+ * SC_E* code (negative) or NULL.
+ */
+#ifndef RECMG_SIMCORE_H
+#define RECMG_SIMCORE_H
+
+#include <stdint.h>
+
+#define SC_OK 0
+#define SC_ENOMEM (-1)
+#define SC_EOVERFLOW (-2) /* a decision would leave more resident rows than the capacity */
+#define SC_EFUTURE (-3)   /* OPT driven through steps other than the future it was given */
+#define SC_EBADID (-4)    /* an id outside the id map */
+#define SC_EARG (-5)      /* a bad argument */
+
+/* ---- key -> dense id map ---- */
+typedef struct sc_idmap sc_idmap;
+sc_idmap *sc_idmap_new(void);
+void sc_idmap_free(sc_idmap *m);
+int64_t sc_idmap_size(const sc_idmap *m);
+/* ids[i] = id of keys[i], adding unknown keys; SC_OK or SC_ENOMEM */
+int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
+/* ids[i] = id of keys[i] or -1 when unknown */
+void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
+/* keys[i] = key of ids[i] (ids must be valid) */
+void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *keys);
+
+/* ---- policies ---- */
+typedef struct {
+    int32_t prefetch_budget; /* rows per step a prefetcher may bring in */
+    int32_t region;          /* Bingo: rows per region (1..64) */
+    int32_t degree;          /* STMS/Domino: rows followed per trigger (<= budget) */
+    int32_t reserved;
+    uint64_t seed;
+} sc_params;
+
+typedef struct {
+    int32_t *evict;
+    int32_t *admit;
+    int32_t *prefetch;
+    int64_t n_evict;
+    int64_t n_admit;
+    int64_t n_prefetch;
+} sc_decision;
+
+typedef struct sc_policy sc_policy;
+/* kind: "lru" "lfu" "s3fifo" "opt" "opt-bypass" "stms" "domino" "bingo"; NULL on a bad kind */
+sc_policy *sc_policy_new(const char *kind, sc_idmap *map, int64_t capacity, const sc_params *params);
+void sc_policy_free(sc_policy *p);
+/* one step: ids deduplicated, hit[i] = resident when read; the decision is then in sc_policy_decision */
+int sc_policy_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n);
+const sc_decision *sc_policy_decision(const sc_policy *p);
+/* the driver did not insert these ids: forget them */
+int sc_policy_rejected(sc_policy *p, const int32_t *ids, int64_t n);
+/* OPT: the whole sequence of steps it will be driven through */
+int sc_policy_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps);
+int64_t sc_policy_resident(const sc_policy *p);
+
+/* ---- the simulator's driver ---- */
+typedef struct {
+    int64_t steps;
+    int64_t lookups;
+    int64_t hits;
+    int64_t on_demand;
+    int64_t prefetch_issued;
+    int64_t prefetch_useful;
+    int64_t floor;
+} sc_counters;
+
+typedef struct sc_driver sc_driver;
+sc_driver *sc_driver_new(sc_idmap *map, int64_t capacity);
+void sc_driver_free(sc_driver *d);
+/* hit[i] = resident when read; counts into the counters when scored */
+int sc_driver_observe(sc_driver *d, const int32_t *ids, int64_t n, uint8_t *hit, int scored);
+/* evictions, then admissions, then prefetches; SC_EOVERFLOW when over capacity after */
+int sc_driver_apply(sc_driver *d, const sc_decision *dec, int scored);
+/* observe -> policy step -> apply for n_steps steps; miss (optional) gets !hit per occurrence */
+int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t *offsets,
+                  int64_t n_steps, int scored, uint8_t *miss);
+const sc_counters *sc_driver_counters(const sc_driver *d);
+int64_t sc_driver_resident(const sc_driver *d);
+
+#endif

@@ -1,0 +1,103 @@
+"""cffi API-mode builder of ``recmgd._simcore``: the C core of the classical policies and the simulator.
+
+Built by setup.py (``cffi_modules=["recmgd/_build_simcore.py:ffibuilder"]``) or in place with
+``python recmgd/_build_simcore.py`` from the repository root. C sources: ``native/policy/``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from cffi import FFI
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_SRC_DIR = "native/policy"
+_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c"]
+
+CDEF = """
+#define SC_OK 0
+#define SC_ENOMEM -1
+#define SC_EOVERFLOW -2
+#define SC_EFUTURE -3
+#define SC_EBADID -4
+#define SC_EARG -5
+
+typedef struct sc_idmap sc_idmap;
+sc_idmap *sc_idmap_new(void);
+void sc_idmap_free(sc_idmap *m);
+int64_t sc_idmap_size(const sc_idmap *m);
+int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
+void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
+void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *keys);
+
+typedef struct {
+    int32_t prefetch_budget;
+    int32_t region;
+    int32_t degree;
+    int32_t reserved;
+    uint64_t seed;
+} sc_params;
+
+typedef struct {
+    int32_t *evict;
+    int32_t *admit;
+    int32_t *prefetch;
+    int64_t n_evict;
+    int64_t n_admit;
+    int64_t n_prefetch;
+} sc_decision;
+
+typedef struct sc_policy sc_policy;
+sc_policy *sc_policy_new(const char *kind, sc_idmap *map, int64_t capacity, const sc_params *params);
+void sc_policy_free(sc_policy *p);
+int sc_policy_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n);
+const sc_decision *sc_policy_decision(const sc_policy *p);
+int sc_policy_rejected(sc_policy *p, const int32_t *ids, int64_t n);
+int sc_policy_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps);
+int64_t sc_policy_resident(const sc_policy *p);
+
+typedef struct {
+    int64_t steps;
+    int64_t lookups;
+    int64_t hits;
+    int64_t on_demand;
+    int64_t prefetch_issued;
+    int64_t prefetch_useful;
+    int64_t floor;
+} sc_counters;
+
+typedef struct sc_driver sc_driver;
+sc_driver *sc_driver_new(sc_idmap *map, int64_t capacity);
+void sc_driver_free(sc_driver *d);
+int sc_driver_observe(sc_driver *d, const int32_t *ids, int64_t n, uint8_t *hit, int scored);
+int sc_driver_apply(sc_driver *d, const sc_decision *dec, int scored);
+int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t *offsets,
+                  int64_t n_steps, int scored, uint8_t *miss);
+const sc_counters *sc_driver_counters(const sc_driver *d);
+int64_t sc_driver_resident(const sc_driver *d);
+"""
+
+
+
+def make_builder(root: str = "") -> FFI:
+    """The FFI builder; ``root`` prefixes the C paths (empty: relative to the repository root)."""
+    src = os.path.join(root, _SRC_DIR) if root else _SRC_DIR
+    builder = FFI()
+    builder.cdef(CDEF)
+    builder.set_source(
+        "recmgd._simcore",
+        '#include "simcore.h"',
+        sources=[f"{src}/{name}" for name in _SOURCES],
+        include_dirs=[src],
+        extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"],
+    )
+    return builder
+
+
+ffibuilder = make_builder()
+
+if __name__ == "__main__":
+    import shutil
+
+    built = make_builder(_ROOT).compile(tmpdir=os.path.join(_ROOT, "build", "simcore"), verbose=False)
+    shutil.copy2(built, os.path.join(_ROOT, "recmgd", os.path.basename(built)))

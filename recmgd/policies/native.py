@@ -1,0 +1,172 @@
+"""The bridge to the C core (``recmgd._simcore``): key -> dense id maps and policies whose step is C.
+
+A :class:`NativePolicy` is an ordinary :class:`~recmgd.policy.Policy`: the daemon calls ``observe()``
+once per step. The simulator may instead hand the same object's C handle to the whole-trace loop
+(``sc_driver_run``), which calls the very same C step function; both give identical numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import numpy as np
+
+from recmgd.errors import PolicyError
+from recmgd.policy import Decision, Policy, StepView
+from recmgd.trace.steps import Steps, as_steps
+
+try:
+    from recmgd._simcore import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise ImportError("recmgd._simcore is not built; run `python recmgd/_build_simcore.py` "
+                      "from the repository root") from exc
+
+log = logging.getLogger(__name__)
+
+_ERRORS = {
+    lib.SC_ENOMEM: "out of memory",
+    lib.SC_EOVERFLOW: "more resident rows than the capacity",
+    lib.SC_EFUTURE: "OPT driven through steps other than the future it was given (set_future)",
+    lib.SC_EBADID: "an id outside the id map",
+    lib.SC_EARG: "a bad argument",
+}
+
+
+def check(rc: int, what: str) -> None:
+    """Raise PolicyError (MemoryError for ENOMEM) when a C call failed."""
+    if rc == lib.SC_OK:
+        return
+    if rc == lib.SC_ENOMEM:
+        raise MemoryError(f"{what}: out of memory")
+    raise PolicyError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
+
+
+def i32_ptr(a: np.ndarray) -> Any:
+    return ffi.from_buffer("int32_t[]", a)
+
+
+def i64_ptr(a: np.ndarray) -> Any:
+    return ffi.from_buffer("int64_t[]", a)
+
+
+def u8_ptr(a: np.ndarray) -> Any:
+    return ffi.from_buffer("uint8_t[]", a)
+
+
+def c_ids(ptr: Any, n: int) -> np.ndarray:
+    """Copy ``n`` int32 ids from a C pointer."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int32)
+    return np.frombuffer(ffi.buffer(ptr, 4 * n), dtype=np.int32).copy()
+
+
+class IdMap:
+    """int64 keys -> dense int32 ids, numbered in order of first sight."""
+
+    def __init__(self) -> None:
+        ptr = lib.sc_idmap_new()
+        if ptr == ffi.NULL:
+            raise MemoryError("sc_idmap_new")
+        self.ptr = ffi.gc(ptr, lib.sc_idmap_free)
+
+    def __len__(self) -> int:
+        return int(lib.sc_idmap_size(self.ptr))
+
+    def map(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of ``keys``, adding unknown ones."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        ids = np.empty(keys.shape[0], dtype=np.int32)
+        if keys.shape[0]:
+            check(lib.sc_idmap_map(self.ptr, i64_ptr(keys), keys.shape[0], i32_ptr(ids)), "idmap")
+        return ids
+
+    def find(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of ``keys``, -1 for unknown ones."""
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        ids = np.empty(keys.shape[0], dtype=np.int32)
+        if keys.shape[0]:
+            lib.sc_idmap_find(self.ptr, i64_ptr(keys), keys.shape[0], i32_ptr(ids))
+        return ids
+
+    def keys(self, ids: np.ndarray) -> np.ndarray:
+        """Keys of valid ``ids``."""
+        ids = np.ascontiguousarray(ids, dtype=np.int32)
+        out = np.empty(ids.shape[0], dtype=np.int64)
+        if ids.shape[0]:
+            lib.sc_idmap_keys(self.ptr, i32_ptr(ids), ids.shape[0], i64_ptr(out))
+        return out
+
+
+class NativePolicy(Policy):
+    """A policy whose state and step function live in the C core; ``kind`` names the C policy."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, prefetch_budget: int = 16, region: int = 8, degree: int = 0, seed: int = 0) -> None:
+        if prefetch_budget < 0:
+            raise ValueError(f"prefetch_budget must be >= 0, got {prefetch_budget}")
+        if not 1 <= region <= 64:
+            raise ValueError(f"region must be 1..64 rows, got {region}")
+        self.prefetch_budget = int(prefetch_budget)
+        self.region = int(region)
+        self.degree = int(degree)
+        self.seed = int(seed)
+        self.capacity = 0
+        self.idmap: IdMap | None = None
+        self.handle: Any = None
+        self._future: Steps | None = None
+
+    def reset(self, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.idmap = IdMap()
+        params = ffi.new("sc_params *", {"prefetch_budget": self.prefetch_budget, "region": self.region,
+                                          "degree": self.degree, "seed": self.seed})
+        ptr = lib.sc_policy_new(self.kind.encode(), self.idmap.ptr, self.capacity, params)
+        if ptr == ffi.NULL:
+            raise PolicyError(f"{self.name}: cannot create the C policy {self.kind!r}")
+        self.handle = ffi.gc(ptr, lib.sc_policy_free)
+        if self._future is not None:
+            self._push_future()
+
+    def _require(self) -> tuple[IdMap, Any]:
+        if self.handle is None or self.idmap is None:
+            raise PolicyError(f"{self.name}: observe() before reset()")
+        return self.idmap, self.handle
+
+    def observe(self, view: StepView) -> Decision:
+        idmap, handle = self._require()
+        ids = idmap.map(view.keys)
+        hit = np.ascontiguousarray(view.hit, dtype=np.uint8)
+        check(lib.sc_policy_step(handle, i32_ptr(ids), u8_ptr(hit), ids.shape[0]), self.name)
+        dec = lib.sc_policy_decision(handle)
+        return Decision(evict=idmap.keys(c_ids(dec.evict, dec.n_evict)),
+                        admit=idmap.keys(c_ids(dec.admit, dec.n_admit)),
+                        prefetch=idmap.keys(c_ids(dec.prefetch, dec.n_prefetch)))
+
+    def rejected(self, keys: np.ndarray) -> None:
+        idmap, handle = self._require()
+        ids = idmap.find(keys)
+        ids = ids[ids >= 0]
+        check(lib.sc_policy_rejected(handle, i32_ptr(ids), ids.shape[0]), self.name)
+
+    def set_future(self, steps: Sequence[np.ndarray] | Steps) -> None:
+        self._future = as_steps(steps)
+        if self.handle is not None:
+            self._push_future()
+
+    def _push_future(self) -> None:
+        idmap, handle = self._require()
+        fut = self._future
+        assert fut is not None
+        ids = idmap.map(fut.keys[fut.offsets[0]:fut.offsets[-1]])
+        offsets = np.ascontiguousarray(fut.offsets - fut.offsets[0], dtype=np.int64)
+        check(lib.sc_policy_set_future(handle, i32_ptr(ids), i64_ptr(offsets), len(fut)), self.name)
+
+    @property
+    def resident(self) -> int:
+        """Rows the policy believes resident."""
+        return 0 if self.handle is None else int(lib.sc_policy_resident(self.handle))
