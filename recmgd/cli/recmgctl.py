@@ -1,13 +1,157 @@
-"""`recmgctl`: not yet available (see the daemon issue)."""
+"""`recmgctl`: talk to a running recmgd over its control socket.
+
+Exit status: 0 on success, 1 when the daemon answered with an error, 2 on a usage error, 3 when the
+daemon cannot be reached (not running, or no permission on the socket).
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import os
 import sys
+import time
+from typing import Any
+
+from recmgd.daemon.control import CommandError, ControlUnavailable, request
+
+DEFAULT_SOCKET = "/run/recmgd/control.sock"
+
+TABLE_COLUMNS = (
+    ("table", "table"), ("lookups", "lookups"), ("unique", "unique"), ("hits", "fast hits"),
+    ("on_demand", "on-demand"), ("hit_rate", "hit %"), ("prefetch_issued", "pf issued"),
+    ("prefetch_useful", "pf useful"), ("prefetch_late", "pf late"), ("hint_fetched", "hints"),
+    ("evictions", "evictions"), ("fills", "fills"), ("slow_bytes", "slow MB"),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recmgctl", description="Query and steer a running recmgd.")
+    p.add_argument("--socket", metavar="PATH", default=os.environ.get("RECMGD_SOCKET", DEFAULT_SOCKET),
+                   help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    s = sub.add_parser("stats", help="counters per pool and table")
+    s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    s.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS until interrupted")
+    s = sub.add_parser("pools", help="the pools the daemon drives")
+    s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
+    sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
+    s = sub.add_parser("pause", help="stop moving rows for a pool (its rings are still drained)")
+    s.add_argument("pool")
+    s = sub.add_parser("resume", help="resume a paused pool")
+    s.add_argument("pool")
+    s = sub.add_parser("policy", help="switch a pool's policy (until the next reload)")
+    s.add_argument("pool")
+    s.add_argument("name")
+    return p
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.1f}"
+    return str(v)
+
+
+def format_stats(stats: dict[str, Any]) -> str:
+    """The stats answer as tables, one per pool."""
+    d = stats.get("daemon", {})
+    lines = [f"recmgd pid {d.get('pid')}  up {d.get('uptime_s', 0):.0f} s  "
+             f"{d.get('lookups_per_s', 0) / 1e6:.2f}M lookups/s  "
+             f"loop lag {1e3 * d.get('loop_lag_s', 0):.1f} ms"
+             f"{'  step mode' if d.get('step_mode') else ''}"]
+    if d.get("waiting_for"):
+        lines.append("waiting for pools: " + ", ".join(d["waiting_for"]))
+    if d.get("last_reload_error"):
+        lines.append("last reload failed: " + d["last_reload_error"])
+    pools = stats.get("pools", {})
+    if not pools:
+        lines.append("no pools attached")
+    for name, p in pools.items():
+        lines.append("")
+        lines.append(f"pool {name}: policy {p['policy']}{' (paused)' if p.get('paused') else ''}, "
+                     f"{p['resident']}/{p['n_slots']} slots resident, {p['apps']} apps, "
+                     f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, "
+                     f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
+        rows = []
+        for t in p.get("tables", []) + [dict(p, table="all")]:
+            r = dict(t)
+            r["hit_rate"] = 100.0 * r["hits"] / r["unique"] if r.get("unique") else 0.0
+            r["slow_bytes"] = r.get("slow_bytes", 0) / 1e6
+            rows.append([_fmt(r.get(k, 0)) for k, _ in TABLE_COLUMNS])
+        header = [h for _, h in TABLE_COLUMNS]
+        widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+        lines.append("  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True)))
+        for r in rows:
+            lines.append("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)))
+    return "\n".join(lines)
+
+
+def format_pools(pools: list[dict[str, Any]]) -> str:
+    if not pools:
+        return "no pools"
+    lines = []
+    for p in pools:
+        if p.get("waiting"):
+            err = f" ({p['error']})" if p.get("error") else ""
+            lines.append(f"{p['name']}: waiting for the pool{err}")
+            continue
+        apps = ", ".join(str(a["pid"]) for a in p["apps"]) or "none"
+        lines.append(f"{p['name']}: policy {p['policy']}{' (paused)' if p['paused'] else ''}, "
+                     f"{len(p['tables'])} tables, {p['resident']}/{p['n_slots']} slots "
+                     f"(policy capacity {p['capacity']}, hint slots {p['hint_slots']}), apps: {apps}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("recmgctl: not yet available", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    try:
+        return _run(args)
+    except ControlUnavailable as exc:
+        print(f"recmgctl: {exc}", file=sys.stderr)
+        return 3
+    except CommandError as exc:
+        print(f"recmgctl: {args.command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    sock, timeout = args.socket, args.timeout
+    if args.command == "stats":
+        while True:
+            stats = request(sock, "stats", timeout=timeout)
+            if args.json:
+                print(json.dumps(stats, indent=None if args.watch else 2, sort_keys=True), flush=True)
+            else:
+                if args.watch and sys.stdout.isatty():
+                    print("\x1b[H\x1b[2J", end="")
+                print(format_stats(stats), flush=True)
+                if args.watch:
+                    print(flush=True)
+            if not args.watch:
+                return 0
+            time.sleep(max(0.05, args.watch))
+    if args.command == "pools":
+        pools = request(sock, "pools", timeout=timeout)
+        print(json.dumps(pools, indent=2) if args.json else format_pools(pools))
+        return 0
+    if args.command == "reload":
+        res = request(sock, "reload", timeout=timeout)
+        print(f"reloaded {res['config']}")
+        return 0
+    if args.command in ("pause", "resume"):
+        res = request(sock, args.command, {"pool": args.pool}, timeout=timeout)
+        print(f"pool {res['pool']} {'paused' if res['paused'] else 'resumed'}")
+        return 0
+    if args.command == "policy":
+        res = request(sock, "policy", {"pool": args.pool, "name": args.name}, timeout=timeout)
+        print(f"pool {res['pool']}: policy {res['policy']}")
+        return 0
+    raise AssertionError(args.command)
 
 
 if __name__ == "__main__":

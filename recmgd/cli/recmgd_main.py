@@ -1,13 +1,57 @@
-"""`recmgd`: not yet available (see the daemon issue)."""
+"""`recmgd`: the tiered-memory daemon (run by systemd as recmgd.service, Type=notify).
+
+It never forks: systemd (or the shell) supervises it. Exit status: 0 after a clean stop (SIGTERM,
+SIGINT), 1 when it cannot start (the reason on one line of stderr), 2 on a usage error.
+"""
 
 from __future__ import annotations
 
+import argparse
 import sys
+
+from recmgd.errors import RecmgError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="recmgd", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_argument("--config", metavar="PATH",
+                   help="configuration file (default /etc/recmgd/recmgd.toml; built-in defaults if absent)")
+    p.add_argument("--foreground", action="store_true",
+                   help="log to stderr even when started by systemd (the daemon never forks either way)")
+    p.add_argument("--step-mode", action="store_true",
+                   help="deterministic step mode: apply decisions exactly once per app batch (tests)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+                   help="override the configuration's log_level")
+    p.add_argument("--check-config", action="store_true",
+                   help="validate the configuration (and its policies) and exit")
+    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    print("recmgd: not yet available", file=sys.stderr)
-    return 2
+    args = build_parser().parse_args(argv)
+    from recmgd.daemon import config as config_mod
+    from recmgd.daemon.notify import setup_logging
+
+    try:
+        cfg = config_mod.load(args.config, missing_ok=args.config is None)
+        if args.log_level:
+            cfg = cfg.replace(log_level=args.log_level)
+        setup_logging(cfg.log_level, force_stderr=args.foreground)
+        config_mod.validate_policies(cfg)
+    except RecmgError as exc:
+        print(f"recmgd: error: {exc}", file=sys.stderr)
+        return 1
+    if args.check_config:
+        print(f"recmgd: {cfg.path}: configuration is valid")
+        return 0
+    from recmgd.daemon.service import Daemon
+
+    daemon = Daemon(cfg, args.config, step_mode=args.step_mode)
+    try:
+        return daemon.run()
+    except RecmgError as exc:
+        print(f"recmgd: error: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

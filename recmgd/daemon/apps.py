@@ -1,0 +1,146 @@
+"""Apps that come and go: the rings of dead app processes are released; pools are found and attached.
+
+An app takes an access ring when it attaches to a pool and writes its pid into it. The daemon checks
+those pids with psutil every ``app_check_interval``: a process that is gone (exited, SIGKILLed, or a
+zombie not yet reaped, or a new process that reused the pid) has its ring drained one last time and
+released, so the slot can serve a new app. Other apps' rings are not touched.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any
+
+import psutil
+
+from recmgd.daemon.loop import PoolDriver, _ring_field
+from recmgd.errors import RecmgError
+
+log = logging.getLogger(__name__)
+
+SHM_DIR = "/dev/shm"
+
+
+def process_alive(pid: int, create_time: float | None = None) -> bool:
+    """True when ``pid`` is a live (non-zombie) process, started at ``create_time`` if given."""
+    if pid <= 0:
+        return False
+    try:
+        proc = psutil.Process(pid)
+        if proc.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if create_time is not None and abs(proc.create_time() - create_time) > 0.5:
+            return False  # the pid was reused by another process
+        return True
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.AccessDenied:
+        return True  # it exists; we may not look at it
+
+
+def process_start(pid: int) -> float | None:
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+class AppTracker:
+    """Notices app processes attaching to and leaving one pool."""
+
+    def __init__(self, driver: PoolDriver) -> None:
+        self.driver = driver
+        self.known: dict[int, tuple[int, float | None]] = {}  # ring index -> (pid, start time)
+        self.started = 0
+        self.exited = 0
+
+    def check(self) -> list[int]:
+        """Check every ring's owner; release the rings of dead ones. Returns the released indices."""
+        released = []
+        seen = set()
+        for info in self.driver.pool.rings():
+            idx = _ring_field(info, "index", -1)
+            pid = _ring_field(info, "pid")
+            if idx < 0:
+                continue
+            if pid == 0:
+                if idx in self.known:  # the app detached itself cleanly
+                    self.known.pop(idx)
+                    self.driver.rings.pop(idx, None)
+                    self.exited += 1
+                    log.info("pool %s: app on ring %d detached", self.driver.name, idx)
+                continue
+            seen.add(idx)
+            prev = self.known.get(idx)
+            if prev is None or prev[0] != pid:
+                start = process_start(pid)
+                self.known[idx] = (pid, start)
+                self.started += 1
+                log.info("pool %s: app pid %d attached (ring %d)", self.driver.name, pid, idx)
+                if start is None and not process_alive(pid):
+                    pass  # died already: handled below
+                else:
+                    continue
+            pid0, start0 = self.known[idx]
+            if process_alive(pid0, start0):
+                continue
+            self.driver.flush_ring(idx)
+            try:
+                self.driver.pool.release_ring(idx)
+            except RecmgError as exc:
+                log.warning("pool %s: cannot release ring %d of dead pid %d: %s",
+                            self.driver.name, idx, pid0, exc)
+                continue
+            self.known.pop(idx, None)
+            self.driver.pc["rings_released"] += 1
+            self.exited += 1
+            released.append(idx)
+            log.info("pool %s: app pid %d is gone; ring %d released", self.driver.name, pid0, idx)
+        for idx in set(self.known) - seen:
+            self.known.pop(idx, None)
+        return released
+
+
+def discover_pools(candidates: Iterable[str] | None = None) -> list[str]:
+    """Names of the pools in /dev/shm (every object whose header says pool), or the candidates that exist."""
+    names: list[str] = []
+    try:
+        entries = sorted(os.listdir(SHM_DIR))
+    except OSError:
+        return names
+    if candidates is not None:
+        wanted = set(candidates)
+        return [n for n in entries if n in wanted]
+    looks = _pool_prober()
+    for n in entries:
+        if looks(n):
+            names.append(n)
+    return names
+
+
+def _pool_prober() -> Any:
+    """A cheap test of whether a /dev/shm object is a pool: pool.is_pool if the pool module has it,
+    else the magic in the first bytes of the file."""
+    try:
+        from recmgd import pool as pool_mod
+    except ImportError:  # the native binding is not built
+        return lambda name: False
+    fn = getattr(pool_mod, "is_pool", None)
+    if callable(fn):
+        return fn
+    magic = getattr(pool_mod, "MAGIC", None)
+    if isinstance(magic, int):
+        magic = magic.to_bytes(8, "little")
+    if not isinstance(magic, bytes | bytearray):
+        return lambda name: False
+
+    def probe(name: str) -> bool:
+        try:
+            with open(os.path.join(SHM_DIR, name), "rb") as fh:
+                return fh.read(len(magic)) == magic
+        except OSError:
+            return False
+
+    return probe

@@ -1,0 +1,365 @@
+"""The daemon's configuration: TOML, decoded strictly into typed dataclasses.
+
+Every problem (a syntax error, an unknown key, a value of the wrong type, an impossible value) is a
+:class:`~recmgd.errors.ConfigError` whose message is one line: ``FILE: KEY: PROBLEM``.
+
+Layout (every key optional; see ``systemd/recmgd.toml.example``)::
+
+    log_level = "info"            # debug | info | warning | error
+    interval = 0.01               # seconds between loop ticks
+    step_mode = false             # deterministic: one app batch = one policy step (tests)
+    pools = "all"                 # or a list of pool names
+    fill_rows_per_s = 0           # cap on rows filled from the slow tier, 0 = no cap
+    fill_mb_per_s = 0.0           # cap on slow-tier MB/s read by fills, 0 = no cap
+    max_drain = 262144            # ring records drained per ring per tick
+    status_interval = 2.0         # seconds between STATUS= updates to systemd
+    app_check_interval = 0.5      # seconds between pid checks of attached apps
+    plugins = []                  # extra modules to import (they register policies)
+
+    [control]
+    socket = "/run/recmgd/control.sock"
+    mode = 0o660
+    max_request = 65536
+
+    [metrics]
+    listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off
+
+    [policy]                      # the default for every pool
+    name = "lru"
+    model_dir = ""
+    hint_slots = 0
+    [policy.options]
+    prefetch_budget = 0
+    seed = 0
+
+    [pool.NAME]                   # per-pool overrides of [policy]
+    name = "recmg"
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from recmgd.errors import ConfigError
+
+DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
+DEFAULT_SOCKET = "/run/recmgd/control.sock"
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+# The driver's common policy options (docs/ARCHITECTURE.md, Policy interface) and their checks.
+POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
+    # name: (type, minimum, maximum or None)
+    "prefetch_budget": (int, 0, 1 << 24),
+    "seed": (int, 0, (1 << 63) - 1),
+    "threads": (int, 1, 1024),
+    "epochs": (int, 1, 1 << 20),
+    "region": (int, 1, 1 << 20),
+}
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The policy that drives one pool."""
+
+    name: str = "lru"
+    model_dir: str | None = None
+    hint_slots: int = 0
+    options: Mapping[str, int] = field(default_factory=dict)
+
+    def create_options(self) -> dict[str, object]:
+        """Keyword arguments for :func:`recmgd.policy.create`."""
+        opts: dict[str, object] = dict(self.options)
+        opts["model_dir"] = self.model_dir
+        return opts
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    socket: str = DEFAULT_SOCKET
+    mode: int = 0o660
+    max_request: int = 65536
+
+
+@dataclass(frozen=True)
+class MetricsConfig:
+    listen: str = ""  # "" = off
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port), or None when metrics are off."""
+        if not self.listen:
+            return None
+        host, _, port = self.listen.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole daemon configuration; ``path`` is the file it came from (or "<defaults>")."""
+
+    path: str = "<defaults>"
+    log_level: str = "info"
+    interval: float = 0.01
+    step_mode: bool = False
+    pools: tuple[str, ...] | None = None  # None = every pool that registers
+    fill_rows_per_s: int = 0
+    fill_mb_per_s: float = 0.0
+    max_drain: int = 262144
+    status_interval: float = 2.0
+    app_check_interval: float = 0.5
+    plugins: tuple[str, ...] = ()
+    control: ControlConfig = field(default_factory=ControlConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    pool_policies: Mapping[str, PolicyConfig] = field(default_factory=dict)
+
+    def policy_for(self, pool: str) -> PolicyConfig:
+        """The policy configuration of one pool (its [pool.NAME] section, or the default)."""
+        return self.pool_policies.get(pool, self.policy)
+
+    def manages(self, pool: str) -> bool:
+        """Whether this configuration asks the daemon to manage the named pool."""
+        return self.pools is None or pool in self.pools
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+
+class _Decoder:
+    """Checks one parsed TOML document against the schema; every error names file and key."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    @staticmethod
+    def _typename(value: object) -> str:
+        return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+                list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+    def check_keys(self, table: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail(prefix + key, f"unknown key (known: {known})")
+
+    def boolean(self, table: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
+        value = table.get(key, default)
+        if not isinstance(value, bool):
+            raise self.fail(prefix + key, f"expected a boolean, got {self._typename(value)}")
+        return value
+
+    def integer(self, table: Mapping[str, Any], key: str, prefix: str, default: int,
+                lo: int, hi: int | None = None) -> int:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(prefix + key, f"expected an integer, got {self._typename(value)}")
+        if value < lo or (hi is not None and value > hi):
+            rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
+            raise self.fail(prefix + key, f"impossible value {value} (must be {rng})")
+        return value
+
+    def number(self, table: Mapping[str, Any], key: str, prefix: str, default: float,
+               lo: float, hi: float | None = None, lo_open: bool = False) -> float:
+        value = table.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise self.fail(prefix + key, f"expected a number, got {self._typename(value)}")
+        value = float(value)
+        bad = value != value or value < lo or (lo_open and value == lo) or (hi is not None and value > hi)
+        if bad:
+            rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")
+            raise self.fail(prefix + key, f"impossible value {value} (must be {rng})")
+        return value
+
+    def string(self, table: Mapping[str, Any], key: str, prefix: str, default: str) -> str:
+        value = table.get(key, default)
+        if not isinstance(value, str):
+            raise self.fail(prefix + key, f"expected a string, got {self._typename(value)}")
+        if "\0" in value or "\n" in value:
+            raise self.fail(prefix + key, "impossible value (contains a NUL or newline)")
+        return value
+
+    def table(self, doc: Mapping[str, Any], key: str, prefix: str) -> Mapping[str, Any]:
+        value = doc.get(key, {})
+        if not isinstance(value, dict):
+            raise self.fail(prefix + key, f"expected a table, got {self._typename(value)}")
+        return value
+
+    def string_list(self, table: Mapping[str, Any], key: str, prefix: str) -> tuple[str, ...]:
+        value = table.get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise self.fail(prefix + key, "expected an array of strings")
+        return tuple(value)
+
+    # -- sections ---------------------------------------------------------------------------------
+
+    def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig) -> PolicyConfig:
+        self.check_keys(t, {"name", "model_dir", "hint_slots", "options"}, prefix)
+        name = self.string(t, "name", prefix, base.name)
+        if not name:
+            raise self.fail(prefix + "name", "impossible value (empty policy name)")
+        model_dir_s = self.string(t, "model_dir", prefix, base.model_dir or "")
+        model_dir = model_dir_s or None
+        if model_dir is not None and not os.path.isabs(model_dir):
+            raise self.fail(prefix + "model_dir",
+                            f"impossible value {model_dir!r} (must be an absolute path)")
+        hint_slots = self.integer(t, "hint_slots", prefix, base.hint_slots, 0, 1 << 40)
+        opts_t = self.table(t, "options", prefix)
+        oprefix = prefix + "options."
+        self.check_keys(opts_t, set(POLICY_OPTIONS), oprefix)
+        options = dict(base.options)
+        for key in opts_t:
+            _, lo, hi = POLICY_OPTIONS[key]
+            options[key] = self.integer(opts_t, key, oprefix, 0, lo, hi)
+        return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options)
+
+    def control(self, t: Mapping[str, Any]) -> ControlConfig:
+        p = "control."
+        self.check_keys(t, {"socket", "mode", "max_request"}, p)
+        sock = self.string(t, "socket", p, DEFAULT_SOCKET)
+        if not os.path.isabs(sock):
+            raise self.fail(p + "socket", f"impossible value {sock!r} (must be an absolute path)")
+        if len(os.fsencode(sock)) > 107:
+            raise self.fail(p + "socket", "impossible value (a Unix socket path is at most 107 bytes)")
+        raw = t.get("mode", 0o660)
+        if isinstance(raw, str):
+            try:
+                mode = int(raw, 8)
+            except ValueError:
+                raise self.fail(p + "mode", f"impossible value {raw!r} (an octal mode like 0660)") from None
+        elif isinstance(raw, int) and not isinstance(raw, bool):
+            mode = raw
+        else:
+            raise self.fail(p + "mode",
+                            f"expected an integer (0o660) or an octal string, got {self._typename(raw)}")
+        if not 0 <= mode <= 0o777:
+            raise self.fail(p + "mode", f"impossible value {oct(mode)} (permission bits 0o000..0o777)")
+        if not mode & 0o600 == 0o600:
+            raise self.fail(p + "mode", f"impossible value {oct(mode)} (the owner needs read and write)")
+        max_request = self.integer(t, "max_request", p, 65536, 256, 1 << 24)
+        return ControlConfig(socket=sock, mode=mode, max_request=max_request)
+
+    def metrics(self, t: Mapping[str, Any]) -> MetricsConfig:
+        p = "metrics."
+        self.check_keys(t, {"listen"}, p)
+        listen = self.string(t, "listen", p, "")
+        if listen:
+            host, sep, port_s = listen.rpartition(":")
+            problem = None
+            if not sep or not host:
+                problem = "expected HOST:PORT"
+            elif not port_s.isdigit() or not 0 < int(port_s) < 65536:
+                problem = f"port {port_s!r} is not in 1..65535"
+            else:
+                try:
+                    ipaddress.ip_address(host.strip("[]"))
+                except ValueError:
+                    if host != "localhost":
+                        problem = f"host {host!r} is not an IP address"
+            if problem:
+                raise self.fail(p + "listen", f"impossible value {listen!r} ({problem})")
+        return MetricsConfig(listen=listen)
+
+    def document(self, doc: Mapping[str, Any]) -> Config:
+        top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
+               "max_drain", "status_interval", "app_check_interval", "plugins",
+               "control", "metrics", "policy", "pool"}
+        self.check_keys(doc, top, "")
+        log_level = self.string(doc, "log_level", "", "info").lower()
+        if log_level not in LOG_LEVELS:
+            raise self.fail("log_level", f"impossible value {log_level!r} (one of {', '.join(LOG_LEVELS)})")
+        raw_pools = doc.get("pools", "all")
+        if raw_pools == "all":
+            pools: tuple[str, ...] | None = None
+        elif isinstance(raw_pools, list) and all(isinstance(v, str) and v for v in raw_pools):
+            pools = tuple(raw_pools)
+            if len(set(pools)) != len(pools):
+                raise self.fail("pools", "impossible value (a pool is named twice)")
+            for name in pools:
+                if "/" in name or name in (".", ".."):
+                    raise self.fail("pools", f"impossible value {name!r} (a pool name has no '/')")
+        else:
+            raise self.fail("pools", '"all" or an array of pool names expected')
+        policy = self.policy(self.table(doc, "policy", ""), "policy.", PolicyConfig())
+        pool_t = self.table(doc, "pool", "")
+        pool_policies: dict[str, PolicyConfig] = {}
+        for name, sect in pool_t.items():
+            if not isinstance(sect, dict):
+                raise self.fail(f"pool.{name}", f"expected a table, got {self._typename(sect)}")
+            pool_policies[name] = self.policy(sect, f"pool.{name}.", policy)
+        return Config(
+            path=self.path,
+            log_level=log_level,
+            interval=self.number(doc, "interval", "", 0.01, 0.0, 60.0, lo_open=True),
+            step_mode=self.boolean(doc, "step_mode", "", False),
+            pools=pools,
+            fill_rows_per_s=self.integer(doc, "fill_rows_per_s", "", 0, 0),
+            fill_mb_per_s=self.number(doc, "fill_mb_per_s", "", 0.0, 0.0),
+            max_drain=self.integer(doc, "max_drain", "", 262144, 1, 1 << 30),
+            status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
+            app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
+            plugins=self.string_list(doc, "plugins", ""),
+            control=self.control(self.table(doc, "control", "")),
+            metrics=self.metrics(self.table(doc, "metrics", "")),
+            policy=policy,
+            pool_policies=pool_policies,
+        )
+
+
+def parse(text: str, path: str = "<string>") -> Config:
+    """Decode a configuration from TOML text; ``path`` names it in error messages."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: (syntax): {exc}") from None
+    return _Decoder(path).document(doc)
+
+
+def load(path: str | None = None, *, missing_ok: bool = False) -> Config:
+    """Read and decode the configuration file (``/etc/recmgd/recmgd.toml`` by default).
+
+    With ``missing_ok``, a missing file gives the defaults (the daemon runs with the built-in
+    configuration when none is installed); any other read problem is a ConfigError.
+    """
+    path = path or DEFAULT_PATH
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read()
+    except FileNotFoundError:
+        if missing_ok:
+            return Config(path=f"{path} (missing, defaults)")
+        raise ConfigError(f"{path}: (file): no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: (file): cannot read: {exc.strerror or exc}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: (file): not UTF-8 text at byte {exc.start}") from None
+    return parse(text, path)
+
+
+def validate_policies(cfg: Config) -> None:
+    """Check that every configured policy name is registered (after importing the plugins)."""
+    import importlib
+
+    from recmgd import policy as policy_mod
+
+    for mod in cfg.plugins:
+        try:
+            importlib.import_module(mod)
+        except Exception as exc:  # noqa: BLE001 - any import failure is a config problem
+            raise ConfigError(f"{cfg.path}: plugins: cannot import {mod!r}: {exc}") from None
+    known = set(policy_mod.available())
+    entries = [("policy.name", cfg.policy)] + [(f"pool.{n}.name", p) for n, p in cfg.pool_policies.items()]
+    for key, pc in entries:
+        if pc.name not in known:
+            raise ConfigError(f"{cfg.path}: {key}: unknown policy {pc.name!r} "
+                              f"(known: {', '.join(sorted(known)) or 'none registered'})")

@@ -1,0 +1,355 @@
+"""The control socket: a Unix stream socket, one JSON request and one JSON answer per line.
+
+Request:  ``{"version": 1, "cmd": "stats", "args": {...}}``
+Answer:   ``{"version": 1, "ok": true, "result": ...}`` or ``{"version": 1, "ok": false, "error": "..."}``
+
+The server is non-blocking and runs inside the daemon's single loop thread (it is polled between
+ticks); a malformed, oversized or wrong-version request gets an error answer, and an oversized one
+also closes its connection. Nothing a client sends can raise out of :meth:`ControlServer.poll`.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import selectors
+import socket
+import stat
+from collections.abc import Callable
+from typing import Any
+
+from recmgd.errors import RecmgError
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = 1
+COMMANDS = ("stats", "pools", "reload", "pause", "resume", "policy")
+MAX_CLIENTS = 64
+MAX_PENDING_OUT = 1 << 22
+
+Handler = Callable[[str, dict[str, Any]], Any]
+
+
+class CommandError(RecmgError):
+    """A control request that cannot be carried out; its message is the error answer."""
+
+
+class ControlUnavailable(RecmgError):
+    """The client cannot reach the daemon (not running, or no permission on the socket)."""
+
+
+def encode(obj: dict[str, Any]) -> bytes:
+    return json.dumps(obj, separators=(",", ":"), default=_json_default).encode() + b"\n"
+
+
+def _json_default(obj: object) -> object:
+    # numpy scalars and arrays, without importing numpy here
+    if hasattr(obj, "tolist"):
+        return obj.tolist()  # type: ignore[no-any-return]
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def error_answer(message: str) -> dict[str, Any]:
+    return {"version": PROTOCOL_VERSION, "ok": False, "error": message}
+
+
+def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
+    """Check one request line; raises CommandError with the message to answer."""
+    try:
+        req = json.loads(line)
+    except (ValueError, UnicodeDecodeError):
+        raise CommandError("malformed request: not a JSON object") from None
+    if not isinstance(req, dict):
+        raise CommandError("malformed request: not a JSON object")
+    version = req.get("version")
+    if version != PROTOCOL_VERSION:
+        raise CommandError(f"unsupported protocol version {version!r} "
+                           f"(this daemon speaks {PROTOCOL_VERSION})")
+    cmd = req.get("cmd")
+    if not isinstance(cmd, str):
+        raise CommandError("malformed request: \"cmd\" must be a string")
+    if cmd not in COMMANDS:
+        raise CommandError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
+    args = req.get("args", {})
+    if not isinstance(args, dict):
+        raise CommandError("malformed request: \"args\" must be an object")
+    unknown = set(req) - {"version", "cmd", "args"}
+    if unknown:
+        raise CommandError(f"malformed request: unknown field {sorted(unknown)[0]!r}")
+    return cmd, args
+
+
+class _Conn:
+    __slots__ = ("sock", "inbuf", "outbuf", "closing")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = bytearray()
+        self.closing = False
+
+
+class ControlServer:
+    """The daemon's side of the control socket."""
+
+    def __init__(self, path: str, mode: int, handler: Handler, max_request: int = 65536) -> None:
+        self.path = path
+        self.mode = mode
+        self.handler = handler
+        self.max_request = max_request
+        self.sel = selectors.DefaultSelector()
+        self.conns: dict[int, _Conn] = {}
+        self.listener: socket.socket | None = None
+        self.requests = 0
+        self.errors = 0
+
+    # -- lifecycle --------------------------------------------------------------------------------
+
+    def open(self) -> None:
+        """Bind and listen; a stale socket file is replaced, a live daemon's is an error."""
+        d = os.path.dirname(self.path)
+        if d and not os.path.isdir(d):
+            try:
+                os.makedirs(d, mode=0o755, exist_ok=True)
+            except OSError as exc:
+                raise RecmgError(f"control socket {self.path}: cannot create {d}: {exc.strerror}") from None
+        if os.path.lexists(self.path):
+            st = os.lstat(self.path)
+            if not stat.S_ISSOCK(st.st_mode):
+                raise RecmgError(f"control socket {self.path}: exists and is not a socket")
+            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                probe.settimeout(0.5)
+                probe.connect(self.path)
+            except OSError:
+                os.unlink(self.path)  # stale: nobody listens
+            else:
+                raise RecmgError(f"control socket {self.path}: another recmgd is running")
+            finally:
+                probe.close()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o777 & ~self.mode)
+        try:
+            sock.bind(self.path)
+        except OSError as exc:
+            sock.close()
+            raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, self.mode)
+        sock.listen(16)
+        sock.setblocking(False)
+        self.listener = sock
+        self.sel.register(sock, selectors.EVENT_READ, None)
+        log.info("control socket at %s (mode %o)", self.path, self.mode)
+
+    def close(self) -> None:
+        for fd in list(self.conns):
+            self._drop(fd)
+        if self.listener is not None:
+            self.sel.unregister(self.listener)
+            self.listener.close()
+            self.listener = None
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        self.sel.close()
+
+    def add_reader(self, fileobj: socket.socket, callback: Callable[[], None]) -> None:
+        """Also wake :meth:`poll` when ``fileobj`` is readable (the daemon's signal wakeup socket)."""
+        self.sel.register(fileobj, selectors.EVENT_READ, callback)
+
+    # -- serving ----------------------------------------------------------------------------------
+
+    def poll(self, timeout: float) -> None:
+        """Serve whatever is ready, waiting at most ``timeout`` seconds for something to happen."""
+        try:
+            events = self.sel.select(timeout)
+        except InterruptedError:  # pragma: no cover - PEP 475 retries
+            return
+        for key, mask in events:
+            try:
+                if key.data is None:
+                    self._accept()
+                elif callable(key.data):
+                    key.data()
+                else:
+                    self._serve(key.fileobj.fileno(), mask)  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - a client must never take the daemon down
+                log.exception("control connection failed")
+                fd = key.fileobj.fileno() if key.data is not None else -1  # type: ignore[union-attr]
+                if fd in self.conns:
+                    self._drop(fd)
+
+    def _accept(self) -> None:
+        assert self.listener is not None
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("control socket: cannot accept: %s", exc.strerror)
+                    return
+                raise
+            if len(self.conns) >= MAX_CLIENTS:
+                try:
+                    sock.sendall(encode(error_answer("too many control connections")))
+                except OSError:
+                    pass
+                sock.close()
+                continue
+            sock.setblocking(False)
+            conn = _Conn(sock)
+            self.conns[sock.fileno()] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _serve(self, fd: int, mask: int) -> None:
+        conn = self.conns.get(fd)
+        if conn is None:
+            return
+        if mask & selectors.EVENT_READ and not conn.closing:
+            try:
+                data = conn.sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                data = None
+            except OSError:
+                self._drop(fd)
+                return
+            if data == b"":
+                conn.closing = True  # peer closed its side: answer what is complete, then close
+                if conn.inbuf.strip():
+                    self._answer(conn, bytes(conn.inbuf))
+                conn.inbuf.clear()
+            elif data:
+                conn.inbuf += data
+                self._process(conn)
+        if conn.outbuf:
+            self._flush(conn)
+        if conn.closing and not conn.outbuf:
+            self._drop(fd)
+            return
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.outbuf else 0)
+        if conn.closing:
+            want = selectors.EVENT_WRITE
+        self.sel.modify(conn.sock, want, conn)
+
+    def _process(self, conn: _Conn) -> None:
+        while True:
+            nl = conn.inbuf.find(b"\n")
+            if nl < 0:
+                if len(conn.inbuf) > self.max_request:
+                    self._oversized(conn)
+                return
+            if nl > self.max_request:
+                self._oversized(conn)
+                return
+            line = bytes(conn.inbuf[:nl])
+            del conn.inbuf[: nl + 1]
+            if line.strip():
+                self._answer(conn, line)
+
+    def _oversized(self, conn: _Conn) -> None:
+        self.errors += 1
+        conn.outbuf += encode(error_answer(f"request too large (limit {self.max_request} bytes a line)"))
+        conn.inbuf.clear()
+        conn.closing = True
+
+    def _answer(self, conn: _Conn, line: bytes) -> None:
+        self.requests += 1
+        try:
+            cmd, args = decode_request(line)
+            result = self.handler(cmd, args)
+            answer = {"version": PROTOCOL_VERSION, "ok": True, "result": result}
+        except RecmgError as exc:
+            self.errors += 1
+            answer = error_answer(str(exc))
+        except Exception as exc:  # noqa: BLE001 - a handler bug is an error answer, not a crash
+            self.errors += 1
+            log.exception("control command failed")
+            answer = error_answer(f"internal error: {type(exc).__name__}: {exc}")
+        try:
+            data = encode(answer)
+        except (TypeError, ValueError) as exc:
+            data = encode(error_answer(f"internal error: answer not serialisable: {exc}"))
+        if len(conn.outbuf) + len(data) > MAX_PENDING_OUT:  # a client that never reads
+            conn.closing = True
+            conn.outbuf.clear()
+            return
+        conn.outbuf += data
+
+    def _flush(self, conn: _Conn) -> None:
+        try:
+            n = conn.sock.send(conn.outbuf)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            conn.outbuf.clear()
+            conn.closing = True
+            return
+        del conn.outbuf[:n]
+
+    def _drop(self, fd: int) -> None:
+        conn = self.conns.pop(fd, None)
+        if conn is None:
+            return
+        try:
+            self.sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()
+
+
+# -- client -----------------------------------------------------------------------------------------
+
+
+def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
+    """Send one command to the daemon and return its result; errors raise.
+
+    :class:`ControlUnavailable` when the daemon cannot be reached, :class:`CommandError` when it
+    answered with an error.
+    """
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise ControlUnavailable(f"recmgd is not running (no control socket at {path})") from None
+        except ConnectionRefusedError:
+            raise ControlUnavailable(f"recmgd is not running (nobody listens on {path})") from None
+        except PermissionError:
+            raise ControlUnavailable(
+                f"permission denied on {path} (run as root or as a member of the socket's group)") from None
+        except OSError as exc:
+            raise ControlUnavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        try:
+            sock.sendall(encode({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}}))
+            buf = bytearray()
+            while b"\n" not in buf:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+        except TimeoutError:
+            raise ControlUnavailable(f"recmgd did not answer within {timeout:g} s on {path}") from None
+        except OSError as exc:
+            raise ControlUnavailable(f"connection to {path} failed: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    line, _, _ = bytes(buf).partition(b"\n")
+    if not line:
+        raise ControlUnavailable(f"recmgd closed the connection on {path} without an answer")
+    try:
+        answer = json.loads(line)
+    except ValueError:
+        raise CommandError("the daemon's answer is not JSON") from None
+    if not isinstance(answer, dict):
+        raise CommandError("the daemon's answer is not a JSON object")
+    if not answer.get("ok"):
+        raise CommandError(str(answer.get("error", "unknown error")))
+    return answer.get("result")

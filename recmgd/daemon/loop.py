@@ -1,0 +1,562 @@
+"""The daemon's inner loop for one pool: drain the access rings, build steps, drive the policy, apply.
+
+One :class:`PoolDriver` per attached pool. Each tick it drains every ring, splits the records at the
+batch boundaries, and turns each app batch into one :class:`~recmgd.policy.StepView` (keys
+deduplicated in first-appearance order, ``hit`` = resident in the fast tier before the step). The
+policy's :class:`~recmgd.policy.Decision` is applied through the pool before the next step: first the
+evictions, then the admissions, then the app's hints (fetched before predictions, counted apart), then
+the prefetches, all under the fill budget; what the budget drops is passed to ``policy.rejected``.
+
+The driver keeps its own mirror of the fast tier (a flag per row of every table), so residency checks
+are vectorised and never touch the pool; the daemon is the only writer of the fast tier, so the mirror
+is exact (rebuilt from ``pool.resident_keys()`` on attach). In the deterministic step mode (tests) the
+budget is a fixed number of rows per step, so a run is reproducible and equals the simulator's.
+
+Nothing here ever waits on an app: the rings are single-producer queues the app never blocks on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from recmgd import policy as policy_mod
+from recmgd.errors import PolicyError, RecmgError
+from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.policy import Policy, StepView, as_keys
+
+log = logging.getLogger(__name__)
+
+REC_TYPE_SHIFT = np.uint64(62)
+REC_KEY_MASK = np.uint64((1 << 62) - 1)
+REC_LOOKUP, REC_BATCH_END, REC_HINT = 0, 1, 2
+
+# per-table counters the driver keeps (all int64)
+TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions", "slow_bytes",
+                  "prefetch_issued", "prefetch_useful", "prefetch_late", "hint_fetched", "hint_useful")
+# per-pool counters
+POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
+                 "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
+                 "policy_overflow", "rings_released")
+
+
+class PoolLike(Protocol):
+    """The daemon side of recmgd.pool.Pool (docs/ARCHITECTURE.md) that the driver uses."""
+
+    name: str
+    n_slots: int
+    tables: list[Any]
+
+    def fill_keys(self, keys: np.ndarray) -> int: ...
+    def evict_keys(self, keys: np.ndarray) -> int: ...
+    def resident_keys(self) -> np.ndarray: ...
+    def rings(self) -> list[Any]: ...
+    def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
+    def release_ring(self, index: int) -> None: ...
+
+
+class FillBudget:
+    """Caps on fills from the slow tier: rows per second and bytes per second (0 = no cap).
+
+    Wall-clock mode: a token bucket refilled at each :meth:`refill`, holding at most ``burst`` seconds
+    of budget. Step mode: each :meth:`refill` grants exactly ``rate * step_seconds`` (deterministic).
+    Shared by every pool (they share the slow tier).
+    """
+
+    def __init__(self, rows_per_s: float = 0.0, mb_per_s: float = 0.0, *, step_mode: bool = False,
+                 step_seconds: float = 0.01, burst: float = 0.05) -> None:
+        self.configure(rows_per_s, mb_per_s, step_mode=step_mode, step_seconds=step_seconds, burst=burst)
+
+    def configure(self, rows_per_s: float, mb_per_s: float, *, step_mode: bool, step_seconds: float,
+                  burst: float = 0.05) -> None:
+        self.rows_rate = float(rows_per_s)
+        self.bytes_rate = float(mb_per_s) * 1e6
+        self.step_mode = step_mode
+        self.step_seconds = step_seconds
+        self.burst = max(burst, 2 * step_seconds)
+        self.rows = self.rows_rate * self.burst
+        self.bytes = self.bytes_rate * self.burst
+        self._last = time.monotonic()
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rows_rate <= 0 and self.bytes_rate <= 0
+
+    def refill(self, now: float | None = None) -> None:
+        if self.unlimited:
+            return
+        if self.step_mode:
+            self.rows = self.rows_rate * self.step_seconds
+            self.bytes = self.bytes_rate * self.step_seconds
+            return
+        now = time.monotonic() if now is None else now
+        dt = max(0.0, now - self._last)
+        self._last = now
+        self.rows = min(self.rows_rate * self.burst, self.rows + self.rows_rate * dt)
+        self.bytes = min(self.bytes_rate * self.burst, self.bytes + self.bytes_rate * dt)
+
+    def take(self, row_bytes: np.ndarray) -> int:
+        """How many of these fills (in order, each of ``row_bytes[i]`` bytes) the budget allows now."""
+        n = len(row_bytes)
+        if self.unlimited or n == 0:
+            return n
+        allowed = n
+        if self.rows_rate > 0:
+            allowed = min(allowed, max(0, int(self.rows)))
+        if self.bytes_rate > 0 and allowed:
+            csum = np.cumsum(row_bytes[:allowed], dtype=np.float64)
+            allowed = int(np.searchsorted(csum, self.bytes, side="right"))
+        if self.rows_rate > 0:
+            self.rows -= allowed
+        if self.bytes_rate > 0 and allowed:
+            self.bytes -= float(np.sum(row_bytes[:allowed], dtype=np.float64))
+        return allowed
+
+
+@dataclass
+class _RingState:
+    pending: list[np.ndarray]  # records of the batch not yet ended
+    pid: int = 0
+
+
+def _ring_field(info: Any, name: str, default: int = 0) -> int:
+    if isinstance(info, dict):
+        return int(info.get(name, default))
+    return int(getattr(info, name, default))
+
+
+class PoolDriver:
+    """Drives one policy from one pool's access rings and applies its decisions to the pool."""
+
+    def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
+                 budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144) -> None:
+        self.pool = pool
+        self.name = str(pool.name)
+        self.step_mode = step_mode
+        self.max_drain = max_drain
+        self.budget = budget or FillBudget()
+        self.paused = False
+        tables = list(pool.tables)
+        self.n_tables = len(tables)
+        self.table_rows = np.array([int(t.rows) for t in tables], dtype=np.int64)
+        self.table_row_bytes = np.array([int(t.row_bytes) for t in tables], dtype=np.int64)
+        self.offsets = np.zeros(self.n_tables + 1, dtype=np.int64)
+        np.cumsum(self.table_rows, out=self.offsets[1:])
+        total = int(self.offsets[-1])
+        self.n_slots = int(pool.n_slots)
+        self.hint_slots = min(int(hint_slots), self.n_slots)
+        self.capacity = self.n_slots - self.hint_slots
+        # the fast-tier mirror: owned by the policy / by the hint reserve; prefetch bookkeeping
+        self.resident = np.zeros(total, dtype=bool)
+        self.hinted = np.zeros(total, dtype=bool)
+        self.pf_unread = np.zeros(total, dtype=bool)
+        self.hint_unread = np.zeros(total, dtype=bool)
+        self.pf_dropped = np.zeros(total, dtype=bool)
+        self._pf_dropped_keys = np.zeros(0, dtype=np.int64)  # flat indices dropped last step
+        self.n_resident = 0
+        self.hint_fifo: deque[int] = deque()  # flat indices, oldest first (stale ones skipped)
+        self.n_hinted = 0
+        self.rings: dict[int, _RingState] = {}
+        self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
+        self.pc = dict.fromkeys(POOL_COUNTERS, 0)
+        self.ring_drops: dict[int, int] = {}
+        self.dropped_total = 0
+        self.policy_time = 0.0
+        self.backlog = 0
+        self.policy_name = policy_name
+        self.policy = policy
+        self._install_policy(policy, rebuild=True)
+
+    # -- residency ---------------------------------------------------------------------------------
+
+    def flat(self, keys: np.ndarray) -> np.ndarray:
+        """Flat mirror index of each key (keys must be valid)."""
+        return self.offsets[keys >> ROW_BITS] + (keys & ROW_MASK)
+
+    def keys_of(self, flat: np.ndarray) -> np.ndarray:
+        t = np.searchsorted(self.offsets, flat, side="right") - 1
+        return (t.astype(np.int64) << ROW_BITS) | (flat - self.offsets[t])
+
+    def valid(self, keys: np.ndarray) -> np.ndarray:
+        t = keys >> ROW_BITS
+        ok = (keys >= 0) & (t < self.n_tables)
+        if ok.all():
+            return (keys & ROW_MASK) < self.table_rows[t]
+        ok[ok] = (keys[ok] & ROW_MASK) < self.table_rows[t[ok]]
+        return ok
+
+    def resident_count(self) -> int:
+        return self.n_resident + self.n_hinted
+
+    def _install_policy(self, policy: Policy, *, rebuild: bool) -> None:
+        """Give a fresh policy the fast tier's current contents (attach, restart, policy switch).
+
+        The pool's resident keys are shown to the policy as one step of misses; what it admits it then
+        owns, and whatever it does not keep (or the capacity cannot hold) is evicted, so the policy's
+        view of residency is exact from the first real step on.
+        """
+        if rebuild:
+            keys = np.asarray(self.pool.resident_keys(), dtype=np.int64)
+            self.resident[:] = False
+            self.hinted[:] = False
+            self.hint_fifo.clear()
+            self.n_hinted = 0
+            bad = keys[~self.valid(keys)]
+            if len(bad):
+                log.warning("pool %s: %d resident keys outside the tables; evicting", self.name, len(bad))
+                self.pool.evict_keys(bad)
+            keys = keys[self.valid(keys)]
+            self.resident[self.flat(keys)] = True
+        else:
+            keys = self.keys_of(np.flatnonzero(self.resident | self.hinted))
+            self.hinted[:] = False
+            self.hint_fifo.clear()
+            self.n_hinted = 0
+            self.resident[self.flat(keys)] = True
+        self.policy = policy
+        policy.reset(self.capacity)
+        keep = np.zeros(0, dtype=np.int64)
+        if len(keys):
+            view = StepView(step=-1, keys=keys, hit=np.zeros(len(keys), dtype=bool))
+            dec = policy.observe(view)
+            admitted = as_keys(dec.admit)
+            admitted = admitted[np.isin(admitted, keys)]
+            keep = admitted[: self.capacity]
+            if len(admitted) > len(keep):
+                policy.rejected(admitted[len(keep):])
+        drop = np.setdiff1d(keys, keep, assume_unique=False)
+        if len(drop):
+            self.pool.evict_keys(drop)
+            self.resident[self.flat(drop)] = False
+        self.n_resident = len(keep)
+        log.info("pool %s: policy %s, capacity %d rows (+%d hint slots), %d rows kept resident, %d evicted",
+                 self.name, self.policy_name, self.capacity, self.hint_slots, len(keep), len(drop))
+
+    def switch_policy(self, policy: Policy, name: str, hint_slots: int | None = None) -> None:
+        """Replace the policy; the fast tier's contents carry over (see :meth:`_install_policy`)."""
+        if hint_slots is not None and min(hint_slots, self.n_slots) != self.hint_slots:
+            self.hint_slots = min(int(hint_slots), self.n_slots)
+            self.capacity = self.n_slots - self.hint_slots
+        self.policy_name = name
+        self._install_policy(policy, rebuild=False)
+
+    # -- the tick --------------------------------------------------------------------------------
+
+    def tick(self) -> int:
+        """Drain every ring once, process each complete batch as one step; returns records drained."""
+        drained = 0
+        backlog = 0
+        for info in self.pool.rings():
+            idx = _ring_field(info, "index", -1)
+            pid = _ring_field(info, "pid")
+            if idx < 0 or pid == 0:
+                continue
+            drops = _ring_field(info, "drops")
+            prev = self.ring_drops.get(idx, 0)
+            if drops > prev:
+                self.dropped_total += drops - prev
+            self.ring_drops[idx] = drops
+            st = self.rings.get(idx)
+            if st is None or st.pid != pid:
+                st = self.rings[idx] = _RingState(pending=[], pid=pid)
+            if _ring_field(info, "waiting", 1) == 0:
+                continue
+            recs = self.pool.drain_ring(idx, self.max_drain)
+            n = len(recs)
+            if n == 0:
+                continue
+            drained += n
+            if n >= self.max_drain:
+                backlog += max(0, _ring_field(info, "waiting") - n)
+            self._consume(st, np.asarray(recs, dtype=np.uint64))
+        self.backlog = backlog
+        self.pc["records"] += drained
+        return drained
+
+    def _consume(self, st: _RingState, recs: np.ndarray) -> None:
+        types = recs >> REC_TYPE_SHIFT
+        ends = np.flatnonzero(types == REC_BATCH_END)
+        start = 0
+        for e in ends:
+            seg = recs[start:e]
+            if st.pending:
+                st.pending.append(seg)
+                seg = np.concatenate(st.pending)
+                st.pending = []
+            self._batch(seg)
+            start = int(e) + 1
+        tail = recs[start:]
+        if len(tail):
+            st.pending.append(tail)
+            # hints for the coming lookups: fetch them now, ahead of the batch's end
+            ttypes = tail >> REC_TYPE_SHIFT
+            if self.hint_slots and (ttypes == REC_HINT).any() and not self.paused:
+                hk = (tail[ttypes == REC_HINT] & REC_KEY_MASK).astype(np.int64)
+                self._fetch_hints(hk)
+                st.pending[-1] = tail[ttypes != REC_HINT]
+
+    def flush_ring(self, index: int) -> None:
+        """A dead app's ring: drain what is left, process complete batches, forget the partial one."""
+        st = self.rings.pop(index, None)
+        try:
+            recs = self.pool.drain_ring(index, self.max_drain)
+        except RecmgError:
+            recs = np.zeros(0, dtype=np.uint64)
+        if st is not None and len(recs):
+            self._consume(st, np.asarray(recs, dtype=np.uint64))
+        self.ring_drops.pop(index, None)
+
+    # -- one step --------------------------------------------------------------------------------
+
+    def _batch(self, seg: np.ndarray) -> None:
+        self.pc["batches"] += 1
+        if not len(seg):
+            self._step(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+            return
+        types = seg >> REC_TYPE_SHIFT
+        keys = (seg & REC_KEY_MASK).astype(np.int64)
+        if (types == REC_LOOKUP).all():
+            lookups = keys
+            hints = np.zeros(0, dtype=np.int64)
+        else:
+            lookups = keys[types == REC_LOOKUP]
+            hints = keys[types == REC_HINT]
+        self._step(lookups, hints)
+
+    def _count(self, name: str, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
+        if len(keys):
+            self.tc[name] += np.bincount(keys >> ROW_BITS, weights=weights,
+                                         minlength=self.n_tables).astype(np.int64)
+
+    def _step(self, lookups: np.ndarray, hints: np.ndarray) -> None:
+        ok = self.valid(lookups)
+        if not ok.all():
+            self.pc["bad_records"] += int((~ok).sum())
+            lookups = lookups[ok]
+        if len(hints):
+            okh = self.valid(hints)
+            if not okh.all():
+                self.pc["bad_records"] += int((~okh).sum())
+                hints = hints[okh]
+            self.pc["hint_received"] += len(hints)
+        self._count("lookups", lookups)
+        if len(lookups) > 1:
+            _, first = np.unique(lookups, return_index=True)
+            keys = lookups[np.sort(first)]
+        else:
+            keys = lookups
+        flat = self.flat(keys)
+        owned = self.resident[flat]
+        hint_owned = self.hinted[flat]
+        hit = owned | hint_owned
+        self._count("unique", keys)
+        self._count("hits", keys[hit])
+        self._count("on_demand", keys[~hit])
+        # prefetch and hint bookkeeping
+        useful = self.pf_unread[flat] & hit
+        if useful.any():
+            self._count("prefetch_useful", keys[useful])
+        self.pf_unread[flat] = False
+        hu = self.hint_unread[flat] & hit
+        if hu.any():
+            self._count("hint_useful", keys[hu])
+        late_hint = self.hint_unread[flat] & ~hit
+        if late_hint.any():
+            self.pc["hint_late"] += int(late_hint.sum())
+        self.hint_unread[flat] = False
+        late = self.pf_dropped[flat] & ~hit
+        if late.any():
+            self._count("prefetch_late", keys[late])
+        if len(self._pf_dropped_keys):
+            self.pf_dropped[self._pf_dropped_keys] = False
+            self._pf_dropped_keys = np.zeros(0, dtype=np.int64)
+        self.pc["steps"] += 1
+        if self.paused:
+            return
+        view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints)
+        t0 = time.perf_counter()
+        dec = self.policy.observe(view)
+        self.policy_time += time.perf_counter() - t0
+        self.budget.refill()
+        self._apply(as_keys(dec.evict), as_keys(dec.admit), hints, as_keys(dec.prefetch))
+
+    # -- applying a decision --------------------------------------------------------------------------
+
+    def _evict_flat(self, fl: np.ndarray) -> None:
+        """Evict rows (flat indices, resident in the pool) and update the mirror and counters."""
+        if not len(fl):
+            return
+        keys = self.keys_of(fl)
+        self.pool.evict_keys(keys)
+        self._count("evictions", keys)
+        unread = self.pf_unread[fl]
+        if unread.any():
+            self.pc["prefetch_evicted_unread"] += int(unread.sum())
+            self.pf_unread[fl] = False
+        self.hint_unread[fl] = False
+
+    def _fill(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fill keys (not resident) under the budget; returns (filled, dropped)."""
+        if not len(keys):
+            return keys, keys
+        rb = self.table_row_bytes[keys >> ROW_BITS]
+        n = self.budget.take(rb)
+        filled, dropped = keys[:n], keys[n:]
+        if n:
+            self.pool.fill_keys(filled)
+            self._count("fills", filled)
+            self._count("slow_bytes", filled, rb[:n].astype(np.float64))
+        return filled, dropped
+
+    def _insert(self, keys: np.ndarray, kind: str) -> None:
+        """Admissions or prefetches of the policy: skip resident ones, take over hinted ones, fill."""
+        if not len(keys):
+            return
+        ok = self.valid(keys)
+        if not ok.all():
+            self.pc["bad_records"] += int((~ok).sum())
+            keys = keys[ok]
+        if len(keys) > 1:
+            _, first = np.unique(keys, return_index=True)
+            if len(first) != len(keys):
+                keys = keys[np.sort(first)]
+        fl = self.flat(keys)
+        new = ~self.resident[fl]
+        keys, fl = keys[new], fl[new]
+        room = self.capacity - self.n_resident
+        if len(keys) > room:
+            self.pc["policy_overflow"] += len(keys) - max(room, 0)
+            if kind == "admit":
+                self.pc["admit_rejected"] += len(keys) - max(room, 0)
+            else:
+                self.pc["prefetch_rejected"] += len(keys) - max(room, 0)
+            self.policy.rejected(keys[max(room, 0):])
+            keys, fl = keys[: max(room, 0)], fl[: max(room, 0)]
+            if not len(keys):
+                return
+        # rows fetched for a hint: the policy takes them over, no copy
+        took = self.hinted[fl]
+        if took.any():
+            tf = fl[took]
+            self.hinted[tf] = False
+            self.resident[tf] = True
+            self.n_hinted -= len(tf)
+            self.n_resident += len(tf)
+            keys, fl = keys[~took], fl[~took]
+        if kind == "prefetch":
+            self._count("prefetch_issued", keys)
+        filled, dropped = self._fill(keys)
+        if len(filled):
+            ff = fl[: len(filled)]
+            self.resident[ff] = True
+            self.n_resident += len(filled)
+            if kind == "prefetch":
+                self.pf_unread[ff] = True
+        if len(dropped):
+            self.pc["prefetch_rejected" if kind == "prefetch" else "admit_rejected"] += len(dropped)
+            if kind == "prefetch":
+                df = fl[len(filled):]
+                self.pf_dropped[df] = True
+                self._pf_dropped_keys = np.concatenate([self._pf_dropped_keys, df])
+            self.policy.rejected(dropped)
+
+    def _fetch_hints(self, hints: np.ndarray) -> None:
+        """Fill hinted rows into the hint reserve (oldest hinted rows make room); counted apart."""
+        if not len(hints) or not self.hint_slots:
+            return
+        ok = self.valid(hints)
+        hints = hints[ok]
+        if len(hints) > 1:
+            _, first = np.unique(hints, return_index=True)
+            hints = hints[np.sort(first)]
+        fl = self.flat(hints)
+        new = ~(self.resident[fl] | self.hinted[fl])
+        hints, fl = hints[new], fl[new]
+        if len(hints) > self.hint_slots:
+            self.pc["hint_rejected"] += len(hints) - self.hint_slots
+            hints, fl = hints[: self.hint_slots], fl[: self.hint_slots]
+        need = self.n_hinted + len(hints) - self.hint_slots
+        if need > 0:
+            old = []
+            while need > 0 and self.hint_fifo:
+                f = self.hint_fifo.popleft()
+                if self.hinted[f]:
+                    old.append(f)
+                    need -= 1
+            if old:
+                of = np.array(old, dtype=np.int64)
+                self._evict_flat(of)
+                self.hinted[of] = False
+                self.n_hinted -= len(of)
+        filled, dropped = self._fill(hints)
+        if len(filled):
+            ff = fl[: len(filled)]
+            self.hinted[ff] = True
+            self.hint_unread[ff] = True
+            self.n_hinted += len(filled)
+            self.hint_fifo.extend(ff.tolist())
+            self._count("hint_fetched", filled)
+        if len(dropped):
+            self.pc["hint_rejected"] += len(dropped)
+
+    def _apply(self, evict: np.ndarray, admit: np.ndarray, hints: np.ndarray, prefetch: np.ndarray) -> None:
+        if len(evict):
+            ok = self.valid(evict)
+            evict = evict[ok]
+            fl = np.unique(self.flat(evict))
+            fl = fl[self.resident[fl]]
+            if len(fl):
+                self._evict_flat(fl)
+                self.resident[fl] = False
+                self.n_resident -= len(fl)
+        self._insert(admit, "admit")
+        if len(hints):
+            self._fetch_hints(hints)
+        self._insert(prefetch, "prefetch")
+
+    # -- reporting -------------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        """Counters of this pool: totals, per table, and the policy's state."""
+        tables = []
+        for t in range(self.n_tables):
+            row = {k: int(v[t]) for k, v in self.tc.items()}
+            row["table"] = t
+            tables.append(row)
+        totals = {k: int(v.sum()) for k, v in self.tc.items()}
+        uniq = totals["unique"]
+        out: dict[str, Any] = {
+            "pool": self.name,
+            "policy": self.policy_name,
+            "paused": self.paused,
+            "step_mode": self.step_mode,
+            "n_slots": self.n_slots,
+            "capacity": self.capacity,
+            "hint_slots": self.hint_slots,
+            "resident": self.resident_count(),
+            "apps": len(self.rings),
+            "ring_drops": self.dropped_total,
+            "backlog_records": self.backlog,
+            "policy_time_s": round(self.policy_time, 6),
+            "hit_rate": (totals["hits"] / uniq) if uniq else 0.0,
+            **totals,
+            **self.pc,
+            "tables": tables,
+        }
+        return out
+
+
+def create_policy(name: str, options: dict[str, object]) -> Policy:
+    """Build a policy through the registry; an unknown name or a failing factory is a RecmgError."""
+    try:
+        pol = policy_mod.create(name, **options)
+    except ValueError as exc:
+        raise PolicyError(str(exc)) from None
+    if pol.needs_future:
+        raise PolicyError(f"policy {name!r} needs the future (OPT) and cannot run live")
+    return pol

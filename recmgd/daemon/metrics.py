@@ -1,0 +1,120 @@
+"""The daemon's numbers in the Prometheus text format (prometheus-client), on the metrics address.
+
+The collector reads the latest stats snapshot that the loop publishes (a dict replaced as a whole,
+so the HTTP thread never sees a half-updated one); it never calls into the pools itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import Collector
+
+from recmgd.errors import RecmgError
+
+log = logging.getLogger(__name__)
+
+# table-level counters: (stats key, metric name, help)
+TABLE_METRICS = (
+    ("lookups", "lookups", "ids looked up (ring records)"),
+    ("unique", "unique_lookups", "distinct rows per batch, summed"),
+    ("hits", "fast_hits", "distinct rows per batch found in the fast tier"),
+    ("on_demand", "on_demand_fetches", "distinct rows per batch read from the slow tier"),
+    ("prefetch_issued", "prefetches_issued", "rows prefetched by the policy"),
+    ("prefetch_useful", "prefetches_useful", "prefetched rows read before eviction"),
+    ("prefetch_late", "prefetches_late", "prefetches the budget deferred, read before they were filled"),
+    ("hint_fetched", "hints_fetched", "rows fetched because an app hinted them"),
+    ("hint_useful", "hints_useful", "hinted rows read from the fast tier"),
+    ("evictions", "evictions", "rows evicted from the fast tier"),
+    ("fills", "slot_fills", "rows copied into fast-tier slots"),
+    ("slow_bytes", "slow_tier_read_bytes", "bytes read from the slow tier by fills"),
+)
+POOL_COUNTERS = (
+    ("steps", "steps", "policy steps (app batches)"),
+    ("ring_drops", "ring_drops", "ring records the apps dropped because a ring was full"),
+    ("bad_records", "bad_records", "ring records with keys outside the tables"),
+    ("prefetch_rejected", "prefetches_rejected", "prefetches the fill budget dropped"),
+    ("admit_rejected", "admissions_rejected", "admissions the fill budget dropped"),
+    ("prefetch_evicted_unread", "prefetches_evicted_unread", "prefetched rows evicted before a read"),
+    ("rings_released", "rings_released", "rings of dead apps released"),
+    ("policy_time_s", "model_inference_seconds", "time spent in the policy"),
+)
+POOL_GAUGES = (
+    ("resident", "resident_rows", "rows in the fast tier"),
+    ("capacity", "capacity_rows", "rows the policy may keep"),
+    ("apps", "apps", "app processes attached"),
+    ("backlog_records", "backlog_records", "ring records left undrained after a tick"),
+    ("hit_rate", "hit_rate", "fast hits / unique lookups"),
+)
+
+
+class StatsCollector(Collector):
+    """Turns the daemon's stats snapshot into metric families."""
+
+    def __init__(self, snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Any]:
+        snap = self.snapshot() or {}
+        pools = snap.get("pools", {})
+        for key, name, help_text in TABLE_METRICS:
+            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool", "table"])
+            for pname, p in pools.items():
+                for t in p.get("tables", []):
+                    fam.add_metric([pname, str(t["table"])], float(t.get(key, 0)))
+            yield fam
+        for key, name, help_text in POOL_COUNTERS:
+            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, p in pools.items():
+                fam.add_metric([pname], float(p.get(key, 0)))
+            yield fam
+        for key, name, help_text in POOL_GAUGES:
+            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, p in pools.items():
+                fam.add_metric([pname], float(p.get(key, 0)))
+            yield fam
+        d = snap.get("daemon", {})
+        yield GaugeMetricFamily("recmgd_loop_lag_seconds", "how late the last loop tick ended",
+                                value=float(d.get("loop_lag_s", 0.0)))
+        yield CounterMetricFamily("recmgd_ticks", "loop ticks", value=float(d.get("ticks", 0)))
+        yield GaugeMetricFamily("recmgd_lookups_per_second", "ring records drained per second",
+                                value=float(d.get("lookups_per_s", 0.0)))
+        yield GaugeMetricFamily("recmgd_pools", "pools attached", value=float(len(pools)))
+
+
+class MetricsServer:
+    """The Prometheus endpoint (GET /metrics), in a background thread of the daemon."""
+
+    def __init__(self, address: tuple[str, int], snapshot: Callable[[], dict[str, Any]]) -> None:
+        self.address = address
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(StatsCollector(snapshot))
+        self._server: Any = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        from prometheus_client import start_http_server
+
+        host, port = self.address
+        try:
+            result = start_http_server(port, addr=host, registry=self.registry)
+        except OSError as exc:
+            raise RecmgError(f"metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        if isinstance(result, tuple):
+            self._server, self._thread = result
+        log.info("metrics at http://%s:%d/metrics", host, port)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,116 @@
+"""sd_notify (through systemd-python) and logging setup: journal under systemd, stderr otherwise."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+
+log = logging.getLogger(__name__)
+
+
+def under_systemd() -> bool:
+    """True when systemd started us (it sets INVOCATION_ID, and JOURNAL_STREAM when stderr is the journal)."""
+    return bool(os.environ.get("INVOCATION_ID") or os.environ.get("JOURNAL_STREAM"))
+
+
+def setup_logging(level: str = "info", *, force_stderr: bool = False) -> None:
+    """Log to the journal under systemd (systemd.journal.JournalHandler), to stderr otherwise."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler: logging.Handler
+    if under_systemd() and not force_stderr:
+        try:
+            from systemd.journal import JournalHandler
+
+            handler = JournalHandler(SYSLOG_IDENTIFIER="recmgd")
+            handler.setFormatter(logging.Formatter("%(name)s: %(message)s"))
+        except ImportError:  # pragma: no cover - systemd-python is a dependency
+            handler = logging.StreamHandler(sys.stderr)
+            handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root.addHandler(handler)
+    set_level(level)
+
+
+def set_level(level: str) -> None:
+    logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
+
+
+def monotonic_usec() -> int:
+    """CLOCK_MONOTONIC in microseconds, as RELOADING=1's MONOTONIC_USEC= wants it."""
+    return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+
+
+class Notifier:
+    """The daemon's side of the sd_notify protocol. A no-op when NOTIFY_SOCKET is not set."""
+
+    def __init__(self) -> None:
+        self.enabled = bool(os.environ.get("NOTIFY_SOCKET"))
+        self._notify = None
+        if self.enabled:
+            from systemd import daemon as sd_daemon
+
+            self._notify = sd_daemon.notify
+        self.watchdog_interval = self._watchdog_interval()
+        self._last_watchdog = 0.0
+        self._last_status = ""
+
+    @staticmethod
+    def _watchdog_interval() -> float | None:
+        """Half of WATCHDOG_USEC in seconds when the watchdog is on for this process, else None."""
+        usec = os.environ.get("WATCHDOG_USEC")
+        if not usec or not os.environ.get("NOTIFY_SOCKET"):
+            return None
+        pid = os.environ.get("WATCHDOG_PID")
+        if pid and pid != str(os.getpid()):
+            return None
+        try:
+            value = int(usec)
+        except ValueError:
+            log.warning("ignoring WATCHDOG_USEC=%r (not an integer)", usec)
+            return None
+        return value / 2e6 if value > 0 else None
+
+    def send(self, message: str) -> None:
+        if self._notify is None:
+            return
+        try:
+            self._notify(message)
+        except OSError as exc:  # the manager went away: nothing we can do but say so once
+            log.debug("sd_notify failed: %s", exc)
+
+    def ready(self, status: str) -> None:
+        self._last_status = status
+        self.send(f"READY=1\nSTATUS={status}")
+
+    def status(self, status: str) -> None:
+        if status != self._last_status:
+            self._last_status = status
+            self.send(f"STATUS={status}")
+
+    def reloading(self) -> None:
+        self.send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")
+
+    def stopping(self) -> None:
+        self.send("STOPPING=1")
+
+    def watchdog(self, now: float | None = None) -> bool:
+        """Ping the watchdog if half its interval has passed; called from the loop only."""
+        if self.watchdog_interval is None:
+            return False
+        now = time.monotonic() if now is None else now
+        if now - self._last_watchdog < self.watchdog_interval:
+            return False
+        self._last_watchdog = now
+        self.send("WATCHDOG=1")
+        return True
+
+    def next_watchdog_in(self, now: float) -> float | None:
+        if self.watchdog_interval is None:
+            return None
+        return max(0.0, self._last_watchdog + self.watchdog_interval - now)

@@ -1,0 +1,463 @@
+"""The daemon process: pools, the loop, the control socket, metrics, signals and sd_notify together.
+
+One thread does everything that touches a pool (the loop); the control socket is served by the same
+thread between ticks, so a command never races a tick. Only the metrics HTTP server runs in its own
+thread, and it reads a published snapshot. Signals only set flags (and wake the loop).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import signal
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from recmgd.daemon import config as config_mod
+from recmgd.daemon.apps import AppTracker, discover_pools
+from recmgd.daemon.config import Config, PolicyConfig
+from recmgd.daemon.control import CommandError, ControlServer
+from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
+from recmgd.daemon.metrics import MetricsServer
+from recmgd.daemon.notify import Notifier, set_level
+from recmgd.errors import ConfigError, PoolError, RecmgError
+
+log = logging.getLogger(__name__)
+
+STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
+
+
+@dataclass
+class _Attached:
+    driver: PoolDriver
+    tracker: AppTracker
+    policy_cfg: PolicyConfig
+    inode: int | None
+
+
+def _shm_inode(name: str) -> int | None:
+    try:
+        return os.stat(os.path.join("/dev/shm", name)).st_ino
+    except OSError:
+        return None
+
+
+class Daemon:
+    """recmgd: attach the configured pools and drive their policies until told to stop."""
+
+    def __init__(self, cfg: Config, config_path: str | None, *, step_mode: bool = False,
+                 notifier: Notifier | None = None) -> None:
+        self.config_path = config_path
+        self.force_step_mode = step_mode
+        self.cfg = self._effective(cfg)
+        self.notifier = notifier or Notifier()
+        self.budget = FillBudget()
+        self._configure_budget()
+        self.pools: dict[str, _Attached] = {}
+        self.control: ControlServer | None = None
+        self.metrics: MetricsServer | None = None
+        self.stall_file = os.environ.get(STALL_ENV) or None
+        self._stop = False
+        self._reload = False
+        self._attach_errors: dict[str, str] = {}
+        self.last_reload_error: str | None = None
+        self.reloads = 0
+        self.started = time.monotonic()
+        self.ticks = 0
+        self.lag = 0.0
+        self.lag_max = 0.0
+        self._rate = 0.0
+        self._rate_mark = (time.monotonic(), 0)
+        self._snapshot: dict[str, Any] = {}
+        self._warned_drops: dict[str, int] = {}
+        self._last_warn = 0.0
+        self._policy_override: dict[str, str] = {}
+
+    def _effective(self, cfg: Config) -> Config:
+        return cfg.replace(step_mode=True) if self.force_step_mode else cfg
+
+    def _configure_budget(self) -> None:
+        c = self.cfg
+        self.budget.configure(c.fill_rows_per_s, c.fill_mb_per_s, step_mode=c.step_mode,
+                              step_seconds=c.interval, burst=max(0.05, 2 * c.interval))
+
+    # -- signals -------------------------------------------------------------------------------
+
+    def _install_signals(self) -> None:
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        signal.set_wakeup_fd(self._wake_w.fileno(), warn_on_full_buffer=False)
+
+        def on_stop(signum: int, frame: object) -> None:
+            self._stop = True
+
+        def on_hup(signum: int, frame: object) -> None:
+            self._reload = True
+
+        signal.signal(signal.SIGTERM, on_stop)
+        signal.signal(signal.SIGINT, on_stop)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _drain_wakeup(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+    # -- pools ---------------------------------------------------------------------------------
+
+    def _policy_cfg(self, name: str) -> PolicyConfig:
+        pc = self.cfg.policy_for(name)
+        override = self._policy_override.get(name)
+        if override:
+            pc = dataclasses.replace(pc, name=override)
+        return pc
+
+    def _attach(self, name: str) -> bool:
+        from recmgd.pool import Pool  # the native binding: imported only when a pool is attached
+
+        pc = self._policy_cfg(name)
+        try:
+            pol = create_policy(pc.name, pc.create_options())
+            pool = Pool.attach(name, role="daemon")
+        except RecmgError as exc:
+            msg = str(exc)
+            if self._attach_errors.get(name) != msg:
+                log.warning("pool %s: cannot attach: %s (will retry)", name, msg)
+                self._attach_errors[name] = msg
+            return False
+        try:
+            driver = PoolDriver(pool, pol, pc.name, hint_slots=pc.hint_slots, budget=self.budget,
+                                step_mode=self.cfg.step_mode, max_drain=self.cfg.max_drain)
+        except Exception as exc:
+            pool.close()
+            msg = str(exc)
+            if self._attach_errors.get(name) != msg:
+                log.error("pool %s: cannot drive it: %s", name, msg)
+                self._attach_errors[name] = msg
+            return False
+        self._attach_errors.pop(name, None)
+        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name))
+        self.pools[name] = att
+        att.tracker.check()
+        log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
+                 driver.n_slots, driver.resident_count())
+        return True
+
+    def _detach(self, name: str, why: str) -> None:
+        att = self.pools.pop(name, None)
+        if att is None:
+            return
+        try:
+            att.driver.pool.close()  # type: ignore[attr-defined]
+        except Exception as exc:  # noqa: BLE001
+            log.warning("pool %s: close failed: %s", name, exc)
+        log.info("pool %s detached (%s)", name, why)
+
+    def _discover(self) -> None:
+        """Attach pools that appeared; detach pools whose object was removed or replaced."""
+        for name in list(self.pools):
+            ino = _shm_inode(name)
+            if ino is None:
+                self._detach(name, "its shared-memory object was removed")
+            elif ino != self.pools[name].inode:
+                self._detach(name, "its shared-memory object was replaced")
+            elif not self.cfg.manages(name):
+                self._detach(name, "no longer in the configuration")
+        wanted = discover_pools(self.cfg.pools)
+        for name in wanted:
+            if name not in self.pools:
+                self._attach(name)
+
+    def waiting_for(self) -> list[str]:
+        if self.cfg.pools is None:
+            return []
+        return [n for n in self.cfg.pools if n not in self.pools]
+
+    # -- reporting -----------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, Any]:
+        now = time.monotonic()
+        return {
+            "daemon": {
+                "pid": os.getpid(),
+                "uptime_s": round(now - self.started, 3),
+                "config": self.cfg.path,
+                "step_mode": self.cfg.step_mode,
+                "ticks": self.ticks,
+                "loop_lag_s": round(self.lag_max if self.lag_max else self.lag, 6),
+                "lookups_per_s": round(self._rate, 1),
+                "reloads": self.reloads,
+                "last_reload_error": self.last_reload_error,
+                "waiting_for": self.waiting_for(),
+            },
+            "pools": {name: att.driver.stats() for name, att in self.pools.items()},
+        }
+
+    def status_line(self) -> str:
+        n = len(self.pools)
+        hits = uniq = 0
+        for att in self.pools.values():
+            hits += int(att.driver.tc["hits"].sum())
+            uniq += int(att.driver.tc["unique"].sum())
+        parts = [f"{n} pool{'s' if n != 1 else ''}", f"{self._rate / 1e6:.2f}M lookups/s"]
+        parts.append(f"hit rate {100.0 * hits / uniq:.1f}%" if uniq else "hit rate -")
+        parts.append(f"lag {self.lag * 1e3:.0f} ms")
+        paused = [name for name, a in self.pools.items() if a.driver.paused]
+        if paused:
+            parts.append("paused: " + ",".join(paused))
+        waiting = self.waiting_for()
+        if waiting:
+            parts.append("waiting for " + ",".join(waiting))
+        if self.last_reload_error:
+            parts.append("last reload failed: " + self.last_reload_error)
+        return "; ".join(parts)
+
+    def _update_rate(self, now: float) -> None:
+        t0, r0 = self._rate_mark
+        records = sum(att.driver.pc["records"] for att in self.pools.values())
+        if now - t0 >= 0.5:
+            self._rate = max(0.0, (records - r0) / (now - t0))
+            self._rate_mark = (now, records)
+
+    # -- control -------------------------------------------------------------------------------
+
+    def _pool_arg(self, args: dict[str, Any]) -> _Attached:
+        name = args.get("pool")
+        if not isinstance(name, str):
+            raise CommandError("missing argument \"pool\" (a pool name)")
+        att = self.pools.get(name)
+        if att is None:
+            raise CommandError(f"no such pool {name!r} (attached: {', '.join(self.pools) or 'none'})")
+        return att
+
+    def handle(self, cmd: str, args: dict[str, Any]) -> Any:
+        if cmd == "stats":
+            return self.stats()
+        if cmd == "pools":
+            out = []
+            for name, att in self.pools.items():
+                d = att.driver
+                tables = [{"rows": int(r), "row_bytes": int(b)}
+                          for r, b in zip(d.table_rows, d.table_row_bytes, strict=True)]
+                apps = [{"ring": i, "pid": p} for i, (p, _) in sorted(att.tracker.known.items())]
+                out.append({"name": name, "policy": d.policy_name, "paused": d.paused, "n_slots": d.n_slots,
+                            "capacity": d.capacity, "hint_slots": d.hint_slots,
+                            "resident": d.resident_count(), "tables": tables, "apps": apps})
+            for name in self.waiting_for():
+                out.append({"name": name, "waiting": True, "error": self._attach_errors.get(name)})
+            return out
+        if cmd == "reload":
+            err = self.reload()
+            if err:
+                raise CommandError(f"reload failed, the running configuration is kept: {err}")
+            return {"config": self.cfg.path, "reloads": self.reloads}
+        if cmd in ("pause", "resume"):
+            att = self._pool_arg(args)
+            att.driver.paused = cmd == "pause"
+            log.info("pool %s %s", att.driver.name, "paused" if att.driver.paused else "resumed")
+            return {"pool": att.driver.name, "paused": att.driver.paused}
+        if cmd == "policy":
+            att = self._pool_arg(args)
+            name = args.get("name")
+            if not isinstance(name, str) or not name:
+                raise CommandError("missing argument \"name\" (a policy name)")
+            pc = att.policy_cfg
+            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options())
+            att.driver.switch_policy(pol, name)
+            self._policy_override[att.driver.name] = name
+            log.info("pool %s: policy switched to %s", att.driver.name, name)
+            return {"pool": att.driver.name, "policy": name}
+        raise CommandError(f"unknown command {cmd!r}")
+
+    # -- reload --------------------------------------------------------------------------------
+
+    def reload(self) -> str | None:
+        """Re-read the configuration; on any problem keep the running one. Returns the error, if any."""
+        self.notifier.reloading()
+        log.info("reloading %s", self.config_path or config_mod.DEFAULT_PATH)
+        err = None
+        try:
+            self._reload_now()
+        except RecmgError as exc:
+            err = str(exc)
+            self.last_reload_error = err
+            log.error("reload failed, keeping the running configuration: %s", err)
+        else:
+            self.last_reload_error = None
+            self.reloads += 1
+            log.info("reloaded %s", self.cfg.path)
+        self.notifier.ready(self.status_line())
+        return err
+
+    def _reload_now(self) -> None:
+        new = self._effective(config_mod.load(self.config_path, missing_ok=self.config_path is None))
+        config_mod.validate_policies(new)
+        old = self.cfg
+        # everything that can fail is prepared before anything changes
+        new_policies = {}
+        for name, att in self.pools.items():
+            pc = new.policy_for(name)
+            if new.manages(name) and pc != att.policy_cfg:
+                new_policies[name] = (pc, create_policy(pc.name, pc.create_options()))
+        new_control = None
+        if new.control.socket != old.control.socket:
+            nc = new.control
+            new_control = ControlServer(nc.socket, nc.mode, self.handle, nc.max_request)
+            try:
+                new_control.open()
+            except RecmgError as exc:
+                raise ConfigError(f"{new.path}: control.socket: {exc}") from None
+        new_metrics = None
+        metrics_changed = new.metrics.address != old.metrics.address
+        if metrics_changed and new.metrics.address is not None:
+            new_metrics = MetricsServer(new.metrics.address, lambda: self._snapshot)
+            try:
+                if self.metrics is not None and old.metrics.address is not None:
+                    self.metrics.stop()  # the new address may be the same port on another host
+                new_metrics.start()
+            except RecmgError as exc:
+                if new_control is not None:
+                    new_control.close()
+                if self.metrics is not None:
+                    self.metrics.start()
+                raise ConfigError(f"{new.path}: metrics.listen: {exc}") from None
+        # commit
+        self.cfg = new
+        set_level(new.log_level)
+        self._configure_budget()
+        self._policy_override.clear()
+        for name, (pc, pol) in new_policies.items():
+            att = self.pools[name]
+            att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+            att.policy_cfg = pc
+        for att in self.pools.values():
+            att.driver.step_mode = new.step_mode
+            att.driver.max_drain = new.max_drain
+        assert self.control is not None
+        if new_control is not None:
+            self.control.close()
+            new_control.add_reader(self._wake_r, self._drain_wakeup)
+            self.control = new_control
+        elif new.control != old.control:
+            os.chmod(self.control.path, new.control.mode)
+            self.control.mode = new.control.mode
+            self.control.max_request = new.control.max_request
+        if metrics_changed:
+            if new_metrics is None and self.metrics is not None:
+                self.metrics.stop()
+            self.metrics = new_metrics
+        self._discover()
+
+    # -- main loop -----------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        self._install_signals()
+        self.control = ControlServer(self.cfg.control.socket, self.cfg.control.mode, self.handle,
+                                     self.cfg.control.max_request)
+        self.control.open()
+        self.control.add_reader(self._wake_r, self._drain_wakeup)
+        addr = self.cfg.metrics.address
+        if addr is not None:
+            self.metrics = MetricsServer(addr, lambda: self._snapshot)
+            self.metrics.start()
+        self._discover()
+        self._snapshot = self.stats()
+        waiting = self.waiting_for()
+        if waiting:
+            log.info("waiting for pools: %s", ", ".join(waiting))
+        self.notifier.ready(self.status_line())
+        log.info("recmgd ready: %d pools attached (pid %d, step mode %s)", len(self.pools), os.getpid(),
+                 "on" if self.cfg.step_mode else "off")
+
+    def tick(self) -> None:
+        if self.stall_file:
+            while os.path.exists(self.stall_file):  # test hook: a stuck loop
+                time.sleep(0.02)
+        for name, att in list(self.pools.items()):
+            try:
+                att.driver.tick()
+            except PoolError as exc:
+                log.error("pool %s: %s; detaching", name, exc)
+                self._detach(name, "error")
+        self.ticks += 1
+
+    def _check_drops(self, now: float) -> None:
+        for name, att in self.pools.items():
+            d = att.driver.dropped_total
+            if d > self._warned_drops.get(name, 0) and now - self._last_warn > 10.0:
+                log.warning("pool %s: apps dropped %d ring records so far (the daemon lags; lag %.1f ms, "
+                            "backlog %d)", name, d, self.lag * 1e3, att.driver.backlog)
+                self._warned_drops[name] = d
+                self._last_warn = now
+
+    def run(self) -> int:
+        self.setup()
+        assert self.control is not None
+        next_tick = time.monotonic()
+        next_status = next_tick + self.cfg.status_interval
+        next_apps = next_tick + self.cfg.app_check_interval
+        next_snapshot = next_tick
+        try:
+            while not self._stop:
+                now = time.monotonic()
+                if now >= next_tick:
+                    self.tick()
+                    end = time.monotonic()
+                    self.lag = max(0.0, end - next_tick)
+                    self.lag_max = max(self.lag_max, self.lag)
+                    next_tick += self.cfg.interval
+                    if next_tick < end:  # behind: do not try to catch up with a burst of ticks
+                        next_tick = end
+                    self.notifier.watchdog(end)  # from the loop: a stuck tick misses it
+                    now = end
+                if now >= next_apps:
+                    for att in list(self.pools.values()):
+                        try:
+                            att.tracker.check()
+                        except PoolError as exc:
+                            log.error("pool %s: %s", att.driver.name, exc)
+                    self._discover()
+                    next_apps = now + self.cfg.app_check_interval
+                if now >= next_snapshot:
+                    self._update_rate(now)
+                    if self.metrics is not None:
+                        self._snapshot = self.stats()
+                    self._check_drops(now)
+                    next_snapshot = now + 0.5
+                if now >= next_status:
+                    self.notifier.status(self.status_line())
+                    self.lag_max = 0.0
+                    next_status = now + self.cfg.status_interval
+                if self._reload:
+                    self._reload = False
+                    self.reload()
+                    next_tick = min(next_tick, time.monotonic())
+                if self._stop:
+                    break
+                timeout = max(0.0, next_tick - time.monotonic())
+                self.control.poll(timeout)
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        log.info("stopping")
+        for name in list(self.pools):
+            self._detach(name, "stopping")
+        if self.control is not None:
+            self.control.close()
+            self.control = None
+        if self.metrics is not None:
+            self.metrics.stop()
+            self.metrics = None
+        try:
+            signal.set_wakeup_fd(-1)
+        except ValueError:
+            pass

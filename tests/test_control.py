@@ -1,0 +1,235 @@
+"""The control socket and recmgctl against a real daemon process: every command, and requests that
+are garbage, oversized or of the wrong version get error answers while the daemon stays up."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+import pytest
+from test_daemon_plugin import (
+    REPO,
+    daemon_env,
+    raw_request,
+    start_daemon,
+    stop_daemon,
+    wait_socket,
+    write_config,
+)
+
+from recmgd.cli import recmgctl
+from recmgd.daemon.control import CommandError, ControlUnavailable, request
+
+
+@pytest.fixture(scope="module")
+def daemon() -> Iterator[tuple[subprocess.Popen, Path, Path]]:
+    d = Path(tempfile.mkdtemp(prefix="recmgd-ctl-"))
+    os.chmod(d, 0o755)
+    sock = d / "control.sock"
+    cfg = write_config(d / "recmgd.toml", "", socket_path=sock, extra_top="pools = ['not-there']\n")
+    cfg.write_text(cfg.read_text().replace("[control]\n", "[control]\nmax_request = 1024\n"))
+    proc = start_daemon(cfg, daemon_env())
+    try:
+        wait_socket(sock, proc, timeout=60)
+        yield proc, sock, cfg
+    finally:
+        rc, err = stop_daemon(proc)
+        shutil.rmtree(d, ignore_errors=True)
+        assert rc == 0, err
+
+
+def alive(proc: subprocess.Popen, sock: Path) -> None:
+    assert proc.poll() is None
+    assert "daemon" in request(str(sock), "stats")
+
+
+def ctl(sock: Path, *args: str) -> tuple[int, str, str]:
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        rc = recmgctl.main(["--socket", str(sock), *args])
+    return rc, out.getvalue(), err.getvalue()
+
+
+def test_socket_mode(daemon) -> None:
+    _, sock, _ = daemon
+    assert (os.stat(sock).st_mode & 0o777) == 0o660
+
+
+def test_stats_and_pools(daemon) -> None:
+    proc, sock, cfg = daemon
+    st = request(str(sock), "stats")
+    assert st["daemon"]["pid"] == proc.pid and st["daemon"]["config"] == str(cfg)
+    assert st["daemon"]["waiting_for"] == ["not-there"] and st["pools"] == {}
+    assert request(str(sock), "pools") == [{"name": "not-there", "waiting": True, "error": None}]
+    rc, out, _ = ctl(sock, "stats")
+    assert rc == 0 and f"recmgd pid {proc.pid}" in out and "waiting for pools: not-there" in out
+    rc, out, _ = ctl(sock, "stats", "--json")
+    assert rc == 0 and json.loads(out)["daemon"]["pid"] == proc.pid
+    rc, out, _ = ctl(sock, "pools")
+    assert rc == 0 and out.strip() == "not-there: waiting for the pool"
+    rc, out, _ = ctl(sock, "pools", "--json")
+    assert rc == 0 and json.loads(out)[0]["name"] == "not-there"
+
+
+def test_stats_watch(daemon) -> None:
+    _, sock, _ = daemon
+    r = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), "stats",
+                          "--json", "--watch", "0.1"], stdout=subprocess.PIPE, text=True, cwd=REPO)
+    lines = [r.stdout.readline() for _ in range(3)]
+    r.terminate()
+    r.wait(10)
+    ticks = [json.loads(line)["daemon"]["ticks"] for line in lines]
+    assert ticks == sorted(ticks) and ticks[0] < ticks[-1]
+
+
+def test_reload_pause_resume_policy(daemon) -> None:
+    proc, sock, cfg = daemon
+    n = request(str(sock), "stats")["daemon"]["reloads"]
+    rc, out, _ = ctl(sock, "reload")
+    assert rc == 0 and out.strip() == f"reloaded {cfg}"
+    assert request(str(sock), "stats")["daemon"]["reloads"] == n + 1
+    good = cfg.read_text()
+    try:
+        cfg.write_text(good.replace("[control]\n", "[control]\nmode = 'rw'\n"))
+        rc, _, err = ctl(sock, "reload")
+        assert rc == 1 and "reload failed, the running configuration is kept" in err
+        assert f"{cfg}: control.mode: impossible value 'rw'" in err
+    finally:
+        cfg.write_text(good)
+    st = request(str(sock), "stats")["daemon"]
+    assert st["reloads"] == n + 1 and "control.mode" in st["last_reload_error"]
+    for args, msg in ((("pause", "p0"), "no such pool 'p0'"), (("resume", "p0"), "no such pool 'p0'"),
+                      (("policy", "p0", "daemon-test-lru"), "no such pool 'p0'")):
+        rc, _, err = ctl(sock, *args)
+        assert rc == 1 and msg in err, err
+    with pytest.raises(CommandError, match="missing argument \"pool\""):
+        request(str(sock), "pause")
+    alive(proc, sock)
+
+
+@pytest.mark.parametrize("payload,expect", [
+    (b"hello\n", "malformed request: not a JSON object"),
+    (b"[1, 2]\n", "malformed request: not a JSON object"),
+    (b"\x00\xff\xfe garbage\n", "malformed request"),
+    (b'{"cmd": "stats"}\n', "unsupported protocol version None"),
+    (b'{"version": 2, "cmd": "stats"}\n', "unsupported protocol version 2"),
+    (b'{"version": "1", "cmd": "stats"}\n', "unsupported protocol version '1'"),
+    (b'{"version": 1}\n', "\"cmd\" must be a string"),
+    (b'{"version": 1, "cmd": "format-disk"}\n', "unknown command 'format-disk'"),
+    (b'{"version": 1, "cmd": "stats", "args": [1]}\n', "\"args\" must be an object"),
+    (b'{"version": 1, "cmd": "stats", "extra": 1}\n', "unknown field 'extra'"),
+    (b'{"version": 1, "cmd": "pause", "args": {"pool": 7}}\n', "missing argument \"pool\""),
+])
+def test_bad_requests_get_error_answers(daemon, payload: bytes, expect: str) -> None:
+    proc, sock, _ = daemon
+    answers = raw_request(sock, payload)
+    assert len(answers) == 1
+    a = answers[0]
+    assert a["version"] == 1 and a["ok"] is False and expect in a["error"], a
+    alive(proc, sock)
+
+
+def test_several_requests_on_one_connection(daemon) -> None:
+    proc, sock, _ = daemon
+    payload = b'{"version":1,"cmd":"pools"}\nnonsense\n\n{"version":1,"cmd":"stats"}\n'
+    answers = raw_request(sock, payload)
+    assert [a["ok"] for a in answers] == [True, False, True]
+
+
+def test_oversized_requests(daemon) -> None:
+    proc, sock, _ = daemon
+    # one line longer than max_request (1024 here): error answer, connection closed
+    big = b'{"version":1,"cmd":"stats","args":{"x":"' + b"a" * 5000 + b'"}}\n'
+    answers = raw_request(sock, big)
+    assert len(answers) == 1 and not answers[0]["ok"] and "request too large" in answers[0]["error"]
+    # a stream with no newline at all, larger than the limit: answered and closed without waiting for more
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(10)
+    s.connect(str(sock))
+    try:
+        s.sendall(b"x" * 200_000)
+    except (BrokenPipeError, ConnectionResetError):
+        pass
+    data = b""
+    try:
+        while chunk := s.recv(4096):
+            data += chunk
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert b"request too large" in data
+    alive(proc, sock)
+
+
+def test_idle_and_abandoned_connections(daemon) -> None:
+    proc, sock, _ = daemon
+    idle = []
+    for _ in range(10):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.connect(str(sock))
+        idle.append(s)
+    idle[0].sendall(b'{"version":1,"cmd":"sta')  # half a request, then gone
+    idle[0].close()
+    alive(proc, sock)  # idle clients do not block others
+    for s in idle[1:]:
+        s.close()
+    alive(proc, sock)
+
+
+def test_permission_denied_message(daemon) -> None:
+    _, sock, _ = daemon
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: become nobody, try the socket (mode 0660 root:root)
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            try:
+                request(str(sock), "stats")
+                msg = "connected"
+            except ControlUnavailable as exc:
+                msg = str(exc)
+            os.write(w, msg.encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as fh:
+        msg = fh.read().decode()
+    os.waitpid(pid, 0)
+    assert msg.startswith(f"permission denied on {sock}"), msg
+
+
+def test_not_running_messages(tmp_path: Path) -> None:
+    rc, _, err = ctl(tmp_path / "none.sock", "stats")
+    assert rc == 3
+    assert err.strip() == f"recmgctl: recmgd is not running (no control socket at {tmp_path}/none.sock)"
+    stale = tmp_path / "stale.sock"
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(str(stale))
+    s.close()  # a socket file nobody listens on
+    rc, _, err = ctl(stale, "pools")
+    assert rc == 3 and "recmgd is not running (nobody listens on" in err
+    r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(stale), "reload"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 3 and "not running" in r.stderr
+
+
+def test_second_daemon_on_same_socket_refuses(daemon, tmp_path: Path) -> None:
+    proc, sock, cfg = daemon
+    t0 = time.monotonic()
+    r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--foreground"],
+                       capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=120)
+    assert r.returncode == 1 and "another recmgd is running" in r.stderr, (r.stderr, time.monotonic() - t0)
+    alive(proc, sock)
