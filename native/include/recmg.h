@@ -1,0 +1,197 @@
+/*
+ * recmg.h - the C API of librecmg, the tiered embedding pool of recmg.
+ *
+ * A pool is one named POSIX shared-memory object that a DLRM inference process (the app) and the
+ * recmg daemon both map. It holds the embedding tables' rows on a slow tier (plain DRAM, DRAM bound
+ * to a NUMA node, or a file on an SSD), a fast tier of row slots in DRAM that only the daemon writes,
+ * and one access ring per app process through which the daemon learns what the app looks up.
+ *
+ * This API mirrors the Python API (recmgd.pool.Pool). Every function that can fail returns a
+ * negative RECMG_E* code and leaves a one-line message in recmg_errmsg(pool) (or in the caller's
+ * buffer for create/attach/destroy, which have no pool yet). A pool handle may be used by several
+ * threads (calls on one handle are serialised); a forked child must attach again instead of using
+ * its parent's handle.
+ *
+ * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with
+ * the record type in bits 62..63 (0 lookup, 1 batch boundary, 2 hint) and the key in bits 0..61.
+ */
+#ifndef RECMG_H
+#define RECMG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define RECMG_LAYOUT_VERSION 1u
+
+#define RECMG_ROW_BITS 40
+#define RECMG_ROW_MASK ((UINT64_C(1) << RECMG_ROW_BITS) - 1)
+#define RECMG_KEY(table, row) ((int64_t)(((uint64_t)(table) << RECMG_ROW_BITS) | (uint64_t)(row)))
+#define RECMG_KEY_TABLE(key) ((uint32_t)((uint64_t)(key) >> RECMG_ROW_BITS))
+#define RECMG_KEY_ROW(key) ((int64_t)((uint64_t)(key) & RECMG_ROW_MASK))
+
+#define RECMG_REC_LOOKUP 0u
+#define RECMG_REC_BATCH_END 1u
+#define RECMG_REC_HINT 2u
+#define RECMG_REC_TYPE(word) ((unsigned)((uint64_t)(word) >> 62))
+#define RECMG_REC_KEY(word) ((int64_t)((uint64_t)(word) & ((UINT64_C(1) << 62) - 1)))
+
+/* error codes (all negative) */
+enum {
+    RECMG_OK = 0,
+    RECMG_EINVAL = -1,   /* bad argument (mismatched dims, bad mode, bad name, ...) */
+    RECMG_ENOENT = -2,   /* no pool of that name */
+    RECMG_EEXIST = -3,   /* a pool of that name already exists */
+    RECMG_EVERSION = -4, /* a pool of another layout version */
+    RECMG_ENOTPOOL = -5, /* the object is not a pool, or it is truncated */
+    RECMG_ERANGE = -6,   /* a row id out of range (the message names it) */
+    RECMG_EIO = -7,      /* slow-tier I/O failed */
+    RECMG_ENOSPC = -8,   /* not enough free fast-tier slots, or no free access ring */
+    RECMG_ENOMEM = -9,   /* out of memory */
+    RECMG_ESYS = -10,    /* another system call failed (the message names it) */
+    RECMG_EBUSY = -11,   /* the pool is still being created, or has a live daemon */
+};
+
+enum { RECMG_F32 = 0, RECMG_F16 = 1 };
+enum { RECMG_SLOW_DRAM = 0, RECMG_SLOW_NUMA = 1, RECMG_SLOW_SSD = 2 };
+enum { RECMG_SUM = 0, RECMG_MEAN = 1, RECMG_MAX = 2 };
+enum { RECMG_ROLE_APP = 0, RECMG_ROLE_DAEMON = 1 };
+
+/* attach/create flags */
+#define RECMG_F_NO_IO_URING 0x1u /* read the SSD tier with preadv even if io_uring works */
+#define RECMG_F_NO_DIRECT 0x2u   /* never use O_DIRECT on the SSD tier */
+
+typedef struct recmg_pool recmg_pool;
+
+typedef struct recmg_table_spec {
+    uint64_t rows;
+    uint32_t dim;
+} recmg_table_spec;
+
+typedef struct recmg_create_opts {
+    uint32_t n_tables;
+    const recmg_table_spec *tables;
+    uint64_t n_slots;
+    int dtype;             /* RECMG_F32 or RECMG_F16 */
+    int slow_kind;         /* RECMG_SLOW_* */
+    int numa_node;         /* RECMG_SLOW_NUMA: the node the slow tier is bound to */
+    const char *slow_path; /* RECMG_SLOW_SSD: the backing file (created or truncated) */
+    uint32_t mode;         /* permission bits of the shm object and the file; 0 means 0600 */
+    uint32_t ring_records; /* records per access ring, rounded up to a power of two; 0 = 65536 */
+    uint32_t n_rings;      /* access rings (attached app processes at once); 0 = 16 */
+    int role;              /* the creator's role: RECMG_ROLE_APP takes a ring */
+    uint32_t flags;        /* RECMG_F_* */
+} recmg_create_opts;
+
+typedef struct recmg_pool_info {
+    uint32_t version;
+    uint32_t n_tables;
+    uint64_t n_slots;
+    int dtype;
+    int slow_kind;
+    int numa_node;
+    int role;
+    uint32_t n_rings;
+    uint32_t ring_records;
+    int ring_index;        /* this handle's ring, -1 if none */
+    int direct_io;         /* SSD tier read with O_DIRECT */
+    uint32_t io_align;     /* O_DIRECT offset alignment in bytes (0 if not direct) */
+    uint32_t io_depth;     /* io_uring queue depth */
+    uint64_t total_bytes;  /* size of the shm object */
+    uint64_t meta_bytes;   /* header, table descriptors, index, slot versions and tags, rings */
+    uint64_t table_bytes;  /* rows * row_bytes over all tables (the slow tier's content) */
+    uint64_t slot_bytes;   /* the fast tier's row slots */
+    uint64_t generation;   /* fast-tier writes so far */
+    uint64_t free_slots;   /* as this handle last saw them (daemon side) */
+    char io_backend[16];   /* "io_uring", "preadv" or "memory" */
+    char slow_path[1024];
+} recmg_pool_info;
+
+typedef struct recmg_table_info {
+    uint64_t rows;
+    uint32_t dim;
+    int dtype;
+    uint32_t row_bytes;
+} recmg_table_info;
+
+typedef struct recmg_counters {
+    uint64_t lookups;    /* ids looked up */
+    uint64_t unique;     /* distinct rows per call, summed over calls */
+    uint64_t hits;       /* ids served from the fast tier */
+    uint64_t on_demand;  /* distinct rows per call read from the slow tier */
+    uint64_t ring_drops; /* ring records dropped because the ring was full */
+    uint64_t slow_bytes; /* bytes read from the slow tier by lookups and fills */
+} recmg_counters;
+
+typedef struct recmg_ring_info {
+    int32_t pid;       /* owning process, 0 if the ring is free */
+    uint64_t waiting;  /* records not yet drained */
+    uint64_t drops;
+    uint64_t capacity;
+} recmg_ring_info;
+
+/* One table's bags for recmg_embedding_bags. offsets has n_bags + 1 entries (CSR: bag b holds
+ * ids[offsets[b] .. offsets[b+1]-1]); weights (per id) may be NULL; out has n_bags * dim floats. */
+typedef struct recmg_bag_args {
+    uint32_t table;
+    int mode;
+    const int64_t *ids;
+    uint64_t n_ids;
+    const int64_t *offsets;
+    uint64_t n_bags;
+    const float *weights;
+    float *out;
+} recmg_bag_args;
+
+/* ---- lifetime ---- */
+int recmg_create(const char *name, const recmg_create_opts *opts, recmg_pool **out, char *err,
+                 size_t errlen);
+int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, char *err, size_t errlen);
+void recmg_close(recmg_pool *pool);
+int recmg_destroy(const char *name, char *err, size_t errlen); /* unlinks the object (and keeps the file) */
+const char *recmg_errmsg(const recmg_pool *pool);
+const char *recmg_strerror(int code);
+
+int recmg_info(recmg_pool *pool, recmg_pool_info *info);
+int recmg_get_table_info(recmg_pool *pool, uint32_t table, recmg_table_info *info);
+/* Sizes of a layout without creating it (bytes of metadata and of table rows). */
+int recmg_layout_size(const recmg_create_opts *opts, uint64_t *meta_bytes, uint64_t *table_bytes,
+                      uint64_t *total_bytes);
+
+/* ---- app side ---- */
+int recmg_embedding_bag(recmg_pool *pool, uint32_t table, const int64_t *ids, uint64_t n_ids,
+                        const int64_t *offsets, uint64_t n_bags, int mode, const float *weights,
+                        float *out);
+int recmg_embedding_bags(recmg_pool *pool, uint32_t n, const recmg_bag_args *args);
+int recmg_end_batch(recmg_pool *pool);
+int recmg_hint(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n);
+/* Slow tier, in the storage dtype (float or uint16 half bits), row after row. */
+int recmg_read_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, void *out);
+int recmg_write_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values);
+
+/* ---- daemon side (the only writer of the fast tier) ---- */
+int64_t recmg_fill_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);   /* newly filled */
+int64_t recmg_evict_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);  /* evicted */
+int64_t recmg_resident_keys(recmg_pool *pool, int64_t *out, uint64_t cap);    /* count (may exceed cap) */
+int64_t recmg_free_slots(recmg_pool *pool);
+int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
+int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
+int recmg_release_ring(recmg_pool *pool, uint32_t ring);
+int recmg_table_counters(recmg_pool *pool, uint32_t table, recmg_counters *c);
+int recmg_ring_counters(recmg_pool *pool, uint32_t ring, recmg_counters *c);
+int recmg_reset_counters(recmg_pool *pool);
+
+/* ---- NUMA slow tier (page mode helpers; raw syscalls, no libnuma) ---- */
+/* The node of the page holding each listed row of a table's slow tier (-errno for unmapped). */
+int recmg_slow_nodes(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes);
+/* Move the pages that hold rows [first, first + count) of a table's slow tier to a node. */
+int64_t recmg_move_slow_rows(recmg_pool *pool, uint32_t table, uint64_t first, uint64_t count, int node);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* RECMG_H */

@@ -1,0 +1,253 @@
+/* internal.h - the shared-memory layout of a pool and the process-local handle. */
+#ifndef RECMG_INTERNAL_H
+#define RECMG_INTERNAL_H
+
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/types.h>
+
+#include "recmg.h"
+
+#define RECMG_MAGIC UINT64_C(0x4c4f4f50474d4352) /* "RCMGPOOL" little-endian */
+#define RECMG_HDR_BYTES 8192u
+#define RECMG_PATH_MAX 1024u
+#define RECMG_TAG_EMPTY UINT64_MAX
+#define RECMG_PAGE 4096u
+#define RECMG_ERRLEN 256u
+#define RECMG_MAX_TABLES (1u << 22)
+
+/* ---------------- shared layout (all offsets from the start of the object) ---------------- */
+
+typedef struct shm_counters {
+    _Atomic uint64_t lookups, unique, hits, on_demand, ring_drops, slow_bytes;
+} shm_counters;
+
+typedef struct shm_header {
+    uint64_t magic;
+    uint32_t version;
+    uint32_t hdr_bytes;
+    uint64_t total_bytes;
+    _Atomic uint32_t ready; /* set (release) when creation finished */
+    uint32_t n_tables;
+    int32_t dtype;
+    int32_t slow_kind;
+    int32_t numa_node;
+    uint32_t mode;
+    uint64_t n_slots;
+    uint32_t slot_stride;  /* bytes per fast-tier slot (a multiple of 64) */
+    uint32_t n_rings;
+    uint32_t ring_records; /* a power of two */
+    uint32_t pad0;
+    uint64_t ring_stride;
+    uint64_t tables_off, meta_off, slots_off, index_off, rings_off, slow_off;
+    uint64_t slow_bytes;   /* bytes of table rows (in the object for dram/numa, in the file for ssd) */
+    uint64_t index_entries;
+    uint64_t meta_bytes;
+    _Atomic uint64_t generation; /* bumped by every fast-tier write operation */
+    _Atomic int32_t daemon_pid;
+    uint32_t pad1;
+    char slow_path[RECMG_PATH_MAX];
+    char pad2[64];
+    pthread_mutex_t writer_lock; /* process-shared, robust: serialises fast-tier writers */
+} shm_header;
+
+typedef struct shm_table {
+    uint64_t rows;
+    uint32_t dim;
+    int32_t dtype;
+    uint32_t row_bytes;
+    uint32_t pad;
+    uint64_t index_first; /* first entry of this table in the index */
+    uint64_t slow_off;    /* byte offset of row 0 in the slow tier (object region or file) */
+    char pad2[24];
+    shm_counters c;       /* per-table counters, all processes */
+    char pad3[16];
+} shm_table;
+
+typedef struct shm_slot_meta {
+    _Atomic uint32_t version; /* seqlock: odd while the slot is being written */
+    uint32_t pad;
+    _Atomic uint64_t tag;     /* key held, RECMG_TAG_EMPTY if none */
+} shm_slot_meta;
+
+typedef struct shm_ring {
+    _Atomic int32_t owner;  /* pid of the app that owns it, 0 if free */
+    uint32_t pad0;
+    char padA[56];
+    _Atomic uint64_t head;  /* written by the producer only */
+    char padB[56];
+    _Atomic uint64_t tail;  /* written by the consumer (daemon) only */
+    char padC[56];
+    shm_counters c;         /* per-process counters (ring_drops counted here) */
+    char padD[16];
+    /* ring_records uint64 records follow */
+} shm_ring;
+
+_Static_assert(sizeof(shm_table) == 128, "table descriptor size");
+_Static_assert(sizeof(shm_slot_meta) == 16, "slot meta size");
+_Static_assert(sizeof(shm_ring) == 256, "ring header size");
+_Static_assert(sizeof(shm_header) <= RECMG_HDR_BYTES, "header size");
+
+/* ---------------- process-local ---------------- */
+
+typedef struct slowio {
+    int fd;         /* buffered read/write */
+    int dfd;        /* O_DIRECT read-only, -1 if not used */
+    uint32_t align; /* O_DIRECT offset/length/memory alignment */
+    int uring_state; /* 0 not tried, 1 ready, -1 unavailable or disabled */
+    unsigned depth;
+    void *uring;    /* struct io_uring *, allocated when ready */
+    uint8_t *bounce;
+    size_t bounce_cap;
+    void *reqs;     /* struct io_req array */
+    size_t reqs_cap;
+    uint32_t flags;
+} slowio;
+
+typedef struct hash_ent {
+    int64_t key;
+    uint32_t stamp;
+    int32_t val;
+} hash_ent;
+
+typedef void (*acc_fn)(float *out, const void *row, float w, uint32_t dim);
+typedef void (*max_fn)(float *out, const void *row, uint32_t dim);
+
+struct recmg_pool {
+    char name[256];
+    int role;
+    uint32_t flags;
+    uint8_t *base;
+    size_t map_bytes;
+    shm_header *h;
+    shm_table *tables;
+    shm_slot_meta *meta;
+    uint8_t *slots;
+    _Atomic int32_t *index;
+    uint8_t *rings;
+    uint8_t *slow; /* dram/numa slow tier, NULL for ssd */
+    int ring_index;
+    shm_ring *ring;
+    pid_t pid;
+    slowio io;
+    pthread_mutex_t lock; /* serialises calls on this handle */
+    /* kernels */
+    acc_fn acc32, acc16;
+    max_fn max32, max16;
+    /* scratch (grown on demand) */
+    int32_t *s_slot;
+    int32_t *s_uid;
+    size_t s_cap;
+    int64_t *u_row;
+    int32_t *u_miss;
+    size_t u_cap;
+    struct hash_ent *h_ent;
+    size_t h_cap;
+    size_t h_mask;
+    uint32_t h_gen;
+    uint8_t *mbuf;
+    size_t mbuf_cap;
+    int64_t *m_rows;
+    size_t m_cap;
+    uint64_t *rbuf;
+    size_t rbuf_cap;
+    void *sreq; /* slow_req array */
+    size_t sreq_cap;
+    /* daemon side: free-slot stack, valid for generation free_gen */
+    uint32_t *free_list;
+    uint64_t n_free;
+    uint64_t free_gen;
+    int free_valid;
+    char err[RECMG_ERRLEN];
+};
+
+/* errors: format into the handle (or a caller buffer) and return code */
+int rc_set(recmg_pool *p, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+int rc_buf(char *buf, size_t len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+
+/* pool.c */
+static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)
+{
+    return (shm_ring *)(p->rings + (uint64_t)i * p->h->ring_stride);
+}
+static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t *)r + sizeof(shm_ring)); }
+static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
+int grow(void **buf, size_t *cap, size_t need, size_t elem);
+
+/* lock.c (writer lock with recovery) */
+int writer_lock(recmg_pool *p);
+void writer_unlock(recmg_pool *p);
+void recover_fast_tier(recmg_pool *p);
+
+/* seqlock row copies (relaxed atomic word copies; see lookup.c and writer.c) */
+static inline void words_load(uint64_t *dst, const uint8_t *src, uint32_t nwords)
+{
+    const _Atomic uint64_t *s = (const _Atomic uint64_t *)(const void *)src;
+    for (uint32_t i = 0; i < nwords; i++) dst[i] = atomic_load_explicit(&s[i], memory_order_relaxed);
+}
+static inline void words_store(uint8_t *dst, const uint64_t *src, uint32_t nwords)
+{
+    _Atomic uint64_t *d = (_Atomic uint64_t *)(void *)dst;
+    for (uint32_t i = 0; i < nwords; i++) atomic_store_explicit(&d[i], src[i], memory_order_relaxed);
+}
+
+/* ring.c */
+void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type);
+int ring_claim(recmg_pool *p);
+void ring_release_own(recmg_pool *p);
+
+/* slowio.c */
+void slowio_init(slowio *io);
+int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint32_t mode);
+void slowio_close(slowio *io);
+/* One batch of reads (one io_uring submission): r[k].len bytes at r[k].off into r[k].dst. */
+typedef struct slow_req {
+    uint64_t off;
+    uint8_t *dst;
+    uint32_t len;
+    uint32_t pad;
+} slow_req;
+int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read);
+int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
+                      const uint8_t *src);
+const char *slowio_backend(recmg_pool *p);
+
+/* kernels.c */
+void kernels_select(recmg_pool *p);
+void f16_to_f32_row(float *dst, const uint16_t *src, uint32_t dim);
+
+/* numa.c */
+int numa_bind_region(recmg_pool *p, void *addr, size_t len, int node);
+int numa_node_valid(int node);
+
+/* ---- per-call dedup hash (open addressing, stamped so it never needs clearing) ---- */
+int hash_prepare(recmg_pool *p, uint64_t n);
+/* The value stored for key, or inserts val and returns -1. */
+static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
+{
+    size_t mask = p->h_mask;
+    size_t i = (size_t)(((uint64_t)key * UINT64_C(0x9E3779B97F4A7C15)) >> 24) & mask;
+    for (;;) {
+        hash_ent *e = &p->h_ent[i];
+        if (e->stamp != p->h_gen) {
+            e->stamp = p->h_gen;
+            e->key = key;
+            e->val = val;
+            return -1;
+        }
+        if (e->key == key) return e->val;
+        i = (i + 1) & mask;
+    }
+}
+
+/* slow-tier row reads shared by lookup and fill */
+int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst,
+                   size_t dst_stride, uint64_t *bytes);
+
+#endif

@@ -1,0 +1,236 @@
+/* lookup.c - the app's path: embedding bags over the fast tier with slow-tier fallback.
+ *
+ * A hit is read lock-free through the slot's seqlock (Boehm's reader): version (acquire), tag,
+ * the row as relaxed atomic 64-bit words, an acquire fence, the version again. Same even version
+ * and the expected tag: the copy is the row. Anything else: the row is read from the slow tier,
+ * which is the truth. The reader never waits for the writer.
+ *
+ * Pass 1 resolves every id (range check, index -> slot, first-appearance dedup); on an SSD slow tier
+ * the distinct missing rows are then read in one I/O batch; pass 2 accumulates the bags in id
+ * order (the same order as torch.nn.functional.embedding_bag). */
+#include "internal.h"
+
+#include <math.h>
+#include <stdlib.h>
+
+#define PF_DIST 8
+
+/* Seqlock read of slot s into tmp; 1 if tmp holds row `key`. */
+static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_t *tmp, uint32_t nwords)
+{
+    shm_slot_meta *m = &p->meta[s];
+    uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
+    if (v1 & 1u) return 0;
+    if (atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)key) return 0;
+    words_load(tmp, slot_ptr(p, (uint64_t)s), nwords);
+    atomic_thread_fence(memory_order_acquire);
+    return atomic_load_explicit(&m->version, memory_order_relaxed) == v1;
+}
+
+static int scratch(recmg_pool *p, uint64_t n)
+{
+    size_t sc = p->s_cap;
+    if (grow((void **)&p->s_slot, &sc, n ? n : 1, sizeof *p->s_slot) != 0) goto oom;
+    if (sc != p->s_cap) {
+        void *b = realloc(p->s_uid, sc * sizeof *p->s_uid);
+        if (!b) goto oom;
+        p->s_uid = b;
+        p->s_cap = sc;
+    }
+    size_t uc = p->u_cap;
+    if (grow((void **)&p->u_row, &uc, n ? n : 1, sizeof *p->u_row) != 0) goto oom;
+    if (uc != p->u_cap) {
+        void *b = realloc(p->u_miss, uc * sizeof *p->u_miss);
+        if (!b) goto oom;
+        p->u_miss = b;
+        p->u_cap = uc;
+    }
+    return hash_prepare(p, n);
+oom:
+    return rc_set(p, RECMG_ENOMEM, "out of memory for a lookup of %llu ids", (unsigned long long)n);
+}
+
+static int check_args(recmg_pool *p, const recmg_bag_args *a)
+{
+    if (a->table >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", a->table, p->h->n_tables);
+    if (a->mode != RECMG_SUM && a->mode != RECMG_MEAN && a->mode != RECMG_MAX)
+        return rc_set(p, RECMG_EINVAL, "unknown mode code %d (sum, mean or max)", a->mode);
+    if (a->weights && a->mode != RECMG_SUM)
+        return rc_set(p, RECMG_EINVAL, "per-sample weights are only supported with mode 'sum'");
+    if ((a->n_ids && !a->ids) || !a->offsets || (a->n_bags && !a->out))
+        return rc_set(p, RECMG_EINVAL, "NULL ids, offsets or output");
+    if (a->offsets[0] != 0 || (uint64_t)a->offsets[a->n_bags] != a->n_ids)
+        return rc_set(p, RECMG_EINVAL, "offsets must start at 0 and end at the number of ids (%llu)",
+                      (unsigned long long)a->n_ids);
+    for (uint64_t b = 0; b < a->n_bags; b++)
+        if (a->offsets[b + 1] < a->offsets[b])
+            return rc_set(p, RECMG_EINVAL, "offsets must not decrease (offsets[%llu] = %lld > offsets[%llu] = %lld)",
+                          (unsigned long long)b, (long long)a->offsets[b], (unsigned long long)b + 1,
+                          (long long)a->offsets[b + 1]);
+    return RECMG_OK;
+}
+
+static int bag_one(recmg_pool *p, const recmg_bag_args *a)
+{
+    int rc = check_args(p, a);
+    if (rc) return rc;
+    const shm_table *t = &p->tables[a->table];
+    const uint64_t n = a->n_ids, rows = t->rows;
+    const int64_t *ids = a->ids;
+    const uint32_t dim = t->dim, rb = t->row_bytes, nwords = (rb + 7) / 8;
+    const int f16 = t->dtype == RECMG_F16;
+    const int64_t keyhi = RECMG_KEY(a->table, 0);
+    _Atomic int32_t *index = p->index + t->index_first;
+    const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
+
+    rc = scratch(p, n);
+    if (rc) return rc;
+    int32_t *slot = p->s_slot, *uid = p->s_uid;
+
+    /* pass 1: range, index, dedup */
+    uint64_t nu = 0, umiss = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (i + 2 * PF_DIST < n && (uint64_t)ids[i + 2 * PF_DIST] < rows)
+            __builtin_prefetch(&index[ids[i + 2 * PF_DIST]], 0, 1);
+        int64_t r = ids[i];
+        if ((uint64_t)r >= rows)
+            return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)r,
+                          a->table, (unsigned long long)rows);
+        int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
+        slot[i] = s;
+        int32_t u = hash_get_or_put(p, r, (int32_t)nu);
+        if (u < 0) {
+            u = (int32_t)nu;
+            p->u_row[nu] = r;
+            p->u_miss[nu] = s < 0 ? -2 : -1;
+            umiss += s < 0;
+            nu++;
+        }
+        uid[i] = u;
+    }
+
+    /* SSD: the distinct missing rows in one batch */
+    uint64_t slow_bytes = 0, on_demand = umiss;
+    size_t mstride = (rb + 63) / 64 * 64;
+    uint8_t *mbuf = NULL;
+    if (!slow && umiss) {
+        if (grow((void **)&p->m_rows, &p->m_cap, umiss, sizeof *p->m_rows) != 0 ||
+            grow((void **)&p->mbuf, &p->mbuf_cap, umiss * mstride + 64, 1) != 0)
+            return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)umiss);
+        uint64_t m = 0;
+        for (uint64_t u = 0; u < nu; u++)
+            if (p->u_miss[u] == -2) {
+                p->u_miss[u] = (int32_t)m;
+                p->m_rows[m++] = p->u_row[u];
+            }
+        mbuf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
+        rc = read_slow_rows(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
+        if (rc) return rc;
+    }
+
+    /* pass 2: accumulate in id order */
+    uint64_t tmp[RECMG_PAGE / 8 + 8];
+    uint64_t *tw = tmp;
+    uint64_t *heap = NULL;
+    if (nwords > RECMG_PAGE / 8) {
+        heap = malloc((size_t)nwords * 8);
+        if (!heap) return rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+        tw = heap;
+    }
+    acc_fn acc = f16 ? p->acc16 : p->acc32;
+    max_fn mx = f16 ? p->max16 : p->max32;
+    uint64_t hits = 0;
+    const uint32_t pf_lines = rb > 512 ? 8 : (rb + 63) / 64;
+    for (uint64_t b = 0; b < a->n_bags; b++) {
+        float *out = a->out + b * dim;
+        int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
+        if (a->mode == RECMG_MAX)
+            for (uint32_t j = 0; j < dim; j++) out[j] = -INFINITY;
+        else
+            memset(out, 0, (size_t)dim * sizeof *out);
+        for (int64_t i = o0; i < o1; i++) {
+            if ((uint64_t)i + PF_DIST < n) {
+                int32_t ps = slot[i + PF_DIST];
+                if (ps >= 0) {
+                    __builtin_prefetch(&p->meta[ps], 0, 1);
+                    const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
+                    for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+                } else if (slow) {
+                    const uint8_t *sp = slow + (uint64_t)ids[i + PF_DIST] * rb;
+                    for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+                }
+            }
+            int64_t r = ids[i];
+            int32_t s = slot[i];
+            const void *row;
+            if (s >= 0 && slot_read(p, s, keyhi | r, tw, nwords)) {
+                row = tw;
+                hits++;
+            } else if (slow) {
+                row = slow + (uint64_t)r * rb;
+                if (s >= 0) { /* lost a race with the writer: the slow tier is the truth */
+                    on_demand++;
+                    slow_bytes += rb;
+                }
+            } else if (s < 0) {
+                row = mbuf + (size_t)p->u_miss[uid[i]] * mstride;
+            } else {
+                rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
+                if (rc) {
+                    free(heap);
+                    return rc;
+                }
+                on_demand++;
+                row = tw;
+            }
+            if (a->mode == RECMG_MAX)
+                mx(out, row, dim);
+            else
+                acc(out, row, a->weights ? a->weights[i] : 1.0f, dim);
+        }
+        if (a->mode == RECMG_MEAN && o1 > o0) {
+            float scale = 1.0f / (float)(o1 - o0);
+            for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+        } else if (a->mode == RECMG_MAX && o1 == o0) {
+            memset(out, 0, (size_t)dim * sizeof *out);
+        }
+    }
+    free(heap);
+    if (slow) slow_bytes += umiss * rb;
+
+    ring_append(p, a->table, ids, n, RECMG_REC_LOOKUP);
+    shm_counters *tc = (shm_counters *)&t->c;
+    atomic_fetch_add_explicit(&tc->lookups, n, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->unique, nu, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->hits, hits, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->on_demand, on_demand, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->slow_bytes, slow_bytes, memory_order_relaxed);
+    if (p->ring) {
+        shm_counters *pc = &p->ring->c;
+        atomic_fetch_add_explicit(&pc->lookups, n, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->unique, nu, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->hits, hits, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->on_demand, on_demand, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->slow_bytes, slow_bytes, memory_order_relaxed);
+    }
+    return RECMG_OK;
+}
+
+int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
+{
+    if (!p || (n && !args)) return RECMG_EINVAL;
+    int rc = RECMG_OK;
+    pthread_mutex_lock(&p->lock);
+    for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) rc = bag_one(p, &args[k]);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int recmg_embedding_bag(recmg_pool *p, uint32_t table, const int64_t *ids, uint64_t n_ids, const int64_t *offsets,
+                        uint64_t n_bags, int mode, const float *weights, float *out)
+{
+    recmg_bag_args a = {.table = table, .mode = mode, .ids = ids, .n_ids = n_ids, .offsets = offsets,
+                        .n_bags = n_bags, .weights = weights, .out = out};
+    return recmg_embedding_bags(p, 1, &a);
+}

@@ -1,0 +1,121 @@
+/* numa.c - bind the slow tier to a NUMA node (mbind) and query/move its pages (move_pages), through
+ * raw syscalls so that no libnuma is needed. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#define MPOL_BIND_ 2
+#define MPOL_MF_STRICT_ (1 << 0)
+#define MPOL_MF_MOVE_ (1 << 1)
+#define MAX_NODES 1024
+#define MASK_WORDS (MAX_NODES / (8 * sizeof(unsigned long)))
+
+int numa_node_valid(int node)
+{
+    if (node < 0 || node >= MAX_NODES) return 0;
+    char path[64];
+    snprintf(path, sizeof path, "/sys/devices/system/node/node%d", node);
+    struct stat st;
+    return stat(path, &st) == 0;
+}
+
+int numa_bind_region(recmg_pool *p, void *addr, size_t len, int node)
+{
+    if (len == 0) return RECMG_OK;
+    unsigned long mask[MASK_WORDS];
+    memset(mask, 0, sizeof mask);
+    mask[(unsigned)node / (8 * sizeof(unsigned long))] |= 1UL << ((unsigned)node % (8 * sizeof(unsigned long)));
+    if (syscall(SYS_mbind, addr, len, MPOL_BIND_, mask, (unsigned long)MAX_NODES + 1, MPOL_MF_STRICT_ | MPOL_MF_MOVE_) != 0)
+        return rc_set(p, RECMG_ESYS, "mbind of the slow tier (%zu bytes) to NUMA node %d: %s", len, node,
+                      strerror(errno));
+    return RECMG_OK;
+}
+
+static int table_rows_check(recmg_pool *p, uint32_t table)
+{
+    if (table >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", table, p->h->n_tables);
+    if (!p->slow)
+        return rc_set(p, RECMG_EINVAL, "pool '%s' has an ssd slow tier: it has no pages to place", p->name + 1);
+    return RECMG_OK;
+}
+
+int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes)
+{
+    if (!p || (n && (!rows || !nodes))) return RECMG_EINVAL;
+    int rc = table_rows_check(p, table);
+    if (rc) return rc;
+    const shm_table *t = &p->tables[table];
+    void **pages = malloc((n ? n : 1) * sizeof *pages);
+    int *status = malloc((n ? n : 1) * sizeof *status);
+    if (!pages || !status) {
+        free(pages);
+        free(status);
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu page queries", (unsigned long long)n);
+    }
+    for (uint64_t i = 0; i < n; i++) {
+        if (rows[i] < 0 || (uint64_t)rows[i] >= t->rows) {
+            free(pages);
+            free(status);
+            return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)rows[i],
+                          table, (unsigned long long)t->rows);
+        }
+        uintptr_t a = (uintptr_t)(p->slow + t->slow_off + (uint64_t)rows[i] * t->row_bytes);
+        pages[i] = (void *)(a & ~(uintptr_t)(RECMG_PAGE - 1));
+    }
+    long r = n ? syscall(SYS_move_pages, 0, (unsigned long)n, pages, NULL, status, 0) : 0;
+    if (r < 0) {
+        int e = errno;
+        free(pages);
+        free(status);
+        return rc_set(p, RECMG_ESYS, "move_pages (query): %s", strerror(e));
+    }
+    for (uint64_t i = 0; i < n; i++) nodes[i] = status[i];
+    free(pages);
+    free(status);
+    return RECMG_OK;
+}
+
+int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint64_t count, int node)
+{
+    if (!p) return RECMG_EINVAL;
+    int rc = table_rows_check(p, table);
+    if (rc) return rc;
+    const shm_table *t = &p->tables[table];
+    if (first > t->rows || count > t->rows - first)
+        return rc_set(p, RECMG_ERANGE, "rows [%llu, %llu) out of range for table %u (%llu rows)",
+                      (unsigned long long)first, (unsigned long long)(first + count), table,
+                      (unsigned long long)t->rows);
+    if (!numa_node_valid(node)) return rc_set(p, RECMG_EINVAL, "NUMA node %d does not exist on this machine", node);
+    if (count == 0) return 0;
+    uintptr_t a0 = (uintptr_t)(p->slow + t->slow_off + first * t->row_bytes) & ~(uintptr_t)(RECMG_PAGE - 1);
+    uintptr_t a1 = (uintptr_t)(p->slow + t->slow_off + (first + count) * t->row_bytes);
+    uint64_t np = (a1 - a0 + RECMG_PAGE - 1) / RECMG_PAGE;
+    void **pages = malloc(np * sizeof *pages);
+    int *nodes = malloc(np * sizeof *nodes);
+    int *status = malloc(np * sizeof *status);
+    if (!pages || !nodes || !status) {
+        free(pages);
+        free(nodes);
+        free(status);
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu page moves", (unsigned long long)np);
+    }
+    for (uint64_t i = 0; i < np; i++) {
+        pages[i] = (void *)(a0 + i * RECMG_PAGE);
+        nodes[i] = node;
+    }
+    long r = syscall(SYS_move_pages, 0, (unsigned long)np, pages, nodes, status, MPOL_MF_MOVE_);
+    int e = errno;
+    int64_t moved = 0;
+    for (uint64_t i = 0; i < np; i++)
+        if (status[i] == node) moved++;
+    free(pages);
+    free(nodes);
+    free(status);
+    if (r < 0) return rc_set(p, RECMG_ESYS, "move_pages to node %d: %s", node, strerror(e));
+    return moved;
+}

@@ -1,0 +1,583 @@
+/* pool.c - layout, create, attach, close, destroy, info. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+int rc_buf(char *buf, size_t len, int code, const char *fmt, ...)
+{
+    if (buf && len) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(buf, len, fmt, ap);
+        va_end(ap);
+    }
+    return code;
+}
+
+int rc_set(recmg_pool *p, int code, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(p->err, sizeof p->err, fmt, ap);
+    va_end(ap);
+    return code;
+}
+
+const char *recmg_errmsg(const recmg_pool *p) { return p ? p->err : "no pool"; }
+
+const char *recmg_strerror(int code)
+{
+    switch (code) {
+    case RECMG_OK: return "ok";
+    case RECMG_EINVAL: return "invalid argument";
+    case RECMG_ENOENT: return "no such pool";
+    case RECMG_EEXIST: return "pool exists";
+    case RECMG_EVERSION: return "wrong layout version";
+    case RECMG_ENOTPOOL: return "not a pool";
+    case RECMG_ERANGE: return "row id out of range";
+    case RECMG_EIO: return "slow-tier I/O error";
+    case RECMG_ENOSPC: return "no space";
+    case RECMG_ENOMEM: return "out of memory";
+    case RECMG_ESYS: return "system call failed";
+    case RECMG_EBUSY: return "busy";
+    default: return "unknown error";
+    }
+}
+
+int grow(void **buf, size_t *cap, size_t need, size_t elem)
+{
+    if (need <= *cap) return 0;
+    size_t n = *cap ? *cap : 1024;
+    while (n < need) n *= 2;
+    void *b = realloc(*buf, n * elem);
+    if (!b) return -1;
+    *buf = b;
+    *cap = n;
+    return 0;
+}
+
+static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
+
+static uint32_t dtype_bytes(int dtype) { return dtype == RECMG_F16 ? 2u : 4u; }
+
+/* ---------------- layout ---------------- */
+
+typedef struct layout {
+    uint64_t tables_off, meta_off, index_off, rings_off, slots_off, slow_off, total;
+    uint64_t slow_bytes, index_entries, meta_bytes, ring_stride;
+    uint32_t slot_stride, ring_records, n_rings;
+} layout;
+
+static uint32_t pow2_at_least(uint32_t x)
+{
+    uint32_t r = 16;
+    while (r < x && r < (1u << 30)) r <<= 1;
+    return r;
+}
+
+/* Computes the layout; when tables is not NULL also fills each table's descriptor. */
+static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tables, char *err, size_t errlen)
+{
+    memset(L, 0, sizeof *L);
+    if (o->n_tables == 0 || o->n_tables > RECMG_MAX_TABLES || !o->tables)
+        return rc_buf(err, errlen, RECMG_EINVAL, "a pool needs 1 to %u tables, got %u", RECMG_MAX_TABLES,
+                      o->n_tables);
+    if (o->dtype != RECMG_F32 && o->dtype != RECMG_F16)
+        return rc_buf(err, errlen, RECMG_EINVAL, "unknown dtype code %d (float32 or float16)", o->dtype);
+    if (o->slow_kind < RECMG_SLOW_DRAM || o->slow_kind > RECMG_SLOW_SSD)
+        return rc_buf(err, errlen, RECMG_EINVAL, "unknown slow tier code %d", o->slow_kind);
+    if (o->n_slots >= (UINT64_C(1) << 31))
+        return rc_buf(err, errlen, RECMG_EINVAL, "too many slots: %llu (at most 2^31 - 1)",
+                      (unsigned long long)o->n_slots);
+    uint32_t rr = o->ring_records ? o->ring_records : 65536u;
+    if (rr > (1u << 28))
+        return rc_buf(err, errlen, RECMG_EINVAL, "ring_records %u too large (at most 2^28)", rr);
+    L->ring_records = pow2_at_least(rr);
+    L->n_rings = o->n_rings ? o->n_rings : 16u;
+    if (L->n_rings > 4096) return rc_buf(err, errlen, RECMG_EINVAL, "too many rings: %u (at most 4096)", L->n_rings);
+    uint32_t esz = dtype_bytes(o->dtype);
+    uint32_t max_rb = 8;
+    uint64_t idx = 0, slow = 0;
+    for (uint32_t t = 0; t < o->n_tables; t++) {
+        const recmg_table_spec *s = &o->tables[t];
+        if (s->rows == 0 || s->rows > RECMG_ROW_MASK + 1)
+            return rc_buf(err, errlen, RECMG_EINVAL, "table %u: rows must be 1..2^40, got %llu", t,
+                          (unsigned long long)s->rows);
+        if (s->dim == 0 || s->dim > 65536)
+            return rc_buf(err, errlen, RECMG_EINVAL, "table %u: dim must be 1..65536, got %u", t, s->dim);
+        uint32_t rb = s->dim * esz;
+        if (rb > max_rb) max_rb = rb;
+        if (tables) {
+            shm_table *d = &tables[t];
+            memset(d, 0, sizeof *d);
+            d->rows = s->rows;
+            d->dim = s->dim;
+            d->dtype = o->dtype;
+            d->row_bytes = rb;
+            d->index_first = idx;
+            d->slow_off = slow;
+        }
+        idx += s->rows;
+        slow = align_up(slow + s->rows * (uint64_t)rb, RECMG_PAGE);
+    }
+    L->index_entries = idx;
+    L->slow_bytes = slow;
+    L->slot_stride = (uint32_t)align_up(max_rb, 64);
+    L->ring_stride = align_up(sizeof(shm_ring) + (uint64_t)L->ring_records * 8, 64);
+    uint64_t off = RECMG_HDR_BYTES;
+    L->tables_off = off;
+    off = align_up(off + (uint64_t)o->n_tables * sizeof(shm_table), 64);
+    L->meta_off = off;
+    off = align_up(off + o->n_slots * sizeof(shm_slot_meta), 64);
+    L->index_off = off;
+    off = align_up(off + idx * 4, 64);
+    L->rings_off = off;
+    off = align_up(off + L->n_rings * L->ring_stride, RECMG_PAGE);
+    L->meta_bytes = off;
+    L->slots_off = off;
+    off = align_up(off + o->n_slots * L->slot_stride, RECMG_PAGE);
+    L->slow_off = off;
+    if (o->slow_kind != RECMG_SLOW_SSD) off += slow;
+    L->total = off;
+    return RECMG_OK;
+}
+
+int recmg_layout_size(const recmg_create_opts *o, uint64_t *meta, uint64_t *tb, uint64_t *total)
+{
+    layout L;
+    if (!o) return RECMG_EINVAL;
+    int rc = compute_layout(o, &L, NULL, NULL, 0);
+    if (rc) return rc;
+    uint64_t table_bytes = 0;
+    for (uint32_t t = 0; t < o->n_tables; t++)
+        table_bytes += o->tables[t].rows * o->tables[t].dim * (uint64_t)dtype_bytes(o->dtype);
+    if (meta) *meta = L.meta_bytes;
+    if (tb) *tb = table_bytes;
+    if (total) *total = L.total;
+    return RECMG_OK;
+}
+
+/* ---------------- names ---------------- */
+
+static int shm_name(const char *name, char *out, size_t outlen, char *err, size_t errlen)
+{
+    if (!name) return rc_buf(err, errlen, RECMG_EINVAL, "pool name is NULL");
+    const char *n = name[0] == '/' ? name + 1 : name;
+    size_t len = strlen(n);
+    if (len == 0 || len > 200)
+        return rc_buf(err, errlen, RECMG_EINVAL, "pool name must be 1..200 characters, got '%s'", name);
+    for (size_t i = 0; i < len; i++) {
+        char c = n[i];
+        int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                 c == '-' || c == '.';
+        if (!ok || (i == 0 && c == '.'))
+            return rc_buf(err, errlen, RECMG_EINVAL,
+                          "bad pool name '%s' (letters, digits, '_', '-', '.' only)", name);
+    }
+    snprintf(out, outlen, "/%s", n);
+    return RECMG_OK;
+}
+
+/* ---------------- handle ---------------- */
+
+static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
+{
+    recmg_pool *p = calloc(1, sizeof *p);
+    if (!p) return NULL;
+    snprintf(p->name, sizeof p->name, "%s", shmname);
+    p->role = role;
+    p->flags = flags;
+    p->ring_index = -1;
+    p->pid = getpid();
+    slowio_init(&p->io);
+    p->io.flags = flags;
+    pthread_mutex_init(&p->lock, NULL);
+    kernels_select(p);
+    return p;
+}
+
+static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes)
+{
+    p->base = base;
+    p->map_bytes = bytes;
+    p->h = (shm_header *)base;
+    p->tables = (shm_table *)(base + p->h->tables_off);
+    p->meta = (shm_slot_meta *)(base + p->h->meta_off);
+    p->index = (_Atomic int32_t *)(base + p->h->index_off);
+    p->rings = base + p->h->rings_off;
+    p->slots = base + p->h->slots_off;
+    p->slow = p->h->slow_kind == RECMG_SLOW_SSD ? NULL : base + p->h->slow_off;
+}
+
+static void handle_free(recmg_pool *p)
+{
+    if (!p) return;
+    /* a forked child closing its parent's handle must not release the parent's ring */
+    if (p->ring && getpid() == p->pid) ring_release_own(p);
+    slowio_close(&p->io);
+    if (p->base) munmap(p->base, p->map_bytes);
+    free(p->s_slot);
+    free(p->s_uid);
+    free(p->u_row);
+    free(p->u_miss);
+    free(p->h_ent);
+    free(p->sreq);
+    free(p->mbuf);
+    free(p->m_rows);
+    free(p->rbuf);
+    free(p->free_list);
+    pthread_mutex_destroy(&p->lock);
+    free(p);
+}
+
+static void copy_err(char *err, size_t errlen, const recmg_pool *p)
+{
+    if (err && errlen) snprintf(err, errlen, "%s", p->err);
+}
+
+/* The second half of create and attach: ring, slow-tier file, daemon registration. */
+static int handle_open(recmg_pool *p)
+{
+    shm_header *h = p->h;
+    if (h->slow_kind == RECMG_SLOW_SSD) {
+        int rc = slowio_open(p, h->slow_path, 0, h->slow_bytes, 0);
+        if (rc) return rc;
+    }
+    if (p->role == RECMG_ROLE_APP) {
+        int rc = ring_claim(p);
+        if (rc) return rc;
+    } else {
+        atomic_store_explicit(&h->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
+        int rc = writer_lock(p);
+        if (rc) return rc;
+        recover_fast_tier(p);
+        writer_unlock(p);
+    }
+    return RECMG_OK;
+}
+
+int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out, char *err, size_t errlen)
+{
+    char nm[256];
+    layout L;
+    if (!out || !o) return rc_buf(err, errlen, RECMG_EINVAL, "NULL argument to recmg_create");
+    *out = NULL;
+    int rc = shm_name(name, nm, sizeof nm, err, errlen);
+    if (rc) return rc;
+    rc = compute_layout(o, &L, NULL, err, errlen);
+    if (rc) return rc;
+    if (o->role != RECMG_ROLE_APP && o->role != RECMG_ROLE_DAEMON)
+        return rc_buf(err, errlen, RECMG_EINVAL, "unknown role %d", o->role);
+    if (o->slow_kind == RECMG_SLOW_SSD) {
+        if (!o->slow_path || !o->slow_path[0])
+            return rc_buf(err, errlen, RECMG_EINVAL, "the ssd slow tier needs a file path");
+        if (strlen(o->slow_path) >= RECMG_PATH_MAX)
+            return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path too long (%zu bytes)", strlen(o->slow_path));
+    }
+    if (o->slow_kind == RECMG_SLOW_NUMA && !numa_node_valid(o->numa_node))
+        return rc_buf(err, errlen, RECMG_EINVAL, "NUMA node %d does not exist on this machine", o->numa_node);
+    uint32_t mode = o->mode ? (o->mode & 0777u) : 0600u;
+
+    int fd = shm_open(nm, O_RDWR | O_CREAT | O_EXCL, mode);
+    if (fd < 0) {
+        if (errno == EEXIST) return rc_buf(err, errlen, RECMG_EEXIST, "pool '%s' already exists", nm + 1);
+        return rc_buf(err, errlen, RECMG_ESYS, "shm_open(%s): %s", nm, strerror(errno));
+    }
+    recmg_pool *p = handle_new(nm, o->role, o->flags);
+    if (!p) {
+        close(fd);
+        shm_unlink(nm);
+        return rc_buf(err, errlen, RECMG_ENOMEM, "out of memory creating a pool handle");
+    }
+    uint8_t *base = MAP_FAILED;
+    if (fchmod(fd, mode) != 0) {
+        rc = rc_set(p, RECMG_ESYS, "fchmod(%s, %o): %s", nm, mode, strerror(errno));
+        goto fail;
+    }
+    if (ftruncate(fd, (off_t)L.total) != 0) {
+        rc = rc_set(p, RECMG_ESYS, "ftruncate(%s, %llu): %s", nm, (unsigned long long)L.total, strerror(errno));
+        goto fail;
+    }
+    base = mmap(NULL, L.total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = rc_set(p, RECMG_ESYS, "mmap(%s, %llu bytes): %s", nm, (unsigned long long)L.total, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    shm_header *h = (shm_header *)base;
+    h->magic = RECMG_MAGIC;
+    h->version = RECMG_LAYOUT_VERSION;
+    h->hdr_bytes = RECMG_HDR_BYTES;
+    h->total_bytes = L.total;
+    h->n_tables = o->n_tables;
+    h->dtype = o->dtype;
+    h->slow_kind = o->slow_kind;
+    h->numa_node = o->slow_kind == RECMG_SLOW_NUMA ? o->numa_node : -1;
+    h->mode = mode;
+    h->n_slots = o->n_slots;
+    h->slot_stride = L.slot_stride;
+    h->n_rings = L.n_rings;
+    h->ring_records = L.ring_records;
+    h->ring_stride = L.ring_stride;
+    h->tables_off = L.tables_off;
+    h->meta_off = L.meta_off;
+    h->slots_off = L.slots_off;
+    h->index_off = L.index_off;
+    h->rings_off = L.rings_off;
+    h->slow_off = L.slow_off;
+    h->slow_bytes = L.slow_bytes;
+    h->index_entries = L.index_entries;
+    h->meta_bytes = L.meta_bytes;
+    if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
+    compute_layout(o, &L, (shm_table *)(base + L.tables_off), NULL, 0);
+    handle_bind(p, base, L.total);
+    for (uint64_t s = 0; s < o->n_slots; s++) {
+        atomic_init(&p->meta[s].version, 0);
+        atomic_init(&p->meta[s].tag, RECMG_TAG_EMPTY);
+    }
+    memset((void *)p->index, 0xff, L.index_entries * 4);
+    if (o->slow_kind == RECMG_SLOW_NUMA) {
+        rc = numa_bind_region(p, p->slow, L.slow_bytes, o->numa_node);
+        if (rc) goto fail;
+    }
+    {
+        pthread_mutexattr_t a;
+        pthread_mutexattr_init(&a);
+        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+        int e = pthread_mutex_init(&h->writer_lock, &a);
+        pthread_mutexattr_destroy(&a);
+        if (e) {
+            rc = rc_set(p, RECMG_ESYS, "pthread_mutex_init: %s", strerror(e));
+            goto fail;
+        }
+    }
+    if (o->slow_kind == RECMG_SLOW_SSD) {
+        rc = slowio_open(p, o->slow_path, 1, L.slow_bytes, mode);
+        if (rc) goto fail;
+    }
+    atomic_store_explicit(&h->ready, 1, memory_order_release);
+    if (p->role == RECMG_ROLE_APP) {
+        rc = ring_claim(p);
+        if (rc) goto fail;
+    } else {
+        atomic_store_explicit(&h->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
+    }
+    *out = p;
+    return RECMG_OK;
+fail:
+    copy_err(err, errlen, p);
+    if (fd >= 0) close(fd);
+    if (base == MAP_FAILED) p->base = NULL;
+    else if (!p->base) munmap(base, L.total);
+    handle_free(p);
+    shm_unlink(nm);
+    return rc;
+}
+
+/* Checks a mapped header and its table descriptors against the layout they imply. */
+static int validate(recmg_pool *p, const shm_header *h, uint64_t size)
+{
+    const char *nm = p->name + 1;
+    if (h->total_bytes != size)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %llu",
+                      nm, (unsigned long long)h->total_bytes, (unsigned long long)size);
+    if (h->n_tables == 0 || h->n_tables > RECMG_MAX_TABLES ||
+        h->tables_off + (uint64_t)h->n_tables * sizeof(shm_table) > size)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: bad table count %u", nm, h->n_tables);
+    recmg_table_spec *spec = calloc(h->n_tables, sizeof *spec);
+    if (!spec) return rc_set(p, RECMG_ENOMEM, "out of memory validating pool '%s'", nm);
+    const shm_table *tab = (const shm_table *)((const uint8_t *)h + h->tables_off);
+    for (uint32_t t = 0; t < h->n_tables; t++) {
+        spec[t].rows = tab[t].rows;
+        spec[t].dim = tab[t].dim;
+    }
+    recmg_create_opts o = {.n_tables = h->n_tables, .tables = spec, .n_slots = h->n_slots, .dtype = h->dtype,
+                           .slow_kind = h->slow_kind, .ring_records = h->ring_records, .n_rings = h->n_rings};
+    layout L;
+    int rc = compute_layout(&o, &L, NULL, p->err, sizeof p->err);
+    int ok = rc == 0 && L.total == h->total_bytes && L.tables_off == h->tables_off && L.meta_off == h->meta_off &&
+             L.index_off == h->index_off && L.rings_off == h->rings_off && L.slots_off == h->slots_off &&
+             L.slow_off == h->slow_off && L.slot_stride == h->slot_stride && L.ring_stride == h->ring_stride &&
+             L.index_entries == h->index_entries && L.ring_records == h->ring_records;
+    uint64_t idx = 0;
+    for (uint32_t t = 0; ok && t < h->n_tables; t++) {
+        ok = tab[t].index_first == idx && tab[t].row_bytes == tab[t].dim * dtype_bytes(h->dtype);
+        idx += tab[t].rows;
+    }
+    free(spec);
+    if (!ok)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its header does not match its layout", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: bad slow-tier path", nm);
+    return RECMG_OK;
+}
+
+int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, char *err, size_t errlen)
+{
+    char nm[256];
+    if (!out) return rc_buf(err, errlen, RECMG_EINVAL, "NULL argument to recmg_attach");
+    *out = NULL;
+    int rc = shm_name(name, nm, sizeof nm, err, errlen);
+    if (rc) return rc;
+    if (role != RECMG_ROLE_APP && role != RECMG_ROLE_DAEMON)
+        return rc_buf(err, errlen, RECMG_EINVAL, "unknown role %d", role);
+    int fd = shm_open(nm, O_RDWR, 0);
+    if (fd < 0) {
+        if (errno == ENOENT) return rc_buf(err, errlen, RECMG_ENOENT, "no pool named '%s' (/dev/shm%s)", nm + 1, nm);
+        return rc_buf(err, errlen, RECMG_ESYS, "shm_open(%s): %s", nm, strerror(errno));
+    }
+    recmg_pool *p = handle_new(nm, role, flags);
+    if (!p) {
+        close(fd);
+        return rc_buf(err, errlen, RECMG_ENOMEM, "out of memory attaching a pool");
+    }
+    uint8_t *base = MAP_FAILED;
+    struct stat st;
+    shm_header hdr;
+    for (int tries = 0;; tries++) {
+        if (fstat(fd, &st) != 0) {
+            rc = rc_set(p, RECMG_ESYS, "fstat(%s): %s", nm, strerror(errno));
+            goto fail;
+        }
+        if ((uint64_t)st.st_size < sizeof(shm_header)) {
+            rc = rc_set(p, RECMG_ENOTPOOL, "'%s' is not a recmg pool (%lld bytes, too small for a header)", nm + 1,
+                        (long long)st.st_size);
+            if (st.st_size == 0 && tries < 2000) { /* a creator between shm_open and ftruncate */
+                struct timespec ts = {0, 1000000};
+                nanosleep(&ts, NULL);
+                continue;
+            }
+            goto fail;
+        }
+        ssize_t got = pread(fd, &hdr, sizeof hdr, 0);
+        if (got != (ssize_t)sizeof hdr) {
+            rc = rc_set(p, RECMG_ESYS, "reading the header of '%s': %s", nm + 1,
+                        got < 0 ? strerror(errno) : "short read");
+            goto fail;
+        }
+        if (hdr.magic == RECMG_MAGIC && hdr.version == RECMG_LAYOUT_VERSION &&
+            atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0 && tries < 2000) {
+            struct timespec ts = {0, 1000000};
+            nanosleep(&ts, NULL);
+            continue;
+        }
+        break;
+    }
+    if (hdr.magic != RECMG_MAGIC) {
+        rc = rc_set(p, RECMG_ENOTPOOL, "'%s' is not a recmg pool (bad magic)", nm + 1);
+        goto fail;
+    }
+    if (hdr.version != RECMG_LAYOUT_VERSION) {
+        rc = rc_set(p, RECMG_EVERSION, "pool '%s' has layout version %u; this library reads version %u", nm + 1,
+                    hdr.version, RECMG_LAYOUT_VERSION);
+        goto fail;
+    }
+    if (atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0) {
+        rc = rc_set(p, RECMG_EBUSY, "pool '%s' is still being created (or its creator died)", nm + 1);
+        goto fail;
+    }
+    if (hdr.total_bytes != (uint64_t)st.st_size) {
+        rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %lld",
+                    nm + 1, (unsigned long long)hdr.total_bytes, (long long)st.st_size);
+        goto fail;
+    }
+    base = mmap(NULL, (size_t)st.st_size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (base == MAP_FAILED) {
+        rc = rc_set(p, RECMG_ESYS, "mmap(%s, %lld bytes): %s", nm, (long long)st.st_size, strerror(errno));
+        goto fail;
+    }
+    close(fd);
+    fd = -1;
+    rc = validate(p, (const shm_header *)base, (uint64_t)st.st_size);
+    if (rc) goto fail;
+    /* ring_index etc. are bound only after validation */
+    handle_bind(p, base, (size_t)st.st_size);
+    atomic_thread_fence(memory_order_acquire);
+    rc = handle_open(p);
+    if (rc) goto fail;
+    *out = p;
+    return RECMG_OK;
+fail:
+    copy_err(err, errlen, p);
+    if (fd >= 0) close(fd);
+    if (base != MAP_FAILED && !p->base) munmap(base, (size_t)st.st_size);
+    handle_free(p);
+    return rc;
+}
+
+void recmg_close(recmg_pool *p)
+{
+    if (!p) return;
+    if (p->role == RECMG_ROLE_DAEMON && p->h && getpid() == p->pid) {
+        int32_t me = (int32_t)p->pid;
+        atomic_compare_exchange_strong(&p->h->daemon_pid, &me, 0);
+    }
+    handle_free(p);
+}
+
+int recmg_destroy(const char *name, char *err, size_t errlen)
+{
+    char nm[256];
+    int rc = shm_name(name, nm, sizeof nm, err, errlen);
+    if (rc) return rc;
+    if (shm_unlink(nm) != 0) {
+        if (errno == ENOENT) return rc_buf(err, errlen, RECMG_ENOENT, "no pool named '%s' (/dev/shm%s)", nm + 1, nm);
+        return rc_buf(err, errlen, RECMG_ESYS, "shm_unlink(%s): %s", nm, strerror(errno));
+    }
+    return RECMG_OK;
+}
+
+int recmg_info(recmg_pool *p, recmg_pool_info *i)
+{
+    if (!p || !i) return RECMG_EINVAL;
+    shm_header *h = p->h;
+    memset(i, 0, sizeof *i);
+    i->version = h->version;
+    i->n_tables = h->n_tables;
+    i->n_slots = h->n_slots;
+    i->dtype = h->dtype;
+    i->slow_kind = h->slow_kind;
+    i->numa_node = h->numa_node;
+    i->role = p->role;
+    i->n_rings = h->n_rings;
+    i->ring_records = h->ring_records;
+    i->ring_index = p->ring_index;
+    i->direct_io = p->io.dfd >= 0;
+    i->io_align = p->io.dfd >= 0 ? p->io.align : 0;
+    i->io_depth = p->io.depth;
+    i->total_bytes = h->total_bytes;
+    i->meta_bytes = h->meta_bytes;
+    uint64_t tb = 0;
+    for (uint32_t t = 0; t < h->n_tables; t++) tb += p->tables[t].rows * p->tables[t].row_bytes;
+    i->table_bytes = tb;
+    i->slot_bytes = h->n_slots * h->slot_stride;
+    i->generation = atomic_load_explicit(&h->generation, memory_order_relaxed);
+    i->free_slots = p->free_valid ? p->n_free : 0;
+    pthread_mutex_lock(&p->lock);
+    snprintf(i->io_backend, sizeof i->io_backend, "%s", slowio_backend(p));
+    pthread_mutex_unlock(&p->lock);
+    snprintf(i->slow_path, sizeof i->slow_path, "%s", h->slow_path);
+    return RECMG_OK;
+}
+
+int recmg_get_table_info(recmg_pool *p, uint32_t t, recmg_table_info *i)
+{
+    if (!p || !i) return RECMG_EINVAL;
+    if (t >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
+    i->rows = p->tables[t].rows;
+    i->dim = p->tables[t].dim;
+    i->dtype = p->tables[t].dtype;
+    i->row_bytes = p->tables[t].row_bytes;
+    return RECMG_OK;
+}

@@ -1,0 +1,200 @@
+/* ring.c - per-process access rings (single producer: the app; single consumer: the daemon) and
+ * counters.
+ *
+ * head and tail are free-running uint64 counters; record i lives at records[i & (cap - 1)]. The
+ * producer never waits: what does not fit is dropped and counted. A ring whose owner died is taken
+ * over by the next app that finds no free ring (or released by the daemon); head and tail are never
+ * reset, so the daemon can still drain what the dead process logged. */
+#include "internal.h"
+
+#include <errno.h>
+#include <signal.h>
+
+static int pid_alive(int32_t pid)
+{
+    if (pid <= 0) return 0;
+    return !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+static void counters_zero(shm_counters *c)
+{
+    atomic_store_explicit(&c->lookups, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->unique, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->hits, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->on_demand, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->ring_drops, 0, memory_order_relaxed);
+    atomic_store_explicit(&c->slow_bytes, 0, memory_order_relaxed);
+}
+
+static void counters_read(const shm_counters *c, recmg_counters *o)
+{
+    o->lookups = atomic_load_explicit(&c->lookups, memory_order_relaxed);
+    o->unique = atomic_load_explicit(&c->unique, memory_order_relaxed);
+    o->hits = atomic_load_explicit(&c->hits, memory_order_relaxed);
+    o->on_demand = atomic_load_explicit(&c->on_demand, memory_order_relaxed);
+    o->ring_drops = atomic_load_explicit(&c->ring_drops, memory_order_relaxed);
+    o->slow_bytes = atomic_load_explicit(&c->slow_bytes, memory_order_relaxed);
+}
+
+int ring_claim(recmg_pool *p)
+{
+    int32_t me = (int32_t)p->pid;
+    for (int pass = 0; pass < 2; pass++) {
+        for (uint32_t i = 0; i < p->h->n_rings; i++) {
+            shm_ring *r = ring_at(p, i);
+            int32_t cur = atomic_load_explicit(&r->owner, memory_order_relaxed);
+            if (pass == 0 ? cur != 0 : pid_alive(cur)) continue;
+            if (atomic_compare_exchange_strong_explicit(&r->owner, &cur, me, memory_order_acq_rel,
+                                                        memory_order_relaxed)) {
+                counters_zero(&r->c);
+                p->ring = r;
+                p->ring_index = (int)i;
+                return RECMG_OK;
+            }
+        }
+    }
+    return rc_set(p, RECMG_ENOSPC, "pool '%s' has no free access ring (%u rings, all owned by live processes)",
+                  p->name + 1, p->h->n_rings);
+}
+
+void ring_release_own(recmg_pool *p)
+{
+    int32_t me = (int32_t)p->pid;
+    atomic_compare_exchange_strong(&p->ring->owner, &me, 0);
+    p->ring = NULL;
+    p->ring_index = -1;
+}
+
+/* Appends n records (type, table, rows[i]) or, with rows == NULL, one record of key 0 (boundary). */
+void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type)
+{
+    shm_ring *r = p->ring;
+    if (!r || n == 0) return;
+    uint64_t cap = p->h->ring_records;
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
+    uint64_t room = cap - (head - tail);
+    uint64_t k = n < room ? n : room;
+    uint64_t *rec = ring_records(r);
+    uint64_t mask = cap - 1;
+    uint64_t hi = ((uint64_t)type << 62) | ((uint64_t)table << RECMG_ROW_BITS);
+    if (rows) {
+        for (uint64_t i = 0; i < k; i++) rec[(head + i) & mask] = hi | (uint64_t)rows[i];
+    } else {
+        for (uint64_t i = 0; i < k; i++) rec[(head + i) & mask] = hi;
+    }
+    if (k) atomic_store_explicit(&r->head, head + k, memory_order_release);
+    if (k < n) {
+        atomic_fetch_add_explicit(&r->c.ring_drops, n - k, memory_order_relaxed);
+        if (table < p->h->n_tables && type == RECMG_REC_LOOKUP)
+            atomic_fetch_add_explicit(&p->tables[table].c.ring_drops, n - k, memory_order_relaxed);
+    }
+}
+
+int recmg_end_batch(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    pthread_mutex_lock(&p->lock);
+    ring_append(p, 0, NULL, 1, RECMG_REC_BATCH_END);
+    pthread_mutex_unlock(&p->lock);
+    return RECMG_OK;
+}
+
+int recmg_hint(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
+{
+    if (!p || (n && !rows)) return RECMG_EINVAL;
+    if (table >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", table, p->h->n_tables);
+    uint64_t nr = p->tables[table].rows;
+    for (uint64_t i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= nr)
+            return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)rows[i],
+                          table, (unsigned long long)nr);
+    pthread_mutex_lock(&p->lock);
+    ring_append(p, table, rows, n, RECMG_REC_HINT);
+    pthread_mutex_unlock(&p->lock);
+    return RECMG_OK;
+}
+
+static int ring_check(recmg_pool *p, uint32_t i)
+{
+    if (i >= p->h->n_rings)
+        return rc_set(p, RECMG_ERANGE, "ring %u out of range (pool has %u rings)", i, p->h->n_rings);
+    return RECMG_OK;
+}
+
+int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
+{
+    if (!p || !o) return RECMG_EINVAL;
+    int rc = ring_check(p, i);
+    if (rc) return rc;
+    shm_ring *r = ring_at(p, i);
+    o->pid = atomic_load_explicit(&r->owner, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    o->waiting = head - tail;
+    o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
+    o->capacity = p->h->ring_records;
+    return RECMG_OK;
+}
+
+int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
+{
+    if (!p || (max && !out)) return RECMG_EINVAL;
+    int rc = ring_check(p, i);
+    if (rc) return rc;
+    shm_ring *r = ring_at(p, i);
+    uint64_t cap = p->h->ring_records, mask = cap - 1;
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t n = head - tail;
+    if (n > cap) /* a corrupted pair; resynchronise rather than read garbage */
+        n = 0, tail = head;
+    if (n > max) n = max;
+    const uint64_t *rec = ring_records(r);
+    uint64_t first = tail & mask;
+    uint64_t k1 = cap - first < n ? cap - first : n;
+    memcpy(out, rec + first, k1 * 8);
+    memcpy(out + k1, rec, (n - k1) * 8);
+    atomic_store_explicit(&r->tail, tail + n, memory_order_release);
+    return (int64_t)n;
+}
+
+int recmg_release_ring(recmg_pool *p, uint32_t i)
+{
+    if (!p) return RECMG_EINVAL;
+    int rc = ring_check(p, i);
+    if (rc) return rc;
+    shm_ring *r = ring_at(p, i);
+    int32_t cur = atomic_load_explicit(&r->owner, memory_order_relaxed);
+    if (cur != 0 && pid_alive(cur) && cur != (int32_t)p->pid)
+        return rc_set(p, RECMG_EBUSY, "ring %u is owned by live process %d", i, cur);
+    atomic_compare_exchange_strong(&r->owner, &cur, 0);
+    return RECMG_OK;
+}
+
+int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
+{
+    if (!p || !c) return RECMG_EINVAL;
+    if (t >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
+    counters_read(&p->tables[t].c, c);
+    return RECMG_OK;
+}
+
+int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
+{
+    if (!p || !c) return RECMG_EINVAL;
+    int rc = ring_check(p, i);
+    if (rc) return rc;
+    counters_read(&ring_at(p, i)->c, c);
+    return RECMG_OK;
+}
+
+int recmg_reset_counters(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    for (uint32_t t = 0; t < p->h->n_tables; t++) counters_zero(&p->tables[t].c);
+    for (uint32_t i = 0; i < p->h->n_rings; i++) counters_zero(&ring_at(p, i)->c);
+    return RECMG_OK;
+}

@@ -1,0 +1,332 @@
+/* slowio.c - the SSD slow tier: a file read by offset, in batches.
+ *
+ * Reads go through io_uring (one submission for the whole batch, up to io_depth in flight) and fall
+ * back to preadv when io_uring_queue_init fails (io_uring disabled, seccomp) or when the caller forces
+ * it (RECMG_F_NO_IO_URING, or RECMG_NO_IO_URING=1 in the environment). Rows are read with O_DIRECT
+ * into page-aligned bounce buffers (the aligned block range that holds the row) when the file
+ * system supports it and the row is not much smaller than the direct-I/O alignment; otherwise
+ * buffered, straight into the destination. */
+#include "internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <liburing.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define DEFAULT_DEPTH 128u
+#define STATX_DIOALIGN_BIT 0x2000u
+
+typedef struct io_req {
+    uint64_t off;
+    uint8_t *buf;
+    uint32_t len;
+    uint32_t done;
+    int fd;
+    uint32_t pad;
+} io_req;
+
+void slowio_init(slowio *io)
+{
+    memset(io, 0, sizeof *io);
+    io->fd = -1;
+    io->dfd = -1;
+    io->depth = DEFAULT_DEPTH;
+}
+
+void slowio_close(slowio *io)
+{
+    if (io->uring_state == 1 && io->uring) io_uring_queue_exit((struct io_uring *)io->uring);
+    free(io->uring);
+    io->uring = NULL;
+    io->uring_state = 0;
+    if (io->fd >= 0) close(io->fd);
+    if (io->dfd >= 0) close(io->dfd);
+    io->fd = io->dfd = -1;
+    free(io->bounce);
+    free(io->reqs);
+    io->bounce = NULL;
+    io->reqs = NULL;
+    io->bounce_cap = io->reqs_cap = 0;
+}
+
+/* O_DIRECT offset alignment of an open file: statx(STATX_DIOALIGN) where the kernel reports it. */
+static uint32_t dio_align(int fd)
+{
+    unsigned char buf[256];
+    memset(buf, 0, sizeof buf);
+    if (syscall(SYS_statx, fd, "", AT_EMPTY_PATH, STATX_DIOALIGN_BIT, buf) == 0) {
+        uint32_t mask, mem, off;
+        memcpy(&mask, buf, 4);
+        memcpy(&mem, buf + 0x98, 4);
+        memcpy(&off, buf + 0x9c, 4);
+        if ((mask & STATX_DIOALIGN_BIT) && off && mem) {
+            uint32_t a = off > mem ? off : mem;
+            if (a <= RECMG_PAGE && (a & (a - 1)) == 0) return a;
+            return 0;
+        }
+        if (mask & STATX_DIOALIGN_BIT) return 0; /* the file system has no direct I/O */
+    }
+    return RECMG_PAGE; /* unknown: the page size is always a valid alignment */
+}
+
+int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint32_t mode)
+{
+    slowio *io = &p->io;
+    const char *env = getenv("RECMG_NO_IO_URING");
+    if (env && env[0] && strcmp(env, "0") != 0) io->flags |= RECMG_F_NO_IO_URING;
+    env = getenv("RECMG_NO_DIRECT");
+    if (env && env[0] && strcmp(env, "0") != 0) io->flags |= RECMG_F_NO_DIRECT;
+    env = getenv("RECMG_IO_DEPTH");
+    if (env && env[0]) {
+        long d = strtol(env, NULL, 10);
+        if (d >= 1 && d <= 4096) io->depth = (unsigned)d;
+    }
+    if (create) {
+        io->fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+        if (io->fd < 0) return rc_set(p, RECMG_EIO, "cannot create slow-tier file %s: %s", path, strerror(errno));
+        if (fchmod(io->fd, mode) != 0 || ftruncate(io->fd, (off_t)size) != 0)
+            return rc_set(p, RECMG_EIO, "cannot size slow-tier file %s to %llu bytes: %s", path,
+                          (unsigned long long)size, strerror(errno));
+    } else {
+        io->fd = open(path, O_RDWR | O_CLOEXEC);
+        if (io->fd < 0 && (errno == EACCES || errno == EROFS)) io->fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (io->fd < 0) return rc_set(p, RECMG_EIO, "cannot open slow-tier file %s: %s", path, strerror(errno));
+        struct stat st;
+        if (fstat(io->fd, &st) != 0)
+            return rc_set(p, RECMG_EIO, "cannot stat slow-tier file %s: %s", path, strerror(errno));
+        if (!S_ISREG(st.st_mode)) return rc_set(p, RECMG_EIO, "slow-tier path %s is not a regular file", path);
+        if ((uint64_t)st.st_size < size)
+            return rc_set(p, RECMG_EIO, "slow-tier file %s is %lld bytes; the pool needs %llu", path,
+                          (long long)st.st_size, (unsigned long long)size);
+    }
+    if (!(io->flags & RECMG_F_NO_DIRECT)) {
+        int dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        if (dfd >= 0) {
+            uint32_t a = dio_align(dfd);
+            if (a) {
+                io->dfd = dfd;
+                io->align = a;
+            } else {
+                close(dfd);
+            }
+        }
+    }
+    return RECMG_OK;
+}
+
+const char *slowio_backend(recmg_pool *p)
+{
+    if (p->h->slow_kind != RECMG_SLOW_SSD) return "memory";
+    if (p->io.uring_state == 0) {
+        if (p->io.flags & RECMG_F_NO_IO_URING) return "preadv";
+        return "io_uring"; /* not initialised yet: it will be tried at the first read */
+    }
+    return p->io.uring_state == 1 ? "io_uring" : "preadv";
+}
+
+static void uring_try_init(slowio *io)
+{
+    if (io->uring_state != 0) return;
+    io->uring_state = -1;
+    if (io->flags & RECMG_F_NO_IO_URING) return;
+    struct io_uring *r = calloc(1, sizeof *r);
+    if (!r) return;
+    if (io_uring_queue_init(io->depth, r, 0) != 0) {
+        free(r);
+        return;
+    }
+    io->uring = r;
+    io->uring_state = 1;
+}
+
+/* io_uring: queue every request, submit, keep up to depth in flight, resubmit short reads. Never
+ * returns with I/O still in flight. Returns 0 or -errno of the first failure (*bad = its request). */
+static int run_uring(slowio *io, io_req *rq, uint64_t n, uint64_t *bad)
+{
+    struct io_uring *ring = io->uring;
+    uint64_t next = 0, done = 0, inflight = 0;
+    uint64_t retry[64];
+    unsigned nretry = 0;
+    int err = 0;
+    while (done < n) {
+        while (!err && inflight < io->depth && (nretry || next < n)) {
+            struct io_uring_sqe *sqe = io_uring_get_sqe(ring);
+            if (!sqe) break;
+            uint64_t k = nretry ? retry[--nretry] : next++;
+            io_uring_prep_read(sqe, rq[k].fd, rq[k].buf + rq[k].done, rq[k].len - rq[k].done, rq[k].off + rq[k].done);
+            io_uring_sqe_set_data64(sqe, k);
+            inflight++;
+        }
+        if (inflight == 0) break; /* an error stopped submission and everything has landed */
+        int ret = io_uring_submit_and_wait(ring, 1);
+        if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+            /* cannot submit: wait for what is in flight (it was submitted earlier), then fail */
+            if (!err) err = ret, *bad = next ? next - 1 : 0;
+            while (inflight) {
+                struct io_uring_cqe *cqe;
+                if (io_uring_wait_cqe(ring, &cqe) != 0) break;
+                io_uring_cqe_seen(ring, cqe);
+                inflight--;
+            }
+            return err;
+        }
+        struct io_uring_cqe *cqe;
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(ring, head, cqe)
+        {
+            uint64_t k = io_uring_cqe_get_data64(cqe);
+            int res = cqe->res;
+            seen++;
+            inflight--;
+            if (res == -EAGAIN || res == -EINTR) {
+                if (nretry < 64) {
+                    retry[nretry++] = k;
+                    continue;
+                }
+                res = -EIO;
+            }
+            if (res < 0 || res == 0) {
+                if (!err) err = res < 0 ? res : -ENODATA, *bad = k;
+                done++;
+                continue;
+            }
+            rq[k].done += (uint32_t)res;
+            if (rq[k].done < rq[k].len && !err && nretry < 64) {
+                retry[nretry++] = k;
+            } else {
+                if (rq[k].done < rq[k].len && !err) err = -EIO, *bad = k;
+                done++;
+            }
+        }
+        io_uring_cq_advance(ring, seen);
+        if (err && inflight == 0) break;
+    }
+    return err;
+}
+
+/* preadv: requests that are contiguous in the file are merged into one call (one iovec each). */
+static int run_preadv(io_req *rq, uint64_t n, uint64_t *bad)
+{
+    struct iovec iov[64];
+    uint64_t k = 0;
+    while (k < n) {
+        uint64_t j = k;
+        int cnt = 0;
+        uint64_t off = rq[k].off;
+        size_t total = 0;
+        while (j < n && cnt < 64 && rq[j].off == off + total && rq[j].fd == rq[k].fd) {
+            iov[cnt].iov_base = rq[j].buf;
+            iov[cnt].iov_len = rq[j].len;
+            total += rq[j].len;
+            cnt++;
+            j++;
+        }
+        size_t got = 0;
+        while (got < total) {
+            /* skip the iovecs already filled */
+            size_t skip = got;
+            int first = 0;
+            while (skip >= iov[first].iov_len) skip -= iov[first++].iov_len;
+            struct iovec save = iov[first];
+            iov[first].iov_base = (uint8_t *)iov[first].iov_base + skip;
+            iov[first].iov_len -= skip;
+            ssize_t r = preadv(rq[k].fd, iov + first, cnt - first, (off_t)(off + got));
+            iov[first] = save;
+            if (r < 0 && errno == EINTR) continue;
+            if (r <= 0) {
+                *bad = k;
+                return r < 0 ? -errno : -ENODATA;
+            }
+            got += (size_t)r;
+        }
+        k = j;
+    }
+    return 0;
+}
+
+static int run_batch(slowio *io, io_req *rq, uint64_t n, uint64_t *bad)
+{
+    uring_try_init(io);
+    if (io->uring_state == 1) return run_uring(io, rq, n, bad);
+    return run_preadv(rq, n, bad);
+}
+
+int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read)
+{
+    slowio *io = &p->io;
+    if (n == 0) return RECMG_OK;
+    if (grow(&io->reqs, &io->reqs_cap, n, sizeof(io_req)) != 0)
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu slow-tier reads", (unsigned long long)n);
+    io_req *rq = io->reqs;
+    for (;;) {
+        uint32_t A = io->align;
+        size_t bneed = 0;
+        for (uint64_t k = 0; k < n; k++)
+            if (io->dfd >= 0 && (uint64_t)r[k].len * 4 >= A) bneed += (r[k].len + A - 1) / A * A + A;
+        if (bneed > io->bounce_cap) {
+            free(io->bounce);
+            io->bounce = NULL;
+            io->bounce_cap = 0;
+            size_t cap = bneed < (1u << 20) ? (1u << 20) : bneed;
+            void *b = NULL;
+            if (posix_memalign(&b, RECMG_PAGE, cap) != 0)
+                return rc_set(p, RECMG_ENOMEM, "out of memory for %zu bytes of I/O buffers", cap);
+            io->bounce = b;
+            io->bounce_cap = cap;
+        }
+        uint64_t bytes = 0;
+        size_t bpos = 0;
+        int any_direct = 0;
+        for (uint64_t k = 0; k < n; k++) {
+            uint32_t len = r[k].len;
+            if (io->dfd >= 0 && (uint64_t)len * 4 >= A) {
+                uint64_t a0 = r[k].off / A * A, a1 = (r[k].off + len + A - 1) / A * A;
+                rq[k] = (io_req){.off = a0, .buf = io->bounce + bpos, .len = (uint32_t)(a1 - a0), .fd = io->dfd};
+                bpos += (len + A - 1) / A * A + A;
+                any_direct = 1;
+            } else {
+                rq[k] = (io_req){.off = r[k].off, .buf = r[k].dst, .len = len, .fd = io->fd};
+            }
+            bytes += rq[k].len;
+        }
+        uint64_t bad = 0;
+        int e = run_batch(io, rq, n, &bad);
+        if (e == -EINVAL && any_direct) { /* the file system refused our alignment: go buffered for good */
+            close(io->dfd);
+            io->dfd = -1;
+            continue;
+        }
+        if (e) {
+            const char *why = e == -ENODATA ? "end of file (the file is shorter than the pool)" : strerror(-e);
+            return rc_set(p, RECMG_EIO, "reading slow-tier file %s at offset %llu failed: %s", p->h->slow_path,
+                          (unsigned long long)r[bad].off, why);
+        }
+        if (any_direct)
+            for (uint64_t k = 0; k < n; k++)
+                if (rq[k].fd == io->dfd) memcpy(r[k].dst, rq[k].buf + (r[k].off - rq[k].off), r[k].len);
+        if (bytes_read) *bytes_read += bytes;
+        return RECMG_OK;
+    }
+}
+
+int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n, const uint8_t *src)
+{
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t off = base + (uint64_t)rows[k] * rb;
+        size_t got = 0;
+        while (got < rb) {
+            ssize_t w = pwrite(p->io.fd, src + k * rb + got, rb - got, (off_t)(off + got));
+            if (w < 0 && errno == EINTR) continue;
+            if (w <= 0)
+                return rc_set(p, RECMG_EIO, "writing slow-tier file %s at offset %llu failed: %s", p->h->slow_path,
+                              (unsigned long long)off, w < 0 ? strerror(errno) : "no progress");
+            got += (size_t)w;
+        }
+    }
+    return RECMG_OK;
+}

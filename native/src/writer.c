@@ -1,0 +1,376 @@
+/* writer.c - the fast tier's single writer: fill, evict, write_rows, recovery after a writer died.
+ *
+ * Every fast-tier write happens under the pool's writer lock, a process-shared robust mutex: the
+ * daemon's fills and evictions and apps' write_rows are serialised, and a writer killed in the
+ * middle of a change leaves EOWNERDEAD to the next one, which repairs the slots (recover_fast_tier).
+ * Readers never take the lock.
+ *
+ * Changing slot s from key a to key b (seqlock, C11 orders; readers are in lookup.c):
+ *   index[a] = -1; version = v+1 (odd); release fence; row words (relaxed atomics); tag = b;
+ *   version = v+2 (release); index[b] = s (release).
+ * A reader that sees the same even version before and after its copy, and tag b, has row b. */
+#include "internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+
+static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
+{
+    uint32_t t = RECMG_KEY_TABLE(key);
+    return &p->index[p->tables[t].index_first + (uint64_t)RECMG_KEY_ROW(key)];
+}
+
+static int key_valid(recmg_pool *p, int64_t key)
+{
+    if (key < 0) return 0;
+    uint32_t t = RECMG_KEY_TABLE(key);
+    return t < p->h->n_tables && (uint64_t)RECMG_KEY_ROW(key) < p->tables[t].rows;
+}
+
+static int key_error(recmg_pool *p, int64_t key)
+{
+    uint32_t t = RECMG_KEY_TABLE(key);
+    if (key < 0 || t >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "key %lld names table %u; the pool has %u tables", (long long)key,
+                      key < 0 ? 0 : t, p->h->n_tables);
+    return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)RECMG_KEY_ROW(key),
+                  t, (unsigned long long)p->tables[t].rows);
+}
+
+int hash_prepare(recmg_pool *p, uint64_t n)
+{
+    size_t need = 64;
+    while (need < n + n / 2 + 1) need *= 2;
+    if (need > p->h_cap) {
+        free(p->h_ent);
+        p->h_ent = calloc(need, sizeof *p->h_ent);
+        if (!p->h_ent) {
+            p->h_cap = 0;
+            return rc_set(p, RECMG_ENOMEM, "out of memory for a %zu-entry hash", need);
+        }
+        p->h_cap = need;
+        p->h_gen = 0;
+    }
+    if (++p->h_gen == 0) {
+        memset(p->h_ent, 0, p->h_cap * sizeof *p->h_ent);
+        p->h_gen = 1;
+    }
+    p->h_mask = need - 1;
+    return RECMG_OK;
+}
+
+int writer_lock(recmg_pool *p)
+{
+    int e = pthread_mutex_lock(&p->h->writer_lock);
+    if (e == EOWNERDEAD) {
+        recover_fast_tier(p);
+        pthread_mutex_consistent(&p->h->writer_lock);
+        return RECMG_OK;
+    }
+    if (e) return rc_set(p, RECMG_ESYS, "locking the writer lock of pool '%s': %s", p->name + 1, strerror(e));
+    return RECMG_OK;
+}
+
+void writer_unlock(recmg_pool *p) { pthread_mutex_unlock(&p->h->writer_lock); }
+
+static void bump_generation(recmg_pool *p)
+{
+    uint64_t g = atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release) + 1;
+    if (p->free_valid && p->free_gen == g - 1) p->free_gen = g;
+}
+
+/* Makes the fast tier consistent after a writer died mid-change (called under the writer lock):
+ * a slot with an odd version is emptied; a tagged slot gets its index entry back. */
+void recover_fast_tier(recmg_pool *p)
+{
+    uint64_t n = p->h->n_slots;
+    for (uint64_t s = 0; s < n; s++) {
+        shm_slot_meta *m = &p->meta[s];
+        uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
+        uint64_t tag = atomic_load_explicit(&m->tag, memory_order_relaxed);
+        int valid = tag != RECMG_TAG_EMPTY && key_valid(p, (int64_t)tag);
+        if ((v & 1u) || (tag != RECMG_TAG_EMPTY && !valid)) {
+            if (valid) {
+                int32_t me = (int32_t)s;
+                atomic_compare_exchange_strong(index_of(p, (int64_t)tag), &me, -1);
+            }
+            if (!(v & 1u)) atomic_store_explicit(&m->version, ++v, memory_order_relaxed);
+            atomic_thread_fence(memory_order_release);
+            atomic_store_explicit(&m->tag, RECMG_TAG_EMPTY, memory_order_relaxed);
+            atomic_store_explicit(&m->version, v + 1, memory_order_release);
+        } else if (valid) {
+            _Atomic int32_t *ix = index_of(p, (int64_t)tag);
+            if (atomic_load_explicit(ix, memory_order_relaxed) != (int32_t)s)
+                atomic_store_explicit(ix, (int32_t)s, memory_order_release);
+        }
+    }
+    atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release);
+    p->free_valid = 0;
+}
+
+/* The free-slot stack is process-local and rebuilt from the tags whenever another process wrote
+ * the fast tier since this handle last did (the generation tells). Called under the writer lock. */
+static int free_list_sync(recmg_pool *p)
+{
+    uint64_t g = atomic_load_explicit(&p->h->generation, memory_order_acquire);
+    if (p->free_valid && p->free_gen == g) return RECMG_OK;
+    uint64_t n = p->h->n_slots;
+    if (!p->free_list) {
+        p->free_list = malloc((n ? n : 1) * sizeof *p->free_list);
+        if (!p->free_list) return rc_set(p, RECMG_ENOMEM, "out of memory for a %llu-slot free list", (unsigned long long)n);
+    }
+    uint64_t k = 0;
+    for (uint64_t s = n; s-- > 0;)
+        if (atomic_load_explicit(&p->meta[s].tag, memory_order_relaxed) == RECMG_TAG_EMPTY) p->free_list[k++] = (uint32_t)s;
+    p->n_free = k;
+    p->free_gen = g;
+    p->free_valid = 1;
+    return RECMG_OK;
+}
+
+static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words, int64_t key)
+{
+    shm_slot_meta *m = &p->meta[s];
+    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
+    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    words_store(slot_ptr(p, s), words, p->h->slot_stride / 8);
+    atomic_store_explicit(&m->tag, (uint64_t)key, memory_order_relaxed);
+    atomic_store_explicit(&m->version, v + 2, memory_order_release);
+}
+
+static void slot_clear(recmg_pool *p, uint64_t s)
+{
+    shm_slot_meta *m = &p->meta[s];
+    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
+    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&m->tag, RECMG_TAG_EMPTY, memory_order_relaxed);
+    atomic_store_explicit(&m->version, v + 2, memory_order_release);
+}
+
+/* Reads rows of the slow tier (any tables) into dst + k * stride: memory copy, or one I/O batch. */
+static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_t *dst, size_t stride, uint64_t *bytes)
+{
+    if (p->slow) {
+        for (uint64_t k = 0; k < n; k++) {
+            const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+            memcpy(dst + k * stride, p->slow + t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, t->row_bytes);
+            *bytes += t->row_bytes;
+        }
+        return RECMG_OK;
+    }
+    if (grow(&p->sreq, &p->sreq_cap, n, sizeof(slow_req)) != 0)
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
+    slow_req *r = p->sreq;
+    for (uint64_t k = 0; k < n; k++) {
+        const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+        r[k] = (slow_req){.off = t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, .dst = dst + k * stride,
+                          .len = t->row_bytes};
+    }
+    return slowio_read(p, r, n, bytes);
+}
+
+int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
+                   uint64_t *bytes)
+{
+    const shm_table *t = &p->tables[table];
+    if (p->slow) {
+        for (uint64_t k = 0; k < n; k++)
+            memcpy(dst + k * dst_stride, p->slow + t->slow_off + (uint64_t)rows[k] * t->row_bytes, t->row_bytes);
+        *bytes += n * t->row_bytes;
+        return RECMG_OK;
+    }
+    if (grow(&p->sreq, &p->sreq_cap, n, sizeof(slow_req)) != 0)
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
+    slow_req *r = p->sreq;
+    for (uint64_t k = 0; k < n; k++)
+        r[k] = (slow_req){.off = t->slow_off + (uint64_t)rows[k] * t->row_bytes, .dst = dst + k * dst_stride,
+                          .len = t->row_bytes};
+    return slowio_read(p, r, n, bytes);
+}
+
+int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
+{
+    if (!p || (n && !keys)) return RECMG_EINVAL;
+    for (uint64_t i = 0; i < n; i++)
+        if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
+    pthread_mutex_lock(&p->lock);
+    int64_t rc = writer_lock(p);
+    if (rc) goto out_unlocked;
+    rc = free_list_sync(p);
+    if (rc) goto out;
+    /* the keys to fill: not resident, first occurrence only */
+    rc = hash_prepare(p, n);
+    if (rc) goto out;
+    if (grow((void **)&p->m_rows, &p->m_cap, n ? n : 1, sizeof *p->m_rows) != 0) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu keys", (unsigned long long)n);
+        goto out;
+    }
+    uint64_t m = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        if (atomic_load_explicit(index_of(p, keys[i]), memory_order_relaxed) >= 0) continue;
+        if (hash_get_or_put(p, keys[i], 0) >= 0) continue;
+        p->m_rows[m++] = keys[i];
+    }
+    if (m > p->n_free) {
+        rc = rc_set(p, RECMG_ENOSPC, "only %llu free slots for %llu keys to fill", (unsigned long long)p->n_free,
+                    (unsigned long long)m);
+        goto out;
+    }
+    size_t stride = p->h->slot_stride;
+    if (grow((void **)&p->mbuf, &p->mbuf_cap, m * stride + 64, 1) != 0) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows", (unsigned long long)m);
+        goto out;
+    }
+    uint8_t *buf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
+    memset(buf, 0, m * stride);
+    uint64_t bytes = 0;
+    rc = read_slow_keys(p, p->m_rows, m, buf, stride, &bytes);
+    if (rc) goto out;
+    for (uint64_t k = 0; k < m; k++) {
+        int64_t key = p->m_rows[k];
+        uint32_t s = p->free_list[--p->n_free];
+        slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride), key);
+        atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
+        shm_table *t = &p->tables[RECMG_KEY_TABLE(key)];
+        atomic_fetch_add_explicit(&t->c.slow_bytes, t->row_bytes, memory_order_relaxed);
+    }
+    bump_generation(p);
+    rc = (int64_t)m;
+out:
+    writer_unlock(p);
+out_unlocked:
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
+{
+    if (!p || (n && !keys)) return RECMG_EINVAL;
+    for (uint64_t i = 0; i < n; i++)
+        if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
+    pthread_mutex_lock(&p->lock);
+    int64_t rc = writer_lock(p);
+    if (rc) goto out_unlocked;
+    rc = free_list_sync(p);
+    if (rc) goto out;
+    int64_t evicted = 0;
+    for (uint64_t i = 0; i < n; i++) {
+        _Atomic int32_t *ix = index_of(p, keys[i]);
+        int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
+        if (s < 0) continue;
+        atomic_store_explicit(ix, -1, memory_order_relaxed);
+        slot_clear(p, (uint64_t)s);
+        p->free_list[p->n_free++] = (uint32_t)s;
+        evicted++;
+    }
+    bump_generation(p);
+    rc = evicted;
+out:
+    writer_unlock(p);
+out_unlocked:
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
+{
+    if (!p || (cap && !out)) return RECMG_EINVAL;
+    uint64_t k = 0;
+    for (uint64_t s = 0; s < p->h->n_slots; s++) {
+        uint32_t v = atomic_load_explicit(&p->meta[s].version, memory_order_acquire);
+        uint64_t tag = atomic_load_explicit(&p->meta[s].tag, memory_order_relaxed);
+        if ((v & 1u) || tag == RECMG_TAG_EMPTY) continue;
+        if (k < cap) out[k] = (int64_t)tag;
+        k++;
+    }
+    return (int64_t)k;
+}
+
+int64_t recmg_free_slots(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    pthread_mutex_lock(&p->lock);
+    int64_t rc = writer_lock(p);
+    if (rc == 0) {
+        rc = free_list_sync(p);
+        if (rc == 0) rc = (int64_t)p->n_free;
+        writer_unlock(p);
+    }
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
+{
+    if (table >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", table, p->h->n_tables);
+    uint64_t nr = p->tables[table].rows;
+    for (uint64_t i = 0; i < n; i++)
+        if (rows[i] < 0 || (uint64_t)rows[i] >= nr)
+            return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)rows[i],
+                          table, (unsigned long long)nr);
+    return RECMG_OK;
+}
+
+int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, void *out)
+{
+    if (!p || (n && (!rows || !out))) return RECMG_EINVAL;
+    int rc = rows_check(p, table, rows, n);
+    if (rc) return rc;
+    uint64_t bytes = 0;
+    pthread_mutex_lock(&p->lock);
+    rc = read_slow_rows(p, table, rows, n, out, p->tables[table].row_bytes, &bytes);
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}
+
+int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
+{
+    if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
+    int rc = rows_check(p, table, rows, n);
+    if (rc) return rc;
+    const shm_table *t = &p->tables[table];
+    uint32_t rb = t->row_bytes;
+    const uint8_t *src = values;
+    pthread_mutex_lock(&p->lock);
+    rc = writer_lock(p);
+    if (rc) goto out_unlocked;
+    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row */
+    if (p->slow) {
+        for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
+    } else {
+        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src);
+        if (rc) goto out;
+    }
+    /* then the resident copies, through the seqlock */
+    uint64_t words[RECMG_PAGE / 8];
+    uint64_t *w = words;
+    uint64_t *heap = NULL;
+    if (p->h->slot_stride > sizeof words) {
+        heap = calloc(1, p->h->slot_stride);
+        if (!heap) {
+            rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+            goto out;
+        }
+        w = heap;
+    }
+    memset(w, 0, p->h->slot_stride);
+    int wrote = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        int64_t key = RECMG_KEY(table, rows[k]);
+        int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
+        if (s < 0) continue;
+        memcpy(w, src + k * rb, rb);
+        slot_write(p, (uint64_t)s, w, key);
+        wrote = 1;
+    }
+    free(heap);
+    if (wrote) bump_generation(p);
+out:
+    writer_unlock(p);
+out_unlocked:
+    pthread_mutex_unlock(&p->lock);
+    return rc;
+}

@@ -1,0 +1,647 @@
+"""The tiered embedding pool: Python and PyTorch API over librecmg (recmgd._native).
+
+A pool is one named shared-memory object that a DLRM inference process (the app) and the recmg
+daemon both map: all rows on a slow tier (``dram``, ``numa:N`` or ``ssd:PATH``), a fast tier of row
+slots that only the daemon fills, and one access ring per app process. See docs/ARCHITECTURE.md
+("Pool API") for the contract and native/include/recmg.h for the C API this mirrors.
+
+App side::
+
+    pool = Pool.create("dlrm", tables=[(1_000_000, 64)] * 26, slots=100_000, slow="ssd:/data/emb.bin")
+    out = pool.embedding_bag(0, ids, offsets)        # torch.Tensor, float32
+    pool.end_batch()
+
+Daemon side::
+
+    pool = Pool.attach("dlrm", role="daemon")
+    pool.fill_keys(keys); pool.evict_keys(keys)
+    records = pool.drain_ring(0, 65536)
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from recmgd.errors import PoolError, PoolVersionError
+from recmgd.keys import ROW_BITS
+
+try:
+    from recmgd._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - only without a build
+    raise ImportError(
+        "recmgd._native is not built; run `make native` (or `python recmgd/_build_native.py`)"
+    ) from exc
+
+log = logging.getLogger(__name__)
+
+__all__ = ["Pool", "TableInfo", "RingInfo", "TieredEmbeddingBag", "RowIndexError", "parse_slow"]
+
+_MODES = {"sum": 0, "mean": 1, "max": 2}
+_DTYPES = {"float32": 0, "float16": 1}
+_DTYPE_NAMES = {0: "float32", 1: "float16"}
+_NP_DTYPES = {0: np.float32, 1: np.float16}
+_SLOW_NAMES = {0: "dram", 1: "numa", 2: "ssd"}
+_ROLES = {"app": 0, "daemon": 1}
+_COUNTER_FIELDS = ("lookups", "unique", "hits", "on_demand", "ring_drops", "slow_bytes")
+
+
+class RowIndexError(PoolError, IndexError):
+    """A row id (or table, ring) out of range; both a PoolError and an IndexError."""
+
+
+def _raise(code: int, message: str) -> None:
+    msg = message or ffi.string(lib.recmg_strerror(code)).decode()
+    if code in (lib.RECMG_EVERSION, lib.RECMG_ENOTPOOL):
+        raise PoolVersionError(msg)
+    if code == lib.RECMG_ERANGE:
+        raise RowIndexError(msg)
+    raise PoolError(msg)
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """One table of a pool."""
+
+    index: int
+    rows: int
+    dim: int
+    dtype: str
+    row_bytes: int
+
+
+@dataclass(frozen=True)
+class RingInfo:
+    """One access ring: its owner process (0 if free), records waiting to be drained, drops."""
+
+    index: int
+    pid: int
+    waiting: int
+    drops: int
+    capacity: int
+
+
+def parse_slow(slow: str) -> tuple[int, int, str]:
+    """("dram" | "numa:N" | "ssd:PATH") -> (kind code, numa node, absolute path)."""
+    if slow == "dram":
+        return 0, -1, ""
+    if slow.startswith("numa:"):
+        try:
+            node = int(slow[5:])
+        except ValueError:
+            raise PoolError(f"bad slow tier {slow!r}: numa needs a node number, as in 'numa:1'") from None
+        return 1, node, ""
+    if slow.startswith("ssd:") and len(slow) > 4:
+        return 2, -1, os.path.abspath(slow[4:])
+    raise PoolError(f"bad slow tier {slow!r}: use 'dram', 'numa:N' or 'ssd:/path/to/file'")
+
+
+def _i64(x: Any, what: str = "ids") -> np.ndarray:
+    """A contiguous 1-D int64 numpy array over x (no copy when it already is one)."""
+    if isinstance(x, torch.Tensor):
+        if x.dtype != torch.int64 or not x.is_contiguous() or x.device.type != "cpu":
+            x = x.to(device="cpu", dtype=torch.int64).contiguous()
+        a = x.numpy()
+    else:
+        a = np.ascontiguousarray(x, dtype=np.int64)
+    if a.ndim != 1:
+        a = a.reshape(-1)
+    return a
+
+
+def _f32(x: Any) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach()
+        if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
+            x = x.to(device="cpu", dtype=torch.float32).contiguous()
+        return x.numpy().reshape(-1)
+    return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+
+
+class Pool:
+    """A handle on a pool (see the module docstring). Use ``create`` or ``attach``; close when done."""
+
+    def __init__(self, handle: Any, name: str, role: str) -> None:
+        self._h = handle
+        self._name = name
+        self._role = role
+        self._finalizer = weakref.finalize(self, lib.recmg_close, handle)
+        info = self._info()
+        self._n_slots = int(info.n_slots)
+        self._dtype_code = int(info.dtype)
+        self._slow_kind = int(info.slow_kind)
+        self._numa_node = int(info.numa_node)
+        self._slow_path = ffi.string(info.slow_path).decode()
+        self._n_rings = int(info.n_rings)
+        ti = ffi.new("recmg_table_info *")
+        tables = []
+        for t in range(int(info.n_tables)):
+            self._check(lib.recmg_get_table_info(handle, t, ti))
+            tables.append(
+                TableInfo(t, int(ti.rows), int(ti.dim), _DTYPE_NAMES[int(ti.dtype)], int(ti.row_bytes))
+            )
+        self._tables = tables
+        self._dims = [t.dim for t in tables]
+        self._rows = [t.rows for t in tables]
+
+    # ------------------------------------------------------------------ lifetime
+    @classmethod
+    def create(
+        cls,
+        name: str,
+        tables: Sequence[tuple[int, int]],
+        slots: int,
+        slow: str = "dram",
+        dtype: str = "float32",
+        mode: int = 0o600,
+        ring_records: int = 65536,
+        rings: int = 16,
+        role: str = "app",
+        io_uring: bool = True,
+        direct: bool = True,
+    ) -> Pool:
+        """Create a pool; fails if one of that name exists. All rows start as zeros (the slow tier)."""
+        if dtype not in _DTYPES:
+            raise PoolError(f"bad dtype {dtype!r}: use 'float32' or 'float16'")
+        if role not in _ROLES:
+            raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
+        kind, node, path = parse_slow(slow)
+        specs = ffi.new("recmg_table_spec[]", max(len(tables), 1))
+        for i, spec in enumerate(tables):
+            try:
+                rows, dim = spec
+            except (TypeError, ValueError):
+                raise PoolError(f"table {i}: expected (rows, dim), got {spec!r}") from None
+            if int(rows) <= 0 or int(dim) <= 0:
+                raise PoolError(f"table {i}: rows and dim must be positive, got ({rows}, {dim})")
+            specs[i].rows = int(rows)
+            specs[i].dim = int(dim)
+        if int(slots) < 0:
+            raise PoolError(f"slots must be >= 0, got {slots}")
+        o = ffi.new("recmg_create_opts *")
+        o.n_tables = len(tables)
+        o.tables = specs
+        o.n_slots = int(slots)
+        o.dtype = _DTYPES[dtype]
+        o.slow_kind = kind
+        o.numa_node = node
+        cpath = ffi.new("char[]", path.encode())
+        o.slow_path = cpath
+        o.mode = int(mode)
+        o.ring_records = int(ring_records)
+        o.n_rings = int(rings)
+        o.role = _ROLES[role]
+        o.flags = _flags(io_uring, direct)
+        out = ffi.new("recmg_pool **")
+        err = ffi.new("char[512]")
+        rc = lib.recmg_create(name.encode(), o, out, err, 512)
+        if rc:
+            _raise(rc, ffi.string(err).decode())
+        log.info(
+            "created pool %s: %d tables, %d slots, slow=%s, dtype=%s", name, len(tables), slots, slow, dtype
+        )
+        return cls(out[0], name, role)
+
+    @classmethod
+    def attach(cls, name: str, role: str = "app", io_uring: bool = True, direct: bool = True) -> Pool:
+        """Attach to an existing pool. An app takes an access ring of its own; a daemon takes none."""
+        if role not in _ROLES:
+            raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
+        out = ffi.new("recmg_pool **")
+        err = ffi.new("char[512]")
+        rc = lib.recmg_attach(name.encode(), _ROLES[role], _flags(io_uring, direct), out, err, 512)
+        if rc:
+            _raise(rc, ffi.string(err).decode())
+        log.debug("attached pool %s as %s", name, role)
+        return cls(out[0], name, role)
+
+    @staticmethod
+    def unlink(name: str) -> None:
+        """Remove the shared-memory object of a pool by name (handles stay valid until closed)."""
+        err = ffi.new("char[512]")
+        rc = lib.recmg_destroy(name.encode(), err, 512)
+        if rc:
+            _raise(rc, ffi.string(err).decode())
+
+    def close(self) -> None:
+        """Detach (releases this process's ring). Idempotent."""
+        if self._h is not None:
+            self._finalizer()
+            self._h = None
+
+    def destroy(self) -> None:
+        """Close and unlink the shared-memory object (an SSD slow-tier file is left in place)."""
+        self.close()
+        try:
+            Pool.unlink(self._name)
+        except PoolError:
+            log.debug("pool %s was already unlinked", self._name)
+        log.info("destroyed pool %s", self._name)
+
+    def __enter__(self) -> Pool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._h is None else f"{len(self._tables)} tables, {self._n_slots} slots"
+        return f"Pool({self._name!r}, role={self._role!r}, slow={self.slow!r}, {state})"
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def name(self) -> str:
+        return self._name
+
+    @property
+    def role(self) -> str:
+        return self._role
+
+    @property
+    def tables(self) -> list[TableInfo]:
+        return list(self._tables)
+
+    @property
+    def n_slots(self) -> int:
+        return self._n_slots
+
+    @property
+    def dtype(self) -> str:
+        return _DTYPE_NAMES[self._dtype_code]
+
+    @property
+    def slow(self) -> str:
+        if self._slow_kind == 1:
+            return f"numa:{self._numa_node}"
+        if self._slow_kind == 2:
+            return f"ssd:{self._slow_path}"
+        return "dram"
+
+    @property
+    def n_rings(self) -> int:
+        return self._n_rings
+
+    @property
+    def ring_index(self) -> int:
+        """This handle's ring, -1 for a daemon."""
+        return int(self._info().ring_index)
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def _handle(self) -> Any:
+        if self._h is None:
+            raise PoolError(f"pool {self._name!r} is closed")
+        return self._h
+
+    def _check(self, rc: int) -> int:
+        if rc < 0:
+            _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode())
+        return rc
+
+    def _info(self) -> Any:
+        info = ffi.new("recmg_pool_info *")
+        self._check(lib.recmg_info(self._handle, info))
+        return info
+
+    def _table(self, table: int) -> int:
+        t = int(table)
+        if not 0 <= t < len(self._tables):
+            raise RowIndexError(
+                f"table {table} out of range (pool {self._name!r} has {len(self._tables)} tables)"
+            )
+        return t
+
+    # ------------------------------------------------------------------ slow tier
+    def write_rows(self, table: int, rows: Any, values: Any) -> None:
+        """Write rows to the slow tier (the truth) and refresh any resident copy."""
+        t = self._table(table)
+        r = _i64(rows, "rows")
+        dim = self._dims[t]
+        v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        if v.ndim == 1 and len(r) == 1:
+            v = v.reshape(1, -1)
+        if v.shape != (len(r), dim):
+            raise PoolError(
+                f"write_rows: values have shape {tuple(v.shape)}; table {t} needs ({len(r)}, {dim})"
+            )
+        v = np.ascontiguousarray(v, dtype=_NP_DTYPES[self._dtype_code])
+        self._check(
+            lib.recmg_write_rows(self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v))
+        )
+
+    def read_rows(self, table: int, rows: Any) -> np.ndarray:
+        """Rows from the slow tier, in the storage dtype, shape (len(rows), dim)."""
+        t = self._table(table)
+        r = _i64(rows, "rows")
+        out = np.empty((len(r), self._dims[t]), dtype=_NP_DTYPES[self._dtype_code])
+        self._check(
+            lib.recmg_read_rows(
+                self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(out)
+            )
+        )
+        return out
+
+    # ------------------------------------------------------------------ lookups (app)
+    def _bag_args(
+        self,
+        slot: Any,
+        table: int,
+        ids: Any,
+        offsets: Any,
+        mode: str,
+        weights: Any,
+        include_last_offset: bool,
+        keep: list[Any],
+    ) -> torch.Tensor:
+        t = self._table(table)
+        m = _MODES.get(mode)
+        if m is None:
+            raise PoolError(f"bad mode {mode!r}: use 'sum', 'mean' or 'max'")
+        ndim = ids.dim() if isinstance(ids, torch.Tensor) else np.ndim(ids)
+        if ndim == 2:
+            if offsets is not None:
+                raise ValueError("offsets has to be None if input is 2D")
+            shape = ids.shape
+            n_bags, per = int(shape[0]), int(shape[1])
+            idv = _i64(ids)
+            off = (
+                np.arange(0, n_bags * per + 1, max(per, 1), dtype=np.int64)
+                if per
+                else np.zeros(n_bags + 1, dtype=np.int64)
+            )
+        elif ndim == 1:
+            if offsets is None:
+                raise ValueError("offsets has to be a 1D Tensor but got None")
+            idv = _i64(ids)
+            o = _i64(offsets, "offsets")
+            if include_last_offset:
+                off = o
+                n_bags = len(o) - 1
+                if n_bags < 0:
+                    raise ValueError("offsets must have at least one entry with include_last_offset")
+            else:
+                n_bags = len(o)
+                off = np.empty(n_bags + 1, dtype=np.int64)
+                off[:n_bags] = o
+                off[n_bags] = len(idv)
+        else:
+            raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {ndim}")
+        out = torch.empty((n_bags, self._dims[t]), dtype=torch.float32)
+        slot.table = t
+        slot.mode = m
+        idb = ffi.from_buffer("int64_t[]", idv)
+        offb = ffi.from_buffer("int64_t[]", off)
+        slot.ids = idb
+        slot.n_ids = len(idv)
+        slot.offsets = offb
+        slot.n_bags = n_bags
+        keep.extend((idv, off, idb, offb))
+        if weights is not None:
+            w = _f32(weights)
+            if len(w) != len(idv):
+                raise ValueError(f"per_sample_weights has {len(w)} entries; expected one per id ({len(idv)})")
+            wb = ffi.from_buffer("float[]", w)
+            keep.extend((w, wb))
+            slot.weights = wb
+        else:
+            slot.weights = ffi.NULL
+        slot.out = ffi.cast("float *", out.data_ptr())
+        return out
+
+    def embedding_bag(
+        self,
+        table: int,
+        ids: Any,
+        offsets: Any = None,
+        mode: str = "sum",
+        weights: Any = None,
+        include_last_offset: bool = False,
+    ) -> torch.Tensor:
+        """torch.nn.functional.embedding_bag over one table of the pool; returns float32 (n_bags, dim).
+
+        ids 1-D with offsets (start of each bag), or 2-D (bags of equal length) without. Every id goes
+        to this process's access ring. Out-of-range ids raise RowIndexError (an IndexError)."""
+        args = ffi.new("recmg_bag_args *")
+        keep: list[Any] = []
+        out = self._bag_args(args, table, ids, offsets, mode, weights, include_last_offset, keep)
+        self._check(lib.recmg_embedding_bags(self._handle, 1, args))
+        return out
+
+    def embedding_bags(
+        self,
+        tables: Sequence[int],
+        ids: Sequence[Any],
+        offsets: Sequence[Any] | None = None,
+        mode: str = "sum",
+        weights: Sequence[Any] | None = None,
+    ) -> list[torch.Tensor]:
+        """Several tables' embedding bags in one native call (less per-call overhead)."""
+        n = len(tables)
+        if (
+            len(ids) != n
+            or (offsets is not None and len(offsets) != n)
+            or (weights is not None and len(weights) != n)
+        ):
+            raise ValueError("tables, ids, offsets and weights must have the same length")
+        args = ffi.new("recmg_bag_args[]", max(n, 1))
+        keep: list[Any] = []
+        outs = [
+            self._bag_args(
+                args[k],
+                tables[k],
+                ids[k],
+                None if offsets is None else offsets[k],
+                mode,
+                None if weights is None else weights[k],
+                False,
+                keep,
+            )
+            for k in range(n)
+        ]
+        self._check(lib.recmg_embedding_bags(self._handle, n, args))
+        return outs
+
+    def end_batch(self) -> None:
+        """A batch boundary into this process's ring."""
+        self._check(lib.recmg_end_batch(self._handle))
+
+    def hint(self, table: int, rows: Any) -> None:
+        """Hint records (rows the app expects to look up in the next batch) into this process's ring."""
+        t = self._table(table)
+        r = _i64(rows, "rows")
+        self._check(lib.recmg_hint(self._handle, t, ffi.from_buffer("int64_t[]", r), len(r)))
+
+    # ------------------------------------------------------------------ fast tier (daemon)
+    def fill_keys(self, keys: Any) -> int:
+        """Copy rows (keys table << 40 | row) from the slow tier into free slots; returns how many were
+        filled (resident keys are skipped). Raises PoolError if there are fewer free slots than keys."""
+        k = _i64(keys, "keys")
+        return self._check(lib.recmg_fill_keys(self._handle, ffi.from_buffer("int64_t[]", k), len(k)))
+
+    def evict_keys(self, keys: Any) -> int:
+        """Free the slots of resident keys; returns how many were evicted."""
+        k = _i64(keys, "keys")
+        return self._check(lib.recmg_evict_keys(self._handle, ffi.from_buffer("int64_t[]", k), len(k)))
+
+    def fill(self, table: int, rows: Any) -> int:
+        t = self._table(table)
+        return self.fill_keys((np.int64(t) << ROW_BITS) | _i64(rows, "rows"))
+
+    def evict(self, table: int, rows: Any) -> int:
+        t = self._table(table)
+        return self.evict_keys((np.int64(t) << ROW_BITS) | _i64(rows, "rows"))
+
+    def resident_keys(self) -> np.ndarray:
+        """Keys held by the fast tier, read from the slot tags (how a restarted daemon rebuilds)."""
+        out = np.empty(max(self._n_slots, 1), dtype=np.int64)
+        n = self._check(lib.recmg_resident_keys(self._handle, ffi.from_buffer("int64_t[]", out), len(out)))
+        return out[: min(n, len(out))].copy()
+
+    def free_slots(self) -> int:
+        return self._check(lib.recmg_free_slots(self._handle))
+
+    # ------------------------------------------------------------------ rings and counters
+    def rings(self) -> list[RingInfo]:
+        info = ffi.new("recmg_ring_info *")
+        out = []
+        for i in range(self._n_rings):
+            self._check(lib.recmg_get_ring_info(self._handle, i, info))
+            out.append(RingInfo(i, int(info.pid), int(info.waiting), int(info.drops), int(info.capacity)))
+        return out
+
+    def drain_ring(self, index: int, max_records: int | None = None) -> np.ndarray:
+        """Take up to max_records records (uint64 words) from a ring, oldest first."""
+        cap = self.rings()[index].capacity if max_records is None else int(max_records)
+        out = np.empty(max(cap, 0), dtype=np.uint64)
+        n = self._check(
+            lib.recmg_drain_ring(self._handle, int(index), ffi.from_buffer("uint64_t[]", out), len(out))
+        )
+        return out[:n]
+
+    def release_ring(self, index: int) -> None:
+        """Free the ring of a dead app (records still waiting stay drainable)."""
+        self._check(lib.recmg_release_ring(self._handle, int(index)))
+
+    def counters(self) -> dict[str, list[dict[str, int]]]:
+        """Per-table and per-process counters: lookups, unique, hits, on_demand, ring_drops, slow_bytes."""
+        c = ffi.new("recmg_counters *")
+        tables = []
+        for t in range(len(self._tables)):
+            self._check(lib.recmg_table_counters(self._handle, t, c))
+            tables.append({"table": t, **{f: int(getattr(c, f)) for f in _COUNTER_FIELDS}})
+        procs = []
+        for r in self.rings():
+            self._check(lib.recmg_ring_counters(self._handle, r.index, c))
+            d = {f: int(getattr(c, f)) for f in _COUNTER_FIELDS}
+            if r.pid or any(d.values()):
+                procs.append({"ring": r.index, "pid": r.pid, **d})
+        return {"tables": tables, "processes": procs}
+
+    def reset_counters(self) -> None:
+        self._check(lib.recmg_reset_counters(self._handle))
+
+    def stats(self) -> dict[str, Any]:
+        """A summary: layout, this process's counters, per-table counters."""
+        info = self._info()
+        c = ffi.new("recmg_counters *")
+        own: dict[str, int] = {}
+        if info.ring_index >= 0:
+            self._check(lib.recmg_ring_counters(self._handle, info.ring_index, c))
+            own = {f: int(getattr(c, f)) for f in _COUNTER_FIELDS}
+        return {
+            "name": self._name,
+            "role": self._role,
+            "slow": self.slow,
+            "dtype": self.dtype,
+            "tables": len(self._tables),
+            "n_slots": self._n_slots,
+            "generation": int(info.generation),
+            "io_backend": ffi.string(info.io_backend).decode(),
+            "direct_io": bool(info.direct_io),
+            "io_align": int(info.io_align),
+            "ring": int(info.ring_index),
+            "total_bytes": int(info.total_bytes),
+            "meta_bytes": int(info.meta_bytes),
+            "table_bytes": int(info.table_bytes),
+            "slot_bytes": int(info.slot_bytes),
+            "process": own,
+            "per_table": self.counters()["tables"],
+        }
+
+    # ------------------------------------------------------------------ NUMA page placement
+    def slow_nodes(self, table: int, rows: Any) -> np.ndarray:
+        """The NUMA node of the page holding each row of the slow tier (negative errno if not placed)."""
+        t = self._table(table)
+        r = _i64(rows, "rows")
+        out = np.empty(len(r), dtype=np.int32)
+        self._check(
+            lib.recmg_slow_nodes(
+                self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer("int32_t[]", out)
+            )
+        )
+        return out
+
+    def move_slow_rows(self, table: int, first: int, count: int, node: int) -> int:
+        """Move the slow-tier pages of rows [first, first+count) to a node; returns pages now there."""
+        return self._check(
+            lib.recmg_move_slow_rows(self._handle, self._table(table), int(first), int(count), int(node))
+        )
+
+
+def _flags(io_uring: bool, direct: bool) -> int:
+    f = 0
+    if not io_uring:
+        f |= lib.RECMG_F_NO_IO_URING
+    if not direct:
+        f |= lib.RECMG_F_NO_DIRECT
+    return f
+
+
+class TieredEmbeddingBag(nn.Module):
+    """Drop-in for torch.nn.EmbeddingBag (inference only) over one table of a pool."""
+
+    def __init__(self, pool: Pool, table: int, mode: str = "sum", include_last_offset: bool = False) -> None:
+        super().__init__()
+        if mode not in _MODES:
+            raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
+        info = pool.tables[table]
+        self.pool = pool
+        self.table = int(table)
+        self.mode = mode
+        self.include_last_offset = include_last_offset
+        self.num_embeddings = info.rows
+        self.embedding_dim = info.dim
+
+    def forward(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None = None,
+        per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if per_sample_weights is not None and self.mode != "sum":
+            raise NotImplementedError(
+                f"embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for "
+                f"mode='sum' (got mode='{self.mode}')"
+            )
+        if per_sample_weights is not None and tuple(per_sample_weights.shape) != tuple(input.shape):
+            raise ValueError(
+                f"per_sample_weights has shape {tuple(per_sample_weights.shape)}; "
+                f"input has {tuple(input.shape)}"
+            )
+        return self.pool.embedding_bag(
+            self.table, input, offsets, self.mode, per_sample_weights, self.include_last_offset
+        )
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, "
+            f"pool={self.pool.name!r}, table={self.table}"
+        )

@@ -1,0 +1,234 @@
+"""Pool lookups equal torch.nn.functional.embedding_bag: every slow tier, dtype, mode, with and without
+per-sample weights, for all-hit, all-miss and mixed fast-tier states."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from recmgd.errors import PoolError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool, TieredEmbeddingBag
+
+TABLES = [(700, 16), (300, 64), (50, 3)]
+TIERS = ["dram", "numa:0", "ssd", "ssd-preadv"]
+
+
+def _name() -> str:
+    return f"rt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def _make(tier: str, dtype: str, tmp_path, slots: int = 2000) -> Pool:
+    if tier.startswith("ssd"):
+        slow = f"ssd:{tmp_path / 'emb.bin'}"
+    else:
+        slow = tier
+    return Pool.create(
+        _name(), tables=TABLES, slots=slots, slow=slow, dtype=dtype, io_uring=tier != "ssd-preadv"
+    )
+
+
+@pytest.fixture(
+    params=[(t, d) for t in TIERS for d in ("float32", "float16")], ids=lambda p: f"{p[0]}-{p[1]}"
+)
+def pool_and_weights(request, tmp_path) -> Iterator[tuple[Pool, list[torch.Tensor]]]:
+    tier, dtype = request.param
+    pool = _make(tier, dtype, tmp_path)
+    rng = np.random.default_rng(1)
+    weights = []
+    for t, (rows, dim) in enumerate(TABLES):
+        w = rng.standard_normal((rows, dim)).astype(np.float32)
+        pool.write_rows(t, np.arange(rows), w)
+        # the reference uses exactly what the pool stores
+        weights.append(torch.from_numpy(w.astype(dtype).astype(np.float32)))
+    if tier == "ssd-preadv":
+        assert pool.stats()["io_backend"] == "preadv"
+    try:
+        yield pool, weights
+    finally:
+        pool.destroy()
+
+
+def _batch(rng: np.random.Generator, rows: int, bags: int, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+    lens = rng.integers(0, max_len + 1, size=bags)
+    offsets = np.concatenate([[0], np.cumsum(lens)[:-1]]).astype(np.int64)
+    ids = rng.integers(0, rows, size=int(lens.sum())).astype(np.int64)
+    return torch.from_numpy(ids), torch.from_numpy(offsets)
+
+
+def _set_state(pool: Pool, state: str, rng: np.random.Generator) -> None:
+    pool.evict_keys(pool.resident_keys())
+    if state == "hit":
+        for t, (rows, _) in enumerate(TABLES):
+            pool.fill(t, np.arange(rows))
+    elif state == "mixed":
+        for t, (rows, _) in enumerate(TABLES):
+            pool.fill(t, rng.permutation(rows)[: rows // 2])
+
+
+def test_equal_to_torch(pool_and_weights) -> None:
+    pool, weights = pool_and_weights
+    rng = np.random.default_rng(7)
+    for state in ("miss", "hit", "mixed"):
+        _set_state(pool, state, rng)
+        for t, (rows, dim) in enumerate(TABLES):
+            ids, offsets = _batch(rng, rows, bags=33, max_len=12)
+            psw = torch.from_numpy(rng.standard_normal(len(ids)).astype(np.float32))
+            for mode in ("sum", "mean", "max"):
+                for w in (None, psw) if mode == "sum" else (None,):
+                    ref = F.embedding_bag(ids, weights[t], offsets, mode=mode, per_sample_weights=w)
+                    got = pool.embedding_bag(t, ids, offsets, mode=mode, weights=w)
+                    assert got.dtype == torch.float32 and got.shape == (33, dim)
+                    torch.testing.assert_close(
+                        got, ref, rtol=1e-6, atol=1e-6, msg=f"{state} t{t} {mode} w={w is not None}"
+                    )
+    c = pool.counters()["tables"]
+    assert sum(x["hits"] for x in c) > 0 and sum(x["on_demand"] for x in c) > 0
+
+
+def test_hit_and_miss_paths_bitwise_equal(pool_and_weights) -> None:
+    """The same rows read from slots and from the slow tier give identical bits."""
+    pool, _ = pool_and_weights
+    rng = np.random.default_rng(3)
+    ids, offsets = _batch(rng, TABLES[1][0], bags=64, max_len=20)
+    _set_state(pool, "miss", rng)
+    miss = pool.embedding_bag(1, ids, offsets)
+    _set_state(pool, "hit", rng)
+    hit = pool.embedding_bag(1, ids, offsets)
+    assert torch.equal(hit, miss)
+    own = pool.stats()["process"]
+    assert own["hits"] >= len(ids)
+
+
+@pytest.mark.parametrize("tier", ["dram", "ssd"])
+def test_embedding_bag_variants(tier, tmp_path) -> None:
+    pool = _make(tier, "float32", tmp_path)
+    try:
+        rows, dim = TABLES[0]
+        w = torch.randn(rows, dim)
+        pool.write_rows(0, np.arange(rows), w)
+        pool.fill(0, np.arange(0, rows, 3))
+        # 2-D input without offsets
+        ids2 = torch.randint(0, rows, (17, 5))
+        torch.testing.assert_close(
+            pool.embedding_bag(0, ids2, mode="mean"), F.embedding_bag(ids2, w, mode="mean")
+        )
+        # include_last_offset, empty bags, numpy and list inputs
+        ids = np.array([1, 2, 3, 4, 5, 6], dtype=np.int64)
+        off = np.array([0, 2, 2, 6], dtype=np.int64)
+        got = pool.embedding_bag(0, ids, off, include_last_offset=True)
+        ref = F.embedding_bag(
+            torch.from_numpy(ids), w, torch.from_numpy(off), mode="sum", include_last_offset=True
+        )
+        torch.testing.assert_close(got, ref)
+        torch.testing.assert_close(pool.embedding_bag(0, [5, 6], [0])[0], w[5] + w[6])
+        # int32 ids are accepted
+        torch.testing.assert_close(
+            pool.embedding_bag(0, torch.tensor([1, 2], dtype=torch.int32), torch.tensor([0, 1])),
+            F.embedding_bag(torch.tensor([1, 2]), w, torch.tensor([0, 1]), mode="sum"),
+        )
+        # max of an empty bag is zero, like torch
+        z = pool.embedding_bag(0, torch.tensor([3]), torch.tensor([0, 1]), mode="max")
+        torch.testing.assert_close(z, F.embedding_bag(torch.tensor([3]), w, torch.tensor([0, 1]), mode="max"))
+        # multi-table call
+        ids_a, off_a = torch.randint(0, rows, (40,)), torch.arange(0, 40, 4)
+        w1 = torch.randn(TABLES[1][0], TABLES[1][1])
+        pool.write_rows(1, np.arange(TABLES[1][0]), w1)
+        ids_b, off_b = torch.randint(0, TABLES[1][0], (30,)), torch.arange(0, 30, 3)
+        a, b = pool.embedding_bags([0, 1], [ids_a, ids_b], [off_a, off_b])
+        torch.testing.assert_close(a, F.embedding_bag(ids_a, w, off_a, mode="sum"))
+        torch.testing.assert_close(b, F.embedding_bag(ids_b, w1, off_b, mode="sum"))
+    finally:
+        pool.destroy()
+
+
+def test_tiered_embedding_bag_module(tmp_path) -> None:
+    pool = _make("ssd", "float16", tmp_path)
+    try:
+        rows, dim = TABLES[1]
+        ref_mod = torch.nn.EmbeddingBag(rows, dim, mode="sum")
+        with torch.no_grad():
+            ref_mod.weight.copy_(ref_mod.weight.half().float())
+        pool.write_rows(1, np.arange(rows), ref_mod.weight.detach().numpy())
+        mod = TieredEmbeddingBag(pool, 1, mode="sum")
+        assert mod.embedding_dim == dim and mod.num_embeddings == rows
+        pool.fill(1, np.arange(0, rows, 2))
+        ids = torch.randint(0, rows, (50,))
+        off = torch.tensor([0, 10, 30])
+        psw = torch.rand(50)
+        with torch.no_grad():
+            torch.testing.assert_close(mod(ids, off), ref_mod(ids, off))
+            torch.testing.assert_close(mod(ids, off, psw), ref_mod(ids, off, per_sample_weights=psw))
+            ids2 = ids.view(10, 5)
+            torch.testing.assert_close(mod(ids2), ref_mod(ids2))
+        with pytest.raises(ValueError):
+            mod(ids2, off)
+        with pytest.raises(ValueError):
+            mod(ids)
+        with pytest.raises(NotImplementedError):
+            TieredEmbeddingBag(pool, 1, mode="mean")(ids, off, psw)
+    finally:
+        pool.destroy()
+
+
+@pytest.mark.parametrize("tier", ["dram", "ssd", "ssd-preadv"])
+def test_write_rows_refreshes_resident(tier, tmp_path) -> None:
+    pool = _make(tier, "float32", tmp_path)
+    try:
+        pool.write_rows(0, [4, 5], np.ones((2, 16), np.float32))
+        pool.fill(0, [4, 5])
+        pool.write_rows(0, [4], np.full((1, 16), 7.0, np.float32))
+        np.testing.assert_array_equal(
+            pool.read_rows(0, [4, 5]), np.array([[7.0] * 16, [1.0] * 16], np.float32)
+        )
+        before = pool.stats()["process"]["hits"]
+        out = pool.embedding_bag(0, [4, 5], [0, 1])
+        assert out[0, 0] == 7.0 and out[1, 0] == 1.0
+        assert pool.stats()["process"]["hits"] - before == 2
+        assert set(pool.resident_keys().tolist()) == set(make_keys(0, np.array([4, 5])).tolist())
+    finally:
+        pool.destroy()
+
+
+def test_fill_evict_and_restart_rebuild(tmp_path) -> None:
+    pool = _make("dram", "float32", tmp_path, slots=64)
+    try:
+        d1 = Pool.attach(pool.name, role="daemon")
+        assert d1.ring_index == -1 and d1.free_slots() == 64
+        keys = make_keys(1, np.arange(40))
+        assert d1.fill_keys(keys) == 40
+        assert d1.fill_keys(keys[:10]) == 0  # already resident
+        assert d1.free_slots() == 24
+        with pytest.raises(PoolError, match="free slots"):
+            d1.fill_keys(make_keys(0, np.arange(100)))
+        assert d1.evict_keys(keys[:5]) == 5
+        d1.close()
+        d2 = Pool.attach(pool.name, role="daemon")  # a restarted daemon
+        assert sorted(d2.resident_keys().tolist()) == sorted(keys[5:].tolist())
+        assert d2.free_slots() == 29
+        assert d2.fill(0, np.arange(29)) == 29
+        assert d2.free_slots() == 0
+        # the app's writes and the daemon's fills interleave: both see a consistent free list
+        pool.write_rows(0, [0], np.zeros((1, 16), np.float32))
+        assert d2.evict(0, [0, 1]) == 2 and d2.free_slots() == 2
+        d2.close()
+    finally:
+        pool.destroy()
+
+
+def test_numa_pages(tmp_path) -> None:
+    pool = _make("numa:0", "float32", tmp_path)
+    try:
+        pool.write_rows(0, np.arange(10), np.ones((10, 16), np.float32))
+        assert (pool.slow_nodes(0, np.arange(10)) == 0).all()
+        assert pool.move_slow_rows(0, 0, 700, 0) >= 1
+        with pytest.raises(PoolError):
+            pool.move_slow_rows(0, 0, 10, 999)
+    finally:
+        pool.destroy()
