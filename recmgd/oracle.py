@@ -18,14 +18,13 @@ API (stable; the learned models build their labels on it)::
     opt_miss_mask(steps, capacity, *, bypass=False) -> bool[n_occ] == belady(...).miss
 
 Protocol: the fast tier starts empty; a row read in step b hits when it was resident at the start of
-step b; after step b, OPT (demand) admits every missed row of step b and, to make room, evicts the
-resident rows (hits of step b included) whose next use is farthest (ties: the one whose use after
-next is nearest goes first, since its forced re-admission is then worth most); when the missed rows
-alone exceed the capacity it keeps those of them with the nearest next use. This is Belady's rule; it
-is the exact optimum for single-lookup steps (the textbook cache) and, at step granularity with
-forced admission, within a few fetches of it (tested). With ``bypass`` (exact optimum) OPT keeps the
-``capacity`` rows with the nearest next use among resident rows and the rows of step b, so a missed row
-may not be admitted at all.
+step b; after step b, OPT (demand) first re-keys the rows hit in step b, then admits the missed rows
+of step b one by one in order, each evicting the resident row (any other row, including one admitted
+earlier in the step: then neither is fetched) whose next use is farthest; ties go to the row whose use
+after next is nearest (its forced re-admission is worth most). This is Belady's rule: the exact optimum
+for single-lookup steps (the textbook cache), and never worse than LRU, LFU or S3-FIFO (tested). With
+``bypass`` (the exact optimum, tested) OPT keeps the ``capacity`` rows with the nearest next use among
+resident rows and the rows of step b, so a missed row may not be admitted at all.
 ``delay=0`` is the textbook cache: every lookup is its own step (next uses then count lookups).
 """
 
@@ -108,22 +107,19 @@ def _belady_python(s: Steps, nu: np.ndarray, nu2: np.ndarray, capacity: int, byp
     for b in range(len(s)):
         lo, hi = int(offs[b]), int(offs[b + 1])
         step_keys = [int(k) for k in keys[lo:hi]]
-        n_missed = 0
         for j, k in enumerate(step_keys):
             miss[lo + j] = k not in cur
-            n_missed += int(miss[lo + j])
         for j, k in enumerate(step_keys):
             if not miss[lo + j]:
                 cur[k] = int(nu[lo + j])
                 heapq.heappush(heap, (-int(nu[lo + j]), int(nu2[lo + j]), k))
-        if not bypass:
-            room = max(capacity - n_missed, 0)
-            while len(cur) > room:
-                negnu, _, k = heapq.heappop(heap)
-                if k in cur and cur[k] == -negnu:
-                    del cur[k]
         for j, k in enumerate(step_keys):
             if miss[lo + j]:
+                if not bypass:  # demand: evict the farthest among the others, then admit
+                    while len(cur) >= capacity:
+                        negnu, _, v = heapq.heappop(heap)
+                        if v in cur and cur[v] == -negnu:
+                            del cur[v]
                 cur[k] = int(nu[lo + j])
                 heapq.heappush(heap, (-int(nu[lo + j]), int(nu2[lo + j]), k))
         while len(cur) > capacity:

@@ -93,15 +93,15 @@ def test_step_opt_bypass_is_optimal(raw: list[list[int]], capacity: int) -> None
 
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.lists(st.integers(0, 6), min_size=1, max_size=3), min_size=1, max_size=7),
-       st.integers(3, 4))
+       st.integers(1, 4))
 def test_step_opt_demand_bounds(raw: list[list[int]], capacity: int) -> None:
-    # Belady's rule at step granularity with forced admission is not always the exact optimum
-    # (ties between rows next used in the same step matter); it is bounded by it and by bypass.
+    # demand OPT is bounded below by the exact optimum with bypass and, when every step fits,
+    # stays within a few fetches of the exact optimum that must keep every missed row
     steps = [list(dict.fromkeys(s)) for s in raw]
     r = belady([np.array(s, dtype=np.int64) for s in steps], capacity)
-    exact = brute_opt_steps(steps, capacity, False)
-    assert exact <= r.on_demand <= exact + max(1, len(steps) // 4)
-    assert brute_opt_steps(steps, capacity, True) <= exact
+    assert brute_opt_steps(steps, capacity, True) <= r.on_demand
+    if max(map(len, steps)) <= capacity:
+        assert r.on_demand <= brute_opt_steps(steps, capacity, False) + max(1, len(steps) // 4)
 
 
 def test_labels_and_mask() -> None:

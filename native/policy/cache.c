@@ -217,15 +217,14 @@ int sc_opt_step(sc_policy *p, const int32_t *ids, int64_t n)
             return rc;
     }
     int64_t n_missed = p->trig.n;
-    if (p->kind == K_OPT) { /* demand: every missed row comes in; room is made first */
-        int64_t room = p->capacity - n_missed > 0 ? p->capacity - n_missed : 0;
-        while (p->n_res > room)
-            if ((rc = sc_base_evict(p, sc_heap_pop(p))) != SC_OK)
-                return rc;
-    }
     for (int64_t k = 0; k < n_missed; k++) {
         int64_t i = p->trig.v[k];
         int32_t id = ids[i];
+        /* demand: the missed row comes in, evicting the farthest next use among the others
+         * (which may be a row admitted earlier in this step: then neither is fetched) */
+        if (p->kind == K_OPT && p->n_res >= p->capacity)
+            if ((rc = sc_base_evict(p, sc_heap_pop(p))) != SC_OK)
+                return rc;
         if ((rc = sc_heap_push(p, id, opt_key(p->prio[lo + i]))) != SC_OK)
             return rc;
         if ((rc = sc_base_insert(p, id, 0)) != SC_OK)

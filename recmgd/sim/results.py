@@ -1,0 +1,82 @@
+"""One simulation result per (trace, policy, fraction), and the table that shows them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from recmgd.sim.driver import Counters
+
+
+@dataclass
+class SimResult:
+    """The metrics of one scored run (DESIGN.md, the simulator's protocol)."""
+
+    trace: str
+    policy: str
+    fraction: float
+    capacity: int
+    steps: int
+    lookups: int
+    on_demand: int
+    hits: int
+    hit_rate: float
+    prefetch_issued: int
+    prefetch_useful: int
+    accuracy: float | None
+    coverage: float | None
+    slow_bytes: int
+    seconds: float
+    floor: int
+    gap_closed: float | None = None
+    batch: int = 16
+    delay: int = 1
+
+    @classmethod
+    def from_counters(cls, trace: str, policy: str, fraction: float, capacity: int, c: Counters,
+                      row_bytes: int, batch: int, delay: int) -> SimResult:
+        useful = c.prefetch_useful
+        return cls(trace=trace, policy=policy, fraction=fraction, capacity=capacity, steps=c.steps,
+                   lookups=c.lookups, on_demand=c.on_demand, hits=c.hits,
+                   hit_rate=c.hits / c.lookups if c.lookups else 0.0,
+                   prefetch_issued=c.prefetch_issued, prefetch_useful=useful,
+                   accuracy=useful / c.prefetch_issued if c.prefetch_issued else None,
+                   coverage=useful / (useful + c.on_demand) if useful + c.on_demand else None,
+                   slow_bytes=row_bytes * (c.on_demand + c.prefetch_issued), seconds=c.seconds,
+                   floor=c.floor, batch=batch, delay=delay)
+
+    def set_gap(self, lru_on_demand: int) -> None:
+        """gap_closed = (LRU - policy) / (LRU - floor), None when LRU is at the floor."""
+        den = lru_on_demand - self.floor
+        self.gap_closed = (lru_on_demand - self.on_demand) / den if den > 0 else None
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = [("trace", "trace", "{}"), ("policy", "policy", "{}"), ("fraction", "frac", "{:.2f}"),
+           ("capacity", "capacity", "{:,}"), ("lookups", "lookups", "{:,}"),
+           ("on_demand", "on_demand", "{:,}"), ("hit_rate", "hit_rate", "{:.4f}"),
+           ("prefetch_issued", "pf_issued", "{:,}"), ("prefetch_useful", "pf_useful", "{:,}"),
+           ("accuracy", "accuracy", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
+           ("floor", "floor", "{:,}"), ("gap_closed", "gap_closed", "{:+.3f}"),
+           ("seconds", "seconds", "{:.3f}")]
+
+
+def format_table(results: list[SimResult], markdown: bool = False) -> str:
+    """A readable table (aligned text, or GitHub markdown) of results."""
+    head = [h for _, h, _ in COLUMNS]
+    rows = []
+    for r in results:
+        d = r.as_dict()
+        rows.append(["-" if d[k] is None else fmt.format(d[k]) for k, _, fmt in COLUMNS])
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        lines += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(lines)
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(head)]
+    out = []
+    for r in [head, *rows]:
+        out.append("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
+                             for i, (c, w) in enumerate(zip(r, widths, strict=True))))
+    return "\n".join(out)

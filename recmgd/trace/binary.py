@@ -1,0 +1,110 @@
+"""recmg's own binary trace format: versioned, compact, memory-mapped.
+
+Layout (little endian)::
+
+    0   magic    8 bytes  b"RECMGTR\\0"
+    8   version  u32      1
+    12  flags    u32      0
+    16  n_lookups u64
+    24  n_samples u64
+    32  keys_offset u64     (64)
+    40  samples_offset u64  (keys_offset + 8 * n_lookups)
+    48  reserved (16 bytes, zero)
+    keys:     int64[n_lookups]      table << 40 | row
+    samples:  int64[n_samples + 1]  sample boundaries into keys
+
+8 bytes a lookup plus 8 a sample; reading maps both arrays without copying.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from recmgd.errors import TraceError
+from recmgd.trace.model import Trace
+
+MAGIC = b"RECMGTR\0"
+VERSION = 1
+HEADER = struct.Struct("<8sIIQQQQ16x")
+assert HEADER.size == 64
+
+
+def is_binary(path: str | Path) -> bool:
+    """Does the file start with the binary trace magic?"""
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8) == MAGIC
+    except OSError:
+        return False
+
+
+class BinaryWriter:
+    """Stream lookups into a binary trace: ``add(keys, sample_lengths)`` then ``close()``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._fh = open(self.path, "wb")
+        self._fh.write(b"\0" * HEADER.size)
+        self._n = 0
+        self._lengths: list[np.ndarray] = []
+
+    def add(self, keys: np.ndarray, sample_lengths: np.ndarray) -> None:
+        """Append lookups and the lengths of the samples they form (which must sum to len(keys))."""
+        keys = np.ascontiguousarray(keys, dtype="<i8")
+        lengths = np.asarray(sample_lengths, dtype=np.int64)
+        if int(lengths.sum()) != keys.shape[0]:
+            raise ValueError("sample lengths do not add up to the number of keys")
+        self._fh.write(keys.tobytes())
+        self._n += keys.shape[0]
+        self._lengths.append(lengths)
+
+    def close(self) -> None:
+        lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        offsets = np.zeros(lengths.shape[0] + 1, dtype="<i8")
+        np.cumsum(lengths, out=offsets[1:])
+        self._fh.write(offsets.tobytes())
+        self._fh.seek(0)
+        self._fh.write(HEADER.pack(MAGIC, VERSION, 0, self._n, lengths.shape[0], HEADER.size,
+                                   HEADER.size + 8 * self._n))
+        self._fh.close()
+
+    def __enter__(self) -> BinaryWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def write_binary(trace: Trace, path: str | Path) -> None:
+    """Write a whole trace in the binary format."""
+    with BinaryWriter(path) as w:
+        w.add(np.asarray(trace.keys), np.diff(np.asarray(trace.sample_offsets)))
+
+
+def read_binary(path: str | Path) -> Trace:
+    """Map a binary trace (read-only, no copy). A bad header or size is a TraceError."""
+    path = str(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(HEADER.size)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open ({exc.strerror})") from None
+    if len(head) < HEADER.size:
+        raise TraceError(f"{path}: truncated header ({len(head)} bytes)")
+    magic, version, _flags, n, ns, koff, soff = HEADER.unpack(head)
+    if magic != MAGIC:
+        raise TraceError(f"{path}: not a recmg binary trace (bad magic)")
+    if version != VERSION:
+        raise TraceError(f"{path}: binary trace version {version}, this recmg reads version {VERSION}")
+    if koff != HEADER.size or soff != koff + 8 * n or size != soff + 8 * (ns + 1):
+        raise TraceError(f"{path}: sizes in the header do not match the file ({size} bytes)")
+    keys = np.memmap(path, dtype="<i8", mode="r", offset=koff, shape=(n,)) if n else np.zeros(0, np.int64)
+    offsets = np.memmap(path, dtype="<i8", mode="r", offset=soff, shape=(ns + 1,))
+    if offsets[0] != 0 or offsets[-1] != n:
+        raise TraceError(f"{path}: sample offsets do not cover the {n} lookups")
+    return Trace(keys, offsets, path)

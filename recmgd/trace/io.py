@@ -1,0 +1,63 @@
+"""Open any supported trace by content: recmg binary, Meta DLRM (torch, optionally gzip'd), Criteo/Avazu
+CSV logs, or the plain text format; and write the binary or text format."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from recmgd.errors import TraceError
+from recmgd.trace.binary import is_binary, read_binary, write_binary
+from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE, read_csv_log, sniff_csv
+from recmgd.trace.dlrm import read_dlrm, write_dlrm
+from recmgd.trace.model import Trace
+from recmgd.trace.text import read_text, write_text
+
+FORMATS = ("binary", "dlrm", "csv", "text")
+
+
+def detect_format(path: str | Path) -> str:
+    """One of FORMATS, from the file's first bytes (and name, for DLRM)."""
+    path = str(path)
+    if not os.path.exists(path):
+        raise TraceError(f"{path}: no such file")
+    if is_binary(path):
+        return "binary"
+    with open(path, "rb") as fh:
+        head = fh.read(4)
+    if head[:2] == b"\x1f\x8b" or head[:2] == b"PK" or path.endswith((".pt", ".pt.gz")):
+        return "dlrm"
+    if sniff_csv(path):
+        return "csv"
+    return "text"
+
+
+def open_trace(path: str | Path, fmt: str | None = None, table_size: int = DEFAULT_TABLE_SIZE) -> Trace:
+    """Read (or map) a trace of any supported format."""
+    fmt = fmt or detect_format(path)
+    if fmt == "binary":
+        return read_binary(path)
+    if fmt == "dlrm":
+        return read_dlrm(path)
+    if fmt == "csv":
+        return read_csv_log(path, table_size=table_size)
+    if fmt == "text":
+        return read_text(path)
+    raise ValueError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+
+
+def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:
+    """Write a trace; the format defaults from the name (.trace/.txt: text, .pt/.pt.gz: dlrm, else binary)."""
+    path = str(path)
+    if fmt is None:
+        fmt = ("text" if path.endswith((".trace", ".txt")) else
+               "dlrm" if path.endswith((".pt", ".pt.gz")) else "binary")
+    if fmt == "binary":
+        write_binary(trace, path)
+    elif fmt == "text":
+        write_text(trace, path)
+    elif fmt == "dlrm":
+        write_dlrm(trace, path)
+    else:
+        raise ValueError(f"cannot write format {fmt!r} (binary, text, dlrm)")
+    return fmt

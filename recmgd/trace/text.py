@@ -1,0 +1,112 @@
+"""The plain text format: one lookup a line, ``table row [sample]``, whitespace separated.
+
+Blank lines and ``#`` comments are skipped. Without a sample column every lookup is its own sample.
+A new sample starts wherever the sample value changes. Malformed lines raise TraceError naming the
+file and the line.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from recmgd.errors import TraceError
+from recmgd.keys import MAX_ROWS, MAX_TABLES, key_row, key_table, make_keys
+from recmgd.trace.model import Trace, offsets_from_samples
+
+log = logging.getLogger(__name__)
+
+BLOCK_LINES = 1 << 20
+
+
+def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | None:
+    """Validate one line; return its column count (None for blank/comment). Raises TraceError."""
+    body = line.split("#", 1)[0].split()
+    if not body:
+        return None
+    if len(body) not in (2, 3):
+        raise TraceError(f"{path}:{lineno}: expected 'table row [sample]', got {len(body)} fields")
+    if ncols is not None and len(body) != ncols:
+        raise TraceError(f"{path}:{lineno}: {len(body)} fields where earlier lines have {ncols}")
+    try:
+        vals = [int(v) for v in body]
+    except ValueError:
+        raise TraceError(f"{path}:{lineno}: not an integer in {line.strip()!r}") from None
+    if vals[0] < 0 or vals[0] >= MAX_TABLES:
+        raise TraceError(f"{path}:{lineno}: table {vals[0]} outside 0..{MAX_TABLES - 1}")
+    if vals[1] < 0 or vals[1] >= MAX_ROWS:
+        raise TraceError(f"{path}:{lineno}: row {vals[1]} outside 0..{MAX_ROWS - 1}")
+    if len(vals) == 3 and vals[2] < 0:
+        raise TraceError(f"{path}:{lineno}: negative sample {vals[2]}")
+    return len(body)
+
+
+def _find_bad(path: str, lines: list[str], first_lineno: int, ncols: int | None) -> TraceError:
+    for i, line in enumerate(lines):
+        c = _check_line(path, first_lineno + i, line, ncols)
+        if c is not None:
+            ncols = c
+    return TraceError(f"{path}: malformed block at lines {first_lineno}..{first_lineno + len(lines) - 1}")
+
+
+def iter_text_blocks(path: str | Path, block_lines: int = BLOCK_LINES) -> Iterator[np.ndarray]:
+    """Stream a text trace as int64 arrays of shape (n, 2 or 3), validated."""
+    path = str(path)
+    ncols: int | None = None
+    try:
+        fh = open(path, encoding="ascii", errors="strict")
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open ({exc.strerror})") from None
+    with fh:
+        lineno = 1
+        while True:
+            try:
+                lines = list(itertools.islice(fh, block_lines))
+            except UnicodeDecodeError:
+                raise TraceError(f"{path}: not an ASCII text trace (near line {lineno})") from None
+            if not lines:
+                break
+            try:
+                arr = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments="#")
+            except ValueError:
+                raise _find_bad(path, lines, lineno, ncols) from None
+            if arr.shape[0]:
+                if arr.shape[1] not in (2, 3) or (ncols is not None and arr.shape[1] != ncols):
+                    raise _find_bad(path, lines, lineno, ncols)
+                bad = (arr[:, 0] < 0) | (arr[:, 0] >= MAX_TABLES) | (arr[:, 1] < 0) | (arr[:, 1] >= MAX_ROWS)
+                if arr.shape[1] == 3:
+                    bad |= arr[:, 2] < 0
+                if bad.any():
+                    raise _find_bad(path, lines, lineno, ncols)
+                ncols = arr.shape[1]
+                yield arr
+            lineno += len(lines)
+
+
+def read_text(path: str | Path) -> Trace:
+    """Read a whole text trace."""
+    blocks = list(iter_text_blocks(path))
+    if not blocks:
+        return Trace(np.zeros(0, dtype=np.int64), np.zeros(1, dtype=np.int64), str(path))
+    arr = np.concatenate(blocks)
+    keys = make_keys(arr[:, 0], arr[:, 1])
+    if arr.shape[1] == 3:
+        offsets = offsets_from_samples(arr[:, 2])
+    else:
+        offsets = np.arange(arr.shape[0] + 1, dtype=np.int64)
+    log.debug("read %s: %d lookups, %d samples", path, keys.shape[0], offsets.shape[0] - 1)
+    return Trace(np.ascontiguousarray(keys), offsets, str(path))
+
+
+def write_text(trace: Trace, path: str | Path, chunk: int = 1 << 20) -> None:
+    """Write a trace in the text format (``table row sample``)."""
+    samples = np.repeat(np.arange(trace.n_samples, dtype=np.int64), np.diff(trace.sample_offsets))
+    with open(path, "w", encoding="ascii") as fh:
+        for lo in range(0, trace.n_lookups, chunk):
+            k = np.asarray(trace.keys[lo:lo + chunk], dtype=np.int64)
+            out = np.stack([key_table(k), key_row(k), samples[lo:lo + chunk]], axis=1)
+            np.savetxt(fh, out, fmt="%d")

@@ -1,0 +1,126 @@
+"""Classical policies: contract, registry, OPT's optimality against the demand policies, rejected()."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recmgd import policy as registry
+from recmgd.errors import PolicyError
+from recmgd.policies import NativePolicy
+from recmgd.policy import StepView
+from recmgd.sim.driver import drive
+from recmgd.trace import Steps
+
+CLASSIC = ["lru", "lfu", "s3fifo", "opt", "opt-bypass", "stms", "domino", "bingo"]
+DEMAND = ["lru", "lfu", "s3fifo"]
+
+
+def random_steps(seed: int, n_steps: int, per_step: int, universe: int, zipf: float = 1.2) -> Steps:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n_steps):
+        k = rng.zipf(zipf, size=per_step) % universe if zipf else rng.integers(0, universe, per_step)
+        out.append(np.array(list(dict.fromkeys(k.tolist())), dtype=np.int64))
+    return Steps.from_list(out)
+
+
+def test_every_classic_policy_registered() -> None:
+    names = registry.available()
+    for n in CLASSIC:
+        assert n in names
+        p = registry.create(n, prefetch_budget=4, region=8, seed=1, model_dir=None)
+        assert isinstance(p, NativePolicy)
+        assert p.name == n
+
+
+def test_unknown_policy_lists_known() -> None:
+    with pytest.raises(ValueError, match="known: .*lru"):
+        registry.create("nope")
+
+
+def test_lru_decisions() -> None:
+    p = registry.create("lru")
+    p.reset(2)
+    d = p.observe(StepView(0, np.array([1, 2]), np.array([False, False])))
+    assert d.admit.tolist() == [1, 2] and d.evict.size == 0
+    d = p.observe(StepView(1, np.array([1]), np.array([True])))
+    assert d.admit.size == 0 and d.evict.size == 0
+    d = p.observe(StepView(2, np.array([3]), np.array([False])))
+    assert d.evict.tolist() == [2] and d.admit.tolist() == [3]
+
+
+def test_step_larger_than_capacity_never_overflows() -> None:
+    steps = random_steps(0, 50, 40, 100, zipf=0)
+    for n in CLASSIC:
+        c = drive(registry.create(n, prefetch_budget=8), steps, 5, 25)
+        assert c.hits + c.on_demand == c.lookups
+
+
+def test_rejected_keeps_view_exact() -> None:
+    p = registry.create("stms", prefetch_budget=4)
+    p.reset(4)
+    p.observe(StepView(0, np.array([1, 2, 3]), np.zeros(3, bool)))
+    assert p.resident == 3
+    p.rejected(np.array([2, 99]))
+    assert p.resident == 2
+    d = p.observe(StepView(1, np.array([2]), np.array([False])))
+    assert d.admit.tolist() == [2]
+
+
+def test_opt_needs_its_future() -> None:
+    p = registry.create("opt")
+    p.set_future([np.array([1]), np.array([2])])
+    p.reset(1)
+    p.observe(StepView(0, np.array([1]), np.array([False])))
+    with pytest.raises(PolicyError, match="future"):
+        p.observe(StepView(1, np.array([3]), np.array([False])))
+
+
+def test_bad_options() -> None:
+    with pytest.raises(ValueError):
+        registry.create("bingo", region=65)
+    with pytest.raises(ValueError):
+        registry.create("stms", prefetch_budget=-1)
+
+
+def test_bingo_learns_footprints() -> None:
+    # region 8: rows 0..7 of table 0 read together each time: after the first generation the trigger
+    # row alone predicts the rest
+    steps = []
+    for g in range(40):
+        base = (g % 10) * 8
+        steps.append(np.array([base], dtype=np.int64))
+        steps.append(np.array([base + 1, base + 3, base + 5], dtype=np.int64))
+    c = drive(registry.create("bingo", prefetch_budget=8, region=8), Steps.from_list(steps), 8, 40)
+    assert c.prefetch_useful > 0
+
+
+def test_stms_follows_streams() -> None:
+    seq = [np.array([k], dtype=np.int64) for _ in range(6) for k in range(100)]
+    s = Steps.from_list(seq)
+    lru = drive(registry.create("lru"), s, 20, 300)
+    stms = drive(registry.create("stms", prefetch_budget=4), s, 20, 300)
+    dom = drive(registry.create("domino", prefetch_budget=4), s, 20, 300)
+    assert stms.on_demand < lru.on_demand / 2
+    assert dom.on_demand < lru.on_demand / 2
+    assert stms.prefetch_useful > 0 and stms.prefetch_issued >= stms.prefetch_useful
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000), st.integers(1, 40), st.integers(1, 12), st.integers(8, 120),
+       st.sampled_from([0.0, 1.1, 1.5]), st.sampled_from([0, 1]))
+def test_opt_never_worse_than_demand_policies(seed: int, cap: int, per_step: int, universe: int,
+                                              zipf: float, delay: int) -> None:
+    steps = random_steps(seed, 60, per_step, universe, zipf)
+    warm = len(steps) // 2
+    opt = drive(registry.create("opt"), steps, cap, warm, delay=delay)
+    byp = drive(registry.create("opt-bypass"), steps, cap, warm, delay=delay)
+    assert opt.hits + opt.on_demand == opt.lookups
+    for n in DEMAND:
+        c = drive(registry.create(n), steps, cap, warm, delay=delay)
+        assert c.hits + c.on_demand == c.lookups == opt.lookups
+        assert opt.on_demand <= c.on_demand, n
+        assert byp.on_demand <= c.on_demand, n

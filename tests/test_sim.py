@@ -1,0 +1,177 @@
+"""The simulator: textbook numbers at batch 1 / delay 0, both drivers agree, conservation, metrics."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recmgd import policy as registry
+from recmgd.errors import PolicyError
+from recmgd.keys import make_keys
+from recmgd.policy import Decision, Policy, StepView
+from recmgd.sim import drive, format_table, simulate
+from recmgd.sim.runner import capacity_for
+from recmgd.trace import Steps, Trace
+
+CLASSIC = ["lru", "lfu", "s3fifo", "opt", "opt-bypass", "stms", "domino", "bingo"]
+
+
+def per_table_trace(seed: int, n_samples: int, n_tables: int, rows: int) -> Trace:
+    """Every sample reads one row of every table (so batch 1 / delay 0 is the textbook cache)."""
+    rng = np.random.default_rng(seed)
+    t = np.tile(np.arange(n_tables), n_samples)
+    r = (rng.zipf(1.3, size=n_samples * n_tables) % rows)
+    keys = make_keys(t, r)
+    return Trace(keys, np.arange(0, n_samples * n_tables + 1, n_tables, dtype=np.int64), "per_table")
+
+
+def brute_lru(seq: list[int], cap: int) -> list[bool]:
+    cache: list[int] = []
+    miss = []
+    for k in seq:
+        if k in cache:
+            cache.remove(k)
+            miss.append(False)
+        else:
+            miss.append(True)
+            if len(cache) >= cap:
+                cache.pop(0)
+        cache.append(k)
+    return miss
+
+
+def brute_opt(seq: list[int], cap: int) -> list[bool]:
+    cache: set[int] = set()
+    miss = []
+    for i, k in enumerate(seq):
+        if k in cache:
+            miss.append(False)
+            continue
+        miss.append(True)
+        if len(cache) >= cap:
+            def nxt(x: int, i: int = i) -> int:
+                for j in range(i + 1, len(seq)):
+                    if seq[j] == x:
+                        return j
+                return len(seq) + 1
+            cache.remove(max(sorted(cache), key=nxt))
+        cache.add(k)
+    return miss
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_textbook_lru_and_opt_exact(seed: int) -> None:
+    tr = per_table_trace(seed, 300, 3, 40)
+    seq = tr.keys.tolist()
+    n = len(seq)
+    results = simulate(tr, ["lru", "opt"], [0.1, 0.3], batch=1, delay=0)
+    uniq = len(set(seq))
+    for r in results:
+        cap = capacity_for(r.fraction, uniq)
+        # the scored half: samples (= steps at batch 1) from n_samples // 2 on
+        split = (tr.n_samples // 2) * 3
+        ref = brute_lru(seq, cap) if r.policy == "lru" else brute_opt(seq, cap)
+        assert r.on_demand == sum(ref[split:]), (r.policy, cap)
+        assert r.lookups == n - split
+
+
+@pytest.mark.parametrize("name", CLASSIC)
+@pytest.mark.parametrize("delay", [0, 1])
+def test_native_and_python_drivers_agree(name: str, delay: int) -> None:
+    rng = np.random.default_rng(5)
+    steps = Steps.from_list([np.array(list(dict.fromkeys((rng.zipf(1.2, 10) % 300).tolist())))
+                             for _ in range(200)])
+    opts = {"prefetch_budget": 6, "region": 4}
+    a = drive(registry.create(name, **opts), steps, 30, 100, delay=delay, path="native")
+    b = drive(registry.create(name, **opts), steps, 30, 100, delay=delay, path="python")
+    a.seconds = b.seconds = 0.0
+    assert a == b
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 1000), st.sampled_from(CLASSIC), st.integers(1, 50), st.sampled_from([0, 1]))
+def test_conservation(seed: int, name: str, cap: int, delay: int) -> None:
+    rng = np.random.default_rng(seed)
+    steps = Steps.from_list([np.unique(rng.integers(0, 200, rng.integers(1, 20))) for _ in range(40)])
+    c = drive(registry.create(name, prefetch_budget=5), steps, cap, 20, delay=delay)
+    assert c.hits + c.on_demand == c.lookups == steps.slice(20, 40).n_lookups
+    assert 0 <= c.prefetch_useful <= c.prefetch_issued
+    assert c.floor <= c.on_demand
+
+
+class Overflowing(Policy):
+    name = "overflowing"
+
+    def reset(self, capacity: int) -> None:
+        self.capacity = capacity
+
+    def observe(self, view: StepView) -> Decision:
+        return Decision(admit=view.keys[~view.hit], prefetch=view.keys + 1000)
+
+
+def test_overflow_is_a_policy_error() -> None:
+    steps = Steps.from_list([np.arange(5), np.arange(5, 10)])
+    with pytest.raises(PolicyError, match="capacity"):
+        drive(Overflowing(), steps, 6, 0)
+
+
+class Recorder(Policy):
+    """A pure-Python demand LRU, to check the Python path against the C LRU."""
+
+    name = "py-lru"
+
+    def reset(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.order: dict[int, None] = {}
+        self.seen_steps = 0
+
+    def observe(self, view: StepView) -> Decision:
+        self.seen_steps += 1
+        ev: list[int] = []
+        ad: list[int] = []
+        for k in view.keys.tolist():
+            if k in self.order:
+                self.order.pop(k)
+            else:
+                if len(self.order) >= self.capacity:
+                    v = next(iter(self.order))
+                    self.order.pop(v)
+                    if v in ad:
+                        ad.remove(v)
+                    else:
+                        ev.append(v)
+                ad.append(k)
+            self.order[k] = None
+        return Decision(evict=np.array(ev, dtype=np.int64), admit=np.array(ad, dtype=np.int64))
+
+
+def test_python_policy_matches_native_lru() -> None:
+    rng = np.random.default_rng(9)
+    steps = Steps.from_list([np.unique(rng.zipf(1.3, 12) % 500) for _ in range(300)])
+    a = drive(Recorder(), steps, 40, 150)
+    b = drive(registry.create("lru"), steps, 40, 150)
+    assert (a.on_demand, a.hits, a.floor) == (b.on_demand, b.hits, b.floor)
+
+
+def test_metrics_and_table() -> None:
+    tr = per_table_trace(3, 400, 4, 60)
+    res = simulate(tr, ["lru", "opt", "stms"], [0.1], batch=4, options={"prefetch_budget": 4})
+    by = {r.policy: r for r in res}
+    assert by["lru"].gap_closed == 0.0
+    assert by["opt"].gap_closed is not None and by["opt"].gap_closed >= 0
+    for r in res:
+        assert r.hits + r.on_demand == r.lookups
+        assert r.slow_bytes == 256 * (r.on_demand + r.prefetch_issued)
+        assert r.steps == 50
+    assert by["stms"].prefetch_issued > 0
+    text = format_table(res)
+    assert "on_demand" in text and "opt" in text
+    assert format_table(res, markdown=True).startswith("| trace")
+
+
+def test_unknown_policy_message() -> None:
+    tr = per_table_trace(0, 10, 2, 5)
+    with pytest.raises(ValueError, match="unknown policy nope .*known: .*lru"):
+        simulate(tr, ["lru", "nope"], [0.1])
