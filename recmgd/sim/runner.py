@@ -71,7 +71,7 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
             pol = policy_registry.create(pname, **options)
             c = drive(pol, steps, cap, warm, delay=delay, path=path)
             r = SimResult.from_counters(name, pname, fraction, cap, c, row_bytes, batch, delay)
-            log.info("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, pname, fraction,
+            log.debug("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, pname, fraction,
                      r.on_demand, r.hit_rate, r.seconds)
             if pname == "lru":
                 lru_on_demand = r.on_demand

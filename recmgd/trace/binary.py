@@ -52,18 +52,24 @@ class BinaryWriter:
         self._n = 0
         self._lengths: list[np.ndarray] = []
 
-    def add(self, keys: np.ndarray, sample_lengths: np.ndarray) -> None:
-        """Append lookups and the lengths of the samples they form (which must sum to len(keys))."""
+    def add(self, keys: np.ndarray, sample_lengths: np.ndarray | None = None) -> None:
+        """Append lookups and (optionally) lengths of samples; by close() all sample lengths must
+        add up to the number of lookups."""
         keys = np.ascontiguousarray(keys, dtype="<i8")
-        lengths = np.asarray(sample_lengths, dtype=np.int64)
-        if int(lengths.sum()) != keys.shape[0]:
-            raise ValueError("sample lengths do not add up to the number of keys")
         self._fh.write(keys.tobytes())
         self._n += keys.shape[0]
-        self._lengths.append(lengths)
+        if sample_lengths is not None:
+            self.add_samples(sample_lengths)
+
+    def add_samples(self, sample_lengths: np.ndarray) -> None:
+        """Append the lengths of further samples."""
+        self._lengths.append(np.asarray(sample_lengths, dtype=np.int64))
 
     def close(self) -> None:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
+        if int(lengths.sum()) != self._n:
+            self._fh.close()
+            raise ValueError(f"sample lengths add up to {int(lengths.sum())}, {self._n} lookups written")
         offsets = np.zeros(lengths.shape[0] + 1, dtype="<i8")
         np.cumsum(lengths, out=offsets[1:])
         self._fh.write(offsets.tobytes())

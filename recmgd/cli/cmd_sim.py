@@ -1,0 +1,78 @@
+"""`recmg sim TRACE`: simulate policies on a trace under the protocol of DESIGN.md.
+
+    recmg sim TRACE --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
+        [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256] [--json|--markdown]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from recmgd.sim import format_table, simulate
+from recmgd.sim.runner import check_policies
+from recmgd.trace import open_trace
+from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
+
+log = logging.getLogger(__name__)
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        out = [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of numbers: {text!r}") from None
+    if not out or any(not 0 < f <= 1 for f in out):
+        raise argparse.ArgumentTypeError(f"fractions must be in (0, 1]: {text!r}")
+    return out
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", help="trace file (text, recmg binary, DLRM .pt, Criteo/Avazu CSV)")
+    parser.add_argument("--policies", default="lru,opt",
+                        help="comma-separated policy names (default %(default)s)")
+    parser.add_argument("--fractions", type=_floats, default=[0.05, 0.1, 0.2],
+                        help="fast-tier capacity as fractions of the trace's unique rows")
+    parser.add_argument("--batch", type=int, default=16, help="samples per step (default %(default)s)")
+    parser.add_argument("--delay", type=int, choices=[0, 1], default=1,
+                        help="1: decisions apply before the next step; 0: the textbook cache")
+    parser.add_argument("--prefetch-budget", type=int, default=16,
+                        help="rows per step a prefetcher may fetch (default %(default)s)")
+    parser.add_argument("--region", type=int, default=8, help="Bingo: rows per region (1..64)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--model", default=None, help="model directory for the learned policies")
+    parser.add_argument("--threads", type=int, default=1, help="threads a learned policy may use")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs for learned policies")
+    parser.add_argument("--row-bytes", type=int, default=256, help="bytes a row (for slow_bytes)")
+    parser.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="CSV logs: rows a table")
+    parser.add_argument("--path", choices=["auto", "native", "python"], default="auto",
+                        help="driver: C whole-trace loop where possible, or observe() per step")
+    out = parser.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object a line per (policy, fraction)")
+    out.add_argument("--markdown", action="store_true", help="a markdown table")
+
+
+def main(args: argparse.Namespace) -> int:
+    names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if args.batch < 1:
+        raise SystemExit("recmg sim: --batch must be >= 1")
+    try:
+        check_policies(names)
+    except ValueError as exc:
+        print(f"recmg sim: {exc}", file=sys.stderr)
+        return 2
+    options: dict[str, object] = {"prefetch_budget": args.prefetch_budget, "region": args.region,
+                                  "seed": args.seed, "model_dir": args.model, "threads": args.threads}
+    if args.epochs is not None:
+        options["epochs"] = args.epochs
+    trace = open_trace(args.trace, table_size=args.table_size)
+    results = simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
+                       row_bytes=args.row_bytes, options=options, path=args.path)
+    if args.json:
+        for r in results:
+            print(json.dumps(r.as_dict()))
+    else:
+        print(format_table(results, markdown=args.markdown))
+    return 0
