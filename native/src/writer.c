@@ -12,6 +12,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdlib.h>
 
 static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
@@ -139,6 +140,24 @@ static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words, int64_t
     atomic_store_explicit(&m->version, v + 2, memory_order_release);
 }
 
+/* Fault injection for the crash tests: RECMG_FAULT_KILL_IN_FILL=K makes a fill die with SIGKILL in
+ * the middle of writing its K-th slot (version odd, half the row copied, writer lock held). */
+static int64_t fault_kill_point(void)
+{
+    const char *e = getenv("RECMG_FAULT_KILL_IN_FILL");
+    return e && e[0] ? strtoll(e, NULL, 10) : -1;
+}
+
+static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
+{
+    shm_slot_meta *m = &p->meta[s];
+    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
+    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    words_store(slot_ptr(p, s), words, p->h->slot_stride / 16);
+    raise(SIGKILL);
+}
+
 static void slot_clear(recmg_pool *p, uint64_t s)
 {
     shm_slot_meta *m = &p->meta[s];
@@ -228,9 +247,11 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
     uint64_t bytes = 0;
     rc = read_slow_keys(p, p->m_rows, m, buf, stride, &bytes);
     if (rc) goto out;
+    int64_t die_at = fault_kill_point();
     for (uint64_t k = 0; k < m; k++) {
         int64_t key = p->m_rows[k];
         uint32_t s = p->free_list[--p->n_free];
+        if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride), key);
         atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
         shm_table *t = &p->tables[RECMG_KEY_TABLE(key)];

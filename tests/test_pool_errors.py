@@ -1,0 +1,202 @@
+"""Bad input gives a clear one-line error, never a crash, and the pool stays usable afterwards."""
+
+from __future__ import annotations
+
+import os
+import stat
+import struct
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recmgd.errors import PoolError, PoolVersionError
+from recmgd.pool import Pool, RowIndexError
+
+SHM = Path("/dev/shm")
+
+
+def _name() -> str:
+    return f"rt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def pool(tmp_path) -> Iterator[Pool]:
+    p = Pool.create(_name(), tables=[(100, 8), (50, 4)], slots=20, slow=f"ssd:{tmp_path / 'e.bin'}")
+    p.write_rows(0, np.arange(100), np.arange(800, dtype=np.float32).reshape(100, 8))
+    try:
+        yield p
+    finally:
+        p.destroy()
+
+
+def _usable(p: Pool) -> None:
+    out = p.embedding_bag(0, [1, 2], [0, 1])
+    assert out[0, 0] == 8.0 and out[1, 0] == 16.0
+
+
+def _one_line(e: pytest.ExceptionInfo) -> str:
+    msg = str(e.value)
+    assert msg and "\n" not in msg
+    return msg
+
+
+def test_wrong_version(pool: Pool) -> None:
+    path = SHM / pool.name
+    raw = bytearray(path.read_bytes()[:16])
+    (version,) = struct.unpack_from("<I", raw, 8)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", version + 6))
+    with pytest.raises(PoolVersionError) as e:
+        Pool.attach(pool.name)
+    assert f"layout version {version + 6}" in _one_line(e)
+    with open(path, "r+b") as f:
+        f.seek(8)
+        f.write(struct.pack("<I", version))
+    Pool.attach(pool.name).close()
+    _usable(pool)
+
+
+def test_wrong_name(pool: Pool) -> None:
+    with pytest.raises(PoolError, match="no pool named") as e:
+        Pool.attach(_name())
+    _one_line(e)
+    for bad in ("", "a/b", "x" * 300, ".hidden"):
+        with pytest.raises(PoolError, match="name"):
+            Pool.attach(bad)
+    with pytest.raises(PoolError, match="already exists"):
+        Pool.create(pool.name, tables=[(1, 1)], slots=1)
+    _usable(pool)
+
+
+def test_truncated_and_non_pool_objects(pool: Pool) -> None:
+    # a truncated pool
+    trunc = _name()
+    src = SHM / pool.name
+    data = src.read_bytes()
+    (SHM / trunc).write_bytes(data[: len(data) // 2])
+    try:
+        with pytest.raises(PoolVersionError, match="truncated") as e:
+            Pool.attach(trunc)
+        _one_line(e)
+    finally:
+        (SHM / trunc).unlink()
+    # not a pool: random bytes, and a tiny file
+    other = _name()
+    (SHM / other).write_bytes(os.urandom(20000))
+    try:
+        with pytest.raises(PoolVersionError, match="not a recmg pool"):
+            Pool.attach(other)
+        (SHM / other).write_bytes(b"hello")
+        with pytest.raises(PoolVersionError, match="too small"):
+            Pool.attach(other)
+    finally:
+        (SHM / other).unlink()
+    # a pool whose layout fields were corrupted
+    bad = _name()
+    raw = bytearray(data)
+    struct.pack_into("<Q", raw, 48, 12345)  # n_slots
+    (SHM / bad).write_bytes(bytes(raw))
+    try:
+        with pytest.raises(PoolVersionError, match="corrupt"):
+            Pool.attach(bad)
+    finally:
+        (SHM / bad).unlink()
+    _usable(pool)
+
+
+def test_out_of_range_ids(pool: Pool) -> None:
+    for bad in (100, -1, 1 << 41):
+        with pytest.raises(IndexError, match=f"row id {bad} out of range") as e:
+            pool.embedding_bag(0, [1, bad, 2], [0, 2])
+        assert isinstance(e.value, RowIndexError) and isinstance(e.value, PoolError)
+    with pytest.raises(IndexError, match="table 7"):
+        pool.embedding_bag(7, [1], [0])
+    with pytest.raises(IndexError):
+        pool.fill(0, [100])
+    with pytest.raises(IndexError):
+        pool.hint(1, [50])
+    with pytest.raises(IndexError):
+        pool.read_rows(0, [1000])
+    _usable(pool)
+
+
+def test_bad_arguments(pool: Pool) -> None:
+    with pytest.raises(PoolError, match="shape"):
+        pool.write_rows(0, [1, 2], np.zeros((2, 7), np.float32))
+    with pytest.raises(PoolError, match="shape"):
+        pool.write_rows(1, [1], np.zeros((2, 4), np.float32))
+    with pytest.raises(PoolError, match="mode"):
+        pool.embedding_bag(0, [1], [0], mode="median")
+    with pytest.raises(PoolError, match="only supported with mode 'sum'"):
+        pool.embedding_bag(0, [1], [0], mode="mean", weights=[1.0])
+    with pytest.raises(PoolError, match="offsets"):
+        pool.embedding_bag(0, [1, 2, 3], [0, 2, 1])
+    with pytest.raises(PoolError, match="offsets"):
+        pool.embedding_bag(0, [1, 2, 3], [1])
+    with pytest.raises(ValueError):
+        pool.embedding_bag(0, [1, 2], [0], weights=[1.0])
+    with pytest.raises(PoolError, match="free slots"):
+        pool.fill(0, np.arange(30))
+    with pytest.raises(PoolError, match="slow tier"):
+        Pool.create(_name(), tables=[(1, 1)], slots=1, slow="tape")
+    with pytest.raises(PoolError, match="NUMA node"):
+        Pool.create(_name(), tables=[(1, 1)], slots=1, slow="numa:77")
+    with pytest.raises(PoolError, match="dim"):
+        Pool.create(_name(), tables=[(10, 0)], slots=1)
+    with pytest.raises(PoolError, match="dtype"):
+        Pool.create(_name(), tables=[(10, 1)], slots=1, dtype="int8")
+    _usable(pool)
+    pool.close()
+    with pytest.raises(PoolError, match="closed"):
+        pool.embedding_bag(0, [1], [0])
+
+
+def test_unreadable_ssd_file(pool: Pool, tmp_path) -> None:
+    path = tmp_path / "e.bin"
+    size = path.stat().st_size
+    os.truncate(path, 0)
+    with pytest.raises(PoolError, match="slow-tier file .* failed") as e:
+        pool.embedding_bag(0, [1, 2], [0, 1])
+    _one_line(e)
+    # hits do not need the file
+    os.truncate(path, size)
+    pool.write_rows(0, [3], np.full((1, 8), 5.0, np.float32))
+    pool.fill(0, [3])
+    os.truncate(path, 0)
+    assert pool.embedding_bag(0, [3], [0])[0, 0] == 5.0
+    with pytest.raises(PoolError, match="cannot open slow-tier file|bytes; the pool needs"):
+        Pool.attach(pool.name)
+    path.unlink()
+    with pytest.raises(PoolError, match="cannot open slow-tier file"):
+        Pool.attach(pool.name)
+    with pytest.raises(PoolError, match="cannot create slow-tier file"):
+        Pool.create(_name(), tables=[(1, 1)], slots=1, slow=f"ssd:{tmp_path}/no/such/dir/f.bin")
+    # the file comes back: everything works again
+    with open(path, "wb") as f:
+        f.truncate(size)
+    pool.write_rows(0, np.arange(100), np.arange(800, dtype=np.float32).reshape(100, 8))
+    _usable(pool)
+    Pool.attach(pool.name).close()
+
+
+def test_mode_of_the_object(tmp_path) -> None:
+    p = Pool.create(_name(), tables=[(10, 4)], slots=2)
+    q = Pool.create(_name(), tables=[(10, 4)], slots=2, mode=0o640, slow=f"ssd:{tmp_path / 'f.bin'}")
+    try:
+        assert stat.S_IMODE((SHM / p.name).stat().st_mode) == 0o600
+        assert stat.S_IMODE((SHM / q.name).stat().st_mode) == 0o640
+        assert stat.S_IMODE((tmp_path / "f.bin").stat().st_mode) == 0o640
+    finally:
+        p.destroy()
+        q.destroy()
+
+
+def test_torch_inputs_on_error_paths(pool: Pool) -> None:
+    with pytest.raises(ValueError):
+        pool.embedding_bag(0, torch.zeros((2, 2, 2), dtype=torch.int64))
+    _usable(pool)

@@ -1,0 +1,158 @@
+"""Access rings: records in order, boundaries and hints encoded as docs/ARCHITECTURE.md says, a full
+ring drops and counts without blocking, one ring per app process, dead apps' rings."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import time
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from recmgd.errors import PoolError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+
+LOOKUP, BATCH_END, HINT = 0, 1, 2
+
+
+def _name() -> str:
+    return f"rt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def _decode(words: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    w = words.astype(np.uint64)
+    return (w >> np.uint64(62)).astype(np.int64), (w & np.uint64((1 << 62) - 1)).astype(np.int64)
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    p = Pool.create(_name(), tables=[(1000, 4), (1000, 4), (10, 2)], slots=100, ring_records=1024, rings=4)
+    try:
+        yield p
+    finally:
+        p.destroy()
+
+
+def test_records_in_order(pool: Pool) -> None:
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        r = pool.ring_index
+        assert r >= 0
+        assert daemon.rings()[r].pid == os.getpid()
+        a = np.array([5, 7, 5, 999], dtype=np.int64)
+        b = np.array([1, 2], dtype=np.int64)
+        pool.embedding_bag(1, a, [0, 2])
+        pool.end_batch()
+        pool.hint(0, [3, 4])
+        pool.embedding_bag(0, b, [0])
+        pool.end_batch()
+        assert daemon.rings()[r].waiting == 10
+        types, keys = _decode(daemon.drain_ring(r))
+        assert types.tolist() == [LOOKUP] * 4 + [BATCH_END] + [HINT] * 2 + [LOOKUP] * 2 + [BATCH_END]
+        assert keys[:4].tolist() == make_keys(1, a).tolist()
+        assert keys[5:7].tolist() == make_keys(0, np.array([3, 4])).tolist()
+        assert keys[7:9].tolist() == make_keys(0, b).tolist()
+        assert daemon.rings()[r].waiting == 0
+        assert len(daemon.drain_ring(r)) == 0
+        # drain in pieces, across the wrap-around
+        for round_ in range(5):
+            ids = np.arange(round_ * 300, round_ * 300 + 300) % 1000
+            pool.embedding_bag(0, ids, [0])
+            got = np.concatenate([daemon.drain_ring(r, 128) for _ in range(3)])
+            assert _decode(got)[1].tolist() == make_keys(0, ids).tolist()
+    finally:
+        daemon.close()
+
+
+def test_full_ring_drops_and_counts(pool: Pool) -> None:
+    r = pool.ring_index
+    ids = np.arange(1000, dtype=np.int64)
+    t0 = time.perf_counter()
+    for _ in range(3):
+        pool.embedding_bag(0, ids, [0])  # 3000 records into a 1024-record ring
+    pool.end_batch()
+    assert time.perf_counter() - t0 < 5
+    info = pool.rings()[r]
+    assert info.waiting == 1024 and info.drops == 3000 + 1 - 1024 and info.capacity == 1024
+    c = pool.counters()
+    proc = [x for x in c["processes"] if x["ring"] == r][0]
+    assert proc["ring_drops"] == info.drops and proc["lookups"] == 3000
+    assert c["tables"][0]["ring_drops"] == 3000 - 1024
+    # the oldest records are kept; after a drain the ring takes records again
+    _, keys = _decode(pool.drain_ring(r))
+    assert keys.tolist() == make_keys(0, ids).tolist() + make_keys(0, ids[:24]).tolist()
+    pool.end_batch()
+    types, _ = _decode(pool.drain_ring(r))
+    assert types.tolist() == [BATCH_END]
+
+
+def test_counters(pool: Pool) -> None:
+    d = Pool.attach(pool.name, role="daemon")
+    try:
+        d.fill(2, [0, 1, 2])
+        pool.reset_counters()
+        pool.embedding_bag(2, [0, 1, 5, 5, 6, 0], [0, 3])
+        t = pool.counters()["tables"][2]
+        assert (t["lookups"], t["unique"], t["hits"], t["on_demand"]) == (6, 4, 3, 2)
+        assert t["slow_bytes"] == 2 * 2 * 4
+        own = pool.stats()["process"]
+        assert (own["lookups"], own["unique"], own["hits"], own["on_demand"]) == (6, 4, 3, 2)
+        pool.reset_counters()
+        assert pool.counters()["tables"][2]["lookups"] == 0
+    finally:
+        d.close()
+
+
+def _child_lookup(name: str, conn) -> None:
+    p = Pool.attach(name)
+    p.embedding_bag(0, [1, 2, 3], [0])
+    conn.send(p.ring_index)
+    conn.recv()  # wait until the parent has seen this process alive
+    os._exit(0)  # dies without closing: its ring stays owned by a dead pid
+
+
+def test_ring_per_process_and_dead_apps(pool: Pool) -> None:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_lookup, args=(pool.name, child))
+    proc.start()
+    assert parent.poll(60)
+    idx = parent.recv()
+    with pytest.raises(PoolError, match="live process"):
+        pool.release_ring(idx)
+    parent.send("exit")
+    proc.join(60)
+    assert idx != pool.ring_index
+    # the parent's ring survived the child's exit (a forked child never releases its parent's ring)
+    assert pool.rings()[pool.ring_index].pid == os.getpid()
+    info = pool.rings()[idx]
+    assert info.pid == proc.pid and info.waiting == 3
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        daemon.release_ring(idx)
+        assert daemon.rings()[idx].pid == 0
+        _, keys = _decode(daemon.drain_ring(idx))
+        assert keys.tolist() == make_keys(0, np.array([1, 2, 3])).tolist()
+        with pytest.raises(IndexError):
+            daemon.drain_ring(99)
+    finally:
+        daemon.close()
+
+
+def test_rings_run_out_and_dead_owner_reclaimed() -> None:
+    p = Pool.create(_name(), tables=[(10, 2)], slots=2, rings=2)
+    try:
+        q = Pool.attach(p.name)
+        with pytest.raises(PoolError, match="no free access ring"):
+            Pool.attach(p.name)
+        q.close()
+        r = Pool.attach(p.name)  # the closed handle's ring is free again
+        r.close()
+        d = Pool.attach(p.name, role="daemon")  # a daemon needs no ring
+        d.close()
+    finally:
+        p.destroy()
