@@ -22,7 +22,9 @@ step b; after step b, OPT (demand) first re-keys the rows hit in step b, then ad
 of step b one by one in order, each evicting the resident row (any other row, including one admitted
 earlier in the step: then neither is fetched) whose next use is farthest; ties go to the row whose use
 after next is nearest (its forced re-admission is worth most). This is Belady's rule: the exact optimum
-for single-lookup steps (the textbook cache), and never worse than LRU, LFU or S3-FIFO (tested). With
+for single-lookup steps (the textbook cache), and never worse than LRU, LFU or S3-FIFO when every step
+fits in the fast tier (tested; when a step does not fit, those keep a hit read late in the step over a
+row missed earlier, an implicit bypass, and may beat demand OPT by a few fetches). With
 ``bypass`` (the exact optimum, tested) OPT keeps the ``capacity`` rows with the nearest next use among
 resident rows and the rows of step b, so a missed row may not be admitted at all.
 ``delay=0`` is the textbook cache: every lookup is its own step (next uses then count lookups).

@@ -109,18 +109,23 @@ def test_stms_follows_streams() -> None:
     assert stms.prefetch_useful > 0 and stms.prefetch_issued >= stms.prefetch_useful
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=60, deadline=None)
 @given(st.integers(0, 10_000), st.integers(1, 40), st.integers(1, 12), st.integers(8, 120),
        st.sampled_from([0.0, 1.1, 1.5]), st.sampled_from([0, 1]))
 def test_opt_never_worse_than_demand_policies(seed: int, cap: int, per_step: int, universe: int,
                                               zipf: float, delay: int) -> None:
+    # Over the whole run (a scored half alone starts from different states). OPT with bypass is the
+    # exact optimum, so it beats every policy always; demand OPT beats every demand policy whenever a
+    # step's rows fit in the fast tier (when they do not, LRU & co. keep a hit read late in the step
+    # over a row missed earlier, an implicit bypass).
     steps = random_steps(seed, 60, per_step, universe, zipf)
-    warm = len(steps) // 2
-    opt = drive(registry.create("opt"), steps, cap, warm, delay=delay)
-    byp = drive(registry.create("opt-bypass"), steps, cap, warm, delay=delay)
+    fits = max(len(s) for s in steps) <= cap
+    opt = drive(registry.create("opt"), steps, cap, 0, delay=delay)
+    byp = drive(registry.create("opt-bypass"), steps, cap, 0, delay=delay)
     assert opt.hits + opt.on_demand == opt.lookups
     for n in DEMAND:
-        c = drive(registry.create(n), steps, cap, warm, delay=delay)
+        c = drive(registry.create(n), steps, cap, 0, delay=delay)
         assert c.hits + c.on_demand == c.lookups == opt.lookups
-        assert opt.on_demand <= c.on_demand, n
         assert byp.on_demand <= c.on_demand, n
+        if fits or delay == 0:
+            assert opt.on_demand <= c.on_demand, n

@@ -175,3 +175,26 @@ def test_unknown_policy_message() -> None:
     tr = per_table_trace(0, 10, 2, 5)
     with pytest.raises(ValueError, match="unknown policy nope .*known: .*lru"):
         simulate(tr, ["lru", "nope"], [0.1])
+
+
+def test_cli_sim(capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from recmgd.cli.recmg import main
+
+    trace = "/work/shared/traces/obd_random.trace"
+    assert main(["sim", trace, "--policies", "lru,opt,stms", "--fractions", "0.1", "--json",
+                 "--prefetch-budget", "4"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["policy"] for r in rows] == ["lru", "opt", "stms"]
+    for key in ("trace", "fraction", "capacity", "steps", "lookups", "on_demand", "hit_rate",
+                "prefetch_issued", "prefetch_useful", "accuracy", "coverage", "slow_bytes", "seconds",
+                "floor", "gap_closed"):
+        assert key in rows[0]
+    assert rows[1]["on_demand"] <= rows[0]["on_demand"]
+    assert main(["sim", trace, "--policies", "lru,nosuch"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown policy nosuch" in err and "lru" in err
+    assert main(["sim", trace, "--policies", "lru", "--batch", "1", "--delay", "0",
+                 "--fractions", "0.2"]) == 0
+    assert "lru" in capsys.readouterr().out
