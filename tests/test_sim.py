@@ -198,3 +198,20 @@ def test_cli_sim(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sim", trace, "--policies", "lru", "--batch", "1", "--delay", "0",
                  "--fractions", "0.2"]) == 0
     assert "lru" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("delay", [0, 1])
+def test_streaming_matches_whole_trace(delay: int) -> None:
+    tr = per_table_trace(4, 3000, 5, 300)
+    names = ["lru", "s3fifo", "stms", "bingo", "opt"]
+    a = simulate(tr, names, [0.1], batch=4, delay=delay, stream=True)
+    b = simulate(tr, names, [0.1], batch=4, delay=delay, stream=False)
+    from recmgd.sim.driver import drive_stream
+
+    for x, y in zip(a, b, strict=True):
+        x.seconds = y.seconds = 0.0
+        assert x == y
+    c = drive_stream(registry.create("lru"), tr, 4, 100, 375, delay=delay, chunk_steps=7)
+    d = drive(registry.create("lru"), tr.steps(4), 100, 375, delay=delay)
+    c.seconds = d.seconds = 0.0
+    assert c == d

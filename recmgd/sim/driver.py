@@ -22,6 +22,7 @@ import numpy as np
 from recmgd.errors import PolicyError
 from recmgd.policies.native import IdMap, NativePolicy, check, i32_ptr, i64_ptr, u8_ptr
 from recmgd.policy import Decision, Policy, StepView
+from recmgd.trace.model import Trace
 from recmgd.trace.steps import Steps
 
 try:
@@ -135,6 +136,39 @@ def drive(policy: Policy, steps: Steps, capacity: int, warm_steps: int, *, delay
     if delay == 0:  # count the protocol's steps, not the lookups driven one by one
         counters.steps = len(steps) - warm_steps
     return counters
+
+
+def drive_stream(policy: NativePolicy, trace: Trace, batch: int, capacity: int, warm_steps: int, *,
+                 delay: int = 1, chunk_steps: int = 16384) -> Counters:
+    """Like :func:`drive` for a native policy that needs neither training nor the future, streaming
+    the trace in chunks of steps: memory is linear in unique rows, not in the trace's length."""
+    if policy.needs_future or policy.learned:
+        raise ValueError(f"policy {policy.name!r} needs the whole trace; use drive()")
+    if delay not in (0, 1):
+        raise ValueError(f"delay must be 0 or 1, got {delay}")
+    policy.reset(capacity)
+    idmap, handle = policy._require()
+    drv = Driver(idmap, capacity)
+    seconds = 0.0
+    n_steps = trace.n_steps(batch)
+    for first, chunk in trace.iter_steps(batch, chunk_steps):
+        ids = idmap.map(chunk.keys)
+        offs = np.ascontiguousarray(chunk.offsets - chunk.offsets[0], dtype=np.int64)
+        cut = min(max(warm_steps - first, 0), len(chunk))  # local index of the first scored step
+        if delay == 0:
+            cut = int(offs[cut])
+            offs = np.arange(ids.shape[0] + 1, dtype=np.int64)
+        if cut > 0:
+            drv.run(handle, ids, offs[:cut + 1], scored=False)
+        if cut < offs.shape[0] - 1:
+            t0 = time.perf_counter()
+            drv.run(handle, ids, offs[cut:], scored=True)
+            seconds += time.perf_counter() - t0
+    out = drv.counters()
+    out.seconds = seconds
+    if delay == 0:
+        out.steps = n_steps - min(warm_steps, n_steps)
+    return out
 
 
 def _drive_native(policy: NativePolicy, steps: Steps, capacity: int, split: int) -> Counters:

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from recmgd import policy as policy_registry
-from recmgd.sim.driver import drive
+from recmgd.policies.native import IdMap, NativePolicy
+from recmgd.sim.driver import Counters, drive, drive_stream
 from recmgd.sim.results import SimResult
 from recmgd.trace.model import Trace
 from recmgd.trace.steps import Steps
@@ -48,36 +49,64 @@ def check_policies(names: Sequence[str]) -> None:
                          f"(known: {', '.join(known)})")
 
 
+def count_unique(trace: Trace, chunk: int = 1 << 22) -> int:
+    """Distinct keys of a trace, streaming it through a C id map (memory linear in unique rows)."""
+    idmap = IdMap()
+    for keys in trace.iter_chunks(chunk):
+        idmap.map(keys)
+    return len(idmap)
+
+
 def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
              batch: int = 16, delay: int = 1, row_bytes: int = DEFAULT_ROW_BYTES,
              options: dict[str, Any] | None = None, path: str = "auto",
-             steps: Steps | None = None) -> list[SimResult]:
-    """Run every policy at every fraction on ``trace``; results in (fraction, policy) order."""
+             steps: Steps | None = None, stream: bool | None = None) -> list[SimResult]:
+    """Run every policy at every fraction on ``trace``; results in (fraction, policy) order.
+
+    ``stream`` (default: on for the native path) drives policies that need neither training nor the
+    future chunk by chunk from the (memory-mapped) trace, so memory stays linear in unique rows; the
+    others get the whole list of steps, built once.
+    """
     check_policies(policies)
     options = dict(options or {})
-    steps = steps if steps is not None else trace.steps(batch)
-    n_steps = len(steps)
+    if stream is None:
+        stream = path != "python" and steps is None
+    n_steps = trace.n_steps(batch) if steps is None else len(steps)
     warm = n_steps // 2
-    uniq = unique_rows(steps)
+    uniq = count_unique(trace) if steps is None else unique_rows(steps)
     name = os.path.basename(trace.path) or "trace"
-    log.info("%s: %d lookups, %d steps of %d samples, %d deduplicated lookups, %d unique rows",
-             name, trace.n_lookups, n_steps, batch, steps.n_lookups, uniq)
+    log.info("%s: %d lookups, %d steps of %d samples, %d unique rows", name, trace.n_lookups, n_steps,
+             batch, uniq)
+    cache: dict[str, Steps] = {}
+
+    def all_steps() -> Steps:
+        if steps is not None:
+            return steps
+        if "s" not in cache:
+            cache["s"] = trace.steps(batch)
+        return cache["s"]
+
+    def run(pname: str, cap: int) -> Counters:
+        pol = policy_registry.create(pname, **options)
+        if stream and isinstance(pol, NativePolicy) and not pol.needs_future and not pol.learned:
+            return drive_stream(pol, trace, batch, cap, warm, delay=delay)
+        return drive(pol, all_steps(), cap, warm, delay=delay, path=path)
+
     results: list[SimResult] = []
     for fraction in fractions:
         cap = capacity_for(fraction, uniq)
         lru_on_demand: int | None = None
         batch_results = []
         for pname in policies:
-            pol = policy_registry.create(pname, **options)
-            c = drive(pol, steps, cap, warm, delay=delay, path=path)
+            c = run(pname, cap)
             r = SimResult.from_counters(name, pname, fraction, cap, c, row_bytes, batch, delay)
             log.debug("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, pname, fraction,
-                     r.on_demand, r.hit_rate, r.seconds)
+                      r.on_demand, r.hit_rate, r.seconds)
             if pname == "lru":
                 lru_on_demand = r.on_demand
             batch_results.append(r)
         if lru_on_demand is None:
-            lru_on_demand = drive(policy_registry.create("lru"), steps, cap, warm, delay=delay).on_demand
+            lru_on_demand = run("lru", cap).on_demand
         for r in batch_results:
             r.set_gap(lru_on_demand)
         results.extend(batch_results)
