@@ -27,8 +27,8 @@ import uuid
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from recmgd._native import ffi, lib
+
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -40,9 +40,13 @@ def _name() -> str:
 def bench_all_hit(tables: int, rows: int, dim: int, pooling: int, batch: int, reps: int) -> dict[str, float]:
     rng = np.random.default_rng(0)
     n = batch * pooling
-    pool = Pool.create(_name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n)
+    pool = Pool.create(
+        _name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n
+    )
     try:
-        weights = [torch.from_numpy(rng.standard_normal((rows, dim), dtype=np.float32)) for _ in range(tables)]
+        weights = [
+            torch.from_numpy(rng.standard_normal((rows, dim), dtype=np.float32)) for _ in range(tables)
+        ]
         for t in range(tables):
             pool.write_rows(t, np.arange(rows), weights[t].numpy())
         pool.fill_keys(np.concatenate([make_keys(t, np.arange(rows)) for t in range(tables)]))
@@ -101,7 +105,9 @@ def _fio(path: str, bs: int, depth: int, seconds: float, engine: str) -> float:
     return float(json.loads(r.stdout)["jobs"][0]["read"]["iops"])
 
 
-def bench_ssd(directory: str, rows: int, dim: int, depth: int, per_call: int, seconds: float) -> dict[str, float]:
+def bench_ssd(
+    directory: str, rows: int, dim: int, depth: int, per_call: int, seconds: float
+) -> dict[str, float]:
     os.environ["RECMG_IO_DEPTH"] = str(depth)
     tmp = tempfile.mkdtemp(prefix="recmg_bench_", dir=directory)
     path = os.path.join(tmp, "emb.bin")
