@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Callable, Iterable
 
 import psutil
 
@@ -54,6 +53,7 @@ class AppTracker:
         self.driver = driver
         self.known: dict[int, tuple[int, float | None]] = {}  # ring index -> (pid, start time)
         self.started = 0
+        self.release_failures: dict[int, int] = {}
         self.exited = 0
 
     def check(self) -> list[int]:
@@ -90,9 +90,14 @@ class AppTracker:
             try:
                 self.driver.pool.release_ring(idx)
             except RecmgError as exc:
-                log.warning("pool %s: cannot release ring %d of dead pid %d: %s",
-                            self.driver.name, idx, pid0, exc)
+                # e.g. a zombie not yet reaped by its parent still owns the ring: retry at the next check
+                n = self.release_failures.get(idx, 0) + 1
+                self.release_failures[idx] = n
+                level = logging.WARNING if n == 20 else logging.DEBUG
+                log.log(level, "pool %s: cannot release ring %d of dead pid %d yet: %s",
+                        self.driver.name, idx, pid0, exc)
                 continue
+            self.release_failures.pop(idx, None)
             self.known.pop(idx, None)
             self.driver.pc["rings_released"] += 1
             self.exited += 1
@@ -120,26 +125,25 @@ def discover_pools(candidates: Iterable[str] | None = None) -> list[str]:
     return names
 
 
-def _pool_prober() -> Any:
-    """A cheap test of whether a /dev/shm object is a pool: pool.is_pool if the pool module has it,
-    else the magic in the first bytes of the file."""
+POOL_MAGIC = b"RCMGPOOL"  # the first 8 bytes of every pool object (native/src/internal.h, RECMG_MAGIC)
+
+
+def _pool_prober() -> Callable[[str], bool]:
+    """A cheap test of whether a /dev/shm object is a pool: ``recmgd.pool.is_pool`` if the pool module
+    has one, else the magic in the object's first bytes."""
     try:
         from recmgd import pool as pool_mod
-    except ImportError:  # the native binding is not built
-        return lambda name: False
-    fn = getattr(pool_mod, "is_pool", None)
-    if callable(fn):
-        return fn
-    magic = getattr(pool_mod, "MAGIC", None)
-    if isinstance(magic, int):
-        magic = magic.to_bytes(8, "little")
-    if not isinstance(magic, bytes | bytearray):
-        return lambda name: False
+
+        fn = getattr(pool_mod, "is_pool", None)
+        if callable(fn):
+            return fn  # type: ignore[no-any-return]
+    except ImportError:  # the native binding is not built: the magic still tells
+        pass
 
     def probe(name: str) -> bool:
         try:
             with open(os.path.join(SHM_DIR, name), "rb") as fh:
-                return fh.read(len(magic)) == magic
+                return fh.read(len(POOL_MAGIC)) == POOL_MAGIC
         except OSError:
             return False
 

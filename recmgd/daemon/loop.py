@@ -42,7 +42,7 @@ TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions"
 # per-pool counters
 POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
-                 "policy_overflow", "rings_released")
+                 "policy_overflow", "rings_released", "adopted", "adopt_evicted")
 
 
 class PoolLike(Protocol):
@@ -163,7 +163,7 @@ class PoolDriver:
         self.n_hinted = 0
         self.rings: dict[int, _RingState] = {}
         self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
-        self.pc = dict.fromkeys(POOL_COUNTERS, 0)
+        self.pc: dict[str, int] = dict.fromkeys(POOL_COUNTERS, 0)
         self.ring_drops: dict[int, int] = {}
         self.dropped_total = 0
         self.policy_time = 0.0
@@ -234,6 +234,8 @@ class PoolDriver:
             self.pool.evict_keys(drop)
             self.resident[self.flat(drop)] = False
         self.n_resident = len(keep)
+        self.pc["adopted"] = len(keep)
+        self.pc["adopt_evicted"] = len(drop)
         log.info("pool %s: policy %s, capacity %d rows (+%d hint slots), %d rows kept resident, %d evicted",
                  self.name, self.policy_name, self.capacity, self.hint_slots, len(keep), len(drop))
 
@@ -255,6 +257,9 @@ class PoolDriver:
             idx = _ring_field(info, "index", -1)
             pid = _ring_field(info, "pid")
             if idx < 0 or pid == 0:
+                if idx in self.rings and not _ring_field(info, "waiting"):
+                    del self.rings[idx]  # released or detached, nothing left to drain
+                    self.ring_drops.pop(idx, None)
                 continue
             drops = _ring_field(info, "drops")
             prev = self.ring_drops.get(idx, 0)
