@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["recmgd/_build_native.py:ffibuilder"])
+setup(cffi_modules=["recmgd/_build_native.py:ffibuilder", "recmgd/_build_simcore.py:ffibuilder"])
