@@ -12,7 +12,7 @@ from cffi import FFI
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SRC_DIR = "native/policy"
-_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c"]
+_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c"]
 
 CDEF = """
 #define SC_OK 0
@@ -75,6 +75,9 @@ int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t 
                   int64_t n_steps, int scored, uint8_t *miss);
 const sc_counters *sc_driver_counters(const sc_driver *d);
 int64_t sc_driver_resident(const sc_driver *d);
+
+int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
+                       int64_t *out_offsets);
 """
 
 

@@ -129,3 +129,27 @@ def test_opt_never_worse_than_demand_policies(seed: int, cap: int, per_step: int
         assert byp.on_demand <= c.on_demand, n
         if fits or delay == 0:
             assert opt.on_demand <= c.on_demand, n
+
+
+def test_domino_uses_the_last_two_triggers() -> None:
+    # history: X A B ... Y A C ... ; then X A again: Domino follows (X, A) -> B, STMS follows A's
+    # last occurrence -> C
+    filler = [np.array([100 + i], dtype=np.int64) for i in range(10)]
+    seq = ([np.array([1]), np.array([2]), np.array([3])] + filler[:5]
+           + [np.array([4]), np.array([2]), np.array([5])] + filler[5:] + [np.array([1]), np.array([2])])
+    steps = Steps.from_list([s.astype(np.int64) for s in seq])
+    got = {}
+    for name in ("stms", "domino"):
+        p = registry.create(name, prefetch_budget=1)
+        p.reset(3)
+        pf: list[int] = []
+        resident: set[int] = set()
+        for b, keys in enumerate(steps):
+            hit = np.array([k in resident for k in keys.tolist()])
+            d = p.observe(StepView(b, keys, hit))
+            resident -= set(d.evict.tolist())
+            resident |= set(d.admit.tolist()) | set(d.prefetch.tolist())
+            pf.append(d.prefetch.tolist())
+        got[name] = pf[-1]
+    assert got["stms"] == [5]
+    assert got["domino"] == [3]

@@ -213,3 +213,16 @@ def test_cli_convert_stats_synth_sim(tmp_path: Path, capsys: pytest.CaptureFixtu
     bad = write(tmp_path, "bad.trace", "0 1 0\nzz\n")
     assert main(["trace", "stats", str(bad)]) == 1
     assert "bad.trace:2" in capsys.readouterr().err
+
+
+def test_native_dedup_matches_numpy() -> None:
+    from recmgd.trace.steps import _dedup_native, dedup_steps
+
+    rng = np.random.default_rng(2)
+    keys = rng.integers(0, 50, size=5000).astype(np.int64)
+    bounds = np.concatenate(([0], np.sort(rng.choice(np.arange(1, 5000), 300, replace=False)), [5000]))
+    n = bounds.shape[0] - 1
+    fast = _dedup_native(keys, bounds.astype(np.int64), n)
+    ref = dedup_steps(keys, np.repeat(np.arange(n), np.diff(bounds)), n)
+    assert fast is not None
+    assert np.array_equal(fast.keys, ref.keys) and np.array_equal(fast.offsets, ref.offsets)

@@ -85,4 +85,11 @@ int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t 
 const sc_counters *sc_driver_counters(const sc_driver *d);
 int64_t sc_driver_resident(const sc_driver *d);
 
+/* ---- step building ----
+ * keys[bounds[s] .. bounds[s+1]) are step s; writes each step's distinct keys, first appearances in
+ * order, to out_keys (room for bounds[n_steps] - bounds[0]) and n_steps + 1 offsets; returns the
+ * number of keys written or SC_ENOMEM. bounds index keys directly. */
+int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
+                       int64_t *out_offsets);
+
 #endif

@@ -56,7 +56,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                     help="lookups per table per sample (default %(default)s)")
     sy.add_argument("--block-rows", type=_count, default=defaults.block_rows,
                     help="rows generated at a time; bounds memory (default %(default)s)")
-    sy.add_argument("--gap", type=float, default=defaults.gap, help="mean gap between a row's uses, lookups")
+    sy.add_argument("--gap", type=float, default=defaults.gap,
+                    help="median gap between a row's uses, lookups")
+    sy.add_argument("--sigma", type=float, default=defaults.sigma, help="log-normal spread of the gaps")
     sy.add_argument("--seed", type=int, default=0)
     parser.set_defaults(_trace_parser=parser)
 
@@ -72,7 +74,8 @@ def main(args: argparse.Namespace) -> int:
         return _stats(args)
     if action == "synth":
         cfg = SynthConfig(lookups=args.lookups, tables=args.tables, pooling=args.pooling,
-                          block_rows=args.block_rows, gap=args.gap, seed=args.seed)
+                          block_rows=args.block_rows, gap=args.gap, sigma=args.sigma,
+                          seed=args.seed)
         n = write_synth(cfg, args.output)
         print(f"{args.output}: {n:,} lookups, {cfg.tables} tables, {cfg.lookups_per_sample} lookups a sample")
         return 0

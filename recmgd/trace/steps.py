@@ -96,7 +96,8 @@ def dedup_steps(keys: np.ndarray, step_ids: np.ndarray, n_steps: int) -> Steps:
 def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Steps:
     """Cut lookups into steps of ``batch`` consecutive samples and deduplicate each step.
 
-    ``sample_offsets`` (``n_samples + 1`` int64) are the sample boundaries in ``keys``.
+    ``sample_offsets`` (``n_samples + 1`` int64) are the sample boundaries in ``keys``. Uses the C
+    core (``recmgd._simcore``, linear time) when it is built, numpy (a sort) otherwise.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -106,7 +107,26 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     bounds = sample_offsets[::batch]
     if bounds.shape[0] < n_steps + 1:
         bounds = np.append(bounds, sample_offsets[-1])
-    base = bounds[0]
-    lens = np.diff(bounds)
-    step_ids = np.repeat(np.arange(n_steps, dtype=np.int64), lens)
-    return dedup_steps(np.asarray(keys[base:bounds[-1]]), step_ids, n_steps)
+    base = int(bounds[0])
+    chunk = np.ascontiguousarray(keys[base:bounds[-1]], dtype=np.int64)
+    fast = _dedup_native(chunk, np.ascontiguousarray(bounds - base, dtype=np.int64), n_steps)
+    if fast is not None:
+        return fast
+    step_ids = np.repeat(np.arange(n_steps, dtype=np.int64), np.diff(bounds))
+    return dedup_steps(chunk, step_ids, n_steps)
+
+
+def _dedup_native(keys: np.ndarray, bounds: np.ndarray, n_steps: int) -> Steps | None:
+    try:
+        from recmgd._simcore import ffi, lib
+    except ImportError:
+        return None
+    out = np.empty(keys.shape[0], dtype=np.int64)
+    offsets = np.empty(n_steps + 1, dtype=np.int64)
+    if keys.shape[0] == 0:
+        return Steps(out, np.zeros(n_steps + 1, dtype=np.int64))
+    n = lib.sc_dedup_steps(ffi.from_buffer("int64_t[]", keys), ffi.from_buffer("int64_t[]", bounds),
+                           n_steps, ffi.from_buffer("int64_t[]", out), ffi.from_buffer("int64_t[]", offsets))
+    if n < 0:
+        raise MemoryError("step building: out of memory")
+    return Steps(out[:n].copy() if n < out.shape[0] // 2 else out[:n], offsets)

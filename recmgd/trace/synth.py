@@ -2,13 +2,14 @@
 
 Rows are generated in blocks of ``block_rows`` fresh rows. Each row's reuse count is drawn from the
 Meta 2021 distribution (rows per bin of the reuse-count histogram; the bins the published histogram
-rounds to 0.000 are filled in from its lookup ratios, so the mean is ~6.9 uses per row as published),
+rounds to 0.000 are filled in from its lookup ratios, so the mean is ~7 uses per row as published),
 uniformly within its bin. A row's uses are laid out around a random point of its block with
-exponential gaps (mean ``gap`` lookups), which gives short and long reuse, and the block's uses are
-emitted in time order. Rows never appear in two blocks, so every row's count is exact whatever the
-length: the histogram matches for any number of tables and lookups. A row's table is uniform over
-``tables``; row ids are a bijective scramble of a per-table counter (like hashed production ids).
-Memory is constant in the length (one block at a time).
+log-normal gaps (median ``gap`` lookups, spread ``sigma``), which gives short and long reuse, and
+the block's uses are spread over ``spread`` block lengths (so blocks overlap and the cache sees many
+blocks' rows at once) and emitted in time order. Every row's uses are all emitted, so every count is
+exact whatever the length: the histogram matches for any number of tables and lookups. A row's
+table is uniform over ``tables``; row ids are a bijective scramble of a per-table counter (like
+hashed production ids). Memory is constant in the length (``spread`` blocks at a time).
 """
 
 from __future__ import annotations
@@ -61,7 +62,9 @@ class SynthConfig:
     tables: int = 64
     pooling: int = 4  # lookups per table per sample: a sample has tables * pooling lookups
     block_rows: int = 1 << 16
-    gap: float = 4096.0
+    gap: float = 4096.0  # median gap between a row's uses, lookups
+    sigma: float = 2.0  # log-normal spread of the gaps: short and long reuse
+    spread: float = 8.0  # a block's uses are spread over this many block lengths
     seed: int = 0
 
     def check(self) -> None:
@@ -69,7 +72,7 @@ class SynthConfig:
             raise ValueError("lookups must be >= 0")
         if not 1 <= self.tables <= MAX_TABLES:
             raise ValueError(f"tables must be 1..{MAX_TABLES}")
-        if self.pooling < 1 or self.block_rows < 1 or self.gap <= 0:
+        if self.pooling < 1 or self.block_rows < 1 or self.gap <= 0 or self.sigma < 0 or self.spread < 1:
             raise ValueError("pooling, block_rows and gap must be positive")
 
     @property
@@ -85,38 +88,57 @@ def synth_keys(cfg: SynthConfig) -> Iterator[np.ndarray]:
     bounds = np.array(bin_bounds(), dtype=np.int64)
     counters = np.zeros(cfg.tables, dtype=np.int64)
     salt = rng.integers(0, MAX_ROWS, size=cfg.tables, dtype=np.int64)
-    left = cfg.lookups
-    while left > 0:
-        bins = rng.choice(N_BINS, size=cfg.block_rows, p=probs)
-        counts = rng.integers(bounds[bins, 0], bounds[bins, 1] + 1)
-        csum = np.cumsum(counts)
-        if csum[-1] >= left:  # the last block: keep whole rows, trim the final one to fit
-            k = int(np.searchsorted(csum, left))
-            counts = counts[:k + 1].copy()
-            counts[-1] -= int(csum[k] - left)
-        n_rows = counts.shape[0]
-        length = int(counts.sum())
-        tables = rng.integers(0, cfg.tables, size=n_rows)
-        order_in_table = np.zeros(n_rows, dtype=np.int64)
-        # per-table counters: the i-th new row of table t gets counter[t] + i
-        sort_t = np.argsort(tables, kind="stable")
-        tcounts = np.bincount(tables, minlength=cfg.tables)
-        starts = np.concatenate(([0], np.cumsum(tcounts)[:-1]))
-        order_in_table[sort_t] = np.arange(n_rows) - np.repeat(starts, tcounts)
-        serial = counters[tables] + order_in_table
-        counters += tcounts
-        rows = ((serial * _ROW_MULT) + salt[tables]) & (MAX_ROWS - 1)
-        keys = (tables.astype(np.int64) << ROW_BITS) | rows
-        owner = np.repeat(np.arange(n_rows), counts)
-        centre = rng.random(n_rows) * length
-        first = np.repeat(np.cumsum(counts) - counts, counts)
-        gaps = rng.exponential(cfg.gap, size=length)
-        gaps[first] = 0.0
-        seg = np.cumsum(gaps)
-        seg -= seg[first]  # each row's uses start at its centre
-        pos = np.mod(centre[owner] + seg, length)
-        yield keys[owner[np.argsort(pos, kind="stable")]]
-        left -= length
+    pend_pos = np.zeros(0)
+    pend_key = np.zeros(0, dtype=np.int64)
+    t = 0.0
+    generated = 0
+    while generated < cfg.lookups or pend_key.shape[0]:
+        if generated < cfg.lookups:
+            keys, pos, length = _block(cfg, rng, probs, bounds, counters, salt, cfg.lookups - generated, t)
+            generated += length
+            pend_pos = np.concatenate([pend_pos, pos])
+            pend_key = np.concatenate([pend_key, keys])
+            t += length
+        order = np.argsort(pend_pos, kind="stable")
+        cut = pend_key.shape[0] if generated >= cfg.lookups else int(np.searchsorted(pend_pos[order], t))
+        yield pend_key[order[:cut]]
+        pend_pos = pend_pos[order[cut:]]
+        pend_key = pend_key[order[cut:]]
+
+
+def _block(cfg: SynthConfig, rng: np.random.Generator, probs: np.ndarray, bounds: np.ndarray,
+           counters: np.ndarray, salt: np.ndarray, left: int, t: float) -> tuple[np.ndarray, np.ndarray, int]:
+    """One block of fresh rows: (key of every use, its time, number of uses)."""
+    bins = rng.choice(N_BINS, size=cfg.block_rows, p=probs)
+    counts = rng.integers(bounds[bins, 0], bounds[bins, 1] + 1)
+    csum = np.cumsum(counts)
+    if csum[-1] >= left:  # the last block: keep whole rows, trim the final one to fit
+        k = int(np.searchsorted(csum, left))
+        counts = counts[:k + 1].copy()
+        counts[-1] -= int(csum[k] - left)
+    n_rows = counts.shape[0]
+    length = int(counts.sum())
+    tables = rng.integers(0, cfg.tables, size=n_rows)
+    # per-table counters: the i-th new row of table t gets counters[t] + i
+    sort_t = np.argsort(tables, kind="stable")
+    tcounts = np.bincount(tables, minlength=cfg.tables)
+    starts = np.concatenate(([0], np.cumsum(tcounts)[:-1]))
+    order_in_table = np.zeros(n_rows, dtype=np.int64)
+    order_in_table[sort_t] = np.arange(n_rows) - np.repeat(starts, tcounts)
+    serial = counters[tables] + order_in_table
+    counters += tcounts
+    rows = ((serial * _ROW_MULT) + salt[tables]) & (MAX_ROWS - 1)
+    keys = (tables.astype(np.int64) << ROW_BITS) | rows
+    owner = np.repeat(np.arange(n_rows), counts)
+    window = cfg.spread * max(length, 1)  # a block's uses spread over `spread` block lengths
+    centre = rng.random(n_rows) * window
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    gaps = rng.lognormal(np.log(cfg.gap), cfg.sigma, size=length)
+    gaps[first] = 0.0
+    seg = np.cumsum(gaps)
+    seg -= seg[first]  # each row's uses start at its centre
+    pos = t + np.mod(centre[owner] + seg, window)
+    return keys[owner], pos, length
 
 
 def write_synth(cfg: SynthConfig, path: str | Path) -> int:

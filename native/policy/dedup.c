@@ -1,0 +1,59 @@
+/* Step building: deduplicate the keys of every step, keeping first appearances in order. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "simcore.h"
+
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
+int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
+                       int64_t *out_offsets)
+{
+    int64_t longest = 0;
+    for (int64_t s = 0; s < n_steps; s++)
+        if (bounds[s + 1] - bounds[s] > longest)
+            longest = bounds[s + 1] - bounds[s];
+    uint64_t size = 16;
+    while (size < (uint64_t)longest * 2)
+        size <<= 1;
+    int64_t *slot_key = malloc(size * sizeof(int64_t));
+    int64_t *slot_stamp = malloc(size * sizeof(int64_t));
+    if (!slot_key || !slot_stamp) {
+        free(slot_key);
+        free(slot_stamp);
+        return SC_ENOMEM;
+    }
+    memset(slot_stamp, 0xff, size * sizeof(int64_t));
+    uint64_t mask = size - 1;
+    int64_t o = 0;
+    out_offsets[0] = 0;
+    for (int64_t s = 0; s < n_steps; s++) {
+        for (int64_t i = bounds[s]; i < bounds[s + 1]; i++) {
+            int64_t k = keys[i];
+            uint64_t h = mix64((uint64_t)k) & mask;
+            for (;;) {
+                if (slot_stamp[h] != s) {
+                    slot_stamp[h] = s;
+                    slot_key[h] = k;
+                    out_keys[o++] = k;
+                    break;
+                }
+                if (slot_key[h] == k)
+                    break;
+                h = (h + 1) & mask;
+            }
+        }
+        out_offsets[s + 1] = o;
+    }
+    free(slot_key);
+    free(slot_stamp);
+    return o;
+}
