@@ -1,7 +1,8 @@
 """`recmg sim TRACE`: simulate policies on a trace under the protocol of DESIGN.md.
 
-    recmg sim TRACE --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
-        [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256] [--json|--markdown]
+    recmg sim TRACE [TRACE ...] --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
+        [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256]
+        [--json | --markdown] [--pivot on_demand]
 """
 
 from __future__ import annotations
@@ -11,7 +12,8 @@ import json
 import logging
 import sys
 
-from recmgd.sim import format_table, simulate
+from recmgd.sim import SimResult, format_table, simulate
+from recmgd.sim.results import format_pivot
 from recmgd.sim.runner import check_policies
 from recmgd.trace import open_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
@@ -30,7 +32,8 @@ def _floats(text: str) -> list[float]:
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", help="trace file (text, recmg binary, DLRM .pt, Criteo/Avazu CSV)")
+    parser.add_argument("trace", nargs="+",
+                        help="trace file(s) (text, recmg binary, DLRM .pt, Criteo/Avazu CSV)")
     parser.add_argument("--policies", default="lru,opt",
                         help="comma-separated policy names (default %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=[0.05, 0.1, 0.2],
@@ -49,13 +52,19 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="CSV logs: rows a table")
     parser.add_argument("--path", choices=["auto", "native", "python"], default="auto",
                         help="driver: C whole-trace loop where possible, or observe() per step")
-    out = parser.add_mutually_exclusive_group()
-    out.add_argument("--json", action="store_true", help="one JSON object a line per (policy, fraction)")
-    out.add_argument("--markdown", action="store_true", help="a markdown table")
+    parser.add_argument("--json", action="store_true", help="one JSON object a line per (policy, fraction)")
+    parser.add_argument("--markdown", action="store_true", help="tables in markdown")
+    parser.add_argument("--pivot", metavar="METRIC", default=None,
+                        help="one row per (trace, fraction), one column per policy, cells METRIC "
+                             "(e.g. on_demand, hit_rate, gap_closed)")
 
 
 def main(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
+    if args.pivot and args.pivot not in SimResult.__dataclass_fields__:
+        print(f"recmg sim: --pivot {args.pivot}: not a metric (known: "
+              f"{', '.join(SimResult.__dataclass_fields__)})", file=sys.stderr)
+        return 2
     if args.batch < 1:
         raise SystemExit("recmg sim: --batch must be >= 1")
     try:
@@ -67,12 +76,16 @@ def main(args: argparse.Namespace) -> int:
                                   "seed": args.seed, "model_dir": args.model, "threads": args.threads}
     if args.epochs is not None:
         options["epochs"] = args.epochs
-    trace = open_trace(args.trace, table_size=args.table_size)
-    results = simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
-                       row_bytes=args.row_bytes, options=options, path=args.path)
+    results = []
+    for path in args.trace:
+        trace = open_trace(path, table_size=args.table_size)
+        results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
+                            row_bytes=args.row_bytes, options=options, path=args.path)
     if args.json:
         for r in results:
             print(json.dumps(r.as_dict()))
+    elif args.pivot:
+        print(format_pivot(results, args.pivot, markdown=args.markdown))
     else:
         print(format_table(results, markdown=args.markdown))
     return 0

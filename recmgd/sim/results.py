@@ -80,3 +80,27 @@ def format_table(results: list[SimResult], markdown: bool = False) -> str:
         out.append("  ".join(c.rjust(w) if i > 1 else c.ljust(w)
                              for i, (c, w) in enumerate(zip(r, widths, strict=True))))
     return "\n".join(out)
+
+
+def format_pivot(results: list[SimResult], metric: str = "on_demand", markdown: bool = False) -> str:
+    """One row per (trace, fraction, capacity), one column per policy, cells = ``metric``."""
+    policies: list[str] = []
+    rows: dict[tuple[str, float, int], dict[str, Any]] = {}
+    for r in results:
+        if r.policy not in policies:
+            policies.append(r.policy)
+        rows.setdefault((r.trace, r.fraction, r.capacity), {})[r.policy] = r.as_dict()[metric]
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        return f"{v:,}" if isinstance(v, int) else f"{v:.4f}"
+
+    head = ["trace", "frac", "capacity", *policies]
+    body = [[t, f"{f:.2f}", f"{c:,}", *(cell(v.get(p)) for p in policies)] for (t, f, c), v in rows.items()]
+    if markdown:
+        lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in body])
+    widths = [max(len(h), *(len(r[i]) for r in body)) if body else len(h) for i, h in enumerate(head)]
+    return "\n".join("  ".join(c.rjust(w) if i > 0 else c.ljust(w) for i, (c, w) in
+                               enumerate(zip(r, widths, strict=True))) for r in [head, *body])
