@@ -1,0 +1,89 @@
+"""`recmg train TRACE --out DIR`: train the RecMG caching and prefetching models on the first half of a
+trace (and the Voyager baseline with --voyager) and write a versioned checkpoint directory."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+import numpy as np
+import torch
+
+from recmgd.trace.steps import Steps
+
+log = logging.getLogger(__name__)
+
+
+def set_argparser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("trace", metavar="TRACE", help="trace file (table row sample per line)")
+    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    parser.add_argument("--fraction", type=float, default=0.1,
+                        help="fast-tier capacity as a fraction of the trace's unique rows (default 0.1)")
+    parser.add_argument("--batch-size", "-b", type=int, default=16, dest="step_batch",
+                        help="samples per step (default 16)")
+    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
+    parser.add_argument("--batch", type=int, default=256, help="training minibatch (default 256)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--loss", choices=("chamfer", "ce"), default="chamfer",
+                        help="prefetching model's loss: the Chamfer set loss or plain cross-entropy")
+    parser.add_argument("--voyager", action="store_true", help="also train the Voyager baseline")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+
+
+def read_steps(path: str, batch: int) -> Steps:
+    """The protocol's steps of a trace file (any format the trace package reads)."""
+    from recmgd.trace import open_trace
+
+    return open_trace(path).steps(batch)
+
+
+class _Bar:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.stage = ""
+
+    def __call__(self, stage: str, done: int, total: int, loss: float, rate: float) -> None:
+        if not self.enabled:
+            return
+        if stage != self.stage and self.stage:
+            sys.stderr.write("\n")
+        self.stage = stage
+        width = 30
+        fill = int(width * done / max(total, 1))
+        sys.stderr.write(f"\r{stage:9s} [{'#' * fill}{'.' * (width - fill)}] {done}/{total} "
+                         f"loss {loss:.4f} {rate:,.0f} lookups/s ")
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        if self.enabled and self.stage:
+            sys.stderr.write("\n")
+
+
+def main(args: argparse.Namespace) -> int:
+    from recmgd.models import checkpoint
+    from recmgd.models.train import TrainConfig, train_models
+
+    torch.set_num_threads(max(1, args.threads))
+    steps = read_steps(args.trace, args.step_batch)
+    lst = steps.as_list()
+    half = len(lst) // 2
+    n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
+    capacity = max(1, int(args.fraction * n_unique))
+    cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
+    which = ["cache", "prefetch"] + (["voyager"] if args.voyager else [])
+    bar = _Bar(sys.stderr.isatty() and not args.quiet)
+    if not args.quiet:
+        print(f"training {', '.join(which)} on {half} of {len(lst)} steps "
+              f"({sum(len(s) for s in lst[:half]):,} lookups), capacity {capacity} rows")
+    t0 = time.perf_counter()
+    trained = train_models(lst[:half], capacity, cfg, which=which, progress=bar)
+    bar.close()
+    meta = {"trace": args.trace, "fraction": args.fraction, "step_batch": args.step_batch,
+            "train_steps": half, "unique_rows": n_unique}
+    out = checkpoint.save(trained, args.out, meta=meta)
+    if not args.quiet:
+        print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
+    return 0

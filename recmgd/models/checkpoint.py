@@ -1,0 +1,116 @@
+"""Versioned checkpoint directories: ``config.json`` (format and feature versions, model shapes, training
+config) + ``weights.pt`` (state dicts) + ``keys.npz`` (the row keys the learned embeddings belong to).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmgd.errors import ModelError
+from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
+from recmgd.models.nets import CacheNet, PrefetchNet
+from recmgd.models.train import TrainConfig, Trained
+from recmgd.models.voyager_net import VoyagerNet
+
+log = logging.getLogger(__name__)
+
+FORMAT = "recmg-models"
+FORMAT_VERSION = 1
+
+
+def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] | None = None) -> Path:
+    """Write a checkpoint directory (created if missing; existing files are replaced)."""
+    d = Path(out)
+    d.mkdir(parents=True, exist_ok=True)
+    models: dict[str, dict[str, object]] = {}
+    weights: dict[str, dict[str, torch.Tensor]] = {}
+    keys: dict[str, np.ndarray] = {}
+    if trained.cache is not None:
+        models["cache"] = {"hidden": trained.cache.hidden}
+        weights["cache"] = trained.cache.state_dict()
+    if trained.prefetch is not None and trained.prefetch_keys is not None:
+        p = trained.prefetch
+        models["prefetch"] = {"n_rows": p.n_rows, "dim": p.dim, "queries": p.queries,
+                              "loss": trained.config.prefetch_loss, "window": trained.config.window}
+        weights["prefetch"] = p.state_dict()
+        keys["prefetch"] = trained.prefetch_keys
+    if trained.voyager is not None and trained.voyager_keys is not None:
+        v = trained.voyager
+        models["voyager"] = {"n_rows": v.n_rows, "hidden": v.hidden}
+        weights["voyager"] = v.state_dict()
+        keys["voyager"] = trained.voyager_keys
+    config = {
+        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "feature_version": FEATURE_VERSION, "features": list(FEATURE_NAMES),
+        "capacity": trained.capacity, "models": models,
+        "train": dataclasses.asdict(trained.config), "stats": trained.stats, "meta": meta or {},
+    }
+    torch.save(weights, d / "weights.pt")
+    np.savez(d / "keys.npz", **keys)
+    (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    log.info("saved checkpoint %s (%s)", d, ", ".join(models))
+    return d
+
+
+def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
+    """The checked config of a checkpoint directory; ModelError on anything missing or mismatched."""
+    d = Path(path)
+    f = d / "config.json"
+    if not f.is_file():
+        raise ModelError(f"{d}: not a recmg checkpoint (no config.json)")
+    try:
+        cfg = json.loads(f.read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"{f}: unreadable config: {exc}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ModelError(f"{f}: not a recmg model checkpoint (format {cfg.get('format')!r})")
+    if cfg.get("format_version") != FORMAT_VERSION:
+        raise ModelError(f"{f}: checkpoint format version {cfg.get('format_version')} but this recmg reads "
+                         f"version {FORMAT_VERSION}; retrain with `recmg train`")
+    if cfg.get("feature_version") != FEATURE_VERSION or cfg.get("features") != list(FEATURE_NAMES):
+        raise ModelError(f"{f}: checkpoint feature version {cfg.get('feature_version')} but this recmg "
+                         f"computes feature version {FEATURE_VERSION}; retrain with `recmg train`")
+    return cfg
+
+
+def load(path: str | os.PathLike[str]) -> Trained:
+    """Load a checkpoint directory written by :func:`save`."""
+    d = Path(path)
+    cfg = read_config(d)
+    try:
+        weights = torch.load(d / "weights.pt", map_location="cpu", weights_only=True)
+        keys = dict(np.load(d / "keys.npz"))
+    except Exception as exc:  # noqa: BLE001 - any corruption is a ModelError
+        raise ModelError(f"{d}: cannot read weights: {exc}") from None
+    models = cfg["models"]
+    assert isinstance(models, dict)
+    tc = TrainConfig(**{k: v for k, v in dict(cfg.get("train") or {}).items()
+                        if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    out = Trained(capacity=int(cfg.get("capacity", 0)), config=tc)
+    try:
+        if "cache" in models:
+            out.cache = CacheNet(hidden=int(models["cache"]["hidden"]))
+            out.cache.load_state_dict(weights["cache"])
+            out.cache.eval()
+        if "prefetch" in models:
+            m = models["prefetch"]
+            out.prefetch = PrefetchNet(int(m["n_rows"]), dim=int(m["dim"]), queries=int(m["queries"]))
+            out.prefetch.load_state_dict(weights["prefetch"])
+            out.prefetch.eval()
+            out.prefetch_keys = keys["prefetch"]
+        if "voyager" in models:
+            m = models["voyager"]
+            out.voyager = VoyagerNet(int(m["n_rows"]), hidden=int(m["hidden"]))
+            out.voyager.load_state_dict(weights["voyager"])
+            out.voyager.eval()
+            out.voyager_keys = keys["voyager"]
+    except (KeyError, RuntimeError, TypeError, ValueError) as exc:
+        raise ModelError(f"{d}: weights do not match config.json: {exc}") from None
+    return out

@@ -1,0 +1,167 @@
+"""Per-row history features that generalise to rows never seen in training.
+
+A row is described by what happened to it, never by its id: gaps since its last uses, how often it was
+used, exponentially decayed use counters at three half-lives, its age, and its table. All state lives in
+dense numpy arrays indexed by a dense id that :class:`KeyIndex` assigns to each key on first sight, so a
+batch of keys is featurised with a handful of vectorised numpy operations.
+
+The same :class:`RowHistory` is run step by step in training and in the live policy, so the features
+the models see at inference are exactly the ones they were trained on.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from recmgd.keys import ROW_BITS
+
+#: bump whenever the meaning or order of the feature columns changes (checked on checkpoint load)
+FEATURE_VERSION = 1
+#: previous gaps kept per row
+N_GAPS = 4
+#: half-lives (in steps) of the decayed use counters
+HALF_LIVES = (4.0, 64.0, 1024.0)
+#: tables get one embedding each, ids folded modulo this
+N_TABLE_SLOTS = 32
+
+FEATURE_NAMES: tuple[str, ...] = (
+    ("is_new", "log_gap", "log_count", "log_age")
+    + tuple(f"log_prev_gap{i}" for i in range(N_GAPS))
+    + tuple(f"log_decay_{int(h)}" for h in HALF_LIVES)
+    + ("log_mean_gap", "gap_over_mean")
+)
+N_FEATURES = len(FEATURE_NAMES)
+
+
+class KeyIndex:
+    """Maps int64 keys to dense ids 0, 1, 2, ... in order of first sight."""
+
+    def __init__(self) -> None:
+        self._ids: dict[int, int] = {}
+        self._keys = np.zeros(1024, np.int64)
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def lookup(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of known keys, -1 for unknown ones."""
+        get = self._ids.get
+        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+
+    def get_or_add(self, keys: np.ndarray) -> np.ndarray:
+        """Ids of keys, assigning new ids to keys never seen (keys must be distinct)."""
+        ids = self._ids
+        get = ids.get
+        out = np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        new = np.flatnonzero(out < 0)
+        if len(new):
+            n0 = self._n
+            n1 = n0 + len(new)
+            if n1 > len(self._keys):
+                k = np.zeros(max(n1, 2 * len(self._keys)), np.int64)
+                k[:n0] = self._keys[:n0]
+                self._keys = k
+            fresh = keys[new]
+            self._keys[n0:n1] = fresh
+            ids.update(zip(fresh.tolist(), range(n0, n1), strict=True))
+            out[new] = np.arange(n0, n1)
+            self._n = n1
+        return out
+
+    def keys_of(self, ids: np.ndarray) -> np.ndarray:
+        """The keys of dense ids."""
+        return self._keys[ids]
+
+    def all_keys(self) -> np.ndarray:
+        return self._keys[: self._n].copy()
+
+
+class RowHistory:
+    """Dense per-row history: last use, first use, count, previous gaps, decayed counters."""
+
+    def __init__(self, initial: int = 1024) -> None:
+        self.index = KeyIndex()
+        self._cap = 0
+        self.last = np.zeros(0, np.int64)
+        self.first = np.zeros(0, np.int64)
+        self.count = np.zeros(0, np.float32)
+        self.gaps = np.zeros((0, N_GAPS), np.float32)
+        self.gapsum = np.zeros(0, np.float32)
+        self.dec = np.zeros((0, len(HALF_LIVES)), np.float32)
+        self.table = np.zeros(0, np.int64)
+        self._decay_rate = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)
+        self._grow(initial)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _grow(self, need: int) -> None:
+        if need <= self._cap:
+            return
+        cap = max(need, 2 * self._cap, 1024)
+
+        def ext(a: np.ndarray, fill: float) -> np.ndarray:
+            b = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
+            b[: len(a)] = a
+            return b
+
+        self.last = ext(self.last, -1)
+        self.first = ext(self.first, -1)
+        self.count = ext(self.count, 0)
+        self.gaps = ext(self.gaps, 0)
+        self.gapsum = ext(self.gapsum, 0)
+        self.dec = ext(self.dec, 0)
+        self.table = ext(self.table, 0)
+        self._cap = cap
+
+    def ids(self, keys: np.ndarray) -> np.ndarray:
+        """Dense ids of keys (new keys get new, empty rows)."""
+        n0 = len(self.index)
+        ids = self.index.get_or_add(keys)
+        n1 = len(self.index)
+        if n1 > n0:
+            self._grow(n1)
+            self.table[n0:n1] = self.index.keys_of(np.arange(n0, n1)) >> ROW_BITS
+        return ids
+
+    def features(self, ids: np.ndarray, now: int) -> np.ndarray:
+        """Feature matrix (len(ids) x N_FEATURES, float32) of rows as of step ``now`` (before its use)."""
+        last = self.last[ids]
+        seen = last >= 0
+        gap = np.where(seen, now - last, 0).astype(np.float32)
+        count = self.count[ids]
+        f = np.empty((len(ids), N_FEATURES), np.float32)
+        f[:, 0] = ~seen
+        f[:, 1] = np.log1p(gap)
+        f[:, 2] = np.log1p(count)
+        f[:, 3] = np.log1p(np.where(seen, now - self.first[ids], 0))
+        f[:, 4 : 4 + N_GAPS] = self.gaps[ids]
+        decay = np.exp(-gap[:, None] * self._decay_rate[None, :])
+        o = 4 + N_GAPS
+        f[:, o : o + len(HALF_LIVES)] = np.log1p(self.dec[ids] * decay)
+        o += len(HALF_LIVES)
+        ngaps = np.maximum(count - 1, 1)
+        mean_gap = np.where(count > 1, self.gapsum[ids] / ngaps, 0)
+        f[:, o] = np.log1p(mean_gap)
+        f[:, o + 1] = np.where(count > 1, np.log1p(gap) - np.log1p(mean_gap), 0)
+        return f
+
+    def tables(self, ids: np.ndarray) -> np.ndarray:
+        """Table slot (table id modulo N_TABLE_SLOTS) of each row."""
+        return self.table[ids] % N_TABLE_SLOTS
+
+    def update(self, ids: np.ndarray, now: int) -> None:
+        """Record one use at step ``now`` of each (distinct) row."""
+        last = self.last[ids]
+        seen = last >= 0
+        gap = np.where(seen, now - last, 0).astype(np.float32)
+        g = self.gaps[ids]
+        g[seen, 1:] = g[seen, :-1]
+        g[seen, 0] = np.log1p(gap[seen])
+        self.gaps[ids] = g
+        self.gapsum[ids] += gap
+        self.dec[ids] = self.dec[ids] * np.exp(-gap[:, None] * self._decay_rate[None, :]) + 1.0
+        self.count[ids] += 1
+        self.first[ids] = np.where(seen, self.first[ids], now)
+        self.last[ids] = now

@@ -1,0 +1,350 @@
+"""The learned policies: ``recmg-cache``, ``recmg-prefetch``, ``recmg`` and the ML baseline ``voyager``.
+
+All four share one residency manager. Every resident row carries a priority *level* and a *stamp* (the
+step of its last use); when rows must go, the lowest (level, stamp) go first, so with a single level the
+manager is exactly LRU. The caching model sets a row's level from its keep-probability at each access
+(quantised, so LRU order breaks ties) and bypasses missed rows it predicts OPT would not keep. The
+prefetchers add rows that are not resident; prefetched rows are stamped as most recent.
+
+Per-row state is dense numpy arrays indexed by :class:`~recmgd.models.features.RowHistory` ids, and the
+models score a whole step's batch of rows with a few numpy matrix products (no torch at inference).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import deque
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from recmgd.errors import ModelError
+from recmgd.models import checkpoint
+from recmgd.models.features import RowHistory
+from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
+from recmgd.models.train import TrainConfig, Trained, train_models
+from recmgd.models.voyager_net import NumpyVoyager
+from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, register
+
+log = logging.getLogger(__name__)
+
+class _Residency:
+    """Which rows the policy believes resident, and in which order they go.
+
+    Order ``"level"``: keep score = level + stamp (level in steps of LRU age; all 0 = LRU).
+    Order ``"nextuse"``: keep score = -(estimated next use), where a row whose estimate has passed is
+    re-estimated as now + its age (a row unused for a while stays unused for a while); stamp breaks ties.
+    """
+
+    def __init__(self, capacity: int, order: str = "level") -> None:
+        self.capacity = capacity
+        self.order = order
+        self.resident = np.zeros(0, bool)
+        self.level = np.zeros(0, np.float64)
+        self.stamp = np.zeros(0, np.float64)
+        self.nxt = np.zeros(0, np.float64)
+        self.n = 0
+
+    def grow(self, n: int) -> None:
+        if n <= len(self.resident):
+            return
+        cap = max(n, 2 * len(self.resident), 1024)
+        for name, fill in (("resident", False), ("level", 0.0), ("stamp", -1.0), ("nxt", 0.0)):
+            a = getattr(self, name)
+            b = np.full(cap, fill, dtype=a.dtype)
+            b[: len(a)] = a
+            setattr(self, name, b)
+
+    def set_resident(self, ids: np.ndarray, on: bool) -> None:
+        if len(ids):
+            ids = ids[self.resident[ids] != on]
+            self.resident[ids] = on
+            self.n += len(ids) if on else -len(ids)
+
+    def keep_score(self, ids: np.ndarray, now: float) -> np.ndarray:
+        stamp = self.stamp[ids]
+        if self.order == "nextuse":
+            nxt = self.nxt[ids]
+            eff = np.where(nxt >= now, nxt, now + (now - stamp))
+            return -eff + 1e-3 * stamp
+        return self.level[ids] + stamp
+
+    def plan(self, new: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
+        """Fit ``new`` (non-resident ids whose level/stamp/nxt are set) into the capacity.
+
+        Returns (evicted resident ids, inserted new ids): the rows kept are those with the highest keep
+        score among the residents and the new rows.
+        """
+        over = self.n + len(new) - self.capacity
+        if over <= 0:
+            return EMPTY_KEYS, new
+        res = np.flatnonzero(self.resident)
+        keys = np.concatenate([self.keep_score(res, now), self.keep_score(new, now) + 1e-4])
+        if over >= len(keys):
+            drop = np.arange(len(keys))
+        else:
+            drop = np.argpartition(keys, over - 1)[:over]
+        is_new = drop >= len(res)
+        evict = res[drop[~is_new]]
+        dropped_new = np.zeros(len(new), bool)
+        dropped_new[drop[is_new] - len(res)] = True
+        return evict, new[~dropped_new]
+
+
+class LearnedPolicy(Policy):
+    """Common driver of the four learned policies."""
+
+    learned = True
+    use_cache_model = False
+    prefetcher: str | None = None  # "recmg" or "voyager"
+    models_needed: tuple[str, ...] = ()
+
+    def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
+                 threads: int = 1, epochs: int = 4, levels: int = 4, bypass: float = 0.5,
+                 prefetch_threshold: float = 0.0, prefetch_level: float | None = None,
+                 pool_size: int = 512, refresh: int = 32, ghost: int = 256,
+                 voyager_min_prob: float = 0.01, horizon: float = 16.0, order: str = "level",
+                 train_config: TrainConfig | None = None) -> None:
+        if order not in ("level", "nextuse"):
+            raise ValueError(f"order must be 'level' or 'nextuse', got {order!r}")
+        self.order = order
+        self.prefetch_budget = int(prefetch_budget)
+        self.seed = int(seed)
+        self.model_dir = model_dir
+        self.threads = max(1, int(threads))
+        self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
+        self.levels = int(levels)
+        self.bypass = float(bypass)
+        self.prefetch_threshold = float(prefetch_threshold)
+        self.prefetch_level = float(levels // 2 if prefetch_level is None else prefetch_level)
+        self.pool_size, self.refresh, self.ghost_size = int(pool_size), int(refresh), int(ghost)
+        self.voyager_min_prob = float(voyager_min_prob)
+        self.horizon = float(horizon)
+        self._step_len = 0.0
+        self.trained: Trained | None = None
+        self._np_cache: NumpyCacheNet | None = None
+        self._np_pref: NumpyPrefetchNet | None = None
+        self._np_voy: NumpyVoyager | None = None
+        self._model_index: dict[int, int] = {}
+        if model_dir is not None and os.path.isfile(os.path.join(model_dir, "config.json")):
+            self.load(model_dir)
+        self.reset(0)
+
+    # ---------------------------------------------------------------------------------- models
+    def load(self, model_dir: str) -> None:
+        t = checkpoint.load(model_dir)
+        missing = [m for m in self.models_needed if getattr(t, m) is None]
+        if missing:
+            raise ModelError(f"{model_dir}: checkpoint has no {', '.join(missing)} model, needed by "
+                             f"policy {self.name!r}; train it with `recmg train`")
+        self._install(t)
+        log.info("%s: loaded models from %s", self.name, model_dir)
+
+    def _install(self, t: Trained) -> None:
+        self.trained = t
+        with torch.no_grad():
+            self._np_cache = NumpyCacheNet(t.cache) if t.cache is not None else None
+            self._np_pref = NumpyPrefetchNet(t.prefetch) if t.prefetch is not None else None
+            self._np_voy = NumpyVoyager(t.voyager) if t.voyager is not None else None
+        keys = t.voyager_keys if self.prefetcher == "voyager" else t.prefetch_keys
+        self._model_keys = keys if keys is not None else np.zeros(0, np.int64)
+        self._model_index = {k: i for i, k in enumerate(self._model_keys.tolist())}
+
+    def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:
+        if self.trained is not None:
+            if self.trained.capacity and self.trained.capacity != capacity:
+                log.warning("%s: models were trained for capacity %d, used at %d", self.name,
+                            self.trained.capacity, capacity)
+            return
+        torch.set_num_threads(self.threads)
+        t = train_models(list(steps), capacity, self.cfg, which=self.models_needed)
+        t.stats["mean_step_len"] = float(np.mean([len(s) for s in steps])) if len(steps) else 1.0
+        if self.model_dir is not None:
+            checkpoint.save(t, self.model_dir)
+        self._install(t)
+
+    # ---------------------------------------------------------------------------------- stepping
+    def reset(self, capacity: int) -> None:
+        self.capacity = int(capacity)
+        step_len = self.trained.stats.get("mean_step_len", 16.0) if self.trained is not None else 16.0
+        # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
+        self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
+        self.hist = RowHistory()
+        self.res = _Residency(self.capacity, self.order if self.use_cache_model else "level")
+        self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
+        self.t = 0
+        self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
+        self.ghost = np.zeros(0, np.int64)
+        self.pool = np.zeros(0, np.int64)
+        if self._np_voy is not None:
+            self._np_voy.reset()
+
+    def rejected(self, keys: np.ndarray) -> None:
+        ids = self.hist.index.lookup(np.asarray(keys, np.int64))
+        self.res.set_resident(ids[ids >= 0], False)
+
+    def _ids(self, keys: np.ndarray) -> np.ndarray:
+        n0 = len(self.hist)
+        ids = self.hist.ids(keys)
+        n1 = len(self.hist)
+        if n1 > n0:
+            self.res.grow(n1)
+            if len(self.mid) < n1:
+                m = np.full(max(n1, 2 * len(self.mid), 1024), -1, np.int64)
+                m[: len(self.mid)] = self.mid
+                self.mid = m
+            unknown = len(self._model_keys)
+            get = self._model_index.get
+            new_keys = self.hist.index.keys_of(np.arange(n0, n1))
+            self.mid[n0:n1] = np.fromiter((get(k, unknown) for k in new_keys.tolist()), np.int64, n1 - n0)
+        return ids
+
+    def observe(self, view: StepView) -> Decision:
+        b = self.t
+        self.t += 1
+        keys = np.asarray(view.keys, np.int64)
+        hit = np.asarray(view.hit, bool)
+        ids = self._ids(keys)
+        res = self.res
+        # the driver's view is the truth
+        res.set_resident(ids[hit], True)
+        res.set_resident(ids[~hit], False)
+        now = b + 1
+        if self.use_cache_model and self._np_cache is not None and len(ids):
+            out = self._np_cache(self.hist.features(ids, b), self.hist.tables(ids))
+            p = 1.0 / (1.0 + np.exp(-out[:, 0]))
+            lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
+            res.nxt[ids] = b + np.maximum(np.expm1(out[:, 1]), 1.0)
+        else:
+            p = np.ones(len(ids))
+            lvl = np.zeros(len(ids))
+        self.hist.update(ids, b)
+        res.level[ids] = lvl
+        res.stamp[ids] = b
+        missed = ~hit
+        if self.use_cache_model:
+            free = res.capacity - res.n
+            admit_mask = missed & (p >= self.bypass)
+            if free > 0:  # room left: admit the best of the bypassed too
+                rest = np.flatnonzero(missed & ~admit_mask)
+                rest = rest[np.argsort(-p[rest], kind="stable")][:free]
+                admit_mask[rest] = True
+        else:
+            admit_mask = missed
+        adm = ids[admit_mask]
+        pf = self._prefetch(b, ids)
+        if len(pf):
+            # prefetches are inserted after admissions (most recent), predicted used within the window
+            res.level[pf] = self.prefetch_level * self._unit if self.use_cache_model else 0.0
+            res.stamp[pf] = b + 0.5
+            res.nxt[pf] = now + self.cfg.window / 2
+            new = np.concatenate([adm, pf])
+        else:
+            new = adm
+        evict, ins = res.plan(new, now)
+        res.set_resident(evict, False)
+        res.set_resident(ins, True)
+        for_pf = np.isin(ins, pf) if len(pf) else np.zeros(len(ins), bool)
+        if len(evict) and self.ghost_size:
+            self.ghost = np.concatenate([self.ghost, evict])[-self.ghost_size :]
+        self.recent.append(ids)
+        idx = self.hist.index
+        return Decision(evict=idx.keys_of(evict), admit=idx.keys_of(ins[~for_pf]),
+                        prefetch=idx.keys_of(ins[for_pf]))
+
+    # ---------------------------------------------------------------------------------- prefetchers
+    def _prefetch(self, b: int, ids: np.ndarray) -> np.ndarray:
+        if self.prefetch_budget <= 0 or self.capacity <= 0:
+            return EMPTY_KEYS
+        if self.prefetcher == "recmg" and self._np_pref is not None:
+            return self._prefetch_recmg(b, ids)
+        if self.prefetcher == "voyager" and self._np_voy is not None:
+            return self._prefetch_voyager(ids)
+        return EMPTY_KEYS
+
+    def _prefetch_recmg(self, b: int, ids: np.ndarray) -> np.ndarray:
+        net = self._np_pref
+        assert net is not None
+        h = self.hist
+        now = b + 1
+        n = len(h)
+        if b % self.refresh == 0 or not len(self.pool):
+            # candidate pool: the known rows whose history alone makes a near reuse most likely
+            allids = np.arange(n)
+            cand = allids[~self.res.resident[:n]]
+            if len(cand):
+                f = h.features(cand, now)
+                hid = np.maximum(f @ net.p1w + net.p1b, 0)
+                prior = hid @ net.p2w
+                k = min(self.pool_size, len(cand))
+                self.pool = cand[np.argpartition(-prior, k - 1)[:k]]
+        cand = np.unique(np.concatenate([self.pool, self.ghost]))
+        cand = cand[~self.res.resident[cand]]
+        if not len(cand):
+            return EMPTY_KEYS
+        cand = cand[~np.isin(cand, ids)]
+        if not len(cand):
+            return EMPTY_KEYS
+        now_r = net.rep(self.mid[ids], h.features(ids, now), h.tables(ids)).mean(0)
+        past = np.concatenate(list(self.recent)) if len(self.recent) else ids
+        past_r = net.rep(self.mid[past], h.features(past, now), h.tables(past)).mean(0)
+        q = net.query(now_r, past_r)
+        fc = h.features(cand, now)
+        s = net.score(q, net.rep(self.mid[cand], fc, h.tables(cand)), fc)
+        ok = np.flatnonzero(s > self.prefetch_threshold)
+        if not len(ok):
+            return EMPTY_KEYS
+        ok = ok[np.argsort(-s[ok], kind="stable")][: self.prefetch_budget]
+        return cand[ok]
+
+    def _prefetch_voyager(self, ids: np.ndarray) -> np.ndarray:
+        v = self._np_voy
+        assert v is not None
+        v.feed(self.mid[ids])
+        top, lp = v.top(self.prefetch_budget + len(ids))
+        top = top[lp >= np.log(max(self.voyager_min_prob, 1e-12))]
+        if not len(top):
+            return EMPTY_KEYS
+        hid = self._ids(self._model_keys[top])
+        hid = hid[~self.res.resident[hid]]
+        hid = hid[~np.isin(hid, ids)]
+        return hid[: self.prefetch_budget]
+
+
+@register("recmg-cache")
+class RecmgCache(LearnedPolicy):
+    """The caching model alone: keep-priority and bypass from OPT labels, LRU tiebreak; no prefetch."""
+
+    name = "recmg-cache"
+    use_cache_model = True
+    models_needed = ("cache",)
+
+
+@register("recmg-prefetch")
+class RecmgPrefetch(LearnedPolicy):
+    """LRU plus the prefetching model."""
+
+    name = "recmg-prefetch"
+    prefetcher = "recmg"
+    models_needed = ("prefetch",)
+
+
+@register("recmg")
+class Recmg(LearnedPolicy):
+    """RecMG: the caching model and the prefetching model together."""
+
+    name = "recmg"
+    use_cache_model = True
+    prefetcher = "recmg"
+    models_needed = ("cache", "prefetch")
+
+
+@register("voyager")
+class Voyager(LearnedPolicy):
+    """ML baseline: a Voyager-style LSTM next-access prefetcher at row granularity, on LRU."""
+
+    name = "voyager"
+    prefetcher = "voyager"
+    models_needed = ("voyager",)

@@ -1,0 +1,361 @@
+"""Training: datasets built by replaying the training steps, and the training loops of the three models.
+
+Everything is deterministic for a given seed (numpy Generator + torch.manual_seed, one thread unless
+the caller sets more).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from recmgd.models.features import N_FEATURES, RowHistory
+from recmgd.models.labels import opt_labels
+from recmgd.models.nets import CacheNet, PrefetchNet
+from recmgd.models.voyager_net import VoyagerNet
+from recmgd.oracle import NEVER, next_use
+from recmgd.trace.steps import as_steps
+
+log = logging.getLogger(__name__)
+
+#: progress(stage, done, total, loss, lookups_per_s)
+Progress = Callable[[str, int, int, float, float], None]
+
+
+def _noop(stage: str, done: int, total: int, loss: float, rate: float) -> None:
+    pass
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 4
+    batch: int = 256
+    seed: int = 0
+    window: int = 4  # prefetch lookahead W (steps)
+    prefetch_loss: str = "chamfer"  # or "ce"
+    dim: int = 16
+    queries: int = 4
+    max_pos: int = 32
+    n_rand: int = 48
+    n_recent: int = 48
+    n_pop: int = 32
+    ctx_now: int = 48
+    ctx_past: int = 96
+    past_steps: int = 3
+    max_samples: int = 4000
+    voyager_epochs: int = 2
+    voyager_seq: int = 64
+    voyager_hidden: int = 64
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+# ----------------------------------------------------------------------------------------- caching model
+def cache_dataset(steps: Sequence[np.ndarray], keep: Sequence[np.ndarray]
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Features at each access (before it), table slots and targets (N x 2: OPT keep label,
+    log1p(steps to the next use), capped at twice the trace length for rows never used again)."""
+    hist = RowHistory()
+    xs, ts = [], []
+    for b, keys in enumerate(steps):
+        ids = hist.ids(keys)
+        xs.append(hist.features(ids, b))
+        ts.append(hist.tables(ids))
+        hist.update(ids, b)
+    x = np.concatenate(xs) if xs else np.zeros((0, N_FEATURES), np.float32)
+    t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
+    y = np.zeros((len(x), 2), np.float32)
+    if len(keep):
+        y[:, 0] = np.concatenate(keep)
+        nu = next_use(as_steps(steps)).astype(np.float64)
+        here = as_steps(steps).step_of()
+        gap = np.where(nu >= NEVER, 2.0 * len(steps), nu - here)
+        y[:, 1] = np.log1p(gap)
+    return x, t, y
+
+
+def train_cache(x: np.ndarray, t: np.ndarray, y: np.ndarray, cfg: TrainConfig,
+                progress: Progress = _noop) -> CacheNet:
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng(cfg.seed)
+    net = CacheNet()
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    xt, tt, yt = torch.from_numpy(x), torch.from_numpy(t), torch.from_numpy(y)
+    n = len(y)
+    bce = nn.BCEWithLogitsLoss()
+    total = cfg.epochs * max(1, (n + cfg.batch - 1) // cfg.batch)
+    done, t0, ema = 0, time.perf_counter(), None
+    for _ in range(cfg.epochs):
+        perm = torch.from_numpy(rng.permutation(n))
+        for s in range(0, n, cfg.batch):
+            idx = perm[s : s + cfg.batch]
+            out = net(xt[idx], tt[idx])
+            loss = bce(out[:, 0], yt[idx, 0]) + 0.1 * ((out[:, 1] - yt[idx, 1]) ** 2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if done % 20 == 0 or done == total:
+                progress("cache", done, total, ema, done * cfg.batch / max(time.perf_counter() - t0, 1e-9))
+    net.eval()
+    return net
+
+
+# ------------------------------------------------------------------------------------- prefetching model
+@dataclass
+class PrefetchData:
+    cand_ids: np.ndarray  # (S, M) model ids (n_rows = unknown / padding)
+    cand_x: np.ndarray  # (S, M, F)
+    cand_t: np.ndarray  # (S, M)
+    label: np.ndarray  # (S, M) 1 = OPT misses it within W steps
+    weight: np.ndarray  # (S, M) loss weight (0 = padding)
+    now_ids: np.ndarray  # (S, A)
+    now_x: np.ndarray
+    now_t: np.ndarray
+    now_m: np.ndarray  # (S, A) mask
+    past_ids: np.ndarray
+    past_x: np.ndarray
+    past_t: np.ndarray
+    past_m: np.ndarray
+    keys: np.ndarray  # model id -> key
+
+
+def _sample(rng: np.random.Generator, a: np.ndarray, k: int) -> np.ndarray:
+    return a if len(a) <= k else rng.choice(a, size=k, replace=False)
+
+
+def prefetch_dataset(steps: Sequence[np.ndarray], miss: Sequence[np.ndarray], cfg: TrainConfig
+                     ) -> PrefetchData:
+    """Replay the training steps; at sampled steps record candidates, their labels and the context."""
+    rng = np.random.default_rng(cfg.seed + 1)
+    H, W = len(steps), cfg.window
+    hist = RowHistory()
+    for b in range(H):  # first pass: assign every id (model ids = ids in order of first sight)
+        hist.ids(steps[b])
+    n_rows = len(hist)
+    keys_all = hist.index.all_keys()
+    index = hist.index
+    step_ids = [index.lookup(s) for s in steps]
+    miss_ids = [ids[m] for ids, m in zip(step_ids, miss, strict=True)]
+    hist = RowHistory()
+    first_seen = np.full(n_rows, H, np.int64)
+    for b in range(H):
+        fresh = step_ids[b][first_seen[step_ids[b]] == H]
+        first_seen[fresh] = b
+    lens = np.array([len(s) for s in step_ids])
+    flat = np.concatenate(step_ids) if H else np.zeros(0, np.int64)
+    ends = np.cumsum(lens)
+    usable = [b for b in range(cfg.past_steps, H - W)]
+    stride = max(1, len(usable) // cfg.max_samples)
+    chosen = set(usable[::stride][: cfg.max_samples])
+    M = cfg.max_pos + cfg.n_rand + cfg.n_recent + cfg.n_pop
+    S = len(chosen)
+    F = N_FEATURES
+    d = PrefetchData(
+        cand_ids=np.full((S, M), n_rows, np.int64), cand_x=np.zeros((S, M, F), np.float32),
+        cand_t=np.zeros((S, M), np.int64), label=np.zeros((S, M), np.float32),
+        weight=np.zeros((S, M), np.float32),
+        now_ids=np.full((S, cfg.ctx_now), n_rows, np.int64), now_x=np.zeros((S, cfg.ctx_now, F), np.float32),
+        now_t=np.zeros((S, cfg.ctx_now), np.int64), now_m=np.zeros((S, cfg.ctx_now), np.float32),
+        past_ids=np.full((S, cfg.ctx_past), n_rows, np.int64),
+        past_x=np.zeros((S, cfg.ctx_past, F), np.float32),
+        past_t=np.zeros((S, cfg.ctx_past), np.int64), past_m=np.zeros((S, cfg.ctx_past), np.float32),
+        keys=keys_all)
+    # history.ids() must give the same ids as the first pass: feed steps in the same order
+    s = 0
+    for b in range(H):
+        ids = hist.ids(steps[b])
+        hist.update(ids, b)
+        if b not in chosen:
+            continue
+        now = b + 1
+        known = int(ends[b])  # lookups so far
+        n_known = len(hist)
+        fut = np.unique(np.concatenate(miss_ids[b + 1 : b + 1 + W]))
+        fut = fut[(first_seen[fut] <= b)]
+        fut = np.setdiff1d(fut, ids, assume_unique=True)
+        pos = _sample(rng, fut, cfg.max_pos)
+        rand = rng.integers(0, n_known, cfg.n_rand)
+        lo = int(ends[max(0, b - 4 * W)]) if b - 4 * W >= 0 else 0
+        recent = flat[rng.integers(lo, known, cfg.n_recent)] if known > lo else rand[: cfg.n_recent]
+        pop = flat[rng.integers(0, known, cfg.n_pop)]
+        neg = np.concatenate([rand, recent, pop])
+        neg = neg[~np.isin(neg, fut)]
+        neg = np.setdiff1d(neg, ids)
+        cand = np.concatenate([pos, neg])[:M]
+        m = len(cand)
+        d.cand_ids[s, :m] = cand
+        d.cand_x[s, :m] = hist.features(cand, now)
+        d.cand_t[s, :m] = hist.tables(cand)
+        d.label[s, : len(pos)] = 1
+        # weight positives toward long reuse distance and infrequent rows
+        gap = now - hist.last[pos]
+        w = np.log1p(gap.astype(np.float32)) / np.sqrt(hist.count[pos])
+        d.weight[s, : len(pos)] = w / max(float(w.mean()), 1e-6) if len(pos) else w
+        d.weight[s, len(pos) : m] = 1.0
+        a = _sample(rng, ids, cfg.ctx_now)
+        d.now_ids[s, : len(a)] = a
+        d.now_x[s, : len(a)] = hist.features(a, now)
+        d.now_t[s, : len(a)] = hist.tables(a)
+        d.now_m[s, : len(a)] = 1
+        past = np.unique(np.concatenate(step_ids[b - cfg.past_steps : b]))
+        p = _sample(rng, past, cfg.ctx_past)
+        d.past_ids[s, : len(p)] = p
+        d.past_x[s, : len(p)] = hist.features(p, now)
+        d.past_t[s, : len(p)] = hist.tables(p)
+        d.past_m[s, : len(p)] = 1
+        s += 1
+    return d
+
+
+def _masked_mean(r: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return (r * m.unsqueeze(-1)).sum(1) / m.sum(1, keepdim=True).clamp(min=1)
+
+
+def train_prefetch(data: PrefetchData, cfg: TrainConfig, progress: Progress = _noop) -> PrefetchNet:
+    torch.manual_seed(cfg.seed + 2)
+    rng = np.random.default_rng(cfg.seed + 2)
+    n_rows = len(data.keys)
+    net = PrefetchNet(n_rows, dim=cfg.dim, queries=cfg.queries)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    T = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in data.__dict__.items() if k != "keys"}
+    S = len(data.label)
+    bs = max(16, cfg.batch // 4)
+    total = cfg.epochs * max(1, (S + bs - 1) // bs)
+    done, t0, ema = 0, time.perf_counter(), None
+    lookups_per_sample = float(T["now_m"].sum()) / max(S, 1)
+    for _ in range(cfg.epochs):
+        perm = torch.from_numpy(rng.permutation(S))
+        for s0 in range(0, S, bs):
+            i = perm[s0 : s0 + bs]
+            loss = _prefetch_loss(net, {k: v[i] for k, v in T.items()}, cfg.prefetch_loss)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if done % 10 == 0 or done == total:
+                rate = done * bs * lookups_per_sample / max(time.perf_counter() - t0, 1e-9)
+                progress("prefetch", done, total, ema, rate)
+    net.eval()
+    return net
+
+
+def _prefetch_loss(net: PrefetchNet, b: dict[str, torch.Tensor], mode: str) -> torch.Tensor:
+    r_now = net.rep(b["now_ids"], b["now_x"], b["now_t"])
+    r_past = net.rep(b["past_ids"], b["past_x"], b["past_t"])
+    q = net.query(_masked_mean(r_now, b["now_m"]), _masked_mean(r_past, b["past_m"]))  # (B,K,d)
+    r = net.rep(b["cand_ids"], b["cand_x"], b["cand_t"])  # (B,M,d)
+    sims = torch.einsum("bkd,bmd->bmk", q, r)  # (B,M,K)
+    label, w = b["label"], b["weight"]
+    valid = (w > 0).float()
+    best = sims.amax(-1)  # (B,M)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    if mode == "ce":
+        logits = net.temp * best + net.prior(b["cand_x"] * 0.25).squeeze(-1)
+        return (bce(logits, label, reduction="none") * w).sum() / valid.sum().clamp(min=1)
+    # Chamfer set loss between the K predicted points and the true future-miss set, in rep space
+    pos = label * valid
+    npos = pos.sum(1)
+    has = (npos > 0).float()
+    dist = 1.0 - sims  # cosine distance (B,M,K)
+    # every true miss close to some query (weighted: long reuse, rare rows count more)
+    cover = ((dist.amin(-1) * w * pos).sum(1) / (w * pos).sum(1).clamp(min=1e-6) * has).sum()
+    # every query close to some true miss
+    big = 4.0
+    dq = (dist + big * (1 - pos).unsqueeze(-1)).amin(1)  # (B,K)
+    prec = (dq.mean(-1) * has).sum()
+    chamfer = (cover + prec) / has.sum().clamp(min=1)
+    # negatives pushed away from every query (keeps the space from collapsing)
+    negm = (1 - label) * valid
+    repel = (torch.relu(best - 0.2) ** 2 * negm).sum() / negm.sum().clamp(min=1)
+    # calibration head: temperature and history prior on detached similarities (used to rank/threshold)
+    logits = net.temp * best.detach() + net.prior(b["cand_x"] * 0.25).squeeze(-1)
+    cal = (bce(logits, label, reduction="none") * w).sum() / valid.sum().clamp(min=1)
+    return chamfer + repel + cal
+
+
+# ------------------------------------------------------------------------------------------- voyager
+def voyager_dataset(steps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The lookup stream as model ids (in order of first sight) and the id -> key table."""
+    hist = RowHistory()
+    ids = [hist.ids(s) for s in steps]
+    flat = np.concatenate(ids) if ids else np.zeros(0, np.int64)
+    return flat, hist.index.all_keys()
+
+
+def train_voyager(stream: np.ndarray, keys: np.ndarray, cfg: TrainConfig,
+                  progress: Progress = _noop) -> VoyagerNet:
+    torch.manual_seed(cfg.seed + 3)
+    rng = np.random.default_rng(cfg.seed + 3)
+    net = VoyagerNet(len(keys), hidden=cfg.voyager_hidden)
+    opt = torch.optim.Adam(net.parameters(), lr=3e-3)
+    L = cfg.voyager_seq
+    n = (len(stream) - 1) // L
+    if n <= 0:
+        return net
+    x = torch.from_numpy(stream[: n * L].reshape(n, L))
+    y = torch.from_numpy(stream[1 : n * L + 1].reshape(n, L))
+    bs = max(8, cfg.batch // L)
+    total = cfg.voyager_epochs * ((n + bs - 1) // bs)
+    done, t0, ema = 0, time.perf_counter(), None
+    lossf = nn.CrossEntropyLoss()
+    for _ in range(cfg.voyager_epochs):
+        perm = torch.from_numpy(rng.permutation(n))
+        for s0 in range(0, n, bs):
+            i = perm[s0 : s0 + bs]
+            logits, _ = net(x[i])
+            loss = lossf(logits.reshape(-1, logits.shape[-1]), y[i].reshape(-1))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+            if done % 10 == 0 or done == total:
+                progress("voyager", done, total, ema, done * bs * L / max(time.perf_counter() - t0, 1e-9))
+    net.eval()
+    return net
+
+
+# ------------------------------------------------------------------------------------------- all
+@dataclass
+class Trained:
+    cache: CacheNet | None = None
+    prefetch: PrefetchNet | None = None
+    prefetch_keys: np.ndarray | None = None
+    voyager: VoyagerNet | None = None
+    voyager_keys: np.ndarray | None = None
+    capacity: int = 0
+    config: TrainConfig = field(default_factory=TrainConfig)
+    stats: dict[str, float] = field(default_factory=dict)
+
+
+def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
+                 which: Sequence[str] = ("cache", "prefetch"), progress: Progress = _noop) -> Trained:
+    """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps``."""
+    out = Trained(capacity=capacity, config=cfg)
+    t0 = time.perf_counter()
+    if "cache" in which or "prefetch" in which:
+        keep, miss = opt_labels(steps, capacity)
+        out.stats["opt_label_s"] = time.perf_counter() - t0
+        out.stats["keep_rate"] = float(np.mean(np.concatenate(keep))) if steps else 0.0
+        if "cache" in which:
+            x, t, y = cache_dataset(steps, keep)
+            out.cache = train_cache(x, t, y, cfg, progress)
+        if "prefetch" in which:
+            data = prefetch_dataset(steps, miss, cfg)
+            out.prefetch = train_prefetch(data, cfg, progress)
+            out.prefetch_keys = data.keys
+    if "voyager" in which:
+        stream, keys = voyager_dataset(steps)
+        out.voyager = train_voyager(stream, keys, cfg, progress)
+        out.voyager_keys = keys
+    out.stats["train_s"] = time.perf_counter() - t0
+    log.info("trained %s on %d steps in %.1fs", ",".join(which), len(steps), out.stats["train_s"])
+    return out
