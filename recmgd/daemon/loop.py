@@ -130,8 +130,21 @@ def _ring_field(info: Any, name: str, default: int = 0) -> int:
     return int(getattr(info, name, default))
 
 
+# per-row flags of the fast-tier mirror (one byte a row)
+RES = np.uint8(1)  # resident, owned by the policy
+HINT = np.uint8(2)  # resident, fetched for an app's hint (the hint reserve)
+PF_UNREAD = np.uint8(4)  # prefetched, not read yet
+HINT_UNREAD = np.uint8(8)  # fetched for a hint, not read yet
+PF_DROPPED = np.uint8(16)  # a prefetch the budget dropped in the last step (read now: late)
+RESIDENT = RES | HINT
+_SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
+
+
 class PoolDriver:
-    """Drives one policy from one pool's access rings and applies its decisions to the pool."""
+    """Drives one policy from one pool's access rings and applies its decisions to the pool.
+
+    Memory: 5 bytes per row of the pool's tables (a flag byte and a dedupe scratch word).
+    """
 
     def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
                  budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144) -> None:
@@ -151,13 +164,13 @@ class PoolDriver:
         self.n_slots = int(pool.n_slots)
         self.hint_slots = min(int(hint_slots), self.n_slots)
         self.capacity = self.n_slots - self.hint_slots
-        # the fast-tier mirror: owned by the policy / by the hint reserve; prefetch bookkeeping
-        self.resident = np.zeros(total, dtype=bool)
-        self.hinted = np.zeros(total, dtype=bool)
-        self.pf_unread = np.zeros(total, dtype=bool)
-        self.hint_unread = np.zeros(total, dtype=bool)
-        self.pf_dropped = np.zeros(total, dtype=bool)
-        self._pf_dropped_keys = np.zeros(0, dtype=np.int64)  # flat indices dropped last step
+        if self.capacity < 1:
+            raise PolicyError(f"pool {self.name}: hint_slots {hint_slots} leaves no slot of {self.n_slots} "
+                              "to the policy")
+        self.flags = np.zeros(total, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
+        self._first = np.zeros(total, dtype=np.int32)  # dedupe scratch: position of a row's first use
+        self._pos = np.arange(0, dtype=np.int32)
+        self._pf_dropped = np.zeros(0, dtype=np.int64)  # flat indices dropped in the last step
         self.n_resident = 0
         self.hint_fifo: deque[int] = deque()  # flat indices, oldest first (stale ones skipped)
         self.n_hinted = 0
@@ -172,7 +185,7 @@ class PoolDriver:
         self.policy = policy
         self._install_policy(policy, rebuild=True)
 
-    # -- residency ---------------------------------------------------------------------------------
+    # -- keys, rows, residency -----------------------------------------------------------------------
 
     def flat(self, keys: np.ndarray) -> np.ndarray:
         """Flat mirror index of each key (keys must be valid)."""
@@ -190,8 +203,39 @@ class PoolDriver:
         ok[ok] = (keys[ok] & ROW_MASK) < self.table_rows[t[ok]]
         return ok
 
+    def _checked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(valid keys, their flat indices); invalid keys are counted as bad records and dropped."""
+        if not len(keys):
+            return keys, keys
+        t = keys >> ROW_BITS
+        r = keys & ROW_MASK
+        if int(t.min()) >= 0 and int(t.max()) < self.n_tables and bool((r < self.table_rows[t]).all()):
+            return keys, self.offsets[t] + r
+        ok = self.valid(keys)
+        self.pc["bad_records"] += int((~ok).sum())
+        keys = keys[ok]
+        return keys, self.flat(keys)
+
+    def _dedupe(self, keys: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the first appearance of each row, in order (O(n), through the scratch array)."""
+        n = len(fl)
+        if n < 2:
+            return keys, fl
+        if len(self._pos) < n:
+            self._pos = np.arange(max(n, 2 * len(self._pos)), dtype=np.int32)
+        pos = self._pos[:n]
+        self._first[fl[::-1]] = pos[::-1]  # the first appearance is written last
+        keep = self._first[fl] == pos  # exactly one position per row in any case
+        if keep.all():
+            return keys, fl
+        return keys[keep], fl[keep]
+
     def resident_count(self) -> int:
         return self.n_resident + self.n_hinted
+
+    def is_resident(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each (valid) key is in the fast tier, by the mirror."""
+        return (self.flags[self.flat(keys)] & RESIDENT) != 0
 
     def _install_policy(self, policy: Policy, *, rebuild: bool) -> None:
         """Give a fresh policy the fast tier's current contents (attach, restart, policy switch).
@@ -202,22 +246,18 @@ class PoolDriver:
         """
         if rebuild:
             keys = np.asarray(self.pool.resident_keys(), dtype=np.int64)
-            self.resident[:] = False
-            self.hinted[:] = False
-            self.hint_fifo.clear()
-            self.n_hinted = 0
-            bad = keys[~self.valid(keys)]
-            if len(bad):
-                log.warning("pool %s: %d resident keys outside the tables; evicting", self.name, len(bad))
-                self.pool.evict_keys(bad)
-            keys = keys[self.valid(keys)]
-            self.resident[self.flat(keys)] = True
+            ok = self.valid(keys)
+            if not ok.all():
+                log.warning("pool %s: %d resident keys outside the tables; evicting", self.name,
+                            int((~ok).sum()))
+                self.pool.evict_keys(keys[~ok])
+                keys = keys[ok]
         else:
-            keys = self.keys_of(np.flatnonzero(self.resident | self.hinted))
-            self.hinted[:] = False
-            self.hint_fifo.clear()
-            self.n_hinted = 0
-            self.resident[self.flat(keys)] = True
+            keys = self.keys_of(np.flatnonzero(self.flags & RESIDENT))
+        self.flags[:] = 0
+        self.hint_fifo.clear()
+        self.n_hinted = 0
+        self._pf_dropped = np.zeros(0, dtype=np.int64)
         self.policy = policy
         policy.reset(self.capacity)
         keep = np.zeros(0, dtype=np.int64)
@@ -229,10 +269,11 @@ class PoolDriver:
             keep = admitted[: self.capacity]
             if len(admitted) > len(keep):
                 policy.rejected(admitted[len(keep):])
-        drop = np.setdiff1d(keys, keep, assume_unique=False)
+        drop = np.setdiff1d(keys, keep)
         if len(drop):
             self.pool.evict_keys(drop)
-            self.resident[self.flat(drop)] = False
+        if len(keep):
+            self.flags[self.flat(keep)] = RES
         self.n_resident = len(keep)
         self.pc["adopted"] = len(keep)
         self.pc["adopt_evicted"] = len(drop)
@@ -242,6 +283,8 @@ class PoolDriver:
     def switch_policy(self, policy: Policy, name: str, hint_slots: int | None = None) -> None:
         """Replace the policy; the fast tier's contents carry over (see :meth:`_install_policy`)."""
         if hint_slots is not None and min(hint_slots, self.n_slots) != self.hint_slots:
+            if self.n_slots - min(int(hint_slots), self.n_slots) < 1:
+                raise PolicyError(f"pool {self.name}: hint_slots {hint_slots} leaves no slot to the policy")
             self.hint_slots = min(int(hint_slots), self.n_slots)
             self.capacity = self.n_slots - self.hint_slots
         self.policy_name = name
@@ -287,14 +330,14 @@ class PoolDriver:
         types = recs >> REC_TYPE_SHIFT
         ends = np.flatnonzero(types == REC_BATCH_END)
         start = 0
-        for e in ends:
+        for e in ends.tolist():
             seg = recs[start:e]
             if st.pending:
                 st.pending.append(seg)
                 seg = np.concatenate(st.pending)
                 st.pending = []
             self._batch(seg)
-            start = int(e) + 1
+            start = e + 1
         tail = recs[start:]
         if len(tail):
             st.pending.append(tail)
@@ -325,13 +368,10 @@ class PoolDriver:
             return
         types = seg >> REC_TYPE_SHIFT
         keys = (seg & REC_KEY_MASK).astype(np.int64)
-        if (types == REC_LOOKUP).all():
-            lookups = keys
-            hints = np.zeros(0, dtype=np.int64)
+        if not types.any():  # all lookups (the common case)
+            self._step(keys, np.zeros(0, dtype=np.int64))
         else:
-            lookups = keys[types == REC_LOOKUP]
-            hints = keys[types == REC_HINT]
-        self._step(lookups, hints)
+            self._step(keys[types == REC_LOOKUP], keys[types == REC_HINT])
 
     def _count(self, name: str, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
         if len(keys):
@@ -339,47 +379,28 @@ class PoolDriver:
                                          minlength=self.n_tables).astype(np.int64)
 
     def _step(self, lookups: np.ndarray, hints: np.ndarray) -> None:
-        ok = self.valid(lookups)
-        if not ok.all():
-            self.pc["bad_records"] += int((~ok).sum())
-            lookups = lookups[ok]
+        lookups, fl_all = self._checked(lookups)
         if len(hints):
-            okh = self.valid(hints)
-            if not okh.all():
-                self.pc["bad_records"] += int((~okh).sum())
-                hints = hints[okh]
+            hints, _ = self._checked(hints)
             self.pc["hint_received"] += len(hints)
-        self._count("lookups", lookups)
-        if len(lookups) > 1:
-            _, first = np.unique(lookups, return_index=True)
-            keys = lookups[np.sort(first)]
-        else:
-            keys = lookups
-        flat = self.flat(keys)
-        owned = self.resident[flat]
-        hint_owned = self.hinted[flat]
-        hit = owned | hint_owned
-        self._count("unique", keys)
-        self._count("hits", keys[hit])
-        self._count("on_demand", keys[~hit])
-        # prefetch and hint bookkeeping
-        useful = self.pf_unread[flat] & hit
-        if useful.any():
-            self._count("prefetch_useful", keys[useful])
-        self.pf_unread[flat] = False
-        hu = self.hint_unread[flat] & hit
-        if hu.any():
-            self._count("hint_useful", keys[hu])
-        late_hint = self.hint_unread[flat] & ~hit
-        if late_hint.any():
-            self.pc["hint_late"] += int(late_hint.sum())
-        self.hint_unread[flat] = False
-        late = self.pf_dropped[flat] & ~hit
-        if late.any():
-            self._count("prefetch_late", keys[late])
-        if len(self._pf_dropped_keys):
-            self.pf_dropped[self._pf_dropped_keys] = False
-            self._pf_dropped_keys = np.zeros(0, dtype=np.int64)
+        nt = self.n_tables
+        if len(lookups):
+            self.tc["lookups"] += np.bincount(lookups >> ROW_BITS, minlength=nt)
+        keys, fl = self._dedupe(lookups, fl_all)
+        f = self.flags[fl]
+        owned = (f & RES) != 0
+        hit = (f & RESIDENT) != 0
+        if len(keys):
+            hb = np.bincount(((keys >> ROW_BITS) << 1) | hit, minlength=2 * nt).reshape(nt, 2)
+            self.tc["on_demand"] += hb[:, 0]
+            self.tc["hits"] += hb[:, 1]
+            self.tc["unique"] += hb[:, 0] + hb[:, 1]
+        special = f & _SPECIAL
+        if special.any():
+            self._bookkeep(keys, fl, special, hit)
+        if len(self._pf_dropped):
+            self.flags[self._pf_dropped] &= ~PF_DROPPED
+            self._pf_dropped = np.zeros(0, dtype=np.int64)
         self.pc["steps"] += 1
         if self.paused:
             return
@@ -390,20 +411,38 @@ class PoolDriver:
         self.budget.refill()
         self._apply(as_keys(dec.evict), as_keys(dec.admit), hints, as_keys(dec.prefetch))
 
+    def _bookkeep(self, keys: np.ndarray, fl: np.ndarray, special: np.ndarray, hit: np.ndarray) -> None:
+        """Prefetch and hint accounting for the rows of a step that carry a special flag."""
+        useful = ((special & PF_UNREAD) != 0) & hit
+        if useful.any():
+            self._count("prefetch_useful", keys[useful])
+        hint_unread = (special & HINT_UNREAD) != 0
+        hu = hint_unread & hit
+        if hu.any():
+            self._count("hint_useful", keys[hu])
+        late_hint = hint_unread & ~hit
+        if late_hint.any():
+            self.pc["hint_late"] += int(late_hint.sum())
+        late = ((special & PF_DROPPED) != 0) & ~hit
+        if late.any():
+            self._count("prefetch_late", keys[late])
+        self.flags[fl[special != 0]] &= ~(PF_UNREAD | HINT_UNREAD)
+
     # -- applying a decision --------------------------------------------------------------------------
 
-    def _evict_flat(self, fl: np.ndarray) -> None:
-        """Evict rows (flat indices, resident in the pool) and update the mirror and counters."""
+    def _evict_flat(self, fl: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Evict rows (flat indices, resident in the pool): the pool, the mirror, the counters."""
         if not len(fl):
             return
-        keys = self.keys_of(fl)
+        if keys is None:
+            keys = self.keys_of(fl)
         self.pool.evict_keys(keys)
         self._count("evictions", keys)
-        unread = self.pf_unread[fl]
+        f = self.flags[fl]
+        unread = (f & PF_UNREAD) != 0
         if unread.any():
             self.pc["prefetch_evicted_unread"] += int(unread.sum())
-            self.pf_unread[fl] = False
-        self.hint_unread[fl] = False
+        self.flags[fl] = f & PF_DROPPED
 
     def _fill(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fill keys (not resident) under the budget; returns (filled, dropped)."""
@@ -422,34 +461,26 @@ class PoolDriver:
         """Admissions or prefetches of the policy: skip resident ones, take over hinted ones, fill."""
         if not len(keys):
             return
-        ok = self.valid(keys)
-        if not ok.all():
-            self.pc["bad_records"] += int((~ok).sum())
-            keys = keys[ok]
-        if len(keys) > 1:
-            _, first = np.unique(keys, return_index=True)
-            if len(first) != len(keys):
-                keys = keys[np.sort(first)]
-        fl = self.flat(keys)
-        new = ~self.resident[fl]
-        keys, fl = keys[new], fl[new]
-        room = self.capacity - self.n_resident
+        keys, fl = self._checked(keys)
+        keys, fl = self._dedupe(keys, fl)
+        f = self.flags[fl]
+        new = (f & RES) == 0
+        if not new.all():
+            keys, fl, f = keys[new], fl[new], f[new]
+        room = max(self.capacity - self.n_resident, 0)
         if len(keys) > room:
-            self.pc["policy_overflow"] += len(keys) - max(room, 0)
-            if kind == "admit":
-                self.pc["admit_rejected"] += len(keys) - max(room, 0)
-            else:
-                self.pc["prefetch_rejected"] += len(keys) - max(room, 0)
-            self.policy.rejected(keys[max(room, 0):])
-            keys, fl = keys[: max(room, 0)], fl[: max(room, 0)]
+            over = len(keys) - room
+            self.pc["policy_overflow"] += over
+            self.pc["admit_rejected" if kind == "admit" else "prefetch_rejected"] += over
+            self.policy.rejected(keys[room:])
+            keys, fl, f = keys[:room], fl[:room], f[:room]
             if not len(keys):
                 return
         # rows fetched for a hint: the policy takes them over, no copy
-        took = self.hinted[fl]
+        took = (f & HINT) != 0
         if took.any():
             tf = fl[took]
-            self.hinted[tf] = False
-            self.resident[tf] = True
+            self.flags[tf] = (self.flags[tf] & ~HINT) | RES
             self.n_hinted -= len(tf)
             self.n_resident += len(tf)
             keys, fl = keys[~took], fl[~took]
@@ -458,29 +489,23 @@ class PoolDriver:
         filled, dropped = self._fill(keys)
         if len(filled):
             ff = fl[: len(filled)]
-            self.resident[ff] = True
+            self.flags[ff] |= (RES | PF_UNREAD) if kind == "prefetch" else RES
             self.n_resident += len(filled)
-            if kind == "prefetch":
-                self.pf_unread[ff] = True
         if len(dropped):
             self.pc["prefetch_rejected" if kind == "prefetch" else "admit_rejected"] += len(dropped)
             if kind == "prefetch":
                 df = fl[len(filled):]
-                self.pf_dropped[df] = True
-                self._pf_dropped_keys = np.concatenate([self._pf_dropped_keys, df])
+                self.flags[df] |= PF_DROPPED
+                self._pf_dropped = np.concatenate([self._pf_dropped, df])
             self.policy.rejected(dropped)
 
     def _fetch_hints(self, hints: np.ndarray) -> None:
         """Fill hinted rows into the hint reserve (oldest hinted rows make room); counted apart."""
         if not len(hints) or not self.hint_slots:
             return
-        ok = self.valid(hints)
-        hints = hints[ok]
-        if len(hints) > 1:
-            _, first = np.unique(hints, return_index=True)
-            hints = hints[np.sort(first)]
-        fl = self.flat(hints)
-        new = ~(self.resident[fl] | self.hinted[fl])
+        hints, fl = self._checked(hints)
+        hints, fl = self._dedupe(hints, fl)
+        new = (self.flags[fl] & RESIDENT) == 0
         hints, fl = hints[new], fl[new]
         if len(hints) > self.hint_slots:
             self.pc["hint_rejected"] += len(hints) - self.hint_slots
@@ -490,19 +515,17 @@ class PoolDriver:
             old = []
             while need > 0 and self.hint_fifo:
                 f = self.hint_fifo.popleft()
-                if self.hinted[f]:
+                if self.flags[f] & HINT:
                     old.append(f)
                     need -= 1
             if old:
                 of = np.array(old, dtype=np.int64)
                 self._evict_flat(of)
-                self.hinted[of] = False
                 self.n_hinted -= len(of)
         filled, dropped = self._fill(hints)
         if len(filled):
             ff = fl[: len(filled)]
-            self.hinted[ff] = True
-            self.hint_unread[ff] = True
+            self.flags[ff] |= HINT | HINT_UNREAD
             self.n_hinted += len(filled)
             self.hint_fifo.extend(ff.tolist())
             self._count("hint_fetched", filled)
@@ -511,13 +534,13 @@ class PoolDriver:
 
     def _apply(self, evict: np.ndarray, admit: np.ndarray, hints: np.ndarray, prefetch: np.ndarray) -> None:
         if len(evict):
-            ok = self.valid(evict)
-            evict = evict[ok]
-            fl = np.unique(self.flat(evict))
-            fl = fl[self.resident[fl]]
+            evict, fl = self._checked(evict)
+            evict, fl = self._dedupe(evict, fl)
+            mine = (self.flags[fl] & RES) != 0
+            if not mine.all():
+                evict, fl = evict[mine], fl[mine]
             if len(fl):
-                self._evict_flat(fl)
-                self.resident[fl] = False
+                self._evict_flat(fl, evict)
                 self.n_resident -= len(fl)
         self._insert(admit, "admit")
         if len(hints):

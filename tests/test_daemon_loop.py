@@ -1,0 +1,228 @@
+"""The daemon's per-pool loop (recmgd.daemon.loop.PoolDriver) in one process, against a real pool: this
+process is the app (it created the pool and owns ring 0) and the daemon (a role="daemon" handle)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from recmgd import policy as policy_mod
+from recmgd.daemon.loop import FillBudget, PoolDriver
+from recmgd.keys import make_keys
+from recmgd.policy import Decision, Policy, StepView
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+
+@pytest.fixture
+def pools() -> Iterator[tuple[object, object]]:
+    name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(1000, 4), (500, 8)], slots=40, ring_records=4096)
+    for t, n in ((0, 1000), (1, 500)):
+        app.write_rows(t, np.arange(n), np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 4 * (t + 1))))
+    daemon = pool_mod.Pool.attach(name, role="daemon")
+    try:
+        yield app, daemon
+    finally:
+        daemon.close()
+        app.destroy()
+
+
+def lookup(app, table: int, rows) -> None:
+    rows = np.asarray(rows, dtype=np.int64)
+    app.embedding_bag(table, rows, np.arange(len(rows), dtype=np.int64))
+
+
+class Scripted(Policy):
+    """Returns the decisions it is given, step by step; remembers what it was shown and refused."""
+
+    name = "scripted"
+
+    def __init__(self, decisions: list[Decision]) -> None:
+        self.decisions = decisions
+        self.views: list[StepView] = []
+        self.refused: list[int] = []
+
+    def reset(self, capacity: int) -> None:
+        self.capacity = capacity
+
+    def observe(self, view: StepView) -> Decision:
+        if view.step < 0:
+            return Decision(admit=view.keys)
+        self.views.append(view)
+        return self.decisions.pop(0) if self.decisions else Decision()
+
+    def rejected(self, keys: np.ndarray) -> None:
+        self.refused += keys.tolist()
+
+
+def k(table: int, rows) -> np.ndarray:
+    return make_keys(table, np.asarray(rows, dtype=np.int64))
+
+
+def test_every_batch_is_one_step_with_hits_as_resident_before(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", step_mode=True)
+    for _ in range(3):  # three batches drained in one tick: three steps, each applied before the next
+        lookup(app, 0, [1, 2, 3, 2])
+        lookup(app, 1, [7])
+        app.end_batch()
+    lookup(app, 0, [9])  # an unfinished batch waits for its boundary
+    assert drv.tick() == 3 * 6 + 1
+    st = drv.stats()
+    assert st["steps"] == 3 and st["lookups"] == 15 and st["unique"] == 12
+    assert st["on_demand"] == 4 and st["hits"] == 8
+    assert st["fills"] == 4 and st["resident"] == 4 == len(daemon.resident_keys()) == pol.resident
+    assert [t["lookups"] for t in st["tables"]] == [12, 3]
+    app.end_batch()
+    drv.tick()
+    assert drv.stats()["steps"] == 4 and drv.stats()["resident"] == 5
+
+
+def test_fill_budget_rows_and_rejected(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    budget = FillBudget(rows_per_s=1000, step_mode=True, step_seconds=0.01)  # 10 rows a step
+    drv = PoolDriver(daemon, pol, "lru", budget=budget, step_mode=True)
+    lookup(app, 0, range(25))
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["fills"] == 10 and st["admit_rejected"] == 15
+    # the policy forgot what the budget refused: its residency equals the pool's
+    assert pol.resident == 10 == len(daemon.resident_keys())
+    lookup(app, 0, range(25))
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["hits"] == 10 and st["fills"] == 20 and pol.resident == 20 == len(daemon.resident_keys())
+
+
+def test_fill_budget_bytes() -> None:
+    b = FillBudget(mb_per_s=0.001, step_mode=True, step_seconds=0.1)  # 100 bytes a step
+    b.refill()
+    assert b.take(np.full(10, 16)) == 6
+    assert b.take(np.full(10, 16)) == 0
+    b.refill()
+    assert b.take(np.array([64, 64])) == 1
+    assert FillBudget().take(np.full(1000, 1 << 20)) == 1000
+    wall = FillBudget(rows_per_s=100, step_mode=False, step_seconds=0.01, burst=0.05)
+    assert wall.take(np.full(100, 8)) == 5  # at most the burst (0.05 s of budget)
+
+
+def test_prefetch_useful_late_and_wasted(pools) -> None:
+    app, daemon = pools
+    pol = Scripted([
+        Decision(prefetch=k(0, [100, 101, 102])),  # after step 0
+        Decision(evict=k(0, [101])),  # after step 1: 101 never read
+        Decision(prefetch=k(0, [200, 201])),  # after step 2: the budget takes only one
+        Decision(),
+    ])
+    budget = FillBudget(rows_per_s=1, step_mode=True, step_seconds=1.0)
+    budget.rows_rate = 0  # no cap for the first steps
+    drv = PoolDriver(daemon, pol, "scripted", budget=budget, step_mode=True)
+    lookup(app, 0, [5])
+    app.end_batch()
+    drv.tick()
+    lookup(app, 0, [100, 6])  # 100 prefetched and read: useful
+    app.end_batch()
+    drv.tick()
+    budget.configure(1, 0, step_mode=True, step_seconds=1.0)  # one row per step from now on
+    lookup(app, 0, [7])
+    app.end_batch()
+    drv.tick()
+    lookup(app, 0, [201, 200])  # 200 was filled (useful); 201 dropped by the budget: late
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["prefetch_issued"] == 5
+    assert st["prefetch_useful"] == 2
+    assert st["prefetch_late"] == 1
+    assert st["prefetch_evicted_unread"] == 1
+    assert st["prefetch_rejected"] == 1 and pol.refused == k(0, [201]).tolist()
+    assert pol.views[1].hit.tolist() == [True, False]
+    assert sorted(daemon.resident_keys().tolist()) == sorted(k(0, [100, 102, 200]).tolist())
+
+
+def test_hints_fetched_first_counted_apart_and_taken_over(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", hint_slots=8, step_mode=True)
+    assert drv.capacity == 32
+    app.hint(0, [300, 301, 302])
+    drv.tick()  # the hints arrive before the batch's lookups: fetched now
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [300, 301, 302]).tolist()
+    lookup(app, 0, [300, 301, 5])
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["hint_fetched"] == 3 and st["hint_useful"] == 2 and st["hint_received"] == 0
+    assert st["hits"] == 2 and st["on_demand"] == 1
+    # LRU admitted the hinted rows it saw as misses: no second copy, they are the policy's now
+    assert drv.n_hinted == 1 and drv.n_resident == 3 and pol.resident == 3
+    assert st["fills"] == 4
+    c = app.counters()["processes"][0]
+    assert c["hits"] == 2 and c["on_demand"] == 1
+    # more hints than the reserve holds: the oldest hinted rows make room
+    app.hint(1, range(10))
+    drv.tick()
+    assert drv.n_hinted == 8 and drv.stats()["hint_rejected"] == 2
+
+
+def test_policy_overflow_is_refused(pools) -> None:
+    app, daemon = pools
+    pol = Scripted([Decision(admit=k(0, range(60)))])
+    drv = PoolDriver(daemon, pol, "scripted", step_mode=True)
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["resident"] == 40 == len(daemon.resident_keys())
+    assert st["policy_overflow"] == 20 and pol.refused == k(0, range(40, 60)).tolist()
+
+
+def test_adopt_the_fast_tier(pools) -> None:
+    app, daemon = pools
+    daemon.fill_keys(k(0, range(30)))
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", hint_slots=20, step_mode=True)  # capacity 20 < 30 resident
+    st = drv.stats()
+    assert st["adopted"] == 20 and st["adopt_evicted"] == 10
+    assert len(daemon.resident_keys()) == 20 == pol.resident
+    # a policy switch keeps what the new policy keeps
+    drv.switch_policy(policy_mod.create("lfu"), "lfu", hint_slots=0)
+    assert drv.capacity == 40 and drv.stats()["adopted"] == 20 and len(daemon.resident_keys()) == 20
+
+
+def test_bad_records_are_counted_not_fatal(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", step_mode=True)
+    from recmgd.daemon.loop import _RingState
+
+    recs = np.array([int(k(0, [5])[0]), int(k(7, [1])[0]), int(k(1, [999])[0]), 1 << 62, 2 << 62 | 3],
+                    dtype=np.uint64)
+    drv._consume(_RingState(pending=[], pid=1), recs)
+    s = drv.stats()
+    assert s["bad_records"] == 2 and s["steps"] == 1 and s["unique"] == 1
+    assert len(daemon.resident_keys()) == 1
+
+
+def test_paused_pool_counts_but_does_not_move_rows(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", step_mode=True)
+    drv.paused = True
+    lookup(app, 0, range(5))
+    app.end_batch()
+    drv.tick()
+    assert drv.stats()["lookups"] == 5 and drv.stats()["fills"] == 0 and len(daemon.resident_keys()) == 0
+    drv.paused = False
+    lookup(app, 0, range(5))
+    app.end_batch()
+    drv.tick()
+    assert drv.stats()["fills"] == 5

@@ -1,0 +1,225 @@
+"""Benchmark of the daemon's loop (recmgd.daemon): lookups per second it sustains, and its CPU share.
+
+Two measurements:
+
+1. ``capacity``: the loop's throughput on one core. An app handle in this process fills its access ring
+   with batches (not timed); the daemon's PoolDriver drains and processes them (timed: ring drain,
+   dedupe, policy step, fills and evictions through the pool). lookups/s = lookups / time in tick().
+2. ``load``: a real ``recmgd`` process drives a pool while an app process offers a fixed load (lookups
+   per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled.
+
+Usage:  python tools/bench_daemon.py [--policies lru,recmg] [--seconds 10] [--offered 200000] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import psutil
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from recmgd import policy as policy_mod  # noqa: E402
+from recmgd.daemon.loop import FillBudget, PoolDriver  # noqa: E402
+from recmgd.pool import Pool  # noqa: E402
+
+
+def workload(rng: np.random.Generator, tables: int, rows: int, samples: int, pooling: int,
+             alpha: float) -> list[np.ndarray]:
+    """One batch: per table, samples * pooling row ids, zipf-skewed and scattered over the table."""
+    out = []
+    for _ in range(tables):
+        z = np.minimum(rng.zipf(alpha, samples * pooling) - 1, rows - 1)
+        out.append(((z * 2654435761) % rows).astype(np.int64))  # hashed: hot rows are not neighbours
+    return out
+
+
+def capacity(policy: str, args: argparse.Namespace) -> dict:
+    name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
+    app = Pool.create(name, tables=[(args.rows, args.dim)] * args.tables, slots=args.slots,
+                      ring_records=1 << 22, rings=2)
+    daemon = Pool.attach(name, role="daemon")
+    try:
+        opts: dict = {"prefetch_budget": args.prefetch_budget}
+        if args.model_dir:
+            opts["model_dir"] = args.model_dir
+        pol = policy_mod.create(policy, **opts)
+        drv = PoolDriver(daemon, pol, policy, budget=FillBudget(), max_drain=1 << 22)
+        rng = np.random.default_rng(0)
+        per_batch = args.tables * args.samples * args.pooling
+        # warm up the fast tier, then measure
+        busy = 0.0
+        t_end = time.monotonic() + args.seconds
+        warm = True
+        i = 0
+        while True:
+            for _ in range(args.batches_per_tick):
+                batch = workload(rng, args.tables, args.rows, args.samples, args.pooling, args.alpha)
+                for t, ids in enumerate(batch):
+                    app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
+                app.end_batch()
+                i += 1
+            t0 = time.perf_counter()
+            drv.tick()
+            dt = time.perf_counter() - t0
+            if warm:
+                if i >= args.warm_batches:
+                    warm = False
+                    base = drv.stats()
+                    t_end = time.monotonic() + args.seconds
+                continue
+            busy += dt
+            if time.monotonic() > t_end:
+                break
+        st = drv.stats()
+        batches_done = st["batches"] - base["batches"]
+        real_lookups = st["lookups"] - base["lookups"]
+        return {
+            "policy": policy, "lookups": real_lookups, "busy_s": round(busy, 3),
+            "lookups_per_s": round(real_lookups / busy), "batches": batches_done,
+            "lookups_per_batch": per_batch, "policy_s": round(st["policy_time_s"] - base["policy_time_s"], 3),
+            "hit_rate": round((st["hits"] - base["hits"]) / max(1, st["unique"] - base["unique"]), 4),
+            "fills": st["fills"] - base["fills"], "evictions": st["evictions"] - base["evictions"],
+        }
+    finally:
+        daemon.close()
+        app.destroy()
+
+
+APP = r"""
+import sys, time, json, numpy as np
+sys.path.insert(0, {repo!r})
+from recmgd.pool import Pool
+sys.path.insert(0, {tools!r})
+from bench_daemon import workload
+pool = Pool.attach({name!r})
+rng = np.random.default_rng(1)
+batches = [workload(rng, {tables}, {rows}, {samples}, {pooling}, {alpha}) for _ in range(64)]
+per = sum(len(b) for b in batches[0])
+rate = {offered}
+t0 = time.monotonic(); done = 0; i = 0
+print("ready", flush=True)
+while time.monotonic() - t0 < {seconds}:
+    due = t0 + done / rate
+    now = time.monotonic()
+    if due > now:
+        time.sleep(due - now)
+    for t, ids in enumerate(batches[i % 64]):
+        pool.embedding_bag(t, ids, np.arange(0, len(ids), {pooling}, dtype=np.int64))
+    pool.end_batch()
+    done += per; i += 1
+c = [p for p in pool.counters()["processes"] if p["ring"] == pool.ring_index][0]
+print(json.dumps({{"offered": done / (time.monotonic() - t0), **c}}), flush=True)
+"""
+
+
+def load(policy: str, args: argparse.Namespace) -> dict:
+    from recmgd.daemon.control import request
+
+    name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
+    owner = Pool.create(name, tables=[(args.rows, args.dim)] * args.tables, slots=args.slots,
+                        ring_records=1 << 20, rings=4, role="daemon")
+    tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
+    sock = tmp / "ctl.sock"
+    cfg = tmp / "recmgd.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = {args.interval}\nmax_drain = 1048576\n'
+                   f'[control]\nsocket = "{sock}"\n[policy]\nname = "{policy}"\n'
+                   + (f'model_dir = "{args.model_dir}"\n' if args.model_dir else "")
+                   + f"[policy.options]\nprefetch_budget = {args.prefetch_budget}\n")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    d = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--foreground",
+                          "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if name in request(str(sock), "stats")["pools"]:
+                    break
+            except Exception:  # noqa: BLE001 - not up yet
+                pass
+            if time.monotonic() > deadline or d.poll() is not None:
+                raise SystemExit(f"daemon did not come up: {d.stderr.read() if d.poll() is not None else ''}")
+            time.sleep(0.1)
+        code = APP.format(repo=str(REPO), tools=str(REPO / "tools"), name=name, tables=args.tables,
+                          rows=args.rows, samples=args.samples, pooling=args.pooling, alpha=args.alpha,
+                          offered=args.offered, seconds=args.seconds)
+        a = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+        assert a.stdout is not None
+        a.stdout.readline()  # ready
+        proc = psutil.Process(d.pid)
+        c0 = proc.cpu_times()
+        w0 = time.monotonic()
+        s0 = request(str(sock), "stats")["pools"][name]
+        lags = []
+        while a.poll() is None:
+            time.sleep(0.5)
+            lags.append(request(str(sock), "stats")["daemon"]["loop_lag_s"])
+        out = json.loads(a.stdout.read().strip().splitlines()[-1])
+        time.sleep(0.2)
+        c1 = proc.cpu_times()
+        w1 = time.monotonic()
+        s1 = request(str(sock), "stats")["pools"][name]
+        cpu = (c1.user + c1.system) - (c0.user + c0.system)
+        return {
+            "policy": policy, "offered_lookups_per_s": round(out["offered"]),
+            "daemon_lookups": s1["lookups"] - s0["lookups"], "app_lookups": out["lookups"],
+            "ring_drops": out["ring_drops"], "daemon_cpu_share": round(cpu / (w1 - w0), 3),
+            "app_hit_rate": round(out["hits"] / max(1, out["lookups"]), 4),
+            "max_loop_lag_s": round(max(lags) if lags else 0.0, 4),
+        }
+    finally:
+        d.terminate()
+        d.wait(30)
+        owner.destroy()
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--policies", default="lru")
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--tables", type=int, default=8)
+    p.add_argument("--rows", type=int, default=200_000)
+    p.add_argument("--dim", type=int, default=16)
+    p.add_argument("--slots", type=int, default=100_000)
+    p.add_argument("--samples", type=int, default=128, help="samples per batch")
+    p.add_argument("--pooling", type=int, default=4, help="lookups per sample per table")
+    p.add_argument("--alpha", type=float, default=1.1, help="zipf exponent")
+    p.add_argument("--batches-per-tick", type=int, default=4)
+    p.add_argument("--warm-batches", type=int, default=200)
+    p.add_argument("--offered", type=float, default=200_000, help="lookups/s the app offers in `load`")
+    p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--prefetch-budget", type=int, default=0)
+    p.add_argument("--model-dir", default="")
+    p.add_argument("--only", choices=("capacity", "load"), default=None)
+    p.add_argument("--json", default="")
+    args = p.parse_args()
+    results: dict = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+                              "python": platform.python_version()}, "args": vars(args),
+                     "capacity": [], "load": []}
+    for pol in args.policies.split(","):
+        if args.only in (None, "capacity"):
+            r = capacity(pol, args)
+            results["capacity"].append(r)
+            print(json.dumps(r), flush=True)
+        if args.only in (None, "load"):
+            r = load(pol, args)
+            results["load"].append(r)
+            print(json.dumps(r), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
