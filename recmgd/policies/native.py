@@ -132,13 +132,14 @@ class NativePolicy(Policy):
         if self._future is not None:
             self._push_future()
 
-    def _require(self) -> tuple[IdMap, Any]:
+    def native_state(self) -> tuple[IdMap, Any]:
+        """(id map, C policy handle), for a driver that runs the C step function itself."""
         if self.handle is None or self.idmap is None:
             raise PolicyError(f"{self.name}: observe() before reset()")
         return self.idmap, self.handle
 
     def observe(self, view: StepView) -> Decision:
-        idmap, handle = self._require()
+        idmap, handle = self.native_state()
         ids = idmap.map(view.keys)
         hit = np.ascontiguousarray(view.hit, dtype=np.uint8)
         check(lib.sc_policy_step(handle, i32_ptr(ids), u8_ptr(hit), ids.shape[0]), self.name)
@@ -148,7 +149,7 @@ class NativePolicy(Policy):
                         prefetch=idmap.keys(c_ids(dec.prefetch, dec.n_prefetch)))
 
     def rejected(self, keys: np.ndarray) -> None:
-        idmap, handle = self._require()
+        idmap, handle = self.native_state()
         ids = idmap.find(keys)
         ids = ids[ids >= 0]
         check(lib.sc_policy_rejected(handle, i32_ptr(ids), ids.shape[0]), self.name)
@@ -159,7 +160,7 @@ class NativePolicy(Policy):
             self._push_future()
 
     def _push_future(self) -> None:
-        idmap, handle = self._require()
+        idmap, handle = self.native_state()
         fut = self._future
         assert fut is not None
         ids = idmap.map(fut.keys[fut.offsets[0]:fut.offsets[-1]])

@@ -147,7 +147,7 @@ def drive_stream(policy: NativePolicy, trace: Trace, batch: int, capacity: int, 
     if delay not in (0, 1):
         raise ValueError(f"delay must be 0 or 1, got {delay}")
     policy.reset(capacity)
-    idmap, handle = policy._require()
+    idmap, handle = policy.native_state()
     drv = Driver(idmap, capacity)
     seconds = 0.0
     n_steps = trace.n_steps(batch)
@@ -172,7 +172,7 @@ def drive_stream(policy: NativePolicy, trace: Trace, batch: int, capacity: int, 
 
 
 def _drive_native(policy: NativePolicy, steps: Steps, capacity: int, split: int) -> Counters:
-    idmap, handle = policy._require()
+    idmap, handle = policy.native_state()
     keys = steps.keys[steps.offsets[0]:steps.offsets[-1]]
     ids = idmap.map(keys)
     offsets = np.ascontiguousarray(steps.offsets - steps.offsets[0], dtype=np.int64)
