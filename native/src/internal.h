@@ -139,14 +139,15 @@ struct recmg_pool {
     pthread_mutex_t lock; /* serialises calls on this handle */
     /* kernels */
     acc_fn acc32, acc16;
+    acc_fn facc32, facc16; /* fused: accumulate straight from a slot with relaxed atomic word loads */
+    int vec_copy; /* AVX2 seqlock row copies */
     max_fn max32, max16;
     /* scratch (grown on demand) */
-    int32_t *s_slot;
-    int32_t *s_uid;
+    int32_t *s_slot;   /* per id: slot, -1 (memory miss) or -2 - k (k-th distinct SSD miss) */
     size_t s_cap;
-    int64_t *u_row;
-    int32_t *u_miss;
+    int64_t *u_row;    /* distinct rows of the call (to clear their seen bits) */
     size_t u_cap;
+    uint64_t **seen;   /* per table, one bit per row, all clear between calls (process-local) */
     struct hash_ent *h_ent;
     size_t h_cap;
     size_t h_mask;

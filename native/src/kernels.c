@@ -70,8 +70,73 @@ static void max16_generic(float *out, const void *row, uint32_t dim)
     }
 }
 
+/* Fused accumulation from a fast-tier slot that a writer may be changing: the row is read only
+ * through relaxed atomic 64-bit loads (no data race under the C11 model); the caller checks the
+ * seqlock afterwards and redoes the bag if the row changed. Reads whole words, up to the padded
+ * slot size. */
+static void facc32_generic(float *out, const void *row, float w, uint32_t dim)
+{
+    const _Atomic uint64_t *s = row;
+    for (uint32_t j = 0; j < dim; j += 2) {
+        uint64_t x = atomic_load_explicit(&s[j / 2], memory_order_relaxed);
+        float f[2];
+        memcpy(f, &x, 8);
+        out[j] = w == 1.0f ? out[j] + f[0] : fmaf(w, f[0], out[j]);
+        if (j + 1 < dim) out[j + 1] = w == 1.0f ? out[j + 1] + f[1] : fmaf(w, f[1], out[j + 1]);
+    }
+}
+
+static void facc16_generic(float *out, const void *row, float w, uint32_t dim)
+{
+    const _Atomic uint64_t *s = row;
+    for (uint32_t j = 0; j < dim; j += 4) {
+        uint64_t x = atomic_load_explicit(&s[j / 4], memory_order_relaxed);
+        uint16_t hv[4];
+        memcpy(hv, &x, 8);
+        for (uint32_t q = 0; q < 4 && j + q < dim; q++) {
+            float f = half_to_float(hv[q]);
+            out[j + q] = w == 1.0f ? out[j + q] + f : fmaf(w, f, out[j + q]);
+        }
+    }
+}
+
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+__attribute__((target("avx2,fma"))) static void facc32_avx2(float *out, const void *row, float w, uint32_t dim)
+{
+    const _Atomic uint64_t *s = row;
+    __m256 vw = _mm256_set1_ps(w);
+    uint32_t j = 0;
+    for (; j + 8 <= dim; j += 8) {
+        const _Atomic uint64_t *q = s + j / 2;
+        __m256i v = _mm256_set_epi64x((long long)atomic_load_explicit(&q[3], memory_order_relaxed),
+                                      (long long)atomic_load_explicit(&q[2], memory_order_relaxed),
+                                      (long long)atomic_load_explicit(&q[1], memory_order_relaxed),
+                                      (long long)atomic_load_explicit(&q[0], memory_order_relaxed));
+        __m256 o = _mm256_loadu_ps(out + j);
+        o = w == 1.0f ? _mm256_add_ps(o, _mm256_castsi256_ps(v)) : _mm256_fmadd_ps(vw, _mm256_castsi256_ps(v), o);
+        _mm256_storeu_ps(out + j, o);
+    }
+    if (j < dim) facc32_generic(out + j, s + j / 2, w, dim - j);
+}
+
+__attribute__((target("avx2,fma,f16c"))) static void facc16_avx2(float *out, const void *row, float w, uint32_t dim)
+{
+    const _Atomic uint64_t *s = row;
+    __m256 vw = _mm256_set1_ps(w);
+    uint32_t j = 0;
+    for (; j + 8 <= dim; j += 8) {
+        const _Atomic uint64_t *q = s + j / 4;
+        __m128i h = _mm_set_epi64x((long long)atomic_load_explicit(&q[1], memory_order_relaxed),
+                                   (long long)atomic_load_explicit(&q[0], memory_order_relaxed));
+        __m256 v = _mm256_cvtph_ps(h);
+        __m256 o = _mm256_loadu_ps(out + j);
+        o = w == 1.0f ? _mm256_add_ps(o, v) : _mm256_fmadd_ps(vw, v, o);
+        _mm256_storeu_ps(out + j, o);
+    }
+    if (j < dim) facc16_generic(out + j, s + j / 4, w, dim - j);
+}
 
 __attribute__((target("avx2,fma"))) static void acc32_avx2(float *out, const void *row, float w, uint32_t dim)
 {
@@ -119,12 +184,19 @@ void kernels_select(recmg_pool *p)
     p->acc16 = acc16_generic;
     p->max32 = max32_generic;
     p->max16 = max16_generic;
+    p->facc32 = facc32_generic;
+    p->facc16 = facc16_generic;
 #if defined(__x86_64__)
     __builtin_cpu_init();
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
         p->acc32 = acc32_avx2;
         p->max32 = max32_avx2;
-        if (__builtin_cpu_supports("f16c")) p->acc16 = acc16_avx2;
+        p->vec_copy = 1;
+        p->facc32 = facc32_avx2;
+        if (__builtin_cpu_supports("f16c")) {
+            p->acc16 = acc16_avx2;
+            p->facc16 = facc16_avx2;
+        }
     }
 #endif
 }

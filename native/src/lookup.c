@@ -15,6 +15,25 @@
 
 #define PF_DIST 8
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+/* The relaxed atomic word loads of words_load, put together four at a time in a vector register and
+ * stored 32 bytes at once, so that the accumulation's 32-byte loads of tmp are forwarded from the
+ * stores instead of stalling on eight-byte pieces. tmp is 32-byte aligned, nwords rounded up to 4
+ * (slots are 64-byte multiples, so the extra words exist). */
+__attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const uint8_t *src, uint32_t nwords)
+{
+    const _Atomic uint64_t *s = (const _Atomic uint64_t *)(const void *)src;
+    for (uint32_t i = 0; i < nwords; i += 4) {
+        long long a = (long long)atomic_load_explicit(&s[i], memory_order_relaxed);
+        long long b = (long long)atomic_load_explicit(&s[i + 1], memory_order_relaxed);
+        long long c = (long long)atomic_load_explicit(&s[i + 2], memory_order_relaxed);
+        long long d = (long long)atomic_load_explicit(&s[i + 3], memory_order_relaxed);
+        _mm256_store_si256((__m256i *)(void *)(tmp + i), _mm256_set_epi64x(d, c, b, a));
+    }
+}
+#endif
+
 /* Seqlock read of slot s into tmp; 1 if tmp holds row `key`. */
 static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_t *tmp, uint32_t nwords)
 {
@@ -22,30 +41,29 @@ static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_
     uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
     if (v1 & 1u) return 0;
     if (atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)key) return 0;
-    words_load(tmp, slot_ptr(p, (uint64_t)s), nwords);
+#if defined(__x86_64__)
+    if (p->vec_copy)
+        words_load_avx2(tmp, slot_ptr(p, (uint64_t)s), (nwords + 3) & ~3u);
+    else
+#endif
+        words_load(tmp, slot_ptr(p, (uint64_t)s), nwords);
     atomic_thread_fence(memory_order_acquire);
     return atomic_load_explicit(&m->version, memory_order_relaxed) == v1;
 }
 
-static int scratch(recmg_pool *p, uint64_t n)
+static int scratch(recmg_pool *p, uint32_t table, uint64_t n, int ssd)
 {
-    size_t sc = p->s_cap;
-    if (grow((void **)&p->s_slot, &sc, n ? n : 1, sizeof *p->s_slot) != 0) goto oom;
-    if (sc != p->s_cap) {
-        void *b = realloc(p->s_uid, sc * sizeof *p->s_uid);
-        if (!b) goto oom;
-        p->s_uid = b;
-        p->s_cap = sc;
+    if (grow((void **)&p->s_slot, &p->s_cap, n ? n : 1, sizeof *p->s_slot) != 0) goto oom;
+    if (grow((void **)&p->u_row, &p->u_cap, n ? n : 1, sizeof *p->u_row) != 0) goto oom;
+    if (!p->seen) {
+        p->seen = calloc(p->h->n_tables, sizeof *p->seen);
+        if (!p->seen) goto oom;
     }
-    size_t uc = p->u_cap;
-    if (grow((void **)&p->u_row, &uc, n ? n : 1, sizeof *p->u_row) != 0) goto oom;
-    if (uc != p->u_cap) {
-        void *b = realloc(p->u_miss, uc * sizeof *p->u_miss);
-        if (!b) goto oom;
-        p->u_miss = b;
-        p->u_cap = uc;
+    if (!p->seen[table]) {
+        p->seen[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
+        if (!p->seen[table]) goto oom;
     }
-    return hash_prepare(p, n);
+    return ssd ? hash_prepare(p, n) : RECMG_OK;
 oom:
     return rc_set(p, RECMG_ENOMEM, "out of memory for a lookup of %llu ids", (unsigned long long)n);
 }
@@ -84,57 +102,67 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     _Atomic int32_t *index = p->index + t->index_first;
     const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
 
-    rc = scratch(p, n);
+    rc = scratch(p, a->table, n, slow == NULL);
     if (rc) return rc;
-    int32_t *slot = p->s_slot, *uid = p->s_uid;
+    int32_t *slot = p->s_slot;
+    uint64_t *seen = p->seen[a->table];
+    int64_t *urow = p->u_row;
 
-    /* pass 1: range, index, dedup */
-    uint64_t nu = 0, umiss = 0;
+    /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
+    uint64_t nu = 0, umiss = 0, m = 0;
     for (uint64_t i = 0; i < n; i++) {
         if (i + 2 * PF_DIST < n && (uint64_t)ids[i + 2 * PF_DIST] < rows)
-            __builtin_prefetch(&index[ids[i + 2 * PF_DIST]], 0, 1);
+            __builtin_prefetch(&index[ids[i + 2 * PF_DIST]], 0, 3);
         int64_t r = ids[i];
-        if ((uint64_t)r >= rows)
+        if ((uint64_t)r >= rows) {
+            for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
             return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)r,
                           a->table, (unsigned long long)rows);
-        int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
-        slot[i] = s;
-        int32_t u = hash_get_or_put(p, r, (int32_t)nu);
-        if (u < 0) {
-            u = (int32_t)nu;
-            p->u_row[nu] = r;
-            p->u_miss[nu] = s < 0 ? -2 : -1;
-            umiss += s < 0;
-            nu++;
         }
-        uid[i] = u;
+        int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
+        uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
+        int fresh = !(w & bit);
+        if (fresh) {
+            seen[r >> 6] = w | bit;
+            urow[nu++] = r;
+        }
+        if (s < 0) {
+            umiss += fresh;
+            if (!slow) {
+                int32_t k = hash_get_or_put(p, r, (int32_t)m);
+                if (k < 0) {
+                    k = (int32_t)m;
+                    if (grow((void **)&p->m_rows, &p->m_cap, m + 1, sizeof *p->m_rows) != 0) {
+                        for (uint64_t q = 0; q < nu; q++) seen[urow[q] >> 6] &= ~(UINT64_C(1) << (urow[q] & 63));
+                        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
+                    }
+                    p->m_rows[m++] = r;
+                }
+                s = -2 - k;
+            }
+        }
+        slot[i] = s;
     }
+    for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
 
     /* SSD: the distinct missing rows in one batch */
-    uint64_t slow_bytes = 0, on_demand = umiss;
+    uint64_t slow_bytes = 0, on_demand = slow ? umiss : m;
     size_t mstride = (rb + 63) / 64 * 64;
     uint8_t *mbuf = NULL;
-    if (!slow && umiss) {
-        if (grow((void **)&p->m_rows, &p->m_cap, umiss, sizeof *p->m_rows) != 0 ||
-            grow((void **)&p->mbuf, &p->mbuf_cap, umiss * mstride + 64, 1) != 0)
-            return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)umiss);
-        uint64_t m = 0;
-        for (uint64_t u = 0; u < nu; u++)
-            if (p->u_miss[u] == -2) {
-                p->u_miss[u] = (int32_t)m;
-                p->m_rows[m++] = p->u_row[u];
-            }
+    if (m) {
+        if (grow((void **)&p->mbuf, &p->mbuf_cap, m * mstride + 64, 1) != 0)
+            return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
         mbuf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
         rc = read_slow_rows(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
         if (rc) return rc;
     }
 
     /* pass 2: accumulate in id order */
-    uint64_t tmp[RECMG_PAGE / 8 + 8];
+    uint64_t tmp[RECMG_PAGE / 8 + 8] __attribute__((aligned(64)));
     uint64_t *tw = tmp;
     uint64_t *heap = NULL;
     if (nwords > RECMG_PAGE / 8) {
-        heap = malloc((size_t)nwords * 8);
+        heap = aligned_alloc(64, ((size_t)nwords * 8 + 63) / 64 * 64);
         if (!heap) return rc_set(p, RECMG_ENOMEM, "out of memory for a row");
         tw = heap;
     }
@@ -142,9 +170,53 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     max_fn mx = f16 ? p->max16 : p->max32;
     uint64_t hits = 0;
     const uint32_t pf_lines = rb > 512 ? 8 : (rb + 63) / 64;
+    /* fused: hits are accumulated straight from the slot (atomic word loads into vector registers)
+     * and checked afterwards; a bag that lost a race with the writer is redone on the safe path below,
+     * which copies each row, checks it, and falls back to the slow tier. */
+    const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     for (uint64_t b = 0; b < a->n_bags; b++) {
         float *out = a->out + b * dim;
         int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
+        if (facc) {
+            memset(out, 0, (size_t)dim * sizeof *out);
+            uint64_t h = 0;
+            int64_t i = o0;
+            for (; i < o1; i++) {
+                if ((uint64_t)i + PF_DIST < n) {
+                    int32_t ps = slot[i + PF_DIST];
+                    if (ps >= 0) {
+                        __builtin_prefetch(&p->meta[ps], 0, 1);
+                        const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
+                        for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+                    } else if (slow) {
+                        const uint8_t *sp = slow + (uint64_t)ids[i + PF_DIST] * rb;
+                        for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+                    }
+                }
+                int32_t s = slot[i];
+                float w = a->weights ? a->weights[i] : 1.0f;
+                if (s >= 0) {
+                    shm_slot_meta *m = &p->meta[s];
+                    uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
+                    if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)(keyhi | ids[i]))
+                        break;
+                    facc(out, slot_ptr(p, (uint64_t)s), w, dim);
+                    atomic_thread_fence(memory_order_acquire);
+                    if (atomic_load_explicit(&m->version, memory_order_relaxed) != v1) break;
+                    h++;
+                } else {
+                    acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
+                }
+            }
+            if (i == o1) {
+                hits += h;
+                if (a->mode == RECMG_MEAN && o1 > o0) {
+                    float scale = 1.0f / (float)(o1 - o0);
+                    for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+                }
+                continue;
+            }
+        }
         if (a->mode == RECMG_MAX)
             for (uint32_t j = 0; j < dim; j++) out[j] = -INFINITY;
         else
@@ -174,7 +246,7 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
                     slow_bytes += rb;
                 }
             } else if (s < 0) {
-                row = mbuf + (size_t)p->u_miss[uid[i]] * mstride;
+                row = mbuf + (size_t)(-2 - s) * mstride;
             } else {
                 rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
                 if (rc) {

@@ -223,11 +223,12 @@ static void handle_free(recmg_pool *p)
     /* a forked child closing its parent's handle must not release the parent's ring */
     if (p->ring && getpid() == p->pid) ring_release_own(p);
     slowio_close(&p->io);
+    if (p->seen && p->h)
+        for (uint32_t t = 0; t < p->h->n_tables; t++) free(p->seen[t]);
+    free(p->seen);
     if (p->base) munmap(p->base, p->map_bytes);
     free(p->s_slot);
-    free(p->s_uid);
     free(p->u_row);
-    free(p->u_miss);
     free(p->h_ent);
     free(p->sreq);
     free(p->mbuf);
