@@ -153,3 +153,27 @@ def test_domino_uses_the_last_two_triggers() -> None:
         got[name] = pf[-1]
     assert got["stms"] == [5]
     assert got["domino"] == [3]
+
+
+@pytest.mark.parametrize("name", ["lru", "lfu", "s3fifo", "stms", "domino", "bingo"])
+def test_daemon_style_partial_apply_with_rejected(name: str) -> None:
+    # the daemon may insert fewer rows than asked (fill budget) and reports the rest via rejected():
+    # the policy's own residency must stay equal to the driver's, and never exceed the capacity
+    rng = np.random.default_rng(4)
+    p = registry.create(name, prefetch_budget=6, region=4)
+    cap = 25
+    p.reset(cap)
+    resident: set[int] = set()
+    for b in range(300):
+        keys = np.array(list(dict.fromkeys((rng.zipf(1.2, 12) % 200).tolist())), dtype=np.int64)
+        hit = np.array([k in resident for k in keys.tolist()])
+        d = p.observe(StepView(b, keys, hit))
+        resident -= set(d.evict.tolist())
+        inserts = [k for k in d.admit.tolist() + d.prefetch.tolist() if k not in resident]
+        take = inserts[: len(inserts) // 2] if b % 3 == 0 else inserts
+        resident |= set(take)
+        rejected = np.array([k for k in inserts if k not in take], dtype=np.int64)
+        if rejected.size:
+            p.rejected(rejected)
+        assert len(resident) <= cap
+        assert p.resident == len(resident)  # type: ignore[attr-defined]

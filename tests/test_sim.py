@@ -221,8 +221,8 @@ def test_cli_pivot(capsys: pytest.CaptureFixture[str]) -> None:
     from recmgd.cli.recmg import main
 
     t = "/work/shared/traces/criteo_sample.trace"
-    assert main(["sim", t, t.replace(".trace", ".txt"), "--policies", "lru,opt", "--fractions", "0.1,0.2", "--pivot", "on_demand",
-                 "--markdown"]) == 0
+    assert main(["sim", t, t.replace(".trace", ".txt"), "--policies", "lru,opt", "--fractions", "0.1,0.2",
+                 "--pivot", "on_demand", "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| trace | frac | capacity | lru | opt |" and len(lines) == 6
     assert main(["sim", t, "--pivot", "nonsense"]) == 2
