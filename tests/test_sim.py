@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -15,6 +17,7 @@ from recmgd.sim import drive, format_table, simulate
 from recmgd.sim.runner import capacity_for
 from recmgd.trace import Steps, Trace
 
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"  # ../shared beside the checkout
 CLASSIC = ["lru", "lfu", "s3fifo", "opt", "opt-bypass", "stms", "domino", "bingo"]
 
 
@@ -182,7 +185,7 @@ def test_cli_sim(capsys: pytest.CaptureFixture[str]) -> None:
 
     from recmgd.cli.recmg import main
 
-    trace = "/work/shared/traces/obd_random.trace"
+    trace = str(SHARED / "obd_random.trace")
     assert main(["sim", trace, "--policies", "lru,opt,stms", "--fractions", "0.1", "--json",
                  "--prefetch-budget", "4"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -220,7 +223,7 @@ def test_streaming_matches_whole_trace(delay: int) -> None:
 def test_cli_pivot(capsys: pytest.CaptureFixture[str]) -> None:
     from recmgd.cli.recmg import main
 
-    t = "/work/shared/traces/criteo_sample.trace"
+    t = str(SHARED / "criteo_sample.trace")
     assert main(["sim", t, t.replace(".trace", ".txt"), "--policies", "lru,opt", "--fractions", "0.1,0.2",
                  "--pivot", "on_demand", "--markdown"]) == 0
     lines = capsys.readouterr().out.splitlines()

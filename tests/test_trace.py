@@ -18,7 +18,7 @@ from recmgd.trace.csvlog import read_csv_log
 from recmgd.trace.stats import BIN_LABELS, bin_of, parse_locality_stats, trace_stats
 from recmgd.trace.synth import SynthConfig, synth_keys, write_synth
 
-SHARED = Path("/work/shared/traces")
+SHARED = Path(__file__).resolve().parent.parent.parent / "shared" / "traces"  # ../shared beside the checkout
 
 
 def write(tmp_path: Path, name: str, text: str) -> Path:
