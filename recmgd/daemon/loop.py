@@ -355,8 +355,8 @@ class PoolDriver:
             recs = self.pool.drain_ring(index, self.max_drain)
         except RecmgError:
             recs = np.zeros(0, dtype=np.uint64)
-        if st is not None and len(recs):
-            self._consume(st, np.asarray(recs, dtype=np.uint64))
+        if len(recs):
+            self._consume(st or _RingState(pending=[]), np.asarray(recs, dtype=np.uint64))
         self.ring_drops.pop(index, None)
 
     # -- one step --------------------------------------------------------------------------------

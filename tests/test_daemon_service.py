@@ -1,0 +1,152 @@
+"""The daemon's service object in this process (no subprocess start-up): reload with policy, socket
+and metrics changes, pools that go away, dead apps' rings, the STATUS line."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recmgd.daemon import config
+from recmgd.daemon.notify import Notifier
+from recmgd.daemon.service import Daemon
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+
+class RecordingNotifier(Notifier):
+    def __init__(self) -> None:
+        super().__init__()
+        self.sent: list[str] = []
+
+    def send(self, message: str) -> None:
+        self.sent.append(message)
+
+
+@pytest.fixture
+def restore_signals() -> Iterator[None]:
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    yield
+    for s, h in saved.items():
+        signal.signal(s, h)
+
+
+def make(tmp_path: Path, body: str) -> tuple[Daemon, Path, RecordingNotifier]:
+    cfg_path = tmp_path / "d.toml"
+    cfg_path.write_text(body)
+    n = RecordingNotifier()
+    d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=n)
+    d.setup()
+    return d, cfg_path, n
+
+
+def free_port() -> int:
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return port
+
+
+def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signals: None) -> None:
+    name = f"recmgd-svc-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024)
+    sock1, sock2 = tmp_path / "a.sock", tmp_path / "b.sock"
+    base = f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "lru"\n'
+    d, cfg, n = make(tmp_path, base)
+    try:
+        assert n.sent[-1].startswith("READY=1\nSTATUS=1 pool; ")
+        att = d.pools[name]
+        app.embedding_bag(0, np.arange(5), np.arange(5))
+        app.end_batch()
+        d.tick()
+        assert att.driver.stats()["fills"] == 5
+        # a new policy, a hint reserve, another socket, metrics on
+        port = free_port()
+        cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock2}"\n'
+                       f'[metrics]\nlisten = "127.0.0.1:{port}"\n[policy]\nname = "lfu"\nhint_slots = 2\n')
+        assert d.reload() is None
+        assert n.sent[-2].startswith("RELOADING=1\nMONOTONIC_USEC=") and n.sent[-1].startswith("READY=1")
+        assert att.driver.policy_name == "lfu" and att.driver.capacity == 8
+        assert att.driver.stats()["adopted"] == 5
+        assert sock2.exists() and not sock1.exists()
+        assert d.handle("stats", {})["daemon"]["reloads"] == 1
+        d._snapshot = d.stats()
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        assert f'recmgd_resident_rows{{pool="{name}"}} 5.0' in text
+        # a bad one (unknown policy) changes nothing
+        cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "nope"\n')
+        err = d.reload()
+        assert err is not None and "policy.name: unknown policy 'nope'" in err
+        assert att.driver.policy_name == "lfu" and sock2.exists() and not sock1.exists()
+        assert "last reload failed" in d.status_line()
+        # metrics off again
+        cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock2}"\n[policy]\nname = "lfu"\n')
+        assert d.reload() is None and d.metrics is None
+        # the policy command, then a reload puts the configured policy back
+        assert d.handle("policy", {"pool": name, "name": "s3fifo"}) == {"pool": name, "policy": "s3fifo"}
+        with pytest.raises(Exception, match="needs the future"):
+            d.handle("policy", {"pool": name, "name": "opt"})
+        assert d.reload() is None and att.driver.policy_name == "s3fifo"
+    finally:
+        d.shutdown()
+        app.destroy()
+    assert n.sent[-1] == "STOPPING=1"
+    assert not sock2.exists()
+
+
+def test_pools_come_and_go_and_dead_apps_are_released(tmp_path: Path, restore_signals: None) -> None:
+    name = f"recmgd-svc-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "c.sock"
+    d, cfg, n = make(tmp_path, f'pools = ["{name}"]\n[control]\nsocket = "{sock}"\n[policy]\nname = "lru"\n')
+    try:
+        assert d.waiting_for() == [name] and "waiting for " + name in d.status_line()
+        creator = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024, role="daemon")
+        d._discover()
+        assert name in d.pools and d.waiting_for() == []
+        # an app attaches in a child and dies without detaching
+        pid = os.fork()
+        if pid == 0:
+            try:
+                p = pool_mod.Pool.attach(name)
+                p.embedding_bag(0, np.arange(3), np.arange(3))
+                p.end_batch()
+                p.embedding_bag(0, np.arange(3, 6), np.arange(3))  # an unfinished batch
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        tracker = d.pools[name].tracker
+        released = tracker.check()
+        assert len(released) == 1 and tracker.exited == 1
+        st = d.pools[name].driver.stats()
+        assert st["rings_released"] == 1 and st["steps"] == 1 and st["lookups"] == 3  # the complete batch
+        assert all(r.pid == 0 for r in creator.rings())
+        assert d.handle("pools", {})[0]["apps"] == []
+        # the pool goes away: detached
+        creator.destroy()
+        d._discover()
+        assert d.pools == {} and d.waiting_for() == [name]
+    finally:
+        d.shutdown()
+
+
+def test_stuck_rates_and_status(tmp_path: Path, restore_signals: None) -> None:
+    sock = tmp_path / "s.sock"
+    d, _, n = make(tmp_path, f'pools = []\n[control]\nsocket = "{sock}"\n[policy]\nname = "lru"\n')
+    try:
+        t0 = time.monotonic()
+        d.tick()
+        d._update_rate(t0 + 1.0)
+        line = d.status_line()
+        assert line.startswith("0 pools; 0.00M lookups/s; hit rate -; lag ")
+    finally:
+        d.shutdown()
