@@ -95,11 +95,18 @@ def register(name: str) -> Callable[[PolicyFactory], PolicyFactory]:
     return deco
 
 
-def _load_builtin() -> None:
-    # Importing the policy modules registers them; kept lazy so that low layers stay light.
+_BUILTIN_MODULES = ("recmgd.policies", "recmgd.models.policies")
+
+
+def _load_builtin(wanted: Iterable[str] | None = None) -> None:
+    """Import the policy modules (importing registers them), lazily: the learned policies pull in
+    torch, so they are imported only when a wanted name is not among the classical ones (or when
+    every name is asked for)."""
     import importlib
 
-    for mod in ("recmgd.policies", "recmgd.models.policies"):
+    for mod in _BUILTIN_MODULES:
+        if wanted is not None and all(w in _REGISTRY for w in wanted):
+            return
         try:
             importlib.import_module(mod)
         except ModuleNotFoundError as exc:  # a module not written yet
@@ -113,6 +120,13 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def unknown(names: Iterable[str]) -> list[str]:
+    """The names in ``names`` that no policy is registered under (loads only what it must)."""
+    names = list(names)
+    _load_builtin(names)
+    return [n for n in names if n not in _REGISTRY]
+
+
 def create(name: str, **options: object) -> Policy:
     """Build a policy by registry name.
 
@@ -120,7 +134,7 @@ def create(name: str, **options: object) -> Policy:
     can pass one set of options (``prefetch_budget``, ``seed``, ``model_dir``, ``threads``, ...) to every
     policy. An unknown name is a ValueError that lists the known ones.
     """
-    _load_builtin()
+    _load_builtin([name])
     try:
         factory = _REGISTRY[name]
     except KeyError:

@@ -18,33 +18,36 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> tuple[argparse.ArgumentParser, dict[str, object]]:
+def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
+    """The parser; only the chosen subcommand's module is imported (some pull in torch)."""
     parser = argparse.ArgumentParser(prog="recmg", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    loaded: dict[str, object] = {}
+    chosen = next((a for a in argv if not a.startswith("-")), None)
+    module = None
     for name, (modname, help_text) in SUBCOMMANDS.items():
         sp = sub.add_parser(name, help=help_text)
+        if name != chosen:
+            continue
         try:
-            mod = importlib.import_module(modname)
+            module = importlib.import_module(modname)
         except ModuleNotFoundError as exc:
             if exc.name != modname:
                 raise
             continue
-        mod.set_argparser(sp)
-        loaded[name] = mod
-    return parser, loaded
+        module.set_argparser(sp)
+    return parser, module
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser, loaded = build_parser()
+    argv = sys.argv[1:] if argv is None else argv
+    parser, mod = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     if args.command is None:
         parser.print_help()
         return 2
-    mod = loaded.get(args.command)
     if mod is None:
         print(f"recmg {args.command}: not yet available", file=sys.stderr)
         return 2

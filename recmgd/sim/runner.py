@@ -42,9 +42,9 @@ def unique_rows(steps: Steps) -> int:
 
 def check_policies(names: Sequence[str]) -> None:
     """ValueError naming the unknown policies and listing the known ones."""
-    known = policy_registry.available()
-    bad = [n for n in names if n not in known]
+    bad = policy_registry.unknown(names)
     if bad:
+        known = policy_registry.available()
         raise ValueError(f"unknown polic{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)} "
                          f"(known: {', '.join(known)})")
 
