@@ -129,11 +129,14 @@ def _f32(x: Any) -> np.ndarray:
 class Pool:
     """A handle on a pool (see the module docstring). Use ``create`` or ``attach``; close when done."""
 
-    def __init__(self, handle: Any, name: str, role: str) -> None:
+    def __init__(self, handle: Any, name: str, role: str, threads: int | None = None) -> None:
         self._h = handle
         self._name = name
         self._role = role
         self._finalizer = weakref.finalize(self, lib.recmg_close, handle)
+        self._check(
+            lib.recmg_set_threads(handle, int(threads) if threads else max(1, torch.get_num_threads()))
+        )
         info = self._info()
         self._n_slots = int(info.n_slots)
         self._dtype_code = int(info.dtype)
@@ -167,8 +170,13 @@ class Pool:
         role: str = "app",
         io_uring: bool = True,
         direct: bool = True,
+        threads: int | None = None,
     ) -> Pool:
-        """Create a pool; fails if one of that name exists. All rows start as zeros (the slow tier)."""
+        """Create a pool; fails if one of that name exists. All rows start as zeros (the slow tier).
+
+        threads: how many threads a multi-table ``embedding_bags`` call may use on a memory slow tier
+        (default: torch.get_num_threads()). io_uring=False forces the preadv fallback; direct=False
+        forbids O_DIRECT on the SSD tier."""
         if dtype not in _DTYPES:
             raise PoolError(f"bad dtype {dtype!r}: use 'float32' or 'float16'")
         if role not in _ROLES:
@@ -208,10 +216,17 @@ class Pool:
         log.info(
             "created pool %s: %d tables, %d slots, slow=%s, dtype=%s", name, len(tables), slots, slow, dtype
         )
-        return cls(out[0], name, role)
+        return cls(out[0], name, role, threads)
 
     @classmethod
-    def attach(cls, name: str, role: str = "app", io_uring: bool = True, direct: bool = True) -> Pool:
+    def attach(
+        cls,
+        name: str,
+        role: str = "app",
+        io_uring: bool = True,
+        direct: bool = True,
+        threads: int | None = None,
+    ) -> Pool:
         """Attach to an existing pool. An app takes an access ring of its own; a daemon takes none."""
         if role not in _ROLES:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
@@ -221,7 +236,7 @@ class Pool:
         if rc:
             _raise(rc, ffi.string(err).decode())
         log.debug("attached pool %s as %s", name, role)
-        return cls(out[0], name, role)
+        return cls(out[0], name, role, threads)
 
     @staticmethod
     def unlink(name: str) -> None:

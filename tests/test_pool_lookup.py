@@ -232,3 +232,52 @@ def test_numa_pages(tmp_path) -> None:
             pool.move_slow_rows(0, 0, 10, 999)
     finally:
         pool.destroy()
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
+    tables = [(500, 16), (300, 64), (200, 32), (100, 128), (50, 3)]
+    pool = Pool.create(_name(), tables=tables, slots=600, threads=threads)
+    try:
+        rng = np.random.default_rng(threads)
+        ws = []
+        for t, (rows, dim) in enumerate(tables):
+            w = rng.standard_normal((rows, dim)).astype(np.float32)
+            pool.write_rows(t, np.arange(rows), w)
+            ws.append(torch.from_numpy(w))
+            pool.fill(t, rng.permutation(rows)[: rows // 3])
+        order = [0, 1, 2, 3, 4, 1, 1, 3]  # the same table several times in one call
+        batches = [_batch(rng, tables[t][0], bags=40, max_len=15) for t in order]
+        psw = [torch.rand(len(ids)) for ids, _ in batches]
+        for mode, weights in (("sum", None), ("sum", psw), ("mean", None), ("max", None)):
+            outs = pool.embedding_bags(order, [b[0] for b in batches], [b[1] for b in batches], mode, weights)
+            for k, t in enumerate(order):
+                ref = F.embedding_bag(
+                    batches[k][0],
+                    ws[t],
+                    batches[k][1],
+                    mode=mode,
+                    per_sample_weights=None if weights is None else psw[k],
+                )
+                torch.testing.assert_close(outs[k], ref, rtol=1e-6, atol=1e-6)
+        # the ring holds every table's ids in argument order
+        pool.drain_ring(pool.ring_index)
+        pool.embedding_bags(order, [b[0] for b in batches], [b[1] for b in batches])
+        keys = pool.drain_ring(pool.ring_index).astype(np.int64)
+        want = np.concatenate([make_keys(t, batches[k][0].numpy()) for k, t in enumerate(order)])
+        assert keys.tolist() == want.tolist()
+        # an error in one table: the first failing one (in argument order) is reported; the earlier ones
+        # were logged, the pool stays usable
+        bad = [b[0].clone() for b in batches]
+        bad[5][0] = 10_000
+        bad[7][0] = 20_000
+        with pytest.raises(IndexError, match="row id 10000 out of range for table 1"):
+            pool.embedding_bags(order, bad, [b[1] for b in batches])
+        logged = len(pool.drain_ring(pool.ring_index))
+        assert logged == sum(len(b[0]) for b in batches[:5])
+        torch.testing.assert_close(
+            pool.embedding_bags([2], [batches[2][0]], [batches[2][1]])[0],
+            F.embedding_bag(batches[2][0], ws[2], batches[2][1], mode="sum"),
+        )
+    finally:
+        pool.destroy()

@@ -166,6 +166,8 @@ int recmg_embedding_bag(recmg_pool *pool, uint32_t table, const int64_t *ids, ui
                         const int64_t *offsets, uint64_t n_bags, int mode, const float *weights,
                         float *out);
 int recmg_embedding_bags(recmg_pool *pool, uint32_t n, const recmg_bag_args *args);
+/* Threads a multi-table lookup may use (the caller included; default 1). Memory slow tiers only. */
+int recmg_set_threads(recmg_pool *pool, int n);
 int recmg_end_batch(recmg_pool *pool);
 int recmg_hint(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n);
 /* Slow tier, in the storage dtype (float or uint16 half bits), row after row. */

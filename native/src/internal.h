@@ -110,6 +110,24 @@ typedef struct slowio {
     uint32_t flags;
 } slowio;
 
+/* Per-thread lookup scratch. */
+typedef struct lscratch {
+    int32_t *slot;  /* per id: slot, -1 (memory miss) or -2 - k (k-th distinct SSD miss) */
+    size_t slot_cap;
+    int64_t *urow;  /* distinct rows of the call (to clear their seen bits) */
+    size_t urow_cap;
+    uint64_t **seen; /* per table, one bit per row, all clear between calls */
+    char err[RECMG_ERRLEN];
+} lscratch;
+
+/* What one table's lookup did (counters are added, and the ring written, by the caller in order). */
+typedef struct bagres {
+    int rc;
+    int pad;
+    uint64_t unique, hits, on_demand, slow_bytes;
+    char err[RECMG_ERRLEN];
+} bagres;
+
 typedef struct hash_ent {
     int64_t key;
     uint32_t stamp;
@@ -143,11 +161,9 @@ struct recmg_pool {
     int vec_copy; /* AVX2 seqlock row copies */
     max_fn max32, max16;
     /* scratch (grown on demand) */
-    int32_t *s_slot;   /* per id: slot, -1 (memory miss) or -2 - k (k-th distinct SSD miss) */
-    size_t s_cap;
-    int64_t *u_row;    /* distinct rows of the call (to clear their seen bits) */
-    size_t u_cap;
-    uint64_t **seen;   /* per table, one bit per row, all clear between calls (process-local) */
+    struct lscratch *ls;   /* lookup scratch: [0] the calling thread, [1..] the workers */
+    struct workers *wk;    /* lookup worker threads (memory slow tiers), NULL until first needed */
+    int n_threads;         /* threads a multi-table lookup may use, the caller included */
     struct hash_ent *h_ent;
     size_t h_cap;
     size_t h_mask;
@@ -218,6 +234,9 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
 int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
                       const uint8_t *src);
 const char *slowio_backend(recmg_pool *p);
+
+/* lookup.c */
+void lookup_free(recmg_pool *p);
 
 /* kernels.c */
 void kernels_select(recmg_pool *p);

@@ -12,6 +12,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #define PF_DIST 8
 
@@ -51,47 +52,160 @@ static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_
     return atomic_load_explicit(&m->version, memory_order_relaxed) == v1;
 }
 
-static int scratch(recmg_pool *p, uint32_t table, uint64_t n, int ssd)
+static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int ssd)
 {
-    if (grow((void **)&p->s_slot, &p->s_cap, n ? n : 1, sizeof *p->s_slot) != 0) goto oom;
-    if (grow((void **)&p->u_row, &p->u_cap, n ? n : 1, sizeof *p->u_row) != 0) goto oom;
-    if (!p->seen) {
-        p->seen = calloc(p->h->n_tables, sizeof *p->seen);
-        if (!p->seen) goto oom;
+    if (grow((void **)&ls->slot, &ls->slot_cap, n ? n : 1, sizeof *ls->slot) != 0) goto oom;
+    if (grow((void **)&ls->urow, &ls->urow_cap, n ? n : 1, sizeof *ls->urow) != 0) goto oom;
+    if (!ls->seen) {
+        ls->seen = calloc(p->h->n_tables, sizeof *ls->seen);
+        if (!ls->seen) goto oom;
     }
-    if (!p->seen[table]) {
-        p->seen[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
-        if (!p->seen[table]) goto oom;
+    if (!ls->seen[table]) {
+        ls->seen[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
+        if (!ls->seen[table]) goto oom;
     }
-    return ssd ? hash_prepare(p, n) : RECMG_OK;
+    if (ssd && hash_prepare(p, n) != 0) goto oom;
+    return RECMG_OK;
 oom:
-    return rc_set(p, RECMG_ENOMEM, "out of memory for a lookup of %llu ids", (unsigned long long)n);
+    return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
+                  (unsigned long long)n);
 }
 
-static int check_args(recmg_pool *p, const recmg_bag_args *a)
+static int check_args(const recmg_pool *p, char *err, const recmg_bag_args *a)
 {
     if (a->table >= p->h->n_tables)
-        return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", a->table, p->h->n_tables);
+        return rc_buf(err, RECMG_ERRLEN, RECMG_ERANGE, "table %u out of range (pool has %u tables)", a->table, p->h->n_tables);
     if (a->mode != RECMG_SUM && a->mode != RECMG_MEAN && a->mode != RECMG_MAX)
-        return rc_set(p, RECMG_EINVAL, "unknown mode code %d (sum, mean or max)", a->mode);
+        return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "unknown mode code %d (sum, mean or max)", a->mode);
     if (a->weights && a->mode != RECMG_SUM)
-        return rc_set(p, RECMG_EINVAL, "per-sample weights are only supported with mode 'sum'");
+        return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "per-sample weights are only supported with mode 'sum'");
     if ((a->n_ids && !a->ids) || !a->offsets || (a->n_bags && !a->out))
-        return rc_set(p, RECMG_EINVAL, "NULL ids, offsets or output");
+        return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "NULL ids, offsets or output");
     if (a->offsets[0] != 0 || (uint64_t)a->offsets[a->n_bags] != a->n_ids)
-        return rc_set(p, RECMG_EINVAL, "offsets must start at 0 and end at the number of ids (%llu)",
+        return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "offsets must start at 0 and end at the number of ids (%llu)",
                       (unsigned long long)a->n_ids);
     for (uint64_t b = 0; b < a->n_bags; b++)
         if (a->offsets[b + 1] < a->offsets[b])
-            return rc_set(p, RECMG_EINVAL, "offsets must not decrease (offsets[%llu] = %lld > offsets[%llu] = %lld)",
+            return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "offsets must not decrease (offsets[%llu] = %lld > offsets[%llu] = %lld)",
                           (unsigned long long)b, (long long)a->offsets[b], (unsigned long long)b + 1,
                           (long long)a->offsets[b + 1]);
     return RECMG_OK;
 }
 
-static int bag_one(recmg_pool *p, const recmg_bag_args *a)
+/* ---- specialised all-in-registers bag kernels: float32, sum/mean, dim 16/32/64/128, AVX2+FMA ----
+ * The bag's sum stays in vector registers; hits are read with relaxed atomic word loads and
+ * checked with the seqlock after each row. Returns 0, or -1 if a row lost a race with the writer
+ * (nothing was written then; the caller redoes the bag on the safe path). The same additions in the
+ * same order as the generic path, so the results are bit-identical. */
+typedef struct bagctx {
+    const recmg_pool *p;
+    const int32_t *slot;
+    const int64_t *ids, *offsets;
+    const float *weights;
+    float *out;
+    const uint8_t *slow, *mbuf;
+    int64_t keyhi;
+    uint64_t n;
+    size_t mstride;
+    uint32_t rb, pf_lines;
+    int mean;
+} bagctx;
+
+#if defined(__x86_64__)
+static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_body(const bagctx *c, uint64_t b,
+                                                                                   uint64_t *hits, const uint32_t D)
 {
-    int rc = check_args(p, a);
+    __m256 acc[16];
+#pragma GCC unroll 16
+    for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_setzero_ps();
+    const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
+    const recmg_pool *p = c->p;
+    uint64_t h = 0;
+    for (int64_t i = o0; i < o1; i++) {
+        if ((uint64_t)i + PF_DIST < c->n) {
+            int32_t ps = c->slot[i + PF_DIST];
+            const uint8_t *sp;
+            if (ps >= 0) {
+                __builtin_prefetch(&p->meta[ps], 0, 1);
+                sp = slot_ptr(p, (uint64_t)ps);
+            } else {
+                sp = c->slow ? c->slow + (uint64_t)c->ids[i + PF_DIST] * c->rb : NULL;
+            }
+            if (sp)
+#pragma GCC unroll 8
+                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+        }
+        const int32_t s = c->slot[i];
+        const __m256 vw = _mm256_set1_ps(c->weights ? c->weights[i] : 1.0f);
+        if (s >= 0) {
+            shm_slot_meta *m = &p->meta[s];
+            uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
+            if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)(c->keyhi | c->ids[i]))
+                return -1;
+            const _Atomic uint64_t *q = (const _Atomic uint64_t *)(const void *)slot_ptr(p, (uint64_t)s);
+#pragma GCC unroll 16
+            for (uint32_t k = 0; k < D / 8; k++) {
+                __m256i v = _mm256_set_epi64x((long long)atomic_load_explicit(&q[4 * k + 3], memory_order_relaxed),
+                                              (long long)atomic_load_explicit(&q[4 * k + 2], memory_order_relaxed),
+                                              (long long)atomic_load_explicit(&q[4 * k + 1], memory_order_relaxed),
+                                              (long long)atomic_load_explicit(&q[4 * k], memory_order_relaxed));
+                acc[k] = _mm256_fmadd_ps(vw, _mm256_castsi256_ps(v), acc[k]);
+            }
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(&m->version, memory_order_relaxed) != v1) return -1;
+            h++;
+        } else {
+            const float *row = (const float *)(const void *)(c->slow ? c->slow + (uint64_t)c->ids[i] * c->rb
+                                                                     : c->mbuf + (size_t)(-2 - s) * c->mstride);
+#pragma GCC unroll 16
+            for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(row + 8 * k), acc[k]);
+        }
+    }
+    float *out = c->out + b * D;
+    if (c->mean && o1 > o0) {
+        __m256 sc = _mm256_set1_ps(1.0f / (float)(o1 - o0));
+#pragma GCC unroll 16
+        for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_mul_ps(acc[k], sc);
+    }
+#pragma GCC unroll 16
+    for (uint32_t k = 0; k < D / 8; k++) _mm256_storeu_ps(out + 8 * k, acc[k]);
+    *hits += h;
+    return 0;
+}
+
+#define BAG_FAST(D)                                                                                             \
+    __attribute__((target("avx2,fma"))) static int bag_fast_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
+    {                                                                                                           \
+        return bag_fast_body(c, b, hits, D);                                                                    \
+    }
+BAG_FAST(16)
+BAG_FAST(32)
+BAG_FAST(64)
+BAG_FAST(128)
+#endif
+
+typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
+
+static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mode)
+{
+#if defined(__x86_64__)
+    if (!p->vec_copy || f16 || mode == RECMG_MAX) return NULL;
+    switch (dim) {
+    case 16: return bag_fast_16;
+    case 32: return bag_fast_32;
+    case 64: return bag_fast_64;
+    case 128: return bag_fast_128;
+    default: return NULL;
+    }
+#else
+    (void)p, (void)dim, (void)f16, (void)mode;
+    return NULL;
+#endif
+}
+
+static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres *res)
+{
+    int rc = check_args(p, ls->err, a);
     if (rc) return rc;
     const shm_table *t = &p->tables[a->table];
     const uint64_t n = a->n_ids, rows = t->rows;
@@ -102,11 +216,11 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     _Atomic int32_t *index = p->index + t->index_first;
     const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
 
-    rc = scratch(p, a->table, n, slow == NULL);
+    rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
-    int32_t *slot = p->s_slot;
-    uint64_t *seen = p->seen[a->table];
-    int64_t *urow = p->u_row;
+    int32_t *slot = ls->slot;
+    uint64_t *seen = ls->seen[a->table];
+    int64_t *urow = ls->urow;
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
     uint64_t nu = 0, umiss = 0, m = 0;
@@ -116,8 +230,8 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
             for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
-            return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)r,
-                          a->table, (unsigned long long)rows);
+            return rc_buf(ls->err, sizeof ls->err, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)",
+                          (long long)r, a->table, (unsigned long long)rows);
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
         uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
@@ -134,7 +248,8 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
                     k = (int32_t)m;
                     if (grow((void **)&p->m_rows, &p->m_cap, m + 1, sizeof *p->m_rows) != 0) {
                         for (uint64_t q = 0; q < nu; q++) seen[urow[q] >> 6] &= ~(UINT64_C(1) << (urow[q] & 63));
-                        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
+                        return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                                      (unsigned long long)m);
                     }
                     p->m_rows[m++] = r;
                 }
@@ -151,10 +266,11 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     uint8_t *mbuf = NULL;
     if (m) {
         if (grow((void **)&p->mbuf, &p->mbuf_cap, m * mstride + 64, 1) != 0)
-            return rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
+            return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                          (unsigned long long)m);
         mbuf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
         rc = read_slow_rows(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
-        if (rc) return rc;
+        if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
     }
 
     /* pass 2: accumulate in id order */
@@ -163,7 +279,7 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     uint64_t *heap = NULL;
     if (nwords > RECMG_PAGE / 8) {
         heap = aligned_alloc(64, ((size_t)nwords * 8 + 63) / 64 * 64);
-        if (!heap) return rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+        if (!heap) return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a row");
         tw = heap;
     }
     acc_fn acc = f16 ? p->acc16 : p->acc32;
@@ -174,7 +290,12 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
      * and checked afterwards; a bag that lost a race with the writer is redone on the safe path below,
      * which copies each row, checks it, and falls back to the slow tier. */
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
+    const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
+    const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
+                        .out = a->out, .slow = slow, .mbuf = mbuf, .keyhi = keyhi, .n = n, .mstride = mstride,
+                        .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     for (uint64_t b = 0; b < a->n_bags; b++) {
+        if (fast && fast(&ctx, b, &hits) == 0) continue;
         float *out = a->out + b * dim;
         int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
         if (facc) {
@@ -251,7 +372,7 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
                 rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
                 if (rc) {
                     free(heap);
-                    return rc;
+                    return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
                 }
                 on_demand++;
                 row = tw;
@@ -271,34 +392,205 @@ static int bag_one(recmg_pool *p, const recmg_bag_args *a)
     free(heap);
     if (slow) slow_bytes += umiss * rb;
 
-    ring_append(p, a->table, ids, n, RECMG_REC_LOOKUP);
-    shm_counters *tc = (shm_counters *)&t->c;
-    atomic_fetch_add_explicit(&tc->lookups, n, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tc->unique, nu, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tc->hits, hits, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tc->on_demand, on_demand, memory_order_relaxed);
-    atomic_fetch_add_explicit(&tc->slow_bytes, slow_bytes, memory_order_relaxed);
+    res->unique = nu;
+    res->hits = hits;
+    res->on_demand = on_demand;
+    res->slow_bytes = slow_bytes;
+    return RECMG_OK;
+}
+
+/* ---- worker threads for multi-table lookups (memory slow tiers) ---- */
+typedef struct workers {
+    int n; /* worker threads (the caller works too) */
+    pthread_t *th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv_job, cv_done;
+    uint64_t gen;
+    int stop;
+    int active;
+    const recmg_bag_args *args;
+    bagres *res;
+    uint32_t nargs;
+    _Atomic uint32_t next;
+    recmg_pool *p;
+} workers;
+
+typedef struct wstart {
+    workers *w;
+    int id;
+} wstart;
+
+static void run_items(workers *w, lscratch *ls)
+{
+    for (;;) {
+        uint32_t k = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed);
+        if (k >= w->nargs) break;
+        w->res[k].rc = bag_one(w->p, ls, &w->args[k], &w->res[k]);
+        if (w->res[k].rc) snprintf(w->res[k].err, sizeof w->res[k].err, "%s", ls->err);
+    }
+}
+
+static void *worker_main(void *arg)
+{
+    wstart st = *(wstart *)arg;
+    free(arg);
+    workers *w = st.w;
+    lscratch *ls = &w->p->ls[st.id];
+    uint64_t seen = 0;
+    pthread_mutex_lock(&w->mu);
+    for (;;) {
+        while (w->gen == seen && !w->stop) pthread_cond_wait(&w->cv_job, &w->mu);
+        if (w->stop) break;
+        seen = w->gen;
+        pthread_mutex_unlock(&w->mu);
+        run_items(w, ls);
+        pthread_mutex_lock(&w->mu);
+        if (--w->active == 0) pthread_cond_signal(&w->cv_done);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void scratch_free(recmg_pool *p, lscratch *ls)
+{
+    free(ls->slot);
+    free(ls->urow);
+    if (ls->seen)
+        for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->seen[t]);
+    free(ls->seen);
+}
+
+void lookup_free(recmg_pool *p)
+{
+    workers *w = p->wk;
+    if (w && getpid() == p->pid) { /* a forked child has no worker threads to join */
+        pthread_mutex_lock(&w->mu);
+        w->stop = 1;
+        pthread_cond_broadcast(&w->cv_job);
+        pthread_mutex_unlock(&w->mu);
+        for (int i = 0; i < w->n; i++) pthread_join(w->th[i], NULL);
+    }
+    if (w) {
+        free(w->th);
+        free(w);
+    }
+    p->wk = NULL;
+    if (p->ls)
+        for (int i = 0; i < p->n_threads; i++) scratch_free(p, &p->ls[i]);
+    free(p->ls);
+    p->ls = NULL;
+}
+
+/* Starts the workers (n_threads - 1 of them); on failure lookups stay single-threaded. */
+static void workers_start(recmg_pool *p)
+{
+    workers *w = calloc(1, sizeof *w);
+    if (!w) return;
+    w->th = calloc((size_t)p->n_threads, sizeof *w->th);
+    if (!w->th) {
+        free(w);
+        return;
+    }
+    w->p = p;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv_job, NULL);
+    pthread_cond_init(&w->cv_done, NULL);
+    for (int i = 1; i < p->n_threads; i++) {
+        wstart *st = malloc(sizeof *st);
+        if (!st) break;
+        *st = (wstart){.w = w, .id = i};
+        if (pthread_create(&w->th[w->n], NULL, worker_main, st) != 0) {
+            free(st);
+            break;
+        }
+        w->n++;
+    }
+    p->wk = w;
+}
+
+int recmg_set_threads(recmg_pool *p, int n)
+{
+    if (!p || n < 1 || n > 256) return p ? rc_set(p, RECMG_EINVAL, "threads must be 1..256, got %d", n) : RECMG_EINVAL;
+    pthread_mutex_lock(&p->lock);
+    lookup_free(p);
+    p->n_threads = n;
+    pthread_mutex_unlock(&p->lock);
+    return RECMG_OK;
+}
+
+static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
+{
+    ring_append(p, a->table, a->ids, a->n_ids, RECMG_REC_LOOKUP);
+    shm_counters *tc = &p->tables[a->table].c;
+    atomic_fetch_add_explicit(&tc->lookups, a->n_ids, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->unique, r->unique, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->hits, r->hits, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->on_demand, r->on_demand, memory_order_relaxed);
+    atomic_fetch_add_explicit(&tc->slow_bytes, r->slow_bytes, memory_order_relaxed);
     if (p->ring) {
         shm_counters *pc = &p->ring->c;
-        atomic_fetch_add_explicit(&pc->lookups, n, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pc->unique, nu, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pc->hits, hits, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pc->on_demand, on_demand, memory_order_relaxed);
-        atomic_fetch_add_explicit(&pc->slow_bytes, slow_bytes, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->lookups, a->n_ids, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->unique, r->unique, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->hits, r->hits, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->on_demand, r->on_demand, memory_order_relaxed);
+        atomic_fetch_add_explicit(&pc->slow_bytes, r->slow_bytes, memory_order_relaxed);
     }
-    return RECMG_OK;
 }
 
 int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
 {
     if (!p || (n && !args)) return RECMG_EINVAL;
-    int rc = RECMG_OK;
+    bagres one, *res = &one;
+    if (n > 1 && !(res = calloc(n, sizeof *res))) return rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
     pthread_mutex_lock(&p->lock);
-    for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) rc = bag_one(p, &args[k]);
+    int rc = RECMG_OK;
+    if (!p->ls && !(p->ls = calloc((size_t)p->n_threads, sizeof *p->ls))) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for lookup scratch");
+        goto out;
+    }
+    /* threads only for memory slow tiers (the SSD path shares one io_uring), and never in a forked
+     * child that inherited this handle */
+    int parallel = n > 1 && p->n_threads > 1 && p->slow && getpid() == p->pid;
+    if (parallel && !p->wk) workers_start(p);
+    if (parallel && p->wk && p->wk->n > 0) {
+        workers *w = p->wk;
+        pthread_mutex_lock(&w->mu);
+        w->args = args;
+        w->res = res;
+        w->nargs = n;
+        atomic_store_explicit(&w->next, 0, memory_order_relaxed);
+        w->active = w->n;
+        w->gen++;
+        pthread_cond_broadcast(&w->cv_job);
+        pthread_mutex_unlock(&w->mu);
+        run_items(w, &p->ls[0]);
+        pthread_mutex_lock(&w->mu);
+        while (w->active > 0) pthread_cond_wait(&w->cv_done, &w->mu);
+        pthread_mutex_unlock(&w->mu);
+        for (uint32_t k = 0; k < n; k++) {
+            if (res[k].rc) { /* the first failed table, in argument order */
+                rc = res[k].rc;
+                snprintf(p->err, sizeof p->err, "%s", res[k].err);
+                break;
+            }
+            account(p, &args[k], &res[k]);
+        }
+    } else {
+        for (uint32_t k = 0; k < n; k++) {
+            res[k].rc = bag_one(p, &p->ls[0], &args[k], &res[k]);
+            if (res[k].rc) {
+                rc = res[k].rc;
+                snprintf(p->err, sizeof p->err, "%s", p->ls[0].err);
+                break;
+            }
+            account(p, &args[k], &res[k]);
+        }
+    }
+out:
     pthread_mutex_unlock(&p->lock);
+    if (res != &one) free(res);
     return rc;
 }
-
 int recmg_embedding_bag(recmg_pool *p, uint32_t table, const int64_t *ids, uint64_t n_ids, const int64_t *offsets,
                         uint64_t n_bags, int mode, const float *weights, float *out)
 {

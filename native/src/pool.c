@@ -197,6 +197,7 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     p->flags = flags;
     p->ring_index = -1;
     p->pid = getpid();
+    p->n_threads = 1;
     slowio_init(&p->io);
     p->io.flags = flags;
     pthread_mutex_init(&p->lock, NULL);
@@ -223,12 +224,8 @@ static void handle_free(recmg_pool *p)
     /* a forked child closing its parent's handle must not release the parent's ring */
     if (p->ring && getpid() == p->pid) ring_release_own(p);
     slowio_close(&p->io);
-    if (p->seen && p->h)
-        for (uint32_t t = 0; t < p->h->n_tables; t++) free(p->seen[t]);
-    free(p->seen);
+    if (p->h) lookup_free(p);
     if (p->base) munmap(p->base, p->map_bytes);
-    free(p->s_slot);
-    free(p->u_row);
     free(p->h_ent);
     free(p->sreq);
     free(p->mbuf);
