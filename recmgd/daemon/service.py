@@ -388,6 +388,9 @@ class Daemon:
         self.ticks += 1
 
     def _check_drops(self, now: float) -> None:
+        if self.lag > max(1.0, 10 * self.cfg.interval) and now - self._last_warn > 10.0:
+            log.warning("the loop lags: the last tick ended %.0f ms after it was due", self.lag * 1e3)
+            self._last_warn = now
         for name, att in self.pools.items():
             d = att.driver.dropped_total
             if d > self._warned_drops.get(name, 0) and now - self._last_warn > 10.0:
@@ -414,8 +417,8 @@ class Daemon:
                     next_tick += self.cfg.interval
                     if next_tick < end:  # behind: do not try to catch up with a burst of ticks
                         next_tick = end
-                    self.notifier.watchdog(end)  # from the loop: a stuck tick misses it
                     now = end
+                self.notifier.watchdog(now)  # from the loop itself: a stuck tick misses it
                 if now >= next_apps:
                     for att in list(self.pools.values()):
                         try:
@@ -440,7 +443,11 @@ class Daemon:
                     next_tick = min(next_tick, time.monotonic())
                 if self._stop:
                     break
-                timeout = max(0.0, next_tick - time.monotonic())
+                now = time.monotonic()
+                timeout = max(0.0, next_tick - now)
+                wd = self.notifier.next_watchdog_in(now)
+                if wd is not None:
+                    timeout = min(timeout, wd)
                 self.control.poll(timeout)
         finally:
             self.shutdown()
