@@ -13,7 +13,7 @@ from recmgd import policy as registry
 from recmgd.errors import ModelError
 from recmgd.keys import make_keys
 from recmgd.models import checkpoint
-from recmgd.models.features import N_FEATURES, KeyIndex, RowHistory
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, KeyIndex, RowHistory, Stream
 from recmgd.models.nets import CacheNet, NumpyCacheNet, NumpyPrefetchNet, PrefetchNet
 from recmgd.models.train import TrainConfig, train_models
 from recmgd.models.voyager_net import NumpyVoyager, VoyagerNet
@@ -81,6 +81,20 @@ def test_row_history_features() -> None:
     assert np.allclose(h2.features(ids2, 12), f)
 
 
+def test_stream_candidates_follow_previous_occurrences() -> None:
+    st = Stream(depth=2)
+    st.append(np.array([0, 1, 2]), 0)
+    st.append(np.array([3, 0, 4]), 1)
+    st.append(np.array([5]), 2)
+    cand, f = st.candidates(np.array([0, 3]), 3)
+    # 0 last seen at position 4 -> successors 5 (pos 5); 3 at position 3 -> 0, 4
+    assert cand.tolist() == [0, 4, 5]
+    assert f.shape == (3, N_CAND_FEATURES)
+    assert f[1, 0] == pytest.approx(np.log1p(2))  # 4 proposed by both triggers
+    none, _ = st.candidates(np.array([9]), 3)
+    assert len(none) == 0
+
+
 def test_numpy_twins_match_torch() -> None:
     torch.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -97,13 +111,14 @@ def test_numpy_twins_match_torch() -> None:
     with torch.no_grad():
         r = p.rep(torch.from_numpy(ids), torch.from_numpy(x), torch.from_numpy(t))
         q = p.query(r[:4].mean(0, keepdim=True), r[4:].mean(0, keepdim=True))
-        s = p.score(q, r.unsqueeze(0), torch.from_numpy(x).unsqueeze(0))[0].numpy()
+        cf = torch.from_numpy(x[:, :N_CAND_FEATURES].copy()).unsqueeze(0)
+        s = p.score(q, r.unsqueeze(0), torch.from_numpy(x).unsqueeze(0), cf)[0].numpy()
     rn = npn.rep(ids, x, t)
     assert np.allclose(rn, r.numpy(), atol=1e-5)
     qn = npn.query(rn[:4].mean(0), rn[4:].mean(0))
-    assert np.allclose(npn.score(qn, rn, x), s, atol=1e-4)
+    assert np.allclose(npn.score(qn, rn, x, x[:, :N_CAND_FEATURES]), s, atol=1e-4)
 
-    v = VoyagerNet(30, hidden=16)
+    v = VoyagerNet(30, np.arange(30), hidden=16)
     seq = rng.integers(0, 31, 7)
     with torch.no_grad():
         logits, _ = v(torch.from_numpy(seq).unsqueeze(0))

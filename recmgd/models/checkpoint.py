@@ -46,6 +46,7 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
         models["voyager"] = {"n_rows": v.n_rows, "hidden": v.hidden}
         weights["voyager"] = v.state_dict()
         keys["voyager"] = trained.voyager_keys
+        keys["voyager_out"] = v.out_ids
     config = {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "feature_version": FEATURE_VERSION, "features": list(FEATURE_NAMES),
@@ -93,7 +94,8 @@ def load(path: str | os.PathLike[str]) -> Trained:
     assert isinstance(models, dict)
     tc = TrainConfig(**{k: v for k, v in dict(cfg.get("train") or {}).items()
                         if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    out = Trained(capacity=int(cfg.get("capacity", 0)), config=tc)
+    out = Trained(capacity=int(cfg.get("capacity", 0)), config=tc,
+                  stats={k: float(v) for k, v in dict(cfg.get("stats") or {}).items()})
     try:
         if "cache" in models:
             out.cache = CacheNet(hidden=int(models["cache"]["hidden"]))
@@ -107,7 +109,7 @@ def load(path: str | os.PathLike[str]) -> Trained:
             out.prefetch_keys = keys["prefetch"]
         if "voyager" in models:
             m = models["voyager"]
-            out.voyager = VoyagerNet(int(m["n_rows"]), hidden=int(m["hidden"]))
+            out.voyager = VoyagerNet(int(m["n_rows"]), keys["voyager_out"], hidden=int(m["hidden"]))
             out.voyager.load_state_dict(weights["voyager"])
             out.voyager.eval()
             out.voyager_keys = keys["voyager"]

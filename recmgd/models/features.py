@@ -165,3 +165,72 @@ class RowHistory:
         self.count[ids] += 1
         self.first[ids] = np.where(seen, self.first[ids], now)
         self.last[ids] = now
+
+
+#: candidate features of a prefetch candidate (how the temporal history proposes it)
+CAND_FEATURE_NAMES: tuple[str, ...] = ("log_votes", "min_offset", "log_trigger_age")
+N_CAND_FEATURES = len(CAND_FEATURE_NAMES)
+
+
+class Stream:
+    """The lookup stream as dense ids, with each row's latest position: the source of prefetch candidates.
+
+    Candidates for a step are the rows that followed, in the stream, the previous occurrence of each row
+    the step read (the temporal-streaming idea of STMS/Domino, at row granularity); the model then decides
+    which of them, if any, to fetch.
+    """
+
+    def __init__(self, depth: int = 8) -> None:
+        self.depth = depth
+        self.ids = np.zeros(4096, np.int64)
+        self.step = np.zeros(4096, np.int64)
+        self.n = 0
+        self.lastpos = np.full(1024, -1, np.int64)
+
+    def candidates(self, ids: np.ndarray, now: int) -> tuple[np.ndarray, np.ndarray]:
+        """(distinct candidate ids, their N_CAND_FEATURES features) proposed by ``ids``'s histories."""
+        if len(self.lastpos) < (int(ids.max()) + 1 if len(ids) else 0):
+            self._grow_ids(int(ids.max()) + 1)
+        pos = self.lastpos[ids]
+        pos = pos[pos >= 0]
+        if not len(pos):
+            return np.zeros(0, np.int64), np.zeros((0, N_CAND_FEATURES), np.float32)
+        off = np.arange(1, self.depth + 1)
+        p = pos[:, None] + off[None, :]
+        ok = p < self.n
+        p = np.where(ok, p, 0)
+        cand = self.ids[p][ok]
+        offs = np.broadcast_to(off[None, :], p.shape)[ok]
+        age = (now - self.step[pos])[:, None].repeat(self.depth, 1)[ok]
+        if not len(cand):
+            return np.zeros(0, np.int64), np.zeros((0, N_CAND_FEATURES), np.float32)
+        u, inv, votes = np.unique(cand, return_inverse=True, return_counts=True)
+        minoff = np.full(len(u), self.depth + 1, np.int64)
+        np.minimum.at(minoff, inv, offs)
+        minage = np.full(len(u), np.iinfo(np.int64).max, np.int64)
+        np.minimum.at(minage, inv, age)
+        f = np.empty((len(u), N_CAND_FEATURES), np.float32)
+        f[:, 0] = np.log1p(votes)
+        f[:, 1] = minoff / self.depth
+        f[:, 2] = np.log1p(minage)
+        return u, f
+
+    def _grow_ids(self, n: int) -> None:
+        a = np.full(max(n, 2 * len(self.lastpos)), -1, np.int64)
+        a[: len(self.lastpos)] = self.lastpos
+        self.lastpos = a
+
+    def append(self, ids: np.ndarray, step: int) -> None:
+        m = len(ids)
+        if self.n + m > len(self.ids):
+            cap = max(self.n + m, 2 * len(self.ids))
+            for name in ("ids", "step"):
+                a = np.zeros(cap, np.int64)
+                a[: self.n] = getattr(self, name)[: self.n]
+                setattr(self, name, a)
+        if m and len(self.lastpos) <= int(ids.max()):
+            self._grow_ids(int(ids.max()) + 1)
+        self.ids[self.n : self.n + m] = ids
+        self.step[self.n : self.n + m] = step
+        self.lastpos[ids] = self.n + np.arange(m)
+        self.n += m

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recmgd.models.features import N_FEATURES, N_TABLE_SLOTS
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, N_TABLE_SLOTS
 
 # Per-feature normalisation is folded into the first layer; these are rough scales of the log features.
 _FEATURE_SCALE = 0.25
@@ -83,7 +83,8 @@ class PrefetchNet(nn.Module):
         self.table = nn.Embedding(N_TABLE_SLOTS, dim)
         nn.init.zeros_(self.table.weight)
         self.ctx = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, queries * dim))
-        self.prior = nn.Sequential(nn.Linear(N_FEATURES, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        self.prior = nn.Sequential(nn.Linear(N_FEATURES + N_CAND_FEATURES, hidden), nn.ReLU(),
+                                   nn.Linear(hidden, 1))
         self.temp = nn.Parameter(torch.tensor(5.0))
 
     def rep(self, ids: torch.Tensor, feats: torch.Tensor, tables: torch.Tensor) -> torch.Tensor:
@@ -94,10 +95,14 @@ class PrefetchNet(nn.Module):
         q = self.ctx(torch.cat([ctx_now, ctx_past], dim=-1)).view(*ctx_now.shape[:-1], self.queries, self.dim)
         return nn.functional.normalize(q, dim=-1)
 
-    def score(self, q: torch.Tensor, r: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-        """q: (B, K, d); r: (B, N, d); feats: (B, N, F) -> logits (B, N)."""
+    def prior_logit(self, feats: torch.Tensor, cfeats: torch.Tensor) -> torch.Tensor:
+        return self.prior(torch.cat([feats * _FEATURE_SCALE, cfeats], dim=-1)).squeeze(-1)
+
+    def score(self, q: torch.Tensor, r: torch.Tensor, feats: torch.Tensor, cfeats: torch.Tensor
+              ) -> torch.Tensor:
+        """q: (B, K, d); r: (B, N, d); feats: (B, N, F); cfeats: (B, N, C) -> logits (B, N)."""
         sim = torch.einsum("bkd,bnd->bnk", q, r).amax(-1)
-        return self.temp * sim + self.prior(feats * _FEATURE_SCALE).squeeze(-1)
+        return self.temp * sim + self.prior_logit(feats, cfeats)
 
 
 class NumpyPrefetchNet:
@@ -112,7 +117,9 @@ class NumpyPrefetchNet:
         self.tab = sd["table.weight"]
         self.c1w, self.c1b = sd["ctx.0.weight"].T.copy(), sd["ctx.0.bias"]
         self.c2w, self.c2b = sd["ctx.2.weight"].T.copy(), sd["ctx.2.bias"]
-        self.p1w, self.p1b = (sd["prior.0.weight"].T * _FEATURE_SCALE).copy(), sd["prior.0.bias"]
+        p1 = sd["prior.0.weight"].T.copy()
+        p1[:N_FEATURES] *= _FEATURE_SCALE
+        self.p1w, self.p1b = p1, sd["prior.0.bias"]
         self.p2w, self.p2b = sd["prior.2.weight"][0].copy(), float(sd["prior.2.bias"][0])
         self.temp = float(sd["temp"])
         self.queries, self.dim = net.queries, net.dim
@@ -129,7 +136,7 @@ class NumpyPrefetchNet:
         q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
         return q
 
-    def score(self, q: np.ndarray, r: np.ndarray, feats: np.ndarray) -> np.ndarray:
+    def score(self, q: np.ndarray, r: np.ndarray, feats: np.ndarray, cfeats: np.ndarray) -> np.ndarray:
         sim = (r @ q.T).max(axis=1)
-        h = np.maximum(feats @ self.p1w + self.p1b, 0)
+        h = np.maximum(feats @ self.p1w[:N_FEATURES] + cfeats @ self.p1w[N_FEATURES:] + self.p1b, 0)
         return self.temp * sim + h @ self.p2w + self.p2b

@@ -22,7 +22,7 @@ import torch
 
 from recmgd.errors import ModelError
 from recmgd.models import checkpoint
-from recmgd.models.features import RowHistory
+from recmgd.models.features import RowHistory, Stream
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -38,9 +38,10 @@ class _Residency:
     re-estimated as now + its age (a row unused for a while stays unused for a while); stamp breaks ties.
     """
 
-    def __init__(self, capacity: int, order: str = "level") -> None:
+    def __init__(self, capacity: int, order: str = "level", slack: float = 2.0) -> None:
         self.capacity = capacity
         self.order = order
+        self.slack = slack
         self.resident = np.zeros(0, bool)
         self.level = np.zeros(0, np.float64)
         self.stamp = np.zeros(0, np.float64)
@@ -69,6 +70,10 @@ class _Residency:
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
             return -eff + 1e-3 * stamp
+        if self.order == "hybrid":
+            # the keep-level holds while the row is within (slack x) its predicted reuse distance
+            live = (now - stamp) <= self.slack * (self.nxt[ids] - stamp) + 1.0
+            return np.where(live, self.level[ids], 0.0) + stamp
         return self.level[ids] + stamp
 
     def plan(self, new: np.ndarray, now: float) -> tuple[np.ndarray, np.ndarray]:
@@ -102,13 +107,16 @@ class LearnedPolicy(Policy):
     models_needed: tuple[str, ...] = ()
 
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
-                 threads: int = 1, epochs: int = 4, levels: int = 4, bypass: float = 0.5,
+                 threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.5,
                  prefetch_threshold: float = 0.0, prefetch_level: float | None = None,
-                 pool_size: int = 512, refresh: int = 32, ghost: int = 256,
                  voyager_min_prob: float = 0.01, horizon: float = 16.0, order: str = "level",
+                 slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  train_config: TrainConfig | None = None) -> None:
-        if order not in ("level", "nextuse"):
-            raise ValueError(f"order must be 'level' or 'nextuse', got {order!r}")
+        if order not in ("level", "nextuse", "hybrid"):
+            raise ValueError(f"order must be 'level', 'nextuse' or 'hybrid', got {order!r}")
+        self.slack = float(slack)
+        self.gap_mode = gap_mode
+        self.rescore = int(rescore)
         self.order = order
         self.prefetch_budget = int(prefetch_budget)
         self.seed = int(seed)
@@ -119,7 +127,6 @@ class LearnedPolicy(Policy):
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.prefetch_level = float(levels // 2 if prefetch_level is None else prefetch_level)
-        self.pool_size, self.refresh, self.ghost_size = int(pool_size), int(refresh), int(ghost)
         self.voyager_min_prob = float(voyager_min_prob)
         self.horizon = float(horizon)
         self._step_len = 0.0
@@ -172,12 +179,11 @@ class LearnedPolicy(Policy):
         # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
         self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
         self.hist = RowHistory()
-        self.res = _Residency(self.capacity, self.order if self.use_cache_model else "level")
+        self.res = _Residency(self.capacity, self.order if self.use_cache_model else "level", self.slack)
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
-        self.ghost = np.zeros(0, np.int64)
-        self.pool = np.zeros(0, np.int64)
+        self.stream = Stream(self.cfg.depth)
         if self._np_voy is not None:
             self._np_voy.reset()
 
@@ -216,10 +222,20 @@ class LearnedPolicy(Policy):
             out = self._np_cache(self.hist.features(ids, b), self.hist.tables(ids))
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
             lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
-            res.nxt[ids] = b + np.maximum(np.expm1(out[:, 1]), 1.0)
+            # expected reuse distance: the model's, or the row's own mean gap when that is longer
+            cnt = self.hist.count[ids]
+            mean_gap = np.where(cnt > 1, self.hist.gapsum[ids] / np.maximum(cnt, 1), 0.0)
+            gap = np.maximum(np.expm1(out[:, 1]), 1.0)
+            res.nxt[ids] = b + (np.maximum(gap, mean_gap) if self.gap_mode == "max" else gap)
         else:
             p = np.ones(len(ids))
             lvl = np.zeros(len(ids))
+        if self.rescore and b % self.rescore == 0 and self._np_cache is not None and res.n:
+            # re-score every resident row with its history as of now (age since last use as the gap)
+            rid = np.flatnonzero(res.resident)
+            lg = self._np_cache(self.hist.features(rid, b), self.hist.tables(rid))[:, 0]
+            pr = 1.0 / (1.0 + np.exp(-lg))
+            res.level[rid] = np.minimum(np.floor(pr * self.levels), self.levels - 1) * self._unit
         self.hist.update(ids, b)
         res.level[ids] = lvl
         res.stamp[ids] = b
@@ -247,9 +263,9 @@ class LearnedPolicy(Policy):
         res.set_resident(evict, False)
         res.set_resident(ins, True)
         for_pf = np.isin(ins, pf) if len(pf) else np.zeros(len(ins), bool)
-        if len(evict) and self.ghost_size:
-            self.ghost = np.concatenate([self.ghost, evict])[-self.ghost_size :]
         self.recent.append(ids)
+        if self.prefetcher == "recmg":
+            self.stream.append(ids, b)
         idx = self.hist.index
         return Decision(evict=idx.keys_of(evict), admit=idx.keys_of(ins[~for_pf]),
                         prefetch=idx.keys_of(ins[for_pf]))
@@ -269,30 +285,18 @@ class LearnedPolicy(Policy):
         assert net is not None
         h = self.hist
         now = b + 1
-        n = len(h)
-        if b % self.refresh == 0 or not len(self.pool):
-            # candidate pool: the known rows whose history alone makes a near reuse most likely
-            allids = np.arange(n)
-            cand = allids[~self.res.resident[:n]]
-            if len(cand):
-                f = h.features(cand, now)
-                hid = np.maximum(f @ net.p1w + net.p1b, 0)
-                prior = hid @ net.p2w
-                k = min(self.pool_size, len(cand))
-                self.pool = cand[np.argpartition(-prior, k - 1)[:k]]
-        cand = np.unique(np.concatenate([self.pool, self.ghost]))
-        cand = cand[~self.res.resident[cand]]
-        if not len(cand):
-            return EMPTY_KEYS
-        cand = cand[~np.isin(cand, ids)]
+        cand, cf = self.stream.candidates(ids, now)
+        if len(cand):
+            ok = ~self.res.resident[cand] & ~np.isin(cand, ids)
+            cand, cf = cand[ok], cf[ok]
         if not len(cand):
             return EMPTY_KEYS
         now_r = net.rep(self.mid[ids], h.features(ids, now), h.tables(ids)).mean(0)
-        past = np.concatenate(list(self.recent)) if len(self.recent) else ids
+        past = np.unique(np.concatenate(list(self.recent))) if len(self.recent) else ids
         past_r = net.rep(self.mid[past], h.features(past, now), h.tables(past)).mean(0)
         q = net.query(now_r, past_r)
         fc = h.features(cand, now)
-        s = net.score(q, net.rep(self.mid[cand], fc, h.tables(cand)), fc)
+        s = net.score(q, net.rep(self.mid[cand], fc, h.tables(cand)), fc, cf)
         ok = np.flatnonzero(s > self.prefetch_threshold)
         if not len(ok):
             return EMPTY_KEYS

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from recmgd.models.features import N_FEATURES, RowHistory
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
 from recmgd.models.voyager_net import VoyagerNet
@@ -42,9 +42,8 @@ class TrainConfig:
     dim: int = 16
     queries: int = 4
     max_pos: int = 32
-    n_rand: int = 48
-    n_recent: int = 48
-    n_pop: int = 32
+    max_cand: int = 128
+    depth: int = 8
     ctx_now: int = 48
     ctx_past: int = 96
     past_steps: int = 3
@@ -52,6 +51,7 @@ class TrainConfig:
     voyager_epochs: int = 2
     voyager_seq: int = 64
     voyager_hidden: int = 64
+    voyager_vocab: int = 16384
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -111,8 +111,10 @@ def train_cache(x: np.ndarray, t: np.ndarray, y: np.ndarray, cfg: TrainConfig,
 @dataclass
 class PrefetchData:
     cand_ids: np.ndarray  # (S, M) model ids (n_rows = unknown / padding)
-    cand_x: np.ndarray  # (S, M, F)
+    cand_x: np.ndarray  # (S, M, F) history features
+    cand_c: np.ndarray  # (S, M, C) candidate features (how the stream proposed it)
     cand_t: np.ndarray  # (S, M)
+    is_cand: np.ndarray  # (S, M) 1 = proposed by the stream (0: a true miss added for the set loss)
     label: np.ndarray  # (S, M) 1 = OPT misses it within W steps
     weight: np.ndarray  # (S, M) loss weight (0 = padding)
     now_ids: np.ndarray  # (S, A)
@@ -132,34 +134,27 @@ def _sample(rng: np.random.Generator, a: np.ndarray, k: int) -> np.ndarray:
 
 def prefetch_dataset(steps: Sequence[np.ndarray], miss: Sequence[np.ndarray], cfg: TrainConfig
                      ) -> PrefetchData:
-    """Replay the training steps; at sampled steps record candidates, their labels and the context."""
+    """Replay the training steps; at sampled steps record the stream's candidates, their labels (in
+    OPT's misses of the next W steps), the true miss set (for the set loss) and the context."""
     rng = np.random.default_rng(cfg.seed + 1)
     H, W = len(steps), cfg.window
     hist = RowHistory()
-    for b in range(H):  # first pass: assign every id (model ids = ids in order of first sight)
-        hist.ids(steps[b])
+    step_ids = [hist.ids(s) for s in steps]
     n_rows = len(hist)
     keys_all = hist.index.all_keys()
-    index = hist.index
-    step_ids = [index.lookup(s) for s in steps]
     miss_ids = [ids[m] for ids, m in zip(step_ids, miss, strict=True)]
     hist = RowHistory()
-    first_seen = np.full(n_rows, H, np.int64)
-    for b in range(H):
-        fresh = step_ids[b][first_seen[step_ids[b]] == H]
-        first_seen[fresh] = b
-    lens = np.array([len(s) for s in step_ids])
-    flat = np.concatenate(step_ids) if H else np.zeros(0, np.int64)
-    ends = np.cumsum(lens)
-    usable = [b for b in range(cfg.past_steps, H - W)]
+    stream = Stream(cfg.depth)
+    usable = list(range(cfg.past_steps, H - W))
     stride = max(1, len(usable) // cfg.max_samples)
     chosen = set(usable[::stride][: cfg.max_samples])
-    M = cfg.max_pos + cfg.n_rand + cfg.n_recent + cfg.n_pop
+    M = cfg.max_cand + cfg.max_pos
     S = len(chosen)
-    F = N_FEATURES
+    F, C = N_FEATURES, N_CAND_FEATURES
     d = PrefetchData(
         cand_ids=np.full((S, M), n_rows, np.int64), cand_x=np.zeros((S, M, F), np.float32),
-        cand_t=np.zeros((S, M), np.int64), label=np.zeros((S, M), np.float32),
+        cand_c=np.zeros((S, M, C), np.float32), cand_t=np.zeros((S, M), np.int64),
+        is_cand=np.zeros((S, M), np.float32), label=np.zeros((S, M), np.float32),
         weight=np.zeros((S, M), np.float32),
         now_ids=np.full((S, cfg.ctx_now), n_rows, np.int64), now_x=np.zeros((S, cfg.ctx_now, F), np.float32),
         now_t=np.zeros((S, cfg.ctx_now), np.int64), now_m=np.zeros((S, cfg.ctx_now), np.float32),
@@ -167,50 +162,52 @@ def prefetch_dataset(steps: Sequence[np.ndarray], miss: Sequence[np.ndarray], cf
         past_x=np.zeros((S, cfg.ctx_past, F), np.float32),
         past_t=np.zeros((S, cfg.ctx_past), np.int64), past_m=np.zeros((S, cfg.ctx_past), np.float32),
         keys=keys_all)
-    # history.ids() must give the same ids as the first pass: feed steps in the same order
     s = 0
     for b in range(H):
         ids = hist.ids(steps[b])
         hist.update(ids, b)
-        if b not in chosen:
-            continue
         now = b + 1
-        known = int(ends[b])  # lookups so far
-        n_known = len(hist)
-        fut = np.unique(np.concatenate(miss_ids[b + 1 : b + 1 + W]))
-        fut = fut[(first_seen[fut] <= b)]
-        fut = np.setdiff1d(fut, ids, assume_unique=True)
-        pos = _sample(rng, fut, cfg.max_pos)
-        rand = rng.integers(0, n_known, cfg.n_rand)
-        lo = int(ends[max(0, b - 4 * W)]) if b - 4 * W >= 0 else 0
-        recent = flat[rng.integers(lo, known, cfg.n_recent)] if known > lo else rand[: cfg.n_recent]
-        pop = flat[rng.integers(0, known, cfg.n_pop)]
-        neg = np.concatenate([rand, recent, pop])
-        neg = neg[~np.isin(neg, fut)]
-        neg = np.setdiff1d(neg, ids)
-        cand = np.concatenate([pos, neg])[:M]
-        m = len(cand)
-        d.cand_ids[s, :m] = cand
-        d.cand_x[s, :m] = hist.features(cand, now)
-        d.cand_t[s, :m] = hist.tables(cand)
-        d.label[s, : len(pos)] = 1
-        # weight positives toward long reuse distance and infrequent rows
-        gap = now - hist.last[pos]
-        w = np.log1p(gap.astype(np.float32)) / np.sqrt(hist.count[pos])
-        d.weight[s, : len(pos)] = w / max(float(w.mean()), 1e-6) if len(pos) else w
-        d.weight[s, len(pos) : m] = 1.0
-        a = _sample(rng, ids, cfg.ctx_now)
-        d.now_ids[s, : len(a)] = a
-        d.now_x[s, : len(a)] = hist.features(a, now)
-        d.now_t[s, : len(a)] = hist.tables(a)
-        d.now_m[s, : len(a)] = 1
-        past = np.unique(np.concatenate(step_ids[b - cfg.past_steps : b]))
-        p = _sample(rng, past, cfg.ctx_past)
-        d.past_ids[s, : len(p)] = p
-        d.past_x[s, : len(p)] = hist.features(p, now)
-        d.past_t[s, : len(p)] = hist.tables(p)
-        d.past_m[s, : len(p)] = 1
-        s += 1
+        if b in chosen:
+            cand, cf = stream.candidates(ids, now)
+            keep = ~np.isin(cand, ids)
+            cand, cf = cand[keep], cf[keep]
+            if len(cand) > cfg.max_cand:
+                pick = np.sort(rng.choice(len(cand), cfg.max_cand, replace=False))
+                cand, cf = cand[pick], cf[pick]
+            fut = np.unique(np.concatenate(miss_ids[b + 1 : b + 1 + W]))
+            fut = fut[fut < len(hist)]  # only rows seen before can be prefetched
+            fut = np.setdiff1d(fut, ids, assume_unique=True)
+            extra = _sample(rng, np.setdiff1d(fut, cand, assume_unique=True), cfg.max_pos)
+            allc = np.concatenate([cand, extra])
+            m = len(allc)
+            lab = np.isin(allc, fut)
+            d.cand_ids[s, :m] = allc
+            d.cand_x[s, :m] = hist.features(allc, now)
+            d.cand_c[s, : len(cand)] = cf
+            d.cand_c[s, len(cand) : m] = (0.0, (cfg.depth + 1) / cfg.depth, np.log1p(H))
+            d.cand_t[s, :m] = hist.tables(allc)
+            d.is_cand[s, : len(cand)] = 1
+            d.label[s, :m] = lab
+            # weight true misses toward long reuse distance and infrequent rows
+            gap = (now - hist.last[allc]).astype(np.float32)
+            w = np.log1p(gap) / np.sqrt(np.maximum(hist.count[allc], 1))
+            pw = w[lab]
+            d.weight[s, :m] = 1.0
+            if len(pw):
+                d.weight[s, :m][lab] = pw / max(float(pw.mean()), 1e-6)
+            a = _sample(rng, ids, cfg.ctx_now)
+            d.now_ids[s, : len(a)] = a
+            d.now_x[s, : len(a)] = hist.features(a, now)
+            d.now_t[s, : len(a)] = hist.tables(a)
+            d.now_m[s, : len(a)] = 1
+            past = np.unique(np.concatenate(step_ids[b - cfg.past_steps : b]))
+            p = _sample(rng, past, cfg.ctx_past)
+            d.past_ids[s, : len(p)] = p
+            d.past_x[s, : len(p)] = hist.features(p, now)
+            d.past_t[s, : len(p)] = hist.tables(p)
+            d.past_m[s, : len(p)] = 1
+            s += 1
+        stream.append(ids, b)
     return d
 
 
@@ -257,9 +254,10 @@ def _prefetch_loss(net: PrefetchNet, b: dict[str, torch.Tensor], mode: str) -> t
     valid = (w > 0).float()
     best = sims.amax(-1)  # (B,M)
     bce = nn.functional.binary_cross_entropy_with_logits
+    cm = b["is_cand"] * valid  # the candidates the policy would see
     if mode == "ce":
-        logits = net.temp * best + net.prior(b["cand_x"] * 0.25).squeeze(-1)
-        return (bce(logits, label, reduction="none") * w).sum() / valid.sum().clamp(min=1)
+        logits = net.temp * best + net.prior_logit(b["cand_x"], b["cand_c"])
+        return (bce(logits, label, reduction="none") * w * cm).sum() / cm.sum().clamp(min=1)
     # Chamfer set loss between the K predicted points and the true future-miss set, in rep space
     pos = label * valid
     npos = pos.sum(1)
@@ -276,8 +274,8 @@ def _prefetch_loss(net: PrefetchNet, b: dict[str, torch.Tensor], mode: str) -> t
     negm = (1 - label) * valid
     repel = (torch.relu(best - 0.2) ** 2 * negm).sum() / negm.sum().clamp(min=1)
     # calibration head: temperature and history prior on detached similarities (used to rank/threshold)
-    logits = net.temp * best.detach() + net.prior(b["cand_x"] * 0.25).squeeze(-1)
-    cal = (bce(logits, label, reduction="none") * w).sum() / valid.sum().clamp(min=1)
+    logits = net.temp * best.detach() + net.prior_logit(b["cand_x"], b["cand_c"])
+    cal = (bce(logits, label, reduction="none") * w * cm).sum() / cm.sum().clamp(min=1)
     return chamfer + repel + cal
 
 
@@ -294,14 +292,19 @@ def train_voyager(stream: np.ndarray, keys: np.ndarray, cfg: TrainConfig,
                   progress: Progress = _noop) -> VoyagerNet:
     torch.manual_seed(cfg.seed + 3)
     rng = np.random.default_rng(cfg.seed + 3)
-    net = VoyagerNet(len(keys), hidden=cfg.voyager_hidden)
+    counts = np.bincount(stream, minlength=len(keys))
+    often = np.flatnonzero(counts >= 2)
+    out_ids = often[np.argsort(-counts[often], kind="stable")][: cfg.voyager_vocab]
+    cls = np.full(len(keys) + 1, len(out_ids), np.int64)  # model id -> class ("other" by default)
+    cls[out_ids] = np.arange(len(out_ids))
+    net = VoyagerNet(len(keys), out_ids, hidden=cfg.voyager_hidden)
     opt = torch.optim.Adam(net.parameters(), lr=3e-3)
     L = cfg.voyager_seq
     n = (len(stream) - 1) // L
     if n <= 0:
         return net
     x = torch.from_numpy(stream[: n * L].reshape(n, L))
-    y = torch.from_numpy(stream[1 : n * L + 1].reshape(n, L))
+    y = torch.from_numpy(cls[stream[1 : n * L + 1]].reshape(n, L))
     bs = max(8, cfg.batch // L)
     total = cfg.voyager_epochs * ((n + bs - 1) // bs)
     done, t0, ema = 0, time.perf_counter(), None

@@ -2,7 +2,9 @@
 
 Voyager (Shi et al., ASPLOS'21) embeds page and offset and predicts the next access with an LSTM and a
 softmax. Rows of an embedding table have no page/offset structure (ids are hashed), so here the input is
-a learned embedding of the row itself and the output a softmax over the rows seen in training.
+a learned embedding of the row itself and the output a softmax over the rows used at least twice in
+training (at most ``max_out``, the most frequent; Voyager likewise bounds its output vocabulary), plus
+one "other" class.
 """
 
 from __future__ import annotations
@@ -13,12 +15,13 @@ from torch import nn
 
 
 class VoyagerNet(nn.Module):
-    def __init__(self, n_rows: int, emb: int = 32, hidden: int = 64) -> None:
+    def __init__(self, n_rows: int, out_ids: np.ndarray, emb: int = 32, hidden: int = 64) -> None:
         super().__init__()
         self.n_rows, self.hidden = n_rows, hidden
+        self.out_ids = np.asarray(out_ids, np.int64)  # output class -> model id
         self.emb = nn.Embedding(n_rows + 1, emb)  # last: unknown row
         self.lstm = nn.LSTM(emb, hidden, batch_first=True)
-        self.out = nn.Linear(hidden, n_rows + 1)
+        self.out = nn.Linear(hidden, len(self.out_ids) + 1)  # last: any other row
 
     def forward(self, x: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
@@ -38,6 +41,7 @@ class NumpyVoyager:
         self.ob = sd["out.bias"]
         self.hidden = net.hidden
         self.n_rows = net.n_rows
+        self.out_ids = net.out_ids
         self.reset()
 
     def reset(self) -> None:
@@ -58,14 +62,15 @@ class NumpyVoyager:
         self.h, self.c = h, c
 
     def top(self, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The k most likely next rows (model ids, excluding 'unknown') and their log-probabilities."""
+        """The k most likely next rows (model ids, excluding 'other') and their log-probabilities."""
         logits = self.h @ self.ow + self.ob
-        logits[self.n_rows] = -np.inf
-        k = min(k, self.n_rows)
+        n_out = len(self.out_ids)
+        k = min(k, n_out)
         if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0, np.float32)
-        idx = np.argpartition(-logits, k - 1)[:k]
-        idx = idx[np.argsort(-logits[idx])]
         m = logits.max()
         lse = m + np.log(np.exp(logits - m).sum())
-        return idx.astype(np.int64), (logits[idx] - lse).astype(np.float32)
+        body = logits[:n_out]
+        idx = np.argpartition(-body, k - 1)[:k]
+        idx = idx[np.argsort(-body[idx])]
+        return self.out_ids[idx], (body[idx] - lse).astype(np.float32)

@@ -1,0 +1,144 @@
+"""Cost of the learned models in the daemon's shape (a step's batch of deduplicated rows at a time).
+
+    .venv/bin/python tools/bench_models.py [--trace TRACE] [--train-lookups 300000] [--train-threads 2]
+
+Measures, on one core (torch and numpy inference single-threaded):
+- caching model: features + forward pass over each step's rows, in lookups/s (target >= 1M/s/core),
+  and the whole recmg-cache observe() (features, model, residency, eviction) in lookups/s;
+- prefetch decision per step (candidates, features, representations, scores) at batch 16 (< 1 ms);
+- training both models on the first --train-lookups deduplicated lookups with --train-threads threads
+  (target < 5 min on 2 cores), and the Voyager baseline alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from recmgd import policy as registry
+from recmgd.models.nets import NumpyCacheNet
+from recmgd.models.train import TrainConfig, train_models
+from recmgd.policy import StepView
+from recmgd.trace import open_trace
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "amazon_video.trace"
+
+
+def _pct(a: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(a), q))
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default=str(DEFAULT_TRACE))
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--budget", type=int, default=16)
+    ap.add_argument("--train-lookups", type=int, default=300_000)
+    ap.add_argument("--train-threads", type=int, default=2)
+    ap.add_argument("--epochs", type=int, default=4)
+    ap.add_argument("--skip-train", action="store_true")
+    args = ap.parse_args()
+
+    torch.set_num_threads(1)
+    steps = open_trace(args.trace).steps(args.batch)
+    lst = steps.as_list()
+    half = len(lst) // 2
+    uniq = len(np.unique(steps.keys))
+    cap = max(1, int(args.fraction * uniq))
+    print(f"trace {os.path.basename(args.trace)}: {len(lst)} steps of {args.batch} samples, "
+          f"{steps.n_lookups:,} deduplicated lookups, {uniq:,} rows; capacity {cap} ({args.fraction})")
+    print(f"cpu: {os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.2f}")
+
+    # one trained recmg policy (first half), then time the second half step by step
+    t0 = time.perf_counter()
+    pol = registry.create("recmg", prefetch_budget=args.budget, epochs=args.epochs, threads=1)
+    pol.fit(lst[:half], cap)
+    print(f"fit recmg (cache + prefetch, 1 thread) on {half} steps: {time.perf_counter() - t0:.1f} s")
+    net = pol._np_cache
+    assert isinstance(net, NumpyCacheNet)
+
+    # caching model alone: features + forward over each step's rows, with the history kept current
+    pol.reset(cap)
+    hist = pol.hist
+    n_look, t_model = 0, 0.0
+    for b, keys in enumerate(lst):
+        ids = hist.ids(keys)
+        t1 = time.perf_counter()
+        net(hist.features(ids, b), hist.tables(ids))
+        t_model += time.perf_counter() - t1
+        hist.update(ids, b)
+        if b >= half:
+            pass
+        n_look += len(ids)
+    print(f"caching model (features + MLP per step, batch {args.batch}): "
+          f"{n_look / t_model:,.0f} lookups/s/core ({t_model / len(lst) * 1e6:.1f} us a step)")
+    # larger batches, as when the daemon drains many steps from the ring at once
+    ids = np.arange(len(hist))
+    for n in (256, 4096):
+        sel = ids[:n]
+        reps = max(3, 200_000 // n)
+        t1 = time.perf_counter()
+        for _ in range(reps):
+            net(hist.features(sel, len(lst)), hist.tables(sel))
+        dt = time.perf_counter() - t1
+        print(f"caching model at batch {n}: {n * reps / dt:,.0f} lookups/s/core")
+
+    # whole policies, step by step (driver-side residency in a set, as the daemon's pool would be)
+    for name in ("recmg-cache", "recmg"):
+        p = registry.create(name, prefetch_budget=args.budget, threads=1)
+        p._install(pol.trained)  # same trained models
+        p.reset(cap)
+        res: set[int] = set()
+        times: list[float] = []
+        pf_times: list[float] = []
+        for b, keys in enumerate(lst):
+            kl = keys.tolist()
+            hit = np.fromiter((k in res for k in kl), bool, len(kl))
+            t1 = time.perf_counter()
+            d = p.observe(StepView(b, keys, hit))
+            times.append(time.perf_counter() - t1)
+            res.difference_update(d.evict.tolist())
+            res.update(d.admit.tolist())
+            res.update(d.prefetch.tolist())
+            if name == "recmg" and b >= half and b % 8 == 0:
+                ids = p.hist.index.lookup(keys)
+                t2 = time.perf_counter()
+                p._prefetch_recmg(b, ids)
+                pf_times.append(time.perf_counter() - t2)
+        tt = np.asarray(times[half:])
+        lk = sum(len(s) for s in lst[half:])
+        print(f"{name} observe(): {lk / tt.sum():,.0f} lookups/s/core, "
+              f"per step mean {tt.mean() * 1e3:.3f} ms, p99 {np.percentile(tt, 99) * 1e3:.3f} ms")
+        if pf_times:
+            print(f"prefetch decision per step (batch {args.batch}, budget {args.budget}): mean "
+                  f"{np.mean(pf_times) * 1e3:.3f} ms, p50 {_pct(pf_times, 50) * 1e3:.3f} ms, "
+                  f"p99 {_pct(pf_times, 99) * 1e3:.3f} ms")
+
+    if args.skip_train:
+        return 0
+    # training cost on the first N deduplicated lookups
+    ends = np.cumsum([len(s) for s in lst])
+    n_steps = int(np.searchsorted(ends, args.train_lookups)) + 1
+    sub = lst[:n_steps]
+    torch.set_num_threads(args.train_threads)
+    cfg = TrainConfig(epochs=args.epochs)
+    t0 = time.perf_counter()
+    train_models(sub, cap, cfg, which=("cache", "prefetch"))
+    t_rm = time.perf_counter() - t0
+    print(f"training cache + prefetch on {int(ends[n_steps - 1]):,} lookups ({n_steps} steps), "
+          f"{args.train_threads} threads, {args.epochs} epochs: {t_rm:.1f} s")
+    t0 = time.perf_counter()
+    train_models(sub, cap, cfg, which=("voyager",))
+    print(f"training voyager on the same, {cfg.voyager_epochs} epochs: {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
