@@ -105,8 +105,7 @@ sys.path.insert(0, {tools!r})
 from bench_daemon import workload
 pool = Pool.attach({name!r})
 rng = np.random.default_rng(1)
-batches = [workload(rng, {tables}, {rows}, {samples}, {pooling}, {alpha}) for _ in range(64)]
-per = sum(len(b) for b in batches[0])
+per = {tables} * {samples} * {pooling}
 rate = {offered}
 t0 = time.monotonic(); done = 0; i = 0
 print("ready", flush=True)
@@ -115,7 +114,7 @@ while time.monotonic() - t0 < {seconds}:
     now = time.monotonic()
     if due > now:
         time.sleep(due - now)
-    for t, ids in enumerate(batches[i % 64]):
+    for t, ids in enumerate(workload(rng, {tables}, {rows}, {samples}, {pooling}, {alpha})):
         pool.embedding_bag(t, ids, np.arange(0, len(ids), {pooling}, dtype=np.int64))
     pool.end_batch()
     done += per; i += 1

@@ -357,9 +357,10 @@ def validate_policies(cfg: Config) -> None:
             importlib.import_module(mod)
         except Exception as exc:  # noqa: BLE001 - any import failure is a config problem
             raise ConfigError(f"{cfg.path}: plugins: cannot import {mod!r}: {exc}") from None
-    known = set(policy_mod.available())
     entries = [("policy.name", cfg.policy)] + [(f"pool.{n}.name", p) for n, p in cfg.pool_policies.items()]
+    unknown = set(policy_mod.unknown([pc.name for _, pc in entries]))  # loads only what it must
     for key, pc in entries:
-        if pc.name not in known:
+        if pc.name in unknown:
+            known = policy_mod.available()
             raise ConfigError(f"{cfg.path}: {key}: unknown policy {pc.name!r} "
-                              f"(known: {', '.join(sorted(known)) or 'none registered'})")
+                              f"(known: {', '.join(known) or 'none registered'})")
