@@ -88,6 +88,7 @@ threads = 2
     ("fill_rows_per_s = -5", "fill_rows_per_s", "impossible value -5"),
     ("fill_mb_per_s = -0.5", "fill_mb_per_s", "impossible value"),
     ("max_drain = 0", "max_drain", "impossible value 0"),
+    ("coalesce = -1", "coalesce", "impossible value -1"),
     ("log_level = 'loud'", "log_level", "impossible value 'loud'"),
     ("pools = ['a', 'a']", "pools", "named twice"),
     ("pools = ['a/b']", "pools", "impossible value"),

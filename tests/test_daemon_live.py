@@ -28,9 +28,8 @@ from recmgd.daemon.control import request
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
-TRACES = Path("/work/shared/traces")
-OBD = TRACES / "obd_random.trace"
-AMAZON = TRACES / "amazon_video.trace"
+OBD = "obd_random.trace"
+AMAZON = "amazon_video.trace"
 
 
 def app(*args: str) -> subprocess.Popen:
@@ -67,18 +66,17 @@ def unique_keys(batches: list[list[tuple[int, np.ndarray]]]) -> int:
     return len({(t, int(r)) for b in batches for t, rows in b for r in rows})
 
 
-@pytest.mark.parametrize("trace,batch,limit,fraction", [
+@pytest.mark.parametrize("trace_name,batch,limit,fraction", [
     (OBD, 16, 0, 0.1),
     (AMAZON, 32, 30_000, 0.05),
 ])
-def test_step_mode_matches_simulator(tmp_path: Path, trace: Path, batch: int, limit: int,
-                                     fraction: float) -> None:
+def test_step_mode_matches_simulator(tmp_path: Path, shared_traces: Path, trace_name: str, batch: int,
+                                     limit: int, fraction: float) -> None:
     from test_daemon_app import trace_batches
 
     from recmgd.sim import capacity_for
 
-    if not trace.exists():
-        pytest.skip(f"{trace} not available")
+    trace = shared_traces / trace_name
     batches, _ = trace_batches(str(trace), batch, limit)
     capacity = capacity_for(fraction, unique_keys(batches))
     expected = sim_on_demand(batches, capacity, "lru")

@@ -226,3 +226,23 @@ def test_paused_pool_counts_but_does_not_move_rows(pools) -> None:
     app.end_batch()
     drv.tick()
     assert drv.stats()["fills"] == 5
+
+
+def test_coalesce_merges_batches_drained_together(pools) -> None:
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", coalesce=10)
+    for b in range(7):  # 7 batches of 4 lookups drained at once: steps of >= 10 records
+        lookup(app, 0, [b, b + 1, b + 2, 500])
+        app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["batches"] == 7 and st["lookups"] == 28
+    assert st["steps"] == 3  # 3 + 3 batches (>= 10 records each), then the last one
+    assert st["unique"] == 6 + 6 + 4 and len(daemon.resident_keys()) == 10
+    drv.step_mode = True  # step mode ignores coalescing
+    for b in range(3):
+        lookup(app, 1, [b])
+        app.end_batch()
+    drv.tick()
+    assert drv.stats()["steps"] == 6

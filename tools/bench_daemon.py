@@ -55,7 +55,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         if args.model_dir:
             opts["model_dir"] = args.model_dir
         pol = policy_mod.create(policy, **opts)
-        drv = PoolDriver(daemon, pol, policy, budget=FillBudget(), max_drain=1 << 22)
+        drv = PoolDriver(daemon, pol, policy, budget=FillBudget(), max_drain=1 << 22, coalesce=args.coalesce)
         rng = np.random.default_rng(0)
         per_batch = args.tables * args.samples * args.pooling
         # warm up the fast tier, then measure
@@ -133,12 +133,14 @@ def load(policy: str, args: argparse.Namespace) -> dict:
     sock = tmp / "ctl.sock"
     cfg = tmp / "recmgd.toml"
     cfg.write_text(f'pools = ["{name}"]\ninterval = {args.interval}\nmax_drain = 1048576\n'
+                   f'coalesce = {args.coalesce}\n'
                    f'[control]\nsocket = "{sock}"\n[policy]\nname = "{policy}"\n'
                    + (f'model_dir = "{args.model_dir}"\n' if args.model_dir else "")
                    + f"[policy.options]\nprefetch_budget = {args.prefetch_budget}\n")
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    d = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--foreground",
-                          "--log-level", "warning"], env=env, stderr=subprocess.PIPE, text=True)
+    d = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg),
+                          "--foreground", "--log-level", "warning"],
+                         env=env, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -198,6 +200,7 @@ def main() -> int:
     p.add_argument("--warm-batches", type=int, default=200)
     p.add_argument("--offered", type=float, default=200_000, help="lookups/s the app offers in `load`")
     p.add_argument("--interval", type=float, default=0.01)
+    p.add_argument("--coalesce", type=int, default=0, help="the daemon's coalesce setting (records)")
     p.add_argument("--prefetch-budget", type=int, default=0)
     p.add_argument("--model-dir", default="")
     p.add_argument("--only", choices=("capacity", "load"), default=None)

@@ -147,8 +147,10 @@ class PoolDriver:
     """
 
     def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
-                 budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144) -> None:
+                 budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144,
+                 coalesce: int = 0) -> None:
         self.pool = pool
+        self.coalesce = coalesce
         self.name = str(pool.name)
         self.step_mode = step_mode
         self.max_drain = max_drain
@@ -330,13 +332,33 @@ class PoolDriver:
         types = recs >> REC_TYPE_SHIFT
         ends = np.flatnonzero(types == REC_BATCH_END)
         start = 0
-        for e in ends.tolist():
+        merge = 0 if self.step_mode else self.coalesce
+        if merge and len(ends) > 1:
+            # behind the apps: several batches of a ring at once; process runs of consecutive batches
+            # of at least `coalesce` records as one step each (fewer, larger steps keep up better)
+            cut, n_batches = [], []
+            gstart, count = 0, 0
+            for e in ends.tolist():
+                count += 1
+                if e - gstart >= merge:
+                    cut.append(e)
+                    n_batches.append(count)
+                    gstart, count = e + 1, 0
+            if count:
+                cut.append(int(ends[-1]))
+                n_batches.append(count)
+        else:
+            cut = ends.tolist()
+            n_batches = [1] * len(cut)
+        for e, nb in zip(cut, n_batches, strict=True):
             seg = recs[start:e]
             if st.pending:
                 st.pending.append(seg)
                 seg = np.concatenate(st.pending)
                 st.pending = []
-            self._batch(seg)
+            if nb > 1:
+                seg = seg[(seg >> REC_TYPE_SHIFT) != REC_BATCH_END]
+            self._batch(seg, nb)
             start = e + 1
         tail = recs[start:]
         if len(tail):
@@ -361,8 +383,8 @@ class PoolDriver:
 
     # -- one step --------------------------------------------------------------------------------
 
-    def _batch(self, seg: np.ndarray) -> None:
-        self.pc["batches"] += 1
+    def _batch(self, seg: np.ndarray, n_batches: int = 1) -> None:
+        self.pc["batches"] += n_batches
         if not len(seg):
             self._step(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
             return

@@ -133,7 +133,8 @@ class Daemon:
             return False
         try:
             driver = PoolDriver(pool, pol, pc.name, hint_slots=pc.hint_slots, budget=self.budget,
-                                step_mode=self.cfg.step_mode, max_drain=self.cfg.max_drain)
+                                step_mode=self.cfg.step_mode, max_drain=self.cfg.max_drain,
+                                coalesce=self.cfg.coalesce)
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -339,6 +340,7 @@ class Daemon:
         for att in self.pools.values():
             att.driver.step_mode = new.step_mode
             att.driver.max_drain = new.max_drain
+            att.driver.coalesce = new.coalesce
         assert self.control is not None
         if new_control is not None:
             self.control.close()
