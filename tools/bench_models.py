@@ -44,7 +44,11 @@ def main() -> int:
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--ablation", action="store_true",
+                    help="only the set-loss ablation: Chamfer vs cross-entropy, same model and seed")
     args = ap.parse_args()
+    if args.ablation:
+        return ablation(args)
 
     torch.set_num_threads(1)
     steps = open_trace(args.trace).steps(args.batch)
@@ -138,6 +142,82 @@ def main() -> int:
     train_models(sub, cap, cfg, which=("voyager",))
     print(f"training voyager on the same, {cfg.voyager_epochs} epochs: {time.perf_counter() - t0:.1f} s")
     return 0
+
+
+def _auc(score: np.ndarray, label: np.ndarray) -> float:
+    n1 = int(label.sum())
+    n0 = len(label) - n1
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    r = np.argsort(np.argsort(score, kind="stable"), kind="stable")
+    return float((r[label > 0].sum() - n1 * (n1 - 1) / 2) / (n1 * n0))
+
+
+def ablation(args: argparse.Namespace) -> int:
+    """Chamfer set loss vs plain cross-entropy for the prefetching model: held-out ranking quality of
+    the stream candidates (labels: OPT misses within W steps) and the simulator's on-demand fetches of
+    `recmg` with each, the caching model shared."""
+    from recmgd.models.labels import opt_labels
+    from recmgd.models.train import _masked_mean, prefetch_dataset, train_prefetch
+    from recmgd.sim.driver import drive
+
+    torch.set_num_threads(1)
+    steps = open_trace(args.trace).steps(args.batch)
+    lst = steps.as_list()
+    half = len(lst) // 2
+    cap = max(1, int(args.fraction * len(np.unique(steps.keys))))
+    base = train_models(lst[:half], cap, TrainConfig(epochs=args.epochs), which=("cache",))
+    _, miss_all = opt_labels(lst, cap)
+    held = prefetch_dataset(lst, miss_all, TrainConfig(epochs=args.epochs))
+    test = slice(len(held.label) // 2, None)
+    print(f"ablation on {os.path.basename(args.trace)}, capacity {cap}, budget {args.budget}")
+    print("| loss | held-out AUC | positives among candidates | top-1% precision | on_demand | pf_issued | "
+          "pf_useful | seconds to train |")
+    print("|---|---|---|---|---|---|---|---|")
+    for loss in ("chamfer", "ce"):
+        cfg = TrainConfig(epochs=args.epochs, prefetch_loss=loss)
+        _, miss = opt_labels(lst[:half], cap)
+        t0 = time.perf_counter()
+        net = train_prefetch(prefetch_dataset(lst[:half], miss, cfg), cfg)
+        dt = time.perf_counter() - t0
+        # held-out: the model ids of the full-trace dataset differ from training's; map by key
+        index = {k: i for i, k in enumerate(base_keys(lst[:half]).tolist())}
+        T = {k: torch.from_numpy(np.ascontiguousarray(v[test]))
+             for k, v in held.__dict__.items() if k != "keys"}
+        remap = np.array([index.get(k, net.n_rows) for k in held.keys.tolist()] + [net.n_rows])
+        for f in ("cand_ids", "now_ids", "past_ids"):
+            T[f] = torch.from_numpy(remap[T[f].numpy()])
+        with torch.no_grad():
+            q = net.query(_masked_mean(net.rep(T["now_ids"], T["now_x"], T["now_t"]), T["now_m"]),
+                          _masked_mean(net.rep(T["past_ids"], T["past_x"], T["past_t"]), T["past_m"]))
+            sc = net.score(q, net.rep(T["cand_ids"], T["cand_x"], T["cand_t"]), T["cand_x"], T["cand_c"])
+        cm = T["is_cand"].numpy() > 0
+        lab, sc = T["label"].numpy()[cm], sc.numpy()[cm]
+        top = sc >= np.quantile(sc, 0.99) if len(sc) else sc > 0
+        tr = dataclass_replace(base, prefetch=net, prefetch_keys=base_keys(lst[:half]), config=cfg)
+        pol = registry.create("recmg", prefetch_budget=args.budget, threads=1)
+        pol._install(tr)
+        c = drive(pol, steps, cap, half, path="python")
+        prec = lab[top].mean() if top.any() else 0.0
+        print(f"| {loss} | {_auc(sc, lab):.3f} | {lab.mean():.5f} | {prec:.4f} | "
+              f"{c.on_demand:,} | {c.prefetch_issued:,} | {c.prefetch_useful:,} | {dt:.1f} |")
+    return 0
+
+
+def base_keys(steps: list[np.ndarray]) -> np.ndarray:
+    """Model ids of a training run are the rows in order of first sight."""
+    from recmgd.models.features import KeyIndex
+
+    idx = KeyIndex()
+    for s in steps:
+        idx.get_or_add(s)
+    return idx.all_keys()
+
+
+def dataclass_replace(obj: object, **kw: object) -> object:
+    import dataclasses
+
+    return dataclasses.replace(obj, **kw)  # type: ignore[type-var]
 
 
 if __name__ == "__main__":

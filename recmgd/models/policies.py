@@ -108,7 +108,7 @@ class LearnedPolicy(Policy):
 
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
                  threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.5,
-                 prefetch_threshold: float = 0.0, prefetch_level: float | None = None,
+                 prefetch_threshold: float = 0.0,
                  voyager_min_prob: float = 0.01, horizon: float = 16.0, order: str = "level",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  train_config: TrainConfig | None = None) -> None:
@@ -126,7 +126,6 @@ class LearnedPolicy(Policy):
         self.levels = int(levels)
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
-        self.prefetch_level = float(levels // 2 if prefetch_level is None else prefetch_level)
         self.voyager_min_prob = float(voyager_min_prob)
         self.horizon = float(horizon)
         self._step_len = 0.0
@@ -250,11 +249,17 @@ class LearnedPolicy(Policy):
         else:
             admit_mask = missed
         adm = ids[admit_mask]
-        pf = self._prefetch(b, ids)
+        pf, pf_p = self._prefetch(b, ids)
         if len(pf):
-            # prefetches are inserted after admissions (most recent), predicted used within the window
-            res.level[pf] = self.prefetch_level * self._unit if self.use_cache_model else 0.0
-            res.stamp[pf] = b + 0.5
+            # prefetches are inserted after admissions, predicted used within the window; with the
+            # caching model they enter at the lowest keep-level, behind this step's rows, so they only
+            # take the place of rows the caching model would evict first anyway
+            if self.use_cache_model:
+                res.level[pf] = 0.0
+                res.stamp[pf] = b - 0.5
+            else:
+                res.level[pf] = 0.0
+                res.stamp[pf] = b + 0.5
             res.nxt[pf] = now + self.cfg.window / 2
             new = np.concatenate([adm, pf])
         else:
@@ -271,16 +276,19 @@ class LearnedPolicy(Policy):
                         prefetch=idx.keys_of(ins[for_pf]))
 
     # ---------------------------------------------------------------------------------- prefetchers
-    def _prefetch(self, b: int, ids: np.ndarray) -> np.ndarray:
+    def _prefetch(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Rows to prefetch (history ids, best first) and their predicted probabilities."""
+        none = (EMPTY_KEYS, np.zeros(0))
         if self.prefetch_budget <= 0 or self.capacity <= 0:
-            return EMPTY_KEYS
+            return none
         if self.prefetcher == "recmg" and self._np_pref is not None:
             return self._prefetch_recmg(b, ids)
         if self.prefetcher == "voyager" and self._np_voy is not None:
-            return self._prefetch_voyager(ids)
-        return EMPTY_KEYS
+            pf = self._prefetch_voyager(ids)
+            return pf, np.ones(len(pf))
+        return none
 
-    def _prefetch_recmg(self, b: int, ids: np.ndarray) -> np.ndarray:
+    def _prefetch_recmg(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         net = self._np_pref
         assert net is not None
         h = self.hist
@@ -290,7 +298,7 @@ class LearnedPolicy(Policy):
             ok = ~self.res.resident[cand] & ~np.isin(cand, ids)
             cand, cf = cand[ok], cf[ok]
         if not len(cand):
-            return EMPTY_KEYS
+            return EMPTY_KEYS, np.zeros(0)
         now_r = net.rep(self.mid[ids], h.features(ids, now), h.tables(ids)).mean(0)
         past = np.unique(np.concatenate(list(self.recent))) if len(self.recent) else ids
         past_r = net.rep(self.mid[past], h.features(past, now), h.tables(past)).mean(0)
@@ -299,9 +307,9 @@ class LearnedPolicy(Policy):
         s = net.score(q, net.rep(self.mid[cand], fc, h.tables(cand)), fc, cf)
         ok = np.flatnonzero(s > self.prefetch_threshold)
         if not len(ok):
-            return EMPTY_KEYS
+            return EMPTY_KEYS, np.zeros(0)
         ok = ok[np.argsort(-s[ok], kind="stable")][: self.prefetch_budget]
-        return cand[ok]
+        return cand[ok], 1.0 / (1.0 + np.exp(-s[ok]))
 
     def _prefetch_voyager(self, ids: np.ndarray) -> np.ndarray:
         v = self._np_voy
