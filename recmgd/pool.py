@@ -334,6 +334,10 @@ class Pool:
             )
         return t
 
+    def set_threads(self, threads: int) -> None:
+        """Threads a lookup may use on a memory slow tier (several tables, or one table's bags)."""
+        self._check(lib.recmg_set_threads(self._handle, int(threads)))
+
     # ------------------------------------------------------------------ slow tier
     def write_rows(self, table: int, rows: Any, values: Any) -> None:
         """Write rows to the slow tier (the truth) and refresh any resident copy."""

@@ -281,3 +281,37 @@ def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
         )
     finally:
         pool.destroy()
+
+
+def test_single_table_split_across_threads_is_identical() -> None:
+    """A large single-table call is split over threads: same bits, same counters as one thread."""
+    rows, dim = 3000, 64
+    results = []
+    for threads in (1, 2, 4):
+        pool = Pool.create(_name(), tables=[(rows, dim)], slots=1500, threads=threads)
+        try:
+            rng = np.random.default_rng(5)
+            pool.write_rows(0, np.arange(rows), rng.standard_normal((rows, dim)).astype(np.float32))
+            pool.fill(0, rng.permutation(rows)[:1500])
+            ids, offsets = _batch(rng, rows, bags=1000, max_len=30)
+            psw = torch.from_numpy(rng.standard_normal(len(ids)).astype(np.float32))
+            outs = [
+                pool.embedding_bag(0, ids, offsets, mode=m, weights=w)
+                for m, w in (("sum", None), ("sum", psw), ("mean", None), ("max", None))
+            ]
+            c = pool.counters()["tables"][0]
+            keys = pool.drain_ring(pool.ring_index)
+            results.append(
+                (outs, {k: c[k] for k in ("lookups", "unique", "hits", "on_demand", "slow_bytes")}, keys)
+            )
+            with pytest.raises(IndexError, match="row id 3000"):
+                bad = ids.clone()
+                bad[len(bad) // 2] = rows
+                pool.embedding_bag(0, bad, offsets)
+        finally:
+            pool.destroy()
+    for outs, counters, keys in results[1:]:
+        for a, b in zip(outs, results[0][0], strict=True):
+            assert torch.equal(a, b)
+        assert counters == results[0][1]
+        assert np.array_equal(keys, results[0][2])

@@ -105,7 +105,7 @@ typedef struct bagctx {
     float *out;
     const uint8_t *slow, *mbuf;
     int64_t keyhi;
-    uint64_t n;
+    uint64_t base, iend; /* slot[] holds ids [base, iend) */
     size_t mstride;
     uint32_t rb, pf_lines;
     int mean;
@@ -122,8 +122,8 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
     const recmg_pool *p = c->p;
     uint64_t h = 0;
     for (int64_t i = o0; i < o1; i++) {
-        if ((uint64_t)i + PF_DIST < c->n) {
-            int32_t ps = c->slot[i + PF_DIST];
+        if ((uint64_t)i + PF_DIST < c->iend) {
+            int32_t ps = c->slot[i + PF_DIST - c->base];
             const uint8_t *sp;
             if (ps >= 0) {
                 __builtin_prefetch(&p->meta[ps], 0, 1);
@@ -135,7 +135,7 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
 #pragma GCC unroll 8
                 for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
         }
-        const int32_t s = c->slot[i];
+        const int32_t s = c->slot[i - c->base];
         const __m256 vw = _mm256_set1_ps(c->weights ? c->weights[i] : 1.0f);
         if (s >= 0) {
             shm_slot_meta *m = &p->meta[s];
@@ -203,12 +203,22 @@ static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mod
 #endif
 }
 
-static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres *res)
+/* A piece of work: bags [b0, b1) of one argument; uniq: count distinct rows (else the caller does). */
+typedef struct work {
+    const recmg_bag_args *a;
+    uint64_t b0, b1;
+    int uniq;
+    int pad;
+} work;
+
+static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 {
-    int rc = check_args(p, ls->err, a);
-    if (rc) return rc;
+    int rc;
+    const recmg_bag_args *a = wk->a;
     const shm_table *t = &p->tables[a->table];
-    const uint64_t n = a->n_ids, rows = t->rows;
+    const uint64_t i0 = (uint64_t)a->offsets[wk->b0], iend = (uint64_t)a->offsets[wk->b1];
+    const uint64_t n = iend - i0, rows = t->rows;
+    const int uniq = wk->uniq;
     const int64_t *ids = a->ids;
     const uint32_t dim = t->dim, rb = t->row_bytes, nwords = (rb + 7) / 8;
     const int f16 = t->dtype == RECMG_F16;
@@ -224,8 +234,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
     uint64_t nu = 0, umiss = 0, m = 0;
-    for (uint64_t i = 0; i < n; i++) {
-        if (i + 2 * PF_DIST < n && (uint64_t)ids[i + 2 * PF_DIST] < rows)
+    for (uint64_t i = i0; i < iend; i++) {
+        if (i + 2 * PF_DIST < iend && (uint64_t)ids[i + 2 * PF_DIST] < rows)
             __builtin_prefetch(&index[ids[i + 2 * PF_DIST]], 0, 3);
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
@@ -234,11 +244,14 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
                           (long long)r, a->table, (unsigned long long)rows);
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
-        uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
-        int fresh = !(w & bit);
-        if (fresh) {
-            seen[r >> 6] = w | bit;
-            urow[nu++] = r;
+        int fresh = 0;
+        if (uniq) {
+            uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
+            fresh = !(w & bit);
+            if (fresh) {
+                seen[r >> 6] = w | bit;
+                urow[nu++] = r;
+            }
         }
         if (s < 0) {
             umiss += fresh;
@@ -256,7 +269,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
                 s = -2 - k;
             }
         }
-        slot[i] = s;
+        slot[i - i0] = s;
     }
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
 
@@ -292,9 +305,10 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
     const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
-                        .out = a->out, .slow = slow, .mbuf = mbuf, .keyhi = keyhi, .n = n, .mstride = mstride,
+                        .out = a->out, .slow = slow, .mbuf = mbuf, .keyhi = keyhi, .base = i0, .iend = iend,
+                        .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
-    for (uint64_t b = 0; b < a->n_bags; b++) {
+    for (uint64_t b = wk->b0; b < wk->b1; b++) {
         if (fast && fast(&ctx, b, &hits) == 0) continue;
         float *out = a->out + b * dim;
         int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
@@ -303,8 +317,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
             uint64_t h = 0;
             int64_t i = o0;
             for (; i < o1; i++) {
-                if ((uint64_t)i + PF_DIST < n) {
-                    int32_t ps = slot[i + PF_DIST];
+                if ((uint64_t)i + PF_DIST < iend) {
+                    int32_t ps = slot[i + PF_DIST - i0];
                     if (ps >= 0) {
                         __builtin_prefetch(&p->meta[ps], 0, 1);
                         const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
@@ -314,7 +328,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
                         for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
                     }
                 }
-                int32_t s = slot[i];
+                int32_t s = slot[i - i0];
                 float w = a->weights ? a->weights[i] : 1.0f;
                 if (s >= 0) {
                     shm_slot_meta *m = &p->meta[s];
@@ -343,8 +357,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
         else
             memset(out, 0, (size_t)dim * sizeof *out);
         for (int64_t i = o0; i < o1; i++) {
-            if ((uint64_t)i + PF_DIST < n) {
-                int32_t ps = slot[i + PF_DIST];
+            if ((uint64_t)i + PF_DIST < iend) {
+                int32_t ps = slot[i + PF_DIST - i0];
                 if (ps >= 0) {
                     __builtin_prefetch(&p->meta[ps], 0, 1);
                     const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
@@ -355,7 +369,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
                 }
             }
             int64_t r = ids[i];
-            int32_t s = slot[i];
+            int32_t s = slot[i - i0];
             const void *row;
             if (s >= 0 && slot_read(p, s, keyhi | r, tw, nwords)) {
                 row = tw;
@@ -399,7 +413,32 @@ static int bag_one(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, bagres 
     return RECMG_OK;
 }
 
-/* ---- worker threads for multi-table lookups (memory slow tiers) ---- */
+/* Distinct rows (and distinct missing rows) of a whole argument, for one split across threads. */
+static int unique_pass(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, uint64_t *nu_out, uint64_t *umiss_out)
+{
+    const shm_table *t = &p->tables[a->table];
+    int rc = scratch(p, ls, a->table, a->n_ids, 0);
+    if (rc) return rc;
+    uint64_t *seen = ls->seen[a->table];
+    int64_t *urow = ls->urow;
+    _Atomic int32_t *index = p->index + t->index_first;
+    uint64_t nu = 0, umiss = 0;
+    for (uint64_t i = 0; i < a->n_ids; i++) {
+        int64_t r = a->ids[i];
+        if ((uint64_t)r >= t->rows) continue; /* the bag work reports it */
+        uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
+        if (w & bit) continue;
+        seen[r >> 6] = w | bit;
+        urow[nu++] = r;
+        umiss += atomic_load_explicit(&index[r], memory_order_relaxed) < 0;
+    }
+    for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+    *nu_out = nu;
+    *umiss_out = umiss;
+    return RECMG_OK;
+}
+
+/* ---- worker threads (memory slow tiers): tables, and large tables' bags, spread over threads ---- */
 typedef struct workers {
     int n; /* worker threads (the caller works too) */
     pthread_t *th;
@@ -408,10 +447,10 @@ typedef struct workers {
     uint64_t gen;
     int stop;
     int active;
-    const recmg_bag_args *args;
+    const work *items;
     bagres *res;
-    uint32_t nargs;
-    _Atomic uint32_t next;
+    uint64_t nitems;
+    _Atomic uint64_t next;
     recmg_pool *p;
 } workers;
 
@@ -420,13 +459,14 @@ typedef struct wstart {
     int id;
 } wstart;
 
-static void run_items(workers *w, lscratch *ls)
+static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *res, uint64_t nitems,
+                      _Atomic uint64_t *next)
 {
     for (;;) {
-        uint32_t k = atomic_fetch_add_explicit(&w->next, 1, memory_order_relaxed);
-        if (k >= w->nargs) break;
-        w->res[k].rc = bag_one(w->p, ls, &w->args[k], &w->res[k]);
-        if (w->res[k].rc) snprintf(w->res[k].err, sizeof w->res[k].err, "%s", ls->err);
+        uint64_t k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
+        if (k >= nitems) break;
+        res[k].rc = bag_one(p, ls, &items[k], &res[k]);
+        if (res[k].rc) snprintf(res[k].err, sizeof res[k].err, "%s", ls->err);
     }
 }
 
@@ -443,7 +483,7 @@ static void *worker_main(void *arg)
         if (w->stop) break;
         seen = w->gen;
         pthread_mutex_unlock(&w->mu);
-        run_items(w, ls);
+        run_items(w->p, ls, w->items, w->res, w->nitems, &w->next);
         pthread_mutex_lock(&w->mu);
         if (--w->active == 0) pthread_cond_signal(&w->cv_done);
     }
@@ -537,60 +577,112 @@ static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
     }
 }
 
+#define MIN_CHUNK_BAGS 64
+
 int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
 {
     if (!p || (n && !args)) return RECMG_EINVAL;
-    bagres one, *res = &one;
-    if (n > 1 && !(res = calloc(n, sizeof *res))) return rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
+    for (uint32_t k = 0; k < n; k++) {
+        int rc = check_args(p, p->err, &args[k]);
+        if (rc) return rc;
+    }
     pthread_mutex_lock(&p->lock);
     int rc = RECMG_OK;
+    work *items = NULL;
+    bagres *res = NULL, *argres = NULL;
+    uint32_t *first = NULL;
     if (!p->ls && !(p->ls = calloc((size_t)p->n_threads, sizeof *p->ls))) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for lookup scratch");
         goto out;
     }
     /* threads only for memory slow tiers (the SSD path shares one io_uring), and never in a forked
      * child that inherited this handle */
-    int parallel = n > 1 && p->n_threads > 1 && p->slow && getpid() == p->pid;
+    int parallel = p->n_threads > 1 && p->slow && getpid() == p->pid;
     if (parallel && !p->wk) workers_start(p);
-    if (parallel && p->wk && p->wk->n > 0) {
+    parallel = parallel && p->wk && p->wk->n > 0;
+    /* the work items: one per argument, or (few arguments, many bags) a split of its bags */
+    uint64_t nitems = 0;
+    uint32_t split_to = parallel && n < 2u * (uint32_t)p->n_threads ? 2u * (uint32_t)p->n_threads : 1u;
+    first = calloc((size_t)n + 1, sizeof *first);
+    argres = calloc(n ? n : 1, sizeof *argres);
+    if (!first || !argres) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
+        goto out;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t c = args[k].n_bags / MIN_CHUNK_BAGS;
+        c = c < split_to ? c : split_to;
+        first[k] = (uint32_t)nitems;
+        nitems += c > 1 ? c : 1;
+    }
+    first[n] = (uint32_t)nitems;
+    items = calloc(nitems ? nitems : 1, sizeof *items);
+    res = calloc(nitems ? nitems : 1, sizeof *res);
+    if (!items || !res) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
+        goto out;
+    }
+    for (uint32_t k = 0; k < n; k++) {
+        uint64_t c = first[k + 1] - first[k], nb = args[k].n_bags;
+        for (uint64_t q = 0; q < c; q++)
+            items[first[k] + q] = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = c == 1};
+    }
+    if (parallel) {
         workers *w = p->wk;
         pthread_mutex_lock(&w->mu);
-        w->args = args;
+        w->items = items;
         w->res = res;
-        w->nargs = n;
+        w->nitems = nitems;
         atomic_store_explicit(&w->next, 0, memory_order_relaxed);
         w->active = w->n;
         w->gen++;
         pthread_cond_broadcast(&w->cv_job);
         pthread_mutex_unlock(&w->mu);
-        run_items(w, &p->ls[0]);
+        /* the caller counts the distinct rows of split arguments while the workers start */
+        for (uint32_t k = 0; k < n; k++)
+            if (first[k + 1] - first[k] > 1) {
+                int e = unique_pass(p, &p->ls[0], &args[k], &argres[k].unique, &argres[k].on_demand);
+                if (e) argres[k].rc = e, snprintf(argres[k].err, sizeof argres[k].err, "%s", p->ls[0].err);
+                argres[k].slow_bytes = argres[k].on_demand * p->tables[args[k].table].row_bytes;
+            }
+        run_items(p, &p->ls[0], items, res, nitems, &w->next);
         pthread_mutex_lock(&w->mu);
         while (w->active > 0) pthread_cond_wait(&w->cv_done, &w->mu);
         pthread_mutex_unlock(&w->mu);
-        for (uint32_t k = 0; k < n; k++) {
-            if (res[k].rc) { /* the first failed table, in argument order */
-                rc = res[k].rc;
-                snprintf(p->err, sizeof p->err, "%s", res[k].err);
-                break;
-            }
-            account(p, &args[k], &res[k]);
-        }
     } else {
-        for (uint32_t k = 0; k < n; k++) {
-            res[k].rc = bag_one(p, &p->ls[0], &args[k], &res[k]);
-            if (res[k].rc) {
-                rc = res[k].rc;
-                snprintf(p->err, sizeof p->err, "%s", p->ls[0].err);
+        _Atomic uint64_t next = 0;
+        run_items(p, &p->ls[0], items, res, nitems, &next);
+    }
+    /* in argument order: the first failure is the error; what came before it is logged and counted */
+    for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) {
+        bagres *t = &argres[k];
+        for (uint32_t q = first[k]; q < first[k + 1] && !t->rc; q++) {
+            if (res[q].rc) {
+                t->rc = res[q].rc;
+                snprintf(t->err, sizeof t->err, "%s", res[q].err);
                 break;
             }
-            account(p, &args[k], &res[k]);
+            t->unique += res[q].unique;
+            t->hits += res[q].hits;
+            t->on_demand += res[q].on_demand;
+            t->slow_bytes += res[q].slow_bytes;
+        }
+        if (t->rc) {
+            rc = t->rc;
+            snprintf(p->err, sizeof p->err, "%s", t->err);
+        } else {
+            account(p, &args[k], t);
         }
     }
 out:
     pthread_mutex_unlock(&p->lock);
-    if (res != &one) free(res);
+    free(items);
+    free(res);
+    free(argres);
+    free(first);
     return rc;
 }
+
 int recmg_embedding_bag(recmg_pool *p, uint32_t table, const int64_t *ids, uint64_t n_ids, const int64_t *offsets,
                         uint64_t n_bags, int mode, const float *weights, float *out)
 {
