@@ -45,10 +45,34 @@ def workload(rng: np.random.Generator, tables: int, rows: int, samples: int, poo
     return out
 
 
+def trace_batches(path: str, batch: int) -> tuple[list[list[np.ndarray]], list[int]]:
+    """A trace's batches of ``batch`` samples, each as one row-id array per table, and the table sizes."""
+    from recmgd.trace import open_trace
+
+    tr = open_trace(path)
+    keys = np.asarray(tr.keys, dtype=np.int64)
+    offs = np.asarray(tr.sample_offsets, dtype=np.int64)
+    tables, rows = keys >> 40, keys & ((1 << 40) - 1)
+    n_tables = int(tables.max()) + 1
+    sizes = [int(rows[tables == t].max()) + 1 for t in range(n_tables)]
+    out = []
+    for s in range(0, len(offs) - 1, batch):
+        lo, hi = offs[s], offs[min(s + batch, len(offs) - 1)]
+        bt, br = tables[lo:hi], rows[lo:hi]
+        out.append([br[bt == t] for t in range(n_tables)])
+    return out, sizes
+
+
 def capacity(policy: str, args: argparse.Namespace) -> dict:
     name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-    app = Pool.create(name, tables=[(args.rows, args.dim)] * args.tables, slots=args.slots,
-                      ring_records=1 << 22, rings=2)
+    if args.trace:
+        trace, sizes = trace_batches(args.trace, args.samples)
+        uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
+        slots = max(1, int(args.fraction * uniq))
+        tables = [(n, args.dim) for n in sizes]
+    else:
+        trace, slots, tables = [], args.slots, [(args.rows, args.dim)] * args.tables
+    app = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 22, rings=2)
     daemon = Pool.attach(name, role="daemon")
     try:
         opts: dict = {"prefetch_budget": args.prefetch_budget}
@@ -57,7 +81,8 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         pol = policy_mod.create(policy, **opts)
         drv = PoolDriver(daemon, pol, policy, budget=FillBudget(), max_drain=1 << 22, coalesce=args.coalesce)
         rng = np.random.default_rng(0)
-        per_batch = args.tables * args.samples * args.pooling
+        per_batch = (sum(len(r) for b in trace for r in b) / len(trace) if trace
+                     else args.tables * args.samples * args.pooling)
         # warm up the fast tier, then measure
         busy = 0.0
         t_end = time.monotonic() + args.seconds
@@ -65,9 +90,14 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         i = 0
         while True:
             for _ in range(args.batches_per_tick):
-                batch = workload(rng, args.tables, args.rows, args.samples, args.pooling, args.alpha)
-                for t, ids in enumerate(batch):
-                    app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
+                if trace:
+                    for t, ids in enumerate(trace[i % len(trace)]):
+                        if len(ids):
+                            app.embedding_bag(t, ids, np.arange(len(ids), dtype=np.int64))
+                else:
+                    batch = workload(rng, args.tables, args.rows, args.samples, args.pooling, args.alpha)
+                    for t, ids in enumerate(batch):
+                        app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
                 app.end_batch()
                 i += 1
             t0 = time.perf_counter()
@@ -87,8 +117,9 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         real_lookups = st["lookups"] - base["lookups"]
         return {
             "policy": policy, "lookups": real_lookups, "busy_s": round(busy, 3),
-            "lookups_per_s": round(real_lookups / busy), "batches": batches_done,
-            "lookups_per_batch": per_batch, "policy_s": round(st["policy_time_s"] - base["policy_time_s"], 3),
+            "lookups_per_s": round(real_lookups / busy), "batches": batches_done, "slots": slots,
+            "lookups_per_batch": round(per_batch, 1), "trace": os.path.basename(args.trace) or "synthetic",
+            "policy_s": round(st["policy_time_s"] - base["policy_time_s"], 3),
             "hit_rate": round((st["hits"] - base["hits"]) / max(1, st["unique"] - base["unique"]), 4),
             "fills": st["fills"] - base["fills"], "evictions": st["evictions"] - base["evictions"],
         }
@@ -102,10 +133,10 @@ import sys, time, json, numpy as np
 sys.path.insert(0, {repo!r})
 from recmgd.pool import Pool
 sys.path.insert(0, {tools!r})
-from bench_daemon import workload
+from bench_daemon import workload, trace_batches
 pool = Pool.attach({name!r})
 rng = np.random.default_rng(1)
-per = {tables} * {samples} * {pooling}
+trace = trace_batches({trace!r}, {samples})[0] if {trace!r} else None
 rate = {offered}
 t0 = time.monotonic(); done = 0; i = 0
 print("ready", flush=True)
@@ -114,10 +145,17 @@ while time.monotonic() - t0 < {seconds}:
     now = time.monotonic()
     if due > now:
         time.sleep(due - now)
-    for t, ids in enumerate(workload(rng, {tables}, {rows}, {samples}, {pooling}, {alpha})):
-        pool.embedding_bag(t, ids, np.arange(0, len(ids), {pooling}, dtype=np.int64))
+    if trace:
+        for t, ids in enumerate(trace[i % len(trace)]):
+            if len(ids):
+                pool.embedding_bag(t, ids, np.arange(len(ids), dtype=np.int64))
+            done += len(ids)
+    else:
+        for t, ids in enumerate(workload(rng, {tables}, {rows}, {samples}, {pooling}, {alpha})):
+            pool.embedding_bag(t, ids, np.arange(0, len(ids), {pooling}, dtype=np.int64))
+            done += len(ids)
     pool.end_batch()
-    done += per; i += 1
+    i += 1
 c = [p for p in pool.counters()["processes"] if p["ring"] == pool.ring_index][0]
 print(json.dumps({{"offered": done / (time.monotonic() - t0), **c}}), flush=True)
 """
@@ -127,8 +165,14 @@ def load(policy: str, args: argparse.Namespace) -> dict:
     from recmgd.daemon.control import request
 
     name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-    owner = Pool.create(name, tables=[(args.rows, args.dim)] * args.tables, slots=args.slots,
-                        ring_records=1 << 20, rings=4, role="daemon")
+    if args.trace:
+        trace, sizes = trace_batches(args.trace, args.samples)
+        uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
+        slots = max(1, int(args.fraction * uniq))
+        tables = [(n, args.dim) for n in sizes]
+    else:
+        slots, tables = args.slots, [(args.rows, args.dim)] * args.tables
+    owner = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 20, rings=4, role="daemon")
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     sock = tmp / "ctl.sock"
     cfg = tmp / "recmgd.toml"
@@ -154,7 +198,7 @@ def load(policy: str, args: argparse.Namespace) -> dict:
             time.sleep(0.1)
         code = APP.format(repo=str(REPO), tools=str(REPO / "tools"), name=name, tables=args.tables,
                           rows=args.rows, samples=args.samples, pooling=args.pooling, alpha=args.alpha,
-                          offered=args.offered, seconds=args.seconds)
+                          offered=args.offered, seconds=args.seconds, trace=args.trace)
         a = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
         assert a.stdout is not None
         a.stdout.readline()  # ready
@@ -173,11 +217,14 @@ def load(policy: str, args: argparse.Namespace) -> dict:
         s1 = request(str(sock), "stats")["pools"][name]
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
         return {
-            "policy": policy, "offered_lookups_per_s": round(out["offered"]),
+            "policy": policy, "trace": os.path.basename(args.trace) or "synthetic",
+            "offered_lookups_per_s": round(out["offered"]),
             "daemon_lookups": s1["lookups"] - s0["lookups"], "app_lookups": out["lookups"],
             "ring_drops": out["ring_drops"], "daemon_cpu_share": round(cpu / (w1 - w0), 3),
-            "app_hit_rate": round(out["hits"] / max(1, out["lookups"]), 4),
-            "max_loop_lag_s": round(max(lags) if lags else 0.0, 4),
+            "app_hit_rate": round(1 - out["on_demand"] / max(1, out["unique"]), 4),
+            "max_loop_lag_s": round(max(lags) if lags else 0.0, 4), "slots": slots,
+            "daemon_hit_rate": round((s1["hits"] - s0["hits"]) / max(1, s1["unique"] - s0["unique"]), 4),
+            "daemon_backlog_records": s1["backlog_records"],
         }
     finally:
         d.terminate()
@@ -203,6 +250,8 @@ def main() -> int:
     p.add_argument("--coalesce", type=int, default=0, help="the daemon's coalesce setting (records)")
     p.add_argument("--prefetch-budget", type=int, default=0)
     p.add_argument("--model-dir", default="")
+    p.add_argument("--trace", default="", help="capacity: replay this trace (batches of --samples samples)")
+    p.add_argument("--fraction", type=float, default=0.1, help="with --trace: slots = fraction * unique rows")
     p.add_argument("--only", choices=("capacity", "load"), default=None)
     p.add_argument("--json", default="")
     args = p.parse_args()
