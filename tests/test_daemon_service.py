@@ -17,6 +17,7 @@ import pytest
 from recmgd.daemon import config
 from recmgd.daemon.notify import Notifier
 from recmgd.daemon.service import Daemon
+from recmgd.policy import Decision, Policy, StepView, register
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
@@ -150,3 +151,43 @@ def test_stuck_rates_and_status(tmp_path: Path, restore_signals: None) -> None:
         assert line.startswith("0 pools; 0.00M lookups/s; hit rate -; lag ")
     finally:
         d.shutdown()
+
+
+@register("daemon-test-broken")
+class _Broken(Policy):
+    """A policy whose step always fails (a bug in a policy)."""
+
+    name = "daemon-test-broken"
+
+    def reset(self, capacity: int) -> None:
+        pass
+
+    def observe(self, view: StepView) -> Decision:
+        if view.step < 0:
+            return Decision(admit=view.keys)
+        raise RuntimeError("policy bug")
+
+
+def test_a_failing_policy_detaches_only_its_pool(tmp_path: Path, restore_signals: None) -> None:
+    bad, good = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    apps = {n: pool_mod.Pool.create(n, tables=[(100, 4)], slots=10, ring_records=1024) for n in (bad, good)}
+    sock = tmp_path / "e.sock"
+    d, _, _ = make(tmp_path, f'pools = ["{bad}", "{good}"]\n[control]\nsocket = "{sock}"\n'
+                             f'[policy]\nname = "lru"\n[pool.{bad}]\nname = "daemon-test-broken"\n')
+    try:
+        assert set(d.pools) == {bad, good}
+        for app in apps.values():
+            app.embedding_bag(0, np.arange(4), np.arange(4))
+            app.end_batch()
+        d.tick()
+        assert set(d.pools) == {good} and d.pools[good].driver.stats()["fills"] == 4
+        assert "policy bug" in d.handle("pools", {})[1]["error"]
+        d._discover()
+        assert bad not in d.pools  # not retried at once
+        d._retry_after[bad] = 0.0
+        d._discover()
+        assert bad in d.pools  # attached again later
+    finally:
+        d.shutdown()
+        for app in apps.values():
+            app.destroy()

@@ -28,6 +28,7 @@ from recmgd.errors import ConfigError, PoolError, RecmgError
 log = logging.getLogger(__name__)
 
 STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
+RETRY_AFTER_ERROR = 10.0  # seconds before a pool whose loop failed is attached again
 
 
 @dataclass
@@ -63,6 +64,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._attach_errors: dict[str, str] = {}
+        self._retry_after: dict[str, float] = {}  # pool -> monotonic time of the next attach after an error
         self.last_reload_error: str | None = None
         self.reloads = 0
         self.started = time.monotonic()
@@ -171,8 +173,9 @@ class Daemon:
             elif not self.cfg.manages(name):
                 self._detach(name, "no longer in the configuration")
         wanted = discover_pools(self.cfg.pools)
+        now = time.monotonic()
         for name in wanted:
-            if name not in self.pools:
+            if name not in self.pools and self._retry_after.get(name, 0.0) <= now:
                 self._attach(name)
 
     def waiting_for(self) -> list[str]:
@@ -384,9 +387,15 @@ class Daemon:
         for name, att in list(self.pools.items()):
             try:
                 att.driver.tick()
-            except PoolError as exc:
-                log.error("pool %s: %s; detaching", name, exc)
-                self._detach(name, "error")
+            except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
+                if isinstance(exc, PoolError):
+                    log.error("pool %s: %s", name, exc)
+                else:
+                    log.exception("pool %s: the loop failed (policy %s)", name, att.driver.policy_name)
+                # its mirror may be off now: detach, and attach again later (rebuilt from the fast tier)
+                self._detach(name, f"error: {exc}")
+                self._attach_errors[name] = f"{type(exc).__name__}: {exc}"
+                self._retry_after[name] = time.monotonic() + RETRY_AFTER_ERROR
         self.ticks += 1
 
     def _check_drops(self, now: float) -> None:
