@@ -14,5 +14,5 @@ SHARED_TRACES = REPO.parent / "shared" / "traces"
 def shared_traces() -> Path:
     """The folder of real traces; a clear failure when the checkout has no ../shared beside it."""
     if not SHARED_TRACES.is_dir():
-        pytest.fail(f"{SHARED_TRACES} is missing: the tests need the project's shared traces beside the checkout")
+        pytest.fail(f"{SHARED_TRACES} is missing: the tests need the shared traces beside the checkout")
     return SHARED_TRACES
