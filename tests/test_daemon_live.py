@@ -107,6 +107,7 @@ def test_step_mode_matches_simulator(tmp_path: Path, shared_traces: Path, trace_
     # the daemon's count, the app's own count (pool counters) and the simulator's agree
     assert st["on_demand"] == expected, (st["on_demand"], expected)
     assert res["process"]["on_demand"] == expected
+    assert st["app"]["on_demand"] == expected and st["app"]["unique"] == st["unique"]
     assert st["hits"] + st["on_demand"] == st["unique"] == res["process"]["unique"]
     assert st["resident"] == res["resident"] <= capacity
     assert st["ring_drops"] == 0 and st["bad_records"] == 0

@@ -73,6 +73,12 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"{p['resident']}/{p['n_slots']} slots resident, {p['apps']} apps, "
                      f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, "
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
+        app = p.get("app") or {}
+        if app.get("unique"):
+            hit = 100.0 * (1 - app["on_demand"] / app["unique"])
+            mb = app["slow_bytes"] / 1e6
+            lines.append(f"apps' own count: {app['lookups']} lookups, {app['on_demand']} on-demand of "
+                         f"{app['unique']} unique ({hit:.1f}% hit), slow tier {mb:.1f} MB")
         rows = []
         for t in p.get("tables", []) + [dict(p, table="all")]:
             r = dict(t)

@@ -597,8 +597,22 @@ class PoolDriver:
             **totals,
             **self.pc,
             "tables": tables,
+            "app": self.app_counters(),
         }
         return out
+
+    def app_counters(self) -> dict[str, int]:
+        """What the apps themselves counted (the pool's per-table counters, summed): the truth of what
+        their lookups found, beside the daemon's own view of the steps."""
+        fn = getattr(self.pool, "counters", None)
+        if fn is None:
+            return {}
+        try:
+            tables = fn()["tables"]
+        except (RecmgError, KeyError, TypeError):
+            return {}
+        keys = ("lookups", "unique", "hits", "on_demand", "ring_drops", "slow_bytes")
+        return {k: int(sum(int(t.get(k, 0)) for t in tables)) for k in keys}
 
 
 def create_policy(name: str, options: dict[str, object]) -> Policy:
