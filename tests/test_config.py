@@ -168,3 +168,15 @@ def test_missing_config_given_explicitly(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(tmp_path / "x.toml")],
                        capture_output=True, text=True, timeout=60, cwd=REPO)
     assert r.returncode == 1 and "x.toml: (file): no such file" in r.stderr
+
+
+def test_check_config(tmp_path: Path) -> None:
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text("plugins = ['test_daemon_plugin']\n[policy]\nname = 'daemon-test-lru'\n")
+    env = dict(__import__("os").environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}")
+    cmd = [sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--check-config"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert r.returncode == 0 and r.stdout.strip() == f"recmgd: {cfg}: configuration is valid", r.stderr
+    cfg.write_text("[policy]\nname = 'no-such'\n")
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
+    assert r.returncode == 1 and f"{cfg}: policy.name: unknown policy 'no-such'" in r.stderr

@@ -7,6 +7,7 @@ import io
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -43,9 +44,10 @@ def daemon() -> Iterator[tuple[subprocess.Popen, Path, Path]]:
         wait_socket(sock, proc, timeout=60)
         yield proc, sock, cfg
     finally:
-        rc, err = stop_daemon(proc)
+        rc, err = stop_daemon(proc, sig=signal.SIGINT)  # SIGINT stops as cleanly as SIGTERM
         shutil.rmtree(d, ignore_errors=True)
         assert rc == 0, err
+        assert "stopping" in err and not sock.exists()
 
 
 def alive(proc: subprocess.Popen, sock: Path) -> None:

@@ -159,9 +159,9 @@ def raw_request(path: Path, payload: bytes, timeout: float = 10.0) -> list[dict]
     return [json.loads(line) for line in buf.splitlines() if line.strip()]
 
 
-def stop_daemon(proc: subprocess.Popen, timeout: float = 20.0) -> tuple[int, str]:
+def stop_daemon(proc: subprocess.Popen, timeout: float = 20.0, sig: int = signal.SIGTERM) -> tuple[int, str]:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
     try:
         _, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
