@@ -9,8 +9,16 @@
  * This API mirrors the Python API (recmgd.pool.Pool). Every function that can fail returns a
  * negative RECMG_E* code and leaves a one-line message in recmg_errmsg(pool) (or in the caller's
  * buffer for create/attach/destroy, which have no pool yet). A pool handle may be used by several
- * threads (calls on one handle are serialised); a forked child must attach again instead of using
- * its parent's handle.
+ * threads (calls on one handle are serialised; use one handle per thread for parallel lookups, or
+ * recmg_set_threads so that one call spreads its tables and bags over worker threads); a forked
+ * child must attach again instead of using its parent's handle (it never releases the parent's
+ * ring). Closing a handle while another thread is inside a call on it is undefined.
+ *
+ * Concurrency: the fast tier has one writer at a time (fills, evictions and write_rows take the
+ * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next).
+ * Lookups never lock: each hit is read through the slot's seqlock and, if it changed, read from the
+ * slow tier, which is the truth. write_rows is not atomic with respect to lookups that read the
+ * same row from the slow tier at that moment.
  *
  * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with
  * the record type in bits 62..63 (0 lookup, 1 batch boundary, 2 hint) and the key in bits 0..61.
