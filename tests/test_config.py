@@ -43,6 +43,7 @@ plugins = ["x.y"]
 [control]
 socket = "/tmp/s.sock"
 mode = "0600"
+group = "root"
 [metrics]
 listen = "127.0.0.1:9464"
 [policy]
@@ -60,7 +61,7 @@ threads = 2
     assert c.log_level == "debug" and c.interval == 1.0 and c.step_mode
     assert c.pools == ("a", "b") and c.manages("a") and not c.manages("c")
     assert c.fill_rows_per_s == 1000 and c.fill_mb_per_s == 12.5
-    assert c.control.mode == 0o600 and c.metrics.address == ("127.0.0.1", 9464)
+    assert c.control.mode == 0o600 and c.metrics.address == ("127.0.0.1", 9464) and c.control.group == "root"
     assert c.policy_for("a").name == "lfu" and c.policy_for("a").hint_slots == 16
     b = c.policy_for("b")
     assert b.name == "recmg" and b.model_dir == "/var/lib/recmgd/models/b"
@@ -98,6 +99,8 @@ threads = 2
     ("[control]\nmode = '9z'", "control.mode", "octal"),
     ("[control]\nmode = 0o060", "control.mode", "owner needs read and write"),
     ("[control]\nmax_request = 10", "control.max_request", "impossible value 10"),
+    ("[control]\ngroup = 'no-such-group-xyz'", "control.group", "no such group"),
+    ("[control]\ngroup = 5", "control.group", "expected a string"),
     ("[metrics]\nlisten = 'nowhere'", "metrics.listen", "HOST:PORT"),
     ("[metrics]\nlisten = '127.0.0.1:0'", "metrics.listen", "port"),
     ("[metrics]\nlisten = '127.0.0.1:99999'", "metrics.listen", "port"),

@@ -3,6 +3,7 @@ and metrics changes, pools that go away, dead apps' rings, the STATUS line."""
 
 from __future__ import annotations
 
+import grp
 import os
 import signal
 import time
@@ -90,14 +91,18 @@ def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signal
         assert err is not None and "policy.name: unknown policy 'nope'" in err
         assert att.driver.policy_name == "lfu" and sock2.exists() and not sock1.exists()
         assert "last reload failed" in d.status_line()
-        # metrics off again
-        cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock2}"\n[policy]\nname = "lfu"\n')
+        # metrics off again; the socket's mode and group change in place
+        cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock2}"\nmode = 0o600\ngroup = "daemon"\n'
+                       f'[policy]\nname = "lfu"\n')
         assert d.reload() is None and d.metrics is None
+        st = os.stat(sock2)
+        assert st.st_mode & 0o777 == 0o600 and st.st_gid == grp.getgrnam("daemon").gr_gid
         # the policy command, then a reload puts the configured policy back
         assert d.handle("policy", {"pool": name, "name": "s3fifo"}) == {"pool": name, "policy": "s3fifo"}
         with pytest.raises(Exception, match="needs the future"):
             d.handle("policy", {"pool": name, "name": "opt"})
-        assert d.reload() is None and att.driver.policy_name == "s3fifo"
+        assert att.driver.policy_name == "s3fifo"
+        assert d.reload() is None and att.driver.policy_name == "lfu"
     finally:
         d.shutdown()
         app.destroy()

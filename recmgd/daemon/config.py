@@ -21,6 +21,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     socket = "/run/recmgd/control.sock"
     mode = 0o660
     max_request = 65536
+    group = ""                    # the socket's group (members may use recmgctl); "" = root's
 
     [metrics]
     listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off
@@ -85,6 +86,7 @@ class ControlConfig:
     socket: str = DEFAULT_SOCKET
     mode: int = 0o660
     max_request: int = 65536
+    group: str = ""  # the socket's group ("" = the daemon's)
 
 
 @dataclass(frozen=True)
@@ -225,7 +227,7 @@ class _Decoder:
 
     def control(self, t: Mapping[str, Any]) -> ControlConfig:
         p = "control."
-        self.check_keys(t, {"socket", "mode", "max_request"}, p)
+        self.check_keys(t, {"socket", "mode", "max_request", "group"}, p)
         sock = self.string(t, "socket", p, DEFAULT_SOCKET)
         if not os.path.isabs(sock):
             raise self.fail(p + "socket", f"impossible value {sock!r} (must be an absolute path)")
@@ -247,7 +249,15 @@ class _Decoder:
         if not mode & 0o600 == 0o600:
             raise self.fail(p + "mode", f"impossible value {oct(mode)} (the owner needs read and write)")
         max_request = self.integer(t, "max_request", p, 65536, 256, 1 << 24)
-        return ControlConfig(socket=sock, mode=mode, max_request=max_request)
+        group = self.string(t, "group", p, "")
+        if group:
+            import grp
+
+            try:
+                grp.getgrnam(group)
+            except KeyError:
+                raise self.fail(p + "group", f"impossible value {group!r} (no such group)") from None
+        return ControlConfig(socket=sock, mode=mode, max_request=max_request, group=group)
 
     def metrics(self, t: Mapping[str, Any]) -> MetricsConfig:
         p = "metrics."

@@ -94,9 +94,11 @@ class _Conn:
 class ControlServer:
     """The daemon's side of the control socket."""
 
-    def __init__(self, path: str, mode: int, handler: Handler, max_request: int = 65536) -> None:
+    def __init__(self, path: str, mode: int, handler: Handler, max_request: int = 65536,
+                 group: str = "") -> None:
         self.path = path
         self.mode = mode
+        self.group = group
         self.handler = handler
         self.max_request = max_request
         self.sel = selectors.DefaultSelector()
@@ -138,12 +140,24 @@ class ControlServer:
             raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        os.chmod(self.path, self.mode)
+        self.apply_access(self.mode, self.group)
         sock.listen(16)
         sock.setblocking(False)
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
         log.info("control socket at %s (mode %o)", self.path, self.mode)
+
+    def apply_access(self, mode: int, group: str) -> None:
+        """Set the socket file's mode and group."""
+        if group:
+            import grp
+
+            try:
+                os.chown(self.path, -1, grp.getgrnam(group).gr_gid)
+            except (KeyError, OSError) as exc:
+                raise RecmgError(f"control socket {self.path}: cannot set group {group!r}: {exc}") from None
+        os.chmod(self.path, mode)
+        self.mode, self.group = mode, group
 
     def close(self) -> None:
         for fd in list(self.conns):

@@ -307,16 +307,23 @@ class Daemon:
         new_policies = {}
         for name, att in self.pools.items():
             pc = new.policy_for(name)
-            if new.manages(name) and pc != att.policy_cfg:
+            switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
+            if new.manages(name) and (pc != att.policy_cfg or switched):
                 new_policies[name] = (pc, create_policy(pc.name, pc.create_options()))
         new_control = None
         if new.control.socket != old.control.socket:
             nc = new.control
-            new_control = ControlServer(nc.socket, nc.mode, self.handle, nc.max_request)
+            new_control = ControlServer(nc.socket, nc.mode, self.handle, nc.max_request, nc.group)
             try:
                 new_control.open()
             except RecmgError as exc:
                 raise ConfigError(f"{new.path}: control.socket: {exc}") from None
+        elif new.control != old.control:
+            assert self.control is not None
+            try:
+                self.control.apply_access(new.control.mode, new.control.group)
+            except RecmgError as exc:
+                raise ConfigError(f"{new.path}: control.group: {exc}") from None
         new_metrics = None
         metrics_changed = new.metrics.address != old.metrics.address
         if metrics_changed and new.metrics.address is not None:
@@ -350,8 +357,6 @@ class Daemon:
             new_control.add_reader(self._wake_r, self._drain_wakeup)
             self.control = new_control
         elif new.control != old.control:
-            os.chmod(self.control.path, new.control.mode)
-            self.control.mode = new.control.mode
             self.control.max_request = new.control.max_request
         if metrics_changed:
             if new_metrics is None and self.metrics is not None:
@@ -363,8 +368,8 @@ class Daemon:
 
     def setup(self) -> None:
         self._install_signals()
-        self.control = ControlServer(self.cfg.control.socket, self.cfg.control.mode, self.handle,
-                                     self.cfg.control.max_request)
+        c = self.cfg.control
+        self.control = ControlServer(c.socket, c.mode, self.handle, c.max_request, c.group)
         self.control.open()
         self.control.add_reader(self._wake_r, self._drain_wakeup)
         addr = self.cfg.metrics.address
