@@ -62,6 +62,7 @@ def make_ffi(absolute: bool = False) -> cffi.FFI:
         libraries=["uring", "m"],
         extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-pthread"],
         extra_link_args=["-pthread"],
+        py_limited_api=False,  # the same file name from setup.py and from this script
     )
     return ffi
 
