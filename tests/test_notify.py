@@ -92,11 +92,20 @@ def test_notify_protocol(tmp_path: Path) -> None:
         assert st["reloads"] == 1 and f"{cfg}: whatever: unknown key" in st["last_reload_error"]
         assert proc.poll() is None
 
+        # `recmgctl reload` that moves the control socket: answered on the old one, served on the new one
+        sock2 = tmp_path / "ctl2.sock"
+        write_config(cfg, "", socket_path=sock2, extra_top="pools = []\nstatus_interval = 0.2\n")
+        assert request(str(sock), "reload")["reloads"] == 2
+        ns.wait_for("READY=1")
+        assert request(str(sock2), "stats")["daemon"]["last_reload_error"] is None
+        assert not sock.exists()
+        sock = sock2
+
         rc, err = stop_daemon(proc)
         ns.wait_for("STOPPING=1", timeout=5)
         assert rc == 0, err
         assert "reload failed, keeping the running configuration" in err and "whatever: unknown key" in err
-        assert kinds(ns.messages) == ["READY", "RELOADING", "READY", "RELOADING", "READY", "STOPPING"]
+        assert kinds(ns.messages) == ["READY"] + ["RELOADING", "READY"] * 3 + ["STOPPING"]
         assert not sock.exists()
     finally:
         if proc.poll() is None:

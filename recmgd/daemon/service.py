@@ -77,6 +77,8 @@ class Daemon:
         self._warned_drops: dict[str, int] = {}
         self._last_warn = 0.0
         self._policy_override: dict[str, str] = {}
+        self._retired: list[ControlServer] = []  # replaced control servers, closed after the poll
+        self._polling = False
 
     def _effective(self, cfg: Config) -> Config:
         return cfg.replace(step_mode=True) if self.force_step_mode else cfg
@@ -308,6 +310,10 @@ class Daemon:
         for name, att in self.pools.items():
             pc = new.policy_for(name)
             switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
+            if pc.hint_slots >= att.driver.n_slots:
+                key = f"pool.{name}.hint_slots" if name in new.pool_policies else "policy.hint_slots"
+                raise ConfigError(f"{new.path}: {key}: impossible value {pc.hint_slots} (pool {name} has "
+                                  f"{att.driver.n_slots} slots; the policy needs at least one)")
             if new.manages(name) and (pc != att.policy_cfg or switched):
                 new_policies[name] = (pc, create_policy(pc.name, pc.create_options()))
         new_control = None
@@ -353,9 +359,12 @@ class Daemon:
             att.driver.coalesce = new.coalesce
         assert self.control is not None
         if new_control is not None:
-            self.control.close()
+            # the old socket may be serving this very request (recmgctl reload): close it after the poll
+            self._retired.append(self.control)
             new_control.add_reader(self._wake_r, self._drain_wakeup)
             self.control = new_control
+            if not self._polling:
+                self._close_retired()
         elif new.control != old.control:
             self.control.max_request = new.control.max_request
         if metrics_changed:
@@ -363,6 +372,10 @@ class Daemon:
                 self.metrics.stop()
             self.metrics = new_metrics
         self._discover()
+
+    def _close_retired(self) -> None:
+        while self._retired:
+            self._retired.pop().close()
 
     # -- main loop -----------------------------------------------------------------------------
 
@@ -464,7 +477,12 @@ class Daemon:
                 wd = self.notifier.next_watchdog_in(now)
                 if wd is not None:
                     timeout = min(timeout, wd)
-                self.control.poll(timeout)
+                self._polling = True
+                try:
+                    self.control.poll(timeout)
+                finally:
+                    self._polling = False
+                self._close_retired()
         finally:
             self.shutdown()
         return 0
@@ -474,6 +492,7 @@ class Daemon:
         log.info("stopping")
         for name in list(self.pools):
             self._detach(name, "stopping")
+        self._close_retired()
         if self.control is not None:
             self.control.close()
             self.control = None
