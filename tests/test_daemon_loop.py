@@ -160,13 +160,19 @@ def test_hints_fetched_first_counted_apart_and_taken_over(pools) -> None:
     app.end_batch()
     drv.tick()
     st = drv.stats()
-    assert st["hint_fetched"] == 3 and st["hint_useful"] == 2 and st["hint_received"] == 0
+    assert st["hint_fetched"] == 3 and st["hint_useful"] == 2 and st["hint_received"] == 3
     assert st["hits"] == 2 and st["on_demand"] == 1
     # LRU admitted the hinted rows it saw as misses: no second copy, they are the policy's now
     assert drv.n_hinted == 1 and drv.n_resident == 3 and pol.resident == 3
     assert st["fills"] == 4
     c = app.counters()["processes"][0]
     assert c["hits"] == 2 and c["on_demand"] == 1
+    # a hint that arrives together with its lookups is late
+    app.hint(0, [400])
+    lookup(app, 0, [400])
+    app.end_batch()
+    drv.tick()
+    assert drv.stats()["hint_late"] == 1 and drv.stats()["hint_received"] == 4
     # more hints than the reserve holds: the oldest hinted rows make room
     app.hint(1, range(10))
     drv.tick()

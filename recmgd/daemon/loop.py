@@ -367,6 +367,7 @@ class PoolDriver:
             ttypes = tail >> REC_TYPE_SHIFT
             if self.hint_slots and (ttypes == REC_HINT).any() and not self.paused:
                 hk = (tail[ttypes == REC_HINT] & REC_KEY_MASK).astype(np.int64)
+                self.pc["hint_received"] += len(hk)
                 self._fetch_hints(hk)
                 st.pending[-1] = tail[ttypes != REC_HINT]
 
@@ -420,6 +421,9 @@ class PoolDriver:
         special = f & _SPECIAL
         if special.any():
             self._bookkeep(keys, fl, special, hit)
+        if len(hints) and self.hint_slots:
+            # hints that reached the daemon with the lookups they announced: too late to fetch
+            self.pc["hint_late"] += int(np.isin(hints, keys[~hit]).sum())
         if len(self._pf_dropped):
             self.flags[self._pf_dropped] &= ~PF_DROPPED
             self._pf_dropped = np.zeros(0, dtype=np.int64)
@@ -438,13 +442,9 @@ class PoolDriver:
         useful = ((special & PF_UNREAD) != 0) & hit
         if useful.any():
             self._count("prefetch_useful", keys[useful])
-        hint_unread = (special & HINT_UNREAD) != 0
-        hu = hint_unread & hit
+        hu = ((special & HINT_UNREAD) != 0) & hit
         if hu.any():
             self._count("hint_useful", keys[hu])
-        late_hint = hint_unread & ~hit
-        if late_hint.any():
-            self.pc["hint_late"] += int(late_hint.sum())
         late = ((special & PF_DROPPED) != 0) & ~hit
         if late.any():
             self._count("prefetch_late", keys[late])
