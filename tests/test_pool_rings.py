@@ -156,3 +156,24 @@ def test_rings_run_out_and_dead_owner_reclaimed() -> None:
         d.close()
     finally:
         p.destroy()
+
+
+def _child_uses_parent_handle(pool: Pool, conn) -> None:
+    try:
+        pool.embedding_bag(0, [1], [0])
+        conn.send("no error")
+    except PoolError as e:
+        conn.send(str(e))
+    os._exit(0)
+
+
+def test_handle_inherited_across_fork_is_refused(pool: Pool) -> None:
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=_child_uses_parent_handle, args=(pool, child))
+    proc.start()
+    assert parent.poll(60)
+    assert "inherited across fork" in parent.recv()
+    proc.join(60)
+    pool.embedding_bag(0, [1], [0])  # the parent's handle is untouched
+    assert pool.rings()[pool.ring_index].pid == os.getpid()

@@ -217,6 +217,7 @@ static inline void words_store(uint8_t *dst, const uint64_t *src, uint32_t nword
 /* ring.c */
 void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type);
 int ring_claim(recmg_pool *p);
+int ring_forked_error(recmg_pool *p);
 void ring_release_own(recmg_pool *p);
 
 /* slowio.c */

@@ -582,6 +582,7 @@ static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
 int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
 {
     if (!p || (n && !args)) return RECMG_EINVAL;
+    if (p->ring && getpid() != p->pid) return ring_forked_error(p);
     for (uint32_t k = 0; k < n; k++) {
         int rc = check_args(p, p->err, &args[k]);
         if (rc) return rc;

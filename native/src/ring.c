@@ -9,6 +9,7 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <unistd.h>
 
 static int pid_alive(int32_t pid)
 {
@@ -91,9 +92,16 @@ void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n,
     }
 }
 
+int ring_forked_error(recmg_pool *p)
+{
+    return rc_set(p, RECMG_EBUSY, "this handle of pool '%s' was inherited across fork(); attach the pool again in the child",
+                  p->name + 1);
+}
+
 int recmg_end_batch(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
+    if (p->ring && getpid() != p->pid) return ring_forked_error(p);
     pthread_mutex_lock(&p->lock);
     ring_append(p, 0, NULL, 1, RECMG_REC_BATCH_END);
     pthread_mutex_unlock(&p->lock);
@@ -103,6 +111,7 @@ int recmg_end_batch(recmg_pool *p)
 int recmg_hint(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
 {
     if (!p || (n && !rows)) return RECMG_EINVAL;
+    if (p->ring && getpid() != p->pid) return ring_forked_error(p);
     if (table >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", table, p->h->n_tables);
     uint64_t nr = p->tables[table].rows;
