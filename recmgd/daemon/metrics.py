@@ -43,6 +43,9 @@ POOL_COUNTERS = (
     ("admit_rejected", "admissions_rejected", "admissions the fill budget dropped"),
     ("prefetch_evicted_unread", "prefetches_evicted_unread", "prefetched rows evicted before a read"),
     ("rings_released", "rings_released", "rings of dead apps released"),
+    ("hint_received", "hints_received", "hint records the apps sent"),
+    ("hint_late", "hints_late", "hints that arrived with the lookups they announced"),
+    ("hint_rejected", "hints_rejected", "hints not fetched (reserve full or fill budget)"),
     ("policy_time_s", "model_inference_seconds", "time spent in the policy"),
 )
 POOL_GAUGES = (
@@ -78,6 +81,14 @@ class StatsCollector(Collector):
             fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
             for pname, p in pools.items():
                 fam.add_metric([pname], float(p.get(key, 0)))
+            yield fam
+        for key, help_text in (("lookups", "ids the apps looked up (their own count)"),
+                               ("unique", "distinct rows per lookup call (the apps' count)"),
+                               ("on_demand", "distinct rows the apps read from the slow tier (their count)"),
+                               ("slow_bytes", "bytes read from the slow tier (lookups and fills)")):
+            fam = CounterMetricFamily(f"recmgd_app_{key}", help_text, labels=["pool"])
+            for pname, p in pools.items():
+                fam.add_metric([pname], float((p.get("app") or {}).get(key, 0)))
             yield fam
         d = snap.get("daemon", {})
         yield GaugeMetricFamily("recmgd_loop_lag_seconds", "how late the last loop tick ended",
