@@ -13,6 +13,14 @@ is exact (rebuilt from ``pool.resident_keys()`` on attach). In the deterministic
 budget is a fixed number of rows per step, so a run is reproducible and equals the simulator's.
 
 Nothing here ever waits on an app: the rings are single-producer queues the app never blocks on.
+
+Counting. ``hit`` is residency by the mirror when the daemon processes the batch. While the daemon
+keeps up (each batch processed before the app's next one, always so in step mode) that is what the
+app saw; when it lags, the apps' own counts (``pool.counters()``, reported as ``app``) are the truth.
+A prefetch is *useful* when its row is read before it is evicted, *late* when the fill budget dropped
+it and its row was read in the next step (it would have been in flight). A hint is *late* when it
+reached the daemon together with the lookups it announced. With ``coalesce`` > 0 (not in step mode) a
+ring that fell behind has runs of its batches merged into steps of at least that many records.
 """
 
 from __future__ import annotations
