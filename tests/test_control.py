@@ -39,7 +39,7 @@ def daemon() -> Iterator[tuple[subprocess.Popen, Path, Path]]:
     sock = d / "control.sock"
     cfg = write_config(d / "recmgd.toml", "", socket_path=sock, extra_top="pools = ['not-there']\n")
     cfg.write_text(cfg.read_text().replace("[control]\n", "[control]\nmax_request = 1024\n"))
-    proc = start_daemon(cfg, daemon_env())
+    proc = start_daemon(cfg, daemon_env(), args=("--step-mode",))
     try:
         wait_socket(sock, proc, timeout=60)
         yield proc, sock, cfg
@@ -72,9 +72,11 @@ def test_stats_and_pools(daemon) -> None:
     st = request(str(sock), "stats")
     assert st["daemon"]["pid"] == proc.pid and st["daemon"]["config"] == str(cfg)
     assert st["daemon"]["waiting_for"] == ["not-there"] and st["pools"] == {}
+    assert st["daemon"]["step_mode"] is True  # --step-mode
     assert request(str(sock), "pools") == [{"name": "not-there", "waiting": True, "error": None}]
     rc, out, _ = ctl(sock, "stats")
     assert rc == 0 and f"recmgd pid {proc.pid}" in out and "waiting for pools: not-there" in out
+    assert "step mode" in out
     rc, out, _ = ctl(sock, "stats", "--json")
     assert rc == 0 and json.loads(out)["daemon"]["pid"] == proc.pid
     rc, out, _ = ctl(sock, "pools")
