@@ -252,3 +252,43 @@ def test_coalesce_merges_batches_drained_together(pools) -> None:
         app.end_batch()
     drv.tick()
     assert drv.stats()["steps"] == 6
+
+
+@pytest.mark.parametrize("policy", ["lru", "lfu", "s3fifo", "stms", "domino", "bingo"])
+def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> None:
+    """The daemon's loop over a real pool gives the simulator's counts, prefetchers included."""
+    from test_daemon_app import trace_batches
+
+    from recmgd.sim import capacity_for, drive
+    from recmgd.trace.steps import build_steps
+
+    batches, sizes = trace_batches(str(shared_traces / "obd_random.trace"), 8, 0)
+    keys, offsets = [], [0]
+    for batch in batches:
+        for t, rows in batch:
+            keys.append(k(t, rows))
+        offsets.append(offsets[-1] + sum(len(r) for _, r in batch))
+    steps = build_steps(np.concatenate(keys), np.array(offsets, dtype=np.int64), 1)
+    capacity = capacity_for(0.2, len(np.unique(steps.keys)))
+    opts = {"prefetch_budget": 4, "seed": 0}
+    expected = drive(policy_mod.create(policy, **opts), steps, capacity, 0)
+
+    name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(n, 4) for n in sizes], slots=capacity, ring_records=4096)
+    daemon = pool_mod.Pool.attach(name, role="daemon")
+    try:
+        drv = PoolDriver(daemon, policy_mod.create(policy, **opts), policy, step_mode=True)
+        for batch in batches:
+            for t, rows in batch:
+                lookup(app, t, rows)
+            app.end_batch()
+            drv.tick()
+        st = drv.stats()
+    finally:
+        daemon.close()
+        app.destroy()
+    assert st["steps"] == len(batches) == expected.steps
+    assert st["on_demand"] == expected.on_demand
+    assert st["app"]["on_demand"] == expected.on_demand
+    assert st["prefetch_issued"] == expected.prefetch_issued
+    assert st["prefetch_useful"] == expected.prefetch_useful
