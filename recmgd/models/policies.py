@@ -99,7 +99,18 @@ class _Residency:
 
 
 class LearnedPolicy(Policy):
-    """Common driver of the four learned policies."""
+    """Common driver of the four learned policies.
+
+    Options (besides the driver's prefetch_budget, seed, model_dir, threads, epochs): ``levels`` keep
+    levels of the caching model's probability; ``horizon`` how many cache turnovers (capacity / rows a
+    step) the top level is worth in LRU age (16 measured best on amazon_video at 5/10/20%);
+    ``bypass`` a missed row whose keep-probability is below it is not admitted when the tier is full
+    (0, off: on amazon_video it helped at 5% and cost 12% more fetches at 20%); ``tune`` horizons to
+    choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
+    ``order`` "level" (default), "nextuse" (Belady order on the regression head) or "hybrid".
+    With ``model_dir`` holding a checkpoint, the models are loaded and ``fit`` does not retrain; with an
+    empty ``model_dir``, ``fit`` trains and saves there.
+    """
 
     learned = True
     use_cache_model = False
@@ -107,10 +118,11 @@ class LearnedPolicy(Policy):
     models_needed: tuple[str, ...] = ()
 
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
-                 threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.5,
+                 threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.0,
                  prefetch_threshold: float = 0.0,
-                 voyager_min_prob: float = 0.01, horizon: float = 16.0, order: str = "level",
+                 voyager_min_prob: float = 0.01, horizon: float | None = 16.0, order: str = "level",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
+                 tune: Sequence[float] | None = None,
                  train_config: TrainConfig | None = None) -> None:
         if order not in ("level", "nextuse", "hybrid"):
             raise ValueError(f"order must be 'level', 'nextuse' or 'hybrid', got {order!r}")
@@ -127,7 +139,9 @@ class LearnedPolicy(Policy):
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.voyager_min_prob = float(voyager_min_prob)
-        self.horizon = float(horizon)
+        self._horizon_opt = horizon  # None: tuned in fit() on the training steps
+        self.horizon = 16.0 if horizon is None else float(horizon)
+        self.tune = tuple(tune) if (tune and horizon is None) else ()
         self._step_len = 0.0
         self.trained: Trained | None = None
         self._np_cache: NumpyCacheNet | None = None
@@ -167,13 +181,42 @@ class LearnedPolicy(Policy):
         torch.set_num_threads(self.threads)
         t = train_models(list(steps), capacity, self.cfg, which=self.models_needed)
         t.stats["mean_step_len"] = float(np.mean([len(s) for s in steps])) if len(steps) else 1.0
+        self._install(t)
+        if self.use_cache_model and self.tune and len(steps) >= 8:
+            t.stats["horizon"] = self._tune_horizon(list(steps), capacity)
         if self.model_dir is not None:
             checkpoint.save(t, self.model_dir)
-        self._install(t)
+
+    def _tune_horizon(self, steps: list[np.ndarray], capacity: int) -> float:
+        """Pick how many steps of LRU age a keep-level is worth by replaying the training steps (warm on
+        their first half, count misses on the second), the prefetcher off; training data only."""
+        budget, best = self.prefetch_budget, (None, self.horizon)
+        self.prefetch_budget = 0
+        half = len(steps) // 2
+        for h in self.tune:
+            self.horizon = h
+            self.reset(capacity)
+            misses = 0
+            for b, keys in enumerate(steps):
+                ids = self.hist.index.lookup(keys)
+                hit = np.zeros(len(keys), bool)
+                known = ids >= 0
+                hit[known] = self.res.resident[ids[known]]
+                if b >= half:
+                    misses += int((~hit).sum())
+                self.observe(StepView(b, keys, hit))
+            log.info("%s: horizon %g: %d misses on the training steps", self.name, h, misses)
+            if best[0] is None or misses < best[0]:
+                best = (misses, h)
+        self.prefetch_budget = budget
+        self.horizon = best[1]
+        return float(best[1])
 
     # ---------------------------------------------------------------------------------- stepping
     def reset(self, capacity: int) -> None:
         self.capacity = int(capacity)
+        if self.trained is not None and "horizon" in self.trained.stats and self._horizon_opt is None:
+            self.horizon = float(self.trained.stats["horizon"])
         step_len = self.trained.stats.get("mean_step_len", 16.0) if self.trained is not None else 16.0
         # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
         self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
