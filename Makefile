@@ -55,14 +55,27 @@ lint: venv
 	$(VENV)/bin/ruff check recmgd tests tools
 	$(MAKE) -s -C native clean all
 
+# A self-contained install: the package in its own venv under $(PREFIX)/lib/recmgd, its three commands
+# linked into $(PREFIX)/bin (where recmgd.service looks), librecmg and recmg.h for C apps, the unit,
+# the config example (never over an existing config) and the tmpfiles rule.
+INSTALL_VENV := $(PREFIX)/lib/recmgd/venv
 install: native
-	$(PIP) install -q --no-build-isolation .
-	install -d $(DESTDIR)/etc/recmgd $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib
+	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q torch==2.13.0
+	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --no-build-isolation .
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib \
+	  $(DESTDIR)/etc/recmgd $(DESTDIR)$(PREFIX)/share/doc/recmgd
+	for c in recmgd recmgctl recmg; do ln -sf $(INSTALL_VENV)/bin/$$c $(DESTDIR)$(PREFIX)/bin/$$c; done
 	install -m 0644 native/include/recmg.h $(DESTDIR)$(PREFIX)/include/recmg.h
 	install -m 0755 native/build/librecmg.so $(DESTDIR)$(PREFIX)/lib/librecmg.so
-	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
+	install -m 0644 native/build/librecmg.a $(DESTDIR)$(PREFIX)/lib/librecmg.a
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/recmgd/README.md
+	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
+	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
 	install -D -m 0644 systemd/recmgd.service $(DESTDIR)/etc/systemd/system/recmgd.service
 	install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
+	@echo "installed; now: systemctl daemon-reload && systemctl enable --now recmgd"
 
 clean:
 	$(MAKE) -s -C native clean
