@@ -120,7 +120,7 @@ class LearnedPolicy(Policy):
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
                  threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.0,
                  prefetch_threshold: float = 0.0,
-                 voyager_min_prob: float = 0.01, horizon: float | None = 16.0, order: str = "level",
+                 voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "level",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None,
                  train_config: TrainConfig | None = None) -> None:
@@ -359,7 +359,8 @@ class LearnedPolicy(Policy):
         assert v is not None
         v.feed(self.mid[ids])
         top, lp = v.top(self.prefetch_budget + len(ids))
-        top = top[lp >= np.log(max(self.voyager_min_prob, 1e-12))]
+        if self.voyager_min_prob > 0:
+            top = top[lp >= np.log(self.voyager_min_prob)]
         if not len(top):
             return EMPTY_KEYS
         hid = self._ids(self._model_keys[top])
