@@ -11,6 +11,10 @@ App side::
     out = pool.embedding_bag(0, ids, offsets)        # torch.Tensor, float32
     pool.end_batch()
 
+torch is imported only where a tensor is built (the lookups' results) or where the default thread count
+is taken from it; the daemon, which never looks up, never imports it. ``TieredEmbeddingBag`` (an
+nn.Module) lives in recmgd.pool_torch and is reached here by name (module ``__getattr__``).
+
 Daemon side::
 
     pool = Pool.attach("dlrm", role="daemon")
@@ -22,14 +26,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
-from torch import nn
 
 from recmgd.errors import PoolError, PoolVersionError
 from recmgd.keys import ROW_BITS
@@ -40,6 +44,11 @@ except ImportError as exc:  # pragma: no cover - only without a build
     raise ImportError(
         "recmgd._native is not built; run `make native` (or `python recmgd/_build_native.py`)"
     ) from exc
+
+if TYPE_CHECKING:  # pragma: no cover - annotations only; torch is imported lazily (see _torch)
+    import torch
+
+    from recmgd.pool_torch import TieredEmbeddingBag
 
 log = logging.getLogger(__name__)
 
@@ -104,9 +113,26 @@ def parse_slow(slow: str) -> tuple[int, int, str]:
     raise PoolError(f"bad slow tier {slow!r}: use 'dram', 'numa:N' or 'ssd:/path/to/file'")
 
 
+def _torch() -> ModuleType:
+    """The torch module, imported on first use (free when the caller already imported it)."""
+    mod = sys.modules.get("torch")
+    if mod is None:
+        import torch as mod  # noqa: PLC0415 - lazy on purpose: the daemon never needs torch
+
+        log.debug("torch imported by recmgd.pool")
+    return mod
+
+
+def _is_tensor(x: Any) -> bool:
+    """Whether x is a torch.Tensor; never imports torch (no tensor can exist before torch is imported)."""
+    mod = sys.modules.get("torch")
+    return mod is not None and isinstance(x, mod.Tensor)
+
+
 def _i64(x: Any, what: str = "ids") -> np.ndarray:
     """A contiguous 1-D int64 numpy array over x (no copy when it already is one)."""
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
+        torch = _torch()
         if x.dtype != torch.int64 or not x.is_contiguous() or x.device.type != "cpu":
             x = x.to(device="cpu", dtype=torch.int64).contiguous()
         a = x.numpy()
@@ -118,7 +144,8 @@ def _i64(x: Any, what: str = "ids") -> np.ndarray:
 
 
 def _f32(x: Any) -> np.ndarray:
-    if isinstance(x, torch.Tensor):
+    if _is_tensor(x):
+        torch = _torch()
         x = x.detach()
         if x.dtype != torch.float32 or not x.is_contiguous() or x.device.type != "cpu":
             x = x.to(device="cpu", dtype=torch.float32).contiguous()
@@ -134,9 +161,13 @@ class Pool:
         self._name = name
         self._role = role
         self._finalizer = weakref.finalize(self, lib.recmg_close, handle)
-        self._check(
-            lib.recmg_set_threads(handle, int(threads) if threads else max(1, torch.get_num_threads()))
-        )
+        # threads=None means torch's thread count: taken now if torch is already loaded, else at the
+        # first lookup (which builds tensors, so imports torch anyway); a daemon never pays for it.
+        self._threads_pending = not threads
+        if threads:
+            self._check(lib.recmg_set_threads(handle, int(threads)))
+        elif "torch" in sys.modules:
+            self._default_threads()
         info = self._info()
         self._n_slots = int(info.n_slots)
         self._dtype_code = int(info.dtype)
@@ -337,6 +368,12 @@ class Pool:
     def set_threads(self, threads: int) -> None:
         """Threads a lookup may use on a memory slow tier (several tables, or one table's bags)."""
         self._check(lib.recmg_set_threads(self._handle, int(threads)))
+        self._threads_pending = False
+
+    def _default_threads(self) -> None:
+        """threads=None: as many lookup threads as torch uses (imports torch if need be)."""
+        self._check(lib.recmg_set_threads(self._handle, max(1, _torch().get_num_threads())))
+        self._threads_pending = False
 
     # ------------------------------------------------------------------ slow tier
     def write_rows(self, table: int, rows: Any, values: Any) -> None:
@@ -344,7 +381,7 @@ class Pool:
         t = self._table(table)
         r = _i64(rows, "rows")
         dim = self._dims[t]
-        v = values.detach().cpu().numpy() if isinstance(values, torch.Tensor) else np.asarray(values)
+        v = values.detach().cpu().numpy() if _is_tensor(values) else np.asarray(values)
         if v.ndim == 1 and len(r) == 1:
             v = v.reshape(1, -1)
         if v.shape != (len(r), dim):
@@ -384,7 +421,7 @@ class Pool:
         m = _MODES.get(mode)
         if m is None:
             raise PoolError(f"bad mode {mode!r}: use 'sum', 'mean' or 'max'")
-        ndim = ids.dim() if isinstance(ids, torch.Tensor) else np.ndim(ids)
+        ndim = ids.dim() if _is_tensor(ids) else np.ndim(ids)
         if ndim == 2:
             if offsets is not None:
                 raise ValueError("offsets has to be None if input is 2D")
@@ -413,6 +450,7 @@ class Pool:
                 off[n_bags] = len(idv)
         else:
             raise ValueError(f"input has to be 1D or 2D Tensor, but got Tensor of dimension {ndim}")
+        torch = _torch()
         out = torch.empty((n_bags, self._dims[t]), dtype=torch.float32)
         slot.table = t
         slot.mode = m
@@ -448,10 +486,13 @@ class Pool:
 
         ids 1-D with offsets (start of each bag), or 2-D (bags of equal length) without. Every id goes
         to this process's access ring. Out-of-range ids raise RowIndexError (an IndexError)."""
+        handle = self._handle
+        if self._threads_pending:
+            self._default_threads()
         args = ffi.new("recmg_bag_args *")
         keep: list[Any] = []
         out = self._bag_args(args, table, ids, offsets, mode, weights, include_last_offset, keep)
-        self._check(lib.recmg_embedding_bags(self._handle, 1, args))
+        self._check(lib.recmg_embedding_bags(handle, 1, args))
         return out
 
     def embedding_bags(
@@ -470,6 +511,9 @@ class Pool:
             or (weights is not None and len(weights) != n)
         ):
             raise ValueError("tables, ids, offsets and weights must have the same length")
+        handle = self._handle
+        if self._threads_pending:
+            self._default_threads()
         args = ffi.new("recmg_bag_args[]", max(n, 1))
         keep: list[Any] = []
         outs = [
@@ -485,7 +529,7 @@ class Pool:
             )
             for k in range(n)
         ]
-        self._check(lib.recmg_embedding_bags(self._handle, n, args))
+        self._check(lib.recmg_embedding_bags(handle, n, args))
         return outs
 
     def end_batch(self) -> None:
@@ -624,43 +668,14 @@ def _flags(io_uring: bool, direct: bool) -> int:
     return f
 
 
-class TieredEmbeddingBag(nn.Module):
-    """Drop-in for torch.nn.EmbeddingBag (inference only) over one table of a pool."""
+def __getattr__(name: str) -> Any:
+    """Names whose import needs torch, resolved on first use: ``TieredEmbeddingBag``."""
+    if name == "TieredEmbeddingBag":
+        from recmgd.pool_torch import TieredEmbeddingBag  # noqa: PLC0415 - imports torch
 
-    def __init__(self, pool: Pool, table: int, mode: str = "sum", include_last_offset: bool = False) -> None:
-        super().__init__()
-        if mode not in _MODES:
-            raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
-        info = pool.tables[table]
-        self.pool = pool
-        self.table = int(table)
-        self.mode = mode
-        self.include_last_offset = include_last_offset
-        self.num_embeddings = info.rows
-        self.embedding_dim = info.dim
+        return TieredEmbeddingBag
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-    def forward(
-        self,
-        input: torch.Tensor,
-        offsets: torch.Tensor | None = None,
-        per_sample_weights: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if per_sample_weights is not None and self.mode != "sum":
-            raise NotImplementedError(
-                f"embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for "
-                f"mode='sum' (got mode='{self.mode}')"
-            )
-        if per_sample_weights is not None and tuple(per_sample_weights.shape) != tuple(input.shape):
-            raise ValueError(
-                f"per_sample_weights has shape {tuple(per_sample_weights.shape)}; "
-                f"input has {tuple(input.shape)}"
-            )
-        return self.pool.embedding_bag(
-            self.table, input, offsets, self.mode, per_sample_weights, self.include_last_offset
-        )
 
-    def extra_repr(self) -> str:
-        return (
-            f"{self.num_embeddings}, {self.embedding_dim}, mode={self.mode!r}, "
-            f"pool={self.pool.name!r}, table={self.table}"
-        )
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | {"TieredEmbeddingBag"})
