@@ -17,14 +17,17 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # inference on one core: numpy's BLAS too
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from recmgd import policy as registry
-from recmgd.models.nets import NumpyCacheNet
-from recmgd.models.train import TrainConfig, train_models
-from recmgd.policy import StepView
-from recmgd.trace import open_trace
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from recmgd import policy as registry  # noqa: E402
+from recmgd.models.nets import NumpyCacheNet  # noqa: E402
+from recmgd.models.train import TrainConfig, train_models  # noqa: E402
+from recmgd.policy import StepView  # noqa: E402
+from recmgd.trace import open_trace  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TRACE = REPO.parent / "shared" / "traces" / "amazon_video.trace"
@@ -85,7 +88,7 @@ def main() -> int:
           f"{n_look / t_model:,.0f} lookups/s/core ({t_model / len(lst) * 1e6:.1f} us a step)")
     # larger batches, as when the daemon drains many steps from the ring at once
     ids = np.arange(len(hist))
-    for n in (256, 4096):
+    for n in (16, 256, 4096):
         sel = ids[:n]
         reps = max(3, 200_000 // n)
         t1 = time.perf_counter()
