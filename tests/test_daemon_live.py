@@ -231,7 +231,8 @@ def test_apps_die_daemon_dies_and_comes_back(tmp_path: Path) -> None:
         out, err = apps[1].communicate(timeout=30)
         res = json.loads(out.strip().splitlines()[-1])
         assert res["wrong"] == 0 and res["lookups"] > 0, err
-        assert res["max_call_s"] < 1.0
+        # never blocked: no single lookup waited on the dead daemon (a stall would last until the kill)
+        assert res["max_call_s"] < 5.0
     finally:
         for a in apps:
             if a.poll() is None:

@@ -309,7 +309,7 @@ def obd_model(shared_traces, tmp_path_factory) -> str:
     return str(out)
 
 
-@pytest.mark.parametrize("policy", ["recmg"])
+@pytest.mark.parametrize("policy", ["recmg", "recmg-prefetch"])
 def test_learned_policy_equals_simulator_in_step_mode(shared_traces, obd_model: str, policy: str) -> None:
     """RecMG, loaded from a checkpoint (model_dir), does in the daemon what it does in the simulator."""
     from test_daemon_app import trace_batches
@@ -342,7 +342,8 @@ def test_learned_policy_equals_simulator_in_step_mode(shared_traces, obd_model: 
     finally:
         daemon.close()
         app.destroy()
-    assert expected.prefetch_issued > 0
+    if policy == "recmg-prefetch":  # the prefetch path must be exercised (recmg itself may issue none)
+        assert expected.prefetch_issued > 0
     assert st["on_demand"] == expected.on_demand == st["app"]["on_demand"]
     assert st["prefetch_issued"] == expected.prefetch_issued
     assert st["prefetch_useful"] == expected.prefetch_useful
