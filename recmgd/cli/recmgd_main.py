@@ -7,9 +7,16 @@ SIGINT), 1 when it cannot start (the reason on one line of stderr), 2 on a usage
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
-from recmgd.errors import RecmgError
+# The policies' models run on the daemon's own thread (policy option `threads` bounds torch); keep the
+# BLAS and OpenMP pools of numpy and torch at one thread unless the service sets otherwise. This must
+# happen before numpy is first imported.
+for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ.setdefault(_var, "1")
+
+from recmgd.errors import RecmgError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
