@@ -79,10 +79,17 @@ void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n,
     uint64_t *rec = ring_records(r);
     uint64_t mask = cap - 1;
     uint64_t hi = ((uint64_t)type << 62) | ((uint64_t)table << RECMG_ROW_BITS);
+    /* the k records as (at most) two contiguous runs: no masking per record, and a loop the
+     * compiler vectorises */
+    uint64_t first = head & mask;
+    uint64_t k1 = cap - first < k ? cap - first : k;
+    uint64_t *d = rec + first;
     if (rows) {
-        for (uint64_t i = 0; i < k; i++) rec[(head + i) & mask] = hi | (uint64_t)rows[i];
+        for (uint64_t i = 0; i < k1; i++) d[i] = hi | (uint64_t)rows[i];
+        for (uint64_t i = k1; i < k; i++) rec[i - k1] = hi | (uint64_t)rows[i];
     } else {
-        for (uint64_t i = 0; i < k; i++) rec[(head + i) & mask] = hi;
+        for (uint64_t i = 0; i < k1; i++) d[i] = hi;
+        for (uint64_t i = k1; i < k; i++) rec[i - k1] = hi;
     }
     if (k) atomic_store_explicit(&r->head, head + k, memory_order_release);
     if (k < n) {
