@@ -2,17 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "simcore.h"
-
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
+#include "internal.h"
 
 int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
                        int64_t *out_offsets)

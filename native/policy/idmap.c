@@ -2,7 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "simcore.h"
+#include "internal.h"
 
 struct sc_idmap {
     int64_t *slot_key;
@@ -11,16 +11,6 @@ struct sc_idmap {
     int64_t *keys; /* id -> key */
     int64_t n, cap_keys;
 };
-
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
 {

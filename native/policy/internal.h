@@ -7,6 +7,17 @@
 
 #include "simcore.h"
 
+/* A 64-bit mixer (splitmix64's finaliser): hash slots of the id map, the step dedup and the prefetch tables. */
+static inline uint64_t mix64(uint64_t x)
+{
+    x ^= x >> 30;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 27;
+    x *= 0x94d049bb133111ebULL;
+    x ^= x >> 31;
+    return x;
+}
+
 int32_t sc_idmap_get(sc_idmap *m, int64_t key);
 int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
 

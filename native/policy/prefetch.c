@@ -11,16 +11,6 @@
 #define ROW_BITS 40
 #define ROW_MASK ((((int64_t)1) << ROW_BITS) - 1)
 
-static inline uint64_t mix64(uint64_t x)
-{
-    x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
-    x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
-    x ^= x >> 31;
-    return x;
-}
-
 static uint64_t pow2_at_least(uint64_t x, uint64_t lo, uint64_t hi)
 {
     uint64_t n = lo;
