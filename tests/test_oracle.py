@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from brute import brute_opt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,23 +13,8 @@ from recmgd.trace import Steps
 
 
 def brute_opt_textbook(seq: list[int], capacity: int) -> int:
-    """Textbook Belady on a sequence of single lookups: on a miss with a full cache evict the
-    resident key whose next use is farthest (never used again = infinitely far)."""
-    cache: set[int] = set()
-    misses = 0
-    for i, k in enumerate(seq):
-        if k in cache:
-            continue
-        misses += 1
-        if len(cache) >= capacity:
-            def nxt(x: int, i: int = i) -> int:
-                for j in range(i + 1, len(seq)):
-                    if seq[j] == x:
-                        return j
-                return len(seq) + 1
-            cache.remove(max(sorted(cache), key=nxt))
-        cache.add(k)
-    return misses
+    """Misses of textbook Belady on a sequence of single lookups."""
+    return sum(brute_opt(seq, capacity))
 
 
 def brute_opt_steps(steps: list[list[int]], capacity: int, bypass: bool) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from brute import brute_opt
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -42,25 +43,6 @@ def brute_lru(seq: list[int], cap: int) -> list[bool]:
             if len(cache) >= cap:
                 cache.pop(0)
         cache.append(k)
-    return miss
-
-
-def brute_opt(seq: list[int], cap: int) -> list[bool]:
-    cache: set[int] = set()
-    miss = []
-    for i, k in enumerate(seq):
-        if k in cache:
-            miss.append(False)
-            continue
-        miss.append(True)
-        if len(cache) >= cap:
-            def nxt(x: int, i: int = i) -> int:
-                for j in range(i + 1, len(seq)):
-                    if seq[j] == x:
-                        return j
-                return len(seq) + 1
-            cache.remove(max(sorted(cache), key=nxt))
-        cache.add(k)
     return miss
 
 
