@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define RECMG_LAYOUT_VERSION 1u
+#define RECMG_LAYOUT_VERSION 2u
 
 #define RECMG_ROW_BITS 40
 #define RECMG_ROW_MASK ((UINT64_C(1) << RECMG_ROW_BITS) - 1)

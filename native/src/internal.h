@@ -40,12 +40,14 @@ typedef struct shm_header {
     int32_t numa_node;
     uint32_t mode;
     uint64_t n_slots;
-    uint32_t slot_stride;  /* bytes per fast-tier slot (a multiple of 64) */
+    uint32_t slot_stride;  /* bytes per fast-tier slot: the row area, then the slot's version and tag */
     uint32_t n_rings;
     uint32_t ring_records; /* a power of two */
-    uint32_t pad0;
+    uint32_t slot_row;     /* bytes of a slot's row area (a multiple of 16; the meta follows it) */
     uint64_t ring_stride;
-    uint64_t tables_off, meta_off, slots_off, index_off, rings_off, slow_off;
+    uint64_t tables_off;
+    uint64_t meta_off;     /* slot 0's version and tag (slot s's: meta_off + s * slot_stride) */
+    uint64_t slots_off, index_off, rings_off, slow_off;
     uint64_t slow_bytes;   /* bytes of table rows (in the object for dram/numa, in the file for ssd) */
     uint64_t index_entries;
     uint64_t meta_bytes;
@@ -70,6 +72,8 @@ typedef struct shm_table {
     char pad3[16];
 } shm_table;
 
+/* A slot's seqlock version and tag, right after its row (same or next cache line): a hit reads the
+ * row and its meta together instead of a second random line elsewhere. */
 typedef struct shm_slot_meta {
     _Atomic uint32_t version; /* seqlock: odd while the slot is being written */
     uint32_t pad;
@@ -145,7 +149,7 @@ struct recmg_pool {
     size_t map_bytes;
     shm_header *h;
     shm_table *tables;
-    shm_slot_meta *meta;
+    uint8_t *meta0; /* slot 0's meta; slot s's is meta0 + s * slot_stride */
     uint8_t *slots;
     _Atomic int32_t *index;
     uint8_t *rings;
@@ -195,6 +199,10 @@ static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)
 }
 static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t *)r + sizeof(shm_ring)); }
 static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
+static inline shm_slot_meta *slot_meta(const recmg_pool *p, uint64_t s)
+{
+    return (shm_slot_meta *)(void *)(p->meta0 + s * p->h->slot_stride);
+}
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
 /* lock.c (writer lock with recovery) */

@@ -12,16 +12,17 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <sched.h>
 #include <unistd.h>
 
-#define PF_DIST 8
+#define PF_DIST 16
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 /* The relaxed atomic word loads of words_load, put together four at a time in a vector register and
  * stored 32 bytes at once, so that the accumulation's 32-byte loads of tmp are forwarded from the
  * stores instead of stalling on eight-byte pieces. tmp is 32-byte aligned, nwords rounded up to 4
- * (slots are 64-byte multiples, so the extra words exist). */
+ * (the caller checks that the rounded-up words stay inside the slot's row area). */
 __attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const uint8_t *src, uint32_t nwords)
 {
     const _Atomic uint64_t *s = (const _Atomic uint64_t *)(const void *)src;
@@ -38,12 +39,13 @@ __attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const
 /* Seqlock read of slot s into tmp; 1 if tmp holds row `key`. */
 static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_t *tmp, uint32_t nwords)
 {
-    shm_slot_meta *m = &p->meta[s];
+    shm_slot_meta *m = slot_meta(p, (uint64_t)s);
     uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
     if (v1 & 1u) return 0;
     if (atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)key) return 0;
 #if defined(__x86_64__)
-    if (p->vec_copy)
+    /* whole 32-byte groups, as long as they stay inside the row area (the meta follows it) */
+    if (p->vec_copy && ((nwords + 3) & ~3u) * 8 <= p->h->slot_row)
         words_load_avx2(tmp, slot_ptr(p, (uint64_t)s), (nwords + 3) & ~3u);
     else
 #endif
@@ -133,9 +135,8 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
     /* everything the loop needs in locals: the acquire loads and fences below make the compiler
      * reload anything reached through a pointer on every row */
     const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
-    shm_slot_meta *const meta = c->p->meta;
     const uint8_t *const slots = c->p->slots;
-    const uint64_t stride = c->p->h->slot_stride;
+    const uint64_t stride = c->p->h->slot_stride, mo = c->p->h->slot_row;
     const int32_t *const slot = c->slot - c->base;
     const int64_t *const ids = c->ids;
     const float *const weights = c->weights;
@@ -149,23 +150,23 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
             int32_t ps = slot[i + PF_DIST];
             const uint8_t *sp;
             if (ps >= 0) {
-                __builtin_prefetch(&meta[ps], 0, 1);
                 sp = slots + (uint64_t)ps * stride;
+                __builtin_prefetch(sp + mo, 0, 3); /* the meta (and the row's last bytes) */
             } else {
                 sp = slow ? slow + (uint64_t)ids[i + PF_DIST] * rb : NULL;
             }
             if (sp)
 #pragma GCC unroll 8
-                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
         }
         const int32_t s = slot[i];
         const __m256 vw = _mm256_set1_ps(weights ? weights[i] : 1.0f);
         if (s >= 0) {
-            shm_slot_meta *m = &meta[s];
+            const uint8_t *q = slots + (uint64_t)s * stride;
+            shm_slot_meta *m = (shm_slot_meta *)(void *)(q + mo);
             uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
             if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (keyhi | (uint64_t)ids[i]))
                 return -1;
-            const uint8_t *q = slots + (uint64_t)s * stride;
 #pragma GCC unroll 16
             for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, slot_load8(q + 32 * k), acc[k]);
             atomic_thread_fence(memory_order_acquire);
@@ -337,7 +338,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 if ((uint64_t)i + PF_DIST < iend) {
                     int32_t ps = slot[i + PF_DIST - i0];
                     if (ps >= 0) {
-                        __builtin_prefetch(&p->meta[ps], 0, 1);
+                        __builtin_prefetch(slot_meta(p, (uint64_t)ps), 0, 1);
                         const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
                         for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
                     } else if (slow) {
@@ -348,7 +349,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 int32_t s = slot[i - i0];
                 float w = a->weights ? a->weights[i] : 1.0f;
                 if (s >= 0) {
-                    shm_slot_meta *m = &p->meta[s];
+                    shm_slot_meta *m = slot_meta(p, (uint64_t)s);
                     uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
                     if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)(keyhi | ids[i]))
                         break;
@@ -377,7 +378,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             if ((uint64_t)i + PF_DIST < iend) {
                 int32_t ps = slot[i + PF_DIST - i0];
                 if (ps >= 0) {
-                    __builtin_prefetch(&p->meta[ps], 0, 1);
+                    __builtin_prefetch(slot_meta(p, (uint64_t)ps), 0, 1);
                     const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
                     for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
                 } else if (slow) {
@@ -441,6 +442,9 @@ static int unique_pass(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, uin
     _Atomic int32_t *index = p->index + t->index_first;
     uint64_t nu = 0, umiss = 0;
     for (uint64_t i = 0; i < a->n_ids; i++) {
+        /* the index loads of fresh rows miss the cache: start them early */
+        if (i + 2 * PF_DIST < a->n_ids && (uint64_t)a->ids[i + 2 * PF_DIST] < t->rows)
+            __builtin_prefetch(&index[a->ids[i + 2 * PF_DIST]], 0, 3);
         int64_t r = a->ids[i];
         if ((uint64_t)r >= t->rows) continue; /* the bag work reports it */
         uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
@@ -459,11 +463,15 @@ static int unique_pass(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, uin
 typedef struct workers {
     int n; /* worker threads (the caller works too) */
     pthread_t *th;
+    /* A job is published by storing gen (seq_cst). Idle workers spin on gen for a while (a wake through
+     * the futex costs tens of microseconds and more in a VM, per call), then sleep on cv_job, counted
+     * in sleepers; the caller takes the mutex and broadcasts only when someone sleeps. */
     pthread_mutex_t mu;
-    pthread_cond_t cv_job, cv_done;
-    uint64_t gen;
-    int stop;
-    int active;
+    pthread_cond_t cv_job;
+    _Atomic uint64_t gen;
+    _Atomic int sleepers;
+    _Atomic int stop;
+    _Atomic int active; /* workers still on the current job */
     const work *items;
     bagres *res;
     uint64_t nitems;
@@ -487,6 +495,16 @@ static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *re
     }
 }
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* How long an idle worker polls for the next job before it sleeps (about 100 microseconds). */
+#define SPIN_POLLS 20000
+
 static void *worker_main(void *arg)
 {
     wstart st = *(wstart *)arg;
@@ -494,18 +512,36 @@ static void *worker_main(void *arg)
     workers *w = st.w;
     lscratch *ls = &w->p->ls[st.id];
     uint64_t seen = 0;
-    pthread_mutex_lock(&w->mu);
     for (;;) {
-        while (w->gen == seen && !w->stop) pthread_cond_wait(&w->cv_job, &w->mu);
-        if (w->stop) break;
-        seen = w->gen;
-        pthread_mutex_unlock(&w->mu);
+        uint64_t g = atomic_load(&w->gen);
+        for (int k = 0; g == seen && k < SPIN_POLLS && !atomic_load_explicit(&w->stop, memory_order_relaxed); k++) {
+            cpu_relax();
+            g = atomic_load(&w->gen);
+        }
+        if (g == seen) {
+            pthread_mutex_lock(&w->mu);
+            atomic_fetch_add(&w->sleepers, 1);
+            while ((g = atomic_load(&w->gen)) == seen && !atomic_load(&w->stop)) pthread_cond_wait(&w->cv_job, &w->mu);
+            atomic_fetch_sub(&w->sleepers, 1);
+            pthread_mutex_unlock(&w->mu);
+        }
+        if (atomic_load(&w->stop)) break;
+        seen = g;
         run_items(w->p, ls, w->items, w->res, w->nitems, &w->next);
-        pthread_mutex_lock(&w->mu);
-        if (--w->active == 0) pthread_cond_signal(&w->cv_done);
+        atomic_fetch_sub_explicit(&w->active, 1, memory_order_release);
     }
-    pthread_mutex_unlock(&w->mu);
     return NULL;
+}
+
+/* Publishes a job (or stop) to the workers. */
+static void workers_kick(workers *w)
+{
+    atomic_fetch_add(&w->gen, 1);
+    if (atomic_load(&w->sleepers) > 0) {
+        pthread_mutex_lock(&w->mu);
+        pthread_cond_broadcast(&w->cv_job);
+        pthread_mutex_unlock(&w->mu);
+    }
 }
 
 static void scratch_free(recmg_pool *p, lscratch *ls)
@@ -521,10 +557,8 @@ void lookup_free(recmg_pool *p)
 {
     workers *w = p->wk;
     if (w && getpid() == p->pid) { /* a forked child has no worker threads to join */
-        pthread_mutex_lock(&w->mu);
-        w->stop = 1;
-        pthread_cond_broadcast(&w->cv_job);
-        pthread_mutex_unlock(&w->mu);
+        atomic_store(&w->stop, 1);
+        workers_kick(w);
         for (int i = 0; i < w->n; i++) pthread_join(w->th[i], NULL);
     }
     if (w) {
@@ -551,7 +585,6 @@ static void workers_start(recmg_pool *p)
     w->p = p;
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv_job, NULL);
-    pthread_cond_init(&w->cv_done, NULL);
     for (int i = 1; i < p->n_threads; i++) {
         wstart *st = malloc(sizeof *st);
         if (!st) break;
@@ -647,15 +680,12 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     }
     if (parallel) {
         workers *w = p->wk;
-        pthread_mutex_lock(&w->mu);
         w->items = items;
         w->res = res;
         w->nitems = nitems;
         atomic_store_explicit(&w->next, 0, memory_order_relaxed);
-        w->active = w->n;
-        w->gen++;
-        pthread_cond_broadcast(&w->cv_job);
-        pthread_mutex_unlock(&w->mu);
+        atomic_store_explicit(&w->active, w->n, memory_order_relaxed);
+        workers_kick(w);
         /* the caller counts the distinct rows of split arguments while the workers start */
         for (uint32_t k = 0; k < n; k++)
             if (first[k + 1] - first[k] > 1) {
@@ -664,9 +694,11 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
                 argres[k].slow_bytes = argres[k].on_demand * p->tables[args[k].table].row_bytes;
             }
         run_items(p, &p->ls[0], items, res, nitems, &w->next);
-        pthread_mutex_lock(&w->mu);
-        while (w->active > 0) pthread_cond_wait(&w->cv_done, &w->mu);
-        pthread_mutex_unlock(&w->mu);
+        /* the workers are on their last items of this job: poll, yielding the CPU now and then */
+        for (unsigned k = 1; atomic_load_explicit(&w->active, memory_order_acquire) > 0; k++) {
+            cpu_relax();
+            if (k % 256 == 0) sched_yield();
+        }
     } else {
         _Atomic uint64_t next = 0;
         run_items(p, &p->ls[0], items, res, nitems, &next);

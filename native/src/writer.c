@@ -86,7 +86,7 @@ void recover_fast_tier(recmg_pool *p)
 {
     uint64_t n = p->h->n_slots;
     for (uint64_t s = 0; s < n; s++) {
-        shm_slot_meta *m = &p->meta[s];
+        shm_slot_meta *m = slot_meta(p, s);
         uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
         uint64_t tag = atomic_load_explicit(&m->tag, memory_order_relaxed);
         int valid = tag != RECMG_TAG_EMPTY && key_valid(p, (int64_t)tag);
@@ -122,7 +122,7 @@ static int free_list_sync(recmg_pool *p)
     }
     uint64_t k = 0;
     for (uint64_t s = n; s-- > 0;)
-        if (atomic_load_explicit(&p->meta[s].tag, memory_order_relaxed) == RECMG_TAG_EMPTY) p->free_list[k++] = (uint32_t)s;
+        if (atomic_load_explicit(&slot_meta(p, s)->tag, memory_order_relaxed) == RECMG_TAG_EMPTY) p->free_list[k++] = (uint32_t)s;
     p->n_free = k;
     p->free_gen = g;
     p->free_valid = 1;
@@ -131,11 +131,11 @@ static int free_list_sync(recmg_pool *p)
 
 static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words, int64_t key)
 {
-    shm_slot_meta *m = &p->meta[s];
+    shm_slot_meta *m = slot_meta(p, s);
     uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
     atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    words_store(slot_ptr(p, s), words, p->h->slot_stride / 8);
+    words_store(slot_ptr(p, s), words, p->h->slot_row / 8);
     atomic_store_explicit(&m->tag, (uint64_t)key, memory_order_relaxed);
     atomic_store_explicit(&m->version, v + 2, memory_order_release);
 }
@@ -150,17 +150,17 @@ static int64_t fault_kill_point(void)
 
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
-    shm_slot_meta *m = &p->meta[s];
+    shm_slot_meta *m = slot_meta(p, s);
     uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
     atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    words_store(slot_ptr(p, s), words, p->h->slot_stride / 16);
+    words_store(slot_ptr(p, s), words, p->h->slot_row / 16);
     raise(SIGKILL);
 }
 
 static void slot_clear(recmg_pool *p, uint64_t s)
 {
-    shm_slot_meta *m = &p->meta[s];
+    shm_slot_meta *m = slot_meta(p, s);
     uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
     atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
@@ -237,7 +237,7 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
                     (unsigned long long)m);
         goto out;
     }
-    size_t stride = p->h->slot_stride;
+    size_t stride = (p->h->slot_row + 63) / 64 * 64;
     if (grow((void **)&p->mbuf, &p->mbuf_cap, m * stride + 64, 1) != 0) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows", (unsigned long long)m);
         goto out;
@@ -300,8 +300,8 @@ int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
     if (!p || (cap && !out)) return RECMG_EINVAL;
     uint64_t k = 0;
     for (uint64_t s = 0; s < p->h->n_slots; s++) {
-        uint32_t v = atomic_load_explicit(&p->meta[s].version, memory_order_acquire);
-        uint64_t tag = atomic_load_explicit(&p->meta[s].tag, memory_order_relaxed);
+        uint32_t v = atomic_load_explicit(&slot_meta(p, s)->version, memory_order_acquire);
+        uint64_t tag = atomic_load_explicit(&slot_meta(p, s)->tag, memory_order_relaxed);
         if ((v & 1u) || tag == RECMG_TAG_EMPTY) continue;
         if (k < cap) out[k] = (int64_t)tag;
         k++;
@@ -369,15 +369,15 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     uint64_t words[RECMG_PAGE / 8];
     uint64_t *w = words;
     uint64_t *heap = NULL;
-    if (p->h->slot_stride > sizeof words) {
-        heap = calloc(1, p->h->slot_stride);
+    if (p->h->slot_row > sizeof words) {
+        heap = calloc(1, p->h->slot_row);
         if (!heap) {
             rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
             goto out;
         }
         w = heap;
     }
-    memset(w, 0, p->h->slot_stride);
+    memset(w, 0, p->h->slot_row);
     int wrote = 0;
     for (uint64_t k = 0; k < n; k++) {
         int64_t key = RECMG_KEY(table, rows[k]);
