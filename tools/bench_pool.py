@@ -5,7 +5,7 @@
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
-3. Pool metadata (header, table descriptors, index, slot versions and tags, rings) over table bytes
+3. Pool metadata (header, table descriptors, index, slot-group versions, rings) over table bytes
    at dim 64 float32.
 
     .venv/bin/python tools/bench_pool.py [--quick]
@@ -259,7 +259,7 @@ def main() -> int:
     else:
         rows_out.append(("SSD miss reads", "skipped", "fio not installed", "-"))
 
-    for frac in (0.02, 0.05):
+    for frac in (0.05, 0.2, 1.0):
         r = metadata_ratio(26, 1_000_000, 64, int(26_000_000 * frac), 16, 65536)
         rows_out.append((
             f"metadata / table bytes, 26x1M rows dim 64 f32, slots {frac:.0%} of rows, 16 rings x 64K",

@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-#define RECMG_LAYOUT_VERSION 2u
+#define RECMG_LAYOUT_VERSION 3u
 
 #define RECMG_ROW_BITS 40
 #define RECMG_ROW_MASK ((UINT64_C(1) << RECMG_ROW_BITS) - 1)
@@ -109,7 +109,7 @@ typedef struct recmg_pool_info {
     uint32_t io_align;     /* O_DIRECT offset alignment in bytes (0 if not direct) */
     uint32_t io_depth;     /* io_uring queue depth */
     uint64_t total_bytes;  /* size of the shm object */
-    uint64_t meta_bytes;   /* header, table descriptors, index, slot versions and tags, rings */
+    uint64_t meta_bytes;   /* header, table descriptors, slot-group versions, index, rings */
     uint64_t table_bytes;  /* rows * row_bytes over all tables (the slow tier's content) */
     uint64_t slot_bytes;   /* the fast tier's row slots */
     uint64_t generation;   /* fast-tier writes so far */

@@ -17,10 +17,12 @@
 #define RECMG_MAGIC UINT64_C(0x4c4f4f50474d4352) /* "RCMGPOOL" little-endian */
 #define RECMG_HDR_BYTES 8192u
 #define RECMG_PATH_MAX 1024u
-#define RECMG_TAG_EMPTY UINT64_MAX
 #define RECMG_PAGE 4096u
 #define RECMG_ERRLEN 256u
 #define RECMG_MAX_TABLES (1u << 22)
+/* 64 slots share one seqlock version: the versions of a fast tier of millions of slots stay in the
+ * CPU caches (4 bytes per 64 slots), so a hit reads the row and nothing else from memory. */
+#define RECMG_GROUP_SHIFT 6u
 
 /* ---------------- shared layout (all offsets from the start of the object) ---------------- */
 
@@ -40,13 +42,13 @@ typedef struct shm_header {
     int32_t numa_node;
     uint32_t mode;
     uint64_t n_slots;
-    uint32_t slot_stride;  /* bytes per fast-tier slot: the row area, then the slot's version and tag */
+    uint32_t slot_stride;  /* bytes per fast-tier slot (a multiple of 64) */
     uint32_t n_rings;
     uint32_t ring_records; /* a power of two */
-    uint32_t slot_row;     /* bytes of a slot's row area (a multiple of 16; the meta follows it) */
+    uint32_t group_shift;  /* slots s >> group_shift share one seqlock version */
     uint64_t ring_stride;
     uint64_t tables_off;
-    uint64_t meta_off;     /* slot 0's version and tag (slot s's: meta_off + s * slot_stride) */
+    uint64_t vers_off;     /* the seqlock versions, one uint32 per group of 2^group_shift slots */
     uint64_t slots_off, index_off, rings_off, slow_off;
     uint64_t slow_bytes;   /* bytes of table rows (in the object for dram/numa, in the file for ssd) */
     uint64_t index_entries;
@@ -72,13 +74,6 @@ typedef struct shm_table {
     char pad3[16];
 } shm_table;
 
-/* A slot's seqlock version and tag, right after its row (same or next cache line): a hit reads the
- * row and its meta together instead of a second random line elsewhere. */
-typedef struct shm_slot_meta {
-    _Atomic uint32_t version; /* seqlock: odd while the slot is being written */
-    uint32_t pad;
-    _Atomic uint64_t tag;     /* key held, RECMG_TAG_EMPTY if none */
-} shm_slot_meta;
 
 typedef struct shm_ring {
     _Atomic int32_t owner;  /* pid of the app that owns it, 0 if free */
@@ -94,7 +89,6 @@ typedef struct shm_ring {
 } shm_ring;
 
 _Static_assert(sizeof(shm_table) == 128, "table descriptor size");
-_Static_assert(sizeof(shm_slot_meta) == 16, "slot meta size");
 _Static_assert(sizeof(shm_ring) == 256, "ring header size");
 _Static_assert(sizeof(shm_header) <= RECMG_HDR_BYTES, "header size");
 
@@ -149,7 +143,7 @@ struct recmg_pool {
     size_t map_bytes;
     shm_header *h;
     shm_table *tables;
-    uint8_t *meta0; /* slot 0's meta; slot s's is meta0 + s * slot_stride */
+    _Atomic uint32_t *vers; /* seqlock versions of the slot groups */
     uint8_t *slots;
     _Atomic int32_t *index;
     uint8_t *rings;
@@ -199,10 +193,8 @@ static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)
 }
 static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t *)r + sizeof(shm_ring)); }
 static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
-static inline shm_slot_meta *slot_meta(const recmg_pool *p, uint64_t s)
-{
-    return (shm_slot_meta *)(void *)(p->meta0 + s * p->h->slot_stride);
-}
+/* Slot s's seqlock version (shared by its group of 2^RECMG_GROUP_SHIFT slots). */
+static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
 /* lock.c (writer lock with recovery) */

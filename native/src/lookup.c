@@ -1,9 +1,11 @@
 /* lookup.c - the app's path: embedding bags over the fast tier with slow-tier fallback.
  *
- * A hit is read lock-free through the slot's seqlock (Boehm's reader): version (acquire), tag,
- * the row as relaxed atomic 64-bit words, an acquire fence, the version again. Same even version
- * and the expected tag: the copy is the row. Anything else: the row is read from the slow tier,
- * which is the truth. The reader never waits for the writer.
+ * A hit is read lock-free through the seqlock of the slot's group (Boehm's reader): version
+ * (acquire), the row's index entry again (it must still name the slot: the tag check), the row as
+ * relaxed atomic 64-bit words, an acquire fence, the version again. Same even version and the entry
+ * unchanged: the copy is the row. Anything else: the row is read from the slow tier, which is the
+ * truth. The reader never waits for the writer. A hit touches the row's cache lines and two lines
+ * that the cache keeps (the group version, the index entry pass 1 just read).
  *
  * Pass 1 resolves every id (range check, index -> slot, first-appearance dedup); on an SSD slow tier
  * the distinct missing rows are then read in one I/O batch; pass 2 accumulates the bags in id
@@ -22,7 +24,7 @@
 /* The relaxed atomic word loads of words_load, put together four at a time in a vector register and
  * stored 32 bytes at once, so that the accumulation's 32-byte loads of tmp are forwarded from the
  * stores instead of stalling on eight-byte pieces. tmp is 32-byte aligned, nwords rounded up to 4
- * (the caller checks that the rounded-up words stay inside the slot's row area). */
+ * (slots are 64-byte multiples, so the extra words exist). */
 __attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const uint8_t *src, uint32_t nwords)
 {
     const _Atomic uint64_t *s = (const _Atomic uint64_t *)(const void *)src;
@@ -36,22 +38,23 @@ __attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const
 }
 #endif
 
-/* Seqlock read of slot s into tmp; 1 if tmp holds row `key`. */
-static inline int slot_read(const recmg_pool *p, int32_t s, int64_t key, uint64_t *tmp, uint32_t nwords)
+/* Seqlock read of slot s into tmp; 1 if tmp holds the row whose index entry is ix: the group's
+ * version even and unchanged across the copy, and the entry still naming s after the first version
+ * load (see writer.c for why that is exact). */
+static inline int slot_read(const recmg_pool *p, int32_t s, const _Atomic int32_t *ix, uint64_t *tmp, uint32_t nwords)
 {
-    shm_slot_meta *m = slot_meta(p, (uint64_t)s);
-    uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
+    const _Atomic uint32_t *ver = slot_version(p, (uint64_t)s);
+    uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
     if (v1 & 1u) return 0;
-    if (atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)key) return 0;
+    if (atomic_load_explicit(ix, memory_order_relaxed) != s) return 0;
 #if defined(__x86_64__)
-    /* whole 32-byte groups, as long as they stay inside the row area (the meta follows it) */
-    if (p->vec_copy && ((nwords + 3) & ~3u) * 8 <= p->h->slot_row)
+    if (p->vec_copy)
         words_load_avx2(tmp, slot_ptr(p, (uint64_t)s), (nwords + 3) & ~3u);
     else
 #endif
         words_load(tmp, slot_ptr(p, (uint64_t)s), nwords);
     atomic_thread_fence(memory_order_acquire);
-    return atomic_load_explicit(&m->version, memory_order_relaxed) == v1;
+    return atomic_load_explicit(ver, memory_order_relaxed) == v1;
 }
 
 static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int ssd)
@@ -106,7 +109,7 @@ typedef struct bagctx {
     const float *weights;
     float *out;
     const uint8_t *slow, *mbuf;
-    int64_t keyhi;
+    const _Atomic int32_t *index; /* the table's index */
     uint64_t base, iend; /* slot[] holds ids [base, iend) */
     size_t mstride;
     uint32_t rb, pf_lines;
@@ -136,13 +139,15 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
      * reload anything reached through a pointer on every row */
     const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
     const uint8_t *const slots = c->p->slots;
-    const uint64_t stride = c->p->h->slot_stride, mo = c->p->h->slot_row;
+    const uint64_t stride = c->p->h->slot_stride;
+    const _Atomic uint32_t *const vers = c->p->vers;
+    const _Atomic int32_t *const index = c->index;
     const int32_t *const slot = c->slot - c->base;
     const int64_t *const ids = c->ids;
     const float *const weights = c->weights;
     const uint8_t *const slow = c->slow, *const mbuf = c->mbuf;
     const size_t mstride = c->mstride;
-    const uint64_t rb = c->rb, keyhi = (uint64_t)c->keyhi;
+    const uint64_t rb = c->rb;
     const int64_t pf_end = (int64_t)c->iend - PF_DIST;
     uint64_t h = 0;
     for (int64_t i = o0; i < o1; i++) {
@@ -151,7 +156,7 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
             const uint8_t *sp;
             if (ps >= 0) {
                 sp = slots + (uint64_t)ps * stride;
-                __builtin_prefetch(sp + mo, 0, 3); /* the meta (and the row's last bytes) */
+                __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 3); /* re-checked below */
             } else {
                 sp = slow ? slow + (uint64_t)ids[i + PF_DIST] * rb : NULL;
             }
@@ -162,15 +167,14 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
         const int32_t s = slot[i];
         const __m256 vw = _mm256_set1_ps(weights ? weights[i] : 1.0f);
         if (s >= 0) {
+            const _Atomic uint32_t *ver = &vers[(uint32_t)s >> RECMG_GROUP_SHIFT];
+            uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
+            if ((v1 & 1u) || atomic_load_explicit(&index[ids[i]], memory_order_relaxed) != s) return -1;
             const uint8_t *q = slots + (uint64_t)s * stride;
-            shm_slot_meta *m = (shm_slot_meta *)(void *)(q + mo);
-            uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
-            if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (keyhi | (uint64_t)ids[i]))
-                return -1;
 #pragma GCC unroll 16
             for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, slot_load8(q + 32 * k), acc[k]);
             atomic_thread_fence(memory_order_acquire);
-            if (atomic_load_explicit(&m->version, memory_order_relaxed) != v1) return -1;
+            if (atomic_load_explicit(ver, memory_order_relaxed) != v1) return -1;
             h++;
         } else {
             const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
@@ -240,7 +244,6 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const int64_t *ids = a->ids;
     const uint32_t dim = t->dim, rb = t->row_bytes, nwords = (rb + 7) / 8;
     const int f16 = t->dtype == RECMG_F16;
-    const int64_t keyhi = RECMG_KEY(a->table, 0);
     _Atomic int32_t *index = p->index + t->index_first;
     const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
 
@@ -323,7 +326,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
     const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
-                        .out = a->out, .slow = slow, .mbuf = mbuf, .keyhi = keyhi, .base = i0, .iend = iend,
+                        .out = a->out, .slow = slow, .mbuf = mbuf, .index = index, .base = i0, .iend = iend,
                         .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     for (uint64_t b = wk->b0; b < wk->b1; b++) {
@@ -338,7 +341,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 if ((uint64_t)i + PF_DIST < iend) {
                     int32_t ps = slot[i + PF_DIST - i0];
                     if (ps >= 0) {
-                        __builtin_prefetch(slot_meta(p, (uint64_t)ps), 0, 1);
+                        __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 1);
                         const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
                         for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
                     } else if (slow) {
@@ -349,13 +352,12 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 int32_t s = slot[i - i0];
                 float w = a->weights ? a->weights[i] : 1.0f;
                 if (s >= 0) {
-                    shm_slot_meta *m = slot_meta(p, (uint64_t)s);
-                    uint32_t v1 = atomic_load_explicit(&m->version, memory_order_acquire);
-                    if ((v1 & 1u) || atomic_load_explicit(&m->tag, memory_order_relaxed) != (uint64_t)(keyhi | ids[i]))
-                        break;
+                    const _Atomic uint32_t *ver = slot_version(p, (uint64_t)s);
+                    uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
+                    if ((v1 & 1u) || atomic_load_explicit(&index[ids[i]], memory_order_relaxed) != s) break;
                     facc(out, slot_ptr(p, (uint64_t)s), w, dim);
                     atomic_thread_fence(memory_order_acquire);
-                    if (atomic_load_explicit(&m->version, memory_order_relaxed) != v1) break;
+                    if (atomic_load_explicit(ver, memory_order_relaxed) != v1) break;
                     h++;
                 } else {
                     acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
@@ -378,7 +380,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             if ((uint64_t)i + PF_DIST < iend) {
                 int32_t ps = slot[i + PF_DIST - i0];
                 if (ps >= 0) {
-                    __builtin_prefetch(slot_meta(p, (uint64_t)ps), 0, 1);
+                    __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 1);
                     const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
                     for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
                 } else if (slow) {
@@ -389,7 +391,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             int64_t r = ids[i];
             int32_t s = slot[i - i0];
             const void *row;
-            if (s >= 0 && slot_read(p, s, keyhi | r, tw, nwords)) {
+            if (s >= 0 && slot_read(p, s, &index[r], tw, nwords)) {
                 row = tw;
                 hits++;
             } else if (slow) {

@@ -71,7 +71,7 @@ static uint32_t dtype_bytes(int dtype) { return dtype == RECMG_F16 ? 2u : 4u; }
 /* ---------------- layout ---------------- */
 
 typedef struct layout {
-    uint64_t tables_off, meta_off, index_off, rings_off, slots_off, slow_off, total;
+    uint64_t tables_off, vers_off, index_off, rings_off, slots_off, slow_off, total;
     uint64_t slow_bytes, index_entries, meta_bytes, ring_stride;
     uint32_t slot_stride, ring_records, n_rings;
 } layout;
@@ -130,21 +130,19 @@ static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tabl
     }
     L->index_entries = idx;
     L->slow_bytes = slow;
-    /* a slot: the row area (16-byte aligned rows), then its 16-byte version and tag */
-    uint32_t slot_row = (uint32_t)align_up(max_rb, 16);
-    L->slot_stride = slot_row + (uint32_t)sizeof(shm_slot_meta);
+    L->slot_stride = (uint32_t)align_up(max_rb, 64);
     L->ring_stride = align_up(sizeof(shm_ring) + (uint64_t)L->ring_records * 8, 64);
     uint64_t off = RECMG_HDR_BYTES;
     L->tables_off = off;
     off = align_up(off + (uint64_t)o->n_tables * sizeof(shm_table), 64);
+    L->vers_off = off;
+    off = align_up(off + ((o->n_slots + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT) * 4, 64);
     L->index_off = off;
     off = align_up(off + idx * 4, 64);
     L->rings_off = off;
     off = align_up(off + L->n_rings * L->ring_stride, RECMG_PAGE);
+    L->meta_bytes = off; /* header, tables, versions, index, rings: everything but rows */
     L->slots_off = off;
-    L->meta_off = off + slot_row;
-    /* metadata: everything but the slots' row areas and the slow tier */
-    L->meta_bytes = off + o->n_slots * sizeof(shm_slot_meta);
     off = align_up(off + o->n_slots * L->slot_stride, RECMG_PAGE);
     L->slow_off = off;
     if (o->slow_kind != RECMG_SLOW_SSD) off += slow;
@@ -216,7 +214,7 @@ static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes)
     p->map_bytes = bytes;
     p->h = (shm_header *)base;
     p->tables = (shm_table *)(base + p->h->tables_off);
-    p->meta0 = base + p->h->meta_off;
+    p->vers = (_Atomic uint32_t *)(base + p->h->vers_off);
     p->index = (_Atomic int32_t *)(base + p->h->index_off);
     p->rings = base + p->h->rings_off;
     p->slots = base + p->h->slots_off;
@@ -328,12 +326,12 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     h->mode = mode;
     h->n_slots = o->n_slots;
     h->slot_stride = L.slot_stride;
-    h->slot_row = (uint32_t)(L.meta_off - L.slots_off);
+    h->group_shift = RECMG_GROUP_SHIFT;
     h->n_rings = L.n_rings;
     h->ring_records = L.ring_records;
     h->ring_stride = L.ring_stride;
     h->tables_off = L.tables_off;
-    h->meta_off = L.meta_off;
+    h->vers_off = L.vers_off;
     h->slots_off = L.slots_off;
     h->index_off = L.index_off;
     h->rings_off = L.rings_off;
@@ -344,10 +342,7 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
     compute_layout(o, &L, (shm_table *)(base + L.tables_off), NULL, 0);
     handle_bind(p, base, L.total);
-    for (uint64_t s = 0; s < o->n_slots; s++) {
-        atomic_init(&slot_meta(p, s)->version, 0);
-        atomic_init(&slot_meta(p, s)->tag, RECMG_TAG_EMPTY);
-    }
+    /* versions start at 0 (the object is zero-filled); every index entry at -1 (empty) */
     memset((void *)p->index, 0xff, L.index_entries * 4);
     if (o->slow_kind == RECMG_SLOW_NUMA) {
         rc = numa_bind_region(p, p->slow, L.slow_bytes, o->numa_node);
@@ -409,9 +404,9 @@ static int validate(recmg_pool *p, const shm_header *h, uint64_t size)
                            .slow_kind = h->slow_kind, .ring_records = h->ring_records, .n_rings = h->n_rings};
     layout L;
     int rc = compute_layout(&o, &L, NULL, p->err, sizeof p->err);
-    int ok = rc == 0 && L.total == h->total_bytes && L.tables_off == h->tables_off && L.meta_off == h->meta_off &&
+    int ok = rc == 0 && L.total == h->total_bytes && L.tables_off == h->tables_off && L.vers_off == h->vers_off &&
              L.index_off == h->index_off && L.rings_off == h->rings_off && L.slots_off == h->slots_off &&
-             L.slow_off == h->slow_off && L.slot_stride == h->slot_stride && L.meta_off - L.slots_off == h->slot_row && L.ring_stride == h->ring_stride &&
+             L.slow_off == h->slow_off && L.slot_stride == h->slot_stride && h->group_shift == RECMG_GROUP_SHIFT && L.ring_stride == h->ring_stride &&
              L.index_entries == h->index_entries && L.ring_records == h->ring_records;
     uint64_t idx = 0;
     for (uint32_t t = 0; ok && t < h->n_tables; t++) {
@@ -564,7 +559,7 @@ int recmg_info(recmg_pool *p, recmg_pool_info *i)
     uint64_t tb = 0;
     for (uint32_t t = 0; t < h->n_tables; t++) tb += p->tables[t].rows * p->tables[t].row_bytes;
     i->table_bytes = tb;
-    i->slot_bytes = h->n_slots * h->slot_row;
+    i->slot_bytes = h->n_slots * h->slot_stride;
     i->generation = atomic_load_explicit(&h->generation, memory_order_relaxed);
     i->free_slots = p->free_valid ? p->n_free : 0;
     pthread_mutex_lock(&p->lock);

@@ -5,10 +5,15 @@
  * middle of a change leaves EOWNERDEAD to the next one, which repairs the slots (recover_fast_tier).
  * Readers never take the lock.
  *
- * Changing slot s from key a to key b (seqlock, C11 orders; readers are in lookup.c):
- *   index[a] = -1; version = v+1 (odd); release fence; row words (relaxed atomics); tag = b;
- *   version = v+2 (release); index[b] = s (release).
- * A reader that sees the same even version before and after its copy, and tag b, has row b. */
+ * The index is the record of what the fast tier holds: entry (t, r) names the slot that holds row r of
+ * table t, or is -1. A slot is only ever written while no entry names it, under the seqlock version
+ * of its group of 64 slots, and published after (C11 orders; readers are in lookup.c):
+ *   evict a:      index[a] = -1 (release); the slot goes to the free list, its row left in place.
+ *   fill b into s (free):  v = version[s >> 6]; version = v+1 (odd); release fence;
+ *                 row words (relaxed atomics); version = v+2 (release); index[b] = s (release).
+ *   write_rows:   index[b] = -1; the same seqlock write; index[b] = s.
+ * A reader that sees an even version v, then index[b] == s, copies the row, and sees v again after
+ * an acquire fence has row b: any write of slot s that it could have overlapped changed v. */
 #include "internal.h"
 
 #include <errno.h>
@@ -80,37 +85,24 @@ static void bump_generation(recmg_pool *p)
     if (p->free_valid && p->free_gen == g - 1) p->free_gen = g;
 }
 
-/* Makes the fast tier consistent after a writer died mid-change (called under the writer lock):
- * a slot with an odd version is emptied; a tagged slot gets its index entry back. */
+/* Makes the fast tier consistent after a writer died mid-change (called under the writer lock). An
+ * index entry only ever names a slot whose row is complete (a slot is written while no entry names
+ * it, and published after), so the only repair is closing the odd versions the dead writer left. */
 void recover_fast_tier(recmg_pool *p)
 {
-    uint64_t n = p->h->n_slots;
-    for (uint64_t s = 0; s < n; s++) {
-        shm_slot_meta *m = slot_meta(p, s);
-        uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
-        uint64_t tag = atomic_load_explicit(&m->tag, memory_order_relaxed);
-        int valid = tag != RECMG_TAG_EMPTY && key_valid(p, (int64_t)tag);
-        if ((v & 1u) || (tag != RECMG_TAG_EMPTY && !valid)) {
-            if (valid) {
-                int32_t me = (int32_t)s;
-                atomic_compare_exchange_strong(index_of(p, (int64_t)tag), &me, -1);
-            }
-            if (!(v & 1u)) atomic_store_explicit(&m->version, ++v, memory_order_relaxed);
-            atomic_thread_fence(memory_order_release);
-            atomic_store_explicit(&m->tag, RECMG_TAG_EMPTY, memory_order_relaxed);
-            atomic_store_explicit(&m->version, v + 1, memory_order_release);
-        } else if (valid) {
-            _Atomic int32_t *ix = index_of(p, (int64_t)tag);
-            if (atomic_load_explicit(ix, memory_order_relaxed) != (int32_t)s)
-                atomic_store_explicit(ix, (int32_t)s, memory_order_release);
-        }
+    uint64_t ng = (p->h->n_slots + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT;
+    for (uint64_t g = 0; g < ng; g++) {
+        uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
+        if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
     }
     atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release);
     p->free_valid = 0;
 }
 
-/* The free-slot stack is process-local and rebuilt from the tags whenever another process wrote
- * the fast tier since this handle last did (the generation tells). Called under the writer lock. */
+/* The free-slot stack is process-local and rebuilt from the index (the slots no entry names) whenever
+ * another process wrote the fast tier since this handle last did (the generation tells). An entry
+ * that names a slot out of range or one already named (only a corrupted pool has them) is cleared.
+ * Called under the writer lock. */
 static int free_list_sync(recmg_pool *p)
 {
     uint64_t g = atomic_load_explicit(&p->h->generation, memory_order_acquire);
@@ -120,24 +112,37 @@ static int free_list_sync(recmg_pool *p)
         p->free_list = malloc((n ? n : 1) * sizeof *p->free_list);
         if (!p->free_list) return rc_set(p, RECMG_ENOMEM, "out of memory for a %llu-slot free list", (unsigned long long)n);
     }
+    uint64_t *used = calloc((n + 63) / 64 + 1, sizeof *used);
+    if (!used) return rc_set(p, RECMG_ENOMEM, "out of memory for a %llu-slot bitmap", (unsigned long long)n);
+    for (uint64_t i = 0; i < p->h->index_entries; i++) {
+        int32_t s = atomic_load_explicit(&p->index[i], memory_order_relaxed);
+        if (s < 0) continue;
+        uint64_t bit = UINT64_C(1) << (s & 63);
+        if ((uint64_t)s >= n || (used[s >> 6] & bit)) {
+            atomic_store_explicit(&p->index[i], -1, memory_order_release);
+            continue;
+        }
+        used[s >> 6] |= bit;
+    }
     uint64_t k = 0;
     for (uint64_t s = n; s-- > 0;)
-        if (atomic_load_explicit(&slot_meta(p, s)->tag, memory_order_relaxed) == RECMG_TAG_EMPTY) p->free_list[k++] = (uint32_t)s;
+        if (!(used[s >> 6] & (UINT64_C(1) << (s & 63)))) p->free_list[k++] = (uint32_t)s;
+    free(used);
     p->n_free = k;
     p->free_gen = g;
     p->free_valid = 1;
     return RECMG_OK;
 }
 
-static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words, int64_t key)
+/* Writes a row into slot s, which no index entry names, through the seqlock of its group. */
+static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
-    shm_slot_meta *m = slot_meta(p, s);
-    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
-    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
+    _Atomic uint32_t *ver = slot_version(p, s);
+    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
+    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    words_store(slot_ptr(p, s), words, p->h->slot_row / 8);
-    atomic_store_explicit(&m->tag, (uint64_t)key, memory_order_relaxed);
-    atomic_store_explicit(&m->version, v + 2, memory_order_release);
+    words_store(slot_ptr(p, s), words, p->h->slot_stride / 8);
+    atomic_store_explicit(ver, v + 2, memory_order_release);
 }
 
 /* Fault injection for the crash tests: RECMG_FAULT_KILL_IN_FILL=K makes a fill die with SIGKILL in
@@ -150,22 +155,12 @@ static int64_t fault_kill_point(void)
 
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
-    shm_slot_meta *m = slot_meta(p, s);
-    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
-    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
+    _Atomic uint32_t *ver = slot_version(p, s);
+    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
+    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
-    words_store(slot_ptr(p, s), words, p->h->slot_row / 16);
+    words_store(slot_ptr(p, s), words, p->h->slot_stride / 16);
     raise(SIGKILL);
-}
-
-static void slot_clear(recmg_pool *p, uint64_t s)
-{
-    shm_slot_meta *m = slot_meta(p, s);
-    uint32_t v = atomic_load_explicit(&m->version, memory_order_relaxed);
-    atomic_store_explicit(&m->version, v + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
-    atomic_store_explicit(&m->tag, RECMG_TAG_EMPTY, memory_order_relaxed);
-    atomic_store_explicit(&m->version, v + 2, memory_order_release);
 }
 
 /* Reads rows of the slow tier (any tables) into dst + k * stride: memory copy, or one I/O batch. */
@@ -237,7 +232,7 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
                     (unsigned long long)m);
         goto out;
     }
-    size_t stride = (p->h->slot_row + 63) / 64 * 64;
+    size_t stride = p->h->slot_stride;
     if (grow((void **)&p->mbuf, &p->mbuf_cap, m * stride + 64, 1) != 0) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows", (unsigned long long)m);
         goto out;
@@ -252,7 +247,7 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         int64_t key = p->m_rows[k];
         uint32_t s = p->free_list[--p->n_free];
         if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
-        slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride), key);
+        slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
         shm_table *t = &p->tables[RECMG_KEY_TABLE(key)];
         atomic_fetch_add_explicit(&t->c.slow_bytes, t->row_bytes, memory_order_relaxed);
@@ -281,8 +276,9 @@ int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         _Atomic int32_t *ix = index_of(p, keys[i]);
         int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
         if (s < 0) continue;
-        atomic_store_explicit(ix, -1, memory_order_relaxed);
-        slot_clear(p, (uint64_t)s);
+        /* the slot keeps the row until it is reused (a reader that still goes there reads a right
+         * row); reuse goes through the seqlock */
+        atomic_store_explicit(ix, -1, memory_order_release);
         p->free_list[p->n_free++] = (uint32_t)s;
         evicted++;
     }
@@ -298,13 +294,15 @@ out_unlocked:
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 {
     if (!p || (cap && !out)) return RECMG_EINVAL;
+    /* the index is the record of what is resident: one pass over it, in key order */
     uint64_t k = 0;
-    for (uint64_t s = 0; s < p->h->n_slots; s++) {
-        uint32_t v = atomic_load_explicit(&slot_meta(p, s)->version, memory_order_acquire);
-        uint64_t tag = atomic_load_explicit(&slot_meta(p, s)->tag, memory_order_relaxed);
-        if ((v & 1u) || tag == RECMG_TAG_EMPTY) continue;
-        if (k < cap) out[k] = (int64_t)tag;
-        k++;
+    for (uint32_t t = 0; t < p->h->n_tables; t++) {
+        const _Atomic int32_t *ix = p->index + p->tables[t].index_first;
+        for (uint64_t r = 0; r < p->tables[t].rows; r++) {
+            if (atomic_load_explicit(&ix[r], memory_order_relaxed) < 0) continue;
+            if (k < cap) out[k] = RECMG_KEY(t, r);
+            k++;
+        }
     }
     return (int64_t)k;
 }
@@ -369,22 +367,26 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     uint64_t words[RECMG_PAGE / 8];
     uint64_t *w = words;
     uint64_t *heap = NULL;
-    if (p->h->slot_row > sizeof words) {
-        heap = calloc(1, p->h->slot_row);
+    if (p->h->slot_stride > sizeof words) {
+        heap = calloc(1, p->h->slot_stride);
         if (!heap) {
             rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
             goto out;
         }
         w = heap;
     }
-    memset(w, 0, p->h->slot_row);
+    memset(w, 0, p->h->slot_stride);
     int wrote = 0;
     for (uint64_t k = 0; k < n; k++) {
         int64_t key = RECMG_KEY(table, rows[k]);
         int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
         if (s < 0) continue;
         memcpy(w, src + k * rb, rb);
-        slot_write(p, (uint64_t)s, w, key);
+        /* unpublished while it changes, so that a slot an entry names is always whole (also if this
+         * writer dies here); readers meanwhile read the slow tier, already updated */
+        atomic_store_explicit(index_of(p, key), -1, memory_order_relaxed);
+        slot_write(p, (uint64_t)s, w);
+        atomic_store_explicit(index_of(p, key), s, memory_order_release);
         wrote = 1;
     }
     free(heap);
