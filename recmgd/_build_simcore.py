@@ -1,4 +1,5 @@
-"""cffi API-mode builder of ``recmgd._simcore``: the C core of the classical policies and the simulator.
+"""cffi API-mode builder of ``recmgd._simcore``: the C core of the classical policies and the simulator,
+and the caching model's inference (cachemodel.c, bridged by recmgd/models/fastinfer.py).
 
 Built by setup.py (``cffi_modules=["recmgd/_build_simcore.py:ffibuilder"]``) or in place with
 ``python recmgd/_build_simcore.py`` from the repository root. C sources: ``native/policy/``.
@@ -12,7 +13,7 @@ from cffi import FFI
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SRC_DIR = "native/policy"
-_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c"]
+_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c"]
 
 CDEF = """
 #define SC_OK 0
@@ -78,6 +79,37 @@ int64_t sc_driver_resident(const sc_driver *d);
 
 int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
                        int64_t *out_offsets);
+
+#define CM_FEATURE_VERSION 1
+#define CM_N_GAPS 4
+#define CM_N_HALF_LIVES 3
+#define CM_N_FEATURES 13
+#define CM_N_OUT 2
+#define CM_MAX_HIDDEN 256
+
+typedef struct {
+    int64_t *last;
+    int64_t *first;
+    float *count;
+    float *gaps;
+    float *gapsum;
+    float *dec;
+    int64_t *table;
+    int64_t cap;
+    int32_t n_table_slots;
+    int32_t reserved;
+    double rate[3];
+} cm_rows;
+
+typedef struct cm_net cm_net;
+cm_net *cm_net_new(int32_t hidden, int32_t n_table_slots, const float *w1, const float *tb, const float *w2,
+                   const float *b2, const float *w3, const float *b3);
+void cm_net_free(cm_net *net);
+int cm_net_simd(cm_net *net, int on);
+int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats);
+int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now);
+int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
+             float *out, float *feats);
 """
 
 
@@ -89,7 +121,7 @@ def make_builder(root: str = "") -> FFI:
     builder.cdef(CDEF)
     builder.set_source(
         "recmgd._simcore",
-        '#include "simcore.h"',
+        '#include "simcore.h"\n#include "cachemodel.h"',
         sources=[f"{src}/{name}" for name in _SOURCES],
         include_dirs=[src],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"],

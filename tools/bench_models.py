@@ -1,10 +1,12 @@
 """Cost of the learned models in the daemon's shape (a step's batch of deduplicated rows at a time).
 
     .venv/bin/python tools/bench_models.py [--trace TRACE] [--train-lookups 300000] [--train-threads 2]
+        [--model-dir DIR] [--skip-train]
 
 Measures, on one core (torch and numpy inference single-threaded):
-- caching model: features + forward pass over each step's rows, in lookups/s (target >= 1M/s/core),
-  and the whole recmg-cache observe() (features, model, residency, eviction) in lookups/s;
+- caching model: features + forward pass (+ the history update) over each step's rows, in lookups/s
+  (target >= 1M/s/core), in C (recmgd.models.fastinfer, what the policies run) and with the numpy
+  reference; and the whole recmg-cache observe() (features, model, residency, eviction) in lookups/s;
 - prefetch decision per step (candidates, features, representations, scores) at batch 16 (< 1 ms);
 - training both models on the first --train-lookups deduplicated lookups with --train-threads threads
   (target < 5 min on 2 cores), and the Voyager baseline alone.
@@ -24,6 +26,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from recmgd import policy as registry  # noqa: E402
+from recmgd.models.fastinfer import FastCacheNet  # noqa: E402
+from recmgd.models.features import RowHistory  # noqa: E402
 from recmgd.models.nets import NumpyCacheNet  # noqa: E402
 from recmgd.models.train import TrainConfig, train_models  # noqa: E402
 from recmgd.policy import StepView  # noqa: E402
@@ -47,6 +51,8 @@ def main() -> int:
     ap.add_argument("--train-threads", type=int, default=2)
     ap.add_argument("--epochs", type=int, default=4)
     ap.add_argument("--skip-train", action="store_true")
+    ap.add_argument("--model-dir", default=None,
+                    help="the recmg policy's checkpoint: loaded when there, else trained and saved there")
     ap.add_argument("--ablation", action="store_true",
                     help="only the set-loss ablation: Chamfer vs cross-entropy, same model and seed")
     args = ap.parse_args()
@@ -65,28 +71,58 @@ def main() -> int:
 
     # one trained recmg policy (first half), then time the second half step by step
     t0 = time.perf_counter()
-    pol = registry.create("recmg", prefetch_budget=args.budget, epochs=args.epochs, threads=1)
+    model_dir = args.model_dir
+    pol = registry.create("recmg", prefetch_budget=args.budget, epochs=args.epochs, threads=1,
+                          model_dir=model_dir)
+    loaded = pol.trained is not None
     pol.fit(lst[:half], cap)
-    print(f"fit recmg (cache + prefetch, 1 thread) on {half} steps: {time.perf_counter() - t0:.1f} s")
+    print(f"{'loaded' if loaded else 'fit'} recmg (cache + prefetch, 1 thread) on {half} steps: "
+          f"{time.perf_counter() - t0:.1f} s")
     net = pol._np_cache
     assert isinstance(net, NumpyCacheNet)
+    fast = FastCacheNet(net)
+    print(f"C inference: AVX2/FMA forward pass {'on' if fast.simd else 'off (portable)'}")
 
-    # caching model alone: features + forward over each step's rows, with the history kept current
-    pol.reset(cap)
-    hist = pol.hist
-    n_look, t_model = 0, 0.0
+    # caching model alone over each step's rows, with the history kept current (the whole trace):
+    # reference numpy path vs the C path (recmgd.models.fastinfer), each on its own history
+    t_ref = t_ref_upd = 0.0
+    n_look = 0
+    hist = RowHistory()
     for b, keys in enumerate(lst):
         ids = hist.ids(keys)
         t1 = time.perf_counter()
         net(hist.features(ids, b), hist.tables(ids))
-        t_model += time.perf_counter() - t1
+        t2 = time.perf_counter()
         hist.update(ids, b)
-        if b >= half:
-            pass
+        t3 = time.perf_counter()
+        t_ref += t2 - t1
+        t_ref_upd += t3 - t1
         n_look += len(ids)
-    print(f"caching model (features + MLP per step, batch {args.batch}): "
-          f"{n_look / t_model:,.0f} lookups/s/core ({t_model / len(lst) * 1e6:.1f} us a step)")
-    # larger batches, as when the daemon drains many steps from the ring at once
+    t_fast = t_fast_split = 0.0
+    fh = RowHistory(native=True)  # fused: one C call a step (features, MLP, then the history update)
+    for b, keys in enumerate(lst):
+        ids = fh.ids(keys)
+        t1 = time.perf_counter()
+        fast(fh, ids, b, update=True)
+        t_fast += time.perf_counter() - t1
+    fh2 = RowHistory(native=True)  # as the policies call it: scores, then the update, two C calls
+    for b, keys in enumerate(lst):
+        ids = fh2.ids(keys)
+        t1 = time.perf_counter()
+        fast(fh2, ids, b)
+        fh2.update(ids, b)
+        t_fast_split += time.perf_counter() - t1
+    per = n_look / len(lst)
+    print(f"caching model, one step's rows (batch {args.batch}, {per:.1f} rows a step), lookups/s/core:")
+    print(f"  C (features + MLP + history update, one call): {n_look / t_fast:,.0f} "
+          f"({t_fast / len(lst) * 1e6:.1f} us a step)")
+    print(f"  C (scores, then the update: two calls, as in observe()): {n_look / t_fast_split:,.0f} "
+          f"({t_fast_split / len(lst) * 1e6:.1f} us a step)")
+    print(f"  numpy reference (features + MLP): {n_look / t_ref:,.0f} "
+          f"({t_ref / len(lst) * 1e6:.1f} us a step); with the update: {n_look / t_ref_upd:,.0f} "
+          f"({t_ref_upd / len(lst) * 1e6:.1f} us a step)")
+    print(f"  C over numpy, both with the update: {t_ref_upd / t_fast:.1f}x")
+    # larger batches, as when the daemon drains many steps from the ring at once (no update)
     ids = np.arange(len(hist))
     for n in (16, 256, 4096):
         sel = ids[:n]
@@ -95,11 +131,16 @@ def main() -> int:
         for _ in range(reps):
             net(hist.features(sel, len(lst)), hist.tables(sel))
         dt = time.perf_counter() - t1
-        print(f"caching model at batch {n}: {n * reps / dt:,.0f} lookups/s/core")
+        t1 = time.perf_counter()
+        for _ in range(reps):
+            fast(fh, sel, len(lst))
+        dtf = time.perf_counter() - t1
+        print(f"caching model at batch {n}: numpy {n * reps / dt:,.0f}, "
+              f"C {n * reps / dtf:,.0f} lookups/s/core")
 
     # whole policies, step by step (driver-side residency in a set, as the daemon's pool would be)
-    for name in ("recmg-cache", "recmg"):
-        p = registry.create(name, prefetch_budget=args.budget, threads=1)
+    for name, native in (("recmg-cache", True), ("recmg-cache", False), ("recmg", True)):
+        p = registry.create(name, prefetch_budget=args.budget, threads=1, native_infer=native)
         p._install(pol.trained)  # same trained models
         p.reset(cap)
         res: set[int] = set()
@@ -121,7 +162,8 @@ def main() -> int:
                 pf_times.append(time.perf_counter() - t2)
         tt = np.asarray(times[half:])
         lk = sum(len(s) for s in lst[half:])
-        print(f"{name} observe(): {lk / tt.sum():,.0f} lookups/s/core, "
+        what = name if native else f"{name} (numpy reference)"
+        print(f"{what} observe(): {lk / tt.sum():,.0f} lookups/s/core, "
               f"per step mean {tt.mean() * 1e3:.3f} ms, p99 {np.percentile(tt, 99) * 1e3:.3f} ms")
         if pf_times:
             print(f"prefetch decision per step (batch {args.batch}, budget {args.budget}): mean "

@@ -208,6 +208,24 @@ BAG_FAST(128)
 
 typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
 
+/* The generic loops' software prefetch: the row (slot or memory slow tier) and the index entry of
+ * the id PF_DIST ahead of id i. */
+static inline void prefetch_ahead(const bagctx *c, uint64_t i)
+{
+    if (i + PF_DIST >= c->iend) return;
+    int32_t ps = c->slot[i + PF_DIST - c->base];
+    const uint8_t *sp;
+    if (ps >= 0) {
+        __builtin_prefetch(&c->index[c->ids[i + PF_DIST]], 0, 1);
+        sp = slot_ptr(c->p, (uint64_t)ps);
+    } else if (c->slow) {
+        sp = c->slow + (uint64_t)c->ids[i + PF_DIST] * c->rb;
+    } else {
+        return;
+    }
+    for (uint32_t l = 0; l < c->pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
+}
+
 static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mode)
 {
 #if defined(__x86_64__)
@@ -338,17 +356,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             uint64_t h = 0;
             int64_t i = o0;
             for (; i < o1; i++) {
-                if ((uint64_t)i + PF_DIST < iend) {
-                    int32_t ps = slot[i + PF_DIST - i0];
-                    if (ps >= 0) {
-                        __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 1);
-                        const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
-                        for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
-                    } else if (slow) {
-                        const uint8_t *sp = slow + (uint64_t)ids[i + PF_DIST] * rb;
-                        for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
-                    }
-                }
+                prefetch_ahead(&ctx, (uint64_t)i);
                 int32_t s = slot[i - i0];
                 float w = a->weights ? a->weights[i] : 1.0f;
                 if (s >= 0) {
@@ -377,17 +385,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         else
             memset(out, 0, (size_t)dim * sizeof *out);
         for (int64_t i = o0; i < o1; i++) {
-            if ((uint64_t)i + PF_DIST < iend) {
-                int32_t ps = slot[i + PF_DIST - i0];
-                if (ps >= 0) {
-                    __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 1);
-                    const uint8_t *sp = slot_ptr(p, (uint64_t)ps);
-                    for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
-                } else if (slow) {
-                    const uint8_t *sp = slow + (uint64_t)ids[i + PF_DIST] * rb;
-                    for (uint32_t l = 0; l < pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
-                }
-            }
+            prefetch_ahead(&ctx, (uint64_t)i);
             int64_t r = ids[i];
             int32_t s = slot[i - i0];
             const void *row;

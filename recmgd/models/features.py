@@ -11,9 +11,14 @@ the models see at inference are exactly the ones they were trained on.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from recmgd.keys import ROW_BITS
+
+if TYPE_CHECKING:
+    from recmgd.models.fastinfer import NativeRows
 
 #: bump whenever the meaning or order of the feature columns changes (checked on checkpoint load)
 FEATURE_VERSION = 1
@@ -78,9 +83,15 @@ class KeyIndex:
 
 
 class RowHistory:
-    """Dense per-row history: last use, first use, count, previous gaps, decayed counters."""
+    """Dense per-row history: last use, first use, count, previous gaps, decayed counters.
 
-    def __init__(self, initial: int = 1024) -> None:
+    With ``native=True``, :meth:`features` and :meth:`update` run in C (recmgd.models.fastinfer) on these
+    same arrays, and ``native_rows`` is the C view of them; the numpy methods (``features_numpy``,
+    ``update_numpy``) are the reference and the training path.
+    """
+
+    def __init__(self, initial: int = 1024, native: bool = False) -> None:
+        self.native_rows: NativeRows | None = None
         self.index = KeyIndex()
         self._cap = 0
         self.last = np.zeros(0, np.int64)
@@ -92,6 +103,10 @@ class RowHistory:
         self.table = np.zeros(0, np.int64)
         self._decay_rate = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)
         self._grow(initial)
+        if native:
+            from recmgd.models.fastinfer import NativeRows
+
+            self.native_rows = NativeRows(self)
 
     def __len__(self) -> int:
         return len(self.index)
@@ -114,6 +129,8 @@ class RowHistory:
         self.dec = ext(self.dec, 0)
         self.table = ext(self.table, 0)
         self._cap = cap
+        if self.native_rows is not None:
+            self.native_rows.bind()
 
     def ids(self, keys: np.ndarray) -> np.ndarray:
         """Dense ids of keys (new keys get new, empty rows)."""
@@ -127,6 +144,12 @@ class RowHistory:
 
     def features(self, ids: np.ndarray, now: int) -> np.ndarray:
         """Feature matrix (len(ids) x N_FEATURES, float32) of rows as of step ``now`` (before its use)."""
+        if self.native_rows is not None:
+            return self.native_rows.features(ids, now)
+        return self.features_numpy(ids, now)
+
+    def features_numpy(self, ids: np.ndarray, now: int) -> np.ndarray:
+        """:meth:`features` in numpy (the reference)."""
         last = self.last[ids]
         seen = last >= 0
         gap = np.where(seen, now - last, 0).astype(np.float32)
@@ -153,6 +176,13 @@ class RowHistory:
 
     def update(self, ids: np.ndarray, now: int) -> None:
         """Record one use at step ``now`` of each (distinct) row."""
+        if self.native_rows is not None:
+            self.native_rows.update(ids, now)
+        else:
+            self.update_numpy(ids, now)
+
+    def update_numpy(self, ids: np.ndarray, now: int) -> None:
+        """:meth:`update` in numpy (the reference)."""
         last = self.last[ids]
         seen = last >= 0
         gap = np.where(seen, now - last, 0).astype(np.float32)

@@ -22,6 +22,7 @@ import torch
 
 from recmgd.errors import ModelError
 from recmgd.models import checkpoint
+from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
@@ -109,7 +110,8 @@ class LearnedPolicy(Policy):
     choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
     ``order`` "level" (default), "nextuse" (Belady order on the regression head) or "hybrid".
     With ``model_dir`` holding a checkpoint, the models are loaded and ``fit`` does not retrain; with an
-    empty ``model_dir``, ``fit`` trains and saves there.
+    empty ``model_dir``, ``fit`` trains and saves there. ``native_infer`` (default on): row history,
+    features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
     """
 
     learned = True
@@ -123,7 +125,7 @@ class LearnedPolicy(Policy):
                  voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "level",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None,
-                 train_config: TrainConfig | None = None) -> None:
+                 train_config: TrainConfig | None = None, native_infer: bool = True) -> None:
         if order not in ("level", "nextuse", "hybrid"):
             raise ValueError(f"order must be 'level', 'nextuse' or 'hybrid', got {order!r}")
         self.slack = float(slack)
@@ -134,6 +136,7 @@ class LearnedPolicy(Policy):
         self.seed = int(seed)
         self.model_dir = model_dir
         self.threads = max(1, int(threads))
+        self.native_infer = bool(native_infer)
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
         self.levels = int(levels)
         self.bypass = float(bypass)
@@ -147,6 +150,7 @@ class LearnedPolicy(Policy):
         self._np_cache: NumpyCacheNet | None = None
         self._np_pref: NumpyPrefetchNet | None = None
         self._np_voy: NumpyVoyager | None = None
+        self._fast_cache: FastCacheNet | None = None
         self._model_index: dict[int, int] = {}
         if model_dir is not None and os.path.isfile(os.path.join(model_dir, "config.json")):
             self.load(model_dir)
@@ -166,6 +170,8 @@ class LearnedPolicy(Policy):
         self.trained = t
         with torch.no_grad():
             self._np_cache = NumpyCacheNet(t.cache) if t.cache is not None else None
+            self._fast_cache = (FastCacheNet(self._np_cache)
+                                if self.native_infer and self._np_cache is not None else None)
             self._np_pref = NumpyPrefetchNet(t.prefetch) if t.prefetch is not None else None
             self._np_voy = NumpyVoyager(t.voyager) if t.voyager is not None else None
         keys = t.voyager_keys if self.prefetcher == "voyager" else t.prefetch_keys
@@ -220,7 +226,7 @@ class LearnedPolicy(Policy):
         step_len = self.trained.stats.get("mean_step_len", 16.0) if self.trained is not None else 16.0
         # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
         self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
-        self.hist = RowHistory()
+        self.hist = RowHistory(native=self.native_infer)
         self.res = _Residency(self.capacity, self.order if self.use_cache_model else "level", self.slack)
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
@@ -249,6 +255,14 @@ class LearnedPolicy(Policy):
             self.mid[n0:n1] = np.fromiter((get(k, unknown) for k in new_keys.tolist()), np.int64, n1 - n0)
         return ids
 
+    def _cache_scores(self, ids: np.ndarray, b: int) -> np.ndarray:
+        """The caching model's (keep logit, log1p next use) of rows ``ids`` as of step ``b``: one C call
+        (fastinfer) by default, the numpy reference with ``native_infer=False``."""
+        if self._fast_cache is not None and self.hist.native_rows is not None:
+            return self._fast_cache(self.hist, ids, b)
+        assert self._np_cache is not None
+        return self._np_cache(self.hist.features(ids, b), self.hist.tables(ids))
+
     def observe(self, view: StepView) -> Decision:
         b = self.t
         self.t += 1
@@ -261,7 +275,7 @@ class LearnedPolicy(Policy):
         res.set_resident(ids[~hit], False)
         now = b + 1
         if self.use_cache_model and self._np_cache is not None and len(ids):
-            out = self._np_cache(self.hist.features(ids, b), self.hist.tables(ids))
+            out = self._cache_scores(ids, b)
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
             lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
             # expected reuse distance: the model's, or the row's own mean gap when that is longer
@@ -275,7 +289,7 @@ class LearnedPolicy(Policy):
         if self.rescore and b % self.rescore == 0 and self._np_cache is not None and res.n:
             # re-score every resident row with its history as of now (age since last use as the gap)
             rid = np.flatnonzero(res.resident)
-            lg = self._np_cache(self.hist.features(rid, b), self.hist.tables(rid))[:, 0]
+            lg = self._cache_scores(rid, b)[:, 0]
             pr = 1.0 / (1.0 + np.exp(-lg))
             res.level[rid] = np.minimum(np.floor(pr * self.levels), self.levels - 1) * self._unit
         self.hist.update(ids, b)

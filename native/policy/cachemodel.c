@@ -1,0 +1,327 @@
+/* cachemodel: per-row history features and the caching MLP of RecMG, one step's rows per call.
+ *
+ * The arithmetic follows recmgd/models/features.py (RowHistory.features/update) and nets.NumpyCacheNet
+ * operation by operation, in the same precisions (float32, except the decayed counters and the age,
+ * which numpy computes in float64), so the two paths agree to float rounding. */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cachemodel.h"
+#include "simcore.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define CM_HAVE_AVX2 1
+#else
+#define CM_HAVE_AVX2 0
+#endif
+
+/* The MLP with the hidden width padded to a multiple of CM_PAD (zero weights: the padded units stay 0),
+ * so the inner loops run in fixed blocks: CM_BLOCK floats the compiler vectorises (SSE2), or, where the
+ * CPU has AVX2 and FMA, four 8-float registers at a time (mlp_avx2). */
+#define CM_BLOCK 8
+#define CM_PAD 32
+
+struct cm_net {
+    int32_t hidden;  /* padded width */
+    int32_t n_table_slots;
+    int32_t simd;    /* use mlp_avx2 */
+    int32_t has_simd;
+    float *w1;  /* CM_N_FEATURES x hidden */
+    float *tb;  /* n_table_slots x hidden */
+    float *w2;  /* hidden x hidden */
+    float *b2;  /* hidden */
+    float *w3t; /* CM_N_OUT x hidden (transposed) */
+    float b3[CM_N_OUT];
+    float data[];
+};
+
+cm_net *cm_net_new(int32_t hidden, int32_t n_table_slots, const float *w1, const float *tb, const float *w2,
+                   const float *b2, const float *w3, const float *b3)
+{
+    if (hidden <= 0 || hidden > CM_MAX_HIDDEN || n_table_slots <= 0 || n_table_slots > 1 << 20 || !w1 ||
+        !tb || !w2 || !b2 || !w3 || !b3)
+        return NULL;
+    size_t h = (size_t)hidden;
+    size_t hp = (h + CM_PAD - 1) / CM_PAD * CM_PAD;
+    size_t total = CM_N_FEATURES * hp + (size_t)n_table_slots * hp + hp * hp + hp + CM_N_OUT * hp;
+    cm_net *net = calloc(1, sizeof(*net) + total * sizeof(float));
+    if (!net)
+        return NULL;
+    net->hidden = (int32_t)hp;
+    net->n_table_slots = n_table_slots;
+#if CM_HAVE_AVX2
+    __builtin_cpu_init();
+    net->has_simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+#endif
+    net->simd = net->has_simd;
+    float *p = net->data;
+    net->w1 = p, p += CM_N_FEATURES * hp;
+    net->tb = p, p += (size_t)n_table_slots * hp;
+    net->w2 = p, p += hp * hp;
+    net->b2 = p, p += hp;
+    net->w3t = p;
+    for (size_t i = 0; i < CM_N_FEATURES; i++)
+        memcpy(net->w1 + i * hp, w1 + i * h, h * sizeof(float));
+    for (size_t i = 0; i < (size_t)n_table_slots; i++)
+        memcpy(net->tb + i * hp, tb + i * h, h * sizeof(float));
+    for (size_t i = 0; i < h; i++)
+        memcpy(net->w2 + i * hp, w2 + i * h, h * sizeof(float));
+    memcpy(net->b2, b2, h * sizeof(float));
+    for (size_t i = 0; i < h; i++)
+        for (size_t k = 0; k < CM_N_OUT; k++)
+            net->w3t[k * hp + i] = w3[i * CM_N_OUT + k];
+    memcpy(net->b3, b3, CM_N_OUT * sizeof(float));
+    return net;
+}
+
+void cm_net_free(cm_net *net)
+{
+    free(net);
+}
+
+int cm_net_simd(cm_net *net, int on)
+{
+    if (on >= 0)
+        net->simd = on && net->has_simd;
+    return net->simd;
+}
+
+static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
+{
+    if (!r || n < 0 || (n > 0 && !ids))
+        return SC_EARG;
+    for (int64_t i = 0; i < n; i++)
+        if (ids[i] < 0 || ids[i] >= r->cap)
+            return SC_EBADID;
+    return SC_OK;
+}
+
+/* features.py RowHistory.features for one row; prod[k] (when not NULL) gets dec[k] * exp(-gap * rate[k]),
+ * which the row's update at the same step reuses */
+static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, float *restrict f,
+                         double *restrict prod)
+{
+    int64_t last = r->last[id];
+    int seen = last >= 0;
+    float gap = seen ? (float)(now - last) : 0.0f;
+    float count = r->count[id];
+    float lgap = log1pf(gap);
+    f[0] = seen ? 0.0f : 1.0f;
+    f[1] = lgap;
+    f[2] = log1pf(count);
+    f[3] = seen ? (float)log1p((double)(now - r->first[id])) : 0.0f;
+    const float *g = r->gaps + id * CM_N_GAPS;
+    for (int k = 0; k < CM_N_GAPS; k++)
+        f[4 + k] = g[k];
+    const float *d = r->dec + id * CM_N_HALF_LIVES;
+    for (int k = 0; k < CM_N_HALF_LIVES; k++) {
+        /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly */
+        double x = gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k]) : (double)d[k];
+        f[4 + CM_N_GAPS + k] = (float)log1p(x);
+        if (prod)
+            prod[k] = x;
+    }
+    float lmean = 0.0f, over = 0.0f;
+    if (count > 1.0f) {
+        float ngaps = count - 1.0f > 1.0f ? count - 1.0f : 1.0f;
+        lmean = log1pf(r->gapsum[id] / ngaps);
+        over = lgap - lmean;
+    }
+    f[4 + CM_N_GAPS + CM_N_HALF_LIVES] = lmean;
+    f[5 + CM_N_GAPS + CM_N_HALF_LIVES] = over;
+}
+
+/* features.py RowHistory.update for one row; lgap and prod as row_features computed them at this step,
+ * or NULL */
+static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const float *lgap, const double *prod)
+{
+    int64_t last = r->last[id];
+    int seen = last >= 0;
+    float gap = seen ? (float)(now - last) : 0.0f;
+    if (seen) {
+        float *g = r->gaps + id * CM_N_GAPS;
+        for (int k = CM_N_GAPS - 1; k > 0; k--)
+            g[k] = g[k - 1];
+        g[0] = lgap ? *lgap : log1pf(gap);
+    }
+    r->gapsum[id] += gap;
+    float *d = r->dec + id * CM_N_HALF_LIVES;
+    for (int k = 0; k < CM_N_HALF_LIVES; k++) {
+        double x = prod ? prod[k]
+                        : (gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k])
+                                                       : (double)d[k]);
+        d[k] = (float)(x + 1.0);
+    }
+    r->count[id] += 1.0f;
+    if (!seen)
+        r->first[id] = now;
+    r->last[id] = now;
+}
+
+/* the state of rows ids towards the cache before they are read */
+static void prefetch_rows(const cm_rows *r, const int64_t *ids, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = ids[i];
+        __builtin_prefetch(r->last + id);
+        __builtin_prefetch(r->first + id);
+        __builtin_prefetch(r->count + id);
+        __builtin_prefetch(r->gaps + id * CM_N_GAPS);
+        __builtin_prefetch(r->gapsum + id);
+        __builtin_prefetch(r->dec + id * CM_N_HALF_LIVES);
+        __builtin_prefetch(r->table + id);
+    }
+}
+
+int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats)
+{
+    int rc = check_ids(r, ids, n);
+    if (rc != SC_OK)
+        return rc;
+    if (n > 0 && !feats)
+        return SC_EARG;
+    prefetch_rows(r, ids, n);
+    for (int64_t i = 0; i < n; i++)
+        row_features(r, ids[i], now, feats + i * CM_N_FEATURES, NULL);
+    return SC_OK;
+}
+
+int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now)
+{
+    int rc = check_ids(r, ids, n);
+    if (rc != SC_OK)
+        return rc;
+    prefetch_rows(r, ids, n);
+    for (int64_t i = 0; i < n; i++)
+        row_update(r, ids[i], now, NULL, NULL);
+    return SC_OK;
+}
+
+/* h[0..n) = relu(b[0..n) + x[0..m) @ w) (w m x n, row-major; n a multiple of CM_BLOCK): a block of
+ * CM_BLOCK outputs at a time, accumulated in registers */
+static void affine_relu(const float *restrict x, int m, const float *restrict w, const float *restrict b,
+                        int n, float *restrict h)
+{
+    for (int jb = 0; jb < n; jb += CM_BLOCK) {
+        float acc[CM_BLOCK];
+        for (int j = 0; j < CM_BLOCK; j++)
+            acc[j] = b[jb + j];
+        for (int i = 0; i < m; i++) {
+            float xi = x[i];
+            const float *restrict wi = w + (size_t)i * (size_t)n + jb;
+            for (int j = 0; j < CM_BLOCK; j++)
+                acc[j] += xi * wi[j];
+        }
+        for (int j = 0; j < CM_BLOCK; j++)
+            h[jb + j] = acc[j] > 0.0f ? acc[j] : 0.0f;
+    }
+}
+
+/* b + x . w over n (a multiple of CM_BLOCK) */
+static float dot(const float *restrict x, const float *restrict w, int n, float b)
+{
+    float acc[CM_BLOCK] = {0};
+    for (int ib = 0; ib < n; ib += CM_BLOCK)
+        for (int j = 0; j < CM_BLOCK; j++)
+            acc[j] += x[ib + j] * w[ib + j];
+    float s = 0.0f;
+    for (int j = 0; j < CM_BLOCK; j++)
+        s += acc[j];
+    return s + b;
+}
+
+/* out[CM_N_OUT] of features f, tb the row's table embedding (plus lin1's bias) */
+static void mlp_generic(const cm_net *restrict net, const float *restrict f, const float *restrict tb,
+                        float *restrict out)
+{
+    int hd = net->hidden;
+    float h1[CM_MAX_HIDDEN], h2[CM_MAX_HIDDEN];
+    affine_relu(f, CM_N_FEATURES, net->w1, tb, hd, h1);
+    affine_relu(h1, hd, net->w2, net->b2, hd, h2);
+    for (int k = 0; k < CM_N_OUT; k++)
+        out[k] = dot(h2, net->w3t + (size_t)k * (size_t)hd, hd, net->b3[k]);
+}
+
+#if CM_HAVE_AVX2
+#define CM_AVX2 __attribute__((target("avx2,fma")))
+
+/* h = relu(b + x @ w), 32 outputs (four registers) at a time; n a multiple of CM_PAD */
+CM_AVX2 static inline void affine_relu_avx2(const float *restrict x, int m, const float *restrict w,
+                                            const float *restrict b, int n, float *restrict h)
+{
+    const __m256 zero = _mm256_setzero_ps();
+    for (int jb = 0; jb < n; jb += CM_PAD) {
+        __m256 a0 = _mm256_loadu_ps(b + jb), a1 = _mm256_loadu_ps(b + jb + 8);
+        __m256 a2 = _mm256_loadu_ps(b + jb + 16), a3 = _mm256_loadu_ps(b + jb + 24);
+        for (int i = 0; i < m; i++) {
+            __m256 xi = _mm256_set1_ps(x[i]);
+            const float *wi = w + (size_t)i * (size_t)n + jb;
+            a0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi), a0);
+            a1 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 8), a1);
+            a2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 16), a2);
+            a3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 24), a3);
+        }
+        _mm256_storeu_ps(h + jb, _mm256_max_ps(a0, zero));
+        _mm256_storeu_ps(h + jb + 8, _mm256_max_ps(a1, zero));
+        _mm256_storeu_ps(h + jb + 16, _mm256_max_ps(a2, zero));
+        _mm256_storeu_ps(h + jb + 24, _mm256_max_ps(a3, zero));
+    }
+}
+
+CM_AVX2 static void mlp_avx2(const cm_net *restrict net, const float *restrict f, const float *restrict tb,
+                             float *restrict out)
+{
+    int hd = net->hidden;
+    float h1[CM_MAX_HIDDEN], h2[CM_MAX_HIDDEN];
+    affine_relu_avx2(f, CM_N_FEATURES, net->w1, tb, hd, h1);
+    affine_relu_avx2(h1, hd, net->w2, net->b2, hd, h2);
+    for (int k = 0; k < CM_N_OUT; k++) {
+        const float *w = net->w3t + (size_t)k * (size_t)hd;
+        __m256 acc = _mm256_setzero_ps();
+        for (int i = 0; i < hd; i += 8)
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(h2 + i), _mm256_loadu_ps(w + i), acc);
+        __m128 s = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
+        out[k] = _mm_cvtss_f32(s) + net->b3[k];
+    }
+}
+#endif
+
+int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
+             float *out, float *feats)
+{
+    if (!net || (n > 0 && !out))
+        return SC_EARG;
+    int rc = check_ids(r, ids, n);
+    if (rc != SC_OK)
+        return rc;
+    if (r->n_table_slots != net->n_table_slots)
+        return SC_EARG;
+    int hd = net->hidden;
+    int64_t slots = net->n_table_slots;
+    float f[CM_N_FEATURES];
+    double prod[CM_N_HALF_LIVES];
+    prefetch_rows(r, ids, n);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = ids[i];
+        row_features(r, id, now, f, prod);
+        if (feats)
+            memcpy(feats + i * CM_N_FEATURES, f, sizeof(f));
+        int64_t t = r->table[id] % slots;
+        if (t < 0)
+            t += slots;
+#if CM_HAVE_AVX2
+        if (net->simd)
+            mlp_avx2(net, f, net->tb + t * hd, out + i * CM_N_OUT);
+        else
+#endif
+            mlp_generic(net, f, net->tb + t * hd, out + i * CM_N_OUT);
+        /* ids are distinct: this row's update touches no other row's features */
+        if (update)
+            row_update(r, id, now, &f[1], prod);
+    }
+    return SC_OK;
+}

@@ -1,0 +1,57 @@
+/* cachemodel: RecMG's caching model at inference, in C (recmgd/models/fastinfer.py is the bridge).
+ *
+ * The per-row history (recmgd.models.features.RowHistory) stays in the caller's arrays; cm_rows only
+ * points at them, so the numpy reference path and this one read and write the very same state. A step's
+ * rows are featurised (FEATURE_VERSION 1: the column order of features.FEATURE_NAMES) and scored by the
+ * caching MLP (13 -> hidden -> hidden -> 2, ReLU) one row at a time, single-threaded, no allocation.
+ * Functions return SC_OK or a negative SC_E* code (simcore.h).
+ */
+#ifndef RECMG_CACHEMODEL_H
+#define RECMG_CACHEMODEL_H
+
+#include <stdint.h>
+
+#define CM_FEATURE_VERSION 1
+#define CM_N_GAPS 4
+#define CM_N_HALF_LIVES 3
+#define CM_N_FEATURES 13 /* is_new, log_gap, log_count, log_age, 4 gaps, 3 decays, log_mean_gap, gap/mean */
+#define CM_N_OUT 2
+#define CM_MAX_HIDDEN 256
+
+/* Views of a RowHistory's arrays (row-major, `cap` rows each); the caller owns the memory. */
+typedef struct {
+    int64_t *last;   /* step of last use, -1 = never */
+    int64_t *first;  /* step of first use */
+    float *count;    /* uses */
+    float *gaps;     /* cap x CM_N_GAPS: log1p of the previous gaps, most recent first */
+    float *gapsum;   /* sum of gaps */
+    float *dec;      /* cap x CM_N_HALF_LIVES: decayed use counters */
+    int64_t *table;  /* table id of the row (key >> ROW_BITS) */
+    int64_t cap;     /* rows the arrays hold: ids must be in [0, cap) */
+    int32_t n_table_slots; /* table embeddings; a row's slot is table mod this (non-negative) */
+    int32_t reserved;
+    double rate[CM_N_HALF_LIVES]; /* decay per step: ln 2 / half-life */
+} cm_rows;
+
+typedef struct cm_net cm_net;
+/* A copy of the caching MLP's weights: w1 (CM_N_FEATURES x hidden, the feature scale folded in),
+ * tb (n_table_slots x hidden, the table embedding plus lin1's bias), w2 (hidden x hidden), b2 (hidden),
+ * w3 (hidden x CM_N_OUT), b3 (CM_N_OUT); all row-major float32. NULL on a bad size or out of memory. */
+cm_net *cm_net_new(int32_t hidden, int32_t n_table_slots, const float *w1, const float *tb, const float *w2,
+                   const float *b2, const float *w3, const float *b3);
+void cm_net_free(cm_net *net);
+/* on = 1: the AVX2/FMA forward pass where the CPU has it (the default), 0: the portable one, -1: ask;
+ * returns whether the AVX2 pass is in use (the two differ by float rounding only) */
+int cm_net_simd(cm_net *net, int on);
+
+/* feats (n x CM_N_FEATURES) of rows ids as of step now (before its use) */
+int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats);
+/* record one use at step now of each (distinct) row */
+int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now);
+/* out (n x CM_N_OUT): keep logit and predicted log1p(steps to next use) of rows ids as of step now;
+ * feats (n x CM_N_FEATURES) gets their features when not NULL; then, when update is non-zero, records
+ * the use of each (distinct) row at step now as cm_update does */
+int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
+             float *out, float *feats);
+
+#endif

@@ -1,0 +1,183 @@
+"""The caching model's inference in C (``native/policy/cachemodel.c`` in ``recmgd._simcore``).
+
+At one step (~18 distinct rows) numpy's per-call overhead, not arithmetic, bounds the reference path
+(features.RowHistory's numpy methods + nets.NumpyCacheNet: about 25 small array operations a step). Here
+one C call featurises a step's rows and runs the MLP, and another records their use, on the very same
+arrays the numpy path uses (a RowHistory built with ``native=True`` keeps them and hands C pointers into
+them), so both paths read and write one state and agree to float rounding. The numpy path stays the
+training path and the reference (tests/test_models_fastinfer.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from recmgd.errors import ModelError
+from recmgd.models.features import FEATURE_VERSION, HALF_LIVES, N_FEATURES, N_GAPS, N_TABLE_SLOTS
+from recmgd.models.nets import NumpyCacheNet
+
+try:
+    from recmgd._simcore import ffi, lib
+
+    _HAVE = hasattr(lib, "cm_score")
+except ImportError:  # pragma: no cover - depends on the build
+    ffi = lib = None
+    _HAVE = False
+
+if _HAVE and (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES) != (
+        FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES)):  # pragma: no cover - a stale build
+    raise ImportError("recmgd._simcore's caching model has another feature layout than "
+                      "recmgd.models.features; rebuild it (`make native`)")
+
+
+def available() -> bool:
+    """Whether the C inference is built into ``recmgd._simcore``."""
+    return _HAVE
+
+
+def _require() -> None:
+    if not _HAVE:
+        raise ModelError("the caching model's C inference is not built (recmgd._simcore without "
+                         "cm_score); rebuild with `make native`, or pass native_infer=False")
+
+
+def _check(rc: int, what: str) -> None:
+    if rc == 0:
+        return
+    if rc == lib.SC_ENOMEM:
+        raise MemoryError(what)
+    if rc == lib.SC_EBADID:
+        raise IndexError(f"{what}: a row id outside the history")
+    raise ValueError(f"{what}: bad argument (code {rc})")
+
+
+def _ids_buf(ids: np.ndarray) -> tuple[np.ndarray, Any]:
+    if ids.dtype != np.int64 or not ids.flags.c_contiguous:
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+    return ids, ffi.from_buffer("int64_t[]", ids)
+
+
+class NativeRows:
+    """The ``cm_rows`` view of a RowHistory's arrays; rebound by the history whenever it grows."""
+
+    def __init__(self, hist: Any) -> None:
+        _require()
+        self._hist = hist
+        self.c = ffi.new("cm_rows *")
+        self.c.n_table_slots = N_TABLE_SLOTS
+        rates = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)  # as RowHistory._decay_rate
+        for k, r in enumerate(rates.tolist()):
+            self.c.rate[k] = r
+        self._keep: tuple[np.ndarray, ...] = ()
+        self.bind()
+
+    def bind(self) -> None:
+        """Point at the history's current arrays (kept alive here as long as they are pointed at)."""
+        h = self._hist
+        arrs = (h.last, h.first, h.count, h.gaps, h.gapsum, h.dec, h.table)
+        cap = len(h.last)
+        for a, dt in zip(arrs, (np.int64, np.int64, np.float32, np.float32, np.float32, np.float32,
+                                np.int64), strict=True):
+            if a.dtype != dt or not a.flags.c_contiguous or len(a) != cap:
+                raise ModelError("RowHistory arrays are not in the layout the C inference expects")
+        c = self.c
+        c.last = ffi.from_buffer("int64_t[]", h.last)
+        c.first = ffi.from_buffer("int64_t[]", h.first)
+        c.count = ffi.from_buffer("float[]", h.count)
+        c.gaps = ffi.from_buffer("float[]", h.gaps)
+        c.gapsum = ffi.from_buffer("float[]", h.gapsum)
+        c.dec = ffi.from_buffer("float[]", h.dec)
+        c.table = ffi.from_buffer("int64_t[]", h.table)
+        c.cap = cap
+        self._keep = arrs
+        self._last = h.last
+
+    def _current(self) -> Any:
+        if self._hist.last is not self._last:  # arrays swapped behind the history's back
+            self.bind()
+        return self.c
+
+    def features(self, ids: np.ndarray, now: int) -> np.ndarray:
+        ids, ib = _ids_buf(ids)
+        f = np.empty((len(ids), N_FEATURES), np.float32)
+        _check(lib.cm_features(self._current(), ib, len(ids), now, ffi.from_buffer("float[]", f)),
+               "cm_features")
+        return f
+
+    def update(self, ids: np.ndarray, now: int) -> None:
+        ids, ib = _ids_buf(ids)
+        _check(lib.cm_update(self._current(), ib, len(ids), now), "cm_update")
+
+
+class FastCacheNet:
+    """The caching model (same weights as a :class:`~recmgd.models.nets.NumpyCacheNet`) scored in C."""
+
+    def __init__(self, net: NumpyCacheNet) -> None:
+        _require()
+        hidden = int(net.w1.shape[1])
+        if (net.w1.shape[0] != N_FEATURES or net.tb.shape != (N_TABLE_SLOTS, hidden)
+                or hidden > lib.CM_MAX_HIDDEN):
+            raise ModelError(f"caching model of shape {net.w1.shape} / {net.tb.shape} is not one the C "
+                             f"inference runs (features {N_FEATURES}, hidden <= {lib.CM_MAX_HIDDEN})")
+        ws = [np.ascontiguousarray(a, np.float32) for a in (net.w1, net.tb, net.w2, net.b2, net.w3, net.b3)]
+        bufs = [ffi.from_buffer("float[]", a) for a in ws]
+        p = lib.cm_net_new(hidden, N_TABLE_SLOTS, *bufs)
+        if p == ffi.NULL:
+            raise MemoryError("cm_net_new")
+        self._net = ffi.gc(p, lib.cm_net_free)
+        self.hidden = hidden
+        self._grow(256)
+
+    def _grow(self, n: int) -> None:
+        self._out = np.empty((max(n, 256), 2), np.float32)  # the scores land here, then are copied out
+        self._outp = ffi.from_buffer("float[]", self._out)
+
+    @property
+    def simd(self) -> bool:
+        """Whether the AVX2/FMA forward pass is in use (the CPU has it); set False for the portable one."""
+        return bool(lib.cm_net_simd(self._net, -1))
+
+    @simd.setter
+    def simd(self, on: bool) -> None:
+        lib.cm_net_simd(self._net, int(bool(on)))
+
+    def __call__(self, hist: Any, ids: np.ndarray, now: int, update: bool = False,
+                 feats: np.ndarray | None = None) -> np.ndarray:
+        """(len(ids), 2) float32: keep logit and predicted log1p(steps to next use) of rows ``ids`` of
+        ``hist`` (a RowHistory built with ``native=True``) as of step ``now``; with ``update`` their use
+        at ``now`` is then recorded (RowHistory.update); ``feats`` (len(ids) x N_FEATURES, float32)
+        receives the features when given."""
+        # the per-step path: a handful of Python operations around one C call
+        rows = hist.native_rows
+        if rows is None:
+            raise ModelError("FastCacheNet needs a RowHistory built with native=True")
+        if hist.last is not rows._last:  # arrays swapped behind the history's back
+            rows.bind()
+        n = len(ids)
+        if n > len(self._out):
+            self._grow(2 * n)
+        if ids.dtype is _I64:
+            try:
+                ib = _from_buffer("int64_t[]", ids)
+            except ValueError:  # not contiguous
+                ids, ib = _ids_buf(ids)
+        else:
+            ids, ib = _ids_buf(ids)
+        fb = ffi.NULL
+        if feats is not None:
+            if (feats.shape != (n, N_FEATURES) or feats.dtype != np.float32
+                    or not feats.flags.c_contiguous):
+                raise ValueError("feats must be a C-contiguous float32 array of shape (len(ids), N_FEATURES)")
+            fb = _from_buffer("float[]", feats)
+        rc = _score(self._net, rows.c, ib, n, now, update, self._outp, fb)
+        if rc:
+            _check(rc, "cm_score")
+        return self._out[:n].copy()
+
+
+_I64 = np.dtype(np.int64)
+if _HAVE:
+    _from_buffer = ffi.from_buffer
+    _score = lib.cm_score

@@ -1,0 +1,178 @@
+"""The caching model's C inference (recmgd.models.fastinfer) against the numpy reference, on a real trace."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from recmgd import policy as registry
+from recmgd.errors import ModelError
+from recmgd.keys import make_keys
+from recmgd.models import checkpoint
+from recmgd.models.fastinfer import FastCacheNet, available
+from recmgd.models.features import N_FEATURES, RowHistory
+from recmgd.models.nets import CacheNet, NumpyCacheNet
+from recmgd.models.train import TrainConfig, Trained, train_models
+from recmgd.policy import StepView
+from recmgd.sim.driver import drive
+from recmgd.trace import Steps, open_trace
+
+pytestmark = pytest.mark.skipif(not available(), reason="recmgd._simcore built without cm_score")
+
+N_STEPS = 1200  # amazon_video at batch 16: ~18 distinct rows a step, ~21k lookups
+
+
+@pytest.fixture(scope="module")
+def steps(shared_traces: Path) -> Steps:
+    s = open_trace(str(shared_traces / "amazon_video.trace")).steps(16)
+    return Steps.from_list(s.as_list()[:N_STEPS])
+
+
+@pytest.fixture(scope="module")
+def trained(steps: Steps) -> tuple[Trained, int]:
+    lst = steps.as_list()
+    cap = max(1, len(np.unique(steps.keys)) // 10)
+    cfg = TrainConfig(epochs=1, batch=256, seed=0, max_samples=600)
+    return train_models(lst[: len(lst) // 2], cap, cfg, which=("cache", "prefetch")), cap
+
+
+def test_history_features_and_state_match_numpy(steps: Steps) -> None:
+    ref, fast = RowHistory(), RowHistory(initial=16, native=True)  # small: exercises growth + rebinding
+    worst = 0.0
+    for b, keys in enumerate(steps.as_list()):
+        ia, ib = ref.ids(keys), fast.ids(keys)
+        assert np.array_equal(ia, ib)
+        fa, fb = ref.features_numpy(ia, b), fast.features(ib, b)
+        worst = max(worst, float(np.abs(fa - fb).max()))
+        ref.update_numpy(ia, b)
+        fast.update(ib, b)
+    assert worst < 1e-5
+    n = len(ref)
+    for name in ("last", "first", "count", "gaps", "gapsum", "dec", "table"):
+        a, c = getattr(ref, name)[:n], getattr(fast, name)[:n]
+        assert np.allclose(a, c, rtol=1e-6, atol=1e-6), name
+    # features of rows not read this step (as the prefetcher asks): all rows, some steps later
+    every = np.arange(n)
+    assert np.abs(ref.features_numpy(every, N_STEPS + 50) - fast.features(every, N_STEPS + 50)).max() < 1e-5
+
+
+def test_scores_match_numpy(steps: Steps, trained: tuple[Trained, int]) -> None:
+    t, _ = trained
+    assert t.cache is not None
+    ref = NumpyCacheNet(t.cache)
+    fast = FastCacheNet(ref)
+    ha, hb = RowHistory(), RowHistory(native=True)
+    worst_s = worst_f = 0.0
+    for b, keys in enumerate(steps.as_list()):
+        ia, ib = ha.ids(keys), hb.ids(keys)
+        want = ref(ha.features_numpy(ia, b), ha.tables(ia))
+        feats = np.empty((len(ib), N_FEATURES), np.float32)
+        got = fast(hb, ib, b, update=True, feats=feats)  # scores, then records the use
+        worst_s = max(worst_s, float(np.abs(want - got).max()))
+        worst_f = max(worst_f, float(np.abs(ha.features_numpy(ia, b) - feats).max()))
+        ha.update_numpy(ia, b)
+    assert worst_s < 1e-4 and worst_f < 1e-5
+    assert np.array_equal(ha.last[: len(ha)], hb.last[: len(hb)])
+
+
+def test_scores_match_torch_with_table_embeddings() -> None:
+    """A net with non-zero table embeddings and another width, against torch itself."""
+    torch.manual_seed(1)
+    net = CacheNet(hidden=24)
+    with torch.no_grad():
+        net.table.weight.normal_(0, 0.5)
+    h = RowHistory(native=True)
+    rng = np.random.default_rng(2)
+    for b in range(40):
+        keys = np.unique(make_keys(rng.integers(0, 40, 12), rng.integers(0, 60, 12)))
+        ids = h.ids(keys)
+        feats = h.features_numpy(ids, b)
+        with torch.no_grad():
+            want = net(torch.from_numpy(feats), torch.from_numpy(h.tables(ids))).numpy()
+        got = FastCacheNet(NumpyCacheNet(net))(h, ids, b)
+        assert np.abs(want - got).max() < 1e-4
+        h.update(ids, b)
+
+
+def _decisions(p: registry.Policy, steps: Steps, cap: int) -> list[tuple[list[int], ...]]:
+    p.reset(cap)
+    res: set[int] = set()
+    out = []
+    for b, keys in enumerate(steps.as_list()):
+        hit = np.fromiter((k in res for k in keys.tolist()), bool, len(keys))
+        d = p.observe(StepView(b, keys, hit))
+        res.difference_update(d.evict.tolist())
+        res.update(d.admit.tolist())
+        res.update(d.prefetch.tolist())
+        out.append((d.evict.tolist(), d.admit.tolist(), d.prefetch.tolist()))
+    return out
+
+
+@pytest.mark.parametrize("name", ["recmg-cache", "recmg"])
+def test_policy_decisions_identical(name: str, steps: Steps, trained: tuple[Trained, int]) -> None:
+    t, cap = trained
+    pols = []
+    for native in (True, False):
+        p = registry.create(name, prefetch_budget=8, threads=1, native_infer=native)
+        p._install(t)  # type: ignore[attr-defined]
+        pols.append(p)
+    fast, ref = pols
+    assert fast._fast_cache is not None and fast.hist.native_rows is not None  # type: ignore[attr-defined]
+    assert ref._fast_cache is None  # type: ignore[attr-defined]
+    if name == "recmg":  # the prefetcher (numpy, on C features) costs ~2 ms a step: a shorter slice
+        steps = Steps.from_list(steps.as_list()[:500])
+    half = len(steps) // 2
+    cf = drive(fast, steps, cap, half, path="python")
+    cr = drive(ref, steps, cap, half, path="python")
+    assert cf.on_demand == cr.on_demand and cf.on_demand > 0
+    assert cf.prefetch_issued == cr.prefetch_issued and cf.prefetch_useful == cr.prefetch_useful
+    assert _decisions(fast, steps, cap) == _decisions(ref, steps, cap)
+
+
+def test_default_is_native_and_checkpoint_loads(tmp_path: Path, steps: Steps,
+                                                trained: tuple[Trained, int]) -> None:
+    t, cap = trained
+    checkpoint.save(t, tmp_path / "ck")
+    p = registry.create("recmg-cache", model_dir=str(tmp_path / "ck"))
+    assert p._fast_cache is not None and p.hist.native_rows is not None  # type: ignore[attr-defined]
+    q = registry.create("recmg-cache", model_dir=str(tmp_path / "ck"), native_infer=False)
+    short = Steps.from_list(steps.as_list()[:300])
+    assert _decisions(p, short, cap) == _decisions(q, short, cap)
+
+
+def test_errors() -> None:
+    h = RowHistory(native=True)
+    ids = h.ids(np.array([5, 6], np.int64))
+    net = FastCacheNet(NumpyCacheNet(CacheNet()))
+    with pytest.raises(IndexError):
+        h.features(np.array([-1]), 0)
+    with pytest.raises(IndexError):
+        net(h, np.array([1 << 40]), 0)
+    with pytest.raises(ModelError, match="native=True"):
+        net(RowHistory(), ids, 0)
+    with pytest.raises(ValueError, match="feats"):
+        net(h, ids, 0, feats=np.zeros((3, N_FEATURES), np.float32))
+    # non-contiguous / other-dtype ids are converted, not misread
+    wide = np.stack([ids, ids], 1)[:, 0]
+    assert np.array_equal(net(h, wide, 0), net(h, ids.astype(np.int32), 0))
+    assert net(h, np.zeros(0, np.int64), 0).shape == (0, 2)
+
+
+def test_portable_forward_pass_matches(steps: Steps, trained: tuple[Trained, int]) -> None:
+    """The AVX2/FMA pass (where the CPU has it) and the portable one agree with numpy alike."""
+    t, _ = trained
+    assert t.cache is not None
+    ref = NumpyCacheNet(t.cache)
+    simd, portable = FastCacheNet(ref), FastCacheNet(ref)
+    portable.simd = False
+    assert not portable.simd
+    h = RowHistory(native=True)
+    for b, keys in enumerate(steps.as_list()[:400]):
+        ids = h.ids(keys)
+        want = ref(h.features_numpy(ids, b), h.tables(ids))
+        assert np.abs(portable(h, ids, b) - want).max() < 1e-4
+        assert np.abs(simd(h, ids, b) - want).max() < 1e-4
+        h.update(ids, b)
