@@ -243,11 +243,14 @@ static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mod
 #endif
 }
 
-/* A piece of work: bags [b0, b1) of one argument; uniq: count distinct rows (else the caller does). */
+/* A piece of work: bags [b0, b1) of one argument (part < 0; uniq: also count its distinct rows), or
+ * (part >= 0) counting the distinct rows of a split argument whose ids fall in part `part` of
+ * `nparts` equal ranges of the table's rows. */
 typedef struct work {
     const recmg_bag_args *a;
     uint64_t b0, b1;
     int uniq;
+    int part, nparts;
     int pad;
 } work;
 
@@ -431,31 +434,37 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     return RECMG_OK;
 }
 
-/* Distinct rows (and distinct missing rows) of a whole argument, for one split across threads. */
-static int unique_pass(recmg_pool *p, lscratch *ls, const recmg_bag_args *a, uint64_t *nu_out, uint64_t *umiss_out)
+/* Distinct rows (and distinct missing rows) of a split argument among the ids in one range of row
+ * values: the ranges are counted by different threads at once, each in its own bitmap. */
+static int unique_part(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 {
+    const recmg_bag_args *a = wk->a;
     const shm_table *t = &p->tables[a->table];
     int rc = scratch(p, ls, a->table, a->n_ids, 0);
     if (rc) return rc;
     uint64_t *seen = ls->seen[a->table];
     int64_t *urow = ls->urow;
     _Atomic int32_t *index = p->index + t->index_first;
+    const uint64_t lo = t->rows * (uint64_t)wk->part / (uint64_t)wk->nparts;
+    const uint64_t span = t->rows * (uint64_t)(wk->part + 1) / (uint64_t)wk->nparts - lo;
     uint64_t nu = 0, umiss = 0;
     for (uint64_t i = 0; i < a->n_ids; i++) {
-        /* the index loads of fresh rows miss the cache: start them early */
-        if (i + 2 * PF_DIST < a->n_ids && (uint64_t)a->ids[i + 2 * PF_DIST] < t->rows)
-            __builtin_prefetch(&index[a->ids[i + 2 * PF_DIST]], 0, 3);
-        int64_t r = a->ids[i];
-        if ((uint64_t)r >= t->rows) continue; /* the bag work reports it */
+        uint64_t r = (uint64_t)a->ids[i];
+        if (r - lo >= span) continue; /* another range's, or out of range (the bag work reports it) */
         uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
         if (w & bit) continue;
         seen[r >> 6] = w | bit;
-        urow[nu++] = r;
-        umiss += atomic_load_explicit(&index[r], memory_order_relaxed) < 0;
+        urow[nu++] = (int64_t)r;
     }
-    for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
-    *nu_out = nu;
-    *umiss_out = umiss;
+    /* the index entries of the distinct rows, with their loads started early */
+    for (uint64_t k = 0; k < nu; k++) {
+        if (k + 2 * PF_DIST < nu) __builtin_prefetch(&index[urow[k + 2 * PF_DIST]], 0, 0);
+        umiss += atomic_load_explicit(&index[urow[k]], memory_order_relaxed) < 0;
+        seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+    }
+    res->unique = nu;
+    res->on_demand = umiss;
+    res->slow_bytes = umiss * t->row_bytes;
     return RECMG_OK;
 }
 
@@ -490,7 +499,7 @@ static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *re
     for (;;) {
         uint64_t k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
         if (k >= nitems) break;
-        res[k].rc = bag_one(p, ls, &items[k], &res[k]);
+        res[k].rc = items[k].part >= 0 ? unique_part(p, ls, &items[k], &res[k]) : bag_one(p, ls, &items[k], &res[k]);
         if (res[k].rc) snprintf(res[k].err, sizeof res[k].err, "%s", ls->err);
     }
 }
@@ -660,11 +669,13 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
+    /* a split argument: n_threads items that count its distinct rows, then its chunks of bags */
+    const int nparts = p->n_threads;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t c = args[k].n_bags / MIN_CHUNK_BAGS;
         c = c < split_to ? c : split_to;
         first[k] = (uint32_t)nitems;
-        nitems += c > 1 ? c : 1;
+        nitems += c > 1 ? (uint64_t)nparts + c : 1;
     }
     first[n] = (uint32_t)nitems;
     items = calloc(nitems ? nitems : 1, sizeof *items);
@@ -675,8 +686,15 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     }
     for (uint32_t k = 0; k < n; k++) {
         uint64_t c = first[k + 1] - first[k], nb = args[k].n_bags;
+        work *it = items + first[k];
+        if (c == 1) {
+            it[0] = (work){.a = &args[k], .b0 = 0, .b1 = nb, .uniq = 1, .part = -1};
+            continue;
+        }
+        for (int q = 0; q < nparts; q++) *it++ = (work){.a = &args[k], .part = q, .nparts = nparts};
+        c -= (uint64_t)nparts;
         for (uint64_t q = 0; q < c; q++)
-            items[first[k] + q] = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = c == 1};
+            *it++ = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1};
     }
     if (parallel) {
         workers *w = p->wk;
@@ -686,13 +704,6 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         atomic_store_explicit(&w->next, 0, memory_order_relaxed);
         atomic_store_explicit(&w->active, w->n, memory_order_relaxed);
         workers_kick(w);
-        /* the caller counts the distinct rows of split arguments while the workers start */
-        for (uint32_t k = 0; k < n; k++)
-            if (first[k + 1] - first[k] > 1) {
-                int e = unique_pass(p, &p->ls[0], &args[k], &argres[k].unique, &argres[k].on_demand);
-                if (e) argres[k].rc = e, snprintf(argres[k].err, sizeof argres[k].err, "%s", p->ls[0].err);
-                argres[k].slow_bytes = argres[k].on_demand * p->tables[args[k].table].row_bytes;
-            }
         run_items(p, &p->ls[0], items, res, nitems, &w->next);
         /* the workers are on their last items of this job: poll, yielding the CPU now and then */
         for (unsigned k = 1; atomic_load_explicit(&w->active, memory_order_acquire) > 0; k++) {
