@@ -99,7 +99,13 @@ typedef struct {
     int32_t n_table_slots;
     int32_t reserved;
     double rate[3];
+    const struct cm_lut *lut;
 } cm_rows;
+
+#define CM_LUT_N 4096
+typedef struct cm_lut cm_lut;
+cm_lut *cm_lut_new(void);
+void cm_lut_free(cm_lut *lut);
 
 typedef struct cm_net cm_net;
 cm_net *cm_net_new(int32_t hidden, int32_t n_table_slots, const float *w1, const float *tb, const float *w2,

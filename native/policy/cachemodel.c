@@ -88,6 +88,34 @@ int cm_net_simd(cm_net *net, int on)
     return net->simd;
 }
 
+struct cm_lut {
+    float f[CM_LUT_N]; /* log1pf(i) */
+    float d[CM_LUT_N]; /* (float)log1p((double)i) */
+};
+
+cm_lut *cm_lut_new(void)
+{
+    cm_lut *lut = malloc(sizeof(*lut));
+    if (!lut)
+        return NULL;
+    for (int i = 0; i < CM_LUT_N; i++) {
+        lut->f[i] = log1pf((float)i);
+        lut->d[i] = (float)log1p((double)i);
+    }
+    return lut;
+}
+
+void cm_lut_free(cm_lut *lut)
+{
+    free(lut);
+}
+
+/* log1pf(x) for x = (float)k, k an integer */
+static inline float log1pf_int(const cm_lut *lut, int64_t k, float x)
+{
+    return lut && k >= 0 && k < CM_LUT_N ? lut->f[k] : log1pf(x);
+}
+
 static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
 {
     if (!r || n < 0 || (n > 0 && !ids))
@@ -105,13 +133,21 @@ static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, flo
 {
     int64_t last = r->last[id];
     int seen = last >= 0;
-    float gap = seen ? (float)(now - last) : 0.0f;
+    const cm_lut *lut = r->lut;
+    int64_t igap = seen ? now - last : 0;
+    float gap = (float)igap;
     float count = r->count[id];
-    float lgap = log1pf(gap);
+    float lgap = log1pf_int(lut, igap, gap);
     f[0] = seen ? 0.0f : 1.0f;
     f[1] = lgap;
-    f[2] = log1pf(count);
-    f[3] = seen ? (float)log1p((double)(now - r->first[id])) : 0.0f;
+    int64_t icount = count >= 0.0f && count < (float)CM_LUT_N ? (int64_t)count : -1;
+    f[2] = (float)icount == count ? log1pf_int(lut, icount, count) : log1pf(count);
+    if (seen) {
+        int64_t age = now - r->first[id];
+        f[3] = lut && age >= 0 && age < CM_LUT_N ? lut->d[age] : (float)log1p((double)age);
+    } else {
+        f[3] = 0.0f;
+    }
     const float *g = r->gaps + id * CM_N_GAPS;
     for (int k = 0; k < CM_N_GAPS; k++)
         f[4 + k] = g[k];
@@ -139,12 +175,13 @@ static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const float
 {
     int64_t last = r->last[id];
     int seen = last >= 0;
-    float gap = seen ? (float)(now - last) : 0.0f;
+    int64_t igap = seen ? now - last : 0;
+    float gap = (float)igap;
     if (seen) {
         float *g = r->gaps + id * CM_N_GAPS;
         for (int k = CM_N_GAPS - 1; k > 0; k--)
             g[k] = g[k - 1];
-        g[0] = lgap ? *lgap : log1pf(gap);
+        g[0] = lgap ? *lgap : log1pf_int(r->lut, igap, gap);
     }
     r->gapsum[id] += gap;
     float *d = r->dec + id * CM_N_HALF_LIVES;

@@ -31,7 +31,15 @@ typedef struct {
     int32_t n_table_slots; /* table embeddings; a row's slot is table mod this (non-negative) */
     int32_t reserved;
     double rate[CM_N_HALF_LIVES]; /* decay per step: ln 2 / half-life */
+    const struct cm_lut *lut;     /* optional (NULL: computed): log1p of small integers */
 } cm_rows;
+
+/* log1pf(i) and (float)log1p((double)i) for i < CM_LUT_N, computed by the very functions the features
+ * use, so a lookup gives the same bits as the call it replaces (gaps, counts and ages are integers). */
+#define CM_LUT_N 4096
+typedef struct cm_lut cm_lut;
+cm_lut *cm_lut_new(void);
+void cm_lut_free(cm_lut *lut);
 
 typedef struct cm_net cm_net;
 /* A copy of the caching MLP's weights: w1 (CM_N_FEATURES x hidden, the feature scale folded in),

@@ -70,6 +70,11 @@ class NativeRows:
         rates = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)  # as RowHistory._decay_rate
         for k, r in enumerate(rates.tolist()):
             self.c.rate[k] = r
+        lut = lib.cm_lut_new()
+        if lut == ffi.NULL:
+            raise MemoryError("cm_lut_new")
+        self._lut = ffi.gc(lut, lib.cm_lut_free)
+        self.c.lut = self._lut
         self._keep: tuple[np.ndarray, ...] = ()
         self.bind()
 
