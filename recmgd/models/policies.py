@@ -48,6 +48,7 @@ class _Residency:
         self.stamp = np.zeros(0, np.float64)
         self.nxt = np.zeros(0, np.float64)
         self.n = 0
+        self.recency_only = False  # True: plain LRU order (the guard's fallback), levels ignored
 
     def grow(self, n: int) -> None:
         if n <= len(self.resident):
@@ -67,6 +68,8 @@ class _Residency:
 
     def keep_score(self, ids: np.ndarray, now: float) -> np.ndarray:
         stamp = self.stamp[ids]
+        if self.recency_only:
+            return stamp
         if self.order == "nextuse":
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
@@ -109,6 +112,12 @@ class LearnedPolicy(Policy):
     (0, off: on amazon_video it helped at 5% and cost 12% more fetches at 20%); ``tune`` horizons to
     choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
     ``order`` "level" (default), "nextuse" (Belady order on the regression head) or "hybrid".
+    ``guard`` (default on, caching model only): two shadow caches of the same capacity, in LRU order and
+    in the model's order, see every step; while the model's shadow has missed more than LRU's lately
+    (a saturating counter of capacity / 8 misses, as in set dueling), the real cache is kept in LRU
+    order and admits every miss, so a model that does not fit the trace costs at most about LRU's
+    fetches (a checkpoint with keep-levels sized for the wrong step length made recmg-cache 1.8x LRU
+    on the demo's trace); ``guard_stats`` counts the shadows' misses and the steps spent in LRU order.
     With ``model_dir`` holding a checkpoint, the models are loaded and ``fit`` does not retrain; with an
     empty ``model_dir``, ``fit`` trains and saves there. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
@@ -124,7 +133,7 @@ class LearnedPolicy(Policy):
                  prefetch_threshold: float = 0.0,
                  voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "level",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
-                 tune: Sequence[float] | None = None,
+                 tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True) -> None:
         if order not in ("level", "nextuse", "hybrid"):
             raise ValueError(f"order must be 'level', 'nextuse' or 'hybrid', got {order!r}")
@@ -139,6 +148,7 @@ class LearnedPolicy(Policy):
         self.native_infer = bool(native_infer)
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
         self.levels = int(levels)
+        self.guard = bool(guard)
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.voyager_min_prob = float(voyager_min_prob)
@@ -223,17 +233,68 @@ class LearnedPolicy(Policy):
         self.capacity = int(capacity)
         if self.trained is not None and "horizon" in self.trained.stats and self._horizon_opt is None:
             self.horizon = float(self.trained.stats["horizon"])
-        step_len = self.trained.stats.get("mean_step_len", 16.0) if self.trained is not None else 16.0
-        # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
-        self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
+        stats = self.trained.stats if self.trained is not None else {}
+        # rows a step; a checkpoint without it (older `recmg train`): the mean of the steps seen so far
+        self._step_len_known = "mean_step_len" in stats
+        self._seen_rows, self._seen_steps = 0, 0
+        self._set_unit(float(stats.get("mean_step_len", 16.0)))
+        # the guard: shadow caches of the same capacity, one in LRU order and one in the model's order,
+        # both fed this policy's accesses; while the model's shadow misses more than LRU's (a saturating
+        # counter, as in set dueling), the real cache falls back to LRU order and admits every miss
+        on = self.guard and self.use_cache_model
+        self._shadows = ((_Residency(self.capacity), _Residency(self.capacity, self.res_order(), self.slack))
+                         if on else ())
+        self._psel = 0.0
+        self._psel_max = max(64.0, self.capacity / 8.0)
+        self.guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
         self.hist = RowHistory(native=self.native_infer)
-        self.res = _Residency(self.capacity, self.order if self.use_cache_model else "level", self.slack)
+        self.res = _Residency(self.capacity, self.res_order(), self.slack)
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
         self.stream = Stream(self.cfg.depth)
         if self._np_voy is not None:
             self._np_voy.reset()
+
+    def res_order(self) -> str:
+        return self.order if self.use_cache_model else "level"
+
+    def _set_unit(self, step_len: float) -> None:
+        # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
+        self._unit = self.horizon * max(self.capacity, 1) / max(step_len, 1.0) / max(self.levels - 1, 1)
+
+    def _admit(self, missed: np.ndarray, p: np.ndarray, free: int) -> np.ndarray:
+        """Which missed rows the caching model admits (bypass below ``self.bypass`` when full)."""
+        admit_mask = missed & (p >= self.bypass)
+        if free > 0:  # room left: admit the best of the bypassed too
+            rest = np.flatnonzero(missed & ~admit_mask)
+            rest = rest[np.argsort(-p[rest], kind="stable")][:free]
+            admit_mask[rest] = True
+        return admit_mask
+
+    def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, p: np.ndarray, b: int) -> None:
+        """Run this step through both shadow caches and move the selector."""
+        sh_model = self._shadows[1]
+        misses = []
+        for sh in self._shadows:
+            hit = sh.resident[ids]
+            missed = ~hit
+            misses.append(int(missed.sum()))
+            sh.stamp[ids] = b
+            if sh is sh_model:
+                sh.level[ids] = lvl
+                sh.nxt[ids] = self.res.nxt[ids]
+                adm = ids[self._admit(missed, p, sh.capacity - sh.n)]
+            else:
+                adm = ids[missed]
+            evict, ins = sh.plan(adm, b + 1)
+            sh.set_resident(evict, False)
+            sh.set_resident(ins, True)
+        self.guard_stats["lru_misses"] += misses[0]
+        self.guard_stats["model_misses"] += misses[1]
+        self._psel = min(max(self._psel + misses[1] - misses[0], -self._psel_max), self._psel_max)
+        self.res.recency_only = self._psel > 0
+        self.guard_stats["lru_steps"] += int(self.res.recency_only)
 
     def rejected(self, keys: np.ndarray) -> None:
         ids = self.hist.index.lookup(np.asarray(keys, np.int64))
@@ -245,6 +306,8 @@ class LearnedPolicy(Policy):
         n1 = len(self.hist)
         if n1 > n0:
             self.res.grow(n1)
+            for sh in self._shadows:
+                sh.grow(n1)
             if len(self.mid) < n1:
                 m = np.full(max(n1, 2 * len(self.mid), 1024), -1, np.int64)
                 m[: len(self.mid)] = self.mid
@@ -274,6 +337,10 @@ class LearnedPolicy(Policy):
         res.set_resident(ids[hit], True)
         res.set_resident(ids[~hit], False)
         now = b + 1
+        if not self._step_len_known and len(ids):
+            self._seen_rows += len(ids)
+            self._seen_steps += 1
+            self._set_unit(self._seen_rows / self._seen_steps)
         if self.use_cache_model and self._np_cache is not None and len(ids):
             out = self._cache_scores(ids, b)
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
@@ -296,13 +363,10 @@ class LearnedPolicy(Policy):
         res.level[ids] = lvl
         res.stamp[ids] = b
         missed = ~hit
-        if self.use_cache_model:
-            free = res.capacity - res.n
-            admit_mask = missed & (p >= self.bypass)
-            if free > 0:  # room left: admit the best of the bypassed too
-                rest = np.flatnonzero(missed & ~admit_mask)
-                rest = rest[np.argsort(-p[rest], kind="stable")][:free]
-                admit_mask[rest] = True
+        if self._shadows and len(ids):
+            self._guard_step(ids, lvl, p, b)
+        if self.use_cache_model and not res.recency_only:
+            admit_mask = self._admit(missed, p, res.capacity - res.n)
         else:
             admit_mask = missed
         adm = ids[admit_mask]

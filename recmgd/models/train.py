@@ -343,6 +343,9 @@ def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
                  which: Sequence[str] = ("cache", "prefetch"), progress: Progress = _noop) -> Trained:
     """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps``."""
     out = Trained(capacity=capacity, config=cfg)
+    # rows a (deduplicated) step: the policies size a keep-level in steps of LRU age from it, so every
+    # checkpoint must carry it (`recmg train` checkpoints once lacked it and were scored with 16)
+    out.stats["mean_step_len"] = float(np.mean([len(s) for s in steps])) if len(steps) else 1.0
     t0 = time.perf_counter()
     if "cache" in which or "prefetch" in which:
         keep, miss = opt_labels(steps, capacity)

@@ -1,0 +1,86 @@
+"""The caching model cannot lose badly to LRU: checkpoints carry the step length its keep-levels are sized
+by, and the guard (shadow LRU and shadow model caches) falls back to LRU order while the model loses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recmgd.cli.cmd_demo import _synth_trace
+from recmgd.models import checkpoint
+from recmgd.models.train import TrainConfig, train_models
+from recmgd.sim import simulate
+from recmgd.trace import open_trace
+
+FRACTION = 0.1
+
+
+@pytest.fixture(scope="module")
+def demo_like(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A small trace made by the demo's generator (Meta 2021 statistics, dense rows) and a caching model
+    trained on its first half and saved the way `recmg train` does (train_models + checkpoint.save)."""
+    d = tmp_path_factory.mktemp("guard")
+    trace_path = d / "demo.trace"
+    _synth_trace(trace_path, seed=0, lookups=120_000)
+    trace = open_trace(trace_path)
+    steps = trace.steps(16).as_list()
+    half = len(steps) // 2
+    capacity = max(1, int(FRACTION * np.unique(np.concatenate(steps)).size))
+    cfg = TrainConfig(epochs=1, seed=0)
+    trained = train_models(steps[:half], capacity, cfg, which=("cache",))
+    model = d / "model"
+    checkpoint.save(trained, model)
+    return trace_path, model
+
+
+def _with_step_len(src: Path, dst: Path, step_len: float | None) -> Path:
+    dst.mkdir()
+    for f in src.iterdir():
+        dst.joinpath(f.name).write_bytes(f.read_bytes())
+    cfg = json.loads((dst / "config.json").read_text())
+    if step_len is None:
+        cfg["stats"].pop("mean_step_len", None)
+    else:
+        cfg["stats"]["mean_step_len"] = step_len
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def _on_demand(trace_path: Path, model: Path | None, **opts: object) -> dict[str, int]:
+    pols = ["lru", "recmg-cache"]
+    res = simulate(open_trace(trace_path), pols, [FRACTION], batch=16,
+                   options={"model_dir": str(model) if model else None, "seed": 0, **opts})
+    return {r.policy: r.on_demand for r in res}
+
+
+def test_checkpoint_carries_step_length(demo_like: tuple[Path, Path]) -> None:
+    _, model = demo_like
+    stats = checkpoint.load(str(model)).stats
+    assert stats["mean_step_len"] > 16  # ~180 distinct rows a step of 16 samples on this trace
+
+
+def test_recmg_cache_from_checkpoint_no_worse_than_lru(demo_like: tuple[Path, Path]) -> None:
+    trace_path, model = demo_like
+    r = _on_demand(trace_path, model)
+    assert r["recmg-cache"] <= r["lru"]
+
+
+def test_old_checkpoint_without_step_length(demo_like: tuple[Path, Path], tmp_path: Path) -> None:
+    trace_path, model = demo_like
+    old = _with_step_len(model, tmp_path / "old", None)
+    # no help from the guard: the keep-level's unit from the steps seen is as good as the checkpoint's
+    r = _on_demand(trace_path, old, guard=False)
+    ref = _on_demand(trace_path, model, guard=False)
+    assert r["recmg-cache"] <= 1.01 * ref["recmg-cache"]
+
+
+def test_guard_falls_back_to_lru_when_the_model_loses(demo_like: tuple[Path, Path], tmp_path: Path) -> None:
+    trace_path, model = demo_like
+    bad = _with_step_len(model, tmp_path / "bad", 1.0)  # keep-levels worth ~180x too much LRU age
+    off = _on_demand(trace_path, bad, guard=False)
+    assert off["recmg-cache"] > 1.1 * off["lru"]  # the scenario is a real loss without the guard
+    on = _on_demand(trace_path, bad)
+    assert on["recmg-cache"] <= 1.01 * on["lru"]
