@@ -88,13 +88,18 @@ int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_ste
 #define CM_MAX_HIDDEN 256
 
 typedef struct {
-    int64_t *last;
-    int64_t *first;
-    float *count;
-    float *gaps;
-    float *gapsum;
-    float *dec;
-    int64_t *table;
+    int64_t last;
+    int64_t first;
+    int64_t table;
+    float count;
+    float gapsum;
+    float gaps[4];
+    float dec[3];
+    float pad;
+} cm_row;
+
+typedef struct {
+    cm_row *row;
     int64_t cap;
     int32_t n_table_slots;
     int32_t reserved;

@@ -28,6 +28,7 @@ struct cm_net {
     int32_t n_table_slots;
     int32_t simd;    /* use mlp_avx2 */
     int32_t has_simd;
+    size_t n_data;   /* floats in data */
     float *w1;  /* CM_N_FEATURES x hidden */
     float *tb;  /* n_table_slots x hidden */
     float *w2;  /* hidden x hidden */
@@ -51,6 +52,7 @@ cm_net *cm_net_new(int32_t hidden, int32_t n_table_slots, const float *w1, const
         return NULL;
     net->hidden = (int32_t)hp;
     net->n_table_slots = n_table_slots;
+    net->n_data = total;
 #if CM_HAVE_AVX2
     __builtin_cpu_init();
     net->has_simd = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
@@ -118,7 +120,7 @@ static inline float log1pf_int(const cm_lut *lut, int64_t k, float x)
 
 static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
 {
-    if (!r || n < 0 || (n > 0 && !ids))
+    if (!r || !r->row || n < 0 || (n > 0 && !ids))
         return SC_EARG;
     for (int64_t i = 0; i < n; i++)
         if (ids[i] < 0 || ids[i] >= r->cap)
@@ -131,27 +133,27 @@ static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
 static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, float *restrict f,
                          double *restrict prod)
 {
-    int64_t last = r->last[id];
-    int seen = last >= 0;
+    const cm_row *row = r->row + id;
     const cm_lut *lut = r->lut;
+    int64_t last = row->last;
+    int seen = last >= 0;
     int64_t igap = seen ? now - last : 0;
     float gap = (float)igap;
-    float count = r->count[id];
+    float count = row->count;
     float lgap = log1pf_int(lut, igap, gap);
     f[0] = seen ? 0.0f : 1.0f;
     f[1] = lgap;
     int64_t icount = count >= 0.0f && count < (float)CM_LUT_N ? (int64_t)count : -1;
     f[2] = (float)icount == count ? log1pf_int(lut, icount, count) : log1pf(count);
     if (seen) {
-        int64_t age = now - r->first[id];
+        int64_t age = now - row->first;
         f[3] = lut && age >= 0 && age < CM_LUT_N ? lut->d[age] : (float)log1p((double)age);
     } else {
         f[3] = 0.0f;
     }
-    const float *g = r->gaps + id * CM_N_GAPS;
     for (int k = 0; k < CM_N_GAPS; k++)
-        f[4 + k] = g[k];
-    const float *d = r->dec + id * CM_N_HALF_LIVES;
+        f[4 + k] = row->gaps[k];
+    const float *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
         /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly */
         double x = gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k]) : (double)d[k];
@@ -162,7 +164,7 @@ static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, flo
     float lmean = 0.0f, over = 0.0f;
     if (count > 1.0f) {
         float ngaps = count - 1.0f > 1.0f ? count - 1.0f : 1.0f;
-        lmean = log1pf(r->gapsum[id] / ngaps);
+        lmean = log1pf(row->gapsum / ngaps);
         over = lgap - lmean;
     }
     f[4 + CM_N_GAPS + CM_N_HALF_LIVES] = lmean;
@@ -173,43 +175,36 @@ static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, flo
  * or NULL */
 static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const float *lgap, const double *prod)
 {
-    int64_t last = r->last[id];
+    cm_row *row = r->row + id;
+    int64_t last = row->last;
     int seen = last >= 0;
     int64_t igap = seen ? now - last : 0;
     float gap = (float)igap;
     if (seen) {
-        float *g = r->gaps + id * CM_N_GAPS;
+        float *g = row->gaps;
         for (int k = CM_N_GAPS - 1; k > 0; k--)
             g[k] = g[k - 1];
         g[0] = lgap ? *lgap : log1pf_int(r->lut, igap, gap);
     }
-    r->gapsum[id] += gap;
-    float *d = r->dec + id * CM_N_HALF_LIVES;
+    row->gapsum += gap;
+    float *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
         double x = prod ? prod[k]
                         : (gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k])
                                                        : (double)d[k]);
         d[k] = (float)(x + 1.0);
     }
-    r->count[id] += 1.0f;
+    row->count += 1.0f;
     if (!seen)
-        r->first[id] = now;
-    r->last[id] = now;
+        row->first = now;
+    row->last = now;
 }
 
-/* the state of rows ids towards the cache before they are read */
+/* the records of rows ids towards the cache before they are read (one line each) */
 static void prefetch_rows(const cm_rows *r, const int64_t *ids, int64_t n)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int64_t id = ids[i];
-        __builtin_prefetch(r->last + id);
-        __builtin_prefetch(r->first + id);
-        __builtin_prefetch(r->count + id);
-        __builtin_prefetch(r->gaps + id * CM_N_GAPS);
-        __builtin_prefetch(r->gapsum + id);
-        __builtin_prefetch(r->dec + id * CM_N_HALF_LIVES);
-        __builtin_prefetch(r->table + id);
-    }
+    for (int64_t i = 0; i < n; i++)
+        __builtin_prefetch(r->row + ids[i]);
 }
 
 int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats)
@@ -284,7 +279,8 @@ static void mlp_generic(const cm_net *restrict net, const float *restrict f, con
 #if CM_HAVE_AVX2
 #define CM_AVX2 __attribute__((target("avx2,fma")))
 
-/* h = relu(b + x @ w), 32 outputs (four registers) at a time; n a multiple of CM_PAD */
+/* h = relu(b + x @ w), 32 outputs (four registers) at a time; n a multiple of CM_PAD. Even and odd
+ * inputs go to separate accumulators (eight FMA chains, half as long), summed at the end. */
 CM_AVX2 static inline void affine_relu_avx2(const float *restrict x, int m, const float *restrict w,
                                             const float *restrict b, int n, float *restrict h)
 {
@@ -292,7 +288,21 @@ CM_AVX2 static inline void affine_relu_avx2(const float *restrict x, int m, cons
     for (int jb = 0; jb < n; jb += CM_PAD) {
         __m256 a0 = _mm256_loadu_ps(b + jb), a1 = _mm256_loadu_ps(b + jb + 8);
         __m256 a2 = _mm256_loadu_ps(b + jb + 16), a3 = _mm256_loadu_ps(b + jb + 24);
-        for (int i = 0; i < m; i++) {
+        __m256 c0 = zero, c1 = zero, c2 = zero, c3 = zero;
+        int i = 0;
+        for (; i + 1 < m; i += 2) {
+            __m256 xi = _mm256_set1_ps(x[i]), xj = _mm256_set1_ps(x[i + 1]);
+            const float *wi = w + (size_t)i * (size_t)n + jb, *wj = wi + n;
+            a0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi), a0);
+            a1 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 8), a1);
+            a2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 16), a2);
+            a3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 24), a3);
+            c0 = _mm256_fmadd_ps(xj, _mm256_loadu_ps(wj), c0);
+            c1 = _mm256_fmadd_ps(xj, _mm256_loadu_ps(wj + 8), c1);
+            c2 = _mm256_fmadd_ps(xj, _mm256_loadu_ps(wj + 16), c2);
+            c3 = _mm256_fmadd_ps(xj, _mm256_loadu_ps(wj + 24), c3);
+        }
+        if (i < m) {
             __m256 xi = _mm256_set1_ps(x[i]);
             const float *wi = w + (size_t)i * (size_t)n + jb;
             a0 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi), a0);
@@ -300,10 +310,10 @@ CM_AVX2 static inline void affine_relu_avx2(const float *restrict x, int m, cons
             a2 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 16), a2);
             a3 = _mm256_fmadd_ps(xi, _mm256_loadu_ps(wi + 24), a3);
         }
-        _mm256_storeu_ps(h + jb, _mm256_max_ps(a0, zero));
-        _mm256_storeu_ps(h + jb + 8, _mm256_max_ps(a1, zero));
-        _mm256_storeu_ps(h + jb + 16, _mm256_max_ps(a2, zero));
-        _mm256_storeu_ps(h + jb + 24, _mm256_max_ps(a3, zero));
+        _mm256_storeu_ps(h + jb, _mm256_max_ps(_mm256_add_ps(a0, c0), zero));
+        _mm256_storeu_ps(h + jb + 8, _mm256_max_ps(_mm256_add_ps(a1, c1), zero));
+        _mm256_storeu_ps(h + jb + 16, _mm256_max_ps(_mm256_add_ps(a2, c2), zero));
+        _mm256_storeu_ps(h + jb + 24, _mm256_max_ps(_mm256_add_ps(a3, c3), zero));
     }
 }
 
@@ -342,12 +352,17 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
     float f[CM_N_FEATURES];
     double prod[CM_N_HALF_LIVES];
     prefetch_rows(r, ids, n);
+    /* between steps the caller's own work (key -> id maps) pushes the weights out of the near caches:
+     * ask for all of them (~10 KB at hidden 32) at once rather than miss by miss */
+    if (n > 0)
+        for (size_t o = 0; o < net->n_data; o += 64 / sizeof(float))
+            __builtin_prefetch(net->data + o);
     for (int64_t i = 0; i < n; i++) {
         int64_t id = ids[i];
         row_features(r, id, now, f, prod);
         if (feats)
             memcpy(feats + i * CM_N_FEATURES, f, sizeof(f));
-        int64_t t = r->table[id] % slots;
+        int64_t t = r->row[id].table % slots;
         if (t < 0)
             t += slots;
 #if CM_HAVE_AVX2

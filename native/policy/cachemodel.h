@@ -18,16 +18,22 @@
 #define CM_N_OUT 2
 #define CM_MAX_HIDDEN 256
 
-/* Views of a RowHistory's arrays (row-major, `cap` rows each); the caller owns the memory. */
+/* One row's history: features.ROW_DTYPE, field for field (a 64-byte record). */
 typedef struct {
-    int64_t *last;   /* step of last use, -1 = never */
-    int64_t *first;  /* step of first use */
-    float *count;    /* uses */
-    float *gaps;     /* cap x CM_N_GAPS: log1p of the previous gaps, most recent first */
-    float *gapsum;   /* sum of gaps */
-    float *dec;      /* cap x CM_N_HALF_LIVES: decayed use counters */
-    int64_t *table;  /* table id of the row (key >> ROW_BITS) */
-    int64_t cap;     /* rows the arrays hold: ids must be in [0, cap) */
+    int64_t last;                /* step of last use, -1 = never */
+    int64_t first;               /* step of first use */
+    int64_t table;               /* table id of the row (key >> ROW_BITS) */
+    float count;                 /* uses */
+    float gapsum;                /* sum of gaps */
+    float gaps[CM_N_GAPS];       /* log1p of the previous gaps, most recent first */
+    float dec[CM_N_HALF_LIVES];  /* decayed use counters */
+    float pad;
+} cm_row;
+
+/* A view of a RowHistory's records; the caller owns the memory. */
+typedef struct {
+    cm_row *row;     /* cap records */
+    int64_t cap;     /* ids must be in [0, cap) */
     int32_t n_table_slots; /* table embeddings; a row's slot is table mod this (non-negative) */
     int32_t reserved;
     double rate[CM_N_HALF_LIVES]; /* decay per step: ln 2 / half-life */

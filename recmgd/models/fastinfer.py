@@ -15,7 +15,14 @@ from typing import Any
 import numpy as np
 
 from recmgd.errors import ModelError
-from recmgd.models.features import FEATURE_VERSION, HALF_LIVES, N_FEATURES, N_GAPS, N_TABLE_SLOTS
+from recmgd.models.features import (
+    FEATURE_VERSION,
+    HALF_LIVES,
+    N_FEATURES,
+    N_GAPS,
+    N_TABLE_SLOTS,
+    ROW_DTYPE,
+)
 from recmgd.models.nets import NumpyCacheNet
 
 try:
@@ -26,8 +33,9 @@ except ImportError:  # pragma: no cover - depends on the build
     ffi = lib = None
     _HAVE = False
 
-if _HAVE and (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES) != (
-        FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES)):  # pragma: no cover - a stale build
+if _HAVE and (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES,
+              ffi.sizeof("cm_row")) != (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES),
+                                        ROW_DTYPE.itemsize):  # pragma: no cover - a stale build
     raise ImportError("recmgd._simcore's caching model has another feature layout than "
                       "recmgd.models.features; rebuild it (`make native`)")
 
@@ -75,32 +83,21 @@ class NativeRows:
             raise MemoryError("cm_lut_new")
         self._lut = ffi.gc(lut, lib.cm_lut_free)
         self.c.lut = self._lut
-        self._keep: tuple[np.ndarray, ...] = ()
+        self._keep = np.zeros(0, ROW_DTYPE)
         self.bind()
 
     def bind(self) -> None:
-        """Point at the history's current arrays (kept alive here as long as they are pointed at)."""
+        """Point at the history's current records (kept alive here as long as they are pointed at)."""
         h = self._hist
-        arrs = (h.last, h.first, h.count, h.gaps, h.gapsum, h.dec, h.table)
-        cap = len(h.last)
-        for a, dt in zip(arrs, (np.int64, np.int64, np.float32, np.float32, np.float32, np.float32,
-                                np.int64), strict=True):
-            if a.dtype != dt or not a.flags.c_contiguous or len(a) != cap:
-                raise ModelError("RowHistory arrays are not in the layout the C inference expects")
-        c = self.c
-        c.last = ffi.from_buffer("int64_t[]", h.last)
-        c.first = ffi.from_buffer("int64_t[]", h.first)
-        c.count = ffi.from_buffer("float[]", h.count)
-        c.gaps = ffi.from_buffer("float[]", h.gaps)
-        c.gapsum = ffi.from_buffer("float[]", h.gapsum)
-        c.dec = ffi.from_buffer("float[]", h.dec)
-        c.table = ffi.from_buffer("int64_t[]", h.table)
-        c.cap = cap
-        self._keep = arrs
-        self._last = h.last
+        rows = h.rows
+        if rows.dtype != ROW_DTYPE or not rows.flags.c_contiguous:
+            raise ModelError("RowHistory records are not in the layout the C inference expects")
+        self.c.row = ffi.from_buffer("cm_row[]", rows)
+        self.c.cap = len(rows)
+        self._keep = rows
 
     def _current(self) -> Any:
-        if self._hist.last is not self._last:  # arrays swapped behind the history's back
+        if self._hist.rows is not self._keep:  # records swapped behind the history's back
             self.bind()
         return self.c
 
@@ -158,7 +155,7 @@ class FastCacheNet:
         rows = hist.native_rows
         if rows is None:
             raise ModelError("FastCacheNet needs a RowHistory built with native=True")
-        if hist.last is not rows._last:  # arrays swapped behind the history's back
+        if hist.rows is not rows._keep:  # records swapped behind the history's back
             rows.bind()
         n = len(ids)
         if n > len(self._out):

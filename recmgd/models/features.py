@@ -82,8 +82,20 @@ class KeyIndex:
         return self._keys[: self._n].copy()
 
 
+#: one row's history, one 64-byte record (a cache line; the C inference's cm_row): step of last use (-1:
+#: never), step of first use, table id, use count, sum of gaps, log1p of the previous gaps (most recent
+#: first), decayed use counters
+ROW_DTYPE = np.dtype([("last", "<i8"), ("first", "<i8"), ("table", "<i8"), ("count", "<f4"),
+                      ("gapsum", "<f4"), ("gaps", "<f4", (N_GAPS,)), ("dec", "<f4", (len(HALF_LIVES),)),
+                      ("pad", "<f4")])
+assert ROW_DTYPE.itemsize == 64
+
+
 class RowHistory:
     """Dense per-row history: last use, first use, count, previous gaps, decayed counters.
+
+    One record a row (``rows``, ROW_DTYPE, 64-byte aligned), with a view per field (``last``, ``count``,
+    ``gaps``, ...) that the numpy methods index.
 
     With ``native=True``, :meth:`features` and :meth:`update` run in C (recmgd.models.fastinfer) on these
     same arrays, and ``native_rows`` is the C view of them; the numpy methods (``features_numpy``,
@@ -94,13 +106,9 @@ class RowHistory:
         self.native_rows: NativeRows | None = None
         self.index = KeyIndex()
         self._cap = 0
-        self.last = np.zeros(0, np.int64)
-        self.first = np.zeros(0, np.int64)
-        self.count = np.zeros(0, np.float32)
-        self.gaps = np.zeros((0, N_GAPS), np.float32)
-        self.gapsum = np.zeros(0, np.float32)
-        self.dec = np.zeros((0, len(HALF_LIVES)), np.float32)
-        self.table = np.zeros(0, np.int64)
+        self._buf = np.zeros(0, np.uint8)
+        self.rows = np.zeros(0, ROW_DTYPE)
+        self._views()
         self._decay_rate = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)
         self._grow(initial)
         if native:
@@ -115,22 +123,24 @@ class RowHistory:
         if need <= self._cap:
             return
         cap = max(need, 2 * self._cap, 1024)
-
-        def ext(a: np.ndarray, fill: float) -> np.ndarray:
-            b = np.full((cap,) + a.shape[1:], fill, dtype=a.dtype)
-            b[: len(a)] = a
-            return b
-
-        self.last = ext(self.last, -1)
-        self.first = ext(self.first, -1)
-        self.count = ext(self.count, 0)
-        self.gaps = ext(self.gaps, 0)
-        self.gapsum = ext(self.gapsum, 0)
-        self.dec = ext(self.dec, 0)
-        self.table = ext(self.table, 0)
+        size = ROW_DTYPE.itemsize
+        buf = np.zeros((cap + 1) * size, np.uint8)
+        off = -buf.ctypes.data % size  # records on cache-line boundaries
+        rows = buf[off : off + cap * size].view(ROW_DTYPE)
+        rows["last"] = -1
+        rows["first"] = -1
+        rows[: self._cap] = self.rows[: self._cap]
+        self._buf, self.rows = buf, rows
+        self._views()
         self._cap = cap
         if self.native_rows is not None:
             self.native_rows.bind()
+
+    def _views(self) -> None:
+        """The per-field views of the records (what the numpy path indexes)."""
+        r = self.rows
+        self.last, self.first, self.table = r["last"], r["first"], r["table"]
+        self.count, self.gapsum, self.gaps, self.dec = r["count"], r["gapsum"], r["gaps"], r["dec"]
 
     def ids(self, keys: np.ndarray) -> np.ndarray:
         """Dense ids of keys (new keys get new, empty rows)."""
