@@ -2,10 +2,11 @@
 
 At one step (~18 distinct rows) numpy's per-call overhead, not arithmetic, bounds the reference path
 (features.RowHistory's numpy methods + nets.NumpyCacheNet: about 25 small array operations a step). Here
-one C call featurises a step's rows and runs the MLP, and another records their use, on the very same
-arrays the numpy path uses (a RowHistory built with ``native=True`` keeps them and hands C pointers into
-them), so both paths read and write one state and agree to float rounding. The numpy path stays the
-training path and the reference (tests/test_models_fastinfer.py).
+one C call featurises a step's rows and runs the MLP (and, with ``update=True``, records their use), on
+the very records the numpy path indexes (RowHistory.rows, one 64-byte record a row; a RowHistory built
+with ``native=True`` hands C a pointer to them), so both paths read and write one state and agree to
+float rounding (the features and the state bit for bit where numpy's float32 log1p is libm's). The numpy
+path stays the training path and the reference (tests/test_models_fastinfer.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from recmgd.models.features import (
     N_GAPS,
     N_TABLE_SLOTS,
     ROW_DTYPE,
+    RowHistory,
 )
 from recmgd.models.nets import NumpyCacheNet
 
@@ -68,9 +70,9 @@ def _ids_buf(ids: np.ndarray) -> tuple[np.ndarray, Any]:
 
 
 class NativeRows:
-    """The ``cm_rows`` view of a RowHistory's arrays; rebound by the history whenever it grows."""
+    """The ``cm_rows`` view of a RowHistory's records; rebound by the history whenever it grows."""
 
-    def __init__(self, hist: Any) -> None:
+    def __init__(self, hist: RowHistory) -> None:
         _require()
         self._hist = hist
         self.c = ffi.new("cm_rows *")
@@ -145,7 +147,7 @@ class FastCacheNet:
     def simd(self, on: bool) -> None:
         lib.cm_net_simd(self._net, int(bool(on)))
 
-    def __call__(self, hist: Any, ids: np.ndarray, now: int, update: bool = False,
+    def __call__(self, hist: RowHistory, ids: np.ndarray, now: int, update: bool = False,
                  feats: np.ndarray | None = None) -> np.ndarray:
         """(len(ids), 2) float32: keep logit and predicted log1p(steps to next use) of rows ``ids`` of
         ``hist`` (a RowHistory built with ``native=True``) as of step ``now``; with ``update`` their use
