@@ -448,13 +448,16 @@ static int unique_part(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const uint64_t lo = t->rows * (uint64_t)wk->part / (uint64_t)wk->nparts;
     const uint64_t span = t->rows * (uint64_t)(wk->part + 1) / (uint64_t)wk->nparts - lo;
     uint64_t nu = 0, umiss = 0;
+    /* branch-free: half the ids are another range's, which a branch would mispredict */
     for (uint64_t i = 0; i < a->n_ids; i++) {
         uint64_t r = (uint64_t)a->ids[i];
-        if (r - lo >= span) continue; /* another range's, or out of range (the bag work reports it) */
-        uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
-        if (w & bit) continue;
-        seen[r >> 6] = w | bit;
-        urow[nu++] = (int64_t)r;
+        const uint64_t in = r - lo < span; /* else another range's, or out of range (the bag work reports it) */
+        r = in ? r : lo;
+        const uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
+        const uint64_t fresh = in & !(w & bit);
+        seen[r >> 6] = w | (bit & (UINT64_C(0) - in));
+        urow[nu] = (int64_t)r;
+        nu += fresh;
     }
     /* the index entries of the distinct rows, with their loads started early */
     for (uint64_t k = 0; k < nu; k++) {
@@ -662,7 +665,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     parallel = parallel && p->wk && p->wk->n > 0;
     /* the work items: one per argument, or (few arguments, many bags) a split of its bags */
     uint64_t nitems = 0;
-    uint32_t split_to = parallel && n < 2u * (uint32_t)p->n_threads ? 2u * (uint32_t)p->n_threads : 1u;
+    uint32_t split_to = parallel && n < 2u * (uint32_t)p->n_threads ? 8u * (uint32_t)p->n_threads : 1u;
     first = calloc((size_t)n + 1, sizeof *first);
     argres = calloc(n ? n : 1, sizeof *argres);
     if (!first || !argres) {
