@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <sched.h>
+#include <time.h>
 #include <unistd.h>
 
 #define PF_DIST 16
@@ -514,8 +515,18 @@ static inline void cpu_relax(void)
 #endif
 }
 
-/* How long an idle worker polls for the next job before it sleeps (about 100 microseconds). */
-#define SPIN_POLLS 20000
+/* How long an idle worker polls for the next job before it sleeps. Waking a sleeping thread costs
+ * tens of microseconds on bare metal and up to milliseconds in a VM whose idle vCPU halted, more than
+ * a whole table's lookup, so a worker polls through the gaps between an app's calls (as OpenMP's
+ * threads do), and sleeps only when the app has stopped calling. */
+#define SPIN_US 2000u
+
+static uint64_t mono_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
 
 static void *worker_main(void *arg)
 {
@@ -526,9 +537,15 @@ static void *worker_main(void *arg)
     uint64_t seen = 0;
     for (;;) {
         uint64_t g = atomic_load(&w->gen);
-        for (int k = 0; g == seen && k < SPIN_POLLS && !atomic_load_explicit(&w->stop, memory_order_relaxed); k++) {
+        uint64_t t0 = 0;
+        for (unsigned k = 1; g == seen && !atomic_load_explicit(&w->stop, memory_order_relaxed); k++) {
             cpu_relax();
             g = atomic_load(&w->gen);
+            if (k % 64 == 0) {
+                uint64_t t = mono_us();
+                if (!t0) t0 = t;
+                else if (t - t0 > SPIN_US) break;
+            }
         }
         if (g == seen) {
             pthread_mutex_lock(&w->mu);
