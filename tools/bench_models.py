@@ -99,13 +99,13 @@ def main() -> int:
         t_ref_upd += t3 - t1
         n_look += len(ids)
     t_fast = t_fast_split = 0.0
-    fh = RowHistory(native=True)  # fused: one C call a step (features, MLP, then the history update)
+    fh = RowHistory(native=True)  # fused: one C call a step (features, MLP, then the history update), as observe()
     for b, keys in enumerate(lst):
         ids = fh.ids(keys)
         t1 = time.perf_counter()
         fast(fh, ids, b, update=True)
         t_fast += time.perf_counter() - t1
-    fh2 = RowHistory(native=True)  # as the policies call it: scores, then the update, two C calls
+    fh2 = RowHistory(native=True)  # scores, then the update, two C calls (observe() on its re-scoring steps)
     for b, keys in enumerate(lst):
         ids = fh2.ids(keys)
         t1 = time.perf_counter()
@@ -114,9 +114,9 @@ def main() -> int:
         t_fast_split += time.perf_counter() - t1
     per = n_look / len(lst)
     print(f"caching model, one step's rows (batch {args.batch}, {per:.1f} rows a step), lookups/s/core:")
-    print(f"  C (features + MLP + history update, one call): {n_look / t_fast:,.0f} "
+    print(f"  C (features + MLP + history update, one call, as in observe()): {n_look / t_fast:,.0f} "
           f"({t_fast / len(lst) * 1e6:.1f} us a step)")
-    print(f"  C (scores, then the update: two calls, as in observe()): {n_look / t_fast_split:,.0f} "
+    print(f"  C (scores, then the update: two calls): {n_look / t_fast_split:,.0f} "
           f"({t_fast_split / len(lst) * 1e6:.1f} us a step)")
     print(f"  numpy reference (features + MLP): {n_look / t_ref:,.0f} "
           f"({t_ref / len(lst) * 1e6:.1f} us a step); with the update: {n_look / t_ref_upd:,.0f} "

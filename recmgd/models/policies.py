@@ -341,25 +341,37 @@ class LearnedPolicy(Policy):
             self._seen_rows += len(ids)
             self._seen_steps += 1
             self._set_unit(self._seen_rows / self._seen_steps)
+        rescore_now = bool(self.rescore and b % self.rescore == 0 and self._np_cache is not None and res.n)
+        # score and record this step's uses in one C call, unless resident rows are re-scored first
+        fused = (not rescore_now and self._fast_cache is not None and self.hist.native_rows is not None)
+        updated = False
         if self.use_cache_model and self._np_cache is not None and len(ids):
-            out = self._cache_scores(ids, b)
+            # the rows' history before this step's uses (the model scores that, too)
+            cnt = self.hist.count[ids]
+            gapsum = self.hist.gapsum[ids]
+            if fused:
+                assert self._fast_cache is not None
+                out = self._fast_cache(self.hist, ids, b, update=True)
+                updated = True
+            else:
+                out = self._cache_scores(ids, b)
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
             lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
             # expected reuse distance: the model's, or the row's own mean gap when that is longer
-            cnt = self.hist.count[ids]
-            mean_gap = np.where(cnt > 1, self.hist.gapsum[ids] / np.maximum(cnt, 1), 0.0)
+            mean_gap = np.where(cnt > 1, gapsum / np.maximum(cnt, 1), 0.0)
             gap = np.maximum(np.expm1(out[:, 1]), 1.0)
             res.nxt[ids] = b + (np.maximum(gap, mean_gap) if self.gap_mode == "max" else gap)
         else:
             p = np.ones(len(ids))
             lvl = np.zeros(len(ids))
-        if self.rescore and b % self.rescore == 0 and self._np_cache is not None and res.n:
+        if rescore_now:
             # re-score every resident row with its history as of now (age since last use as the gap)
             rid = np.flatnonzero(res.resident)
             lg = self._cache_scores(rid, b)[:, 0]
             pr = 1.0 / (1.0 + np.exp(-lg))
             res.level[rid] = np.minimum(np.floor(pr * self.levels), self.levels - 1) * self._unit
-        self.hist.update(ids, b)
+        if not updated:
+            self.hist.update(ids, b)
         res.level[ids] = lvl
         res.stamp[ids] = b
         missed = ~hit
