@@ -101,7 +101,9 @@ def _demo_one(policy: str, trace_path: Path, work: Path, sizes: list[int], slots
                 values = rng.standard_normal((hi - lo, args.dim), dtype=np.float32)
                 pool.write_rows(t, np.arange(lo, hi), values)
         cfg.write_text(
-            f'pools = ["{name}"]\ninterval = 0.001\nlog_level = "warning"\n'
+            # coalesce: when the daemon falls behind the app, it merges the batches it drains at once
+            # into steps of at least 1,024 lookups (fewer policy calls, so it catches up)
+            f'pools = ["{name}"]\ninterval = 0.001\nlog_level = "warning"\ncoalesce = 1024\n'
             f'[control]\nsocket = "{ctl}"\n'
             f'[policy]\nname = "{policy}"\nmodel_dir = "{model_dir or ""}"\n'
             f'[policy.options]\nprefetch_budget = {max(8, slots // 64)}\nseed = {args.seed}\n'
