@@ -99,7 +99,7 @@ def main() -> int:
         t_ref_upd += t3 - t1
         n_look += len(ids)
     t_fast = t_fast_split = 0.0
-    fh = RowHistory(native=True)  # fused: one C call a step (features, MLP, then the history update), as observe()
+    fh = RowHistory(native=True)  # one C call a step (features, MLP, then the update), as observe()
     for b, keys in enumerate(lst):
         ids = fh.ids(keys)
         t1 = time.perf_counter()
