@@ -254,15 +254,15 @@ def test_coalesce_merges_batches_drained_together(pools) -> None:
     assert drv.stats()["steps"] == 6
 
 
-@pytest.mark.parametrize("policy", ["lru", "s3fifo", "stms", "bingo"])
-def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> None:
-    """The daemon's loop over a real pool gives the simulator's counts, prefetchers included."""
+def _step_mode_against_simulator(trace: str, policy: str, opts: dict) -> tuple[dict, object]:
+    """The daemon's loop (step mode, a real pool, batches of 8 samples, 20% capacity) and the simulator
+    driving the same policy over ``trace``: (the loop's stats, the simulator's result)."""
     from test_daemon_app import trace_batches
 
     from recmgd.sim import capacity_for, drive
     from recmgd.trace.steps import build_steps
 
-    batches, sizes = trace_batches(str(shared_traces / "obd_random.trace"), 8, 0)
+    batches, sizes = trace_batches(trace, 8, 0)
     keys, offsets = [], [0]
     for batch in batches:
         for t, rows in batch:
@@ -270,7 +270,6 @@ def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> Non
         offsets.append(offsets[-1] + sum(len(r) for _, r in batch))
     steps = build_steps(np.concatenate(keys), np.array(offsets, dtype=np.int64), 1)
     capacity = capacity_for(0.2, len(np.unique(steps.keys)))
-    opts = {"prefetch_budget": 4, "seed": 0}
     expected = drive(policy_mod.create(policy, **opts), steps, capacity, 0)
 
     name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
@@ -288,6 +287,15 @@ def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> Non
         daemon.close()
         app.destroy()
     assert st["steps"] == len(batches) == expected.steps
+    return st, expected
+
+
+@pytest.mark.parametrize("policy", ["lru", "s3fifo", "stms", "bingo"])
+def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> None:
+    """The daemon's loop over a real pool gives the simulator's counts, prefetchers included."""
+    st, expected = _step_mode_against_simulator(
+        str(shared_traces / "obd_random.trace"), policy, {"prefetch_budget": 4, "seed": 0}
+    )
     assert st["on_demand"] == expected.on_demand
     assert st["app"]["on_demand"] == expected.on_demand
     assert st["prefetch_issued"] == expected.prefetch_issued
@@ -312,36 +320,8 @@ def obd_model(shared_traces, tmp_path_factory) -> str:
 @pytest.mark.parametrize("policy", ["recmg", "recmg-prefetch"])
 def test_learned_policy_equals_simulator_in_step_mode(shared_traces, obd_model: str, policy: str) -> None:
     """RecMG, loaded from a checkpoint (model_dir), does in the daemon what it does in the simulator."""
-    from test_daemon_app import trace_batches
-
-    from recmgd.sim import capacity_for, drive
-    from recmgd.trace.steps import build_steps
-
-    batches, sizes = trace_batches(str(shared_traces / "obd_random.trace"), 8, 0)
-    keys, offsets = [], [0]
-    for batch in batches:
-        for t, rows in batch:
-            keys.append(k(t, rows))
-        offsets.append(offsets[-1] + sum(len(r) for _, r in batch))
-    steps = build_steps(np.concatenate(keys), np.array(offsets, dtype=np.int64), 1)
-    capacity = capacity_for(0.2, len(np.unique(steps.keys)))
     opts = {"prefetch_budget": 4, "seed": 0, "model_dir": obd_model}
-    expected = drive(policy_mod.create(policy, **opts), steps, capacity, 0)
-
-    name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
-    app = pool_mod.Pool.create(name, tables=[(n, 4) for n in sizes], slots=capacity, ring_records=4096)
-    daemon = pool_mod.Pool.attach(name, role="daemon")
-    try:
-        drv = PoolDriver(daemon, policy_mod.create(policy, **opts), policy, step_mode=True)
-        for batch in batches:
-            for t, rows in batch:
-                lookup(app, t, rows)
-            app.end_batch()
-            drv.tick()
-        st = drv.stats()
-    finally:
-        daemon.close()
-        app.destroy()
+    st, expected = _step_mode_against_simulator(str(shared_traces / "obd_random.trace"), policy, opts)
     if policy == "recmg-prefetch":  # the prefetch path must be exercised (recmg itself may issue none)
         assert expected.prefetch_issued > 0
     assert st["on_demand"] == expected.on_demand == st["app"]["on_demand"]
