@@ -39,40 +39,51 @@ N_FEATURES = len(FEATURE_NAMES)
 
 
 class KeyIndex:
-    """Maps int64 keys to dense ids 0, 1, 2, ... in order of first sight."""
+    """Maps int64 keys to dense ids 0, 1, 2, ... in order of first sight (the simulator core's C hash
+    map, ``sc_idmap``: a step's keys are mapped in one call, not one dict lookup each)."""
 
     def __init__(self) -> None:
-        self._ids: dict[int, int] = {}
+        from recmgd._simcore import ffi, lib
+
+        self._ffi, self._lib = ffi, lib
+        m = lib.sc_idmap_new()
+        if m == ffi.NULL:
+            raise MemoryError("out of memory for a key index")
+        self._map = ffi.gc(m, lib.sc_idmap_free)
         self._keys = np.zeros(1024, np.int64)
         self._n = 0
 
     def __len__(self) -> int:
         return self._n
 
+    def _buf(self, keys: np.ndarray) -> tuple[np.ndarray, object]:
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        return keys, self._ffi.from_buffer("int64_t[]", keys)
+
     def lookup(self, keys: np.ndarray) -> np.ndarray:
         """Ids of known keys, -1 for unknown ones."""
-        get = self._ids.get
-        return np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
+        keys, kb = self._buf(keys)
+        out = np.empty(len(keys), np.int32)
+        self._lib.sc_idmap_find(self._map, kb, len(keys), self._ffi.from_buffer("int32_t[]", out))
+        return out.astype(np.int64)
 
     def get_or_add(self, keys: np.ndarray) -> np.ndarray:
         """Ids of keys, assigning new ids to keys never seen (keys must be distinct)."""
-        ids = self._ids
-        get = ids.get
-        out = np.fromiter((get(k, -1) for k in keys.tolist()), dtype=np.int64, count=len(keys))
-        new = np.flatnonzero(out < 0)
-        if len(new):
-            n0 = self._n
-            n1 = n0 + len(new)
+        keys, kb = self._buf(keys)
+        out = np.empty(len(keys), np.int32)
+        n0 = self._n
+        if self._lib.sc_idmap_map(self._map, kb, len(keys), self._ffi.from_buffer("int32_t[]", out)) != 0:
+            raise MemoryError("out of memory growing the key index")
+        n1 = int(self._lib.sc_idmap_size(self._map))
+        if n1 > n0:
             if n1 > len(self._keys):
                 k = np.zeros(max(n1, 2 * len(self._keys)), np.int64)
                 k[:n0] = self._keys[:n0]
                 self._keys = k
-            fresh = keys[new]
-            self._keys[n0:n1] = fresh
-            ids.update(zip(fresh.tolist(), range(n0, n1), strict=True))
-            out[new] = np.arange(n0, n1)
+            # distinct keys: the new ids are n0 .. n1-1, in the order their keys appear
+            self._keys[n0:n1] = keys[out >= n0]
             self._n = n1
-        return out
+        return out.astype(np.int64)
 
     def keys_of(self, ids: np.ndarray) -> np.ndarray:
         """The keys of dense ids."""
