@@ -16,8 +16,10 @@
  *
  * Concurrency: the fast tier has one writer at a time (fills, evictions and write_rows take the
  * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next).
- * Lookups never lock: each hit is read through the slot's seqlock and, if it changed, read from the
- * slow tier, which is the truth. write_rows is not atomic with respect to lookups that read the
+ * Lookups never lock: each hit is read through the seqlock of its slot's group of 64 slots, with
+ * the row's index entry re-checked as the slot's tag, and if either changed it is read from the
+ * slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
+ * before they sleep. write_rows is not atomic with respect to lookups that read the
  * same row from the slow tier at that moment.
  *
  * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with
