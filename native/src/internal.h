@@ -115,6 +115,7 @@ typedef struct lscratch {
     int64_t *urow;  /* distinct rows of the call (to clear their seen bits) */
     size_t urow_cap;
     uint64_t **seen; /* per table, one bit per row, all clear between calls */
+    uint64_t **missed; /* per table, one bit per row (a split call's distinct misses), clear between calls */
     char err[RECMG_ERRLEN];
 } lscratch;
 

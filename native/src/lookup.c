@@ -70,6 +70,14 @@ static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int 
         ls->seen[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
         if (!ls->seen[table]) goto oom;
     }
+    if (!ls->missed) {
+        ls->missed = calloc(p->h->n_tables, sizeof *ls->missed);
+        if (!ls->missed) goto oom;
+    }
+    if (!ls->missed[table]) {
+        ls->missed[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
+        if (!ls->missed[table]) goto oom;
+    }
     if (ssd && hash_prepare(p, n) != 0) goto oom;
     return RECMG_OK;
 oom:
@@ -252,7 +260,8 @@ typedef struct work {
     uint64_t b0, b1;
     int uniq;
     int part, nparts;
-    int pad;
+    int mark; /* a chunk of a split argument: set its rows' bits (and its misses') in this thread's
+               * bitmaps, left set; the caller counts the union after the call and clears them */
 } work;
 
 static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
@@ -262,7 +271,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const shm_table *t = &p->tables[a->table];
     const uint64_t i0 = (uint64_t)a->offsets[wk->b0], iend = (uint64_t)a->offsets[wk->b1];
     const uint64_t n = iend - i0, rows = t->rows;
-    const int uniq = wk->uniq;
+    const int uniq = wk->uniq, mark = wk->mark;
     const int64_t *ids = a->ids;
     const uint32_t dim = t->dim, rb = t->row_bytes, nwords = (rb + 7) / 8;
     const int f16 = t->dtype == RECMG_F16;
@@ -272,7 +281,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
     int32_t *slot = ls->slot;
-    uint64_t *seen = ls->seen[a->table];
+    uint64_t *seen = ls->seen[a->table], *missed = ls->missed[a->table];
     int64_t *urow = ls->urow;
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
@@ -288,7 +297,11 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
         int fresh = 0;
-        if (uniq) {
+        if (mark) {
+            uint64_t bit = UINT64_C(1) << (r & 63);
+            seen[r >> 6] |= bit;
+            missed[r >> 6] |= s < 0 ? bit : 0;
+        } else if (uniq) {
             uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
             fresh = !(w & bit);
             if (fresh) {
@@ -580,6 +593,9 @@ static void scratch_free(recmg_pool *p, lscratch *ls)
     if (ls->seen)
         for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->seen[t]);
     free(ls->seen);
+    if (ls->missed)
+        for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->missed[t]);
+    free(ls->missed);
 }
 
 void lookup_free(recmg_pool *p)
@@ -689,13 +705,17 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
-    /* a split argument: n_threads items that count its distinct rows, then its chunks of bags */
+    /* a split argument: its chunks of bags, and its distinct rows counted either by n_threads items
+     * (each a range of row values), or, for a lone argument whose table's bitmap is smaller than its
+     * ids, by the chunks themselves marking each thread's bitmaps, whose union the caller counts */
     const int nparts = p->n_threads;
+    const int marked = n == 1 && (p->tables[args[0].table].rows + 63) / 64 <= args[0].n_ids;
+    const uint64_t uparts = marked ? 0 : (uint64_t)nparts;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t c = args[k].n_bags / MIN_CHUNK_BAGS;
         c = c < split_to ? c : split_to;
         first[k] = (uint32_t)nitems;
-        nitems += c > 1 ? (uint64_t)nparts + c : 1;
+        nitems += c > 1 ? uparts + c : 1;
     }
     first[n] = (uint32_t)nitems;
     items = calloc(nitems ? nitems : 1, sizeof *items);
@@ -711,10 +731,11 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             it[0] = (work){.a = &args[k], .b0 = 0, .b1 = nb, .uniq = 1, .part = -1};
             continue;
         }
-        for (int q = 0; q < nparts; q++) *it++ = (work){.a = &args[k], .part = q, .nparts = nparts};
-        c -= (uint64_t)nparts;
+        for (uint64_t q = 0; q < uparts; q++) *it++ = (work){.a = &args[k], .part = (int)q, .nparts = nparts};
+        c -= uparts;
         for (uint64_t q = 0; q < c; q++)
-            *it++ = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1};
+            *it++ = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1,
+                           .mark = marked};
     }
     if (parallel) {
         workers *w = p->wk;
@@ -733,6 +754,31 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     } else {
         _Atomic uint64_t next = 0;
         run_items(p, &p->ls[0], items, res, nitems, &next);
+    }
+    if (marked && first[1] - first[0] > 1) {
+        /* the union of the threads' bitmaps: distinct rows and distinct misses; then clear them */
+        const uint32_t tb = args[0].table;
+        const uint64_t words = (p->tables[tb].rows + 63) / 64;
+        uint64_t u = 0, um = 0;
+        for (uint64_t w = 0; w < words; w++) {
+            uint64_t sw = 0, mw = 0;
+            for (int q = 0; q < p->n_threads; q++) {
+                lscratch *l = &p->ls[q];
+                if (!l->seen || !l->seen[tb] || !l->missed || !l->missed[tb]) continue;
+                sw |= l->seen[tb][w];
+                mw |= l->missed[tb][w];
+            }
+            u += (uint64_t)__builtin_popcountll(sw);
+            um += (uint64_t)__builtin_popcountll(mw);
+        }
+        for (int q = 0; q < p->n_threads; q++) {
+            lscratch *l = &p->ls[q];
+            if (l->seen && l->seen[tb]) memset(l->seen[tb], 0, words * sizeof(uint64_t));
+            if (l->missed && l->missed[tb]) memset(l->missed[tb], 0, words * sizeof(uint64_t));
+        }
+        argres[0].unique = u;
+        argres[0].on_demand = um;
+        argres[0].slow_bytes = um * p->tables[tb].row_bytes;
     }
     /* in argument order: the first failure is the error; what came before it is logged and counted */
     for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) {
