@@ -47,7 +47,7 @@ def _writer(name: str, seed: int, counter, stop) -> None:
     all_keys = np.concatenate([make_keys(t, np.arange(ROWS)) for t in range(TABLES)])
     resident = np.zeros(len(all_keys), dtype=bool)
     resident[np.searchsorted(all_keys, np.sort(pool.resident_keys()))] = True
-    while not stop.is_set():
+    while not stop.value:
         res = np.flatnonzero(resident)
         if len(res) > SLOTS // 2:
             out = rng.choice(res, size=256, replace=False)
@@ -96,7 +96,8 @@ def test_readers_and_writer_with_sigkill() -> None:
     writers: list = []
     try:
         counter = ctx.Value("q", 0, lock=False)  # one writer at a time increments it
-        stop = ctx.Event()
+        # a lock-free flag: an Event takes a lock in is_set(), which a writer killed inside it would hold
+        stop = ctx.Value("b", 0, lock=False)
         pipes = []
         for i in range(READERS):
             a, b = ctx.Pipe()
@@ -121,7 +122,7 @@ def test_readers_and_writer_with_sigkill() -> None:
         for p in pipes:  # every reader is done
             assert p.poll(300), "a reader did not finish"
             results.append(p.recv())
-        stop.set()
+        stop.value = 1
         for pr in readers:
             pr.join(60)
         writers[-1].join(60)
@@ -145,7 +146,7 @@ def test_readers_and_writer_with_sigkill() -> None:
             assert pool.stats()["process"]["hits"] - before == len(rows)
         d.close()
     finally:
-        stop.set()
+        stop.value = 1
         for proc in readers + writers:
             if proc.is_alive():
                 proc.kill()
