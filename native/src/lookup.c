@@ -58,26 +58,20 @@ static inline int slot_read(const recmg_pool *p, int32_t s, const _Atomic int32_
     return atomic_load_explicit(ver, memory_order_relaxed) == v1;
 }
 
+/* (*maps)[table], a zeroed bitmap of the table's rows, allocated on first use; 0 or -1 (out of memory). */
+static int row_bitmap(const recmg_pool *p, uint64_t ***maps, uint32_t table)
+{
+    if (!*maps && !(*maps = calloc(p->h->n_tables, sizeof **maps))) return -1;
+    if (!(*maps)[table] && !((*maps)[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t))))
+        return -1;
+    return 0;
+}
+
 static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int ssd)
 {
     if (grow((void **)&ls->slot, &ls->slot_cap, n ? n : 1, sizeof *ls->slot) != 0) goto oom;
     if (grow((void **)&ls->urow, &ls->urow_cap, n ? n : 1, sizeof *ls->urow) != 0) goto oom;
-    if (!ls->seen) {
-        ls->seen = calloc(p->h->n_tables, sizeof *ls->seen);
-        if (!ls->seen) goto oom;
-    }
-    if (!ls->seen[table]) {
-        ls->seen[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
-        if (!ls->seen[table]) goto oom;
-    }
-    if (!ls->missed) {
-        ls->missed = calloc(p->h->n_tables, sizeof *ls->missed);
-        if (!ls->missed) goto oom;
-    }
-    if (!ls->missed[table]) {
-        ls->missed[table] = calloc((p->tables[table].rows + 63) / 64, sizeof(uint64_t));
-        if (!ls->missed[table]) goto oom;
-    }
+    if (row_bitmap(p, &ls->seen, table) != 0 || row_bitmap(p, &ls->missed, table) != 0) goto oom;
     if (ssd && hash_prepare(p, n) != 0) goto oom;
     return RECMG_OK;
 oom:
