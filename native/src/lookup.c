@@ -71,7 +71,7 @@ static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int 
 {
     if (grow((void **)&ls->slot, &ls->slot_cap, n ? n : 1, sizeof *ls->slot) != 0) goto oom;
     if (grow((void **)&ls->urow, &ls->urow_cap, n ? n : 1, sizeof *ls->urow) != 0) goto oom;
-    if (row_bitmap(p, &ls->seen, table) != 0 || row_bitmap(p, &ls->missed, table) != 0) goto oom;
+    if (row_bitmap(p, &ls->seen, table) != 0) goto oom;
     if (ssd && hash_prepare(p, n) != 0) goto oom;
     return RECMG_OK;
 oom:
@@ -274,8 +274,11 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 
     rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
+    if (mark && row_bitmap(p, &ls->missed, a->table) != 0)
+        return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
+                      (unsigned long long)n);
     int32_t *slot = ls->slot;
-    uint64_t *seen = ls->seen[a->table], *missed = ls->missed[a->table];
+    uint64_t *seen = ls->seen[a->table], *missed = mark ? ls->missed[a->table] : NULL;
     int64_t *urow = ls->urow;
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
