@@ -63,15 +63,19 @@ def trace_batches(path: str, batch: int) -> tuple[list[list[np.ndarray]], list[i
     return out, sizes
 
 
+def pool_shape(args: argparse.Namespace) -> tuple[list, int, list[tuple[int, int]]]:
+    """The benchmark's batches (empty for synthetic load), fast-tier slots and table shapes: from
+    --trace (slots = --fraction of its unique rows), or --tables x --rows with --slots."""
+    if not args.trace:
+        return [], args.slots, [(args.rows, args.dim)] * args.tables
+    trace, sizes = trace_batches(args.trace, args.samples)
+    uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
+    return trace, max(1, int(args.fraction * uniq)), [(n, args.dim) for n in sizes]
+
+
 def capacity(policy: str, args: argparse.Namespace) -> dict:
     name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-    if args.trace:
-        trace, sizes = trace_batches(args.trace, args.samples)
-        uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
-        slots = max(1, int(args.fraction * uniq))
-        tables = [(n, args.dim) for n in sizes]
-    else:
-        trace, slots, tables = [], args.slots, [(args.rows, args.dim)] * args.tables
+    trace, slots, tables = pool_shape(args)
     app = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 22, rings=2)
     daemon = Pool.attach(name, role="daemon")
     try:
@@ -165,13 +169,7 @@ def load(policy: str, args: argparse.Namespace) -> dict:
     from recmgd.daemon.control import request
 
     name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-    if args.trace:
-        trace, sizes = trace_batches(args.trace, args.samples)
-        uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
-        slots = max(1, int(args.fraction * uniq))
-        tables = [(n, args.dim) for n in sizes]
-    else:
-        slots, tables = args.slots, [(args.rows, args.dim)] * args.tables
+    _, slots, tables = pool_shape(args)
     owner = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 20, rings=4, role="daemon")
     tmp = Path(tempfile.mkdtemp(prefix="bench-daemon-"))
     sock = tmp / "ctl.sock"
