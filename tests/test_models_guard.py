@@ -1,5 +1,5 @@
-"""The caching model cannot lose badly to LRU: checkpoints carry the step length its keep-levels are sized
-by, and the guard (shadow LRU and shadow model caches) falls back to LRU order while the model loses."""
+"""The caching model cannot lose badly to LRU: checkpoints carry the step length its keep-levels (the
+"level" order, used by checkpoints without the hazard table) are sized by, and the guard (shadow LRU and shadow model caches) falls back to LRU order while the model loses."""
 
 from __future__ import annotations
 
@@ -72,15 +72,15 @@ def test_old_checkpoint_without_step_length(demo_like: tuple[Path, Path], tmp_pa
     trace_path, model = demo_like
     old = _with_step_len(model, tmp_path / "old", None)
     # no help from the guard: the keep-level's unit from the steps seen is as good as the checkpoint's
-    r = _on_demand(trace_path, old, guard=False)
-    ref = _on_demand(trace_path, model, guard=False)
+    r = _on_demand(trace_path, old, guard=False, order="level")
+    ref = _on_demand(trace_path, model, guard=False, order="level")
     assert r["recmg-cache"] <= 1.01 * ref["recmg-cache"]
 
 
 def test_guard_falls_back_to_lru_when_the_model_loses(demo_like: tuple[Path, Path], tmp_path: Path) -> None:
     trace_path, model = demo_like
     bad = _with_step_len(model, tmp_path / "bad", 1.0)  # keep-levels worth ~180x too much LRU age
-    off = _on_demand(trace_path, bad, guard=False)
+    off = _on_demand(trace_path, bad, guard=False, order="level")
     assert off["recmg-cache"] > 1.1 * off["lru"]  # the scenario is a real loss without the guard
-    on = _on_demand(trace_path, bad)
+    on = _on_demand(trace_path, bad, order="level")
     assert on["recmg-cache"] <= 1.01 * on["lru"]

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from recmgd.errors import ModelError
+from recmgd.models import hazard
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
 from recmgd.models.nets import CacheNet, PrefetchNet
 from recmgd.models.train import TrainConfig, Trained
@@ -35,6 +36,10 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
     if trained.cache is not None:
         models["cache"] = {"hidden": trained.cache.hidden}
         weights["cache"] = trained.cache.state_dict()
+        if trained.hazard is not None and trained.hazard_edges is not None:
+            models["cache"]["hazard_classes"] = int(trained.hazard.shape[0])
+            keys["hazard"] = trained.hazard
+            keys["hazard_edges"] = trained.hazard_edges
     if trained.prefetch is not None and trained.prefetch_keys is not None:
         p = trained.prefetch
         models["prefetch"] = {"n_rows": p.n_rows, "dim": p.dim, "queries": p.queries,
@@ -101,6 +106,8 @@ def load(path: str | os.PathLike[str]) -> Trained:
             out.cache = CacheNet(hidden=int(models["cache"]["hidden"]))
             out.cache.load_state_dict(weights["cache"])
             out.cache.eval()
+            if "hazard" in keys:  # checkpoints before the age-aware table have none (level order)
+                out.hazard, out.hazard_edges = hazard.check_table(keys["hazard"], keys.get("hazard_edges"))
         if "prefetch" in models:
             m = models["prefetch"]
             out.prefetch = PrefetchNet(int(m["n_rows"]), dim=int(m["dim"]), queries=int(m["queries"]))

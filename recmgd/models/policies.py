@@ -24,6 +24,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
+from recmgd.models.hazard import age_bucket, class_of
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -37,14 +38,22 @@ class _Residency:
     Order ``"level"``: keep score = level + stamp (level in steps of LRU age; all 0 = LRU).
     Order ``"nextuse"``: keep score = -(estimated next use), where a row whose estimate has passed is
     re-estimated as now + its age (a row unused for a while stays unused for a while); stamp breaks ties.
+    Order ``"hazard"``: keep score = ``table[class, age bucket]`` (recmgd.models.hazard: how likely OPT
+    still holds a row of that class that many steps after its last use); stamp breaks ties.
     """
 
-    def __init__(self, capacity: int, order: str = "level", slack: float = 2.0) -> None:
+    def __init__(self, capacity: int, order: str = "level", slack: float = 2.0,
+                 table: np.ndarray | None = None) -> None:
+        if order == "hazard" and table is None:
+            raise ValueError("order 'hazard' needs a hazard table")
         self.capacity = capacity
         self.order = order
         self.slack = slack
+        # quantised so that equal probabilities tie exactly and LRU order decides among them
+        self.table = None if table is None else np.round(np.asarray(table, np.float64) * 1e4)
         self.resident = np.zeros(0, bool)
         self.level = np.zeros(0, np.float64)
+        self.cls = np.zeros(0, np.int64)
         self.stamp = np.zeros(0, np.float64)
         self.nxt = np.zeros(0, np.float64)
         self.n = 0
@@ -54,7 +63,7 @@ class _Residency:
         if n <= len(self.resident):
             return
         cap = max(n, 2 * len(self.resident), 1024)
-        for name, fill in (("resident", False), ("level", 0.0), ("stamp", -1.0), ("nxt", 0.0)):
+        for name, fill in (("resident", False), ("level", 0.0), ("stamp", -1.0), ("nxt", 0.0), ("cls", 0)):
             a = getattr(self, name)
             b = np.full(cap, fill, dtype=a.dtype)
             b[: len(a)] = a
@@ -70,6 +79,9 @@ class _Residency:
         stamp = self.stamp[ids]
         if self.recency_only:
             return stamp
+        if self.order == "hazard":
+            assert self.table is not None
+            return self.table[self.cls[ids], age_bucket(now - stamp)] + stamp / (abs(now) + 2.0)
         if self.order == "nextuse":
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
@@ -102,6 +114,10 @@ class _Residency:
         return evict, new[~dropped_new]
 
 
+#: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
+ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
+
+
 class LearnedPolicy(Policy):
     """Common driver of the four learned policies.
 
@@ -111,7 +127,9 @@ class LearnedPolicy(Policy):
     ``bypass`` a missed row whose keep-probability is below it is not admitted when the tier is full
     (0, off: on amazon_video it helped at 5% and cost 12% more fetches at 20%); ``tune`` horizons to
     choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
-    ``order`` "level" (default), "nextuse" (Belady order on the regression head) or "hybrid".
+    ``order`` "auto" (default: "hazard" when the models carry the hazard table, else "level"),
+    "hazard" (the age-aware table of recmgd.models.hazard over the model's class at the last use),
+    "level", "nextuse" (Belady order on the regression head) or "hybrid".
     ``guard`` (default on, caching model only): two shadow caches of the same capacity, in LRU order and
     in the model's order, see every step; while the model's shadow has missed more than LRU's lately
     (a saturating counter of capacity / 8 misses, as in set dueling), the real cache is kept in LRU
@@ -131,12 +149,12 @@ class LearnedPolicy(Policy):
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
                  threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.0,
                  prefetch_threshold: float = 0.0,
-                 voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "level",
+                 voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "auto",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True) -> None:
-        if order not in ("level", "nextuse", "hybrid"):
-            raise ValueError(f"order must be 'level', 'nextuse' or 'hybrid', got {order!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
         self.gap_mode = gap_mode
         self.rescore = int(rescore)
@@ -242,13 +260,14 @@ class LearnedPolicy(Policy):
         # both fed this policy's accesses; while the model's shadow misses more than LRU's (a saturating
         # counter, as in set dueling), the real cache falls back to LRU order and admits every miss
         on = self.guard and self.use_cache_model
-        self._shadows = ((_Residency(self.capacity), _Residency(self.capacity, self.res_order(), self.slack))
+        self._shadows = ((_Residency(self.capacity),
+                          _Residency(self.capacity, self.res_order(), self.slack, self._table()))
                          if on else ())
         self._psel = 0.0
         self._psel_max = max(64.0, self.capacity / 8.0)
         self.guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
         self.hist = RowHistory(native=self.native_infer)
-        self.res = _Residency(self.capacity, self.res_order(), self.slack)
+        self.res = _Residency(self.capacity, self.res_order(), self.slack, self._table())
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
@@ -257,7 +276,26 @@ class LearnedPolicy(Policy):
             self._np_voy.reset()
 
     def res_order(self) -> str:
-        return self.order if self.use_cache_model else "level"
+        if not self.use_cache_model:
+            return "level"
+        if self.order == "auto":
+            return "hazard" if self._table() is not None else "level"
+        if self.order == "hazard" and self._table() is None:
+            raise ModelError(f"{self.name}: order 'hazard' needs a checkpoint with the hazard table; "
+                             "retrain with `recmg train`")
+        return self.order
+
+    def _table(self) -> np.ndarray | None:
+        return self.trained.hazard if self.trained is not None else None
+
+    def _classes(self, ids: np.ndarray, p: np.ndarray, count: np.ndarray) -> np.ndarray:
+        """The hazard-table class of rows ``ids`` used now with keep-probabilities ``p``."""
+        return class_of(p, self._edges)
+
+    @property
+    def _edges(self) -> np.ndarray:
+        assert self.trained is not None and self.trained.hazard_edges is not None
+        return self.trained.hazard_edges
 
     def _set_unit(self, step_len: float) -> None:
         # one keep-level is worth this many steps of LRU age: the cache's turnover time times `horizon`
@@ -272,7 +310,7 @@ class LearnedPolicy(Policy):
             admit_mask[rest] = True
         return admit_mask
 
-    def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, p: np.ndarray, b: int) -> None:
+    def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, cls: np.ndarray, p: np.ndarray, b: int) -> None:
         """Run this step through both shadow caches and move the selector."""
         sh_model = self._shadows[1]
         misses = []
@@ -283,6 +321,7 @@ class LearnedPolicy(Policy):
             sh.stamp[ids] = b
             if sh is sh_model:
                 sh.level[ids] = lvl
+                sh.cls[ids] = cls
                 sh.nxt[ids] = self.res.nxt[ids]
                 adm = ids[self._admit(missed, p, sh.capacity - sh.n)]
             else:
@@ -357,6 +396,7 @@ class LearnedPolicy(Policy):
                 out = self._cache_scores(ids, b)
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
             lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
+            cls = self._classes(ids, p, cnt) if res.table is not None else np.zeros(len(ids), np.int64)
             # expected reuse distance: the model's, or the row's own mean gap when that is longer
             mean_gap = np.where(cnt > 1, gapsum / np.maximum(cnt, 1), 0.0)
             gap = np.maximum(np.expm1(out[:, 1]), 1.0)
@@ -364,19 +404,23 @@ class LearnedPolicy(Policy):
         else:
             p = np.ones(len(ids))
             lvl = np.zeros(len(ids))
+            cls = np.zeros(len(ids), np.int64)
         if rescore_now:
             # re-score every resident row with its history as of now (age since last use as the gap)
             rid = np.flatnonzero(res.resident)
             lg = self._cache_scores(rid, b)[:, 0]
             pr = 1.0 / (1.0 + np.exp(-lg))
             res.level[rid] = np.minimum(np.floor(pr * self.levels), self.levels - 1) * self._unit
+            if res.table is not None:
+                res.cls[rid] = class_of(pr, self._edges)
         if not updated:
             self.hist.update(ids, b)
         res.level[ids] = lvl
+        res.cls[ids] = cls
         res.stamp[ids] = b
         missed = ~hit
         if self._shadows and len(ids):
-            self._guard_step(ids, lvl, p, b)
+            self._guard_step(ids, lvl, cls, p, b)
         if self.use_cache_model and not res.recency_only:
             admit_mask = self._admit(missed, p, res.capacity - res.n)
         else:
@@ -387,6 +431,7 @@ class LearnedPolicy(Policy):
             # prefetches are inserted after admissions, predicted used within the window; with the
             # caching model they enter at the lowest keep-level, behind this step's rows, so they only
             # take the place of rows the caching model would evict first anyway
+            res.cls[pf] = 0
             if self.use_cache_model:
                 res.level[pf] = 0.0
                 res.stamp[pf] = b - 0.5

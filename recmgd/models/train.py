@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from recmgd.models import hazard
 from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
@@ -52,6 +53,8 @@ class TrainConfig:
     voyager_seq: int = 64
     voyager_hidden: int = 64
     voyager_vocab: int = 16384
+    hazard_horizon: int = 100  # the hazard table's label: used again within this many steps
+    hazard_classes: int = 32
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -334,6 +337,8 @@ class Trained:
     prefetch_keys: np.ndarray | None = None
     voyager: VoyagerNet | None = None
     voyager_keys: np.ndarray | None = None
+    hazard: np.ndarray | None = None  # (classes x age buckets), recmgd.models.hazard
+    hazard_edges: np.ndarray | None = None  # (classes - 1) keep-probability class boundaries
     capacity: int = 0
     config: TrainConfig = field(default_factory=TrainConfig)
     stats: dict[str, float] = field(default_factory=dict)
@@ -354,6 +359,12 @@ def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
         if "cache" in which:
             x, t, y = cache_dataset(steps, keep)
             out.cache = train_cache(x, t, y, cfg, progress)
+            with torch.no_grad():
+                p = torch.sigmoid(out.cache(torch.from_numpy(x), torch.from_numpy(t))[:, 0]).numpy()
+            out.hazard_edges = hazard.uniform_edges(cfg.hazard_classes)
+            nu = next_use(as_steps(steps)).astype(np.float64)
+            out.hazard = hazard.fit_table(steps, hazard.class_of(p, out.hazard_edges), nu,
+                                          horizon=cfg.hazard_horizon, classes=cfg.hazard_classes)
         if "prefetch" in which:
             data = prefetch_dataset(steps, miss, cfg)
             out.prefetch = train_prefetch(data, cfg, progress)

@@ -1,0 +1,103 @@
+"""The caching model's keep-probability made age-aware: a table of P(the row is used again within H
+steps | the class the model gave it at its last use, the steps since that use), estimated on the
+training steps.
+
+The caching model (trained on Belady OPT's keep labels) scores a row when it is used. How much that
+score is worth falls as the row goes unused: a user row not seen for one step has ended its session, an
+item unused for a thousand steps is less likely back soon than one used a step ago. Rather than
+re-running the model over every resident row each step, the policy keeps each row's class (its
+quantised keep-probability at the last use) and its last-use step, and evicts the rows whose
+(class, age) cell of this table is lowest, LRU order breaking ties: the least-hit-density idea (LHD,
+NSDI'18) with the learned model's class in place of hand-made ones. Each cell is measured directly: at
+sampled training steps t, every row seen so far adds one observation to the cell of (its class at its
+last use, t + 1 - that use), positive when its next use is within ``horizon`` steps of t. (Labelling the
+cells with OPT's keep label of the last use instead was measured worse: 65,500 against 60,276 on-demand
+fetches on amazon_video at 5%.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+#: age buckets: two a doubling of the age (1, 2, 3, 4-5, 6-7, 8-11, ...), the last one open
+AGE_BUCKETS = 40
+#: classes of the keep-probability (uniform in p)
+CLASSES = 32
+#: observations a cell is shrunk toward its age bucket's mean with (cells seen rarely are not trusted)
+PRIOR_WEIGHT = 20.0
+
+
+def age_bucket(age: np.ndarray) -> np.ndarray:
+    """Bucket of ``age`` steps since the last use (age >= 1; smaller ages go to bucket 0)."""
+    a = np.maximum(np.asarray(age, np.float64), 1.0)
+    return np.minimum(np.floor(2.0 * np.log2(a)), AGE_BUCKETS - 1).astype(np.int64)
+
+
+def uniform_edges(classes: int = CLASSES) -> np.ndarray:
+    """Class boundaries of equal width in p (measured better than quantiles of the training accesses'
+    p: 45,031 against 46,157 on-demand fetches on amazon_video at 10%)."""
+    return np.linspace(0.0, 1.0, classes + 1)[1:-1]
+
+
+def class_of(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
+    """The class of keep-probabilities ``p`` (0 = least likely kept)."""
+    return np.searchsorted(edges, np.asarray(p, np.float64), side="right").astype(np.int64)
+
+
+def fit_table(steps: Sequence[np.ndarray], cls: np.ndarray, nxt: np.ndarray, *, horizon: int,
+              classes: int = CLASSES, samples: int = 1024) -> np.ndarray:
+    """Estimate the (classes x AGE_BUCKETS) table from the training steps.
+
+    ``cls`` and ``nxt`` hold one value per access, in step order: the model's class of that access and
+    the step of the row's next use (anything past the last step for none). Up to ``samples`` evenly
+    spaced steps are sampled. Cells are shrunk toward their age bucket's mean over all classes.
+    """
+    lens = np.array([len(s) for s in steps], np.int64)
+    if not len(lens) or not lens.sum():
+        return np.full((classes, AGE_BUCKETS), 0.5)
+    allk = np.concatenate([np.asarray(s, np.int64) for s in steps])
+    _, rid = np.unique(allk, return_inverse=True)
+    n = int(rid.max()) + 1
+    last = np.full(n, -1, np.int64)
+    rcls = np.zeros(n, np.int64)
+    rnxt = np.zeros(n, np.float64)
+    num = np.zeros((classes, AGE_BUCKETS))
+    den = np.zeros((classes, AGE_BUCKETS))
+    every = max(1, len(lens) // max(1, samples))
+    off = np.concatenate([[0], np.cumsum(lens)])
+    for t in range(len(lens)):
+        sl = slice(off[t], off[t + 1])
+        ids = rid[sl]
+        last[ids] = t
+        rcls[ids] = cls[sl]
+        rnxt[ids] = nxt[sl]
+        if t % every:
+            continue
+        seen = np.flatnonzero(last >= 0)
+        cell = rcls[seen] * AGE_BUCKETS + age_bucket(t + 1 - last[seen])
+        lab = (rnxt[seen] - t <= horizon).astype(np.float64)
+        num += np.bincount(cell, weights=lab, minlength=classes * AGE_BUCKETS).reshape(num.shape)
+        den += np.bincount(cell, minlength=classes * AGE_BUCKETS).reshape(den.shape)
+    # shrink each cell toward the mean of its age bucket over all classes (a class's mean over all ages
+    # would lift rarely seen old cells to the level of young rows, and they would never be evicted)
+    overall = (num.sum() + 0.5) / (den.sum() + 1.0)
+    amean = (num.sum(0, keepdims=True) + PRIOR_WEIGHT * overall) / (den.sum(0, keepdims=True) + PRIOR_WEIGHT)
+    return (num + PRIOR_WEIGHT * amean) / (den + PRIOR_WEIGHT)
+
+
+def check_table(table: np.ndarray, edges: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """``table`` (classes x AGE_BUCKETS, probabilities) and its ``edges`` (classes - 1, increasing) as
+    float64; ValueError naming what is wrong otherwise."""
+    t = np.asarray(table, np.float64)
+    if t.ndim != 2 or t.shape[1] != AGE_BUCKETS or t.shape[0] < 1:
+        raise ValueError(f"hazard table must be (classes x {AGE_BUCKETS}), got shape {t.shape}")
+    if not np.all(np.isfinite(t)) or t.min() < 0.0 or t.max() > 1.0:
+        raise ValueError("hazard table values must be probabilities in [0, 1]")
+    if edges is None:
+        raise ValueError("hazard table without its class edges")
+    e = np.asarray(edges, np.float64)
+    if e.shape != (t.shape[0] - 1,) or np.any(np.diff(e) < 0) or not np.all(np.isfinite(e)):
+        raise ValueError(f"hazard class edges must be {t.shape[0] - 1} increasing values, got shape {e.shape}")
+    return t, e
