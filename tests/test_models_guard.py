@@ -1,5 +1,6 @@
 """The caching model cannot lose badly to LRU: checkpoints carry the step length its keep-levels (the
-"level" order, used by checkpoints without the hazard table) are sized by, and the guard (shadow LRU and shadow model caches) falls back to LRU order while the model loses."""
+"level" order, used by checkpoints without the hazard table) are sized by, and the guard (shadow LRU
+and shadow model caches) falls back to LRU order while the model loses."""
 
 from __future__ import annotations
 

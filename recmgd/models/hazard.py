@@ -99,5 +99,6 @@ def check_table(table: np.ndarray, edges: np.ndarray | None) -> tuple[np.ndarray
         raise ValueError("hazard table without its class edges")
     e = np.asarray(edges, np.float64)
     if e.shape != (t.shape[0] - 1,) or np.any(np.diff(e) < 0) or not np.all(np.isfinite(e)):
-        raise ValueError(f"hazard class edges must be {t.shape[0] - 1} increasing values, got shape {e.shape}")
+        raise ValueError(f"hazard class edges must be {t.shape[0] - 1} increasing values, "
+                         f"got shape {e.shape}")
     return t, e
