@@ -53,7 +53,10 @@ class TrainConfig:
     voyager_seq: int = 64
     voyager_hidden: int = 64
     voyager_vocab: int = 16384
-    hazard_horizon: int = 100  # the hazard table's label: used again within this many steps
+    # the hazard table's label: used again within this many steps (0: half the cache's turnover time,
+    # capacity / rows a step / 2; amazon_video measured 30 to 300 steps about equal at 5% to 20%, while
+    # obd_random, every row used every few steps, needs 1)
+    hazard_horizon: int = 0
     hazard_classes: int = 32
     extra: dict[str, object] = field(default_factory=dict)
 
@@ -363,8 +366,10 @@ def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
                 p = torch.sigmoid(out.cache(torch.from_numpy(x), torch.from_numpy(t))[:, 0]).numpy()
             out.hazard_edges = hazard.uniform_edges(cfg.hazard_classes)
             nu = next_use(as_steps(steps)).astype(np.float64)
+            horizon = cfg.hazard_horizon or max(1, round(capacity / out.stats["mean_step_len"] / 2))
+            out.stats["hazard_horizon"] = float(horizon)
             out.hazard = hazard.fit_table(steps, hazard.class_of(p, out.hazard_edges), nu,
-                                          horizon=cfg.hazard_horizon, classes=cfg.hazard_classes)
+                                          horizon=horizon, classes=cfg.hazard_classes)
         if "prefetch" in which:
             data = prefetch_dataset(steps, miss, cfg)
             out.prefetch = train_prefetch(data, cfg, progress)
