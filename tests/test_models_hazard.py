@@ -23,6 +23,9 @@ def test_age_buckets_and_classes() -> None:
     assert np.all(np.diff(b) >= 0) and b[-1] == hazard.AGE_BUCKETS - 1
     edges = hazard.uniform_edges(4)
     assert hazard.class_of(np.array([0.0, 0.24, 0.25, 0.6, 0.99, 1.0]), edges).tolist() == [0, 0, 1, 2, 3, 3]
+    # keep logit 0 (p = 0.5) and reuse log1p 3.0 with 4 p classes and reuse edges [1, 2]: class 2 x 3 + 2
+    out = np.array([[0.0, 3.0], [-10.0, 0.5]])
+    assert hazard.classify(out, edges, np.array([1.0, 2.0])).tolist() == [8, 0]
 
 
 def test_fit_table_separates_reused_from_dead_rows() -> None:
@@ -85,10 +88,11 @@ def test_checkpoint_round_trip_and_bad_table(sessions: Path, tmp_path: Path) -> 
     checkpoint.save(t, tmp_path / "ok")
     back = checkpoint.load(str(tmp_path / "ok"))
     assert back.hazard is not None and back.hazard_edges is not None
-    assert np.array_equal(back.hazard, t.hazard) and np.array_equal(back.hazard_edges, t.hazard_edges)
-    t.hazard_edges = t.hazard_edges[:-1]  # one class short: the table and its edges disagree
+    assert np.array_equal(back.hazard, t.hazard)
+    assert all(np.array_equal(a, b) for a, b in zip(back.hazard_edges, t.hazard_edges, strict=True))
+    t.hazard_edges = (t.hazard_edges[0][:-1], t.hazard_edges[1])  # the table and its edges disagree
     checkpoint.save(t, tmp_path / "bad")
-    with pytest.raises(ModelError, match="hazard class edges"):
+    with pytest.raises(ModelError, match="hazard class edges give"):
         checkpoint.load(str(tmp_path / "bad"))
 
 

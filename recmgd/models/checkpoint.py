@@ -39,7 +39,7 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
         if trained.hazard is not None and trained.hazard_edges is not None:
             models["cache"]["hazard_classes"] = int(trained.hazard.shape[0])
             keys["hazard"] = trained.hazard
-            keys["hazard_edges"] = trained.hazard_edges
+            keys["hazard_p_edges"], keys["hazard_reuse_edges"] = trained.hazard_edges
     if trained.prefetch is not None and trained.prefetch_keys is not None:
         p = trained.prefetch
         models["prefetch"] = {"n_rows": p.n_rows, "dim": p.dim, "queries": p.queries,
@@ -107,7 +107,9 @@ def load(path: str | os.PathLike[str]) -> Trained:
             out.cache.load_state_dict(weights["cache"])
             out.cache.eval()
             if "hazard" in keys:  # checkpoints before the age-aware table have none (level order)
-                out.hazard, out.hazard_edges = hazard.check_table(keys["hazard"], keys.get("hazard_edges"))
+                out.hazard, *edges = hazard.check_table(keys["hazard"], keys.get("hazard_p_edges"),
+                                                        keys.get("hazard_reuse_edges"))
+                out.hazard_edges = (edges[0], edges[1])
         if "prefetch" in models:
             m = models["prefetch"]
             out.prefetch = PrefetchNet(int(m["n_rows"]), dim=int(m["dim"]), queries=int(m["queries"]))

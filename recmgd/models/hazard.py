@@ -23,8 +23,9 @@ import numpy as np
 
 #: age buckets: two a doubling of the age (1, 2, 3, 4-5, 6-7, 8-11, ...), the last one open
 AGE_BUCKETS = 40
-#: classes of the keep-probability (uniform in p)
-CLASSES = 32
+#: classes of the keep-probability (uniform in p) and of the predicted log1p reuse distance
+P_CLASSES = 16
+REUSE_CLASSES = 8
 #: observations a cell is shrunk toward its age bucket's mean with (cells seen rarely are not trusted)
 PRIOR_WEIGHT = 20.0
 
@@ -35,19 +36,27 @@ def age_bucket(age: np.ndarray) -> np.ndarray:
     return np.minimum(np.floor(2.0 * np.log2(a)), AGE_BUCKETS - 1).astype(np.int64)
 
 
-def uniform_edges(classes: int = CLASSES) -> np.ndarray:
-    """Class boundaries of equal width in p (measured better than quantiles of the training accesses'
-    p: 45,031 against 46,157 on-demand fetches on amazon_video at 10%)."""
-    return np.linspace(0.0, 1.0, classes + 1)[1:-1]
+def uniform_edges(classes: int, top: float = 1.0) -> np.ndarray:
+    """``classes - 1`` boundaries of equal width over [0, top] (for p, equal widths measured better than
+    quantiles of the training accesses' p: 45,031 against 46,157 on-demand fetches, amazon_video 10%)."""
+    return np.linspace(0.0, top, classes + 1)[1:-1]
 
 
 def class_of(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
-    """The class of keep-probabilities ``p`` (0 = least likely kept)."""
+    """The class of values ``p`` between ``edges`` (0 = below the first)."""
     return np.searchsorted(edges, np.asarray(p, np.float64), side="right").astype(np.int64)
 
 
+def classify(out: np.ndarray, p_edges: np.ndarray, nu_edges: np.ndarray) -> np.ndarray:
+    """The table class of rows the caching model scored ``out`` (N x 2: keep logit, predicted log1p of
+    the steps to the next use): the keep-probability's class x the predicted reuse distance's class.
+    (The two together measured 1% to 5% fewer fetches than 32 classes of p alone on amazon_video.)"""
+    p = 1.0 / (1.0 + np.exp(-np.asarray(out[:, 0], np.float64)))
+    return class_of(p, p_edges) * (len(nu_edges) + 1) + class_of(out[:, 1], nu_edges)
+
+
 def fit_table(steps: Sequence[np.ndarray], cls: np.ndarray, nxt: np.ndarray, *, horizon: int,
-              classes: int = CLASSES, samples: int = 1024) -> np.ndarray:
+              classes: int, samples: int = 1024) -> np.ndarray:
     """Estimate the (classes x AGE_BUCKETS) table from the training steps.
 
     ``cls`` and ``nxt`` hold one value per access, in step order: the model's class of that access and
@@ -87,18 +96,24 @@ def fit_table(steps: Sequence[np.ndarray], cls: np.ndarray, nxt: np.ndarray, *, 
     return (num + PRIOR_WEIGHT * amean) / (den + PRIOR_WEIGHT)
 
 
-def check_table(table: np.ndarray, edges: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-    """``table`` (classes x AGE_BUCKETS, probabilities) and its ``edges`` (classes - 1, increasing) as
-    float64; ValueError naming what is wrong otherwise."""
+def check_table(table: np.ndarray, p_edges: np.ndarray | None, nu_edges: np.ndarray | None
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``table`` (classes x AGE_BUCKETS, probabilities) and its class edges as float64; ValueError
+    naming what is wrong otherwise."""
     t = np.asarray(table, np.float64)
     if t.ndim != 2 or t.shape[1] != AGE_BUCKETS or t.shape[0] < 1:
         raise ValueError(f"hazard table must be (classes x {AGE_BUCKETS}), got shape {t.shape}")
     if not np.all(np.isfinite(t)) or t.min() < 0.0 or t.max() > 1.0:
         raise ValueError("hazard table values must be probabilities in [0, 1]")
-    if edges is None:
-        raise ValueError("hazard table without its class edges")
-    e = np.asarray(edges, np.float64)
-    if e.shape != (t.shape[0] - 1,) or np.any(np.diff(e) < 0) or not np.all(np.isfinite(e)):
-        raise ValueError(f"hazard class edges must be {t.shape[0] - 1} increasing values, "
-                         f"got shape {e.shape}")
-    return t, e
+    edges = []
+    for name, e in (("p", p_edges), ("reuse", nu_edges)):
+        if e is None:
+            raise ValueError(f"hazard table without its {name} class edges")
+        a = np.asarray(e, np.float64)
+        if a.ndim != 1 or np.any(np.diff(a) < 0) or not np.all(np.isfinite(a)):
+            raise ValueError(f"hazard {name} class edges must be increasing values, got shape {a.shape}")
+        edges.append(a)
+    if (len(edges[0]) + 1) * (len(edges[1]) + 1) != t.shape[0]:
+        raise ValueError(f"hazard class edges give {(len(edges[0]) + 1) * (len(edges[1]) + 1)} classes, "
+                         f"the table has {t.shape[0]}")
+    return t, edges[0], edges[1]

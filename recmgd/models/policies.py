@@ -24,7 +24,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
-from recmgd.models.hazard import age_bucket, class_of
+from recmgd.models.hazard import age_bucket, classify
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -288,12 +288,12 @@ class LearnedPolicy(Policy):
     def _table(self) -> np.ndarray | None:
         return self.trained.hazard if self.trained is not None else None
 
-    def _classes(self, ids: np.ndarray, p: np.ndarray, count: np.ndarray) -> np.ndarray:
-        """The hazard-table class of rows ``ids`` used now with keep-probabilities ``p``."""
-        return class_of(p, self._edges)
+    def _classes(self, out: np.ndarray) -> np.ndarray:
+        """The hazard-table class of rows the caching model scored ``out`` (keep logit, log1p next use)."""
+        return classify(out, *self._edges)
 
     @property
-    def _edges(self) -> np.ndarray:
+    def _edges(self) -> tuple[np.ndarray, np.ndarray]:
         assert self.trained is not None and self.trained.hazard_edges is not None
         return self.trained.hazard_edges
 
@@ -396,7 +396,7 @@ class LearnedPolicy(Policy):
                 out = self._cache_scores(ids, b)
             p = 1.0 / (1.0 + np.exp(-out[:, 0]))
             lvl = np.minimum(np.floor(p * self.levels), self.levels - 1) * self._unit
-            cls = self._classes(ids, p, cnt) if res.table is not None else np.zeros(len(ids), np.int64)
+            cls = self._classes(out) if res.table is not None else np.zeros(len(ids), np.int64)
             # expected reuse distance: the model's, or the row's own mean gap when that is longer
             mean_gap = np.where(cnt > 1, gapsum / np.maximum(cnt, 1), 0.0)
             gap = np.maximum(np.expm1(out[:, 1]), 1.0)
@@ -408,11 +408,11 @@ class LearnedPolicy(Policy):
         if rescore_now:
             # re-score every resident row with its history as of now (age since last use as the gap)
             rid = np.flatnonzero(res.resident)
-            lg = self._cache_scores(rid, b)[:, 0]
-            pr = 1.0 / (1.0 + np.exp(-lg))
+            o = self._cache_scores(rid, b)
+            pr = 1.0 / (1.0 + np.exp(-o[:, 0]))
             res.level[rid] = np.minimum(np.floor(pr * self.levels), self.levels - 1) * self._unit
             if res.table is not None:
-                res.cls[rid] = class_of(pr, self._edges)
+                res.cls[rid] = self._classes(o)
         if not updated:
             self.hist.update(ids, b)
         res.level[ids] = lvl

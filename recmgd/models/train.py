@@ -57,7 +57,8 @@ class TrainConfig:
     # capacity / rows a step / 2; amazon_video measured 30 to 300 steps about equal at 5% to 20%, while
     # obd_random, every row used every few steps, needs 1)
     hazard_horizon: int = 0
-    hazard_classes: int = 32
+    hazard_p_classes: int = hazard.P_CLASSES
+    hazard_reuse_classes: int = hazard.REUSE_CLASSES
     extra: dict[str, object] = field(default_factory=dict)
 
 
@@ -341,10 +342,25 @@ class Trained:
     voyager: VoyagerNet | None = None
     voyager_keys: np.ndarray | None = None
     hazard: np.ndarray | None = None  # (classes x age buckets), recmgd.models.hazard
-    hazard_edges: np.ndarray | None = None  # (classes - 1) keep-probability class boundaries
+    hazard_edges: tuple[np.ndarray, np.ndarray] | None = None  # class edges: keep-probability, reuse
     capacity: int = 0
     config: TrainConfig = field(default_factory=TrainConfig)
     stats: dict[str, float] = field(default_factory=dict)
+
+
+def _hazard_table(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, stats: dict[str, float],
+                  cfg: TrainConfig) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """The age-aware table (recmgd.models.hazard) over the caching model's outputs ``scored`` at every
+    training access, and its class edges."""
+    # the reuse head's target is at most log1p(2 x steps) (rows never used again)
+    edges = (hazard.uniform_edges(cfg.hazard_p_classes),
+             hazard.uniform_edges(cfg.hazard_reuse_classes, float(np.log1p(2.0 * len(steps)))))
+    horizon = cfg.hazard_horizon or max(1, round(capacity / stats["mean_step_len"] / 2))
+    stats["hazard_horizon"] = float(horizon)
+    nu = next_use(as_steps(steps)).astype(np.float64)
+    table = hazard.fit_table(steps, hazard.classify(scored, *edges), nu, horizon=horizon,
+                             classes=cfg.hazard_p_classes * cfg.hazard_reuse_classes)
+    return table, edges
 
 
 def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
@@ -363,13 +379,8 @@ def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
             x, t, y = cache_dataset(steps, keep)
             out.cache = train_cache(x, t, y, cfg, progress)
             with torch.no_grad():
-                p = torch.sigmoid(out.cache(torch.from_numpy(x), torch.from_numpy(t))[:, 0]).numpy()
-            out.hazard_edges = hazard.uniform_edges(cfg.hazard_classes)
-            nu = next_use(as_steps(steps)).astype(np.float64)
-            horizon = cfg.hazard_horizon or max(1, round(capacity / out.stats["mean_step_len"] / 2))
-            out.stats["hazard_horizon"] = float(horizon)
-            out.hazard = hazard.fit_table(steps, hazard.class_of(p, out.hazard_edges), nu,
-                                          horizon=horizon, classes=cfg.hazard_classes)
+                scored = out.cache(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+            out.hazard, out.hazard_edges = _hazard_table(steps, scored, capacity, out.stats, cfg)
         if "prefetch" in which:
             data = prefetch_dataset(steps, miss, cfg)
             out.prefetch = train_prefetch(data, cfg, progress)
