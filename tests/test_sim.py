@@ -83,7 +83,16 @@ def test_conservation(seed: int, name: str, cap: int, delay: int) -> None:
     c = drive(registry.create(name, prefetch_budget=5), steps, cap, 20, delay=delay)
     assert c.hits + c.on_demand == c.lookups == steps.slice(20, 40).n_lookups
     assert 0 <= c.prefetch_useful <= c.prefetch_issued
-    assert c.floor <= c.on_demand
+    assert c.floor <= c.bound <= c.on_demand
+
+
+def test_bound_by_hand() -> None:
+    # capacity 2, scored steps 2..3: {1, 2, 3} has no unseen row but 3 rows > 2 -> 1; {4, 5, 6, 1} has
+    # 3 unseen rows and 4 - 2 = 2 over -> 3; the bound is 4, and OPT with bypass reaches it
+    steps = Steps.from_list([np.array([1, 2]), np.array([3]), np.array([1, 2, 3]), np.array([4, 5, 6, 1])])
+    c = drive(registry.create("opt-bypass"), steps, 2, 2)
+    assert (c.floor, c.bound) == (3, 4)
+    assert c.on_demand >= c.bound
 
 
 class Overflowing(Policy):
@@ -174,7 +183,7 @@ def test_cli_sim(capsys: pytest.CaptureFixture[str]) -> None:
     assert [r["policy"] for r in rows] == ["lru", "opt", "stms"]
     for key in ("trace", "fraction", "capacity", "steps", "lookups", "on_demand", "hit_rate",
                 "prefetch_issued", "prefetch_useful", "accuracy", "coverage", "slow_bytes", "seconds",
-                "floor", "gap_closed"):
+                "floor", "bound", "gap_closed"):
         assert key in rows[0]
     assert rows[1]["on_demand"] <= rows[0]["on_demand"]
     assert main(["sim", trace, "--policies", "lru,nosuch"]) == 2

@@ -72,6 +72,7 @@ int sc_driver_observe(sc_driver *d, const int32_t *ids, int64_t n, uint8_t *hit,
     int rc = drv_grow(d, nids);
     if (rc != SC_OK)
         return rc;
+    int64_t unseen = 0;
     for (int64_t i = 0; i < n; i++) {
         int32_t id = ids[i];
         if (id < 0 || id >= nids)
@@ -84,8 +85,10 @@ int sc_driver_observe(sc_driver *d, const int32_t *ids, int64_t n, uint8_t *hit,
                 d->c.hits++;
             else
                 d->c.on_demand++;
-            if (!d->seen[id])
+            if (!d->seen[id]) {
                 d->c.floor++;
+                unseen++;
+            }
         }
         d->seen[id] = 1;
         if (h && d->pf[id]) {
@@ -94,8 +97,12 @@ int sc_driver_observe(sc_driver *d, const int32_t *ids, int64_t n, uint8_t *hit,
             d->pf[id] = 0;
         }
     }
-    if (scored)
+    if (scored) {
         d->c.steps++;
+        /* no policy serves a row never seen before, nor more rows than the tier holds */
+        int64_t over = n - d->capacity;
+        d->c.bound += unseen > over ? unseen : over;
+    }
     return SC_OK;
 }
 

@@ -70,6 +70,9 @@ typedef struct {
     int64_t prefetch_issued;
     int64_t prefetch_useful;
     int64_t floor;
+    /* sum over steps of max(rows never seen before, rows - capacity): fewer on-demand fetches than
+       this are impossible for any policy, prefetching or not, whatever its budget */
+    int64_t bound;
 } sc_counters;
 
 typedef struct sc_driver sc_driver;

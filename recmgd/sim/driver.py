@@ -46,6 +46,7 @@ class Counters:
     prefetch_issued: int = 0
     prefetch_useful: int = 0
     floor: int = 0
+    bound: int = 0
     seconds: float = 0.0
 
 
@@ -97,7 +98,8 @@ class Driver:
         c = lib.sc_driver_counters(self.ptr)
         return Counters(steps=int(c.steps), lookups=int(c.lookups), hits=int(c.hits),
                         on_demand=int(c.on_demand), prefetch_issued=int(c.prefetch_issued),
-                        prefetch_useful=int(c.prefetch_useful), floor=int(c.floor))
+                        prefetch_useful=int(c.prefetch_useful), floor=int(c.floor),
+                        bound=int(c.bound))
 
 
 def prepare(policy: Policy, steps: Steps, capacity: int, warm_steps: int) -> None:

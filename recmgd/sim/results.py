@@ -28,6 +28,7 @@ class SimResult:
     slow_bytes: int
     seconds: float
     floor: int
+    bound: int = 0
     gap_closed: float | None = None
     batch: int = 16
     delay: int = 1
@@ -43,7 +44,7 @@ class SimResult:
                    accuracy=useful / c.prefetch_issued if c.prefetch_issued else None,
                    coverage=useful / (useful + c.on_demand) if useful + c.on_demand else None,
                    slow_bytes=row_bytes * (c.on_demand + c.prefetch_issued), seconds=c.seconds,
-                   floor=c.floor, batch=batch, delay=delay)
+                   floor=c.floor, bound=c.bound, batch=batch, delay=delay)
 
     def set_gap(self, lru_on_demand: int) -> None:
         """gap_closed = (LRU - policy) / (LRU - floor), None when LRU is at the floor."""
@@ -59,7 +60,7 @@ COLUMNS = [("trace", "trace", "{}"), ("policy", "policy", "{}"), ("fraction", "f
            ("on_demand", "on_demand", "{:,}"), ("hit_rate", "hit_rate", "{:.4f}"),
            ("prefetch_issued", "pf_issued", "{:,}"), ("prefetch_useful", "pf_useful", "{:,}"),
            ("accuracy", "accuracy", "{:.3f}"), ("coverage", "coverage", "{:.3f}"),
-           ("floor", "floor", "{:,}"), ("gap_closed", "gap_closed", "{:+.3f}"),
+           ("floor", "floor", "{:,}"), ("bound", "bound", "{:,}"), ("gap_closed", "gap_closed", "{:+.3f}"),
            ("seconds", "seconds", "{:.3f}")]
 
 

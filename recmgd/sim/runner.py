@@ -2,8 +2,10 @@
 
 Protocol (DESIGN.md): steps of ``batch`` samples, deduplicated; capacity = fraction x unique rows of
 the trace; every policy warms on the first half of the steps and is scored on the second half (learned
-policies are fit on the first half first); ``floor`` counts scored lookups of rows never seen before,
-and ``gap_closed`` compares with LRU at the same capacity.
+policies are fit on the first half first); ``floor`` counts scored lookups of rows never seen before;
+``bound`` is the sum over scored steps of max(rows never seen before, rows - capacity), below which no
+policy can go, prefetching or not (a step's rows beyond the capacity cannot all be resident); and
+``gap_closed`` compares with LRU at the same capacity.
 """
 
 from __future__ import annotations
