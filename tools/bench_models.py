@@ -10,6 +10,9 @@ Measures, on one core (torch and numpy inference single-threaded):
 - prefetch decision per step (candidates, features, representations, scores) at batch 16 (< 1 ms);
 - training both models on the first --train-lookups deduplicated lookups with --train-threads threads
   (target < 5 min on 2 cores), and the Voyager baseline alone.
+
+``--ablation``: the prefetching model's Chamfer set loss against plain cross-entropy. ``--ceiling``: the
+caching policy against itself given the scored half's labels (what limits it: features or data).
 """
 
 from __future__ import annotations
@@ -53,11 +56,17 @@ def main() -> int:
     ap.add_argument("--skip-train", action="store_true")
     ap.add_argument("--model-dir", default=None,
                     help="the recmg policy's checkpoint: loaded when there, else trained and saved there")
+    ap.add_argument("--ceiling", action="store_true",
+                    help="how far the caching model's features go: recmg-cache as trained, then with its "
+                         "hazard table and then its MLP fit on the labels of the whole trace (the scored "
+                         "half's future included)")
     ap.add_argument("--ablation", action="store_true",
                     help="only the set-loss ablation: Chamfer vs cross-entropy, same model and seed")
     args = ap.parse_args()
     if args.ablation:
         return ablation(args)
+    if args.ceiling:
+        return ceiling(args)
 
     torch.set_num_threads(1)
     steps = open_trace(args.trace).steps(args.batch)
@@ -246,6 +255,52 @@ def ablation(args: argparse.Namespace) -> int:
         prec = lab[top].mean() if top.any() else 0.0
         print(f"| {loss} | {_auc(sc, lab):.3f} | {lab.mean():.5f} | {prec:.4f} | "
               f"{c.on_demand:,} | {c.prefetch_issued:,} | {c.prefetch_useful:,} | {dt:.1f} |")
+    return 0
+
+
+def ceiling(args: argparse.Namespace) -> int:
+    """recmg-cache as the simulator runs it (trained on the first half), against the same policy given
+    what it could not know: its hazard table, then its MLP and table, fit on the whole trace's labels.
+    Shows whether the features, not the training data, limit the caching model."""
+    from recmgd.models.labels import opt_labels
+    from recmgd.models.train import _hazard_table, cache_dataset, train_cache
+    from recmgd.sim.driver import drive
+
+    torch.set_num_threads(1)
+    steps = open_trace(args.trace).steps(args.batch)
+    lst = steps.as_list()
+    half = len(lst) // 2
+    cap = max(1, int(args.fraction * len(np.unique(steps.keys))))
+    cfg = TrainConfig(epochs=args.epochs)
+    print(f"ceiling on {os.path.basename(args.trace)}, fraction {args.fraction}, capacity {cap}")
+    print("| run | on_demand | / lru | / opt | bound |")
+    print("|---|---|---|---|---|")
+    ref = {n: drive(registry.create(n), steps, cap, half) for n in ("lru", "opt")}
+
+    def row(name: str, pol: object) -> None:
+        c = drive(pol, steps, cap, half)  # type: ignore[arg-type]
+        print(f"| {name} | {c.on_demand:,} | {c.on_demand / ref['lru'].on_demand:.3f} | "
+              f"{c.on_demand / ref['opt'].on_demand:.3f} | {c.bound:,} |")
+
+    for n in ("lru", "opt"):
+        print(f"| {n} | {ref[n].on_demand:,} | | | {ref[n].bound:,} |")
+    trained = train_models(lst[:half], cap, cfg, which=("cache",))
+    pol = registry.create("recmg-cache", threads=1)
+    pol._install(trained)
+    row("recmg-cache (MLP and table fit on the first half)", pol)
+    keep, _ = opt_labels(lst, cap)
+    x, t, y = cache_dataset(lst, keep)
+    stats = {"mean_step_len": trained.stats["mean_step_len"]}
+    for name, net in (("table fit on the whole trace", trained.cache),
+                      ("MLP and table fit on the whole trace", train_cache(x, t, y, cfg))):
+        assert net is not None
+        with torch.no_grad():
+            scored = net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+        table, edges = _hazard_table(lst, scored, cap, stats, cfg)
+        tr = dataclass_replace(trained, cache=net, hazard=table, hazard_edges=edges)
+        pol = registry.create("recmg-cache", threads=1)
+        pol._install(tr)
+        row(name, pol)
     return 0
 
 

@@ -28,12 +28,18 @@ P_CLASSES = 16
 REUSE_CLASSES = 8
 #: observations a cell is shrunk toward its age bucket's mean with (cells seen rarely are not trusted)
 PRIOR_WEIGHT = 20.0
+_HALF_SQRT2 = float(np.sqrt(0.5))
 
 
 def age_bucket(age: np.ndarray) -> np.ndarray:
-    """Bucket of ``age`` steps since the last use (age >= 1; smaller ages go to bucket 0)."""
-    a = np.maximum(np.asarray(age, np.float64), 1.0)
-    return np.minimum(np.floor(2.0 * np.log2(a)), AGE_BUCKETS - 1).astype(np.int64)
+    """Bucket of ``age`` steps since the last use, floor(2 log2 age) capped (age < 1 counts as 1).
+
+    From the float's exponent and mantissa (no logarithm: the policy buckets every resident row each
+    step): age = m 2^e with m in [0.5, 1), so 2 log2 age = 2 (e - 1) + 2 log2 (2m), whose second term is
+    1 or more exactly when m >= sqrt(1/2)."""
+    m, e = np.frexp(np.maximum(np.asarray(age, np.float64), 1.0))
+    b = 2 * (e.astype(np.int64) - 1) + (m >= _HALF_SQRT2)
+    return np.minimum(b, AGE_BUCKETS - 1)
 
 
 def uniform_edges(classes: int, top: float = 1.0) -> np.ndarray:

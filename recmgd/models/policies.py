@@ -24,7 +24,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
-from recmgd.models.hazard import age_bucket, classify
+from recmgd.models.hazard import AGE_BUCKETS, age_bucket, classify
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -51,6 +51,7 @@ class _Residency:
         self.slack = slack
         # quantised so that equal probabilities tie exactly and LRU order decides among them
         self.table = None if table is None else np.round(np.asarray(table, np.float64) * 1e4)
+        self.table_flat = None if self.table is None else self.table.ravel()
         self.resident = np.zeros(0, bool)
         self.level = np.zeros(0, np.float64)
         self.cls = np.zeros(0, np.int64)
@@ -80,8 +81,9 @@ class _Residency:
         if self.recency_only:
             return stamp
         if self.order == "hazard":
-            assert self.table is not None
-            return self.table[self.cls[ids], age_bucket(now - stamp)] + stamp / (abs(now) + 2.0)
+            assert self.table_flat is not None
+            cell = self.cls[ids] * AGE_BUCKETS + age_bucket(now - stamp)
+            return self.table_flat[cell] + stamp / (abs(now) + 2.0)
         if self.order == "nextuse":
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
