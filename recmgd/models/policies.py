@@ -1,10 +1,12 @@
 """The learned policies: ``recmg-cache``, ``recmg-prefetch``, ``recmg`` and the ML baseline ``voyager``.
 
-All four share one residency manager. Every resident row carries a priority *level* and a *stamp* (the
-step of its last use); when rows must go, the lowest (level, stamp) go first, so with a single level the
-manager is exactly LRU. The caching model sets a row's level from its keep-probability at each access
-(quantised, so LRU order breaks ties) and bypasses missed rows it predicts OPT would not keep. The
-prefetchers add rows that are not resident; prefetched rows are stamped as most recent.
+All four share one residency manager. Every resident row carries a *stamp* (the step of its last use)
+and what the caching model said of it at that use; when rows must go, the lowest keep score goes first,
+LRU order breaking ties, so without the caching model the manager is exactly LRU. With it, the keep
+score is, by default, the age-aware table of recmgd.models.hazard: P(used again soon | the model's class
+for the row at its last use, steps since); checkpoints without that table use a keep *level* from the
+keep-probability plus the stamp. Missed rows compete with the residents for the slots (bypass). The
+prefetchers add rows that are not resident; prefetched rows enter behind the step's own rows.
 
 Per-row state is dense numpy arrays indexed by :class:`~recmgd.models.features.RowHistory` ids, and the
 models score a whole step's batch of rows with a few numpy matrix products (no torch at inference).
