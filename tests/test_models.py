@@ -219,6 +219,32 @@ def test_checkpoint_reused_by_policy(tmp_path: Path) -> None:
         registry.create("voyager", model_dir=str(d))
 
 
+@pytest.mark.parametrize(("threshold", "probe", "idle"), [(1e9, 8, True), (1e9, 1, False), (-1e9, 8, False)])
+def test_prefetcher_throttled_while_it_proposes_nothing(threshold: float, probe: int, idle: bool) -> None:
+    from recmgd.models.policies import PREFETCH_IDLE_STEPS
+
+    steps = zipf_steps(seed=9, n_steps=400)
+    p = registry.create("recmg", prefetch_budget=4, epochs=1, prefetch_threshold=threshold,
+                        prefetch_probe=probe)
+    calls = []
+    inner = p._prefetch_recmg
+
+    def counted(b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(b)
+        return inner(b, ids)
+
+    p._prefetch_recmg = counted  # type: ignore[method-assign]
+    c = drive(p, steps, 30, 200, path="python")
+    asked = len(calls)
+    if idle:  # never proposes: every step until idle, then every probe-th step
+        assert c.prefetch_issued == 0
+        probed = sum(1 for b in range(PREFETCH_IDLE_STEPS, 400) if b % probe == 0)
+        assert asked == PREFETCH_IDLE_STEPS + probed
+        assert asked < 400 // 2
+    else:  # asked every step: no throttling, or it always has something to propose
+        assert asked == 400
+
+
 def test_simulator_drives_learned_policies() -> None:
     steps = zipf_steps(seed=8, n_steps=100)
     lru = drive(registry.create("lru"), steps, 30, 50, path="python")

@@ -50,9 +50,10 @@ def _with_step_len(src: Path, dst: Path, step_len: float | None) -> Path:
     return dst
 
 
-def _on_demand(trace_path: Path, model: Path | None, **opts: object) -> dict[str, int]:
+def _on_demand(trace_path: Path, model: Path | None, fraction: float = FRACTION, **opts: object
+               ) -> dict[str, int]:
     pols = ["lru", "recmg-cache"]
-    res = simulate(open_trace(trace_path), pols, [FRACTION], batch=16,
+    res = simulate(open_trace(trace_path), pols, [fraction], batch=16,
                    options={"model_dir": str(model) if model else None, "seed": 0, **opts})
     return {r.policy: r.on_demand for r in res}
 
@@ -78,10 +79,29 @@ def test_old_checkpoint_without_step_length(demo_like: tuple[Path, Path], tmp_pa
     assert r["recmg-cache"] <= 1.01 * ref["recmg-cache"]
 
 
-def test_guard_falls_back_to_lru_when_the_model_loses(demo_like: tuple[Path, Path], tmp_path: Path) -> None:
+@pytest.mark.parametrize("fraction", [FRACTION, 2 * FRACTION])  # the guard on every row; on a sample
+def test_guard_falls_back_to_lru_when_the_model_loses(demo_like: tuple[Path, Path], tmp_path: Path,
+                                                      fraction: float) -> None:
     trace_path, model = demo_like
     bad = _with_step_len(model, tmp_path / "bad", 1.0)  # keep-levels worth ~180x too much LRU age
-    off = _on_demand(trace_path, bad, guard=False, order="level")
+    off = _on_demand(trace_path, bad, fraction, guard=False, order="level")
     assert off["recmg-cache"] > 1.1 * off["lru"]  # the scenario is a real loss without the guard
-    on = _on_demand(trace_path, bad, order="level")
+    on = _on_demand(trace_path, bad, fraction, order="level")
     assert on["recmg-cache"] <= 1.01 * on["lru"]
+
+
+def test_guard_watches_a_sample_of_rows(demo_like: tuple[Path, Path]) -> None:
+    from recmgd import policy as registry
+    from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE
+    from recmgd.sim.driver import drive
+
+    trace_path, model = demo_like
+    steps = open_trace(trace_path).steps(16)
+    capacity = max(1, int(2 * FRACTION * np.unique(steps.keys).size))
+    assert capacity >= GUARD_SAMPLE * GUARD_MIN_ROWS  # a tier big enough to sample
+    p = registry.create("recmg-cache", model_dir=str(model))
+    c = drive(p, steps, capacity, len(steps) // 2, path="python")
+    shadow = p.guard_stats["lru_misses"]  # over the whole run, warm-up included
+    assert p._shadows[0].capacity == capacity // GUARD_SAMPLE
+    # the LRU shadow sees about one row in GUARD_SAMPLE: its misses are a fraction of the real cache's
+    assert 0 < shadow < 2 * (c.on_demand * 2) / GUARD_SAMPLE

@@ -118,6 +118,14 @@ class _Residency:
         return evict, new[~dropped_new]
 
 
+#: steps without a proposal after which the recmg prefetcher is only asked every prefetch_probe-th step
+PREFETCH_IDLE_STEPS = 64
+
+#: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
+GUARD_SAMPLE = 8
+GUARD_MIN_ROWS = 256
+_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dense row ids
+
 #: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
 ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
 
@@ -131,6 +139,9 @@ class LearnedPolicy(Policy):
     ``bypass`` a missed row whose keep-probability is below it is not admitted when the tier is full
     (0, off: on amazon_video it helped at 5% and cost 12% more fetches at 20%); ``tune`` horizons to
     choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
+    ``prefetch_probe``: after PREFETCH_IDLE_STEPS steps in which the prefetching model proposed nothing
+    (feedback-directed throttling), it is asked only every prefetch_probe-th step until it proposes a
+    row again (1: every step; it costs more than half of recmg's step and issues nothing on some traces);
     ``order`` "auto" (default: "hazard" when the models carry the hazard table, else "level"),
     "hazard" (the age-aware table of recmgd.models.hazard over the model's class at the last use),
     "level", "nextuse" (Belady order on the regression head) or "hybrid".
@@ -152,7 +163,7 @@ class LearnedPolicy(Policy):
 
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
                  threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.0,
-                 prefetch_threshold: float = 0.0,
+                 prefetch_threshold: float = 0.0, prefetch_probe: int = 8,
                  voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "auto",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
@@ -173,6 +184,7 @@ class LearnedPolicy(Policy):
         self.guard = bool(guard)
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
+        self.prefetch_probe = max(1, int(prefetch_probe))
         self.voyager_min_prob = float(voyager_min_prob)
         self._horizon_opt = horizon  # None: tuned in fit() on the training steps
         self.horizon = 16.0 if horizon is None else float(horizon)
@@ -260,20 +272,25 @@ class LearnedPolicy(Policy):
         self._step_len_known = "mean_step_len" in stats
         self._seen_rows, self._seen_steps = 0, 0
         self._set_unit(float(stats.get("mean_step_len", 16.0)))
-        # the guard: shadow caches of the same capacity, one in LRU order and one in the model's order,
-        # both fed this policy's accesses; while the model's shadow misses more than LRU's (a saturating
-        # counter, as in set dueling), the real cache falls back to LRU order and admits every miss
+        # the guard: two shadow caches, one in LRU order and one in the model's order, both fed this
+        # policy's accesses of a hash-sampled 1/GUARD_SAMPLE of the rows with as much of the capacity
+        # (the sampled miss ratio tracks the whole one, as in SHARDS; all rows on small tiers); while
+        # the model's shadow misses more than LRU's (a saturating counter, as in set dueling), the real
+        # cache falls back to LRU order and admits every miss
         on = self.guard and self.use_cache_model
-        self._shadows = ((_Residency(self.capacity),
-                          _Residency(self.capacity, self.res_order(), self.slack, self._table()))
+        self._guard_shift = (64 - GUARD_SAMPLE.bit_length() + 1
+                             if self.capacity >= GUARD_SAMPLE * GUARD_MIN_ROWS else 64)
+        cap = self.capacity if self._guard_shift == 64 else self.capacity // GUARD_SAMPLE
+        self._shadows = ((_Residency(cap), _Residency(cap, self.res_order(), self.slack, self._table()))
                          if on else ())
         self._psel = 0.0
-        self._psel_max = max(64.0, self.capacity / 8.0)
+        self._psel_max = max(64.0, cap / 8.0)
         self.guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
         self.hist = RowHistory(native=self.native_infer)
         self.res = _Residency(self.capacity, self.res_order(), self.slack, self._table())
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
+        self._pf_idle = 0  # steps since the prefetching model last proposed a row
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
         self.stream = Stream(self.cfg.depth)
         if self._np_voy is not None:
@@ -315,7 +332,13 @@ class LearnedPolicy(Policy):
         return admit_mask
 
     def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, cls: np.ndarray, p: np.ndarray, b: int) -> None:
-        """Run this step through both shadow caches and move the selector."""
+        """Run this step's sampled rows through both shadow caches and move the selector."""
+        if self._guard_shift < 64:
+            h = (ids.astype(np.uint64) * np.uint64(_GOLDEN)) >> np.uint64(self._guard_shift)
+            keep = h == 0
+            ids, lvl, cls, p = ids[keep], lvl[keep], cls[keep], p[keep]
+            if not len(ids):
+                return
         sh_model = self._shadows[1]
         misses = []
         for sh in self._shadows:
@@ -464,7 +487,14 @@ class LearnedPolicy(Policy):
         if self.prefetch_budget <= 0 or self.capacity <= 0:
             return none
         if self.prefetcher == "recmg" and self._np_pref is not None:
-            return self._prefetch_recmg(b, ids)
+            # throttled while it has nothing to say: asked every prefetch_probe-th step after
+            # PREFETCH_IDLE_STEPS steps without a proposal, every step again after its first one
+            if self._pf_idle >= PREFETCH_IDLE_STEPS and b % self.prefetch_probe:
+                self._pf_idle += 1
+                return none
+            out = self._prefetch_recmg(b, ids)
+            self._pf_idle = 0 if len(out[0]) else self._pf_idle + 1
+            return out
         if self.prefetcher == "voyager" and self._np_voy is not None:
             pf = self._prefetch_voyager(ids)
             return pf, np.ones(len(pf))
