@@ -3,7 +3,7 @@ and the caching model's inference (cachemodel.c, bridged by recmgd/models/fastin
 
 Built by setup.py (``cffi_modules=["recmgd/_build_simcore.py:ffibuilder"]``) or in place with
 ``python recmgd/_build_simcore.py`` from the repository root. C sources: ``native/policy/``; the cdef is
-read from their headers (simcore.h, cachemodel.h), so the declarations live in one place.
+read from their headers (simcore.h, cachemodel.h, hazard.h), so the declarations live in one place.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from cffi import FFI
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SRC_DIR = "native/policy"
-_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c"]
+_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c", "hazard.c"]
 
 
 def header_cdef(path: str) -> str:
@@ -43,10 +43,11 @@ def make_builder(root: str = "") -> FFI:
     """The FFI builder; ``root`` prefixes the C paths (empty: relative to the repository root)."""
     src = os.path.join(root, _SRC_DIR) if root else _SRC_DIR
     builder = FFI()
-    builder.cdef(header_cdef(f"{src}/simcore.h") + header_cdef(f"{src}/cachemodel.h"))
+    builder.cdef(header_cdef(f"{src}/simcore.h") + header_cdef(f"{src}/cachemodel.h")
+                 + header_cdef(f"{src}/hazard.h"))
     builder.set_source(
         "recmgd._simcore",
-        '#include "simcore.h"\n#include "cachemodel.h"',
+        '#include "simcore.h"\n#include "cachemodel.h"\n#include "hazard.h"',
         sources=[f"{src}/{name}" for name in _SOURCES],
         include_dirs=[src],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"],

@@ -28,6 +28,32 @@ def test_age_buckets_and_classes() -> None:
     assert hazard.classify(out, edges, np.array([1.0, 2.0])).tolist() == [8, 0]
 
 
+def test_hazard_scores_in_c_equal_the_numpy_expression() -> None:
+    from recmgd._simcore import lib
+
+    assert lib.HZ_AGE_BUCKETS == hazard.AGE_BUCKETS
+    rng = np.random.default_rng(0)
+    n_ids, classes = 5000, 128
+    cls = rng.integers(0, classes, n_ids).astype(np.int64)
+    now = 123_457.0
+    stamp = now - np.concatenate([rng.integers(1, 200_000, n_ids - 4), [1, 0, -5]]).astype(np.float64)
+    stamp = np.r_[stamp, now - 1.5]  # a prefetched row (stamped half a step back)
+    stamp[7] = -1.0  # never stamped
+    table = np.round(rng.random((classes, hazard.AGE_BUCKETS)) * 1e4).ravel()
+    ids = rng.permutation(n_ids)[:3000].astype(np.int64)
+    ids = np.r_[ids, [7, n_ids - 1, n_ids - 2, n_ids - 3, n_ids - 4]]
+    got = hazard.hazard_scores(ids, cls, stamp, table, now)
+    cell = cls[ids] * hazard.AGE_BUCKETS + hazard.age_bucket(now - stamp[ids])
+    ref = table[cell] + stamp[ids] / (now + 2.0)
+    assert np.array_equal(got, ref)
+    bad = cls.copy()
+    bad[ids[0]] = classes
+    with pytest.raises(ValueError, match="class outside"):
+        hazard.hazard_scores(ids, bad, stamp, table, now)
+    with pytest.raises(IndexError, match="id outside"):
+        hazard.hazard_scores(np.r_[ids, n_ids], cls, stamp, table, now)
+
+
 def test_fit_table_separates_reused_from_dead_rows() -> None:
     # rows 0..9 (class 1) are used every step; every step also uses two fresh rows (class 0) never seen again
     steps, cls, nxt = [], [], []

@@ -48,6 +48,31 @@ def uniform_edges(classes: int, top: float = 1.0) -> np.ndarray:
     return np.linspace(0.0, top, classes + 1)[1:-1]
 
 
+def hazard_scores(ids: np.ndarray, cls: np.ndarray, stamp: np.ndarray, table_flat: np.ndarray,
+                  now: float) -> np.ndarray:
+    """Keep scores of rows ``ids`` (per-row arrays ``cls`` int64 and ``stamp`` float64, indexed by id):
+    ``table_flat[cls * AGE_BUCKETS + age_bucket(now - stamp)] + stamp / (|now| + 2)``, the table
+    cell with LRU order breaking ties, computed in C (native/policy/hazard.c, the same doubles as that
+    numpy expression, which tests/test_models_hazard.py checks)."""
+    from recmgd._simcore import ffi, lib
+
+    ids = np.ascontiguousarray(ids, np.int64)
+    out = np.empty(len(ids), np.float64)
+    if not len(ids):
+        return out
+    if cls.dtype != np.int64 or stamp.dtype != np.float64 or table_flat.dtype != np.float64:
+        raise TypeError("hazard_scores wants int64 classes and float64 stamps and table")
+    rc = lib.hz_scores(ffi.from_buffer("int64_t[]", ids), len(ids), ffi.from_buffer("int64_t[]", cls),
+                       ffi.from_buffer("double[]", stamp), min(len(cls), len(stamp)),
+                       ffi.from_buffer("double[]", table_flat), len(table_flat) // AGE_BUCKETS, float(now),
+                       ffi.from_buffer("double[]", out))
+    if rc == lib.SC_EBADID:
+        raise IndexError("hazard_scores: an id outside the per-row arrays")
+    if rc != lib.SC_OK:
+        raise ValueError("hazard_scores: a class outside the table")
+    return out
+
+
 def class_of(p: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """The class of values ``p`` between ``edges`` (0 = below the first)."""
     return np.searchsorted(edges, np.asarray(p, np.float64), side="right").astype(np.int64)

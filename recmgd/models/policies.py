@@ -26,7 +26,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
-from recmgd.models.hazard import AGE_BUCKETS, age_bucket, classify
+from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -84,8 +84,7 @@ class _Residency:
             return stamp
         if self.order == "hazard":
             assert self.table_flat is not None
-            cell = self.cls[ids] * AGE_BUCKETS + age_bucket(now - stamp)
-            return self.table_flat[cell] + stamp / (abs(now) + 2.0)
+            return hazard_scores(ids, self.cls, self.stamp, self.table_flat, now)
         if self.order == "nextuse":
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
