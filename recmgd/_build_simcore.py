@@ -51,6 +51,9 @@ def make_builder(root: str = "") -> FFI:
         sources=[f"{src}/{name}" for name in _SOURCES],
         include_dirs=[src],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"],
+        # the same file name from setup.py and from this script (an abi3 name from one and a
+        # cpython-311 one from the other let a stale build shadow a new one)
+        py_limited_api=False,
     )
     return builder
 
