@@ -269,3 +269,11 @@ def test_recmg_train_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     cfg = checkpoint.read_config(out)
     assert set(cfg["models"]) == {"cache", "prefetch"}  # type: ignore[arg-type]
     assert main(["train", str(tmp_path / "missing.trace"), "--out", str(out), "--quiet"]) != 0
+    # a real process: --quiet prints nothing at all (no progress, no INFO log lines) when all goes well
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "recmgd.cli.recmg", "train", str(tr), "--out", str(tmp_path / "q"),
+           "--epochs", "1", "--quiet", "--fraction", "0.2"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert (r.returncode, r.stdout, r.stderr) == (0, "", "")

@@ -30,7 +30,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=("chamfer", "ce"), default="chamfer",
                         help="prefetching model's loss: the Chamfer set loss or plain cross-entropy")
     parser.add_argument("--voyager", action="store_true", help="also train the Voyager baseline")
-    parser.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", "-q", action="store_true",
+                        help="no progress bar and no output but warnings and errors")
 
 
 def read_steps(path: str, batch: int) -> Steps:
@@ -74,6 +75,8 @@ def main(args: argparse.Namespace) -> int:
     capacity = max(1, int(args.fraction * n_unique))
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
     which = ["cache", "prefetch"] + (["voyager"] if args.voyager else [])
+    if args.quiet:  # nothing but warnings and errors
+        logging.getLogger().setLevel(logging.WARNING)
     bar = _Bar(sys.stderr.isatty() and not args.quiet)
     if not args.quiet:
         print(f"training {', '.join(which)} on {half} of {len(lst)} steps "
