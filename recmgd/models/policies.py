@@ -40,8 +40,8 @@ class _Residency:
     Order ``"level"``: keep score = level + stamp (level in steps of LRU age; all 0 = LRU).
     Order ``"nextuse"``: keep score = -(estimated next use), where a row whose estimate has passed is
     re-estimated as now + its age (a row unused for a while stays unused for a while); stamp breaks ties.
-    Order ``"hazard"``: keep score = ``table[class, age bucket]`` (recmgd.models.hazard: how likely OPT
-    still holds a row of that class that many steps after its last use); stamp breaks ties.
+    Order ``"hazard"``: keep score = ``table[class, age bucket]`` (recmgd.models.hazard: how likely a row
+    of that class, that many steps after its last use, is used again within H steps); stamp breaks ties.
     """
 
     def __init__(self, capacity: int, order: str = "level", slack: float = 2.0,
@@ -79,12 +79,12 @@ class _Residency:
             self.n += len(ids) if on else -len(ids)
 
     def keep_score(self, ids: np.ndarray, now: float) -> np.ndarray:
+        if self.order == "hazard" and not self.recency_only:
+            assert self.table_flat is not None
+            return hazard_scores(ids, self.cls, self.stamp, self.table_flat, now)
         stamp = self.stamp[ids]
         if self.recency_only:
             return stamp
-        if self.order == "hazard":
-            assert self.table_flat is not None
-            return hazard_scores(ids, self.cls, self.stamp, self.table_flat, now)
         if self.order == "nextuse":
             nxt = self.nxt[ids]
             eff = np.where(nxt >= now, nxt, now + (now - stamp))
@@ -144,12 +144,14 @@ class LearnedPolicy(Policy):
     ``order`` "auto" (default: "hazard" when the models carry the hazard table, else "level"),
     "hazard" (the age-aware table of recmgd.models.hazard over the model's class at the last use),
     "level", "nextuse" (Belady order on the regression head) or "hybrid".
-    ``guard`` (default on, caching model only): two shadow caches of the same capacity, in LRU order and
-    in the model's order, see every step; while the model's shadow has missed more than LRU's lately
-    (a saturating counter of capacity / 8 misses, as in set dueling), the real cache is kept in LRU
-    order and admits every miss, so a model that does not fit the trace costs at most about LRU's
-    fetches (a checkpoint with keep-levels sized for the wrong step length made recmg-cache 1.8x LRU
-    on the demo's trace); ``guard_stats`` counts the shadows' misses and the steps spent in LRU order.
+    ``guard`` (default on, caching model only): two shadow caches, in LRU order and in the model's
+    order, see every step (on tiers of GUARD_SAMPLE x GUARD_MIN_ROWS slots or more, only a hash-sampled
+    1/GUARD_SAMPLE of the rows, with as much of the capacity); while the model's shadow has missed
+    more than LRU's lately (a saturating counter of a shadow's capacity / 8 misses, as in set dueling),
+    the real cache is kept in LRU order and admits every miss, so a model that does not fit the trace
+    costs at most about LRU's fetches (a checkpoint with keep-levels sized for the wrong step length
+    made recmg-cache 1.8x LRU on the demo's trace); ``guard_stats`` counts the shadows' misses and the
+    steps spent in LRU order.
     With ``model_dir`` holding a checkpoint, the models are loaded and ``fit`` does not retrain; with an
     empty ``model_dir``, ``fit`` trains and saves there. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
