@@ -263,7 +263,7 @@ def ceiling(args: argparse.Namespace) -> int:
     what it could not know: its hazard table, then its MLP and table, fit on the whole trace's labels.
     Shows whether the features, not the training data, limit the caching model."""
     from recmgd.models.labels import opt_labels
-    from recmgd.models.train import _hazard_table, cache_dataset, train_cache
+    from recmgd.models.train import cache_dataset, fit_hazard, train_cache
     from recmgd.sim.driver import drive
 
     torch.set_num_threads(1)
@@ -296,7 +296,7 @@ def ceiling(args: argparse.Namespace) -> int:
         assert net is not None
         with torch.no_grad():
             scored = net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-        table, edges = _hazard_table(lst, scored, cap, stats, cfg)
+        table, edges = fit_hazard(lst, scored, cap, stats, cfg)
         tr = dataclass_replace(trained, cache=net, hazard=table, hazard_edges=edges)
         pol = registry.create("recmg-cache", threads=1)
         pol._install(tr)

@@ -348,7 +348,7 @@ class Trained:
     stats: dict[str, float] = field(default_factory=dict)
 
 
-def _hazard_table(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, stats: dict[str, float],
+def fit_hazard(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, stats: dict[str, float],
                   cfg: TrainConfig) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The age-aware table (recmgd.models.hazard) over the caching model's outputs ``scored`` at every
     training access, and its class edges."""
@@ -380,7 +380,7 @@ def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
             out.cache = train_cache(x, t, y, cfg, progress)
             with torch.no_grad():
                 scored = out.cache(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-            out.hazard, out.hazard_edges = _hazard_table(steps, scored, capacity, out.stats, cfg)
+            out.hazard, out.hazard_edges = fit_hazard(steps, scored, capacity, out.stats, cfg)
         if "prefetch" in which:
             data = prefetch_dataset(steps, miss, cfg)
             out.prefetch = train_prefetch(data, cfg, progress)
