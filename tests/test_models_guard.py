@@ -103,5 +103,6 @@ def test_guard_watches_a_sample_of_rows(demo_like: tuple[Path, Path]) -> None:
     c = drive(p, steps, capacity, len(steps) // 2, path="python")
     shadow = p.guard_stats["lru_misses"]  # over the whole run, warm-up included
     assert p._shadows[0].capacity == capacity // GUARD_SAMPLE
-    # the LRU shadow sees about one row in GUARD_SAMPLE: its misses are a fraction of the real cache's
-    assert 0 < shadow < 2 * (c.on_demand * 2) / GUARD_SAMPLE
+    # the LRU shadow sees about one row in GUARD_SAMPLE (8): over both halves that is about a quarter of
+    # the scored half's misses; watching every row, it would miss about twice as many as that half
+    assert 0 < shadow < c.on_demand / 2

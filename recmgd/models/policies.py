@@ -51,9 +51,8 @@ class _Residency:
         self.capacity = capacity
         self.order = order
         self.slack = slack
-        # quantised so that equal probabilities tie exactly and LRU order decides among them
-        self.table = None if table is None else np.round(np.asarray(table, np.float64) * 1e4)
-        self.table_flat = None if self.table is None else self.table.ravel()
+        # flat, quantised so that equal probabilities tie exactly and LRU order decides among them
+        self.table = None if table is None else np.round(np.asarray(table, np.float64) * 1e4).ravel()
         self.resident = np.zeros(0, bool)
         self.level = np.zeros(0, np.float64)
         self.cls = np.zeros(0, np.int64)
@@ -80,8 +79,8 @@ class _Residency:
 
     def keep_score(self, ids: np.ndarray, now: float) -> np.ndarray:
         if self.order == "hazard" and not self.recency_only:
-            assert self.table_flat is not None
-            return hazard_scores(ids, self.cls, self.stamp, self.table_flat, now)
+            assert self.table is not None
+            return hazard_scores(ids, self.cls, self.stamp, self.table, now)
         stamp = self.stamp[ids]
         if self.recency_only:
             return stamp
@@ -134,10 +133,11 @@ class LearnedPolicy(Policy):
 
     Options (besides the driver's prefetch_budget, seed, model_dir, threads, epochs): ``levels`` keep
     levels of the caching model's probability; ``horizon`` how many cache turnovers (capacity / rows a
-    step) the top level is worth in LRU age (16 measured best on amazon_video at 5/10/20%);
-    ``bypass`` a missed row whose keep-probability is below it is not admitted when the tier is full
-    (0, off: on amazon_video it helped at 5% and cost 12% more fetches at 20%); ``tune`` horizons to
-    choose from by replaying the training steps; ``prefetch_threshold`` the logit a candidate needs;
+    step) the top level is worth in LRU age (16 did best on amazon_video at 5/10/20% in development
+    runs); ``bypass`` a missed row whose keep-probability is below it is not admitted when the tier is
+    full (0, off: in development runs on amazon_video it helped at 5% and cost fetches at 20%);
+    ``tune`` horizons to choose from by replaying the training steps; ``prefetch_threshold`` the logit
+    a candidate needs;
     ``prefetch_probe``: after PREFETCH_IDLE_STEPS steps in which the prefetching model proposed nothing
     (feedback-directed throttling), it is asked only every prefetch_probe-th step until it proposes a
     row again (1: every step; it costs more than half of recmg's step and issues nothing on some traces);

@@ -54,8 +54,8 @@ class TrainConfig:
     voyager_hidden: int = 64
     voyager_vocab: int = 16384
     # the hazard table's label: used again within this many steps (0: half the cache's turnover time,
-    # capacity / rows a step / 2; amazon_video measured 30 to 300 steps about equal at 5% to 20%, while
-    # obd_random, every row used every few steps, needs 1)
+    # capacity / rows a step / 2: on amazon_video a wide range around it did about equally well in
+    # development runs, while obd_random, every row used every few steps, needs 1)
     hazard_horizon: int = 0
     hazard_p_classes: int = hazard.P_CLASSES
     hazard_reuse_classes: int = hazard.REUSE_CLASSES
