@@ -92,7 +92,7 @@ def test_bound_by_hand() -> None:
     steps = Steps.from_list([np.array([1, 2]), np.array([3]), np.array([1, 2, 3]), np.array([4, 5, 6, 1])])
     c = drive(registry.create("opt-bypass"), steps, 2, 2)
     assert (c.floor, c.bound) == (3, 4)
-    assert c.on_demand >= c.bound
+    assert c.on_demand == c.bound
 
 
 class Overflowing(Policy):
