@@ -46,7 +46,7 @@ test: native
 	$(PY) -m pytest -q tests
 
 demo: native
-	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),)
+	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),) $(if $(PACE),--pace $(PACE),)
 
 bench: native
 	$(PY) tools/bench.py

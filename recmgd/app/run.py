@@ -26,8 +26,14 @@ DENSE = 13
 
 
 def run(pool_name: str, trace_path: str, batch: int, start: int, stop: int | None, check: bool,
-        hints: bool, seed: int) -> dict[str, object]:
-    """Replay batches ``start``..``stop`` of the trace; returns counts, timing and the largest error."""
+        hints: bool, seed: int, pace: float = 0.0) -> dict[str, object]:
+    """Replay batches ``start``..``stop`` of the trace; returns counts, timing and the largest error.
+
+    ``pace``: seconds idle after each batch, as a server waits for its next requests (0: back to back).
+    ``lookups_per_s`` counts the busy time only (``seconds`` minus ``idle_seconds``).
+    """
+    if pace < 0:
+        raise ValueError(f"pace must be >= 0 seconds, got {pace}")
     torch.set_num_threads(1)
     trace = open_trace(trace_path)
     pool = Pool.attach(pool_name)
@@ -45,6 +51,7 @@ def run(pool_name: str, trace_path: str, batch: int, start: int, stop: int | Non
         batches = lookups = 0
         t0 = time.perf_counter()
         pending = None
+        idle = 0.0
         it = iter_batches(trace, n, batch, start, stop)
         nxt = next(it, None)
         while nxt is not None:
@@ -61,10 +68,16 @@ def run(pool_name: str, trace_path: str, batch: int, start: int, stop: int | Non
             batches += 1
             lookups += sum(len(i) for i in cur.ids)
             pending = out
+            if pace:
+                t1 = time.perf_counter()
+                time.sleep(pace)
+                idle += time.perf_counter() - t1
         seconds = time.perf_counter() - t0
+        busy = seconds - idle
         del pending
         return {"batches": batches, "lookups": lookups, "seconds": round(seconds, 3),
-                "lookups_per_s": round(lookups / seconds) if seconds else 0,
+                "idle_seconds": round(idle, 3),
+                "lookups_per_s": round(lookups / busy) if busy > 0 else 0,
                 "max_abs_error": worst, "process": pool.stats()["process"]}
     finally:
         pool.close()
@@ -80,10 +93,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-check", action="store_true", help="skip the in-DRAM reference model")
     p.add_argument("--hints", action="store_true", help="announce each next batch's rows (pool.hint)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pace", type=float, default=0.0,
+                   help="seconds idle after each batch, as between a server's requests (default 0)")
     args = p.parse_args(argv)
+    if args.pace < 0:
+        p.error(f"--pace must be >= 0 seconds, got {args.pace}")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     result = run(args.pool, args.trace, args.batch, args.start, args.stop, not args.no_check,
-                 args.hints, args.seed)
+                 args.hints, args.seed, args.pace)
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

@@ -38,6 +38,9 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="where pools' slow-tier files and models go (default: a temp dir)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pace", type=float, default=0.0,
+                   help="seconds the app idles after each batch, as between a server's requests "
+                        "(default 0: back to back, the daemon racing the app for the 2 cores)")
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> str:
@@ -117,7 +120,7 @@ def _demo_one(policy: str, trace_path: Path, work: Path, sizes: list[int], slots
         _wait_ready(nsock, daemon, timeout=120)
         nsock.close()
         app = [sys.executable, "-m", "recmgd.app.run", "--pool", name, "--trace", str(trace_path),
-               "--batch", str(args.batch), "--seed", str(args.seed)]
+               "--batch", str(args.batch), "--seed", str(args.seed), "--pace", str(args.pace)]
         _run(app + ["--stop", str(half), "--no-check"])  # warm-up: the first half, not counted
         scored = json.loads(_run(app + ["--start", str(half), "--stop", str(stop)]))
         stats = _run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(ctl), "stats"])
@@ -139,6 +142,9 @@ def main(args: argparse.Namespace) -> int:
     from recmgd.sim import simulate
     from recmgd.trace import open_trace
 
+    if args.pace < 0:
+        print(f"recmg demo: --pace must be >= 0 seconds, got {args.pace}", file=sys.stderr)
+        return 2
     work = Path(args.workdir or tempfile.mkdtemp(prefix="recmg-demo-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
