@@ -16,6 +16,12 @@ Contract, for every step ``b``:
    decision that would overflow is a :class:`~recmgd.errors.PolicyError` in the simulator. The daemon
    may apply fewer insertions than asked (fill budget caps); it then calls ``policy.rejected(keys)``
    with the keys it did not insert, so the policy's own view of residency stays exact.
+4. Early admission (the live daemon only, for policies with ``early_admission``): the daemon runs the
+   policy's steps in a thread of their own and, as soon as it drains a step, fills its missed rows
+   itself, evicting rows the policy named in ``early_victims`` (it says so through ``evicted`` before
+   the next ``observe``); the step is then shown with those rows ``hit``. Decisions still follow; rows
+   read after a decision's step are not evicted by it. So a slow policy step delays its own evictions
+   and prefetches, never the fills of the rows the apps just read.
 
 Keys are int64 values from :mod:`recmgd.keys` (table in the high bits, row in the low 40 bits).
 """
@@ -69,8 +75,22 @@ class Policy(ABC):
     def observe(self, view: StepView) -> Decision:
         """Take one step's accesses; return what to evict, admit and prefetch."""
 
+    #: True for policies whose step is slow next to LRU's (the learned ones): the live daemon runs their
+    #: steps in a thread of their own and fills each step's missed rows itself (early admission)
+    early_admission: bool = False
+
     def rejected(self, keys: np.ndarray) -> None:  # noqa: B027 - optional hook
         """The driver did not insert these keys (budget); policies that track residency forget them."""
+
+    def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
+        """Up to ``n`` resident keys to evict first, as of the last step, none of them in ``reading``
+        (asked of policies with ``early_admission``; the driver says what it evicted by :meth:`evicted`)."""
+        return EMPTY_KEYS
+
+    def evicted(self, keys: np.ndarray) -> None:
+        """The driver evicted these resident keys itself (early admission); by default as
+        :meth:`rejected`: policies that track residency forget them."""
+        self.rejected(keys)
 
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:  # noqa: B027 - optional hook
         """Train on a list of steps (each an int64 array of deduplicated keys). Learned policies only."""

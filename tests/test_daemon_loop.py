@@ -327,3 +327,206 @@ def test_learned_policy_equals_simulator_in_step_mode(shared_traces, obd_model: 
     assert st["on_demand"] == expected.on_demand == st["app"]["on_demand"]
     assert st["prefetch_issued"] == expected.prefetch_issued
     assert st["prefetch_useful"] == expected.prefetch_useful
+
+
+class SlowScripted(Scripted):
+    """A policy that asks for early admission (so the live driver runs its steps in a worker thread):
+    names its victims, records the notices, can hold its first step until ``gate`` is set, can fail."""
+
+    early_admission = True
+
+    def __init__(self, decisions: list[Decision], victims: list[int], gate=None, fail: bool = False,
+                 gate_step: int = 0) -> None:
+        super().__init__(decisions)
+        self.victims = victims
+        self.gone: list[int] = []
+        self.gate = gate
+        self.gate_step = gate_step
+        self.fail = fail
+        self.threads: set[str] = set()
+
+    def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
+        return np.asarray(self.victims, dtype=np.int64)
+
+    def evicted(self, keys: np.ndarray) -> None:
+        self.gone += keys.tolist()
+
+    def observe(self, view: StepView) -> Decision:
+        import threading
+
+        if view.step >= 0:
+            self.threads.add(threading.current_thread().name)
+            if self.fail:
+                raise RuntimeError("the model broke")
+            if self.gate is not None and len(self.views) == self.gate_step:
+                assert self.gate.wait(30)
+        return super().observe(view)
+
+
+def test_early_admission_fills_misses_before_the_policy_step(pools) -> None:
+    app, daemon = pools
+    pol = SlowScripted([], victims=k(0, [0, 1, 2, 3, 4, 5, 6]).tolist())
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, range(40))  # 40 misses, 40 free slots: filled at once
+    app.end_batch()
+    drv.tick()
+    assert len(daemon.resident_keys()) == 40  # by the loop's thread, whether or not the step has run
+    drv.sync()
+    assert pol.views[0].hit.all() and pol.gone == []
+    assert pol.threads == {"recmgd-step-" + drv.name}  # the policy's steps ran in the worker thread
+    lookup(app, 0, [0, 40, 41, 42, 43, 44])  # 5 misses, a full tier: 5 victims, row 0 (read now) spared
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert pol.gone == k(0, [1, 2, 3, 4, 5]).tolist()  # told before the step that follows them
+    assert pol.views[1].hit.all()  # shown as resident: the policy owns them when its step runs
+    resident = set(daemon.resident_keys().tolist())
+    assert set(k(0, [0, 40, 41, 42, 43, 44]).tolist()) <= resident
+    assert not set(k(0, [1, 2, 3, 4, 5]).tolist()) & resident
+    st = drv.stats()
+    assert st["early_admits"] == 45 and st["on_demand"] == 45 and st["evictions"] == 5
+    assert st["policy_overflow"] == 0 and st["resident"] == 40
+    # the list the policy gave after its last step (0..6 again): only 0 and 6 are still resident, so two
+    # of six misses are filled at once and four are left to the policy's decision
+    lookup(app, 0, [100, 101, 102, 103, 104, 105])
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert pol.views[2].hit.tolist() == [True, True] + [False] * 4 and drv.stats()["early_admits"] == 47
+    assert pol.gone[5:] == k(0, [0, 6]).tolist()
+    out = app.embedding_bag(0, np.array([40, 2], dtype=np.int64), np.array([0, 1], dtype=np.int64))
+    assert np.array_equal(out[:, 0], [40.0, 2.0])  # a filled row and an evicted one, both correct
+    drv.close()
+    assert drv._worker is None
+
+
+def test_a_decision_spares_rows_read_after_its_step(pools) -> None:
+    import threading
+
+    app, daemon = pools
+    gate = threading.Event()
+    pol = SlowScripted([Decision(evict=k(0, [1, 2]))], victims=[], gate=gate)
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, [1, 2])
+    app.end_batch()
+    drv.tick()  # step 0 filled early; its policy step waits at the gate
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()  # step 1 reads row 1 before step 0's decision (evict 1 and 2) comes back
+    gate.set()
+    drv.sync()
+    resident = set(daemon.resident_keys().tolist())
+    assert k(0, [1]).tolist()[0] in resident and k(0, [2]).tolist()[0] not in resident
+    assert drv.stats()["decision_skipped"] == 1 and drv.stats()["evictions"] == 1
+    drv.close()
+
+
+def test_a_decision_leaves_rows_a_later_step_missed_to_that_step(pools) -> None:
+    import threading
+
+    app, daemon = pools
+    gate = threading.Event()
+    pol = SlowScripted([Decision(), Decision(evict=k(0, [0]), admit=k(0, [50]))], victims=[], gate=gate,
+                       gate_step=1)
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, range(40))  # fills the tier (early, free slots)
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    lookup(app, 0, [50])  # a miss, no victim: left to the policy, whose step waits at the gate
+    app.end_batch()
+    drv.tick()
+    lookup(app, 0, [50])  # missed again, before that step's decision (evict 0, admit 50) is back
+    app.end_batch()
+    drv.tick()
+    gate.set()
+    drv.sync()
+    # the policy decides row 50 again with the later step (here: nothing), so the late decision's
+    # admission is left out; its eviction of row 0, which no later step read, is applied
+    resident = set(daemon.resident_keys().tolist())
+    assert k(0, [50]).tolist()[0] not in resident and k(0, [0]).tolist()[0] not in resident
+    assert drv.stats()["decision_skipped"] == 1 and len(resident) == 39
+    assert [v.hit.tolist() for v in pol.views[1:]] == [[False], [False]]
+    drv.close()
+
+
+def test_worker_error_reaches_the_loop_and_step_mode_has_no_worker(pools) -> None:
+    app, daemon = pools
+    pol = SlowScripted([], victims=[], fail=True)
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()
+    assert drv._worker is not None and drv._worker.wait(30)
+    with pytest.raises(RuntimeError, match="the model broke"):
+        drv.tick()
+    drv.close()  # does not raise: the error was the loop's to report
+    assert drv._worker is None
+    for kwargs in ({"step_mode": True}, {"early_admit": False}):  # one step at a time, in this thread
+        pol = SlowScripted([], victims=k(0, [1]).tolist())
+        drv = PoolDriver(daemon, pol, "slow", **kwargs)
+        lookup(app, 0, [300])
+        app.end_batch()
+        drv.tick()
+        assert drv._worker is None and pol.views[-1].hit.tolist() == [False]
+        assert drv.stats()["early_admits"] == 0
+
+
+def test_learned_policy_early_victims_follow_its_eviction_order(obd_model: str) -> None:
+    pol = policy_mod.create("recmg-cache", seed=0, model_dir=obd_model)
+    pol.reset(6)
+    for step, rows in enumerate([[1, 2, 3], [4], [5, 1], [6]]):
+        keys = k(0, rows)
+        hit = np.isin(keys, pol.hist.index.keys_of(np.flatnonzero(pol.res.resident)))
+        pol.observe(StepView(step, keys, hit))
+    rid = np.flatnonzero(pol.res.resident)
+    assert len(rid) == 6
+    score = dict(zip(pol.hist.index.keys_of(rid).tolist(), pol.res.keep_score(rid, float(pol.t)).tolist(),
+                     strict=True))
+    reading = k(0, [6])
+    got = pol.early_victims(2, reading).tolist()
+    others = sorted((s, key) for key, s in score.items() if key not in reading.tolist())
+    assert len(got) == 2 and [score[g] for g in got] == [s for s, _ in others[:2]]  # lowest first
+    assert sorted(pol.early_victims(9, reading).tolist()) == sorted(key for _, key in others)
+    pol.evicted(np.asarray(got, dtype=np.int64))
+    assert pol.res.n == 4 and not pol.res.resident[pol.hist.index.lookup(np.asarray(got))].any()
+    # the next step as the daemon shows it: row 7 was filled early (hit), so it is the policy's
+    # resident row now and nothing is left to admit
+    dec = pol.observe(StepView(4, k(0, [7]), np.ones(1, dtype=bool)))
+    assert len(dec.admit) == 0 and len(dec.evict) == 0 and pol.res.n == 5
+
+
+def test_learned_policy_live_in_its_thread_keeps_outputs_exact_and_views_equal(
+        shared_traces, obd_model: str) -> None:
+    """RecMG from a checkpoint, driven live (its steps in the worker thread, early admission) over
+    obd_random: every output is exact, and once the worker has caught up the policy's resident rows
+    are exactly the pool's."""
+    from test_daemon_app import trace_batches
+
+    batches, sizes = trace_batches(str(shared_traces / "obd_random.trace"), 8, 0)
+    name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(n, 4) for n in sizes], slots=20, ring_records=4096)
+    for t, n in enumerate(sizes):
+        app.write_rows(t, np.arange(n), np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 4)))
+    daemon = pool_mod.Pool.attach(name, role="daemon")
+    try:
+        pol = policy_mod.create("recmg", prefetch_budget=4, seed=0, model_dir=obd_model)
+        drv = PoolDriver(daemon, pol, "recmg")
+        for i, batch in enumerate(batches[:300]):
+            for t, rows in batch:
+                rows = np.asarray(rows, dtype=np.int64)
+                out = app.embedding_bag(t, rows, np.arange(len(rows), dtype=np.int64))
+                assert np.array_equal(out[:, 0], rows.astype(np.float32))
+            app.end_batch()
+            drv.tick()
+            if i % 50 == 49:
+                drv.sync()
+                mine = pol.hist.index.keys_of(np.flatnonzero(pol.res.resident))
+                assert sorted(mine.tolist()) == sorted(daemon.resident_keys().tolist())
+        st = drv.stats()
+        drv.close()
+    finally:
+        daemon.close()
+        app.destroy()
+    # (policy_overflow may be > 0 here: a decision that comes back after early fills took its room)
+    assert st["early_admits"] > 0 and st["steps"] == 300

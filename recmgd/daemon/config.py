@@ -13,6 +13,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     fill_mb_per_s = 0.0           # cap on slow-tier MB/s read by fills, 0 = no cap
     max_drain = 262144            # ring records drained per ring per tick
     coalesce = 0                  # behind the apps: merge a ring's batches into steps of >= N records
+    early_admit = true            # slow (learned) policies: their steps in a thread, misses filled at once
     status_interval = 2.0         # seconds between STATUS= updates to systemd
     app_check_interval = 0.5      # seconds between pid checks of attached apps
     plugins = []                  # extra modules to import (they register policies)
@@ -115,6 +116,7 @@ class Config:
     fill_mb_per_s: float = 0.0
     max_drain: int = 262144
     coalesce: int = 0
+    early_admit: bool = True
     status_interval: float = 2.0
     app_check_interval: float = 0.5
     plugins: tuple[str, ...] = ()
@@ -282,7 +284,7 @@ class _Decoder:
 
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
-               "max_drain", "coalesce", "status_interval", "app_check_interval", "plugins",
+               "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
                "control", "metrics", "policy", "pool"}
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
@@ -317,6 +319,7 @@ class _Decoder:
             fill_mb_per_s=self.number(doc, "fill_mb_per_s", "", 0.0, 0.0),
             max_drain=self.integer(doc, "max_drain", "", 262144, 1, 1 << 30),
             coalesce=self.integer(doc, "coalesce", "", 0, 0, 1 << 30),
+            early_admit=self.boolean(doc, "early_admit", "", True),
             status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
             app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),

@@ -14,6 +14,15 @@ budget is a fixed number of rows per step, so a run is reproducible and equals t
 
 Nothing here ever waits on an app: the rings are single-producer queues the app never blocks on.
 
+Early admission (``early_admit``, default on; never in step mode): a policy with ``early_admission``
+(the learned ones, whose step is Python around C, about ten times LRU's) runs in a :class:`StepWorker`
+thread. The loop keeps draining the rings; for each step it fills the missed rows at once, evicting
+the policy's early victims (its lowest keep scores as of its last step), fetches the step's hints, and
+hands the step over with those rows shown as ``hit``. Decisions come back and are applied at the next
+tick; a decision never evicts a row read in a later step. What the driver did to residency behind the
+policy's back (early evictions, rows it could not insert) is told to the policy before its next step,
+in order, so its view stays exact once it has caught up.
+
 Counting. ``hit`` is residency by the mirror when the daemon processes the batch. While the daemon
 keeps up (each batch processed before the app's next one, always so in step mode) that is what the
 app saw; when it lags, the apps' own counts (``pool.counters()``, reported as ``app``) are the truth.
@@ -26,6 +35,8 @@ ring that fell behind has runs of its batches merged into steps of at least that
 from __future__ import annotations
 
 import logging
+import queue
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -36,7 +47,7 @@ import numpy as np
 from recmgd import policy as policy_mod
 from recmgd.errors import PolicyError, RecmgError
 from recmgd.keys import ROW_BITS, ROW_MASK
-from recmgd.policy import Policy, StepView, as_keys
+from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, as_keys
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +61,11 @@ TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions"
 # per-pool counters
 POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
-                 "policy_overflow", "rings_released", "adopted", "adopt_evicted")
+                 "policy_overflow", "rings_released", "adopted", "adopt_evicted", "early_admits",
+                 "decision_skipped")
+
+#: early victims the step worker lists after each step (at most the capacity)
+EARLY_VICTIMS = 1024
 
 
 class PoolLike(Protocol):
@@ -148,6 +163,77 @@ RESIDENT = RES | HINT
 _SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
 
 
+class StepWorker:
+    """Runs a slow policy's steps in a thread of its own (early admission, see the module doc).
+
+    ``submit`` hands over (step number, view, notices); the thread tells the policy the notices
+    (``("evicted" | "rejected", keys)``, in the order the driver acted), runs ``observe``, and
+    publishes the decision in ``done`` and a fresh list of early victims in ``victims``. A view of
+    None carries notices only. An exception in the policy stops the worker and is raised to the loop
+    by :meth:`raise_error`.
+    """
+
+    def __init__(self, policy: Policy, n_victims: int, name: str) -> None:
+        self.policy = policy
+        self.n_victims = n_victims
+        self.victims = as_keys(policy.early_victims(n_victims, EMPTY_KEYS))
+        self.done: deque[tuple[int, Decision]] = deque()  # appended by the thread, popped by the loop
+        self.seconds = 0.0
+        self.error: BaseException | None = None
+        self._in: queue.SimpleQueue[tuple[int, StepView | None, list[tuple[str, np.ndarray]]] | None] = \
+            queue.SimpleQueue()
+        self._submitted = 0
+        self._finished = 0
+        self._idle = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name=f"recmgd-step-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, seq: int, view: StepView | None, notices: list[tuple[str, np.ndarray]]) -> None:
+        self._submitted += 1
+        self._in.put((seq, view, notices))
+
+    def _run(self) -> None:
+        while True:
+            item = self._in.get()
+            if item is None:
+                return
+            seq, view, notices = item
+            if self.error is None:
+                try:
+                    t0 = time.perf_counter()
+                    for kind, keys in notices:
+                        (self.policy.evicted if kind == "evicted" else self.policy.rejected)(keys)
+                    if view is not None:
+                        dec = self.policy.observe(view)
+                        self.victims = as_keys(self.policy.early_victims(self.n_victims, EMPTY_KEYS))
+                        self.done.append((seq, dec))
+                    self.seconds += time.perf_counter() - t0
+                except BaseException as exc:  # noqa: BLE001 - handed to the loop's thread
+                    self.error = exc
+            with self._idle:
+                self._finished += 1
+                self._idle.notify_all()
+
+    def busy(self) -> int:
+        """Steps handed over and not finished yet."""
+        return self._submitted - self._finished
+
+    def wait(self, timeout: float = 60.0) -> bool:
+        """Wait until every step handed over is finished; False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._finished >= self._submitted, timeout)
+
+    def raise_error(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def stop(self, timeout: float = 60.0) -> None:
+        self._in.put(None)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            log.error("policy step thread %s did not stop in %.0f s", self._thread.name, timeout)
+
+
 class PoolDriver:
     """Drives one policy from one pool's access rings and applies its decisions to the pool.
 
@@ -156,9 +242,16 @@ class PoolDriver:
 
     def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
                  budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144,
-                 coalesce: int = 0) -> None:
+                 coalesce: int = 0, early_admit: bool = True) -> None:
         self.pool = pool
         self.coalesce = coalesce
+        self.early_admit = early_admit
+        self._worker: StepWorker | None = None
+        self._notices: list[tuple[str, np.ndarray]] = []  # for the worker, with the next step
+        # (step, keys, hit) of the steps handed to the worker whose decisions are not applied yet
+        self._in_flight: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        self._victims = EMPTY_KEYS  # the worker's last list of early victims, and how far it is used
+        self._victim_pos = 0
         self.name = str(pool.name)
         self.step_mode = step_mode
         self.max_drain = max_drain
@@ -297,6 +390,7 @@ class PoolDriver:
                 raise PolicyError(f"pool {self.name}: hint_slots {hint_slots} leaves no slot to the policy")
             self.hint_slots = min(int(hint_slots), self.n_slots)
             self.capacity = self.n_slots - self.hint_slots
+        self._stop_worker()
         self.policy_name = name
         self._install_policy(policy, rebuild=False)
 
@@ -332,6 +426,7 @@ class PoolDriver:
             if n >= self.max_drain:
                 backlog += max(0, _ring_field(info, "waiting") - n)
             self._consume(st, np.asarray(recs, dtype=np.uint64))
+        self.apply_ready()
         self.backlog = backlog
         self.pc["records"] += drained
         return drained
@@ -438,12 +533,168 @@ class PoolDriver:
         self.pc["steps"] += 1
         if self.paused:
             return
+        if self._threaded():
+            self._step_early(keys, fl, owned, hints)
+            return
+        if self._worker is not None:
+            self._stop_worker()
         view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints)
         t0 = time.perf_counter()
         dec = self.policy.observe(view)
         self.policy_time += time.perf_counter() - t0
         self.budget.refill()
         self._apply(as_keys(dec.evict), as_keys(dec.admit), hints, as_keys(dec.prefetch))
+
+    # -- early admission (the policy's steps in a thread) ------------------------------------------------
+
+    def _threaded(self) -> bool:
+        return self.early_admit and not self.step_mode and self.policy.early_admission
+
+    def _tell(self, kind: str, keys: np.ndarray) -> None:
+        """Tell the policy the driver evicted (``evicted``) or did not insert (``rejected``) keys: at
+        once, or with the next step handed to its worker thread."""
+        if not len(keys):
+            return
+        if self._worker is not None:
+            self._notices.append((kind, keys))
+        else:
+            getattr(self.policy, kind)(keys)
+
+    def _start_worker(self) -> StepWorker:
+        self._worker = StepWorker(self.policy, min(self.capacity, EARLY_VICTIMS), self.name)
+        self._victims, self._victim_pos = self._worker.victims, 0
+        log.info("pool %s: policy %s steps in a thread of their own (early admission)", self.name,
+                 self.policy_name)
+        return self._worker
+
+    def _step_early(self, keys: np.ndarray, fl: np.ndarray, owned: np.ndarray, hints: np.ndarray) -> None:
+        """Fill the step's missed rows now, fetch its hints, hand the step to the worker thread."""
+        w = self._worker or self._start_worker()
+        seq = self.pc["steps"] - 1
+        self.apply_ready()
+        owned = (self.flags[fl] & RES) != 0
+        if not owned.all():
+            owned = self._early(keys, fl, owned)
+        if len(hints) and self.hint_slots:
+            self._fetch_hints(hints)
+        view = StepView(step=seq, keys=keys, hit=owned, hints=hints)
+        self._in_flight.append((seq, keys, owned))
+        notices, self._notices = self._notices, []
+        w.submit(seq, view, notices)
+
+    def _early(self, keys: np.ndarray, fl: np.ndarray, owned: np.ndarray) -> np.ndarray:
+        """Fill missed rows, evicting early victims for room; returns the rows owned after it."""
+        assert self._worker is not None
+        if self._worker.victims is not self._victims:
+            self._victims, self._victim_pos = self._worker.victims, 0
+        missed = keys[~owned]
+        need = len(missed) - max(self.capacity - self.n_resident, 0)
+        if need > 0 and self._victim_pos < len(self._victims):
+            cand = self._victims[self._victim_pos:]
+            cand, cfl = self._checked(cand)
+            ok = (self.flags[cfl] & RES) != 0
+            # never a row this step reads, nor one a step the policy has not seen yet read
+            reading = np.concatenate([keys] + [k for _, k, _ in self._in_flight])
+            ok[ok] = ~np.isin(cand[ok], reading)
+            take = np.flatnonzero(ok)[:need]
+            if len(take):
+                self._victim_pos += int(take[-1]) + 1
+                v, vfl = cand[take], cfl[take]
+                self._evict_flat(vfl, v)
+                self.n_resident -= len(vfl)
+                self._tell("evicted", v)
+            else:
+                self._victim_pos = len(self._victims)
+        room = max(self.capacity - self.n_resident, 0)
+        before = self.n_resident
+        self._insert(missed[:room], "admit")  # what does not fit waits for the policy's decision
+        self.pc["early_admits"] += self.n_resident - before
+        return (self.flags[fl] & RES) != 0
+
+    def apply_ready(self) -> int:
+        """Apply the decisions the worker thread has finished (none without one); returns how many."""
+        w = self._worker
+        if w is None:
+            return 0
+        w.raise_error()
+        n = 0
+        while w.done:
+            seq, dec = w.done.popleft()
+            while self._in_flight and self._in_flight[0][0] <= seq:
+                self._in_flight.popleft()
+            evict, admit, prefetch = as_keys(dec.evict), as_keys(dec.admit), as_keys(dec.prefetch)
+            if self._in_flight:
+                evict, admit, prefetch = self._spare_later(evict, admit, prefetch)
+            self.budget.refill()
+            self._apply(evict, admit, EMPTY_KEYS, prefetch)
+            n += 1
+        return n
+
+    def _spare_later(self, evict: np.ndarray, admit: np.ndarray, prefetch: np.ndarray
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Leave out of a decision the rows that a step after it (handed over, not yet decided) read:
+        that step's view is what the policy will believe of them. A row it showed resident stays (the
+        policy will count it resident); a row it showed missing is neither admitted nor prefetched (the
+        policy decides it with that step)."""
+        keys = np.concatenate([k for _, k, _ in self._in_flight])
+        hit = np.concatenate([h for _, _, h in self._in_flight])
+        # the latest view of each row decides: the last occurrence
+        uk, last = np.unique(keys[::-1], return_index=True)
+        last_hit = hit[::-1][last]
+        skipped = 0
+        if len(evict):
+            pos = np.searchsorted(uk, evict)
+            pos[pos >= len(uk)] = 0
+            spare = (uk[pos] == evict) & last_hit[pos]
+            skipped += int(spare.sum())
+            evict = evict[~spare]
+        out = []
+        for arr in (admit, prefetch):
+            if len(arr):
+                later = np.isin(arr, uk)
+                skipped += int(later.sum())
+                arr = arr[~later]
+            out.append(arr)
+        self.pc["decision_skipped"] += skipped
+        return evict, out[0], out[1]
+
+    def sync(self, timeout: float = 60.0) -> None:
+        """Wait for the worker thread to finish every step handed over, apply the decisions, and tell
+        the policy what is left to tell (no-op without a worker)."""
+        w = self._worker
+        if w is None:
+            return
+        for _ in range(4):  # decisions can leave notices (rows not inserted): tell them, apply again
+            if self._notices:
+                notices, self._notices = self._notices, []
+                w.submit(-1, None, notices)
+            if not w.wait(timeout):
+                raise PolicyError(f"pool {self.name}: policy {self.policy_name} did not finish its steps "
+                                  f"in {timeout:.0f} s")
+            self.apply_ready()
+            if not self._notices:
+                break
+
+    def _stop_worker(self) -> None:
+        w = self._worker
+        if w is None:
+            return
+        try:
+            self.sync()
+        finally:
+            w.stop()
+            self.policy_time += w.seconds
+            self._worker = None
+            self._in_flight.clear()
+            self._victims, self._victim_pos = EMPTY_KEYS, 0
+
+    def close(self) -> None:
+        """Stop the policy's worker thread, if any (its pending decisions are applied first)."""
+        try:
+            self._stop_worker()
+        except Exception as exc:  # noqa: BLE001 - closing must not fail on a policy's error
+            log.warning("pool %s: policy %s failed while stopping: %s", self.name, self.policy_name, exc)
+            self._worker = None
 
     def _bookkeep(self, keys: np.ndarray, fl: np.ndarray, special: np.ndarray, hit: np.ndarray) -> None:
         """Prefetch and hint accounting for the rows of a step that carry a special flag."""
@@ -502,7 +753,7 @@ class PoolDriver:
             over = len(keys) - room
             self.pc["policy_overflow"] += over
             self.pc["admit_rejected" if kind == "admit" else "prefetch_rejected"] += over
-            self.policy.rejected(keys[room:])
+            self._tell("rejected", keys[room:])
             keys, fl, f = keys[:room], fl[:room], f[:room]
             if not len(keys):
                 return
@@ -527,7 +778,7 @@ class PoolDriver:
                 df = fl[len(filled):]
                 self.flags[df] |= PF_DROPPED
                 self._pf_dropped = np.concatenate([self._pf_dropped, df])
-            self.policy.rejected(dropped)
+            self._tell("rejected", dropped)
 
     def _fetch_hints(self, hints: np.ndarray) -> None:
         """Fill hinted rows into the hint reserve (oldest hinted rows make room); counted apart."""
@@ -600,7 +851,7 @@ class PoolDriver:
             "apps": len(self.rings),
             "ring_drops": self.dropped_total,
             "backlog_records": self.backlog,
-            "policy_time_s": round(self.policy_time, 6),
+            "policy_time_s": round(self.policy_time + (self._worker.seconds if self._worker else 0.0), 6),
             "hit_rate": (totals["hits"] / uniq) if uniq else 0.0,
             **totals,
             **self.pc,

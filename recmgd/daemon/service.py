@@ -138,7 +138,7 @@ class Daemon:
         try:
             driver = PoolDriver(pool, pol, pc.name, hint_slots=pc.hint_slots, budget=self.budget,
                                 step_mode=self.cfg.step_mode, max_drain=self.cfg.max_drain,
-                                coalesce=self.cfg.coalesce)
+                                coalesce=self.cfg.coalesce, early_admit=self.cfg.early_admit)
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -158,6 +158,7 @@ class Daemon:
         att = self.pools.pop(name, None)
         if att is None:
             return
+        att.driver.close()
         try:
             att.driver.pool.close()  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001
@@ -357,6 +358,7 @@ class Daemon:
             att.driver.step_mode = new.step_mode
             att.driver.max_drain = new.max_drain
             att.driver.coalesce = new.coalesce
+            att.driver.early_admit = new.early_admit
         assert self.control is not None
         if new_control is not None:
             # the old socket may be serving this very request (recmgctl reload): close it after the poll

@@ -367,6 +367,28 @@ class LearnedPolicy(Policy):
         ids = self.hist.index.lookup(np.asarray(keys, np.int64))
         self.res.set_resident(ids[ids >= 0], False)
 
+    #: the step runs the models in Python around C, about ten times LRU's C step: in the live daemon it
+    #: runs in a thread of its own and the daemon fills missed rows itself (recmgd.policy)
+    early_admission = True
+
+    def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
+        """The ``n`` resident rows with the lowest keep score as of the last step (what the next
+        ``plan`` would evict first), none of them in ``reading``."""
+        res = self.res
+        if n <= 0 or res.n == 0:
+            return EMPTY_KEYS
+        rid = np.flatnonzero(res.resident)
+        if len(reading):
+            rd = self.hist.index.lookup(np.asarray(reading, np.int64))
+            rid = rid[~np.isin(rid, rd[rd >= 0])]
+        if not len(rid):
+            return EMPTY_KEYS
+        score = res.keep_score(rid, float(self.t))
+        if n < len(rid):
+            pick = np.argpartition(score, n - 1)[:n]
+            rid, score = rid[pick], score[pick]
+        return self.hist.index.keys_of(rid[np.argsort(score, kind="stable")])
+
     def _ids(self, keys: np.ndarray) -> np.ndarray:
         n0 = len(self.hist)
         ids = self.hist.ids(keys)
