@@ -28,7 +28,7 @@ def test_defaults() -> None:
     assert c.pools is None and c.manages("anything")
     assert c.control.socket == "/run/recmgd/control.sock" and c.control.mode == 0o660
     assert c.metrics.address is None
-    assert c.policy.name == "lru" and c.interval == 0.01 and not c.step_mode
+    assert c.policy.name == "lru" and c.interval == 0.01 and not c.step_mode and c.early_admit
 
 
 def test_full_document() -> None:
@@ -36,6 +36,7 @@ def test_full_document() -> None:
 log_level = "DEBUG"
 interval = 1
 step_mode = true
+early_admit = false
 pools = ["a", "b"]
 fill_rows_per_s = 1000
 fill_mb_per_s = 12.5
@@ -58,7 +59,7 @@ model_dir = "/var/lib/recmgd/models/b"
 [pool.b.options]
 threads = 2
 """, "f")
-    assert c.log_level == "debug" and c.interval == 1.0 and c.step_mode
+    assert c.log_level == "debug" and c.interval == 1.0 and c.step_mode and not c.early_admit
     assert c.pools == ("a", "b") and c.manages("a") and not c.manages("c")
     assert c.fill_rows_per_s == 1000 and c.fill_mb_per_s == 12.5
     assert c.control.mode == 0o600 and c.metrics.address == ("127.0.0.1", 9464) and c.control.group == "root"
@@ -76,6 +77,7 @@ threads = 2
     ("[pool.p]\nnmae = 'lru'", "pool.p.nmae", "unknown key"),
     ("interval = 'fast'", "interval", "expected a number, got a string"),
     ("step_mode = 1", "step_mode", "expected a boolean, got an integer"),
+    ("early_admit = 'yes'", "early_admit", "expected a boolean"),
     ("fill_rows_per_s = 1.5", "fill_rows_per_s", "expected an integer, got a number"),
     ("fill_rows_per_s = true", "fill_rows_per_s", "expected an integer, got a boolean"),
     ("control = 3", "control", "expected a table"),
