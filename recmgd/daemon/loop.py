@@ -62,7 +62,7 @@ TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions"
 POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
                  "policy_overflow", "rings_released", "adopted", "adopt_evicted", "early_admits",
-                 "decision_skipped")
+                 "decision_skipped", "decision_no_room")
 
 #: early victims the step worker lists after each step (at most the capacity)
 EARLY_VICTIMS = 1024
@@ -751,7 +751,9 @@ class PoolDriver:
         room = max(self.capacity - self.n_resident, 0)
         if len(keys) > room:
             over = len(keys) - room
-            self.pc["policy_overflow"] += over
+            # with a worker thread, early fills may have taken the room a late decision counted on:
+            # not the policy's fault
+            self.pc["decision_no_room" if self._worker is not None else "policy_overflow"] += over
             self.pc["admit_rejected" if kind == "admit" else "prefetch_rejected"] += over
             self._tell("rejected", keys[room:])
             keys, fl, f = keys[:room], fl[:room], f[:room]
