@@ -186,6 +186,7 @@ def test_apps_die_daemon_dies_and_comes_back(tmp_path: Path) -> None:
         assert f'recmgd_lookups_total{{pool="{name}",table="0"}}' in text
         assert f'recmgd_resident_rows{{pool="{name}"}}' in text
         assert f'recmgd_app_on_demand_total{{pool="{name}"}}' in text
+        assert f'recmgd_early_admissions_total{{pool="{name}"}}' in text
 
         # app A is SIGKILLed: its ring is released, B goes on unharmed
         apps[0].kill()

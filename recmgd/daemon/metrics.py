@@ -47,6 +47,11 @@ POOL_COUNTERS = (
     ("hint_late", "hints_late", "hints that arrived with the lookups they announced"),
     ("hint_rejected", "hints_rejected", "hints not fetched (reserve full or fill budget)"),
     ("policy_time_s", "model_inference_seconds", "time spent in the policy"),
+    ("early_admits", "early_admissions", "missed rows filled before a slow policy's step (early_admit)"),
+    ("decision_skipped", "decision_rows_skipped",
+     "rows left out of a late decision because a later step's view decides them"),
+    ("decision_no_room", "decision_rows_no_room",
+     "rows of a late decision that early fills left no room for"),
 )
 POOL_GAUGES = (
     ("resident", "resident_rows", "rows in the fast tier"),
