@@ -530,3 +530,25 @@ def test_learned_policy_live_in_its_thread_keeps_outputs_exact_and_views_equal(
         app.destroy()
     # (a decision that comes back after early fills took its room counts as decision_no_room)
     assert st["early_admits"] > 0 and st["steps"] == 300 and st["policy_overflow"] == 0
+
+
+def test_switching_policy_stops_the_worker_after_its_decisions(pools) -> None:
+    import threading
+
+    app, daemon = pools
+    gate = threading.Event()
+    pol = SlowScripted([Decision(evict=k(0, [7]))], victims=[], gate=gate)
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, [7, 8])
+    app.end_batch()
+    drv.tick()  # filled early; the policy's step (evict 7) waits at the gate
+    worker = drv._worker
+    assert worker is not None and worker._thread.is_alive()
+    threading.Timer(0.2, gate.set).start()
+    drv.switch_policy(policy_mod.create("lru"), "lru")  # waits for the step, applies it, then switches
+    assert drv._worker is None and not worker._thread.is_alive()
+    assert daemon.resident_keys().tolist() == k(0, [8]).tolist() and drv.stats()["policy"] == "lru"
+    lookup(app, 0, [9])
+    app.end_batch()
+    drv.tick()  # LRU: one step at a time in this thread
+    assert drv._worker is None and sorted(daemon.resident_keys().tolist()) == k(0, [8, 9]).tolist()
