@@ -552,3 +552,14 @@ def test_switching_policy_stops_the_worker_after_its_decisions(pools) -> None:
     app.end_batch()
     drv.tick()  # LRU: one step at a time in this thread
     assert drv._worker is None and sorted(daemon.resident_keys().tolist()) == k(0, [8, 9]).tolist()
+
+
+def test_learned_policy_without_models_is_a_clear_error(tmp_path) -> None:
+    from recmgd.daemon.loop import create_policy
+    from recmgd.errors import PolicyError
+
+    with pytest.raises(PolicyError, match="needs trained models: set model_dir"):
+        create_policy("recmg", {"seed": 0})
+    with pytest.raises(PolicyError, match=f"{tmp_path} holds none"):
+        create_policy("recmg-cache", {"model_dir": str(tmp_path)})
+    assert create_policy("lru", {}).name == "lru"

@@ -884,4 +884,8 @@ def create_policy(name: str, options: dict[str, object]) -> Policy:
         raise PolicyError(str(exc)) from None
     if pol.needs_future:
         raise PolicyError(f"policy {name!r} needs the future (OPT) and cannot run live")
+    if pol.learned and getattr(pol, "trained", None) is None:
+        where = options.get("model_dir")
+        raise PolicyError(f"policy {name!r} needs trained models: set model_dir to a checkpoint made by "
+                          f"`recmg train`" + (f" ({where} holds none)" if where else ""))
     return pol
