@@ -19,9 +19,10 @@ Early admission (``early_admit``, default on; never in step mode): a policy with
 thread. The loop keeps draining the rings; for each step it fills the missed rows at once, evicting
 the policy's early victims (its lowest keep scores as of its last step), fetches the step's hints, and
 hands the step over with those rows shown as ``hit``. Decisions come back and are applied at the next
-tick; a decision never evicts a row read in a later step. What the driver did to residency behind the
-policy's back (early evictions, rows it could not insert) is told to the policy before its next step,
-in order, so its view stays exact once it has caught up.
+tick, leaving out the rows a later step already read (that step's view decides them: a row it
+showed resident is not evicted, one it showed missing is not admitted). What the driver did to
+residency behind the policy's back (early evictions, rows it could not insert) is told to the policy
+before its next step, in order, so its view equals the pool once it has caught up (:meth:`sync`).
 
 Counting. ``hit`` is residency by the mirror when the daemon processes the batch. While the daemon
 keeps up (each batch processed before the app's next one, always so in step mode) that is what the
@@ -214,10 +215,6 @@ class StepWorker:
                 self._finished += 1
                 self._idle.notify_all()
 
-    def busy(self) -> int:
-        """Steps handed over and not finished yet."""
-        return self._submitted - self._finished
-
     def wait(self, timeout: float = 60.0) -> bool:
         """Wait until every step handed over is finished; False on timeout."""
         with self._idle:
@@ -227,7 +224,9 @@ class StepWorker:
         if self.error is not None:
             raise self.error
 
-    def stop(self, timeout: float = 60.0) -> None:
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the thread after the steps handed over (a daemon thread: a hung policy step does not
+        keep the process from exiting)."""
         self._in.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
@@ -534,7 +533,7 @@ class PoolDriver:
         if self.paused:
             return
         if self._threaded():
-            self._step_early(keys, fl, owned, hints)
+            self._step_early(keys, fl, hints)
             return
         if self._worker is not None:
             self._stop_worker()
@@ -567,8 +566,9 @@ class PoolDriver:
                  self.policy_name)
         return self._worker
 
-    def _step_early(self, keys: np.ndarray, fl: np.ndarray, owned: np.ndarray, hints: np.ndarray) -> None:
-        """Fill the step's missed rows now, fetch its hints, hand the step to the worker thread."""
+    def _step_early(self, keys: np.ndarray, fl: np.ndarray, hints: np.ndarray) -> None:
+        """Apply the decisions that are back, fill the step's missed rows now, fetch its hints, hand
+        the step to the worker thread."""
         w = self._worker or self._start_worker()
         seq = self.pc["steps"] - 1
         self.apply_ready()
