@@ -19,9 +19,9 @@ Contract, for every step ``b``:
 4. Early admission (the live daemon only, for policies with ``early_admission``): the daemon runs the
    policy's steps in a thread of their own and, as soon as it drains a step, fills its missed rows
    itself, evicting rows the policy named in ``early_victims`` (it says so through ``evicted`` before
-   the next ``observe``); the step is then shown with those rows ``hit``. Decisions still follow; rows
-   read after a decision's step are not evicted by it. So a slow policy step delays its own evictions
-   and prefetches, never the fills of the rows the apps just read.
+   the next ``observe``); the step is then shown with those rows ``hit``. Decisions still follow,
+   without the rows a later step already read (that step's view decides them). So a slow policy step
+   delays its own evictions and prefetches, never the fills of the rows the apps just read.
 
 Keys are int64 values from :mod:`recmgd.keys` (table in the high bits, row in the low 40 bits).
 """

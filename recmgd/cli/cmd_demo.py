@@ -40,7 +40,7 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--pace", type=float, default=0.0,
                    help="seconds the app idles after each batch, as between a server's requests "
-                        "(default 0: back to back, the daemon racing the app for the 2 cores)")
+                        "(default 0: batches back to back)")
 
 
 def _run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 1800) -> str:
