@@ -4,7 +4,8 @@ Two measurements:
 
 1. ``capacity``: the loop's throughput on one core. An app handle in this process fills its access ring
    with batches (not timed); the daemon's PoolDriver drains and processes them (timed: ring drain,
-   dedupe, policy step, fills and evictions through the pool). lookups/s = lookups / time in tick().
+   dedupe, policy step, fills and evictions through the pool). lookups/s = lookups / time in tick()
+   and sync() (a learned policy's steps run in the loop's worker thread; sync waits for them).
 2. ``load``: a real ``recmgd`` process drives a pool while an app process offers a fixed load (lookups
    per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled.
 
@@ -78,6 +79,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
     trace, slots, tables = pool_shape(args)
     app = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 22, rings=2)
     daemon = Pool.attach(name, role="daemon")
+    drv = None
     try:
         opts: dict = {"prefetch_budget": args.prefetch_budget}
         if args.model_dir:
@@ -106,6 +108,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
                 i += 1
             t0 = time.perf_counter()
             drv.tick()
+            drv.sync()  # a learned policy's steps run in a worker thread: count them in
             dt = time.perf_counter() - t0
             if warm:
                 if i >= args.warm_batches:
@@ -128,6 +131,8 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
             "fills": st["fills"] - base["fills"], "evictions": st["evictions"] - base["evictions"],
         }
     finally:
+        if drv is not None:
+            drv.close()
         daemon.close()
         app.destroy()
 
