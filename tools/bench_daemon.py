@@ -139,6 +139,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
 
 APP = r"""
 import sys, time, json, numpy as np
+import torch  # noqa: F401 - the pool's first lookup would import it (seconds), behind the pacing clock
 sys.path.insert(0, {repo!r})
 from recmgd.pool import Pool
 sys.path.insert(0, {tools!r})
