@@ -2,7 +2,10 @@
 
     recmg sim TRACE [TRACE ...] --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
         [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256]
-        [--json | --markdown] [--pivot on_demand]
+        [--pages lru,opt --page-bytes 4096] [--json | --markdown] [--pivot on_demand]
+
+``--pages`` adds page-granular runs of the named policies (kernel tiering, DAMON, memtierd and
+recmgd's page mode keep whole pages on the fast node) with the same DRAM bytes, as ``NAME@page``.
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from recmgd.sim import SimResult, format_table, simulate
+from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import format_pivot
-from recmgd.sim.runner import check_policies
+from recmgd.sim.runner import check_policies, unique_rows
 from recmgd.trace import open_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 
@@ -49,6 +54,11 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=1, help="threads a learned policy may use")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs for learned policies")
     parser.add_argument("--row-bytes", type=int, default=256, help="bytes a row (for slow_bytes)")
+    parser.add_argument("--pages", default="", metavar="POLICIES",
+                        help="also run these policies on whole pages of the slow tier, with the same "
+                             "DRAM bytes (results as NAME@page)")
+    parser.add_argument("--page-bytes", type=int, default=DEFAULT_PAGE_BYTES,
+                        help="page size for --pages (default %(default)s)")
     parser.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="CSV logs: rows a table")
     parser.add_argument("--path", choices=["auto", "native", "python"], default="auto",
                         help="driver: C whole-trace loop where possible, or observe() per step")
@@ -67,8 +77,17 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if args.batch < 1:
         raise SystemExit("recmg sim: --batch must be >= 1")
+    page_names = [n.strip() for n in args.pages.split(",") if n.strip()]
+    if page_names and args.delay != 1:
+        print("recmg sim: --pages runs with --delay 1 only (pages move after the step that read them)",
+              file=sys.stderr)
+        return 2
+    if page_names and not 0 < args.row_bytes <= args.page_bytes:
+        print(f"recmg sim: --pages needs 0 < --row-bytes <= --page-bytes, got {args.row_bytes} and "
+              f"{args.page_bytes}", file=sys.stderr)
+        return 2
     try:
-        check_policies(names)
+        check_policies(names + page_names)
     except ValueError as exc:
         print(f"recmg sim: {exc}", file=sys.stderr)
         return 2
@@ -79,8 +98,14 @@ def main(args: argparse.Namespace) -> int:
     results = []
     for path in args.trace:
         trace = open_trace(path, table_size=args.table_size)
-        results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
-                            row_bytes=args.row_bytes, options=options, path=args.path)
+        if names:
+            results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
+                                row_bytes=args.row_bytes, options=options, path=args.path)
+        if page_names:
+            steps = trace.steps(args.batch)
+            results += simulate_pages(os.path.basename(trace.path) or "trace", steps, page_names,
+                                      args.fractions, unique_rows(steps), row_bytes=args.row_bytes,
+                                      page_bytes=args.page_bytes, batch=args.batch, options=options)
     if args.json:
         for r in results:
             print(json.dumps(r.as_dict()))
