@@ -52,7 +52,8 @@ if TYPE_CHECKING:  # pragma: no cover - annotations only; torch is imported lazi
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Pool", "TableInfo", "RingInfo", "TieredEmbeddingBag", "RowIndexError", "parse_slow"]
+__all__ = ["Pool", "TableInfo", "RingInfo", "PageMove", "TieredEmbeddingBag", "RowIndexError", "parse_slow",
+           "PAGE_BYTES"]
 
 _MODES = {"sum": 0, "mean": 1, "max": 2}
 _DTYPES = {"float32": 0, "float16": 1}
@@ -60,6 +61,8 @@ _DTYPE_NAMES = {0: "float32", 1: "float16"}
 _NP_DTYPES = {0: np.float32, 1: np.float16}
 _SLOW_NAMES = {0: "dram", 1: "numa", 2: "ssd"}
 _ROLES = {"app": 0, "daemon": 1}
+#: the unit of page mode: a table's slow tier is moved in pages of this many bytes
+PAGE_BYTES = 4096
 _COUNTER_FIELDS = ("lookups", "unique", "hits", "on_demand", "ring_drops", "slow_bytes")
 
 
@@ -85,6 +88,21 @@ class TableInfo:
     dim: int
     dtype: str
     row_bytes: int
+
+
+@dataclass(frozen=True)
+class PageMove:
+    """What one :meth:`Pool.move_slow_pages` call did: per page its final status (the node it is on, or
+    a negative errno), pages on the target node afterwards (those already there included), system
+    calls made, pages asked for, pages asked for again after -EBUSY, and whether MPOL_MF_MOVE_ALL was
+    in effect."""
+
+    status: np.ndarray
+    moved: int
+    calls: int
+    requested: int
+    busy_retries: int
+    move_all: bool
 
 
 @dataclass(frozen=True)
@@ -656,6 +674,56 @@ class Pool:
         """Move the slow-tier pages of rows [first, first+count) to a node; returns pages now there."""
         return self._check(
             lib.recmg_move_slow_rows(self._handle, self._table(table), int(first), int(count), int(node))
+        )
+
+    # ------------------------------------------------------------------ page mode (whole pages)
+    def slow_pages(self, table: int) -> int:
+        """Pages (of PAGE_BYTES) of a table's slow tier: page k holds bytes [k * 4096, (k+1) * 4096)
+        of its rows (each table's region starts on a page boundary). Memory slow tiers only."""
+        return self._check(lib.recmg_slow_pages(self._handle, self._table(table)))
+
+    def slow_page_nodes(self, table: int, pages: Any) -> np.ndarray:
+        """The NUMA node of each listed page of a table's slow tier (a negative errno if not placed)."""
+        t = self._table(table)
+        p = _i64(pages, "pages")
+        out = np.empty(len(p), dtype=np.int32)
+        self._check(
+            lib.recmg_slow_page_nodes(
+                self._handle, t, ffi.from_buffer("int64_t[]", p), len(p), ffi.from_buffer("int32_t[]", out)
+            )
+        )
+        return out
+
+    def move_slow_pages(
+        self,
+        table: int,
+        pages: Any,
+        node: int,
+        *,
+        move_all: bool = True,
+        strict: bool = False,
+        busy_retries: int = 3,
+    ) -> PageMove:
+        """Move the listed pages of a table's slow tier to a node with one move_pages(2) call (plus up
+        to ``busy_retries`` more for the pages reported -EBUSY).
+
+        move_all: MPOL_MF_MOVE_ALL, which also moves pages other processes (the apps) map and needs
+        CAP_SYS_NICE; without the capability the call falls back to MPOL_MF_MOVE (the result's
+        ``move_all`` is then False and shared pages come back -EACCES), or with ``strict`` raises."""
+        t = self._table(table)
+        p = _i64(pages, "pages")
+        status = np.empty(len(p), dtype=np.int32)
+        st = ffi.new("recmg_move_stats *")
+        flags = (lib.RECMG_MOVE_ALL if move_all else 0) | (lib.RECMG_MOVE_STRICT if strict else 0)
+        moved = self._check(
+            lib.recmg_move_slow_pages(
+                self._handle, t, ffi.from_buffer("int64_t[]", p), len(p), int(node), flags,
+                int(busy_retries), ffi.from_buffer("int32_t[]", status), st,
+            )
+        )
+        return PageMove(
+            status=status, moved=int(moved), calls=int(st.calls), requested=int(st.requested),
+            busy_retries=int(st.busy_retries), move_all=bool(st.move_all),
         )
 
 

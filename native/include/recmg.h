@@ -202,6 +202,36 @@ int recmg_slow_nodes(recmg_pool *pool, uint32_t table, const int64_t *rows, uint
 /* Move the pages that hold rows [first, first + count) of a table's slow tier to a node. */
 int64_t recmg_move_slow_rows(recmg_pool *pool, uint32_t table, uint64_t first, uint64_t count, int node);
 
+/* Page mode (the daemon moves whole 4096-byte pages of a table's slow tier; a table's region starts on
+ * a page boundary, so page k of table t holds bytes [k * 4096, (k + 1) * 4096) of its rows). A page is
+ * read once by these calls before it is queried or moved (move_pages sees only pages this process
+ * maps). Status per page: the node it is on, or a negative errno (-EBUSY, -ENOMEM: target node full,
+ * -EACCES: mapped by another process and no MPOL_MF_MOVE_ALL, -EFAULT, -ENOENT, -EPERM). */
+enum {
+    RECMG_MOVE_ALL = 1,    /* MPOL_MF_MOVE_ALL: also pages the apps map (needs CAP_SYS_NICE); without the
+                              capability the call falls back to MPOL_MF_MOVE and says so in move_all */
+    RECMG_MOVE_STRICT = 2, /* with RECMG_MOVE_ALL: no fallback, EPERM is an error */
+};
+
+typedef struct recmg_move_stats {
+    uint64_t calls;        /* move_pages system calls made (retries included) */
+    uint64_t requested;    /* pages asked for */
+    uint64_t moved;        /* pages on the target node afterwards (those already there included) */
+    uint64_t busy_retries; /* pages asked for again after -EBUSY */
+    int move_all;          /* 1 if MPOL_MF_MOVE_ALL was in effect, 0 if MPOL_MF_MOVE */
+    int pad;
+} recmg_move_stats;
+
+/* Pages of a table's slow tier (ceil(rows * row_bytes / 4096)); memory slow tiers only. */
+int64_t recmg_slow_pages(recmg_pool *pool, uint32_t table);
+/* The node of each listed page of a table's slow tier (or a negative errno), by move_pages(nodes=NULL). */
+int recmg_slow_page_nodes(recmg_pool *pool, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes);
+/* Move the listed pages of a table's slow tier to a node with move_pages(2), asking again up to
+ * busy_retries times for the pages whose status is -EBUSY; status[i] gets page i's final status.
+ * Returns how many pages are on the node afterwards; stats (may be NULL) gets the call's counts. */
+int64_t recmg_move_slow_pages(recmg_pool *pool, uint32_t table, const int64_t *pages, uint64_t n, int node,
+                              uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats);
+
 #ifdef __cplusplus
 }
 #endif

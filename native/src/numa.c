@@ -119,3 +119,144 @@ int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint
     if (r < 0) return rc_set(p, RECMG_ESYS, "move_pages to node %d: %s", node, strerror(e));
     return moved;
 }
+
+/* ---- page mode: whole pages of a table's slow tier (page indices within the table's region) ---- */
+
+#define MPOL_MF_MOVE_ALL_ (1 << 2)
+
+int64_t recmg_slow_pages(recmg_pool *p, uint32_t table)
+{
+    if (!p) return RECMG_EINVAL;
+    int rc = table_rows_check(p, table);
+    if (rc) return rc;
+    const shm_table *t = &p->tables[table];
+    return (int64_t)((t->rows * (uint64_t)t->row_bytes + RECMG_PAGE - 1) / RECMG_PAGE);
+}
+
+/* Check a page list and fill the page addresses; each page is read once first, so that it is mapped
+ * in this process (move_pages reports -ENOENT for a page this process has not mapped). */
+static int page_addrs(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, void **addrs)
+{
+    const shm_table *t = &p->tables[table];
+    uint64_t np = (t->rows * (uint64_t)t->row_bytes + RECMG_PAGE - 1) / RECMG_PAGE;
+    for (uint64_t i = 0; i < n; i++) {
+        if (pages[i] < 0 || (uint64_t)pages[i] >= np)
+            return rc_set(p, RECMG_ERANGE, "page %lld out of range for table %u (%llu slow-tier pages)",
+                          (long long)pages[i], table, (unsigned long long)np);
+        const volatile uint8_t *a = p->slow + t->slow_off + (uint64_t)pages[i] * RECMG_PAGE;
+        (void)*a;
+        addrs[i] = (void *)(uintptr_t)a;
+    }
+    return RECMG_OK;
+}
+
+int recmg_slow_page_nodes(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes)
+{
+    if (!p || (n && (!pages || !nodes))) return RECMG_EINVAL;
+    int rc = table_rows_check(p, table);
+    if (rc || n == 0) return rc;
+    void **addrs = malloc(n * sizeof *addrs);
+    int *status = malloc(n * sizeof *status);
+    if (!addrs || !status) {
+        free(addrs);
+        free(status);
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu page queries", (unsigned long long)n);
+    }
+    rc = page_addrs(p, table, pages, n, addrs);
+    if (rc == RECMG_OK) {
+        if (syscall(SYS_move_pages, 0, (unsigned long)n, addrs, NULL, status, 0) < 0)
+            rc = rc_set(p, RECMG_ESYS, "move_pages (query of %llu pages of table %u): %s",
+                        (unsigned long long)n, table, strerror(errno));
+        else
+            for (uint64_t i = 0; i < n; i++) nodes[i] = status[i];
+    }
+    free(addrs);
+    free(status);
+    return rc;
+}
+
+int64_t recmg_move_slow_pages(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int node,
+                              uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats)
+{
+    if (!p || (n && (!pages || !status))) return RECMG_EINVAL;
+    if (stats) memset(stats, 0, sizeof *stats);
+    int rc = table_rows_check(p, table);
+    if (rc) return rc;
+    if (flags & ~(uint32_t)(RECMG_MOVE_ALL | RECMG_MOVE_STRICT))
+        return rc_set(p, RECMG_EINVAL, "unknown move flags 0x%x", flags);
+    if (busy_retries < 0)
+        return rc_set(p, RECMG_EINVAL, "busy_retries must be >= 0, got %d", busy_retries);
+    if (!numa_node_valid(node)) return rc_set(p, RECMG_EINVAL, "NUMA node %d does not exist on this machine", node);
+    int sys_flags = (flags & RECMG_MOVE_ALL) ? MPOL_MF_MOVE_ALL_ : MPOL_MF_MOVE_;
+    if (stats) stats->move_all = (flags & RECMG_MOVE_ALL) ? 1 : 0;
+    if (n == 0) return 0;
+    void **addrs = malloc(n * sizeof *addrs);
+    int *nodes = malloc(n * sizeof *nodes);
+    int *st = malloc(n * sizeof *st);
+    uint64_t *idx = malloc(n * sizeof *idx); /* position in the caller's list of each page asked for */
+    uint64_t m = n, calls = 0, retried = 0;
+    int64_t moved = 0;
+    if (!addrs || !nodes || !st || !idx) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu page moves", (unsigned long long)n);
+        goto out;
+    }
+    rc = page_addrs(p, table, pages, n, addrs);
+    if (rc) goto out;
+    for (uint64_t i = 0; i < n; i++) {
+        nodes[i] = node;
+        idx[i] = i;
+    }
+    for (int round = 0;; round++) {
+        long r = syscall(SYS_move_pages, 0, (unsigned long)m, addrs, nodes, st, sys_flags);
+        calls++;
+        if (r < 0) {
+            int e = errno;
+            if (e == EPERM && sys_flags == MPOL_MF_MOVE_ALL_ && !(flags & RECMG_MOVE_STRICT)) {
+                /* no CAP_SYS_NICE: move what this process maps alone; pages the app maps too get -EACCES */
+                sys_flags = MPOL_MF_MOVE_;
+                if (stats) stats->move_all = 0;
+                round--;
+                continue;
+            }
+            rc = rc_set(p, RECMG_ESYS, "move_pages of %llu pages of table %u to node %d%s: %s",
+                        (unsigned long long)m, table, node,
+                        e == EPERM && sys_flags == MPOL_MF_MOVE_ALL_ ? " (MPOL_MF_MOVE_ALL needs CAP_SYS_NICE)" : "",
+                        strerror(e));
+            goto out;
+        }
+        /* r > 0 counts pages not moved; the per-page status says which and why (read it all: a page
+         * may be -EBUSY even when r == 0) */
+        uint64_t busy = 0;
+        for (uint64_t k = 0; k < m; k++) {
+            status[idx[k]] = st[k];
+            if (st[k] == -EBUSY) {
+                addrs[busy] = addrs[k];
+                idx[busy] = idx[k];
+                busy++;
+            }
+        }
+        if (busy == 0 || round >= busy_retries) break;
+        retried += busy;
+        m = busy;
+        /* -EBUSY: the page is locked, under writeback or in a per-CPU LRU batch for a moment */
+        struct timespec ts = {0, (round + 1) * 1000000L};
+        if (nanosleep(&ts, NULL) != 0 && errno != EINTR) {
+            rc = rc_set(p, RECMG_ESYS, "nanosleep before a move_pages retry: %s", strerror(errno));
+            goto out;
+        }
+    }
+    for (uint64_t i = 0; i < n; i++)
+        if (status[i] == node) moved++;
+out:
+    if (stats) {
+        stats->calls = calls;
+        stats->requested = n;
+        stats->moved = (uint64_t)moved;
+        stats->busy_retries = retried;
+    }
+    free(addrs);
+    free(nodes);
+    free(st);
+    free(idx);
+    return rc ? rc : moved;
+}
