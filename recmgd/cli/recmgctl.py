@@ -69,10 +69,15 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append("no pools attached")
     for name, p in pools.items():
         lines.append("")
+        pages = p.get("pages")
+        held = (f"page mode, {p['resident']}/{p['n_slots']} pages promoted" if pages
+                else f"{p['resident']}/{p['n_slots']} slots resident")
         lines.append(f"pool {name}: policy {p['policy']}{' (paused)' if p.get('paused') else ''}, "
-                     f"{p['resident']}/{p['n_slots']} slots resident, {p['apps']} apps, "
+                     f"{held}, {p['apps']} apps, "
                      f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, "
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
+        if pages:
+            lines.extend(format_pages(pages))
         app = p.get("app") or {}
         if app.get("unique"):
             hit = 100.0 * (1 - app["on_demand"] / app["unique"])
@@ -93,6 +98,25 @@ def format_stats(stats: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def format_pages(pg: dict[str, Any]) -> list[str]:
+    """Page mode's lines of a pool (the table below it then counts pages, not rows)."""
+    cap = f"{pg['mb_per_s']:g} MB/s" if pg.get("mb_per_s") else "no cap"
+    lines = [f"page mode: fast node {pg['fast_node']}, slow node {pg['slow_node']}; promoted "
+             f"{pg['promoted_pages']}/{pg['budget_pages']} pages ({pg['promoted_bytes'] / 1e6:.1f}/"
+             f"{pg['budget_bytes'] / 1e6:.1f} MB); cap {cap}, batch {pg['batch']}"
+             f"{'' if pg.get('move_all', True) else '; no CAP_SYS_NICE (MPOL_MF_MOVE)'}"]
+    failed = ", ".join(f"{k} {v}" for k, v in sorted((pg.get("failed") or {}).items()))
+    lines.append(f"move_pages: {pg['move_calls']} calls, {pg['pages_requested']} pages requested, "
+                 f"{pg['pages_moved']} moved, {pg['pages_failed']} failed{f' ({failed})' if failed else ''}, "
+                 f"{pg['busy_retries']} busy retries; {pg['promotions']} promotions, "
+                 f"{pg['demotions']} demotions")
+    nodes = ", ".join(f"node{k} {v / 1e6:.1f} MB" for k, v in sorted((pg.get("node_bytes") or {}).items(),
+                                                                      key=lambda kv: int(kv[0])))
+    how = "exact" if pg.get("node_bytes_exact") else f"from {pg.get('node_pages_sampled', 0)} sampled pages"
+    lines.append(f"bytes per node ({how}): {nodes or 'none placed'}; counts below are in pages")
+    return lines
+
+
 def format_pools(pools: list[dict[str, Any]]) -> str:
     if not pools:
         return "no pools"
@@ -103,9 +127,11 @@ def format_pools(pools: list[dict[str, Any]]) -> str:
             lines.append(f"{p['name']}: waiting for the pool{err}")
             continue
         apps = ", ".join(str(a["pid"]) for a in p["apps"]) or "none"
-        lines.append(f"{p['name']}: policy {p['policy']}{' (paused)' if p['paused'] else ''}, "
-                     f"{len(p['tables'])} tables, {p['resident']}/{p['n_slots']} slots "
-                     f"(policy capacity {p['capacity']}, hint slots {p['hint_slots']}), apps: {apps}")
+        unit = "pages" if p.get("mode") == "pages" else "slots"
+        mode = ", page mode" if p.get("mode") == "pages" else ""
+        lines.append(f"{p['name']}: policy {p['policy']}{' (paused)' if p['paused'] else ''}{mode}, "
+                     f"{len(p['tables'])} tables, {p['resident']}/{p['n_slots']} {unit} "
+                     f"(policy capacity {p['capacity']}, hint {unit} {p['hint_slots']}), apps: {apps}")
     return "\n".join(lines)
 
 

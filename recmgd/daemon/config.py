@@ -31,12 +31,23 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     name = "lru"
     model_dir = ""
     hint_slots = 0
+    mode = "rows"                 # or "pages": whole pages of a NUMA slow tier (see [pages])
     [policy.options]
     prefetch_budget = 0
     seed = 0
 
+    [pages]                       # page mode (pools with mode = "pages" and a numa:N slow tier)
+    fast_node = 0                 # the node pages are promoted to
+    budget_mb = 1024.0            # DRAM the promoted pages of one pool may use (MB = 10^6 bytes)
+    mb_per_s = 100.0              # cap on pages moved (both ways), 0 = no cap
+    batch = 1024                  # pages per move_pages call
+    busy_retries = 3              # times a page reported -EBUSY is asked for again in a call
+    node_sample_pages = 65536     # pages queried for the bytes per node (0 = every page)
+
     [pool.NAME]                   # per-pool overrides of [policy]
     name = "recmg"
+    [pool.NAME.pages]             # per-pool overrides of [pages]
+    budget_mb = 256.0
 """
 
 from __future__ import annotations
@@ -66,14 +77,39 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
 }
 
 
+#: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier
+MODES = ("rows", "pages")
+PAGE_BYTES = 4096
+NODE_DIR = "/sys/devices/system/node"
+
+
+@dataclass(frozen=True)
+class PagesConfig:
+    """Page mode of one pool (DESIGN.md, "Page mode"): where pages go, how many, how fast."""
+
+    fast_node: int = 0
+    budget_mb: float = 1024.0
+    mb_per_s: float = 100.0
+    batch: int = 1024
+    busy_retries: int = 3
+    node_sample_pages: int = 65536
+
+    @property
+    def budget_pages(self) -> int:
+        """Pages the promoted pages of one pool may take (budget_mb in 10^6 bytes, whole pages)."""
+        return int(round(self.budget_mb * 1e6)) // PAGE_BYTES
+
+
 @dataclass(frozen=True)
 class PolicyConfig:
-    """The policy that drives one pool."""
+    """The policy that drives one pool, and what it moves (``mode``)."""
 
     name: str = "lru"
     model_dir: str | None = None
     hint_slots: int = 0
     options: Mapping[str, int] = field(default_factory=dict)
+    mode: str = "rows"
+    pages: PagesConfig = field(default_factory=PagesConfig)
 
     def create_options(self) -> dict[str, object]:
         """Keyword arguments for :func:`recmgd.policy.create`."""
@@ -124,6 +160,7 @@ class Config:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
     pool_policies: Mapping[str, PolicyConfig] = field(default_factory=dict)
+    pages: PagesConfig = field(default_factory=PagesConfig)
 
     def policy_for(self, pool: str) -> PolicyConfig:
         """The policy configuration of one pool (its [pool.NAME] section, or the default)."""
@@ -207,8 +244,31 @@ class _Decoder:
 
     # -- sections ---------------------------------------------------------------------------------
 
-    def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig) -> PolicyConfig:
-        self.check_keys(t, {"name", "model_dir", "hint_slots", "options"}, prefix)
+    def pages(self, t: Mapping[str, Any], prefix: str, base: PagesConfig) -> PagesConfig:
+        self.check_keys(t, {"fast_node", "budget_mb", "mb_per_s", "batch", "busy_retries",
+                            "node_sample_pages"}, prefix)
+        fast_node = self.integer(t, "fast_node", prefix, base.fast_node, 0, 1023)
+        if "fast_node" in t and not os.path.isdir(os.path.join(NODE_DIR, f"node{fast_node}")):
+            raise self.fail(prefix + "fast_node",
+                            f"impossible value {fast_node} (no NUMA node {fast_node} on this machine)")
+        budget_mb = self.number(t, "budget_mb", prefix, base.budget_mb, 0.0, 1e9, lo_open=True)
+        if int(round(budget_mb * 1e6)) < PAGE_BYTES:
+            raise self.fail(prefix + "budget_mb",
+                            f"impossible value {budget_mb} (less than one page of {PAGE_BYTES} bytes)")
+        return PagesConfig(
+            fast_node=fast_node,
+            budget_mb=budget_mb,
+            mb_per_s=self.number(t, "mb_per_s", prefix, base.mb_per_s, 0.0, 1e9),
+            batch=self.integer(t, "batch", prefix, base.batch, 1, 1 << 20),
+            busy_retries=self.integer(t, "busy_retries", prefix, base.busy_retries, 0, 100),
+            node_sample_pages=self.integer(t, "node_sample_pages", prefix, base.node_sample_pages,
+                                           0, 1 << 32),
+        )
+
+    def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig,
+               pages_ok: bool = False) -> PolicyConfig:
+        allowed = {"name", "model_dir", "hint_slots", "options", "mode"} | ({"pages"} if pages_ok else set())
+        self.check_keys(t, allowed, prefix)
         name = self.string(t, "name", prefix, base.name)
         if not name:
             raise self.fail(prefix + "name", "impossible value (empty policy name)")
@@ -225,7 +285,14 @@ class _Decoder:
         for key in opts_t:
             _, lo, hi = POLICY_OPTIONS[key]
             options[key] = self.integer(opts_t, key, oprefix, 0, lo, hi)
-        return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options)
+        mode = self.string(t, "mode", prefix, base.mode)
+        if mode not in MODES:
+            raise self.fail(prefix + "mode", f"impossible value {mode!r} (one of {', '.join(MODES)})")
+        pages = base.pages
+        if "pages" in t:
+            pages = self.pages(self.table(t, "pages", prefix), prefix + "pages.", base.pages)
+        return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options,
+                            mode=mode, pages=pages)
 
     def control(self, t: Mapping[str, Any]) -> ControlConfig:
         p = "control."
@@ -285,7 +352,7 @@ class _Decoder:
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
-               "control", "metrics", "policy", "pool"}
+               "control", "metrics", "policy", "pool", "pages"}
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
         if log_level not in LOG_LEVELS:
@@ -302,13 +369,14 @@ class _Decoder:
                     raise self.fail("pools", f"impossible value {name!r} (a pool name has no '/')")
         else:
             raise self.fail("pools", '"all" or an array of pool names expected')
-        policy = self.policy(self.table(doc, "policy", ""), "policy.", PolicyConfig())
+        pages = self.pages(self.table(doc, "pages", ""), "pages.", PagesConfig())
+        policy = self.policy(self.table(doc, "policy", ""), "policy.", PolicyConfig(pages=pages))
         pool_t = self.table(doc, "pool", "")
         pool_policies: dict[str, PolicyConfig] = {}
         for name, sect in pool_t.items():
             if not isinstance(sect, dict):
                 raise self.fail(f"pool.{name}", f"expected a table, got {self._typename(sect)}")
-            pool_policies[name] = self.policy(sect, f"pool.{name}.", policy)
+            pool_policies[name] = self.policy(sect, f"pool.{name}.", policy, pages_ok=True)
         return Config(
             path=self.path,
             log_level=log_level,
@@ -327,6 +395,7 @@ class _Decoder:
             metrics=self.metrics(self.table(doc, "metrics", "")),
             policy=policy,
             pool_policies=pool_policies,
+            pages=pages,
         )
 
 

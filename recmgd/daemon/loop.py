@@ -89,7 +89,9 @@ class FillBudget:
 
     Wall-clock mode: a token bucket refilled at each :meth:`refill`, holding at most ``burst`` seconds
     of budget. Step mode: each :meth:`refill` grants exactly ``rate * step_seconds`` (deterministic).
-    Shared by every pool (they share the slow tier).
+    :meth:`charge` (page mode's demotions, which are never refused) may leave a debt: later grants pay
+    it first, so the caps hold over time.
+    Row mode: one, shared by every pool (they share the slow tier); page mode: one per pool ([pages]).
     """
 
     def __init__(self, rows_per_s: float = 0.0, mb_per_s: float = 0.0, *, step_mode: bool = False,
@@ -115,14 +117,25 @@ class FillBudget:
         if self.unlimited:
             return
         if self.step_mode:
-            self.rows = self.rows_rate * self.step_seconds
-            self.bytes = self.bytes_rate * self.step_seconds
+            # a fixed grant per step; a debt (see charge) is paid from the next grants
+            grant_rows = self.rows_rate * self.step_seconds
+            grant_bytes = self.bytes_rate * self.step_seconds
+            self.rows = min(grant_rows, self.rows + grant_rows)
+            self.bytes = min(grant_bytes, self.bytes + grant_bytes)
             return
         now = time.monotonic() if now is None else now
         dt = max(0.0, now - self._last)
         self._last = now
         self.rows = min(self.rows_rate * self.burst, self.rows + self.rows_rate * dt)
         self.bytes = min(self.bytes_rate * self.burst, self.bytes + self.bytes_rate * dt)
+
+    def charge(self, nbytes: int, rows: int = 0) -> None:
+        """Count traffic that had to happen (page mode's demotions) against the caps: the budget may
+        go negative, and later grants pay the debt first."""
+        if self.rows_rate > 0:
+            self.rows -= rows
+        if self.bytes_rate > 0:
+            self.bytes -= float(nbytes)
 
     def take(self, row_bytes: np.ndarray) -> int:
         """How many of these fills (in order, each of ``row_bytes[i]`` bytes) the budget allows now."""
@@ -238,6 +251,9 @@ class PoolDriver:
 
     Memory: 5 bytes per row of the pool's tables (a flag byte and a dedupe scratch word).
     """
+
+    #: what the driver's keys are: rows of the fast tier's slots (recmgd.daemon.pages drives pages)
+    mode = "rows"
 
     def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
                  budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144,
@@ -843,6 +859,7 @@ class PoolDriver:
         uniq = totals["unique"]
         out: dict[str, Any] = {
             "pool": self.name,
+            "mode": self.mode,
             "policy": self.policy_name,
             "paused": self.paused,
             "step_mode": self.step_mode,

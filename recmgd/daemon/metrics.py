@@ -61,6 +61,23 @@ POOL_GAUGES = (
     ("hit_rate", "hit_rate", "fast hits / unique lookups"),
 )
 
+# page mode (pools with mode = "pages"): (key of the stats' "pages" dict, metric name, help)
+PAGE_COUNTERS = (
+    ("move_calls", "page_move_calls", "move_pages(2) calls (retries included)"),
+    ("pages_requested", "page_moves_requested", "pages asked to move"),
+    ("pages_moved", "pages_moved", "pages on the target node after a move (already there included)"),
+    ("pages_failed", "page_moves_failed", "pages not on the target node after a move"),
+    ("busy_retries", "page_move_busy_retries", "pages asked for again after -EBUSY"),
+    ("promotions", "page_promotions", "pages promoted to the fast node"),
+    ("demotions", "page_demotions", "pages demoted to the slow tier's node"),
+    ("move_all_fallbacks", "page_move_all_fallbacks",
+     "move_pages calls that fell back to MPOL_MF_MOVE (no CAP_SYS_NICE)"),
+)
+PAGE_GAUGES = (
+    ("promoted_pages", "promoted_pages", "pages counted as promoted (at most the budget)"),
+    ("budget_pages", "page_budget_pages", "pages the promoted pages may take (budget_mb)"),
+)
+
 
 class StatsCollector(Collector):
     """Turns the daemon's stats snapshot into metric families."""
@@ -95,6 +112,7 @@ class StatsCollector(Collector):
             for pname, p in pools.items():
                 fam.add_metric([pname], float((p.get("app") or {}).get(key, 0)))
             yield fam
+        yield from self._pages(pools)
         d = snap.get("daemon", {})
         yield GaugeMetricFamily("recmgd_loop_lag_seconds", "how late the last loop tick ended",
                                 value=float(d.get("loop_lag_s", 0.0)))
@@ -102,6 +120,34 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("recmgd_lookups_per_second", "ring records drained per second",
                                 value=float(d.get("lookups_per_s", 0.0)))
         yield GaugeMetricFamily("recmgd_pools", "pools attached", value=float(len(pools)))
+
+    @staticmethod
+    def _pages(pools: dict[str, Any]) -> Iterator[Any]:
+        """Page mode's families (samples only for the pools in page mode)."""
+        pages = {name: p["pages"] for name, p in pools.items() if p.get("pages")}
+        for key, name, help_text in PAGE_COUNTERS:
+            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, pg in pages.items():
+                fam.add_metric([pname], float(pg.get(key, 0)))
+            yield fam
+        fam = CounterMetricFamily("recmgd_page_move_failures", "pages not moved, by errno name",
+                                  labels=["pool", "errno"])
+        for pname, pg in pages.items():
+            for err, n in sorted((pg.get("failed") or {}).items()):
+                fam.add_metric([pname, str(err)], float(n))
+        yield fam
+        for key, name, help_text in PAGE_GAUGES:
+            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, pg in pages.items():
+                fam.add_metric([pname], float(pg.get(key, 0)))
+            yield fam
+        fam = GaugeMetricFamily("recmgd_node_bytes", "bytes of the pool's slow tier on each NUMA node "
+                                "(sampled when the pool has more pages than node_sample_pages)",
+                                labels=["pool", "node"])
+        for pname, pg in pages.items():
+            for node, n in sorted((pg.get("node_bytes") or {}).items()):
+                fam.add_metric([pname, str(node)], float(n))
+        yield fam
 
 
 class MetricsServer:

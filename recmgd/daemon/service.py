@@ -23,6 +23,7 @@ from recmgd.daemon.control import CommandError, ControlServer
 from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
+from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.errors import ConfigError, PoolError, RecmgError
 
 log = logging.getLogger(__name__)
@@ -37,6 +38,7 @@ class _Attached:
     tracker: AppTracker
     policy_cfg: PolicyConfig
     inode: int | None
+    budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
 
 
 def _shm_inode(name: str) -> int | None:
@@ -56,8 +58,8 @@ class Daemon:
         self.cfg = self._effective(cfg)
         self.notifier = notifier or Notifier()
         self.budget = FillBudget()
-        self._configure_budget()
         self.pools: dict[str, _Attached] = {}
+        self._configure_budget()
         self.control: ControlServer | None = None
         self.metrics: MetricsServer | None = None
         self.stall_file = os.environ.get(STALL_ENV) or None
@@ -87,6 +89,14 @@ class Daemon:
         c = self.cfg
         self.budget.configure(c.fill_rows_per_s, c.fill_mb_per_s, step_mode=c.step_mode,
                               step_seconds=c.interval, burst=max(0.05, 2 * c.interval))
+        for att in self.pools.values():
+            if att.budget is not None:
+                self._configure_page_budget(att.budget, att.policy_cfg)
+
+    def _configure_page_budget(self, budget: FillBudget, pc: PolicyConfig) -> None:
+        c = self.cfg
+        budget.configure(0, pc.pages.mb_per_s, step_mode=c.step_mode, step_seconds=c.interval,
+                         burst=max(0.05, 2 * c.interval))
 
     # -- signals -------------------------------------------------------------------------------
 
@@ -135,10 +145,21 @@ class Daemon:
                 log.warning("pool %s: cannot attach: %s (will retry)", name, msg)
                 self._attach_errors[name] = msg
             return False
+        page_budget: FillBudget | None = None
         try:
-            driver = PoolDriver(pool, pol, pc.name, hint_slots=pc.hint_slots, budget=self.budget,
-                                step_mode=self.cfg.step_mode, max_drain=self.cfg.max_drain,
-                                coalesce=self.cfg.coalesce, early_admit=self.cfg.early_admit)
+            common: dict[str, Any] = dict(hint_slots=pc.hint_slots, step_mode=self.cfg.step_mode,
+                                          max_drain=self.cfg.max_drain, coalesce=self.cfg.coalesce,
+                                          early_admit=self.cfg.early_admit)
+            if pc.mode == "pages":
+                problem = page_mode_problem(name, pool.slow)
+                if problem:
+                    raise PoolError(problem)
+                page_budget = FillBudget()
+                self._configure_page_budget(page_budget, pc)
+                pages = PagePool(pool, pc.pages, page_budget, node_query_interval=self.cfg.status_interval)
+                driver: PoolDriver = PageDriver(pages, pol, pc.name, budget=page_budget, **common)
+            else:
+                driver = PoolDriver(pool, pol, pc.name, budget=self.budget, **common)
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -147,18 +168,29 @@ class Daemon:
                 self._attach_errors[name] = msg
             return False
         self._attach_errors.pop(name, None)
-        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name))
+        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name),
+                        budget=page_budget)
         self.pools[name] = att
         att.tracker.check()
-        log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
-                 driver.n_slots, driver.resident_count())
+        if pc.mode == "pages":
+            log.info("pool %s attached in page mode: %d tables, %d pages, budget %d pages on node %d, "
+                     "%d promoted", name, driver.n_tables, int(driver.offsets[-1]), driver.n_slots,
+                     pc.pages.fast_node, driver.resident_count())
+        else:
+            log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
+                     driver.n_slots, driver.resident_count())
         return True
 
-    def _detach(self, name: str, why: str) -> None:
+    def _detach(self, name: str, why: str, demote: bool = False) -> None:
         att = self.pools.pop(name, None)
         if att is None:
             return
         att.driver.close()
+        if demote and isinstance(att.driver, PageDriver):
+            try:
+                att.driver.pages.demote_all()
+            except Exception as exc:  # noqa: BLE001 - leaving page mode must not fail the reload
+                log.warning("pool %s: demoting its pages failed: %s", name, exc)
         try:
             att.driver.pool.close()  # type: ignore[attr-defined]
         except Exception as exc:  # noqa: BLE001
@@ -253,7 +285,8 @@ class Daemon:
                 tables = [{"rows": int(r), "row_bytes": int(b)}
                           for r, b in zip(d.table_rows, d.table_row_bytes, strict=True)]
                 apps = [{"ring": i, "pid": p} for i, (p, _) in sorted(att.tracker.known.items())]
-                out.append({"name": name, "policy": d.policy_name, "paused": d.paused, "n_slots": d.n_slots,
+                out.append({"name": name, "mode": d.mode, "policy": d.policy_name, "paused": d.paused,
+                            "n_slots": d.n_slots,
                             "capacity": d.capacity, "hint_slots": d.hint_slots,
                             "resident": d.resident_count(), "tables": tables, "apps": apps})
             for name in self.waiting_for():
@@ -308,9 +341,19 @@ class Daemon:
         old = self.cfg
         # everything that can fail is prepared before anything changes
         new_policies = {}
+        reattach = []  # pools whose mode or page-mode settings change: attached again
         for name, att in self.pools.items():
             pc = new.policy_for(name)
             switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
+            if new.manages(name) and (pc.mode != att.policy_cfg.mode
+                                      or (pc.mode == "pages" and pc.pages != att.policy_cfg.pages)):
+                key = f"pool.{name}.mode" if name in new.pool_policies else "policy.mode"
+                problem = page_mode_problem(name, str(att.driver.pool.slow)) if pc.mode == "pages" else None
+                if problem:
+                    raise ConfigError(f"{new.path}: {key}: {problem}")
+                create_policy(pc.name, pc.create_options())  # fails now, not at the attach
+                reattach.append(name)
+                continue
             if pc.hint_slots >= att.driver.n_slots:
                 key = f"pool.{name}.hint_slots" if name in new.pool_policies else "policy.hint_slots"
                 raise ConfigError(f"{new.path}: {key}: impossible value {pc.hint_slots} (pool {name} has "
@@ -348,6 +391,8 @@ class Daemon:
         # commit
         self.cfg = new
         set_level(new.log_level)
+        for name in reattach:
+            self._detach(name, "its mode or page-mode settings changed", demote=True)
         self._configure_budget()
         self._policy_override.clear()
         for name, (pc, pol) in new_policies.items():
