@@ -3,7 +3,10 @@
 Kernel NUMA tiering, DAMON and memtierd (and recmgd's own page mode) keep whole pages of the slow
 tier's backing store on the fast node, not rows. A table's rows lie in its backing store in id order
 (each table's region starts on a page boundary, as in the pool), so a page of ``page_bytes`` holds
-``page_bytes // row_bytes`` rows that, with hashed ids, have nothing to do with each other.
+``page_bytes // row_bytes`` rows that, with hashed ids, have nothing to do with each other. When
+``row_bytes`` does not divide ``page_bytes`` some rows straddle two pages; the simulation counts such a
+row on the page of its first byte (the daemon's page mode, recmgd/daemon/pages.py, moves both), so
+it slightly favours page tiering there.
 
 :func:`simulate_pages` runs any registered policy on the same steps at page granularity: a step's
 rows become the pages that hold them (deduplicated, in order of first appearance), the fast tier
