@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MPOL_BIND_ 2
@@ -13,6 +14,7 @@
 #define MPOL_MF_MOVE_ (1 << 1)
 #define MAX_NODES 1024
 #define MASK_WORDS (MAX_NODES / (8 * sizeof(unsigned long)))
+#define MOVE_BUSY_RETRIES 8 /* further move_pages calls for pages whose status is -EBUSY (1 ms, 2 ms, ... apart) */
 
 int numa_node_valid(int node)
 {
@@ -111,11 +113,38 @@ int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint
     long r = syscall(SYS_move_pages, 0, (unsigned long)np, pages, nodes, status, MPOL_MF_MOVE_);
     int e = errno;
     int64_t moved = 0;
-    for (uint64_t i = 0; i < np; i++)
-        if (status[i] == node) moved++;
+    /* The call may return 0 while a page's status is -EBUSY (a page in a per-CPU LRU batch, locked or
+     * under writeback for a moment): read every page's status and ask again for the busy ones, which
+     * go to the front of pages[] (nodes[] is the target node throughout). */
+    uint64_t nb = 0;
+    int slept = 1;
+    if (r >= 0)
+        for (uint64_t i = 0; i < np; i++) {
+            if (status[i] == node) moved++;
+            else if (status[i] == -EBUSY) pages[nb++] = pages[i];
+        }
+    for (int round = 1; r >= 0 && nb > 0 && round <= MOVE_BUSY_RETRIES; round++) {
+        struct timespec ts = {0, round * 1000000L};
+        if (nanosleep(&ts, NULL) != 0 && errno != EINTR) {
+            e = errno;
+            r = -1;
+            slept = 0;
+            break;
+        }
+        r = syscall(SYS_move_pages, 0, (unsigned long)nb, pages, nodes, status, MPOL_MF_MOVE_);
+        e = errno;
+        uint64_t still = 0;
+        if (r >= 0)
+            for (uint64_t i = 0; i < nb; i++) {
+                if (status[i] == node) moved++;
+                else if (status[i] == -EBUSY) pages[still++] = pages[i];
+            }
+        nb = still;
+    }
     free(pages);
     free(nodes);
     free(status);
+    if (!slept) return rc_set(p, RECMG_ESYS, "nanosleep before a move_pages retry: %s", strerror(e));
     if (r < 0) return rc_set(p, RECMG_ESYS, "move_pages to node %d: %s", node, strerror(e));
     return moved;
 }
