@@ -6,10 +6,13 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 APT_PACKAGES := gcc make pkg-config liburing-dev libsystemd-dev fio
+# The NUMA test VM (tools/numa_vm.py, run by the `vm` tests in `make test`), without recommends: qemu's
+# would pull in a desktop stack. Not root: the VM tests skip, saying why.
+APT_VM_PACKAGES := qemu-system-x86 busybox-static
 TRACE  ?=
 PREFIX ?= /usr/local
 
-.PHONY: all sysdeps venv native test demo bench lint install clean
+.PHONY: all sysdeps venv native test test-vm demo bench lint install clean
 
 all: native
 
@@ -18,13 +21,26 @@ sysdeps:
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
 	done; \
-	if [ -n "$$missing" ]; then \
+	vm_missing=""; for p in $(APT_VM_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || vm_missing="$$vm_missing $$p"; \
+	done; \
+	if [ -n "$$missing$$vm_missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
-	    echo "installing system packages:$$missing"; \
-	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	    echo "installing system packages:$$missing$$vm_missing"; \
+	    DEBIAN_FRONTEND=noninteractive apt-get update -qq || exit 1; \
+	    if [ -n "$$missing" ]; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null || exit 1; \
+	    fi; \
+	    if [ -n "$$vm_missing" ]; then \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$vm_missing >/dev/null || exit 1; \
+	    fi; \
 	  else \
-	    echo "missing system packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	    if [ -n "$$vm_missing" ]; then \
+	      echo "missing system packages for the VM tests (they skip); run: sudo apt-get install -y --no-install-recommends$$vm_missing"; \
+	    fi; \
+	    if [ -n "$$missing" ]; then \
+	      echo "missing system packages; run: sudo apt-get install -y$$missing"; exit 1; \
+	    fi; \
 	  fi; \
 	fi
 
@@ -44,6 +60,10 @@ native: venv
 
 test: native
 	$(PY) -m pytest -q tests
+
+# Only the tests in the QEMU NUMA test VM (a CPU-less NUMA node, systemd as PID 1); also part of `make test`.
+test-vm: native
+	$(PY) -m pytest -q -m vm tests
 
 demo: native
 	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),) $(if $(PACE),--pace $(PACE),)

@@ -1,0 +1,119 @@
+"""recmgd.service under systemd as PID 1: a QEMU guest (tools/numa_vm.py) with a CPU-less NUMA node 1
+boots systemd, which runs the repo's systemd/recmgd.service unchanged from /etc/systemd/system, with
+/usr/local/bin/{recmgd,recmgctl,recmg} linked to this venv's commands and /etc/recmgd/recmgd.toml made
+from systemd/recmgd.toml.example. One boot runs tests/vm_systemd_guest.py as the boot's oneshot unit; it
+drives the service with systemctl and an app process, and the tests here assert on its report.
+
+What is checked: `systemctl start` succeeds (Type=notify: READY=1 arrived), StatusText carries the
+daemon's status line; the sandbox is applied (capabilities, no_new_privs, own mount and network
+namespaces); an app creates a numa:1 pool and looks rows up, recmgd (policy lru) fills the hot rows and
+`recmgctl stats --json` shows the pool with every lookup of the app; `systemctl reload` keeps it active
+(same pid, one reload counted); `systemctl stop` ends it cleanly; the journal holds the daemon's lines.
+The unit's own timeouts (TimeoutStartSec=90s) hold under the emulation: no drop-in is used.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import vm_systemd_guest as g
+from vm_support import REPO, last_json, numa_vm, prepared
+
+pytestmark = pytest.mark.vm
+
+GUEST_TIMEOUT = 480.0  # systemd's boot, the daemon's start and the steps: ~80 s on an idle host
+COMMANDS = ("recmgd", "recmgctl", "recmg")
+CAP_SYS_NICE = 1 << 23
+
+
+def guest_files() -> dict[str, Any]:
+    """The installed files, as `make install` lays them out (the venv is this test's)."""
+    venv_bin = Path(sys.executable).parent
+    files: dict[str, Any] = {
+        "/etc/systemd/system/recmgd.service": (REPO / "systemd" / "recmgd.service").read_text(),
+        "/etc/recmgd/recmgd.toml": (REPO / "systemd" / "recmgd.toml.example").read_text(),
+    }
+    for c in COMMANDS:
+        assert (venv_bin / c).is_file(), f"{venv_bin / c} is missing (pip install -e . makes it)"
+        files[f"/usr/local/bin/{c}"] = numa_vm.Link(str(venv_bin / c))
+    return files
+
+
+@pytest.fixture(scope="module")
+def report() -> dict[str, Any]:
+    p = prepared()
+    r = numa_vm.run_systemd([sys.executable, str(REPO / "tests" / "vm_systemd_guest.py"), "run"],
+                            files=guest_files(), prepared=p, timeout=GUEST_TIMEOUT, label="test_vm_systemd")
+    assert r.returncode == 0, f"the guest script failed (exit {r.returncode}): {r.output[-3000:]}"
+    return last_json(r.output)
+
+
+def step(rep: dict[str, Any], name: str) -> dict[str, Any]:
+    s = rep[name]
+    assert s["rc"] == 0, f"{' '.join(s['argv'])}: exit {s['rc']}: {s['err'][-2000:]}"
+    return s
+
+
+def test_start_is_ready(report: dict[str, Any]) -> None:
+    step(report, "start")  # Type=notify: `systemctl start` returns once READY=1 arrived
+    props = report["after_start"]
+    assert props["ActiveState"] == "active" and props["SubState"] == "running", props
+    assert props["Type"] == "notify" and props["NRestarts"] == "0", props
+    assert props["WatchdogUSec"] == "30s", props
+    assert re.fullmatch(r"0 pools; [\d.]+M lookups/s; hit rate -; lag \d+ ms", props["StatusText"]), props
+
+
+def test_sandbox_applied(report: dict[str, Any]) -> None:
+    m = report["main_process"]
+    assert m["pid"] == report["after_start"]["MainPID"] and "error" not in m, m
+    assert int(m["CapBnd"], 16) == CAP_SYS_NICE, m
+    assert int(m["CapEff"], 16) == CAP_SYS_NICE and int(m["CapAmb"], 16) == CAP_SYS_NICE, m
+    assert m["NoNewPrivs"] == "1", m
+    assert m["own_mnt_ns"] and m["own_net_ns"], m  # ProtectSystem=/PrivateTmp=, PrivateNetwork=
+
+
+def test_app_lookups_through_the_daemon(report: dict[str, Any]) -> None:
+    step(report, "app")
+    app = report["app_report"]
+    assert app is not None, report["app"]["out"][-2000:]
+    assert app["wrong"] == 0 and app["slow_nodes"] == [1], app
+    assert app["hits"][0] == 0 and app["hits"][-1] == g.HOT, app  # recmgd filled the hot rows
+    assert app["waiting"] == 0, app
+    st = report["stats"]
+    assert st["rc"] == 0 and st["json"] is not None, st
+    pool = st["json"]["pools"][g.POOL]
+    assert pool["policy"] == "lru" and pool["mode"] == "rows", pool
+    assert pool["lookups"] == app["lookups"], (pool["lookups"], app)
+    assert pool["batches"] == app["batches"], (pool["batches"], app)
+    assert pool["fills"] >= g.HOT and pool["hits"] > 0, pool
+    assert pool["app"]["lookups"] == app["lookups"], pool["app"]
+    props = report["after_app"]
+    m = re.fullmatch(r"1 pool; [\d.]+M lookups/s; hit rate ([\d.]+)%; lag \d+ ms", props["StatusText"])
+    assert m and float(m.group(1)) > 0, props
+
+
+def test_reload_keeps_it_active(report: dict[str, Any]) -> None:
+    step(report, "reload")
+    props = report["after_reload"]
+    assert props["ActiveState"] == "active" and props["MainPID"] == report["after_start"]["MainPID"], props
+    d = report["stats_after_reload"]["json"]["daemon"]
+    assert d["reloads"] == 1 and d["last_reload_error"] is None, d
+    assert g.POOL in report["stats_after_reload"]["json"]["pools"]
+
+
+def test_stop_is_clean(report: dict[str, Any]) -> None:
+    step(report, "stop")
+    props = report["after_stop"]
+    assert props["ActiveState"] == "inactive" and props["Result"] == "success", props
+
+
+def test_journal_has_the_daemon_lines(report: dict[str, Any]) -> None:
+    journal = step(report, "journal")["out"]
+    for line in ("configuration is valid", "recmgd ready", f"pool {g.POOL} attached", "reloaded",
+                 "stopping", "recmgd.service: Deactivated successfully"):
+        assert line in journal, f"{line!r} not in the journal:\n{journal[-3000:]}"
+    assert "Traceback" not in journal, journal[-3000:]
