@@ -131,6 +131,17 @@ def run() -> dict[str, Any]:
     rep["start"] = sh(["systemctl", "start", UNIT], timeout=180)
     rep["after_start"] = show()
     rep["main_process"] = main_process(rep["after_start"].get("MainPID", "0"))
+    if rep["start"]["rc"] != 0:  # no daemon: the rest would only wait for it
+        skipped = {"argv": ["(skipped)"], "rc": -1, "out": "", "err": "skipped: systemctl start failed"}
+        for k in ("app", "reload", "stop"):
+            rep[k] = skipped
+        rep["app_report"] = None
+        for k in ("stats", "stats_after_reload"):
+            rep[k] = {"rc": -1, "json": None, "err": skipped["err"]}
+        for k in ("after_app", "after_reload", "after_stop"):
+            rep[k] = rep["after_start"]
+        rep["journal"] = sh(["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
+        return rep
     rep["app"] = sh([sys.executable, __file__, "app", POOL], timeout=APP_DEADLINE + 60)
     try:
         rep["app_report"] = json.loads(rep["app"]["out"].strip().splitlines()[-1])

@@ -78,9 +78,11 @@ MACHINE_ARGS = (
 )
 HOST_MOUNT_OPTS = "trans=virtio,version=9p2000.L,cache=loose,msize=512000,ro"
 KERNEL_ARGS = ("console=ttyS0", "quiet", "loglevel=3", "panic=-1", "rdinit=/init")
-# systemd as PID 1: no boot status lines, and /tmp is not emptied at boot (tests may keep files there).
+# systemd as PID 1: no boot status lines, and /tmp is neither emptied nor covered at boot (the checkout
+# or test files may be there).
 SYSTEMD_ARGS = (
     "systemd.show_status=false",
+    "systemd.mask=tmp.mount",
     "systemd.mask=systemd-tmpfiles-setup.service",
     "systemd.mask=systemd-tmpfiles-clean.timer",
 )
@@ -360,7 +362,6 @@ mount -t devtmpfs devtmpfs /newroot/dev
 mkdir -p /newroot/dev/shm /newroot/dev/pts
 mount -t tmpfs -o mode=1777 shm /newroot/dev/shm
 mount -t devpts devpts /newroot/dev/pts
-mount -t tmpfs -o mode=1777 tmp /newroot/tmp
 mount -t tmpfs -o mode=0755 run /newroot/run
 chroot /newroot /bin/sh @GUEST_DIR@/run.sh </dev/null
 sync
@@ -477,8 +478,8 @@ def _run_script(argv: Sequence[str], cwd: str, env: Mapping[str, str]) -> str:
     lines = ["#!/bin/sh", "# written by tools/numa_vm.py: the command, its output and exit status"]
     lines += [f"export {k}={shlex.quote(v)}" for k, v in {**GUEST_ENV, **env}.items()]
     lines += [
-        f"cd {shlex.quote(cwd)} || exit 126",
         f"echo {BEGIN_MARK}",
+        f"cd {shlex.quote(cwd)} || {{ echo '@@recmg-vm-exit=126@@'; exit 126; }}",
         f"{shlex.join(argv)} 2>&1",
         "rc=$?",
         'echo "@@recmg-vm-exit=$rc@@"',
