@@ -563,3 +563,30 @@ def test_learned_policy_without_models_is_a_clear_error(tmp_path) -> None:
     with pytest.raises(PolicyError, match=f"{tmp_path} holds none"):
         create_policy("recmg-cache", {"model_dir": str(tmp_path)})
     assert create_policy("lru", {}).name == "lru"
+
+
+def test_records_an_app_left_when_it_detached_are_drained(pools) -> None:
+    """An app that logs its last batches and closes before the next tick: its ring's owner is 0 then,
+    and what it logged still counts (the loop used to skip rings without an owner)."""
+    from recmgd.daemon.apps import AppTracker
+
+    app, daemon = pools
+    name = app.name
+    drv = PoolDriver(daemon, policy_mod.create("lru"), "lru", step_mode=True)
+    tracker = AppTracker(drv)
+    other = pool_mod.Pool.attach(name)
+    ring = other.ring_index
+    tracker.check()  # the tracker knows the app
+    for rows in ([1, 2, 3], [4, 5, 6], [1, 2, 7]):
+        lookup(other, 0, rows)
+        other.end_batch()
+    lookup(other, 0, [8])  # a partial batch, never ended
+    other.close()
+    assert {r.index: r.pid for r in daemon.rings()}[ring] == 0
+    tracker.check()  # a clean detach: the ring's records are the loop's to drain
+    assert drv.tick() == 3 * 4 + 1
+    st = drv.stats()
+    assert st["steps"] == 3 and st["lookups"] == 9 and st["unique"] == 9
+    assert st["resident"] == 7  # rows 1..7; the partial batch's row 8 was never a step
+    drv.tick()
+    assert ring not in drv.rings  # drained and empty: its state is gone

@@ -66,9 +66,8 @@ class AppTracker:
             if idx < 0:
                 continue
             if pid == 0:
-                if idx in self.known:  # the app detached itself cleanly
+                if idx in self.known:  # the app detached itself cleanly (the loop drains what it left)
                     self.known.pop(idx)
-                    self.driver.rings.pop(idx, None)
                     self.exited += 1
                     log.info("pool %s: app on ring %d detached", self.driver.name, idx)
                 continue

@@ -418,9 +418,14 @@ class PoolDriver:
         for info in self.pool.rings():
             idx = _ring_field(info, "index", -1)
             pid = _ring_field(info, "pid")
-            if idx < 0 or pid == 0:
-                if idx in self.rings and not _ring_field(info, "waiting"):
-                    del self.rings[idx]  # released or detached, nothing left to drain
+            if idx < 0:
+                continue
+            # an app that detached (pid 0) may have left records its last batches logged: they are
+            # drained like any others; once the ring is empty its state (and a partial batch) goes
+            waiting = _ring_field(info, "waiting", 0 if pid == 0 else 1)
+            if pid == 0 and waiting == 0:
+                if idx in self.rings:
+                    del self.rings[idx]
                     self.ring_drops.pop(idx, None)
                 continue
             drops = _ring_field(info, "drops")
@@ -429,9 +434,9 @@ class PoolDriver:
                 self.dropped_total += drops - prev
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
-            if st is None or st.pid != pid:
+            if st is None or (pid != 0 and st.pid != pid):
                 st = self.rings[idx] = _RingState(pending=[], pid=pid)
-            if _ring_field(info, "waiting", 1) == 0:
+            if waiting == 0:
                 continue
             recs = self.pool.drain_ring(idx, self.max_drain)
             n = len(recs)
