@@ -660,14 +660,14 @@ class Pool:
     # ------------------------------------------------------------------ NUMA page placement
     def slow_nodes(self, table: int, rows: Any) -> np.ndarray:
         """The NUMA node of the page holding each row of the slow tier (negative errno if not placed)."""
+        return self._node_query(lib.recmg_slow_nodes, table, _i64(rows, "rows"))
+
+    def _node_query(self, fn: Any, table: int, ids: np.ndarray) -> np.ndarray:
+        """One node per id (a row or a page of ``table``) from a native query ``fn``."""
         t = self._table(table)
-        r = _i64(rows, "rows")
-        out = np.empty(len(r), dtype=np.int32)
-        self._check(
-            lib.recmg_slow_nodes(
-                self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer("int32_t[]", out)
-            )
-        )
+        out = np.empty(len(ids), dtype=np.int32)
+        self._check(fn(self._handle, t, ffi.from_buffer("int64_t[]", ids), len(ids),
+                       ffi.from_buffer("int32_t[]", out)))
         return out
 
     def move_slow_rows(self, table: int, first: int, count: int, node: int) -> int:
@@ -684,15 +684,7 @@ class Pool:
 
     def slow_page_nodes(self, table: int, pages: Any) -> np.ndarray:
         """The NUMA node of each listed page of a table's slow tier (a negative errno if not placed)."""
-        t = self._table(table)
-        p = _i64(pages, "pages")
-        out = np.empty(len(p), dtype=np.int32)
-        self._check(
-            lib.recmg_slow_page_nodes(
-                self._handle, t, ffi.from_buffer("int64_t[]", p), len(p), ffi.from_buffer("int32_t[]", out)
-            )
-        )
-        return out
+        return self._node_query(lib.recmg_slow_page_nodes, table, _i64(pages, "pages"))
 
     def move_slow_pages(
         self,
