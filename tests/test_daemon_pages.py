@@ -2,11 +2,12 @@
 
 On this kind of host node 0 is the only NUMA node, so a move to node 0 changes no placement; what is
 tested for real here: the move_pages calls and their per-page status, the bounded -EBUSY retries and
-the errno accounting (through an LD_PRELOAD shim that overrides statuses, native/tests/
-fake_move_pages.c), the fallback without CAP_SYS_NICE (setpriv), the DRAM budget, the MB/s cap in step
-mode, the demotion of cold pages, every registered policy on pages, the row records turned into page
-records, the config errors, and the stats in recmgctl and the Prometheus text, with real pools, a real
-daemon process and real apps. Moves to a second node: tests/page_mode_scenario.py, run by the VM test.
+the errno accounting (through an LD_PRELOAD shim that overrides statuses and logs every call,
+native/tests/fake_move_pages.c: recmg_move_slow_pages from C, recmg_move_slow_rows from Python), the
+fallback without CAP_SYS_NICE (setpriv), the DRAM budget, the MB/s cap in step mode, the demotion of
+cold pages, every registered policy on pages, the row records turned into page records, the config
+errors, and the stats in recmgctl and the Prometheus text, with real pools, a real daemon process and
+real apps. Moves to a second node: tests/page_mode_scenario.py, run by the VM test.
 """
 
 from __future__ import annotations
@@ -178,6 +179,50 @@ def test_c_api_status_and_busy_retries(native_bins: tuple[Path, Path], tmp_path:
                        text=True, timeout=60, env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines() == [expect, "ok"]
+
+
+# Pool.move_slow_rows (recmg_move_slow_rows) in a process of its own, so that the shim is preloaded:
+# one table of 16384 rows x 64 floats (256-byte rows: 1024 pages, all written, so all present); argv[1]
+# is a JSON list of (first, count) row ranges; prints the pages each move reports on node 0
+_MOVE_ROWS = (
+    "import json, sys, uuid\n"
+    "import numpy as np\n"
+    "from recmgd.pool import Pool\n"
+    "p = Pool.create('recmg-pg-' + uuid.uuid4().hex[:8], tables=[(16384, 64)], slots=1, slow='numa:0')\n"
+    "try:\n"
+    "    p.write_rows(0, np.arange(16384), np.ones((16384, 64), dtype=np.float32))\n"
+    "    print(json.dumps([p.move_slow_rows(0, f, c, 0) for f, c in json.loads(sys.argv[1])]))\n"
+    "finally:\n"
+    "    p.destroy()\n"
+)
+
+
+@pytest.mark.parametrize("fake,ranges,moved,calls", [
+    # no shim: one call per range, every page moved
+    ({}, [(0, 16384), (5, 100)], [1024, 7], [[1024, 0], [7, 0]]),
+    # odd positions -EBUSY in calls of more than 32 pages, each call returning 0: the busy half is asked
+    # again (512, 256, ... 32 pages) until a call of 32 moves them all
+    ({"RECMG_FAKE_BUSY_ABOVE": "32"}, [(0, 16384)], [1024],
+     [[1024, 0], [512, 0], [256, 0], [128, 0], [64, 0], [32, 0]]),
+    # always busy at odd positions: 8 retries (MOVE_BUSY_RETRIES) halve the busy pages down to 2, which
+    # are reported not moved; rows 5..104 (pages 0..6): 7, 3, 1 pages asked, the last call moves all
+    ({"RECMG_FAKE_BUSY_ABOVE": "0"}, [(0, 16384), (5, 100)], [1022, 7],
+     [[1024 >> k, 0] for k in range(9)] + [[7, 0], [3, 0], [1, 0]]),
+    # -ENOMEM (target node full) on every third page, the call returning 341: never retried
+    ({"RECMG_FAKE_ERRNO": "12:3"}, [(0, 16384)], [683], [[1024, 341]]),
+])
+def test_move_slow_rows_retries_busy_pages(native_bins: tuple[Path, Path], tmp_path: Path,
+                                           fake: dict[str, str], ranges: list[tuple[int, int]],
+                                           moved: list[int], calls: list[list[int]]) -> None:
+    _, shim = native_bins
+    log = tmp_path / "calls.txt"
+    env = daemon_env({**fake, "LD_PRELOAD": str(shim), "RECMG_FAKE_CALLS": str(log)})
+    r = subprocess.run([sys.executable, "-c", _MOVE_ROWS, json.dumps(ranges)], capture_output=True,
+                       text=True, timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == moved
+    # every move_pages call the shim saw: pages asked for, and what the call returned
+    assert [[int(x) for x in line.split()] for line in log.read_text().splitlines()] == calls
 
 
 # -- the adapter: keys, records, budget, cap, demotion ------------------------------------------------------

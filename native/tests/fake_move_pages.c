@@ -1,4 +1,5 @@
-/* fake_move_pages.c - an LD_PRELOAD shim for the page-mode tests (tests/test_daemon_pages.py).
+/* fake_move_pages.c - an LD_PRELOAD shim for the page-mode tests (tests/test_daemon_pages.py): the
+ * status handling of recmg_move_slow_pages (native/tests/page_moves.c) and recmg_move_slow_rows.
  *
  * syscall(SYS_move_pages, ...) calls that move pages (nodes != NULL) go to the kernel, then their
  * per-page statuses are overridden as the environment says, so that the status handling of librecmg
@@ -8,7 +9,10 @@
  *                            report -EBUSY and the call returns 0 (as the kernel may); M=0: every call
  *   RECMG_FAKE_ERRNO=E:S     the pages at positions p with p % S == S - 1 report -E; the call returns
  *                            how many pages it reports not moved
- * Queries (nodes == NULL) and every other system call pass through. No state is kept between calls. */
+ *   RECMG_FAKE_CALLS=PATH    each such call appends "PAGES RETURNED" (a line) to PATH, so that a test
+ *                            sees every retry and what each call returned
+ * Queries (nodes == NULL) and every other system call pass through. No state is kept between calls
+ * (but the lines appended to RECMG_FAKE_CALLS). */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
@@ -47,6 +51,14 @@ long syscall(long number, ...)
         } else if (every > 0 && e > 0 && i % (unsigned long)every == (unsigned long)every - 1) {
             status[i] = -e;
             not_moved++;
+        }
+    }
+    const char *calls_path = getenv("RECMG_FAKE_CALLS");
+    if (calls_path && *calls_path) {
+        FILE *f = fopen(calls_path, "a");
+        if (f) {
+            fprintf(f, "%lu %ld\n", n, not_moved);
+            fclose(f);
         }
     }
     return not_moved;
