@@ -344,6 +344,79 @@ def test_row_slots_left_by_row_mode_are_evicted(app_pool: pool_mod.Pool) -> None
         pages.close()
 
 
+class _TwoNodes:
+    """A daemon's handle of a pool whose slow tier is on node 1 of a two-node machine, simulated: where
+    each page is lives in ``nodes`` (shared by the handles of one test, as the kernel's placement is);
+    everything else is the real pool."""
+
+    slow = "numa:1"
+
+    def __init__(self, pool: pool_mod.Pool, nodes: list[np.ndarray]) -> None:
+        self.pool = pool
+        self.nodes = nodes
+        self.moves: list[tuple[int, list[int], int]] = []
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.pool, name)
+
+    def slow_page_nodes(self, table: int, pages: np.ndarray) -> np.ndarray:
+        return self.nodes[table][np.asarray(pages, dtype=np.int64)].astype(np.int32)
+
+    def move_slow_pages(self, table: int, pages: np.ndarray, node: int, *, move_all: bool = True,
+                        busy_retries: int = 3) -> pool_mod.PageMove:
+        pages = np.asarray(pages, dtype=np.int64)
+        self.moves.append((table, pages.tolist(), node))
+        self.nodes[table][pages] = node
+        return pool_mod.PageMove(status=np.full(len(pages), node, dtype=np.int32), moved=len(pages), calls=1,
+                                 requested=len(pages), busy_retries=0, move_all=move_all)
+
+
+def test_a_restarted_daemon_adopts_the_pages_on_the_fast_node(app_pool: pool_mod.Pool) -> None:
+    # the real placement of a second node: tests/page_mode_scenario.py in the VM (tests/test_vm_numa.py)
+    nodes = [np.ones(256, dtype=np.int64), np.ones(98, dtype=np.int64)]
+    cfg = PagesConfig(fast_node=0, budget_mb=8 * PAGE / 1e6, mb_per_s=0.0)
+
+    def start(budget: PagesConfig = cfg) -> tuple[PageDriver, PagePool, _TwoNodes]:
+        handle = _TwoNodes(pool_mod.Pool.attach(app_pool.name, role="daemon"), nodes)
+        pages = PagePool(handle, budget, FillBudget(0, 0.0, step_mode=True), node_query_interval=0.0)
+        return PageDriver(pages, policy_mod.create("lru"), "lru", step_mode=True), pages, handle
+
+    a, b = np.arange(0, 16, 2), np.arange(64, 80, 2)
+    drv, pages, handle = start()
+    assert pages.n_promoted == 0 and drv.pc["adopted"] == 0
+    for _ in range(2):
+        read_pages(app_pool, a)
+        drv.tick()
+    assert sorted(np.flatnonzero(nodes[0] == 0).tolist()) == a.tolist()
+    drv.close()
+    pages.close()  # a daemon's exit: no page moves
+    # the new daemon: exactly A promoted and resident, without a move
+    drv, pages, handle = start()
+    assert sorted(pages.resident_keys().tolist()) == a.tolist() and pages.n_promoted == len(a)
+    assert sorted(drv.keys_of(np.flatnonzero(drv.flags)).tolist()) == a.tolist()
+    assert drv.pc["adopted"] == len(a) and drv.pc["adopt_evicted"] == 0
+    for _ in range(2):
+        read_pages(app_pool, a)  # A stays hot: all hits, nothing moves
+        drv.tick()
+    assert handle.moves == [] and pages.counters["pages_moved"] == 0 and drv.stats()["hits"] == 2 * len(a)
+    for _ in range(2):
+        read_pages(app_pool, b)  # the hot set changes: A demoted, B promoted
+        drv.tick()
+    assert sorted(np.flatnonzero(nodes[0] == 0).tolist()) == b.tolist()
+    assert pages.counters["demotions"] == len(a) and pages.counters["promotions"] == len(b)
+    drv.close()
+    pages.close()
+    # a smaller budget on the next start: the policy keeps what the budget holds, the rest is demoted
+    drv, pages, handle = start(PagesConfig(fast_node=0, budget_mb=5 * PAGE / 1e6, mb_per_s=0.0))
+    try:
+        assert pages.n_promoted == 5 and drv.pc["adopted"] == 5 and drv.pc["adopt_evicted"] == 3
+        assert int((nodes[0] == 0).sum()) == 5 and pages.counters["demotions"] == 3
+        assert set(np.flatnonzero(nodes[0] == 0).tolist()) <= set(b.tolist())
+    finally:
+        drv.close()
+        pages.close()
+
+
 def _page_steps(n: int, seed: int) -> list[np.ndarray]:
     """Synthetic page steps: a skewed hot set over 256 pages of table 0."""
     rng = np.random.default_rng(seed)
@@ -623,10 +696,18 @@ def test_scenario_script_on_one_node() -> None:
                        capture_output=True, text=True, timeout=180, env=daemon_env())
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout)
-    one, two = out["phases"]
+    one, two, three, four = out["phases"]
     assert out["budget_pages"] == 16 and out["total_pages"] == 512 and out["move_all"] is True
     assert (one["promoted_a"], one["promoted_b"]) == (16, 0)
     assert (two["promoted_a"], two["promoted_b"]) == (0, 16)
     assert two["counters"]["promotions"] == 32 and two["counters"]["demotions"] == 16
     assert one["wrong_rows"] == two["wrong_rows"] == 0 and two["failed"] == {}
     assert one["pool"] == two["pool"] == {"0": 512} and two["hot_a"] == {"0": 16}
+    # the restarted daemon: with the fast node the slow node, nothing is taken as promoted; it promotes
+    # B again (phase 3: 2 batches), then C, demoting B (phase 4)
+    rs = out["restart"]
+    assert rs["promoted"] == rs["resident"] == [] and rs["driver"]["adopted"] == 0
+    assert three["promoted"] == three["resident"] == out["hot"]["b"] and three["app_steps"] == 2
+    assert four["promoted"] == four["resident"] == out["hot"]["c"]
+    assert (four["counters"]["promotions"], four["counters"]["demotions"]) == (32, 16)
+    assert three["wrong_rows"] == four["wrong_rows"] == 0

@@ -8,7 +8,9 @@ bound to node 1 and holds exactly the slow tier's bytes / 4096 pages there); loo
 lookup path return the exact rows, from the fast tier and from node 1; Pool.move_slow_rows moves the
 pages of a row range to node 0 (every page: -EBUSY pages are asked again) and back, and the other pages
 stay where they were; the C example app passes on a numa:1 pool; page mode (tests/page_mode_scenario.py)
-moves an app's hot pages to node 0 and demotes them back to node 1 when the hot set changes.
+moves an app's hot pages to node 0 and demotes them back to node 1 when the hot set changes, and a
+daemon restarted in page mode adopts exactly the pages it finds on node 0 (without moving them) and
+demotes them when the hot set changes again.
 """
 
 from __future__ import annotations
@@ -116,19 +118,55 @@ def test_c_example_app_on_node1(report: dict[str, Any]) -> None:
     assert "slow=numa:1" in ex["out"] and "wrong=0" in ex["out"] and "ring_ok=1" in ex["out"], ex
 
 
-def test_page_mode_moves_hot_pages_between_nodes(report: dict[str, Any]) -> None:
-    # tests/page_mode_scenario.py with its defaults: hot sets A then B of 32 pages each, a budget of 32
+def _page_mode(report: dict[str, Any]) -> dict[str, Any]:
     pm = report["page_mode"]
     assert pm["rc"] == 0 and pm["json"] is not None, pm["err"]
-    out = pm["json"]
+    return pm["json"]
+
+
+def test_page_mode_moves_hot_pages_between_nodes(report: dict[str, Any]) -> None:
+    # tests/page_mode_scenario.py with its defaults: hot sets A then B of 32 pages each, a budget of 32
+    out = _page_mode(report)
     hot, total = out["hot_pages"], out["total_pages"]
     assert out["budget_pages"] == hot and out["move_all"] is True, out
-    one, two = out["phases"]
+    one, two, three, four = out["phases"]
+    assert [p["set"] for p in out["phases"]] == ["a", "b", "b", "c"]
     fast, slow = str(g.FAST_NODE), str(g.SLOW_NODE)
-    # phase 1: A promoted to node 0, B untouched on node 1; phase 2: B promoted, A demoted back
-    assert (one["hot_a"], one["hot_b"]) == ({fast: hot}, {slow: hot}), one
-    assert (two["hot_a"], two["hot_b"]) == ({slow: hot}, {fast: hot}), two
-    for ph in (one, two):
+    # phase 1: A promoted to node 0, B and C untouched on node 1; phase 2: B promoted, A demoted back
+    assert (one["hot_a"], one["hot_b"], one["hot_c"]) == ({fast: hot}, {slow: hot}, {slow: hot}), one
+    assert (two["hot_a"], two["hot_b"], two["hot_c"]) == ({slow: hot}, {fast: hot}, {slow: hot}), two
+    assert one["promoted"] == out["hot"]["a"] and two["promoted"] == out["hot"]["b"]
+    for ph in out["phases"]:
         assert ph["pool"] == {fast: hot, slow: total - hot}, ph["pool"]  # never more than the budget
         assert ph["wrong_rows"] == 0 and ph["failed"] == {}, ph
+        assert ph["resident"] == ph["promoted"], ph  # the driver's mirror is what page mode holds
     assert two["counters"]["demotions"] == hot and two["counters"]["promotions"] == 2 * hot, two["counters"]
+    assert three["wrong_rows"] == four["wrong_rows"] == 0
+
+
+def test_page_mode_restarted_daemon_adopts_the_promoted_pages(report: dict[str, Any]) -> None:
+    # after phase 2 (B on node 0) the daemon stops (driver and pool handle closed) and a new one starts
+    out = _page_mode(report)
+    hot, total = out["hot_pages"], out["total_pages"]
+    fast, slow = str(g.FAST_NODE), str(g.SLOW_NODE)
+    rs = out["restart"]
+    _, _, three, four = out["phases"]
+    # it adopts exactly B: B's pages counted as promoted and resident in the driver, none other, none moved
+    assert rs["promoted"] == rs["resident"] == out["hot"]["b"], rs
+    assert rs["promoted_pages"] == hot
+    assert (rs["promoted_a"], rs["promoted_b"], rs["promoted_c"]) == (0, hot, 0)
+    assert rs["driver"] == {"steps": 0, "adopted": hot, "adopt_evicted": 0}, rs["driver"]
+    assert (rs["hot_a"], rs["hot_b"], rs["hot_c"]) == ({slow: hot}, {fast: hot}, {slow: hot}), rs
+    assert rs["pool"] == {fast: hot, slow: total - hot}, rs["pool"]
+    assert rs["counters"]["move_calls"] == rs["counters"]["pages_moved"] == 0, rs["counters"]
+    # phase 3: the app reads B again: all of it already there, the new daemon moves nothing
+    assert three["set"] == "b" and three["driver"]["steps"] == three["app_steps"], three["driver"]
+    assert three["promoted"] == three["resident"] == out["hot"]["b"]
+    assert (three["hot_b"], three["pool"]) == ({fast: hot}, {fast: hot, slow: total - hot}), three
+    assert three["counters"]["move_calls"] == three["counters"]["pages_moved"] == 0, three["counters"]
+    # phase 4: the hot set changes to C: the adopted B is demoted to node 1 and C promoted, as usual
+    assert four["promoted"] == four["resident"] == out["hot"]["c"]
+    assert (four["hot_a"], four["hot_b"], four["hot_c"]) == ({slow: hot}, {slow: hot}, {fast: hot}), four
+    c = four["counters"]
+    assert (c["promotions"], c["demotions"], c["pages_moved"]) == (hot, hot, 2 * hot), c
+    assert c["pages_failed"] == 0 and four["failed"] == {}, c
