@@ -140,6 +140,13 @@ def available() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def is_learned(name: str) -> bool:
+    """Whether the policy registered as ``name`` is a learned one (it loads trained models from a
+    ``model_dir``); False for an unknown name."""
+    _load_builtin([name])
+    return bool(getattr(_REGISTRY.get(name), "learned", False))
+
+
 def unknown(names: Iterable[str]) -> list[str]:
     """The names in ``names`` that no policy is registered under (loads only what it must)."""
     names = list(names)

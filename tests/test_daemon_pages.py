@@ -572,6 +572,60 @@ def test_reload_switches_modes(tmp_path: Path, app_pool: pool_mod.Pool) -> None:
         dram.destroy()
 
 
+def test_learned_policies_need_a_checkpoint_of_the_pools_granularity(tmp_path: Path,
+                                                                       app_pool: pool_mod.Pool) -> None:
+    from test_models import small_cfg, zipf_steps
+
+    from recmgd.models import checkpoint
+    from recmgd.models.granularity import Granularity
+    from recmgd.models.train import train_models
+
+    trained = train_models(zipf_steps(n_steps=60).as_list(), 20, small_cfg())
+    rows = checkpoint.save(trained, tmp_path / "rows")
+    pages = checkpoint.save(trained, tmp_path / "pages", granularity=Granularity.pages(4096, 256))
+    name = app_pool.name
+    sock = tmp_path / "c.sock"
+    base = f'pools = ["{name}"]\nstep_mode = true\n[control]\nsocket = "{sock}"\n'
+
+    def conf(mode: str, model: Path) -> str:
+        return base + f'[policy]\nname = "recmg"\nmodel_dir = "{model}"\n[pool.{name}]\nmode = "{mode}"\n'
+
+    in_pages = (f"pool {name} (page mode): {rows}: checkpoint trained on rows, but policy 'recmg' runs on "
+                "pages of 4096 bytes; train one with `recmg train TRACE --out DIR --page-bytes 4096`")
+    in_rows = (f"pool {name} (row mode): {pages}: checkpoint trained on pages of 4096 bytes with rows of "
+               "256 bytes, but policy 'recmg' runs on rows; train one with `recmg train TRACE --out DIR`")
+    # at attach: page mode with a row checkpoint is refused (the pool waits, saying why)
+    d, cfg = _service(tmp_path, conf("pages", rows))
+    try:
+        assert d.pools == {}
+        (waiting,) = d.handle("pools", {})
+        assert waiting["error"] == in_pages
+        cfg.write_text(conf("pages", pages))  # a page checkpoint: attached at the reload
+        assert d.reload() is None
+        drv = d.pools[name].driver
+        assert isinstance(drv, PageDriver) and drv.policy_name == "recmg"
+        # at reload: row mode with the page checkpoint (the pool attached again), and page mode with a row
+        # checkpoint (the policy replaced) are refused, and the running configuration is kept
+        cfg.write_text(conf("rows", pages))
+        assert d.reload() == in_rows
+        cfg.write_text(conf("pages", rows))
+        assert d.reload() == in_pages
+        assert d.pools[name].driver is drv and d.last_reload_error == in_pages
+        # recmgctl policy: the running mode's granularity too
+        switched = d.handle("policy", {"pool": name, "name": "recmg-cache"})
+        assert switched == {"pool": name, "policy": "recmg-cache"}
+        cfg.write_text(conf("rows", rows))
+        assert d.reload() is None and d.pools[name].driver.mode == "rows"
+    finally:
+        d.shutdown()
+    # at attach: row mode with a page checkpoint
+    d, _ = _service(tmp_path, conf("rows", pages))
+    try:
+        assert d.pools == {} and d.handle("pools", {})[0]["error"] == in_rows
+    finally:
+        d.shutdown()
+
+
 def _metric(text: str, name: str) -> float:
     for line in text.splitlines():
         if line.startswith(name + " ") or line.startswith(name + "{"):

@@ -6,6 +6,9 @@
 
 ``--pages`` adds page-granular runs of the named policies (kernel tiering, DAMON, memtierd and
 recmgd's page mode keep whole pages on the fast node) with the same DRAM bytes, as ``NAME@page``.
+A learned policy's ``--model`` must be a checkpoint of the granularity it runs at: rows for
+``--policies``, pages of ``--page-bytes`` with rows of ``--row-bytes`` for ``--pages`` (``recmg train
+--page-bytes``); another is refused before the traces are read.
 """
 
 from __future__ import annotations
@@ -50,7 +53,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="rows per step a prefetcher may fetch (default %(default)s)")
     parser.add_argument("--region", type=int, default=8, help="Bingo: rows per region (1..64)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--model", default=None, help="model directory for the learned policies")
+    parser.add_argument("--model", default=None,
+                        help="model directory for the learned policies (a row checkpoint for --policies, "
+                             "a page one, `recmg train --page-bytes`, for --pages; empty: trained and saved)")
     parser.add_argument("--threads", type=int, default=1, help="threads a learned policy may use")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs for learned policies")
     parser.add_argument("--row-bytes", type=int, default=256, help="bytes a row (for slow_bytes)")
@@ -67,6 +72,28 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pivot", metavar="METRIC", default=None,
                         help="one row per (trace, fraction), one column per policy, cells METRIC "
                              "(e.g. on_demand, hit_rate, gap_closed)")
+
+
+def _model_problem(model_dir: str | None, names: list[str], page_names: list[str], page_bytes: int,
+                   row_bytes: int) -> str | None:
+    """Why ``--model`` cannot serve the learned policies asked for (one line), or None."""
+    from recmgd.models.granularity import Granularity, mismatch, of_checkpoint
+    from recmgd.policy import is_learned
+
+    if model_dir is None:
+        return None
+    rows = [n for n in names if is_learned(n)]
+    pages = [n for n in page_names if is_learned(n)]
+    if rows and pages:
+        return (f"{model_dir}: one checkpoint is trained on rows or on pages, not both: the learned "
+                f"policies {', '.join(rows)} (--policies) and {', '.join(pages)} (--pages) need one each")
+    have = of_checkpoint(model_dir)
+    if have is None or not (rows or pages):
+        return None  # no checkpoint yet: the learned policies train and save one of their granularity
+    if pages:
+        return mismatch(model_dir, have, Granularity.pages(page_bytes, row_bytes),
+                        f"--pages {','.join(pages)}")
+    return mismatch(model_dir, have, Granularity.rows(), f"--policies {','.join(rows)}")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -90,6 +117,10 @@ def main(args: argparse.Namespace) -> int:
         check_policies(names + page_names)
     except ValueError as exc:
         print(f"recmg sim: {exc}", file=sys.stderr)
+        return 2
+    problem = _model_problem(args.model, names, page_names, args.page_bytes, args.row_bytes)
+    if problem:
+        print(f"recmg sim: --model {problem}", file=sys.stderr)
         return 2
     options: dict[str, object] = {"prefetch_budget": args.prefetch_budget, "region": args.region,
                                   "seed": args.seed, "model_dir": args.model, "threads": args.threads}

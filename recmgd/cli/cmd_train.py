@@ -1,5 +1,13 @@
 """`recmg train TRACE --out DIR`: train the RecMG caching and prefetching models on the first half of a
-trace (and the Voyager baseline with --voyager) and write a versioned checkpoint directory."""
+trace (and the Voyager baseline with --voyager) and write a versioned checkpoint directory.
+
+With ``--page-bytes P [--row-bytes R]`` the models are trained on page keys instead (for recmgd's page
+mode and ``recmg sim --pages``): each step's rows become the pages of P bytes that hold them, as
+``recmg sim --pages`` sees them (recmgd.sim.pages.to_pages, rows of R bytes, default 256), and the
+capacity is the pages that the DRAM of the row-slot tier holds (fraction x unique rows x R // P, at
+least 1). The checkpoint records its granularity (config.json ``granularity``), and the daemon and the
+simulator refuse it where the other granularity is run.
+"""
 
 from __future__ import annotations
 
@@ -30,6 +38,11 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--loss", choices=("chamfer", "ce"), default="chamfer",
                         help="prefetching model's loss: the Chamfer set loss or plain cross-entropy")
     parser.add_argument("--voyager", action="store_true", help="also train the Voyager baseline")
+    parser.add_argument("--page-bytes", type=int, default=None, metavar="P",
+                        help="train on page keys: pages of P bytes of the slow tier (recmgd's page mode: "
+                             "4096), for page mode and `recmg sim --pages`")
+    parser.add_argument("--row-bytes", type=int, default=None, metavar="R",
+                        help="with --page-bytes: bytes a row (default 256, as `recmg sim`)")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar and no output but warnings and errors")
 
@@ -65,14 +78,38 @@ class _Bar:
 
 def main(args: argparse.Namespace) -> int:
     from recmgd.models import checkpoint
+    from recmgd.models.granularity import Granularity
     from recmgd.models.train import TrainConfig, train_models
 
+    if args.row_bytes is not None and args.page_bytes is None:
+        print("recmg train: --row-bytes goes with --page-bytes (rows are trained on as they are)",
+              file=sys.stderr)
+        return 2
+    granularity = Granularity.rows()
+    if args.page_bytes is not None:
+        row_bytes = 256 if args.row_bytes is None else args.row_bytes
+        try:
+            granularity = Granularity.pages(args.page_bytes, row_bytes)
+        except ValueError as exc:
+            print(f"recmg train: --page-bytes, --row-bytes: {exc}", file=sys.stderr)
+            return 2
     torch.set_num_threads(max(1, args.threads))
     steps = read_steps(args.trace, args.step_batch)
     lst = steps.as_list()
     half = len(lst) // 2
     n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
     capacity = max(1, int(args.fraction * n_unique))
+    unit = "rows"
+    meta_pages: dict[str, object] = {}
+    if granularity.is_pages:
+        from recmgd.sim.pages import to_pages
+
+        page_steps, _ = to_pages(steps, granularity.row_bytes, granularity.page_bytes)
+        lst = page_steps.as_list()  # the same steps (same halves), of pages
+        # the pages the DRAM of `capacity` row slots holds, as `recmg sim --pages` gives them
+        capacity = max(1, capacity * granularity.row_bytes // granularity.page_bytes)
+        unit = "pages"
+        meta_pages = {"unique_pages": len(np.unique(np.concatenate(lst))) if lst else 0}
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
     which = ["cache", "prefetch"] + (["voyager"] if args.voyager else [])
     if args.quiet:  # nothing but warnings and errors
@@ -80,13 +117,14 @@ def main(args: argparse.Namespace) -> int:
     bar = _Bar(sys.stderr.isatty() and not args.quiet)
     if not args.quiet:
         print(f"training {', '.join(which)} on {half} of {len(lst)} steps "
-              f"({sum(len(s) for s in lst[:half]):,} lookups), capacity {capacity} rows")
+              f"({sum(len(s) for s in lst[:half]):,} lookups), capacity {capacity} {unit}"
+              + (f" ({granularity.describe()})" if granularity.is_pages else ""))
     t0 = time.perf_counter()
     trained = train_models(lst[:half], capacity, cfg, which=which, progress=bar)
     bar.close()
     meta = {"trace": args.trace, "fraction": args.fraction, "step_batch": args.step_batch,
-            "train_steps": half, "unique_rows": n_unique}
-    out = checkpoint.save(trained, args.out, meta=meta)
+            "train_steps": half, "unique_rows": n_unique, **meta_pages}
+    out = checkpoint.save(trained, args.out, meta=meta, granularity=granularity)
     if not args.quiet:
         print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")
     return 0

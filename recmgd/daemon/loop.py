@@ -46,8 +46,10 @@ from typing import Any, Protocol
 import numpy as np
 
 from recmgd import policy as policy_mod
-from recmgd.errors import PolicyError, RecmgError
+from recmgd.daemon.config import PAGE_BYTES
+from recmgd.errors import ModelError, PolicyError, RecmgError
 from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.models.granularity import Granularity
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, as_keys
 
 log = logging.getLogger(__name__)
@@ -898,12 +900,23 @@ class PoolDriver:
         return {k: int(sum(int(t.get(k, 0)) for t in tables)) for k in keys}
 
 
-def create_policy(name: str, options: dict[str, object]) -> Policy:
-    """Build a policy through the registry; an unknown name or a failing factory is a RecmgError."""
+def create_policy(name: str, options: dict[str, object], *, pool: str | None = None,
+                  mode: str = "rows") -> Policy:
+    """Build a policy through the registry; an unknown name or a failing factory is a RecmgError.
+
+    ``mode`` is what the pool's driver moves ("rows" or "pages"): a learned policy is given that
+    granularity, so that a checkpoint trained on the other one is refused (a PolicyError naming
+    ``pool``, the model dir and both granularities)."""
+    if policy_mod.is_learned(name):
+        gran = Granularity.pages(PAGE_BYTES) if mode == "pages" else Granularity.rows()
+        options = {**options, "granularity": gran}
     try:
         pol = policy_mod.create(name, **options)
     except ValueError as exc:
         raise PolicyError(str(exc)) from None
+    except ModelError as exc:
+        where = f"pool {pool} ({'page' if mode == 'pages' else 'row'} mode): " if pool else ""
+        raise PolicyError(f"{where}{exc}") from None
     if pol.needs_future:
         raise PolicyError(f"policy {name!r} needs the future (OPT) and cannot run live")
     if pol.learned and getattr(pol, "trained", None) is None:

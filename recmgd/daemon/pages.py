@@ -19,8 +19,10 @@ One policy, two drivers: :class:`PagePool` presents a pool to the ordinary
   ``resident_keys`` are the pages promoted (rebuilt on attach from where the pages are, when the fast
   node is not the slow tier's own node).
 
-So every registered policy runs unchanged on pages (a learned one sees page keys; its checkpoints were
-trained on rows, so train it on page keys for a fair comparison). The MB/s cap is a per-pool
+So every registered policy runs unchanged on pages. A learned one sees page keys, so it needs a
+checkpoint trained on page keys (``recmg train TRACE --out DIR --page-bytes 4096``); a row checkpoint
+is refused at attach and at reload (recmgd.daemon.loop.create_policy, recmgd.models.granularity), as a
+page checkpoint is in row mode. The MB/s cap is a per-pool
 :class:`~recmgd.daemon.loop.FillBudget` over 4096-byte "rows": promotions take from it before they are
 made, demotions (which free the budget and are never refused) are charged to it after, so the pages
 moved both ways keep to the cap over time (in step mode, to a fixed grant per step, a step's

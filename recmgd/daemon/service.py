@@ -137,7 +137,7 @@ class Daemon:
 
         pc = self._policy_cfg(name)
         try:
-            pol = create_policy(pc.name, pc.create_options())
+            pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
             pool = Pool.attach(name, role="daemon")
         except RecmgError as exc:
             msg = str(exc)
@@ -308,7 +308,8 @@ class Daemon:
             if not isinstance(name, str) or not name:
                 raise CommandError("missing argument \"name\" (a policy name)")
             pc = att.policy_cfg
-            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options())
+            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options(),
+                                pool=att.driver.name, mode=pc.mode)
             att.driver.switch_policy(pol, name)
             self._policy_override[att.driver.name] = name
             log.info("pool %s: policy switched to %s", att.driver.name, name)
@@ -351,7 +352,8 @@ class Daemon:
                 problem = page_mode_problem(name, str(att.driver.pool.slow)) if pc.mode == "pages" else None
                 if problem:
                     raise ConfigError(f"{new.path}: {key}: {problem}")
-                create_policy(pc.name, pc.create_options())  # fails now, not at the attach
+                # fails now, not at the attach
+                create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
                 reattach.append(name)
                 continue
             if pc.hint_slots >= att.driver.n_slots:
@@ -359,7 +361,8 @@ class Daemon:
                 raise ConfigError(f"{new.path}: {key}: impossible value {pc.hint_slots} (pool {name} has "
                                   f"{att.driver.n_slots} slots; the policy needs at least one)")
             if new.manages(name) and (pc != att.policy_cfg or switched):
-                new_policies[name] = (pc, create_policy(pc.name, pc.create_options()))
+                pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+                new_policies[name] = (pc, pol)
         new_control = None
         if new.control.socket != old.control.socket:
             nc = new.control

@@ -1,5 +1,10 @@
 """Versioned checkpoint directories: ``config.json`` (format and feature versions, model shapes, training
-config) + ``weights.pt`` (state dicts) + ``keys.npz`` (the row keys the learned embeddings belong to).
+config, granularity) + ``weights.pt`` (state dicts) + ``keys.npz`` (the keys the learned embeddings
+belong to: rows, or pages for a checkpoint trained on page keys).
+
+``granularity`` (recmgd.models.granularity) says which: ``{"unit": "rows"}`` or ``{"unit": "pages",
+"page_bytes": 4096, "row_bytes": 256}``. It was added without a format version bump: a checkpoint
+without it is a row checkpoint, as every checkpoint before it was.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 from recmgd.errors import ModelError
 from recmgd.models import hazard
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
+from recmgd.models.granularity import Granularity, from_config
 from recmgd.models.nets import CacheNet, PrefetchNet
 from recmgd.models.train import TrainConfig, Trained
 from recmgd.models.voyager_net import VoyagerNet
@@ -26,8 +32,10 @@ FORMAT = "recmg-models"
 FORMAT_VERSION = 1
 
 
-def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] | None = None) -> Path:
-    """Write a checkpoint directory (created if missing; existing files are replaced)."""
+def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] | None = None,
+         granularity: Granularity | None = None) -> Path:
+    """Write a checkpoint directory (created if missing; existing files are replaced); ``granularity``
+    is what the models were trained on (default: rows)."""
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     models: dict[str, dict[str, object]] = {}
@@ -56,12 +64,14 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "feature_version": FEATURE_VERSION, "features": list(FEATURE_NAMES),
         "capacity": trained.capacity, "models": models,
+        "granularity": (granularity or Granularity.rows()).as_dict(),
         "train": dataclasses.asdict(trained.config), "stats": trained.stats, "meta": meta or {},
     }
     torch.save(weights, d / "weights.pt")
     np.savez(d / "keys.npz", **keys)
     (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    log.info("saved checkpoint %s (%s)", d, ", ".join(models))
+    log.info("saved checkpoint %s (%s, trained on %s)", d, ", ".join(models),
+             (granularity or Granularity.rows()).describe())
     return d
 
 
@@ -83,7 +93,13 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
     if cfg.get("feature_version") != FEATURE_VERSION or cfg.get("features") != list(FEATURE_NAMES):
         raise ModelError(f"{f}: checkpoint feature version {cfg.get('feature_version')} but this recmg "
                          f"computes feature version {FEATURE_VERSION}; retrain with `recmg train`")
+    from_config(cfg, str(f))  # a malformed granularity is an error here too
     return cfg
+
+
+def granularity(path: str | os.PathLike[str]) -> Granularity:
+    """What the checkpoint in ``path`` was trained on (rows for checkpoints that do not say)."""
+    return from_config(read_config(path), str(Path(path) / "config.json"))
 
 
 def load(path: str | os.PathLike[str]) -> Trained:

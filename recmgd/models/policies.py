@@ -26,6 +26,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
+from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
@@ -153,7 +154,9 @@ class LearnedPolicy(Policy):
     made recmg-cache 1.8x LRU on the demo's trace); ``guard_stats`` counts the shadows' misses and the
     steps spent in LRU order.
     With ``model_dir`` holding a checkpoint, the models are loaded and ``fit`` does not retrain; with an
-    empty ``model_dir``, ``fit`` trains and saves there. ``native_infer`` (default on): row history,
+    empty ``model_dir``, ``fit`` trains and saves there. ``granularity`` (default rows) is what the keys
+    the policy sees are: a checkpoint of another granularity is refused at load (ModelError, one line),
+    and ``fit`` records it in the checkpoint it saves. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
     """
 
@@ -168,7 +171,8 @@ class LearnedPolicy(Policy):
                  voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "auto",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
-                 train_config: TrainConfig | None = None, native_infer: bool = True) -> None:
+                 train_config: TrainConfig | None = None, native_infer: bool = True,
+                 granularity: Granularity | None = None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
@@ -178,6 +182,7 @@ class LearnedPolicy(Policy):
         self.prefetch_budget = int(prefetch_budget)
         self.seed = int(seed)
         self.model_dir = model_dir
+        self.granularity = granularity or Granularity.rows()
         self.threads = max(1, int(threads))
         self.native_infer = bool(native_infer)
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
@@ -203,6 +208,13 @@ class LearnedPolicy(Policy):
 
     # ---------------------------------------------------------------------------------- models
     def load(self, model_dir: str) -> None:
+        """Load the checkpoint in ``model_dir``; ModelError when it lacks a model this policy needs or
+        was trained on another granularity than ``self.granularity``."""
+        cfg = checkpoint.read_config(model_dir)
+        have = from_config(cfg, os.path.join(model_dir, "config.json"))
+        msg = mismatch(model_dir, have, self.granularity, f"policy {self.name!r}")
+        if msg:
+            raise ModelError(msg)
         t = checkpoint.load(model_dir)
         missing = [m for m in self.models_needed if getattr(t, m) is None]
         if missing:
@@ -236,7 +248,7 @@ class LearnedPolicy(Policy):
         if self.use_cache_model and self.tune and len(steps) >= 8:
             t.stats["horizon"] = self._tune_horizon(list(steps), capacity)
         if self.model_dir is not None:
-            checkpoint.save(t, self.model_dir)
+            checkpoint.save(t, self.model_dir, granularity=self.granularity)
 
     def _tune_horizon(self, steps: list[np.ndarray], capacity: int) -> float:
         """Pick how many steps of LRU age a keep-level is worth by replaying the training steps (warm on

@@ -14,7 +14,10 @@ holds ``DRAM bytes // page_bytes`` pages for the same DRAM bytes as ``capacity``
 lookup is on demand when its row's page is not on the fast node, counted per row (an embedding bag
 reads each row of a page it needs, each from slow memory). The policy is driven exactly as on rows
 (the python driver: decisions after step b apply before step b+1, the first half warms); ``opt``
-here is Belady over pages, the best any page-granular tiering can do without prefetching.
+here is Belady over pages, the best any page-granular tiering can do without prefetching. A learned
+policy runs at the granularity of pages of ``page_bytes`` with rows of ``row_bytes``: it trains on the
+page steps, and a ``model_dir`` checkpoint must have been trained on the same (``recmg train
+--page-bytes``; recmgd.models.granularity).
 ``slow_bytes`` counts what page mode moves: whole pages.
 """
 
@@ -29,6 +32,7 @@ import numpy as np
 
 from recmgd import policy as policy_registry
 from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.models.granularity import Granularity
 from recmgd.policies.native import IdMap
 from recmgd.policy import StepView
 from recmgd.sim.driver import Driver, prepare
@@ -122,7 +126,10 @@ def drive_pages(policy_name: str, steps: Steps, capacity_rows: int, warm: int, *
     if cap_pages == 0:  # not one page fits in the budget: every lookup reads slow memory
         out["page_misses"] = int(offs[-1] - offs[warm])
         return out
-    policy = policy_registry.create(policy_name, **(options or {}))
+    opts = dict(options or {})
+    if policy_registry.is_learned(policy_name):  # it trains on page keys, and loads page checkpoints only
+        opts["granularity"] = Granularity.pages(page_bytes, row_bytes)
+    policy = policy_registry.create(policy_name, **opts)
     prepare(policy, page_steps, cap_pages, warm)
     if policy.needs_future:
         policy.set_future(page_steps)
