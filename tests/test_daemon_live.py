@@ -210,7 +210,12 @@ def test_apps_die_daemon_dies_and_comes_back(tmp_path: Path) -> None:
         assert res == {"pool": name, "policy": "lfu"}
         wait_until(lambda: pstats(sock, name)["fills"] > f0, what="fills after resume")
 
-        # the daemon is SIGKILLed while B runs: B keeps getting correct rows from the slow tier
+        # the daemon is SIGKILLed while B runs: B keeps getting correct rows from the slow tier. Paused
+        # first, so that no fill lands between the snapshot of the fast tier and the kill
+        request(str(sock), "pause", {"pool": name})
+        f1 = pstats(sock, name)["fills"]
+        time.sleep(0.3)
+        assert pstats(sock, name)["fills"] == f1
         resident_before = set(owner.resident_keys().tolist())
         assert resident_before
         d.kill()
