@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 from test_daemon_plugin import TESTS, daemon_env, start_daemon, stop_daemon, wait_socket
 
 from recmgd.daemon.control import request
@@ -145,16 +146,6 @@ def wait_until(fn, timeout: float = 20.0, what: str = "condition"):
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
-
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_apps_die_daemon_dies_and_comes_back(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port as _free_port
 from test_daemon_plugin import TESTS, daemon_env, stop_daemon, wait_socket
 
 from recmgd import policy as policy_mod
@@ -632,16 +633,6 @@ def _metric(text: str, name: str) -> float:
             if line.startswith(name):
                 return float(line.rsplit(" ", 1)[1])
     raise AssertionError(f"{name} not in the metrics text")
-
-
-def _free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def _run_daemon(tmp_path: Path, app: pool_mod.Pool, prefix: list[str], env_extra: dict[str, str],

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ports import free_port
 
 from recmgd.daemon import config
 from recmgd.daemon.notify import Notifier
@@ -47,16 +48,6 @@ def make(tmp_path: Path, body: str) -> tuple[Daemon, Path, RecordingNotifier]:
     d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=n)
     d.setup()
     return d, cfg_path, n
-
-
-def free_port() -> int:
-    import socket
-
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
 
 
 def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signals: None) -> None:
