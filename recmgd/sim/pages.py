@@ -37,6 +37,7 @@ from recmgd.policies.native import IdMap
 from recmgd.policy import StepView
 from recmgd.sim.driver import Driver, prepare
 from recmgd.sim.results import SimResult
+from recmgd.sim.runner import capacity_for
 from recmgd.trace.steps import Steps
 
 log = logging.getLogger(__name__)
@@ -165,8 +166,6 @@ def simulate_pages(name: str, steps: Steps, policies: Sequence[str], fractions: 
     """Every policy at every fraction at page granularity, with the DRAM bytes of the row-slot tier
     of that fraction (``capacity`` in the results is that tier's rows; the policy column reads
     ``NAME@page``)."""
-    from recmgd.sim.runner import capacity_for  # noqa: PLC0415 - runner imports this module
-
     _check_sizes(row_bytes, page_bytes)
     warm = len(steps) // 2
     pages = to_pages(steps, row_bytes, page_bytes)
