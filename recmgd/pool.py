@@ -671,7 +671,10 @@ class Pool:
         return out
 
     def move_slow_rows(self, table: int, first: int, count: int, node: int) -> int:
-        """Move the slow-tier pages of rows [first, first+count) to a node; returns pages now there."""
+        """Move the slow-tier pages of rows [first, first+count) to a node; returns pages now there.
+
+        Only pages no other process maps move (MPOL_MF_MOVE); :meth:`move_slow_pages` with
+        ``move_all`` (CAP_SYS_NICE) moves shared ones too, as page mode does."""
         return self._check(
             lib.recmg_move_slow_rows(self._handle, self._table(table), int(first), int(count), int(node))
         )

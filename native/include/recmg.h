@@ -199,7 +199,9 @@ int recmg_reset_counters(recmg_pool *pool);
 /* ---- NUMA slow tier (page mode helpers; raw syscalls, no libnuma) ---- */
 /* The node of the page holding each listed row of a table's slow tier (-errno for unmapped). */
 int recmg_slow_nodes(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes);
-/* Move the pages that hold rows [first, first + count) of a table's slow tier to a node. */
+/* Move the pages that hold rows [first, first + count) of a table's slow tier to a node; returns the
+ * pages now there. MPOL_MF_MOVE: a page another process maps too (an app's, a daemon's) is not moved;
+ * recmg_move_slow_pages with RECMG_MOVE_ALL (CAP_SYS_NICE) moves those. -EBUSY pages are retried. */
 int64_t recmg_move_slow_rows(recmg_pool *pool, uint32_t table, uint64_t first, uint64_t count, int node);
 
 /* Page mode (the daemon moves whole 4096-byte pages of a table's slow tier; a table's region starts on
