@@ -150,10 +150,7 @@ class Daemon:
             common: dict[str, Any] = dict(hint_slots=pc.hint_slots, step_mode=self.cfg.step_mode,
                                           max_drain=self.cfg.max_drain, coalesce=self.cfg.coalesce,
                                           early_admit=self.cfg.early_admit)
-            if pc.mode == "pages":
-                problem = page_mode_problem(name, pool.slow)
-                if problem:
-                    raise PoolError(problem)
+            if pc.mode == "pages":  # PagePool refuses a pool without a NUMA slow tier (one line)
                 page_budget = FillBudget()
                 self._configure_page_budget(page_budget, pc)
                 pages = PagePool(pool, pc.pages, page_budget, node_query_interval=self.cfg.status_interval)
