@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recmgd.errors import PoolError, PoolVersionError
+from recmgd.errors import PoolError, PoolLockedError, PoolVersionError
 from recmgd.keys import ROW_BITS
 
 try:
@@ -76,6 +76,8 @@ def _raise(code: int, message: str) -> None:
         raise PoolVersionError(msg)
     if code == lib.RECMG_ERANGE:
         raise RowIndexError(msg)
+    if code == lib.RECMG_ELOCKED:
+        raise PoolLockedError(msg)
     raise PoolError(msg)
 
 

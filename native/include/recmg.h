@@ -63,6 +63,7 @@ enum {
     RECMG_ENOMEM = -9,   /* out of memory */
     RECMG_ESYS = -10,    /* another system call failed (the message names it) */
     RECMG_EBUSY = -11,   /* the pool is still being created, or has a live daemon */
+    RECMG_ELOCKED = -12, /* the pool's writer lock stayed held by another process past the timeout */
 };
 
 enum { RECMG_F32 = 0, RECMG_F16 = 1 };

@@ -48,6 +48,7 @@ const char *recmg_strerror(int code)
     case RECMG_ENOMEM: return "out of memory";
     case RECMG_ESYS: return "system call failed";
     case RECMG_EBUSY: return "busy";
+    case RECMG_ELOCKED: return "writer lock held by another process";
     default: return "unknown error";
     }
 }
