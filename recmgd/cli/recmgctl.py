@@ -85,6 +85,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append("waiting for pools: " + ", ".join(d["waiting_for"]))
     if d.get("last_reload_error"):
         lines.append("last reload failed: " + d["last_reload_error"])
+    for name, st in sorted((d.get("stuck") or {}).items()):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["since"]))
+        lines.append(f"pool {name}: stuck since {since} ({st['for_s']:.0f} s, {st['tries']} tries): "
+                     f"{st['error']}; skipped, tried again every few seconds")
+    for name, why in sorted((d.get("skipped") or {}).items()):
+        lines.append(f"pool {name}: skipped: {why}")
     pools = stats.get("pools", {})
     if not pools:
         lines.append("no pools attached")

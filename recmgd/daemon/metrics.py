@@ -131,6 +131,13 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("recmgd_lookups_per_second", "ring records drained per second",
                                 value=float(d.get("lookups_per_s", 0.0)))
         yield GaugeMetricFamily("recmgd_pools", "pools attached", value=float(len(pools)))
+        fam = GaugeMetricFamily("recmgd_pool_stuck_seconds", "seconds since a pool's writer lock stayed held "
+                                "by another process (the pool is skipped meanwhile)", labels=["pool"])
+        for pname, st in sorted((d.get("stuck") or {}).items()):
+            fam.add_metric([pname], float(st.get("for_s", 0.0)))
+        yield fam
+        yield GaugeMetricFamily("recmgd_pools_skipped", "pools not served because of their owner",
+                                value=float(len(d.get("skipped") or {})))
 
     @staticmethod
     def _pages(pools: dict[str, Any]) -> Iterator[Any]:
