@@ -242,7 +242,8 @@ def test_a_pool_with_a_held_writer_lock_is_skipped_and_retried(tmp_path: Path,
 
 def test_pools_of_other_owners_are_skipped(tmp_path: Path, restore_signals: None) -> None:
     mine, theirs = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
-    apps = {n: pool_mod.Pool.create(n, tables=[(100, 4)], slots=10, ring_records=1024) for n in (mine, theirs)}
+    apps = {n: pool_mod.Pool.create(n, tables=[(100, 4)], slots=10, ring_records=1024)
+            for n in (mine, theirs)}
     os.chown(f"/dev/shm/{theirs}", 65534, 65534)  # nobody:nogroup
     sock = tmp_path / "o.sock"
     body = f'pools = ["{mine}", "{theirs}"]\n[control]\nsocket = "{sock}"\n'
