@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from recmgd.errors import TraceError
-from recmgd.keys import MAX_ROWS
+from recmgd.keys import MAX_ROWS, ROW_BITS
 from recmgd.trace.model import Trace
 
 DEFAULT_TABLE_SIZE = 1 << 20
@@ -88,7 +88,7 @@ def read_csv_log(path: str | Path, table_size: int = DEFAULT_TABLE_SIZE) -> Trac
                 if r is None:
                     r = fnv1a64(v) % table_size
                     cache[(t, v)] = r
-                keys.append((t << 40) | r)
+                keys.append((t << ROW_BITS) | r)
                 n += 1
             lengths.append(n)
     offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
