@@ -67,21 +67,21 @@ int hash_prepare(recmg_pool *p, uint64_t n)
 
 int writer_lock(recmg_pool *p)
 {
-    int e = pthread_mutex_lock(&p->h->writer_lock);
+    int e = pthread_mutex_lock(&p->sh->writer_lock);
     if (e == EOWNERDEAD) {
         recover_fast_tier(p);
-        pthread_mutex_consistent(&p->h->writer_lock);
+        pthread_mutex_consistent(&p->sh->writer_lock);
         return RECMG_OK;
     }
     if (e) return rc_set(p, RECMG_ESYS, "locking the writer lock of pool '%s': %s", p->name + 1, strerror(e));
     return RECMG_OK;
 }
 
-void writer_unlock(recmg_pool *p) { pthread_mutex_unlock(&p->h->writer_lock); }
+void writer_unlock(recmg_pool *p) { pthread_mutex_unlock(&p->sh->writer_lock); }
 
 static void bump_generation(recmg_pool *p)
 {
-    uint64_t g = atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release) + 1;
+    uint64_t g = atomic_fetch_add_explicit(&p->sh->generation, 1, memory_order_release) + 1;
     if (p->free_valid && p->free_gen == g - 1) p->free_gen = g;
 }
 
@@ -95,7 +95,7 @@ void recover_fast_tier(recmg_pool *p)
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
         if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
     }
-    atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release);
+    atomic_fetch_add_explicit(&p->sh->generation, 1, memory_order_release);
     p->free_valid = 0;
 }
 
@@ -105,7 +105,7 @@ void recover_fast_tier(recmg_pool *p)
  * Called under the writer lock. */
 static int free_list_sync(recmg_pool *p)
 {
-    uint64_t g = atomic_load_explicit(&p->h->generation, memory_order_acquire);
+    uint64_t g = atomic_load_explicit(&p->sh->generation, memory_order_acquire);
     if (p->free_valid && p->free_gen == g) return RECMG_OK;
     uint64_t n = p->h->n_slots;
     if (!p->free_list) {
@@ -168,7 +168,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
 {
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) {
-            const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+            const tabdesc *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
             memcpy(dst + k * stride, p->slow + t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, t->row_bytes);
             *bytes += t->row_bytes;
         }
@@ -178,7 +178,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
         return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
     slow_req *r = p->sreq;
     for (uint64_t k = 0; k < n; k++) {
-        const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+        const tabdesc *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
         r[k] = (slow_req){.off = t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, .dst = dst + k * stride,
                           .len = t->row_bytes};
     }
@@ -188,7 +188,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
 int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
                    uint64_t *bytes)
 {
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++)
             memcpy(dst + k * dst_stride, p->slow + t->slow_off + (uint64_t)rows[k] * t->row_bytes, t->row_bytes);
@@ -249,8 +249,8 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
-        shm_table *t = &p->tables[RECMG_KEY_TABLE(key)];
-        atomic_fetch_add_explicit(&t->c.slow_bytes, t->row_bytes, memory_order_relaxed);
+        uint32_t tk = RECMG_KEY_TABLE(key);
+        atomic_fetch_add_explicit(&p->stab[tk].c.slow_bytes, p->tables[tk].row_bytes, memory_order_relaxed);
     }
     bump_generation(p);
     rc = (int64_t)m;
@@ -276,6 +276,13 @@ int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         _Atomic int32_t *ix = index_of(p, keys[i]);
         int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
         if (s < 0) continue;
+        if (!slot_ok(p, s) || p->n_free >= p->h->n_slots) {
+            /* a slot number no writer wrote (the object was changed behind our back): clear the entry
+             * and rebuild the free list from the index at the next write */
+            atomic_store_explicit(ix, -1, memory_order_release);
+            p->free_valid = 0;
+            continue;
+        }
         /* the slot keeps the row until it is reused (a reader that still goes there reads a right
          * row); reuse goes through the seqlock */
         atomic_store_explicit(ix, -1, memory_order_release);
@@ -350,7 +357,7 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     uint32_t rb = t->row_bytes;
     const uint8_t *src = values;
     pthread_mutex_lock(&p->lock);
@@ -381,6 +388,11 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
         int64_t key = RECMG_KEY(table, rows[k]);
         int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
         if (s < 0) continue;
+        if (!slot_ok(p, s)) { /* not a slot of this pool: the entry is dropped (lookups read the slow tier) */
+            atomic_store_explicit(index_of(p, key), -1, memory_order_release);
+            p->free_valid = 0;
+            continue;
+        }
         memcpy(w, src + k * rb, rb);
         /* unpublished while it changes, so that a slot an entry names is always whole (also if this
          * writer dies here); readers meanwhile read the slow tier, already updated */
