@@ -55,7 +55,7 @@ typedef struct shm_header {
     uint64_t meta_bytes;
     _Atomic uint64_t generation; /* bumped by every fast-tier write operation */
     _Atomic int32_t daemon_pid;
-    uint32_t pad1;
+    _Atomic int32_t writer_pid; /* the writer lock's holder (for messages only), 0 when free */
     char slow_path[RECMG_PATH_MAX];
     char pad2[64];
     pthread_mutex_t writer_lock; /* process-shared, robust: serialises fast-tier writers */
@@ -180,6 +180,7 @@ struct recmg_pool {
     tabdesc *tables;      /* validated table descriptors (process-local) */
     shm_table *stab;      /* the shared table descriptors: their counters only */
     pool_geom geom;
+    uint32_t lock_ms;     /* how long writer_lock waits for another process's writer (ms) */
     int lock_fd;          /* daemon role: the shm object's fd, flock()ed so that one daemon serves a pool */
     _Atomic uint32_t *vers; /* seqlock versions of the slot groups */
     uint8_t *slots;
@@ -237,7 +238,9 @@ static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(ui
 static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
-/* lock.c (writer lock with recovery) */
+/* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder */
+#define RECMG_LOCK_MS_DAEMON 100u
+#define RECMG_LOCK_MS_APP 2000u
 int writer_lock(recmg_pool *p);
 void writer_unlock(recmg_pool *p);
 void recover_fast_tier(recmg_pool *p);

@@ -198,6 +198,13 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     p->flags = flags;
     p->ring_index = -1;
     p->lock_fd = -1;
+    p->lock_ms = role == RECMG_ROLE_DAEMON ? RECMG_LOCK_MS_DAEMON : RECMG_LOCK_MS_APP;
+    const char *lt = getenv("RECMG_LOCK_TIMEOUT_MS");
+    if (lt && lt[0]) {
+        char *end;
+        unsigned long ms = strtoul(lt, &end, 10);
+        if (*end == 0 && ms >= 1 && ms <= 3600000ul) p->lock_ms = (uint32_t)ms;
+    }
     p->pid = getpid();
     p->n_threads = 1;
     slowio_init(&p->io);
@@ -293,10 +300,12 @@ static int handle_open(recmg_pool *p)
         if (rc) return rc;
     } else {
         atomic_store_explicit(&p->sh->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
-        int rc = writer_lock(p);
-        if (rc) return rc;
-        recover_fast_tier(p);
-        writer_unlock(p);
+        /* close what a dead writer left open; a live holder (a stopped app) does not stop the attach:
+         * the daemon's writes then return RECMG_ELOCKED until the holder lets go */
+        if (writer_lock(p) == RECMG_OK) {
+            recover_fast_tier(p);
+            writer_unlock(p);
+        }
     }
     return RECMG_OK;
 }

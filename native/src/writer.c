@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <time.h>
 
 static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
 {
@@ -67,17 +68,47 @@ int hash_prepare(recmg_pool *p, uint64_t n)
 
 int writer_lock(recmg_pool *p)
 {
-    int e = pthread_mutex_lock(&p->sh->writer_lock);
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += p->lock_ms / 1000u;
+    dl.tv_nsec += (long)(p->lock_ms % 1000u) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+    int e = pthread_mutex_clocklock(&p->sh->writer_lock, CLOCK_MONOTONIC, &dl);
     if (e == EOWNERDEAD) {
         recover_fast_tier(p);
         pthread_mutex_consistent(&p->sh->writer_lock);
-        return RECMG_OK;
+        e = 0;
+    }
+    if (e == ETIMEDOUT) {
+        int32_t who = atomic_load_explicit(&p->sh->writer_pid, memory_order_relaxed);
+        if (who > 0)
+            return rc_set(p, RECMG_ELOCKED,
+                          "the writer lock of pool '%s' stayed held by process %d for %u ms (a stopped or stuck "
+                          "writer); nothing was changed",
+                          p->name + 1, (int)who, p->lock_ms);
+        return rc_set(p, RECMG_ELOCKED,
+                      "the writer lock of pool '%s' stayed held by another process for %u ms (a stopped or stuck "
+                      "writer); nothing was changed",
+                      p->name + 1, p->lock_ms);
     }
     if (e) return rc_set(p, RECMG_ESYS, "locking the writer lock of pool '%s': %s", p->name + 1, strerror(e));
+    atomic_store_explicit(&p->sh->writer_pid, (int32_t)p->pid, memory_order_relaxed);
     return RECMG_OK;
 }
 
-void writer_unlock(recmg_pool *p) { pthread_mutex_unlock(&p->sh->writer_lock); }
+void writer_unlock(recmg_pool *p)
+{
+    atomic_store_explicit(&p->sh->writer_pid, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&p->sh->writer_lock);
+}
+
+int recmg_set_lock_timeout(recmg_pool *p, uint32_t ms)
+{
+    if (!p) return RECMG_EINVAL;
+    if (ms < 1 || ms > 3600000u) return rc_set(p, RECMG_EINVAL, "lock timeout must be 1..3600000 ms, got %u", ms);
+    p->lock_ms = ms;
+    return RECMG_OK;
+}
 
 static void bump_generation(recmg_pool *p)
 {
@@ -151,6 +182,14 @@ static int64_t fault_kill_point(void)
 {
     const char *e = getenv("RECMG_FAULT_KILL_IN_FILL");
     return e && e[0] ? strtoll(e, NULL, 10) : -1;
+}
+
+/* Fault injection for the lock tests: RECMG_FAULT_STOP_IN_WRITE=1 makes write_rows stop itself
+ * (SIGSTOP) while it holds the writer lock. */
+static void fault_stop_point(void)
+{
+    const char *e = getenv("RECMG_FAULT_STOP_IN_WRITE");
+    if (e && e[0] == '1') raise(SIGSTOP);
 }
 
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
@@ -363,6 +402,7 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
+    fault_stop_point();
     /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row */
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
