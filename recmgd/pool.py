@@ -388,6 +388,12 @@ class Pool:
         self._check(lib.recmg_set_threads(self._handle, int(threads)))
         self._threads_pending = False
 
+    def set_lock_timeout(self, ms: int) -> None:
+        """How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock
+        another process holds before they raise PoolLockedError (default: 100 ms for a daemon, 2000 ms
+        for an app, or RECMG_LOCK_TIMEOUT_MS from the environment at attach)."""
+        self._check(lib.recmg_set_lock_timeout(self._handle, int(ms)))
+
     def _default_threads(self) -> None:
         """threads=None: as many lookup threads as torch uses (imports torch if need be)."""
         self._check(lib.recmg_set_threads(self._handle, max(1, _torch().get_num_threads())))
