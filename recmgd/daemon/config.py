@@ -63,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recmgd.errors import ConfigError
+from recmgd.keys import PAGE_BYTES
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
 DEFAULT_SOCKET = "/run/recmgd/control.sock"
@@ -81,7 +82,6 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
 
 #: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier
 MODES = ("rows", "pages")
-PAGE_BYTES = 4096
 NODE_DIR = "/sys/devices/system/node"
 
 
