@@ -214,7 +214,8 @@ def test_a_pool_with_a_held_writer_lock_is_skipped_and_retried(tmp_path: Path,
     sock = tmp_path / "k.sock"
     d, _, n = make(tmp_path, f'pools = ["{stuck}", "{good}"]\n[control]\nsocket = "{sock}"\n')
     try:
-        d.pools[stuck].driver.pool = _LockedPool(d.pools[stuck].driver.pool)
+        drv = d.pools[stuck].driver
+        drv.pool = drv.mover.pool = _LockedPool(drv.pool)
         for app in apps.values():
             app.embedding_bag(0, np.arange(4), np.arange(4))
             app.end_batch()
