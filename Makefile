@@ -112,6 +112,11 @@ install: native
 	    install -d -o recmgd -g recmgd -m 0755 /run/recmgd && \
 	    install -d -o recmgd -g recmgd -m 0750 /var/lib/recmgd /var/lib/recmgd/models || exit 1; \
 	  fi; \
+	  if command -v runuser >/dev/null 2>&1 && \
+	     ! runuser -u recmgd -- $(INSTALL_VENV)/bin/python -c "import recmgd.daemon.service" 2>/dev/null; then \
+	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: make install PYTHON=/usr/bin/python3"; \
+	    exit 1; \
+	  fi; \
 	fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now recmgd"
 	@echo "apps share pools with the daemon through group recmgd: usermod -aG recmgd APPUSER (README, Security)"
