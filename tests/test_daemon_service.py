@@ -255,6 +255,7 @@ def test_pools_of_other_owners_are_skipped(tmp_path: Path, restore_signals: None
         assert set(d.pools) == {mine}
         why = d.stats()["daemon"]["skipped"][theirs]
         assert why.startswith("owned by nobody:") and "serve_users" in why
+        assert {"name": theirs, "waiting": True, "error": f"skipped: {why}"} in d.handle("pools", {})
         # served once its group is configured (a reload), skipped again when it is not
         nogroup = grp.getgrgid(65534).gr_name
         cfg.write_text(body.replace("[control]", f'serve_groups = ["{nogroup}"]\n[control]'))
