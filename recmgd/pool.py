@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recmgd.errors import PoolError, PoolLockedError, PoolVersionError
+from recmgd.errors import PoolError, PoolLockedError, PoolVersionError, PoolWriteError
 from recmgd.keys import ROW_BITS
 
 try:
@@ -222,8 +222,13 @@ class Pool:
         io_uring: bool = True,
         direct: bool = True,
         threads: int | None = None,
+        existing: str = "refuse",
     ) -> Pool:
         """Create a pool; fails if one of that name exists. All rows start as zeros (the slow tier).
+
+        An SSD tier's file is created with its space reserved; an existing file is never truncated:
+        existing="refuse" (default) fails, existing="reuse" keeps it and its rows (the tables of a pool
+        whose shared memory is gone, after a reboot) if its size is the tables' size.
 
         threads: how many threads a multi-table ``embedding_bags`` call may use on a memory slow tier
         (default: torch.get_num_threads()). io_uring=False forces the preadv fallback; direct=False
@@ -232,6 +237,8 @@ class Pool:
             raise PoolError(f"bad dtype {dtype!r}: use 'float32' or 'float16'")
         if role not in _ROLES:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
+        if existing not in ("refuse", "reuse"):
+            raise PoolError(f"bad existing={existing!r}: use 'refuse' or 'reuse'")
         kind, node, path = parse_slow(slow)
         specs = ffi.new("recmg_table_spec[]", max(len(tables), 1))
         for i, spec in enumerate(tables):
@@ -258,7 +265,7 @@ class Pool:
         o.ring_records = int(ring_records)
         o.n_rings = int(rings)
         o.role = _ROLES[role]
-        o.flags = _flags(io_uring, direct)
+        o.flags = _flags(io_uring, direct) | (lib.RECMG_F_REUSE_SLOW if existing == "reuse" else 0)
         out = ffi.new("recmg_pool **")
         err = ffi.new("char[512]")
         rc = lib.recmg_create(name.encode(), o, out, err, 512)
@@ -415,9 +422,13 @@ class Pool:
                 f"write_rows: values have shape {tuple(v.shape)}; table {t} needs ({len(r)}, {dim})"
             )
         v = np.ascontiguousarray(v, dtype=_NP_DTYPES[self._dtype_code])
-        self._check(
-            lib.recmg_write_rows(self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v))
+        written = ffi.new("uint64_t *")
+        rc = lib.recmg_write_rows_ex(
+            self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v), written
         )
+        if rc == lib.RECMG_EIO:
+            raise PoolWriteError(ffi.string(lib.recmg_errmsg(self._handle)).decode(), int(written[0]))
+        self._check(rc)
 
     def read_rows(self, table: int, rows: Any) -> np.ndarray:
         """Rows from the slow tier, in the storage dtype, shape (len(rows), dim)."""

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -292,7 +293,7 @@ static int handle_open(recmg_pool *p)
 {
     const pool_geom *h = p->h;
     if (h->slow_kind == RECMG_SLOW_SSD) {
-        int rc = slowio_open(p, h->slow_path, 0, h->slow_bytes, 0);
+        int rc = slowio_open(p, h->slow_path, SLOW_ATTACH, h->slow_bytes, 0, p->owner, NULL);
         if (rc) return rc;
     }
     if (p->role == RECMG_ROLE_APP) {
@@ -344,6 +345,19 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         return rc_buf(err, errlen, RECMG_ENOMEM, "out of memory creating a pool handle");
     }
     uint8_t *base = MAP_FAILED;
+    int created_file = 0;
+    struct stat sst;
+    if (fstat(fd, &sst) != 0) {
+        rc = rc_set(p, RECMG_ESYS, "fstat(%s): %s", nm, strerror(errno));
+        goto fail;
+    }
+    p->owner = sst.st_uid;
+    struct statvfs vf; /* the object is sparse: a pool larger than /dev/shm's room would fault later */
+    if (fstatvfs(fd, &vf) == 0 && (uint64_t)vf.f_bavail * vf.f_frsize < L.total) {
+        rc = rc_set(p, RECMG_ENOSPC, "pool '%s' needs %llu bytes of shared memory; /dev/shm has %llu free", nm + 1,
+                    (unsigned long long)L.total, (unsigned long long)vf.f_bavail * vf.f_frsize);
+        goto fail;
+    }
     if (fchmod(fd, mode) != 0) {
         rc = rc_set(p, RECMG_ESYS, "fchmod(%s, %o): %s", nm, mode, strerror(errno));
         goto fail;
@@ -422,7 +436,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         }
     }
     if (o->slow_kind == RECMG_SLOW_SSD) {
-        rc = slowio_open(p, o->slow_path, 1, L.slow_bytes, mode);
+        rc = slowio_open(p, o->slow_path, (o->flags & RECMG_F_REUSE_SLOW) ? SLOW_REUSE : SLOW_CREATE, L.slow_bytes,
+                         mode, p->owner, &created_file);
         if (rc) goto fail;
     }
     atomic_store_explicit(&h->ready, 1, memory_order_release);
@@ -441,6 +456,7 @@ fail:
     else if (!p->base) munmap(base, L.total);
     handle_free(p);
     shm_unlink(nm);
+    if (created_file) unlink(o->slow_path); /* nothing left behind; a reused file is kept */
     return rc;
 }
 
@@ -613,6 +629,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_EBUSY, "pool '%s' is still being created (or its creator died)", nm + 1);
         goto fail;
     }
+    p->owner = st.st_uid;
     if (hdr.total_bytes != (uint64_t)st.st_size) {
         rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %lld",
                     nm + 1, (unsigned long long)hdr.total_bytes, (long long)st.st_size);

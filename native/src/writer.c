@@ -393,22 +393,30 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
 
 int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
 {
+    return recmg_write_rows_ex(p, table, rows, n, values, NULL);
+}
+
+int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
+                        uint64_t *written)
+{
+    if (written) *written = 0;
     if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
     const tabdesc *t = &p->tables[table];
     uint32_t rb = t->row_bytes;
     const uint8_t *src = values;
+    uint64_t done = n;
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
     fault_stop_point();
-    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row */
+    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row;
+     * if the file write fails at row k, rows [0, k) are written and their resident copies updated */
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
     } else {
-        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src);
-        if (rc) goto out;
+        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
     }
     /* then the resident copies, through the seqlock */
     uint64_t words[RECMG_PAGE / 8];
@@ -417,14 +425,19 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     if (p->h->slot_stride > sizeof words) {
         heap = calloc(1, p->h->slot_stride);
         if (!heap) {
-            rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+            /* cannot update the copies: drop them (lookups then read the slow tier, the truth) */
+            for (uint64_t k = 0; k < done; k++) atomic_store_explicit(index_of(p, RECMG_KEY(table, rows[k])), -1,
+                                                                      memory_order_release);
+            p->free_valid = 0;
+            bump_generation(p);
+            if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
             goto out;
         }
         w = heap;
     }
     memset(w, 0, p->h->slot_stride);
     int wrote = 0;
-    for (uint64_t k = 0; k < n; k++) {
+    for (uint64_t k = 0; k < done; k++) {
         int64_t key = RECMG_KEY(table, rows[k]);
         int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
         if (s < 0) continue;
@@ -447,5 +460,6 @@ out:
     writer_unlock(p);
 out_unlocked:
     pthread_mutex_unlock(&p->lock);
+    if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
     return rc;
 }
