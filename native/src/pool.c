@@ -6,6 +6,7 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
@@ -640,7 +641,25 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_ESYS, "mmap(%s, %lld bytes): %s", nm, (long long)st.st_size, strerror(errno));
         goto fail;
     }
-    close(fd);
+    if (role == RECMG_ROLE_DAEMON) {
+        /* one daemon per pool: the lock lives as long as this handle's descriptor (closed at
+         * recmg_close, or by the kernel when the daemon dies) */
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno == EWOULDBLOCK) {
+                int32_t other = atomic_load_explicit(&hdr.daemon_pid, memory_order_relaxed);
+                if (other > 0)
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon (pid %d)", nm + 1, (int)other);
+                else
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon", nm + 1);
+            } else {
+                rc = rc_set(p, RECMG_ESYS, "flock(%s): %s", nm, strerror(errno));
+            }
+            goto fail;
+        }
+        p->lock_fd = fd;
+    } else {
+        close(fd);
+    }
     fd = -1;
     {
         /* private copies first: the object may change under us, what was checked is what is used */
