@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recmgd.errors import PoolError, PoolLockedError, PoolVersionError, PoolWriteError
-from recmgd.keys import ROW_BITS
+from recmgd.keys import PAGE_BYTES, ROW_BITS
 
 try:
     from recmgd._native import ffi, lib
@@ -61,8 +61,6 @@ _DTYPE_NAMES = {0: "float32", 1: "float16"}
 _NP_DTYPES = {0: np.float32, 1: np.float16}
 _SLOW_NAMES = {0: "dram", 1: "numa", 2: "ssd"}
 _ROLES = {"app": 0, "daemon": 1}
-#: the unit of page mode: a table's slow tier is moved in pages of this many bytes
-PAGE_BYTES = 4096
 _COUNTER_FIELDS = ("lookups", "unique", "hits", "on_demand", "ring_drops", "slow_bytes")
 
 
