@@ -191,7 +191,7 @@ class Pool:
         self._dtype_code = int(info.dtype)
         self._slow_kind = int(info.slow_kind)
         self._numa_node = int(info.numa_node)
-        self._slow_path = ffi.string(info.slow_path).decode()
+        self._slow_path = ffi.string(info.slow_path).decode(errors="surrogateescape")
         self._n_rings = int(info.n_rings)
         ti = ffi.new("recmg_table_info *")
         tables = []
@@ -268,7 +268,7 @@ class Pool:
         err = ffi.new("char[512]")
         rc = lib.recmg_create(name.encode(), o, out, err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
         log.info(
             "created pool %s: %d tables, %d slots, slow=%s, dtype=%s", name, len(tables), slots, slow, dtype
         )
@@ -290,7 +290,7 @@ class Pool:
         err = ffi.new("char[512]")
         rc = lib.recmg_attach(name.encode(), _ROLES[role], _flags(io_uring, direct), out, err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
         log.debug("attached pool %s as %s", name, role)
         return cls(out[0], name, role, threads)
 
@@ -300,7 +300,7 @@ class Pool:
         err = ffi.new("char[512]")
         rc = lib.recmg_destroy(name.encode(), err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
 
     def close(self) -> None:
         """Detach (releases this process's ring). Idempotent."""
@@ -374,7 +374,7 @@ class Pool:
 
     def _check(self, rc: int) -> int:
         if rc < 0:
-            _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode())
+            _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode(errors="replace"))
         return rc
 
     def _info(self) -> Any:
@@ -425,7 +425,8 @@ class Pool:
             self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v), written
         )
         if rc == lib.RECMG_EIO:
-            raise PoolWriteError(ffi.string(lib.recmg_errmsg(self._handle)).decode(), int(written[0]))
+            msg = ffi.string(lib.recmg_errmsg(self._handle)).decode(errors="replace")
+            raise PoolWriteError(msg, int(written[0]))
         self._check(rc)
 
     def read_rows(self, table: int, rows: Any) -> np.ndarray:

@@ -244,6 +244,7 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem);
 #define RECMG_LOCK_MS_DAEMON 100u
 #define RECMG_LOCK_MS_APP 2000u
 int writer_lock(recmg_pool *p);
+int writer_lock_kind_ok(const pthread_mutex_t *m);
 void writer_unlock(recmg_pool *p);
 void recover_fast_tier(recmg_pool *p);
 

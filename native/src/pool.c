@@ -168,6 +168,14 @@ int recmg_layout_size(const recmg_create_opts *o, uint64_t *meta, uint64_t *tb, 
     return RECMG_OK;
 }
 
+/* A control character (a newline...) in a path would break the one-line messages that name it. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
 /* ---------------- names ---------------- */
 
 static int shm_name(const char *name, char *out, size_t outlen, char *err, size_t errlen)
@@ -329,6 +337,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
             return rc_buf(err, errlen, RECMG_EINVAL, "the ssd slow tier needs a file path");
         if (strlen(o->slow_path) >= RECMG_PATH_MAX)
             return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path too long (%zu bytes)", strlen(o->slow_path));
+        if (has_control(o->slow_path))
+            return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path has a control character (newline, tab, ...)");
     }
     if (o->slow_kind == RECMG_SLOW_NUMA && !numa_node_valid(o->numa_node))
         return rc_buf(err, errlen, RECMG_EINVAL, "NUMA node %d does not exist on this machine", o->numa_node);
@@ -485,10 +495,15 @@ static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, ui
     if (h->tables_off != RECMG_HDR_BYTES) return bad_field(p, "tables_off", h->tables_off, RECMG_HDR_BYTES);
     if (h->group_shift != RECMG_GROUP_SHIFT) return bad_field(p, "group_shift", h->group_shift, RECMG_GROUP_SHIFT);
     if (h->mode > 0777u) return bad_field(p, "mode", h->mode, h->mode & 0777u);
+    if (!writer_lock_kind_ok(&h->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field writer_lock is not a robust process-shared "
+                      "mutex", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is not terminated", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && h->slow_path[0] == 0)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is empty", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && has_control(h->slow_path))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path has a control character", nm);
     if (h->slow_kind == RECMG_SLOW_NUMA ? h->numa_node < 0 : h->numa_node != -1)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field numa_node is %d", nm, h->numa_node);
     /* the scalar fields compute_layout checks (table count, dtype, slow kind, slots, rings) */

@@ -66,8 +66,32 @@ int hash_prepare(recmg_pool *p, uint64_t n)
     return RECMG_OK;
 }
 
+/* The writer lock is shared memory too: glibc trusts its kind field (a type it was not initialised as
+ * reaches asserts and priority-inheritance paths), so the kind must be the one recmg_create set. */
+int writer_lock_kind_ok(const pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    pthread_mutexattr_t a;
+    pthread_mutex_t ref;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&ref, &a);
+    pthread_mutexattr_destroy(&a);
+    int want = ref.__data.__kind;
+    pthread_mutex_destroy(&ref);
+    return atomic_load_explicit((const _Atomic int *)(const void *)&m->__data.__kind, memory_order_relaxed) == want;
+#else
+    (void)m;
+    return 1;
+#endif
+}
+
 int writer_lock(recmg_pool *p)
 {
+    if (!writer_lock_kind_ok(&p->sh->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its writer lock is not a robust process-shared mutex",
+                      p->name + 1);
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += p->lock_ms / 1000u;
