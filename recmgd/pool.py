@@ -148,14 +148,20 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _i64(x: Any, what: str = "ids") -> np.ndarray:
-    """A contiguous 1-D int64 numpy array over x (no copy when it already is one)."""
+    """A contiguous 1-D int64 numpy array over x (no copy when it already is one). Integers only: float
+    ids (which a cast would truncate: 3.7 -> row 3) and booleans are a one-line PoolError."""
     if _is_tensor(x):
         torch = _torch()
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise PoolError(f"{what} must be integers, got a tensor of {x.dtype} (not truncated to rows)")
         if x.dtype != torch.int64 or not x.is_contiguous() or x.device.type != "cpu":
             x = x.to(device="cpu", dtype=torch.int64).contiguous()
         a = x.numpy()
     else:
-        a = np.ascontiguousarray(x, dtype=np.int64)
+        a = np.asarray(x)
+        if a.dtype.kind not in "iu" and a.size:
+            raise PoolError(f"{what} must be integers, got {a.dtype} values (not truncated to rows)")
+        a = np.ascontiguousarray(a, dtype=np.int64)
     if a.ndim != 1:
         a = a.reshape(-1)
     return a
