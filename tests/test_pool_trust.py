@@ -190,3 +190,24 @@ def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
     finally:
         (SHM / name).unlink(missing_ok=True)
         shutil.rmtree(shared)
+
+
+def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:
+    """The pool's owner truncating the object under a daemon's mapping: one-line errors, no SIGBUS."""
+    p, _ = ssd_pool
+    daemon = Pool.attach(p.name, role="daemon")
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(10)))
+        size = (SHM / p.name).stat().st_size
+        os.truncate(SHM / p.name, 4096)
+        calls = [lambda: daemon.fill_keys(make_keys(0, np.arange(10, 20))),
+                 lambda: daemon.evict_keys(make_keys(0, [1])), lambda: daemon.drain_ring(0), daemon.rings,
+                 daemon.resident_keys, daemon.free_slots, daemon.counters]
+        try:
+            for call in calls:
+                with pytest.raises(PoolError, match="shrank to 4096 bytes"):
+                    call()
+        finally:
+            os.truncate(SHM / p.name, size)  # the creator's handle (this process) maps it too
+    finally:
+        daemon.close()

@@ -240,6 +240,10 @@ static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(ui
 static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
+/* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
+ * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
+int shm_intact(recmg_pool *p);
+
 /* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder */
 #define RECMG_LOCK_MS_DAEMON 100u
 #define RECMG_LOCK_MS_APP 2000u

@@ -708,6 +708,17 @@ fail:
     return rc;
 }
 
+int shm_intact(recmg_pool *p)
+{
+    if (p->lock_fd < 0) return RECMG_OK;
+    struct stat st;
+    if (fstat(p->lock_fd, &st) != 0) return rc_set(p, RECMG_ESYS, "fstat(%s): %s", p->name, strerror(errno));
+    if ((uint64_t)st.st_size < p->map_bytes)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' shrank to %lld bytes under this handle (it maps %zu); detach it",
+                      p->name + 1, (long long)st.st_size, p->map_bytes);
+    return RECMG_OK;
+}
+
 void recmg_close(recmg_pool *p)
 {
     if (!p) return;

@@ -270,6 +270,8 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
 int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -327,6 +329,8 @@ out_unlocked:
 int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -364,6 +368,8 @@ out_unlocked:
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 {
     if (!p || (cap && !out)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     /* the index is the record of what is resident: one pass over it, in key order */
     uint64_t k = 0;
     for (uint32_t t = 0; t < p->h->n_tables; t++) {
@@ -380,6 +386,8 @@ int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 int64_t recmg_free_slots(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     pthread_mutex_lock(&p->lock);
     int64_t rc = writer_lock(p);
     if (rc == 0) {
@@ -425,6 +433,8 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
 {
     if (written) *written = 0;
     if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
     const tabdesc *t = &p->tables[table];
