@@ -113,8 +113,9 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     if bounds.shape[0] < n_steps + 1:
         bounds = np.append(bounds, sample_offsets[-1])
     # the C builder checks these too; here they become a message instead of an error code
-    if n_samples and int(np.diff(sample_offsets).min()) < 0:
-        s = int(np.flatnonzero(np.diff(sample_offsets) < 0)[0])
+    back = sample_offsets[1:] < sample_offsets[:-1]  # compared, not subtracted (no int64 wrap-around)
+    if back.any():
+        s = int(np.flatnonzero(back)[0])
         raise TraceError(f"step building: sample {s}: offsets go backwards "
                          f"({int(sample_offsets[s])} then {int(sample_offsets[s + 1])})")
     if int(bounds[0]) < 0 or int(bounds[-1]) > n_keys:
