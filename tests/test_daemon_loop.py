@@ -698,3 +698,28 @@ def test_a_pin_ends_after_its_read_or_after_its_batches(pools) -> None:
     drv.tick()
     assert int(k(1, [3])[0]) in daemon.resident_keys().tolist() and drv.n_hinted == 2
     drv.close()
+
+
+def test_early_admission_never_takes_an_announced_row_as_victim(pools) -> None:
+    app, daemon = pools
+    pol = SlowScripted([], victims=k(0, [1, 2, 3, 4, 5]).tolist())
+    drv = PoolDriver(daemon, pol, "slow", hint_slots=2)  # capacity 38
+    lookup(app, 0, range(38))
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    app.hint(0, [1])  # row 1 (the policy's first victim) is announced for the next batch
+    drv.tick()
+    lookup(app, 0, [40, 41])  # two misses, a full tier: two early victims, not row 1
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert pol.gone == k(0, [2, 3]).tolist()
+    assert int(k(0, [1])[0]) in daemon.resident_keys().tolist()
+    before = app.counters()["processes"][0]["hits"]
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert app.counters()["processes"][0]["hits"] == before + 1
+    drv.close()
