@@ -26,10 +26,14 @@ typedef struct {
 
 typedef struct { /* a set of resident ids with O(1) add and remove */
     int32_t *ids;
+    int32_t *cl;      /* beside each id, what its keep score needs: class, stamp, level (the plan */
+    double *st;       /* scans these in order, not the per-row arrays at random) */
+    float *lv;
     int64_t n, cap;
     int64_t capacity; /* slots */
     int32_t *pos;     /* per row: index in ids */
     uint8_t flag;
+    int k;            /* 0: the cache, 1: the LRU shadow, 2: the model-order shadow */
 } lp_set;
 
 typedef struct {
@@ -146,14 +150,43 @@ static inline int64_t age_bucket(const lp_policy *p, double age)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* what row id's keep score in set s's order reads, from the per-row arrays */
+static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int64_t at)
+{
+    if (s->k == 0) {
+        s->cl[at] = p->cls[id], s->st[at] = p->stamp[id], s->lv[at] = p->level[id];
+    } else if (s->k == 1) {
+        s->cl[at] = 0, s->st[at] = (double)p->view.row[id].last, s->lv[at] = 0.0f;
+    } else {
+        s->cl[at] = p->lcls[id], s->st[at] = (double)p->view.row[id].last, s->lv[at] = p->llevel[id];
+    }
+}
+
 static int set_add(lp_policy *p, lp_set *s, int32_t id)
 {
     if (p->flags[id] & s->flag)
         return SC_OK;
-    if (grow_buf((void **)&s->ids, &s->cap, s->n + 1, sizeof(int32_t)) != SC_OK)
-        return SC_ENOMEM;
+    if (s->n + 1 > s->cap) {
+        int64_t c = s->cap;
+        if (grow_buf((void **)&s->ids, &c, s->n + 1, sizeof(int32_t)) != SC_OK)
+            return SC_ENOMEM;
+        int32_t *cl = realloc(s->cl, (size_t)c * sizeof(int32_t));
+        if (cl)
+            s->cl = cl;
+        double *st = realloc(s->st, (size_t)c * sizeof(double));
+        if (st)
+            s->st = st;
+        float *lv = realloc(s->lv, (size_t)c * sizeof(float));
+        if (lv)
+            s->lv = lv;
+        if (!cl || !st || !lv)
+            return SC_ENOMEM;
+        s->cap = c;
+    }
     s->pos[id] = (int32_t)s->n;
-    s->ids[s->n++] = id;
+    s->ids[s->n] = id;
+    set_vals(p, s, id, s->n);
+    s->n++;
     p->flags[id] |= s->flag;
     return SC_OK;
 }
@@ -163,10 +196,19 @@ static void set_del(lp_policy *p, lp_set *s, int32_t id)
     if (!(p->flags[id] & s->flag))
         return;
     int32_t at = s->pos[id];
-    int32_t last = s->ids[--s->n];
-    s->ids[at] = last;
+    int64_t e = --s->n;
+    int32_t last = s->ids[e];
+    s->ids[at] = last, s->cl[at] = s->cl[e], s->st[at] = s->st[e], s->lv[at] = s->lv[e];
     s->pos[last] = at;
     p->flags[id] &= (uint8_t)~s->flag;
+}
+
+/* the row's keep-score inputs changed: copy them beside it in every set that holds it */
+static inline void sets_refresh(lp_policy *p, int32_t id)
+{
+    for (int k = 0; k < 3; k++)
+        if (p->flags[id] & p->sets[k].flag)
+            set_vals(p, &p->sets[k], id, p->sets[k].pos[id]);
 }
 
 /* ---------------------------------------------------------------------------- lifecycle */
@@ -199,7 +241,7 @@ lp_policy *lp_new(const lp_params *prm)
         p->view.rate[k] = (double)((float)log(2.0) / (float)half_lives[k]);
     p->view.lut = p->lut;
     for (int k = 0; k < 3; k++)
-        p->sets[k].flag = (uint8_t)(1 << k);
+        p->sets[k].flag = (uint8_t)(1 << k), p->sets[k].k = k;
     p->sets[0].capacity = prm->capacity;
     p->guard_shift = prm->capacity >= (int64_t)prm->guard_sample * prm->guard_min_rows
                          ? 64 - (32 - __builtin_clz((unsigned)prm->guard_sample)) + 1
@@ -242,7 +284,7 @@ void lp_free(lp_policy *p)
     free(p->row_mem), free(p->flags), free(p->cls), free(p->lcls), free(p->level), free(p->llevel);
     free(p->stamp), free(p->mid), free(p->lastpos), free(p->mark), free(p->slot);
     for (int k = 0; k < 3; k++)
-        free(p->sets[k].ids), free(p->sets[k].pos);
+        free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
@@ -389,21 +431,16 @@ static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, d
     return p->table[(int64_t)cls * HZ_AGE_BUCKETS + age_bucket(p, now - stamp)] + stamp / den;
 }
 
-/* the keep score of row id in set k's order (k 0: the cache, 1: LRU, 2: the model's) */
-static inline double keep_key(const lp_policy *p, int k, int32_t id, double now, double den)
+/* the keep score in set k's order (k 0: the cache, 1: LRU, 2: the model's) of a row of class cl, stamp
+ * st, level lv */
+static inline double keep_key(const lp_policy *p, int k, int32_t cl, double st, float lv, double now,
+                              double den)
 {
-    if (k == 1)
-        return (double)p->view.row[id].last;
-    if (k == 2) {
-        double s = (double)p->view.row[id].last;
-        return p->prm.order == LP_ORDER_HAZARD && p->table ? hazard_key(p, p->lcls[id], s, now, den)
-                                                           : (double)p->llevel[id] + s;
-    }
-    if (p->recency_only)
-        return p->stamp[id];
+    if (k == 1 || (k == 0 && p->recency_only))
+        return st;
     if (p->prm.order == LP_ORDER_HAZARD && p->table)
-        return hazard_key(p, p->cls[id], p->stamp[id], now, den);
-    return (double)p->level[id] + p->stamp[id];
+        return hazard_key(p, cl, st, now, den);
+    return (double)lv + st;
 }
 
 static inline int cand_lt(const lp_cand *a, const lp_cand *b)
@@ -464,11 +501,16 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         double den = fabs(now) + 2.0;
         for (int64_t i = 0; i < s->n; i++) {
             int32_t id = s->ids[i];
-            p->sel[i] = (lp_cand){keep_key(p, k, id, now, den), id, id};
+            p->sel[i] = (lp_cand){keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
         }
-        for (int64_t i = 0; i < m; i++)
-            p->sel[s->n + i] = (lp_cand){keep_key(p, k, newv[i], now, den) + NEW_BONUS,
-                                          ((int64_t)1 << 62) + i, newv[i]};
+        for (int64_t i = 0; i < m; i++) {
+            int32_t id = newv[i];
+            double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
+            int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
+            float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
+            p->sel[s->n + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
+                                          ((int64_t)1 << 62) + i, id};
+        }
         if (over < tot)
             select_k(p->sel, tot, over);
         else
@@ -941,6 +983,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         p->stamp[id] = (double)b;
         p->lcls[id] = p->cls[id];
         p->llevel[id] = p->level[id];
+        sets_refresh(p, id);
     }
     if (p->guard_on && n && (rc = guard_step(p, n, hit, b)))
         return rc;
@@ -1059,7 +1102,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         int32_t id = s->ids[i];
         if (p->mark[id] == mk)
             continue;
-        p->sel[k++] = (lp_cand){keep_key(p, 0, id, now, den), id, id};
+        p->sel[k++] = (lp_cand){keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
     }
     for (int64_t i = 0; i < m; i++) { /* forget the marks (a later step's 3t + 2 must not match) */
         int32_t id;
