@@ -12,6 +12,7 @@
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
 #define AGE_LUT 8192   /* age buckets of ages 0, 0.5, ..., AGE_LUT / 2 looked up */
+#define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -96,6 +97,8 @@ struct lp_policy {
     float *gp;
     uint8_t *gmiss;
     lp_cand *sel;
+    double *keys;
+    int64_t cap_keys;
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
     int64_t *minage;
@@ -287,7 +290,7 @@ void lp_free(lp_policy *p)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
-    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
     free(p);
@@ -477,6 +480,12 @@ static void select_k(lp_cand *c, int64_t n, int64_t k)
     }
 }
 
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
 static int cmp_cand(const void *a, const void *b)
 {
     const lp_cand *x = a, *y = b;
@@ -499,17 +508,38 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         if (grow_buf((void **)&p->sel, &p->cap_sel, tot, sizeof(lp_cand)) != SC_OK)
             return SC_ENOMEM;
         double den = fabs(now) + 2.0;
-        for (int64_t i = 0; i < s->n; i++) {
-            int32_t id = s->ids[i];
-            p->sel[i] = (lp_cand){keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
+        if (grow_buf((void **)&p->keys, &p->cap_keys, s->n + 1, sizeof(double)) != SC_OK)
+            return SC_ENOMEM;
+        for (int64_t i = 0; i < s->n; i++)
+            p->keys[i] = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        /* only residents with a key up to a threshold can be among the `over` lowest: a threshold from a
+         * sample of the keys (about twice the quantile needed), checked after, so the result is exact */
+        double thr = INFINITY;
+        int64_t nr = 0;
+        if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
+            double smp[LP_SAMPLE];
+            for (int j = 0; j < LP_SAMPLE; j++)
+                smp[j] = p->keys[mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n];
+            qsort(smp, LP_SAMPLE, sizeof(double), cmp_dbl);
+            int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
+            thr = smp[at < LP_SAMPLE ? at : LP_SAMPLE - 1];
+            for (int64_t i = 0; i < s->n; i++)
+                if (p->keys[i] <= thr)
+                    p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            if (nr < over)
+                nr = 0, thr = INFINITY; /* the sample misled: every resident */
         }
+        if (thr == INFINITY)
+            for (int64_t i = 0; i < s->n; i++)
+                p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+        tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
             double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
             int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
             float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
-            p->sel[s->n + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
-                                          ((int64_t)1 << 62) + i, id};
+            p->sel[nr + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
+                                        ((int64_t)1 << 62) + i, id};
         }
         if (over < tot)
             select_k(p->sel, tot, over);
