@@ -44,6 +44,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("policy", help="switch a pool's policy (until the next reload)")
     s.add_argument("pool")
     s.add_argument("name")
+    s.add_argument("--model", metavar="DIR", help="the checkpoint a learned policy loads (`recmg train`)")
+    s = sub.add_parser("record", help="write a pool's live access stream to a trace file (recmg binary "
+                                      "format; one sample per app batch)")
+    s.add_argument("pool")
+    s.add_argument("file", help="the trace to write (FILE.partial until it is complete)")
+    s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: no limit)")
+    s.add_argument("--lookups", type=int, default=0,
+                   help="stop at the first batch end after this many lookups (default: no limit)")
+    s.add_argument("--max-mb", type=float, default=None,
+                   help="size cap of the file in MB (10^6 bytes; default: the daemon's, 4 GiB)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     return p
 
 
@@ -180,10 +191,92 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pool {res['pool']} {'paused' if res['paused'] else 'resumed'}")
         return 0
     if args.command == "policy":
-        res = request(sock, "policy", {"pool": args.pool, "name": args.name}, timeout=timeout)
-        print(f"pool {res['pool']}: policy {res['policy']}")
+        pargs = {"pool": args.pool, "name": args.name}
+        if args.model:
+            pargs["model_dir"] = os.path.abspath(args.model)
+        res = request(sock, "policy", pargs, timeout=timeout)
+        print(f"pool {res['pool']}: policy {res['policy']}"
+              + (f" (model {pargs['model_dir']})" if args.model else ""))
         return 0
+    if args.command == "record":
+        return record(args)
     raise AssertionError(args.command)
+
+
+def record(args: argparse.Namespace) -> int:
+    """Open FILE.partial, pass it to the daemon, follow the recording, and rename it to FILE once the
+    daemon has written and fsynced it (a failed recording leaves no file)."""
+    sock, timeout = args.socket, args.timeout
+    if args.seconds < 0 or args.lookups < 0 or (args.max_mb is not None and args.max_mb <= 0):
+        print("recmgctl: record: --seconds and --lookups must be >= 0, --max-mb > 0", file=sys.stderr)
+        return 2
+    path = os.path.abspath(args.file)
+    partial = path + ".partial"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        print(f"recmgctl: record: {partial}: {exc.strerror}", file=sys.stderr)
+        return 1
+    rargs: dict[str, Any] = {"pool": args.pool, "action": "start", "lookups": args.lookups,
+                             "seconds": args.seconds, "path": path}
+    if args.max_mb is not None:
+        rargs["max_bytes"] = int(args.max_mb * 1e6)
+    try:
+        request(sock, "record", rargs, timeout=timeout, fds=(fd,))
+    except BaseException:
+        _unlink(partial)
+        raise
+    finally:
+        os.close(fd)
+    status: dict[str, Any] = {}
+    interrupted = False
+    show = sys.stderr.isatty() and not args.quiet
+    try:
+        while True:
+            try:
+                time.sleep(0.2)
+                status = request(sock, "record", {"pool": args.pool, "action": "status"}, timeout=timeout)
+                if status["state"] != "recording":
+                    break
+                if show:
+                    sys.stderr.write(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
+                                     f"{status['batches']:,} batches, {status['bytes'] / 1e6:.1f} MB, "
+                                     f"{status['seconds']:.0f} s ")
+            except KeyboardInterrupt:
+                if interrupted:  # a second ^C: give up on the file
+                    _unlink(partial)
+                    return 130
+                interrupted = True
+                request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
+    except BaseException:
+        _unlink(partial)
+        raise
+    finally:
+        if show:
+            sys.stderr.write("\n")
+    if status["state"] != "done":
+        _unlink(partial)
+        print(f"recmgctl: record: {status.get('error') or 'the recording failed'}; no file was kept",
+              file=sys.stderr)
+        return 1
+    os.replace(partial, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    drops = status["ring_drops"]
+    drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""
+    print(f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
+          f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
+    return 0
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -66,6 +67,8 @@ POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejecte
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
                  "policy_overflow", "rings_released", "adopted", "adopt_evicted", "early_admits",
                  "decision_skipped", "decision_no_room")
+
+NO_RECORDS = np.zeros(0, dtype=np.uint64)  # what a tap is given when a ring's app is gone
 
 #: early victims the step worker lists after each step (at most the capacity)
 EARLY_VICTIMS = 1024
@@ -303,6 +306,9 @@ class PoolDriver:
         self.backlog = 0
         self.policy_name = policy_name
         self.policy = policy
+        # called with (ring index, records) for every drained array, and (index, empty) when a ring's
+        # app is gone (recmgd.daemon.record: recordings and the retraining window)
+        self.tap: Callable[[int, np.ndarray], None] | None = None
         self._install_policy(policy, rebuild=True)
 
     # -- keys, rows, residency -----------------------------------------------------------------------
@@ -429,6 +435,8 @@ class PoolDriver:
                 if idx in self.rings:
                     del self.rings[idx]
                     self.ring_drops.pop(idx, None)
+                    if self.tap is not None:
+                        self.tap(idx, NO_RECORDS)
                 continue
             drops = _ring_field(info, "drops")
             prev = self.ring_drops.get(idx, 0)
@@ -445,6 +453,8 @@ class PoolDriver:
             if n == 0:
                 continue
             drained += n
+            if self.tap is not None:
+                self.tap(idx, recs)
             if n >= self.max_drain:
                 backlog += max(0, _ring_field(info, "waiting") - n)
             self._consume(st, np.asarray(recs, dtype=np.uint64))
@@ -505,6 +515,10 @@ class PoolDriver:
             recs = np.zeros(0, dtype=np.uint64)
         if len(recs):
             self._consume(st or _RingState(pending=[]), np.asarray(recs, dtype=np.uint64))
+        if self.tap is not None:
+            if len(recs):
+                self.tap(index, recs)
+            self.tap(index, NO_RECORDS)
         self.ring_drops.pop(index, None)
 
     # -- one step --------------------------------------------------------------------------------

@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -131,6 +132,7 @@ class PagePool:
         self._warned_fallback = False
         self._node_cache: dict[str, Any] | None = None
         self._node_time = 0.0
+        self.tap: Callable[[int, np.ndarray], None] | None = None  # the rows drained (PoolDriver.tap)
         if self.fast_node == self.slow_node:
             log.warning("pool %s: page mode's fast node %d is the slow tier's own node: pages are counted "
                         "as promoted but stay where they are", self.name, self.fast_node)
@@ -192,6 +194,8 @@ class PagePool:
         recs = np.asarray(self.pool.drain_ring(index, max_records), dtype=np.uint64)
         if not len(recs):
             return recs
+        if self.tap is not None:  # recordings and the retraining window get the rows
+            self.tap(index, recs)
         types = recs >> REC_TYPE_SHIFT
         keyed = types != np.uint64(1)  # lookups and hints carry a key; batch ends do not
         keys = (recs & REC_KEY_MASK).astype(np.int64)

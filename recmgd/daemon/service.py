@@ -24,6 +24,7 @@ from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
+from recmgd.daemon.record import PoolStream
 from recmgd.errors import ConfigError, PoolError, RecmgError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class _Attached:
     policy_cfg: PolicyConfig
     inode: int | None
     budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
+    stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
 
 
 def _shm_inode(name: str) -> int | None:
@@ -79,6 +81,7 @@ class Daemon:
         self._warned_drops: dict[str, int] = {}
         self._last_warn = 0.0
         self._policy_override: dict[str, str] = {}
+        self._model_override: dict[str, str] = {}  # recmgctl policy --model (until the next reload)
         self._retired: list[ControlServer] = []  # replaced control servers, closed after the poll
         self._polling = False
 
@@ -130,6 +133,9 @@ class Daemon:
         override = self._policy_override.get(name)
         if override:
             pc = dataclasses.replace(pc, name=override)
+        model = self._model_override.get(name)
+        if model:
+            pc = dataclasses.replace(pc, model_dir=model)
         return pc
 
     def _attach(self, name: str) -> bool:
@@ -166,7 +172,7 @@ class Daemon:
             return False
         self._attach_errors.pop(name, None)
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name),
-                        budget=page_budget)
+                        budget=page_budget, stream=PoolStream(driver))
         self.pools[name] = att
         att.tracker.check()
         if pc.mode == "pages":
@@ -182,6 +188,8 @@ class Daemon:
         att = self.pools.pop(name, None)
         if att is None:
             return
+        if att.stream is not None:
+            att.stream.close(f"pool detached: {why}")
         att.driver.close()
         if demote and isinstance(att.driver, PageDriver):
             try:
@@ -232,8 +240,16 @@ class Daemon:
                 "last_reload_error": self.last_reload_error,
                 "waiting_for": self.waiting_for(),
             },
-            "pools": {name: att.driver.stats() for name, att in self.pools.items()},
+            "pools": {name: self._pool_stats(att) for name, att in self.pools.items()},
         }
+
+    @staticmethod
+    def _pool_stats(att: _Attached) -> dict[str, Any]:
+        out = att.driver.stats()
+        rec = att.stream.stats() if att.stream is not None else None
+        if rec is not None:
+            out["recording"] = rec
+        return out
 
     def status_line(self) -> str:
         n = len(self.pools)
@@ -304,13 +320,23 @@ class Daemon:
             name = args.get("name")
             if not isinstance(name, str) or not name:
                 raise CommandError("missing argument \"name\" (a policy name)")
+            model = args.get("model_dir")
+            if model is not None and (not isinstance(model, str) or not os.path.isabs(model)):
+                raise CommandError("argument \"model_dir\": expected an absolute path")
             pc = att.policy_cfg
-            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options(),
-                                pool=att.driver.name, mode=pc.mode)
+            new_pc = dataclasses.replace(pc, name=name, model_dir=model or pc.model_dir)
+            pol = create_policy(name, new_pc.create_options(), pool=att.driver.name, mode=pc.mode)
             att.driver.switch_policy(pol, name)
             self._policy_override[att.driver.name] = name
+            if model:
+                self._model_override[att.driver.name] = model
+                att.policy_cfg = dataclasses.replace(pc, model_dir=model)
             log.info("pool %s: policy switched to %s", att.driver.name, name)
             return {"pool": att.driver.name, "policy": name}
+        if cmd == "record":
+            att = self._pool_arg(args)
+            assert att.stream is not None and self.control is not None
+            return att.stream.command(args, self.control.take_fd)
         raise CommandError(f"unknown command {cmd!r}")
 
     # -- reload --------------------------------------------------------------------------------
@@ -395,6 +421,7 @@ class Daemon:
             self._detach(name, "its mode or page-mode settings changed", demote=True)
         self._configure_budget()
         self._policy_override.clear()
+        self._model_override.clear()
         for name, (pc, pol) in new_policies.items():
             att = self.pools[name]
             att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
@@ -452,6 +479,8 @@ class Daemon:
         for name, att in list(self.pools.items()):
             try:
                 att.driver.tick()
+                if att.stream is not None:
+                    att.stream.poll()
             except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
                 if isinstance(exc, PoolError):
                     log.error("pool %s: %s", name, exc)
