@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-mb", type=float, default=None,
                    help="size cap of the file in MB (10^6 bytes; default: the daemon's, 4 GiB)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    s = sub.add_parser("retrain", help="retrain a pool's learned policy now (pools with retrain_every)")
+    s.add_argument("pool")
+    s.add_argument("--wait", action="store_true", help="wait for the result and print both scores")
     return p
 
 
@@ -89,6 +92,13 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
         if pages:
             lines.extend(format_pages(pages))
+        if p.get("retrain"):
+            lines.append(format_retrain(p["retrain"]))
+        rec = p.get("recording")
+        if rec:
+            lines.append(f"recording: {rec['state']} {rec['reason'] or ''}, {rec['lookups']} lookups, "
+                         f"{rec['batches']} batches, {rec['bytes'] / 1e6:.1f} MB"
+                         + (f", {rec['error']}" if rec.get("error") else ""))
         app = p.get("app") or {}
         if app.get("unique"):
             hit = 100.0 * (1 - app["on_demand"] / app["unique"])
@@ -200,6 +210,8 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "record":
         return record(args)
+    if args.command == "retrain":
+        return retrain(args)
     raise AssertionError(args.command)
 
 
@@ -270,6 +282,46 @@ def record(args: argparse.Namespace) -> int:
     print(f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
           f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
     return 0
+
+
+def retrain(args: argparse.Namespace) -> int:
+    res = request(args.socket, "retrain", {"pool": args.pool}, timeout=args.timeout)
+    print(f"pool {res['pool']}: retrain {res['retrain']} started on {res['lookups']} lookups "
+          f"({res['batches']} batches)", flush=True)
+    if not args.wait:
+        return 0
+    while True:
+        time.sleep(0.5)
+        rt = request(args.socket, "stats", timeout=args.timeout)["pools"].get(args.pool, {}).get("retrain")
+        if rt is None:
+            raise CommandError(f"pool {args.pool} is gone")
+        if not rt["running"]:
+            break
+    last = rt.get("last") or {}
+    if last.get("retrain") != res["retrain"]:
+        print(f"recmgctl: retrain: failed, the model is unchanged: {rt.get('last_error')}", file=sys.stderr)
+        return 1
+    print(format_retrain(rt))
+    return 0 if not rt.get("last_error") else 1
+
+
+def format_retrain(rt: dict[str, Any]) -> str:
+    """A pool's retraining in one line."""
+    last = rt.get("last") or {}
+    age = rt.get("model_age_s")
+    line = (f"retraining: every {rt['every_s']:g} s, window {rt['window_lookups']}/{rt['window_target']} "
+            f"lookups, {rt['retrains']} retrains, {rt['switches']} switches, {rt['failures']} failures; "
+            f"model {rt.get('model_dir') or 'none (lru)'}")
+    if age is not None:
+        line += f", {age:.0f} s old"
+    if last:
+        line += (f"; last: candidate {last['candidate_on_demand']} vs current {last['current_on_demand']} "
+                 f"on-demand fetches ({'switched' if last.get('switched') else 'kept'})")
+    if rt.get("running"):
+        line += f"; running (trainer pid {rt.get('trainer_pid')})"
+    if rt.get("last_error"):
+        line += f"; last error: {rt['last_error']}"
+    return line
 
 
 def _unlink(path: str) -> None:

@@ -25,6 +25,7 @@ from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.daemon.record import PoolStream
+from recmgd.daemon.retrain import Retrainer, starting_policy
 from recmgd.errors import ConfigError, PoolError, RecmgError
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class _Attached:
     inode: int | None
     budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
     stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
+    retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
 
 
 def _shm_inode(name: str) -> int | None:
@@ -142,8 +144,11 @@ class Daemon:
         from recmgd.pool import Pool  # the native binding: imported only when a pool is attached
 
         pc = self._policy_cfg(name)
+        run_name, run_pc = pc.name, pc
+        if pc.retrain_every:  # the last retrained checkpoint, if any
+            run_name, run_pc = starting_policy(name, pc, self.cfg.state_dir)
         try:
-            pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+            pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
             pool = Pool.attach(name, role="daemon")
         except RecmgError as exc:
             msg = str(exc)
@@ -162,7 +167,7 @@ class Daemon:
                 pages = PagePool(pool, pc.pages, page_budget, node_query_interval=self.cfg.status_interval)
                 driver: PoolDriver = PageDriver(pages, pol, pc.name, budget=page_budget, **common)
             else:
-                driver = PoolDriver(pool, pol, pc.name, budget=self.budget, **common)
+                driver = PoolDriver(pool, pol, run_name, budget=self.budget, **common)
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -173,6 +178,11 @@ class Daemon:
         self._attach_errors.pop(name, None)
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name),
                         budget=page_budget, stream=PoolStream(driver))
+        if pc.retrain_every:
+            att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
+                                      model_dir=run_pc.model_dir if run_name == pc.name else None)
+            assert att.stream is not None
+            att.stream.add_sink("window", att.retrainer.window)
         self.pools[name] = att
         att.tracker.check()
         if pc.mode == "pages":
@@ -188,6 +198,8 @@ class Daemon:
         att = self.pools.pop(name, None)
         if att is None:
             return
+        if att.retrainer is not None:
+            att.retrainer.close()
         if att.stream is not None:
             att.stream.close(f"pool detached: {why}")
         att.driver.close()
@@ -249,6 +261,8 @@ class Daemon:
         rec = att.stream.stats() if att.stream is not None else None
         if rec is not None:
             out["recording"] = rec
+        if att.retrainer is not None:
+            out["retrain"] = att.retrainer.stats()
         return out
 
     def status_line(self) -> str:
@@ -337,6 +351,12 @@ class Daemon:
             att = self._pool_arg(args)
             assert att.stream is not None and self.control is not None
             return att.stream.command(args, self.control.take_fd)
+        if cmd == "retrain":
+            att = self._pool_arg(args)
+            if att.retrainer is None:
+                raise CommandError(f"pool {att.driver.name} does not retrain (set retrain_every in its "
+                                   "policy section)")
+            return att.retrainer.start("recmgctl retrain")
         raise CommandError(f"unknown command {cmd!r}")
 
     # -- reload --------------------------------------------------------------------------------
@@ -369,14 +389,19 @@ class Daemon:
         for name, att in self.pools.items():
             pc = new.policy_for(name)
             switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
-            if new.manages(name) and (pc.mode != att.policy_cfg.mode
+            retrain = (pc.retrain_every or att.policy_cfg.retrain_every) and pc != att.policy_cfg
+            if new.manages(name) and (pc.mode != att.policy_cfg.mode or retrain
                                       or (pc.mode == "pages" and pc.pages != att.policy_cfg.pages)):
                 key = f"pool.{name}.mode" if name in new.pool_policies else "policy.mode"
                 problem = page_mode_problem(name, str(att.driver.pool.slow)) if pc.mode == "pages" else None
                 if problem:
                     raise ConfigError(f"{new.path}: {key}: {problem}")
                 # fails now, not at the attach
-                create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+                if pc.retrain_every:
+                    run_name, run_pc = starting_policy(name, pc, new.state_dir)
+                    create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+                else:
+                    create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
                 reattach.append(name)
                 continue
             if pc.hint_slots >= att.driver.n_slots:
@@ -481,6 +506,8 @@ class Daemon:
                 att.driver.tick()
                 if att.stream is not None:
                     att.stream.poll()
+                if att.retrainer is not None:
+                    self._retrain_step(name, att)
             except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
                 if isinstance(exc, PoolError):
                     log.error("pool %s: %s", name, exc)
@@ -491,6 +518,23 @@ class Daemon:
                 self._attach_errors[name] = f"{type(exc).__name__}: {exc}"
                 self._retry_after[name] = time.monotonic() + RETRY_AFTER_ERROR
         self.ticks += 1
+
+    def _retrain_step(self, name: str, att: _Attached) -> None:
+        """Start a retrain that is due; switch to a finished one's model when it won."""
+        rt = att.retrainer
+        assert rt is not None
+        now = time.monotonic()
+        if rt.due(now):
+            try:
+                rt.start(f"every {rt.every:g} s")
+            except CommandError as exc:
+                log.warning("%s", exc)
+                rt.next_due = now + rt.every
+        done = rt.poll()
+        if done is not None:
+            model_dir, pol = done
+            att.driver.switch_policy(pol, rt.policy)
+            rt.switched(model_dir)
 
     def _check_drops(self, now: float) -> None:
         if self.lag > max(1.0, 10 * self.cfg.interval) and now - self._last_warn > 10.0:
