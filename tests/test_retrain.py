@@ -53,14 +53,14 @@ def batches(n: int, size: int, start: int = 0) -> np.ndarray:
 
 def test_window_keeps_the_last_lookups_in_whole_batches() -> None:
     w = RollingWindow(100)
-    w(0, batches(30, 10))
+    w(batches(30, 10), 0)
     keys, lengths = w.snapshot()
     assert len(keys) == 100 and lengths.tolist() == [10] * 10
     assert keys[0] == 200 and keys[-1] == 299  # the last ten batches
-    w(1, np.array([5000, 5001], dtype=np.uint64))  # an unfinished batch of another ring: not in it
+    w(np.array([5000, 5001], dtype=np.uint64), 1)  # an unfinished batch of another ring: not in it
     assert w.snapshot()[0][-1] == 299
-    w(1, np.zeros(0, dtype=np.uint64))  # ring 1's app is gone: its unfinished batch is dropped
-    w(1, np.array([7000, int(END)], dtype=np.uint64))
+    w(np.zeros(0, dtype=np.uint64), 1)  # ring 1's app is gone: its unfinished batch is dropped
+    w(np.array([7000, int(END)], dtype=np.uint64), 1)
     keys, lengths = w.snapshot()
     assert keys[-1] == 7000 and lengths[-1] == 1 and keys[-2] == 299
 
@@ -70,9 +70,9 @@ def test_retrainer_is_due_only_with_a_full_window(tmp_path: Path) -> None:
                    str(tmp_path), model_dir=None)
     later = time.monotonic() + 5
     assert not rt.due(later)
-    rt.window(0, batches(50, 10))
+    rt.window(batches(50, 10), 0)
     assert not rt.due(later)  # 500 of 1000 lookups
-    rt.window(0, batches(60, 10, 1000))
+    rt.window(batches(60, 10, 1000), 0)
     assert rt.due(later) and not rt.due(time.monotonic() - 5)
 
 

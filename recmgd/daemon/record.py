@@ -1,7 +1,9 @@
 """Recording a pool's live access stream: what the daemon drains from the apps' rings, as a trace.
 
 The daemon is the only consumer of the rings, so a recording is a *tap* on its drain path: the pool's
-driver hands every drained record array (with its ring's index) to the pool's :class:`StreamTap`,
+ring tracker (:meth:`recmgd.daemon.loop.PoolDriver.add_tap`; in page mode the
+:class:`~recmgd.daemon.pages.PagePool`, before rows become pages) hands every drained record array
+(with its ring's index) to the pool's :class:`StreamTap`,
 which passes it to its sinks, a :class:`Recorder` (``recmgctl record``) and the retrainer's rolling
 window (:mod:`recmgd.daemon.retrain`). Records are split per ring at the batch boundaries
 (:class:`BatchSplitter`); each complete app batch becomes one *sample* of the trace, in the order the
@@ -29,18 +31,19 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
 from recmgd.daemon.control import CommandError
-from recmgd.daemon.loop import REC_BATCH_END, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
+from recmgd.keys import REC_BATCH_END, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 from recmgd.trace.binary import HEADER, BinaryWriter
 
 log = logging.getLogger(__name__)
 
-#: what a record array handed to a tap is: (ring index, uint64 records as drained)
-Tap = Callable[[int, np.ndarray], None]
+#: a sink of the stream: called (uint64 records as drained, ring index); (empty, index) when the ring's
+#: app is gone (its unfinished batch is dropped)
+Tap = Callable[[np.ndarray, int], None]
 
 #: drained records a recorder may hold before its writer thread writes them (bytes)
 QUEUE_MAX_BYTES = 256 << 20
@@ -50,6 +53,7 @@ WRITE_LOOKUPS = 1 << 19
 DEFAULT_MAX_BYTES = 4 << 30
 
 _END = np.uint64(REC_BATCH_END)
+NO_RECORDS = np.zeros(0, dtype=np.uint64)
 _LOOKUP = np.uint64(REC_LOOKUP)
 
 
@@ -103,9 +107,9 @@ class StreamTap:
     def __init__(self) -> None:
         self.sinks: dict[str, Tap] = {}
 
-    def __call__(self, ring: int, recs: np.ndarray) -> None:
+    def __call__(self, recs: np.ndarray, ring: int) -> None:
         for sink in list(self.sinks.values()):
-            sink(ring, recs)
+            sink(recs, ring)
 
     def __bool__(self) -> bool:
         return bool(self.sinks)
@@ -125,6 +129,35 @@ def check_fd(fd: int) -> str | None:
     if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR) or flags & os.O_APPEND:
         return "the file passed is not open for writing (without O_APPEND)"
     return None
+
+
+class _FdFile:
+    """The little of a binary file that BinaryWriter uses, over a descriptor, without a buffer: every
+    write is written whole (os.write may write less) or raises."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def write(self, data: bytes) -> int:
+        view = memoryview(data)
+        while len(view):
+            n = os.write(self.fd, view)
+            view = view[n:]
+        return len(data)
+
+    def seek(self, pos: int) -> int:
+        return os.lseek(self.fd, pos, os.SEEK_SET)
+
+    def flush(self) -> None:
+        pass
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            fd, self.fd = self.fd, -1
+            os.close(fd)
 
 
 class Recorder:
@@ -149,10 +182,10 @@ class Recorder:
         self.ring_drops = 0
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
-        self._fh: BinaryIO = os.fdopen(fd, "wb", buffering=0)  # no buffer to flush after a failure
+        self._fh = _FdFile(fd)  # unbuffered: nothing left to flush after a failure
         self._out: list[tuple[np.ndarray, np.ndarray]] = []  # batches not written yet
         self._out_lookups = 0
-        self._writer = BinaryWriter(self.label, fileobj=self._fh)
+        self._writer = BinaryWriter(self.label, fileobj=self._fh)  # type: ignore[arg-type]
         self.started = time.time()
         self._t0 = time.monotonic()
         self.finished_at: float | None = None
@@ -174,7 +207,7 @@ class Recorder:
 
     # -- the loop's side -----------------------------------------------------------------------------
 
-    def __call__(self, ring: int, recs: np.ndarray) -> None:
+    def __call__(self, recs: np.ndarray, ring: int) -> None:
         """The tap: queue one drained array (never blocks; never copies)."""
         if self._closed:
             return
@@ -308,14 +341,15 @@ class Recorder:
         self.finished_at = time.monotonic()
         self._q.put(None)
         self._out.clear()
-        try:
-            os.ftruncate(self._fh.fileno(), 0)  # nothing half-written stays on the disk
-        except (OSError, ValueError):
-            pass
-        try:
-            self._fh.close()
-        except OSError:
-            pass
+        if self._fh.fd >= 0:
+            try:
+                os.ftruncate(self._fh.fd, 0)  # nothing half-written stays on the disk
+            except OSError:
+                pass
+            try:
+                self._fh.close()
+            except OSError:
+                pass
         log.error("pool %s: recording failed: %s", self.pool, message)
 
     def abandon(self, reason: str) -> None:
@@ -343,25 +377,41 @@ class PoolStream:
     """One pool's tap (installed on its driver only while a sink wants the stream) and its recording.
 
     In page mode the tap sits on the :class:`~recmgd.daemon.pages.PagePool` (``driver.pages``), before
-    the rows become pages, so recordings hold rows in every mode.
+    the rows become pages, so recordings hold rows in every mode. Rings the driver's tracker forgot (an
+    app gone) are told to the sinks at the next :meth:`poll`.
     """
 
     def __init__(self, driver: Any) -> None:
         self.driver = driver
         self.tap = StreamTap()
         self.recorder: Recorder | None = None
+        self._installed = False
+        self._seen: set[int] = set()
 
-    def _target(self) -> Any:
-        return getattr(self.driver, "pages", None) or self.driver
+    def _feed(self, recs: np.ndarray, ring: int) -> None:
+        self._seen.add(ring)
+        self.tap(recs, ring)
+
+    def _install(self, on: bool) -> None:
+        if on == self._installed:
+            return
+        pages = getattr(self.driver, "pages", None)
+        if pages is not None:
+            pages.tap = self._feed if on else None
+        elif on:
+            self.driver.add_tap(self._feed, with_ring=True)
+        else:
+            self.driver.remove_tap(self._feed)
+        self._installed = on
 
     def add_sink(self, name: str, sink: Tap) -> None:
         self.tap.sinks[name] = sink
-        self._target().tap = self.tap
+        self._install(True)
 
     def remove_sink(self, name: str) -> None:
         self.tap.sinks.pop(name, None)
         if not self.tap:
-            self._target().tap = None
+            self._install(False)
 
     def _drops(self) -> int:
         return int(self.driver.dropped_total)
@@ -414,9 +464,13 @@ class PoolStream:
         return rec.status()
 
     def poll(self) -> None:
-        """(Each tick.) Unhook a recording that has ended."""
+        """(Each tick.) Unhook a recording that has ended; tell the sinks of rings whose app is gone."""
         if self.recorder is not None and not self.recorder.active and "record" in self.tap.sinks:
             self.remove_sink("record")
+        gone = self._seen - set(self.driver.rings)
+        for ring in gone:
+            self._seen.discard(ring)
+            self.tap(NO_RECORDS, ring)
 
     def stats(self) -> dict[str, Any] | None:
         return self.recorder.status() if self.recorder is not None else None
@@ -426,4 +480,4 @@ class PoolStream:
         if self.recorder is not None and self.recorder.active:
             self.recorder.abandon(reason)
         self.tap.sinks.clear()
-        self._target().tap = None
+        self._install(False)

@@ -34,8 +34,8 @@ import numpy as np
 
 from recmgd.daemon.config import PolicyConfig
 from recmgd.daemon.control import CommandError
-from recmgd.daemon.loop import create_policy
 from recmgd.daemon.record import BatchSplitter
+from recmgd.daemon.step import create_policy
 from recmgd.errors import RecmgError
 from recmgd.policy import Policy
 from recmgd.trace.binary import BinaryWriter
@@ -60,7 +60,7 @@ class RollingWindow:
         self.n_lookups = 0
         self.n_batches = 0
 
-    def __call__(self, ring: int, recs: np.ndarray) -> None:
+    def __call__(self, recs: np.ndarray, ring: int) -> None:
         if not len(recs):
             self.splitter.forget(ring)
             return
