@@ -117,6 +117,7 @@ def test_splitter_keeps_batches_per_ring() -> None:
     assert k.tolist() == [10] and n.tolist() == [1]
 
 
+@pytest.mark.slow
 def test_record_step_mode_equals_app_and_simulator(daemon, tmp_path: Path, shared_traces: Path) -> None:
     from test_daemon_app import trace_batches
 
@@ -170,6 +171,20 @@ def test_record_step_mode_equals_app_and_simulator(daemon, tmp_path: Path, share
     stats = recmg("trace", "stats", str(out), "--json", "--no-sim")
     assert stats.returncode == 0, stats.stderr
     assert json.loads(stats.stdout)["lookups"] == total
+    # the README's path: train on the recording, switch the pool to the learned policy with it
+    model = tmp_path / "model"
+    tr = recmg("train", str(out), "--out", str(model), "-b", "1", "--fraction", str(fraction),
+               "--epochs", "1", "-q")
+    assert tr.returncode == 0, tr.stderr
+    # (the first learned policy imports torch in the daemon: more than the default 10 s on a loaded machine)
+    r = recmgctl(sock, "--timeout", "120", "policy", name, "recmg", "--model", str(model))
+    pout, perr = r.communicate(timeout=120)
+    assert r.returncode == 0, perr
+    assert f"pool {name}: policy recmg (model {model})" in pout
+    assert pstats(sock, name)["policy"] == "recmg"
+    r = recmgctl(sock, "--timeout", "120", "policy", name, "recmg", "--model", str(tmp_path / "none"))
+    _, perr = r.communicate(timeout=120)
+    assert r.returncode == 1 and len(perr.strip().splitlines()) == 1
 
 
 def test_record_two_apps(tmp_path: Path, shared_traces: Path) -> None:
