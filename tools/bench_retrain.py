@@ -142,6 +142,7 @@ def main() -> int:
                 ("without retraining (model A)", args.policy if model_a else "lru", model_a),
                 ("with retraining", args.policy if (switched or model_a) else "lru",
                  rb["model"] if switched else model_a),
+                ("the window's candidate, had it been switched to", args.policy, rb["model"]),
                 ("reference (trained on B's first half)", args.policy, rr["model"])]
         results = [(label, score(name, model, b_steps, capacity, half, args)) for label, name, model in rows]
     ref = results[-1][1]
