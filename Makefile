@@ -11,6 +11,8 @@ APT_PACKAGES := gcc make pkg-config liburing-dev libsystemd-dev fio
 APT_VM_PACKAGES := qemu-system-x86 busybox-static
 TRACE  ?=
 PREFIX ?= /usr/local
+# The TorchRec front's torchrec, without its declared deps (pyproject.toml's torchrec extra says why).
+TORCHREC := torchrec==1.8.0
 
 .PHONY: all sysdeps venv native test test-vm demo bench lint install clean
 
@@ -48,7 +50,8 @@ $(VENV)/.installed: pyproject.toml setup.py | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cffi
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test,torchrec]'
+	$(PIP) install -q --no-deps $(TORCHREC)
 	touch $@
 
 venv: sysdeps $(VENV)/.installed
