@@ -36,7 +36,8 @@ import numpy as np
 import torch
 
 from recmgd.app.replay import table_sizes
-from recmgd.app.trec_model import DENSE_FEATURES, Requests, dram_dlrm, pool_dlrm, write_weights
+from recmgd.app.trec_model import DENSE_FEATURES, Requests, dram_dlrm, pool_dlrm
+from recmgd.app.weights import write_weights
 from recmgd.errors import RecmgError
 from recmgd.pool import Pool
 from recmgd.trace import open_trace
@@ -233,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         warm_up(model, requests, 0, args.warmup, args.max_batch)
         warm_s = time.perf_counter() - t0
+        sys.stdout.write(json.dumps({"phase": "measure"}) + "\n")  # a harness may sample the daemon now
+        sys.stdout.flush()
         res, lat = serve(model, requests, args.warmup, n, args.rate, args.max_batch, args.max_wait_ms / 1e3,
                          args.seed, collection=collection, lookahead=args.lookahead, reference=reference,
                          pool=pool)

@@ -9,7 +9,7 @@ from ``table_weights``), so they give the same outputs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -17,6 +17,7 @@ import torch
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
 from torchrec.models.dlrm import DLRM
 
+from recmgd.app.weights import table_weights
 from recmgd.keys import key_row, key_table
 from recmgd.pool import Pool
 from recmgd.torchrec_ebc import TieredEmbeddingBagCollection, pool_tables
@@ -27,28 +28,12 @@ DENSE_FEATURES = 13  # Criteo's dense features, as DLRM's benchmarks use
 # over 512-512-256-1)
 DENSE_ARCH = (512, 256)
 OVER_ARCH = (512, 512, 256, 1)
-_CHUNK = 65536  # rows of weights generated at once
 
 
 def table_configs(sizes: Sequence[int], dim: int) -> list[EmbeddingBagConfig]:
     """One sum-pooled table a trace table: ``t<i>`` with feature ``f<i>``."""
     return [EmbeddingBagConfig(num_embeddings=int(r), embedding_dim=dim, name=f"t{i}",
                                feature_names=[f"f{i}"]) for i, r in enumerate(sizes)]
-
-
-def table_weights(sizes: Sequence[int], dim: int, seed: int) -> Iterator[tuple[int, int, np.ndarray]]:
-    """Every table's rows as (table, first row, rows x dim float32), in chunks; the same for a seed."""
-    for t, rows in enumerate(sizes):
-        rng = np.random.default_rng([seed, t])
-        for lo in range(0, int(rows), _CHUNK):
-            n = min(int(rows), lo + _CHUNK) - lo
-            yield t, lo, (rng.standard_normal((n, dim), dtype=np.float32) * 0.1)
-
-
-def write_weights(pool: Pool, sizes: Sequence[int], dim: int, seed: int) -> None:
-    """The seeded weights into a pool's slow tier."""
-    for t, lo, w in table_weights(sizes, dim, seed):
-        pool.write_rows(t, np.arange(lo, lo + len(w), dtype=np.int64), w)
 
 
 def _dlrm(ebc: Any, dim: int, seed: int) -> DLRM:
@@ -70,7 +55,7 @@ def dram_dlrm(sizes: Sequence[int], dim: int, seed: int) -> DLRM:
 
 def pool_dlrm(pool: Pool, dim: int, seed: int) -> tuple[DLRM, TieredEmbeddingBagCollection]:
     """TorchRec's DLRM with its EmbeddingBagCollection swapped for recmg's, over a pool that already holds
-    the weights (``write_weights``)."""
+    the weights (``recmgd.app.weights.write_weights``)."""
     sizes = [t.rows for t in pool.tables]
     col = TieredEmbeddingBagCollection(table_configs(sizes, dim), pool)
     if pool_tables(col.embedding_bag_configs()) != [(t.rows, t.dim) for t in pool.tables]:
