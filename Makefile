@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 # The TorchRec front's torchrec, without its declared deps (pyproject.toml's torchrec extra says why).
 TORCHREC := torchrec==1.8.0
 
-.PHONY: all sysdeps venv native test test-vm demo bench lint install clean
+.PHONY: all sysdeps venv native test test-vm demo bench bench-e2e lint install clean
 
 all: native
 
@@ -69,7 +69,12 @@ test-vm: native
 	$(PY) -m pytest -q -m vm tests
 
 demo: native
-	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),) $(if $(PACE),--pace $(PACE),)
+	mkdir -p build
+	$(PY) -m recmgd.cli.recmg demo --png build/recmg-demo.png $(if $(TRACE),--trace $(TRACE),)
+
+# The end-to-end comparison (tools/bench_e2e.py): a TorchRec DLRM server on recmg against all-DRAM.
+bench-e2e: native
+	$(PY) tools/bench_e2e.py --json build/bench_e2e.json --png build/bench_e2e.png
 
 bench: native
 	$(PY) tools/bench.py

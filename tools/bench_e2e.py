@@ -24,17 +24,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from recmgd.app.e2e import SYSTEMS, E2EConfig, compare, plot, synth_trace, table, targets  # noqa: E402
+from recmgd.app.e2e import (  # noqa: E402
+    SYNTH_26,
+    SYSTEMS,
+    E2EConfig,
+    compare,
+    plot,
+    synthetic_26,
+    table,
+    targets,
+)
 
 TRACES = REPO.parent / "shared" / "traces"  # beside the checkout, as the tests find them
-SYNTH = "synthetic-26"
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="a smoke run: short loads, small warm-up")
-    p.add_argument("--traces", default=f"amazon_video,{SYNTH}",
-                   help=f"comma-separated: trace files, names in ../shared/traces, or {SYNTH}")
+    p.add_argument("--traces", default=f"amazon_video,{SYNTH_26}",
+                   help=f"comma-separated: trace files, names in ../shared/traces, or {SYNTH_26}")
     p.add_argument("--systems", default=",".join(SYSTEMS))
     p.add_argument("--loads", default="0.5,0.9", help="offered loads, shares of the all-DRAM most")
     p.add_argument("--seconds", type=float, default=None, help="counted seconds a load (default 4; quick 1)")
@@ -67,14 +75,12 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     traces = []
     for name in [t for t in args.traces.split(",") if t]:
-        if name == SYNTH:
-            path = work / "synthetic-26.src.trace"
-            # 26 tables (DLRM's Criteo count), one lookup a table a sample; reuse gaps of ~32K lookups, so a
-            # 10% cache sees both short and long reuse (OPT ~ 0.8 hit rate, LRU ~ 0.7 on 2x10^4 samples)
-            samples = (warmup + int(seconds * 12000)) * 2
-            print(f"generating {SYNTH} ({samples * 26:,} lookups)", flush=True)
-            synth_trace(path, args.seed, tables=26, pooling=1, lookups=samples * 26, gap=32768.0)
-            traces.append((SYNTH, path))
+        if name == SYNTH_26:
+            path = work / f"{SYNTH_26}.src.trace"
+            samples = warmup + max(warmup, int(seconds * 12000))  # 12000/s: above the all-DRAM most here
+            print(f"generating {SYNTH_26} ({samples * 26:,} lookups)", flush=True)
+            synthetic_26(path, samples, args.seed)
+            traces.append((SYNTH_26, path))
         else:
             path = Path(name) if Path(name).exists() else TRACES / f"{name}.trace"
             if not path.exists():
