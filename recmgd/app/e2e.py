@@ -136,7 +136,8 @@ def wait_ready(sock: socket.socket, proc: subprocess.Popen[Any], timeout: float)
     sock.settimeout(0.2)
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"recmgd exited with {proc.returncode} before READY=1")
+            err = proc.stderr.read().decode(errors="replace").strip()[-2000:] if proc.stderr else ""
+            raise RuntimeError(f"recmgd exited with {proc.returncode} before READY=1: {err}")
         try:
             msg = sock.recv(4096).decode(errors="replace")
         except TimeoutError:
@@ -290,6 +291,7 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
     if bad:
         raise ValueError(f"unknown systems {bad}: use {', '.join(SYSTEMS)}")
     cfg.work.mkdir(parents=True, exist_ok=True)
+    cfg.work = cfg.work.resolve()  # the daemon's config names files in it
     results: list[dict[str, Any]] = []
     lat_files: dict[tuple[str, str, float], Path] = {}
     max_qps: dict[str, float] = {}
