@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recmgd.errors import PoolError, PoolLockedError, PoolVersionError
-from recmgd.keys import ROW_BITS
+from recmgd.keys import PAGE_BYTES, ROW_BITS
 
 try:
     from recmgd._native import ffi, lib
@@ -61,8 +61,6 @@ _DTYPE_NAMES = {0: "float32", 1: "float16"}
 _NP_DTYPES = {0: np.float32, 1: np.float16}
 _SLOW_NAMES = {0: "dram", 1: "numa", 2: "ssd"}
 _ROLES = {"app": 0, "daemon": 1}
-#: the unit of page mode: a table's slow tier is moved in pages of this many bytes
-PAGE_BYTES = 4096
 _COUNTER_FIELDS = ("lookups", "unique", "hits", "on_demand", "ring_drops", "slow_bytes")
 
 
@@ -389,6 +387,12 @@ class Pool:
         """Threads a lookup may use on a memory slow tier (several tables, or one table's bags)."""
         self._check(lib.recmg_set_threads(self._handle, int(threads)))
         self._threads_pending = False
+
+    def set_lock_timeout(self, ms: int) -> None:
+        """How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock
+        another process holds before they raise PoolLockedError (default: 100 ms for a daemon, 2000 ms
+        for an app, or RECMG_LOCK_TIMEOUT_MS from the environment at attach)."""
+        self._check(lib.recmg_set_lock_timeout(self._handle, int(ms)))
 
     def _default_threads(self) -> None:
         """threads=None: as many lookup threads as torch uses (imports torch if need be)."""

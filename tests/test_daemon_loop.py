@@ -590,3 +590,40 @@ def test_records_an_app_left_when_it_detached_are_drained(pools) -> None:
     assert st["resident"] == 7  # rows 1..7; the partial batch's row 8 was never a step
     drv.tick()
     assert ring not in drv.rings  # drained and empty: its state is gone
+
+
+def test_a_tap_sees_every_drained_record_and_a_failing_tap_is_removed(pools) -> None:
+    from recmgd.keys import REC_BATCH_END, record_keys, record_types
+
+    app, daemon = pools
+    drv = PoolDriver(daemon, policy_mod.create("lru"), "lru", step_mode=True)
+    seen: list[np.ndarray] = []
+    rings: list[int] = []
+    calls = []
+
+    def broken(recs: np.ndarray) -> None:
+        calls.append(len(recs))
+        raise RuntimeError("recorder full")
+
+    drv.add_tap(lambda recs: seen.append(recs.copy()))
+    drv.add_tap(lambda recs, ring: rings.append(ring), with_ring=True)
+    drv.add_tap(broken)
+    lookup(app, 0, [3, 4, 3])
+    app.end_batch()
+    lookup(app, 1, [7])  # a batch not ended yet is in the tap's records already
+    assert drv.tick() == 5
+    lookup(app, 1, [8])
+    app.end_batch()
+    assert drv.tick() == 2
+    recs = np.concatenate(seen)
+    assert record_types(recs).tolist() == [0, 0, 0, REC_BATCH_END, 0, 0, REC_BATCH_END]
+    assert record_keys(recs)[[0, 1, 2, 4, 5]].tolist() == [*k(0, [3, 4, 3]).tolist(), *k(1, [7, 8]).tolist()]
+    assert rings == [app.ring_index] * 2
+    assert calls == [5]  # raised once, then removed; the loop went on
+    assert drv.stats()["steps"] == 2 and drv.stats()["unique"] == 4
+    drv.remove_tap(drv.tracker._taps[0][0])
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()
+    assert len(seen) == 2
+    drv.close()

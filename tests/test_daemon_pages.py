@@ -32,10 +32,11 @@ from recmgd import policy as policy_mod
 from recmgd.daemon import config
 from recmgd.daemon.config import PagesConfig
 from recmgd.daemon.control import request
-from recmgd.daemon.loop import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT, FillBudget
+from recmgd.daemon.loop import FillBudget
 from recmgd.daemon.pages import PageDriver, PagePool
 from recmgd.daemon.service import Daemon
 from recmgd.errors import ConfigError, PoolError
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 

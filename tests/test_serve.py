@@ -16,6 +16,7 @@ pytest.importorskip("torchrec", reason="the torchrec extra (make venv installs i
 
 from recmgd.app import e2e  # noqa: E402
 from recmgd.app.replay import table_sizes  # noqa: E402
+from recmgd.keys import capacity_for  # noqa: E402
 from recmgd.trace import open_trace  # noqa: E402
 
 
@@ -41,7 +42,7 @@ def _setup(tmp_path: Path, trace: Path, warmup: int) -> tuple[e2e.E2EConfig, e2e
     cfg = e2e.E2EConfig(traces=[("t", trace)], work=tmp_path, warmup=warmup, dim=16, max_batch=16)
     tr = open_trace(trace)
     unique = int(np.unique(np.asarray(tr.keys)).size)
-    return cfg, e2e.TraceSetup("t", trace, tr.n_samples, table_sizes(tr), unique, max(1, unique // 10))
+    return cfg, e2e.TraceSetup("t", trace, tr.n_samples, table_sizes(tr), unique, capacity_for(0.1, unique))
 
 
 def test_server_answers_every_request_correctly_with_a_daemon(tmp_path: Path) -> None:

@@ -12,11 +12,9 @@ import torch  # noqa: E402
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType  # noqa: E402
 from torchrec.models.dlrm import DLRM  # noqa: E402
 
-from recmgd.keys import ROW_BITS  # noqa: E402
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_LOOKUP, ROW_BITS, record_keys, record_types  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
 from recmgd.torchrec_ebc import TieredEmbeddingBagCollection, pool_tables  # noqa: E402
-
-REC_HINT = 2
 
 
 def _configs(pooling: PoolingType = PoolingType.SUM, dims: tuple[int, ...] = (8, 4, 16)) -> list:
@@ -142,8 +140,8 @@ def test_prefetch_announces_rows_and_forward_ends_batches(pool_for) -> None:
         recs = d.drain_ring(pool.ring_index)
     finally:
         d.close()
-    kind = (recs >> np.uint64(62)).astype(np.int64)
-    keys = (recs & np.uint64((1 << 62) - 1)).astype(np.int64)
+    kind = record_types(recs).astype(np.int64)
+    keys = record_keys(recs)
     hinted = keys[kind == REC_HINT]
     # the hints: every row of the batch once per table (features a and b share table 0)
     want = set()
@@ -151,8 +149,8 @@ def test_prefetch_announces_rows_and_forward_ends_batches(pool_for) -> None:
         for f in c.feature_names:
             want.update((t << ROW_BITS) | int(r) for r in kjt[f].values())
     assert n == len(hinted) == len(want) and set(hinted.tolist()) == want
-    assert kind[-1] == 1 and (kind == 1).sum() == 1  # forward ended one batch, after its lookups
-    assert (kind == 0).sum() == len(kjt.values())
+    assert kind[-1] == REC_BATCH_END and (kind == REC_BATCH_END).sum() == 1  # one batch, after its lookups
+    assert (kind == REC_LOOKUP).sum() == len(kjt.values())
 
 
 def test_mismatch_errors(pool_for) -> None:

@@ -15,7 +15,10 @@
  * ring). Closing a handle while another thread is inside a call on it is undefined.
  *
  * Concurrency: the fast tier has one writer at a time (fills, evictions and write_rows take the
- * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next).
+ * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next). The
+ * lock is never waited for without a limit: a writer that finds it held by another process for longer
+ * than the handle's lock timeout (daemon role 100 ms, app role 2000 ms; RECMG_LOCK_TIMEOUT_MS in the
+ * environment at attach, or recmg_set_lock_timeout) returns RECMG_ELOCKED having changed nothing.
  * Lookups never lock: each hit is read through the seqlock of its slot's group of 64 slots, with
  * the row's index entry re-checked as the slot's tag, and if either changed it is read from the
  * slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
@@ -177,6 +180,9 @@ int recmg_embedding_bag(recmg_pool *pool, uint32_t table, const int64_t *ids, ui
                         const int64_t *offsets, uint64_t n_bags, int mode, const float *weights,
                         float *out);
 int recmg_embedding_bags(recmg_pool *pool, uint32_t n, const recmg_bag_args *args);
+/* How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock that
+ * another process holds before they return RECMG_ELOCKED (milliseconds, 1..3600000). */
+int recmg_set_lock_timeout(recmg_pool *pool, uint32_t ms);
 /* Threads a multi-table lookup may use (the caller included; default 1). Memory slow tiers only. */
 int recmg_set_threads(recmg_pool *pool, int n);
 int recmg_end_batch(recmg_pool *pool);

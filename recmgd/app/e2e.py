@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from recmgd.app.weights import write_weights
+from recmgd.keys import capacity_for
 from recmgd.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -268,7 +269,7 @@ def prepare(cfg: E2EConfig, label: str, src: Path, counted: int, train: bool) ->
         raise ValueError(f"trace {src}: {samples} samples, not more than the warm-up's {cfg.warmup}")
     tr = open_trace(path)
     unique = int(np.unique(np.asarray(tr.keys)).size)
-    setup = TraceSetup(label, path, samples, table_sizes(tr), unique, max(1, int(cfg.fraction * unique)))
+    setup = TraceSetup(label, path, samples, table_sizes(tr), unique, capacity_for(cfg.fraction, unique))
     if train:
         half = cfg.work / f"{label}-train.trace"
         cut_trace(src, 2 * cfg.warmup, half)

@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
-from typing import Any
+from typing import Any, NoReturn
 
+from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
 
-DEFAULT_SOCKET = "/run/recmgd/control.sock"
+MAX_SECONDS = 86400.0  # --timeout and --watch: a day at most
 
 TABLE_COLUMNS = (
     ("table", "table"), ("lookups", "lookups"), ("unique", "unique"), ("hits", "fast hits"),
@@ -25,15 +27,34 @@ TABLE_COLUMNS = (
 )
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line usage error (``recmgctl: PROBLEM``), exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
+def positive_seconds(text: str) -> float:
+    """A finite number of seconds > 0 (for --timeout and --watch)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not math.isfinite(value) or value <= 0 or value > MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be a number of seconds > 0 and <= {MAX_SECONDS:g}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recmgctl", description="Query and steer a running recmgd.")
+    p = _Parser(prog="recmgctl", description="Query and steer a running recmgd.")
     p.add_argument("--socket", metavar="PATH", default=os.environ.get("RECMGD_SOCKET", DEFAULT_SOCKET),
                    help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
-    p.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     s = sub.add_parser("stats", help="counters per pool and table")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
-    s.add_argument("--watch", type=float, metavar="SECONDS", help="repeat every SECONDS until interrupted")
+    s.add_argument("--watch", type=positive_seconds, metavar="SECONDS",
+                   help="repeat every SECONDS until interrupted")
     s = sub.add_parser("pools", help="the pools the daemon drives")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
@@ -64,6 +85,12 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append("waiting for pools: " + ", ".join(d["waiting_for"]))
     if d.get("last_reload_error"):
         lines.append("last reload failed: " + d["last_reload_error"])
+    for name, st in sorted((d.get("stuck") or {}).items()):
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(st["since"]))
+        lines.append(f"pool {name}: stuck since {since} ({st['for_s']:.0f} s, {st['tries']} tries): "
+                     f"{st['error']}; skipped, tried again every few seconds")
+    for name, why in sorted((d.get("skipped") or {}).items()):
+        lines.append(f"pool {name}: skipped: {why}")
     pools = stats.get("pools", {})
     if not pools:
         lines.append("no pools attached")

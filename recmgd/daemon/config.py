@@ -9,6 +9,8 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     interval = 0.01               # seconds between loop ticks
     step_mode = false             # deterministic: one app batch = one policy step (tests)
     pools = "all"                 # or a list of pool names
+    serve_users = []              # whose pools are served, besides the daemon's own user and group
+    serve_groups = []             # (owner / group of /dev/shm/POOL; names, checked at load)
     fill_rows_per_s = 0           # cap on rows filled from the slow tier, 0 = no cap
     fill_mb_per_s = 0.0           # cap on slow-tier MB/s read by fills, 0 = no cap
     max_drain = 262144            # ring records drained per ring per tick
@@ -61,6 +63,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recmgd.errors import ConfigError
+from recmgd.keys import PAGE_BYTES
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
 DEFAULT_SOCKET = "/run/recmgd/control.sock"
@@ -79,7 +82,6 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
 
 #: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier
 MODES = ("rows", "pages")
-PAGE_BYTES = 4096
 NODE_DIR = "/sys/devices/system/node"
 
 
@@ -156,6 +158,8 @@ class Config:
     status_interval: float = 2.0
     app_check_interval: float = 0.5
     plugins: tuple[str, ...] = ()
+    serve_users: tuple[str, ...] = ()  # pool owners served besides the daemon's own user
+    serve_groups: tuple[str, ...] = ()  # pool groups served besides the daemon's own group
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -169,6 +173,25 @@ class Config:
     def manages(self, pool: str) -> bool:
         """Whether this configuration asks the daemon to manage the named pool."""
         return self.pools is None or pool in self.pools
+
+    def served_ids(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(uids, gids) whose pools the daemon serves: its own and the configured ones."""
+        import grp
+        import pwd
+
+        uids = {os.geteuid()}
+        gids = {os.getegid()}
+        for user in self.serve_users:
+            try:
+                uids.add(pwd.getpwnam(user).pw_uid)
+            except KeyError:  # removed since the load: serve nothing more for it
+                pass
+        for group in self.serve_groups:
+            try:
+                gids.add(grp.getgrnam(group).gr_gid)
+            except KeyError:
+                pass
+        return frozenset(uids), frozenset(gids)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -241,6 +264,20 @@ class _Decoder:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(prefix + key, "expected an array of strings")
         return tuple(value)
+
+    def names(self, table: Mapping[str, Any], key: str, prefix: str, kind: str) -> tuple[str, ...]:
+        """An array of existing user (kind "user") or group names."""
+        import grp
+        import pwd
+
+        values = self.string_list(table, key, prefix)
+        lookup = pwd.getpwnam if kind == "user" else grp.getgrnam
+        for v in values:
+            try:
+                lookup(v)
+            except KeyError:
+                raise self.fail(prefix + key, f"impossible value {v!r} (no such {kind})") from None
+        return values
 
     # -- sections ---------------------------------------------------------------------------------
 
@@ -352,7 +389,7 @@ class _Decoder:
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
-               "control", "metrics", "policy", "pool", "pages"}
+               "serve_users", "serve_groups", "control", "metrics", "policy", "pool", "pages"}
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
         if log_level not in LOG_LEVELS:
@@ -391,6 +428,8 @@ class _Decoder:
             status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
             app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),
+            serve_users=self.names(doc, "serve_users", "", "user"),
+            serve_groups=self.names(doc, "serve_groups", "", "group"),
             control=self.control(self.table(doc, "control", "")),
             metrics=self.metrics(self.table(doc, "metrics", "")),
             policy=policy,

@@ -17,19 +17,30 @@ from dataclasses import dataclass
 from typing import Any
 
 from recmgd.daemon import config as config_mod
-from recmgd.daemon.apps import AppTracker, discover_pools
+from recmgd.daemon.apps import AppTracker, discover_pools, owner_problem
 from recmgd.daemon.config import Config, PolicyConfig
 from recmgd.daemon.control import CommandError, ControlServer
 from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
-from recmgd.errors import ConfigError, PoolError, RecmgError
+from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
 
 log = logging.getLogger(__name__)
 
 STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
 RETRY_AFTER_ERROR = 10.0  # seconds before a pool whose loop failed is attached again
+RETRY_STUCK = 2.0  # seconds before a pool whose writer lock stayed held is tried again
+
+
+@dataclass
+class _Stuck:
+    """A pool skipped because another process holds its writer lock (a stopped or stuck writer)."""
+
+    since: float  # wall-clock time (time.time()) of the first PoolLockedError of this episode
+    since_mono: float
+    error: str
+    tries: int = 1
 
 
 @dataclass
@@ -67,6 +78,9 @@ class Daemon:
         self._reload = False
         self._attach_errors: dict[str, str] = {}
         self._retry_after: dict[str, float] = {}  # pool -> monotonic time of the next attach after an error
+        self.stuck: dict[str, _Stuck] = {}  # pools whose writer lock stays held by another process
+        self.skipped: dict[str, str] = {}  # pools not served (owner), and why
+        self._served = self.cfg.served_ids()
         self.last_reload_error: str | None = None
         self.reloads = 0
         self.started = time.monotonic()
@@ -136,9 +150,19 @@ class Daemon:
         from recmgd.pool import Pool  # the native binding: imported only when a pool is attached
 
         pc = self._policy_cfg(name)
+        inode, problem = owner_problem(name, *self._served)
+        if problem is not None:
+            if self.skipped.get(name) != problem:
+                log.warning("pool %s: skipped: %s", name, problem)
+                self.skipped[name] = problem
+            return False
+        self.skipped.pop(name, None)
         try:
             pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
             pool = Pool.attach(name, role="daemon")
+        except PoolLockedError as exc:
+            self._mark_stuck(name, exc)
+            return False
         except RecmgError as exc:
             msg = str(exc)
             if self._attach_errors.get(name) != msg:
@@ -157,6 +181,10 @@ class Daemon:
                 driver: PoolDriver = PageDriver(pages, pol, pc.name, budget=page_budget, **common)
             else:
                 driver = PoolDriver(pool, pol, pc.name, budget=self.budget, **common)
+        except PoolLockedError as exc:
+            pool.close()
+            self._mark_stuck(name, exc)
+            return False
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -165,10 +193,19 @@ class Daemon:
                 self._attach_errors[name] = msg
             return False
         self._attach_errors.pop(name, None)
-        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name),
+        # the inode checked for its owner: if the object was replaced since, _discover detaches it
+        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
                         budget=page_budget)
         self.pools[name] = att
-        att.tracker.check()
+        stuck = self.stuck.pop(name, None)
+        if stuck is not None:
+            log.warning("pool %s: its writer lock is free again after %.1f s; served again", name,
+                        time.monotonic() - stuck.since_mono)
+        try:
+            att.tracker.check()
+        except PoolLockedError as exc:
+            self._lock_held(name, exc)
+            return False
         if pc.mode == "pages":
             log.info("pool %s attached in page mode: %d tables, %d pages, budget %d pages on node %d, "
                      "%d promoted", name, driver.n_tables, int(driver.offsets[-1]), driver.n_slots,
@@ -177,6 +214,25 @@ class Daemon:
             log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
                      driver.n_slots, driver.resident_count())
         return True
+
+    def _mark_stuck(self, name: str, exc: PoolLockedError) -> None:
+        """Note that the pool's writer lock stayed held (logged once per episode); retried later."""
+        now = time.monotonic()
+        st = self.stuck.get(name)
+        if st is None:
+            self.stuck[name] = _Stuck(since=time.time(), since_mono=now, error=str(exc))
+            log.warning("pool %s: stuck: %s; skipped (the other pools go on), tried again every %.0f s",
+                        name, exc, RETRY_STUCK)
+        else:
+            st.tries += 1
+            st.error = str(exc)
+        self._retry_after[name] = now + RETRY_STUCK
+
+    def _lock_held(self, name: str, exc: PoolLockedError) -> None:
+        """A pool call found the writer lock held: the step may be half applied, so the pool is
+        detached (its mirror is rebuilt from the fast tier when it is attached again) and skipped."""
+        self._detach(name, "its writer lock is held by another process")
+        self._mark_stuck(name, exc)
 
     def _detach(self, name: str, why: str, demote: bool = False) -> None:
         att = self.pools.pop(name, None)
@@ -204,7 +260,15 @@ class Daemon:
                 self._detach(name, "its shared-memory object was replaced")
             elif not self.cfg.manages(name):
                 self._detach(name, "no longer in the configuration")
+            else:
+                _, problem = owner_problem(name, *self._served)
+                if problem is not None:
+                    self._detach(name, f"skipped: {problem}")
         wanted = discover_pools(self.cfg.pools)
+        gone = set(wanted)
+        for table in (self.stuck, self.skipped):
+            for name in [n for n in table if n not in gone]:
+                del table[name]
         now = time.monotonic()
         for name in wanted:
             if name not in self.pools and self._retry_after.get(name, 0.0) <= now:
@@ -231,6 +295,10 @@ class Daemon:
                 "reloads": self.reloads,
                 "last_reload_error": self.last_reload_error,
                 "waiting_for": self.waiting_for(),
+                "stuck": {name: {"since": round(st.since, 3), "for_s": round(now - st.since_mono, 3),
+                                 "tries": st.tries, "error": st.error}
+                          for name, st in self.stuck.items()},
+                "skipped": dict(self.skipped),
             },
             "pools": {name: att.driver.stats() for name, att in self.pools.items()},
         }
@@ -247,9 +315,11 @@ class Daemon:
         paused = [name for name, a in self.pools.items() if a.driver.paused]
         if paused:
             parts.append("paused: " + ",".join(paused))
-        waiting = self.waiting_for()
+        waiting = [n for n in self.waiting_for() if n not in self.stuck]
         if waiting:
             parts.append("waiting for " + ",".join(waiting))
+        if self.stuck:
+            parts.append("stuck: " + ",".join(self.stuck))
         if self.last_reload_error:
             parts.append("last reload failed: " + self.last_reload_error)
         return "; ".join(parts)
@@ -307,8 +377,13 @@ class Daemon:
             pc = att.policy_cfg
             pol = create_policy(name, dataclasses.replace(pc, name=name).create_options(),
                                 pool=att.driver.name, mode=pc.mode)
-            att.driver.switch_policy(pol, name)
             self._policy_override[att.driver.name] = name
+            try:
+                att.driver.switch_policy(pol, name)
+            except PoolLockedError as exc:
+                self._lock_held(att.driver.name, exc)
+                raise CommandError(f"pool {att.driver.name}: {exc}; the policy is switched when the pool "
+                                   "is attached again") from None
             log.info("pool %s: policy switched to %s", att.driver.name, name)
             return {"pool": att.driver.name, "policy": name}
         raise CommandError(f"unknown command {cmd!r}")
@@ -390,6 +465,7 @@ class Daemon:
                 raise ConfigError(f"{new.path}: metrics.listen: {exc}") from None
         # commit
         self.cfg = new
+        self._served = new.served_ids()
         set_level(new.log_level)
         for name in reattach:
             self._detach(name, "its mode or page-mode settings changed", demote=True)
@@ -397,7 +473,11 @@ class Daemon:
         self._policy_override.clear()
         for name, (pc, pol) in new_policies.items():
             att = self.pools[name]
-            att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+            try:
+                att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+            except PoolLockedError as exc:  # attached again later, with the new configuration
+                self._lock_held(name, exc)
+                continue
             att.policy_cfg = pc
         for att in self.pools.values():
             att.driver.step_mode = new.step_mode
@@ -452,6 +532,8 @@ class Daemon:
         for name, att in list(self.pools.items()):
             try:
                 att.driver.tick()
+            except PoolLockedError as exc:
+                self._lock_held(name, exc)
             except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
                 if isinstance(exc, PoolError):
                     log.error("pool %s: %s", name, exc)
@@ -499,6 +581,8 @@ class Daemon:
                     for att in list(self.pools.values()):
                         try:
                             att.tracker.check()
+                        except PoolLockedError as exc:
+                            self._lock_held(att.driver.name, exc)
                         except PoolError as exc:
                             log.error("pool %s: %s", att.driver.name, exc)
                     self._discover()

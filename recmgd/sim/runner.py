@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from recmgd import policy as policy_registry
+from recmgd.keys import capacity_for
 from recmgd.policies.native import IdMap, NativePolicy
 from recmgd.sim.driver import Counters, drive, drive_stream
 from recmgd.sim.results import SimResult
@@ -28,13 +29,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_FRACTIONS = (0.05, 0.1, 0.2)
 DEFAULT_ROW_BYTES = 256
-
-
-def capacity_for(fraction: float, unique_rows: int) -> int:
-    """Fast-tier rows for a fraction of the trace's unique rows (at least 1)."""
-    if not 0 < fraction <= 1:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
-    return max(1, int(fraction * unique_rows))
 
 
 def unique_rows(steps: Steps) -> int:
