@@ -52,16 +52,17 @@ def test_server_answers_every_request_correctly_with_a_daemon(tmp_path: Path) ->
         assert stack.daemon is not None and stack.daemon.poll() is None
         r = _serve("--pool", stack.name, "--trace", str(trace), "--dim", "16", "--warmup", "200",
                    "--requests", "500", "--rate", "3000", "--max-batch", "16", "--max-wait-ms", "2",
-                   "--lookahead", "--check", "--latencies", str(tmp_path / "lat.npy"))
+                   "--lookahead", "--check", "--latencies", str(tmp_path / "lat.npz"))
         assert r.returncode == 0, r.stderr
         lines = r.stdout.strip().splitlines()
-        assert json.loads(lines[0]) == {"phase": "measure"}
+        assert json.loads(lines[0]) == {"phase": "measure", "load": 0}
         out = json.loads(lines[-1])
         counters = stack.pool.counters()["processes"]
     # every request answered, each batch's output equal to TorchRec's all-DRAM DLRM with the same weights
     assert out["requests"] == out["checked"] == 500 and out["max_abs_error"] == 0.0
     assert 500 / 16 <= out["batches"] <= 500 and out["mean_batch"] <= 16
-    lat = np.load(tmp_path / "lat.npy")
+    with np.load(tmp_path / "lat.npz") as z:
+        lat = z["arr_0"]
     assert lat.shape == (500,) and (lat > 0).all()
     assert out["p50_ms"] <= out["p95_ms"] <= out["p99_ms"]
     assert out["hinted_rows"] > 0 and out["lookups"] > 0
@@ -72,10 +73,15 @@ def test_server_answers_every_request_correctly_with_a_daemon(tmp_path: Path) ->
 
 def test_server_all_dram_and_bad_input(tmp_path: Path) -> None:
     trace = _trace(tmp_path / "t.trace", samples=300)
-    r = _serve("--all-dram", "--trace", str(trace), "--dim", "8", "--requests", "300", "--max-batch", "32")
+    r = _serve("--all-dram", "--trace", str(trace), "--dim", "8", "--requests", "256,44", "--rate", "0,2000",
+               "--max-batch", "32")
     assert r.returncode == 0, r.stderr
-    out = json.loads(r.stdout.strip().splitlines()[-1])
-    assert out["requests"] == 300 and out["batches"] == 10 and out["on_demand"] == 0  # all queued at once
+    lines = [json.loads(x) for x in r.stdout.strip().splitlines()]
+    assert [x.get("load") for x in lines[::2]] == [0, 1]
+    first, second = lines[1], lines[3]
+    assert first["requests"] == 256 and first["batches"] == 8  # all queued at once: full batches
+    assert first["on_demand"] == 0
+    assert second["requests"] == 44 and second["offered_qps"] == 2000 and second["extra"]["first"] == 256
     bad = _serve("--all-dram", "--lookahead", "--trace", str(trace))
     assert bad.returncode == 2 and "--lookahead needs --pool" in bad.stderr
     bad = _serve("--pool", "recmg-no-such-pool-xyz", "--trace", str(trace))
@@ -83,8 +89,11 @@ def test_server_all_dram_and_bad_input(tmp_path: Path) -> None:
     assert len(bad.stderr.strip().splitlines()) == 1
     bad = _serve("--all-dram", "--trace", str(tmp_path / "missing.trace"))
     assert bad.returncode == 2 and "cannot read trace" in bad.stderr
-    bad = _serve("--all-dram", "--trace", str(trace), "--warmup", "200", "--requests", "200")
-    assert bad.returncode == 2 and "> the trace's 300 samples" in bad.stderr
+    bad = _serve("--all-dram", "--trace", str(trace), "--warmup", "200", "--requests", "50,60",
+                 "--rate", "1,2")
+    assert bad.returncode == 2 and "200 + 110 requests > the trace's 300 samples" in bad.stderr
+    bad = _serve("--all-dram", "--trace", str(trace), "--requests", "5,6,7", "--rate", "1,2")
+    assert bad.returncode == 2 and "one for each of the 2 rates" in bad.stderr
 
 
 def test_compare_writes_rows_table_and_plot(tmp_path: Path) -> None:

@@ -9,9 +9,10 @@
   arrives (hint records; the daemon fetches them into ``hint_slots`` reserved out of the same slots).
 
 The slow tier is a file in the work dir (O_DIRECT, io_uring). The offered loads are fractions of the
-all-DRAM server's throughput with every request queued at once (its most). Each (system, load) run is
-its own server process: the warm-up samples back to back (the caches' history; RecMG trains on them
-beforehand with ``recmg train``), then the counted requests, Poisson at the load. Per run: latency
+all-DRAM server's throughput with every request queued at once (its most). Each system is one server
+process: the warm-up samples back to back (the caches' history; RecMG trains on them beforehand with
+``recmg train``), then each load in turn on the next requests of the trace, Poisson at that rate (the
+same requests at a load for every system). Per run: latency
 percentiles, throughput, on-demand fetches a batch, slow-tier MB/s, the daemon's CPU share while the
 counted requests ran.
 
@@ -229,31 +230,34 @@ def _cpu(pid: int | None) -> float:
     return float(t.user + t.system)
 
 
-def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rate: float, n: int,
-               lookahead: bool, daemon_pid: int | None, latencies: Path) -> dict[str, Any]:
-    """One server process; returns its JSON result plus ``daemon_cpu`` (share of a core while the counted
-    requests ran)."""
+def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Sequence[float],
+               counts: Sequence[int], lookahead: bool, daemon_pid: int | None,
+               latencies: Path) -> list[dict[str, Any]]:
+    """One server process serving the loads one after the other (one warm-up); returns its JSON result a
+    load plus ``daemon_cpu`` (the daemon's share of a core while that load's requests ran)."""
     cmd = [sys.executable, "-m", "recmgd.app.serve", "--trace", str(setup.path), "--dim", str(cfg.dim),
-           "--seed", str(cfg.seed), "--warmup", str(cfg.warmup), "--requests", str(n), "--rate", str(rate),
-           "--max-batch", str(cfg.max_batch), "--max-wait-ms", str(cfg.max_wait_ms),
-           "--threads", str(cfg.threads), "--latencies", str(latencies)]
+           "--seed", str(cfg.seed), "--warmup", str(cfg.warmup), "--requests", ",".join(map(str, counts)),
+           "--rate", ",".join(f"{r:.3f}" for r in rates), "--max-batch", str(cfg.max_batch),
+           "--max-wait-ms", str(cfg.max_wait_ms), "--threads", str(cfg.threads),
+           "--latencies", str(latencies)]
     cmd += ["--pool", pool] if pool else ["--all-dram"]
     if lookahead:
         cmd.append("--lookahead")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
-    c0 = w0 = None
-    lines = []
+    out: list[dict[str, Any]] = []
+    c0 = w0 = 0.0
     for line in proc.stdout:
-        lines.append(line)
-        if c0 is None and '"phase"' in line:
+        msg = json.loads(line)
+        if "phase" in msg:
             c0, w0 = _cpu(daemon_pid), time.monotonic()
-    c1, w1 = _cpu(daemon_pid), time.monotonic()
+            continue
+        c1, w1 = _cpu(daemon_pid), time.monotonic()
+        msg["daemon_cpu"] = round((c1 - c0) / (w1 - w0), 3) if w1 > w0 else 0.0
+        out.append(msg)
     err = proc.stderr.read() if proc.stderr else ""
-    if proc.wait() != 0 or not lines:
+    if proc.wait() != 0 or len(out) != len(rates):
         raise RuntimeError(f"server failed ({proc.returncode}): {err.strip()[-2000:]}")
-    out = json.loads(lines[-1])
-    out["daemon_cpu"] = round((c1 - c0) / (w1 - w0), 3) if c0 is not None and w1 > w0 else 0.0
     return out
 
 
@@ -301,13 +305,16 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
         probe = prepare(cfg, label, src, max(cfg.max_batch * 50, 2000), train=False)
         n_probe = probe.samples - cfg.warmup
         cfg.progress(f"{label}: all-DRAM server's most ({n_probe} requests queued at once)")
-        top = run_server(cfg, probe, None, 0.0, n_probe, False, None, cfg.work / "probe.npy")
+        top = run_server(cfg, probe, None, [0.0], [n_probe], False, None, cfg.work / "probe.npz")[0]
         max_qps[label] = float(top["throughput_qps"])
         rates = [load * max_qps[label] for load in cfg.loads]
-        counted = max(int(r * cfg.seconds) for r in rates)
+        counts = [max(1, int(r * cfg.seconds)) for r in rates]
         if cfg.max_requests:
-            counted = min(counted, cfg.max_requests)
-        setup = prepare(cfg, label, src, counted, train=any(s.startswith("recmg") for s in cfg.systems))
+            counts = [min(c, cfg.max_requests) for c in counts]
+        setup = prepare(cfg, label, src, sum(counts), train=any(s.startswith("recmg") for s in cfg.systems))
+        if setup.samples < cfg.warmup + sum(counts):  # a short trace: the loads share what it holds
+            scale = (setup.samples - cfg.warmup) / sum(counts)
+            counts = [max(1, int(c * scale)) for c in counts]
         cfg.progress(f"{label}: {setup.samples} samples ({cfg.warmup} warm-up), {len(setup.sizes)} "
                      f"tables, {setup.unique} unique rows, fast tier {setup.slots} slots "
                      f"({cfg.fraction:.0%}); all-DRAM most {max_qps[label]:.0f} requests/s")
@@ -320,21 +327,20 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
             try:
                 if stack is not None:
                     stack.__enter__()
-                for load, rate in zip(cfg.loads, rates, strict=True):
-                    n = min(setup.samples - cfg.warmup, max(1, int(rate * cfg.seconds)))
-                    if cfg.max_requests:
-                        n = min(n, cfg.max_requests)
-                    lat = cfg.work / f"lat-{label}-{system.replace('+', '-')}-{load}.npy"
-                    pid = stack.daemon.pid if stack is not None and stack.daemon is not None else None
-                    out = run_server(cfg, setup, stack.name if stack else None, rate, n, lookahead, pid, lat)
+                lat = cfg.work / f"lat-{label}-{system.replace('+', '-')}.npz"
+                pid = stack.daemon.pid if stack is not None and stack.daemon is not None else None
+                name = stack.name if stack else None
+                outs = run_server(cfg, setup, name, rates, counts, lookahead, pid, lat)
+                for i, (load, rate, out) in enumerate(zip(cfg.loads, rates, outs, strict=True)):
                     row = {"trace": label, "system": system, "load": load, "offered_qps": round(rate, 1),
                            **{k: out[k] for k in ("p50_ms", "p95_ms", "p99_ms", "throughput_qps",
                                                   "on_demand_per_batch", "slow_mb_s", "mean_batch",
                                                   "requests", "batches", "lookups", "hits", "on_demand",
                                                   "slow_bytes", "hinted_rows", "daemon_cpu")},
+                           "on_demand_per_request": round(out["on_demand"] / max(out["requests"], 1), 3),
                            "all_dram_max_qps": max_qps[label], "slots": setup.slots if policy else 0}
                     results.append(row)
-                    lat_files[(label, system, load)] = lat
+                    lat_files[(label, system, load)] = (lat, f"arr_{i}")
                     cfg.progress(f"  {system:<16} {_percent_load(load):>4} {rate:8.0f}/s  p50 "
                                  f"{row['p50_ms']:8.2f} p99 {row['p99_ms']:8.2f} ms  "
                                  f"{row['throughput_qps']:8.0f}/s  on-demand/batch "
@@ -411,8 +417,9 @@ def plot(run: dict[str, Any], path: Path, cdf_load: float | None = None) -> None
         systems = list(dict.fromkeys(r["system"] for r in results if r["trace"] == trace))
         for system in systems:
             f = run["latencies"].get((trace, system, cdf_load))
-            if f is not None and Path(f).exists():
-                lat = np.sort(np.load(f)) * 1e3
+            if f is not None and Path(f[0]).exists():
+                with np.load(f[0]) as z:
+                    lat = np.sort(z[f[1]]) * 1e3
                 ax_cdf.plot(lat, np.arange(1, len(lat) + 1) / len(lat), label=system)
             pts = sorted((r["offered_qps"], r["p99_ms"]) for r in results
                          if r["trace"] == trace and r["system"] == system)

@@ -18,7 +18,9 @@ The arrival clock is virtual and the loop single-threaded: at any moment the que
 whose arrival time has passed; the server sleeps only when it has nothing to do. This is what a real
 front end with a receive queue sees, without a client process to perturb the timing.
 
-Prints one JSON object (latency percentiles, throughput, on-demand fetches per batch, slow-tier bytes).
+Several rates (``--rate 2000,3600``) are served one after the other after one warm-up, each on the next
+requests of the trace. For each: a line ``{"phase": "measure", "load": i}`` when it starts, then one JSON
+object (latency percentiles, throughput, on-demand fetches per batch, slow-tier bytes).
 """
 
 from __future__ import annotations
@@ -175,9 +177,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--dim", type=int, default=32, help="embedding dim (default %(default)s)")
     p.add_argument("--seed", type=int, default=0, help="weights, dense features and arrivals")
     p.add_argument("--warmup", type=int, default=0, help="samples served back to back first, not counted")
-    p.add_argument("--requests", type=int, default=0,
-                   help="requests counted, after the warm-up (0: the rest)")
-    p.add_argument("--rate", type=float, default=0.0, help="offered requests/s, Poisson (0: all at once)")
+    p.add_argument("--requests", default="0",
+                   help="requests counted at each rate, comma-separated or one for all (0: the rest)")
+    p.add_argument("--rate", default="0",
+                   help="offered requests/s, Poisson (0: all at once); comma-separated: one load after "
+                        "the other, each on the next requests of the trace")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
     p.add_argument("--lookahead", action="store_true", help="announce each request's rows when it arrives")
@@ -185,17 +189,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (and the pool's) (default 1)")
     p.add_argument("--check", action="store_true",
                    help="compare every batch's output with the all-DRAM model (same weights)")
-    p.add_argument("--latencies", help="write every request's latency (s) to this .npy file")
-    p.add_argument("--json", help="also write the result to this file")
+    p.add_argument("--latencies", help="write every request's latency (s) to this .npz (an array a rate)")
+    p.add_argument("--json", help="also write the results (a list, one a rate) to this file")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name, v, low in (("--dim", args.dim, 1), ("--max-batch", args.max_batch, 1),
-                         ("--threads", args.threads, 1), ("--warmup", args.warmup, 0),
-                         ("--requests", args.requests, 0)):
+                         ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
         if v < low:
             p.error(f"{name} must be >= {low}, got {v}")
-    if args.rate < 0 or args.max_wait_ms < 0:
-        p.error("--rate and --max-wait-ms must be >= 0")
+    try:
+        rates = [float(x) for x in args.rate.split(",")]
+        counts = [int(x) for x in args.requests.split(",")]
+    except ValueError:
+        p.error(f"--rate and --requests: comma-separated numbers, got {args.rate!r} and {args.requests!r}")
+    if len(counts) == 1:
+        counts *= len(rates)
+    if len(counts) != len(rates):
+        p.error(f"--requests: one count, or one for each of the {len(rates)} rates")
+    if any(r < 0 for r in rates) or any(c < 0 for c in counts) or args.max_wait_ms < 0:
+        p.error("--rate, --requests and --max-wait-ms must be >= 0")
     if args.lookahead and args.all_dram:
         p.error("--lookahead needs --pool (the all-DRAM model has nothing to prefetch)")
     torch.set_num_threads(args.threads)
@@ -205,9 +217,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(f"serve: cannot read trace {args.trace}: {e}")
     sizes = table_sizes(trace)
     requests = Requests(trace, len(sizes))
-    n = args.requests or requests.n - args.warmup
-    if args.warmup + n > requests.n:
-        return _fail(f"serve: warm-up {args.warmup} + {n} requests > the trace's {requests.n} "
+    if len(rates) > 1 and 0 in counts:
+        return _fail("serve: several rates need a request count each (not 0)")
+    counts = [c or requests.n - args.warmup for c in counts]
+    if args.warmup + sum(counts) > requests.n:
+        return _fail(f"serve: warm-up {args.warmup} + {sum(counts)} requests > the trace's {requests.n} "
                      "samples")
     pool = collection = None
     try:
@@ -234,23 +248,30 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         warm_up(model, requests, 0, args.warmup, args.max_batch)
         warm_s = time.perf_counter() - t0
-        sys.stdout.write(json.dumps({"phase": "measure"}) + "\n")  # a harness may sample the daemon now
-        sys.stdout.flush()
-        res, lat = serve(model, requests, args.warmup, n, args.rate, args.max_batch, args.max_wait_ms / 1e3,
-                         args.seed, collection=collection, lookahead=args.lookahead, reference=reference,
-                         pool=pool)
-        res.extra = {"warmup_requests": args.warmup, "warmup_s": round(warm_s, 3),
-                     "system": "all-dram" if args.all_dram else "recmg", "lookahead": args.lookahead,
-                     "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+        results, lats = [], []
+        start = args.warmup
+        for i, (rate, n) in enumerate(zip(rates, counts, strict=True)):
+            # a harness may sample the daemon from here to the result line
+            sys.stdout.write(json.dumps({"phase": "measure", "load": i}) + "\n")
+            sys.stdout.flush()
+            res, lat = serve(model, requests, start, n, rate, args.max_batch, args.max_wait_ms / 1e3,
+                             args.seed + i, collection=collection, lookahead=args.lookahead,
+                             reference=reference, pool=pool)
+            res.extra = {"warmup_requests": args.warmup, "warmup_s": round(warm_s, 3), "first": start,
+                         "system": "all-dram" if args.all_dram else "recmg", "lookahead": args.lookahead,
+                         "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
+            start += n
+            results.append(asdict(res))
+            lats.append(lat)
+            sys.stdout.write(json.dumps(results[-1]) + "\n")
+            sys.stdout.flush()
     finally:
         if pool is not None:
             pool.close()
     if args.latencies:
-        np.save(args.latencies, lat)
-    text = json.dumps(asdict(res))
+        np.savez(args.latencies, *lats)
     if args.json:
-        Path(args.json).write_text(text + "\n")
-    sys.stdout.write(text + "\n")
+        Path(args.json).write_text(json.dumps(results) + "\n")
     return 0
 
 
