@@ -338,7 +338,7 @@ def run_csv(work: Path) -> Callable[[], None]:
 
 
 def run_steps(work: Path) -> Callable[[], None]:
-    from recmgd._simcore import ffi, lib
+    from recmgd.simcore import ffi, lib
 
     guard = -0x5EED
     any_offsets = st.lists(st.sampled_from(EDGE_WORDS) | st.integers(-3, 40), min_size=1, max_size=12)
