@@ -35,9 +35,8 @@ def detect_format(path: str | Path) -> str:
 
 
 def open_trace(path: str | Path, fmt: str | None = None, table_size: int = DEFAULT_TABLE_SIZE) -> Trace:
-    """Read (or map) a trace of any supported format. A trace without lookups (a text file of only
-    comments, a binary trace of no samples) is a TraceError here: nothing that opens a trace can use one
-    (the readers themselves accept it)."""
+    """Read (or map) a trace of any supported format (a trace without lookups, such as an idle
+    recording, is valid: callers that cannot use one say so)."""
     fmt = fmt or detect_format(path)
     if fmt == "binary":
         tr = read_binary(path)
@@ -49,8 +48,6 @@ def open_trace(path: str | Path, fmt: str | None = None, table_size: int = DEFAU
         tr = read_text(path)
     else:
         raise TraceError(f"{path}: unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
-    if tr.n_lookups == 0:
-        raise TraceError(f"{path}: no lookups in this {fmt} trace")
     return tr
 
 
