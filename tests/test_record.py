@@ -277,6 +277,19 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         assert 10_000 - 8 * 65 < size <= 10_000
         tr = open_trace(capped)
         assert tr.n_samples >= 1 and np.all(np.diff(np.asarray(tr.sample_offsets)) == 64)
+        # a fourth recording of the pool holds each batch once, exactly as logged (no tap left behind)
+        exact = tmp_path / "exact.rtrace"
+        r = recmgctl(sock, "record", name, str(exact), "--lookups", str(10 * 64))
+        wait_recording(sock, name)
+        sent = [rng.integers(0, 1000, 64) for _ in range(10)]
+        for ids in sent:
+            pool.embedding_bag(1, ids, np.arange(64))
+            pool.end_batch()
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err
+        got = recorded_batches(exact)
+        assert len(got) == 10
+        assert all(np.array_equal(g, (1 << 40) | s) for g, s in zip(got, sent, strict=True))
         # unknown pool, and a request that carries no file
         r = recmgctl(sock, "record", "no-such-pool", str(tmp_path / "x.rtrace"))
         _, err = r.communicate(timeout=60)
