@@ -24,7 +24,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     socket = "/run/recmgd/control.sock"
     mode = 0o660
     max_request = 65536
-    group = ""                    # the socket's group (members may use recmgctl); "" = root's
+    group = ""                    # the socket's group (members may use recmgctl); "" = the daemon's
 
     [metrics]
     listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off

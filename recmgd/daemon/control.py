@@ -125,6 +125,7 @@ class ControlServer:
         self.refused = 0  # clients refused because every slot was busy
         self.evicted = 0  # idle connections closed to make room or after IDLE_TIMEOUT
         self.idle_timeout = IDLE_TIMEOUT
+        self.evict_idle = EVICT_IDLE
         self._next_sweep = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -232,7 +233,7 @@ class ControlServer:
     def _make_room(self, now: float) -> bool:
         """At the limit: close the longest-idle connection if it is idle enough; False if none is."""
         fd, conn = min(self.conns.items(), key=lambda kv: kv[1].last)
-        if now - conn.last < EVICT_IDLE:
+        if now - conn.last < self.evict_idle:
             return False
         try:
             conn.sock.send(encode(error_answer(f"{TOO_MANY}: closed as the longest idle of {MAX_CLIENTS}")))

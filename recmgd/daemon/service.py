@@ -387,7 +387,10 @@ class Daemon:
                             "capacity": d.capacity, "hint_slots": d.hint_slots,
                             "resident": d.resident_count(), "tables": tables, "apps": apps})
             for name in self.waiting_for():
-                out.append({"name": name, "waiting": True, "error": self._attach_errors.get(name)})
+                stuck = self.stuck.get(name)
+                why = (f"stuck: {stuck.error}" if stuck else
+                       f"skipped: {self.skipped[name]}" if name in self.skipped else None)
+                out.append({"name": name, "waiting": True, "error": why or self._attach_errors.get(name)})
             return out
         if cmd == "reload":
             err = self.reload()
