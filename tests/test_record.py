@@ -334,3 +334,34 @@ def test_record_full_disk(daemon, tmp_path: Path) -> None:
     finally:
         pool.close()
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_record_pool_removed_midway(daemon, tmp_path: Path) -> None:
+    """The pool goes away while it is recorded: the daemon completes the file with what it had, and
+    recmgctl keeps it."""
+    sock, name, d = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        out = tmp_path / "cut.rtrace"
+        r = recmgctl(sock, "record", name, str(out))
+        wait_recording(sock, name)
+        rng = np.random.default_rng(2)
+        sent = [rng.integers(0, 1000, 32) for _ in range(20)]
+        for ids in sent:
+            pool.embedding_bag(0, ids, np.arange(32))
+            pool.end_batch()
+        deadline = time.monotonic() + 30
+        while request(str(sock), "record", {"pool": name, "action": "status"})["lookups"] < 20 * 32:
+            assert time.monotonic() < deadline, "the batches were not recorded"
+            time.sleep(0.02)
+        pool_mod.Pool.unlink(name)  # the daemon detaches the pool at its next check
+        rout, rerr = r.communicate(timeout=60)
+    finally:
+        pool.close()
+    assert r.returncode == 0, rerr
+    assert "recorded 640 lookups in 20 batches" in rout and "cut short: no such pool" in rout
+    assert not Path(str(out) + ".partial").exists()
+    got = recorded_batches(out)
+    assert len(got) == 20 and all(np.array_equal(g, s) for g, s in zip(got, sent, strict=True))
+    assert d.poll() is None
