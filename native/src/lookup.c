@@ -274,11 +274,15 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 
     rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
-    if (mark && row_bitmap(p, &ls->missed, a->table) != 0)
+    /* distinct rows over a memory slow tier with a bitmap no larger than the ids: bits set per id
+     * (branch-free, no list) and counted by popcount after pass 1, as a split argument's chunks do */
+    const uint64_t words = (rows + 63) / 64;
+    const int pop = uniq && slow && words <= n;
+    if ((mark || pop) && row_bitmap(p, &ls->missed, a->table) != 0)
         return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
                       (unsigned long long)n);
     int32_t *slot = ls->slot;
-    uint64_t *seen = ls->seen[a->table], *missed = mark ? ls->missed[a->table] : NULL;
+    uint64_t *seen = ls->seen[a->table], *missed = mark || pop ? ls->missed[a->table] : NULL;
     int64_t *urow = ls->urow;
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
@@ -289,12 +293,16 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
             for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+            if (pop) {
+                memset(seen, 0, words * sizeof *seen);
+                memset(missed, 0, words * sizeof *missed);
+            }
             return rc_buf(ls->err, sizeof ls->err, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)",
                           (long long)r, a->table, (unsigned long long)rows);
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
         int fresh = 0;
-        if (mark) {
+        if (mark || pop) {
             uint64_t bit = UINT64_C(1) << (r & 63);
             seen[r >> 6] |= bit;
             missed[r >> 6] |= s < 0 ? bit : 0;
@@ -325,6 +333,14 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         slot[i - i0] = s;
     }
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+    if (pop) {
+        for (uint64_t w = 0; w < words; w++) {
+            nu += (uint64_t)__builtin_popcountll(seen[w]);
+            umiss += (uint64_t)__builtin_popcountll(missed[w]);
+        }
+        memset(seen, 0, words * sizeof *seen);
+        memset(missed, 0, words * sizeof *missed);
+    }
 
     /* SSD: the distinct missing rows in one batch */
     uint64_t slow_bytes = 0, on_demand = slow ? umiss : m;
