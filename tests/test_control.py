@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import redirect_stderr, redirect_stdout
@@ -237,3 +238,105 @@ def test_second_daemon_on_same_socket_refuses(daemon, tmp_path: Path) -> None:
                        capture_output=True, text=True, env=daemon_env(), cwd=REPO, timeout=120)
     assert r.returncode == 1 and "another recmgd is running" in r.stderr, (r.stderr, time.monotonic() - t0)
     alive(proc, sock)
+
+
+def test_idle_connections_lock_nobody_out(daemon) -> None:
+    """500 idle connections held: recmgctl stats still gets its answer (the longest idle give way)."""
+    proc, sock, _ = daemon
+    held = []
+    try:
+        for _ in range(500):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            held.append(s)
+            deadline = time.monotonic() + 10
+            while True:
+                try:
+                    s.connect(str(sock))
+                    break
+                except BlockingIOError:  # the listen backlog is full until the daemon accepts
+                    assert time.monotonic() < deadline
+                    time.sleep(0.005)
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        rc, out, err = ctl(sock, "--timeout", "5", "stats")
+        took = time.monotonic() - t0
+        print(f"recmgctl stats with {len(held)} idle control connections held: {took:.3f} s")
+        assert rc == 0 and f"recmgd pid {proc.pid}" in out, err
+        assert took < 5.0
+    finally:
+        for s in held:
+            s.close()
+    alive(proc, sock)
+
+
+def test_too_many_busy_connections_is_a_one_line_answer(tmp_path: Path) -> None:
+    """Every slot active: a new client is refused with the daemon's reason, not a broken pipe; a silent
+    connection is closed after the idle timeout."""
+    from recmgd.daemon import control as control_mod
+
+    path = tmp_path / "c.sock"
+    srv = control_mod.ControlServer(str(path), 0o600, lambda cmd, args: {"cmd": cmd})
+    srv.evict_idle = 60.0  # every connection counts as active for the whole test, however loaded the host
+    srv.open()
+    clients = []
+    try:
+        for _ in range(control_mod.MAX_CLIENTS):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            clients.append(s)
+        srv.poll(0.1)
+        assert len(srv.conns) == control_mod.MAX_CLIENTS
+        late = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        late.settimeout(5)
+        late.connect(str(path))
+        srv.poll(0.1)  # all were accepted just now: none is idle enough to give way
+        answer = json.loads(late.recv(4096).split(b"\n")[0])
+        assert answer["ok"] is False and answer["error"].startswith(control_mod.TOO_MANY)
+        late.close()
+        # request() turns that answer into a one-line ControlUnavailable
+        errors: list[str] = []
+
+        def client() -> None:
+            try:
+                request(str(path), "stats", timeout=5)
+            except ControlUnavailable as exc:
+                errors.append(str(exc))
+
+        t = threading.Thread(target=client)
+        for c in clients:  # keep every slot busy
+            c.sendall(b"\n")
+        srv.poll(0.05)
+        t.start()
+        deadline = time.monotonic() + 5
+        while t.is_alive() and time.monotonic() < deadline:
+            srv.poll(0.01)
+        t.join(5)
+        assert errors and errors[0].startswith(f"recmgd on {path}: {control_mod.TOO_MANY}"), errors
+        assert "\n" not in errors[0] and srv.refused >= 2
+        # idle timeout: a silent connection is closed
+        srv.idle_timeout = 0.2
+        deadline = time.monotonic() + 5
+        while srv.conns and time.monotonic() < deadline:
+            srv.poll(0.05)
+        assert not srv.conns
+        clients[0].settimeout(5)
+        assert clients[0].recv(100) == b""
+    finally:
+        for c in clients:
+            c.close()
+        srv.close()
+
+
+def test_bad_command_lines_are_one_line_errors(tmp_path: Path) -> None:
+    for argv, expect in ((["--timeout", "-1", "stats"], "--timeout: '-1' must be a number of seconds > 0"),
+                         (["--timeout", "0", "stats"], "must be a number of seconds > 0"),
+                         (["--timeout", "soon", "stats"], "'soon' is not a number of seconds"),
+                         (["--timeout", "1e300", "stats"], "<= 86400"),
+                         (["stats", "--watch", "nan"], "--watch: 'nan' must be"),
+                         (["frob"], "invalid choice: 'frob'"),
+                         (["pause"], "required: pool")):
+        r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(tmp_path / "s"),
+                            *argv], capture_output=True, text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, (argv, r.stderr)
+        assert "Traceback" not in r.stderr

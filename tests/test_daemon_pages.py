@@ -32,10 +32,11 @@ from recmgd import policy as policy_mod
 from recmgd.daemon import config
 from recmgd.daemon.config import PagesConfig
 from recmgd.daemon.control import request
-from recmgd.daemon.loop import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT, FillBudget
+from recmgd.daemon.loop import FillBudget
 from recmgd.daemon.pages import PageDriver, PagePool
 from recmgd.daemon.service import Daemon
 from recmgd.errors import ConfigError, PoolError
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
@@ -498,7 +499,8 @@ def test_config_pages_keys_and_errors() -> None:
         '[pages]\nbatch = 0\n': "pages.batch: impossible value 0 (must be between 1 and 1048576)",
         '[policy]\nmode = "page"\n': "policy.mode: impossible value 'page' (one of rows, pages)",
         '[policy.pages]\nbudget_mb = 1.0\n': "policy.pages: unknown key (known: hint_slots, mode, model_dir, "
-                                             "name, options)",
+                                             "name, options, retrain_every, retrain_threads, "
+                                             "retrain_window)",
         '[pool.x.pages]\nspeed = 1\n': f"pool.x.pages.speed: unknown key (known: {known})",
     }
     for text, msg in bad.items():

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 import signal
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -19,6 +21,7 @@ from ports import free_port
 from recmgd.daemon import config
 from recmgd.daemon.notify import Notifier
 from recmgd.daemon.service import Daemon
+from recmgd.errors import PoolLockedError
 from recmgd.policy import Decision, Policy, StepView, register
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
@@ -187,3 +190,134 @@ def test_a_failing_policy_detaches_only_its_pool(tmp_path: Path, restore_signals
         d.shutdown()
         for app in apps.values():
             app.destroy()
+
+
+class _LockedPool:
+    """A real pool whose writer calls find the writer lock held (what the timed lock reports)."""
+
+    def __init__(self, pool: object) -> None:
+        self._pool = pool
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self._pool, attr)
+
+    def _held(self, *args: object) -> int:
+        raise PoolLockedError(f"pool {self._pool.name}: writer lock held by another process")
+
+    fill_keys = evict_keys = _held
+
+
+def test_a_pool_with_a_held_writer_lock_is_skipped_and_retried(tmp_path: Path,
+                                                                restore_signals: None) -> None:
+    stuck, good = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    apps = {n: pool_mod.Pool.create(n, tables=[(100, 4)], slots=10, ring_records=1024) for n in (stuck, good)}
+    sock = tmp_path / "k.sock"
+    d, _, n = make(tmp_path, f'pools = ["{stuck}", "{good}"]\n[control]\nsocket = "{sock}"\n')
+    try:
+        drv = d.pools[stuck].driver
+        drv.pool = drv.mover.pool = _LockedPool(drv.pool)  # the driver and its residency mover write
+        for app in apps.values():
+            app.embedding_bag(0, np.arange(4), np.arange(4))
+            app.end_batch()
+        d.tick()
+        assert set(d.pools) == {good} and d.pools[good].driver.stats()["fills"] == 4
+        st = d.handle("stats", {})["daemon"]["stuck"][stuck]
+        assert "writer lock held" in st["error"] and st["tries"] == 1
+        assert st["since"] <= time.time() + 0.001  # rounded to ms
+        assert f"stuck: {stuck}" in d.status_line()
+        from recmgd.daemon.metrics import StatsCollector
+
+        fams = {f.name: f for f in StatsCollector(lambda: d.stats()).collect()}
+        assert [s.labels["pool"] for s in fams["recmgd_pool_stuck_seconds"].samples] == [stuck]
+        d._discover()
+        assert stuck not in d.pools  # not retried at once
+        d._retry_after[stuck] = 0.0
+        d._discover()  # the lock is free (a real pool again): served, no longer stuck
+        assert stuck in d.pools and not d.stats()["daemon"]["stuck"]
+        apps[stuck].embedding_bag(0, np.arange(4), np.arange(4))
+        apps[stuck].end_batch()
+        d.tick()
+        assert d.pools[stuck].driver.stats()["fills"] == 4
+    finally:
+        d.shutdown()
+        for app in apps.values():
+            app.destroy()
+
+
+def test_pools_of_other_owners_are_skipped(tmp_path: Path, restore_signals: None) -> None:
+    mine, theirs = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    apps = {n: pool_mod.Pool.create(n, tables=[(100, 4)], slots=10, ring_records=1024)
+            for n in (mine, theirs)}
+    os.chown(f"/dev/shm/{theirs}", 65534, 65534)  # nobody:nogroup
+    sock = tmp_path / "o.sock"
+    body = f'pools = ["{mine}", "{theirs}"]\n[control]\nsocket = "{sock}"\n'
+    d, cfg, _ = make(tmp_path, body)
+    try:
+        assert set(d.pools) == {mine}
+        why = d.stats()["daemon"]["skipped"][theirs]
+        assert why.startswith("owned by nobody:") and "serve_users" in why
+        assert {"name": theirs, "waiting": True, "error": f"skipped: {why}"} in d.handle("pools", {})
+        # served once its group is configured (a reload), skipped again when it is not
+        nogroup = grp.getgrgid(65534).gr_name
+        cfg.write_text(body.replace("[control]", f'serve_groups = ["{nogroup}"]\n[control]'))
+        assert d.reload() is None
+        assert set(d.pools) == {mine, theirs} and not d.stats()["daemon"]["skipped"]
+        cfg.write_text(body)
+        assert d.reload() is None
+        assert set(d.pools) == {mine} and theirs in d.stats()["daemon"]["skipped"]
+    finally:
+        d.shutdown()
+        for app in apps.values():
+            app.destroy()
+
+
+def test_a_non_root_daemon_serves_pools_shared_through_its_group() -> None:
+    """The daemon as an unprivileged user (nobody:nogroup here, recmgd:recmgd when installed): a pool
+    created with mode 0o660 and the daemon's group is served (no capability needed), root's own 0600
+    pool is skipped, and the daemon cannot open it anyway."""
+    import json
+
+    shared, private = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    pools = {shared: pool_mod.Pool.create(shared, tables=[(100, 4)], slots=10, ring_records=1024, mode=0o660),
+             private: pool_mod.Pool.create(private, tables=[(100, 4)], slots=10, ring_records=1024)}
+    os.chown(f"/dev/shm/{shared}", -1, 65534)  # the app (root here) gives the pool to the daemon's group
+    run = Path(tempfile.mkdtemp(prefix="recmgd-nonroot-"))  # tmp_path's parents are root's 0700 dirs
+    os.chmod(run, 0o777)
+    cfg_path = run / "d.toml"
+    cfg_path.write_text(f'pools = ["{shared}", "{private}"]\n[control]\nsocket = "{run}/c.sock"\n')
+    for p in pools.values():
+        p.embedding_bag(0, np.arange(4), np.arange(4))
+        p.end_batch()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon, in a child that gives up root first
+        out: dict = {}
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=RecordingNotifier())
+            d.setup()
+            d.tick()
+            st = d.stats()
+            out = {"pools": {n: p["fills"] for n, p in st["pools"].items()},
+                   "skipped": st["daemon"]["skipped"]}
+            d.shutdown()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            os.write(w, json.dumps(out).encode())
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as fh:
+            res = json.loads(fh.read() or b"{}")
+        os.waitpid(pid, 0)
+    finally:
+        for p in pools.values():
+            p.destroy()
+        shutil.rmtree(run, ignore_errors=True)
+    assert "error" not in res, res
+    assert res["pools"] == {shared: 4}, res
+    assert res["skipped"][private].startswith("owned by root:root"), res

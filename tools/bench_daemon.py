@@ -36,6 +36,7 @@ sys.path.insert(0, str(REPO))
 
 from recmgd import policy as policy_mod  # noqa: E402
 from recmgd.daemon.loop import FillBudget, PoolDriver  # noqa: E402
+from recmgd.keys import capacity_for, key_row, key_table  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
 
 
@@ -56,7 +57,7 @@ def trace_batches(path: str, batch: int) -> tuple[list[list[np.ndarray]], list[i
     tr = open_trace(path)
     keys = np.asarray(tr.keys, dtype=np.int64)
     offs = np.asarray(tr.sample_offsets, dtype=np.int64)
-    tables, rows = keys >> 40, keys & ((1 << 40) - 1)
+    tables, rows = key_table(keys), key_row(keys)
     n_tables = int(tables.max()) + 1
     sizes = [int(rows[tables == t].max()) + 1 for t in range(n_tables)]
     out = []
@@ -74,7 +75,7 @@ def pool_shape(args: argparse.Namespace) -> tuple[list, int, list[tuple[int, int
         return [], args.slots, [(args.rows, args.dim)] * args.tables
     trace, sizes = trace_batches(args.trace, args.samples)
     uniq = sum(len(np.unique(np.concatenate([b[t] for b in trace]))) for t in range(len(sizes)))
-    return trace, max(1, int(args.fraction * uniq)), [(n, args.dim) for n in sizes]
+    return trace, capacity_for(args.fraction, uniq), [(n, args.dim) for n in sizes]
 
 
 def capacity(policy: str, args: argparse.Namespace) -> dict:

@@ -29,6 +29,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from recmgd import policy as registry  # noqa: E402
+from recmgd.keys import capacity_for  # noqa: E402
 from recmgd.models.fastinfer import FastCacheNet  # noqa: E402
 from recmgd.models.features import RowHistory  # noqa: E402
 from recmgd.models.nets import NumpyCacheNet  # noqa: E402
@@ -73,7 +74,7 @@ def main() -> int:
     lst = steps.as_list()
     half = len(lst) // 2
     uniq = len(np.unique(steps.keys))
-    cap = max(1, int(args.fraction * uniq))
+    cap = capacity_for(args.fraction, uniq)
     print(f"trace {os.path.basename(args.trace)}: {len(lst)} steps of {args.batch} samples, "
           f"{steps.n_lookups:,} deduplicated lookups, {uniq:,} rows; capacity {cap} ({args.fraction})")
     print(f"cpu: {os.cpu_count()} cores visible, load average {os.getloadavg()[0]:.2f}")
@@ -219,7 +220,7 @@ def ablation(args: argparse.Namespace) -> int:
     steps = open_trace(args.trace).steps(args.batch)
     lst = steps.as_list()
     half = len(lst) // 2
-    cap = max(1, int(args.fraction * len(np.unique(steps.keys))))
+    cap = capacity_for(args.fraction, len(np.unique(steps.keys)))
     base = train_models(lst[:half], cap, TrainConfig(epochs=args.epochs), which=("cache",))
     _, miss_all = opt_labels(lst, cap)
     held = prefetch_dataset(lst, miss_all, TrainConfig(epochs=args.epochs))
@@ -270,7 +271,7 @@ def ceiling(args: argparse.Namespace) -> int:
     steps = open_trace(args.trace).steps(args.batch)
     lst = steps.as_list()
     half = len(lst) // 2
-    cap = max(1, int(args.fraction * len(np.unique(steps.keys))))
+    cap = capacity_for(args.fraction, len(np.unique(steps.keys)))
     cfg = TrainConfig(epochs=args.epochs)
     print(f"ceiling on {os.path.basename(args.trace)}, fraction {args.fraction}, capacity {cap}")
     print("| run | on_demand | / lru | / opt | bound |")

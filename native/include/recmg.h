@@ -15,7 +15,10 @@
  * ring). Closing a handle while another thread is inside a call on it is undefined.
  *
  * Concurrency: the fast tier has one writer at a time (fills, evictions and write_rows take the
- * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next).
+ * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next). The
+ * lock is never waited for without a limit: a writer that finds it held by another process for longer
+ * than the handle's lock timeout (daemon role 100 ms, app role 2000 ms; RECMG_LOCK_TIMEOUT_MS in the
+ * environment at attach, or recmg_set_lock_timeout) returns RECMG_ELOCKED having changed nothing.
  * Lookups never lock: each hit is read through the seqlock of its slot's group of 64 slots, with
  * the row's index entry re-checked as the slot's tag, and if either changed it is read from the
  * slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
@@ -74,6 +77,7 @@ enum { RECMG_ROLE_APP = 0, RECMG_ROLE_DAEMON = 1 };
 /* attach/create flags */
 #define RECMG_F_NO_IO_URING 0x1u /* read the SSD tier with preadv even if io_uring works */
 #define RECMG_F_NO_DIRECT 0x2u   /* never use O_DIRECT on the SSD tier */
+#define RECMG_F_REUSE_SLOW 0x4u  /* create: reuse an existing slow-tier file of the tables' size, content kept */
 
 typedef struct recmg_pool recmg_pool;
 
@@ -89,7 +93,10 @@ typedef struct recmg_create_opts {
     int dtype;             /* RECMG_F32 or RECMG_F16 */
     int slow_kind;         /* RECMG_SLOW_* */
     int numa_node;         /* RECMG_SLOW_NUMA: the node the slow tier is bound to */
-    const char *slow_path; /* RECMG_SLOW_SSD: the backing file (created or truncated) */
+    const char *slow_path; /* RECMG_SLOW_SSD: the backing file, created with its space reserved
+                            * (posix_fallocate); an existing file is never truncated: create fails
+                            * (RECMG_EEXIST) unless RECMG_F_REUSE_SLOW, which keeps it and its content
+                            * if its size is the tables' size */
     uint32_t mode;         /* permission bits of the shm object and the file; 0 means 0600 */
     uint32_t ring_records; /* records per access ring, rounded up to a power of two; 0 = 65536 */
     uint32_t n_rings;      /* access rings (attached app processes at once); 0 = 16 */
@@ -177,6 +184,9 @@ int recmg_embedding_bag(recmg_pool *pool, uint32_t table, const int64_t *ids, ui
                         const int64_t *offsets, uint64_t n_bags, int mode, const float *weights,
                         float *out);
 int recmg_embedding_bags(recmg_pool *pool, uint32_t n, const recmg_bag_args *args);
+/* How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock that
+ * another process holds before they return RECMG_ELOCKED (milliseconds, 1..3600000). */
+int recmg_set_lock_timeout(recmg_pool *pool, uint32_t ms);
 /* Threads a multi-table lookup may use (the caller included; default 1). Memory slow tiers only. */
 int recmg_set_threads(recmg_pool *pool, int n);
 int recmg_end_batch(recmg_pool *pool);
@@ -184,6 +194,10 @@ int recmg_hint(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n
 /* Slow tier, in the storage dtype (float or uint16 half bits), row after row. */
 int recmg_read_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, void *out);
 int recmg_write_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values);
+/* write_rows that tells how many rows were written: all n, or on a slow-tier write failure
+ * (RECMG_EIO) the first *written rows of the batch (their fast-tier copies updated too), none after. */
+int recmg_write_rows_ex(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
+                        uint64_t *written);
 
 /* ---- daemon side (the only writer of the fast tier) ---- */
 int64_t recmg_fill_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);   /* newly filled */

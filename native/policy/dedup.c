@@ -1,16 +1,32 @@
-/* Step building: deduplicate the keys of every step, keeping first appearances in order. */
+/* Step building: deduplicate the keys of every step, keeping first appearances in order.
+ *
+ * Everything the caller passes is checked before anything is written: the bounds must be
+ * nondecreasing and inside keys[0 .. n_keys), so out_keys (room for n_keys) and out_offsets
+ * (n_steps + 1) are never overrun, whatever a trace file held. */
 #include <stdlib.h>
 #include <string.h>
 
 #include "internal.h"
 
-int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
-                       int64_t *out_offsets)
+/* the longest step the hash table is sized for: 2 * longest slots of 16 bytes stay far below SIZE_MAX */
+#define DEDUP_MAX_STEP ((int64_t)1 << 56)
+
+int64_t sc_dedup_steps(const int64_t *keys, int64_t n_keys, const int64_t *bounds, int64_t n_steps,
+                       int64_t *out_keys, int64_t *out_offsets)
 {
+    if (n_keys < 0 || n_steps < 0 || !bounds || !out_offsets || (n_keys > 0 && (!keys || !out_keys)))
+        return SC_EARG;
+    if (bounds[0] < 0 || bounds[n_steps] > n_keys)
+        return SC_EARG;
     int64_t longest = 0;
-    for (int64_t s = 0; s < n_steps; s++)
+    for (int64_t s = 0; s < n_steps; s++) {
+        if (bounds[s + 1] < bounds[s] || bounds[s + 1] > n_keys)
+            return SC_EARG;
         if (bounds[s + 1] - bounds[s] > longest)
             longest = bounds[s + 1] - bounds[s];
+    }
+    if (longest > DEDUP_MAX_STEP)
+        return SC_EARG;
     uint64_t size = 16;
     while (size < (uint64_t)longest * 2)
         size <<= 1;

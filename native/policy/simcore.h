@@ -89,10 +89,11 @@ const sc_counters *sc_driver_counters(const sc_driver *d);
 int64_t sc_driver_resident(const sc_driver *d);
 
 /* ---- step building ----
- * keys[bounds[s] .. bounds[s+1]) are step s; writes each step's distinct keys, first appearances in
- * order, to out_keys (room for bounds[n_steps] - bounds[0]) and n_steps + 1 offsets; returns the
- * number of keys written or SC_ENOMEM. bounds index keys directly. */
-int64_t sc_dedup_steps(const int64_t *keys, const int64_t *bounds, int64_t n_steps, int64_t *out_keys,
-                       int64_t *out_offsets);
+ * keys[bounds[s] .. bounds[s+1]) are step s (keys holds n_keys); writes each step's distinct keys,
+ * first appearances in order, to out_keys (room for n_keys) and n_steps + 1 offsets; returns the
+ * number of keys written, SC_ENOMEM, or SC_EARG (nothing written) when the bounds are not
+ * nondecreasing within 0 .. n_keys. bounds index keys directly. */
+int64_t sc_dedup_steps(const int64_t *keys, int64_t n_keys, const int64_t *bounds, int64_t n_steps,
+                       int64_t *out_keys, int64_t *out_offsets);
 
 #endif

@@ -55,7 +55,7 @@ typedef struct shm_header {
     uint64_t meta_bytes;
     _Atomic uint64_t generation; /* bumped by every fast-tier write operation */
     _Atomic int32_t daemon_pid;
-    uint32_t pad1;
+    _Atomic int32_t writer_pid; /* the writer lock's holder (for messages only), 0 when free */
     char slow_path[RECMG_PATH_MAX];
     char pad2[64];
     pthread_mutex_t writer_lock; /* process-shared, robust: serialises fast-tier writers */
@@ -94,6 +94,39 @@ _Static_assert(sizeof(shm_header) <= RECMG_HDR_BYTES, "header size");
 
 /* ---------------- process-local ---------------- */
 
+/* The pool's geometry as this handle validated it at attach (or wrote it at create). Everything in
+ * the shared object is input from whoever can write it (the pool's creator), so nothing read from
+ * shared memory after attach is used as a size, offset, stride or count: the handle uses this copy
+ * (p->h points at it), and bounds every slot number it reads from the index and every ring head/tail. */
+typedef struct pool_geom {
+    uint32_t n_tables;
+    int32_t dtype;
+    int32_t slow_kind;
+    int32_t numa_node;
+    uint32_t mode;
+    uint32_t slot_stride;
+    uint32_t n_rings;
+    uint32_t ring_records;
+    uint64_t n_slots;
+    uint64_t ring_stride;
+    uint64_t total_bytes;
+    uint64_t meta_bytes;
+    uint64_t slow_bytes;
+    uint64_t index_entries;
+    char slow_path[RECMG_PATH_MAX];
+} pool_geom;
+
+/* A table descriptor as validated at attach (the shared one, shm_table, is used for its counters only). */
+typedef struct tabdesc {
+    uint64_t rows;
+    uint32_t dim;
+    int32_t dtype;
+    uint32_t row_bytes;
+    uint32_t pad;
+    uint64_t index_first; /* first entry of this table in the index */
+    uint64_t slow_off;    /* byte offset of row 0 in the slow tier */
+} tabdesc;
+
 typedef struct slowio {
     int fd;         /* buffered read/write */
     int dfd;        /* O_DIRECT read-only, -1 if not used */
@@ -106,6 +139,7 @@ typedef struct slowio {
     void *reqs;     /* struct io_req array */
     size_t reqs_cap;
     uint32_t flags;
+    int writable;   /* fd open read-write and the owner may write the file */
 } slowio;
 
 /* Per-thread lookup scratch. */
@@ -142,8 +176,14 @@ struct recmg_pool {
     uint32_t flags;
     uint8_t *base;
     size_t map_bytes;
-    shm_header *h;
-    shm_table *tables;
+    const pool_geom *h;   /* = &geom: the validated geometry (never the shared header) */
+    shm_header *sh;       /* the shared header: ready, generation, daemon_pid, writer_lock only */
+    tabdesc *tables;      /* validated table descriptors (process-local) */
+    shm_table *stab;      /* the shared table descriptors: their counters only */
+    pool_geom geom;
+    uid_t owner;          /* the shm object's owner: the slow-tier file must be theirs */
+    uint32_t lock_ms;     /* how long writer_lock waits for another process's writer (ms) */
+    int lock_fd;          /* daemon role: the shm object's fd, flock()ed so that one daemon serves a pool */
     _Atomic uint32_t *vers; /* seqlock versions of the slot groups */
     uint8_t *slots;
     _Atomic int32_t *index;
@@ -194,12 +234,21 @@ static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)
 }
 static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t *)r + sizeof(shm_ring)); }
 static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
+/* A slot number read from the shared index names a slot of this pool (anything else is treated as empty). */
+static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(uint32_t)s < p->h->n_slots; }
 /* Slot s's seqlock version (shared by its group of 2^RECMG_GROUP_SHIFT slots). */
 static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
-/* lock.c (writer lock with recovery) */
+/* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
+ * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
+int shm_intact(recmg_pool *p);
+
+/* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder */
+#define RECMG_LOCK_MS_DAEMON 100u
+#define RECMG_LOCK_MS_APP 2000u
 int writer_lock(recmg_pool *p);
+int writer_lock_kind_ok(const pthread_mutex_t *m);
 void writer_unlock(recmg_pool *p);
 void recover_fast_tier(recmg_pool *p);
 
@@ -223,7 +272,11 @@ void ring_release_own(recmg_pool *p);
 
 /* slowio.c */
 void slowio_init(slowio *io);
-int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint32_t mode);
+enum { SLOW_ATTACH = 0, SLOW_CREATE = 1, SLOW_REUSE = 2 };
+/* Opens the SSD tier's file: SLOW_ATTACH an existing one, SLOW_CREATE a new one (never an existing one),
+ * SLOW_REUSE a new one or the existing one if its size is size. The file must be a regular file (not a
+ * symbolic link) owned by owner, readable by its owner. *created (may be NULL) tells whether it was made. */
+int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_t mode, uid_t owner, int *created);
 void slowio_close(slowio *io);
 /* One batch of reads (one io_uring submission): r[k].len bytes at r[k].off into r[k].dst. */
 typedef struct slow_req {
@@ -233,8 +286,9 @@ typedef struct slow_req {
     uint32_t pad;
 } slow_req;
 int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read);
+/* Writes the rows in order; *written: how many of them were written (all, or those before a failure). */
 int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
-                      const uint8_t *src);
+                      const uint8_t *src, uint64_t *written);
 const char *slowio_backend(recmg_pool *p);
 
 /* lookup.c */

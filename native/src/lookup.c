@@ -262,7 +262,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 {
     int rc;
     const recmg_bag_args *a = wk->a;
-    const shm_table *t = &p->tables[a->table];
+    const tabdesc *t = &p->tables[a->table];
     const uint64_t i0 = (uint64_t)a->offsets[wk->b0], iend = (uint64_t)a->offsets[wk->b1];
     const uint64_t n = iend - i0, rows = t->rows;
     const int uniq = wk->uniq, mark = wk->mark;
@@ -293,6 +293,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                           (long long)r, a->table, (unsigned long long)rows);
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
+        s = slot_ok(p, s) ? s : -1; /* the index is shared memory: a slot number not of this pool is a miss */
         int fresh = 0;
         if (mark) {
             uint64_t bit = UINT64_C(1) << (r & 63);
@@ -450,7 +451,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 static int unique_part(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 {
     const recmg_bag_args *a = wk->a;
-    const shm_table *t = &p->tables[a->table];
+    const tabdesc *t = &p->tables[a->table];
     int rc = scratch(p, ls, a->table, a->n_ids, 0);
     if (rc) return rc;
     uint64_t *seen = ls->seen[a->table];
@@ -653,7 +654,7 @@ int recmg_set_threads(recmg_pool *p, int n)
 static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
 {
     ring_append(p, a->table, a->ids, a->n_ids, RECMG_REC_LOOKUP);
-    shm_counters *tc = &p->tables[a->table].c;
+    shm_counters *tc = &p->stab[a->table].c;
     atomic_fetch_add_explicit(&tc->lookups, a->n_ids, memory_order_relaxed);
     atomic_fetch_add_explicit(&tc->unique, r->unique, memory_order_relaxed);
     atomic_fetch_add_explicit(&tc->hits, r->hits, memory_order_relaxed);

@@ -51,7 +51,7 @@ int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     if (!p || (n && (!rows || !nodes))) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
     if (rc) return rc;
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     void **pages = malloc((n ? n : 1) * sizeof *pages);
     int *status = malloc((n ? n : 1) * sizeof *status);
     if (!pages || !status) {
@@ -87,7 +87,7 @@ int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint
     if (!p) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
     if (rc) return rc;
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     if (first > t->rows || count > t->rows - first)
         return rc_set(p, RECMG_ERANGE, "rows [%llu, %llu) out of range for table %u (%llu rows)",
                       (unsigned long long)first, (unsigned long long)(first + count), table,
@@ -158,7 +158,7 @@ int64_t recmg_slow_pages(recmg_pool *p, uint32_t table)
     if (!p) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
     if (rc) return rc;
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     return (int64_t)((t->rows * (uint64_t)t->row_bytes + RECMG_PAGE - 1) / RECMG_PAGE);
 }
 
@@ -166,7 +166,7 @@ int64_t recmg_slow_pages(recmg_pool *p, uint32_t table)
  * in this process (move_pages reports -ENOENT for a page this process has not mapped). */
 static int page_addrs(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, void **addrs)
 {
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     uint64_t np = (t->rows * (uint64_t)t->row_bytes + RECMG_PAGE - 1) / RECMG_PAGE;
     for (uint64_t i = 0; i < n; i++) {
         if (pages[i] < 0 || (uint64_t)pages[i] >= np)

@@ -6,8 +6,10 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -166,6 +168,14 @@ int recmg_layout_size(const recmg_create_opts *o, uint64_t *meta, uint64_t *tb, 
     return RECMG_OK;
 }
 
+/* A control character (a newline...) in a path would break the one-line messages that name it. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
 /* ---------------- names ---------------- */
 
 static int shm_name(const char *name, char *out, size_t outlen, char *err, size_t errlen)
@@ -197,6 +207,14 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     p->role = role;
     p->flags = flags;
     p->ring_index = -1;
+    p->lock_fd = -1;
+    p->lock_ms = role == RECMG_ROLE_DAEMON ? RECMG_LOCK_MS_DAEMON : RECMG_LOCK_MS_APP;
+    const char *lt = getenv("RECMG_LOCK_TIMEOUT_MS");
+    if (lt && lt[0]) {
+        char *end;
+        unsigned long ms = strtoul(lt, &end, 10);
+        if (*end == 0 && ms >= 1 && ms <= 3600000ul) p->lock_ms = (uint32_t)ms;
+    }
     p->pid = getpid();
     p->n_threads = 1;
     slowio_init(&p->io);
@@ -206,20 +224,52 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     return p;
 }
 
-static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes)
+/* The process-local geometry from a header and table descriptors that were checked (validate) or
+ * written by this process (create). */
+static int geom_set(recmg_pool *p, const shm_header *h, const shm_table *tab)
+{
+    pool_geom *g = &p->geom;
+    g->n_tables = h->n_tables;
+    g->dtype = h->dtype;
+    g->slow_kind = h->slow_kind;
+    g->numa_node = h->numa_node;
+    g->mode = h->mode;
+    g->slot_stride = h->slot_stride;
+    g->n_rings = h->n_rings;
+    g->ring_records = h->ring_records;
+    g->n_slots = h->n_slots;
+    g->ring_stride = h->ring_stride;
+    g->total_bytes = h->total_bytes;
+    g->meta_bytes = h->meta_bytes;
+    g->slow_bytes = h->slow_bytes;
+    g->index_entries = h->index_entries;
+    memcpy(g->slow_path, h->slow_path, sizeof g->slow_path);
+    g->slow_path[sizeof g->slow_path - 1] = 0;
+    p->h = g;
+    p->tables = calloc(h->n_tables, sizeof *p->tables);
+    if (!p->tables) return rc_set(p, RECMG_ENOMEM, "out of memory for %u table descriptors", h->n_tables);
+    for (uint32_t t = 0; t < h->n_tables; t++)
+        p->tables[t] = (tabdesc){.rows = tab[t].rows, .dim = tab[t].dim, .dtype = tab[t].dtype,
+                                 .row_bytes = tab[t].row_bytes, .index_first = tab[t].index_first,
+                                 .slow_off = tab[t].slow_off};
+    return RECMG_OK;
+}
+
+/* Points the handle into a mapping whose layout is the (validated) header h. */
+static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes, const shm_header *h)
 {
     /* Huge pages where the system allows them for shared memory (shmem_enabled = advise): random
      * row reads then miss the TLB far less. Ignored (EINVAL) where THP is off. */
     (void)madvise(base, bytes, MADV_HUGEPAGE);
     p->base = base;
     p->map_bytes = bytes;
-    p->h = (shm_header *)base;
-    p->tables = (shm_table *)(base + p->h->tables_off);
-    p->vers = (_Atomic uint32_t *)(base + p->h->vers_off);
-    p->index = (_Atomic int32_t *)(base + p->h->index_off);
-    p->rings = base + p->h->rings_off;
-    p->slots = base + p->h->slots_off;
-    p->slow = p->h->slow_kind == RECMG_SLOW_SSD ? NULL : base + p->h->slow_off;
+    p->sh = (shm_header *)base;
+    p->stab = (shm_table *)(base + h->tables_off);
+    p->vers = (_Atomic uint32_t *)(base + h->vers_off);
+    p->index = (_Atomic int32_t *)(base + h->index_off);
+    p->rings = base + h->rings_off;
+    p->slots = base + h->slots_off;
+    p->slow = h->slow_kind == RECMG_SLOW_SSD ? NULL : base + h->slow_off;
 }
 
 static void handle_free(recmg_pool *p)
@@ -228,8 +278,10 @@ static void handle_free(recmg_pool *p)
     /* a forked child closing its parent's handle must not release the parent's ring */
     if (p->ring && getpid() == p->pid) ring_release_own(p);
     slowio_close(&p->io);
-    if (p->h) lookup_free(p);
+    if (p->h && p->tables) lookup_free(p);
     if (p->base) munmap(p->base, p->map_bytes);
+    if (p->lock_fd >= 0) close(p->lock_fd);
+    free(p->tables);
     free(p->h_ent);
     free(p->sreq);
     free(p->mbuf);
@@ -248,20 +300,22 @@ static void copy_err(char *err, size_t errlen, const recmg_pool *p)
 /* The second half of create and attach: ring, slow-tier file, daemon registration. */
 static int handle_open(recmg_pool *p)
 {
-    shm_header *h = p->h;
+    const pool_geom *h = p->h;
     if (h->slow_kind == RECMG_SLOW_SSD) {
-        int rc = slowio_open(p, h->slow_path, 0, h->slow_bytes, 0);
+        int rc = slowio_open(p, h->slow_path, SLOW_ATTACH, h->slow_bytes, 0, p->owner, NULL);
         if (rc) return rc;
     }
     if (p->role == RECMG_ROLE_APP) {
         int rc = ring_claim(p);
         if (rc) return rc;
     } else {
-        atomic_store_explicit(&h->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
-        int rc = writer_lock(p);
-        if (rc) return rc;
-        recover_fast_tier(p);
-        writer_unlock(p);
+        atomic_store_explicit(&p->sh->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
+        /* close what a dead writer left open; a live holder (a stopped app) does not stop the attach:
+         * the daemon's writes then return RECMG_ELOCKED until the holder lets go */
+        if (writer_lock(p) == RECMG_OK) {
+            recover_fast_tier(p);
+            writer_unlock(p);
+        }
     }
     return RECMG_OK;
 }
@@ -283,6 +337,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
             return rc_buf(err, errlen, RECMG_EINVAL, "the ssd slow tier needs a file path");
         if (strlen(o->slow_path) >= RECMG_PATH_MAX)
             return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path too long (%zu bytes)", strlen(o->slow_path));
+        if (has_control(o->slow_path))
+            return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path has a control character (newline, tab, ...)");
     }
     if (o->slow_kind == RECMG_SLOW_NUMA && !numa_node_valid(o->numa_node))
         return rc_buf(err, errlen, RECMG_EINVAL, "NUMA node %d does not exist on this machine", o->numa_node);
@@ -300,6 +356,19 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         return rc_buf(err, errlen, RECMG_ENOMEM, "out of memory creating a pool handle");
     }
     uint8_t *base = MAP_FAILED;
+    int created_file = 0;
+    struct stat sst;
+    if (fstat(fd, &sst) != 0) {
+        rc = rc_set(p, RECMG_ESYS, "fstat(%s): %s", nm, strerror(errno));
+        goto fail;
+    }
+    p->owner = sst.st_uid;
+    struct statvfs vf; /* the object is sparse: a pool larger than /dev/shm's room would fault later */
+    if (fstatvfs(fd, &vf) == 0 && (uint64_t)vf.f_bavail * vf.f_frsize < L.total) {
+        rc = rc_set(p, RECMG_ENOSPC, "pool '%s' needs %llu bytes of shared memory; /dev/shm has %llu free", nm + 1,
+                    (unsigned long long)L.total, (unsigned long long)vf.f_bavail * vf.f_frsize);
+        goto fail;
+    }
     if (fchmod(fd, mode) != 0) {
         rc = rc_set(p, RECMG_ESYS, "fchmod(%s, %o): %s", nm, mode, strerror(errno));
         goto fail;
@@ -315,7 +384,16 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     }
     close(fd);
     fd = -1;
-    shm_header *h = (shm_header *)base;
+    /* the header and descriptors are built here and copied in: the handle's geometry comes from what
+     * this process wrote, never from what the object holds afterwards */
+    shm_header *h = calloc(1, sizeof *h);
+    shm_table *tab = calloc(o->n_tables, sizeof *tab);
+    if (!h || !tab) {
+        free(h);
+        free(tab);
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory creating pool '%s'", nm + 1);
+        goto fail;
+    }
     h->magic = RECMG_MAGIC;
     h->version = RECMG_LAYOUT_VERSION;
     h->hdr_bytes = RECMG_HDR_BYTES;
@@ -341,8 +419,15 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     h->index_entries = L.index_entries;
     h->meta_bytes = L.meta_bytes;
     if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
-    compute_layout(o, &L, (shm_table *)(base + L.tables_off), NULL, 0);
-    handle_bind(p, base, L.total);
+    compute_layout(o, &L, tab, NULL, 0);
+    memcpy(base, h, offsetof(shm_header, writer_lock)); /* the lock is initialised in place below */
+    memcpy(base + L.tables_off, tab, (size_t)o->n_tables * sizeof *tab);
+    rc = geom_set(p, h, tab);
+    handle_bind(p, base, L.total, h);
+    free(h);
+    free(tab);
+    if (rc) goto fail;
+    h = p->sh;
     /* versions start at 0 (the object is zero-filled); every index entry at -1 (empty) */
     memset((void *)p->index, 0xff, L.index_entries * 4);
     if (o->slow_kind == RECMG_SLOW_NUMA) {
@@ -362,7 +447,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         }
     }
     if (o->slow_kind == RECMG_SLOW_SSD) {
-        rc = slowio_open(p, o->slow_path, 1, L.slow_bytes, mode);
+        rc = slowio_open(p, o->slow_path, (o->flags & RECMG_F_REUSE_SLOW) ? SLOW_REUSE : SLOW_CREATE, L.slow_bytes,
+                         mode, p->owner, &created_file);
         if (rc) goto fail;
     }
     atomic_store_explicit(&h->ready, 1, memory_order_release);
@@ -381,45 +467,118 @@ fail:
     else if (!p->base) munmap(base, L.total);
     handle_free(p);
     shm_unlink(nm);
+    if (created_file) unlink(o->slow_path); /* nothing left behind; a reused file is kept */
     return rc;
 }
 
-/* Checks a mapped header and its table descriptors against the layout they imply. */
-static int validate(recmg_pool *p, const shm_header *h, uint64_t size)
+/* A header field that does not hold what the layout needs: a one-line error naming it. */
+static int bad_field(recmg_pool *p, const char *field, uint64_t have, uint64_t want)
+{
+    return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field %s is %llu, its layout needs %llu", p->name + 1,
+                  field, (unsigned long long)have, (unsigned long long)want);
+}
+
+static int bad_table(recmg_pool *p, uint32_t t, const char *field, uint64_t have, const char *want)
+{
+    return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: table %u descriptor field %s is %llu (%s)", p->name + 1, t,
+                  field, (unsigned long long)have, want);
+}
+
+/* Checks a private copy of the header (h) and of the table descriptors (tab) against the layout they
+ * imply and against the object's real size; every field the handle uses is checked here, and then
+ * copied into the handle (geom_set), which never reads them from shared memory again. */
+static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, uint64_t size)
 {
     const char *nm = p->name + 1;
-    if (h->total_bytes != size)
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %llu",
-                      nm, (unsigned long long)h->total_bytes, (unsigned long long)size);
-    if (h->n_tables == 0 || h->n_tables > RECMG_MAX_TABLES ||
-        h->tables_off + (uint64_t)h->n_tables * sizeof(shm_table) > size)
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: bad table count %u", nm, h->n_tables);
+    if (h->total_bytes != size) return bad_field(p, "total_bytes", h->total_bytes, size);
+    if (h->hdr_bytes != RECMG_HDR_BYTES) return bad_field(p, "hdr_bytes", h->hdr_bytes, RECMG_HDR_BYTES);
+    if (h->tables_off != RECMG_HDR_BYTES) return bad_field(p, "tables_off", h->tables_off, RECMG_HDR_BYTES);
+    if (h->group_shift != RECMG_GROUP_SHIFT) return bad_field(p, "group_shift", h->group_shift, RECMG_GROUP_SHIFT);
+    if (h->mode > 0777u) return bad_field(p, "mode", h->mode, h->mode & 0777u);
+    if (!writer_lock_kind_ok(&h->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field writer_lock is not a robust process-shared "
+                      "mutex", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is not terminated", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && h->slow_path[0] == 0)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is empty", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && has_control(h->slow_path))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path has a control character", nm);
+    if (h->slow_kind == RECMG_SLOW_NUMA ? h->numa_node < 0 : h->numa_node != -1)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field numa_node is %d", nm, h->numa_node);
+    /* the scalar fields compute_layout checks (table count, dtype, slow kind, slots, rings) */
+    if (h->n_tables == 0 || h->n_tables > RECMG_MAX_TABLES)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field n_tables is %u", nm, h->n_tables);
     recmg_table_spec *spec = calloc(h->n_tables, sizeof *spec);
-    if (!spec) return rc_set(p, RECMG_ENOMEM, "out of memory validating pool '%s'", nm);
-    const shm_table *tab = (const shm_table *)((const uint8_t *)h + h->tables_off);
-    for (uint32_t t = 0; t < h->n_tables; t++) {
+    shm_table *want = calloc(h->n_tables, sizeof *want);
+    int rc = RECMG_OK;
+    if (!spec || !want) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory validating pool '%s'", nm);
+        goto out;
+    }
+    for (uint32_t t = 0; t < h->n_tables && !rc; t++) {
+        if (tab[t].rows == 0 || tab[t].rows > RECMG_ROW_MASK + 1)
+            rc = bad_table(p, t, "rows", tab[t].rows, "must be 1..2^40");
+        else if (tab[t].dim == 0 || tab[t].dim > 65536)
+            rc = bad_table(p, t, "dim", tab[t].dim, "must be 1..65536");
+        else if (tab[t].dtype != h->dtype)
+            rc = bad_table(p, t, "dtype", (uint64_t)(int64_t)tab[t].dtype, "must equal the pool's dtype");
         spec[t].rows = tab[t].rows;
         spec[t].dim = tab[t].dim;
     }
+    if (rc) goto out;
+    if (h->ring_records == 0 || (h->ring_records & (h->ring_records - 1)) != 0) {
+        rc = bad_field(p, "ring_records", h->ring_records, 65536);
+        goto out;
+    }
     recmg_create_opts o = {.n_tables = h->n_tables, .tables = spec, .n_slots = h->n_slots, .dtype = h->dtype,
                            .slow_kind = h->slow_kind, .ring_records = h->ring_records, .n_rings = h->n_rings};
-    layout L;
-    int rc = compute_layout(&o, &L, NULL, p->err, sizeof p->err);
-    int ok = rc == 0 && L.total == h->total_bytes && L.tables_off == h->tables_off && L.vers_off == h->vers_off &&
-             L.index_off == h->index_off && L.rings_off == h->rings_off && L.slots_off == h->slots_off &&
-             L.slow_off == h->slow_off && L.slot_stride == h->slot_stride && h->group_shift == RECMG_GROUP_SHIFT && L.ring_stride == h->ring_stride &&
-             L.index_entries == h->index_entries && L.ring_records == h->ring_records;
-    uint64_t idx = 0;
-    for (uint32_t t = 0; ok && t < h->n_tables; t++) {
-        ok = tab[t].index_first == idx && tab[t].row_bytes == tab[t].dim * dtype_bytes(h->dtype);
-        idx += tab[t].rows;
+    if (h->n_rings == 0) {
+        rc = bad_field(p, "n_rings", 0, 16);
+        goto out;
     }
+    layout L;
+    char why[RECMG_ERRLEN];
+    if (compute_layout(&o, &L, want, why, sizeof why) != RECMG_OK) {
+        rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: %s", nm, why);
+        goto out;
+    }
+#define FIELD(f, w)                                                                                           \
+    if ((uint64_t)h->f != (uint64_t)(w)) {                                                                    \
+        rc = bad_field(p, #f, (uint64_t)h->f, (uint64_t)(w));                                                 \
+        goto out;                                                                                             \
+    }
+    FIELD(total_bytes, L.total)
+    FIELD(ring_records, L.ring_records)
+    FIELD(ring_stride, L.ring_stride)
+    FIELD(slot_stride, L.slot_stride)
+    FIELD(vers_off, L.vers_off)
+    FIELD(index_off, L.index_off)
+    FIELD(rings_off, L.rings_off)
+    FIELD(slots_off, L.slots_off)
+    FIELD(slow_off, L.slow_off)
+    FIELD(slow_bytes, L.slow_bytes)
+    FIELD(index_entries, L.index_entries)
+    FIELD(meta_bytes, L.meta_bytes)
+#undef FIELD
+    for (uint32_t t = 0; t < h->n_tables; t++) {
+        char need[64];
+        if (tab[t].row_bytes != want[t].row_bytes) {
+            snprintf(need, sizeof need, "the layout needs %u", want[t].row_bytes);
+            rc = bad_table(p, t, "row_bytes", tab[t].row_bytes, need);
+        } else if (tab[t].index_first != want[t].index_first) {
+            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].index_first);
+            rc = bad_table(p, t, "index_first", tab[t].index_first, need);
+        } else if (tab[t].slow_off != want[t].slow_off) {
+            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].slow_off);
+            rc = bad_table(p, t, "slow_off", tab[t].slow_off, need);
+        }
+        if (rc) goto out;
+    }
+out:
     free(spec);
-    if (!ok)
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its header does not match its layout", nm);
-    if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: bad slow-tier path", nm);
-    return RECMG_OK;
+    free(want);
+    return rc;
 }
 
 int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, char *err, size_t errlen)
@@ -486,6 +645,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_EBUSY, "pool '%s' is still being created (or its creator died)", nm + 1);
         goto fail;
     }
+    p->owner = st.st_uid;
     if (hdr.total_bytes != (uint64_t)st.st_size) {
         rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %lld",
                     nm + 1, (unsigned long long)hdr.total_bytes, (long long)st.st_size);
@@ -496,12 +656,45 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_ESYS, "mmap(%s, %lld bytes): %s", nm, (long long)st.st_size, strerror(errno));
         goto fail;
     }
-    close(fd);
+    if (role == RECMG_ROLE_DAEMON) {
+        /* one daemon per pool: the lock lives as long as this handle's descriptor (closed at
+         * recmg_close, or by the kernel when the daemon dies) */
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno == EWOULDBLOCK) {
+                int32_t other = atomic_load_explicit(&hdr.daemon_pid, memory_order_relaxed);
+                if (other > 0)
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon (pid %d)", nm + 1, (int)other);
+                else
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon", nm + 1);
+            } else {
+                rc = rc_set(p, RECMG_ESYS, "flock(%s): %s", nm, strerror(errno));
+            }
+            goto fail;
+        }
+        p->lock_fd = fd;
+    } else {
+        close(fd);
+    }
     fd = -1;
-    rc = validate(p, (const shm_header *)base, (uint64_t)st.st_size);
-    if (rc) goto fail;
-    /* ring_index etc. are bound only after validation */
-    handle_bind(p, base, (size_t)st.st_size);
+    {
+        /* private copies first: the object may change under us, what was checked is what is used */
+        uint64_t tab_end = RECMG_HDR_BYTES + (uint64_t)hdr.n_tables * sizeof(shm_table);
+        if (hdr.n_tables == 0 || hdr.n_tables > RECMG_MAX_TABLES || tab_end > (uint64_t)st.st_size) {
+            rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field n_tables is %u", nm + 1, hdr.n_tables);
+            goto fail;
+        }
+        shm_table *tab = malloc((size_t)hdr.n_tables * sizeof *tab);
+        if (!tab) {
+            rc = rc_set(p, RECMG_ENOMEM, "out of memory validating pool '%s'", nm + 1);
+            goto fail;
+        }
+        memcpy(tab, base + RECMG_HDR_BYTES, (size_t)hdr.n_tables * sizeof *tab);
+        rc = validate(p, &hdr, tab, (uint64_t)st.st_size);
+        if (!rc) rc = geom_set(p, &hdr, tab);
+        free(tab);
+        if (rc) goto fail;
+    }
+    handle_bind(p, base, (size_t)st.st_size, &hdr);
     atomic_thread_fence(memory_order_acquire);
     rc = handle_open(p);
     if (rc) goto fail;
@@ -515,12 +708,23 @@ fail:
     return rc;
 }
 
+int shm_intact(recmg_pool *p)
+{
+    if (p->lock_fd < 0) return RECMG_OK;
+    struct stat st;
+    if (fstat(p->lock_fd, &st) != 0) return rc_set(p, RECMG_ESYS, "fstat(%s): %s", p->name, strerror(errno));
+    if ((uint64_t)st.st_size < p->map_bytes)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' shrank to %lld bytes under this handle (it maps %zu); detach it",
+                      p->name + 1, (long long)st.st_size, p->map_bytes);
+    return RECMG_OK;
+}
+
 void recmg_close(recmg_pool *p)
 {
     if (!p) return;
     if (p->role == RECMG_ROLE_DAEMON && p->h && getpid() == p->pid) {
         int32_t me = (int32_t)p->pid;
-        atomic_compare_exchange_strong(&p->h->daemon_pid, &me, 0);
+        atomic_compare_exchange_strong(&p->sh->daemon_pid, &me, 0);
     }
     handle_free(p);
 }
@@ -540,9 +744,9 @@ int recmg_destroy(const char *name, char *err, size_t errlen)
 int recmg_info(recmg_pool *p, recmg_pool_info *i)
 {
     if (!p || !i) return RECMG_EINVAL;
-    shm_header *h = p->h;
+    const pool_geom *h = p->h;
     memset(i, 0, sizeof *i);
-    i->version = h->version;
+    i->version = RECMG_LAYOUT_VERSION;
     i->n_tables = h->n_tables;
     i->n_slots = h->n_slots;
     i->dtype = h->dtype;
@@ -561,7 +765,7 @@ int recmg_info(recmg_pool *p, recmg_pool_info *i)
     for (uint32_t t = 0; t < h->n_tables; t++) tb += p->tables[t].rows * p->tables[t].row_bytes;
     i->table_bytes = tb;
     i->slot_bytes = h->n_slots * h->slot_stride;
-    i->generation = atomic_load_explicit(&h->generation, memory_order_relaxed);
+    i->generation = atomic_load_explicit(&p->sh->generation, memory_order_relaxed);
     i->free_slots = p->free_valid ? p->n_free : 0;
     pthread_mutex_lock(&p->lock);
     snprintf(i->io_backend, sizeof i->io_backend, "%s", slowio_backend(p));

@@ -74,7 +74,8 @@ void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n,
     uint64_t cap = p->h->ring_records;
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
-    uint64_t room = cap - (head - tail);
+    uint64_t used = head - tail; /* the daemon writes tail: more than cap is a corrupted pair */
+    uint64_t room = used <= cap ? cap - used : 0;
     uint64_t k = n < room ? n : room;
     uint64_t *rec = ring_records(r);
     uint64_t mask = cap - 1;
@@ -95,7 +96,7 @@ void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n,
     if (k < n) {
         atomic_fetch_add_explicit(&r->c.ring_drops, n - k, memory_order_relaxed);
         if (table < p->h->n_tables && type == RECMG_REC_LOOKUP)
-            atomic_fetch_add_explicit(&p->tables[table].c.ring_drops, n - k, memory_order_relaxed);
+            atomic_fetch_add_explicit(&p->stab[table].c.ring_drops, n - k, memory_order_relaxed);
     }
 }
 
@@ -142,13 +143,15 @@ static int ring_check(recmg_pool *p, uint32_t i)
 int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 {
     if (!p || !o) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
     o->pid = atomic_load_explicit(&r->owner, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    o->waiting = head - tail;
+    o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
     o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
     o->capacity = p->h->ring_records;
     return RECMG_OK;
@@ -157,6 +160,8 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
 {
     if (!p || (max && !out)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
@@ -192,15 +197,19 @@ int recmg_release_ring(recmg_pool *p, uint32_t i)
 int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
 {
     if (!p || !c) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     if (t >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
-    counters_read(&p->tables[t].c, c);
+    counters_read(&p->stab[t].c, c);
     return RECMG_OK;
 }
 
 int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
 {
     if (!p || !c) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     counters_read(&ring_at(p, i)->c, c);
@@ -210,7 +219,7 @@ int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
 int recmg_reset_counters(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
-    for (uint32_t t = 0; t < p->h->n_tables; t++) counters_zero(&p->tables[t].c);
+    for (uint32_t t = 0; t < p->h->n_tables; t++) counters_zero(&p->stab[t].c);
     for (uint32_t i = 0; i < p->h->n_rings; i++) counters_zero(&ring_at(p, i)->c);
     return RECMG_OK;
 }

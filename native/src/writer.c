@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <time.h>
 
 static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
 {
@@ -65,23 +66,77 @@ int hash_prepare(recmg_pool *p, uint64_t n)
     return RECMG_OK;
 }
 
+/* The writer lock is shared memory too: glibc trusts its kind field (a type it was not initialised as
+ * reaches asserts and priority-inheritance paths), so the kind must be the one recmg_create set. */
+int writer_lock_kind_ok(const pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    pthread_mutexattr_t a;
+    pthread_mutex_t ref;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&ref, &a);
+    pthread_mutexattr_destroy(&a);
+    int want = ref.__data.__kind;
+    pthread_mutex_destroy(&ref);
+    return atomic_load_explicit((const _Atomic int *)(const void *)&m->__data.__kind, memory_order_relaxed) == want;
+#else
+    (void)m;
+    return 1;
+#endif
+}
+
 int writer_lock(recmg_pool *p)
 {
-    int e = pthread_mutex_lock(&p->h->writer_lock);
+    if (!writer_lock_kind_ok(&p->sh->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its writer lock is not a robust process-shared mutex",
+                      p->name + 1);
+    struct timespec dl;
+    clock_gettime(CLOCK_MONOTONIC, &dl);
+    dl.tv_sec += p->lock_ms / 1000u;
+    dl.tv_nsec += (long)(p->lock_ms % 1000u) * 1000000L;
+    if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
+    int e = pthread_mutex_clocklock(&p->sh->writer_lock, CLOCK_MONOTONIC, &dl);
     if (e == EOWNERDEAD) {
         recover_fast_tier(p);
-        pthread_mutex_consistent(&p->h->writer_lock);
-        return RECMG_OK;
+        pthread_mutex_consistent(&p->sh->writer_lock);
+        e = 0;
+    }
+    if (e == ETIMEDOUT) {
+        int32_t who = atomic_load_explicit(&p->sh->writer_pid, memory_order_relaxed);
+        if (who > 0)
+            return rc_set(p, RECMG_ELOCKED,
+                          "the writer lock of pool '%s' stayed held by process %d for %u ms (a stopped or stuck "
+                          "writer); nothing was changed",
+                          p->name + 1, (int)who, p->lock_ms);
+        return rc_set(p, RECMG_ELOCKED,
+                      "the writer lock of pool '%s' stayed held by another process for %u ms (a stopped or stuck "
+                      "writer); nothing was changed",
+                      p->name + 1, p->lock_ms);
     }
     if (e) return rc_set(p, RECMG_ESYS, "locking the writer lock of pool '%s': %s", p->name + 1, strerror(e));
+    atomic_store_explicit(&p->sh->writer_pid, (int32_t)p->pid, memory_order_relaxed);
     return RECMG_OK;
 }
 
-void writer_unlock(recmg_pool *p) { pthread_mutex_unlock(&p->h->writer_lock); }
+void writer_unlock(recmg_pool *p)
+{
+    atomic_store_explicit(&p->sh->writer_pid, 0, memory_order_relaxed);
+    pthread_mutex_unlock(&p->sh->writer_lock);
+}
+
+int recmg_set_lock_timeout(recmg_pool *p, uint32_t ms)
+{
+    if (!p) return RECMG_EINVAL;
+    if (ms < 1 || ms > 3600000u) return rc_set(p, RECMG_EINVAL, "lock timeout must be 1..3600000 ms, got %u", ms);
+    p->lock_ms = ms;
+    return RECMG_OK;
+}
 
 static void bump_generation(recmg_pool *p)
 {
-    uint64_t g = atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release) + 1;
+    uint64_t g = atomic_fetch_add_explicit(&p->sh->generation, 1, memory_order_release) + 1;
     if (p->free_valid && p->free_gen == g - 1) p->free_gen = g;
 }
 
@@ -95,7 +150,7 @@ void recover_fast_tier(recmg_pool *p)
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
         if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
     }
-    atomic_fetch_add_explicit(&p->h->generation, 1, memory_order_release);
+    atomic_fetch_add_explicit(&p->sh->generation, 1, memory_order_release);
     p->free_valid = 0;
 }
 
@@ -105,7 +160,7 @@ void recover_fast_tier(recmg_pool *p)
  * Called under the writer lock. */
 static int free_list_sync(recmg_pool *p)
 {
-    uint64_t g = atomic_load_explicit(&p->h->generation, memory_order_acquire);
+    uint64_t g = atomic_load_explicit(&p->sh->generation, memory_order_acquire);
     if (p->free_valid && p->free_gen == g) return RECMG_OK;
     uint64_t n = p->h->n_slots;
     if (!p->free_list) {
@@ -153,6 +208,14 @@ static int64_t fault_kill_point(void)
     return e && e[0] ? strtoll(e, NULL, 10) : -1;
 }
 
+/* Fault injection for the lock tests: RECMG_FAULT_STOP_IN_WRITE=1 makes write_rows stop itself
+ * (SIGSTOP) while it holds the writer lock. */
+static void fault_stop_point(void)
+{
+    const char *e = getenv("RECMG_FAULT_STOP_IN_WRITE");
+    if (e && e[0] == '1') raise(SIGSTOP);
+}
+
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
     _Atomic uint32_t *ver = slot_version(p, s);
@@ -168,7 +231,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
 {
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) {
-            const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+            const tabdesc *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
             memcpy(dst + k * stride, p->slow + t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, t->row_bytes);
             *bytes += t->row_bytes;
         }
@@ -178,7 +241,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
         return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
     slow_req *r = p->sreq;
     for (uint64_t k = 0; k < n; k++) {
-        const shm_table *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
+        const tabdesc *t = &p->tables[RECMG_KEY_TABLE(keys[k])];
         r[k] = (slow_req){.off = t->slow_off + (uint64_t)RECMG_KEY_ROW(keys[k]) * t->row_bytes, .dst = dst + k * stride,
                           .len = t->row_bytes};
     }
@@ -188,7 +251,7 @@ static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_
 int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
                    uint64_t *bytes)
 {
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++)
             memcpy(dst + k * dst_stride, p->slow + t->slow_off + (uint64_t)rows[k] * t->row_bytes, t->row_bytes);
@@ -207,6 +270,8 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
 int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -249,8 +314,8 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
-        shm_table *t = &p->tables[RECMG_KEY_TABLE(key)];
-        atomic_fetch_add_explicit(&t->c.slow_bytes, t->row_bytes, memory_order_relaxed);
+        uint32_t tk = RECMG_KEY_TABLE(key);
+        atomic_fetch_add_explicit(&p->stab[tk].c.slow_bytes, p->tables[tk].row_bytes, memory_order_relaxed);
     }
     bump_generation(p);
     rc = (int64_t)m;
@@ -264,6 +329,8 @@ out_unlocked:
 int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -276,6 +343,13 @@ int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         _Atomic int32_t *ix = index_of(p, keys[i]);
         int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
         if (s < 0) continue;
+        if (!slot_ok(p, s) || p->n_free >= p->h->n_slots) {
+            /* a slot number no writer wrote (the object was changed behind our back): clear the entry
+             * and rebuild the free list from the index at the next write */
+            atomic_store_explicit(ix, -1, memory_order_release);
+            p->free_valid = 0;
+            continue;
+        }
         /* the slot keeps the row until it is reused (a reader that still goes there reads a right
          * row); reuse goes through the seqlock */
         atomic_store_explicit(ix, -1, memory_order_release);
@@ -294,6 +368,8 @@ out_unlocked:
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 {
     if (!p || (cap && !out)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     /* the index is the record of what is resident: one pass over it, in key order */
     uint64_t k = 0;
     for (uint32_t t = 0; t < p->h->n_tables; t++) {
@@ -310,6 +386,8 @@ int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 int64_t recmg_free_slots(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     pthread_mutex_lock(&p->lock);
     int64_t rc = writer_lock(p);
     if (rc == 0) {
@@ -347,21 +425,32 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
 
 int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
 {
+    return recmg_write_rows_ex(p, table, rows, n, values, NULL);
+}
+
+int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
+                        uint64_t *written)
+{
+    if (written) *written = 0;
     if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
-    const shm_table *t = &p->tables[table];
+    const tabdesc *t = &p->tables[table];
     uint32_t rb = t->row_bytes;
     const uint8_t *src = values;
+    uint64_t done = n;
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
-    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row */
+    fault_stop_point();
+    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row;
+     * if the file write fails at row k, rows [0, k) are written and their resident copies updated */
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
     } else {
-        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src);
-        if (rc) goto out;
+        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
     }
     /* then the resident copies, through the seqlock */
     uint64_t words[RECMG_PAGE / 8];
@@ -370,17 +459,27 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     if (p->h->slot_stride > sizeof words) {
         heap = calloc(1, p->h->slot_stride);
         if (!heap) {
-            rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+            /* cannot update the copies: drop them (lookups then read the slow tier, the truth) */
+            for (uint64_t k = 0; k < done; k++) atomic_store_explicit(index_of(p, RECMG_KEY(table, rows[k])), -1,
+                                                                      memory_order_release);
+            p->free_valid = 0;
+            bump_generation(p);
+            if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
             goto out;
         }
         w = heap;
     }
     memset(w, 0, p->h->slot_stride);
     int wrote = 0;
-    for (uint64_t k = 0; k < n; k++) {
+    for (uint64_t k = 0; k < done; k++) {
         int64_t key = RECMG_KEY(table, rows[k]);
         int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
         if (s < 0) continue;
+        if (!slot_ok(p, s)) { /* not a slot of this pool: the entry is dropped (lookups read the slow tier) */
+            atomic_store_explicit(index_of(p, key), -1, memory_order_release);
+            p->free_valid = 0;
+            continue;
+        }
         memcpy(w, src + k * rb, rb);
         /* unpublished while it changes, so that a slot an entry names is always whole (also if this
          * writer dies here); readers meanwhile read the slow tier, already updated */
@@ -395,5 +494,6 @@ out:
     writer_unlock(p);
 out_unlocked:
     pthread_mutex_unlock(&p->lock);
+    if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
     return rc;
 }

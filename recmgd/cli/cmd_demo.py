@@ -139,6 +139,7 @@ def _demo_one(policy: str, trace_path: Path, work: Path, sizes: list[int], slots
 
 def main(args: argparse.Namespace) -> int:
     from recmgd.app.replay import table_sizes
+    from recmgd.keys import capacity_for
     from recmgd.sim import simulate
     from recmgd.trace import open_trace
 
@@ -167,7 +168,7 @@ def main(args: argparse.Namespace) -> int:
         half = stop // 2
         sizes = table_sizes(trace)
         unique = int(np.unique(np.asarray(trace.keys)).size)
-        slots = max(1, int(args.fraction * unique))
+        slots = capacity_for(args.fraction, unique)
         policies = [p for p in args.policies.split(",") if p]
         print(f"trace {trace_path.name}: {trace.n_lookups} lookups, {len(sizes)} tables, "
               f"{unique} unique rows; "

@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from recmgd.keys import capacity_for
 from recmgd.trace.steps import Steps
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,11 @@ def main(args: argparse.Namespace) -> int:
     lst = steps.as_list()
     half = len(lst) // 2
     n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
-    capacity = max(1, int(args.fraction * n_unique))
+    try:
+        capacity = capacity_for(args.fraction, n_unique)
+    except ValueError as exc:
+        print(f"recmg train: --fraction: {exc}", file=sys.stderr)
+        return 2
     unit = "rows"
     meta_pages: dict[str, object] = {}
     if granularity.is_pages:

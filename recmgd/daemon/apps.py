@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import psutil
 
@@ -140,10 +142,44 @@ def _pool_prober() -> Callable[[str], bool]:
         pass
 
     def probe(name: str) -> bool:
+        # never blocks: a FIFO or device someone put in /dev/shm is not opened for reading, a symlink
+        # is not followed
         try:
-            with open(os.path.join(SHM_DIR, name), "rb") as fh:
-                return fh.read(len(POOL_MAGIC)) == POOL_MAGIC
+            fd = os.open(os.path.join(SHM_DIR, name),
+                         os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
         except OSError:
             return False
+        try:
+            return stat.S_ISREG(os.fstat(fd).st_mode) and os.pread(fd, len(POOL_MAGIC), 0) == POOL_MAGIC
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
 
     return probe
+
+
+def _name_of(lookup: Callable[[int], Any], ident: int) -> str:
+    try:
+        return str(lookup(ident)[0])
+    except KeyError:
+        return str(ident)
+
+
+def owner_problem(name: str, uids: frozenset[int], gids: frozenset[int]) -> tuple[int | None, str | None]:
+    """Check who owns ``/dev/shm/NAME`` before the daemon attaches it: (inode, None) when its owner is
+    one of ``uids`` or its group one of ``gids``, else (inode or None, the reason it is skipped)."""
+    import grp
+    import pwd
+
+    try:
+        st = os.lstat(os.path.join(SHM_DIR, name))
+    except OSError as exc:
+        return None, f"cannot stat it: {exc.strerror}"
+    if not stat.S_ISREG(st.st_mode):
+        return st.st_ino, "not a regular file"
+    if st.st_uid in uids or st.st_gid in gids:
+        return st.st_ino, None
+    user, group = _name_of(pwd.getpwuid, st.st_uid), _name_of(grp.getgrgid, st.st_gid)
+    return st.st_ino, (f"owned by {user}:{group}, not a served owner "
+                       "(serve_users / serve_groups in the configuration)")

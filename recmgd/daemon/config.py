@@ -9,6 +9,8 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     interval = 0.01               # seconds between loop ticks
     step_mode = false             # deterministic: one app batch = one policy step (tests)
     pools = "all"                 # or a list of pool names
+    serve_users = []              # whose pools are served, besides the daemon's own user and group
+    serve_groups = []             # (owner / group of /dev/shm/POOL; names, checked at load)
     fill_rows_per_s = 0           # cap on rows filled from the slow tier, 0 = no cap
     fill_mb_per_s = 0.0           # cap on slow-tier MB/s read by fills, 0 = no cap
     max_drain = 262144            # ring records drained per ring per tick
@@ -22,7 +24,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     socket = "/run/recmgd/control.sock"
     mode = 0o660
     max_request = 65536
-    group = ""                    # the socket's group (members may use recmgctl); "" = root's
+    group = ""                    # the socket's group (members may use recmgctl); "" = the daemon's
 
     [metrics]
     listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off
@@ -61,9 +63,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from recmgd.errors import ConfigError
+from recmgd.keys import PAGE_BYTES
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
 DEFAULT_SOCKET = "/run/recmgd/control.sock"
+DEFAULT_STATE_DIR = "/var/lib/recmgd"
+#: units of a duration such as retrain_every = "30m"
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # The driver's common policy options (docs/ARCHITECTURE.md, Policy interface) and their checks.
@@ -79,7 +85,6 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
 
 #: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier
 MODES = ("rows", "pages")
-PAGE_BYTES = 4096
 NODE_DIR = "/sys/devices/system/node"
 
 
@@ -110,6 +115,9 @@ class PolicyConfig:
     options: Mapping[str, int] = field(default_factory=dict)
     mode: str = "rows"
     pages: PagesConfig = field(default_factory=PagesConfig)
+    retrain_every: float = 0.0  # seconds between retrains (recmgd.daemon.retrain); 0 = off
+    retrain_window: int = 2_000_000  # lookups of the rolling window retrains train and score on
+    retrain_threads: int = 1  # torch threads of the trainer process
 
     def create_options(self) -> dict[str, object]:
         """Keyword arguments for :func:`recmgd.policy.create`."""
@@ -156,6 +164,9 @@ class Config:
     status_interval: float = 2.0
     app_check_interval: float = 0.5
     plugins: tuple[str, ...] = ()
+    state_dir: str = DEFAULT_STATE_DIR  # retraining's windows and checkpoints (under retrain/POOL/)
+    serve_users: tuple[str, ...] = ()  # pool owners served besides the daemon's own user
+    serve_groups: tuple[str, ...] = ()  # pool groups served besides the daemon's own group
     control: ControlConfig = field(default_factory=ControlConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     policy: PolicyConfig = field(default_factory=PolicyConfig)
@@ -169,6 +180,25 @@ class Config:
     def manages(self, pool: str) -> bool:
         """Whether this configuration asks the daemon to manage the named pool."""
         return self.pools is None or pool in self.pools
+
+    def served_ids(self) -> tuple[frozenset[int], frozenset[int]]:
+        """(uids, gids) whose pools the daemon serves: its own and the configured ones."""
+        import grp
+        import pwd
+
+        uids = {os.geteuid()}
+        gids = {os.getegid()}
+        for user in self.serve_users:
+            try:
+                uids.add(pwd.getpwnam(user).pw_uid)
+            except KeyError:  # removed since the load: serve nothing more for it
+                pass
+        for group in self.serve_groups:
+            try:
+                gids.add(grp.getgrnam(group).gr_gid)
+            except KeyError:
+                pass
+        return frozenset(uids), frozenset(gids)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
@@ -230,6 +260,22 @@ class _Decoder:
             raise self.fail(prefix + key, "impossible value (contains a NUL or newline)")
         return value
 
+    def duration(self, table: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        """Seconds, written as a number or a string like "90s", "30m", "2h", "1d" (0 = off)."""
+        value = table.get(key, default)
+        if isinstance(value, str):
+            text = value.strip()
+            unit = DURATION_UNITS.get(text[-1:]) if text else None
+            try:
+                seconds = float(text[:-1]) * unit if unit else float(text)
+            except ValueError:
+                seconds = -1.0
+            if not seconds >= 0 or seconds > 1e9:
+                raise self.fail(prefix + key, f"impossible value {value!r} (a duration like \"30m\", "
+                                "\"2h\" or seconds; 0 = off)")
+            return seconds
+        return self.number(table, key, prefix, default, 0.0, 1e9)
+
     def table(self, doc: Mapping[str, Any], key: str, prefix: str) -> Mapping[str, Any]:
         value = doc.get(key, {})
         if not isinstance(value, dict):
@@ -241,6 +287,20 @@ class _Decoder:
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(prefix + key, "expected an array of strings")
         return tuple(value)
+
+    def names(self, table: Mapping[str, Any], key: str, prefix: str, kind: str) -> tuple[str, ...]:
+        """An array of existing user (kind "user") or group names."""
+        import grp
+        import pwd
+
+        values = self.string_list(table, key, prefix)
+        lookup = pwd.getpwnam if kind == "user" else grp.getgrnam
+        for v in values:
+            try:
+                lookup(v)
+            except KeyError:
+                raise self.fail(prefix + key, f"impossible value {v!r} (no such {kind})") from None
+        return values
 
     # -- sections ---------------------------------------------------------------------------------
 
@@ -267,7 +327,8 @@ class _Decoder:
 
     def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig,
                pages_ok: bool = False) -> PolicyConfig:
-        allowed = {"name", "model_dir", "hint_slots", "options", "mode"} | ({"pages"} if pages_ok else set())
+        allowed = ({"name", "model_dir", "hint_slots", "options", "mode", "retrain_every", "retrain_window",
+                    "retrain_threads"} | ({"pages"} if pages_ok else set()))
         self.check_keys(t, allowed, prefix)
         name = self.string(t, "name", prefix, base.name)
         if not name:
@@ -291,8 +352,17 @@ class _Decoder:
         pages = base.pages
         if "pages" in t:
             pages = self.pages(self.table(t, "pages", prefix), prefix + "pages.", base.pages)
+        retrain_every = self.duration(t, "retrain_every", prefix, base.retrain_every)
+        if retrain_every and mode == "pages":
+            raise self.fail(prefix + "retrain_every", "retraining is for row mode (mode = \"rows\")")
+        if retrain_every and 0 < retrain_every < 1.0:
+            raise self.fail(prefix + "retrain_every", f"impossible value {retrain_every} (at least 1 s)")
         return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options,
-                            mode=mode, pages=pages)
+                            mode=mode, pages=pages, retrain_every=retrain_every,
+                            retrain_window=self.integer(t, "retrain_window", prefix, base.retrain_window,
+                                                        1000, 1 << 34),
+                            retrain_threads=self.integer(t, "retrain_threads", prefix, base.retrain_threads,
+                                                         1, 256))
 
     def control(self, t: Mapping[str, Any]) -> ControlConfig:
         p = "control."
@@ -349,10 +419,16 @@ class _Decoder:
                 raise self.fail(p + "listen", f"impossible value {listen!r} ({problem})")
         return MetricsConfig(listen=listen)
 
+    def state_dir(self, doc: Mapping[str, Any]) -> str:
+        value = self.string(doc, "state_dir", "", DEFAULT_STATE_DIR)
+        if not os.path.isabs(value):
+            raise self.fail("state_dir", f"impossible value {value!r} (must be an absolute path)")
+        return value
+
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
-               "control", "metrics", "policy", "pool", "pages"}
+               "serve_users", "serve_groups", "control", "metrics", "policy", "pool", "pages", "state_dir"}
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
         if log_level not in LOG_LEVELS:
@@ -391,6 +467,9 @@ class _Decoder:
             status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
             app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),
+            state_dir=self.state_dir(doc),
+            serve_users=self.names(doc, "serve_users", "", "user"),
+            serve_groups=self.names(doc, "serve_groups", "", "group"),
             control=self.control(self.table(doc, "control", "")),
             metrics=self.metrics(self.table(doc, "metrics", "")),
             policy=policy,
@@ -449,3 +528,7 @@ def validate_policies(cfg: Config) -> None:
             known = policy_mod.available()
             raise ConfigError(f"{cfg.path}: {key}: unknown policy {pc.name!r} "
                               f"(known: {', '.join(known) or 'none registered'})")
+        if pc.retrain_every and not policy_mod.is_learned(pc.name):
+            where = key.rsplit(".", 1)[0]
+            raise ConfigError(f"{cfg.path}: {where}.retrain_every: policy {pc.name!r} is not a learned one "
+                              "(retraining trains recmg, recmg-cache, ... models)")

@@ -6,6 +6,12 @@ Answer:   ``{"version": 1, "ok": true, "result": ...}`` or ``{"version": 1, "ok"
 The server is non-blocking and runs inside the daemon's single loop thread (it is polled between
 ticks); a malformed, oversized or wrong-version request gets an error answer, and an oversized one
 also closes its connection. Nothing a client sends can raise out of :meth:`ControlServer.poll`.
+
+Connections are bounded (:data:`MAX_CLIENTS`) and cannot lock anyone out: one silent for
+:data:`IDLE_TIMEOUT` seconds is closed, and when all slots are taken a new client takes the slot of
+the longest-idle one (which is told why it is closed); only when every connection was active in the
+last :data:`EVICT_IDLE` seconds is the new client refused, with a one-line "too many control
+connections" answer that :func:`request` reports as such.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -25,9 +32,15 @@ from recmgd.errors import RecmgError
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-COMMANDS = ("stats", "pools", "reload", "pause", "resume", "policy")
+COMMANDS = ("stats", "pools", "reload", "pause", "resume", "policy", "record", "retrain")
+#: file descriptors a request may carry (SCM_RIGHTS; `record` passes the file to write): more are closed
+MAX_FDS = 1
 MAX_CLIENTS = 64
 MAX_PENDING_OUT = 1 << 22
+IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent (no request, nothing to send) before it is closed
+EVICT_IDLE = 0.1  # a connection idle this long gives its slot to a new client when all are taken
+LISTEN_BACKLOG = 64
+TOO_MANY = "too many control connections"
 
 Handler = Callable[[str, dict[str, Any]], Any]
 
@@ -82,13 +95,15 @@ def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "closing")
+    __slots__ = ("sock", "inbuf", "outbuf", "closing", "last", "fds")
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
+        self.last = now  # monotonic time of its last request bytes or answer bytes sent
+        self.fds: list[int] = []  # descriptors the client passed, for its next request
 
 
 class ControlServer:
@@ -106,6 +121,12 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self.requests = 0
         self.errors = 0
+        self._fds: list[int] = []  # the descriptors passed with the request being handled
+        self.refused = 0  # clients refused because every slot was busy
+        self.evicted = 0  # idle connections closed to make room or after IDLE_TIMEOUT
+        self.idle_timeout = IDLE_TIMEOUT
+        self.evict_idle = EVICT_IDLE
+        self._next_sweep = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -141,7 +162,7 @@ class ControlServer:
         finally:
             os.umask(old_umask)
         self.apply_access(self.mode, self.group)
-        sock.listen(16)
+        sock.listen(LISTEN_BACKLOG)
         sock.setblocking(False)
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
@@ -197,6 +218,30 @@ class ControlServer:
                 fd = key.fileobj.fileno() if key.data is not None else -1  # type: ignore[union-attr]
                 if fd in self.conns:
                     self._drop(fd)
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._sweep(now)
+            self._next_sweep = now + min(1.0, self.idle_timeout / 4)
+
+    def _sweep(self, now: float) -> None:
+        """Close the connections silent for longer than the idle timeout."""
+        for fd, conn in list(self.conns.items()):
+            if now - conn.last > self.idle_timeout:
+                self.evicted += 1
+                self._drop(fd)
+
+    def _make_room(self, now: float) -> bool:
+        """At the limit: close the longest-idle connection if it is idle enough; False if none is."""
+        fd, conn = min(self.conns.items(), key=lambda kv: kv[1].last)
+        if now - conn.last < self.evict_idle:
+            return False
+        try:
+            conn.sock.send(encode(error_answer(f"{TOO_MANY}: closed as the longest idle of {MAX_CLIENTS}")))
+        except OSError:
+            pass
+        self.evicted += 1
+        self._drop(fd)
+        return True
 
     def _accept(self) -> None:
         assert self.listener is not None
@@ -210,15 +255,18 @@ class ControlServer:
                     log.warning("control socket: cannot accept: %s", exc.strerror)
                     return
                 raise
-            if len(self.conns) >= MAX_CLIENTS:
+            now = time.monotonic()
+            if len(self.conns) >= MAX_CLIENTS and not self._make_room(now):
+                self.refused += 1
                 try:
-                    sock.sendall(encode(error_answer("too many control connections")))
+                    sock.setblocking(False)
+                    sock.send(encode(error_answer(f"{TOO_MANY} ({MAX_CLIENTS} busy); try again")))
                 except OSError:
                     pass
                 sock.close()
                 continue
             sock.setblocking(False)
-            conn = _Conn(sock)
+            conn = _Conn(sock, now)
             self.conns[sock.fileno()] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
 
@@ -228,7 +276,10 @@ class ControlServer:
             return
         if mask & selectors.EVENT_READ and not conn.closing:
             try:
-                data = conn.sock.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(conn.sock, 65536, MAX_FDS)
+                conn.fds.extend(fds)
+                while len(conn.fds) > MAX_FDS:
+                    os.close(conn.fds.pop())
             except (BlockingIOError, InterruptedError):
                 data = None
             except OSError:
@@ -240,6 +291,7 @@ class ControlServer:
                     self._answer(conn, bytes(conn.inbuf))
                 conn.inbuf.clear()
             elif data:
+                conn.last = time.monotonic()
                 conn.inbuf += data
                 self._process(conn)
         if conn.outbuf:
@@ -275,6 +327,7 @@ class ControlServer:
 
     def _answer(self, conn: _Conn, line: bytes) -> None:
         self.requests += 1
+        self._fds, conn.fds = conn.fds, []
         try:
             cmd, args = decode_request(line)
             result = self.handler(cmd, args)
@@ -286,6 +339,8 @@ class ControlServer:
             self.errors += 1
             log.exception("control command failed")
             answer = error_answer(f"internal error: {type(exc).__name__}: {exc}")
+        while self._fds:  # passed but not taken by the handler
+            os.close(self._fds.pop())
         try:
             data = encode(answer)
         except (TypeError, ValueError) as exc:
@@ -305,12 +360,22 @@ class ControlServer:
             conn.outbuf.clear()
             conn.closing = True
             return
+        if n:
+            conn.last = time.monotonic()
         del conn.outbuf[:n]
+
+    def take_fd(self) -> int | None:
+        """(For a handler.) The file descriptor passed with the request being handled, now the
+        handler's to close; None when it carried none."""
+        return self._fds.pop() if self._fds else None
 
     def _drop(self, fd: int) -> None:
         conn = self.conns.pop(fd, None)
         if conn is None:
             return
+        for passed in conn.fds:
+            os.close(passed)
+        conn.fds.clear()
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -321,8 +386,10 @@ class ControlServer:
 # -- client -----------------------------------------------------------------------------------------
 
 
-def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """Send one command to the daemon and return its result; errors raise.
+def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0,
+            fds: tuple[int, ...] = ()) -> Any:
+    """Send one command to the daemon and return its result; errors raise. ``fds``: file descriptors
+    passed with the request (SCM_RIGHTS; at most MAX_FDS).
 
     :class:`ControlUnavailable` when the daemon cannot be reached, :class:`CommandError` when it
     answered with an error.
@@ -341,9 +408,16 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
                 f"permission denied on {path} (run as root or as a member of the socket's group)") from None
         except OSError as exc:
             raise ControlUnavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
+        buf = bytearray()
         try:
-            sock.sendall(encode({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}}))
-            buf = bytearray()
+            try:
+                data = encode({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}})
+                if fds:
+                    sent = socket.send_fds(sock, [data], list(fds))
+                    data = data[sent:]
+                sock.sendall(data)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the daemon closed at once (too many connections): its reason may be waiting below
             while b"\n" not in buf:
                 chunk = sock.recv(65536)
                 if not chunk:
@@ -352,7 +426,8 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
         except TimeoutError:
             raise ControlUnavailable(f"recmgd did not answer within {timeout:g} s on {path}") from None
         except OSError as exc:
-            raise ControlUnavailable(f"connection to {path} failed: {exc.strerror or exc}") from None
+            if b"\n" not in buf:
+                raise ControlUnavailable(f"connection to {path} failed: {exc.strerror or exc}") from None
     finally:
         sock.close()
     line, _, _ = bytes(buf).partition(b"\n")
@@ -365,5 +440,8 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
     if not isinstance(answer, dict):
         raise CommandError("the daemon's answer is not a JSON object")
     if not answer.get("ok"):
-        raise CommandError(str(answer.get("error", "unknown error")))
+        message = str(answer.get("error", "unknown error"))
+        if message.startswith(TOO_MANY):
+            raise ControlUnavailable(f"recmgd on {path}: {message}")
+        raise CommandError(message)
     return answer.get("result")

@@ -1,5 +1,8 @@
 """The daemon's numbers in the Prometheus text format (prometheus-client), on the metrics address.
 
+The HTTP side is our own small selector loop in one thread (bounded connections, idle timeout), not
+prometheus-client's server, which starts a thread per connection.
+
 The collector reads the latest stats snapshot that the loop publishes (a dict replaced as a whole,
 so the HTTP thread never sees a half-updated one); it never calls into the pools itself.
 """
@@ -7,18 +10,26 @@ so the HTTP thread never sees a half-updated one); it never calls into the pools
 from __future__ import annotations
 
 import logging
+import selectors
+import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.exposition import generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
 from recmgd.errors import RecmgError
 
 log = logging.getLogger(__name__)
+
+MAX_CONNECTIONS = 32  # open scrape connections; a new one closes the longest-idle one
+IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent before it is closed
+MAX_REQUEST = 8192  # bytes of a request head
+LISTEN_BACKLOG = 64
 
 # table-level counters: (stats key, metric name, help)
 TABLE_METRICS = (
@@ -79,6 +90,15 @@ PAGE_GAUGES = (
 )
 
 
+# retraining (pools with retrain_every): (key of the stats' "retrain" dict, metric name, help)
+RETRAIN_COUNTERS = (
+    ("retrains", "retrains", "retrains started (trainer processes)"),
+    ("switches", "model_switches", "retrained models switched to (the candidate fetched less)"),
+    ("kept", "retrains_kept", "retrains whose candidate did not beat the current model"),
+    ("failures", "retrain_failures", "retrains that failed (trainer failed or killed, model not loadable)"),
+)
+
+
 class StatsCollector(Collector):
     """Turns the daemon's stats snapshot into metric families."""
 
@@ -113,6 +133,7 @@ class StatsCollector(Collector):
                 fam.add_metric([pname], float((p.get("app") or {}).get(key, 0)))
             yield fam
         yield from self._pages(pools)
+        yield from self._retrain(pools)
         d = snap.get("daemon", {})
         yield GaugeMetricFamily("recmgd_loop_lag_seconds", "how late the last loop tick ended",
                                 value=float(d.get("loop_lag_s", 0.0)))
@@ -120,6 +141,40 @@ class StatsCollector(Collector):
         yield GaugeMetricFamily("recmgd_lookups_per_second", "ring records drained per second",
                                 value=float(d.get("lookups_per_s", 0.0)))
         yield GaugeMetricFamily("recmgd_pools", "pools attached", value=float(len(pools)))
+        fam = GaugeMetricFamily("recmgd_pool_stuck_seconds", "seconds since a pool's writer lock stayed held "
+                                "by another process (the pool is skipped meanwhile)", labels=["pool"])
+        for pname, st in sorted((d.get("stuck") or {}).items()):
+            fam.add_metric([pname], float(st.get("for_s", 0.0)))
+        yield fam
+        yield GaugeMetricFamily("recmgd_pools_skipped", "pools not served because of their owner",
+                                value=float(len(d.get("skipped") or {})))
+
+    @staticmethod
+    def _retrain(pools: dict[str, Any]) -> Iterator[Any]:
+        """Retraining's families (samples only for the pools with retrain_every)."""
+        rts = {name: p["retrain"] for name, p in pools.items() if p.get("retrain")}
+        for key, name, help_text in RETRAIN_COUNTERS:
+            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, rt in rts.items():
+                fam.add_metric([pname], float(rt.get(key, 0)))
+            yield fam
+        gauges = (("model_age_seconds", "age of the pool's current model (its checkpoint's time)",
+                   lambda rt: rt.get("model_age_s")),
+                  ("retrain_window_lookups", "lookups in the retraining window",
+                   lambda rt: rt.get("window_lookups")),
+                  ("retrain_running", "1 while a trainer process runs",
+                   lambda rt: int(bool(rt.get("running")))),
+                  ("retrain_candidate_on_demand", "the last retrain's candidate: on-demand fetches on the "
+                   "window's recent part", lambda rt: (rt.get("last") or {}).get("candidate_on_demand")),
+                  ("retrain_current_on_demand", "the last retrain's current model: on-demand fetches on the "
+                   "window's recent part", lambda rt: (rt.get("last") or {}).get("current_on_demand")))
+        for name, help_text, get in gauges:
+            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, rt in rts.items():
+                value = get(rt)
+                if value is not None:
+                    fam.add_metric([pname], float(value))
+            yield fam
 
     @staticmethod
     def _pages(pools: dict[str, Any]) -> Iterator[Any]:
@@ -150,33 +205,189 @@ class StatsCollector(Collector):
         yield fam
 
 
+class _HttpConn:
+    __slots__ = ("sock", "inbuf", "outbuf", "last")
+
+    def __init__(self, sock: socket.socket, now: float) -> None:
+        self.sock = sock
+        self.inbuf = bytearray()
+        self.outbuf = b""
+        self.last = now
+
+
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+    head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
+            "Connection: close\r\n\r\n")
+    return head.encode() + body
+
+
 class MetricsServer:
-    """The Prometheus endpoint (GET /metrics), in a background thread of the daemon."""
+    """The Prometheus endpoint (GET /metrics): one background thread serves every connection.
+
+    A selector loop, not a thread per connection: at most :data:`MAX_CONNECTIONS` are open (a new one
+    takes the slot of the longest-idle one), a connection silent for :data:`IDLE_TIMEOUT` seconds is
+    closed, a request head longer than :data:`MAX_REQUEST` bytes gets 431. Each answer closes its
+    connection. Half-open or slow clients cost a file descriptor each, never a thread.
+    """
 
     def __init__(self, address: tuple[str, int], snapshot: Callable[[], dict[str, Any]]) -> None:
         self.address = address
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(StatsCollector(snapshot))
-        self._server: Any = None
+        self._listener: socket.socket | None = None
         self._thread: threading.Thread | None = None
+        self._wake_r: socket.socket | None = None
+        self._wake_w: socket.socket | None = None
+        self._stop = threading.Event()
+        self.scrapes = 0
+        self.dropped = 0  # connections closed idle or to make room
 
     def start(self) -> None:
-        from prometheus_client import start_http_server
-
         host, port = self.address
         try:
-            result = start_http_server(port, addr=host, registry=self.registry)
-        except OSError as exc:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            family, stype, proto, _, addr = infos[0]
+            sock = socket.socket(family, stype, proto)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(addr)
+                sock.listen(LISTEN_BACKLOG)
+            except OSError:
+                sock.close()
+                raise
+        except (OSError, socket.gaierror) as exc:
             raise RecmgError(f"metrics: cannot listen on {host}:{port}: {exc.strerror or exc}") from None
-        if isinstance(result, tuple):
-            self._server, self._thread = result
+        sock.setblocking(False)
+        self._listener = sock
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._serve, name="recmgd-metrics", daemon=True)
+        self._thread.start()
         log.info("metrics at http://%s:%d/metrics", host, port)
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
+        if self._thread is None:
+            return
+        self._stop.set()
+        assert self._wake_w is not None
+        try:
+            self._wake_w.send(b"x")
+        except OSError:
+            pass
+        self._thread.join(timeout=5.0)
+        self._thread = None
+        for s in (self._listener, self._wake_r, self._wake_w):
+            if s is not None:
+                s.close()
+        self._listener = self._wake_r = self._wake_w = None
 
     def text(self) -> bytes:
         return generate_latest(self.registry)
+
+    # -- the serving thread -----------------------------------------------------------------------
+
+    def _serve(self) -> None:
+        assert self._listener is not None and self._wake_r is not None
+        sel = selectors.DefaultSelector()
+        conns: dict[int, _HttpConn] = {}
+        sel.register(self._listener, selectors.EVENT_READ, "accept")
+        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
+        try:
+            while not self._stop.is_set():
+                for key, mask in sel.select(timeout=min(1.0, IDLE_TIMEOUT / 4)):
+                    try:
+                        if key.data == "accept":
+                            self._accept(sel, conns)
+                        elif key.data != "wake":
+                            self._io(sel, conns, key.data, mask)
+                    except Exception:  # noqa: BLE001 - a client must never stop the endpoint
+                        log.exception("metrics connection failed")
+                        if isinstance(key.data, _HttpConn):
+                            self._close(sel, conns, key.data)
+                now = time.monotonic()
+                for conn in [c for c in conns.values() if now - c.last > IDLE_TIMEOUT]:
+                    self.dropped += 1
+                    self._close(sel, conns, conn)
+        finally:
+            for conn in list(conns.values()):
+                self._close(sel, conns, conn)
+            sel.close()
+
+    def _accept(self, sel: selectors.BaseSelector, conns: dict[int, _HttpConn]) -> None:
+        assert self._listener is not None
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and the like: try again at the next event
+                log.warning("metrics: cannot accept: %s", exc.strerror or exc)
+                return
+            now = time.monotonic()
+            if len(conns) >= MAX_CONNECTIONS:
+                self.dropped += 1
+                self._close(sel, conns, min(conns.values(), key=lambda c: c.last))
+            sock.setblocking(False)
+            conn = _HttpConn(sock, now)
+            conns[sock.fileno()] = conn
+            sel.register(sock, selectors.EVENT_READ, conn)
+
+    def _io(self, sel: selectors.BaseSelector, conns: dict[int, _HttpConn], conn: _HttpConn,
+            mask: int) -> None:
+        if mask & selectors.EVENT_READ and not conn.outbuf:
+            try:
+                data = conn.sock.recv(4096)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(sel, conns, conn)
+                return
+            if not data:
+                self._close(sel, conns, conn)
+                return
+            conn.last = time.monotonic()
+            conn.inbuf += data
+            end = conn.inbuf.find(b"\r\n\r\n")
+            if end < 0:
+                end = conn.inbuf.find(b"\n\n")
+            if end < 0:
+                if len(conn.inbuf) > MAX_REQUEST:
+                    conn.outbuf = _response("431 Request Header Fields Too Large", b"request too large\n")
+                else:
+                    return
+            else:
+                conn.outbuf = self._answer(bytes(conn.inbuf[:end]))
+            sel.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        if conn.outbuf:
+            try:
+                n = conn.sock.send(conn.outbuf)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                self._close(sel, conns, conn)
+                return
+            conn.last = time.monotonic()
+            conn.outbuf = conn.outbuf[n:]
+            if not conn.outbuf:
+                self._close(sel, conns, conn)
+
+    def _answer(self, head: bytes) -> bytes:
+        parts = head.split(b"\r\n", 1)[0].split(b"\n", 1)[0].split()
+        if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
+            return _response("400 Bad Request", b"bad request\n")
+        method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if method != b"GET":
+            return _response("405 Method Not Allowed", b"only GET\n")
+        if target not in (b"/metrics", b"/"):
+            return _response("404 Not Found", b"not found (the metrics are at /metrics)\n")
+        self.scrapes += 1
+        return _response("200 OK", self.text(), CONTENT_TYPE_LATEST)
+
+    @staticmethod
+    def _close(sel: selectors.BaseSelector, conns: dict[int, _HttpConn], conn: _HttpConn) -> None:
+        conns.pop(conn.sock.fileno(), None)
+        try:
+            sel.unregister(conn.sock)
+        except (KeyError, ValueError):
+            pass
+        conn.sock.close()

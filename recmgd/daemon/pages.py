@@ -21,9 +21,9 @@ One policy, two drivers: :class:`PagePool` presents a pool to the ordinary
 
 So every registered policy runs unchanged on pages. A learned one sees page keys, so it needs a
 checkpoint trained on page keys (``recmg train TRACE --out DIR --page-bytes 4096``); a row checkpoint
-is refused at attach and at reload (recmgd.daemon.loop.create_policy, recmgd.models.granularity), as a
+is refused at attach and at reload (recmgd.daemon.step.create_policy, recmgd.models.granularity), as a
 page checkpoint is in row mode. The MB/s cap is a per-pool
-:class:`~recmgd.daemon.loop.FillBudget` over 4096-byte "rows": promotions take from it before they are
+:class:`~recmgd.daemon.mover.FillBudget` over 4096-byte "rows": promotions take from it before they are
 made, demotions (which free the budget and are never refused) are charged to it after, so the pages
 moved both ways keep to the cap over time (in step mode, to a fixed grant per step, a step's
 demotions running ahead by at most that step's evictions). The DRAM budget is a hard limit: a
@@ -40,14 +40,17 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from recmgd.daemon.config import PAGE_BYTES, PagesConfig
-from recmgd.daemon.loop import REC_KEY_MASK, REC_TYPE_SHIFT, FillBudget, PoolDriver, PoolLike
+from recmgd.daemon.config import PagesConfig
+from recmgd.daemon.loop import PoolDriver
+from recmgd.daemon.mover import FillBudget, PoolLike
+from recmgd.daemon.tracker import page_records
 from recmgd.errors import PoolError
-from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.keys import PAGE_BYTES, ROW_BITS, ROW_MASK
 from recmgd.policy import Policy
 
 log = logging.getLogger(__name__)
@@ -131,6 +134,8 @@ class PagePool:
         self._warned_fallback = False
         self._node_cache: dict[str, Any] | None = None
         self._node_time = 0.0
+        # called (records, ring index) with the rows drained, before they become pages (recordings)
+        self.tap: Callable[[np.ndarray, int], None] | None = None
         if self.fast_node == self.slow_node:
             log.warning("pool %s: page mode's fast node %d is the slow tier's own node: pages are counted "
                         "as promoted but stay where they are", self.name, self.fast_node)
@@ -188,24 +193,12 @@ class PagePool:
         return dict(self.pool.counters())
 
     def drain_ring(self, index: int, max_records: int) -> np.ndarray:
-        """Records of one ring with row keys turned into page keys (see the module doc)."""
-        recs = np.asarray(self.pool.drain_ring(index, max_records), dtype=np.uint64)
-        if not len(recs):
-            return recs
-        types = recs >> REC_TYPE_SHIFT
-        keyed = types != np.uint64(1)  # lookups and hints carry a key; batch ends do not
-        keys = (recs & REC_KEY_MASK).astype(np.int64)
-        k1, k2 = self.page_keys(keys)
-        out1 = np.where(keyed, (types << REC_TYPE_SHIFT) | k1.astype(np.uint64), recs)
-        two = keyed & (k2 != k1)
-        if not two.any():
-            return out1
-        # a row across a page boundary: its second page right after its first
-        reps = np.where(two, 2, 1)
-        out = np.repeat(out1, reps)
-        second = np.cumsum(reps)[two] - 1
-        out[second] = (types[two] << REC_TYPE_SHIFT) | k2[two].astype(np.uint64)
-        return out
+        """Records of one ring with row keys turned into page keys (see the module doc;
+        recmgd.daemon.tracker.page_records does the rewrite)."""
+        recs = self.pool.drain_ring(index, max_records)
+        if self.tap is not None and len(recs):  # recordings and the retraining window get the rows
+            self.tap(np.asarray(recs, dtype=np.uint64), index)
+        return page_records(recs, self.page_keys)
 
     def resident_keys(self) -> np.ndarray:
         """The pages promoted (the driver rebuilds its mirror from them)."""

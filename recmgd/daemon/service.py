@@ -17,19 +17,32 @@ from dataclasses import dataclass
 from typing import Any
 
 from recmgd.daemon import config as config_mod
-from recmgd.daemon.apps import AppTracker, discover_pools
+from recmgd.daemon.apps import AppTracker, discover_pools, owner_problem
 from recmgd.daemon.config import Config, PolicyConfig
 from recmgd.daemon.control import CommandError, ControlServer
 from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
-from recmgd.errors import ConfigError, PoolError, RecmgError
+from recmgd.daemon.record import PoolStream
+from recmgd.daemon.retrain import Retrainer, starting_policy
+from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
 
 log = logging.getLogger(__name__)
 
 STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
 RETRY_AFTER_ERROR = 10.0  # seconds before a pool whose loop failed is attached again
+RETRY_STUCK = 2.0  # seconds before a pool whose writer lock stayed held is tried again
+
+
+@dataclass
+class _Stuck:
+    """A pool skipped because another process holds its writer lock (a stopped or stuck writer)."""
+
+    since: float  # wall-clock time (time.time()) of the first PoolLockedError of this episode
+    since_mono: float
+    error: str
+    tries: int = 1
 
 
 @dataclass
@@ -39,6 +52,8 @@ class _Attached:
     policy_cfg: PolicyConfig
     inode: int | None
     budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
+    stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
+    retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
 
 
 def _shm_inode(name: str) -> int | None:
@@ -67,6 +82,9 @@ class Daemon:
         self._reload = False
         self._attach_errors: dict[str, str] = {}
         self._retry_after: dict[str, float] = {}  # pool -> monotonic time of the next attach after an error
+        self.stuck: dict[str, _Stuck] = {}  # pools whose writer lock stays held by another process
+        self.skipped: dict[str, str] = {}  # pools not served (owner), and why
+        self._served = self.cfg.served_ids()
         self.last_reload_error: str | None = None
         self.reloads = 0
         self.started = time.monotonic()
@@ -79,6 +97,7 @@ class Daemon:
         self._warned_drops: dict[str, int] = {}
         self._last_warn = 0.0
         self._policy_override: dict[str, str] = {}
+        self._model_override: dict[str, str] = {}  # recmgctl policy --model (until the next reload)
         self._retired: list[ControlServer] = []  # replaced control servers, closed after the poll
         self._polling = False
 
@@ -130,15 +149,31 @@ class Daemon:
         override = self._policy_override.get(name)
         if override:
             pc = dataclasses.replace(pc, name=override)
+        model = self._model_override.get(name)
+        if model:
+            pc = dataclasses.replace(pc, model_dir=model)
         return pc
 
     def _attach(self, name: str) -> bool:
         from recmgd.pool import Pool  # the native binding: imported only when a pool is attached
 
         pc = self._policy_cfg(name)
+        inode, problem = owner_problem(name, *self._served)
+        if problem is not None:
+            if self.skipped.get(name) != problem:
+                log.warning("pool %s: skipped: %s", name, problem)
+                self.skipped[name] = problem
+            return False
+        self.skipped.pop(name, None)
+        run_name, run_pc = pc.name, pc
+        if pc.retrain_every:  # the last retrained checkpoint, if any
+            run_name, run_pc = starting_policy(name, pc, self.cfg.state_dir)
         try:
-            pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+            pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
             pool = Pool.attach(name, role="daemon")
+        except PoolLockedError as exc:
+            self._mark_stuck(name, exc)
+            return False
         except RecmgError as exc:
             msg = str(exc)
             if self._attach_errors.get(name) != msg:
@@ -156,7 +191,11 @@ class Daemon:
                 pages = PagePool(pool, pc.pages, page_budget, node_query_interval=self.cfg.status_interval)
                 driver: PoolDriver = PageDriver(pages, pol, pc.name, budget=page_budget, **common)
             else:
-                driver = PoolDriver(pool, pol, pc.name, budget=self.budget, **common)
+                driver = PoolDriver(pool, pol, run_name, budget=self.budget, **common)
+        except PoolLockedError as exc:
+            pool.close()
+            self._mark_stuck(name, exc)
+            return False
         except Exception as exc:
             pool.close()
             msg = str(exc)
@@ -165,10 +204,24 @@ class Daemon:
                 self._attach_errors[name] = msg
             return False
         self._attach_errors.pop(name, None)
-        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=_shm_inode(name),
-                        budget=page_budget)
+        # the inode checked for its owner: if the object was replaced since, _discover detaches it
+        att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
+                        budget=page_budget, stream=PoolStream(driver))
+        if pc.retrain_every:
+            att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
+                                      model_dir=run_pc.model_dir if run_name == pc.name else None)
+            assert att.stream is not None
+            att.stream.add_sink("window", att.retrainer.window)
         self.pools[name] = att
-        att.tracker.check()
+        stuck = self.stuck.pop(name, None)
+        if stuck is not None:
+            log.warning("pool %s: its writer lock is free again after %.1f s; served again", name,
+                        time.monotonic() - stuck.since_mono)
+        try:
+            att.tracker.check()
+        except PoolLockedError as exc:
+            self._lock_held(name, exc)
+            return False
         if pc.mode == "pages":
             log.info("pool %s attached in page mode: %d tables, %d pages, budget %d pages on node %d, "
                      "%d promoted", name, driver.n_tables, int(driver.offsets[-1]), driver.n_slots,
@@ -178,10 +231,33 @@ class Daemon:
                      driver.n_slots, driver.resident_count())
         return True
 
+    def _mark_stuck(self, name: str, exc: PoolLockedError) -> None:
+        """Note that the pool's writer lock stayed held (logged once per episode); retried later."""
+        now = time.monotonic()
+        st = self.stuck.get(name)
+        if st is None:
+            self.stuck[name] = _Stuck(since=time.time(), since_mono=now, error=str(exc))
+            log.warning("pool %s: stuck: %s; skipped (the other pools go on), tried again every %.0f s",
+                        name, exc, RETRY_STUCK)
+        else:
+            st.tries += 1
+            st.error = str(exc)
+        self._retry_after[name] = now + RETRY_STUCK
+
+    def _lock_held(self, name: str, exc: PoolLockedError) -> None:
+        """A pool call found the writer lock held: the step may be half applied, so the pool is
+        detached (its mirror is rebuilt from the fast tier when it is attached again) and skipped."""
+        self._detach(name, "its writer lock is held by another process")
+        self._mark_stuck(name, exc)
+
     def _detach(self, name: str, why: str, demote: bool = False) -> None:
         att = self.pools.pop(name, None)
         if att is None:
             return
+        if att.retrainer is not None:
+            att.retrainer.close()
+        if att.stream is not None:
+            att.stream.close(f"pool detached: {why}")
         att.driver.close()
         if demote and isinstance(att.driver, PageDriver):
             try:
@@ -204,7 +280,15 @@ class Daemon:
                 self._detach(name, "its shared-memory object was replaced")
             elif not self.cfg.manages(name):
                 self._detach(name, "no longer in the configuration")
+            else:
+                _, problem = owner_problem(name, *self._served)
+                if problem is not None:
+                    self._detach(name, f"skipped: {problem}")
         wanted = discover_pools(self.cfg.pools)
+        gone = set(wanted)
+        for table in (self.stuck, self.skipped):
+            for name in [n for n in table if n not in gone]:
+                del table[name]
         now = time.monotonic()
         for name in wanted:
             if name not in self.pools and self._retry_after.get(name, 0.0) <= now:
@@ -231,9 +315,23 @@ class Daemon:
                 "reloads": self.reloads,
                 "last_reload_error": self.last_reload_error,
                 "waiting_for": self.waiting_for(),
+                "stuck": {name: {"since": round(st.since, 3), "for_s": round(now - st.since_mono, 3),
+                                 "tries": st.tries, "error": st.error}
+                          for name, st in self.stuck.items()},
+                "skipped": dict(self.skipped),
             },
-            "pools": {name: att.driver.stats() for name, att in self.pools.items()},
+            "pools": {name: self._pool_stats(att) for name, att in self.pools.items()},
         }
+
+    @staticmethod
+    def _pool_stats(att: _Attached) -> dict[str, Any]:
+        out = att.driver.stats()
+        rec = att.stream.stats() if att.stream is not None else None
+        if rec is not None:
+            out["recording"] = rec
+        if att.retrainer is not None:
+            out["retrain"] = att.retrainer.stats()
+        return out
 
     def status_line(self) -> str:
         n = len(self.pools)
@@ -247,9 +345,11 @@ class Daemon:
         paused = [name for name, a in self.pools.items() if a.driver.paused]
         if paused:
             parts.append("paused: " + ",".join(paused))
-        waiting = self.waiting_for()
+        waiting = [n for n in self.waiting_for() if n not in self.stuck]
         if waiting:
             parts.append("waiting for " + ",".join(waiting))
+        if self.stuck:
+            parts.append("stuck: " + ",".join(self.stuck))
         if self.last_reload_error:
             parts.append("last reload failed: " + self.last_reload_error)
         return "; ".join(parts)
@@ -287,7 +387,10 @@ class Daemon:
                             "capacity": d.capacity, "hint_slots": d.hint_slots,
                             "resident": d.resident_count(), "tables": tables, "apps": apps})
             for name in self.waiting_for():
-                out.append({"name": name, "waiting": True, "error": self._attach_errors.get(name)})
+                stuck = self.stuck.get(name)
+                why = (f"stuck: {stuck.error}" if stuck else
+                       f"skipped: {self.skipped[name]}" if name in self.skipped else None)
+                out.append({"name": name, "waiting": True, "error": why or self._attach_errors.get(name)})
             return out
         if cmd == "reload":
             err = self.reload()
@@ -304,13 +407,34 @@ class Daemon:
             name = args.get("name")
             if not isinstance(name, str) or not name:
                 raise CommandError("missing argument \"name\" (a policy name)")
+            model = args.get("model_dir")
+            if model is not None and (not isinstance(model, str) or not os.path.isabs(model)):
+                raise CommandError("argument \"model_dir\": expected an absolute path")
             pc = att.policy_cfg
-            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options(),
-                                pool=att.driver.name, mode=pc.mode)
-            att.driver.switch_policy(pol, name)
+            new_pc = dataclasses.replace(pc, name=name, model_dir=model or pc.model_dir)
+            pol = create_policy(name, new_pc.create_options(), pool=att.driver.name, mode=pc.mode)
             self._policy_override[att.driver.name] = name
+            if model:
+                self._model_override[att.driver.name] = model
+                att.policy_cfg = dataclasses.replace(pc, model_dir=model)
+            try:
+                att.driver.switch_policy(pol, name)
+            except PoolLockedError as exc:
+                self._lock_held(att.driver.name, exc)
+                raise CommandError(f"pool {att.driver.name}: {exc}; the policy is switched when the pool "
+                                   "is attached again") from None
             log.info("pool %s: policy switched to %s", att.driver.name, name)
             return {"pool": att.driver.name, "policy": name}
+        if cmd == "record":
+            att = self._pool_arg(args)
+            assert att.stream is not None and self.control is not None
+            return att.stream.command(args, self.control.take_fd)
+        if cmd == "retrain":
+            att = self._pool_arg(args)
+            if att.retrainer is None:
+                raise CommandError(f"pool {att.driver.name} does not retrain (set retrain_every in its "
+                                   "policy section)")
+            return att.retrainer.start("recmgctl retrain")
         raise CommandError(f"unknown command {cmd!r}")
 
     # -- reload --------------------------------------------------------------------------------
@@ -343,14 +467,19 @@ class Daemon:
         for name, att in self.pools.items():
             pc = new.policy_for(name)
             switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
-            if new.manages(name) and (pc.mode != att.policy_cfg.mode
+            retrain = (pc.retrain_every or att.policy_cfg.retrain_every) and pc != att.policy_cfg
+            if new.manages(name) and (pc.mode != att.policy_cfg.mode or retrain
                                       or (pc.mode == "pages" and pc.pages != att.policy_cfg.pages)):
                 key = f"pool.{name}.mode" if name in new.pool_policies else "policy.mode"
                 problem = page_mode_problem(name, str(att.driver.pool.slow)) if pc.mode == "pages" else None
                 if problem:
                     raise ConfigError(f"{new.path}: {key}: {problem}")
                 # fails now, not at the attach
-                create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+                if pc.retrain_every:
+                    run_name, run_pc = starting_policy(name, pc, new.state_dir)
+                    create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+                else:
+                    create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
                 reattach.append(name)
                 continue
             if pc.hint_slots >= att.driver.n_slots:
@@ -390,14 +519,20 @@ class Daemon:
                 raise ConfigError(f"{new.path}: metrics.listen: {exc}") from None
         # commit
         self.cfg = new
+        self._served = new.served_ids()
         set_level(new.log_level)
         for name in reattach:
             self._detach(name, "its mode or page-mode settings changed", demote=True)
         self._configure_budget()
         self._policy_override.clear()
+        self._model_override.clear()
         for name, (pc, pol) in new_policies.items():
             att = self.pools[name]
-            att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+            try:
+                att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+            except PoolLockedError as exc:  # attached again later, with the new configuration
+                self._lock_held(name, exc)
+                continue
             att.policy_cfg = pc
         for att in self.pools.values():
             att.driver.step_mode = new.step_mode
@@ -452,6 +587,12 @@ class Daemon:
         for name, att in list(self.pools.items()):
             try:
                 att.driver.tick()
+                if att.stream is not None:
+                    att.stream.poll()
+                if att.retrainer is not None:
+                    self._retrain_step(name, att)
+            except PoolLockedError as exc:
+                self._lock_held(name, exc)
             except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
                 if isinstance(exc, PoolError):
                     log.error("pool %s: %s", name, exc)
@@ -462,6 +603,23 @@ class Daemon:
                 self._attach_errors[name] = f"{type(exc).__name__}: {exc}"
                 self._retry_after[name] = time.monotonic() + RETRY_AFTER_ERROR
         self.ticks += 1
+
+    def _retrain_step(self, name: str, att: _Attached) -> None:
+        """Start a retrain that is due; switch to a finished one's model when it won."""
+        rt = att.retrainer
+        assert rt is not None
+        now = time.monotonic()
+        if rt.due(now):
+            try:
+                rt.start(f"every {rt.every:g} s")
+            except CommandError as exc:
+                log.warning("%s", exc)
+                rt.next_due = now + rt.every
+        done = rt.poll()
+        if done is not None:
+            model_dir, pol = done
+            att.driver.switch_policy(pol, rt.policy)
+            rt.switched(model_dir)
 
     def _check_drops(self, now: float) -> None:
         if self.lag > max(1.0, 10 * self.cfg.interval) and now - self._last_warn > 10.0:
@@ -499,6 +657,8 @@ class Daemon:
                     for att in list(self.pools.values()):
                         try:
                             att.tracker.check()
+                        except PoolLockedError as exc:
+                            self._lock_held(att.driver.name, exc)
                         except PoolError as exc:
                             log.error("pool %s: %s", att.driver.name, exc)
                     self._discover()

@@ -31,18 +31,17 @@ from typing import Any
 import numpy as np
 
 from recmgd import policy as policy_registry
-from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.keys import PAGE_BYTES, ROW_BITS, ROW_MASK, capacity_for
 from recmgd.models.granularity import Granularity
 from recmgd.policies.native import IdMap
 from recmgd.policy import StepView
 from recmgd.sim.driver import Driver, prepare
 from recmgd.sim.results import SimResult
-from recmgd.sim.runner import capacity_for
 from recmgd.trace.steps import Steps
 
 log = logging.getLogger(__name__)
 
-DEFAULT_PAGE_BYTES = 4096
+DEFAULT_PAGE_BYTES = PAGE_BYTES
 #: suffix of a page-granular run's policy name in the results
 PAGE_SUFFIX = "@page"
 

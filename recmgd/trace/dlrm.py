@@ -15,6 +15,7 @@ import numpy as np
 from recmgd.errors import TraceError
 from recmgd.keys import MAX_ROWS, MAX_TABLES, make_keys
 from recmgd.trace.model import Trace
+from recmgd.trace.validate import check_file
 
 
 def _load(path: str) -> object:
@@ -39,20 +40,24 @@ def _load(path: str) -> object:
 def read_dlrm(path: str | Path) -> Trace:
     """Read a Meta DLRM lookup file into a trace."""
     path = str(path)
+    check_file(path)
     obj = _load(path)
     if not isinstance(obj, (tuple, list)) or len(obj) != 3:
         raise TraceError(f"{path}: expected (indices, offsets, lengths), got {type(obj).__name__}")
-    indices, offsets, lengths = (np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in obj)
-    if lengths.ndim != 2:
-        raise TraceError(f"{path}: lengths must be 2-D (tables, batch), got shape {lengths.shape}")
-    n_tables, batch = lengths.shape
-    lengths = lengths.astype(np.int64)
-    indices = indices.astype(np.int64).ravel()
+    try:
+        indices, offsets, lengths = (np.asarray(x.numpy() if hasattr(x, "numpy") else x) for x in obj)
+        if lengths.ndim != 2:
+            raise TraceError(f"{path}: lengths must be 2-D (tables, batch), got shape {lengths.shape}")
+        n_tables, batch = lengths.shape
+        lengths = lengths.astype(np.int64, casting="same_kind")
+        indices = indices.astype(np.int64, casting="same_kind").ravel()
+        offsets = offsets.astype(np.int64, casting="same_kind").ravel()
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TraceError(f"{path}: indices, offsets and lengths must be integer tensors ({exc})") from None
     if (lengths < 0).any():
         raise TraceError(f"{path}: negative lengths")
     if int(lengths.sum()) != indices.shape[0]:
         raise TraceError(f"{path}: lengths add up to {int(lengths.sum())}, indices hold {indices.shape[0]}")
-    offsets = offsets.astype(np.int64).ravel()
     if offsets.shape[0] == n_tables * batch + 1 and not np.array_equal(
             np.diff(offsets), lengths.ravel()):
         raise TraceError(f"{path}: offsets disagree with lengths")

@@ -3,15 +3,15 @@ CSV logs, or the plain text format; and write the binary or text format."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from recmgd.errors import TraceError
-from recmgd.trace.binary import is_binary, read_binary, write_binary
+from recmgd.trace.binary import MAGIC, read_binary, write_binary
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE, read_csv_log, sniff_csv
 from recmgd.trace.dlrm import read_dlrm, write_dlrm
 from recmgd.trace.model import Trace
 from recmgd.trace.text import read_text, write_text
+from recmgd.trace.validate import check_file
 
 FORMATS = ("binary", "dlrm", "csv", "text")
 
@@ -19,12 +19,14 @@ FORMATS = ("binary", "dlrm", "csv", "text")
 def detect_format(path: str | Path) -> str:
     """One of FORMATS, from the file's first bytes (and name, for DLRM)."""
     path = str(path)
-    if not os.path.exists(path):
-        raise TraceError(f"{path}: no such file")
-    if is_binary(path):
+    check_file(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot open ({exc.strerror})") from None
+    if head == MAGIC:
         return "binary"
-    with open(path, "rb") as fh:
-        head = fh.read(4)
     if head[:2] == b"\x1f\x8b" or head[:2] == b"PK" or path.endswith((".pt", ".pt.gz")):
         return "dlrm"
     if sniff_csv(path):
@@ -43,7 +45,7 @@ def open_trace(path: str | Path, fmt: str | None = None, table_size: int = DEFAU
         return read_csv_log(path, table_size=table_size)
     if fmt == "text":
         return read_text(path)
-    raise ValueError(f"unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+    raise TraceError(f"{path}: unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
 
 
 def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from recmgd.errors import TraceError
+
 
 @dataclass(frozen=True)
 class Steps:
@@ -102,11 +104,23 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
     sample_offsets = np.asarray(sample_offsets, dtype=np.int64)
+    n_keys = int(keys.shape[0])
+    if sample_offsets.ndim != 1 or sample_offsets.shape[0] < 1:
+        raise TraceError("step building: sample offsets must be a 1-D array of n_samples + 1 values")
     n_samples = sample_offsets.shape[0] - 1
     n_steps = -(-n_samples // batch)
     bounds = sample_offsets[::batch]
     if bounds.shape[0] < n_steps + 1:
         bounds = np.append(bounds, sample_offsets[-1])
+    # the C builder checks these too; here they become a message instead of an error code
+    back = sample_offsets[1:] < sample_offsets[:-1]  # compared, not subtracted (no int64 wrap-around)
+    if back.any():
+        s = int(np.flatnonzero(back)[0])
+        raise TraceError(f"step building: sample {s}: offsets go backwards "
+                         f"({int(sample_offsets[s])} then {int(sample_offsets[s + 1])})")
+    if int(bounds[0]) < 0 or int(bounds[-1]) > n_keys:
+        raise TraceError(f"step building: sample offsets {int(bounds[0])}..{int(bounds[-1])} outside the "
+                         f"{n_keys} lookups")
     base = int(bounds[0])
     chunk = np.ascontiguousarray(keys[base:bounds[-1]], dtype=np.int64)
     fast = _dedup_native(chunk, np.ascontiguousarray(bounds - base, dtype=np.int64), n_steps)
@@ -125,8 +139,11 @@ def _dedup_native(keys: np.ndarray, bounds: np.ndarray, n_steps: int) -> Steps |
     offsets = np.empty(n_steps + 1, dtype=np.int64)
     if keys.shape[0] == 0:
         return Steps(out, np.zeros(n_steps + 1, dtype=np.int64))
-    n = lib.sc_dedup_steps(ffi.from_buffer("int64_t[]", keys), ffi.from_buffer("int64_t[]", bounds),
-                           n_steps, ffi.from_buffer("int64_t[]", out), ffi.from_buffer("int64_t[]", offsets))
+    n = lib.sc_dedup_steps(ffi.from_buffer("int64_t[]", keys), keys.shape[0],
+                           ffi.from_buffer("int64_t[]", bounds), n_steps,
+                           ffi.from_buffer("int64_t[]", out), ffi.from_buffer("int64_t[]", offsets))
+    if n == lib.SC_EARG:
+        raise TraceError("step building: step bounds outside the lookups (refused by the C core)")
     if n < 0:
         raise MemoryError("step building: out of memory")
     return Steps(out[:n].copy() if n < out.shape[0] // 2 else out[:n], offsets)

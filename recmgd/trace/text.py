@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import itertools
 import logging
+import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,10 +19,12 @@ import numpy as np
 from recmgd.errors import TraceError
 from recmgd.keys import MAX_ROWS, MAX_TABLES, key_row, key_table, make_keys
 from recmgd.trace.model import Trace, offsets_from_samples
+from recmgd.trace.validate import check_file, first_undecodable_line
 
 log = logging.getLogger(__name__)
 
 BLOCK_LINES = 1 << 20
+_INT = re.compile(r"[+-]?[0-9]+")
 
 
 def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | None:
@@ -32,10 +36,9 @@ def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | N
         raise TraceError(f"{path}:{lineno}: expected 'table row [sample]', got {len(body)} fields")
     if ncols is not None and len(body) != ncols:
         raise TraceError(f"{path}:{lineno}: {len(body)} fields where earlier lines have {ncols}")
-    try:
-        vals = [int(v) for v in body]
-    except ValueError:
-        raise TraceError(f"{path}:{lineno}: not an integer in {line.strip()!r}") from None
+    if not all(_INT.fullmatch(v) for v in body):
+        raise TraceError(f"{path}:{lineno}: not an integer in {line.strip()[:80]!r}")
+    vals = [int(v) for v in body]
     if vals[0] < 0 or vals[0] >= MAX_TABLES:
         raise TraceError(f"{path}:{lineno}: table {vals[0]} outside 0..{MAX_TABLES - 1}")
     if vals[1] < 0 or vals[1] >= MAX_ROWS:
@@ -57,6 +60,7 @@ def iter_text_blocks(path: str | Path, block_lines: int = BLOCK_LINES) -> Iterat
     """Stream a text trace as int64 arrays of shape (n, 2 or 3), validated."""
     path = str(path)
     ncols: int | None = None
+    check_file(path)
     try:
         fh = open(path, encoding="ascii", errors="strict")
     except OSError as exc:
@@ -67,12 +71,15 @@ def iter_text_blocks(path: str | Path, block_lines: int = BLOCK_LINES) -> Iterat
             try:
                 lines = list(itertools.islice(fh, block_lines))
             except UnicodeDecodeError:
-                raise TraceError(f"{path}: not an ASCII text trace (near line {lineno})") from None
+                bad = first_undecodable_line(path, "ascii")
+                raise TraceError(f"{path}:{bad}: not ASCII text (a binary file, or not a trace)") from None
             if not lines:
                 break
             try:
-                arr = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments="#")
-            except ValueError:
+                with warnings.catch_warnings():  # a block of only comments and blank lines is fine
+                    warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+                    arr = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments="#")
+            except (ValueError, OverflowError):
                 raise _find_bad(path, lines, lineno, ncols) from None
             if arr.shape[0]:
                 if arr.shape[1] not in (2, 3) or (ncols is not None and arr.shape[1] != ncols):

@@ -1,0 +1,478 @@
+"""The residency mover: the daemon's mirror of the fast tier, and every fill and eviction it makes.
+
+One :class:`ResidencyMover` per attached pool (inside its :class:`~recmgd.daemon.loop.PoolDriver`).
+It keeps a flag byte per row of every table (the mirror: resident for the policy, resident for a hint,
+prefetched and not read yet, ...), so residency checks are vectorised and never touch the pool; the
+daemon is the only writer of the fast tier, so the mirror is exact. It applies a decision through the
+pool (first the evictions, then the admissions, then the app's hints, then the prefetches), keeps the
+per-table counters, and caps fills with the :class:`FillBudget`; what the budget or the capacity drops
+it reports through ``tell("rejected", keys)`` (and evictions the policy did not ask for through
+``tell("evicted", keys)``, by the driver).
+
+Hints fill a reserve of ``hint_slots`` rows apart from the policy's capacity (oldest hinted rows make
+room); an admission or prefetch of a hinted row takes it over without a copy.
+
+Pins (lookahead): a hinted row is announced for a batch that has not run yet, so it is *pinned*
+(:meth:`ResidencyMover.pin`) until a step processed after the hint reads it, or until ``pin_steps``
+steps have passed without a read. A pinned row is never evicted: not by the hint reserve's own
+turnover, not as an early victim, and not by the policy's decision: an eviction of a pinned row the
+policy owns is refused and the row moves to the hint reserve (``pin_refused``), so the policy, which
+believes it gone, sees it as a miss when it is read and takes it over. (FBGEMM's issue #1201 is this
+bug in their pipeline: rows prefetched for the next batch evicted before it ran.)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from recmgd.errors import PolicyError
+from recmgd.keys import ROW_BITS, ROW_MASK
+
+log = logging.getLogger(__name__)
+
+# per-table counters the mover keeps (all int64)
+TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions", "slow_bytes",
+                  "prefetch_issued", "prefetch_useful", "prefetch_late", "hint_fetched", "hint_useful")
+
+# per-row flags of the fast-tier mirror (one byte a row)
+RES = np.uint8(1)  # resident, owned by the policy
+HINT = np.uint8(2)  # resident, fetched for an app's hint (the hint reserve)
+PF_UNREAD = np.uint8(4)  # prefetched, not read yet
+HINT_UNREAD = np.uint8(8)  # fetched for a hint, not read yet
+PF_DROPPED = np.uint8(16)  # a prefetch the budget dropped in the last step (read now: late)
+PIN = np.uint8(32)  # announced (hinted) for a batch that has not run yet: never evicted
+RESIDENT = RES | HINT
+SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
+
+
+class PoolLike(Protocol):
+    """The daemon side of recmgd.pool.Pool (docs/ARCHITECTURE.md) that the driver uses."""
+
+    name: str
+    n_slots: int
+    tables: list[Any]
+
+    def fill_keys(self, keys: np.ndarray) -> int: ...
+    def evict_keys(self, keys: np.ndarray) -> int: ...
+    def resident_keys(self) -> np.ndarray: ...
+    def rings(self) -> list[Any]: ...
+    def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
+    def release_ring(self, index: int) -> None: ...
+
+
+class FillBudget:
+    """Caps on fills from the slow tier: rows per second and bytes per second (0 = no cap).
+
+    Wall-clock mode: a token bucket refilled at each :meth:`refill`, holding at most ``burst`` seconds
+    of budget. Step mode: each :meth:`refill` grants exactly ``rate * step_seconds`` (deterministic).
+    :meth:`charge` (page mode's demotions, which are never refused) may leave a debt: later grants pay
+    it first, so the caps hold over time.
+    Row mode: one, shared by every pool (they share the slow tier); page mode: one per pool ([pages]).
+    """
+
+    def __init__(self, rows_per_s: float = 0.0, mb_per_s: float = 0.0, *, step_mode: bool = False,
+                 step_seconds: float = 0.01, burst: float = 0.05) -> None:
+        self.configure(rows_per_s, mb_per_s, step_mode=step_mode, step_seconds=step_seconds, burst=burst)
+
+    def configure(self, rows_per_s: float, mb_per_s: float, *, step_mode: bool, step_seconds: float,
+                  burst: float = 0.05) -> None:
+        self.rows_rate = float(rows_per_s)
+        self.bytes_rate = float(mb_per_s) * 1e6
+        self.step_mode = step_mode
+        self.step_seconds = step_seconds
+        self.burst = max(burst, 2 * step_seconds)
+        self.rows = self.rows_rate * self.burst
+        self.bytes = self.bytes_rate * self.burst
+        self._last = time.monotonic()
+
+    @property
+    def unlimited(self) -> bool:
+        return self.rows_rate <= 0 and self.bytes_rate <= 0
+
+    def refill(self, now: float | None = None) -> None:
+        if self.unlimited:
+            return
+        if self.step_mode:
+            # a fixed grant per step; a debt (see charge) is paid from the next grants
+            grant_rows = self.rows_rate * self.step_seconds
+            grant_bytes = self.bytes_rate * self.step_seconds
+            self.rows = min(grant_rows, self.rows + grant_rows)
+            self.bytes = min(grant_bytes, self.bytes + grant_bytes)
+            return
+        now = time.monotonic() if now is None else now
+        dt = max(0.0, now - self._last)
+        self._last = now
+        self.rows = min(self.rows_rate * self.burst, self.rows + self.rows_rate * dt)
+        self.bytes = min(self.bytes_rate * self.burst, self.bytes + self.bytes_rate * dt)
+
+    def charge(self, nbytes: int, rows: int = 0) -> None:
+        """Count traffic that had to happen (page mode's demotions) against the caps: the budget may
+        go negative, and later grants pay the debt first."""
+        if self.rows_rate > 0:
+            self.rows -= rows
+        if self.bytes_rate > 0:
+            self.bytes -= float(nbytes)
+
+    def take(self, row_bytes: np.ndarray) -> int:
+        """How many of these fills (in order, each of ``row_bytes[i]`` bytes) the budget allows now."""
+        n = len(row_bytes)
+        if self.unlimited or n == 0:
+            return n
+        allowed = n
+        if self.rows_rate > 0:
+            allowed = min(allowed, max(0, int(self.rows)))
+        if self.bytes_rate > 0 and allowed:
+            csum = np.cumsum(row_bytes[:allowed], dtype=np.float64)
+            allowed = int(np.searchsorted(csum, self.bytes, side="right"))
+        if self.rows_rate > 0:
+            self.rows -= allowed
+        if self.bytes_rate > 0 and allowed:
+            self.bytes -= float(np.sum(row_bytes[:allowed], dtype=np.float64))
+        return allowed
+
+
+#: tell(kind, keys): "evicted" | "rejected" keys, told to the policy (at once or with its next step)
+Tell = Callable[[str, np.ndarray], None]
+
+
+class ResidencyMover:
+    """The fast-tier mirror of one pool and the moves that change it (see the module doc).
+
+    Memory: 5 bytes per row of the pool's tables (a flag byte and a dedupe scratch word).
+    ``pc`` is the driver's pool counters (shared); ``threaded()`` says whether the policy steps in a
+    worker thread (then a decision that finds no room is not the policy's fault: ``decision_no_room``).
+    """
+
+    def __init__(self, pool: PoolLike, hint_slots: int, budget: FillBudget, pc: dict[str, int], tell: Tell,
+                 threaded: Callable[[], bool], *, pin_steps: int = 2) -> None:
+        self.pool = pool
+        self.name = str(pool.name)
+        self.budget = budget
+        self.pc = pc
+        self.tell = tell
+        self.threaded = threaded
+        tables = list(pool.tables)
+        self.n_tables = len(tables)
+        self.table_rows = np.array([int(t.rows) for t in tables], dtype=np.int64)
+        self.table_row_bytes = np.array([int(t.row_bytes) for t in tables], dtype=np.int64)
+        self.offsets = np.zeros(self.n_tables + 1, dtype=np.int64)
+        np.cumsum(self.table_rows, out=self.offsets[1:])
+        total = int(self.offsets[-1])
+        self.n_slots = int(pool.n_slots)
+        self.hint_slots = 0
+        self.capacity = 0
+        self.set_hint_slots(hint_slots)
+        self.flags = np.zeros(total, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
+        self._first = np.zeros(total, dtype=np.int32)  # dedupe scratch: position of a row's first use
+        self._pos = np.arange(0, dtype=np.int32)
+        self.pf_dropped = np.zeros(0, dtype=np.int64)  # flat indices dropped in the last step
+        self.n_resident = 0
+        self.hint_fifo: deque[int] = deque()  # flat indices, oldest first (stale ones skipped)
+        self.n_hinted = 0
+        self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
+        self.pin_steps = int(pin_steps)
+        self.pins: dict[int, int] = {}  # flat index -> the step count at which its pin expires
+        self._pin_queue: deque[tuple[int, int]] = deque()  # (expiry, flat), in expiry order
+
+    def set_hint_slots(self, hint_slots: int) -> None:
+        """Split the slots into the hint reserve and the policy's capacity (at least one row)."""
+        hs = min(int(hint_slots), self.n_slots)
+        if self.n_slots - hs < 1:
+            raise PolicyError(f"pool {self.name}: hint_slots {hint_slots} leaves no slot of {self.n_slots} "
+                              "to the policy")
+        self.hint_slots = hs
+        self.capacity = self.n_slots - hs
+
+    # -- keys, rows, residency -----------------------------------------------------------------------
+
+    def flat(self, keys: np.ndarray) -> np.ndarray:
+        """Flat mirror index of each key (keys must be valid)."""
+        return self.offsets[keys >> ROW_BITS] + (keys & ROW_MASK)
+
+    def keys_of(self, flat: np.ndarray) -> np.ndarray:
+        t = np.searchsorted(self.offsets, flat, side="right") - 1
+        return (t.astype(np.int64) << ROW_BITS) | (flat - self.offsets[t])
+
+    def valid(self, keys: np.ndarray) -> np.ndarray:
+        t = keys >> ROW_BITS
+        ok = (keys >= 0) & (t < self.n_tables)
+        if ok.all():
+            return (keys & ROW_MASK) < self.table_rows[t]
+        ok[ok] = (keys[ok] & ROW_MASK) < self.table_rows[t[ok]]
+        return ok
+
+    def checked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(valid keys, their flat indices); invalid keys are counted as bad records and dropped."""
+        if not len(keys):
+            return keys, keys
+        t = keys >> ROW_BITS
+        r = keys & ROW_MASK
+        if int(t.min()) >= 0 and int(t.max()) < self.n_tables and bool((r < self.table_rows[t]).all()):
+            return keys, self.offsets[t] + r
+        ok = self.valid(keys)
+        self.pc["bad_records"] += int((~ok).sum())
+        keys = keys[ok]
+        return keys, self.flat(keys)
+
+    def dedupe(self, keys: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Keep the first appearance of each row, in order (O(n), through the scratch array)."""
+        n = len(fl)
+        if n < 2:
+            return keys, fl
+        if len(self._pos) < n:
+            self._pos = np.arange(max(n, 2 * len(self._pos)), dtype=np.int32)
+        pos = self._pos[:n]
+        self._first[fl[::-1]] = pos[::-1]  # the first appearance is written last
+        keep = self._first[fl] == pos  # exactly one position per row in any case
+        if keep.all():
+            return keys, fl
+        return keys[keep], fl[keep]
+
+    def resident_count(self) -> int:
+        return self.n_resident + self.n_hinted
+
+    def is_resident(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each (valid) key is in the fast tier, by the mirror."""
+        return (self.flags[self.flat(keys)] & RESIDENT) != 0
+
+    def owned_keys(self) -> np.ndarray:
+        """Keys of every row in the fast tier (the policy's and the hint reserve's)."""
+        return self.keys_of(np.flatnonzero(self.flags & RESIDENT))
+
+    def reset(self, keep: np.ndarray) -> None:
+        """Forget the mirror and own exactly ``keep`` (resident in the pool) for the policy."""
+        self.flags[:] = 0
+        self.pins.clear()
+        self._pin_queue.clear()
+        self.hint_fifo.clear()
+        self.n_hinted = 0
+        self.pf_dropped = np.zeros(0, dtype=np.int64)
+        if len(keep):
+            self.flags[self.flat(keep)] = RES
+        self.n_resident = len(keep)
+
+    def room(self) -> int:
+        """Rows the policy may still insert: its capacity less what it owns, and no more than the free
+        slots (refused evictions of pinned rows can leave the hint reserve over its size)."""
+        return max(min(self.capacity - self.n_resident, self.n_slots - self.resident_count()), 0)
+
+    # -- pins (lookahead) ------------------------------------------------------------------------------
+
+    def pin(self, fl: np.ndarray, now: int) -> None:
+        """Pin rows (flat indices) announced at step count ``now``: until a later step reads them or
+        ``pin_steps`` steps have passed."""
+        if not len(fl) or self.pin_steps <= 0:
+            return
+        until = now + self.pin_steps
+        self.flags[fl] |= PIN
+        for f in fl.tolist():
+            self.pins[f] = until
+            self._pin_queue.append((until, f))
+
+    def unpin_read(self, fl: np.ndarray, f: np.ndarray) -> None:
+        """The rows a step read (flat indices, their flags before the step): their pins end."""
+        read = fl[(f & PIN) != 0]
+        if len(read):
+            self.flags[read] &= ~PIN
+            for x in read.tolist():
+                self.pins.pop(x, None)
+
+    def expire_pins(self, now: int) -> None:
+        """End the pins whose ``pin_steps`` have passed at step count ``now``."""
+        q = self._pin_queue
+        while q and q[0][0] <= now:
+            until, f = q.popleft()
+            if self.pins.get(f) == until:
+                del self.pins[f]
+                self.flags[f] &= ~PIN
+
+    # -- counting ------------------------------------------------------------------------------------
+
+    def count(self, name: str, keys: np.ndarray, weights: np.ndarray | None = None) -> None:
+        if len(keys):
+            self.tc[name] += np.bincount(keys >> ROW_BITS, weights=weights,
+                                         minlength=self.n_tables).astype(np.int64)
+
+    def count_step(self, lookups: np.ndarray, keys: np.ndarray, hit: np.ndarray) -> None:
+        """A step's lookups, and its unique rows as hits and on-demand fetches."""
+        nt = self.n_tables
+        if len(lookups):
+            self.tc["lookups"] += np.bincount(lookups >> ROW_BITS, minlength=nt)
+        if len(keys):
+            hb = np.bincount(((keys >> ROW_BITS) << 1) | hit, minlength=2 * nt).reshape(nt, 2)
+            self.tc["on_demand"] += hb[:, 0]
+            self.tc["hits"] += hb[:, 1]
+            self.tc["unique"] += hb[:, 0] + hb[:, 1]
+
+    def bookkeep(self, keys: np.ndarray, fl: np.ndarray, special: np.ndarray, hit: np.ndarray) -> None:
+        """Prefetch and hint accounting for the rows of a step that carry a special flag."""
+        useful = ((special & PF_UNREAD) != 0) & hit
+        if useful.any():
+            self.count("prefetch_useful", keys[useful])
+        hu = ((special & HINT_UNREAD) != 0) & hit
+        if hu.any():
+            self.count("hint_useful", keys[hu])
+        late = ((special & PF_DROPPED) != 0) & ~hit
+        if late.any():
+            self.count("prefetch_late", keys[late])
+        self.flags[fl[special != 0]] &= ~(PF_UNREAD | HINT_UNREAD)
+
+    def clear_dropped(self) -> None:
+        """A step ran: the prefetches dropped before it can no longer be late."""
+        if len(self.pf_dropped):
+            self.flags[self.pf_dropped] &= ~PF_DROPPED
+            self.pf_dropped = np.zeros(0, dtype=np.int64)
+
+    # -- moving --------------------------------------------------------------------------------------
+
+    def evict_flat(self, fl: np.ndarray, keys: np.ndarray | None = None) -> None:
+        """Evict rows (flat indices, resident in the pool): the pool, the mirror, the counters. The
+        caller adjusts ``n_resident`` / ``n_hinted``."""
+        if not len(fl):
+            return
+        if keys is None:
+            keys = self.keys_of(fl)
+        self.pool.evict_keys(keys)
+        self.count("evictions", keys)
+        f = self.flags[fl]
+        unread = (f & PF_UNREAD) != 0
+        if unread.any():
+            self.pc["prefetch_evicted_unread"] += int(unread.sum())
+        self.flags[fl] = f & PF_DROPPED
+
+    def evict_owned(self, keys: np.ndarray) -> None:
+        """Evict the policy's rows among ``keys`` (others are ignored)."""
+        if not len(keys):
+            return
+        keys, fl = self.checked(keys)
+        keys, fl = self.dedupe(keys, fl)
+        mine = (self.flags[fl] & RES) != 0
+        if not mine.all():
+            keys, fl = keys[mine], fl[mine]
+        pinned = (self.flags[fl] & PIN) != 0
+        if pinned.any():
+            # announced for a batch that has not run: kept, in the hint reserve (the policy takes it
+            # over when it is read)
+            pf = fl[pinned]
+            self.flags[pf] = (self.flags[pf] & ~RES) | HINT
+            self.n_resident -= len(pf)
+            self.n_hinted += len(pf)
+            self.hint_fifo.extend(pf.tolist())
+            self.pc["pin_refused"] += len(pf)
+            keys, fl = keys[~pinned], fl[~pinned]
+        if len(fl):
+            self.evict_flat(fl, keys)
+            self.n_resident -= len(fl)
+
+    def fill(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fill keys (not resident) under the budget; returns (filled, dropped)."""
+        if not len(keys):
+            return keys, keys
+        rb = self.table_row_bytes[keys >> ROW_BITS]
+        n = self.budget.take(rb)
+        filled, dropped = keys[:n], keys[n:]
+        if n:
+            self.pool.fill_keys(filled)
+            self.count("fills", filled)
+            self.count("slow_bytes", filled, rb[:n].astype(np.float64))
+        return filled, dropped
+
+    def insert(self, keys: np.ndarray, kind: str) -> None:
+        """Admissions (``kind`` "admit") or prefetches ("prefetch") of the policy: skip resident ones,
+        take over hinted ones, fill the rest within the capacity and the budget."""
+        if not len(keys):
+            return
+        keys, fl = self.checked(keys)
+        keys, fl = self.dedupe(keys, fl)
+        f = self.flags[fl]
+        new = (f & RES) == 0
+        if not new.all():
+            keys, fl, f = keys[new], fl[new], f[new]
+        room = self.room()
+        if len(keys) > room:
+            over = len(keys) - room
+            # with a worker thread, early fills may have taken the room a late decision counted on:
+            # not the policy's fault
+            self.pc["decision_no_room" if self.threaded() else "policy_overflow"] += over
+            self.pc["admit_rejected" if kind == "admit" else "prefetch_rejected"] += over
+            self.tell("rejected", keys[room:])
+            keys, fl, f = keys[:room], fl[:room], f[:room]
+            if not len(keys):
+                return
+        # rows fetched for a hint: the policy takes them over, no copy
+        took = (f & HINT) != 0
+        if took.any():
+            tf = fl[took]
+            self.flags[tf] = (self.flags[tf] & ~HINT) | RES
+            self.n_hinted -= len(tf)
+            self.n_resident += len(tf)
+            keys, fl = keys[~took], fl[~took]
+        if kind == "prefetch":
+            self.count("prefetch_issued", keys)
+        filled, dropped = self.fill(keys)
+        if len(filled):
+            ff = fl[: len(filled)]
+            self.flags[ff] |= (RES | PF_UNREAD) if kind == "prefetch" else RES
+            self.n_resident += len(filled)
+        if len(dropped):
+            self.pc["prefetch_rejected" if kind == "prefetch" else "admit_rejected"] += len(dropped)
+            if kind == "prefetch":
+                df = fl[len(filled):]
+                self.flags[df] |= PF_DROPPED
+                self.pf_dropped = np.concatenate([self.pf_dropped, df])
+            self.tell("rejected", dropped)
+
+    def fetch_hints(self, hints: np.ndarray) -> None:
+        """Fill hinted rows into the hint reserve (oldest hinted rows make room); counted apart."""
+        if not len(hints) or not self.hint_slots:
+            return
+        hints, fl = self.checked(hints)
+        hints, fl = self.dedupe(hints, fl)
+        new = (self.flags[fl] & RESIDENT) == 0
+        hints, fl = hints[new], fl[new]
+        if len(hints) > self.hint_slots:
+            self.pc["hint_rejected"] += len(hints) - self.hint_slots
+            hints, fl = hints[: self.hint_slots], fl[: self.hint_slots]
+        need = self.n_hinted + len(hints) - self.hint_slots
+        if need > 0:
+            old, kept = [], []
+            while need > 0 and self.hint_fifo:
+                f = self.hint_fifo.popleft()
+                if self.flags[f] & HINT:
+                    if self.flags[f] & PIN:
+                        kept.append(f)  # announced for a batch still to run: stays
+                        continue
+                    old.append(f)
+                    need -= 1
+            self.hint_fifo.extendleft(reversed(kept))
+            if old:
+                of = np.array(old, dtype=np.int64)
+                self.evict_flat(of)
+                self.n_hinted -= len(of)
+            if need > 0:  # the reserve is held by pinned rows: the newest hints wait
+                n = max(len(hints) - need, 0)
+                self.pc["hint_rejected"] += len(hints) - n
+                hints, fl = hints[:n], fl[:n]
+        filled, dropped = self.fill(hints)
+        if len(filled):
+            ff = fl[: len(filled)]
+            self.flags[ff] |= HINT | HINT_UNREAD
+            self.n_hinted += len(filled)
+            self.hint_fifo.extend(ff.tolist())
+            self.count("hint_fetched", filled)
+        if len(dropped):
+            self.pc["hint_rejected"] += len(dropped)
+
+    def apply(self, evict: np.ndarray, admit: np.ndarray, hints: np.ndarray, prefetch: np.ndarray) -> None:
+        """A decision: the evictions, the admissions, the app's hints, then the prefetches."""
+        self.evict_owned(evict)
+        self.insert(admit, "admit")
+        if len(hints):
+            self.fetch_hints(hints)
+        self.insert(prefetch, "prefetch")

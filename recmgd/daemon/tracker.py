@@ -1,0 +1,250 @@
+"""The ring tracker: drains a pool's access rings and turns the records into batches.
+
+One :class:`RingTracker` per attached pool (inside its :class:`~recmgd.daemon.loop.PoolDriver`). Each
+:meth:`RingTracker.drain` visits every ring once: it follows the apps that come and go (a ring whose
+app detached is drained to the end, then forgotten), counts the records the rings dropped, decodes the
+records (format in recmgd.keys: type in bits 62..63, key below), splits them at the batch boundaries
+(a batch not ended yet waits in the ring's state) and hands each batch to the driver as
+``on_batch(lookups, hints, n_batches)``. Two refinements:
+
+- *Hints ahead of their batch*: hint records (type 2) in the part of a batch that has not ended yet
+  are offered to ``take_hints(keys)`` at once; when it takes them (True) they leave the batch, so the
+  driver can fetch them before the lookups they announce arrive.
+- *Coalescing*: with ``coalesce`` > 0 (never in step mode) a ring that fell behind has runs of its
+  batches merged into one batch of at least that many records (``n_batches`` says how many).
+
+Taps (the hook for consumers of the raw stream, e.g. a recorder): :meth:`RingTracker.add_tap` registers
+``tap(records)``, called with each chunk of records drained from one ring (uint64, as the pool's
+``drain_ring`` returned them: in page mode already page records), in ring order, before any batch
+split; batch boundaries and hints are in it. With several apps the chunks of different rings
+interleave; ``add_tap(tap, with_ring=True)`` calls ``tap(records, ring_index)`` instead. A tap runs in
+the daemon's loop thread and must be quick (copy, do not process); one that raises is logged and
+removed, and the loop goes on.
+
+Page mode's record rewrite (rows to pages) is :func:`page_records`, which
+:meth:`recmgd.daemon.pages.PagePool.drain_ring` applies to what the pool drains.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from recmgd.errors import RecmgError
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
+
+log = logging.getLogger(__name__)
+
+#: (lookups, hints, n_batches) of one batch (or run of coalesced batches), keys int64
+BatchSink = Callable[[np.ndarray, np.ndarray, int], None]
+#: hints of a batch that has not ended yet; True when taken (they then leave the batch)
+HintSink = Callable[[np.ndarray], bool]
+
+EMPTY = np.zeros(0, dtype=np.int64)
+
+
+class RingSource(Protocol):
+    """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode)."""
+
+    def rings(self) -> list[Any]: ...
+    def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
+
+
+@dataclass
+class RingState:
+    """One ring's batch in progress."""
+
+    pending: list[np.ndarray] = field(default_factory=list)  # records of the batch not yet ended
+    pid: int = 0
+
+
+def ring_field(info: Any, name: str, default: int = 0) -> int:
+    """A field of a ring's description (a RingInfo or a dict)."""
+    if isinstance(info, dict):
+        return int(info.get(name, default))
+    return int(getattr(info, name, default))
+
+
+def page_records(recs: np.ndarray, page_keys: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
+                 ) -> np.ndarray:
+    """Ring records with row keys turned into page keys: ``page_keys(rows)`` gives (page of a row's first
+    byte, page of its last byte). A row across a page boundary gives two records, its second page right
+    after its first; batch boundaries pass unchanged."""
+    recs = np.asarray(recs, dtype=np.uint64)
+    if not len(recs):
+        return recs
+    types = recs >> REC_TYPE_SHIFT
+    keyed = types != np.uint64(REC_BATCH_END)  # lookups and hints carry a key; batch ends do not
+    keys = (recs & REC_KEY_MASK).astype(np.int64)
+    k1, k2 = page_keys(keys)
+    out1 = np.where(keyed, (types << REC_TYPE_SHIFT) | k1.astype(np.uint64), recs)
+    two = keyed & (k2 != k1)
+    if not two.any():
+        return out1
+    reps = np.where(two, 2, 1)
+    out = np.repeat(out1, reps)
+    second = np.cumsum(reps)[two] - 1
+    out[second] = (types[two] << REC_TYPE_SHIFT) | k2[two].astype(np.uint64)
+    return out
+
+
+class RingTracker:
+    """Drains one pool's rings and hands complete batches on (see the module doc).
+
+    ``pc`` is the driver's pool counters (``records`` is counted by the driver; ``hint_received`` by
+    ``take_hints``). ``dropped_total`` sums the records the rings dropped (full rings); ``backlog`` is
+    what the last drain left waiting in rings it could not empty.
+    """
+
+    def __init__(self, pool: RingSource, on_batch: BatchSink, take_hints: HintSink, *,
+                 max_drain: int = 262144, coalesce: int = 0, step_mode: bool = False) -> None:
+        self.pool = pool
+        self.on_batch = on_batch
+        self.take_hints = take_hints
+        self.max_drain = max_drain
+        self.coalesce = coalesce
+        self.step_mode = step_mode
+        self.rings: dict[int, RingState] = {}
+        self.ring_drops: dict[int, int] = {}
+        self.dropped_total = 0
+        self.backlog = 0
+        self._taps: list[tuple[Callable[..., None], bool]] = []
+
+    # -- taps ----------------------------------------------------------------------------------------
+
+    def add_tap(self, tap: Callable[..., None], *, with_ring: bool = False) -> None:
+        """Call ``tap(records)`` (``tap(records, ring_index)`` with ``with_ring``) with every chunk of
+        records drained (see the module doc)."""
+        self._taps.append((tap, with_ring))
+
+    def remove_tap(self, tap: Callable[..., None]) -> None:
+        """Stop calling ``tap`` (no error when it is not registered)."""
+        self._taps = [(t, w) for t, w in self._taps if t is not tap]
+
+    def _tap(self, recs: np.ndarray, ring: int) -> None:
+        for tap, with_ring in list(self._taps):
+            try:
+                if with_ring:
+                    tap(recs, ring)
+                else:
+                    tap(recs)
+            except Exception as exc:  # noqa: BLE001 - a consumer's failure must not stop the loop
+                log.error("ring tap %r failed (%s: %s); removed", tap, type(exc).__name__, exc)
+                self.remove_tap(tap)
+
+    # -- draining ------------------------------------------------------------------------------------
+
+    def drain(self) -> int:
+        """Drain every ring once and hand on each complete batch; returns the records drained."""
+        drained = 0
+        backlog = 0
+        for info in self.pool.rings():
+            idx = ring_field(info, "index", -1)
+            pid = ring_field(info, "pid")
+            if idx < 0:
+                continue
+            # an app that detached (pid 0) may have left records its last batches logged: they are
+            # drained like any others; once the ring is empty its state (and a partial batch) goes
+            waiting = ring_field(info, "waiting", 0 if pid == 0 else 1)
+            if pid == 0 and waiting == 0:
+                if idx in self.rings:
+                    del self.rings[idx]
+                    self.ring_drops.pop(idx, None)
+                continue
+            drops = ring_field(info, "drops")
+            prev = self.ring_drops.get(idx, 0)
+            if drops > prev:
+                self.dropped_total += drops - prev
+            self.ring_drops[idx] = drops
+            st = self.rings.get(idx)
+            if st is None or (pid != 0 and st.pid != pid):
+                st = self.rings[idx] = RingState(pending=[], pid=pid)
+            if waiting == 0:
+                continue
+            recs = self.pool.drain_ring(idx, self.max_drain)
+            n = len(recs)
+            if n == 0:
+                continue
+            drained += n
+            if n >= self.max_drain:
+                backlog += max(0, ring_field(info, "waiting") - n)
+            recs = np.asarray(recs, dtype=np.uint64)
+            if self._taps:
+                self._tap(recs, idx)
+            self.consume(st, recs)
+        self.backlog = backlog
+        return drained
+
+    def flush_ring(self, index: int) -> int:
+        """A dead app's ring: drain what is left, hand on complete batches, forget the partial one;
+        returns the records drained."""
+        st = self.rings.pop(index, None)
+        try:
+            recs = np.asarray(self.pool.drain_ring(index, self.max_drain), dtype=np.uint64)
+        except RecmgError:
+            recs = np.zeros(0, dtype=np.uint64)
+        if len(recs):
+            if self._taps:
+                self._tap(recs, index)
+            self.consume(st or RingState(pending=[]), recs)
+        self.ring_drops.pop(index, None)
+        return len(recs)
+
+    def consume(self, st: RingState, recs: np.ndarray) -> None:
+        """Split one ring's records at its batch boundaries (coalescing runs when behind)."""
+        types = recs >> REC_TYPE_SHIFT
+        ends = np.flatnonzero(types == REC_BATCH_END)
+        start = 0
+        merge = 0 if self.step_mode else self.coalesce
+        if merge and len(ends) > 1:
+            # behind the apps: several batches of a ring at once; process runs of consecutive batches
+            # of at least `coalesce` records as one step each (fewer, larger steps keep up better)
+            cut, n_batches = [], []
+            gstart, count = 0, 0
+            for e in ends.tolist():
+                count += 1
+                if e - gstart >= merge:
+                    cut.append(e)
+                    n_batches.append(count)
+                    gstart, count = e + 1, 0
+            if count:
+                cut.append(int(ends[-1]))
+                n_batches.append(count)
+        else:
+            cut = ends.tolist()
+            n_batches = [1] * len(cut)
+        for e, nb in zip(cut, n_batches, strict=True):
+            seg = recs[start:e]
+            if st.pending:
+                st.pending.append(seg)
+                seg = np.concatenate(st.pending)
+                st.pending = []
+            if nb > 1:
+                seg = seg[(seg >> REC_TYPE_SHIFT) != REC_BATCH_END]
+            self._batch(seg, nb)
+            start = e + 1
+        tail = recs[start:]
+        if len(tail):
+            st.pending.append(tail)
+            # hints for the coming lookups: offered now, ahead of the batch's end
+            ttypes = tail >> REC_TYPE_SHIFT
+            is_hint = ttypes == REC_HINT
+            if is_hint.any():
+                hk = (tail[is_hint] & REC_KEY_MASK).astype(np.int64)
+                if self.take_hints(hk):
+                    st.pending[-1] = tail[~is_hint]
+
+    def _batch(self, seg: np.ndarray, n_batches: int) -> None:
+        if not len(seg):
+            self.on_batch(EMPTY, EMPTY, n_batches)
+            return
+        types = seg >> REC_TYPE_SHIFT
+        keys = (seg & REC_KEY_MASK).astype(np.int64)
+        if not types.any():  # all lookups (the common case)
+            self.on_batch(keys, EMPTY, n_batches)
+        else:
+            self.on_batch(keys[types == REC_LOOKUP], keys[types == REC_HINT], n_batches)

@@ -1,0 +1,124 @@
+"""A stopped writer cannot freeze the daemon (issue #12): an app process stopped with SIGSTOP in the
+middle of ``write_rows`` holds its pool's writer lock; the daemon, serving that pool and another one,
+skips the stuck pool (``recmgctl stats`` shows it), keeps filling the other one, answers the control
+socket, and stops promptly on SIGTERM.
+
+Needs the timed writer lock of the native library (RECMG_ELOCKED / PoolLockedError): with an untimed
+lock the daemon's fill blocks for as long as the writer is stopped, and this test fails.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from test_daemon_live import app, config, pstats, wait_progress, wait_until
+from test_daemon_plugin import TESTS, daemon_env, start_daemon, stop_daemon, wait_socket
+
+from recmgd.cli import recmgctl
+from recmgd.daemon.control import ControlUnavailable, request
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+ROWS = 200_000  # table 0 of the stuck pool: one write_rows call rewrites all of it (the lock held long)
+
+WRITER = """
+import sys, numpy as np
+from test_daemon_app import values
+from recmgd.pool import Pool
+pool = Pool.attach(sys.argv[1])
+rows = np.arange(pool.tables[0].rows)
+vals = values(0, rows)
+print("writing", flush=True)
+while True:
+    pool.write_rows(0, rows, vals)  # the same values: readers never see a wrong row
+"""
+
+
+def stuck_in_stats(sock: Path, name: str, timeout: float) -> dict | None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = request(str(sock), "stats", timeout=5)["daemon"]["stuck"].get(name)
+        except ControlUnavailable:
+            st = None
+        if st:
+            return st
+        time.sleep(0.05)
+    return None
+
+
+def test_a_stopped_writer_does_not_freeze_the_daemon(tmp_path: Path, capsys) -> None:
+    from test_daemon_app import create_pool
+
+    stuck, other = f"recmgd-stuck-{uuid.uuid4().hex[:8]}", f"recmgd-other-{uuid.uuid4().hex[:8]}"
+    owners = [create_pool(stuck, [ROWS, 1000], slots=500, ring_records=65536),
+              create_pool(other, [5000, 1000], slots=500, ring_records=65536)]
+    sock = tmp_path / "ctl.sock"
+    d = start_daemon(config(tmp_path / "d.toml", sock, [stuck, other]))
+    procs: list[subprocess.Popen] = []
+    writer = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        wait_until(lambda: set(request(str(sock), "stats")["pools"]) == {stuck, other}, timeout=60,
+                   what="both pools attached")
+        pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+        procs.append(app("loop", "--pool", stuck, "--seed", "1", "--progress", str(pa), "--sleep", "0.002"))
+        procs.append(app("loop", "--pool", other, "--seed", "2", "--progress", str(pb), "--sleep", "0.002"))
+        wait_progress(pa, 0, timeout=60)
+        wait_progress(pb, 0, timeout=60)
+        writer = subprocess.Popen([sys.executable, "-c", WRITER, stuck], env=daemon_env(), cwd=str(TESTS),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert writer.stdout is not None and writer.stdout.readline().strip() == "writing"
+        time.sleep(0.2)
+        # stop the writer until it is stopped holding the lock (it holds it nearly all the time)
+        info = None
+        for _ in range(6):
+            writer.send_signal(signal.SIGSTOP)
+            info = stuck_in_stats(sock, stuck, timeout=4.0)
+            if info:
+                break
+            writer.send_signal(signal.SIGCONT)
+            time.sleep(0.05)
+        assert info, "the daemon never reported the pool stuck (is the native writer lock timed?)"
+        assert "lock" in info["error"] and info["since"] <= time.time()
+
+        # the other pool keeps being filled, its app keeps reading correct rows
+        f0 = pstats(sock, other)["fills"]
+        before = wait_progress(pb, 0)["lookups"]
+        wait_until(lambda: pstats(sock, other)["fills"] > f0, timeout=20, what="fills of the other pool")
+        assert wait_progress(pb, before + 1000)["wrong"] == 0
+        # recmgctl answers and shows the stuck pool
+        t0 = time.monotonic()
+        rc = recmgctl.main(["--socket", str(sock), "--timeout", "10", "stats"])
+        took = time.monotonic() - t0
+        out = capsys.readouterr().out
+        assert rc == 0 and f"pool {stuck}: stuck since" in out, out
+        print(f"recmgctl stats with a stuck pool: {took:.3f} s")
+        assert stuck not in request(str(sock), "stats")["pools"]
+
+        # SIGTERM stops the daemon promptly while the writer is still stopped
+        t0 = time.monotonic()
+        rc, err = stop_daemon(d, timeout=30)
+        took = time.monotonic() - t0
+        print(f"daemon stopped {took:.3f} s after SIGTERM")
+        assert rc == 0 and "stopping" in err, err
+        assert f"pool {stuck}: stuck" in err and err.count(f"pool {stuck}: stuck") == 1  # logged once
+    finally:
+        if writer is not None:
+            writer.send_signal(signal.SIGCONT)
+            writer.kill()
+            writer.wait()
+        for p in procs:
+            p.kill()
+            p.wait()
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+        for o in owners:
+            o.destroy()

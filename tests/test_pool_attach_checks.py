@@ -1,0 +1,167 @@
+"""Attach checks every header field and table descriptor against the object's real size, and after
+attach nothing read from shared memory is used as a size, offset or slot number without a bound:
+a pool changed behind a handle's back gives one-line errors or exact rows, never a crash."""
+
+from __future__ import annotations
+
+import os
+import struct
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pool_layout import HDR_BYTES, HEADER, RING, TABLE, TABLE_BYTES
+
+from recmgd.errors import PoolVersionError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+
+SHM = Path("/dev/shm")
+TABLES = [(100, 8), (50, 4)]
+
+
+def _name() -> str:
+    return f"ac_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def _rows(t: int) -> np.ndarray:
+    rows, dim = TABLES[t]
+    return (np.arange(rows * dim, dtype=np.float32).reshape(rows, dim) + 1000 * t)
+
+
+@pytest.fixture(params=["dram", "ssd"])
+def pool(request, tmp_path) -> Iterator[Pool]:
+    slow = "dram" if request.param == "dram" else f"ssd:{tmp_path / 'ac.bin'}"
+    p = Pool.create(_name(), tables=TABLES, slots=40, slow=slow)
+    for t in range(len(TABLES)):
+        p.write_rows(t, np.arange(TABLES[t][0]), _rows(t))
+    try:
+        yield p
+    finally:
+        p.destroy()
+
+
+def _get(name: str, off: int, fmt: str) -> int:
+    with open(SHM / name, "rb") as f:
+        f.seek(off)
+        return struct.unpack(fmt, f.read(struct.calcsize(fmt)))[0]
+
+
+def _put(name: str, off: int, fmt: str, value: int) -> None:
+    with open(SHM / name, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, value))
+
+
+def _table_off(t: int, field: str) -> tuple[int, str]:
+    off, fmt = TABLE[field]
+    return HDR_BYTES + t * TABLE_BYTES + off, fmt
+
+
+def _exact(p: Pool, t: int, ids: list[int]) -> None:
+    out = p.embedding_bag(t, ids, list(range(len(ids))))
+    np.testing.assert_array_equal(out, _rows(t)[ids])
+
+
+def test_layout_offsets_match_the_library(pool: Pool) -> None:
+    assert _get(pool.name, *HEADER["n_tables"]) == 2
+    assert _get(pool.name, *HEADER["n_slots"]) == 40
+    assert _get(pool.name, *HEADER["tables_off"]) == HDR_BYTES
+    assert _get(pool.name, *_table_off(1, "rows")) == 50
+    assert _get(pool.name, *_table_off(1, "dim")) == 4
+    assert _get(pool.name, *_table_off(1, "index_first")) == 100
+    rings_off = _get(pool.name, *HEADER["rings_off"])
+    assert _get(pool.name, rings_off + RING["owner"][0], "<i") == os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("where", "field", "value"),
+    [
+        ("table", "slow_off", 1 << 44),
+        ("table", "slow_off", 4096 * 7),
+        ("table", "index_first", 7),
+        ("table", "rows", 1 << 41),
+        ("table", "dtype", 5),
+        ("header", "slot_stride", 8),
+        ("header", "slow_bytes", 0),
+        ("header", "index_off", 64),
+        ("header", "ring_records", 100),
+        ("header", "n_tables", 1 << 30),
+    ],
+)
+def test_attach_names_the_bad_field(pool: Pool, where: str, field: str, value: int) -> None:
+    off, fmt = _table_off(1, field) if where == "table" else HEADER[field]
+    old = _get(pool.name, off, fmt)
+    _put(pool.name, off, fmt, value)
+    for role in ("app", "daemon"):
+        with pytest.raises(PoolVersionError) as e:
+            Pool.attach(pool.name, role=role)
+        msg = str(e.value)
+        assert "\n" not in msg and "corrupt" in msg
+        assert field in msg, msg
+    # the creator's handle uses its own validated copy: still exact, fills still work
+    _exact(pool, 1, [0, 49, 3])
+    pool.fill_keys(make_keys(1, np.arange(10)))
+    _exact(pool, 1, [0, 9, 49])
+    _put(pool.name, off, fmt, old)
+    Pool.attach(pool.name).close()
+
+
+def test_header_changed_after_attach_is_not_used(pool: Pool) -> None:
+    app = Pool.attach(pool.name)
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(20)))
+        for field, value in [("n_slots", 1 << 30), ("slot_stride", 1 << 20), ("slots_off", 1 << 50),
+                             ("index_entries", 1 << 40), ("ring_records", 1 << 20), ("n_tables", 9)]:
+            _put(pool.name, *HEADER[field], value)
+        _put(pool.name, *_table_off(0, "slow_off"), 1 << 44)
+        _put(pool.name, *_table_off(0, "rows"), 1 << 40)
+        _put(pool.name, *_table_off(0, "index_first"), 1 << 35)
+        _exact(app, 0, [0, 5, 19, 20, 99])
+        with pytest.raises(IndexError):
+            app.embedding_bag(0, [100], [0])
+        daemon.fill_keys(make_keys(0, np.arange(20, 30)))
+        daemon.evict_keys(make_keys(0, np.arange(0, 5)))
+        _exact(app, 0, [0, 5, 25, 99])
+        assert daemon.free_slots() == 40 - 25
+        app.write_rows(0, [25], np.full((1, 8), 7.0, dtype=np.float32))
+        np.testing.assert_array_equal(app.embedding_bag(0, [25], [0])[0], np.full(8, 7.0, dtype=np.float32))
+    finally:
+        app.close()
+        daemon.close()
+
+
+def test_index_slot_out_of_range_is_a_miss(pool: Pool) -> None:
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(10)))
+        index_off = _get(pool.name, *HEADER["index_off"])
+        for row, bad in [(3, 40), (4, 0x7FFFFFFF), (50, 1 << 20), (51, -7)]:
+            _put(pool.name, index_off + 4 * row, "<i", bad)
+        _exact(pool, 0, [3, 4, 50, 51, 5])
+        # writers: the entries are cleared, never used as slots
+        pool.write_rows(0, [3, 50], _rows(0)[[3, 50]])
+        daemon.evict_keys(make_keys(0, [4, 51]))
+        daemon.fill_keys(make_keys(0, [3, 4, 50, 51]))
+        _exact(pool, 0, [3, 4, 50, 51, 5])
+        assert _get(pool.name, index_off + 4 * 3, "<i") in range(40)
+    finally:
+        daemon.close()
+
+
+def test_ring_head_tail_corrupted(pool: Pool) -> None:
+    rings_off = _get(pool.name, *HEADER["rings_off"])
+    ring = rings_off + pool.ring_index * _get(pool.name, *HEADER["ring_stride"])
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        _put(pool.name, ring + RING["tail"][0], "<Q", (1 << 60) + 3)  # tail past head
+        _exact(pool, 0, list(range(30)))
+        assert len(daemon.drain_ring(pool.ring_index)) == 0
+        _put(pool.name, ring + RING["head"][0], "<Q", 1 << 62)  # head far past tail
+        assert len(daemon.drain_ring(pool.ring_index)) == 0
+        _exact(pool, 0, [1, 2, 3])
+    finally:
+        daemon.close()

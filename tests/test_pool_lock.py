@@ -1,0 +1,120 @@
+"""The writer lock is timed: a writer stopped (SIGSTOP) while it holds the lock makes the daemon's
+writes fail fast with PoolLockedError naming the holder, lookups stay exact meanwhile, and the pool
+works again after SIGCONT, or after SIGKILL of the holder (the next writer recovers)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+
+import numpy as np
+import pytest
+
+from recmgd.errors import PoolError, PoolLockedError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+
+ROWS, DIM = 200, 8
+TRUTH = np.arange(ROWS * DIM, dtype=np.float32).reshape(ROWS, DIM)
+
+# a writer that stops itself inside write_rows, holding the lock (RECMG_FAULT_STOP_IN_WRITE)
+HOLDER = """
+import sys
+import numpy as np
+from recmgd.pool import Pool
+p = Pool.attach(sys.argv[1])
+rows = np.arange(10, 20)
+p.write_rows(0, rows, np.asarray(sys.argv[2:], dtype=np.float32).reshape(1, -1).repeat(10, 0))
+print("written", flush=True)
+"""
+
+
+@pytest.fixture
+def pool() -> Iterator[Pool]:
+    p = Pool.create(f"lk_{os.getpid()}_{uuid.uuid4().hex[:8]}", tables=[(ROWS, DIM)], slots=100)
+    p.write_rows(0, np.arange(ROWS), TRUTH)
+    try:
+        yield p
+    finally:
+        p.destroy()
+
+
+def _stopped_holder(pool: Pool, value: float) -> subprocess.Popen:
+    env = dict(os.environ, RECMG_FAULT_STOP_IN_WRITE="1")
+    argv = [sys.executable, "-c", HOLDER, pool.name, *[str(value)] * DIM]
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    _, status = os.waitpid(child.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+    return child
+
+
+def _exact(p: Pool, truth: np.ndarray) -> None:
+    ids = np.arange(ROWS)
+    np.testing.assert_array_equal(p.embedding_bag(0, ids, ids), truth)
+
+
+def test_stopped_holder_then_sigcont(pool: Pool) -> None:
+    daemon = Pool.attach(pool.name, role="daemon")
+    app = Pool.attach(pool.name)
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(50)))
+        child = _stopped_holder(pool, 5.0)
+        try:
+            with pytest.raises(PoolLockedError) as e:
+                daemon.fill_keys(make_keys(0, np.arange(50, 60)))
+            msg = str(e.value)
+            assert "\n" not in msg and f"process {child.pid}" in msg and pool.name in msg, msg
+            with pytest.raises(PoolLockedError):
+                daemon.evict_keys(make_keys(0, [1]))
+            # nothing changed, and lookups of other apps stay exact
+            assert set(daemon.resident_keys().tolist()) == set(make_keys(0, np.arange(50)).tolist())
+            _exact(app, TRUTH)
+            # a shorter timeout is settable per handle
+            daemon.set_lock_timeout(5)
+            with pytest.raises(PoolLockedError, match="5 ms"):
+                daemon.free_slots()
+            with pytest.raises(PoolError, match="lock timeout"):
+                daemon.set_lock_timeout(0)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0 and "written" in out
+        truth = TRUTH.copy()
+        truth[10:20] = 5.0
+        assert daemon.fill_keys(make_keys(0, np.arange(50, 60))) == 10
+        _exact(app, truth)
+    finally:
+        app.close()
+        daemon.close()
+
+
+def test_killed_holder_is_recovered(pool: Pool) -> None:
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(30)))
+        child = _stopped_holder(pool, 9.0)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+        assert daemon.fill_keys(make_keys(0, np.arange(30, 40))) == 10
+        assert daemon.free_slots() == 60
+        # the killed writer never got past the lock: the rows are the old ones
+        _exact(pool, TRUTH)
+    finally:
+        daemon.close()
+
+
+def test_env_sets_the_timeout(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RECMG_LOCK_TIMEOUT_MS", "7")
+    daemon = Pool.attach(pool.name, role="daemon")
+    child = _stopped_holder(pool, 1.0)
+    try:
+        with pytest.raises(PoolLockedError, match="7 ms"):
+            daemon.fill_keys(make_keys(0, [1]))
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(timeout=60)
+        daemon.close()
