@@ -154,3 +154,18 @@ def test_inference_arrays_decide_as_the_torch_checkpoint(shared_traces: Path, ob
         da, db = a.observe(StepView(i, keys, hit)), b.observe(StepView(i, keys, hit))
         assert da.evict.tolist() == db.evict.tolist() and da.admit.tolist() == db.admit.tolist()
         assert da.prefetch.tolist() == db.prefetch.tolist()
+
+
+def test_c_step_takes_empty_steps_and_unknown_keys(obd_model: str) -> None:
+    p = registry.create("recmg", model_dir=obd_model, prefetch_budget=8)
+    p.reset(3)
+    empty = np.zeros(0, np.int64)
+    d = p.observe(StepView(0, empty, np.zeros(0, bool)))  # before any row was seen
+    assert len(d.evict) == len(d.admit) == len(d.prefetch) == 0
+    keys = np.asarray([7, 1 << 40, 5], np.int64)
+    assert p.observe(StepView(1, keys, np.zeros(3, bool))).admit.tolist() == keys.tolist()
+    p.rejected(np.asarray([99, 5], np.int64))  # 99 never seen: ignored
+    assert p.resident_keys(keys).tolist() == [True, True, False]
+    assert sorted(p.early_victims(9, empty).tolist()) == [7, 1 << 40]
+    d = p.observe(StepView(2, np.asarray([8, 9], np.int64), np.zeros(2, bool)))
+    assert len(d.evict) == 1 and len(d.admit) == 2  # 3 slots: one of 7, 1 << 40 goes
