@@ -30,6 +30,7 @@ from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.native_step import NativeStep, unsupported
 from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
+from recmgd.models.sampling import GOLDEN
 from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, register
 
@@ -122,7 +123,6 @@ PREFETCH_IDLE_STEPS = 64
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
-_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dense row ids
 
 #: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
 ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
@@ -398,7 +398,7 @@ class LearnedPolicy(Policy):
     def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, cls: np.ndarray, p: np.ndarray, b: int) -> None:
         """Run this step's sampled rows through both shadow caches and move the selector."""
         if self._guard_shift < 64:
-            h = (ids.astype(np.uint64) * np.uint64(_GOLDEN)) >> np.uint64(self._guard_shift)
+            h = (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift)
             keep = h == 0
             ids, lvl, cls, p = ids[keep], lvl[keep], cls[keep], p[keep]
             if not len(ids):
