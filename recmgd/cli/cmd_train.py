@@ -58,14 +58,17 @@ def read_steps(path: str, batch: int) -> Steps:
     return open_trace(path).steps(batch)
 
 
-def read_sampled_steps(path: str, batch: int, rate: float, chunk_steps: int = 16384) -> list[np.ndarray]:
+def read_sampled_steps(path: str, batch: int, rate: float, chunk_lookups: int = 1 << 22) -> list[np.ndarray]:
     """The protocol's steps of a trace file, each cut to the rows of the hash sample of ``rate``
-    (recmgd.models.sampling), read chunk by chunk (never the whole trace's steps at once)."""
+    (recmgd.models.sampling), read about ``chunk_lookups`` at a time (never the whole trace's steps)."""
     from recmgd.models.sampling import sampled
     from recmgd.trace import open_trace
 
+    tr = open_trace(path)
+    n_steps = tr.n_steps(batch)
+    chunk_steps = max(1, chunk_lookups * n_steps // max(tr.n_lookups, 1))
     out: list[np.ndarray] = []
-    for _, chunk in open_trace(path).iter_steps(batch, chunk_steps):
+    for _, chunk in tr.iter_steps(batch, chunk_steps):
         keep = sampled(chunk.keys, rate)
         offs = chunk.offsets - chunk.offsets[0]
         kept = np.concatenate([[0], np.cumsum(keep)])[offs]  # sampled keys before each step's start
