@@ -1167,6 +1167,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->rows = p->n_rows;
     out->resident = p->sets[0].n;
     int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
-    out->bytes = p->cap_rows * per_row + 3 * 4 * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
+    int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
+    out->bytes = p->cap_rows * per_row + per_slot * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
                  (p->s_mask + 1) * 12;
 }
