@@ -16,7 +16,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("recmgd.cli.cmd_train", "train the RecMG caching and prefetching models"),
     "candidate": ("recmgd.cli.cmd_candidate", "train a candidate model on a recorded window and score it "
                   "against the current one (recmgd's retraining)"),
-    "demo": ("recmgd.cli.cmd_demo", "run the end-to-end demo: pool, daemon and a DLRM app"),
+    "demo": ("recmgd.cli.cmd_demo", "TorchRec DLRM server on recmg vs all-DRAM, in short"),
 }
 
 
