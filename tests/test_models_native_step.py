@@ -116,3 +116,56 @@ def test_c_step_bad_parameters_are_one_clear_error(obd_model: str) -> None:
     with pytest.raises(ValueError, match="refused its parameters"):
         p.levels = 0
         p.reset(4)
+
+
+def test_a_policy_loaded_from_a_checkpoint_never_imports_torch(obd_model: str) -> None:
+    """The daemon's side: a learned policy from `recmg train`'s checkpoint, stepped, with the daemon's
+    modules imported, and torch never loaded (only training needs it)."""
+    code = (
+        "import sys, numpy as np\n"
+        "import recmgd.daemon.loop, recmgd.daemon.service\n"
+        "from recmgd import policy\n"
+        "from recmgd.policy import StepView\n"
+        f"p = policy.create('recmg', model_dir={obd_model!r}, prefetch_budget=8)\n"
+        "p.reset(10)\n"
+        "for b in range(20):\n"
+        "    keys = np.arange(b, b + 6, dtype=np.int64)\n"
+        "    p.observe(StepView(b, keys, p.resident_keys(keys)))\n"
+        "assert p._native is not None\n"
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.startswith('torch.')))\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
+def test_inference_arrays_decide_as_the_torch_checkpoint(shared_traces: Path, obd_model: str) -> None:
+    """Loaded through torch (the state dicts) or from inference.npz: the same models, the same steps."""
+    from recmgd.models import checkpoint
+
+    steps = open_trace(str(shared_traces / "obd_random.trace")).steps(8).as_list()[:200]
+    a = registry.create("recmg", model_dir=obd_model, prefetch_budget=8)
+    b = registry.create("recmg", prefetch_budget=8)
+    b._install(checkpoint.load(obd_model))  # type: ignore[attr-defined]
+    for p in (a, b):
+        p.reset(20)
+    for i, keys in enumerate(steps):
+        hit = a.resident_keys(keys)  # type: ignore[attr-defined]
+        da, db = a.observe(StepView(i, keys, hit)), b.observe(StepView(i, keys, hit))
+        assert da.evict.tolist() == db.evict.tolist() and da.admit.tolist() == db.admit.tolist()
+        assert da.prefetch.tolist() == db.prefetch.tolist()
+
+
+def test_c_step_takes_empty_steps_and_unknown_keys(obd_model: str) -> None:
+    p = registry.create("recmg", model_dir=obd_model, prefetch_budget=8)
+    p.reset(3)
+    empty = np.zeros(0, np.int64)
+    d = p.observe(StepView(0, empty, np.zeros(0, bool)))  # before any row was seen
+    assert len(d.evict) == len(d.admit) == len(d.prefetch) == 0
+    keys = np.asarray([7, 1 << 40, 5], np.int64)
+    assert p.observe(StepView(1, keys, np.zeros(3, bool))).admit.tolist() == keys.tolist()
+    p.rejected(np.asarray([99, 5], np.int64))  # 99 never seen: ignored
+    assert p.resident_keys(keys).tolist() == [True, True, False]
+    assert sorted(p.early_victims(9, empty).tolist()) == [7, 1 << 40]
+    d = p.observe(StepView(2, np.asarray([8, 9], np.int64), np.zeros(2, bool)))
+    assert len(d.evict) == 1 and len(d.admit) == 2  # 3 slots: one of 7, 1 << 40 goes

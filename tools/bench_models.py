@@ -32,7 +32,7 @@ from recmgd import policy as registry  # noqa: E402
 from recmgd.keys import capacity_for  # noqa: E402
 from recmgd.models.fastinfer import FastCacheNet  # noqa: E402
 from recmgd.models.features import RowHistory  # noqa: E402
-from recmgd.models.nets import NumpyCacheNet  # noqa: E402
+from recmgd.models.numpy_nets import NumpyCacheNet  # noqa: E402
 from recmgd.models.train import TrainConfig, train_models  # noqa: E402
 from recmgd.policy import StepView  # noqa: E402
 from recmgd.trace import open_trace  # noqa: E402
@@ -149,8 +149,13 @@ def main() -> int:
               f"C {n * reps / dtf:,.0f} lookups/s/core")
 
     # whole policies, step by step (driver-side residency in a set, as the daemon's pool would be)
-    for name, native in (("recmg-cache", True), ("recmg-cache", False), ("recmg", True)):
-        p = registry.create(name, prefetch_budget=args.budget, threads=1, native_infer=native)
+    # the whole step in C (the default), the Python step around the C caching model, the numpy reference
+    runs = (("recmg-cache", True, True, "C step"), ("recmg-cache", True, False, "Python step"),
+            ("recmg-cache", False, False, "numpy reference"), ("recmg", True, True, "C step"),
+            ("recmg", True, False, "Python step"))
+    for name, native, step_c, label in runs:
+        p = registry.create(name, prefetch_budget=args.budget, threads=1, native_infer=native,
+                            native_step=step_c)
         p._install(pol.trained)  # same trained models
         p.reset(cap)
         res: set[int] = set()
@@ -165,14 +170,14 @@ def main() -> int:
             res.difference_update(d.evict.tolist())
             res.update(d.admit.tolist())
             res.update(d.prefetch.tolist())
-            if name == "recmg" and b >= half and b % 8 == 0:
+            if name == "recmg" and not step_c and b >= half and b % 8 == 0:
                 ids = p.hist.index.lookup(keys)
                 t2 = time.perf_counter()
                 p._prefetch_recmg(b, ids)
                 pf_times.append(time.perf_counter() - t2)
         tt = np.asarray(times[half:])
         lk = sum(len(s) for s in lst[half:])
-        what = name if native else f"{name} (numpy reference)"
+        what = f"{name} ({label})"
         print(f"{what} observe(): {lk / tt.sum():,.0f} lookups/s/core, "
               f"per step mean {tt.mean() * 1e3:.3f} ms, p99 {np.percentile(tt, 99) * 1e3:.3f} ms")
         if pf_times:

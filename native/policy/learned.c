@@ -338,7 +338,8 @@ static float *copy_f(const float *src, size_t n)
 
 int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
 {
-    if (!w || w->dim < 1 || w->hidden < 1 || w->queries < 1 || w->n_table_slots < 1 || w->n_model < 0)
+    if (!w || w->dim < 1 || w->dim > LP_MAX_DIM || w->hidden < 1 || w->hidden > LP_MAX_HIDDEN ||
+        w->queries < 1 || w->queries * w->dim > LP_MAX_QUERY_FLOATS || w->n_table_slots < 1 || w->n_model < 0)
         return SC_EARG;
     pfnet *n = calloc(1, sizeof(*n));
     if (!n)
@@ -663,7 +664,7 @@ static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *mis
 
 LP_HOT static void rep(const pfnet *w, int32_t mid, const float *f, int64_t table, float *r)
 {
-    float h[256];
+    float h[LP_MAX_HIDDEN];
     int H = w->hidden, D = w->dim;
     for (int j = 0; j < H; j++)
         h[j] = w->f1b[j];
@@ -701,7 +702,7 @@ LP_HOT static void rep(const pfnet *w, int32_t mid, const float *f, int64_t tabl
 LP_HOT static float prior(const pfnet *w, const float *f)
 {
     int H = w->hidden;
-    float h[256];
+    float h[LP_MAX_HIDDEN];
     for (int j = 0; j < H; j++)
         h[j] = w->p1b[j];
     for (int i = 0; i < CM_N_FEATURES + N_CF; i++) {
@@ -727,7 +728,7 @@ static int cmp_i32(const void *a, const void *b)
 static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, float *out)
 {
     const pfnet *w = p->pf;
-    float f[CM_N_FEATURES], r[64];
+    float f[CM_N_FEATURES], r[LP_MAX_DIM];
     for (int j = 0; j < w->dim; j++)
         out[j] = 0.0f;
     for (int64_t i = 0; i < n; i++) {
@@ -814,7 +815,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
         return SC_OK;
     }
     /* the context: this step's rows and the distinct rows of the past steps, in id order */
-    float now_r[64], past_r[64];
+    float now_r[LP_MAX_DIM], past_r[LP_MAX_DIM];
     int rc = mean_rep(p, ids, n, now, now_r);
     if (rc)
         return rc;
@@ -842,7 +843,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
         return rc;
     /* marks 3b + 2 on past rows may have overwritten candidate marks: candidates are listed already */
     int H = w->hidden, D = w->dim, Q = w->queries;
-    float h[256], qv[16 * 64];
+    float h[LP_MAX_HIDDEN], qv[LP_MAX_QUERY_FLOATS];
     for (int j = 0; j < H; j++) {
         float a = w->c1b[j];
         for (int i = 0; i < D; i++)
@@ -873,7 +874,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
     int64_t ns = 0;
     for (int64_t i = 0; i < nc; i++) {
         int64_t id = p->cand[i];
-        float f[CM_N_FEATURES + N_CF], r[64];
+        float f[CM_N_FEATURES + N_CF], r[LP_MAX_DIM];
         rc = cm_features(&p->view, &id, 1, now, f);
         if (rc)
             return rc;
@@ -999,7 +1000,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             }
             p->cls[id] = c;
         }
-    } else {
+    } else if (n) {
         if ((rc = cm_update(&p->view, p->ids64, n, b)))
             return rc;
         for (int64_t i = 0; i < n; i++) {
@@ -1166,6 +1167,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->rows = p->n_rows;
     out->resident = p->sets[0].n;
     int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
-    out->bytes = p->cap_rows * per_row + 3 * 4 * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
+    int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
+    out->bytes = p->cap_rows * per_row + per_slot * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
                  (p->s_mask + 1) * 12;
 }

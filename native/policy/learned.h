@@ -16,6 +16,11 @@
 
 #define LP_ORDER_LEVEL 0
 #define LP_ORDER_HAZARD 1
+/* the prefetching model's largest shapes (fixed buffers): representation width, hidden units,
+ * queries x width */
+#define LP_MAX_DIM 64
+#define LP_MAX_HIDDEN 256
+#define LP_MAX_QUERY_FLOATS 1024
 
 typedef struct {
     int64_t capacity;

@@ -44,6 +44,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                              "4096), for page mode and `recmg sim --pages`")
     parser.add_argument("--row-bytes", type=int, default=None, metavar="R",
                         help="with --page-bytes: bytes a row (default 256, as `recmg sim`)")
+    parser.add_argument("--sample", type=float, default=1.0, metavar="RATE",
+                        help="train on a hash-chosen RATE of the rows with the capacity scaled alike "
+                             "(SHARDS), read chunk by chunk: memory bounded by RATE x the trace (default 1)")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar and no output but warnings and errors")
 
@@ -57,6 +60,25 @@ def read_steps(path: str, batch: int) -> Steps:
     if trace.n_lookups == 0:
         raise TraceError(f"{path}: no lookups to train on")
     return trace.steps(batch)
+
+
+def read_sampled_steps(path: str, batch: int, rate: float, chunk_lookups: int = 1 << 22) -> list[np.ndarray]:
+    """The protocol's steps of a trace file, each cut to the rows of the hash sample of ``rate``
+    (recmgd.models.sampling), read about ``chunk_lookups`` at a time (never the whole trace's steps)."""
+    from recmgd.models.sampling import sampled
+    from recmgd.trace import open_trace
+
+    tr = open_trace(path)
+    n_steps = tr.n_steps(batch)
+    chunk_steps = max(1, chunk_lookups * n_steps // max(tr.n_lookups, 1))
+    out: list[np.ndarray] = []
+    for _, chunk in tr.iter_steps(batch, chunk_steps):
+        keep = sampled(chunk.keys, rate)
+        offs = chunk.offsets - chunk.offsets[0]
+        kept = np.concatenate([[0], np.cumsum(keep)])[offs]  # sampled keys before each step's start
+        keys = np.asarray(chunk.keys)[keep]
+        out.extend(keys[kept[i]:kept[i + 1]].copy() for i in range(len(offs) - 1))
+    return out
 
 
 class _Bar:
@@ -98,9 +120,18 @@ def main(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"recmg train: --page-bytes, --row-bytes: {exc}", file=sys.stderr)
             return 2
+    if not 0.0 < args.sample <= 1.0:
+        print(f"recmg train: --sample: a rate in (0, 1], got {args.sample}", file=sys.stderr)
+        return 2
+    if args.sample < 1.0 and granularity.is_pages:
+        print("recmg train: --sample goes with row keys, not --page-bytes", file=sys.stderr)
+        return 2
     torch.set_num_threads(max(1, args.threads))
-    steps = read_steps(args.trace, args.step_batch)
-    lst = steps.as_list()
+    if args.sample < 1.0:
+        lst = read_sampled_steps(args.trace, args.step_batch, args.sample)
+    else:
+        steps = read_steps(args.trace, args.step_batch)
+        lst = steps.as_list()
     half = len(lst) // 2
     n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
     try:
@@ -131,8 +162,14 @@ def main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     trained = train_models(lst[:half], capacity, cfg, which=which, progress=bar)
     bar.close()
+    if args.sample < 1.0:
+        # the models saw 1/rate fewer rows a step and a tier 1/rate smaller: record the whole trace's
+        # (the hazard table's horizon, capacity / rows a step, is the same either way)
+        trained.stats["mean_step_len"] /= args.sample
+        trained.stats["sample_rate"] = args.sample
+        trained.capacity = max(1, round(capacity / args.sample))
     meta = {"trace": args.trace, "fraction": args.fraction, "step_batch": args.step_batch,
-            "train_steps": half, "unique_rows": n_unique, **meta_pages}
+            "train_steps": half, "unique_rows": n_unique, "sample": args.sample, **meta_pages}
     out = checkpoint.save(trained, args.out, meta=meta, granularity=granularity)
     if not args.quiet:
         print(f"wrote {out} in {time.perf_counter() - t0:.1f}s")

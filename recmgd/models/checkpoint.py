@@ -1,6 +1,8 @@
 """Versioned checkpoint directories: ``config.json`` (format and feature versions, model shapes, training
 config, granularity) + ``weights.pt`` (state dicts) + ``keys.npz`` (the keys the learned embeddings
-belong to: rows, or pages for a checkpoint trained on page keys).
+belong to: rows, or pages for a checkpoint trained on page keys) + ``inference.npz`` (the caching and
+prefetching models' numpy inference arrays, recmgd.models.numpy_nets: what :func:`load_inference` reads
+without torch; checkpoints written before it have none and are read through torch).
 
 ``granularity`` (recmgd.models.granularity) says which: ``{"unit": "rows"}`` or ``{"unit": "pages",
 "page_bytes": 4096, "row_bytes": 256}``. It was added without a format version bump: a checkpoint
@@ -14,28 +16,34 @@ import json
 import logging
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from recmgd.errors import ModelError
 from recmgd.models import hazard
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
 from recmgd.models.granularity import Granularity, from_config
-from recmgd.models.nets import CacheNet, PrefetchNet
-from recmgd.models.train import TrainConfig, Trained
-from recmgd.models.voyager_net import VoyagerNet
+from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
+from recmgd.models.train_config import TrainConfig, Trained
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
 FORMAT = "recmg-models"
 FORMAT_VERSION = 1
+#: the numpy inference arrays (read without torch)
+INFERENCE_FILE = "inference.npz"
 
 
 def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] | None = None,
          granularity: Granularity | None = None) -> Path:
     """Write a checkpoint directory (created if missing; existing files are replaced); ``granularity``
     is what the models were trained on (default: rows)."""
+    import torch
+
     d = Path(out)
     d.mkdir(parents=True, exist_ok=True)
     models: dict[str, dict[str, object]] = {}
@@ -67,8 +75,15 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
         "granularity": (granularity or Granularity.rows()).as_dict(),
         "train": dataclasses.asdict(trained.config), "stats": trained.stats, "meta": meta or {},
     }
+    infer: dict[str, np.ndarray] = {}
+    with torch.no_grad():
+        if trained.cache is not None:
+            infer.update({f"cache.{k}": v for k, v in NumpyCacheNet(trained.cache).arrays().items()})
+        if trained.prefetch is not None:
+            infer.update({f"prefetch.{k}": v for k, v in NumpyPrefetchNet(trained.prefetch).arrays().items()})
     torch.save(weights, d / "weights.pt")
     np.savez(d / "keys.npz", **keys)
+    np.savez(d / INFERENCE_FILE, **infer)
     (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
     log.info("saved checkpoint %s (%s, trained on %s)", d, ", ".join(models),
              (granularity or Granularity.rows()).describe())
@@ -102,8 +117,62 @@ def granularity(path: str | os.PathLike[str]) -> Granularity:
     return from_config(read_config(path), str(Path(path) / "config.json"))
 
 
+def _header(d: Path, cfg: dict[str, object]) -> Trained:
+    """The Trained of a checkpoint's config, without its models."""
+    tc = TrainConfig(**{k: v for k, v in dict(cfg.get("train") or {}).items()
+                        if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    return Trained(capacity=int(cfg.get("capacity", 0)), config=tc,
+                   stats={k: float(v) for k, v in dict(cfg.get("stats") or {}).items()})
+
+
+def _hazard(out: Trained, keys: dict[str, np.ndarray]) -> None:
+    if "hazard" in keys:  # checkpoints before the age-aware table have none (level order)
+        out.hazard, *edges = hazard.check_table(keys["hazard"], keys.get("hazard_p_edges"),
+                                                keys.get("hazard_reuse_edges"))
+        out.hazard_edges = (edges[0], edges[1])
+
+
+def load_inference(path: str | os.PathLike[str]
+                   ) -> tuple[Trained, NumpyCacheNet | None, NumpyPrefetchNet | None] | None:
+    """The caching and prefetching models' numpy inference (and the checkpoint's config, keys and hazard
+    table in a Trained without torch modules), read without torch; None for a checkpoint written before
+    ``inference.npz`` (read it with :func:`load`)."""
+    d = Path(path)
+    cfg = read_config(d)
+    if not (d / INFERENCE_FILE).is_file():
+        return None
+    try:
+        keys = dict(np.load(d / "keys.npz"))
+        arr = dict(np.load(d / INFERENCE_FILE))
+    except Exception as exc:  # noqa: BLE001 - any corruption is a ModelError
+        raise ModelError(f"{d}: cannot read the inference arrays: {exc}") from None
+    models = cfg["models"]
+    assert isinstance(models, dict)
+    out = _header(d, cfg)
+    cache = pref = None
+    try:
+        if "cache" in models:
+            cache = NumpyCacheNet({k[6:]: v for k, v in arr.items() if k.startswith("cache.")})
+            _hazard(out, keys)
+        if "prefetch" in models:
+            pref = NumpyPrefetchNet({k[9:]: v for k, v in arr.items() if k.startswith("prefetch.")})
+            out.prefetch_keys = keys["prefetch"]
+            if pref.emb.shape[0] != len(out.prefetch_keys) + 1:
+                raise ValueError("prefetch embeddings and keys differ in number")
+        if "voyager" in models:
+            out.voyager_keys = keys["voyager"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ModelError(f"{d}: {INFERENCE_FILE} does not match config.json: {exc}") from None
+    return out, cache, pref
+
+
 def load(path: str | os.PathLike[str]) -> Trained:
-    """Load a checkpoint directory written by :func:`save`."""
+    """Load a checkpoint directory written by :func:`save` (its torch modules: imports torch)."""
+    import torch
+
+    from recmgd.models.nets import CacheNet, PrefetchNet
+    from recmgd.models.voyager_net import VoyagerNet
+
     d = Path(path)
     cfg = read_config(d)
     try:
@@ -113,19 +182,13 @@ def load(path: str | os.PathLike[str]) -> Trained:
         raise ModelError(f"{d}: cannot read weights: {exc}") from None
     models = cfg["models"]
     assert isinstance(models, dict)
-    tc = TrainConfig(**{k: v for k, v in dict(cfg.get("train") or {}).items()
-                        if k in {f.name for f in dataclasses.fields(TrainConfig)}})
-    out = Trained(capacity=int(cfg.get("capacity", 0)), config=tc,
-                  stats={k: float(v) for k, v in dict(cfg.get("stats") or {}).items()})
+    out = _header(d, cfg)
     try:
         if "cache" in models:
             out.cache = CacheNet(hidden=int(models["cache"]["hidden"]))
             out.cache.load_state_dict(weights["cache"])
             out.cache.eval()
-            if "hazard" in keys:  # checkpoints before the age-aware table have none (level order)
-                out.hazard, *edges = hazard.check_table(keys["hazard"], keys.get("hazard_p_edges"),
-                                                        keys.get("hazard_reuse_edges"))
-                out.hazard_edges = (edges[0], edges[1])
+            _hazard(out, keys)
         if "prefetch" in models:
             m = models["prefetch"]
             out.prefetch = PrefetchNet(int(m["n_rows"]), dim=int(m["dim"]), queries=int(m["queries"]))

@@ -25,7 +25,7 @@ from recmgd.models.features import (
     ROW_DTYPE,
     RowHistory,
 )
-from recmgd.models.nets import NumpyCacheNet
+from recmgd.models.numpy_nets import NumpyCacheNet
 from recmgd.simcore import ffi, lib
 
 _LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize)

@@ -25,8 +25,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: the C prefetcher's fixed buffers: representation width, hidden units, queries x width
-MAX_DIM, MAX_HIDDEN, MAX_QUERY_FLOATS = 64, 256, 1024
+#: the C prefetcher's fixed buffers: representation width, hidden units, queries x width (learned.h)
+MAX_DIM, MAX_HIDDEN, MAX_QUERY_FLOATS = (simcore.lib.LP_MAX_DIM, simcore.lib.LP_MAX_HIDDEN,
+                                         simcore.lib.LP_MAX_QUERY_FLOATS)
 
 #: stream positions the C prefetcher keeps for candidates: at least this many, and this many per slot
 STREAM_MIN, STREAM_PER_SLOT = 1 << 20, 16

@@ -7,14 +7,13 @@ caller.
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, N_TABLE_SLOTS
+from recmgd.models.numpy_nets import _FEATURE_SCALE, NumpyCacheNet, NumpyPrefetchNet
 
-# Per-feature normalisation is folded into the first layer; these are rough scales of the log features.
-_FEATURE_SCALE = 0.25
+__all__ = ["CacheNet", "NumpyCacheNet", "NumpyPrefetchNet", "PrefetchNet"]
 
 
 class CacheNet(nn.Module):
@@ -35,29 +34,6 @@ class CacheNet(nn.Module):
         h = torch.relu(self.lin1(feats * _FEATURE_SCALE) + self.table(tables))
         h = torch.relu(self.lin2(h))
         return self.out(h)
-
-
-class NumpyCacheNet:
-    """CacheNet's forward pass in numpy (float32)."""
-
-    def __init__(self, net: CacheNet) -> None:
-        sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-        self.w1 = (sd["lin1.weight"].T * _FEATURE_SCALE).copy()
-        self.tb = sd["table.weight"] + sd["lin1.bias"][None, :]
-        self.w2 = sd["lin2.weight"].T.copy()
-        self.b2 = sd["lin2.bias"]
-        self.w3 = sd["out.weight"].T.copy()
-        self.b3 = sd["out.bias"]
-
-    def __call__(self, feats: np.ndarray, tables: np.ndarray) -> np.ndarray:
-        """(N, 2): keep logit, predicted log1p(steps to next use)."""
-        h = feats @ self.w1
-        h += self.tb[tables]
-        np.maximum(h, 0, out=h)
-        h = h @ self.w2
-        h += self.b2
-        np.maximum(h, 0, out=h)
-        return h @ self.w3 + self.b3
 
 
 class PrefetchNet(nn.Module):
@@ -105,38 +81,3 @@ class PrefetchNet(nn.Module):
         return self.temp * sim + self.prior_logit(feats, cfeats)
 
 
-class NumpyPrefetchNet:
-    """PrefetchNet's inference in numpy."""
-
-    def __init__(self, net: PrefetchNet) -> None:
-        sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
-        self.emb = sd["emb.weight"]
-        self.unknown = net.n_rows
-        self.f1w, self.f1b = (sd["feat.0.weight"].T * _FEATURE_SCALE).copy(), sd["feat.0.bias"]
-        self.f2w, self.f2b = sd["feat.2.weight"].T.copy(), sd["feat.2.bias"]
-        self.tab = sd["table.weight"]
-        self.c1w, self.c1b = sd["ctx.0.weight"].T.copy(), sd["ctx.0.bias"]
-        self.c2w, self.c2b = sd["ctx.2.weight"].T.copy(), sd["ctx.2.bias"]
-        p1 = sd["prior.0.weight"].T.copy()
-        p1[:N_FEATURES] *= _FEATURE_SCALE
-        self.p1w, self.p1b = p1, sd["prior.0.bias"]
-        self.p2w, self.p2b = sd["prior.2.weight"][0].copy(), float(sd["prior.2.bias"][0])
-        self.temp = float(sd["temp"])
-        self.queries, self.dim = net.queries, net.dim
-
-    def rep(self, mids: np.ndarray, feats: np.ndarray, tables: np.ndarray) -> np.ndarray:
-        h = np.maximum(feats @ self.f1w + self.f1b, 0)
-        r = self.emb[mids] + h @ self.f2w + self.f2b + self.tab[tables]
-        r /= np.maximum(np.linalg.norm(r, axis=1, keepdims=True), 1e-6)
-        return r
-
-    def query(self, ctx_now: np.ndarray, ctx_past: np.ndarray) -> np.ndarray:
-        h = np.maximum(np.concatenate([ctx_now, ctx_past]) @ self.c1w + self.c1b, 0)
-        q = (h @ self.c2w + self.c2b).reshape(self.queries, self.dim)
-        q /= np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-6)
-        return q
-
-    def score(self, q: np.ndarray, r: np.ndarray, feats: np.ndarray, cfeats: np.ndarray) -> np.ndarray:
-        sim = (r @ q.T).max(axis=1)
-        h = np.maximum(feats @ self.p1w[:N_FEATURES] + cfeats @ self.p1w[N_FEATURES:] + self.p1b, 0)
-        return self.temp * sim + h @ self.p2w + self.p2b

@@ -18,9 +18,9 @@ import logging
 import os
 from collections import deque
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-import torch
 
 from recmgd.errors import ModelError
 from recmgd.models import checkpoint
@@ -29,9 +29,9 @@ from recmgd.models.features import RowHistory, Stream
 from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.native_step import NativeStep, unsupported
-from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
-from recmgd.models.train import TrainConfig, Trained, train_models
-from recmgd.models.voyager_net import NumpyVoyager
+from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
+from recmgd.models.sampling import GOLDEN
+from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, register
 
 log = logging.getLogger(__name__)
@@ -123,7 +123,6 @@ PREFETCH_IDLE_STEPS = 64
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
-_GOLDEN = 0x9E3779B97F4A7C15  # Fibonacci hashing of the dense row ids
 
 #: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
 ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
@@ -204,9 +203,9 @@ class LearnedPolicy(Policy):
         self.trained: Trained | None = None
         self._np_cache: NumpyCacheNet | None = None
         self._np_pref: NumpyPrefetchNet | None = None
-        self._np_voy: NumpyVoyager | None = None
+        self._np_voy: Any = None  # recmgd.models.voyager_net.NumpyVoyager (torch)
         self._fast_cache: FastCacheNet | None = None
-        self._model_index: dict[int, int] = {}
+        self._model_index: dict[int, int] | None = None  # the Python step's, built when first needed
         if model_dir is not None and os.path.isfile(os.path.join(model_dir, "config.json")):
             self.load(model_dir)
         self.reset(0)
@@ -220,25 +219,39 @@ class LearnedPolicy(Policy):
         msg = mismatch(model_dir, have, self.granularity, f"policy {self.name!r}")
         if msg:
             raise ModelError(msg)
-        t = checkpoint.load(model_dir)
-        missing = [m for m in self.models_needed if getattr(t, m) is None]
+        # the numpy inference arrays, without torch; Voyager and checkpoints without them: through torch
+        got = checkpoint.load_inference(model_dir) if self.prefetcher != "voyager" else None
+        if got is not None:
+            t, np_cache, np_pref = got
+            have_models = {"cache": np_cache is not None, "prefetch": np_pref is not None}
+        else:
+            t = checkpoint.load(model_dir)
+            np_cache = np_pref = None
+            have_models = {m: getattr(t, m) is not None for m in ("cache", "prefetch", "voyager")}
+        missing = [m for m in self.models_needed if not have_models.get(m)]
         if missing:
             raise ModelError(f"{model_dir}: checkpoint has no {', '.join(missing)} model, needed by "
                              f"policy {self.name!r}; train it with `recmg train`")
-        self._install(t)
+        self._install(t, np_cache, np_pref)
         log.info("%s: loaded models from %s", self.name, model_dir)
 
-    def _install(self, t: Trained) -> None:
+    def _install(self, t: Trained, np_cache: NumpyCacheNet | None = None,
+                 np_pref: NumpyPrefetchNet | None = None) -> None:
+        """Take trained models: ``t``'s torch modules (converted here), or their numpy inference given."""
         self.trained = t
-        with torch.no_grad():
-            self._np_cache = NumpyCacheNet(t.cache) if t.cache is not None else None
-            self._fast_cache = (FastCacheNet(self._np_cache)
-                                if self.native_infer and self._np_cache is not None else None)
-            self._np_pref = NumpyPrefetchNet(t.prefetch) if t.prefetch is not None else None
-            self._np_voy = NumpyVoyager(t.voyager) if t.voyager is not None else None
+        if np_cache is None and t.cache is not None:
+            np_cache = NumpyCacheNet(t.cache)
+        if np_pref is None and t.prefetch is not None:
+            np_pref = NumpyPrefetchNet(t.prefetch)
+        self._np_cache, self._np_pref = np_cache, np_pref
+        self._fast_cache = (FastCacheNet(np_cache) if self.native_infer and np_cache is not None else None)
+        if t.voyager is not None:
+            from recmgd.models.voyager_net import NumpyVoyager
+
+            self._np_voy = NumpyVoyager(t.voyager)
         keys = t.voyager_keys if self.prefetcher == "voyager" else t.prefetch_keys
         self._model_keys = keys if keys is not None else np.zeros(0, np.int64)
-        self._model_index = {k: i for i, k in enumerate(self._model_keys.tolist())}
+        self._model_index = None
 
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:
         if self.trained is not None:
@@ -246,6 +259,10 @@ class LearnedPolicy(Policy):
                 log.warning("%s: models were trained for capacity %d, used at %d", self.name,
                             self.trained.capacity, capacity)
             return
+        import torch
+
+        from recmgd.models.train import train_models
+
         torch.set_num_threads(self.threads)
         t = train_models(list(steps), capacity, self.cfg, which=self.models_needed)
         t.stats["mean_step_len"] = float(np.mean([len(s) for s in steps])) if len(steps) else 1.0
@@ -381,7 +398,7 @@ class LearnedPolicy(Policy):
     def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, cls: np.ndarray, p: np.ndarray, b: int) -> None:
         """Run this step's sampled rows through both shadow caches and move the selector."""
         if self._guard_shift < 64:
-            h = (ids.astype(np.uint64) * np.uint64(_GOLDEN)) >> np.uint64(self._guard_shift)
+            h = (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift)
             keep = h == 0
             ids, lvl, cls, p = ids[keep], lvl[keep], cls[keep], p[keep]
             if not len(ids):
@@ -447,6 +464,8 @@ class LearnedPolicy(Policy):
                 m[: len(self.mid)] = self.mid
                 self.mid = m
             unknown = len(self._model_keys)
+            if self._model_index is None:
+                self._model_index = {k: i for i, k in enumerate(self._model_keys.tolist())}
             get = self._model_index.get
             new_keys = self.hist.index.keys_of(np.arange(n0, n1))
             self.mid[n0:n1] = np.fromiter((get(k, unknown) for k in new_keys.tolist()), np.int64, n1 - n0)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from recmgd.models import hazard
 from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
+from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.models.voyager_net import VoyagerNet
 from recmgd.oracle import NEVER, next_use
 from recmgd.trace.steps import as_steps
@@ -31,35 +32,6 @@ Progress = Callable[[str, int, int, float, float], None]
 
 def _noop(stage: str, done: int, total: int, loss: float, rate: float) -> None:
     pass
-
-
-@dataclass
-class TrainConfig:
-    epochs: int = 4
-    batch: int = 256
-    seed: int = 0
-    window: int = 4  # prefetch lookahead W (steps)
-    prefetch_loss: str = "chamfer"  # or "ce"
-    dim: int = 16
-    queries: int = 4
-    max_pos: int = 32
-    max_cand: int = 128
-    depth: int = 8
-    ctx_now: int = 48
-    ctx_past: int = 96
-    past_steps: int = 3
-    max_samples: int = 4000
-    voyager_epochs: int = 2
-    voyager_seq: int = 64
-    voyager_hidden: int = 64
-    voyager_vocab: int = 16384
-    # the hazard table's label: used again within this many steps (0: half the cache's turnover time,
-    # capacity / rows a step / 2: on amazon_video a wide range around it did about equally well in
-    # development runs, while obd_random, every row used every few steps, needs 1)
-    hazard_horizon: int = 0
-    hazard_p_classes: int = hazard.P_CLASSES
-    hazard_reuse_classes: int = hazard.REUSE_CLASSES
-    extra: dict[str, object] = field(default_factory=dict)
 
 
 # ----------------------------------------------------------------------------------------- caching model
@@ -334,20 +306,6 @@ def train_voyager(stream: np.ndarray, keys: np.ndarray, cfg: TrainConfig,
 
 
 # ------------------------------------------------------------------------------------------- all
-@dataclass
-class Trained:
-    cache: CacheNet | None = None
-    prefetch: PrefetchNet | None = None
-    prefetch_keys: np.ndarray | None = None
-    voyager: VoyagerNet | None = None
-    voyager_keys: np.ndarray | None = None
-    hazard: np.ndarray | None = None  # (classes x age buckets), recmgd.models.hazard
-    hazard_edges: tuple[np.ndarray, np.ndarray] | None = None  # class edges: keep-probability, reuse
-    capacity: int = 0
-    config: TrainConfig = field(default_factory=TrainConfig)
-    stats: dict[str, float] = field(default_factory=dict)
-
-
 def fit_hazard(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, stats: dict[str, float],
                   cfg: TrainConfig) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The age-aware table (recmgd.models.hazard) over the caching model's outputs ``scored`` at every
