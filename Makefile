@@ -11,8 +11,10 @@ APT_PACKAGES := gcc make pkg-config liburing-dev libsystemd-dev fio
 APT_VM_PACKAGES := qemu-system-x86 busybox-static
 TRACE  ?=
 PREFIX ?= /usr/local
+# The TorchRec front's torchrec, without its declared deps (pyproject.toml's torchrec extra says why).
+TORCHREC := torchrec==1.8.0
 
-.PHONY: all sysdeps venv native test test-vm demo bench lint install clean
+.PHONY: all sysdeps venv native test test-vm demo bench bench-e2e lint install clean
 
 all: native
 
@@ -48,7 +50,8 @@ $(VENV)/.installed: pyproject.toml setup.py | sysdeps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip setuptools wheel cffi
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q --no-build-isolation -e '.[test]'
+	$(PIP) install -q --no-build-isolation -e '.[test,torchrec]'
+	$(PIP) install -q --no-deps $(TORCHREC)
 	touch $@
 
 venv: sysdeps $(VENV)/.installed
@@ -66,7 +69,12 @@ test-vm: native
 	$(PY) -m pytest -q -m vm tests
 
 demo: native
-	$(PY) -m recmgd.cli.recmg demo $(if $(TRACE),--trace $(TRACE),) $(if $(PACE),--pace $(PACE),)
+	mkdir -p build
+	$(PY) -m recmgd.cli.recmg demo --png build/recmg-demo.png $(if $(TRACE),--trace $(TRACE),)
+
+# The end-to-end comparison (tools/bench_e2e.py): a TorchRec DLRM server on recmg against all-DRAM.
+bench-e2e: native
+	$(PY) tools/bench_e2e.py --json build/bench_e2e.json --png build/bench_e2e.png
 
 bench: native
 	$(PY) tools/bench.py

@@ -542,17 +542,21 @@ class Pool:
         tables: Sequence[int],
         ids: Sequence[Any],
         offsets: Sequence[Any] | None = None,
-        mode: str = "sum",
-        weights: Sequence[Any] | None = None,
+        mode: str | Sequence[str] = "sum",
+        weights: Sequence[Any | None] | None = None,
     ) -> list[torch.Tensor]:
-        """Several tables' embedding bags in one native call (less per-call overhead)."""
+        """Several tables' embedding bags in one native call (less per-call overhead).
+
+        mode: one for every bag, or one per bag; weights: None, or one entry (None or weights) per bag."""
         n = len(tables)
+        modes = [mode] * n if isinstance(mode, str) else list(mode)
         if (
             len(ids) != n
+            or len(modes) != n
             or (offsets is not None and len(offsets) != n)
             or (weights is not None and len(weights) != n)
         ):
-            raise ValueError("tables, ids, offsets and weights must have the same length")
+            raise ValueError("tables, ids, offsets, modes and weights must have the same length")
         handle = self._handle
         if self._threads_pending:
             self._default_threads()
@@ -564,7 +568,7 @@ class Pool:
                 tables[k],
                 ids[k],
                 None if offsets is None else offsets[k],
-                mode,
+                modes[k],
                 None if weights is None else weights[k],
                 False,
                 keep,

@@ -473,7 +473,7 @@ def test_worker_error_reaches_the_loop_and_step_mode_has_no_worker(pools) -> Non
 
 
 def test_learned_policy_early_victims_follow_its_eviction_order(obd_model: str) -> None:
-    pol = policy_mod.create("recmg-cache", seed=0, model_dir=obd_model)
+    pol = policy_mod.create("recmg-cache", seed=0, model_dir=obd_model, native_step=False)  # the Python step
     pol.reset(6)
     for step, rows in enumerate([[1, 2, 3], [4], [5, 1], [6]]):
         keys = k(0, rows)
@@ -510,7 +510,7 @@ def test_learned_policy_live_in_its_thread_keeps_outputs_exact_and_views_equal(
         app.write_rows(t, np.arange(n), np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 4)))
     daemon = pool_mod.Pool.attach(name, role="daemon")
     try:
-        pol = policy_mod.create("recmg", prefetch_budget=4, seed=0, model_dir=obd_model)
+        pol = policy_mod.create("recmg", prefetch_budget=4, seed=0, model_dir=obd_model, native_step=False)
         drv = PoolDriver(daemon, pol, "recmg")
         for i, batch in enumerate(batches[:300]):
             for t, rows in batch:

@@ -99,7 +99,7 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     """Cut lookups into steps of ``batch`` consecutive samples and deduplicate each step.
 
     ``sample_offsets`` (``n_samples + 1`` int64) are the sample boundaries in ``keys``. Uses the C
-    core (``recmgd._simcore``, linear time) when it is built, numpy (a sort) otherwise.
+    core (``recmgd.simcore``, linear time) when it is built, numpy (a sort) otherwise.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -132,7 +132,7 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
 
 def _dedup_native(keys: np.ndarray, bounds: np.ndarray, n_steps: int) -> Steps | None:
     try:
-        from recmgd._simcore import ffi, lib
+        from recmgd.simcore import ffi, lib
     except ImportError:
         return None
     out = np.empty(keys.shape[0], dtype=np.int64)
