@@ -117,6 +117,7 @@ def brute(policy: Policy, steps: Steps, cap: int, L: int, B: int, split: int) ->
             for k in [k for k, o in owner.items() if o == "held" and k not in pinned]:
                 del owner[k]
                 la.pop(k, None)
+                pf.pop(k, None)
             for k in [k for k in announced if k not in owner]:
                 if left == 0 or not room():
                     break
@@ -225,6 +226,19 @@ def test_lookahead_matches_the_rules_read_literally(name: str, seed: int) -> Non
     ref = brute(pol, steps, cap, L, B, warm)
     got = {k: int(getattr(fast, k)) for k in ref}
     assert got == ref, (name, seed, cap, L, B)
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_the_c_loop_equals_the_python_driver(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    steps = random_steps(200 + seed, 80, int(rng.integers(20, 80)), int(rng.integers(3, 10)))
+    cap, L, B = int(rng.integers(3, 20)), int(rng.integers(0, 5)), int(rng.integers(0, 5))
+    fields = ("steps", "lookups", "hits", "on_demand", "floor", "bound", "prefetch_issued", "prefetch_useful",
+              "lookahead_fills", "lookahead_useful", "first_use_ahead", "pin_refused")
+    for name in ("lru", "lfu", "s3fifo", "stms", "bingo", "opt"):
+        py = drive_lookahead(make(name, 3), steps, cap, 20, lookahead=L, budget=B, path="python")
+        c = drive_lookahead(make(name, 3), steps, cap, 20, lookahead=L, budget=B, path="native")
+        assert {f: getattr(py, f) for f in fields} == {f: getattr(c, f) for f in fields}, (name, cap, L, B)
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -88,6 +88,21 @@ int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t 
 const sc_counters *sc_driver_counters(const sc_driver *d);
 int64_t sc_driver_resident(const sc_driver *d);
 
+/* ---- lookahead (recmgd/sim/lookahead.py states the rules; this loop follows them exactly) ---- */
+typedef struct {
+    int64_t lookahead_fills;  /* announced rows fetched ahead */
+    int64_t lookahead_useful; /* of those, read when their step ran */
+    int64_t first_use_ahead;  /* first uses that were hits */
+    int64_t pin_refused;      /* evictions of announced rows refused */
+} sc_la_counters;
+/* the whole trace's steps (the window looks ahead), steps from split on scored: each step observed,
+   the policy's step, its decision applied with the next `lookahead` steps' rows pinned and filled
+   within `budget` rows a step (then the policy's prefetches within what is left), victims least
+   recently used first; counts into the driver's counters and *la. Use a fresh driver. */
+int sc_driver_run_lookahead(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t *offsets,
+                            int64_t n_steps, int64_t split, int64_t lookahead, int64_t budget,
+                            sc_la_counters *la);
+
 /* ---- step building ----
  * keys[bounds[s] .. bounds[s+1]) are step s (keys holds n_keys); writes each step's distinct keys,
  * first appearances in order, to out_keys (room for n_keys) and n_steps + 1 offsets; returns the

@@ -22,6 +22,9 @@ Announced rows are pinned until their step has run. A row announced but not resi
 runs is an on-demand fetch; with L >= 1 the count can go below ``bound`` (first uses fetched ahead are
 ``first_use_ahead``).
 
+A native policy runs this loop in C (``sc_driver_run_lookahead``, native/policy/driver.c), the same
+rules (tested equal); the others run :class:`LookaheadDriver`.
+
 The reference for this setting is :class:`BeladyWindow` (``belady``): Belady's eviction order (farthest
 next use first) driven the same way; at L = 0 it is OPT on demand accesses.
 """
@@ -36,8 +39,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from recmgd.errors import PolicyError
+from recmgd.policies.native import NativePolicy, check, i32_ptr, i64_ptr
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, as_keys
-from recmgd.sim.driver import Counters, prepare
+from recmgd.sim.driver import PATHS, Counters, Driver, ffi, lib, prepare
 from recmgd.trace.steps import Steps
 
 #: the name the simulator gives the reference (Belady with the same window and budget)
@@ -200,6 +204,7 @@ class LookaheadDriver:
             if len(held):
                 self.owner[held] = FREE
                 self.la[held] = 0
+                self.pf[held] = 0
                 self.n_res -= len(held)
         # the announced rows, nearest step first, within the budget
         left = self.budget if self.L else None
@@ -329,6 +334,7 @@ class _Victims:
 
     def next(self) -> int:
         d = self.drv
+        fresh = False
         while True:
             while self.pos < len(self.order):
                 v = self.order[self.pos]
@@ -337,23 +343,59 @@ class _Victims:
                         self.step == v).any():
                     self.taken.append(v)
                     return v
-            if self.done:
+            if fresh:
                 return -1
+            # the list is used up: ask again (rows inserted since are the policy's too)
             self._refill()
-            if not self.order:
-                return -1
+            fresh = self.done
 
 
 def drive_lookahead(policy: Policy, steps: Steps, capacity: int, warm_steps: int, *, lookahead: int,
-                    budget: int) -> LookaheadCounters:
+                    budget: int, path: str = "auto") -> LookaheadCounters:
     """Run ``policy`` over ``steps`` with lookahead (module doc): the first ``warm_steps`` warm the fast
-    tier, the rest are scored. The policy is (fit,) reset and given the future here."""
+    tier, the rest are scored. The policy is (fit,) reset and given the future here.
+
+    ``path``: a native policy (which names no victims of its own) runs the whole loop in C
+    (``sc_driver_run_lookahead``, the same rules; tested equal) unless ``python``; every other policy
+    runs :class:`LookaheadDriver`."""
+    if path not in PATHS:
+        raise ValueError(f"path must be one of {PATHS}, got {path!r}")
+    if lookahead < 0 or budget < 0:
+        raise ValueError(f"lookahead and budget must be >= 0, got {lookahead} and {budget}")
     warm_steps = max(0, min(warm_steps, len(steps)))
     prepare(policy, steps, capacity, warm_steps)
     if policy.needs_future:
         policy.set_future(steps)
+    native = isinstance(policy, NativePolicy) and not _uses_own_victims(policy) and path != "python"
+    if path == "native" and not native:
+        raise ValueError(f"policy {policy.name!r} has no native step function")
+    if native:
+        return _drive_lookahead_native(policy, steps, capacity, warm_steps, lookahead, budget)  # type: ignore[arg-type]
     drv = LookaheadDriver(steps, capacity, lookahead, budget)
     return drv.run(policy, warm_steps)
+
+
+def _drive_lookahead_native(policy: NativePolicy, steps: Steps, capacity: int, split: int, lookahead: int,
+                            budget: int) -> LookaheadCounters:
+    idmap, handle = policy.native_state()
+    ids = idmap.map(steps.keys[steps.offsets[0]:steps.offsets[-1]])
+    offsets = np.ascontiguousarray(steps.offsets - steps.offsets[0], dtype=np.int64)
+    drv = Driver(idmap, capacity)
+    la = ffi.new("sc_la_counters *")
+    t0 = time.perf_counter()
+    rc = lib.sc_driver_run_lookahead(drv.ptr, handle, i32_ptr(ids), i64_ptr(offsets), len(steps), split,
+                                     lookahead, budget, la)
+    seconds = time.perf_counter() - t0
+    if rc == lib.SC_EOVERFLOW:
+        raise PolicyError(f"{policy.name}: {drv.resident} resident rows, capacity {capacity}")
+    check(rc, "lookahead driver")
+    c = drv.counters()
+    return LookaheadCounters(steps=c.steps, lookups=c.lookups, hits=c.hits, on_demand=c.on_demand,
+                             prefetch_issued=c.prefetch_issued, prefetch_useful=c.prefetch_useful,
+                             floor=c.floor, bound=c.bound, seconds=seconds, lookahead=lookahead,
+                             lookahead_fills=int(la.lookahead_fills),
+                             lookahead_useful=int(la.lookahead_useful),
+                             first_use_ahead=int(la.first_use_ahead), pin_refused=int(la.pin_refused))
 
 
 class BeladyWindow(Policy):

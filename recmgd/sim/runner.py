@@ -102,7 +102,7 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
         if L or pname == REFERENCE:
             if delay != 1:
                 raise ValueError("lookahead runs with delay 1 only")
-            return drive_lookahead(pol, all_steps(), cap, warm, lookahead=L, budget=budget)
+            return drive_lookahead(pol, all_steps(), cap, warm, lookahead=L, budget=budget, path=path)
         if stream and isinstance(pol, NativePolicy) and not pol.needs_future and not pol.learned:
             return drive_stream(pol, trace, batch, cap, warm, delay=delay)
         return drive(pol, all_steps(), cap, warm, delay=delay, path=path)
