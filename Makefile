@@ -85,7 +85,8 @@ lint: venv
 
 # A self-contained install: the package in its own venv under $(PREFIX)/lib/recmgd, its three commands
 # linked into $(PREFIX)/bin (where recmgd.service looks), librecmg and recmg.h for C apps, the unit,
-# the config example (never over an existing config) and the tmpfiles rule.
+# the config example (never over an existing config), the sysusers and tmpfiles rules; then (not into a
+# DESTDIR) the recmgd user and group (systemd-sysusers, or groupadd/useradd without it) and its directories.
 INSTALL_VENV := $(PREFIX)/lib/recmgd/venv
 install: native
 	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
@@ -102,8 +103,31 @@ install: native
 	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
 	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
 	install -D -m 0644 systemd/recmgd.service $(DESTDIR)/etc/systemd/system/recmgd.service
+	install -D -m 0644 systemd/recmgd.sysusers $(DESTDIR)/usr/lib/sysusers.d/recmgd.conf
 	install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
+	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files
+	@if [ -z "$(DESTDIR)" ]; then \
+	  if command -v systemd-sysusers >/dev/null 2>&1; then \
+	    systemd-sysusers /usr/lib/sysusers.d/recmgd.conf || exit 1; \
+	  else \
+	    getent group recmgd >/dev/null || groupadd --system recmgd || exit 1; \
+	    getent passwd recmgd >/dev/null || useradd --system --gid recmgd --home-dir /var/lib/recmgd \
+	      --no-create-home --shell /usr/sbin/nologin --comment "recmg tiered-memory daemon" recmgd || exit 1; \
+	  fi; \
+	  if command -v systemd-tmpfiles >/dev/null 2>&1; then \
+	    systemd-tmpfiles --create /usr/lib/tmpfiles.d/recmgd.conf || exit 1; \
+	  else \
+	    install -d -o recmgd -g recmgd -m 0755 /run/recmgd && \
+	    install -d -o recmgd -g recmgd -m 0750 /var/lib/recmgd /var/lib/recmgd/models || exit 1; \
+	  fi; \
+	  if command -v runuser >/dev/null 2>&1 && \
+	     ! runuser -u recmgd -- $(INSTALL_VENV)/bin/python -c "import recmgd.daemon.service" 2>/dev/null; then \
+	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: make install PYTHON=/usr/bin/python3"; \
+	    exit 1; \
+	  fi; \
+	fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now recmgd"
+	@echo "apps share pools with the daemon through group recmgd: usermod -aG recmgd APPUSER (README, Security)"
 
 clean:
 	$(MAKE) -s -C native clean

@@ -15,7 +15,8 @@ from cffi import FFI
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SRC_DIR = "native/policy"
-_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c", "hazard.c"]
+_SOURCES = ["idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c", "hazard.c",
+            "learned.c"]
 
 
 def header_cdef(path: str) -> str:
@@ -44,10 +45,10 @@ def make_builder(root: str = "") -> FFI:
     src = os.path.join(root, _SRC_DIR) if root else _SRC_DIR
     builder = FFI()
     builder.cdef(header_cdef(f"{src}/simcore.h") + header_cdef(f"{src}/cachemodel.h")
-                 + header_cdef(f"{src}/hazard.h"))
+                 + header_cdef(f"{src}/hazard.h") + header_cdef(f"{src}/learned.h"))
     builder.set_source(
         "recmgd._simcore",
-        '#include "simcore.h"\n#include "cachemodel.h"\n#include "hazard.h"',
+        '#include "simcore.h"\n#include "cachemodel.h"\n#include "hazard.h"\n#include "learned.h"',
         sources=[f"{src}/{name}" for name in _SOURCES],
         include_dirs=[src],
         extra_compile_args=["-O2", "-std=c11", "-Wall", "-Wextra", "-Werror"],

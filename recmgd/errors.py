@@ -20,6 +20,15 @@ class PoolLockedError(PoolError):
     writer); nothing was changed, and the call may be retried later."""
 
 
+class PoolWriteError(PoolError):
+    """write_rows failed part way (a slow-tier file write failed): the first ``written`` rows of the
+    batch were written, with their fast-tier copies, and none after them."""
+
+    def __init__(self, message: str, written: int) -> None:
+        super().__init__(message)
+        self.written = written
+
+
 class TraceError(RecmgError):
     """A trace file is malformed or unreadable; the message names file and line."""
 

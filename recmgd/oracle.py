@@ -159,7 +159,7 @@ def belady(steps: StepsLike, capacity: int, *, bypass: bool = False, delay: int 
 def _belady_native(s: Steps, capacity: int, bypass: bool) -> np.ndarray | None:
     """OPT through the C core (the same step function the OPT policy runs), or None without it."""
     try:
-        from recmgd._simcore import ffi, lib
+        from recmgd.simcore import ffi, lib
     except ImportError:
         log.debug("recmgd._simcore not built; OPT runs in Python")
         return None

@@ -46,6 +46,9 @@ class StepView:
     keys: np.ndarray  # int64, deduplicated, first-appearance order
     hit: np.ndarray  # bool, same length: resident when read
     hints: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)  # int64 keys an app announced
+    #: int64 keys of the next L steps (lookahead, deduplicated, step by step): the driver fills them
+    #: itself within its budget and never evicts them before their step; a policy may use them
+    announced: np.ndarray = field(default_factory=lambda: EMPTY_KEYS)
 
 
 @dataclass

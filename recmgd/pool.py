@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from recmgd.errors import PoolError, PoolLockedError, PoolVersionError
+from recmgd.errors import PoolError, PoolLockedError, PoolVersionError, PoolWriteError
 from recmgd.keys import PAGE_BYTES, ROW_BITS
 
 try:
@@ -148,14 +148,20 @@ def _is_tensor(x: Any) -> bool:
 
 
 def _i64(x: Any, what: str = "ids") -> np.ndarray:
-    """A contiguous 1-D int64 numpy array over x (no copy when it already is one)."""
+    """A contiguous 1-D int64 numpy array over x (no copy when it already is one). Integers only: float
+    ids (which a cast would truncate: 3.7 -> row 3) and booleans are a one-line PoolError."""
     if _is_tensor(x):
         torch = _torch()
+        if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
+            raise PoolError(f"{what} must be integers, got a tensor of {x.dtype} (not truncated to rows)")
         if x.dtype != torch.int64 or not x.is_contiguous() or x.device.type != "cpu":
             x = x.to(device="cpu", dtype=torch.int64).contiguous()
         a = x.numpy()
     else:
-        a = np.ascontiguousarray(x, dtype=np.int64)
+        a = np.asarray(x)
+        if a.dtype.kind not in "iu" and a.size:
+            raise PoolError(f"{what} must be integers, got {a.dtype} values (not truncated to rows)")
+        a = np.ascontiguousarray(a, dtype=np.int64)
     if a.ndim != 1:
         a = a.reshape(-1)
     return a
@@ -191,7 +197,7 @@ class Pool:
         self._dtype_code = int(info.dtype)
         self._slow_kind = int(info.slow_kind)
         self._numa_node = int(info.numa_node)
-        self._slow_path = ffi.string(info.slow_path).decode()
+        self._slow_path = ffi.string(info.slow_path).decode(errors="surrogateescape")
         self._n_rings = int(info.n_rings)
         ti = ffi.new("recmg_table_info *")
         tables = []
@@ -220,8 +226,13 @@ class Pool:
         io_uring: bool = True,
         direct: bool = True,
         threads: int | None = None,
+        existing: str = "refuse",
     ) -> Pool:
         """Create a pool; fails if one of that name exists. All rows start as zeros (the slow tier).
+
+        An SSD tier's file is created with its space reserved; an existing file is never truncated:
+        existing="refuse" (default) fails, existing="reuse" keeps it and its rows (the tables of a pool
+        whose shared memory is gone, after a reboot) if its size is the tables' size.
 
         threads: how many threads a multi-table ``embedding_bags`` call may use on a memory slow tier
         (default: torch.get_num_threads()). io_uring=False forces the preadv fallback; direct=False
@@ -230,6 +241,8 @@ class Pool:
             raise PoolError(f"bad dtype {dtype!r}: use 'float32' or 'float16'")
         if role not in _ROLES:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
+        if existing not in ("refuse", "reuse"):
+            raise PoolError(f"bad existing={existing!r}: use 'refuse' or 'reuse'")
         kind, node, path = parse_slow(slow)
         specs = ffi.new("recmg_table_spec[]", max(len(tables), 1))
         for i, spec in enumerate(tables):
@@ -256,12 +269,12 @@ class Pool:
         o.ring_records = int(ring_records)
         o.n_rings = int(rings)
         o.role = _ROLES[role]
-        o.flags = _flags(io_uring, direct)
+        o.flags = _flags(io_uring, direct) | (lib.RECMG_F_REUSE_SLOW if existing == "reuse" else 0)
         out = ffi.new("recmg_pool **")
         err = ffi.new("char[512]")
         rc = lib.recmg_create(name.encode(), o, out, err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
         log.info(
             "created pool %s: %d tables, %d slots, slow=%s, dtype=%s", name, len(tables), slots, slow, dtype
         )
@@ -283,7 +296,7 @@ class Pool:
         err = ffi.new("char[512]")
         rc = lib.recmg_attach(name.encode(), _ROLES[role], _flags(io_uring, direct), out, err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
         log.debug("attached pool %s as %s", name, role)
         return cls(out[0], name, role, threads)
 
@@ -293,7 +306,7 @@ class Pool:
         err = ffi.new("char[512]")
         rc = lib.recmg_destroy(name.encode(), err, 512)
         if rc:
-            _raise(rc, ffi.string(err).decode())
+            _raise(rc, ffi.string(err).decode(errors="replace"))
 
     def close(self) -> None:
         """Detach (releases this process's ring). Idempotent."""
@@ -367,7 +380,7 @@ class Pool:
 
     def _check(self, rc: int) -> int:
         if rc < 0:
-            _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode())
+            _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode(errors="replace"))
         return rc
 
     def _info(self) -> Any:
@@ -413,9 +426,14 @@ class Pool:
                 f"write_rows: values have shape {tuple(v.shape)}; table {t} needs ({len(r)}, {dim})"
             )
         v = np.ascontiguousarray(v, dtype=_NP_DTYPES[self._dtype_code])
-        self._check(
-            lib.recmg_write_rows(self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v))
+        written = ffi.new("uint64_t *")
+        rc = lib.recmg_write_rows_ex(
+            self._handle, t, ffi.from_buffer("int64_t[]", r), len(r), ffi.from_buffer(v), written
         )
+        if rc == lib.RECMG_EIO:
+            msg = ffi.string(lib.recmg_errmsg(self._handle)).decode(errors="replace")
+            raise PoolWriteError(msg, int(written[0]))
+        self._check(rc)
 
     def read_rows(self, table: int, rows: Any) -> np.ndarray:
         """Rows from the slow tier, in the storage dtype, shape (len(rows), dim)."""

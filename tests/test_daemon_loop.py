@@ -473,7 +473,7 @@ def test_worker_error_reaches_the_loop_and_step_mode_has_no_worker(pools) -> Non
 
 
 def test_learned_policy_early_victims_follow_its_eviction_order(obd_model: str) -> None:
-    pol = policy_mod.create("recmg-cache", seed=0, model_dir=obd_model)
+    pol = policy_mod.create("recmg-cache", seed=0, model_dir=obd_model, native_step=False)  # the Python step
     pol.reset(6)
     for step, rows in enumerate([[1, 2, 3], [4], [5, 1], [6]]):
         keys = k(0, rows)
@@ -510,7 +510,7 @@ def test_learned_policy_live_in_its_thread_keeps_outputs_exact_and_views_equal(
         app.write_rows(t, np.arange(n), np.tile(np.arange(n, dtype=np.float32)[:, None], (1, 4)))
     daemon = pool_mod.Pool.attach(name, role="daemon")
     try:
-        pol = policy_mod.create("recmg", prefetch_budget=4, seed=0, model_dir=obd_model)
+        pol = policy_mod.create("recmg", prefetch_budget=4, seed=0, model_dir=obd_model, native_step=False)
         drv = PoolDriver(daemon, pol, "recmg")
         for i, batch in enumerate(batches[:300]):
             for t, rows in batch:
@@ -626,4 +626,100 @@ def test_a_tap_sees_every_drained_record_and_a_failing_tap_is_removed(pools) -> 
     app.end_batch()
     drv.tick()
     assert len(seen) == 2
+    drv.close()
+
+
+@pytest.mark.parametrize("pin_batches", [2, 0])
+def test_a_row_announced_for_the_next_batch_is_not_evicted_before_it(pools, pin_batches: int) -> None:
+    """Lookahead: LRU would evict a row the app announced (hinted) for its next batch; the daemon keeps
+    it (the app then reads it from the fast tier). Without pins (0) it is evicted and read slow."""
+    app, daemon = pools
+    pol = policy_mod.create("lru")
+    drv = PoolDriver(daemon, pol, "lru", hint_slots=4, step_mode=True, hint_pin_batches=pin_batches)
+    assert drv.capacity == 36
+    lookup(app, 0, range(36))  # the policy's 36 rows; row 0 is the least recently used
+    app.end_batch()
+    drv.tick()
+    app.hint(0, [0])  # the next batch reads row 0
+    drv.tick()  # the hint arrives ahead of the batch's lookups
+    lookup(app, 0, range(100, 104))  # four misses: LRU evicts rows 0..3 to admit them
+    app.end_batch()
+    drv.tick()
+    resident = set(daemon.resident_keys().tolist())
+    before = app.counters()["processes"][0]["hits"]
+    lookup(app, 0, [0])
+    app.end_batch()
+    drv.tick()
+    hit = app.counters()["processes"][0]["hits"] - before
+    st = drv.stats()
+    if pin_batches:
+        assert int(k(0, [0])[0]) in resident and hit == 1
+        assert st["pin_refused"] == 1 and not resident & set(k(0, [1, 2, 3]).tolist())
+        # the policy believed row 0 gone: it saw a miss and took the row over, without a second copy
+        assert st["fills"] == 40 and drv.n_resident == 36 and pol.resident == 36
+    else:
+        assert int(k(0, [0])[0]) not in resident and hit == 0 and st["pin_refused"] == 0
+    assert len(daemon.resident_keys()) <= drv.n_slots
+    drv.close()
+
+
+def test_a_pin_ends_after_its_read_or_after_its_batches(pools) -> None:
+    app, daemon = pools
+    pol = Scripted([Decision(admit=k(0, [5])), Decision(evict=k(0, [5]), admit=k(0, [6])),
+                    Decision(admit=k(0, [5])), Decision(evict=k(0, [5]))])
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=2, step_mode=True, hint_pin_batches=2)
+    lookup(app, 0, [5])
+    app.end_batch()
+    app.hint(0, [5])
+    drv.tick()  # step 1: 5 admitted; then the hint of 5 for the next batch
+    lookup(app, 0, [6])
+    app.end_batch()
+    drv.tick()  # step 2: the policy evicts 5: refused, 5 is announced
+    assert int(k(0, [5])[0]) in daemon.resident_keys().tolist() and drv.stats()["pin_refused"] == 1
+    lookup(app, 0, [5])
+    app.end_batch()
+    drv.tick()  # step 3: read from the fast tier; the policy (which saw a miss) takes it over
+    assert pol.views[-1].hit.tolist() == [False] and drv.stats()["hits"] == 1
+    assert drv.stats()["fills"] == 2
+    lookup(app, 0, [7])
+    app.end_batch()
+    drv.tick()  # step 4: read after the pin was set, the boundary passed: the eviction now happens
+    assert int(k(0, [5])[0]) not in daemon.resident_keys().tolist()
+    # hints never read hold the reserve for two batches, then make room
+    app.hint(1, [1, 2])
+    drv.tick()
+    app.hint(1, [3])
+    drv.tick()
+    assert drv.stats()["hint_rejected"] == 1 and drv.n_hinted == 2
+    for _ in range(2):
+        app.end_batch()
+        drv.tick()
+    app.hint(1, [3])
+    drv.tick()
+    assert int(k(1, [3])[0]) in daemon.resident_keys().tolist() and drv.n_hinted == 2
+    drv.close()
+
+
+def test_early_admission_never_takes_an_announced_row_as_victim(pools) -> None:
+    app, daemon = pools
+    pol = SlowScripted([], victims=k(0, [1, 2, 3, 4, 5]).tolist())
+    drv = PoolDriver(daemon, pol, "slow", hint_slots=2)  # capacity 38
+    lookup(app, 0, range(38))
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    app.hint(0, [1])  # row 1 (the policy's first victim) is announced for the next batch
+    drv.tick()
+    lookup(app, 0, [40, 41])  # two misses, a full tier: two early victims, not row 1
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert pol.gone == k(0, [2, 3]).tolist()
+    assert int(k(0, [1])[0]) in daemon.resident_keys().tolist()
+    before = app.counters()["processes"][0]["hits"]
+    lookup(app, 0, [1])
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    assert app.counters()["processes"][0]["hits"] == before + 1
     drv.close()

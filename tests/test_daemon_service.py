@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import grp
 import os
+import shutil
 import signal
+import tempfile
 import time
 import urllib.request
 import uuid
@@ -254,6 +256,7 @@ def test_pools_of_other_owners_are_skipped(tmp_path: Path, restore_signals: None
         assert set(d.pools) == {mine}
         why = d.stats()["daemon"]["skipped"][theirs]
         assert why.startswith("owned by nobody:") and "serve_users" in why
+        assert {"name": theirs, "waiting": True, "error": f"skipped: {why}"} in d.handle("pools", {})
         # served once its group is configured (a reload), skipped again when it is not
         nogroup = grp.getgrgid(65534).gr_name
         cfg.write_text(body.replace("[control]", f'serve_groups = ["{nogroup}"]\n[control]'))
@@ -266,3 +269,55 @@ def test_pools_of_other_owners_are_skipped(tmp_path: Path, restore_signals: None
         d.shutdown()
         for app in apps.values():
             app.destroy()
+
+
+def test_a_non_root_daemon_serves_pools_shared_through_its_group() -> None:
+    """The daemon as an unprivileged user (nobody:nogroup here, recmgd:recmgd when installed): a pool
+    created with mode 0o660 and the daemon's group is served (no capability needed), root's own 0600
+    pool is skipped, and the daemon cannot open it anyway."""
+    import json
+
+    shared, private = (f"recmgd-svc-{uuid.uuid4().hex[:8]}" for _ in range(2))
+    pools = {shared: pool_mod.Pool.create(shared, tables=[(100, 4)], slots=10, ring_records=1024, mode=0o660),
+             private: pool_mod.Pool.create(private, tables=[(100, 4)], slots=10, ring_records=1024)}
+    os.chown(f"/dev/shm/{shared}", -1, 65534)  # the app (root here) gives the pool to the daemon's group
+    run = Path(tempfile.mkdtemp(prefix="recmgd-nonroot-"))  # tmp_path's parents are root's 0700 dirs
+    os.chmod(run, 0o777)
+    cfg_path = run / "d.toml"
+    cfg_path.write_text(f'pools = ["{shared}", "{private}"]\n[control]\nsocket = "{run}/c.sock"\n')
+    for p in pools.values():
+        p.embedding_bag(0, np.arange(4), np.arange(4))
+        p.end_batch()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the daemon, in a child that gives up root first
+        out: dict = {}
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+            d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=RecordingNotifier())
+            d.setup()
+            d.tick()
+            st = d.stats()
+            out = {"pools": {n: p["fills"] for n, p in st["pools"].items()},
+                   "skipped": st["daemon"]["skipped"]}
+            d.shutdown()
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent
+            out = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            os.write(w, json.dumps(out).encode())
+            os._exit(0)
+    os.close(w)
+    try:
+        with os.fdopen(r, "rb") as fh:
+            res = json.loads(fh.read() or b"{}")
+        os.waitpid(pid, 0)
+    finally:
+        for p in pools.values():
+            p.destroy()
+        shutil.rmtree(run, ignore_errors=True)
+    assert "error" not in res, res
+    assert res["pools"] == {shared: 4}, res
+    assert res["skipped"][private].startswith("owned by root:root"), res

@@ -224,8 +224,9 @@ def test_prefetcher_throttled_while_it_proposes_nothing(threshold: float, probe:
     from recmgd.models.policies import PREFETCH_IDLE_STEPS
 
     steps = zipf_steps(seed=9, n_steps=400)
+    # the Python step (the reference; tests/test_models_native_step.py holds the C step to it)
     p = registry.create("recmg", prefetch_budget=4, epochs=1, prefetch_threshold=threshold,
-                        prefetch_probe=probe)
+                        prefetch_probe=probe, native_step=False)
     calls = []
     inner = p._prefetch_recmg
 

@@ -12,15 +12,13 @@ from recmgd import policy as registry
 from recmgd.errors import ModelError
 from recmgd.keys import make_keys
 from recmgd.models import checkpoint
-from recmgd.models.fastinfer import FastCacheNet, available
+from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import N_FEATURES, RowHistory
 from recmgd.models.nets import CacheNet, NumpyCacheNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.policy import StepView
 from recmgd.sim.driver import drive
 from recmgd.trace import Steps, open_trace
-
-pytestmark = pytest.mark.skipif(not available(), reason="recmgd._simcore built without cm_score")
 
 N_STEPS = 1200  # amazon_video at batch 16: ~18 distinct rows a step, ~21k lookups
 

@@ -29,7 +29,7 @@ def test_age_buckets_and_classes() -> None:
 
 
 def test_hazard_scores_in_c_equal_the_numpy_expression() -> None:
-    from recmgd._simcore import lib
+    from recmgd.simcore import lib
 
     assert lib.HZ_AGE_BUCKETS == hazard.AGE_BUCKETS
     rng = np.random.default_rng(0)

@@ -4,6 +4,7 @@ and the tmpfiles snippet creates its directories (under a temporary root; no PID
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -55,13 +56,30 @@ def test_unit_settings() -> None:
     assert s["Restart"] == ["on-failure"]
     assert s["RuntimeDirectory"] == ["recmgd"]
     assert int(s["WatchdogSec"][0].rstrip("s")) > 0
+    assert s["User"] == ["recmgd"] and s["Group"] == ["recmgd"]  # not root (systemd/recmgd.sysusers)
+    assert s["StateDirectory"] == ["recmgd"]
     assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"]
+    assert s["PrivateDevices"] == ["yes"]  # /dev/shm stays the host's (bind-mounted by systemd)
+    assert s["SystemCallFilter"][0] == "@system-service" and s["SystemCallArchitectures"] == ["native"]
     assert s["ProtectHome"] == ["read-only"]  # the daemon's Python may live under /root (pyenv)
     assert s["PrivateNetwork"] == ["yes"]
     assert s["CapabilityBoundingSet"] == ["CAP_SYS_NICE"] and s["AmbientCapabilities"] == ["CAP_SYS_NICE"]
     assert "/dev/shm" in " ".join(s["ReadWritePaths"])
     note = UNIT.read_text().split("PrivateNetwork=yes")[0].rsplit("\n\n", 1)[-1]
-    assert "Remove PrivateNetwork=" in note and "metrics" in note
+    assert "remove privatenetwork=" in note.lower() and "metrics" in note
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_security_exposure(tmp_path: Path) -> None:
+    """`systemd-analyze security` on the unit file: well below the 3.4 of the unit that ran as root."""
+    r = subprocess.run(["systemd-analyze", "security", "--offline=yes", "--no-pager", str(UNIT)],
+                       capture_output=True, text=True, timeout=120)
+    if r.returncode != 0 and "offline" in r.stderr:
+        pytest.skip(f"this systemd-analyze has no --offline: {r.stderr.strip()[:200]}")
+    m = re.search(r"Overall exposure level for \S+: ([\d.]+)", r.stdout)
+    assert m, r.stdout[-2000:] + r.stderr
+    print(f"systemd-analyze security --offline=yes systemd/recmgd.service: {m.group(1)}")
+    assert float(m.group(1)) <= 2.0, r.stdout
 
 
 def test_unit_matches_config_defaults() -> None:
@@ -72,18 +90,31 @@ def test_unit_matches_config_defaults() -> None:
     assert Path(c.control.socket).parent == Path("/run") / runtime
 
 
-@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None, reason="systemd-tmpfiles not installed")
-def test_tmpfiles(tmp_path: Path) -> None:
-    snippet = str(REPO / "systemd" / "recmgd.tmpfiles")
-    r = subprocess.run(["systemd-tmpfiles", "--create", f"--root={tmp_path}", snippet],
+@pytest.mark.skipif(shutil.which("systemd-tmpfiles") is None or shutil.which("systemd-sysusers") is None,
+                    reason="systemd-tmpfiles or systemd-sysusers not installed")
+def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
+    """The user and group first (as `make install` does), then the directories, owned by them."""
+    (tmp_path / "etc").mkdir()
+    r = subprocess.run(["systemd-sysusers", f"--root={tmp_path}", str(REPO / "systemd" / "recmgd.sysusers")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "run" / "recmgd").is_dir()
-    assert (tmp_path / "var" / "lib" / "recmgd" / "models").is_dir()
-    assert (tmp_path / "run" / "recmgd").stat().st_mode & 0o777 == 0o755
+    etc = tmp_path / "etc"
+    users = {f[0]: f for f in (ln.split(":") for ln in (etc / "passwd").read_text().splitlines())}
+    groups = {f[0]: f for f in (ln.split(":") for ln in (etc / "group").read_text().splitlines())}
+    uid, gid = int(users["recmgd"][2]), int(users["recmgd"][3])
+    assert int(groups["recmgd"][2]) == gid and 0 < uid < 1000  # a system user, its own group
+    assert users["recmgd"][5] == "/var/lib/recmgd"
+    r = subprocess.run(["systemd-tmpfiles", "--create", f"--root={tmp_path}",
+                        str(REPO / "systemd" / "recmgd.tmpfiles")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    for d, mode in (("run/recmgd", 0o755), ("var/lib/recmgd", 0o750), ("var/lib/recmgd/models", 0o750)):
+        st = (tmp_path / d).stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, mode), d
 
 
-def test_makefile_installs_the_three_files() -> None:
+def test_makefile_installs_the_systemd_files() -> None:
     mk = (REPO / "Makefile").read_text()
-    for f in ("systemd/recmgd.service", "systemd/recmgd.toml.example", "systemd/recmgd.tmpfiles"):
+    for f in ("systemd/recmgd.service", "systemd/recmgd.toml.example", "systemd/recmgd.tmpfiles",
+              "systemd/recmgd.sysusers"):
         assert f in mk

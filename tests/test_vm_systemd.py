@@ -7,7 +7,9 @@ drives the service with systemctl and an app process, and the tests here assert 
 What is checked: `systemctl start` succeeds (Type=notify: READY=1 arrived), StatusText carries the
 daemon's status line; the sandbox is applied (capabilities, no_new_privs, own mount and network
 namespaces); an app creates a numa:1 pool and looks rows up, recmgd (policy lru) fills the hot rows and
-`recmgctl stats --json` shows the pool with every lookup of the app; `systemctl reload` keeps it active
+`recmgctl stats --json` shows the pool with every lookup of the app; the daemon runs as the recmgd user
+(systemd/recmgd.sysusers, which the guest applies as `make install` does) with a seccomp filter, and the
+app shares its pool with it through group recmgd (mode 0660); `systemctl reload` keeps it active
 (same pid, one reload counted); `systemctl stop` ends it cleanly; the journal holds the daemon's lines.
 The unit's own timeouts (TimeoutStartSec=90s) hold under the emulation. The one drop-in, only when this
 checkout or its venv lives under /tmp or /var/tmp (a CI clone may), binds them read-only into the
@@ -40,6 +42,9 @@ def guest_files() -> dict[str, Any]:
     files: dict[str, Any] = {
         "/etc/systemd/system/recmgd.service": (REPO / "systemd" / "recmgd.service").read_text(),
         "/etc/recmgd/recmgd.toml": (REPO / "systemd" / "recmgd.toml.example").read_text(),
+        # the guest script runs systemd-sysusers and systemd-tmpfiles on these, as `make install` does
+        g.SYSUSERS: (REPO / "systemd" / "recmgd.sysusers").read_text(),
+        g.TMPFILES: (REPO / "systemd" / "recmgd.tmpfiles").read_text(),
     }
     for c in COMMANDS:
         assert (venv_bin / c).is_file(), f"{venv_bin / c} is missing (pip install -e . makes it)"
@@ -80,8 +85,14 @@ def test_start_is_ready(report: dict[str, Any]) -> None:
 
 
 def test_sandbox_applied(report: dict[str, Any]) -> None:
+    step(report, "sysusers")
+    step(report, "tmpfiles")
     m = report["main_process"]
     assert m["pid"] == report["after_start"]["MainPID"] and "error" not in m, m
+    uid = report["recmgd_user"]
+    assert uid is not None and m["Uid"].split()[:2] == [str(uid[0])] * 2, (m, uid)  # not root: User=recmgd
+    assert m["Gid"].split()[:2] == [str(uid[1])] * 2, (m, uid)
+    assert m["Seccomp"] == "2", m  # SystemCallFilter=
     assert int(m["CapBnd"], 16) == CAP_SYS_NICE, m
     assert int(m["CapEff"], 16) == CAP_SYS_NICE and int(m["CapAmb"], 16) == CAP_SYS_NICE, m
     assert m["NoNewPrivs"] == "1", m

@@ -15,8 +15,10 @@ leaves the pool in place for the daemon.
 
 from __future__ import annotations
 
+import grp
 import json
 import os
+import pwd
 import subprocess
 import sys
 import time
@@ -26,6 +28,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 POOL = "vm_systemd_app"
 UNIT = "recmgd"
+SYSUSERS = "/usr/lib/sysusers.d/recmgd.conf"
+TMPFILES = "/usr/lib/tmpfiles.d/recmgd.conf"
 ROWS, DIM, SLOTS = 2000, 32, 256
 HOT = 64  # rows looked up in every batch
 MIN_BATCHES = 3
@@ -45,7 +49,9 @@ def app(name: str) -> dict[str, Any]:
 
     from recmgd.pool import Pool
 
-    pool = Pool.create(name, tables=[(ROWS, DIM)], slots=SLOTS, slow="numa:1", threads=1)
+    pool = Pool.create(name, tables=[(ROWS, DIM)], slots=SLOTS, slow="numa:1", threads=1, mode=0o660)
+    # shared with the daemon (user recmgd) through its group, as README.md's Security section says
+    os.chown(f"/dev/shm/{name}", -1, grp.getgrnam("recmgd").gr_gid)
     r = np.arange(ROWS)
     pool.write_rows(0, r, value(r[:, None].astype(np.float64), np.arange(DIM)[None, :]))
     ids = np.arange(0, ROWS, ROWS // HOT, dtype=np.int64)[:HOT]
@@ -112,13 +118,27 @@ def main_process(pid: str) -> dict[str, Any]:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             key, _, val = line.partition(":")
-            if key in ("CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp"):
+            if key in ("CapEff", "CapBnd", "CapAmb", "NoNewPrivs", "Seccomp", "Uid", "Gid"):
                 out[key] = val.strip()
         for ns in ("mnt", "net"):
             out[f"own_{ns}_ns"] = os.readlink(f"/proc/{pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}")
     except OSError as exc:
         out["error"] = str(exc)
     return out
+
+
+def open_to_recmgd(paths: list[Path]) -> list[str]:
+    """Let the daemon's user reach this venv's Python and the checkout: add o+x to the directories on
+    their way that only their owner may enter (/root, for a pyenv Python), in the guest's overlay only.
+    An installed recmgd needs none of this: `make install` refuses a Python the recmgd user cannot run."""
+    opened = []
+    for p in paths:
+        for d in [*reversed(p.parents), p]:
+            st = d.stat()
+            if not st.st_mode & 0o001:
+                os.chmod(d, st.st_mode | 0o005)
+                opened.append(str(d))
+    return opened
 
 
 def pool_lookups(s: dict[str, Any]) -> int:
@@ -128,6 +148,16 @@ def pool_lookups(s: dict[str, Any]) -> int:
 
 def run() -> dict[str, Any]:
     rep: dict[str, Any] = {}
+    # what `make install` does after copying the files: the user and group, then its directories
+    rep["sysusers"] = sh(["systemd-sysusers", SYSUSERS])
+    rep["tmpfiles"] = sh(["systemd-tmpfiles", "--create", TMPFILES])
+    rep["opened"] = open_to_recmgd([Path(sys.base_prefix), Path(sys.prefix),
+                                    Path(sys.executable).resolve().parent, REPO])
+    try:
+        pw = pwd.getpwnam("recmgd")
+        rep["recmgd_user"] = [pw.pw_uid, pw.pw_gid]
+    except KeyError:
+        rep["recmgd_user"] = None
     rep["start"] = sh(["systemctl", "start", UNIT], timeout=180)
     rep["after_start"] = show()
     rep["main_process"] = main_process(rep["after_start"].get("MainPID", "0"))

@@ -5,7 +5,10 @@ Two measurements:
 1. ``capacity``: the loop's throughput on one core. An app handle in this process fills its access ring
    with batches (not timed); the daemon's PoolDriver drains and processes them (timed: ring drain,
    dedupe, policy step, fills and evictions through the pool). lookups/s = lookups / time in tick()
-   and sync() (a learned policy's steps run in the loop's worker thread; sync waits for them).
+   and sync() (a learned policy's steps run in the loop's worker thread; sync waits for them). Also
+   the loop thread's CPU time (``lookups_per_cpu_s``), steadier than wall time on a loaded machine;
+   it leaves out a step run in the worker thread (early admission). With several policies, each one's
+   rates are printed as a multiple of the first one's, measured in the same run.
 2. ``load``: a real ``recmgd`` process drives a pool while an app process offers a fixed load (lookups
    per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled.
 
@@ -91,7 +94,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         per_batch = (sum(len(r) for b in trace for r in b) / len(trace) if trace
                      else args.tables * args.samples * args.pooling)
         # warm up the fast tier, then measure
-        busy = 0.0
+        busy = cpu = 0.0
         t_end = time.monotonic() + args.seconds
         warm = True
         i = 0
@@ -107,10 +110,10 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
                         app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
                 app.end_batch()
                 i += 1
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             drv.tick()
             drv.sync()  # a learned policy's steps run in a worker thread: count them in
-            dt = time.perf_counter() - t0
+            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
             if warm:
                 if i >= args.warm_batches:
                     warm = False
@@ -118,6 +121,7 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
                     t_end = time.monotonic() + args.seconds
                 continue
             busy += dt
+            cpu += dc
             if time.monotonic() > t_end:
                 break
         st = drv.stats()
@@ -125,7 +129,11 @@ def capacity(policy: str, args: argparse.Namespace) -> dict:
         real_lookups = st["lookups"] - base["lookups"]
         return {
             "policy": policy, "lookups": real_lookups, "busy_s": round(busy, 3),
-            "lookups_per_s": round(real_lookups / busy), "batches": batches_done, "slots": slots,
+            "lookups_per_s": round(real_lookups / busy),
+            # the loop thread's CPU time: steady on a loaded machine, but it leaves out a policy step
+            # run in a worker thread (early admission: the Python learned step)
+            "loop_cpu_s": round(cpu, 3), "lookups_per_cpu_s": round(real_lookups / max(cpu, 1e-9)),
+            "early_admission": bool(pol.early_admission), "batches": batches_done, "slots": slots,
             "lookups_per_batch": round(per_batch, 1), "trace": os.path.basename(args.trace) or "synthetic",
             "policy_s": round(st["policy_time_s"] - base["policy_time_s"], 3),
             "hit_rate": round((st["hits"] - base["hits"]) / max(1, st["unique"] - base["unique"]), 4),
@@ -272,6 +280,12 @@ def main() -> int:
             r = load(pol, args)
             results["load"].append(r)
             print(json.dumps(r), flush=True)
+    cap = results["capacity"]
+    for r in cap[1:]:  # each policy's rates as a multiple of the first one's, measured in this run
+        wall = r["lookups_per_s"] / max(cap[0]["lookups_per_s"], 1)
+        per_cpu = r["lookups_per_cpu_s"] / max(cap[0]["lookups_per_cpu_s"], 1)
+        print(f"{r['policy']} / {cap[0]['policy']}: {wall:.2f}x lookups/s, {per_cpu:.2f}x lookups/cpu-s",
+              flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0

@@ -23,6 +23,8 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,86 +39,149 @@ def _name() -> str:
     return f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-def bench_all_hit(tables: int, rows: int, dim: int, pooling: int, batch: int, reps: int) -> dict[str, float]:
-    rng = np.random.default_rng(0)
+def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
+    """FBGEMM's CPU table-batched embedding bag (sum, float32), or None when fbgemm_gpu is missing."""
+    try:
+        from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
+        from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
+        from fbgemm_gpu.split_table_batched_embeddings_ops_training import (
+            ComputeDevice,
+            EmbeddingLocation,
+            SplitTableBatchedEmbeddingBagsCodegen,
+        )
+    except Exception:  # not installed, or built for another torch
+        return None
+    spec = [(rows, dim, EmbeddingLocation.HOST, ComputeDevice.CPU)] * tables
+    return SplitTableBatchedEmbeddingBagsCodegen(
+        spec,
+        pooling_mode=PoolingMode.SUM,
+        weights_precision=SparseType.FP32,
+        optimizer=EmbOptimType.EXACT_SGD,
+    )
+
+
+def _median_times(
+    fns: dict[str, Callable[[int], object]], nbatches: int, reps: int, after: Callable[[str], None]
+) -> dict[str, float]:
+    """Median seconds per call of each function, the functions interleaved (so that load from other
+    processes hits all alike); after(key) runs untimed after each call."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            for b in range(nbatches):
+                t0 = time.perf_counter()
+                fn(b)
+                times[key].append(time.perf_counter() - t0)
+                after(key)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def bench_all_hit(
+    tables: int,
+    rows: int,
+    dim: int,
+    pooling: int,
+    batch: int,
+    reps: int,
+    thread_counts: Sequence[int],
+    miss_fraction: float,
+    use_fbgemm: bool,
+) -> list[dict[str, float]]:
+    """Lookups over a pool whose fast tier holds every row (all hits; then, if miss_fraction > 0, with
+    that fraction of each table's rows evicted, the misses read from the pool's DRAM slow tier),
+    against the in-DRAM kernels on the same values: torch's embedding_bag per table and FBGEMM's CPU
+    table-batched kernel (one call for all tables). The kernels' weights are torch-allocated, as in a
+    TorchRec model (FBGEMM's own buffer when it is installed, its per-table views for torch).
+    One dict per (workload, thread count)."""
+    gen = torch.Generator().manual_seed(0)
     n = batch * pooling
+    tbe = _fbgemm_tbe(tables, rows, dim) if use_fbgemm else None
+    if tbe is not None:
+        weights = [w.view(rows, dim) for w in tbe.split_embedding_weights()]
+    else:
+        weights = [torch.empty((rows, dim), dtype=torch.float32) for _ in range(tables)]
     pool = Pool.create(
         _name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n
     )
     try:
-        weights = [
-            torch.from_numpy(rng.standard_normal((rows, dim), dtype=np.float32)) for _ in range(tables)
-        ]
         for t in range(tables):
-            pool.write_rows(t, np.arange(rows), weights[t].numpy())
+            weights[t].copy_(torch.randn((rows, dim), generator=gen))
+            pool.write_rows(t, np.arange(rows), weights[t])
         pool.fill_keys(np.concatenate([make_keys(t, np.arange(rows)) for t in range(tables)]))
-        batches = [[torch.from_numpy(rng.integers(0, rows, n)) for _ in range(tables)] for _ in range(4)]
+        nbatches = 4
+        batches = [
+            [torch.randint(0, rows, (n,), generator=gen) for _ in range(tables)] for _ in range(nbatches)
+        ]
         offsets = torch.arange(0, n, pooling)
+        tbe_ids = [torch.cat(b) for b in batches]
+        tbe_offsets = torch.arange(0, tables * n + 1, pooling)
         ring = pool.ring_index
 
-        threads = torch.get_num_threads()
+        def run_torch(k: int) -> list[torch.Tensor]:
+            return [F.embedding_bag(batches[k][t], weights[t], offsets, mode="sum") for t in range(tables)]
 
-        def run_torch(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            return [F.embedding_bag(b[t], weights[t], offsets, mode="sum") for t in range(tables)]
+        def run_fbgemm(k: int) -> torch.Tensor:
+            with torch.no_grad():
+                return tbe(tbe_ids[k], tbe_offsets)
 
-        def run_torch1(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            torch.set_num_threads(1)
-            try:
-                return run_torch(b)
-            finally:
+        def run_pool(k: int) -> list[torch.Tensor]:
+            out = [pool.embedding_bag(t, batches[k][t], offsets) for t in range(tables)]
+            pool.end_batch()
+            return out
+
+        def run_multi(k: int) -> list[torch.Tensor]:
+            out = pool.embedding_bags(range(tables), batches[k], [offsets] * tables)
+            pool.end_batch()
+            return out
+
+        def check(k: int) -> None:
+            ref = run_torch(k)
+            for a, c in zip(ref, run_pool(k), strict=True):
+                torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+            for a, c in zip(ref, run_multi(k), strict=True):
+                torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+            if tbe is not None:
+                torch.testing.assert_close(run_fbgemm(k), torch.cat(ref, dim=1), rtol=1e-5, atol=1e-5)
+            pool.drain_ring(ring)
+
+        def after(key: str) -> None:
+            if key.startswith("pool"):  # every record is in the ring: logging on, no drops
+                waiting = pool.rings()[ring].waiting
+                assert waiting == tables * n + 1, waiting
+            pool.drain_ring(ring)
+
+        fns: dict[str, Callable[[int], object]] = {"torch": run_torch}
+        if tbe is not None:
+            fns["fbgemm"] = run_fbgemm
+        fns |= {"pool": run_pool, "pool_multi": run_multi}
+        out: list[dict[str, float]] = []
+        workloads = [("all-hit", 0.0)] + ([("mixed", miss_fraction)] if miss_fraction > 0 else [])
+        rng = np.random.default_rng(2)
+        for workload, frac in workloads:
+            if frac > 0:  # the same rows of every table leave the fast tier
+                gone = rng.choice(rows, size=int(rows * frac), replace=False)
+                pool.evict_keys(np.concatenate([make_keys(t, gone) for t in range(tables)]))
+            check(0)
+            st0 = pool.stats()
+            for threads in thread_counts:
                 torch.set_num_threads(threads)
-
-        def run_pool(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            out = [pool.embedding_bag(t, b[t], offsets) for t in range(tables)]
-            pool.end_batch()
-            return out
-
-        def run_multi(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            out = pool.embedding_bags(range(tables), b, [offsets] * tables)
-            pool.end_batch()
-            return out
-
-        def run_pool1(b: list[torch.Tensor]) -> list[torch.Tensor]:
-            pool.set_threads(1)
-            try:
-                return run_pool(b)
-            finally:
                 pool.set_threads(threads)
-
-        for a, c in zip(run_torch(batches[0]), run_pool(batches[0]), strict=True):
-            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
-        pool.drain_ring(ring)
-        fns = {
-            "torch": run_torch,
-            "torch1": run_torch1,
-            "pool": run_pool,
-            "pool_multi": run_multi,
-            "pool1": run_pool1,
-        }
-        times: dict[str, list[float]] = {k: [] for k in fns}
-        for _ in range(reps):  # interleaved, so that load from other processes hits all alike
-            for key, fn in fns.items():
-                for b in batches:
-                    t0 = time.perf_counter()
-                    fn(b)
-                    times[key].append(time.perf_counter() - t0)
-                    waiting = pool.rings()[ring].waiting
-                    if not key.startswith("torch"):  # every record is in the ring: logging on, no drops
-                        assert waiting == tables * n + 1, waiting
-                    pool.drain_ring(ring)
+                med = _median_times(fns, nbatches, reps, after)
+                kernel = min(med["torch"], med.get("fbgemm", float("inf")))
+                out.append({
+                    "workload": workload, "rows": rows, "threads": threads,
+                    "torch_ms": med["torch"] * 1e3, "fbgemm_ms": med.get("fbgemm", float("nan")) * 1e3,
+                    "kernel_ms": kernel * 1e3,
+                    "pool_ms": med["pool"] * 1e3, "pool_multi_ms": med["pool_multi"] * 1e3,
+                    "ratio": kernel / med["pool"], "ratio_multi": kernel / med["pool_multi"],
+                })  # fmt: skip
+            st1 = pool.stats()
+            c0, c1 = st0["process"], st1["process"]
+            for r in out:
+                if r["workload"] == workload:
+                    r["hit_rate"] = (c1["hits"] - c0["hits"]) / (c1["lookups"] - c0["lookups"])
         assert pool.rings()[ring].drops == 0
-        med = {k: statistics.median(v) for k, v in times.items()}
-        return {
-            "threads": threads,
-            "torch_ms": med["torch"] * 1e3,
-            "torch1_ms": med["torch1"] * 1e3,
-            "pool_ms": med["pool"] * 1e3,
-            "pool_multi_ms": med["pool_multi"] * 1e3,
-            "pool1_ms": med["pool1"] * 1e3,
-            "ratio": med["torch"] / med["pool"],
-            "ratio_multi": med["torch"] / med["pool_multi"],
-            "ratio1": med["torch1"] / med["pool1"],
-        }
+        return out
     finally:
         pool.destroy()
 
@@ -207,42 +272,82 @@ def metadata_ratio(tables: int, rows: int, dim: int, slots: int, rings: int, rin
     return meta[0] / table_bytes[0]
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        vals = [int(x.replace("_", "")) for x in text.split(",") if x]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return vals
+
+
+def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[str, str, str, str]]:
+    rows_out = []
+    for h in hit:
+        mixed = h["workload"] == "mixed"
+        head = (
+            f"{h['workload']} ({h['hit_rate']:.0%} hits), 26 x {h['rows']:,} rows, 2048x20 dim 64, ring on, "
+            f"{h['threads']} thr"
+        )
+        base = f"{kernel_name} {h['kernel_ms']:.1f} ms (torch {h['torch_ms']:.1f}"
+        base += f", fbgemm {h['fbgemm_ms']:.1f})" if h["fbgemm_ms"] == h["fbgemm_ms"] else ")"
+        target = "[target <= 1.2x kernel time: ratio >= 0.83]" if mixed else "[target >= 0.8]"
+        rows_out.append((
+            head, f"pool {h['pool_multi_ms']:.1f} ms (embedding_bags)", base,
+            f"{h['ratio_multi']:.2f}x  {target}",
+        ))  # fmt: skip
+        rows_out.append((
+            "  the same, 26 per-table calls", f"pool {h['pool_ms']:.1f} ms (embedding_bag x 26)", base,
+            f"{h['ratio']:.2f}x  " + ("[information]" if mixed else "[target >= 0.7]"),
+        ))  # fmt: skip
+    return rows_out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes and shorter runs (a smoke test)")
-    ap.add_argument("--rows", type=int, default=100_000, help="rows per table in the all-hit benchmark")
+    ap.add_argument("--rows", type=_ints, default=[100_000], help="rows per table in the lookup benchmarks, "
+                    "comma-separated (one pool at a time; 500,000 rows take about 10 GB)")  # fmt: skip
+    ap.add_argument("--threads", type=_ints, default=None, help="lookup threads (pool and kernels), "
+                    "comma-separated (default: 1 and torch's count)")  # fmt: skip
+    ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each measurement")
+    ap.add_argument(
+        "--miss", type=float, default=0.1, help="fraction of rows evicted in the mixed workload (0: none)"
+    )
+    ap.add_argument("--no-fbgemm", action="store_true", help="compare with torch's embedding_bag only")
+    ap.add_argument("--lookups-only", action="store_true", help="skip the SSD and metadata sections")
     ap.add_argument("--ssd-dir", default=tempfile.gettempdir(), help="where the SSD benchmark's file goes")
     ap.add_argument("--ssd-rows", type=int, default=2_000_000, help="rows of the SSD file (dim 64 float32)")
     ap.add_argument("--depth", type=int, default=64, help="I/O queue depth (pool and fio)")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per SSD measurement")
     args = ap.parse_args()
+    if not 0 <= args.miss < 1:
+        ap.error(f"--miss must be in [0, 1), got {args.miss}")
+    threads = args.threads or sorted({1, torch.get_num_threads()})
     if args.quick:
-        args.rows, args.ssd_rows, args.seconds = 20_000, 200_000, 1.0
+        args.rows, args.ssd_rows, args.seconds, args.reps = [20_000], 200_000, 1.0, 2
+    use_fbgemm = not args.no_fbgemm
+    if use_fbgemm and _fbgemm_tbe(1, 1, 8) is None:
+        print(
+            "FBGEMM skipped: fbgemm_gpu (fbgemm-gpu-cpu) is not installed; the kernel is torch embedding_bag"
+        )
+        use_fbgemm = False
+    kernel_name = "kernel" if use_fbgemm else "torch"
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs; "
+          f"ratio = best in-DRAM kernel time / pool time")  # fmt: skip
     rows_out: list[tuple[str, str, str, str]] = []
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs")
+    for rows in args.rows:
+        hit = bench_all_hit(26, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm)
+        rows_out += _lookup_rows(hit, kernel_name)
+    if not args.lookups_only:
+        info = bench_all_hit(26, 2000, 64, 20, 2048, args.reps, threads[-1:], 0.0, use_fbgemm)
+        rows_out += [(r[0], r[1], r[2], r[3].split("[")[0] + "[information: cache-resident]")
+                     for r in _lookup_rows(info, kernel_name)]  # fmt: skip
 
-    for rows, note in ((args.rows, "[target >= 0.7]"), (2000, "[information: cache-resident]")):
-        hit = bench_all_hit(26, rows, 64, 20, 2048, reps=2 if args.quick else 5)
-        rows_out.append((
-            f"all-hit, 26 tables x {rows:,} rows, 2048x20 dim 64, ring on, {hit['threads']} threads",
-            f"pool {hit['pool_ms']:.1f} ms/batch (embedding_bag x 26)",
-            f"torch {hit['torch_ms']:.1f} ms/batch",
-            f"{hit['ratio']:.2f}x  {note}",
-        ))  # fmt: skip
-        rows_out.append((
-            "  the same, one multi-table call",
-            f"pool {hit['pool_multi_ms']:.1f} ms/batch (embedding_bags)",
-            f"torch {hit['torch_ms']:.1f} ms/batch",
-            f"{hit['ratio_multi']:.2f}x",
-        ))  # fmt: skip
-        rows_out.append((
-            "  the same, 1 thread each",
-            f"pool {hit['pool1_ms']:.1f} ms/batch (embedding_bag x 26)",
-            f"torch {hit['torch1_ms']:.1f} ms/batch",
-            f"{hit['ratio1']:.2f}x",
-        ))  # fmt: skip
-
-    if shutil.which("fio"):
+    if args.lookups_only:
+        pass
+    elif shutil.which("fio"):
         ssd = bench_ssd(args.ssd_dir, args.ssd_rows, 64, args.depth, 4096, args.seconds)
         rows_out.append((
             f"SSD miss reads, {ssd['bs']} B O_DIRECT, QD {ssd['depth']}",
@@ -259,12 +364,13 @@ def main() -> int:
     else:
         rows_out.append(("SSD miss reads", "skipped", "fio not installed", "-"))
 
-    for frac in (0.05, 0.2, 1.0):
-        r = metadata_ratio(26, 1_000_000, 64, int(26_000_000 * frac), 16, 65536)
-        rows_out.append((
-            f"metadata / table bytes, 26x1M rows dim 64 f32, slots {frac:.0%} of rows, 16 rings x 64K",
-            f"{r:.3%}", "", "[target <= 2%]",
-        ))  # fmt: skip
+    if not args.lookups_only:
+        for frac in (0.05, 0.2, 1.0):
+            r = metadata_ratio(26, 1_000_000, 64, int(26_000_000 * frac), 16, 65536)
+            rows_out.append((
+                f"metadata / table bytes, 26x1M rows dim 64 f32, slots {frac:.0%} of rows, 16 rings x 64K",
+                f"{r:.3%}", "", "[target <= 2%]",
+            ))  # fmt: skip
 
     w = [max(len(r[i]) for r in rows_out) for i in range(4)]
     head = ("benchmark", "pool", "baseline", "ratio")
@@ -272,7 +378,7 @@ def main() -> int:
     print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
     print("  ".join("-" * x for x in w))
     for r in rows_out:
-        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)))
+        print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
     return 0
 
 

@@ -77,6 +77,7 @@ enum { RECMG_ROLE_APP = 0, RECMG_ROLE_DAEMON = 1 };
 /* attach/create flags */
 #define RECMG_F_NO_IO_URING 0x1u /* read the SSD tier with preadv even if io_uring works */
 #define RECMG_F_NO_DIRECT 0x2u   /* never use O_DIRECT on the SSD tier */
+#define RECMG_F_REUSE_SLOW 0x4u  /* create: reuse an existing slow-tier file of the tables' size, content kept */
 
 typedef struct recmg_pool recmg_pool;
 
@@ -92,7 +93,10 @@ typedef struct recmg_create_opts {
     int dtype;             /* RECMG_F32 or RECMG_F16 */
     int slow_kind;         /* RECMG_SLOW_* */
     int numa_node;         /* RECMG_SLOW_NUMA: the node the slow tier is bound to */
-    const char *slow_path; /* RECMG_SLOW_SSD: the backing file (created or truncated) */
+    const char *slow_path; /* RECMG_SLOW_SSD: the backing file, created with its space reserved
+                            * (posix_fallocate); an existing file is never truncated: create fails
+                            * (RECMG_EEXIST) unless RECMG_F_REUSE_SLOW, which keeps it and its content
+                            * if its size is the tables' size */
     uint32_t mode;         /* permission bits of the shm object and the file; 0 means 0600 */
     uint32_t ring_records; /* records per access ring, rounded up to a power of two; 0 = 65536 */
     uint32_t n_rings;      /* access rings (attached app processes at once); 0 = 16 */
@@ -190,6 +194,10 @@ int recmg_hint(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n
 /* Slow tier, in the storage dtype (float or uint16 half bits), row after row. */
 int recmg_read_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, void *out);
 int recmg_write_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values);
+/* write_rows that tells how many rows were written: all n, or on a slow-tier write failure
+ * (RECMG_EIO) the first *written rows of the batch (their fast-tier copies updated too), none after. */
+int recmg_write_rows_ex(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
+                        uint64_t *written);
 
 /* ---- daemon side (the only writer of the fast tier) ---- */
 int64_t recmg_fill_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);   /* newly filled */

@@ -139,6 +139,7 @@ typedef struct slowio {
     void *reqs;     /* struct io_req array */
     size_t reqs_cap;
     uint32_t flags;
+    int writable;   /* fd open read-write and the owner may write the file */
 } slowio;
 
 /* Per-thread lookup scratch. */
@@ -180,6 +181,7 @@ struct recmg_pool {
     tabdesc *tables;      /* validated table descriptors (process-local) */
     shm_table *stab;      /* the shared table descriptors: their counters only */
     pool_geom geom;
+    uid_t owner;          /* the shm object's owner: the slow-tier file must be theirs */
     uint32_t lock_ms;     /* how long writer_lock waits for another process's writer (ms) */
     int lock_fd;          /* daemon role: the shm object's fd, flock()ed so that one daemon serves a pool */
     _Atomic uint32_t *vers; /* seqlock versions of the slot groups */
@@ -238,10 +240,15 @@ static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(ui
 static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
+/* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
+ * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
+int shm_intact(recmg_pool *p);
+
 /* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder */
 #define RECMG_LOCK_MS_DAEMON 100u
 #define RECMG_LOCK_MS_APP 2000u
 int writer_lock(recmg_pool *p);
+int writer_lock_kind_ok(const pthread_mutex_t *m);
 void writer_unlock(recmg_pool *p);
 void recover_fast_tier(recmg_pool *p);
 
@@ -265,7 +272,11 @@ void ring_release_own(recmg_pool *p);
 
 /* slowio.c */
 void slowio_init(slowio *io);
-int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint32_t mode);
+enum { SLOW_ATTACH = 0, SLOW_CREATE = 1, SLOW_REUSE = 2 };
+/* Opens the SSD tier's file: SLOW_ATTACH an existing one, SLOW_CREATE a new one (never an existing one),
+ * SLOW_REUSE a new one or the existing one if its size is size. The file must be a regular file (not a
+ * symbolic link) owned by owner, readable by its owner. *created (may be NULL) tells whether it was made. */
+int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_t mode, uid_t owner, int *created);
 void slowio_close(slowio *io);
 /* One batch of reads (one io_uring submission): r[k].len bytes at r[k].off into r[k].dst. */
 typedef struct slow_req {
@@ -275,8 +286,9 @@ typedef struct slow_req {
     uint32_t pad;
 } slow_req;
 int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read);
+/* Writes the rows in order; *written: how many of them were written (all, or those before a failure). */
 int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
-                      const uint8_t *src);
+                      const uint8_t *src, uint64_t *written);
 const char *slowio_backend(recmg_pool *p);
 
 /* lookup.c */

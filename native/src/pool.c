@@ -6,8 +6,10 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -166,6 +168,14 @@ int recmg_layout_size(const recmg_create_opts *o, uint64_t *meta, uint64_t *tb, 
     return RECMG_OK;
 }
 
+/* A control character (a newline...) in a path would break the one-line messages that name it. */
+static int has_control(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || *s == 0x7f) return 1;
+    return 0;
+}
+
 /* ---------------- names ---------------- */
 
 static int shm_name(const char *name, char *out, size_t outlen, char *err, size_t errlen)
@@ -292,7 +302,7 @@ static int handle_open(recmg_pool *p)
 {
     const pool_geom *h = p->h;
     if (h->slow_kind == RECMG_SLOW_SSD) {
-        int rc = slowio_open(p, h->slow_path, 0, h->slow_bytes, 0);
+        int rc = slowio_open(p, h->slow_path, SLOW_ATTACH, h->slow_bytes, 0, p->owner, NULL);
         if (rc) return rc;
     }
     if (p->role == RECMG_ROLE_APP) {
@@ -327,6 +337,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
             return rc_buf(err, errlen, RECMG_EINVAL, "the ssd slow tier needs a file path");
         if (strlen(o->slow_path) >= RECMG_PATH_MAX)
             return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path too long (%zu bytes)", strlen(o->slow_path));
+        if (has_control(o->slow_path))
+            return rc_buf(err, errlen, RECMG_EINVAL, "slow-tier path has a control character (newline, tab, ...)");
     }
     if (o->slow_kind == RECMG_SLOW_NUMA && !numa_node_valid(o->numa_node))
         return rc_buf(err, errlen, RECMG_EINVAL, "NUMA node %d does not exist on this machine", o->numa_node);
@@ -344,6 +356,19 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         return rc_buf(err, errlen, RECMG_ENOMEM, "out of memory creating a pool handle");
     }
     uint8_t *base = MAP_FAILED;
+    int created_file = 0;
+    struct stat sst;
+    if (fstat(fd, &sst) != 0) {
+        rc = rc_set(p, RECMG_ESYS, "fstat(%s): %s", nm, strerror(errno));
+        goto fail;
+    }
+    p->owner = sst.st_uid;
+    struct statvfs vf; /* the object is sparse: a pool larger than /dev/shm's room would fault later */
+    if (fstatvfs(fd, &vf) == 0 && (uint64_t)vf.f_bavail * vf.f_frsize < L.total) {
+        rc = rc_set(p, RECMG_ENOSPC, "pool '%s' needs %llu bytes of shared memory; /dev/shm has %llu free", nm + 1,
+                    (unsigned long long)L.total, (unsigned long long)vf.f_bavail * vf.f_frsize);
+        goto fail;
+    }
     if (fchmod(fd, mode) != 0) {
         rc = rc_set(p, RECMG_ESYS, "fchmod(%s, %o): %s", nm, mode, strerror(errno));
         goto fail;
@@ -422,7 +447,8 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
         }
     }
     if (o->slow_kind == RECMG_SLOW_SSD) {
-        rc = slowio_open(p, o->slow_path, 1, L.slow_bytes, mode);
+        rc = slowio_open(p, o->slow_path, (o->flags & RECMG_F_REUSE_SLOW) ? SLOW_REUSE : SLOW_CREATE, L.slow_bytes,
+                         mode, p->owner, &created_file);
         if (rc) goto fail;
     }
     atomic_store_explicit(&h->ready, 1, memory_order_release);
@@ -441,6 +467,7 @@ fail:
     else if (!p->base) munmap(base, L.total);
     handle_free(p);
     shm_unlink(nm);
+    if (created_file) unlink(o->slow_path); /* nothing left behind; a reused file is kept */
     return rc;
 }
 
@@ -468,10 +495,15 @@ static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, ui
     if (h->tables_off != RECMG_HDR_BYTES) return bad_field(p, "tables_off", h->tables_off, RECMG_HDR_BYTES);
     if (h->group_shift != RECMG_GROUP_SHIFT) return bad_field(p, "group_shift", h->group_shift, RECMG_GROUP_SHIFT);
     if (h->mode > 0777u) return bad_field(p, "mode", h->mode, h->mode & 0777u);
+    if (!writer_lock_kind_ok(&h->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field writer_lock is not a robust process-shared "
+                      "mutex", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is not terminated", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && h->slow_path[0] == 0)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is empty", nm);
+    if (h->slow_kind == RECMG_SLOW_SSD && has_control(h->slow_path))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path has a control character", nm);
     if (h->slow_kind == RECMG_SLOW_NUMA ? h->numa_node < 0 : h->numa_node != -1)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field numa_node is %d", nm, h->numa_node);
     /* the scalar fields compute_layout checks (table count, dtype, slow kind, slots, rings) */
@@ -613,6 +645,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_EBUSY, "pool '%s' is still being created (or its creator died)", nm + 1);
         goto fail;
     }
+    p->owner = st.st_uid;
     if (hdr.total_bytes != (uint64_t)st.st_size) {
         rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %lld",
                     nm + 1, (unsigned long long)hdr.total_bytes, (long long)st.st_size);
@@ -623,7 +656,25 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_ESYS, "mmap(%s, %lld bytes): %s", nm, (long long)st.st_size, strerror(errno));
         goto fail;
     }
-    close(fd);
+    if (role == RECMG_ROLE_DAEMON) {
+        /* one daemon per pool: the lock lives as long as this handle's descriptor (closed at
+         * recmg_close, or by the kernel when the daemon dies) */
+        if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+            if (errno == EWOULDBLOCK) {
+                int32_t other = atomic_load_explicit(&hdr.daemon_pid, memory_order_relaxed);
+                if (other > 0)
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon (pid %d)", nm + 1, (int)other);
+                else
+                    rc = rc_set(p, RECMG_EBUSY, "pool '%s' already has a daemon", nm + 1);
+            } else {
+                rc = rc_set(p, RECMG_ESYS, "flock(%s): %s", nm, strerror(errno));
+            }
+            goto fail;
+        }
+        p->lock_fd = fd;
+    } else {
+        close(fd);
+    }
     fd = -1;
     {
         /* private copies first: the object may change under us, what was checked is what is used */
@@ -655,6 +706,17 @@ fail:
     if (base != MAP_FAILED && !p->base) munmap(base, (size_t)st.st_size);
     handle_free(p);
     return rc;
+}
+
+int shm_intact(recmg_pool *p)
+{
+    if (p->lock_fd < 0) return RECMG_OK;
+    struct stat st;
+    if (fstat(p->lock_fd, &st) != 0) return rc_set(p, RECMG_ESYS, "fstat(%s): %s", p->name, strerror(errno));
+    if ((uint64_t)st.st_size < p->map_bytes)
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' shrank to %lld bytes under this handle (it maps %zu); detach it",
+                      p->name + 1, (long long)st.st_size, p->map_bytes);
+    return RECMG_OK;
 }
 
 void recmg_close(recmg_pool *p)

@@ -143,6 +143,8 @@ static int ring_check(recmg_pool *p, uint32_t i)
 int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 {
     if (!p || !o) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
@@ -158,6 +160,8 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
 {
     if (!p || (max && !out)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
@@ -193,6 +197,8 @@ int recmg_release_ring(recmg_pool *p, uint32_t i)
 int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
 {
     if (!p || !c) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     if (t >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
     counters_read(&p->stab[t].c, c);
@@ -202,6 +208,8 @@ int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
 int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
 {
     if (!p || !c) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     counters_read(&ring_at(p, i)->c, c);

@@ -14,6 +14,7 @@
 #include <liburing.h>
 #include <stdlib.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -74,7 +75,48 @@ static uint32_t dio_align(int fd)
     return RECMG_PAGE; /* unknown: the page size is always a valid alignment */
 }
 
-int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint32_t mode)
+/* Why a slow-tier file may not serve this pool, or NULL: it must be a regular file owned by the pool's
+ * owner (the shm object's uid) whose owner may read it by the mode bits. A daemon running as root
+ * thereby never reads a file that the pool's owner could not read. */
+static const char *file_refused(const struct stat *st, uid_t owner, char *buf, size_t len)
+{
+    if (!S_ISREG(st->st_mode)) return "it is not a regular file";
+    if (st->st_uid != owner) {
+        snprintf(buf, len, "it is owned by uid %u, the pool by uid %u", (unsigned)st->st_uid, (unsigned)owner);
+        return buf;
+    }
+    if (!(st->st_mode & S_IRUSR)) {
+        snprintf(buf, len, "its owner may not read it (mode %04o)", (unsigned)(st->st_mode & 07777));
+        return buf;
+    }
+    return NULL;
+}
+
+/* Reserves size bytes for a new file: a clear error (and nothing reserved) when the file system has
+ * not that much room, then posix_fallocate, so that no later write finds the disk full. */
+static int reserve(recmg_pool *p, int fd, const char *path, uint64_t size)
+{
+    struct statvfs vf;
+    if (fstatvfs(fd, &vf) == 0 && (uint64_t)vf.f_bavail * vf.f_frsize < size)
+        return rc_set(p, RECMG_ENOSPC, "slow-tier file %s needs %llu bytes; its file system has %llu free", path,
+                      (unsigned long long)size, (unsigned long long)vf.f_bavail * vf.f_frsize);
+    if (size == 0) return RECMG_OK;
+    int e = posix_fallocate(fd, 0, (off_t)size);
+    if (e == ENOSPC)
+        return rc_set(p, RECMG_ENOSPC, "slow-tier file %s: no room for %llu bytes on its file system", path,
+                      (unsigned long long)size);
+    if (e == EOPNOTSUPP || e == EINVAL) /* no fallocate on this file system: a sparse file, as before */
+        return ftruncate(fd, (off_t)size) == 0
+                   ? RECMG_OK
+                   : rc_set(p, RECMG_EIO, "cannot size slow-tier file %s to %llu bytes: %s", path,
+                            (unsigned long long)size, strerror(errno));
+    if (e)
+        return rc_set(p, RECMG_EIO, "cannot reserve %llu bytes for slow-tier file %s: %s", (unsigned long long)size,
+                      path, strerror(e));
+    return RECMG_OK;
+}
+
+int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_t mode, uid_t owner, int *created)
 {
     slowio *io = &p->io;
     const char *env = getenv("RECMG_NO_IO_URING");
@@ -86,26 +128,53 @@ int slowio_open(recmg_pool *p, const char *path, int create, uint64_t size, uint
         long d = strtol(env, NULL, 10);
         if (d >= 1 && d <= 4096) io->depth = (unsigned)d;
     }
-    if (create) {
-        io->fd = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-        if (io->fd < 0) return rc_set(p, RECMG_EIO, "cannot create slow-tier file %s: %s", path, strerror(errno));
-        if (fchmod(io->fd, mode) != 0 || ftruncate(io->fd, (off_t)size) != 0)
-            return rc_set(p, RECMG_EIO, "cannot size slow-tier file %s to %llu bytes: %s", path,
-                          (unsigned long long)size, strerror(errno));
-    } else {
-        io->fd = open(path, O_RDWR | O_CLOEXEC);
-        if (io->fd < 0 && (errno == EACCES || errno == EROFS)) io->fd = open(path, O_RDONLY | O_CLOEXEC);
-        if (io->fd < 0) return rc_set(p, RECMG_EIO, "cannot open slow-tier file %s: %s", path, strerror(errno));
-        struct stat st;
-        if (fstat(io->fd, &st) != 0)
-            return rc_set(p, RECMG_EIO, "cannot stat slow-tier file %s: %s", path, strerror(errno));
-        if (!S_ISREG(st.st_mode)) return rc_set(p, RECMG_EIO, "slow-tier path %s is not a regular file", path);
-        if ((uint64_t)st.st_size < size)
-            return rc_set(p, RECMG_EIO, "slow-tier file %s is %lld bytes; the pool needs %llu", path,
-                          (long long)st.st_size, (unsigned long long)size);
+    if (created) *created = 0;
+    if (how != SLOW_ATTACH) {
+        /* never truncate: a new file, or (SLOW_REUSE) the existing one if its size is the pool's */
+        io->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, mode);
+        if (io->fd >= 0) {
+            if (created) *created = 1;
+            if (fchmod(io->fd, mode) != 0)
+                return rc_set(p, RECMG_EIO, "cannot chmod slow-tier file %s to %o: %s", path, mode, strerror(errno));
+            int rc = reserve(p, io->fd, path, size);
+            if (rc) return rc;
+        } else if (errno == EEXIST && how == SLOW_CREATE) {
+            return rc_set(p, RECMG_EEXIST,
+                          "slow-tier file %s already exists (never overwritten: remove it, or reuse its tables)", path);
+        } else if (errno != EEXIST) {
+            return rc_set(p, RECMG_EIO, "cannot create slow-tier file %s: %s", path, strerror(errno));
+        }
     }
+    if (io->fd < 0) {
+        io->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
+        if (io->fd < 0 && (errno == EACCES || errno == EROFS)) io->fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        if (io->fd < 0) {
+            if (errno == ELOOP)
+                return rc_set(p, RECMG_EIO, "slow-tier file %s refused: it is a symbolic link", path);
+            return rc_set(p, RECMG_EIO, "cannot open slow-tier file %s: %s", path, strerror(errno));
+        }
+    }
+    struct stat st;
+    if (fstat(io->fd, &st) != 0)
+        return rc_set(p, RECMG_EIO, "cannot stat slow-tier file %s: %s", path, strerror(errno));
+    char why[96];
+    const char *bad = file_refused(&st, owner, why, sizeof why);
+    if (bad) return rc_set(p, RECMG_EIO, "slow-tier file %s refused: %s", path, bad);
+    io->writable = (st.st_mode & S_IWUSR) && (fcntl(io->fd, F_GETFL) & O_ACCMODE) == O_RDWR;
+    if (how == SLOW_REUSE && !(created && *created) && (uint64_t)st.st_size != size)
+        return rc_set(p, RECMG_EINVAL, "slow-tier file %s is %lld bytes; these tables need %llu (not reused)", path,
+                      (long long)st.st_size, (unsigned long long)size);
+    if ((uint64_t)st.st_size < size)
+        return rc_set(p, RECMG_EIO, "slow-tier file %s is %lld bytes; the pool needs %llu", path,
+                      (long long)st.st_size, (unsigned long long)size);
     if (!(io->flags & RECMG_F_NO_DIRECT)) {
-        int dfd = open(path, O_RDONLY | O_DIRECT | O_CLOEXEC);
+        int dfd = open(path, O_RDONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
+        struct stat dst;
+        /* the same file that was checked, or none (the path may have been replaced meanwhile) */
+        if (dfd >= 0 && (fstat(dfd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
+            close(dfd);
+            dfd = -1;
+        }
         if (dfd >= 0) {
             uint32_t a = dio_align(dfd);
             if (a) {
@@ -314,8 +383,13 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
     }
 }
 
-int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n, const uint8_t *src)
+int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n, const uint8_t *src,
+                      uint64_t *written)
 {
+    *written = 0;
+    if (!p->io.writable)
+        return rc_set(p, RECMG_EIO, "slow-tier file %s is not writable (its owner has no write permission, or it "
+                      "was opened read-only); no rows written", p->h->slow_path);
     for (uint64_t k = 0; k < n; k++) {
         uint64_t off = base + (uint64_t)rows[k] * rb;
         size_t got = 0;
@@ -323,10 +397,14 @@ int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *
             ssize_t w = pwrite(p->io.fd, src + k * rb + got, rb - got, (off_t)(off + got));
             if (w < 0 && errno == EINTR) continue;
             if (w <= 0)
-                return rc_set(p, RECMG_EIO, "writing slow-tier file %s at offset %llu failed: %s", p->h->slow_path,
-                              (unsigned long long)off, w < 0 ? strerror(errno) : "no progress");
+                return rc_set(p, RECMG_EIO,
+                              "writing slow-tier file %s at offset %llu failed: %s; rows [0, %llu) of the batch of "
+                              "%llu were written",
+                              p->h->slow_path, (unsigned long long)off, w < 0 ? strerror(errno) : "no progress",
+                              (unsigned long long)k, (unsigned long long)n);
             got += (size_t)w;
         }
+        *written = k + 1;
     }
     return RECMG_OK;
 }

@@ -66,8 +66,32 @@ int hash_prepare(recmg_pool *p, uint64_t n)
     return RECMG_OK;
 }
 
+/* The writer lock is shared memory too: glibc trusts its kind field (a type it was not initialised as
+ * reaches asserts and priority-inheritance paths), so the kind must be the one recmg_create set. */
+int writer_lock_kind_ok(const pthread_mutex_t *m)
+{
+#ifdef __GLIBC__
+    pthread_mutexattr_t a;
+    pthread_mutex_t ref;
+    pthread_mutexattr_init(&a);
+    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
+    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
+    pthread_mutex_init(&ref, &a);
+    pthread_mutexattr_destroy(&a);
+    int want = ref.__data.__kind;
+    pthread_mutex_destroy(&ref);
+    return atomic_load_explicit((const _Atomic int *)(const void *)&m->__data.__kind, memory_order_relaxed) == want;
+#else
+    (void)m;
+    return 1;
+#endif
+}
+
 int writer_lock(recmg_pool *p)
 {
+    if (!writer_lock_kind_ok(&p->sh->writer_lock))
+        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its writer lock is not a robust process-shared mutex",
+                      p->name + 1);
     struct timespec dl;
     clock_gettime(CLOCK_MONOTONIC, &dl);
     dl.tv_sec += p->lock_ms / 1000u;
@@ -246,6 +270,8 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
 int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -303,6 +329,8 @@ out_unlocked:
 int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
     if (!p || (n && !keys)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
         if (!key_valid(p, keys[i])) return key_error(p, keys[i]);
     pthread_mutex_lock(&p->lock);
@@ -340,6 +368,8 @@ out_unlocked:
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 {
     if (!p || (cap && !out)) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     /* the index is the record of what is resident: one pass over it, in key order */
     uint64_t k = 0;
     for (uint32_t t = 0; t < p->h->n_tables; t++) {
@@ -356,6 +386,8 @@ int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 int64_t recmg_free_slots(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     pthread_mutex_lock(&p->lock);
     int64_t rc = writer_lock(p);
     if (rc == 0) {
@@ -393,22 +425,32 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
 
 int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
 {
+    return recmg_write_rows_ex(p, table, rows, n, values, NULL);
+}
+
+int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
+                        uint64_t *written)
+{
+    if (written) *written = 0;
     if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
     const tabdesc *t = &p->tables[table];
     uint32_t rb = t->row_bytes;
     const uint8_t *src = values;
+    uint64_t done = n;
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
     fault_stop_point();
-    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row */
+    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row;
+     * if the file write fails at row k, rows [0, k) are written and their resident copies updated */
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
     } else {
-        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src);
-        if (rc) goto out;
+        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
     }
     /* then the resident copies, through the seqlock */
     uint64_t words[RECMG_PAGE / 8];
@@ -417,14 +459,19 @@ int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     if (p->h->slot_stride > sizeof words) {
         heap = calloc(1, p->h->slot_stride);
         if (!heap) {
-            rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row");
+            /* cannot update the copies: drop them (lookups then read the slow tier, the truth) */
+            for (uint64_t k = 0; k < done; k++) atomic_store_explicit(index_of(p, RECMG_KEY(table, rows[k])), -1,
+                                                                      memory_order_release);
+            p->free_valid = 0;
+            bump_generation(p);
+            if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
             goto out;
         }
         w = heap;
     }
     memset(w, 0, p->h->slot_stride);
     int wrote = 0;
-    for (uint64_t k = 0; k < n; k++) {
+    for (uint64_t k = 0; k < done; k++) {
         int64_t key = RECMG_KEY(table, rows[k]);
         int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
         if (s < 0) continue;
@@ -447,5 +494,6 @@ out:
     writer_unlock(p);
 out_unlocked:
     pthread_mutex_unlock(&p->lock);
+    if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
     return rc;
 }

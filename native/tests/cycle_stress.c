@@ -177,6 +177,8 @@ int main(int argc, char **argv)
         rc = recmg_destroy(name, err, sizeof err);
         if (rc) return fail(cy, "destroy", err);
         recmg_close(daemon);
+        /* the file outlives the pool (create never overwrites one): the next cycle makes a new one */
+        if (o.slow_path && unlink(o.slow_path) != 0) return fail(cy, "unlink", o.slow_path);
     }
     free(ids);
     free(off);

@@ -2,10 +2,14 @@
 
     recmg sim TRACE [TRACE ...] --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
         [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256]
-        [--pages lru,opt --page-bytes 4096] [--json | --markdown] [--pivot on_demand]
+        [--pages lru,opt --page-bytes 4096] [--lookahead 0,1,2,4] [--json | --markdown] [--pivot on_demand]
 
 ``--pages`` adds page-granular runs of the named policies (kernel tiering, DAMON, memtierd and
 recmgd's page mode keep whole pages on the fast node) with the same DRAM bytes, as ``NAME@page``.
+``--lookahead L[,L...]`` runs every policy also with the next L steps' rows known ahead (a serving
+queue; DESIGN.md, "Lookahead L"): the driver fills them within ``--prefetch-budget`` rows a step and
+never evicts them before their step; results as ``NAME+LL``. The reference for it is ``belady``
+(Belady's order with the same window and budget; at L = 0, OPT).
 A learned policy's ``--model`` must be a checkpoint of the granularity it runs at: rows for
 ``--policies``, pages of ``--page-bytes`` with rows of ``--row-bytes`` for ``--pages`` (``recmg train
 --page-bytes``); another is refused before the traces are read.
@@ -39,6 +43,16 @@ def _floats(text: str) -> list[float]:
     return out
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        out = [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
+    if not out or any(v < 0 for v in out):
+        raise argparse.ArgumentTypeError(f"lookahead steps must be >= 0: {text!r}")
+    return out
+
+
 def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", nargs="+",
                         help="trace file(s) (text, recmg binary, DLRM .pt, Criteo/Avazu CSV)")
@@ -51,6 +65,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="1: decisions apply before the next step; 0: the textbook cache")
     parser.add_argument("--prefetch-budget", type=int, default=16,
                         help="rows per step a prefetcher may fetch (default %(default)s)")
+    parser.add_argument("--lookahead", type=_ints, default=[0], metavar="L[,L...]",
+                        help="steps whose rows are known ahead (a serving queue); the driver fills them "
+                             "within --prefetch-budget rows a step (default 0)")
     parser.add_argument("--region", type=int, default=8, help="Bingo: rows per region (1..64)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--model", default=None,
@@ -105,6 +122,12 @@ def main(args: argparse.Namespace) -> int:
     if args.batch < 1:
         raise SystemExit("recmg sim: --batch must be >= 1")
     page_names = [n.strip() for n in args.pages.split(",") if n.strip()]
+    if args.lookahead != [0] and args.delay != 1:
+        print("recmg sim: --lookahead runs with --delay 1 only", file=sys.stderr)
+        return 2
+    if args.prefetch_budget < 0:
+        print("recmg sim: --prefetch-budget must be >= 0", file=sys.stderr)
+        return 2
     if page_names and args.delay != 1:
         print("recmg sim: --pages runs with --delay 1 only (pages move after the step that read them)",
               file=sys.stderr)
@@ -112,6 +135,9 @@ def main(args: argparse.Namespace) -> int:
     if page_names and not 0 < args.row_bytes <= args.page_bytes:
         print(f"recmg sim: --pages needs 0 < --row-bytes <= --page-bytes, got {args.row_bytes} and "
               f"{args.page_bytes}", file=sys.stderr)
+        return 2
+    if "belady" in page_names:
+        print("recmg sim: --pages belady: the lookahead reference runs on rows only", file=sys.stderr)
         return 2
     try:
         check_policies(names + page_names)
@@ -131,7 +157,8 @@ def main(args: argparse.Namespace) -> int:
         trace = open_trace(path, table_size=args.table_size)
         if names:
             results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
-                                row_bytes=args.row_bytes, options=options, path=args.path)
+                                row_bytes=args.row_bytes, options=options, path=args.path,
+                                lookahead=args.lookahead, budget=args.prefetch_budget)
         if page_names:
             steps = trace.steps(args.batch)
             results += simulate_pages(os.path.basename(trace.path) or "trace", steps, page_names,

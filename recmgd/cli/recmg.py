@@ -14,6 +14,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "trace": ("recmgd.cli.cmd_trace", "convert, inspect and synthesize traces"),
     "sim": ("recmgd.cli.cmd_sim", "simulate policies on a trace"),
     "train": ("recmgd.cli.cmd_train", "train the RecMG caching and prefetching models"),
+    "candidate": ("recmgd.cli.cmd_candidate", "train a candidate model on a recorded window and score it "
+                  "against the current one (recmgd's retraining)"),
     "demo": ("recmgd.cli.cmd_demo", "TorchRec DLRM server on recmg vs all-DRAM, in short"),
 }
 

@@ -65,6 +65,20 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("policy", help="switch a pool's policy (until the next reload)")
     s.add_argument("pool")
     s.add_argument("name")
+    s.add_argument("--model", metavar="DIR", help="the checkpoint a learned policy loads (`recmg train`)")
+    s = sub.add_parser("record", help="write a pool's live access stream to a trace file (recmg binary "
+                                      "format; one sample per app batch)")
+    s.add_argument("pool")
+    s.add_argument("file", help="the trace to write (FILE.partial until it is complete)")
+    s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: no limit)")
+    s.add_argument("--lookups", type=int, default=0,
+                   help="stop at the first batch end after this many lookups (default: no limit)")
+    s.add_argument("--max-mb", type=float, default=None,
+                   help="size cap of the file in MB (10^6 bytes; default: the daemon's, 4 GiB)")
+    s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
+    s = sub.add_parser("retrain", help="retrain a pool's learned policy now (pools with retrain_every)")
+    s.add_argument("pool")
+    s.add_argument("--wait", action="store_true", help="wait for the result and print both scores")
     return p
 
 
@@ -105,6 +119,13 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
         if pages:
             lines.extend(format_pages(pages))
+        if p.get("retrain"):
+            lines.append(format_retrain(p["retrain"]))
+        rec = p.get("recording")
+        if rec:
+            lines.append(f"recording: {rec['state']} {rec['reason'] or ''}, {rec['lookups']} lookups, "
+                         f"{rec['batches']} batches, {rec['bytes'] / 1e6:.1f} MB"
+                         + (f", {rec['error']}" if rec.get("error") else ""))
         app = p.get("app") or {}
         if app.get("unique"):
             hit = 100.0 * (1 - app["on_demand"] / app["unique"])
@@ -207,10 +228,134 @@ def _run(args: argparse.Namespace) -> int:
         print(f"pool {res['pool']} {'paused' if res['paused'] else 'resumed'}")
         return 0
     if args.command == "policy":
-        res = request(sock, "policy", {"pool": args.pool, "name": args.name}, timeout=timeout)
-        print(f"pool {res['pool']}: policy {res['policy']}")
+        pargs = {"pool": args.pool, "name": args.name}
+        if args.model:
+            pargs["model_dir"] = os.path.abspath(args.model)
+        res = request(sock, "policy", pargs, timeout=timeout)
+        print(f"pool {res['pool']}: policy {res['policy']}"
+              + (f" (model {pargs['model_dir']})" if args.model else ""))
         return 0
+    if args.command == "record":
+        return record(args)
+    if args.command == "retrain":
+        return retrain(args)
     raise AssertionError(args.command)
+
+
+def record(args: argparse.Namespace) -> int:
+    """Open FILE.partial, pass it to the daemon, follow the recording, and rename it to FILE once the
+    daemon has written and fsynced it (a failed recording leaves no file)."""
+    sock, timeout = args.socket, args.timeout
+    if args.seconds < 0 or args.lookups < 0 or (args.max_mb is not None and args.max_mb <= 0):
+        print("recmgctl: record: --seconds and --lookups must be >= 0, --max-mb > 0", file=sys.stderr)
+        return 2
+    path = os.path.abspath(args.file)
+    partial = path + ".partial"
+    try:
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        print(f"recmgctl: record: {partial}: {exc.strerror}", file=sys.stderr)
+        return 1
+    rargs: dict[str, Any] = {"pool": args.pool, "action": "start", "lookups": args.lookups,
+                             "seconds": args.seconds, "path": path}
+    if args.max_mb is not None:
+        rargs["max_bytes"] = int(args.max_mb * 1e6)
+    try:
+        request(sock, "record", rargs, timeout=timeout, fds=(fd,))
+    except BaseException:
+        _unlink(partial)
+        raise
+    finally:
+        os.close(fd)
+    status: dict[str, Any] = {}
+    interrupted = False
+    show = sys.stderr.isatty() and not args.quiet
+    try:
+        while True:
+            try:
+                time.sleep(0.2)
+                status = request(sock, "record", {"pool": args.pool, "action": "status"}, timeout=timeout)
+                if status["state"] != "recording":
+                    break
+                if show:
+                    sys.stderr.write(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
+                                     f"{status['batches']:,} batches, {status['bytes'] / 1e6:.1f} MB, "
+                                     f"{status['seconds']:.0f} s ")
+            except KeyboardInterrupt:
+                if interrupted:  # a second ^C: give up on the file
+                    _unlink(partial)
+                    return 130
+                interrupted = True
+                request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
+    except BaseException:
+        _unlink(partial)
+        raise
+    finally:
+        if show:
+            sys.stderr.write("\n")
+    if status["state"] != "done":
+        _unlink(partial)
+        print(f"recmgctl: record: {status.get('error') or 'the recording failed'}; no file was kept",
+              file=sys.stderr)
+        return 1
+    os.replace(partial, path)
+    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+    drops = status["ring_drops"]
+    drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""
+    print(f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
+          f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
+    return 0
+
+
+def retrain(args: argparse.Namespace) -> int:
+    res = request(args.socket, "retrain", {"pool": args.pool}, timeout=args.timeout)
+    print(f"pool {res['pool']}: retrain {res['retrain']} started on {res['lookups']} lookups "
+          f"({res['batches']} batches)", flush=True)
+    if not args.wait:
+        return 0
+    while True:
+        time.sleep(0.5)
+        rt = request(args.socket, "stats", timeout=args.timeout)["pools"].get(args.pool, {}).get("retrain")
+        if rt is None:
+            raise CommandError(f"pool {args.pool} is gone")
+        if not rt["running"]:
+            break
+    last = rt.get("last") or {}
+    if last.get("retrain") != res["retrain"]:
+        print(f"recmgctl: retrain: failed, the model is unchanged: {rt.get('last_error')}", file=sys.stderr)
+        return 1
+    print(format_retrain(rt))
+    return 0 if not rt.get("last_error") else 1
+
+
+def format_retrain(rt: dict[str, Any]) -> str:
+    """A pool's retraining in one line."""
+    last = rt.get("last") or {}
+    age = rt.get("model_age_s")
+    line = (f"retraining: every {rt['every_s']:g} s, window {rt['window_lookups']}/{rt['window_target']} "
+            f"lookups, {rt['retrains']} retrains, {rt['switches']} switches, {rt['failures']} failures; "
+            f"model {rt.get('model_dir') or 'none (lru)'}")
+    if age is not None:
+        line += f", {age:.0f} s old"
+    if last:
+        line += (f"; last: candidate {last['candidate_on_demand']} vs current {last['current_on_demand']} "
+                 f"on-demand fetches ({'switched' if last.get('switched') else 'kept'})")
+    if rt.get("running"):
+        line += f"; running (trainer pid {rt.get('trainer_pid')})"
+    if rt.get("last_error"):
+        line += f"; last error: {rt['last_error']}"
+    return line
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
 
 
 if __name__ == "__main__":

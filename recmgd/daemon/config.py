@@ -24,7 +24,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     socket = "/run/recmgd/control.sock"
     mode = 0o660
     max_request = 65536
-    group = ""                    # the socket's group (members may use recmgctl); "" = root's
+    group = ""                    # the socket's group (members may use recmgctl); "" = the daemon's
 
     [metrics]
     listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off
@@ -67,6 +67,9 @@ from recmgd.keys import PAGE_BYTES
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
 DEFAULT_SOCKET = "/run/recmgd/control.sock"
+DEFAULT_STATE_DIR = "/var/lib/recmgd"
+#: units of a duration such as retrain_every = "30m"
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # The driver's common policy options (docs/ARCHITECTURE.md, Policy interface) and their checks.
@@ -112,6 +115,9 @@ class PolicyConfig:
     options: Mapping[str, int] = field(default_factory=dict)
     mode: str = "rows"
     pages: PagesConfig = field(default_factory=PagesConfig)
+    retrain_every: float = 0.0  # seconds between retrains (recmgd.daemon.retrain); 0 = off
+    retrain_window: int = 2_000_000  # lookups of the rolling window retrains train and score on
+    retrain_threads: int = 1  # torch threads of the trainer process
 
     def create_options(self) -> dict[str, object]:
         """Keyword arguments for :func:`recmgd.policy.create`."""
@@ -158,6 +164,7 @@ class Config:
     status_interval: float = 2.0
     app_check_interval: float = 0.5
     plugins: tuple[str, ...] = ()
+    state_dir: str = DEFAULT_STATE_DIR  # retraining's windows and checkpoints (under retrain/POOL/)
     serve_users: tuple[str, ...] = ()  # pool owners served besides the daemon's own user
     serve_groups: tuple[str, ...] = ()  # pool groups served besides the daemon's own group
     control: ControlConfig = field(default_factory=ControlConfig)
@@ -253,6 +260,22 @@ class _Decoder:
             raise self.fail(prefix + key, "impossible value (contains a NUL or newline)")
         return value
 
+    def duration(self, table: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        """Seconds, written as a number or a string like "90s", "30m", "2h", "1d" (0 = off)."""
+        value = table.get(key, default)
+        if isinstance(value, str):
+            text = value.strip()
+            unit = DURATION_UNITS.get(text[-1:]) if text else None
+            try:
+                seconds = float(text[:-1]) * unit if unit else float(text)
+            except ValueError:
+                seconds = -1.0
+            if not seconds >= 0 or seconds > 1e9:
+                raise self.fail(prefix + key, f"impossible value {value!r} (a duration like \"30m\", "
+                                "\"2h\" or seconds; 0 = off)")
+            return seconds
+        return self.number(table, key, prefix, default, 0.0, 1e9)
+
     def table(self, doc: Mapping[str, Any], key: str, prefix: str) -> Mapping[str, Any]:
         value = doc.get(key, {})
         if not isinstance(value, dict):
@@ -304,7 +327,8 @@ class _Decoder:
 
     def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig,
                pages_ok: bool = False) -> PolicyConfig:
-        allowed = {"name", "model_dir", "hint_slots", "options", "mode"} | ({"pages"} if pages_ok else set())
+        allowed = ({"name", "model_dir", "hint_slots", "options", "mode", "retrain_every", "retrain_window",
+                    "retrain_threads"} | ({"pages"} if pages_ok else set()))
         self.check_keys(t, allowed, prefix)
         name = self.string(t, "name", prefix, base.name)
         if not name:
@@ -328,8 +352,17 @@ class _Decoder:
         pages = base.pages
         if "pages" in t:
             pages = self.pages(self.table(t, "pages", prefix), prefix + "pages.", base.pages)
+        retrain_every = self.duration(t, "retrain_every", prefix, base.retrain_every)
+        if retrain_every and mode == "pages":
+            raise self.fail(prefix + "retrain_every", "retraining is for row mode (mode = \"rows\")")
+        if retrain_every and 0 < retrain_every < 1.0:
+            raise self.fail(prefix + "retrain_every", f"impossible value {retrain_every} (at least 1 s)")
         return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options,
-                            mode=mode, pages=pages)
+                            mode=mode, pages=pages, retrain_every=retrain_every,
+                            retrain_window=self.integer(t, "retrain_window", prefix, base.retrain_window,
+                                                        1000, 1 << 34),
+                            retrain_threads=self.integer(t, "retrain_threads", prefix, base.retrain_threads,
+                                                         1, 256))
 
     def control(self, t: Mapping[str, Any]) -> ControlConfig:
         p = "control."
@@ -386,10 +419,16 @@ class _Decoder:
                 raise self.fail(p + "listen", f"impossible value {listen!r} ({problem})")
         return MetricsConfig(listen=listen)
 
+    def state_dir(self, doc: Mapping[str, Any]) -> str:
+        value = self.string(doc, "state_dir", "", DEFAULT_STATE_DIR)
+        if not os.path.isabs(value):
+            raise self.fail("state_dir", f"impossible value {value!r} (must be an absolute path)")
+        return value
+
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
-               "serve_users", "serve_groups", "control", "metrics", "policy", "pool", "pages"}
+               "serve_users", "serve_groups", "control", "metrics", "policy", "pool", "pages", "state_dir"}
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
         if log_level not in LOG_LEVELS:
@@ -428,6 +467,7 @@ class _Decoder:
             status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
             app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),
+            state_dir=self.state_dir(doc),
             serve_users=self.names(doc, "serve_users", "", "user"),
             serve_groups=self.names(doc, "serve_groups", "", "group"),
             control=self.control(self.table(doc, "control", "")),
@@ -488,3 +528,7 @@ def validate_policies(cfg: Config) -> None:
             known = policy_mod.available()
             raise ConfigError(f"{cfg.path}: {key}: unknown policy {pc.name!r} "
                               f"(known: {', '.join(known) or 'none registered'})")
+        if pc.retrain_every and not policy_mod.is_learned(pc.name):
+            where = key.rsplit(".", 1)[0]
+            raise ConfigError(f"{cfg.path}: {where}.retrain_every: policy {pc.name!r} is not a learned one "
+                              "(retraining trains recmg, recmg-cache, ... models)")

@@ -32,7 +32,9 @@ from recmgd.errors import RecmgError
 log = logging.getLogger(__name__)
 
 PROTOCOL_VERSION = 1
-COMMANDS = ("stats", "pools", "reload", "pause", "resume", "policy")
+COMMANDS = ("stats", "pools", "reload", "pause", "resume", "policy", "record", "retrain")
+#: file descriptors a request may carry (SCM_RIGHTS; `record` passes the file to write): more are closed
+MAX_FDS = 1
 MAX_CLIENTS = 64
 MAX_PENDING_OUT = 1 << 22
 IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent (no request, nothing to send) before it is closed
@@ -93,7 +95,7 @@ def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "closing", "last")
+    __slots__ = ("sock", "inbuf", "outbuf", "closing", "last", "fds")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
@@ -101,6 +103,7 @@ class _Conn:
         self.outbuf = bytearray()
         self.closing = False
         self.last = now  # monotonic time of its last request bytes or answer bytes sent
+        self.fds: list[int] = []  # descriptors the client passed, for its next request
 
 
 class ControlServer:
@@ -118,9 +121,11 @@ class ControlServer:
         self.listener: socket.socket | None = None
         self.requests = 0
         self.errors = 0
+        self._fds: list[int] = []  # the descriptors passed with the request being handled
         self.refused = 0  # clients refused because every slot was busy
         self.evicted = 0  # idle connections closed to make room or after IDLE_TIMEOUT
         self.idle_timeout = IDLE_TIMEOUT
+        self.evict_idle = EVICT_IDLE
         self._next_sweep = 0.0
 
     # -- lifecycle --------------------------------------------------------------------------------
@@ -228,7 +233,7 @@ class ControlServer:
     def _make_room(self, now: float) -> bool:
         """At the limit: close the longest-idle connection if it is idle enough; False if none is."""
         fd, conn = min(self.conns.items(), key=lambda kv: kv[1].last)
-        if now - conn.last < EVICT_IDLE:
+        if now - conn.last < self.evict_idle:
             return False
         try:
             conn.sock.send(encode(error_answer(f"{TOO_MANY}: closed as the longest idle of {MAX_CLIENTS}")))
@@ -271,7 +276,10 @@ class ControlServer:
             return
         if mask & selectors.EVENT_READ and not conn.closing:
             try:
-                data = conn.sock.recv(65536)
+                data, fds, _flags, _addr = socket.recv_fds(conn.sock, 65536, MAX_FDS)
+                conn.fds.extend(fds)
+                while len(conn.fds) > MAX_FDS:
+                    os.close(conn.fds.pop())
             except (BlockingIOError, InterruptedError):
                 data = None
             except OSError:
@@ -319,6 +327,7 @@ class ControlServer:
 
     def _answer(self, conn: _Conn, line: bytes) -> None:
         self.requests += 1
+        self._fds, conn.fds = conn.fds, []
         try:
             cmd, args = decode_request(line)
             result = self.handler(cmd, args)
@@ -330,6 +339,8 @@ class ControlServer:
             self.errors += 1
             log.exception("control command failed")
             answer = error_answer(f"internal error: {type(exc).__name__}: {exc}")
+        while self._fds:  # passed but not taken by the handler
+            os.close(self._fds.pop())
         try:
             data = encode(answer)
         except (TypeError, ValueError) as exc:
@@ -353,10 +364,18 @@ class ControlServer:
             conn.last = time.monotonic()
         del conn.outbuf[:n]
 
+    def take_fd(self) -> int | None:
+        """(For a handler.) The file descriptor passed with the request being handled, now the
+        handler's to close; None when it carried none."""
+        return self._fds.pop() if self._fds else None
+
     def _drop(self, fd: int) -> None:
         conn = self.conns.pop(fd, None)
         if conn is None:
             return
+        for passed in conn.fds:
+            os.close(passed)
+        conn.fds.clear()
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -367,8 +386,10 @@ class ControlServer:
 # -- client -----------------------------------------------------------------------------------------
 
 
-def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0) -> Any:
-    """Send one command to the daemon and return its result; errors raise.
+def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0,
+            fds: tuple[int, ...] = ()) -> Any:
+    """Send one command to the daemon and return its result; errors raise. ``fds``: file descriptors
+    passed with the request (SCM_RIGHTS; at most MAX_FDS).
 
     :class:`ControlUnavailable` when the daemon cannot be reached, :class:`CommandError` when it
     answered with an error.
@@ -390,7 +411,11 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
         buf = bytearray()
         try:
             try:
-                sock.sendall(encode({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}}))
+                data = encode({"version": PROTOCOL_VERSION, "cmd": cmd, "args": args or {}})
+                if fds:
+                    sent = socket.send_fds(sock, [data], list(fds))
+                    data = data[sent:]
+                sock.sendall(data)
             except (BrokenPipeError, ConnectionResetError):
                 pass  # the daemon closed at once (too many connections): its reason may be waiting below
             while b"\n" not in buf:

@@ -51,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from recmgd.daemon.mover import (
+    PIN,
     RES,
     RESIDENT,
     SPECIAL,
@@ -75,7 +76,7 @@ __all__ = ["EARLY_VICTIMS", "POOL_COUNTERS", "FillBudget", "PoolDriver", "PoolLi
 POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
                  "policy_overflow", "rings_released", "adopted", "adopt_evicted", "early_admits",
-                 "decision_skipped", "decision_no_room")
+                 "decision_skipped", "decision_no_room", "pin_refused")
 
 
 def _forward(part: str, name: str, doc: str = "") -> property:
@@ -124,7 +125,7 @@ class PoolDriver:
 
     def __init__(self, pool: PoolLike, policy: Policy, policy_name: str, *, hint_slots: int = 0,
                  budget: FillBudget | None = None, step_mode: bool = False, max_drain: int = 262144,
-                 coalesce: int = 0, early_admit: bool = True) -> None:
+                 coalesce: int = 0, early_admit: bool = True, hint_pin_batches: int = 2) -> None:
         self.pool = pool
         self.name = str(pool.name)
         self.early_admit = early_admit
@@ -137,7 +138,7 @@ class PoolDriver:
         self._victims = EMPTY_KEYS  # the worker's last list of early victims, and how far it is used
         self._victim_pos = 0
         self.mover = ResidencyMover(pool, hint_slots, budget or FillBudget(), self.pc, self._tell,
-                                    lambda: self._worker is not None)
+                                    lambda: self._worker is not None, pin_steps=hint_pin_batches)
         self.tracker = RingTracker(pool, self._batch, self._take_hints, max_drain=max_drain,
                                    coalesce=coalesce, step_mode=step_mode)
         self._step_mode = step_mode
@@ -257,8 +258,15 @@ class PoolDriver:
         if not self.hint_slots or self.paused:
             return False
         self.pc["hint_received"] += len(hints)
+        self._pin(hints)
         self.mover.fetch_hints(hints)
         return True
+
+    def _pin(self, hints: np.ndarray) -> None:
+        """Hinted rows are announced for a batch that has not run: pinned (recmgd.daemon.mover)."""
+        mv = self.mover
+        ok = mv.valid(hints)
+        mv.pin(mv.flat(hints[ok] if not ok.all() else hints), self.pc["steps"])
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -285,8 +293,13 @@ class PoolDriver:
             self.pc["hint_late"] += int(np.isin(hints, keys[~hit]).sum())
         mv.clear_dropped()
         self.pc["steps"] += 1
+        # lookahead: the rows announced for this batch were read, its boundary has passed
+        mv.unpin_read(fl, f)
+        mv.expire_pins(self.pc["steps"])
         if self.paused:
             return
+        if len(hints) and self.hint_slots:
+            self._pin(hints)
         if self._threaded():
             self._step_early(keys, fl, hints)
             return
@@ -343,11 +356,12 @@ class PoolDriver:
         if self._worker.victims is not self._victims:
             self._victims, self._victim_pos = self._worker.victims, 0
         missed = keys[~owned]
-        need = len(missed) - max(self.capacity - self.n_resident, 0)
+        need = len(missed) - self.mover.room()
         if need > 0 and self._victim_pos < len(self._victims):
             cand = self._victims[self._victim_pos:]
             cand, cfl = self.mover.checked(cand)
-            ok = (self.mover.flags[cfl] & RES) != 0
+            cf = self.mover.flags[cfl]
+            ok = ((cf & RES) != 0) & ((cf & PIN) == 0)  # never a row announced for a later batch
             # never a row this step reads, nor one a step the policy has not seen yet read
             reading = np.concatenate([keys] + [k for _, k, _ in self._in_flight])
             ok[ok] = ~np.isin(cand[ok], reading)
@@ -360,7 +374,7 @@ class PoolDriver:
                 self._tell("evicted", v)
             else:
                 self._victim_pos = len(self._victims)
-        room = max(self.capacity - self.n_resident, 0)
+        room = self.mover.room()
         before = self.n_resident
         self.mover.insert(missed[:room], "admit")  # what does not fit waits for the policy's decision
         self.pc["early_admits"] += self.n_resident - before

@@ -90,6 +90,15 @@ PAGE_GAUGES = (
 )
 
 
+# retraining (pools with retrain_every): (key of the stats' "retrain" dict, metric name, help)
+RETRAIN_COUNTERS = (
+    ("retrains", "retrains", "retrains started (trainer processes)"),
+    ("switches", "model_switches", "retrained models switched to (the candidate fetched less)"),
+    ("kept", "retrains_kept", "retrains whose candidate did not beat the current model"),
+    ("failures", "retrain_failures", "retrains that failed (trainer failed or killed, model not loadable)"),
+)
+
+
 class StatsCollector(Collector):
     """Turns the daemon's stats snapshot into metric families."""
 
@@ -124,6 +133,7 @@ class StatsCollector(Collector):
                 fam.add_metric([pname], float((p.get("app") or {}).get(key, 0)))
             yield fam
         yield from self._pages(pools)
+        yield from self._retrain(pools)
         d = snap.get("daemon", {})
         yield GaugeMetricFamily("recmgd_loop_lag_seconds", "how late the last loop tick ended",
                                 value=float(d.get("loop_lag_s", 0.0)))
@@ -138,6 +148,33 @@ class StatsCollector(Collector):
         yield fam
         yield GaugeMetricFamily("recmgd_pools_skipped", "pools not served because of their owner",
                                 value=float(len(d.get("skipped") or {})))
+
+    @staticmethod
+    def _retrain(pools: dict[str, Any]) -> Iterator[Any]:
+        """Retraining's families (samples only for the pools with retrain_every)."""
+        rts = {name: p["retrain"] for name, p in pools.items() if p.get("retrain")}
+        for key, name, help_text in RETRAIN_COUNTERS:
+            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, rt in rts.items():
+                fam.add_metric([pname], float(rt.get(key, 0)))
+            yield fam
+        gauges = (("model_age_seconds", "age of the pool's current model (its checkpoint's time)",
+                   lambda rt: rt.get("model_age_s")),
+                  ("retrain_window_lookups", "lookups in the retraining window",
+                   lambda rt: rt.get("window_lookups")),
+                  ("retrain_running", "1 while a trainer process runs",
+                   lambda rt: int(bool(rt.get("running")))),
+                  ("retrain_candidate_on_demand", "the last retrain's candidate: on-demand fetches on the "
+                   "window's recent part", lambda rt: (rt.get("last") or {}).get("candidate_on_demand")),
+                  ("retrain_current_on_demand", "the last retrain's current model: on-demand fetches on the "
+                   "window's recent part", lambda rt: (rt.get("last") or {}).get("current_on_demand")))
+        for name, help_text, get in gauges:
+            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
+            for pname, rt in rts.items():
+                value = get(rt)
+                if value is not None:
+                    fam.add_metric([pname], float(value))
+            yield fam
 
     @staticmethod
     def _pages(pools: dict[str, Any]) -> Iterator[Any]:

@@ -11,6 +11,14 @@ it reports through ``tell("rejected", keys)`` (and evictions the policy did not 
 
 Hints fill a reserve of ``hint_slots`` rows apart from the policy's capacity (oldest hinted rows make
 room); an admission or prefetch of a hinted row takes it over without a copy.
+
+Pins (lookahead): a hinted row is announced for a batch that has not run yet, so it is *pinned*
+(:meth:`ResidencyMover.pin`) until a step processed after the hint reads it, or until ``pin_steps``
+steps have passed without a read. A pinned row is never evicted: not by the hint reserve's own
+turnover, not as an early victim, and not by the policy's decision: an eviction of a pinned row the
+policy owns is refused and the row moves to the hint reserve (``pin_refused``), so the policy, which
+believes it gone, sees it as a miss when it is read and takes it over. (FBGEMM's issue #1201 is this
+bug in their pipeline: rows prefetched for the next batch evicted before it ran.)
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ HINT = np.uint8(2)  # resident, fetched for an app's hint (the hint reserve)
 PF_UNREAD = np.uint8(4)  # prefetched, not read yet
 HINT_UNREAD = np.uint8(8)  # fetched for a hint, not read yet
 PF_DROPPED = np.uint8(16)  # a prefetch the budget dropped in the last step (read now: late)
+PIN = np.uint8(32)  # announced (hinted) for a batch that has not run yet: never evicted
 RESIDENT = RES | HINT
 SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
 
@@ -141,7 +150,7 @@ class ResidencyMover:
     """
 
     def __init__(self, pool: PoolLike, hint_slots: int, budget: FillBudget, pc: dict[str, int], tell: Tell,
-                 threaded: Callable[[], bool]) -> None:
+                 threaded: Callable[[], bool], *, pin_steps: int = 2) -> None:
         self.pool = pool
         self.name = str(pool.name)
         self.budget = budget
@@ -167,6 +176,9 @@ class ResidencyMover:
         self.hint_fifo: deque[int] = deque()  # flat indices, oldest first (stale ones skipped)
         self.n_hinted = 0
         self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
+        self.pin_steps = int(pin_steps)
+        self.pins: dict[int, int] = {}  # flat index -> the step count at which its pin expires
+        self._pin_queue: deque[tuple[int, int]] = deque()  # (expiry, flat), in expiry order
 
     def set_hint_slots(self, hint_slots: int) -> None:
         """Split the slots into the hint reserve and the policy's capacity (at least one row)."""
@@ -236,12 +248,49 @@ class ResidencyMover:
     def reset(self, keep: np.ndarray) -> None:
         """Forget the mirror and own exactly ``keep`` (resident in the pool) for the policy."""
         self.flags[:] = 0
+        self.pins.clear()
+        self._pin_queue.clear()
         self.hint_fifo.clear()
         self.n_hinted = 0
         self.pf_dropped = np.zeros(0, dtype=np.int64)
         if len(keep):
             self.flags[self.flat(keep)] = RES
         self.n_resident = len(keep)
+
+    def room(self) -> int:
+        """Rows the policy may still insert: its capacity less what it owns, and no more than the free
+        slots (refused evictions of pinned rows can leave the hint reserve over its size)."""
+        return max(min(self.capacity - self.n_resident, self.n_slots - self.resident_count()), 0)
+
+    # -- pins (lookahead) ------------------------------------------------------------------------------
+
+    def pin(self, fl: np.ndarray, now: int) -> None:
+        """Pin rows (flat indices) announced at step count ``now``: until a later step reads them or
+        ``pin_steps`` steps have passed."""
+        if not len(fl) or self.pin_steps <= 0:
+            return
+        until = now + self.pin_steps
+        self.flags[fl] |= PIN
+        for f in fl.tolist():
+            self.pins[f] = until
+            self._pin_queue.append((until, f))
+
+    def unpin_read(self, fl: np.ndarray, f: np.ndarray) -> None:
+        """The rows a step read (flat indices, their flags before the step): their pins end."""
+        read = fl[(f & PIN) != 0]
+        if len(read):
+            self.flags[read] &= ~PIN
+            for x in read.tolist():
+                self.pins.pop(x, None)
+
+    def expire_pins(self, now: int) -> None:
+        """End the pins whose ``pin_steps`` have passed at step count ``now``."""
+        q = self._pin_queue
+        while q and q[0][0] <= now:
+            until, f = q.popleft()
+            if self.pins.get(f) == until:
+                del self.pins[f]
+                self.flags[f] &= ~PIN
 
     # -- counting ------------------------------------------------------------------------------------
 
@@ -306,6 +355,17 @@ class ResidencyMover:
         mine = (self.flags[fl] & RES) != 0
         if not mine.all():
             keys, fl = keys[mine], fl[mine]
+        pinned = (self.flags[fl] & PIN) != 0
+        if pinned.any():
+            # announced for a batch that has not run: kept, in the hint reserve (the policy takes it
+            # over when it is read)
+            pf = fl[pinned]
+            self.flags[pf] = (self.flags[pf] & ~RES) | HINT
+            self.n_resident -= len(pf)
+            self.n_hinted += len(pf)
+            self.hint_fifo.extend(pf.tolist())
+            self.pc["pin_refused"] += len(pf)
+            keys, fl = keys[~pinned], fl[~pinned]
         if len(fl):
             self.evict_flat(fl, keys)
             self.n_resident -= len(fl)
@@ -334,7 +394,7 @@ class ResidencyMover:
         new = (f & RES) == 0
         if not new.all():
             keys, fl, f = keys[new], fl[new], f[new]
-        room = max(self.capacity - self.n_resident, 0)
+        room = self.room()
         if len(keys) > room:
             over = len(keys) - room
             # with a worker thread, early fills may have taken the room a late decision counted on:
@@ -381,16 +441,24 @@ class ResidencyMover:
             hints, fl = hints[: self.hint_slots], fl[: self.hint_slots]
         need = self.n_hinted + len(hints) - self.hint_slots
         if need > 0:
-            old = []
+            old, kept = [], []
             while need > 0 and self.hint_fifo:
                 f = self.hint_fifo.popleft()
                 if self.flags[f] & HINT:
+                    if self.flags[f] & PIN:
+                        kept.append(f)  # announced for a batch still to run: stays
+                        continue
                     old.append(f)
                     need -= 1
+            self.hint_fifo.extendleft(reversed(kept))
             if old:
                 of = np.array(old, dtype=np.int64)
                 self.evict_flat(of)
                 self.n_hinted -= len(of)
+            if need > 0:  # the reserve is held by pinned rows: the newest hints wait
+                n = max(len(hints) - need, 0)
+                self.pc["hint_rejected"] += len(hints) - n
+                hints, fl = hints[:n], fl[:n]
         filled, dropped = self.fill(hints)
         if len(filled):
             ff = fl[: len(filled)]

@@ -40,6 +40,7 @@ from __future__ import annotations
 import errno
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -133,6 +134,8 @@ class PagePool:
         self._warned_fallback = False
         self._node_cache: dict[str, Any] | None = None
         self._node_time = 0.0
+        # called (records, ring index) with the rows drained, before they become pages (recordings)
+        self.tap: Callable[[np.ndarray, int], None] | None = None
         if self.fast_node == self.slow_node:
             log.warning("pool %s: page mode's fast node %d is the slow tier's own node: pages are counted "
                         "as promoted but stay where they are", self.name, self.fast_node)
@@ -192,7 +195,10 @@ class PagePool:
     def drain_ring(self, index: int, max_records: int) -> np.ndarray:
         """Records of one ring with row keys turned into page keys (see the module doc;
         recmgd.daemon.tracker.page_records does the rewrite)."""
-        return page_records(self.pool.drain_ring(index, max_records), self.page_keys)
+        recs = self.pool.drain_ring(index, max_records)
+        if self.tap is not None and len(recs):  # recordings and the retraining window get the rows
+            self.tap(np.asarray(recs, dtype=np.uint64), index)
+        return page_records(recs, self.page_keys)
 
     def resident_keys(self) -> np.ndarray:
         """The pages promoted (the driver rebuilds its mirror from them)."""

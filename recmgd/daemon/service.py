@@ -24,6 +24,8 @@ from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
+from recmgd.daemon.record import PoolStream
+from recmgd.daemon.retrain import Retrainer, starting_policy
 from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,8 @@ class _Attached:
     policy_cfg: PolicyConfig
     inode: int | None
     budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
+    stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
+    retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
 
 
 def _shm_inode(name: str) -> int | None:
@@ -93,6 +97,7 @@ class Daemon:
         self._warned_drops: dict[str, int] = {}
         self._last_warn = 0.0
         self._policy_override: dict[str, str] = {}
+        self._model_override: dict[str, str] = {}  # recmgctl policy --model (until the next reload)
         self._retired: list[ControlServer] = []  # replaced control servers, closed after the poll
         self._polling = False
 
@@ -144,6 +149,9 @@ class Daemon:
         override = self._policy_override.get(name)
         if override:
             pc = dataclasses.replace(pc, name=override)
+        model = self._model_override.get(name)
+        if model:
+            pc = dataclasses.replace(pc, model_dir=model)
         return pc
 
     def _attach(self, name: str) -> bool:
@@ -157,8 +165,11 @@ class Daemon:
                 self.skipped[name] = problem
             return False
         self.skipped.pop(name, None)
+        run_name, run_pc = pc.name, pc
+        if pc.retrain_every:  # the last retrained checkpoint, if any
+            run_name, run_pc = starting_policy(name, pc, self.cfg.state_dir)
         try:
-            pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+            pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
             pool = Pool.attach(name, role="daemon")
         except PoolLockedError as exc:
             self._mark_stuck(name, exc)
@@ -180,7 +191,7 @@ class Daemon:
                 pages = PagePool(pool, pc.pages, page_budget, node_query_interval=self.cfg.status_interval)
                 driver: PoolDriver = PageDriver(pages, pol, pc.name, budget=page_budget, **common)
             else:
-                driver = PoolDriver(pool, pol, pc.name, budget=self.budget, **common)
+                driver = PoolDriver(pool, pol, run_name, budget=self.budget, **common)
         except PoolLockedError as exc:
             pool.close()
             self._mark_stuck(name, exc)
@@ -195,7 +206,12 @@ class Daemon:
         self._attach_errors.pop(name, None)
         # the inode checked for its owner: if the object was replaced since, _discover detaches it
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
-                        budget=page_budget)
+                        budget=page_budget, stream=PoolStream(driver))
+        if pc.retrain_every:
+            att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
+                                      model_dir=run_pc.model_dir if run_name == pc.name else None)
+            assert att.stream is not None
+            att.stream.add_sink("window", att.retrainer.window)
         self.pools[name] = att
         stuck = self.stuck.pop(name, None)
         if stuck is not None:
@@ -238,6 +254,10 @@ class Daemon:
         att = self.pools.pop(name, None)
         if att is None:
             return
+        if att.retrainer is not None:
+            att.retrainer.close()
+        if att.stream is not None:
+            att.stream.close(f"pool detached: {why}")
         att.driver.close()
         if demote and isinstance(att.driver, PageDriver):
             try:
@@ -300,8 +320,18 @@ class Daemon:
                           for name, st in self.stuck.items()},
                 "skipped": dict(self.skipped),
             },
-            "pools": {name: att.driver.stats() for name, att in self.pools.items()},
+            "pools": {name: self._pool_stats(att) for name, att in self.pools.items()},
         }
+
+    @staticmethod
+    def _pool_stats(att: _Attached) -> dict[str, Any]:
+        out = att.driver.stats()
+        rec = att.stream.stats() if att.stream is not None else None
+        if rec is not None:
+            out["recording"] = rec
+        if att.retrainer is not None:
+            out["retrain"] = att.retrainer.stats()
+        return out
 
     def status_line(self) -> str:
         n = len(self.pools)
@@ -357,7 +387,10 @@ class Daemon:
                             "capacity": d.capacity, "hint_slots": d.hint_slots,
                             "resident": d.resident_count(), "tables": tables, "apps": apps})
             for name in self.waiting_for():
-                out.append({"name": name, "waiting": True, "error": self._attach_errors.get(name)})
+                stuck = self.stuck.get(name)
+                why = (f"stuck: {stuck.error}" if stuck else
+                       f"skipped: {self.skipped[name]}" if name in self.skipped else None)
+                out.append({"name": name, "waiting": True, "error": why or self._attach_errors.get(name)})
             return out
         if cmd == "reload":
             err = self.reload()
@@ -374,10 +407,16 @@ class Daemon:
             name = args.get("name")
             if not isinstance(name, str) or not name:
                 raise CommandError("missing argument \"name\" (a policy name)")
+            model = args.get("model_dir")
+            if model is not None and (not isinstance(model, str) or not os.path.isabs(model)):
+                raise CommandError("argument \"model_dir\": expected an absolute path")
             pc = att.policy_cfg
-            pol = create_policy(name, dataclasses.replace(pc, name=name).create_options(),
-                                pool=att.driver.name, mode=pc.mode)
+            new_pc = dataclasses.replace(pc, name=name, model_dir=model or pc.model_dir)
+            pol = create_policy(name, new_pc.create_options(), pool=att.driver.name, mode=pc.mode)
             self._policy_override[att.driver.name] = name
+            if model:
+                self._model_override[att.driver.name] = model
+                att.policy_cfg = dataclasses.replace(pc, model_dir=model)
             try:
                 att.driver.switch_policy(pol, name)
             except PoolLockedError as exc:
@@ -386,6 +425,16 @@ class Daemon:
                                    "is attached again") from None
             log.info("pool %s: policy switched to %s", att.driver.name, name)
             return {"pool": att.driver.name, "policy": name}
+        if cmd == "record":
+            att = self._pool_arg(args)
+            assert att.stream is not None and self.control is not None
+            return att.stream.command(args, self.control.take_fd)
+        if cmd == "retrain":
+            att = self._pool_arg(args)
+            if att.retrainer is None:
+                raise CommandError(f"pool {att.driver.name} does not retrain (set retrain_every in its "
+                                   "policy section)")
+            return att.retrainer.start("recmgctl retrain")
         raise CommandError(f"unknown command {cmd!r}")
 
     # -- reload --------------------------------------------------------------------------------
@@ -418,14 +467,19 @@ class Daemon:
         for name, att in self.pools.items():
             pc = new.policy_for(name)
             switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
-            if new.manages(name) and (pc.mode != att.policy_cfg.mode
+            retrain = (pc.retrain_every or att.policy_cfg.retrain_every) and pc != att.policy_cfg
+            if new.manages(name) and (pc.mode != att.policy_cfg.mode or retrain
                                       or (pc.mode == "pages" and pc.pages != att.policy_cfg.pages)):
                 key = f"pool.{name}.mode" if name in new.pool_policies else "policy.mode"
                 problem = page_mode_problem(name, str(att.driver.pool.slow)) if pc.mode == "pages" else None
                 if problem:
                     raise ConfigError(f"{new.path}: {key}: {problem}")
                 # fails now, not at the attach
-                create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+                if pc.retrain_every:
+                    run_name, run_pc = starting_policy(name, pc, new.state_dir)
+                    create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+                else:
+                    create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
                 reattach.append(name)
                 continue
             if pc.hint_slots >= att.driver.n_slots:
@@ -471,6 +525,7 @@ class Daemon:
             self._detach(name, "its mode or page-mode settings changed", demote=True)
         self._configure_budget()
         self._policy_override.clear()
+        self._model_override.clear()
         for name, (pc, pol) in new_policies.items():
             att = self.pools[name]
             try:
@@ -532,6 +587,10 @@ class Daemon:
         for name, att in list(self.pools.items()):
             try:
                 att.driver.tick()
+                if att.stream is not None:
+                    att.stream.poll()
+                if att.retrainer is not None:
+                    self._retrain_step(name, att)
             except PoolLockedError as exc:
                 self._lock_held(name, exc)
             except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
@@ -544,6 +603,23 @@ class Daemon:
                 self._attach_errors[name] = f"{type(exc).__name__}: {exc}"
                 self._retry_after[name] = time.monotonic() + RETRY_AFTER_ERROR
         self.ticks += 1
+
+    def _retrain_step(self, name: str, att: _Attached) -> None:
+        """Start a retrain that is due; switch to a finished one's model when it won."""
+        rt = att.retrainer
+        assert rt is not None
+        now = time.monotonic()
+        if rt.due(now):
+            try:
+                rt.start(f"every {rt.every:g} s")
+            except CommandError as exc:
+                log.warning("%s", exc)
+                rt.next_due = now + rt.every
+        done = rt.poll()
+        if done is not None:
+            model_dir, pol = done
+            att.driver.switch_policy(pol, rt.policy)
+            rt.switched(model_dir)
 
     def _check_drops(self, now: float) -> None:
         if self.lag > max(1.0, 10 * self.cfg.interval) and now - self._last_warn > 10.0:

@@ -26,31 +26,13 @@ from recmgd.models.features import (
     RowHistory,
 )
 from recmgd.models.nets import NumpyCacheNet
+from recmgd.simcore import ffi, lib
 
-try:
-    from recmgd._simcore import ffi, lib
-
-    _HAVE = hasattr(lib, "cm_score")
-except ImportError:  # pragma: no cover - depends on the build
-    ffi = lib = None
-    _HAVE = False
-
-if _HAVE and (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES,
-              ffi.sizeof("cm_row")) != (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES),
-                                        ROW_DTYPE.itemsize):  # pragma: no cover - a stale build
+_LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize)
+if (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES,
+        ffi.sizeof("cm_row")) != _LAYOUT:  # pragma: no cover - a stale build
     raise ImportError("recmgd._simcore's caching model has another feature layout than "
                       "recmgd.models.features; rebuild it (`make native`)")
-
-
-def available() -> bool:
-    """Whether the C inference is built into ``recmgd._simcore``."""
-    return _HAVE
-
-
-def _require() -> None:
-    if not _HAVE:
-        raise ModelError("the caching model's C inference is not built (recmgd._simcore without "
-                         "cm_score); rebuild with `make native`, or pass native_infer=False")
 
 
 def _check(rc: int, what: str) -> None:
@@ -73,7 +55,6 @@ class NativeRows:
     """The ``cm_rows`` view of a RowHistory's records; rebound by the history whenever it grows."""
 
     def __init__(self, hist: RowHistory) -> None:
-        _require()
         self._hist = hist
         self.c = ffi.new("cm_rows *")
         self.c.n_table_slots = N_TABLE_SLOTS
@@ -119,7 +100,6 @@ class FastCacheNet:
     """The caching model (same weights as a :class:`~recmgd.models.nets.NumpyCacheNet`) scored in C."""
 
     def __init__(self, net: NumpyCacheNet) -> None:
-        _require()
         hidden = int(net.w1.shape[1])
         if (net.w1.shape[0] != N_FEATURES or net.tb.shape != (N_TABLE_SLOTS, hidden)
                 or hidden > lib.CM_MAX_HIDDEN):
@@ -182,6 +162,5 @@ class FastCacheNet:
 
 
 _I64 = np.dtype(np.int64)
-if _HAVE:
-    _from_buffer = ffi.from_buffer
-    _score = lib.cm_score
+_from_buffer = ffi.from_buffer
+_score = lib.cm_score

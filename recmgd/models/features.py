@@ -43,7 +43,7 @@ class KeyIndex:
     map, ``sc_idmap``: a step's keys are mapped in one call, not one dict lookup each)."""
 
     def __init__(self) -> None:
-        from recmgd._simcore import ffi, lib
+        from recmgd.simcore import ffi, lib
 
         self._ffi, self._lib = ffi, lib
         m = lib.sc_idmap_new()

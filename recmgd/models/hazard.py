@@ -54,7 +54,7 @@ def hazard_scores(ids: np.ndarray, cls: np.ndarray, stamp: np.ndarray, table_fla
     ``table_flat[cls * AGE_BUCKETS + age_bucket(now - stamp)] + stamp / (|now| + 2)``, the table
     cell with LRU order breaking ties, computed in C (native/policy/hazard.c, the same doubles as that
     numpy expression, which tests/test_models_hazard.py checks)."""
-    from recmgd._simcore import ffi, lib
+    from recmgd.simcore import ffi, lib
 
     ids = np.ascontiguousarray(ids, np.int64)
     out = np.empty(len(ids), np.float64)

@@ -28,6 +28,7 @@ from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import RowHistory, Stream
 from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
+from recmgd.models.native_step import NativeStep, unsupported
 from recmgd.models.nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.models.voyager_net import NumpyVoyager
@@ -106,10 +107,9 @@ class _Residency:
             return EMPTY_KEYS, new
         res = np.flatnonzero(self.resident)
         keys = np.concatenate([self.keep_score(res, now), self.keep_score(new, now) + 1e-4])
-        if over >= len(keys):
-            drop = np.arange(len(keys))
-        else:
-            drop = np.argpartition(keys, over - 1)[:over]
+        # the lowest keys go, ties by position (residents by id, then the new rows in order): the C
+        # step's order (native/policy/learned.c), deterministic
+        drop = np.argsort(keys, kind="stable")[:over]
         is_new = drop >= len(res)
         evict = res[drop[~is_new]]
         dropped_new = np.zeros(len(new), bool)
@@ -158,6 +158,9 @@ class LearnedPolicy(Policy):
     the policy sees are: a checkpoint of another granularity is refused at load (ModelError, one line),
     and ``fit`` records it in the checkpoint it saves. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
+    ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
+    the configurations it runs (orders "hazard" and "level", no rescore, the recmg prefetcher or none);
+    off, or for the others: this module's Python step, the reference the C step is tested against.
     """
 
     learned = True
@@ -172,7 +175,7 @@ class LearnedPolicy(Policy):
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True,
-                 granularity: Granularity | None = None) -> None:
+                 native_step: bool = True, granularity: Granularity | None = None) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
@@ -185,6 +188,8 @@ class LearnedPolicy(Policy):
         self.granularity = granularity or Granularity.rows()
         self.threads = max(1, int(threads))
         self.native_infer = bool(native_infer)
+        self.native_step = bool(native_step)
+        self._native: NativeStep | None = None
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
         self.levels = int(levels)
         self.guard = bool(guard)
@@ -261,10 +266,7 @@ class LearnedPolicy(Policy):
             self.reset(capacity)
             misses = 0
             for b, keys in enumerate(steps):
-                ids = self.hist.index.lookup(keys)
-                hit = np.zeros(len(keys), bool)
-                known = ids >= 0
-                hit[known] = self.res.resident[ids[known]]
+                hit = self.resident_keys(keys)
                 if b >= half:
                     misses += int((~hit).sum())
                 self.observe(StepView(b, keys, hit))
@@ -298,7 +300,14 @@ class LearnedPolicy(Policy):
                          if on else ())
         self._psel = 0.0
         self._psel_max = max(64.0, cap / 8.0)
-        self.guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
+        self._guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
+        self._native = None
+        if self.native_step and self.capacity >= 1 and self.trained is not None:
+            why = unsupported(self)
+            if why is None:
+                self._native = NativeStep(self, self.capacity)
+            else:
+                log.info("%s: the Python step (the C step does not run %s)", self.name, why)
         self.hist = RowHistory(native=self.native_infer)
         self.res = _Residency(self.capacity, self.res_order(), self.slack, self._table())
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
@@ -308,6 +317,31 @@ class LearnedPolicy(Policy):
         self.stream = Stream(self.cfg.depth)
         if self._np_voy is not None:
             self._np_voy.reset()
+
+    @property
+    def guard_stats(self) -> dict[str, int]:
+        """The guard's counters: the shadows' misses and the steps spent in LRU order."""
+        if self._native is not None:
+            st = self._native.stats()
+            return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps")}
+        return dict(self._guard_stats)
+
+    def resident_keys(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each of ``keys`` is resident in the policy's view (bool array)."""
+        keys = np.asarray(keys, np.int64)
+        if self._native is not None:
+            return self._native.resident(keys)
+        ids = self.hist.index.lookup(keys)
+        out = np.zeros(len(keys), bool)
+        known = ids >= 0
+        out[known] = self.res.resident[ids[known]]
+        return out
+
+    @property  # type: ignore[override]
+    def early_admission(self) -> bool:
+        """The Python step is slow next to LRU's: the live daemon runs it in a thread of its own and
+        fills missed rows itself (recmgd.policy); the C step is not, and runs in the loop."""
+        return self._native is None
 
     def res_order(self) -> str:
         if not self.use_cache_model:
@@ -369,23 +403,24 @@ class LearnedPolicy(Policy):
             evict, ins = sh.plan(adm, b + 1)
             sh.set_resident(evict, False)
             sh.set_resident(ins, True)
-        self.guard_stats["lru_misses"] += misses[0]
-        self.guard_stats["model_misses"] += misses[1]
+        self._guard_stats["lru_misses"] += misses[0]
+        self._guard_stats["model_misses"] += misses[1]
         self._psel = min(max(self._psel + misses[1] - misses[0], -self._psel_max), self._psel_max)
         self.res.recency_only = self._psel > 0
-        self.guard_stats["lru_steps"] += int(self.res.recency_only)
+        self._guard_stats["lru_steps"] += int(self.res.recency_only)
 
     def rejected(self, keys: np.ndarray) -> None:
+        if self._native is not None:
+            self._native.rejected(np.asarray(keys, np.int64))
+            return
         ids = self.hist.index.lookup(np.asarray(keys, np.int64))
         self.res.set_resident(ids[ids >= 0], False)
-
-    #: the step runs the models in Python around C, about ten times LRU's C step: in the live daemon it
-    #: runs in a thread of its own and the daemon fills missed rows itself (recmgd.policy)
-    early_admission = True
 
     def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
         """The ``n`` resident rows with the lowest keep score as of the last step (what the next
         ``plan`` would evict first), none of them in ``reading``."""
+        if self._native is not None:
+            return self._native.early_victims(n, np.asarray(reading, np.int64))
         res = self.res
         if n <= 0 or res.n == 0:
             return EMPTY_KEYS
@@ -396,10 +431,8 @@ class LearnedPolicy(Policy):
         if not len(rid):
             return EMPTY_KEYS
         score = res.keep_score(rid, float(self.t))
-        if n < len(rid):
-            pick = np.argpartition(score, n - 1)[:n]
-            rid, score = rid[pick], score[pick]
-        return self.hist.index.keys_of(rid[np.argsort(score, kind="stable")])
+        # lowest first, ties by id (rid is ascending): the C step's order
+        return self.hist.index.keys_of(rid[np.argsort(score, kind="stable")[:n]])
 
     def _ids(self, keys: np.ndarray) -> np.ndarray:
         n0 = len(self.hist)
@@ -428,6 +461,9 @@ class LearnedPolicy(Policy):
         return self._np_cache(self.hist.features(ids, b), self.hist.tables(ids))
 
     def observe(self, view: StepView) -> Decision:
+        if self._native is not None:
+            self.t += 1
+            return self._native.step(view.keys, view.hit)
         b = self.t
         self.t += 1
         keys = np.asarray(view.keys, np.int64)

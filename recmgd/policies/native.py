@@ -15,32 +15,10 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.policy import Decision, Policy, StepView
+from recmgd.simcore import check, ffi, lib
 from recmgd.trace.steps import Steps, as_steps
 
-try:
-    from recmgd._simcore import ffi, lib
-except ImportError as exc:  # pragma: no cover - depends on the build
-    raise ImportError("recmgd._simcore is not built; run `python recmgd/_build_simcore.py` "
-                      "from the repository root") from exc
-
 log = logging.getLogger(__name__)
-
-_ERRORS = {
-    lib.SC_ENOMEM: "out of memory",
-    lib.SC_EOVERFLOW: "more resident rows than the capacity",
-    lib.SC_EFUTURE: "OPT driven through steps other than the future it was given (set_future)",
-    lib.SC_EBADID: "an id outside the id map",
-    lib.SC_EARG: "a bad argument",
-}
-
-
-def check(rc: int, what: str) -> None:
-    """Raise PolicyError (MemoryError for ENOMEM) when a C call failed."""
-    if rc == lib.SC_OK:
-        return
-    if rc == lib.SC_ENOMEM:
-        raise MemoryError(f"{what}: out of memory")
-    raise PolicyError(f"{what}: {_ERRORS.get(rc, f'error {rc}')}")
 
 
 def i32_ptr(a: np.ndarray) -> Any:

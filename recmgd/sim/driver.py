@@ -22,13 +22,9 @@ import numpy as np
 from recmgd.errors import PolicyError
 from recmgd.policies.native import IdMap, NativePolicy, check, i32_ptr, i64_ptr, u8_ptr
 from recmgd.policy import Decision, Policy, StepView
+from recmgd.simcore import ffi, lib
 from recmgd.trace.model import Trace
 from recmgd.trace.steps import Steps
-
-try:
-    from recmgd._simcore import ffi, lib
-except ImportError as exc:  # pragma: no cover
-    raise ImportError("recmgd._simcore is not built; run `python recmgd/_build_simcore.py`") from exc
 
 log = logging.getLogger(__name__)
 

@@ -32,19 +32,26 @@ class SimResult:
     gap_closed: float | None = None
     batch: int = 16
     delay: int = 1
+    lookahead: int = 0  # L: the next L steps' rows were known (recmgd.sim.lookahead)
+    lookahead_fills: int = 0  # announced rows fetched ahead
+    lookahead_useful: int = 0  # of those, read when their step ran
+    first_use_ahead: int = 0  # first uses that were hits (fetched ahead): below the floor
+    pin_refused: int = 0  # evictions of announced rows the driver refused
 
     @classmethod
     def from_counters(cls, trace: str, policy: str, fraction: float, capacity: int, c: Counters,
                       row_bytes: int, batch: int, delay: int) -> SimResult:
         useful = c.prefetch_useful
+        la = {k: int(getattr(c, k, 0)) for k in ("lookahead", "lookahead_fills", "lookahead_useful",
+                                                  "first_use_ahead", "pin_refused")}
         return cls(trace=trace, policy=policy, fraction=fraction, capacity=capacity, steps=c.steps,
                    lookups=c.lookups, on_demand=c.on_demand, hits=c.hits,
                    hit_rate=c.hits / c.lookups if c.lookups else 0.0,
                    prefetch_issued=c.prefetch_issued, prefetch_useful=useful,
                    accuracy=useful / c.prefetch_issued if c.prefetch_issued else None,
                    coverage=useful / (useful + c.on_demand) if useful + c.on_demand else None,
-                   slow_bytes=row_bytes * (c.on_demand + c.prefetch_issued), seconds=c.seconds,
-                   floor=c.floor, bound=c.bound, batch=batch, delay=delay)
+                   slow_bytes=row_bytes * (c.on_demand + c.prefetch_issued + la["lookahead_fills"]),
+                   seconds=c.seconds, floor=c.floor, bound=c.bound, batch=batch, delay=delay, **la)
 
     def set_gap(self, lru_on_demand: int) -> None:
         """gap_closed = (LRU - policy) / (LRU - floor), None when LRU is at the floor."""
@@ -64,13 +71,19 @@ COLUMNS = [("trace", "trace", "{}"), ("policy", "policy", "{}"), ("fraction", "f
            ("seconds", "seconds", "{:.3f}")]
 
 
+#: shown when a result has lookahead
+LOOKAHEAD_COLUMNS = [("lookahead_fills", "la_fills", "{:,}"), ("first_use_ahead", "first_ahead", "{:,}"),
+                     ("pin_refused", "pin_refused", "{:,}")]
+
+
 def format_table(results: list[SimResult], markdown: bool = False) -> str:
     """A readable table (aligned text, or GitHub markdown) of results."""
-    head = [h for _, h, _ in COLUMNS]
+    cols = COLUMNS[:-1] + LOOKAHEAD_COLUMNS + COLUMNS[-1:] if any(r.lookahead for r in results) else COLUMNS
+    head = [h for _, h, _ in cols]
     rows = []
     for r in results:
         d = r.as_dict()
-        rows.append(["-" if d[k] is None else fmt.format(d[k]) for k, _, fmt in COLUMNS])
+        rows.append(["-" if d[k] is None else fmt.format(d[k]) for k, _, fmt in cols])
     if markdown:
         lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
         lines += ["| " + " | ".join(r) + " |" for r in rows]

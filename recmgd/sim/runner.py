@@ -5,7 +5,12 @@ the trace; every policy warms on the first half of the steps and is scored on th
 policies are fit on the first half first); ``floor`` counts scored lookups of rows never seen before;
 ``bound`` is the sum over scored steps of max(rows never seen before, rows - capacity), below which no
 policy can go, prefetching or not (a step's rows beyond the capacity cannot all be resident); and
-``gap_closed`` compares with LRU at the same capacity.
+``gap_closed`` compares with LRU at the same capacity (without lookahead).
+
+Lookahead (``lookahead`` > 0, recmgd.sim.lookahead): every policy also sees the next L steps' rows,
+which the driver fills ahead within ``budget`` rows a step; results are named ``POLICY+LL`` (``lru+L2``).
+``belady`` (the reference for lookahead: Belady's order with the same window and budget) is a name
+only the simulator knows.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from recmgd import policy as policy_registry
 from recmgd.keys import capacity_for
 from recmgd.policies.native import IdMap, NativePolicy
 from recmgd.sim.driver import Counters, drive, drive_stream
+from recmgd.sim.lookahead import REFERENCE, BeladyWindow, drive_lookahead
 from recmgd.sim.results import SimResult
 from recmgd.trace.model import Trace
 from recmgd.trace.steps import Steps
@@ -38,9 +44,9 @@ def unique_rows(steps: Steps) -> int:
 
 def check_policies(names: Sequence[str]) -> None:
     """ValueError naming the unknown policies and listing the known ones."""
-    bad = policy_registry.unknown(names)
+    bad = policy_registry.unknown([n for n in names if n != REFERENCE])
     if bad:
-        known = policy_registry.available()
+        known = [*policy_registry.available(), REFERENCE]
         raise ValueError(f"unknown polic{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)} "
                          f"(known: {', '.join(known)})")
 
@@ -56,8 +62,13 @@ def count_unique(trace: Trace, chunk: int = 1 << 22) -> int:
 def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] = DEFAULT_FRACTIONS, *,
              batch: int = 16, delay: int = 1, row_bytes: int = DEFAULT_ROW_BYTES,
              options: dict[str, Any] | None = None, path: str = "auto",
-             steps: Steps | None = None, stream: bool | None = None) -> list[SimResult]:
-    """Run every policy at every fraction on ``trace``; results in (fraction, policy) order.
+             steps: Steps | None = None, stream: bool | None = None, lookahead: Sequence[int] = (0,),
+             budget: int | None = None) -> list[SimResult]:
+    """Run every policy at every fraction (and lookahead) on ``trace``; results in (fraction, lookahead,
+    policy) order.
+
+    ``budget``: rows a step the lookahead driver may fill ahead (default: the ``prefetch_budget``
+    option, else 16); used only with a lookahead > 0.
 
     ``stream`` (default: on for the native path) drives policies that need neither training nor the
     future chunk by chunk from the (memory-mapped) trace, so memory stays linear in unique rows; the
@@ -65,6 +76,10 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
     """
     check_policies(policies)
     options = dict(options or {})
+    if any(L < 0 for L in lookahead):
+        raise ValueError(f"lookahead must be >= 0, got {list(lookahead)}")
+    if budget is None:
+        budget = int(options.get("prefetch_budget", 16))  # type: ignore[call-overload]
     if stream is None:
         stream = path != "python" and steps is None
     n_steps = trace.n_steps(batch) if steps is None else len(steps)
@@ -82,8 +97,12 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
             cache["s"] = trace.steps(batch)
         return cache["s"]
 
-    def run(pname: str, cap: int) -> Counters:
-        pol = policy_registry.create(pname, **options)
+    def run(pname: str, cap: int, L: int = 0) -> Counters:
+        pol = BeladyWindow() if pname == REFERENCE else policy_registry.create(pname, **options)
+        if L or pname == REFERENCE:
+            if delay != 1:
+                raise ValueError("lookahead runs with delay 1 only")
+            return drive_lookahead(pol, all_steps(), cap, warm, lookahead=L, budget=budget)
         if stream and isinstance(pol, NativePolicy) and not pol.needs_future and not pol.learned:
             return drive_stream(pol, trace, batch, cap, warm, delay=delay)
         return drive(pol, all_steps(), cap, warm, delay=delay, path=path)
@@ -93,14 +112,16 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
         cap = capacity_for(fraction, uniq)
         lru_on_demand: int | None = None
         batch_results = []
-        for pname in policies:
-            c = run(pname, cap)
-            r = SimResult.from_counters(name, pname, fraction, cap, c, row_bytes, batch, delay)
-            log.debug("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, pname, fraction,
-                      r.on_demand, r.hit_rate, r.seconds)
-            if pname == "lru":
-                lru_on_demand = r.on_demand
-            batch_results.append(r)
+        for L in lookahead:
+            for pname in policies:
+                c = run(pname, cap, L)
+                label = f"{pname}+L{L}" if L else pname
+                r = SimResult.from_counters(name, label, fraction, cap, c, row_bytes, batch, delay)
+                log.debug("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, label, fraction,
+                          r.on_demand, r.hit_rate, r.seconds)
+                if pname == "lru" and not L:
+                    lru_on_demand = r.on_demand
+                batch_results.append(r)
         if lru_on_demand is None:
             lru_on_demand = run("lru", cap).on_demand
         for r in batch_results:

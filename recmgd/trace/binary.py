@@ -22,8 +22,10 @@ at ``n_lookups``.
 
 from __future__ import annotations
 
+import os
 import struct
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -38,11 +40,14 @@ assert HEADER.size == 64
 
 
 class BinaryWriter:
-    """Stream lookups into a binary trace: ``add(keys, sample_lengths)`` then ``close()``."""
+    """Stream lookups into a binary trace: ``add(keys, sample_lengths)`` then ``close()``.
 
-    def __init__(self, path: str | Path) -> None:
+    ``fileobj``: write into this open, seekable binary file (positioned at its start) instead of
+    opening ``path`` (which then only names it); ``close(sync=True)`` fsyncs before closing."""
+
+    def __init__(self, path: str | Path, fileobj: BinaryIO | None = None) -> None:
         self.path = str(path)
-        self._fh = open(self.path, "wb")
+        self._fh = fileobj if fileobj is not None else open(self.path, "wb")
         self._fh.write(b"\0" * HEADER.size)
         self._n = 0
         self._lengths: list[np.ndarray] = []
@@ -60,7 +65,7 @@ class BinaryWriter:
         """Append the lengths of further samples."""
         self._lengths.append(np.asarray(sample_lengths, dtype=np.int64))
 
-    def close(self) -> None:
+    def close(self, sync: bool = False) -> None:
         lengths = np.concatenate(self._lengths) if self._lengths else np.zeros(0, dtype=np.int64)
         if int(lengths.sum()) != self._n:
             self._fh.close()
@@ -71,6 +76,9 @@ class BinaryWriter:
         self._fh.seek(0)
         self._fh.write(HEADER.pack(MAGIC, VERSION, 0, self._n, lengths.shape[0], HEADER.size,
                                    HEADER.size + 8 * self._n))
+        if sync:
+            self._fh.flush()
+            os.fsync(self._fh.fileno())
         self._fh.close()
 
     def __enter__(self) -> BinaryWriter:

@@ -99,7 +99,7 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     """Cut lookups into steps of ``batch`` consecutive samples and deduplicate each step.
 
     ``sample_offsets`` (``n_samples + 1`` int64) are the sample boundaries in ``keys``. Uses the C
-    core (``recmgd._simcore``, linear time) when it is built, numpy (a sort) otherwise.
+    core (``recmgd.simcore``, linear time) when it is built, numpy (a sort) otherwise.
     """
     if batch < 1:
         raise ValueError(f"batch must be >= 1, got {batch}")
@@ -113,8 +113,9 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     if bounds.shape[0] < n_steps + 1:
         bounds = np.append(bounds, sample_offsets[-1])
     # the C builder checks these too; here they become a message instead of an error code
-    if n_samples and int(np.diff(sample_offsets).min()) < 0:
-        s = int(np.flatnonzero(np.diff(sample_offsets) < 0)[0])
+    back = sample_offsets[1:] < sample_offsets[:-1]  # compared, not subtracted (no int64 wrap-around)
+    if back.any():
+        s = int(np.flatnonzero(back)[0])
         raise TraceError(f"step building: sample {s}: offsets go backwards "
                          f"({int(sample_offsets[s])} then {int(sample_offsets[s + 1])})")
     if int(bounds[0]) < 0 or int(bounds[-1]) > n_keys:
@@ -131,7 +132,7 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
 
 def _dedup_native(keys: np.ndarray, bounds: np.ndarray, n_steps: int) -> Steps | None:
     try:
-        from recmgd._simcore import ffi, lib
+        from recmgd.simcore import ffi, lib
     except ImportError:
         return None
     out = np.empty(keys.shape[0], dtype=np.int64)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import logging
 import re
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,7 +76,9 @@ def iter_text_blocks(path: str | Path, block_lines: int = BLOCK_LINES) -> Iterat
             if not lines:
                 break
             try:
-                arr = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments="#")
+                with warnings.catch_warnings():  # a block of only comments and blank lines is fine
+                    warnings.filterwarnings("ignore", "loadtxt: input contained no data")
+                    arr = np.loadtxt(lines, dtype=np.int64, ndmin=2, comments="#")
             except (ValueError, OverflowError):
                 raise _find_bad(path, lines, lineno, ncols) from None
             if arr.shape[0]:

@@ -65,9 +65,9 @@ def check_offsets(path: str, offsets: np.ndarray, n_lookups: int) -> None:
     n = int(offsets.shape[0])
     for lo in range(0, n - 1, CHUNK):
         o = np.asarray(offsets[lo:lo + CHUNK + 1])
-        d = np.diff(o)
-        if d.shape[0] and int(d.min()) < 0:
-            i = int(np.flatnonzero(d < 0)[0])
+        back = o[1:] < o[:-1]  # compared, not subtracted: a difference of int64s can wrap around
+        if back.any():
+            i = int(np.flatnonzero(back)[0])
             raise TraceError(f"{path}: sample {lo + i}: offsets go backwards "
                              f"({int(o[i])} then {int(o[i + 1])})")
     # nondecreasing from 0 to n_lookups: every offset is inside the keys

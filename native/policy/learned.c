@@ -1,0 +1,1171 @@
+/* learned: RecMG's policy step in C (see learned.h; recmgd/models/policies.py is the reference). */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cachemodel.h"
+#include "hazard.h"
+#include "internal.h"
+#include "learned.h"
+
+#define GOLDEN 0x9E3779B97F4A7C15ULL
+#define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
+#define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
+#define AGE_LUT 8192   /* age buckets of ages 0, 0.5, ..., AGE_LUT / 2 looked up */
+#define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
+
+/* row flags */
+#define F_RES 1  /* resident (the policy's view) */
+#define F_SH0 2  /* in the guard's LRU shadow */
+#define F_SH1 4  /* in the guard's model-order shadow */
+
+typedef struct {
+    double key;
+    int64_t tie; /* residents: id; new rows: (1 << 62) + index */
+    int32_t id;
+} lp_cand;
+
+typedef struct { /* a set of resident ids with O(1) add and remove */
+    int32_t *ids;
+    int32_t *cl;      /* beside each id, what its keep score needs: class, stamp, level (the plan */
+    double *st;       /* scans these in order, not the per-row arrays at random) */
+    float *lv;
+    int64_t n, cap;
+    int64_t capacity; /* slots */
+    int32_t *pos;     /* per row: index in ids */
+    uint8_t flag;
+    int k;            /* 0: the cache, 1: the LRU shadow, 2: the model-order shadow */
+} lp_set;
+
+typedef struct {
+    int32_t dim, hidden, queries, slots;
+    int64_t n_model;
+    float *emb, *f1w, *f1b, *f2w, *f2b, *tab, *c1w, *c1b, *c2w, *c2b, *p1w, *p1b, *p2w;
+    float p2b, temp;
+} pfnet;
+
+struct lp_policy {
+    lp_params prm;
+    sc_idmap *map;
+    sc_idmap *model_map;
+    const cm_net *cnet;
+    pfnet *pf;
+    cm_lut *lut;
+    double *table;
+    int64_t n_classes;
+    double *p_edges, *nu_edges;
+    int32_t n_p, n_nu;
+    int8_t age_lut[AGE_LUT];
+
+    /* per row */
+    int64_t n_rows, cap_rows;
+    void *row_mem;
+    cm_rows view;
+    uint8_t *flags;
+    int32_t *cls, *lcls; /* class for the order; class at the last use (the model shadow's) */
+    float *level, *llevel;
+    double *stamp;
+    int32_t *mid;
+    int64_t *lastpos, *mark;
+    int32_t *slot;
+    lp_set sets[3]; /* the cache, the LRU shadow, the model shadow */
+
+    /* step state */
+    int64_t t;
+    double unit;
+    int64_t seen_rows, seen_steps;
+    int64_t pf_idle;
+    double psel, psel_max;
+    int guard_on, guard_shift;
+    int recency_only;
+    int64_t lru_misses, model_misses, lru_steps;
+
+    /* the stream ring */
+    int32_t *s_ids;
+    int64_t *s_step;
+    int64_t s_n, s_mask;
+    /* the last past_steps steps' ids */
+    int32_t *recent;
+    int64_t *recent_n; /* past_steps counts; recent holds past_steps x recent_cap */
+    int64_t recent_cap, recent_head, recent_len;
+
+    /* scratch (grown as needed) */
+    int32_t *ids;
+    int64_t *ids64;
+    float *out, *p32, *feats;
+    int32_t *cand, *tmp, *gids;
+    float *gp;
+    uint8_t *gmiss;
+    lp_cand *sel;
+    double *keys;
+    int64_t cap_keys;
+    int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
+    int32_t *vote, *minoff;
+    int64_t *minage;
+    int32_t *adm, *newv;
+    int64_t cap_new;
+
+    lp_decision dec;
+    int64_t cap_dec;
+};
+
+/* ---------------------------------------------------------------------------- small helpers */
+static int grow_buf(void **ptr, int64_t *cap, int64_t need, size_t elem)
+{
+    if (need <= *cap)
+        return SC_OK;
+    int64_t nc = *cap ? *cap : 64;
+    while (nc < need)
+        nc *= 2;
+    void *q = realloc(*ptr, (size_t)nc * elem);
+    if (!q)
+        return SC_ENOMEM;
+    *ptr = q;
+    *cap = nc;
+    return SC_OK;
+}
+
+static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
+{
+    void *q = realloc(*ptr, (size_t)cap * elem);
+    if (!q)
+        return SC_ENOMEM;
+    memset((char *)q + (size_t)old * elem, fill, (size_t)(cap - old) * elem);
+    *ptr = q;
+    return SC_OK;
+}
+
+static int64_t age_bucket_slow(double age)
+{
+    int e;
+    double m = frexp(age < 1.0 ? 1.0 : age, &e);
+    int64_t b = 2 * (int64_t)(e - 1) + (m >= sqrt(0.5) ? 1 : 0);
+    return b < HZ_AGE_BUCKETS - 1 ? b : HZ_AGE_BUCKETS - 1;
+}
+
+static inline int64_t age_bucket(const lp_policy *p, double age)
+{
+    double a2 = 2.0 * age;
+    if (a2 >= 0.0 && a2 < AGE_LUT && a2 == (double)(int64_t)a2)
+        return p->age_lut[(int64_t)a2];
+    return age_bucket_slow(age);
+}
+
+static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
+
+/* what row id's keep score in set s's order reads, from the per-row arrays */
+static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int64_t at)
+{
+    if (s->k == 0) {
+        s->cl[at] = p->cls[id], s->st[at] = p->stamp[id], s->lv[at] = p->level[id];
+    } else if (s->k == 1) {
+        s->cl[at] = 0, s->st[at] = (double)p->view.row[id].last, s->lv[at] = 0.0f;
+    } else {
+        s->cl[at] = p->lcls[id], s->st[at] = (double)p->view.row[id].last, s->lv[at] = p->llevel[id];
+    }
+}
+
+static int set_add(lp_policy *p, lp_set *s, int32_t id)
+{
+    if (p->flags[id] & s->flag)
+        return SC_OK;
+    if (s->n + 1 > s->cap) {
+        int64_t c = s->cap;
+        if (grow_buf((void **)&s->ids, &c, s->n + 1, sizeof(int32_t)) != SC_OK)
+            return SC_ENOMEM;
+        int32_t *cl = realloc(s->cl, (size_t)c * sizeof(int32_t));
+        if (cl)
+            s->cl = cl;
+        double *st = realloc(s->st, (size_t)c * sizeof(double));
+        if (st)
+            s->st = st;
+        float *lv = realloc(s->lv, (size_t)c * sizeof(float));
+        if (lv)
+            s->lv = lv;
+        if (!cl || !st || !lv)
+            return SC_ENOMEM;
+        s->cap = c;
+    }
+    s->pos[id] = (int32_t)s->n;
+    s->ids[s->n] = id;
+    set_vals(p, s, id, s->n);
+    s->n++;
+    p->flags[id] |= s->flag;
+    return SC_OK;
+}
+
+static void set_del(lp_policy *p, lp_set *s, int32_t id)
+{
+    if (!(p->flags[id] & s->flag))
+        return;
+    int32_t at = s->pos[id];
+    int64_t e = --s->n;
+    int32_t last = s->ids[e];
+    s->ids[at] = last, s->cl[at] = s->cl[e], s->st[at] = s->st[e], s->lv[at] = s->lv[e];
+    s->pos[last] = at;
+    p->flags[id] &= (uint8_t)~s->flag;
+}
+
+/* the row's keep-score inputs changed: copy them beside it in every set that holds it */
+static inline void sets_refresh(lp_policy *p, int32_t id)
+{
+    for (int k = 0; k < 3; k++)
+        if (p->flags[id] & p->sets[k].flag)
+            set_vals(p, &p->sets[k], id, p->sets[k].pos[id]);
+}
+
+/* ---------------------------------------------------------------------------- lifecycle */
+lp_policy *lp_new(const lp_params *prm)
+{
+    if (!prm || prm->capacity < 1 || prm->levels < 1 || prm->depth < 1 || prm->past_steps < 1 ||
+        prm->guard_sample < 1 || (prm->guard_sample & (prm->guard_sample - 1)) || prm->row_bits < 1 ||
+        prm->row_bits > 62 || prm->stream_ring < 2 || (prm->stream_ring & (prm->stream_ring - 1)) ||
+        prm->prefetch_budget < 0 || prm->prefetch_probe < 1)
+        return NULL;
+    lp_policy *p = calloc(1, sizeof(*p));
+    if (!p)
+        return NULL;
+    p->prm = *prm;
+    p->map = sc_idmap_new();
+    p->lut = cm_lut_new();
+    p->s_ids = malloc((size_t)prm->stream_ring * sizeof(int32_t));
+    p->s_step = malloc((size_t)prm->stream_ring * sizeof(int64_t));
+    p->recent_n = calloc((size_t)prm->past_steps, sizeof(int64_t));
+    if (!p->map || !p->lut || !p->s_ids || !p->s_step || !p->recent_n) {
+        lp_free(p);
+        return NULL;
+    }
+    p->s_mask = prm->stream_ring - 1;
+    for (int i = 0; i < AGE_LUT; i++)
+        p->age_lut[i] = (int8_t)age_bucket_slow(i / 2.0);
+    p->view.n_table_slots = 1;
+    static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
+    for (int k = 0; k < CM_N_HALF_LIVES; k++) /* as RowHistory._decay_rate: float32 ln 2 / half-life */
+        p->view.rate[k] = (double)((float)log(2.0) / (float)half_lives[k]);
+    p->view.lut = p->lut;
+    for (int k = 0; k < 3; k++)
+        p->sets[k].flag = (uint8_t)(1 << k), p->sets[k].k = k;
+    p->sets[0].capacity = prm->capacity;
+    p->guard_shift = prm->capacity >= (int64_t)prm->guard_sample * prm->guard_min_rows
+                         ? 64 - (32 - __builtin_clz((unsigned)prm->guard_sample)) + 1
+                         : 64;
+    int64_t scap = p->guard_shift == 64 ? prm->capacity : prm->capacity / prm->guard_sample;
+    p->sets[1].capacity = p->sets[2].capacity = scap;
+    p->psel_max = fmax(64.0, scap / 8.0);
+    p->guard_on = prm->guard && prm->use_cache_model;
+    lp_set_horizon(p, prm->horizon);
+    return p;
+}
+
+void lp_set_horizon(lp_policy *p, double horizon)
+{
+    p->prm.horizon = horizon;
+    double cap = (double)(p->prm.capacity > 1 ? p->prm.capacity : 1);
+    p->unit = horizon * cap / fmax(p->prm.step_len, 1.0) / (double)(p->prm.levels - 1 > 1 ? p->prm.levels - 1 : 1);
+}
+
+static void pf_free(pfnet *w)
+{
+    if (!w)
+        return;
+    float *a[] = {w->emb, w->f1w, w->f1b, w->f2w, w->f2b, w->tab, w->c1w, w->c1b, w->c2w, w->c2b,
+                  w->p1w, w->p1b, w->p2w};
+    for (size_t i = 0; i < sizeof(a) / sizeof(a[0]); i++)
+        free(a[i]);
+    free(w);
+}
+
+void lp_free(lp_policy *p)
+{
+    if (!p)
+        return;
+    sc_idmap_free(p->map);
+    sc_idmap_free(p->model_map);
+    pf_free(p->pf);
+    cm_lut_free(p->lut);
+    free(p->table), free(p->p_edges), free(p->nu_edges);
+    free(p->row_mem), free(p->flags), free(p->cls), free(p->lcls), free(p->level), free(p->llevel);
+    free(p->stamp), free(p->mid), free(p->lastpos), free(p->mark), free(p->slot);
+    for (int k = 0; k < 3; k++)
+        free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
+    free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
+    free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->adm), free(p->newv);
+    free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
+    free(p);
+}
+
+int lp_set_cache_net(lp_policy *p, const struct cm_net *net, int32_t n_table_slots)
+{
+    if (n_table_slots < 1)
+        return SC_EARG;
+    p->cnet = net;
+    p->view.n_table_slots = n_table_slots;
+    return SC_OK;
+}
+
+int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const double *p_edges, int32_t n_p,
+                  const double *nu_edges, int32_t n_nu)
+{
+    if (n_classes < 1 || n_p < 0 || n_nu < 0 || (int64_t)(n_p + 1) * (n_nu + 1) != n_classes)
+        return SC_EARG;
+    double *t = malloc((size_t)n_classes * HZ_AGE_BUCKETS * sizeof(double));
+    double *pe = malloc((size_t)(n_p + 1) * sizeof(double));
+    double *ne = malloc((size_t)(n_nu + 1) * sizeof(double));
+    if (!t || !pe || !ne) {
+        free(t), free(pe), free(ne);
+        return SC_ENOMEM;
+    }
+    memcpy(t, table, (size_t)n_classes * HZ_AGE_BUCKETS * sizeof(double));
+    if (n_p)
+        memcpy(pe, p_edges, (size_t)n_p * sizeof(double));
+    if (n_nu)
+        memcpy(ne, nu_edges, (size_t)n_nu * sizeof(double));
+    free(p->table), free(p->p_edges), free(p->nu_edges);
+    p->table = t, p->p_edges = pe, p->nu_edges = ne;
+    p->n_classes = n_classes, p->n_p = n_p, p->n_nu = n_nu;
+    return SC_OK;
+}
+
+static float *copy_f(const float *src, size_t n)
+{
+    float *d = malloc((n ? n : 1) * sizeof(float));
+    if (d && n)
+        memcpy(d, src, n * sizeof(float));
+    return d;
+}
+
+int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
+{
+    if (!w || w->dim < 1 || w->hidden < 1 || w->queries < 1 || w->n_table_slots < 1 || w->n_model < 0)
+        return SC_EARG;
+    pfnet *n = calloc(1, sizeof(*n));
+    if (!n)
+        return SC_ENOMEM;
+    size_t d = (size_t)w->dim, h = (size_t)w->hidden, q = (size_t)w->queries;
+    n->dim = w->dim, n->hidden = w->hidden, n->queries = w->queries, n->slots = w->n_table_slots;
+    n->n_model = w->n_model, n->p2b = w->p2b, n->temp = w->temp;
+    n->emb = copy_f(w->emb, ((size_t)w->n_model + 1) * d);
+    n->f1w = copy_f(w->f1w, CM_N_FEATURES * h), n->f1b = copy_f(w->f1b, h);
+    n->f2w = copy_f(w->f2w, h * d), n->f2b = copy_f(w->f2b, d);
+    n->tab = copy_f(w->tab, (size_t)w->n_table_slots * d);
+    n->c1w = copy_f(w->c1w, 2 * d * h), n->c1b = copy_f(w->c1b, h);
+    n->c2w = copy_f(w->c2w, h * q * d), n->c2b = copy_f(w->c2b, q * d);
+    n->p1w = copy_f(w->p1w, (CM_N_FEATURES + N_CF) * h), n->p1b = copy_f(w->p1b, h);
+    n->p2w = copy_f(w->p2w, h);
+    sc_idmap *mm = sc_idmap_new();
+    int ok = n->emb && n->f1w && n->f1b && n->f2w && n->f2b && n->tab && n->c1w && n->c1b && n->c2w &&
+             n->c2b && n->p1w && n->p1b && n->p2w && mm;
+    for (int64_t i = 0; ok && i < w->n_model; i++)
+        ok = sc_idmap_get(mm, w->model_keys[i]) >= 0;
+    if (!ok) {
+        pf_free(n);
+        sc_idmap_free(mm);
+        return SC_ENOMEM;
+    }
+    pf_free(p->pf);
+    sc_idmap_free(p->model_map);
+    p->pf = n;
+    p->model_map = mm;
+    return SC_OK;
+}
+
+/* ---------------------------------------------------------------------------- rows */
+static int grow_rows(lp_policy *p, int64_t need)
+{
+    if (need <= p->cap_rows)
+        return SC_OK;
+    int64_t old = p->cap_rows, cap = old ? old : 1024;
+    while (cap < need)
+        cap *= 2;
+    void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* a record a cache line */
+    if (!mem)
+        return SC_ENOMEM;
+    if (old)
+        memcpy(mem, p->row_mem, (size_t)old * sizeof(cm_row));
+    free(p->row_mem);
+    p->row_mem = mem;
+    cm_row *r = mem;
+    for (int64_t i = old; i < cap; i++) {
+        memset(r + i, 0, sizeof(cm_row));
+        r[i].last = r[i].first = -1;
+    }
+    p->view.row = r;
+    p->view.cap = cap;
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->cls, old, cap, 4, 0) ||
+        grow_arr((void **)&p->lcls, old, cap, 4, 0) || grow_arr((void **)&p->level, old, cap, 4, 0) ||
+        grow_arr((void **)&p->llevel, old, cap, 4, 0) || grow_arr((void **)&p->stamp, old, cap, 8, 0) ||
+        grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff) ||
+        grow_arr((void **)&p->mark, old, cap, 8, 0xff) || grow_arr((void **)&p->slot, old, cap, 4, 0))
+        return SC_ENOMEM;
+    for (int k = 0; k < 3; k++)
+        if (grow_arr((void **)&p->sets[k].pos, old, cap, 4, 0))
+            return SC_ENOMEM;
+    p->cap_rows = cap;
+    return SC_OK;
+}
+
+/* dense ids of keys, new rows set up (table, model id) */
+static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = sc_idmap_get(p->map, keys[i]);
+        if (id < 0)
+            return SC_ENOMEM;
+        if (id >= p->n_rows) {
+            if (grow_rows(p, (int64_t)id + 1) != SC_OK)
+                return SC_ENOMEM;
+            p->view.row[id].table = keys[i] >> p->prm.row_bits;
+            int32_t m = -1;
+            if (p->model_map)
+                sc_idmap_find(p->model_map, keys + i, 1, &m);
+            p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
+            p->n_rows = (int64_t)id + 1;
+        }
+        ids[i] = id;
+    }
+    return SC_OK;
+}
+
+/* ---------------------------------------------------------------------------- keep scores and plans */
+static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, double now, double den)
+{
+    return p->table[(int64_t)cls * HZ_AGE_BUCKETS + age_bucket(p, now - stamp)] + stamp / den;
+}
+
+/* the keep score in set k's order (k 0: the cache, 1: LRU, 2: the model's) of a row of class cl, stamp
+ * st, level lv */
+static inline double keep_key(const lp_policy *p, int k, int32_t cl, double st, float lv, double now,
+                              double den)
+{
+    if (k == 1 || (k == 0 && p->recency_only))
+        return st;
+    if (p->prm.order == LP_ORDER_HAZARD && p->table)
+        return hazard_key(p, cl, st, now, den);
+    return (double)lv + st;
+}
+
+static inline int cand_lt(const lp_cand *a, const lp_cand *b)
+{
+    return a->key < b->key || (a->key == b->key && a->tie < b->tie);
+}
+
+/* put the k smallest of c[0..n) first (any order) */
+static void select_k(lp_cand *c, int64_t n, int64_t k)
+{
+    int64_t lo = 0, hi = n - 1;
+    uint64_t rng = 0x2545F4914F6CDD1DULL;
+    while (lo < hi) {
+        rng = mix64(rng + 1);
+        lp_cand pv = c[lo + (int64_t)(rng % (uint64_t)(hi - lo + 1))];
+        int64_t i = lo, j = hi;
+        while (i <= j) {
+            while (cand_lt(&c[i], &pv))
+                i++;
+            while (cand_lt(&pv, &c[j]))
+                j--;
+            if (i <= j) {
+                lp_cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        if (k - 1 <= j)
+            hi = j;
+        else if (k - 1 >= i)
+            lo = i;
+        else
+            break;
+    }
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static int cmp_cand(const void *a, const void *b)
+{
+    const lp_cand *x = a, *y = b;
+    return cand_lt(x, y) ? -1 : cand_lt(y, x) ? 1 : 0;
+}
+
+/* Fit new[0..m) (not resident) into set k: the lowest keep scores among the residents and the new rows
+ * go; *n_ev evicted ids (lowest first) land in p->sel[..].id, and new rows dropped get p->slot = -1
+ * (kept ones 0). Then applies the plan to the set. */
+static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now, int32_t **ev_out,
+                int64_t *n_ev)
+{
+    lp_set *s = &p->sets[k];
+    *n_ev = 0;
+    for (int64_t i = 0; i < m; i++)
+        p->slot[newv[i]] = 0;
+    int64_t over = s->n + m - s->capacity;
+    if (over > 0) {
+        int64_t tot = s->n + m;
+        if (grow_buf((void **)&p->sel, &p->cap_sel, tot, sizeof(lp_cand)) != SC_OK)
+            return SC_ENOMEM;
+        double den = fabs(now) + 2.0;
+        if (grow_buf((void **)&p->keys, &p->cap_keys, s->n + 1, sizeof(double)) != SC_OK)
+            return SC_ENOMEM;
+        for (int64_t i = 0; i < s->n; i++)
+            p->keys[i] = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        /* only residents with a key up to a threshold can be among the `over` lowest: a threshold from a
+         * sample of the keys (about twice the quantile needed), checked after, so the result is exact */
+        double thr = INFINITY;
+        int64_t nr = 0;
+        if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
+            double smp[LP_SAMPLE];
+            for (int j = 0; j < LP_SAMPLE; j++)
+                smp[j] = p->keys[mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n];
+            qsort(smp, LP_SAMPLE, sizeof(double), cmp_dbl);
+            int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
+            thr = smp[at < LP_SAMPLE ? at : LP_SAMPLE - 1];
+            for (int64_t i = 0; i < s->n; i++)
+                if (p->keys[i] <= thr)
+                    p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            if (nr < over)
+                nr = 0, thr = INFINITY; /* the sample misled: every resident */
+        }
+        if (thr == INFINITY)
+            for (int64_t i = 0; i < s->n; i++)
+                p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+        tot = nr + m;
+        for (int64_t i = 0; i < m; i++) {
+            int32_t id = newv[i];
+            double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
+            int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
+            float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
+            p->sel[nr + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
+                                        ((int64_t)1 << 62) + i, id};
+        }
+        if (over < tot)
+            select_k(p->sel, tot, over);
+        else
+            over = tot;
+        qsort(p->sel, (size_t)over, sizeof(lp_cand), cmp_cand);
+        if (grow_buf((void **)&p->tmp, &p->cap_tmp, over, sizeof(int32_t)) != SC_OK)
+            return SC_ENOMEM;
+        for (int64_t i = 0; i < over; i++) {
+            lp_cand *c = &p->sel[i];
+            if (c->tie >= ((int64_t)1 << 62)) {
+                p->slot[c->id] = -1;
+            } else {
+                p->tmp[(*n_ev)++] = c->id;
+            }
+        }
+        for (int64_t i = 0; i < *n_ev; i++)
+            set_del(p, s, p->tmp[i]);
+    }
+    for (int64_t i = 0; i < m; i++)
+        if (p->slot[newv[i]] == 0 && set_add(p, s, newv[i]) != SC_OK)
+            return SC_ENOMEM;
+    if (ev_out)
+        *ev_out = p->tmp;
+    return SC_OK;
+}
+
+/* ---------------------------------------------------------------------------- the guard */
+static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *missed, const float *pr,
+                      int64_t n, int64_t free_slots, int32_t *out, int64_t *n_out, int32_t *scratch);
+
+static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
+{
+    const int32_t *ids = p->ids;
+    int64_t m = 0;
+    /* the sampled rows (all on small tiers) */
+    int32_t *sids = p->gids;
+    float *sp = p->gp; /* their keep probabilities */
+    uint8_t *smiss = p->gmiss;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (p->guard_shift < 64 && (((uint64_t)id * GOLDEN) >> p->guard_shift) != 0)
+            continue;
+        sids[m] = id;
+        sp[m] = p->p32[i];
+        smiss[m] = 0;
+        m++;
+    }
+    (void)hit;
+    if (!m)
+        return SC_OK;
+    int64_t misses[2];
+    for (int k = 1; k <= 2; k++) {
+        lp_set *s = &p->sets[k];
+        int64_t nm = 0, na = 0;
+        for (int64_t i = 0; i < m; i++) {
+            smiss[i] = !(p->flags[sids[i]] & s->flag);
+            nm += smiss[i];
+        }
+        misses[k - 1] = nm;
+        int32_t *adm = p->adm;
+        if (k == 2) {
+            int rc = admit_rows(p, sids, smiss, sp, m, s->capacity - s->n, adm, &na, p->newv);
+            if (rc)
+                return rc;
+        } else {
+            for (int64_t i = 0; i < m; i++)
+                if (smiss[i])
+                    adm[na++] = sids[i];
+        }
+        int64_t n_ev;
+        int rc = plan(p, k, adm, na, (double)(b + 1), NULL, &n_ev);
+        if (rc)
+            return rc;
+    }
+    p->lru_misses += misses[0];
+    p->model_misses += misses[1];
+    p->psel = fmin(fmax(p->psel + (double)(misses[1] - misses[0]), -p->psel_max), p->psel_max);
+    p->recency_only = p->psel > 0;
+    p->lru_steps += p->recency_only;
+    return SC_OK;
+}
+
+/* the missed rows the caching model admits: keep-probability >= bypass, and while there is room the
+ * best of the others (by probability, ties in step order) */
+static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *missed, const float *pr,
+                      int64_t n, int64_t free_slots, int32_t *out, int64_t *n_out, int32_t *scratch)
+{
+    int64_t na = 0, nr = 0;
+    uint8_t *take = (uint8_t *)scratch; /* n bytes; scratch has room for n int32 */
+    for (int64_t i = 0; i < n; i++) {
+        take[i] = missed[i] && pr[i] >= (float)p->prm.bypass;
+        nr += missed[i] && !take[i];
+    }
+    if (free_slots > 0 && nr > 0) {
+        /* pick the free_slots best of the bypassed: repeated selection (few rows a step) */
+        int64_t left = free_slots < nr ? free_slots : nr;
+        while (left-- > 0) {
+            int64_t best = -1;
+            for (int64_t i = 0; i < n; i++)
+                if (missed[i] && !take[i] && (best < 0 || pr[i] > pr[best]))
+                    best = i;
+            take[best] = 2;
+        }
+    }
+    for (int64_t i = 0; i < n; i++)
+        if (take[i])
+            out[na++] = ids[i];
+    *n_out = na;
+    return SC_OK;
+}
+
+/* ---------------------------------------------------------------------------- the prefetcher */
+/* the prefetching model's dense layers: an AVX2/FMA clone where the CPU has it (rounding differs from
+ * the portable one by float contraction only) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define LP_HOT __attribute__((target_clones("avx2", "default"), optimize("O3")))
+#else
+#define LP_HOT
+#endif
+
+LP_HOT static void rep(const pfnet *w, int32_t mid, const float *f, int64_t table, float *r)
+{
+    float h[256];
+    int H = w->hidden, D = w->dim;
+    for (int j = 0; j < H; j++)
+        h[j] = w->f1b[j];
+    for (int i = 0; i < CM_N_FEATURES; i++) {
+        float x = f[i];
+        const float *wi = w->f1w + (size_t)i * H;
+        for (int j = 0; j < H; j++)
+            h[j] += x * wi[j];
+    }
+    int64_t t = table % w->slots;
+    if (t < 0)
+        t += w->slots;
+    const float *e = w->emb + (size_t)mid * D, *tb = w->tab + (size_t)t * D;
+    for (int j = 0; j < D; j++)
+        r[j] = w->f2b[j];
+    for (int i = 0; i < H; i++) {
+        float x = h[i] > 0.0f ? h[i] : 0.0f;
+        const float *wi = w->f2w + (size_t)i * D;
+        for (int j = 0; j < D; j++)
+            r[j] += x * wi[j];
+    }
+    float ss = 0.0f;
+    for (int j = 0; j < D; j++) {
+        r[j] = e[j] + r[j] + tb[j];
+        ss += r[j] * r[j];
+    }
+    float nr = sqrtf(ss);
+    if (nr < 1e-6f)
+        nr = 1e-6f;
+    for (int j = 0; j < D; j++)
+        r[j] /= nr;
+}
+
+/* the prior head: relu(f @ p1w + p1b) . p2w + p2b over the history and candidate features f */
+LP_HOT static float prior(const pfnet *w, const float *f)
+{
+    int H = w->hidden;
+    float h[256];
+    for (int j = 0; j < H; j++)
+        h[j] = w->p1b[j];
+    for (int i = 0; i < CM_N_FEATURES + N_CF; i++) {
+        float x = f[i];
+        const float *wi = w->p1w + (size_t)i * H;
+        for (int j = 0; j < H; j++)
+            h[j] += x * wi[j];
+    }
+    float pr = w->p2b;
+    for (int j = 0; j < H; j++)
+        if (h[j] > 0.0f)
+            pr += h[j] * w->p2w[j];
+    return pr;
+}
+
+static int cmp_i32(const void *a, const void *b)
+{
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* mean representation of rows ids[0..n) as of now into out (dim) */
+static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, float *out)
+{
+    const pfnet *w = p->pf;
+    float f[CM_N_FEATURES], r[64];
+    for (int j = 0; j < w->dim; j++)
+        out[j] = 0.0f;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t id = ids[i];
+        int rc = cm_features(&p->view, &id, 1, now, f);
+        if (rc)
+            return rc;
+        rep(w, p->mid[id], f, p->view.row[id].table, r);
+        for (int j = 0; j < w->dim; j++)
+            out[j] += r[j];
+    }
+    for (int j = 0; j < w->dim; j++)
+        out[j] /= (float)(n ? n : 1);
+    return SC_OK;
+}
+
+/* candidates proposed by the stream for this step's rows, scored; the chosen (best first, at most
+ * prefetch_budget) land in p->newv[*n_pf ...] after the m admissions already there */
+static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf)
+{
+    const pfnet *w = p->pf;
+    *n_pf = 0;
+    if (!w || p->prm.prefetch_budget <= 0 || p->prm.capacity <= 0)
+        return SC_OK;
+    if (p->pf_idle >= p->prm.prefetch_idle && b % p->prm.prefetch_probe) {
+        p->pf_idle++;
+        return SC_OK;
+    }
+    const int32_t *ids = p->ids;
+    int64_t now = b + 1, depth = p->prm.depth;
+    int64_t mstep = 3 * b; /* marks: 3b this step's rows, 3b + 1 candidates, 3b + 2 the past's rows */
+    for (int64_t i = 0; i < n; i++)
+        p->mark[ids[i]] = mstep;
+    int64_t nc = 0, need = n * depth;
+    if (grow_buf((void **)&p->cand, &p->cap_cand, need + 1, sizeof(int32_t)) != SC_OK ||
+        grow_buf((void **)&p->vote, &p->cap_vote, need + 1, sizeof(int32_t)) != SC_OK ||
+        grow_buf((void **)&p->minoff, &p->cap_minoff, need + 1, sizeof(int32_t)) != SC_OK ||
+        grow_buf((void **)&p->minage, &p->cap_minage, need + 1, sizeof(int64_t)) != SC_OK)
+        return SC_ENOMEM;
+    int64_t oldest = p->s_n - (p->s_mask + 1);
+    for (int64_t i = 0; i < n; i++) {
+        int64_t pos = p->lastpos[ids[i]];
+        if (pos < 0 || pos < oldest)
+            continue;
+        int64_t age = now - p->s_step[pos & p->s_mask];
+        for (int64_t o = 1; o <= depth; o++) {
+            int64_t q = pos + o;
+            if (q >= p->s_n)
+                break;
+            int32_t c = p->s_ids[q & p->s_mask];
+            if (p->mark[c] == mstep + 1) {
+                int32_t s = p->slot[c];
+                p->vote[s]++;
+                if (o < p->minoff[s])
+                    p->minoff[s] = (int32_t)o;
+                if (age < p->minage[s])
+                    p->minage[s] = age;
+                continue;
+            }
+            if (p->mark[c] == mstep)
+                continue; /* read in this step */
+            p->mark[c] = mstep + 1;
+            p->slot[c] = (int32_t)nc;
+            p->cand[nc] = c;
+            p->vote[nc] = 1;
+            p->minoff[nc] = (int32_t)o;
+            p->minage[nc] = age;
+            nc++;
+        }
+    }
+    /* rows read in this step were skipped above (they are not candidates), and so are residents */
+    int64_t k = 0;
+    for (int64_t i = 0; i < nc; i++) {
+        int32_t c = p->cand[i];
+        if (p->flags[c] & F_RES)
+            continue;
+        p->cand[k] = c;
+        p->vote[k] = p->vote[i], p->minoff[k] = p->minoff[i], p->minage[k] = p->minage[i];
+        k++;
+    }
+    nc = k;
+    if (!nc) {
+        p->pf_idle++;
+        return SC_OK;
+    }
+    /* the context: this step's rows and the distinct rows of the past steps, in id order */
+    float now_r[64], past_r[64];
+    int rc = mean_rep(p, ids, n, now, now_r);
+    if (rc)
+        return rc;
+    int64_t np_ = 0;
+    int32_t *past = p->tmp;
+    for (int64_t s = 0; s < p->recent_len; s++) {
+        int64_t at = (p->recent_head + p->prm.past_steps - 1 - s) % p->prm.past_steps;
+        const int32_t *r = p->recent + at * p->recent_cap;
+        for (int64_t i = 0; i < p->recent_n[at]; i++)
+            if (p->mark[r[i]] != mstep + 2) {
+                if (grow_buf((void **)&p->tmp, &p->cap_tmp, np_ + 1, sizeof(int32_t)) != SC_OK)
+                    return SC_ENOMEM;
+                past = p->tmp;
+                p->mark[r[i]] = mstep + 2;
+                past[np_++] = r[i];
+            }
+    }
+    if (np_) {
+        qsort(past, (size_t)np_, sizeof(int32_t), cmp_i32);
+        rc = mean_rep(p, past, np_, now, past_r);
+    } else {
+        rc = mean_rep(p, ids, n, now, past_r);
+    }
+    if (rc)
+        return rc;
+    /* marks 3b + 2 on past rows may have overwritten candidate marks: candidates are listed already */
+    int H = w->hidden, D = w->dim, Q = w->queries;
+    float h[256], qv[16 * 64];
+    for (int j = 0; j < H; j++) {
+        float a = w->c1b[j];
+        for (int i = 0; i < D; i++)
+            a += now_r[i] * w->c1w[(size_t)i * H + j];
+        for (int i = 0; i < D; i++)
+            a += past_r[i] * w->c1w[(size_t)(D + i) * H + j];
+        h[j] = a > 0.0f ? a : 0.0f;
+    }
+    for (int j = 0; j < Q * D; j++) {
+        float a = w->c2b[j];
+        for (int i = 0; i < H; i++)
+            a += h[i] * w->c2w[(size_t)i * Q * D + j];
+        qv[j] = a;
+    }
+    for (int q = 0; q < Q; q++) {
+        float ss = 0.0f;
+        for (int j = 0; j < D; j++)
+            ss += qv[q * D + j] * qv[q * D + j];
+        float nr = sqrtf(ss);
+        if (nr < 1e-6f)
+            nr = 1e-6f;
+        for (int j = 0; j < D; j++)
+            qv[q * D + j] /= nr;
+    }
+    /* score the candidates; keep those over the threshold in sel (key = -score, tie = id) */
+    if (grow_buf((void **)&p->sel, &p->cap_sel, nc, sizeof(lp_cand)) != SC_OK)
+        return SC_ENOMEM;
+    int64_t ns = 0;
+    for (int64_t i = 0; i < nc; i++) {
+        int64_t id = p->cand[i];
+        float f[CM_N_FEATURES + N_CF], r[64];
+        rc = cm_features(&p->view, &id, 1, now, f);
+        if (rc)
+            return rc;
+        f[CM_N_FEATURES] = (float)log1p((double)p->vote[i]);
+        f[CM_N_FEATURES + 1] = (float)((double)p->minoff[i] / (double)depth);
+        f[CM_N_FEATURES + 2] = (float)log1p((double)p->minage[i]);
+        rep(w, p->mid[id], f, p->view.row[id].table, r);
+        float sim = -INFINITY;
+        for (int q = 0; q < Q; q++) {
+            float d = 0.0f;
+            for (int j = 0; j < D; j++)
+                d += r[j] * qv[q * D + j];
+            if (d > sim)
+                sim = d;
+        }
+        float s = w->temp * sim + prior(w, f);
+        if (s > (float)p->prm.prefetch_threshold)
+            p->sel[ns++] = (lp_cand){-(double)s, id, (int32_t)id};
+    }
+    if (!ns) {
+        p->pf_idle++;
+        return SC_OK;
+    }
+    int64_t take = ns < p->prm.prefetch_budget ? ns : p->prm.prefetch_budget;
+    if (take < ns)
+        select_k(p->sel, ns, take);
+    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    for (int64_t i = 0; i < take; i++)
+        p->newv[m + i] = p->sel[i].id;
+    *n_pf = take;
+    p->pf_idle = 0;
+    return SC_OK;
+}
+
+/* ---------------------------------------------------------------------------- the step */
+static int grow_step(lp_policy *p, int64_t n)
+{
+    int64_t c = p->cap_step;
+    if (n <= c)
+        return SC_OK;
+    int64_t nc = c ? c : 256;
+    while (nc < n)
+        nc *= 2;
+    void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
+                     (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
+                     (void **)&p->gmiss};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1};
+    for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
+        void *q = realloc(*bufs[i], (size_t)nc * el[i]);
+        if (!q)
+            return SC_ENOMEM;
+        *bufs[i] = q;
+    }
+    p->cap_step = nc;
+    int64_t cn = p->cap_new;
+    if (grow_buf((void **)&p->newv, &cn, nc + p->prm.prefetch_budget + 1, 4) != SC_OK)
+        return SC_ENOMEM;
+    p->cap_new = cn;
+    return SC_OK;
+}
+
+static int push_keys(lp_policy *p, int64_t **dst, int64_t *cnt, const int32_t *ids, int64_t n)
+{
+    (void)p;
+    for (int64_t i = 0; i < n; i++)
+        (*dst)[(*cnt)++] = sc_idmap_key_of(p->map, ids[i]);
+    return SC_OK;
+}
+
+int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
+{
+    if (n < 0 || (n > 0 && (!keys || !hit)))
+        return SC_EARG;
+    int rc = grow_step(p, n);
+    if (rc)
+        return rc;
+    p->dec.n_evict = p->dec.n_admit = p->dec.n_prefetch = 0;
+    int64_t b = p->t++;
+    int32_t *ids = p->ids;
+    if ((rc = map_keys(p, keys, n, ids)))
+        return rc;
+    lp_set *res = &p->sets[0];
+    for (int64_t i = 0; i < n; i++) {
+        if (hit[i])
+            rc = set_add(p, res, ids[i]);
+        else
+            set_del(p, res, ids[i]);
+        if (rc)
+            return rc;
+    }
+    if (!p->prm.step_len_known && n) {
+        p->seen_rows += n;
+        p->seen_steps++;
+        p->prm.step_len = (double)p->seen_rows / (double)p->seen_steps;
+        lp_set_horizon(p, p->prm.horizon);
+    }
+    int scored = p->prm.use_cache_model && p->cnet && n;
+    for (int64_t i = 0; i < n; i++)
+        p->ids64[i] = ids[i];
+    if (scored) {
+        if ((rc = cm_score(p->cnet, &p->view, p->ids64, n, b, 1, p->out, NULL)))
+            return rc;
+        int L = p->prm.levels;
+        float unit = (float)p->unit;
+        for (int64_t i = 0; i < n; i++) {
+            int32_t id = ids[i];
+            float lo = p->out[2 * i], nu = p->out[2 * i + 1];
+            float pr = sigmoidf(lo);
+            p->p32[i] = pr;
+            float lv = floorf(pr * (float)L);
+            if (lv > (float)(L - 1))
+                lv = (float)(L - 1);
+            p->level[id] = lv * unit;
+            int32_t c = 0;
+            if (p->table) {
+                double pd = 1.0 / (1.0 + exp(-(double)lo));
+                int32_t a = 0, bq = 0;
+                while (a < p->n_p && p->p_edges[a] <= pd)
+                    a++;
+                while (bq < p->n_nu && p->nu_edges[bq] <= (double)nu)
+                    bq++;
+                c = a * (p->n_nu + 1) + bq;
+            }
+            p->cls[id] = c;
+        }
+    } else {
+        if ((rc = cm_update(&p->view, p->ids64, n, b)))
+            return rc;
+        for (int64_t i = 0; i < n; i++) {
+            p->p32[i] = 1.0f;
+            p->level[ids[i]] = 0.0f;
+            p->cls[ids[i]] = 0;
+        }
+    }
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        p->stamp[id] = (double)b;
+        p->lcls[id] = p->cls[id];
+        p->llevel[id] = p->level[id];
+        sets_refresh(p, id);
+    }
+    if (p->guard_on && n && (rc = guard_step(p, n, hit, b)))
+        return rc;
+    /* admissions */
+    uint8_t *missed = (uint8_t *)p->feats;
+    int64_t na = 0;
+    for (int64_t i = 0; i < n; i++)
+        missed[i] = !hit[i];
+    if (p->prm.use_cache_model && !p->recency_only) {
+        if ((rc = admit_rows(p, ids, missed, p->p32, n, res->capacity - res->n, p->newv, &na, p->adm)))
+            return rc;
+    } else {
+        for (int64_t i = 0; i < n; i++)
+            if (missed[i])
+                p->newv[na++] = ids[i];
+    }
+    int64_t npf = 0;
+    if ((rc = prefetch(p, n, b, na, &npf)))
+        return rc;
+    for (int64_t i = na; i < na + npf; i++) {
+        int32_t id = p->newv[i];
+        p->cls[id] = 0;
+        p->level[id] = 0.0f;
+        p->stamp[id] = p->prm.use_cache_model ? (double)b - 0.5 : (double)b + 0.5;
+    }
+    int64_t nnew = na + npf, n_ev = 0;
+    int32_t *ev = NULL;
+    if ((rc = plan(p, 0, p->newv, nnew, (double)(b + 1), &ev, &n_ev)))
+        return rc;
+    /* the decision */
+    int64_t need = n_ev > nnew ? n_ev : nnew;
+    if (need > p->cap_dec) {
+        int64_t c = need * 2;
+        int64_t *e = realloc(p->dec.evict, (size_t)c * 8), *a, *f;
+        if (!e)
+            return SC_ENOMEM;
+        p->dec.evict = e;
+        if (!(a = realloc(p->dec.admit, (size_t)c * 8)))
+            return SC_ENOMEM;
+        p->dec.admit = a;
+        if (!(f = realloc(p->dec.prefetch, (size_t)c * 8)))
+            return SC_ENOMEM;
+        p->dec.prefetch = f;
+        p->cap_dec = c;
+    }
+    push_keys(p, &p->dec.evict, &p->dec.n_evict, ev, n_ev);
+    for (int64_t i = 0; i < nnew; i++) {
+        int32_t id = p->newv[i];
+        if (p->slot[id] != 0)
+            continue;
+        if (i < na)
+            p->dec.admit[p->dec.n_admit++] = sc_idmap_key_of(p->map, id);
+        else
+            p->dec.prefetch[p->dec.n_prefetch++] = sc_idmap_key_of(p->map, id);
+    }
+    /* the prefetcher's history: the past steps and the stream */
+    if (p->pf && p->prm.prefetch_budget > 0) {
+        if (n > p->recent_cap) {
+            int64_t nc = n * 2;
+            int32_t *r = malloc((size_t)(nc * p->prm.past_steps) * sizeof(int32_t));
+            if (!r)
+                return SC_ENOMEM;
+            for (int64_t s = 0; s < p->prm.past_steps; s++)
+                if (p->recent_n[s])
+                    memcpy(r + s * nc, p->recent + s * p->recent_cap, (size_t)p->recent_n[s] * 4);
+            free(p->recent);
+            p->recent = r;
+            p->recent_cap = nc;
+        }
+        int64_t at = p->recent_head;
+        memcpy(p->recent + at * p->recent_cap, ids, (size_t)n * 4);
+        p->recent_n[at] = n;
+        p->recent_head = (at + 1) % p->prm.past_steps;
+        if (p->recent_len < p->prm.past_steps)
+            p->recent_len++;
+        for (int64_t i = 0; i < n; i++) {
+            int64_t q = p->s_n++;
+            p->s_ids[q & p->s_mask] = ids[i];
+            p->s_step[q & p->s_mask] = b;
+            p->lastpos[ids[i]] = q;
+        }
+    }
+    return SC_OK;
+}
+
+const lp_decision *lp_decision_of(const lp_policy *p) { return &p->dec; }
+
+int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id;
+        sc_idmap_find(p->map, keys + i, 1, &id);
+        if (id >= 0)
+            set_del(p, &p->sets[0], id);
+    }
+    return SC_OK;
+}
+
+int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_t m, int64_t *out)
+{
+    lp_set *s = &p->sets[0];
+    if (n <= 0 || s->n == 0)
+        return 0;
+    int64_t mk = 3 * p->t + 2; /* a mark no step has used yet */
+    for (int64_t i = 0; i < m; i++) {
+        int32_t id;
+        sc_idmap_find(p->map, reading + i, 1, &id);
+        if (id >= 0)
+            p->mark[id] = mk;
+    }
+    if (grow_buf((void **)&p->sel, &p->cap_sel, s->n, sizeof(lp_cand)) != SC_OK)
+        return SC_ENOMEM;
+    double now = (double)p->t, den = fabs(now) + 2.0;
+    int64_t k = 0;
+    for (int64_t i = 0; i < s->n; i++) {
+        int32_t id = s->ids[i];
+        if (p->mark[id] == mk)
+            continue;
+        p->sel[k++] = (lp_cand){keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
+    }
+    for (int64_t i = 0; i < m; i++) { /* forget the marks (a later step's 3t + 2 must not match) */
+        int32_t id;
+        sc_idmap_find(p->map, reading + i, 1, &id);
+        if (id >= 0)
+            p->mark[id] = -1;
+    }
+    int64_t take = n < k ? n : k;
+    if (take < k)
+        select_k(p->sel, k, take);
+    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    for (int64_t i = 0; i < take; i++)
+        out[i] = sc_idmap_key_of(p->map, p->sel[i].id);
+    return take;
+}
+
+void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t *out)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id;
+        sc_idmap_find(p->map, keys + i, 1, &id);
+        out[i] = id >= 0 && (p->flags[id] & F_RES);
+    }
+}
+
+void lp_get_stats(const lp_policy *p, lp_stats *out)
+{
+    out->lru_misses = p->lru_misses;
+    out->model_misses = p->model_misses;
+    out->lru_steps = p->lru_steps;
+    out->rows = p->n_rows;
+    out->resident = p->sets[0].n;
+    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
+    out->bytes = p->cap_rows * per_row + 3 * 4 * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
+                 (p->s_mask + 1) * 12;
+}

@@ -1,0 +1,99 @@
+/* learned: the whole step of RecMG's learned policies in C, one call a step.
+ *
+ * recmgd/models/policies.py (LearnedPolicy) is the reference this follows step for step; the bridge is
+ * recmgd/models/native_step.py. One lp_step call takes a step's deduplicated keys and whether each was
+ * resident, and does everything the policy does: key -> dense id, the rows' history features and the
+ * caching model's scores (cachemodel.c), their hazard class, the guard's two shadow caches, admission,
+ * the prefetching model's candidates and scores, and the eviction plan; the decision is then in
+ * lp_decision (keys, not ids). Eviction order: the lowest keep score first, ties broken by the dense id
+ * (residents) before the step's new rows (in the order they are offered), so decisions are deterministic.
+ * Functions return SC_OK or a negative SC_E* code (simcore.h), constructors NULL.
+ */
+#ifndef RECMG_LEARNED_H
+#define RECMG_LEARNED_H
+
+#include <stdint.h>
+
+#define LP_ORDER_LEVEL 0
+#define LP_ORDER_HAZARD 1
+
+typedef struct {
+    int64_t capacity;
+    int32_t use_cache_model;  /* score rows with the caching model (lp_set_cache_net) */
+    int32_t order;            /* LP_ORDER_LEVEL or LP_ORDER_HAZARD (lp_set_hazard) */
+    int32_t levels;           /* keep levels of the keep-probability */
+    int32_t guard;            /* the two shadow caches (with the caching model only) */
+    int32_t guard_sample;     /* shadows watch one row in this many (a power of two) ... */
+    int32_t guard_min_rows;   /* ... on tiers of at least guard_sample x this */
+    int32_t prefetch_budget;  /* rows a step the prefetching model may propose (0: off) */
+    int32_t prefetch_probe;   /* after prefetch_idle idle steps, asked every prefetch_probe-th step */
+    int32_t prefetch_idle;
+    int32_t depth;            /* stream followers a trigger proposes */
+    int32_t past_steps;       /* steps in the prefetching model's past context */
+    int32_t window;           /* prefetch lookahead (steps), kept for the record */
+    int32_t step_len_known;   /* step_len is the checkpoint's mean rows a step (else: running mean) */
+    int32_t row_bits;         /* a key's table is key >> row_bits */
+    double horizon;           /* cache turnovers the top keep level is worth */
+    double step_len;
+    double bypass;            /* a missed row below this keep-probability is not admitted when full */
+    double prefetch_threshold;
+    int64_t stream_ring;      /* stream positions kept for candidates (a power of two) */
+} lp_params;
+
+/* The prefetching model's inference weights (recmgd.models.nets.NumpyPrefetchNet), row-major float32:
+ * emb (n_model + 1) x dim (the last row: unknown), f1w N_FEATURES x hidden, f1b hidden, f2w hidden x dim,
+ * f2b dim, tab n_table_slots x dim, c1w 2dim x hidden, c1b hidden, c2w hidden x (queries dim), c2b
+ * queries dim, p1w (N_FEATURES + 3) x hidden, p1b hidden, p2w hidden; model_keys the n_model keys the
+ * embeddings belong to. Copied by lp_set_prefetch_net. */
+typedef struct {
+    int32_t dim, hidden, queries, n_table_slots;
+    int64_t n_model;
+    const int64_t *model_keys;
+    const float *emb, *f1w, *f1b, *f2w, *f2b, *tab, *c1w, *c1b, *c2w, *c2b, *p1w, *p1b, *p2w;
+    float p2b, temp;
+} lp_pfnet;
+
+typedef struct {
+    int64_t *evict;
+    int64_t *admit;
+    int64_t *prefetch;
+    int64_t n_evict;
+    int64_t n_admit;
+    int64_t n_prefetch;
+} lp_decision;
+
+typedef struct {
+    int64_t lru_misses;    /* the guard's LRU shadow */
+    int64_t model_misses;  /* the guard's model-order shadow */
+    int64_t lru_steps;     /* steps the real cache spent in LRU order */
+    int64_t rows;          /* rows with a history */
+    int64_t resident;      /* rows the policy believes resident */
+    int64_t bytes;         /* memory held by the policy's state */
+} lp_stats;
+
+typedef struct lp_policy lp_policy;
+struct cm_net;
+lp_policy *lp_new(const lp_params *prm);
+void lp_free(lp_policy *p);
+/* the caching model (not copied: it must outlive the policy); NULL: none */
+int lp_set_cache_net(lp_policy *p, const struct cm_net *net, int32_t n_table_slots);
+/* the hazard order: table (n_classes x HZ_AGE_BUCKETS, already quantised), class edges of the keep
+ * probability (n_p) and of the predicted log1p reuse distance (n_nu); copied */
+int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const double *p_edges, int32_t n_p,
+                  const double *nu_edges, int32_t n_nu);
+int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w);
+/* one step: keys deduplicated, hit[i] = resident when read */
+int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n);
+const lp_decision *lp_decision_of(const lp_policy *p);
+/* the driver did not insert (or evicted itself) these keys: no longer resident */
+int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n);
+/* up to n resident keys with the lowest keep score as of the last step, lowest first, none of them in
+ * reading (m keys); returns how many were written to out, or a negative SC_E* */
+int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_t m, int64_t *out);
+/* out[i] = 1 when keys[i] is resident in the policy's view */
+void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t *out);
+void lp_get_stats(const lp_policy *p, lp_stats *out);
+/* horizon (and the keep-level unit with it) between runs, for tuning */
+void lp_set_horizon(lp_policy *p, double horizon);
+
+#endif

@@ -1,0 +1,336 @@
+"""Retraining a pool's learned policy online, from its own live stream.
+
+Per pool (``retrain_every``, ``retrain_window``, ``retrain_threads`` in its policy section): a
+:class:`RollingWindow` on the pool's tap (:class:`recmgd.daemon.record.PoolStream`) keeps the last
+``retrain_window`` lookups, in whole app batches. Every ``retrain_every`` (once the window is full), or
+at ``recmgctl retrain POOL``, a :class:`Retrainer` copies the window, and a thread of its own writes it
+as a recording (``STATE_DIR/retrain/POOL/window.rtrace``) and runs ``recmg candidate`` on it as a
+separate process at a low priority (nice 10, ``retrain_threads`` torch and BLAS threads): that process
+trains a candidate on the window but its most recent quarter, and scores the candidate and the current
+model (LRU while the pool has none yet) with the simulator on that quarter (the daemon never imports the
+simulator; the scores come back in a JSON file). The loop only polls: when the candidate made fewer
+on-demand fetches, its checkpoint becomes ``STATE_DIR/retrain/POOL/current`` (a symlink replaced
+atomically; the model before it is kept too) and the pool switches to it; a restarted daemon loads
+``current``. A trainer that fails, is killed or writes no result is logged and counted, and nothing
+changes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from recmgd.daemon.config import PolicyConfig
+from recmgd.daemon.control import CommandError
+from recmgd.daemon.record import BatchSplitter
+from recmgd.daemon.step import create_policy
+from recmgd.errors import RecmgError
+from recmgd.policy import Policy
+from recmgd.trace.binary import BinaryWriter
+
+log = logging.getLogger(__name__)
+
+#: the fewest app batches a retrain needs (the candidate is trained on 3/4 and scored on 1/4)
+MIN_BATCHES = 16
+#: the nice value added to the trainer process
+TRAINER_NICE = 10
+#: models kept under STATE_DIR/retrain/POOL/models (the current one and the one before it)
+KEEP_MODELS = 2
+
+
+class RollingWindow:
+    """The last ``limit`` lookups of a pool's stream, in whole app batches (a sink of its tap)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.splitter = BatchSplitter()
+        self.chunks: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        self.n_lookups = 0
+        self.n_batches = 0
+
+    def __call__(self, recs: np.ndarray, ring: int) -> None:
+        if not len(recs):
+            self.splitter.forget(ring)
+            return
+        keys, lengths = self.splitter.feed(ring, recs)
+        if not len(lengths):
+            return
+        self.chunks.append((keys, lengths))
+        self.n_lookups += len(keys)
+        self.n_batches += len(lengths)
+        while self.chunks and self.n_lookups - len(self.chunks[0][0]) >= self.limit:
+            k, n = self.chunks.popleft()
+            self.n_lookups -= len(k)
+            self.n_batches -= len(n)
+
+    @property
+    def full(self) -> bool:
+        return self.n_lookups >= self.limit
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """(keys, batch lengths) of the window: the last ``limit`` lookups, from a batch start."""
+        if not self.chunks:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+        keys = np.concatenate([k for k, _ in self.chunks])
+        lengths = np.concatenate([n for _, n in self.chunks])
+        over = len(keys) - self.limit
+        if over > 0:
+            drop = int(np.searchsorted(np.cumsum(lengths), over, side="left")) + 1
+            keys = keys[int(lengths[:drop].sum()):]
+            lengths = lengths[drop:]
+        return keys, lengths
+
+
+def current_checkpoint(state_dir: str, pool: str) -> str | None:
+    """The last good retrained checkpoint of a pool (what a restarted daemon loads), or None."""
+    link = Path(state_dir) / "retrain" / pool / "current"
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    return str(target) if (target / "config.json").is_file() else None
+
+
+class _Job:
+    """One retrain: a thread that writes the window and waits for the trainer process."""
+
+    def __init__(self, seq: int, reason: str) -> None:
+        self.seq = seq
+        self.reason = reason
+        self.started = time.time()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.thread: threading.Thread | None = None
+        self.result: dict[str, Any] | None = None
+        self.error = ""
+        self.candidate = ""
+        self.killed = False
+        self.switch: tuple[str, Policy] | None = None  # (checkpoint, its policy, loaded) when it won
+        self.switch_error = ""
+
+
+class Retrainer:
+    """Retraining of one pool (see the module doc). All methods run in the loop's thread; the job's
+    own thread only writes the window, runs the trainer and fills in the job."""
+
+    def __init__(self, pool: str, pc: PolicyConfig, capacity: int, state_dir: str, *,
+                 model_dir: str | None) -> None:
+        self.pool = pool
+        self.policy = pc.name
+        self.options = {k: v for k, v in pc.create_options().items() if k != "model_dir"}
+        self.every = float(pc.retrain_every)
+        self.threads = int(pc.retrain_threads)
+        self.capacity = int(capacity)
+        self.dir = Path(state_dir) / "retrain" / pool
+        self.window = RollingWindow(pc.retrain_window)
+        self.model_dir = model_dir  # the checkpoint the pool runs (None: LRU until the first switch)
+        self.next_due = time.monotonic() + self.every if self.every else float("inf")
+        self.counts = {"retrains": 0, "failures": 0, "switches": 0, "kept": 0}
+        self.last: dict[str, Any] | None = None
+        self.last_error = ""
+        self._job: _Job | None = None
+        self._seq = 0
+
+    # -- the loop's side -------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        return self._job is not None
+
+    def due(self, now: float) -> bool:
+        return not self.running and now >= self.next_due and self.window.full
+
+    def start(self, reason: str) -> dict[str, Any]:
+        """Start a retrain now (CommandError when one runs or the window is too short)."""
+        if self._job is not None:
+            raise CommandError(f"pool {self.pool}: a retrain is already running (trainer pid "
+                               f"{self._job.proc.pid if self._job.proc else '-'})")
+        keys, lengths = self.window.snapshot()  # a copy: the job's thread owns it
+        if len(lengths) < MIN_BATCHES:
+            raise CommandError(f"pool {self.pool}: the retraining window holds {len(lengths)} app batches "
+                               f"({len(keys)} lookups); a retrain needs at least {MIN_BATCHES}")
+        self._seq += 1
+        self.counts["retrains"] += 1
+        if self.every:
+            self.next_due = time.monotonic() + self.every
+        job = _Job(self._seq, reason)
+        job.thread = threading.Thread(target=self._run, args=(job, keys, lengths),
+                                      name=f"recmgd-retrain-{self.pool}", daemon=True)
+        self._job = job
+        job.thread.start()
+        log.info("pool %s: retrain %d started (%s): %d lookups in %d batches, policy %s, capacity %d",
+                 self.pool, job.seq, reason, len(keys), len(lengths), self.policy, self.capacity)
+        return {"pool": self.pool, "retrain": job.seq, "lookups": len(keys), "batches": len(lengths)}
+
+    def poll(self) -> tuple[str, Policy] | None:
+        """(Each tick.) A finished retrain: (the new checkpoint, its policy, loaded) to switch to when
+        the candidate won, else None (and None while one runs)."""
+        job = self._job
+        if job is None or (job.thread is not None and job.thread.is_alive()):
+            return None
+        self._job = None
+        if job.result is None:
+            self.counts["failures"] += 1
+            self.last_error = job.error or "the trainer wrote no result"
+            log.error("pool %s: retrain %d failed, the model is unchanged: %s", self.pool, job.seq,
+                      self.last_error)
+            shutil.rmtree(job.candidate, ignore_errors=True)
+            return None
+        res = dict(job.result, retrain=job.seq, reason=job.reason, finished=time.time())
+        self.last = res
+        self.last_error = ""
+        cand, cur = res["candidate_on_demand"], res["current_on_demand"]
+        res["switched"] = job.switch is not None
+        if job.switch_error:
+            self.switch_failed(job.switch_error)
+        elif job.switch is None:
+            self.counts["kept"] += 1
+            log.info("pool %s: retrain %d: candidate %d on-demand fetches, current %d: kept the current "
+                     "model", self.pool, job.seq, cand, cur)
+        shutil.rmtree(job.candidate, ignore_errors=True)
+        if job.switch is not None:
+            log.info("pool %s: retrain %d: candidate %d on-demand fetches, current %d: switching to %s",
+                     self.pool, job.seq, cand, cur, job.switch[0])
+        return job.switch
+
+    def switched(self, model_dir: str) -> None:
+        """The pool now runs ``model_dir``."""
+        self.model_dir = model_dir
+        self.counts["switches"] += 1
+
+    def switch_failed(self, message: str) -> None:
+        self.counts["failures"] += 1
+        self.last_error = message
+        if self.last is not None:
+            self.last["switched"] = False
+        log.error("pool %s: the retrained model could not be loaded, the model is unchanged: %s",
+                  self.pool, message)
+
+    def close(self) -> None:
+        """Kill a running trainer (the pool is detached or the daemon stops)."""
+        job = self._job
+        if job is None:
+            return
+        job.killed = True
+        if job.proc is not None and job.proc.poll() is None:
+            job.proc.kill()
+        if job.thread is not None:
+            job.thread.join(10.0)
+        shutil.rmtree(job.candidate, ignore_errors=True)
+        self._job = None
+
+    def stats(self) -> dict[str, Any]:
+        age = None
+        if self.model_dir:
+            try:
+                age = round(time.time() - os.stat(os.path.join(self.model_dir, "config.json")).st_mtime, 1)
+            except OSError:
+                age = None
+        job = self._job
+        return {
+            "policy": self.policy, "every_s": self.every, "window_lookups": self.window.n_lookups,
+            "window_target": self.window.limit, "running": job is not None,
+            "trainer_pid": job.proc.pid if job is not None and job.proc is not None else None,
+            **self.counts, "model_dir": self.model_dir, "model_age_s": age,
+            "last": self.last, "last_error": self.last_error,
+        }
+
+    # -- the job's thread ------------------------------------------------------------------------
+
+    def _run(self, job: _Job, keys: np.ndarray, lengths: np.ndarray) -> None:
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            window = self.dir / "window.rtrace"
+            tmp = self.dir / "window.rtrace.partial"
+            with BinaryWriter(tmp) as w:
+                w.add(keys, lengths)
+            os.replace(tmp, window)
+            job.candidate = str(self.dir / f"candidate-{job.seq}")
+            shutil.rmtree(job.candidate, ignore_errors=True)
+            result = self.dir / f"result-{job.seq}.json"
+            cmd = [sys.executable, "-m", "recmgd.cli.recmg", "candidate", str(window),
+                   "--policy", self.policy, "--capacity", str(self.capacity), "--out", job.candidate,
+                   "--result", str(result), "--threads", str(self.threads), "--nice", str(TRAINER_NICE),
+                   "--options", json.dumps(self.options)]
+            if self.model_dir:
+                cmd += ["--current", self.model_dir]
+            env = dict(os.environ)
+            for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+                env[var] = str(self.threads)
+            with open(self.dir / "trainer.log", "wb") as logf:
+                if job.killed:
+                    return
+                job.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, env=env,
+                                            start_new_session=True)
+                rc = job.proc.wait()
+            if rc != 0:
+                job.error = (f"the trainer (pid {job.proc.pid}) " +
+                             (f"was killed by signal {-rc}" if rc < 0 else f"exited with status {rc}") +
+                             f"{_last_line(self.dir / 'trainer.log')}")
+                return
+            job.result = json.loads(result.read_text())
+            result.unlink()
+            if job.result["candidate_on_demand"] < job.result["current_on_demand"]:
+                try:  # loaded here, not in the loop; then made current
+                    pol = create_policy(self.policy, {**self.options, "model_dir": job.candidate},
+                                        pool=self.pool)
+                except RecmgError as exc:
+                    job.switch_error = str(exc)
+                    return
+                job.switch = (self._promote(job), pol)
+        except (OSError, ValueError) as exc:
+            job.error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a retrain bug must not reach the loop
+            log.exception("pool %s: retrain %d failed", self.pool, job.seq)
+            job.error = f"internal error: {type(exc).__name__}: {exc}"
+
+    def _promote(self, job: _Job) -> str:
+        """Move the candidate under models/ and point ``current`` at it (atomically); prune old ones."""
+        models = self.dir / "models"
+        models.mkdir(exist_ok=True)
+        target = models / f"model-{int(job.started)}-{job.seq}"
+        os.replace(job.candidate, target)
+        link = self.dir / "current"
+        tmp = self.dir / "current.tmp"
+        if tmp.is_symlink() or tmp.exists():
+            tmp.unlink()
+        os.symlink(os.path.relpath(target, self.dir), tmp)
+        os.replace(tmp, link)
+        keep = {target.name} | ({Path(self.model_dir).name} if self.model_dir else set())
+        for old in sorted(models.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_MODELS]:
+            if old.name not in keep:
+                shutil.rmtree(old, ignore_errors=True)
+        return str(target)
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return f": {lines[-1].strip()[:300]}" if lines else ""
+
+
+def starting_policy(pool: str, pc: PolicyConfig, state_dir: str) -> tuple[str, PolicyConfig]:
+    """What a retraining pool runs when it is attached: (policy name, its configuration). The last
+    good retrained checkpoint first, then the configured ``model_dir``; with neither, LRU (and the
+    first retrain's candidate is compared with LRU)."""
+    cur = current_checkpoint(state_dir, pool)
+    if cur is not None:
+        log.info("pool %s: loading the last retrained checkpoint %s", pool, cur)
+        return pc.name, dataclasses.replace(pc, model_dir=cur)
+    if pc.model_dir:
+        return pc.name, pc
+    log.info("pool %s: no checkpoint for %s yet: LRU until the first retrain", pool, pc.name)
+    return "lru", dataclasses.replace(pc, name="lru", options={})

@@ -1,0 +1,166 @@
+"""The learned policies' whole step in C (``native/policy/learned.c``), one call a step.
+
+:class:`NativeStep` holds the C state of one run of a :class:`~recmgd.models.policies.LearnedPolicy`
+(reset starts a new one): the key -> id map, every row's history, the cache's and the guard's shadow
+caches' residency, the prefetcher's stream, and copies of the models' inference weights. ``step`` takes a
+step's keys and hit flags and returns the Decision, with no per-row Python. The numpy/Python step in
+policies.py is the reference it is tested against (tests/test_models_native_step.py).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from recmgd import simcore
+from recmgd.keys import ROW_BITS
+from recmgd.models.features import N_FEATURES, N_TABLE_SLOTS
+from recmgd.models.hazard import AGE_BUCKETS
+from recmgd.policy import Decision
+
+if TYPE_CHECKING:
+    from recmgd.models.policies import LearnedPolicy
+
+log = logging.getLogger(__name__)
+
+#: the C prefetcher's fixed buffers: representation width, hidden units, queries x width
+MAX_DIM, MAX_HIDDEN, MAX_QUERY_FLOATS = 64, 256, 1024
+
+#: stream positions the C prefetcher keeps for candidates: at least this many, and this many per slot
+STREAM_MIN, STREAM_PER_SLOT = 1 << 20, 16
+
+
+def _f32(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(a, np.float32)
+
+
+def unsupported(pol: LearnedPolicy) -> str | None:
+    """Why ``pol``'s configuration cannot run in C (None: it can)."""
+    order = pol.res_order()
+    if order not in ("hazard", "level"):
+        return f"order {order!r}"
+    if pol.rescore:
+        return "rescore"
+    if pol.prefetcher not in (None, "recmg"):
+        return f"prefetcher {pol.prefetcher!r}"
+    if pol.use_cache_model and pol._fast_cache is None:
+        return "no C caching model"
+    pf = pol._np_pref
+    if pf is not None and (pf.dim > MAX_DIM or pf.f1w.shape[1] > MAX_HIDDEN or pf.c1w.shape[1] > MAX_HIDDEN
+                           or pf.p1w.shape[1] > MAX_HIDDEN or pf.queries * pf.dim > MAX_QUERY_FLOATS):
+        return "a prefetching model larger than the C buffers"
+    return None
+
+
+class NativeStep:
+    """One run of a learned policy's step in C, for a fast tier of ``capacity`` rows."""
+
+    def __init__(self, pol: LearnedPolicy, capacity: int) -> None:
+        ffi, lib = simcore.ffi, simcore.lib
+        self._ffi, self._lib = ffi, lib
+        from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE, PREFETCH_IDLE_STEPS
+
+        stats = pol.trained.stats if pol.trained is not None else {}
+        ring = 1 << max(STREAM_MIN, STREAM_PER_SLOT * capacity - 1).bit_length()
+        prm = ffi.new("lp_params *", {
+            "capacity": capacity, "use_cache_model": int(pol.use_cache_model and pol._fast_cache is not None),
+            "order": lib.LP_ORDER_HAZARD if pol.res_order() == "hazard" else lib.LP_ORDER_LEVEL,
+            "levels": pol.levels, "guard": int(pol.guard), "guard_sample": GUARD_SAMPLE,
+            "guard_min_rows": GUARD_MIN_ROWS, "prefetch_budget": pol.prefetch_budget,
+            "prefetch_probe": pol.prefetch_probe, "prefetch_idle": PREFETCH_IDLE_STEPS,
+            "depth": pol.cfg.depth, "past_steps": max(1, pol.cfg.past_steps), "window": pol.cfg.window,
+            "step_len_known": int("mean_step_len" in stats), "row_bits": ROW_BITS,
+            "horizon": pol.horizon, "step_len": float(stats.get("mean_step_len", 16.0)),
+            "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring})
+        ptr = lib.lp_new(prm)
+        if ptr == ffi.NULL:
+            raise ValueError(f"{pol.name}: the C step refused its parameters (capacity {capacity})")
+        self._p = ffi.gc(ptr, lib.lp_free)
+        self._keep: list[Any] = []  # what C points at
+        if pol.use_cache_model and pol._fast_cache is not None:
+            self._keep.append(pol._fast_cache)
+            rc = lib.lp_set_cache_net(self._p, pol._fast_cache._net, N_TABLE_SLOTS)
+            simcore.check(rc, "lp_set_cache_net")
+        table = pol._table()
+        if table is not None and pol.use_cache_model:
+            q = np.ascontiguousarray(np.round(np.asarray(table, np.float64) * 1e4).ravel())
+            pe, ne = (np.ascontiguousarray(e, np.float64) for e in pol._edges)
+            simcore.check(lib.lp_set_hazard(self._p, ffi.from_buffer("double[]", q), len(q) // AGE_BUCKETS,
+                                            ffi.from_buffer("double[]", pe), len(pe),
+                                            ffi.from_buffer("double[]", ne), len(ne)), "lp_set_hazard")
+        if pol.prefetcher == "recmg" and pol._np_pref is not None:
+            self._set_prefetch(pol)
+        self._dec = lib.lp_decision_of(self._p)
+        self._stats = ffi.new("lp_stats *")
+
+    def _set_prefetch(self, pol: LearnedPolicy) -> None:
+        ffi, lib = self._ffi, self._lib
+        n = pol._np_pref
+        assert n is not None
+        keys = np.ascontiguousarray(pol._model_keys, np.int64)
+        arrs = {name: _f32(getattr(n, name)) for name in
+                ("emb", "f1w", "f1b", "f2w", "f2b", "tab", "c1w", "c1b", "c2w", "c2b", "p1w", "p1b", "p2w")}
+        if arrs["f1w"].shape[0] != N_FEATURES or arrs["emb"].shape[0] != len(keys) + 1:
+            raise ValueError("prefetching model of an unexpected shape for the C step")
+        w = ffi.new("lp_pfnet *", {
+            "dim": n.dim, "hidden": arrs["f1w"].shape[1], "queries": n.queries,
+            "n_table_slots": arrs["tab"].shape[0], "n_model": len(keys), "p2b": n.p2b, "temp": n.temp})
+        w.model_keys = ffi.from_buffer("int64_t[]", keys)
+        for name, a in arrs.items():
+            setattr(w, name, ffi.from_buffer("float[]", a))
+        simcore.check(lib.lp_set_prefetch_net(self._p, w), "lp_set_prefetch_net")
+
+    def step(self, keys: np.ndarray, hit: np.ndarray) -> Decision:
+        """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision."""
+        ffi, lib = self._ffi, self._lib
+        keys = np.ascontiguousarray(keys, np.int64)
+        hit = np.ascontiguousarray(hit, np.uint8)
+        rc = lib.lp_step(self._p, ffi.from_buffer("int64_t[]", keys), ffi.from_buffer("uint8_t[]", hit),
+                         len(keys))
+        if rc:
+            simcore.check(rc, "lp_step")
+        d = self._dec
+        return Decision(evict=self._copy(d.evict, d.n_evict), admit=self._copy(d.admit, d.n_admit),
+                        prefetch=self._copy(d.prefetch, d.n_prefetch))
+
+    def _copy(self, ptr: Any, n: int) -> np.ndarray:
+        if not n:
+            return np.zeros(0, np.int64)
+        return np.frombuffer(self._ffi.buffer(ptr, 8 * n), np.int64).copy()
+
+    def rejected(self, keys: np.ndarray) -> None:
+        keys = np.ascontiguousarray(keys, np.int64)
+        self._lib.lp_rejected(self._p, self._ffi.from_buffer("int64_t[]", keys), len(keys))
+
+    def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
+        if n <= 0:
+            return np.zeros(0, np.int64)
+        reading = np.ascontiguousarray(reading, np.int64)
+        out = np.empty(n, np.int64)
+        fb = self._ffi.from_buffer
+        got = self._lib.lp_early_victims(self._p, n, fb("int64_t[]", reading), len(reading),
+                                         fb("int64_t[]", out))
+        if got < 0:
+            simcore.check(int(got), "lp_early_victims")
+        return out[:got]
+
+    def resident(self, keys: np.ndarray) -> np.ndarray:
+        """Whether each key is resident in the policy's view."""
+        keys = np.ascontiguousarray(keys, np.int64)
+        out = np.zeros(len(keys), np.uint8)
+        if len(keys):
+            self._lib.lp_resident_of(self._p, self._ffi.from_buffer("int64_t[]", keys), len(keys),
+                                     self._ffi.from_buffer("uint8_t[]", out))
+        return out.astype(bool)
+
+    def set_horizon(self, horizon: float) -> None:
+        self._lib.lp_set_horizon(self._p, float(horizon))
+
+    def stats(self) -> dict[str, int]:
+        """The guard's counters, rows with a history, resident rows and the state's bytes."""
+        self._lib.lp_get_stats(self._p, self._stats)
+        s = self._stats
+        return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
+                "rows": s.rows, "resident": s.resident, "bytes": s.bytes}

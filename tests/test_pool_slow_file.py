@@ -1,0 +1,134 @@
+"""The SSD tier's file: never truncated (create refuses an existing file, or reuses it with its rows,
+the reboot case), its space reserved at create (a pool that does not fit is refused and leaves
+nothing behind), and a write_rows batch that fails part way says exactly which rows were written."""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recmgd.errors import PoolError, PoolWriteError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+
+SHM = Path("/dev/shm")
+ROWS, DIM = 1000, 16  # 64-byte rows, 16 per 4 KiB block
+
+
+def _name() -> str:
+    return f"sf_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def _truth(scale: float = 1.0) -> np.ndarray:
+    return np.arange(ROWS * DIM, dtype=np.float32).reshape(ROWS, DIM) * scale
+
+
+def _exact(p: Pool, truth: np.ndarray) -> None:
+    ids = np.arange(ROWS)
+    np.testing.assert_array_equal(p.embedding_bag(0, ids, ids), truth)
+
+
+def test_existing_file_is_refused_and_kept(tmp_path: Path) -> None:
+    f = tmp_path / "t.bin"
+    f.write_bytes(b"precious" * 100)
+    name = _name()
+    with pytest.raises(PoolError) as e:
+        Pool.create(name, tables=[(ROWS, DIM)], slots=10, slow=f"ssd:{f}")
+    assert "already exists" in str(e.value) and str(f) in str(e.value) and "\n" not in str(e.value)
+    assert f.read_bytes() == b"precious" * 100
+    assert not (SHM / name).exists()
+
+
+def test_reuse_after_the_shared_memory_is_gone(tmp_path: Path) -> None:
+    f = tmp_path / "t.bin"
+    name = _name()
+    p = Pool.create(name, tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
+    p.write_rows(0, np.arange(ROWS), _truth())
+    p.destroy()  # like a reboot emptying /dev/shm: the file stays
+    assert f.stat().st_size == -(-ROWS * DIM * 4 // 4096) * 4096  # whole pages
+    # the wrong tables: refused, the file untouched, nothing left in /dev/shm
+    before = f.read_bytes()
+    with pytest.raises(PoolError, match="not reused"):
+        Pool.create(name, tables=[(ROWS + 1000, DIM)], slots=10, slow=f"ssd:{f}", existing="reuse")
+    assert f.read_bytes() == before and not (SHM / name).exists()
+    with pytest.raises(PoolError, match="existing"):
+        Pool.create(name, tables=[(ROWS, DIM)], slots=10, slow=f"ssd:{f}", existing="overwrite")
+    p = Pool.create(name, tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}", existing="reuse")
+    try:
+        _exact(p, _truth())
+        np.testing.assert_array_equal(p.read_rows(0, [5, 999]), _truth()[[5, 999]])
+    finally:
+        p.destroy()
+    # reuse of a path that does not exist yet creates it
+    g = tmp_path / "new.bin"
+    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=10, slow=f"ssd:{g}", existing="reuse")
+    try:
+        _exact(p, np.zeros((ROWS, DIM), dtype=np.float32))
+    finally:
+        p.destroy()
+
+
+def test_pool_larger_than_its_file_system(tmp_path: Path) -> None:
+    st = os.statvfs(tmp_path)
+    row_bytes = 65536 * 4
+    rows = st.f_blocks * st.f_frsize // row_bytes + 10  # more than the whole file system
+    f = tmp_path / "huge.bin"
+    name = _name()
+    with pytest.raises(PoolError) as e:
+        Pool.create(name, tables=[(rows, 65536)], slots=0, slow=f"ssd:{f}")
+    msg = str(e.value)
+    assert "\n" not in msg and str(f) in msg and "free" in msg, msg
+    assert not f.exists() and not (SHM / name).exists()
+
+
+def test_failed_write_reports_the_rows_written(tmp_path: Path) -> None:
+    f = tmp_path / "t.bin"
+    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
+    try:
+        p.write_rows(0, np.arange(ROWS), _truth())
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(0, ROWS, 10)))
+        full = f.stat().st_size
+        limit = 512 * 64  # rows below 512 stay inside the file, rows from 512 on extend it
+        tail = f.read_bytes()[limit:]
+        os.truncate(f, limit)
+        batch = np.array([10, 11, 20, 700, 30, 40])
+        new = _truth(-1.0)[batch]
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a writer whose file-size limit makes the fourth row's write fail (EFBIG)
+            os.close(r)
+            code = 1
+            try:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+                p.write_rows(0, batch, new)
+            except PoolWriteError as exc:
+                os.write(w, f"{exc.written}|{exc}".encode())
+                code = 0
+            finally:
+                os._exit(code)
+        os.close(w)
+        report = os.read(r, 4096).decode()
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0, report
+        written, msg = report.split("|", 1)
+        assert int(written) == 3 and "rows [0, 3) of the batch of 6 were written" in msg, msg
+        with open(f, "r+b") as fh:  # the rows the truncation cut off, back
+            fh.seek(limit)
+            fh.write(tail)
+        assert f.stat().st_size == full
+        truth = _truth()
+        truth[[10, 11, 20]] = new[:3]
+        np.testing.assert_array_equal(p.read_rows(0, np.arange(ROWS)), truth)
+        _exact(p, truth)  # 10 and 20 are resident: their copies were updated, 30 and 40 untouched
+        daemon.close()
+    finally:
+        p.destroy()

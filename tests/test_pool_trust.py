@@ -1,0 +1,213 @@
+"""The trust boundary of a pool's files: one daemon per pool, and a slow-tier file is used only if it is
+a regular file (no symbolic link) owned by the pool's owner, who may read it; a root daemon serving a
+pool made by an unprivileged user never reads a file that user could not read."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pool_layout import HEADER, SLOW_PATH
+
+from recmgd.errors import PoolError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+
+SHM = Path("/dev/shm")
+ROWS, DIM = 256, 16
+SECRET = b"TOPSECRET-0600!!" * 4096  # 64 KiB, the size of the pool's table file
+
+
+def _name() -> str:
+    return f"tr_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+
+
+def _put_path(name: str, path: str) -> None:
+    off, size = SLOW_PATH
+    raw = path.encode()
+    with open(SHM / name, "r+b") as f:
+        f.seek(off)
+        f.write(raw + b"\0" * (size - len(raw)))
+
+
+@pytest.fixture
+def ssd_pool(tmp_path: Path) -> Iterator[tuple[Pool, Path]]:
+    f = tmp_path / "t.bin"
+    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=64, slow=f"ssd:{f}")
+    p.write_rows(0, np.arange(ROWS), np.arange(ROWS * DIM, dtype=np.float32).reshape(ROWS, DIM))
+    try:
+        yield p, f
+    finally:
+        p.destroy()
+
+
+def test_one_daemon_per_pool(ssd_pool: tuple[Pool, Path]) -> None:
+    p, _ = ssd_pool
+    d1 = Pool.attach(p.name, role="daemon")
+    with pytest.raises(PoolError) as e:
+        Pool.attach(p.name, role="daemon")
+    msg = str(e.value)
+    assert "\n" not in msg and p.name in msg and f"already has a daemon (pid {os.getpid()})" in msg, msg
+    Pool.attach(p.name).close()  # apps are not affected
+    d1.close()
+    Pool.attach(p.name, role="daemon").close()
+    # a daemon that dies holds nothing: the kernel drops its lock
+    code = f"from recmgd.pool import Pool; d = Pool.attach({p.name!r}, role='daemon')"
+    argv = [sys.executable, "-c", code + "; print('up', flush=True); input()"]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "up"
+        with pytest.raises(PoolError, match=f"pid {child.pid}"):
+            Pool.attach(p.name, role="daemon")
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=60)
+    Pool.attach(p.name, role="daemon").close()
+
+
+def test_symlink_is_refused(ssd_pool: tuple[Pool, Path], tmp_path: Path) -> None:
+    p, f = ssd_pool
+    other = tmp_path / "other.bin"
+    shutil.copy(f, other)
+    f.unlink()
+    f.symlink_to(other)
+    for role in ("app", "daemon"):
+        with pytest.raises(PoolError, match="symbolic link") as e:
+            Pool.attach(p.name, role=role)
+        assert str(f) in str(e.value)
+
+
+def test_not_a_regular_file_is_refused(ssd_pool: tuple[Pool, Path], tmp_path: Path) -> None:
+    p, _ = ssd_pool
+    _put_path(p.name, str(tmp_path))
+    with pytest.raises(PoolError, match="not a regular file|Is a directory"):
+        Pool.attach(p.name, role="daemon")
+
+
+def test_owner_mode_bits(ssd_pool: tuple[Pool, Path]) -> None:
+    p, f = ssd_pool
+    os.chmod(f, 0o200)
+    if os.geteuid() == 0:  # root opens it anyway; the mode bits decide
+        with pytest.raises(PoolError, match="owner may not read it"):
+            Pool.attach(p.name, role="daemon")
+    os.chmod(f, 0o400)
+    app = Pool.attach(p.name)
+    try:
+        ids = np.arange(ROWS)
+        np.testing.assert_array_equal(app.embedding_bag(0, ids, ids)[:, 0], ids * DIM)
+        with pytest.raises(PoolError, match="not writable") as e:
+            app.write_rows(0, [1], np.zeros((1, DIM), dtype=np.float32))
+        assert e.value.written == 0
+    finally:
+        app.close()
+        os.chmod(f, 0o600)
+
+
+def test_file_of_another_owner_is_refused(ssd_pool: tuple[Pool, Path]) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("needs root to chown")
+    p, f = ssd_pool
+    nobody = pwd.getpwnam("nobody")
+    os.chown(f, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(PoolError, match=f"owned by uid {nobody.pw_uid}, the pool by uid 0"):
+        Pool.attach(p.name, role="daemon")
+
+
+def _as_nobody(fn) -> None:
+    """Runs fn in a forked child under the nobody user; fails the test if fn raised."""
+    nobody = pwd.getpwnam("nobody")
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            fn()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+
+
+def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
+    """Issue #12, point 1: a user's pool whose header names a root-only 0600 file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root (the daemon's privilege) and the nobody user")
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET)
+    os.chmod(secret, 0o600)
+    shared = Path(tempfile.mkdtemp(prefix="recmg_trust_"))
+    os.chmod(shared, 0o777)
+    name = _name()
+    own = shared / "own.bin"
+
+    def make_pool() -> None:
+        p = Pool.create(name, tables=[(ROWS, DIM)], slots=64, slow=f"ssd:{own}", mode=0o666)
+        p.write_rows(0, np.arange(ROWS), np.ones((ROWS, DIM), dtype=np.float32))
+        p.close()
+
+    try:
+        _as_nobody(make_pool)
+        assert (SHM / name).stat().st_uid == pwd.getpwnam("nobody").pw_uid
+        # a daemon attached before the rewrite keeps the file it checked and opened
+        daemon = Pool.attach(name, role="daemon")
+        app = Pool.attach(name)
+        _as_nobody(lambda: _put_path(name, str(secret)))
+        daemon.fill_keys(make_keys(0, np.arange(64)))
+        try:
+            got = app.embedding_bag(0, np.arange(ROWS), np.arange(ROWS))
+            np.testing.assert_array_equal(got, np.ones((ROWS, DIM), dtype=np.float32))
+            assert SECRET[:16] not in app.read_rows(0, np.arange(ROWS)).tobytes()
+        finally:
+            app.close()
+            daemon.close()
+        # a daemon attaching now refuses the file, with or without the size rewritten too
+        with pytest.raises(PoolError) as e:
+            Pool.attach(name, role="daemon")
+        assert f"owned by uid 0, the pool by uid {pwd.getpwnam('nobody').pw_uid}" in str(e.value)
+        off, fmt = HEADER["slow_bytes"]
+
+        def zero_size() -> None:
+            with open(SHM / name, "r+b") as fh:
+                fh.seek(off)
+                fh.write(b"\0" * 8)
+
+        _as_nobody(zero_size)
+        with pytest.raises(PoolError, match="slow_bytes"):
+            Pool.attach(name, role="daemon")
+    finally:
+        (SHM / name).unlink(missing_ok=True)
+        shutil.rmtree(shared)
+
+
+def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:
+    """The pool's owner truncating the object under a daemon's mapping: one-line errors, no SIGBUS."""
+    p, _ = ssd_pool
+    daemon = Pool.attach(p.name, role="daemon")
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(10)))
+        size = (SHM / p.name).stat().st_size
+        os.truncate(SHM / p.name, 4096)
+        calls = [lambda: daemon.fill_keys(make_keys(0, np.arange(10, 20))),
+                 lambda: daemon.evict_keys(make_keys(0, [1])), lambda: daemon.drain_ring(0), daemon.rings,
+                 daemon.resident_keys, daemon.free_slots, daemon.counters]
+        try:
+            for call in calls:
+                with pytest.raises(PoolError, match="shrank to 4096 bytes"):
+                    call()
+        finally:
+            os.truncate(SHM / p.name, size)  # the creator's handle (this process) maps it too
+    finally:
+        daemon.close()

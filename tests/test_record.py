@@ -1,0 +1,323 @@
+"""Recording a pool's live access stream (recmgctl record): real daemon, real app processes, real socket.
+
+- the recorded trace holds exactly the app's batches, in order, one sample a batch; `recmg sim` on it
+  (one sample a step) gives the daemon's own on-demand count in step mode; `recmg trace stats` reads it;
+- two apps at once: every batch of both, each app's in its order;
+- limits: --lookups ends at a batch end, the size cap, --seconds with an idle pool;
+- a full disk (a 64 KiB tmpfs): one line, no FILE, no FILE.partial; the daemon goes on;
+- errors: unknown pool, a second recording of the same pool, a request without a file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_daemon_live import app, config, pstats, unique_keys
+from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+
+from recmgd.daemon.control import CommandError, request
+from recmgd.daemon.record import BatchSplitter
+from recmgd.trace import open_trace
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+AMAZON = "amazon_video.trace"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def recmgctl(sock: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), *args],
+                            env=daemon_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def recmg(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recmgd.cli.recmg", *args], env=daemon_env(),
+                          capture_output=True, text=True, timeout=300, cwd=str(REPO))
+
+
+def batch_keys(batches: list[list[tuple[int, np.ndarray]]]) -> list[np.ndarray]:
+    """The keys of each app batch in the order the app logs them (table by table)."""
+    return [np.concatenate([(np.int64(t) << 40) | rows for t, rows in b]) for b in batches]
+
+
+def recorded_batches(path: Path) -> list[np.ndarray]:
+    tr = open_trace(path)
+    keys = np.asarray(tr.keys)
+    offs = np.asarray(tr.sample_offsets)
+    return [keys[offs[i]:offs[i + 1]] for i in range(tr.n_samples)]
+
+
+def wait_recording(sock: Path, pool: str, timeout: float = 20.0) -> dict:
+    """Until the daemon says the pool is being recorded (recmgctl has passed its file)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            st = request(str(sock), "record", {"pool": pool, "action": "status"})
+            if st["state"] == "recording":
+                return st
+        except CommandError:
+            pass
+        time.sleep(0.02)
+    raise AssertionError("the recording did not start")
+
+
+@pytest.fixture
+def daemon(tmp_path: Path):
+    """A daemon in step mode over one pool name; yields (socket, pool name, proc)."""
+    name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    cfg = config(tmp_path / "d.toml", sock, [name], extra="step_mode = true")
+    d = start_daemon(cfg)
+    try:
+        wait_socket(sock, d, timeout=60)
+        yield sock, name, d
+    finally:
+        rc, err = stop_daemon(d)
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+        assert rc == 0, err
+
+
+def create_pool(name: str, sizes: list[int], slots: int):
+    from test_daemon_app import create_pool as create
+
+    return create(name, sizes, slots, 65536)
+
+
+def wait_attached(sock: Path, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in request(str(sock), "stats")["pools"]:
+        assert time.monotonic() < deadline, "the daemon did not attach the pool"
+        time.sleep(0.02)
+
+
+def test_splitter_keeps_batches_per_ring() -> None:
+    end = np.uint64(1) << np.uint64(62)
+    hint = np.uint64(2) << np.uint64(62)
+    sp = BatchSplitter()
+    # ring 0: [1 2 | 3 (hint 9) 4 ...   ring 1: 7 | 8 ...
+    k, n = sp.feed(0, np.array([1, 2, end, 3, hint | np.uint64(9), 4], dtype=np.uint64))
+    assert k.tolist() == [1, 2] and n.tolist() == [2]
+    k, n = sp.feed(1, np.array([7, end, 8], dtype=np.uint64))
+    assert k.tolist() == [7] and n.tolist() == [1]
+    k, n = sp.feed(0, np.array([5, end, end, 6], dtype=np.uint64))  # an empty batch too
+    assert k.tolist() == [3, 4, 5] and n.tolist() == [3, 0]
+    sp.forget(1)  # ring 1's app went away: its unfinished batch (8) is dropped
+    k, n = sp.feed(1, np.array([10, end], dtype=np.uint64))
+    assert k.tolist() == [10] and n.tolist() == [1]
+
+
+@pytest.mark.slow
+def test_record_step_mode_equals_app_and_simulator(daemon, tmp_path: Path, shared_traces: Path) -> None:
+    from test_daemon_app import trace_batches
+
+    from recmgd.sim import capacity_for
+
+    sock, name, _ = daemon
+    trace = shared_traces / AMAZON
+    batches, sizes = trace_batches(str(trace), 32, 20_000)
+    fraction = 0.1
+    capacity = capacity_for(fraction, unique_keys(batches))
+    expected = batch_keys(batches)
+    total = sum(len(k) for k in expected)
+    pool = create_pool(name, sizes, capacity)
+    try:
+        wait_attached(sock, name)
+        out = tmp_path / "live.rtrace"
+        rec = recmgctl(sock, "record", name, str(out), "--lookups", str(total))
+        wait_recording(sock, name)
+        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "32", "--limit", "20000",
+                "--socket", str(sock))
+        aout, aerr = a.communicate(timeout=300)
+        assert a.returncode == 0, aerr
+        rout, rerr = rec.communicate(timeout=60)
+        assert rec.returncode == 0, rerr
+        st = pstats(sock, name)
+    finally:
+        pool.close()
+    assert json.loads(aout.strip().splitlines()[-1])["wrong"] == 0
+    assert f"recorded {total} lookups in {len(batches)} batches (lookups" in rout
+    assert not Path(str(out) + ".partial").exists()
+    got = recorded_batches(out)
+    assert len(got) == len(expected) == st["steps"]
+    for g, e in zip(got, expected, strict=True):
+        assert np.array_equal(g, e)
+    assert st["recording"]["state"] == "done" and st["recording"]["lookups"] == total
+    # the trace reproduces the daemon's steps: the simulator's LRU at the same capacity fetches what
+    # the daemon's LRU fetched
+    sim = recmg("sim", str(out), "--policies", "lru", "--fractions", str(fraction), "--batch", "1",
+                "--json")
+    assert sim.returncode == 0, sim.stderr
+    res = json.loads(sim.stdout.strip().splitlines()[-1])
+    assert res["capacity"] == capacity
+    # `recmg sim` scores the second half after warming on the first; the daemon counts every step:
+    # the simulator's driver over all the recorded steps gives the daemon's count exactly
+    assert 0 < res["on_demand"] <= st["on_demand"]
+    from recmgd import policy as policy_mod
+    from recmgd.sim import drive
+
+    counted = drive(policy_mod.create("lru"), open_trace(out).steps(1), capacity, 0).on_demand
+    assert counted == st["on_demand"]
+    stats = recmg("trace", "stats", str(out), "--json", "--no-sim")
+    assert stats.returncode == 0, stats.stderr
+    assert json.loads(stats.stdout)["lookups"] == total
+    # the README's path: train on the recording, switch the pool to the learned policy with it
+    model = tmp_path / "model"
+    tr = recmg("train", str(out), "--out", str(model), "-b", "1", "--fraction", str(fraction),
+               "--epochs", "1", "-q")
+    assert tr.returncode == 0, tr.stderr
+    # (the first learned policy imports torch in the daemon: more than the default 10 s on a loaded machine)
+    r = recmgctl(sock, "--timeout", "120", "policy", name, "recmg", "--model", str(model))
+    pout, perr = r.communicate(timeout=120)
+    assert r.returncode == 0, perr
+    assert f"pool {name}: policy recmg (model {model})" in pout
+    assert pstats(sock, name)["policy"] == "recmg"
+    r = recmgctl(sock, "--timeout", "120", "policy", name, "recmg", "--model", str(tmp_path / "none"))
+    _, perr = r.communicate(timeout=120)
+    assert r.returncode == 1 and len(perr.strip().splitlines()) == 1
+
+
+def test_record_two_apps(tmp_path: Path, shared_traces: Path) -> None:
+    from test_daemon_app import trace_batches
+
+    name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    d = start_daemon(config(tmp_path / "d.toml", sock, [name]))
+    trace = shared_traces / AMAZON
+    batches, sizes = trace_batches(str(trace), 16, 12_000)
+    expected = batch_keys(batches)
+    total = sum(len(k) for k in expected)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, 500)
+        wait_attached(sock, name)
+        out = tmp_path / "two.rtrace"
+        rec = recmgctl(sock, "record", name, str(out), "--lookups", str(2 * total))
+        wait_recording(sock, name)
+        apps = [app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "12000")
+                for _ in range(2)]
+        for a in apps:
+            _, aerr = a.communicate(timeout=300)
+            assert a.returncode == 0, aerr
+        rout, rerr = rec.communicate(timeout=60)
+        assert rec.returncode == 0, rerr
+        drops = pstats(sock, name)["ring_drops"]
+    finally:
+        if pool is not None:
+            pool.close()
+        rc, err = stop_daemon(d)
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert rc == 0, err
+    assert drops == 0
+    got = recorded_batches(out)
+    assert len(got) == 2 * len(expected)
+    # both apps replay the same batches: each batch appears twice, and in each app's order, so the
+    # recording is an interleaving of two copies of the sequence: match it greedily
+    pos = [0, 0]
+    for g in got:
+        for i in (0, 1):
+            if pos[i] < len(expected) and np.array_equal(g, expected[pos[i]]):
+                pos[i] += 1
+                break
+        else:
+            raise AssertionError("a recorded batch is not the next batch of either app")
+    assert pos == [len(expected), len(expected)]
+
+
+def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
+    sock, name, _ = daemon
+    pool = create_pool(name, [1000, 1000], 100)
+    try:
+        wait_attached(sock, name)
+        # --seconds over an idle pool: an empty but complete trace
+        idle = tmp_path / "idle.rtrace"
+        r = recmgctl(sock, "record", name, str(idle), "--seconds", "0.5")
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err
+        assert "recorded 0 lookups in 0 batches (seconds" in out
+        assert open_trace(idle).n_lookups == 0
+        # a second recording of the same pool is refused, one line
+        busy = recmgctl(sock, "record", name, str(tmp_path / "a.rtrace"), "--lookups", "100000")
+        wait_recording(sock, name)
+        r = recmgctl(sock, "record", name, str(tmp_path / "b.rtrace"))
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 1 and "already being recorded" in err and len(err.strip().splitlines()) == 1
+        assert not (tmp_path / "b.rtrace.partial").exists() and not (tmp_path / "b.rtrace").exists()
+        # the size cap: batches of 64 lookups from this process, until the cap of 10 kB ends it
+        request(str(sock), "record", {"pool": name, "action": "stop"})
+        out, err = busy.communicate(timeout=60)
+        assert busy.returncode == 0, err
+        capped = tmp_path / "capped.rtrace"
+        r = recmgctl(sock, "record", name, str(capped), "--max-mb", "0.01")
+        wait_recording(sock, name)
+        rng = np.random.default_rng(0)
+        deadline = time.monotonic() + 60
+        while r.poll() is None and time.monotonic() < deadline:
+            pool.embedding_bag(0, rng.integers(0, 1000, 64), np.arange(64))
+            pool.end_batch()
+            time.sleep(0.002)
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err
+        assert "(size cap" in out
+        size = capped.stat().st_size
+        assert 10_000 - 8 * 65 < size <= 10_000
+        tr = open_trace(capped)
+        assert tr.n_samples >= 1 and np.all(np.diff(np.asarray(tr.sample_offsets)) == 64)
+        # unknown pool, and a request that carries no file
+        r = recmgctl(sock, "record", "no-such-pool", str(tmp_path / "x.rtrace"))
+        _, err = r.communicate(timeout=60)
+        assert r.returncode == 1 and "no such pool" in err
+        assert not (tmp_path / "x.rtrace.partial").exists()
+        with pytest.raises(CommandError, match="no file passed"):
+            request(str(sock), "record", {"pool": name})
+    finally:
+        pool.close()
+
+
+def test_record_full_disk(daemon, tmp_path: Path) -> None:
+    sock, name, d = daemon
+    small = tmp_path / "small"
+    small.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+    pool = create_pool(name, [100_000], 100)
+    try:
+        wait_attached(sock, name)
+        target = small / "full.rtrace"
+        r = recmgctl(sock, "record", name, str(target))
+        wait_recording(sock, name)
+        rng = np.random.default_rng(1)
+        deadline = time.monotonic() + 60
+        while r.poll() is None and time.monotonic() < deadline:
+            for _ in range(20):
+                pool.embedding_bag(0, rng.integers(0, 100_000, 4096), np.arange(4096))
+                pool.end_batch()
+            time.sleep(0.01)
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 1
+        assert err.strip().count("\n") == 0 and "No space left on device" in err and "no file was kept" in err
+        assert os.listdir(small) == []  # neither FILE nor FILE.partial
+        st = pstats(sock, name)
+        assert st["recording"]["state"] == "failed"
+        assert d.poll() is None  # the daemon goes on
+        pool.embedding_bag(0, np.arange(10), np.arange(10))
+        pool.end_batch()
+    finally:
+        pool.close()
+        subprocess.run(["umount", str(small)], check=False)

@@ -1,0 +1,224 @@
+"""Retraining online (retrain_every, retrain_window): real daemon, real app, real trainer processes.
+
+A pool configured for recmg with no checkpoint runs LRU; an app replays amazon_video; `recmgctl retrain
+--wait` trains a candidate on a short window in a separate process, scores it and LRU with the simulator
+on the window's recent part, and the daemon switches to it (it fetched less); the checkpoint is kept
+on disk and a restarted daemon loads it; stats and the Prometheus text show the retrain; a trainer
+killed with SIGKILL is counted as a failure and changes nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ports import free_port
+from test_daemon_live import app, unique_keys
+from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+from test_record import create_pool, wait_attached
+
+from recmgd.daemon import config as config_mod
+from recmgd.daemon.config import PolicyConfig
+from recmgd.daemon.control import request
+from recmgd.daemon.retrain import Retrainer, RollingWindow, current_checkpoint
+from recmgd.errors import ConfigError
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+AMAZON = "amazon_video.trace"
+END = np.uint64(1) << np.uint64(62)
+
+
+def recmgctl(sock: Path, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), *args],
+                          env=daemon_env(), capture_output=True, text=True, timeout=timeout)
+
+
+def batches(n: int, size: int, start: int = 0) -> np.ndarray:
+    """n batches of ``size`` lookups of consecutive keys from ``start``, as ring records."""
+    out = []
+    for b in range(n):
+        out.extend(range(start + b * size, start + (b + 1) * size))
+        out.append(int(END))
+    return np.array(out, dtype=np.uint64)
+
+
+def test_window_keeps_the_last_lookups_in_whole_batches() -> None:
+    w = RollingWindow(100)
+    w(batches(30, 10), 0)
+    keys, lengths = w.snapshot()
+    assert len(keys) == 100 and lengths.tolist() == [10] * 10
+    assert keys[0] == 200 and keys[-1] == 299  # the last ten batches
+    w(np.array([5000, 5001], dtype=np.uint64), 1)  # an unfinished batch of another ring: not in it
+    assert w.snapshot()[0][-1] == 299
+    w(np.zeros(0, dtype=np.uint64), 1)  # ring 1's app is gone: its unfinished batch is dropped
+    w(np.array([7000, int(END)], dtype=np.uint64), 1)
+    keys, lengths = w.snapshot()
+    assert keys[-1] == 7000 and lengths[-1] == 1 and keys[-2] == 299
+
+
+def test_retrainer_is_due_only_with_a_full_window(tmp_path: Path) -> None:
+    rt = Retrainer("p", PolicyConfig(name="recmg", retrain_every=1.0, retrain_window=1000), 10,
+                   str(tmp_path), model_dir=None)
+    later = time.monotonic() + 5
+    assert not rt.due(later)
+    rt.window(batches(50, 10), 0)
+    assert not rt.due(later)  # 500 of 1000 lookups
+    rt.window(batches(60, 10, 1000), 0)
+    assert rt.due(later) and not rt.due(time.monotonic() - 5)
+
+
+def test_retrain_config() -> None:
+    cfg = config_mod.parse('[policy]\nname = "recmg"\nretrain_every = "30m"\nretrain_window = 2000000\n'
+                           '[pool.a]\nretrain_every = 90\n')
+    assert cfg.policy.retrain_every == 1800 and cfg.policy.retrain_window == 2_000_000
+    assert cfg.policy_for("a").retrain_every == 90 and cfg.policy_for("a").retrain_window == 2_000_000
+    for text, problem in (('[policy]\nretrain_every = "soon"', "policy.retrain_every: impossible value"),
+                          ('[policy]\nretrain_every = "0.5s"', "at least 1 s"),
+                          ('[policy]\nretrain_window = 10', "policy.retrain_window: impossible value"),
+                          ('[policy]\nretrain_threads = "2"', "expected an integer"),
+                          ('state_dir = "var/lib"', "state_dir: impossible value")):
+        with pytest.raises(ConfigError, match=problem):
+            config_mod.parse(text, "t.toml")
+    with pytest.raises(ConfigError, match="policy.retrain_every: policy 'lru' is not a learned one"):
+        config_mod.validate_policies(config_mod.parse('[policy]\nname = "lru"\nretrain_every = "1h"', "t"))
+
+
+def metrics_text(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
+        return r.read().decode()
+
+
+@pytest.mark.slow
+def test_retrain_switches_keeps_and_survives(tmp_path: Path, shared_traces: Path) -> None:
+    from test_daemon_app import trace_batches
+
+    from recmgd.sim import capacity_for
+
+    name = f"recmgd-rt-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    state = tmp_path / "state"
+    port = free_port()
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\napp_check_interval = 0.1\nstate_dir = "{state}"\n'
+                   f'[control]\nsocket = "{sock}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n'
+                   f'[policy]\nname = "recmg"\nretrain_every = "1h"\nretrain_window = 20000\n'
+                   f'[policy.options]\nepochs = 1\n')
+    trace = shared_traces / AMAZON
+    bs, sizes = trace_batches(str(trace), 16, 40_000)
+    capacity = capacity_for(0.1, unique_keys(bs))
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, capacity)
+        wait_attached(sock, name)
+        st = request(str(sock), "stats")["pools"][name]
+        assert st["policy"] == "lru" and st["retrain"]["model_dir"] is None  # no checkpoint yet
+        # too little in the window yet: one line
+        r = recmgctl(sock, "retrain", name)
+        assert r.returncode == 1 and "needs at least" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "40000")
+        _, aerr = a.communicate(timeout=300)
+        assert a.returncode == 0, aerr
+        deadline = time.monotonic() + 30
+        while request(str(sock), "stats")["pools"][name]["retrain"]["window_lookups"] < 20000:
+            assert time.monotonic() < deadline, "the window did not fill"
+            time.sleep(0.05)
+        r = recmgctl(sock, "retrain", name, "--wait")
+        assert r.returncode == 0, r.stderr
+        st = request(str(sock), "stats")["pools"][name]
+        rt = st["retrain"]
+        last = rt["last"]
+        assert rt["retrains"] == 1 and rt["failures"] == 0 and not rt["running"]
+        assert last["current"] == "lru" and last["current_on_demand"] == last["lru_on_demand"]
+        assert 0 < last["candidate_on_demand"] < last["current_on_demand"], last
+        assert f"candidate {last['candidate_on_demand']} vs current {last['current_on_demand']}" in r.stdout
+        # switched: the pool runs recmg on the retrained checkpoint, kept on disk as `current`
+        assert rt["switches"] == 1 and last["switched"] and st["policy"] == "recmg"
+        model = rt["model_dir"]
+        assert model == current_checkpoint(str(state), name) and Path(model, "config.json").is_file()
+        assert rt["model_age_s"] is not None and rt["model_age_s"] >= 0
+        switches = f'recmgd_model_switches_total{{pool="{name}"}} 1.0'
+        deadline = time.monotonic() + 10
+        while switches not in (text := metrics_text(port)):  # the snapshot is published every 0.5 s
+            assert time.monotonic() < deadline, text
+            time.sleep(0.1)
+        cand = float(last["candidate_on_demand"])
+        assert f'recmgd_retrain_candidate_on_demand{{pool="{name}"}} {cand}' in text
+        assert f'recmgd_model_age_seconds{{pool="{name}"}}' in text
+        # a trainer killed with SIGKILL: logged, counted, nothing changes
+        r = recmgctl(sock, "retrain", name)
+        assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 60
+        while (pid := request(str(sock), "stats")["pools"][name]["retrain"]["trainer_pid"]) is None:
+            assert time.monotonic() < deadline, "no trainer process"
+            time.sleep(0.02)
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while (rt := request(str(sock), "stats")["pools"][name]["retrain"])["running"]:
+            assert time.monotonic() < deadline, "the killed trainer was not noticed"
+            time.sleep(0.05)
+        st = request(str(sock), "stats")["pools"][name]
+        assert rt["failures"] == 1 and rt["switches"] == 1 and "killed by signal 9" in rt["last_error"]
+        assert st["policy"] == "recmg" and rt["model_dir"] == model
+        assert current_checkpoint(str(state), name) == model
+        # the app still reads correct rows
+        from test_daemon_app import check
+
+        assert check(pool, 0, np.arange(min(100, sizes[0]))) == 0
+    finally:
+        rc, err = stop_daemon(d)
+    assert rc == 0, err
+    assert "retrain 2 failed, the model is unchanged" in err
+    # a restarted daemon loads the last good checkpoint
+    d = start_daemon(cfg)
+    try:
+        wait_socket(sock, d, timeout=60)
+        wait_attached(sock, name)
+        st = request(str(sock), "stats")["pools"][name]
+        assert st["policy"] == "recmg" and st["retrain"]["model_dir"] == model
+        assert st["retrain"]["switches"] == 0 and st["retrain"]["window_lookups"] == 0
+    finally:
+        rc, err = stop_daemon(d)
+        if pool is not None:
+            pool.close()
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert rc == 0, err
+    assert "loading the last retrained checkpoint" in err
+
+
+def test_retrain_refused_without_config(tmp_path: Path) -> None:
+    name = f"recmgd-rt-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\n[control]\nsocket = "{sock}"\n')
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, [100], 10)
+        wait_attached(sock, name)
+        r = recmgctl(sock, "retrain", name)
+        assert r.returncode == 1 and "does not retrain (set retrain_every" in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+    finally:
+        if pool is not None:
+            pool.close()
+        rc, err = stop_daemon(d)
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert rc == 0, err

@@ -1,0 +1,70 @@
+"""On-demand fetches with lookahead L (the next L steps' rows known ahead, as in a serving queue).
+
+    .venv/bin/python tools/bench_lookahead.py TRACE [TRACE ...] [--policies lru,recmg,belady]
+        [--lookahead 0,1,2,4] [--prefetch-budget 4] [--fraction 0.1] [--batch 16]
+        [--model-dir DIR]  # one checkpoint per trace: DIR/<trace name> (trained and saved when empty)
+
+Prints one markdown row per (trace, L): the on-demand fetches of each policy (lower is better), the
+trace's floor and bound, how many of the first uses each policy had fetched ahead, and recmg+L against
+lru+L (what the learned models add on top of FBGEMM's scheme). Every number comes from
+``recmgd.sim.simulate`` (``recmg sim --lookahead``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from recmgd.sim import simulate  # noqa: E402
+from recmgd.trace import open_trace  # noqa: E402
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("traces", nargs="+")
+    ap.add_argument("--policies", default="lru,recmg,belady")
+    ap.add_argument("--lookahead", default="0,1,2,4")
+    ap.add_argument("--prefetch-budget", type=int, default=4, help="rows a step the slow tier delivers")
+    ap.add_argument("--fraction", type=float, default=0.1)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--model-dir", default=None, help="checkpoints for the learned policies, one per trace")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    names = [n for n in args.policies.split(",") if n]
+    try:
+        ls = [int(x) for x in args.lookahead.split(",") if x]
+    except ValueError:
+        print(f"bench_lookahead: --lookahead: not a list of integers: {args.lookahead!r}", file=sys.stderr)
+        return 2
+    head = ["trace", "L", *names, "floor", "bound", *(f"{n} first uses ahead" for n in names)]
+    if "lru" in names and "recmg" in names:
+        head.append("recmg / lru")
+    print(f"fraction {args.fraction}, batch {args.batch}, budget {args.prefetch_budget} rows a step")
+    print("| " + " | ".join(head) + " |")
+    print("|" + "|".join("---" for _ in head) + "|")
+    for path in args.traces:
+        trace = open_trace(path)
+        tname = os.path.basename(path).removesuffix(".trace")
+        options: dict[str, object] = {"prefetch_budget": args.prefetch_budget}
+        if args.model_dir:
+            options["model_dir"] = os.path.join(args.model_dir, tname)
+        res = simulate(trace, names, [args.fraction], batch=args.batch, options=options, lookahead=ls,
+                       budget=args.prefetch_budget)
+        by = {(r.policy, r.lookahead): r for r in res}
+        for L in ls:
+            rs = [by[(f"{n}+L{L}" if L else n, L)] for n in names]
+            row = [tname, str(L), *(f"{r.on_demand:,}" for r in rs), f"{rs[0].floor:,}", f"{rs[0].bound:,}",
+                   *(f"{r.first_use_ahead:,}" for r in rs)]
+            if "lru" in names and "recmg" in names:
+                lru, rec = rs[names.index("lru")], rs[names.index("recmg")]
+                row.append(f"{rec.on_demand / lru.on_demand:.2f}x" if lru.on_demand else "-")
+            print("| " + " | ".join(row) + " |", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

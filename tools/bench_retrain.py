@@ -1,0 +1,162 @@
+"""Retraining on a drifting workload: does the daemon's retrain bring the on-demand fetches back?
+
+    .venv/bin/python tools/bench_retrain.py [--trace ../shared/traces/amazon_video.trace] [--lookups 200000]
+        [--window 50000] [--batch 16] [--fraction 0.1] [--policy recmg] [--epochs 4] [--seed 1]
+
+The drifting stream: the trace's first ``--lookups`` lookups (part A), then the same lookups with each
+table's row ids permuted (part B): the distribution changes half way. As in a recording, one sample is
+one app batch of ``--batch`` samples of the trace.
+
+The models are made by the daemon's own retraining job, `recmg candidate` (what recmgd runs in its
+trainer process), on windows of ``--window`` lookups, and the daemon's rule decides each switch (the
+candidate must fetch less than the current model on the window's recent quarter):
+- *before the change*: a retrain on A's last window (the current model then is LRU): model A;
+- *with retraining*: a retrain on B's first window (the current model is model A): the candidate if
+  the rule switches to it, else model A;
+- *without retraining*: model A throughout;
+- *reference*: a model trained on the new part, `recmg candidate` on B's whole first half.
+Each is then run by the simulator over B, warming on B's first half and counting the on-demand fetches
+of its second half (after the change and after the retrain), beside LRU. Prints one table and the
+ratios to the reference.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from recmgd import policy as policy_mod  # noqa: E402
+from recmgd.keys import ROW_BITS, ROW_MASK  # noqa: E402
+from recmgd.sim import capacity_for, drive  # noqa: E402
+from recmgd.sim.runner import unique_rows  # noqa: E402
+from recmgd.trace import open_trace  # noqa: E402
+from recmgd.trace.binary import BinaryWriter  # noqa: E402
+from recmgd.trace.steps import Steps, build_steps  # noqa: E402
+
+
+def drifting(path: str, lookups: int, batch: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(keys of part A, keys of part B, lookups a batch): A = the trace's first lookups in whole batches
+    of ``batch`` samples, B = A with each table's row ids permuted."""
+    tr = open_trace(path)
+    offs = np.asarray(tr.sample_offsets, dtype=np.int64)
+    n_samples = int(np.searchsorted(offs, lookups, side="right")) - 1
+    n_samples -= n_samples % batch
+    offs = offs[: n_samples + 1]
+    keys = np.asarray(tr.keys[: offs[-1]], dtype=np.int64)
+    lengths = np.diff(offs[::batch])
+    rng = np.random.default_rng(seed)
+    tables, rows = keys >> ROW_BITS, keys & ROW_MASK
+    perm = keys.copy()
+    for t in np.unique(tables):
+        m = tables == t
+        uniq = np.unique(rows[m])
+        perm[m] = (t << ROW_BITS) | rng.permutation(uniq)[np.searchsorted(uniq, rows[m])]
+    return keys, perm, lengths
+
+
+def write(path: Path, keys: np.ndarray, lengths: np.ndarray) -> None:
+    with BinaryWriter(path) as w:
+        w.add(keys, lengths)
+
+
+def window(keys: np.ndarray, lengths: np.ndarray, lookups: int, last: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The first (or last) whole batches holding about ``lookups`` lookups."""
+    ends = np.cumsum(lengths)
+    if last:
+        start = int(np.searchsorted(ends, ends[-1] - lookups, side="left")) + 1
+        lo = int(ends[start - 1]) if start else 0
+        return keys[lo:], lengths[start:]
+    n = int(np.searchsorted(ends, lookups, side="left")) + 1
+    return keys[: ends[n - 1]], lengths[:n]
+
+
+def candidate(work: Path, name: str, keys: np.ndarray, lengths: np.ndarray, args: argparse.Namespace,
+              capacity: int, current: str = "") -> dict:
+    """Run the daemon's trainer (`recmg candidate`) on a window; its result JSON, with ``model``."""
+    trace = work / f"{name}.rtrace"
+    write(trace, keys, lengths)
+    out, res = work / f"model-{name}", work / f"result-{name}.json"
+    cmd = [sys.executable, "-m", "recmgd.cli.recmg", "candidate", str(trace), "--policy", args.policy,
+           "--capacity", str(capacity), "--out", str(out), "--result", str(res), "--epochs", str(args.epochs),
+           "--threads", "1", "--nice", "0", "--options", json.dumps({"seed": args.seed})]
+    if current:
+        cmd += ["--current", current]
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=str(REPO),
+                       env={**os.environ, "PYTHONPATH": str(REPO)})
+    if p.returncode != 0:
+        raise SystemExit(f"recmg candidate failed ({name}): {p.stderr.strip().splitlines()[-1:]}")
+    out_json = json.loads(res.read_text())
+    out_json["model"] = str(out)
+    out_json["wall_s"] = round(time.perf_counter() - t0, 1)
+    return out_json
+
+
+def score(name: str, model: str | None, steps: Steps, capacity: int, warm: int,
+          args: argparse.Namespace) -> int:
+    opts: dict[str, object] = {} if name == "lru" else {"model_dir": model, "seed": args.seed}
+    return int(drive(policy_mod.create(name, **opts), steps, capacity, warm).on_demand)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--trace", default="../shared/traces/amazon_video.trace",
+                   help="the trace (default: amazon_video beside the checkout; run from the repo root)")
+    p.add_argument("--lookups", type=int, default=200_000, help="lookups of each part (default 200000)")
+    p.add_argument("--window", type=int, default=50_000, help="retrain_window, lookups (default 50000)")
+    p.add_argument("--batch", type=int, default=16, help="trace samples an app batch (default 16)")
+    p.add_argument("--fraction", type=float, default=0.1, help="capacity: fraction of part A's unique rows")
+    p.add_argument("--policy", default="recmg")
+    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--seed", type=int, default=1)
+    args = p.parse_args()
+    a_keys, b_keys, lengths = drifting(args.trace, args.lookups, args.batch, args.seed)
+    offsets = np.concatenate(([0], np.cumsum(lengths)))
+    a_steps = build_steps(a_keys, offsets, 1)
+    b_steps = build_steps(b_keys, offsets, 1)
+    capacity = capacity_for(args.fraction, unique_rows(a_steps))
+    half = len(b_steps) // 2
+    print(f"{args.trace}: parts of {len(a_keys)} lookups in {len(lengths)} batches of {args.batch} samples, "
+          f"capacity {capacity} rows, window {args.window} lookups, policy {args.policy}")
+    with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
+        work = Path(tmp)
+        ra = candidate(work, "before", *window(a_keys, lengths, args.window, last=True), args, capacity)
+        model_a = ra["model"] if ra["candidate_on_demand"] < ra["current_on_demand"] else None
+        rb = candidate(work, "after", *window(b_keys, lengths, args.window, last=False), args, capacity,
+                       current=model_a or "")
+        switched = rb["candidate_on_demand"] < rb["current_on_demand"]
+        b_half = (b_keys[: offsets[half]], lengths[:half])
+        rr = candidate(work, "reference", *b_half, args, capacity)
+        rows = [("lru", "lru", None),
+                ("without retraining (model A)", args.policy if model_a else "lru", model_a),
+                ("with retraining", args.policy if (switched or model_a) else "lru",
+                 rb["model"] if switched else model_a),
+                ("the window's candidate, had it been switched to", args.policy, rb["model"]),
+                ("reference (trained on B's first half)", args.policy, rr["model"])]
+        results = [(label, score(name, model, b_steps, capacity, half, args)) for label, name, model in rows]
+    ref = results[-1][1]
+    print(f"retrain before the change: candidate {ra['candidate_on_demand']} vs lru "
+          f"{ra['current_on_demand']} -> {'model A' if model_a else 'kept lru'} ({ra['wall_s']} s)")
+    print(f"retrain after the change: candidate {rb['candidate_on_demand']} vs current "
+          f"{rb['current_on_demand']} -> {'switched' if switched else 'kept'} ({rb['wall_s']} s)")
+    print(f"\non-demand fetches on B's second half ({len(b_steps) - half} batches):")
+    print("| model | on-demand | / reference |")
+    print("|---|---:|---:|")
+    for label, n in results:
+        print(f"| {label} | {n} | {n / ref:.3f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
