@@ -21,6 +21,7 @@ Never imports torch or torchrec itself (the server processes do).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -321,13 +322,11 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
         for system in cfg.systems:
             policy = None if system in ("all-dram", "no-cache") else system.split("+")[0]
             lookahead = system.endswith("+lookahead")
-            stack = Stack(f"{label}-{system.replace('+', '-')}", setup, cfg, policy, lookahead)
-            if system == "all-dram":
-                stack = None
-            try:
-                if stack is not None:
-                    stack.__enter__()
-                lat = cfg.work / f"lat-{label}-{system.replace('+', '-')}.npz"
+            tag = f"{label}-{system.replace('+', '-')}"
+            with contextlib.ExitStack() as scope:
+                stack = None if system == "all-dram" else scope.enter_context(
+                    Stack(tag, setup, cfg, policy, lookahead))
+                lat = cfg.work / f"lat-{tag}.npz"
                 pid = stack.daemon.pid if stack is not None and stack.daemon is not None else None
                 name = stack.name if stack else None
                 outs = run_server(cfg, setup, name, rates, counts, lookahead, pid, lat)
@@ -346,9 +345,6 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
                                  f"{row['throughput_qps']:8.0f}/s  on-demand/batch "
                                  f"{row['on_demand_per_batch']:7.1f}  slow {row['slow_mb_s']:6.1f} MB/s  "
                                  f"daemon cpu {row['daemon_cpu']:.2f}")
-            finally:
-                if stack is not None:
-                    stack.__exit__(None, None, None)
     return {"results": results, "latencies": lat_files, "max_qps": max_qps}
 
 
