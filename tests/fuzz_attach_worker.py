@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from pool_layout import HDR_BYTES, HEADER, RING, TABLE_BYTES  # noqa: E402
+from pool_layout import HDR_BYTES, HEADER, HEADER_USED, RING, TABLE_BYTES  # noqa: E402
 
 from recmgd.errors import PoolError  # noqa: E402
 from recmgd.keys import make_keys  # noqa: E402
@@ -58,8 +58,9 @@ class Image:
         ready = HEADER["ready"][0]
         # (start, length) byte ranges; the header without `ready` (0 there means "being created":
         # attach waits 2 s for the creator, which is behaviour, not a fault)
-        self.regions = [(0, ready), (ready + 4, 1296 - ready - 4), (HDR_BYTES, len(TABLES) * TABLE_BYTES),
-                        (self.index_off, 4 * self.entries), (self.vers_off, 4)]
+        self.regions = [(0, ready), (ready + 4, HEADER_USED - ready - 4),
+                        (HDR_BYTES, len(TABLES) * TABLE_BYTES), (self.index_off, 4 * self.entries),
+                        (self.vers_off, 4)]
         for i in range(n_rings):
             for f in ("head", "tail"):
                 self.regions.append((rings_off + i * stride + RING[f][0], 8))

@@ -36,9 +36,10 @@ HEADER = {
     "meta_bytes": (144, "<Q"),
     "generation": (152, "<Q"),
     "daemon_pid": (160, "<i"),
+    "writer_lock": (164, "<i"),  # the writer lock: its holder's pid, 0 when free
 }
 SLOW_PATH = (168, 1024)  # char slow_path[1024]
-WRITER_LOCK = 1256  # pthread_mutex_t writer_lock
+HEADER_USED = 1256  # sizeof(shm_header); the rest of the first HDR_BYTES is padding
 
 # shm_table (at HDR_BYTES + t * TABLE_BYTES)
 TABLE = {

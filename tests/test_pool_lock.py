@@ -6,18 +6,23 @@ from __future__ import annotations
 
 import os
 import signal
+import struct
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
+from pool_layout import HEADER
 
 from recmgd.errors import PoolError, PoolLockedError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
+SHM = Path("/dev/shm")
 ROWS, DIM = 200, 8
 TRUTH = np.arange(ROWS * DIM, dtype=np.float32).reshape(ROWS, DIM)
 
@@ -117,4 +122,44 @@ def test_env_sets_the_timeout(pool: Pool, monkeypatch: pytest.MonkeyPatch) -> No
     finally:
         os.kill(child.pid, signal.SIGKILL)
         child.wait(timeout=60)
+        daemon.close()
+
+
+def test_killed_holder_not_yet_reaped(pool: Pool) -> None:
+    """A holder killed but not waited for (a zombie still answers kill(pid, 0)) is dead too."""
+    daemon = Pool.attach(pool.name, role="daemon")
+    child = _stopped_holder(pool, 3.0)
+    try:
+        os.kill(child.pid, signal.SIGKILL)
+        for _ in range(500):  # until the kernel has made it a zombie (not reaped: no wait here)
+            with open(f"/proc/{child.pid}/stat") as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    break
+            time.sleep(0.01)
+        assert daemon.fill_keys(make_keys(0, np.arange(5))) == 5
+        _exact(pool, TRUTH)
+    finally:
+        child.wait(timeout=60)
+        daemon.close()
+
+
+def test_lock_word_written_by_the_pool_owner(pool: Pool) -> None:
+    """The lock is a pid in the header: a live pid written there makes writes fail fast (ELOCKED), a
+    dead one is taken over; never a crash, never a wrong row."""
+    off, fmt = HEADER["writer_lock"]
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        with open(SHM / pool.name, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack(fmt, 1))  # init: alive
+        with pytest.raises(PoolLockedError, match="process 1 "):
+            daemon.fill_keys(make_keys(0, [1]))
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait(timeout=60)
+        with open(SHM / pool.name, "r+b") as f:
+            f.seek(off)
+            f.write(struct.pack(fmt, dead.pid))
+        assert daemon.fill_keys(make_keys(0, [1, 2])) == 2
+        _exact(pool, TRUTH)
+    finally:
         daemon.close()

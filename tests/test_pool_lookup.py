@@ -315,3 +315,42 @@ def test_single_table_split_across_threads_is_identical() -> None:
             assert torch.equal(a, b)
         assert counters == results[0][1]
         assert np.array_equal(keys, results[0][2])
+
+
+def test_split_multi_table_call_counts_like_one_thread() -> None:
+    """A multi-table call with few arguments splits each over the threads (distinct rows counted by join
+    items over the threads' bitmaps, or by row-range scans where a table repeats): same bits, same
+    per-table counters as one thread, and again on a second call (the bitmaps were cleared)."""
+    tables = [(3000, 64), (2000, 32), (5000, 16)]
+    order = [0, 1, 0, 2]  # table 0 twice: counted by row-range scans; tables 1 and 2 by join items
+    results = []
+    for threads in (1, 2, 4):
+        pool = Pool.create(_name(), tables=tables, slots=6000, threads=threads)
+        try:
+            rng = np.random.default_rng(11)
+            for t, (rows, dim) in enumerate(tables):
+                pool.write_rows(t, np.arange(rows), rng.standard_normal((rows, dim)).astype(np.float32))
+                pool.fill(t, rng.permutation(rows)[: rows // 2])
+            batches = [_batch(rng, tables[t][0], bags=600, max_len=20) for t in order]
+            got = []
+            for _ in range(2):
+                outs = pool.embedding_bags(order, [b[0] for b in batches], [b[1] for b in batches])
+                c = pool.counters()["tables"]
+                got.append(
+                    (
+                        outs,
+                        [{k: c[t][k] for k in ("lookups", "unique", "hits", "on_demand")} for t in range(3)],
+                    )
+                )
+            results.append(got)
+        finally:
+            pool.destroy()
+    want_unique = [
+        sum(len(np.unique(batches[k][0].numpy())) for k, t in enumerate(order) if t == tb) for tb in range(3)
+    ]
+    for got in results:
+        assert [c["unique"] for c in got[0][1]] == want_unique
+        for (outs, counters), (outs1, counters1) in zip(got, results[0], strict=True):
+            for a, b in zip(outs, outs1, strict=True):
+                assert torch.equal(a, b)
+            assert counters == counters1

@@ -277,6 +277,19 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         assert 10_000 - 8 * 65 < size <= 10_000
         tr = open_trace(capped)
         assert tr.n_samples >= 1 and np.all(np.diff(np.asarray(tr.sample_offsets)) == 64)
+        # a fourth recording of the pool holds each batch once, exactly as logged (no tap left behind)
+        exact = tmp_path / "exact.rtrace"
+        r = recmgctl(sock, "record", name, str(exact), "--lookups", str(10 * 64))
+        wait_recording(sock, name)
+        sent = [rng.integers(0, 1000, 64) for _ in range(10)]
+        for ids in sent:
+            pool.embedding_bag(1, ids, np.arange(64))
+            pool.end_batch()
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 0, err
+        got = recorded_batches(exact)
+        assert len(got) == 10
+        assert all(np.array_equal(g, (1 << 40) | s) for g, s in zip(got, sent, strict=True))
         # unknown pool, and a request that carries no file
         r = recmgctl(sock, "record", "no-such-pool", str(tmp_path / "x.rtrace"))
         _, err = r.communicate(timeout=60)
@@ -321,3 +334,34 @@ def test_record_full_disk(daemon, tmp_path: Path) -> None:
     finally:
         pool.close()
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_record_pool_removed_midway(daemon, tmp_path: Path) -> None:
+    """The pool goes away while it is recorded: the daemon completes the file with what it had, and
+    recmgctl keeps it."""
+    sock, name, d = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        out = tmp_path / "cut.rtrace"
+        r = recmgctl(sock, "record", name, str(out))
+        wait_recording(sock, name)
+        rng = np.random.default_rng(2)
+        sent = [rng.integers(0, 1000, 32) for _ in range(20)]
+        for ids in sent:
+            pool.embedding_bag(0, ids, np.arange(32))
+            pool.end_batch()
+        deadline = time.monotonic() + 30
+        while request(str(sock), "record", {"pool": name, "action": "status"})["lookups"] < 20 * 32:
+            assert time.monotonic() < deadline, "the batches were not recorded"
+            time.sleep(0.02)
+        pool_mod.Pool.unlink(name)  # the daemon detaches the pool at its next check
+        rout, rerr = r.communicate(timeout=60)
+    finally:
+        pool.close()
+    assert r.returncode == 0, rerr
+    assert "recorded 640 lookups in 20 batches" in rout and "cut short: no such pool" in rout
+    assert not Path(str(out) + ".partial").exists()
+    got = recorded_batches(out)
+    assert len(got) == 20 and all(np.array_equal(g, s) for g, s in zip(got, sent, strict=True))
+    assert d.poll() is None

@@ -222,3 +222,52 @@ def test_retrain_refused_without_config(tmp_path: Path) -> None:
         except Exception:  # noqa: BLE001
             pass
     assert rc == 0, err
+
+
+@pytest.mark.slow
+def test_retrain_every_runs_by_itself(tmp_path: Path, shared_traces: Path) -> None:
+    """retrain_every: once the window is full, the daemon retrains on its own; stopping the daemon
+    while a trainer runs kills it and leaves no candidate behind."""
+    from test_daemon_app import trace_batches
+
+    name = f"recmgd-rt-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    state = tmp_path / "state"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\nstate_dir = "{state}"\n'
+                   f'[control]\nsocket = "{sock}"\n'
+                   f'[policy]\nname = "recmg-cache"\nretrain_every = "2s"\nretrain_window = 5000\n'
+                   f'[policy.options]\nepochs = 1\n')
+    trace = shared_traces / AMAZON
+    _, sizes = trace_batches(str(trace), 16, 12_000)
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, 300)
+        wait_attached(sock, name)
+        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "12000")
+        _, aerr = a.communicate(timeout=300)
+        assert a.returncode == 0, aerr
+        deadline = time.monotonic() + 300
+        while not ((rt := request(str(sock), "stats")["pools"][name]["retrain"])["last"]
+                   or rt["failures"]):
+            assert time.monotonic() < deadline, rt
+            time.sleep(0.2)
+        assert rt["failures"] == 0, rt["last_error"]
+        assert rt["last"]["reason"] == "every 2 s" and rt["last"]["lookups"] > 0
+        # the next one is due 2 s after the first started: wait for its trainer, then stop the daemon
+        deadline = time.monotonic() + 120
+        while request(str(sock), "stats")["pools"][name]["retrain"]["trainer_pid"] is None:
+            assert time.monotonic() < deadline, "no second retrain"
+            time.sleep(0.05)
+    finally:
+        rc, err = stop_daemon(d)
+        if pool is not None:
+            pool.close()
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert rc == 0, err
+    assert not list((state / "retrain" / name).glob("candidate-*"))

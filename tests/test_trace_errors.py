@@ -179,3 +179,13 @@ def test_build_steps_refuses_offsets_outside_the_keys() -> None:
             build_steps(keys, np.array(offsets, dtype=np.int64), 1)
     s = build_steps(keys[[0, 1, 1, 2, 0, 0]], np.array([0, 2, 4, 6], dtype=np.int64), 2)
     assert s.keys.tolist() == [0, 1, 2, 0] and s.offsets.tolist() == [0, 3, 4]
+
+
+def test_a_trace_without_lookups_and_an_unwritable_output(tmp_path: Path) -> None:
+    (tmp_path / "c.trace").write_text("# only a comment\n\n")
+    assert open_trace(tmp_path / "c.trace").n_lookups == 0  # valid (an idle recording is one too)
+    r = recmg("train", "c.trace", "--out", str(tmp_path / "ckpt"), "-q", cwd=tmp_path)
+    assert_one_line_error(r, "recmg train: error: c.trace: no lookups to train on")
+    write_binary(good_trace(), tmp_path / "good.bin")
+    r = recmg("trace", "convert", "good.bin", "no/such/dir/out.bin", cwd=tmp_path)
+    assert_one_line_error(r, "no/such/dir/out.bin: cannot write (No such file or directory)")

@@ -35,7 +35,9 @@ from recmgd.trace.csvlog import fnv1a64, read_csv_log
 from recmgd.trace.text import read_text, write_text
 
 KEY_LIMIT = MAX_TABLES << ROW_BITS
-PER = 10  # cases an example: one generated input, PER mutations of it (hypothesis's own cost is per example)
+# cases an example: one generated input and PER mutations of it, the first drawn by hypothesis (shrinkable),
+# the others from a drawn seed (hypothesis's own cost is per draw, several times a case's)
+PER = 20
 EDGE_WORDS = [0, 1, 2, 7, 8, 63, 64, 65, -1, -2, -(1 << 63), (1 << 63) - 1, 1 << 32, (1 << 40) - 1,
               KEY_LIMIT - 1, KEY_LIMIT, 1 << 61]
 COUNTS = {"accepted": 0, "rejected": 0}
@@ -76,6 +78,41 @@ BINARY_MUTATIONS = MUTATIONS | st.one_of(
     st.tuples(st.just("shuffle_offsets"), st.randoms(use_true_random=False)),
     st.tuples(st.just("swap_offsets"), POS, POS),
 )
+
+
+def random_mutation(rnd: random.Random, binary: bool) -> tuple:
+    """One mutation of the kinds MUTATIONS / BINARY_MUTATIONS draw, from a seeded generator."""
+    kinds = ["none", "flip", "truncate", "garbage", "insert", "word", "random"]
+    if binary:
+        kinds += ["field", "shuffle_offsets", "swap_offsets"]
+    kind = rnd.choice(kinds)
+    pos = rnd.randrange(1 << 16)
+    if kind == "flip":
+        return kind, [rnd.randrange(1 << 16) for _ in range(rnd.randint(1, 4))]
+    if kind == "truncate":
+        return kind, pos
+    if kind in ("garbage", "insert"):
+        return kind, pos, rnd.randbytes(rnd.randint(1, 16))
+    if kind == "word":
+        return kind, pos, rnd.choice(EDGE_WORDS) if rnd.random() < 0.5 else rnd.randrange(-(1 << 63), 1 << 63)
+    if kind == "random":
+        return kind, rnd.randbytes(rnd.randint(0, 300))
+    if kind == "field":
+        return kind, rnd.randint(1, 6), rnd.choice([0, 1, 2, 63, 64, 65, 1 << 32, 1 << 61, (1 << 64) - 1,
+                                                    rnd.randrange(1 << 64)])
+    if kind == "shuffle_offsets":
+        return kind, random.Random(rnd.random())
+    if kind == "swap_offsets":
+        return kind, pos, rnd.randrange(1 << 16)
+    return ("none",)
+
+
+@st.composite
+def mutation_lists(draw: st.DrawFn, binary: bool) -> list[tuple]:
+    """PER mutations: one drawn by hypothesis, PER - 1 from a drawn seed."""
+    first = draw(BINARY_MUTATIONS if binary else MUTATIONS)
+    rnd = random.Random(draw(st.integers(0, (1 << 32) - 1)))
+    return [first, *(random_mutation(rnd, binary) for _ in range(PER - 1))]
 
 
 def mutate(data: bytes, mut: tuple, prefix: bytes = b"") -> bytes:
@@ -151,8 +188,7 @@ def same(tr: Trace, keys: list[int], offsets: list[int]) -> bool:
 def run_binary(work: Path) -> Callable[[], None]:
     path = work / "case.bin"
 
-    @hgiven(traces(empty_samples=True), st.lists(BINARY_MUTATIONS, min_size=PER, max_size=PER),
-            st.integers(1, 4))
+    @hgiven(traces(empty_samples=True), mutation_lists(binary=True), st.integers(1, 4))
     def example(tr: Trace, muts: list[tuple], batch: int) -> None:
         write_binary(tr, path)
         written = path.read_bytes()
@@ -211,7 +247,7 @@ def parse_text_reference(data: bytes) -> tuple[list[int], list[int]] | None:
 def run_text(work: Path) -> Callable[[], None]:
     path = work / "case.trace"
 
-    @hgiven(traces(empty_samples=False), st.lists(MUTATIONS, min_size=PER, max_size=PER), st.integers(1, 4))
+    @hgiven(traces(empty_samples=False), mutation_lists(binary=False), st.integers(1, 4))
     def example(tr: Trace, muts: list[tuple], batch: int) -> None:
         write_text(tr, path)
         written = path.read_bytes()
@@ -269,7 +305,7 @@ def csv_logs(draw: st.DrawFn) -> tuple[bytes, list[list[str]], list[int], int]:
 def run_csv(work: Path) -> Callable[[], None]:
     path = work / "case.csv"
 
-    @hgiven(csv_logs(), st.lists(MUTATIONS, min_size=PER, max_size=PER), st.integers(1, 4))
+    @hgiven(csv_logs(), mutation_lists(binary=False), st.integers(1, 4))
     def example(log: tuple[bytes, list[list[str]], list[int], int], muts: list[tuple], batch: int) -> None:
         for mut in muts:
             case(log, mutate(log[0], mut), batch)
@@ -302,7 +338,7 @@ def run_csv(work: Path) -> Callable[[], None]:
 
 
 def run_steps(work: Path) -> Callable[[], None]:
-    from recmgd._simcore import ffi, lib
+    from recmgd.simcore import ffi, lib
 
     guard = -0x5EED
     any_offsets = st.lists(st.sampled_from(EDGE_WORDS) | st.integers(-3, 40), min_size=1, max_size=12)
@@ -322,11 +358,18 @@ def run_steps(work: Path) -> Callable[[], None]:
         cuts = sorted(rng.integers(0, n_keys + 1, int(rng.integers(0, 11))).tolist())
         return [0, *cuts, n_keys] if how[1] else [*cuts, n_keys]
 
-    @hgiven(st.integers(0, (1 << 32) - 1), st.lists(any_offsets | cut_offsets, min_size=PER, max_size=PER),
+    def random_offsets(rnd: random.Random) -> tuple[int, bool] | list[int]:
+        if rnd.random() < 0.5:
+            return rnd.randrange(1 << 32), rnd.random() < 0.5
+        return [rnd.choice(EDGE_WORDS) if rnd.random() < 0.3 else rnd.randint(-3, 40)
+                for _ in range(rnd.randint(1, 12))]
+
+    @hgiven(st.integers(0, (1 << 32) - 1), any_offsets | cut_offsets, st.integers(0, (1 << 32) - 1),
             st.integers(1, 4))
-    def example(seed: int, hows: list[tuple[int, bool] | list[int]], batch: int) -> None:
+    def example(seed: int, first: tuple[int, bool] | list[int], more: int, batch: int) -> None:
         keys = keys_of(seed)
-        for how in hows:
+        rnd = random.Random(more)
+        for how in [first, *(random_offsets(rnd) for _ in range(PER - 1))]:
             case((keys, offsets_of(len(keys), how)), batch)
 
     def case(ko: tuple[list[int], list[int]], batch: int) -> None:
@@ -373,7 +416,7 @@ TARGETS = {"binary": run_binary, "text": run_text, "csv": run_csv, "steps": run_
 def main() -> int:
     target, cases, work = sys.argv[1], int(sys.argv[2]), Path(sys.argv[3])
     test = TARGETS[target](work)
-    settings(max_examples=cases, deadline=None, derandomize=True, database=None, print_blob=True,
+    settings(max_examples=-(-cases // PER), deadline=None, derandomize=True, database=None, print_blob=True,
              suppress_health_check=list(HealthCheck))(test)()
     print(f"{target}: {COUNTS['accepted'] + COUNTS['rejected']} cases, {COUNTS['accepted']} accepted, "
           f"{COUNTS['rejected']} rejected")

@@ -1,14 +1,20 @@
 """Pool benchmarks, printed as ratios measured in one run (nothing is written but a temporary file).
 
-1. All-hit lookup throughput (26 tables, dim 64, pooling 20, batch 2048, ring logging on) against
-   torch.nn.functional.embedding_bag on in-DRAM tensors of the same shape and values.
+1. Lookups (26 tables, dim 64, pooling 20, batch 2048, ring logging on), for each --rows and --threads:
+   all hits (every row in the fast tier), then mixed (--miss of each table's rows evicted, 90% hits,
+   the misses read from the pool's DRAM slow tier). The pool through one multi-table call
+   (embedding_bags, what the TorchRec front recmgd.torchrec_ebc calls) and through 26 per-table
+   calls, against the better in-DRAM kernel on the same values: torch's embedding_bag per table, or
+   FBGEMM's CPU table-batched kernel (one call; fbgemm_gpu comes with the `torchrec` extra that `make
+   venv` installs, and is skipped with a note when missing). ratio = kernel time / pool time, medians of
+   interleaved batches.
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
 3. Pool metadata (header, table descriptors, index, slot-group versions, rings) over table bytes
    at dim 64 float32.
 
-    .venv/bin/python tools/bench_pool.py [--quick]
+    .venv/bin/python tools/bench_pool.py [--quick] [--rows 100000,500000] [--threads 1,2] [--lookups-only]
 """
 
 from __future__ import annotations

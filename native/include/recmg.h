@@ -15,7 +15,8 @@
  * ring). Closing a handle while another thread is inside a call on it is undefined.
  *
  * Concurrency: the fast tier has one writer at a time (fills, evictions and write_rows take the
- * pool's process-shared robust writer lock; a writer killed mid-change is repaired by the next). The
+ * pool's writer lock, a word in shared memory holding the writer's pid; a writer killed mid-change
+ * is found dead by the next one, which takes the lock over and repairs the fast tier). The
  * lock is never waited for without a limit: a writer that finds it held by another process for longer
  * than the handle's lock timeout (daemon role 100 ms, app role 2000 ms; RECMG_LOCK_TIMEOUT_MS in the
  * environment at attach, or recmg_set_lock_timeout) returns RECMG_ELOCKED having changed nothing.
@@ -38,7 +39,7 @@
 extern "C" {
 #endif
 
-#define RECMG_LAYOUT_VERSION 3u
+#define RECMG_LAYOUT_VERSION 4u
 
 #define RECMG_ROW_BITS 40
 #define RECMG_ROW_MASK ((UINT64_C(1) << RECMG_ROW_BITS) - 1)

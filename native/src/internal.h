@@ -55,10 +55,9 @@ typedef struct shm_header {
     uint64_t meta_bytes;
     _Atomic uint64_t generation; /* bumped by every fast-tier write operation */
     _Atomic int32_t daemon_pid;
-    _Atomic int32_t writer_pid; /* the writer lock's holder (for messages only), 0 when free */
+    _Atomic int32_t writer_lock; /* the writer lock: the holder's pid, 0 when free (writer.c) */
     char slow_path[RECMG_PATH_MAX];
     char pad2[64];
-    pthread_mutex_t writer_lock; /* process-shared, robust: serialises fast-tier writers */
 } shm_header;
 
 typedef struct shm_table {
@@ -244,11 +243,12 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem);
  * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
 int shm_intact(recmg_pool *p);
 
-/* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder */
+/* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder.
+ * Not a pthread mutex: a robust mutex keeps glibc's robust-list pointers in the mutex, which whoever
+ * can write the pool could point anywhere in a writer's memory (glibc writes through them at unlock). */
 #define RECMG_LOCK_MS_DAEMON 100u
 #define RECMG_LOCK_MS_APP 2000u
 int writer_lock(recmg_pool *p);
-int writer_lock_kind_ok(const pthread_mutex_t *m);
 void writer_unlock(recmg_pool *p);
 void recover_fast_tier(recmg_pool *p);
 

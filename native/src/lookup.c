@@ -255,7 +255,11 @@ typedef struct work {
     int uniq;
     int part, nparts;
     int mark; /* a chunk of a split argument: set its rows' bits (and its misses') in this thread's
-               * bitmaps, left set; the caller counts the union after the call and clears them */
+               * bitmaps, left set; join items count the union of the threads' bitmaps and clear them */
+    int join; /* (with part, nparts) count and clear words range `part` of `nparts` of the threads'
+               * bitmaps of the argument's table, once its `need` marking chunks are done */
+    uint32_t need;
+    _Atomic uint32_t *done; /* a marking chunk: counts itself done here; a join item: waits for need */
 } work;
 
 static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
@@ -274,11 +278,15 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 
     rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
-    if (mark && row_bitmap(p, &ls->missed, a->table) != 0)
+    /* distinct rows over a memory slow tier with a bitmap no larger than the ids: bits set per id
+     * (branch-free, no list) and counted by popcount after pass 1, as a split argument's chunks do */
+    const uint64_t words = (rows + 63) / 64;
+    const int pop = uniq && slow && words <= n;
+    if ((mark || pop) && row_bitmap(p, &ls->missed, a->table) != 0)
         return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
                       (unsigned long long)n);
     int32_t *slot = ls->slot;
-    uint64_t *seen = ls->seen[a->table], *missed = mark ? ls->missed[a->table] : NULL;
+    uint64_t *seen = ls->seen[a->table], *missed = mark || pop ? ls->missed[a->table] : NULL;
     int64_t *urow = ls->urow;
 
     /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
@@ -289,13 +297,17 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
             for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+            if (pop) {
+                memset(seen, 0, words * sizeof *seen);
+                memset(missed, 0, words * sizeof *missed);
+            }
             return rc_buf(ls->err, sizeof ls->err, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)",
                           (long long)r, a->table, (unsigned long long)rows);
         }
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
         s = slot_ok(p, s) ? s : -1; /* the index is shared memory: a slot number not of this pool is a miss */
         int fresh = 0;
-        if (mark) {
+        if (mark || pop) {
             uint64_t bit = UINT64_C(1) << (r & 63);
             seen[r >> 6] |= bit;
             missed[r >> 6] |= s < 0 ? bit : 0;
@@ -326,6 +338,14 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         slot[i - i0] = s;
     }
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
+    if (pop) {
+        for (uint64_t w = 0; w < words; w++) {
+            nu += (uint64_t)__builtin_popcountll(seen[w]);
+            umiss += (uint64_t)__builtin_popcountll(missed[w]);
+        }
+        memset(seen, 0, words * sizeof *seen);
+        memset(missed, 0, words * sizeof *missed);
+    }
 
     /* SSD: the distinct missing rows in one batch */
     uint64_t slow_bytes = 0, on_demand = slow ? umiss : m;
@@ -508,22 +528,63 @@ typedef struct wstart {
     int id;
 } wstart;
 
+static inline void cpu_relax(void)
+{
+#if defined(__x86_64__)
+    __builtin_ia32_pause();
+#endif
+}
+
+/* A join item: distinct rows and distinct misses of a split argument in one range of its table's
+ * bitmap words, the union of every thread's bitmaps (its marking chunks are done first), which it
+ * clears. The union is spread over the threads like the chunks, so that no thread counts a whole
+ * table's bitmaps alone after every call. */
+static void join_part(recmg_pool *p, const work *wk, bagres *res)
+{
+    for (unsigned k = 1; atomic_load_explicit(wk->done, memory_order_acquire) < wk->need; k++) {
+        cpu_relax();
+        if (k % 256 == 0) sched_yield();
+    }
+    const uint32_t tb = wk->a->table;
+    const uint64_t words = (p->tables[tb].rows + 63) / 64;
+    const uint64_t w0 = words * (uint64_t)wk->part / (uint64_t)wk->nparts;
+    const uint64_t w1 = words * (uint64_t)(wk->part + 1) / (uint64_t)wk->nparts;
+    uint64_t u = 0, um = 0;
+    for (uint64_t w = w0; w < w1; w++) {
+        uint64_t sw = 0, mw = 0;
+        for (int q = 0; q < p->n_threads; q++) { /* every thread's bitmaps exist: the caller made them */
+            sw |= p->ls[q].seen[tb][w];
+            mw |= p->ls[q].missed[tb][w];
+        }
+        u += (uint64_t)__builtin_popcountll(sw);
+        um += (uint64_t)__builtin_popcountll(mw);
+    }
+    for (int q = 0; q < p->n_threads; q++) {
+        memset(p->ls[q].seen[tb] + w0, 0, (w1 - w0) * sizeof(uint64_t));
+        memset(p->ls[q].missed[tb] + w0, 0, (w1 - w0) * sizeof(uint64_t));
+    }
+    res->unique = u;
+    res->on_demand = um;
+    res->slow_bytes = um * p->tables[tb].row_bytes;
+}
+
+/* Claims items in order until none is left. Join items come after every other item of the job, so a
+ * join item waits only for chunks that other threads are already running. */
 static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *res, uint64_t nitems,
                       _Atomic uint64_t *next)
 {
     for (;;) {
         uint64_t k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
         if (k >= nitems) break;
-        res[k].rc = items[k].part >= 0 ? unique_part(p, ls, &items[k], &res[k]) : bag_one(p, ls, &items[k], &res[k]);
+        const work *wk = &items[k];
+        if (wk->join) {
+            join_part(p, wk, &res[k]);
+            continue;
+        }
+        res[k].rc = wk->part >= 0 ? unique_part(p, ls, wk, &res[k]) : bag_one(p, ls, wk, &res[k]);
         if (res[k].rc) snprintf(res[k].err, sizeof res[k].err, "%s", ls->err);
+        if (wk->mark) atomic_fetch_add_explicit(wk->done, 1, memory_order_release);
     }
-}
-
-static inline void cpu_relax(void)
-{
-#if defined(__x86_64__)
-    __builtin_ia32_pause();
-#endif
 }
 
 /* How long an idle worker polls for the next job before it sleeps. Waking a sleeping thread costs
@@ -685,6 +746,8 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     work *items = NULL;
     bagres *res = NULL, *argres = NULL;
     uint32_t *first = NULL;
+    uint8_t *marked = NULL;
+    _Atomic uint32_t *done = NULL;
     if (!p->ls && !(p->ls = calloc((size_t)p->n_threads, sizeof *p->ls))) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for lookup scratch");
         goto out;
@@ -703,25 +766,47 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
-    /* a split argument: its chunks of bags, and its distinct rows counted either by n_threads items
-     * (each a range of row values), or, for a lone argument whose table's bitmap is smaller than its
-     * ids, by the chunks themselves marking each thread's bitmaps, whose union the caller counts */
+    /* A split argument: its chunks of bags, and its distinct rows counted either by join items (its
+     * chunks mark each thread's bitmaps of its table, the join items count and clear their union, a
+     * range of bitmap words each), or, when the bitmap is larger than its ids or another argument of the
+     * call has the same table, by n_threads items that each scan its ids for one range of row values.
+     * Join items go after all other items. */
     const int nparts = p->n_threads;
-    const int marked = n == 1 && (p->tables[args[0].table].rows + 63) / 64 <= args[0].n_ids;
-    const uint64_t uparts = marked ? 0 : (uint64_t)nparts;
+    marked = calloc(n ? n : 1, 1);
+    done = calloc(n ? n : 1, sizeof *done);
+    if (!marked || !done) {
+        rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
+        goto out;
+    }
+    uint64_t njoin = 0;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t c = args[k].n_bags / MIN_CHUNK_BAGS;
         c = c < split_to ? c : split_to;
         first[k] = (uint32_t)nitems;
-        nitems += c > 1 ? uparts + c : 1;
+        if (c > 1) {
+            const uint32_t tb = args[k].table;
+            int alone = (p->tables[tb].rows + 63) / 64 <= args[k].n_ids;
+            for (uint32_t q = 0; q < n && alone; q++) alone = q == k || args[q].table != tb;
+            for (int q = 0; q < nparts && alone; q++)
+                if (row_bitmap(p, &p->ls[q].seen, tb) != 0 || row_bitmap(p, &p->ls[q].missed, tb) != 0) {
+                    rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
+                    goto out;
+                }
+            marked[k] = (uint8_t)alone;
+            njoin += alone ? (uint64_t)nparts : 0;
+        }
+        nitems += c > 1 ? (marked[k] ? 0 : (uint64_t)nparts) + c : 1;
     }
     first[n] = (uint32_t)nitems;
+    const uint64_t nbase = nitems;
+    nitems += njoin;
     items = calloc(nitems ? nitems : 1, sizeof *items);
     res = calloc(nitems ? nitems : 1, sizeof *res);
     if (!items || !res) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
+    work *jt = items + nbase;
     for (uint32_t k = 0; k < n; k++) {
         uint64_t c = first[k + 1] - first[k], nb = args[k].n_bags;
         work *it = items + first[k];
@@ -729,11 +814,17 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             it[0] = (work){.a = &args[k], .b0 = 0, .b1 = nb, .uniq = 1, .part = -1};
             continue;
         }
-        for (uint64_t q = 0; q < uparts; q++) *it++ = (work){.a = &args[k], .part = (int)q, .nparts = nparts};
-        c -= uparts;
+        if (!marked[k]) {
+            for (int q = 0; q < nparts; q++) *it++ = (work){.a = &args[k], .part = q, .nparts = nparts};
+            c -= (uint64_t)nparts;
+        } else {
+            for (int q = 0; q < nparts; q++)
+                *jt++ = (work){.a = &args[k], .part = q, .nparts = nparts, .join = 1, .need = (uint32_t)c,
+                               .done = &done[k]};
+        }
         for (uint64_t q = 0; q < c; q++)
             *it++ = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1,
-                           .mark = marked};
+                           .mark = marked[k], .done = &done[k]};
     }
     if (parallel) {
         workers *w = p->wk;
@@ -753,30 +844,11 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         _Atomic uint64_t next = 0;
         run_items(p, &p->ls[0], items, res, nitems, &next);
     }
-    if (marked && first[1] - first[0] > 1) {
-        /* the union of the threads' bitmaps: distinct rows and distinct misses; then clear them */
-        const uint32_t tb = args[0].table;
-        const uint64_t words = (p->tables[tb].rows + 63) / 64;
-        uint64_t u = 0, um = 0;
-        for (uint64_t w = 0; w < words; w++) {
-            uint64_t sw = 0, mw = 0;
-            for (int q = 0; q < p->n_threads; q++) {
-                lscratch *l = &p->ls[q];
-                if (!l->seen || !l->seen[tb] || !l->missed || !l->missed[tb]) continue;
-                sw |= l->seen[tb][w];
-                mw |= l->missed[tb][w];
-            }
-            u += (uint64_t)__builtin_popcountll(sw);
-            um += (uint64_t)__builtin_popcountll(mw);
-        }
-        for (int q = 0; q < p->n_threads; q++) {
-            lscratch *l = &p->ls[q];
-            if (l->seen && l->seen[tb]) memset(l->seen[tb], 0, words * sizeof(uint64_t));
-            if (l->missed && l->missed[tb]) memset(l->missed[tb], 0, words * sizeof(uint64_t));
-        }
-        argres[0].unique = u;
-        argres[0].on_demand = um;
-        argres[0].slow_bytes = um * p->tables[tb].row_bytes;
+    for (uint64_t q = nbase; q < nitems; q++) { /* the join items' counts */
+        bagres *t = &argres[items[q].a - args];
+        t->unique += res[q].unique;
+        t->on_demand += res[q].on_demand;
+        t->slow_bytes += res[q].slow_bytes;
     }
     /* in argument order: the first failure is the error; what came before it is logged and counted */
     for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) {
@@ -805,6 +877,8 @@ out:
     free(res);
     free(argres);
     free(first);
+    free(marked);
+    free((void *)done);
     return rc;
 }
 

@@ -420,7 +420,7 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     h->meta_bytes = L.meta_bytes;
     if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
     compute_layout(o, &L, tab, NULL, 0);
-    memcpy(base, h, offsetof(shm_header, writer_lock)); /* the lock is initialised in place below */
+    memcpy(base, h, sizeof *h);
     memcpy(base + L.tables_off, tab, (size_t)o->n_tables * sizeof *tab);
     rc = geom_set(p, h, tab);
     handle_bind(p, base, L.total, h);
@@ -433,18 +433,6 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     if (o->slow_kind == RECMG_SLOW_NUMA) {
         rc = numa_bind_region(p, p->slow, L.slow_bytes, o->numa_node);
         if (rc) goto fail;
-    }
-    {
-        pthread_mutexattr_t a;
-        pthread_mutexattr_init(&a);
-        pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-        pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-        int e = pthread_mutex_init(&h->writer_lock, &a);
-        pthread_mutexattr_destroy(&a);
-        if (e) {
-            rc = rc_set(p, RECMG_ESYS, "pthread_mutex_init: %s", strerror(e));
-            goto fail;
-        }
     }
     if (o->slow_kind == RECMG_SLOW_SSD) {
         rc = slowio_open(p, o->slow_path, (o->flags & RECMG_F_REUSE_SLOW) ? SLOW_REUSE : SLOW_CREATE, L.slow_bytes,
@@ -495,9 +483,6 @@ static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, ui
     if (h->tables_off != RECMG_HDR_BYTES) return bad_field(p, "tables_off", h->tables_off, RECMG_HDR_BYTES);
     if (h->group_shift != RECMG_GROUP_SHIFT) return bad_field(p, "group_shift", h->group_shift, RECMG_GROUP_SHIFT);
     if (h->mode > 0777u) return bad_field(p, "mode", h->mode, h->mode & 0777u);
-    if (!writer_lock_kind_ok(&h->writer_lock))
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field writer_lock is not a robust process-shared "
-                      "mutex", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && memchr(h->slow_path, 0, sizeof h->slow_path) == NULL)
         return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: header field slow_path is not terminated", nm);
     if (h->slow_kind == RECMG_SLOW_SSD && h->slow_path[0] == 0)

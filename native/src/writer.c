@@ -1,8 +1,8 @@
 /* writer.c - the fast tier's single writer: fill, evict, write_rows, recovery after a writer died.
  *
- * Every fast-tier write happens under the pool's writer lock, a process-shared robust mutex: the
- * daemon's fills and evictions and apps' write_rows are serialised, and a writer killed in the
- * middle of a change leaves EOWNERDEAD to the next one, which repairs the slots (recover_fast_tier).
+ * Every fast-tier write happens under the pool's writer lock, a pid word in the header (writer_lock
+ * below): the daemon's fills and evictions and apps' write_rows are serialised, and a writer killed
+ * in the middle of a change is found dead by the next one, which repairs the slots (recover_fast_tier).
  * Readers never take the lock.
  *
  * The index is the record of what the fast tier holds: entry (t, r) names the slot that holds row r of
@@ -20,6 +20,10 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <time.h>
+#include <fcntl.h>
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
 {
@@ -66,64 +70,73 @@ int hash_prepare(recmg_pool *p, uint64_t n)
     return RECMG_OK;
 }
 
-/* The writer lock is shared memory too: glibc trusts its kind field (a type it was not initialised as
- * reaches asserts and priority-inheritance paths), so the kind must be the one recmg_create set. */
-int writer_lock_kind_ok(const pthread_mutex_t *m)
+/* Whether the process pid is gone: no such process, or a zombie (killed, not yet reaped: kill(2) still
+ * answers for it, /proc/PID/stat says Z). A process this one may not signal is alive (EPERM). */
+static int holder_dead(int32_t pid)
 {
-#ifdef __GLIBC__
-    pthread_mutexattr_t a;
-    pthread_mutex_t ref;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    pthread_mutex_init(&ref, &a);
-    pthread_mutexattr_destroy(&a);
-    int want = ref.__data.__kind;
-    pthread_mutex_destroy(&ref);
-    return atomic_load_explicit((const _Atomic int *)(const void *)&m->__data.__kind, memory_order_relaxed) == want;
-#else
-    (void)m;
-    return 1;
-#endif
+    if (pid <= 0) return 1;
+    if (kill((pid_t)pid, 0) != 0) return errno == ESRCH;
+    char path[48], buf[512];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *q = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold anything */
+    return q && q[1] == ' ' && (q[2] == 'Z' || q[2] == 'X');
 }
 
+static uint64_t now_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* The writer lock: a word in the header, 0 or the holder's pid, taken by compare-and-swap. A waiter
+ * sleeps on it (futex, at most 1 ms at a time) until it is free, its holder is dead (then the waiter
+ * takes it over and repairs the fast tier, as a dead writer may have left a slot group's version
+ * odd), or the handle's timeout passes (RECMG_ELOCKED). Two handles of one process exclude each other
+ * like two processes (the lock then names this process, which is alive). */
 int writer_lock(recmg_pool *p)
 {
-    if (!writer_lock_kind_ok(&p->sh->writer_lock))
-        return rc_set(p, RECMG_ENOTPOOL, "pool '%s' is corrupt: its writer lock is not a robust process-shared mutex",
-                      p->name + 1);
-    struct timespec dl;
-    clock_gettime(CLOCK_MONOTONIC, &dl);
-    dl.tv_sec += p->lock_ms / 1000u;
-    dl.tv_nsec += (long)(p->lock_ms % 1000u) * 1000000L;
-    if (dl.tv_nsec >= 1000000000L) dl.tv_sec++, dl.tv_nsec -= 1000000000L;
-    int e = pthread_mutex_clocklock(&p->sh->writer_lock, CLOCK_MONOTONIC, &dl);
-    if (e == EOWNERDEAD) {
-        recover_fast_tier(p);
-        pthread_mutex_consistent(&p->sh->writer_lock);
-        e = 0;
-    }
-    if (e == ETIMEDOUT) {
-        int32_t who = atomic_load_explicit(&p->sh->writer_pid, memory_order_relaxed);
-        if (who > 0)
+    _Atomic int32_t *w = &p->sh->writer_lock;
+    const int32_t me = (int32_t)getpid();
+    const uint64_t deadline = now_ns() + (uint64_t)p->lock_ms * 1000000u;
+    for (;;) {
+        int32_t cur = atomic_load_explicit(w, memory_order_relaxed);
+        if (cur == 0) {
+            if (atomic_compare_exchange_strong_explicit(w, &cur, me, memory_order_acquire, memory_order_relaxed))
+                return RECMG_OK;
+            continue;
+        }
+        if (cur != me && holder_dead(cur)) {
+            if (atomic_compare_exchange_strong_explicit(w, &cur, me, memory_order_acquire, memory_order_relaxed)) {
+                recover_fast_tier(p);
+                return RECMG_OK;
+            }
+            continue;
+        }
+        uint64_t t = now_ns();
+        if (t >= deadline)
             return rc_set(p, RECMG_ELOCKED,
                           "the writer lock of pool '%s' stayed held by process %d for %u ms (a stopped or stuck "
                           "writer); nothing was changed",
-                          p->name + 1, (int)who, p->lock_ms);
-        return rc_set(p, RECMG_ELOCKED,
-                      "the writer lock of pool '%s' stayed held by another process for %u ms (a stopped or stuck "
-                      "writer); nothing was changed",
-                      p->name + 1, p->lock_ms);
+                          p->name + 1, (int)cur, p->lock_ms);
+        uint64_t wait = deadline - t < 1000000u ? deadline - t : 1000000u;
+        struct timespec ts = {0, (long)wait};
+        /* a shared futex: the word is in a MAP_SHARED mapping; EAGAIN (changed meanwhile), EINTR and
+         * ETIMEDOUT all mean look again */
+        (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
     }
-    if (e) return rc_set(p, RECMG_ESYS, "locking the writer lock of pool '%s': %s", p->name + 1, strerror(e));
-    atomic_store_explicit(&p->sh->writer_pid, (int32_t)p->pid, memory_order_relaxed);
-    return RECMG_OK;
 }
 
 void writer_unlock(recmg_pool *p)
 {
-    atomic_store_explicit(&p->sh->writer_pid, 0, memory_order_relaxed);
-    pthread_mutex_unlock(&p->sh->writer_lock);
+    atomic_store_explicit(&p->sh->writer_lock, 0, memory_order_release);
+    (void)syscall(SYS_futex, (void *)&p->sh->writer_lock, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
 
 int recmg_set_lock_timeout(recmg_pool *p, uint32_t ms)

@@ -12,6 +12,7 @@ import json
 import logging
 import sys
 
+from recmgd.errors import TraceError
 from recmgd.trace import open_trace, save_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 from recmgd.trace.stats import trace_stats
@@ -76,7 +77,10 @@ def main(args: argparse.Namespace) -> int:
         cfg = SynthConfig(lookups=args.lookups, tables=args.tables, pooling=args.pooling,
                           block_rows=args.block_rows, gap=args.gap, sigma=args.sigma,
                           seed=args.seed)
-        n = write_synth(cfg, args.output)
+        try:
+            n = write_synth(cfg, args.output)
+        except OSError as exc:
+            raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
         print(f"{args.output}: {n:,} lookups, {cfg.tables} tables, {cfg.lookups_per_sample} lookups a sample")
         return 0
     args._trace_parser.print_help(sys.stderr)

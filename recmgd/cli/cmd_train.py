@@ -50,9 +50,13 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def read_steps(path: str, batch: int) -> Steps:
     """The protocol's steps of a trace file (any format the trace package reads)."""
+    from recmgd.errors import TraceError
     from recmgd.trace import open_trace
 
-    return open_trace(path).steps(batch)
+    trace = open_trace(path)
+    if trace.n_lookups == 0:
+        raise TraceError(f"{path}: no lookups to train on")
+    return trace.steps(batch)
 
 
 class _Bar:

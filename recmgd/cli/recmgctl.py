@@ -274,7 +274,11 @@ def record(args: argparse.Namespace) -> int:
         while True:
             try:
                 time.sleep(0.2)
-                status = request(sock, "record", {"pool": args.pool, "action": "status"}, timeout=timeout)
+                try:
+                    status = request(sock, "record", {"pool": args.pool, "action": "status"},
+                                     timeout=timeout)
+                except CommandError as exc:  # the pool went away: the daemon completed the file first
+                    return _record_cut_short(args, partial, path, str(exc))
                 if status["state"] != "recording":
                     break
                 if show:
@@ -308,6 +312,25 @@ def record(args: argparse.Namespace) -> int:
     drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""
     print(f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
           f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
+    return 0
+
+
+def _record_cut_short(args: argparse.Namespace, partial: str, path: str, why: str) -> int:
+    """The daemon no longer knows the recording (its pool was detached, which completes the file):
+    keep the file if it is a complete trace, else remove it."""
+    from recmgd.errors import TraceError
+    from recmgd.trace.binary import read_binary
+
+    try:
+        tr = read_binary(partial)
+        n_lookups, n_batches = tr.n_lookups, tr.n_samples
+        del tr
+    except TraceError:
+        _unlink(partial)
+        print(f"recmgctl: record: {why}; the recording is incomplete, no file was kept", file=sys.stderr)
+        return 1
+    os.replace(partial, path)
+    print(f"recorded {n_lookups} lookups in {n_batches} batches to {args.file} (cut short: {why})")
     return 0
 
 

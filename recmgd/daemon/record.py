@@ -387,6 +387,7 @@ class PoolStream:
         self.recorder: Recorder | None = None
         self._installed = False
         self._seen: set[int] = set()
+        self._feed_fn = self._feed  # one bound method: the tracker removes a tap by identity
 
     def _feed(self, recs: np.ndarray, ring: int) -> None:
         self._seen.add(ring)
@@ -397,11 +398,11 @@ class PoolStream:
             return
         pages = getattr(self.driver, "pages", None)
         if pages is not None:
-            pages.tap = self._feed if on else None
+            pages.tap = self._feed_fn if on else None
         elif on:
-            self.driver.add_tap(self._feed, with_ring=True)
+            self.driver.add_tap(self._feed_fn, with_ring=True)
         else:
-            self.driver.remove_tap(self._feed)
+            self.driver.remove_tap(self._feed_fn)
         self._installed = on
 
     def add_sink(self, name: str, sink: Tap) -> None:

@@ -35,17 +35,20 @@ def detect_format(path: str | Path) -> str:
 
 
 def open_trace(path: str | Path, fmt: str | None = None, table_size: int = DEFAULT_TABLE_SIZE) -> Trace:
-    """Read (or map) a trace of any supported format."""
+    """Read (or map) a trace of any supported format (a trace without lookups, such as an idle
+    recording, is valid: callers that cannot use one say so)."""
     fmt = fmt or detect_format(path)
     if fmt == "binary":
-        return read_binary(path)
-    if fmt == "dlrm":
-        return read_dlrm(path)
-    if fmt == "csv":
-        return read_csv_log(path, table_size=table_size)
-    if fmt == "text":
-        return read_text(path)
-    raise TraceError(f"{path}: unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+        tr = read_binary(path)
+    elif fmt == "dlrm":
+        tr = read_dlrm(path)
+    elif fmt == "csv":
+        tr = read_csv_log(path, table_size=table_size)
+    elif fmt == "text":
+        tr = read_text(path)
+    else:
+        raise TraceError(f"{path}: unknown trace format {fmt!r} (known: {', '.join(FORMATS)})")
+    return tr
 
 
 def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:
@@ -54,12 +57,11 @@ def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:
     if fmt is None:
         fmt = ("text" if path.endswith((".trace", ".txt")) else
                "dlrm" if path.endswith((".pt", ".pt.gz")) else "binary")
-    if fmt == "binary":
-        write_binary(trace, path)
-    elif fmt == "text":
-        write_text(trace, path)
-    elif fmt == "dlrm":
-        write_dlrm(trace, path)
-    else:
+    writers = {"binary": write_binary, "text": write_text, "dlrm": write_dlrm}
+    if fmt not in writers:
         raise ValueError(f"cannot write format {fmt!r} (binary, text, dlrm)")
+    try:
+        writers[fmt](trace, path)
+    except OSError as exc:
+        raise TraceError(f"{path}: cannot write ({exc.strerror or exc})") from None
     return fmt

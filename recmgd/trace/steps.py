@@ -116,8 +116,8 @@ def build_steps(keys: np.ndarray, sample_offsets: np.ndarray, batch: int) -> Ste
     back = sample_offsets[1:] < sample_offsets[:-1]  # compared, not subtracted (no int64 wrap-around)
     if back.any():
         s = int(np.flatnonzero(back)[0])
-        raise TraceError(f"step building: sample {s}: offsets go backwards "
-                         f"({int(sample_offsets[s])} then {int(sample_offsets[s + 1])})")
+        raise TraceError(f"step building: sample {s} ends before it starts "
+                         f"(offsets {int(sample_offsets[s])} then {int(sample_offsets[s + 1])})")
     if int(bounds[0]) < 0 or int(bounds[-1]) > n_keys:
         raise TraceError(f"step building: sample offsets {int(bounds[0])}..{int(bounds[-1])} outside the "
                          f"{n_keys} lookups")

@@ -68,8 +68,8 @@ def check_offsets(path: str, offsets: np.ndarray, n_lookups: int) -> None:
         back = o[1:] < o[:-1]  # compared, not subtracted: a difference of int64s can wrap around
         if back.any():
             i = int(np.flatnonzero(back)[0])
-            raise TraceError(f"{path}: sample {lo + i}: offsets go backwards "
-                             f"({int(o[i])} then {int(o[i + 1])})")
+            raise TraceError(f"{path}: sample {lo + i} ends before it starts "
+                             f"(offsets {int(o[i])} then {int(o[i + 1])})")
     # nondecreasing from 0 to n_lookups: every offset is inside the keys
 
 
