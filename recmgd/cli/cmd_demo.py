@@ -41,7 +41,7 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--png", default="recmg-demo.png", help="the plot (default %(default)s)")
     p.add_argument("--json", help="also write one object per (trace, system, load) here")
     p.add_argument("--workdir", help="where the slow-tier files, traces and models go (default: a temp dir "
-                                     "under the current directory: the slow tier's file needs O_DIRECT)")
+                                     "under ./build, or . without one: the slow tier's file needs O_DIRECT)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
     p.add_argument("--seed", type=int, default=0)
 
@@ -68,7 +68,9 @@ def main(args: argparse.Namespace) -> int:
         return _fail("--seconds must be > 0, --warmup >= 1, --fraction in (0, 1)")
     if args.trace and not Path(args.trace).is_file():
         return _fail(f"--trace: no file {args.trace}")
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="recmg-demo-", dir="."))
+    # on a disk, not tmpfs (the slow tier's file needs O_DIRECT): under build/ where there is one
+    parent = "build" if Path("build").is_dir() else "."
+    work = Path(args.workdir or tempfile.mkdtemp(prefix="recmg-demo-", dir=parent))
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
