@@ -1,11 +1,19 @@
 """Retraining on a drifting workload: does the daemon's retrain bring the on-demand fetches back?
 
-    .venv/bin/python tools/bench_retrain.py [--trace ../shared/traces/amazon_video.trace] [--lookups 200000]
-        [--window 50000] [--batch 16] [--fraction 0.1] [--policy recmg] [--epochs 4] [--seed 1]
+    .venv/bin/python tools/bench_retrain.py [--drift permute|synth|trace|batch] [--seed 1]
+        [--trace ../shared/traces/amazon_video.trace] [--lookups 200000] [--window 50000] [--batch 16]
+        [--fraction 0.1] [--policy recmg] [--epochs 4] [--then TRACE] [--batch-b 128]
+        [--synth-tables 2] [--synth-gap 4096] [--synth-sigma 2] [--synth-block-rows 4096]
 
-The drifting stream: the trace's first ``--lookups`` lookups (part A), then the same lookups with each
-table's row ids permuted (part B): the distribution changes half way. As in a recording, one sample is
-one app batch of ``--batch`` samples of the trace.
+The drifting stream is part A, then part B: the distribution changes half way. Part A is the trace's
+first ``--lookups`` lookups; as in a recording, one sample is one app batch of ``--batch`` samples of
+the trace. Part B (``--drift``):
+- *permute*: the same lookups with each table's row ids permuted;
+- *synth*: as many lookups of a synthetic trace (`recmg trace synth`'s generator, with the
+  ``--synth-*`` tables, gap and spread), in batches as long as A's;
+- *trace*: another trace's (``--then``) first ``--lookups`` lookups, e.g. obd_random then amazon_video;
+- *batch*: A's lookups in app batches of ``--batch-b`` samples (the steps change, not the rows).
+The capacity is ``--fraction`` of part B's unique rows (the part scored).
 
 The models are made by the daemon's own retraining job, `recmg candidate` (what recmgd runs in its
 trainer process), on windows of ``--window`` lookups, and the daemon's rule decides each switch (the
