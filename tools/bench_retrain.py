@@ -1,16 +1,17 @@
 """Retraining on a drifting workload: does the daemon's retrain bring the on-demand fetches back?
 
-    .venv/bin/python tools/bench_retrain.py [--drift permute|synth|trace|batch] [--seed 1]
+    .venv/bin/python tools/bench_retrain.py [--drift permute|synth|from-synth|trace|batch] [--seed 1]
         [--trace ../shared/traces/amazon_video.trace] [--lookups 200000] [--window 50000] [--batch 16]
         [--fraction 0.1] [--policy recmg] [--epochs 4] [--then TRACE] [--batch-b 128]
         [--synth-tables 2] [--synth-gap 4096] [--synth-sigma 2] [--synth-block-rows 4096]
 
 The drifting stream is part A, then part B: the distribution changes half way. Part A is the trace's
-first ``--lookups`` lookups; as in a recording, one sample is one app batch of ``--batch`` samples of
-the trace. Part B (``--drift``):
+first ``--lookups`` lookups (part B with from-synth); as in a recording, one sample is one app batch
+of ``--batch`` samples of the trace. Part B (``--drift``):
 - *permute*: the same lookups with each table's row ids permuted;
 - *synth*: as many lookups of a synthetic trace (`recmg trace synth`'s generator, with the
   ``--synth-*`` tables, gap and spread), in batches as long as A's;
+- *from-synth*: the other way round: part A is that synthetic trace, part B the trace's lookups;
 - *trace*: another trace's (``--then``) first ``--lookups`` lookups, e.g. obd_random then amazon_video;
 - *batch*: A's lookups in app batches of ``--batch-b`` samples (the steps change, not the rows).
 The capacity is ``--fraction`` of part B's unique rows (the part scored).
@@ -53,7 +54,7 @@ from recmgd.trace.binary import BinaryWriter  # noqa: E402
 from recmgd.trace.steps import Steps, build_steps  # noqa: E402
 from recmgd.trace.synth import SynthConfig, synth_keys  # noqa: E402
 
-DRIFTS = ("permute", "synth", "trace", "batch")
+DRIFTS = ("permute", "synth", "from-synth", "trace", "batch")
 
 
 def whole_batches(path: str, lookups: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,8 +84,9 @@ def permuted(keys: np.ndarray, seed: int) -> np.ndarray:
 
 
 def drifting(args: argparse.Namespace) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
-    """((keys, lookups a batch) of part A, the same of part B) for ``args.drift``. Part A is always
-    ``args.trace``'s first ``args.lookups`` lookups in app batches of ``args.batch`` samples."""
+    """((keys, lookups a batch) of part A, the same of part B) for ``args.drift``: one part is
+    ``args.trace``'s first ``args.lookups`` lookups in app batches of ``args.batch`` samples (part B
+    with from-synth, part A otherwise)."""
     a = whole_batches(args.trace, args.lookups, args.batch)
     if args.drift == "permute":
         return a, (permuted(a[0], args.seed), a[1])
@@ -95,8 +97,8 @@ def drifting(args: argparse.Namespace) -> tuple[tuple[np.ndarray, np.ndarray], t
     cfg = SynthConfig(lookups=int(a[0].shape[0]), tables=args.synth_tables, pooling=1,
                       block_rows=args.synth_block_rows, gap=args.synth_gap, sigma=args.synth_sigma,
                       seed=args.seed)
-    keys = np.concatenate(list(synth_keys(cfg)))[: a[0].shape[0]]
-    return a, (keys, a[1])  # batches as long as A's: only the popularity and reuse change
+    synth = (np.concatenate(list(synth_keys(cfg)))[: a[0].shape[0]], a[1])  # batches as long as the trace's
+    return (synth, a) if args.drift == "from-synth" else (a, synth)
 
 
 def write(path: Path, keys: np.ndarray, lengths: np.ndarray) -> None:
@@ -157,7 +159,8 @@ def main() -> int:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--drift", choices=DRIFTS, default="permute",
                    help="what part B is: permute (A with row ids permuted), synth (a synthetic trace, "
-                        "--synth-*), trace (--then's first lookups), batch (A in app batches of --batch-b)")
+                        "--synth-*), from-synth (part A synthetic, B the trace), "
+                        "trace (--then's first lookups), batch (A in app batches of --batch-b)")
     p.add_argument("--then", default="../shared/traces/amazon_video.trace",
                    help="part B's trace (--drift trace)")
     p.add_argument("--batch-b", type=int, default=128, help="part B's app batch, samples (--drift batch)")
@@ -173,7 +176,8 @@ def main() -> int:
     b_steps = build_steps(b_keys, b_offs, 1)
     capacity = capacity_for(args.fraction, unique_rows(b_steps))
     half = len(b_steps) // 2
-    print(f"drift {args.drift}: part A {args.trace}, {len(a_keys)} lookups in {len(a_len)} batches; part B "
+    part_a = "synthetic" if args.drift == "from-synth" else args.trace
+    print(f"drift {args.drift}: part A {part_a}, {len(a_keys)} lookups in {len(a_len)} batches; part B "
           f"{len(b_keys)} lookups, {unique_rows(b_steps)} unique rows, in {len(b_len)} batches; capacity "
           f"{capacity} rows, window {args.window} lookups, policy {args.policy}")
     with tempfile.TemporaryDirectory(prefix="bench-retrain-") as tmp:
