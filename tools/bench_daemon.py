@@ -10,7 +10,10 @@ Two measurements:
    it leaves out a step run in the worker thread (early admission). With several policies, each one's
    rates are printed as a multiple of the first one's, measured in the same run.
 2. ``load``: a real ``recmgd`` process drives a pool while an app process offers a fixed load (lookups
-   per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled.
+   per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled. With
+   --trace the app replays the trace once and its hit rate over the second half (``measured_*``) is set
+   against ``recmg sim``'s for the same trace, capacity, batch, prefetch budget and model
+   (``sim_hit_rate``, ``live_minus_sim_points``): live equals simulated (issue #13).
 
 Usage:  python tools/bench_daemon.py [--policies lru,recmg] [--seconds 10] [--offered 200000] [--json OUT]
 """
@@ -158,8 +161,12 @@ rng = np.random.default_rng(1)
 trace = trace_batches({trace!r}, {samples})[0] if {trace!r} else None
 rate = {offered}
 t0 = time.monotonic(); done = 0; i = 0
+half = len(trace) // 2 if trace else -1  # a trace runs once; the sim's warm-up split: its first half
+mine = lambda: [p for p in pool.counters()["processes"] if p["ring"] == pool.ring_index][0]
 print("ready", flush=True)
-while time.monotonic() - t0 < {seconds}:
+while (i < len(trace)) if trace else (time.monotonic() - t0 < {seconds}):
+    if i == half:
+        h = mine(); th = time.monotonic(); dh = done
     due = t0 + done / rate
     now = time.monotonic()
     if due > now:
@@ -175,9 +182,26 @@ while time.monotonic() - t0 < {seconds}:
             done += len(ids)
     pool.end_batch()
     i += 1
-c = [p for p in pool.counters()["processes"] if p["ring"] == pool.ring_index][0]
-print(json.dumps({{"offered": done / (time.monotonic() - t0), **c}}), flush=True)
+c = mine()
+out = {{"offered": done / (time.monotonic() - t0), **c}}
+if trace:  # the second half alone, as the simulator scores it
+    out["measured"] = {{k: c[k] - h[k] for k in c}}
+    out["measured"]["offered"] = (done - dh) / (time.monotonic() - th)
+print(json.dumps(out), flush=True)
 """
+
+
+def sim_hit_rate(policy: str, args: argparse.Namespace) -> float:
+    """The simulator's hit rate for what ``load`` runs live: the same trace, capacity (--fraction of its
+    unique rows), batch (--samples), prefetch budget and model; the second half of the steps scored."""
+    from recmgd.sim.runner import simulate
+    from recmgd.trace import open_trace
+
+    opts: dict = {"prefetch_budget": args.prefetch_budget}
+    if args.model_dir:
+        opts["model_dir"] = args.model_dir
+    res = simulate(open_trace(args.trace), [policy], [args.fraction], batch=args.samples, options=opts)
+    return float(res[0].hit_rate)
 
 
 def load(policy: str, args: argparse.Namespace) -> dict:
@@ -229,9 +253,9 @@ def load(policy: str, args: argparse.Namespace) -> dict:
         w1 = time.monotonic()
         s1 = request(str(sock), "stats")["pools"][name]
         cpu = (c1.user + c1.system) - (c0.user + c0.system)
-        return {
+        r = {
             "policy": policy, "trace": os.path.basename(args.trace) or "synthetic",
-            "offered_lookups_per_s": round(out["offered"]),
+            "target_lookups_per_s": args.offered, "offered_lookups_per_s": round(out["offered"]),
             "daemon_lookups": s1["lookups"] - s0["lookups"], "app_lookups": out["lookups"],
             "ring_drops": out["ring_drops"], "daemon_cpu_share": round(cpu / (w1 - w0), 3),
             "app_hit_rate": round(1 - out["on_demand"] / max(1, out["unique"]), 4),
@@ -239,6 +263,14 @@ def load(policy: str, args: argparse.Namespace) -> dict:
             "daemon_hit_rate": round((s1["hits"] - s0["hits"]) / max(1, s1["unique"] - s0["unique"]), 4),
             "daemon_backlog_records": s1["backlog_records"],
         }
+        if args.trace:  # live against simulated: the trace's second half, as `recmg sim` scores it
+            m = out["measured"]
+            r["measured_offered_lookups_per_s"] = round(m["offered"])
+            r["measured_app_hit_rate"] = round(1 - m["on_demand"] / max(1, m["unique"]), 4)
+            r["measured_ring_drops"] = m["ring_drops"]
+            r["sim_hit_rate"] = round(sim_hit_rate(policy, args), 4)
+            r["live_minus_sim_points"] = round(100 * (r["measured_app_hit_rate"] - r["sim_hit_rate"]), 2)
+        return r
     finally:
         d.terminate()
         d.wait(30)
@@ -263,7 +295,9 @@ def main() -> int:
     p.add_argument("--coalesce", type=int, default=0, help="the daemon's coalesce setting (records)")
     p.add_argument("--prefetch-budget", type=int, default=0)
     p.add_argument("--model-dir", default="")
-    p.add_argument("--trace", default="", help="capacity: replay this trace (batches of --samples samples)")
+    p.add_argument("--trace", default="",
+                   help="replay this trace (batches of --samples samples); in `load` the app replays it once "
+                   "and its second half is compared with the simulator's hit rate")
     p.add_argument("--fraction", type=float, default=0.1, help="with --trace: slots = fraction * unique rows")
     p.add_argument("--only", choices=("capacity", "load"), default=None)
     p.add_argument("--json", default="")
