@@ -7,10 +7,13 @@ window (issue #13 part 2), on a synthetic trace.
 Writes a synthetic trace (`recmg trace synth`) and a smaller one of the same shape to train a checkpoint
 on (`recmg train`), then runs each policy in a child process of its own: the child loads the trace's
 steps, notes its RSS, drives the policy through every step (hits from a set of resident keys, the same
-for every policy), and reports its peak RSS (ru_maxrss). The policy's state is the peak minus the RSS
-before the policy was made (the trace and the resident set are in both). Prints, per run: on-demand
-fetches, the state's bytes, the rows the policy kept a history for at the end and at the peak, and the
-bytes per fast-tier slot and per row with a history; and what that gives at 10^8 table rows.
+for every policy), and reports its peak RSS (VmHWM, reset once the steps are loaded). The policy's
+state is the peak minus the RSS before the policy was made (the trace's steps and the harness's
+resident set are in every run; the distinct rows, for the tier's size, are counted in the parent).
+Prints, per run: on-demand fetches, the state's bytes, the rows the policy kept a history for at the
+end and at the peak, and the state's bytes per fast-tier slot; then recmg's bytes per row with a history
+and per slot (fitted from the runs' difference) and what they give at 10^8 table rows. ``--trace``: a
+given trace (trained on itself) instead of the synthetic ones.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,15 +33,34 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _rss_kib() -> int:
+def _status_kib(field: str) -> int:
     with open("/proc/self/status") as f:
         for line in f:
-            if line.startswith("VmRSS:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1])
     return 0
 
 
-def child(trace: str, batch: int, fraction: float, policy: str, model: str, window: str) -> None:
+def _reset_peak() -> None:
+    """Start the peak RSS (VmHWM) afresh, so loading the trace's transient memory is not counted."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        sys.exit(f"cannot reset the peak RSS (/proc/self/clear_refs): {e}")
+
+
+def distinct_rows(trace: str, batch: int) -> int:
+    """Distinct rows of the trace's steps (in the parent: its transient memory is not the policy's)."""
+    import numpy as np
+
+    from recmgd.trace import open_trace
+
+    return len(np.unique(np.concatenate(open_trace(trace).steps(batch).as_list())))
+
+
+def child(trace: str, batch: int, distinct: int, fraction: float, policy: str, model: str,
+          window: str) -> None:
     """One run in this process; prints one JSON line."""
     import numpy as np
 
@@ -49,7 +70,6 @@ def child(trace: str, batch: int, fraction: float, policy: str, model: str, wind
     from recmgd.trace import open_trace
 
     steps = open_trace(trace).steps(batch).as_list()
-    distinct = len(np.unique(np.concatenate(steps)))
     cap = capacity_for(fraction, distinct)
     opts: dict[str, object] = {"prefetch_budget": 16, "seed": 0}
     if policy == "recmg":
@@ -58,7 +78,8 @@ def child(trace: str, batch: int, fraction: float, policy: str, model: str, wind
             opts["history_window"] = int(window)
     p = registry.create(policy, **opts)
     resident: set[int] = set()
-    base = _rss_kib()
+    _reset_peak()
+    base = _status_kib("VmRSS")
     p.reset(cap)
     fetches = peak_rows = 0
     t0 = time.perf_counter()
@@ -74,7 +95,7 @@ def child(trace: str, batch: int, fraction: float, policy: str, model: str, wind
     secs = time.perf_counter() - t0
     st = getattr(p, "native_stats", None) or {}
     peak_rows = max(peak_rows, st.get("rows", 0))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB
+    peak = _status_kib("VmHWM")
     w = p.history_window_steps() if policy == "recmg" else 0  # type: ignore[attr-defined]
     print(json.dumps({"policy": policy, "window": w, "steps": len(steps), "distinct": distinct,
                       "capacity": cap,
@@ -100,12 +121,13 @@ def main() -> None:
     ap.add_argument("--train-lookups", type=int, default=500_000)
     ap.add_argument("--trace", default=None, help="a trace to run instead of the synthetic one (trained on)")
     ap.add_argument("--workdir", default=None, help="keep the traces and checkpoint here")
-    ap.add_argument("--child", nargs=6, metavar=("TRACE", "BATCH", "FRACTION", "POLICY", "MODEL", "WINDOW"),
+    ap.add_argument("--child", nargs=7,
+                    metavar=("TRACE", "BATCH", "DISTINCT", "FRACTION", "POLICY", "MODEL", "WINDOW"),
                     help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
-        t, b, f, pol, m, w = a.child
-        child(t, int(b), float(f), pol, m, w)
+        t, b, d, f, pol, m, w = a.child
+        child(t, int(b), int(d), float(f), pol, m, w)
         return
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,11 +147,12 @@ def main() -> None:
                               str(a.tables), "--seed", "1"])
             _run(recmg + ["train", str(small), "--out", str(model), "-b", str(a.batch), "--fraction",
                           str(a.fraction), "--epochs", "1", "--quiet"])
+        distinct = distinct_rows(str(trace), a.batch)
         runs = [("lru", "0")] + [("recmg", w) for w in a.windows.split(",")]
         rows = []
         for pol, w in runs:
-            out = _run([py, __file__, "--child", str(trace), str(a.batch), str(a.fraction), pol,
-                        str(model), w])
+            out = _run([py, __file__, "--child", str(trace), str(a.batch), str(distinct), str(a.fraction),
+                        pol, str(model), w])
             rows.append(json.loads(out.strip().splitlines()[-1]))
     first = rows[0]
     src = a.trace or f"synthetic {a.lookups} lookups, {a.tables} tables"
