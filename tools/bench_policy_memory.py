@@ -172,7 +172,7 @@ def main() -> None:
         per_slot = (lo["state_bytes"] - per_row * lo["rows_peak"]) / lo["capacity"]
         print(f"recmg: {per_row:.0f} B per row with a history (from the runs' difference), "
               f"{per_slot:.0f} B per fast-tier slot besides")
-        for r in learned:
+        for r in learned if first["distinct"] >= 100_000 else ():  # a small trace says nothing of 10^8
             share = r["rows_peak"] / r["distinct"]
             gb = (per_slot * a.fraction + per_row * share) * 1e8 / 1e9
             print(f"  window {r['window'] or 'off'}: rows kept {share:.2f} of the distinct rows; "
