@@ -1,0 +1,160 @@
+"""A/B of the all-hit lookup path between two builds of the native pool, in one process.
+
+Builds ``recmgd._native`` from another git revision (``--base``, default the last commit before the
+trust-boundary checks) into build/ab/REV, loads it beside this checkout's build, gives each build its
+own pool with the same rows (every row in the fast tier, a dram slow tier), and times the two builds'
+lookups interleaved (A B, B A, ...) over the same ids, so the machine's noise falls on both alike.
+Prints the median time of each and new/base: what a change to the hit path (bounds checks, a new
+kernel) costs or saves.
+
+    .venv/bin/python tools/bench_ab_lookup.py [--base REV] [--rows 50000] [--tables 26] [--reps 40]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import os
+import statistics
+import subprocess
+import sys
+import tarfile
+import time
+from io import BytesIO
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from recmgd.keys import ROW_BITS  # noqa: E402
+
+BASE_DEFAULT = "c4d4e88"  # main before the trust-boundary work (layout 3, unchecked slot numbers)
+
+
+def build_base(rev: str) -> Path:
+    """The revision's native sources built by its own builder; returns the extension's path."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    dest = ROOT / "build" / "ab" / sha
+    built = list((dest / "recmgd").glob("_native*.so")) if dest.exists() else []
+    if built:
+        return built[0]
+    dest.mkdir(parents=True, exist_ok=True)
+    blob = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "native", "recmgd/_build_native.py"],
+                          check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(blob)) as tar:
+        tar.extractall(dest, filter="data")
+    subprocess.run([sys.executable, "recmgd/_build_native.py"], cwd=dest, check=True)
+    return next((dest / "recmgd").glob("_native*.so"))
+
+
+def load(path: Path) -> ModuleType:
+    loader = importlib.machinery.ExtensionFileLoader("recmgd._native", str(path))
+    spec = importlib.util.spec_from_file_location("recmgd._native", str(path), loader=loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+class Side:
+    """One build: a pool it created (daemon role, every row filled) and an app handle on it."""
+
+    def __init__(self, mod: ModuleType, tag: str, tables: int, rows: int, dim: int, weights: np.ndarray):
+        self.mod, self.ffi, self.lib = mod, mod.ffi, mod.lib
+        self.name = f"recmg-ab-{tag}-{os.getpid()}".encode()
+        ffi, lib = self.ffi, self.lib
+        specs = ffi.new("recmg_table_spec[]", tables)
+        for t in range(tables):
+            specs[t].rows, specs[t].dim = rows, dim
+        o = ffi.new("recmg_create_opts *")
+        o.n_tables, o.tables, o.n_slots = tables, specs, tables * rows
+        o.ring_records, o.n_rings, o.role = 1 << 22, 4, 1
+        out, err = ffi.new("recmg_pool **"), ffi.new("char[256]")
+        if lib.recmg_create(self.name, o, out, err, 256) != 0:
+            raise SystemExit(f"{tag}: create: {ffi.string(err).decode()}")
+        self.owner = out[0]
+        ids = np.arange(rows, dtype=np.int64)
+        for t in range(tables):
+            rc = lib.recmg_write_rows(self.owner, t, ffi.from_buffer("int64_t[]", ids), rows,
+                                      ffi.from_buffer(weights[t]))
+            if rc != 0:
+                raise SystemExit(f"{tag}: write_rows: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
+        keys = np.concatenate([(np.int64(t) << ROW_BITS) | ids for t in range(tables)])
+        if lib.recmg_fill_keys(self.owner, ffi.from_buffer("int64_t[]", keys), len(keys)) != len(keys):
+            raise SystemExit(f"{tag}: fill: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
+        out = ffi.new("recmg_pool **")
+        if lib.recmg_attach(self.name, 0, 0, out, err, 256) != 0:
+            raise SystemExit(f"{tag}: attach: {ffi.string(err).decode()}")
+        self.app = out[0]
+        info = ffi.new("recmg_pool_info *")
+        lib.recmg_info(self.app, info)
+        self.ring = info.ring_index
+
+    def run(self, ids: list[np.ndarray], offsets: np.ndarray, out: np.ndarray, drain: np.ndarray) -> float:
+        ffi, lib = self.ffi, self.lib
+        n, batch = len(ids[0]), len(offsets) - 1
+        t0 = time.perf_counter()
+        for t, tid in enumerate(ids):
+            rc = lib.recmg_embedding_bag(self.app, t, ffi.from_buffer("int64_t[]", tid), n,
+                                         ffi.from_buffer("int64_t[]", offsets), batch, 0, ffi.NULL,
+                                         ffi.from_buffer("float[]", out))
+            if rc != 0:
+                raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
+        lib.recmg_end_batch(self.app)
+        dt = time.perf_counter() - t0
+        lib.recmg_drain_ring(self.owner, self.ring, ffi.from_buffer("uint64_t[]", drain), len(drain))
+        return dt
+
+    def close(self) -> None:
+        self.lib.recmg_close(self.app)
+        self.lib.recmg_close(self.owner)
+        self.lib.recmg_destroy(self.name, self.ffi.NULL, 0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--base", default=BASE_DEFAULT, help="git revision of the base build")
+    ap.add_argument("--tables", type=int, default=26)
+    ap.add_argument("--rows", type=int, default=50_000, help="rows a table")
+    ap.add_argument("--dim", type=int, default=64)
+    ap.add_argument("--pooling", type=int, default=20)
+    ap.add_argument("--batch", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=40)
+    a = ap.parse_args()
+    import recmgd._native as new_mod
+
+    base_mod = load(build_base(a.base))
+    rng = np.random.default_rng(0)
+    weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
+    sides = {"base": Side(base_mod, "base", a.tables, a.rows, a.dim, weights),
+             "new": Side(new_mod, "new", a.tables, a.rows, a.dim, weights)}
+    n = a.batch * a.pooling
+    ids = [rng.integers(0, a.rows, n).astype(np.int64) for _ in range(a.tables)]
+    offsets = np.arange(0, n + 1, a.pooling, dtype=np.int64)
+    outs = {k: np.empty((a.batch, a.dim), dtype=np.float32) for k in sides}
+    drain = np.empty(a.tables * n + 16, dtype=np.uint64)
+    times: dict[str, list[float]] = {k: [] for k in sides}
+    try:
+        for i in range(a.reps):
+            for tag in ("base", "new") if i % 2 == 0 else ("new", "base"):
+                times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain))
+        if not np.array_equal(outs["base"], outs["new"]):
+            raise SystemExit("the two builds returned different rows")
+    finally:
+        for s in sides.values():
+            s.close()
+    mb, mn = statistics.median(times["base"]), statistics.median(times["new"])
+    print(f"all-hit, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, "
+          f"1 thread, {a.reps} interleaved calls each")
+    print(f"base {a.base}: {mb * 1e3:.2f} ms   new (this checkout): {mn * 1e3:.2f} ms   "
+          f"new/base {mn / mb:.3f}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
