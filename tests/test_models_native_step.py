@@ -7,6 +7,7 @@ refusing an insertion (``rejected``), and so must the guard's counters and ``ear
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -227,3 +228,27 @@ def test_history_window_default_comes_from_the_model(obd_model: str) -> None:
     assert registry.create("recmg", model_dir=obd_model, history_window=1).history_window_steps() > 1  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="history_window"):
         registry.create("recmg", model_dir=obd_model, history_window=-1)
+
+
+def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None:
+    """The recency window's key map: deletion (backward shift) and id reuse against a reference, in C
+    with AddressSanitizer and UBSan (native/policy/tests/idmap_check.c)."""
+    policy = Path(__file__).resolve().parent.parent / "native" / "policy"
+    exe = tmp_path / "idmap_check"
+    cc = os.environ.get("CC", "cc")
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    probe = subprocess.run([cc, "-x", "c", *flags, "-o", str(exe), "-"],
+                           input="int main(void) { return 0; }\n", capture_output=True, text=True,
+                           timeout=120)
+    if probe.returncode != 0:
+        flags = []  # no sanitizers here: the reference check still runs
+    cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", *flags, f"-I{policy}", "-o", str(exe),
+           str(policy / "tests" / "idmap_check.c"), str(policy / "idmap.c")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for seed in (1, 2):
+        r = subprocess.run([str(exe), "200000", str(seed)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith("idmap_check: ok 200000 ops"), r.stdout
+        deletions, reused = (int(w) for w in r.stdout.split()[4:8:2])
+        assert deletions > 10000 and reused > 10000, r.stdout
