@@ -252,3 +252,18 @@ def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None
         assert r.stdout.startswith("idmap_check: ok 200000 ops"), r.stdout
         deletions, reused = (int(w) for w in r.stdout.split()[4:8:2])
         assert deletions > 10000 and reused > 10000, r.stdout
+
+
+def test_daemon_config_sets_the_history_window(obd_model: str) -> None:
+    """`[policy.options] history_window` reaches the learned policy the daemon makes (and only it)."""
+    from recmgd.daemon.config import parse
+
+    c = parse(f'[policy]\nname = "recmg"\nmodel_dir = "{obd_model}"\n'
+              '[policy.options]\nhistory_window = 100\n')
+    opts = c.policy_for("p").create_options()
+    assert registry.create("recmg", **opts).history_window_steps() == 100  # type: ignore[attr-defined]
+    registry.create("lru", **opts)  # other policies ignore it
+    from recmgd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="history_window: impossible value -1"):
+        parse('[policy.options]\nhistory_window = -1\n')
