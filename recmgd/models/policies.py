@@ -160,7 +160,8 @@ class LearnedPolicy(Policy):
     ``prefetch_announced`` (default on; lookahead only): the rows announced for the next steps
     (``StepView.announced``) seed the recmg prefetcher's candidates as this step's rows do (the rows that
     followed them in the stream last time, so the model chooses among what comes after the window);
-    announced rows are never candidates (the driver fetches them). ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
+    announced rows are never candidates (the driver fetches them).
+    ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
     the configurations it runs (orders "hazard" and "level", no rescore, the recmg prefetcher or none);
     off, or for the others: this module's Python step, the reference the C step is tested against.
     """
@@ -579,7 +580,8 @@ class LearnedPolicy(Policy):
                         prefetch=idx.keys_of(ins[for_pf]))
 
     # ---------------------------------------------------------------------------------- prefetchers
-    def _prefetch(self, b: int, ids: np.ndarray, ann: np.ndarray = EMPTY_KEYS) -> tuple[np.ndarray, np.ndarray]:
+    def _prefetch(self, b: int, ids: np.ndarray,
+                  ann: np.ndarray = EMPTY_KEYS) -> tuple[np.ndarray, np.ndarray]:
         """Rows to prefetch (history ids, best first) and their predicted probabilities; ``ann``: the
         history ids of the announced rows (lookahead), more triggers for the recmg prefetcher."""
         none = (EMPTY_KEYS, np.zeros(0))
