@@ -18,6 +18,7 @@
 #define F_RES 1  /* resident (the policy's view) */
 #define F_SH0 2  /* in the guard's LRU shadow */
 #define F_SH1 4  /* in the guard's model-order shadow */
+#define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
 
 typedef struct {
     double key;
@@ -79,6 +80,7 @@ struct lp_policy {
     int guard_on, guard_shift;
     int recency_only;
     int64_t lru_misses, model_misses, lru_steps;
+    int64_t sweep, forgotten; /* the recency window's sweep cursor (an id); histories dropped */
 
     /* the stream ring */
     int32_t *s_ids;
@@ -223,7 +225,8 @@ lp_policy *lp_new(const lp_params *prm)
     if (!prm || prm->capacity < 1 || prm->levels < 1 || prm->depth < 1 || prm->past_steps < 1 ||
         prm->guard_sample < 1 || (prm->guard_sample & (prm->guard_sample - 1)) || prm->row_bits < 1 ||
         prm->row_bits > 62 || prm->stream_ring < 2 || (prm->stream_ring & (prm->stream_ring - 1)) ||
-        prm->prefetch_budget < 0 || prm->prefetch_probe < 1)
+        prm->prefetch_budget < 0 || prm->prefetch_probe < 1 || prm->history_window < 0 ||
+        (prm->history_window > 0 && prm->history_window <= prm->past_steps))
         return NULL;
     lp_policy *p = calloc(1, sizeof(*p));
     if (!p)
@@ -411,25 +414,71 @@ static int grow_rows(lp_policy *p, int64_t need)
     return SC_OK;
 }
 
+/* a new row's state: no history; table and model id from its key */
+static void row_init(lp_policy *p, int32_t id, int64_t key)
+{
+    cm_row *r = p->view.row + id;
+    memset(r, 0, sizeof(*r));
+    r->last = r->first = -1;
+    r->table = key >> p->prm.row_bits;
+    p->flags[id] = 0;
+    p->cls[id] = p->lcls[id] = 0;
+    p->level[id] = p->llevel[id] = 0.0f;
+    p->stamp[id] = 0.0;
+    p->lastpos[id] = p->mark[id] = -1;
+    p->slot[id] = 0;
+    int32_t m = -1;
+    if (p->model_map)
+        sc_idmap_find(p->model_map, &key, 1, &m);
+    p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
+}
+
 /* dense ids of keys, new rows set up (table, model id) */
 static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
 {
     for (int64_t i = 0; i < n; i++) {
-        int32_t id = sc_idmap_get(p->map, keys[i]);
+        int is_new;
+        int32_t id = sc_idmap_get_new(p->map, keys[i], &is_new);
         if (id < 0)
             return SC_ENOMEM;
         if (id >= p->n_rows) {
             if (grow_rows(p, (int64_t)id + 1) != SC_OK)
                 return SC_ENOMEM;
-            p->view.row[id].table = keys[i] >> p->prm.row_bits;
-            int32_t m = -1;
-            if (p->model_map)
-                sc_idmap_find(p->model_map, keys + i, 1, &m);
-            p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
             p->n_rows = (int64_t)id + 1;
         }
+        if (is_new)
+            row_init(p, id, keys[i]);
         ids[i] = id;
     }
+    return SC_OK;
+}
+
+/* The recency window: look at the next `budget` ids (a clock over all ids) and drop the history and id of
+ * each row that is in none of the sets (cache, shadows) and was last used more than history_window steps
+ * before step b (so no past step names it; the stream ring may: prefetch skips a follower that is free or
+ * whose id a row first used after the ring entry holds now). Called at the end
+ * of a step with a budget of twice the step's rows, so a row outlives the window by at most about
+ * ids / (2 x rows a step) steps and the ids stay bounded by the rows in the window plus the sets. */
+static int forget_old(lp_policy *p, int64_t b, int64_t budget)
+{
+    int64_t w = p->prm.history_window;
+    if (w <= 0 || p->n_rows == 0)
+        return SC_OK;
+    if (budget > p->n_rows)
+        budget = p->n_rows;
+    for (int64_t k = 0; k < budget; k++) {
+        int32_t id = (int32_t)(p->sweep++ % p->n_rows);
+        if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
+            continue;
+        if (p->view.row[id].last >= b - w)
+            continue;
+        int rc = sc_idmap_del(p->map, sc_idmap_key_of(p->map, id));
+        if (rc)
+            return rc;
+        p->flags[id] = F_FREE;
+        p->forgotten++;
+    }
+    p->sweep %= p->n_rows;
     return SC_OK;
 }
 
@@ -796,6 +845,9 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
             if (q >= p->s_n)
                 break;
             int32_t c = p->s_ids[q & p->s_mask];
+            /* a follower the recency window dropped since (its id free or another row's now) */
+            if ((p->flags[c] & F_FREE) || p->view.row[c].first > p->s_step[q & p->s_mask])
+                continue;
             if (p->mark[c] == mstep + 1) {
                 int32_t s = p->slot[c];
                 p->vote[s]++;
@@ -1116,7 +1168,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->lastpos[ids[i]] = q;
         }
     }
-    return SC_OK;
+    return forget_old(p, b, 2 * n + 64);
 }
 
 const lp_decision *lp_decision_of(const lp_policy *p) { return &p->dec; }
@@ -1199,7 +1251,8 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
-    out->rows = p->n_rows;
+    out->rows = sc_idmap_live(p->map);
+    out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;
     int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */

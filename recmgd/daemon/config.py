@@ -81,6 +81,7 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
     "threads": (int, 1, 1024),
     "epochs": (int, 1, 1 << 20),
     "region": (int, 1, 1 << 20),
+    "history_window": (int, 0, 1 << 40),  # learned policies: recency window in steps (0: unbounded)
 }
 
 

@@ -74,7 +74,8 @@ class NativeStep:
             "depth": pol.cfg.depth, "past_steps": max(1, pol.cfg.past_steps), "window": pol.cfg.window,
             "step_len_known": int("mean_step_len" in stats), "row_bits": ROW_BITS,
             "horizon": pol.horizon, "step_len": float(stats.get("mean_step_len", 16.0)),
-            "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring})
+            "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring,
+            "history_window": pol.history_window_steps()})
         ptr = lib.lp_new(prm)
         if ptr == ffi.NULL:
             raise ValueError(f"{pol.name}: the C step refused its parameters (capacity {capacity})")
@@ -166,8 +167,9 @@ class NativeStep:
         self._lib.lp_set_horizon(self._p, float(horizon))
 
     def stats(self) -> dict[str, int]:
-        """The guard's counters, rows with a history, resident rows and the state's bytes."""
+        """The guard's counters, rows with a history now, histories the recency window dropped, resident
+        rows and the state's bytes."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
         return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "resident": s.resident, "bytes": s.bytes}
+                "rows": s.rows, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes}

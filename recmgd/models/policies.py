@@ -25,7 +25,7 @@ import numpy as np
 from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
-from recmgd.models.features import RowHistory, Stream
+from recmgd.models.features import HALF_LIVES, RowHistory, Stream
 from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.native_step import NativeStep, unsupported
@@ -123,6 +123,8 @@ PREFETCH_IDLE_STEPS = 64
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
+#: the default recency window of the C step spans this many of the features' longest decay half-life
+WINDOW_HALF_LIVES = 4
 
 #: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
 ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
@@ -164,6 +166,10 @@ class LearnedPolicy(Policy):
     ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
     the configurations it runs (orders "hazard" and "level", no rescore, the recmg prefetcher or none);
     off, or for the others: this module's Python step, the reference the C step is tested against.
+    ``history_window`` (C step only; default None: from the model, see ``history_window_steps``): a row
+    that is neither resident nor in a guard shadow and was not used for this many steps loses its history
+    record and id, so the state grows with the fast tier and the rows seen in the window, not with every
+    row ever seen (0: keep every row's history, as the Python step does).
     """
 
     learned = True
@@ -179,7 +185,7 @@ class LearnedPolicy(Policy):
                  tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True,
                  native_step: bool = True, granularity: Granularity | None = None,
-                 prefetch_announced: bool = True) -> None:
+                 history_window: int | None = None, prefetch_announced: bool = True) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
@@ -193,6 +199,9 @@ class LearnedPolicy(Policy):
         self.threads = max(1, int(threads))
         self.native_infer = bool(native_infer)
         self.native_step = bool(native_step)
+        if history_window is not None and int(history_window) < 0:
+            raise ValueError(f"history_window must be >= 0 steps, got {history_window}")
+        self.history_window = None if history_window is None else int(history_window)
         self._native: NativeStep | None = None
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
         self.levels = int(levels)
@@ -349,6 +358,12 @@ class LearnedPolicy(Policy):
             return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps")}
         return dict(self._guard_stats)
 
+    @property
+    def native_stats(self) -> dict[str, int] | None:
+        """The C step's counters (NativeStep.stats: rows with a history, histories dropped, bytes);
+        None when the Python step runs."""
+        return self._native.stats() if self._native is not None else None
+
     def resident_keys(self, keys: np.ndarray) -> np.ndarray:
         """Whether each of ``keys`` is resident in the policy's view (bool array)."""
         keys = np.asarray(keys, np.int64)
@@ -382,6 +397,18 @@ class LearnedPolicy(Policy):
     def _classes(self, out: np.ndarray) -> np.ndarray:
         """The hazard-table class of rows the caching model scored ``out`` (keep logit, log1p next use)."""
         return classify(out, *self._edges)
+
+    def history_window_steps(self) -> int:
+        """The C step's recency window in steps (0: unbounded). By default the longest span the model
+        tells apart: WINDOW_HALF_LIVES x the longest decay half-life of the features (a count older than
+        that has decayed below 1/16) or the largest reuse-distance class edge of the hazard order, and
+        always more than the prefetcher's past steps."""
+        if self.history_window is not None:
+            return 0 if self.history_window == 0 else max(self.history_window, self.cfg.past_steps + 1)
+        w = WINDOW_HALF_LIVES * max(HALF_LIVES)
+        if self.trained is not None and self.trained.hazard_edges is not None and len(self._edges[1]):
+            w = max(w, float(np.expm1(float(np.max(self._edges[1])))))
+        return int(np.ceil(max(w, self.cfg.past_steps + 1)))
 
     @property
     def _edges(self) -> tuple[np.ndarray, np.ndarray]:
