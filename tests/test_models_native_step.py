@@ -39,10 +39,22 @@ def video_model(shared_traces: Path, tmp_path_factory: pytest.TempPathFactory) -
     return _train(shared_traces / "amazon_video.trace", tmp_path_factory.mktemp("video"), 256, 0.1)
 
 
-def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: int = 0,
-              **opts: object) -> tuple[int, int]:
-    """Drive the C step and the Python step through the same views; every decision must match.
-    Returns (misses, prefetches issued) of the run."""
+def _announced(steps: list[np.ndarray], b: int, lookahead: int) -> np.ndarray:
+    """The keys of steps b+1..b+lookahead, deduplicated, nearest step first (as the lookahead driver
+    announces them)."""
+    nxt = steps[b + 1:b + 1 + lookahead]
+    if not lookahead or not nxt:
+        return np.zeros(0, np.int64)
+    ids = np.concatenate(nxt)
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
+
+
+def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: int = 0, lookahead: int = 0,
+              prefetched: list[np.ndarray] | None = None, **opts: object) -> tuple[int, int]:
+    """Drive the C step and the Python step through the same views (with ``lookahead``, the next steps'
+    keys announced); every decision must match. Returns (misses, prefetches issued) of the run; each
+    step's prefetches are appended to ``prefetched`` when given."""
     opts.setdefault("history_window", 0)  # the Python step keeps every row's history
     c = registry.create(name, native_step=True, **opts)
     py = registry.create(name, native_step=False, **opts)
@@ -55,10 +67,15 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
     for b, keys in enumerate(steps):
         hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
         misses += int((~hit).sum())
-        view = StepView(b, keys, hit)
+        ann = _announced(steps, b, lookahead)
+        view = StepView(b, keys, hit, announced=ann)
         dc, dp = c.observe(view), py.observe(view)
         for field in ("evict", "admit", "prefetch"):
             assert getattr(dc, field).tolist() == getattr(dp, field).tolist(), (b, field)
+        if opts.get("prefetch_announced", True):  # the driver fetches announced rows itself
+            assert not np.isin(dc.prefetch, ann).any(), b
+        if prefetched is not None:
+            prefetched.append(dc.prefetch)
         resident.difference_update(dc.evict.tolist())
         ins = dc.admit.tolist() + dc.prefetch.tolist()
         if reject_every and b % reject_every == 0 and ins:
@@ -107,6 +124,22 @@ def test_c_step_prefetches_when_the_model_proposes(shared_traces: Path, video_mo
     _, issued = _lockstep("recmg", steps[:60], cap, model_dir=video_model, prefetch_budget=16, seed=0,
                           prefetch_threshold=-1e9)
     assert issued > 0
+
+
+def test_announced_rows_seed_the_prefetcher_in_both_steps(shared_traces: Path, video_model: str) -> None:
+    """With lookahead, the announced rows' stream successors are candidates too (issue #15): the C and
+    the Python step still decide alike, never prefetch an announced row, and prefetch other rows than
+    with the announced rows ignored (``prefetch_announced`` off)."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(16).as_list()[:400]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    runs: dict[bool, list[np.ndarray]] = {}
+    for on in (True, False):
+        runs[on] = []
+        _, issued = _lockstep("recmg", steps, cap, reject_every=5, lookahead=2, prefetched=runs[on],
+                              model_dir=video_model, prefetch_budget=4, seed=0, prefetch_threshold=-1e9,
+                              prefetch_announced=on)
+        assert issued > 0
+    assert any(a.tolist() != b.tolist() for a, b in zip(runs[True], runs[False], strict=True))
 
 
 def test_c_step_bad_parameters_are_one_clear_error(obd_model: str) -> None:

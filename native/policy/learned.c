@@ -106,6 +106,9 @@ struct lp_policy {
     int64_t *minage;
     int32_t *adm, *newv;
     int64_t cap_new;
+    /* lookahead: the ids of the announced keys known so far (lp_announce), for the next lp_step only */
+    int32_t *ann;
+    int64_t n_ann, cap_ann;
 
     lp_decision dec;
     int64_t cap_dec;
@@ -294,6 +297,7 @@ void lp_free(lp_policy *p)
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->ann);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
     free(p);
@@ -794,9 +798,11 @@ static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, fl
     return SC_OK;
 }
 
-/* candidates proposed by the stream for this step's rows, scored; the chosen (best first, at most
- * prefetch_budget) land in p->newv[*n_pf ...] after the m admissions already there */
-static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf)
+/* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
+ * them (p->ann: what followed them last time is what comes after the window), never a row read or
+ * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
+ * the m admissions already there */
+static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m, int64_t *n_pf)
 {
     const pfnet *w = p->pf;
     *n_pf = 0;
@@ -811,15 +817,26 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
     int64_t mstep = 3 * b; /* marks: 3b this step's rows, 3b + 1 candidates, 3b + 2 the past's rows */
     for (int64_t i = 0; i < n; i++)
         p->mark[ids[i]] = mstep;
-    int64_t nc = 0, need = n * depth;
+    /* the triggers: this step's rows, then the announced rows not among them (p->tmp, reused below) */
+    if (grow_buf((void **)&p->tmp, &p->cap_tmp, n + n_ann + 1, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    int32_t *trig = p->tmp;
+    int64_t nt = n;
+    memcpy(trig, ids, (size_t)n * sizeof(int32_t));
+    for (int64_t i = 0; i < n_ann; i++)
+        if (p->mark[p->ann[i]] != mstep) {
+            p->mark[p->ann[i]] = mstep;
+            trig[nt++] = p->ann[i];
+        }
+    int64_t nc = 0, need = nt * depth;
     if (grow_buf((void **)&p->cand, &p->cap_cand, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->vote, &p->cap_vote, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->minoff, &p->cap_minoff, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->minage, &p->cap_minage, need + 1, sizeof(int64_t)) != SC_OK)
         return SC_ENOMEM;
     int64_t oldest = p->s_n - (p->s_mask + 1);
-    for (int64_t i = 0; i < n; i++) {
-        int64_t pos = p->lastpos[ids[i]];
+    for (int64_t i = 0; i < nt; i++) {
+        int64_t pos = p->lastpos[trig[i]];
         if (pos < 0 || pos < oldest)
             continue;
         int64_t age = now - p->s_step[pos & p->s_mask];
@@ -841,7 +858,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
                 continue;
             }
             if (p->mark[c] == mstep)
-                continue; /* read in this step */
+                continue; /* read in this step, or announced */
             p->mark[c] = mstep + 1;
             p->slot[c] = (int32_t)nc;
             p->cand[nc] = c;
@@ -1004,6 +1021,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     if (rc)
         return rc;
     p->dec.n_evict = p->dec.n_admit = p->dec.n_prefetch = 0;
+    int64_t n_ann = p->n_ann;
+    p->n_ann = 0;
     int64_t b = p->t++;
     int32_t *ids = p->ids;
     if ((rc = map_keys(p, keys, n, ids)))
@@ -1084,7 +1103,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
                 p->newv[na++] = ids[i];
     }
     int64_t npf = 0;
-    if ((rc = prefetch(p, n, b, na, &npf)))
+    if ((rc = prefetch(p, n, n_ann, b, na, &npf)))
         return rc;
     for (int64_t i = na; i < na + npf; i++) {
         int32_t id = p->newv[i];
@@ -1153,6 +1172,22 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
 }
 
 const lp_decision *lp_decision_of(const lp_policy *p) { return &p->dec; }
+
+int lp_announce(lp_policy *p, const int64_t *keys, int64_t n)
+{
+    if (n < 0 || (n > 0 && !keys))
+        return SC_EARG;
+    p->n_ann = 0;
+    if (grow_buf((void **)&p->ann, &p->cap_ann, n + 1, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id;
+        sc_idmap_find(p->map, keys + i, 1, &id);
+        if (id >= 0)
+            p->ann[p->n_ann++] = id;
+    }
+    return SC_OK;
+}
 
 int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n)
 {

@@ -91,6 +91,9 @@ int lp_set_cache_net(lp_policy *p, const struct cm_net *net, int32_t n_table_slo
 int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const double *p_edges, int32_t n_p,
                   const double *nu_edges, int32_t n_nu);
 int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w);
+/* lookahead: the keys announced for the next steps (deduplicated, nearest step first), for the next
+ * lp_step only: those with a history seed the prefetcher's candidates (what followed them last time) */
+int lp_announce(lp_policy *p, const int64_t *keys, int64_t n);
 /* one step: keys deduplicated, hit[i] = resident when read */
 int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n);
 const lp_decision *lp_decision_of(const lp_policy *p);

@@ -114,9 +114,15 @@ class NativeStep:
             setattr(w, name, ffi.from_buffer("float[]", a))
         simcore.check(lib.lp_set_prefetch_net(self._p, w), "lp_set_prefetch_net")
 
-    def step(self, keys: np.ndarray, hit: np.ndarray) -> Decision:
-        """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision."""
+    def step(self, keys: np.ndarray, hit: np.ndarray, announced: np.ndarray | None = None) -> Decision:
+        """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision;
+        ``announced``: the keys of the next steps (lookahead), more triggers for the prefetcher."""
         ffi, lib = self._ffi, self._lib
+        if announced is not None and len(announced):
+            ann = np.ascontiguousarray(announced, np.int64)
+            rc = lib.lp_announce(self._p, ffi.from_buffer("int64_t[]", ann), len(ann))
+            if rc:
+                simcore.check(rc, "lp_announce")
         keys = np.ascontiguousarray(keys, np.int64)
         hit = np.ascontiguousarray(hit, np.uint8)
         rc = lib.lp_step(self._p, ffi.from_buffer("int64_t[]", keys), ffi.from_buffer("uint8_t[]", hit),

@@ -159,6 +159,10 @@ class LearnedPolicy(Policy):
     the policy sees are: a checkpoint of another granularity is refused at load (ModelError, one line),
     and ``fit`` records it in the checkpoint it saves. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
+    ``prefetch_announced`` (default on; lookahead only): the rows announced for the next steps
+    (``StepView.announced``) seed the recmg prefetcher's candidates as this step's rows do (the rows that
+    followed them in the stream last time, so the model chooses among what comes after the window);
+    announced rows are never candidates (the driver fetches them).
     ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
     the configurations it runs (orders "hazard" and "level", no rescore, the recmg prefetcher or none);
     off, or for the others: this module's Python step, the reference the C step is tested against.
@@ -181,7 +185,7 @@ class LearnedPolicy(Policy):
                  tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True,
                  native_step: bool = True, granularity: Granularity | None = None,
-                 history_window: int | None = None) -> None:
+                 history_window: int | None = None, prefetch_announced: bool = True) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
@@ -205,6 +209,7 @@ class LearnedPolicy(Policy):
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.prefetch_probe = max(1, int(prefetch_probe))
+        self.prefetch_announced = bool(prefetch_announced)
         self.voyager_min_prob = float(voyager_min_prob)
         self._horizon_opt = horizon  # None: tuned in fit() on the training steps
         self.horizon = 16.0 if horizon is None else float(horizon)
@@ -510,7 +515,8 @@ class LearnedPolicy(Policy):
     def observe(self, view: StepView) -> Decision:
         if self._native is not None:
             self.t += 1
-            return self._native.step(view.keys, view.hit)
+            ann = view.announced if self.prefetch_announced else None
+            return self._native.step(view.keys, view.hit, ann)
         b = self.t
         self.t += 1
         keys = np.asarray(view.keys, np.int64)
@@ -571,7 +577,9 @@ class LearnedPolicy(Policy):
         else:
             admit_mask = missed
         adm = ids[admit_mask]
-        pf, pf_p = self._prefetch(b, ids)
+        ann = (self.hist.index.lookup(np.asarray(view.announced, np.int64))
+               if self.prefetch_announced and len(view.announced) else EMPTY_KEYS)
+        pf, pf_p = self._prefetch(b, ids, ann[ann >= 0])
         if len(pf):
             # prefetches are inserted after admissions, predicted used within the window; with the
             # caching model they enter at the lowest keep-level, behind this step's rows, so they only
@@ -599,8 +607,10 @@ class LearnedPolicy(Policy):
                         prefetch=idx.keys_of(ins[for_pf]))
 
     # ---------------------------------------------------------------------------------- prefetchers
-    def _prefetch(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows to prefetch (history ids, best first) and their predicted probabilities."""
+    def _prefetch(self, b: int, ids: np.ndarray,
+                  ann: np.ndarray = EMPTY_KEYS) -> tuple[np.ndarray, np.ndarray]:
+        """Rows to prefetch (history ids, best first) and their predicted probabilities; ``ann``: the
+        history ids of the announced rows (lookahead), more triggers for the recmg prefetcher."""
         none = (EMPTY_KEYS, np.zeros(0))
         if self.prefetch_budget <= 0 or self.capacity <= 0:
             return none
@@ -610,7 +620,7 @@ class LearnedPolicy(Policy):
             if self._pf_idle >= PREFETCH_IDLE_STEPS and b % self.prefetch_probe:
                 self._pf_idle += 1
                 return none
-            out = self._prefetch_recmg(b, ids)
+            out = self._prefetch_recmg(b, ids, ann)
             self._pf_idle = 0 if len(out[0]) else self._pf_idle + 1
             return out
         if self.prefetcher == "voyager" and self._np_voy is not None:
@@ -618,14 +628,20 @@ class LearnedPolicy(Policy):
             return pf, np.ones(len(pf))
         return none
 
-    def _prefetch_recmg(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _prefetch_recmg(self, b: int, ids: np.ndarray, ann: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         net = self._np_pref
         assert net is not None
         h = self.hist
         now = b + 1
-        cand, cf = self.stream.candidates(ids, now)
+        # the triggers: this step's rows, then the announced rows not among them (first occurrence)
+        trig = ids
+        if len(ann):
+            ann = ann[~np.isin(ann, ids)]
+            _, first = np.unique(ann, return_index=True)
+            trig = np.concatenate([ids, ann[np.sort(first)]])
+        cand, cf = self.stream.candidates(trig, now)
         if len(cand):
-            ok = ~self.res.resident[cand] & ~np.isin(cand, ids)
+            ok = ~self.res.resident[cand] & ~np.isin(cand, trig)
             cand, cf = cand[ok], cf[ok]
         if not len(cand):
             return EMPTY_KEYS, np.zeros(0)
