@@ -50,12 +50,14 @@ listen = "127.0.0.1:9464"
 [policy]
 name = "lfu"
 hint_slots = 16
+hint_pin_batches = 5
 [policy.options]
 prefetch_budget = 8
 seed = 3
 [pool.b]
 name = "recmg"
 model_dir = "/var/lib/recmgd/models/b"
+hint_pin_batches = 0
 [pool.b.options]
 threads = 2
 """, "f")
@@ -67,6 +69,7 @@ threads = 2
     b = c.policy_for("b")
     assert b.name == "recmg" and b.model_dir == "/var/lib/recmgd/models/b"
     assert b.options == {"prefetch_budget": 8, "seed": 3, "threads": 2} and b.hint_slots == 16
+    assert c.policy_for("a").hint_pin_batches == 5 and b.hint_pin_batches == 0
     assert b.create_options()["model_dir"] == "/var/lib/recmgd/models/b"
 
 
@@ -114,6 +117,7 @@ threads = 2
     ("[policy]\nname = ''", "policy.name", "empty policy name"),
     ("[policy]\nmodel_dir = 'models'", "policy.model_dir", "absolute path"),
     ("[policy]\nhint_slots = -1", "policy.hint_slots", "impossible value -1"),
+    ("[policy]\nhint_pin_batches = -1", "policy.hint_pin_batches", "impossible value -1"),
     ("[policy.options]\nthreads = 0", "policy.options.threads", "impossible value 0"),
     ("[policy.options]\nseed = 'x'", "policy.options.seed", "expected an integer"),
     ("[pool.p.options]\nprefetch_budget = -1", "pool.p.options.prefetch_budget", "impossible value"),

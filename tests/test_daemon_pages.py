@@ -498,9 +498,9 @@ def test_config_pages_keys_and_errors() -> None:
                                     "1000000000.0)",
         '[pages]\nbatch = 0\n': "pages.batch: impossible value 0 (must be between 1 and 1048576)",
         '[policy]\nmode = "page"\n': "policy.mode: impossible value 'page' (one of rows, pages)",
-        '[policy.pages]\nbudget_mb = 1.0\n': "policy.pages: unknown key (known: hint_slots, mode, model_dir, "
-                                             "name, options, retrain_every, retrain_threads, "
-                                             "retrain_window)",
+        '[policy.pages]\nbudget_mb = 1.0\n': "policy.pages: unknown key (known: hint_pin_batches, "
+                                             "hint_slots, mode, model_dir, name, options, "
+                                             "retrain_every, retrain_threads, retrain_window)",
         '[pool.x.pages]\nspeed = 1\n': f"pool.x.pages.speed: unknown key (known: {known})",
     }
     for text, msg in bad.items():

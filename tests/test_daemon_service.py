@@ -65,20 +65,23 @@ def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signal
         app.embedding_bag(0, np.arange(5), np.arange(5))
         app.end_batch()
         d.tick()
-        assert att.driver.stats()["fills"] == 5
-        # a new policy, a hint reserve, another socket, metrics on
+        assert att.driver.stats()["fills"] == 5 and att.driver.mover.pin_steps == 2  # the default
+        # a new policy, a hint reserve and its pins, another socket, metrics on
         port = free_port()
         cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock2}"\n'
-                       f'[metrics]\nlisten = "127.0.0.1:{port}"\n[policy]\nname = "lfu"\nhint_slots = 2\n')
+                       f'[metrics]\nlisten = "127.0.0.1:{port}"\n[policy]\nname = "lfu"\nhint_slots = 2\n'
+                       f'hint_pin_batches = 7\n')
         assert d.reload() is None
         assert n.sent[-2].startswith("RELOADING=1\nMONOTONIC_USEC=") and n.sent[-1].startswith("READY=1")
         assert att.driver.policy_name == "lfu" and att.driver.capacity == 8
+        assert att.driver.mover.pin_steps == 7
         assert att.driver.stats()["adopted"] == 5
         assert sock2.exists() and not sock1.exists()
         assert d.handle("stats", {})["daemon"]["reloads"] == 1
         d._snapshot = d.stats()
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert f'recmgd_resident_rows{{pool="{name}"}} 5.0' in text
+        assert f'recmgd_pin_refused_total{{pool="{name}"}} 0.0' in text
         # a bad one (unknown policy) changes nothing
         cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "nope"\n')
         err = d.reload()

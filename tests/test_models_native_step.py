@@ -7,6 +7,7 @@ refusing an insertion (``rejected``), and so must the guard's counters and ``ear
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -38,10 +39,23 @@ def video_model(shared_traces: Path, tmp_path_factory: pytest.TempPathFactory) -
     return _train(shared_traces / "amazon_video.trace", tmp_path_factory.mktemp("video"), 256, 0.1)
 
 
-def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: int = 0,
-              **opts: object) -> tuple[int, int]:
-    """Drive the C step and the Python step through the same views; every decision must match.
-    Returns (misses, prefetches issued) of the run."""
+def _announced(steps: list[np.ndarray], b: int, lookahead: int) -> np.ndarray:
+    """The keys of steps b+1..b+lookahead, deduplicated, nearest step first (as the lookahead driver
+    announces them)."""
+    nxt = steps[b + 1:b + 1 + lookahead]
+    if not lookahead or not nxt:
+        return np.zeros(0, np.int64)
+    ids = np.concatenate(nxt)
+    _, first = np.unique(ids, return_index=True)
+    return ids[np.sort(first)]
+
+
+def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: int = 0, lookahead: int = 0,
+              prefetched: list[np.ndarray] | None = None, **opts: object) -> tuple[int, int]:
+    """Drive the C step and the Python step through the same views (with ``lookahead``, the next steps'
+    keys announced); every decision must match. Returns (misses, prefetches issued) of the run; each
+    step's prefetches are appended to ``prefetched`` when given."""
+    opts.setdefault("history_window", 0)  # the Python step keeps every row's history
     c = registry.create(name, native_step=True, **opts)
     py = registry.create(name, native_step=False, **opts)
     c.reset(capacity)
@@ -53,10 +67,15 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
     for b, keys in enumerate(steps):
         hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
         misses += int((~hit).sum())
-        view = StepView(b, keys, hit)
+        ann = _announced(steps, b, lookahead)
+        view = StepView(b, keys, hit, announced=ann)
         dc, dp = c.observe(view), py.observe(view)
         for field in ("evict", "admit", "prefetch"):
             assert getattr(dc, field).tolist() == getattr(dp, field).tolist(), (b, field)
+        if opts.get("prefetch_announced", True):  # the driver fetches announced rows itself
+            assert not np.isin(dc.prefetch, ann).any(), b
+        if prefetched is not None:
+            prefetched.append(dc.prefetch)
         resident.difference_update(dc.evict.tolist())
         ins = dc.admit.tolist() + dc.prefetch.tolist()
         if reject_every and b % reject_every == 0 and ins:
@@ -105,6 +124,22 @@ def test_c_step_prefetches_when_the_model_proposes(shared_traces: Path, video_mo
     _, issued = _lockstep("recmg", steps[:60], cap, model_dir=video_model, prefetch_budget=16, seed=0,
                           prefetch_threshold=-1e9)
     assert issued > 0
+
+
+def test_announced_rows_seed_the_prefetcher_in_both_steps(shared_traces: Path, video_model: str) -> None:
+    """With lookahead, the announced rows' stream successors are candidates too (issue #15): the C and
+    the Python step still decide alike, never prefetch an announced row, and prefetch other rows than
+    with the announced rows ignored (``prefetch_announced`` off)."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(16).as_list()[:400]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    runs: dict[bool, list[np.ndarray]] = {}
+    for on in (True, False):
+        runs[on] = []
+        _, issued = _lockstep("recmg", steps, cap, reject_every=5, lookahead=2, prefetched=runs[on],
+                              model_dir=video_model, prefetch_budget=4, seed=0, prefetch_threshold=-1e9,
+                              prefetch_announced=on)
+        assert issued > 0
+    assert any(a.tolist() != b.tolist() for a, b in zip(runs[True], runs[False], strict=True))
 
 
 def test_c_step_bad_parameters_are_one_clear_error(obd_model: str) -> None:
@@ -169,3 +204,99 @@ def test_c_step_takes_empty_steps_and_unknown_keys(obd_model: str) -> None:
     assert sorted(p.early_victims(9, empty).tolist()) == [7, 1 << 40]
     d = p.observe(StepView(2, np.asarray([8, 9], np.int64), np.zeros(2, bool)))
     assert len(d.evict) == 1 and len(d.admit) == 2  # 3 slots: one of 7, 1 << 40 goes
+
+
+def _windowed_run(steps: list[np.ndarray], capacity: int, window: int, check_every: int = 0,
+                  **opts: object) -> tuple[int, int, dict[str, int]]:
+    """The C step alone with ``history_window``; its decisions must stay valid. Every ``check_every``
+    steps, the rows with a history must be at most the tier and the guard's shadows (3 x capacity) plus
+    the rows seen in the last 3 x window steps. Returns (misses, peak rows with a history, last stats)."""
+    p = registry.create("recmg", history_window=window, **opts)
+    p.reset(capacity)
+    resident: set[int] = set()
+    misses = peak = 0
+    for b, keys in enumerate(steps):
+        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
+        misses += int((~hit).sum())
+        d = p.observe(StepView(b, keys, hit))
+        assert set(d.evict.tolist()) <= resident, b
+        resident.difference_update(d.evict.tolist())
+        resident.update(d.admit.tolist() + d.prefetch.tolist())
+        assert len(resident) <= capacity
+        st = p.native_stats  # type: ignore[attr-defined]
+        assert st is not None
+        peak = max(peak, st["rows"])
+        if check_every and b % check_every == 0:
+            recent = len(np.unique(np.concatenate(steps[max(0, b + 1 - 3 * window): b + 1])))
+            assert st["rows"] <= 3 * capacity + recent, (b, st["rows"], recent)
+    return misses, peak, st
+
+
+@pytest.mark.parametrize("trace", ["obd_random", "amazon_video"])
+def test_history_window_bounds_the_state_and_keeps_fetches_close(shared_traces: Path, trace: str,
+                                                                 request: pytest.FixtureRequest) -> None:
+    """With a short recency window (64 steps, far below the default) rows are forgotten and recycled,
+    the rows with a history stay bounded by the tier plus the window's rows while the trace goes on,
+    and on-demand fetches stay within 1% of the unbounded run's at 10%."""
+    batch, model = (8, request.getfixturevalue("obd_model")) if trace == "obd_random" else (
+        256, request.getfixturevalue("video_model"))
+    steps = open_trace(str(shared_traces / f"{trace}.trace")).steps(batch).as_list()
+    distinct = len(np.unique(np.concatenate(steps)))
+    cap = capacity_for(0.1, distinct)
+    opts = {"model_dir": model, "prefetch_budget": 8, "seed": 0}
+    full, full_peak, full_st = _windowed_run(steps, cap, 0, **opts)
+    assert full_st["forgotten"] == 0 and full_peak == distinct
+    got, peak, st = _windowed_run(steps, cap, 64, check_every=50, **opts)
+    assert st["forgotten"] > 0
+    assert abs(got - full) <= 0.01 * full, (got, full)
+    if trace == "amazon_video":  # many rows seen once: the window keeps a fraction of them
+        assert peak < distinct // 2, (peak, distinct)
+
+
+def test_history_window_default_comes_from_the_model(obd_model: str) -> None:
+    p = registry.create("recmg", model_dir=obd_model)
+    auto = p.history_window_steps()  # type: ignore[attr-defined]
+    assert auto >= 4 * 1024  # four of the features' longest half-life
+    assert registry.create("recmg", model_dir=obd_model, history_window=0).history_window_steps() == 0  # type: ignore[attr-defined]
+    assert registry.create("recmg", model_dir=obd_model, history_window=1).history_window_steps() > 1  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="history_window"):
+        registry.create("recmg", model_dir=obd_model, history_window=-1)
+
+
+def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None:
+    """The recency window's key map: deletion (backward shift) and id reuse against a reference, in C
+    with AddressSanitizer and UBSan (native/policy/tests/idmap_check.c)."""
+    policy = Path(__file__).resolve().parent.parent / "native" / "policy"
+    exe = tmp_path / "idmap_check"
+    cc = os.environ.get("CC", "cc")
+    flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
+    probe = subprocess.run([cc, "-x", "c", *flags, "-o", str(exe), "-"],
+                           input="int main(void) { return 0; }\n", capture_output=True, text=True,
+                           timeout=120)
+    if probe.returncode != 0:
+        flags = []  # no sanitizers here: the reference check still runs
+    cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", *flags, f"-I{policy}", "-o", str(exe),
+           str(policy / "tests" / "idmap_check.c"), str(policy / "idmap.c")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    for seed in (1, 2):
+        r = subprocess.run([str(exe), "200000", str(seed)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith("idmap_check: ok 200000 ops"), r.stdout
+        deletions, reused = (int(w) for w in r.stdout.split()[4:8:2])
+        assert deletions > 10000 and reused > 10000, r.stdout
+
+
+def test_daemon_config_sets_the_history_window(obd_model: str) -> None:
+    """`[policy.options] history_window` reaches the learned policy the daemon makes (and only it)."""
+    from recmgd.daemon.config import parse
+
+    c = parse(f'[policy]\nname = "recmg"\nmodel_dir = "{obd_model}"\n'
+              '[policy.options]\nhistory_window = 100\n')
+    opts = c.policy_for("p").create_options()
+    assert registry.create("recmg", **opts).history_window_steps() == 100  # type: ignore[attr-defined]
+    registry.create("lru", **opts)  # other policies ignore it
+    from recmgd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="history_window: impossible value -1"):
+        parse('[policy.options]\nhistory_window = -1\n')

@@ -9,7 +9,9 @@ struct sc_idmap {
     int32_t *slot_id; /* -1: empty */
     uint64_t mask;
     int64_t *keys; /* id -> key */
-    int64_t n, cap_keys;
+    int64_t n, cap_keys; /* n: ids handed out so far (live ones and free ones) */
+    int32_t *free_ids;   /* ids of deleted keys, handed out again first */
+    int64_t n_free, cap_free;
 };
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
@@ -44,6 +46,7 @@ void sc_idmap_free(sc_idmap *m)
     free(m->slot_key);
     free(m->slot_id);
     free(m->keys);
+    free(m->free_ids);
     free(m);
 }
 
@@ -90,6 +93,13 @@ static inline int32_t find_one(const sc_idmap *m, int64_t key)
 /* get or add one key; -1 on ENOMEM (internal API shared with the policies) */
 int32_t sc_idmap_get(sc_idmap *m, int64_t key)
 {
+    int is_new;
+    return sc_idmap_get_new(m, key, &is_new);
+}
+
+int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
+{
+    *is_new = 0;
     uint64_t h = mix64((uint64_t)key) & m->mask;
     for (;;) {
         int32_t id = m->slot_id[h];
@@ -99,14 +109,22 @@ int32_t sc_idmap_get(sc_idmap *m, int64_t key)
             return id;
         h = (h + 1) & m->mask;
     }
-    if (m->n >= INT32_MAX - 1)
+    if (m->n >= INT32_MAX - 1 && !m->n_free)
         return -1;
-    if ((uint64_t)(m->n + 1) * 2 > m->mask + 1) {
+    if ((uint64_t)(m->n - m->n_free + 1) * 2 > m->mask + 1) {
         if (rehash(m) != SC_OK)
             return -1;
         h = mix64((uint64_t)key) & m->mask;
         while (m->slot_id[h] >= 0)
             h = (h + 1) & m->mask;
+    }
+    *is_new = 1;
+    if (m->n_free) {
+        int32_t id = m->free_ids[--m->n_free];
+        m->keys[id] = key;
+        m->slot_key[h] = key;
+        m->slot_id[h] = id;
+        return id;
     }
     if (m->n == m->cap_keys) {
         int64_t nc = m->cap_keys * 2;
@@ -122,6 +140,46 @@ int32_t sc_idmap_get(sc_idmap *m, int64_t key)
     m->slot_id[h] = id;
     return id;
 }
+
+int sc_idmap_del(sc_idmap *m, int64_t key)
+{
+    uint64_t i = mix64((uint64_t)key) & m->mask;
+    for (;;) {
+        if (m->slot_id[i] < 0)
+            return SC_OK; /* not mapped */
+        if (m->slot_key[i] == key)
+            break;
+        i = (i + 1) & m->mask;
+    }
+    if (m->n_free == m->cap_free) {
+        int64_t nc = m->cap_free ? m->cap_free * 2 : 1024;
+        int32_t *f = realloc(m->free_ids, (size_t)nc * sizeof(int32_t));
+        if (!f)
+            return SC_ENOMEM;
+        m->free_ids = f;
+        m->cap_free = nc;
+    }
+    m->free_ids[m->n_free++] = m->slot_id[i];
+    /* backward-shift deletion: move later keys of the probe run into the hole, so no tombstones */
+    uint64_t j = i;
+    for (;;) {
+        j = (j + 1) & m->mask;
+        if (m->slot_id[j] < 0)
+            break;
+        uint64_t home = mix64((uint64_t)m->slot_key[j]) & m->mask;
+        /* j's key may move to i only when its home is not in (i, j] (cyclically) */
+        int in_between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        if (in_between)
+            continue;
+        m->slot_key[i] = m->slot_key[j];
+        m->slot_id[i] = m->slot_id[j];
+        i = j;
+    }
+    m->slot_id[i] = -1;
+    return SC_OK;
+}
+
+int64_t sc_idmap_live(const sc_idmap *m) { return m->n - m->n_free; }
 
 int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {

@@ -20,6 +20,12 @@ static inline uint64_t mix64(uint64_t x)
 
 int32_t sc_idmap_get(sc_idmap *m, int64_t key);
 int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
+/* get or add one key, *is_new = 1 when it was added (a deleted key's id is handed out again first) */
+int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new);
+/* forget one key (nothing when it is not mapped); its id goes to the free list; SC_ENOMEM */
+int sc_idmap_del(sc_idmap *m, int64_t key);
+/* keys mapped now */
+int64_t sc_idmap_live(const sc_idmap *m);
 
 enum sc_kind { K_LRU, K_LFU, K_S3FIFO, K_OPT, K_OPT_BYPASS, K_STMS, K_DOMINO, K_BINGO };
 

@@ -18,6 +18,7 @@
 #define F_RES 1  /* resident (the policy's view) */
 #define F_SH0 2  /* in the guard's LRU shadow */
 #define F_SH1 4  /* in the guard's model-order shadow */
+#define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
 
 typedef struct {
     double key;
@@ -79,6 +80,7 @@ struct lp_policy {
     int guard_on, guard_shift;
     int recency_only;
     int64_t lru_misses, model_misses, lru_steps;
+    int64_t sweep, forgotten; /* the recency window's sweep cursor (an id); histories dropped */
 
     /* the stream ring */
     int32_t *s_ids;
@@ -104,6 +106,9 @@ struct lp_policy {
     int64_t *minage;
     int32_t *adm, *newv;
     int64_t cap_new;
+    /* lookahead: the ids of the announced keys known so far (lp_announce), for the next lp_step only */
+    int32_t *ann;
+    int64_t n_ann, cap_ann;
 
     lp_decision dec;
     int64_t cap_dec;
@@ -220,7 +225,8 @@ lp_policy *lp_new(const lp_params *prm)
     if (!prm || prm->capacity < 1 || prm->levels < 1 || prm->depth < 1 || prm->past_steps < 1 ||
         prm->guard_sample < 1 || (prm->guard_sample & (prm->guard_sample - 1)) || prm->row_bits < 1 ||
         prm->row_bits > 62 || prm->stream_ring < 2 || (prm->stream_ring & (prm->stream_ring - 1)) ||
-        prm->prefetch_budget < 0 || prm->prefetch_probe < 1)
+        prm->prefetch_budget < 0 || prm->prefetch_probe < 1 || prm->history_window < 0 ||
+        (prm->history_window > 0 && prm->history_window <= prm->past_steps))
         return NULL;
     lp_policy *p = calloc(1, sizeof(*p));
     if (!p)
@@ -291,6 +297,7 @@ void lp_free(lp_policy *p)
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->ann);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
     free(p);
@@ -407,25 +414,71 @@ static int grow_rows(lp_policy *p, int64_t need)
     return SC_OK;
 }
 
+/* a new row's state: no history; table and model id from its key */
+static void row_init(lp_policy *p, int32_t id, int64_t key)
+{
+    cm_row *r = p->view.row + id;
+    memset(r, 0, sizeof(*r));
+    r->last = r->first = -1;
+    r->table = key >> p->prm.row_bits;
+    p->flags[id] = 0;
+    p->cls[id] = p->lcls[id] = 0;
+    p->level[id] = p->llevel[id] = 0.0f;
+    p->stamp[id] = 0.0;
+    p->lastpos[id] = p->mark[id] = -1;
+    p->slot[id] = 0;
+    int32_t m = -1;
+    if (p->model_map)
+        sc_idmap_find(p->model_map, &key, 1, &m);
+    p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
+}
+
 /* dense ids of keys, new rows set up (table, model id) */
 static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
 {
     for (int64_t i = 0; i < n; i++) {
-        int32_t id = sc_idmap_get(p->map, keys[i]);
+        int is_new;
+        int32_t id = sc_idmap_get_new(p->map, keys[i], &is_new);
         if (id < 0)
             return SC_ENOMEM;
         if (id >= p->n_rows) {
             if (grow_rows(p, (int64_t)id + 1) != SC_OK)
                 return SC_ENOMEM;
-            p->view.row[id].table = keys[i] >> p->prm.row_bits;
-            int32_t m = -1;
-            if (p->model_map)
-                sc_idmap_find(p->model_map, keys + i, 1, &m);
-            p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
             p->n_rows = (int64_t)id + 1;
         }
+        if (is_new)
+            row_init(p, id, keys[i]);
         ids[i] = id;
     }
+    return SC_OK;
+}
+
+/* The recency window: look at the next `budget` ids (a clock over all ids) and drop the history and id of
+ * each row that is in none of the sets (cache, shadows) and was last used more than history_window steps
+ * before step b (so no past step names it; the stream ring may: prefetch skips a follower that is free or
+ * whose id a row first used after the ring entry holds now). Called at the end
+ * of a step with a budget of twice the step's rows, so a row outlives the window by at most about
+ * ids / (2 x rows a step) steps and the ids stay bounded by the rows in the window plus the sets. */
+static int forget_old(lp_policy *p, int64_t b, int64_t budget)
+{
+    int64_t w = p->prm.history_window;
+    if (w <= 0 || p->n_rows == 0)
+        return SC_OK;
+    if (budget > p->n_rows)
+        budget = p->n_rows;
+    for (int64_t k = 0; k < budget; k++) {
+        int32_t id = (int32_t)(p->sweep++ % p->n_rows);
+        if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
+            continue;
+        if (p->view.row[id].last >= b - w)
+            continue;
+        int rc = sc_idmap_del(p->map, sc_idmap_key_of(p->map, id));
+        if (rc)
+            return rc;
+        p->flags[id] = F_FREE;
+        p->forgotten++;
+    }
+    p->sweep %= p->n_rows;
     return SC_OK;
 }
 
@@ -745,9 +798,11 @@ static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, fl
     return SC_OK;
 }
 
-/* candidates proposed by the stream for this step's rows, scored; the chosen (best first, at most
- * prefetch_budget) land in p->newv[*n_pf ...] after the m admissions already there */
-static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf)
+/* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
+ * them (p->ann: what followed them last time is what comes after the window), never a row read or
+ * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
+ * the m admissions already there */
+static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m, int64_t *n_pf)
 {
     const pfnet *w = p->pf;
     *n_pf = 0;
@@ -762,15 +817,26 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
     int64_t mstep = 3 * b; /* marks: 3b this step's rows, 3b + 1 candidates, 3b + 2 the past's rows */
     for (int64_t i = 0; i < n; i++)
         p->mark[ids[i]] = mstep;
-    int64_t nc = 0, need = n * depth;
+    /* the triggers: this step's rows, then the announced rows not among them (p->tmp, reused below) */
+    if (grow_buf((void **)&p->tmp, &p->cap_tmp, n + n_ann + 1, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    int32_t *trig = p->tmp;
+    int64_t nt = n;
+    memcpy(trig, ids, (size_t)n * sizeof(int32_t));
+    for (int64_t i = 0; i < n_ann; i++)
+        if (p->mark[p->ann[i]] != mstep) {
+            p->mark[p->ann[i]] = mstep;
+            trig[nt++] = p->ann[i];
+        }
+    int64_t nc = 0, need = nt * depth;
     if (grow_buf((void **)&p->cand, &p->cap_cand, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->vote, &p->cap_vote, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->minoff, &p->cap_minoff, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->minage, &p->cap_minage, need + 1, sizeof(int64_t)) != SC_OK)
         return SC_ENOMEM;
     int64_t oldest = p->s_n - (p->s_mask + 1);
-    for (int64_t i = 0; i < n; i++) {
-        int64_t pos = p->lastpos[ids[i]];
+    for (int64_t i = 0; i < nt; i++) {
+        int64_t pos = p->lastpos[trig[i]];
         if (pos < 0 || pos < oldest)
             continue;
         int64_t age = now - p->s_step[pos & p->s_mask];
@@ -779,6 +845,9 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
             if (q >= p->s_n)
                 break;
             int32_t c = p->s_ids[q & p->s_mask];
+            /* a follower the recency window dropped since (its id free or another row's now) */
+            if ((p->flags[c] & F_FREE) || p->view.row[c].first > p->s_step[q & p->s_mask])
+                continue;
             if (p->mark[c] == mstep + 1) {
                 int32_t s = p->slot[c];
                 p->vote[s]++;
@@ -789,7 +858,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t b, int64_t m, int64_t *n_pf
                 continue;
             }
             if (p->mark[c] == mstep)
-                continue; /* read in this step */
+                continue; /* read in this step, or announced */
             p->mark[c] = mstep + 1;
             p->slot[c] = (int32_t)nc;
             p->cand[nc] = c;
@@ -952,6 +1021,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     if (rc)
         return rc;
     p->dec.n_evict = p->dec.n_admit = p->dec.n_prefetch = 0;
+    int64_t n_ann = p->n_ann;
+    p->n_ann = 0;
     int64_t b = p->t++;
     int32_t *ids = p->ids;
     if ((rc = map_keys(p, keys, n, ids)))
@@ -1032,7 +1103,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
                 p->newv[na++] = ids[i];
     }
     int64_t npf = 0;
-    if ((rc = prefetch(p, n, b, na, &npf)))
+    if ((rc = prefetch(p, n, n_ann, b, na, &npf)))
         return rc;
     for (int64_t i = na; i < na + npf; i++) {
         int32_t id = p->newv[i];
@@ -1097,10 +1168,26 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->lastpos[ids[i]] = q;
         }
     }
-    return SC_OK;
+    return forget_old(p, b, 2 * n + 64);
 }
 
 const lp_decision *lp_decision_of(const lp_policy *p) { return &p->dec; }
+
+int lp_announce(lp_policy *p, const int64_t *keys, int64_t n)
+{
+    if (n < 0 || (n > 0 && !keys))
+        return SC_EARG;
+    p->n_ann = 0;
+    if (grow_buf((void **)&p->ann, &p->cap_ann, n + 1, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id;
+        sc_idmap_find(p->map, keys + i, 1, &id);
+        if (id >= 0)
+            p->ann[p->n_ann++] = id;
+    }
+    return SC_OK;
+}
 
 int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n)
 {
@@ -1164,7 +1251,8 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
-    out->rows = p->n_rows;
+    out->rows = sc_idmap_live(p->map);
+    out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;
     int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */

@@ -43,6 +43,9 @@ typedef struct {
     double bypass;            /* a missed row below this keep-probability is not admitted when full */
     double prefetch_threshold;
     int64_t stream_ring;      /* stream positions kept for candidates (a power of two) */
+    int64_t history_window;   /* steps: a row neither resident (nor in a guard shadow or the stream ring)
+                               * nor used in this many steps loses its history and id (0: kept forever;
+                               * else more than past_steps) */
 } lp_params;
 
 /* The prefetching model's inference weights (recmgd.models.nets.NumpyPrefetchNet), row-major float32:
@@ -71,7 +74,8 @@ typedef struct {
     int64_t lru_misses;    /* the guard's LRU shadow */
     int64_t model_misses;  /* the guard's model-order shadow */
     int64_t lru_steps;     /* steps the real cache spent in LRU order */
-    int64_t rows;          /* rows with a history */
+    int64_t rows;          /* rows with a history now */
+    int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state */
 } lp_stats;
@@ -87,6 +91,9 @@ int lp_set_cache_net(lp_policy *p, const struct cm_net *net, int32_t n_table_slo
 int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const double *p_edges, int32_t n_p,
                   const double *nu_edges, int32_t n_nu);
 int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w);
+/* lookahead: the keys announced for the next steps (deduplicated, nearest step first), for the next
+ * lp_step only: those with a history seed the prefetcher's candidates (what followed them last time) */
+int lp_announce(lp_policy *p, const int64_t *keys, int64_t n);
 /* one step: keys deduplicated, hit[i] = resident when read */
 int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n);
 const lp_decision *lp_decision_of(const lp_policy *p);

@@ -33,6 +33,7 @@ Layout (every key optional; see ``systemd/recmgd.toml.example``)::
     name = "lru"
     model_dir = ""
     hint_slots = 0
+    hint_pin_batches = 2          # batches a hinted row stays pinned unless a later batch reads it
     mode = "rows"                 # or "pages": whole pages of a NUMA slow tier (see [pages])
     [policy.options]
     prefetch_budget = 0
@@ -80,6 +81,7 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
     "threads": (int, 1, 1024),
     "epochs": (int, 1, 1 << 20),
     "region": (int, 1, 1 << 20),
+    "history_window": (int, 0, 1 << 40),  # learned policies: recency window in steps (0: unbounded)
 }
 
 
@@ -112,6 +114,7 @@ class PolicyConfig:
     name: str = "lru"
     model_dir: str | None = None
     hint_slots: int = 0
+    hint_pin_batches: int = 2  # batches a hinted row stays pinned unless a later batch reads it first
     options: Mapping[str, int] = field(default_factory=dict)
     mode: str = "rows"
     pages: PagesConfig = field(default_factory=PagesConfig)
@@ -327,8 +330,8 @@ class _Decoder:
 
     def policy(self, t: Mapping[str, Any], prefix: str, base: PolicyConfig,
                pages_ok: bool = False) -> PolicyConfig:
-        allowed = ({"name", "model_dir", "hint_slots", "options", "mode", "retrain_every", "retrain_window",
-                    "retrain_threads"} | ({"pages"} if pages_ok else set()))
+        allowed = ({"name", "model_dir", "hint_slots", "hint_pin_batches", "options", "mode", "retrain_every",
+                    "retrain_window", "retrain_threads"} | ({"pages"} if pages_ok else set()))
         self.check_keys(t, allowed, prefix)
         name = self.string(t, "name", prefix, base.name)
         if not name:
@@ -339,6 +342,7 @@ class _Decoder:
             raise self.fail(prefix + "model_dir",
                             f"impossible value {model_dir!r} (must be an absolute path)")
         hint_slots = self.integer(t, "hint_slots", prefix, base.hint_slots, 0, 1 << 40)
+        hint_pin_batches = self.integer(t, "hint_pin_batches", prefix, base.hint_pin_batches, 0, 1 << 20)
         opts_t = self.table(t, "options", prefix)
         oprefix = prefix + "options."
         self.check_keys(opts_t, set(POLICY_OPTIONS), oprefix)
@@ -357,7 +361,8 @@ class _Decoder:
             raise self.fail(prefix + "retrain_every", "retraining is for row mode (mode = \"rows\")")
         if retrain_every and 0 < retrain_every < 1.0:
             raise self.fail(prefix + "retrain_every", f"impossible value {retrain_every} (at least 1 s)")
-        return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots, options=options,
+        return PolicyConfig(name=name, model_dir=model_dir, hint_slots=hint_slots,
+                            hint_pin_batches=hint_pin_batches, options=options,
                             mode=mode, pages=pages, retrain_every=retrain_every,
                             retrain_window=self.integer(t, "retrain_window", prefix, base.retrain_window,
                                                         1000, 1 << 34),

@@ -57,6 +57,7 @@ POOL_COUNTERS = (
     ("hint_received", "hints_received", "hint records the apps sent"),
     ("hint_late", "hints_late", "hints that arrived with the lookups they announced"),
     ("hint_rejected", "hints_rejected", "hints not fetched (reserve full or fill budget)"),
+    ("pin_refused", "pin_refused", "evictions refused: the row is announced for a batch still to run"),
     ("policy_time_s", "model_inference_seconds", "time spent in the policy"),
     ("early_admits", "early_admissions", "missed rows filled before a slow policy's step (early_admit)"),
     ("decision_skipped", "decision_rows_skipped",

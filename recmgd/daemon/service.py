@@ -182,7 +182,8 @@ class Daemon:
             return False
         page_budget: FillBudget | None = None
         try:
-            common: dict[str, Any] = dict(hint_slots=pc.hint_slots, step_mode=self.cfg.step_mode,
+            common: dict[str, Any] = dict(hint_slots=pc.hint_slots, hint_pin_batches=pc.hint_pin_batches,
+                                          step_mode=self.cfg.step_mode,
                                           max_drain=self.cfg.max_drain, coalesce=self.cfg.coalesce,
                                           early_admit=self.cfg.early_admit)
             if pc.mode == "pages":  # PagePool refuses a pool without a NUMA slow tier (one line)
@@ -530,6 +531,7 @@ class Daemon:
             att = self.pools[name]
             try:
                 att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+                att.driver.mover.pin_steps = pc.hint_pin_batches
             except PoolLockedError as exc:  # attached again later, with the new configuration
                 self._lock_held(name, exc)
                 continue

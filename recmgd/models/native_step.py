@@ -74,7 +74,8 @@ class NativeStep:
             "depth": pol.cfg.depth, "past_steps": max(1, pol.cfg.past_steps), "window": pol.cfg.window,
             "step_len_known": int("mean_step_len" in stats), "row_bits": ROW_BITS,
             "horizon": pol.horizon, "step_len": float(stats.get("mean_step_len", 16.0)),
-            "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring})
+            "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring,
+            "history_window": pol.history_window_steps()})
         ptr = lib.lp_new(prm)
         if ptr == ffi.NULL:
             raise ValueError(f"{pol.name}: the C step refused its parameters (capacity {capacity})")
@@ -113,9 +114,15 @@ class NativeStep:
             setattr(w, name, ffi.from_buffer("float[]", a))
         simcore.check(lib.lp_set_prefetch_net(self._p, w), "lp_set_prefetch_net")
 
-    def step(self, keys: np.ndarray, hit: np.ndarray) -> Decision:
-        """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision."""
+    def step(self, keys: np.ndarray, hit: np.ndarray, announced: np.ndarray | None = None) -> Decision:
+        """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision;
+        ``announced``: the keys of the next steps (lookahead), more triggers for the prefetcher."""
         ffi, lib = self._ffi, self._lib
+        if announced is not None and len(announced):
+            ann = np.ascontiguousarray(announced, np.int64)
+            rc = lib.lp_announce(self._p, ffi.from_buffer("int64_t[]", ann), len(ann))
+            if rc:
+                simcore.check(rc, "lp_announce")
         keys = np.ascontiguousarray(keys, np.int64)
         hit = np.ascontiguousarray(hit, np.uint8)
         rc = lib.lp_step(self._p, ffi.from_buffer("int64_t[]", keys), ffi.from_buffer("uint8_t[]", hit),
@@ -160,8 +167,9 @@ class NativeStep:
         self._lib.lp_set_horizon(self._p, float(horizon))
 
     def stats(self) -> dict[str, int]:
-        """The guard's counters, rows with a history, resident rows and the state's bytes."""
+        """The guard's counters, rows with a history now, histories the recency window dropped, resident
+        rows and the state's bytes."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
         return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "resident": s.resident, "bytes": s.bytes}
+                "rows": s.rows, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes}

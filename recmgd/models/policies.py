@@ -25,7 +25,7 @@ import numpy as np
 from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
-from recmgd.models.features import RowHistory, Stream
+from recmgd.models.features import HALF_LIVES, RowHistory, Stream
 from recmgd.models.granularity import Granularity, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.native_step import NativeStep, unsupported
@@ -123,6 +123,8 @@ PREFETCH_IDLE_STEPS = 64
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
+#: the default recency window of the C step spans this many of the features' longest decay half-life
+WINDOW_HALF_LIVES = 4
 
 #: eviction orders of the caching policies ("auto": "hazard" when the checkpoint has the table, else "level")
 ORDERS = ("auto", "hazard", "level", "nextuse", "hybrid")
@@ -157,9 +159,17 @@ class LearnedPolicy(Policy):
     the policy sees are: a checkpoint of another granularity is refused at load (ModelError, one line),
     and ``fit`` records it in the checkpoint it saves. ``native_infer`` (default on): row history,
     features and the caching model's forward pass in C (recmgd.models.fastinfer); off: the numpy reference.
+    ``prefetch_announced`` (default on; lookahead only): the rows announced for the next steps
+    (``StepView.announced``) seed the recmg prefetcher's candidates as this step's rows do (the rows that
+    followed them in the stream last time, so the model chooses among what comes after the window);
+    announced rows are never candidates (the driver fetches them).
     ``native_step`` (default on): the whole step in C, one call a step (recmgd.models.native_step), for
     the configurations it runs (orders "hazard" and "level", no rescore, the recmg prefetcher or none);
     off, or for the others: this module's Python step, the reference the C step is tested against.
+    ``history_window`` (C step only; default None: from the model, see ``history_window_steps``): a row
+    that is neither resident nor in a guard shadow and was not used for this many steps loses its history
+    record and id, so the state grows with the fast tier and the rows seen in the window, not with every
+    row ever seen (0: keep every row's history, as the Python step does).
     """
 
     learned = True
@@ -174,7 +184,8 @@ class LearnedPolicy(Policy):
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
                  train_config: TrainConfig | None = None, native_infer: bool = True,
-                 native_step: bool = True, granularity: Granularity | None = None) -> None:
+                 native_step: bool = True, granularity: Granularity | None = None,
+                 history_window: int | None = None, prefetch_announced: bool = True) -> None:
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
         self.slack = float(slack)
@@ -188,6 +199,9 @@ class LearnedPolicy(Policy):
         self.threads = max(1, int(threads))
         self.native_infer = bool(native_infer)
         self.native_step = bool(native_step)
+        if history_window is not None and int(history_window) < 0:
+            raise ValueError(f"history_window must be >= 0 steps, got {history_window}")
+        self.history_window = None if history_window is None else int(history_window)
         self._native: NativeStep | None = None
         self.cfg = train_config or TrainConfig(epochs=int(epochs), seed=self.seed)
         self.levels = int(levels)
@@ -195,6 +209,7 @@ class LearnedPolicy(Policy):
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.prefetch_probe = max(1, int(prefetch_probe))
+        self.prefetch_announced = bool(prefetch_announced)
         self.voyager_min_prob = float(voyager_min_prob)
         self._horizon_opt = horizon  # None: tuned in fit() on the training steps
         self.horizon = 16.0 if horizon is None else float(horizon)
@@ -343,6 +358,12 @@ class LearnedPolicy(Policy):
             return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps")}
         return dict(self._guard_stats)
 
+    @property
+    def native_stats(self) -> dict[str, int] | None:
+        """The C step's counters (NativeStep.stats: rows with a history, histories dropped, bytes);
+        None when the Python step runs."""
+        return self._native.stats() if self._native is not None else None
+
     def resident_keys(self, keys: np.ndarray) -> np.ndarray:
         """Whether each of ``keys`` is resident in the policy's view (bool array)."""
         keys = np.asarray(keys, np.int64)
@@ -376,6 +397,18 @@ class LearnedPolicy(Policy):
     def _classes(self, out: np.ndarray) -> np.ndarray:
         """The hazard-table class of rows the caching model scored ``out`` (keep logit, log1p next use)."""
         return classify(out, *self._edges)
+
+    def history_window_steps(self) -> int:
+        """The C step's recency window in steps (0: unbounded). By default the longest span the model
+        tells apart: WINDOW_HALF_LIVES x the longest decay half-life of the features (a count older than
+        that has decayed below 1/16) or the largest reuse-distance class edge of the hazard order, and
+        always more than the prefetcher's past steps."""
+        if self.history_window is not None:
+            return 0 if self.history_window == 0 else max(self.history_window, self.cfg.past_steps + 1)
+        w = WINDOW_HALF_LIVES * max(HALF_LIVES)
+        if self.trained is not None and self.trained.hazard_edges is not None and len(self._edges[1]):
+            w = max(w, float(np.expm1(float(np.max(self._edges[1])))))
+        return int(np.ceil(max(w, self.cfg.past_steps + 1)))
 
     @property
     def _edges(self) -> tuple[np.ndarray, np.ndarray]:
@@ -482,7 +515,8 @@ class LearnedPolicy(Policy):
     def observe(self, view: StepView) -> Decision:
         if self._native is not None:
             self.t += 1
-            return self._native.step(view.keys, view.hit)
+            ann = view.announced if self.prefetch_announced else None
+            return self._native.step(view.keys, view.hit, ann)
         b = self.t
         self.t += 1
         keys = np.asarray(view.keys, np.int64)
@@ -543,7 +577,9 @@ class LearnedPolicy(Policy):
         else:
             admit_mask = missed
         adm = ids[admit_mask]
-        pf, pf_p = self._prefetch(b, ids)
+        ann = (self.hist.index.lookup(np.asarray(view.announced, np.int64))
+               if self.prefetch_announced and len(view.announced) else EMPTY_KEYS)
+        pf, pf_p = self._prefetch(b, ids, ann[ann >= 0])
         if len(pf):
             # prefetches are inserted after admissions, predicted used within the window; with the
             # caching model they enter at the lowest keep-level, behind this step's rows, so they only
@@ -571,8 +607,10 @@ class LearnedPolicy(Policy):
                         prefetch=idx.keys_of(ins[for_pf]))
 
     # ---------------------------------------------------------------------------------- prefetchers
-    def _prefetch(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Rows to prefetch (history ids, best first) and their predicted probabilities."""
+    def _prefetch(self, b: int, ids: np.ndarray,
+                  ann: np.ndarray = EMPTY_KEYS) -> tuple[np.ndarray, np.ndarray]:
+        """Rows to prefetch (history ids, best first) and their predicted probabilities; ``ann``: the
+        history ids of the announced rows (lookahead), more triggers for the recmg prefetcher."""
         none = (EMPTY_KEYS, np.zeros(0))
         if self.prefetch_budget <= 0 or self.capacity <= 0:
             return none
@@ -582,7 +620,7 @@ class LearnedPolicy(Policy):
             if self._pf_idle >= PREFETCH_IDLE_STEPS and b % self.prefetch_probe:
                 self._pf_idle += 1
                 return none
-            out = self._prefetch_recmg(b, ids)
+            out = self._prefetch_recmg(b, ids, ann)
             self._pf_idle = 0 if len(out[0]) else self._pf_idle + 1
             return out
         if self.prefetcher == "voyager" and self._np_voy is not None:
@@ -590,14 +628,20 @@ class LearnedPolicy(Policy):
             return pf, np.ones(len(pf))
         return none
 
-    def _prefetch_recmg(self, b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _prefetch_recmg(self, b: int, ids: np.ndarray, ann: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         net = self._np_pref
         assert net is not None
         h = self.hist
         now = b + 1
-        cand, cf = self.stream.candidates(ids, now)
+        # the triggers: this step's rows, then the announced rows not among them (first occurrence)
+        trig = ids
+        if len(ann):
+            ann = ann[~np.isin(ann, ids)]
+            _, first = np.unique(ann, return_index=True)
+            trig = np.concatenate([ids, ann[np.sort(first)]])
+        cand, cf = self.stream.candidates(trig, now)
         if len(cand):
-            ok = ~self.res.resident[cand] & ~np.isin(cand, ids)
+            ok = ~self.res.resident[cand] & ~np.isin(cand, trig)
             cand, cf = cand[ok], cf[ok]
         if not len(cand):
             return EMPTY_KEYS, np.zeros(0)
