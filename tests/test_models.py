@@ -230,9 +230,9 @@ def test_prefetcher_throttled_while_it_proposes_nothing(threshold: float, probe:
     calls = []
     inner = p._prefetch_recmg
 
-    def counted(b: int, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def counted(b: int, ids: np.ndarray, ann: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         calls.append(b)
-        return inner(b, ids)
+        return inner(b, ids, ann)
 
     p._prefetch_recmg = counted  # type: ignore[method-assign]
     c = drive(p, steps, 30, 200, path="python")
