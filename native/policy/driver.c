@@ -335,6 +335,46 @@ static void la_pin(la_state *s, const int32_t *ids, const int64_t *offsets, int6
 }
 
 /* one step's decision (module doc of recmgd/sim/lookahead.py, _apply) */
+/* The policy's admissions (prefetch = 0) or prefetches (prefetch = 1) of one step, each distinct id once:
+ * a held row becomes the policy's own; a free row is inserted while there is room (a victim may go) and,
+ * for prefetches, while *left (-1: no limit) allows; the others are refused. */
+static int la_take(sc_driver *d, la_state *s, const int32_t *ids, int64_t n, int64_t nids, int64_t step,
+                   int prefetch, int scored, int64_t *left)
+{
+    const int64_t tok = ++s->token;
+    int rc = SC_OK;
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= nids)
+            return SC_EBADID;
+        if (s->mark[id] == tok)
+            continue;
+        s->mark[id] = tok;
+        if (d->res[id] == LA_OWNED)
+            continue;
+        if (d->res[id] == LA_HELD) {
+            d->res[id] = LA_OWNED;
+            continue;
+        }
+        if ((prefetch && *left == 0) || !la_room(d, s, step, &rc)) {
+            if (rc != SC_OK || (rc = la_reject(s, id)) != SC_OK)
+                return rc;
+            continue;
+        }
+        d->res[id] = LA_OWNED;
+        d->n_res++;
+        lst_touch(s, id);
+        if (!prefetch)
+            continue;
+        d->pf[id] = scored ? 2 : 1;
+        if (*left > 0)
+            (*left)--;
+        if (scored)
+            d->c.prefetch_issued++;
+    }
+    return SC_OK;
+}
+
 static int la_apply(sc_driver *d, sc_policy *p, la_state *s, const sc_decision *dec, int64_t n_ann,
                     int64_t lookahead, int64_t budget, int scored, int64_t step, sc_la_counters *la)
 {
@@ -363,30 +403,9 @@ static int la_apply(sc_driver *d, sc_policy *p, la_state *s, const sc_decision *
         }
     }
     /* admissions */
-    tok = ++s->token;
-    for (int64_t i = 0; i < dec->n_admit; i++) {
-        int32_t id = dec->admit[i];
-        if (id < 0 || id >= nids)
-            return SC_EBADID;
-        if (s->mark[id] == tok)
-            continue;
-        s->mark[id] = tok;
-        if (d->res[id] == LA_OWNED)
-            continue;
-        if (d->res[id] == LA_HELD) {
-            d->res[id] = LA_OWNED;
-            continue;
-        }
-        if (!la_room(d, s, step, &rc)) {
-            if (rc != SC_OK || (rc = la_reject(s, id)) != SC_OK)
-                return rc;
-            continue;
-        }
-        d->res[id] = LA_OWNED;
-        d->n_res++;
-        lst_touch(s, id);
-    }
     int64_t left = -1;
+    if ((rc = la_take(d, s, dec->admit, dec->n_admit, nids, step, 0, scored, &left)) != SC_OK)
+        return rc;
     if (lookahead) {
         /* rows held for steps that have run, and not taken over: released */
         int64_t k = 0;
@@ -423,34 +442,8 @@ static int la_apply(sc_driver *d, sc_policy *p, la_state *s, const sc_decision *
         }
     }
     /* the policy's prefetches, within what is left of the budget */
-    tok = ++s->token;
-    for (int64_t i = 0; i < dec->n_prefetch; i++) {
-        int32_t id = dec->prefetch[i];
-        if (id < 0 || id >= nids)
-            return SC_EBADID;
-        if (s->mark[id] == tok)
-            continue;
-        s->mark[id] = tok;
-        if (d->res[id] == LA_OWNED)
-            continue;
-        if (d->res[id] == LA_HELD) {
-            d->res[id] = LA_OWNED;
-            continue;
-        }
-        if (left == 0 || !la_room(d, s, step, &rc)) {
-            if (rc != SC_OK || (rc = la_reject(s, id)) != SC_OK)
-                return rc;
-            continue;
-        }
-        d->res[id] = LA_OWNED;
-        d->pf[id] = scored ? 2 : 1;
-        d->n_res++;
-        lst_touch(s, id);
-        if (left > 0)
-            left--;
-        if (scored)
-            d->c.prefetch_issued++;
-    }
+    if ((rc = la_take(d, s, dec->prefetch, dec->n_prefetch, nids, step, 1, scored, &left)) != SC_OK)
+        return rc;
     if (s->n_taken && (rc = sc_policy_rejected(p, s->taken, s->n_taken)) != SC_OK)
         return rc;
     if (s->n_rej && (rc = sc_policy_rejected(p, s->rej, s->n_rej)) != SC_OK)
