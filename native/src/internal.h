@@ -60,7 +60,9 @@ typedef struct shm_header {
     char pad2[64];
 } shm_header;
 
-typedef struct shm_table {
+/* A table's geometry: the first 40 bytes of its shared descriptor (shm_table.d), and, as validated at
+ * attach, the handle's private copy (recmg_pool.tables); the shared one is used for its counters only. */
+typedef struct tabdesc {
     uint64_t rows;
     uint32_t dim;
     int32_t dtype;
@@ -68,6 +70,10 @@ typedef struct shm_table {
     uint32_t pad;
     uint64_t index_first; /* first entry of this table in the index */
     uint64_t slow_off;    /* byte offset of row 0 in the slow tier (object region or file) */
+} tabdesc;
+
+typedef struct shm_table {
+    tabdesc d;
     char pad2[24];
     shm_counters c;       /* per-table counters, all processes */
     char pad3[16];
@@ -115,16 +121,6 @@ typedef struct pool_geom {
     char slow_path[RECMG_PATH_MAX];
 } pool_geom;
 
-/* A table descriptor as validated at attach (the shared one, shm_table, is used for its counters only). */
-typedef struct tabdesc {
-    uint64_t rows;
-    uint32_t dim;
-    int32_t dtype;
-    uint32_t row_bytes;
-    uint32_t pad;
-    uint64_t index_first; /* first entry of this table in the index */
-    uint64_t slow_off;    /* byte offset of row 0 in the slow tier */
-} tabdesc;
 
 typedef struct slowio {
     int fd;         /* buffered read/write */

@@ -119,8 +119,8 @@ static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tabl
         uint32_t rb = s->dim * esz;
         if (rb > max_rb) max_rb = rb;
         if (tables) {
-            shm_table *d = &tables[t];
-            memset(d, 0, sizeof *d);
+            memset(&tables[t], 0, sizeof tables[t]);
+            tabdesc *d = &tables[t].d;
             d->rows = s->rows;
             d->dim = s->dim;
             d->dtype = o->dtype;
@@ -249,9 +249,7 @@ static int geom_set(recmg_pool *p, const shm_header *h, const shm_table *tab)
     p->tables = calloc(h->n_tables, sizeof *p->tables);
     if (!p->tables) return rc_set(p, RECMG_ENOMEM, "out of memory for %u table descriptors", h->n_tables);
     for (uint32_t t = 0; t < h->n_tables; t++)
-        p->tables[t] = (tabdesc){.rows = tab[t].rows, .dim = tab[t].dim, .dtype = tab[t].dtype,
-                                 .row_bytes = tab[t].row_bytes, .index_first = tab[t].index_first,
-                                 .slow_off = tab[t].slow_off};
+        p->tables[t] = tab[t].d;
     return RECMG_OK;
 }
 
@@ -502,14 +500,14 @@ static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, ui
         goto out;
     }
     for (uint32_t t = 0; t < h->n_tables && !rc; t++) {
-        if (tab[t].rows == 0 || tab[t].rows > RECMG_ROW_MASK + 1)
-            rc = bad_table(p, t, "rows", tab[t].rows, "must be 1..2^40");
-        else if (tab[t].dim == 0 || tab[t].dim > 65536)
-            rc = bad_table(p, t, "dim", tab[t].dim, "must be 1..65536");
-        else if (tab[t].dtype != h->dtype)
-            rc = bad_table(p, t, "dtype", (uint64_t)(int64_t)tab[t].dtype, "must equal the pool's dtype");
-        spec[t].rows = tab[t].rows;
-        spec[t].dim = tab[t].dim;
+        if (tab[t].d.rows == 0 || tab[t].d.rows > RECMG_ROW_MASK + 1)
+            rc = bad_table(p, t, "rows", tab[t].d.rows, "must be 1..2^40");
+        else if (tab[t].d.dim == 0 || tab[t].d.dim > 65536)
+            rc = bad_table(p, t, "dim", tab[t].d.dim, "must be 1..65536");
+        else if (tab[t].d.dtype != h->dtype)
+            rc = bad_table(p, t, "dtype", (uint64_t)(int64_t)tab[t].d.dtype, "must equal the pool's dtype");
+        spec[t].rows = tab[t].d.rows;
+        spec[t].dim = tab[t].d.dim;
     }
     if (rc) goto out;
     if (h->ring_records == 0 || (h->ring_records & (h->ring_records - 1)) != 0) {
@@ -548,15 +546,15 @@ static int validate(recmg_pool *p, const shm_header *h, const shm_table *tab, ui
 #undef FIELD
     for (uint32_t t = 0; t < h->n_tables; t++) {
         char need[64];
-        if (tab[t].row_bytes != want[t].row_bytes) {
-            snprintf(need, sizeof need, "the layout needs %u", want[t].row_bytes);
-            rc = bad_table(p, t, "row_bytes", tab[t].row_bytes, need);
-        } else if (tab[t].index_first != want[t].index_first) {
-            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].index_first);
-            rc = bad_table(p, t, "index_first", tab[t].index_first, need);
-        } else if (tab[t].slow_off != want[t].slow_off) {
-            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].slow_off);
-            rc = bad_table(p, t, "slow_off", tab[t].slow_off, need);
+        if (tab[t].d.row_bytes != want[t].d.row_bytes) {
+            snprintf(need, sizeof need, "the layout needs %u", want[t].d.row_bytes);
+            rc = bad_table(p, t, "row_bytes", tab[t].d.row_bytes, need);
+        } else if (tab[t].d.index_first != want[t].d.index_first) {
+            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].d.index_first);
+            rc = bad_table(p, t, "index_first", tab[t].d.index_first, need);
+        } else if (tab[t].d.slow_off != want[t].d.slow_off) {
+            snprintf(need, sizeof need, "the layout needs %llu", (unsigned long long)want[t].d.slow_off);
+            rc = bad_table(p, t, "slow_off", tab[t].d.slow_off, need);
         }
         if (rc) goto out;
     }
