@@ -100,6 +100,15 @@ RETRAIN_COUNTERS = (
 )
 
 
+def _per_pool(kind: type, spec: tuple[tuple[str, str, str], ...], by_pool: dict[str, Any]) -> Iterator[Any]:
+    """One family per (key, name, help) of spec, one sample per pool: by_pool[pool][key] (0 if absent)."""
+    for key, name, help_text in spec:
+        fam = kind(f"recmgd_{name}", help_text, labels=["pool"])
+        for pname, values in by_pool.items():
+            fam.add_metric([pname], float(values.get(key, 0)))
+        yield fam
+
+
 class StatsCollector(Collector):
     """Turns the daemon's stats snapshot into metric families."""
 
@@ -115,16 +124,8 @@ class StatsCollector(Collector):
                 for t in p.get("tables", []):
                     fam.add_metric([pname, str(t["table"])], float(t.get(key, 0)))
             yield fam
-        for key, name, help_text in POOL_COUNTERS:
-            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
-            for pname, p in pools.items():
-                fam.add_metric([pname], float(p.get(key, 0)))
-            yield fam
-        for key, name, help_text in POOL_GAUGES:
-            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
-            for pname, p in pools.items():
-                fam.add_metric([pname], float(p.get(key, 0)))
-            yield fam
+        yield from _per_pool(CounterMetricFamily, POOL_COUNTERS, pools)
+        yield from _per_pool(GaugeMetricFamily, POOL_GAUGES, pools)
         for key, help_text in (("lookups", "ids the apps looked up (their own count)"),
                                ("unique", "distinct rows per lookup call (the apps' count)"),
                                ("on_demand", "distinct rows the apps read from the slow tier (their count)"),
@@ -154,11 +155,7 @@ class StatsCollector(Collector):
     def _retrain(pools: dict[str, Any]) -> Iterator[Any]:
         """Retraining's families (samples only for the pools with retrain_every)."""
         rts = {name: p["retrain"] for name, p in pools.items() if p.get("retrain")}
-        for key, name, help_text in RETRAIN_COUNTERS:
-            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
-            for pname, rt in rts.items():
-                fam.add_metric([pname], float(rt.get(key, 0)))
-            yield fam
+        yield from _per_pool(CounterMetricFamily, RETRAIN_COUNTERS, rts)
         gauges = (("model_age_seconds", "age of the pool's current model (its checkpoint's time)",
                    lambda rt: rt.get("model_age_s")),
                   ("retrain_window_lookups", "lookups in the retraining window",
@@ -181,22 +178,14 @@ class StatsCollector(Collector):
     def _pages(pools: dict[str, Any]) -> Iterator[Any]:
         """Page mode's families (samples only for the pools in page mode)."""
         pages = {name: p["pages"] for name, p in pools.items() if p.get("pages")}
-        for key, name, help_text in PAGE_COUNTERS:
-            fam = CounterMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
-            for pname, pg in pages.items():
-                fam.add_metric([pname], float(pg.get(key, 0)))
-            yield fam
+        yield from _per_pool(CounterMetricFamily, PAGE_COUNTERS, pages)
         fam = CounterMetricFamily("recmgd_page_move_failures", "pages not moved, by errno name",
                                   labels=["pool", "errno"])
         for pname, pg in pages.items():
             for err, n in sorted((pg.get("failed") or {}).items()):
                 fam.add_metric([pname, str(err)], float(n))
         yield fam
-        for key, name, help_text in PAGE_GAUGES:
-            fam = GaugeMetricFamily(f"recmgd_{name}", help_text, labels=["pool"])
-            for pname, pg in pages.items():
-                fam.add_metric([pname], float(pg.get(key, 0)))
-            yield fam
+        yield from _per_pool(GaugeMetricFamily, PAGE_GAUGES, pages)
         fam = GaugeMetricFamily("recmgd_node_bytes", "bytes of the pool's slow tier on each NUMA node "
                                 "(sampled when the pool has more pages than node_sample_pages)",
                                 labels=["pool", "node"])
