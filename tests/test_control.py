@@ -31,6 +31,7 @@ from test_daemon_plugin import (
 
 from recmgd.cli import recmgctl
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
+from recmgd.shm import SHM_DIR, huge_mode
 
 
 @pytest.fixture(scope="module")
@@ -74,10 +75,11 @@ def test_stats_and_pools(daemon) -> None:
     assert st["daemon"]["pid"] == proc.pid and st["daemon"]["config"] == str(cfg)
     assert st["daemon"]["waiting_for"] == ["not-there"] and st["pools"] == {}
     assert st["daemon"]["step_mode"] is True  # --step-mode
+    assert st["daemon"]["shm_huge"] == huge_mode()  # the tmpfs pools live on, as the mount table says
     assert request(str(sock), "pools") == [{"name": "not-there", "waiting": True, "error": None}]
     rc, out, _ = ctl(sock, "stats")
     assert rc == 0 and f"recmgd pid {proc.pid}" in out and "waiting for pools: not-there" in out
-    assert "step mode" in out
+    assert "step mode" in out and f"{SHM_DIR} huge={huge_mode()}" in out
     rc, out, _ = ctl(sock, "stats", "--json")
     assert rc == 0 and json.loads(out)["daemon"]["pid"] == proc.pid
     rc, out, _ = ctl(sock, "pools")

@@ -16,6 +16,7 @@ from typing import Any, NoReturn
 
 from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
+from recmgd.shm import SHM_DIR
 
 MAX_SECONDS = 86400.0  # --timeout and --watch: a day at most
 
@@ -94,7 +95,8 @@ def format_stats(stats: dict[str, Any]) -> str:
     lines = [f"recmgd pid {d.get('pid')}  up {d.get('uptime_s', 0):.0f} s  "
              f"{d.get('lookups_per_s', 0) / 1e6:.2f}M lookups/s  "
              f"loop lag {1e3 * d.get('loop_lag_s', 0):.1f} ms"
-             f"{'  step mode' if d.get('step_mode') else ''}"]
+             f"{'  step mode' if d.get('step_mode') else ''}"
+             f"{f'  {SHM_DIR} huge=' + d['shm_huge'] if d.get('shm_huge') else ''}"]
     if d.get("waiting_for"):
         lines.append("waiting for pools: " + ", ".join(d["waiting_for"]))
     if d.get("last_reload_error"):

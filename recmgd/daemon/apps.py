@@ -18,10 +18,10 @@ import psutil
 
 from recmgd.daemon.loop import PoolDriver, _ring_field
 from recmgd.errors import RecmgError
+from recmgd.shm import SHM_DIR
 
 log = logging.getLogger(__name__)
 
-SHM_DIR = "/dev/shm"
 
 
 def process_alive(pid: int, create_time: float | None = None) -> bool:

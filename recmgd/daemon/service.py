@@ -27,6 +27,7 @@ from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.daemon.record import PoolStream
 from recmgd.daemon.retrain import Retrainer, starting_policy
 from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
+from recmgd.shm import HUGE_OK, SHM_DIR, huge_mode, shm_path
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ class _Attached:
 
 def _shm_inode(name: str) -> int | None:
     try:
-        return os.stat(os.path.join("/dev/shm", name)).st_ino
+        return os.stat(shm_path(name)).st_ino
     except OSError:
         return None
 
@@ -87,6 +88,7 @@ class Daemon:
         self._served = self.cfg.served_ids()
         self.last_reload_error: str | None = None
         self.reloads = 0
+        self.shm_huge: str | None = None  # the huge= option of the tmpfs pools live on (setup)
         self.started = time.monotonic()
         self.ticks = 0
         self.lag = 0.0
@@ -314,6 +316,7 @@ class Daemon:
                 "loop_lag_s": round(self.lag_max if self.lag_max else self.lag, 6),
                 "lookups_per_s": round(self._rate, 1),
                 "reloads": self.reloads,
+                "shm_huge": self.shm_huge,
                 "last_reload_error": self.last_reload_error,
                 "waiting_for": self.waiting_for(),
                 "stuck": {name: {"since": round(st.since, 3), "for_s": round(now - st.since_mono, 3),
@@ -573,6 +576,10 @@ class Daemon:
         if addr is not None:
             self.metrics = MetricsServer(addr, lambda: self._snapshot)
             self.metrics.start()
+        self.shm_huge = huge_mode()
+        if self.shm_huge not in HUGE_OK:
+            log.info("%s is mounted with huge=%s: fast tiers stay on 4 KiB pages (mount it with huge=advise "
+                     "for faster hits; README, \"Huge pages\")", SHM_DIR, self.shm_huge)
         self._discover()
         self._snapshot = self.stats()
         waiting = self.waiting_for()
