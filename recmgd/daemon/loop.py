@@ -11,9 +11,9 @@ loop"):
 - the policy step (here, with :mod:`recmgd.daemon.step`): each app batch becomes one
   :class:`~recmgd.policy.StepView` (keys deduplicated in first-appearance order, ``hit`` = resident in
   the fast tier before the step); the policy's :class:`~recmgd.policy.Decision` is applied through the
-  mover before the next step: first the evictions, then the admissions, then the app's hints (fetched
-  before predictions, counted apart), then the prefetches, all under the fill budget; what the budget
-  drops is passed to ``policy.rejected``.
+  mover before the next step: first the app's hints (announced rows, fetched before the policy's own
+  moves, counted apart), then the evictions, the admissions and the prefetches, all under the fill
+  budget; what the budget drops is passed to ``policy.rejected``.
 
 The mirror is exact because the daemon is the only writer of the fast tier (rebuilt from
 ``pool.resident_keys()`` on attach). In the deterministic step mode (tests) the budget is a fixed
@@ -96,7 +96,8 @@ class PoolDriver:
 
     ``tracker`` (:class:`~recmgd.daemon.tracker.RingTracker`) and ``mover``
     (:class:`~recmgd.daemon.mover.ResidencyMover`) are its parts; the attributes below forward to them.
-    Memory: 5 bytes per row of the pool's tables (the mover's flag byte and dedupe scratch word).
+    Memory: 9 bytes per row of the pool's tables (the mover's flag byte, dedupe scratch word and pin
+    expiry).
     """
 
     #: what the driver's keys are: rows of the fast tier's slots (recmgd.daemon.pages drives pages)
@@ -263,7 +264,8 @@ class PoolDriver:
         return True
 
     def _pin(self, hints: np.ndarray) -> None:
-        """Hinted rows are announced for a batch that has not run: pinned (recmgd.daemon.mover)."""
+        """Hinted rows are announced for a batch that has not run: pinned for ``hint_pin_batches``
+        steps from now (recmgd.daemon.mover)."""
         mv = self.mover
         ok = mv.valid(hints)
         mv.pin(mv.flat(hints[ok] if not ok.all() else hints), self.pc["steps"])
@@ -293,8 +295,7 @@ class PoolDriver:
             self.pc["hint_late"] += int(np.isin(hints, keys[~hit]).sum())
         mv.clear_dropped()
         self.pc["steps"] += 1
-        # lookahead: the rows announced for this batch were read, its boundary has passed
-        mv.unpin_read(fl, f)
+        # lookahead: the pins whose batches have passed end
         mv.expire_pins(self.pc["steps"])
         if self.paused:
             return
@@ -335,16 +336,16 @@ class PoolDriver:
         return self._worker
 
     def _step_early(self, keys: np.ndarray, fl: np.ndarray, hints: np.ndarray) -> None:
-        """Apply the decisions that are back, fill the step's missed rows now, fetch its hints, hand
-        the step to the worker thread."""
+        """Apply the decisions that are back, fetch the step's hints (announced rows first), fill its
+        missed rows now, hand the step to the worker thread."""
         w = self._worker or self._start_worker()
         seq = self.pc["steps"] - 1
         self.apply_ready()
+        if len(hints) and self.hint_slots:
+            self.mover.fetch_hints(hints)
         owned = (self.mover.flags[fl] & RES) != 0
         if not owned.all():
             owned = self._early(keys, fl, owned)
-        if len(hints) and self.hint_slots:
-            self.mover.fetch_hints(hints)
         view = StepView(step=seq, keys=keys, hit=owned, hints=hints)
         self._in_flight.append((seq, keys, owned))
         notices, self._notices = self._notices, []
@@ -368,9 +369,8 @@ class PoolDriver:
             take = np.flatnonzero(ok)[:need]
             if len(take):
                 self._victim_pos += int(take[-1]) + 1
-                v, vfl = cand[take], cfl[take]
+                v, vfl = self.mover.dedupe(cand[take], cfl[take])
                 self.mover.evict_flat(vfl, v)
-                self.mover.n_resident -= len(vfl)
                 self._tell("evicted", v)
             else:
                 self._victim_pos = len(self._victims)

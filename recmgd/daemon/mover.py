@@ -4,18 +4,22 @@ One :class:`ResidencyMover` per attached pool (inside its :class:`~recmgd.daemon
 It keeps a flag byte per row of every table (the mirror: resident for the policy, resident for a hint,
 prefetched and not read yet, ...), so residency checks are vectorised and never touch the pool; the
 daemon is the only writer of the fast tier, so the mirror is exact. It applies a decision through the
-pool (first the evictions, then the admissions, then the app's hints, then the prefetches), keeps the
+pool (first the app's hints, then the evictions, the admissions and the prefetches), keeps the
 per-table counters, and caps fills with the :class:`FillBudget`; what the budget or the capacity drops
 it reports through ``tell("rejected", keys)`` (and evictions the policy did not ask for through
 ``tell("evicted", keys)``, by the driver).
 
 Hints fill a reserve of ``hint_slots`` rows apart from the policy's capacity (oldest hinted rows make
-room); an admission or prefetch of a hinted row takes it over without a copy.
+room); an admission or prefetch of a hinted row takes it over without a copy. The reserve's queue
+(``hint_fifo``, oldest first) holds at most one entry per row (flag ``QUEUED``): an entry whose row left
+the reserve (taken over, evicted) is stale and skipped, and becomes live again if the row comes back,
+so a row is never evicted twice (the mirror would then count a slot the pool does not have free).
 
 Pins (lookahead): a hinted row is announced for a batch that has not run yet, so it is *pinned*
-(:meth:`ResidencyMover.pin`) until a step processed after the hint reads it, or until ``pin_steps``
-steps have passed without a read. A pinned row is never evicted: not by the hint reserve's own
-turnover, not as an early victim, and not by the policy's decision: an eviction of a pinned row the
+(:meth:`ResidencyMover.pin`) for ``pin_steps`` steps after its latest hint (a new hint of a pinned row
+extends its pin; a read does not end it: with the server announcing L batches ahead, a row announced
+for batch i+L may also be read by batch i+1). A pinned row is never evicted: not by the hint reserve's
+own turnover, not as an early victim, and not by the policy's decision: an eviction of a pinned row the
 policy owns is refused and the row moves to the hint reserve (``pin_refused``), so the policy, which
 believes it gone, sees it as a miss when it is read and takes it over. (FBGEMM's issue #1201 is this
 bug in their pipeline: rows prefetched for the next batch evicted before it ran.)
@@ -47,6 +51,8 @@ PF_UNREAD = np.uint8(4)  # prefetched, not read yet
 HINT_UNREAD = np.uint8(8)  # fetched for a hint, not read yet
 PF_DROPPED = np.uint8(16)  # a prefetch the budget dropped in the last step (read now: late)
 PIN = np.uint8(32)  # announced (hinted) for a batch that has not run yet: never evicted
+QUEUED = np.uint8(64)  # has an entry (live or stale) in the hint reserve's queue
+FIFO_SLACK = 1024  # stale entries the hint reserve's queue may hold beyond twice its live ones
 RESIDENT = RES | HINT
 SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
 
@@ -144,7 +150,7 @@ Tell = Callable[[str, np.ndarray], None]
 class ResidencyMover:
     """The fast-tier mirror of one pool and the moves that change it (see the module doc).
 
-    Memory: 5 bytes per row of the pool's tables (a flag byte and a dedupe scratch word).
+    Memory: 9 bytes per row of the pool's tables (a flag byte, a dedupe scratch word, a pin's expiry).
     ``pc`` is the driver's pool counters (shared); ``threaded()`` says whether the policy steps in a
     worker thread (then a decision that finds no room is not the policy's fault: ``decision_no_room``).
     """
@@ -173,12 +179,14 @@ class ResidencyMover:
         self._pos = np.arange(0, dtype=np.int32)
         self.pf_dropped = np.zeros(0, dtype=np.int64)  # flat indices dropped in the last step
         self.n_resident = 0
-        self.hint_fifo: deque[int] = deque()  # flat indices, oldest first (stale ones skipped)
+        self.hint_fifo: deque[int] = deque()  # flat indices, oldest first, one per row (QUEUED)
+        self._fifo_limit = FIFO_SLACK  # compact the queue (drop stale entries) beyond this length
         self.n_hinted = 0
         self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
         self.pin_steps = int(pin_steps)
-        self.pins: dict[int, int] = {}  # flat index -> the step count at which its pin expires
-        self._pin_queue: deque[tuple[int, int]] = deque()  # (expiry, flat), in expiry order
+        # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
+        self.pin_until = np.zeros(total, dtype=np.uint32)
+        self._pin_queue: deque[tuple[int, np.ndarray]] = deque()  # (expiry, flat indices), oldest first
 
     def set_hint_slots(self, hint_slots: int) -> None:
         """Split the slots into the hint reserve and the policy's capacity (at least one row)."""
@@ -248,9 +256,9 @@ class ResidencyMover:
     def reset(self, keep: np.ndarray) -> None:
         """Forget the mirror and own exactly ``keep`` (resident in the pool) for the policy."""
         self.flags[:] = 0
-        self.pins.clear()
         self._pin_queue.clear()
         self.hint_fifo.clear()
+        self._fifo_limit = FIFO_SLACK
         self.n_hinted = 0
         self.pf_dropped = np.zeros(0, dtype=np.int64)
         if len(keep):
@@ -265,32 +273,33 @@ class ResidencyMover:
     # -- pins (lookahead) ------------------------------------------------------------------------------
 
     def pin(self, fl: np.ndarray, now: int) -> None:
-        """Pin rows (flat indices) announced at step count ``now``: until a later step reads them or
-        ``pin_steps`` steps have passed."""
+        """Pin rows (flat indices) announced at step count ``now`` until ``pin_steps`` steps have
+        passed (a row pinned already: its pin now ends that late)."""
         if not len(fl) or self.pin_steps <= 0:
             return
         until = now + self.pin_steps
+        fl = np.array(fl, dtype=np.int64)  # a copy: the queue keeps it
         self.flags[fl] |= PIN
-        for f in fl.tolist():
-            self.pins[f] = until
-            self._pin_queue.append((until, f))
-
-    def unpin_read(self, fl: np.ndarray, f: np.ndarray) -> None:
-        """The rows a step read (flat indices, their flags before the step): their pins end."""
-        read = fl[(f & PIN) != 0]
-        if len(read):
-            self.flags[read] &= ~PIN
-            for x in read.tolist():
-                self.pins.pop(x, None)
+        self.pin_until[fl] = until & 0xFFFFFFFF
+        q = self._pin_queue
+        if q and q[-1][0] == until:  # the same expiry as the last pins: one entry
+            q[-1] = (until, np.concatenate([q[-1][1], fl]))
+        else:
+            q.append((until, fl))
 
     def expire_pins(self, now: int) -> None:
-        """End the pins whose ``pin_steps`` have passed at step count ``now``."""
+        """End the pins whose ``pin_steps`` have passed at step count ``now`` (a row pinned again since
+        keeps its later pin)."""
         q = self._pin_queue
         while q and q[0][0] <= now:
-            until, f = q.popleft()
-            if self.pins.get(f) == until:
-                del self.pins[f]
-                self.flags[f] &= ~PIN
+            until, fl = q.popleft()
+            fl = fl[self.pin_until[fl] == (until & 0xFFFFFFFF)]
+            if len(fl):
+                self.flags[fl] &= ~PIN
+
+    def pinned_count(self) -> int:
+        """Rows pinned now (resident or not)."""
+        return int(np.count_nonzero(self.flags & PIN))
 
     # -- counting ------------------------------------------------------------------------------------
 
@@ -331,20 +340,45 @@ class ResidencyMover:
 
     # -- moving --------------------------------------------------------------------------------------
 
-    def evict_flat(self, fl: np.ndarray, keys: np.ndarray | None = None) -> None:
-        """Evict rows (flat indices, resident in the pool): the pool, the mirror, the counters. The
-        caller adjusts ``n_resident`` / ``n_hinted``."""
+    def evict_flat(self, fl: np.ndarray, keys: np.ndarray | None = None) -> int:
+        """Evict rows (flat indices): the pool, the mirror, ``n_resident`` / ``n_hinted``, the counters.
+        Rows the mirror does not hold and repeats are left out (each row is evicted once); returns how
+        many rows were evicted."""
         if not len(fl):
-            return
+            return 0
         if keys is None:
             keys = self.keys_of(fl)
-        self.pool.evict_keys(keys)
-        self.count("evictions", keys)
+        keys, fl = self.dedupe(keys, fl)
         f = self.flags[fl]
+        held = (f & RESIDENT) != 0
+        if not held.all():
+            keys, fl, f = keys[held], fl[held], f[held]
+            if not len(fl):
+                return 0
+        n_hint = int(np.count_nonzero(f & HINT))
+        self.pool.evict_keys(keys)
+        self.n_hinted -= n_hint
+        self.n_resident -= len(fl) - n_hint
+        self.count("evictions", keys)
         unread = (f & PF_UNREAD) != 0
         if unread.any():
             self.pc["prefetch_evicted_unread"] += int(unread.sum())
-        self.flags[fl] = f & PF_DROPPED
+        self.flags[fl] = f & (PF_DROPPED | QUEUED)  # a queue entry stays (stale) until it is popped
+        return len(fl)
+
+    def _queue(self, fl: np.ndarray) -> None:
+        """Rows (flat indices) that entered the hint reserve: to the queue's end, unless their entry is
+        still in it (it becomes live again where it is). Stale entries are dropped now and then."""
+        fresh = fl[(self.flags[fl] & QUEUED) == 0]
+        if len(fresh):
+            self.flags[fresh] |= QUEUED
+            self.hint_fifo.extend(fresh.tolist())
+        if len(self.hint_fifo) > self._fifo_limit:
+            q = np.fromiter(self.hint_fifo, dtype=np.int64, count=len(self.hint_fifo))
+            live = (self.flags[q] & HINT) != 0
+            self.flags[q[~live]] &= ~QUEUED
+            self.hint_fifo = deque(q[live].tolist())
+            self._fifo_limit = 2 * max(len(self.hint_fifo), self.hint_slots) + FIFO_SLACK
 
     def evict_owned(self, keys: np.ndarray) -> None:
         """Evict the policy's rows among ``keys`` (others are ignored)."""
@@ -363,12 +397,10 @@ class ResidencyMover:
             self.flags[pf] = (self.flags[pf] & ~RES) | HINT
             self.n_resident -= len(pf)
             self.n_hinted += len(pf)
-            self.hint_fifo.extend(pf.tolist())
+            self._queue(pf)
             self.pc["pin_refused"] += len(pf)
             keys, fl = keys[~pinned], fl[~pinned]
-        if len(fl):
-            self.evict_flat(fl, keys)
-            self.n_resident -= len(fl)
+        self.evict_flat(fl, keys)
 
     def fill(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fill keys (not resident) under the budget; returns (filled, dropped)."""
@@ -429,7 +461,9 @@ class ResidencyMover:
             self.tell("rejected", dropped)
 
     def fetch_hints(self, hints: np.ndarray) -> None:
-        """Fill hinted rows into the hint reserve (oldest hinted rows make room); counted apart."""
+        """Fill hinted rows into the hint reserve; counted apart. ``hints`` come nearest batch first:
+        what the reserve or the budget cannot take is the tail (the rows needed last). Room is made by
+        evicting the oldest hinted rows that are not pinned."""
         if not len(hints) or not self.hint_slots:
             return
         hints, fl = self.checked(hints)
@@ -441,21 +475,8 @@ class ResidencyMover:
             hints, fl = hints[: self.hint_slots], fl[: self.hint_slots]
         need = self.n_hinted + len(hints) - self.hint_slots
         if need > 0:
-            old, kept = [], []
-            while need > 0 and self.hint_fifo:
-                f = self.hint_fifo.popleft()
-                if self.flags[f] & HINT:
-                    if self.flags[f] & PIN:
-                        kept.append(f)  # announced for a batch still to run: stays
-                        continue
-                    old.append(f)
-                    need -= 1
-            self.hint_fifo.extendleft(reversed(kept))
-            if old:
-                of = np.array(old, dtype=np.int64)
-                self.evict_flat(of)
-                self.n_hinted -= len(of)
-            if need > 0:  # the reserve is held by pinned rows: the newest hints wait
+            need -= self._make_room(need)
+            if need > 0:  # the reserve is held by pinned rows: the hints for the latest batches wait
                 n = max(len(hints) - need, 0)
                 self.pc["hint_rejected"] += len(hints) - n
                 hints, fl = hints[:n], fl[:n]
@@ -464,15 +485,36 @@ class ResidencyMover:
             ff = fl[: len(filled)]
             self.flags[ff] |= HINT | HINT_UNREAD
             self.n_hinted += len(filled)
-            self.hint_fifo.extend(ff.tolist())
+            self._queue(ff)
             self.count("hint_fetched", filled)
         if len(dropped):
             self.pc["hint_rejected"] += len(dropped)
 
+    def _make_room(self, need: int) -> int:
+        """Evict up to ``need`` of the oldest rows in the hint reserve that are not pinned; returns how
+        many. Pinned rows keep their place; stale entries (rows no longer in the reserve) leave."""
+        flags, fifo = self.flags, self.hint_fifo
+        old: list[int] = []
+        kept: list[int] = []
+        while len(old) < need and fifo:
+            f = fifo.popleft()
+            fv = flags[f]
+            if fv & HINT and fv & PIN:
+                kept.append(f)  # announced for a batch still to run: stays, queued where it was
+                continue
+            flags[f] = fv & ~QUEUED
+            if fv & HINT:
+                old.append(f)
+        fifo.extendleft(reversed(kept))
+        if not old:
+            return 0
+        return self.evict_flat(np.array(old, dtype=np.int64))
+
     def apply(self, evict: np.ndarray, admit: np.ndarray, hints: np.ndarray, prefetch: np.ndarray) -> None:
-        """A decision: the evictions, the admissions, the app's hints, then the prefetches."""
-        self.evict_owned(evict)
-        self.insert(admit, "admit")
+        """A decision: the app's hints first (announced rows are certain to be read: they take the fill
+        budget before the policy's guesses), then the evictions, the admissions and the prefetches."""
         if len(hints):
             self.fetch_hints(hints)
+        self.evict_owned(evict)
+        self.insert(admit, "admit")
         self.insert(prefetch, "prefetch")
