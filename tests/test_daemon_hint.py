@@ -167,3 +167,148 @@ def test_a_pinned_row_the_policy_evicts_twice_is_queued_once(pools) -> None:
         drv.tick()
         check_mirror(drv, daemon)
     drv.close()
+
+
+class Scripted(Policy):
+    """Returns the decisions it is given, step by step; remembers what was refused."""
+
+    name = "scripted"
+
+    def __init__(self, decisions: list[Decision]) -> None:
+        self.decisions = decisions
+        self.refused: list[int] = []
+        self.views: list[StepView] = []
+
+    def reset(self, capacity: int) -> None:
+        self.capacity = capacity
+
+    def observe(self, view: StepView) -> Decision:
+        if view.step < 0:
+            return Decision(admit=view.keys)
+        self.views.append(view)
+        return self.decisions.pop(0) if self.decisions else Decision()
+
+    def rejected(self, keys: np.ndarray) -> None:
+        self.refused += keys.tolist()
+
+
+def test_a_pin_lasts_its_batches_after_the_latest_hint_whatever_reads_it(pools) -> None:
+    """Announced two batches ahead (pins of 3 steps): a row that the next batch also reads keeps its
+    pin for the batch it was announced for; a new hint extends the pin; then it ends."""
+    app, daemon = pools
+    row5 = int(k(0, [5])[0])
+    pol = Scripted([Decision(admit=k(0, [5])), Decision(evict=k(0, [5])), Decision(admit=k(0, [5])),
+                    Decision(evict=k(0, [5])), Decision()])
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=2, step_mode=True, hint_pin_batches=3)
+    lookup(app, 0, [5])
+    app.end_batch()
+    drv.tick()  # step 1: row 5 admitted
+    app.hint(0, [5])  # announced for the batch after next
+    drv.tick()
+    lookup(app, 0, [5])  # the next batch reads it too
+    app.end_batch()
+    drv.tick()  # step 2: the policy evicts it: refused, the pin outlives the read
+    assert drv.stats()["pin_refused"] == 1 and row5 in daemon.resident_keys().tolist()
+    app.hint(0, [5])  # announced again: the pin now ends 3 steps from here
+    drv.tick()
+    before = app.counters()["processes"][0]["hits"]
+    lookup(app, 0, [5])
+    app.end_batch()
+    drv.tick()  # step 3: read from the fast tier; the policy, which thought it gone, takes it over
+    assert app.counters()["processes"][0]["hits"] == before + 1
+    app.end_batch()
+    drv.tick()  # step 4: evicted by the policy again: still pinned (the second hint)
+    assert drv.stats()["pin_refused"] == 2 and row5 in daemon.resident_keys().tolist()
+    assert drv.mover.pinned_count() == 1
+    app.end_batch()
+    drv.tick()  # step 5: the pin has ended
+    assert drv.mover.pinned_count() == 0
+    assert drv.n_hinted == 1  # the refused eviction left it in the reserve: now it may make room
+    app.hint(0, [7, 8])
+    drv.tick()
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [7, 8]).tolist()
+    check_mirror(drv, daemon)
+    drv.close()
+
+
+def test_hints_take_the_fill_budget_before_the_policy(pools) -> None:
+    """A step that carries hints: the announced rows are filled before the policy's admissions, so a
+    budget of two rows a step goes to them."""
+    from recmgd.daemon.mover import FillBudget
+
+    app, daemon = pools
+    pol = Scripted([Decision(admit=k(0, [10, 11]))])
+    budget = FillBudget(rows_per_s=200, step_mode=True, step_seconds=0.01)  # 2 rows a step
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=4, step_mode=True, budget=budget)
+    app.hint(0, [1, 2])
+    lookup(app, 0, [10])
+    app.end_batch()
+    drv.tick()  # one step, its hints with it
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [1, 2]).tolist()
+    assert pol.refused == k(0, [10, 11]).tolist() and drv.stats()["admit_rejected"] == 2
+    check_mirror(drv, daemon)
+    drv.close()
+
+
+def test_the_hints_for_the_nearest_batches_win(pools) -> None:
+    """More hints than the reserve holds: the first (nearest batch) are fetched; a reserve held by
+    pinned rows refuses the newer hints, not the pinned (sooner) ones."""
+    app, daemon = pools
+    drv = PoolDriver(daemon, policy_mod.create("lru"), "lru", hint_slots=3, step_mode=True,
+                     hint_pin_batches=2)
+    app.hint(0, [1, 2])
+    app.hint(0, [3, 4, 5])  # the next batch's rows, then the one after
+    drv.tick()
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [1, 2, 3]).tolist()
+    app.hint(0, [6])
+    drv.tick()
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [1, 2, 3]).tolist()
+    assert drv.stats()["hint_rejected"] == 3
+    for _ in range(2):  # the pins end
+        app.end_batch()
+        drv.tick()
+    app.hint(0, [6])
+    drv.tick()  # the oldest hinted row makes room
+    assert sorted(daemon.resident_keys().tolist()) == k(0, [2, 3, 6]).tolist()
+    check_mirror(drv, daemon)
+    drv.close()
+
+
+class EarlyCycler(Cycler):
+    """A Cycler whose steps run in the driver's worker thread (early admission); it names its victims
+    twice over (a policy's list may repeat rows: each is evicted once)."""
+
+    name = "early-cycler"
+    early_admission = True
+
+    def observe(self, view: StepView) -> Decision:
+        dec = super().observe(view)
+        self.victims = np.concatenate([self.last, self.last])
+        return dec
+
+    def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
+        return getattr(self, "victims", np.zeros(0, dtype=np.int64))
+
+    def evicted(self, keys: np.ndarray) -> None:
+        self.last = self.last[~np.isin(self.last, keys)]
+
+
+def test_hints_with_early_admission_keep_the_mirror_exact(pools) -> None:
+    """The same churn with the policy in a worker thread (early fills and victims, decisions applied
+    later): after each sync the mirror is the pool."""
+    app, daemon = pools
+    rng = np.random.default_rng(7)
+    drv = PoolDriver(daemon, EarlyCycler(), "early-cycler", hint_slots=5, hint_pin_batches=3)
+    batches = [rng.choice(40, size=rng.integers(4, 14), replace=False) for _ in range(120)]
+    for i, rows in enumerate(batches):
+        if i + 2 < len(batches):
+            app.hint(0, batches[i + 2])
+        if i % 2:
+            drv.tick()
+        lookup(app, 0, rows)
+        app.end_batch()
+        drv.tick()
+        drv.sync()
+        check_mirror(drv, daemon)
+    assert drv.stats()["early_admits"] > 0 and drv.stats()["hint_fetched"] > 0
+    drv.close()
