@@ -70,7 +70,8 @@ test-vm: native
 
 demo: native
 	mkdir -p build
-	$(PY) -m recmgd.cli.recmg demo --png build/recmg-demo.png $(if $(TRACE),--trace $(TRACE),)
+	$(PY) -m recmgd.cli.recmg demo --png build/recmg-demo.png $(if $(TRACE),--trace $(TRACE),) \
+		$(if $(LOOKAHEAD_BATCHES),--lookahead-batches $(LOOKAHEAD_BATCHES),)
 
 # The end-to-end comparison (tools/bench_e2e.py): a TorchRec DLRM server on recmg against all-DRAM.
 bench-e2e: native

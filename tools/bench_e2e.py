@@ -51,6 +51,9 @@ def main() -> int:
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
+                   help="+lookahead systems: the server announces a batch's rows L batches ahead (0: at "
+                        "arrival); the daemon pins hints L+1 batches (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", help="write one object per (trace, system, load) to this file")
     p.add_argument("--png", default="build/bench_e2e.png", help="the plot (default %(default)s)")
@@ -63,6 +66,8 @@ def main() -> int:
         p.error(f"--loads: numbers, got {args.loads!r}")
     if not loads or any(not 0 < x <= 2 for x in loads):
         p.error("--loads: shares in (0, 2]")
+    if args.lookahead_batches < 0:
+        p.error("--lookahead-batches must be >= 0")
     systems = [s for s in args.systems.split(",") if s]
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
@@ -89,6 +94,7 @@ def main() -> int:
     cfg = E2EConfig(traces=traces, work=work, systems=systems, loads=loads, seconds=seconds, warmup=warmup,
                     fraction=args.fraction, dim=args.dim, max_batch=args.max_batch,
                     max_wait_ms=args.max_wait_ms, epochs=1 if args.quick else 2, seed=args.seed,
+                    lookahead_batches=args.lookahead_batches,
                     progress=lambda s: print(s, flush=True))
     t0 = time.monotonic()
     try:

@@ -5,8 +5,10 @@
 - ``no-cache``: recmg's collection over a pool with no fast tier (every row read from the slow tier);
 - ``lru``, ``recmg``: a pool whose fast tier holds ``fraction`` of the trace's unique rows, driven by a real
   ``recmgd`` (a child process that reports READY over the systemd notify protocol) running that policy;
-- ``lru+lookahead``, ``recmg+lookahead``: the same, the server announcing each request's rows when it
-  arrives (hint records; the daemon fetches them into ``hint_slots`` reserved out of the same slots).
+- ``lru+lookahead``, ``recmg+lookahead``: the same, the server announcing a batch's rows when it is
+  ``lookahead_batches`` (L) batches from running (hint records; 0: each request's at arrival); the daemon
+  fetches them into ``hint_slots`` reserved out of the same slots and pins them ``L + 1`` batches
+  (:func:`pin_batches`).
 
 The slow tier is a file in the work dir (O_DIRECT, io_uring). The offered loads are fractions of the
 all-DRAM server's throughput with every request queued at once (its most). Each system is one server
@@ -64,6 +66,7 @@ class E2EConfig:
     max_wait_ms: float = 2.0
     epochs: int = 2  # RecMG training
     hint_share: float = 0.25  # lookahead: share of the slots reserved for announced rows
+    lookahead_batches: int = 2  # lookahead: the server announces a batch's rows L batches ahead
     seed: int = 0
     threads: int = 1
     max_requests: int = 0  # cap on counted requests a run (0: none)
@@ -79,6 +82,12 @@ class TraceSetup:
     unique: int
     slots: int
     model_dir: Path | None = None
+
+
+def pin_batches(lookahead_batches: int) -> int:
+    """The daemon's ``hint_pin_batches`` for a server announcing ``lookahead_batches`` (L) ahead: a row
+    hinted when batch i starts is read by batch i+L at the latest, L+1 daemon steps on."""
+    return lookahead_batches + 1
 
 
 def synth_trace(path: Path, seed: int, tables: int = 8, pooling: int = 2, lookups: int = 1_000_000,
@@ -185,6 +194,7 @@ class Stack:
         ctl = w / f"control-{self.tag}.sock"
         conf = w / f"recmgd-{self.tag}.toml"
         hint_slots = int(s.slots * cfg.hint_share) if self.lookahead else 0
+        pins = pin_batches(cfg.lookahead_batches)
         model = s.model_dir if self.policy == "recmg" else None
         conf.write_text(
             # coalesce: when the daemon falls behind, it merges the batches it drains at once into steps of
@@ -192,6 +202,7 @@ class Stack:
             f'pools = ["{self.name}"]\ninterval = 0.001\nlog_level = "warning"\ncoalesce = 1024\n'
             f'[control]\nsocket = "{ctl}"\n'
             f'[policy]\nname = "{self.policy}"\nmodel_dir = "{model or ""}"\nhint_slots = {hint_slots}\n'
+            f'hint_pin_batches = {pins}\n'
             f'[policy.options]\nprefetch_budget = {max(8, s.slots // 64)}\nseed = {cfg.seed}\n')
         notify = w / f"notify-{self.tag}.sock"
         notify.unlink(missing_ok=True)
@@ -243,7 +254,7 @@ def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Seque
            "--latencies", str(latencies)]
     cmd += ["--pool", pool] if pool else ["--all-dram"]
     if lookahead:
-        cmd.append("--lookahead")
+        cmd += ["--lookahead", "--lookahead-batches", str(cfg.lookahead_batches)]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     out: list[dict[str, Any]] = []

@@ -10,9 +10,13 @@ trace's.
 The model is TorchRec's ``torchrec.models.dlrm.DLRM`` over TorchRec's own EmbeddingBagCollection with
 every row in DRAM (``--all-dram``), or the same DLRM with the collection swapped for recmg's
 ``TieredEmbeddingBagCollection`` over a pool (``--pool NAME``, which holds the weights: ``--write-weights``
-writes them, otherwise whoever created the pool did). With ``--lookahead`` the server announces each
-request's rows when it arrives (``collection.prefetch``: hint records), while it waits for its batch,
-so a daemon can fetch them before the batch runs.
+writes them, otherwise whoever created the pool did). With ``--lookahead`` the server announces the rows
+of queued requests (``collection.prefetch``: hint records) so a daemon can fetch them before their batch
+runs: ``--lookahead-batches L`` (default 2) announces a batch's rows when it is L batches from running
+(when batch i starts, the queued requests up to the end of batch i+L, counting full batches; a request
+that arrives within that window is announced at once), so a long queue does not flood the daemon's hint
+reserve with rows needed much later; the daemon should pin hinted rows L+1 batches
+(``hint_pin_batches``, recmgd.app.e2e does). ``--lookahead-batches 0``: every request's rows at arrival.
 
 The arrival clock is virtual and the loop single-threaded: at any moment the queue holds every request
 whose arrival time has passed; the server sleeps only when it has nothing to do. This is what a real
@@ -96,19 +100,32 @@ def warm_up(model: torch.nn.Module, requests: Requests, lo: int, hi: int, max_ba
             model(torch.randn(e - s, DENSE_FEATURES, generator=gen), requests.kjt(s, e))
 
 
+def announce_end(admitted: int, after: int, lookahead_batches: int, max_batch: int) -> int:
+    """How far (request index, exclusive) the rows of queued requests are announced: the ``admitted``
+    requests (arrived so far), at most ``lookahead_batches`` full batches after request ``after`` (the end
+    of the batch starting now, or the head of the queue while the server waits); 0 batches: all of
+    them."""
+    if lookahead_batches <= 0:
+        return admitted
+    return min(admitted, after + lookahead_batches * max_batch)
+
+
 def serve(model: torch.nn.Module, requests: Requests, start: int, n: int, rate: float, max_batch: int,
           max_wait: float, seed: int, collection: Any = None, lookahead: bool = False,
-          reference: torch.nn.Module | None = None,
-          pool: Pool | None = None) -> tuple[ServeResult, np.ndarray]:
+          reference: torch.nn.Module | None = None, pool: Pool | None = None,
+          lookahead_batches: int = 2) -> tuple[ServeResult, np.ndarray]:
     """Serve requests start..start+n-1 arriving at ``rate``; returns the summary and every latency (s).
 
-    ``collection``: recmg's collection, for ``lookahead`` (announce each request's rows at arrival).
+    ``collection``: recmg's collection, for ``lookahead``: announce the rows of queued requests up to
+    ``lookahead_batches`` batches ahead of the one running (:func:`announce_end`; 0: at arrival).
     ``reference``: a model every batch's output is compared with (the largest difference is reported).
     """
     if max_batch < 1:
         raise ValueError(f"max batch must be >= 1, got {max_batch}")
     if max_wait < 0:
         raise ValueError(f"max wait must be >= 0 s, got {max_wait}")
+    if lookahead_batches < 0:
+        raise ValueError(f"lookahead batches must be >= 0, got {lookahead_batches}")
     if lookahead and collection is None:
         raise ValueError("lookahead needs recmg's collection (a pool), not the all-DRAM model")
     if not 0 <= start or start + n > requests.n:
@@ -121,13 +138,20 @@ def serve(model: torch.nn.Module, requests: Requests, start: int, n: int, rate: 
     checked = hinted = batches = 0
     head = admitted = announced = 0  # next request to serve; requests arrived; requests announced
     t0 = time.perf_counter()
+
+    def announce(after: int) -> None:
+        nonlocal announced, hinted
+        end = announce_end(admitted, after, lookahead_batches, max_batch)
+        if announced < end:
+            hinted += collection.prefetch(requests.kjt(start + announced, start + end))
+            announced = end
+
     with torch.inference_mode():
         while head < n:
             now = time.perf_counter() - t0
             admitted = int(np.searchsorted(arrive, now, side="right"))
-            if lookahead and announced < admitted:
-                hinted += collection.prefetch(requests.kjt(start + announced, start + admitted))
-                announced = admitted
+            if lookahead:
+                announce(head)
             if head == admitted:  # nothing queued: wait for the next arrival
                 time.sleep(max(0.0, arrive[head] - now))
                 continue
@@ -138,6 +162,8 @@ def serve(model: torch.nn.Module, requests: Requests, start: int, n: int, rate: 
                 time.sleep(max(0.0, min(due, nxt) - now))
                 continue
             e = head + min(queued, max_batch)
+            if lookahead:
+                announce(e)  # batch i starts: the rows of batch i+L
             kjt = requests.kjt(start + head, start + e)
             out = model(dense[head:e], kjt)
             done[head:e] = time.perf_counter() - t0
@@ -184,7 +210,12 @@ def main(argv: list[str] | None = None) -> int:
                         "the other, each on the next requests of the trace")
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--max-wait-ms", type=float, default=2.0)
-    p.add_argument("--lookahead", action="store_true", help="announce each request's rows when it arrives")
+    p.add_argument("--lookahead", action="store_true",
+                   help="announce queued requests' rows ahead of their batch")
+    p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
+                   help="with --lookahead: announce a batch's rows when it is L batches from running "
+                        "(0: each request's at arrival); the daemon should pin hints L+1 batches "
+                        "(default %(default)s)")
     p.add_argument("--write-weights", action="store_true", help="write the seeded weights into the pool")
     p.add_argument("--threads", type=int, default=1, help="torch threads (and the pool's) (default 1)")
     p.add_argument("--check", action="store_true",
@@ -194,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for name, v, low in (("--dim", args.dim, 1), ("--max-batch", args.max_batch, 1),
-                         ("--threads", args.threads, 1), ("--warmup", args.warmup, 0)):
+                         ("--threads", args.threads, 1), ("--warmup", args.warmup, 0),
+                         ("--lookahead-batches", args.lookahead_batches, 0)):
         if v < low:
             p.error(f"{name} must be >= {low}, got {v}")
     try:
@@ -256,9 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             sys.stdout.flush()
             res, lat = serve(model, requests, start, n, rate, args.max_batch, args.max_wait_ms / 1e3,
                              args.seed + i, collection=collection, lookahead=args.lookahead,
-                             reference=reference, pool=pool)
+                             reference=reference, pool=pool, lookahead_batches=args.lookahead_batches)
             res.extra = {"warmup_requests": args.warmup, "warmup_s": round(warm_s, 3), "first": start,
                          "system": "all-dram" if args.all_dram else "recmg", "lookahead": args.lookahead,
+                         "lookahead_batches": args.lookahead_batches if args.lookahead else None,
                          "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms}
             start += n
             results.append(asdict(res))

@@ -4,7 +4,8 @@ A TorchRec DLRM inference server (``python -m recmgd.app.serve``, requests arriv
 on the same trace and loads under each system: all-DRAM TorchRec EmbeddingBagCollection; recmg's
 collection over a pool with no fast tier; LRU and RecMG, each a real ``recmgd`` child (READY over the
 systemd notify protocol) driving a fast tier of 10% of the trace's rows, with and without lookahead (the
-server announcing each request's rows as it arrives). The slow tier is a file in the work dir (O_DIRECT,
+server announcing a batch's rows ``--lookahead-batches`` batches before it runs, the daemon pinning them
+one batch more). The slow tier is a file in the work dir (O_DIRECT,
 io_uring). Prints the latency table and the targets, and writes the plot (latency CDF per system, p99
 against offered load). ``tools/bench_e2e.py`` is the full benchmark; recmgd.app.e2e holds both.
 
@@ -43,6 +44,9 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workdir", help="where the slow-tier files, traces and models go (default: a temp dir "
                                      "under ./build, or . without one: the slow tier's file needs O_DIRECT)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
+    p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
+                   help="+lookahead systems: announce a batch's rows L batches ahead (0: at arrival); the "
+                        "daemon pins hints L+1 batches (default %(default)s)")
     p.add_argument("--seed", type=int, default=0)
 
 
@@ -64,8 +68,8 @@ def main(args: argparse.Namespace) -> int:
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
         return _fail(f"--systems: unknown {', '.join(bad)}; use {', '.join(SYSTEMS)}")
-    if args.seconds <= 0 or args.warmup < 1 or not 0 < args.fraction < 1:
-        return _fail("--seconds must be > 0, --warmup >= 1, --fraction in (0, 1)")
+    if args.seconds <= 0 or args.warmup < 1 or not 0 < args.fraction < 1 or args.lookahead_batches < 0:
+        return _fail("--seconds must be > 0, --warmup >= 1, --fraction in (0, 1), --lookahead-batches >= 0")
     if args.trace and not Path(args.trace).is_file():
         return _fail(f"--trace: no file {args.trace}")
     # on a disk, not tmpfs (the slow tier's file needs O_DIRECT): under build/ where there is one
@@ -85,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
         cfg = E2EConfig(traces=[(label, src)], work=work, systems=systems, loads=loads, seconds=args.seconds,
                         warmup=args.warmup, fraction=args.fraction, dim=args.dim, max_batch=args.max_batch,
                         max_wait_ms=args.max_wait_ms, epochs=args.epochs, seed=args.seed,
+                        lookahead_batches=args.lookahead_batches,
                         progress=lambda s: print(s, flush=True))
         run = compare(cfg)
         print()
