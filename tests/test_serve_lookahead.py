@@ -163,3 +163,26 @@ def test_cli_refuses_a_negative_distance(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "recmgd.app.serve", "--all-dram", "--trace", str(trace),
                         "--lookahead-batches", "-1"], capture_output=True, text=True, timeout=300)
     assert r.returncode == 2 and "--lookahead-batches must be >= 0" in r.stderr
+
+
+def test_the_comparison_passes_the_distance_to_server_and_daemon(tmp_path: Path) -> None:
+    """recmgd.app.e2e: the server runs with --lookahead-batches L, the recmgd child pins hints L+1
+    batches (its configuration file, as the daemon reads it)."""
+    from recmgd.app import e2e
+    from recmgd.daemon.config import load
+    from recmgd.keys import capacity_for
+
+    trace = _trace(tmp_path / "t.trace", 400)
+    cfg = e2e.E2EConfig(traces=[("t", trace)], work=tmp_path, warmup=100, dim=8, max_batch=16,
+                        lookahead_batches=3)
+    tr = open_trace(trace)
+    unique = int(np.unique(np.asarray(tr.keys)).size)
+    setup = e2e.TraceSetup("t", trace, tr.n_samples, table_sizes(tr), unique, capacity_for(0.2, unique))
+    with e2e.Stack("la", setup, cfg, "lru", lookahead=True) as stack:
+        assert stack.daemon is not None
+        conf = load(str(tmp_path / "recmgd-la.toml")).policy_for(stack.name)
+        assert conf.hint_pin_batches == 4 and conf.hint_slots > 0
+        out = e2e.run_server(cfg, setup, stack.name, [5000.0], [300], True, stack.daemon.pid,
+                             tmp_path / "lat.npz")[0]
+    assert out["extra"]["lookahead"] and out["extra"]["lookahead_batches"] == 3
+    assert out["requests"] == 300 and out["hinted_rows"] > 0
