@@ -128,12 +128,11 @@ def main(args: argparse.Namespace) -> int:
         return 2
     torch.set_num_threads(max(1, args.threads))
     if args.sample < 1.0:
-        lst = read_sampled_steps(args.trace, args.step_batch, args.sample)
+        steps = Steps.from_list(read_sampled_steps(args.trace, args.step_batch, args.sample))
     else:
         steps = read_steps(args.trace, args.step_batch)
-        lst = steps.as_list()
-    half = len(lst) // 2
-    n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
+    half = len(steps) // 2
+    n_unique = len(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]))
     try:
         capacity = capacity_for(args.fraction, n_unique)
     except ValueError as exc:
@@ -144,23 +143,22 @@ def main(args: argparse.Namespace) -> int:
     if granularity.is_pages:
         from recmgd.sim.pages import to_pages
 
-        page_steps, _ = to_pages(steps, granularity.row_bytes, granularity.page_bytes)
-        lst = page_steps.as_list()  # the same steps (same halves), of pages
+        steps, _ = to_pages(steps, granularity.row_bytes, granularity.page_bytes)  # same halves, of pages
         # the pages the DRAM of `capacity` row slots holds, as `recmg sim --pages` gives them
         capacity = max(1, capacity * granularity.row_bytes // granularity.page_bytes)
         unit = "pages"
-        meta_pages = {"unique_pages": len(np.unique(np.concatenate(lst))) if lst else 0}
+        meta_pages = {"unique_pages": len(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]))}
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
     which = ["cache", "prefetch"] + (["voyager"] if args.voyager else [])
     if args.quiet:  # nothing but warnings and errors
         logging.getLogger().setLevel(logging.WARNING)
     bar = _Bar(sys.stderr.isatty() and not args.quiet)
     if not args.quiet:
-        print(f"training {', '.join(which)} on {half} of {len(lst)} steps "
-              f"({sum(len(s) for s in lst[:half]):,} lookups), capacity {capacity} {unit}"
+        print(f"training {', '.join(which)} on {half} of {len(steps)} steps "
+              f"({int(steps.offsets[half] - steps.offsets[0]):,} lookups), capacity {capacity} {unit}"
               + (f" ({granularity.describe()})" if granularity.is_pages else ""))
     t0 = time.perf_counter()
-    trained = train_models(lst[:half], capacity, cfg, which=which, progress=bar)
+    trained = train_models(steps.slice(0, half), capacity, cfg, which=which, progress=bar)
     bar.close()
     if args.sample < 1.0:
         # the models saw 1/rate fewer rows a step and a tier 1/rate smaller: record the whole trace's
