@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from recmgd.models import hazard
-from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, RowHistory, Stream
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, KeyIndex, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
 from recmgd.models.train_config import TrainConfig, Trained
@@ -48,16 +48,8 @@ def cache_dataset(steps: StepsLike, keep: Sequence[np.ndarray]
     the end, which held the features twice)."""
     s = as_steps(steps)
     n, n_steps = s.n_lookups, len(s)
-    hist = RowHistory()
-    x = np.empty((n, N_FEATURES), np.float32)
-    t = np.empty(n, np.int64)
     base = int(s.offsets[0])
-    for b in range(n_steps):
-        lo, hi = int(s.offsets[b]) - base, int(s.offsets[b + 1]) - base
-        ids = hist.ids(s[b])
-        x[lo:hi] = hist.features(ids, b)
-        t[lo:hi] = hist.tables(ids)
-        hist.update(ids, b)
+    # the targets first: next_use's sort temporaries are gone before the features are allocated
     y = np.zeros((n, 2), np.float32)
     if len(keep):
         np.concatenate(keep, out=y[:, 0], casting="unsafe")
@@ -69,6 +61,16 @@ def cache_dataset(steps: StepsLike, keep: Sequence[np.ndarray]
             nc = nu[lo:hi]
             gap = np.where(nc >= NEVER, never, nc.astype(np.float64) - here)
             y[lo:hi, 1] = np.log1p(gap)
+        del nu
+    hist = RowHistory()
+    x = np.empty((n, N_FEATURES), np.float32)
+    t = np.empty(n, np.int64)
+    for b in range(n_steps):
+        lo, hi = int(s.offsets[b]) - base, int(s.offsets[b + 1]) - base
+        ids = hist.ids(s[b])
+        x[lo:hi] = hist.features(ids, b)
+        t[lo:hi] = hist.tables(ids)
+        hist.update(ids, b)
     return x, t, y
 
 
@@ -143,12 +145,13 @@ def prefetch_dataset(steps: StepsLike, miss: Sequence[np.ndarray], cfg: TrainCon
     OPT's misses of the next W steps), the true miss set (for the set loss) and the context."""
     rng = np.random.default_rng(cfg.seed + 1)
     H, W = len(steps), cfg.window
-    hist = RowHistory()
-    step_ids = [hist.ids(s) for s in steps]
-    n_rows = len(hist)
-    keys_all = hist.index.all_keys()
+    index = KeyIndex()  # the ids RowHistory gives (its index's), without a history of every row twice
+    step_ids = [index.get_or_add(s) for s in steps]
+    n_rows = len(index)
+    keys_all = index.all_keys()
+    del index
     miss_ids = [ids[m] for ids, m in zip(step_ids, miss, strict=True)]
-    hist = RowHistory()
+    hist = RowHistory(initial=n_rows)  # its final size: no doubling growth (and copy) on the way
     stream = Stream(cfg.depth)
     usable = list(range(cfg.past_steps, H - W))
     stride = max(1, len(usable) // cfg.max_samples)
