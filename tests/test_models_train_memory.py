@@ -115,3 +115,22 @@ def test_train_with_enough_memory_trains(trace: Path, tmp_path: Path) -> None:
     r = _train(trace, out, "--memory-mb", str(estimate_for(size, BATCH) // MB + 1))
     assert r.returncode == 0, r.stderr
     assert (out / "config.json").exists() and (out / "weights.pt").exists()
+
+
+def test_chunked_scoring_equals_one_pass() -> None:
+    import numpy as np
+    import torch
+
+    from recmgd.models.features import N_FEATURES
+    from recmgd.models.nets import CacheNet
+    from recmgd.models.train import score_cache
+
+    torch.manual_seed(0)
+    net = CacheNet().eval()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(5000, N_FEATURES)).astype(np.float32)
+    t = rng.integers(0, 32, 5000)
+    with torch.no_grad():
+        whole = net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
+    assert np.array_equal(score_cache(net, x, t, chunk=1024), whole)
+    assert np.array_equal(score_cache(net, x, t), whole)

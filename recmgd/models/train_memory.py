@@ -1,10 +1,10 @@
 """How much memory `recmg train` will need, estimated before the heavy work (issue #13: a trace of 10^8+
 lookups must be refused clearly, or sampled, rather than OOM-killed).
 
-The estimate follows what recmgd.models.train holds at each stage (byte counts below, a factor for what
+The estimate follows what recmgd.models.train holds at each stage (byte counts below, a margin for what
 torch and the allocator add on top, calibrated against measured peaks in BENCHMARKS.md, "Training on a
-hash sample of the rows"): the peak is the interpreter with torch, plus the trace's steps (held from the
-read to the end), plus the largest of the stages:
+hash sample of the rows"): the peak is the interpreter with torch, plus the larger of reading the trace
+and training (what training itself adds, the trace's steps, held to the end, and the largest stage):
 
 - reading: the trace itself (mapped or parsed: a key a lookup, an offset a sample) and the step builder's
   output, or with ``--sample`` one chunk's temporaries and the sampled steps twice (list and flat);
@@ -15,7 +15,8 @@ read to the end), plus the largest of the stages:
 
 With ``--sample R`` (SHARDS: a hash-chosen R of the rows) every per-access and per-row term scales by R;
 the trace's own bytes do not (it is still read, chunk by chunk). The deduplicated lookups and the unique
-rows are only known after a read; :func:`probe` measures them on a small hash sample of the rows first.
+rows are only known after a read; recmgd.cli.cmd_train.probe_size measures them on a hash sample of the
+rows first.
 """
 
 from __future__ import annotations
@@ -32,16 +33,18 @@ from recmgd.models.train_config import TrainConfig
 log = logging.getLogger(__name__)
 
 MB = 1 << 20
-#: the interpreter with numpy, torch and recmgd once a model trains (~280 MB after the imports; amazon_video
-#: -b 256, whose arrays are ~30 MB, peaks at 460 MB: autograd, Adam and the threads' arenas)
-BASE_BYTES = 440 * MB
+#: the interpreter with numpy, torch and recmgd imported (RSS after the imports: ~280 MB)
+BASE_BYTES = 300 * MB
+#: what training a model adds to that by itself (autograd, Adam, the threads' arenas): amazon_video
+#: -b 256, whose arrays are ~30 MB, peaks at 460 MB
+TRAINING_BYTES = 140 * MB
 #: the trace while it is read: an int64 key a lookup (mapped, or parsed from text) and an offset a sample
 TRACE_BYTES_PER_LOOKUP = 8
 TRACE_BYTES_PER_SAMPLE = 8
 #: lookups `recmg train --sample` reads at a time (recmgd.cli.cmd_train.read_sampled_steps), and the
 #: bytes a lookup of such a chunk costs while it is cut into steps (keys, step bounds, builder output)
 SAMPLE_CHUNK_LOOKUPS = 1 << 22
-CHUNK_BYTES_PER_LOOKUP = 24
+CHUNK_BYTES_PER_LOOKUP = 16
 #: a deduplicated lookup of the flat steps (int64)
 STEP_KEY_BYTES = 8
 #: per training access, the largest stage: the caching dataset (13 float32 features, int64 table slot,
@@ -114,7 +117,7 @@ def estimate_train_bytes(lookups: int, unique_rows: int, step_batch: int, sample
     prefetching = (pf_steps * _prefetch_sample_bytes(cfg)
                    + rows_r * (PREFETCH_EMBEDDING_COPIES * cfg.dim * 4 + PREFETCH_BYTES_PER_ROW_EXTRA))
     training = held + max(caching, prefetching)
-    return int(BASE_BYTES + OVERHEAD * max(reading, training))
+    return int(BASE_BYTES + max(OVERHEAD * reading, TRAINING_BYTES + OVERHEAD * training))
 
 
 def estimate_for(size: TraceSize, step_batch: int, sample: float = 1.0, cfg: TrainConfig | None = None
