@@ -134,3 +134,14 @@ def test_chunked_scoring_equals_one_pass() -> None:
         whole = net(torch.from_numpy(x), torch.from_numpy(t)).numpy()
     assert np.array_equal(score_cache(net, x, t, chunk=1024), whole)
     assert np.array_equal(score_cache(net, x, t), whole)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [(("--memory-mb", "-1"), "--memory-mb: MB >= 0"),
+                                               (("--memory-mb", "50", "--page-bytes", "4096"),
+                                                "--sample (row keys only) does not apply")])
+def test_train_memory_bad_use_is_one_line(trace: Path, tmp_path: Path, extra: tuple[str, ...],
+                                          needle: str) -> None:
+    r = _train(trace, tmp_path / "x", *extra)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
+    assert not (tmp_path / "x").exists()

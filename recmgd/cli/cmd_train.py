@@ -108,11 +108,12 @@ def probe_size(path: str, batch: int) -> TraceSize:
                      train_rows=round(len(np.unique(flat[:first])) / rate))
 
 
-def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: TrainConfig
-                 ) -> tuple[int, str | None]:
+def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: TrainConfig,
+                 can_sample: bool = True) -> tuple[int, str | None]:
     """The estimated peak bytes of training ``path``, and None when that fits in ``limit_bytes``, else
-    the one-line refusal (the estimate, the limit, the --sample rate that would fit). Upper bounds
-    first (every lookup a distinct row): only a trace that might not fit is probed."""
+    the one-line refusal (the estimate, the limit, the --sample rate that would fit, where
+    ``can_sample``). Upper bounds first (every lookup a distinct row): only a trace that might not fit
+    is probed."""
     from recmgd.trace import open_trace
 
     tr = open_trace(path)
@@ -125,10 +126,13 @@ def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: Tr
     log.debug("%s: estimated peak %.0f MB (limit %.0f MB; %s)", path, est / MB, limit_bytes / MB, size)
     if est <= limit_bytes:
         return est, None
-    rate = fitting_rate(size, batch, limit_bytes, cfg)
-    least = estimate_for(size, batch, 1e-9, cfg)
-    hint = (f"--sample {rate:g} would fit" if rate is not None else
-            f"no --sample rate fits (at the smallest, about {least / MB:,.0f} MB)")
+    if not can_sample:
+        hint = "--sample (row keys only) does not apply"
+    elif (rate := fitting_rate(size, batch, limit_bytes, cfg)) is not None:
+        hint = f"--sample {rate:g} would fit"
+    else:
+        least = estimate_for(size, batch, 1e-9, cfg)
+        hint = f"no --sample rate fits (at the smallest, about {least / MB:,.0f} MB)"
     return est, (f"recmg train: {path}: needs about {est / MB:,.0f} MB by estimate at --sample {sample:g}, "
             f"over the limit of {limit_bytes / MB:,.0f} MB (--memory-mb); {hint}")
 
@@ -178,11 +182,15 @@ def main(args: argparse.Namespace) -> int:
     if args.sample < 1.0 and granularity.is_pages:
         print("recmg train: --sample goes with row keys, not --page-bytes", file=sys.stderr)
         return 2
+    if args.memory_mb is not None and not args.memory_mb >= 0:
+        print(f"recmg train: --memory-mb: MB >= 0 (0: no check), got {args.memory_mb}", file=sys.stderr)
+        return 2
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
     limit = default_limit_bytes() if args.memory_mb is None else int(args.memory_mb * MB)
     memory = ""
     if limit:  # before the trace is read whole or any model trained; nothing is written on refusal
-        est, refusal = check_memory(args.trace, args.step_batch, args.sample, limit, cfg)
+        est, refusal = check_memory(args.trace, args.step_batch, args.sample, limit, cfg,
+                                    can_sample=not granularity.is_pages)
         if refusal is not None:
             print(refusal, file=sys.stderr)
             return 2
