@@ -20,6 +20,8 @@ import numpy as np
 import torch
 
 from recmgd.keys import capacity_for
+from recmgd.models.train_config import TrainConfig
+from recmgd.models.train_memory import MB, TraceSize, default_limit_bytes, estimate_for, fitting_rate
 from recmgd.trace.steps import Steps
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sample", type=float, default=1.0, metavar="RATE",
                         help="train on a hash-chosen RATE of the rows with the capacity scaled alike "
                              "(SHARDS), read chunk by chunk: memory bounded by RATE x the trace (default 1)")
+    parser.add_argument("--memory-mb", type=float, default=None, metavar="MB",
+                        help="refuse (exit 2, naming the --sample rate that would fit) when the estimated "
+                             "peak memory exceeds MB (default: 80%% of MemAvailable; 0: no check)")
     parser.add_argument("--quiet", "-q", action="store_true",
                         help="no progress bar and no output but warnings and errors")
 
@@ -81,6 +86,57 @@ def read_sampled_steps(path: str, batch: int, rate: float, chunk_lookups: int = 
     return out
 
 
+#: lookups the memory probe reads (a hash sample of the rows of about this many lookups)
+PROBE_LOOKUPS = 1 << 20
+
+
+def probe_size(path: str, batch: int) -> TraceSize:
+    """The trace's lookups and samples, and its deduplicated lookups, unique rows and the training half's
+    rows, measured on a hash sample of about PROBE_LOOKUPS lookups and scaled up (SHARDS)."""
+    from recmgd.trace import open_trace
+
+    tr = open_trace(path)
+    n, n_samples = tr.n_lookups, tr.n_samples
+    del tr
+    rate = min(1.0, PROBE_LOOKUPS / max(n, 1))
+    steps = read_sampled_steps(path, batch, rate)
+    half = len(steps) // 2
+    flat = np.concatenate(steps) if steps else np.zeros(0, np.int64)
+    first = int(sum(len(x) for x in steps[:half]))
+    return TraceSize(lookups=n, samples=n_samples, unique_rows=round(len(np.unique(flat)) / rate),
+                     dedup_lookups=round(len(flat) / rate),
+                     train_rows=round(len(np.unique(flat[:first])) / rate))
+
+
+def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: TrainConfig,
+                 can_sample: bool = True) -> tuple[int, str | None]:
+    """The estimated peak bytes of training ``path``, and None when that fits in ``limit_bytes``, else
+    the one-line refusal (the estimate, the limit, the --sample rate that would fit, where
+    ``can_sample``). Upper bounds first (every lookup a distinct row): only a trace that might not fit
+    is probed."""
+    from recmgd.trace import open_trace
+
+    tr = open_trace(path)
+    size = TraceSize(lookups=tr.n_lookups, samples=tr.n_samples, unique_rows=tr.n_lookups)
+    del tr
+    est = estimate_for(size, batch, sample, cfg)
+    if est > limit_bytes:
+        size = probe_size(path, batch)
+        est = estimate_for(size, batch, sample, cfg)
+    log.debug("%s: estimated peak %.0f MB (limit %.0f MB; %s)", path, est / MB, limit_bytes / MB, size)
+    if est <= limit_bytes:
+        return est, None
+    if not can_sample:
+        hint = "--sample (row keys only) does not apply"
+    elif (rate := fitting_rate(size, batch, limit_bytes, cfg)) is not None:
+        hint = f"--sample {rate:g} would fit"
+    else:
+        least = estimate_for(size, batch, 1e-9, cfg)
+        hint = f"no --sample rate fits (at the smallest, about {least / MB:,.0f} MB)"
+    return est, (f"recmg train: {path}: needs about {est / MB:,.0f} MB by estimate at --sample {sample:g}, "
+            f"over the limit of {limit_bytes / MB:,.0f} MB (--memory-mb); {hint}")
+
+
 class _Bar:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled
@@ -106,7 +162,7 @@ class _Bar:
 def main(args: argparse.Namespace) -> int:
     from recmgd.models import checkpoint
     from recmgd.models.granularity import Granularity
-    from recmgd.models.train import TrainConfig, train_models
+    from recmgd.models.train import train_models
 
     if args.row_bytes is not None and args.page_bytes is None:
         print("recmg train: --row-bytes goes with --page-bytes (rows are trained on as they are)",
@@ -126,14 +182,26 @@ def main(args: argparse.Namespace) -> int:
     if args.sample < 1.0 and granularity.is_pages:
         print("recmg train: --sample goes with row keys, not --page-bytes", file=sys.stderr)
         return 2
+    if args.memory_mb is not None and not args.memory_mb >= 0:
+        print(f"recmg train: --memory-mb: MB >= 0 (0: no check), got {args.memory_mb}", file=sys.stderr)
+        return 2
+    cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
+    limit = default_limit_bytes() if args.memory_mb is None else int(args.memory_mb * MB)
+    memory = ""
+    if limit:  # before the trace is read whole or any model trained; nothing is written on refusal
+        est, refusal = check_memory(args.trace, args.step_batch, args.sample, limit, cfg,
+                                    can_sample=not granularity.is_pages)
+        if refusal is not None:
+            print(refusal, file=sys.stderr)
+            return 2
+        memory = f", peak memory estimated <= {est / MB:,.0f} MB (limit {limit / MB:,.0f} MB)"
     torch.set_num_threads(max(1, args.threads))
     if args.sample < 1.0:
-        lst = read_sampled_steps(args.trace, args.step_batch, args.sample)
+        steps = Steps.from_list(read_sampled_steps(args.trace, args.step_batch, args.sample))
     else:
         steps = read_steps(args.trace, args.step_batch)
-        lst = steps.as_list()
-    half = len(lst) // 2
-    n_unique = len(np.unique(np.concatenate(lst))) if lst else 0
+    half = len(steps) // 2
+    n_unique = len(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]))
     try:
         capacity = capacity_for(args.fraction, n_unique)
     except ValueError as exc:
@@ -144,23 +212,21 @@ def main(args: argparse.Namespace) -> int:
     if granularity.is_pages:
         from recmgd.sim.pages import to_pages
 
-        page_steps, _ = to_pages(steps, granularity.row_bytes, granularity.page_bytes)
-        lst = page_steps.as_list()  # the same steps (same halves), of pages
+        steps, _ = to_pages(steps, granularity.row_bytes, granularity.page_bytes)  # same halves, of pages
         # the pages the DRAM of `capacity` row slots holds, as `recmg sim --pages` gives them
         capacity = max(1, capacity * granularity.row_bytes // granularity.page_bytes)
         unit = "pages"
-        meta_pages = {"unique_pages": len(np.unique(np.concatenate(lst))) if lst else 0}
-    cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
+        meta_pages = {"unique_pages": len(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]))}
     which = ["cache", "prefetch"] + (["voyager"] if args.voyager else [])
     if args.quiet:  # nothing but warnings and errors
         logging.getLogger().setLevel(logging.WARNING)
     bar = _Bar(sys.stderr.isatty() and not args.quiet)
     if not args.quiet:
-        print(f"training {', '.join(which)} on {half} of {len(lst)} steps "
-              f"({sum(len(s) for s in lst[:half]):,} lookups), capacity {capacity} {unit}"
-              + (f" ({granularity.describe()})" if granularity.is_pages else ""))
+        print(f"training {', '.join(which)} on {half} of {len(steps)} steps "
+              f"({int(steps.offsets[half] - steps.offsets[0]):,} lookups), capacity {capacity} {unit}"
+              + (f" ({granularity.describe()})" if granularity.is_pages else "") + memory)
     t0 = time.perf_counter()
-    trained = train_models(lst[:half], capacity, cfg, which=which, progress=bar)
+    trained = train_models(steps.slice(0, half), capacity, cfg, which=which, progress=bar)
     bar.close()
     if args.sample < 1.0:
         # the models saw 1/rate fewer rows a step and a tier 1/rate smaller: record the whole trace's

@@ -17,9 +17,14 @@ development runs.)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+from recmgd.trace.steps import as_steps
+
+if TYPE_CHECKING:
+    from recmgd.oracle import StepsLike
 
 #: age buckets: two a doubling of the age (1, 2, 3, 4-5, 6-7, 8-11, ...), the last one open
 AGE_BUCKETS = 40
@@ -86,7 +91,7 @@ def classify(out: np.ndarray, p_edges: np.ndarray, nu_edges: np.ndarray) -> np.n
     return class_of(p, p_edges) * (len(nu_edges) + 1) + class_of(out[:, 1], nu_edges)
 
 
-def fit_table(steps: Sequence[np.ndarray], cls: np.ndarray, nxt: np.ndarray, *, horizon: int,
+def fit_table(steps: StepsLike, cls: np.ndarray, nxt: np.ndarray, *, horizon: int,
               classes: int, samples: int = 1024) -> np.ndarray:
     """Estimate the (classes x AGE_BUCKETS) table from the training steps.
 
@@ -94,10 +99,11 @@ def fit_table(steps: Sequence[np.ndarray], cls: np.ndarray, nxt: np.ndarray, *, 
     the step of the row's next use (anything past the last step for none). Up to ``samples`` evenly
     spaced steps are sampled. Cells are shrunk toward their age bucket's mean over all classes.
     """
-    lens = np.array([len(s) for s in steps], np.int64)
+    st = as_steps(steps)
+    lens = np.diff(st.offsets)
     if not len(lens) or not lens.sum():
         return np.full((classes, AGE_BUCKETS), 0.5)
-    allk = np.concatenate([np.asarray(s, np.int64) for s in steps])
+    allk = st.keys[st.offsets[0] : st.offsets[-1]]  # a view: the flat steps are not copied
     _, rid = np.unique(allk, return_inverse=True)
     n = int(rid.max()) + 1
     last = np.full(n, -1, np.int64)

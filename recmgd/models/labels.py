@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
-from recmgd.oracle import belady
+from recmgd.oracle import StepsLike, belady
 from recmgd.trace.steps import as_steps
 
 
-def opt_labels(steps: Sequence[np.ndarray], capacity: int, *, keep_bypass: bool = True
+def opt_labels(steps: StepsLike, capacity: int, *, keep_bypass: bool = True
                ) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Per step, two bool arrays aligned with the step's keys.
 

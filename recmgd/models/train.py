@@ -16,12 +16,12 @@ import torch
 from torch import nn
 
 from recmgd.models import hazard
-from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, RowHistory, Stream
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, KeyIndex, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
 from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.models.voyager_net import VoyagerNet
-from recmgd.oracle import NEVER, next_use
+from recmgd.oracle import NEVER, StepsLike, next_use
 from recmgd.trace.steps import as_steps
 
 log = logging.getLogger(__name__)
@@ -30,32 +30,60 @@ log = logging.getLogger(__name__)
 Progress = Callable[[str, int, int, float, float], None]
 
 
+#: accesses a chunk when the per-access work is done in pieces (scoring, targets): bounds the temporaries
+_CHUNK = 1 << 16
+
+
 def _noop(stage: str, done: int, total: int, loss: float, rate: float) -> None:
     pass
 
 
 # ----------------------------------------------------------------------------------------- caching model
-def cache_dataset(steps: Sequence[np.ndarray], keep: Sequence[np.ndarray]
+def cache_dataset(steps: StepsLike, keep: Sequence[np.ndarray]
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Features at each access (before it), table slots and targets (N x 2: OPT keep label,
-    log1p(steps to the next use), capped at twice the trace length for rows never used again)."""
-    hist = RowHistory()
-    xs, ts = [], []
-    for b, keys in enumerate(steps):
-        ids = hist.ids(keys)
-        xs.append(hist.features(ids, b))
-        ts.append(hist.tables(ids))
-        hist.update(ids, b)
-    x = np.concatenate(xs) if xs else np.zeros((0, N_FEATURES), np.float32)
-    t = np.concatenate(ts) if ts else np.zeros(0, np.int64)
-    y = np.zeros((len(x), 2), np.float32)
+    log1p(steps to the next use), capped at twice the trace length for rows never used again).
+
+    Each array is allocated once at its final size and filled step by step (no per-step list joined at
+    the end, which held the features twice)."""
+    s = as_steps(steps)
+    n, n_steps = s.n_lookups, len(s)
+    base = int(s.offsets[0])
+    # the targets first: next_use's sort temporaries are gone before the features are allocated
+    y = np.zeros((n, 2), np.float32)
     if len(keep):
-        y[:, 0] = np.concatenate(keep)
-        nu = next_use(as_steps(steps)).astype(np.float64)
-        here = as_steps(steps).step_of()
-        gap = np.where(nu >= NEVER, 2.0 * len(steps), nu - here)
-        y[:, 1] = np.log1p(gap)
+        np.concatenate(keep, out=y[:, 0], casting="unsafe")
+        nu = next_use(s)
+        never = 2.0 * n_steps
+        for lo in range(0, n, _CHUNK):  # log1p(gap) a chunk at a time: no N-long float64 temporaries
+            hi = min(n, lo + _CHUNK)
+            here = np.searchsorted(s.offsets[1:] - base, np.arange(lo, hi), side="right")
+            nc = nu[lo:hi]
+            gap = np.where(nc >= NEVER, never, nc.astype(np.float64) - here)
+            y[lo:hi, 1] = np.log1p(gap)
+        del nu
+    hist = RowHistory()
+    x = np.empty((n, N_FEATURES), np.float32)
+    t = np.empty(n, np.int64)
+    for b in range(n_steps):
+        lo, hi = int(s.offsets[b]) - base, int(s.offsets[b + 1]) - base
+        ids = hist.ids(s[b])
+        x[lo:hi] = hist.features(ids, b)
+        t[lo:hi] = hist.tables(ids)
+        hist.update(ids, b)
     return x, t, y
+
+
+def score_cache(net: CacheNet, x: np.ndarray, t: np.ndarray, chunk: int = 0) -> np.ndarray:
+    """The caching model's outputs (N x 2, float32) at every access of a dataset, ``chunk`` rows at a
+    time (default _CHUNK): the hidden layers of one chunk, never of all N at once."""
+    chunk = chunk or _CHUNK
+    out = np.empty((len(x), 2), np.float32)
+    with torch.no_grad():
+        for lo in range(0, len(x), chunk):
+            out[lo : lo + chunk] = net(torch.from_numpy(x[lo : lo + chunk]),
+                                       torch.from_numpy(t[lo : lo + chunk])).numpy()
+    return out
 
 
 def train_cache(x: np.ndarray, t: np.ndarray, y: np.ndarray, cfg: TrainConfig,
@@ -111,18 +139,19 @@ def _sample(rng: np.random.Generator, a: np.ndarray, k: int) -> np.ndarray:
     return a if len(a) <= k else rng.choice(a, size=k, replace=False)
 
 
-def prefetch_dataset(steps: Sequence[np.ndarray], miss: Sequence[np.ndarray], cfg: TrainConfig
+def prefetch_dataset(steps: StepsLike, miss: Sequence[np.ndarray], cfg: TrainConfig
                      ) -> PrefetchData:
     """Replay the training steps; at sampled steps record the stream's candidates, their labels (in
     OPT's misses of the next W steps), the true miss set (for the set loss) and the context."""
     rng = np.random.default_rng(cfg.seed + 1)
     H, W = len(steps), cfg.window
-    hist = RowHistory()
-    step_ids = [hist.ids(s) for s in steps]
-    n_rows = len(hist)
-    keys_all = hist.index.all_keys()
+    index = KeyIndex()  # the ids RowHistory gives (its index's), without a history of every row twice
+    step_ids = [index.get_or_add(s) for s in steps]
+    n_rows = len(index)
+    keys_all = index.all_keys()
+    del index
     miss_ids = [ids[m] for ids, m in zip(step_ids, miss, strict=True)]
-    hist = RowHistory()
+    hist = RowHistory(initial=n_rows)  # its final size: no doubling growth (and copy) on the way
     stream = Stream(cfg.depth)
     usable = list(range(cfg.past_steps, H - W))
     stride = max(1, len(usable) // cfg.max_samples)
@@ -259,7 +288,7 @@ def _prefetch_loss(net: PrefetchNet, b: dict[str, torch.Tensor], mode: str) -> t
 
 
 # ------------------------------------------------------------------------------------------- voyager
-def voyager_dataset(steps: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def voyager_dataset(steps: StepsLike) -> tuple[np.ndarray, np.ndarray]:
     """The lookup stream as model ids (in order of first sight) and the id -> key table."""
     hist = RowHistory()
     ids = [hist.ids(s) for s in steps]
@@ -306,7 +335,7 @@ def train_voyager(stream: np.ndarray, keys: np.ndarray, cfg: TrainConfig,
 
 
 # ------------------------------------------------------------------------------------------- all
-def fit_hazard(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, stats: dict[str, float],
+def fit_hazard(steps: StepsLike, scored: np.ndarray, capacity: int, stats: dict[str, float],
                   cfg: TrainConfig) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """The age-aware table (recmgd.models.hazard) over the caching model's outputs ``scored`` at every
     training access, and its class edges."""
@@ -321,32 +350,42 @@ def fit_hazard(steps: Sequence[np.ndarray], scored: np.ndarray, capacity: int, s
     return table, edges
 
 
-def train_models(steps: Sequence[np.ndarray], capacity: int, cfg: TrainConfig,
+def train_models(steps: StepsLike, capacity: int, cfg: TrainConfig,
                  which: Sequence[str] = ("cache", "prefetch"), progress: Progress = _noop) -> Trained:
-    """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps``."""
+    """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps``.
+
+    Memory: each per-access array lives only as long as the stage that needs it (the caching model's
+    dataset is dropped once it is scored, the scores once they are classified), and the steps are one
+    flat array throughout (recmgd.models.train_memory estimates the peak)."""
+    s = as_steps(steps)  # one flat copy at most: every stage below reads this one
     out = Trained(capacity=capacity, config=cfg)
     # rows a (deduplicated) step: the policies size a keep-level in steps of LRU age from it, so every
     # checkpoint must carry it (`recmg train` checkpoints once lacked it and were scored with 16)
-    out.stats["mean_step_len"] = float(np.mean([len(s) for s in steps])) if len(steps) else 1.0
+    out.stats["mean_step_len"] = float(np.mean(np.diff(s.offsets))) if len(s) else 1.0
     t0 = time.perf_counter()
     if "cache" in which or "prefetch" in which:
-        keep, miss = opt_labels(steps, capacity)
+        keep, miss = opt_labels(s, capacity)
         out.stats["opt_label_s"] = time.perf_counter() - t0
-        out.stats["keep_rate"] = float(np.mean(np.concatenate(keep))) if steps else 0.0
+        out.stats["keep_rate"] = float(np.mean(np.concatenate(keep))) if len(s) else 0.0
         if "cache" in which:
-            x, t, y = cache_dataset(steps, keep)
+            x, t, y = cache_dataset(s, keep)
+            del keep
             out.cache = train_cache(x, t, y, cfg, progress)
-            with torch.no_grad():
-                scored = out.cache(torch.from_numpy(x), torch.from_numpy(t)).numpy()
-            out.hazard, out.hazard_edges = fit_hazard(steps, scored, capacity, out.stats, cfg)
+            del y
+            scored = score_cache(out.cache, x, t)
+            del x, t
+            out.hazard, out.hazard_edges = fit_hazard(s, scored, capacity, out.stats, cfg)
+            del scored
         if "prefetch" in which:
-            data = prefetch_dataset(steps, miss, cfg)
+            data = prefetch_dataset(s, miss, cfg)
+            del miss
             out.prefetch = train_prefetch(data, cfg, progress)
             out.prefetch_keys = data.keys
+            del data
     if "voyager" in which:
-        stream, keys = voyager_dataset(steps)
+        stream, keys = voyager_dataset(s)
         out.voyager = train_voyager(stream, keys, cfg, progress)
         out.voyager_keys = keys
     out.stats["train_s"] = time.perf_counter() - t0
-    log.info("trained %s on %d steps in %.1fs", ",".join(which), len(steps), out.stats["train_s"])
+    log.info("trained %s on %d steps in %.1fs", ",".join(which), len(s), out.stats["train_s"])
     return out
