@@ -33,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_pool import _median_times, _name  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
+from recmgd.models.train_memory import mem_available_bytes  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
 from recmgd.shm import SHM_DIR, huge_mode, mapped_kib  # noqa: E402
 
@@ -145,6 +146,15 @@ def main() -> int:
         return 2
     if shutil.which("unshare") is None:
         print("bench_hugepages: unshare(1) is missing (util-linux)", file=sys.stderr)
+        return 2
+    # two pools (each row in a fast-tier slot and in the dram slow tier), torch's weights and the
+    # copies made while the pools are written: 7x the tables at the peak (measured: at 500,000 rows,
+    # 11.4 GB anonymous + 12.5 GB shared when the OOM killer stopped it), plus ~1 GiB
+    need = 7 * 26 * a.rows * 64 * 4 + (1 << 30)
+    avail = mem_available_bytes()
+    if avail is not None and need > avail:
+        print(f"bench_hugepages: --rows {a.rows:,} needs about {need >> 20:,} MiB, "
+              f"{avail >> 20:,} MiB available", file=sys.stderr)
         return 2
     env = dict(os.environ, **{IN_NS: "1"})
     return subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
