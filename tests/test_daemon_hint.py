@@ -14,11 +14,11 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from test_daemon_loop import Scripted, k, lookup
 
 from recmgd import policy as policy_mod
 from recmgd.daemon.loop import PoolDriver
 from recmgd.daemon.mover import HINT, PIN, RES
-from recmgd.keys import make_keys
 from recmgd.policy import Decision, Policy, StepView
 
 pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
@@ -36,15 +36,6 @@ def pools() -> Iterator[tuple[object, object]]:
     finally:
         daemon.close()
         app.destroy()
-
-
-def k(table: int, rows) -> np.ndarray:
-    return make_keys(table, np.asarray(rows, dtype=np.int64))
-
-
-def lookup(app, table: int, rows) -> None:
-    rows = np.asarray(rows, dtype=np.int64)
-    app.embedding_bag(table, rows, np.arange(len(rows), dtype=np.int64))
 
 
 def check_mirror(drv: PoolDriver, daemon) -> None:
@@ -167,29 +158,6 @@ def test_a_pinned_row_the_policy_evicts_twice_is_queued_once(pools) -> None:
         drv.tick()
         check_mirror(drv, daemon)
     drv.close()
-
-
-class Scripted(Policy):
-    """Returns the decisions it is given, step by step; remembers what was refused."""
-
-    name = "scripted"
-
-    def __init__(self, decisions: list[Decision]) -> None:
-        self.decisions = decisions
-        self.refused: list[int] = []
-        self.views: list[StepView] = []
-
-    def reset(self, capacity: int) -> None:
-        self.capacity = capacity
-
-    def observe(self, view: StepView) -> Decision:
-        if view.step < 0:
-            return Decision(admit=view.keys)
-        self.views.append(view)
-        return self.decisions.pop(0) if self.decisions else Decision()
-
-    def rejected(self, keys: np.ndarray) -> None:
-        self.refused += keys.tolist()
 
 
 def test_a_pin_lasts_its_batches_after_the_latest_hint_whatever_reads_it(pools) -> None:
