@@ -11,7 +11,6 @@
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
-#define AGE_LUT 8192   /* age buckets of ages 0, 0.5, ..., AGE_LUT / 2 looked up */
 #define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
 
 /* row flags */
@@ -56,7 +55,7 @@ struct lp_policy {
     int64_t n_classes;
     double *p_edges, *nu_edges;
     int32_t n_p, n_nu;
-    int8_t age_lut[AGE_LUT];
+    int simd; /* the plan's filter in AVX2 (lp_set_simd) */
 
     /* per row */
     int64_t n_rows, cap_rows;
@@ -99,8 +98,6 @@ struct lp_policy {
     float *gp;
     uint8_t *gmiss;
     lp_cand *sel;
-    double *keys;
-    int64_t cap_keys;
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
     int64_t *minage;
@@ -138,22 +135,6 @@ static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
     memset((char *)q + (size_t)old * elem, fill, (size_t)(cap - old) * elem);
     *ptr = q;
     return SC_OK;
-}
-
-static int64_t age_bucket_slow(double age)
-{
-    int e;
-    double m = frexp(age < 1.0 ? 1.0 : age, &e);
-    int64_t b = 2 * (int64_t)(e - 1) + (m >= sqrt(0.5) ? 1 : 0);
-    return b < HZ_AGE_BUCKETS - 1 ? b : HZ_AGE_BUCKETS - 1;
-}
-
-static inline int64_t age_bucket(const lp_policy *p, double age)
-{
-    double a2 = 2.0 * age;
-    if (a2 >= 0.0 && a2 < AGE_LUT && a2 == (double)(int64_t)a2)
-        return p->age_lut[(int64_t)a2];
-    return age_bucket_slow(age);
 }
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -242,8 +223,6 @@ lp_policy *lp_new(const lp_params *prm)
         return NULL;
     }
     p->s_mask = prm->stream_ring - 1;
-    for (int i = 0; i < AGE_LUT; i++)
-        p->age_lut[i] = (int8_t)age_bucket_slow(i / 2.0);
     p->view.n_table_slots = 1;
     static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
     for (int k = 0; k < CM_N_HALF_LIVES; k++) /* as RowHistory._decay_rate: float32 ln 2 / half-life */
@@ -259,6 +238,7 @@ lp_policy *lp_new(const lp_params *prm)
     p->sets[1].capacity = p->sets[2].capacity = scap;
     p->psel_max = fmax(64.0, scap / 8.0);
     p->guard_on = prm->guard && prm->use_cache_model;
+    lp_set_simd(p, 1);
     lp_set_horizon(p, prm->horizon);
     return p;
 }
@@ -296,7 +276,7 @@ void lp_free(lp_policy *p)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
-    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->ann);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
@@ -485,7 +465,7 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
 /* ---------------------------------------------------------------------------- keep scores and plans */
 static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, double now, double den)
 {
-    return p->table[(int64_t)cls * HZ_AGE_BUCKETS + age_bucket(p, now - stamp)] + stamp / den;
+    return p->table[(int64_t)cls * HZ_AGE_BUCKETS + hz_age_bucket(now - stamp)] + stamp / den;
 }
 
 /* the keep score in set k's order (k 0: the cache, 1: LRU, 2: the model's) of a row of class cl, stamp
@@ -534,16 +514,145 @@ static void select_k(lp_cand *c, int64_t n, int64_t k)
     }
 }
 
-static int cmp_dbl(const void *a, const void *b)
+/* sort c[0..n) by cand_lt (a total order: ties are unique), as qsort with cmp_cand would, inline */
+static void sort_cand(lp_cand *c, int64_t n)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    while (n > 16) {
+        lp_cand *a = &c[0], *m = &c[n / 2], *z = &c[n - 1], *med; /* median of three as the pivot */
+        if (cand_lt(a, m))
+            med = cand_lt(m, z) ? m : cand_lt(a, z) ? z : a;
+        else
+            med = cand_lt(a, z) ? a : cand_lt(m, z) ? z : m;
+        lp_cand pv = *med;
+        int64_t i = 0, j = n - 1;
+        while (i <= j) {
+            while (cand_lt(&c[i], &pv))
+                i++;
+            while (cand_lt(&pv, &c[j]))
+                j--;
+            if (i <= j) {
+                lp_cand t = c[i];
+                c[i++] = c[j];
+                c[j--] = t;
+            }
+        }
+        /* [0, j] and [i, n) are left: recurse into the smaller, loop on the larger */
+        if (j + 1 < n - i) {
+            sort_cand(c, j + 1);
+            c += i, n -= i;
+        } else {
+            sort_cand(c + i, n - i);
+            n = j + 1;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {
+        lp_cand x = c[i];
+        int64_t j = i;
+        while (j > 0 && cand_lt(&x, &c[j - 1])) {
+            c[j] = c[j - 1];
+            j--;
+        }
+        c[j] = x;
+    }
 }
 
-static int cmp_cand(const void *a, const void *b)
+static void sort_dbl(double *x, int n)
 {
-    const lp_cand *x = a, *y = b;
-    return cand_lt(x, y) ? -1 : cand_lt(y, x) ? 1 : 0;
+    for (int i = 1; i < n; i++) {
+        double v = x[i];
+        int j = i;
+        while (j > 0 && v < x[j - 1]) {
+            x[j] = x[j - 1];
+            j--;
+        }
+        x[j] = v;
+    }
+}
+
+/* set k's residents whose keep score is at most thr, as candidates (key, tie = id) into out, in set
+ * order; the count */
+static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double now, double den, double thr,
+                             lp_cand *out)
+{
+    int64_t nr = 0;
+    for (int64_t i = 0; i < s->n; i++) {
+        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        if (key <= thr)
+            out[nr++] = (lp_cand){key, s->ids[i], s->ids[i]};
+    }
+    return nr;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LP_HAVE_AVX2 1
+/* filter_scalar in the hazard order, four rows at a time: the same bucket from the same bits
+ * (hz_age_bucket), the same table entry, the same division and sum, so the same doubles */
+__attribute__((target("avx2"))) static int64_t filter_hazard_avx2(const lp_policy *p, const lp_set *s,
+                                                                 double now, double den, double thr,
+                                                                 lp_cand *out)
+{
+    const double *table = p->table;
+    const __m256d vnow = _mm256_set1_pd(now), vden = _mm256_set1_pd(den), vthr = _mm256_set1_pd(thr);
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m256i mant = _mm256_set1_epi64x((long long)HZ_MANT_MASK);
+    const __m256i sq = _mm256_set1_epi64x((long long)HZ_SQRT2_MANT - 1);
+    const __m256i bias = _mm256_set1_epi64x(1023), top = _mm256_set1_epi64x(HZ_AGE_BUCKETS - 1);
+    const __m256i lsb = _mm256_set1_epi64x(1), width = _mm256_set1_epi64x(HZ_AGE_BUCKETS);
+    int64_t nr = 0, i = 0;
+    for (; i + 4 <= s->n; i += 4) {
+        __m256d st = _mm256_loadu_pd(s->st + i);
+        __m256d age = _mm256_sub_pd(vnow, st);
+        __m256i u = _mm256_castpd_si256(age);
+        __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
+        b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
+        b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* age < 1 */
+        b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
+        __m256i cl = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s->cl + i)));
+        __m256i at = _mm256_add_epi64(_mm256_mul_epu32(cl, width), b);
+        __m256d key = _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
+        int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));
+        if (mk) {
+            double kv[4];
+            _mm256_storeu_pd(kv, key);
+            while (mk) {
+                int j = __builtin_ctz((unsigned)mk);
+                mk &= mk - 1;
+                out[nr++] = (lp_cand){kv[j], s->ids[i + j], s->ids[i + j]};
+            }
+        }
+    }
+    for (; i < s->n; i++) {
+        double key = hazard_key(p, s->cl[i], s->st[i], now, den);
+        if (key <= thr)
+            out[nr++] = (lp_cand){key, s->ids[i], s->ids[i]};
+    }
+    return nr;
+}
+#else
+#define LP_HAVE_AVX2 0
+#endif
+
+int lp_set_simd(lp_policy *p, int on)
+{
+#if LP_HAVE_AVX2
+    p->simd = on && __builtin_cpu_supports("avx2");
+#else
+    (void)on;
+    p->simd = 0;
+#endif
+    return p->simd;
+}
+
+static int64_t filter(const lp_policy *p, int k, const lp_set *s, double now, double den, double thr,
+                      lp_cand *out)
+{
+#if LP_HAVE_AVX2
+    int hazard = !(k == 1 || (k == 0 && p->recency_only)) && p->prm.order == LP_ORDER_HAZARD && p->table;
+    if (p->simd && hazard)
+        return filter_hazard_avx2(p, s, now, den, thr, out);
+#endif
+    return filter_scalar(p, k, s, now, den, thr, out);
 }
 
 /* Fit new[0..m) (not resident) into set k: the lowest keep scores among the residents and the new rows
@@ -562,30 +671,25 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         if (grow_buf((void **)&p->sel, &p->cap_sel, tot, sizeof(lp_cand)) != SC_OK)
             return SC_ENOMEM;
         double den = fabs(now) + 2.0;
-        if (grow_buf((void **)&p->keys, &p->cap_keys, s->n + 1, sizeof(double)) != SC_OK)
-            return SC_ENOMEM;
-        for (int64_t i = 0; i < s->n; i++)
-            p->keys[i] = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
         /* only residents with a key up to a threshold can be among the `over` lowest: a threshold from a
          * sample of the keys (about twice the quantile needed), checked after, so the result is exact */
         double thr = INFINITY;
         int64_t nr = 0;
         if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
             double smp[LP_SAMPLE];
-            for (int j = 0; j < LP_SAMPLE; j++)
-                smp[j] = p->keys[mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n];
-            qsort(smp, LP_SAMPLE, sizeof(double), cmp_dbl);
+            for (int j = 0; j < LP_SAMPLE; j++) {
+                int64_t at = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
+                smp[j] = keep_key(p, k, s->cl[at], s->st[at], s->lv[at], now, den);
+            }
+            sort_dbl(smp, LP_SAMPLE);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
             thr = smp[at < LP_SAMPLE ? at : LP_SAMPLE - 1];
-            for (int64_t i = 0; i < s->n; i++)
-                if (p->keys[i] <= thr)
-                    p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            nr = filter(p, k, s, now, den, thr, p->sel);
             if (nr < over)
                 nr = 0, thr = INFINITY; /* the sample misled: every resident */
         }
         if (thr == INFINITY)
-            for (int64_t i = 0; i < s->n; i++)
-                p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            nr = filter(p, k, s, now, den, thr, p->sel);
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
@@ -599,7 +703,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
             select_k(p->sel, tot, over);
         else
             over = tot;
-        qsort(p->sel, (size_t)over, sizeof(lp_cand), cmp_cand);
+        sort_cand(p->sel, over);
         if (grow_buf((void **)&p->tmp, &p->cap_tmp, over, sizeof(int32_t)) != SC_OK)
             return SC_ENOMEM;
         for (int64_t i = 0; i < over; i++) {
@@ -970,7 +1074,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     int64_t take = ns < p->prm.prefetch_budget ? ns : p->prm.prefetch_budget;
     if (take < ns)
         select_k(p->sel, ns, take);
-    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
         p->newv[m + i] = p->sel[i].id;
     *n_pf = take;
@@ -1231,7 +1335,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
     int64_t take = n < k ? n : k;
     if (take < k)
         select_k(p->sel, k, take);
-    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
         out[i] = sc_idmap_key_of(p->map, p->sel[i].id);
     return take;
