@@ -468,14 +468,25 @@ static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, d
     return p->table[(int64_t)cls * HZ_AGE_BUCKETS + hz_age_bucket(now - stamp)] + stamp / den;
 }
 
+/* how set k's keep score is computed now: the stamp alone (LRU order: the LRU shadow, and the cache while
+ * the guard holds it in LRU order), the hazard table's, or the keep level's */
+enum { KO_RECENCY, KO_HAZARD, KO_LEVEL };
+static inline int keep_order(const lp_policy *p, int k)
+{
+    if (k == 1 || (k == 0 && p->recency_only))
+        return KO_RECENCY;
+    return p->prm.order == LP_ORDER_HAZARD && p->table ? KO_HAZARD : KO_LEVEL;
+}
+
 /* the keep score in set k's order (k 0: the cache, 1: LRU, 2: the model's) of a row of class cl, stamp
  * st, level lv */
 static inline double keep_key(const lp_policy *p, int k, int32_t cl, double st, float lv, double now,
                               double den)
 {
-    if (k == 1 || (k == 0 && p->recency_only))
+    int o = keep_order(p, k);
+    if (o == KO_RECENCY)
         return st;
-    if (p->prm.order == LP_ORDER_HAZARD && p->table)
+    if (o == KO_HAZARD)
         return hazard_key(p, cl, st, now, den);
     return (double)lv + st;
 }
@@ -586,11 +597,10 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define LP_HAVE_AVX2 1
-/* filter_scalar in the hazard order, four rows at a time: the same bucket from the same bits
- * (hz_age_bucket), the same table entry, the same division and sum, so the same doubles */
-__attribute__((target("avx2"))) static int64_t filter_hazard_avx2(const lp_policy *p, const lp_set *s,
-                                                                 double now, double den, double thr,
-                                                                 lp_cand *out)
+/* filter_scalar four rows at a time in keep order o: the same doubles (in the hazard order the bucket from
+ * the same bits as hz_age_bucket, the same table entry, the same division and sum) */
+__attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, int o, const lp_set *s,
+                                                          double now, double den, double thr, lp_cand *out)
 {
     const double *table = p->table;
     const __m256d vnow = _mm256_set1_pd(now), vden = _mm256_set1_pd(den), vthr = _mm256_set1_pd(thr);
@@ -601,16 +611,22 @@ __attribute__((target("avx2"))) static int64_t filter_hazard_avx2(const lp_polic
     const __m256i lsb = _mm256_set1_epi64x(1), width = _mm256_set1_epi64x(HZ_AGE_BUCKETS);
     int64_t nr = 0, i = 0;
     for (; i + 4 <= s->n; i += 4) {
-        __m256d st = _mm256_loadu_pd(s->st + i);
-        __m256d age = _mm256_sub_pd(vnow, st);
-        __m256i u = _mm256_castpd_si256(age);
-        __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
-        b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
-        b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* age < 1 */
-        b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
-        __m256i cl = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s->cl + i)));
-        __m256i at = _mm256_add_epi64(_mm256_mul_epu32(cl, width), b);
-        __m256d key = _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
+        __m256d st = _mm256_loadu_pd(s->st + i), key;
+        if (o == KO_RECENCY) {
+            key = st;
+        } else if (o == KO_LEVEL) {
+            key = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(s->lv + i)), st);
+        } else {
+            __m256d age = _mm256_sub_pd(vnow, st);
+            __m256i u = _mm256_castpd_si256(age);
+            __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
+            b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
+            b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* < 1 */
+            b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
+            __m256i cl = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s->cl + i)));
+            __m256i at = _mm256_add_epi64(_mm256_mul_epu32(cl, width), b);
+            key = _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
+        }
         int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));
         if (mk) {
             double kv[4];
@@ -622,8 +638,9 @@ __attribute__((target("avx2"))) static int64_t filter_hazard_avx2(const lp_polic
             }
         }
     }
+    int k = s->k;
     for (; i < s->n; i++) {
-        double key = hazard_key(p, s->cl[i], s->st[i], now, den);
+        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
         if (key <= thr)
             out[nr++] = (lp_cand){key, s->ids[i], s->ids[i]};
     }
@@ -648,9 +665,8 @@ static int64_t filter(const lp_policy *p, int k, const lp_set *s, double now, do
                       lp_cand *out)
 {
 #if LP_HAVE_AVX2
-    int hazard = !(k == 1 || (k == 0 && p->recency_only)) && p->prm.order == LP_ORDER_HAZARD && p->table;
-    if (p->simd && hazard)
-        return filter_hazard_avx2(p, s, now, den, thr, out);
+    if (p->simd)
+        return filter_avx2(p, keep_order(p, k), s, now, den, thr, out);
 #endif
     return filter_scalar(p, k, s, now, den, thr, out);
 }
