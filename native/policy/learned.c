@@ -96,7 +96,7 @@ struct lp_policy {
     float *out, *p32, *feats;
     int32_t *cand, *tmp, *gids;
     float *gp;
-    uint8_t *gmiss;
+    uint8_t *gmiss, *isnew;
     lp_cand *sel;
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
@@ -276,7 +276,7 @@ void lp_free(lp_policy *p)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
-    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->ann);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
@@ -416,20 +416,20 @@ static void row_init(lp_policy *p, int32_t id, int64_t key)
 /* dense ids of keys, new rows set up (table, model id) */
 static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int is_new;
-        int32_t id = sc_idmap_get_new(p->map, keys[i], &is_new);
-        if (id < 0)
+    uint8_t *is_new = p->isnew;
+    if (sc_idmap_get_new_many(p->map, keys, n, ids, is_new) != SC_OK)
+        return SC_ENOMEM;
+    int64_t top = -1;
+    for (int64_t i = 0; i < n; i++)
+        top = ids[i] > top ? ids[i] : top;
+    if (top >= p->n_rows) {
+        if (grow_rows(p, top + 1) != SC_OK)
             return SC_ENOMEM;
-        if (id >= p->n_rows) {
-            if (grow_rows(p, (int64_t)id + 1) != SC_OK)
-                return SC_ENOMEM;
-            p->n_rows = (int64_t)id + 1;
-        }
-        if (is_new)
-            row_init(p, id, keys[i]);
-        ids[i] = id;
+        p->n_rows = top + 1;
     }
+    for (int64_t i = 0; i < n; i++)
+        if (is_new[i])
+            row_init(p, ids[i], keys[i]);
     return SC_OK;
 }
 
@@ -1109,8 +1109,8 @@ static int grow_step(lp_policy *p, int64_t n)
         nc *= 2;
     void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
                      (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
-                     (void **)&p->gmiss};
-    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1};
+                     (void **)&p->gmiss, (void **)&p->isnew};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1};
     for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
         void *q = realloc(*bufs[i], (size_t)nc * el[i]);
         if (!q)
