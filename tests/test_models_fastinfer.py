@@ -57,6 +57,30 @@ def test_history_features_and_state_match_numpy(steps: Steps) -> None:
     assert np.abs(ref.features_numpy(every, N_STEPS + 50) - fast.features(every, N_STEPS + 50)).max() < 1e-5
 
 
+def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:
+    """The decay factors looked up at integer gaps (cm_lut_set_rates, as the C step uses them) are exp's
+    very results: the same feature bits as computed, below the table's end and beyond it; a view with
+    other rates than the table's computes them."""
+    from recmgd.simcore import ffi, lib
+
+    hist = RowHistory(native=True)
+    for b, keys in enumerate(steps.as_list()):
+        hist.update(hist.ids(keys), b)
+    rows = hist.native_rows
+    assert rows is not None
+    every = np.arange(len(hist))
+    later = (N_STEPS + 50, N_STEPS + 3000, N_STEPS + lib.CM_LUT_N + 7)  # gaps in the table and past it
+    computed = [rows.features(every, now) for now in later]
+    view = rows._current()  # noqa: SLF001
+    lib.cm_lut_set_rates(view.lut, view.rate)
+    for now, ref in zip(later, computed, strict=True):
+        assert rows.features(every, now).tobytes() == ref.tobytes(), now
+    other = ffi.new("double[]", [2 * view.rate[k] for k in range(len(view.rate))])
+    lib.cm_lut_set_rates(view.lut, other)  # another view's rates: this view must not use them
+    for now, ref in zip(later, computed, strict=True):
+        assert rows.features(every, now).tobytes() == ref.tobytes(), now
+
+
 def test_scores_match_numpy(steps: Steps, trained: tuple[Trained, int]) -> None:
     t, _ = trained
     assert t.cache is not None

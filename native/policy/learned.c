@@ -227,6 +227,7 @@ lp_policy *lp_new(const lp_params *prm)
     static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
     for (int k = 0; k < CM_N_HALF_LIVES; k++) /* as RowHistory._decay_rate: float32 ln 2 / half-life */
         p->view.rate[k] = (double)((float)log(2.0) / (float)half_lives[k]);
+    cm_lut_set_rates(p->lut, p->view.rate);
     p->view.lut = p->lut;
     for (int k = 0; k < 3; k++)
         p->sets[k].flag = (uint8_t)(1 << k), p->sets[k].k = k;
