@@ -568,17 +568,32 @@ static void sort_cand(lp_cand *c, int64_t n)
     }
 }
 
-static void sort_dbl(double *x, int n)
+/* the value of rank r (0: the smallest) among x[0..n) (reordered) */
+static double nth_dbl(double *x, int n, int r)
 {
-    for (int i = 1; i < n; i++) {
-        double v = x[i];
-        int j = i;
-        while (j > 0 && v < x[j - 1]) {
-            x[j] = x[j - 1];
-            j--;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pv = x[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < pv)
+                i++;
+            while (pv < x[j])
+                j--;
+            if (i <= j) {
+                double t = x[i];
+                x[i++] = x[j];
+                x[j--] = t;
+            }
         }
-        x[j] = v;
+        if (r <= j)
+            hi = j;
+        else if (r >= i)
+            lo = i;
+        else
+            break;
     }
+    return x[r];
 }
 
 /* set k's residents whose keep score is at most thr, as candidates (key, tie = id) into out, in set
@@ -698,9 +713,8 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
                 int64_t at = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
                 smp[j] = keep_key(p, k, s->cl[at], s->st[at], s->lv[at], now, den);
             }
-            sort_dbl(smp, LP_SAMPLE);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
-            thr = smp[at < LP_SAMPLE ? at : LP_SAMPLE - 1];
+            thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
             nr = filter(p, k, s, now, den, thr, p->sel);
             if (nr < over)
                 nr = 0, thr = INFINITY; /* the sample misled: every resident */
