@@ -68,6 +68,8 @@ static int rehash(sc_idmap *m)
         return SC_ENOMEM;
     }
     for (uint64_t i = 0; i < osize; i++) {
+        if (i + SC_IDMAP_AHEAD < osize && old[i + SC_IDMAP_AHEAD].id >= 0)
+            __builtin_prefetch(&m->slot[mix64((uint64_t)old[i + SC_IDMAP_AHEAD].key) & m->mask], 1);
         if (old[i].id < 0)
             continue;
         uint64_t h = mix64((uint64_t)old[i].key) & m->mask;

@@ -12,6 +12,7 @@
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
 #define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
+#define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -55,6 +56,7 @@ struct lp_policy {
     int64_t n_classes;
     double *p_edges, *nu_edges;
     int32_t n_p, n_nu;
+    int p_sorted, nu_sorted; /* the edges ascend (then found by bisection) */
     int simd; /* the plan's filter in AVX2 (lp_set_simd) */
 
     /* per row */
@@ -135,6 +137,35 @@ static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
     memset((char *)q + (size_t)old * elem, fill, (size_t)(cap - old) * elem);
     *ptr = q;
     return SC_OK;
+}
+
+/* how many of the class edges e[0..n) lie at or below x before the first one above it (the class index
+ * along that axis): bisection when the edges ascend, else a walk */
+static inline int32_t edges_passed(const double *e, int32_t n, int sorted, double x)
+{
+    if (!sorted) {
+        int32_t a = 0;
+        while (a < n && e[a] <= x)
+            a++;
+        return a;
+    }
+    int32_t lo = 0, hi = n; /* the first edge above x is in [lo, hi] */
+    while (lo < hi) {
+        int32_t mid = lo + (hi - lo) / 2;
+        if (e[mid] <= x)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static int ascending(const double *e, int32_t n)
+{
+    for (int32_t i = 1; i < n; i++)
+        if (!(e[i - 1] <= e[i]))
+            return 0;
+    return 1;
 }
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -313,6 +344,7 @@ int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const do
     free(p->table), free(p->p_edges), free(p->nu_edges);
     p->table = t, p->p_edges = pe, p->nu_edges = ne;
     p->n_classes = n_classes, p->n_p = n_p, p->n_nu = n_nu;
+    p->p_sorted = ascending(pe, n_p), p->nu_sorted = ascending(ne, n_nu);
     return SC_OK;
 }
 
@@ -395,8 +427,8 @@ static int grow_rows(lp_policy *p, int64_t need)
     return SC_OK;
 }
 
-/* a new row's state: no history; table and model id from its key */
-static void row_init(lp_policy *p, int32_t id, int64_t key)
+/* a new row's state: no history; table from its key, m its model id (-1: none) */
+static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
 {
     cm_row *r = p->view.row + id;
     memset(r, 0, sizeof(*r));
@@ -408,9 +440,6 @@ static void row_init(lp_policy *p, int32_t id, int64_t key)
     p->stamp[id] = 0.0;
     p->lastpos[id] = p->mark[id] = -1;
     p->slot[id] = 0;
-    int32_t m = -1;
-    if (p->model_map)
-        sc_idmap_find(p->model_map, &key, 1, &m);
     p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
 }
 
@@ -428,9 +457,20 @@ static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
             return SC_ENOMEM;
         p->n_rows = top + 1;
     }
+    /* the new rows' model ids in one batched lookup (p->ids64 and p->adm: scratch until the step uses them) */
+    int64_t *nk = p->ids64;
+    int32_t *mids = p->adm;
+    int64_t nn = 0;
     for (int64_t i = 0; i < n; i++)
         if (is_new[i])
-            row_init(p, ids[i], keys[i]);
+            nk[nn++] = keys[i];
+    if (p->model_map)
+        sc_idmap_find(p->model_map, nk, nn, mids);
+    for (int64_t i = 0, j = 0; i < n; i++)
+        if (is_new[i]) {
+            row_init(p, ids[i], keys[i], p->model_map ? mids[j] : -1);
+            j++;
+        }
     return SC_OK;
 }
 
@@ -613,6 +653,24 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define LP_HAVE_AVX2 1
+/* the hazard keys of four rows (stamps st, classes cl): hz_age_bucket from the same bits, the same table
+ * entry, the same division and sum as hazard_key */
+__attribute__((target("avx2"))) static inline __m256d hazard4(const double *table, const int32_t *cl, __m256d st,
+                                                             __m256d vnow, __m256d vden, __m256d one,
+                                                             __m256i mant, __m256i sq, __m256i bias,
+                                                             __m256i top, __m256i lsb, __m256i width)
+{
+    __m256d age = _mm256_sub_pd(vnow, st);
+    __m256i u = _mm256_castpd_si256(age);
+    __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
+    b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
+    b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* age < 1 */
+    b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
+    __m256i c = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)cl));
+    __m256i at = _mm256_add_epi64(_mm256_mul_epu32(c, width), b);
+    return _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
+}
+
 /* filter_scalar four rows at a time in keep order o: the same doubles (in the hazard order the bucket from
  * the same bits as hz_age_bucket, the same table entry, the same division and sum) */
 __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, int o, const lp_set *s,
@@ -625,35 +683,30 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
     const __m256i sq = _mm256_set1_epi64x((long long)HZ_SQRT2_MANT - 1);
     const __m256i bias = _mm256_set1_epi64x(1023), top = _mm256_set1_epi64x(HZ_AGE_BUCKETS - 1);
     const __m256i lsb = _mm256_set1_epi64x(1), width = _mm256_set1_epi64x(HZ_AGE_BUCKETS);
-    int64_t nr = 0, i = 0;
-    for (; i + 4 <= s->n; i += 4) {
-        __m256d st = _mm256_loadu_pd(s->st + i), key;
-        if (o == KO_RECENCY) {
-            key = st;
-        } else if (o == KO_LEVEL) {
-            key = _mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(s->lv + i)), st);
-        } else {
-            __m256d age = _mm256_sub_pd(vnow, st);
-            __m256i u = _mm256_castpd_si256(age);
-            __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
-            b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
-            b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* < 1 */
-            b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
-            __m256i cl = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)(s->cl + i)));
-            __m256i at = _mm256_add_epi64(_mm256_mul_epu32(cl, width), b);
-            key = _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
-        }
-        int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));
-        if (mk) {
-            double kv[4];
-            _mm256_storeu_pd(kv, key);
-            while (mk) {
-                int j = __builtin_ctz((unsigned)mk);
-                mk &= mk - 1;
-                out[nr++] = (lp_cand){kv[j], s->ids[i + j], s->ids[i + j]};
-            }
-        }
+    int64_t nr = 0, i = 0, n4 = s->n & ~(int64_t)3;
+    /* one loop per order (the order's arithmetic on st + i gives key), each appending the rows <= thr */
+#define LP_FILTER_LOOP(KEY)                                                                        \
+    for (; i < n4; i += 4) {                                                                       \
+        __m256d st = _mm256_loadu_pd(s->st + i), key = (KEY);                                      \
+        int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));                         \
+        if (mk) {                                                                                  \
+            double kv[4];                                                                          \
+            _mm256_storeu_pd(kv, key);                                                             \
+            while (mk) {                                                                           \
+                int j = __builtin_ctz((unsigned)mk);                                               \
+                mk &= mk - 1;                                                                      \
+                out[nr++] = (lp_cand){kv[j], s->ids[i + j], s->ids[i + j]};                        \
+            }                                                                                      \
+        }                                                                                          \
     }
+    if (o == KO_RECENCY) {
+        LP_FILTER_LOOP(st)
+    } else if (o == KO_LEVEL) {
+        LP_FILTER_LOOP(_mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(s->lv + i)), st))
+    } else {
+        LP_FILTER_LOOP(hazard4(table, s->cl + i, st, vnow, vden, one, mant, sq, bias, top, lsb, width))
+    }
+#undef LP_FILTER_LOOP
     int k = s->k;
     for (; i < s->n; i++) {
         double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
@@ -1197,11 +1250,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             int32_t c = 0;
             if (p->table) {
                 double pd = 1.0 / (1.0 + exp(-(double)lo));
-                int32_t a = 0, bq = 0;
-                while (a < p->n_p && p->p_edges[a] <= pd)
-                    a++;
-                while (bq < p->n_nu && p->nu_edges[bq] <= (double)nu)
-                    bq++;
+                int32_t a = edges_passed(p->p_edges, p->n_p, p->p_sorted, pd);
+                int32_t bq = edges_passed(p->nu_edges, p->n_nu, p->nu_sorted, (double)nu);
                 c = a * (p->n_nu + 1) + bq;
             }
             p->cls[id] = c;
@@ -1216,6 +1266,20 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         }
     }
     for (int64_t i = 0; i < n; i++) {
+        /* the rows' per-row entries and then their places in the cache's set, ahead (random ids) */
+        if (i + 2 * LP_AHEAD < n) {
+            int32_t f = ids[i + 2 * LP_AHEAD];
+            __builtin_prefetch(p->stamp + f, 1), __builtin_prefetch(p->lcls + f, 1);
+            __builtin_prefetch(p->llevel + f, 1), __builtin_prefetch(res->pos + f);
+        }
+        if (i + LP_AHEAD < n) {
+            int32_t f = ids[i + LP_AHEAD];
+            if (p->flags[f] & res->flag) {
+                int32_t at = res->pos[f];
+                __builtin_prefetch(res->cl + at, 1), __builtin_prefetch(res->st + at, 1);
+                __builtin_prefetch(res->lv + at, 1);
+            }
+        }
         int32_t id = ids[i];
         p->stamp[id] = (double)b;
         p->lcls[id] = p->cls[id];
