@@ -81,6 +81,25 @@ def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:
         assert rows.features(every, now).tobytes() == ref.tobytes(), now
 
 
+def test_never_used_rows_scored_together_as_one_by_one(steps: Steps, trained: tuple[Trained, int]) -> None:
+    """Rows never used share their features: in one call the forward pass of the first one of a table
+    slot serves the others (cm_score's memo). Their scores are the very bits each gets alone, mixed
+    with used rows and over many tables."""
+    t, _ = trained
+    assert t.cache is not None
+    fast = FastCacheNet(NumpyCacheNet(t.cache))
+    hist = RowHistory(native=True)
+    for b, keys in enumerate(steps.as_list()[:200]):
+        hist.update(hist.ids(keys), b)
+    used = hist.ids(steps.as_list()[200])
+    fresh = hist.ids(make_keys(np.arange(300) % 150, 10_000_000 + np.arange(300)))
+    ids = np.concatenate([fresh[:100], used, fresh[100:]])
+    together = fast(hist, ids, 300).copy()
+    alone = np.concatenate([fast(hist, ids[i:i + 1], 300).copy() for i in range(len(ids))])
+    assert together.tobytes() == alone.tobytes()
+    assert len(np.unique(together[: 100], axis=0)) > 1  # the tables' slots differ
+
+
 def test_scores_match_numpy(steps: Steps, trained: tuple[Trained, int]) -> None:
     t, _ = trained
     assert t.cache is not None

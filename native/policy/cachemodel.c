@@ -186,7 +186,7 @@ static void row_features(const cm_rows *restrict r, const double *restrict ex, i
         double x = (double)d[k];
         if (gap > 0.0f && d[k] != 0.0f)
             x *= ex && igap < CM_LUT_N ? ex[k * CM_LUT_N + igap] : exp(-(double)gap * r->rate[k]);
-        f[4 + CM_N_GAPS + k] = (float)log1p(x);
+        f[4 + CM_N_GAPS + k] = x == 0.0 ? (float)x : (float)log1p(x); /* log1p(0) is 0 */
         if (prod)
             prod[k] = x;
     }
@@ -367,6 +367,14 @@ CM_AVX2 static void mlp_avx2(const cm_net *restrict net, const float *restrict f
 }
 #endif
 
+/* cm_score's memo of the forward pass of never-used rows, by table slot (direct-mapped, CM_FRESH ways) */
+#define CM_FRESH 64
+typedef struct {
+    int64_t t; /* table slot, -1: empty */
+    float f[CM_N_FEATURES];
+    float out[CM_N_OUT];
+} cm_fresh;
+
 int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
              float *out, float *feats)
 {
@@ -381,6 +389,9 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
     int64_t slots = net->n_table_slots;
     float f[CM_N_FEATURES];
     double prod[CM_N_HALF_LIVES];
+    cm_fresh fresh[CM_FRESH];
+    for (int k = 0; k < CM_FRESH; k++)
+        fresh[k].t = -1;
     prefetch_rows(r, ids, n);
     const double *ex = decay_lut(r);
     /* between steps the caller's own work (key -> id maps) pushes the weights out of the near caches:
@@ -396,12 +407,25 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
         int64_t t = r->row[id].table % slots;
         if (t < 0)
             t += slots;
+        float *o = out + i * CM_N_OUT;
+        /* rows never used have the same features: the forward pass of the first one of a table slot
+         * serves the others in this call (the feature bits checked equal, so the output is the same) */
+        cm_fresh *fr = f[0] == 1.0f ? &fresh[t % CM_FRESH] : NULL;
+        if (fr && fr->t == t && memcmp(fr->f, f, sizeof(f)) == 0) {
+            memcpy(o, fr->out, sizeof(fr->out));
+        } else {
 #if CM_HAVE_AVX2
-        if (net->simd)
-            mlp_avx2(net, f, net->tb + t * hd, out + i * CM_N_OUT);
-        else
+            if (net->simd)
+                mlp_avx2(net, f, net->tb + t * hd, o);
+            else
 #endif
-            mlp_generic(net, f, net->tb + t * hd, out + i * CM_N_OUT);
+                mlp_generic(net, f, net->tb + t * hd, o);
+            if (fr) {
+                fr->t = t;
+                memcpy(fr->f, f, sizeof(f));
+                memcpy(fr->out, o, sizeof(fr->out));
+            }
+        }
         /* ids are distinct: this row's update touches no other row's features */
         if (update)
             row_update(r, id, now, &f[1], prod);
