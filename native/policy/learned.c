@@ -20,11 +20,23 @@
 #define F_SH1 4  /* in the guard's model-order shadow */
 #define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
 
+#define NEW_TIE ((int64_t)1 << 62) /* a new row's tie: this + its index among the step's new rows */
+
+/* a candidate of a plan (and of the prefetcher's and early victims' choices): its key and tie as one
+ * 128-bit number, compared unsigned: (key, tie) order, lowest first */
 typedef struct {
-    double key;
-    int64_t tie; /* residents: id; new rows: (1 << 62) + index */
-    int32_t id;
+    uint64_t hi; /* the key's bits, mapped so that unsigned order is the doubles' order (cand_of) */
+    uint64_t lo; /* tie: residents and prefetch candidates their id; new rows NEW_TIE + index */
 } lp_cand;
+
+static inline lp_cand cand_of(double key, int64_t tie)
+{
+    double k = key + 0.0; /* -0 becomes +0: keys equal as doubles get equal bits */
+    uint64_t u;
+    memcpy(&u, &k, sizeof(u));
+    u = (u >> 63) ? ~u : u | ((uint64_t)1 << 63);
+    return (lp_cand){u, (uint64_t)tie};
+}
 
 typedef struct { /* a set of resident ids with O(1) add and remove */
     int32_t *ids;
@@ -534,7 +546,30 @@ static inline double keep_key(const lp_policy *p, int k, int32_t cl, double st, 
 
 static inline int cand_lt(const lp_cand *a, const lp_cand *b)
 {
-    return a->key < b->key || (a->key == b->key && a->tie < b->tie);
+    unsigned __int128 x = ((unsigned __int128)a->hi << 64) | a->lo;
+    unsigned __int128 y = ((unsigned __int128)b->hi << 64) | b->lo;
+    return x < y;
+}
+
+/* c[lo..hi] around the pivot c[pv] (candidates are distinct): the smaller ones first, then the pivot,
+ * then the larger; the pivot's place. Branch-free (Lomuto with an unconditional swap). */
+static int64_t partition(lp_cand *c, int64_t lo, int64_t hi, int64_t pv)
+{
+    lp_cand t = c[pv];
+    c[pv] = c[hi];
+    c[hi] = t;
+    const lp_cand p = t;
+    int64_t st = lo;
+    for (int64_t i = lo; i < hi; i++) {
+        lp_cand x = c[i];
+        int lt = cand_lt(&x, &p);
+        c[i] = c[st];
+        c[st] = x;
+        st += lt;
+    }
+    c[hi] = c[st];
+    c[st] = p;
+    return st;
 }
 
 /* put the k smallest of c[0..n) first (any order) */
@@ -544,57 +579,33 @@ static void select_k(lp_cand *c, int64_t n, int64_t k)
     uint64_t rng = 0x2545F4914F6CDD1DULL;
     while (lo < hi) {
         rng = mix64(rng + 1);
-        lp_cand pv = c[lo + (int64_t)(rng % (uint64_t)(hi - lo + 1))];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (cand_lt(&c[i], &pv))
-                i++;
-            while (cand_lt(&pv, &c[j]))
-                j--;
-            if (i <= j) {
-                lp_cand t = c[i];
-                c[i++] = c[j];
-                c[j--] = t;
-            }
-        }
-        if (k - 1 <= j)
-            hi = j;
-        else if (k - 1 >= i)
-            lo = i;
+        int64_t at = partition(c, lo, hi, lo + (int64_t)(rng % (uint64_t)(hi - lo + 1)));
+        if (at > k - 1)
+            hi = at - 1;
+        else if (at < k - 1)
+            lo = at + 1;
         else
             break;
     }
 }
 
-/* sort c[0..n) by cand_lt (a total order: ties are unique), as qsort with cmp_cand would, inline */
+/* sort c[0..n) by cand_lt (a total order: ties are unique) */
 static void sort_cand(lp_cand *c, int64_t n)
 {
     while (n > 16) {
-        lp_cand *a = &c[0], *m = &c[n / 2], *z = &c[n - 1], *med; /* median of three as the pivot */
-        if (cand_lt(a, m))
-            med = cand_lt(m, z) ? m : cand_lt(a, z) ? z : a;
+        int64_t m = n / 2, z = n - 1, med; /* median of three as the pivot */
+        if (cand_lt(&c[0], &c[m]))
+            med = cand_lt(&c[m], &c[z]) ? m : cand_lt(&c[0], &c[z]) ? z : 0;
         else
-            med = cand_lt(a, z) ? a : cand_lt(m, z) ? z : m;
-        lp_cand pv = *med;
-        int64_t i = 0, j = n - 1;
-        while (i <= j) {
-            while (cand_lt(&c[i], &pv))
-                i++;
-            while (cand_lt(&pv, &c[j]))
-                j--;
-            if (i <= j) {
-                lp_cand t = c[i];
-                c[i++] = c[j];
-                c[j--] = t;
-            }
-        }
-        /* [0, j] and [i, n) are left: recurse into the smaller, loop on the larger */
-        if (j + 1 < n - i) {
-            sort_cand(c, j + 1);
-            c += i, n -= i;
+            med = cand_lt(&c[0], &c[z]) ? 0 : cand_lt(&c[m], &c[z]) ? z : m;
+        int64_t at = partition(c, 0, n - 1, med);
+        /* [0, at) and (at, n) are left: recurse into the smaller, loop on the larger */
+        if (at < n - 1 - at) {
+            sort_cand(c, at);
+            c += at + 1, n -= at + 1;
         } else {
-            sort_cand(c + i, n - i);
-            n = j + 1;
+            sort_cand(c + at + 1, n - at - 1);
+            n = at;
         }
     }
     for (int64_t i = 1; i < n; i++) {
@@ -645,7 +656,7 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
     for (int64_t i = 0; i < s->n; i++) {
         double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
         if (key <= thr)
-            out[nr++] = (lp_cand){key, s->ids[i], s->ids[i]};
+            out[nr++] = cand_of(key, s->ids[i]);
     }
     return nr;
 }
@@ -695,7 +706,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
             while (mk) {                                                                           \
                 int j = __builtin_ctz((unsigned)mk);                                               \
                 mk &= mk - 1;                                                                      \
-                out[nr++] = (lp_cand){kv[j], s->ids[i + j], s->ids[i + j]};                        \
+                out[nr++] = cand_of(kv[j], s->ids[i + j]);                                         \
             }                                                                                      \
         }                                                                                          \
     }
@@ -711,7 +722,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
     for (; i < s->n; i++) {
         double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
         if (key <= thr)
-            out[nr++] = (lp_cand){key, s->ids[i], s->ids[i]};
+            out[nr++] = cand_of(key, s->ids[i]);
     }
     return nr;
 }
@@ -741,7 +752,7 @@ static int64_t filter(const lp_policy *p, int k, const lp_set *s, double now, do
 }
 
 /* Fit new[0..m) (not resident) into set k: the lowest keep scores among the residents and the new rows
- * go; *n_ev evicted ids (lowest first) land in p->sel[..].id, and new rows dropped get p->slot = -1
+ * go; *n_ev evicted ids (lowest first) land in p->tmp, and new rows dropped get p->slot = -1
  * (kept ones 0). Then applies the plan to the set. */
 static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now, int32_t **ev_out,
                 int64_t *n_ev)
@@ -762,10 +773,13 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         int64_t nr = 0;
         if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
             double smp[LP_SAMPLE];
-            for (int j = 0; j < LP_SAMPLE; j++) {
-                int64_t at = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
-                smp[j] = keep_key(p, k, s->cl[at], s->st[at], s->lv[at], now, den);
+            int64_t pick[LP_SAMPLE];
+            for (int j = 0; j < LP_SAMPLE; j++) { /* the sampled places, their entries asked for at once */
+                pick[j] = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
+                __builtin_prefetch(s->st + pick[j]), __builtin_prefetch(s->cl + pick[j]);
             }
+            for (int j = 0; j < LP_SAMPLE; j++)
+                smp[j] = keep_key(p, k, s->cl[pick[j]], s->st[pick[j]], s->lv[pick[j]], now, den);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
             thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
             nr = filter(p, k, s, now, den, thr, p->sel);
@@ -780,8 +794,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
             double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
             int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
             float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
-            p->sel[nr + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
-                                        ((int64_t)1 << 62) + i, id};
+            p->sel[nr + i] = cand_of(keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS, NEW_TIE + i);
         }
         if (over < tot)
             select_k(p->sel, tot, over);
@@ -791,12 +804,11 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         if (grow_buf((void **)&p->tmp, &p->cap_tmp, over, sizeof(int32_t)) != SC_OK)
             return SC_ENOMEM;
         for (int64_t i = 0; i < over; i++) {
-            lp_cand *c = &p->sel[i];
-            if (c->tie >= ((int64_t)1 << 62)) {
-                p->slot[c->id] = -1;
-            } else {
-                p->tmp[(*n_ev)++] = c->id;
-            }
+            uint64_t tie = p->sel[i].lo;
+            if (tie >= (uint64_t)NEW_TIE)
+                p->slot[newv[tie - (uint64_t)NEW_TIE]] = -1;
+            else
+                p->tmp[(*n_ev)++] = (int32_t)tie;
         }
         for (int64_t i = 0; i < *n_ev; i++)
             set_del(p, s, p->tmp[i]);
@@ -1149,7 +1161,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         }
         float s = w->temp * sim + prior(w, f);
         if (s > (float)p->prm.prefetch_threshold)
-            p->sel[ns++] = (lp_cand){-(double)s, id, (int32_t)id};
+            p->sel[ns++] = cand_of(-(double)s, id);
     }
     if (!ns) {
         p->pf_idle++;
@@ -1160,7 +1172,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         select_k(p->sel, ns, take);
     sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
-        p->newv[m + i] = p->sel[i].id;
+        p->newv[m + i] = (int32_t)p->sel[i].lo;
     *n_pf = take;
     p->pf_idle = 0;
     return SC_OK;
@@ -1419,7 +1431,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         int32_t id = s->ids[i];
         if (p->mark[id] == mk)
             continue;
-        p->sel[k++] = (lp_cand){keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
+        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id);
     }
     for (int64_t i = 0; i < m; i++) { /* forget the marks (a later step's 3t + 2 must not match) */
         int32_t id;
@@ -1432,7 +1444,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         select_k(p->sel, k, take);
     sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
-        out[i] = sc_idmap_key_of(p->map, p->sel[i].id);
+        out[i] = sc_idmap_key_of(p->map, (int32_t)p->sel[i].lo);
     return take;
 }
 
