@@ -68,7 +68,7 @@ struct lp_policy {
     int64_t n_classes;
     double *p_edges, *nu_edges;
     int32_t n_p, n_nu;
-    int p_sorted, nu_sorted; /* the edges ascend (then found by bisection) */
+    int p_sorted, nu_sorted; /* the edges ascend (then counted without branches) */
     int simd; /* the plan's filter in AVX2 (lp_set_simd) */
 
     /* per row */
@@ -152,24 +152,18 @@ static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
 }
 
 /* how many of the class edges e[0..n) lie at or below x before the first one above it (the class index
- * along that axis): bisection when the edges ascend, else a walk */
+ * along that axis): when the edges ascend, that is how many lie at or below x, counted without branches */
 static inline int32_t edges_passed(const double *e, int32_t n, int sorted, double x)
 {
-    if (!sorted) {
-        int32_t a = 0;
-        while (a < n && e[a] <= x)
-            a++;
+    int32_t a = 0;
+    if (sorted) {
+        for (int32_t i = 0; i < n; i++)
+            a += e[i] <= x;
         return a;
     }
-    int32_t lo = 0, hi = n; /* the first edge above x is in [lo, hi] */
-    while (lo < hi) {
-        int32_t mid = lo + (hi - lo) / 2;
-        if (e[mid] <= x)
-            lo = mid + 1;
-        else
-            hi = mid;
-    }
-    return lo;
+    while (a < n && e[a] <= x)
+        a++;
+    return a;
 }
 
 static int ascending(const double *e, int32_t n)
