@@ -57,6 +57,49 @@ def test_history_features_and_state_match_numpy(steps: Steps) -> None:
     assert np.abs(ref.features_numpy(every, N_STEPS + 50) - fast.features(every, N_STEPS + 50)).max() < 1e-5
 
 
+def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:
+    """The decay factors looked up at integer gaps (cm_lut_set_rates, as the C step uses them) are exp's
+    very results: the same feature bits as computed, below the table's end and beyond it; a view with
+    other rates than the table's computes them."""
+    from recmgd.simcore import ffi, lib
+
+    hist = RowHistory(native=True)
+    for b, keys in enumerate(steps.as_list()):
+        hist.update(hist.ids(keys), b)
+    rows = hist.native_rows
+    assert rows is not None
+    every = np.arange(len(hist))
+    later = (N_STEPS + 50, N_STEPS + 3000, N_STEPS + lib.CM_LUT_N + 7)  # gaps in the table and past it
+    computed = [rows.features(every, now) for now in later]
+    view = rows._current()  # noqa: SLF001
+    lib.cm_lut_set_rates(view.lut, view.rate)
+    for now, ref in zip(later, computed, strict=True):
+        assert rows.features(every, now).tobytes() == ref.tobytes(), now
+    other = ffi.new("double[]", [2 * view.rate[k] for k in range(len(view.rate))])
+    lib.cm_lut_set_rates(view.lut, other)  # another view's rates: this view must not use them
+    for now, ref in zip(later, computed, strict=True):
+        assert rows.features(every, now).tobytes() == ref.tobytes(), now
+
+
+def test_never_used_rows_scored_together_as_one_by_one(steps: Steps, trained: tuple[Trained, int]) -> None:
+    """Rows never used share their features: in one call the forward pass of the first one of a table
+    slot serves the others (cm_score's memo). Their scores are the very bits each gets alone, mixed
+    with used rows and over many tables."""
+    t, _ = trained
+    assert t.cache is not None
+    fast = FastCacheNet(NumpyCacheNet(t.cache))
+    hist = RowHistory(native=True)
+    for b, keys in enumerate(steps.as_list()[:200]):
+        hist.update(hist.ids(keys), b)
+    used = hist.ids(steps.as_list()[200])
+    fresh = hist.ids(make_keys(np.arange(300) % 150, 10_000_000 + np.arange(300)))
+    ids = np.concatenate([fresh[:100], used, fresh[100:]])
+    together = fast(hist, ids, 300).copy()
+    alone = np.concatenate([fast(hist, ids[i:i + 1], 300).copy() for i in range(len(ids))])
+    assert together.tobytes() == alone.tobytes()
+    assert len(np.unique(together[: 100], axis=0)) > 1  # the tables' slots differ
+
+
 def test_scores_match_numpy(steps: Steps, trained: tuple[Trained, int]) -> None:
     t, _ = trained
     assert t.cache is not None

@@ -116,6 +116,35 @@ def test_c_step_decides_as_the_python_step_on_amazon_video(shared_traces: Path, 
     assert misses > 0
 
 
+def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, video_model: str) -> None:
+    """The eviction plan's AVX2 filter of the residents and its portable C twin: the same decisions at
+    every step (the tier large enough for the sampled threshold, the guard's shadows planned too)."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(64).as_list()
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    pols = [registry.create("recmg", model_dir=video_model, prefetch_budget=8, seed=0, history_window=0)
+            for _ in range(2)]
+    for p in pols:
+        p.reset(cap)
+    native = [p._native for p in pols]  # type: ignore[attr-defined]
+    assert native[0] is not None and native[1] is not None
+    if not native[0].set_simd(True):
+        pytest.skip("no AVX2 on this CPU: only the portable plan runs")
+    assert not native[1].set_simd(False)
+    resident: set[int] = set()
+    evicted = 0
+    for b, keys in enumerate(steps):
+        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
+        view = StepView(b, keys, hit)
+        da, db = pols[0].observe(view), pols[1].observe(view)
+        for field in ("evict", "admit", "prefetch"):
+            assert getattr(da, field).tolist() == getattr(db, field).tolist(), (b, field)
+        resident.difference_update(da.evict.tolist())
+        resident.update(da.admit.tolist() + da.prefetch.tolist())
+        evicted += len(da.evict)
+    assert evicted > cap  # the plan chose many victims
+    assert pols[0].guard_stats == pols[1].guard_stats
+
+
 def test_c_step_prefetches_when_the_model_proposes(shared_traces: Path, video_model: str) -> None:
     """With a threshold every candidate passes, the C prefetcher's scoring and ranking are exercised
     (and still equal the Python one's)."""

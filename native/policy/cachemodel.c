@@ -93,6 +93,9 @@ int cm_net_simd(cm_net *net, int on)
 struct cm_lut {
     float f[CM_LUT_N]; /* log1pf(i) */
     float d[CM_LUT_N]; /* (float)log1p((double)i) */
+    int32_t has_rates;
+    double rate[CM_N_HALF_LIVES];
+    double ex[CM_N_HALF_LIVES][CM_LUT_N]; /* exp(-(double)(float)i * rate[k]), as row_features has it */
 };
 
 cm_lut *cm_lut_new(void)
@@ -104,7 +107,30 @@ cm_lut *cm_lut_new(void)
         lut->f[i] = log1pf((float)i);
         lut->d[i] = (float)log1p((double)i);
     }
+    lut->has_rates = 0;
     return lut;
+}
+
+void cm_lut_set_rates(cm_lut *lut, const double *rate)
+{
+    for (int k = 0; k < CM_N_HALF_LIVES; k++) {
+        lut->rate[k] = rate[k];
+        for (int i = 0; i < CM_LUT_N; i++)
+            lut->ex[k][i] = exp(-(double)(float)i * rate[k]);
+    }
+    lut->has_rates = 1;
+}
+
+/* the decay factors of view r's rates, or NULL when its table has none or other ones */
+static const double *decay_lut(const cm_rows *r)
+{
+    const cm_lut *lut = r->lut;
+    if (!lut || !lut->has_rates)
+        return NULL;
+    for (int k = 0; k < CM_N_HALF_LIVES; k++)
+        if (memcmp(&lut->rate[k], &r->rate[k], sizeof(double)) != 0)
+            return NULL;
+    return &lut->ex[0][0];
 }
 
 void cm_lut_free(cm_lut *lut)
@@ -130,8 +156,8 @@ static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
 
 /* features.py RowHistory.features for one row; prod[k] (when not NULL) gets dec[k] * exp(-gap * rate[k]),
  * which the row's update at the same step reuses */
-static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, float *restrict f,
-                         double *restrict prod)
+static void row_features(const cm_rows *restrict r, const double *restrict ex, int64_t id, int64_t now,
+                         float *restrict f, double *restrict prod)
 {
     const cm_row *row = r->row + id;
     const cm_lut *lut = r->lut;
@@ -155,9 +181,12 @@ static void row_features(const cm_rows *restrict r, int64_t id, int64_t now, flo
         f[4 + k] = row->gaps[k];
     const float *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
-        /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly */
-        double x = gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k]) : (double)d[k];
-        f[4 + CM_N_GAPS + k] = (float)log1p(x);
+        /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly; ex: exp's results
+         * at integer gaps, looked up */
+        double x = (double)d[k];
+        if (gap > 0.0f && d[k] != 0.0f)
+            x *= ex && igap < CM_LUT_N ? ex[k * CM_LUT_N + igap] : exp(-(double)gap * r->rate[k]);
+        f[4 + CM_N_GAPS + k] = x == 0.0 ? (float)x : (float)log1p(x); /* log1p(0) is 0 */
         if (prod)
             prod[k] = x;
     }
@@ -215,8 +244,9 @@ int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, fl
     if (n > 0 && !feats)
         return SC_EARG;
     prefetch_rows(r, ids, n);
+    const double *ex = decay_lut(r);
     for (int64_t i = 0; i < n; i++)
-        row_features(r, ids[i], now, feats + i * CM_N_FEATURES, NULL);
+        row_features(r, ex, ids[i], now, feats + i * CM_N_FEATURES, NULL);
     return SC_OK;
 }
 
@@ -337,6 +367,14 @@ CM_AVX2 static void mlp_avx2(const cm_net *restrict net, const float *restrict f
 }
 #endif
 
+/* cm_score's memo of the forward pass of never-used rows, by table slot (direct-mapped, CM_FRESH ways) */
+#define CM_FRESH 64
+typedef struct {
+    int64_t t; /* table slot, -1: empty */
+    float f[CM_N_FEATURES];
+    float out[CM_N_OUT];
+} cm_fresh;
+
 int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
              float *out, float *feats)
 {
@@ -351,7 +389,11 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
     int64_t slots = net->n_table_slots;
     float f[CM_N_FEATURES];
     double prod[CM_N_HALF_LIVES];
+    cm_fresh fresh[CM_FRESH];
+    for (int k = 0; k < CM_FRESH; k++)
+        fresh[k].t = -1;
     prefetch_rows(r, ids, n);
+    const double *ex = decay_lut(r);
     /* between steps the caller's own work (key -> id maps) pushes the weights out of the near caches:
      * ask for all of them (~10 KB at hidden 32) at once rather than miss by miss */
     if (n > 0)
@@ -359,18 +401,31 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
             __builtin_prefetch(net->data + o);
     for (int64_t i = 0; i < n; i++) {
         int64_t id = ids[i];
-        row_features(r, id, now, f, prod);
+        row_features(r, ex, id, now, f, prod);
         if (feats)
             memcpy(feats + i * CM_N_FEATURES, f, sizeof(f));
         int64_t t = r->row[id].table % slots;
         if (t < 0)
             t += slots;
+        float *o = out + i * CM_N_OUT;
+        /* rows never used have the same features: the forward pass of the first one of a table slot
+         * serves the others in this call (the feature bits checked equal, so the output is the same) */
+        cm_fresh *fr = f[0] == 1.0f ? &fresh[t % CM_FRESH] : NULL;
+        if (fr && fr->t == t && memcmp(fr->f, f, sizeof(f)) == 0) {
+            memcpy(o, fr->out, sizeof(fr->out));
+        } else {
 #if CM_HAVE_AVX2
-        if (net->simd)
-            mlp_avx2(net, f, net->tb + t * hd, out + i * CM_N_OUT);
-        else
+            if (net->simd)
+                mlp_avx2(net, f, net->tb + t * hd, o);
+            else
 #endif
-            mlp_generic(net, f, net->tb + t * hd, out + i * CM_N_OUT);
+                mlp_generic(net, f, net->tb + t * hd, o);
+            if (fr) {
+                fr->t = t;
+                memcpy(fr->f, f, sizeof(f));
+                memcpy(fr->out, o, sizeof(fr->out));
+            }
+        }
         /* ids are distinct: this row's update touches no other row's features */
         if (update)
             row_update(r, id, now, &f[1], prod);

@@ -41,11 +41,15 @@ typedef struct {
 } cm_rows;
 
 /* log1pf(i) and (float)log1p((double)i) for i < CM_LUT_N, computed by the very functions the features
- * use, so a lookup gives the same bits as the call it replaces (gaps, counts and ages are integers). */
+ * use, so a lookup gives the same bits as the call it replaces (gaps, counts and ages are integers);
+ * after cm_lut_set_rates, also the decayed counters' factors exp(-i rate[k]) at integer gaps i, which
+ * views with exactly those rates look up. */
 #define CM_LUT_N 4096
 typedef struct cm_lut cm_lut;
 cm_lut *cm_lut_new(void);
 void cm_lut_free(cm_lut *lut);
+/* rate: CM_N_HALF_LIVES decay rates (a view's rate) */
+void cm_lut_set_rates(cm_lut *lut, const double *rate);
 
 typedef struct cm_net cm_net;
 /* A copy of the caching MLP's weights: w1 (CM_N_FEATURES x hidden, the feature scale folded in),

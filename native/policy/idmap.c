@@ -4,9 +4,17 @@
 
 #include "internal.h"
 
+/* a slot holds the key beside its id, so a probe reads one cache line */
+typedef struct {
+    int64_t key;
+    int64_t id; /* -1: empty */
+} sc_slot;
+
+/* batched lookups prefetch the slot of the key this many ahead */
+#define SC_IDMAP_AHEAD 8
+
 struct sc_idmap {
-    int64_t *slot_key;
-    int32_t *slot_id; /* -1: empty */
+    sc_slot *slot;
     uint64_t mask;
     int64_t *keys; /* id -> key */
     int64_t n, cap_keys; /* n: ids handed out so far (live ones and free ones) */
@@ -16,11 +24,10 @@ struct sc_idmap {
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
 {
-    m->slot_key = malloc(size * sizeof(int64_t));
-    m->slot_id = malloc(size * sizeof(int32_t));
-    if (!m->slot_key || !m->slot_id)
+    m->slot = aligned_alloc(64, size * sizeof(sc_slot)); /* four slots a cache line */
+    if (!m->slot)
         return SC_ENOMEM;
-    memset(m->slot_id, 0xff, size * sizeof(int32_t));
+    memset(m->slot, 0xff, size * sizeof(sc_slot));
     m->mask = size - 1;
     return SC_OK;
 }
@@ -43,8 +50,7 @@ void sc_idmap_free(sc_idmap *m)
 {
     if (!m)
         return;
-    free(m->slot_key);
-    free(m->slot_id);
+    free(m->slot);
     free(m->keys);
     free(m->free_ids);
     free(m);
@@ -54,28 +60,24 @@ int64_t sc_idmap_size(const sc_idmap *m) { return m->n; }
 
 static int rehash(sc_idmap *m)
 {
-    int64_t *ok = m->slot_key;
-    int32_t *oi = m->slot_id;
+    sc_slot *old = m->slot;
     uint64_t osize = m->mask + 1;
     if (alloc_slots(m, osize * 2) != SC_OK) {
-        free(m->slot_key);
-        free(m->slot_id);
-        m->slot_key = ok;
-        m->slot_id = oi;
+        m->slot = old;
         m->mask = osize - 1;
         return SC_ENOMEM;
     }
     for (uint64_t i = 0; i < osize; i++) {
-        if (oi[i] < 0)
+        if (i + SC_IDMAP_AHEAD < osize && old[i + SC_IDMAP_AHEAD].id >= 0)
+            __builtin_prefetch(&m->slot[mix64((uint64_t)old[i + SC_IDMAP_AHEAD].key) & m->mask], 1);
+        if (old[i].id < 0)
             continue;
-        uint64_t h = mix64((uint64_t)ok[i]) & m->mask;
-        while (m->slot_id[h] >= 0)
+        uint64_t h = mix64((uint64_t)old[i].key) & m->mask;
+        while (m->slot[h].id >= 0)
             h = (h + 1) & m->mask;
-        m->slot_key[h] = ok[i];
-        m->slot_id[h] = oi[i];
+        m->slot[h] = old[i];
     }
-    free(ok);
-    free(oi);
+    free(old);
     return SC_OK;
 }
 
@@ -83,11 +85,16 @@ static inline int32_t find_one(const sc_idmap *m, int64_t key)
 {
     uint64_t h = mix64((uint64_t)key) & m->mask;
     for (;;) {
-        int32_t id = m->slot_id[h];
-        if (id < 0 || m->slot_key[h] == key)
-            return id;
+        const sc_slot *s = &m->slot[h];
+        if (s->id < 0 || s->key == key)
+            return (int32_t)s->id;
         h = (h + 1) & m->mask;
     }
+}
+
+static inline void prefetch_slot(const sc_idmap *m, int64_t key)
+{
+    __builtin_prefetch(&m->slot[mix64((uint64_t)key) & m->mask]);
 }
 
 /* get or add one key; -1 on ENOMEM (internal API shared with the policies) */
@@ -102,11 +109,11 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
     *is_new = 0;
     uint64_t h = mix64((uint64_t)key) & m->mask;
     for (;;) {
-        int32_t id = m->slot_id[h];
-        if (id < 0)
+        const sc_slot *s = &m->slot[h];
+        if (s->id < 0)
             break;
-        if (m->slot_key[h] == key)
-            return id;
+        if (s->key == key)
+            return (int32_t)s->id;
         h = (h + 1) & m->mask;
     }
     if (m->n >= INT32_MAX - 1 && !m->n_free)
@@ -115,39 +122,53 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
         if (rehash(m) != SC_OK)
             return -1;
         h = mix64((uint64_t)key) & m->mask;
-        while (m->slot_id[h] >= 0)
+        while (m->slot[h].id >= 0)
             h = (h + 1) & m->mask;
     }
     *is_new = 1;
+    int32_t id;
     if (m->n_free) {
-        int32_t id = m->free_ids[--m->n_free];
-        m->keys[id] = key;
-        m->slot_key[h] = key;
-        m->slot_id[h] = id;
-        return id;
+        id = m->free_ids[--m->n_free];
+    } else {
+        if (m->n == m->cap_keys) {
+            int64_t nc = m->cap_keys * 2;
+            int64_t *nk = realloc(m->keys, (size_t)nc * sizeof(int64_t));
+            if (!nk)
+                return -1;
+            m->keys = nk;
+            m->cap_keys = nc;
+        }
+        id = (int32_t)m->n++;
     }
-    if (m->n == m->cap_keys) {
-        int64_t nc = m->cap_keys * 2;
-        int64_t *nk = realloc(m->keys, (size_t)nc * sizeof(int64_t));
-        if (!nk)
-            return -1;
-        m->keys = nk;
-        m->cap_keys = nc;
-    }
-    int32_t id = (int32_t)m->n++;
     m->keys[id] = key;
-    m->slot_key[h] = key;
-    m->slot_id[h] = id;
+    m->slot[h] = (sc_slot){key, id};
     return id;
+}
+
+int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new)
+{
+    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
+        prefetch_slot(m, keys[i]);
+    for (int64_t i = 0; i < n; i++) {
+        if (i + SC_IDMAP_AHEAD < n)
+            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
+        int nw;
+        int32_t id = sc_idmap_get_new(m, keys[i], &nw);
+        if (id < 0)
+            return SC_ENOMEM;
+        ids[i] = id;
+        is_new[i] = (uint8_t)nw;
+    }
+    return SC_OK;
 }
 
 int sc_idmap_del(sc_idmap *m, int64_t key)
 {
     uint64_t i = mix64((uint64_t)key) & m->mask;
     for (;;) {
-        if (m->slot_id[i] < 0)
+        if (m->slot[i].id < 0)
             return SC_OK; /* not mapped */
-        if (m->slot_key[i] == key)
+        if (m->slot[i].key == key)
             break;
         i = (i + 1) & m->mask;
     }
@@ -159,23 +180,22 @@ int sc_idmap_del(sc_idmap *m, int64_t key)
         m->free_ids = f;
         m->cap_free = nc;
     }
-    m->free_ids[m->n_free++] = m->slot_id[i];
+    m->free_ids[m->n_free++] = (int32_t)m->slot[i].id;
     /* backward-shift deletion: move later keys of the probe run into the hole, so no tombstones */
     uint64_t j = i;
     for (;;) {
         j = (j + 1) & m->mask;
-        if (m->slot_id[j] < 0)
+        if (m->slot[j].id < 0)
             break;
-        uint64_t home = mix64((uint64_t)m->slot_key[j]) & m->mask;
+        uint64_t home = mix64((uint64_t)m->slot[j].key) & m->mask;
         /* j's key may move to i only when its home is not in (i, j] (cyclically) */
         int in_between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
         if (in_between)
             continue;
-        m->slot_key[i] = m->slot_key[j];
-        m->slot_id[i] = m->slot_id[j];
+        m->slot[i] = m->slot[j];
         i = j;
     }
-    m->slot_id[i] = -1;
+    m->slot[i].id = -1;
     return SC_OK;
 }
 
@@ -194,8 +214,13 @@ int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 
 void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
-    for (int64_t i = 0; i < n; i++)
+    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
+        prefetch_slot(m, keys[i]);
+    for (int64_t i = 0; i < n; i++) {
+        if (i + SC_IDMAP_AHEAD < n)
+            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
         ids[i] = find_one(m, keys[i]);
+    }
 }
 
 void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *keys)

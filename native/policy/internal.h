@@ -4,7 +4,9 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
+#include "hazard.h"
 #include "simcore.h"
 
 /* A 64-bit mixer (splitmix64's finaliser): hash slots of the id map, the step dedup and the prefetch tables. */
@@ -18,10 +20,28 @@ static inline uint64_t mix64(uint64_t x)
     return x;
 }
 
+/* the hazard order's age bucket: min(floor(2 log2 max(a, 1)), HZ_AGE_BUCKETS - 1), from a's bits: a = 1.f 2^E,
+ * so 2 log2 a = 2E + 2 log2 1.f, and that second term is 1 or more exactly when 1.f >= sqrt 2 (as
+ * recmgd.models.hazard.age_bucket decides it: frexp's m = 1.f / 2 against the double sqrt(0.5), which is
+ * exactly half the double sqrt(2)); learned.c's AVX2 plan filter computes the same from the same bits */
+#define HZ_SQRT2_MANT 0x6A09E667F3BCDULL /* the mantissa bits of the double sqrt(2) */
+#define HZ_MANT_MASK 0xFFFFFFFFFFFFFULL
+static inline int64_t hz_age_bucket(double age)
+{
+    if (!(age >= 1.0))
+        return 0;
+    uint64_t u;
+    memcpy(&u, &age, sizeof(u));
+    int64_t b = 2 * ((int64_t)(u >> 52) - 1023) + ((u & HZ_MANT_MASK) >= HZ_SQRT2_MANT);
+    return b < HZ_AGE_BUCKETS - 1 ? b : HZ_AGE_BUCKETS - 1;
+}
+
 int32_t sc_idmap_get(sc_idmap *m, int64_t key);
 int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
 /* get or add one key, *is_new = 1 when it was added (a deleted key's id is handed out again first) */
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new);
+/* sc_idmap_get_new of keys[0..n) in order into ids and is_new, the slots of later keys prefetched; SC_ENOMEM */
+int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new);
 /* forget one key (nothing when it is not mapped); its id goes to the free list; SC_ENOMEM */
 int sc_idmap_del(sc_idmap *m, int64_t key);
 /* keys mapped now */

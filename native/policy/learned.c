@@ -11,8 +11,8 @@
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
-#define AGE_LUT 8192   /* age buckets of ages 0, 0.5, ..., AGE_LUT / 2 looked up */
 #define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
+#define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -20,11 +20,23 @@
 #define F_SH1 4  /* in the guard's model-order shadow */
 #define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
 
+#define NEW_TIE ((int64_t)1 << 62) /* a new row's tie: this + its index among the step's new rows */
+
+/* a candidate of a plan (and of the prefetcher's and early victims' choices): its key and tie as one
+ * 128-bit number, compared unsigned: (key, tie) order, lowest first */
 typedef struct {
-    double key;
-    int64_t tie; /* residents: id; new rows: (1 << 62) + index */
-    int32_t id;
+    uint64_t hi; /* the key's bits, mapped so that unsigned order is the doubles' order (cand_of) */
+    uint64_t lo; /* tie: residents and prefetch candidates their id; new rows NEW_TIE + index */
 } lp_cand;
+
+static inline lp_cand cand_of(double key, int64_t tie)
+{
+    double k = key + 0.0; /* -0 becomes +0: keys equal as doubles get equal bits */
+    uint64_t u;
+    memcpy(&u, &k, sizeof(u));
+    u = (u >> 63) ? ~u : u | ((uint64_t)1 << 63);
+    return (lp_cand){u, (uint64_t)tie};
+}
 
 typedef struct { /* a set of resident ids with O(1) add and remove */
     int32_t *ids;
@@ -56,7 +68,8 @@ struct lp_policy {
     int64_t n_classes;
     double *p_edges, *nu_edges;
     int32_t n_p, n_nu;
-    int8_t age_lut[AGE_LUT];
+    int p_sorted, nu_sorted; /* the edges ascend (then counted without branches) */
+    int simd; /* the plan's filter in AVX2 (lp_set_simd) */
 
     /* per row */
     int64_t n_rows, cap_rows;
@@ -97,10 +110,8 @@ struct lp_policy {
     float *out, *p32, *feats;
     int32_t *cand, *tmp, *gids;
     float *gp;
-    uint8_t *gmiss;
+    uint8_t *gmiss, *isnew;
     lp_cand *sel;
-    double *keys;
-    int64_t cap_keys;
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
     int64_t *minage;
@@ -140,20 +151,27 @@ static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
     return SC_OK;
 }
 
-static int64_t age_bucket_slow(double age)
+/* how many of the class edges e[0..n) lie at or below x before the first one above it (the class index
+ * along that axis): when the edges ascend, that is how many lie at or below x, counted without branches */
+static inline int32_t edges_passed(const double *e, int32_t n, int sorted, double x)
 {
-    int e;
-    double m = frexp(age < 1.0 ? 1.0 : age, &e);
-    int64_t b = 2 * (int64_t)(e - 1) + (m >= sqrt(0.5) ? 1 : 0);
-    return b < HZ_AGE_BUCKETS - 1 ? b : HZ_AGE_BUCKETS - 1;
+    int32_t a = 0;
+    if (sorted) {
+        for (int32_t i = 0; i < n; i++)
+            a += e[i] <= x;
+        return a;
+    }
+    while (a < n && e[a] <= x)
+        a++;
+    return a;
 }
 
-static inline int64_t age_bucket(const lp_policy *p, double age)
+static int ascending(const double *e, int32_t n)
 {
-    double a2 = 2.0 * age;
-    if (a2 >= 0.0 && a2 < AGE_LUT && a2 == (double)(int64_t)a2)
-        return p->age_lut[(int64_t)a2];
-    return age_bucket_slow(age);
+    for (int32_t i = 1; i < n; i++)
+        if (!(e[i - 1] <= e[i]))
+            return 0;
+    return 1;
 }
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
@@ -242,12 +260,11 @@ lp_policy *lp_new(const lp_params *prm)
         return NULL;
     }
     p->s_mask = prm->stream_ring - 1;
-    for (int i = 0; i < AGE_LUT; i++)
-        p->age_lut[i] = (int8_t)age_bucket_slow(i / 2.0);
     p->view.n_table_slots = 1;
     static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
     for (int k = 0; k < CM_N_HALF_LIVES; k++) /* as RowHistory._decay_rate: float32 ln 2 / half-life */
         p->view.rate[k] = (double)((float)log(2.0) / (float)half_lives[k]);
+    cm_lut_set_rates(p->lut, p->view.rate);
     p->view.lut = p->lut;
     for (int k = 0; k < 3; k++)
         p->sets[k].flag = (uint8_t)(1 << k), p->sets[k].k = k;
@@ -259,6 +276,7 @@ lp_policy *lp_new(const lp_params *prm)
     p->sets[1].capacity = p->sets[2].capacity = scap;
     p->psel_max = fmax(64.0, scap / 8.0);
     p->guard_on = prm->guard && prm->use_cache_model;
+    lp_set_simd(p, 1);
     lp_set_horizon(p, prm->horizon);
     return p;
 }
@@ -296,7 +314,7 @@ void lp_free(lp_policy *p)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
-    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->sel), free(p->keys), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->ann);
     free(p->adm), free(p->newv);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
@@ -332,6 +350,7 @@ int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const do
     free(p->table), free(p->p_edges), free(p->nu_edges);
     p->table = t, p->p_edges = pe, p->nu_edges = ne;
     p->n_classes = n_classes, p->n_p = n_p, p->n_nu = n_nu;
+    p->p_sorted = ascending(pe, n_p), p->nu_sorted = ascending(ne, n_nu);
     return SC_OK;
 }
 
@@ -414,8 +433,8 @@ static int grow_rows(lp_policy *p, int64_t need)
     return SC_OK;
 }
 
-/* a new row's state: no history; table and model id from its key */
-static void row_init(lp_policy *p, int32_t id, int64_t key)
+/* a new row's state: no history; table from its key, m its model id (-1: none) */
+static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
 {
     cm_row *r = p->view.row + id;
     memset(r, 0, sizeof(*r));
@@ -427,29 +446,37 @@ static void row_init(lp_policy *p, int32_t id, int64_t key)
     p->stamp[id] = 0.0;
     p->lastpos[id] = p->mark[id] = -1;
     p->slot[id] = 0;
-    int32_t m = -1;
-    if (p->model_map)
-        sc_idmap_find(p->model_map, &key, 1, &m);
     p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
 }
 
 /* dense ids of keys, new rows set up (table, model id) */
 static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
 {
-    for (int64_t i = 0; i < n; i++) {
-        int is_new;
-        int32_t id = sc_idmap_get_new(p->map, keys[i], &is_new);
-        if (id < 0)
+    uint8_t *is_new = p->isnew;
+    if (sc_idmap_get_new_many(p->map, keys, n, ids, is_new) != SC_OK)
+        return SC_ENOMEM;
+    int64_t top = -1;
+    for (int64_t i = 0; i < n; i++)
+        top = ids[i] > top ? ids[i] : top;
+    if (top >= p->n_rows) {
+        if (grow_rows(p, top + 1) != SC_OK)
             return SC_ENOMEM;
-        if (id >= p->n_rows) {
-            if (grow_rows(p, (int64_t)id + 1) != SC_OK)
-                return SC_ENOMEM;
-            p->n_rows = (int64_t)id + 1;
-        }
-        if (is_new)
-            row_init(p, id, keys[i]);
-        ids[i] = id;
+        p->n_rows = top + 1;
     }
+    /* the new rows' model ids in one batched lookup (p->ids64 and p->adm: scratch until the step uses them) */
+    int64_t *nk = p->ids64;
+    int32_t *mids = p->adm;
+    int64_t nn = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (is_new[i])
+            nk[nn++] = keys[i];
+    if (p->model_map)
+        sc_idmap_find(p->model_map, nk, nn, mids);
+    for (int64_t i = 0, j = 0; i < n; i++)
+        if (is_new[i]) {
+            row_init(p, ids[i], keys[i], p->model_map ? mids[j] : -1);
+            j++;
+        }
     return SC_OK;
 }
 
@@ -485,7 +512,17 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
 /* ---------------------------------------------------------------------------- keep scores and plans */
 static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, double now, double den)
 {
-    return p->table[(int64_t)cls * HZ_AGE_BUCKETS + age_bucket(p, now - stamp)] + stamp / den;
+    return p->table[(int64_t)cls * HZ_AGE_BUCKETS + hz_age_bucket(now - stamp)] + stamp / den;
+}
+
+/* how set k's keep score is computed now: the stamp alone (LRU order: the LRU shadow, and the cache while
+ * the guard holds it in LRU order), the hazard table's, or the keep level's */
+enum { KO_RECENCY, KO_HAZARD, KO_LEVEL };
+static inline int keep_order(const lp_policy *p, int k)
+{
+    if (k == 1 || (k == 0 && p->recency_only))
+        return KO_RECENCY;
+    return p->prm.order == LP_ORDER_HAZARD && p->table ? KO_HAZARD : KO_LEVEL;
 }
 
 /* the keep score in set k's order (k 0: the cache, 1: LRU, 2: the model's) of a row of class cl, stamp
@@ -493,16 +530,40 @@ static inline double hazard_key(const lp_policy *p, int32_t cls, double stamp, d
 static inline double keep_key(const lp_policy *p, int k, int32_t cl, double st, float lv, double now,
                               double den)
 {
-    if (k == 1 || (k == 0 && p->recency_only))
+    int o = keep_order(p, k);
+    if (o == KO_RECENCY)
         return st;
-    if (p->prm.order == LP_ORDER_HAZARD && p->table)
+    if (o == KO_HAZARD)
         return hazard_key(p, cl, st, now, den);
     return (double)lv + st;
 }
 
 static inline int cand_lt(const lp_cand *a, const lp_cand *b)
 {
-    return a->key < b->key || (a->key == b->key && a->tie < b->tie);
+    unsigned __int128 x = ((unsigned __int128)a->hi << 64) | a->lo;
+    unsigned __int128 y = ((unsigned __int128)b->hi << 64) | b->lo;
+    return x < y;
+}
+
+/* c[lo..hi] around the pivot c[pv] (candidates are distinct): the smaller ones first, then the pivot,
+ * then the larger; the pivot's place. Branch-free (Lomuto with an unconditional swap). */
+static int64_t partition(lp_cand *c, int64_t lo, int64_t hi, int64_t pv)
+{
+    lp_cand t = c[pv];
+    c[pv] = c[hi];
+    c[hi] = t;
+    const lp_cand p = t;
+    int64_t st = lo;
+    for (int64_t i = lo; i < hi; i++) {
+        lp_cand x = c[i];
+        int lt = cand_lt(&x, &p);
+        c[i] = c[st];
+        c[st] = x;
+        st += lt;
+    }
+    c[hi] = c[st];
+    c[st] = p;
+    return st;
 }
 
 /* put the k smallest of c[0..n) first (any order) */
@@ -512,42 +573,180 @@ static void select_k(lp_cand *c, int64_t n, int64_t k)
     uint64_t rng = 0x2545F4914F6CDD1DULL;
     while (lo < hi) {
         rng = mix64(rng + 1);
-        lp_cand pv = c[lo + (int64_t)(rng % (uint64_t)(hi - lo + 1))];
-        int64_t i = lo, j = hi;
-        while (i <= j) {
-            while (cand_lt(&c[i], &pv))
-                i++;
-            while (cand_lt(&pv, &c[j]))
-                j--;
-            if (i <= j) {
-                lp_cand t = c[i];
-                c[i++] = c[j];
-                c[j--] = t;
-            }
-        }
-        if (k - 1 <= j)
-            hi = j;
-        else if (k - 1 >= i)
-            lo = i;
+        int64_t at = partition(c, lo, hi, lo + (int64_t)(rng % (uint64_t)(hi - lo + 1)));
+        if (at > k - 1)
+            hi = at - 1;
+        else if (at < k - 1)
+            lo = at + 1;
         else
             break;
     }
 }
 
-static int cmp_dbl(const void *a, const void *b)
+/* sort c[0..n) by cand_lt (a total order: ties are unique) */
+static void sort_cand(lp_cand *c, int64_t n)
 {
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
+    while (n > 16) {
+        int64_t m = n / 2, z = n - 1, med; /* median of three as the pivot */
+        if (cand_lt(&c[0], &c[m]))
+            med = cand_lt(&c[m], &c[z]) ? m : cand_lt(&c[0], &c[z]) ? z : 0;
+        else
+            med = cand_lt(&c[0], &c[z]) ? 0 : cand_lt(&c[m], &c[z]) ? z : m;
+        int64_t at = partition(c, 0, n - 1, med);
+        /* [0, at) and (at, n) are left: recurse into the smaller, loop on the larger */
+        if (at < n - 1 - at) {
+            sort_cand(c, at);
+            c += at + 1, n -= at + 1;
+        } else {
+            sort_cand(c + at + 1, n - at - 1);
+            n = at;
+        }
+    }
+    for (int64_t i = 1; i < n; i++) {
+        lp_cand x = c[i];
+        int64_t j = i;
+        while (j > 0 && cand_lt(&x, &c[j - 1])) {
+            c[j] = c[j - 1];
+            j--;
+        }
+        c[j] = x;
+    }
 }
 
-static int cmp_cand(const void *a, const void *b)
+/* the value of rank r (0: the smallest) among x[0..n) (reordered) */
+static double nth_dbl(double *x, int n, int r)
 {
-    const lp_cand *x = a, *y = b;
-    return cand_lt(x, y) ? -1 : cand_lt(y, x) ? 1 : 0;
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        double pv = x[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (x[i] < pv)
+                i++;
+            while (pv < x[j])
+                j--;
+            if (i <= j) {
+                double t = x[i];
+                x[i++] = x[j];
+                x[j--] = t;
+            }
+        }
+        if (r <= j)
+            hi = j;
+        else if (r >= i)
+            lo = i;
+        else
+            break;
+    }
+    return x[r];
+}
+
+/* set k's residents whose keep score is at most thr, as candidates (key, tie = id) into out, in set
+ * order; the count */
+static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double now, double den, double thr,
+                             lp_cand *out)
+{
+    int64_t nr = 0;
+    for (int64_t i = 0; i < s->n; i++) {
+        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        if (key <= thr)
+            out[nr++] = cand_of(key, s->ids[i]);
+    }
+    return nr;
+}
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define LP_HAVE_AVX2 1
+/* the hazard keys of four rows (stamps st, classes cl): hz_age_bucket from the same bits, the same table
+ * entry, the same division and sum as hazard_key */
+__attribute__((target("avx2"))) static inline __m256d hazard4(const double *table, const int32_t *cl, __m256d st,
+                                                             __m256d vnow, __m256d vden, __m256d one,
+                                                             __m256i mant, __m256i sq, __m256i bias,
+                                                             __m256i top, __m256i lsb, __m256i width)
+{
+    __m256d age = _mm256_sub_pd(vnow, st);
+    __m256i u = _mm256_castpd_si256(age);
+    __m256i b = _mm256_slli_epi64(_mm256_sub_epi64(_mm256_srli_epi64(u, 52), bias), 1);
+    b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
+    b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* age < 1 */
+    b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
+    __m256i c = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)cl));
+    __m256i at = _mm256_add_epi64(_mm256_mul_epu32(c, width), b);
+    return _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
+}
+
+/* filter_scalar four rows at a time in keep order o: the same doubles (in the hazard order the bucket from
+ * the same bits as hz_age_bucket, the same table entry, the same division and sum) */
+__attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, int o, const lp_set *s,
+                                                          double now, double den, double thr, lp_cand *out)
+{
+    const double *table = p->table;
+    const __m256d vnow = _mm256_set1_pd(now), vden = _mm256_set1_pd(den), vthr = _mm256_set1_pd(thr);
+    const __m256d one = _mm256_set1_pd(1.0);
+    const __m256i mant = _mm256_set1_epi64x((long long)HZ_MANT_MASK);
+    const __m256i sq = _mm256_set1_epi64x((long long)HZ_SQRT2_MANT - 1);
+    const __m256i bias = _mm256_set1_epi64x(1023), top = _mm256_set1_epi64x(HZ_AGE_BUCKETS - 1);
+    const __m256i lsb = _mm256_set1_epi64x(1), width = _mm256_set1_epi64x(HZ_AGE_BUCKETS);
+    int64_t nr = 0, i = 0, n4 = s->n & ~(int64_t)3;
+    /* one loop per order (the order's arithmetic on st + i gives key), each appending the rows <= thr */
+#define LP_FILTER_LOOP(KEY)                                                                        \
+    for (; i < n4; i += 4) {                                                                       \
+        __m256d st = _mm256_loadu_pd(s->st + i), key = (KEY);                                      \
+        int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));                         \
+        if (mk) {                                                                                  \
+            double kv[4];                                                                          \
+            _mm256_storeu_pd(kv, key);                                                             \
+            while (mk) {                                                                           \
+                int j = __builtin_ctz((unsigned)mk);                                               \
+                mk &= mk - 1;                                                                      \
+                out[nr++] = cand_of(kv[j], s->ids[i + j]);                                         \
+            }                                                                                      \
+        }                                                                                          \
+    }
+    if (o == KO_RECENCY) {
+        LP_FILTER_LOOP(st)
+    } else if (o == KO_LEVEL) {
+        LP_FILTER_LOOP(_mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(s->lv + i)), st))
+    } else {
+        LP_FILTER_LOOP(hazard4(table, s->cl + i, st, vnow, vden, one, mant, sq, bias, top, lsb, width))
+    }
+#undef LP_FILTER_LOOP
+    int k = s->k;
+    for (; i < s->n; i++) {
+        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        if (key <= thr)
+            out[nr++] = cand_of(key, s->ids[i]);
+    }
+    return nr;
+}
+#else
+#define LP_HAVE_AVX2 0
+#endif
+
+int lp_set_simd(lp_policy *p, int on)
+{
+#if LP_HAVE_AVX2
+    p->simd = on && __builtin_cpu_supports("avx2");
+#else
+    (void)on;
+    p->simd = 0;
+#endif
+    return p->simd;
+}
+
+static int64_t filter(const lp_policy *p, int k, const lp_set *s, double now, double den, double thr,
+                      lp_cand *out)
+{
+#if LP_HAVE_AVX2
+    if (p->simd)
+        return filter_avx2(p, keep_order(p, k), s, now, den, thr, out);
+#endif
+    return filter_scalar(p, k, s, now, den, thr, out);
 }
 
 /* Fit new[0..m) (not resident) into set k: the lowest keep scores among the residents and the new rows
- * go; *n_ev evicted ids (lowest first) land in p->sel[..].id, and new rows dropped get p->slot = -1
+ * go; *n_ev evicted ids (lowest first) land in p->tmp, and new rows dropped get p->slot = -1
  * (kept ones 0). Then applies the plan to the set. */
 static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now, int32_t **ev_out,
                 int64_t *n_ev)
@@ -562,53 +761,48 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         if (grow_buf((void **)&p->sel, &p->cap_sel, tot, sizeof(lp_cand)) != SC_OK)
             return SC_ENOMEM;
         double den = fabs(now) + 2.0;
-        if (grow_buf((void **)&p->keys, &p->cap_keys, s->n + 1, sizeof(double)) != SC_OK)
-            return SC_ENOMEM;
-        for (int64_t i = 0; i < s->n; i++)
-            p->keys[i] = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
         /* only residents with a key up to a threshold can be among the `over` lowest: a threshold from a
          * sample of the keys (about twice the quantile needed), checked after, so the result is exact */
         double thr = INFINITY;
         int64_t nr = 0;
         if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
             double smp[LP_SAMPLE];
+            int64_t pick[LP_SAMPLE];
+            for (int j = 0; j < LP_SAMPLE; j++) { /* the sampled places, their entries asked for at once */
+                pick[j] = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
+                __builtin_prefetch(s->st + pick[j]), __builtin_prefetch(s->cl + pick[j]);
+            }
             for (int j = 0; j < LP_SAMPLE; j++)
-                smp[j] = p->keys[mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n];
-            qsort(smp, LP_SAMPLE, sizeof(double), cmp_dbl);
+                smp[j] = keep_key(p, k, s->cl[pick[j]], s->st[pick[j]], s->lv[pick[j]], now, den);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
-            thr = smp[at < LP_SAMPLE ? at : LP_SAMPLE - 1];
-            for (int64_t i = 0; i < s->n; i++)
-                if (p->keys[i] <= thr)
-                    p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
+            nr = filter(p, k, s, now, den, thr, p->sel);
             if (nr < over)
                 nr = 0, thr = INFINITY; /* the sample misled: every resident */
         }
         if (thr == INFINITY)
-            for (int64_t i = 0; i < s->n; i++)
-                p->sel[nr++] = (lp_cand){p->keys[i], s->ids[i], s->ids[i]};
+            nr = filter(p, k, s, now, den, thr, p->sel);
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
             double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
             int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
             float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
-            p->sel[nr + i] = (lp_cand){keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS,
-                                        ((int64_t)1 << 62) + i, id};
+            p->sel[nr + i] = cand_of(keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS, NEW_TIE + i);
         }
         if (over < tot)
             select_k(p->sel, tot, over);
         else
             over = tot;
-        qsort(p->sel, (size_t)over, sizeof(lp_cand), cmp_cand);
+        sort_cand(p->sel, over);
         if (grow_buf((void **)&p->tmp, &p->cap_tmp, over, sizeof(int32_t)) != SC_OK)
             return SC_ENOMEM;
         for (int64_t i = 0; i < over; i++) {
-            lp_cand *c = &p->sel[i];
-            if (c->tie >= ((int64_t)1 << 62)) {
-                p->slot[c->id] = -1;
-            } else {
-                p->tmp[(*n_ev)++] = c->id;
-            }
+            uint64_t tie = p->sel[i].lo;
+            if (tie >= (uint64_t)NEW_TIE)
+                p->slot[newv[tie - (uint64_t)NEW_TIE]] = -1;
+            else
+                p->tmp[(*n_ev)++] = (int32_t)tie;
         }
         for (int64_t i = 0; i < *n_ev; i++)
             set_del(p, s, p->tmp[i]);
@@ -961,7 +1155,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         }
         float s = w->temp * sim + prior(w, f);
         if (s > (float)p->prm.prefetch_threshold)
-            p->sel[ns++] = (lp_cand){-(double)s, id, (int32_t)id};
+            p->sel[ns++] = cand_of(-(double)s, id);
     }
     if (!ns) {
         p->pf_idle++;
@@ -970,9 +1164,9 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     int64_t take = ns < p->prm.prefetch_budget ? ns : p->prm.prefetch_budget;
     if (take < ns)
         select_k(p->sel, ns, take);
-    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
-        p->newv[m + i] = p->sel[i].id;
+        p->newv[m + i] = (int32_t)p->sel[i].lo;
     *n_pf = take;
     p->pf_idle = 0;
     return SC_OK;
@@ -989,8 +1183,8 @@ static int grow_step(lp_policy *p, int64_t n)
         nc *= 2;
     void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
                      (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
-                     (void **)&p->gmiss};
-    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1};
+                     (void **)&p->gmiss, (void **)&p->isnew};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1};
     for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
         void *q = realloc(*bufs[i], (size_t)nc * el[i]);
         if (!q)
@@ -1062,11 +1256,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             int32_t c = 0;
             if (p->table) {
                 double pd = 1.0 / (1.0 + exp(-(double)lo));
-                int32_t a = 0, bq = 0;
-                while (a < p->n_p && p->p_edges[a] <= pd)
-                    a++;
-                while (bq < p->n_nu && p->nu_edges[bq] <= (double)nu)
-                    bq++;
+                int32_t a = edges_passed(p->p_edges, p->n_p, p->p_sorted, pd);
+                int32_t bq = edges_passed(p->nu_edges, p->n_nu, p->nu_sorted, (double)nu);
                 c = a * (p->n_nu + 1) + bq;
             }
             p->cls[id] = c;
@@ -1081,6 +1272,20 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         }
     }
     for (int64_t i = 0; i < n; i++) {
+        /* the rows' per-row entries and then their places in the cache's set, ahead (random ids) */
+        if (i + 2 * LP_AHEAD < n) {
+            int32_t f = ids[i + 2 * LP_AHEAD];
+            __builtin_prefetch(p->stamp + f, 1), __builtin_prefetch(p->lcls + f, 1);
+            __builtin_prefetch(p->llevel + f, 1), __builtin_prefetch(res->pos + f);
+        }
+        if (i + LP_AHEAD < n) {
+            int32_t f = ids[i + LP_AHEAD];
+            if (p->flags[f] & res->flag) {
+                int32_t at = res->pos[f];
+                __builtin_prefetch(res->cl + at, 1), __builtin_prefetch(res->st + at, 1);
+                __builtin_prefetch(res->lv + at, 1);
+            }
+        }
         int32_t id = ids[i];
         p->stamp[id] = (double)b;
         p->lcls[id] = p->cls[id];
@@ -1220,7 +1425,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         int32_t id = s->ids[i];
         if (p->mark[id] == mk)
             continue;
-        p->sel[k++] = (lp_cand){keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id, id};
+        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id);
     }
     for (int64_t i = 0; i < m; i++) { /* forget the marks (a later step's 3t + 2 must not match) */
         int32_t id;
@@ -1231,9 +1436,9 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
     int64_t take = n < k ? n : k;
     if (take < k)
         select_k(p->sel, k, take);
-    qsort(p->sel, (size_t)take, sizeof(lp_cand), cmp_cand);
+    sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
-        out[i] = sc_idmap_key_of(p->map, p->sel[i].id);
+        out[i] = sc_idmap_key_of(p->map, (int32_t)p->sel[i].lo);
     return take;
 }
 

@@ -107,5 +107,8 @@ void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t 
 void lp_get_stats(const lp_policy *p, lp_stats *out);
 /* horizon (and the keep-level unit with it) between runs, for tuning */
 void lp_set_horizon(lp_policy *p, double horizon);
+/* the eviction plan's filter of the residents in AVX2 when on and the CPU has it (the default), else
+ * portable C; both give the same decisions. Returns whether AVX2 is used now. */
+int lp_set_simd(lp_policy *p, int on);
 
 #endif

@@ -163,6 +163,11 @@ class NativeStep:
                                      self._ffi.from_buffer("uint8_t[]", out))
         return out.astype(bool)
 
+    def set_simd(self, on: bool) -> bool:
+        """The eviction plan's AVX2 filter on (the default where the CPU has it) or off (portable C; the
+        same decisions); whether AVX2 is used now."""
+        return bool(self._lib.lp_set_simd(self._p, int(on)))
+
     def set_horizon(self, horizon: float) -> None:
         self._lib.lp_set_horizon(self._p, float(horizon))
 
