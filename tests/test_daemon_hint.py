@@ -218,6 +218,40 @@ def test_hints_take_the_fill_budget_before_the_policy(pools) -> None:
     drv.close()
 
 
+class Watching(Scripted):
+    """A Scripted policy that looks at the pool while it steps: which of ``watch`` are in the fast tier."""
+
+    def __init__(self, daemon, watch: np.ndarray) -> None:
+        super().__init__([])
+        self.daemon = daemon
+        self.watch = watch
+        self.seen: list[list[int]] = []
+
+    def observe(self, view: StepView) -> Decision:
+        if view.step >= 0:
+            self.seen.append(sorted(set(self.daemon.resident_keys().tolist()) & set(self.watch.tolist())))
+        return super().observe(view)
+
+
+def test_a_steps_hints_are_fetched_before_the_policy_steps(pools) -> None:
+    """Hints drained with a complete batch (the daemon was busy while the batch ran) are announced
+    rows of a later batch: they are in the fast tier before the policy's step runs, not after it (a
+    slow policy's step would otherwise make every announced row wait for it; with the server L
+    batches ahead, that made the rows late)."""
+    app, daemon = pools
+    pol = Watching(daemon, k(0, [1, 2]))
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=4, step_mode=True)
+    app.hint(0, [1, 2])  # announced for a later batch, drained with this one
+    lookup(app, 0, [10])
+    app.end_batch()
+    drv.tick()
+    assert pol.seen == [k(0, [1, 2]).tolist()]
+    assert pol.views[0].hints.tolist() == k(0, [1, 2]).tolist()  # the policy still sees them
+    assert drv.stats()["hint_fetched"] == 2
+    check_mirror(drv, daemon)
+    drv.close()
+
+
 def test_the_hints_for_the_nearest_batches_win(pools) -> None:
     """More hints than the reserve holds: the first (nearest batch) are fetched; a reserve held by
     pinned rows refuses the newer hints, not the pinned (sooner) ones."""

@@ -307,11 +307,16 @@ class PoolDriver:
         if self._worker is not None:
             self._stop_worker()
         view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints)
+        self.budget.refill()
+        if len(hints):
+            # announced rows are fetched before the policy's step, not after it: a batch L ahead must
+            # not wait for the policy to think (the view was taken before; the order of the moves is
+            # apply's: hints first)
+            mv.fetch_hints(hints)
         t0 = time.perf_counter()
         dec = self.policy.observe(view)
         self.policy_time += time.perf_counter() - t0
-        self.budget.refill()
-        mv.apply(as_keys(dec.evict), as_keys(dec.admit), hints, as_keys(dec.prefetch))
+        mv.apply(as_keys(dec.evict), as_keys(dec.admit), EMPTY_KEYS, as_keys(dec.prefetch))
 
     # -- early admission (the policy's steps in a thread) ------------------------------------------------
 
