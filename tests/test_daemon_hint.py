@@ -252,6 +252,25 @@ def test_a_steps_hints_are_fetched_before_the_policy_steps(pools) -> None:
     drv.close()
 
 
+def test_the_policy_sees_the_announced_rows_as_in_the_simulator(pools) -> None:
+    """The daemon hands the policy a step's announced rows (``StepView.announced``: deduplicated, first
+    appearance first, valid rows only), as the lookahead simulator does, so the learned prefetcher gets
+    them in both; without hints the field is empty."""
+    app, daemon = pools
+    pol = Scripted([])
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=4, step_mode=True)
+    app.hint(0, [3, 1, 3, 2])
+    lookup(app, 0, [10])
+    app.end_batch()
+    drv.tick()
+    assert pol.views[0].announced.tolist() == k(0, [3, 1, 2]).tolist()
+    lookup(app, 0, [11])
+    app.end_batch()
+    drv.tick()
+    assert pol.views[1].announced.tolist() == []
+    drv.close()
+
+
 def test_the_hints_for_the_nearest_batches_win(pools) -> None:
     """More hints than the reserve holds: the first (nearest batch) are fetched; a reserve held by
     pinned rows refuses the newer hints, not the pinned (sooner) ones."""

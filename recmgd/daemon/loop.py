@@ -279,9 +279,11 @@ class PoolDriver:
     def _step(self, lookups: np.ndarray, hints: np.ndarray) -> None:
         mv = self.mover
         lookups, fl_all = mv.checked(lookups)
+        announced = EMPTY_KEYS
         if len(hints):
-            hints, _ = mv.checked(hints)
+            hints, hfl = mv.checked(hints)
             self.pc["hint_received"] += len(hints)
+            announced, _ = mv.dedupe(hints, hfl)  # the policy's view of the lookahead, as in the simulator
         keys, fl = mv.dedupe(lookups, fl_all)
         f = mv.flags[fl]
         owned = (f & RES) != 0
@@ -302,11 +304,11 @@ class PoolDriver:
         if len(hints) and self.hint_slots:
             self._pin(hints)
         if self._threaded():
-            self._step_early(keys, fl, hints)
+            self._step_early(keys, fl, hints, announced)
             return
         if self._worker is not None:
             self._stop_worker()
-        view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints)
+        view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints, announced=announced)
         self.budget.refill()
         if len(hints):
             # announced rows are fetched before the policy's step, not after it: a batch L ahead must
@@ -340,7 +342,8 @@ class PoolDriver:
                  self.policy_name)
         return self._worker
 
-    def _step_early(self, keys: np.ndarray, fl: np.ndarray, hints: np.ndarray) -> None:
+    def _step_early(self, keys: np.ndarray, fl: np.ndarray, hints: np.ndarray,
+                    announced: np.ndarray) -> None:
         """Apply the decisions that are back, fetch the step's hints (announced rows first), fill its
         missed rows now, hand the step to the worker thread."""
         w = self._worker or self._start_worker()
@@ -351,7 +354,7 @@ class PoolDriver:
         owned = (self.mover.flags[fl] & RES) != 0
         if not owned.all():
             owned = self._early(keys, fl, owned)
-        view = StepView(step=seq, keys=keys, hit=owned, hints=hints)
+        view = StepView(step=seq, keys=keys, hit=owned, hints=hints, announced=announced)
         self._in_flight.append((seq, keys, owned))
         notices, self._notices = self._notices, []
         w.submit(seq, view, notices)
