@@ -312,13 +312,13 @@ class PoolDriver:
         self.budget.refill()
         if len(hints):
             # announced rows are fetched before the policy's step, not after it: a batch L ahead must
-            # not wait for the policy to think (the view was taken before; the order of the moves is
-            # apply's: hints first)
+            # not wait for the policy to think (the view was taken before), and they take the fill
+            # budget before the policy's guesses
             mv.fetch_hints(hints)
         t0 = time.perf_counter()
         dec = self.policy.observe(view)
         self.policy_time += time.perf_counter() - t0
-        mv.apply(as_keys(dec.evict), as_keys(dec.admit), EMPTY_KEYS, as_keys(dec.prefetch))
+        mv.apply(as_keys(dec.evict), as_keys(dec.admit), as_keys(dec.prefetch))
 
     # -- early admission (the policy's steps in a thread) ------------------------------------------------
 
@@ -403,7 +403,7 @@ class PoolDriver:
             if self._in_flight:
                 evict, admit, prefetch = self._spare_later(evict, admit, prefetch)
             self.budget.refill()
-            self.mover.apply(evict, admit, EMPTY_KEYS, prefetch)
+            self.mover.apply(evict, admit, prefetch)
             n += 1
         return n
 

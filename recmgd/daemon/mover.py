@@ -510,11 +510,10 @@ class ResidencyMover:
             return 0
         return self.evict_flat(np.array(old, dtype=np.int64))
 
-    def apply(self, evict: np.ndarray, admit: np.ndarray, hints: np.ndarray, prefetch: np.ndarray) -> None:
-        """A decision: the app's hints first (announced rows are certain to be read: they take the fill
-        budget before the policy's guesses), then the evictions, the admissions and the prefetches."""
-        if len(hints):
-            self.fetch_hints(hints)
+    def apply(self, evict: np.ndarray, admit: np.ndarray, prefetch: np.ndarray) -> None:
+        """A policy's decision: the evictions, the admissions, then the prefetches. (The step's hints are
+        fetched before the policy's step by the driver: announced rows are certain to be read and take the
+        fill budget before the policy's guesses.)"""
         self.evict_owned(evict)
         self.insert(admit, "admit")
         self.insert(prefetch, "prefetch")
