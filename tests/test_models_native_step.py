@@ -87,6 +87,7 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
         issued += len(dc.prefetch)
         assert len(resident) <= capacity
     assert c.guard_stats == py.guard_stats
+    assert c.prefetch_stats == py.prefetch_stats
     reading = steps[-1][:3]
     assert c.early_victims(5, reading).tolist() == py.early_victims(5, reading).tolist()
     gone = c.early_victims(2, reading)
@@ -329,3 +330,57 @@ def test_daemon_config_sets_the_history_window(obd_model: str) -> None:
 
     with pytest.raises(ConfigError, match="history_window: impossible value -1"):
         parse('[policy.options]\nhistory_window = -1\n')
+
+
+def _throttle_runs(steps: list[np.ndarray], cap: int, **opts: object
+                   ) -> dict[float, tuple[int, dict[str, int]]]:
+    """(prefetches issued, prefetch_stats) with the accuracy throttle at its default and off, the C and
+    the Python step in lockstep."""
+    out = {}
+    for acc in (0.25, 0.0):
+        pf: list[np.ndarray] = []
+        _lockstep("recmg", steps, cap, prefetched=pf, prefetch_min_accuracy=acc, **opts)
+        pol = registry.create("recmg", prefetch_min_accuracy=acc, history_window=0, **opts)
+        pol.reset(cap)
+        resident: set[int] = set()
+        for b, keys in enumerate(steps):
+            hit = np.fromiter((x in resident for x in keys.tolist()), bool, len(keys))
+            d = pol.observe(StepView(b, keys, hit))
+            resident.difference_update(d.evict.tolist())
+            resident.update(d.admit.tolist() + d.prefetch.tolist())
+        out[acc] = (sum(len(p) for p in pf), pol.prefetch_stats)
+    return out
+
+
+def test_a_mostly_wrong_prefetcher_is_throttled(shared_traces: Path, video_model: str) -> None:
+    """amazon_video's stream successors are rarely read next (a few % of them): with every candidate
+    passing, the accuracy throttle asks the prefetcher only now and then, in both steps alike; off,
+    it never is."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    runs = _throttle_runs(steps[:300], cap, model_dir=video_model, prefetch_budget=16, seed=0,
+                          prefetch_threshold=-1e9)
+    (on_issued, on), (off_issued, off) = runs[0.25], runs[0.0]
+    assert off["pf_throttled"] == 0 and off["pf_asked"] == 300
+    assert off["pf_useful"] < 0.25 * (off["pf_useful"] + off["pf_useless"])
+    assert on["pf_throttled"] > 100 and on["pf_asked"] < off["pf_asked"] / 2
+    assert on_issued <= off_issued
+
+
+def test_a_right_prefetcher_is_not_throttled(tmp_path: Path) -> None:
+    """A loop over more rows than the tier holds, read in order: what followed a row last time is read
+    in the next step, the prefetches are read, and the throttle never engages."""
+    from recmgd.trace import Trace, save_trace
+
+    rows = np.arange(2000, dtype=np.int64)
+    keys = np.tile(rows, 12)
+    path = tmp_path / "loop.trace"
+    save_trace(Trace(keys, np.arange(len(keys) + 1, dtype=np.int64)), path)
+    model = _train(path, tmp_path / "m", 16, 0.1)
+    steps = open_trace(str(path)).steps(16).as_list()
+    cap = capacity_for(0.1, 2000)
+    runs = _throttle_runs(steps, cap, model_dir=model, prefetch_budget=16, seed=0, prefetch_threshold=-1e9)
+    (on_issued, on), (off_issued, off) = runs[0.25], runs[0.0]
+    assert on["pf_useful"] > 0.5 * (on["pf_useful"] + on["pf_useless"])
+    assert on["pf_throttled"] == 0 and on_issued == off_issued > 1000
+    assert on["pf_asked"] == off["pf_asked"]

@@ -19,6 +19,7 @@
 #define F_SH0 2  /* in the guard's LRU shadow */
 #define F_SH1 4  /* in the guard's model-order shadow */
 #define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
+#define F_PFU 16 /* prefetched by this policy, not read yet (the prefetcher's accuracy) */
 
 #define NEW_TIE ((int64_t)1 << 62) /* a new row's tie: this + its index among the step's new rows */
 
@@ -89,6 +90,12 @@ struct lp_policy {
     double unit;
     int64_t seen_rows, seen_steps;
     int64_t pf_idle;
+    /* the prefetcher's accuracy (feedback-directed throttling): decaying counts of its prefetches read
+     * (pf_u) and of all its outcomes (pf_t), in units of 2^LP_PF_SCALE_SHIFT; the outcomes since the last
+     * update; totals */
+    int64_t pf_u, pf_t, pend_u, pend_x;
+    int pf_throttled;
+    int64_t pf_useful, pf_useless, pf_throttled_steps, pf_asked;
     double psel, psel_max;
     int guard_on, guard_shift;
     int recency_only;
@@ -244,6 +251,8 @@ lp_policy *lp_new(const lp_params *prm)
         prm->guard_sample < 1 || (prm->guard_sample & (prm->guard_sample - 1)) || prm->row_bits < 1 ||
         prm->row_bits > 62 || prm->stream_ring < 2 || (prm->stream_ring & (prm->stream_ring - 1)) ||
         prm->prefetch_budget < 0 || prm->prefetch_probe < 1 || prm->history_window < 0 ||
+        !(prm->prefetch_min_accuracy >= 0.0 && prm->prefetch_min_accuracy <= 1.0) ||
+        prm->prefetch_throttled_probe < 1 ||
         (prm->history_window > 0 && prm->history_window <= prm->past_steps))
         return NULL;
     lp_policy *p = calloc(1, sizeof(*p));
@@ -992,6 +1001,25 @@ static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, fl
     return SC_OK;
 }
 
+/* the prefetcher's accuracy, once a step before it is asked: the outcomes since the last step (prefetched
+ * rows read now, or evicted unread by the last plan) join the decaying counts, and the prefetcher is
+ * throttled while too few were read (FDP's idea: a prefetcher that is mostly wrong costs slow-tier reads
+ * and evicts better rows) */
+static void pf_account(lp_policy *p)
+{
+    p->pf_useful += p->pend_u;
+    p->pf_useless += p->pend_x;
+    p->pf_u = p->pf_u - (p->pf_u >> LP_PF_DECAY_SHIFT) + (p->pend_u << LP_PF_SCALE_SHIFT);
+    p->pf_t = p->pf_t - (p->pf_t >> LP_PF_DECAY_SHIFT) + ((p->pend_u + p->pend_x) << LP_PF_SCALE_SHIFT);
+    p->pend_u = p->pend_x = 0;
+    /* throttled once enough outcomes are in and too few were read; it stays so (the counts decay alike,
+     * and only a probe's outcomes move their ratio) until the probes' prefetches are read often enough */
+    double acc = p->prm.prefetch_min_accuracy;
+    int64_t enough = (int64_t)LP_PF_MIN_OUTCOMES << LP_PF_SCALE_SHIFT;
+    p->pf_throttled = acc > 0.0 && (p->pf_throttled || p->pf_t >= enough) && (double)p->pf_u < acc * (double)p->pf_t;
+    p->pf_throttled_steps += p->pf_throttled;
+}
+
 /* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
  * them (p->ann: what followed them last time is what comes after the window), never a row read or
  * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
@@ -1002,10 +1030,12 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     *n_pf = 0;
     if (!w || p->prm.prefetch_budget <= 0 || p->prm.capacity <= 0)
         return SC_OK;
-    if (p->pf_idle >= p->prm.prefetch_idle && b % p->prm.prefetch_probe) {
+    if ((p->pf_throttled && b % p->prm.prefetch_throttled_probe) ||
+        (p->pf_idle >= p->prm.prefetch_idle && b % p->prm.prefetch_probe)) {
         p->pf_idle++;
         return SC_OK;
     }
+    p->pf_asked++;
     const int32_t *ids = p->ids;
     int64_t now = b + 1, depth = p->prm.depth;
     int64_t mstep = 3 * b; /* marks: 3b this step's rows, 3b + 1 candidates, 3b + 2 the past's rows */
@@ -1223,6 +1253,10 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         return rc;
     lp_set *res = &p->sets[0];
     for (int64_t i = 0; i < n; i++) {
+        if (p->flags[ids[i]] & F_PFU) { /* a prefetch's outcome: read while resident, or gone already */
+            p->flags[ids[i]] &= (uint8_t)~F_PFU;
+            p->pend_u += hit[i] != 0;
+        }
         if (hit[i])
             rc = set_add(p, res, ids[i]);
         else
@@ -1307,6 +1341,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             if (missed[i])
                 p->newv[na++] = ids[i];
     }
+    pf_account(p);
     int64_t npf = 0;
     if ((rc = prefetch(p, n, n_ann, b, na, &npf)))
         return rc;
@@ -1337,14 +1372,21 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         p->cap_dec = c;
     }
     push_keys(p, &p->dec.evict, &p->dec.n_evict, ev, n_ev);
+    for (int64_t i = 0; i < n_ev; i++)
+        if (p->flags[ev[i]] & F_PFU) { /* a prefetch evicted unread */
+            p->flags[ev[i]] &= (uint8_t)~F_PFU;
+            p->pend_x++;
+        }
     for (int64_t i = 0; i < nnew; i++) {
         int32_t id = p->newv[i];
         if (p->slot[id] != 0)
             continue;
-        if (i < na)
+        if (i < na) {
             p->dec.admit[p->dec.n_admit++] = sc_idmap_key_of(p->map, id);
-        else
+        } else {
             p->dec.prefetch[p->dec.n_prefetch++] = sc_idmap_key_of(p->map, id);
+            p->flags[id] |= F_PFU;
+        }
     }
     /* the prefetcher's history: the past steps and the stream */
     if (p->pf && p->prm.prefetch_budget > 0) {
@@ -1399,8 +1441,10 @@ int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n)
     for (int64_t i = 0; i < n; i++) {
         int32_t id;
         sc_idmap_find(p->map, keys + i, 1, &id);
-        if (id >= 0)
+        if (id >= 0) {
             set_del(p, &p->sets[0], id);
+            p->flags[id] &= (uint8_t)~F_PFU; /* not inserted (or evicted by the driver): no outcome */
+        }
     }
     return SC_OK;
 }
@@ -1459,6 +1503,10 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->rows = sc_idmap_live(p->map);
     out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;
+    out->pf_useful = p->pf_useful;
+    out->pf_useless = p->pf_useless;
+    out->pf_throttled = p->pf_throttled_steps;
+    out->pf_asked = p->pf_asked;
     int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
     out->bytes = p->cap_rows * per_row + per_slot * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +

@@ -46,7 +46,19 @@ typedef struct {
     int64_t history_window;   /* steps: a row neither resident (nor in a guard shadow or the stream ring)
                                * nor used in this many steps loses its history and id (0: kept forever;
                                * else more than past_steps) */
+    double prefetch_min_accuracy; /* feedback-directed throttling: while fewer than this share of the
+                               * prefetches lately were read before their eviction (a decaying count,
+                               * once LP_PF_MIN_OUTCOMES outcomes are in), the prefetcher is asked only
+                               * every prefetch_throttled_probe-th step (0: never throttled for accuracy) */
+    int32_t prefetch_throttled_probe;
 } lp_params;
+
+/* outcomes of prefetches (read, or evicted unread) the accuracy needs before it can throttle; the counts
+ * decay by 1/2^LP_PF_DECAY_SHIFT a step and are kept in units of 2^LP_PF_SCALE_SHIFT (integers: the
+ * Python step, recmgd.models.policies, computes the very same numbers) */
+#define LP_PF_MIN_OUTCOMES 32
+#define LP_PF_DECAY_SHIFT 6
+#define LP_PF_SCALE_SHIFT 10
 
 /* The prefetching model's inference weights (recmgd.models.nets.NumpyPrefetchNet), row-major float32:
  * emb (n_model + 1) x dim (the last row: unknown), f1w N_FEATURES x hidden, f1b hidden, f2w hidden x dim,
@@ -78,6 +90,10 @@ typedef struct {
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state */
+    int64_t pf_useful;     /* prefetched rows read before their eviction */
+    int64_t pf_useless;    /* prefetched rows the plan evicted unread */
+    int64_t pf_throttled;  /* steps the prefetcher was throttled for accuracy */
+    int64_t pf_asked;      /* steps the prefetcher ran (its cost) */
 } lp_stats;
 
 typedef struct lp_policy lp_policy;

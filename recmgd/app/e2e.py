@@ -40,12 +40,18 @@ from typing import Any
 import numpy as np
 
 from recmgd.app.weights import write_weights
+from recmgd.errors import RecmgError
 from recmgd.keys import capacity_for
 from recmgd.pool import Pool
 
 log = logging.getLogger(__name__)
 
 SYSTEMS = ("all-dram", "no-cache", "lru", "recmg", "lru+lookahead", "recmg+lookahead")
+#: the daemon's counters a result carries (how much each grew while a load ran; recmgctl stats names them)
+DAEMON_COUNTERS = ("steps", "batches", "on_demand", "fills", "evictions", "prefetch_issued",
+                   "prefetch_useful", "admit_rejected", "prefetch_rejected", "hint_received", "hint_early",
+                   "hint_fetched", "hint_useful", "hint_late", "hint_rejected", "pin_refused", "early_admits",
+                   "policy_time_s")
 REQUIRED_KEYS = ("trace", "system", "offered_qps", "p50_ms", "p99_ms", "throughput_qps",
                  "on_demand_per_batch")
 
@@ -218,6 +224,23 @@ class Stack:
             nsock.close()
             notify.unlink(missing_ok=True)
 
+    def counters(self) -> dict[str, float]:
+        """The daemon's counters of this stack's pool (DAEMON_COUNTERS; {} without a daemon or when it
+        does not answer)."""
+        if self.daemon is None:
+            return {}
+        from recmgd.daemon.control import request
+
+        try:
+            st = request(str(self.cfg.work / f"control-{self.tag}.sock"), "stats", timeout=5.0)
+        except RecmgError as exc:
+            log.warning("recmgd of %s: no stats (%s)", self.tag, exc)
+            return {}
+        pool = st.get("pools", {}).get(self.name) if isinstance(st, dict) else None
+        if not isinstance(pool, dict):
+            return {}
+        return {k: float(pool.get(k, 0)) for k in DAEMON_COUNTERS}
+
     def __exit__(self, *exc: object) -> None:
         if self.daemon is not None and self.daemon.poll() is None:
             self.daemon.send_signal(signal.SIGTERM)
@@ -244,9 +267,11 @@ def _cpu(pid: int | None) -> float:
 
 def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Sequence[float],
                counts: Sequence[int], lookahead: bool, daemon_pid: int | None,
-               latencies: Path) -> list[dict[str, Any]]:
+               latencies: Path, counters: Callable[[], dict[str, float]] | None = None
+               ) -> list[dict[str, Any]]:
     """One server process serving the loads one after the other (one warm-up); returns its JSON result a
-    load plus ``daemon_cpu`` (the daemon's share of a core while that load's requests ran)."""
+    load plus ``daemon_cpu`` (the daemon's share of a core while that load's requests ran) and, with
+    ``counters`` (the daemon's, see :meth:`Stack.counters`), ``daemon``: how much each grew meanwhile."""
     cmd = [sys.executable, "-m", "recmgd.app.serve", "--trace", str(setup.path), "--dim", str(cfg.dim),
            "--seed", str(cfg.seed), "--warmup", str(cfg.warmup), "--requests", ",".join(map(str, counts)),
            "--rate", ",".join(f"{r:.3f}" for r in rates), "--max-batch", str(cfg.max_batch),
@@ -259,13 +284,18 @@ def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Seque
     assert proc.stdout is not None
     out: list[dict[str, Any]] = []
     c0 = w0 = 0.0
+    k0: dict[str, float] = {}
     for line in proc.stdout:
         msg = json.loads(line)
         if "phase" in msg:
             c0, w0 = _cpu(daemon_pid), time.monotonic()
+            k0 = counters() if counters else {}
             continue
         c1, w1 = _cpu(daemon_pid), time.monotonic()
         msg["daemon_cpu"] = round((c1 - c0) / (w1 - w0), 3) if w1 > w0 else 0.0
+        if counters:
+            k1 = counters()
+            msg["daemon"] = {k: round(v - k0.get(k, 0.0), 6) for k, v in k1.items()}
         out.append(msg)
     err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0 or len(out) != len(rates):
@@ -340,7 +370,8 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
                 lat = cfg.work / f"lat-{tag}.npz"
                 pid = stack.daemon.pid if stack is not None and stack.daemon is not None else None
                 name = stack.name if stack else None
-                outs = run_server(cfg, setup, name, rates, counts, lookahead, pid, lat)
+                outs = run_server(cfg, setup, name, rates, counts, lookahead, pid, lat,
+                                  stack.counters if stack is not None and stack.daemon is not None else None)
                 for i, (load, rate, out) in enumerate(zip(cfg.loads, rates, outs, strict=True)):
                     row = {"trace": label, "system": system, "load": load, "offered_qps": round(rate, 1),
                            **{k: out[k] for k in ("p50_ms", "p95_ms", "p99_ms", "throughput_qps",
@@ -348,7 +379,8 @@ def compare(cfg: E2EConfig, counted_for: Callable[[float], int] | None = None) -
                                                   "requests", "batches", "lookups", "hits", "on_demand",
                                                   "slow_bytes", "hinted_rows", "daemon_cpu")},
                            "on_demand_per_request": round(out["on_demand"] / max(out["requests"], 1), 3),
-                           "all_dram_max_qps": max_qps[label], "slots": setup.slots if policy else 0}
+                           "all_dram_max_qps": max_qps[label], "slots": setup.slots if policy else 0,
+                           "daemon": out.get("daemon", {})}
                     results.append(row)
                     lat_files[(label, system, load)] = (lat, f"arr_{i}")
                     cfg.progress(f"  {system:<16} {_percent_load(load):>4} {rate:8.0f}/s  p50 "

@@ -76,7 +76,7 @@ __all__ = ["EARLY_VICTIMS", "POOL_COUNTERS", "FillBudget", "PoolDriver", "PoolLi
 POOL_COUNTERS = ("steps", "batches", "records", "bad_records", "prefetch_rejected", "admit_rejected",
                  "hint_received", "hint_rejected", "hint_late", "prefetch_evicted_unread",
                  "policy_overflow", "rings_released", "adopted", "adopt_evicted", "early_admits",
-                 "decision_skipped", "decision_no_room", "pin_refused")
+                 "decision_skipped", "decision_no_room", "pin_refused", "hint_early")
 
 
 def _forward(part: str, name: str, doc: str = "") -> property:
@@ -141,7 +141,7 @@ class PoolDriver:
         self.mover = ResidencyMover(pool, hint_slots, budget or FillBudget(), self.pc, self._tell,
                                     lambda: self._worker is not None, pin_steps=hint_pin_batches)
         self.tracker = RingTracker(pool, self._batch, self._take_hints, max_drain=max_drain,
-                                   coalesce=coalesce, step_mode=step_mode)
+                                   coalesce=coalesce, step_mode=step_mode, early_hints=self._early_hints)
         self._step_mode = step_mode
         self.policy_time = 0.0
         self.policy_name = policy_name
@@ -262,6 +262,15 @@ class PoolDriver:
         self._pin(hints)
         self.mover.fetch_hints(hints)
         return True
+
+    def _early_hints(self, hints: np.ndarray) -> None:
+        """Hints of complete batches drained at once (the daemon is behind): fetched and pinned before
+        any of those batches' steps; each step sees (and counts) its own again."""
+        if not self.hint_slots or self.paused:
+            return
+        self.pc["hint_early"] += len(hints)
+        self._pin(hints)
+        self.mover.fetch_hints(hints)
 
     def _pin(self, hints: np.ndarray) -> None:
         """Hinted rows are announced for a batch that has not run: pinned for ``hint_pin_batches``

@@ -58,6 +58,7 @@ POOL_COUNTERS = (
     ("hint_late", "hints_late", "hints that arrived with the lookups they announced"),
     ("hint_rejected", "hints_rejected", "hints not fetched (reserve full or fill budget)"),
     ("pin_refused", "pin_refused", "evictions refused: the row is announced for a batch still to run"),
+    ("hint_early", "hints_early", "hints fetched ahead of the batches drained with them (daemon behind)"),
     ("policy_time_s", "model_inference_seconds", "time spent in the policy"),
     ("early_admits", "early_admissions", "missed rows filled before a slow policy's step (early_admit)"),
     ("decision_skipped", "decision_rows_skipped",

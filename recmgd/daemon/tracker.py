@@ -10,6 +10,11 @@ records (format in recmgd.keys: type in bits 62..63, key below), splits them at 
 - *Hints ahead of their batch*: hint records (type 2) in the part of a batch that has not ended yet
   are offered to ``take_hints(keys)`` at once; when it takes them (True) they leave the batch, so the
   driver can fetch them before the lookups they announce arrive.
+- *Hints first when behind*: when one drain of a ring holds several complete batches (the daemon fell
+  behind the app), the hint records among them are handed to ``early_hints(keys)`` before the first of
+  those batches is processed (never in step mode): a batch announced L batches ahead must not wait for
+  the policy's steps of the batches before it. They stay in their batches too (the step's view and its
+  counters see them; fetching a row already fetched does nothing).
 - *Coalescing*: with ``coalesce`` > 0 (never in step mode) a ring that fell behind has runs of its
   batches merged into one batch of at least that many records (``n_batches`` says how many).
 
@@ -43,6 +48,8 @@ log = logging.getLogger(__name__)
 BatchSink = Callable[[np.ndarray, np.ndarray, int], None]
 #: hints of a batch that has not ended yet; True when taken (they then leave the batch)
 HintSink = Callable[[np.ndarray], bool]
+#: hints of complete batches drained together, fetched before those batches' steps
+EarlyHints = Callable[[np.ndarray], None]
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
@@ -101,10 +108,12 @@ class RingTracker:
     """
 
     def __init__(self, pool: RingSource, on_batch: BatchSink, take_hints: HintSink, *,
-                 max_drain: int = 262144, coalesce: int = 0, step_mode: bool = False) -> None:
+                 max_drain: int = 262144, coalesce: int = 0, step_mode: bool = False,
+                 early_hints: EarlyHints | None = None) -> None:
         self.pool = pool
         self.on_batch = on_batch
         self.take_hints = take_hints
+        self.early_hints = early_hints
         self.max_drain = max_drain
         self.coalesce = coalesce
         self.step_mode = step_mode
@@ -199,6 +208,11 @@ class RingTracker:
         types = recs >> REC_TYPE_SHIFT
         ends = np.flatnonzero(types == REC_BATCH_END)
         start = 0
+        if len(ends) > 1 and self.early_hints is not None and not self.step_mode:
+            # behind the app: the announced rows of every batch drained now go before their steps
+            is_hint = types[: ends[-1]] == REC_HINT
+            if is_hint.any():
+                self.early_hints((recs[: ends[-1]][is_hint] & REC_KEY_MASK).astype(np.int64))
         merge = 0 if self.step_mode else self.coalesce
         if merge and len(ends) > 1:
             # behind the apps: several batches of a ring at once; process runs of consecutive batches

@@ -75,6 +75,8 @@ class NativeStep:
             "step_len_known": int("mean_step_len" in stats), "row_bits": ROW_BITS,
             "horizon": pol.horizon, "step_len": float(stats.get("mean_step_len", 16.0)),
             "bypass": pol.bypass, "prefetch_threshold": pol.prefetch_threshold, "stream_ring": ring,
+            "prefetch_min_accuracy": pol.prefetch_min_accuracy,
+            "prefetch_throttled_probe": pol.prefetch_throttled_probe,
             "history_window": pol.history_window_steps()})
         ptr = lib.lp_new(prm)
         if ptr == ffi.NULL:
@@ -173,8 +175,10 @@ class NativeStep:
 
     def stats(self) -> dict[str, int]:
         """The guard's counters, rows with a history now, histories the recency window dropped, resident
-        rows and the state's bytes."""
+        rows, the state's bytes, and the prefetcher's outcomes (read, evicted unread) and throttled steps."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
         return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes}
+                "rows": s.rows, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes,
+                "pf_useful": s.pf_useful, "pf_useless": s.pf_useless, "pf_throttled": s.pf_throttled,
+                "pf_asked": s.pf_asked}

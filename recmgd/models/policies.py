@@ -33,6 +33,7 @@ from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.sampling import GOLDEN
 from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, register
+from recmgd.simcore import lib as _simcore_lib
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +120,11 @@ class _Residency:
 
 #: steps without a proposal after which the recmg prefetcher is only asked every prefetch_probe-th step
 PREFETCH_IDLE_STEPS = 64
+#: the prefetcher's accuracy (feedback-directed throttling; the C step's constants, learned.h): outcomes
+#: needed before it throttles, the counts' decay (1/2^shift a step) and fixed-point scale (2^shift)
+PF_MIN_OUTCOMES = int(_simcore_lib.LP_PF_MIN_OUTCOMES)
+PF_DECAY_SHIFT = int(_simcore_lib.LP_PF_DECAY_SHIFT)
+PF_SCALE_SHIFT = int(_simcore_lib.LP_PF_SCALE_SHIFT)
 
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
@@ -143,6 +149,13 @@ class LearnedPolicy(Policy):
     ``prefetch_probe``: after PREFETCH_IDLE_STEPS steps in which the prefetching model proposed nothing
     (feedback-directed throttling), it is asked only every prefetch_probe-th step until it proposes a
     row again (1: every step; it costs more than half of recmg's step and issues nothing on some traces);
+    ``prefetch_min_accuracy`` (default 0.25; 0: off): feedback-directed throttling on what the prefetches
+    became: while fewer than this share of the recmg prefetcher's recent prefetches were read before the
+    plan evicted them (counts decaying by 1/64 a step, after PF_MIN_OUTCOMES outcomes), it is asked only
+    every ``prefetch_throttled_probe``-th step (default 64; the probes keep measuring, so it comes back
+    when it is right again);
+    a mostly wrong prefetcher costs a slow-tier read per row and evicts better rows (on amazon_video, 3-5%
+    of its prefetches are read, and prefetching made more on-demand fetches than none);
     ``order`` "auto" (default: "hazard" when the models carry the hazard table, else "level"),
     "hazard" (the age-aware table of recmgd.models.hazard over the model's class at the last use),
     "level", "nextuse" (Belady order on the regression head) or "hybrid".
@@ -180,6 +193,8 @@ class LearnedPolicy(Policy):
     def __init__(self, prefetch_budget: int = 8, seed: int = 0, model_dir: str | None = None,
                  threads: int = 1, epochs: int = 4, levels: int = 16, bypass: float = 0.0,
                  prefetch_threshold: float = 0.0, prefetch_probe: int = 8,
+                 prefetch_min_accuracy: float = 0.25,
+                 prefetch_throttled_probe: int = 64,
                  voyager_min_prob: float = 0.0, horizon: float | None = 16.0, order: str = "auto",
                  slack: float = 2.0, gap_mode: str = "max", rescore: int = 0,
                  tune: Sequence[float] | None = None, guard: bool = True,
@@ -209,6 +224,10 @@ class LearnedPolicy(Policy):
         self.bypass = float(bypass)
         self.prefetch_threshold = float(prefetch_threshold)
         self.prefetch_probe = max(1, int(prefetch_probe))
+        if not 0.0 <= float(prefetch_min_accuracy) <= 1.0:
+            raise ValueError(f"prefetch_min_accuracy must be in [0, 1], got {prefetch_min_accuracy}")
+        self.prefetch_min_accuracy = float(prefetch_min_accuracy)
+        self.prefetch_throttled_probe = max(1, int(prefetch_throttled_probe))
         self.prefetch_announced = bool(prefetch_announced)
         self.voyager_min_prob = float(voyager_min_prob)
         self._horizon_opt = horizon  # None: tuned in fit() on the training steps
@@ -345,6 +364,11 @@ class LearnedPolicy(Policy):
         self.mid = np.zeros(0, np.int64)  # history id -> model id (n_rows = unknown)
         self.t = 0
         self._pf_idle = 0  # steps since the prefetching model last proposed a row
+        # the prefetcher's accuracy (see prefetch_min_accuracy; the C step's pf_account, the same integers)
+        self._pfu = np.zeros(0, bool)  # history id -> prefetched, not read yet
+        self._pf_u = self._pf_t = self._pend_u = self._pend_x = 0
+        self._pf_throttled = False
+        self._pf_counts = {"pf_useful": 0, "pf_useless": 0, "pf_throttled": 0, "pf_asked": 0}
         self.recent: deque[np.ndarray] = deque(maxlen=max(1, self.cfg.past_steps))
         self.stream = Stream(self.cfg.depth)
         if self._np_voy is not None:
@@ -464,7 +488,9 @@ class LearnedPolicy(Policy):
             self._native.rejected(np.asarray(keys, np.int64))
             return
         ids = self.hist.index.lookup(np.asarray(keys, np.int64))
-        self.res.set_resident(ids[ids >= 0], False)
+        ids = ids[ids >= 0]
+        self.res.set_resident(ids, False)
+        self._pfu[ids[ids < len(self._pfu)]] = False  # not inserted (or evicted by the driver): no outcome
 
     def early_victims(self, n: int, reading: np.ndarray) -> np.ndarray:
         """The ``n`` resident rows with the lowest keep score as of the last step (what the next
@@ -496,6 +522,8 @@ class LearnedPolicy(Policy):
                 m = np.full(max(n1, 2 * len(self.mid), 1024), -1, np.int64)
                 m[: len(self.mid)] = self.mid
                 self.mid = m
+            if len(self._pfu) < n1:
+                self._pfu = np.concatenate([self._pfu, np.zeros(len(self.mid) - len(self._pfu), bool)])
             unknown = len(self._model_keys)
             if self._model_index is None:
                 self._model_index = {k: i for i, k in enumerate(self._model_keys.tolist())}
@@ -523,6 +551,10 @@ class LearnedPolicy(Policy):
         hit = np.asarray(view.hit, bool)
         ids = self._ids(keys)
         res = self.res
+        read = self._pfu[ids]
+        if read.any():  # a prefetch's outcome: read while resident (or gone already: none)
+            self._pend_u += int((read & hit).sum())
+            self._pfu[ids[read]] = False
         # the driver's view is the truth
         res.set_resident(ids[hit], True)
         res.set_resident(ids[~hit], False)
@@ -579,6 +611,7 @@ class LearnedPolicy(Policy):
         adm = ids[admit_mask]
         ann = (self.hist.index.lookup(np.asarray(view.announced, np.int64))
                if self.prefetch_announced and len(view.announced) else EMPTY_KEYS)
+        self._pf_account()
         pf, pf_p = self._prefetch(b, ids, ann[ann >= 0])
         if len(pf):
             # prefetches are inserted after admissions, predicted used within the window; with the
@@ -598,7 +631,12 @@ class LearnedPolicy(Policy):
         evict, ins = res.plan(new, now)
         res.set_resident(evict, False)
         res.set_resident(ins, True)
+        unread = self._pfu[evict]
+        if unread.any():  # prefetches evicted unread
+            self._pend_x += int(unread.sum())
+            self._pfu[evict[unread]] = False
         for_pf = np.isin(ins, pf) if len(pf) else np.zeros(len(ins), bool)
+        self._pfu[ins[for_pf]] = True
         self.recent.append(ids)
         if self.prefetcher == "recmg":
             self.stream.append(ids, b)
@@ -607,6 +645,33 @@ class LearnedPolicy(Policy):
                         prefetch=idx.keys_of(ins[for_pf]))
 
     # ---------------------------------------------------------------------------------- prefetchers
+    def _pf_account(self) -> None:
+        """The outcomes since the last step join the prefetcher's decaying accuracy counts, and it is
+        throttled while too few of its prefetches were read (learned.c's pf_account, integer for integer)."""
+        u, x = self._pend_u, self._pend_x
+        self._pf_counts["pf_useful"] += u
+        self._pf_counts["pf_useless"] += x
+        self._pf_u = self._pf_u - (self._pf_u >> PF_DECAY_SHIFT) + (u << PF_SCALE_SHIFT)
+        self._pf_t = self._pf_t - (self._pf_t >> PF_DECAY_SHIFT) + ((u + x) << PF_SCALE_SHIFT)
+        self._pend_u = self._pend_x = 0
+        acc = self.prefetch_min_accuracy
+        # it stays throttled (the counts decay alike; only a probe's outcomes move their ratio) until
+        # the probes' prefetches are read often enough
+        enough = PF_MIN_OUTCOMES << PF_SCALE_SHIFT
+        self._pf_throttled = (acc > 0.0 and (self._pf_throttled or self._pf_t >= enough)
+                              and float(self._pf_u) < acc * float(self._pf_t))
+        self._pf_counts["pf_throttled"] += int(self._pf_throttled)
+
+    @property
+    def prefetch_stats(self) -> dict[str, int]:
+        """The prefetcher's outcomes as the policy saw them: prefetched rows read before their eviction
+        (``pf_useful``), evicted unread (``pf_useless``), the steps it was throttled for accuracy, and the
+        steps it ran (``pf_asked``: its cost)."""
+        if self._native is not None:
+            st = self._native.stats()
+            return {k: st[k] for k in ("pf_useful", "pf_useless", "pf_throttled", "pf_asked")}
+        return dict(self._pf_counts)
+
     def _prefetch(self, b: int, ids: np.ndarray,
                   ann: np.ndarray = EMPTY_KEYS) -> tuple[np.ndarray, np.ndarray]:
         """Rows to prefetch (history ids, best first) and their predicted probabilities; ``ann``: the
@@ -617,9 +682,11 @@ class LearnedPolicy(Policy):
         if self.prefetcher == "recmg" and self._np_pref is not None:
             # throttled while it has nothing to say: asked every prefetch_probe-th step after
             # PREFETCH_IDLE_STEPS steps without a proposal, every step again after its first one
-            if self._pf_idle >= PREFETCH_IDLE_STEPS and b % self.prefetch_probe:
+            if ((self._pf_throttled and b % self.prefetch_throttled_probe)
+                    or (self._pf_idle >= PREFETCH_IDLE_STEPS and b % self.prefetch_probe)):
                 self._pf_idle += 1
                 return none
+            self._pf_counts["pf_asked"] += 1
             out = self._prefetch_recmg(b, ids, ann)
             self._pf_idle = 0 if len(out[0]) else self._pf_idle + 1
             return out
