@@ -65,6 +65,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="1: decisions apply before the next step; 0: the textbook cache")
     parser.add_argument("--prefetch-budget", type=int, default=16,
                         help="rows per step a prefetcher may fetch (default %(default)s)")
+    parser.add_argument("--prefetch-min-accuracy", type=float, default=None, metavar="A",
+                        help="recmg's prefetcher is throttled while fewer than this share of its prefetches "
+                             "are read (default 0.25; 0: never)")
     parser.add_argument("--lookahead", type=_ints, default=[0], metavar="L[,L...]",
                         help="steps whose rows are known ahead (a serving queue); the driver fills them "
                              "within --prefetch-budget rows a step (default 0)")
@@ -152,6 +155,12 @@ def main(args: argparse.Namespace) -> int:
                                   "seed": args.seed, "model_dir": args.model, "threads": args.threads}
     if args.epochs is not None:
         options["epochs"] = args.epochs
+    if args.prefetch_min_accuracy is not None:
+        if not 0.0 <= args.prefetch_min_accuracy <= 1.0:
+            print(f"recmg sim: --prefetch-min-accuracy must be in [0, 1], got {args.prefetch_min_accuracy}",
+                  file=sys.stderr)
+            return 2
+        options["prefetch_min_accuracy"] = args.prefetch_min_accuracy
     results = []
     for path in args.trace:
         trace = open_trace(path, table_size=args.table_size)
