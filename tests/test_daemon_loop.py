@@ -770,3 +770,19 @@ def test_hints_of_batches_drained_together_are_fetched_before_their_steps(pools)
         assert sorted(daemon.resident_keys().tolist()) == sorted(watch.tolist())
         drv.close()
         daemon.evict_keys(daemon.resident_keys())
+
+
+def test_an_early_hint_the_reserve_refuses_is_counted_once(pools) -> None:
+    """A hint fetched early and refused (the reserve is full) is tried again by its batch's step and
+    counted rejected once."""
+    app, daemon = pools
+    drv = PoolDriver(daemon, Scripted([]), "scripted", hint_slots=2)
+    lookup(app, 0, [1])
+    app.hint(1, [7, 8, 9])  # three announced rows, a reserve of two
+    app.end_batch()
+    lookup(app, 0, [2])
+    app.end_batch()
+    drv.tick()
+    st = drv.stats()
+    assert st["hint_early"] == 3 and st["hint_received"] == 3
+    assert st["hint_fetched"] == 2 and st["hint_rejected"] == 1

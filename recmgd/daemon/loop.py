@@ -270,7 +270,10 @@ class PoolDriver:
             return
         self.pc["hint_early"] += len(hints)
         self._pin(hints)
+        rejected = self.pc["hint_rejected"]
         self.mover.fetch_hints(hints)
+        # what the reserve or the budget could not take now is tried again (and counted) by its step
+        self.pc["hint_rejected"] = rejected
 
     def _pin(self, hints: np.ndarray) -> None:
         """Hinted rows are announced for a batch that has not run: pinned for ``hint_pin_batches``
