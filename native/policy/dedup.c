@@ -63,3 +63,41 @@ int64_t sc_dedup_steps(const int64_t *keys, int64_t n_keys, const int64_t *bound
     free(slot_stamp);
     return o;
 }
+
+int64_t sc_first_mask(const int64_t *keys, int64_t n, uint8_t *keep)
+{
+    if (n < 0 || n > DEDUP_MAX_STEP || (n > 0 && (!keys || !keep)))
+        return SC_EARG;
+    uint64_t size = 16;
+    while (size < (uint64_t)n * 2)
+        size <<= 1;
+    int64_t *slot = malloc(size * sizeof(int64_t));
+    if (!slot)
+        return SC_ENOMEM;
+    memset(slot, 0xff, size * sizeof(int64_t)); /* -1: empty (keys are >= 0) */
+    uint64_t mask = size - 1;
+    int64_t kept = 0;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t k = keys[i];
+        if (k < 0) {
+            free(slot);
+            return SC_EARG;
+        }
+        uint64_t h = mix64((uint64_t)k) & mask;
+        for (;;) {
+            if (slot[h] < 0) {
+                slot[h] = k;
+                keep[i] = 1;
+                kept++;
+                break;
+            }
+            if (slot[h] == k) {
+                keep[i] = 0;
+                break;
+            }
+            h = (h + 1) & mask;
+        }
+    }
+    free(slot);
+    return kept;
+}

@@ -230,3 +230,19 @@ void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *ke
 }
 
 int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id) { return m->keys[id]; }
+
+int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n)
+{
+    for (int64_t i = 0; i < n; i++) {
+        int32_t id = ids[i];
+        if (id < 0 || id >= m->n)
+            return SC_EBADID;
+        int64_t key = m->keys[id];
+        if (find_one(m, key) != id)
+            continue; /* freed already (its key gone, or mapped again under another id) */
+        int rc = sc_idmap_del(m, key);
+        if (rc != SC_OK)
+            return rc;
+    }
+    return SC_OK;
+}

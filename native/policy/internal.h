@@ -44,8 +44,6 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new);
 int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new);
 /* forget one key (nothing when it is not mapped); its id goes to the free list; SC_ENOMEM */
 int sc_idmap_del(sc_idmap *m, int64_t key);
-/* keys mapped now */
-int64_t sc_idmap_live(const sc_idmap *m);
 
 enum sc_kind { K_LRU, K_LFU, K_S3FIFO, K_OPT, K_OPT_BYPASS, K_STMS, K_DOMINO, K_BINGO };
 

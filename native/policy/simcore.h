@@ -29,6 +29,12 @@ int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
 void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids);
 /* keys[i] = key of ids[i] (ids must be valid) */
 void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *keys);
+/* keys mapped now (ids handed out less the freed ones) */
+int64_t sc_idmap_live(const sc_idmap *m);
+/* forget the keys of ids[0..n) (their ids go to the free list, handed out again first); an id whose key
+   is no longer mapped to it (freed already) is skipped, so a repeat is harmless; SC_OK, SC_ENOMEM, or
+   SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */
+int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n);
 
 /* ---- policies ---- */
 typedef struct {
@@ -108,6 +114,10 @@ int sc_driver_run_lookahead(sc_driver *d, sc_policy *p, const int32_t *ids, cons
  * first appearances in order, to out_keys (room for n_keys) and n_steps + 1 offsets; returns the
  * number of keys written, SC_ENOMEM, or SC_EARG (nothing written) when the bounds are not
  * nondecreasing within 0 .. n_keys. bounds index keys directly. */
+/* keep[i] = 1 when keys[i] is the first appearance of its value in keys[0..n), else 0 (keys must be >= 0);
+   returns how many are kept, SC_ENOMEM, or SC_EARG (a negative key or n: keep is then undefined) */
+int64_t sc_first_mask(const int64_t *keys, int64_t n, uint8_t *keep);
+
 int64_t sc_dedup_steps(const int64_t *keys, int64_t n_keys, const int64_t *bounds, int64_t n_steps,
                        int64_t *out_keys, int64_t *out_offsets);
 

@@ -96,8 +96,7 @@ class PoolDriver:
 
     ``tracker`` (:class:`~recmgd.daemon.tracker.RingTracker`) and ``mover``
     (:class:`~recmgd.daemon.mover.ResidencyMover`) are its parts; the attributes below forward to them.
-    Memory: 9 bytes per row of the pool's tables (the mover's flag byte, dedupe scratch word and pin
-    expiry).
+    Memory: the mover's mirror, sized by the rows it tracks (the fast tier's), not by the tables.
     """
 
     #: what the driver's keys are: rows of the fast tier's slots (recmgd.daemon.pages drives pages)
@@ -172,7 +171,7 @@ class PoolDriver:
         self.tracker.remove_tap(tap)
 
     def flat(self, keys: np.ndarray) -> np.ndarray:
-        """Flat mirror index of each key (keys must be valid)."""
+        """Mirror index of each key, -1 for a row the mirror does not track (keys must be valid)."""
         return self.mover.flat(keys)
 
     def keys_of(self, flat: np.ndarray) -> np.ndarray:
@@ -259,6 +258,7 @@ class PoolDriver:
         if not self.hint_slots or self.paused:
             return False
         self.pc["hint_received"] += len(hints)
+        self.mover.settle()
         self._pin(hints)
         self.mover.fetch_hints(hints)
         return True
@@ -280,7 +280,7 @@ class PoolDriver:
         steps from now (recmgd.daemon.mover)."""
         mv = self.mover
         ok = mv.valid(hints)
-        mv.pin(mv.flat(hints[ok] if not ok.all() else hints), self.pc["steps"])
+        mv.pin(hints[ok] if not ok.all() else hints, self.pc["steps"])
 
     # -- one step --------------------------------------------------------------------------------
 
@@ -290,6 +290,7 @@ class PoolDriver:
 
     def _step(self, lookups: np.ndarray, hints: np.ndarray) -> None:
         mv = self.mover
+        mv.settle()  # rows left with no flag give their indices back (none is held between steps)
         lookups, fl_all = mv.checked(lookups)
         announced = EMPTY_KEYS
         if len(hints):
@@ -398,7 +399,7 @@ class PoolDriver:
         before = self.n_resident
         self.mover.insert(missed[:room], "admit")  # what does not fit waits for the policy's decision
         self.pc["early_admits"] += self.n_resident - before
-        return (self.mover.flags[fl] & RES) != 0
+        return (self.mover.flags[self.mover.flat(keys)] & RES) != 0  # filled rows have new indices
 
     def apply_ready(self) -> int:
         """Apply the decisions the worker thread has finished (none without one); returns how many."""

@@ -1,9 +1,17 @@
 """The residency mover: the daemon's mirror of the fast tier, and every fill and eviction it makes.
 
 One :class:`ResidencyMover` per attached pool (inside its :class:`~recmgd.daemon.loop.PoolDriver`).
-It keeps a flag byte per row of every table (the mirror: resident for the policy, resident for a hint,
+It keeps a flag byte per tracked row (the mirror: resident for the policy, resident for a hint,
 prefetched and not read yet, ...), so residency checks are vectorised and never touch the pool; the
-daemon is the only writer of the fast tier, so the mirror is exact. It applies a decision through the
+daemon is the only writer of the fast tier, so the mirror is exact. The rows tracked are the ones with
+a flag set: the fast tier's (the policy's capacity and the hint reserve) and the few others that carry
+a pin, a dropped prefetch or a stale entry in the hint reserve's queue. A key map
+(:class:`recmgd.simcore.RowIndex`) gives each one a dense *index* into the per-index arrays (the flag
+byte, a pin's expiry), which grow with the rows tracked; a row whose flags become 0 gives its index back
+at the next :meth:`ResidencyMover.settle` (the driver calls it at each step's start, so the indices
+a step holds stay its rows' until the step ends). So the mirror's size follows the fast tier, not
+the tables: about 50 to 80 bytes a tracked row (the map's 16-byte slots at a load of 1/4 to 1/2, the
+index's key, the free list, the flag byte and the pin's expiry). It applies a decision through the
 pool (first the app's hints, then the evictions, the admissions and the prefetches), keeps the
 per-table counters, and caps fills with the :class:`FillBudget`; what the budget or the capacity drops
 it reports through ``tell("rejected", keys)`` (and evictions the policy did not ask for through
@@ -37,6 +45,7 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.keys import ROW_BITS, ROW_MASK
+from recmgd.simcore import RowIndex, first_mask
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +62,7 @@ PF_DROPPED = np.uint8(16)  # a prefetch the budget dropped in the last step (rea
 PIN = np.uint8(32)  # announced (hinted) for a batch that has not run yet: never evicted
 QUEUED = np.uint8(64)  # has an entry (live or stale) in the hint reserve's queue
 FIFO_SLACK = 1024  # stale entries the hint reserve's queue may hold beyond twice its live ones
+INITIAL_ROWS = 1024  # the per-index arrays' first size (they double as the rows tracked grow)
 RESIDENT = RES | HINT
 SPECIAL = PF_UNREAD | HINT_UNREAD | PF_DROPPED
 
@@ -150,7 +160,9 @@ Tell = Callable[[str, np.ndarray], None]
 class ResidencyMover:
     """The fast-tier mirror of one pool and the moves that change it (see the module doc).
 
-    Memory: 9 bytes per row of the pool's tables (a flag byte, a dedupe scratch word, a pin's expiry).
+    Memory: sized by the rows tracked (the fast tier's and the few non-resident rows with a flag), not
+    by the tables. ``flags`` and ``pin_until`` are indexed by the key map's index (:meth:`flat`); their
+    last element is never written and stays 0, so an untracked row's index (-1) reads flags 0.
     ``pc`` is the driver's pool counters (shared); ``threaded()`` says whether the policy steps in a
     worker thread (then a decision that finds no room is not the policy's fault: ``decision_no_room``).
     """
@@ -169,24 +181,25 @@ class ResidencyMover:
         self.table_row_bytes = np.array([int(t.row_bytes) for t in tables], dtype=np.int64)
         self.offsets = np.zeros(self.n_tables + 1, dtype=np.int64)
         np.cumsum(self.table_rows, out=self.offsets[1:])
-        total = int(self.offsets[-1])
         self.n_slots = int(pool.n_slots)
         self.hint_slots = 0
         self.capacity = 0
         self.set_hint_slots(hint_slots)
-        self.flags = np.zeros(total, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
-        self._first = np.zeros(total, dtype=np.int32)  # dedupe scratch: position of a row's first use
-        self._pos = np.arange(0, dtype=np.int32)
-        self.pf_dropped = np.zeros(0, dtype=np.int64)  # flat indices dropped in the last step
+        self.total_rows = int(self.offsets[-1])
+        self._index = RowIndex()  # key -> index of the rows tracked (a flag set)
+        self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
+        # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
+        self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
+        self._loose: list[np.ndarray] = []  # indices whose flags may have become 0 (see settle)
+        self.pf_dropped = np.zeros(0, dtype=np.int32)  # indices of rows dropped in the last step
         self.n_resident = 0
-        self.hint_fifo: deque[int] = deque()  # flat indices, oldest first, one per row (QUEUED)
+        self.hint_fifo: deque[int] = deque()  # indices, oldest first, one per row (QUEUED)
         self._fifo_limit = FIFO_SLACK  # compact the queue (drop stale entries) beyond this length
         self.n_hinted = 0
         self.tc = {k: np.zeros(self.n_tables, dtype=np.int64) for k in TABLE_COUNTERS}
         self.pin_steps = int(pin_steps)
-        # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
-        self.pin_until = np.zeros(total, dtype=np.uint32)
-        self._pin_queue: deque[tuple[int, np.ndarray]] = deque()  # (expiry, flat indices), oldest first
+        # (expiry, indices), oldest first: a PIN flag keeps a row's index while any entry holds it
+        self._pin_queue: deque[tuple[int, np.ndarray]] = deque()
 
     def set_hint_slots(self, hint_slots: int) -> None:
         """Split the slots into the hint reserve and the policy's capacity (at least one row)."""
@@ -200,12 +213,46 @@ class ResidencyMover:
     # -- keys, rows, residency -----------------------------------------------------------------------
 
     def flat(self, keys: np.ndarray) -> np.ndarray:
-        """Flat mirror index of each key (keys must be valid)."""
-        return self.offsets[keys >> ROW_BITS] + (keys & ROW_MASK)
+        """Mirror index of each key, -1 for a row not tracked (``flags[-1]`` is 0). An index stays its
+        row's until the next :meth:`settle`."""
+        return self._index.find(keys)
 
     def keys_of(self, flat: np.ndarray) -> np.ndarray:
-        t = np.searchsorted(self.offsets, flat, side="right") - 1
-        return (t.astype(np.int64) << ROW_BITS) | (flat - self.offsets[t])
+        """Keys of tracked rows' indices."""
+        return self._index.keys(flat)
+
+    def _track(self, keys: np.ndarray) -> np.ndarray:
+        """Indices of rows (valid keys) about to get a flag, tracking them first (the arrays grow)."""
+        ids = self._index.track(keys)
+        need = self._index.size + 1
+        if need > len(self.flags):
+            size = max(need, 2 * len(self.flags) - 1) + 1
+            for name in ("flags", "pin_until"):
+                old = getattr(self, name)
+                new = np.zeros(size, dtype=old.dtype)
+                new[: len(old) - 1] = old[:-1]  # the last element stays 0
+                setattr(self, name, new)
+        return ids
+
+    def _loosen(self, fl: np.ndarray) -> None:
+        """Rows (indices) whose flags may have become 0: released at the next :meth:`settle`."""
+        if len(fl):
+            self._loose.append(fl)
+
+    def settle(self) -> None:
+        """Give back the indices of rows whose flags are 0 (their keys are no longer tracked). Called by
+        the driver at a step's start: indices held during a step stay their rows' until then."""
+        if not self._loose:
+            return
+        fl = np.concatenate(self._loose) if len(self._loose) > 1 else self._loose[0]
+        self._loose = []
+        fl = fl[self.flags[fl] == 0]
+        if len(fl):
+            self._index.release(fl)
+
+    def tracked(self) -> int:
+        """Rows the mirror tracks now (a flag set, or given back at the next settle)."""
+        return len(self._index)
 
     def valid(self, keys: np.ndarray) -> np.ndarray:
         t = keys >> ROW_BITS
@@ -216,28 +263,25 @@ class ResidencyMover:
         return ok
 
     def checked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(valid keys, their flat indices); invalid keys are counted as bad records and dropped."""
+        """(valid keys, their indices, -1 for rows not tracked); invalid keys are counted as bad
+        records and dropped."""
         if not len(keys):
-            return keys, keys
+            return keys, np.zeros(0, dtype=np.int32)
         t = keys >> ROW_BITS
         r = keys & ROW_MASK
         if int(t.min()) >= 0 and int(t.max()) < self.n_tables and bool((r < self.table_rows[t]).all()):
-            return keys, self.offsets[t] + r
+            return keys, self.flat(keys)
         ok = self.valid(keys)
         self.pc["bad_records"] += int((~ok).sum())
         keys = keys[ok]
         return keys, self.flat(keys)
 
     def dedupe(self, keys: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Keep the first appearance of each row, in order (O(n), through the scratch array)."""
-        n = len(fl)
-        if n < 2:
+        """Keep the first appearance of each row (valid keys), in order (O(n): a hash set sized by the
+        keys, recmgd.simcore.first_mask)."""
+        if len(keys) < 2:
             return keys, fl
-        if len(self._pos) < n:
-            self._pos = np.arange(max(n, 2 * len(self._pos)), dtype=np.int32)
-        pos = self._pos[:n]
-        self._first[fl[::-1]] = pos[::-1]  # the first appearance is written last
-        keep = self._first[fl] == pos  # exactly one position per row in any case
+        keep = first_mask(keys)
         if keep.all():
             return keys, fl
         return keys[keep], fl[keep]
@@ -251,18 +295,22 @@ class ResidencyMover:
 
     def owned_keys(self) -> np.ndarray:
         """Keys of every row in the fast tier (the policy's and the hint reserve's)."""
-        return self.keys_of(np.flatnonzero(self.flags & RESIDENT))
+        return self.keys_of(np.flatnonzero(self.flags & RESIDENT).astype(np.int32))
 
     def reset(self, keep: np.ndarray) -> None:
-        """Forget the mirror and own exactly ``keep`` (resident in the pool) for the policy."""
-        self.flags[:] = 0
+        """Forget the mirror and own exactly ``keep`` (resident in the pool, distinct valid keys) for
+        the policy."""
+        self._index = RowIndex()
+        self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)
+        self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
+        self._loose = []
         self._pin_queue.clear()
         self.hint_fifo.clear()
         self._fifo_limit = FIFO_SLACK
         self.n_hinted = 0
-        self.pf_dropped = np.zeros(0, dtype=np.int64)
+        self.pf_dropped = np.zeros(0, dtype=np.int32)
         if len(keep):
-            self.flags[self.flat(keep)] = RES
+            self.flags[self._track(keep)] = RES
         self.n_resident = len(keep)
 
     def room(self) -> int:
@@ -272,13 +320,13 @@ class ResidencyMover:
 
     # -- pins (lookahead) ------------------------------------------------------------------------------
 
-    def pin(self, fl: np.ndarray, now: int) -> None:
-        """Pin rows (flat indices) announced at step count ``now`` until ``pin_steps`` steps have
+    def pin(self, keys: np.ndarray, now: int) -> None:
+        """Pin rows (valid keys) announced at step count ``now`` until ``pin_steps`` steps have
         passed (a row pinned already: its pin now ends that late)."""
-        if not len(fl) or self.pin_steps <= 0:
+        if not len(keys) or self.pin_steps <= 0:
             return
         until = now + self.pin_steps
-        fl = np.array(fl, dtype=np.int64)  # a copy: the queue keeps it
+        fl = self._track(keys)  # a new array: the queue keeps it
         self.flags[fl] |= PIN
         self.pin_until[fl] = until & 0xFFFFFFFF
         q = self._pin_queue
@@ -296,6 +344,7 @@ class ResidencyMover:
             fl = fl[self.pin_until[fl] == (until & 0xFFFFFFFF)]
             if len(fl):
                 self.flags[fl] &= ~PIN
+                self._loosen(fl)
 
     def pinned_count(self) -> int:
         """Rows pinned now (resident or not)."""
@@ -330,18 +379,22 @@ class ResidencyMover:
         late = ((special & PF_DROPPED) != 0) & ~hit
         if late.any():
             self.count("prefetch_late", keys[late])
-        self.flags[fl[special != 0]] &= ~(PF_UNREAD | HINT_UNREAD)
+        sf = fl[special != 0]
+        self.flags[sf] &= ~(PF_UNREAD | HINT_UNREAD)
+        self._loosen(sf)
 
     def clear_dropped(self) -> None:
         """A step ran: the prefetches dropped before it can no longer be late."""
         if len(self.pf_dropped):
             self.flags[self.pf_dropped] &= ~PF_DROPPED
-            self.pf_dropped = np.zeros(0, dtype=np.int64)
+            self._loosen(self.pf_dropped)
+            self.pf_dropped = np.zeros(0, dtype=np.int32)
 
     # -- moving --------------------------------------------------------------------------------------
 
     def evict_flat(self, fl: np.ndarray, keys: np.ndarray | None = None) -> int:
-        """Evict rows (flat indices): the pool, the mirror, ``n_resident`` / ``n_hinted``, the counters.
+        """Evict rows (indices of tracked rows, with their keys when the caller has them): the pool, the
+        mirror, ``n_resident`` / ``n_hinted``, the counters.
         Rows the mirror does not hold and repeats are left out (each row is evicted once); returns how
         many rows were evicted."""
         if not len(fl):
@@ -364,10 +417,11 @@ class ResidencyMover:
         if unread.any():
             self.pc["prefetch_evicted_unread"] += int(unread.sum())
         self.flags[fl] = f & (PF_DROPPED | QUEUED)  # a queue entry stays (stale) until it is popped
+        self._loosen(fl)
         return len(fl)
 
     def _queue(self, fl: np.ndarray) -> None:
-        """Rows (flat indices) that entered the hint reserve: to the queue's end, unless their entry is
+        """Rows (indices) that entered the hint reserve: to the queue's end, unless their entry is
         still in it (it becomes live again where it is). Stale entries are dropped now and then."""
         fresh = fl[(self.flags[fl] & QUEUED) == 0]
         if len(fresh):
@@ -376,7 +430,9 @@ class ResidencyMover:
         if len(self.hint_fifo) > self._fifo_limit:
             q = np.fromiter(self.hint_fifo, dtype=np.int64, count=len(self.hint_fifo))
             live = (self.flags[q] & HINT) != 0
-            self.flags[q[~live]] &= ~QUEUED
+            stale = q[~live].astype(np.int32)
+            self.flags[stale] &= ~QUEUED
+            self._loosen(stale)
             self.hint_fifo = deque(q[live].tolist())
             self._fifo_limit = 2 * max(len(self.hint_fifo), self.hint_slots) + FIFO_SLACK
 
@@ -449,13 +505,13 @@ class ResidencyMover:
             self.count("prefetch_issued", keys)
         filled, dropped = self.fill(keys)
         if len(filled):
-            ff = fl[: len(filled)]
+            ff = self._track(filled)
             self.flags[ff] |= (RES | PF_UNREAD) if kind == "prefetch" else RES
             self.n_resident += len(filled)
         if len(dropped):
             self.pc["prefetch_rejected" if kind == "prefetch" else "admit_rejected"] += len(dropped)
             if kind == "prefetch":
-                df = fl[len(filled):]
+                df = self._track(dropped)
                 self.flags[df] |= PF_DROPPED
                 self.pf_dropped = np.concatenate([self.pf_dropped, df])
             self.tell("rejected", dropped)
@@ -482,7 +538,7 @@ class ResidencyMover:
                 hints, fl = hints[:n], fl[:n]
         filled, dropped = self.fill(hints)
         if len(filled):
-            ff = fl[: len(filled)]
+            ff = self._track(filled)
             self.flags[ff] |= HINT | HINT_UNREAD
             self.n_hinted += len(filled)
             self._queue(ff)
@@ -496,6 +552,7 @@ class ResidencyMover:
         flags, fifo = self.flags, self.hint_fifo
         old: list[int] = []
         kept: list[int] = []
+        stale: list[int] = []  # entries of rows no longer in the reserve: their flags may now be 0
         while len(old) < need and fifo:
             f = fifo.popleft()
             fv = flags[f]
@@ -505,10 +562,14 @@ class ResidencyMover:
             flags[f] = fv & ~QUEUED
             if fv & HINT:
                 old.append(f)
+            else:
+                stale.append(f)
         fifo.extendleft(reversed(kept))
+        if stale:
+            self._loosen(np.array(stale, dtype=np.int32))
         if not old:
             return 0
-        return self.evict_flat(np.array(old, dtype=np.int64))
+        return self.evict_flat(np.array(old, dtype=np.int32))
 
     def apply(self, evict: np.ndarray, admit: np.ndarray, prefetch: np.ndarray) -> None:
         """A policy's decision: the evictions, the admissions, then the prefetches. (The step's hints are

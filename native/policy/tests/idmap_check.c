@@ -6,7 +6,9 @@
  * Keys come from a small space (so probe runs collide, wrap around the table and rehash) and every
  * operation is checked against a direct-indexed reference: get gives a mapped key its id, a new key an
  * id no live key holds (a freed one first, while any are free) and says it is new; del forgets the key
- * and nothing else; find, key_of and the live count agree with the reference after every operation.
+ * and nothing else (by key, or by id through sc_idmap_release, repeated: the repeat is skipped; a free
+ * or out-of-range id is refused or skipped); find, key_of and the live count agree with the reference
+ * after every operation.
  * Prints "idmap_check: ok ..." and exits 0, or names the operation and exits 1. */
 #include <inttypes.h>
 #include <stdio.h>
@@ -53,8 +55,14 @@ int main(int argc, char **argv)
         int grow = (op / 20000) % 2 == 0;
         int do_del = (int)(next(&s) % 100) < (grow ? 30 : 70);
         if (do_del) {
-            if (sc_idmap_del(m, key) != SC_OK)
+            if (ref[k] >= 0 && next(&s) % 2) {
+                /* by id (sc_idmap_release), twice over: the repeat finds the id freed and skips it */
+                int32_t twice[2] = {ref[k], ref[k]};
+                if (sc_idmap_release(m, twice, 2) != SC_OK)
+                    return fail(op, "release failed", key);
+            } else if (sc_idmap_del(m, key) != SC_OK) {
                 return fail(op, "del failed", key);
+            }
             if (ref[k] >= 0) {
                 owner[ref[k]] = 0;
                 ref[k] = -1;
@@ -85,6 +93,16 @@ int main(int argc, char **argv)
         }
         if (sc_idmap_live(m) != live)
             return fail(op, "live count", key);
+        if (op % 101 == 0 && hi > 0) { /* releasing a free or an out-of-range id changes nothing */
+            int32_t any = (int32_t)(next(&s) % (uint64_t)hi);
+            if (!owner[any] && sc_idmap_release(m, &any, 1) != SC_OK)
+                return fail(op, "release of a free id failed", key);
+            int32_t bad[2] = {-1, (int32_t)sc_idmap_size(m)};
+            if (sc_idmap_release(m, &bad[0], 1) != SC_EBADID || sc_idmap_release(m, &bad[1], 1) != SC_EBADID)
+                return fail(op, "release of an id outside the map not refused", key);
+            if (sc_idmap_live(m) != live)
+                return fail(op, "live count after releases", key);
+        }
         if (op % 97 == 0) { /* the whole map against the reference */
             for (int64_t j = 0; j < SPACE; j++) {
                 int64_t kj = (int64_t)((uint64_t)j * 0x9E3779B97F4A7C15ULL >> 4) ^ (j << 40);
