@@ -203,7 +203,11 @@ int64_t sc_idmap_live(const sc_idmap *m) { return m->n - m->n_free; }
 
 int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
+    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
+        prefetch_slot(m, keys[i]);
     for (int64_t i = 0; i < n; i++) {
+        if (i + SC_IDMAP_AHEAD < n)
+            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
         int32_t id = sc_idmap_get(m, keys[i]);
         if (id < 0)
             return SC_ENOMEM;
@@ -234,6 +238,8 @@ int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id) { return m->keys[id]; }
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
+        if (i + SC_IDMAP_AHEAD < n && ids[i + SC_IDMAP_AHEAD] >= 0 && ids[i + SC_IDMAP_AHEAD] < m->n)
+            prefetch_slot(m, m->keys[ids[i + SC_IDMAP_AHEAD]]);
         int32_t id = ids[i];
         if (id < 0 || id >= m->n)
             return SC_EBADID;

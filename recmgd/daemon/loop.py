@@ -291,10 +291,10 @@ class PoolDriver:
     def _step(self, lookups: np.ndarray, hints: np.ndarray) -> None:
         mv = self.mover
         mv.settle()  # rows left with no flag give their indices back (none is held between steps)
-        lookups, fl_all = mv.checked(lookups)
+        lookups, fl_all = mv.checked(lookups, index=False)  # dedupe finds the kept rows' indices
         announced = EMPTY_KEYS
         if len(hints):
-            hints, hfl = mv.checked(hints)
+            hints, hfl = mv.checked(hints, index=False)
             self.pc["hint_received"] += len(hints)
             announced, _ = mv.dedupe(hints, hfl)  # the policy's view of the lookahead, as in the simulator
         keys, fl = mv.dedupe(lookups, fl_all)

@@ -39,7 +39,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol, overload
 
 import numpy as np
 
@@ -262,29 +262,37 @@ class ResidencyMover:
         ok[ok] = (keys[ok] & ROW_MASK) < self.table_rows[t[ok]]
         return ok
 
-    def checked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(valid keys, their indices, -1 for rows not tracked); invalid keys are counted as bad
-        records and dropped."""
-        if not len(keys):
-            return keys, np.zeros(0, dtype=np.int32)
-        t = keys >> ROW_BITS
-        r = keys & ROW_MASK
-        if int(t.min()) >= 0 and int(t.max()) < self.n_tables and bool((r < self.table_rows[t]).all()):
-            return keys, self.flat(keys)
-        ok = self.valid(keys)
-        self.pc["bad_records"] += int((~ok).sum())
-        keys = keys[ok]
-        return keys, self.flat(keys)
+    @overload
+    def checked(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def checked(self, keys: np.ndarray, index: Literal[True]) -> tuple[np.ndarray, np.ndarray]: ...
+    @overload
+    def checked(self, keys: np.ndarray, index: Literal[False]) -> tuple[np.ndarray, None]: ...
 
-    def dedupe(self, keys: np.ndarray, fl: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def checked(self, keys: np.ndarray, index: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
+        """(valid keys, their indices, -1 for rows not tracked); invalid keys are counted as bad
+        records and dropped. ``index=False``: no indices (None), for keys about to be deduplicated
+        (:meth:`dedupe` then finds the indices of the rows it keeps only)."""
+        if len(keys):
+            t = keys >> ROW_BITS
+            r = keys & ROW_MASK
+            if not (int(t.min()) >= 0 and int(t.max()) < self.n_tables
+                    and bool((r < self.table_rows[t]).all())):
+                ok = self.valid(keys)
+                self.pc["bad_records"] += int((~ok).sum())
+                keys = keys[ok]
+        return keys, self.flat(keys) if index else None
+
+    def dedupe(self, keys: np.ndarray, fl: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         """Keep the first appearance of each row (valid keys), in order (O(n): a hash set sized by the
-        keys, recmgd.simcore.first_mask)."""
-        if len(keys) < 2:
-            return keys, fl
-        keep = first_mask(keys)
-        if keep.all():
-            return keys, fl
-        return keys[keep], fl[keep]
+        keys, recmgd.simcore.first_mask); ``fl`` None: the kept rows' indices are found now."""
+        if len(keys) >= 2:
+            keep = first_mask(keys)
+            if not keep.all():
+                keys = keys[keep]
+                if fl is not None:
+                    fl = fl[keep]
+        return keys, self.flat(keys) if fl is None else fl
 
     def resident_count(self) -> int:
         return self.n_resident + self.n_hinted
@@ -440,8 +448,7 @@ class ResidencyMover:
         """Evict the policy's rows among ``keys`` (others are ignored)."""
         if not len(keys):
             return
-        keys, fl = self.checked(keys)
-        keys, fl = self.dedupe(keys, fl)
+        keys, fl = self.dedupe(*self.checked(keys, index=False))
         mine = (self.flags[fl] & RES) != 0
         if not mine.all():
             keys, fl = keys[mine], fl[mine]
@@ -476,8 +483,7 @@ class ResidencyMover:
         take over hinted ones, fill the rest within the capacity and the budget."""
         if not len(keys):
             return
-        keys, fl = self.checked(keys)
-        keys, fl = self.dedupe(keys, fl)
+        keys, fl = self.dedupe(*self.checked(keys, index=False))
         f = self.flags[fl]
         new = (f & RES) == 0
         if not new.all():
@@ -522,8 +528,7 @@ class ResidencyMover:
         evicting the oldest hinted rows that are not pinned."""
         if not len(hints) or not self.hint_slots:
             return
-        hints, fl = self.checked(hints)
-        hints, fl = self.dedupe(hints, fl)
+        hints, fl = self.dedupe(*self.checked(hints, index=False))
         new = (self.flags[fl] & RESIDENT) == 0
         hints, fl = hints[new], fl[new]
         if len(hints) > self.hint_slots:
