@@ -162,16 +162,9 @@ int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *
     return SC_OK;
 }
 
-int sc_idmap_del(sc_idmap *m, int64_t key)
+/* delete the slot at i (its id to the free list); SC_ENOMEM */
+static int del_at(sc_idmap *m, uint64_t i)
 {
-    uint64_t i = mix64((uint64_t)key) & m->mask;
-    for (;;) {
-        if (m->slot[i].id < 0)
-            return SC_OK; /* not mapped */
-        if (m->slot[i].key == key)
-            break;
-        i = (i + 1) & m->mask;
-    }
     if (m->n_free == m->cap_free) {
         int64_t nc = m->cap_free ? m->cap_free * 2 : 1024;
         int32_t *f = realloc(m->free_ids, (size_t)nc * sizeof(int32_t));
@@ -197,6 +190,25 @@ int sc_idmap_del(sc_idmap *m, int64_t key)
     }
     m->slot[i].id = -1;
     return SC_OK;
+}
+
+/* the slot holding key, or -1 when it is not mapped */
+static inline int64_t slot_of(const sc_idmap *m, int64_t key)
+{
+    uint64_t i = mix64((uint64_t)key) & m->mask;
+    for (;;) {
+        if (m->slot[i].id < 0)
+            return -1;
+        if (m->slot[i].key == key)
+            return (int64_t)i;
+        i = (i + 1) & m->mask;
+    }
+}
+
+int sc_idmap_del(sc_idmap *m, int64_t key)
+{
+    int64_t i = slot_of(m, key);
+    return i < 0 ? SC_OK : del_at(m, (uint64_t)i); /* not mapped: nothing to do */
 }
 
 int64_t sc_idmap_live(const sc_idmap *m) { return m->n - m->n_free; }
@@ -237,16 +249,19 @@ int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id) { return m->keys[id]; }
 
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n)
 {
+    /* two stages ahead: an id's key (a random read), then the key's slot */
     for (int64_t i = 0; i < n; i++) {
+        if (i + 2 * SC_IDMAP_AHEAD < n && ids[i + 2 * SC_IDMAP_AHEAD] >= 0 && ids[i + 2 * SC_IDMAP_AHEAD] < m->n)
+            __builtin_prefetch(&m->keys[ids[i + 2 * SC_IDMAP_AHEAD]]);
         if (i + SC_IDMAP_AHEAD < n && ids[i + SC_IDMAP_AHEAD] >= 0 && ids[i + SC_IDMAP_AHEAD] < m->n)
             prefetch_slot(m, m->keys[ids[i + SC_IDMAP_AHEAD]]);
         int32_t id = ids[i];
         if (id < 0 || id >= m->n)
             return SC_EBADID;
-        int64_t key = m->keys[id];
-        if (find_one(m, key) != id)
+        int64_t at = slot_of(m, m->keys[id]);
+        if (at < 0 || m->slot[at].id != id)
             continue; /* freed already (its key gone, or mapped again under another id) */
-        int rc = sc_idmap_del(m, key);
+        int rc = del_at(m, (uint64_t)at);
         if (rc != SC_OK)
             return rc;
     }
