@@ -74,6 +74,11 @@ class RowIndex:
         """Keys tracked now."""
         return int(lib.sc_idmap_live(self._ptr))
 
+    @property
+    def nbytes(self) -> int:
+        """Bytes the map holds allocated (hash slots, index -> key array, free list)."""
+        return int(lib.sc_idmap_bytes(self._ptr))
+
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Index of each key, -1 for keys not tracked."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)

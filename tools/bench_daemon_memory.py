@@ -107,6 +107,7 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
     from recmgd import policy as registry
     from recmgd.daemon.loop import FillBudget, PoolDriver
     from recmgd.pool import Pool
+    from recmgd.simcore import lib
 
     torch.set_num_threads(1)
     sizes = table_rows(args.rows, args.tables)
@@ -148,6 +149,15 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
         st = getattr(pol, "native_stats", None) or {}
         mv = drv.mover
         tracked = mv.tracked() if hasattr(mv, "tracked") else len(mv.flags)
+        # before #13 part 2 the mirror was three arrays per table row (no nbytes())
+        if hasattr(mv, "nbytes"):
+            mirror_bytes = mv.nbytes()
+        else:
+            mirror_bytes = mv.flags.nbytes + mv._first.nbytes + mv.pin_until.nbytes
+        pidmap = getattr(pol, "idmap", None)  # a classical C policy's key map
+        policy_map = 0
+        if pidmap is not None and hasattr(lib, "sc_idmap_bytes"):
+            policy_map = int(lib.sc_idmap_bytes(pidmap.ptr))
         window = pol.history_window_steps() if hasattr(pol, "history_window_steps") else 0
         s = drv.stats()
         out = {"policy": policy, "rows": args.rows, "slots": slots, "steps": args.steps,
@@ -155,7 +165,8 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "resident": int(drv.resident_count()), "mirror_rows": int(tracked),
                "window_steps": int(window), "window_rows": peak_rows,
                "window_rows_end": int(st.get("rows", 0)),
-               "c_step_bytes": int(st.get("bytes", 0)),
+               "c_step_bytes": int(st.get("bytes", 0)), "mirror_bytes": int(mirror_bytes),
+               "policy_map_bytes": policy_map,
                "after_create_bytes": (after_create - base) * 1024,
                "state_bytes": (peak - base) * 1024, "end_bytes": (_status_kib("RssAnon") - base) * 1024,
                "hwm_bytes": (_status_kib("VmHWM") - base_rss) * 1024, "secs": round(secs, 1)}
@@ -218,14 +229,15 @@ def main() -> None:
           f"{args.fraction:.1%} = {runs[0]['slots']:,} slots; {args.steps} steps of {args.samples} samples x "
           f"{args.pooling} rows a table (zipf {args.alpha})")
     print("| policy | hit rate | mirror rows | window (steps / rows) | state MB | B per slot | "
-          "target MB (64/slot + 16/window row) | C step's own count MB | s |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "target MB (64/slot + 16/window row) | mirror MB | policy's C count MB | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         target = TARGET_PER_SLOT * r["slots"] + TARGET_PER_WINDOW_ROW * r["window_rows"]
         win = f"{r['window_steps']} / {r['window_rows']:,}" if r["window_steps"] or r["window_rows"] else "-"
         print(f"| {r['policy']} | {r['hit_rate']:.3f} | {r['mirror_rows']:,} | {win} | "
               f"{r['state_bytes'] / 1e6:.1f} | {r['state_bytes'] / r['slots']:.0f} | {target / 1e6:.1f} | "
-              f"{r['c_step_bytes'] / 1e6:.1f} | {r['secs']} |")
+              f"{r['mirror_bytes'] / 1e6:.1f} | {(r['c_step_bytes'] + r['policy_map_bytes']) / 1e6:.1f} | "
+              f"{r['secs']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

@@ -213,6 +213,12 @@ int sc_idmap_del(sc_idmap *m, int64_t key)
 
 int64_t sc_idmap_live(const sc_idmap *m) { return m->n - m->n_free; }
 
+int64_t sc_idmap_bytes(const sc_idmap *m)
+{
+    return (int64_t)((m->mask + 1) * sizeof(sc_slot)) + m->cap_keys * (int64_t)sizeof(int64_t) +
+           m->cap_free * (int64_t)sizeof(int32_t) + (int64_t)sizeof(*m);
+}
+
 int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
     for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)

@@ -31,6 +31,8 @@ void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *i
 void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *keys);
 /* keys mapped now (ids handed out less the freed ones) */
 int64_t sc_idmap_live(const sc_idmap *m);
+/* bytes the map holds allocated (its slots, id -> key array and free list) */
+int64_t sc_idmap_bytes(const sc_idmap *m);
 /* forget the keys of ids[0..n) (their ids go to the free list, handed out again first); an id whose key
    is no longer mapped to it (freed already) is skipped, so a repeat is harmless; SC_OK, SC_ENOMEM, or
    SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */

@@ -254,6 +254,10 @@ class ResidencyMover:
         """Rows the mirror tracks now (a flag set, or given back at the next settle)."""
         return len(self._index)
 
+    def nbytes(self) -> int:
+        """Bytes of the mirror's per-row state: the key map and the per-index arrays."""
+        return self._index.nbytes + self.flags.nbytes + self.pin_until.nbytes
+
     def valid(self, keys: np.ndarray) -> np.ndarray:
         t = keys >> ROW_BITS
         ok = (keys >= 0) & (t < self.n_tables)
