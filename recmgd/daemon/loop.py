@@ -269,6 +269,7 @@ class PoolDriver:
         if not self.hint_slots or self.paused:
             return
         self.pc["hint_early"] += len(hints)
+        self.mover.settle()
         self._pin(hints)
         rejected = self.pc["hint_rejected"]
         self.mover.fetch_hints(hints)
