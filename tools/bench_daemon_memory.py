@@ -39,24 +39,12 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+from bench_policy_memory import _reset_peak, _status_kib  # noqa: E402 - tools/ is this script's path
+
 TARGET_PER_SLOT = 64
 TARGET_PER_WINDOW_ROW = 16
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    return 0
-
-
-def _reset_peak() -> None:
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError as e:
-        sys.exit(f"cannot reset the peak RSS (/proc/self/clear_refs): {e}")
 
 
 def table_rows(total: int, tables: int) -> list[int]:
