@@ -333,3 +333,32 @@ def test_hints_with_early_admission_keep_the_mirror_exact(pools) -> None:
         check_mirror(drv, daemon)
     assert drv.stats()["early_admits"] > 0 and drv.stats()["hint_fetched"] > 0
     drv.close()
+
+
+def test_hints_of_batches_drained_together_are_fetched_before_their_steps(pools) -> None:
+    """Behind the app (one drain holds several complete batches), the rows a later batch announced are
+    fetched before the first of those batches' steps, and each step still sees its own hints; in step
+    mode (the simulator's protocol) they wait for their batch."""
+    app, daemon = pools
+    watch = k(1, [7, 8])
+    for step_mode, fetched_first in ((False, True), (True, False)):
+        pol = Watching(daemon, watch)
+        drv = PoolDriver(daemon, pol, "watching", hint_slots=4, step_mode=step_mode)
+        lookup(app, 0, [1, 2])
+        app.end_batch()
+        lookup(app, 0, [3])
+        app.hint(1, [7, 8])  # announced in the second batch, for a later one
+        app.end_batch()
+        lookup(app, 0, [4])
+        app.end_batch()
+        drv.tick()
+        st = drv.stats()
+        assert st["steps"] == 3
+        assert pol.seen[0] == (sorted(watch.tolist()) if fetched_first else []), step_mode
+        assert pol.seen[1] == sorted(watch.tolist())  # by its own step, in any case
+        assert st["hint_early"] == (2 if fetched_first else 0)
+        assert st["hint_received"] == 2 and st["hint_fetched"] == 2  # fetched once
+        assert pol.views[1].hints.tolist() == watch.tolist()
+        assert sorted(daemon.resident_keys().tolist()) == sorted(watch.tolist())
+        drv.close()
+        daemon.evict_keys(daemon.resident_keys())

@@ -725,53 +725,6 @@ def test_early_admission_never_takes_an_announced_row_as_victim(pools) -> None:
     drv.close()
 
 
-class ResidencySpy(Scripted):
-    """Scripted, and at each step it asks the driver whether ``watch`` is resident (the rows a later
-    batch announced)."""
-
-    def __init__(self, drv_box: list, watch: np.ndarray) -> None:
-        super().__init__([])
-        self.box = drv_box
-        self.watch = watch
-        self.seen: list[list[bool]] = []
-
-    def observe(self, view: StepView) -> Decision:
-        if view.step >= 0:
-            self.seen.append(self.box[0].is_resident(self.watch).tolist())
-        return super().observe(view)
-
-
-def test_hints_of_batches_drained_together_are_fetched_before_their_steps(pools) -> None:
-    """Behind the app (one drain holds several complete batches), the rows a later batch announced are
-    fetched before the first of those batches' steps, and each step still sees its own hints; in step
-    mode (the simulator's protocol) they wait for their batch."""
-    app, daemon = pools
-    watch = k(1, [7, 8])
-    for step_mode, fetched_first in ((False, True), (True, False)):
-        box: list = []
-        pol = ResidencySpy(box, watch)
-        drv = PoolDriver(daemon, pol, "spy", hint_slots=4, step_mode=step_mode)
-        box.append(drv)
-        lookup(app, 0, [1, 2])
-        app.end_batch()
-        lookup(app, 0, [3])
-        app.hint(1, [7, 8])  # announced in the second batch, for a later one
-        app.end_batch()
-        lookup(app, 0, [4])
-        app.end_batch()
-        drv.tick()
-        st = drv.stats()
-        assert st["steps"] == 3
-        assert pol.seen[0] == [fetched_first] * 2, step_mode
-        assert pol.seen[1] == [True, True]  # by its own step, in any case
-        assert st["hint_early"] == (2 if fetched_first else 0)
-        assert st["hint_received"] == 2 and st["hint_fetched"] == 2  # fetched once
-        assert pol.views[1].hints.tolist() == watch.tolist()
-        assert sorted(daemon.resident_keys().tolist()) == sorted(watch.tolist())
-        drv.close()
-        daemon.evict_keys(daemon.resident_keys())
-
-
 def test_an_early_hint_the_reserve_refuses_is_counted_once(pools) -> None:
     """A hint fetched early and refused (the reserve is full) is tried again by its batch's step and
     counted rejected once."""
