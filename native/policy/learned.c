@@ -77,9 +77,6 @@ struct lp_policy {
     void *row_mem;
     cm_rows view;
     uint8_t *flags;
-    int32_t *cls, *lcls; /* class for the order; class at the last use (the model shadow's) */
-    float *level, *llevel;
-    double *stamp;
     int32_t *mid;
     int64_t *lastpos, *mark;
     int32_t *slot;
@@ -115,7 +112,7 @@ struct lp_policy {
     int32_t *ids;
     int64_t *ids64;
     float *out, *p32, *feats;
-    int32_t *cand, *tmp, *gids;
+    int32_t *cand, *tmp, *gids, *gat;
     float *gp;
     uint8_t *gmiss, *isnew;
     lp_cand *sel;
@@ -123,6 +120,12 @@ struct lp_policy {
     int32_t *vote, *minoff;
     int64_t *minage;
     int32_t *adm, *newv;
+    int32_t *scl;  /* the step's rows (by place): class */
+    float *slv;    /* ... and keep level */
+    int32_t *ncl;  /* rows offered to a plan (parallel to its new rows): class, stamp, level; kept */
+    double *nst;
+    float *nlv;
+    uint8_t *nkeep;
     int64_t cap_new;
     /* lookahead: the ids of the announced keys known so far (lp_announce), for the next lp_step only */
     int32_t *ann;
@@ -183,19 +186,23 @@ static int ascending(const double *e, int32_t n)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* what row id's keep score in set s's order reads, from the per-row arrays */
-static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int64_t at)
+/* what a row's keep score in set s's order reads, beside it in the set: the cache keeps the row's class,
+ * stamp and level as of its last use (or prefetch); the LRU shadow its last use; the model shadow its
+ * last use with the class and level of then. The rows' per-row state holds none of them (they live only
+ * here, and for the step's rows in the step's scratch). */
+static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int64_t at, int32_t cl, double st,
+                            float lv)
 {
     if (s->k == 0) {
-        s->cl[at] = p->cls[id], s->st[at] = p->stamp[id], s->lv[at] = p->level[id];
+        s->cl[at] = cl, s->st[at] = st, s->lv[at] = lv;
     } else if (s->k == 1) {
         s->cl[at] = 0, s->st[at] = (double)p->view.row[id].last, s->lv[at] = 0.0f;
     } else {
-        s->cl[at] = p->lcls[id], s->st[at] = (double)p->view.row[id].last, s->lv[at] = p->llevel[id];
+        s->cl[at] = cl, s->st[at] = (double)p->view.row[id].last, s->lv[at] = lv;
     }
 }
 
-static int set_add(lp_policy *p, lp_set *s, int32_t id)
+static int set_add(lp_policy *p, lp_set *s, int32_t id, int32_t cl, double st, float lv)
 {
     if (p->flags[id] & s->flag)
         return SC_OK;
@@ -218,7 +225,7 @@ static int set_add(lp_policy *p, lp_set *s, int32_t id)
     }
     s->pos[id] = (int32_t)s->n;
     s->ids[s->n] = id;
-    set_vals(p, s, id, s->n);
+    set_vals(p, s, id, s->n, cl, st, lv);
     s->n++;
     p->flags[id] |= s->flag;
     return SC_OK;
@@ -236,12 +243,13 @@ static void set_del(lp_policy *p, lp_set *s, int32_t id)
     p->flags[id] &= (uint8_t)~s->flag;
 }
 
-/* the row's keep-score inputs changed: copy them beside it in every set that holds it */
-static inline void sets_refresh(lp_policy *p, int32_t id)
+/* the row was used: its keep-score inputs (class cl, stamp st, level lv) beside it in every set that
+ * holds it */
+static inline void sets_refresh(lp_policy *p, int32_t id, int32_t cl, double st, float lv)
 {
     for (int k = 0; k < 3; k++)
         if (p->flags[id] & p->sets[k].flag)
-            set_vals(p, &p->sets[k], id, p->sets[k].pos[id]);
+            set_vals(p, &p->sets[k], id, p->sets[k].pos[id], cl, st, lv);
 }
 
 /* ---------------------------------------------------------------------------- lifecycle */
@@ -317,15 +325,15 @@ void lp_free(lp_policy *p)
     pf_free(p->pf);
     cm_lut_free(p->lut);
     free(p->table), free(p->p_edges), free(p->nu_edges);
-    free(p->row_mem), free(p->flags), free(p->cls), free(p->lcls), free(p->level), free(p->llevel);
-    free(p->stamp), free(p->mid), free(p->lastpos), free(p->mark), free(p->slot);
+    free(p->row_mem), free(p->flags), free(p->mid), free(p->lastpos), free(p->mark), free(p->slot);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->ann);
-    free(p->adm), free(p->newv);
+    free(p->adm), free(p->newv), free(p->scl), free(p->slv);
+    free(p->ncl), free(p->nst), free(p->nlv), free(p->nkeep);
     free(p->dec.evict), free(p->dec.admit), free(p->dec.prefetch);
     free(p);
 }
@@ -429,10 +437,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     }
     p->view.row = r;
     p->view.cap = cap;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->cls, old, cap, 4, 0) ||
-        grow_arr((void **)&p->lcls, old, cap, 4, 0) || grow_arr((void **)&p->level, old, cap, 4, 0) ||
-        grow_arr((void **)&p->llevel, old, cap, 4, 0) || grow_arr((void **)&p->stamp, old, cap, 8, 0) ||
-        grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff) ||
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff) ||
         grow_arr((void **)&p->mark, old, cap, 8, 0xff) || grow_arr((void **)&p->slot, old, cap, 4, 0))
         return SC_ENOMEM;
     for (int k = 0; k < 3; k++)
@@ -450,9 +455,6 @@ static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
     r->last = r->first = -1;
     r->table = key >> p->prm.row_bits;
     p->flags[id] = 0;
-    p->cls[id] = p->lcls[id] = 0;
-    p->level[id] = p->llevel[id] = 0.0f;
-    p->stamp[id] = 0.0;
     p->lastpos[id] = p->mark[id] = -1;
     p->slot[id] = 0;
     p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
@@ -754,16 +756,16 @@ static int64_t filter(const lp_policy *p, int k, const lp_set *s, double now, do
     return filter_scalar(p, k, s, now, den, thr, out);
 }
 
-/* Fit new[0..m) (not resident) into set k: the lowest keep scores among the residents and the new rows
- * go; *n_ev evicted ids (lowest first) land in p->tmp, and new rows dropped get p->slot = -1
- * (kept ones 0). Then applies the plan to the set. */
+/* Fit new[0..m) (not resident; their keep-score inputs in p->ncl, p->nst, p->nlv) into set k: the lowest
+ * keep scores among the residents and the new rows go; *n_ev evicted ids (lowest first) land in p->tmp,
+ * and p->nkeep[i] says whether new row i stays. Then applies the plan to the set. */
 static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now, int32_t **ev_out,
                 int64_t *n_ev)
 {
     lp_set *s = &p->sets[k];
     *n_ev = 0;
     for (int64_t i = 0; i < m; i++)
-        p->slot[newv[i]] = 0;
+        p->nkeep[i] = 1;
     int64_t over = s->n + m - s->capacity;
     if (over > 0) {
         int64_t tot = s->n + m;
@@ -794,9 +796,9 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
-            double st = k == 0 ? p->stamp[id] : (double)p->view.row[id].last;
-            int32_t cl = k == 0 ? p->cls[id] : k == 2 ? p->lcls[id] : 0;
-            float lv = k == 0 ? p->level[id] : k == 2 ? p->llevel[id] : 0.0f;
+            double st = k == 0 ? p->nst[i] : (double)p->view.row[id].last;
+            int32_t cl = k == 1 ? 0 : p->ncl[i];
+            float lv = k == 1 ? 0.0f : p->nlv[i];
             p->sel[nr + i] = cand_of(keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS, NEW_TIE + i);
         }
         if (over < tot)
@@ -809,7 +811,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         for (int64_t i = 0; i < over; i++) {
             uint64_t tie = p->sel[i].lo;
             if (tie >= (uint64_t)NEW_TIE)
-                p->slot[newv[tie - (uint64_t)NEW_TIE]] = -1;
+                p->nkeep[tie - (uint64_t)NEW_TIE] = 0;
             else
                 p->tmp[(*n_ev)++] = (int32_t)tie;
         }
@@ -817,7 +819,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
             set_del(p, s, p->tmp[i]);
     }
     for (int64_t i = 0; i < m; i++)
-        if (p->slot[newv[i]] == 0 && set_add(p, s, newv[i]) != SC_OK)
+        if (p->nkeep[i] && set_add(p, s, newv[i], p->ncl[i], p->nst[i], p->nlv[i]) != SC_OK)
             return SC_ENOMEM;
     if (ev_out)
         *ev_out = p->tmp;
@@ -825,15 +827,15 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
 }
 
 /* ---------------------------------------------------------------------------- the guard */
-static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *missed, const float *pr,
-                      int64_t n, int64_t free_slots, int32_t *out, int64_t *n_out, int32_t *scratch);
+static int admit_rows(const lp_policy *p, const uint8_t *missed, const float *pr, int64_t n, int64_t free_slots,
+                      int32_t *out, int64_t *n_out, int32_t *scratch);
 
 static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
 {
     const int32_t *ids = p->ids;
     int64_t m = 0;
     /* the sampled rows (all on small tiers) */
-    int32_t *sids = p->gids;
+    int32_t *sids = p->gids, *sat = p->gat; /* their ids and places in the step */
     float *sp = p->gp; /* their keep probabilities */
     uint8_t *smiss = p->gmiss;
     for (int64_t i = 0; i < n; i++) {
@@ -841,6 +843,7 @@ static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
         if (p->guard_shift < 64 && (((uint64_t)id * GOLDEN) >> p->guard_shift) != 0)
             continue;
         sids[m] = id;
+        sat[m] = (int32_t)i;
         sp[m] = p->p32[i];
         smiss[m] = 0;
         m++;
@@ -857,15 +860,20 @@ static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
             nm += smiss[i];
         }
         misses[k - 1] = nm;
-        int32_t *adm = p->adm;
+        int32_t *adm = p->adm, *at = (int32_t *)p->feats; /* places among the sampled rows (feats: scratch) */
         if (k == 2) {
-            int rc = admit_rows(p, sids, smiss, sp, m, s->capacity - s->n, adm, &na, p->newv);
+            int rc = admit_rows(p, smiss, sp, m, s->capacity - s->n, at, &na, p->newv);
             if (rc)
                 return rc;
         } else {
             for (int64_t i = 0; i < m; i++)
                 if (smiss[i])
-                    adm[na++] = sids[i];
+                    at[na++] = (int32_t)i;
+        }
+        for (int64_t j = 0; j < na; j++) { /* the model shadow keeps the class and level of this use */
+            int32_t i = sat[at[j]];
+            adm[j] = sids[at[j]];
+            p->ncl[j] = p->scl[i], p->nst[j] = (double)b, p->nlv[j] = p->slv[i];
         }
         int64_t n_ev;
         int rc = plan(p, k, adm, na, (double)(b + 1), NULL, &n_ev);
@@ -880,10 +888,10 @@ static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
     return SC_OK;
 }
 
-/* the missed rows the caching model admits: keep-probability >= bypass, and while there is room the
- * best of the others (by probability, ties in step order) */
-static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *missed, const float *pr,
-                      int64_t n, int64_t free_slots, int32_t *out, int64_t *n_out, int32_t *scratch)
+/* the missed rows the caching model admits (their places i in out): keep-probability >= bypass, and while
+ * there is room the best of the others (by probability, ties in step order) */
+static int admit_rows(const lp_policy *p, const uint8_t *missed, const float *pr, int64_t n, int64_t free_slots,
+                      int32_t *out, int64_t *n_out, int32_t *scratch)
 {
     int64_t na = 0, nr = 0;
     uint8_t *take = (uint8_t *)scratch; /* n bytes; scratch has room for n int32 */
@@ -904,7 +912,7 @@ static int admit_rows(const lp_policy *p, const int32_t *ids, const uint8_t *mis
     }
     for (int64_t i = 0; i < n; i++)
         if (take[i])
-            out[na++] = ids[i];
+            out[na++] = (int32_t)i;
     *n_out = na;
     return SC_OK;
 }
@@ -1213,8 +1221,9 @@ static int grow_step(lp_policy *p, int64_t n)
         nc *= 2;
     void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
                      (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
-                     (void **)&p->gmiss, (void **)&p->isnew};
-    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1};
+                     (void **)&p->gmiss, (void **)&p->isnew, (void **)&p->gat, (void **)&p->scl,
+                     (void **)&p->slv};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1, 4, 4, 4};
     for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
         void *q = realloc(*bufs[i], (size_t)nc * el[i]);
         if (!q)
@@ -1222,10 +1231,19 @@ static int grow_step(lp_policy *p, int64_t n)
         *bufs[i] = q;
     }
     p->cap_step = nc;
-    int64_t cn = p->cap_new;
-    if (grow_buf((void **)&p->newv, &cn, nc + p->prm.prefetch_budget + 1, 4) != SC_OK)
-        return SC_ENOMEM;
-    p->cap_new = cn;
+    int64_t need = nc + p->prm.prefetch_budget + 1, cn = p->cap_new;
+    if (need > cn) {
+        void **nb[] = {(void **)&p->newv, (void **)&p->ncl, (void **)&p->nst, (void **)&p->nlv,
+                       (void **)&p->nkeep};
+        size_t ne[] = {4, 4, 8, 4, 1};
+        for (size_t i = 0; i < sizeof(ne) / sizeof(ne[0]); i++) {
+            void *q = realloc(*nb[i], (size_t)need * ne[i]);
+            if (!q)
+                return SC_ENOMEM;
+            *nb[i] = q;
+        }
+        p->cap_new = need;
+    }
     return SC_OK;
 }
 
@@ -1257,8 +1275,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->flags[ids[i]] &= (uint8_t)~F_PFU;
             p->pend_u += hit[i] != 0;
         }
-        if (hit[i])
-            rc = set_add(p, res, ids[i]);
+        if (hit[i]) /* its keep-score inputs come with the refresh below, before any plan reads them */
+            rc = set_add(p, res, ids[i], 0, (double)b, 0.0f);
         else
             set_del(p, res, ids[i]);
         if (rc)
@@ -1279,14 +1297,13 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         int L = p->prm.levels;
         float unit = (float)p->unit;
         for (int64_t i = 0; i < n; i++) {
-            int32_t id = ids[i];
             float lo = p->out[2 * i], nu = p->out[2 * i + 1];
             float pr = sigmoidf(lo);
             p->p32[i] = pr;
             float lv = floorf(pr * (float)L);
             if (lv > (float)(L - 1))
                 lv = (float)(L - 1);
-            p->level[id] = lv * unit;
+            p->slv[i] = lv * unit;
             int32_t c = 0;
             if (p->table) {
                 double pd = 1.0 / (1.0 + exp(-(double)lo));
@@ -1294,24 +1311,21 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
                 int32_t bq = edges_passed(p->nu_edges, p->n_nu, p->nu_sorted, (double)nu);
                 c = a * (p->n_nu + 1) + bq;
             }
-            p->cls[id] = c;
+            p->scl[i] = c;
         }
     } else if (n) {
         if ((rc = cm_update(&p->view, p->ids64, n, b)))
             return rc;
         for (int64_t i = 0; i < n; i++) {
             p->p32[i] = 1.0f;
-            p->level[ids[i]] = 0.0f;
-            p->cls[ids[i]] = 0;
+            p->slv[i] = 0.0f;
+            p->scl[i] = 0;
         }
     }
     for (int64_t i = 0; i < n; i++) {
-        /* the rows' per-row entries and then their places in the cache's set, ahead (random ids) */
-        if (i + 2 * LP_AHEAD < n) {
-            int32_t f = ids[i + 2 * LP_AHEAD];
-            __builtin_prefetch(p->stamp + f, 1), __builtin_prefetch(p->lcls + f, 1);
-            __builtin_prefetch(p->llevel + f, 1), __builtin_prefetch(res->pos + f);
-        }
+        /* the rows' places in the cache's set and then their entries there, ahead (random ids) */
+        if (i + 2 * LP_AHEAD < n)
+            __builtin_prefetch(res->pos + ids[i + 2 * LP_AHEAD]);
         if (i + LP_AHEAD < n) {
             int32_t f = ids[i + LP_AHEAD];
             if (p->flags[f] & res->flag) {
@@ -1320,11 +1334,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
                 __builtin_prefetch(res->lv + at, 1);
             }
         }
-        int32_t id = ids[i];
-        p->stamp[id] = (double)b;
-        p->lcls[id] = p->cls[id];
-        p->llevel[id] = p->level[id];
-        sets_refresh(p, id);
+        sets_refresh(p, ids[i], p->scl[i], (double)b, p->slv[i]);
     }
     if (p->guard_on && n && (rc = guard_step(p, n, hit, b)))
         return rc;
@@ -1333,23 +1343,28 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     int64_t na = 0;
     for (int64_t i = 0; i < n; i++)
         missed[i] = !hit[i];
+    int32_t *at = p->adm; /* the admitted rows' places in the step */
     if (p->prm.use_cache_model && !p->recency_only) {
-        if ((rc = admit_rows(p, ids, missed, p->p32, n, res->capacity - res->n, p->newv, &na, p->adm)))
+        if ((rc = admit_rows(p, missed, p->p32, n, res->capacity - res->n, at, &na, p->newv)))
             return rc;
     } else {
         for (int64_t i = 0; i < n; i++)
             if (missed[i])
-                p->newv[na++] = ids[i];
+                at[na++] = (int32_t)i;
+    }
+    for (int64_t j = 0; j < na; j++) {
+        int32_t i = at[j];
+        p->newv[j] = ids[i];
+        p->ncl[j] = p->scl[i], p->nst[j] = (double)b, p->nlv[j] = p->slv[i];
     }
     pf_account(p);
     int64_t npf = 0;
     if ((rc = prefetch(p, n, n_ann, b, na, &npf)))
         return rc;
     for (int64_t i = na; i < na + npf; i++) {
-        int32_t id = p->newv[i];
-        p->cls[id] = 0;
-        p->level[id] = 0.0f;
-        p->stamp[id] = p->prm.use_cache_model ? (double)b - 0.5 : (double)b + 0.5;
+        p->ncl[i] = 0;
+        p->nlv[i] = 0.0f;
+        p->nst[i] = p->prm.use_cache_model ? (double)b - 0.5 : (double)b + 0.5;
     }
     int64_t nnew = na + npf, n_ev = 0;
     int32_t *ev = NULL;
@@ -1379,7 +1394,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         }
     for (int64_t i = 0; i < nnew; i++) {
         int32_t id = p->newv[i];
-        if (p->slot[id] != 0)
+        if (!p->nkeep[i])
             continue;
         if (i < na) {
             p->dec.admit[p->dec.n_admit++] = sc_idmap_key_of(p->map, id);
