@@ -20,6 +20,11 @@
 #define F_SH1 4  /* in the guard's model-order shadow */
 #define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
 #define F_PFU 16 /* prefetched by this policy, not read yet (the prefetcher's accuracy) */
+/* marks within one call (set and cleared by it): read in this step or announced; a prefetch candidate;
+ * listed among the past steps' rows (or, for lp_early_victims, being read) */
+#define F_MREAD 32
+#define F_MCAND 64
+#define F_MPAST 128
 
 #define NEW_TIE ((int64_t)1 << 62) /* a new row's tie: this + its index among the step's new rows */
 
@@ -78,8 +83,7 @@ struct lp_policy {
     cm_rows view;
     uint8_t *flags;
     int32_t *mid;
-    int64_t *lastpos, *mark;
-    int32_t *slot;
+    int64_t *lastpos;
     lp_set sets[3]; /* the cache, the LRU shadow, the model shadow */
 
     /* step state */
@@ -118,6 +122,8 @@ struct lp_policy {
     lp_cand *sel;
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
+    int32_t *hkey, *hval; /* the prefetcher's candidates: id -> place (open addressing, -1 empty) */
+    int64_t hcap;
     int64_t *minage;
     int32_t *adm, *newv;
     int32_t *scl;  /* the step's rows (by place): class */
@@ -325,12 +331,13 @@ void lp_free(lp_policy *p)
     pf_free(p->pf);
     cm_lut_free(p->lut);
     free(p->table), free(p->p_edges), free(p->nu_edges);
-    free(p->row_mem), free(p->flags), free(p->mid), free(p->lastpos), free(p->mark), free(p->slot);
+    free(p->row_mem), free(p->flags), free(p->mid), free(p->lastpos);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->hkey), free(p->hval);
     free(p->ann);
     free(p->adm), free(p->newv), free(p->scl), free(p->slv);
     free(p->ncl), free(p->nst), free(p->nlv), free(p->nkeep);
@@ -437,8 +444,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     }
     p->view.row = r;
     p->view.cap = cap;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff) ||
-        grow_arr((void **)&p->mark, old, cap, 8, 0xff) || grow_arr((void **)&p->slot, old, cap, 4, 0))
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff))
         return SC_ENOMEM;
     for (int k = 0; k < 3; k++)
         if (grow_arr((void **)&p->sets[k].pos, old, cap, 4, 0))
@@ -455,8 +461,7 @@ static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
     r->last = r->first = -1;
     r->table = key >> p->prm.row_bits;
     p->flags[id] = 0;
-    p->lastpos[id] = p->mark[id] = -1;
-    p->slot[id] = 0;
+    p->lastpos[id] = -1;
     p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
 }
 
@@ -1028,6 +1033,20 @@ static void pf_account(lp_policy *p)
     p->pf_throttled_steps += p->pf_throttled;
 }
 
+static int grow_hash(lp_policy *p, int64_t cap)
+{
+    int32_t *k = realloc(p->hkey, (size_t)cap * sizeof(int32_t));
+    if (!k)
+        return SC_ENOMEM;
+    p->hkey = k;
+    int32_t *v = realloc(p->hval, (size_t)cap * sizeof(int32_t));
+    if (!v)
+        return SC_ENOMEM;
+    p->hval = v;
+    p->hcap = cap;
+    return SC_OK;
+}
+
 /* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
  * them (p->ann: what followed them last time is what comes after the window), never a row read or
  * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
@@ -1046,26 +1065,34 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     p->pf_asked++;
     const int32_t *ids = p->ids;
     int64_t now = b + 1, depth = p->prm.depth;
-    int64_t mstep = 3 * b; /* marks: 3b this step's rows, 3b + 1 candidates, 3b + 2 the past's rows */
-    for (int64_t i = 0; i < n; i++)
-        p->mark[ids[i]] = mstep;
     /* the triggers: this step's rows, then the announced rows not among them (p->tmp, reused below) */
     if (grow_buf((void **)&p->tmp, &p->cap_tmp, n + n_ann + 1, sizeof(int32_t)) != SC_OK)
         return SC_ENOMEM;
+    for (int64_t i = 0; i < n; i++)
+        p->flags[ids[i]] |= F_MREAD;
     int32_t *trig = p->tmp;
     int64_t nt = n;
     memcpy(trig, ids, (size_t)n * sizeof(int32_t));
     for (int64_t i = 0; i < n_ann; i++)
-        if (p->mark[p->ann[i]] != mstep) {
-            p->mark[p->ann[i]] = mstep;
+        if (!(p->flags[p->ann[i]] & F_MREAD)) {
+            p->flags[p->ann[i]] |= F_MREAD;
             trig[nt++] = p->ann[i];
         }
     int64_t nc = 0, need = nt * depth;
+    int64_t hc = 64;
+    while (hc < 2 * need)
+        hc *= 2;
     if (grow_buf((void **)&p->cand, &p->cap_cand, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->vote, &p->cap_vote, need + 1, sizeof(int32_t)) != SC_OK ||
         grow_buf((void **)&p->minoff, &p->cap_minoff, need + 1, sizeof(int32_t)) != SC_OK ||
-        grow_buf((void **)&p->minage, &p->cap_minage, need + 1, sizeof(int64_t)) != SC_OK)
+        grow_buf((void **)&p->minage, &p->cap_minage, need + 1, sizeof(int64_t)) != SC_OK ||
+        (hc > p->hcap && grow_hash(p, hc) != SC_OK)) {
+        for (int64_t i = 0; i < nt; i++)
+            p->flags[trig[i]] &= (uint8_t)~F_MREAD;
         return SC_ENOMEM;
+    }
+    memset(p->hkey, 0xff, (size_t)hc * sizeof(int32_t));
+    uint64_t hmask = (uint64_t)hc - 1;
     int64_t oldest = p->s_n - (p->s_mask + 1);
     for (int64_t i = 0; i < nt; i++) {
         int64_t pos = p->lastpos[trig[i]];
@@ -1080,8 +1107,11 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
             /* a follower the recency window dropped since (its id free or another row's now) */
             if ((p->flags[c] & F_FREE) || p->view.row[c].first > p->s_step[q & p->s_mask])
                 continue;
-            if (p->mark[c] == mstep + 1) {
-                int32_t s = p->slot[c];
+            if (p->flags[c] & F_MCAND) {
+                uint64_t h = mix64((uint64_t)c) & hmask;
+                while (p->hkey[h] != c)
+                    h = (h + 1) & hmask;
+                int32_t s = p->hval[h];
                 p->vote[s]++;
                 if (o < p->minoff[s])
                     p->minoff[s] = (int32_t)o;
@@ -1089,10 +1119,13 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
                     p->minage[s] = age;
                 continue;
             }
-            if (p->mark[c] == mstep)
+            if (p->flags[c] & F_MREAD)
                 continue; /* read in this step, or announced */
-            p->mark[c] = mstep + 1;
-            p->slot[c] = (int32_t)nc;
+            p->flags[c] |= F_MCAND;
+            uint64_t h = mix64((uint64_t)c) & hmask;
+            while (p->hkey[h] >= 0)
+                h = (h + 1) & hmask;
+            p->hkey[h] = c, p->hval[h] = (int32_t)nc;
             p->cand[nc] = c;
             p->vote[nc] = 1;
             p->minoff[nc] = (int32_t)o;
@@ -1100,6 +1133,10 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
             nc++;
         }
     }
+    for (int64_t i = 0; i < nt; i++) /* the marks go (p->tmp, the triggers, is reused below) */
+        p->flags[trig[i]] &= (uint8_t)~F_MREAD;
+    for (int64_t i = 0; i < nc; i++)
+        p->flags[p->cand[i]] &= (uint8_t)~F_MCAND;
     /* rows read in this step were skipped above (they are not candidates), and so are residents */
     int64_t k = 0;
     for (int64_t i = 0; i < nc; i++) {
@@ -1126,14 +1163,19 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         int64_t at = (p->recent_head + p->prm.past_steps - 1 - s) % p->prm.past_steps;
         const int32_t *r = p->recent + at * p->recent_cap;
         for (int64_t i = 0; i < p->recent_n[at]; i++)
-            if (p->mark[r[i]] != mstep + 2) {
-                if (grow_buf((void **)&p->tmp, &p->cap_tmp, np_ + 1, sizeof(int32_t)) != SC_OK)
+            if (!(p->flags[r[i]] & F_MPAST)) {
+                if (grow_buf((void **)&p->tmp, &p->cap_tmp, np_ + 1, sizeof(int32_t)) != SC_OK) {
+                    for (int64_t j = 0; j < np_; j++)
+                        p->flags[past[j]] &= (uint8_t)~F_MPAST;
                     return SC_ENOMEM;
+                }
                 past = p->tmp;
-                p->mark[r[i]] = mstep + 2;
+                p->flags[r[i]] |= F_MPAST;
                 past[np_++] = r[i];
             }
     }
+    for (int64_t i = 0; i < np_; i++)
+        p->flags[past[i]] &= (uint8_t)~F_MPAST;
     if (np_) {
         qsort(past, (size_t)np_, sizeof(int32_t), cmp_i32);
         rc = mean_rep(p, past, np_, now, past_r);
@@ -1142,7 +1184,6 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     }
     if (rc)
         return rc;
-    /* marks 3b + 2 on past rows may have overwritten candidate marks: candidates are listed already */
     int H = w->hidden, D = w->dim, Q = w->queries;
     float h[LP_MAX_HIDDEN], qv[LP_MAX_QUERY_FLOATS];
     for (int j = 0; j < H; j++) {
@@ -1469,28 +1510,27 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
     lp_set *s = &p->sets[0];
     if (n <= 0 || s->n == 0)
         return 0;
-    int64_t mk = 3 * p->t + 2; /* a mark no step has used yet */
+    if (grow_buf((void **)&p->sel, &p->cap_sel, s->n, sizeof(lp_cand)) != SC_OK)
+        return SC_ENOMEM;
     for (int64_t i = 0; i < m; i++) {
         int32_t id;
         sc_idmap_find(p->map, reading + i, 1, &id);
         if (id >= 0)
-            p->mark[id] = mk;
+            p->flags[id] |= F_MPAST;
     }
-    if (grow_buf((void **)&p->sel, &p->cap_sel, s->n, sizeof(lp_cand)) != SC_OK)
-        return SC_ENOMEM;
     double now = (double)p->t, den = fabs(now) + 2.0;
     int64_t k = 0;
     for (int64_t i = 0; i < s->n; i++) {
         int32_t id = s->ids[i];
-        if (p->mark[id] == mk)
+        if (p->flags[id] & F_MPAST)
             continue;
         p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id);
     }
-    for (int64_t i = 0; i < m; i++) { /* forget the marks (a later step's 3t + 2 must not match) */
+    for (int64_t i = 0; i < m; i++) { /* the marks go */
         int32_t id;
         sc_idmap_find(p->map, reading + i, 1, &id);
         if (id >= 0)
-            p->mark[id] = -1;
+            p->flags[id] &= (uint8_t)~F_MPAST;
     }
     int64_t take = n < k ? n : k;
     if (take < k)
