@@ -51,7 +51,9 @@ typedef struct { /* a set of resident ids with O(1) add and remove */
     float *lv;
     int64_t n, cap;
     int64_t capacity; /* slots */
-    int32_t *pos;     /* per row: index in ids */
+    int32_t *pos;     /* the cache: per row, its index in ids */
+    int32_t *pkey, *pval; /* the shadows (few rows): id -> index in ids, open addressing (-1: empty) */
+    int64_t pn, pmask;
     uint8_t flag;
     int k;            /* 0: the cache, 1: the LRU shadow, 2: the model-order shadow */
 } lp_set;
@@ -208,6 +210,76 @@ static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int
     }
 }
 
+/* the shadows' place maps: linear probing, backward-shift deletion, load at most 1/2 */
+static int32_t pm_get(const lp_set *s, int32_t id)
+{
+    uint64_t h = mix64((uint64_t)id) & (uint64_t)s->pmask;
+    while (s->pkey[h] != id)
+        h = (h + 1) & (uint64_t)s->pmask;
+    return s->pval[h];
+}
+
+static void pm_put_new(lp_set *s, int32_t id, int32_t at)
+{
+    uint64_t h = mix64((uint64_t)id) & (uint64_t)s->pmask;
+    while (s->pkey[h] >= 0)
+        h = (h + 1) & (uint64_t)s->pmask;
+    s->pkey[h] = id, s->pval[h] = at;
+    s->pn++;
+}
+
+static void pm_update(lp_set *s, int32_t id, int32_t at)
+{
+    uint64_t h = mix64((uint64_t)id) & (uint64_t)s->pmask;
+    while (s->pkey[h] != id)
+        h = (h + 1) & (uint64_t)s->pmask;
+    s->pval[h] = at;
+}
+
+static void pm_del(lp_set *s, int32_t id)
+{
+    uint64_t m = (uint64_t)s->pmask, i = mix64((uint64_t)id) & m;
+    while (s->pkey[i] != id)
+        i = (i + 1) & m;
+    for (uint64_t j = i;;) {
+        j = (j + 1) & m;
+        if (s->pkey[j] < 0)
+            break;
+        uint64_t home = mix64((uint64_t)s->pkey[j]) & m;
+        if (i <= j ? (home > i && home <= j) : (home > i || home <= j))
+            continue;
+        s->pkey[i] = s->pkey[j], s->pval[i] = s->pval[j];
+        i = j;
+    }
+    s->pkey[i] = -1;
+    s->pn--;
+}
+
+static int pm_reserve(lp_set *s, int64_t n)
+{
+    if (s->pkey && 2 * n <= s->pmask + 1)
+        return SC_OK;
+    int64_t size = s->pkey ? s->pmask + 1 : 64;
+    while (2 * n > size)
+        size *= 2;
+    int32_t *k = malloc((size_t)size * sizeof(int32_t)), *v = malloc((size_t)size * sizeof(int32_t));
+    if (!k || !v) {
+        free(k), free(v);
+        return SC_ENOMEM;
+    }
+    memset(k, 0xff, (size_t)size * sizeof(int32_t));
+    int32_t *ok = s->pkey, *ov = s->pval;
+    int64_t osize = ok ? s->pmask + 1 : 0;
+    s->pkey = k, s->pval = v, s->pmask = size - 1, s->pn = 0;
+    for (int64_t i = 0; i < osize; i++)
+        if (ok[i] >= 0)
+            pm_put_new(s, ok[i], ov[i]);
+    free(ok), free(ov);
+    return SC_OK;
+}
+
+static inline int32_t set_pos(const lp_set *s, int32_t id) { return s->pos ? s->pos[id] : pm_get(s, id); }
+
 static int set_add(lp_policy *p, lp_set *s, int32_t id, int32_t cl, double st, float lv)
 {
     if (p->flags[id] & s->flag)
@@ -229,7 +301,13 @@ static int set_add(lp_policy *p, lp_set *s, int32_t id, int32_t cl, double st, f
             return SC_ENOMEM;
         s->cap = c;
     }
-    s->pos[id] = (int32_t)s->n;
+    if (s->k == 0) {
+        s->pos[id] = (int32_t)s->n;
+    } else {
+        if (pm_reserve(s, s->pn + 1) != SC_OK)
+            return SC_ENOMEM;
+        pm_put_new(s, id, (int32_t)s->n);
+    }
     s->ids[s->n] = id;
     set_vals(p, s, id, s->n, cl, st, lv);
     s->n++;
@@ -241,11 +319,16 @@ static void set_del(lp_policy *p, lp_set *s, int32_t id)
 {
     if (!(p->flags[id] & s->flag))
         return;
-    int32_t at = s->pos[id];
+    int32_t at = set_pos(s, id);
     int64_t e = --s->n;
     int32_t last = s->ids[e];
     s->ids[at] = last, s->cl[at] = s->cl[e], s->st[at] = s->st[e], s->lv[at] = s->lv[e];
-    s->pos[last] = at;
+    if (s->k == 0) {
+        s->pos[last] = at;
+    } else {
+        pm_update(s, last, at);
+        pm_del(s, id);
+    }
     p->flags[id] &= (uint8_t)~s->flag;
 }
 
@@ -255,7 +338,7 @@ static inline void sets_refresh(lp_policy *p, int32_t id, int32_t cl, double st,
 {
     for (int k = 0; k < 3; k++)
         if (p->flags[id] & p->sets[k].flag)
-            set_vals(p, &p->sets[k], id, p->sets[k].pos[id], cl, st, lv);
+            set_vals(p, &p->sets[k], id, set_pos(&p->sets[k], id), cl, st, lv);
 }
 
 /* ---------------------------------------------------------------------------- lifecycle */
@@ -333,7 +416,7 @@ void lp_free(lp_policy *p)
     free(p->table), free(p->p_edges), free(p->nu_edges);
     free(p->row_mem), free(p->flags), free(p->mid), free(p->lastpos);
     for (int k = 0; k < 3; k++)
-        free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
+        free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
@@ -446,9 +529,8 @@ static int grow_rows(lp_policy *p, int64_t need)
     p->view.cap = cap;
     if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff))
         return SC_ENOMEM;
-    for (int k = 0; k < 3; k++)
-        if (grow_arr((void **)&p->sets[k].pos, old, cap, 4, 0))
-            return SC_ENOMEM;
+    if (grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
+        return SC_ENOMEM;
     p->cap_rows = cap;
     return SC_OK;
 }
