@@ -85,7 +85,8 @@ struct lp_policy {
     cm_rows view;
     uint8_t *flags;
     int32_t *mid;
-    int64_t *lastpos;
+    int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
+                       * holds another row) */
     lp_set sets[3]; /* the cache, the LRU shadow, the model shadow */
 
     /* step state */
@@ -107,7 +108,7 @@ struct lp_policy {
 
     /* the stream ring */
     int32_t *s_ids;
-    int64_t *s_step;
+    uint32_t *s_step; /* each position's step, modulo 2^32 (ring_step) */
     int64_t s_n, s_mask;
     /* the last past_steps steps' ids */
     int32_t *recent;
@@ -347,6 +348,7 @@ lp_policy *lp_new(const lp_params *prm)
     if (!prm || prm->capacity < 1 || prm->levels < 1 || prm->depth < 1 || prm->past_steps < 1 ||
         prm->guard_sample < 1 || (prm->guard_sample & (prm->guard_sample - 1)) || prm->row_bits < 1 ||
         prm->row_bits > 62 || prm->stream_ring < 2 || (prm->stream_ring & (prm->stream_ring - 1)) ||
+        prm->stream_ring > ((int64_t)1 << 31) ||
         prm->prefetch_budget < 0 || prm->prefetch_probe < 1 || prm->history_window < 0 ||
         !(prm->prefetch_min_accuracy >= 0.0 && prm->prefetch_min_accuracy <= 1.0) ||
         prm->prefetch_throttled_probe < 1 ||
@@ -359,7 +361,7 @@ lp_policy *lp_new(const lp_params *prm)
     p->map = sc_idmap_new();
     p->lut = cm_lut_new();
     p->s_ids = malloc((size_t)prm->stream_ring * sizeof(int32_t));
-    p->s_step = malloc((size_t)prm->stream_ring * sizeof(int64_t));
+    p->s_step = malloc((size_t)prm->stream_ring * sizeof(uint32_t));
     p->recent_n = calloc((size_t)prm->past_steps, sizeof(int64_t));
     if (!p->map || !p->lut || !p->s_ids || !p->s_step || !p->recent_n) {
         lp_free(p);
@@ -510,9 +512,11 @@ static int grow_rows(lp_policy *p, int64_t need)
 {
     if (need <= p->cap_rows)
         return SC_OK;
+    /* grown by a quarter (the recency window keeps the rows near a plateau: doubling would leave up to
+     * half the room unused for good) */
     int64_t old = p->cap_rows, cap = old ? old : 1024;
     while (cap < need)
-        cap *= 2;
+        cap += cap / 4 + 1024;
     void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* a record a cache line */
     if (!mem)
         return SC_ENOMEM;
@@ -527,7 +531,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     }
     p->view.row = r;
     p->view.cap = cap;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 8, 0xff))
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff))
         return SC_ENOMEM;
     if (grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
@@ -1129,6 +1133,13 @@ static int grow_hash(lp_policy *p, int64_t cap)
     return SC_OK;
 }
 
+/* the step of the stream position in ring slot sl, as of step b (the ring holds steps before b, and
+ * fewer than 2^32 steps back: every step adds its rows) */
+static inline int64_t ring_step(const lp_policy *p, int64_t b, int64_t sl)
+{
+    return b - (int64_t)(uint32_t)((uint32_t)b - p->s_step[sl]);
+}
+
 /* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
  * them (p->ann: what followed them last time is what comes after the window), never a row read or
  * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
@@ -1175,19 +1186,19 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
     }
     memset(p->hkey, 0xff, (size_t)hc * sizeof(int32_t));
     uint64_t hmask = (uint64_t)hc - 1;
-    int64_t oldest = p->s_n - (p->s_mask + 1);
     for (int64_t i = 0; i < nt; i++) {
-        int64_t pos = p->lastpos[trig[i]];
-        if (pos < 0 || pos < oldest)
-            continue;
-        int64_t age = now - p->s_step[pos & p->s_mask];
+        int32_t sl = p->lastpos[trig[i]];
+        if (sl < 0 || p->s_ids[sl] != trig[i])
+            continue; /* never in the stream, or its last position is overwritten (older than the ring) */
+        int64_t pos = p->s_n - 1 - (int64_t)((uint64_t)(p->s_n - 1 - sl) & (uint64_t)p->s_mask);
+        int64_t age = now - ring_step(p, b, sl);
         for (int64_t o = 1; o <= depth; o++) {
             int64_t q = pos + o;
             if (q >= p->s_n)
                 break;
             int32_t c = p->s_ids[q & p->s_mask];
             /* a follower the recency window dropped since (its id free or another row's now) */
-            if ((p->flags[c] & F_FREE) || p->view.row[c].first > p->s_step[q & p->s_mask])
+            if ((p->flags[c] & F_FREE) || p->view.row[c].first > ring_step(p, b, q & p->s_mask))
                 continue;
             if (p->flags[c] & F_MCAND) {
                 uint64_t h = mix64((uint64_t)c) & hmask;
@@ -1549,8 +1560,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         for (int64_t i = 0; i < n; i++) {
             int64_t q = p->s_n++;
             p->s_ids[q & p->s_mask] = ids[i];
-            p->s_step[q & p->s_mask] = b;
-            p->lastpos[ids[i]] = q;
+            p->s_step[q & p->s_mask] = (uint32_t)b;
+            p->lastpos[ids[i]] = (int32_t)(q & p->s_mask);
         }
     }
     return forget_old(p, b, 2 * n + 64);
@@ -1644,8 +1655,11 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->pf_useless = p->pf_useless;
     out->pf_throttled = p->pf_throttled_steps;
     out->pf_asked = p->pf_asked;
-    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 * 4 + 8 + 4 + 8 + 8 + 4 + 3 * 4;
+    /* the history record, flags, model id, last stream slot, place in the cache */
+    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 + 4 + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
-    out->bytes = p->cap_rows * per_row + per_slot * (p->sets[0].cap + p->sets[1].cap + p->sets[2].cap) +
-                 (p->s_mask + 1) * 12;
+    int64_t bytes = p->cap_rows * per_row + (p->s_mask + 1) * (4 + 4) + p->hcap * 8 + sc_idmap_bytes(p->map);
+    for (int k = 0; k < 3; k++)
+        bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
+    out->bytes = bytes;
 }

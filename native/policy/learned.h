@@ -42,7 +42,7 @@ typedef struct {
     double step_len;
     double bypass;            /* a missed row below this keep-probability is not admitted when full */
     double prefetch_threshold;
-    int64_t stream_ring;      /* stream positions kept for candidates (a power of two) */
+    int64_t stream_ring;      /* stream positions kept for candidates (a power of two, <= 2^31) */
     int64_t history_window;   /* steps: a row neither resident (nor in a guard shadow or the stream ring)
                                * nor used in this many steps loses its history and id (0: kept forever;
                                * else more than past_steps) */
@@ -89,7 +89,7 @@ typedef struct {
     int64_t rows;          /* rows with a history now */
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
-    int64_t bytes;         /* memory held by the policy's state */
+    int64_t bytes;         /* memory held by the policy's state (its key map included; allocated) */
     int64_t pf_useful;     /* prefetched rows read before their eviction */
     int64_t pf_useless;    /* prefetched rows the plan evicted unread */
     int64_t pf_throttled;  /* steps the prefetcher was throttled for accuracy */
