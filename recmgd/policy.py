@@ -95,6 +95,13 @@ class Policy(ABC):
         :meth:`rejected`: policies that track residency forget them."""
         self.rejected(keys)
 
+    def step_by_step(self) -> None:  # noqa: B027 - optional hook
+        """The driver will drive this policy only one step at a time, through :meth:`observe`,
+        :meth:`rejected` and :meth:`evicted` (the daemon), never by a whole-trace loop that shares its
+        state: from the next :meth:`reset` on, a policy may forget the rows it holds no state for (the
+        classical C policies give their ids back), so its memory follows the fast tier, not every row
+        ever seen. Decisions must not change."""
+
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:  # noqa: B027 - optional hook
         """Train on a list of steps (each an int64 array of deduplicated keys). Learned policies only."""
 

@@ -14,7 +14,10 @@ RssAnon every 16 steps; the state is the peak RssAnon minus the baseline (the ap
 the same process, is small and the same for every policy). ``--window``: the learned policy's recency
 window (``history_window``, steps; 0: the model's default); choose ``--steps`` past it, so the window
 is full. The rows in the window are the C step's rows with a history (``LearnedPolicy.native_stats``,
-at the peak). The target is 64 bytes a fast-tier slot plus 16 a row in the window.
+at the peak). The target is 64 bytes a fast-tier slot plus 16 a row in the window. The policy's C count
+is what its structures say they hold allocated: a learned policy's C step (``native_stats``), a classical
+C policy's per-id arrays and tables (``sc_policy_bytes``), and the policy's key map (``sc_idmap_bytes``,
+also printed alone).
 
 The learned policy needs a checkpoint: ``--model``, or one trained here by ``recmg train`` on a small
 trace of the same shape (``--train-steps`` batches of the same generator, another seed), kept in
@@ -143,9 +146,12 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
         else:
             mirror_bytes = mv.flags.nbytes + mv._first.nbytes + mv.pin_until.nbytes
         pidmap = getattr(pol, "idmap", None)  # a classical C policy's key map
-        policy_map = 0
+        policy_map = policy_arrays = 0
         if pidmap is not None and hasattr(lib, "sc_idmap_bytes"):
             policy_map = int(lib.sc_idmap_bytes(pidmap.ptr))
+        handle = getattr(pol, "handle", None)  # a classical C policy's per-id arrays and tables
+        if handle is not None and hasattr(lib, "sc_policy_bytes"):
+            policy_arrays = int(lib.sc_policy_bytes(handle))
         window = pol.history_window_steps() if hasattr(pol, "history_window_steps") else 0
         s = drv.stats()
         out = {"policy": policy, "rows": args.rows, "slots": slots, "steps": args.steps,
@@ -154,7 +160,8 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "window_steps": int(window), "window_rows": peak_rows,
                "window_rows_end": int(st.get("rows", 0)),
                "c_step_bytes": int(st.get("bytes", 0)), "mirror_bytes": int(mirror_bytes),
-               "policy_map_bytes": policy_map,
+               "policy_map_bytes": policy_map, "policy_arrays_bytes": policy_arrays,
+               "policy_live_ids": int(getattr(pol, "live_ids", 0)),
                "after_create_bytes": (after_create - base) * 1024,
                "state_bytes": (peak - base) * 1024, "end_bytes": (_status_kib("RssAnon") - base) * 1024,
                "hwm_bytes": (_status_kib("VmHWM") - base_rss) * 1024, "secs": round(secs, 1)}
@@ -217,15 +224,16 @@ def main() -> None:
           f"{args.fraction:.1%} = {runs[0]['slots']:,} slots; {args.steps} steps of {args.samples} samples x "
           f"{args.pooling} rows a table (zipf {args.alpha})")
     print("| policy | hit rate | mirror rows | window (steps / rows) | state MB | B per slot | "
-          "target MB (64/slot + 16/window row) | mirror MB | policy's C count MB | s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "target MB (64/slot + 16/window row) | mirror MB | policy's C count MB | of which key map MB | s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
         target = TARGET_PER_SLOT * r["slots"] + TARGET_PER_WINDOW_ROW * r["window_rows"]
         win = f"{r['window_steps']} / {r['window_rows']:,}" if r["window_steps"] or r["window_rows"] else "-"
         print(f"| {r['policy']} | {r['hit_rate']:.3f} | {r['mirror_rows']:,} | {win} | "
               f"{r['state_bytes'] / 1e6:.1f} | {r['state_bytes'] / r['slots']:.0f} | {target / 1e6:.1f} | "
-              f"{r['mirror_bytes'] / 1e6:.1f} | {(r['c_step_bytes'] + r['policy_map_bytes']) / 1e6:.1f} | "
-              f"{r['secs']} |")
+              f"{r['mirror_bytes'] / 1e6:.1f} | "
+              f"{(r['c_step_bytes'] + r['policy_map_bytes'] + r.get('policy_arrays_bytes', 0)) / 1e6:.1f} | "
+              f"{r['policy_map_bytes'] / 1e6:.1f} | {r['secs']} |")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

@@ -28,6 +28,24 @@ int sc_cache_init(sc_policy *p)
     return rc;
 }
 
+int sc_cache_holds(const sc_policy *p, int32_t id)
+{
+    /* S3-FIFO: in the ghost (as sc_cache_insert reads it); LRU, Bingo: nothing once out */
+    return p->kind == K_S3FIFO && p->ghost[id] > 0 && p->gseq - p->ghost[id] < p->ghost_cap;
+}
+
+/* S3-FIFO: the ring that says which id leaves the ghost as each new one enters it */
+int sc_cache_set_release(sc_policy *p)
+{
+    if (p->kind != K_S3FIFO || p->gring)
+        return SC_OK;
+    p->gring = malloc((size_t)p->ghost_cap * sizeof(int32_t));
+    if (!p->gring)
+        return SC_ENOMEM;
+    memset(p->gring, 0xff, (size_t)p->ghost_cap * sizeof(int32_t));
+    return SC_OK;
+}
+
 void sc_cache_forget(sc_policy *p, int32_t id)
 {
     sc_list_remove(p, id);
@@ -55,6 +73,13 @@ static int32_t s3fifo_victim(sc_policy *p)
                 continue;
             }
             p->ghost[t] = ++p->gseq;
+            if (p->release) {
+                /* the id given sequence gseq - ghost_cap leaves the ghost now */
+                int32_t *slot = &p->gring[p->gseq % p->ghost_cap];
+                if (*slot >= 0 && sc_maybe_free(p, *slot) != SC_OK)
+                    return -1;
+                *slot = t;
+            }
             return t;
         }
         int32_t t = M->tail;
@@ -109,7 +134,10 @@ int sc_cache_insert(sc_policy *p, int32_t id, int prefetch)
 {
     int rc;
     while (p->n_res >= p->capacity) {
-        rc = sc_base_evict(p, sc_cache_victim(p));
+        int32_t v = sc_cache_victim(p);
+        if (v < 0)
+            return SC_ENOMEM;
+        rc = sc_base_evict(p, v);
         if (rc != SC_OK)
             return rc;
     }

@@ -149,6 +149,8 @@ int sc_driver_apply(sc_driver *d, const sc_decision *dec, int scored)
 int sc_driver_run(sc_driver *d, sc_policy *p, const int32_t *ids, const int64_t *offsets,
                   int64_t n_steps, int scored, uint8_t *miss)
 {
+    if (p->release)
+        return SC_EARG; /* it would free ids the trace's numbering still holds */
     int64_t base = offsets[0];
     for (int64_t s = 0; s < n_steps; s++) {
         int64_t lo = offsets[s], n = offsets[s + 1] - lo;
@@ -455,7 +457,7 @@ int sc_driver_run_lookahead(sc_driver *d, sc_policy *p, const int32_t *ids, cons
                             int64_t n_steps, int64_t split, int64_t lookahead, int64_t budget,
                             sc_la_counters *la)
 {
-    if (!d || !p || !ids || !offsets || !la || n_steps < 0 || lookahead < 0 || budget < 0)
+    if (!d || !p || !ids || !offsets || !la || n_steps < 0 || lookahead < 0 || budget < 0 || p->release)
         return SC_EARG;
     la_state s;
     memset(&s, 0, sizeof(s));

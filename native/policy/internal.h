@@ -96,6 +96,10 @@ struct sc_policy {
     sc_vec ev, ad, pf;
     sc_decision dec;
 
+    /* giving ids back (sc_policy_set_release): ids that may hold no state, checked by sc_policy_release */
+    int release;
+    sc_vec freed;
+
     /* lists (LRU, S3-FIFO small/main) */
     int32_t *prv, *nxt;
     uint8_t *qid;
@@ -113,6 +117,7 @@ struct sc_policy {
     uint8_t *freq;
     int64_t *ghost;
     int64_t gseq, ghost_cap, small_cap;
+    int32_t *gring; /* with release: the id given ghost sequence g at gring[g % ghost_cap] (-1: none) */
 
     /* OPT */
     int32_t *fut_ids;
@@ -142,6 +147,12 @@ int sc_vec_push(sc_vec *v, int32_t x);
 int sc_grow(sc_policy *p, int64_t need);
 int sc_register(sc_policy *p, void *ptr, size_t elem, int fill);
 
+/* with release on: id may hold no state any more (sc_policy_release checks it); SC_ENOMEM */
+static inline int sc_maybe_free(sc_policy *p, int32_t id)
+{
+    return p->release ? sc_vec_push(&p->freed, id) : SC_OK;
+}
+
 /* base residency bookkeeping: record the net decision */
 int sc_base_insert(sc_policy *p, int32_t id, int prefetch);
 int sc_base_evict(sc_policy *p, int32_t id);
@@ -158,11 +169,16 @@ void sc_heap_update(sc_policy *p, int32_t id, int64_t key);
 
 /* kinds */
 int sc_cache_init(sc_policy *p);
+/* the victim, unlinked; -1 on SC_ENOMEM */
 int32_t sc_cache_victim(sc_policy *p);
 int sc_cache_touch(sc_policy *p, int32_t id);
 int sc_cache_insert(sc_policy *p, int32_t id, int prefetch);
 int sc_cache_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t n);
 void sc_cache_forget(sc_policy *p, int32_t id);
+/* state a non-resident id still holds: S3-FIFO's ghost (LRU: none); the prefetchers': STMS's history */
+int sc_cache_holds(const sc_policy *p, int32_t id);
+int sc_cache_set_release(sc_policy *p);
+int sc_prefetch_holds(const sc_policy *p, int32_t id);
 int sc_opt_step(sc_policy *p, const int32_t *ids, int64_t n);
 int sc_opt_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps);
 int sc_prefetch_init(sc_policy *p);

@@ -97,6 +97,8 @@ void sc_policy_free(sc_policy *p)
     free(p->ev.v);
     free(p->ad.v);
     free(p->pf.v);
+    free(p->freed.v);
+    free(p->gring);
     free(p->heap);
     free(p->fut_ids);
     free(p->fut_off);
@@ -117,6 +119,9 @@ int sc_base_evict(sc_policy *p, int32_t id)
 {
     p->res[id] = 0;
     p->n_res--;
+    int rc = sc_maybe_free(p, id);
+    if (rc != SC_OK)
+        return rc;
     if (p->ins_stamp[id] == p->stamp)
         return SC_OK; /* inserted in this very step: the insertion is dropped instead */
     p->ev_stamp[id] = p->stamp;
@@ -195,12 +200,104 @@ int sc_policy_rejected(sc_policy *p, const int32_t *ids, int64_t n)
         p->n_res--;
         if (p->pfd)
             p->pfd[id] = 0;
+        int rc = sc_maybe_free(p, id);
+        if (rc != SC_OK)
+            return rc;
     }
     return SC_OK;
 }
 
+/* ---- giving ids back ---- */
+
+/* kinds whose state for a row not resident is bounded by design: LRU and Bingo keep none (Bingo's
+ * tables are keyed by keys, not ids), S3-FIFO keeps its ghost (capacity - capacity / 10 entries) and STMS
+ * its history (a ring of 4 x capacity triggers, at most 2^26). The others keep every id: LFU counts every
+ * row ever seen, OPT numbers the whole future, and Domino's pair table is hashed by id, so numbering the
+ * rows otherwise would change which pairs collide (and its decisions). */
+static int kind_releases(enum sc_kind k)
+{
+    return k == K_LRU || k == K_S3FIFO || k == K_STMS || k == K_BINGO;
+}
+
+/* whether id holds any state: resident, or in a structure that outlives residency */
+static int holds_state(const sc_policy *p, int32_t id)
+{
+    if (p->res[id])
+        return 1;
+    if (p->kind == K_STMS)
+        return sc_prefetch_holds(p, id);
+    return sc_cache_holds(p, id);
+}
+
+int sc_policy_set_release(sc_policy *p, int on)
+{
+    p->freed.n = 0;
+    p->release = 0;
+    if (!on || !kind_releases(p->kind))
+        return 0;
+    int rc = sc_cache_set_release(p);
+    if (rc != SC_OK)
+        return rc;
+    p->release = 1;
+    return 1;
+}
+
+int sc_policy_release(sc_policy *p)
+{
+    if (!p->release || !p->freed.n)
+        return SC_OK;
+    sc_vec *f = &p->freed;
+    int64_t k = 0;
+    for (int64_t i = 0; i < f->n; i++) {
+        int32_t id = f->v[i];
+        if (id < 0 || id >= p->n_alloc)
+            return SC_EBADID;
+        if (holds_state(p, id))
+            continue;
+        /* the id's entries as those of an id never seen: whoever gets it next starts afresh (a repeat
+           of an id resets it twice, and the map skips it the second time) */
+        for (int a = 0; a < p->n_arrays; a++) {
+            const sc_array *arr = &p->arrays[a];
+            memset((char *)*arr->ptr + (size_t)id * arr->elem, arr->fill, arr->elem);
+        }
+        f->v[k++] = id;
+    }
+    f->n = k; /* on a failure below, a retry releases what is left (the freed ones are skipped) */
+    int rc = sc_idmap_release(p->map, f->v, k);
+    if (rc == SC_OK)
+        f->n = 0;
+    return rc;
+}
+
+int64_t sc_policy_bytes(const sc_policy *p)
+{
+    int64_t b = (int64_t)sizeof(*p);
+    for (int a = 0; a < p->n_arrays; a++)
+        b += p->n_alloc * (int64_t)p->arrays[a].elem;
+    const sc_vec *v[] = {&p->ev, &p->ad, &p->pf, &p->freed, &p->cand, &p->trig};
+    for (size_t i = 0; i < sizeof(v) / sizeof(v[0]); i++)
+        b += v[i]->cap * (int64_t)sizeof(int32_t);
+    b += p->heap_cap * (int64_t)sizeof(int32_t);
+    if (p->gring)
+        b += p->ghost_cap * (int64_t)sizeof(int32_t);
+    if (p->fut_off) {
+        int64_t n = p->fut_off[p->fut_steps];
+        b += n * (int64_t)(sizeof(int32_t) + sizeof(int64_t)) + (p->fut_steps + 1) * (int64_t)sizeof(int64_t);
+    }
+    if (p->hist)
+        b += (int64_t)(p->hmask + 1) * (int64_t)sizeof(int32_t);
+    if (p->pair_key)
+        b += (int64_t)(p->pmask + 1) * 2 * (int64_t)sizeof(int64_t);
+    if (p->at)
+        b += (int64_t)(p->at_mask + 1) * (int64_t)sizeof(sc_at_entry) +
+             (int64_t)(p->pht_mask + 1) * 2 * (int64_t)sizeof(sc_pht_entry);
+    return b;
+}
+
 int sc_policy_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps)
 {
+    if (p->release)
+        return SC_EARG; /* a future is numbered up front: its ids must never be given back */
     if (p->kind != K_OPT && p->kind != K_OPT_BYPASS)
         return SC_OK;
     int rc = sc_grow(p, sc_idmap_size(p->map));

@@ -101,6 +101,12 @@ static inline int in_history(const sc_policy *p, int64_t q, int32_t id)
            p->hist[(uint64_t)q & p->hmask] == id;
 }
 
+int sc_prefetch_holds(const sc_policy *p, int32_t id)
+{
+    /* STMS: its last trigger still in the history (follow() may stream it, last[] finds it) */
+    return p->last && in_history(p, p->last[id] - 1, id);
+}
+
 static int temporal_trigger(sc_policy *p, int32_t id)
 {
     int rc = SC_OK;
@@ -121,7 +127,15 @@ static int temporal_trigger(sc_policy *p, int32_t id)
         q = p->last[id] - 1;
     if (q >= 0 && p->prm.prefetch_budget > 0)
         rc = follow(p, q);
-    int64_t pos = p->hpos_w++;
+    int64_t pos = p->hpos_w;
+    if (p->release && pos > (int64_t)p->hmask) {
+        /* the trigger written here before leaves the history: its id may go when it was its last one */
+        int32_t old = p->hist[(uint64_t)pos & p->hmask];
+        int frc = p->last[old] - 1 == pos - (int64_t)(p->hmask + 1) ? sc_maybe_free(p, old) : SC_OK;
+        if (frc != SC_OK)
+            return frc;
+    }
+    p->hpos_w++;
     p->hist[(uint64_t)pos & p->hmask] = id;
     p->last[id] = pos + 1;
     if (pk >= 0) {

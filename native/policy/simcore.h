@@ -68,6 +68,25 @@ int sc_policy_rejected(sc_policy *p, const int32_t *ids, int64_t n);
 /* OPT: the whole sequence of steps it will be driven through */
 int sc_policy_set_future(sc_policy *p, const int32_t *ids, const int64_t *offsets, int64_t n_steps);
 int64_t sc_policy_resident(const sc_policy *p);
+/* Giving ids back, for a driver that runs the policy only step by step (the daemon): with it on, the
+   policy gathers the ids of rows it may hold no state for (evicted, rejected, out of its ghost or its
+   history) and sc_policy_release forgets every one that holds none (its per-id entries reset to those
+   of an id never seen, its key freed in the map, its id handed out again first), so the map and the
+   per-id arrays follow the rows the policy holds, not every row ever seen. Decisions are the same with
+   it on or off, given hits that are the policy's own residency (as the daemon and sc_driver_run show
+   it: a row STMS or Bingo evicted unread keeps its "prefetched" mark only with it off, read only if
+   such a row is shown as a hit). Only where nothing else keeps ids of the map across steps: never with sc_driver_run,
+   sc_driver_run_lookahead or sc_policy_set_future (they refuse such a policy: SC_EARG), which number
+   a whole trace up front. Turn it on before the first step. Returns 1 when on and the kind gives ids
+   back (lru, s3fifo, stms, bingo), 0 when off or the kind keeps every id it saw (lfu: counts of every
+   row; opt, opt-bypass: the future; domino: its pair table is hashed by id), or SC_ENOMEM. */
+int sc_policy_set_release(sc_policy *p, int on);
+/* forget the rows gathered since the last call that hold no state (see sc_policy_set_release); call it
+   between steps, before the next step's keys are mapped, when no id of the last step is kept any more;
+   SC_OK (nothing to do when off), SC_ENOMEM */
+int sc_policy_release(sc_policy *p);
+/* bytes the policy holds allocated (per-id arrays, tables, buffers; not its id map) */
+int64_t sc_policy_bytes(const sc_policy *p);
 
 /* ---- the simulator's driver ---- */
 typedef struct {

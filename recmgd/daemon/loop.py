@@ -209,6 +209,7 @@ class PoolDriver:
             keys = mv.owned_keys()
         mv.reset(np.zeros(0, dtype=np.int64))
         self.policy = policy
+        policy.step_by_step()  # only ever observe/rejected/evicted here: it may forget rows it let go
         policy.reset(mv.capacity)
         keep = np.zeros(0, dtype=np.int64)
         if len(keys):

@@ -3,6 +3,14 @@
 A :class:`NativePolicy` is an ordinary :class:`~recmgd.policy.Policy`: the daemon calls ``observe()``
 once per step. The simulator may instead hand the same object's C handle to the whole-trace loop
 (``sc_driver_run``), which calls the very same C step function; both give identical numbers.
+
+Driven only step by step (:meth:`NativePolicy.step_by_step`, as the daemon does), LRU, S3-FIFO, STMS and
+Bingo give back the ids of rows they hold no state for (evicted or rejected and not in S3-FIFO's ghost or
+STMS's history): at the start of the next ``observe()``, before its keys are mapped, so no id handed out
+before is still held anywhere (the last decision's were turned into keys, ``rejected()`` looks its keys
+up between steps). Their key map and per-id arrays then follow the rows they hold, not every row ever
+seen; their decisions are the same. LFU (counts of every row), OPT (the future) and Domino (a pair table
+hashed by id) keep every id: their memory still grows with the distinct rows of the stream.
 """
 
 from __future__ import annotations
@@ -52,6 +60,16 @@ class IdMap:
     def __len__(self) -> int:
         return int(lib.sc_idmap_size(self.ptr))
 
+    @property
+    def live(self) -> int:
+        """Keys mapped now (ids handed out less those given back)."""
+        return int(lib.sc_idmap_live(self.ptr))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the map holds allocated."""
+        return int(lib.sc_idmap_bytes(self.ptr))
+
     def map(self, keys: np.ndarray) -> np.ndarray:
         """Ids of ``keys``, adding unknown ones."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -95,6 +113,15 @@ class NativePolicy(Policy):
         self.idmap: IdMap | None = None
         self.handle: Any = None
         self._future: Steps | None = None
+        self._step_by_step = False
+        #: the C policy gives back the ids of rows it holds no state for (step by step, a kind that can)
+        self.gives_back = False
+
+    def step_by_step(self) -> None:
+        """Driven only through observe/rejected/evicted from now on (the daemon): the kinds that can give
+        back the ids of rows they hold no state for (see the module's docstring); from the next
+        :meth:`reset` on. :meth:`native_state` is then refused (a whole-trace driver would share the ids)."""
+        self._step_by_step = True
 
     def reset(self, capacity: int) -> None:
         if capacity < 1:
@@ -107,17 +134,43 @@ class NativePolicy(Policy):
         if ptr == ffi.NULL:
             raise PolicyError(f"{self.name}: cannot create the C policy {self.kind!r}")
         self.handle = ffi.gc(ptr, lib.sc_policy_free)
+        self.gives_back = False
+        if self._step_by_step:
+            rc = int(lib.sc_policy_set_release(self.handle, 1))
+            if rc < 0:
+                check(rc, self.name)
+            self.gives_back = rc == 1
         if self._future is not None:
             self._push_future()
 
-    def native_state(self) -> tuple[IdMap, Any]:
-        """(id map, C policy handle), for a driver that runs the C step function itself."""
+    def _state(self) -> tuple[IdMap, Any]:
         if self.handle is None or self.idmap is None:
             raise PolicyError(f"{self.name}: observe() before reset()")
         return self.idmap, self.handle
 
+    def native_state(self) -> tuple[IdMap, Any]:
+        """(id map, C policy handle), for a driver that runs the C step function itself."""
+        if self.gives_back:
+            raise PolicyError(f"{self.name}: driven step by step, it gives ids back: its id map cannot be "
+                              "shared with a whole-trace driver")
+        return self._state()
+
+    @property
+    def live_ids(self) -> int:
+        """Keys the policy's id map holds now (all it ever saw unless it gives ids back)."""
+        return 0 if self.idmap is None else self.idmap.live
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the C policy and its id map hold allocated."""
+        if self.handle is None or self.idmap is None:
+            return 0
+        return int(lib.sc_policy_bytes(self.handle)) + self.idmap.nbytes
+
     def observe(self, view: StepView) -> Decision:
-        idmap, handle = self.native_state()
+        idmap, handle = self._state()
+        if self.gives_back:  # the last step's stateless rows: no id of theirs is held any more
+            check(lib.sc_policy_release(handle), self.name)
         ids = idmap.map(view.keys)
         hit = np.ascontiguousarray(view.hit, dtype=np.uint8)
         check(lib.sc_policy_step(handle, i32_ptr(ids), u8_ptr(hit), ids.shape[0]), self.name)
@@ -127,7 +180,7 @@ class NativePolicy(Policy):
                         prefetch=idmap.keys(c_ids(dec.prefetch, dec.n_prefetch)))
 
     def rejected(self, keys: np.ndarray) -> None:
-        idmap, handle = self.native_state()
+        idmap, handle = self._state()
         ids = idmap.find(keys)
         ids = ids[ids >= 0]
         check(lib.sc_policy_rejected(handle, i32_ptr(ids), ids.shape[0]), self.name)
@@ -138,7 +191,7 @@ class NativePolicy(Policy):
             self._push_future()
 
     def _push_future(self) -> None:
-        idmap, handle = self.native_state()
+        idmap, handle = self._state()
         fut = self._future
         assert fut is not None
         ids = idmap.map(fut.keys[fut.offsets[0]:fut.offsets[-1]])
