@@ -64,6 +64,7 @@ class RowIndex:
         if ptr == ffi.NULL:
             raise MemoryError("sc_idmap_new: out of memory")
         self._ptr: Any = ffi.gc(ptr, lib.sc_idmap_free)
+        check(lib.sc_idmap_set_load(self._ptr, lib.SC_IDMAP_DAEMON_LOAD), "sc_idmap_set_load")
 
     @property
     def size(self) -> int:

@@ -20,6 +20,7 @@ struct sc_idmap {
     int64_t n, cap_keys; /* n: ids handed out so far (live ones and free ones) */
     int32_t *free_ids;   /* ids of deleted keys, handed out again first */
     int64_t n_free, cap_free;
+    int64_t load_pct;    /* the slots are doubled before live keys pass this share of them */
 };
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
@@ -38,6 +39,7 @@ sc_idmap *sc_idmap_new(void)
     if (!m)
         return NULL;
     m->cap_keys = 1024;
+    m->load_pct = 50;
     m->keys = malloc((size_t)m->cap_keys * sizeof(int64_t));
     if (!m->keys || alloc_slots(m, 2048) != SC_OK) {
         sc_idmap_free(m);
@@ -118,7 +120,7 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
     }
     if (m->n >= INT32_MAX - 1 && !m->n_free)
         return -1;
-    if ((uint64_t)(m->n - m->n_free + 1) * 2 > m->mask + 1) {
+    if ((uint64_t)(m->n - m->n_free + 1) * 100 > (m->mask + 1) * (uint64_t)m->load_pct) {
         if (rehash(m) != SC_OK)
             return -1;
         h = mix64((uint64_t)key) & m->mask;
@@ -131,7 +133,7 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
         id = m->free_ids[--m->n_free];
     } else {
         if (m->n == m->cap_keys) {
-            int64_t nc = m->cap_keys * 2;
+            int64_t nc = m->cap_keys + m->cap_keys / 2;
             int64_t *nk = realloc(m->keys, (size_t)nc * sizeof(int64_t));
             if (!nk)
                 return -1;
@@ -212,6 +214,14 @@ int sc_idmap_del(sc_idmap *m, int64_t key)
 }
 
 int64_t sc_idmap_live(const sc_idmap *m) { return m->n - m->n_free; }
+
+int sc_idmap_set_load(sc_idmap *m, int32_t percent)
+{
+    if (percent < 25 || percent > 90)
+        return SC_EARG;
+    m->load_pct = percent;
+    return SC_OK;
+}
 
 int64_t sc_idmap_bytes(const sc_idmap *m)
 {

@@ -84,7 +84,6 @@ struct lp_policy {
     void *row_mem;
     cm_rows view;
     uint8_t *flags;
-    int32_t *mid;
     int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
                        * holds another row) */
     lp_set sets[3]; /* the cache, the LRU shadow, the model shadow */
@@ -363,7 +362,8 @@ lp_policy *lp_new(const lp_params *prm)
     p->s_ids = malloc((size_t)prm->stream_ring * sizeof(int32_t));
     p->s_step = malloc((size_t)prm->stream_ring * sizeof(uint32_t));
     p->recent_n = calloc((size_t)prm->past_steps, sizeof(int64_t));
-    if (!p->map || !p->lut || !p->s_ids || !p->s_step || !p->recent_n) {
+    if (!p->map || !p->lut || !p->s_ids || !p->s_step || !p->recent_n ||
+        sc_idmap_set_load(p->map, SC_IDMAP_DAEMON_LOAD) != SC_OK) {
         lp_free(p);
         return NULL;
     }
@@ -416,7 +416,7 @@ void lp_free(lp_policy *p)
     pf_free(p->pf);
     cm_lut_free(p->lut);
     free(p->table), free(p->p_edges), free(p->nu_edges);
-    free(p->row_mem), free(p->flags), free(p->mid), free(p->lastpos);
+    free(p->row_mem), free(p->flags), free(p->lastpos);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
@@ -531,7 +531,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     }
     p->view.row = r;
     p->view.cap = cap;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->mid, old, cap, 4, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff))
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff))
         return SC_ENOMEM;
     if (grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
@@ -540,7 +540,7 @@ static int grow_rows(lp_policy *p, int64_t need)
 }
 
 /* a new row's state: no history; table from its key, m its model id (-1: none) */
-static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
+static void row_init(lp_policy *p, int32_t id, int64_t key)
 {
     cm_row *r = p->view.row + id;
     memset(r, 0, sizeof(*r));
@@ -548,7 +548,6 @@ static void row_init(lp_policy *p, int32_t id, int64_t key, int32_t m)
     r->table = key >> p->prm.row_bits;
     p->flags[id] = 0;
     p->lastpos[id] = -1;
-    p->mid[id] = m >= 0 ? m : (int32_t)(p->pf ? p->pf->n_model : 0);
 }
 
 /* dense ids of keys, new rows set up (table, model id) */
@@ -565,20 +564,9 @@ static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
             return SC_ENOMEM;
         p->n_rows = top + 1;
     }
-    /* the new rows' model ids in one batched lookup (p->ids64 and p->adm: scratch until the step uses them) */
-    int64_t *nk = p->ids64;
-    int32_t *mids = p->adm;
-    int64_t nn = 0;
     for (int64_t i = 0; i < n; i++)
         if (is_new[i])
-            nk[nn++] = keys[i];
-    if (p->model_map)
-        sc_idmap_find(p->model_map, nk, nn, mids);
-    for (int64_t i = 0, j = 0; i < n; i++)
-        if (is_new[i]) {
-            row_init(p, ids[i], keys[i], p->model_map ? mids[j] : -1);
-            j++;
-        }
+            row_init(p, ids[i], keys[i]);
     return SC_OK;
 }
 
@@ -1017,6 +1005,16 @@ static int admit_rows(const lp_policy *p, const uint8_t *missed, const float *pr
 #define LP_HOT
 #endif
 
+/* the prefetching model's embedding row of row id: its key's place in the model's vocabulary, or the last
+ * row (unknown); looked up when asked (the prefetcher runs on few steps), not kept per row */
+static int32_t model_id(const lp_policy *p, int32_t id)
+{
+    int64_t key = sc_idmap_key_of(p->map, id);
+    int32_t m = -1;
+    sc_idmap_find(p->model_map, &key, 1, &m);
+    return m >= 0 ? m : (int32_t)p->pf->n_model;
+}
+
 LP_HOT static void rep(const pfnet *w, int32_t mid, const float *f, int64_t table, float *r)
 {
     float h[LP_MAX_HIDDEN];
@@ -1091,7 +1089,7 @@ static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, fl
         int rc = cm_features(&p->view, &id, 1, now, f);
         if (rc)
             return rc;
-        rep(w, p->mid[id], f, p->view.row[id].table, r);
+        rep(w, model_id(p, id), f, p->view.row[id].table, r);
         for (int j = 0; j < w->dim; j++)
             out[j] += r[j];
     }
@@ -1316,7 +1314,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         f[CM_N_FEATURES] = (float)log1p((double)p->vote[i]);
         f[CM_N_FEATURES + 1] = (float)((double)p->minoff[i] / (double)depth);
         f[CM_N_FEATURES + 2] = (float)log1p((double)p->minage[i]);
-        rep(w, p->mid[id], f, p->view.row[id].table, r);
+        rep(w, model_id(p, id), f, p->view.row[id].table, r);
         float sim = -INFINITY;
         for (int q = 0; q < Q; q++) {
             float d = 0.0f;
@@ -1655,8 +1653,8 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->pf_useless = p->pf_useless;
     out->pf_throttled = p->pf_throttled_steps;
     out->pf_asked = p->pf_asked;
-    /* the history record, flags, model id, last stream slot, place in the cache */
-    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 + 4 + 4;
+    /* the history record, flags, last stream slot, place in the cache */
+    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
     int64_t bytes = p->cap_rows * per_row + (p->s_mask + 1) * (4 + 4) + p->hcap * 8 + sc_idmap_bytes(p->map);
     for (int k = 0; k < 3; k++)

@@ -33,6 +33,11 @@ void sc_idmap_keys(const sc_idmap *m, const int32_t *ids, int64_t n, int64_t *ke
 int64_t sc_idmap_live(const sc_idmap *m);
 /* bytes the map holds allocated (its slots, id -> key array and free list) */
 int64_t sc_idmap_bytes(const sc_idmap *m);
+/* the share of slots (percent, 25..90; default 50) live keys may fill before the slots double: a map
+   of many long-lived keys (the daemon's) trades a few more probes for fewer bytes; SC_OK or SC_EARG */
+int sc_idmap_set_load(sc_idmap *m, int32_t percent);
+/* the load of the daemon's maps (the learned step's, the mover's and a classical policy's given back ids) */
+#define SC_IDMAP_DAEMON_LOAD 75
 /* forget the keys of ids[0..n) (their ids go to the free list, handed out again first); an id whose key
    is no longer mapped to it (freed already) is skipped, so a repeat is harmless; SC_OK, SC_ENOMEM, or
    SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */
