@@ -79,13 +79,21 @@ struct lp_policy {
     int p_sorted, nu_sorted; /* the edges ascend (then counted without branches) */
     int simd; /* the plan's filter in AVX2 (lp_set_simd) */
 
-    /* per row */
+    /* per row (indexed by the key map's id) */
     int64_t n_rows, cap_rows;
-    void *row_mem;
-    cm_rows view;
     uint8_t *flags;
+    int64_t *rlast;   /* step of the row's last use (-1: none yet) */
+    int32_t *rec;     /* its history record, or -1: a row used once (at rlast) keeps none, for its record
+                       * is then a function of that step and its key (rec_fill rebuilds it exactly) */
     int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
                        * holds another row) */
+    /* the history records (the caching model's view over them: cm_* take record indices) */
+    void *row_mem;
+    cm_rows view;
+    int64_t n_recs, cap_recs; /* records handed out so far (live and free), room */
+    int32_t *free_recs;
+    int64_t n_free_recs, cap_free_recs;
+    cm_row tmp_row; /* a once-used row's record, rebuilt to be read */
     lp_set sets[3]; /* the cache, the LRU shadow, the model shadow */
 
     /* step state */
@@ -204,9 +212,9 @@ static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int
     if (s->k == 0) {
         s->cl[at] = cl, s->st[at] = st, s->lv[at] = lv;
     } else if (s->k == 1) {
-        s->cl[at] = 0, s->st[at] = (double)p->view.row[id].last, s->lv[at] = 0.0f;
+        s->cl[at] = 0, s->st[at] = (double)p->rlast[id], s->lv[at] = 0.0f;
     } else {
-        s->cl[at] = cl, s->st[at] = (double)p->view.row[id].last, s->lv[at] = lv;
+        s->cl[at] = cl, s->st[at] = (double)p->rlast[id], s->lv[at] = lv;
     }
 }
 
@@ -416,7 +424,7 @@ void lp_free(lp_policy *p)
     pf_free(p->pf);
     cm_lut_free(p->lut);
     free(p->table), free(p->p_edges), free(p->nu_edges);
-    free(p->row_mem), free(p->flags), free(p->lastpos);
+    free(p->row_mem), free(p->flags), free(p->rlast), free(p->rec), free(p->lastpos), free(p->free_recs);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     free(p->s_ids), free(p->s_step), free(p->recent), free(p->recent_n);
@@ -517,37 +525,91 @@ static int grow_rows(lp_policy *p, int64_t need)
     int64_t old = p->cap_rows, cap = old ? old : 1024;
     while (cap < need)
         cap += cap / 4 + 1024;
-    void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* a record a cache line */
-    if (!mem)
-        return SC_ENOMEM;
-    if (old)
-        memcpy(mem, p->row_mem, (size_t)old * sizeof(cm_row));
-    free(p->row_mem);
-    p->row_mem = mem;
-    cm_row *r = mem;
-    for (int64_t i = old; i < cap; i++) {
-        memset(r + i, 0, sizeof(cm_row));
-        r[i].last = r[i].first = -1;
-    }
-    p->view.row = r;
-    p->view.cap = cap;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff))
-        return SC_ENOMEM;
-    if (grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff) ||
+        grow_arr((void **)&p->rlast, old, cap, 8, 0xff) || grow_arr((void **)&p->rec, old, cap, 4, 0xff) ||
+        grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
     p->cap_rows = cap;
     return SC_OK;
 }
 
-/* a new row's state: no history; table from its key, m its model id (-1: none) */
-static void row_init(lp_policy *p, int32_t id, int64_t key)
+/* a free history record's index (the pool grown by a quarter when none is free), or -1 */
+static int32_t rec_alloc(lp_policy *p)
 {
-    cm_row *r = p->view.row + id;
+    if (p->n_free_recs)
+        return p->free_recs[--p->n_free_recs];
+    if (p->n_recs == p->cap_recs) {
+        int64_t old = p->cap_recs, cap = old + old / 4 + 1024;
+        void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* a record a cache line */
+        if (!mem)
+            return -1;
+        if (old)
+            memcpy(mem, p->row_mem, (size_t)old * sizeof(cm_row));
+        free(p->row_mem);
+        p->row_mem = mem;
+        p->view.row = mem;
+        p->view.cap = cap;
+        p->cap_recs = cap;
+    }
+    return (int32_t)p->n_recs++;
+}
+
+static int rec_free(lp_policy *p, int32_t r)
+{
+    if (grow_buf((void **)&p->free_recs, &p->cap_free_recs, p->n_free_recs + 1, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    p->free_recs[p->n_free_recs++] = r;
+    return SC_OK;
+}
+
+/* into *r: the record of row id as it has none: empty (never used), or used once at rlast, rebuilt by
+ * the very update that wrote it then */
+static void rec_fill(lp_policy *p, int32_t id, cm_row *r)
+{
     memset(r, 0, sizeof(*r));
     r->last = r->first = -1;
-    r->table = key >> p->prm.row_bits;
+    r->table = sc_idmap_key_of(p->map, id) >> p->prm.row_bits;
+    if (p->rlast[id] >= 0) {
+        cm_rows one = p->view;
+        int64_t zero = 0;
+        one.row = r, one.cap = 1;
+        cm_update(&one, &zero, 1, p->rlast[id]);
+    }
+}
+
+/* the record of row id, to be read only (a once-used row's rebuilt in p->tmp_row) */
+static const cm_row *row_of(lp_policy *p, int32_t id)
+{
+    if (p->rec[id] >= 0)
+        return p->view.row + p->rec[id];
+    rec_fill(p, id, &p->tmp_row);
+    return &p->tmp_row;
+}
+
+/* the step of the row's first use (-1: none yet) */
+static inline int64_t row_first(const lp_policy *p, int32_t id)
+{
+    return p->rec[id] >= 0 ? p->view.row[p->rec[id]].first : p->rlast[id];
+}
+
+/* a new row's state: never used, no record */
+static void row_init(lp_policy *p, int32_t id)
+{
     p->flags[id] = 0;
     p->lastpos[id] = -1;
+    p->rlast[id] = -1;
+    p->rec[id] = -1;
+}
+
+/* the caching model's features of row id as of now into f (any row: a once-used one's record rebuilt) */
+static int row_features(lp_policy *p, int32_t id, int64_t now, float *f)
+{
+    const cm_row *r = row_of(p, id);
+    cm_rows one = p->view;
+    int64_t at = r == &p->tmp_row ? 0 : r - p->view.row;
+    if (r == &p->tmp_row)
+        one.row = &p->tmp_row, one.cap = 1;
+    return cm_features(&one, &at, 1, now, f);
 }
 
 /* dense ids of keys, new rows set up (table, model id) */
@@ -566,7 +628,7 @@ static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
     }
     for (int64_t i = 0; i < n; i++)
         if (is_new[i])
-            row_init(p, ids[i], keys[i]);
+            row_init(p, ids[i]);
     return SC_OK;
 }
 
@@ -587,11 +649,14 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         int32_t id = (int32_t)(p->sweep++ % p->n_rows);
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
-        if (p->view.row[id].last >= b - w)
+        if (p->rlast[id] >= b - w)
             continue;
         int rc = sc_idmap_del(p->map, sc_idmap_key_of(p->map, id));
+        if (rc == SC_OK && p->rec[id] >= 0)
+            rc = rec_free(p, p->rec[id]);
         if (rc)
             return rc;
+        p->rec[id] = -1;
         p->flags[id] = F_FREE;
         p->forgotten++;
     }
@@ -875,7 +940,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
-            double st = k == 0 ? p->nst[i] : (double)p->view.row[id].last;
+            double st = k == 0 ? p->nst[i] : (double)p->rlast[id];
             int32_t cl = k == 1 ? 0 : p->ncl[i];
             float lv = k == 1 ? 0.0f : p->nlv[i];
             p->sel[nr + i] = cand_of(keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS, NEW_TIE + i);
@@ -1085,11 +1150,11 @@ static int mean_rep(lp_policy *p, const int32_t *ids, int64_t n, int64_t now, fl
     for (int j = 0; j < w->dim; j++)
         out[j] = 0.0f;
     for (int64_t i = 0; i < n; i++) {
-        int64_t id = ids[i];
-        int rc = cm_features(&p->view, &id, 1, now, f);
+        int32_t id = ids[i];
+        int rc = row_features(p, id, now, f);
         if (rc)
             return rc;
-        rep(w, model_id(p, id), f, p->view.row[id].table, r);
+        rep(w, model_id(p, id), f, sc_idmap_key_of(p->map, id) >> p->prm.row_bits, r);
         for (int j = 0; j < w->dim; j++)
             out[j] += r[j];
     }
@@ -1163,7 +1228,8 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         p->flags[ids[i]] |= F_MREAD;
     int32_t *trig = p->tmp;
     int64_t nt = n;
-    memcpy(trig, ids, (size_t)n * sizeof(int32_t));
+    if (n) /* ids is NULL before the first step with rows */
+        memcpy(trig, ids, (size_t)n * sizeof(int32_t));
     for (int64_t i = 0; i < n_ann; i++)
         if (!(p->flags[p->ann[i]] & F_MREAD)) {
             p->flags[p->ann[i]] |= F_MREAD;
@@ -1196,7 +1262,7 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
                 break;
             int32_t c = p->s_ids[q & p->s_mask];
             /* a follower the recency window dropped since (its id free or another row's now) */
-            if ((p->flags[c] & F_FREE) || p->view.row[c].first > ring_step(p, b, q & p->s_mask))
+            if ((p->flags[c] & F_FREE) || row_first(p, c) > ring_step(p, b, q & p->s_mask))
                 continue;
             if (p->flags[c] & F_MCAND) {
                 uint64_t h = mix64((uint64_t)c) & hmask;
@@ -1306,15 +1372,15 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         return SC_ENOMEM;
     int64_t ns = 0;
     for (int64_t i = 0; i < nc; i++) {
-        int64_t id = p->cand[i];
+        int32_t id = p->cand[i];
         float f[CM_N_FEATURES + N_CF], r[LP_MAX_DIM];
-        rc = cm_features(&p->view, &id, 1, now, f);
+        rc = row_features(p, id, now, f);
         if (rc)
             return rc;
         f[CM_N_FEATURES] = (float)log1p((double)p->vote[i]);
         f[CM_N_FEATURES + 1] = (float)((double)p->minoff[i] / (double)depth);
         f[CM_N_FEATURES + 2] = (float)log1p((double)p->minage[i]);
-        rep(w, model_id(p, id), f, p->view.row[id].table, r);
+        rep(w, model_id(p, id), f, sc_idmap_key_of(p->map, id) >> p->prm.row_bits, r);
         float sim = -INFINITY;
         for (int q = 0; q < Q; q++) {
             float d = 0.0f;
@@ -1421,8 +1487,18 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         lp_set_horizon(p, p->prm.horizon);
     }
     int scored = p->prm.use_cache_model && p->cnet && n;
-    for (int64_t i = 0; i < n; i++)
-        p->ids64[i] = ids[i];
+    for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
+        int32_t id = ids[i];
+        if (p->rec[id] < 0) {
+            int32_t r = rec_alloc(p);
+            if (r < 0)
+                return SC_ENOMEM;
+            rec_fill(p, id, p->view.row + r);
+            p->rec[id] = r;
+        }
+        p->ids64[i] = p->rec[id];
+        p->rlast[id] = b;
+    }
     if (scored) {
         if ((rc = cm_score(p->cnet, &p->view, p->ids64, n, b, 1, p->out, NULL)))
             return rc;
@@ -1550,7 +1626,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->recent_cap = nc;
         }
         int64_t at = p->recent_head;
-        memcpy(p->recent + at * p->recent_cap, ids, (size_t)n * 4);
+        if (n)
+            memcpy(p->recent + at * p->recent_cap, ids, (size_t)n * 4);
         p->recent_n[at] = n;
         p->recent_head = (at + 1) % p->prm.past_steps;
         if (p->recent_len < p->prm.past_steps)
@@ -1560,6 +1637,15 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->s_ids[q & p->s_mask] = ids[i];
             p->s_step[q & p->s_mask] = (uint32_t)b;
             p->lastpos[ids[i]] = (int32_t)(q & p->s_mask);
+        }
+    }
+    /* rows used for the first time keep no record (rec_fill rebuilds it) */
+    for (int64_t i = 0; i < n; i++) {
+        int32_t r = p->rec[ids[i]];
+        if (p->view.row[r].count == 1.0f) {
+            if ((rc = rec_free(p, r)))
+                return rc;
+            p->rec[ids[i]] = -1;
         }
     }
     return forget_old(p, b, 2 * n + 64);
@@ -1647,16 +1733,17 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
     out->rows = sc_idmap_live(p->map);
+    out->records = p->n_recs - p->n_free_recs;
     out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;
     out->pf_useful = p->pf_useful;
     out->pf_useless = p->pf_useless;
     out->pf_throttled = p->pf_throttled_steps;
     out->pf_asked = p->pf_asked;
-    /* the history record, flags, last stream slot, place in the cache */
-    int64_t per_row = (int64_t)sizeof(cm_row) + 1 + 4 + 4;
+    /* flags, last use, record index, last stream slot, place in the cache; the records apart */
+    int64_t per_row = 1 + 8 + 4 + 4 + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
-    int64_t bytes = p->cap_rows * per_row + (p->s_mask + 1) * (4 + 4) + p->hcap * 8 + sc_idmap_bytes(p->map);
+    int64_t bytes = p->cap_rows * per_row + p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4 + (p->s_mask + 1) * (4 + 4) + p->hcap * 8 + sc_idmap_bytes(p->map);
     for (int k = 0; k < 3; k++)
         bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
     out->bytes = bytes;

@@ -87,6 +87,7 @@ typedef struct {
     int64_t model_misses;  /* the guard's model-order shadow */
     int64_t lru_steps;     /* steps the real cache spent in LRU order */
     int64_t rows;          /* rows with a history now */
+    int64_t records;       /* ... of which used more than once (a full record; the others keep 12 bytes) */
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state (its key map included; allocated) */

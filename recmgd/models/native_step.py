@@ -179,6 +179,6 @@ class NativeStep:
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
         return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes,
+                "rows": s.rows, "records": s.records, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes,
                 "pf_useful": s.pf_useful, "pf_useless": s.pf_useless, "pf_throttled": s.pf_throttled,
                 "pf_asked": s.pf_asked}
