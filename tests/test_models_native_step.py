@@ -384,3 +384,20 @@ def test_a_right_prefetcher_is_not_throttled(tmp_path: Path) -> None:
     assert on["pf_useful"] > 0.5 * (on["pf_useful"] + on["pf_useless"])
     assert on["pf_throttled"] == 0 and on_issued == off_issued > 1000
     assert on["pf_asked"] == off["pf_asked"]
+
+
+def test_stream_ring_is_sized_by_the_tier_and_capped_by_the_window() -> None:
+    from recmgd.models.native_step import STREAM_MIN, STREAM_PER_SLOT, stream_ring
+
+    # small tiers: the floor (the power of two above STREAM_MIN); large ones: STREAM_PER_SLOT a slot,
+    # rounded up to a power of two
+    floor = stream_ring(1, 0, None)
+    assert floor > STREAM_MIN and stream_ring(1000, 0, None) == floor
+    assert stream_ring(1_000_000, 0, None) == 1 << 24 >= STREAM_PER_SLOT * 1_000_000
+    # a recency window of 4096 steps of ~1,870 rows: its 7.7M positions, not 16M
+    assert stream_ring(1_000_000, 4096, 1870.0) == 1 << 23
+    # unknown step length, or no window: the tier alone
+    assert stream_ring(1_000_000, 4096, None) == 1 << 24
+    assert stream_ring(1_000_000, 0, 1870.0) == 1 << 24
+    # the window never takes it under the floor
+    assert stream_ring(1_000_000, 64, 10.0) == floor

@@ -160,6 +160,8 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "window_steps": int(window), "window_rows": peak_rows,
                "window_rows_end": int(st.get("rows", 0)),
                "c_step_bytes": int(st.get("bytes", 0)), "mirror_bytes": int(mirror_bytes),
+               "c_step_parts": {k: int(st[k]) for k in ("map_bytes", "row_bytes", "record_bytes", "ring_bytes",
+                                                         "records") if k in st},
                "policy_map_bytes": policy_map, "policy_arrays_bytes": policy_arrays,
                "policy_live_ids": int(getattr(pol, "live_ids", 0)),
                "after_create_bytes": (after_create - base) * 1024,
@@ -234,6 +236,12 @@ def main() -> None:
               f"{r['mirror_bytes'] / 1e6:.1f} | "
               f"{(r['c_step_bytes'] + r['policy_map_bytes'] + r.get('policy_arrays_bytes', 0)) / 1e6:.1f} | "
               f"{r['policy_map_bytes'] / 1e6:.1f} | {r['secs']} |")
+    for r in runs:
+        parts = r.get("c_step_parts")
+        if parts:
+            print(f"{r['policy']}'s C step, allocated: key map {parts['map_bytes'] / 1e6:.1f} MB, per-row arrays "
+                  f"{parts['row_bytes'] / 1e6:.1f} MB, history records {parts['record_bytes'] / 1e6:.1f} MB "
+                  f"({parts['records']:,} rows used more than once), stream ring {parts['ring_bytes'] / 1e6:.1f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

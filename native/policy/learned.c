@@ -1743,7 +1743,11 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     /* flags, last use, record index, last stream slot, place in the cache; the records apart */
     int64_t per_row = 1 + 8 + 4 + 4 + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
-    int64_t bytes = p->cap_rows * per_row + p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4 + (p->s_mask + 1) * (4 + 4) + p->hcap * 8 + sc_idmap_bytes(p->map);
+    out->map_bytes = sc_idmap_bytes(p->map);
+    out->row_bytes = p->cap_rows * per_row;
+    out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
+    out->ring_bytes = (p->s_mask + 1) * (4 + 4);
+    int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + p->hcap * 8;
     for (int k = 0; k < 3; k++)
         bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
     out->bytes = bytes;

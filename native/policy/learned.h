@@ -91,6 +91,10 @@ typedef struct {
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state (its key map included; allocated) */
+    int64_t map_bytes;     /* ... of which the key map */
+    int64_t row_bytes;     /* ... the per-row arrays (flags, last use, record index, stream slot, place) */
+    int64_t record_bytes;  /* ... the history records */
+    int64_t ring_bytes;    /* ... the stream ring */
     int64_t pf_useful;     /* prefetched rows read before their eviction */
     int64_t pf_useless;    /* prefetched rows the plan evicted unread */
     int64_t pf_throttled;  /* steps the prefetcher was throttled for accuracy */

@@ -33,6 +33,17 @@ MAX_DIM, MAX_HIDDEN, MAX_QUERY_FLOATS = (simcore.lib.LP_MAX_DIM, simcore.lib.LP_
 STREAM_MIN, STREAM_PER_SLOT = 1 << 20, 16
 
 
+def stream_ring(capacity: int, window_steps: int, step_len: float | None) -> int:
+    """Ring positions (a power of two) for a tier of ``capacity`` rows: STREAM_PER_SLOT a slot, but no
+    more than the recency window's positions (``window_steps`` x ``step_len``, the mean rows a step, when
+    both are known): a row unused for the window loses its history and its last position with it, so
+    older positions serve only the few resident rows that old; always more than STREAM_MIN."""
+    want = STREAM_PER_SLOT * capacity
+    if window_steps > 0 and step_len:
+        want = min(want, int(np.ceil(window_steps * step_len)))
+    return 1 << max(STREAM_MIN, want - 1).bit_length()
+
+
 def _f32(a: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(a, np.float32)
 
@@ -64,7 +75,7 @@ class NativeStep:
         from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE, PREFETCH_IDLE_STEPS
 
         stats = pol.trained.stats if pol.trained is not None else {}
-        ring = 1 << max(STREAM_MIN, STREAM_PER_SLOT * capacity - 1).bit_length()
+        ring = stream_ring(capacity, pol.history_window_steps(), stats.get("mean_step_len"))
         prm = ffi.new("lp_params *", {
             "capacity": capacity, "use_cache_model": int(pol.use_cache_model and pol._fast_cache is not None),
             "order": lib.LP_ORDER_HAZARD if pol.res_order() == "hazard" else lib.LP_ORDER_LEVEL,
@@ -179,6 +190,7 @@ class NativeStep:
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
         return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "records": s.records, "forgotten": s.forgotten, "resident": s.resident, "bytes": s.bytes,
+                "rows": s.rows, "records": s.records, "forgotten": s.forgotten, "map_bytes": s.map_bytes,
+                "row_bytes": s.row_bytes, "record_bytes": s.record_bytes, "ring_bytes": s.ring_bytes, "resident": s.resident, "bytes": s.bytes,
                 "pf_useful": s.pf_useful, "pf_useless": s.pf_useless, "pf_throttled": s.pf_throttled,
                 "pf_asked": s.pf_asked}
