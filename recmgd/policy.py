@@ -102,6 +102,11 @@ class Policy(ABC):
         classical C policies give their ids back), so its memory follows the fast tier, not every row
         ever seen. Decisions must not change."""
 
+    def state_bytes(self) -> int:
+        """Bytes the policy's own state holds allocated, where it counts them (the C policies and the
+        learned C step do); 0 otherwise."""
+        return 0
+
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:  # noqa: B027 - optional hook
         """Train on a list of steps (each an int64 array of deduplicated keys). Learned policies only."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import grp
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -82,6 +83,10 @@ def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signal
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
         assert f'recmgd_resident_rows{{pool="{name}"}} 5.0' in text
         assert f'recmgd_pin_refused_total{{pool="{name}"}} 0.0' in text
+        # the bytes it holds for the pool: the mirror's and the C LFU's own (its key map, per-id arrays)
+        held = re.search(rf'recmgd_state_bytes{{pool="{name}"}} (\S+)', text)
+        assert held is not None and float(held.group(1)) == att.driver.stats()["state_bytes"]
+        assert att.driver.stats()["state_bytes"] > att.driver.mover.nbytes() > 0
         # a bad one (unknown policy) changes nothing
         cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "nope"\n')
         err = d.reload()

@@ -45,6 +45,8 @@ sys.path.insert(0, str(REPO))
 from bench_policy_memory import _reset_peak, _status_kib  # noqa: E402 - tools/ is this script's path
 
 TARGET_PER_SLOT = 64
+#: the learned C step's parts in its stats (bytes, then the rows that keep a full record)
+C_STEP_PARTS = ("map_bytes", "row_bytes", "record_bytes", "ring_bytes", "records")
 TARGET_PER_WINDOW_ROW = 16
 
 
@@ -160,8 +162,7 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "window_steps": int(window), "window_rows": peak_rows,
                "window_rows_end": int(st.get("rows", 0)),
                "c_step_bytes": int(st.get("bytes", 0)), "mirror_bytes": int(mirror_bytes),
-               "c_step_parts": {k: int(st[k]) for k in ("map_bytes", "row_bytes", "record_bytes", "ring_bytes",
-                                                         "records") if k in st},
+               "c_step_parts": {k: int(st[k]) for k in C_STEP_PARTS if k in st},
                "policy_map_bytes": policy_map, "policy_arrays_bytes": policy_arrays,
                "policy_live_ids": int(getattr(pol, "live_ids", 0)),
                "after_create_bytes": (after_create - base) * 1024,
@@ -239,9 +240,10 @@ def main() -> None:
     for r in runs:
         parts = r.get("c_step_parts")
         if parts:
-            print(f"{r['policy']}'s C step, allocated: key map {parts['map_bytes'] / 1e6:.1f} MB, per-row arrays "
-                  f"{parts['row_bytes'] / 1e6:.1f} MB, history records {parts['record_bytes'] / 1e6:.1f} MB "
-                  f"({parts['records']:,} rows used more than once), stream ring {parts['ring_bytes'] / 1e6:.1f} MB")
+            mb = {k: parts[k] / 1e6 for k in C_STEP_PARTS[:4]}
+            print(f"{r['policy']}'s C step, allocated: key map {mb['map_bytes']:.1f} MB, per-row arrays "
+                  f"{mb['row_bytes']:.1f} MB, history records {mb['record_bytes']:.1f} MB "
+                  f"({parts['records']:,} rows used more than once), stream ring {mb['ring_bytes']:.1f} MB")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

@@ -514,6 +514,7 @@ class PoolDriver:
             "backlog_records": self.backlog,
             "policy_time_s": round(self.policy_time + (self._worker.seconds if self._worker else 0.0), 6),
             "hit_rate": (totals["hits"] / uniq) if uniq else 0.0,
+            "state_bytes": self.mover.nbytes() + self.policy.state_bytes(),
             **totals,
             **self.pc,
             "tables": tables,

@@ -72,6 +72,7 @@ POOL_GAUGES = (
     ("apps", "apps", "app processes attached"),
     ("backlog_records", "backlog_records", "ring records left undrained after a tick"),
     ("hit_rate", "hit_rate", "fast hits / unique lookups"),
+    ("state_bytes", "state_bytes", "bytes the daemon holds allocated for the pool's policy and mirror"),
 )
 
 # page mode (pools with mode = "pages"): (key of the stats' "pages" dict, metric name, help)

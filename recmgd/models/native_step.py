@@ -185,12 +185,13 @@ class NativeStep:
         self._lib.lp_set_horizon(self._p, float(horizon))
 
     def stats(self) -> dict[str, int]:
-        """The guard's counters, rows with a history now, histories the recency window dropped, resident
-        rows, the state's bytes, and the prefetcher's outcomes (read, evicted unread) and throttled steps."""
+        """The guard's counters, rows with a history now (and those of them used more than once, which
+        keep a full record), histories the recency window dropped, resident rows, the state's bytes (and
+        its parts: key map, per-row arrays, records, stream ring), and the prefetcher's outcomes (read,
+        evicted unread) and throttled steps."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
-        return {"lru_misses": s.lru_misses, "model_misses": s.model_misses, "lru_steps": s.lru_steps,
-                "rows": s.rows, "records": s.records, "forgotten": s.forgotten, "map_bytes": s.map_bytes,
-                "row_bytes": s.row_bytes, "record_bytes": s.record_bytes, "ring_bytes": s.ring_bytes, "resident": s.resident, "bytes": s.bytes,
-                "pf_useful": s.pf_useful, "pf_useless": s.pf_useless, "pf_throttled": s.pf_throttled,
-                "pf_asked": s.pf_asked}
+        names = ("lru_misses", "model_misses", "lru_steps", "rows", "records", "forgotten", "resident",
+                 "bytes", "map_bytes", "row_bytes", "record_bytes", "ring_bytes", "pf_useful", "pf_useless",
+                 "pf_throttled", "pf_asked")
+        return {k: int(getattr(s, k)) for k in names}

@@ -388,6 +388,11 @@ class LearnedPolicy(Policy):
         None when the Python step runs."""
         return self._native.stats() if self._native is not None else None
 
+    def state_bytes(self) -> int:
+        """The C step's bytes (its key map, rows, records, ring, sets); 0 when the Python step runs."""
+        st = self.native_stats
+        return st["bytes"] if st else 0
+
     def resident_keys(self, keys: np.ndarray) -> np.ndarray:
         """Whether each of ``keys`` is resident in the policy's view (bool array)."""
         keys = np.asarray(keys, np.int64)

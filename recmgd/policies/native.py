@@ -169,6 +169,9 @@ class NativePolicy(Policy):
             return 0
         return int(lib.sc_policy_bytes(self.handle)) + self.idmap.nbytes
 
+    def state_bytes(self) -> int:
+        return self.nbytes
+
     def observe(self, view: StepView) -> Decision:
         idmap, handle = self._state()
         if self.gives_back:  # the last step's stateless rows: no id of theirs is held any more
