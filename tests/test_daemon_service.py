@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 from ports import free_port
 
+from recmgd.cli.recmgctl import format_stats
 from recmgd.daemon import config
 from recmgd.daemon.notify import Notifier
 from recmgd.daemon.service import Daemon
@@ -87,6 +88,8 @@ def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signal
         held = re.search(rf'recmgd_state_bytes{{pool="{name}"}} (\S+)', text)
         assert held is not None and float(held.group(1)) == att.driver.stats()["state_bytes"]
         assert att.driver.stats()["state_bytes"] > att.driver.mover.nbytes() > 0
+        mb = att.driver.stats()["state_bytes"] / 1e6
+        assert f"steps 1, state {mb:.1f} MB" in format_stats(d._snapshot)
         # a bad one (unknown policy) changes nothing
         cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "nope"\n')
         err = d.reload()

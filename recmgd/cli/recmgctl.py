@@ -118,7 +118,8 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"pool {name}: policy {p['policy']}{' (paused)' if p.get('paused') else ''}, "
                      f"{held}, {p['apps']} apps, "
                      f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, "
-                     f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}")
+                     f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}"
+                     f"{', state %.1f MB' % (p['state_bytes'] / 1e6) if 'state_bytes' in p else ''}")
         if pages:
             lines.extend(format_pages(pages))
         if p.get("retrain"):
