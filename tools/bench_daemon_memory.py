@@ -232,11 +232,12 @@ def main() -> None:
     for r in runs:
         target = TARGET_PER_SLOT * r["slots"] + TARGET_PER_WINDOW_ROW * r["window_rows"]
         win = f"{r['window_steps']} / {r['window_rows']:,}" if r["window_steps"] or r["window_rows"] else "-"
+        key_map = r["policy_map_bytes"] or r.get("c_step_parts", {}).get("map_bytes", 0)
         print(f"| {r['policy']} | {r['hit_rate']:.3f} | {r['mirror_rows']:,} | {win} | "
               f"{r['state_bytes'] / 1e6:.1f} | {r['state_bytes'] / r['slots']:.0f} | {target / 1e6:.1f} | "
               f"{r['mirror_bytes'] / 1e6:.1f} | "
               f"{(r['c_step_bytes'] + r['policy_map_bytes'] + r.get('policy_arrays_bytes', 0)) / 1e6:.1f} | "
-              f"{r['policy_map_bytes'] / 1e6:.1f} | {r['secs']} |")
+              f"{key_map / 1e6:.1f} | {r['secs']} |")
     for r in runs:
         parts = r.get("c_step_parts")
         if parts:
