@@ -77,6 +77,11 @@ typedef struct {
     uint64_t footprint;
 } sc_pht_entry;
 
+/* a step's marks of an id: inserted in this step; evicted in this step; already in the decision */
+#define SC_MK_INS 1
+#define SC_MK_EV 2
+#define SC_MK_OUT 4
+
 struct sc_policy {
     enum sc_kind kind;
     sc_idmap *map;
@@ -89,8 +94,9 @@ struct sc_policy {
     int n_arrays;
     int64_t n_alloc;
     uint8_t *res;
-    int64_t *ins_stamp, *ev_stamp, *out_stamp;
+    uint8_t *mk; /* this step's marks (SC_MK_*), cleared at the next step's start through `marked` */
     int64_t n_res;
+    sc_vec marked; /* ids with a mark set since the step began */
 
     /* decision */
     sc_vec ev, ad, pf;

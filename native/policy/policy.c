@@ -72,9 +72,7 @@ sc_policy *sc_policy_new(const char *kind, sc_idmap *map, int64_t capacity, cons
     p->prev_trig = -1;
     int rc = SC_OK;
     rc |= sc_register(p, &p->res, 1, 0);
-    rc |= sc_register(p, &p->ins_stamp, 8, 0);
-    rc |= sc_register(p, &p->ev_stamp, 8, 0);
-    rc |= sc_register(p, &p->out_stamp, 8, 0);
+    rc |= sc_register(p, &p->mk, 1, 0);
     if (rc == SC_OK)
         rc = sc_cache_init(p);
     if (rc == SC_OK && (p->kind == K_STMS || p->kind == K_DOMINO || p->kind == K_BINGO))
@@ -98,6 +96,7 @@ void sc_policy_free(sc_policy *p)
     free(p->ad.v);
     free(p->pf.v);
     free(p->freed.v);
+    free(p->marked.v);
     free(p->gring);
     free(p->heap);
     free(p->fut_ids);
@@ -107,12 +106,21 @@ void sc_policy_free(sc_policy *p)
     free(p);
 }
 
+/* set mark m of id for this step (its first mark lists it, so the next step clears them) */
+static int mark(sc_policy *p, int32_t id, uint8_t m)
+{
+    if (!p->mk[id] && sc_vec_push(&p->marked, id) != SC_OK)
+        return SC_ENOMEM;
+    p->mk[id] |= m;
+    return SC_OK;
+}
+
 int sc_base_insert(sc_policy *p, int32_t id, int prefetch)
 {
     p->res[id] = 1;
     p->n_res++;
-    p->ins_stamp[id] = p->stamp;
-    return sc_vec_push(prefetch ? &p->pf : &p->ad, id);
+    int rc = mark(p, id, SC_MK_INS);
+    return rc != SC_OK ? rc : sc_vec_push(prefetch ? &p->pf : &p->ad, id);
 }
 
 int sc_base_evict(sc_policy *p, int32_t id)
@@ -122,10 +130,10 @@ int sc_base_evict(sc_policy *p, int32_t id)
     int rc = sc_maybe_free(p, id);
     if (rc != SC_OK)
         return rc;
-    if (p->ins_stamp[id] == p->stamp)
+    if (p->mk[id] & SC_MK_INS)
         return SC_OK; /* inserted in this very step: the insertion is dropped instead */
-    p->ev_stamp[id] = p->stamp;
-    return sc_vec_push(&p->ev, id);
+    rc = mark(p, id, SC_MK_EV);
+    return rc != SC_OK ? rc : sc_vec_push(&p->ev, id);
 }
 
 /* net decision: evictions of rows resident at the start that stay out; insertions that stay in */
@@ -144,8 +152,8 @@ static void finish_step(sc_policy *p)
         k = 0;
         for (int64_t i = 0; i < v->n; i++) {
             int32_t id = v->v[i];
-            if (p->res[id] && p->ev_stamp[id] != p->stamp && p->out_stamp[id] != p->stamp) {
-                p->out_stamp[id] = p->stamp;
+            if (p->res[id] && !(p->mk[id] & (SC_MK_EV | SC_MK_OUT))) {
+                p->mk[id] |= SC_MK_OUT; /* listed already: inserted in this step */
                 v->v[k++] = id;
             }
         }
@@ -163,6 +171,9 @@ int sc_policy_step(sc_policy *p, const int32_t *ids, const uint8_t *hit, int64_t
         if (ids[i] < 0 || ids[i] >= sc_idmap_size(p->map))
             return SC_EBADID;
     p->stamp++;
+    for (int64_t i = 0; i < p->marked.n; i++) /* the last step's marks (and any set between steps) go */
+        p->mk[p->marked.v[i]] = 0;
+    p->marked.n = 0;
     p->ev.n = p->ad.n = p->pf.n = 0;
     switch (p->kind) {
     case K_OPT:
