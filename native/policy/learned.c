@@ -564,26 +564,17 @@ static int rec_free(lp_policy *p, int32_t r)
 
 /* into *r: the record of row id as it has none: empty (never used), or used once at rlast, rebuilt by
  * the very update that wrote it then */
-static void rec_fill(lp_policy *p, int32_t id, cm_row *r)
+static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
 {
     memset(r, 0, sizeof(*r));
     r->last = r->first = -1;
     r->table = sc_idmap_key_of(p->map, id) >> p->prm.row_bits;
-    if (p->rlast[id] >= 0) {
-        cm_rows one = p->view;
-        int64_t zero = 0;
-        one.row = r, one.cap = 1;
-        cm_update(&one, &zero, 1, p->rlast[id]);
-    }
-}
-
-/* the record of row id, to be read only (a once-used row's rebuilt in p->tmp_row) */
-static const cm_row *row_of(lp_policy *p, int32_t id)
-{
-    if (p->rec[id] >= 0)
-        return p->view.row + p->rec[id];
-    rec_fill(p, id, &p->tmp_row);
-    return &p->tmp_row;
+    if (p->rlast[id] < 0)
+        return SC_OK;
+    cm_rows one = p->view;
+    int64_t zero = 0;
+    one.row = r, one.cap = 1;
+    return cm_update(&one, &zero, 1, p->rlast[id]);
 }
 
 /* the step of the row's first use (-1: none yet) */
@@ -604,11 +595,14 @@ static void row_init(lp_policy *p, int32_t id)
 /* the caching model's features of row id as of now into f (any row: a once-used one's record rebuilt) */
 static int row_features(lp_policy *p, int32_t id, int64_t now, float *f)
 {
-    const cm_row *r = row_of(p, id);
+    int64_t at = p->rec[id];
+    if (at >= 0)
+        return cm_features(&p->view, &at, 1, now, f);
+    int rc = rec_fill(p, id, &p->tmp_row);
+    if (rc)
+        return rc;
     cm_rows one = p->view;
-    int64_t at = r == &p->tmp_row ? 0 : r - p->view.row;
-    if (r == &p->tmp_row)
-        one.row = &p->tmp_row, one.cap = 1;
+    one.row = &p->tmp_row, one.cap = 1, at = 0;
     return cm_features(&one, &at, 1, now, f);
 }
 
@@ -1493,8 +1487,9 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             int32_t r = rec_alloc(p);
             if (r < 0)
                 return SC_ENOMEM;
-            rec_fill(p, id, p->view.row + r);
             p->rec[id] = r;
+            if ((rc = rec_fill(p, id, p->view.row + r)))
+                return rc;
         }
         p->ids64[i] = p->rec[id];
         p->rlast[id] = b;
