@@ -54,67 +54,81 @@ def first_mask(keys: np.ndarray) -> np.ndarray:
     return keep
 
 
-class RowIndex:
-    """int64 keys -> dense int32 indices of the rows something tracks, with indices released for reuse
-    (``sc_idmap`` and its free list): per-row state kept in arrays indexed by it is sized by the rows
-    tracked, not by the key space. :meth:`find` gives -1 for a key not tracked."""
+#: the load the daemon's long-lived key maps use (the C step's, the mover's, a forgetting C policy's)
+DAEMON_LOAD = int(lib.SC_IDMAP_DAEMON_LOAD)
 
-    def __init__(self) -> None:
+
+class IdMap:
+    """int64 keys -> dense int32 ids (``sc_idmap``), numbered in order of first sight, with ids given back
+    for reuse (:meth:`release`; freed ids are handed out again first): per-row state kept in arrays
+    indexed by id is sized by the keys mapped, not by the key space. ``load_pct``: the share of hash
+    slots live keys may fill before the slots double (50 by default; :data:`DAEMON_LOAD` for the
+    daemon's maps, which hold about the tier's rows for a long time). ``ptr`` is the C map, for C calls
+    that take one."""
+
+    def __init__(self, load_pct: int = 50) -> None:
         ptr = lib.sc_idmap_new()
         if ptr == ffi.NULL:
             raise MemoryError("sc_idmap_new: out of memory")
-        self._ptr: Any = ffi.gc(ptr, lib.sc_idmap_free)
-        check(lib.sc_idmap_set_load(self._ptr, lib.SC_IDMAP_DAEMON_LOAD), "sc_idmap_set_load")
+        self.ptr: Any = ffi.gc(ptr, lib.sc_idmap_free)
+        self.set_load(load_pct)
+
+    def set_load(self, load_pct: int) -> None:
+        check(lib.sc_idmap_set_load(self.ptr, load_pct), f"id map load {load_pct}%")
 
     @property
     def size(self) -> int:
-        """Indices handed out so far (live and free): per-index arrays need this many entries."""
-        return int(lib.sc_idmap_size(self._ptr))
+        """Ids handed out so far (live and free): per-id arrays need this many entries."""
+        return int(lib.sc_idmap_size(self.ptr))
 
     def __len__(self) -> int:
-        """Keys tracked now."""
-        return int(lib.sc_idmap_live(self._ptr))
+        return self.size
+
+    @property
+    def live(self) -> int:
+        """Keys mapped now (ids handed out less those given back)."""
+        return int(lib.sc_idmap_live(self.ptr))
 
     @property
     def nbytes(self) -> int:
-        """Bytes the map holds allocated (hash slots, index -> key array, free list)."""
-        return int(lib.sc_idmap_bytes(self._ptr))
+        """Bytes the map holds allocated (hash slots, id -> key array, free list)."""
+        return int(lib.sc_idmap_bytes(self.ptr))
 
     def find(self, keys: np.ndarray) -> np.ndarray:
-        """Index of each key, -1 for keys not tracked."""
+        """Id of each key, -1 for keys not mapped."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         ids = np.empty(keys.shape[0], dtype=np.int32)
         if keys.shape[0]:
-            lib.sc_idmap_find(self._ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
+            lib.sc_idmap_find(self.ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
                               ffi.from_buffer("int32_t[]", ids))
         return ids
 
-    def track(self, keys: np.ndarray) -> np.ndarray:
-        """Index of each key, tracking keys not tracked yet (freed indices first)."""
+    def map(self, keys: np.ndarray) -> np.ndarray:
+        """Id of each key, mapping unknown ones (freed ids first)."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         ids = np.empty(keys.shape[0], dtype=np.int32)
         if keys.shape[0]:
-            check(lib.sc_idmap_map(self._ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
-                                   ffi.from_buffer("int32_t[]", ids)), "row index")
+            check(lib.sc_idmap_map(self.ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
+                                   ffi.from_buffer("int32_t[]", ids)), "id map")
         return ids
 
     def keys(self, ids: np.ndarray) -> np.ndarray:
-        """Keys of tracked indices (each must be one :meth:`find` or :meth:`track` gave, not released)."""
+        """Keys of mapped ids (each one :meth:`find` or :meth:`map` gave, not released)."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         out = np.empty(ids.shape[0], dtype=np.int64)
         if ids.shape[0]:
             if int(ids.min()) < 0 or int(ids.max()) >= self.size:
-                check(lib.SC_EBADID, "row index keys")
-            lib.sc_idmap_keys(self._ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0],
+                check(lib.SC_EBADID, "id map keys")
+            lib.sc_idmap_keys(self.ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0],
                               ffi.from_buffer("int64_t[]", out))
         return out
 
     def release(self, ids: np.ndarray) -> None:
-        """Stop tracking the keys of these indices (repeats and indices released already are skipped)."""
+        """Forget the keys of these ids (repeats and ids released already are skipped)."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         if ids.shape[0]:
-            check(lib.sc_idmap_release(self._ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0]),
-                  "row index release")
+            check(lib.sc_idmap_release(self.ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0]),
+                  "id map release")
 
 
-__all__ = ["ffi", "lib", "check", "first_mask", "RowIndex"]
+__all__ = ["ffi", "lib", "check", "first_mask", "IdMap", "DAEMON_LOAD"]

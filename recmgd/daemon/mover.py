@@ -6,7 +6,7 @@ prefetched and not read yet, ...), so residency checks are vectorised and never 
 daemon is the only writer of the fast tier, so the mirror is exact. The rows tracked are the ones with
 a flag set: the fast tier's (the policy's capacity and the hint reserve) and the few others that carry
 a pin, a dropped prefetch or a stale entry in the hint reserve's queue. A key map
-(:class:`recmgd.simcore.RowIndex`) gives each one a dense *index* into the per-index arrays (the flag
+(:class:`recmgd.simcore.IdMap`) gives each one a dense *index* into the per-index arrays (the flag
 byte, a pin's expiry), which grow with the rows tracked; a row whose flags become 0 gives its index back
 at the next :meth:`ResidencyMover.settle` (the driver calls it at each step's start, so the indices
 a step holds stay its rows' until the step ends). So the mirror's size follows the fast tier, not
@@ -45,7 +45,7 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.keys import ROW_BITS, ROW_MASK
-from recmgd.simcore import RowIndex, first_mask
+from recmgd.simcore import DAEMON_LOAD, IdMap, first_mask
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ class ResidencyMover:
         self.capacity = 0
         self.set_hint_slots(hint_slots)
         self.total_rows = int(self.offsets[-1])
-        self._index = RowIndex()  # key -> index of the rows tracked (a flag set)
+        self._index = IdMap(DAEMON_LOAD)  # key -> index of the rows tracked (a flag set)
         self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
         # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
         self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
@@ -223,7 +223,7 @@ class ResidencyMover:
 
     def _track(self, keys: np.ndarray) -> np.ndarray:
         """Indices of rows (valid keys) about to get a flag, tracking them first (the arrays grow)."""
-        ids = self._index.track(keys)
+        ids = self._index.map(keys)
         need = self._index.size + 1
         if need > len(self.flags):
             size = max(need, 2 * len(self.flags) - 1) + 1
@@ -252,7 +252,7 @@ class ResidencyMover:
 
     def tracked(self) -> int:
         """Rows the mirror tracks now (a flag set, or given back at the next settle)."""
-        return len(self._index)
+        return self._index.live
 
     def nbytes(self) -> int:
         """Bytes of the mirror's per-row state: the key map and the per-index arrays."""
@@ -312,7 +312,7 @@ class ResidencyMover:
     def reset(self, keep: np.ndarray) -> None:
         """Forget the mirror and own exactly ``keep`` (resident in the pool, distinct valid keys) for
         the policy."""
-        self._index = RowIndex()
+        self._index = IdMap(DAEMON_LOAD)
         self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)
         self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
         self._loose = []

@@ -23,7 +23,7 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.policy import Decision, Policy, StepView
-from recmgd.simcore import check, ffi, lib
+from recmgd.simcore import DAEMON_LOAD, IdMap, check, ffi, lib
 from recmgd.trace.steps import Steps, as_steps
 
 log = logging.getLogger(__name__)
@@ -46,53 +46,6 @@ def c_ids(ptr: Any, n: int) -> np.ndarray:
     if n == 0:
         return np.zeros(0, dtype=np.int32)
     return np.frombuffer(ffi.buffer(ptr, 4 * n), dtype=np.int32).copy()
-
-
-class IdMap:
-    """int64 keys -> dense int32 ids, numbered in order of first sight."""
-
-    def __init__(self) -> None:
-        ptr = lib.sc_idmap_new()
-        if ptr == ffi.NULL:
-            raise MemoryError("sc_idmap_new")
-        self.ptr = ffi.gc(ptr, lib.sc_idmap_free)
-
-    def __len__(self) -> int:
-        return int(lib.sc_idmap_size(self.ptr))
-
-    @property
-    def live(self) -> int:
-        """Keys mapped now (ids handed out less those given back)."""
-        return int(lib.sc_idmap_live(self.ptr))
-
-    @property
-    def nbytes(self) -> int:
-        """Bytes the map holds allocated."""
-        return int(lib.sc_idmap_bytes(self.ptr))
-
-    def map(self, keys: np.ndarray) -> np.ndarray:
-        """Ids of ``keys``, adding unknown ones."""
-        keys = np.ascontiguousarray(keys, dtype=np.int64)
-        ids = np.empty(keys.shape[0], dtype=np.int32)
-        if keys.shape[0]:
-            check(lib.sc_idmap_map(self.ptr, i64_ptr(keys), keys.shape[0], i32_ptr(ids)), "idmap")
-        return ids
-
-    def find(self, keys: np.ndarray) -> np.ndarray:
-        """Ids of ``keys``, -1 for unknown ones."""
-        keys = np.ascontiguousarray(keys, dtype=np.int64)
-        ids = np.empty(keys.shape[0], dtype=np.int32)
-        if keys.shape[0]:
-            lib.sc_idmap_find(self.ptr, i64_ptr(keys), keys.shape[0], i32_ptr(ids))
-        return ids
-
-    def keys(self, ids: np.ndarray) -> np.ndarray:
-        """Keys of valid ``ids``."""
-        ids = np.ascontiguousarray(ids, dtype=np.int32)
-        out = np.empty(ids.shape[0], dtype=np.int64)
-        if ids.shape[0]:
-            lib.sc_idmap_keys(self.ptr, i32_ptr(ids), ids.shape[0], i64_ptr(out))
-        return out
 
 
 class NativePolicy(Policy):
@@ -141,7 +94,7 @@ class NativePolicy(Policy):
                 check(rc, self.name)
             self.gives_back = rc == 1
             if self.gives_back:  # a long-lived map of about the tier's rows: fuller slots, fewer bytes
-                check(lib.sc_idmap_set_load(self.idmap.ptr, lib.SC_IDMAP_DAEMON_LOAD), self.name)
+                self.idmap.set_load(DAEMON_LOAD)
         if self._future is not None:
             self._push_future()
 
