@@ -18,6 +18,7 @@ import pytest
 from recmgd import policy as registry
 from recmgd.policy import StepView
 from recmgd.sim.runner import capacity_for
+from recmgd.simcore import DAEMON_LOAD
 from recmgd.trace import open_trace
 
 
@@ -317,8 +318,9 @@ def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None
            str(policy / "tests" / "idmap_check.c"), str(policy / "idmap.c")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    for seed in (1, 2):
-        r = subprocess.run([str(exe), "200000", str(seed)], capture_output=True, text=True, timeout=300)
+    # the default (half load, slots doubled) and the daemon's (3/4, grown by a quarter: any size)
+    for seed, load in ((1, "50"), (2, "50"), (3, str(DAEMON_LOAD))):
+        r = subprocess.run([str(exe), "200000", str(seed), load], capture_output=True, text=True, timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.startswith("idmap_check: ok 200000 ops"), r.stdout
         deletions, reused = (int(w) for w in r.stdout.split()[4:8:2])

@@ -15,21 +15,30 @@ typedef struct {
 
 struct sc_idmap {
     sc_slot *slot;
-    uint64_t mask;
+    uint64_t size; /* slots (a multiple of four: whole cache lines) */
     int64_t *keys; /* id -> key */
     int64_t n, cap_keys; /* n: ids handed out so far (live ones and free ones) */
     int32_t *free_ids;   /* ids of deleted keys, handed out again first */
     int64_t n_free, cap_free;
-    int64_t load_pct;    /* the slots are doubled before live keys pass this share of them */
+    int64_t load_pct;    /* the slots grow before live keys pass this share of them */
 };
+
+/* a key's home slot: the hash scaled to the table (any size, not only powers of two) */
+static inline uint64_t home(const sc_idmap *m, int64_t key)
+{
+    return (uint64_t)(((unsigned __int128)mix64((uint64_t)key) * m->size) >> 64);
+}
+
+static inline uint64_t nxt(const sc_idmap *m, uint64_t h) { return h + 1 == m->size ? 0 : h + 1; }
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
 {
+    size = (size + 3) & ~(uint64_t)3;
     m->slot = aligned_alloc(64, size * sizeof(sc_slot)); /* four slots a cache line */
     if (!m->slot)
         return SC_ENOMEM;
     memset(m->slot, 0xff, size * sizeof(sc_slot));
-    m->mask = size - 1;
+    m->size = size;
     return SC_OK;
 }
 
@@ -60,23 +69,25 @@ void sc_idmap_free(sc_idmap *m)
 
 int64_t sc_idmap_size(const sc_idmap *m) { return m->n; }
 
+/* more slots: doubled for maps at half load (the simulator's), grown by a quarter for fuller ones (the
+ * daemon's, which hold about the tier's rows for long: doubling would leave up to 5/8 empty) */
 static int rehash(sc_idmap *m)
 {
     sc_slot *old = m->slot;
-    uint64_t osize = m->mask + 1;
-    if (alloc_slots(m, osize * 2) != SC_OK) {
+    uint64_t osize = m->size;
+    if (alloc_slots(m, m->load_pct <= 50 ? osize * 2 : osize + osize / 4) != SC_OK) {
         m->slot = old;
-        m->mask = osize - 1;
+        m->size = osize;
         return SC_ENOMEM;
     }
     for (uint64_t i = 0; i < osize; i++) {
         if (i + SC_IDMAP_AHEAD < osize && old[i + SC_IDMAP_AHEAD].id >= 0)
-            __builtin_prefetch(&m->slot[mix64((uint64_t)old[i + SC_IDMAP_AHEAD].key) & m->mask], 1);
+            __builtin_prefetch(&m->slot[home(m, old[i + SC_IDMAP_AHEAD].key)], 1);
         if (old[i].id < 0)
             continue;
-        uint64_t h = mix64((uint64_t)old[i].key) & m->mask;
+        uint64_t h = home(m, old[i].key);
         while (m->slot[h].id >= 0)
-            h = (h + 1) & m->mask;
+            h = nxt(m, h);
         m->slot[h] = old[i];
     }
     free(old);
@@ -85,18 +96,18 @@ static int rehash(sc_idmap *m)
 
 static inline int32_t find_one(const sc_idmap *m, int64_t key)
 {
-    uint64_t h = mix64((uint64_t)key) & m->mask;
+    uint64_t h = home(m, key);
     for (;;) {
         const sc_slot *s = &m->slot[h];
         if (s->id < 0 || s->key == key)
             return (int32_t)s->id;
-        h = (h + 1) & m->mask;
+        h = nxt(m, h);
     }
 }
 
 static inline void prefetch_slot(const sc_idmap *m, int64_t key)
 {
-    __builtin_prefetch(&m->slot[mix64((uint64_t)key) & m->mask]);
+    __builtin_prefetch(&m->slot[home(m, key)]);
 }
 
 /* get or add one key; -1 on ENOMEM (internal API shared with the policies) */
@@ -109,23 +120,23 @@ int32_t sc_idmap_get(sc_idmap *m, int64_t key)
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
 {
     *is_new = 0;
-    uint64_t h = mix64((uint64_t)key) & m->mask;
+    uint64_t h = home(m, key);
     for (;;) {
         const sc_slot *s = &m->slot[h];
         if (s->id < 0)
             break;
         if (s->key == key)
             return (int32_t)s->id;
-        h = (h + 1) & m->mask;
+        h = nxt(m, h);
     }
     if (m->n >= INT32_MAX - 1 && !m->n_free)
         return -1;
-    if ((uint64_t)(m->n - m->n_free + 1) * 100 > (m->mask + 1) * (uint64_t)m->load_pct) {
+    if ((uint64_t)(m->n - m->n_free + 1) * 100 > m->size * (uint64_t)m->load_pct) {
         if (rehash(m) != SC_OK)
             return -1;
-        h = mix64((uint64_t)key) & m->mask;
+        h = home(m, key);
         while (m->slot[h].id >= 0)
-            h = (h + 1) & m->mask;
+            h = nxt(m, h);
     }
     *is_new = 1;
     int32_t id;
@@ -179,12 +190,12 @@ static int del_at(sc_idmap *m, uint64_t i)
     /* backward-shift deletion: move later keys of the probe run into the hole, so no tombstones */
     uint64_t j = i;
     for (;;) {
-        j = (j + 1) & m->mask;
+        j = nxt(m, j);
         if (m->slot[j].id < 0)
             break;
-        uint64_t home = mix64((uint64_t)m->slot[j].key) & m->mask;
+        uint64_t hj = home(m, m->slot[j].key);
         /* j's key may move to i only when its home is not in (i, j] (cyclically) */
-        int in_between = i <= j ? (home > i && home <= j) : (home > i || home <= j);
+        int in_between = i <= j ? (hj > i && hj <= j) : (hj > i || hj <= j);
         if (in_between)
             continue;
         m->slot[i] = m->slot[j];
@@ -197,13 +208,13 @@ static int del_at(sc_idmap *m, uint64_t i)
 /* the slot holding key, or -1 when it is not mapped */
 static inline int64_t slot_of(const sc_idmap *m, int64_t key)
 {
-    uint64_t i = mix64((uint64_t)key) & m->mask;
+    uint64_t i = home(m, key);
     for (;;) {
         if (m->slot[i].id < 0)
             return -1;
         if (m->slot[i].key == key)
             return (int64_t)i;
-        i = (i + 1) & m->mask;
+        i = nxt(m, i);
     }
 }
 
@@ -225,7 +236,7 @@ int sc_idmap_set_load(sc_idmap *m, int32_t percent)
 
 int64_t sc_idmap_bytes(const sc_idmap *m)
 {
-    return (int64_t)((m->mask + 1) * sizeof(sc_slot)) + m->cap_keys * (int64_t)sizeof(int64_t) +
+    return (int64_t)(m->size * sizeof(sc_slot)) + m->cap_keys * (int64_t)sizeof(int64_t) +
            m->cap_free * (int64_t)sizeof(int32_t) + (int64_t)sizeof(*m);
 }
 

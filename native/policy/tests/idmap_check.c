@@ -36,11 +36,13 @@ static int fail(int64_t op, const char *what, int64_t key)
 
 int main(int argc, char **argv)
 {
-    if (argc != 3)
-        return fprintf(stderr, "usage: idmap_check OPS SEED\n"), 2;
+    if (argc != 3 && argc != 4)
+        return fprintf(stderr, "usage: idmap_check OPS SEED [LOAD_PERCENT]\n"), 2;
     int64_t ops = strtoll(argv[1], NULL, 10);
     uint64_t s = strtoull(argv[2], NULL, 10) * 2 + 1;
     sc_idmap *m = sc_idmap_new();
+    if (m && argc == 4 && sc_idmap_set_load(m, (int32_t)strtol(argv[3], NULL, 10)) != SC_OK)
+        return fprintf(stderr, "idmap_check: bad load %s\n", argv[3]), 2;
     int32_t ref[SPACE]; /* key index -> id, -1: not mapped */
     int64_t *owner = calloc((size_t)SPACE * 2, sizeof(int64_t)); /* id -> key index + 1, 0: free */
     if (!m || !owner)
