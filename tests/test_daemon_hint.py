@@ -9,6 +9,7 @@ fill raised PoolError and the service detached the pool)."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 
@@ -237,10 +238,11 @@ def test_a_steps_hints_are_fetched_before_the_policy_steps(pools) -> None:
     """Hints drained with a complete batch (the daemon was busy while the batch ran) are announced
     rows of a later batch: they are in the fast tier before the policy's step runs, not after it (a
     slow policy's step would otherwise make every announced row wait for it; with the server L
-    batches ahead, that made the rows late)."""
+    batches ahead, that made the rows late). Without the filler thread they are filled first."""
     app, daemon = pools
     pol = Watching(daemon, k(0, [1, 2]))
     drv = PoolDriver(daemon, pol, "scripted", hint_slots=4, step_mode=True)
+    drv.overlap_fills = False
     app.hint(0, [1, 2])  # announced for a later batch, drained with this one
     lookup(app, 0, [10])
     app.end_batch()
@@ -250,6 +252,71 @@ def test_a_steps_hints_are_fetched_before_the_policy_steps(pools) -> None:
     assert drv.stats()["hint_fetched"] == 2
     check_mirror(drv, daemon)
     drv.close()
+
+
+class Waiting(Watching):
+    """Waits inside its step (up to 10 s) until the watched rows are in the fast tier."""
+
+    def observe(self, view: StepView) -> Decision:
+        deadline = time.monotonic() + 10.0
+        want = set(self.watch.tolist())
+        while not want <= set(self.daemon.resident_keys().tolist()) and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return super().observe(view)
+
+
+def test_a_steps_hinted_rows_are_read_from_the_slow_tier_while_the_policy_steps(pools) -> None:
+    """With the filler thread (the default) the hinted rows' slow-tier reads run beside the policy's
+    step: a policy that waits inside its step for them sees them arrive (filled sequentially after the
+    step, it would wait its 10 s and see none); then the bookkeeping is the sequential one's."""
+    app, daemon = pools
+    pol = Waiting(daemon, k(0, [1, 2]))
+    drv = PoolDriver(daemon, pol, "scripted", hint_slots=4, step_mode=True)
+    assert drv.overlap_fills
+    app.hint(0, [1, 2])
+    lookup(app, 0, [10])
+    app.end_batch()
+    drv.tick()
+    assert pol.seen == [k(0, [1, 2]).tolist()]
+    assert drv.stats()["hint_fetched"] == drv.stats()["fills"] == 2
+    check_mirror(drv, daemon)
+    drv.close()
+
+
+def test_the_filler_thread_changes_nothing_but_when(pools) -> None:
+    """The same batches and hints through two pools, one with the filler thread and one without: the
+    same counters, the same rows resident."""
+    app, daemon = pools
+    name = f"recmgd-hint-{uuid.uuid4().hex[:8]}"
+    app2 = pool_mod.Pool.create(name, tables=[(ROWS, 4), (ROWS, 4)], slots=24, ring_records=1 << 14)
+    daemon2 = pool_mod.Pool.attach(name, role="daemon")
+    try:
+        drivers = []
+        for a, d, overlap in ((app, daemon, True), (app2, daemon2, False)):
+            rng = np.random.default_rng(7)
+            drv = PoolDriver(d, policy_mod.create("lru"), "lru", hint_slots=6, step_mode=True,
+                             hint_pin_batches=2)
+            drv.overlap_fills = overlap
+            batches = [rng.choice(40, size=rng.integers(1, 9), replace=False) for _ in range(150)]
+            for i, rows in enumerate(batches):
+                if i + 2 < len(batches):
+                    a.hint(0, batches[i + 2])
+                lookup(a, 0, rows)
+                a.end_batch()
+                drv.tick()
+            check_mirror(drv, d)
+            drivers.append((drv, d))
+        (one, d1), (two, d2) = drivers
+        st1, st2 = one.stats(), two.stats()
+        for key in ("steps", "fills", "evictions", "hits", "on_demand", "hint_fetched", "hint_rejected"):
+            assert st1[key] == st2[key], key
+        assert st1["hint_fetched"] > 0
+        assert np.array_equal(np.sort(d1.resident_keys()), np.sort(d2.resident_keys()))
+        one.close()
+        two.close()
+    finally:
+        daemon2.close()
+        app2.destroy()
 
 
 def test_the_policy_sees_the_announced_rows_as_in_the_simulator(pools) -> None:

@@ -46,6 +46,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -142,6 +143,9 @@ class PoolDriver:
         self.tracker = RingTracker(pool, self._batch, self._take_hints, max_drain=max_drain,
                                    coalesce=coalesce, step_mode=step_mode, early_hints=self._early_hints)
         self._step_mode = step_mode
+        #: the slow-tier reads of a step's hinted rows run in a thread beside the policy's step
+        self.overlap_fills = True
+        self._filler: ThreadPoolExecutor | None = None
         self.policy_time = 0.0
         self.policy_name = policy_name
         self.policy = policy
@@ -325,15 +329,34 @@ class PoolDriver:
             self._stop_worker()
         view = StepView(step=self.pc["steps"] - 1, keys=keys, hit=owned, hints=hints, announced=announced)
         self.budget.refill()
+        filling = None
         if len(hints):
             # announced rows are fetched before the policy's step, not after it: a batch L ahead must
             # not wait for the policy to think (the view was taken before), and they take the fill
-            # budget before the policy's guesses
-            mv.fetch_hints(hints)
+            # budget before the policy's guesses. Their slow-tier reads run in the filler thread while
+            # the policy steps (neither holds the GIL in C, and the step does not touch the pool); the
+            # step's decision is applied after them, as if they had come first.
+            todo, dropped = mv.hints_to_fill(hints)
+            if len(todo) and self.overlap_fills:
+                filling = self._filler_pool().submit(mv.pool.fill_keys, todo)
+            else:
+                if len(todo):
+                    mv.pool.fill_keys(todo)
+                mv.hints_filled(todo, dropped)
         t0 = time.perf_counter()
-        dec = self.policy.observe(view)
-        self.policy_time += time.perf_counter() - t0
+        try:
+            dec = self.policy.observe(view)
+        finally:
+            self.policy_time += time.perf_counter() - t0
+            if filling is not None:
+                filling.result()
+                mv.hints_filled(todo, dropped)
         mv.apply(as_keys(dec.evict), as_keys(dec.admit), as_keys(dec.prefetch))
+
+    def _filler_pool(self) -> ThreadPoolExecutor:
+        if self._filler is None:
+            self._filler = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"recmgd-fill-{self.name}")
+        return self._filler
 
     # -- early admission (the policy's steps in a thread) ------------------------------------------------
 
@@ -481,7 +504,11 @@ class PoolDriver:
             self._victims, self._victim_pos = EMPTY_KEYS, 0
 
     def close(self) -> None:
-        """Stop the policy's worker thread, if any (its pending decisions are applied first)."""
+        """Stop the policy's worker thread, if any (its pending decisions are applied first), and the
+        filler thread."""
+        if self._filler is not None:
+            self._filler.shutdown(wait=True)
+            self._filler = None
         try:
             self._stop_worker()
         except Exception as exc:  # noqa: BLE001 - closing must not fail on a policy's error

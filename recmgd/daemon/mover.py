@@ -471,16 +471,22 @@ class ResidencyMover:
 
     def fill(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fill keys (not resident) under the budget; returns (filled, dropped)."""
+        filled, dropped = self.grant(keys)
+        if len(filled):
+            self.pool.fill_keys(filled)
+            self.count_fills(filled)
+        return filled, dropped
+
+    def grant(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The fill budget's share of keys: (to fill, dropped), in order."""
         if not len(keys):
             return keys, keys
-        rb = self.table_row_bytes[keys >> ROW_BITS]
-        n = self.budget.take(rb)
-        filled, dropped = keys[:n], keys[n:]
-        if n:
-            self.pool.fill_keys(filled)
-            self.count("fills", filled)
-            self.count("slow_bytes", filled, rb[:n].astype(np.float64))
-        return filled, dropped
+        n = self.budget.take(self.table_row_bytes[keys >> ROW_BITS])
+        return keys[:n], keys[n:]
+
+    def count_fills(self, filled: np.ndarray) -> None:
+        self.count("fills", filled)
+        self.count("slow_bytes", filled, self.table_row_bytes[filled >> ROW_BITS].astype(np.float64))
 
     def insert(self, keys: np.ndarray, kind: str) -> None:
         """Admissions (``kind`` "admit") or prefetches ("prefetch") of the policy: skip resident ones,
@@ -530,8 +536,19 @@ class ResidencyMover:
         """Fill hinted rows into the hint reserve; counted apart. ``hints`` come nearest batch first:
         what the reserve or the budget cannot take is the tail (the rows needed last). Room is made by
         evicting the oldest hinted rows that are not pinned."""
+        todo, dropped = self.hints_to_fill(hints)
+        if len(todo):
+            self.pool.fill_keys(todo)
+        self.hints_filled(todo, dropped)
+
+    def hints_to_fill(self, hints: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`fetch_hints` up to the fill itself: room made in the reserve, the budget granted;
+        returns (keys to fill, keys the budget dropped). The caller fills the first (``pool.fill_keys``,
+        which may run beside other work that does not touch the pool) and then calls
+        :meth:`hints_filled`."""
         if not len(hints) or not self.hint_slots:
-            return
+            none = np.zeros(0, np.int64)
+            return none, none
         hints, fl = self.dedupe(*self.checked(hints, index=False))
         new = (self.flags[fl] & RESIDENT) == 0
         hints, fl = hints[new], fl[new]
@@ -545,8 +562,12 @@ class ResidencyMover:
                 n = max(len(hints) - need, 0)
                 self.pc["hint_rejected"] += len(hints) - n
                 hints, fl = hints[:n], fl[:n]
-        filled, dropped = self.fill(hints)
+        return self.grant(hints)
+
+    def hints_filled(self, filled: np.ndarray, dropped: np.ndarray) -> None:
+        """The bookkeeping of hinted rows filled (into the reserve, pinned as they were) or dropped."""
         if len(filled):
+            self.count_fills(filled)
             ff = self._track(filled)
             self.flags[ff] |= HINT | HINT_UNREAD
             self.n_hinted += len(filled)
