@@ -340,9 +340,7 @@ class PoolDriver:
             if len(todo) and self.overlap_fills:
                 filling = self._filler_pool().submit(mv.pool.fill_keys, todo)
             else:
-                if len(todo):
-                    mv.pool.fill_keys(todo)
-                mv.hints_filled(todo, dropped)
+                mv.fill_hinted(todo, dropped)
         t0 = time.perf_counter()
         try:
             dec = self.policy.observe(view)

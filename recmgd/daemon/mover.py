@@ -536,7 +536,10 @@ class ResidencyMover:
         """Fill hinted rows into the hint reserve; counted apart. ``hints`` come nearest batch first:
         what the reserve or the budget cannot take is the tail (the rows needed last). Room is made by
         evicting the oldest hinted rows that are not pinned."""
-        todo, dropped = self.hints_to_fill(hints)
+        self.fill_hinted(*self.hints_to_fill(hints))
+
+    def fill_hinted(self, todo: np.ndarray, dropped: np.ndarray) -> None:
+        """Fill what :meth:`hints_to_fill` granted, now, and book it (:meth:`hints_filled`)."""
         if len(todo):
             self.pool.fill_keys(todo)
         self.hints_filled(todo, dropped)
