@@ -450,6 +450,38 @@ def test_a_decision_leaves_rows_a_later_step_missed_to_that_step(pools) -> None:
     drv.close()
 
 
+def test_a_decision_does_not_bring_back_a_row_the_policy_will_hear_was_evicted(pools) -> None:
+    """A decision computed before the policy hears of an early eviction is applied after it: the row it
+    re-admits stays out (the notice, which the policy handles after that decision, says it is gone)."""
+    import threading
+
+    app, daemon = pools
+    gate = threading.Event()
+    # step 1 (held at the gate): evict row 2, bring back row 1; the victims it named after step 0: row 1
+    pol = SlowScripted([Decision(), Decision(evict=k(0, [2]), prefetch=k(0, [1]))],
+                       victims=k(0, [1]).tolist(), gate=gate, gate_step=1)
+    drv = PoolDriver(daemon, pol, "slow")
+    lookup(app, 0, range(40))  # fills the tier
+    app.end_batch()
+    drv.tick()
+    drv.sync()
+    lookup(app, 0, [0])  # a hit; the policy's step 1 waits at the gate
+    app.end_batch()
+    drv.tick()
+    lookup(app, 0, [50])  # a miss in a full tier: row 1 is evicted early, the policy told with step 2
+    app.end_batch()
+    drv.tick()
+    assert k(0, [1]).tolist()[0] not in set(daemon.resident_keys().tolist())
+    gate.set()
+    drv.sync()
+    assert pol.gone == k(0, [1]).tolist()  # heard after step 1's decision: row 1 is gone for the policy
+    resident = set(daemon.resident_keys().tolist())
+    assert k(0, [1]).tolist()[0] not in resident and k(0, [2]).tolist()[0] not in resident
+    assert k(0, [50]).tolist()[0] in resident
+    assert drv.stats()["decision_skipped"] == 1
+    drv.close()
+
+
 def test_worker_error_reaches_the_loop_and_step_mode_has_no_worker(pools) -> None:
     app, daemon = pools
     pol = SlowScripted([], victims=[], fail=True)

@@ -136,6 +136,8 @@ class PoolDriver:
         self._notices: list[tuple[str, np.ndarray]] = []  # for the worker, with the next step
         # (step, keys, hit) of the steps handed to the worker whose decisions are not applied yet
         self._in_flight: deque[tuple[int, np.ndarray, np.ndarray]] = deque()
+        # (step, keys) of the notices handed to the worker with that step (after the steps before it)
+        self._unheard: deque[tuple[int, np.ndarray]] = deque()
         self._victims = EMPTY_KEYS  # the worker's last list of early victims, and how far it is used
         self._victim_pos = 0
         self.mover = ResidencyMover(pool, hint_slots, budget or FillBudget(), self.pc, self._tell,
@@ -393,6 +395,7 @@ class PoolDriver:
         view = StepView(step=seq, keys=keys, hit=owned, hints=hints, announced=announced)
         self._in_flight.append((seq, keys, owned))
         notices, self._notices = self._notices, []
+        self._hand_over(seq, notices)
         w.submit(seq, view, notices)
 
     def _early(self, keys: np.ndarray, fl: np.ndarray, owned: np.ndarray) -> np.ndarray:
@@ -438,10 +441,34 @@ class PoolDriver:
             evict, admit, prefetch = as_keys(dec.evict), as_keys(dec.admit), as_keys(dec.prefetch)
             if self._in_flight:
                 evict, admit, prefetch = self._spare_later(evict, admit, prefetch)
+            admit, prefetch = self._spare_told(seq, admit, prefetch)
             self.budget.refill()
             self.mover.apply(evict, admit, prefetch)
             n += 1
         return n
+
+    def _hand_over(self, seq: int, notices: list[tuple[str, np.ndarray]]) -> None:
+        if notices:
+            self._unheard.append((seq, np.concatenate([keys for _, keys in notices])))
+
+    def _spare_told(self, seq: int, admit: np.ndarray, prefetch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Leave out of step ``seq``'s decision the rows the policy had not yet been told were evicted
+        or not inserted when it decided: it hears that after this decision, and then believes them gone,
+        so the decision must not bring them back (an early victim the decision re-admits, say)."""
+        while self._unheard and self._unheard[0][0] <= seq:
+            self._unheard.popleft()
+        told = [keys for _, keys in self._unheard] + [keys for _, keys in self._notices]
+        if not told or not (len(admit) or len(prefetch)):
+            return admit, prefetch
+        gone = np.concatenate(told)
+        out = []
+        for arr in (admit, prefetch):
+            if len(arr):
+                heard_later = np.isin(arr, gone)
+                self.pc["decision_skipped"] += int(heard_later.sum())
+                arr = arr[~heard_later]
+            out.append(arr)
+        return out[0], out[1]
 
     def _spare_later(self, evict: np.ndarray, admit: np.ndarray, prefetch: np.ndarray
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -480,6 +507,7 @@ class PoolDriver:
         for _ in range(4):  # decisions can leave notices (rows not inserted): tell them, apply again
             if self._notices:
                 notices, self._notices = self._notices, []
+                self._hand_over(self.pc["steps"], notices)  # heard after every step handed over
                 w.submit(-1, None, notices)
             if not w.wait(timeout):
                 raise PolicyError(f"pool {self.name}: policy {self.policy_name} did not finish its steps "
@@ -499,6 +527,7 @@ class PoolDriver:
             self.policy_time += w.seconds
             self._worker = None
             self._in_flight.clear()
+            self._unheard.clear()
             self._victims, self._victim_pos = EMPTY_KEYS, 0
 
     def close(self) -> None:
