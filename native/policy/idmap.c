@@ -4,11 +4,16 @@
 
 #include "internal.h"
 
-/* a slot holds the key beside its id, so a probe reads one cache line */
+/* A slot is 8 bytes: the top 32 bits of the key's hash (its tag) beside its id. The key itself lives
+ * once, in keys[id]: a probe compares tags and reads keys[id] only on a tag match (one in 2^32 for a
+ * key that is not the one looked up). The home slot is the tag scaled to the table, so moving a slot
+ * (growth, deletion) needs only its tag. Slots grow to at most 2^32 (ids are int32 anyway). */
 typedef struct {
-    int64_t key;
-    int64_t id; /* -1: empty */
+    uint32_t tag;
+    int32_t id; /* -1: empty */
 } sc_slot;
+
+#define SC_IDMAP_MAX_SLOTS ((uint64_t)1 << 32)
 
 /* batched lookups prefetch the slot of the key this many ahead */
 #define SC_IDMAP_AHEAD 8
@@ -23,18 +28,21 @@ struct sc_idmap {
     int64_t load_pct;    /* the slots grow before live keys pass this share of them */
 };
 
-/* a key's home slot: the hash scaled to the table (any size, not only powers of two) */
-static inline uint64_t home(const sc_idmap *m, int64_t key)
-{
-    return (uint64_t)(((unsigned __int128)mix64((uint64_t)key) * m->size) >> 64);
-}
+static inline uint32_t tag_of(int64_t key) { return (uint32_t)(mix64((uint64_t)key) >> 32); }
+
+/* a tag's home slot: the tag scaled to the table (any size, not only powers of two) */
+static inline uint64_t home_of(const sc_idmap *m, uint32_t tag) { return ((uint64_t)tag * m->size) >> 32; }
+
+static inline uint64_t home(const sc_idmap *m, int64_t key) { return home_of(m, tag_of(key)); }
 
 static inline uint64_t nxt(const sc_idmap *m, uint64_t h) { return h + 1 == m->size ? 0 : h + 1; }
 
 static int alloc_slots(sc_idmap *m, uint64_t size)
 {
-    size = (size + 3) & ~(uint64_t)3;
-    m->slot = aligned_alloc(64, size * sizeof(sc_slot)); /* four slots a cache line */
+    size = (size + 7) & ~(uint64_t)7;
+    if (size > SC_IDMAP_MAX_SLOTS)
+        return SC_ENOMEM;
+    m->slot = aligned_alloc(64, size * sizeof(sc_slot)); /* eight slots a cache line */
     if (!m->slot)
         return SC_ENOMEM;
     memset(m->slot, 0xff, size * sizeof(sc_slot));
@@ -82,10 +90,10 @@ static int rehash(sc_idmap *m)
     }
     for (uint64_t i = 0; i < osize; i++) {
         if (i + SC_IDMAP_AHEAD < osize && old[i + SC_IDMAP_AHEAD].id >= 0)
-            __builtin_prefetch(&m->slot[home(m, old[i + SC_IDMAP_AHEAD].key)], 1);
+            __builtin_prefetch(&m->slot[home_of(m, old[i + SC_IDMAP_AHEAD].tag)], 1);
         if (old[i].id < 0)
             continue;
-        uint64_t h = home(m, old[i].key);
+        uint64_t h = home_of(m, old[i].tag);
         while (m->slot[h].id >= 0)
             h = nxt(m, h);
         m->slot[h] = old[i];
@@ -94,20 +102,55 @@ static int rehash(sc_idmap *m)
     return SC_OK;
 }
 
-static inline int32_t find_one(const sc_idmap *m, int64_t key)
+/* the slot holding key, or -1 when it is not mapped */
+static inline int64_t slot_of(const sc_idmap *m, int64_t key)
 {
-    uint64_t h = home(m, key);
+    uint32_t tag = tag_of(key);
+    uint64_t h = home_of(m, tag);
     for (;;) {
         const sc_slot *s = &m->slot[h];
-        if (s->id < 0 || s->key == key)
-            return (int32_t)s->id;
+        if (s->id < 0)
+            return -1;
+        if (s->tag == tag && m->keys[s->id] == key)
+            return (int64_t)h;
         h = nxt(m, h);
     }
+}
+
+static inline int32_t find_one(const sc_idmap *m, int64_t key)
+{
+    int64_t at = slot_of(m, key);
+    return at < 0 ? -1 : m->slot[at].id;
 }
 
 static inline void prefetch_slot(const sc_idmap *m, int64_t key)
 {
     __builtin_prefetch(&m->slot[home(m, key)]);
+}
+
+/* the second stage of a batched lookup: the key of the id in the home slot, when its tag matches (the
+ * home slot's line was prefetched SC_IDMAP_AHEAD keys earlier) */
+static inline void prefetch_key(const sc_idmap *m, int64_t key)
+{
+    uint32_t tag = tag_of(key);
+    const sc_slot *s = &m->slot[home_of(m, tag)];
+    if (s->id >= 0 && s->tag == tag)
+        __builtin_prefetch(&m->keys[s->id]);
+}
+
+/* both stages for keys[i]: the slot of the key 2 x AHEAD on, the key of the one AHEAD on */
+static inline void prefetch_ahead(const sc_idmap *m, const int64_t *keys, int64_t i, int64_t n)
+{
+    if (i + 2 * SC_IDMAP_AHEAD < n)
+        prefetch_slot(m, keys[i + 2 * SC_IDMAP_AHEAD]);
+    if (i + SC_IDMAP_AHEAD < n)
+        prefetch_key(m, keys[i + SC_IDMAP_AHEAD]);
+}
+
+static inline void prefetch_first(const sc_idmap *m, const int64_t *keys, int64_t n)
+{
+    for (int64_t i = 0; i < n && i < 2 * SC_IDMAP_AHEAD; i++)
+        prefetch_slot(m, keys[i]);
 }
 
 /* get or add one key; -1 on ENOMEM (internal API shared with the policies) */
@@ -120,13 +163,14 @@ int32_t sc_idmap_get(sc_idmap *m, int64_t key)
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
 {
     *is_new = 0;
-    uint64_t h = home(m, key);
+    uint32_t tag = tag_of(key);
+    uint64_t h = home_of(m, tag);
     for (;;) {
         const sc_slot *s = &m->slot[h];
         if (s->id < 0)
             break;
-        if (s->key == key)
-            return (int32_t)s->id;
+        if (s->tag == tag && m->keys[s->id] == key)
+            return s->id;
         h = nxt(m, h);
     }
     if (m->n >= INT32_MAX - 1 && !m->n_free)
@@ -134,7 +178,7 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
     if ((uint64_t)(m->n - m->n_free + 1) * 100 > m->size * (uint64_t)m->load_pct) {
         if (rehash(m) != SC_OK)
             return -1;
-        h = home(m, key);
+        h = home_of(m, tag);
         while (m->slot[h].id >= 0)
             h = nxt(m, h);
     }
@@ -154,17 +198,15 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
         id = (int32_t)m->n++;
     }
     m->keys[id] = key;
-    m->slot[h] = (sc_slot){key, id};
+    m->slot[h] = (sc_slot){tag, id};
     return id;
 }
 
 int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new)
 {
-    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
-        prefetch_slot(m, keys[i]);
+    prefetch_first(m, keys, n);
     for (int64_t i = 0; i < n; i++) {
-        if (i + SC_IDMAP_AHEAD < n)
-            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
+        prefetch_ahead(m, keys, i, n);
         int nw;
         int32_t id = sc_idmap_get_new(m, keys[i], &nw);
         if (id < 0)
@@ -186,14 +228,14 @@ static int del_at(sc_idmap *m, uint64_t i)
         m->free_ids = f;
         m->cap_free = nc;
     }
-    m->free_ids[m->n_free++] = (int32_t)m->slot[i].id;
+    m->free_ids[m->n_free++] = m->slot[i].id;
     /* backward-shift deletion: move later keys of the probe run into the hole, so no tombstones */
     uint64_t j = i;
     for (;;) {
         j = nxt(m, j);
         if (m->slot[j].id < 0)
             break;
-        uint64_t hj = home(m, m->slot[j].key);
+        uint64_t hj = home_of(m, m->slot[j].tag);
         /* j's key may move to i only when its home is not in (i, j] (cyclically) */
         int in_between = i <= j ? (hj > i && hj <= j) : (hj > i || hj <= j);
         if (in_between)
@@ -203,19 +245,6 @@ static int del_at(sc_idmap *m, uint64_t i)
     }
     m->slot[i].id = -1;
     return SC_OK;
-}
-
-/* the slot holding key, or -1 when it is not mapped */
-static inline int64_t slot_of(const sc_idmap *m, int64_t key)
-{
-    uint64_t i = home(m, key);
-    for (;;) {
-        if (m->slot[i].id < 0)
-            return -1;
-        if (m->slot[i].key == key)
-            return (int64_t)i;
-        i = nxt(m, i);
-    }
 }
 
 int sc_idmap_del(sc_idmap *m, int64_t key)
@@ -242,11 +271,9 @@ int64_t sc_idmap_bytes(const sc_idmap *m)
 
 int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
-    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
-        prefetch_slot(m, keys[i]);
+    prefetch_first(m, keys, n);
     for (int64_t i = 0; i < n; i++) {
-        if (i + SC_IDMAP_AHEAD < n)
-            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
+        prefetch_ahead(m, keys, i, n);
         int32_t id = sc_idmap_get(m, keys[i]);
         if (id < 0)
             return SC_ENOMEM;
@@ -257,11 +284,9 @@ int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 
 void sc_idmap_find(const sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
-    for (int64_t i = 0; i < n && i < SC_IDMAP_AHEAD; i++)
-        prefetch_slot(m, keys[i]);
+    prefetch_first(m, keys, n);
     for (int64_t i = 0; i < n; i++) {
-        if (i + SC_IDMAP_AHEAD < n)
-            prefetch_slot(m, keys[i + SC_IDMAP_AHEAD]);
+        prefetch_ahead(m, keys, i, n);
         ids[i] = find_one(m, keys[i]);
     }
 }

@@ -10,8 +10,8 @@ a pin, a dropped prefetch or a stale entry in the hint reserve's queue. A key ma
 byte, a pin's expiry), which grow with the rows tracked; a row whose flags become 0 gives its index back
 at the next :meth:`ResidencyMover.settle` (the driver calls it at each step's start, so the indices
 a step holds stay its rows' until the step ends). So the mirror's size follows the fast tier, not
-the tables: about 50 to 80 bytes a tracked row (the map's 16-byte slots at a load of 1/4 to 1/2, the
-index's key, the free list, the flag byte and the pin's expiry). It applies a decision through the
+the tables: about 27 bytes a tracked row (the map's 8-byte slots filled to at most 3/4, the index's
+key, the free list, the flag byte and the pin's expiry). It applies a decision through the
 pool (first the app's hints, then the evictions, the admissions and the prefetches), keeps the
 per-table counters, and caps fills with the :class:`FillBudget`; what the budget or the capacity drops
 it reports through ``tell("rejected", keys)`` (and evictions the policy did not ask for through
