@@ -177,6 +177,19 @@ def _f32(x: Any) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
 
 
+def _bag_args_dtype() -> np.dtype:
+    """recmg_bag_args as a numpy record (offsets and size from the cffi build of recmg.h, the layout's one
+    home), so a table-batched call fills every table's arguments with a few vector operations."""
+    fields = {"table": np.uint32, "mode": np.int32, "ids": np.uintp, "n_ids": np.uint64, "offsets": np.uintp,
+              "n_bags": np.uint64, "weights": np.uintp, "out": np.uintp, "out_stride": np.uint64}
+    return np.dtype({"names": list(fields), "formats": list(fields.values()),
+                     "offsets": [ffi.offsetof("recmg_bag_args", f) for f in fields],
+                     "itemsize": ffi.sizeof("recmg_bag_args")})
+
+
+_BAG_ARGS = _bag_args_dtype()
+
+
 class Pool:
     """A handle on a pool (see the module docstring). Use ``create`` or ``attach``; close when done."""
 
@@ -577,6 +590,83 @@ class Pool:
         ]
         self._check(lib.recmg_embedding_bags(handle, n, args))
         return outs
+
+    def embedding_bags_packed(
+        self,
+        tables: Sequence[int],
+        values: Any,
+        offsets: Any,
+        batch: int,
+        mode: str | Sequence[str] = "sum",
+        weights: Any | None = None,
+    ) -> torch.Tensor:
+        """Table-batched bags in the layout of a KeyedJaggedTensor or FBGEMM's TBE, in one native call.
+
+        ``values``: every table's ids, table after table; ``offsets``: ``len(tables) * batch + 1`` bag
+        starts into ``values`` (table k's bag b starts at ``offsets[k * batch + b]``); ``weights``: None or
+        one per value (mode 'sum'). Returns one ``[batch, sum of the tables' dims]`` float32 tensor, table
+        k's bags in its columns (the output TorchRec's KeyedTensor holds), written in place: no per-table
+        arguments, outputs or concatenation in Python."""
+        o = _i64(offsets, "offsets")
+        n = len(tables)
+        if batch < 0 or len(o) != n * batch + 1:
+            raise ValueError(f"offsets has {len(o)} entries; expected len(tables) * batch + 1 = "
+                             f"{n * batch + 1}")
+        windows = np.lib.stride_tricks.sliding_window_view(o, batch + 1)[::max(batch, 1)][:n]
+        return self.embedding_bags_windows(tables, values, windows, mode, weights)
+
+    def embedding_bags_windows(self, tables: np.ndarray, values: np.ndarray, windows: np.ndarray,
+                      mode: str | Sequence[str], weights: Any | None) -> torch.Tensor:
+        """Bags of table ``tables[k]`` at ``windows[k]`` (``batch + 1`` absolute offsets into ``values``)
+        into one ``[batch, sum of dims]`` tensor (also the TorchRec front's path, whose features may come
+        in another order than its tables)."""
+        tables = np.asarray(tables, dtype=np.int64)
+        values = _i64(values)
+        windows = np.asarray(windows, dtype=np.int64)
+        n = len(tables)
+        if windows.ndim != 2 or len(windows) != n or windows.shape[1] < 1:
+            raise ValueError(f"windows must be one row of batch + 1 offsets a table, got {windows.shape}")
+        bad = tables[(tables < 0) | (tables >= len(self._tables))]
+        if len(bad):
+            self._table(int(bad[0]))  # the one-line error
+        batch = windows.shape[1] - 1 if n else 0
+        lo = windows[:, 0] if n else np.zeros(0, np.int64)
+        hi = windows[:, -1] if n else np.zeros(0, np.int64)
+        if n and (lo.min() < 0 or hi.max() > len(values) or (hi < lo).any()):
+            raise ValueError(f"offsets must lie in [0, {len(values)}] and not decrease")
+        rel = windows - lo[:, None]  # each table's offsets from its first id (contiguous, one array)
+        modes = [mode] * n if isinstance(mode, str) else list(mode)
+        if len(modes) != n:
+            raise ValueError("mode: one for every table, or one for all")
+        try:
+            codes = np.fromiter((_MODES[m] for m in modes), np.int32, n)
+        except KeyError as exc:
+            raise PoolError(f"bad mode {exc.args[0]!r}: use 'sum', 'mean' or 'max'") from None
+        dims = np.asarray(self._dims, dtype=np.int64)[tables]
+        width = int(dims.sum())
+        torch = _torch()
+        out = torch.empty((batch, width), dtype=torch.float32)
+        if self._threads_pending:
+            self._default_threads()
+        args = ffi.new("recmg_bag_args[]", max(n, 1))
+        rec = np.frombuffer(ffi.buffer(args), dtype=_BAG_ARGS)[:n]
+        rec["table"] = tables
+        rec["mode"] = codes
+        rec["ids"] = values.ctypes.data + 8 * lo
+        rec["n_ids"] = hi - lo
+        rec["offsets"] = rel.ctypes.data + 8 * (batch + 1) * np.arange(n)
+        rec["n_bags"] = batch
+        w = None
+        if weights is not None:
+            w = _f32(weights)
+            if len(w) != len(values):
+                raise ValueError(f"weights has {len(w)} entries; expected one per value ({len(values)})")
+            rec["weights"] = w.ctypes.data + 4 * lo
+        rec["out"] = out.data_ptr() + 4 * (np.cumsum(dims) - dims)
+        rec["out_stride"] = width
+        self._check(lib.recmg_embedding_bags(self._handle, n, args))
+        del w, rel  # (held until the call returned)
+        return out
 
     def end_batch(self) -> None:
         """A batch boundary into this process's ring."""

@@ -3,8 +3,9 @@ inference whose tables live in a recmg pool (needs the ``torchrec`` extra; the p
 
 Built from the same ``EmbeddingBagConfig`` list as TorchRec's EBC; ``forward(KeyedJaggedTensor) ->
 KeyedTensor`` with TorchRec's key order (table order, then each table's features) and pooling (sum, mean,
-per-sample weights when ``is_weighted``). All of a batch's bags go to the pool in one native call (the
-pool's multi-table ``embedding_bags``, which fans out over its threads). Config i is pool table i.
+per-sample weights when ``is_weighted``). All of a batch's bags go to the pool in one table-batched native
+call (``Pool.embedding_bags_windows``, which fans out over the pool's threads) that writes them side by
+side into the KeyedTensor's values: no per-table Python and no concatenation. Config i is pool table i.
 
 Weights come from a TorchRec state dict (``load_state_dict``: keys ``embedding_bags.<name>.weight``, so a
 model holding the collection, TorchRec's DLRM for one, loads TorchRec's own checkpoint) or from an
@@ -211,12 +212,37 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         return tables, ids, offs, (wts if weights is not None else None)
 
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        tables, ids, offs, wts = self._split(features)
-        outs = self.pool.embedding_bags(tables, ids, offs, [m for _, _, m in self._bags], wts)
+        """One table-batched native call: every bag's rows, written side by side into the KeyedTensor's
+        values (no per-table arguments or outputs, no concatenation)."""
+        if features.variable_stride_per_key():
+            raise ValueError("variable batch size per feature (VBE) KeyedJaggedTensors are not supported")
+        index = {k: i for i, k in enumerate(features.keys())}
+        missing = [f for _, f, _ in self._bags if f not in index]
+        if missing:
+            raise ValueError(f"the KeyedJaggedTensor lacks feature {missing[0]!r} (has {features.keys()})")
+        stride = features.stride()
+        offsets = features.offsets().numpy()
+        if len(offsets) != len(index) * stride + 1:
+            raise ValueError(f"the KeyedJaggedTensor has {len(offsets)} offsets; expected "
+                             f"{len(index) * stride + 1}")
+        weights = None
+        if self._is_weighted:
+            weights = features.weights_or_none()
+            if weights is None:
+                raise ValueError("is_weighted collection: the KeyedJaggedTensor has no weights")
+        tables = np.asarray([t for t, _, _ in self._bags], dtype=np.int64)
+        feature = np.asarray([index[f] for _, f, _ in self._bags], dtype=np.int64)
+        if stride:
+            windows = np.lib.stride_tricks.sliding_window_view(offsets.astype(np.int64, copy=False),
+                                                               stride + 1)[::stride][feature]
+        else:
+            windows = np.zeros((len(tables), 1), dtype=np.int64)
+        modes = [m for _, _, m in self._bags]
+        values = self.pool.embedding_bags_windows(tables, features.values(), windows, modes, weights)
         if self.batch_boundary:
             self.pool.end_batch()
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._lengths_per_embedding,
-                           values=torch.cat(outs, dim=1))
+                           values=values)
 
     def prefetch(self, features: KeyedJaggedTensor) -> int:
         """Announce the rows of a batch that will run later (hint records); returns how many rows."""

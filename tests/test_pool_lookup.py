@@ -283,6 +283,72 @@ def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
         pool.destroy()
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_table_batched_call_writes_the_tables_side_by_side(threads: int) -> None:
+    """embedding_bags_packed (a KeyedJaggedTensor's / TBE's layout: values table after table, one offsets
+    array) gives, in one [batch, sum of dims] tensor, exactly the per-table bags, hits and misses alike,
+    logs the same ring records, and rejects bad offsets, tables and strides in one line."""
+    tables = [(500, 16), (300, 64), (200, 32), (50, 3)]
+    pool = Pool.create(_name(), tables=tables, slots=400, threads=threads)
+    try:
+        rng = np.random.default_rng(5)
+        ws = []
+        for t, (rows, dim) in enumerate(tables):
+            w = rng.standard_normal((rows, dim)).astype(np.float32)
+            pool.write_rows(t, np.arange(rows), w)
+            ws.append(torch.from_numpy(w))
+            pool.fill(t, rng.permutation(rows)[: rows // 3])
+        order, batch = [0, 1, 2, 3, 1], 37
+        lens = rng.integers(0, 9, size=len(order) * batch)
+        offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)
+        values = np.concatenate([rng.integers(0, tables[t][0], size=int(lens[k * batch:][:batch].sum()))
+                                 for k, t in enumerate(order)]).astype(np.int64)
+        psw = torch.rand(len(values))
+        for mode, w in (("sum", None), ("sum", psw), ("mean", None), ("max", None)):
+            out = pool.embedding_bags_packed(order, torch.from_numpy(values), torch.from_numpy(offsets),
+                                             batch, mode, w)
+            assert out.shape == (batch, sum(tables[t][1] for t in order)) and out.is_contiguous()
+            col = 0
+            for k, t in enumerate(order):
+                lo, hi = offsets[k * batch], offsets[(k + 1) * batch]
+                ref = F.embedding_bag(torch.from_numpy(values[lo:hi]), ws[t],
+                                      torch.from_numpy(offsets[k * batch:(k + 1) * batch] - lo), mode=mode,
+                                      per_sample_weights=None if w is None else w[lo:hi])
+                dim = tables[t][1]
+                torch.testing.assert_close(out[:, col:col + dim], ref, rtol=1e-6, atol=1e-6)
+                col += dim
+        pool.drain_ring(pool.ring_index)
+        pool.embedding_bags_packed(order, values, offsets, batch)
+        keys = pool.drain_ring(pool.ring_index).astype(np.int64)
+        want = np.concatenate([make_keys(t, values[offsets[k * batch]:offsets[(k + 1) * batch]])
+                               for k, t in enumerate(order)])
+        assert keys.tolist() == want.tolist()
+        with pytest.raises(ValueError, match="offsets has 10 entries; expected len"):
+            pool.embedding_bags_packed(order, values, offsets[:10], batch)
+        bad = offsets.copy()
+        bad[-1] = len(values) + 1
+        with pytest.raises(ValueError, match="offsets must lie in"):
+            pool.embedding_bags_packed(order, values, bad, batch)
+        with pytest.raises(IndexError, match="table 9 out of range"):
+            pool.embedding_bags_packed([0, 1, 2, 3, 9], values, offsets, batch)
+        with pytest.raises(PoolError, match="bad mode"):
+            pool.embedding_bags_packed(order, values, offsets, batch, "median")
+        assert pool.embedding_bags_packed([], [], [0], 0).shape == (0, 0)
+        # the C call refuses an output stride narrower than the table's rows
+        from recmgd._native import ffi, lib
+
+        args = ffi.new("recmg_bag_args *")
+        ids, offs, out = np.array([1], np.int64), np.array([0, 1], np.int64), np.zeros(64, np.float32)
+        args.table, args.ids, args.n_ids = 1, ffi.from_buffer("int64_t[]", ids), 1
+        args.offsets, args.n_bags = ffi.from_buffer("int64_t[]", offs), 1
+        args.out, args.out_stride = ffi.from_buffer("float[]", out), 63
+        assert lib.recmg_embedding_bags(pool._handle, 1, args) == lib.RECMG_EINVAL
+        msg = ffi.string(lib.recmg_errmsg(pool._handle)).decode()
+        assert "out_stride 63 is less than table 1's dim (64)" in msg
+    finally:
+        pool.destroy()
+
+
 def test_single_table_split_across_threads_is_identical() -> None:
     """A large single-table call is split over threads: same bits, same counters as one thread."""
     rows, dim = 3000, 64

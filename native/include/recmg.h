@@ -153,7 +153,9 @@ typedef struct recmg_ring_info {
 } recmg_ring_info;
 
 /* One table's bags for recmg_embedding_bags. offsets has n_bags + 1 entries (CSR: bag b holds
- * ids[offsets[b] .. offsets[b+1]-1]); weights (per id) may be NULL; out has n_bags * dim floats. */
+ * ids[offsets[b] .. offsets[b+1]-1]); weights (per id) may be NULL; bag b's dim floats go to
+ * out + b * out_stride (out_stride 0: dim, the bags back to back; a larger one writes the tables' bags
+ * side by side into one [n_bags, sum of dims] output, as a table-batched front wants it). */
 typedef struct recmg_bag_args {
     uint32_t table;
     int mode;
@@ -163,6 +165,7 @@ typedef struct recmg_bag_args {
     uint64_t n_bags;
     const float *weights;
     float *out;
+    uint64_t out_stride;
 } recmg_bag_args;
 
 /* ---- lifetime ---- */

@@ -89,6 +89,9 @@ static int check_args(const recmg_pool *p, char *err, const recmg_bag_args *a)
         return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "per-sample weights are only supported with mode 'sum'");
     if ((a->n_ids && !a->ids) || !a->offsets || (a->n_bags && !a->out))
         return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "NULL ids, offsets or output");
+    if (a->out_stride && a->out_stride < p->tables[a->table].dim)
+        return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "out_stride %llu is less than table %u's dim (%u)",
+                      (unsigned long long)a->out_stride, a->table, p->tables[a->table].dim);
     if (a->offsets[0] != 0 || (uint64_t)a->offsets[a->n_bags] != a->n_ids)
         return rc_buf(err, RECMG_ERRLEN, RECMG_EINVAL, "offsets must start at 0 and end at the number of ids (%llu)",
                       (unsigned long long)a->n_ids);
@@ -111,6 +114,7 @@ typedef struct bagctx {
     const int64_t *ids, *offsets;
     const float *weights;
     float *out;
+    uint64_t ostride; /* floats from one bag's output to the next */
     const uint8_t *slow, *mbuf;
     const _Atomic int32_t *index; /* the table's index */
     uint64_t base, iend; /* slot[] holds ids [base, iend) */
@@ -186,7 +190,7 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
             for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(row + 8 * k), acc[k]);
         }
     }
-    float *out = c->out + b * D;
+    float *out = c->out + b * c->ostride;
     if (c->mean && o1 > o0) {
         __m256 sc = _mm256_set1_ps(1.0f / (float)(o1 - o0));
 #pragma GCC unroll 16
@@ -272,6 +276,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const int uniq = wk->uniq, mark = wk->mark;
     const int64_t *ids = a->ids;
     const uint32_t dim = t->dim, rb = t->row_bytes, nwords = (rb + 7) / 8;
+    const uint64_t ostride = a->out_stride ? a->out_stride : dim;
     const int f16 = t->dtype == RECMG_F16;
     _Atomic int32_t *index = p->index + t->index_first;
     const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
@@ -379,12 +384,12 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
     const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
-                        .out = a->out, .slow = slow, .mbuf = mbuf, .index = index, .base = i0, .iend = iend,
+                        .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .index = index, .base = i0, .iend = iend,
                         .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     for (uint64_t b = wk->b0; b < wk->b1; b++) {
         if (fast && fast(&ctx, b, &hits) == 0) continue;
-        float *out = a->out + b * dim;
+        float *out = a->out + b * ostride;
         int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
         if (facc) {
             memset(out, 0, (size_t)dim * sizeof *out);
