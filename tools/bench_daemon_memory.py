@@ -10,14 +10,16 @@ Each policy runs in a child process of its own: the child imports everything, no
 :class:`~recmgd.daemon.loop.PoolDriver` with the policy, and drives it through the app's ring with a
 generated zipf-ish stream (per batch, ``--samples`` samples of ``--pooling`` rows per table, hashed over
 each table's rows so hot rows are not neighbours) for ``--steps`` batches, one step each. It samples
-RssAnon every 16 steps; the state is the peak RssAnon minus the baseline (the app's side of the ring, in
-the same process, is small and the same for every policy). ``--window``: the learned policy's recency
-window (``history_window``, steps; 0: the model's default); choose ``--steps`` past it, so the window
-is full. The rows in the window are the C step's rows with a history (``LearnedPolicy.native_stats``,
-at the peak). The target is 64 bytes a fast-tier slot plus 16 a row in the window. The policy's C count
-is what its structures say they hold allocated: a learned policy's C step (``native_stats``), a classical
-C policy's per-id arrays and tables (``sc_policy_bytes``), and the policy's key map (``sc_idmap_bytes``,
-also printed alone).
+RssAnon every 16 steps; the state is the peak RssAnon minus the baseline. The app is a process of its own
+(forked after the baseline, attached to the pool as an app, one batch per step in lockstep with the
+daemon's ticks), so its private memory (its lookup scratch: two bitmaps of each table's rows, 25 MB at
+10^8 rows) is not counted as the daemon's, as it was before 2026-12-05 evening. ``--window``: the learned
+policy's recency window (``history_window``, steps; 0: the model's default); choose ``--steps`` past it,
+so the window is full. The rows in the window are the C step's rows with a history
+(``LearnedPolicy.native_stats``, at the peak). The target is 64 bytes a fast-tier slot plus 16 a row in
+the window. The policy's C count is what its structures say they hold allocated: a learned policy's C step
+(``native_stats``), a classical C policy's per-id arrays and tables (``sc_policy_bytes``), and the
+policy's key map (``sc_idmap_bytes``, also printed alone).
 
 The learned policy needs a checkpoint: ``--model``, or one trained here by ``recmg train`` on a small
 trace of the same shape (``--train-steps`` batches of the same generator, another seed), kept in
@@ -118,6 +120,25 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
     base_rss = _status_kib("VmRSS")
     name = f"bench-dmem-{uuid.uuid4().hex[:6]}"
     app = Pool.create(name, tables=[(r, args.dim) for r in sizes], slots=slots, ring_records=1 << 20, rings=2)
+    go_r, go_w = os.pipe()
+    done_r, done_w = os.pipe()
+    tables = list(range(args.tables))
+    pid = os.fork()
+    if pid == 0:  # the app: a batch each time the daemon says go (the same stream as in one process)
+        code = 1
+        try:
+            mine = Pool.attach(name, role="app")
+            for _ in range(args.steps):
+                if os.read(go_r, 1) != b"g":
+                    break
+                mine.embedding_bags(tables, batch_rows(rng, sizes, args.samples, args.pooling, args.alpha),
+                                    offsets)
+                mine.end_batch()
+                os.write(done_w, b"d")
+            mine.close()
+            code = 0
+        finally:
+            os._exit(code)
     daemon = Pool.attach(name, role="daemon")
     try:
         pol = registry.create(policy, **opts)
@@ -126,12 +147,11 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
         peak = peak_rows = 0
         lookups = 0
         t0 = time.perf_counter()
-        tables = list(range(args.tables))
         for step in range(args.steps):
-            b = batch_rows(rng, sizes, args.samples, args.pooling, args.alpha)
-            app.embedding_bags(tables, b, offsets)
-            app.end_batch()
-            lookups += sum(len(r) for r in b)
+            os.write(go_w, b"g")
+            if os.read(done_r, 1) != b"d":
+                sys.exit("the app process died")
+            lookups += args.tables * args.samples * args.pooling
             drv.tick()
             if step % 16 == 15 or step == args.steps - 1:
                 peak = max(peak, _status_kib("RssAnon"))
@@ -170,6 +190,8 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "hwm_bytes": (_status_kib("VmHWM") - base_rss) * 1024, "secs": round(secs, 1)}
         print(json.dumps(out), flush=True)
     finally:
+        os.close(go_w)  # an app still waiting reads end of file and exits
+        os.waitpid(pid, 0)
         daemon.close()
         app.destroy()
 
