@@ -615,8 +615,8 @@ class Pool:
         windows = np.lib.stride_tricks.sliding_window_view(o, batch + 1)[::max(batch, 1)][:n]
         return self.embedding_bags_windows(tables, values, windows, mode, weights)
 
-    def embedding_bags_windows(self, tables: np.ndarray, values: np.ndarray, windows: np.ndarray,
-                      mode: str | Sequence[str], weights: Any | None) -> torch.Tensor:
+    def embedding_bags_windows(self, tables: Any, values: Any, windows: Any,
+                               mode: str | Sequence[str] = "sum", weights: Any | None = None) -> torch.Tensor:
         """Bags of table ``tables[k]`` at ``windows[k]`` (``batch + 1`` absolute offsets into ``values``)
         into one ``[batch, sum of dims]`` tensor (also the TorchRec front's path, whose features may come
         in another order than its tables)."""
@@ -664,8 +664,7 @@ class Pool:
             rec["weights"] = w.ctypes.data + 4 * lo
         rec["out"] = out.data_ptr() + 4 * (np.cumsum(dims) - dims)
         rec["out_stride"] = width
-        self._check(lib.recmg_embedding_bags(self._handle, n, args))
-        del w, rel  # (held until the call returned)
+        self._check(lib.recmg_embedding_bags(self._handle, n, args))  # (values, rel and w live until here)
         return out
 
     def end_batch(self) -> None:

@@ -182,38 +182,10 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
     def device(self) -> torch.device:
         return torch.device("cpu")
 
-    def _split(self, features: KeyedJaggedTensor) -> tuple[list[int], list[np.ndarray], list[np.ndarray],
-                                                           list[np.ndarray | None] | None]:
-        """Per bag: pool table, ids, bag start offsets, weights (all of one batch)."""
-        if features.variable_stride_per_key():
-            raise ValueError("variable batch size per feature (VBE) KeyedJaggedTensors are not supported")
-        index = {k: i for i, k in enumerate(features.keys())}
-        stride = features.stride()
-        values = features.values().numpy()
-        offsets = features.offsets().numpy()
-        weights = None
-        if self._is_weighted:
-            w = features.weights_or_none()
-            if w is None:
-                raise ValueError("is_weighted collection: the KeyedJaggedTensor has no weights")
-            weights = w.detach().to(torch.float32).numpy()
-        tables, ids, offs, wts = [], [], [], []
-        for t, f, _ in self._bags:
-            i = index.get(f)
-            if i is None:
-                raise ValueError(f"the KeyedJaggedTensor lacks feature {f!r} (has {features.keys()})")
-            o = offsets[i * stride:(i + 1) * stride + 1]
-            lo, hi = int(o[0]), int(o[-1])
-            tables.append(t)
-            ids.append(values[lo:hi])
-            offs.append(o[:-1] - lo)
-            if weights is not None:
-                wts.append(weights[lo:hi])
-        return tables, ids, offs, (wts if weights is not None else None)
-
-    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
-        """One table-batched native call: every bag's rows, written side by side into the KeyedTensor's
-        values (no per-table arguments or outputs, no concatenation)."""
+    def _windows(self, features: KeyedJaggedTensor) -> tuple[np.ndarray, np.ndarray, torch.Tensor,
+                                                             torch.Tensor | None]:
+        """Per bag: its pool table and its window of the KJT's offsets (``stride + 1`` bag starts into the
+        values); then the values and the weights (None unless weighted)."""
         if features.variable_stride_per_key():
             raise ValueError("variable batch size per feature (VBE) KeyedJaggedTensors are not supported")
         index = {k: i for i, k in enumerate(features.keys())}
@@ -221,7 +193,7 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if missing:
             raise ValueError(f"the KeyedJaggedTensor lacks feature {missing[0]!r} (has {features.keys()})")
         stride = features.stride()
-        offsets = features.offsets().numpy()
+        offsets = features.offsets().numpy().astype(np.int64, copy=False)
         if len(offsets) != len(index) * stride + 1:
             raise ValueError(f"the KeyedJaggedTensor has {len(offsets)} offsets; expected "
                              f"{len(index) * stride + 1}")
@@ -233,16 +205,32 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         tables = np.asarray([t for t, _, _ in self._bags], dtype=np.int64)
         feature = np.asarray([index[f] for _, f, _ in self._bags], dtype=np.int64)
         if stride:
-            windows = np.lib.stride_tricks.sliding_window_view(offsets.astype(np.int64, copy=False),
-                                                               stride + 1)[::stride][feature]
+            windows = np.lib.stride_tricks.sliding_window_view(offsets, stride + 1)[::stride][feature]
         else:
             windows = np.zeros((len(tables), 1), dtype=np.int64)
+        return tables, windows, features.values(), weights
+
+    def _split(self, features: KeyedJaggedTensor) -> tuple[list[int], list[np.ndarray], list[np.ndarray],
+                                                           list[np.ndarray | None] | None]:
+        """Per bag: pool table, ids, bag start offsets, weights (all of one batch)."""
+        tables, windows, values, weights = self._windows(features)
+        v = values.numpy()
+        w = None if weights is None else weights.detach().to(torch.float32).numpy()
+        ids = [v[o[0]:o[-1]] for o in windows]
+        offs = [o[:-1] - o[0] for o in windows]
+        wts = None if w is None else [w[o[0]:o[-1]] for o in windows]
+        return tables.tolist(), ids, offs, wts
+
+    def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
+        """One table-batched native call: every bag's rows, written side by side into the KeyedTensor's
+        values (no per-table arguments or outputs, no concatenation)."""
+        tables, windows, values, weights = self._windows(features)
         modes = [m for _, _, m in self._bags]
-        values = self.pool.embedding_bags_windows(tables, features.values(), windows, modes, weights)
+        out = self.pool.embedding_bags_windows(tables, values, windows, modes, weights)
         if self.batch_boundary:
             self.pool.end_batch()
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._lengths_per_embedding,
-                           values=values)
+                           values=out)
 
     def prefetch(self, features: KeyedJaggedTensor) -> int:
         """Announce the rows of a batch that will run later (hint records); returns how many rows."""

@@ -234,18 +234,25 @@ def test_numa_pages(tmp_path) -> None:
         pool.destroy()
 
 
+def _third_resident(tables: list[tuple[int, int]], slots: int, threads: int,
+                    rng: np.random.Generator) -> tuple[Pool, list[torch.Tensor]]:
+    """A dram pool of random rows with a third of each table's rows in the fast tier; its weights."""
+    pool = Pool.create(_name(), tables=tables, slots=slots, threads=threads)
+    ws = []
+    for t, (rows, dim) in enumerate(tables):
+        w = rng.standard_normal((rows, dim)).astype(np.float32)
+        pool.write_rows(t, np.arange(rows), w)
+        ws.append(torch.from_numpy(w))
+        pool.fill(t, rng.permutation(rows)[: rows // 3])
+    return pool, ws
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
     tables = [(500, 16), (300, 64), (200, 32), (100, 128), (50, 3)]
-    pool = Pool.create(_name(), tables=tables, slots=600, threads=threads)
+    rng = np.random.default_rng(threads)
+    pool, ws = _third_resident(tables, 600, threads, rng)
     try:
-        rng = np.random.default_rng(threads)
-        ws = []
-        for t, (rows, dim) in enumerate(tables):
-            w = rng.standard_normal((rows, dim)).astype(np.float32)
-            pool.write_rows(t, np.arange(rows), w)
-            ws.append(torch.from_numpy(w))
-            pool.fill(t, rng.permutation(rows)[: rows // 3])
         order = [0, 1, 2, 3, 4, 1, 1, 3]  # the same table several times in one call
         batches = [_batch(rng, tables[t][0], bags=40, max_len=15) for t in order]
         psw = [torch.rand(len(ids)) for ids, _ in batches]
@@ -289,15 +296,9 @@ def test_table_batched_call_writes_the_tables_side_by_side(threads: int) -> None
     array) gives, in one [batch, sum of dims] tensor, exactly the per-table bags, hits and misses alike,
     logs the same ring records, and rejects bad offsets, tables and strides in one line."""
     tables = [(500, 16), (300, 64), (200, 32), (50, 3)]
-    pool = Pool.create(_name(), tables=tables, slots=400, threads=threads)
+    rng = np.random.default_rng(5)
+    pool, ws = _third_resident(tables, 400, threads, rng)
     try:
-        rng = np.random.default_rng(5)
-        ws = []
-        for t, (rows, dim) in enumerate(tables):
-            w = rng.standard_normal((rows, dim)).astype(np.float32)
-            pool.write_rows(t, np.arange(rows), w)
-            ws.append(torch.from_numpy(w))
-            pool.fill(t, rng.permutation(rows)[: rows // 3])
         order, batch = [0, 1, 2, 3, 1], 37
         lens = rng.integers(0, 9, size=len(order) * batch)
         offsets = np.concatenate([[0], np.cumsum(lens)]).astype(np.int64)

@@ -384,8 +384,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
     const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
-                        .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .index = index, .base = i0, .iend = iend,
-                        .mstride = mstride,
+                        .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .index = index,
+                        .base = i0, .iend = iend, .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     for (uint64_t b = wk->b0; b < wk->b1; b++) {
         if (fast && fast(&ctx, b, &hits) == 0) continue;
