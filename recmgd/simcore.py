@@ -54,6 +54,19 @@ def first_mask(keys: np.ndarray) -> np.ndarray:
     return keep
 
 
+#: requests of at least this many bytes get a mapping of their own in the daemon (see
+#: :func:`map_large_allocations`); below it numpy's per-batch temporaries stay on the heap
+LARGE_ALLOCATION = 1 << 20
+
+
+def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> None:
+    """Make the process's allocator serve every request of ``threshold`` bytes or more from a mapping of
+    its own, for good (``sc_map_large_allocations``): the policies' key maps and per-id arrays grow by
+    realloc, and with glibc's default (a threshold that rises as mappings are freed) each growth left its
+    old copy as a hole in the heap. Process-wide: the daemon calls it once at start."""
+    check(lib.sc_map_large_allocations(int(threshold)), f"allocator threshold {threshold}")
+
+
 #: the load the daemon's long-lived key maps use (the C step's, the mover's, a forgetting C policy's)
 DAEMON_LOAD = int(lib.SC_IDMAP_DAEMON_LOAD)
 
@@ -131,4 +144,5 @@ class IdMap:
                   "id map release")
 
 
-__all__ = ["ffi", "lib", "check", "first_mask", "IdMap", "DAEMON_LOAD"]
+__all__ = ["ffi", "lib", "check", "first_mask", "IdMap", "DAEMON_LOAD", "LARGE_ALLOCATION",
+           "map_large_allocations"]

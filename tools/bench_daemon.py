@@ -41,6 +41,7 @@ from recmgd import policy as policy_mod  # noqa: E402
 from recmgd.daemon.loop import FillBudget, PoolDriver  # noqa: E402
 from recmgd.keys import capacity_for, key_row, key_table  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
+from recmgd.simcore import map_large_allocations  # noqa: E402
 
 
 def workload(rng: np.random.Generator, tables: int, rows: int, samples: int, pooling: int,
@@ -282,6 +283,7 @@ def load(policy: str, args: argparse.Namespace) -> dict:
 
 
 def main() -> int:
+    map_large_allocations()  # the capacity runs are this process: set its allocator as recmgd's main does
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--policies", default="lru")
     p.add_argument("--seconds", type=float, default=8.0)

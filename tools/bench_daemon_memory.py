@@ -19,7 +19,9 @@ so the window is full. The rows in the window are the C step's rows with a histo
 (``LearnedPolicy.native_stats``, at the peak). The target is 64 bytes a fast-tier slot plus 16 a row in
 the window. The policy's C count is what its structures say they hold allocated: a learned policy's C step
 (``native_stats``), a classical C policy's per-id arrays and tables (``sc_policy_bytes``), and the
-policy's key map (``sc_idmap_bytes``, also printed alone).
+policy's key map (``sc_idmap_bytes``, also printed alone). The child sets its allocator as recmgd's
+main does (``recmgd.simcore.map_large_allocations``); ``--heap-holes`` leaves glibc's default, under which
+the growing arrays' old copies stayed in the heap (~30 MB at a 1% tier of 10^8 rows).
 
 The learned policy needs a checkpoint: ``--model``, or one trained here by ``recmg train`` on a small
 trace of the same shape (``--train-steps`` batches of the same generator, another seed), kept in
@@ -102,9 +104,11 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
     from recmgd import policy as registry
     from recmgd.daemon.loop import FillBudget, PoolDriver
     from recmgd.pool import Pool
-    from recmgd.simcore import lib
+    from recmgd.simcore import lib, map_large_allocations
 
     torch.set_num_threads(1)
+    if not args.heap_holes:
+        map_large_allocations()  # as recmgd's main does
     sizes = table_rows(args.rows, args.tables)
     slots = max(1, int(args.rows * args.fraction))
     opts: dict[str, object] = {"prefetch_budget": args.prefetch_budget, "seed": 0}
@@ -216,6 +220,8 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=512,
                     help="the learned policy's history_window, steps (0: the model's)")
     ap.add_argument("--prefetch-budget", type=int, default=0)
+    ap.add_argument("--heap-holes", action="store_true",
+                    help="leave glibc's moving mmap threshold (the daemon fixes it: map_large_allocations)")
     ap.add_argument("--policies", default="lru,recmg")
     ap.add_argument("--model", default="", help="a checkpoint (default: trained here)")
     ap.add_argument("--train-steps", type=int, default=200, help="batches of the training trace")
@@ -230,6 +236,7 @@ def main() -> None:
     passed = [f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
               if k in ("rows", "tables", "dim", "fraction", "samples", "pooling", "alpha", "steps", "window",
                        "prefetch_budget")]
+    passed += ["--heap-holes"] if args.heap_holes else []
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.workdir or tmp)

@@ -43,6 +43,12 @@ int sc_idmap_set_load(sc_idmap *m, int32_t percent);
    SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n);
 
+/* ---- the process's allocator ---- */
+/* serve every request of at least `threshold` bytes (4 KiB .. 32 MiB) from a mapping of its own and stop
+   glibc from raising that threshold as it frees (see alloc.c): growth by realloc leaves no holes and
+   freed state goes back to the system at once; process-wide, for the daemon; SC_OK or SC_EARG */
+int sc_map_large_allocations(int64_t threshold);
+
 /* ---- policies ---- */
 typedef struct {
     int32_t prefetch_budget; /* rows per step a prefetcher may bring in */
