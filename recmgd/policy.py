@@ -32,8 +32,12 @@ import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from recmgd.simcore import IdMap
 
 EMPTY_KEYS = np.zeros(0, dtype=np.int64)
 
@@ -101,6 +105,12 @@ class Policy(ABC):
         state: from the next :meth:`reset` on, a policy may forget the rows it holds no state for (the
         classical C policies give their ids back), so its memory follows the fast tier, not every row
         ever seen. Decisions must not change."""
+
+    def shared_key_map(self) -> IdMap | None:
+        """A key map the daemon's mirror may share (:meth:`recmgd.simcore.IdMap.share`, holder
+        :data:`~recmgd.simcore.HOLDER_MOVER`), or None (the default: the policy keeps no such map, or
+        steps in another thread). Asked after :meth:`reset`; the map is the policy's until its next reset."""
+        return None
 
     def state_bytes(self) -> int:
         """Bytes the policy's own state holds allocated, where it counts them (the C policies and the

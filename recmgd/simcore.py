@@ -67,6 +67,11 @@ def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> None:
     check(lib.sc_map_large_allocations(int(threshold)), f"allocator threshold {threshold}")
 
 
+#: the holders of a shared key map (:meth:`IdMap.share`): a classical policy that gives ids back (its own
+#: calls, and :meth:`IdMap.map` / :meth:`IdMap.release` by default) and the daemon's residency mover
+HOLDER_POLICY = int(lib.SC_HOLDER_POLICY)
+HOLDER_MOVER = int(lib.SC_HOLDER_MOVER)
+
 #: the load the daemon's long-lived key maps use (the C step's, the mover's, a forgetting C policy's)
 DAEMON_LOAD = int(lib.SC_IDMAP_DAEMON_LOAD)
 
@@ -77,7 +82,11 @@ class IdMap:
     indexed by id is sized by the keys mapped, not by the key space. ``load_pct``: the share of hash
     slots live keys may fill before the slots double (50 by default; :data:`DAEMON_LOAD` for the
     daemon's maps, which hold about the tier's rows for a long time). ``ptr`` is the C map, for C calls
-    that take one."""
+    that take one.
+
+    A shared map (:meth:`share`) serves two holders, :data:`HOLDER_POLICY` and :data:`HOLDER_MOVER`: an id
+    is freed only when the last of them releases it, so the daemon keeps one map of the rows both its
+    mirror and a classical policy track (the same code, the same thread)."""
 
     def __init__(self, load_pct: int = 50) -> None:
         ptr = lib.sc_idmap_new()
@@ -107,6 +116,17 @@ class IdMap:
         """Bytes the map holds allocated (hash slots, id -> key array, free list)."""
         return int(lib.sc_idmap_bytes(self.ptr))
 
+    def share(self) -> None:
+        """Make this (empty) map shared by two holders: one byte more an id."""
+        check(lib.sc_idmap_set_shared(self.ptr), "id map share (only an empty map)")
+
+    def held(self, holder: int = HOLDER_POLICY) -> int:
+        """Ids ``holder`` holds now (:attr:`live` for a map that is not shared)."""
+        n = int(lib.sc_idmap_held(self.ptr, holder))
+        if n < 0:
+            check(n, f"id map holder {holder}")
+        return n
+
     def find(self, keys: np.ndarray) -> np.ndarray:
         """Id of each key, -1 for keys not mapped."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
@@ -116,13 +136,13 @@ class IdMap:
                               ffi.from_buffer("int32_t[]", ids))
         return ids
 
-    def map(self, keys: np.ndarray) -> np.ndarray:
-        """Id of each key, mapping unknown ones (freed ids first)."""
+    def map(self, keys: np.ndarray, holder: int = HOLDER_POLICY) -> np.ndarray:
+        """Id of each key, mapping unknown ones (freed ids first); on a shared map ``holder`` holds them."""
         keys = np.ascontiguousarray(keys, dtype=np.int64)
         ids = np.empty(keys.shape[0], dtype=np.int32)
         if keys.shape[0]:
-            check(lib.sc_idmap_map(self.ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
-                                   ffi.from_buffer("int32_t[]", ids)), "id map")
+            check(lib.sc_idmap_map_as(self.ptr, ffi.from_buffer("int64_t[]", keys), keys.shape[0],
+                                      ffi.from_buffer("int32_t[]", ids), holder), "id map")
         return ids
 
     def keys(self, ids: np.ndarray) -> np.ndarray:
@@ -136,13 +156,14 @@ class IdMap:
                               ffi.from_buffer("int64_t[]", out))
         return out
 
-    def release(self, ids: np.ndarray) -> None:
-        """Forget the keys of these ids (repeats and ids released already are skipped)."""
+    def release(self, ids: np.ndarray, holder: int = HOLDER_POLICY) -> None:
+        """Forget the keys of these ids (repeats and ids released already are skipped); on a shared map
+        ``holder`` lets them go, and a key is forgotten when no holder is left."""
         ids = np.ascontiguousarray(ids, dtype=np.int32)
         if ids.shape[0]:
-            check(lib.sc_idmap_release(self.ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0]),
+            check(lib.sc_idmap_release_as(self.ptr, ffi.from_buffer("int32_t[]", ids), ids.shape[0], holder),
                   "id map release")
 
 
-__all__ = ["ffi", "lib", "check", "first_mask", "IdMap", "DAEMON_LOAD", "LARGE_ALLOCATION",
-           "map_large_allocations"]
+__all__ = ["ffi", "lib", "check", "first_mask", "IdMap", "DAEMON_LOAD", "HOLDER_MOVER", "HOLDER_POLICY",
+           "LARGE_ALLOCATION", "map_large_allocations"]

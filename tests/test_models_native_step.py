@@ -318,13 +318,18 @@ def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None
            str(policy / "tests" / "idmap_check.c"), str(policy / "idmap.c")]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    # the default (half load, slots doubled) and the daemon's (3/4, grown by a quarter: any size)
-    for seed, load in ((1, "50"), (2, "50"), (3, str(DAEMON_LOAD))):
-        r = subprocess.run([str(exe), "200000", str(seed), load], capture_output=True, text=True, timeout=300)
+    # the default (half load, slots doubled) and the daemon's (3/4, grown by a quarter: any size); then a
+    # map shared by two holders (the daemon's mirror and a classical policy), an id freed by its last one
+    for seed, load, mode in ((1, "50", []), (2, "50", []), (3, str(DAEMON_LOAD), []),
+                             (4, str(DAEMON_LOAD), ["shared"]), (5, "50", ["shared"])):
+        r = subprocess.run([str(exe), "200000", str(seed), load, *mode], capture_output=True, text=True,
+                           timeout=300)
         assert r.returncode == 0, r.stdout + r.stderr
         assert r.stdout.startswith("idmap_check: ok 200000 ops"), r.stdout
         deletions, reused = (int(w) for w in r.stdout.split()[4:8:2])
         assert deletions > 10000 and reused > 10000, r.stdout
+        if mode:  # releases the other holder's bit kept alive
+            assert int(r.stdout.split()[9]) > 10000, r.stdout
 
 
 def test_daemon_config_sets_the_history_window(obd_model: str) -> None:

@@ -186,8 +186,12 @@ def test_the_daemon_drives_its_policy_step_by_step(amazon: list[np.ndarray], nam
         assert isinstance(pol, NativePolicy)
         drv = PoolDriver(daemon, pol, name, step_mode=True)
         assert pol.gives_back
-        peak = 0
-        for keys in steps:
+        # one key map for the mirror and the policy: the mirror counts none of it as its own
+        assert drv.mover.shares_key_map and pol.idmap is not None
+        assert drv.mover.nbytes() == drv.mover.flags.nbytes + drv.mover.pin_until.nbytes
+        assert drv.stats()["state_bytes"] == drv.mover.nbytes() + pol.nbytes
+        peak = peak_map = 0
+        for i, keys in enumerate(steps):
             for t in (0, 1):
                 rows = key_row(keys[key_table(keys) == t])
                 if len(rows):
@@ -195,13 +199,57 @@ def test_the_daemon_drives_its_policy_step_by_step(amazon: list[np.ndarray], nam
             app.end_batch()
             drv.tick()
             peak = max(peak, pol.live_ids)
+            peak_map = max(peak_map, pol.idmap.live)
+            if i % 100 == 99:  # the mirror, through the shared map, is the pool's residency
+                owned = np.sort(drv.mover.owned_keys())
+                assert np.array_equal(owned, np.sort(np.asarray(daemon.resident_keys(), dtype=np.int64)))
+                # and it holds the ids of those rows and of the step's evicted ones (freed at the next settle)
+                assert len(owned) <= drv.mover.tracked() <= len(owned) + max(len(s) for s in steps)
         st = drv.stats()
     finally:
         daemon.close()
         app.destroy()
     assert st["on_demand"] == expected.on_demand
     assert peak <= live_bound(name, cap, max(len(s) for s in steps))
+    # the map holds the policy's rows and the mirror's, which are mostly the same rows
+    assert peak_map <= live_bound(name, cap, max(len(s) for s in steps)) + cap
     assert peak * 5 < len(np.unique(keys_all))
+
+
+def test_a_policy_switch_gives_the_mirror_the_new_policys_map(amazon: list[np.ndarray]) -> None:
+    """LRU, then S3-FIFO (both share their key map with the mirror), then LFU (keeps every id: the mirror
+    goes back to a map of its own): after each switch the mirror is still the pool's residency."""
+    from recmgd.daemon.loop import PoolDriver
+    from recmgd.keys import key_row, key_table
+
+    steps = [s[key_table(s) == 0] for s in amazon[:900]]
+    rows = int(key_row(np.concatenate(steps)).max()) + 1
+    cap = max(len(np.unique(np.concatenate(steps))) // 20, 1)
+    pool = f"recmgd-release-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(pool, tables=[(rows, 4)], slots=cap, ring_records=4096)
+    daemon = pool_mod.Pool.attach(pool, role="daemon")
+    try:
+        pol = registry.create("lru")
+        drv = PoolDriver(daemon, pol, "lru", step_mode=True)
+        for i, keys in enumerate(steps):
+            if i in (300, 600):
+                name = "s3fifo" if i == 300 else "lfu"
+                pol = registry.create(name)
+                drv.switch_policy(pol, name)
+                assert drv.mover.shares_key_map == (name == "s3fifo")
+            if len(keys):
+                r = key_row(keys)
+                app.embedding_bag(0, r, np.arange(len(r), dtype=np.int64))
+            app.end_batch()
+            drv.tick()
+            if i % 50 == 49:
+                owned = np.sort(drv.mover.owned_keys())
+                assert np.array_equal(owned, np.sort(np.asarray(daemon.resident_keys(), dtype=np.int64)))
+                assert len(owned) == drv.resident_count() <= cap
+        assert drv.stats()["on_demand"] > 0
+    finally:
+        daemon.close()
+        app.destroy()
 
 
 def test_decision_type_unchanged() -> None:

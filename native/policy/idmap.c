@@ -26,7 +26,20 @@ struct sc_idmap {
     int32_t *free_ids;   /* ids of deleted keys, handed out again first */
     int64_t n_free, cap_free;
     int64_t load_pct;    /* the slots grow before live keys pass this share of them */
+    uint8_t *held;       /* a shared map (sc_idmap_set_shared): id -> its holders' bits; NULL otherwise */
+    int64_t n_held[2];   /* ids each holder (SC_HOLDER_POLICY, SC_HOLDER_MOVER) holds */
 };
+
+static inline int holder_ok(int32_t holder) { return holder == SC_HOLDER_POLICY || holder == SC_HOLDER_MOVER; }
+
+/* holder takes id (a shared map) */
+static inline void hold(sc_idmap *m, int32_t id, int32_t holder)
+{
+    if (m->held && !(m->held[id] & holder)) {
+        m->held[id] |= (uint8_t)holder;
+        m->n_held[holder >> 1]++;
+    }
+}
 
 static inline uint32_t tag_of(int64_t key) { return (uint32_t)(mix64((uint64_t)key) >> 32); }
 
@@ -71,6 +84,7 @@ void sc_idmap_free(sc_idmap *m)
         return;
     free(m->slot);
     free(m->keys);
+    free(m->held);
     free(m->free_ids);
     free(m);
 }
@@ -160,7 +174,14 @@ int32_t sc_idmap_get(sc_idmap *m, int64_t key)
     return sc_idmap_get_new(m, key, &is_new);
 }
 
+static int32_t get_as(sc_idmap *m, int64_t key, int *is_new, int32_t holder);
+
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
+{
+    return get_as(m, key, is_new, SC_HOLDER_POLICY);
+}
+
+static int32_t get_as(sc_idmap *m, int64_t key, int *is_new, int32_t holder)
 {
     *is_new = 0;
     uint32_t tag = tag_of(key);
@@ -169,8 +190,10 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
         const sc_slot *s = &m->slot[h];
         if (s->id < 0)
             break;
-        if (s->tag == tag && m->keys[s->id] == key)
+        if (s->tag == tag && m->keys[s->id] == key) {
+            hold(m, s->id, holder);
             return s->id;
+        }
         h = nxt(m, h);
     }
     if (m->n >= INT32_MAX - 1 && !m->n_free)
@@ -193,12 +216,20 @@ int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new)
             if (!nk)
                 return -1;
             m->keys = nk;
+            if (m->held) {
+                uint8_t *nh = realloc(m->held, (size_t)nc);
+                if (!nh)
+                    return -1;
+                memset(nh + m->cap_keys, 0, (size_t)(nc - m->cap_keys));
+                m->held = nh;
+            }
             m->cap_keys = nc;
         }
         id = (int32_t)m->n++;
     }
     m->keys[id] = key;
     m->slot[h] = (sc_slot){tag, id};
+    hold(m, id, holder);
     return id;
 }
 
@@ -228,7 +259,13 @@ static int del_at(sc_idmap *m, uint64_t i)
         m->free_ids = f;
         m->cap_free = nc;
     }
-    m->free_ids[m->n_free++] = m->slot[i].id;
+    int32_t id = m->slot[i].id;
+    m->free_ids[m->n_free++] = id;
+    if (m->held) { /* sc_idmap_del frees a key whoever holds it */
+        for (int32_t b = SC_HOLDER_POLICY; b <= SC_HOLDER_MOVER; b <<= 1)
+            m->n_held[b >> 1] -= (m->held[id] & b) != 0;
+        m->held[id] = 0;
+    }
     /* backward-shift deletion: move later keys of the probe run into the hole, so no tombstones */
     uint64_t j = i;
     for (;;) {
@@ -265,16 +302,24 @@ int sc_idmap_set_load(sc_idmap *m, int32_t percent)
 
 int64_t sc_idmap_bytes(const sc_idmap *m)
 {
-    return (int64_t)(m->size * sizeof(sc_slot)) + m->cap_keys * (int64_t)sizeof(int64_t) +
+    return (int64_t)(m->size * sizeof(sc_slot)) + m->cap_keys * (int64_t)(sizeof(int64_t) + (m->held != NULL)) +
            m->cap_free * (int64_t)sizeof(int32_t) + (int64_t)sizeof(*m);
 }
 
 int sc_idmap_map(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids)
 {
+    return sc_idmap_map_as(m, keys, n, ids, SC_HOLDER_POLICY);
+}
+
+int sc_idmap_map_as(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, int32_t holder)
+{
+    if (!holder_ok(holder))
+        return SC_EARG;
     prefetch_first(m, keys, n);
     for (int64_t i = 0; i < n; i++) {
         prefetch_ahead(m, keys, i, n);
-        int32_t id = sc_idmap_get(m, keys[i]);
+        int is_new;
+        int32_t id = get_as(m, keys[i], &is_new, holder);
         if (id < 0)
             return SC_ENOMEM;
         ids[i] = id;
@@ -301,6 +346,28 @@ int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id) { return m->keys[id]; }
 
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n)
 {
+    return sc_idmap_release_as(m, ids, n, SC_HOLDER_POLICY);
+}
+
+int sc_idmap_set_shared(sc_idmap *m)
+{
+    if (m->n || m->held)
+        return SC_EARG;
+    m->held = calloc((size_t)m->cap_keys, 1);
+    return m->held ? SC_OK : SC_ENOMEM;
+}
+
+int64_t sc_idmap_held(const sc_idmap *m, int32_t holder)
+{
+    if (!holder_ok(holder))
+        return SC_EARG;
+    return m->held ? m->n_held[holder >> 1] : sc_idmap_live(m);
+}
+
+int sc_idmap_release_as(sc_idmap *m, const int32_t *ids, int64_t n, int32_t holder)
+{
+    if (!holder_ok(holder))
+        return SC_EARG;
     /* two stages ahead: an id's key (a random read), then the key's slot */
     for (int64_t i = 0; i < n; i++) {
         if (i + 2 * SC_IDMAP_AHEAD < n && ids[i + 2 * SC_IDMAP_AHEAD] >= 0 && ids[i + 2 * SC_IDMAP_AHEAD] < m->n)
@@ -310,6 +377,14 @@ int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n)
         int32_t id = ids[i];
         if (id < 0 || id >= m->n)
             return SC_EBADID;
+        if (m->held) {
+            if (!(m->held[id] & holder))
+                continue; /* not this holder's (freed, or let go already) */
+            m->held[id] &= (uint8_t)~holder;
+            m->n_held[holder >> 1]--;
+            if (m->held[id])
+                continue; /* the other holder keeps it */
+        }
         int64_t at = slot_of(m, m->keys[id]);
         if (at < 0 || m->slot[at].id != id)
             continue; /* freed already (its key gone, or mapped again under another id) */

@@ -43,6 +43,23 @@ int sc_idmap_set_load(sc_idmap *m, int32_t percent);
    SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n);
 
+/* A map shared by two holders (the daemon's mover and a classical policy that gives ids back, both on
+   the loop thread): each id carries its holders' bits, and is freed only when the last holder lets it
+   go. sc_idmap_map, sc_idmap_release and a policy's own mapping act for SC_HOLDER_POLICY; a key freed
+   by sc_idmap_del is freed for both. On a map that is not shared the holder is checked and ignored. */
+#define SC_HOLDER_POLICY 1
+#define SC_HOLDER_MOVER 2
+/* make an empty map shared (one byte an id); SC_OK, SC_ENOMEM, or SC_EARG (keys mapped already, or
+   shared already) */
+int sc_idmap_set_shared(sc_idmap *m);
+/* as sc_idmap_map, the ids then held by `holder` too; SC_OK, SC_ENOMEM or SC_EARG (a bad holder) */
+int sc_idmap_map_as(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, int32_t holder);
+/* `holder` lets ids[0..n) go (one it does not hold is skipped); an id no holder holds is freed as by
+   sc_idmap_release; SC_OK, SC_ENOMEM, SC_EBADID or SC_EARG */
+int sc_idmap_release_as(sc_idmap *m, const int32_t *ids, int64_t n, int32_t holder);
+/* ids `holder` holds now (sc_idmap_live when the map is not shared); SC_EARG for a bad holder */
+int64_t sc_idmap_held(const sc_idmap *m, int32_t holder);
+
 /* ---- the process's allocator ---- */
 /* serve every request of at least `threshold` bytes (4 KiB .. 32 MiB) from a mapping of its own and stop
    glibc from raising that threshold as it frees (see alloc.c): growth by realloc leaves no holes and

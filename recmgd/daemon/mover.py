@@ -45,7 +45,7 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.keys import ROW_BITS, ROW_MASK
-from recmgd.simcore import DAEMON_LOAD, IdMap, first_mask
+from recmgd.simcore import DAEMON_LOAD, HOLDER_MOVER, IdMap, first_mask
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +162,10 @@ class ResidencyMover:
 
     Memory: sized by the rows tracked (the fast tier's and the few non-resident rows with a flag), not
     by the tables. ``flags`` and ``pin_until`` are indexed by the key map's index (:meth:`flat`); their
-    last element is never written and stays 0, so an untracked row's index (-1) reads flags 0.
+    last element is never written and stays 0, so an untracked row's index (-1) reads flags 0. The key
+    map is the mover's own, or one shared with a classical policy (:meth:`reset` with ``key_map``: the
+    mover holds its ids as :data:`~recmgd.simcore.HOLDER_MOVER`); then an index may belong to a row only
+    the policy tracks, whose flags are 0.
     ``pc`` is the driver's pool counters (shared); ``threaded()`` says whether the policy steps in a
     worker thread (then a decision that finds no room is not the policy's fault: ``decision_no_room``).
     """
@@ -187,6 +190,7 @@ class ResidencyMover:
         self.set_hint_slots(hint_slots)
         self.total_rows = int(self.offsets[-1])
         self._index = IdMap(DAEMON_LOAD)  # key -> index of the rows tracked (a flag set)
+        self._shared = False  # whether _index is a policy's map (shared_key_map)
         self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
         # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
         self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
@@ -215,7 +219,10 @@ class ResidencyMover:
     def flat(self, keys: np.ndarray) -> np.ndarray:
         """Mirror index of each key, -1 for a row not tracked (``flags[-1]`` is 0). An index stays its
         row's until the next :meth:`settle`."""
-        return self._index.find(keys)
+        fl = self._index.find(keys)
+        if self._shared:
+            self._fit()  # a shared map's ids may be ones the policy mapped since
+        return fl
 
     def keys_of(self, flat: np.ndarray) -> np.ndarray:
         """Keys of tracked rows' indices."""
@@ -223,16 +230,20 @@ class ResidencyMover:
 
     def _track(self, keys: np.ndarray) -> np.ndarray:
         """Indices of rows (valid keys) about to get a flag, tracking them first (the arrays grow)."""
-        ids = self._index.map(keys)
+        ids = self._index.map(keys, HOLDER_MOVER)
+        self._fit()
+        return ids
+
+    def _fit(self) -> None:
+        """Grow the per-index arrays to the key map's ids (by a quarter at least)."""
         need = self._index.size + 1
         if need > len(self.flags):
-            size = max(need, 2 * len(self.flags) - 1) + 1
+            size = max(need, len(self.flags) + len(self.flags) // 4) + 1
             for name in ("flags", "pin_until"):
                 old = getattr(self, name)
                 new = np.zeros(size, dtype=old.dtype)
                 new[: len(old) - 1] = old[:-1]  # the last element stays 0
                 setattr(self, name, new)
-        return ids
 
     def _loosen(self, fl: np.ndarray) -> None:
         """Rows (indices) whose flags may have become 0: released at the next :meth:`settle`."""
@@ -248,15 +259,21 @@ class ResidencyMover:
         self._loose = []
         fl = fl[self.flags[fl] == 0]
         if len(fl):
-            self._index.release(fl)
+            self._index.release(fl, HOLDER_MOVER)
+
+    @property
+    def shares_key_map(self) -> bool:
+        """Whether the key map is the policy's (see :meth:`reset`)."""
+        return self._shared
 
     def tracked(self) -> int:
         """Rows the mirror tracks now (a flag set, or given back at the next settle)."""
-        return self._index.live
+        return self._index.held(HOLDER_MOVER)
 
     def nbytes(self) -> int:
-        """Bytes of the mirror's per-row state: the key map and the per-index arrays."""
-        return self._index.nbytes + self.flags.nbytes + self.pin_until.nbytes
+        """Bytes of the mirror's per-row state: the key map (when its own: a shared map is counted as the
+        policy's) and the per-index arrays."""
+        return (0 if self._shared else self._index.nbytes) + self.flags.nbytes + self.pin_until.nbytes
 
     def valid(self, keys: np.ndarray) -> np.ndarray:
         t = keys >> ROW_BITS
@@ -309,12 +326,14 @@ class ResidencyMover:
         """Keys of every row in the fast tier (the policy's and the hint reserve's)."""
         return self.keys_of(np.flatnonzero(self.flags & RESIDENT).astype(np.int32))
 
-    def reset(self, keep: np.ndarray) -> None:
+    def reset(self, keep: np.ndarray, key_map: IdMap | None = None) -> None:
         """Forget the mirror and own exactly ``keep`` (resident in the pool, distinct valid keys) for
-        the policy."""
-        self._index = IdMap(DAEMON_LOAD)
-        self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)
-        self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
+        the policy. ``key_map``: the policy's shared map (:meth:`recmgd.policy.Policy.shared_key_map`),
+        used from now on instead of a map of the mover's own."""
+        self._shared = key_map is not None
+        self._index = key_map if key_map is not None else IdMap(DAEMON_LOAD)
+        self.flags = np.zeros(max(INITIAL_ROWS, self._index.size) + 1, dtype=np.uint8)
+        self.pin_until = np.zeros(len(self.flags), dtype=np.uint32)
         self._loose = []
         self._pin_queue.clear()
         self.hint_fifo.clear()

@@ -23,7 +23,7 @@ import numpy as np
 
 from recmgd.errors import PolicyError
 from recmgd.policy import Decision, Policy, StepView
-from recmgd.simcore import DAEMON_LOAD, IdMap, check, ffi, lib
+from recmgd.simcore import DAEMON_LOAD, HOLDER_POLICY, IdMap, check, ffi, lib
 from recmgd.trace.steps import Steps, as_steps
 
 log = logging.getLogger(__name__)
@@ -95,6 +95,7 @@ class NativePolicy(Policy):
             self.gives_back = rc == 1
             if self.gives_back:  # a long-lived map of about the tier's rows: fuller slots, fewer bytes
                 self.idmap.set_load(DAEMON_LOAD)
+                self.idmap.share()  # the daemon's mirror tracks about the same rows: one map for both
         if self._future is not None:
             self._push_future()
 
@@ -110,10 +111,14 @@ class NativePolicy(Policy):
                               "shared with a whole-trace driver")
         return self._state()
 
+    def shared_key_map(self) -> IdMap | None:
+        """The id map, shared with the daemon's mirror, when this policy gives ids back (step by step)."""
+        return self.idmap if self.gives_back else None
+
     @property
     def live_ids(self) -> int:
-        """Keys the policy's id map holds now (all it ever saw unless it gives ids back)."""
-        return 0 if self.idmap is None else self.idmap.live
+        """Keys the policy's id map holds for it now (all it ever saw unless it gives ids back)."""
+        return 0 if self.idmap is None else self.idmap.held(HOLDER_POLICY)
 
     @property
     def nbytes(self) -> int:

@@ -9,10 +9,18 @@
  * and nothing else (by key, or by id through sc_idmap_release, repeated: the repeat is skipped; a free
  * or out-of-range id is refused or skipped); find, key_of and the live count agree with the reference
  * after every operation.
+ *
+ *     idmap_check OPS SEED LOAD_PERCENT shared
+ *
+ * checks a shared map (sc_idmap_set_shared) the same way, with two holders that map keys and let ids go
+ * at random: a key keeps its id while either holder holds it, map_as gives a new key a free id first,
+ * release_as of an id the holder does not hold (repeated, or never taken) changes nothing, an id is
+ * freed when its last holder lets go, and sc_idmap_held counts each holder's ids.
  * Prints "idmap_check: ok ..." and exits 0, or names the operation and exits 1. */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "internal.h"
 
@@ -34,15 +42,110 @@ static int fail(int64_t op, const char *what, int64_t key)
     return 1;
 }
 
+static int64_t key_of_index(int64_t k)
+{
+    return (int64_t)((uint64_t)k * 0x9E3779B97F4A7C15ULL >> 4) ^ (k << 40); /* spread, signed */
+}
+
+/* the shared map: two holders (bits 1 and 2) against a reference of each key's id and holders */
+static int check_shared(sc_idmap *m, int64_t ops, uint64_t s)
+{
+    if (sc_idmap_set_shared(m) != SC_OK)
+        return fail(0, "set_shared failed", 0);
+    int32_t ref[SPACE];
+    uint8_t refh[SPACE];
+    int64_t *owner = calloc((size_t)SPACE * 2, sizeof(int64_t)); /* id -> key index + 1, 0: free */
+    if (!owner)
+        return fprintf(stderr, "idmap_check: out of memory\n"), 2;
+    for (int i = 0; i < SPACE; i++)
+        ref[i] = -1, refh[i] = 0;
+    int64_t live = 0, n_held[3] = {0, 0, 0}, frees = 0, kept = 0, reused = 0, hi = 0;
+    for (int64_t op = 0; op < ops; op++) {
+        int64_t k = (int64_t)(next(&s) % SPACE);
+        int64_t key = key_of_index(k);
+        int32_t h = (int32_t)(next(&s) % 2) + 1;
+        int grow = (op / 20000) % 2 == 0;
+        if ((int)(next(&s) % 100) < (grow ? 30 : 70)) {
+            /* h lets the key's id go, twice over (the repeat is skipped), or an id it never took */
+            int32_t id = ref[k] >= 0 ? ref[k] : (hi ? (int32_t)(next(&s) % (uint64_t)hi) : -1);
+            if (id < 0)
+                continue;
+            int32_t twice[2] = {id, id};
+            if (sc_idmap_release_as(m, twice, 2, h) != SC_OK)
+                return fail(op, "release_as failed", key);
+            int64_t kk = owner[id] - 1;
+            if (kk >= 0 && (refh[kk] & h)) {
+                refh[kk] &= (uint8_t)~h;
+                n_held[h]--;
+                if (!refh[kk]) {
+                    owner[id] = 0;
+                    ref[kk] = -1;
+                    live--, frees++;
+                } else {
+                    kept++;
+                }
+            }
+        } else {
+            int32_t id = -1;
+            int64_t free_before = hi - live;
+            if (sc_idmap_map_as(m, &key, 1, &id, h) != SC_OK)
+                return fail(op, "map_as failed", key);
+            if (id < 0 || id >= SPACE * 2)
+                return fail(op, "map_as gave a bad id", key);
+            if (ref[k] >= 0) {
+                if (id != ref[k])
+                    return fail(op, "map_as of a held key changed its id", key);
+            } else {
+                if (owner[id])
+                    return fail(op, "a new key got a live id", key);
+                if (id < hi)
+                    reused++;
+                else if (free_before > 0)
+                    return fail(op, "a fresh id while freed ones wait", key);
+                else
+                    hi = id + 1;
+                ref[k] = id;
+                owner[id] = k + 1;
+                live++;
+            }
+            if (!(refh[k] & h))
+                refh[k] |= (uint8_t)h, n_held[h]++;
+        }
+        if (sc_idmap_live(m) != live || sc_idmap_held(m, 1) != n_held[1] || sc_idmap_held(m, 2) != n_held[2])
+            return fail(op, "live or held count", key);
+        if (op % 97 == 0) {
+            for (int64_t j = 0; j < SPACE; j++) {
+                int64_t kj = key_of_index(j);
+                int32_t got;
+                sc_idmap_find(m, &kj, 1, &got);
+                if (got != ref[j])
+                    return fail(op, "find disagrees", kj);
+            }
+        }
+    }
+    if (sc_idmap_map_as(m, &(int64_t){1}, 1, &(int32_t){0}, 3) != SC_EARG || sc_idmap_held(m, 0) != SC_EARG ||
+        sc_idmap_set_shared(m) != SC_EARG)
+        return fail(ops, "a bad holder or a second set_shared not refused", 0);
+    free(owner);
+    printf("idmap_check: ok %" PRId64 " ops, %" PRId64 " deletions, %" PRId64 " ids reused, %" PRId64
+           " kept by the other holder\n", ops, frees, reused, kept);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3 && argc != 4)
-        return fprintf(stderr, "usage: idmap_check OPS SEED [LOAD_PERCENT]\n"), 2;
+    if (argc < 3 || argc > 5 || (argc == 5 && strcmp(argv[4], "shared") != 0))
+        return fprintf(stderr, "usage: idmap_check OPS SEED [LOAD_PERCENT [shared]]\n"), 2;
     int64_t ops = strtoll(argv[1], NULL, 10);
     uint64_t s = strtoull(argv[2], NULL, 10) * 2 + 1;
     sc_idmap *m = sc_idmap_new();
     if (m && argc == 4 && sc_idmap_set_load(m, (int32_t)strtol(argv[3], NULL, 10)) != SC_OK)
         return fprintf(stderr, "idmap_check: bad load %s\n", argv[3]), 2;
+    if (m && argc == 5) {
+        int rc = check_shared(m, ops, s);
+        sc_idmap_free(m);
+        return rc;
+    }
     int32_t ref[SPACE]; /* key index -> id, -1: not mapped */
     int64_t *owner = calloc((size_t)SPACE * 2, sizeof(int64_t)); /* id -> key index + 1, 0: free */
     if (!m || !owner)
