@@ -302,11 +302,11 @@ def test_history_window_default_comes_from_the_model(obd_model: str) -> None:
         registry.create("recmg", model_dir=obd_model, history_window=-1)
 
 
-def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None:
-    """The recency window's key map: deletion (backward shift) and id reuse against a reference, in C
-    with AddressSanitizer and UBSan (native/policy/tests/idmap_check.c)."""
+def _build_check(tmp_path: Path, name: str, *sources: str) -> Path:
+    """native/policy/tests/NAME.c (with the policy sources named) built with AddressSanitizer and UBSan
+    where the compiler has them (the reference check runs either way)."""
     policy = Path(__file__).resolve().parent.parent / "native" / "policy"
-    exe = tmp_path / "idmap_check"
+    exe = tmp_path / name
     cc = os.environ.get("CC", "cc")
     flags = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"]
     probe = subprocess.run([cc, "-x", "c", *flags, "-o", str(exe), "-"],
@@ -315,9 +315,32 @@ def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None
     if probe.returncode != 0:
         flags = []  # no sanitizers here: the reference check still runs
     cmd = [cc, "-std=c11", "-Wall", "-Wextra", "-Werror", "-O1", "-g", *flags, f"-I{policy}", "-o", str(exe),
-           str(policy / "tests" / "idmap_check.c"), str(policy / "idmap.c")]
+           str(policy / "tests" / f"{name}.c"), *(str(policy / src) for src in sources)]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
+    return exe
+
+
+def test_stream_ring_runs_give_each_position_its_step_under_sanitizers(tmp_path: Path) -> None:
+    """The stream ring's runs (native/policy/runs.h: a step's first position, instead of a step a
+    position) against a per-position reference: empty steps, steps that wrap the ring on their own, runs
+    that outgrow their first allocation (native/policy/tests/runs_check.c)."""
+    exe = _build_check(tmp_path, "runs_check")
+    most = {}
+    for steps, seed, ring in ((6000, 1, 257), (12000, 2, 8192), (3000, 3, 1)):
+        r = subprocess.run([str(exe), str(steps), str(seed), str(ring)], capture_output=True, text=True,
+                           timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith(f"runs_check: ok {steps} steps"), r.stdout
+        most[ring] = int(r.stdout.split()[-2])
+    assert most[8192] > 1024  # the runs grew past their first allocation
+    assert most[1] <= 2  # a one-position ring: the oldest run and the newest
+
+
+def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None:
+    """The recency window's key map: deletion (backward shift) and id reuse against a reference, in C
+    with AddressSanitizer and UBSan (native/policy/tests/idmap_check.c)."""
+    exe = _build_check(tmp_path, "idmap_check", "idmap.c")
     # the default (half load, slots doubled) and the daemon's (3/4, grown by a quarter: any size); then a
     # map shared by two holders (the daemon's mirror and a classical policy), an id freed by its last one
     for seed, load, mode in ((1, "50", []), (2, "50", []), (3, str(DAEMON_LOAD), []),

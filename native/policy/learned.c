@@ -7,6 +7,7 @@
 #include "hazard.h"
 #include "internal.h"
 #include "learned.h"
+#include "runs.h"
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
@@ -116,11 +117,7 @@ struct lp_policy {
     /* the stream ring: positions s_n - ring .. s_n - 1 in slots pos & s_mask */
     int32_t *s_ids;
     int64_t s_n, s_mask;
-    /* the steps of the ring's positions: every step that added positions is a run of them, its step
-     * and first position, oldest first (a ring of runs: r_head the oldest's place, r_n of them, r_cap a
-     * power of two); a run leaves once its last position has left the ring (pos_step) */
-    int64_t *r_step, *r_start;
-    int64_t r_head, r_n, r_cap;
+    sc_runs runs; /* the steps of the ring's positions (runs.h) */
     /* the last past_steps steps' ids */
     int32_t *recent;
     int64_t *recent_n; /* past_steps counts; recent holds past_steps x recent_cap */
@@ -430,7 +427,8 @@ void lp_free(lp_policy *p)
     free(p->row_mem), free(p->flags), free(p->rlast), free(p->rec), free(p->lastpos), free(p->free_recs);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
-    free(p->s_ids), free(p->r_step), free(p->r_start), free(p->recent), free(p->recent_n);
+    sc_runs_free(&p->runs);
+    free(p->s_ids), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->hkey), free(p->hval);
@@ -1193,53 +1191,6 @@ static int grow_hash(lp_policy *p, int64_t cap)
     return SC_OK;
 }
 
-/* the run (its index from the oldest) holding stream position pos, one the ring still holds */
-static int64_t pos_run(const lp_policy *p, int64_t pos)
-{
-    int64_t lo = 0, hi = p->r_n - 1, m = p->r_cap - 1; /* the last run starting at or before pos */
-    while (lo < hi) {
-        int64_t mid = lo + (hi - lo + 1) / 2;
-        if (p->r_start[(p->r_head + mid) & m] <= pos)
-            lo = mid;
-        else
-            hi = mid - 1;
-    }
-    return lo;
-}
-
-static inline int64_t run_step(const lp_policy *p, int64_t k) { return p->r_step[(p->r_head + k) & (p->r_cap - 1)]; }
-
-static inline int64_t run_start(const lp_policy *p, int64_t k)
-{
-    return k < p->r_n ? p->r_start[(p->r_head + k) & (p->r_cap - 1)] : INT64_MAX;
-}
-
-/* step b added positions from `start` on: a run of its own; the runs whose positions have all left the
- * ring (overwritten by then) leave */
-static int runs_push(lp_policy *p, int64_t b, int64_t start)
-{
-    int64_t ring = p->s_mask + 1;
-    while (p->r_n > 1 && run_start(p, 1) <= p->s_n - ring)
-        p->r_head = (p->r_head + 1) & (p->r_cap - 1), p->r_n--;
-    if (p->r_n == p->r_cap) {
-        int64_t nc = p->r_cap ? 2 * p->r_cap : 1024;
-        int64_t *st = malloc((size_t)nc * sizeof(int64_t)), *sa = malloc((size_t)nc * sizeof(int64_t));
-        if (!st || !sa) {
-            free(st), free(sa);
-            return SC_ENOMEM;
-        }
-        for (int64_t k = 0; k < p->r_n; k++)
-            st[k] = run_step(p, k), sa[k] = run_start(p, k);
-        free(p->r_step), free(p->r_start);
-        p->r_step = st, p->r_start = sa;
-        p->r_head = 0, p->r_cap = nc;
-    }
-    int64_t at = (p->r_head + p->r_n) & (p->r_cap - 1);
-    p->r_step[at] = b, p->r_start[at] = start;
-    p->r_n++;
-    return SC_OK;
-}
-
 /* candidates proposed by the stream for this step's rows and then for the n_ann announced rows not among
  * them (p->ann: what followed them last time is what comes after the window), never a row read or
  * announced; scored; the chosen (best first, at most prefetch_budget) land in p->newv[*n_pf ...] after
@@ -1292,17 +1243,17 @@ static int prefetch(lp_policy *p, int64_t n, int64_t n_ann, int64_t b, int64_t m
         if (sl < 0 || p->s_ids[sl] != trig[i])
             continue; /* never in the stream, or its last position is overwritten (older than the ring) */
         int64_t pos = p->s_n - 1 - (int64_t)((uint64_t)(p->s_n - 1 - sl) & (uint64_t)p->s_mask);
-        int64_t k = pos_run(p, pos); /* the runs of pos and of its followers, walked forward */
-        int64_t age = now - run_step(p, k);
+        int64_t k = sc_runs_find(&p->runs, pos); /* the runs of pos and of its followers, walked forward */
+        int64_t age = now - sc_runs_step(&p->runs, k);
         for (int64_t o = 1; o <= depth; o++) {
             int64_t q = pos + o;
             if (q >= p->s_n)
                 break;
-            while (run_start(p, k + 1) <= q)
+            while (sc_runs_start(&p->runs, k + 1) <= q)
                 k++;
             int32_t c = p->s_ids[q & p->s_mask];
             /* a follower the recency window dropped since (its id free or another row's now) */
-            if ((p->flags[c] & F_FREE) || row_first(p, c) > run_step(p, k))
+            if ((p->flags[c] & F_FREE) || row_first(p, c) > sc_runs_step(&p->runs, k))
                 continue;
             if (p->flags[c] & F_MCAND) {
                 uint64_t h = mix64((uint64_t)c) & hmask;
@@ -1673,7 +1624,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         p->recent_head = (at + 1) % p->prm.past_steps;
         if (p->recent_len < p->prm.past_steps)
             p->recent_len++;
-        if (n && (rc = runs_push(p, b, p->s_n)))
+        if (n && (rc = sc_runs_push(&p->runs, b, p->s_n, p->s_mask + 1)))
             return rc;
         for (int64_t i = 0; i < n; i++) {
             int64_t q = p->s_n++;
@@ -1788,7 +1739,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
-    out->ring_bytes = (p->s_mask + 1) * 4 + p->r_cap * 16;
+    out->ring_bytes = (p->s_mask + 1) * 4 + sc_runs_bytes(&p->runs);
     int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + p->hcap * 8;
     for (int k = 0; k < 3; k++)
         bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
