@@ -86,7 +86,8 @@ struct lp_policy {
     int64_t *rlast;   /* step of the row's last use (-1: none yet) */
     int32_t *rec;     /* its history record, or -1: a row used once (at rlast) keeps none, for its record
                        * is then a function of that step and its key (rec_fill rebuilds it exactly) */
-    int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
+    int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot;
+                       * only while a prefetcher is set: NULL otherwise, the stream unused) 
                        * holds another row) */
     /* the history records (the caching model's view over them: cm_* take record indices) */
     void *row_mem;
@@ -509,6 +510,13 @@ int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
         sc_idmap_free(mm);
         return SC_ENOMEM;
     }
+    /* the stream (a row's last position) only with a budget to prefetch (fixed at lp_new) */
+    if (!p->lastpos && p->prm.prefetch_budget > 0 &&
+        grow_arr((void **)&p->lastpos, 0, p->cap_rows ? p->cap_rows : 1, 4, 0xff)) {
+        pf_free(n); /* the rows seen so far: no stream position yet */
+        sc_idmap_free(mm);
+        return SC_ENOMEM;
+    }
     pf_free(p->pf);
     sc_idmap_free(p->model_map);
     p->pf = n;
@@ -526,7 +534,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     int64_t old = p->cap_rows, cap = old ? old : 1024;
     while (cap < need)
         cap += cap / 4 + 1024;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || grow_arr((void **)&p->lastpos, old, cap, 4, 0xff) ||
+    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
         grow_arr((void **)&p->rlast, old, cap, 8, 0xff) || grow_arr((void **)&p->rec, old, cap, 4, 0xff) ||
         grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
@@ -588,7 +596,8 @@ static inline int64_t row_first(const lp_policy *p, int32_t id)
 static void row_init(lp_policy *p, int32_t id)
 {
     p->flags[id] = 0;
-    p->lastpos[id] = -1;
+    if (p->lastpos)
+        p->lastpos[id] = -1;
     p->rlast[id] = -1;
     p->rec[id] = -1;
 }
@@ -1733,8 +1742,9 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->pf_useless = p->pf_useless;
     out->pf_throttled = p->pf_throttled_steps;
     out->pf_asked = p->pf_asked;
-    /* flags, last use, record index, last stream slot, place in the cache; the records apart */
-    int64_t per_row = 1 + 8 + 4 + 4 + 4;
+    /* flags, last use, record index, last stream slot (with a prefetcher), place in the cache; the
+     * records apart */
+    int64_t per_row = 1 + 8 + 4 + (p->lastpos ? 4 : 0) + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
