@@ -105,7 +105,8 @@ class NativeStep:
             simcore.check(lib.lp_set_hazard(self._p, ffi.from_buffer("double[]", q), len(q) // AGE_BUCKETS,
                                             ffi.from_buffer("double[]", pe), len(pe),
                                             ffi.from_buffer("double[]", ne), len(ne)), "lp_set_hazard")
-        if pol.prefetcher == "recmg" and pol._np_pref is not None:
+        # no budget to prefetch (the daemon's default): the C step never asks the model, so it gets no copy
+        if pol.prefetcher == "recmg" and pol._np_pref is not None and pol.prefetch_budget > 0:
             self._set_prefetch(pol)
         self._dec = lib.lp_decision_of(self._p)
         self._stats = ffi.new("lp_stats *")
