@@ -83,9 +83,9 @@ struct lp_policy {
     /* per row (indexed by the key map's id) */
     int64_t n_rows, cap_rows;
     uint8_t *flags;
-    int64_t *rlast;   /* step of the row's last use (-1: none yet) */
-    int32_t *rec;     /* its history record, or -1: a row used once (at rlast) keeps none, for its record
-                       * is then a function of that step and its key (rec_fill rebuilds it exactly) */
+    int64_t *rs;      /* its history record (>= 0; the record holds the last use), or -1: never used, or
+                       * -2 - s: used once, at step s: such a row keeps no record, for its record is then a
+                       * function of that step and its key (rec_fill rebuilds it exactly); rec_of, last_of */
     int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot;
                        * only while a prefetcher is set: NULL otherwise, the stream unused) 
                        * holds another row) */
@@ -153,6 +153,23 @@ struct lp_policy {
     int64_t cap_dec;
 };
 
+/* the row's history record, or -1 (it keeps none: never used, or used once) */
+static inline int32_t rec_of(const lp_policy *p, int32_t id) { return p->rs[id] >= 0 ? (int32_t)p->rs[id] : -1; }
+
+/* the step of the row's last use (-1: none yet) */
+static inline int64_t last_of(const lp_policy *p, int32_t id)
+{
+    int64_t v = p->rs[id];
+    return v >= 0 ? p->view.row[v].last : v == -1 ? -1 : -2 - v;
+}
+
+/* the step of the row's first use (-1: none yet) */
+static inline int64_t row_first(const lp_policy *p, int32_t id)
+{
+    int64_t v = p->rs[id];
+    return v >= 0 ? p->view.row[v].first : v == -1 ? -1 : -2 - v;
+}
+
 /* ---------------------------------------------------------------------------- small helpers */
 static int grow_buf(void **ptr, int64_t *cap, int64_t need, size_t elem)
 {
@@ -214,9 +231,9 @@ static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int
     if (s->k == 0) {
         s->cl[at] = cl, s->st[at] = st, s->lv[at] = lv;
     } else if (s->k == 1) {
-        s->cl[at] = 0, s->st[at] = (double)p->rlast[id], s->lv[at] = 0.0f;
+        s->cl[at] = 0, s->st[at] = (double)last_of(p, id), s->lv[at] = 0.0f;
     } else {
-        s->cl[at] = cl, s->st[at] = (double)p->rlast[id], s->lv[at] = lv;
+        s->cl[at] = cl, s->st[at] = (double)last_of(p, id), s->lv[at] = lv;
     }
 }
 
@@ -425,7 +442,7 @@ void lp_free(lp_policy *p)
     pf_free(p->pf);
     cm_lut_free(p->lut);
     free(p->table), free(p->p_edges), free(p->nu_edges);
-    free(p->row_mem), free(p->flags), free(p->rlast), free(p->rec), free(p->lastpos), free(p->free_recs);
+    free(p->row_mem), free(p->flags), free(p->rs), free(p->lastpos), free(p->free_recs);
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     sc_runs_free(&p->runs);
@@ -535,7 +552,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     while (cap < need)
         cap += cap / 4 + 1024;
     if (grow_arr((void **)&p->flags, old, cap, 1, 0) || (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
-        grow_arr((void **)&p->rlast, old, cap, 8, 0xff) || grow_arr((void **)&p->rec, old, cap, 4, 0xff) ||
+        grow_arr((void **)&p->rs, old, cap, 8, 0xff) ||
         grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
     p->cap_rows = cap;
@@ -571,25 +588,20 @@ static int rec_free(lp_policy *p, int32_t r)
     return SC_OK;
 }
 
-/* into *r: the record of row id as it has none: empty (never used), or used once at rlast, rebuilt by
- * the very update that wrote it then */
+/* into *r: the record of row id as it has none: empty (never used), or used once, rebuilt by the very
+ * update that wrote it then */
 static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
 {
     memset(r, 0, sizeof(*r));
     r->last = r->first = -1;
     r->table = sc_idmap_key_of(p->map, id) >> p->prm.row_bits;
-    if (p->rlast[id] < 0)
+    int64_t last = last_of(p, id);
+    if (last < 0)
         return SC_OK;
     cm_rows one = p->view;
     int64_t zero = 0;
     one.row = r, one.cap = 1;
-    return cm_update(&one, &zero, 1, p->rlast[id]);
-}
-
-/* the step of the row's first use (-1: none yet) */
-static inline int64_t row_first(const lp_policy *p, int32_t id)
-{
-    return p->rec[id] >= 0 ? p->view.row[p->rec[id]].first : p->rlast[id];
+    return cm_update(&one, &zero, 1, last);
 }
 
 /* a new row's state: never used, no record */
@@ -598,14 +610,13 @@ static void row_init(lp_policy *p, int32_t id)
     p->flags[id] = 0;
     if (p->lastpos)
         p->lastpos[id] = -1;
-    p->rlast[id] = -1;
-    p->rec[id] = -1;
+    p->rs[id] = -1;
 }
 
 /* the caching model's features of row id as of now into f (any row: a once-used one's record rebuilt) */
 static int row_features(lp_policy *p, int32_t id, int64_t now, float *f)
 {
-    int64_t at = p->rec[id];
+    int64_t at = rec_of(p, id);
     if (at >= 0)
         return cm_features(&p->view, &at, 1, now, f);
     int rc = rec_fill(p, id, &p->tmp_row);
@@ -653,14 +664,14 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         int32_t id = (int32_t)(p->sweep++ % p->n_rows);
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
-        if (p->rlast[id] >= b - w)
+        if (last_of(p, id) >= b - w)
             continue;
         int rc = sc_idmap_del(p->map, sc_idmap_key_of(p->map, id));
-        if (rc == SC_OK && p->rec[id] >= 0)
-            rc = rec_free(p, p->rec[id]);
+        if (rc == SC_OK && rec_of(p, id) >= 0)
+            rc = rec_free(p, rec_of(p, id));
         if (rc)
             return rc;
-        p->rec[id] = -1;
+        p->rs[id] = -1;
         p->flags[id] = F_FREE;
         p->forgotten++;
     }
@@ -944,7 +955,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
             int32_t id = newv[i];
-            double st = k == 0 ? p->nst[i] : (double)p->rlast[id];
+            double st = k == 0 ? p->nst[i] : (double)last_of(p, id);
             int32_t cl = k == 1 ? 0 : p->ncl[i];
             float lv = k == 1 ? 0.0f : p->nlv[i];
             p->sel[nr + i] = cand_of(keep_key(p, k, cl, st, lv, now, den) + NEW_BONUS, NEW_TIE + i);
@@ -1489,16 +1500,15 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     int scored = p->prm.use_cache_model && p->cnet && n;
     for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
         int32_t id = ids[i];
-        if (p->rec[id] < 0) {
+        if (p->rs[id] < 0) {
             int32_t r = rec_alloc(p);
             if (r < 0)
                 return SC_ENOMEM;
-            p->rec[id] = r;
-            if ((rc = rec_fill(p, id, p->view.row + r)))
+            if ((rc = rec_fill(p, id, p->view.row + r))) /* from the row's once-used step, then the record's */
                 return rc;
+            p->rs[id] = r;
         }
-        p->ids64[i] = p->rec[id];
-        p->rlast[id] = b;
+        p->ids64[i] = p->rs[id];
     }
     if (scored) {
         if ((rc = cm_score(p->cnet, &p->view, p->ids64, n, b, 1, p->out, NULL)))
@@ -1643,11 +1653,12 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     }
     /* rows used for the first time keep no record (rec_fill rebuilds it) */
     for (int64_t i = 0; i < n; i++) {
-        int32_t r = p->rec[ids[i]];
+        int32_t r = rec_of(p, ids[i]);
         if (p->view.row[r].count == 1.0f) {
+            int64_t last = p->view.row[r].last;
             if ((rc = rec_free(p, r)))
                 return rc;
-            p->rec[ids[i]] = -1;
+            p->rs[ids[i]] = -2 - last;
         }
     }
     return forget_old(p, b, 2 * n + 64);
@@ -1742,9 +1753,9 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->pf_useless = p->pf_useless;
     out->pf_throttled = p->pf_throttled_steps;
     out->pf_asked = p->pf_asked;
-    /* flags, last use, record index, last stream slot (with a prefetcher), place in the cache; the
-     * records apart */
-    int64_t per_row = 1 + 8 + 4 + (p->lastpos ? 4 : 0) + 4;
+    /* flags, record index or once-used step, last stream slot (with a prefetcher), place in the cache;
+     * the records apart */
+    int64_t per_row = 1 + 8 + (p->lastpos ? 4 : 0) + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
