@@ -14,17 +14,7 @@
 #include <string.h>
 
 #include "simcore.h"
-
-static uint64_t next(uint64_t *s)
-{
-    /* xorshift64* (the fuzz loop's own generator; state lives in main) */
-    uint64_t x = *s;
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
+#include "xorshift.h"
 
 static int64_t below(uint64_t *s, int64_t n)
 {

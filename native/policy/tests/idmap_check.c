@@ -23,18 +23,16 @@
 #include <string.h>
 
 #include "internal.h"
+#include "xorshift.h"
 
 #define SPACE 4096
 
-static uint64_t next(uint64_t *s)
-{
-    uint64_t x = *s; /* xorshift64* */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
+/* the reference: key index -> id (-1: not mapped), id -> key index + 1 (0: free) */
+typedef struct {
+    int32_t ref[SPACE];
+    int64_t owner[SPACE * 2];
+    int64_t live, hi, reused, dels;
+} refmap;
 
 static int fail(int64_t op, const char *what, int64_t key)
 {
@@ -47,88 +45,114 @@ static int64_t key_of_index(int64_t k)
     return (int64_t)((uint64_t)k * 0x9E3779B97F4A7C15ULL >> 4) ^ (k << 40); /* spread, signed */
 }
 
-/* the shared map: two holders (bits 1 and 2) against a reference of each key's id and holders */
+static refmap *ref_new(void)
+{
+    refmap *r = calloc(1, sizeof(*r));
+    if (r)
+        for (int i = 0; i < SPACE; i++)
+            r->ref[i] = -1;
+    return r;
+}
+
+/* key index k, not mapped, got id: it must be free, and a freed one while any wait; NULL or what is wrong */
+static const char *ref_take(refmap *r, int64_t k, int32_t id, int64_t free_before)
+{
+    if (r->owner[id])
+        return "a new key got a live id";
+    if (id < r->hi)
+        r->reused++;
+    else if (free_before > 0)
+        return "a fresh id while freed ones wait";
+    else
+        r->hi = id + 1;
+    r->ref[k] = id;
+    r->owner[id] = k + 1;
+    r->live++;
+    return NULL;
+}
+
+/* the map forgot key index k */
+static void ref_drop(refmap *r, int64_t k)
+{
+    r->owner[r->ref[k]] = 0;
+    r->ref[k] = -1;
+    r->live--, r->dels++;
+}
+
+/* the whole map against the reference: find and key_of; NULL or what is wrong (its key in *key) */
+static const char *ref_compare(const refmap *r, const sc_idmap *m, int64_t *key)
+{
+    for (int64_t j = 0; j < SPACE; j++) {
+        int64_t kj = key_of_index(j);
+        int32_t got;
+        sc_idmap_find(m, &kj, 1, &got);
+        *key = kj;
+        if (got != r->ref[j])
+            return "find disagrees";
+        if (got >= 0 && sc_idmap_key_of(m, got) != kj)
+            return "key_of disagrees";
+    }
+    return NULL;
+}
+
+/* the shared map: two holders (bits 1 and 2) against the reference and each key's holders */
 static int check_shared(sc_idmap *m, int64_t ops, uint64_t s)
 {
     if (sc_idmap_set_shared(m) != SC_OK)
         return fail(0, "set_shared failed", 0);
-    int32_t ref[SPACE];
-    uint8_t refh[SPACE];
-    int64_t *owner = calloc((size_t)SPACE * 2, sizeof(int64_t)); /* id -> key index + 1, 0: free */
-    if (!owner)
+    refmap *r = ref_new();
+    uint8_t refh[SPACE] = {0};
+    if (!r)
         return fprintf(stderr, "idmap_check: out of memory\n"), 2;
-    for (int i = 0; i < SPACE; i++)
-        ref[i] = -1, refh[i] = 0;
-    int64_t live = 0, n_held[3] = {0, 0, 0}, frees = 0, kept = 0, reused = 0, hi = 0;
+    int64_t n_held[3] = {0, 0, 0}, kept = 0;
     for (int64_t op = 0; op < ops; op++) {
         int64_t k = (int64_t)(next(&s) % SPACE);
         int64_t key = key_of_index(k);
+        const char *bad;
         int32_t h = (int32_t)(next(&s) % 2) + 1;
         int grow = (op / 20000) % 2 == 0;
         if ((int)(next(&s) % 100) < (grow ? 30 : 70)) {
             /* h lets the key's id go, twice over (the repeat is skipped), or an id it never took */
-            int32_t id = ref[k] >= 0 ? ref[k] : (hi ? (int32_t)(next(&s) % (uint64_t)hi) : -1);
+            int32_t id = r->ref[k] >= 0 ? r->ref[k] : (r->hi ? (int32_t)(next(&s) % (uint64_t)r->hi) : -1);
             if (id < 0)
                 continue;
             int32_t twice[2] = {id, id};
             if (sc_idmap_release_as(m, twice, 2, h) != SC_OK)
                 return fail(op, "release_as failed", key);
-            int64_t kk = owner[id] - 1;
+            int64_t kk = r->owner[id] - 1;
             if (kk >= 0 && (refh[kk] & h)) {
                 refh[kk] &= (uint8_t)~h;
                 n_held[h]--;
-                if (!refh[kk]) {
-                    owner[id] = 0;
-                    ref[kk] = -1;
-                    live--, frees++;
-                } else {
+                if (!refh[kk])
+                    ref_drop(r, kk);
+                else
                     kept++;
-                }
             }
         } else {
             int32_t id = -1;
-            int64_t free_before = hi - live;
+            int64_t free_before = r->hi - r->live;
             if (sc_idmap_map_as(m, &key, 1, &id, h) != SC_OK)
                 return fail(op, "map_as failed", key);
             if (id < 0 || id >= SPACE * 2)
                 return fail(op, "map_as gave a bad id", key);
-            if (ref[k] >= 0) {
-                if (id != ref[k])
-                    return fail(op, "map_as of a held key changed its id", key);
-            } else {
-                if (owner[id])
-                    return fail(op, "a new key got a live id", key);
-                if (id < hi)
-                    reused++;
-                else if (free_before > 0)
-                    return fail(op, "a fresh id while freed ones wait", key);
-                else
-                    hi = id + 1;
-                ref[k] = id;
-                owner[id] = k + 1;
-                live++;
-            }
+            if (r->ref[k] >= 0 && id != r->ref[k])
+                return fail(op, "map_as of a held key changed its id", key);
+            if (r->ref[k] < 0 && (bad = ref_take(r, k, id, free_before)))
+                return fail(op, bad, key);
             if (!(refh[k] & h))
                 refh[k] |= (uint8_t)h, n_held[h]++;
         }
-        if (sc_idmap_live(m) != live || sc_idmap_held(m, 1) != n_held[1] || sc_idmap_held(m, 2) != n_held[2])
+        if (sc_idmap_live(m) != r->live || sc_idmap_held(m, 1) != n_held[1] || sc_idmap_held(m, 2) != n_held[2])
             return fail(op, "live or held count", key);
-        if (op % 97 == 0) {
-            for (int64_t j = 0; j < SPACE; j++) {
-                int64_t kj = key_of_index(j);
-                int32_t got;
-                sc_idmap_find(m, &kj, 1, &got);
-                if (got != ref[j])
-                    return fail(op, "find disagrees", kj);
-            }
-        }
+        if (op % 97 == 0 && (bad = ref_compare(r, m, &key)))
+            return fail(op, bad, key);
     }
     if (sc_idmap_map_as(m, &(int64_t){1}, 1, &(int32_t){0}, 3) != SC_EARG || sc_idmap_held(m, 0) != SC_EARG ||
         sc_idmap_set_shared(m) != SC_EARG)
         return fail(ops, "a bad holder or a second set_shared not refused", 0);
-    free(owner);
     printf("idmap_check: ok %" PRId64 " ops, %" PRId64 " deletions, %" PRId64 " ids reused, %" PRId64
-           " kept by the other holder\n", ops, frees, reused, kept);
+           " kept by the other holder\n", ops, r->dels, r->reused, kept);
+    free(r);
     return 0;
 }
 
@@ -139,89 +163,65 @@ int main(int argc, char **argv)
     int64_t ops = strtoll(argv[1], NULL, 10);
     uint64_t s = strtoull(argv[2], NULL, 10) * 2 + 1;
     sc_idmap *m = sc_idmap_new();
-    if (m && argc == 4 && sc_idmap_set_load(m, (int32_t)strtol(argv[3], NULL, 10)) != SC_OK)
+    if (m && argc >= 4 && sc_idmap_set_load(m, (int32_t)strtol(argv[3], NULL, 10)) != SC_OK)
         return fprintf(stderr, "idmap_check: bad load %s\n", argv[3]), 2;
     if (m && argc == 5) {
         int rc = check_shared(m, ops, s);
         sc_idmap_free(m);
         return rc;
     }
-    int32_t ref[SPACE]; /* key index -> id, -1: not mapped */
-    int64_t *owner = calloc((size_t)SPACE * 2, sizeof(int64_t)); /* id -> key index + 1, 0: free */
-    if (!m || !owner)
+    refmap *r = ref_new();
+    if (!m || !r)
         return fprintf(stderr, "idmap_check: out of memory\n"), 2;
-    for (int i = 0; i < SPACE; i++)
-        ref[i] = -1;
-    int64_t live = 0, dels = 0, reused = 0, hi = 0;
     for (int64_t op = 0; op < ops; op++) {
         int64_t k = (int64_t)(next(&s) % SPACE);
-        int64_t key = (int64_t)((uint64_t)k * 0x9E3779B97F4A7C15ULL >> 4) ^ (k << 40); /* spread, signed */
+        int64_t key = key_of_index(k);
+        const char *bad;
         /* phases: grow to most of the space, shrink to a few, grow again */
         int grow = (op / 20000) % 2 == 0;
         int do_del = (int)(next(&s) % 100) < (grow ? 30 : 70);
         if (do_del) {
-            if (ref[k] >= 0 && next(&s) % 2) {
+            if (r->ref[k] >= 0 && next(&s) % 2) {
                 /* by id (sc_idmap_release), twice over: the repeat finds the id freed and skips it */
-                int32_t twice[2] = {ref[k], ref[k]};
+                int32_t twice[2] = {r->ref[k], r->ref[k]};
                 if (sc_idmap_release(m, twice, 2) != SC_OK)
                     return fail(op, "release failed", key);
             } else if (sc_idmap_del(m, key) != SC_OK) {
                 return fail(op, "del failed", key);
             }
-            if (ref[k] >= 0) {
-                owner[ref[k]] = 0;
-                ref[k] = -1;
-                live--, dels++;
-            }
+            if (r->ref[k] >= 0)
+                ref_drop(r, k);
         } else {
             int is_new = -1;
-            int64_t free_before = hi - live;
+            int64_t free_before = r->hi - r->live;
             int32_t id = sc_idmap_get_new(m, key, &is_new);
             if (id < 0 || id >= SPACE * 2)
                 return fail(op, "get gave a bad id", key);
-            if (ref[k] >= 0) {
-                if (is_new || id != ref[k])
-                    return fail(op, "get of a mapped key changed its id", key);
-            } else {
-                if (!is_new || owner[id])
-                    return fail(op, "a new key got a live id", key);
-                if (id < hi)
-                    reused++;
-                else if (free_before > 0)
-                    return fail(op, "a fresh id while freed ones wait", key);
-                else
-                    hi = id + 1;
-                ref[k] = id;
-                owner[id] = k + 1;
-                live++;
-            }
+            if (r->ref[k] >= 0 && (is_new || id != r->ref[k]))
+                return fail(op, "get of a mapped key changed its id", key);
+            if (r->ref[k] < 0 && !is_new)
+                return fail(op, "a new key not said new", key);
+            if (r->ref[k] < 0 && (bad = ref_take(r, k, id, free_before)))
+                return fail(op, bad, key);
         }
-        if (sc_idmap_live(m) != live)
+        if (sc_idmap_live(m) != r->live)
             return fail(op, "live count", key);
-        if (op % 101 == 0 && hi > 0) { /* releasing a free or an out-of-range id changes nothing */
-            int32_t any = (int32_t)(next(&s) % (uint64_t)hi);
-            if (!owner[any] && sc_idmap_release(m, &any, 1) != SC_OK)
+        if (op % 101 == 0 && r->hi > 0) { /* releasing a free or an out-of-range id changes nothing */
+            int32_t any = (int32_t)(next(&s) % (uint64_t)r->hi);
+            if (!r->owner[any] && sc_idmap_release(m, &any, 1) != SC_OK)
                 return fail(op, "release of a free id failed", key);
-            int32_t bad[2] = {-1, (int32_t)sc_idmap_size(m)};
-            if (sc_idmap_release(m, &bad[0], 1) != SC_EBADID || sc_idmap_release(m, &bad[1], 1) != SC_EBADID)
+            int32_t outside[2] = {-1, (int32_t)sc_idmap_size(m)};
+            if (sc_idmap_release(m, &outside[0], 1) != SC_EBADID || sc_idmap_release(m, &outside[1], 1) != SC_EBADID)
                 return fail(op, "release of an id outside the map not refused", key);
-            if (sc_idmap_live(m) != live)
+            if (sc_idmap_live(m) != r->live)
                 return fail(op, "live count after releases", key);
         }
-        if (op % 97 == 0) { /* the whole map against the reference */
-            for (int64_t j = 0; j < SPACE; j++) {
-                int64_t kj = (int64_t)((uint64_t)j * 0x9E3779B97F4A7C15ULL >> 4) ^ (j << 40);
-                int32_t got;
-                sc_idmap_find(m, &kj, 1, &got);
-                if (got != ref[j])
-                    return fail(op, "find disagrees", kj);
-                if (got >= 0 && sc_idmap_key_of(m, got) != kj)
-                    return fail(op, "key_of disagrees", kj);
-            }
-        }
+        if (op % 97 == 0 && (bad = ref_compare(r, m, &key)))
+            return fail(op, bad, key);
     }
     sc_idmap_free(m);
-    free(owner);
-    printf("idmap_check: ok %" PRId64 " ops, %" PRId64 " deletions, %" PRId64 " ids reused\n", ops, dels, reused);
+    printf("idmap_check: ok %" PRId64 " ops, %" PRId64 " deletions, %" PRId64 " ids reused\n", ops, r->dels,
+           r->reused);
+    free(r);
     return 0;
 }

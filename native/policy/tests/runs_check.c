@@ -15,16 +15,7 @@
 #include <stdlib.h>
 
 #include "runs.h"
-
-static uint64_t next(uint64_t *s)
-{
-    uint64_t x = *s; /* xorshift64* */
-    x ^= x >> 12;
-    x ^= x << 25;
-    x ^= x >> 27;
-    *s = x;
-    return x * 0x2545F4914F6CDD1DULL;
-}
+#include "xorshift.h"
 
 int main(int argc, char **argv)
 {
