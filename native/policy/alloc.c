@@ -13,13 +13,16 @@
 
 #include "simcore.h"
 
-int sc_map_large_allocations(int64_t threshold) {
+int sc_map_large_allocations(int64_t threshold)
+{
     if (threshold < 4096 || threshold > (int64_t)32 << 20)
         return SC_EARG;
+#ifdef __GLIBC__
     /* setting either threshold turns off glibc's adjustment of both */
     if (mallopt(M_MMAP_THRESHOLD, (int)threshold) != 1)
         return SC_EARG;
     if (mallopt(M_TRIM_THRESHOLD, (int)threshold) != 1)
         return SC_EARG;
-    return SC_OK;
+#endif
+    return SC_OK; /* another C library: its own allocator's policy stands */
 }
