@@ -59,12 +59,17 @@ def first_mask(keys: np.ndarray) -> np.ndarray:
 LARGE_ALLOCATION = 1 << 20
 
 
-def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> None:
+def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
     """Make the process's allocator serve every request of ``threshold`` bytes or more from a mapping of
     its own, for good (``sc_map_large_allocations``): the policies' key maps and per-id arrays grow by
     realloc, and with glibc's default (a threshold that rises as mappings are freed) each growth left its
-    old copy as a hole in the heap. Process-wide: the daemon calls it once at start."""
-    check(lib.sc_map_large_allocations(int(threshold)), f"allocator threshold {threshold}")
+    old copy as a hole in the heap. Process-wide: the daemon calls it once at start. False when the
+    process's allocator is not glibc's (a preloaded jemalloc or tcmalloc, AddressSanitizer) and keeps
+    its own policy; a threshold outside 4 KiB .. 32 MiB is a PolicyError."""
+    rc = int(lib.sc_map_large_allocations(int(threshold)))
+    if rc < 0:
+        check(rc, f"allocator threshold {threshold}")
+    return rc == 1
 
 
 #: the holders of a shared key map (:meth:`IdMap.share`): a classical policy that gives ids back (its own

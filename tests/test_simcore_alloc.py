@@ -3,8 +3,10 @@ their own after a large free, so the policies' growing arrays leave no holes in 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +49,20 @@ def test_a_threshold_out_of_range_is_refused() -> None:
         with pytest.raises(PolicyError, match=f"allocator threshold {bad}: a bad argument"):
             map_large_allocations(bad)
     assert 4096 <= LARGE_ALLOCATION <= 32 << 20
+
+
+def test_an_allocator_that_refuses_mallopt_is_left_alone(tmp_path: Path) -> None:
+    """A preloaded allocator (jemalloc, tcmalloc, a sanitizer) refuses mallopt: the call says so and
+    changes nothing, and the daemon goes on (recmgd's main logs it)."""
+    cc = os.environ.get("CC", "cc")
+    shim = tmp_path / "refuse_mallopt.so"
+    r = subprocess.run([cc, "-shared", "-fPIC", "-o", str(shim), "-x", "c", "-"],
+                       input="int mallopt(int param, int value) { (void)param; (void)value; return 0; }\n",
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    code = "from recmgd.simcore import map_large_allocations; print(map_large_allocations())"
+    for preload, said in (("", "True"), (str(shim), "False")):
+        env = {**os.environ, "LD_PRELOAD": preload}
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip() == said

@@ -18,11 +18,10 @@ int sc_map_large_allocations(int64_t threshold)
     if (threshold < 4096 || threshold > (int64_t)32 << 20)
         return SC_EARG;
 #ifdef __GLIBC__
-    /* setting either threshold turns off glibc's adjustment of both */
-    if (mallopt(M_MMAP_THRESHOLD, (int)threshold) != 1)
-        return SC_EARG;
-    if (mallopt(M_TRIM_THRESHOLD, (int)threshold) != 1)
-        return SC_EARG;
+    /* setting either threshold turns off glibc's adjustment of both; an allocator put in glibc's place
+     * (LD_PRELOAD of jemalloc or tcmalloc, AddressSanitizer) refuses mallopt: its own policy stands */
+    return mallopt(M_MMAP_THRESHOLD, (int)threshold) == 1 && mallopt(M_TRIM_THRESHOLD, (int)threshold) == 1;
+#else
+    return 0; /* another C library: its own allocator's policy stands */
 #endif
-    return SC_OK; /* another C library: its own allocator's policy stands */
 }

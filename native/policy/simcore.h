@@ -63,7 +63,8 @@ int64_t sc_idmap_held(const sc_idmap *m, int32_t holder);
 /* ---- the process's allocator ---- */
 /* serve every request of at least `threshold` bytes (4 KiB .. 32 MiB) from a mapping of its own and stop
    glibc from raising that threshold as it frees (see alloc.c): growth by realloc leaves no holes and
-   freed state goes back to the system at once; process-wide, for the daemon; SC_OK or SC_EARG */
+   freed state goes back to the system at once; process-wide, for the daemon; 1 (set), 0 (the allocator
+   is not glibc's, or refused: nothing changed) or SC_EARG */
 int sc_map_large_allocations(int64_t threshold);
 
 /* ---- policies ---- */

@@ -7,6 +7,7 @@ SIGINT), 1 when it cannot start (the reason on one line of stderr), 2 on a usage
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -56,7 +57,8 @@ def main(argv: list[str] | None = None) -> int:
 
     # the policies' state grows by realloc for the life of the process: without this ~a third of it
     # stays in heap holes (recmgd.simcore.map_large_allocations)
-    map_large_allocations()
+    if not map_large_allocations():
+        logging.getLogger("recmgd").info("the allocator is not glibc's: its policy for large blocks stands")
     daemon = Daemon(cfg, args.config, step_mode=args.step_mode)
     try:
         return daemon.run()
