@@ -62,7 +62,8 @@ typedef struct { /* a set of resident ids with O(1) add and remove */
 typedef struct {
     int32_t dim, hidden, queries, slots;
     int64_t n_model;
-    float *emb, *f1w, *f1b, *f2w, *f2b, *tab, *c1w, *c1b, *c2w, *c2b, *p1w, *p1b, *p2w;
+    const float *emb; /* borrowed: the caller's array (lp_set_prefetch_net) */
+    float *f1w, *f1b, *f2w, *f2b, *tab, *c1w, *c1b, *c2w, *c2b, *p1w, *p1b, *p2w;
     float p2b, temp;
 } pfnet;
 
@@ -426,8 +427,8 @@ static void pf_free(pfnet *w)
 {
     if (!w)
         return;
-    float *a[] = {w->emb, w->f1w, w->f1b, w->f2w, w->f2b, w->tab, w->c1w, w->c1b, w->c2w, w->c2b,
-                  w->p1w, w->p1b, w->p2w};
+    float *a[] = {w->f1w, w->f1b, w->f2w, w->f2b, w->tab, w->c1w, w->c1b, w->c2w, w->c2b,
+                  w->p1w, w->p1b, w->p2w}; /* not emb: borrowed */
     for (size_t i = 0; i < sizeof(a) / sizeof(a[0]); i++)
         free(a[i]);
     free(w);
@@ -509,7 +510,7 @@ int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
     size_t d = (size_t)w->dim, h = (size_t)w->hidden, q = (size_t)w->queries;
     n->dim = w->dim, n->hidden = w->hidden, n->queries = w->queries, n->slots = w->n_table_slots;
     n->n_model = w->n_model, n->p2b = w->p2b, n->temp = w->temp;
-    n->emb = copy_f(w->emb, ((size_t)w->n_model + 1) * d);
+    n->emb = w->emb; /* the one large array: borrowed, not copied (the caller keeps it) */
     n->f1w = copy_f(w->f1w, CM_N_FEATURES * h), n->f1b = copy_f(w->f1b, h);
     n->f2w = copy_f(w->f2w, h * d), n->f2b = copy_f(w->f2b, d);
     n->tab = copy_f(w->tab, (size_t)w->n_table_slots * d);

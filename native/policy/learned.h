@@ -64,7 +64,8 @@ typedef struct {
  * emb (n_model + 1) x dim (the last row: unknown), f1w N_FEATURES x hidden, f1b hidden, f2w hidden x dim,
  * f2b dim, tab n_table_slots x dim, c1w 2dim x hidden, c1b hidden, c2w hidden x (queries dim), c2b
  * queries dim, p1w (N_FEATURES + 3) x hidden, p1b hidden, p2w hidden; model_keys the n_model keys the
- * embeddings belong to. Copied by lp_set_prefetch_net. */
+ * embeddings belong to. lp_set_prefetch_net copies all but emb, the one array that grows with the model's
+ * rows: emb is borrowed and must stay valid, unchanged, until lp_free or the next lp_set_prefetch_net. */
 typedef struct {
     int32_t dim, hidden, queries, n_table_slots;
     int64_t n_model;

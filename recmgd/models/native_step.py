@@ -127,6 +127,7 @@ class NativeStep:
         for name, a in arrs.items():
             setattr(w, name, ffi.from_buffer("float[]", a))
         simcore.check(lib.lp_set_prefetch_net(self._p, w), "lp_set_prefetch_net")
+        self._keep.append(arrs["emb"])  # C borrows the embeddings (the model's one large array)
 
     def step(self, keys: np.ndarray, hit: np.ndarray, announced: np.ndarray | None = None) -> Decision:
         """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision;
