@@ -118,6 +118,20 @@ def test_c_step_decides_as_the_python_step_on_amazon_video(shared_traces: Path, 
     assert misses > 0
 
 
+def test_no_budget_to_prefetch_keeps_no_prefetching_model(shared_traces: Path, video_model: str) -> None:
+    """At a prefetch budget of 0 (the daemon's default) the prefetching model is never asked: a loaded
+    policy keeps no copy of it (its embeddings grow with the model's rows), and both steps still decide
+    alike and prefetch nothing; with a budget it is kept."""
+    none = registry.create("recmg", model_dir=video_model, prefetch_budget=0)
+    some = registry.create("recmg", model_dir=video_model, prefetch_budget=16)
+    assert none._np_pref is None and some._np_pref is not None  # type: ignore[attr-defined]
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()[:200]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    misses, issued = _lockstep("recmg", steps, cap, reject_every=9, model_dir=video_model, prefetch_budget=0,
+                               seed=0)
+    assert misses > 0 and issued == 0
+
+
 def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, video_model: str) -> None:
     """The eviction plan's AVX2 filter of the residents and its portable C twin: the same decisions at
     every step (the tier large enough for the sampled threshold, the guard's shadows planned too)."""

@@ -266,16 +266,22 @@ class LearnedPolicy(Policy):
         if missing:
             raise ModelError(f"{model_dir}: checkpoint has no {', '.join(missing)} model, needed by "
                              f"policy {self.name!r}; train it with `recmg train`")
-        self._install(t, np_cache, np_pref)
+        # with no budget to prefetch the prefetching model is never asked: no copy of it is kept (its
+        # embeddings grow with the rows it was trained on)
+        self._install(t, np_cache, np_pref, keep_prefetch=self.prefetch_budget > 0)
         log.info("%s: loaded models from %s", self.name, model_dir)
 
     def _install(self, t: Trained, np_cache: NumpyCacheNet | None = None,
-                 np_pref: NumpyPrefetchNet | None = None) -> None:
-        """Take trained models: ``t``'s torch modules (converted here), or their numpy inference given."""
+                 np_pref: NumpyPrefetchNet | None = None, *, keep_prefetch: bool = True) -> None:
+        """Take trained models: ``t``'s torch modules (converted here), or their numpy inference given;
+        ``keep_prefetch`` False: not the prefetching model's inference (a loaded policy that may not
+        prefetch)."""
         self.trained = t
         if np_cache is None and t.cache is not None:
             np_cache = NumpyCacheNet(t.cache)
-        if np_pref is None and t.prefetch is not None:
+        if not keep_prefetch:
+            np_pref = None
+        elif np_pref is None and t.prefetch is not None:
             np_pref = NumpyPrefetchNet(t.prefetch)
         self._np_cache, self._np_pref = np_cache, np_pref
         self._fast_cache = (FastCacheNet(np_cache) if self.native_infer and np_cache is not None else None)
