@@ -380,10 +380,12 @@ int sc_idmap_release_as(sc_idmap *m, const int32_t *ids, int64_t n, int32_t hold
         if (m->held) {
             if (!(m->held[id] & holder))
                 continue; /* not this holder's (freed, or let go already) */
-            m->held[id] &= (uint8_t)~holder;
-            m->n_held[holder >> 1]--;
-            if (m->held[id])
-                continue; /* the other holder keeps it */
+            if (m->held[id] & ~holder) { /* the other holder keeps it */
+                m->held[id] &= (uint8_t)~holder;
+                m->n_held[holder >> 1]--;
+                continue;
+            }
+            /* the last holder: freed below (del_at clears the bits, so a failure leaves them for a retry) */
         }
         int64_t at = slot_of(m, m->keys[id]);
         if (at < 0 || m->slot[at].id != id)
