@@ -98,7 +98,17 @@ class IdMap:
         if ptr == ffi.NULL:
             raise MemoryError("sc_idmap_new: out of memory")
         self.ptr: Any = ffi.gc(ptr, lib.sc_idmap_free)
+        self._owner: object = None
         self.set_load(load_pct)
+
+    @classmethod
+    def of(cls, ptr: Any, owner: object) -> IdMap:
+        """A view of a map another C object owns (``owner``, kept alive by the view; the learned C
+        step's, ``lp_key_map``): the same methods, and the owner frees it."""
+        view = cls.__new__(cls)
+        view.ptr = ptr
+        view._owner = owner
+        return view
 
     def set_load(self, load_pct: int) -> None:
         check(lib.sc_idmap_set_load(self.ptr, load_pct), f"id map load {load_pct}%")

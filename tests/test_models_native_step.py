@@ -453,3 +453,55 @@ def test_stream_ring_is_sized_by_the_tier_and_capped_by_the_window() -> None:
     assert stream_ring(1_000_000, 0, 1870.0) == 1 << 24
     # the window never takes it under the floor
     assert stream_ring(1_000_000, 64, 10.0) == floor
+
+
+def _drive_daemon(steps: list[np.ndarray], cap: int, model_dir: str, share: bool) -> tuple[int, int, int]:
+    """RecMG (the C step) behind a real PoolDriver in step mode over a real pool, one table; ``share``:
+    the mirror keeps its rows in the C step's key map (the daemon's way), else in a map of its own.
+    Returns (on-demand fetches, peak ids in the shared map, histories the step forgot)."""
+    import uuid
+
+    from recmgd.daemon.loop import PoolDriver
+    from recmgd.keys import key_row
+    from recmgd.pool import Pool
+
+    rows = int(key_row(np.concatenate(steps)).max()) + 1
+    name = f"recmgd-share-{uuid.uuid4().hex[:8]}"
+    app = Pool.create(name, tables=[(rows, 4)], slots=cap, ring_records=1 << 14)
+    daemon = Pool.attach(name, role="daemon")
+    try:
+        pol = registry.create("recmg", model_dir=model_dir, prefetch_budget=0, seed=0, history_window=64)
+        if not share:
+            pol.shared_key_map = lambda: None  # type: ignore[method-assign]
+        drv = PoolDriver(daemon, pol, "recmg", step_mode=True)
+        assert drv.mover.shares_key_map == share
+        peak = 0
+        for keys in steps:
+            r = key_row(keys)
+            app.embedding_bag(0, r, np.arange(len(r), dtype=np.int64))
+            app.end_batch()
+            drv.tick()
+            if share:
+                peak = max(peak, pol.shared_key_map().live)  # type: ignore[union-attr]
+            if share:  # the mirror, through the step's map, is the pool's residency
+                owned = np.sort(drv.mover.owned_keys())
+                assert np.array_equal(owned, np.sort(np.asarray(daemon.resident_keys(), dtype=np.int64)))
+        forgotten = pol.native_stats["forgotten"]  # type: ignore[attr-defined]
+        return int(drv.stats()["on_demand"]), peak, int(forgotten)
+    finally:
+        daemon.close()
+        app.destroy()
+
+
+def test_the_c_step_shares_its_key_map_with_the_daemons_mirror(shared_traces: Path, video_model: str) -> None:
+    """Driven by the daemon, the C step's key map is the mirror's too (one entry for a row both track):
+    the same on-demand fetches as with a map of the mirror's own, and the mirror exact, while a short
+    recency window makes the step forget rows and hand their ids out again."""
+    steps = [s for s in open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()[:300]]
+    steps = [s[(s >> 40) == 0] for s in steps]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    shared, peak, forgotten = _drive_daemon(steps, cap, video_model, share=True)
+    own, _, _ = _drive_daemon(steps, cap, video_model, share=False)
+    assert shared == own > 0
+    assert forgotten > 0  # the window made the step let rows go
+    assert 0 < peak < len(np.unique(np.concatenate(steps)))  # and it bounds the map

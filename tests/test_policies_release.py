@@ -188,7 +188,7 @@ def test_the_daemon_drives_its_policy_step_by_step(amazon: list[np.ndarray], nam
         assert pol.gives_back
         # one key map for the mirror and the policy: the mirror counts none of it as its own
         assert drv.mover.shares_key_map and pol.idmap is not None
-        assert drv.mover.nbytes() == drv.mover.flags.nbytes + drv.mover.pin_until.nbytes
+        assert drv.mover.nbytes() == drv.mover.flags.nbytes
         assert drv.stats()["state_bytes"] == drv.mover.nbytes() + pol.nbytes
         peak = peak_map = 0
         for i, keys in enumerate(steps):

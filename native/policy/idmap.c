@@ -191,6 +191,8 @@ static int32_t get_as(sc_idmap *m, int64_t key, int *is_new, int32_t holder)
         if (s->id < 0)
             break;
         if (s->tag == tag && m->keys[s->id] == key) {
+            if (m->held && !(m->held[s->id] & holder))
+                *is_new = 1; /* new to this holder: the other one mapped it, or kept it when it let go */
             hold(m, s->id, holder);
             return s->id;
         }

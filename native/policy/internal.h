@@ -38,7 +38,8 @@ static inline int64_t hz_age_bucket(double age)
 
 int32_t sc_idmap_get(sc_idmap *m, int64_t key);
 int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
-/* get or add one key, *is_new = 1 when it was added (a deleted key's id is handed out again first) */
+/* get or add one key for SC_HOLDER_POLICY, *is_new = 1 when it was added (a deleted key's id is handed
+   out again first) or, on a shared map, when the policy did not hold it yet */
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new);
 /* sc_idmap_get_new of keys[0..n) in order into ids and is_new, the slots of later keys prefetched; SC_ENOMEM */
 int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new);

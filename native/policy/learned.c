@@ -19,7 +19,9 @@
 #define F_RES 1  /* resident (the policy's view) */
 #define F_SH0 2  /* in the guard's LRU shadow */
 #define F_SH1 4  /* in the guard's model-order shadow */
-#define F_FREE 8 /* history dropped by the recency window: the id waits in the key map's free list */
+#define F_FREE 8 /* not the step's row: its history dropped by the recency window (the id waits in the key
+                  * map's free list, or is the mirror's alone in a shared map), or an id of a shared map
+                  * the mirror mapped and the step never took */
 #define F_PFU 16 /* prefetched by this policy, not read yet (the prefetcher's accuracy) */
 /* marks within one call (set and cleared by it): read in this step or announced; a prefetch candidate;
  * listed among the past steps' rows (or, for lp_early_victims, being read) */
@@ -552,7 +554,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     int64_t old = p->cap_rows, cap = old ? old : 1024;
     while (cap < need)
         cap += cap / 4 + 1024;
-    if (grow_arr((void **)&p->flags, old, cap, 1, 0) || (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
+    if (grow_arr((void **)&p->flags, old, cap, 1, F_FREE) || /* row_init takes an id */ (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
         grow_arr((void **)&p->rs, old, cap, 8, 0xff) ||
         grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
@@ -667,7 +669,7 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
             continue;
         if (last_of(p, id) >= b - w)
             continue;
-        int rc = sc_idmap_del(p->map, sc_idmap_key_of(p->map, id));
+        int rc = sc_idmap_release(p->map, &id, 1); /* freed, or the mirror's alone in a shared map */
         if (rc == SC_OK && rec_of(p, id) >= 0)
             rc = rec_free(p, rec_of(p, id));
         if (rc)
@@ -1667,6 +1669,18 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
 
 const lp_decision *lp_decision_of(const lp_policy *p) { return &p->dec; }
 
+int lp_share_key_map(lp_policy *p) { return sc_idmap_set_shared(p->map); }
+
+sc_idmap *lp_key_map(lp_policy *p) { return p->map; }
+
+/* the step's id of a key, or -1: not mapped, or (a shared map) mapped for the mirror alone */
+static inline int32_t own_id(const lp_policy *p, int64_t key)
+{
+    int32_t id;
+    sc_idmap_find(p->map, &key, 1, &id);
+    return id >= 0 && id < p->n_rows && !(p->flags[id] & F_FREE) ? id : -1;
+}
+
 int lp_announce(lp_policy *p, const int64_t *keys, int64_t n)
 {
     if (n < 0 || (n > 0 && !keys))
@@ -1675,8 +1689,7 @@ int lp_announce(lp_policy *p, const int64_t *keys, int64_t n)
     if (grow_buf((void **)&p->ann, &p->cap_ann, n + 1, sizeof(int32_t)) != SC_OK)
         return SC_ENOMEM;
     for (int64_t i = 0; i < n; i++) {
-        int32_t id;
-        sc_idmap_find(p->map, keys + i, 1, &id);
+        int32_t id = own_id(p, keys[i]);
         if (id >= 0)
             p->ann[p->n_ann++] = id;
     }
@@ -1686,8 +1699,7 @@ int lp_announce(lp_policy *p, const int64_t *keys, int64_t n)
 int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n)
 {
     for (int64_t i = 0; i < n; i++) {
-        int32_t id;
-        sc_idmap_find(p->map, keys + i, 1, &id);
+        int32_t id = own_id(p, keys[i]);
         if (id >= 0) {
             set_del(p, &p->sets[0], id);
             p->flags[id] &= (uint8_t)~F_PFU; /* not inserted (or evicted by the driver): no outcome */
@@ -1704,8 +1716,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
     if (grow_buf((void **)&p->sel, &p->cap_sel, s->n, sizeof(lp_cand)) != SC_OK)
         return SC_ENOMEM;
     for (int64_t i = 0; i < m; i++) {
-        int32_t id;
-        sc_idmap_find(p->map, reading + i, 1, &id);
+        int32_t id = own_id(p, reading[i]);
         if (id >= 0)
             p->flags[id] |= F_MPAST;
     }
@@ -1718,8 +1729,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id);
     }
     for (int64_t i = 0; i < m; i++) { /* the marks go */
-        int32_t id;
-        sc_idmap_find(p->map, reading + i, 1, &id);
+        int32_t id = own_id(p, reading[i]);
         if (id >= 0)
             p->flags[id] &= (uint8_t)~F_MPAST;
     }
@@ -1735,8 +1745,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
 void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t *out)
 {
     for (int64_t i = 0; i < n; i++) {
-        int32_t id;
-        sc_idmap_find(p->map, keys + i, 1, &id);
+        int32_t id = own_id(p, keys[i]);
         out[i] = id >= 0 && (p->flags[id] & F_RES);
     }
 }
@@ -1746,7 +1755,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
-    out->rows = sc_idmap_live(p->map);
+    out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY);
     out->records = p->n_recs - p->n_free_recs;
     out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;

@@ -14,6 +14,8 @@
 
 #include <stdint.h>
 
+#include "simcore.h"
+
 #define LP_ORDER_LEVEL 0
 #define LP_ORDER_HAZARD 1
 /* the prefetching model's largest shapes (fixed buffers): representation width, hidden units,
@@ -119,6 +121,12 @@ int lp_announce(lp_policy *p, const int64_t *keys, int64_t n);
 /* one step: keys deduplicated, hit[i] = resident when read */
 int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n);
 const lp_decision *lp_decision_of(const lp_policy *p);
+/* make the step's key map shared (sc_idmap_set_shared), before its first step: the daemon's mirror then
+ * keeps its rows in it too (lp_key_map; holder SC_HOLDER_MOVER, on the thread that steps), and a row the
+ * step forgets stays mapped while the mirror holds it; SC_OK, SC_ENOMEM or SC_EARG (keys mapped already) */
+int lp_share_key_map(lp_policy *p);
+/* the step's key map, for the mirror that shares it (valid until lp_free) */
+sc_idmap *lp_key_map(lp_policy *p);
 /* the driver did not insert (or evicted itself) these keys: no longer resident */
 int lp_rejected(lp_policy *p, const int64_t *keys, int64_t n);
 /* up to n resident keys with the lowest keep score as of the last step, lowest first, none of them in

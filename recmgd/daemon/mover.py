@@ -161,8 +161,8 @@ class ResidencyMover:
     """The fast-tier mirror of one pool and the moves that change it (see the module doc).
 
     Memory: sized by the rows tracked (the fast tier's and the few non-resident rows with a flag), not
-    by the tables. ``flags`` and ``pin_until`` are indexed by the key map's index (:meth:`flat`); their
-    last element is never written and stays 0, so an untracked row's index (-1) reads flags 0. The key
+    by the tables. ``flags`` is indexed by the key map's index (:meth:`flat`); its last element is never
+    written and stays 0, so an untracked row's index (-1) reads flags 0. The key
     map is the mover's own, or one shared with a classical policy (:meth:`reset` with ``key_map``: the
     mover holds its ids as :data:`~recmgd.simcore.HOLDER_MOVER`); then an index may belong to a row only
     the policy tracks, whose flags are 0.
@@ -192,8 +192,6 @@ class ResidencyMover:
         self._index = IdMap(DAEMON_LOAD)  # key -> index of the rows tracked (a flag set)
         self._shared = False  # whether _index is a policy's map (shared_key_map)
         self.flags = np.zeros(INITIAL_ROWS + 1, dtype=np.uint8)  # the fast-tier mirror (RES, HINT, ...)
-        # the step count (mod 2**32) at which a row's latest pin expires; meaningful with PIN only
-        self.pin_until = np.zeros(INITIAL_ROWS + 1, dtype=np.uint32)
         self._loose: list[np.ndarray] = []  # indices whose flags may have become 0 (see settle)
         self.pf_dropped = np.zeros(0, dtype=np.int32)  # indices of rows dropped in the last step
         self.n_resident = 0
@@ -235,15 +233,13 @@ class ResidencyMover:
         return ids
 
     def _fit(self) -> None:
-        """Grow the per-index arrays to the key map's ids (by a quarter at least)."""
+        """Grow the flags to the key map's ids (by a quarter at least)."""
         need = self._index.size + 1
         if need > len(self.flags):
             size = max(need, len(self.flags) + len(self.flags) // 4) + 1
-            for name in ("flags", "pin_until"):
-                old = getattr(self, name)
-                new = np.zeros(size, dtype=old.dtype)
-                new[: len(old) - 1] = old[:-1]  # the last element stays 0
-                setattr(self, name, new)
+            new = np.zeros(size, dtype=self.flags.dtype)
+            new[: len(self.flags) - 1] = self.flags[:-1]  # the last element stays 0
+            self.flags = new
 
     def _loosen(self, fl: np.ndarray) -> None:
         """Rows (indices) whose flags may have become 0: released at the next :meth:`settle`."""
@@ -272,8 +268,8 @@ class ResidencyMover:
 
     def nbytes(self) -> int:
         """Bytes of the mirror's per-row state: the key map (when its own: a shared map is counted as the
-        policy's) and the per-index arrays."""
-        return (0 if self._shared else self._index.nbytes) + self.flags.nbytes + self.pin_until.nbytes
+        policy's) and the flags."""
+        return (0 if self._shared else self._index.nbytes) + self.flags.nbytes
 
     def valid(self, keys: np.ndarray) -> np.ndarray:
         t = keys >> ROW_BITS
@@ -333,7 +329,6 @@ class ResidencyMover:
         self._shared = key_map is not None
         self._index = key_map if key_map is not None else IdMap(DAEMON_LOAD)
         self.flags = np.zeros(max(INITIAL_ROWS, self._index.size) + 1, dtype=np.uint8)
-        self.pin_until = np.zeros(len(self.flags), dtype=np.uint32)
         self._loose = []
         self._pin_queue.clear()
         self.hint_fifo.clear()
@@ -359,7 +354,6 @@ class ResidencyMover:
         until = now + self.pin_steps
         fl = self._track(keys)  # a new array: the queue keeps it
         self.flags[fl] |= PIN
-        self.pin_until[fl] = until & 0xFFFFFFFF
         q = self._pin_queue
         if q and q[-1][0] == until:  # the same expiry as the last pins: one entry
             q[-1] = (until, np.concatenate([q[-1][1], fl]))
@@ -368,11 +362,13 @@ class ResidencyMover:
 
     def expire_pins(self, now: int) -> None:
         """End the pins whose ``pin_steps`` have passed at step count ``now`` (a row pinned again since
-        keeps its later pin)."""
+        keeps its later pin: it is in a later entry of the queue, whose expiries ascend; the few entries
+        of the last ``pin_steps`` steps)."""
         q = self._pin_queue
         while q and q[0][0] <= now:
-            until, fl = q.popleft()
-            fl = fl[self.pin_until[fl] == (until & 0xFFFFFFFF)]
+            _, fl = q.popleft()
+            if q:
+                fl = fl[~np.isin(fl, np.concatenate([later for _, later in q]))]
             if len(fl):
                 self.flags[fl] &= ~PIN
                 self._loosen(fl)

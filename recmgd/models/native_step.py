@@ -67,9 +67,10 @@ def unsupported(pol: LearnedPolicy) -> str | None:
 
 
 class NativeStep:
-    """One run of a learned policy's step in C, for a fast tier of ``capacity`` rows."""
+    """One run of a learned policy's step in C, for a fast tier of ``capacity`` rows; ``share_key_map``:
+    its key map is shared (:meth:`key_map`) with the daemon's mirror."""
 
-    def __init__(self, pol: LearnedPolicy, capacity: int) -> None:
+    def __init__(self, pol: LearnedPolicy, capacity: int, share_key_map: bool = False) -> None:
         ffi, lib = simcore.ffi, simcore.lib
         self._ffi, self._lib = ffi, lib
         from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE, PREFETCH_IDLE_STEPS
@@ -93,6 +94,8 @@ class NativeStep:
         if ptr == ffi.NULL:
             raise ValueError(f"{pol.name}: the C step refused its parameters (capacity {capacity})")
         self._p = ffi.gc(ptr, lib.lp_free)
+        if share_key_map:  # before the first step: the daemon's mirror keeps its rows in this map too
+            simcore.check(lib.lp_share_key_map(self._p), "lp_share_key_map")
         self._keep: list[Any] = []  # what C points at
         if pol.use_cache_model and pol._fast_cache is not None:
             self._keep.append(pol._fast_cache)
@@ -128,6 +131,10 @@ class NativeStep:
             setattr(w, name, ffi.from_buffer("float[]", a))
         simcore.check(lib.lp_set_prefetch_net(self._p, w), "lp_set_prefetch_net")
         self._keep.append(arrs["emb"])  # C borrows the embeddings (the model's one large array)
+
+    def key_map(self) -> simcore.IdMap:
+        """The step's key map (a view; this step frees it), for the mirror when shared."""
+        return simcore.IdMap.of(self._lib.lp_key_map(self._p), self)
 
     def step(self, keys: np.ndarray, hit: np.ndarray, announced: np.ndarray | None = None) -> Decision:
         """One step: ``keys`` (int64, deduplicated) and whether each was resident -> the Decision;

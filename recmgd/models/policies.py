@@ -33,6 +33,7 @@ from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.sampling import GOLDEN
 from recmgd.models.train_config import TrainConfig, Trained
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, register
+from recmgd.simcore import IdMap
 from recmgd.simcore import lib as _simcore_lib
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,7 @@ class LearnedPolicy(Policy):
         self._np_voy: Any = None  # recmgd.models.voyager_net.NumpyVoyager (torch)
         self._fast_cache: FastCacheNet | None = None
         self._model_index: dict[int, int] | None = None  # the Python step's, built when first needed
+        self._step_by_step = False  # the daemon drives it: the C step shares its key map (step_by_step)
         if model_dir is not None and os.path.isfile(os.path.join(model_dir, "config.json")):
             self.load(model_dir)
         self.reset(0)
@@ -362,7 +364,7 @@ class LearnedPolicy(Policy):
         if self.native_step and self.capacity >= 1 and self.trained is not None:
             why = unsupported(self)
             if why is None:
-                self._native = NativeStep(self, self.capacity)
+                self._native = NativeStep(self, self.capacity, share_key_map=self._step_by_step)
             else:
                 log.info("%s: the Python step (the C step does not run %s)", self.name, why)
         self.hist = RowHistory(native=self.native_infer)
@@ -409,6 +411,16 @@ class LearnedPolicy(Policy):
         known = ids >= 0
         out[known] = self.res.resident[ids[known]]
         return out
+
+    def step_by_step(self) -> None:
+        """The daemon drives this policy: the C step (from the next :meth:`reset`) shares its key map
+        with the mirror (:meth:`shared_key_map`)."""
+        self._step_by_step = True
+
+    def shared_key_map(self) -> IdMap | None:
+        """The C step's key map, shared with the daemon's mirror (driven step by step; the C step runs on
+        the loop's thread); None for the Python step."""
+        return self._native.key_map() if self._native is not None and self._step_by_step else None
 
     @property  # type: ignore[override]
     def early_admission(self) -> bool:
