@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from recmgd import policy as registry
+from recmgd.errors import PolicyError
 from recmgd.policy import StepView
 from recmgd.sim.runner import capacity_for
 from recmgd.simcore import DAEMON_LOAD
@@ -159,6 +160,44 @@ def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, vi
         evicted += len(da.evict)
     assert evicted > cap  # the plan chose many victims
     assert pols[0].guard_stats == pols[1].guard_stats
+
+
+@pytest.mark.parametrize("window", [0, 64])
+def test_once_used_steps_decide_alike_whatever_their_base(shared_traces: Path, video_model: str,
+                                                          window: int) -> None:
+    """A row used once keeps its step as an int32 offset from a base that moves every ``rs_span`` steps
+    (2^30 by default; 5 here, so it moves every few steps): the rows used once before the new base get
+    their full records then. Decisions, the guard and the prefetcher are the same as with the default
+    span, with the recency window off (every once-used row lives on, many past any base) and on."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(64).as_list()[:600]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    pols = [registry.create("recmg", model_dir=video_model, prefetch_budget=8, seed=0, history_window=window,
+                            prefetch_threshold=-1e9) for _ in range(2)]
+    for p in pols:
+        p.reset(cap)
+    native = [p._native for p in pols]  # type: ignore[attr-defined]
+    assert native[0] is not None and native[1] is not None
+    native[1].set_rs_span(5)
+    with pytest.raises(PolicyError):
+        native[1].set_rs_span(1)
+    resident: set[int] = set()
+    evicted = prefetched = 0
+    for b, keys in enumerate(steps):
+        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
+        view = StepView(b, keys, hit)
+        da, db = pols[0].observe(view), pols[1].observe(view)
+        for field in ("evict", "admit", "prefetch"):
+            assert getattr(da, field).tolist() == getattr(db, field).tolist(), (b, field)
+        resident.difference_update(da.evict.tolist())
+        resident.update(da.admit.tolist() + da.prefetch.tolist())
+        evicted += len(da.evict)
+        prefetched += len(da.prefetch)
+    assert evicted > cap and prefetched > 0
+    assert pols[0].guard_stats == pols[1].guard_stats
+    s0, s1 = native[0].stats(), native[1].stats()
+    assert s0["rows"] == s1["rows"] and s0["forgotten"] == s1["forgotten"]
+    # the moved base gave rows used once long ago their records (the default span never moved)
+    assert s1["records"] > s0["records"]
 
 
 def test_c_step_prefetches_when_the_model_proposes(shared_traces: Path, video_model: str) -> None:

@@ -86,9 +86,13 @@ struct lp_policy {
     /* per row (indexed by the key map's id) */
     int64_t n_rows, cap_rows;
     uint8_t *flags;
-    int64_t *rs;      /* its history record (>= 0; the record holds the last use), or -1: never used, or
-                       * -2 - s: used once, at step s: such a row keeps no record, for its record is then a
-                       * function of that step and its key (rec_fill rebuilds it exactly); rec_of, last_of */
+    int32_t *rs;      /* its history record (>= 0; the record holds the last use), or -1: never used, or
+                       * -2 - (s - rs_base): used once, at step s: such a row keeps no record, for its record
+                       * is then a function of that step and its key (rec_fill rebuilds it exactly); rec_of,
+                       * last_of. Every once-used row's s is at least rs_base, and no offset exceeds rs_span
+                       * (at most 2^30): rs_rebase moves the base, giving the rows used once before the new
+                       * base their records */
+    int64_t rs_base, rs_span;
     int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot;
                        * only while a prefetcher is set: NULL otherwise, the stream unused) 
                        * holds another row) */
@@ -157,20 +161,23 @@ struct lp_policy {
 };
 
 /* the row's history record, or -1 (it keeps none: never used, or used once) */
-static inline int32_t rec_of(const lp_policy *p, int32_t id) { return p->rs[id] >= 0 ? (int32_t)p->rs[id] : -1; }
+static inline int32_t rec_of(const lp_policy *p, int32_t id) { return p->rs[id] >= 0 ? p->rs[id] : -1; }
+
+/* the step of a once-used row's use from its rs value (v <= -2) */
+static inline int64_t once_step(const lp_policy *p, int32_t v) { return p->rs_base + (-2 - (int64_t)v); }
 
 /* the step of the row's last use (-1: none yet) */
 static inline int64_t last_of(const lp_policy *p, int32_t id)
 {
-    int64_t v = p->rs[id];
-    return v >= 0 ? p->view.row[v].last : v == -1 ? -1 : -2 - v;
+    int32_t v = p->rs[id];
+    return v >= 0 ? p->view.row[v].last : v == -1 ? -1 : once_step(p, v);
 }
 
 /* the step of the row's first use (-1: none yet) */
 static inline int64_t row_first(const lp_policy *p, int32_t id)
 {
-    int64_t v = p->rs[id];
-    return v >= 0 ? p->view.row[v].first : v == -1 ? -1 : -2 - v;
+    int32_t v = p->rs[id];
+    return v >= 0 ? p->view.row[v].first : v == -1 ? -1 : once_step(p, v);
 }
 
 /* ---------------------------------------------------------------------------- small helpers */
@@ -397,6 +404,7 @@ lp_policy *lp_new(const lp_params *prm)
         return NULL;
     }
     p->s_mask = prm->stream_ring - 1;
+    p->rs_span = LP_RS_SPAN;
     p->view.n_table_slots = 1;
     static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
     for (int k = 0; k < CM_N_HALF_LIVES; k++) /* as RowHistory._decay_rate: float32 ln 2 / half-life */
@@ -555,7 +563,7 @@ static int grow_rows(lp_policy *p, int64_t need)
     while (cap < need)
         cap += cap / 4 + 1024;
     if (grow_arr((void **)&p->flags, old, cap, 1, F_FREE) || /* row_init takes an id */ (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
-        grow_arr((void **)&p->rs, old, cap, 8, 0xff) ||
+        grow_arr((void **)&p->rs, old, cap, 4, 0xff) ||
         grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
         return SC_ENOMEM;
     p->cap_rows = cap;
@@ -605,6 +613,42 @@ static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
     int64_t zero = 0;
     one.row = r, one.cap = 1;
     return cm_update(&one, &zero, 1, last);
+}
+
+/* Step b is more than rs_span steps past the base of the once-used rows' offsets: move the base to b -
+ * rs_span / 2. A row used once before the new base gets its record first (rec_fill, as its next use would),
+ * then the others' offsets are rewritten. A failure in the first pass leaves every row valid under the old
+ * base; the next step tries again. Once in 2^29 steps by default (each pass reads every row once). */
+static int rs_rebase(lp_policy *p, int64_t b)
+{
+    int64_t base = b - p->rs_span / 2;
+    for (int64_t id = 0; id < p->n_rows; id++) {
+        int32_t v = p->rs[id];
+        if (v <= -2 && once_step(p, v) < base) {
+            int32_t r = rec_alloc(p);
+            if (r < 0)
+                return SC_ENOMEM;
+            int rc = rec_fill(p, (int32_t)id, p->view.row + r);
+            if (rc)
+                return rc;
+            p->rs[id] = r;
+        }
+    }
+    for (int64_t id = 0; id < p->n_rows; id++) {
+        int32_t v = p->rs[id];
+        if (v <= -2)
+            p->rs[id] = (int32_t)(-2 - (once_step(p, v) - base));
+    }
+    p->rs_base = base;
+    return SC_OK;
+}
+
+int lp_set_rs_span(lp_policy *p, int64_t steps)
+{
+    if (steps < 2 || steps > LP_RS_SPAN)
+        return SC_EARG;
+    p->rs_span = steps;
+    return SC_OK;
 }
 
 /* a new row's state: never used, no record */
@@ -1477,7 +1521,10 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     p->dec.n_evict = p->dec.n_admit = p->dec.n_prefetch = 0;
     int64_t n_ann = p->n_ann;
     p->n_ann = 0;
-    int64_t b = p->t++;
+    int64_t b = p->t;
+    if (b - p->rs_base > p->rs_span && (rc = rs_rebase(p, b)))
+        return rc;
+    p->t++;
     int32_t *ids = p->ids;
     if ((rc = map_keys(p, keys, n, ids)))
         return rc;
@@ -1661,7 +1708,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             int64_t last = p->view.row[r].last;
             if ((rc = rec_free(p, r)))
                 return rc;
-            p->rs[ids[i]] = -2 - last;
+            p->rs[ids[i]] = (int32_t)(-2 - (last - p->rs_base)); /* last is this step: within rs_span */
         }
     }
     return forget_old(p, b, 2 * n + 64);
@@ -1765,7 +1812,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->pf_asked = p->pf_asked;
     /* flags, record index or once-used step, last stream slot (with a prefetcher), place in the cache;
      * the records apart */
-    int64_t per_row = 1 + 8 + (p->lastpos ? 4 : 0) + 4;
+    int64_t per_row = 1 + 4 + (p->lastpos ? 4 : 0) + 4;
     int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;

@@ -140,5 +140,11 @@ void lp_set_horizon(lp_policy *p, double horizon);
 /* the eviction plan's filter of the residents in AVX2 when on and the CPU has it (the default), else
  * portable C; both give the same decisions. Returns whether AVX2 is used now. */
 int lp_set_simd(lp_policy *p, int on);
+/* A row used once keeps the step of its use as an int32 offset from a base that moves once the steps
+ * pass the base by more than this span (LP_RS_SPAN, the default and the most); a row used once before
+ * the new base gets its full record then, so decisions do not depend on the span. A smaller span
+ * (at least 2) moves the base more often: for tests. SC_EARG out of range. */
+#define LP_RS_SPAN 1073741824 /* 2^30 */
+int lp_set_rs_span(lp_policy *p, int64_t steps);
 
 #endif
