@@ -126,6 +126,11 @@ def test_no_budget_to_prefetch_keeps_no_prefetching_model(shared_traces: Path, v
     none = registry.create("recmg", model_dir=video_model, prefetch_budget=0)
     some = registry.create("recmg", model_dir=video_model, prefetch_budget=16)
     assert none._np_pref is None and some._np_pref is not None  # type: ignore[attr-defined]
+    # nor a stream ring in the C step (never written without a budget)
+    for p in (none, some):
+        p.reset(1000)
+    assert none.native_stats["ring_bytes"] == 0  # type: ignore[attr-defined,index]
+    assert some.native_stats["ring_bytes"] > 0  # type: ignore[attr-defined,index]
     steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()[:200]
     cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
     misses, issued = _lockstep("recmg", steps, cap, reject_every=9, model_dir=video_model, prefetch_budget=0,

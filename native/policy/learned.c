@@ -396,9 +396,8 @@ lp_policy *lp_new(const lp_params *prm)
     p->prm = *prm;
     p->map = sc_idmap_new();
     p->lut = cm_lut_new();
-    p->s_ids = malloc((size_t)prm->stream_ring * sizeof(int32_t));
     p->recent_n = calloc((size_t)prm->past_steps, sizeof(int64_t));
-    if (!p->map || !p->lut || !p->s_ids || !p->recent_n ||
+    if (!p->map || !p->lut || !p->recent_n ||
         sc_idmap_set_load(p->map, SC_IDMAP_DAEMON_LOAD) != SC_OK) {
         lp_free(p);
         return NULL;
@@ -538,12 +537,16 @@ int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
         sc_idmap_free(mm);
         return SC_ENOMEM;
     }
-    /* the stream (a row's last position) only with a budget to prefetch (fixed at lp_new) */
-    if (!p->lastpos && p->prm.prefetch_budget > 0 &&
-        grow_arr((void **)&p->lastpos, 0, p->cap_rows ? p->cap_rows : 1, 4, 0xff)) {
-        pf_free(n); /* the rows seen so far: no stream position yet */
-        sc_idmap_free(mm);
-        return SC_ENOMEM;
+    /* the stream (its ring and a row's last position) only with a budget to prefetch (fixed at lp_new) */
+    if (!p->lastpos && p->prm.prefetch_budget > 0) {
+        int32_t *ring = malloc((size_t)(p->s_mask + 1) * sizeof(int32_t));
+        if (!ring || grow_arr((void **)&p->lastpos, 0, p->cap_rows ? p->cap_rows : 1, 4, 0xff)) {
+            free(ring);
+            pf_free(n); /* the rows seen so far: no stream position yet */
+            sc_idmap_free(mm);
+            return SC_ENOMEM;
+        }
+        p->s_ids = ring;
     }
     pf_free(p->pf);
     sc_idmap_free(p->model_map);
@@ -1817,7 +1820,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
-    out->ring_bytes = (p->s_mask + 1) * 4 + sc_runs_bytes(&p->runs);
+    out->ring_bytes = (p->s_ids ? (p->s_mask + 1) * 4 : 0) + sc_runs_bytes(&p->runs);
     int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + p->hcap * 8;
     for (int k = 0; k < 3; k++)
         bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
