@@ -712,6 +712,11 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         budget = p->n_rows;
     for (int64_t k = 0; k < budget; k++) {
         int32_t id = (int32_t)(p->sweep++ % p->n_rows);
+        if (k + LP_AHEAD < budget) { /* the record of a row LP_AHEAD on that may be dropped (ids in order) */
+            int64_t a = (id + LP_AHEAD) % p->n_rows;
+            if (!(p->flags[a] & (F_RES | F_SH0 | F_SH1 | F_FREE)) && p->rs[a] >= 0)
+                __builtin_prefetch(p->view.row + p->rs[a]);
+        }
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
         if (last_of(p, id) >= b - w)
@@ -1533,6 +1538,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         return rc;
     lp_set *res = &p->sets[0];
     for (int64_t i = 0; i < n; i++) {
+        if (i + LP_AHEAD < n) /* the row's flags now, its record index in the next loop (random ids) */
+            __builtin_prefetch(p->flags + ids[i + LP_AHEAD]), __builtin_prefetch(p->rs + ids[i + LP_AHEAD]);
         if (p->flags[ids[i]] & F_PFU) { /* a prefetch's outcome: read while resident, or gone already */
             p->flags[ids[i]] &= (uint8_t)~F_PFU;
             p->pend_u += hit[i] != 0;
@@ -1552,6 +1559,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     }
     int scored = p->prm.use_cache_model && p->cnet && n;
     for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
+        if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
+            __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t id = ids[i];
         if (p->rs[id] < 0) {
             int32_t r = rec_alloc(p);
@@ -1705,7 +1714,11 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         }
     }
     /* rows used for the first time keep no record (rec_fill rebuilds it) */
-    for (int64_t i = 0; i < n; i++) {
+    for (int64_t i = 0; i < n; i++) { /* (each has a record now) */
+        if (i + 2 * LP_AHEAD < n)
+            __builtin_prefetch(p->rs + ids[i + 2 * LP_AHEAD]);
+        if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
+            __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t r = rec_of(p, ids[i]);
         if (p->view.row[r].count == 1.0f) {
             int64_t last = p->view.row[r].last;
