@@ -93,9 +93,9 @@ struct lp_policy {
                        * (at most 2^30): rs_rebase moves the base, giving the rows used once before the new
                        * base their records */
     int64_t rs_base, rs_span;
-    int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot;
-                       * only while a prefetcher is set: NULL otherwise, the stream unused) 
-                       * holds another row) */
+    int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
+                       * holds another row); only with a budget to prefetch: NULL otherwise, the stream
+                       * unused */
     /* the history records (the caching model's view over them: cm_* take record indices) */
     void *row_mem;
     cm_rows view;
@@ -122,7 +122,7 @@ struct lp_policy {
     int64_t lru_misses, model_misses, lru_steps;
     int64_t sweep, forgotten; /* the recency window's sweep cursor (an id); histories dropped */
 
-    /* the stream ring: positions s_n - ring .. s_n - 1 in slots pos & s_mask */
+    /* the stream ring: positions s_n - ring .. s_n - 1 in slots pos & s_mask (allocated with lastpos) */
     int32_t *s_ids;
     int64_t s_n, s_mask;
     sc_runs runs; /* the steps of the ring's positions (runs.h) */
