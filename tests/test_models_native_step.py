@@ -138,6 +138,25 @@ def test_no_budget_to_prefetch_keeps_no_prefetching_model(shared_traces: Path, v
     assert misses > 0 and issued == 0
 
 
+def _twins_decide_alike(pols: list, steps: list[np.ndarray]) -> tuple[int, int]:
+    """Drive two policies through the same steps (residency as the first one's decisions leave it) and
+    assert at every step that they evict, admit and prefetch the same keys; returns (evicted,
+    prefetched) in all."""
+    resident: set[int] = set()
+    evicted = prefetched = 0
+    for b, keys in enumerate(steps):
+        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
+        view = StepView(b, keys, hit)
+        da, db = pols[0].observe(view), pols[1].observe(view)
+        for field in ("evict", "admit", "prefetch"):
+            assert getattr(da, field).tolist() == getattr(db, field).tolist(), (b, field)
+        resident.difference_update(da.evict.tolist())
+        resident.update(da.admit.tolist() + da.prefetch.tolist())
+        evicted += len(da.evict)
+        prefetched += len(da.prefetch)
+    return evicted, prefetched
+
+
 def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, video_model: str) -> None:
     """The eviction plan's AVX2 filter of the residents and its portable C twin: the same decisions at
     every step (the tier large enough for the sampled threshold, the guard's shadows planned too)."""
@@ -152,17 +171,7 @@ def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, vi
     if not native[0].set_simd(True):
         pytest.skip("no AVX2 on this CPU: only the portable plan runs")
     assert not native[1].set_simd(False)
-    resident: set[int] = set()
-    evicted = 0
-    for b, keys in enumerate(steps):
-        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
-        view = StepView(b, keys, hit)
-        da, db = pols[0].observe(view), pols[1].observe(view)
-        for field in ("evict", "admit", "prefetch"):
-            assert getattr(da, field).tolist() == getattr(db, field).tolist(), (b, field)
-        resident.difference_update(da.evict.tolist())
-        resident.update(da.admit.tolist() + da.prefetch.tolist())
-        evicted += len(da.evict)
+    evicted, _ = _twins_decide_alike(pols, steps)
     assert evicted > cap  # the plan chose many victims
     assert pols[0].guard_stats == pols[1].guard_stats
 
@@ -185,18 +194,7 @@ def test_once_used_steps_decide_alike_whatever_their_base(shared_traces: Path, v
     native[1].set_rs_span(5)
     with pytest.raises(PolicyError):
         native[1].set_rs_span(1)
-    resident: set[int] = set()
-    evicted = prefetched = 0
-    for b, keys in enumerate(steps):
-        hit = np.fromiter((k in resident for k in keys.tolist()), bool, len(keys))
-        view = StepView(b, keys, hit)
-        da, db = pols[0].observe(view), pols[1].observe(view)
-        for field in ("evict", "admit", "prefetch"):
-            assert getattr(da, field).tolist() == getattr(db, field).tolist(), (b, field)
-        resident.difference_update(da.evict.tolist())
-        resident.update(da.admit.tolist() + da.prefetch.tolist())
-        evicted += len(da.evict)
-        prefetched += len(da.prefetch)
+    evicted, prefetched = _twins_decide_alike(pols, steps)
     assert evicted > cap and prefetched > 0
     assert pols[0].guard_stats == pols[1].guard_stats
     s0, s1 = native[0].stats(), native[1].stats()
