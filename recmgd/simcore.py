@@ -72,8 +72,9 @@ def map_large_allocations(threshold: int = LARGE_ALLOCATION) -> bool:
     return rc == 1
 
 
-#: the holders of a shared key map (:meth:`IdMap.share`): a classical policy that gives ids back (its own
-#: calls, and :meth:`IdMap.map` / :meth:`IdMap.release` by default) and the daemon's residency mover
+#: the holders of a shared key map (:meth:`IdMap.share`): a policy on the daemon's loop thread (a classical
+#: one that gives ids back, or the learned C step; its own calls, and :meth:`IdMap.map` /
+#: :meth:`IdMap.release` by default) and the daemon's residency mover
 HOLDER_POLICY = int(lib.SC_HOLDER_POLICY)
 HOLDER_MOVER = int(lib.SC_HOLDER_MOVER)
 
@@ -91,7 +92,7 @@ class IdMap:
 
     A shared map (:meth:`share`) serves two holders, :data:`HOLDER_POLICY` and :data:`HOLDER_MOVER`: an id
     is freed only when the last of them releases it, so the daemon keeps one map of the rows both its
-    mirror and a classical policy track (the same code, the same thread)."""
+    mirror and its policy track (the same thread)."""
 
     def __init__(self, load_pct: int = 50) -> None:
         ptr = lib.sc_idmap_new()

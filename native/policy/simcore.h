@@ -43,8 +43,8 @@ int sc_idmap_set_load(sc_idmap *m, int32_t percent);
    SC_EBADID (an id outside 0 .. size - 1: nothing after it is freed) */
 int sc_idmap_release(sc_idmap *m, const int32_t *ids, int64_t n);
 
-/* A map shared by two holders (the daemon's mover and a classical policy that gives ids back, both on
-   the loop thread): each id carries its holders' bits, and is freed only when the last holder lets it
+/* A map shared by two holders (the daemon's mover and a policy that steps on the loop thread: a classical
+   one that gives ids back, or the learned step, lp_share_key_map): each id carries its holders' bits, and is freed only when the last holder lets it
    go. sc_idmap_map, sc_idmap_release and a policy's own mapping act for SC_HOLDER_POLICY; a key freed
    by sc_idmap_del is freed for both. On a map that is not shared the holder is checked and ignored. */
 #define SC_HOLDER_POLICY 1

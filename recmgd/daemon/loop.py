@@ -229,7 +229,7 @@ class PoolDriver:
         drop = np.setdiff1d(keys, keep)
         if len(drop):
             self.pool.evict_keys(drop)
-        # one key map for the mirror and a classical policy (both on this thread): not with a policy
+        # one key map for the mirror and the policy (both on this thread): not with a policy
         # that steps in a worker thread, whose map the loop would touch concurrently
         mv.reset(keep, None if policy.early_admission else policy.shared_key_map())
         self.pc["adopted"] = len(keep)

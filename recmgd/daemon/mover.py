@@ -163,7 +163,7 @@ class ResidencyMover:
     Memory: sized by the rows tracked (the fast tier's and the few non-resident rows with a flag), not
     by the tables. ``flags`` is indexed by the key map's index (:meth:`flat`); its last element is never
     written and stays 0, so an untracked row's index (-1) reads flags 0. The key
-    map is the mover's own, or one shared with a classical policy (:meth:`reset` with ``key_map``: the
+    map is the mover's own, or one shared with the policy (:meth:`reset` with ``key_map``: the
     mover holds its ids as :data:`~recmgd.simcore.HOLDER_MOVER`); then an index may belong to a row only
     the policy tracks, whose flags are 0.
     ``pc`` is the driver's pool counters (shared); ``threaded()`` says whether the policy steps in a
