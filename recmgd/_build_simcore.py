@@ -16,7 +16,7 @@ from cffi import FFI
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _SRC_DIR = "native/policy"
 _SOURCES = ["alloc.c", "idmap.c", "policy.c", "cache.c", "prefetch.c", "driver.c", "dedup.c", "cachemodel.c",
-            "hazard.c", "learned.c"]
+            "hazard.c", "learned.c", "once.c"]
 
 
 def header_cdef(path: str) -> str:

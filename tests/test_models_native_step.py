@@ -176,17 +176,20 @@ def test_c_step_plan_in_avx2_decides_as_the_portable_one(shared_traces: Path, vi
     assert pols[0].guard_stats == pols[1].guard_stats
 
 
+@pytest.mark.parametrize("budget", [8, 0])
 @pytest.mark.parametrize("window", [0, 64])
 def test_once_used_steps_decide_alike_whatever_their_base(shared_traces: Path, video_model: str,
-                                                          window: int) -> None:
+                                                          window: int, budget: int) -> None:
     """A row used once keeps its step as an int32 offset from a base that moves every ``rs_span`` steps
     (2^30 by default; 5 here, so it moves every few steps): the rows used once before the new base get
     their full records then. Decisions, the guard and the prefetcher are the same as with the default
-    span, with the recency window off (every once-used row lives on, many past any base) and on."""
+    span, with the recency window off (every once-used row lives on, many past any base) and on. With
+    the window and no budget to prefetch, rows used once move to the once table, whose offsets follow
+    the base (negative ones too: a row whose use lies behind the base gets a record when it is back)."""
     steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(64).as_list()[:600]
     cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
-    pols = [registry.create("recmg", model_dir=video_model, prefetch_budget=8, seed=0, history_window=window,
-                            prefetch_threshold=-1e9) for _ in range(2)]
+    pols = [registry.create("recmg", model_dir=video_model, prefetch_budget=budget, seed=0,
+                            history_window=window, prefetch_threshold=-1e9) for _ in range(2)]
     for p in pols:
         p.reset(cap)
     native = [p._native for p in pols]  # type: ignore[attr-defined]
@@ -195,10 +198,12 @@ def test_once_used_steps_decide_alike_whatever_their_base(shared_traces: Path, v
     with pytest.raises(PolicyError):
         native[1].set_rs_span(1)
     evicted, prefetched = _twins_decide_alike(pols, steps)
-    assert evicted > cap and prefetched > 0
+    assert evicted > cap and (prefetched > 0) == (budget > 0)
     assert pols[0].guard_stats == pols[1].guard_stats
     s0, s1 = native[0].stats(), native[1].stats()
     assert s0["rows"] == s1["rows"] and s0["forgotten"] == s1["forgotten"]
+    assert s0["once_rows"] == s1["once_rows"] and s0["moved"] == s1["moved"]
+    assert (s0["moved"] > 0) == (budget == 0 and window > 0)
     # the moved base gave rows used once long ago their records (the default span never moved)
     assert s1["records"] > s0["records"]
 
@@ -319,22 +324,29 @@ def _windowed_run(steps: list[np.ndarray], capacity: int, window: int, check_eve
     return misses, peak, st
 
 
+@pytest.mark.parametrize("budget", [8, 0])
 @pytest.mark.parametrize("trace", ["obd_random", "amazon_video"])
-def test_history_window_bounds_the_state_and_keeps_fetches_close(shared_traces: Path, trace: str,
+def test_history_window_bounds_the_state_and_keeps_fetches_close(shared_traces: Path, trace: str, budget: int,
                                                                  request: pytest.FixtureRequest) -> None:
     """With a short recency window (64 steps, far below the default) rows are forgotten and recycled,
     the rows with a history stay bounded by the tier plus the window's rows while the trace goes on,
-    and on-demand fetches stay within 1% of the unbounded run's at 10%."""
+    and on-demand fetches stay within 1% of the unbounded run's at 10%. With no budget to prefetch,
+    rows used once move to the once table (their ids given back) and come back from it."""
     batch, model = (8, request.getfixturevalue("obd_model")) if trace == "obd_random" else (
         256, request.getfixturevalue("video_model"))
     steps = open_trace(str(shared_traces / f"{trace}.trace")).steps(batch).as_list()
     distinct = len(np.unique(np.concatenate(steps)))
     cap = capacity_for(0.1, distinct)
-    opts = {"model_dir": model, "prefetch_budget": 8, "seed": 0}
+    opts = {"model_dir": model, "prefetch_budget": budget, "seed": 0}
     full, full_peak, full_st = _windowed_run(steps, cap, 0, **opts)
     assert full_st["forgotten"] == 0 and full_peak == distinct
     got, peak, st = _windowed_run(steps, cap, 64, check_every=50, **opts)
     assert st["forgotten"] > 0
+    assert full_st["moved"] == full_st["once_rows"] == 0  # no window: no once table
+    if budget == 0:  # moved, some back (moved more than are there now), the table counted
+        assert st["moved"] > st["once_rows"] > 0 and st["once_bytes"] > 0, st
+    else:
+        assert st["moved"] == st["once_rows"] == st["once_bytes"] == 0, st
     assert abs(got - full) <= 0.01 * full, (got, full)
     if trace == "amazon_video":  # many rows seen once: the window keeps a fraction of them
         assert peak < distinct // 2, (peak, distinct)
@@ -342,7 +354,7 @@ def test_history_window_bounds_the_state_and_keeps_fetches_close(shared_traces: 
     # amazon_video most rows are read once; the parts the step counts are within its total
     for s in (full_st, st):
         assert 0 < s["records"] <= s["rows"], s
-        parts = s["map_bytes"] + s["row_bytes"] + s["record_bytes"] + s["ring_bytes"]
+        parts = s["map_bytes"] + s["row_bytes"] + s["record_bytes"] + s["ring_bytes"] + s["once_bytes"]
         assert 0 < parts <= s["bytes"], s
     if trace == "amazon_video":
         assert full_st["records"] < full_st["rows"] // 2, full_st
@@ -391,6 +403,19 @@ def test_stream_ring_runs_give_each_position_its_step_under_sanitizers(tmp_path:
         most[ring] = int(r.stdout.split()[-2])
     assert most[8192] > 1024  # the runs grew past their first allocation
     assert most[1] <= 2  # a one-position ring: the oldest run and the newest
+
+
+def test_once_table_keeps_each_rows_step_under_sanitizers(tmp_path: Path) -> None:
+    """The once-used rows' table (native/policy/once.h) against a reference under AddressSanitizer and
+    UBSan (native/policy/tests/once_check.c): puts, takes, partial and full expiry turns, and shifts of
+    the base that move entries out of int32, the whole table scanned every 500 operations."""
+    exe = _build_check(tmp_path, "once_check", "once.c")
+    for seed in (1, 2, 3):
+        r = subprocess.run([str(exe), "200000", str(seed)], capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert r.stdout.startswith("once_check: ok 200000 ops"), r.stdout
+        expired, shifted = int(r.stdout.split()[4]), int(r.stdout.split()[6])
+        assert expired > 10000 and shifted > 1000, r.stdout
 
 
 def test_key_map_deletes_and_reuses_ids_under_sanitizers(tmp_path: Path) -> None:
@@ -497,10 +522,12 @@ def test_stream_ring_is_sized_by_the_tier_and_capped_by_the_window() -> None:
     assert stream_ring(1_000_000, 64, 10.0) == floor
 
 
-def _drive_daemon(steps: list[np.ndarray], cap: int, model_dir: str, share: bool) -> tuple[int, int, int]:
+def _drive_daemon(steps: list[np.ndarray], cap: int, model_dir: str,
+                  share: bool) -> tuple[int, int, int, int]:
     """RecMG (the C step) behind a real PoolDriver in step mode over a real pool, one table; ``share``:
     the mirror keeps its rows in the C step's key map (the daemon's way), else in a map of its own.
-    Returns (on-demand fetches, peak ids in the shared map, histories the step forgot)."""
+    Returns (on-demand fetches, peak ids in the shared map, histories the step forgot, rows it moved to
+    the once table)."""
     import uuid
 
     from recmgd.daemon.loop import PoolDriver
@@ -528,8 +555,8 @@ def _drive_daemon(steps: list[np.ndarray], cap: int, model_dir: str, share: bool
             if share:  # the mirror, through the step's map, is the pool's residency
                 owned = np.sort(drv.mover.owned_keys())
                 assert np.array_equal(owned, np.sort(np.asarray(daemon.resident_keys(), dtype=np.int64)))
-        forgotten = pol.native_stats["forgotten"]  # type: ignore[attr-defined]
-        return int(drv.stats()["on_demand"]), peak, int(forgotten)
+        st = pol.native_stats  # type: ignore[attr-defined]
+        return int(drv.stats()["on_demand"]), peak, int(st["forgotten"]), int(st["moved"])
     finally:
         daemon.close()
         app.destroy()
@@ -538,12 +565,13 @@ def _drive_daemon(steps: list[np.ndarray], cap: int, model_dir: str, share: bool
 def test_the_c_step_shares_its_key_map_with_the_daemons_mirror(shared_traces: Path, video_model: str) -> None:
     """Driven by the daemon, the C step's key map is the mirror's too (one entry for a row both track):
     the same on-demand fetches as with a map of the mirror's own, and the mirror exact, while a short
-    recency window makes the step forget rows and hand their ids out again."""
+    recency window makes the step forget rows and hand their ids out again, and rows used once give
+    their ids back for the once table (the mirror may hold some of those ids still)."""
     steps = [s for s in open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()[:300]]
     steps = [s[(s >> 40) == 0] for s in steps]
     cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
-    shared, peak, forgotten = _drive_daemon(steps, cap, video_model, share=True)
-    own, _, _ = _drive_daemon(steps, cap, video_model, share=False)
+    shared, peak, forgotten, moved = _drive_daemon(steps, cap, video_model, share=True)
+    own, _, _, _ = _drive_daemon(steps, cap, video_model, share=False)
     assert shared == own > 0
-    assert forgotten > 0  # the window made the step let rows go
+    assert forgotten > 0 and moved > 0  # the window made the step let rows go
     assert 0 < peak < len(np.unique(np.concatenate(steps)))  # and it bounds the map

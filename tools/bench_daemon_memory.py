@@ -50,7 +50,7 @@ from bench_policy_memory import _reset_peak, _status_kib  # noqa: E402 - tools/ 
 
 TARGET_PER_SLOT = 64
 #: the learned C step's parts in its stats (bytes, then the rows that keep a full record)
-C_STEP_PARTS = ("map_bytes", "row_bytes", "record_bytes", "ring_bytes", "records")
+C_STEP_PARTS = ("map_bytes", "row_bytes", "record_bytes", "ring_bytes", "once_bytes", "records", "once_rows")
 TARGET_PER_WINDOW_ROW = 16
 
 
@@ -270,10 +270,12 @@ def main() -> None:
     for r in runs:
         parts = r.get("c_step_parts")
         if parts:
-            mb = {k: parts[k] / 1e6 for k in C_STEP_PARTS[:4]}
+            mb = {k: parts.get(k, 0) / 1e6 for k in C_STEP_PARTS[:5]}
             print(f"{r['policy']}'s C step, allocated: key map {mb['map_bytes']:.1f} MB, per-row arrays "
                   f"{mb['row_bytes']:.1f} MB, history records {mb['record_bytes']:.1f} MB "
-                  f"({parts['records']:,} rows used more than once), stream ring {mb['ring_bytes']:.1f} MB")
+                  f"({parts['records']:,} rows used more than once), stream ring {mb['ring_bytes']:.1f} MB, "
+                  f"once table {mb['once_bytes']:.1f} MB ({parts.get('once_rows', 0):,} rows used once, "
+                  "with no id)")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

@@ -142,6 +142,8 @@ static inline void prefetch_slot(const sc_idmap *m, int64_t key)
     __builtin_prefetch(&m->slot[home(m, key)]);
 }
 
+void sc_idmap_prefetch(const sc_idmap *m, int64_t key) { prefetch_slot(m, key); }
+
 /* the second stage of a batched lookup: the key of the id in the home slot, when its tag matches (the
  * home slot's line was prefetched SC_IDMAP_AHEAD keys earlier) */
 static inline void prefetch_key(const sc_idmap *m, int64_t key)

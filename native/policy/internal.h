@@ -43,6 +43,8 @@ int64_t sc_idmap_key_of(const sc_idmap *m, int32_t id);
 int32_t sc_idmap_get_new(sc_idmap *m, int64_t key, int *is_new);
 /* sc_idmap_get_new of keys[0..n) in order into ids and is_new, the slots of later keys prefetched; SC_ENOMEM */
 int sc_idmap_get_new_many(sc_idmap *m, const int64_t *keys, int64_t n, int32_t *ids, uint8_t *is_new);
+/* ask for the line of key's home slot (a caller that will look key up soon) */
+void sc_idmap_prefetch(const sc_idmap *m, int64_t key);
 /* forget one key (nothing when it is not mapped); its id goes to the free list; SC_ENOMEM */
 int sc_idmap_del(sc_idmap *m, int64_t key);
 

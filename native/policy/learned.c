@@ -7,6 +7,7 @@
 #include "hazard.h"
 #include "internal.h"
 #include "learned.h"
+#include "once.h"
 #include "runs.h"
 
 #define GOLDEN 0x9E3779B97F4A7C15ULL
@@ -14,6 +15,7 @@
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
 #define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
+#define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -121,6 +123,13 @@ struct lp_policy {
     int recency_only;
     int64_t lru_misses, model_misses, lru_steps;
     int64_t sweep, forgotten; /* the recency window's sweep cursor (an id); histories dropped */
+    int32_t *gone;            /* scratch: the rows a sweep lets go (and a step's new rows, map_keys) */
+    int64_t cap_gone;
+    /* the rows used once that keep no id (once.h): with a recency window and no stream (no budget to
+     * prefetch), the window's sweep moves a once-used row that is in none of the sets here; offsets from
+     * rs_base. `moved`: rows moved there so far */
+    sc_once once;
+    int64_t moved;
 
     /* the stream ring: positions s_n - ring .. s_n - 1 in slots pos & s_mask (allocated with lastpos) */
     int32_t *s_ids;
@@ -456,10 +465,11 @@ void lp_free(lp_policy *p)
     for (int k = 0; k < 3; k++)
         free(p->sets[k].ids), free(p->sets[k].pos), free(p->sets[k].pkey), free(p->sets[k].pval), free(p->sets[k].cl), free(p->sets[k].st), free(p->sets[k].lv);
     sc_runs_free(&p->runs);
+    sc_once_free(&p->once);
     free(p->s_ids), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
-    free(p->hkey), free(p->hval);
+    free(p->hkey), free(p->hval), free(p->gone);
     free(p->ann);
     free(p->adm), free(p->newv), free(p->scl), free(p->slv);
     free(p->ncl), free(p->nst), free(p->nlv), free(p->nkeep);
@@ -602,20 +612,25 @@ static int rec_free(lp_policy *p, int32_t r)
     return SC_OK;
 }
 
-/* into *r: the record of row id as it has none: empty (never used), or used once, rebuilt by the very
- * update that wrote it then */
-static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
+/* into *r: the record of the row of key `key` that has none: never used (last -1), or used once, at step
+ * last, rebuilt by the very update that wrote it then */
+static int rec_fill_key(lp_policy *p, int64_t key, int64_t last, cm_row *r)
 {
     memset(r, 0, sizeof(*r));
     r->last = r->first = -1;
-    r->table = sc_idmap_key_of(p->map, id) >> p->prm.row_bits;
-    int64_t last = last_of(p, id);
+    r->table = key >> p->prm.row_bits;
     if (last < 0)
         return SC_OK;
     cm_rows one = p->view;
     int64_t zero = 0;
     one.row = r, one.cap = 1;
     return cm_update(&one, &zero, 1, last);
+}
+
+/* into *r: the record of row id as it has none (rec_fill_key) */
+static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
+{
+    return rec_fill_key(p, sc_idmap_key_of(p->map, id), last_of(p, id), r);
 }
 
 /* Step b is more than rs_span steps past the base of the once-used rows' offsets: move the base to b -
@@ -642,6 +657,9 @@ static int rs_rebase(lp_policy *p, int64_t b)
         if (v <= -2)
             p->rs[id] = (int32_t)(-2 - (once_step(p, v) - base));
     }
+    /* the once table's offsets may lie behind the base (negative): shifted; an entry that no longer fits
+     * an int32 goes (2^31 steps past its use: out of any window) */
+    p->forgotten += sc_once_shift(&p->once, base - p->rs_base);
     p->rs_base = base;
     return SC_OK;
 }
@@ -677,8 +695,35 @@ static int row_features(lp_policy *p, int32_t id, int64_t now, float *f)
     return cm_features(&one, &at, 1, now, f);
 }
 
-/* dense ids of keys, new rows set up (table, model id) */
-static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
+/* a row new to the step (no id before, or its id the mirror's alone) whose one use is in the once table:
+ * its entry taken out; used at a step within the window, the row gets that use back (as rs, or as a
+ * record when the step lies behind rs_base), else it stays never used */
+static int once_back(lp_policy *p, int32_t id, int64_t key, int64_t b)
+{
+    int32_t off = sc_once_take(&p->once, key);
+    if (off == SC_ONCE_NONE)
+        return SC_OK;
+    int64_t s = p->rs_base + off;
+    if (p->prm.history_window > 0 && s < b - p->prm.history_window) { /* out of the window: forgotten */
+        p->forgotten++;
+        return SC_OK;
+    }
+    if (off >= 0) {
+        p->rs[id] = (int32_t)(-2 - off); /* off <= b - rs_base <= rs_span */
+        return SC_OK;
+    }
+    int32_t r = rec_alloc(p);
+    if (r < 0)
+        return SC_ENOMEM;
+    int rc = rec_fill_key(p, key, s, p->view.row + r);
+    if (rc)
+        return rc;
+    p->rs[id] = r;
+    return SC_OK;
+}
+
+/* dense ids of keys, new rows set up (table, model id; a row's use from the once table) at step b */
+static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids, int64_t b)
 {
     uint8_t *is_new = p->isnew;
     if (sc_idmap_get_new_many(p->map, keys, n, ids, is_new) != SC_OK)
@@ -694,6 +739,23 @@ static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
     for (int64_t i = 0; i < n; i++)
         if (is_new[i])
             row_init(p, ids[i]);
+    if (!p->once.n)
+        return SC_OK;
+    /* the new rows (in order; the sweep's scratch is free now), their once table slots asked ahead */
+    if (grow_buf((void **)&p->gone, &p->cap_gone, n, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    int64_t nn = 0;
+    for (int64_t i = 0; i < n; i++)
+        if (is_new[i])
+            p->gone[nn++] = (int32_t)i;
+    for (int64_t j = 0; j < nn; j++) {
+        if (j + LP_GONE_AHEAD < nn)
+            sc_once_prefetch(&p->once, keys[p->gone[j + LP_GONE_AHEAD]]);
+        int32_t i = p->gone[j];
+        int rc = once_back(p, ids[i], keys[i], b);
+        if (rc)
+            return rc;
+    }
     return SC_OK;
 }
 
@@ -702,14 +764,24 @@ static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids)
  * before step b (so no past step names it; the stream ring may: prefetch skips a follower that is free or
  * whose id a row first used after the ring entry holds now). Called at the end
  * of a step with a budget of twice the step's rows, so a row outlives the window by at most about
- * ids / (2 x rows a step) steps and the ids stay bounded by the rows in the window plus the sets. */
+ * ids / (2 x rows a step) steps and the ids stay bounded by the rows in the window plus the sets.
+ * Without a stream (no budget to prefetch: nothing else names an id across steps) a row in none of the
+ * sets that was used once, within the window, moves to the once table and gives its id back: 12 bytes
+ * there instead of its key map entry and per-row state. The once table's next `budget` slots drop the
+ * uses older than the window the same way. */
 static int forget_old(lp_policy *p, int64_t b, int64_t budget)
 {
     int64_t w = p->prm.history_window;
     if (w <= 0 || p->n_rows == 0)
         return SC_OK;
+    p->forgotten += sc_once_expire(&p->once, b - w - p->rs_base, budget);
+    int move = !p->lastpos; /* no stream that names ids: once-used rows may give theirs back */
     if (budget > p->n_rows)
         budget = p->n_rows;
+    if (grow_buf((void **)&p->gone, &p->cap_gone, budget, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    /* first the rows that go, in id order: id (its use to the once table) or -1 - id (forgotten) */
+    int64_t ng = 0;
     for (int64_t k = 0; k < budget; k++) {
         int32_t id = (int32_t)(p->sweep++ % p->n_rows);
         if (k + LP_AHEAD < budget) { /* the record of a row LP_AHEAD on that may be dropped (ids in order) */
@@ -719,19 +791,45 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         }
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
-        if (last_of(p, id) >= b - w)
-            continue;
-        int rc = sc_idmap_release(p->map, &id, 1); /* freed, or the mirror's alone in a shared map */
-        if (rc == SC_OK && rec_of(p, id) >= 0)
-            rc = rec_free(p, rec_of(p, id));
-        if (rc)
-            return rc;
-        p->rs[id] = -1;
-        p->flags[id] = F_FREE;
-        p->forgotten++;
+        int32_t v = p->rs[id];
+        if (last_of(p, id) < b - w)
+            p->gone[ng++] = -1 - id;
+        else if (move && (v <= -2 || (v >= 0 && p->view.row[v].count == 1.0f)))
+            p->gone[ng++] = id; /* used once, within the window (a record only when the base moved past it) */
     }
     p->sweep %= p->n_rows;
-    return SC_OK;
+    /* then a moved row's use goes to the once table (its slot asked for LP_GONE_AHEAD rows ahead), a
+     * forgotten row's record is freed, and the ids all go back to the key map in one call (which asks
+     * for their slots ahead), in the order found */
+    for (int64_t j = 0; j < ng; j++) {
+        if (j + LP_GONE_AHEAD < ng && p->gone[j + LP_GONE_AHEAD] >= 0)
+            sc_once_prefetch_slot(&p->once, sc_idmap_key_of(p->map, p->gone[j + LP_GONE_AHEAD]));
+        int32_t id = p->gone[j];
+        int rc;
+        if (id >= 0) {
+            int32_t v = p->rs[id]; /* the use's offset from rs_base: within the window, so above -2^31 */
+            int64_t off = v <= -2 ? -2 - v : p->view.row[v].last - p->rs_base;
+            rc = sc_once_put(&p->once, sc_idmap_key_of(p->map, id), (int32_t)off);
+            if (rc == SC_OK && v >= 0)
+                rc = rec_free(p, v);
+        } else {
+            id = -1 - id;
+            rc = rec_of(p, id) >= 0 ? rec_free(p, rec_of(p, id)) : SC_OK;
+        }
+        if (rc) { /* the rows before this one are gone; it and those after keep their ids for now */
+            int rr = sc_idmap_release(p->map, p->gone, j);
+            return rr ? rr : rc;
+        }
+        if (p->gone[j] >= 0) {
+            p->moved++;
+        } else {
+            p->forgotten++;
+            p->gone[j] = id;
+        }
+        p->rs[id] = -1;
+        p->flags[id] = F_FREE;
+    }
+    return sc_idmap_release(p->map, p->gone, ng); /* freed, or the mirror's alone in a shared map */
 }
 
 /* ---------------------------------------------------------------------------- keep scores and plans */
@@ -1534,7 +1632,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         return rc;
     p->t++;
     int32_t *ids = p->ids;
-    if ((rc = map_keys(p, keys, n, ids)))
+    if ((rc = map_keys(p, keys, n, ids, b)))
         return rc;
     lp_set *res = &p->sets[0];
     for (int64_t i = 0; i < n; i++) {
@@ -1818,7 +1916,9 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
-    out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY);
+    out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY) + p->once.n;
+    out->once_rows = p->once.n;
+    out->moved = p->moved;
     out->records = p->n_recs - p->n_free_recs;
     out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;
@@ -1834,7 +1934,9 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->row_bytes = p->cap_rows * per_row;
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
     out->ring_bytes = (p->s_ids ? (p->s_mask + 1) * 4 : 0) + sc_runs_bytes(&p->runs);
-    int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + p->hcap * 8;
+    out->once_bytes = sc_once_bytes(&p->once);
+    int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + out->once_bytes +
+                    p->hcap * 8;
     for (int k = 0; k < 3; k++)
         bytes += per_slot * p->sets[k].cap + (p->sets[k].pkey ? (p->sets[k].pmask + 1) * 8 : 0);
     out->bytes = bytes;

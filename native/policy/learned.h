@@ -47,7 +47,8 @@ typedef struct {
     int64_t stream_ring;      /* stream positions kept for candidates (a power of two, <= 2^31) */
     int64_t history_window;   /* steps: a row neither resident (nor in a guard shadow or the stream ring)
                                * nor used in this many steps loses its history and id (0: kept forever;
-                               * else more than past_steps) */
+                               * else more than past_steps); with no budget to prefetch, a row used once
+                               * keeps its key and step in the once table instead of an id meanwhile */
     double prefetch_min_accuracy; /* feedback-directed throttling: while fewer than this share of the
                                * prefetches lately were read before their eviction (a decaying count,
                                * once LP_PF_MIN_OUTCOMES outcomes are in), the prefetcher is asked only
@@ -91,6 +92,8 @@ typedef struct {
     int64_t lru_steps;     /* steps the real cache spent in LRU order */
     int64_t rows;          /* rows with a history now */
     int64_t records;       /* ... of which used more than once (a full record; the others keep 12 bytes) */
+    int64_t once_rows;     /* ... of which used once and kept in the once table, with no id (once.h) */
+    int64_t moved;         /* rows moved to the once table so far */
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state (its key map included; allocated) */
@@ -98,6 +101,7 @@ typedef struct {
     int64_t row_bytes;     /* ... the per-row arrays (flags, last use, record index, stream slot, place) */
     int64_t record_bytes;  /* ... the history records */
     int64_t ring_bytes;    /* ... the stream ring */
+    int64_t once_bytes;    /* ... the once table */
     int64_t pf_useful;     /* prefetched rows read before their eviction */
     int64_t pf_useless;    /* prefetched rows the plan evicted unread */
     int64_t pf_throttled;  /* steps the prefetcher was throttled for accuracy */

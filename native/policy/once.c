@@ -1,0 +1,169 @@
+/* The once-used rows' table (once.h). */
+#include "once.h"
+
+#include <stdlib.h>
+
+#include "internal.h"
+
+/* the table grows by a quarter before its entries pass 4/5 of the slots */
+#define ONCE_LOAD_NUM 4
+#define ONCE_LOAD_DEN 5
+#define ONCE_MIN_SLOTS 1024
+/* a removed-by-sc_once_shift mark (not a valid offset: sc_once_put takes offsets above it) */
+#define ONCE_DEAD (INT32_MIN + 1)
+
+static inline int64_t key_of(const sc_once_ent *e) { return (int64_t)(((uint64_t)e->khi << 32) | e->klo); }
+
+static inline uint64_t home_of(uint64_t size, int64_t key)
+{
+    return ((mix64((uint64_t)key) >> 32) * size) >> 32;
+}
+
+static inline uint64_t nxt(const sc_once *t, uint64_t h) { return h + 1 == t->size ? 0 : h + 1; }
+
+void sc_once_free(sc_once *t)
+{
+    free(t->ent);
+    *t = (sc_once){0};
+}
+
+/* the slot holding key, or of the empty slot ending its probe run (size > 0) */
+static uint64_t probe(const sc_once *t, int64_t key, uint32_t lo, uint32_t hi)
+{
+    uint64_t h = home_of(t->size, key);
+    while (t->ent[h].off != SC_ONCE_NONE && (t->ent[h].klo != lo || t->ent[h].khi != hi))
+        h = nxt(t, h);
+    return h;
+}
+
+static int grow(sc_once *t)
+{
+    uint64_t size = t->size ? t->size + t->size / 4 : ONCE_MIN_SLOTS;
+    sc_once_ent *e = malloc(size * sizeof(*e));
+    if (!e)
+        return SC_ENOMEM;
+    for (uint64_t i = 0; i < size; i++)
+        e[i].off = SC_ONCE_NONE;
+    sc_once old = *t;
+    t->ent = e;
+    t->size = size;
+    t->sweep = 0;
+    for (uint64_t i = 0; i < old.size; i++) {
+        if (old.ent[i].off == SC_ONCE_NONE)
+            continue;
+        uint64_t h = home_of(size, key_of(&old.ent[i]));
+        while (e[h].off != SC_ONCE_NONE)
+            h = nxt(t, h);
+        e[h] = old.ent[i];
+    }
+    free(old.ent);
+    return SC_OK;
+}
+
+int sc_once_put(sc_once *t, int64_t key, int32_t off)
+{
+    if (off <= ONCE_DEAD)
+        return SC_EARG;
+    if ((uint64_t)(t->n + 1) * ONCE_LOAD_DEN > t->size * ONCE_LOAD_NUM && grow(t) != SC_OK)
+        return SC_ENOMEM;
+    uint32_t lo = (uint32_t)(uint64_t)key, hi = (uint32_t)((uint64_t)key >> 32);
+    uint64_t h = probe(t, key, lo, hi);
+    t->n += t->ent[h].off == SC_ONCE_NONE;
+    t->ent[h] = (sc_once_ent){lo, hi, off};
+    return SC_OK;
+}
+
+/* empty slot i, moving later entries of its probe run back into the hole */
+static void del_at(sc_once *t, uint64_t i)
+{
+    uint64_t j = i;
+    for (;;) {
+        j = nxt(t, j);
+        if (t->ent[j].off == SC_ONCE_NONE)
+            break;
+        uint64_t hj = home_of(t->size, key_of(&t->ent[j]));
+        /* j's entry may move to i only when its home is not in (i, j] (cyclically) */
+        int in_between = i <= j ? (hj > i && hj <= j) : (hj > i || hj <= j);
+        if (in_between)
+            continue;
+        t->ent[i] = t->ent[j];
+        i = j;
+    }
+    t->ent[i].off = SC_ONCE_NONE;
+    t->n--;
+}
+
+int32_t sc_once_take(sc_once *t, int64_t key)
+{
+    if (!t->n)
+        return SC_ONCE_NONE;
+    uint64_t h = probe(t, key, (uint32_t)(uint64_t)key, (uint32_t)((uint64_t)key >> 32));
+    int32_t off = t->ent[h].off;
+    if (off != SC_ONCE_NONE)
+        del_at(t, h);
+    return off;
+}
+
+void sc_once_prefetch(const sc_once *t, int64_t key)
+{
+    if (t->n)
+        __builtin_prefetch(&t->ent[home_of(t->size, key)]);
+}
+
+void sc_once_prefetch_slot(const sc_once *t, int64_t key)
+{
+    if (t->size)
+        __builtin_prefetch(&t->ent[home_of(t->size, key)], 1);
+}
+
+/* remove the entries below min_off among the next `budget` slots from the cursor (a slot whose entry
+ * goes is looked at again: a later entry may have moved into it); how many went */
+static int64_t sweep(sc_once *t, int64_t min_off, int64_t budget)
+{
+    int64_t gone = 0;
+    for (int64_t k = 0; k < budget && t->n; k++) {
+        uint64_t i = t->sweep;
+        int32_t off = t->ent[i].off;
+        if (off != SC_ONCE_NONE && off < min_off) {
+            del_at(t, i);
+            gone++;
+            continue;
+        }
+        t->sweep = nxt(t, i);
+    }
+    return gone;
+}
+
+int64_t sc_once_expire(sc_once *t, int64_t min_off, int64_t budget)
+{
+    if (!t->n || min_off <= ONCE_DEAD + 1)
+        return 0;
+    if (min_off > INT32_MAX)
+        min_off = INT32_MAX; /* every offset is below: all go */
+    return sweep(t, min_off, budget);
+}
+
+int64_t sc_once_shift(sc_once *t, int64_t delta)
+{
+    if (!t->n || delta == 0)
+        return 0;
+    int64_t dead = 0;
+    for (uint64_t i = 0; i < t->size; i++) {
+        if (t->ent[i].off == SC_ONCE_NONE)
+            continue;
+        int64_t off = (int64_t)t->ent[i].off - delta;
+        if (off <= ONCE_DEAD || off > INT32_MAX) {
+            t->ent[i].off = ONCE_DEAD;
+            dead++;
+        } else {
+            t->ent[i].off = (int32_t)off;
+        }
+    }
+    if (!dead)
+        return 0;
+    /* one whole turn removing the marks (a removal looks at its slot again, so none is missed) */
+    t->sweep = 0;
+    return sweep(t, ONCE_DEAD + 1, (int64_t)t->size + dead);
+}
+
+int64_t sc_once_bytes(const sc_once *t) { return (int64_t)(t->size * sizeof(sc_once_ent)); }
