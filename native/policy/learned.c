@@ -16,6 +16,7 @@
 #define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 #define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
+#define LP_ONCE_TURNS 16 /* the once table's clock turns this many times a window */
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -774,7 +775,8 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
     int64_t w = p->prm.history_window;
     if (w <= 0 || p->n_rows == 0)
         return SC_OK;
-    p->forgotten += sc_once_expire(&p->once, b - w - p->rs_base, budget);
+    /* the once table: a whole turn every LP_ONCE_TURNS-th of the window */
+    p->forgotten += sc_once_expire(&p->once, b - w - p->rs_base, sc_once_turn(&p->once, w / LP_ONCE_TURNS));
     int move = !p->lastpos; /* no stream that names ids: once-used rows may give theirs back */
     if (budget > p->n_rows)
         budget = p->n_rows;

@@ -3,8 +3,6 @@
 
 #include <stdlib.h>
 
-#include "internal.h"
-
 /* the table grows by a quarter before its entries pass 4/5 of the slots */
 #define ONCE_LOAD_NUM 4
 #define ONCE_LOAD_DEN 5
@@ -14,10 +12,7 @@
 
 static inline int64_t key_of(const sc_once_ent *e) { return (int64_t)(((uint64_t)e->khi << 32) | e->klo); }
 
-static inline uint64_t home_of(uint64_t size, int64_t key)
-{
-    return ((mix64((uint64_t)key) >> 32) * size) >> 32;
-}
+static inline uint64_t home_of(uint64_t size, int64_t key) { return sc_once_home(size, key); }
 
 static inline uint64_t nxt(const sc_once *t, uint64_t h) { return h + 1 == t->size ? 0 : h + 1; }
 
@@ -104,42 +99,34 @@ int32_t sc_once_take(sc_once *t, int64_t key)
     return off;
 }
 
-void sc_once_prefetch(const sc_once *t, int64_t key)
-{
-    if (t->n)
-        __builtin_prefetch(&t->ent[home_of(t->size, key)]);
-}
-
-void sc_once_prefetch_slot(const sc_once *t, int64_t key)
-{
-    if (t->size)
-        __builtin_prefetch(&t->ent[home_of(t->size, key)], 1);
-}
-
 /* remove the entries below min_off among the next `budget` slots from the cursor (a slot whose entry
  * goes is looked at again: a later entry may have moved into it); how many went */
 static int64_t sweep(sc_once *t, int64_t min_off, int64_t budget)
 {
     int64_t gone = 0;
-    for (int64_t k = 0; k < budget && t->n; k++) {
-        uint64_t i = t->sweep;
-        int32_t off = t->ent[i].off;
-        if (off != SC_ONCE_NONE && off < min_off) {
+    uint64_t i = t->sweep;
+    /* an entry goes when SC_ONCE_NONE < off < min_off: one unsigned comparison */
+    uint32_t below = (uint32_t)(min_off - (int64_t)SC_ONCE_NONE - 1);
+    for (int64_t k = 0; k < budget; k++) {
+        if ((uint32_t)((int64_t)t->ent[i].off - (int64_t)SC_ONCE_NONE - 1) < below) {
             del_at(t, i);
             gone++;
+            if (!t->n)
+                break;
             continue;
         }
-        t->sweep = nxt(t, i);
+        i = nxt(t, i);
     }
+    t->sweep = i;
     return gone;
 }
 
 int64_t sc_once_expire(sc_once *t, int64_t min_off, int64_t budget)
 {
-    if (!t->n || min_off <= ONCE_DEAD + 1)
+    if (!t->n || min_off <= ONCE_DEAD)
         return 0;
-    if (min_off > INT32_MAX)
-        min_off = INT32_MAX; /* every offset is below: all go */
+    if (min_off > (int64_t)INT32_MAX + 1)
+        min_off = (int64_t)INT32_MAX + 1; /* every offset is below: all go */
     return sweep(t, min_off, budget);
 }
 

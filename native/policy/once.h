@@ -14,6 +14,8 @@
 
 #include <stdint.h>
 
+#include "internal.h"
+
 #define SC_ONCE_NONE INT32_MIN /* an empty slot's offset, and sc_once_take's "absent" */
 
 typedef struct {
@@ -33,16 +35,34 @@ void sc_once_free(sc_once *t);
 int sc_once_put(sc_once *t, int64_t key, int32_t off);
 /* key's offset, its entry removed; SC_ONCE_NONE when it has none */
 int32_t sc_once_take(sc_once *t, int64_t key);
+/* key's home slot: the key's mix64 scaled to the table (size > 0) */
+static inline uint64_t sc_once_home(uint64_t size, int64_t key) { return ((mix64((uint64_t)key) >> 32) * size) >> 32; }
+
 /* ask for the line of key's home slot (a batched caller, some keys ahead): sc_once_prefetch when the table
  * has entries (a take), sc_once_prefetch_slot when it has slots (a put) */
-void sc_once_prefetch(const sc_once *t, int64_t key);
-void sc_once_prefetch_slot(const sc_once *t, int64_t key);
+static inline void sc_once_prefetch(const sc_once *t, int64_t key)
+{
+    if (t->n)
+        __builtin_prefetch(&t->ent[sc_once_home(t->size, key)]);
+}
+
+static inline void sc_once_prefetch_slot(const sc_once *t, int64_t key)
+{
+    if (t->size)
+        __builtin_prefetch(&t->ent[sc_once_home(t->size, key)], 1);
+}
 /* look at the next `budget` slots (a clock over the table) and remove the entries whose offset is below
- * min_off; how many were removed */
+ * min_off; how many were removed. A caller that wants each entry looked at every `steps` calls asks for
+ * sc_once_turn(t, steps) slots a call. */
 int64_t sc_once_expire(sc_once *t, int64_t min_off, int64_t budget);
 /* the base moved forward by delta steps: every offset less delta; an entry whose offset would fall out
  * of int32 is removed (it is older than any window by then); how many were removed */
 int64_t sc_once_shift(sc_once *t, int64_t delta);
+/* slots a call for a whole turn in `steps` calls (at least 64) */
+static inline int64_t sc_once_turn(const sc_once *t, int64_t steps)
+{
+    return (int64_t)t->size / (steps > 1 ? steps : 1) + 64;
+}
 /* bytes allocated */
 int64_t sc_once_bytes(const sc_once *t);
 
