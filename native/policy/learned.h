@@ -7,6 +7,9 @@
  * the prefetching model's candidates and scores, and the eviction plan; the decision is then in
  * lp_decision (keys, not ids). Eviction order: the lowest keep score first, ties broken by the dense id
  * (residents) before the step's new rows (in the order they are offered), so decisions are deterministic.
+ * Ids are first come, first numbered, until a recency window gives some back (rows it forgets, and rows
+ * used once that move to the once table, once.h): a row that comes back may get another id, so with a
+ * window the ties can go otherwise than in the Python step, which keeps every row.
  * Functions return SC_OK or a negative SC_E* code (simcore.h), constructors NULL.
  */
 #ifndef RECMG_LEARNED_H

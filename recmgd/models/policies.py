@@ -397,7 +397,8 @@ class LearnedPolicy(Policy):
         return self._native.stats() if self._native is not None else None
 
     def state_bytes(self) -> int:
-        """The C step's bytes (its key map, rows, records, ring, sets); 0 when the Python step runs."""
+        """The C step's bytes (its key map, rows, records, ring, once table, sets); 0 when the Python step
+        runs."""
         st = self.native_stats
         return st["bytes"] if st else 0
 
