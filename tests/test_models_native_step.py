@@ -347,8 +347,9 @@ def test_history_window_bounds_the_state_and_keeps_fetches_close(shared_traces: 
     assert full_st["moved"] == full_st["once_rows"] == 0  # no window: no once table
     if budget == 0:  # moved, some back or forgotten (moved more than were ever there), the table counted
         assert st["moved"] > st["peak_once_rows"] > 0 and st["once_bytes"] > 0, st
+        assert 0 < st["back"] < st["moved"], st
     else:
-        assert st["moved"] == st["once_rows"] == st["once_bytes"] == 0, st
+        assert st["moved"] == st["once_rows"] == st["once_bytes"] == st["back"] == 0, st
     assert abs(got - full) <= 0.01 * full, (got, full)
     if trace == "amazon_video":  # many rows seen once: the window keeps a fraction of them
         assert peak < distinct // 2, (peak, distinct)

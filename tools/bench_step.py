@@ -9,8 +9,8 @@ not timed. Each policy (LRU, then RecMG with the checkpoint in ``--model-dir``, 
 ``recmg train`` on 300 batches of the same generator with another seed) is reset to ``--slots`` and
 driven through every step by ``observe`` with the hits its own decisions give; only ``observe`` is
 timed. Prints ms a step of each, RecMG / LRU, and RecMG's C step counters (rows moved to the once
-table, its rows at the end, histories forgotten). To compare builds, run it with ``PYTHONPATH`` set to
-each build's checkout.
+table, rows read again from it, its rows at the end, histories forgotten). To compare builds, run it
+with ``PYTHONPATH`` set to each build's checkout.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def main() -> int:
           f"prefetch budget {args.prefetch_budget}")
     print(f"lru step {lru * 1e3:.3f} ms, recmg step {rec * 1e3:.3f} ms: "
           f"recmg / lru {rec / lru:.2f}x the time")
-    print(f"recmg: moved to the once table {st.get('moved', 0):,}, "
+    print(f"recmg: moved to the once table {st.get('moved', 0):,}, read again from it {st.get('back', 0):,}, "
           f"there at the end {st.get('once_rows', 0):,}, forgotten {st.get('forgotten', 0):,}")
     return 0
 

@@ -128,9 +128,9 @@ struct lp_policy {
     int64_t cap_gone;
     /* the rows used once that keep no id (once.h): with a recency window and no stream (no budget to
      * prefetch), the window's sweep moves a once-used row that is in none of the sets here; offsets from
-     * rs_base. `moved`: rows moved there so far */
+     * rs_base. `moved`: rows moved there so far; `back`: rows whose use came back from it */
     sc_once once;
-    int64_t moved;
+    int64_t moved, back;
 
     /* the stream ring: positions s_n - ring .. s_n - 1 in slots pos & s_mask (allocated with lastpos) */
     int32_t *s_ids;
@@ -634,6 +634,20 @@ static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
     return rec_fill_key(p, sc_idmap_key_of(p->map, id), last_of(p, id), r);
 }
 
+/* give row id (key `key`, no record yet) a record of its own: never used (last -1), or used once, at step
+ * last */
+static int rec_give(lp_policy *p, int32_t id, int64_t key, int64_t last)
+{
+    int32_t r = rec_alloc(p);
+    if (r < 0)
+        return SC_ENOMEM;
+    int rc = rec_fill_key(p, key, last, p->view.row + r);
+    if (rc)
+        return rc;
+    p->rs[id] = r;
+    return SC_OK;
+}
+
 /* Step b is more than rs_span steps past the base of the once-used rows' offsets: move the base to b -
  * rs_span / 2. A row used once before the new base gets its record first (rec_fill, as its next use would),
  * then the others' offsets are rewritten. A failure in the first pass leaves every row valid under the old
@@ -643,15 +657,10 @@ static int rs_rebase(lp_policy *p, int64_t b)
     int64_t base = b - p->rs_span / 2;
     for (int64_t id = 0; id < p->n_rows; id++) {
         int32_t v = p->rs[id];
-        if (v <= -2 && once_step(p, v) < base) {
-            int32_t r = rec_alloc(p);
-            if (r < 0)
-                return SC_ENOMEM;
-            int rc = rec_fill(p, (int32_t)id, p->view.row + r);
-            if (rc)
-                return rc;
-            p->rs[id] = r;
-        }
+        int rc;
+        if (v <= -2 && once_step(p, v) < base &&
+            (rc = rec_give(p, (int32_t)id, sc_idmap_key_of(p->map, (int32_t)id), once_step(p, v))))
+            return rc;
     }
     for (int64_t id = 0; id < p->n_rows; id++) {
         int32_t v = p->rs[id];
@@ -709,18 +718,12 @@ static int once_back(lp_policy *p, int32_t id, int64_t key, int64_t b)
         p->forgotten++;
         return SC_OK;
     }
+    p->back++;
     if (off >= 0) {
         p->rs[id] = (int32_t)(-2 - off); /* off <= b - rs_base <= rs_span */
         return SC_OK;
     }
-    int32_t r = rec_alloc(p);
-    if (r < 0)
-        return SC_ENOMEM;
-    int rc = rec_fill_key(p, key, s, p->view.row + r);
-    if (rc)
-        return rc;
-    p->rs[id] = r;
-    return SC_OK;
+    return rec_give(p, id, key, s);
 }
 
 /* dense ids of keys, new rows set up (table, model id; a row's use from the once table) at step b */
@@ -1662,14 +1665,9 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
             __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t id = ids[i];
-        if (p->rs[id] < 0) {
-            int32_t r = rec_alloc(p);
-            if (r < 0)
-                return SC_ENOMEM;
-            if ((rc = rec_fill(p, id, p->view.row + r))) /* from the row's once-used step, then the record's */
-                return rc;
-            p->rs[id] = r;
-        }
+        /* from the row's once-used step (or none), then the record's */
+        if (p->rs[id] < 0 && (rc = rec_give(p, id, keys[i], last_of(p, id))))
+            return rc;
         p->ids64[i] = p->rs[id];
     }
     if (scored) {
@@ -1921,6 +1919,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY) + p->once.n;
     out->once_rows = p->once.n;
     out->moved = p->moved;
+    out->back = p->back;
     out->records = p->n_recs - p->n_free_recs;
     out->forgotten = p->forgotten;
     out->resident = p->sets[0].n;

@@ -97,6 +97,7 @@ typedef struct {
     int64_t records;       /* ... of which used more than once (a full record; the others keep 12 bytes) */
     int64_t once_rows;     /* ... of which used once and kept in the once table, with no id (once.h) */
     int64_t moved;         /* rows moved to the once table so far */
+    int64_t back;          /* ... and read again within the window, their use given back */
     int64_t forgotten;     /* histories dropped by the recency window so far */
     int64_t resident;      /* rows the policy believes resident */
     int64_t bytes;         /* memory held by the policy's state (its key map included; allocated) */

@@ -202,12 +202,12 @@ class NativeStep:
     def stats(self) -> dict[str, int]:
         """The guard's counters, rows with a history now (those of them used more than once, which keep
         a full record, and those used once that wait in the once table with no id; rows moved there so
-        far), histories the recency window dropped, resident rows, the state's bytes (and its parts: key
-        map, per-row arrays, records, stream ring, once table), and the prefetcher's outcomes (read,
-        evicted unread) and throttled steps."""
+        far, and those read again since), histories the recency window dropped, resident rows, the
+        state's bytes (and its parts: key map, per-row arrays, records, stream ring, once table), and the
+        prefetcher's outcomes (read, evicted unread) and throttled steps."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
-        names = ("lru_misses", "model_misses", "lru_steps", "rows", "records", "once_rows", "moved",
+        names = ("lru_misses", "model_misses", "lru_steps", "rows", "records", "once_rows", "moved", "back",
                  "forgotten", "resident", "bytes", "map_bytes", "row_bytes", "record_bytes", "ring_bytes",
                  "once_bytes", "pf_useful", "pf_useless", "pf_throttled", "pf_asked")
         return {k: int(getattr(s, k)) for k in names}
