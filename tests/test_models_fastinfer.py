@@ -13,7 +13,7 @@ from recmgd.errors import ModelError
 from recmgd.keys import make_keys
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
-from recmgd.models.features import N_FEATURES, RowHistory
+from recmgd.models.features import FEATURE_NAMES, GAP_MAX, MAX_STEP, N_FEATURES, RowHistory
 from recmgd.models.nets import CacheNet, NumpyCacheNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.policy import StepView
@@ -49,12 +49,36 @@ def test_history_features_and_state_match_numpy(steps: Steps) -> None:
         fast.update(ib, b)
     assert worst < 1e-5
     n = len(ref)
-    for name in ("last", "first", "count", "gaps", "gapsum", "dec", "table"):
+    for name in ("last", "first", "count", "gaps", "dec", "table"):
         a, c = getattr(ref, name)[:n], getattr(fast, name)[:n]
         assert np.allclose(a, c, rtol=1e-6, atol=1e-6), name
     # features of rows not read this step (as the prefetcher asks): all rows, some steps later
     every = np.arange(n)
     assert np.abs(ref.features_numpy(every, N_STEPS + 50) - fast.features(every, N_STEPS + 50)).max() < 1e-5
+
+
+def test_records_keep_gaps_as_steps_up_to_gap_max() -> None:
+    """A record keeps its previous gaps as steps (32-byte records): the features read log1p of them, as
+    the float records did, a gap past GAP_MAX reads as GAP_MAX, the mean gap is (last - first) / (uses -
+    1); the C path and numpy agree; a step past the int32 records is refused with a clear error."""
+    uses = (0, 10, 10 + GAP_MAX + 1000, 10 + GAP_MAX + 1005)
+    now = uses[-1] + 7
+    for native in (False, True):
+        h = RowHistory(native=native)
+        ids = h.ids(np.array([5], np.int64))
+        for b in uses:
+            h.update(ids, b)
+        f = (h.features if native else h.features_numpy)(ids, now)[0]
+        col = {name: f[i] for i, name in enumerate(FEATURE_NAMES)}
+        assert int(h.gaps[ids[0], 0]) == 5 and int(h.gaps[ids[0], 1]) == GAP_MAX
+        assert col["log_prev_gap0"] == np.log1p(np.float32(5))
+        assert col["log_prev_gap1"] == np.log1p(np.float32(GAP_MAX))  # 66,535 steps, kept as the most
+        assert col["log_prev_gap2"] == np.log1p(np.float32(10)) and col["log_prev_gap3"] == 0.0
+        mean = np.float32(uses[-1]) / np.float32(3)
+        assert abs(col["log_mean_gap"] - np.log1p(mean)) < 1e-6
+        assert col["log_gap"] == np.log1p(np.float32(7)) and col["log_count"] == np.log1p(np.float32(4))
+        with pytest.raises(ValueError, match="outside the records' steps"):
+            h.update(ids, MAX_STEP + 1)
 
 
 def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:

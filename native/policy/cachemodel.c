@@ -154,15 +154,31 @@ static int check_ids(const cm_rows *r, const int64_t *ids, int64_t n)
     return SC_OK;
 }
 
-/* features.py RowHistory.features for one row; prod[k] (when not NULL) gets dec[k] * exp(-gap * rate[k]),
- * which the row's update at the same step reuses */
+/* now as an offset from the view's base (a record's step), or SC_EARG out of int32 */
+static int offset_of(const cm_rows *r, int64_t now, int64_t *off)
+{
+    int64_t o = now - r->base;
+    if (o <= CM_NEVER || o > INT32_MAX)
+        return SC_EARG;
+    *off = o;
+    return SC_OK;
+}
+
+/* log1pf of a gap kept in a record (an integer up to CM_GAP_MAX) */
+static inline float log1pf_gap(const cm_lut *lut, uint16_t g)
+{
+    return log1pf_int(lut, g, (float)g);
+}
+
+/* features.py RowHistory.features for one row at step now (an offset from the view's base); prod[k] (when
+ * not NULL) gets dec[k] * exp(-gap * rate[k]), which the row's update at the same step reuses */
 static void row_features(const cm_rows *restrict r, const double *restrict ex, int64_t id, int64_t now,
                          float *restrict f, double *restrict prod)
 {
     const cm_row *row = r->row + id;
     const cm_lut *lut = r->lut;
     int64_t last = row->last;
-    int seen = last >= 0;
+    int seen = last != CM_NEVER;
     int64_t igap = seen ? now - last : 0;
     float gap = (float)igap;
     float count = row->count;
@@ -178,7 +194,7 @@ static void row_features(const cm_rows *restrict r, const double *restrict ex, i
         f[3] = 0.0f;
     }
     for (int k = 0; k < CM_N_GAPS; k++)
-        f[4 + k] = row->gaps[k];
+        f[4 + k] = log1pf_gap(lut, row->gaps[k]);
     const float *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
         /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly; ex: exp's results
@@ -192,30 +208,30 @@ static void row_features(const cm_rows *restrict r, const double *restrict ex, i
     }
     float lmean = 0.0f, over = 0.0f;
     if (count > 1.0f) {
+        /* the sum of the gaps is last - first (in float, as the float sum of integer gaps it replaced) */
         float ngaps = count - 1.0f > 1.0f ? count - 1.0f : 1.0f;
-        lmean = log1pf(row->gapsum / ngaps);
+        lmean = log1pf((float)(last - row->first) / ngaps);
         over = lgap - lmean;
     }
     f[4 + CM_N_GAPS + CM_N_HALF_LIVES] = lmean;
     f[5 + CM_N_GAPS + CM_N_HALF_LIVES] = over;
 }
 
-/* features.py RowHistory.update for one row; lgap and prod as row_features computed them at this step,
- * or NULL */
-static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const float *lgap, const double *prod)
+/* features.py RowHistory.update for one row at step now (an offset from the view's base); prod as
+ * row_features computed it at this step, or NULL */
+static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const double *prod)
 {
     cm_row *row = r->row + id;
     int64_t last = row->last;
-    int seen = last >= 0;
+    int seen = last != CM_NEVER;
     int64_t igap = seen ? now - last : 0;
     float gap = (float)igap;
     if (seen) {
-        float *g = row->gaps;
+        uint16_t *g = row->gaps;
         for (int k = CM_N_GAPS - 1; k > 0; k--)
             g[k] = g[k - 1];
-        g[0] = lgap ? *lgap : log1pf_int(r->lut, igap, gap);
+        g[0] = (uint16_t)(igap < CM_GAP_MAX ? igap : CM_GAP_MAX);
     }
-    row->gapsum += gap;
     float *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
         double x = prod ? prod[k]
@@ -225,8 +241,8 @@ static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const float
     }
     row->count += 1.0f;
     if (!seen)
-        row->first = now;
-    row->last = now;
+        row->first = (int32_t)now;
+    row->last = (int32_t)now;
 }
 
 /* the records of rows ids towards the cache before they are read (one line each) */
@@ -243,10 +259,13 @@ int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, fl
         return rc;
     if (n > 0 && !feats)
         return SC_EARG;
+    int64_t at;
+    if ((rc = offset_of(r, now, &at)))
+        return rc;
     prefetch_rows(r, ids, n);
     const double *ex = decay_lut(r);
     for (int64_t i = 0; i < n; i++)
-        row_features(r, ex, ids[i], now, feats + i * CM_N_FEATURES, NULL);
+        row_features(r, ex, ids[i], at, feats + i * CM_N_FEATURES, NULL);
     return SC_OK;
 }
 
@@ -255,9 +274,12 @@ int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now)
     int rc = check_ids(r, ids, n);
     if (rc != SC_OK)
         return rc;
+    int64_t at;
+    if ((rc = offset_of(r, now, &at)))
+        return rc;
     prefetch_rows(r, ids, n);
     for (int64_t i = 0; i < n; i++)
-        row_update(r, ids[i], now, NULL, NULL);
+        row_update(r, ids[i], at, NULL);
     return SC_OK;
 }
 
@@ -375,13 +397,16 @@ typedef struct {
     float out[CM_N_OUT];
 } cm_fresh;
 
-int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
-             float *out, float *feats)
+int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, const int64_t *tables, int64_t n, int64_t now,
+             int update, float *out, float *feats)
 {
-    if (!net || (n > 0 && !out))
+    if (!net || (n > 0 && (!out || !tables)))
         return SC_EARG;
     int rc = check_ids(r, ids, n);
     if (rc != SC_OK)
+        return rc;
+    int64_t at;
+    if ((rc = offset_of(r, now, &at)))
         return rc;
     if (r->n_table_slots != net->n_table_slots)
         return SC_EARG;
@@ -401,10 +426,10 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
             __builtin_prefetch(net->data + o);
     for (int64_t i = 0; i < n; i++) {
         int64_t id = ids[i];
-        row_features(r, ex, id, now, f, prod);
+        row_features(r, ex, id, at, f, prod);
         if (feats)
             memcpy(feats + i * CM_N_FEATURES, f, sizeof(f));
-        int64_t t = r->row[id].table % slots;
+        int64_t t = tables[i] % slots;
         if (t < 0)
             t += slots;
         float *o = out + i * CM_N_OUT;
@@ -428,7 +453,7 @@ int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64
         }
         /* ids are distinct: this row's update touches no other row's features */
         if (update)
-            row_update(r, id, now, &f[1], prod);
+            row_update(r, id, at, prod);
     }
     return SC_OK;
 }

@@ -18,23 +18,27 @@
 #define CM_N_OUT 2
 #define CM_MAX_HIDDEN 256
 
-/* One row's history: features.ROW_DTYPE, field for field (a 64-byte record). */
+/* One row's history: features.ROW_DTYPE, field for field (a 32-byte record, two a cache line). Steps are
+ * kept as int32 offsets from the view's base (cm_rows.base; CM_NEVER: no use yet). The sum of the gaps is
+ * last - first; the previous gaps are kept as steps (at most CM_GAP_MAX: a longer gap reads as that) and
+ * their log1p taken when read, so the features are those of the float record this replaced. A row's table
+ * is not in its record: the caller hands the tables of the rows it scores to cm_score. */
+#define CM_NEVER (-2147483648) /* INT32_MIN, spelled so that the cffi cdef reads it */
+#define CM_GAP_MAX 65535
 typedef struct {
-    int64_t last;                /* step of last use, -1 = never */
-    int64_t first;               /* step of first use */
-    int64_t table;               /* table id of the row (key >> ROW_BITS) */
+    int32_t last;                /* step of last use - base, CM_NEVER = never */
+    int32_t first;               /* step of first use - base */
     float count;                 /* uses */
-    float gapsum;                /* sum of gaps */
-    float gaps[CM_N_GAPS];       /* log1p of the previous gaps, most recent first */
     float dec[CM_N_HALF_LIVES];  /* decayed use counters */
-    float pad;
+    uint16_t gaps[CM_N_GAPS];    /* the previous gaps (steps, at most CM_GAP_MAX), most recent first */
 } cm_row;
 
 /* A view of a RowHistory's records; the caller owns the memory. */
 typedef struct {
     cm_row *row;     /* cap records */
     int64_t cap;     /* ids must be in [0, cap) */
-    int32_t n_table_slots; /* table embeddings; a row's slot is table mod this (non-negative) */
+    int64_t base;    /* the step a record's offset 0 stands for */
+    int32_t n_table_slots; /* table embeddings; a row's slot is its table mod this (non-negative) */
     int32_t reserved;
     double rate[CM_N_HALF_LIVES]; /* decay per step: ln 2 / half-life */
     const struct cm_lut *lut;     /* optional (NULL: computed): log1p of small integers */
@@ -62,14 +66,15 @@ void cm_net_free(cm_net *net);
  * returns whether the AVX2 pass is in use (the two differ by float rounding only) */
 int cm_net_simd(cm_net *net, int on);
 
-/* feats (n x CM_N_FEATURES) of rows ids as of step now (before its use) */
+/* feats (n x CM_N_FEATURES) of rows ids as of step now (before its use); now and the steps of uses must
+ * lie within int32 of the view's base (SC_EARG otherwise) */
 int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats);
 /* record one use at step now of each (distinct) row */
 int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now);
-/* out (n x CM_N_OUT): keep logit and predicted log1p(steps to next use) of rows ids as of step now;
- * feats (n x CM_N_FEATURES) gets their features when not NULL; then, when update is non-zero, records
+/* out (n x CM_N_OUT): keep logit and predicted log1p(steps to next use) of rows ids, of tables tables[0..n)
+ * (the rows' table ids, key >> row bits), as of step now; feats (n x CM_N_FEATURES) gets their features when not NULL; then, when update is non-zero, records
  * the use of each (distinct) row at step now as cm_update does */
-int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, int64_t n, int64_t now, int update,
-             float *out, float *feats);
+int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, const int64_t *tables, int64_t n, int64_t now,
+             int update, float *out, float *feats);
 
 #endif

@@ -143,7 +143,7 @@ struct lp_policy {
 
     /* scratch (grown as needed) */
     int32_t *ids;
-    int64_t *ids64;
+    int64_t *ids64, *tab64; /* the step's rows' record indices, and their tables */
     float *out, *p32, *feats;
     int32_t *cand, *tmp, *gids, *gat;
     float *gp;
@@ -176,18 +176,21 @@ static inline int32_t rec_of(const lp_policy *p, int32_t id) { return p->rs[id] 
 /* the step of a once-used row's use from its rs value (v <= -2) */
 static inline int64_t once_step(const lp_policy *p, int32_t v) { return p->rs_base + (-2 - (int64_t)v); }
 
+/* a record's step (an offset from rs_base, the view's base), or -1 for CM_NEVER */
+static inline int64_t rec_step(const lp_policy *p, int32_t s) { return s == CM_NEVER ? -1 : p->rs_base + s; }
+
 /* the step of the row's last use (-1: none yet) */
 static inline int64_t last_of(const lp_policy *p, int32_t id)
 {
     int32_t v = p->rs[id];
-    return v >= 0 ? p->view.row[v].last : v == -1 ? -1 : once_step(p, v);
+    return v >= 0 ? rec_step(p, p->view.row[v].last) : v == -1 ? -1 : once_step(p, v);
 }
 
 /* the step of the row's first use (-1: none yet) */
 static inline int64_t row_first(const lp_policy *p, int32_t id)
 {
     int32_t v = p->rs[id];
-    return v >= 0 ? p->view.row[v].first : v == -1 ? -1 : once_step(p, v);
+    return v >= 0 ? rec_step(p, p->view.row[v].first) : v == -1 ? -1 : once_step(p, v);
 }
 
 /* ---------------------------------------------------------------------------- small helpers */
@@ -468,7 +471,7 @@ void lp_free(lp_policy *p)
     sc_runs_free(&p->runs);
     sc_once_free(&p->once);
     free(p->s_ids), free(p->recent), free(p->recent_n);
-    free(p->ids), free(p->ids64), free(p->out), free(p->p32), free(p->feats);
+    free(p->ids), free(p->ids64), free(p->tab64), free(p->out), free(p->p32), free(p->feats);
     free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->hkey), free(p->hval), free(p->gone);
     free(p->ann);
@@ -590,8 +593,8 @@ static int32_t rec_alloc(lp_policy *p)
     if (p->n_free_recs)
         return p->free_recs[--p->n_free_recs];
     if (p->n_recs == p->cap_recs) {
-        int64_t old = p->cap_recs, cap = old + old / 4 + 1024;
-        void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* a record a cache line */
+        int64_t old = p->cap_recs, cap = (old + old / 4 + 1024) & ~(int64_t)1; /* whole lines */
+        void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* two records a cache line */
         if (!mem)
             return -1;
         if (old)
@@ -613,13 +616,12 @@ static int rec_free(lp_policy *p, int32_t r)
     return SC_OK;
 }
 
-/* into *r: the record of the row of key `key` that has none: never used (last -1), or used once, at step
- * last, rebuilt by the very update that wrote it then */
-static int rec_fill_key(lp_policy *p, int64_t key, int64_t last, cm_row *r)
+/* into *r: the record of a row that has none: never used (last -1), or used once, at step last, rebuilt
+ * by the very update that wrote it then (a record holds no key or table: any row's is the same) */
+static int rec_fill_step(lp_policy *p, int64_t last, cm_row *r)
 {
     memset(r, 0, sizeof(*r));
-    r->last = r->first = -1;
-    r->table = key >> p->prm.row_bits;
+    r->last = r->first = CM_NEVER;
     if (last < 0)
         return SC_OK;
     cm_rows one = p->view;
@@ -628,20 +630,19 @@ static int rec_fill_key(lp_policy *p, int64_t key, int64_t last, cm_row *r)
     return cm_update(&one, &zero, 1, last);
 }
 
-/* into *r: the record of row id as it has none (rec_fill_key) */
+/* into *r: the record of row id as it has none (rec_fill_step) */
 static int rec_fill(lp_policy *p, int32_t id, cm_row *r)
 {
-    return rec_fill_key(p, sc_idmap_key_of(p->map, id), last_of(p, id), r);
+    return rec_fill_step(p, last_of(p, id), r);
 }
 
-/* give row id (key `key`, no record yet) a record of its own: never used (last -1), or used once, at step
- * last */
-static int rec_give(lp_policy *p, int32_t id, int64_t key, int64_t last)
+/* give row id (no record yet) a record of its own: never used (last -1), or used once, at step last */
+static int rec_give(lp_policy *p, int32_t id, int64_t last)
 {
     int32_t r = rec_alloc(p);
     if (r < 0)
         return SC_ENOMEM;
-    int rc = rec_fill_key(p, key, last, p->view.row + r);
+    int rc = rec_fill_step(p, last, p->view.row + r);
     if (rc)
         return rc;
     p->rs[id] = r;
@@ -659,7 +660,7 @@ static int rs_rebase(lp_policy *p, int64_t b)
         int32_t v = p->rs[id];
         int rc;
         if (v <= -2 && once_step(p, v) < base &&
-            (rc = rec_give(p, (int32_t)id, sc_idmap_key_of(p->map, (int32_t)id), once_step(p, v))))
+            (rc = rec_give(p, (int32_t)id, once_step(p, v))))
             return rc;
     }
     for (int64_t id = 0; id < p->n_rows; id++) {
@@ -667,6 +668,17 @@ static int rs_rebase(lp_policy *p, int64_t b)
         if (v <= -2)
             p->rs[id] = (int32_t)(-2 - (once_step(p, v) - base));
     }
+    /* the records' steps too (records of free rows alike); a use more than 2^31 steps behind the new base
+     * reads as that far behind */
+    int64_t d = base - p->rs_base;
+    for (int64_t r = 0; r < p->n_recs; r++) {
+        cm_row *w = p->view.row + r;
+        if (w->last != CM_NEVER) {
+            w->last = (int32_t)(w->last - d > CM_NEVER ? w->last - d : CM_NEVER + 1);
+            w->first = (int32_t)(w->first - d > CM_NEVER ? w->first - d : CM_NEVER + 1);
+        }
+    }
+    p->view.base = base;
     /* the once table's offsets may lie behind the base (negative): shifted; an entry that no longer fits
      * an int32 goes (2^31 steps past its use: out of any window) */
     p->forgotten += sc_once_shift(&p->once, base - p->rs_base);
@@ -723,7 +735,7 @@ static int once_back(lp_policy *p, int32_t id, int64_t key, int64_t b)
         p->rs[id] = (int32_t)(-2 - off); /* off <= b - rs_base <= rs_span */
         return SC_OK;
     }
-    return rec_give(p, id, key, s);
+    return rec_give(p, id, s);
 }
 
 /* dense ids of keys, new rows set up (table, model id; a row's use from the once table) at step b */
@@ -813,7 +825,7 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         int rc;
         if (id >= 0) {
             int32_t v = p->rs[id]; /* the use's offset from rs_base: within the window, so above -2^31 */
-            int64_t off = v <= -2 ? -2 - v : p->view.row[v].last - p->rs_base;
+            int64_t off = v <= -2 ? -2 - v : p->view.row[v].last;
             rc = sc_once_put(&p->once, sc_idmap_key_of(p->map, id), (int32_t)off);
             if (rc == SC_OK && v >= 0)
                 rc = rec_free(p, v);
@@ -1589,8 +1601,8 @@ static int grow_step(lp_policy *p, int64_t n)
     void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
                      (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
                      (void **)&p->gmiss, (void **)&p->isnew, (void **)&p->gat, (void **)&p->scl,
-                     (void **)&p->slv};
-    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1, 4, 4, 4};
+                     (void **)&p->slv, (void **)&p->tab64};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1, 4, 4, 4, 8};
     for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
         void *q = realloc(*bufs[i], (size_t)nc * el[i]);
         if (!q)
@@ -1666,12 +1678,13 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t id = ids[i];
         /* from the row's once-used step (or none), then the record's */
-        if (p->rs[id] < 0 && (rc = rec_give(p, id, keys[i], last_of(p, id))))
+        if (p->rs[id] < 0 && (rc = rec_give(p, id, last_of(p, id))))
             return rc;
         p->ids64[i] = p->rs[id];
+        p->tab64[i] = keys[i] >> p->prm.row_bits;
     }
     if (scored) {
-        if ((rc = cm_score(p->cnet, &p->view, p->ids64, n, b, 1, p->out, NULL)))
+        if ((rc = cm_score(p->cnet, &p->view, p->ids64, p->tab64, n, b, 1, p->out, NULL)))
             return rc;
         int L = p->prm.levels;
         float unit = (float)p->unit;
@@ -1819,10 +1832,10 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t r = rec_of(p, ids[i]);
         if (p->view.row[r].count == 1.0f) {
-            int64_t last = p->view.row[r].last;
+            int32_t last = p->view.row[r].last; /* this step, an offset within rs_span */
             if ((rc = rec_free(p, r)))
                 return rc;
-            p->rs[ids[i]] = (int32_t)(-2 - (last - p->rs_base)); /* last is this step: within rs_span */
+            p->rs[ids[i]] = -2 - last;
         }
     }
     return forget_old(p, b, 2 * n + 64);

@@ -3,7 +3,7 @@
 At one step (~18 distinct rows) numpy's per-call overhead, not arithmetic, bounds the reference path
 (features.RowHistory's numpy methods + nets.NumpyCacheNet: about 25 small array operations a step). Here
 one C call featurises a step's rows and runs the MLP (and, with ``update=True``, records their use), on
-the very records the numpy path indexes (RowHistory.rows, one 64-byte record a row; a RowHistory built
+the very records the numpy path indexes (RowHistory.rows, one 32-byte record a row; a RowHistory built
 with ``native=True`` hands C a pointer to them), so both paths read and write one state and agree to
 float rounding (the features and the state bit for bit where numpy's float32 log1p is libm's). The numpy
 path stays the training path and the reference (tests/test_models_fastinfer.py).
@@ -18,19 +18,21 @@ import numpy as np
 from recmgd.errors import ModelError
 from recmgd.models.features import (
     FEATURE_VERSION,
+    GAP_MAX,
     HALF_LIVES,
     N_FEATURES,
     N_GAPS,
     N_TABLE_SLOTS,
+    NEVER,
     ROW_DTYPE,
     RowHistory,
 )
 from recmgd.models.numpy_nets import NumpyCacheNet
 from recmgd.simcore import ffi, lib
 
-_LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize)
+_LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize, NEVER, GAP_MAX)
 if (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES,
-        ffi.sizeof("cm_row")) != _LAYOUT:  # pragma: no cover - a stale build
+        ffi.sizeof("cm_row"), lib.CM_NEVER, lib.CM_GAP_MAX) != _LAYOUT:  # pragma: no cover - a stale build
     raise ImportError("recmgd._simcore's caching model has another feature layout than "
                       "recmgd.models.features; rebuild it (`make native`)")
 
@@ -58,6 +60,7 @@ class NativeRows:
         self._hist = hist
         self.c = ffi.new("cm_rows *")
         self.c.n_table_slots = N_TABLE_SLOTS
+        self.c.base = 0  # the history's steps are its records' (RowHistory.MAX_STEP)
         rates = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)  # as RowHistory._decay_rate
         for k, r in enumerate(rates.tolist()):
             self.c.rate[k] = r
@@ -149,13 +152,14 @@ class FastCacheNet:
                 ids, ib = _ids_buf(ids)
         else:
             ids, ib = _ids_buf(ids)
+        tables = hist.table[ids]
         fb = ffi.NULL
         if feats is not None:
             if (feats.shape != (n, N_FEATURES) or feats.dtype != np.float32
                     or not feats.flags.c_contiguous):
                 raise ValueError("feats must be a C-contiguous float32 array of shape (len(ids), N_FEATURES)")
             fb = _from_buffer("float[]", feats)
-        rc = _score(self._net, rows.c, ib, n, now, update, self._outp, fb)
+        rc = _score(self._net, rows.c, ib, _from_buffer("int64_t[]", tables), n, now, update, self._outp, fb)
         if rc:
             _check(rc, "cm_score")
         return self._out[:n].copy()

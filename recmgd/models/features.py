@@ -93,20 +93,26 @@ class KeyIndex:
         return self._keys[: self._n].copy()
 
 
-#: one row's history, one 64-byte record (a cache line; the C inference's cm_row): step of last use (-1:
-#: never), step of first use, table id, use count, sum of gaps, log1p of the previous gaps (most recent
-#: first), decayed use counters
-ROW_DTYPE = np.dtype([("last", "<i8"), ("first", "<i8"), ("table", "<i8"), ("count", "<f4"),
-                      ("gapsum", "<f4"), ("gaps", "<f4", (N_GAPS,)), ("dec", "<f4", (len(HALF_LIVES),)),
-                      ("pad", "<f4")])
-assert ROW_DTYPE.itemsize == 64
+#: a record's step of last use before the row's first use (cachemodel.h's CM_NEVER)
+NEVER = int(np.iinfo(np.int32).min)
+#: the longest previous gap a record keeps, in steps (cachemodel.h's CM_GAP_MAX): a longer one reads as this
+GAP_MAX = 65535
+#: one row's history, one 32-byte record (two a cache line; the C inference's cm_row): step of last use
+#: (NEVER: none yet), step of first use, use count, decayed use counters, the previous gaps in steps (most
+#: recent first, at most GAP_MAX; their log1p is the feature). The sum of the gaps is last - first. Steps
+#: are int32: the C step keeps them as offsets from a moving base; here the base is 0.
+ROW_DTYPE = np.dtype([("last", "<i4"), ("first", "<i4"), ("count", "<f4"), ("dec", "<f4", (len(HALF_LIVES),)),
+                      ("gaps", "<u2", (N_GAPS,))])
+assert ROW_DTYPE.itemsize == 32
+#: the steps a RowHistory can record (int32 records, base 0)
+MAX_STEP = int(np.iinfo(np.int32).max)
 
 
 class RowHistory:
-    """Dense per-row history: last use, first use, count, previous gaps, decayed counters.
+    """Dense per-row history: last use, first use, count, previous gaps, decayed counters, and the table.
 
     One record a row (``rows``, ROW_DTYPE, 64-byte aligned), with a view per field (``last``, ``count``,
-    ``gaps``, ...) that the numpy methods index.
+    ``gaps``, ...) that the numpy methods index; each row's table id beside them in ``table``.
 
     With ``native=True``, :meth:`features` and :meth:`update` run in C (recmgd.models.fastinfer) on these
     same arrays, and ``native_rows`` is the C view of them; the numpy methods (``features_numpy``,
@@ -119,6 +125,7 @@ class RowHistory:
         self._cap = 0
         self._buf = np.zeros(0, np.uint8)
         self.rows = np.zeros(0, ROW_DTYPE)
+        self.table = np.zeros(0, np.int64)
         self._views()
         self._decay_rate = np.log(2.0) / np.asarray(HALF_LIVES, np.float32)
         self._grow(initial)
@@ -138,10 +145,12 @@ class RowHistory:
         buf = np.zeros((cap + 1) * size, np.uint8)
         off = -buf.ctypes.data % size  # records on cache-line boundaries
         rows = buf[off : off + cap * size].view(ROW_DTYPE)
-        rows["last"] = -1
-        rows["first"] = -1
+        rows["last"] = NEVER
+        rows["first"] = NEVER
         rows[: self._cap] = self.rows[: self._cap]
-        self._buf, self.rows = buf, rows
+        table = np.zeros(cap, np.int64)
+        table[: self._cap] = self.table[: self._cap]
+        self._buf, self.rows, self.table = buf, rows, table
         self._views()
         self._cap = cap
         if self.native_rows is not None:
@@ -150,8 +159,8 @@ class RowHistory:
     def _views(self) -> None:
         """The per-field views of the records (what the numpy path indexes)."""
         r = self.rows
-        self.last, self.first, self.table = r["last"], r["first"], r["table"]
-        self.count, self.gapsum, self.gaps, self.dec = r["count"], r["gapsum"], r["gaps"], r["dec"]
+        self.last, self.first = r["last"], r["first"]
+        self.count, self.gaps, self.dec = r["count"], r["gaps"], r["dec"]
 
     def ids(self, keys: np.ndarray) -> np.ndarray:
         """Dense ids of keys (new keys get new, empty rows)."""
@@ -171,7 +180,7 @@ class RowHistory:
 
     def features_numpy(self, ids: np.ndarray, now: int) -> np.ndarray:
         """:meth:`features` in numpy (the reference)."""
-        last = self.last[ids]
+        last = self.last[ids].astype(np.int64)
         seen = last >= 0
         gap = np.where(seen, now - last, 0).astype(np.float32)
         count = self.count[ids]
@@ -179,24 +188,32 @@ class RowHistory:
         f[:, 0] = ~seen
         f[:, 1] = np.log1p(gap)
         f[:, 2] = np.log1p(count)
-        f[:, 3] = np.log1p(np.where(seen, now - self.first[ids], 0))
-        f[:, 4 : 4 + N_GAPS] = self.gaps[ids]
+        first = self.first[ids].astype(np.int64)
+        f[:, 3] = np.log1p(np.where(seen, now - first, 0))
+        f[:, 4 : 4 + N_GAPS] = np.log1p(self.gaps[ids].astype(np.float32))
         decay = np.exp(-gap[:, None] * self._decay_rate[None, :])
         o = 4 + N_GAPS
         f[:, o : o + len(HALF_LIVES)] = np.log1p(self.dec[ids] * decay)
         o += len(HALF_LIVES)
         ngaps = np.maximum(count - 1, 1)
-        mean_gap = np.where(count > 1, self.gapsum[ids] / ngaps, 0)
+        mean_gap = np.where(count > 1, self.gap_sum(ids) / ngaps, 0)
         f[:, o] = np.log1p(mean_gap)
         f[:, o + 1] = np.where(count > 1, np.log1p(gap) - np.log1p(mean_gap), 0)
         return f
+
+    def gap_sum(self, ids: np.ndarray) -> np.ndarray:
+        """The sum of the gaps between the uses of rows ``ids`` (float32; 0 for rows used at most once)."""
+        last = self.last[ids].astype(np.int64)
+        return np.where(last >= 0, last - self.first[ids], 0).astype(np.float32)
 
     def tables(self, ids: np.ndarray) -> np.ndarray:
         """Table slot (table id modulo N_TABLE_SLOTS) of each row."""
         return self.table[ids] % N_TABLE_SLOTS
 
     def update(self, ids: np.ndarray, now: int) -> None:
-        """Record one use at step ``now`` of each (distinct) row."""
+        """Record one use at step ``now`` (0 .. MAX_STEP) of each (distinct) row."""
+        if not 0 <= now <= MAX_STEP:
+            raise ValueError(f"step {now} is outside the records' steps 0 .. {MAX_STEP}")
         if self.native_rows is not None:
             self.native_rows.update(ids, now)
         else:
@@ -204,14 +221,14 @@ class RowHistory:
 
     def update_numpy(self, ids: np.ndarray, now: int) -> None:
         """:meth:`update` in numpy (the reference)."""
-        last = self.last[ids]
+        last = self.last[ids].astype(np.int64)
         seen = last >= 0
-        gap = np.where(seen, now - last, 0).astype(np.float32)
+        igap = np.where(seen, now - last, 0)
+        gap = igap.astype(np.float32)
         g = self.gaps[ids]
         g[seen, 1:] = g[seen, :-1]
-        g[seen, 0] = np.log1p(gap[seen])
+        g[seen, 0] = np.minimum(igap[seen], GAP_MAX)
         self.gaps[ids] = g
-        self.gapsum[ids] += gap
         self.dec[ids] = self.dec[ids] * np.exp(-gap[:, None] * self._decay_rate[None, :]) + 1.0
         self.count[ids] += 1
         self.first[ids] = np.where(seen, self.first[ids], now)

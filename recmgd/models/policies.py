@@ -594,7 +594,7 @@ class LearnedPolicy(Policy):
         if self.use_cache_model and self._np_cache is not None and len(ids):
             # the rows' history before this step's uses (the model scores that, too)
             cnt = self.hist.count[ids]
-            gapsum = self.hist.gapsum[ids]
+            gapsum = self.hist.gap_sum(ids)
             if fused:
                 assert self._fast_cache is not None
                 out = self._fast_cache(self.hist, ids, b, update=True)

@@ -197,7 +197,7 @@ def prefetch_dataset(steps: StepsLike, miss: Sequence[np.ndarray], cfg: TrainCon
             d.is_cand[s, : len(cand)] = 1
             d.label[s, :m] = lab
             # weight true misses toward long reuse distance and infrequent rows
-            gap = (now - hist.last[allc]).astype(np.float32)
+            gap = (now - hist.last[allc].astype(np.int64)).astype(np.float32)  # rows used before now
             w = np.log1p(gap) / np.sqrt(np.maximum(hist.count[allc], 1))
             pw = w[lab]
             d.weight[s, :m] = 1.0
