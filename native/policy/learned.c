@@ -52,8 +52,8 @@ static inline lp_cand cand_of(double key, int64_t tie)
 
 typedef struct { /* a set of resident ids with O(1) add and remove */
     int32_t *ids;
-    int32_t *cl;      /* beside each id, what its keep score needs: class, stamp, level (the plan */
-    double *st;       /* scans these in order, not the per-row arrays at random) */
+    int16_t *cl;      /* beside each id, what its keep score needs: class, stamp (st_pack), level (the */
+    int32_t *st;      /* plan scans these in order, not the per-row arrays at random) */
     float *lv;
     int64_t n, cap;
     int64_t capacity; /* slots */
@@ -93,7 +93,7 @@ struct lp_policy {
                        * -2 - (s - rs_base): used once, at step s: such a row keeps no record, for its record
                        * is then a function of that step and its key (rec_fill rebuilds it exactly); rec_of,
                        * last_of. Every once-used row's s is at least rs_base, and no offset exceeds rs_span
-                       * (at most 2^30): rs_rebase moves the base, giving the rows used once before the new
+                       * (at most 2^29): rs_rebase moves the base, giving the rows used once before the new
                        * base their records */
     int64_t rs_base, rs_span;
     int32_t *lastpos; /* the ring slot of the row's last stream position (-1: none; stale once the slot
@@ -244,6 +244,17 @@ static int ascending(const double *e, int32_t n)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
+/* A stamp in a set (a step, or a step and a half for a prefetch) as half steps from rs_base, an int32:
+ * exact within 2^30 steps of the base (LP_RS_SPAN is 2^29), a stamp further behind reads as that far
+ * (rs_rebase shifts them with the base); st_unpack gives the very double back */
+static inline int32_t st_pack(const lp_policy *p, double st)
+{
+    double h = (st - (double)p->rs_base) * 2.0;
+    return h <= (double)INT32_MIN ? INT32_MIN : h >= (double)INT32_MAX ? INT32_MAX : (int32_t)h;
+}
+
+static inline double st_unpack(const lp_policy *p, int32_t h) { return (double)p->rs_base + (double)h * 0.5; }
+
 /* what a row's keep score in set s's order reads, beside it in the set: the cache keeps the row's class,
  * stamp and level as of its last use (or prefetch); the LRU shadow its last use; the model shadow its
  * last use with the class and level of then. The rows' per-row state holds none of them (they live only
@@ -252,11 +263,11 @@ static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int
                             float lv)
 {
     if (s->k == 0) {
-        s->cl[at] = cl, s->st[at] = st, s->lv[at] = lv;
+        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, st), s->lv[at] = lv;
     } else if (s->k == 1) {
-        s->cl[at] = 0, s->st[at] = (double)last_of(p, id), s->lv[at] = 0.0f;
+        s->cl[at] = 0, s->st[at] = st_pack(p, (double)last_of(p, id)), s->lv[at] = 0.0f;
     } else {
-        s->cl[at] = cl, s->st[at] = (double)last_of(p, id), s->lv[at] = lv;
+        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, (double)last_of(p, id)), s->lv[at] = lv;
     }
 }
 
@@ -338,10 +349,10 @@ static int set_add(lp_policy *p, lp_set *s, int32_t id, int32_t cl, double st, f
         int64_t c = s->cap;
         if (grow_buf((void **)&s->ids, &c, s->n + 1, sizeof(int32_t)) != SC_OK)
             return SC_ENOMEM;
-        int32_t *cl = realloc(s->cl, (size_t)c * sizeof(int32_t));
+        int16_t *cl = realloc(s->cl, (size_t)c * sizeof(int16_t));
         if (cl)
             s->cl = cl;
-        double *st = realloc(s->st, (size_t)c * sizeof(double));
+        int32_t *st = realloc(s->st, (size_t)c * sizeof(int32_t));
         if (st)
             s->st = st;
         float *lv = realloc(s->lv, (size_t)c * sizeof(float));
@@ -493,7 +504,8 @@ int lp_set_cache_net(lp_policy *p, const struct cm_net *net, int32_t n_table_slo
 int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const double *p_edges, int32_t n_p,
                   const double *nu_edges, int32_t n_nu)
 {
-    if (n_classes < 1 || n_p < 0 || n_nu < 0 || (int64_t)(n_p + 1) * (n_nu + 1) != n_classes)
+    if (n_classes < 1 || n_classes > INT16_MAX || n_p < 0 || n_nu < 0 ||
+        (int64_t)(n_p + 1) * (n_nu + 1) != n_classes) /* a set keeps a class in an int16 */
         return SC_EARG;
     double *t = malloc((size_t)n_classes * HZ_AGE_BUCKETS * sizeof(double));
     double *pe = malloc((size_t)(n_p + 1) * sizeof(double));
@@ -652,7 +664,7 @@ static int rec_give(lp_policy *p, int32_t id, int64_t last)
 /* Step b is more than rs_span steps past the base of the once-used rows' offsets: move the base to b -
  * rs_span / 2. A row used once before the new base gets its record first (rec_fill, as its next use would),
  * then the others' offsets are rewritten. A failure in the first pass leaves every row valid under the old
- * base; the next step tries again. Once in 2^29 steps by default (each pass reads every row once). */
+ * base; the next step tries again. Once in 2^28 steps by default (each pass reads every row once). */
 static int rs_rebase(lp_policy *p, int64_t b)
 {
     int64_t base = b - p->rs_span / 2;
@@ -679,6 +691,11 @@ static int rs_rebase(lp_policy *p, int64_t b)
         }
     }
     p->view.base = base;
+    for (int k = 0; k < 3; k++) { /* the sets' stamps (half steps) */
+        lp_set *s = &p->sets[k];
+        for (int64_t i = 0; i < s->n; i++)
+            s->st[i] = s->st[i] - 2 * d > INT32_MIN ? (int32_t)(s->st[i] - 2 * d) : INT32_MIN;
+    }
     /* the once table's offsets may lie behind the base (negative): shifted; an entry that no longer fits
      * an int32 goes (2^31 steps past its use: out of any window) */
     p->forgotten += sc_once_shift(&p->once, base - p->rs_base);
@@ -988,7 +1005,7 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
 {
     int64_t nr = 0;
     for (int64_t i = 0; i < s->n; i++) {
-        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den);
         if (key <= thr)
             out[nr++] = cand_of(key, s->ids[i]);
     }
@@ -1000,7 +1017,7 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
 #define LP_HAVE_AVX2 1
 /* the hazard keys of four rows (stamps st, classes cl): hz_age_bucket from the same bits, the same table
  * entry, the same division and sum as hazard_key */
-__attribute__((target("avx2"))) static inline __m256d hazard4(const double *table, const int32_t *cl, __m256d st,
+__attribute__((target("avx2"))) static inline __m256d hazard4(const double *table, const int16_t *cl, __m256d st,
                                                              __m256d vnow, __m256d vden, __m256d one,
                                                              __m256i mant, __m256i sq, __m256i bias,
                                                              __m256i top, __m256i lsb, __m256i width)
@@ -1011,7 +1028,7 @@ __attribute__((target("avx2"))) static inline __m256d hazard4(const double *tabl
     b = _mm256_add_epi64(b, _mm256_and_si256(_mm256_cmpgt_epi64(_mm256_and_si256(u, mant), sq), lsb));
     b = _mm256_andnot_si256(_mm256_castpd_si256(_mm256_cmp_pd(age, one, _CMP_NGE_UQ)), b); /* age < 1 */
     b = _mm256_blendv_epi8(b, top, _mm256_cmpgt_epi64(b, top));
-    __m256i c = _mm256_cvtepi32_epi64(_mm_loadu_si128((const __m128i *)cl));
+    __m256i c = _mm256_cvtepi16_epi64(_mm_loadl_epi64((const __m128i *)cl));
     __m256i at = _mm256_add_epi64(_mm256_mul_epu32(c, width), b);
     return _mm256_add_pd(_mm256_i64gather_pd(table, at, 8), _mm256_div_pd(st, vden));
 }
@@ -1028,11 +1045,14 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
     const __m256i sq = _mm256_set1_epi64x((long long)HZ_SQRT2_MANT - 1);
     const __m256i bias = _mm256_set1_epi64x(1023), top = _mm256_set1_epi64x(HZ_AGE_BUCKETS - 1);
     const __m256i lsb = _mm256_set1_epi64x(1), width = _mm256_set1_epi64x(HZ_AGE_BUCKETS);
+    const __m256d vbase = _mm256_set1_pd((double)p->rs_base), half = _mm256_set1_pd(0.5);
     int64_t nr = 0, i = 0, n4 = s->n & ~(int64_t)3;
     /* one loop per order (the order's arithmetic on st + i gives key), each appending the rows <= thr */
 #define LP_FILTER_LOOP(KEY)                                                                        \
     for (; i < n4; i += 4) {                                                                       \
-        __m256d st = _mm256_loadu_pd(s->st + i), key = (KEY);                                      \
+        __m256d st = _mm256_add_pd(vbase, _mm256_mul_pd(half, _mm256_cvtepi32_pd(                    \
+                         _mm_loadu_si128((const __m128i *)(s->st + i))))); /* st_unpack */            \
+        __m256d key = (KEY);                                                                       \
         int mk = _mm256_movemask_pd(_mm256_cmp_pd(key, vthr, _CMP_LE_OQ));                         \
         if (mk) {                                                                                  \
             double kv[4];                                                                          \
@@ -1054,7 +1074,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
 #undef LP_FILTER_LOOP
     int k = s->k;
     for (; i < s->n; i++) {
-        double key = keep_key(p, k, s->cl[i], s->st[i], s->lv[i], now, den);
+        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den);
         if (key <= thr)
             out[nr++] = cand_of(key, s->ids[i]);
     }
@@ -1113,7 +1133,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
                 __builtin_prefetch(s->st + pick[j]), __builtin_prefetch(s->cl + pick[j]);
             }
             for (int j = 0; j < LP_SAMPLE; j++)
-                smp[j] = keep_key(p, k, s->cl[pick[j]], s->st[pick[j]], s->lv[pick[j]], now, den);
+                smp[j] = keep_key(p, k, s->cl[pick[j]], st_unpack(p, s->st[pick[j]]), s->lv[pick[j]], now, den);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
             thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
             nr = filter(p, k, s, now, den, thr, p->sel);
@@ -1673,11 +1693,18 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         lp_set_horizon(p, p->prm.horizon);
     }
     int scored = p->prm.use_cache_model && p->cnet && n;
+    /* the rows used for the first time (their places among the step's rows, in the sweep's scratch, which
+     * is free until the step's end): they keep no record after it (rec_fill rebuilds it) */
+    if (grow_buf((void **)&p->gone, &p->cap_gone, n, sizeof(int32_t)) != SC_OK)
+        return SC_ENOMEM;
+    int64_t n_first = 0;
     for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
         if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
             __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t id = ids[i];
         /* from the row's once-used step (or none), then the record's */
+        if (p->rs[id] == -1)
+            p->gone[n_first++] = (int32_t)i;
         if (p->rs[id] < 0 && (rc = rec_give(p, id, last_of(p, id))))
             return rc;
         p->ids64[i] = p->rs[id];
@@ -1824,19 +1851,13 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->lastpos[ids[i]] = (int32_t)(q & p->s_mask);
         }
     }
-    /* rows used for the first time keep no record (rec_fill rebuilds it) */
-    for (int64_t i = 0; i < n; i++) { /* (each has a record now) */
-        if (i + 2 * LP_AHEAD < n)
-            __builtin_prefetch(p->rs + ids[i + 2 * LP_AHEAD]);
-        if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
-            __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
-        int32_t r = rec_of(p, ids[i]);
-        if (p->view.row[r].count == 1.0f) {
-            int32_t last = p->view.row[r].last; /* this step, an offset within rs_span */
-            if ((rc = rec_free(p, r)))
-                return rc;
-            p->rs[ids[i]] = -2 - last;
-        }
+    /* rows used for the first time (the records made for them have a use: this step's) keep no record:
+     * their use's step is offset b - rs_base, within rs_span */
+    for (int64_t j = 0; j < n_first; j++) {
+        int32_t id = ids[p->gone[j]];
+        if ((rc = rec_free(p, p->rs[id])))
+            return rc;
+        p->rs[id] = (int32_t)(-2 - (b - p->rs_base));
     }
     return forget_old(p, b, 2 * n + 64);
 }
@@ -1900,7 +1921,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         int32_t id = s->ids[i];
         if (p->flags[id] & F_MPAST)
             continue;
-        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], s->st[i], s->lv[i], now, den), id);
+        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den), id);
     }
     for (int64_t i = 0; i < m; i++) { /* the marks go */
         int32_t id = own_id(p, reading[i]);
@@ -1943,7 +1964,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     /* flags, record index or once-used step, last stream slot (with a prefetcher), place in the cache;
      * the records apart */
     int64_t per_row = 1 + 4 + (p->lastpos ? 4 : 0) + 4;
-    int64_t per_slot = 4 + 4 + 8 + 4; /* id, class, stamp, level */
+    int64_t per_slot = 4 + 2 + 4 + 4; /* id, class, stamp, level */
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;

@@ -152,7 +152,7 @@ int lp_set_simd(lp_policy *p, int on);
  * pass the base by more than this span (LP_RS_SPAN, the default and the most); a row used once before
  * the new base gets its full record then, so decisions do not depend on the span. A smaller span
  * (at least 2) moves the base more often: for tests. SC_EARG out of range. */
-#define LP_RS_SPAN 1073741824 /* 2^30 */
+#define LP_RS_SPAN 536870912 /* 2^29 (the sets keep stamps as int32 half steps from the base) */
 int lp_set_rs_span(lp_policy *p, int64_t steps);
 
 #endif

@@ -192,7 +192,7 @@ class NativeStep:
 
     def set_rs_span(self, steps: int) -> None:
         """How many steps a once-used row's stored step may lie behind the moving base before the base
-        moves (``lp_set_rs_span``; default and most ``LP_RS_SPAN``, 2^30). Decisions do not depend on it:
+        moves (``lp_set_rs_span``; default and most ``LP_RS_SPAN``, 2^29). Decisions do not depend on it:
         tests make it small to move the base often."""
         simcore.check(self._lib.lp_set_rs_span(self._p, int(steps)), "lp_set_rs_span")
 
