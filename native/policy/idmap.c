@@ -215,7 +215,8 @@ static int32_t get_as(sc_idmap *m, int64_t key, int *is_new, int32_t holder)
         id = m->free_ids[--m->n_free];
     } else {
         if (m->n == m->cap_keys) {
-            int64_t nc = m->cap_keys + m->cap_keys / 2;
+            /* by half (the simulator's maps), by a quarter (the fuller daemon's: as their slots) */
+            int64_t nc = m->cap_keys + (m->load_pct <= 50 ? m->cap_keys / 2 : m->cap_keys / 4);
             int64_t *nk = realloc(m->keys, (size_t)nc * sizeof(int64_t));
             if (!nk)
                 return -1;
