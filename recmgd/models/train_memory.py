@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from recmgd.models.features import N_CAND_FEATURES, N_FEATURES
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, ROW_DTYPE
 from recmgd.models.train_config import TrainConfig
 
 log = logging.getLogger(__name__)
@@ -51,9 +51,9 @@ STEP_KEY_BYTES = 8
 #: 2 float32 targets), the minibatch permutation (int64), the OPT miss mask; OPT's labels (next use,
 #: next occurrence, sort temporaries, the C core's future) peak lower
 CACHE_BYTES_PER_ACCESS = N_FEATURES * 4 + 8 + 2 * 4 + 8 + 1
-#: per row in the caching stage: the 64-byte history record with doubling growth (up to twice the rows)
-#: and the key map (C hash map at load <= 1/2, id -> key array)
-CACHE_BYTES_PER_ROW = 2 * 64 + 48
+#: per row in the caching stage: the history record and the row's table id (int64) with doubling growth
+#: (up to twice the rows) and the key map (C hash map at load <= 1/2, id -> key array)
+CACHE_BYTES_PER_ROW = 2 * (ROW_DTYPE.itemsize + 8) + 48
 #: per row while the prefetching model trains: a ``dim``-wide float32 embedding row, its dense gradient,
 #: Adam's two moments and the optimiser's temporaries (counted in embedding rows), and the id -> key array
 PREFETCH_EMBEDDING_COPIES = 7
