@@ -53,8 +53,8 @@ static inline lp_cand cand_of(double key, int64_t tie)
 typedef struct { /* a set of resident ids with O(1) add and remove */
     int32_t *ids;
     int16_t *cl;      /* beside each id, what its keep score needs: class, stamp (st_pack), level (the */
-    int32_t *st;      /* plan scans these in order, not the per-row arrays at random) */
-    float *lv;
+    int32_t *st;      /* plan scans these in order, not the per-row arrays at random); the level only */
+    float *lv;        /* while the keep order may be the level's (NULL otherwise: lp_policy.lv_on) */
     int64_t n, cap;
     int64_t capacity; /* slots */
     int32_t *pos;     /* the cache: per row, its index in ids */
@@ -85,6 +85,8 @@ struct lp_policy {
     int32_t n_p, n_nu;
     int p_sorted, nu_sorted; /* the edges ascend (then counted without branches) */
     int simd; /* the plan's filter in AVX2 (lp_set_simd) */
+    int lv_on; /* the sets keep levels: the keep order may be the level's (lp_set_hazard, before any
+                * row is in a set, turns it off for the hazard order) */
 
     /* per row (indexed by the key map's id) */
     int64_t n_rows, cap_rows;
@@ -255,6 +257,9 @@ static inline int32_t st_pack(const lp_policy *p, double st)
 
 static inline double st_unpack(const lp_policy *p, int32_t h) { return (double)p->rs_base + (double)h * 0.5; }
 
+/* a set's level at place i (0 where the sets keep none: the keep order never reads it then) */
+static inline float lv_at(const lp_set *s, int64_t i) { return s->lv ? s->lv[i] : 0.0f; }
+
 /* what a row's keep score in set s's order reads, beside it in the set: the cache keeps the row's class,
  * stamp and level as of its last use (or prefetch); the LRU shadow its last use; the model shadow its
  * last use with the class and level of then. The rows' per-row state holds none of them (they live only
@@ -263,12 +268,14 @@ static inline void set_vals(const lp_policy *p, const lp_set *s, int32_t id, int
                             float lv)
 {
     if (s->k == 0) {
-        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, st), s->lv[at] = lv;
+        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, st);
     } else if (s->k == 1) {
-        s->cl[at] = 0, s->st[at] = st_pack(p, (double)last_of(p, id)), s->lv[at] = 0.0f;
+        s->cl[at] = 0, s->st[at] = st_pack(p, (double)last_of(p, id)), lv = 0.0f;
     } else {
-        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, (double)last_of(p, id)), s->lv[at] = lv;
+        s->cl[at] = (int16_t)cl, s->st[at] = st_pack(p, (double)last_of(p, id));
     }
+    if (s->lv)
+        s->lv[at] = lv;
 }
 
 /* the shadows' place maps: linear probing, backward-shift deletion, load at most 1/2 */
@@ -355,10 +362,10 @@ static int set_add(lp_policy *p, lp_set *s, int32_t id, int32_t cl, double st, f
         int32_t *st = realloc(s->st, (size_t)c * sizeof(int32_t));
         if (st)
             s->st = st;
-        float *lv = realloc(s->lv, (size_t)c * sizeof(float));
+        float *lv = p->lv_on ? realloc(s->lv, (size_t)c * sizeof(float)) : NULL;
         if (lv)
             s->lv = lv;
-        if (!cl || !st || !lv)
+        if (!cl || !st || (p->lv_on && !lv))
             return SC_ENOMEM;
         s->cap = c;
     }
@@ -383,7 +390,9 @@ static void set_del(lp_policy *p, lp_set *s, int32_t id)
     int32_t at = set_pos(s, id);
     int64_t e = --s->n;
     int32_t last = s->ids[e];
-    s->ids[at] = last, s->cl[at] = s->cl[e], s->st[at] = s->st[e], s->lv[at] = s->lv[e];
+    s->ids[at] = last, s->cl[at] = s->cl[e], s->st[at] = s->st[e];
+    if (s->lv)
+        s->lv[at] = s->lv[e];
     if (s->k == 0) {
         s->pos[last] = at;
     } else {
@@ -427,6 +436,7 @@ lp_policy *lp_new(const lp_params *prm)
         return NULL;
     }
     p->s_mask = prm->stream_ring - 1;
+    p->lv_on = 1;
     p->rs_span = LP_RS_SPAN;
     p->view.n_table_slots = 1;
     static const double half_lives[CM_N_HALF_LIVES] = {4.0, 64.0, 1024.0};
@@ -522,6 +532,15 @@ int lp_set_hazard(lp_policy *p, const double *table, int64_t n_classes, const do
     free(p->table), free(p->p_edges), free(p->nu_edges);
     p->table = t, p->p_edges = pe, p->nu_edges = ne;
     p->n_classes = n_classes, p->n_p = n_p, p->n_nu = n_nu;
+    /* in the hazard order no keep score reads a level from now on (the guard's LRU order reads the stamp
+     * alone): the sets keep none, unless some row is in them already */
+    if (p->prm.order == LP_ORDER_HAZARD && !p->sets[0].n && !p->sets[1].n && !p->sets[2].n) {
+        p->lv_on = 0;
+        for (int k = 0; k < 3; k++) {
+            free(p->sets[k].lv);
+            p->sets[k].lv = NULL;
+        }
+    }
     p->p_sorted = ascending(pe, n_p), p->nu_sorted = ascending(ne, n_nu);
     return SC_OK;
 }
@@ -1005,7 +1024,7 @@ static int64_t filter_scalar(const lp_policy *p, int k, const lp_set *s, double 
 {
     int64_t nr = 0;
     for (int64_t i = 0; i < s->n; i++) {
-        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den);
+        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), lv_at(s, i), now, den);
         if (key <= thr)
             out[nr++] = cand_of(key, s->ids[i]);
     }
@@ -1074,7 +1093,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
 #undef LP_FILTER_LOOP
     int k = s->k;
     for (; i < s->n; i++) {
-        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den);
+        double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), lv_at(s, i), now, den);
         if (key <= thr)
             out[nr++] = cand_of(key, s->ids[i]);
     }
@@ -1133,7 +1152,7 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
                 __builtin_prefetch(s->st + pick[j]), __builtin_prefetch(s->cl + pick[j]);
             }
             for (int j = 0; j < LP_SAMPLE; j++)
-                smp[j] = keep_key(p, k, s->cl[pick[j]], st_unpack(p, s->st[pick[j]]), s->lv[pick[j]], now, den);
+                smp[j] = keep_key(p, k, s->cl[pick[j]], st_unpack(p, s->st[pick[j]]), lv_at(s, pick[j]), now, den);
             int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
             thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
             nr = filter(p, k, s, now, den, thr, p->sel);
@@ -1750,7 +1769,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             if (p->flags[f] & res->flag) {
                 int32_t at = res->pos[f];
                 __builtin_prefetch(res->cl + at, 1), __builtin_prefetch(res->st + at, 1);
-                __builtin_prefetch(res->lv + at, 1);
+                if (res->lv)
+                    __builtin_prefetch(res->lv + at, 1);
             }
         }
         sets_refresh(p, ids[i], p->scl[i], (double)b, p->slv[i]);
@@ -1921,7 +1941,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
         int32_t id = s->ids[i];
         if (p->flags[id] & F_MPAST)
             continue;
-        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], st_unpack(p, s->st[i]), s->lv[i], now, den), id);
+        p->sel[k++] = cand_of(keep_key(p, 0, s->cl[i], st_unpack(p, s->st[i]), lv_at(s, i), now, den), id);
     }
     for (int64_t i = 0; i < m; i++) { /* the marks go */
         int32_t id = own_id(p, reading[i]);
@@ -1964,7 +1984,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     /* flags, record index or once-used step, last stream slot (with a prefetcher), place in the cache;
      * the records apart */
     int64_t per_row = 1 + 4 + (p->lastpos ? 4 : 0) + 4;
-    int64_t per_slot = 4 + 2 + 4 + 4; /* id, class, stamp, level */
+    int64_t per_slot = 4 + 2 + 4 + (p->lv_on ? 4 : 0); /* id, class, stamp, level */
     out->map_bytes = sc_idmap_bytes(p->map);
     out->row_bytes = p->cap_rows * per_row;
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
