@@ -246,7 +246,7 @@ static int ascending(const double *e, int32_t n)
 
 static inline float sigmoidf(float x) { return 1.0f / (1.0f + expf(-x)); }
 
-/* A stamp in a set (a step, or a step and a half for a prefetch) as half steps from rs_base, an int32:
+/* A stamp in a set (a step, or half a step off one for a prefetch) as half steps from rs_base, an int32:
  * exact within 2^30 steps of the base (LP_RS_SPAN is 2^29), a stamp further behind reads as that far
  * (rs_rebase shifts them with the base); st_unpack gives the very double back */
 static inline int32_t st_pack(const lp_policy *p, double st)
