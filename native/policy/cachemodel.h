@@ -72,8 +72,9 @@ int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, fl
 /* record one use at step now of each (distinct) row */
 int cm_update(cm_rows *r, const int64_t *ids, int64_t n, int64_t now);
 /* out (n x CM_N_OUT): keep logit and predicted log1p(steps to next use) of rows ids, of tables tables[0..n)
- * (the rows' table ids, key >> row bits), as of step now; feats (n x CM_N_FEATURES) gets their features when not NULL; then, when update is non-zero, records
- * the use of each (distinct) row at step now as cm_update does */
+ * (the rows' table ids, key >> row bits), as of step now; feats (n x CM_N_FEATURES) gets their features
+ * when not NULL; then, when update is non-zero, records the use of each (distinct) row at step now as
+ * cm_update does */
 int cm_score(const cm_net *net, cm_rows *r, const int64_t *ids, const int64_t *tables, int64_t n, int64_t now,
              int update, float *out, float *feats);
 

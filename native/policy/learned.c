@@ -93,7 +93,7 @@ struct lp_policy {
     uint8_t *flags;
     int32_t *rs;      /* its history record (>= 0; the record holds the last use), or -1: never used, or
                        * -2 - (s - rs_base): used once, at step s: such a row keeps no record, for its record
-                       * is then a function of that step and its key (rec_fill rebuilds it exactly); rec_of,
+                       * is then a function of that step alone (rec_fill rebuilds it exactly); rec_of,
                        * last_of. Every once-used row's s is at least rs_base, and no offset exceeds rs_span
                        * (at most 2^29): rs_rebase moves the base, giving the rows used once before the new
                        * base their records */
@@ -774,7 +774,7 @@ static int once_back(lp_policy *p, int32_t id, int64_t key, int64_t b)
     return rec_give(p, id, s);
 }
 
-/* dense ids of keys, new rows set up (table, model id; a row's use from the once table) at step b */
+/* dense ids of keys, new rows set up (and a row's use taken back from the once table) at step b */
 static int map_keys(lp_policy *p, const int64_t *keys, int64_t n, int32_t *ids, int64_t b)
 {
     uint8_t *is_new = p->isnew;

@@ -111,8 +111,9 @@ MAX_STEP = int(np.iinfo(np.int32).max)
 class RowHistory:
     """Dense per-row history: last use, first use, count, previous gaps, decayed counters, and the table.
 
-    One record a row (``rows``, ROW_DTYPE, 64-byte aligned), with a view per field (``last``, ``count``,
-    ``gaps``, ...) that the numpy methods index; each row's table id beside them in ``table``.
+    One record a row (``rows``, ROW_DTYPE, 32-byte aligned: two a cache line), with a view per field
+    (``last``, ``count``, ``gaps``, ...) that the numpy methods index; each row's table id beside them in
+    ``table``.
 
     With ``native=True``, :meth:`features` and :meth:`update` run in C (recmgd.models.fastinfer) on these
     same arrays, and ``native_rows`` is the C view of them; the numpy methods (``features_numpy``,
@@ -143,7 +144,7 @@ class RowHistory:
         cap = max(need, 2 * self._cap, 1024)
         size = ROW_DTYPE.itemsize
         buf = np.zeros((cap + 1) * size, np.uint8)
-        off = -buf.ctypes.data % size  # records on cache-line boundaries
+        off = -buf.ctypes.data % size  # records never straddle a cache line
         rows = buf[off : off + cap * size].view(ROW_DTYPE)
         rows["last"] = NEVER
         rows["first"] = NEVER
