@@ -3,11 +3,11 @@
  * RecMG's C step (learned.c) gives a row an id, per-row state and, once it is used twice, a history
  * record. Most rows in its recency window are used once and then neither resident nor watched by the
  * guard: all they need is their key and the step of that use (their record is a function of the two).
- * At no budget to prefetch the step moves such rows here (12 bytes an entry, at most 4/5 full) and
+ * At no budget to prefetch the step moves such rows here (12 bytes an entry, at most 9/10 full) and
  * gives their ids back; a row's next use takes its entry out again. The step is an int32 offset from
  * the caller's base (learned.c's rs_base), shifted when the base moves (sc_once_shift).
- * Open addressing with linear probing and backward-shift deletion (no tombstones), the home slot from the
- * key's mix64 scaled to the table. Checked against a reference under AddressSanitizer by
+ * Open addressing with linear probing in Robin Hood order (a miss ends early) and backward-shift deletion
+ * (no tombstones), the home slot from the key's mix64 scaled to the table. Checked against a reference under AddressSanitizer by
  * tests/once_check.c (run by tests/test_models_native_step.py). */
 #ifndef RECMG_ONCE_H
 #define RECMG_ONCE_H
