@@ -323,6 +323,14 @@ def _windowed_run(steps: list[np.ndarray], capacity: int, window: int, check_eve
         if check_every and b % check_every == 0:
             recent = len(np.unique(np.concatenate(steps[max(0, b + 1 - 3 * window): b + 1])))
             assert st["rows"] <= 3 * capacity + recent, (b, st["rows"], recent)
+            # the census of the rows with an id adds up to the step's own counts
+            c = p.id_census()  # type: ignore[attr-defined]
+            assert c["ids"] == st["rows"] - st["once_rows"], (b, c, st)
+            assert c["ids"] == c["resident"] + c["shadow_only"] + c["other_records"] + c["other_once"] + \
+                c["other_never"], (b, c)
+            assert c["resident"] == st["resident"] == len(resident), (b, c, st)
+            records = c["resident_records"] + c["shadow_records"] + c["other_records"]
+            assert records == st["records"], (b, c, st)
     return misses, peak, {**st, "peak_once_rows": peak_once}
 
 

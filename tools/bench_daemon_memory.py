@@ -187,6 +187,7 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
                "window_rows_end": int(st.get("rows", 0)),
                "c_step_bytes": int(st.get("bytes", 0)), "mirror_bytes": int(mirror_bytes),
                "c_step_parts": {k: int(st[k]) for k in C_STEP_PARTS if k in st},
+               "id_census": pol.id_census() if hasattr(pol, "id_census") else None,
                "policy_map_bytes": policy_map, "policy_arrays_bytes": policy_arrays,
                "policy_live_ids": int(getattr(pol, "live_ids", 0)),
                "after_create_bytes": (after_create - base) * 1024,
@@ -276,6 +277,13 @@ def main() -> None:
                   f"({parts['records']:,} rows used more than once), stream ring {mb['ring_bytes']:.1f} MB, "
                   f"once table {mb['once_bytes']:.1f} MB ({parts.get('once_rows', 0):,} rows used once, "
                   "with no id)")
+        c = r.get("id_census")
+        if c:
+            print(f"{r['policy']}'s rows with an id: {c['ids']:,} (resident {c['resident']:,}, "
+                  f"{c['resident_records']:,} of them with a record; in a guard shadow only "
+                  f"{c['shadow_only']:,}, {c['shadow_records']:,} with a record; the others: with a record "
+                  f"{c['other_records']:,}, used once and waiting for the window's sweep "
+                  f"{c['other_once']:,}, never used {c['other_never']:,})")
     if args.json:
         Path(args.json).write_text(json.dumps(runs, indent=1) + "\n")
 

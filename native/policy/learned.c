@@ -1965,6 +1965,29 @@ void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t 
     }
 }
 
+void lp_get_census(const lp_policy *p, lp_census *out)
+{
+    memset(out, 0, sizeof(*out));
+    for (int64_t id = 0; id < p->n_rows; id++) {
+        uint8_t f = p->flags[id];
+        if (f & F_FREE)
+            continue;
+        int32_t v = p->rs[id];
+        out->ids++;
+        if (f & F_RES) {
+            out->resident++;
+            out->resident_records += v >= 0;
+        } else if (f & (F_SH0 | F_SH1)) {
+            out->shadow_only++;
+            out->shadow_records += v >= 0;
+        } else {
+            out->other_records += v >= 0;
+            out->other_once += v <= -2;
+            out->other_never += v == -1;
+        }
+    }
+}
+
 void lp_get_stats(const lp_policy *p, lp_stats *out)
 {
     out->lru_misses = p->lru_misses;

@@ -112,6 +112,16 @@ typedef struct {
     int64_t pf_asked;      /* steps the prefetcher ran (its cost) */
 } lp_stats;
 
+/* what the rows that hold an id are (lp_get_census): resident (and of those, with a history record), in a
+ * guard shadow only (with a record), and the others: with a record (used more than once within the
+ * window), used once (waiting for the window's sweep), never used */
+typedef struct {
+    int64_t ids;
+    int64_t resident, resident_records;
+    int64_t shadow_only, shadow_records;
+    int64_t other_records, other_once, other_never;
+} lp_census;
+
 typedef struct lp_policy lp_policy;
 struct cm_net;
 lp_policy *lp_new(const lp_params *prm);
@@ -143,6 +153,8 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
 /* out[i] = 1 when keys[i] is resident in the policy's view */
 void lp_resident_of(const lp_policy *p, const int64_t *keys, int64_t n, uint8_t *out);
 void lp_get_stats(const lp_policy *p, lp_stats *out);
+/* the census of the rows with an id: one pass over every id (for tools and tests, not for each step) */
+void lp_get_census(const lp_policy *p, lp_census *out);
 /* horizon (and the keep-level unit with it) between runs, for tuning */
 void lp_set_horizon(lp_policy *p, double horizon);
 /* the eviction plan's filter of the residents in AVX2 when on and the CPU has it (the default), else

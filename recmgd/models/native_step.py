@@ -211,3 +211,15 @@ class NativeStep:
                  "forgotten", "resident", "bytes", "map_bytes", "row_bytes", "record_bytes", "ring_bytes",
                  "once_bytes", "pf_useful", "pf_useless", "pf_throttled", "pf_asked")
         return {k: int(getattr(s, k)) for k in names}
+
+    def census(self) -> dict[str, int]:
+        """What the rows that hold an id are (``lp_get_census``, one pass over every id: for tools and
+        tests): ``ids``; ``resident`` and ``resident_records`` (those with a history record);
+        ``shadow_only`` (in a guard shadow, not resident) and ``shadow_records``; the others:
+        ``other_records`` (used more than once within the window), ``other_once`` (used once, waiting
+        for the window's sweep), ``other_never``."""
+        c = self._ffi.new("lp_census *")
+        self._lib.lp_get_census(self._p, c)
+        names = ("ids", "resident", "resident_records", "shadow_only", "shadow_records", "other_records",
+                 "other_once", "other_never")
+        return {k: int(getattr(c, k)) for k in names}

@@ -396,6 +396,11 @@ class LearnedPolicy(Policy):
         None when the Python step runs."""
         return self._native.stats() if self._native is not None else None
 
+    def id_census(self) -> dict[str, int] | None:
+        """What the C step's rows with an id are (NativeStep.census: one pass over every id, for tools);
+        None when the Python step runs."""
+        return self._native.census() if self._native is not None else None
+
     def state_bytes(self) -> int:
         """The C step's bytes (its key map, rows, records, ring, once table, sets); 0 when the Python step
         runs."""
