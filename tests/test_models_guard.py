@@ -106,3 +106,17 @@ def test_guard_watches_a_sample_of_rows(demo_like: tuple[Path, Path]) -> None:
     # the LRU shadow sees about one row in GUARD_SAMPLE (8): over both halves that is about a quarter of
     # the scored half's misses; watching every row, it would miss about twice as many as that half
     assert 0 < shadow < c.on_demand / 2
+
+
+def test_guard_sample_bounds_the_shadows_on_large_tiers() -> None:
+    """One row in GUARD_SAMPLE on ordinary tiers; on tiers so large that a shadow would pass
+    GUARD_MAX_ROWS, one in a larger power of two, so each shadow holds at most GUARD_MAX_ROWS rows (the
+    C step gets the same sample: the lockstep tests run on the ordinary tiers)."""
+    from recmgd.models.policies import GUARD_MAX_ROWS, GUARD_SAMPLE, guard_sample
+
+    assert guard_sample(100_000) == GUARD_SAMPLE
+    assert guard_sample(GUARD_SAMPLE * GUARD_MAX_ROWS) == GUARD_SAMPLE
+    assert guard_sample(GUARD_SAMPLE * GUARD_MAX_ROWS + GUARD_SAMPLE) == 2 * GUARD_SAMPLE
+    for capacity in (10**6, 10**7, 10**9):
+        s = guard_sample(capacity)
+        assert s & (s - 1) == 0 and capacity // s <= GUARD_MAX_ROWS < capacity // (s // 2), (capacity, s)

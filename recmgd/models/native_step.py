@@ -73,14 +73,14 @@ class NativeStep:
     def __init__(self, pol: LearnedPolicy, capacity: int, share_key_map: bool = False) -> None:
         ffi, lib = simcore.ffi, simcore.lib
         self._ffi, self._lib = ffi, lib
-        from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE, PREFETCH_IDLE_STEPS
+        from recmgd.models.policies import GUARD_MIN_ROWS, PREFETCH_IDLE_STEPS, guard_sample
 
         stats = pol.trained.stats if pol.trained is not None else {}
         ring = stream_ring(capacity, pol.history_window_steps(), stats.get("mean_step_len"))
         prm = ffi.new("lp_params *", {
             "capacity": capacity, "use_cache_model": int(pol.use_cache_model and pol._fast_cache is not None),
             "order": lib.LP_ORDER_HAZARD if pol.res_order() == "hazard" else lib.LP_ORDER_LEVEL,
-            "levels": pol.levels, "guard": int(pol.guard), "guard_sample": GUARD_SAMPLE,
+            "levels": pol.levels, "guard": int(pol.guard), "guard_sample": guard_sample(capacity),
             "guard_min_rows": GUARD_MIN_ROWS, "prefetch_budget": pol.prefetch_budget,
             "prefetch_probe": pol.prefetch_probe, "prefetch_idle": PREFETCH_IDLE_STEPS,
             "depth": pol.cfg.depth, "past_steps": max(1, pol.cfg.past_steps), "window": pol.cfg.window,

@@ -130,6 +130,18 @@ PF_SCALE_SHIFT = int(_simcore_lib.LP_PF_SCALE_SHIFT)
 #: the guard watches one row in this many (a power of two), on tiers of at least GUARD_MIN_ROWS x it
 GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
+#: ... and at most this many rows in each shadow: on larger tiers one row in a larger power of two
+GUARD_MAX_ROWS = 1 << 16
+
+
+def guard_sample(capacity: int) -> int:
+    """One row in how many the guard watches on a tier of ``capacity`` slots: GUARD_SAMPLE, doubled
+    until a shadow (capacity / sample slots) holds at most GUARD_MAX_ROWS rows, so the guard's state
+    stays bounded on any tier (the sampled miss ratio tracks the whole one, as in SHARDS)."""
+    s = GUARD_SAMPLE
+    while capacity // s > GUARD_MAX_ROWS:
+        s *= 2
+    return s
 #: the default recency window of the C step spans this many of the features' longest decay half-life
 WINDOW_HALF_LIVES = 4
 
@@ -162,7 +174,8 @@ class LearnedPolicy(Policy):
     "level", "nextuse" (Belady order on the regression head) or "hybrid".
     ``guard`` (default on, caching model only): two shadow caches, in LRU order and in the model's
     order, see every step (on tiers of GUARD_SAMPLE x GUARD_MIN_ROWS slots or more, only a hash-sampled
-    1/GUARD_SAMPLE of the rows, with as much of the capacity); while the model's shadow has missed
+    1/GUARD_SAMPLE of the rows, with as much of the capacity; 1/``guard_sample(capacity)`` on tiers so
+    large that a shadow would pass GUARD_MAX_ROWS); while the model's shadow has missed
     more than LRU's lately (a saturating counter of a shadow's capacity / 8 misses, as in set dueling),
     the real cache is kept in LRU order and admits every miss, so a model that does not fit the trace
     costs at most about LRU's fetches (a checkpoint with keep-levels sized for the wrong step length
@@ -347,14 +360,14 @@ class LearnedPolicy(Policy):
         self._seen_rows, self._seen_steps = 0, 0
         self._set_unit(float(stats.get("mean_step_len", 16.0)))
         # the guard: two shadow caches, one in LRU order and one in the model's order, both fed this
-        # policy's accesses of a hash-sampled 1/GUARD_SAMPLE of the rows with as much of the capacity
+        # policy's accesses of a hash-sampled 1/guard_sample(capacity) of the rows with as much of the tier
         # (the sampled miss ratio tracks the whole one, as in SHARDS; all rows on small tiers); while
         # the model's shadow misses more than LRU's (a saturating counter, as in set dueling), the real
         # cache falls back to LRU order and admits every miss
         on = self.guard and self.use_cache_model
-        self._guard_shift = (64 - GUARD_SAMPLE.bit_length() + 1
-                             if self.capacity >= GUARD_SAMPLE * GUARD_MIN_ROWS else 64)
-        cap = self.capacity if self._guard_shift == 64 else self.capacity // GUARD_SAMPLE
+        sample = guard_sample(self.capacity)
+        self._guard_shift = (64 - sample.bit_length() + 1 if self.capacity >= sample * GUARD_MIN_ROWS else 64)
+        cap = self.capacity if self._guard_shift == 64 else self.capacity // sample
         self._shadows = ((_Residency(cap), _Residency(cap, self.res_order(), self.slack, self._table()))
                          if on else ())
         self._psel = 0.0
