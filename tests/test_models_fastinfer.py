@@ -79,6 +79,9 @@ def test_records_keep_gaps_as_steps_up_to_gap_max() -> None:
         assert col["log_gap"] == np.log1p(np.float32(7)) and col["log_count"] == np.log1p(np.float32(4))
         with pytest.raises(ValueError, match="outside the records' steps"):
             h.update(ids, MAX_STEP + 1)
+        if native:  # the fused score-and-record path says the same
+            with pytest.raises(ValueError, match="outside the records' steps"):
+                FastCacheNet(NumpyCacheNet(CacheNet(hidden=8)))(h, ids, MAX_STEP + 1, update=True)
 
 
 def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:

@@ -26,6 +26,7 @@ from recmgd.models.features import (
     NEVER,
     ROW_DTYPE,
     RowHistory,
+    check_step,
 )
 from recmgd.models.numpy_nets import NumpyCacheNet
 from recmgd.simcore import ffi, lib
@@ -152,6 +153,8 @@ class FastCacheNet:
                 ids, ib = _ids_buf(ids)
         else:
             ids, ib = _ids_buf(ids)
+        if update:
+            check_step(now)
         tables = hist.table[ids]
         fb = ffi.NULL
         if feats is not None:

@@ -108,6 +108,12 @@ assert ROW_DTYPE.itemsize == 32
 MAX_STEP = int(np.iinfo(np.int32).max)
 
 
+def check_step(now: int) -> None:
+    """A ValueError naming the step when a RowHistory cannot record a use at ``now``."""
+    if not 0 <= now <= MAX_STEP:
+        raise ValueError(f"step {now} is outside the records' steps 0 .. {MAX_STEP}")
+
+
 class RowHistory:
     """Dense per-row history: last use, first use, count, previous gaps, decayed counters, and the table.
 
@@ -213,8 +219,7 @@ class RowHistory:
 
     def update(self, ids: np.ndarray, now: int) -> None:
         """Record one use at step ``now`` (0 .. MAX_STEP) of each (distinct) row."""
-        if not 0 <= now <= MAX_STEP:
-            raise ValueError(f"step {now} is outside the records' steps 0 .. {MAX_STEP}")
+        check_step(now)
         if self.native_rows is not None:
             self.native_rows.update(ids, now)
         else:
