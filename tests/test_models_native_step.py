@@ -121,11 +121,13 @@ def test_c_step_decides_as_the_python_step_on_amazon_video(shared_traces: Path, 
 
 def test_no_budget_to_prefetch_keeps_no_prefetching_model(shared_traces: Path, video_model: str) -> None:
     """At a prefetch budget of 0 (the daemon's default) the prefetching model is never asked: a loaded
-    policy keeps no copy of it (its embeddings grow with the model's rows), and both steps still decide
-    alike and prefetch nothing; with a budget it is kept."""
+    policy keeps no copy of it nor of its row keys (both grow with the model's rows), and both steps
+    still decide alike and prefetch nothing; with a budget they are kept."""
     none = registry.create("recmg", model_dir=video_model, prefetch_budget=0)
     some = registry.create("recmg", model_dir=video_model, prefetch_budget=16)
     assert none._np_pref is None and some._np_pref is not None  # type: ignore[attr-defined]
+    assert len(none._model_keys) == 0 and len(some._model_keys) > 0  # type: ignore[attr-defined]
+    assert none.trained.prefetch_keys is None and some.trained.prefetch_keys is not None  # type: ignore[attr-defined]
     # nor a stream ring in the C step (never written without a budget)
     for p in (none, some):
         p.reset(1000)

@@ -14,6 +14,7 @@ models score a whole step's batch of rows with a few numpy matrix products (no t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections import deque
@@ -289,14 +290,15 @@ class LearnedPolicy(Policy):
     def _install(self, t: Trained, np_cache: NumpyCacheNet | None = None,
                  np_pref: NumpyPrefetchNet | None = None, *, keep_prefetch: bool = True) -> None:
         """Take trained models: ``t``'s torch modules (converted here), or their numpy inference given;
-        ``keep_prefetch`` False: not the prefetching model's inference (a loaded policy that may not
-        prefetch)."""
+        ``keep_prefetch`` False: not the prefetching model's inference nor its row keys (a loaded policy
+        that may not prefetch: the keys grow with the rows the model was trained on)."""
+        if not keep_prefetch:
+            np_pref = None
+            t = dataclasses.replace(t, prefetch=None, prefetch_keys=None)  # the caller's t keeps its own
         self.trained = t
         if np_cache is None and t.cache is not None:
             np_cache = NumpyCacheNet(t.cache)
-        if not keep_prefetch:
-            np_pref = None
-        elif np_pref is None and t.prefetch is not None:
+        if np_pref is None and t.prefetch is not None:
             np_pref = NumpyPrefetchNet(t.prefetch)
         self._np_cache, self._np_pref = np_cache, np_pref
         self._fast_cache = (FastCacheNet(np_cache) if self.native_infer and np_cache is not None else None)
