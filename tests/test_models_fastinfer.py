@@ -13,7 +13,7 @@ from recmgd.errors import ModelError
 from recmgd.keys import make_keys
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
-from recmgd.models.features import FEATURE_NAMES, GAP_MAX, MAX_STEP, N_FEATURES, RowHistory
+from recmgd.models.features import COUNT_MAX, FEATURE_NAMES, GAP_MAX, MAX_STEP, N_FEATURES, RowHistory
 from recmgd.models.nets import CacheNet, NumpyCacheNet
 from recmgd.models.train import TrainConfig, Trained, train_models
 from recmgd.policy import StepView
@@ -49,16 +49,16 @@ def test_history_features_and_state_match_numpy(steps: Steps) -> None:
         fast.update(ib, b)
     assert worst < 1e-5
     n = len(ref)
-    for name in ("last", "first", "count", "gaps", "dec", "table"):
+    for name in ("last", "first", "count", "gaps", "dec", "table"):  # the very bits (dec: float16)
         a, c = getattr(ref, name)[:n], getattr(fast, name)[:n]
-        assert np.allclose(a, c, rtol=1e-6, atol=1e-6), name
+        assert a.tobytes() == c.tobytes(), name
     # features of rows not read this step (as the prefetcher asks): all rows, some steps later
     every = np.arange(n)
     assert np.abs(ref.features_numpy(every, N_STEPS + 50) - fast.features(every, N_STEPS + 50)).max() < 1e-5
 
 
 def test_records_keep_gaps_as_steps_up_to_gap_max() -> None:
-    """A record keeps its previous gaps as steps (32-byte records): the features read log1p of them, as
+    """A record keeps its previous gaps as steps (24-byte records): the features read log1p of them, as
     the float records did, a gap past GAP_MAX reads as GAP_MAX, the mean gap is (last - first) / (uses -
     1); the C path and numpy agree; a step past the int32 records is refused with a clear error."""
     uses = (0, 10, 10 + GAP_MAX + 1000, 10 + GAP_MAX + 1005)
@@ -82,6 +82,41 @@ def test_records_keep_gaps_as_steps_up_to_gap_max() -> None:
         if native:  # the fused score-and-record path says the same
             with pytest.raises(ValueError, match="outside the records' steps"):
                 FastCacheNet(NumpyCacheNet(CacheNet(hidden=8)))(h, ids, MAX_STEP + 1, update=True)
+
+
+def test_records_round_decays_to_float16_and_halve_a_full_count() -> None:
+    """24-byte records: the decayed counters are float16, rounded (to float32, then to float16, to
+    nearest even) the same in C and numpy whatever their values and gaps; the use past COUNT_MAX halves
+    the count and the age alike in both, so the mean gap stays about what it was."""
+    rng = np.random.default_rng(3)
+    n = 4096
+    hists = [RowHistory(initial=n), RowHistory(initial=n, native=True)]
+    for h in hists:
+        ids = h.ids(np.arange(n, dtype=np.int64))
+        h.update(ids, 0)
+    start = rng.uniform(0, 3000, (n, 3)).astype(np.float16)  # any counter, ties of the rounding among them
+    start[: n // 4] = rng.integers(0, 2048, (n // 4, 3)).astype(np.float16) + np.float16(0.5)
+    for h in hists:
+        h.dec[:n] = start
+    now = 0
+    for gap in (1, 3, 17, 250, 5000, 70000):
+        now += gap
+        for h in hists:
+            h.update(np.arange(n), now)
+        assert hists[0].dec[:n].tobytes() == hists[1].dec[:n].tobytes(), gap
+    assert hists[0].dec.dtype == np.float16 and np.all(hists[0].dec[:n] >= 1)
+    # a full count: last at 10^6, first at 0, COUNT_MAX uses; the next use at 10^6 + 2 halves both
+    for native, h in enumerate(hists):
+        h.count[:2] = COUNT_MAX
+        h.first[:2], h.last[:2] = 0, 1_000_000
+        before = (h.features if native else h.features_numpy)(np.array([0]), 1_000_002)[0]
+        h.update(np.array([0]), 1_000_002)
+        assert int(h.count[0]) == (COUNT_MAX + 1) // 2 and int(h.first[0]) == 500_001
+        h.update(np.array([1]), 1_000_002)  # the other row too: one step, one use each
+        after = (h.features if native else h.features_numpy)(np.array([0]), 1_000_004)[0]
+        mean = FEATURE_NAMES.index("log_mean_gap")
+        assert abs(float(after[mean]) - float(before[mean])) < 0.01
+    assert hists[0].rows[:n].tobytes() == hists[1].rows[:n].tobytes()
 
 
 def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:

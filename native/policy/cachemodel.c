@@ -2,7 +2,8 @@
  *
  * The arithmetic follows recmgd/models/features.py (RowHistory.features/update) and nets.NumpyCacheNet
  * operation by operation, in the same precisions (float32, except the decayed counters and the age,
- * which numpy computes in float64), so the two paths agree to float rounding. */
+ * which numpy computes in float64), so the two paths agree to float rounding; the records they write
+ * (the decayed counters rounded to float, then to binary16) are the same bits. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,45 @@ static inline float log1pf_gap(const cm_lut *lut, uint16_t g)
     return log1pf_int(lut, g, (float)g);
 }
 
+/* float -> binary16 bits, rounded to nearest even (numpy's float32 -> float16 cast, bit for bit) */
+static inline uint16_t half_of(float f)
+{
+    uint32_t x;
+    memcpy(&x, &f, sizeof(x));
+    uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+    x &= 0x7fffffffu;
+    if (x >= 0x7f800000u) /* infinity, NaN */
+        return (uint16_t)(sign | (x > 0x7f800000u ? 0x7e00u : 0x7c00u));
+    if (x >= 0x477ff000u) /* 65520 and above round to infinity */
+        return (uint16_t)(sign | 0x7c00u);
+    if (x < 0x38800000u) { /* below 2^-14: a subnormal half, or 0 */
+        float a, t;
+        memcpy(&a, &x, sizeof(a));
+        t = a + 0.5f; /* 0.5's ulp is 2^-24, the subnormals' step: the addition rounds a to it, to even */
+        uint32_t b;
+        memcpy(&b, &t, sizeof(b));
+        return (uint16_t)(sign | (b - 0x3f000000u));
+    }
+    x -= 0x38000000u;                 /* the exponent's bias 127 -> 15 */
+    x += 0x0fffu + ((x >> 13) & 1u); /* round the 13 bits dropped to nearest, ties to even (a carry
+                                       * into the exponent is the right result) */
+    return (uint16_t)(sign | (x >> 13));
+}
+
+/* binary16 bits -> float (exact) */
+static inline float float_of_half(uint16_t h)
+{
+    uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+    if (e == 0) {
+        float f = (float)m * 0x1p-24f;
+        return sign ? -f : f;
+    }
+    x = sign | (e == 31 ? 0x7f800000u | (m << 13) : ((e + 112u) << 23) | (m << 13));
+    float f;
+    memcpy(&f, &x, sizeof(f));
+    return f;
+}
+
 /* features.py RowHistory.features for one row at step now (an offset from the view's base); prod[k] (when
  * not NULL) gets dec[k] * exp(-gap * rate[k]), which the row's update at the same step reuses */
 static void row_features(const cm_rows *restrict r, const double *restrict ex, int64_t id, int64_t now,
@@ -181,7 +221,7 @@ static void row_features(const cm_rows *restrict r, const double *restrict ex, i
     int seen = last != CM_NEVER;
     int64_t igap = seen ? now - last : 0;
     float gap = (float)igap;
-    float count = row->count;
+    float count = (float)row->count;
     float lgap = log1pf_int(lut, igap, gap);
     f[0] = seen ? 0.0f : 1.0f;
     f[1] = lgap;
@@ -195,12 +235,12 @@ static void row_features(const cm_rows *restrict r, const double *restrict ex, i
     }
     for (int k = 0; k < CM_N_GAPS; k++)
         f[4 + k] = log1pf_gap(lut, row->gaps[k]);
-    const float *d = row->dec;
+    const uint16_t *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
         /* a new row (gap 0) or an empty counter: exp(-0) = 1, log1p(0) = 0, exactly; ex: exp's results
          * at integer gaps, looked up */
-        double x = (double)d[k];
-        if (gap > 0.0f && d[k] != 0.0f)
+        double x = (double)float_of_half(d[k]);
+        if (gap > 0.0f && d[k] != 0)
             x *= ex && igap < CM_LUT_N ? ex[k * CM_LUT_N + igap] : exp(-(double)gap * r->rate[k]);
         f[4 + CM_N_GAPS + k] = x == 0.0 ? (float)x : (float)log1p(x); /* log1p(0) is 0 */
         if (prod)
@@ -232,24 +272,28 @@ static void row_update(cm_rows *restrict r, int64_t id, int64_t now, const doubl
             g[k] = g[k - 1];
         g[0] = (uint16_t)(igap < CM_GAP_MAX ? igap : CM_GAP_MAX);
     }
-    float *d = row->dec;
+    uint16_t *d = row->dec;
     for (int k = 0; k < CM_N_HALF_LIVES; k++) {
-        double x = prod ? prod[k]
-                        : (gap > 0.0f && d[k] != 0.0f ? (double)d[k] * exp(-(double)gap * r->rate[k])
-                                                       : (double)d[k]);
-        d[k] = (float)(x + 1.0);
+        double x0 = (double)float_of_half(d[k]);
+        double x = prod ? prod[k] : (gap > 0.0f && d[k] != 0 ? x0 * exp(-(double)gap * r->rate[k]) : x0);
+        d[k] = half_of((float)(x + 1.0));
     }
-    row->count += 1.0f;
     if (!seen)
         row->first = (int32_t)now;
+    if (row->count < CM_COUNT_MAX) {
+        row->count++;
+    } else { /* halved, the age with it: the mean gap stays about what it was */
+        row->count = (CM_COUNT_MAX + 1) / 2;
+        row->first = (int32_t)(now - (now - (int64_t)row->first) / 2);
+    }
     row->last = (int32_t)now;
 }
 
-/* the records of rows ids towards the cache before they are read (one line each) */
+/* the records of rows ids towards the cache before they are read */
 static void prefetch_rows(const cm_rows *r, const int64_t *ids, int64_t n)
 {
     for (int64_t i = 0; i < n; i++)
-        __builtin_prefetch(r->row + ids[i]);
+        CM_PREFETCH_ROW(r->row + ids[i]);
 }
 
 int cm_features(const cm_rows *r, const int64_t *ids, int64_t n, int64_t now, float *feats)

@@ -18,20 +18,28 @@
 #define CM_N_OUT 2
 #define CM_MAX_HIDDEN 256
 
-/* One row's history: features.ROW_DTYPE, field for field (a 32-byte record, two a cache line). Steps are
- * kept as int32 offsets from the view's base (cm_rows.base; CM_NEVER: no use yet). The sum of the gaps is
- * last - first; the previous gaps are kept as steps (at most CM_GAP_MAX: a longer gap reads as that) and
- * their log1p taken when read, so the features are those of the float record this replaced. A row's table
- * is not in its record: the caller hands the tables of the rows it scores to cm_score. */
+/* One row's history: features.ROW_DTYPE, field for field (a 24-byte record). Steps are kept as int32
+ * offsets from the view's base (cm_rows.base; CM_NEVER: no use yet). The sum of the gaps is last - first.
+ * The previous gaps are kept as steps (at most CM_GAP_MAX: a longer gap reads as that) and their log1p
+ * taken when read. The decayed counters are IEEE binary16 (numpy's float16: the update computes in double,
+ * rounds to float, then to half, to nearest even). The count is exact up to CM_COUNT_MAX uses; the use
+ * past it halves it and brings the first use forward to halve the age, so the mean gap (last - first) /
+ * (count - 1) stays about what it was. A row's table is not in its record: the caller hands the tables of
+ * the rows it scores to cm_score. */
 #define CM_NEVER (-2147483648) /* INT32_MIN, spelled so that the cffi cdef reads it */
 #define CM_GAP_MAX 65535
+#define CM_COUNT_MAX 65535
 typedef struct {
-    int32_t last;                /* step of last use - base, CM_NEVER = never */
-    int32_t first;               /* step of first use - base */
-    float count;                 /* uses */
-    float dec[CM_N_HALF_LIVES];  /* decayed use counters */
-    uint16_t gaps[CM_N_GAPS];    /* the previous gaps (steps, at most CM_GAP_MAX), most recent first */
+    int32_t last;                  /* step of last use - base, CM_NEVER = never */
+    int32_t first;                 /* step of first use - base */
+    uint16_t count;                /* uses (at most CM_COUNT_MAX) */
+    uint16_t dec[CM_N_HALF_LIVES]; /* decayed use counters, binary16 bits */
+    uint16_t gaps[CM_N_GAPS];      /* the previous gaps (steps, at most CM_GAP_MAX), most recent first */
 } cm_row;
+
+/* ask for a record's lines (a 24-byte record lies across two lines in three places of eight; a macro on one
+ * line: the cffi cdef drops # lines, not function bodies) */
+#define CM_PREFETCH_ROW(row) (__builtin_prefetch(row), __builtin_prefetch((const char *)(row) + sizeof(cm_row) - 1))
 
 /* A view of a RowHistory's records; the caller owns the memory. */
 typedef struct {

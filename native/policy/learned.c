@@ -624,8 +624,8 @@ static int32_t rec_alloc(lp_policy *p)
     if (p->n_free_recs)
         return p->free_recs[--p->n_free_recs];
     if (p->n_recs == p->cap_recs) {
-        int64_t old = p->cap_recs, cap = (old + old / 4 + 1024) & ~(int64_t)1; /* whole lines */
-        void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* two records a cache line */
+        int64_t old = p->cap_recs, cap = (old + old / 4 + 1024) & ~(int64_t)7; /* whole lines */
+        void *mem = aligned_alloc(64, (size_t)cap * sizeof(cm_row)); /* eight records in three lines */
         if (!mem)
             return -1;
         if (old)
@@ -840,14 +840,14 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
         if (k + LP_AHEAD < budget) { /* the record of a row LP_AHEAD on that may be dropped (ids in order) */
             int64_t a = (id + LP_AHEAD) % p->n_rows;
             if (!(p->flags[a] & (F_RES | F_SH0 | F_SH1 | F_FREE)) && p->rs[a] >= 0)
-                __builtin_prefetch(p->view.row + p->rs[a]);
+                CM_PREFETCH_ROW(p->view.row + p->rs[a]);
         }
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
         int32_t v = p->rs[id];
         if (last_of(p, id) < b - w)
             p->gone[ng++] = -1 - id;
-        else if (move && (v <= -2 || (v >= 0 && p->view.row[v].count == 1.0f)))
+        else if (move && (v <= -2 || (v >= 0 && p->view.row[v].count == 1)))
             p->gone[ng++] = id; /* used once, within the window (a record only when the base moved past it) */
     }
     p->sweep %= p->n_rows;
@@ -1719,7 +1719,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     int64_t n_first = 0;
     for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
         if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
-            __builtin_prefetch(p->view.row + p->rs[ids[i + LP_AHEAD]]);
+            CM_PREFETCH_ROW(p->view.row + p->rs[ids[i + LP_AHEAD]]);
         int32_t id = ids[i];
         /* from the row's once-used step (or none), then the record's */
         if (p->rs[id] == -1)

@@ -3,7 +3,7 @@
 At one step (~18 distinct rows) numpy's per-call overhead, not arithmetic, bounds the reference path
 (features.RowHistory's numpy methods + nets.NumpyCacheNet: about 25 small array operations a step). Here
 one C call featurises a step's rows and runs the MLP (and, with ``update=True``, records their use), on
-the very records the numpy path indexes (RowHistory.rows, one 32-byte record a row; a RowHistory built
+the very records the numpy path indexes (RowHistory.rows, one 24-byte record a row; a RowHistory built
 with ``native=True`` hands C a pointer to them), so both paths read and write one state and agree to
 float rounding (the features and the state bit for bit where numpy's float32 log1p is libm's). The numpy
 path stays the training path and the reference (tests/test_models_fastinfer.py).
@@ -17,6 +17,7 @@ import numpy as np
 
 from recmgd.errors import ModelError
 from recmgd.models.features import (
+    COUNT_MAX,
     FEATURE_VERSION,
     GAP_MAX,
     HALF_LIVES,
@@ -31,9 +32,10 @@ from recmgd.models.features import (
 from recmgd.models.numpy_nets import NumpyCacheNet
 from recmgd.simcore import ffi, lib
 
-_LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize, NEVER, GAP_MAX)
-if (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES,
-        ffi.sizeof("cm_row"), lib.CM_NEVER, lib.CM_GAP_MAX) != _LAYOUT:  # pragma: no cover - a stale build
+_LAYOUT = (FEATURE_VERSION, N_FEATURES, N_GAPS, len(HALF_LIVES), ROW_DTYPE.itemsize, NEVER, GAP_MAX,
+           COUNT_MAX)
+if (lib.CM_FEATURE_VERSION, lib.CM_N_FEATURES, lib.CM_N_GAPS, lib.CM_N_HALF_LIVES, ffi.sizeof("cm_row"),
+        lib.CM_NEVER, lib.CM_GAP_MAX, lib.CM_COUNT_MAX) != _LAYOUT:  # pragma: no cover - a stale build
     raise ImportError("recmgd._simcore's caching model has another feature layout than "
                       "recmgd.models.features; rebuild it (`make native`)")
 

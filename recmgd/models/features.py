@@ -97,13 +97,17 @@ class KeyIndex:
 NEVER = int(np.iinfo(np.int32).min)
 #: the longest previous gap a record keeps, in steps (cachemodel.h's CM_GAP_MAX): a longer one reads as this
 GAP_MAX = 65535
-#: one row's history, one 32-byte record (two a cache line; the C inference's cm_row): step of last use
-#: (NEVER: none yet), step of first use, use count, decayed use counters, the previous gaps in steps (most
-#: recent first, at most GAP_MAX; their log1p is the feature). The sum of the gaps is last - first. Steps
-#: are int32: the C step keeps them as offsets from a moving base; here the base is 0.
-ROW_DTYPE = np.dtype([("last", "<i4"), ("first", "<i4"), ("count", "<f4"), ("dec", "<f4", (len(HALF_LIVES),)),
+#: the most uses a record counts (cachemodel.h's CM_COUNT_MAX): the use past it halves the count and the
+#: age (the first use brought forward), so the mean gap stays about what it was
+COUNT_MAX = 65535
+#: one row's history, one 24-byte record (the C inference's cm_row): step of last use (NEVER: none yet),
+#: step of first use, use count, decayed use counters (float16: an update computes in float64 and rounds
+#: to float32, then to float16), the previous gaps in steps (most recent first, at most GAP_MAX; their
+#: log1p is the feature). The sum of the gaps is last - first. Steps are int32: the C step keeps them as
+#: offsets from a moving base; here the base is 0.
+ROW_DTYPE = np.dtype([("last", "<i4"), ("first", "<i4"), ("count", "<u2"), ("dec", "<f2", (len(HALF_LIVES),)),
                       ("gaps", "<u2", (N_GAPS,))])
-assert ROW_DTYPE.itemsize == 32
+assert ROW_DTYPE.itemsize == 24
 #: the steps a RowHistory can record (int32 records, base 0)
 MAX_STEP = int(np.iinfo(np.int32).max)
 
@@ -117,9 +121,9 @@ def check_step(now: int) -> None:
 class RowHistory:
     """Dense per-row history: last use, first use, count, previous gaps, decayed counters, and the table.
 
-    One record a row (``rows``, ROW_DTYPE, 32-byte aligned: two a cache line), with a view per field
-    (``last``, ``count``, ``gaps``, ...) that the numpy methods index; each row's table id beside them in
-    ``table``.
+    One record a row (``rows``, ROW_DTYPE, from a cache line's start: eight in three lines), with a view
+    per field (``last``, ``count``, ``gaps``, ...) that the numpy methods index; each row's table id
+    beside them in ``table``.
 
     With ``native=True``, :meth:`features` and :meth:`update` run in C (recmgd.models.fastinfer) on these
     same arrays, and ``native_rows`` is the C view of them; the numpy methods (``features_numpy``,
@@ -149,8 +153,8 @@ class RowHistory:
             return
         cap = max(need, 2 * self._cap, 1024)
         size = ROW_DTYPE.itemsize
-        buf = np.zeros((cap + 1) * size, np.uint8)
-        off = -buf.ctypes.data % size  # records never straddle a cache line
+        buf = np.zeros(cap * size + 64, np.uint8)
+        off = -buf.ctypes.data % 64  # from a cache line's start, as the C step's records
         rows = buf[off : off + cap * size].view(ROW_DTYPE)
         rows["last"] = NEVER
         rows["first"] = NEVER
@@ -190,7 +194,7 @@ class RowHistory:
         last = self.last[ids].astype(np.int64)
         seen = last >= 0
         gap = np.where(seen, now - last, 0).astype(np.float32)
-        count = self.count[ids]
+        count = self.count[ids].astype(np.float32)
         f = np.empty((len(ids), N_FEATURES), np.float32)
         f[:, 0] = ~seen
         f[:, 1] = np.log1p(gap)
@@ -235,9 +239,15 @@ class RowHistory:
         g[seen, 1:] = g[seen, :-1]
         g[seen, 0] = np.minimum(igap[seen], GAP_MAX)
         self.gaps[ids] = g
-        self.dec[ids] = self.dec[ids] * np.exp(-gap[:, None] * self._decay_rate[None, :]) + 1.0
-        self.count[ids] += 1
-        self.first[ids] = np.where(seen, self.first[ids], now)
+        dec = self.dec[ids] * np.exp(-gap[:, None] * self._decay_rate[None, :]) + 1.0  # float64
+        self.dec[ids] = dec.astype(np.float32)  # then float16 (as the C update rounds it)
+        count = self.count[ids].astype(np.int64) + 1
+        first = np.where(seen, self.first[ids], now).astype(np.int64)
+        full = count > COUNT_MAX
+        count[full] = (COUNT_MAX + 1) // 2
+        first[full] = now - (now - first[full]) // 2
+        self.count[ids] = count
+        self.first[ids] = first
         self.last[ids] = now
 
 
