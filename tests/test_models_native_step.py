@@ -521,6 +521,35 @@ def test_a_right_prefetcher_is_not_throttled(tmp_path: Path) -> None:
     assert on["pf_asked"] == off["pf_asked"]
 
 
+def test_a_plan_over_every_resident_of_a_large_tier_lets_its_buffer_go(video_model: str) -> None:
+    """The plan lists its candidates in a buffer of 16 bytes a resident. A plan that lists every resident
+    (a step that evicts a quarter of the tier or more) writes all of it, 16 MB at 10^6 slots, which would
+    stay resident for good: past 2^16 residents it lets the buffer go; the plans of ordinary steps, which
+    list only the residents under a sampled threshold, keep theirs (allocated, touched where written)."""
+    pol = registry.create("recmg", model_dir=video_model, prefetch_budget=0, seed=0)
+    cap = 70_000
+    pol.reset(cap)
+    nxt = b = 0
+
+    def step(n: int) -> dict[str, int]:
+        nonlocal nxt, b
+        keys = np.arange(nxt, nxt + n, dtype=np.int64)
+        nxt += n
+        d = pol.observe(StepView(b, keys, np.zeros(n, bool)))
+        b += 1
+        assert len(d.admit) == n and len(d.evict) == max(0, nxt - cap) - max(0, nxt - n - cap)
+        st = pol.native_stats  # type: ignore[attr-defined]
+        assert st is not None
+        return st
+
+    for _ in range(8):  # the tier full, then a step that evicts a seventh of it
+        st = step(10_000)
+    assert st["resident"] == cap and st["plan_bytes"] >= 16 * cap
+    assert step(40_000)["plan_bytes"] == 0  # every resident listed: the buffer went back
+    st = step(100)
+    assert 0 < st["plan_bytes"] and st["resident"] == cap  # an ordinary step: allocated again
+
+
 def test_stream_ring_is_sized_by_the_tier_and_capped_by_the_window() -> None:
     from recmgd.models.native_step import STREAM_MIN, STREAM_PER_SLOT, stream_ring
 

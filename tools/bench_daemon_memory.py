@@ -50,7 +50,8 @@ from bench_policy_memory import _reset_peak, _status_kib  # noqa: E402 - tools/ 
 
 TARGET_PER_SLOT = 64
 #: the learned C step's parts in its stats (bytes, then the rows that keep a full record)
-C_STEP_PARTS = ("map_bytes", "row_bytes", "record_bytes", "ring_bytes", "once_bytes", "records", "once_rows")
+C_STEP_PARTS = ("map_bytes", "row_bytes", "record_bytes", "ring_bytes", "once_bytes", "records", "once_rows",
+                "plan_bytes")
 TARGET_PER_WINDOW_ROW = 16
 
 

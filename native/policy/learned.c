@@ -17,6 +17,9 @@
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 #define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
 #define LP_ONCE_TURNS 16 /* the once table's clock turns this many times a window */
+/* a plan that lists every resident of a set larger than this lets its candidate buffer go after (16 bytes
+ * a resident: 16 MB at 10^6 slots, touched through; the plans between such ones write a few of them) */
+#define LP_SEL_KEEP ((int64_t)1 << 16)
 
 /* row flags */
 #define F_RES 1  /* resident (the policy's view) */
@@ -209,6 +212,17 @@ static int grow_buf(void **ptr, int64_t *cap, int64_t need, size_t elem)
     *ptr = q;
     *cap = nc;
     return SC_OK;
+}
+
+/* after a plan that wrote n candidates: a buffer written through over a large set goes back to the system
+ * (allocated again, untouched, by the next plan that needs it) */
+static void sel_release(lp_policy *p, int64_t n)
+{
+    if (n > LP_SEL_KEEP) {
+        free(p->sel);
+        p->sel = NULL;
+        p->cap_sel = 0;
+    }
 }
 
 static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
@@ -1159,7 +1173,8 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
             if (nr < over)
                 nr = 0, thr = INFINITY; /* the sample misled: every resident */
         }
-        if (thr == INFINITY)
+        int every = thr == INFINITY;
+        if (every)
             nr = filter(p, k, s, now, den, thr, p->sel);
         tot = nr + m;
         for (int64_t i = 0; i < m; i++) {
@@ -1183,6 +1198,8 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
             else
                 p->tmp[(*n_ev)++] = (int32_t)tie;
         }
+        if (every)
+            sel_release(p, tot);
         for (int64_t i = 0; i < *n_ev; i++)
             set_del(p, s, p->tmp[i]);
     }
@@ -1954,6 +1971,7 @@ int64_t lp_early_victims(lp_policy *p, int64_t n, const int64_t *reading, int64_
     sort_cand(p->sel, take);
     for (int64_t i = 0; i < take; i++)
         out[i] = sc_idmap_key_of(p->map, (int32_t)p->sel[i].lo);
+    sel_release(p, k);
     return take;
 }
 
@@ -2013,6 +2031,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->record_bytes = p->cap_recs * (int64_t)sizeof(cm_row) + p->cap_free_recs * 4;
     out->ring_bytes = (p->s_ids ? (p->s_mask + 1) * 4 : 0) + sc_runs_bytes(&p->runs);
     out->once_bytes = sc_once_bytes(&p->once);
+    out->plan_bytes = p->cap_sel * (int64_t)sizeof(lp_cand);
     int64_t bytes = out->map_bytes + out->row_bytes + out->record_bytes + out->ring_bytes + out->once_bytes +
                     p->hcap * 8;
     for (int k = 0; k < 3; k++)

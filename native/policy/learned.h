@@ -110,6 +110,8 @@ typedef struct {
     int64_t pf_useless;    /* prefetched rows the plan evicted unread */
     int64_t pf_throttled;  /* steps the prefetcher was throttled for accuracy */
     int64_t pf_asked;      /* steps the prefetcher ran (its cost) */
+    int64_t plan_bytes;    /* the plan's candidate buffer, allocated (not in bytes: a plan touches the part it
+                            * writes; one that lists every resident of a large set lets it go after) */
 } lp_stats;
 
 /* what the rows that hold an id are (lp_get_census): resident (and of those, with a history record), in a
