@@ -615,20 +615,41 @@ int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
 }
 
 /* ---------------------------------------------------------------------------- rows */
+/* room for ids below need, and the ids from n_rows up to need set up as free (row_init takes an id); the
+ * room past need is left untouched (its pages are not resident until ids reach them) */
 static int grow_rows(lp_policy *p, int64_t need)
 {
-    if (need <= p->cap_rows)
-        return SC_OK;
-    /* grown by a quarter (the recency window keeps the rows near a plateau: doubling would leave up to
-     * half the room unused for good) */
-    int64_t old = p->cap_rows, cap = old ? old : 1024;
-    while (cap < need)
-        cap += cap / 4 + 1024;
-    if (grow_arr((void **)&p->flags, old, cap, 1, F_FREE) || /* row_init takes an id */ (p->lastpos && grow_arr((void **)&p->lastpos, old, cap, 4, 0xff)) ||
-        grow_arr((void **)&p->rs, old, cap, 4, 0xff) ||
-        grow_arr((void **)&p->sets[0].pos, old, cap, 4, 0))
-        return SC_ENOMEM;
-    p->cap_rows = cap;
+    if (need > p->cap_rows) {
+        /* grown by a quarter (the recency window keeps the rows near a plateau: doubling would leave up
+         * to half the room unused for good) */
+        int64_t cap = p->cap_rows ? p->cap_rows : 1024;
+        while (cap < need)
+            cap += cap / 4 + 1024;
+        void *q;
+        if (!(q = realloc(p->flags, (size_t)cap)))
+            return SC_ENOMEM;
+        p->flags = q;
+        if (p->lastpos) {
+            if (!(q = realloc(p->lastpos, (size_t)cap * 4)))
+                return SC_ENOMEM;
+            p->lastpos = q;
+        }
+        if (!(q = realloc(p->rs, (size_t)cap * 4)))
+            return SC_ENOMEM;
+        p->rs = q;
+        if (!(q = realloc(p->sets[0].pos, (size_t)cap * 4)))
+            return SC_ENOMEM;
+        p->sets[0].pos = q;
+        p->cap_rows = cap;
+    }
+    int64_t a = p->n_rows, k = need - a;
+    if (k > 0) {
+        memset(p->flags + a, F_FREE, (size_t)k);
+        if (p->lastpos)
+            memset(p->lastpos + a, 0xff, (size_t)k * 4);
+        memset(p->rs + a, 0xff, (size_t)k * 4);
+        memset(p->sets[0].pos + a, 0, (size_t)k * 4);
+    }
     return SC_OK;
 }
 
