@@ -19,7 +19,7 @@ from recmgd import policy as registry
 from recmgd.errors import PolicyError
 from recmgd.policy import StepView
 from recmgd.sim.runner import capacity_for
-from recmgd.simcore import DAEMON_LOAD
+from recmgd.simcore import DAEMON_LOAD, HOLDER_MOVER
 from recmgd.trace import open_trace
 
 
@@ -548,6 +548,31 @@ def test_a_plan_over_every_resident_of_a_large_tier_lets_its_buffer_go(video_mod
     assert step(40_000)["plan_bytes"] == 0  # every resident listed: the buffer went back
     st = step(100)
     assert 0 < st["plan_bytes"] and st["resident"] == cap  # an ordinary step: allocated again
+
+
+def test_ids_the_mirror_maps_are_not_the_steps_rows(video_model: str) -> None:
+    """In the key map the C step shares with the daemon's mirror, ids the mirror mapped (rows it tracks
+    that the step never read) lie among the step's: they are free to the step (no row, no history, not
+    resident, not counted), whether below the step's ids or past its room; a row the step reads later
+    is its own from then on."""
+    pol = registry.create("recmg", model_dir=video_model, prefetch_budget=0, seed=0, history_window=64)
+    pol.step_by_step()  # type: ignore[attr-defined]
+    pol.reset(500)
+    shared = pol.shared_key_map()  # type: ignore[attr-defined]
+    assert shared is not None
+    mirror_only = np.arange(10_000, 13_000, dtype=np.int64)  # ids 0 .. 2,999: the mirror's alone
+    shared.map(mirror_only, holder=HOLDER_MOVER)
+    for b in range(40):
+        keys = np.arange(b * 200, b * 200 + 300, dtype=np.int64) % 9_000
+        if b == 20:  # rows the mirror mapped, read now: the step's from here on
+            keys = np.concatenate([keys, mirror_only[:50]])
+        pol.observe(StepView(b, keys, pol.resident_keys(keys)))
+        if b == 10:  # and more of the mirror's, past the ids the step has handed out so far
+            shared.map(np.arange(20_000, 25_000, dtype=np.int64), holder=HOLDER_MOVER)
+        st, c = pol.native_stats, pol.id_census()  # type: ignore[attr-defined]
+        assert c["ids"] == st["rows"] - st["once_rows"], (b, c, st)
+        assert c["resident"] == st["resident"] <= 500, (b, c, st)
+    assert not pol.resident_keys(mirror_only[50:]).any()
 
 
 def test_stream_ring_is_sized_by_the_tier_and_capped_by_the_window() -> None:
