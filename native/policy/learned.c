@@ -225,12 +225,12 @@ static void sel_release(lp_policy *p, int64_t n)
     }
 }
 
-static int grow_arr(void **ptr, int64_t old, int64_t cap, size_t elem, int fill)
+/* room for cap elements (the new room left as it comes: grow_rows sets entries up as ids reach them) */
+static int resize_arr(void **ptr, int64_t cap, size_t elem)
 {
     void *q = realloc(*ptr, (size_t)cap * elem);
     if (!q)
         return SC_ENOMEM;
-    memset((char *)q + (size_t)old * elem, fill, (size_t)(cap - old) * elem);
     *ptr = q;
     return SC_OK;
 }
@@ -599,12 +599,13 @@ int lp_set_prefetch_net(lp_policy *p, const lp_pfnet *w)
     /* the stream (its ring and a row's last position) only with a budget to prefetch (fixed at lp_new) */
     if (!p->lastpos && p->prm.prefetch_budget > 0) {
         int32_t *ring = malloc((size_t)(p->s_mask + 1) * sizeof(int32_t));
-        if (!ring || grow_arr((void **)&p->lastpos, 0, p->cap_rows ? p->cap_rows : 1, 4, 0xff)) {
+        if (!ring || resize_arr((void **)&p->lastpos, p->cap_rows ? p->cap_rows : 1, 4)) {
             free(ring);
-            pf_free(n); /* the rows seen so far: no stream position yet */
+            pf_free(n);
             sc_idmap_free(mm);
             return SC_ENOMEM;
         }
+        memset(p->lastpos, 0xff, (size_t)p->n_rows * 4); /* the rows seen so far: no stream position yet */
         p->s_ids = ring;
     }
     pf_free(p->pf);
@@ -625,21 +626,9 @@ static int grow_rows(lp_policy *p, int64_t need)
         int64_t cap = p->cap_rows ? p->cap_rows : 1024;
         while (cap < need)
             cap += cap / 4 + 1024;
-        void *q;
-        if (!(q = realloc(p->flags, (size_t)cap)))
+        if (resize_arr((void **)&p->flags, cap, 1) || (p->lastpos && resize_arr((void **)&p->lastpos, cap, 4)) ||
+            resize_arr((void **)&p->rs, cap, 4) || resize_arr((void **)&p->sets[0].pos, cap, 4))
             return SC_ENOMEM;
-        p->flags = q;
-        if (p->lastpos) {
-            if (!(q = realloc(p->lastpos, (size_t)cap * 4)))
-                return SC_ENOMEM;
-            p->lastpos = q;
-        }
-        if (!(q = realloc(p->rs, (size_t)cap * 4)))
-            return SC_ENOMEM;
-        p->rs = q;
-        if (!(q = realloc(p->sets[0].pos, (size_t)cap * 4)))
-            return SC_ENOMEM;
-        p->sets[0].pos = q;
         p->cap_rows = cap;
     }
     int64_t a = p->n_rows, k = need - a;
