@@ -143,6 +143,35 @@ def test_decay_table_gives_the_bits_of_exp(steps: Steps) -> None:
         assert rows.features(every, now).tobytes() == ref.tobytes(), now
 
 
+
+def test_table_log1p_gives_the_float_of_libms() -> None:
+    """The decayed counters' features take (float)log1p(x) from the table's sum (cm_log1p with a table)
+    where it cannot round otherwise than libm's log1p, and from libm where it could: the same float as
+    libm's (cm_log1p without a table) for counters and decays of every size, and for inputs whose
+    log1p lies at a float's rounding boundary or one double either side (the sum alone, without the
+    check, rounds a few percent of those the other way)."""
+    from recmgd.simcore import ffi, lib
+
+    lut = ffi.gc(lib.cm_lut_new(), lib.cm_lut_free)
+    rng = np.random.default_rng(0)
+    f = np.exp(rng.uniform(-40.0, np.log(11.0), 300_000)).astype(np.float32)  # log1p of up to 65504
+    mid = (f.astype(np.float64) + np.nextafter(f, np.float32(np.inf)).astype(np.float64)) / 2
+    at = np.expm1(mid)  # log1p of these lies at the midpoint between two floats (within a double or so)
+    cases = {
+        "below 1": rng.uniform(0.0, 1.0, 300_000),
+        "every size": np.exp(rng.uniform(-745.0, np.log(65504.0), 300_000)),
+        "integers": rng.integers(1, 1 << 20, 300_000).astype(np.float64),
+        "at boundaries": at,
+        "a double below": np.nextafter(at, 0.0),
+        "a double above": np.nextafter(at, np.inf),
+    }
+    for name, x in cases.items():
+        x = np.ascontiguousarray(x, np.float64)
+        fast, libm = np.empty(len(x), np.float32), np.empty(len(x), np.float32)
+        lib.cm_log1p(lut, ffi.from_buffer("double[]", x), len(x), ffi.from_buffer("float[]", fast))
+        lib.cm_log1p(ffi.NULL, ffi.from_buffer("double[]", x), len(x), ffi.from_buffer("float[]", libm))
+        assert fast.tobytes() == libm.tobytes(), (name, int((fast != libm).sum()))
+
 def test_never_used_rows_scored_together_as_one_by_one(steps: Steps, trained: tuple[Trained, int]) -> None:
     """Rows never used share their features: in one call the forward pass of the first one of a table
     slot serves the others (cm_score's memo). Their scores are the very bits each gets alone, mixed

@@ -62,6 +62,9 @@ cm_lut *cm_lut_new(void);
 void cm_lut_free(cm_lut *lut);
 /* rate: CM_N_HALF_LIVES decay rates (a view's rate) */
 void cm_lut_set_rates(cm_lut *lut, const double *rate);
+/* out[i] = (float)log1p(x[i]) for x[i] >= 0 the way the features compute it (lut: the table's fast way,
+ * bit for bit libm's; NULL: libm) */
+void cm_log1p(const cm_lut *lut, const double *x, int64_t n, float *out);
 
 typedef struct cm_net cm_net;
 /* A copy of the caching MLP's weights: w1 (CM_N_FEATURES x hidden, the feature scale folded in),

@@ -13,7 +13,12 @@
 #define GOLDEN 0x9E3779B97F4A7C15ULL
 #define N_CF 3 /* candidate features: log votes, min offset / depth, log trigger age */
 #define NEW_BONUS 1e-4 /* a new row's keep score is raised by this (residents win exact ties) */
-#define LP_SAMPLE 256  /* keys sampled for the plan's threshold */
+/* keys sampled for the plan's threshold: about 4 sqrt(residents), within these bounds. The threshold
+ * is the sample's rank 2 x over x S / n + 8, so the residents that pass it are about 8 n / S more than
+ * twice those needed: each costs an append and a share of the selection, each sampled key about as much
+ * as a few of them, so S near 4 sqrt(n) spends least (100,000 residents: 1,264 sampled, ~630 more) */
+#define LP_SAMPLE_MIN 256
+#define LP_SAMPLE_MAX 4096
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 #define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
 #define LP_ONCE_TURNS 16 /* the once table's clock turns this many times a window */
@@ -154,6 +159,8 @@ struct lp_policy {
     float *gp;
     uint8_t *gmiss, *isnew;
     lp_cand *sel;
+    double smp[LP_SAMPLE_MAX]; /* the plan's sampled keys and their places */
+    int64_t pick[LP_SAMPLE_MAX];
     int64_t cap_step, cap_cand, cap_tmp, cap_sel, cap_vote, cap_minoff, cap_minage;
     int32_t *vote, *minoff;
     int32_t *hkey, *hval; /* the prefetcher's candidates: id -> place (open addressing, -1 empty) */
@@ -270,6 +277,22 @@ static inline int32_t st_pack(const lp_policy *p, double st)
 }
 
 static inline double st_unpack(const lp_policy *p, int32_t h) { return (double)p->rs_base + (double)h * 0.5; }
+
+/* the largest packed stamp whose stamp is at most x; INT32_MIN - 1 when there is none */
+static inline int64_t st_floor(const lp_policy *p, double x)
+{
+    if (!(x >= st_unpack(p, INT32_MIN)))
+        return (int64_t)INT32_MIN - 1; /* below every stamp (or NaN) */
+    if (x >= st_unpack(p, INT32_MAX))
+        return INT32_MAX;
+    double h = floor((x - (double)p->rs_base) * 2.0); /* then exact, whatever the rounding */
+    int64_t c = h < (double)INT32_MIN ? INT32_MIN : h > (double)INT32_MAX ? INT32_MAX : (int64_t)h;
+    while (c > INT32_MIN && st_unpack(p, (int32_t)c) > x)
+        c--;
+    while (c < INT32_MAX && st_unpack(p, (int32_t)(c + 1)) <= x)
+        c++;
+    return c;
+}
 
 /* a set's level at place i (0 where the sets keep none: the keep order never reads it then) */
 static inline float lv_at(const lp_set *s, int64_t i) { return s->lv ? s->lv[i] : 0.0f; }
@@ -1107,8 +1130,21 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
             }                                                                                      \
         }                                                                                          \
     }
-    if (o == KO_RECENCY) {
-        LP_FILTER_LOOP(st)
+    if (o == KO_RECENCY) { /* the key is the stamp: packed stamps up to the threshold's, eight at a time */
+        int64_t sp = st_floor(p, thr);
+        const __m256i vsp = _mm256_set1_epi32((int32_t)(sp < INT32_MIN ? INT32_MIN : sp));
+        int64_t n8 = s->n & ~(int64_t)7;
+        if (sp < INT32_MIN) /* no stamp is that low */
+            i = n8;
+        for (; i < n8; i += 8) {
+            __m256i v = _mm256_loadu_si256((const __m256i *)(s->st + i));
+            int mk = ~_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32(v, vsp))) & 0xff;
+            while (mk) {
+                int j = __builtin_ctz((unsigned)mk);
+                mk &= mk - 1;
+                out[nr++] = cand_of(st_unpack(p, s->st[i + j]), s->ids[i + j]);
+            }
+        }
     } else if (o == KO_LEVEL) {
         LP_FILTER_LOOP(_mm256_add_pd(_mm256_cvtps_pd(_mm_loadu_ps(s->lv + i)), st))
     } else {
@@ -1168,17 +1204,19 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
          * sample of the keys (about twice the quantile needed), checked after, so the result is exact */
         double thr = INFINITY;
         int64_t nr = 0;
-        if (s->n >= 8 * LP_SAMPLE && over * 4 < s->n) {
-            double smp[LP_SAMPLE];
-            int64_t pick[LP_SAMPLE];
-            for (int j = 0; j < LP_SAMPLE; j++) { /* the sampled places, their entries asked for at once */
-                pick[j] = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE + j)) % (uint64_t)s->n);
+        if (s->n >= 8 * LP_SAMPLE_MIN && over * 4 < s->n) {
+            int64_t ns = 4 * (int64_t)sqrt((double)s->n);
+            ns = ns < LP_SAMPLE_MIN ? LP_SAMPLE_MIN : ns > LP_SAMPLE_MAX ? LP_SAMPLE_MAX : ns;
+            double *smp = p->smp;
+            int64_t *pick = p->pick;
+            for (int64_t j = 0; j < ns; j++) { /* the sampled places, their entries asked for at once */
+                pick[j] = (int64_t)(mix64((uint64_t)(p->t * LP_SAMPLE_MAX + j)) % (uint64_t)s->n);
                 __builtin_prefetch(s->st + pick[j]), __builtin_prefetch(s->cl + pick[j]);
             }
-            for (int j = 0; j < LP_SAMPLE; j++)
+            for (int64_t j = 0; j < ns; j++)
                 smp[j] = keep_key(p, k, s->cl[pick[j]], st_unpack(p, s->st[pick[j]]), lv_at(s, pick[j]), now, den);
-            int64_t at = 2 * over * LP_SAMPLE / s->n + 8;
-            thr = nth_dbl(smp, LP_SAMPLE, (int)(at < LP_SAMPLE ? at : LP_SAMPLE - 1));
+            int64_t at = 2 * over * ns / s->n + 8;
+            thr = nth_dbl(smp, (int)ns, (int)(at < ns ? at : ns - 1));
             nr = filter(p, k, s, now, den, thr, p->sel);
             if (nr < over)
                 nr = 0, thr = INFINITY; /* the sample misled: every resident */

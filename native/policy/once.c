@@ -11,9 +11,11 @@
 /* a removed-by-sc_once_shift mark (not a valid offset: sc_once_put takes offsets above it) */
 #define ONCE_DEAD (INT32_MIN + 1)
 
-static inline int64_t key_of(const sc_once_ent *e) { return (int64_t)(((uint64_t)e->khi << 32) | e->klo); }
+/* an entry's mixed key (mix64 of the key: a bijection, so it tells keys apart as the key would) */
+static inline uint64_t mixed_of(const sc_once_ent *e) { return ((uint64_t)e->mhi << 32) | e->mlo; }
 
-static inline uint64_t home_of(uint64_t size, int64_t key) { return sc_once_home(size, key); }
+/* the home slot of a mixed key: sc_once_home without the mix */
+static inline uint64_t home_of(uint64_t size, uint64_t mixed) { return ((mixed >> 32) * size) >> 32; }
 
 static inline uint64_t nxt(const sc_once *t, uint64_t h) { return h + 1 == t->size ? 0 : h + 1; }
 
@@ -26,7 +28,7 @@ static inline uint64_t dist(const sc_once *t, uint64_t h, uint64_t home)
 /* the distance of the entry in slot h from its home */
 static inline uint64_t dist_at(const sc_once *t, uint64_t h)
 {
-    return dist(t, h, home_of(t->size, key_of(&t->ent[h])));
+    return dist(t, h, home_of(t->size, mixed_of(&t->ent[h])));
 }
 
 void sc_once_free(sc_once *t)
@@ -41,13 +43,14 @@ void sc_once_free(sc_once *t)
  * key is absent as soon as the probe meets an empty slot or an entry nearer its home than the probe is to
  * the key's: a miss (most takes: the step's rows new to it) looks at a few slots even 9/10 full. */
 
-/* the slot holding key; or, when absent (*found 0), the slot where it belongs (size > 0) */
-static uint64_t probe(const sc_once *t, int64_t key, uint32_t lo, uint32_t hi, int *found)
+/* the slot holding the mixed key mx (halves lo, hi); or, when absent (*found 0), the slot where it belongs
+ * (size > 0) */
+static uint64_t probe(const sc_once *t, uint64_t mx, uint32_t lo, uint32_t hi, int *found)
 {
-    uint64_t h = home_of(t->size, key);
+    uint64_t h = home_of(t->size, mx);
     for (uint64_t d = 0;; d++, h = nxt(t, h)) {
         const sc_once_ent *e = &t->ent[h];
-        if (e->off == SC_ONCE_NONE || (e->klo == lo && e->khi == hi)) {
+        if (e->off == SC_ONCE_NONE || (e->mlo == lo && e->mhi == hi)) {
             *found = e->off != SC_ONCE_NONE;
             return h;
         }
@@ -91,7 +94,7 @@ static int grow(sc_once *t)
     t->sweep = 0;
     for (uint64_t i = 0; i < old.size; i++)
         if (old.ent[i].off != SC_ONCE_NONE)
-            place(t, home_of(size, key_of(&old.ent[i])), 0, old.ent[i]);
+            place(t, home_of(size, mixed_of(&old.ent[i])), 0, old.ent[i]);
     free(old.ent);
     return SC_OK;
 }
@@ -102,14 +105,15 @@ int sc_once_put(sc_once *t, int64_t key, int32_t off)
         return SC_EARG;
     if ((uint64_t)(t->n + 1) * ONCE_LOAD_DEN > t->size * ONCE_LOAD_NUM && grow(t) != SC_OK)
         return SC_ENOMEM;
-    uint32_t lo = (uint32_t)(uint64_t)key, hi = (uint32_t)((uint64_t)key >> 32);
+    uint64_t mx = mix64((uint64_t)key);
+    uint32_t lo = (uint32_t)mx, hi = (uint32_t)(mx >> 32);
     int found;
-    uint64_t h = probe(t, key, lo, hi, &found);
+    uint64_t h = probe(t, mx, lo, hi, &found);
     if (found) {
         t->ent[h].off = off;
         return SC_OK;
     }
-    place(t, h, dist(t, h, home_of(t->size, key)), (sc_once_ent){lo, hi, off});
+    place(t, h, dist(t, h, home_of(t->size, mx)), (sc_once_ent){lo, hi, off});
     t->n++;
     return SC_OK;
 }
@@ -130,7 +134,8 @@ int32_t sc_once_take(sc_once *t, int64_t key)
     if (!t->n)
         return SC_ONCE_NONE;
     int found;
-    uint64_t h = probe(t, key, (uint32_t)(uint64_t)key, (uint32_t)((uint64_t)key >> 32), &found);
+    uint64_t mx = mix64((uint64_t)key);
+    uint64_t h = probe(t, mx, (uint32_t)mx, (uint32_t)(mx >> 32), &found);
     if (!found)
         return SC_ONCE_NONE;
     int32_t off = t->ent[h].off;

@@ -7,7 +7,9 @@
  * gives their ids back; a row's next use takes its entry out again. The step is an int32 offset from
  * the caller's base (learned.c's rs_base), shifted when the base moves (sc_once_shift).
  * Open addressing with linear probing in Robin Hood order (a miss ends early) and backward-shift deletion
- * (no tombstones), the home slot from the key's mix64 scaled to the table. Checked against a reference under AddressSanitizer by
+ * (no tombstones). An entry keeps the key's mix64 (a bijection of 64-bit keys, so it stands for the key),
+ * whose top half scaled to the table is the home slot: the probes and moves, which need the home of every
+ * entry they pass, read it from the entry without mixing again. Checked against a reference under AddressSanitizer by
  * tests/once_check.c (run by tests/test_models_native_step.py). */
 #ifndef RECMG_ONCE_H
 #define RECMG_ONCE_H
@@ -19,7 +21,7 @@
 #define SC_ONCE_NONE INT32_MIN /* an empty slot's offset, and sc_once_take's "absent" */
 
 typedef struct {
-    uint32_t klo, khi; /* the key, split so that an entry is 12 bytes, 4-aligned */
+    uint32_t mlo, mhi; /* the key's mix64, split so that an entry is 12 bytes, 4-aligned */
     int32_t off;       /* the step's offset from the caller's base; SC_ONCE_NONE: empty */
 } sc_once_ent;
 
@@ -35,7 +37,7 @@ void sc_once_free(sc_once *t);
 int sc_once_put(sc_once *t, int64_t key, int32_t off);
 /* key's offset, its entry removed; SC_ONCE_NONE when it has none */
 int32_t sc_once_take(sc_once *t, int64_t key);
-/* key's home slot: the key's mix64 scaled to the table (size > 0) */
+/* key's home slot: the top half of the key's mix64 scaled to the table (size > 0) */
 static inline uint64_t sc_once_home(uint64_t size, int64_t key) { return ((mix64((uint64_t)key) >> 32) * size) >> 32; }
 
 /* ask for the line of key's home slot (a batched caller, some keys ahead): sc_once_prefetch when the table

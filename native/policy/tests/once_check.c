@@ -26,6 +26,26 @@
 
 static int64_t key_of_u(int64_t u) { return (int64_t)((uint64_t)u * GOLD); }
 
+/* x * y = 1 mod 2^64 (x odd), by Newton's iteration */
+static uint64_t inverse(uint64_t x)
+{
+    uint64_t y = x;
+    for (int i = 0; i < 6; i++)
+        y *= 2 - x * y;
+    return y;
+}
+
+/* x from mix64(x): each step of it undone, last first */
+static uint64_t unmix64(uint64_t x)
+{
+    x ^= (x >> 31) ^ (x >> 62);
+    x *= inverse(0x94d049bb133111ebULL);
+    x ^= (x >> 27) ^ (x >> 54);
+    x *= inverse(0xbf58476d1ce4e5b9ULL);
+    x ^= (x >> 30) ^ (x >> 60);
+    return x;
+}
+
 static uint64_t home(const sc_once *t, int64_t key) { return ((mix64((uint64_t)key) >> 32) * t->size) >> 32; }
 
 #define FAIL(...) return fprintf(stderr, "once_check: op %" PRId64 ": ", op), fprintf(stderr, __VA_ARGS__), 1
@@ -36,9 +56,7 @@ int main(int argc, char **argv)
         return fprintf(stderr, "usage: once_check OPS SEED\n"), 2;
     int64_t ops = strtoll(argv[1], NULL, 10);
     uint64_t s = strtoull(argv[2], NULL, 10) * 2 + 1;
-    uint64_t inv = GOLD; /* GOLD's inverse mod 2^64 (Newton), to tell a table key's u */
-    for (int i = 0; i < 6; i++)
-        inv *= 2 - GOLD * inv;
+    uint64_t inv = inverse(GOLD); /* to tell a table key's u */
     static int64_t ref[U];   /* the key's offset, or NONE */
     static uint8_t maybe[U]; /* below a bound an expire was given: may be gone */
     static uint8_t seen[U];
@@ -107,7 +125,7 @@ int main(int argc, char **argv)
                 const sc_once_ent *e = &t.ent[i];
                 if (e->off == SC_ONCE_NONE)
                     continue;
-                int64_t k = (int64_t)(((uint64_t)e->khi << 32) | e->klo);
+                int64_t k = (int64_t)unmix64(((uint64_t)e->mhi << 32) | e->mlo); /* an entry keeps the mix */
                 int64_t v = (int64_t)((uint64_t)k * inv);
                 if (v < 0 || v >= U || ref[v] != e->off)
                     FAIL("slot %" PRIu64 " holds a key or offset the reference does not\n", i);
