@@ -21,6 +21,7 @@
 #define LP_SAMPLE_MAX 4096
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
 #define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
+#define LP_SWEEP_AHEAD 48 /* ... and the sweep itself, over ids in order (little work a row: further ahead) */
 #define LP_ONCE_TURNS 16 /* the once table's clock turns this many times a window */
 /* a plan that lists every resident of a set larger than this lets its candidate buffer go after (16 bytes
  * a resident: 16 MB at 10^6 slots, touched through; the plans between such ones write a few of them) */
@@ -884,8 +885,8 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
     int64_t ng = 0;
     for (int64_t k = 0; k < budget; k++) {
         int32_t id = (int32_t)(p->sweep++ % p->n_rows);
-        if (k + LP_AHEAD < budget) { /* the record of a row LP_AHEAD on that may be dropped (ids in order) */
-            int64_t a = (id + LP_AHEAD) % p->n_rows;
+        if (k + LP_SWEEP_AHEAD < budget) { /* the record of a row that far on that may go (ids in order) */
+            int64_t a = (id + LP_SWEEP_AHEAD) % p->n_rows;
             if (!(p->flags[a] & (F_RES | F_SH0 | F_SH1 | F_FREE)) && p->rs[a] >= 0)
                 CM_PREFETCH_ROW(p->view.row + p->rs[a]);
         }
