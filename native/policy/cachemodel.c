@@ -169,7 +169,8 @@ static inline float lut_log1p(const cm_lut *lut, double x)
     double m;
     memcpy(&m, &mb, sizeof(m));
     double r = (m - (1.0 + (double)i / LOG_BINS)) * lut->inv[i];
-    double pr = r * (1.0 + r * (-1.0 / 2 + r * (1.0 / 3 + r * (-1.0 / 4 + r * (1.0 / 5 + r * (-1.0 / 6 + r * (1.0 / 7)))))));
+    double pr = 1.0 / 5 + r * (-1.0 / 6 + r * (1.0 / 7));
+    pr = r * (1.0 + r * (-1.0 / 2 + r * (1.0 / 3 + r * (-1.0 / 4 + r * pr))));
     double y = ((double)k * 0.69314718055994530942 + lut->logc[i]) + (pr + c / u);
     float f = (float)y;
     if ((float)(y * (1.0 - 0x1p-45)) != f || (float)(y * (1.0 + 0x1p-45)) != f)
