@@ -1127,7 +1127,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
             while (mk) {                                                                           \
                 int j = __builtin_ctz((unsigned)mk);                                               \
                 mk &= mk - 1;                                                                      \
-                out[nr++] = cand_of(kv[j], s->ids[i + j]);                                         \
+                out[nr++] = cand_of(kv[j], i + j); /* the place: its id below */                    \
             }                                                                                      \
         }                                                                                          \
     }
@@ -1143,7 +1143,7 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
             while (mk) {
                 int j = __builtin_ctz((unsigned)mk);
                 mk &= mk - 1;
-                out[nr++] = cand_of(st_unpack(p, s->st[i + j]), s->ids[i + j]);
+                out[nr++] = cand_of(st_unpack(p, s->st[i + j]), i + j);
             }
         }
     } else if (o == KO_LEVEL) {
@@ -1156,7 +1156,14 @@ __attribute__((target("avx2"))) static int64_t filter_avx2(const lp_policy *p, i
     for (; i < s->n; i++) {
         double key = keep_key(p, k, s->cl[i], st_unpack(p, s->st[i]), lv_at(s, i), now, den);
         if (key <= thr)
-            out[nr++] = cand_of(key, s->ids[i]);
+            out[nr++] = cand_of(key, i);
+    }
+    /* the ties from places to ids: the passing rows' ids lie scattered over the set, so they are read
+     * here, asked for some ahead, rather than one miss at a time in the loops above */
+    for (int64_t r = 0; r < nr; r++) {
+        if (r + LP_GONE_AHEAD < nr)
+            __builtin_prefetch(s->ids + out[r + LP_GONE_AHEAD].lo);
+        out[r].lo = (uint64_t)s->ids[out[r].lo];
     }
     return nr;
 }
