@@ -166,12 +166,8 @@ def child(args: argparse.Namespace, policy: str, model: str) -> None:
         secs = time.perf_counter() - t0
         st = getattr(pol, "native_stats", None) or {}
         mv = drv.mover
-        tracked = mv.tracked() if hasattr(mv, "tracked") else len(mv.flags)
-        # before #13 part 2 the mirror was three arrays per table row (no nbytes())
-        if hasattr(mv, "nbytes"):
-            mirror_bytes = mv.nbytes()
-        else:
-            mirror_bytes = mv.flags.nbytes + mv._first.nbytes + mv.pin_until.nbytes
+        tracked = mv.tracked()
+        mirror_bytes = mv.nbytes()
         pidmap = getattr(pol, "idmap", None)  # a classical C policy's key map
         policy_map = policy_arrays = 0
         if pidmap is not None and hasattr(lib, "sc_idmap_bytes"):
