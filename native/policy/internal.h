@@ -9,13 +9,16 @@
 #include "hazard.h"
 #include "simcore.h"
 
-/* A 64-bit mixer (splitmix64's finaliser): hash slots of the id map, the step dedup and the prefetch tables. */
+/* A 64-bit mixer (splitmix64's finaliser): hash slots of the id map, the step dedup and the prefetch tables.
+ * A bijection (each step is: the multipliers are odd), which the once table relies on. */
+#define MIX64_M1 0xbf58476d1ce4e5b9ULL
+#define MIX64_M2 0x94d049bb133111ebULL
 static inline uint64_t mix64(uint64_t x)
 {
     x ^= x >> 30;
-    x *= 0xbf58476d1ce4e5b9ULL;
+    x *= MIX64_M1;
     x ^= x >> 27;
-    x *= 0x94d049bb133111ebULL;
+    x *= MIX64_M2;
     x ^= x >> 31;
     return x;
 }

@@ -20,7 +20,7 @@
 #define LP_SAMPLE_MIN 256
 #define LP_SAMPLE_MAX 4096
 #define LP_AHEAD 8     /* loops over a step's rows prefetch what the row this many ahead needs */
-#define LP_GONE_AHEAD 16 /* ... and over the rows the recency window's sweep lets go */
+#define LP_GONE_AHEAD 16 /* ... and over lists of scattered rows (those the sweep lets go, a plan's) */
 #define LP_SWEEP_AHEAD 48 /* ... and the sweep itself, over ids in order (little work a row: further ahead) */
 #define LP_ONCE_TURNS 16 /* the once table's clock turns this many times a window */
 /* a plan that lists every resident of a set larger than this lets its candidate buffer go after (16 bytes

@@ -14,8 +14,7 @@
 /* an entry's mixed key (mix64 of the key: a bijection, so it tells keys apart as the key would) */
 static inline uint64_t mixed_of(const sc_once_ent *e) { return ((uint64_t)e->mhi << 32) | e->mlo; }
 
-/* the home slot of a mixed key: sc_once_home without the mix */
-static inline uint64_t home_of(uint64_t size, uint64_t mixed) { return ((mixed >> 32) * size) >> 32; }
+static inline uint64_t home_of(uint64_t size, uint64_t mixed) { return sc_once_home_mixed(size, mixed); }
 
 static inline uint64_t nxt(const sc_once *t, uint64_t h) { return h + 1 == t->size ? 0 : h + 1; }
 

@@ -37,8 +37,13 @@ void sc_once_free(sc_once *t);
 int sc_once_put(sc_once *t, int64_t key, int32_t off);
 /* key's offset, its entry removed; SC_ONCE_NONE when it has none */
 int32_t sc_once_take(sc_once *t, int64_t key);
-/* key's home slot: the top half of the key's mix64 scaled to the table (size > 0) */
-static inline uint64_t sc_once_home(uint64_t size, int64_t key) { return ((mix64((uint64_t)key) >> 32) * size) >> 32; }
+/* the home slot of a key whose mix64 is mixed: its top half scaled to the table (size > 0) */
+static inline uint64_t sc_once_home_mixed(uint64_t size, uint64_t mixed) { return ((mixed >> 32) * size) >> 32; }
+/* key's home slot */
+static inline uint64_t sc_once_home(uint64_t size, int64_t key)
+{
+    return sc_once_home_mixed(size, mix64((uint64_t)key));
+}
 
 /* ask for the line of key's home slot (a batched caller, some keys ahead): sc_once_prefetch when the table
  * has entries (a take), sc_once_prefetch_slot when it has slots (a put) */

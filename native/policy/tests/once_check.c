@@ -39,14 +39,12 @@ static uint64_t inverse(uint64_t x)
 static uint64_t unmix64(uint64_t x)
 {
     x ^= (x >> 31) ^ (x >> 62);
-    x *= inverse(0x94d049bb133111ebULL);
+    x *= inverse(MIX64_M2);
     x ^= (x >> 27) ^ (x >> 54);
-    x *= inverse(0xbf58476d1ce4e5b9ULL);
+    x *= inverse(MIX64_M1);
     x ^= (x >> 30) ^ (x >> 60);
     return x;
 }
-
-static uint64_t home(const sc_once *t, int64_t key) { return ((mix64((uint64_t)key) >> 32) * t->size) >> 32; }
 
 #define FAIL(...) return fprintf(stderr, "once_check: op %" PRId64 ": ", op), fprintf(stderr, __VA_ARGS__), 1
 
@@ -129,7 +127,7 @@ int main(int argc, char **argv)
                 int64_t v = (int64_t)((uint64_t)k * inv);
                 if (v < 0 || v >= U || ref[v] != e->off)
                     FAIL("slot %" PRIu64 " holds a key or offset the reference does not\n", i);
-                for (uint64_t h = home(&t, k); h != i; h = h + 1 == t.size ? 0 : h + 1)
+                for (uint64_t h = sc_once_home(t.size, k); h != i; h = h + 1 == t.size ? 0 : h + 1)
                     if (t.ent[h].off == SC_ONCE_NONE)
                         FAIL("slot %" PRIu64 ": an empty slot between its home and it\n", i);
                 seen[v] = 1;
