@@ -8,7 +8,9 @@ Two measurements:
    and sync() (a learned policy's steps run in the loop's worker thread; sync waits for them). Also
    the loop thread's CPU time (``lookups_per_cpu_s``), steadier than wall time on a loaded machine;
    it leaves out a step run in the worker thread (early admission). With several policies, each one's
-   rates are printed as a multiple of the first one's, measured in the same run.
+   rates are printed as a multiple of the first one's, measured in the same run: side by side, each with
+   its own pool, taking turns of ``--slice`` seconds (0: one after the other), so that a machine whose
+   speed drifts slows them alike.
 2. ``load``: a real ``recmgd`` process drives a pool while an app process offers a fixed load (lookups
    per second, paced); the daemon's CPU share (psutil, user+system) and its lag are sampled. With
    --trace the app replays the trace once and its hit rate over the second half (``measured_*``) is set
@@ -82,72 +84,128 @@ def pool_shape(args: argparse.Namespace) -> tuple[list, int, list[tuple[int, int
     return trace, capacity_for(args.fraction, uniq), [(n, args.dim) for n in sizes]
 
 
-def capacity(policy: str, args: argparse.Namespace) -> dict:
-    name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-    trace, slots, tables = pool_shape(args)
-    app = Pool.create(name, tables=tables, slots=slots, ring_records=1 << 22, rings=2)
-    daemon = Pool.attach(name, role="daemon")
-    drv = None
-    try:
-        opts: dict = {"prefetch_budget": args.prefetch_budget}
-        if args.model_dir:
-            opts["model_dir"] = args.model_dir
-        pol = policy_mod.create(policy, **opts)
-        drv = PoolDriver(daemon, pol, policy, budget=FillBudget(), max_drain=1 << 22, coalesce=args.coalesce)
-        rng = np.random.default_rng(0)
-        per_batch = (sum(len(r) for b in trace for r in b) / len(trace) if trace
-                     else args.tables * args.samples * args.pooling)
-        # warm up the fast tier, then measure
-        busy = cpu = 0.0
-        t_end = time.monotonic() + args.seconds
-        warm = True
-        i = 0
+class Capacity:
+    """One policy's capacity run: its own pool, app handle and PoolDriver in this process. The app fills
+    the ring with ``--batches-per-tick`` batches (not timed), the driver's tick() and sync() drain and
+    process them (timed); :meth:`run` does that for a while, after ``--warm-batches`` batches of warm-up
+    (:meth:`warm`)."""
+
+    def __init__(self, policy: str, args: argparse.Namespace) -> None:
+        self.policy, self.args = policy, args
+        self.name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
+        self.trace, self.slots, tables = pool_shape(args)
+        self.app = Pool.create(self.name, tables=tables, slots=self.slots, ring_records=1 << 22, rings=2)
+        self.daemon = Pool.attach(self.name, role="daemon")
+        self.drv: PoolDriver | None = None
+        try:
+            opts: dict = {"prefetch_budget": args.prefetch_budget}
+            if args.model_dir:
+                opts["model_dir"] = args.model_dir
+            self.pol = policy_mod.create(policy, **opts)
+            self.drv = PoolDriver(self.daemon, self.pol, policy, budget=FillBudget(), max_drain=1 << 22,
+                                  coalesce=args.coalesce)
+        except BaseException:
+            self.close()
+            raise
+        self.rng = np.random.default_rng(0)
+        self.i = 0
+        self.busy = self.cpu = 0.0
+        self.base: dict = {}
+
+    def _tick(self) -> tuple[float, float]:
+        """Fill the ring with the next batches, then one timed tick: (wall, thread CPU) seconds."""
+        args, app = self.args, self.app
+        for _ in range(args.batches_per_tick):
+            if self.trace:
+                for t, ids in enumerate(self.trace[self.i % len(self.trace)]):
+                    if len(ids):
+                        app.embedding_bag(t, ids, np.arange(len(ids), dtype=np.int64))
+            else:
+                batch = workload(self.rng, args.tables, args.rows, args.samples, args.pooling, args.alpha)
+                for t, ids in enumerate(batch):
+                    app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
+            app.end_batch()
+            self.i += 1
+        assert self.drv is not None
+        t0, c0 = time.perf_counter(), time.thread_time()
+        self.drv.tick()
+        self.drv.sync()  # a learned policy's steps run in a worker thread: count them in
+        return time.perf_counter() - t0, time.thread_time() - c0
+
+    def warm(self) -> None:
+        """Warm the fast tier up (not counted)."""
+        while self.i < self.args.warm_batches:
+            self._tick()
+        assert self.drv is not None
+        self.base = self.drv.stats()
+
+    def run(self, seconds: float) -> None:
+        """Timed ticks for ``seconds`` of wall time (at least one)."""
+        t_end = time.monotonic() + seconds
         while True:
-            for _ in range(args.batches_per_tick):
-                if trace:
-                    for t, ids in enumerate(trace[i % len(trace)]):
-                        if len(ids):
-                            app.embedding_bag(t, ids, np.arange(len(ids), dtype=np.int64))
-                else:
-                    batch = workload(rng, args.tables, args.rows, args.samples, args.pooling, args.alpha)
-                    for t, ids in enumerate(batch):
-                        app.embedding_bag(t, ids, np.arange(0, len(ids), args.pooling, dtype=np.int64))
-                app.end_batch()
-                i += 1
-            t0, c0 = time.perf_counter(), time.thread_time()
-            drv.tick()
-            drv.sync()  # a learned policy's steps run in a worker thread: count them in
-            dt, dc = time.perf_counter() - t0, time.thread_time() - c0
-            if warm:
-                if i >= args.warm_batches:
-                    warm = False
-                    base = drv.stats()
-                    t_end = time.monotonic() + args.seconds
-                continue
-            busy += dt
-            cpu += dc
+            dt, dc = self._tick()
+            self.busy += dt
+            self.cpu += dc
             if time.monotonic() > t_end:
                 break
-        st = drv.stats()
-        batches_done = st["batches"] - base["batches"]
+
+    def result(self) -> dict:
+        assert self.drv is not None
+        args, st, base = self.args, self.drv.stats(), self.base
+        trace = self.trace
+        per_batch = (sum(len(r) for b in trace for r in b) / len(trace) if trace
+                     else args.tables * args.samples * args.pooling)
         real_lookups = st["lookups"] - base["lookups"]
         return {
-            "policy": policy, "lookups": real_lookups, "busy_s": round(busy, 3),
-            "lookups_per_s": round(real_lookups / busy),
+            "policy": self.policy, "lookups": real_lookups, "busy_s": round(self.busy, 3),
+            "lookups_per_s": round(real_lookups / self.busy),
             # the loop thread's CPU time: steady on a loaded machine, but it leaves out a policy step
             # run in a worker thread (early admission: the Python learned step)
-            "loop_cpu_s": round(cpu, 3), "lookups_per_cpu_s": round(real_lookups / max(cpu, 1e-9)),
-            "early_admission": bool(pol.early_admission), "batches": batches_done, "slots": slots,
-            "lookups_per_batch": round(per_batch, 1), "trace": os.path.basename(args.trace) or "synthetic",
+            "loop_cpu_s": round(self.cpu, 3), "lookups_per_cpu_s": round(real_lookups / max(self.cpu, 1e-9)),
+            "early_admission": bool(self.pol.early_admission), "batches": st["batches"] - base["batches"],
+            "slots": self.slots, "lookups_per_batch": round(per_batch, 1),
+            "trace": os.path.basename(args.trace) or "synthetic",
             "policy_s": round(st["policy_time_s"] - base["policy_time_s"], 3),
             "hit_rate": round((st["hits"] - base["hits"]) / max(1, st["unique"] - base["unique"]), 4),
             "fills": st["fills"] - base["fills"], "evictions": st["evictions"] - base["evictions"],
         }
+
+    def close(self) -> None:
+        if self.drv is not None:
+            self.drv.close()
+        self.daemon.close()
+        self.app.destroy()
+
+
+def capacity(policies: list[str], args: argparse.Namespace) -> list[dict]:
+    """The policies' capacity runs. With ``--slice S`` (the default) they run side by side, each its own
+    pool, taking turns of S seconds until each has had ``--seconds``: a machine whose speed drifts (a
+    shared VM) then slows them alike, and their ratio holds. ``--slice 0``: one after the other."""
+    if args.slice <= 0:
+        out = []
+        for pol in policies:
+            run = Capacity(pol, args)
+            try:
+                run.warm()
+                run.run(args.seconds)
+                out.append(run.result())
+            finally:
+                run.close()
+        return out
+    runs: list[Capacity] = []
+    try:
+        for pol in policies:
+            runs.append(Capacity(pol, args))
+        for run in runs:
+            run.warm()
+        turns = max(1, round(args.seconds / args.slice))
+        for _ in range(turns):
+            for run in runs:
+                run.run(args.seconds / turns)
+        return [run.result() for run in runs]
     finally:
-        if drv is not None:
-            drv.close()
-        daemon.close()
-        app.destroy()
+        for run in runs:
+            run.close()
 
 
 APP = r"""
@@ -296,6 +354,8 @@ def main() -> int:
     p.add_argument("--alpha", type=float, default=1.1, help="zipf exponent")
     p.add_argument("--batches-per-tick", type=int, default=4)
     p.add_argument("--warm-batches", type=int, default=200)
+    p.add_argument("--slice", type=float, default=0.5,
+                   help="capacity: the policies take turns of this many seconds (0: one after the other)")
     p.add_argument("--offered", type=float, default=200_000, help="lookups/s the app offers in `load`")
     p.add_argument("--interval", type=float, default=0.01)
     p.add_argument("--coalesce", type=int, default=0, help="the daemon's coalesce setting (records)")
@@ -311,12 +371,13 @@ def main() -> int:
     results: dict = {"host": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                               "python": platform.python_version()}, "args": vars(args),
                      "capacity": [], "load": []}
-    for pol in args.policies.split(","):
-        if args.only in (None, "capacity"):
-            r = capacity(pol, args)
+    policies = args.policies.split(",")
+    if args.only in (None, "capacity"):
+        for r in capacity(policies, args):
             results["capacity"].append(r)
             print(json.dumps(r), flush=True)
-        if args.only in (None, "load"):
+    if args.only in (None, "load"):
+        for pol in policies:
             r = load(pol, args)
             results["load"].append(r)
             print(json.dumps(r), flush=True)
