@@ -90,14 +90,15 @@ class Capacity:
     process them (timed); :meth:`run` does that for a while, after ``--warm-batches`` batches of warm-up
     (:meth:`warm`)."""
 
-    def __init__(self, policy: str, args: argparse.Namespace) -> None:
+    def __init__(self, policy: str, args: argparse.Namespace, shape: tuple[list, int, list]) -> None:
         self.policy, self.args = policy, args
         self.name = f"bench-daemon-{uuid.uuid4().hex[:6]}"
-        self.trace, self.slots, tables = pool_shape(args)
+        self.trace, self.slots, tables = shape
         self.app = Pool.create(self.name, tables=tables, slots=self.slots, ring_records=1 << 22, rings=2)
-        self.daemon = Pool.attach(self.name, role="daemon")
+        self.daemon: Pool | None = None
         self.drv: PoolDriver | None = None
         try:
+            self.daemon = Pool.attach(self.name, role="daemon")
             opts: dict = {"prefetch_budget": args.prefetch_budget}
             if args.model_dir:
                 opts["model_dir"] = args.model_dir
@@ -173,7 +174,8 @@ class Capacity:
     def close(self) -> None:
         if self.drv is not None:
             self.drv.close()
-        self.daemon.close()
+        if self.daemon is not None:
+            self.daemon.close()
         self.app.destroy()
 
 
@@ -181,10 +183,11 @@ def capacity(policies: list[str], args: argparse.Namespace) -> list[dict]:
     """The policies' capacity runs. With ``--slice S`` (the default) they run side by side, each its own
     pool, taking turns of S seconds until each has had ``--seconds``: a machine whose speed drifts (a
     shared VM) then slows them alike, and their ratio holds. ``--slice 0``: one after the other."""
+    shape = pool_shape(args)  # the trace read once, for every policy
     if args.slice <= 0:
         out = []
         for pol in policies:
-            run = Capacity(pol, args)
+            run = Capacity(pol, args, shape)
             try:
                 run.warm()
                 run.run(args.seconds)
@@ -195,7 +198,7 @@ def capacity(policies: list[str], args: argparse.Namespace) -> list[dict]:
     runs: list[Capacity] = []
     try:
         for pol in policies:
-            runs.append(Capacity(pol, args))
+            runs.append(Capacity(pol, args, shape))
         for run in runs:
             run.warm()
         turns = max(1, round(args.seconds / args.slice))
