@@ -882,23 +882,22 @@ static int forget_old(lp_policy *p, int64_t b, int64_t budget)
     if (grow_buf((void **)&p->gone, &p->cap_gone, budget, sizeof(int32_t)) != SC_OK)
         return SC_ENOMEM;
     /* first the rows that go, in id order: id (its use to the once table) or -1 - id (forgotten) */
-    int64_t ng = 0;
-    for (int64_t k = 0; k < budget; k++) {
-        int32_t id = (int32_t)(p->sweep++ % p->n_rows);
+    int64_t ng = 0, n_rows = p->n_rows, id = p->sweep % n_rows; /* no division a row: ids wrap by compare */
+    int64_t a = id + LP_SWEEP_AHEAD < n_rows ? id + LP_SWEEP_AHEAD : (id + LP_SWEEP_AHEAD) % n_rows;
+    for (int64_t k = 0; k < budget; k++, id = id + 1 < n_rows ? id + 1 : 0, a = a + 1 < n_rows ? a + 1 : 0) {
         if (k + LP_SWEEP_AHEAD < budget) { /* the record of a row that far on that may go (ids in order) */
-            int64_t a = (id + LP_SWEEP_AHEAD) % p->n_rows;
             if (!(p->flags[a] & (F_RES | F_SH0 | F_SH1 | F_FREE)) && p->rs[a] >= 0)
                 CM_PREFETCH_ROW(p->view.row + p->rs[a]);
         }
         if (p->flags[id] & (F_RES | F_SH0 | F_SH1 | F_FREE))
             continue;
         int32_t v = p->rs[id];
-        if (last_of(p, id) < b - w)
-            p->gone[ng++] = -1 - id;
+        if (last_of(p, (int32_t)id) < b - w)
+            p->gone[ng++] = (int32_t)(-1 - id);
         else if (move && (v <= -2 || (v >= 0 && p->view.row[v].count == 1)))
-            p->gone[ng++] = id; /* used once, within the window (a record only when the base moved past it) */
+            p->gone[ng++] = (int32_t)id; /* used once, within the window (a record only when the base moved past it) */
     }
-    p->sweep %= p->n_rows;
+    p->sweep = id;
     /* then a moved row's use goes to the once table (its slot asked for LP_GONE_AHEAD rows ahead), a
      * forgotten row's record is freed, and the ids all go back to the key map in one call (which asks
      * for their slots ahead), in the order found */
@@ -1836,7 +1835,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     for (int64_t i = 0; i < n; i++) {
         /* the rows' places in the cache's set and then their entries there, ahead (random ids) */
         if (i + 2 * LP_AHEAD < n)
-            __builtin_prefetch(res->pos + ids[i + 2 * LP_AHEAD]);
+            __builtin_prefetch(res->pos + ids[i + 2 * LP_AHEAD]), __builtin_prefetch(p->flags + ids[i + 2 * LP_AHEAD]);
         if (i + LP_AHEAD < n) {
             int32_t f = ids[i + LP_AHEAD];
             if (p->flags[f] & res->flag) {
