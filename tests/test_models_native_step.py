@@ -17,6 +17,7 @@ import pytest
 
 from recmgd import policy as registry
 from recmgd.errors import PolicyError
+from recmgd.keys import make_keys
 from recmgd.policy import StepView
 from recmgd.sim.runner import capacity_for
 from recmgd.simcore import DAEMON_LOAD, HOLDER_MOVER
@@ -53,10 +54,12 @@ def _announced(steps: list[np.ndarray], b: int, lookahead: int) -> np.ndarray:
 
 
 def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: int = 0, lookahead: int = 0,
-              prefetched: list[np.ndarray] | None = None, **opts: object) -> tuple[int, int]:
+              prefetched: list[np.ndarray] | None = None, in_lru: list[bool] | None = None,
+              guard: dict[str, int] | None = None, **opts: object) -> tuple[int, int]:
     """Drive the C step and the Python step through the same views (with ``lookahead``, the next steps'
     keys announced); every decision must match. Returns (misses, prefetches issued) of the run; each
-    step's prefetches are appended to ``prefetched`` when given."""
+    step's prefetches are appended to ``prefetched`` when given, and whether the guard held the cache in
+    LRU order after it to ``in_lru``; ``guard`` gets the guard's counters at the end."""
     opts.setdefault("history_window", 0)  # the Python step keeps every row's history
     c = registry.create(name, native_step=True, **opts)
     py = registry.create(name, native_step=False, **opts)
@@ -81,6 +84,8 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
             assert not np.isin(dc.prefetch, ann).any(), b
         if prefetched is not None:
             prefetched.append(dc.prefetch)
+        if in_lru is not None:
+            in_lru.append(c.guard_stats["lru_steps"] > sum(in_lru))
         resident.difference_update(dc.evict.tolist())
         ins = dc.admit.tolist() + dc.prefetch.tolist()
         if reject_every and b % reject_every == 0 and ins:
@@ -92,6 +97,8 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
         issued += len(dc.prefetch)
         assert len(resident) <= capacity
     assert c.guard_stats == py.guard_stats
+    if guard is not None:
+        guard.update(c.guard_stats)
     assert c.prefetch_stats == py.prefetch_stats
     reading = steps[-1][:3]
     assert c.early_victims(5, reading).tolist() == py.early_victims(5, reading).tolist()
@@ -120,6 +127,27 @@ def test_c_step_decides_as_the_python_step_on_amazon_video(shared_traces: Path, 
     misses, _ = _lockstep("recmg", steps[:300], cap, reject_every=11, model_dir=video_model,
                           prefetch_budget=16, seed=0)
     assert misses > 0
+
+
+def test_rows_read_in_lru_order_keep_their_class_in_both_steps(shared_traces: Path, video_model: str) -> None:
+    """While the guard holds LRU order, a resident row read outside its sample is not scored (its use
+    renews only its stamp); when the guard lets go, the hazard order reads the class of its last scored
+    use. amazon_video (the model fits), then zipf steps over other tables (it does not: the guard takes
+    LRU order), then amazon_video again (the guard lets go): the two steps decide alike throughout."""
+    steps = open_trace(str(shared_traces / "amazon_video.trace")).steps(256).as_list()
+    rng = np.random.default_rng(0)
+    zipf = [np.unique(make_keys(rng.integers(100, 108, 1024), (rng.zipf(1.1, 1024) - 1) % 100_000))
+            for _ in range(80)]
+    cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
+    assert cap >= 8 * 256  # the guard watches a sample of the rows
+    in_lru: list[bool] = []
+    guard: dict[str, int] = {}
+    _lockstep("recmg", steps[:120] + zipf + steps[120:300], cap, reject_every=11, model_dir=video_model,
+              prefetch_budget=16, seed=0, in_lru=in_lru, guard=guard)
+    lets_go = [b for b in range(1, len(in_lru)) if in_lru[b - 1] and not in_lru[b]]
+    assert not any(in_lru[:120]) and any(in_lru[120:200]) and lets_go and lets_go[0] > 200, in_lru
+    # the zipf steps' rows read resident in LRU order, 7 in 8 of them outside the sample
+    assert guard["stamp_only"] > 50 * guard["lru_steps"], guard
 
 
 def test_no_budget_to_prefetch_keeps_no_prefetching_model(shared_traces: Path, video_model: str) -> None:

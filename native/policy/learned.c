@@ -134,6 +134,7 @@ struct lp_policy {
     int guard_on, guard_shift;
     int recency_only;
     int64_t lru_misses, model_misses, lru_steps;
+    int64_t stamp_only; /* uses that renewed only the row's stamp (not scored: see lp_step) */
     int64_t sweep, forgotten; /* the recency window's sweep cursor (an id); histories dropped */
     int32_t *gone;            /* scratch: the rows a sweep lets go (and a step's new rows, map_keys) */
     int64_t cap_gone;
@@ -159,6 +160,8 @@ struct lp_policy {
     int32_t *cand, *tmp, *gids, *gat;
     float *gp;
     uint8_t *gmiss, *isnew;
+    uint8_t *stale;  /* the step's rows (by place): 1 = not scored, the use renews only the stamp */
+    int64_t *ids64s; /* the record indices of those rows */
     lp_cand *sel;
     double smp[LP_SAMPLE_MAX]; /* the plan's sampled keys and their places */
     int64_t pick[LP_SAMPLE_MAX];
@@ -531,7 +534,7 @@ void lp_free(lp_policy *p)
     sc_once_free(&p->once);
     free(p->s_ids), free(p->recent), free(p->recent_n);
     free(p->ids), free(p->ids64), free(p->tab64), free(p->out), free(p->p32), free(p->feats);
-    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
+    free(p->cand), free(p->tmp), free(p->gids), free(p->gp), free(p->gmiss), free(p->isnew), free(p->stale), free(p->ids64s), free(p->sel), free(p->vote), free(p->minoff), free(p->minage);
     free(p->hkey), free(p->hval), free(p->gone);
     free(p->ann);
     free(p->adm), free(p->newv), free(p->scl), free(p->slv);
@@ -1712,8 +1715,8 @@ static int grow_step(lp_policy *p, int64_t n)
     void **bufs[] = {(void **)&p->ids, (void **)&p->ids64, (void **)&p->out, (void **)&p->p32,
                      (void **)&p->feats, (void **)&p->adm, (void **)&p->gids, (void **)&p->gp,
                      (void **)&p->gmiss, (void **)&p->isnew, (void **)&p->gat, (void **)&p->scl,
-                     (void **)&p->slv, (void **)&p->tab64};
-    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1, 4, 4, 4, 8};
+                     (void **)&p->slv, (void **)&p->tab64, (void **)&p->stale, (void **)&p->ids64s};
+    size_t el[] = {4, 8, 8, 4, 4, 4, 4, 4, 1, 1, 4, 4, 4, 8, 1, 8};
     for (size_t i = 0; i < sizeof(el) / sizeof(el[0]); i++) {
         void *q = realloc(*bufs[i], (size_t)nc * el[i]);
         if (!q)
@@ -1763,6 +1766,13 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
     if ((rc = map_keys(p, keys, n, ids, b)))
         return rc;
     lp_set *res = &p->sets[0];
+    int scored = p->prm.use_cache_model && p->cnet && n;
+    /* while the guard holds the cache in LRU order (as of the last step), the model's scores of a row read
+     * where the policy held it resident are read by no one (the order is the stamps, no admission asks
+     * them, the guard's shadows only see their sample): such a row outside the sample is not scored, its
+     * use renews its stamp and its record, and its class and level stay those of its last scored use */
+    int lazy = scored && p->guard_on && p->recency_only && p->guard_shift < 64;
+    uint8_t *stale = p->stale;
     for (int64_t i = 0; i < n; i++) {
         if (i + LP_AHEAD < n) /* the row's flags now, its record index in the next loop (random ids) */
             __builtin_prefetch(p->flags + ids[i + LP_AHEAD]), __builtin_prefetch(p->rs + ids[i + LP_AHEAD]);
@@ -1770,6 +1780,8 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->flags[ids[i]] &= (uint8_t)~F_PFU;
             p->pend_u += hit[i] != 0;
         }
+        stale[i] = (uint8_t)(lazy && hit[i] && (p->flags[ids[i]] & res->flag) &&
+                             (((uint64_t)ids[i] * GOLDEN) >> p->guard_shift) != 0);
         if (hit[i]) /* its keep-score inputs come with the refresh below, before any plan reads them */
             rc = set_add(p, res, ids[i], 0, (double)b, 0.0f);
         else
@@ -1783,12 +1795,11 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
         p->prm.step_len = (double)p->seen_rows / (double)p->seen_steps;
         lp_set_horizon(p, p->prm.horizon);
     }
-    int scored = p->prm.use_cache_model && p->cnet && n;
     /* the rows used for the first time (their places among the step's rows, in the sweep's scratch, which
      * is free until the step's end): they keep no record after it (rec_fill rebuilds it) */
     if (grow_buf((void **)&p->gone, &p->cap_gone, n, sizeof(int32_t)) != SC_OK)
         return SC_ENOMEM;
-    int64_t n_first = 0;
+    int64_t n_first = 0, nsc = 0, nst = 0; /* rows scored, rows not */
     for (int64_t i = 0; i < n; i++) { /* the step's rows' records (rebuilt for rows that kept none) */
         if (i + LP_AHEAD < n && p->rs[ids[i + LP_AHEAD]] >= 0)
             CM_PREFETCH_ROW(p->view.row + p->rs[ids[i + LP_AHEAD]]);
@@ -1798,16 +1809,27 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->gone[n_first++] = (int32_t)i;
         if (p->rs[id] < 0 && (rc = rec_give(p, id, last_of(p, id))))
             return rc;
-        p->ids64[i] = p->rs[id];
-        p->tab64[i] = keys[i] >> p->prm.row_bits;
+        if (stale[i]) {
+            p->ids64s[nst++] = p->rs[id];
+        } else {
+            p->ids64[nsc] = p->rs[id];
+            p->tab64[nsc++] = keys[i] >> p->prm.row_bits;
+        }
     }
+    p->stamp_only += nst;
     if (scored) {
-        if ((rc = cm_score(p->cnet, &p->view, p->ids64, p->tab64, n, b, 1, p->out, NULL)))
+        if ((rc = cm_score(p->cnet, &p->view, p->ids64, p->tab64, nsc, b, 1, p->out, NULL)) ||
+            (nst && (rc = cm_update(&p->view, p->ids64s, nst, b))))
             return rc;
         int L = p->prm.levels;
         float unit = (float)p->unit;
-        for (int64_t i = 0; i < n; i++) {
-            float lo = p->out[2 * i], nu = p->out[2 * i + 1];
+        for (int64_t i = 0, j = 0; i < n; i++) {
+            if (stale[i]) { /* read by no one: the refresh below keeps the row's class and level */
+                p->p32[i] = 1.0f, p->slv[i] = 0.0f, p->scl[i] = 0;
+                continue;
+            }
+            float lo = p->out[2 * j], nu = p->out[2 * j + 1];
+            j++;
             float pr = sigmoidf(lo);
             p->p32[i] = pr;
             float lv = floorf(pr * (float)L);
@@ -1845,7 +1867,12 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
                     __builtin_prefetch(res->lv + at, 1);
             }
         }
-        sets_refresh(p, ids[i], p->scl[i], (double)b, p->slv[i]);
+        if (stale[i]) { /* in the cache only (outside the guard's sample): its stamp, nothing else */
+            int64_t at = set_pos(res, ids[i]);
+            set_vals(p, res, ids[i], at, res->cl[at], (double)b, res->lv ? res->lv[at] : 0.0f);
+        } else {
+            sets_refresh(p, ids[i], p->scl[i], (double)b, p->slv[i]);
+        }
     }
     if (p->guard_on && n && (rc = guard_step(p, n, hit, b)))
         return rc;
@@ -2066,6 +2093,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
+    out->stamp_only = p->stamp_only;
     out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY) + p->once.n;
     out->once_rows = p->once.n;
     out->moved = p->moved;

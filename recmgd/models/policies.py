@@ -374,7 +374,7 @@ class LearnedPolicy(Policy):
                          if on else ())
         self._psel = 0.0
         self._psel_max = max(64.0, cap / 8.0)
-        self._guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0}
+        self._guard_stats = {"lru_misses": 0, "model_misses": 0, "lru_steps": 0, "stamp_only": 0}
         self._native = None
         if self.native_step and self.capacity >= 1 and self.trained is not None:
             why = unsupported(self)
@@ -399,10 +399,11 @@ class LearnedPolicy(Policy):
 
     @property
     def guard_stats(self) -> dict[str, int]:
-        """The guard's counters: the shadows' misses and the steps spent in LRU order."""
+        """The guard's counters: the shadows' misses, the steps spent in LRU order and the uses in them
+        that renewed only a row's stamp (``stamp_only``, see ``observe``)."""
         if self._native is not None:
             st = self._native.stats()
-            return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps")}
+            return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps", "stamp_only")}
         return dict(self._guard_stats)
 
     @property
@@ -599,6 +600,15 @@ class LearnedPolicy(Policy):
         if read.any():  # a prefetch's outcome: read while resident (or gone already: none)
             self._pend_u += int((read & hit).sum())
             self._pfu[ids[read]] = False
+        # while the guard holds LRU order (as of the last step), a row read where this policy held it
+        # resident, outside the guard's sample, is not scored: no one reads its scores (the order is the
+        # stamps, every miss is admitted, the shadows see only the sample); its use renews its stamp and
+        # history, its class and level stay those of its last scored use (the C step skips its scoring)
+        stale = np.zeros(len(ids), bool)
+        if self._shadows and res.recency_only and self._guard_shift < 64:
+            h = (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift)
+            stale = hit & res.resident[ids] & (h != 0)
+            self._guard_stats["stamp_only"] += int(stale.sum())
         # the driver's view is the truth
         res.set_resident(ids[hit], True)
         res.set_resident(ids[~hit], False)
@@ -627,7 +637,8 @@ class LearnedPolicy(Policy):
             # expected reuse distance: the model's, or the row's own mean gap when that is longer
             mean_gap = np.where(cnt > 1, gapsum / np.maximum(cnt, 1), 0.0)
             gap = np.maximum(np.expm1(out[:, 1]), 1.0)
-            res.nxt[ids] = b + (np.maximum(gap, mean_gap) if self.gap_mode == "max" else gap)
+            fresh = ids[~stale]
+            res.nxt[fresh] = (b + (np.maximum(gap, mean_gap) if self.gap_mode == "max" else gap))[~stale]
         else:
             p = np.ones(len(ids))
             lvl = np.zeros(len(ids))
@@ -642,8 +653,8 @@ class LearnedPolicy(Policy):
                 res.cls[rid] = self._classes(o)
         if not updated:
             self.hist.update(ids, b)
-        res.level[ids] = lvl
-        res.cls[ids] = cls
+        res.level[ids[~stale]] = lvl[~stale]
+        res.cls[ids[~stale]] = cls[~stale]
         res.stamp[ids] = b
         missed = ~hit
         if self._shadows and len(ids):
