@@ -200,17 +200,19 @@ class NativeStep:
         self._lib.lp_set_horizon(self._p, float(horizon))
 
     def stats(self) -> dict[str, int]:
-        """The guard's counters (and the uses not scored while it held the LRU order), rows with a history now (those of them used more than once, which keep
-        a full record, and those used once that wait in the once table with no id; rows moved there so
-        far, and those read again since), histories the recency window dropped, resident rows, the
-        state's bytes (and its parts: key map, per-row arrays, records, stream ring, once table), the
-        prefetcher's outcomes (read, evicted unread) and throttled steps, and the plan's candidate buffer
-        (allocated, apart from the state's bytes)."""
+        """The guard's counters (and the uses not scored while it held the LRU order), rows with a
+        history now (those of them used more than once, which keep a full record, and those used once
+        that wait in the once table with no id; rows moved there so far, and those read again since),
+        histories the recency window dropped, resident rows, the state's bytes (and its parts: key map,
+        per-row arrays, records, stream ring, once table), the prefetcher's outcomes (read, evicted
+        unread) and throttled steps, and the plan's candidate buffer (allocated, apart from the state's
+        bytes)."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
-        names = ("lru_misses", "model_misses", "lru_steps", "stamp_only", "rows", "records", "once_rows", "moved", "back",
-                 "forgotten", "resident", "bytes", "map_bytes", "row_bytes", "record_bytes", "ring_bytes",
-                 "once_bytes", "pf_useful", "pf_useless", "pf_throttled", "pf_asked", "plan_bytes")
+        names = ("lru_misses", "model_misses", "lru_steps", "stamp_only", "rows", "records", "once_rows",
+                 "moved", "back", "forgotten", "resident", "bytes", "map_bytes", "row_bytes", "record_bytes",
+                 "ring_bytes", "once_bytes", "pf_useful", "pf_useless", "pf_throttled", "pf_asked",
+                 "plan_bytes")
         return {k: int(getattr(s, k)) for k in names}
 
     def census(self) -> dict[str, int]:
