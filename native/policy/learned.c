@@ -1270,6 +1270,12 @@ static int plan(lp_policy *p, int k, const int32_t *newv, int64_t m, double now,
 }
 
 /* ---------------------------------------------------------------------------- the guard */
+/* whether the guard watches row id (its hash sample; every row on small tiers) */
+static inline int in_sample(const lp_policy *p, int32_t id)
+{
+    return p->guard_shift == 64 || (((uint64_t)id * GOLDEN) >> p->guard_shift) == 0;
+}
+
 static int admit_rows(const lp_policy *p, const uint8_t *missed, const float *pr, int64_t n, int64_t free_slots,
                       int32_t *out, int64_t *n_out, int32_t *scratch);
 
@@ -1283,7 +1289,7 @@ static int guard_step(lp_policy *p, int64_t n, const uint8_t *hit, int64_t b)
     uint8_t *smiss = p->gmiss;
     for (int64_t i = 0; i < n; i++) {
         int32_t id = ids[i];
-        if (p->guard_shift < 64 && (((uint64_t)id * GOLDEN) >> p->guard_shift) != 0)
+        if (!in_sample(p, id))
             continue;
         sids[m] = id;
         sat[m] = (int32_t)i;
@@ -1771,7 +1777,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
      * where the policy held it resident are read by no one (the order is the stamps, no admission asks
      * them, the guard's shadows only see their sample): such a row outside the sample is not scored, its
      * use renews its stamp and its record, and its class and level stay those of its last scored use */
-    int lazy = scored && p->guard_on && p->recency_only && p->guard_shift < 64;
+    int lazy = scored && p->guard_on && p->recency_only;
     uint8_t *stale = p->stale;
     for (int64_t i = 0; i < n; i++) {
         if (i + LP_AHEAD < n) /* the row's flags now, its record index in the next loop (random ids) */
@@ -1780,8 +1786,7 @@ int lp_step(lp_policy *p, const int64_t *keys, const uint8_t *hit, int64_t n)
             p->flags[ids[i]] &= (uint8_t)~F_PFU;
             p->pend_u += hit[i] != 0;
         }
-        stale[i] = (uint8_t)(lazy && hit[i] && (p->flags[ids[i]] & res->flag) &&
-                             (((uint64_t)ids[i] * GOLDEN) >> p->guard_shift) != 0);
+        stale[i] = (uint8_t)(lazy && hit[i] && (p->flags[ids[i]] & res->flag) && !in_sample(p, ids[i]));
         if (hit[i]) /* its keep-score inputs come with the refresh below, before any plan reads them */
             rc = set_add(p, res, ids[i], 0, (double)b, 0.0f);
         else

@@ -497,11 +497,16 @@ class LearnedPolicy(Policy):
             admit_mask[rest] = True
         return admit_mask
 
+    def _in_sample(self, ids: np.ndarray) -> np.ndarray:
+        """Which of rows ``ids`` the guard watches (its hash sample; every row on small tiers)."""
+        if self._guard_shift == 64:
+            return np.ones(len(ids), bool)
+        return (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift) == 0
+
     def _guard_step(self, ids: np.ndarray, lvl: np.ndarray, cls: np.ndarray, p: np.ndarray, b: int) -> None:
         """Run this step's sampled rows through both shadow caches and move the selector."""
         if self._guard_shift < 64:
-            h = (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift)
-            keep = h == 0
+            keep = self._in_sample(ids)
             ids, lvl, cls, p = ids[keep], lvl[keep], cls[keep], p[keep]
             if not len(ids):
                 return
@@ -605,9 +610,8 @@ class LearnedPolicy(Policy):
         # stamps, every miss is admitted, the shadows see only the sample); its use renews its stamp and
         # history, its class and level stay those of its last scored use (the C step skips its scoring)
         stale = np.zeros(len(ids), bool)
-        if self._shadows and res.recency_only and self._guard_shift < 64:
-            h = (ids.astype(np.uint64) * np.uint64(GOLDEN)) >> np.uint64(self._guard_shift)
-            stale = hit & res.resident[ids] & (h != 0)
+        if self._shadows and res.recency_only:
+            stale = hit & res.resident[ids] & ~self._in_sample(ids)
             self._guard_stats["stamp_only"] += int(stale.sum())
         # the driver's view is the truth
         res.set_resident(ids[hit], True)
