@@ -117,6 +117,12 @@ class Policy(ABC):
         learned C step do); 0 otherwise."""
         return 0
 
+    def counters(self) -> dict[str, int]:
+        """What the policy counts of itself, for the daemon's stats and metrics (flat, integer values;
+        names the daemon's own counters do not use); none by default. The learned policies report their
+        guard here (``guard_*``)."""
+        return {}
+
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:  # noqa: B027 - optional hook
         """Train on a list of steps (each an int64 array of deduplicated keys). Learned policies only."""
 

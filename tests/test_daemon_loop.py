@@ -254,9 +254,9 @@ def test_coalesce_merges_batches_drained_together(pools) -> None:
     assert drv.stats()["steps"] == 6
 
 
-def _step_mode_against_simulator(trace: str, policy: str, opts: dict) -> tuple[dict, object]:
+def _step_mode_against_simulator(trace: str, policy: str, opts: dict) -> tuple[dict, object, Policy]:
     """The daemon's loop (step mode, a real pool, batches of 8 samples, 20% capacity) and the simulator
-    driving the same policy over ``trace``: (the loop's stats, the simulator's result)."""
+    driving the same policy over ``trace``: (the loop's stats, the simulator's result, its policy)."""
     from test_daemon_app import trace_batches
 
     from recmgd.sim import capacity_for, drive
@@ -270,7 +270,8 @@ def _step_mode_against_simulator(trace: str, policy: str, opts: dict) -> tuple[d
         offsets.append(offsets[-1] + sum(len(r) for _, r in batch))
     steps = build_steps(np.concatenate(keys), np.array(offsets, dtype=np.int64), 1)
     capacity = capacity_for(0.2, len(np.unique(steps.keys)))
-    expected = drive(policy_mod.create(policy, **opts), steps, capacity, 0)
+    sim_policy = policy_mod.create(policy, **opts)
+    expected = drive(sim_policy, steps, capacity, 0)
 
     name = f"recmgd-loop-{uuid.uuid4().hex[:8]}"
     app = pool_mod.Pool.create(name, tables=[(n, 4) for n in sizes], slots=capacity, ring_records=4096)
@@ -287,15 +288,16 @@ def _step_mode_against_simulator(trace: str, policy: str, opts: dict) -> tuple[d
         daemon.close()
         app.destroy()
     assert st["steps"] == len(batches) == expected.steps
-    return st, expected
+    return st, expected, sim_policy
 
 
 @pytest.mark.parametrize("policy", ["lru", "s3fifo", "stms", "bingo"])
 def test_driver_equals_simulator_in_step_mode(shared_traces, policy: str) -> None:
     """The daemon's loop over a real pool gives the simulator's counts, prefetchers included."""
-    st, expected = _step_mode_against_simulator(
+    st, expected, _ = _step_mode_against_simulator(
         str(shared_traces / "obd_random.trace"), policy, {"prefetch_budget": 4, "seed": 0}
     )
+    assert not any(k.startswith("guard_") for k in st)  # no guard: nothing of it in the stats
     assert st["on_demand"] == expected.on_demand
     assert st["app"]["on_demand"] == expected.on_demand
     assert st["prefetch_issued"] == expected.prefetch_issued
@@ -321,12 +323,26 @@ def obd_model(shared_traces, tmp_path_factory) -> str:
 def test_learned_policy_equals_simulator_in_step_mode(shared_traces, obd_model: str, policy: str) -> None:
     """RecMG, loaded from a checkpoint (model_dir), does in the daemon what it does in the simulator."""
     opts = {"prefetch_budget": 4, "seed": 0, "model_dir": obd_model}
-    st, expected = _step_mode_against_simulator(str(shared_traces / "obd_random.trace"), policy, opts)
+    st, expected, sim_policy = _step_mode_against_simulator(str(shared_traces / "obd_random.trace"), policy,
+                                                            opts)
     if policy == "recmg-prefetch":  # the prefetch path must be exercised (recmg itself may issue none)
         assert expected.prefetch_issued > 0
     assert st["on_demand"] == expected.on_demand == st["app"]["on_demand"]
     assert st["prefetch_issued"] == expected.prefetch_issued
     assert st["prefetch_useful"] == expected.prefetch_useful
+    # the guard reports in the daemon's stats what it counted in the simulator (recmg-prefetch has none)
+    guard = {k: v for k, v in st.items() if k.startswith("guard_")}
+    assert guard == sim_policy.counters()
+    if policy == "recmg":
+        assert guard["guard_lru_misses"] > 0 and guard["guard_model_misses"] > 0
+        assert guard["guard_lru_order"] in (0, 1) and 0 <= guard["guard_lru_steps"] <= st["steps"]
+        from recmgd.cli.recmgctl import format_stats
+
+        text = format_stats({"daemon": {}, "pools": {"p": st}})
+        assert (f"{guard['guard_lru_steps']} of {st['steps']} steps in LRU order, shadow misses LRU "
+                f"{guard['guard_lru_misses']} / model {guard['guard_model_misses']}") in text
+    else:
+        assert guard == {}
 
 
 class SlowScripted(Scripted):

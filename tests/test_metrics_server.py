@@ -15,7 +15,8 @@ from ports import free_port
 from recmgd.daemon import metrics as metrics_mod
 from recmgd.daemon.metrics import MetricsServer
 
-SNAPSHOT = {"daemon": {"ticks": 7}, "pools": {"p0": {"steps": 3, "tables": [{"table": 0, "lookups": 11}]}}}
+SNAPSHOT = {"daemon": {"ticks": 7}, "pools": {"p0": {"steps": 3, "tables": [{"table": 0, "lookups": 11}],
+                                                     "guard_lru_order": 1, "guard_lru_steps": 2}}}
 
 
 @pytest.fixture
@@ -39,6 +40,8 @@ def test_scrape(server) -> None:
     assert 'recmgd_steps_total{pool="p0"} 3.0' in text
     assert 'recmgd_lookups_total{pool="p0",table="0"} 11.0' in text
     assert "recmgd_ticks_total 7.0" in text
+    assert 'recmgd_guard_lru_order{pool="p0"} 1.0' in text  # a learned policy's guard
+    assert 'recmgd_guard_lru_order_steps_total{pool="p0"} 2.0' in text
 
 
 def test_half_open_connections_cost_no_threads(server) -> None:

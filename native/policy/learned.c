@@ -2098,6 +2098,7 @@ void lp_get_stats(const lp_policy *p, lp_stats *out)
     out->lru_misses = p->lru_misses;
     out->model_misses = p->model_misses;
     out->lru_steps = p->lru_steps;
+    out->lru_order = p->recency_only;
     out->stamp_only = p->stamp_only;
     out->rows = sc_idmap_held(p->map, SC_HOLDER_POLICY) + p->once.n;
     out->once_rows = p->once.n;

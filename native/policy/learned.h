@@ -93,6 +93,7 @@ typedef struct {
     int64_t lru_misses;    /* the guard's LRU shadow */
     int64_t model_misses;  /* the guard's model-order shadow */
     int64_t lru_steps;     /* steps the real cache spent in LRU order */
+    int64_t lru_order;     /* 1 while the real cache is held in LRU order (after the last step), else 0 */
     int64_t stamp_only;    /* uses not scored (read resident while in LRU order, outside the guard's sample) */
     int64_t rows;          /* rows with a history now */
     int64_t records;       /* ... of which used more than once (a full record; the others keep 12 bytes) */

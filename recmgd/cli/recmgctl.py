@@ -89,6 +89,15 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def format_guard(p: dict[str, Any]) -> str:
+    """A learned policy's guard in a line: the order it holds the cache in now, and how it got there."""
+    now = ("LRU order now: the model's shadow missed more than LRU's lately (a model trained on this "
+           "workload may fit it better)") if p["guard_lru_order"] else "the model's order now"
+    return (f"guard: {now}; {p['guard_lru_steps']} of {p['steps']} steps in LRU order, shadow misses "
+            f"LRU {p['guard_lru_misses']} / model {p['guard_model_misses']}, "
+            f"{p['guard_stamp_only']} uses not scored")
+
+
 def format_stats(stats: dict[str, Any]) -> str:
     """The stats answer as tables, one per pool."""
     d = stats.get("daemon", {})
@@ -122,6 +131,8 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"{', state %.1f MB' % (p['state_bytes'] / 1e6) if 'state_bytes' in p else ''}")
         if pages:
             lines.extend(format_pages(pages))
+        if "guard_lru_order" in p:
+            lines.append(format_guard(p))
         if p.get("retrain"):
             lines.append(format_retrain(p["retrain"]))
         rec = p.get("recording")

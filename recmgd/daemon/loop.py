@@ -573,6 +573,7 @@ class PoolDriver:
             "state_bytes": self.mover.nbytes() + self.policy.state_bytes(),
             **totals,
             **self.pc,
+            **self.policy.counters(),
             "tables": tables,
             "app": self.app_counters(),
         }

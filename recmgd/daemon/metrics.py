@@ -65,6 +65,11 @@ POOL_COUNTERS = (
      "rows left out of a late decision because a later step's view decides them"),
     ("decision_no_room", "decision_rows_no_room",
      "rows of a late decision that early fills left no room for"),
+    # a learned policy's guard (Policy.counters; absent, and 0 here, for the other policies)
+    ("guard_lru_steps", "guard_lru_order_steps",
+     "steps the learned policy's guard held the cache in LRU order"),
+    ("guard_lru_misses", "guard_lru_shadow_misses", "misses of the guard's LRU shadow (its sampled rows)"),
+    ("guard_model_misses", "guard_model_shadow_misses", "misses of the guard's model-order shadow"),
 )
 POOL_GAUGES = (
     ("resident", "resident_rows", "rows in the fast tier"),
@@ -73,6 +78,8 @@ POOL_GAUGES = (
     ("backlog_records", "backlog_records", "ring records left undrained after a tick"),
     ("hit_rate", "hit_rate", "fast hits / unique lookups"),
     ("state_bytes", "state_bytes", "bytes the daemon holds allocated for the pool's policy and mirror"),
+    ("guard_lru_order", "guard_lru_order",
+     "1 while the learned policy's guard holds the cache in LRU order (its model lost to LRU lately)"),
 )
 
 # page mode (pools with mode = "pages"): (key of the stats' "pages" dict, metric name, help)

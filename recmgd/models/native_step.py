@@ -209,10 +209,10 @@ class NativeStep:
         bytes)."""
         self._lib.lp_get_stats(self._p, self._stats)
         s = self._stats
-        names = ("lru_misses", "model_misses", "lru_steps", "stamp_only", "rows", "records", "once_rows",
-                 "moved", "back", "forgotten", "resident", "bytes", "map_bytes", "row_bytes", "record_bytes",
-                 "ring_bytes", "once_bytes", "pf_useful", "pf_useless", "pf_throttled", "pf_asked",
-                 "plan_bytes")
+        names = ("lru_misses", "model_misses", "lru_steps", "lru_order", "stamp_only", "rows", "records",
+                 "once_rows", "moved", "back", "forgotten", "resident", "bytes", "map_bytes", "row_bytes",
+                 "record_bytes", "ring_bytes", "once_bytes", "pf_useful", "pf_useless", "pf_throttled",
+                 "pf_asked", "plan_bytes")
         return {k: int(getattr(s, k)) for k in names}
 
     def census(self) -> dict[str, int]:

@@ -399,12 +399,19 @@ class LearnedPolicy(Policy):
 
     @property
     def guard_stats(self) -> dict[str, int]:
-        """The guard's counters: the shadows' misses, the steps spent in LRU order and the uses in them
-        that renewed only a row's stamp (``stamp_only``, see ``observe``)."""
+        """The guard's counters: the shadows' misses, the steps spent in LRU order, whether the cache is
+        held in LRU order now (``lru_order``, 0 or 1), and the uses in LRU order that renewed only a
+        row's stamp (``stamp_only``, see ``observe``)."""
         if self._native is not None:
             st = self._native.stats()
-            return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps", "stamp_only")}
-        return dict(self._guard_stats)
+            return {k: st[k] for k in ("lru_misses", "model_misses", "lru_steps", "lru_order", "stamp_only")}
+        return {**self._guard_stats, "lru_order": int(self.res.recency_only)}
+
+    def counters(self) -> dict[str, int]:
+        """The guard's counters (``guard_stats``) as ``guard_*``, with the guard on; else none."""
+        if not getattr(self, "_shadows", ()):  # not reset yet, or no guard
+            return {}
+        return {f"guard_{k}": v for k, v in self.guard_stats.items()}
 
     @property
     def native_stats(self) -> dict[str, int] | None:
