@@ -50,11 +50,13 @@ def _with_step_len(src: Path, dst: Path, step_len: float | None) -> Path:
     return dst
 
 
-def _on_demand(trace_path: Path, model: Path | None, fraction: float = FRACTION, **opts: object
-               ) -> dict[str, int]:
+def _on_demand(trace_path: Path, model: Path | None, fraction: float = FRACTION,
+               counters: dict[str, dict[str, int]] | None = None, **opts: object) -> dict[str, int]:
     pols = ["lru", "recmg-cache"]
     res = simulate(open_trace(trace_path), pols, [fraction], batch=16,
                    options={"model_dir": str(model) if model else None, "seed": 0, **opts})
+    if counters is not None:
+        counters.update({r.policy: r.counters for r in res})
     return {r.policy: r.on_demand for r in res}
 
 
@@ -84,10 +86,16 @@ def test_guard_falls_back_to_lru_when_the_model_loses(demo_like: tuple[Path, Pat
                                                       fraction: float) -> None:
     trace_path, model = demo_like
     bad = _with_step_len(model, tmp_path / "bad", 1.0)  # keep-levels worth ~180x too much LRU age
-    off = _on_demand(trace_path, bad, fraction, guard=False, order="level")
+    off_counters: dict[str, dict[str, int]] = {}
+    off = _on_demand(trace_path, bad, fraction, off_counters, guard=False, order="level")
     assert off["recmg-cache"] > 1.1 * off["lru"]  # the scenario is a real loss without the guard
-    on = _on_demand(trace_path, bad, fraction, order="level")
+    assert off_counters == {"lru": {}, "recmg-cache": {}}  # no guard, nothing of it in the results
+    counters: dict[str, dict[str, int]] = {}
+    on = _on_demand(trace_path, bad, fraction, counters, order="level")
     assert on["recmg-cache"] <= 1.01 * on["lru"]
+    # the results say so: the guard held LRU order on most steps, and its shadows show why
+    g, steps = counters["recmg-cache"], open_trace(trace_path).n_steps(16)
+    assert g["guard_lru_steps"] > steps / 2 and g["guard_model_misses"] > g["guard_lru_misses"], g
 
 
 def test_guard_watches_a_sample_of_rows(demo_like: tuple[Path, Path]) -> None:

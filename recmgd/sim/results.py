@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from recmgd.sim.driver import Counters
@@ -37,6 +37,9 @@ class SimResult:
     lookahead_useful: int = 0  # of those, read when their step ran
     first_use_ahead: int = 0  # first uses that were hits (fetched ahead): below the floor
     pin_refused: int = 0  # evictions of announced rows the driver refused
+    #: what the policy counted of itself over the whole run, warm-up included (Policy.counters: a
+    #: learned policy's guard, guard_*); empty for the others
+    counters: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_counters(cls, trace: str, policy: str, fraction: float, capacity: int, c: Counters,

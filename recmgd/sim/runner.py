@@ -97,15 +97,18 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
             cache["s"] = trace.steps(batch)
         return cache["s"]
 
-    def run(pname: str, cap: int, L: int = 0) -> Counters:
+    def run(pname: str, cap: int, L: int = 0) -> tuple[Counters, dict[str, int]]:
+        """The run's counters, and what the policy counted of itself (Policy.counters)."""
         pol = BeladyWindow() if pname == REFERENCE else policy_registry.create(pname, **options)
         if L or pname == REFERENCE:
             if delay != 1:
                 raise ValueError("lookahead runs with delay 1 only")
-            return drive_lookahead(pol, all_steps(), cap, warm, lookahead=L, budget=budget, path=path)
-        if stream and isinstance(pol, NativePolicy) and not pol.needs_future and not pol.learned:
-            return drive_stream(pol, trace, batch, cap, warm, delay=delay)
-        return drive(pol, all_steps(), cap, warm, delay=delay, path=path)
+            c = drive_lookahead(pol, all_steps(), cap, warm, lookahead=L, budget=budget, path=path)
+        elif stream and isinstance(pol, NativePolicy) and not pol.needs_future and not pol.learned:
+            c = drive_stream(pol, trace, batch, cap, warm, delay=delay)
+        else:
+            c = drive(pol, all_steps(), cap, warm, delay=delay, path=path)
+        return c, pol.counters()
 
     results: list[SimResult] = []
     for fraction in fractions:
@@ -114,16 +117,22 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
         batch_results = []
         for L in lookahead:
             for pname in policies:
-                c = run(pname, cap, L)
+                c, own = run(pname, cap, L)
                 label = f"{pname}+L{L}" if L else pname
                 r = SimResult.from_counters(name, label, fraction, cap, c, row_bytes, batch, delay)
+                r.counters = own
                 log.debug("%s %s @%.2f: on_demand %d, hit rate %.4f (%.2f s)", name, label, fraction,
                           r.on_demand, r.hit_rate, r.seconds)
+                if own.get("guard_lru_steps"):
+                    of = f" of {n_steps}" if delay == 1 else ""
+                    log.info("%s %s @%.2f: the guard held the cache in LRU order %d%s steps, warm-up "
+                             "included (the model lost to LRU there; if on most, train on this workload)",
+                             name, label, fraction, own["guard_lru_steps"], of)
                 if pname == "lru" and not L:
                     lru_on_demand = r.on_demand
                 batch_results.append(r)
         if lru_on_demand is None:
-            lru_on_demand = run("lru", cap).on_demand
+            lru_on_demand = run("lru", cap)[0].on_demand
         for r in batch_results:
             r.set_gap(lru_on_demand)
         results.extend(batch_results)
