@@ -328,6 +328,8 @@ def load(policy: str, args: argparse.Namespace) -> dict:
             "max_loop_lag_s": round(max(lags) if lags else 0.0, 4), "slots": slots,
             "daemon_hit_rate": round((s1["hits"] - s0["hits"]) / max(1, s1["unique"] - s0["unique"]), 4),
             "daemon_backlog_records": s1["backlog_records"],
+            "steps": s1["steps"],
+            **{k: v for k, v in s1.items() if k.startswith("guard_")},  # a learned policy's guard, whole run
         }
         if args.trace:  # live against simulated: the trace's second half, as `recmg sim` scores it
             m = out["measured"]
