@@ -16,7 +16,8 @@ from recmgd.daemon import metrics as metrics_mod
 from recmgd.daemon.metrics import MetricsServer
 
 SNAPSHOT = {"daemon": {"ticks": 7}, "pools": {"p0": {"steps": 3, "tables": [{"table": 0, "lookups": 11}],
-                                                     "guard_lru_order": 1, "guard_lru_steps": 2}}}
+                                                     "guard_lru_order": 1, "guard_lru_steps": 2},
+                                              "p1": {"steps": 4, "tables": []}}}  # p1: a policy with no guard
 
 
 @pytest.fixture
@@ -42,6 +43,7 @@ def test_scrape(server) -> None:
     assert "recmgd_ticks_total 7.0" in text
     assert 'recmgd_guard_lru_order{pool="p0"} 1.0' in text  # a learned policy's guard
     assert 'recmgd_guard_lru_order_steps_total{pool="p0"} 2.0' in text
+    assert 'recmgd_steps_total{pool="p1"} 4.0' in text and 'recmgd_guard_lru_order{pool="p1"}' not in text
 
 
 def test_half_open_connections_cost_no_threads(server) -> None:

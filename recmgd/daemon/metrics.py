@@ -65,11 +65,6 @@ POOL_COUNTERS = (
      "rows left out of a late decision because a later step's view decides them"),
     ("decision_no_room", "decision_rows_no_room",
      "rows of a late decision that early fills left no room for"),
-    # a learned policy's guard (Policy.counters; absent, and 0 here, for the other policies)
-    ("guard_lru_steps", "guard_lru_order_steps",
-     "steps the learned policy's guard held the cache in LRU order"),
-    ("guard_lru_misses", "guard_lru_shadow_misses", "misses of the guard's LRU shadow (its sampled rows)"),
-    ("guard_model_misses", "guard_model_shadow_misses", "misses of the guard's model-order shadow"),
 )
 POOL_GAUGES = (
     ("resident", "resident_rows", "rows in the fast tier"),
@@ -78,6 +73,14 @@ POOL_GAUGES = (
     ("backlog_records", "backlog_records", "ring records left undrained after a tick"),
     ("hit_rate", "hit_rate", "fast hits / unique lookups"),
     ("state_bytes", "state_bytes", "bytes the daemon holds allocated for the pool's policy and mirror"),
+)
+# a learned policy's guard (Policy.counters), for the pools whose policy has one
+GUARD_COUNTERS = (
+    ("guard_lru_steps", "guard_lru_order_steps", "steps the guard held the cache in LRU order"),
+    ("guard_lru_misses", "guard_lru_shadow_misses", "misses of the guard's LRU shadow (its sampled rows)"),
+    ("guard_model_misses", "guard_model_shadow_misses", "misses of the guard's model-order shadow"),
+)
+GUARD_GAUGES = (
     ("guard_lru_order", "guard_lru_order",
      "1 while the learned policy's guard holds the cache in LRU order (its model lost to LRU lately)"),
 )
@@ -135,6 +138,9 @@ class StatsCollector(Collector):
             yield fam
         yield from _per_pool(CounterMetricFamily, POOL_COUNTERS, pools)
         yield from _per_pool(GaugeMetricFamily, POOL_GAUGES, pools)
+        guarded = {name: p for name, p in pools.items() if "guard_lru_order" in p}
+        yield from _per_pool(CounterMetricFamily, GUARD_COUNTERS, guarded)
+        yield from _per_pool(GaugeMetricFamily, GUARD_GAUGES, guarded)
         for key, help_text in (("lookups", "ids the apps looked up (their own count)"),
                                ("unique", "distinct rows per lookup call (the apps' count)"),
                                ("on_demand", "distinct rows the apps read from the slow tier (their count)"),
