@@ -145,3 +145,17 @@ def test_train_memory_bad_use_is_one_line(trace: Path, tmp_path: Path, extra: tu
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert r.returncode == 2 and len(lines) == 1 and needle in lines[0], r.stderr
     assert not (tmp_path / "x").exists()
+
+
+def test_train_says_whether_its_estimate_is_only_the_upper_bound(trace: Path, tmp_path: Path) -> None:
+    """Under a limit that the upper bound (every lookup a distinct row) fits, the line says "at most" and
+    calls it the bound; under one only the probed estimate fits, it gives that estimate."""
+    size = probe_size(str(trace), BATCH)
+    est = estimate_for(size, BATCH)
+    for limit, needle in ((est // MB + 1, f"peak memory about {est / MB:,.0f} MB by estimate"),
+                          (10**6, "(an upper bound: every lookup taken as a distinct row")):
+        cmd = [sys.executable, "-m", "recmgd.cli.recmg", "train", str(trace), "--out",
+               str(tmp_path / str(limit)), "-b", str(BATCH), "--epochs", "1", "--memory-mb", str(limit)]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr
+        assert needle in r.stdout + r.stderr, (limit, r.stdout, r.stderr)

@@ -109,23 +109,24 @@ def probe_size(path: str, batch: int) -> TraceSize:
 
 
 def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: TrainConfig,
-                 can_sample: bool = True) -> tuple[int, str | None]:
-    """The estimated peak bytes of training ``path``, and None when that fits in ``limit_bytes``, else
+                 can_sample: bool = True) -> tuple[int, str | None, bool]:
+    """The estimated peak bytes of training ``path``; None when that fits in ``limit_bytes``, else
     the one-line refusal (the estimate, the limit, the --sample rate that would fit, where
-    ``can_sample``). Upper bounds first (every lookup a distinct row): only a trace that might not fit
-    is probed."""
+    ``can_sample``); and whether the estimate is only the upper bound. Upper bounds first (every lookup
+    a distinct row): only a trace that might not fit is probed."""
     from recmgd.trace import open_trace
 
     tr = open_trace(path)
     size = TraceSize(lookups=tr.n_lookups, samples=tr.n_samples, unique_rows=tr.n_lookups)
     del tr
     est = estimate_for(size, batch, sample, cfg)
-    if est > limit_bytes:
+    bound = est <= limit_bytes
+    if not bound:
         size = probe_size(path, batch)
         est = estimate_for(size, batch, sample, cfg)
     log.debug("%s: estimated peak %.0f MB (limit %.0f MB; %s)", path, est / MB, limit_bytes / MB, size)
     if est <= limit_bytes:
-        return est, None
+        return est, None, bound
     if not can_sample:
         hint = "--sample (row keys only) does not apply"
     elif (rate := fitting_rate(size, batch, limit_bytes, cfg)) is not None:
@@ -134,7 +135,7 @@ def check_memory(path: str, batch: int, sample: float, limit_bytes: int, cfg: Tr
         least = estimate_for(size, batch, 1e-9, cfg)
         hint = f"no --sample rate fits (at the smallest, about {least / MB:,.0f} MB)"
     return est, (f"recmg train: {path}: needs about {est / MB:,.0f} MB by estimate at --sample {sample:g}, "
-            f"over the limit of {limit_bytes / MB:,.0f} MB (--memory-mb); {hint}")
+            f"over the limit of {limit_bytes / MB:,.0f} MB (--memory-mb); {hint}"), False
 
 
 class _Bar:
@@ -189,12 +190,14 @@ def main(args: argparse.Namespace) -> int:
     limit = default_limit_bytes() if args.memory_mb is None else int(args.memory_mb * MB)
     memory = ""
     if limit:  # before the trace is read whole or any model trained; nothing is written on refusal
-        est, refusal = check_memory(args.trace, args.step_batch, args.sample, limit, cfg,
-                                    can_sample=not granularity.is_pages)
+        est, refusal, bound = check_memory(args.trace, args.step_batch, args.sample, limit, cfg,
+                                           can_sample=not granularity.is_pages)
         if refusal is not None:
             print(refusal, file=sys.stderr)
             return 2
-        memory = f", peak memory estimated <= {est / MB:,.0f} MB (limit {limit / MB:,.0f} MB)"
+        memory = (f", peak memory at most {est / MB:,.0f} MB (an upper bound: every lookup taken as a "
+                  f"distinct row; limit {limit / MB:,.0f} MB)" if bound else
+                  f", peak memory about {est / MB:,.0f} MB by estimate (limit {limit / MB:,.0f} MB)")
     torch.set_num_threads(max(1, args.threads))
     if args.sample < 1.0:
         steps = Steps.from_list(read_sampled_steps(args.trace, args.step_batch, args.sample))
