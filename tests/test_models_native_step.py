@@ -18,6 +18,7 @@ import pytest
 from recmgd import policy as registry
 from recmgd.errors import PolicyError
 from recmgd.keys import make_keys
+from recmgd.models.policies import GUARD_MIN_ROWS, GUARD_SAMPLE
 from recmgd.policy import StepView
 from recmgd.sim.runner import capacity_for
 from recmgd.simcore import DAEMON_LOAD, HOLDER_MOVER
@@ -85,7 +86,7 @@ def _lockstep(name: str, steps: list[np.ndarray], capacity: int, reject_every: i
         if prefetched is not None:
             prefetched.append(dc.prefetch)
         if in_lru is not None:
-            in_lru.append(c.guard_stats["lru_steps"] > sum(in_lru))
+            in_lru.append(bool(c.guard_stats["lru_order"]))
         resident.difference_update(dc.evict.tolist())
         ins = dc.admit.tolist() + dc.prefetch.tolist()
         if reject_every and b % reject_every == 0 and ins:
@@ -139,7 +140,7 @@ def test_rows_read_in_lru_order_keep_their_class_in_both_steps(shared_traces: Pa
     zipf = [np.unique(make_keys(rng.integers(100, 108, 1024), (rng.zipf(1.1, 1024) - 1) % 100_000))
             for _ in range(80)]
     cap = capacity_for(0.1, len(np.unique(np.concatenate(steps))))
-    assert cap >= 8 * 256  # the guard watches a sample of the rows
+    assert cap >= GUARD_SAMPLE * GUARD_MIN_ROWS  # the guard watches a sample of the rows
     in_lru: list[bool] = []
     guard: dict[str, int] = {}
     _lockstep("recmg", steps[:120] + zipf + steps[120:300], cap, reject_every=11, model_dir=video_model,
