@@ -1,13 +1,18 @@
-"""A/B of the all-hit lookup path between two builds of the native pool, in one process.
+"""A/B of the lookup path between two builds of the native pool, in one process.
 
 Builds ``recmgd._native`` from another git revision (``--base``, default the last commit before the
 trust-boundary checks) into build/ab/REV, loads it beside this checkout's build, gives each build its
-own pool with the same rows (every row in the fast tier, a dram slow tier), and times the two builds'
-lookups interleaved (A B, B A, ...) over the same ids, so the machine's noise falls on both alike.
-Prints the median time of each and new/base: what a change to the hit path (bounds checks, a new
-kernel) costs or saves.
+own pool with the same rows (every row in the fast tier, a dram slow tier; with ``--miss F`` the same
+fraction F of each table's rows evicted in both, so those lookups read the slow tier), and times the
+two builds' lookups interleaved (A B, B A, ...) over the same ids, so the machine's noise falls on
+both alike. ``--multi`` makes one multi-table call (``recmg_embedding_bags``) instead of one call a
+table; ``--threads N`` sets both pools' lookup threads (with N > 1 each timed batch follows an
+untimed one of the same build: the other build's idle workers poll for 2 ms after its last batch and
+would take a core from the first). Prints the median time of each and new/base:
+what a change to the hit path (bounds checks, a new kernel) costs or saves.
 
     .venv/bin/python tools/bench_ab_lookup.py [--base REV] [--rows 50000] [--tables 26] [--reps 40]
+                                              [--miss 0.1] [--multi] [--threads 2]
 """
 
 from __future__ import annotations
@@ -64,7 +69,8 @@ def load(path: Path) -> ModuleType:
 class Side:
     """One build: a pool it created (daemon role, every row filled) and an app handle on it."""
 
-    def __init__(self, mod: ModuleType, tag: str, tables: int, rows: int, dim: int, weights: np.ndarray):
+    def __init__(self, mod: ModuleType, tag: str, tables: int, rows: int, dim: int, weights: np.ndarray,
+                 gone: np.ndarray, threads: int):
         self.mod, self.ffi, self.lib = mod, mod.ffi, mod.lib
         self.name = f"recmg-ab-{tag}-{os.getpid()}".encode()
         ffi, lib = self.ffi, self.lib
@@ -87,24 +93,46 @@ class Side:
         keys = np.concatenate([(np.int64(t) << ROW_BITS) | ids for t in range(tables)])
         if lib.recmg_fill_keys(self.owner, ffi.from_buffer("int64_t[]", keys), len(keys)) != len(keys):
             raise SystemExit(f"{tag}: fill: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
+        if len(gone):
+            out_keys = np.concatenate([(np.int64(t) << ROW_BITS) | gone for t in range(tables)])
+            evicted = lib.recmg_evict_keys(self.owner, ffi.from_buffer("int64_t[]", out_keys), len(out_keys))
+            if evicted != len(out_keys):
+                raise SystemExit(f"{tag}: evict: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
         out = ffi.new("recmg_pool **")
         if lib.recmg_attach(self.name, 0, 0, out, err, 256) != 0:
             raise SystemExit(f"{tag}: attach: {ffi.string(err).decode()}")
         self.app = out[0]
+        if lib.recmg_set_threads(self.app, threads) != 0:
+            raise SystemExit(f"{tag}: threads: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
         info = ffi.new("recmg_pool_info *")
         lib.recmg_info(self.app, info)
         self.ring = info.ring_index
 
-    def run(self, ids: list[np.ndarray], offsets: np.ndarray, out: np.ndarray, drain: np.ndarray) -> float:
+    def run(self, ids: list[np.ndarray], offsets: np.ndarray, out: np.ndarray, drain: np.ndarray,
+            multi: bool) -> float:
+        """One batch: every table's bags into out[t] (one call a table, or one multi-table call)."""
         ffi, lib = self.ffi, self.lib
         n, batch = len(ids[0]), len(offsets) - 1
         t0 = time.perf_counter()
-        for t, tid in enumerate(ids):
-            rc = lib.recmg_embedding_bag(self.app, t, ffi.from_buffer("int64_t[]", tid), n,
-                                         ffi.from_buffer("int64_t[]", offsets), batch, 0, ffi.NULL,
-                                         ffi.from_buffer("float[]", out))
+        if multi:
+            args = ffi.new("recmg_bag_args[]", len(ids))
+            keep = []
+            for t, tid in enumerate(ids):
+                keep.append((ffi.from_buffer("int64_t[]", tid), ffi.from_buffer("int64_t[]", offsets),
+                             ffi.from_buffer("float[]", out[t])))
+                a = args[t]
+                a.table, a.mode, a.n_ids, a.n_bags = t, 0, n, batch
+                a.ids, a.offsets, a.out = keep[-1]
+            rc = lib.recmg_embedding_bags(self.app, len(ids), args)
             if rc != 0:
                 raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
+        else:
+            for t, tid in enumerate(ids):
+                rc = lib.recmg_embedding_bag(self.app, t, ffi.from_buffer("int64_t[]", tid), n,
+                                             ffi.from_buffer("int64_t[]", offsets), batch, 0, ffi.NULL,
+                                             ffi.from_buffer("float[]", out[t]))
+                if rc != 0:
+                    raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
         lib.recmg_end_batch(self.app)
         dt = time.perf_counter() - t0
         lib.recmg_drain_ring(self.owner, self.ring, ffi.from_buffer("uint64_t[]", drain), len(drain))
@@ -125,32 +153,43 @@ def main() -> int:
     ap.add_argument("--pooling", type=int, default=20)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=40)
+    ap.add_argument("--miss", type=float, default=0.0,
+                    help="fraction of each table's rows evicted (0: all hits)")
+    ap.add_argument("--multi", action="store_true", help="one multi-table call instead of one call a table")
+    ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
     a = ap.parse_args()
+    if not 0 <= a.miss < 1:
+        ap.error(f"--miss must be in [0, 1), got {a.miss}")
     import recmgd._native as new_mod
 
     base_mod = load(build_base(a.base))
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
-    sides = {"base": Side(base_mod, "base", a.tables, a.rows, a.dim, weights),
-             "new": Side(new_mod, "new", a.tables, a.rows, a.dim, weights)}
+    gone = rng.choice(a.rows, size=int(a.rows * a.miss), replace=False).astype(np.int64)
+    sides = {"base": Side(base_mod, "base", a.tables, a.rows, a.dim, weights, gone, a.threads),
+             "new": Side(new_mod, "new", a.tables, a.rows, a.dim, weights, gone, a.threads)}
     n = a.batch * a.pooling
     ids = [rng.integers(0, a.rows, n).astype(np.int64) for _ in range(a.tables)]
     offsets = np.arange(0, n + 1, a.pooling, dtype=np.int64)
-    outs = {k: np.empty((a.batch, a.dim), dtype=np.float32) for k in sides}
+    outs = {k: np.empty((a.tables, a.batch, a.dim), dtype=np.float32) for k in sides}
     drain = np.empty(a.tables * n + 16, dtype=np.uint64)
     times: dict[str, list[float]] = {k: [] for k in sides}
     try:
         for i in range(a.reps):
             for tag in ("base", "new") if i % 2 == 0 else ("new", "base"):
-                times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain))
+                if a.threads > 1:  # untimed: the other build's workers poll on for 2 ms after its batch
+                    sides[tag].run(ids, offsets, outs[tag], drain, a.multi)
+                times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, a.multi))
         if not np.array_equal(outs["base"], outs["new"]):
             raise SystemExit("the two builds returned different rows")
     finally:
         for s in sides.values():
             s.close()
     mb, mn = statistics.median(times["base"]), statistics.median(times["new"])
-    print(f"all-hit, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, "
-          f"1 thread, {a.reps} interleaved calls each")
+    what = f"{1 - a.miss:.0%} hits" if a.miss else "all-hit"
+    call = "one multi-table call" if a.multi else "a call a table"
+    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, {call}, "
+          f"{a.threads} thread(s), {a.reps} interleaved batches each")
     print(f"base {a.base}: {mb * 1e3:.2f} ms   new (this checkout): {mn * 1e3:.2f} ms   "
           f"new/base {mn / mb:.3f}")
     return 0
