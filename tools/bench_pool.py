@@ -3,9 +3,11 @@
 1. Lookups (26 tables, dim 64, pooling 20, batch 2048, ring logging on), for each --rows and --threads:
    all hits (every row in the fast tier), then mixed (--miss of each table's rows evicted, 90% hits,
    the misses read from the pool's DRAM slow tier). The pool through one multi-table call
-   (embedding_bags, what the TorchRec front recmgd.torchrec_ebc calls) and through 26 per-table
-   calls, against the better in-DRAM kernel on the same values: torch's embedding_bag per table, or
-   FBGEMM's CPU table-batched kernel (one call; fbgemm_gpu comes with the `torchrec` extra that `make
+   (embedding_bags: a list of per-table ids and offsets), through the table-batched call that the
+   TorchRec front recmgd.torchrec_ebc makes (embedding_bags_packed: every table's ids in one tensor,
+   the bags side by side in one output, the layout of a KeyedJaggedTensor and FBGEMM's TBE), and
+   through 26 per-table calls, against the better in-DRAM kernel on the same values: torch's
+   embedding_bag per table, or FBGEMM's CPU table-batched kernel (one call; fbgemm_gpu comes with the `torchrec` extra that `make
    venv` installs, and is skipped with a note when missing). ratio = kernel time / pool time, medians of
    interleaved batches.
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
@@ -140,12 +142,18 @@ def bench_all_hit(
             pool.end_batch()
             return out
 
+        def run_packed(k: int) -> torch.Tensor:  # the TorchRec front's call: TBE/KJT layout, one output
+            out = pool.embedding_bags_packed(range(tables), tbe_ids[k], tbe_offsets, batch)
+            pool.end_batch()
+            return out
+
         def check(k: int) -> None:
             ref = run_torch(k)
             for a, c in zip(ref, run_pool(k), strict=True):
                 torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
             for a, c in zip(ref, run_multi(k), strict=True):
                 torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(run_packed(k), torch.cat(ref, dim=1), rtol=1e-5, atol=1e-5)
             if tbe is not None:
                 torch.testing.assert_close(run_fbgemm(k), torch.cat(ref, dim=1), rtol=1e-5, atol=1e-5)
             pool.drain_ring(ring)
@@ -159,7 +167,7 @@ def bench_all_hit(
         fns: dict[str, Callable[[int], object]] = {"torch": run_torch}
         if tbe is not None:
             fns["fbgemm"] = run_fbgemm
-        fns |= {"pool": run_pool, "pool_multi": run_multi}
+        fns |= {"pool": run_pool, "pool_multi": run_multi, "pool_packed": run_packed}
         out: list[dict[str, float]] = []
         workloads = [("all-hit", 0.0)] + ([("mixed", miss_fraction)] if miss_fraction > 0 else [])
         rng = np.random.default_rng(2)
@@ -179,7 +187,9 @@ def bench_all_hit(
                     "torch_ms": med["torch"] * 1e3, "fbgemm_ms": med.get("fbgemm", float("nan")) * 1e3,
                     "kernel_ms": kernel * 1e3,
                     "pool_ms": med["pool"] * 1e3, "pool_multi_ms": med["pool_multi"] * 1e3,
+                    "pool_packed_ms": med["pool_packed"] * 1e3,
                     "ratio": kernel / med["pool"], "ratio_multi": kernel / med["pool_multi"],
+                    "ratio_packed": kernel / med["pool_packed"],
                 })  # fmt: skip
             st1 = pool.stats()
             c0, c1 = st0["process"], st1["process"]
@@ -302,6 +312,11 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
         rows_out.append((
             head, f"pool {h['pool_multi_ms']:.1f} ms (embedding_bags)", base,
             f"{h['ratio_multi']:.2f}x  {target}",
+        ))  # fmt: skip
+        rows_out.append((
+            "  the same, the TorchRec front's table-batched call",
+            f"pool {h['pool_packed_ms']:.1f} ms (embedding_bags_packed)", base,
+            f"{h['ratio_packed']:.2f}x  {target}",
         ))  # fmt: skip
         rows_out.append((
             "  the same, 26 per-table calls", f"pool {h['pool_ms']:.1f} ms (embedding_bag x 26)", base,
