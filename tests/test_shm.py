@@ -2,8 +2,9 @@
 
 The last test mounts real tmpfs instances (huge=never and huge=advise) on /dev/shm inside a private
 mount namespace (unshare -m; the host's /dev/shm is not touched), creates a real pool in each and reads
-the kernel's account of its mapping: the pool asks for huge pages (madvise) and gets them exactly where
-the mount allows."""
+the kernel's account of its mapping: the pool asks for huge pages (madvise) for its metadata and fast
+tier and gets them exactly where the mount allows; its memory slow tier stays on 4 KiB pages (a NUMA
+binding and page mode's move_pages work page by page)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,19 @@ import numpy as np
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 from recmgd.shm import huge_mode, mapped_kib
+
+def slow_tier_kib(name, slow_off):  # (resident, on huge pages) KiB of NAME's file from slow_off on
+    path, rss, pmd, inside = "/dev/shm/" + name, 0, 0, False
+    for line in open("/proc/self/smaps"):
+        head = line.split()
+        if "-" in head[0] and not head[0].endswith(":"):
+            inside = line.rstrip().endswith(" " + path) and int(head[2], 16) >= slow_off
+        elif inside and head[0] == "Rss:":
+            rss += int(head[1])
+        elif inside and head[0] == "ShmemPmdMapped:":
+            pmd += int(head[1])
+    return rss, pmd
+
 out = []
 for mode in ("never", "advise"):
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=256m,mode=1777,huge={mode}", "recmg-test",
@@ -78,7 +92,10 @@ for mode in ("never", "advise"):
     got = p.embedding_bag(3, np.array([5, 7]), np.array([0]))
     assert np.allclose(got.numpy()[0], w[5] + w[7])
     rss, huge = mapped_kib(p.name)
-    out.append(f"{huge_mode()} {rss} {huge}")
+    st = p.stats()
+    slow_off = st["meta_bytes"] + (st["slot_bytes"] + 4095) // 4096 * 4096
+    slow_rss, slow_huge = slow_tier_kib(p.name, slow_off)
+    out.append(f"{huge_mode()} {rss} {huge} {slow_rss} {slow_huge}")
 print(";".join(out))
 """
 
@@ -90,7 +107,10 @@ def test_a_pool_gets_huge_pages_where_the_tmpfs_allows() -> None:
                        cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
-    (m0, rss0, huge0), (m1, rss1, huge1) = (part.split() for part in r.stdout.strip().split(";"))
+    (m0, rss0, huge0, _, _), (m1, rss1, huge1, srss1, shuge1) = (
+        part.split() for part in r.stdout.strip().split(";"))
     assert (m0, m1) == ("never", "advise")
     assert int(rss0) > 16 * 1024 and int(huge0) == 0  # huge=never: 4 KiB pages only
     assert int(rss1) > 16 * 1024 and int(huge1) >= 8 * 1024  # huge=advise: the slots on 2 MiB pages
+    # the dram slow tier (16 MiB, every row written) is mapped and stays on 4 KiB pages
+    assert int(srss1) >= 16 * 1024 and int(shuge1) == 0, (srss1, shuge1)
