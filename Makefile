@@ -85,7 +85,8 @@ lint: venv
 	$(MAKE) -s -C native clean all
 
 # A self-contained install: the package in its own venv under $(PREFIX)/lib/recmgd, its three commands
-# linked into $(PREFIX)/bin (where recmgd.service looks), librecmg and recmg.h for C apps, the unit,
+# linked into $(PREFIX)/bin (where recmgd.service looks), librecmg and recmg.h for C apps, the units
+# (recmg-hugepages.service installed, not enabled),
 # the config example (never over an existing config), the sysusers and tmpfiles rules; then (not into a
 # DESTDIR) the recmgd user and group (systemd-sysusers, or groupadd/useradd without it) and its directories.
 INSTALL_VENV := $(PREFIX)/lib/recmgd/venv
@@ -104,6 +105,7 @@ install: native
 	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
 	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
 	install -D -m 0644 systemd/recmgd.service $(DESTDIR)/etc/systemd/system/recmgd.service
+	install -D -m 0644 systemd/recmg-hugepages.service $(DESTDIR)/etc/systemd/system/recmg-hugepages.service
 	install -D -m 0644 systemd/recmgd.sysusers $(DESTDIR)/usr/lib/sysusers.d/recmgd.conf
 	install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
 	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files
@@ -128,6 +130,7 @@ install: native
 	  fi; \
 	fi
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now recmgd"
+	@echo "(and, for 2 MiB pages in the pools: systemctl enable --now recmg-hugepages; README, Huge pages)"
 	@echo "apps share pools with the daemon through group recmgd: usermod -aG recmgd APPUSER (README, Security)"
 
 clean:

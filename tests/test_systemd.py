@@ -14,13 +14,14 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 UNIT = REPO / "systemd" / "recmgd.service"
+HUGE_UNIT = REPO / "systemd" / "recmg-hugepages.service"
 BIN = "/usr/local/bin/recmgd"
 
 
-def unit_settings() -> dict[str, dict[str, list[str]]]:
+def unit_settings(unit: Path = UNIT) -> dict[str, dict[str, list[str]]]:
     out: dict[str, dict[str, list[str]]] = {}
     section = ""
-    for raw in UNIT.read_text().splitlines():
+    for raw in unit.read_text().splitlines():
         line = raw.strip()
         if not line or line.startswith(("#", ";")):
             continue
@@ -47,6 +48,23 @@ def test_unit_verifies(tmp_path: Path) -> None:
     assert r.stderr.strip() == "", r.stderr
     # and the installed path is what the Makefile's `pip install` provides
     assert BIN in UNIT.read_text()
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_hugepages_unit_verifies_and_runs_before_the_daemon() -> None:
+    """recmg-hugepages.service (installed, not enabled): a oneshot that remounts /dev/shm with huge=advise
+    before recmgd starts and puts huge=never back when stopped. tests/test_vm_systemd.py runs it under
+    systemd as PID 1."""
+    r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(HUGE_UNIT)], capture_output=True,
+                       text=True, timeout=120, env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.strip() == "", r.stderr
+    s = unit_settings(HUGE_UNIT)
+    assert s["Unit"]["Before"] == ["recmgd.service"]
+    assert s["Service"]["Type"] == ["oneshot"] and s["Service"]["RemainAfterExit"] == ["yes"]
+    assert s["Service"]["ExecStart"] == ["/bin/mount -o remount,huge=advise /dev/shm"]
+    assert s["Service"]["ExecStop"] == ["/bin/mount -o remount,huge=never /dev/shm"]
+    assert "systemd/recmg-hugepages.service" in (REPO / "Makefile").read_text()  # `make install` copies it
 
 
 def test_unit_settings() -> None:

@@ -41,6 +41,8 @@ def guest_files() -> dict[str, Any]:
     venv_bin = Path(sys.executable).parent
     files: dict[str, Any] = {
         "/etc/systemd/system/recmgd.service": (REPO / "systemd" / "recmgd.service").read_text(),
+        "/etc/systemd/system/recmg-hugepages.service":
+            (REPO / "systemd" / "recmg-hugepages.service").read_text(),
         "/etc/recmgd/recmgd.toml": (REPO / "systemd" / "recmgd.toml.example").read_text(),
         # the guest script runs systemd-sysusers and systemd-tmpfiles on these, as `make install` does
         g.SYSUSERS: (REPO / "systemd" / "recmgd.sysusers").read_text(),
@@ -140,3 +142,14 @@ def test_journal_has_the_daemon_lines(report: dict[str, Any]) -> None:
                  "stopping", "recmgd.service: Deactivated successfully"):
         assert line in journal, f"{line!r} not in the journal:\n{journal[-3000:]}"
     assert "Traceback" not in journal, journal[-3000:]
+
+
+def test_hugepages_unit_remounts_dev_shm(report: dict[str, Any]) -> None:
+    """recmg-hugepages.service, started by systemd, remounts /dev/shm with huge=advise (the daemon then
+    reports it), and stopping it puts huge=never back."""
+    assert report["huge_before"] == "never", report["huge_before"]
+    step(report, "huge_start")
+    assert report["huge_on"] == "advise"
+    assert report["stats"]["json"]["daemon"]["shm_huge"] == "advise", report["stats"]
+    step(report, "huge_stop")
+    assert report["huge_off"] == "never"

@@ -1,6 +1,7 @@
 """The guest side of tests/test_vm_systemd.py: run in the NUMA test VM with systemd as PID 1, by the boot's
-oneshot test unit (tools/numa_vm.py run_systemd). It drives the installed recmgd.service with systemctl,
-runs an app process against it, and prints one JSON report; the host test asserts on it.
+oneshot test unit (tools/numa_vm.py run_systemd). It starts the installed recmg-hugepages.service (the
+remount of /dev/shm with huge=advise), drives the installed recmgd.service with systemctl, runs an app
+process against it, stops both units, and prints one JSON report; the host test asserts on it.
 
     python tests/vm_systemd_guest.py run           # the whole sequence (the test unit's command)
     python tests/vm_systemd_guest.py app POOL      # the app: a numa:1 pool, rows, lookups
@@ -28,6 +29,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 POOL = "vm_systemd_app"
 UNIT = "recmgd"
+HUGE_UNIT = "recmg-hugepages"
 SYSUSERS = "/usr/lib/sysusers.d/recmgd.conf"
 TMPFILES = "/usr/lib/tmpfiles.d/recmgd.conf"
 ROWS, DIM, SLOTS = 2000, 32, 256
@@ -158,6 +160,11 @@ def run() -> dict[str, Any]:
         rep["recmgd_user"] = [pw.pw_uid, pw.pw_gid]
     except KeyError:
         rep["recmgd_user"] = None
+    from recmgd.shm import huge_mode
+
+    rep["huge_before"] = huge_mode()
+    rep["huge_start"] = sh(["systemctl", "start", HUGE_UNIT])
+    rep["huge_on"] = huge_mode()
     rep["start"] = sh(["systemctl", "start", UNIT], timeout=180)
     rep["after_start"] = show()
     rep["main_process"] = main_process(rep["after_start"].get("MainPID", "0"))
@@ -171,6 +178,8 @@ def run() -> dict[str, Any]:
         for k in ("after_app", "after_reload", "after_stop"):
             rep[k] = rep["after_start"]
         rep["journal"] = sh(["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
+        rep["huge_stop"] = sh(["systemctl", "stop", HUGE_UNIT])
+        rep["huge_off"] = huge_mode()
         return rep
     rep["app"] = sh([sys.executable, __file__, "app", POOL], timeout=APP_DEADLINE + 60)
     try:
@@ -196,6 +205,8 @@ def run() -> dict[str, Any]:
     rep["stop"] = sh(["systemctl", "stop", UNIT])
     rep["after_stop"] = show()
     rep["journal"] = sh(["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
+    rep["huge_stop"] = sh(["systemctl", "stop", HUGE_UNIT])
+    rep["huge_off"] = huge_mode()
     return rep
 
 
