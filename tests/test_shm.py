@@ -80,11 +80,11 @@ def slow_tier_kib(name, slow_off):  # (resident, on huge pages) KiB of NAME's fi
     return rss, pmd
 
 out = []
-for mode in ("never", "advise"):
+for mode, slow in (("never", "dram"), ("advise", "dram"), ("advise", "numa:0")):
     subprocess.run(["mount", "-t", "tmpfs", "-o", f"size=256m,mode=1777,huge={mode}", "recmg-test",
                     "/dev/shm"], check=True)
     rows = 16384  # 4 tables x 16,384 rows x 256 bytes: 16 MiB of slots, several 2 MiB pages
-    p = Pool.create(f"shm-test-{mode}", tables=[(rows, 64)] * 4, slots=4 * rows)
+    p = Pool.create(f"shm-test-{mode}-{slow[:4]}", tables=[(rows, 64)] * 4, slots=4 * rows, slow=slow)
     w = np.arange(rows * 64, dtype=np.float32).reshape(rows, 64)
     for t in range(4):
         p.write_rows(t, np.arange(rows), w)
@@ -95,7 +95,7 @@ for mode in ("never", "advise"):
     st = p.stats()
     slow_off = st["meta_bytes"] + (st["slot_bytes"] + 4095) // 4096 * 4096
     slow_rss, slow_huge = slow_tier_kib(p.name, slow_off)
-    out.append(f"{huge_mode()} {rss} {huge} {slow_rss} {slow_huge}")
+    out.append(f"{huge_mode()} {slow} {rss} {huge} {slow_rss} {slow_huge}")
 print(";".join(out))
 """
 
@@ -107,10 +107,14 @@ def test_a_pool_gets_huge_pages_where_the_tmpfs_allows() -> None:
                        cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
-    (m0, rss0, huge0, _, _), (m1, rss1, huge1, srss1, shuge1) = (
+    (m0, _, rss0, huge0, _, _), (m1, _, rss1, huge1, _, _), (m2, slow2, rss2, huge2, srss2, shuge2) = (
         part.split() for part in r.stdout.strip().split(";"))
-    assert (m0, m1) == ("never", "advise")
-    assert int(rss0) > 16 * 1024 and int(huge0) == 0  # huge=never: 4 KiB pages only
-    assert int(rss1) > 16 * 1024 and int(huge1) >= 8 * 1024  # huge=advise: the slots on 2 MiB pages
-    # the dram slow tier (16 MiB, every row written) is mapped and stays on 4 KiB pages
-    assert int(srss1) >= 16 * 1024 and int(shuge1) == 0, (srss1, shuge1)
+    assert (m0, m1, m2) == ("never", "advise", "advise")
+    assert int(rss0) > 32 * 1024 and int(huge0) == 0  # huge=never: 4 KiB pages only
+    # huge=advise, a dram slow tier (plain local memory): slots and slow tier (16 MiB each) on 2 MiB pages
+    assert int(rss1) > 32 * 1024 and int(huge1) >= 24 * 1024
+    # a NUMA slow tier: the fast tier on 2 MiB pages, the slow tier (its own mapping, every row written)
+    # on 4 KiB pages only, so that its binding and page mode's moves hold page by page
+    assert slow2 == "numa:0"
+    assert int(rss2) > 32 * 1024 and 8 * 1024 <= int(huge2) <= 16 * 1024 + 2048
+    assert int(srss2) >= 16 * 1024 and int(shuge2) == 0, (srss2, shuge2)

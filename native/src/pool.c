@@ -256,13 +256,13 @@ static int geom_set(recmg_pool *p, const shm_header *h, const shm_table *tab)
 /* Points the handle into a mapping whose layout is the (validated) header h. */
 static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes, const shm_header *h)
 {
-    /* Huge pages for the header, index, versions, rings and fast-tier slots, where the tmpfs grants
-     * them (mounted huge=advise): random row reads then miss the TLB far less. Not for a memory slow
-     * tier: its NUMA binding (mbind) and page mode's move_pages work page by page, and a 2 MiB folio
-     * across the fast tier's end would hold slow-tier rows on the fast node (the madvise splits the
-     * mapping at slow_off, and the kernel puts no huge page across a mapping's end). Ignored (EINVAL)
-     * where THP is off. */
-    const size_t fast_end = h->slow_kind == RECMG_SLOW_SSD || h->slow_off > bytes ? bytes : (size_t)h->slow_off;
+    /* Huge pages where the tmpfs grants them (mounted huge=advise): random row reads then miss the TLB
+     * far less. For the whole object, except a NUMA slow tier: its binding (mbind) and page mode's
+     * move_pages work page by page, and a 2 MiB folio across the fast tier's end would hold slow-tier
+     * rows on the fast node (the madvise splits the mapping at slow_off, and the kernel puts no huge
+     * page across a mapping's end). A dram slow tier is plain local memory: its misses gain as hits do.
+     * Ignored (EINVAL) where THP is off. */
+    const size_t fast_end = h->slow_kind == RECMG_SLOW_NUMA && h->slow_off < bytes ? (size_t)h->slow_off : bytes;
     (void)madvise(base, fast_end, MADV_HUGEPAGE);
     p->base = base;
     p->map_bytes = bytes;
