@@ -7,12 +7,13 @@ on /dev/shm and creates pool A, then mounts one with huge=advise over it and cre
 /dev/shm is not touched; the namespace's mounts go when the tool exits). Both pools hold every row of
 the same tables in the fast tier (all hits, a dram slow tier, ring logging on); the tool checks from
 /proc/self/smaps that B's mapping is on huge pages and A's is not, then times torch's embedding_bag
-(26 calls), each pool's multi-table call (embedding_bags) and 26 per-table calls, interleaved. With
+(a call a table), each pool's multi-table call (embedding_bags) and its per-table calls, interleaved. With
 ``--miss F`` it then evicts the same fraction F of every table's rows from both pools and times the
 mixed workload as well (those lookups read the pools' dram slow tiers; #14's target for it: the pool's
 time at most 1.2x torch's, ratio >= 0.83).
 
-    .venv/bin/python tools/bench_hugepages.py [--rows 100000] [--threads 1,2] [--reps 10] [--miss 0.1]
+    .venv/bin/python tools/bench_hugepages.py [--rows 100000] [--tables 26] [--threads 1,2] [--reps 10] \
+        [--miss 0.1]
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python tools/bench_hugepages.py    # torch's weights on huge pages too
 """
 
@@ -58,7 +59,7 @@ def make_pool(tables: int, rows: int, dim: int, weights: list[torch.Tensor], rin
 
 
 def run(a: argparse.Namespace) -> int:
-    tables, rows, dim, pooling, batch = 26, a.rows, 64, 20, 2048
+    tables, rows, dim, pooling, batch = a.tables, a.rows, 64, 20, 2048
     n = batch * pooling
     table_bytes = tables * rows * dim * 4
     size = 4 * table_bytes + (2 << 30)  # a limit, not a reservation: slots, dram slow tier, rings, metadata
@@ -112,7 +113,7 @@ def run(a: argparse.Namespace) -> int:
             p.drain_ring(p.ring_index)
 
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
-    print(f"26 tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on; "
+    print(f"{tables} tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on; "
           "ratio = torch time / pool time (medians of interleaved calls); torch's weights on "
           + ("transparent huge pages (THP_MEM_ALLOC_ENABLE=1)" if thp
              else "its default allocation (4 KiB pages unless THP is 'always'; THP_MEM_ALLOC_ENABLE=1 "
@@ -148,7 +149,9 @@ def run(a: argparse.Namespace) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--rows", type=int, default=100_000, help="rows a table (26 tables, dim 64)")
+    ap.add_argument("--rows", type=int, default=100_000, help="rows a table (dim 64)")
+    ap.add_argument("--tables", type=int, default=26,
+                    help="tables (fewer let 1M-row tables fit a small machine: two pools and torch's copy)")
     ap.add_argument("--threads", default="1,2", help="lookup threads, comma-separated")
     ap.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
     ap.add_argument("--miss", type=float, default=0.0,
@@ -169,10 +172,10 @@ def main() -> int:
     # two pools (each row in a fast-tier slot and in the dram slow tier), torch's weights and the
     # copies made while the pools are written: over 7x the tables at the peak (measured: at 500,000 rows,
     # 11.4 GB anonymous + 12.5 GB shared when the OOM killer stopped it), plus ~1 GiB
-    need = 8 * 26 * a.rows * 64 * 4 + (1 << 30)
+    need = 8 * a.tables * a.rows * 64 * 4 + (1 << 30)
     avail = mem_available_bytes()
     if avail is not None and need > avail:
-        print(f"bench_hugepages: --rows {a.rows:,} needs about {need >> 20:,} MiB, "
+        print(f"bench_hugepages: --tables {a.tables} --rows {a.rows:,} needs about {need >> 20:,} MiB, "
               f"{avail >> 20:,} MiB available", file=sys.stderr)
         return 2
     env = dict(os.environ, **{IN_NS: "1"})
