@@ -77,11 +77,16 @@ def test_slow_tier_pages_on_node1(report: dict[str, Any]) -> None:
 def test_numa_maps_agrees(report: dict[str, Any]) -> None:
     # 3000 rows of 96 bytes (70.3 pages: rows straddle pages) and 500 of 256: 71 + 32 pages
     assert slow_pages() == 103
+    # Each handle that maps the pool (the app's; a daemon handle while it is open) has its mapping split
+    # where the slow tier starts (the madvise for huge pages stops there), so one mapping of the slow
+    # tier each, and shared memory's policy is the file's: every one shows the binding.
     created = bound_mappings(report, "created")
-    assert len(created) == 1 and created[0]["pages"] == {}, created
+    assert created and all(m["pages"] == {} for m in created), created
     written = bound_mappings(report, "written")
-    assert len(written) == 1, report["stages"]["written"]["numa_maps"]
-    assert written[0]["pages"] == {str(g.SLOW_NODE): slow_pages()}
+    assert written, report["stages"]["written"]["numa_maps"]
+    # the app's handle wrote every row: all its slow-tier pages mapped, on node 1; nothing on another node
+    assert {str(g.SLOW_NODE): slow_pages()} in [m["pages"] for m in written], written
+    assert all(set(m["pages"]) <= {str(g.SLOW_NODE)} for m in written), written
 
 
 def test_lookups_return_the_rows(report: dict[str, Any]) -> None:
