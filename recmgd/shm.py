@@ -42,17 +42,18 @@ def huge_mode(mounts: str = "/proc/self/mounts", where: str = SHM_DIR) -> str | 
     return mode
 
 
-def mapped_kib(name: str, smaps: str = "/proc/self/smaps") -> tuple[int, int]:
+def mapped_kib(name: str, smaps: str = "/proc/self/smaps", from_offset: int = 0) -> tuple[int, int]:
     """(resident, on huge pages) KiB of this process's mappings of the shm object NAME: the sums of
-    Rss and ShmemPmdMapped over them in /proc/self/smaps."""
+    Rss and ShmemPmdMapped over them in /proc/self/smaps. With from_offset, only the mappings that
+    start at that file offset or later (a pool's mapping is split where its NUMA slow tier starts)."""
     path, rss, pmd, inside = shm_path(name), 0, 0, False
     with open(smaps, encoding="utf-8", errors="replace") as f:
         for line in f:
             head = line.split()
             if not head:
                 continue
-            if "-" in head[0] and not head[0].endswith(":"):  # a mapping's first line: range perms ... path
-                inside = line.rstrip().endswith(" " + path)
+            if "-" in head[0] and not head[0].endswith(":"):  # range perms offset dev inode path
+                inside = line.rstrip().endswith(" " + path) and int(head[2], 16) >= from_offset
             elif inside and head[0] == "Rss:":
                 rss += int(head[1])
             elif inside and head[0] == "ShmemPmdMapped:":

@@ -58,6 +58,12 @@ def test_mapped_kib_of_a_mapping(tmp_path: Path) -> None:
     assert mapped_kib("pool-a", str(smaps)) == (4136, 4096)
     assert mapped_kib("/pool-a", str(smaps)) == (4136, 4096)
     assert mapped_kib("other", str(smaps)) == (0, 0)
+    smaps.write_text(
+        f"7f00-7f10 rw-s 00000000 00:1b 1 {path}\nRss: 40 kB\nShmemPmdMapped: 32 kB\n"
+        f"7f10-7f20 rw-s 00200000 00:1b 1 {path}\nRss: 12 kB\nShmemPmdMapped: 0 kB\n")
+    assert mapped_kib("pool-a", str(smaps)) == (52, 32)
+    assert mapped_kib("pool-a", str(smaps), from_offset=0x200000) == (12, 0)  # from the split on
+    assert mapped_kib("pool-a", str(smaps), from_offset=0x200001) == (0, 0)
 
 
 CHILD = r"""
@@ -66,18 +72,6 @@ import numpy as np
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 from recmgd.shm import huge_mode, mapped_kib
-
-def slow_tier_kib(name, slow_off):  # (resident, on huge pages) KiB of NAME's file from slow_off on
-    path, rss, pmd, inside = "/dev/shm/" + name, 0, 0, False
-    for line in open("/proc/self/smaps"):
-        head = line.split()
-        if "-" in head[0] and not head[0].endswith(":"):
-            inside = line.rstrip().endswith(" " + path) and int(head[2], 16) >= slow_off
-        elif inside and head[0] == "Rss:":
-            rss += int(head[1])
-        elif inside and head[0] == "ShmemPmdMapped:":
-            pmd += int(head[1])
-    return rss, pmd
 
 out = []
 for mode, slow in (("never", "dram"), ("advise", "dram"), ("advise", "numa:0")):
@@ -94,7 +88,7 @@ for mode, slow in (("never", "dram"), ("advise", "dram"), ("advise", "numa:0")):
     rss, huge = mapped_kib(p.name)
     st = p.stats()
     slow_off = st["meta_bytes"] + (st["slot_bytes"] + 4095) // 4096 * 4096
-    slow_rss, slow_huge = slow_tier_kib(p.name, slow_off)
+    slow_rss, slow_huge = mapped_kib(p.name, from_offset=slow_off)
     out.append(f"{huge_mode()} {slow} {rss} {huge} {slow_rss} {slow_huge}")
 print(";".join(out))
 """

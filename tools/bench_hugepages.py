@@ -34,7 +34,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_pool import _median_times, _name  # noqa: E402
+from bench_pool import _median_times, _name, evicted_keys, miss_fraction  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.models.train_memory import mem_available_bytes  # noqa: E402
@@ -119,11 +119,9 @@ def run(a: argparse.Namespace) -> int:
              else "its default allocation (4 KiB pages unless THP is 'always'; THP_MEM_ALLOC_ENABLE=1 "
              "asks for huge pages)"))
     workloads = [("all hits", 0.0)] + ([(f"{1 - a.miss:.0%} hits", a.miss)] if a.miss > 0 else [])
-    rng = np.random.default_rng(2)
     for workload, frac in workloads:
-        if frac > 0:  # the same rows of every table leave both fast tiers
-            gone = rng.choice(rows, size=int(rows * frac), replace=False)
-            keys = np.concatenate([make_keys(t, gone) for t in range(tables)])
+        if frac > 0:  # the same rows of every table leave both fast tiers (the rows bench_pool evicts)
+            keys = evicted_keys(tables, rows, frac)
             for p in pools.values():
                 p.evict_keys(keys)
                 for ref, got in zip(kernel(1), multi(p)(1), strict=True):
@@ -154,11 +152,9 @@ def main() -> int:
                     help="tables (fewer let 1M-row tables fit a small machine: two pools and torch's copy)")
     ap.add_argument("--threads", default="1,2", help="lookup threads, comma-separated")
     ap.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
-    ap.add_argument("--miss", type=float, default=0.0,
+    ap.add_argument("--miss", type=miss_fraction, default=0.0,
                     help="then evict this fraction of every table's rows and time the mixed workload too")
     a = ap.parse_args()
-    if not 0 <= a.miss < 1:
-        ap.error(f"--miss must be in [0, 1), got {a.miss}")
     a.threads = [int(x) for x in a.threads.split(",")]
     if os.environ.get(IN_NS) == "1":
         return run(a)

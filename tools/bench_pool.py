@@ -68,6 +68,24 @@ def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
     )
 
 
+def miss_fraction(text: str) -> float:
+    """argparse type of --miss: the fraction of each table's rows evicted for the mixed workload."""
+    try:
+        f = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= f < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return f
+
+
+def evicted_keys(tables: int, rows: int, fraction: float) -> np.ndarray:
+    """The mixed workload's evictions: the same random fraction of every table's rows (one fixed seed,
+    so every tool and build evicts the same rows), as pool keys."""
+    gone = np.random.default_rng(2).choice(rows, size=int(rows * fraction), replace=False)
+    return np.concatenate([make_keys(t, gone) for t in range(tables)])
+
+
 def _median_times(
     fns: dict[str, Callable[[int], object]], nbatches: int, reps: int, after: Callable[[str], None]
 ) -> dict[str, float]:
@@ -170,11 +188,9 @@ def bench_all_hit(
         fns |= {"pool": run_pool, "pool_multi": run_multi, "pool_packed": run_packed}
         out: list[dict[str, float]] = []
         workloads = [("all-hit", 0.0)] + ([("mixed", miss_fraction)] if miss_fraction > 0 else [])
-        rng = np.random.default_rng(2)
         for workload, frac in workloads:
             if frac > 0:  # the same rows of every table leave the fast tier
-                gone = rng.choice(rows, size=int(rows * frac), replace=False)
-                pool.evict_keys(np.concatenate([make_keys(t, gone) for t in range(tables)]))
+                pool.evict_keys(evicted_keys(tables, rows, frac))
             check(0)
             st0 = pool.stats()
             for threads in thread_counts:
@@ -336,9 +352,8 @@ def main() -> int:
     ap.add_argument("--threads", type=_ints, default=None, help="lookup threads (pool and kernels), "
                     "comma-separated (default: 1 and torch's count)")  # fmt: skip
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each measurement")
-    ap.add_argument(
-        "--miss", type=float, default=0.1, help="fraction of rows evicted in the mixed workload (0: none)"
-    )
+    ap.add_argument("--miss", type=miss_fraction, default=0.1,
+                    help="fraction of rows evicted in the mixed workload (0: none)")
     ap.add_argument("--no-fbgemm", action="store_true", help="compare with torch's embedding_bag only")
     ap.add_argument("--lookups-only", action="store_true", help="skip the SSD and metadata sections")
     ap.add_argument("--ssd-dir", default=tempfile.gettempdir(), help="where the SSD benchmark's file goes")
@@ -346,8 +361,6 @@ def main() -> int:
     ap.add_argument("--depth", type=int, default=64, help="I/O queue depth (pool and fio)")
     ap.add_argument("--seconds", type=float, default=3.0, help="seconds per SSD measurement")
     args = ap.parse_args()
-    if not 0 <= args.miss < 1:
-        ap.error(f"--miss must be in [0, 1), got {args.miss}")
     threads = args.threads or sorted({1, torch.get_num_threads()})
     if args.quick:
         args.rows, args.ssd_rows, args.seconds, args.reps = [20_000], 200_000, 1.0, 2
