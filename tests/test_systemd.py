@@ -3,8 +3,10 @@ and the tmpfiles snippet creates its directories (under a temporary root; no PID
 
 from __future__ import annotations
 
+import json
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import sys
@@ -53,8 +55,8 @@ def test_unit_verifies(tmp_path: Path) -> None:
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_hugepages_unit_verifies_and_runs_before_the_daemon() -> None:
     """recmg-hugepages.service (installed, not enabled): a oneshot that remounts /dev/shm with huge=advise
-    before recmgd starts and puts huge=never back when stopped. tests/test_vm_systemd.py runs it under
-    systemd as PID 1."""
+    before recmgd starts and puts the previous mode back when stopped. tests/test_vm_systemd.py runs it
+    under systemd as PID 1."""
     r = subprocess.run(["systemd-analyze", "verify", "--man=no", str(HUGE_UNIT)], capture_output=True,
                        text=True, timeout=120, env=dict(os.environ, SYSTEMD_LOG_LEVEL="notice"))
     assert r.returncode == 0, r.stderr
@@ -62,9 +64,55 @@ def test_hugepages_unit_verifies_and_runs_before_the_daemon() -> None:
     s = unit_settings(HUGE_UNIT)
     assert s["Unit"]["Before"] == ["recmgd.service"]
     assert s["Service"]["Type"] == ["oneshot"] and s["Service"]["RemainAfterExit"] == ["yes"]
-    assert s["Service"]["ExecStart"] == ["/bin/mount -o remount,huge=advise /dev/shm"]
-    assert s["Service"]["ExecStop"] == ["/bin/mount -o remount,huge=never /dev/shm"]
+    assert s["Service"]["RuntimeDirectory"] == ["recmg-hugepages"]
+    assert s["Service"]["ExecStart"][-1] == "/bin/mount -o remount,huge=advise /dev/shm"
+    assert len(s["Service"]["ExecStop"]) == 1
     assert "systemd/recmg-hugepages.service" in (REPO / "Makefile").read_text()  # `make install` copies it
+
+
+def unit_command(line: str) -> list[str]:
+    """An Exec line of the hugepages unit as systemd runs it: its words, `$$` as `$` (the unit uses no
+    other escape and no % specifier; asserted)."""
+    assert "%" not in line and "\\" not in line, line
+    return [w.replace("$$", "$") for w in shlex.split(line)]
+
+
+HUGE_CHILD = """
+import json, os, subprocess, sys
+from recmgd.shm import huge_mode
+start, stop, preset = json.loads(sys.argv[1]), json.loads(sys.argv[2]), sys.argv[3]
+subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m" + ("," + preset if preset else ""), "x", "/dev/shm"],
+               check=True)
+seen = [huge_mode()]
+for argv in start:
+    subprocess.run(argv, check=True)
+seen.append(huge_mode())
+seen.append(open(os.path.join(os.environ["RUNTIME_DIRECTORY"], "previous")).read().strip())
+for argv in stop:
+    subprocess.run(argv, check=True)
+seen.append(huge_mode())
+print(json.dumps(seen))
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None or shutil.which("findmnt") is None,
+                    reason="needs root, unshare(1) and findmnt(8) to mount a tmpfs in a private namespace")
+@pytest.mark.parametrize(("preset", "before"), [("", "never"), ("huge=within_size", "within_size"),
+                                                ("huge=advise", "advise")])
+def test_hugepages_unit_puts_the_previous_mode_back(tmp_path: Path, preset: str, before: str) -> None:
+    """The unit's own ExecStart and ExecStop lines, run in a private mount namespace over a tmpfs at
+    /dev/shm: start remounts it huge=advise and keeps the mode it had; stop puts that mode back (never
+    when the mount had no huge= option), not always huge=never."""
+    s = unit_settings(HUGE_UNIT)["Service"]
+    start = [unit_command(x) for x in s["ExecStart"]]
+    stop = [unit_command(x) for x in s["ExecStop"]]
+    env = dict(os.environ, RUNTIME_DIRECTORY=str(tmp_path), PYTHONPATH=str(REPO))
+    r = subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable, "-c", HUGE_CHILD,
+                        json.dumps(start), json.dumps(stop), preset], capture_output=True, text=True,
+                       timeout=60, env=env)
+    assert r.returncode == 0, r.stderr
+    seen = json.loads(r.stdout.strip().splitlines()[-1])
+    assert seen == [before, "advise", f"huge={before}", before], seen
 
 
 def test_unit_settings() -> None:

@@ -146,10 +146,17 @@ def test_journal_has_the_daemon_lines(report: dict[str, Any]) -> None:
 
 def test_hugepages_unit_remounts_dev_shm(report: dict[str, Any]) -> None:
     """recmg-hugepages.service, started by systemd, remounts /dev/shm with huge=advise (the daemon then
-    reports it), and stopping it puts huge=never back."""
+    reports it), and stopping it puts the mode from before back: huge=never the first time, huge=within_size
+    after /dev/shm was remounted so."""
     assert report["huge_before"] == "never", report["huge_before"]
     step(report, "huge_start")
     assert report["huge_on"] == "advise"
     assert report["stats"]["json"]["daemon"]["shm_huge"] == "advise", report["stats"]
     step(report, "huge_stop")
     assert report["huge_off"] == "never"
+    step(report, "huge2_preset")
+    assert report["huge2_before"] == "within_size"
+    step(report, "huge2_start")
+    assert report["huge2_on"] == "advise"
+    step(report, "huge2_stop")
+    assert report["huge2_off"] == "within_size"

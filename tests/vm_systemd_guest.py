@@ -180,6 +180,7 @@ def run() -> dict[str, Any]:
         rep["journal"] = sh(["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
         rep["huge_stop"] = sh(["systemctl", "stop", HUGE_UNIT])
         rep["huge_off"] = huge_mode()
+        huge_round_from(rep, "within_size")
         return rep
     rep["app"] = sh([sys.executable, __file__, "app", POOL], timeout=APP_DEADLINE + 60)
     try:
@@ -207,7 +208,22 @@ def run() -> dict[str, Any]:
     rep["journal"] = sh(["journalctl", "-u", UNIT, "--no-pager", "-o", "cat"])
     rep["huge_stop"] = sh(["systemctl", "stop", HUGE_UNIT])
     rep["huge_off"] = huge_mode()
+    huge_round_from(rep, "within_size")
     return rep
+
+
+def huge_round_from(rep: dict[str, Any], mode: str) -> None:
+    """The hugepages unit started and stopped again over /dev/shm remounted huge=MODE first: the stop
+    must put MODE back. /dev/shm is left huge=never."""
+    from recmgd.shm import huge_mode
+
+    rep["huge2_preset"] = sh(["mount", "-o", f"remount,huge={mode}", "/dev/shm"])
+    rep["huge2_before"] = huge_mode()
+    rep["huge2_start"] = sh(["systemctl", "start", HUGE_UNIT])
+    rep["huge2_on"] = huge_mode()
+    rep["huge2_stop"] = sh(["systemctl", "stop", HUGE_UNIT])
+    rep["huge2_off"] = huge_mode()
+    sh(["mount", "-o", "remount,huge=never", "/dev/shm"])
 
 
 def main(argv: list[str]) -> int:
