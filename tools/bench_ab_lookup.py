@@ -35,6 +35,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench_workload import evicted_rows, miss_fraction  # noqa: E402
+
 from recmgd.keys import ROW_BITS  # noqa: E402
 
 BASE_DEFAULT = "c4d4e88"  # main before the trust-boundary work (layout 3, unchecked slot numbers)
@@ -153,19 +155,17 @@ def main() -> int:
     ap.add_argument("--pooling", type=int, default=20)
     ap.add_argument("--batch", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=40)
-    ap.add_argument("--miss", type=float, default=0.0,
-                    help="fraction of each table's rows evicted (0: all hits)")
+    ap.add_argument("--miss", type=miss_fraction, default=0.0,
+                    help="fraction of each table's rows evicted (0: all hits; the rows bench_pool evicts)")
     ap.add_argument("--multi", action="store_true", help="one multi-table call instead of one call a table")
     ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
     a = ap.parse_args()
-    if not 0 <= a.miss < 1:
-        ap.error(f"--miss must be in [0, 1), got {a.miss}")
     import recmgd._native as new_mod
 
     base_mod = load(build_base(a.base))
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
-    gone = rng.choice(a.rows, size=int(a.rows * a.miss), replace=False).astype(np.int64)
+    gone = evicted_rows(a.rows, a.miss).astype(np.int64)
     sides = {"base": Side(base_mod, "base", a.tables, a.rows, a.dim, weights, gone, a.threads),
              "new": Side(new_mod, "new", a.tables, a.rows, a.dim, weights, gone, a.threads)}
     n = a.batch * a.pooling

@@ -34,7 +34,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_pool import _median_times, _name, evicted_keys, miss_fraction  # noqa: E402
+from bench_pool import _median_times, _name  # noqa: E402
+from bench_workload import evicted_keys, miss_fraction  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.models.train_memory import mem_available_bytes  # noqa: E402
@@ -158,25 +159,31 @@ def main() -> int:
     a.threads = [int(x) for x in a.threads.split(",")]
     if os.environ.get(IN_NS) == "1":
         return run(a)
-    if os.geteuid() != 0:
-        print("bench_hugepages: needs root (it mounts tmpfs instances in a private mount namespace)",
-              file=sys.stderr)
-        return 2
-    if shutil.which("unshare") is None:
-        print("bench_hugepages: unshare(1) is missing (util-linux)", file=sys.stderr)
-        return 2
     # two pools (each row in a fast-tier slot and in the dram slow tier), torch's weights and the
     # copies made while the pools are written: over 7x the tables at the peak (measured: at 500,000 rows,
     # 11.4 GB anonymous + 12.5 GB shared when the OOM killer stopped it), plus ~1 GiB
-    need = 8 * a.tables * a.rows * 64 * 4 + (1 << 30)
+    return again_in_private_namespace("bench_hugepages", 8 * a.tables * a.rows * 64 * 4 + (1 << 30),
+                                      f"--tables {a.tables} --rows {a.rows:,}")
+
+
+def again_in_private_namespace(tool: str, need: int, what: str) -> int:
+    """Run the calling script again, with the same arguments, in a private mount namespace (where it may
+    mount tmpfs instances on /dev/shm without touching the host's); its exit status. 2, with a line on
+    stderr, without root, without unshare(1), or when NEED bytes (for WHAT) are more than available."""
+    if os.geteuid() != 0:
+        print(f"{tool}: needs root (it mounts tmpfs instances in a private mount namespace)", file=sys.stderr)
+        return 2
+    if shutil.which("unshare") is None:
+        print(f"{tool}: unshare(1) is missing (util-linux)", file=sys.stderr)
+        return 2
     avail = mem_available_bytes()
     if avail is not None and need > avail:
-        print(f"bench_hugepages: --tables {a.tables} --rows {a.rows:,} needs about {need >> 20:,} MiB, "
-              f"{avail >> 20:,} MiB available", file=sys.stderr)
+        print(f"{tool}: {what} needs about {need >> 20:,} MiB, {avail >> 20:,} MiB available",
+              file=sys.stderr)
         return 2
     env = dict(os.environ, **{IN_NS: "1"})
     return subprocess.run(["unshare", "--mount", "--propagation", "private", sys.executable,
-                           str(Path(__file__).resolve()), *sys.argv[1:]], env=env).returncode
+                           os.path.abspath(sys.argv[0]), *sys.argv[1:]], env=env).returncode
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from bench_workload import evicted_keys, miss_fraction
 from recmgd._native import ffi, lib
 
 from recmgd.keys import make_keys
@@ -66,24 +67,6 @@ def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
         weights_precision=SparseType.FP32,
         optimizer=EmbOptimType.EXACT_SGD,
     )
-
-
-def miss_fraction(text: str) -> float:
-    """argparse type of --miss: the fraction of each table's rows evicted for the mixed workload."""
-    try:
-        f = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= f < 1:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
-    return f
-
-
-def evicted_keys(tables: int, rows: int, fraction: float) -> np.ndarray:
-    """The mixed workload's evictions: the same random fraction of every table's rows (one fixed seed,
-    so every tool and build evicts the same rows), as pool keys."""
-    gone = np.random.default_rng(2).choice(rows, size=int(rows * fraction), replace=False)
-    return np.concatenate([make_keys(t, gone) for t in range(tables)])
 
 
 def _median_times(
