@@ -177,3 +177,86 @@ def test_handle_inherited_across_fork_is_refused(pool: Pool) -> None:
     proc.join(60)
     pool.embedding_bag(0, [1], [0])  # the parent's handle is untouched
     assert pool.rings()[pool.ring_index].pid == os.getpid()
+
+
+def _threaded_pool(ring_records: int) -> Pool:
+    """Tables large enough that a multi-table call splits their bags over the lookup threads (threads
+    run only over a memory slow tier, as here)."""
+    p = Pool.create(_name(), tables=[(5000, 4), (5000, 4), (64, 4)], slots=1000, ring_records=ring_records,
+                    rings=2)
+    p.set_threads(4)
+    return p
+
+
+def _call(p: Pool, tables: list[int], ids: list[np.ndarray], per_bag: int = 3) -> None:
+    p.embedding_bags(tables, ids, [np.arange(0, len(x), per_bag, dtype=np.int64) for x in ids])
+
+
+def test_multi_table_call_records_in_argument_order_across_threads() -> None:
+    """The work items of a multi-table call write their ids' records at their places in one run, on
+    whichever thread runs them, and the caller publishes the run: the ring holds every id in argument
+    order, bag order within each (a table twice in one call, a split table with join items, a small one)."""
+    p = _threaded_pool(1 << 16)
+    try:
+        rng = np.random.default_rng(3)
+        tables = [0, 1, 0, 2]
+        ids = [rng.integers(0, 5000, 3000), rng.integers(0, 5000, 2400), rng.integers(0, 5000, 1500),
+               rng.integers(0, 64, 300)]
+        _call(p, tables, ids)
+        _call(p, [1], [ids[1][::-1].copy()])
+        p.end_batch()
+        types, keys = _decode(p.drain_ring(p.ring_index))
+        want = [make_keys(t, x) for t, x in zip(tables, ids, strict=True)] + [make_keys(1, ids[1][::-1])]
+        n = sum(len(x) for x in want)
+        assert types.tolist() == [LOOKUP] * n + [BATCH_END]
+        assert keys[:n].tolist() == np.concatenate(want).tolist()
+        assert p.rings()[p.ring_index].drops == 0
+    finally:
+        p.destroy()
+
+
+def test_multi_table_call_cut_by_a_full_ring() -> None:
+    """A call larger than the ring's room: the records that fit are the first ones in argument order,
+    the rest are dropped and counted against their tables, and the ring takes records again after a
+    drain."""
+    p = _threaded_pool(1024)
+    try:
+        rng = np.random.default_rng(4)
+        ids = [rng.integers(0, 5000, 600) for _ in range(3)]
+        _call(p, [0, 1, 0], ids)
+        types, keys = _decode(p.drain_ring(p.ring_index))
+        assert types.tolist() == [LOOKUP] * 1024
+        assert keys.tolist() == make_keys(0, ids[0]).tolist() + make_keys(1, ids[1][:424]).tolist()
+        c = p.counters()
+        assert c["tables"][0]["ring_drops"] == 600 and c["tables"][1]["ring_drops"] == 176
+        assert p.rings()[p.ring_index].drops == 776
+        _call(p, [1], [ids[2]])
+        _, keys = _decode(p.drain_ring(p.ring_index))
+        assert keys.tolist() == make_keys(1, ids[2]).tolist()
+    finally:
+        p.destroy()
+
+
+def test_multi_table_call_that_fails_logs_the_arguments_before_the_failure() -> None:
+    """An argument with an out-of-range id fails the call: the arguments before it are logged (their
+    records published, as they are counted) and the failing one and those after it are not, though
+    threads wrote the later arguments' records into the run."""
+    p = _threaded_pool(1 << 16)
+    try:
+        rng = np.random.default_rng(5)
+        ids = [rng.integers(0, 5000, 900), rng.integers(0, 5000, 900), rng.integers(0, 5000, 900)]
+        bad = ids[1].copy()
+        bad[450] = 5000
+        with pytest.raises(PoolError, match="out of range"):
+            _call(p, [0, 1, 0], [ids[0], bad, ids[2]])
+        _, keys = _decode(p.drain_ring(p.ring_index))
+        assert keys.tolist() == make_keys(0, ids[0]).tolist()
+        c = p.counters()
+        assert c["tables"][0]["lookups"] == 900 and c["tables"][1]["lookups"] == 0
+        _call(p, [1], [ids[1]])  # the next call's records follow the logged ones, nothing in between
+        p.end_batch()
+        types, keys = _decode(p.drain_ring(p.ring_index))
+        assert types.tolist() == [LOOKUP] * 900 + [BATCH_END]
+        assert keys[:900].tolist() == make_keys(1, ids[1]).tolist()
+    finally:
+        p.destroy()

@@ -148,7 +148,8 @@ typedef struct lscratch {
     char err[RECMG_ERRLEN];
 } lscratch;
 
-/* What one table's lookup did (counters are added, and the ring written, by the caller in order). */
+/* What one table's lookup did (the caller adds the counters, and publishes the ring records that the
+ * work items wrote, in argument order). */
 typedef struct bagres {
     int rc;
     int pad;
@@ -261,6 +262,15 @@ static inline void words_store(uint8_t *dst, const uint64_t *src, uint32_t nword
 }
 
 /* ring.c */
+/* A run of records to append at the ring's head (positions head, head + 1, ...), room of them free. */
+typedef struct ringrun {
+    uint64_t head, room;
+} ringrun;
+ringrun ring_begin(recmg_pool *p);
+void ring_write(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, const int64_t *rows, uint64_t n,
+                unsigned type);
+uint64_t ring_count_drops(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, uint64_t n, unsigned type);
+void ring_publish(recmg_pool *p, const ringrun *rr, uint64_t n);
 void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type);
 int ring_claim(recmg_pool *p);
 int ring_forked_error(recmg_pool *p);

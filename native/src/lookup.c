@@ -264,6 +264,8 @@ typedef struct work {
                * bitmaps of the argument's table, once its `need` marking chunks are done */
     uint32_t need;
     _Atomic uint32_t *done; /* a marking chunk: counts itself done here; a join item: waits for need */
+    const ringrun *rr; /* bags: the call's run of ring records, where this item's ids go, from position at */
+    uint64_t at;
 } work;
 
 static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
@@ -463,6 +465,9 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     }
     free(heap);
     if (slow) slow_bytes += umiss * rb;
+    /* the ids' records at their place in the call's run (the caller publishes the run in argument
+     * order): the copy is spread over the threads like the lookups */
+    if (wk->rr) ring_write(p, wk->rr, wk->at, a->table, ids + i0, n, RECMG_REC_LOOKUP);
 
     res->unique = nu;
     res->hits = hits;
@@ -719,7 +724,6 @@ int recmg_set_threads(recmg_pool *p, int n)
 
 static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
 {
-    ring_append(p, a->table, a->ids, a->n_ids, RECMG_REC_LOOKUP);
     shm_counters *tc = &p->stab[a->table].c;
     atomic_fetch_add_explicit(&tc->lookups, a->n_ids, memory_order_relaxed);
     atomic_fetch_add_explicit(&tc->unique, r->unique, memory_order_relaxed);
@@ -751,6 +755,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     work *items = NULL;
     bagres *res = NULL, *argres = NULL;
     uint32_t *first = NULL;
+    uint64_t *at = NULL;
     uint8_t *marked = NULL;
     _Atomic uint32_t *done = NULL;
     if (!p->ls && !(p->ls = calloc((size_t)p->n_threads, sizeof *p->ls))) {
@@ -767,7 +772,8 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     uint32_t split_to = parallel && n < 2u * (uint32_t)p->n_threads ? 8u * (uint32_t)p->n_threads : 1u;
     first = calloc((size_t)n + 1, sizeof *first);
     argres = calloc(n ? n : 1, sizeof *argres);
-    if (!first || !argres) {
+    at = calloc((size_t)n + 1, sizeof *at);
+    if (!first || !argres || !at) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
@@ -803,6 +809,10 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         nitems += c > 1 ? (marked[k] ? 0 : (uint64_t)nparts) + c : 1;
     }
     first[n] = (uint32_t)nitems;
+    /* the arguments' ids go to the ring in argument order, one run for the call: argument k's from
+     * position at[k] */
+    for (uint32_t k = 0; k < n; k++) at[k + 1] = at[k] + args[k].n_ids;
+    const ringrun rr = ring_begin(p);
     const uint64_t nbase = nitems;
     nitems += njoin;
     items = calloc(nitems ? nitems : 1, sizeof *items);
@@ -816,7 +826,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         uint64_t c = first[k + 1] - first[k], nb = args[k].n_bags;
         work *it = items + first[k];
         if (c == 1) {
-            it[0] = (work){.a = &args[k], .b0 = 0, .b1 = nb, .uniq = 1, .part = -1};
+            it[0] = (work){.a = &args[k], .b0 = 0, .b1 = nb, .uniq = 1, .part = -1, .rr = &rr, .at = at[k]};
             continue;
         }
         if (!marked[k]) {
@@ -827,9 +837,11 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
                 *jt++ = (work){.a = &args[k], .part = q, .nparts = nparts, .join = 1, .need = (uint32_t)c,
                                .done = &done[k]};
         }
-        for (uint64_t q = 0; q < c; q++)
-            *it++ = (work){.a = &args[k], .b0 = nb * q / c, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1,
-                           .mark = marked[k], .done = &done[k]};
+        for (uint64_t q = 0; q < c; q++) {
+            const uint64_t b0 = nb * q / c;
+            *it++ = (work){.a = &args[k], .b0 = b0, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1,
+                           .mark = marked[k], .done = &done[k], .rr = &rr, .at = at[k] + (uint64_t)args[k].offsets[b0]};
+        }
     }
     if (parallel) {
         workers *w = p->wk;
@@ -856,6 +868,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         t->slow_bytes += res[q].slow_bytes;
     }
     /* in argument order: the first failure is the error; what came before it is logged and counted */
+    uint64_t logged = 0;
     for (uint32_t k = 0; k < n && rc == RECMG_OK; k++) {
         bagres *t = &argres[k];
         for (uint32_t q = first[k]; q < first[k + 1] && !t->rc; q++) {
@@ -874,14 +887,19 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             snprintf(p->err, sizeof p->err, "%s", t->err);
         } else {
             account(p, &args[k], t);
+            ring_count_drops(p, &rr, at[k], args[k].table, args[k].n_ids, RECMG_REC_LOOKUP);
+            logged = at[k + 1];
         }
     }
+    /* the workers' records are visible here (their last decrement of active released them) */
+    ring_publish(p, &rr, logged);
 out:
     pthread_mutex_unlock(&p->lock);
     free(items);
     free(res);
     free(argres);
     free(first);
+    free(at);
     free(marked);
     free((void *)done);
     return rc;

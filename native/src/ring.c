@@ -66,23 +66,34 @@ void ring_release_own(recmg_pool *p)
     p->ring_index = -1;
 }
 
-/* Appends n records (type, table, rows[i]) or, with rows == NULL, one record of key 0 (boundary). */
-void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type)
+/* A run of records begun at the ring's head: its room is what the daemon has freed (the snapshot
+ * taken here; the daemon only frees more). */
+ringrun ring_begin(recmg_pool *p)
 {
     shm_ring *r = p->ring;
-    if (!r || n == 0) return;
+    if (!r) return (ringrun){.room = 0};
     uint64_t cap = p->h->ring_records;
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint64_t used = head - tail; /* the daemon writes tail: more than cap is a corrupted pair */
-    uint64_t room = used <= cap ? cap - used : 0;
-    uint64_t k = n < room ? n : room;
-    uint64_t *rec = ring_records(r);
+    return (ringrun){.head = head, .room = used <= cap ? cap - used : 0};
+}
+
+/* Writes n records (type, table, rows[i]) or, with rows == NULL, records of key 0 (boundaries) at
+ * positions at, at + 1, ... of run rr, as many as its room holds; not visible to the daemon until
+ * ring_publish. Threads may write disjoint positions of one run at once. */
+void ring_write(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, const int64_t *rows, uint64_t n,
+                unsigned type)
+{
+    if (!p->ring || at >= rr->room) return;
+    uint64_t k = n < rr->room - at ? n : rr->room - at;
+    uint64_t cap = p->h->ring_records;
+    uint64_t *rec = ring_records(p->ring);
     uint64_t mask = cap - 1;
     uint64_t hi = ((uint64_t)type << 62) | ((uint64_t)table << RECMG_ROW_BITS);
     /* the k records as (at most) two contiguous runs: no masking per record, and a loop the
      * compiler vectorises */
-    uint64_t first = head & mask;
+    uint64_t first = (rr->head + at) & mask;
     uint64_t k1 = cap - first < k ? cap - first : k;
     uint64_t *d = rec + first;
     if (rows) {
@@ -92,12 +103,40 @@ void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n,
         for (uint64_t i = 0; i < k1; i++) d[i] = hi;
         for (uint64_t i = k1; i < k; i++) rec[i - k1] = hi;
     }
-    if (k) atomic_store_explicit(&r->head, head + k, memory_order_release);
-    if (k < n) {
-        atomic_fetch_add_explicit(&r->c.ring_drops, n - k, memory_order_relaxed);
+}
+
+/* Records [at, at + n) of run rr, written by ring_write, are table's (type): counts what the run's room
+ * dropped of them. Returns how many of them fit. */
+uint64_t ring_count_drops(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, uint64_t n, unsigned type)
+{
+    shm_ring *r = p->ring;
+    if (!r) return 0;
+    uint64_t kept = at >= rr->room ? 0 : (n < rr->room - at ? n : rr->room - at);
+    if (kept < n) {
+        atomic_fetch_add_explicit(&r->c.ring_drops, n - kept, memory_order_relaxed);
         if (table < p->h->n_tables && type == RECMG_REC_LOOKUP)
-            atomic_fetch_add_explicit(&p->stab[table].c.ring_drops, n - k, memory_order_relaxed);
+            atomic_fetch_add_explicit(&p->stab[table].c.ring_drops, n - kept, memory_order_relaxed);
     }
+    return kept;
+}
+
+/* Hands the first n records of run rr (at most its room) to the daemon. The caller's own writes, and
+ * those of threads it has synchronised with, are visible to it before the new head. */
+void ring_publish(recmg_pool *p, const ringrun *rr, uint64_t n)
+{
+    if (!p->ring) return;
+    n = n < rr->room ? n : rr->room;
+    if (n) atomic_store_explicit(&p->ring->head, rr->head + n, memory_order_release);
+}
+
+/* Appends n records (type, table, rows[i]) or, with rows == NULL, n records of key 0 (boundaries);
+ * what does not fit is dropped and counted. */
+void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type)
+{
+    if (!p->ring || n == 0) return;
+    ringrun rr = ring_begin(p);
+    ring_write(p, &rr, 0, table, rows, n, type);
+    ring_publish(p, &rr, ring_count_drops(p, &rr, 0, table, n, type));
 }
 
 int ring_forked_error(recmg_pool *p)
