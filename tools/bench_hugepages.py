@@ -7,7 +7,11 @@ on /dev/shm and creates pool A, then mounts one with huge=advise over it and cre
 /dev/shm is not touched; the namespace's mounts go when the tool exits). Both pools hold every row of
 the same tables in the fast tier (all hits, a dram slow tier, ring logging on); the tool checks from
 /proc/self/smaps that B's mapping is on huge pages and A's is not, then times torch's embedding_bag
-(a call a table), each pool's multi-table call (embedding_bags) and its per-table calls, interleaved. With
+(a call a table; on its weights and on a copy made after the pools, the faster counting), each pool's
+multi-table call (embedding_bags) and its per-table calls, interleaved. It does all that twice, the
+pools made in the other order the second time, and prints the geometric means of the two rounds (on
+one VM the pool made second was 9-15% faster than the same build's pool made first: see
+tools/bench_ab_lookup.py), with each round's huge/4K ratio beside them. With
 ``--miss F`` it then evicts the same fraction F of every table's rows from both pools and times the
 mixed workload as well (those lookups read the pools' dram slow tiers; #14's target for it: the pool's
 time at most 1.2x torch's, ratio >= 0.83).
@@ -20,6 +24,7 @@ time at most 1.2x torch's, ratio >= 0.83).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import subprocess
@@ -59,90 +64,120 @@ def make_pool(tables: int, rows: int, dim: int, weights: list[torch.Tensor], rin
     return pool
 
 
+def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[list[torch.Tensor]],
+              huge_first: bool) -> dict[tuple[str, int], dict[str, float]] | None:
+    """Pools A (4 KiB pages) and B (2 MiB), made in the order given, timed against torch: median ms of
+    every call, per (workload, threads); None if B got no huge pages."""
+    tables, rows, dim, pooling = a.tables, a.rows, 64, 20
+    n = len(batches[0][0])
+    size = 4 * tables * rows * dim * 4 + (2 << 30)  # a limit, not a reservation: slots, slow tier, rings
+    made: dict[str, Pool] = {}
+    for tag in ("huge", "4k") if huge_first else ("4k", "huge"):
+        mount_tmpfs("advise" if tag == "huge" else "never", size)
+        made[tag] = make_pool(tables, rows, dim, weights, 2 * tables * n)
+    pools = {"4k": made["4k"], "huge": made["huge"]}
+    late = [w.clone() for w in weights]  # torch's weights again, allocated after the pools
+    try:
+        order = "B (2 MiB) then A (4 KiB)" if huge_first else "A (4 KiB) then B (2 MiB)"
+        print(f"pools made {order}; {SHM_DIR} for pool A: huge=never; for pool B: huge={huge_mode()}")
+        for label, pl in (("A (4 KiB)", pools["4k"]), ("B (2 MiB)", pools["huge"])):
+            rss, pmd = mapped_kib(pl.name)
+            print(f"  pool {label}: {rss / 1024:.0f} MiB resident in this process, "
+                  f"{pmd / 1024:.0f} MiB of it on huge pages")
+        if mapped_kib(pools["huge"].name)[1] == 0:
+            print("pool B got no huge pages (the kernel's tmpfs lacks huge= support?): nothing to compare")
+            return None
+        offsets = torch.arange(0, n, pooling)
+
+        def multi(pl: Pool) -> Callable[[int], object]:
+            def f(k: int) -> object:
+                out = pl.embedding_bags(range(tables), batches[k], [offsets] * tables)
+                pl.end_batch()
+                return out
+            return f
+
+        def per_table(pl: Pool) -> Callable[[int], object]:
+            def f(k: int) -> object:
+                out = [pl.embedding_bag(t, batches[k][t], offsets) for t in range(tables)]
+                pl.end_batch()
+                return out
+            return f
+
+        def kernel(w: list[torch.Tensor]) -> Callable[[int], object]:
+            def f(k: int) -> object:
+                return [F.embedding_bag(batches[k][t], w[t], offsets, mode="sum") for t in range(tables)]
+            return f
+
+        def check(k: int) -> None:
+            for pl in pools.values():
+                for ref, got in zip(kernel(weights)(k), multi(pl)(k), strict=True):
+                    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+                pl.drain_ring(pl.ring_index)
+
+        check(0)
+        fns: dict[str, Callable[[int], object]] = {"torch": kernel(weights), "torch_late": kernel(late)}
+        for tag, pl in pools.items():
+            fns[f"multi_{tag}"] = multi(pl)
+            fns[f"table_{tag}"] = per_table(pl)
+
+        def after(key: str) -> None:
+            for pl in pools.values():
+                pl.drain_ring(pl.ring_index)
+
+        out: dict[tuple[str, int], dict[str, float]] = {}
+        workloads = [("all hits", 0.0)] + ([(f"{1 - a.miss:.0%} hits", a.miss)] if a.miss > 0 else [])
+        for workload, frac in workloads:
+            if frac > 0:  # the same rows of every table leave both fast tiers (the rows bench_pool evicts)
+                keys = evicted_keys(tables, rows, frac)
+                for pl in pools.values():
+                    pl.evict_keys(keys)
+                check(1)
+            for threads in a.threads:
+                torch.set_num_threads(threads)
+                for pl in pools.values():
+                    pl.set_threads(threads)
+                med = {k: v * 1e3 for k, v in _median_times(fns, len(batches), a.reps, after).items()}
+                out[(workload, threads)] = med
+        return out
+    finally:
+        for pl in pools.values():
+            pl.destroy()  # the objects go; the namespace's tmpfs mounts go when this process exits
+
+
 def run(a: argparse.Namespace) -> int:
     tables, rows, dim, pooling, batch = a.tables, a.rows, 64, 20, 2048
     n = batch * pooling
-    table_bytes = tables * rows * dim * 4
-    size = 4 * table_bytes + (2 << 30)  # a limit, not a reservation: slots, dram slow tier, rings, metadata
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn((rows, dim), generator=gen) for _ in range(tables)]
-    mount_tmpfs("never", size)
-    small = make_pool(tables, rows, dim, weights, 2 * tables * n)
-    mount_tmpfs("advise", size)
-    huge = make_pool(tables, rows, dim, weights, 2 * tables * n)
-    print(f"{SHM_DIR} for pool A: huge=never; for pool B: huge={huge_mode()}")
-    for label, p in (("A (4 KiB)", small), ("B (2 MiB)", huge)):
-        rss, pmd = mapped_kib(p.name)
-        print(f"pool {label}: {rss / 1024:.0f} MiB resident in this process, {pmd / 1024:.0f} MiB of it "
-              "on huge pages")
-    if mapped_kib(huge.name)[1] == 0:
-        print("pool B got no huge pages (the kernel's tmpfs lacks huge= support?): nothing to compare")
-        return 1
-    nb = 4
-    batches = [[torch.randint(0, rows, (n,), generator=gen) for _ in range(tables)] for _ in range(nb)]
-    offsets = torch.arange(0, n, pooling)
-
-    def multi(p: Pool) -> Callable[[int], object]:
-        def f(k: int) -> object:
-            out = p.embedding_bags(range(tables), batches[k], [offsets] * tables)
-            p.end_batch()
-            return out
-        return f
-
-    def per_table(p: Pool) -> Callable[[int], object]:
-        def f(k: int) -> object:
-            out = [p.embedding_bag(t, batches[k][t], offsets) for t in range(tables)]
-            p.end_batch()
-            return out
-        return f
-
-    def kernel(k: int) -> object:
-        return [F.embedding_bag(batches[k][t], weights[t], offsets, mode="sum") for t in range(tables)]
-
-    pools = {"4k": small, "huge": huge}
-    for p in pools.values():  # the rows are right on both
-        for ref, got in zip(kernel(0), multi(p)(0), strict=True):
-            torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-        p.drain_ring(p.ring_index)
-    fns: dict[str, Callable[[int], object]] = {"torch": kernel}
-    for tag, p in pools.items():
-        fns[f"multi_{tag}"] = multi(p)
-        fns[f"table_{tag}"] = per_table(p)
-
-    def after(key: str) -> None:
-        for p in pools.values():
-            p.drain_ring(p.ring_index)
-
+    batches = [[torch.randint(0, rows, (n,), generator=gen) for _ in range(tables)] for _ in range(4)]
+    rounds = []
+    for huge_first in (False, True):
+        r = one_round(a, weights, batches, huge_first)
+        if r is None:
+            return 1
+        rounds.append(r)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
     print(f"{tables} tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on; "
-          "ratio = torch time / pool time (medians of interleaved calls); torch's weights on "
+          "ratio = torch time / pool time (medians of interleaved calls; torch on the faster of its weights "
+          "made before the pools and a copy made after them); two rounds, the pools made in the other "
+          "order in the second, each time the geometric mean of the rounds'; torch's weights on "
           + ("transparent huge pages (THP_MEM_ALLOC_ENABLE=1)" if thp
              else "its default allocation (4 KiB pages unless THP is 'always'; THP_MEM_ALLOC_ENABLE=1 "
              "asks for huge pages)"))
-    workloads = [("all hits", 0.0)] + ([(f"{1 - a.miss:.0%} hits", a.miss)] if a.miss > 0 else [])
-    for workload, frac in workloads:
-        if frac > 0:  # the same rows of every table leave both fast tiers (the rows bench_pool evicts)
-            keys = evicted_keys(tables, rows, frac)
-            for p in pools.values():
-                p.evict_keys(keys)
-                for ref, got in zip(kernel(1), multi(p)(1), strict=True):
-                    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
-                p.drain_ring(p.ring_index)
+    for workload in dict.fromkeys(w for w, _ in rounds[0]):
         print(f"{workload}:")
         print(f"{'threads':>7} {'torch ms':>9} {'multi 4K':>16} {'multi huge':>16} {'per-table 4K':>16} "
-              f"{'per-table huge':>16} {'huge/4K multi':>13} {'huge/4K table':>13}")
+              f"{'per-table huge':>16} {'huge/4K multi':>13} {'huge/4K table':>13}  (rounds: huge/4K multi)")
         for threads in a.threads:
-            torch.set_num_threads(threads)
-            for p in pools.values():
-                p.set_threads(threads)
-            med = {k: v * 1e3 for k, v in _median_times(fns, nb, a.reps, after).items()}
-            t = med["torch"]
-            cells = {k: f"{med[k]:7.1f} ({t / med[k]:.2f}x)" for k in fns if k != "torch"}
+            meds = [r[(workload, threads)] for r in rounds]
+            g = {k: math.sqrt(meds[0][k] * meds[1][k]) for k in meds[0]}
+            t = min(g["torch"], g["torch_late"])
+            cells = {k: f"{g[k]:7.1f} ({t / g[k]:.2f}x)" for k in g if not k.startswith("torch")}
+            per_round = ", ".join(f"{m['multi_huge'] / m['multi_4k']:.3f}" for m in meds)
             print(f"{threads:>7} {t:9.1f} {cells['multi_4k']:>16} {cells['multi_huge']:>16} "
                   f"{cells['table_4k']:>16} {cells['table_huge']:>16} "
-                  f"{med['multi_huge'] / med['multi_4k']:13.3f} {med['table_huge'] / med['table_4k']:13.3f}")
-    for p in pools.values():
-        p.close()  # the namespace's tmpfs mounts, and the objects in them, go when this process exits
+                  f"{g['multi_huge'] / g['multi_4k']:13.3f} {g['table_huge'] / g['table_4k']:13.3f}"
+                  f"  ({per_round})")
     return 0
 
 
@@ -159,10 +194,11 @@ def main() -> int:
     a.threads = [int(x) for x in a.threads.split(",")]
     if os.environ.get(IN_NS) == "1":
         return run(a)
-    # two pools (each row in a fast-tier slot and in the dram slow tier), torch's weights and the
-    # copies made while the pools are written: over 7x the tables at the peak (measured: at 500,000 rows,
-    # 11.4 GB anonymous + 12.5 GB shared when the OOM killer stopped it), plus ~1 GiB
-    return again_in_private_namespace("bench_hugepages", 8 * a.tables * a.rows * 64 * 4 + (1 << 30),
+    # two pools (each row in a fast-tier slot and in the dram slow tier), torch's weights, their late
+    # copy and the copies made while the pools are written: over 8x the tables at the peak (measured
+    # without the late copy: at 500,000 rows, 11.4 GB anonymous + 12.5 GB shared when the OOM killer
+    # stopped it), plus ~1 GiB
+    return again_in_private_namespace("bench_hugepages", 9 * a.tables * a.rows * 64 * 4 + (1 << 30),
                                       f"--tables {a.tables} --rows {a.rows:,}")
 
 
