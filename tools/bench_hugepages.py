@@ -72,14 +72,17 @@ def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[
     n = len(batches[0][0])
     size = 4 * tables * rows * dim * 4 + (2 << 30)  # a limit, not a reservation: slots, slow tier, rings
     made: dict[str, Pool] = {}
+    modes: dict[str, str | None] = {}
     for tag in ("huge", "4k") if huge_first else ("4k", "huge"):
         mount_tmpfs("advise" if tag == "huge" else "never", size)
+        modes[tag] = huge_mode()
         made[tag] = make_pool(tables, rows, dim, weights, 2 * tables * n)
     pools = {"4k": made["4k"], "huge": made["huge"]}
     late = [w.clone() for w in weights]  # torch's weights again, allocated after the pools
     try:
         order = "B (2 MiB) then A (4 KiB)" if huge_first else "A (4 KiB) then B (2 MiB)"
-        print(f"pools made {order}; {SHM_DIR} for pool A: huge=never; for pool B: huge={huge_mode()}")
+        print(f"pools made {order}; {SHM_DIR} for pool A: huge={modes['4k']}; "
+              f"for pool B: huge={modes['huge']}")
         for label, pl in (("A (4 KiB)", pools["4k"]), ("B (2 MiB)", pools["huge"])):
             rss, pmd = mapped_kib(pl.name)
             print(f"  pool {label}: {rss / 1024:.0f} MiB resident in this process, "
