@@ -114,8 +114,8 @@ def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]
         return f
 
     pool = huge_pool(rows, weights)
-    late = [w.clone() for w in weights]  # torch's weights again, made after the pool: the faster counts
     try:
+        late = [w.clone() for w in weights]  # torch's weights again, made after the pool: the faster counts
         check(pool, weights, batches)
         states = (("all-hit", gone[:0]), ("mixed", gone), ("all-miss", np.setdiff1d(np.arange(rows), gone)))
         for state, evict in states:
@@ -125,9 +125,9 @@ def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]
             med = steady_medians(fns, reps, drained(pool))
             res[state] = med[state] * per_id
             res[f"torch {state}"] = min(med["torch"], med["torch late"]) * per_id
+        del late
     finally:
         pool.destroy()
-        del late
     # the control: twice the rows, all in the fast tier; an evicted row's ids read row r + rows instead
     del weights
     weights = [torch.randn((2 * rows, DIM), generator=gen) for _ in range(tables)]
