@@ -79,14 +79,20 @@ ringrun ring_begin(recmg_pool *p)
     return (ringrun){.head = head, .room = used <= cap ? cap - used : 0};
 }
 
+/* How many of n records from position at of run rr its room holds. */
+static uint64_t run_fits(const ringrun *rr, uint64_t at, uint64_t n)
+{
+    return at >= rr->room ? 0 : (n < rr->room - at ? n : rr->room - at);
+}
+
 /* Writes n records (type, table, rows[i]) or, with rows == NULL, records of key 0 (boundaries) at
  * positions at, at + 1, ... of run rr, as many as its room holds; not visible to the daemon until
  * ring_publish. Threads may write disjoint positions of one run at once. */
 void ring_write(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, const int64_t *rows, uint64_t n,
                 unsigned type)
 {
-    if (!p->ring || at >= rr->room) return;
-    uint64_t k = n < rr->room - at ? n : rr->room - at;
+    uint64_t k = p->ring ? run_fits(rr, at, n) : 0;
+    if (k == 0) return;
     uint64_t cap = p->h->ring_records;
     uint64_t *rec = ring_records(p->ring);
     uint64_t mask = cap - 1;
@@ -111,7 +117,7 @@ uint64_t ring_count_drops(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_
 {
     shm_ring *r = p->ring;
     if (!r) return 0;
-    uint64_t kept = at >= rr->room ? 0 : (n < rr->room - at ? n : rr->room - at);
+    uint64_t kept = run_fits(rr, at, n);
     if (kept < n) {
         atomic_fetch_add_explicit(&r->c.ring_drops, n - kept, memory_order_relaxed);
         if (table < p->h->n_tables && type == RECMG_REC_LOOKUP)
@@ -124,9 +130,8 @@ uint64_t ring_count_drops(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_
  * those of threads it has synchronised with, are visible to it before the new head. */
 void ring_publish(recmg_pool *p, const ringrun *rr, uint64_t n)
 {
-    if (!p->ring) return;
-    n = n < rr->room ? n : rr->room;
-    if (n) atomic_store_explicit(&p->ring->head, rr->head + n, memory_order_release);
+    n = run_fits(rr, 0, n);
+    if (p->ring && n) atomic_store_explicit(&p->ring->head, rr->head + n, memory_order_release);
 }
 
 /* Appends n records (type, table, rows[i]) or, with rows == NULL, n records of key 0 (boundaries);
