@@ -39,8 +39,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench_pool import _median_times, _name  # noqa: E402
-from bench_workload import evicted_keys, miss_fraction  # noqa: E402
+from bench_pool import _name  # noqa: E402
+from bench_workload import evicted_keys, miss_fraction, steady_medians  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.models.train_memory import mem_available_bytes  # noqa: E402
@@ -139,7 +139,7 @@ def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[
                 torch.set_num_threads(threads)
                 for pl in pools.values():
                     pl.set_threads(threads)
-                med = {k: v * 1e3 for k, v in _median_times(fns, len(batches), a.reps, after).items()}
+                med = {k: v * 1e3 for k, v in steady_medians(fns, len(batches), a.reps, after).items()}
                 out[(workload, threads)] = med
         return out
     finally:
@@ -161,7 +161,7 @@ def run(a: argparse.Namespace) -> int:
         rounds.append(r)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
     print(f"{tables} tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on; "
-          "ratio = torch time / pool time (medians of interleaved calls; torch on the faster of its weights "
+          "ratio = torch time / pool time (medians of steady batches; torch on the faster of its weights "
           "made before the pools and a copy made after them); two rounds, the pools made in the other "
           "order in the second, each time the geometric mean of the rounds'; torch's weights on "
           + ("transparent huge pages (THP_MEM_ALLOC_ENABLE=1)" if thp

@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,31 +40,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_hugepages import IN_NS, again_in_private_namespace, make_pool, mount_tmpfs  # noqa: E402
-from bench_workload import evicted_rows, miss_fraction  # noqa: E402
+from bench_workload import evicted_rows, miss_fraction, steady_medians  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
 from recmgd.shm import mapped_kib  # noqa: E402
 
 DIM, POOLING, BATCH, NB = 64, 20, 2048, 4
-
-
-def steady_medians(
-    fns: dict[str, Callable[[int], object]], reps: int, after: Callable[[], None]
-) -> dict[str, float]:
-    """Median seconds per call of each function over NB batches run back to back, the first batch of each
-    run untimed; the functions interleaved REPS times. after() runs untimed after every call."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for key, fn in fns.items():
-            fn(NB - 1)
-            after()
-            for b in range(NB):
-                t0 = time.perf_counter()
-                fn(b)
-                times[key].append(time.perf_counter() - t0)
-                after()
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]:
@@ -77,8 +57,8 @@ def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]
     per_id = 1e9 / (tables * n)
     torch.set_num_threads(1)
 
-    def drained(pool: Pool) -> Callable[[], None]:
-        return lambda: pool.drain_ring(pool.ring_index)
+    def drained(pool: Pool) -> Callable[[str], None]:
+        return lambda key: pool.drain_ring(pool.ring_index)
 
     def call(pool: Pool, batches: list[list[torch.Tensor]]) -> Callable[[int], object]:
         def f(k: int) -> object:
@@ -122,7 +102,7 @@ def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]
             pool.evict_keys(np.concatenate([make_keys(t, evict) for t in range(tables)]))
             check(pool, weights, batches)
             fns = {"torch": kernel(weights), "torch late": kernel(late), state: call(pool, batches)}
-            med = steady_medians(fns, reps, drained(pool))
+            med = steady_medians(fns, NB, reps, drained(pool))
             res[state] = med[state] * per_id
             res[f"torch {state}"] = min(med["torch"], med["torch late"]) * per_id
         del late
@@ -137,7 +117,7 @@ def one_size(tables: int, rows: int, miss: float, reps: int) -> dict[str, float]
     pool = huge_pool(2 * rows, weights)
     try:
         check(pool, weights, far)
-        res["control"] = steady_medians({"c": call(pool, far)}, reps, drained(pool))["c"] * per_id
+        res["control"] = steady_medians({"c": call(pool, far)}, NB, reps, drained(pool))["c"] * per_id
     finally:
         pool.destroy()
     return res

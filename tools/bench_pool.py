@@ -9,10 +9,10 @@
    through a call a table, against the better in-DRAM kernel on the same values: torch's
    embedding_bag per table, or FBGEMM's CPU table-batched kernel (one call; fbgemm_gpu comes with the
    `torchrec` extra that `make venv` installs, and is skipped with a note when missing). ratio =
-   kernel time / pool time, medians of interleaved batches. torch runs twice, on its weights made
-   before the pool and on a copy made after it, and the faster counts: on one VM the same kernel over
-   the same values took 11-17% less time on the copy made last (why was not found; a pool made later
-   gained 2-3%).
+   kernel time / pool time, medians of steady batches (bench_workload.steady_medians). torch runs
+   twice, on its weights made before the pool and on a copy made after it, and the faster counts: on
+   one VM the same kernel over the same values took 11-17% less time on the copy made last (why was not
+   found; a pool made later gained 2-3%).
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
@@ -28,7 +28,6 @@ import argparse
 import json
 import os
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_workload import evicted_keys, miss_fraction
+from bench_workload import evicted_keys, miss_fraction, steady_medians
 from recmgd._native import ffi, lib
 
 from recmgd.keys import make_keys
@@ -70,22 +69,6 @@ def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
         weights_precision=SparseType.FP32,
         optimizer=EmbOptimType.EXACT_SGD,
     )
-
-
-def _median_times(
-    fns: dict[str, Callable[[int], object]], nbatches: int, reps: int, after: Callable[[str], None]
-) -> dict[str, float]:
-    """Median seconds per call of each function, the functions interleaved (so that load from other
-    processes hits all alike); after(key) runs untimed after each call."""
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(reps):
-        for key, fn in fns.items():
-            for b in range(nbatches):
-                t0 = time.perf_counter()
-                fn(b)
-                times[key].append(time.perf_counter() - t0)
-                after(key)
-    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_all_hit(
@@ -187,7 +170,7 @@ def bench_all_hit(
             for threads in thread_counts:
                 torch.set_num_threads(threads)
                 pool.set_threads(threads)
-                med = _median_times(fns, nbatches, reps, after)
+                med = steady_medians(fns, nbatches, reps, after)
                 torch_best = min(med["torch"], med["torch_late"])
                 kernel = min(torch_best, med.get("fbgemm", float("inf")))
                 out.append({

@@ -1,13 +1,16 @@
-"""The mixed workload of the pool benchmarks, in one place: which rows leave the fast tier.
+"""What the pool benchmarks share: which rows the mixed workload evicts, and how calls are timed.
 
-bench_pool, bench_hugepages and bench_ab_lookup evict the same rows (one fixed seed), so their mixed
-numbers are over the same rows and comparable. No torch here: bench_ab_lookup loads two native builds
-and stays free of it.
+bench_pool, bench_hugepages, bench_miss_cost and bench_ab_lookup evict the same rows (one fixed seed),
+so their mixed numbers are over the same rows and comparable; the first three time their kernels with
+steady_medians. No torch here: bench_ab_lookup loads two native builds and stays free of it.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import time
+from collections.abc import Callable
 
 import numpy as np
 
@@ -37,3 +40,25 @@ def evicted_keys(tables: int, rows: int, fraction: float) -> np.ndarray:
     """evicted_rows of every table, as pool keys."""
     gone = evicted_rows(rows, fraction)
     return np.concatenate([make_keys(t, gone) for t in range(tables)])
+
+
+def steady_medians(
+    fns: dict[str, Callable[[int], object]], nbatches: int, reps: int, after: Callable[[str], None]
+) -> dict[str, float]:
+    """Median seconds per call of each function over runs of batches 0 .. NBATCHES - 1 back to back,
+    each run after one untimed call (of its last batch): the steady state of a server that makes the
+    same call every batch, not the first call after another kernel's, which runs markedly slower for
+    torch and the pool alike (its pages' walks and lines are cold). The functions' runs are interleaved
+    REPS times, so that load from other processes hits all alike; after(key) runs untimed after every
+    call."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(reps):
+        for key, fn in fns.items():
+            fn(nbatches - 1)
+            after(key)
+            for b in range(nbatches):
+                t0 = time.perf_counter()
+                fn(b)
+                times[key].append(time.perf_counter() - t0)
+                after(key)
+    return {k: statistics.median(v) for k, v in times.items()}
