@@ -43,7 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench_workload import evicted_rows, miss_fraction  # noqa: E402
+from lookup_bench_common import evicted_rows, miss_fraction  # noqa: E402
 
 from recmgd.keys import ROW_BITS  # noqa: E402
 

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_pool import _name  # noqa: E402
-from bench_workload import evicted_keys, miss_fraction, steady_medians  # noqa: E402
+from lookup_bench_common import evicted_keys, miss_fraction, steady_medians  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.models.train_memory import mem_available_bytes  # noqa: E402

@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_hugepages import IN_NS, again_in_private_namespace, make_pool, mount_tmpfs  # noqa: E402
-from bench_workload import evicted_rows, miss_fraction, steady_medians  # noqa: E402
+from lookup_bench_common import evicted_rows, miss_fraction, steady_medians  # noqa: E402
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402

@@ -9,7 +9,7 @@
    through a call a table, against the better in-DRAM kernel on the same values: torch's
    embedding_bag per table, or FBGEMM's CPU table-batched kernel (one call; fbgemm_gpu comes with the
    `torchrec` extra that `make venv` installs, and is skipped with a note when missing). ratio =
-   kernel time / pool time, medians of steady batches (bench_workload.steady_medians). torch runs
+   kernel time / pool time, medians of steady batches (lookup_bench_common.steady_medians). torch runs
    twice, on its weights made before the pool and on a copy made after it, and the faster counts: on
    one VM the same kernel over the same values took 11-17% less time on the copy made last (why was not
    found; a pool made later gained 2-3%).
@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_workload import evicted_keys, miss_fraction, steady_medians
+from lookup_bench_common import evicted_keys, miss_fraction, steady_medians
 from recmgd._native import ffi, lib
 
 from recmgd.keys import make_keys
