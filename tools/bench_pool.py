@@ -11,8 +11,8 @@
    `torchrec` extra that `make venv` installs, and is skipped with a note when missing). ratio =
    kernel time / pool time, medians of steady batches (lookup_bench_common.steady_medians). torch runs
    twice, on its weights made before the pool and on a copy made after it, and the faster counts: on
-   one VM the same kernel over the same values took 11-17% less time on the copy made last (why was not
-   found; a pool made later gained 2-3%).
+   one VM the same kernel over the same values took 5-12% less time on the copy made last (why was not
+   found).
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
