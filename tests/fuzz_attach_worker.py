@@ -1,7 +1,7 @@
 """Worker of the attach fuzz (test_pool_fuzz_attach.py): one long-lived process runs many cases.
 
 Each case writes a copy of a valid pool's shared object with a few bytes changed (header, table
-descriptors, index entries, slot-group versions, ring head/tail) as a new object in /dev/shm,
+descriptors, index entries, entry-group versions, ring head/tail) as a new object in /dev/shm,
 attaches it as an app or a daemon, and uses it: lookups of every row, hints, batch ends, slow-tier
 reads; for a daemon also fills, evictions, free slots, resident keys, ring drains. A case passes if
 every call either returns right rows (equal to the slow tier's truth) or raises a PoolError. Prints

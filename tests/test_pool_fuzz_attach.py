@@ -1,5 +1,5 @@
 """Bit-flip fuzz of attach and use (issue #12): a valid pool's header, table descriptors, index
-entries, slot-group versions and ring head/tail words changed at random, then attached as an app or a
+entries, entry-group versions and ring head/tail words changed at random, then attached as an app or a
 daemon and used (lookups, fills, evictions, drains) in long-lived worker processes
 (tests/fuzz_attach_worker.py). No signal, no exception but PoolError, and no wrong row, over 10,000
 cases on a memory and on an SSD slow tier."""

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pool_layout import HEADER
 
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
@@ -79,12 +80,12 @@ def _reader(name: str, seed: int, reads: int, conn) -> None:
     pool.close()
 
 
-def _odd_slots(name: str) -> int:
-    """Slot groups (64 slots each) left with an odd seqlock version (native/src/internal.h layout 3)."""
+def _odd_groups(name: str) -> int:
+    """Groups of 64 index entries left with an odd seqlock version (native/src/internal.h, layout 5)."""
     raw = Path(f"/dev/shm/{name}").read_bytes()
-    (n_slots,) = struct.unpack_from("<Q", raw, 48)
-    (vers_off,) = struct.unpack_from("<Q", raw, 88)
-    versions = np.frombuffer(raw, dtype=np.uint32, count=(int(n_slots) + 63) // 64, offset=int(vers_off))
+    (entries,) = struct.unpack_from(HEADER["index_entries"][1], raw, HEADER["index_entries"][0])
+    (vers_off,) = struct.unpack_from(HEADER["vers_off"][1], raw, HEADER["vers_off"][0])
+    versions = np.frombuffer(raw, dtype=np.uint32, count=(int(entries) + 63) // 64, offset=int(vers_off))
     return int((versions & 1).sum())
 
 
@@ -134,7 +135,7 @@ def test_readers_and_writer_with_sigkill() -> None:
         assert hits > reads // 10, f"only {hits} of {reads} reads were fast-tier hits"
         assert counter.value > 50
         # the pool is consistent after all that: no slot left mid-write, every resident row correct
-        assert _odd_slots(pool.name) == 0
+        assert _odd_groups(pool.name) == 0
         d = Pool.attach(pool.name, role="daemon")
         keys = d.resident_keys()
         assert d.free_slots() == SLOTS - len(keys)
@@ -153,37 +154,65 @@ def test_readers_and_writer_with_sigkill() -> None:
         pool.destroy()
 
 
-def _fill_and_die(name: str, keys: np.ndarray) -> None:
-    os.environ["RECMG_FAULT_KILL_IN_FILL"] = "3"
+def _fill_and_die(name: str, keys: np.ndarray, fault: str) -> None:
+    os.environ[fault] = "3"
     pool = Pool.attach(name, role="daemon")
-    pool.fill_keys(keys)  # dies with SIGKILL while writing the 4th slot, holding the writer lock
+    pool.fill_keys(keys)  # dies with SIGKILL at the 4th slot, holding the writer lock
     os._exit(3)
+
+
+def _die_in_fill(pool: Pool, keys: np.ndarray, fault: str) -> None:
+    w = mp.get_context("fork").Process(target=_fill_and_die, args=(pool.name, keys, fault))
+    w.start()
+    w.join(60)
+    assert w.exitcode == -signal.SIGKILL
 
 
 @pytest.mark.parametrize("slow", ["dram", "ssd"])
 def test_writer_killed_mid_slot_write(slow: str, tmp_path) -> None:
-    ctx = mp.get_context("fork")
     pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram")
     try:
         keys = make_keys(1, np.arange(10))
-        w = ctx.Process(target=_fill_and_die, args=(pool.name, keys))
-        w.start()
-        w.join(60)
-        assert w.exitcode == -signal.SIGKILL
-        assert _odd_slots(pool.name) == 1  # the group of the slot being written when the writer died
-        # readers are still correct: the half-written slot is never used, its row comes from the slow tier;
-        # the three whole slots filled before it are in the same group of 64 (slots 0-3), whose version
-        # stays odd until a writer recovers, so they are read from the slow tier too
+        _die_in_fill(pool, keys, "RECMG_FAULT_KILL_IN_FILL")
+        # the 4th slot is half written and no entry names it; the three filled before it are published,
+        # and no version was left odd (a slot is written outside any entry's window)
+        assert _odd_groups(pool.name) == 0
+        rows = np.arange(10)
+        out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
+        assert (out == _value(1, rows)).all()
+        assert pool.stats()["process"]["hits"] == 3
+        # a new daemon takes the dead writer's lock over and finds the torn slot free
+        d = Pool.attach(pool.name, role="daemon")
+        assert sorted(d.resident_keys().tolist()) == keys[:3].tolist()
+        assert d.free_slots() == SLOTS - 3
+        assert d.fill_keys(keys) == 7
+        out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
+        assert (out == _value(1, rows)).all()
+        assert pool.stats()["process"]["hits"] == 3 + 10
+        d.close()
+    finally:
+        pool.destroy()
+
+
+@pytest.mark.parametrize("slow", ["dram", "ssd"])
+def test_writer_killed_in_publish_window(slow: str, tmp_path) -> None:
+    pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram")
+    try:
+        keys = make_keys(1, np.arange(10))
+        _die_in_fill(pool, keys, "RECMG_FAULT_KILL_IN_PUBLISH")
+        # the 4th entry is stored but its group's version stays odd: rows 0-63 of table 1 share that
+        # version, so the four filled rows are read from the slow tier until a writer recovers
+        assert _odd_groups(pool.name) == 1
         rows = np.arange(10)
         out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
         assert (out == _value(1, rows)).all()
         assert pool.stats()["process"]["hits"] == 0
-        # a new daemon recovers: the dead writer's lock is taken over, the torn slot freed
+        # a new daemon recovers: the version closed, the 4th row (whole before its entry was stored) kept
         d = Pool.attach(pool.name, role="daemon")
-        assert _odd_slots(pool.name) == 0
-        assert sorted(d.resident_keys().tolist()) == keys[:3].tolist()
-        assert d.free_slots() == SLOTS - 3
-        assert d.fill_keys(keys) == 7
+        assert d.free_slots() == SLOTS - 4
+        assert _odd_groups(pool.name) == 0
+        assert sorted(d.resident_keys().tolist()) == keys[:4].tolist()
+        assert d.fill_keys(keys) == 6
         out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
         assert (out == _value(1, rows)).all()
         assert pool.stats()["process"]["hits"] == 10

@@ -16,7 +16,7 @@
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
-3. Pool metadata (header, table descriptors, index, slot-group versions, rings) over table bytes
+3. Pool metadata (header, table descriptors, index, entry-group versions, rings) over table bytes
    at dim 64 float32.
 
     .venv/bin/python tools/bench_pool.py [--quick] [--rows 100000,500000] [--threads 1,2] [--lookups-only]

@@ -20,9 +20,9 @@
  * lock is never waited for without a limit: a writer that finds it held by another process for longer
  * than the handle's lock timeout (daemon role 100 ms, app role 2000 ms; RECMG_LOCK_TIMEOUT_MS in the
  * environment at attach, or recmg_set_lock_timeout) returns RECMG_ELOCKED having changed nothing.
- * Lookups never lock: each hit is read through the seqlock of its slot's group of 64 slots, with
- * the row's index entry re-checked as the slot's tag, and if either changed it is read from the
- * slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
+ * Lookups never lock: each hit is read through the seqlock of its index entry's group of 64 entries
+ * (the version before the entry, the row, the version again), and if the version changed the row is
+ * read from the slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
  * before they sleep. write_rows is not atomic with respect to lookups that read the
  * same row from the slow tier at that moment.
  *
@@ -39,7 +39,7 @@
 extern "C" {
 #endif
 
-#define RECMG_LAYOUT_VERSION 4u
+#define RECMG_LAYOUT_VERSION 5u
 
 #define RECMG_ROW_BITS 40
 #define RECMG_ROW_MASK ((UINT64_C(1) << RECMG_ROW_BITS) - 1)
@@ -120,7 +120,7 @@ typedef struct recmg_pool_info {
     uint32_t io_align;     /* O_DIRECT offset alignment in bytes (0 if not direct) */
     uint32_t io_depth;     /* io_uring queue depth */
     uint64_t total_bytes;  /* size of the shm object */
-    uint64_t meta_bytes;   /* header, table descriptors, slot-group versions, index, rings */
+    uint64_t meta_bytes;   /* header, table descriptors, entry-group versions, index, rings */
     uint64_t table_bytes;  /* rows * row_bytes over all tables (the slow tier's content) */
     uint64_t slot_bytes;   /* the fast tier's row slots */
     uint64_t generation;   /* fast-tier writes so far */

@@ -20,8 +20,9 @@
 #define RECMG_PAGE 4096u
 #define RECMG_ERRLEN 256u
 #define RECMG_MAX_TABLES (1u << 22)
-/* 64 slots share one seqlock version: the versions of a fast tier of millions of slots stay in the
- * CPU caches (4 bytes per 64 slots), so a hit reads the row and nothing else from memory. */
+/* 64 index entries (rows) share one seqlock version: the versions of tables of millions of rows stay
+ * in the CPU caches (4 bytes per 64 rows), so a hit reads its index entry once, the row, and nothing
+ * else from memory. */
 #define RECMG_GROUP_SHIFT 6u
 
 /* ---------------- shared layout (all offsets from the start of the object) ---------------- */
@@ -45,10 +46,10 @@ typedef struct shm_header {
     uint32_t slot_stride;  /* bytes per fast-tier slot (a multiple of 64) */
     uint32_t n_rings;
     uint32_t ring_records; /* a power of two */
-    uint32_t group_shift;  /* slots s >> group_shift share one seqlock version */
+    uint32_t group_shift;  /* index entries e >> group_shift share one seqlock version */
     uint64_t ring_stride;
     uint64_t tables_off;
-    uint64_t vers_off;     /* the seqlock versions, one uint32 per group of 2^group_shift slots */
+    uint64_t vers_off;     /* the seqlock versions, one uint32 per group of 2^group_shift index entries */
     uint64_t slots_off, index_off, rings_off, slow_off;
     uint64_t slow_bytes;   /* bytes of table rows (in the object for dram/numa, in the file for ssd) */
     uint64_t index_entries;
@@ -145,6 +146,8 @@ typedef struct lscratch {
     size_t urow_cap;
     uint64_t **seen; /* per table, one bit per row, all clear between calls */
     uint64_t **missed; /* per table, one bit per row (a split call's distinct misses), clear between calls */
+    uint32_t *ver;  /* per id: its entry's version when pass 1 read the entry (checked after the row's copy) */
+    size_t ver_cap;
     char err[RECMG_ERRLEN];
 } lscratch;
 
@@ -180,7 +183,7 @@ struct recmg_pool {
     uid_t owner;          /* the shm object's owner: the slow-tier file must be theirs */
     uint32_t lock_ms;     /* how long writer_lock waits for another process's writer (ms) */
     int lock_fd;          /* daemon role: the shm object's fd, flock()ed so that one daemon serves a pool */
-    _Atomic uint32_t *vers; /* seqlock versions of the slot groups */
+    _Atomic uint32_t *vers; /* seqlock versions of the index entries' groups */
     uint8_t *slots;
     _Atomic int32_t *index;
     uint8_t *rings;
@@ -232,8 +235,9 @@ static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t
 static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
 /* A slot number read from the shared index names a slot of this pool (anything else is treated as empty). */
 static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(uint32_t)s < p->h->n_slots; }
-/* Slot s's seqlock version (shared by its group of 2^RECMG_GROUP_SHIFT slots). */
-static inline _Atomic uint32_t *slot_version(const recmg_pool *p, uint64_t s) { return &p->vers[s >> RECMG_GROUP_SHIFT]; }
+/* The seqlock version of index entry e (a position in the whole index, shared by its group of
+ * 2^RECMG_GROUP_SHIFT entries): every store to an entry is made inside an odd window of it (writer.c). */
+static inline _Atomic uint32_t *entry_version(const recmg_pool *p, uint64_t e) { return &p->vers[e >> RECMG_GROUP_SHIFT]; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under

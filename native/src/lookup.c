@@ -1,15 +1,15 @@
 /* lookup.c - the app's path: embedding bags over the fast tier with slow-tier fallback.
  *
- * A hit is read lock-free through the seqlock of the slot's group (Boehm's reader): version
- * (acquire), the row's index entry again (it must still name the slot: the tag check), the row as
- * relaxed atomic 64-bit words, an acquire fence, the version again. Same even version and the entry
- * unchanged: the copy is the row. Anything else: the row is read from the slow tier, which is the
- * truth. The reader never waits for the writer. A hit touches the row's cache lines and two lines
- * that the cache keeps (the group version, the index entry pass 1 just read).
+ * A hit is read lock-free through the seqlock of its index entry's group (Boehm's reader, writer.c
+ * has the argument): pass 1 reads the version (acquire; odd: not a hit) and then the entry (the slot,
+ * or -1); pass 2 copies the row as relaxed atomic 64-bit words, then an acquire fence, then the
+ * version again. The same version: the copy is the row. Anything else: the row is read from the slow
+ * tier, which is the truth. The reader never waits for the writer. A hit reads its index entry once
+ * (pass 1), the row, and a version line that the cache keeps.
  *
- * Pass 1 resolves every id (range check, index -> slot, first-appearance dedup); on an SSD slow tier
- * the distinct missing rows are then read in one I/O batch; pass 2 accumulates the bags in id
- * order (the same order as torch.nn.functional.embedding_bag). */
+ * Pass 1 resolves every id (range check, version and index -> slot, first-appearance dedup); on an
+ * SSD slow tier the distinct missing rows are then read in one I/O batch; pass 2 accumulates the bags
+ * in id order (the same order as torch.nn.functional.embedding_bag). */
 #include "internal.h"
 
 #include <math.h>
@@ -39,15 +39,11 @@ __attribute__((target("avx2"))) static void words_load_avx2(uint64_t *tmp, const
 }
 #endif
 
-/* Seqlock read of slot s into tmp; 1 if tmp holds the row whose index entry is ix: the group's
- * version even and unchanged across the copy, and the entry still naming s after the first version
- * load (see writer.c for why that is exact). */
-static inline int slot_read(const recmg_pool *p, int32_t s, const _Atomic int32_t *ix, uint64_t *tmp, uint32_t nwords)
+/* Seqlock read of slot s into tmp; 1 if tmp holds the row whose entry pass 1 read as s after reading
+ * its version v1 from ver: the version unchanged after the copy (see writer.c for why that is exact). */
+static inline int slot_read(const recmg_pool *p, int32_t s, const _Atomic uint32_t *ver, uint32_t v1, uint64_t *tmp,
+                            uint32_t nwords)
 {
-    const _Atomic uint32_t *ver = slot_version(p, (uint64_t)s);
-    uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
-    if (v1 & 1u) return 0;
-    if (atomic_load_explicit(ix, memory_order_relaxed) != s) return 0;
 #if defined(__x86_64__)
     if (p->vec_copy)
         words_load_avx2(tmp, slot_ptr(p, (uint64_t)s), (nwords + 3) & ~3u);
@@ -70,6 +66,7 @@ static int row_bitmap(const recmg_pool *p, uint64_t ***maps, uint32_t table)
 static int scratch(recmg_pool *p, lscratch *ls, uint32_t table, uint64_t n, int ssd)
 {
     if (grow((void **)&ls->slot, &ls->slot_cap, n ? n : 1, sizeof *ls->slot) != 0) goto oom;
+    if (grow((void **)&ls->ver, &ls->ver_cap, n ? n : 1, sizeof *ls->ver) != 0) goto oom;
     if (grow((void **)&ls->urow, &ls->urow_cap, n ? n : 1, sizeof *ls->urow) != 0) goto oom;
     if (row_bitmap(p, &ls->seen, table) != 0) goto oom;
     if (ssd && hash_prepare(p, n) != 0) goto oom;
@@ -111,13 +108,14 @@ static int check_args(const recmg_pool *p, char *err, const recmg_bag_args *a)
 typedef struct bagctx {
     const recmg_pool *p;
     const int32_t *slot;
+    const uint32_t *ver; /* per id: its entry's version in pass 1 */
     const int64_t *ids, *offsets;
     const float *weights;
     float *out;
     uint64_t ostride; /* floats from one bag's output to the next */
     const uint8_t *slow, *mbuf;
-    const _Atomic int32_t *index; /* the table's index */
-    uint64_t base, iend; /* slot[] holds ids [base, iend) */
+    uint64_t efirst; /* the table's first index entry */
+    uint64_t base, iend; /* slot[] and ver[] hold ids [base, iend) */
     size_t mstride;
     uint32_t rb, pf_lines;
     int mean;
@@ -148,8 +146,9 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
     const uint8_t *const slots = c->p->slots;
     const uint64_t stride = c->p->h->slot_stride;
     const _Atomic uint32_t *const vers = c->p->vers;
-    const _Atomic int32_t *const index = c->index;
+    const uint64_t efirst = c->efirst;
     const int32_t *const slot = c->slot - c->base;
+    const uint32_t *const sver = c->ver - c->base;
     const int64_t *const ids = c->ids;
     const float *const weights = c->weights;
     const uint8_t *const slow = c->slow, *const mbuf = c->mbuf;
@@ -163,7 +162,6 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
             const uint8_t *sp;
             if (ps >= 0) {
                 sp = slots + (uint64_t)ps * stride;
-                __builtin_prefetch(&index[ids[i + PF_DIST]], 0, 3); /* re-checked below */
             } else {
                 sp = slow ? slow + (uint64_t)ids[i + PF_DIST] * rb : NULL;
             }
@@ -174,14 +172,12 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
         const int32_t s = slot[i];
         const __m256 vw = _mm256_set1_ps(weights ? weights[i] : 1.0f);
         if (s >= 0) {
-            const _Atomic uint32_t *ver = &vers[(uint32_t)s >> RECMG_GROUP_SHIFT];
-            uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
-            if ((v1 & 1u) || atomic_load_explicit(&index[ids[i]], memory_order_relaxed) != s) return -1;
             const uint8_t *q = slots + (uint64_t)s * stride;
 #pragma GCC unroll 16
             for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, slot_load8(q + 32 * k), acc[k]);
             atomic_thread_fence(memory_order_acquire);
-            if (atomic_load_explicit(ver, memory_order_relaxed) != v1) return -1;
+            const _Atomic uint32_t *ver = &vers[(efirst + (uint64_t)ids[i]) >> RECMG_GROUP_SHIFT];
+            if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
             h++;
         } else {
             const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
@@ -215,15 +211,14 @@ BAG_FAST(128)
 
 typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
 
-/* The generic loops' software prefetch: the row (slot or memory slow tier) and the index entry of
- * the id PF_DIST ahead of id i. */
+/* The generic loops' software prefetch: the row (slot or memory slow tier) of the id PF_DIST ahead of
+ * id i. */
 static inline void prefetch_ahead(const bagctx *c, uint64_t i)
 {
     if (i + PF_DIST >= c->iend) return;
     int32_t ps = c->slot[i + PF_DIST - c->base];
     const uint8_t *sp;
     if (ps >= 0) {
-        __builtin_prefetch(&c->index[c->ids[i + PF_DIST]], 0, 1);
         sp = slot_ptr(c->p, (uint64_t)ps);
     } else if (c->slow) {
         sp = c->slow + (uint64_t)c->ids[i + PF_DIST] * c->rb;
@@ -281,6 +276,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     const uint64_t ostride = a->out_stride ? a->out_stride : dim;
     const int f16 = t->dtype == RECMG_F16;
     _Atomic int32_t *index = p->index + t->index_first;
+    const _Atomic uint32_t *vers = p->vers;
+    const uint64_t efirst = t->index_first;
     const uint8_t *slow = p->slow ? p->slow + t->slow_off : NULL;
 
     rc = scratch(p, ls, a->table, n, slow == NULL);
@@ -293,14 +290,17 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
                       (unsigned long long)n);
     int32_t *slot = ls->slot;
+    uint32_t *sver = ls->ver;
     uint64_t *seen = ls->seen[a->table], *missed = mark || pop ? ls->missed[a->table] : NULL;
     int64_t *urow = ls->urow;
 
-    /* pass 1: range, index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
+    /* pass 1: range, version and index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
     uint64_t nu = 0, umiss = 0, m = 0;
     for (uint64_t i = i0; i < iend; i++) {
-        if (i + 2 * PF_DIST < iend && (uint64_t)ids[i + 2 * PF_DIST] < rows)
+        if (i + 2 * PF_DIST < iend && (uint64_t)ids[i + 2 * PF_DIST] < rows) {
+            __builtin_prefetch(&vers[(efirst + (uint64_t)ids[i + 2 * PF_DIST]) >> RECMG_GROUP_SHIFT], 0, 3);
             __builtin_prefetch(&index[ids[i + 2 * PF_DIST]], 0, 3);
+        }
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
             for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
@@ -311,8 +311,12 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             return rc_buf(ls->err, sizeof ls->err, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)",
                           (long long)r, a->table, (unsigned long long)rows);
         }
+        /* the version before the entry (acquire): pass 2 checks it again after the row's copy; odd (a
+         * writer is changing the group's entries) reads the row as a miss */
+        const uint32_t v = atomic_load_explicit(&vers[(efirst + (uint64_t)r) >> RECMG_GROUP_SHIFT], memory_order_acquire);
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
-        s = slot_ok(p, s) ? s : -1; /* the index is shared memory: a slot number not of this pool is a miss */
+        s = !(v & 1u) && slot_ok(p, s) ? s : -1; /* the index is shared memory: a slot number not of this pool is a miss */
+        sver[i - i0] = v;
         int fresh = 0;
         if (mark || pop) {
             uint64_t bit = UINT64_C(1) << (r & 63);
@@ -385,8 +389,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
      * which copies each row, checks it, and falls back to the slow tier. */
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
     const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
-    const bagctx ctx = {.p = p, .slot = slot, .ids = ids, .offsets = a->offsets, .weights = a->weights,
-                        .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .index = index,
+    const bagctx ctx = {.p = p, .slot = slot, .ver = sver, .ids = ids, .offsets = a->offsets, .weights = a->weights,
+                        .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .efirst = efirst,
                         .base = i0, .iend = iend, .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     for (uint64_t b = wk->b0; b < wk->b1; b++) {
@@ -402,12 +406,11 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 int32_t s = slot[i - i0];
                 float w = a->weights ? a->weights[i] : 1.0f;
                 if (s >= 0) {
-                    const _Atomic uint32_t *ver = slot_version(p, (uint64_t)s);
-                    uint32_t v1 = atomic_load_explicit(ver, memory_order_acquire);
-                    if ((v1 & 1u) || atomic_load_explicit(&index[ids[i]], memory_order_relaxed) != s) break;
                     facc(out, slot_ptr(p, (uint64_t)s), w, dim);
                     atomic_thread_fence(memory_order_acquire);
-                    if (atomic_load_explicit(ver, memory_order_relaxed) != v1) break;
+                    if (atomic_load_explicit(entry_version(p, efirst + (uint64_t)ids[i]), memory_order_relaxed) !=
+                        sver[i - i0])
+                        break;
                     h++;
                 } else {
                     acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
@@ -431,7 +434,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             int64_t r = ids[i];
             int32_t s = slot[i - i0];
             const void *row;
-            if (s >= 0 && slot_read(p, s, &index[r], tw, nwords)) {
+            if (s >= 0 && slot_read(p, s, entry_version(p, efirst + (uint64_t)r), sver[i - i0], tw, nwords)) {
                 row = tw;
                 hits++;
             } else if (slow) {
@@ -658,6 +661,7 @@ static void workers_kick(workers *w)
 static void scratch_free(recmg_pool *p, lscratch *ls)
 {
     free(ls->slot);
+    free(ls->ver);
     free(ls->urow);
     if (ls->seen)
         for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->seen[t]);

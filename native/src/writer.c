@@ -5,15 +5,27 @@
  * in the middle of a change is found dead by the next one, which repairs the slots (recover_fast_tier).
  * Readers never take the lock.
  *
- * The index is the record of what the fast tier holds: entry (t, r) names the slot that holds row r of
- * table t, or is -1. A slot is only ever written while no entry names it, under the seqlock version
- * of its group of 64 slots, and published after (C11 orders; readers are in lookup.c):
- *   evict a:      index[a] = -1 (release); the slot goes to the free list, its row left in place.
- *   fill b into s (free):  v = version[s >> 6]; version = v+1 (odd); release fence;
- *                 row words (relaxed atomics); version = v+2 (release); index[b] = s (release).
- *   write_rows:   index[b] = -1; the same seqlock write; index[b] = s.
- * A reader that sees an even version v, then index[b] == s, copies the row, and sees v again after
- * an acquire fence has row b: any write of slot s that it could have overlapped changed v. */
+ * The index is the record of what the fast tier holds: entry e = (t, r) names the slot that holds row r
+ * of table t, or is -1. The seqlock versions guard the entries, one version for each group of 64
+ * entries (C11 orders; readers are in lookup.c):
+ *   every store to entry e is made in an odd window of its group's version (entry_store):
+ *                 v = version[e >> 6]; version = v+1 (odd); release fence; index[e] = x (relaxed);
+ *                 version = v+2 (release).
+ *   a slot is written only while no entry names it, after a release fence (slot_write).
+ *   evict a:      index[a] = -1 in a window; the slot goes to the free list, its row left in place.
+ *   fill b into s (free):  the row into s (relaxed atomic words); index[b] = s in a window.
+ *   write_rows:   one window: index[b] = -1, the row into s, index[b] = s.
+ * The reader (lookup.c): v = version[e >> 6] (acquire; odd: not a hit), s = index[e], later the
+ * row's words from slot s (relaxed), an acquire fence, version[e >> 6] again. If it is v, the reader
+ * has row b, because
+ *   - no store to entry e fell between the two version loads (each is inside a window that would
+ *     have changed v, or made it odd), so e named s throughout: the s it read was published before its
+ *     first load, by a release store of the version that its acquire load saw, after the row was whole;
+ *   - a write of slot s needs e unpublished first, and follows that window's release fence: had the
+ *     copy seen any of its words, the acquire fence after the copy would make the second load see
+ *     at least the window's odd version.
+ * So pass 1 of a lookup reads each id's version and entry, and pass 2 checks the version after the
+ * copy: the entry is read once. */
 #include "internal.h"
 
 #include <errno.h>
@@ -29,6 +41,23 @@ static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
 {
     uint32_t t = RECMG_KEY_TABLE(key);
     return &p->index[p->tables[t].index_first + (uint64_t)RECMG_KEY_ROW(key)];
+}
+
+/* Stores x into index entry e (a position in the whole index) inside an odd window of its group's
+ * version, so that a reader whose entry load fell before or during the store sees the version change. */
+static void entry_store(recmg_pool *p, uint64_t e, int32_t x)
+{
+    _Atomic uint32_t *ver = entry_version(p, e);
+    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
+    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&p->index[e], x, memory_order_relaxed);
+    atomic_store_explicit(ver, v + 2, memory_order_release);
+}
+
+static inline uint64_t entry_of(recmg_pool *p, int64_t key)
+{
+    return p->tables[RECMG_KEY_TABLE(key)].index_first + (uint64_t)RECMG_KEY_ROW(key);
 }
 
 static int key_valid(recmg_pool *p, int64_t key)
@@ -97,7 +126,7 @@ static uint64_t now_ns(void)
 
 /* The writer lock: a word in the header, 0 or the holder's pid, taken by compare-and-swap. A waiter
  * sleeps on it (futex, at most 1 ms at a time) until it is free, its holder is dead (then the waiter
- * takes it over and repairs the fast tier, as a dead writer may have left a slot group's version
+ * takes it over and repairs the fast tier, as a dead writer may have left an entry group's version
  * odd), or the handle's timeout passes (RECMG_ELOCKED). Two handles of one process exclude each other
  * like two processes (the lock then names this process, which is alive). */
 int writer_lock(recmg_pool *p)
@@ -155,10 +184,11 @@ static void bump_generation(recmg_pool *p)
 
 /* Makes the fast tier consistent after a writer died mid-change (called under the writer lock). An
  * index entry only ever names a slot whose row is complete (a slot is written while no entry names
- * it, and published after), so the only repair is closing the odd versions the dead writer left. */
+ * it, and published after), so the only repair is closing the odd version the dead writer's window
+ * left (at most one) and rebuilding the free list from the index. */
 void recover_fast_tier(recmg_pool *p)
 {
-    uint64_t ng = (p->h->n_slots + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT;
+    uint64_t ng = (p->h->index_entries + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT;
     for (uint64_t g = 0; g < ng; g++) {
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
         if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
@@ -187,7 +217,7 @@ static int free_list_sync(recmg_pool *p)
         if (s < 0) continue;
         uint64_t bit = UINT64_C(1) << (s & 63);
         if ((uint64_t)s >= n || (used[s >> 6] & bit)) {
-            atomic_store_explicit(&p->index[i], -1, memory_order_release);
+            entry_store(p, i, -1);
             continue;
         }
         used[s >> 6] |= bit;
@@ -202,22 +232,22 @@ static int free_list_sync(recmg_pool *p)
     return RECMG_OK;
 }
 
-/* Writes a row into slot s, which no index entry names, through the seqlock of its group. */
+/* Writes a row into slot s, which no index entry names. The release fence orders the version stores
+ * of the window that unpublished s (in this process or, through the writer lock, another) before the
+ * row's words: a reader that copied any of them sees that window's version change. */
 static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
-    _Atomic uint32_t *ver = slot_version(p, s);
-    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
-    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     words_store(slot_ptr(p, s), words, p->h->slot_stride / 8);
-    atomic_store_explicit(ver, v + 2, memory_order_release);
 }
 
 /* Fault injection for the crash tests: RECMG_FAULT_KILL_IN_FILL=K makes a fill die with SIGKILL in
- * the middle of writing its K-th slot (version odd, half the row copied, writer lock held). */
-static int64_t fault_kill_point(void)
+ * the middle of writing its K-th slot (half the row copied, no entry naming it, writer lock held);
+ * RECMG_FAULT_KILL_IN_PUBLISH=K in the window that publishes its K-th slot (the row whole, the entry
+ * stored, its group's version odd). */
+static int64_t fault_point(const char *name)
 {
-    const char *e = getenv("RECMG_FAULT_KILL_IN_FILL");
+    const char *e = getenv(name);
     return e && e[0] ? strtoll(e, NULL, 10) : -1;
 }
 
@@ -231,11 +261,17 @@ static void fault_stop_point(void)
 
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 {
-    _Atomic uint32_t *ver = slot_version(p, s);
-    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
-    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
     words_store(slot_ptr(p, s), words, p->h->slot_stride / 16);
+    raise(SIGKILL);
+}
+
+static void die_mid_publish(recmg_pool *p, uint64_t e, int32_t s)
+{
+    _Atomic uint32_t *ver = entry_version(p, e);
+    atomic_store_explicit(ver, atomic_load_explicit(ver, memory_order_relaxed) + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_release);
+    atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
     raise(SIGKILL);
 }
 
@@ -320,13 +356,14 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
     uint64_t bytes = 0;
     rc = read_slow_keys(p, p->m_rows, m, buf, stride, &bytes);
     if (rc) goto out;
-    int64_t die_at = fault_kill_point();
+    const int64_t die_at = fault_point("RECMG_FAULT_KILL_IN_FILL"), die_in = fault_point("RECMG_FAULT_KILL_IN_PUBLISH");
     for (uint64_t k = 0; k < m; k++) {
         int64_t key = p->m_rows[k];
         uint32_t s = p->free_list[--p->n_free];
         if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
-        atomic_store_explicit(index_of(p, key), (int32_t)s, memory_order_release);
+        if ((int64_t)k == die_in) die_mid_publish(p, entry_of(p, key), (int32_t)s);
+        entry_store(p, entry_of(p, key), (int32_t)s);
         uint32_t tk = RECMG_KEY_TABLE(key);
         atomic_fetch_add_explicit(&p->stab[tk].c.slow_bytes, p->tables[tk].row_bytes, memory_order_relaxed);
     }
@@ -353,19 +390,19 @@ int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
     if (rc) goto out;
     int64_t evicted = 0;
     for (uint64_t i = 0; i < n; i++) {
-        _Atomic int32_t *ix = index_of(p, keys[i]);
-        int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
+        const uint64_t e = entry_of(p, keys[i]);
+        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
         if (s < 0) continue;
         if (!slot_ok(p, s) || p->n_free >= p->h->n_slots) {
             /* a slot number no writer wrote (the object was changed behind our back): clear the entry
              * and rebuild the free list from the index at the next write */
-            atomic_store_explicit(ix, -1, memory_order_release);
+            entry_store(p, e, -1);
             p->free_valid = 0;
             continue;
         }
-        /* the slot keeps the row until it is reused (a reader that still goes there reads a right
-         * row); reuse goes through the seqlock */
-        atomic_store_explicit(ix, -1, memory_order_release);
+        /* the slot keeps the row until it is reused (a reader that still copies it checks the
+         * version this window changed) */
+        entry_store(p, e, -1);
         p->free_list[p->n_free++] = (uint32_t)s;
         evicted++;
     }
@@ -473,8 +510,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
         heap = calloc(1, p->h->slot_stride);
         if (!heap) {
             /* cannot update the copies: drop them (lookups then read the slow tier, the truth) */
-            for (uint64_t k = 0; k < done; k++) atomic_store_explicit(index_of(p, RECMG_KEY(table, rows[k])), -1,
-                                                                      memory_order_release);
+            for (uint64_t k = 0; k < done; k++) entry_store(p, entry_of(p, RECMG_KEY(table, rows[k])), -1);
             p->free_valid = 0;
             bump_generation(p);
             if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
@@ -485,20 +521,26 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     memset(w, 0, p->h->slot_stride);
     int wrote = 0;
     for (uint64_t k = 0; k < done; k++) {
-        int64_t key = RECMG_KEY(table, rows[k]);
-        int32_t s = atomic_load_explicit(index_of(p, key), memory_order_relaxed);
+        const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
+        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
         if (s < 0) continue;
         if (!slot_ok(p, s)) { /* not a slot of this pool: the entry is dropped (lookups read the slow tier) */
-            atomic_store_explicit(index_of(p, key), -1, memory_order_release);
+            entry_store(p, e, -1);
             p->free_valid = 0;
             continue;
         }
         memcpy(w, src + k * rb, rb);
-        /* unpublished while it changes, so that a slot an entry names is always whole (also if this
-         * writer dies here); readers meanwhile read the slow tier, already updated */
-        atomic_store_explicit(index_of(p, key), -1, memory_order_relaxed);
+        /* one odd window over the rewrite (readers meanwhile read the slow tier, already updated),
+         * with the entry unpublished inside it, so that a slot an entry names is always whole, also
+         * if this writer dies here */
+        _Atomic uint32_t *ver = entry_version(p, e);
+        const uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
+        atomic_store_explicit(ver, v + 1, memory_order_relaxed);
+        atomic_thread_fence(memory_order_release);
+        atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
         slot_write(p, (uint64_t)s, w);
-        atomic_store_explicit(index_of(p, key), s, memory_order_release);
+        atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
+        atomic_store_explicit(ver, v + 2, memory_order_release);
         wrote = 1;
     }
     free(heap);
