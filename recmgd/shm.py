@@ -1,10 +1,11 @@
 """Where pools live (POSIX shared memory, the tmpfs at /dev/shm) and whether that tmpfs gives huge pages.
 
 A pool is a shm_open(3) object: the file /dev/shm/NAME. Its fast tier is read at random, one 256-byte row
-a lookup, so each row costs a TLB lookup as well as its cache lines; on 2 MiB pages the hit path is
-5-21% faster (BENCHMARKS.md, tools/bench_hugepages.py). The pool asks for them with madvise(MADV_HUGEPAGE)
-on every mapping, but a tmpfs grants them only if it was mounted with ``huge=advise`` (or ``always``,
-``within_size``); the default is ``never``. The mount option is the operator's (README, "Huge pages").
+a lookup, so each row costs a TLB lookup as well as its cache lines; on 2 MiB pages the hit path takes
+less time (by how much: BENCHMARKS.md, measured by tools/bench_hugepages.py). The pool asks for them
+with madvise(MADV_HUGEPAGE) on every mapping, but a tmpfs grants them only if it was mounted with
+``huge=advise`` (or ``always``, ``within_size``); the default is ``never``. The mount option is the
+operator's (README, "Huge pages").
 """
 
 from __future__ import annotations
