@@ -54,6 +54,27 @@ static inline int slot_read(const recmg_pool *p, int32_t s, const _Atomic uint32
     return atomic_load_explicit(ver, memory_order_relaxed) == v1;
 }
 
+/* Times a hit whose version changed after pass 1 is resolved again before it goes to the slow tier. */
+#define REREADS 4
+
+/* A hit whose version changed after pass 1 (a writer changed some entry of its group: often another
+ * row's): the row resolved again, as a reader with no pass 1 would (version, entry, copy, version), up
+ * to REREADS times, so that a writer busy with the group's other rows does not send it to the slow
+ * tier. A window is a few stores long, so a version seen odd is read again at once; one left odd by a
+ * dead writer costs REREADS loads and the slow tier. 1 if tmp holds the row whose entry is ix. */
+static int slot_reread(const recmg_pool *p, const _Atomic int32_t *ix, const _Atomic uint32_t *ver, uint64_t *tmp,
+                       uint32_t nwords)
+{
+    for (int k = 0; k < REREADS; k++) {
+        const uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
+        if (v & 1u) continue;
+        const int32_t s = atomic_load_explicit(ix, memory_order_relaxed);
+        if (!slot_ok(p, s)) return 0; /* evicted meanwhile: a miss */
+        if (slot_read(p, s, ver, v, tmp, nwords)) return 1;
+    }
+    return 0;
+}
+
 /* (*maps)[table], a zeroed bitmap of the table's rows, allocated on first use; 0 or -1 (out of memory). */
 static int row_bitmap(const recmg_pool *p, uint64_t ***maps, uint32_t table)
 {
@@ -434,7 +455,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             int64_t r = ids[i];
             int32_t s = slot[i - i0];
             const void *row;
-            if (s >= 0 && slot_read(p, s, entry_version(p, efirst + (uint64_t)r), sver[i - i0], tw, nwords)) {
+            const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)r);
+            if (s >= 0 && (slot_read(p, s, ver, sver[i - i0], tw, nwords) || slot_reread(p, &index[r], ver, tw, nwords))) {
                 row = tw;
                 hits++;
             } else if (slow) {

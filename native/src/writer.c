@@ -25,7 +25,8 @@
  *     copy seen any of its words, the acquire fence after the copy would make the second load see
  *     at least the window's odd version.
  * So pass 1 of a lookup reads each id's version and entry, and pass 2 checks the version after the
- * copy: the entry is read once. */
+ * copy: the entry is read once. A hit whose check fails (most often because another entry of the group
+ * changed) is resolved again in pass 2 the same way: version, entry, copy, version. */
 #include "internal.h"
 
 #include <errno.h>
