@@ -29,15 +29,15 @@ def _name() -> str:
     return f"rt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
 
 
-def _value(t: int, rows: np.ndarray) -> np.ndarray:
-    """Row values: t * 65536 + row * 16 + column, exact in float32."""
-    return (t * 65536 + rows[:, None] * 16 + np.arange(DIM)[None, :]).astype(np.float32)
+def _value(t: int, rows: np.ndarray, dim: int = DIM) -> np.ndarray:
+    """Row values: t * 2^17 + row * 32 + column, exact in float32 (dim <= 32)."""
+    return (t * (1 << 17) + rows[:, None] * 32 + np.arange(dim)[None, :]).astype(np.float32)
 
 
-def _make_pool(slow: str = "dram") -> Pool:
-    p = Pool.create(_name(), tables=[(ROWS, DIM)] * TABLES, slots=SLOTS, slow=slow, rings=8)
+def _make_pool(slow: str = "dram", dim: int = DIM) -> Pool:
+    p = Pool.create(_name(), tables=[(ROWS, dim)] * TABLES, slots=SLOTS, slow=slow, rings=8)
     for t in range(TABLES):
-        p.write_rows(t, np.arange(ROWS), _value(t, np.arange(ROWS)))
+        p.write_rows(t, np.arange(ROWS), _value(t, np.arange(ROWS), dim))
     return p
 
 
@@ -63,7 +63,7 @@ def _writer(name: str, seed: int, counter, stop) -> None:
     pool.close()
 
 
-def _reader(name: str, seed: int, reads: int, conn) -> None:
+def _reader(name: str, seed: int, reads: int, dim: int, conn) -> None:
     pool = Pool.attach(name)
     rng = np.random.default_rng(seed)
     offsets = np.arange(BATCH, dtype=np.int64)
@@ -72,7 +72,7 @@ def _reader(name: str, seed: int, reads: int, conn) -> None:
         t = int(rng.integers(0, TABLES))
         ids = rng.integers(0, ROWS, size=BATCH).astype(np.int64)
         out = pool.embedding_bag(t, ids, offsets).numpy()
-        wrong += int((out != _value(t, ids)).any(axis=1).sum())
+        wrong += int((out != _value(t, ids, dim)).any(axis=1).sum())
         done += BATCH
         pool.drain_ring(pool.ring_index)  # keep the ring from only dropping
     conn.send((done, wrong, pool.stats()["process"]["hits"]))
@@ -90,9 +90,10 @@ def _odd_groups(name: str) -> int:
 
 
 @pytest.mark.slow
-def test_readers_and_writer_with_sigkill() -> None:
+@pytest.mark.parametrize("dim", [DIM, 24])  # 16: the AVX2 bag kernels; 24: the generic fused and safe loops
+def test_readers_and_writer_with_sigkill(dim: int) -> None:
     ctx = mp.get_context("fork")
-    pool = _make_pool()
+    pool = _make_pool(dim=dim)
     readers: list = []
     writers: list = []
     try:
@@ -102,7 +103,8 @@ def test_readers_and_writer_with_sigkill() -> None:
         pipes = []
         for i in range(READERS):
             a, b = ctx.Pipe()
-            pr = ctx.Process(target=_reader, args=(pool.name, 100 + i, TOTAL_READS // READERS + BATCH, b))
+            quota = TOTAL_READS // READERS + BATCH
+            pr = ctx.Process(target=_reader, args=(pool.name, 100 + i, quota, dim, b))
             pr.start()
             pipes.append(a)
             readers.append(pr)
@@ -143,7 +145,7 @@ def test_readers_and_writer_with_sigkill() -> None:
             rows = keys[(keys >> 40) == t] & ((1 << 40) - 1)
             before = pool.stats()["process"]["hits"]
             out = pool.embedding_bag(t, rows, np.arange(len(rows))).numpy()
-            assert (out == _value(t, rows)).all()
+            assert (out == _value(t, rows, dim)).all()
             assert pool.stats()["process"]["hits"] - before == len(rows)
         d.close()
     finally:

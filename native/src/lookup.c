@@ -336,7 +336,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
          * writer is changing the group's entries) reads the row as a miss */
         const uint32_t v = atomic_load_explicit(&vers[(efirst + (uint64_t)r) >> RECMG_GROUP_SHIFT], memory_order_acquire);
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
-        s = !(v & 1u) && slot_ok(p, s) ? s : -1; /* the index is shared memory: a slot number not of this pool is a miss */
+        /* a miss too: a slot number not of this pool (the index is shared memory) */
+        s = !(v & 1u) && slot_ok(p, s) ? s : -1;
         sver[i - i0] = v;
         int fresh = 0;
         if (mark || pop) {
