@@ -20,8 +20,8 @@
 
 #define PF_DIST 16 /* pass 2: rows prefetched this many ids ahead */
 /* pass 1: index entries and their versions prefetched this many ids ahead. Pass 1 does little per id,
- * so its loads need to start further ahead than the rows': 64 took 3-7% less time than 32 at 26 x
- * 300k and 8 x 1M rows (BENCHMARKS.md, "One index read a hit"). */
+ * so its loads need to start further ahead than the rows' (64 against 32: BENCHMARKS.md, "One index
+ * read a hit"). */
 #define PF_INDEX 64
 
 #if defined(__x86_64__)
