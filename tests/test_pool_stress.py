@@ -170,54 +170,39 @@ def _die_in_fill(pool: Pool, keys: np.ndarray, fault: str) -> None:
     assert w.exitcode == -signal.SIGKILL
 
 
+# Where a fill dies (the 4th of 10 keys of table 1, rows 0-63 of which share one version), and what it
+# leaves: the versions left odd, the hits of the 10 rows before a writer recovers, the rows kept.
+#   RECMG_FAULT_KILL_IN_FILL: the 4th slot half written, no entry naming it, no version odd (a slot is
+#     written outside any entry's window); the 3 rows before it are published and read as hits.
+#   RECMG_FAULT_KILL_IN_PUBLISH: the 4th entry stored (its row whole), its group's version odd, so all
+#     of the group's rows are read from the slow tier until a writer recovers; recovery keeps 4 rows.
+DEATHS = [("RECMG_FAULT_KILL_IN_FILL", 0, 3, 3), ("RECMG_FAULT_KILL_IN_PUBLISH", 1, 0, 4)]
+
+
+@pytest.mark.parametrize("fault,odd,hits_before,kept", DEATHS, ids=["mid-slot-write", "in-publish-window"])
 @pytest.mark.parametrize("slow", ["dram", "ssd"])
-def test_writer_killed_mid_slot_write(slow: str, tmp_path) -> None:
+def test_writer_killed_mid_fill(
+    slow: str, fault: str, odd: int, hits_before: int, kept: int, tmp_path
+) -> None:
     pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram")
     try:
         keys = make_keys(1, np.arange(10))
-        _die_in_fill(pool, keys, "RECMG_FAULT_KILL_IN_FILL")
-        # the 4th slot is half written and no entry names it; the three filled before it are published,
-        # and no version was left odd (a slot is written outside any entry's window)
-        assert _odd_groups(pool.name) == 0
+        _die_in_fill(pool, keys, fault)
+        assert _odd_groups(pool.name) == odd
+        # readers are correct meanwhile: a row no whole entry names comes from the slow tier
         rows = np.arange(10)
         out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
         assert (out == _value(1, rows)).all()
-        assert pool.stats()["process"]["hits"] == 3
-        # a new daemon takes the dead writer's lock over and finds the torn slot free
+        assert pool.stats()["process"]["hits"] == hits_before
+        # a new daemon takes the dead writer's lock over: odd versions closed, the torn slot free
         d = Pool.attach(pool.name, role="daemon")
-        assert sorted(d.resident_keys().tolist()) == keys[:3].tolist()
-        assert d.free_slots() == SLOTS - 3
-        assert d.fill_keys(keys) == 7
-        out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
-        assert (out == _value(1, rows)).all()
-        assert pool.stats()["process"]["hits"] == 3 + 10
-        d.close()
-    finally:
-        pool.destroy()
-
-
-@pytest.mark.parametrize("slow", ["dram", "ssd"])
-def test_writer_killed_in_publish_window(slow: str, tmp_path) -> None:
-    pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram")
-    try:
-        keys = make_keys(1, np.arange(10))
-        _die_in_fill(pool, keys, "RECMG_FAULT_KILL_IN_PUBLISH")
-        # the 4th entry is stored but its group's version stays odd: rows 0-63 of table 1 share that
-        # version, so the four filled rows are read from the slow tier until a writer recovers
-        assert _odd_groups(pool.name) == 1
-        rows = np.arange(10)
-        out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
-        assert (out == _value(1, rows)).all()
-        assert pool.stats()["process"]["hits"] == 0
-        # a new daemon recovers: the version closed, the 4th row (whole before its entry was stored) kept
-        d = Pool.attach(pool.name, role="daemon")
-        assert d.free_slots() == SLOTS - 4
+        assert d.free_slots() == SLOTS - kept
         assert _odd_groups(pool.name) == 0
-        assert sorted(d.resident_keys().tolist()) == keys[:4].tolist()
-        assert d.fill_keys(keys) == 6
+        assert sorted(d.resident_keys().tolist()) == keys[:kept].tolist()
+        assert d.fill_keys(keys) == 10 - kept
         out = pool.embedding_bag(1, rows, np.arange(10)).numpy()
         assert (out == _value(1, rows)).all()
-        assert pool.stats()["process"]["hits"] == 10
+        assert pool.stats()["process"]["hits"] == hits_before + 10
         d.close()
     finally:
         pool.destroy()
