@@ -18,8 +18,16 @@ the same build's pool made before it (HEAD against HEAD, all-hit, 26 x 100k rows
 most changes measured here; the two orders cancel that. The rounds' ratios are printed too: far apart,
 the placement of the pools' memory outweighs the change.
 
+``--churn`` measures hits instead of time: for each build in turn, table 0's even rows stay resident
+while a forked writer (daemon role) evicts and fills its odd rows back to back, and the app reads
+only even rows (``--reps`` calls of batch x pooling ids); it prints the share of those reads that
+were fast-tier hits. A build whose seqlock check fails on writes to other rows sends them to the
+slow tier (right rows, fewer hits).
+
     .venv/bin/python tools/bench_ab_lookup.py [--base REV] [--rows 50000] [--tables 26] [--reps 40]
                                               [--miss 0.1] [--multi] [--threads 2]
+    .venv/bin/python tools/bench_ab_lookup.py --churn [--base REV] --tables 1 --rows 4096 --dim 16 \
+                                              --batch 512 --pooling 8 --reps 300
 """
 
 from __future__ import annotations
@@ -82,6 +90,7 @@ class Side:
     def __init__(self, mod: ModuleType, tag: str, tables: int, rows: int, dim: int, weights: np.ndarray,
                  gone: np.ndarray, threads: int):
         self.mod, self.ffi, self.lib = mod, mod.ffi, mod.lib
+        self.dim = dim
         self.name = f"recmg-ab-{tag}-{os.getpid()}".encode()
         ffi, lib = self.ffi, self.lib
         specs = ffi.new("recmg_table_spec[]", tables)
@@ -153,6 +162,57 @@ class Side:
         self.lib.recmg_close(self.owner)
         self.lib.recmg_destroy(self.name, self.ffi.NULL, 0)
 
+    def churn(self, rows: int) -> int:
+        """Forks a writer that evicts and fills table 0's odd rows until it is killed; its pid."""
+        pid = os.fork()
+        if pid:
+            return pid
+        try:  # the child: its own daemon-role handle (the creator's takes no daemon lock)
+            ffi, lib = self.ffi, self.lib
+            out, err = ffi.new("recmg_pool **"), ffi.new("char[256]")
+            if lib.recmg_attach(self.name, 1, 0, out, err, 256) != 0:
+                os._exit(2)
+            odd = np.arange(1, rows, 2, dtype=np.int64)  # table 0: the keys are the rows
+            buf = ffi.from_buffer("int64_t[]", odd)
+            while True:
+                lib.recmg_evict_keys(out[0], buf, len(odd))
+                lib.recmg_fill_keys(out[0], buf, len(odd))
+        finally:
+            os._exit(1)
+
+    def hits(self) -> tuple[int, int]:
+        """(hits, lookups) of this process's ring so far."""
+        c = self.ffi.new("recmg_counters *")
+        self.lib.recmg_ring_counters(self.app, self.ring, c)
+        return int(c.hits), int(c.lookups)
+
+
+def churn_hits(side: Side, rows: int, calls: int, n: int, pooling: int, drain: np.ndarray) -> float:
+    """Share of reads of table 0's even rows that were hits while side.churn()'s writer runs."""
+    ffi, lib = side.ffi, side.lib
+    rng = np.random.default_rng(7)
+    offsets = np.arange(0, n + 1, pooling, dtype=np.int64)
+    out = np.empty((len(offsets) - 1, side.dim), dtype=np.float32)
+    pid = side.churn(rows)
+    try:
+        time.sleep(0.2)
+        h0, l0 = side.hits()
+        for _ in range(calls):
+            ids = rng.integers(0, rows // 2, n).astype(np.int64) * 2
+            rc = lib.recmg_embedding_bag(side.app, 0, ffi.from_buffer("int64_t[]", ids), n,
+                                         ffi.from_buffer("int64_t[]", offsets), len(offsets) - 1, 0, ffi.NULL,
+                                         ffi.from_buffer("float[]", out))
+            if rc != 0:
+                raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(side.app)).decode()}")
+            lib.recmg_drain_ring(side.owner, side.ring, ffi.from_buffer("uint64_t[]", drain), len(drain))
+        h1, l1 = side.hits()
+        if os.waitpid(pid, os.WNOHANG) != (0, 0):
+            raise SystemExit("the writer stopped before the reads were done")
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return (h1 - h0) / (l1 - l0)
+
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -167,6 +227,8 @@ def main() -> int:
                     help="fraction of each table's rows evicted (0: all hits; the rows bench_pool evicts)")
     ap.add_argument("--multi", action="store_true", help="one multi-table call instead of one call a table")
     ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
+    ap.add_argument("--churn", action="store_true", help="hits of resident rows while a writer changes the "
+                    "other rows of their groups, instead of time (table 0 only)")  # fmt: skip
     a = ap.parse_args()
     import recmgd._native as new_mod
 
@@ -180,6 +242,18 @@ def main() -> int:
     outs = {k: np.empty((a.tables, a.batch, a.dim), dtype=np.float32) for k in ("base", "new")}
     drain = np.empty(a.tables * n + 16, dtype=np.uint64)
     mods = {"base": base_mod, "new": new_mod}
+    if a.churn:
+        share = {}
+        for tag in ("base", "new"):
+            side = Side(mods[tag], tag, a.tables, a.rows, a.dim, weights, gone, 1)
+            try:
+                share[tag] = churn_hits(side, a.rows, a.reps, n, a.pooling, drain)
+            finally:
+                side.close()
+        print(f"table 0's even rows read while a writer evicts and fills its odd rows ({a.rows} rows, dim "
+              f"{a.dim}, {a.reps} calls of {n} ids): hits base {a.base} {share['base']:.4f}, "
+              f"new (this checkout) {share['new']:.4f}")
+        return 0
     rounds: list[tuple[str, float, float]] = []
     for first in ("base", "new"):
         sides: dict[str, Side] = {}
