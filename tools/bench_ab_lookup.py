@@ -189,22 +189,15 @@ class Side:
 
 def churn_hits(side: Side, rows: int, calls: int, n: int, pooling: int, drain: np.ndarray) -> float:
     """Share of reads of table 0's even rows that were hits while side.churn()'s writer runs."""
-    ffi, lib = side.ffi, side.lib
     rng = np.random.default_rng(7)
     offsets = np.arange(0, n + 1, pooling, dtype=np.int64)
-    out = np.empty((len(offsets) - 1, side.dim), dtype=np.float32)
+    out = np.empty((1, len(offsets) - 1, side.dim), dtype=np.float32)
     pid = side.churn(rows)
     try:
         time.sleep(0.2)
         h0, l0 = side.hits()
-        for _ in range(calls):
-            ids = rng.integers(0, rows // 2, n).astype(np.int64) * 2
-            rc = lib.recmg_embedding_bag(side.app, 0, ffi.from_buffer("int64_t[]", ids), n,
-                                         ffi.from_buffer("int64_t[]", offsets), len(offsets) - 1, 0, ffi.NULL,
-                                         ffi.from_buffer("float[]", out))
-            if rc != 0:
-                raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(side.app)).decode()}")
-            lib.recmg_drain_ring(side.owner, side.ring, ffi.from_buffer("uint64_t[]", drain), len(drain))
+        for _ in range(calls):  # table 0's even rows only
+            side.run([rng.integers(0, rows // 2, n).astype(np.int64) * 2], offsets, out, drain, multi=False)
         h1, l1 = side.hits()
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             raise SystemExit("the writer stopped before the reads were done")

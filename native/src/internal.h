@@ -237,7 +237,10 @@ static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slo
 static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(uint32_t)s < p->h->n_slots; }
 /* The seqlock version of index entry e (a position in the whole index, shared by its group of
  * 2^RECMG_GROUP_SHIFT entries): every store to an entry is made inside an odd window of it (writer.c). */
-static inline _Atomic uint32_t *entry_version(const recmg_pool *p, uint64_t e) { return &p->vers[e >> RECMG_GROUP_SHIFT]; }
+static inline uint64_t version_index(uint64_t e) { return e >> RECMG_GROUP_SHIFT; }
+static inline _Atomic uint32_t *entry_version(const recmg_pool *p, uint64_t e) { return &p->vers[version_index(e)]; }
+/* How many versions an index of `entries` entries has. */
+static inline uint64_t version_groups(uint64_t entries) { return (entries + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
 
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under

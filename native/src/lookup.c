@@ -201,7 +201,7 @@ static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_bo
 #pragma GCC unroll 16
             for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, slot_load8(q + 32 * k), acc[k]);
             atomic_thread_fence(memory_order_acquire);
-            const _Atomic uint32_t *ver = &vers[(efirst + (uint64_t)ids[i]) >> RECMG_GROUP_SHIFT];
+            const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
             if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
             h++;
         } else {
@@ -323,7 +323,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     uint64_t nu = 0, umiss = 0, m = 0;
     for (uint64_t i = i0; i < iend; i++) {
         if (i + PF_INDEX < iend && (uint64_t)ids[i + PF_INDEX] < rows) {
-            __builtin_prefetch(&vers[(efirst + (uint64_t)ids[i + PF_INDEX]) >> RECMG_GROUP_SHIFT], 0, 3);
+            __builtin_prefetch(&vers[version_index(efirst + (uint64_t)ids[i + PF_INDEX])], 0, 3);
             __builtin_prefetch(&index[ids[i + PF_INDEX]], 0, 3);
         }
         int64_t r = ids[i];
@@ -338,7 +338,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         }
         /* the version before the entry (acquire): pass 2 checks it again after the row's copy; odd (a
          * writer is changing the group's entries) reads the row as a miss */
-        const uint32_t v = atomic_load_explicit(&vers[(efirst + (uint64_t)r) >> RECMG_GROUP_SHIFT], memory_order_acquire);
+        const uint32_t v = atomic_load_explicit(&vers[version_index(efirst + (uint64_t)r)], memory_order_acquire);
         int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
         /* a miss too: a slot number not of this pool (the index is shared memory) */
         s = !(v & 1u) && slot_ok(p, s) ? s : -1;

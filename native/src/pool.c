@@ -139,7 +139,7 @@ static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tabl
     L->tables_off = off;
     off = align_up(off + (uint64_t)o->n_tables * sizeof(shm_table), 64);
     L->vers_off = off;
-    off = align_up(off + ((idx + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT) * 4, 64);
+    off = align_up(off + version_groups(idx) * 4, 64);
     L->index_off = off;
     off = align_up(off + idx * 4, 64);
     L->rings_off = off;

@@ -189,7 +189,7 @@ static void bump_generation(recmg_pool *p)
  * left (at most one) and rebuilding the free list from the index. */
 void recover_fast_tier(recmg_pool *p)
 {
-    uint64_t ng = (p->h->index_entries + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT;
+    uint64_t ng = version_groups(p->h->index_entries);
     for (uint64_t g = 0; g < ng; g++) {
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
         if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
