@@ -6,10 +6,12 @@ own pool with the same rows (every row in the fast tier, a dram slow tier; with 
 fraction F of each table's rows evicted in both, so those lookups read the slow tier), and times the
 two builds' lookups interleaved (A B, B A, ...) over the same ids, so the machine's noise falls on
 both alike. ``--multi`` makes one multi-table call (``recmg_embedding_bags``) instead of one call a
-table; ``--threads N`` sets both pools' lookup threads (with N > 1 each timed batch follows an
-untimed one of the same build: the other build's idle workers poll for 2 ms after its last batch and
-would take a core from the first). Prints the median time of each and new/base:
-what a change to the hit path (bounds checks, a new kernel) costs or saves.
+table, ``--packed`` the same call writing one ``[batch, tables x dim]`` output, table t's bags in its
+columns (the TorchRec front's layout, ``Pool.embedding_bags_packed``); ``--threads N`` sets both
+pools' lookup threads (with N > 1 each timed batch follows an untimed one of the same build: the other
+build's idle workers poll for 2 ms after its last batch and would take a core from the first).
+Prints the median time of each and new/base: what a change to the hit path (bounds checks, a new
+kernel) costs or saves.
 
 The pools are made twice, base's first and then new's first, half the repetitions each, and new/base
 is the geometric mean of the two rounds' ratios. On one VM the pool made second read 9-13% faster than
@@ -25,7 +27,7 @@ were fast-tier hits. A build whose seqlock check fails on writes to other rows s
 slow tier (right rows, fewer hits).
 
     .venv/bin/python tools/bench_ab_lookup.py [--base REV] [--rows 50000] [--tables 26] [--reps 40]
-                                              [--miss 0.1] [--multi] [--threads 2]
+                                              [--miss 0.1] [--multi | --packed] [--threads 2]
     .venv/bin/python tools/bench_ab_lookup.py --churn [--base REV] --tables 1 --rows 4096 --dim 16 \
                                               --batch 512 --pooling 8 --reps 300
 """
@@ -51,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lookup_bench_common import evicted_rows, miss_fraction  # noqa: E402
+from lookup_bench_common import IdDraw, evicted_rows, miss_fraction, zipf_exponent  # noqa: E402
 
 from recmgd.keys import ROW_BITS  # noqa: E402
 
@@ -128,20 +130,24 @@ class Side:
         self.ring = info.ring_index
 
     def run(self, ids: list[np.ndarray], offsets: np.ndarray, out: np.ndarray, drain: np.ndarray,
-            multi: bool) -> float:
-        """One batch: every table's bags into out[t] (one call a table, or one multi-table call)."""
+            call: str) -> float:
+        """One batch: every table's bags (call "table": one call a table into out[t]; "multi": one
+        multi-table call into out[t]; "packed": one multi-table call into out[b, t * dim:], out being
+        [batch, tables * dim])."""
         ffi, lib = self.ffi, self.lib
         n, batch = len(ids[0]), len(offsets) - 1
         t0 = time.perf_counter()
-        if multi:
+        if call != "table":
             args = ffi.new("recmg_bag_args[]", len(ids))
             keep = []
+            whole = ffi.from_buffer("float[]", out)
             for t, tid in enumerate(ids):
-                keep.append((ffi.from_buffer("int64_t[]", tid), ffi.from_buffer("int64_t[]", offsets),
-                             ffi.from_buffer("float[]", out[t])))
+                dest = whole + t * self.dim if call == "packed" else ffi.from_buffer("float[]", out[t])
+                keep.append((ffi.from_buffer("int64_t[]", tid), ffi.from_buffer("int64_t[]", offsets), dest))
                 a = args[t]
                 a.table, a.mode, a.n_ids, a.n_bags = t, 0, n, batch
                 a.ids, a.offsets, a.out = keep[-1]
+                a.out_stride = len(ids) * self.dim if call == "packed" else 0
             rc = lib.recmg_embedding_bags(self.app, len(ids), args)
             if rc != 0:
                 raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
@@ -197,7 +203,7 @@ def churn_hits(side: Side, rows: int, calls: int, n: int, pooling: int, drain: n
         time.sleep(0.2)
         h0, l0 = side.hits()
         for _ in range(calls):  # table 0's even rows only
-            side.run([rng.integers(0, rows // 2, n).astype(np.int64) * 2], offsets, out, drain, multi=False)
+            side.run([rng.integers(0, rows // 2, n).astype(np.int64) * 2], offsets, out, drain, "table")
         h1, l1 = side.hits()
         if os.waitpid(pid, os.WNOHANG) != (0, 0):
             raise SystemExit("the writer stopped before the reads were done")
@@ -218,8 +224,13 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=40)
     ap.add_argument("--miss", type=miss_fraction, default=0.0,
                     help="fraction of each table's rows evicted (0: all hits; the rows bench_pool evicts)")
-    ap.add_argument("--multi", action="store_true", help="one multi-table call instead of one call a table")
+    how = ap.add_mutually_exclusive_group()
+    how.add_argument("--multi", action="store_true", help="one multi-table call instead of one call a table")
+    how.add_argument("--packed", action="store_true",
+                     help="one multi-table call into one [batch, tables x dim] output (the TorchRec front's)")
     ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
+    ap.add_argument("--zipf", type=zipf_exponent, default=0.0,
+                    help="ids Zipf-distributed with this exponent over each table's rows (0: uniform)")
     ap.add_argument("--churn", action="store_true", help="hits of resident rows while a writer changes the "
                     "other rows of their groups, instead of time (table 0 only)")  # fmt: skip
     a = ap.parse_args()
@@ -230,9 +241,12 @@ def main() -> int:
     weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
     gone = evicted_rows(a.rows, a.miss).astype(np.int64)
     n = a.batch * a.pooling
-    ids = [rng.integers(0, a.rows, n).astype(np.int64) for _ in range(a.tables)]
+    draw = IdDraw(a.tables, a.rows, a.zipf)
+    ids = [draw.ids(t, n) for t in range(a.tables)]
     offsets = np.arange(0, n + 1, a.pooling, dtype=np.int64)
-    outs = {k: np.empty((a.tables, a.batch, a.dim), dtype=np.float32) for k in ("base", "new")}
+    call = "packed" if a.packed else "multi" if a.multi else "table"
+    shape = (a.batch, a.tables * a.dim) if a.packed else (a.tables, a.batch, a.dim)
+    outs = {k: np.empty(shape, dtype=np.float32) for k in ("base", "new")}
     drain = np.empty(a.tables * n + 16, dtype=np.uint64)
     mods = {"base": base_mod, "new": new_mod}
     if a.churn:
@@ -257,17 +271,19 @@ def main() -> int:
             for i in range((a.reps + 1) // 2):
                 for tag in ("base", "new") if i % 2 == 0 else ("new", "base"):
                     if a.threads > 1:  # untimed: the other build's workers poll on for 2 ms after its batch
-                        sides[tag].run(ids, offsets, outs[tag], drain, a.multi)
-                    times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, a.multi))
+                        sides[tag].run(ids, offsets, outs[tag], drain, call)
+                    times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, call))
             if not np.array_equal(outs["base"], outs["new"]):
                 raise SystemExit("the two builds returned different rows")
         finally:
             for s in sides.values():
                 s.close()
         rounds.append((first, statistics.median(times["base"]), statistics.median(times["new"])))
-    what = f"{1 - a.miss:.0%} hits" if a.miss else "all-hit"
-    call = "one multi-table call" if a.multi else "a call a table"
-    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, {call}, "
+    what = f"{1 - a.miss:.0%} of rows resident" if a.miss else "all-hit"
+    what += f", Zipf {a.zipf} ids" if a.zipf else ", uniform ids"
+    said = {"table": "a call a table", "multi": "one multi-table call",
+            "packed": "one multi-table call into one packed output"}[call]
+    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, {said}, "
           f"{a.threads} thread(s), {a.reps} interleaved batches each")
     for first, mb, mn in rounds:
         print(f"  {first}'s pool made first: base {mb * 1e3:.2f} ms, new {mn * 1e3:.2f} ms, "

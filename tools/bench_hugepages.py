@@ -14,10 +14,12 @@ one VM the pool made second was 9-15% faster than the same build's pool made fir
 tools/bench_ab_lookup.py), with each round's huge/4K ratio beside them. With
 ``--miss F`` it then evicts the same fraction F of every table's rows from both pools and times the
 mixed workload as well (those lookups read the pools' dram slow tiers; #14's target for it: the pool's
-time at most 1.2x torch's, ratio >= 0.83).
+time at most 1.2x torch's, ratio >= 0.83). ``--zipf A`` draws the ids Zipf-distributed with exponent A
+(lookup_bench_common.IdDraw, as tools/bench_pool.py does), and the mixed workload then keeps each
+table's hottest rows that take 1 - F of the lookups.
 
     .venv/bin/python tools/bench_hugepages.py [--rows 100000] [--tables 26] [--threads 1,2] [--reps 10] \
-        [--miss 0.1]
+        [--miss 0.1] [--zipf 1.0]
     THP_MEM_ALLOC_ENABLE=1 .venv/bin/python tools/bench_hugepages.py    # torch's weights on huge pages too
 """
 
@@ -40,7 +42,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench_pool import _name  # noqa: E402
-from lookup_bench_common import evicted_keys, miss_fraction, steady_medians  # noqa: E402
+from lookup_bench_common import (  # noqa: E402
+    IdDraw,
+    evicted_keys,
+    miss_fraction,
+    steady_medians,
+    zipf_exponent,
+)
 
 from recmgd.keys import make_keys  # noqa: E402
 from recmgd.models.train_memory import mem_available_bytes  # noqa: E402
@@ -65,7 +73,7 @@ def make_pool(tables: int, rows: int, dim: int, weights: list[torch.Tensor], rin
 
 
 def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[list[torch.Tensor]],
-              huge_first: bool) -> dict[tuple[str, int], dict[str, float]] | None:
+              draw: IdDraw, huge_first: bool) -> dict[tuple[str, int], dict[str, float]] | None:
     """Pools A (4 KiB pages) and B (2 MiB), made in the order given, timed against torch: median ms of
     every call, per (workload, threads); None if B got no huge pages."""
     tables, rows, dim, pooling = a.tables, a.rows, 64, 20
@@ -131,7 +139,8 @@ def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[
         workloads = [("all hits", 0.0)] + ([(f"{1 - a.miss:.0%} hits", a.miss)] if a.miss > 0 else [])
         for workload, frac in workloads:
             if frac > 0:  # the same rows of every table leave both fast tiers (the rows bench_pool evicts)
-                keys = evicted_keys(tables, rows, frac)
+                keys = evicted_keys(tables, rows, frac) if not a.zipf else np.concatenate(
+                    [make_keys(t, draw.cold(t, 1 - frac)) for t in range(tables)])
                 for pl in pools.values():
                     pl.evict_keys(keys)
                 check(1)
@@ -152,16 +161,18 @@ def run(a: argparse.Namespace) -> int:
     n = batch * pooling
     gen = torch.Generator().manual_seed(0)
     weights = [torch.randn((rows, dim), generator=gen) for _ in range(tables)]
-    batches = [[torch.randint(0, rows, (n,), generator=gen) for _ in range(tables)] for _ in range(4)]
+    draw = IdDraw(tables, rows, a.zipf)
+    batches = [[torch.from_numpy(draw.ids(t, n)) for t in range(tables)] for _ in range(4)]
     rounds = []
     for huge_first in (False, True):
-        r = one_round(a, weights, batches, huge_first)
+        r = one_round(a, weights, batches, draw, huge_first)
         if r is None:
             return 1
         rounds.append(r)
     thp = os.environ.get("THP_MEM_ALLOC_ENABLE", "") == "1"
-    print(f"{tables} tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on; "
-          "ratio = torch time / pool time (medians of steady batches; torch on the faster of its weights "
+    print(f"{tables} tables x {rows:,} rows, dim 64, pooling 20, batch 2048, ring on, "
+          + (f"Zipf {a.zipf} ids; " if a.zipf else "uniform ids; ")
+          + "ratio = torch time / pool time (medians of steady batches; torch on the faster of its weights "
           "made before the pools and a copy made after them); two rounds, the pools made in the other "
           "order in the second, each time the geometric mean of the rounds'; torch's weights on "
           + ("transparent huge pages (THP_MEM_ALLOC_ENABLE=1)" if thp
@@ -193,6 +204,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=10, help="interleaved repetitions")
     ap.add_argument("--miss", type=miss_fraction, default=0.0,
                     help="then evict this fraction of every table's rows and time the mixed workload too")
+    ap.add_argument("--zipf", type=zipf_exponent, default=0.0,
+                    help="ids Zipf-distributed with this exponent over each table's rows (0: uniform)")
     a = ap.parse_args()
     a.threads = [int(x) for x in a.threads.split(",")]
     if os.environ.get(IN_NS) == "1":

@@ -12,7 +12,10 @@
    kernel time / pool time, medians of steady batches (lookup_bench_common.steady_medians). torch runs
    twice, on its weights made before the pool and on a copy made after it, and the faster counts: on
    one VM the same kernel over the same values took 5-12% less time on the copy made last (why was not
-   found).
+   found). With --zipf A the ids are Zipf-distributed with exponent A over a random permutation of
+   each table's rows (hot rows scattered, as hashed production ids are) instead of uniform, and the
+   mixed workload evicts every row but the fewest that take 1 - --miss of the lookups; the targets
+   are the issue's for uniform ids, so those rows are information.
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
@@ -39,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lookup_bench_common import evicted_keys, miss_fraction, steady_medians
+from lookup_bench_common import IdDraw, evicted_keys, miss_fraction, steady_medians, zipf_exponent
 from recmgd._native import ffi, lib
 
 from recmgd.keys import make_keys
@@ -81,13 +84,15 @@ def bench_all_hit(
     thread_counts: Sequence[int],
     miss_fraction: float,
     use_fbgemm: bool,
+    zipf: float = 0.0,
 ) -> list[dict[str, float]]:
     """Lookups over a pool whose fast tier holds every row (all hits; then, if miss_fraction > 0, with
     that fraction of each table's rows evicted, the misses read from the pool's DRAM slow tier),
     against the in-DRAM kernels on the same values: torch's embedding_bag per table and FBGEMM's CPU
     table-batched kernel (one call for all tables). The kernels' weights are torch-allocated, as in a
     TorchRec model (FBGEMM's own buffer when it is installed, its per-table views for torch).
-    One dict per (workload, thread count)."""
+    With zipf > 0 the ids are Zipf-distributed (lookup_bench_common.IdDraw) and the mixed workload keeps
+    the hottest rows that take 1 - miss_fraction of the lookups. One dict per (workload, thread count)."""
     gen = torch.Generator().manual_seed(0)
     n = batch * pooling
     tbe = _fbgemm_tbe(tables, rows, dim) if use_fbgemm else None
@@ -104,9 +109,8 @@ def bench_all_hit(
             pool.write_rows(t, np.arange(rows), weights[t])
         pool.fill_keys(np.concatenate([make_keys(t, np.arange(rows)) for t in range(tables)]))
         nbatches = 4
-        batches = [
-            [torch.randint(0, rows, (n,), generator=gen) for _ in range(tables)] for _ in range(nbatches)
-        ]
+        draw = IdDraw(tables, rows, zipf)
+        batches = [[torch.from_numpy(draw.ids(t, n)) for t in range(tables)] for _ in range(nbatches)]
         offsets = torch.arange(0, n, pooling)
         tbe_ids = [torch.cat(b) for b in batches]
         tbe_offsets = torch.arange(0, tables * n + 1, pooling)
@@ -163,7 +167,9 @@ def bench_all_hit(
         out: list[dict[str, float]] = []
         workloads = [("all-hit", 0.0)] + ([("mixed", miss_fraction)] if miss_fraction > 0 else [])
         for workload, frac in workloads:
-            if frac > 0:  # the same rows of every table leave the fast tier
+            if frac > 0 and zipf > 0:  # all but each table's hottest rows leave the fast tier
+                pool.evict_keys(np.concatenate([make_keys(t, draw.cold(t, 1 - frac)) for t in range(tables)]))
+            elif frac > 0:  # the same rows of every table leave the fast tier
                 pool.evict_keys(evicted_keys(tables, rows, frac))
             check(0)
             st0 = pool.stats()
@@ -174,7 +180,7 @@ def bench_all_hit(
                 torch_best = min(med["torch"], med["torch_late"])
                 kernel = min(torch_best, med.get("fbgemm", float("inf")))
                 out.append({
-                    "workload": workload, "tables": tables, "rows": rows, "threads": threads,
+                    "workload": workload, "tables": tables, "rows": rows, "threads": threads, "zipf": zipf,
                     "torch_ms": torch_best * 1e3, "torch_early_ms": med["torch"] * 1e3,
                     "torch_late_ms": med["torch_late"] * 1e3,
                     "fbgemm_ms": med.get("fbgemm", float("nan")) * 1e3,
@@ -298,11 +304,13 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
         head = (
             f"{h['workload']} ({h['hit_rate']:.0%} hits), {h['tables']} x {h['rows']:,} rows, "
             f"2048x20 dim 64, ring on, {h['threads']} thr"
-        )
+        ) + (f", Zipf {h['zipf']} ids" if h["zipf"] else "")
         base = (f"{kernel_name} {h['kernel_ms']:.1f} ms (torch {h['torch_early_ms']:.1f} / "
                 f"{h['torch_late_ms']:.1f} on weights made before / after the pool")
         base += f", fbgemm {h['fbgemm_ms']:.1f})" if h["fbgemm_ms"] == h["fbgemm_ms"] else ")"
         target = "[target <= 1.2x kernel time: ratio >= 0.83]" if mixed else "[target >= 0.8]"
+        if h["zipf"]:
+            target = "[information: the targets are for uniform ids]"
         rows_out.append((
             head, f"pool {h['pool_multi_ms']:.1f} ms (embedding_bags)", base,
             f"{h['ratio_multi']:.2f}x  {target}",
@@ -315,7 +323,7 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
         rows_out.append((
             f"  the same, {h['tables']} per-table calls",
             f"pool {h['pool_ms']:.1f} ms (embedding_bag x {h['tables']})", base,
-            f"{h['ratio']:.2f}x  " + ("[information]" if mixed else "[target >= 0.7]"),
+            f"{h['ratio']:.2f}x  " + ("[information]" if mixed or h["zipf"] else "[target >= 0.7]"),
         ))  # fmt: skip
     return rows_out
 
@@ -332,6 +340,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="interleaved repetitions of each measurement")
     ap.add_argument("--miss", type=miss_fraction, default=0.1,
                     help="fraction of rows evicted in the mixed workload (0: none)")
+    ap.add_argument("--zipf", type=zipf_exponent, default=0.0, help="ids Zipf-distributed with this exponent "
+                    "over each table's rows (0: uniform, the issue's workload)")  # fmt: skip
     ap.add_argument("--no-fbgemm", action="store_true", help="compare with torch's embedding_bag only")
     ap.add_argument("--lookups-only", action="store_true", help="skip the SSD and metadata sections")
     ap.add_argument("--ssd-dir", default=tempfile.gettempdir(), help="where the SSD benchmark's file goes")
@@ -353,7 +363,9 @@ def main() -> int:
           f"ratio = best in-DRAM kernel time / pool time")  # fmt: skip
     rows_out: list[tuple[str, str, str, str]] = []
     for rows in args.rows:
-        hit = bench_all_hit(args.tables, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm)
+        hit = bench_all_hit(
+            args.tables, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm, args.zipf
+        )
         rows_out += _lookup_rows(hit, kernel_name)
     if not args.lookups_only:
         info = bench_all_hit(26, 2000, 64, 20, 2048, args.reps, threads[-1:], 0.0, use_fbgemm)

@@ -42,6 +42,50 @@ def evicted_keys(tables: int, rows: int, fraction: float) -> np.ndarray:
     return np.concatenate([make_keys(t, gone) for t in range(tables)])
 
 
+class IdDraw:
+    """The ids a benchmark looks up: uniform over a table's rows (zipf 0, the issue's workload), or
+    Zipf-distributed with exponent ZIPF over a fixed random permutation of each table's rows (hot rows
+    scattered through the table, as hashed production ids are; the same permutation in every tool)."""
+
+    def __init__(self, tables: int, rows: int, zipf: float, seed: int = 0) -> None:
+        self.rows, self.zipf = rows, zipf
+        self.rng = np.random.default_rng(seed)
+        if zipf > 0:
+            p = np.arange(1, rows + 1, dtype=np.float64) ** -zipf
+            self.cdf = np.cumsum(p) / p.sum()
+            perm_rng = np.random.default_rng(EVICT_SEED + 1)
+            self.perm = [perm_rng.permutation(rows) for _ in range(tables)]
+
+    def ids(self, table: int, n: int) -> np.ndarray:
+        """N ids of TABLE (int64)."""
+        if self.zipf <= 0:
+            return self.rng.integers(0, self.rows, n).astype(np.int64)
+        rank = np.minimum(np.searchsorted(self.cdf, self.rng.random(n)), self.rows - 1)
+        return self.perm[table][rank].astype(np.int64)
+
+    def hottest(self, table: int, share: float) -> np.ndarray:
+        """The fewest rows of TABLE that take SHARE of its lookups (all rows for uniform ids)."""
+        if self.zipf <= 0:
+            return np.arange(self.rows, dtype=np.int64)
+        k = min(int(np.searchsorted(self.cdf, share)) + 1, self.rows)
+        return self.perm[table][:k].astype(np.int64)
+
+    def cold(self, table: int, share: float) -> np.ndarray:
+        """The rows of TABLE outside hottest(table, share), ascending."""
+        return np.setdiff1d(np.arange(self.rows, dtype=np.int64), self.hottest(table, share))
+
+
+def zipf_exponent(text: str) -> float:
+    """argparse type of --zipf: 0 (uniform ids) or a positive exponent."""
+    try:
+        z = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= z <= 4:
+        raise argparse.ArgumentTypeError(f"must be in [0, 4], got {text}")
+    return z
+
+
 def steady_medians(
     fns: dict[str, Callable[[int], object]], nbatches: int, reps: int, after: Callable[[str], None]
 ) -> dict[str, float]:
