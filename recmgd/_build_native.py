@@ -58,6 +58,8 @@ def make_ffi(absolute: bool = False) -> cffi.FFI:
         "recmgd._native",
         '#include "recmg.h"',
         sources=sources,
+        depends=[str(h) if absolute else str(h.relative_to(ROOT))
+                 for h in sorted((NATIVE / "src").glob("*.h")) + [HEADER]],
         include_dirs=[str(NATIVE / "include")],
         libraries=["uring", "m"],
         extra_compile_args=["-std=gnu11", "-Wall", "-Wextra", "-Werror", "-O2", "-fPIC", "-pthread"],

@@ -363,6 +363,12 @@ class Pool:
     def n_slots(self) -> int:
         return self._n_slots
 
+    def lookup_kernel(self, table: int) -> str:
+        """The bag kernel this handle's sum and mean lookups of ``table`` use: "avx512f", "avx2" or
+        "generic" (see recmg_lookup_kernel in native/include/recmg.h)."""
+        self._table(table)
+        return ffi.string(lib.recmg_lookup_kernel(self._handle, table)).decode()
+
     @property
     def dtype(self) -> str:
         return _DTYPE_NAMES[self._dtype_code]
@@ -763,6 +769,7 @@ class Pool:
             "n_slots": self._n_slots,
             "generation": int(info.generation),
             "io_backend": ffi.string(info.io_backend).decode(),
+            "lookup_kernels": [self.lookup_kernel(t) for t in range(len(self._tables))],
             "direct_io": bool(info.direct_io),
             "io_align": int(info.io_align),
             "ring": int(info.ring_index),

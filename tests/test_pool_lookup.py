@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from cpu_kernels import expected_kernel
 
 from recmgd.errors import PoolError
 from recmgd.keys import make_keys
@@ -421,3 +422,43 @@ def test_split_multi_table_call_counts_like_one_thread() -> None:
             for a, b in zip(outs, outs1, strict=True):
                 assert torch.equal(a, b)
             assert counters == counters1
+
+
+@pytest.mark.parametrize("tier", ["dram", "ssd"])
+def test_avx512_and_avx2_bag_kernels_agree_bitwise(tier, tmp_path, monkeypatch) -> None:
+    """A handle opened with RECMG_NO_AVX512=1 keeps the AVX2 bag kernels; one opened without it takes
+    AVX-512F at dim 64 and 128 where the CPU has it. Both give torch's values and the same bits, for
+    hits, misses and rows of both in one bag, with weights and mean."""
+    tables = [(400, 64), (200, 128), (300, 16), (100, 24)]
+    slow = f"ssd:{tmp_path / 'k.bin'}" if tier == "ssd" else "dram"
+    pool = Pool.create(_name(), tables=tables, slots=1000, slow=slow)
+    try:
+        rng = np.random.default_rng(11)
+        weights = []
+        for t, (rows, dim) in enumerate(tables):
+            w = rng.standard_normal((rows, dim)).astype(np.float32)
+            pool.write_rows(t, np.arange(rows), w)
+            pool.fill(t, rng.permutation(rows)[: rows // 2])  # half the rows hit
+            weights.append(torch.from_numpy(w))
+        monkeypatch.setenv("RECMG_NO_AVX512", "1")
+        narrow = Pool.attach(pool.name)
+        monkeypatch.delenv("RECMG_NO_AVX512")
+        wide = Pool.attach(pool.name)
+        try:
+            for t, (rows, dim) in enumerate(tables):
+                assert narrow.lookup_kernel(t) == expected_kernel(dim, no_avx512=True)
+                assert wide.lookup_kernel(t) == expected_kernel(dim)
+                ids, offsets = _batch(rng, rows, bags=40, max_len=30)
+                psw = torch.from_numpy(rng.standard_normal(len(ids)).astype(np.float32))
+                for mode, w in (("sum", None), ("sum", psw), ("mean", None)):
+                    a = narrow.embedding_bag(t, ids, offsets, mode=mode, weights=w)
+                    b = wide.embedding_bag(t, ids, offsets, mode=mode, weights=w)
+                    assert torch.equal(a, b), f"table {t} (dim {dim}) {mode} w={w is not None}"
+                    ref = F.embedding_bag(ids, weights[t], offsets, mode=mode, per_sample_weights=w)
+                    torch.testing.assert_close(b, ref, rtol=1e-5, atol=1e-5)
+            assert wide.stats()["process"]["hits"] > 0 and wide.stats()["process"]["on_demand"] > 0
+        finally:
+            narrow.close()
+            wide.close()
+    finally:
+        pool.destroy()

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cpu_kernels import expected_kernel
 from pool_layout import HEADER
 
 from recmgd.keys import make_keys
@@ -30,8 +31,8 @@ def _name() -> str:
 
 
 def _value(t: int, rows: np.ndarray, dim: int = DIM) -> np.ndarray:
-    """Row values: t * 2^17 + row * 32 + column, exact in float32 (dim <= 32)."""
-    return (t * (1 << 17) + rows[:, None] * 32 + np.arange(dim)[None, :]).astype(np.float32)
+    """Row values: t * 2^19 + row * 128 + column, distinct and exact in float32 (dim <= 128)."""
+    return (t * (1 << 19) + rows[:, None] * 128 + np.arange(dim)[None, :]).astype(np.float32)
 
 
 def _make_pool(slow: str = "dram", dim: int = DIM) -> Pool:
@@ -75,7 +76,7 @@ def _reader(name: str, seed: int, reads: int, dim: int, conn) -> None:
         wrong += int((out != _value(t, ids, dim)).any(axis=1).sum())
         done += BATCH
         pool.drain_ring(pool.ring_index)  # keep the ring from only dropping
-    conn.send((done, wrong, pool.stats()["process"]["hits"]))
+    conn.send((done, wrong, pool.stats()["process"]["hits"], pool.lookup_kernel(0)))
     conn.close()
     pool.close()
 
@@ -90,9 +91,12 @@ def _odd_groups(name: str) -> int:
 
 
 @pytest.mark.slow
-# dim 16: the AVX2 bag kernels; 24: the generic fused and safe loops; ssd: the misses read in one I/O
-# batch between the two passes, and a hit that lost its race read alone from the file
-@pytest.mark.parametrize("dim,slow", [(DIM, "dram"), (24, "dram"), (DIM, "ssd")], ids=["16", "24", "16-ssd"])
+# dim 16: the AVX2 bag kernels; 64: the AVX-512F ones where the CPU has them (recmg_lookup_kernel);
+# 24: the generic fused and safe loops; ssd: the misses read in one I/O batch between the two passes,
+# and a hit that lost its race read alone from the file
+@pytest.mark.parametrize(
+    "dim,slow", [(DIM, "dram"), (64, "dram"), (24, "dram"), (DIM, "ssd")], ids=["16", "64", "24", "16-ssd"]
+)
 def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
     ctx = mp.get_context("fork")
     pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram", dim=dim)
@@ -135,6 +139,7 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
         wrong = sum(r[1] for r in results)
         hits = sum(r[2] for r in results)
         assert reads >= TOTAL_READS
+        assert {r[3] for r in results} == {expected_kernel(dim)}
         assert wrong == 0
         assert hits > reads // 10, f"only {hits} of {reads} reads were fast-tier hits"
         assert counter.value > 50

@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/types.h>
 
@@ -197,6 +198,7 @@ struct recmg_pool {
     acc_fn acc32, acc16;
     acc_fn facc32, facc16; /* fused: accumulate straight from a slot with relaxed atomic word loads */
     int vec_copy; /* AVX2 seqlock row copies */
+    int vec512;   /* AVX-512F fused bag kernels (kernels_select; RECMG_NO_AVX512=1 keeps AVX2) */
     max_fn max32, max16;
     /* scratch (grown on demand) */
     struct lscratch *ls;   /* lookup scratch: [0] the calling thread, [1..] the workers */
@@ -232,6 +234,13 @@ static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)
     return (shm_ring *)(p->rings + (uint64_t)i * p->h->ring_stride);
 }
 static inline uint64_t *ring_records(shm_ring *r) { return (uint64_t *)((uint8_t *)r + sizeof(shm_ring)); }
+/* An on/off switch from the environment: set, not empty and not "0" (RECMG_NO_IO_URING, RECMG_NO_DIRECT,
+ * RECMG_NO_AVX512). */
+static inline int env_flag(const char *name)
+{
+    const char *e = getenv(name);
+    return e && e[0] && strcmp(e, "0") != 0;
+}
 static inline uint8_t *slot_ptr(const recmg_pool *p, uint64_t s) { return p->slots + s * p->h->slot_stride; }
 /* A slot number read from the shared index names a slot of this pool (anything else is treated as empty). */
 static inline int slot_ok(const recmg_pool *p, int32_t s) { return (uint64_t)(uint32_t)s < p->h->n_slots; }

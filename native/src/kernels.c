@@ -197,6 +197,10 @@ void kernels_select(recmg_pool *p)
             p->acc16 = acc16_avx2;
             p->facc16 = facc16_avx2;
         }
+        /* as FBGEMM's CPU kernels do where the CPU has it; RECMG_NO_AVX512=1 keeps the AVX2 ones (a CPU
+         * that lowers its clock for 512-bit work, or a test of both) */
+        p->vec512 = __builtin_cpu_supports("avx512f") && !env_flag("RECMG_NO_AVX512");
     }
 #endif
 }
+

@@ -125,7 +125,8 @@ static int check_args(const recmg_pool *p, char *err, const recmg_bag_args *a)
     return RECMG_OK;
 }
 
-/* ---- specialised all-in-registers bag kernels: float32, sum/mean, dim 16/32/64/128, AVX2+FMA ----
+/* ---- specialised all-in-registers bag kernels: float32, sum/mean, dim 16/32/64/128, AVX2+FMA or
+ * AVX-512F ----
  * The bag's sum stays in vector registers; hits are read with relaxed atomic word loads and
  * checked with the seqlock after each row. Returns 0, or -1 if a row lost a race with the writer
  * (nothing was written then; the caller redoes the bag on the safe path). The same additions in the
@@ -147,91 +148,69 @@ typedef struct bagctx {
 } bagctx;
 
 #if defined(__x86_64__)
-/* One 32-byte load of a slot that a writer may be changing, as a volatile access: a single vmovdqu
- * that the compiler neither splits, merges, elides nor moves across the acquire load of the
- * version before it or the acquire fence after it (GCC orders volatile accesses with atomics and
- * fences). x86 reads each aligned 8-byte word of it atomically; a row that changed meanwhile, torn
- * or not, fails the version re-check and is never used. This replaces four relaxed 64-bit atomic
- * loads put together with vmovq/vpinsrq/vinserti128 (7 instructions per 32 bytes, the largest
+/* One vector load of a slot that a writer may be changing, as a volatile access: a single vmovdqu
+ * (32 bytes) or vmovdqu64 (64) that the compiler neither splits, merges, elides nor moves across the
+ * acquire load of the version before it or the acquire fence after it (GCC orders volatile accesses
+ * with atomics and fences). x86 reads each aligned 8-byte word of it atomically; a row that changed
+ * meanwhile, torn or not, fails the version re-check and is never used. This replaces relaxed 64-bit
+ * atomic loads put together with vmovq/vpinsrq/vinserti128 (7 instructions per 32 bytes, the largest
  * per-row cost of the hit path) by one load. */
 static inline __attribute__((always_inline, target("avx2"))) __m256 slot_load8(const uint8_t *q)
 {
     return _mm256_castsi256_ps(*(const volatile __m256i_u *)(const volatile void *)q);
 }
 
-static inline __attribute__((always_inline, target("avx2,fma"))) int bag_fast_body(const bagctx *c, uint64_t b,
-                                                                                   uint64_t *hits, const uint32_t D)
+static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load16(const uint8_t *q)
 {
-    __m256 acc[16];
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_setzero_ps();
-    /* everything the loop needs in locals: the acquire loads and fences below make the compiler
-     * reload anything reached through a pointer on every row */
-    const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
-    const uint8_t *const slots = c->p->slots;
-    const uint64_t stride = c->p->h->slot_stride;
-    const _Atomic uint32_t *const vers = c->p->vers;
-    const uint64_t efirst = c->efirst;
-    const int32_t *const slot = c->slot - c->base;
-    const uint32_t *const sver = c->ver - c->base;
-    const int64_t *const ids = c->ids;
-    const float *const weights = c->weights;
-    const uint8_t *const slow = c->slow, *const mbuf = c->mbuf;
-    const size_t mstride = c->mstride;
-    const uint64_t rb = c->rb;
-    const int64_t pf_end = (int64_t)c->iend - PF_DIST;
-    uint64_t h = 0;
-    for (int64_t i = o0; i < o1; i++) {
-        if (i < pf_end) {
-            int32_t ps = slot[i + PF_DIST];
-            const uint8_t *sp;
-            if (ps >= 0) {
-                sp = slots + (uint64_t)ps * stride;
-            } else {
-                sp = slow ? slow + (uint64_t)ids[i + PF_DIST] * rb : NULL;
-            }
-            if (sp)
-#pragma GCC unroll 8
-                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
-        }
-        const int32_t s = slot[i];
-        const __m256 vw = _mm256_set1_ps(weights ? weights[i] : 1.0f);
-        if (s >= 0) {
-            const uint8_t *q = slots + (uint64_t)s * stride;
-#pragma GCC unroll 16
-            for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, slot_load8(q + 32 * k), acc[k]);
-            atomic_thread_fence(memory_order_acquire);
-            const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
-            if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
-            h++;
-        } else {
-            const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
-                                                                  : mbuf + (size_t)(-2 - s) * mstride);
-#pragma GCC unroll 16
-            for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_fmadd_ps(vw, _mm256_loadu_ps(row + 8 * k), acc[k]);
-        }
-    }
-    float *out = c->out + b * c->ostride;
-    if (c->mean && o1 > o0) {
-        __m256 sc = _mm256_set1_ps(1.0f / (float)(o1 - o0));
-#pragma GCC unroll 16
-        for (uint32_t k = 0; k < D / 8; k++) acc[k] = _mm256_mul_ps(acc[k], sc);
-    }
-#pragma GCC unroll 16
-    for (uint32_t k = 0; k < D / 8; k++) _mm256_storeu_ps(out + 8 * k, acc[k]);
-    *hits += h;
-    return 0;
+    return _mm512_castsi512_ps(*(const volatile __m512i_u *)(const volatile void *)q);
 }
 
-#define BAG_FAST(D)                                                                                             \
+/* The bag loop once per instruction set (bag_fast.h has it and says what these name). AVX-512F reads
+ * a 64-float row in four loads and four FMAs instead of eight of each: the same memory, half the
+ * instructions, which shows when the rows come from the caches (BENCHMARKS.md, "Skewed ids"). */
+#define BF_NAME bag_fast_body_avx2
+#define BF_TARGET "avx2,fma"
+#define BF_VEC __m256
+#define BF_LANES 8
+#define BF_ZERO() _mm256_setzero_ps()
+#define BF_SET1(x) _mm256_set1_ps(x)
+#define BF_FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
+#define BF_MUL(a, b) _mm256_mul_ps(a, b)
+#define BF_LOADU(p) _mm256_loadu_ps(p)
+#define BF_STOREU(p, v) _mm256_storeu_ps(p, v)
+#define BF_SLOT_LOAD(q) slot_load8(q)
+#include "bag_fast.h"
+
+#define BF_NAME bag_fast_body_avx512
+#define BF_TARGET "avx512f"
+#define BF_VEC __m512
+#define BF_LANES 16
+#define BF_ZERO() _mm512_setzero_ps()
+#define BF_SET1(x) _mm512_set1_ps(x)
+#define BF_FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
+#define BF_MUL(a, b) _mm512_mul_ps(a, b)
+#define BF_LOADU(p) _mm512_loadu_ps(p)
+#define BF_STOREU(p, v) _mm512_storeu_ps(p, v)
+#define BF_SLOT_LOAD(q) slot_load16(q)
+#include "bag_fast.h"
+
+#define BAG_FAST(D)                                                                                           \
     __attribute__((target("avx2,fma"))) static int bag_fast_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
-    {                                                                                                           \
-        return bag_fast_body(c, b, hits, D);                                                                    \
+    {                                                                                                         \
+        return bag_fast_body_avx2(c, b, hits, D);                                                             \
+    }
+
+#define BAG_FAST512(D)                                                                                          \
+    __attribute__((target("avx512f"))) static int bag_fast512_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
+    {                                                                                                         \
+        return bag_fast_body_avx512(c, b, hits, D);                                                           \
     }
 BAG_FAST(16)
 BAG_FAST(32)
 BAG_FAST(64)
 BAG_FAST(128)
+BAG_FAST512(64)
+BAG_FAST512(128)
 #endif
 
 typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
@@ -253,10 +232,15 @@ static inline void prefetch_ahead(const bagctx *c, uint64_t i)
     for (uint32_t l = 0; l < c->pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
 }
 
+/* The fused bag kernel of a table's rows (float32, sum or mean): AVX-512F at dim 64 and 128, where it
+ * reads a row in half the instructions (at 16 and 32 it was no faster: BENCHMARKS.md, "Skewed ids"),
+ * AVX2 at 16, 32, 64 and 128, else none (the generic loops). */
 static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mode)
 {
 #if defined(__x86_64__)
     if (!p->vec_copy || f16 || mode == RECMG_MAX) return NULL;
+    if (p->vec512 && dim == 64) return bag_fast512_64;
+    if (p->vec512 && dim == 128) return bag_fast512_128;
     switch (dim) {
     case 16: return bag_fast_16;
     case 32: return bag_fast_32;
@@ -268,6 +252,18 @@ static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mod
     (void)p, (void)dim, (void)f16, (void)mode;
     return NULL;
 #endif
+}
+
+const char *recmg_lookup_kernel(const recmg_pool *p, uint32_t table)
+{
+    if (!p || table >= p->h->n_tables) return "";
+    const tabdesc *t = &p->tables[table];
+    const bag_fast_fn f = pick_fast(p, t->dim, t->dtype == RECMG_F16, RECMG_SUM);
+    if (!f) return "generic";
+#if defined(__x86_64__)
+    if (f == bag_fast512_64 || f == bag_fast512_128) return "avx512f";
+#endif
+    return "avx2";
 }
 
 /* A piece of work: bags [b0, b1) of one argument (part < 0; uniq: also count its distinct rows), or

@@ -119,11 +119,9 @@ static int reserve(recmg_pool *p, int fd, const char *path, uint64_t size)
 int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_t mode, uid_t owner, int *created)
 {
     slowio *io = &p->io;
-    const char *env = getenv("RECMG_NO_IO_URING");
-    if (env && env[0] && strcmp(env, "0") != 0) io->flags |= RECMG_F_NO_IO_URING;
-    env = getenv("RECMG_NO_DIRECT");
-    if (env && env[0] && strcmp(env, "0") != 0) io->flags |= RECMG_F_NO_DIRECT;
-    env = getenv("RECMG_IO_DEPTH");
+    if (env_flag("RECMG_NO_IO_URING")) io->flags |= RECMG_F_NO_IO_URING;
+    if (env_flag("RECMG_NO_DIRECT")) io->flags |= RECMG_F_NO_DIRECT;
+    const char *env = getenv("RECMG_IO_DEPTH");
     if (env && env[0]) {
         long d = strtol(env, NULL, 10);
         if (d >= 1 && d <= 4096) io->depth = (unsigned)d;

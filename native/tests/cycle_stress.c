@@ -4,13 +4,13 @@
  *   cycle_stress CYCLES [THREADS [FILL [SLOW]]]      SLOW: dram (default) or ssd:PATH
  *
  * Each cycle creates a pool (1000 x 16 float32, 100 slots, 1024-record ring, or 3 tables of
- * which one is dim 20 and one float16 every third cycle), optionally attaches a second handle as
- * the daemon and fills and evicts between lookups (FILL=1), does 3 lookups of 1000 ids (1, 10 and
- * 250 ids per bag, so that threaded calls split a table's bags), a multi-table call, a batch
- * boundary, then closes both handles (the daemon's before or after the app's, alternately) and
- * destroys the pool. THREADS > 1 turns on the lookup worker threads, and every 4th cycle changes
- * the thread count between lookups. Checks each bag against the slow tier's values. Exits 0 when
- * every cycle passed; built with -fsanitize=address,undefined (or thread) by `make -C native
+ * which one is dim 20 and one dim 64 every third cycle; float16 every sixth), optionally attaches
+ * a second handle as the daemon and fills and evicts between lookups (FILL=1), does 3 lookups of
+ * 1000 ids (1, 10 and 250 ids per bag, so that threaded calls split a table's bags), a multi-table
+ * call, a batch boundary, then closes both handles (the daemon's before or after the app's,
+ * alternately) and destroys the pool. THREADS > 1 turns on the lookup worker threads, and every 4th
+ * cycle changes the thread count between lookups. Checks each bag against the slow tier's values.
+ * Exits 0 when every cycle passed; built with -fsanitize=address,undefined (or thread) by `make -C native
  * sanitize` it reports any heap error in close/destroy or a race with the workers.
  */
 #include <stdio.h>
@@ -103,9 +103,9 @@ int main(int argc, char **argv)
     char err[512];
     int64_t *ids = malloc(IDS * sizeof *ids);
     int64_t *off = malloc((IDS + 1) * sizeof *off);
-    float *out = malloc((size_t)IDS * 32 * sizeof *out);
+    float *out = malloc((size_t)IDS * 64 * sizeof *out);
     float *outs[3];
-    for (int k = 0; k < 3; k++) outs[k] = malloc((size_t)IDS * 32 * sizeof(float));
+    for (int k = 0; k < 3; k++) outs[k] = malloc((size_t)IDS * 64 * sizeof(float));
     int64_t keys[64];
     int64_t res[128];
     if (!ids || !off || !out || !outs[0] || !outs[1] || !outs[2]) return fail(-1, "malloc", "out of memory");
@@ -115,7 +115,7 @@ int main(int argc, char **argv)
         char name[96];
         snprintf(name, sizeof name, "cycle_stress_%d_%ld", (int)getpid(), cy);
         int multi = cy % 3 == 2;
-        recmg_table_spec specs[3] = {{ROWS, 16}, {ROWS * 3, 20}, {500, 32}};
+        recmg_table_spec specs[3] = {{ROWS, 16}, {ROWS * 3, 20}, {500, 64}};
         recmg_create_opts o = {.n_tables = multi ? 3 : 1, .tables = specs, .n_slots = 100, .dtype = RECMG_F32,
                                .slow_kind = RECMG_SLOW_DRAM, .ring_records = 1024, .role = RECMG_ROLE_APP};
         if (cy % 6 == 5) o.dtype = RECMG_F16;

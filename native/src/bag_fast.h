@@ -1,0 +1,91 @@
+/* bag_fast.h - lookup.c's fused bag loop for one vector width. lookup.c includes it once per
+ * instruction set, each time with these defined (they are undefined again at the end):
+ *   BF_NAME             the function's name
+ *   BF_TARGET           its target attribute ("avx2,fma", "avx512f")
+ *   BF_VEC, BF_LANES    the float vector type and its floats (__m256 and 8, __m512 and 16)
+ *   BF_ZERO(), BF_SET1(x), BF_FMADD(a, b, c), BF_MUL(a, b), BF_LOADU(p), BF_STOREU(p, v)
+ *   BF_SLOT_LOAD(q)     one volatile load of BF_LANES floats of a slot that a writer may be changing
+ * No include guard: it is meant to be included more than once.
+ *
+ * Bag b of a bagctx, its sum kept in vector registers: a hit is accumulated straight from its slot
+ * and checked with its group's seqlock version after the row (writer.c has the argument), a miss is
+ * read from the memory slow tier or the call's buffer of rows read from the SSD. Returns 0, or -1 if a
+ * row lost a race with the writer (nothing was written then; the caller redoes the bag on the safe
+ * path). The same additions in the same order as the generic path, so the results are bit-identical
+ * whatever the width. */
+static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(const bagctx *c, uint64_t b,
+                                                                            uint64_t *hits, const uint32_t D)
+{
+    BF_VEC acc[128 / BF_LANES];
+#pragma GCC unroll 16
+    for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ZERO();
+    /* everything the loop needs in locals: the acquire loads and fences below make the compiler
+     * reload anything reached through a pointer on every row */
+    const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
+    const uint8_t *const slots = c->p->slots;
+    const uint64_t stride = c->p->h->slot_stride;
+    const _Atomic uint32_t *const vers = c->p->vers;
+    const uint64_t efirst = c->efirst;
+    const int32_t *const slot = c->slot - c->base;
+    const uint32_t *const sver = c->ver - c->base;
+    const int64_t *const ids = c->ids;
+    const float *const weights = c->weights;
+    const uint8_t *const slow = c->slow, *const mbuf = c->mbuf;
+    const size_t mstride = c->mstride;
+    const uint64_t rb = c->rb;
+    const int64_t pf_end = (int64_t)c->iend - PF_DIST;
+    uint64_t h = 0;
+    for (int64_t i = o0; i < o1; i++) {
+        if (i < pf_end) {
+            int32_t ps = slot[i + PF_DIST];
+            const uint8_t *sp;
+            if (ps >= 0) {
+                sp = slots + (uint64_t)ps * stride;
+            } else {
+                sp = slow ? slow + (uint64_t)ids[i + PF_DIST] * rb : NULL;
+            }
+            if (sp)
+#pragma GCC unroll 8
+                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
+        }
+        const int32_t s = slot[i];
+        const BF_VEC vw = BF_SET1(weights ? weights[i] : 1.0f);
+        if (s >= 0) {
+            const uint8_t *q = slots + (uint64_t)s * stride;
+#pragma GCC unroll 16
+            for (uint32_t k = 0; k < D / BF_LANES; k++)
+                acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + 4 * BF_LANES * k), acc[k]);
+            atomic_thread_fence(memory_order_acquire);
+            const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
+            if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
+            h++;
+        } else {
+            const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
+                                                                  : mbuf + (size_t)(-2 - s) * mstride);
+#pragma GCC unroll 16
+            for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_FMADD(vw, BF_LOADU(row + BF_LANES * k), acc[k]);
+        }
+    }
+    float *out = c->out + b * c->ostride;
+    if (c->mean && o1 > o0) {
+        const BF_VEC sc = BF_SET1(1.0f / (float)(o1 - o0));
+#pragma GCC unroll 16
+        for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_MUL(acc[k], sc);
+    }
+#pragma GCC unroll 16
+    for (uint32_t k = 0; k < D / BF_LANES; k++) BF_STOREU(out + BF_LANES * k, acc[k]);
+    *hits += h;
+    return 0;
+}
+
+#undef BF_NAME
+#undef BF_TARGET
+#undef BF_VEC
+#undef BF_LANES
+#undef BF_ZERO
+#undef BF_SET1
+#undef BF_FMADD
+#undef BF_MUL
+#undef BF_LOADU
+#undef BF_STOREU
+#undef BF_SLOT_LOAD
