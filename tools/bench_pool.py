@@ -195,6 +195,7 @@ def bench_all_hit(
             for r in out:
                 if r["workload"] == workload:
                     r["hit_rate"] = (c1["hits"] - c0["hits"]) / (c1["lookups"] - c0["lookups"])
+                    r["resident"] = (tables * rows - pool.free_slots()) / (tables * rows)
         assert pool.rings()[ring].drops == 0
         return out
     finally:
@@ -302,7 +303,8 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
     for h in hit:
         mixed = h["workload"] == "mixed"
         head = (
-            f"{h['workload']} ({h['hit_rate']:.0%} hits), {h['tables']} x {h['rows']:,} rows, "
+            f"{h['workload']} ({h['hit_rate']:.0%} hits, {h['resident']:.0%} of rows resident), "
+            f"{h['tables']} x {h['rows']:,} rows, "
             f"2048x20 dim 64, ring on, {h['threads']} thr"
         ) + (f", Zipf {h['zipf']} ids" if h["zipf"] else "")
         base = (f"{kernel_name} {h['kernel_ms']:.1f} ms (torch {h['torch_early_ms']:.1f} / "
