@@ -203,4 +203,3 @@ void kernels_select(recmg_pool *p)
     }
 #endif
 }
-

@@ -126,11 +126,7 @@ static int check_args(const recmg_pool *p, char *err, const recmg_bag_args *a)
 }
 
 /* ---- specialised all-in-registers bag kernels: float32, sum/mean, dim 16/32/64/128, AVX2+FMA or
- * AVX-512F ----
- * The bag's sum stays in vector registers; hits are read with relaxed atomic word loads and
- * checked with the seqlock after each row. Returns 0, or -1 if a row lost a race with the writer
- * (nothing was written then; the caller redoes the bag on the safe path). The same additions in the
- * same order as the generic path, so the results are bit-identical. */
+ * AVX-512F (the loop is in bag_fast.h) ---- */
 typedef struct bagctx {
     const recmg_pool *p;
     const int32_t *slot;
