@@ -14,8 +14,9 @@
    one VM the same kernel over the same values took 5-12% less time on the copy made last (why was not
    found). With --zipf A the ids are Zipf-distributed with exponent A over a random permutation of
    each table's rows (hot rows scattered, as hashed production ids are) instead of uniform, and the
-   mixed workload evicts every row but the fewest that take 1 - --miss of the lookups; the targets
-   are the issue's for uniform ids, so those rows are information.
+   mixed workload evicts every row but the fewest that take 1 - --miss of the lookups; it then runs
+   once more on a pool whose fast tier is only those rows (a deployment's layout); the targets are
+   the issue's for uniform ids, so those rows are information.
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
@@ -92,7 +93,9 @@ def bench_all_hit(
     table-batched kernel (one call for all tables). The kernels' weights are torch-allocated, as in a
     TorchRec model (FBGEMM's own buffer when it is installed, its per-table views for torch).
     With zipf > 0 the ids are Zipf-distributed (lookup_bench_common.IdDraw) and the mixed workload keeps
-    the hottest rows that take 1 - miss_fraction of the lookups. One dict per (workload, thread count)."""
+    the hottest rows that take 1 - miss_fraction of the lookups, first in the all-row pool, then in a
+    pool of its own whose fast tier is just those rows (_compact_pool). One dict per (workload, thread
+    count)."""
     gen = torch.Generator().manual_seed(0)
     n = batch * pooling
     tbe = _fbgemm_tbe(tables, rows, dim) if use_fbgemm else None
@@ -166,8 +169,14 @@ def bench_all_hit(
         fns |= {"pool": run_pool, "pool_multi": run_multi, "pool_packed": run_packed}
         out: list[dict[str, float]] = []
         workloads = [("all-hit", 0.0)] + ([("mixed", miss_fraction)] if miss_fraction > 0 else [])
+        if zipf > 0 and miss_fraction > 0:
+            workloads.append(("mixed, compact fast tier", miss_fraction))
         for workload, frac in workloads:
-            if frac > 0 and zipf > 0:  # all but each table's hottest rows leave the fast tier
+            if workload.endswith("compact fast tier"):  # a fast tier of only the hot rows, a new pool
+                pool.destroy()
+                pool = _compact_pool(tables, rows, dim, weights, draw, 1 - frac, 2 * tables * n)
+                ring = pool.ring_index
+            elif frac > 0 and zipf > 0:  # all but each table's hottest rows leave the fast tier
                 pool.evict_keys(np.concatenate([make_keys(t, draw.cold(t, 1 - frac)) for t in range(tables)]))
             elif frac > 0:  # the same rows of every table leave the fast tier
                 pool.evict_keys(evicted_keys(tables, rows, frac))
@@ -195,11 +204,30 @@ def bench_all_hit(
             for r in out:
                 if r["workload"] == workload:
                     r["hit_rate"] = (c1["hits"] - c0["hits"]) / (c1["lookups"] - c0["lookups"])
-                    r["resident"] = (tables * rows - pool.free_slots()) / (tables * rows)
+                    r["resident"] = (pool.n_slots - pool.free_slots()) / (tables * rows)
         assert pool.rings()[ring].drops == 0
         return out
     finally:
         pool.destroy()
+
+
+def _compact_pool(
+    tables: int, rows: int, dim: int, weights: Sequence[torch.Tensor], draw: IdDraw, share: float,
+    ring_records: int,
+) -> Pool:
+    """A pool whose fast tier is just each table's hottest rows that take SHARE of the lookups, filled in
+    a random order across the tables (as a daemon fills rows when they turn hot), with a DRAM slow tier
+    of every row: the layout a deployment has, where the fast tier is a fraction of the table."""
+    hot = np.concatenate([make_keys(t, draw.hottest(t, share)) for t in range(tables)])
+    pool = Pool.create(_name(), tables=[(rows, dim)] * tables, slots=len(hot), ring_records=ring_records)
+    try:
+        for t in range(tables):
+            pool.write_rows(t, np.arange(rows), weights[t])
+        pool.fill_keys(np.random.default_rng(0).permutation(hot))
+    except BaseException:
+        pool.destroy()
+        raise
+    return pool
 
 
 def _fio(path: str, bs: int, depth: int, seconds: float, engine: str) -> float:
@@ -301,7 +329,7 @@ def _ints(text: str) -> list[int]:
 def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[str, str, str, str]]:
     rows_out = []
     for h in hit:
-        mixed = h["workload"] == "mixed"
+        mixed = h["workload"].startswith("mixed")
         head = (
             f"{h['workload']} ({h['hit_rate']:.0%} hits, {h['resident']:.0%} of rows resident), "
             f"{h['tables']} x {h['rows']:,} rows, "
