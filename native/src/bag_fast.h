@@ -3,7 +3,7 @@
  *   BF_NAME             the function's name
  *   BF_TARGET           its target attribute ("avx2,fma", "avx512f")
  *   BF_VEC, BF_LANES    the float vector type and its floats (__m256 and 8, __m512 and 16)
- *   BF_ZERO(), BF_SET1(x), BF_FMADD(a, b, c), BF_MUL(a, b), BF_LOADU(p), BF_STOREU(p, v)
+ *   BF_ZERO(), BF_SET1(x), BF_ADD(a, b), BF_FMADD(a, b, c), BF_MUL(a, b), BF_LOADU(p), BF_STOREU(p, v)
  *   BF_SLOT_LOAD(q)     one volatile load of BF_LANES floats of a slot that a writer may be changing
  * No include guard: it is meant to be included more than once.
  *
@@ -12,7 +12,9 @@
  * read from the memory slow tier or the call's buffer of rows read from the SSD. Returns 0, or -1 if a
  * row lost a race with the writer (nothing was written then; the caller redoes the bag on the safe
  * path). The same additions in the same order as the generic path, so the results are bit-identical
- * whatever the width. */
+ * whatever the width. Without per-sample weights a row is added (vaddps), as FBGEMM's kernels do: the
+ * same bits as an FMA by 1, and on CPUs that lower their clock for 512-bit multiplies (Intel's
+ * Skylake-SP and Cascade Lake) adds keep the lighter frequency level. */
 static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(const bagctx *c, uint64_t b,
                                                                             uint64_t *hits, const uint32_t D)
 {
@@ -52,9 +54,14 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
         const BF_VEC vw = BF_SET1(weights ? weights[i] : 1.0f);
         if (s >= 0) {
             const uint8_t *q = slots + (uint64_t)s * stride;
+            if (weights) {
 #pragma GCC unroll 16
-            for (uint32_t k = 0; k < D / BF_LANES; k++)
-                acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + 4 * BF_LANES * k), acc[k]);
+                for (uint32_t k = 0; k < D / BF_LANES; k++)
+                    acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + 4 * BF_LANES * k), acc[k]);
+            } else {
+#pragma GCC unroll 16
+                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ADD(acc[k], BF_SLOT_LOAD(q + 4 * BF_LANES * k));
+            }
             atomic_thread_fence(memory_order_acquire);
             const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
             if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
@@ -62,8 +69,13 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
         } else {
             const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
                                                                   : mbuf + (size_t)(-2 - s) * mstride);
+            if (weights) {
 #pragma GCC unroll 16
-            for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_FMADD(vw, BF_LOADU(row + BF_LANES * k), acc[k]);
+                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_FMADD(vw, BF_LOADU(row + BF_LANES * k), acc[k]);
+            } else {
+#pragma GCC unroll 16
+                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ADD(acc[k], BF_LOADU(row + BF_LANES * k));
+            }
         }
     }
     float *out = c->out + b * c->ostride;
@@ -84,6 +96,7 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
 #undef BF_LANES
 #undef BF_ZERO
 #undef BF_SET1
+#undef BF_ADD
 #undef BF_FMADD
 #undef BF_MUL
 #undef BF_LOADU

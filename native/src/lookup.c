@@ -170,6 +170,7 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 #define BF_LANES 8
 #define BF_ZERO() _mm256_setzero_ps()
 #define BF_SET1(x) _mm256_set1_ps(x)
+#define BF_ADD(a, b) _mm256_add_ps(a, b)
 #define BF_FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define BF_MUL(a, b) _mm256_mul_ps(a, b)
 #define BF_LOADU(p) _mm256_loadu_ps(p)
@@ -183,6 +184,7 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 #define BF_LANES 16
 #define BF_ZERO() _mm512_setzero_ps()
 #define BF_SET1(x) _mm512_set1_ps(x)
+#define BF_ADD(a, b) _mm512_add_ps(a, b)
 #define BF_FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define BF_MUL(a, b) _mm512_mul_ps(a, b)
 #define BF_LOADU(p) _mm512_loadu_ps(p)
