@@ -53,7 +53,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from lookup_bench_common import IdDraw, evicted_rows, miss_fraction, zipf_exponent  # noqa: E402
+from lookup_bench_common import IdDraw, miss_fraction, zipf_exponent  # noqa: E402
 
 from recmgd.keys import ROW_BITS  # noqa: E402
 
@@ -91,6 +91,7 @@ class Side:
 
     def __init__(self, mod: ModuleType, tag: str, tables: int, rows: int, dim: int, weights: np.ndarray,
                  gone: np.ndarray, threads: int):
+        """gone: the keys to evict after every row is filled (the mixed workload's misses)."""
         self.mod, self.ffi, self.lib = mod, mod.ffi, mod.lib
         self.dim = dim
         self.name = f"recmg-ab-{tag}-{os.getpid()}".encode()
@@ -115,7 +116,7 @@ class Side:
         if lib.recmg_fill_keys(self.owner, ffi.from_buffer("int64_t[]", keys), len(keys)) != len(keys):
             raise SystemExit(f"{tag}: fill: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
         if len(gone):
-            out_keys = np.concatenate([(np.int64(t) << ROW_BITS) | gone for t in range(tables)])
+            out_keys = gone
             evicted = lib.recmg_evict_keys(self.owner, ffi.from_buffer("int64_t[]", out_keys), len(out_keys))
             if evicted != len(out_keys):
                 raise SystemExit(f"{tag}: evict: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
@@ -239,9 +240,9 @@ def main() -> int:
     base_mod = load(build_base(a.base))
     rng = np.random.default_rng(0)
     weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
-    gone = evicted_rows(a.rows, a.miss).astype(np.int64)
     n = a.batch * a.pooling
     draw = IdDraw(a.tables, a.rows, a.zipf)
+    gone = draw.evicted_keys(a.tables, a.miss) if a.miss else np.zeros(0, np.int64)
     ids = [draw.ids(t, n) for t in range(a.tables)]
     offsets = np.arange(0, n + 1, a.pooling, dtype=np.int64)
     call = "packed" if a.packed else "multi" if a.multi else "table"
@@ -279,7 +280,10 @@ def main() -> int:
             for s in sides.values():
                 s.close()
         rounds.append((first, statistics.median(times["base"]), statistics.median(times["new"])))
-    what = f"{1 - a.miss:.0%} of rows resident" if a.miss else "all-hit"
+    what = "all-hit"
+    if a.miss:
+        what = (f"the rows that take {1 - a.miss:.0%} of the lookups resident" if a.zipf
+                else f"{1 - a.miss:.0%} of rows resident")
     what += f", Zipf {a.zipf} ids" if a.zipf else ", uniform ids"
     said = {"table": "a call a table", "multi": "one multi-table call",
             "packed": "one multi-table call into one packed output"}[call]

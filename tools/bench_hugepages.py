@@ -44,7 +44,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench_pool import _name  # noqa: E402
 from lookup_bench_common import (  # noqa: E402
     IdDraw,
-    evicted_keys,
     miss_fraction,
     steady_medians,
     zipf_exponent,
@@ -139,8 +138,7 @@ def one_round(a: argparse.Namespace, weights: list[torch.Tensor], batches: list[
         workloads = [("all hits", 0.0)] + ([(f"{1 - a.miss:.0%} hits", a.miss)] if a.miss > 0 else [])
         for workload, frac in workloads:
             if frac > 0:  # the same rows of every table leave both fast tiers (the rows bench_pool evicts)
-                keys = evicted_keys(tables, rows, frac) if not a.zipf else np.concatenate(
-                    [make_keys(t, draw.cold(t, 1 - frac)) for t in range(tables)])
+                keys = draw.evicted_keys(tables, frac)
                 for pl in pools.values():
                     pl.evict_keys(keys)
                 check(1)

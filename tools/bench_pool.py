@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from lookup_bench_common import IdDraw, evicted_keys, miss_fraction, steady_medians, zipf_exponent
+from lookup_bench_common import IdDraw, miss_fraction, steady_medians, zipf_exponent
 from recmgd._native import ffi, lib
 
 from recmgd.keys import make_keys
@@ -176,10 +176,8 @@ def bench_all_hit(
                 pool.destroy()
                 pool = _compact_pool(tables, rows, dim, weights, draw, 1 - frac, 2 * tables * n)
                 ring = pool.ring_index
-            elif frac > 0 and zipf > 0:  # all but each table's hottest rows leave the fast tier
-                pool.evict_keys(np.concatenate([make_keys(t, draw.cold(t, 1 - frac)) for t in range(tables)]))
-            elif frac > 0:  # the same rows of every table leave the fast tier
-                pool.evict_keys(evicted_keys(tables, rows, frac))
+            elif frac > 0:  # the same rows of every table leave the fast tier (Zipf: all but the hottest)
+                pool.evict_keys(draw.evicted_keys(tables, frac))
             check(0)
             st0 = pool.stats()
             for threads in thread_counts:

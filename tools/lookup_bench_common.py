@@ -1,4 +1,5 @@
-"""What the pool benchmarks share: which rows the mixed workload evicts, and how calls are timed.
+"""What the pool benchmarks share: which ids they look up, which rows the mixed workload evicts, and
+how calls are timed.
 
 bench_pool, bench_hugepages, bench_miss_cost and bench_ab_lookup evict the same rows (one fixed seed),
 so their mixed numbers are over the same rows and comparable; the first three time their kernels with
@@ -70,9 +71,15 @@ class IdDraw:
         k = min(int(np.searchsorted(self.cdf, share)) + 1, self.rows)
         return self.perm[table][:k].astype(np.int64)
 
-    def cold(self, table: int, share: float) -> np.ndarray:
-        """The rows of TABLE outside hottest(table, share), ascending."""
-        return np.setdiff1d(np.arange(self.rows, dtype=np.int64), self.hottest(table, share))
+    def evicted_keys(self, tables: int, fraction: float) -> np.ndarray:
+        """The keys the mixed workload evicts: for uniform ids the same FRACTION of every table's rows as
+        evicted_keys; for Zipf ids every row but the fewest that take 1 - FRACTION of the lookups."""
+        if self.zipf <= 0:
+            return evicted_keys(tables, self.rows, fraction)
+        every = np.arange(self.rows, dtype=np.int64)
+        return np.concatenate(
+            [make_keys(t, np.setdiff1d(every, self.hottest(t, 1 - fraction))) for t in range(tables)]
+        )
 
 
 def zipf_exponent(text: str) -> float:
