@@ -103,7 +103,7 @@ def bench_all_hit(
         weights = [w.view(rows, dim) for w in tbe.split_embedding_weights()]
     else:
         weights = [torch.empty((rows, dim), dtype=torch.float32) for _ in range(tables)]
-    pool = Pool.create(
+    pool: Pool | None = Pool.create(
         _name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n
     )
     try:
@@ -173,7 +173,8 @@ def bench_all_hit(
             workloads.append(("mixed, compact fast tier", miss_fraction))
         for workload, frac in workloads:
             if workload.endswith("compact fast tier"):  # a fast tier of only the hot rows, a new pool
-                pool.destroy()
+                gone, pool = pool, None
+                gone.destroy()
                 pool = _compact_pool(tables, rows, dim, weights, draw, 1 - frac, 2 * tables * n)
                 ring = pool.ring_index
             elif frac > 0:  # the same rows of every table leave the fast tier (Zipf: all but the hottest)
@@ -206,7 +207,8 @@ def bench_all_hit(
         assert pool.rings()[ring].drops == 0
         return out
     finally:
-        pool.destroy()
+        if pool is not None:
+            pool.destroy()
 
 
 def _compact_pool(
