@@ -16,10 +16,10 @@ def cpu_flags() -> frozenset[str]:
 
 
 def expected_kernel(dim: int, dtype: str = "float32", no_avx512: bool = False) -> str:
-    """The kernel of a table's sum and mean lookups: avx512f at float32 dim 64 and 128 (unless
-    RECMG_NO_AVX512), avx2 at float32 dim 16, 32, 64 and 128, generic otherwise."""
+    """The kernel of a table's sum and mean lookups: avx512f at dim 64 and 128 (unless RECMG_NO_AVX512),
+    avx2 at dim 16, 32, 64 and 128 (float16 rows also need F16C), generic otherwise."""
     f = cpu_flags()
-    if dtype != "float32" or dim not in (16, 32, 64, 128) or not {"avx2", "fma"} <= f:
+    if dim not in (16, 32, 64, 128) or not {"avx2", "fma"} <= f or (dtype == "float16" and "f16c" not in f):
         return "generic"
     if dim in (64, 128) and "avx512f" in f and not no_avx512:
         return "avx512f"

@@ -424,14 +424,15 @@ def test_split_multi_table_call_counts_like_one_thread() -> None:
             assert counters == counters1
 
 
-@pytest.mark.parametrize("tier", ["dram", "ssd"])
-def test_avx512_and_avx2_bag_kernels_agree_bitwise(tier, tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize("tier,dtype", [("dram", "float32"), ("ssd", "float32"), ("dram", "float16"),
+                                        ("ssd", "float16")])
+def test_avx512_and_avx2_bag_kernels_agree_bitwise(tier, dtype, tmp_path, monkeypatch) -> None:
     """A handle opened with RECMG_NO_AVX512=1 keeps the AVX2 bag kernels; one opened without it takes
     AVX-512F at dim 64 and 128 where the CPU has it. Both give torch's values and the same bits, for
-    hits, misses and rows of both in one bag, with weights and mean."""
-    tables = [(400, 64), (200, 128), (300, 16), (100, 24)]
+    hits, misses and rows of both in one bag, with weights and mean, float32 and float16 rows."""
+    tables = [(400, 64), (200, 128), (300, 16), (250, 32), (100, 24)]
     slow = f"ssd:{tmp_path / 'k.bin'}" if tier == "ssd" else "dram"
-    pool = Pool.create(_name(), tables=tables, slots=1000, slow=slow)
+    pool = Pool.create(_name(), tables=tables, slots=1200, slow=slow, dtype=dtype)
     try:
         rng = np.random.default_rng(11)
         weights = []
@@ -439,15 +440,15 @@ def test_avx512_and_avx2_bag_kernels_agree_bitwise(tier, tmp_path, monkeypatch) 
             w = rng.standard_normal((rows, dim)).astype(np.float32)
             pool.write_rows(t, np.arange(rows), w)
             pool.fill(t, rng.permutation(rows)[: rows // 2])  # half the rows hit
-            weights.append(torch.from_numpy(w))
+            weights.append(torch.from_numpy(w.astype(dtype).astype(np.float32)))  # what the pool holds
         monkeypatch.setenv("RECMG_NO_AVX512", "1")
         narrow = Pool.attach(pool.name)
         monkeypatch.delenv("RECMG_NO_AVX512")
         wide = Pool.attach(pool.name)
         try:
             for t, (rows, dim) in enumerate(tables):
-                assert narrow.lookup_kernel(t) == expected_kernel(dim, no_avx512=True)
-                assert wide.lookup_kernel(t) == expected_kernel(dim)
+                assert narrow.lookup_kernel(t) == expected_kernel(dim, dtype, no_avx512=True)
+                assert wide.lookup_kernel(t) == expected_kernel(dim, dtype)
                 ids, offsets = _batch(rng, rows, bags=40, max_len=30)
                 psw = torch.from_numpy(rng.standard_normal(len(ids)).astype(np.float32))
                 for mode, w in (("sum", None), ("sum", psw), ("mean", None)):

@@ -30,15 +30,23 @@ def _name() -> str:
     return f"rt_{os.getpid()}_{uuid.uuid4().hex[:10]}"
 
 
-def _value(t: int, rows: np.ndarray, dim: int = DIM) -> np.ndarray:
-    """Row values: t * 2^19 + row * 128 + column, distinct and exact in float32 (dim <= 128)."""
+def _value(t: int, rows: np.ndarray, dim: int = DIM, dtype: str = "float32") -> np.ndarray:
+    """Row values, exact in the dtype and different for any two rows. float32: t * 2^19 + row * 128 +
+    column (dim <= 128); float16 (integers to 2048 only): row % 2048, row // 2048 + 4 t, then
+    (7 row + column) % 2048."""
+    if dtype == "float16":
+        r = rows[:, None].astype(np.int64)
+        v = (7 * r + np.arange(dim)[None, :]) % 2048
+        v[:, 0] = r[:, 0] % 2048
+        v[:, 1] = r[:, 0] // 2048 + 4 * t
+        return v.astype(np.float32)
     return (t * (1 << 19) + rows[:, None] * 128 + np.arange(dim)[None, :]).astype(np.float32)
 
 
-def _make_pool(slow: str = "dram", dim: int = DIM) -> Pool:
-    p = Pool.create(_name(), tables=[(ROWS, dim)] * TABLES, slots=SLOTS, slow=slow, rings=8)
+def _make_pool(slow: str = "dram", dim: int = DIM, dtype: str = "float32") -> Pool:
+    p = Pool.create(_name(), tables=[(ROWS, dim)] * TABLES, slots=SLOTS, slow=slow, rings=8, dtype=dtype)
     for t in range(TABLES):
-        p.write_rows(t, np.arange(ROWS), _value(t, np.arange(ROWS), dim))
+        p.write_rows(t, np.arange(ROWS), _value(t, np.arange(ROWS), dim, dtype))
     return p
 
 
@@ -64,7 +72,7 @@ def _writer(name: str, seed: int, counter, stop) -> None:
     pool.close()
 
 
-def _reader(name: str, seed: int, reads: int, dim: int, conn) -> None:
+def _reader(name: str, seed: int, reads: int, dim: int, dtype: str, conn) -> None:
     pool = Pool.attach(name)
     rng = np.random.default_rng(seed)
     offsets = np.arange(BATCH, dtype=np.int64)
@@ -73,7 +81,7 @@ def _reader(name: str, seed: int, reads: int, dim: int, conn) -> None:
         t = int(rng.integers(0, TABLES))
         ids = rng.integers(0, ROWS, size=BATCH).astype(np.int64)
         out = pool.embedding_bag(t, ids, offsets).numpy()
-        wrong += int((out != _value(t, ids, dim)).any(axis=1).sum())
+        wrong += int((out != _value(t, ids, dim, dtype)).any(axis=1).sum())
         done += BATCH
         pool.drain_ring(pool.ring_index)  # keep the ring from only dropping
     conn.send((done, wrong, pool.stats()["process"]["hits"], pool.lookup_kernel(0)))
@@ -91,15 +99,18 @@ def _odd_groups(name: str) -> int:
 
 
 @pytest.mark.slow
-# dim 16: the AVX2 bag kernels; 64: the AVX-512F ones where the CPU has them (recmg_lookup_kernel);
-# 24: the generic fused and safe loops; ssd: the misses read in one I/O batch between the two passes,
-# and a hit that lost its race read alone from the file
+# dim 16: the AVX2 bag kernels; 64: the AVX-512F ones where the CPU has them (recmg_lookup_kernel),
+# for float32 and float16 rows; 24: the generic fused and safe loops; ssd: the misses read in one I/O
+# batch between the two passes, and a hit that lost its race read alone from the file
 @pytest.mark.parametrize(
-    "dim,slow", [(DIM, "dram"), (64, "dram"), (24, "dram"), (DIM, "ssd")], ids=["16", "64", "24", "16-ssd"]
+    "dim,slow,dtype",
+    [(DIM, "dram", "float32"), (64, "dram", "float32"), (64, "dram", "float16"), (24, "dram", "float32"),
+     (DIM, "ssd", "float32")],
+    ids=["16", "64", "64-f16", "24", "16-ssd"],
 )
-def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
+def test_readers_and_writer_with_sigkill(dim: int, slow: str, dtype: str, tmp_path) -> None:
     ctx = mp.get_context("fork")
-    pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram", dim=dim)
+    pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram", dim=dim, dtype=dtype)
     readers: list = []
     writers: list = []
     try:
@@ -110,7 +121,7 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
         for i in range(READERS):
             a, b = ctx.Pipe()
             quota = TOTAL_READS // READERS + BATCH
-            pr = ctx.Process(target=_reader, args=(pool.name, 100 + i, quota, dim, b))
+            pr = ctx.Process(target=_reader, args=(pool.name, 100 + i, quota, dim, dtype, b))
             pr.start()
             pipes.append(a)
             readers.append(pr)
@@ -139,7 +150,7 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
         wrong = sum(r[1] for r in results)
         hits = sum(r[2] for r in results)
         assert reads >= TOTAL_READS
-        assert {r[3] for r in results} == {expected_kernel(dim)}
+        assert {r[3] for r in results} == {expected_kernel(dim, dtype)}
         assert wrong == 0
         assert hits > reads // 10, f"only {hits} of {reads} reads were fast-tier hits"
         assert counter.value > 50
@@ -152,7 +163,7 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, tmp_path) -> None:
             rows = keys[(keys >> 40) == t] & ((1 << 40) - 1)
             before = pool.stats()["process"]["hits"]
             out = pool.embedding_bag(t, rows, np.arange(len(rows))).numpy()
-            assert (out == _value(t, rows, dim)).all()
+            assert (out == _value(t, rows, dim, dtype)).all()
             assert pool.stats()["process"]["hits"] - before == len(rows)
         d.close()
     finally:

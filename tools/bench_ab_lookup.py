@@ -101,6 +101,7 @@ class Side:
             specs[t].rows, specs[t].dim = rows, dim
         o = ffi.new("recmg_create_opts *")
         o.n_tables, o.tables, o.n_slots = tables, specs, tables * rows
+        o.dtype = lib.RECMG_F16 if weights.dtype == np.float16 else lib.RECMG_F32
         o.ring_records, o.n_rings, o.role = 1 << 22, 4, 1
         out, err = ffi.new("recmg_pool **"), ffi.new("char[256]")
         if lib.recmg_create(self.name, o, out, err, 256) != 0:
@@ -230,6 +231,8 @@ def main() -> int:
     how.add_argument("--packed", action="store_true",
                      help="one multi-table call into one [batch, tables x dim] output (the TorchRec front's)")
     ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                    help="the pools' row type (the rows are written in it)")
     ap.add_argument("--zipf", type=zipf_exponent, default=0.0,
                     help="ids Zipf-distributed with this exponent over each table's rows (0: uniform)")
     ap.add_argument("--churn", action="store_true", help="hits of resident rows while a writer changes the "
@@ -239,7 +242,7 @@ def main() -> int:
 
     base_mod = load(build_base(a.base))
     rng = np.random.default_rng(0)
-    weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32)
+    weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32).astype(a.dtype)
     n = a.batch * a.pooling
     draw = IdDraw(a.tables, a.rows, a.zipf)
     gone = draw.evicted_keys(a.tables, a.miss) if a.miss else np.zeros(0, np.int64)
@@ -287,8 +290,8 @@ def main() -> int:
     what += f", Zipf {a.zipf} ids" if a.zipf else ", uniform ids"
     said = {"table": "a call a table", "multi": "one multi-table call",
             "packed": "one multi-table call into one packed output"}[call]
-    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim}, batch {a.batch} x {a.pooling}, {said}, "
-          f"{a.threads} thread(s), {a.reps} interleaved batches each")
+    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim} {a.dtype}, batch {a.batch} x {a.pooling}, "
+          f"{said}, {a.threads} thread(s), {a.reps} interleaved batches each")
     for first, mb, mn in rounds:
         print(f"  {first}'s pool made first: base {mb * 1e3:.2f} ms, new {mn * 1e3:.2f} ms, "
               f"new/base {mn / mb:.3f}")

@@ -175,9 +175,9 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
 void recmg_close(recmg_pool *pool);
 int recmg_destroy(const char *name, char *err, size_t errlen); /* unlinks the object (and keeps the file) */
 const char *recmg_errmsg(const recmg_pool *pool);
-/* The bag kernel this handle's sum and mean lookups of a table use: "avx512f" (float32, dim 64 or 128,
- * unless RECMG_NO_AVX512=1 was set when the handle was opened), "avx2" (float32, dim 16, 32, 64 or 128)
- * or "generic"; "" for a table out of range. */
+/* The bag kernel this handle's sum and mean lookups of a table use: "avx512f" (dim 64 or 128, unless
+ * RECMG_NO_AVX512=1 was set when the handle was opened), "avx2" (dim 16, 32, 64 or 128; float16 rows
+ * also need F16C) or "generic"; "" for a table out of range. */
 const char *recmg_lookup_kernel(const recmg_pool *pool, uint32_t table);
 const char *recmg_strerror(int code);
 

@@ -1,10 +1,13 @@
-/* bag_fast.h - lookup.c's fused bag loop for one vector width. lookup.c includes it once per
- * instruction set, each time with these defined (they are undefined again at the end):
- *   BF_NAME             the function's name
- *   BF_TARGET           its target attribute ("avx2,fma", "avx512f")
+/* bag_fast.h - lookup.c's fused bag loop for one vector width and element type. lookup.c includes it
+ * once per instruction set and element type, with these defined. The instruction set's operations:
  *   BF_VEC, BF_LANES    the float vector type and its floats (__m256 and 8, __m512 and 16)
- *   BF_ZERO(), BF_SET1(x), BF_ADD(a, b), BF_FMADD(a, b, c), BF_MUL(a, b), BF_LOADU(p), BF_STOREU(p, v)
- *   BF_SLOT_LOAD(q)     one volatile load of BF_LANES floats of a slot that a writer may be changing
+ *   BF_ZERO(), BF_SET1(x), BF_ADD(a, b), BF_FMADD(a, b, c), BF_MUL(a, b), BF_STOREU(p, v)
+ * and for each inclusion (undefined again at the end of this file):
+ *   BF_NAME             the function's name
+ *   BF_TARGET           its target attribute ("avx2,fma", "avx2,fma,f16c", "avx512f")
+ *   BF_ESIZE            bytes of a stored element (4: float32 rows, 2: float16)
+ *   BF_ROW_LOAD(q)      BF_LANES elements at byte address q of a row no writer changes, as floats
+ *   BF_SLOT_LOAD(q)     the same from a slot that a writer may be changing: one volatile load
  * No include guard: it is meant to be included more than once.
  *
  * Bag b of a bagctx, its sum kept in vector registers: a hit is accumulated straight from its slot
@@ -48,7 +51,7 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
             }
             if (sp)
 #pragma GCC unroll 8
-                for (uint32_t l = 0; l < D * 4 / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
+                for (uint32_t l = 0; l < (D * BF_ESIZE + 63) / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
         }
         const int32_t s = slot[i];
         const BF_VEC vw = BF_SET1(weights ? weights[i] : 1.0f);
@@ -57,24 +60,26 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
             if (weights) {
 #pragma GCC unroll 16
                 for (uint32_t k = 0; k < D / BF_LANES; k++)
-                    acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + 4 * BF_LANES * k), acc[k]);
+                    acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + BF_ESIZE * BF_LANES * k), acc[k]);
             } else {
 #pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ADD(acc[k], BF_SLOT_LOAD(q + 4 * BF_LANES * k));
+                for (uint32_t k = 0; k < D / BF_LANES; k++)
+                    acc[k] = BF_ADD(acc[k], BF_SLOT_LOAD(q + BF_ESIZE * BF_LANES * k));
             }
             atomic_thread_fence(memory_order_acquire);
             const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
             if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
             h++;
         } else {
-            const float *row = (const float *)(const void *)(slow ? slow + (uint64_t)ids[i] * rb
-                                                                  : mbuf + (size_t)(-2 - s) * mstride);
+            const uint8_t *row = slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride;
             if (weights) {
 #pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_FMADD(vw, BF_LOADU(row + BF_LANES * k), acc[k]);
+                for (uint32_t k = 0; k < D / BF_LANES; k++)
+                    acc[k] = BF_FMADD(vw, BF_ROW_LOAD(row + BF_ESIZE * BF_LANES * k), acc[k]);
             } else {
 #pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ADD(acc[k], BF_LOADU(row + BF_LANES * k));
+                for (uint32_t k = 0; k < D / BF_LANES; k++)
+                    acc[k] = BF_ADD(acc[k], BF_ROW_LOAD(row + BF_ESIZE * BF_LANES * k));
             }
         }
     }
@@ -92,13 +97,6 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
 
 #undef BF_NAME
 #undef BF_TARGET
-#undef BF_VEC
-#undef BF_LANES
-#undef BF_ZERO
-#undef BF_SET1
-#undef BF_ADD
-#undef BF_FMADD
-#undef BF_MUL
-#undef BF_LOADU
-#undef BF_STOREU
+#undef BF_ESIZE
+#undef BF_ROW_LOAD
 #undef BF_SLOT_LOAD

@@ -199,6 +199,7 @@ struct recmg_pool {
     acc_fn facc32, facc16; /* fused: accumulate straight from a slot with relaxed atomic word loads */
     int vec_copy; /* AVX2 seqlock row copies */
     int vec512;   /* AVX-512F fused bag kernels (kernels_select; RECMG_NO_AVX512=1 keeps AVX2) */
+    int vec_f16;  /* F16C: the fused bag kernels take float16 rows too */
     max_fn max32, max16;
     /* scratch (grown on demand) */
     struct lscratch *ls;   /* lookup scratch: [0] the calling thread, [1..] the workers */

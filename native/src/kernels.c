@@ -196,6 +196,7 @@ void kernels_select(recmg_pool *p)
         if (__builtin_cpu_supports("f16c")) {
             p->acc16 = acc16_avx2;
             p->facc16 = facc16_avx2;
+            p->vec_f16 = 1;
         }
         /* as FBGEMM's CPU kernels do where the CPU has it; RECMG_NO_AVX512=1 keeps the AVX2 ones (a CPU
          * that lowers its clock for 512-bit work, or a test of both) */

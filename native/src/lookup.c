@@ -161,11 +161,21 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
     return _mm512_castsi512_ps(*(const volatile __m512i_u *)(const volatile void *)q);
 }
 
-/* The bag loop once per instruction set (bag_fast.h has it and says what these name). AVX-512F reads
- * a 64-float row in four loads and four FMAs instead of eight of each: the same memory, half the
- * instructions, which shows when the rows come from the caches (BENCHMARKS.md, "Skewed ids"). */
-#define BF_NAME bag_fast_body_avx2
-#define BF_TARGET "avx2,fma"
+/* The same for float16 rows: 8 or 16 halves in one volatile 16- or 32-byte load, then widened (exact). */
+static inline __attribute__((always_inline, target("avx2,f16c"))) __m256 slot_load8h(const uint8_t *q)
+{
+    return _mm256_cvtph_ps(*(const volatile __m128i_u *)(const volatile void *)q);
+}
+
+static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load16h(const uint8_t *q)
+{
+    return _mm512_cvtph_ps(*(const volatile __m256i_u *)(const volatile void *)q);
+}
+
+/* The bag loop once per instruction set and element type (bag_fast.h has it and says what these
+ * name). AVX-512F reads a 64-float row in four loads and four FMAs instead of eight of each: the same
+ * memory, half the instructions, which shows when the rows come from the caches (BENCHMARKS.md,
+ * "Skewed ids"). float16 rows are widened as they are loaded, as kernels.c's float16 loops do. */
 #define BF_VEC __m256
 #define BF_LANES 8
 #define BF_ZERO() _mm256_setzero_ps()
@@ -173,13 +183,31 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 #define BF_ADD(a, b) _mm256_add_ps(a, b)
 #define BF_FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
 #define BF_MUL(a, b) _mm256_mul_ps(a, b)
-#define BF_LOADU(p) _mm256_loadu_ps(p)
 #define BF_STOREU(p, v) _mm256_storeu_ps(p, v)
+
+#define BF_NAME bag_fast_body_avx2
+#define BF_TARGET "avx2,fma"
+#define BF_ESIZE 4
+#define BF_ROW_LOAD(q) _mm256_loadu_ps((const float *)(const void *)(q))
 #define BF_SLOT_LOAD(q) slot_load8(q)
 #include "bag_fast.h"
 
-#define BF_NAME bag_fast_body_avx512
-#define BF_TARGET "avx512f"
+#define BF_NAME bag_fast_body_avx2_f16
+#define BF_TARGET "avx2,fma,f16c"
+#define BF_ESIZE 2
+#define BF_ROW_LOAD(q) _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(const void *)(q)))
+#define BF_SLOT_LOAD(q) slot_load8h(q)
+#include "bag_fast.h"
+
+#undef BF_VEC
+#undef BF_LANES
+#undef BF_ZERO
+#undef BF_SET1
+#undef BF_ADD
+#undef BF_FMADD
+#undef BF_MUL
+#undef BF_STOREU
+
 #define BF_VEC __m512
 #define BF_LANES 16
 #define BF_ZERO() _mm512_setzero_ps()
@@ -187,28 +215,49 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 #define BF_ADD(a, b) _mm512_add_ps(a, b)
 #define BF_FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
 #define BF_MUL(a, b) _mm512_mul_ps(a, b)
-#define BF_LOADU(p) _mm512_loadu_ps(p)
 #define BF_STOREU(p, v) _mm512_storeu_ps(p, v)
+
+#define BF_NAME bag_fast_body_avx512
+#define BF_TARGET "avx512f"
+#define BF_ESIZE 4
+#define BF_ROW_LOAD(q) _mm512_loadu_ps((const float *)(const void *)(q))
 #define BF_SLOT_LOAD(q) slot_load16(q)
 #include "bag_fast.h"
 
-#define BAG_FAST(D)                                                                                           \
-    __attribute__((target("avx2,fma"))) static int bag_fast_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
-    {                                                                                                         \
-        return bag_fast_body_avx2(c, b, hits, D);                                                             \
-    }
+#define BF_NAME bag_fast_body_avx512_f16
+#define BF_TARGET "avx512f"
+#define BF_ESIZE 2
+#define BF_ROW_LOAD(q) _mm512_cvtph_ps(_mm256_loadu_si256((const __m256i *)(const void *)(q)))
+#define BF_SLOT_LOAD(q) slot_load16h(q)
+#include "bag_fast.h"
 
-#define BAG_FAST512(D)                                                                                          \
-    __attribute__((target("avx512f"))) static int bag_fast512_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
-    {                                                                                                         \
-        return bag_fast_body_avx512(c, b, hits, D);                                                           \
+#undef BF_VEC
+#undef BF_LANES
+#undef BF_ZERO
+#undef BF_SET1
+#undef BF_ADD
+#undef BF_FMADD
+#undef BF_MUL
+#undef BF_STOREU
+
+/* The kernels with the dim fixed, so that the loops over a row unroll. */
+#define BAG_FAST(NAME, BODY, TARGET, D)                                                               \
+    __attribute__((target(TARGET))) static int NAME##_##D(const bagctx *c, uint64_t b, uint64_t *hits) \
+    {                                                                                                 \
+        return BODY(c, b, hits, D);                                                                   \
     }
-BAG_FAST(16)
-BAG_FAST(32)
-BAG_FAST(64)
-BAG_FAST(128)
-BAG_FAST512(64)
-BAG_FAST512(128)
+BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 16)
+BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 32)
+BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 64)
+BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 128)
+BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 16)
+BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 32)
+BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 64)
+BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 128)
+BAG_FAST(bag_fast512, bag_fast_body_avx512, "avx512f", 64)
+BAG_FAST(bag_fast512, bag_fast_body_avx512, "avx512f", 128)
+BAG_FAST(bag_fast512_f16, bag_fast_body_avx512_f16, "avx512f", 64)
+BAG_FAST(bag_fast512_f16, bag_fast_body_avx512_f16, "avx512f", 128)
 #endif
 
 typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
@@ -230,38 +279,43 @@ static inline void prefetch_ahead(const bagctx *c, uint64_t i)
     for (uint32_t l = 0; l < c->pf_lines; l++) __builtin_prefetch(sp + 64 * l, 0, 1);
 }
 
-/* The fused bag kernel of a table's rows (float32, sum or mean): AVX-512F at dim 64 and 128, where it
- * reads a row in half the instructions (at 16 and 32 it was no faster: BENCHMARKS.md, "Skewed ids"),
- * AVX2 at 16, 32, 64 and 128, else none (the generic loops). */
-static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mode)
+/* The fused bag kernel of a table's rows (float32 or float16, sum or mean): AVX-512F at dim 64 and 128,
+ * where it reads a row in half the instructions (at 16 and 32 it was no faster: BENCHMARKS.md, "Skewed
+ * ids"), AVX2 at 16, 32, 64 and 128 (float16 also needs F16C), else none (the generic loops). The kind
+ * ("avx512f", "avx2" or "generic") through *kind when kind is not NULL. */
+static bag_fast_fn pick_fast(const recmg_pool *p, uint32_t dim, int f16, int mode, const char **kind)
 {
+    bag_fast_fn f = NULL;
+    const char *k = "generic";
 #if defined(__x86_64__)
-    if (!p->vec_copy || f16 || mode == RECMG_MAX) return NULL;
-    if (p->vec512 && dim == 64) return bag_fast512_64;
-    if (p->vec512 && dim == 128) return bag_fast512_128;
-    switch (dim) {
-    case 16: return bag_fast_16;
-    case 32: return bag_fast_32;
-    case 64: return bag_fast_64;
-    case 128: return bag_fast_128;
-    default: return NULL;
+    const int d = dim == 16 ? 0 : dim == 32 ? 1 : dim == 64 ? 2 : dim == 128 ? 3 : -1;
+    static const bag_fast_fn avx2[2][4] = {{bag_fast_16, bag_fast_32, bag_fast_64, bag_fast_128},
+                                           {bag_fast_f16_16, bag_fast_f16_32, bag_fast_f16_64, bag_fast_f16_128}};
+    static const bag_fast_fn avx512[2][4] = {{NULL, NULL, bag_fast512_64, bag_fast512_128},
+                                             {NULL, NULL, bag_fast512_f16_64, bag_fast512_f16_128}};
+    if (p->vec_copy && mode != RECMG_MAX && d >= 0 && (!f16 || p->vec_f16)) {
+        if (p->vec512 && avx512[f16 != 0][d]) {
+            f = avx512[f16 != 0][d];
+            k = "avx512f";
+        } else {
+            f = avx2[f16 != 0][d];
+            k = "avx2";
+        }
     }
 #else
     (void)p, (void)dim, (void)f16, (void)mode;
-    return NULL;
 #endif
+    if (kind) *kind = k;
+    return f;
 }
 
 const char *recmg_lookup_kernel(const recmg_pool *p, uint32_t table)
 {
     if (!p || table >= p->h->n_tables) return "";
     const tabdesc *t = &p->tables[table];
-    const bag_fast_fn f = pick_fast(p, t->dim, t->dtype == RECMG_F16, RECMG_SUM);
-    if (!f) return "generic";
-#if defined(__x86_64__)
-    if (f == bag_fast512_64 || f == bag_fast512_128) return "avx512f";
-#endif
-    return "avx2";
+    const char *kind;
+    pick_fast(p, t->dim, t->dtype == RECMG_F16, RECMG_SUM, &kind);
+    return kind;
 }
 
 /* A piece of work: bags [b0, b1) of one argument (part < 0; uniq: also count its distinct rows), or
@@ -408,7 +462,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
      * and checked afterwards; a bag that lost a race with the writer is redone on the safe path below,
      * which copies each row, checks it, and falls back to the slow tier. */
     const acc_fn facc = a->mode == RECMG_MAX ? NULL : (f16 ? p->facc16 : p->facc32);
-    const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode);
+    const bag_fast_fn fast = pick_fast(p, dim, f16, a->mode, NULL);
     const bagctx ctx = {.p = p, .slot = slot, .ver = sver, .ids = ids, .offsets = a->offsets, .weights = a->weights,
                         .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .efirst = efirst,
                         .base = i0, .iend = iend, .mstride = mstride,
