@@ -54,8 +54,9 @@ def _name() -> str:
     return f"bench_{os.getpid()}_{uuid.uuid4().hex[:8]}"
 
 
-def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
-    """FBGEMM's CPU table-batched embedding bag (sum, float32), or None when fbgemm_gpu is missing."""
+def _fbgemm_tbe(tables: int, rows: int, dim: int, dtype: str = "float32") -> Any | None:
+    """FBGEMM's CPU table-batched embedding bag (sum, weights in dtype, float32 out), or None when
+    fbgemm_gpu is missing."""
     try:
         from fbgemm_gpu.split_embedding_configs import EmbOptimType, SparseType
         from fbgemm_gpu.split_table_batched_embeddings_ops_common import PoolingMode
@@ -70,7 +71,7 @@ def _fbgemm_tbe(tables: int, rows: int, dim: int) -> Any | None:
     return SplitTableBatchedEmbeddingBagsCodegen(
         spec,
         pooling_mode=PoolingMode.SUM,
-        weights_precision=SparseType.FP32,
+        weights_precision=SparseType.FP16 if dtype == "float16" else SparseType.FP32,
         optimizer=EmbOptimType.EXACT_SGD,
     )
 
@@ -86,6 +87,7 @@ def bench_all_hit(
     miss_fraction: float,
     use_fbgemm: bool,
     zipf: float = 0.0,
+    dtype: str = "float32",
 ) -> list[dict[str, float]]:
     """Lookups over a pool whose fast tier holds every row (all hits; then, if miss_fraction > 0, with
     that fraction of each table's rows evicted, the misses read from the pool's DRAM slow tier),
@@ -98,14 +100,16 @@ def bench_all_hit(
     count)."""
     gen = torch.Generator().manual_seed(0)
     n = batch * pooling
-    tbe = _fbgemm_tbe(tables, rows, dim) if use_fbgemm else None
+    tbe = _fbgemm_tbe(tables, rows, dim, dtype) if use_fbgemm else None
     if tbe is not None:
         weights = [w.view(rows, dim) for w in tbe.split_embedding_weights()]
     else:
-        weights = [torch.empty((rows, dim), dtype=torch.float32) for _ in range(tables)]
+        weights = [torch.empty((rows, dim), dtype=getattr(torch, dtype)) for _ in range(tables)]
     pool: Pool | None = Pool.create(
-        _name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n
+        _name(), tables=[(rows, dim)] * tables, slots=tables * rows, ring_records=2 * tables * n, dtype=dtype
     )
+    # torch's float16 embedding_bag rounds its sums to float16; the pool's are float32
+    tol = 2e-3 if dtype == "float16" else 1e-5
     try:
         for t in range(tables):
             weights[t].copy_(torch.randn((rows, dim), generator=gen))
@@ -147,14 +151,14 @@ def bench_all_hit(
             return out
 
         def check(k: int) -> None:
-            ref = run_torch(k)
+            ref = [r.float() for r in run_torch(k)]
             for a, c in zip(ref, run_pool(k), strict=True):
-                torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(c, a, rtol=tol, atol=tol)
             for a, c in zip(ref, run_multi(k), strict=True):
-                torch.testing.assert_close(c, a, rtol=1e-5, atol=1e-5)
-            torch.testing.assert_close(run_packed(k), torch.cat(ref, dim=1), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(c, a, rtol=tol, atol=tol)
+            torch.testing.assert_close(run_packed(k), torch.cat(ref, dim=1), rtol=tol, atol=tol)
             if tbe is not None:
-                torch.testing.assert_close(run_fbgemm(k), torch.cat(ref, dim=1), rtol=1e-5, atol=1e-5)
+                torch.testing.assert_close(run_fbgemm(k), torch.cat(ref, dim=1), rtol=tol, atol=tol)
             pool.drain_ring(ring)
 
         def after(key: str) -> None:
@@ -189,6 +193,7 @@ def bench_all_hit(
                 kernel = min(torch_best, med.get("fbgemm", float("inf")))
                 out.append({
                     "workload": workload, "tables": tables, "rows": rows, "threads": threads, "zipf": zipf,
+                    "dtype": dtype,
                     "torch_ms": torch_best * 1e3, "torch_early_ms": med["torch"] * 1e3,
                     "torch_late_ms": med["torch_late"] * 1e3,
                     "fbgemm_ms": med.get("fbgemm", float("nan")) * 1e3,
@@ -219,7 +224,8 @@ def _compact_pool(
     a random order across the tables (as a daemon fills rows when they turn hot), with a DRAM slow tier
     of every row: the layout a deployment has, where the fast tier is a fraction of the table."""
     hot = np.concatenate([make_keys(t, draw.hottest(t, share)) for t in range(tables)])
-    pool = Pool.create(_name(), tables=[(rows, dim)] * tables, slots=len(hot), ring_records=ring_records)
+    pool = Pool.create(_name(), tables=[(rows, dim)] * tables, slots=len(hot), ring_records=ring_records,
+                       dtype=str(weights[0].dtype).removeprefix("torch."))
     try:
         for t in range(tables):
             pool.write_rows(t, np.arange(rows), weights[t])
@@ -333,7 +339,7 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
         head = (
             f"{h['workload']} ({h['hit_rate']:.0%} hits, {h['resident']:.0%} of rows resident), "
             f"{h['tables']} x {h['rows']:,} rows, "
-            f"2048x20 dim 64, ring on, {h['threads']} thr"
+            f"2048x20 dim 64{' float16' if h['dtype'] == 'float16' else ''}, ring on, {h['threads']} thr"
         ) + (f", Zipf {h['zipf']} ids" if h["zipf"] else "")
         base = (f"{kernel_name} {h['kernel_ms']:.1f} ms (torch {h['torch_early_ms']:.1f} / "
                 f"{h['torch_late_ms']:.1f} on weights made before / after the pool")
@@ -372,6 +378,8 @@ def main() -> int:
                     help="fraction of rows evicted in the mixed workload (0: none)")
     ap.add_argument("--zipf", type=zipf_exponent, default=0.0, help="ids Zipf-distributed with this exponent "
                     "over each table's rows (0: uniform, the issue's workload)")  # fmt: skip
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                    help="the tables' row type: the pool's and the in-DRAM kernels' weights")
     ap.add_argument("--no-fbgemm", action="store_true", help="compare with torch's embedding_bag only")
     ap.add_argument("--lookups-only", action="store_true", help="skip the SSD and metadata sections")
     ap.add_argument("--ssd-dir", default=tempfile.gettempdir(), help="where the SSD benchmark's file goes")
@@ -394,7 +402,7 @@ def main() -> int:
     rows_out: list[tuple[str, str, str, str]] = []
     for rows in args.rows:
         hit = bench_all_hit(
-            args.tables, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm, args.zipf
+            args.tables, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm, args.zipf, args.dtype
         )
         rows_out += _lookup_rows(hit, kernel_name)
     if not args.lookups_only:
