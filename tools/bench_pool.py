@@ -15,8 +15,9 @@
    found). With --zipf A the ids are Zipf-distributed with exponent A over a random permutation of
    each table's rows (hot rows scattered, as hashed production ids are) instead of uniform, and the
    mixed workload evicts every row but the fewest that take 1 - --miss of the lookups; it then runs
-   once more on a pool whose fast tier is only those rows (a deployment's layout); the targets are
-   the issue's for uniform ids, so those rows are information.
+   once more on a pool whose fast tier is only those rows (a deployment's layout). --dtype float16
+   makes the pool's rows and the kernels' weights float16. The targets are the issue's, for uniform
+   ids over float32 rows; the other rows are information.
 2. SSD miss path: random row reads per second through the pool (slots=0, every lookup a miss, the
    distinct rows of a call in one io_uring batch) against fio random reads (O_DIRECT, io_uring) of
    the same file with the same block size and queue depth.
@@ -345,8 +346,8 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
                 f"{h['torch_late_ms']:.1f} on weights made before / after the pool")
         base += f", fbgemm {h['fbgemm_ms']:.1f})" if h["fbgemm_ms"] == h["fbgemm_ms"] else ")"
         target = "[target <= 1.2x kernel time: ratio >= 0.83]" if mixed else "[target >= 0.8]"
-        if h["zipf"]:
-            target = "[information: the targets are for uniform ids]"
+        if h["zipf"] or h["dtype"] != "float32":
+            target = "[information: the targets are for uniform ids over float32 rows]"
         rows_out.append((
             head, f"pool {h['pool_multi_ms']:.1f} ms (embedding_bags)", base,
             f"{h['ratio_multi']:.2f}x  {target}",
@@ -359,7 +360,8 @@ def _lookup_rows(hit: list[dict[str, float]], kernel_name: str) -> list[tuple[st
         rows_out.append((
             f"  the same, {h['tables']} per-table calls",
             f"pool {h['pool_ms']:.1f} ms (embedding_bag x {h['tables']})", base,
-            f"{h['ratio']:.2f}x  " + ("[information]" if mixed or h["zipf"] else "[target >= 0.7]"),
+            f"{h['ratio']:.2f}x  " + ("[information]" if mixed or h["zipf"] or h["dtype"] != "float32"
+                                     else "[target >= 0.7]"),
         ))  # fmt: skip
     return rows_out
 
