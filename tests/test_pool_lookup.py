@@ -292,6 +292,58 @@ def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
+def test_multi_table_call_of_tensors_matches_the_general_path(threads: int) -> None:
+    """Arguments of one shape (1-D contiguous int64 ids and offsets, all tensors or all numpy arrays, the
+    same bags and dim in every table, no weights) take embedding_bags' vectorised argument building: the
+    same values, ring records and errors as the general path gets from the same arguments as lists."""
+    tables = [(500, 64), (300, 64), (200, 64)]
+    rng = np.random.default_rng(9)
+    pool, ws = _third_resident(tables, 400, threads, rng)
+    try:
+        order = [0, 1, 2, 1]
+        batches = [_batch(rng, tables[t][0], bags=40, max_len=15) for t in order]
+        ids, offs = [b[0] for b in batches], [b[1] for b in batches]
+        as_np = [x.numpy() for x in ids], [o.numpy() for o in offs]
+        as_lists = [x.tolist() for x in ids], [o.tolist() for o in offs]
+        pool.drain_ring(pool.ring_index)
+        for mode in ("sum", "mean", "max"):
+            fast = pool.embedding_bags(order, ids, offs, mode)
+            # one output tensor for all tables: the vectorised path ran
+            assert fast[0].untyped_storage().data_ptr() == fast[3].untyped_storage().data_ptr()
+            fast_keys = pool.drain_ring(pool.ring_index)
+            fast_np = pool.embedding_bags(order, *as_np, mode)
+            assert fast_np[0].untyped_storage().data_ptr() == fast_np[3].untyped_storage().data_ptr()
+            assert pool.drain_ring(pool.ring_index).tolist() == fast_keys.tolist()
+            general = pool.embedding_bags(order, *as_lists, mode)
+            assert general[0].untyped_storage().data_ptr() != general[3].untyped_storage().data_ptr()
+            assert pool.drain_ring(pool.ring_index).tolist() == fast_keys.tolist()
+            for k, t in enumerate(order):
+                assert torch.equal(fast[k], general[k]) and torch.equal(fast_np[k], general[k])
+                ref = F.embedding_bag(ids[k], ws[t], offs[k], mode=mode)
+                torch.testing.assert_close(fast[k], ref, rtol=1e-6, atol=1e-6)
+        want = np.concatenate([make_keys(t, ids[k].numpy()) for k, t in enumerate(order)])
+        assert fast_keys.astype(np.int64).tolist() == want.tolist()
+        # a mode a table and a list of no weights take it too
+        modes = ["sum", "mean", "max", "sum"]
+        fast = pool.embedding_bags(order, ids, offs, modes, [None] * len(order))
+        assert fast[0].untyped_storage().data_ptr() == fast[3].untyped_storage().data_ptr()
+        general = pool.embedding_bags(order, *as_lists, modes, [None] * len(order))
+        assert all(torch.equal(a, b) for a, b in zip(fast, general, strict=True))
+        bad = [x.clone() for x in ids]
+        bad[2][0] = 10_000
+        for call_ids in (bad, [x.numpy() for x in bad], [x.tolist() for x in bad]):
+            with pytest.raises(IndexError, match="row id 10000 out of range for table 2"):
+                pool.embedding_bags(order, call_ids, offs)
+        falling = [o.clone() for o in offs]
+        falling[1][5] = falling[1][4] - 1 if falling[1][4] > 0 else 1
+        for call_offs in (falling, [o.numpy() for o in falling], [o.tolist() for o in falling]):
+            with pytest.raises(PoolError, match="offsets must not decrease|offsets must start at 0"):
+                pool.embedding_bags(order, ids, call_offs)
+    finally:
+        pool.destroy()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
 def test_table_batched_call_writes_the_tables_side_by_side(threads: int) -> None:
     """embedding_bags_packed (a KeyedJaggedTensor's / TBE's layout: values table after table, one offsets
     array) gives, in one [batch, sum of dims] tensor, exactly the per-table bags, hits and misses alike,
