@@ -1,7 +1,7 @@
 /* bag_fast.h - lookup.c's fused bag loop for one vector width and element type. lookup.c includes it
- * once per instruction set and element type, with these defined. The instruction set's operations:
+ * once per instruction set and element type, with these defined. The instruction set's:
  *   BF_VEC, BF_LANES    the float vector type and its floats (__m256 and 8, __m512 and 16)
- *   BF_ZERO(), BF_SET1(x), BF_ADD(a, b), BF_FMADD(a, b, c), BF_MUL(a, b), BF_STOREU(p, v)
+ *   BF_ISA(op)          the intrinsic named op (_mm256_##op, _mm512_##op)
  * and for each inclusion (undefined again at the end of this file):
  *   BF_NAME             the function's name
  *   BF_TARGET           its target attribute ("avx2,fma", "avx2,fma,f16c", "avx512f")
@@ -18,12 +18,25 @@
  * whatever the width. Without per-sample weights a row is added (vaddps), as FBGEMM's kernels do: the
  * same bits as an FMA by 1, and on CPUs that lower their clock for 512-bit multiplies (Intel's
  * Skylake-SP and Cascade Lake) adds keep the lighter frequency level. */
+/* acc += the row at byte address BASE, read with LOAD: times the id's weight (an FMA) with per-sample
+ * weights, else added */
+#define BF_ACCUMULATE(LOAD, BASE)                                                                   \
+    do {                                                                                            \
+        if (weights) {                                                                              \
+            _Pragma("GCC unroll 16") for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] =           \
+                BF_ISA(fmadd_ps)(vw, LOAD((BASE) + BF_ESIZE * BF_LANES * k), acc[k]);               \
+        } else {                                                                                    \
+            _Pragma("GCC unroll 16") for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] =           \
+                BF_ISA(add_ps)(acc[k], LOAD((BASE) + BF_ESIZE * BF_LANES * k));                     \
+        }                                                                                           \
+    } while (0)
+
 static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(const bagctx *c, uint64_t b,
                                                                             uint64_t *hits, const uint32_t D)
 {
     BF_VEC acc[128 / BF_LANES];
 #pragma GCC unroll 16
-    for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ZERO();
+    for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ISA(setzero_ps)();
     /* everything the loop needs in locals: the acquire loads and fences below make the compiler
      * reload anything reached through a pointer on every row */
     const int64_t o0 = c->offsets[b], o1 = c->offsets[b + 1];
@@ -54,47 +67,32 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
                 for (uint32_t l = 0; l < (D * BF_ESIZE + 63) / 64; l++) __builtin_prefetch(sp + 64 * l, 0, 3);
         }
         const int32_t s = slot[i];
-        const BF_VEC vw = BF_SET1(weights ? weights[i] : 1.0f);
+        const BF_VEC vw = BF_ISA(set1_ps)(weights ? weights[i] : 1.0f);
         if (s >= 0) {
             const uint8_t *q = slots + (uint64_t)s * stride;
-            if (weights) {
-#pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++)
-                    acc[k] = BF_FMADD(vw, BF_SLOT_LOAD(q + BF_ESIZE * BF_LANES * k), acc[k]);
-            } else {
-#pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++)
-                    acc[k] = BF_ADD(acc[k], BF_SLOT_LOAD(q + BF_ESIZE * BF_LANES * k));
-            }
+            BF_ACCUMULATE(BF_SLOT_LOAD, q);
             atomic_thread_fence(memory_order_acquire);
             const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
             if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
             h++;
         } else {
             const uint8_t *row = slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride;
-            if (weights) {
-#pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++)
-                    acc[k] = BF_FMADD(vw, BF_ROW_LOAD(row + BF_ESIZE * BF_LANES * k), acc[k]);
-            } else {
-#pragma GCC unroll 16
-                for (uint32_t k = 0; k < D / BF_LANES; k++)
-                    acc[k] = BF_ADD(acc[k], BF_ROW_LOAD(row + BF_ESIZE * BF_LANES * k));
-            }
+            BF_ACCUMULATE(BF_ROW_LOAD, row);
         }
     }
     float *out = c->out + b * c->ostride;
     if (c->mean && o1 > o0) {
-        const BF_VEC sc = BF_SET1(1.0f / (float)(o1 - o0));
+        const BF_VEC sc = BF_ISA(set1_ps)(1.0f / (float)(o1 - o0));
 #pragma GCC unroll 16
-        for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_MUL(acc[k], sc);
+        for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ISA(mul_ps)(acc[k], sc);
     }
 #pragma GCC unroll 16
-    for (uint32_t k = 0; k < D / BF_LANES; k++) BF_STOREU(out + BF_LANES * k, acc[k]);
+    for (uint32_t k = 0; k < D / BF_LANES; k++) BF_ISA(storeu_ps)(out + BF_LANES * k, acc[k]);
     *hits += h;
     return 0;
 }
 
+#undef BF_ACCUMULATE
 #undef BF_NAME
 #undef BF_TARGET
 #undef BF_ESIZE

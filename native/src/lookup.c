@@ -178,12 +178,7 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
  * "Skewed ids"). float16 rows are widened as they are loaded, as kernels.c's float16 loops do. */
 #define BF_VEC __m256
 #define BF_LANES 8
-#define BF_ZERO() _mm256_setzero_ps()
-#define BF_SET1(x) _mm256_set1_ps(x)
-#define BF_ADD(a, b) _mm256_add_ps(a, b)
-#define BF_FMADD(a, b, c) _mm256_fmadd_ps(a, b, c)
-#define BF_MUL(a, b) _mm256_mul_ps(a, b)
-#define BF_STOREU(p, v) _mm256_storeu_ps(p, v)
+#define BF_ISA(op) _mm256_##op
 
 #define BF_NAME bag_fast_body_avx2
 #define BF_TARGET "avx2,fma"
@@ -201,21 +196,11 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 
 #undef BF_VEC
 #undef BF_LANES
-#undef BF_ZERO
-#undef BF_SET1
-#undef BF_ADD
-#undef BF_FMADD
-#undef BF_MUL
-#undef BF_STOREU
+#undef BF_ISA
 
 #define BF_VEC __m512
 #define BF_LANES 16
-#define BF_ZERO() _mm512_setzero_ps()
-#define BF_SET1(x) _mm512_set1_ps(x)
-#define BF_ADD(a, b) _mm512_add_ps(a, b)
-#define BF_FMADD(a, b, c) _mm512_fmadd_ps(a, b, c)
-#define BF_MUL(a, b) _mm512_mul_ps(a, b)
-#define BF_STOREU(p, v) _mm512_storeu_ps(p, v)
+#define BF_ISA(op) _mm512_##op
 
 #define BF_NAME bag_fast_body_avx512
 #define BF_TARGET "avx512f"
@@ -233,12 +218,7 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
 
 #undef BF_VEC
 #undef BF_LANES
-#undef BF_ZERO
-#undef BF_SET1
-#undef BF_ADD
-#undef BF_FMADD
-#undef BF_MUL
-#undef BF_STOREU
+#undef BF_ISA
 
 /* The kernels with the dim fixed, so that the loops over a row unroll. */
 #define BAG_FAST(NAME, BODY, TARGET, D)                                                               \
@@ -246,14 +226,11 @@ static inline __attribute__((always_inline, target("avx512f"))) __m512 slot_load
     {                                                                                                 \
         return BODY(c, b, hits, D);                                                                   \
     }
-BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 16)
-BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 32)
-BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 64)
-BAG_FAST(bag_fast, bag_fast_body_avx2, "avx2,fma", 128)
-BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 16)
-BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 32)
-BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 64)
-BAG_FAST(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c", 128)
+#define BAG_FAST_DIMS(NAME, BODY, TARGET)                                                            \
+    BAG_FAST(NAME, BODY, TARGET, 16) BAG_FAST(NAME, BODY, TARGET, 32) BAG_FAST(NAME, BODY, TARGET, 64) \
+    BAG_FAST(NAME, BODY, TARGET, 128)
+BAG_FAST_DIMS(bag_fast, bag_fast_body_avx2, "avx2,fma")
+BAG_FAST_DIMS(bag_fast_f16, bag_fast_body_avx2_f16, "avx2,fma,f16c")
 BAG_FAST(bag_fast512, bag_fast_body_avx512, "avx512f", 64)
 BAG_FAST(bag_fast512, bag_fast_body_avx512, "avx512f", 128)
 BAG_FAST(bag_fast512_f16, bag_fast_body_avx512_f16, "avx512f", 64)
