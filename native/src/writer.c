@@ -44,16 +44,31 @@ static inline _Atomic int32_t *index_of(recmg_pool *p, int64_t key)
     return &p->index[p->tables[t].index_first + (uint64_t)RECMG_KEY_ROW(key)];
 }
 
-/* Stores x into index entry e (a position in the whole index) inside an odd window of its group's
- * version, so that a reader whose entry load fell before or during the store sees the version change. */
-static void entry_store(recmg_pool *p, uint64_t e, int32_t x)
+/* Opens an odd window of index entry e's group version (e a position in the whole index): the version
+ * made odd, then a release fence, so that the stores after it (entries, rows) follow the odd version
+ * for any reader. Returns the version before, for window_close. */
+static uint32_t window_open(recmg_pool *p, uint64_t e)
 {
     _Atomic uint32_t *ver = entry_version(p, e);
-    uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
+    const uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
     atomic_store_explicit(ver, v + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_release);
+    return v;
+}
+
+/* Closes the window window_open(p, e) returned v for: the version v + 2, with release. */
+static void window_close(recmg_pool *p, uint64_t e, uint32_t v)
+{
+    atomic_store_explicit(entry_version(p, e), v + 2, memory_order_release);
+}
+
+/* Stores x into index entry e inside an odd window of its group's version, so that a reader whose entry
+ * load fell before or during the store sees the version change. */
+static void entry_store(recmg_pool *p, uint64_t e, int32_t x)
+{
+    const uint32_t v = window_open(p, e);
     atomic_store_explicit(&p->index[e], x, memory_order_relaxed);
-    atomic_store_explicit(ver, v + 2, memory_order_release);
+    window_close(p, e, v);
 }
 
 static inline uint64_t entry_of(recmg_pool *p, int64_t key)
@@ -269,9 +284,7 @@ static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 
 static void die_mid_publish(recmg_pool *p, uint64_t e, int32_t s)
 {
-    _Atomic uint32_t *ver = entry_version(p, e);
-    atomic_store_explicit(ver, atomic_load_explicit(ver, memory_order_relaxed) + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
+    window_open(p, e);
     atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
     raise(SIGKILL);
 }
@@ -534,14 +547,11 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
         /* one odd window over the rewrite (readers meanwhile read the slow tier, already updated),
          * with the entry unpublished inside it, so that a slot an entry names is always whole, also
          * if this writer dies here */
-        _Atomic uint32_t *ver = entry_version(p, e);
-        const uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
-        atomic_store_explicit(ver, v + 1, memory_order_relaxed);
-        atomic_thread_fence(memory_order_release);
+        const uint32_t v = window_open(p, e);
         atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
         slot_write(p, (uint64_t)s, w);
         atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
-        atomic_store_explicit(ver, v + 2, memory_order_release);
+        window_close(p, e, v);
         wrote = 1;
     }
     free(heap);
