@@ -656,17 +656,10 @@ class Pool:
         off[:, :bags] = np.stack(offsets) if kind == "numpy" else _torch().stack(tuple(offsets)).numpy()
         off[:, bags] = lens
         out = _torch().empty((n, bags, dim), dtype=_torch().float32)
-        args = ffi.new("recmg_bag_args[]", n)
-        rec = np.frombuffer(ffi.buffer(args), dtype=_BAG_ARGS)
-        rec["table"] = t
-        rec["mode"] = codes
-        rec["ids"] = ptrs
-        rec["n_ids"] = lens
-        rec["offsets"] = off.ctypes.data + 8 * (bags + 1) * np.arange(n)
-        rec["n_bags"] = bags
-        rec["out"] = out.data_ptr() + 4 * bags * dim * np.arange(n)
-        self._check(lib.recmg_embedding_bags(self._handle, n, args))  # (ids, off and out live until here)
-        return list(out.unbind(0))
+        self._bags_call(n, table=t, mode=codes, ids=ptrs, n_ids=lens,
+                        offsets=off.ctypes.data + 8 * (bags + 1) * np.arange(n), n_bags=bags,
+                        out=out.data_ptr() + 4 * bags * dim * np.arange(n))
+        return list(out.unbind(0))  # (ids, off and out lived until the call returned)
 
     def embedding_bags_packed(
         self,
@@ -725,24 +718,25 @@ class Pool:
         out = torch.empty((batch, width), dtype=torch.float32)
         if self._threads_pending:
             self._default_threads()
-        args = ffi.new("recmg_bag_args[]", max(n, 1))
-        rec = np.frombuffer(ffi.buffer(args), dtype=_BAG_ARGS)[:n]
-        rec["table"] = tables
-        rec["mode"] = codes
-        rec["ids"] = values.ctypes.data + 8 * lo
-        rec["n_ids"] = hi - lo
-        rec["offsets"] = rel.ctypes.data + 8 * (batch + 1) * np.arange(n)
-        rec["n_bags"] = batch
         w = None
         if weights is not None:
             w = _f32(weights)
             if len(w) != len(values):
                 raise ValueError(f"weights has {len(w)} entries; expected one per value ({len(values)})")
-            rec["weights"] = w.ctypes.data + 4 * lo
-        rec["out"] = out.data_ptr() + 4 * (np.cumsum(dims) - dims)
-        rec["out_stride"] = width
-        self._check(lib.recmg_embedding_bags(self._handle, n, args))  # (values, rel and w live until here)
-        return out
+        self._bags_call(n, table=tables, mode=codes, ids=values.ctypes.data + 8 * lo, n_ids=hi - lo,
+                        offsets=rel.ctypes.data + 8 * (batch + 1) * np.arange(n), n_bags=batch,
+                        weights=0 if w is None else w.ctypes.data + 4 * lo,
+                        out=out.data_ptr() + 4 * (np.cumsum(dims) - dims), out_stride=width)
+        return out  # (values, rel and w lived until the call returned)
+
+    def _bags_call(self, n: int, **fields: Any) -> None:
+        """One recmg_embedding_bags call over n arguments, each field of recmg_bag_args (by name) given
+        for all n at once (a number or n of them); what the addresses point to lives until it returns."""
+        args = ffi.new("recmg_bag_args[]", max(n, 1))
+        rec = np.frombuffer(ffi.buffer(args), dtype=_BAG_ARGS)[:n]
+        for name, value in fields.items():
+            rec[name] = value
+        self._check(lib.recmg_embedding_bags(self._handle, n, args))
 
     def end_batch(self) -> None:
         """A batch boundary into this process's ring."""
