@@ -1,12 +1,16 @@
 """The SSD tier's file: never truncated (create refuses an existing file, or reuses it with its rows,
 the reboot case), its space reserved at create (a pool that does not fit is refused and leaves
-nothing behind), and a write_rows batch that fails part way says exactly which rows were written."""
+nothing behind), a write_rows batch that fails part way says exactly which rows were written, and a
+row evicted while a lookup waits for its batch of reads joins a batch, not one read per use."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -129,6 +133,57 @@ def test_failed_write_reports_the_rows_written(tmp_path: Path) -> None:
         truth[[10, 11, 20]] = new[:3]
         np.testing.assert_array_equal(p.read_rows(0, np.arange(ROWS)), truth)
         _exact(p, truth)  # 10 and 20 are resident: their copies were updated, 30 and 40 untouched
+        daemon.close()
+    finally:
+        p.destroy()
+
+
+# an app whose lookup stops itself after its batch of SSD reads (RECMG_FAULT_STOP_AFTER_SLOW_READ)
+LOOKER = """
+import json, sys
+import numpy as np
+from recmgd.pool import Pool
+p = Pool.attach(sys.argv[1])
+ids = np.array([int(x) for x in sys.argv[2:]])
+out = p.embedding_bag(0, ids, np.arange(len(ids))).numpy()
+print(json.dumps({"out": out.tolist(), "stats": p.stats()["process"]}), flush=True)
+"""
+
+
+def test_rows_evicted_during_the_reads_are_read_in_a_batch(tmp_path: Path) -> None:
+    """Pass 1 finds rows 5 and 7 resident and row 500 not; while the lookup waits for row 500's read,
+    the daemon evicts 5 and moves 7 to another slot. Row 5, used three times, is read once more in one
+    batch (without the check after the reads: once per use, alone, 4 on-demand reads in all); row 7
+    is still a hit, from its new slot; every output is the row's value."""
+    f = tmp_path / "t.bin"
+    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
+    try:
+        p.write_rows(0, np.arange(ROWS), _truth())
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(10)))
+        ids = [5, 500, 5, 7, 5]
+        env = dict(os.environ, RECMG_FAULT_STOP_AFTER_SLOW_READ="1")
+        child = subprocess.Popen([sys.executable, "-c", LOOKER, p.name, *map(str, ids)], env=env,
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            _, status = os.waitpid(child.pid, os.WUNTRACED)
+            assert os.WIFSTOPPED(status), status
+            daemon.evict_keys(make_keys(0, [7]))
+            daemon.evict_keys(make_keys(0, [5]))
+            daemon.fill_keys(make_keys(0, [7]))  # into the slot row 5 had (the last one freed)
+            resident = make_keys(0, [0, 1, 2, 3, 4, 6, 7, 8, 9])
+            assert sorted(daemon.resident_keys().tolist()) == sorted(resident.tolist())
+            os.kill(child.pid, signal.SIGCONT)
+            out, _ = child.communicate(timeout=60)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        assert child.returncode == 0, out
+        got = json.loads(out)
+        np.testing.assert_array_equal(np.array(got["out"], dtype=np.float32), _truth()[ids])
+        st = got["stats"]
+        assert (st["lookups"], st["hits"], st["on_demand"]) == (5, 1, 2), st
         daemon.close()
     finally:
         p.destroy()

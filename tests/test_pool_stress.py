@@ -101,14 +101,18 @@ def _odd_groups(name: str) -> int:
 @pytest.mark.slow
 # dim 16: the AVX2 bag kernels; 64: the AVX-512F ones where the CPU has them (recmg_lookup_kernel),
 # for float32 and float16 rows; 24: the generic fused and safe loops; ssd: the misses read in one I/O
-# batch between the two passes, and a hit that lost its race read alone from the file
+# batch between the two passes, and a hit that lost its race read alone from the file (float32 rows
+# through the AVX2 kernel, float16 through the AVX-512F one where the CPU has it)
 @pytest.mark.parametrize(
     "dim,slow,dtype",
     [(DIM, "dram", "float32"), (64, "dram", "float32"), (64, "dram", "float16"), (24, "dram", "float32"),
-     (DIM, "ssd", "float32")],
-    ids=["16", "64", "64-f16", "24", "16-ssd"],
+     (DIM, "ssd", "float32"), (64, "ssd", "float16")],
+    ids=["16", "64", "64-f16", "24", "16-ssd", "64-f16-ssd"],
 )
-def test_readers_and_writer_with_sigkill(dim: int, slow: str, dtype: str, tmp_path) -> None:
+def test_readers_and_writer_with_sigkill(dim: int, slow: str, dtype: str, tmp_path, monkeypatch) -> None:
+    # an SSD tier read through the page cache in every process (rows under 128 bytes are anyway): with
+    # O_DIRECT the writers' fills and the readers' misses would wait for the disk, and the test time it
+    monkeypatch.setenv("RECMG_NO_DIRECT", "1")
     ctx = mp.get_context("fork")
     pool = _make_pool(f"ssd:{tmp_path / 'e.bin'}" if slow == "ssd" else "dram", dim=dim, dtype=dtype)
     readers: list = []
@@ -152,7 +156,10 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, dtype: str, tmp_pa
         assert reads >= TOTAL_READS
         assert {r[3] for r in results} == {expected_kernel(dim, dtype)}
         assert wrong == 0
-        assert hits > reads // 10, f"only {hits} of {reads} reads were fast-tier hits"
+        # the hit path ran: over a dram tier 22-23% of the reads find their row resident on the
+        # development VM, over an SSD tier 9-13% (its writers fill more slowly: each fill reads the file)
+        least = reads // (10 if slow == "dram" else 20)
+        assert hits > least, f"only {hits} of {reads} reads were fast-tier hits"
         assert counter.value > 50
         # the pool is consistent after all that: no slot left mid-write, every resident row correct
         assert _odd_groups(pool.name) == 0

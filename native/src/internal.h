@@ -252,6 +252,10 @@ static inline _Atomic uint32_t *entry_version(const recmg_pool *p, uint64_t e) {
 /* How many versions an index of `entries` entries has. */
 static inline uint64_t version_groups(uint64_t entries) { return (entries + (1u << RECMG_GROUP_SHIFT) - 1) >> RECMG_GROUP_SHIFT; }
 int grow(void **buf, size_t *cap, size_t need, size_t elem);
+/* The handle's buffer of rows read from the slow tier for one call (a fill's, or a lookup's misses):
+ * 64-byte aligned, room for `rows` rows of `stride` bytes, its first `keep` rows kept when it grows;
+ * NULL when out of memory. */
+uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride);
 
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
  * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
@@ -344,6 +348,12 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
         i = (i + 1) & mask;
     }
 }
+
+/* Fault injection for the tests: the process stops itself (SIGSTOP) where the environment variable
+ * NAME is set (env_flag). RECMG_FAULT_STOP_IN_WRITE: write_rows, holding the writer lock;
+ * RECMG_FAULT_STOP_AFTER_SLOW_READ: a lookup, after its batch of SSD reads and before it checks its
+ * hits again (lookup.c). */
+void fault_stop(const char *name);
 
 /* slow-tier row reads shared by lookup and fill */
 int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst,

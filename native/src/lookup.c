@@ -8,8 +8,9 @@
  * (pass 1), the row, and a version line that the cache keeps.
  *
  * Pass 1 resolves every id (range check, version and index -> slot, first-appearance dedup); on an
- * SSD slow tier the distinct missing rows are then read in one I/O batch; pass 2 accumulates the bags
- * in id order (the same order as torch.nn.functional.embedding_bag). */
+ * SSD slow tier the distinct missing rows are then read in one I/O batch (and the rows evicted during
+ * it in another); pass 2 accumulates the bags in id order (the same order as
+ * torch.nn.functional.embedding_bag). */
 #include "internal.h"
 
 #include <math.h>
@@ -23,6 +24,8 @@
  * so its loads need to start further ahead than the rows' (64 against 32: BENCHMARKS.md, "One index
  * read a hit"). */
 #define PF_INDEX 64
+/* SSD tier: times the hits are checked again after a batch of reads (bag_one) */
+#define RECHECKS 4
 
 #if defined(__x86_64__)
 #include <immintrin.h>
@@ -313,6 +316,42 @@ typedef struct work {
     uint64_t at;
 } work;
 
+/* The number of SSD-tier row r among the call's distinct missing rows (p->m_rows, *m of them so far),
+ * given to it if it has none yet; -1 when out of memory. */
+static int32_t miss_number(recmg_pool *p, int64_t r, uint64_t *m)
+{
+    const int32_t k = hash_get_or_put(p, r, (int32_t)*m);
+    if (k >= 0) return k;
+    if (grow((void **)&p->m_rows, &p->m_cap, *m + 1, sizeof *p->m_rows) != 0) return -1;
+    p->m_rows[*m] = r;
+    return (int32_t)(*m)++;
+}
+
+/* After a batch of SSD reads: each hit among ids[0, n) whose group's version changed since pass 1
+ * read it is resolved again as pass 1 does (version, then entry): still resident, it keeps its
+ * (maybe new) slot; evicted, it becomes a miss numbered after the rows already read. A version odd
+ * now (a writer inside the group) is left to pass 2's rereads. 0, or -1 when out of memory. */
+static int recheck_hits(recmg_pool *p, const int64_t *ids, uint64_t n, const _Atomic int32_t *index, uint64_t efirst,
+                        int32_t *slot, uint32_t *sver, uint64_t *m)
+{
+    for (uint64_t i = 0; i < n; i++) {
+        if (slot[i] < 0) continue;
+        const int64_t r = ids[i];
+        const uint32_t v = atomic_load_explicit(entry_version(p, efirst + (uint64_t)r), memory_order_acquire);
+        if (v == sver[i] || (v & 1u)) continue;
+        const int32_t s = atomic_load_explicit(&index[r], memory_order_relaxed);
+        sver[i] = v;
+        if (slot_ok(p, s)) {
+            slot[i] = s;
+            continue;
+        }
+        const int32_t k = miss_number(p, r, m);
+        if (k < 0) return -1;
+        slot[i] = -2 - k;
+    }
+    return 0;
+}
+
 static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 {
     int rc;
@@ -384,15 +423,11 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         if (s < 0) {
             umiss += fresh;
             if (!slow) {
-                int32_t k = hash_get_or_put(p, r, (int32_t)m);
+                const int32_t k = miss_number(p, r, &m);
                 if (k < 0) {
-                    k = (int32_t)m;
-                    if (grow((void **)&p->m_rows, &p->m_cap, m + 1, sizeof *p->m_rows) != 0) {
-                        for (uint64_t q = 0; q < nu; q++) seen[urow[q] >> 6] &= ~(UINT64_C(1) << (urow[q] & 63));
-                        return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
-                                      (unsigned long long)m);
-                    }
-                    p->m_rows[m++] = r;
+                    for (uint64_t q = 0; q < nu; q++) seen[urow[q] >> 6] &= ~(UINT64_C(1) << (urow[q] & 63));
+                    return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                                  (unsigned long long)m);
                 }
                 s = -2 - k;
             }
@@ -414,12 +449,27 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     size_t mstride = (rb + 63) / 64 * 64;
     uint8_t *mbuf = NULL;
     if (m) {
-        if (grow((void **)&p->mbuf, &p->mbuf_cap, m * mstride + 64, 1) != 0)
+        if (!(mbuf = rows_buf(p, m, 0, mstride)))
             return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
                           (unsigned long long)m);
-        mbuf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
         rc = read_slow_rows(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
         if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+        fault_stop("RECMG_FAULT_STOP_AFTER_SLOW_READ");
+        /* The batch took a disk's time, long enough for a writer to evict rows that pass 1 found
+         * resident; pass 2 would read each use of such a row alone. */
+        for (int round = 0; round < RECHECKS; round++) {
+            const uint64_t m1 = m;
+            if (recheck_hits(p, ids + i0, n, index, efirst, slot, sver, &m) != 0)
+                return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                              (unsigned long long)m);
+            if (m == m1) break;
+            if (!(mbuf = rows_buf(p, m, m1, mstride)))
+                return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                              (unsigned long long)m);
+            rc = read_slow_rows(p, a->table, p->m_rows + m1, m - m1, mbuf + m1 * mstride, mstride, &slow_bytes);
+            if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+            on_demand = m;
+        }
     }
 
     /* pass 2: accumulate in id order */

@@ -67,6 +67,22 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride)
+{
+    const size_t need = (size_t)rows * stride;
+    if (need > p->mbuf_cap || !p->mbuf) {
+        size_t cap = p->mbuf_cap ? p->mbuf_cap : 65536;
+        while (cap < need) cap *= 2;
+        void *b = NULL;
+        if (posix_memalign(&b, 64, cap) != 0) return NULL;
+        if (keep) memcpy(b, p->mbuf, (size_t)keep * stride);
+        free(p->mbuf);
+        p->mbuf = b;
+        p->mbuf_cap = cap;
+    }
+    return p->mbuf;
+}
+
 static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 static uint32_t dtype_bytes(int dtype) { return dtype == RECMG_F16 ? 2u : 4u; }

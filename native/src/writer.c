@@ -267,12 +267,9 @@ static int64_t fault_point(const char *name)
     return e && e[0] ? strtoll(e, NULL, 10) : -1;
 }
 
-/* Fault injection for the lock tests: RECMG_FAULT_STOP_IN_WRITE=1 makes write_rows stop itself
- * (SIGSTOP) while it holds the writer lock. */
-static void fault_stop_point(void)
+void fault_stop(const char *name)
 {
-    const char *e = getenv("RECMG_FAULT_STOP_IN_WRITE");
-    if (e && e[0] == '1') raise(SIGSTOP);
+    if (env_flag(name)) raise(SIGSTOP);
 }
 
 static void die_mid_write(recmg_pool *p, uint64_t s, const uint64_t *words)
@@ -361,11 +358,11 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         goto out;
     }
     size_t stride = p->h->slot_stride;
-    if (grow((void **)&p->mbuf, &p->mbuf_cap, m * stride + 64, 1) != 0) {
+    uint8_t *buf = rows_buf(p, m, 0, stride);
+    if (!buf) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows", (unsigned long long)m);
         goto out;
     }
-    uint8_t *buf = (uint8_t *)(((uintptr_t)p->mbuf + 63) & ~(uintptr_t)63);
     memset(buf, 0, m * stride);
     uint64_t bytes = 0;
     rc = read_slow_keys(p, p->m_rows, m, buf, stride, &bytes);
@@ -508,7 +505,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
-    fault_stop_point();
+    fault_stop("RECMG_FAULT_STOP_IN_WRITE");
     /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row;
      * if the file write fails at row k, rows [0, k) are written and their resident copies updated */
     if (p->slow) {
