@@ -402,11 +402,11 @@ def main() -> int:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, {os.cpu_count()} CPUs; "
           f"ratio = best in-DRAM kernel time / pool time")  # fmt: skip
     rows_out: list[tuple[str, str, str, str]] = []
-    for rows in args.rows:
+    for rows in args.rows:  # each size's lines as soon as they are measured (a run cut short keeps them)
         hit = bench_all_hit(
             args.tables, rows, 64, 20, 2048, args.reps, threads, args.miss, use_fbgemm, args.zipf, args.dtype
         )
-        rows_out += _lookup_rows(hit, kernel_name)
+        _print_rows(_lookup_rows(hit, kernel_name))
     if not args.lookups_only:
         info = bench_all_hit(26, 2000, 64, 20, 2048, args.reps, threads[-1:], 0.0, use_fbgemm)
         rows_out += [(r[0], r[1], r[2], r[3].split("[")[0] + "[information: cache-resident]")
@@ -439,14 +439,20 @@ def main() -> int:
                 f"{r:.3%}", "", "[target <= 2%]",
             ))  # fmt: skip
 
-    w = [max(len(r[i]) for r in rows_out) for i in range(4)]
+    if rows_out:
+        _print_rows(rows_out)
+    return 0
+
+
+def _print_rows(rows: list[tuple[str, str, str, str]]) -> None:
+    """A block of result lines under the column heads, flushed."""
     head = ("benchmark", "pool", "baseline", "ratio")
-    w = [max(w[i], len(head[i])) for i in range(4)]
+    w = [max(len(head[i]), *(len(r[i]) for r in rows)) for i in range(4)]
     print("  ".join(h.ljust(w[i]) for i, h in enumerate(head)))
     print("  ".join("-" * x for x in w))
-    for r in rows_out:
+    for r in rows:
         print("  ".join(c.ljust(w[i]) for i, c in enumerate(r)).rstrip())
-    return 0
+    print(flush=True)
 
 
 if __name__ == "__main__":
