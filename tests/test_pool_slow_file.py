@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -144,10 +145,34 @@ import json, sys
 import numpy as np
 from recmgd.pool import Pool
 p = Pool.attach(sys.argv[1])
-ids = np.array([int(x) for x in sys.argv[2:]])
+ids = np.array(json.loads(sys.stdin.read()))
 out = p.embedding_bag(0, ids, np.arange(len(ids))).numpy()
 print(json.dumps({"out": out.tolist(), "stats": p.stats()["process"]}), flush=True)
 """
+
+
+def _lookup_while(pool: Pool, ids: list[int], meanwhile: Callable[[], None]) -> tuple[np.ndarray, dict]:
+    """Another process looks up ids (a bag each) in table 0; meanwhile() runs while that lookup waits
+    between its batch of SSD reads and its check of the hits. The bags and the process's counters."""
+    env = dict(os.environ, RECMG_FAULT_STOP_AFTER_SLOW_READ="1")
+    child = subprocess.Popen([sys.executable, "-c", LOOKER, pool.name], env=env, stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        child.stdin.write(json.dumps(ids))
+        child.stdin.close()
+        _, status = os.waitpid(child.pid, os.WUNTRACED)
+        assert os.WIFSTOPPED(status), status
+        meanwhile()
+        os.kill(child.pid, signal.SIGCONT)
+        out = child.stdout.read()
+        child.wait(60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+    assert child.returncode == 0, out
+    got = json.loads(out)
+    return np.array(got["out"], dtype=np.float32), got["stats"]
 
 
 def test_rows_evicted_during_the_reads_are_read_in_a_batch(tmp_path: Path) -> None:
@@ -157,33 +182,47 @@ def test_rows_evicted_during_the_reads_are_read_in_a_batch(tmp_path: Path) -> No
     is still a hit, from its new slot; every output is the row's value."""
     f = tmp_path / "t.bin"
     p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
+    daemon = None
     try:
         p.write_rows(0, np.arange(ROWS), _truth())
         daemon = Pool.attach(p.name, role="daemon")
         daemon.fill_keys(make_keys(0, np.arange(10)))
-        ids = [5, 500, 5, 7, 5]
-        env = dict(os.environ, RECMG_FAULT_STOP_AFTER_SLOW_READ="1")
-        child = subprocess.Popen([sys.executable, "-c", LOOKER, p.name, *map(str, ids)], env=env,
-                                 stdout=subprocess.PIPE, text=True)
-        try:
-            _, status = os.waitpid(child.pid, os.WUNTRACED)
-            assert os.WIFSTOPPED(status), status
+
+        def move() -> None:
             daemon.evict_keys(make_keys(0, [7]))
             daemon.evict_keys(make_keys(0, [5]))
             daemon.fill_keys(make_keys(0, [7]))  # into the slot row 5 had (the last one freed)
             resident = make_keys(0, [0, 1, 2, 3, 4, 6, 7, 8, 9])
             assert sorted(daemon.resident_keys().tolist()) == sorted(resident.tolist())
-            os.kill(child.pid, signal.SIGCONT)
-            out, _ = child.communicate(timeout=60)
-        finally:
-            if child.poll() is None:
-                child.kill()
-                child.wait()
-        assert child.returncode == 0, out
-        got = json.loads(out)
-        np.testing.assert_array_equal(np.array(got["out"], dtype=np.float32), _truth()[ids])
-        st = got["stats"]
+
+        ids = [5, 500, 5, 7, 5]
+        out, st = _lookup_while(p, ids, move)
+        np.testing.assert_array_equal(out, _truth()[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (5, 1, 2), st
-        daemon.close()
     finally:
+        if daemon is not None:
+            daemon.close()
+        p.destroy()
+
+
+def test_the_second_batch_keeps_the_first_batchs_rows(tmp_path: Path) -> None:
+    """1,000 misses (64,000 bytes of rows, in the handle's first 64 KiB buffer) and 150 hits, all
+    evicted during the reads: the second batch grows the buffer past 64 KiB, and the first batch's rows
+    move with it (a wrong copy shows in the bags)."""
+    rows = 2200
+    truth = np.arange(rows * DIM, dtype=np.float32).reshape(rows, DIM)
+    f = tmp_path / "t.bin"
+    p = Pool.create(_name(), tables=[(rows, DIM)], slots=200, slow=f"ssd:{f}")
+    daemon = None
+    try:
+        p.write_rows(0, np.arange(rows), truth)
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(150)))
+        ids = [*range(1000, 2000), *range(150)]
+        out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, np.arange(150))))
+        np.testing.assert_array_equal(out, truth[ids])
+        assert (st["lookups"], st["hits"], st["on_demand"]) == (1150, 0, 1150), st
+    finally:
+        if daemon is not None:
+            daemon.close()
         p.destroy()
