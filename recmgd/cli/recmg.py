@@ -22,13 +22,16 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     """The parser; only the chosen subcommand's module is imported (some pull in torch)."""
-    parser = argparse.ArgumentParser(prog="recmg", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="recmg", description="Offline work on traces and models: convert and inspect traces, simulate "
+        "policies, train and score RecMG's models, run the demo."
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)
     module = None
     for name, (modname, help_text) in SUBCOMMANDS.items():
-        sp = sub.add_parser(name, help=help_text)
+        sp = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         if name != chosen:
             continue
         try:
