@@ -342,3 +342,22 @@ def test_bad_command_lines_are_one_line_errors(tmp_path: Path) -> None:
         assert r.returncode == 2, (argv, r.stderr)
         assert len(r.stderr.strip().splitlines()) == 1 and expect in r.stderr, (argv, r.stderr)
         assert "Traceback" not in r.stderr
+
+
+def test_every_command_says_what_it_does_in_its_help() -> None:
+    """`recmgctl C --help` and `recmg C --help` start with the line their command lists show, and the
+    top-level help of recmg describes the tool (not the module's notes on its layout)."""
+    import argparse
+
+    from recmgd.cli import recmg
+
+    top_parser = recmg.build_parser([])[0]
+    for parser, expected in ((recmgctl.build_parser(), {"stats", "record", "retrain"}),
+                             (top_parser, set(recmg.SUBCOMMANDS))):
+        (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        listed = {a.dest: a.help for a in action._choices_actions}
+        assert expected <= set(action.choices)
+        for name, sub in action.choices.items():
+            assert sub.description and sub.description.rstrip(".").lower() == listed[name].lower(), name
+    top = top_parser.format_help()
+    assert "set_argparser" not in top and "Offline work on traces and models" in top

@@ -52,24 +52,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
     p.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    s = sub.add_parser("stats", help="counters per pool and table")
+
+    def command(name: str, what: str) -> argparse.ArgumentParser:
+        """A subcommand whose --help starts with the line the command list shows."""
+        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+
+    s = command("stats", "counters per pool and table")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     s.add_argument("--watch", type=positive_seconds, metavar="SECONDS",
                    help="repeat every SECONDS until interrupted")
-    s = sub.add_parser("pools", help="the pools the daemon drives")
+    s = command("pools", "the pools the daemon drives")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
-    sub.add_parser("reload", help="re-read the configuration (like SIGHUP)")
-    s = sub.add_parser("pause", help="stop moving rows for a pool (its rings are still drained)")
-    s.add_argument("pool")
-    s = sub.add_parser("resume", help="resume a paused pool")
-    s.add_argument("pool")
-    s = sub.add_parser("policy", help="switch a pool's policy (until the next reload)")
-    s.add_argument("pool")
-    s.add_argument("name")
+    command("reload", "re-read the configuration (like SIGHUP)")
+    pool_help = "the pool's name (as `recmgctl pools` lists it)"
+    s = command("pause", "stop moving rows for a pool (its rings are still drained)")
+    s.add_argument("pool", help=pool_help)
+    s = command("resume", "resume a paused pool")
+    s.add_argument("pool", help=pool_help)
+    s = command("policy", "switch a pool's policy (until the next reload)")
+    s.add_argument("pool", help=pool_help)
+    s.add_argument("name", help="the policy: a name as the configuration's `name` takes (lru, recmg, ...)")
     s.add_argument("--model", metavar="DIR", help="the checkpoint a learned policy loads (`recmg train`)")
-    s = sub.add_parser("record", help="write a pool's live access stream to a trace file (recmg binary "
-                                      "format; one sample per app batch)")
-    s.add_argument("pool")
+    s = command("record", "write a pool's live access stream to a trace file (recmg binary format; one "
+                "sample per app batch)")
+    s.add_argument("pool", help=pool_help)
     s.add_argument("file", help="the trace to write (FILE.partial until it is complete)")
     s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: no limit)")
     s.add_argument("--lookups", type=int, default=0,
@@ -77,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--max-mb", type=float, default=None,
                    help="size cap of the file in MB (10^6 bytes; default: the daemon's, 4 GiB)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
-    s = sub.add_parser("retrain", help="retrain a pool's learned policy now (pools with retrain_every)")
-    s.add_argument("pool")
+    s = command("retrain", "retrain a pool's learned policy now (pools with retrain_every)")
+    s.add_argument("pool", help=pool_help)
     s.add_argument("--wait", action="store_true", help="wait for the result and print both scores")
     return p
 
