@@ -345,15 +345,17 @@ def test_bad_command_lines_are_one_line_errors(tmp_path: Path) -> None:
 
 
 def test_every_command_says_what_it_does_in_its_help() -> None:
-    """`recmgctl C --help` and `recmg C --help` start with the line their command lists show, and the
-    top-level help of recmg describes the tool (not the module's notes on its layout)."""
+    """`recmgctl C --help`, `recmg C --help` and `recmg trace A --help` start with the line their lists
+    show, and the top-level help of recmg describes the tool (not the module's notes on its layout)."""
     import argparse
 
     from recmgd.cli import recmg
 
     top_parser = recmg.build_parser([])[0]
+    trace_parser = recmg.build_parser(["trace"])[0]._subparsers._group_actions[0].choices["trace"]
     for parser, expected in ((recmgctl.build_parser(), {"stats", "record", "retrain"}),
-                             (top_parser, set(recmg.SUBCOMMANDS))):
+                             (top_parser, set(recmg.SUBCOMMANDS)),
+                             (trace_parser, {"convert", "stats", "synth"})):
         (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
         listed = {a.dest: a.help for a in action._choices_actions}
         assert expected <= set(action.choices)

@@ -34,20 +34,25 @@ def _count(text: str) -> int:
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="trace_command", metavar="ACTION")
-    conv = sub.add_parser("convert", help="convert a trace (text, binary, DLRM, Criteo/Avazu CSV)")
-    conv.add_argument("input")
-    conv.add_argument("output")
+
+    def action(name: str, what: str) -> argparse.ArgumentParser:
+        """An action whose --help starts with the line the action list shows."""
+        return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
+
+    conv = action("convert", "convert a trace (text, binary, DLRM, Criteo/Avazu CSV)")
+    conv.add_argument("input", help="the trace to read (any of the four formats, recognised by content)")
+    conv.add_argument("output", help="the trace to write")
     conv.add_argument("--to", choices=["binary", "text", "dlrm"], default=None,
                       help="output format (default: from the name; .trace/.txt text, .pt dlrm, else binary)")
     conv.add_argument("--table-size", type=_count, default=DEFAULT_TABLE_SIZE,
                       help="CSV logs: rows per table that values hash to (default %(default)s)")
-    st = sub.add_parser("stats", help="lookups, tables, unique rows, reuse histogram, LRU/OPT hit rates")
-    st.add_argument("file")
+    st = action("stats", "lookups, tables, unique rows, reuse histogram, LRU/OPT hit rates")
+    st.add_argument("file", help="the trace (any of the four formats, recognised by content)")
     st.add_argument("--batch", type=int, default=16, help="samples per step for the hit rates")
     st.add_argument("--no-sim", action="store_true", help="skip the LRU/OPT hit rates")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.add_argument("--table-size", type=_count, default=DEFAULT_TABLE_SIZE)
-    sy = sub.add_parser("synth", help="write a synthetic trace calibrated to Meta's 2021 statistics")
+    sy = action("synth", "write a synthetic trace calibrated to Meta's 2021 statistics")
     sy.add_argument("output", help="binary trace to write")
     defaults = SynthConfig()
     sy.add_argument("--lookups", type=_count, default=defaults.lookups,
