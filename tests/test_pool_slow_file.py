@@ -139,7 +139,8 @@ def test_failed_write_reports_the_rows_written(tmp_path: Path) -> None:
         p.destroy()
 
 
-# an app whose lookup stops itself after its batch of SSD reads (RECMG_FAULT_STOP_AFTER_SLOW_READ)
+# an app whose lookup stops itself at a fault point (RECMG_FAULT_STOP_AFTER_SLOW_READ: after its batch
+# of SSD reads; RECMG_FAULT_STOP_BEFORE_PASS2: between its passes)
 LOOKER = """
 import json, sys
 import numpy as np
@@ -151,10 +152,12 @@ print(json.dumps({"out": out.tolist(), "stats": p.stats()["process"]}), flush=Tr
 """
 
 
-def _lookup_while(pool: Pool, ids: list[int], meanwhile: Callable[[], None]) -> tuple[np.ndarray, dict]:
-    """Another process looks up ids (a bag each) in table 0; meanwhile() runs while that lookup waits
-    between its batch of SSD reads and its check of the hits. The bags and the process's counters."""
-    env = dict(os.environ, RECMG_FAULT_STOP_AFTER_SLOW_READ="1")
+def _lookup_while(pool: Pool, ids: list[int], meanwhile: Callable[[], None],
+                  point: str = "RECMG_FAULT_STOP_AFTER_SLOW_READ") -> tuple[np.ndarray, dict]:
+    """Another process looks up ids (a bag each) in table 0; meanwhile() runs while that lookup is
+    stopped at the fault point (by default between its batch of SSD reads and its check of the hits).
+    The bags and the process's counters."""
+    env = dict(os.environ, **{point: "1"})
     child = subprocess.Popen([sys.executable, "-c", LOOKER, pool.name], env=env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
@@ -222,6 +225,28 @@ def test_the_second_batch_keeps_the_first_batchs_rows(tmp_path: Path) -> None:
         out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, np.arange(150))))
         np.testing.assert_array_equal(out, truth[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (1150, 0, 1150), st
+    finally:
+        if daemon is not None:
+            daemon.close()
+        p.destroy()
+
+
+def test_rows_evicted_before_pass_2_are_read_in_a_batch(tmp_path: Path) -> None:
+    """Every id a hit in pass 1, no SSD read; between the passes the daemon evicts row 3. Pass 2's
+    bags of row 3 lose their race: they wait, row 3 is read once in a batch, and they are done again
+    (without the wait: one read alone per use, 3 on-demand reads). Row 4 stays a hit."""
+    f = tmp_path / "t.bin"
+    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
+    daemon = None
+    try:
+        p.write_rows(0, np.arange(ROWS), _truth())
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(10)))
+        ids = [3, 3, 4, 3]
+        out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, [3])),
+                                "RECMG_FAULT_STOP_BEFORE_PASS2")
+        np.testing.assert_array_equal(out, _truth()[ids])
+        assert (st["lookups"], st["hits"], st["on_demand"]) == (4, 1, 1), st
     finally:
         if daemon is not None:
             daemon.close()

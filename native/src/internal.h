@@ -200,6 +200,7 @@ struct recmg_pool {
     int vec_copy; /* AVX2 seqlock row copies */
     int vec512;   /* AVX-512F fused bag kernels (kernels_select; RECMG_NO_AVX512=1 keeps AVX2) */
     int vec_f16;  /* F16C: the fused bag kernels take float16 rows too */
+    int fault_pass2; /* RECMG_FAULT_STOP_BEFORE_PASS2 was set when the handle was opened (fault_stop) */
     max_fn max32, max16;
     /* scratch (grown on demand) */
     struct lscratch *ls;   /* lookup scratch: [0] the calling thread, [1..] the workers */
@@ -352,7 +353,8 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
 /* Fault injection for the tests: the process stops itself (SIGSTOP) where the environment variable
  * NAME is set (env_flag). RECMG_FAULT_STOP_IN_WRITE: write_rows, holding the writer lock;
  * RECMG_FAULT_STOP_AFTER_SLOW_READ: a lookup, after its batch of SSD reads and before it checks its
- * hits again (lookup.c). */
+ * hits again (lookup.c); RECMG_FAULT_STOP_BEFORE_PASS2 (read when the handle is opened: pass 2 runs
+ * for every item): a lookup, between its passes. */
 void fault_stop(const char *name);
 
 /* slow-tier row reads shared by lookup and fill */

@@ -10,7 +10,8 @@
  * Pass 1 resolves every id (range check, version and index -> slot, first-appearance dedup); on an
  * SSD slow tier the distinct missing rows are then read in one I/O batch (and the rows evicted during
  * it in another); pass 2 accumulates the bags in id order (the same order as
- * torch.nn.functional.embedding_bag). */
+ * torch.nn.functional.embedding_bag), and on an SSD tier redoes after one more batch the bags whose
+ * rows were evicted during it. */
 #include "internal.h"
 
 #include <math.h>
@@ -494,80 +495,118 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                         .out = a->out, .ostride = ostride, .slow = slow, .mbuf = mbuf, .efirst = efirst,
                         .base = i0, .iend = iend, .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
-    for (uint64_t b = wk->b0; b < wk->b1; b++) {
-        if (fast && fast(&ctx, b, &hits) == 0) continue;
-        float *out = a->out + b * ostride;
-        int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
-        if (facc) {
-            memset(out, 0, (size_t)dim * sizeof *out);
-            uint64_t h = 0;
-            int64_t i = o0;
-            for (; i < o1; i++) {
-                prefetch_ahead(&ctx, (uint64_t)i);
-                int32_t s = slot[i - i0];
-                float w = a->weights ? a->weights[i] : 1.0f;
-                if (s >= 0) {
-                    facc(out, slot_ptr(p, (uint64_t)s), w, dim);
-                    atomic_thread_fence(memory_order_acquire);
-                    if (atomic_load_explicit(entry_version(p, efirst + (uint64_t)ids[i]), memory_order_relaxed) !=
-                        sver[i - i0])
-                        break;
-                    h++;
-                } else {
-                    acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
+    if (p->fault_pass2) fault_stop("RECMG_FAULT_STOP_BEFORE_PASS2");
+    /* On an SSD tier a bag with a hit whose row was evicted during pass 2 waits (`later`): its row is
+     * numbered among the call's misses, and after the other bags the new rows are read in one batch
+     * and the waiting bags done again (round 1), where such a row is read alone as the last resort. */
+    uint64_t *later = NULL, nlater = 0, m_read = m;
+    size_t later_cap = 0;
+    for (int round = 0; round < 2; round++) {
+        const int defer = round == 0 && !slow;
+        const uint64_t nb = round == 0 ? wk->b1 - wk->b0 : nlater;
+        for (uint64_t q = 0; q < nb; q++) {
+            const uint64_t b = round == 0 ? wk->b0 + q : later[q];
+            if (round == 0 && fast && fast(&ctx, b, &hits) == 0) continue;
+            float *out = a->out + b * ostride;
+            int64_t o0 = a->offsets[b], o1 = a->offsets[b + 1];
+            if (facc) {
+                memset(out, 0, (size_t)dim * sizeof *out);
+                uint64_t h = 0;
+                int64_t i = o0;
+                for (; i < o1; i++) {
+                    prefetch_ahead(&ctx, (uint64_t)i);
+                    int32_t s = slot[i - i0];
+                    float w = a->weights ? a->weights[i] : 1.0f;
+                    if (s >= 0) {
+                        facc(out, slot_ptr(p, (uint64_t)s), w, dim);
+                        atomic_thread_fence(memory_order_acquire);
+                        if (atomic_load_explicit(entry_version(p, efirst + (uint64_t)ids[i]), memory_order_relaxed) !=
+                            sver[i - i0])
+                            break;
+                        h++;
+                    } else {
+                        acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
+                    }
                 }
-            }
-            if (i == o1) {
-                hits += h;
-                if (a->mode == RECMG_MEAN && o1 > o0) {
-                    float scale = 1.0f / (float)(o1 - o0);
-                    for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+                if (i == o1) {
+                    hits += h;
+                    if (a->mode == RECMG_MEAN && o1 > o0) {
+                        float scale = 1.0f / (float)(o1 - o0);
+                        for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+                    }
+                    continue;
                 }
-                continue;
-            }
-        }
-        if (a->mode == RECMG_MAX)
-            for (uint32_t j = 0; j < dim; j++) out[j] = -INFINITY;
-        else
-            memset(out, 0, (size_t)dim * sizeof *out);
-        for (int64_t i = o0; i < o1; i++) {
-            prefetch_ahead(&ctx, (uint64_t)i);
-            int64_t r = ids[i];
-            int32_t s = slot[i - i0];
-            const void *row;
-            const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)r);
-            if (s >= 0 && (slot_read(p, s, ver, sver[i - i0], tw, nwords) || slot_reread(p, &index[r], ver, tw, nwords))) {
-                row = tw;
-                hits++;
-            } else if (slow) {
-                row = slow + (uint64_t)r * rb;
-                if (s >= 0) { /* lost a race with the writer: the slow tier is the truth */
-                    on_demand++;
-                    slow_bytes += rb;
-                }
-            } else if (s < 0) {
-                row = mbuf + (size_t)(-2 - s) * mstride;
-            } else {
-                rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
-                if (rc) {
-                    free(heap);
-                    return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
-                }
-                on_demand++;
-                row = tw;
             }
             if (a->mode == RECMG_MAX)
-                mx(out, row, dim);
+                for (uint32_t j = 0; j < dim; j++) out[j] = -INFINITY;
             else
-                acc(out, row, a->weights ? a->weights[i] : 1.0f, dim);
+                memset(out, 0, (size_t)dim * sizeof *out);
+            uint64_t hb = 0;
+            for (int64_t i = o0; i < o1; i++) {
+                prefetch_ahead(&ctx, (uint64_t)i);
+                int64_t r = ids[i];
+                int32_t s = slot[i - i0];
+                const void *row;
+                const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)r);
+                if (s >= 0 &&
+                    (slot_read(p, s, ver, sver[i - i0], tw, nwords) || slot_reread(p, &index[r], ver, tw, nwords))) {
+                    row = tw;
+                    hb++;
+                } else if (slow) {
+                    row = slow + (uint64_t)r * rb;
+                    if (s >= 0) { /* lost a race with the writer: the slow tier is the truth */
+                        on_demand++;
+                        slow_bytes += rb;
+                    }
+                } else if (s < 0) {
+                    row = mbuf + (size_t)(-2 - s) * mstride;
+                } else {
+                    int32_t k;
+                    if (defer && grow((void **)&later, &later_cap, nlater + 1, sizeof *later) == 0 &&
+                        (k = miss_number(p, r, &m)) >= 0) {
+                        slot[i - i0] = -2 - k;
+                        later[nlater++] = b;
+                        goto next;
+                    }
+                    rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
+                    if (rc) {
+                        free(heap);
+                        free(later);
+                        return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+                    }
+                    on_demand++;
+                    row = tw;
+                }
+                if (a->mode == RECMG_MAX)
+                    mx(out, row, dim);
+                else
+                    acc(out, row, a->weights ? a->weights[i] : 1.0f, dim);
+            }
+            hits += hb;
+            if (a->mode == RECMG_MEAN && o1 > o0) {
+                float scale = 1.0f / (float)(o1 - o0);
+                for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+            } else if (a->mode == RECMG_MAX && o1 == o0) {
+                memset(out, 0, (size_t)dim * sizeof *out);
+            }
+        next:;
         }
-        if (a->mode == RECMG_MEAN && o1 > o0) {
-            float scale = 1.0f / (float)(o1 - o0);
-            for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
-        } else if (a->mode == RECMG_MAX && o1 == o0) {
-            memset(out, 0, (size_t)dim * sizeof *out);
+        if (!nlater) break;
+        if (m > m_read) { /* the waiting bags' rows that no batch has read yet */
+            mbuf = rows_buf(p, m, m_read, mstride); /* (ctx.mbuf is round 0's: round 1 takes no fast kernel) */
+            rc = mbuf ? read_slow_rows(p, a->table, p->m_rows + m_read, m - m_read, mbuf + m_read * mstride, mstride,
+                                       &slow_bytes)
+                      : rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
+            if (rc) {
+                free(heap);
+                free(later);
+                return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+            }
+            on_demand += m - m_read;
+            m_read = m;
         }
     }
+    free(later);
     free(heap);
     if (slow) slow_bytes += umiss * rb;
     /* the ids' records at their place in the call's run (the caller publishes the run in argument

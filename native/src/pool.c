@@ -237,6 +237,7 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     p->io.flags = flags;
     pthread_mutex_init(&p->lock, NULL);
     kernels_select(p);
+    p->fault_pass2 = env_flag("RECMG_FAULT_STOP_BEFORE_PASS2");
     return p;
 }
 
