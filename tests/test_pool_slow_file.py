@@ -12,7 +12,8 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -178,18 +179,31 @@ def _lookup_while(pool: Pool, ids: list[int], meanwhile: Callable[[], None],
     return np.array(got["out"], dtype=np.float32), got["stats"]
 
 
+@contextmanager
+def _ssd_pool(tmp_path: Path, rows: int = ROWS, resident: int = 10
+              ) -> Iterator[tuple[Pool, Pool, np.ndarray]]:
+    """A pool over an SSD file, rows' values written (_truth's rule), rows 0 .. resident - 1 in the fast
+    tier; the pool, a daemon handle on it, and the values."""
+    truth = np.arange(rows * DIM, dtype=np.float32).reshape(rows, DIM)
+    p = Pool.create(_name(), tables=[(rows, DIM)], slots=2 * resident + 80, slow=f"ssd:{tmp_path / 't.bin'}")
+    daemon = None
+    try:
+        p.write_rows(0, np.arange(rows), truth)
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(resident)))
+        yield p, daemon, truth
+    finally:
+        if daemon is not None:
+            daemon.close()
+        p.destroy()
+
+
 def test_rows_evicted_during_the_reads_are_read_in_a_batch(tmp_path: Path) -> None:
     """Pass 1 finds rows 5 and 7 resident and row 500 not; while the lookup waits for row 500's read,
     the daemon evicts 5 and moves 7 to another slot. Row 5, used three times, is read once more in one
     batch (without the check after the reads: once per use, alone, 4 on-demand reads in all); row 7
     is still a hit, from its new slot; every output is the row's value."""
-    f = tmp_path / "t.bin"
-    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
-    daemon = None
-    try:
-        p.write_rows(0, np.arange(ROWS), _truth())
-        daemon = Pool.attach(p.name, role="daemon")
-        daemon.fill_keys(make_keys(0, np.arange(10)))
+    with _ssd_pool(tmp_path) as (p, daemon, truth):
 
         def move() -> None:
             daemon.evict_keys(make_keys(0, [7]))
@@ -200,54 +214,28 @@ def test_rows_evicted_during_the_reads_are_read_in_a_batch(tmp_path: Path) -> No
 
         ids = [5, 500, 5, 7, 5]
         out, st = _lookup_while(p, ids, move)
-        np.testing.assert_array_equal(out, _truth()[ids])
+        np.testing.assert_array_equal(out, truth[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (5, 1, 2), st
-    finally:
-        if daemon is not None:
-            daemon.close()
-        p.destroy()
 
 
 def test_the_second_batch_keeps_the_first_batchs_rows(tmp_path: Path) -> None:
     """1,000 misses (64,000 bytes of rows, in the handle's first 64 KiB buffer) and 150 hits, all
     evicted during the reads: the second batch grows the buffer past 64 KiB, and the first batch's rows
     move with it (a wrong copy shows in the bags)."""
-    rows = 2200
-    truth = np.arange(rows * DIM, dtype=np.float32).reshape(rows, DIM)
-    f = tmp_path / "t.bin"
-    p = Pool.create(_name(), tables=[(rows, DIM)], slots=200, slow=f"ssd:{f}")
-    daemon = None
-    try:
-        p.write_rows(0, np.arange(rows), truth)
-        daemon = Pool.attach(p.name, role="daemon")
-        daemon.fill_keys(make_keys(0, np.arange(150)))
+    with _ssd_pool(tmp_path, rows=2200, resident=150) as (p, daemon, truth):
         ids = [*range(1000, 2000), *range(150)]
         out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, np.arange(150))))
         np.testing.assert_array_equal(out, truth[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (1150, 0, 1150), st
-    finally:
-        if daemon is not None:
-            daemon.close()
-        p.destroy()
 
 
 def test_rows_evicted_before_pass_2_are_read_in_a_batch(tmp_path: Path) -> None:
     """Every id a hit in pass 1, no SSD read; between the passes the daemon evicts row 3. Pass 2's
     bags of row 3 lose their race: they wait, row 3 is read once in a batch, and they are done again
     (without the wait: one read alone per use, 3 on-demand reads). Row 4 stays a hit."""
-    f = tmp_path / "t.bin"
-    p = Pool.create(_name(), tables=[(ROWS, DIM)], slots=100, slow=f"ssd:{f}")
-    daemon = None
-    try:
-        p.write_rows(0, np.arange(ROWS), _truth())
-        daemon = Pool.attach(p.name, role="daemon")
-        daemon.fill_keys(make_keys(0, np.arange(10)))
+    with _ssd_pool(tmp_path) as (p, daemon, truth):
         ids = [3, 3, 4, 3]
         out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, [3])),
                                 "RECMG_FAULT_STOP_BEFORE_PASS2")
-        np.testing.assert_array_equal(out, _truth()[ids])
+        np.testing.assert_array_equal(out, truth[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (4, 1, 1), st
-    finally:
-        if daemon is not None:
-            daemon.close()
-        p.destroy()
