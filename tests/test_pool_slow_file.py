@@ -147,22 +147,23 @@ import json, sys
 import numpy as np
 from recmgd.pool import Pool
 p = Pool.attach(sys.argv[1])
-ids = np.array(json.loads(sys.stdin.read()))
-out = p.embedding_bag(0, ids, np.arange(len(ids))).numpy()
+ids, offsets = json.loads(sys.stdin.read())
+out = p.embedding_bag(0, np.array(ids), np.array(offsets)).numpy()
 print(json.dumps({"out": out.tolist(), "stats": p.stats()["process"]}), flush=True)
 """
 
 
 def _lookup_while(pool: Pool, ids: list[int], meanwhile: Callable[[], None],
-                  point: str = "RECMG_FAULT_STOP_AFTER_SLOW_READ") -> tuple[np.ndarray, dict]:
-    """Another process looks up ids (a bag each) in table 0; meanwhile() runs while that lookup is
-    stopped at the fault point (by default between its batch of SSD reads and its check of the hits).
-    The bags and the process's counters."""
+                  point: str = "RECMG_FAULT_STOP_AFTER_SLOW_READ", offsets: list[int] | None = None
+                  ) -> tuple[np.ndarray, dict]:
+    """Another process looks up ids (bags at offsets, default a bag each) in table 0; meanwhile() runs
+    while that lookup is stopped at the fault point (by default between its batch of SSD reads and its
+    check of the hits). The bags and the process's counters."""
     env = dict(os.environ, **{point: "1"})
     child = subprocess.Popen([sys.executable, "-c", LOOKER, pool.name], env=env, stdin=subprocess.PIPE,
                              stdout=subprocess.PIPE, text=True)
     try:
-        child.stdin.write(json.dumps(ids))
+        child.stdin.write(json.dumps([ids, list(range(len(ids))) if offsets is None else offsets]))
         child.stdin.close()
         _, status = os.waitpid(child.pid, os.WUNTRACED)
         assert os.WIFSTOPPED(status), status
@@ -239,3 +240,15 @@ def test_rows_evicted_before_pass_2_are_read_in_a_batch(tmp_path: Path) -> None:
                                 "RECMG_FAULT_STOP_BEFORE_PASS2")
         np.testing.assert_array_equal(out, truth[ids])
         assert (st["lookups"], st["hits"], st["on_demand"]) == (4, 1, 1), st
+
+
+def test_a_bag_that_waits_is_resolved_again_whole(tmp_path: Path) -> None:
+    """Rows 3 and 4 evicted between the passes, bag [3, 4, 3] and bag [5]: the first bag waits, and
+    every id of it is resolved again then, so rows 3 and 4 are read in one batch (resolving only the id
+    that lost its race: row 4 and the second 3 read alone, 3 on-demand reads)."""
+    with _ssd_pool(tmp_path) as (p, daemon, truth):
+        ids = [3, 4, 3, 5]
+        out, st = _lookup_while(p, ids, lambda: daemon.evict_keys(make_keys(0, [3, 4])),
+                                "RECMG_FAULT_STOP_BEFORE_PASS2", offsets=[0, 3])
+        np.testing.assert_array_equal(out, np.stack([truth[[3, 4, 3]].sum(0), truth[5]]))
+        assert (st["lookups"], st["hits"], st["on_demand"]) == (4, 1, 2), st

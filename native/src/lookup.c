@@ -496,9 +496,10 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                         .base = i0, .iend = iend, .mstride = mstride,
                         .rb = rb, .pf_lines = pf_lines, .mean = a->mode == RECMG_MEAN};
     if (p->fault_pass2) fault_stop("RECMG_FAULT_STOP_BEFORE_PASS2");
-    /* On an SSD tier a bag with a hit whose row was evicted during pass 2 waits (`later`): its row is
-     * numbered among the call's misses, and after the other bags the new rows are read in one batch
-     * and the waiting bags done again (round 1), where such a row is read alone as the last resort. */
+    /* On an SSD tier a bag with a hit whose row was evicted during pass 2 waits (`later`): its ids are
+     * resolved again (recheck_hits: its evicted rows numbered among the call's misses), and after the
+     * other bags the new rows are read in one batch and the waiting bags done again (round 1), where a
+     * row evicted once more is read alone as the last resort. */
     uint64_t *later = NULL, nlater = 0, m_read = m;
     size_t later_cap = 0;
     for (int round = 0; round < 2; round++) {
@@ -561,10 +562,15 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 } else if (s < 0) {
                     row = mbuf + (size_t)(-2 - s) * mstride;
                 } else {
-                    int32_t k;
-                    if (defer && grow((void **)&later, &later_cap, nlater + 1, sizeof *later) == 0 &&
-                        (k = miss_number(p, r, &m)) >= 0) {
-                        slot[i - i0] = -2 - k;
+                    if (defer) { /* the bag's ids resolved again (this one is a miss now): it waits */
+                        if (grow((void **)&later, &later_cap, nlater + 1, sizeof *later) != 0 ||
+                            recheck_hits(p, ids + o0, (uint64_t)(o1 - o0), index, efirst, slot + (o0 - (int64_t)i0),
+                                         sver + (o0 - (int64_t)i0), &m) != 0) {
+                            free(heap);
+                            free(later);
+                            return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                                          (unsigned long long)m);
+                        }
                         later[nlater++] = b;
                         goto next;
                     }
