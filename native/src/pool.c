@@ -67,11 +67,14 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem)
     return 0;
 }
 
+/* rows_buf's first size; it doubles from there (tests/test_pool_slow_file.py grows it past this) */
+#define ROWS_BUF_FIRST 65536u
+
 uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride)
 {
     const size_t need = (size_t)rows * stride;
-    if (need > p->mbuf_cap || !p->mbuf) {
-        size_t cap = p->mbuf_cap ? p->mbuf_cap : 65536;
+    if (need > p->mbuf_cap || !p->mbuf) { /* (a fill of no rows gets a buffer too: NULL means no memory) */
+        size_t cap = p->mbuf_cap ? p->mbuf_cap : ROWS_BUF_FIRST;
         while (cap < need) cap *= 2;
         void *b = NULL;
         if (posix_memalign(&b, 64, cap) != 0) return NULL;
