@@ -440,17 +440,23 @@ def test_single_table_split_across_threads_is_identical() -> None:
 def test_split_multi_table_call_counts_like_one_thread() -> None:
     """A multi-table call with few arguments splits each over the threads (distinct rows counted by join
     items over the threads' bitmaps, or by row-range scans where a table repeats): same bits, same
-    per-table counters as one thread, and again on a second call (the bitmaps were cleared)."""
+    per-table counters as one thread, and again on a second call (the bitmaps and miss lists were
+    cleared); the distinct rows and distinct misses are those of the ids."""
     tables = [(3000, 64), (2000, 32), (5000, 16)]
     order = [0, 1, 0, 2]  # table 0 twice: counted by row-range scans; tables 1 and 2 by join items
     results = []
-    for threads in (1, 2, 4):
+    # 2 threads: 4 arguments keep both busy, none split; 3: each split in 3 chunks (4 whole arguments
+    # would leave 2 threads idle in the second round), counted from the bitmaps of the threads that
+    # ran them; 4: each split in 8
+    for threads in (1, 2, 3, 4):
         pool = Pool.create(_name(), tables=tables, slots=6000, threads=threads)
         try:
             rng = np.random.default_rng(11)
+            resident = []
             for t, (rows, dim) in enumerate(tables):
                 pool.write_rows(t, np.arange(rows), rng.standard_normal((rows, dim)).astype(np.float32))
-                pool.fill(t, rng.permutation(rows)[: rows // 2])
+                resident.append(rng.permutation(rows)[: rows // 2])
+                pool.fill(t, resident[-1])
             batches = [_batch(rng, tables[t][0], bags=600, max_len=20) for t in order]
             got = []
             for _ in range(2):
@@ -468,8 +474,15 @@ def test_split_multi_table_call_counts_like_one_thread() -> None:
     want_unique = [
         sum(len(np.unique(batches[k][0].numpy())) for k, t in enumerate(order) if t == tb) for tb in range(3)
     ]
+    want_missed = [
+        sum(len(np.setdiff1d(batches[k][0].numpy(), resident[tb])) for k, t in enumerate(order) if t == tb)
+        for tb in range(3)
+    ]
+    assert min(want_missed) > 0
     for got in results:
         assert [c["unique"] for c in got[0][1]] == want_unique
+        assert [c["on_demand"] for c in got[0][1]] == want_missed
+        assert [c["on_demand"] for c in got[1][1]] == [2 * m for m in want_missed]
         for (outs, counters), (outs1, counters1) in zip(got, results[0], strict=True):
             for a, b in zip(outs, outs1, strict=True):
                 assert torch.equal(a, b)

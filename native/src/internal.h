@@ -140,13 +140,20 @@ typedef struct slowio {
 } slowio;
 
 /* Per-thread lookup scratch. */
+/* A growable list of row ids. */
+typedef struct rowvec {
+    int64_t *v;
+    size_t n, cap;
+} rowvec;
+
 typedef struct lscratch {
     int32_t *slot;  /* per id: slot, -1 (memory miss) or -2 - k (k-th distinct SSD miss) */
     size_t slot_cap;
     int64_t *urow;  /* distinct rows of the call (to clear their seen bits) */
     size_t urow_cap;
     uint64_t **seen; /* per table, one bit per row, all clear between calls */
-    uint64_t **missed; /* per table, one bit per row (a split call's distinct misses), clear between calls */
+    struct rowvec *mrows; /* per table, the missing rows that this thread's chunks of a split argument
+                           * read (with repeats), empty between calls */
     uint32_t *ver;  /* per id: its entry's version when pass 1 read the entry (checked after the row's copy) */
     size_t ver_cap;
     char err[RECMG_ERRLEN];

@@ -25,6 +25,7 @@
  * so its loads need to start further ahead than the rows' (64 against 32: BENCHMARKS.md, "One index
  * read a hit"). */
 #define PF_INDEX 64
+#define MAX_THREADS 256 /* lookup threads a handle may have (recmg_set_threads) */
 /* SSD tier: times the hits are checked again after a batch of reads (bag_one) */
 #define RECHECKS 4
 
@@ -307,15 +308,31 @@ typedef struct work {
     uint64_t b0, b1;
     int uniq;
     int part, nparts;
-    int mark; /* a chunk of a split argument: set its rows' bits (and its misses') in this thread's
-               * bitmaps, left set; join items count the union of the threads' bitmaps and clear them */
+    int mark; /* a chunk of a split argument: set its rows' bits in this thread's bitmap of the table,
+               * left set, and add its missing rows to the thread's list of the table (mrows); join
+               * items count the union of the threads' bitmaps and lists, and clear the bitmaps */
     int join; /* (with part, nparts) count and clear words range `part` of `nparts` of the threads'
                * bitmaps of the argument's table, once its `need` marking chunks are done */
     uint32_t need;
     _Atomic uint32_t *done; /* a marking chunk: counts itself done here; a join item: waits for need */
+    uint8_t *by; /* the argument's n_threads flags: a marking chunk sets its thread's (before done), and
+                  * the join items read only those threads' bitmaps and lists */
     const ringrun *rr; /* bags: the call's run of ring records, where this item's ids go, from position at */
     uint64_t at;
 } work;
+
+/* The distinct rows among rows[0, n), each of whose bits in `set` is set: each is counted once, its
+ * bit cleared when it is. */
+static uint64_t count_listed(uint64_t *set, const int64_t *rows, uint64_t n)
+{
+    uint64_t c = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        const uint64_t r = (uint64_t)rows[k], bit = UINT64_C(1) << (r & 63), w = set[r >> 6];
+        c += (w & bit) != 0;
+        set[r >> 6] = w & ~bit;
+    }
+    return c;
+}
 
 /* The number of SSD-tier row r among the call's distinct missing rows (p->m_rows, *m of them so far),
  * given to it if it has none yet; -1 when out of memory. */
@@ -373,19 +390,18 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     rc = scratch(p, ls, a->table, n, slow == NULL);
     if (rc) return rc;
     /* distinct rows over a memory slow tier with a bitmap no larger than the ids: bits set per id
-     * (branch-free, no list) and counted by popcount after pass 1, as a split argument's chunks do */
+     * (branch-free, no list) and counted by popcount after pass 1, as a split argument's chunks do;
+     * the ids that missed are listed (urow, branch-free too: a miss is rare, so a bitmap of them would
+     * be mostly zeros to count and clear), and their distinct rows counted from that list */
     const uint64_t words = (rows + 63) / 64;
     const int pop = uniq && slow && words <= n;
-    if ((mark || pop) && row_bitmap(p, &ls->missed, a->table) != 0)
-        return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for a lookup of %llu ids",
-                      (unsigned long long)n);
     int32_t *slot = ls->slot;
     uint32_t *sver = ls->ver;
-    uint64_t *seen = ls->seen[a->table], *missed = mark || pop ? ls->missed[a->table] : NULL;
+    uint64_t *seen = ls->seen[a->table];
     int64_t *urow = ls->urow;
 
     /* pass 1: range, version and index -> slot, distinct rows (seen bits), distinct SSD misses (hash) */
-    uint64_t nu = 0, umiss = 0, m = 0;
+    uint64_t nu = 0, umiss = 0, m = 0, nmiss = 0;
     for (uint64_t i = i0; i < iend; i++) {
         if (i + PF_INDEX < iend && (uint64_t)ids[i + PF_INDEX] < rows) {
             __builtin_prefetch(&vers[version_index(efirst + (uint64_t)ids[i + PF_INDEX])], 0, 3);
@@ -394,10 +410,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         int64_t r = ids[i];
         if ((uint64_t)r >= rows) {
             for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
-            if (pop) {
-                memset(seen, 0, words * sizeof *seen);
-                memset(missed, 0, words * sizeof *missed);
-            }
+            if (pop) memset(seen, 0, words * sizeof *seen);
             return rc_buf(ls->err, sizeof ls->err, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)",
                           (long long)r, a->table, (unsigned long long)rows);
         }
@@ -410,9 +423,9 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         sver[i - i0] = v;
         int fresh = 0;
         if (mark || pop) {
-            uint64_t bit = UINT64_C(1) << (r & 63);
-            seen[r >> 6] |= bit;
-            missed[r >> 6] |= s < 0 ? bit : 0;
+            seen[r >> 6] |= UINT64_C(1) << (r & 63);
+            urow[nmiss] = r;
+            nmiss += s < 0;
         } else if (uniq) {
             uint64_t bit = UINT64_C(1) << (r & 63), w = seen[r >> 6];
             fresh = !(w & bit);
@@ -437,12 +450,20 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     }
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
     if (pop) {
-        for (uint64_t w = 0; w < words; w++) {
-            nu += (uint64_t)__builtin_popcountll(seen[w]);
-            umiss += (uint64_t)__builtin_popcountll(missed[w]);
-        }
+        for (uint64_t w = 0; w < words; w++) nu += (uint64_t)__builtin_popcountll(seen[w]);
+        umiss = count_listed(seen, urow, nmiss);
         memset(seen, 0, words * sizeof *seen);
-        memset(missed, 0, words * sizeof *missed);
+    }
+    if (mark && nmiss) { /* the join items count them */
+        if (!ls->mrows && !(ls->mrows = calloc(p->h->n_tables, sizeof *ls->mrows)))
+            return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                          (unsigned long long)nmiss);
+        rowvec *mv = &ls->mrows[a->table];
+        if (grow((void **)&mv->v, &mv->cap, mv->n + nmiss, sizeof *mv->v) != 0)
+            return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
+                          (unsigned long long)nmiss);
+        memcpy(mv->v + mv->n, urow, nmiss * sizeof *urow);
+        mv->n += nmiss;
     }
 
     /* SSD: the distinct missing rows in one batch */
@@ -696,9 +717,10 @@ static inline void cpu_relax(void)
 }
 
 /* A join item: distinct rows and distinct misses of a split argument in one range of its table's
- * bitmap words, the union of every thread's bitmaps (its marking chunks are done first), which it
- * clears. The union is spread over the threads like the chunks, so that no thread counts a whole
- * table's bitmaps alone after every call. */
+ * bitmap words, from the bitmaps and miss lists of the threads that ran its chunks (which are done
+ * first). The union is spread over the threads like the chunks, so that no thread counts a whole
+ * table's bitmaps alone after every call; the bitmaps are read once, cleared as they are, the first
+ * marking thread's left holding the union for the misses' count until the end. */
 static void join_part(recmg_pool *p, const work *wk, bagres *res)
 {
     for (unsigned k = 1; atomic_load_explicit(wk->done, memory_order_acquire) < wk->need; k++) {
@@ -709,20 +731,37 @@ static void join_part(recmg_pool *p, const work *wk, bagres *res)
     const uint64_t words = (p->tables[tb].rows + 63) / 64;
     const uint64_t w0 = words * (uint64_t)wk->part / (uint64_t)wk->nparts;
     const uint64_t w1 = words * (uint64_t)(wk->part + 1) / (uint64_t)wk->nparts;
+    uint64_t *maps[MAX_THREADS];
+    int nm = 0;
+    for (int q = 0; q < p->n_threads; q++) /* a marking thread's bitmap exists: the caller made it */
+        if (wk->by[q]) maps[nm++] = p->ls[q].seen[tb];
     uint64_t u = 0, um = 0;
+    if (nm == 0) goto counted; /* every chunk failed before it marked (out of memory) */
+    uint64_t *uni = maps[0];
     for (uint64_t w = w0; w < w1; w++) {
-        uint64_t sw = 0, mw = 0;
-        for (int q = 0; q < p->n_threads; q++) { /* every thread's bitmaps exist: the caller made them */
-            sw |= p->ls[q].seen[tb][w];
-            mw |= p->ls[q].missed[tb][w];
+        uint64_t sw = uni[w];
+        for (int j = 1; j < nm; j++) {
+            sw |= maps[j][w];
+            maps[j][w] = 0;
         }
+        uni[w] = sw;
         u += (uint64_t)__builtin_popcountll(sw);
-        um += (uint64_t)__builtin_popcountll(mw);
     }
+    /* the listed misses in this range of rows, each distinct row counted once (its union bit cleared) */
+    const uint64_t lo = w0 * 64, span = (w1 - w0) * 64;
     for (int q = 0; q < p->n_threads; q++) {
-        memset(p->ls[q].seen[tb] + w0, 0, (w1 - w0) * sizeof(uint64_t));
-        memset(p->ls[q].missed[tb] + w0, 0, (w1 - w0) * sizeof(uint64_t));
+        if (!wk->by[q] || !p->ls[q].mrows) continue;
+        const rowvec *mv = &p->ls[q].mrows[tb];
+        for (size_t k = 0; k < mv->n; k++) {
+            const uint64_t r = (uint64_t)mv->v[k];
+            if (r - lo >= span) continue;
+            const uint64_t bit = UINT64_C(1) << (r & 63), x = uni[r >> 6];
+            um += (x & bit) != 0;
+            uni[r >> 6] = x & ~bit;
+        }
     }
+    memset(uni + w0, 0, (w1 - w0) * sizeof *uni);
+counted:
     res->unique = u;
     res->on_demand = um;
     res->slow_bytes = um * p->tables[tb].row_bytes;
@@ -741,6 +780,7 @@ static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *re
             join_part(p, wk, &res[k]);
             continue;
         }
+        if (wk->mark) wk->by[ls - p->ls] = 1;
         res[k].rc = wk->part >= 0 ? unique_part(p, ls, wk, &res[k]) : bag_one(p, ls, wk, &res[k]);
         if (res[k].rc) snprintf(res[k].err, sizeof res[k].err, "%s", ls->err);
         if (wk->mark) atomic_fetch_add_explicit(wk->done, 1, memory_order_release);
@@ -813,9 +853,9 @@ static void scratch_free(recmg_pool *p, lscratch *ls)
     if (ls->seen)
         for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->seen[t]);
     free(ls->seen);
-    if (ls->missed)
-        for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->missed[t]);
-    free(ls->missed);
+    if (ls->mrows)
+        for (uint32_t t = 0; t < p->h->n_tables; t++) free(ls->mrows[t].v);
+    free(ls->mrows);
 }
 
 void lookup_free(recmg_pool *p)
@@ -865,7 +905,8 @@ static void workers_start(recmg_pool *p)
 
 int recmg_set_threads(recmg_pool *p, int n)
 {
-    if (!p || n < 1 || n > 256) return p ? rc_set(p, RECMG_EINVAL, "threads must be 1..256, got %d", n) : RECMG_EINVAL;
+    if (!p || n < 1 || n > MAX_THREADS)
+        return p ? rc_set(p, RECMG_EINVAL, "threads must be 1..%d, got %d", MAX_THREADS, n) : RECMG_EINVAL;
     pthread_mutex_lock(&p->lock);
     lookup_free(p);
     p->n_threads = n;
@@ -893,6 +934,24 @@ static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
 
 #define MIN_CHUNK_BAGS 64
 
+/* Chunks of bags each of n arguments is split into, for t threads (at most, by MIN_CHUNK_BAGS). A
+ * call with at most t arguments is split into some 8t chunks, which every thread shares. With more
+ * arguments, the fewest chunks an argument that keep the threads busy for 90% of the last round
+ * (26 tables on 16 threads: 3 each, 78 chunks in 5 rounds, where 26 whole tables take 2 rounds with
+ * 10 threads idle in the second): each split argument's distinct rows are counted from the bitmaps
+ * of the threads that ran its chunks, so fewer chunks read fewer bitmaps. */
+static uint32_t chunks_per_arg(uint32_t n, uint32_t t)
+{
+    if (t < 2 || n == 0) return 1;
+    if (n <= t) return (8 * t + n - 1) / n;
+    uint32_t c = 1;
+    for (; c < 8; c++) {
+        const uint64_t items = (uint64_t)n * c, rounds = (items + t - 1) / t;
+        if (10 * items >= 9 * rounds * t) break;
+    }
+    return c;
+}
+
 int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
 {
     if (!p || (n && !args)) return RECMG_EINVAL;
@@ -907,7 +966,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     bagres *res = NULL, *argres = NULL;
     uint32_t *first = NULL;
     uint64_t *at = NULL;
-    uint8_t *marked = NULL;
+    uint8_t *marked = NULL, *by = NULL;
     _Atomic uint32_t *done = NULL;
     if (!p->ls && !(p->ls = calloc((size_t)p->n_threads, sizeof *p->ls))) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for lookup scratch");
@@ -920,7 +979,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     parallel = parallel && p->wk && p->wk->n > 0;
     /* the work items: one per argument, or (few arguments, many bags) a split of its bags */
     uint64_t nitems = 0;
-    uint32_t split_to = parallel && n < 2u * (uint32_t)p->n_threads ? 8u * (uint32_t)p->n_threads : 1u;
+    const uint32_t split_to = parallel ? chunks_per_arg(n, (uint32_t)p->n_threads) : 1u;
     first = calloc((size_t)n + 1, sizeof *first);
     argres = calloc(n ? n : 1, sizeof *argres);
     at = calloc((size_t)n + 1, sizeof *at);
@@ -929,14 +988,15 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         goto out;
     }
     /* A split argument: its chunks of bags, and its distinct rows counted either by join items (its
-     * chunks mark each thread's bitmaps of its table, the join items count and clear their union, a
-     * range of bitmap words each), or, when the bitmap is larger than its ids or another argument of the
+     * chunks mark their threads' bitmaps of its table and list their misses, the join items count and
+     * clear the union, a range of bitmap words each), or, when the bitmap is larger than its ids or another argument of the
      * call has the same table, by n_threads items that each scan its ids for one range of row values.
      * Join items go after all other items. */
     const int nparts = p->n_threads;
     marked = calloc(n ? n : 1, 1);
     done = calloc(n ? n : 1, sizeof *done);
-    if (!marked || !done) {
+    by = calloc((size_t)(n ? n : 1) * (size_t)nparts, 1);
+    if (!marked || !done || !by) {
         rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
         goto out;
     }
@@ -950,7 +1010,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             int alone = (p->tables[tb].rows + 63) / 64 <= args[k].n_ids;
             for (uint32_t q = 0; q < n && alone; q++) alone = q == k || args[q].table != tb;
             for (int q = 0; q < nparts && alone; q++)
-                if (row_bitmap(p, &p->ls[q].seen, tb) != 0 || row_bitmap(p, &p->ls[q].missed, tb) != 0) {
+                if (row_bitmap(p, &p->ls[q].seen, tb) != 0) {
                     rc = rc_set(p, RECMG_ENOMEM, "out of memory for %u lookups", n);
                     goto out;
                 }
@@ -986,12 +1046,13 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         } else {
             for (int q = 0; q < nparts; q++)
                 *jt++ = (work){.a = &args[k], .part = q, .nparts = nparts, .join = 1, .need = (uint32_t)c,
-                               .done = &done[k]};
+                               .done = &done[k], .by = by + (size_t)k * (size_t)nparts};
         }
         for (uint64_t q = 0; q < c; q++) {
             const uint64_t b0 = nb * q / c;
             *it++ = (work){.a = &args[k], .b0 = b0, .b1 = nb * (q + 1) / c, .uniq = 0, .part = -1,
-                           .mark = marked[k], .done = &done[k], .rr = &rr, .at = at[k] + (uint64_t)args[k].offsets[b0]};
+                           .mark = marked[k], .done = &done[k], .by = by + (size_t)k * (size_t)nparts, .rr = &rr,
+                           .at = at[k] + (uint64_t)args[k].offsets[b0]};
         }
     }
     if (parallel) {
@@ -1012,6 +1073,9 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
         _Atomic uint64_t next = 0;
         run_items(p, &p->ls[0], items, res, nitems, &next);
     }
+    for (uint32_t k = 0; k < n; k++) /* the join items have counted the marking threads' miss lists */
+        for (int q = 0; q < nparts && marked[k]; q++)
+            if (by[(size_t)k * (size_t)nparts + (size_t)q] && p->ls[q].mrows) p->ls[q].mrows[args[k].table].n = 0;
     for (uint64_t q = nbase; q < nitems; q++) { /* the join items' counts */
         bagres *t = &argres[items[q].a - args];
         t->unique += res[q].unique;
@@ -1052,6 +1116,7 @@ out:
     free(first);
     free(at);
     free(marked);
+    free(by);
     free((void *)done);
     return rc;
 }
