@@ -685,6 +685,21 @@ static int unique_part(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
 }
 
 /* ---- worker threads (memory slow tiers): tables, and large tables' bags, spread over threads ---- */
+
+/* A call's items, claimed one at a time by whichever threads come. A claim carries the job's tag (the
+ * low 32 bits of the workers' gen that published it; 0 for a call without workers), so a worker late
+ * for a job (descheduled while the others did it) claims nothing of it, nor of the next job until it
+ * has seen that job's gen; and the caller waits for its items to be done (finished), not for every
+ * worker to come by: a worker that the kernel has not run yet holds up no call. items and res are read
+ * only after a claim, while the job is live. */
+typedef struct job {
+    _Atomic uint64_t next; /* tag << 32 | the next item to claim */
+    _Atomic uint64_t nitems;
+    _Atomic uint64_t finished; /* items done (release: their results and ring records) */
+    const work *items;
+    bagres *res;
+} job;
+
 typedef struct workers {
     int n; /* worker threads (the caller works too) */
     pthread_t *th;
@@ -696,11 +711,7 @@ typedef struct workers {
     _Atomic uint64_t gen;
     _Atomic int sleepers;
     _Atomic int stop;
-    _Atomic int active; /* workers still on the current job */
-    const work *items;
-    bagres *res;
-    uint64_t nitems;
-    _Atomic uint64_t next;
+    job jb;
     recmg_pool *p;
 } workers;
 
@@ -767,23 +778,34 @@ counted:
     res->slow_bytes = um * p->tables[tb].row_bytes;
 }
 
-/* Claims items in order until none is left. Join items come after every other item of the job, so a
- * join item waits only for chunks that other threads are already running. */
-static void run_items(recmg_pool *p, lscratch *ls, const work *items, bagres *res, uint64_t nitems,
-                      _Atomic uint64_t *next)
+/* Item k of job `tag`, or -1 when the job has no item left or is not (any longer) the one in jb. */
+static int64_t claim(job *jb, uint32_t tag)
 {
+    uint64_t v = atomic_load_explicit(&jb->next, memory_order_acquire);
     for (;;) {
-        uint64_t k = atomic_fetch_add_explicit(next, 1, memory_order_relaxed);
-        if (k >= nitems) break;
-        const work *wk = &items[k];
+        const uint64_t k = v & UINT32_MAX;
+        if ((uint32_t)(v >> 32) != tag || k >= atomic_load_explicit(&jb->nitems, memory_order_relaxed)) return -1;
+        if (atomic_compare_exchange_weak_explicit(&jb->next, &v, v + 1, memory_order_acquire, memory_order_acquire))
+            return (int64_t)k;
+    }
+}
+
+/* Claims items of job `tag` in order until none is left. Join items come after every other item of
+ * the job, so a join item waits only for chunks that other threads are already running. */
+static void run_items(recmg_pool *p, lscratch *ls, job *jb, uint32_t tag)
+{
+    for (int64_t k; (k = claim(jb, tag)) >= 0;) {
+        const work *wk = &jb->items[k];
+        bagres *res = &jb->res[k];
         if (wk->join) {
-            join_part(p, wk, &res[k]);
-            continue;
+            join_part(p, wk, res);
+        } else {
+            if (wk->mark) wk->by[ls - p->ls] = 1;
+            res->rc = wk->part >= 0 ? unique_part(p, ls, wk, res) : bag_one(p, ls, wk, res);
+            if (res->rc) snprintf(res->err, sizeof res->err, "%s", ls->err);
+            if (wk->mark) atomic_fetch_add_explicit(wk->done, 1, memory_order_release);
         }
-        if (wk->mark) wk->by[ls - p->ls] = 1;
-        res[k].rc = wk->part >= 0 ? unique_part(p, ls, wk, &res[k]) : bag_one(p, ls, wk, &res[k]);
-        if (res[k].rc) snprintf(res[k].err, sizeof res[k].err, "%s", ls->err);
-        if (wk->mark) atomic_fetch_add_explicit(wk->done, 1, memory_order_release);
+        atomic_fetch_add_explicit(&jb->finished, 1, memory_order_release);
     }
 }
 
@@ -818,6 +840,7 @@ static void *worker_main(void *arg)
                 if (!t0) t0 = t;
                 else if (t - t0 > SPIN_US) break;
             }
+            if (k % 256 == 0) sched_yield(); /* a thread with work waits for this core: let it run */
         }
         if (g == seen) {
             pthread_mutex_lock(&w->mu);
@@ -828,8 +851,7 @@ static void *worker_main(void *arg)
         }
         if (atomic_load(&w->stop)) break;
         seen = g;
-        run_items(w->p, ls, w->items, w->res, w->nitems, &w->next);
-        atomic_fetch_sub_explicit(&w->active, 1, memory_order_release);
+        run_items(w->p, ls, &w->jb, (uint32_t)g);
     }
     return NULL;
 }
@@ -1057,21 +1079,24 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     }
     if (parallel) {
         workers *w = p->wk;
-        w->items = items;
-        w->res = res;
-        w->nitems = nitems;
-        atomic_store_explicit(&w->next, 0, memory_order_relaxed);
-        atomic_store_explicit(&w->active, w->n, memory_order_relaxed);
-        workers_kick(w);
-        run_items(p, &p->ls[0], items, res, nitems, &w->next);
-        /* the workers are on their last items of this job: poll, yielding the CPU now and then */
-        for (unsigned k = 1; atomic_load_explicit(&w->active, memory_order_acquire) > 0; k++) {
+        job *jb = &w->jb;
+        /* the previous job's items were all done, so no thread reads these until the tag below */
+        jb->items = items;
+        jb->res = res;
+        atomic_store_explicit(&jb->nitems, nitems, memory_order_relaxed);
+        atomic_store_explicit(&jb->finished, 0, memory_order_relaxed);
+        const uint32_t tag = (uint32_t)(atomic_load_explicit(&w->gen, memory_order_relaxed) + 1);
+        atomic_store_explicit(&jb->next, (uint64_t)tag << 32, memory_order_release);
+        workers_kick(w); /* gen + 1: the tag */
+        run_items(p, &p->ls[0], jb, tag);
+        /* the other threads are on the job's last items: poll, yielding the CPU now and then */
+        for (unsigned k = 1; atomic_load_explicit(&jb->finished, memory_order_acquire) < nitems; k++) {
             cpu_relax();
             if (k % 256 == 0) sched_yield();
         }
     } else {
-        _Atomic uint64_t next = 0;
-        run_items(p, &p->ls[0], items, res, nitems, &next);
+        job jb = {.nitems = nitems, .items = items, .res = res};
+        run_items(p, &p->ls[0], &jb, 0);
     }
     for (uint32_t k = 0; k < n; k++) /* the join items have counted the marking threads' miss lists */
         for (int q = 0; q < nparts && marked[k]; q++)
@@ -1106,7 +1131,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             logged = at[k + 1];
         }
     }
-    /* the workers' records are visible here (their last decrement of active released them) */
+    /* the workers' records are visible here (each item's count in finished released them) */
     ring_publish(p, &rr, logged);
 out:
     pthread_mutex_unlock(&p->lock);
