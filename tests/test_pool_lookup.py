@@ -4,6 +4,8 @@ per-sample weights, for all-hit, all-miss and mixed fast-tier states."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 
@@ -487,6 +489,54 @@ def test_split_multi_table_call_counts_like_one_thread() -> None:
             for a, b in zip(outs, outs1, strict=True):
                 assert torch.equal(a, b)
             assert counters == counters1
+
+
+# A process whose first lookup worker, once it has seen a job, waits while the path in
+# RECMG_FAULT_HOLD_WORKER exists: the calls must be done by the other threads, with torch's values.
+HELD_WORKER = r"""
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from recmgd.pool import Pool
+
+rows, dim, bags, pooling = 3000, 64, 600, 20
+pool = Pool.create(sys.argv[1], tables=[(rows, dim)] * 3, slots=4500, threads=4)
+try:
+    rng = np.random.default_rng(3)
+    ws = []
+    for t in range(3):
+        w = rng.standard_normal((rows, dim)).astype(np.float32)
+        pool.write_rows(t, np.arange(rows), w)
+        pool.fill(t, rng.permutation(rows)[: rows // 2])
+        ws.append(torch.from_numpy(w))
+    offsets = torch.arange(0, bags * pooling + 1, pooling)
+    for _ in range(4):
+        ids = [torch.from_numpy(rng.integers(0, rows, bags * pooling)) for _ in range(3)]
+        outs = pool.embedding_bags([0, 1, 2], ids, [offsets] * 3)
+        outs.append(pool.embedding_bag(1, ids[1], offsets))
+        for out, t in zip(outs, [0, 1, 2, 1], strict=True):
+            ref = F.embedding_bag(ids[t], ws[t], offsets, mode="sum")
+            torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)
+    print("ok", flush=True)
+finally:
+    pool.destroy()
+"""
+
+
+def test_a_worker_that_does_not_run_holds_up_no_call(tmp_path) -> None:
+    """A call waits for its items, not for every lookup thread: with one of the 4 threads held (the
+    RECMG_FAULT_HOLD_WORKER fault point, as a thread the kernel does not run), split and whole
+    arguments still complete, exactly."""
+    hold = tmp_path / "hold"
+    hold.touch()
+    env = dict(os.environ, RECMG_FAULT_HOLD_WORKER=str(hold))
+    r = subprocess.run([sys.executable, "-c", HELD_WORKER, _name()], env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.strip() == "ok"
 
 
 @pytest.mark.parametrize("tier,dtype", [("dram", "float32"), ("ssd", "float32"), ("dram", "float16"),

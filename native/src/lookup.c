@@ -712,6 +712,9 @@ typedef struct workers {
     _Atomic int sleepers;
     _Atomic int stop;
     job jb;
+    char *hold; /* RECMG_FAULT_HOLD_WORKER when the workers started: while that path exists, the first
+                 * worker, having seen a job, waits before it claims (tests: a late worker holds up no
+                 * call) */
     recmg_pool *p;
 } workers;
 
@@ -851,6 +854,8 @@ static void *worker_main(void *arg)
         }
         if (atomic_load(&w->stop)) break;
         seen = g;
+        if (w->hold && st.id == 1)
+            while (access(w->hold, F_OK) == 0 && !atomic_load(&w->stop)) usleep(1000);
         run_items(w->p, ls, &w->jb, (uint32_t)g);
     }
     return NULL;
@@ -890,6 +895,7 @@ void lookup_free(recmg_pool *p)
     }
     if (w) {
         free(w->th);
+        free(w->hold);
         free(w);
     }
     p->wk = NULL;
@@ -910,6 +916,12 @@ static void workers_start(recmg_pool *p)
         return;
     }
     w->p = p;
+    const char *hold = getenv("RECMG_FAULT_HOLD_WORKER");
+    if (hold && hold[0] && !(w->hold = strdup(hold))) {
+        free(w->th);
+        free(w);
+        return;
+    }
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv_job, NULL);
     for (int i = 1; i < p->n_threads; i++) {
