@@ -20,6 +20,11 @@ the same build's pool made before it (HEAD against HEAD, all-hit, 26 x 100k rows
 most changes measured here; the two orders cancel that. The rounds' ratios are printed too: far apart,
 the placement of the pools' memory outweighs the change.
 
+Memory: each pool holds every row twice (fast tier and slow tier) and the rows are generated once, so
+a run needs about 5 x tables x rows x dim x 4 bytes (8 x 1M rows at dim 64: 10 GB; 13 x 1M does not
+fit a 24 GB VM). The tool says so and stops before it starts when the machine has less available, and
+removes the pools that runs killed before their end (out of memory, Ctrl-C) left in /dev/shm.
+
 ``--churn`` measures hits instead of time: for each build in turn, table 0's even rows stay resident
 while a forked writer (daemon role) evicts and fills its odd rows back to back, and the app reads
 only even rows (``--reps`` calls of batch x pooling ids); it prints the share of those reads that
@@ -49,6 +54,7 @@ from pathlib import Path
 from types import ModuleType
 
 import numpy as np
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -215,6 +221,23 @@ def churn_hits(side: Side, rows: int, calls: int, n: int, pooling: int, drain: n
     return (h1 - h0) / (l1 - l0)
 
 
+def drop_stale_pools(shm: Path = Path("/dev/shm")) -> list[str]:
+    """Removes this tool's pools (recmg-ab-TAG-PID) whose process is gone; their names."""
+    gone = []
+    for f in shm.glob("recmg-ab-*-*"):
+        pid = f.name.rsplit("-", 1)[1]
+        if pid.isdigit() and not psutil.pid_exists(int(pid)):
+            f.unlink(missing_ok=True)
+            gone.append(f.name)
+    return gone
+
+
+def memory_needed(tables: int, rows: int, dim: int) -> int:
+    """Bytes a run takes: two pools of every row twice (fast and slow tier, float32 at most), the
+    generated rows, and 1 GiB for the interpreter, torch and the ids."""
+    return 5 * tables * rows * dim * 4 + 2**30
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--base", default=BASE_DEFAULT, help="git revision of the base build")
@@ -238,11 +261,17 @@ def main() -> int:
     ap.add_argument("--churn", action="store_true", help="hits of resident rows while a writer changes the "
                     "other rows of their groups, instead of time (table 0 only)")  # fmt: skip
     a = ap.parse_args()
+    for name in drop_stale_pools():
+        print(f"removed /dev/shm/{name}, left by a run that did not finish")
+    need, have = memory_needed(a.tables, a.rows, a.dim), psutil.virtual_memory().available
+    if need > have:
+        raise SystemExit(f"{a.tables} tables x {a.rows} rows at dim {a.dim} need about {need / 2**30:.1f} "
+                         f"GiB, {have / 2**30:.1f} GiB available: use fewer --tables or --rows")
     import recmgd._native as new_mod
 
     base_mod = load(build_base(a.base))
     rng = np.random.default_rng(0)
-    weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32).astype(a.dtype)
+    weights = rng.standard_normal((a.tables, a.rows, a.dim), dtype=np.float32).astype(a.dtype, copy=False)
     n = a.batch * a.pooling
     draw = IdDraw(a.tables, a.rows, a.zipf)
     gone = draw.evicted_keys(a.tables, a.miss) if a.miss else np.zeros(0, np.int64)
