@@ -972,7 +972,7 @@ static void account(recmg_pool *p, const recmg_bag_args *a, const bagres *r)
  * call with at most t arguments is split into some 8t chunks, which every thread shares. With more
  * arguments, the fewest chunks an argument that keep the threads busy for 90% of the last round
  * (26 tables on 16 threads: 3 each, 78 chunks in 5 rounds, where 26 whole tables take 2 rounds with
- * 10 threads idle in the second): each split argument's distinct rows are counted from the bitmaps
+ * 6 threads idle in the second): each split argument's distinct rows are counted from the bitmaps
  * of the threads that ran its chunks, so fewer chunks read fewer bitmaps. */
 static uint32_t chunks_per_arg(uint32_t n, uint32_t t)
 {
@@ -1023,9 +1023,9 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
     }
     /* A split argument: its chunks of bags, and its distinct rows counted either by join items (its
      * chunks mark their threads' bitmaps of its table and list their misses, the join items count and
-     * clear the union, a range of bitmap words each), or, when the bitmap is larger than its ids or another argument of the
-     * call has the same table, by n_threads items that each scan its ids for one range of row values.
-     * Join items go after all other items. */
+     * clear the union, a range of bitmap words each), or, when the bitmap is larger than its ids or
+     * another argument of the call has the same table, by n_threads items that each scan its ids for
+     * one range of row values. Join items go after all other items. */
     const int nparts = p->n_threads;
     marked = calloc(n ? n : 1, 1);
     done = calloc(n ? n : 1, sizeof *done);
