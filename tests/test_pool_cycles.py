@@ -100,6 +100,15 @@ def tsan_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _sanitized_driver(tmp_path_factory.mktemp("tsan"), "thread", "cycle_stress_tsan")
 
 
+def _run_clean(driver: Path, args: list[str], env: dict[str, str], timeout: int, *reports: str) -> None:
+    """Runs a sanitized cycle_stress; it must pass every cycle and print none of the reports."""
+    r = subprocess.run([str(driver), *args], capture_output=True, text=True, timeout=timeout, env=env)
+    assert r.returncode == 0, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-6000:]}"
+    assert ": ok" in r.stdout
+    for report in reports:
+        assert report not in r.stderr, r.stderr[-6000:]
+
+
 @pytest.mark.parametrize("threads", [4, 8])
 def test_lookup_threads_under_thread_sanitizer(tsan_driver: Path, threads: int) -> None:
     """The lookup workers (claims tagged by job, split arguments' chunks and join items over the
@@ -108,16 +117,7 @@ def test_lookup_threads_under_thread_sanitizer(tsan_driver: Path, threads: int) 
     so a writer could give false reports; with 100 slots most reads are misses, which the miss lists
     count."""
     env = dict(os.environ, TSAN_OPTIONS="halt_on_error=1:exitcode=23")
-    r = subprocess.run(
-        [str(tsan_driver), "150", str(threads), "0", "dram"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=env,
-    )
-    assert r.returncode == 0, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-6000:]}"
-    assert ": ok" in r.stdout
-    assert "WARNING: ThreadSanitizer" not in r.stderr
+    _run_clean(tsan_driver, ["150", str(threads), "0", "dram"], env, 300, "WARNING: ThreadSanitizer")
 
 
 @pytest.mark.parametrize(("threads", "fill", "slow"), [(1, 0, "dram"), (3, 1, "dram"), (2, 1, "ssd")])
@@ -129,13 +129,5 @@ def test_cycles_under_address_sanitizer(
     env = dict(os.environ)
     env["ASAN_OPTIONS"] = "detect_leaks=1:abort_on_error=0:exitcode=23"
     env["UBSAN_OPTIONS"] = "print_stacktrace=1:halt_on_error=1"
-    r = subprocess.run(
-        [str(asan_driver), cycles, str(threads), str(fill), arg],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
-    assert r.returncode == 0, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-6000:]}"
-    assert ": ok" in r.stdout
-    assert "ERROR: AddressSanitizer" not in r.stderr and "runtime error" not in r.stderr
+    _run_clean(asan_driver, [cycles, str(threads), str(fill), arg], env, 120, "ERROR: AddressSanitizer",
+               "runtime error")
