@@ -321,6 +321,23 @@ typedef struct work {
     uint64_t at;
 } work;
 
+/* The bits set in w[0, n): with the POPCNT instruction where the CPU has it (the library is built for
+ * any x86-64, where __builtin_popcountll is a call into libgcc a word). */
+__attribute__((target("popcnt"))) static uint64_t popcount_words_hw(const uint64_t *w, uint64_t n)
+{
+    uint64_t c = 0;
+    for (uint64_t i = 0; i < n; i++) c += (uint64_t)__builtin_popcountll(w[i]);
+    return c;
+}
+
+static uint64_t popcount_words(const uint64_t *w, uint64_t n)
+{
+    if (__builtin_cpu_supports("popcnt")) return popcount_words_hw(w, n);
+    uint64_t c = 0;
+    for (uint64_t i = 0; i < n; i++) c += (uint64_t)__builtin_popcountll(w[i]);
+    return c;
+}
+
 /* The distinct rows among rows[0, n), each of whose bits in `set` is set: each is counted once, its
  * bit cleared when it is. */
 static uint64_t count_listed(uint64_t *set, const int64_t *rows, uint64_t n)
@@ -450,7 +467,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     }
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
     if (pop) {
-        for (uint64_t w = 0; w < words; w++) nu += (uint64_t)__builtin_popcountll(seen[w]);
+        nu += popcount_words(seen, words);
         umiss = count_listed(seen, urow, nmiss);
         memset(seen, 0, words * sizeof *seen);
     }
@@ -759,8 +776,8 @@ static void join_part(recmg_pool *p, const work *wk, bagres *res)
             maps[j][w] = 0;
         }
         uni[w] = sw;
-        u += (uint64_t)__builtin_popcountll(sw);
     }
+    u = popcount_words(uni + w0, w1 - w0);
     /* the listed misses in this range of rows, each distinct row counted once (its union bit cleared) */
     const uint64_t lo = w0 * 64, span = (w1 - w0) * 64;
     for (int q = 0; q < p->n_threads; q++) {
