@@ -322,20 +322,23 @@ typedef struct work {
 } work;
 
 /* The bits set in w[0, n): with the POPCNT instruction where the CPU has it (the library is built for
- * any x86-64, where __builtin_popcountll is a call into libgcc a word). */
-__attribute__((target("popcnt"))) static uint64_t popcount_words_hw(const uint64_t *w, uint64_t n)
+ * any x86-64, where __builtin_popcountll is a call into libgcc a word). Not target_clones: its ifunc
+ * resolver runs before ThreadSanitizer's runtime is up, and the TSan build crashes. */
+static inline __attribute__((always_inline)) uint64_t popcount_loop(const uint64_t *w, uint64_t n)
 {
     uint64_t c = 0;
     for (uint64_t i = 0; i < n; i++) c += (uint64_t)__builtin_popcountll(w[i]);
     return c;
 }
 
+__attribute__((target("popcnt"))) static uint64_t popcount_words_hw(const uint64_t *w, uint64_t n)
+{
+    return popcount_loop(w, n);
+}
+
 static uint64_t popcount_words(const uint64_t *w, uint64_t n)
 {
-    if (__builtin_cpu_supports("popcnt")) return popcount_words_hw(w, n);
-    uint64_t c = 0;
-    for (uint64_t i = 0; i < n; i++) c += (uint64_t)__builtin_popcountll(w[i]);
-    return c;
+    return __builtin_cpu_supports("popcnt") ? popcount_words_hw(w, n) : popcount_loop(w, n);
 }
 
 /* The distinct rows among rows[0, n), each of whose bits in `set` is set: each is counted once, its
