@@ -53,6 +53,23 @@ def stuck_in_stats(sock: Path, name: str, timeout: float) -> dict | None:
     return None
 
 
+def _state(sock: Path, procs: dict[str, subprocess.Popen], progress: list[Path]) -> str:
+    """For a failure's message: the pools the daemon serves, which processes still run (those that
+    exited, with their stderr's end), and the apps' last progress."""
+    try:
+        lines = [f"daemon serves: {sorted(request(str(sock), 'stats', timeout=5)['pools'])}"]
+    except ControlUnavailable as exc:
+        lines = [f"daemon's control socket: {exc}"]
+    for what, p in procs.items():
+        if p.poll() is None:
+            lines.append(f"{what}: running")
+        else:
+            err = p.stderr.read() if p.stderr else ""
+            lines.append(f"{what}: exited {p.returncode}: {err[-2000:]}")
+    lines += [f"{f.name}: {f.read_text() if f.exists() else '(none)'}" for f in progress]
+    return "\n".join(lines)
+
+
 def test_a_stopped_writer_does_not_freeze_the_daemon(tmp_path: Path, capsys) -> None:
     from test_daemon_app import create_pool
 
@@ -85,7 +102,9 @@ def test_a_stopped_writer_does_not_freeze_the_daemon(tmp_path: Path, capsys) -> 
                 break
             writer.send_signal(signal.SIGCONT)
             time.sleep(0.05)
-        assert info, "the daemon never reported the pool stuck (is the native writer lock timed?)"
+        running = {"daemon": d, "app on the stuck pool": procs[0], "app on the other pool": procs[1]}
+        assert info, ("the daemon never reported the pool stuck (is the native writer lock timed?)\n"
+                      + _state(sock, running, [pa, pb]))
         assert "lock" in info["error"] and info["since"] <= time.time()
 
         # the other pool keeps being filled, its app keeps reading correct rows
