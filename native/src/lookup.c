@@ -341,13 +341,15 @@ static uint64_t popcount_words(const uint64_t *w, uint64_t n)
     return __builtin_cpu_supports("popcnt") ? popcount_words_hw(w, n) : popcount_loop(w, n);
 }
 
-/* The distinct rows among rows[0, n), each of whose bits in `set` is set: each is counted once, its
- * bit cleared when it is. */
-static uint64_t count_listed(uint64_t *set, const int64_t *rows, uint64_t n)
+/* The distinct rows among those of rows[0, n) in [lo, lo + span), each of whose bits in `set` is set:
+ * each is counted once, its bit cleared when it is. */
+static uint64_t count_listed(uint64_t *set, const int64_t *rows, uint64_t n, uint64_t lo, uint64_t span)
 {
     uint64_t c = 0;
     for (uint64_t k = 0; k < n; k++) {
-        const uint64_t r = (uint64_t)rows[k], bit = UINT64_C(1) << (r & 63), w = set[r >> 6];
+        const uint64_t r = (uint64_t)rows[k];
+        if (r - lo >= span) continue;
+        const uint64_t bit = UINT64_C(1) << (r & 63), w = set[r >> 6];
         c += (w & bit) != 0;
         set[r >> 6] = w & ~bit;
     }
@@ -471,7 +473,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
     for (uint64_t k = 0; k < nu; k++) seen[urow[k] >> 6] &= ~(UINT64_C(1) << (urow[k] & 63));
     if (pop) {
         nu += popcount_words(seen, words);
-        umiss = count_listed(seen, urow, nmiss);
+        umiss = count_listed(seen, urow, nmiss, 0, rows);
         memset(seen, 0, words * sizeof *seen);
     }
     if (mark && nmiss) { /* the join items count them */
@@ -783,17 +785,9 @@ static void join_part(recmg_pool *p, const work *wk, bagres *res)
     u = popcount_words(uni + w0, w1 - w0);
     /* the listed misses in this range of rows, each distinct row counted once (its union bit cleared) */
     const uint64_t lo = w0 * 64, span = (w1 - w0) * 64;
-    for (int q = 0; q < p->n_threads; q++) {
-        if (!wk->by[q] || !p->ls[q].mrows) continue;
-        const rowvec *mv = &p->ls[q].mrows[tb];
-        for (size_t k = 0; k < mv->n; k++) {
-            const uint64_t r = (uint64_t)mv->v[k];
-            if (r - lo >= span) continue;
-            const uint64_t bit = UINT64_C(1) << (r & 63), x = uni[r >> 6];
-            um += (x & bit) != 0;
-            uni[r >> 6] = x & ~bit;
-        }
-    }
+    for (int q = 0; q < p->n_threads; q++)
+        if (wk->by[q] && p->ls[q].mrows)
+            um += count_listed(uni, p->ls[q].mrows[tb].v, p->ls[q].mrows[tb].n, lo, span);
     memset(uni + w0, 0, (w1 - w0) * sizeof *uni);
 counted:
     res->unique = u;
