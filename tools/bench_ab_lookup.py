@@ -20,10 +20,12 @@ the same build's pool made before it (HEAD against HEAD, all-hit, 26 x 100k rows
 most changes measured here; the two orders cancel that. The rounds' ratios are printed too: far apart,
 the placement of the pools' memory outweighs the change.
 
-Memory: each pool holds every row twice (fast tier and slow tier) and the rows are generated once, so
-a run needs about 5 x tables x rows x dim x 4 bytes (8 x 1M rows at dim 64: 10 GB; 13 x 1M does not
-fit a 24 GB VM). The tool says so and stops before it starts when the machine has less available, and
-removes the pools that runs killed before their end (out of memory, Ctrl-C) left in /dev/shm.
+Memory: each pool holds every row twice (fast tier and slow tier), each creating handle keeps the
+buffer of its one fill of every row, and the rows are generated once: 7 copies of the rows, and a
+run of 13 x 1M rows at dim 64 (23 GB of rows and buffers) was OOM-killed on a 24 GB VM. The tool
+counts 8 copies and 1 GiB (8 x 1M: 17 GB), stops with one line before it starts when the machine has
+less available, and removes the pools that runs killed before their end (out of memory, Ctrl-C) left
+in /dev/shm.
 
 ``--churn`` measures hits instead of time: for each build in turn, table 0's even rows stay resident
 while a forked writer (daemon role) evicts and fills its odd rows back to back, and the app reads
@@ -233,9 +235,10 @@ def drop_stale_pools(shm: Path = Path("/dev/shm")) -> list[str]:
 
 
 def memory_needed(tables: int, rows: int, dim: int) -> int:
-    """Bytes a run takes: two pools of every row twice (fast and slow tier, float32 at most), the
-    generated rows, and 1 GiB for the interpreter, torch and the ids."""
-    return 5 * tables * rows * dim * 4 + 2**30
+    """Bytes a run takes: two pools of every row twice (fast and slow tier, float32 at most), the two
+    creators' fill buffers and the generated rows (7 copies; 8 counted, which a run of 13 x 1M rows
+    OOM-killed at 7 showed is needed), and 1 GiB for the interpreter, torch and the ids."""
+    return 8 * tables * rows * dim * 4 + 2**30
 
 
 def main() -> int:
