@@ -156,10 +156,12 @@ def test_readers_and_writer_with_sigkill(dim: int, slow: str, dtype: str, tmp_pa
         assert reads >= TOTAL_READS
         assert {r[3] for r in results} == {expected_kernel(dim, dtype)}
         assert wrong == 0
-        # the hit path ran: 22-23% of the reads find their row resident over a dram tier on the
-        # development VM, 13-14% over an SSD tier at dim 16; 9-10% at dim 64 over an SSD tier (each read
-        # and fill moves more bytes, so the writer evicts more rows while a batch is read)
-        least = reads // (20 if slow == "ssd" and dim == 64 else 10)
+        # the hit path ran. The share is timing-dependent (how far the writer gets while a batch is read):
+        # on the development VM 22-23% of the reads find their row resident over a dram tier, also beside
+        # busy loops; over an SSD tier 13-17% at dim 16 and 9-11% at dim 64 (each read and fill moves more
+        # bytes, so the writer evicts more rows while a batch is read), and one CI run read 9.99% at dim
+        # 16. The bound is a floor well under those, which a hit path that stopped hitting still fails.
+        least = reads // (10 if slow == "dram" else 25)
         assert hits > least, f"only {hits} of {reads} reads were fast-tier hits"
         assert counter.value > 50
         # the pool is consistent after all that: no slot left mid-write, every resident row correct
