@@ -221,8 +221,6 @@ struct recmg_pool {
     size_t mbuf_cap;
     int64_t *m_rows;
     size_t m_cap;
-    uint64_t *rbuf;
-    size_t rbuf_cap;
     void *sreq; /* slow_req array */
     size_t sreq_cap;
     /* daemon side: free-slot stack, valid for generation free_gen */
@@ -264,6 +262,12 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem);
  * 64-byte aligned, room for `rows` rows of `stride` bytes, its first `keep` rows kept when it grows;
  * NULL when out of memory. */
 uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride);
+/* The most bytes one of a handle's call buffers (rows_buf, the keys, the hash, the read requests, the
+ * I/O bounce buffers) keeps between writer-side calls; scratch_trim frees any larger one, so that one
+ * bulk fill of millions of rows does not pin a buffer its size for the handle's life. Lookups do not
+ * trim: their buffers hold one batch's misses and are reused by the next batch. */
+#define SCRATCH_KEEP_BYTES ((size_t)64 << 20)
+void scratch_trim(recmg_pool *p);
 
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
  * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
@@ -313,6 +317,8 @@ enum { SLOW_ATTACH = 0, SLOW_CREATE = 1, SLOW_REUSE = 2 };
  * symbolic link) owned by owner, readable by its owner. *created (may be NULL) tells whether it was made. */
 int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_t mode, uid_t owner, int *created);
 void slowio_close(slowio *io);
+/* Frees the request array and bounce buffers when either holds more than `keep` bytes. */
+void slowio_trim(slowio *io, size_t keep);
 /* One batch of reads (one io_uring submission): r[k].len bytes at r[k].off into r[k].dst. */
 typedef struct slow_req {
     uint64_t off;

@@ -86,6 +86,31 @@ uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride)
     return p->mbuf;
 }
 
+void scratch_trim(recmg_pool *p)
+{
+    if (p->mbuf_cap > SCRATCH_KEEP_BYTES) {
+        free(p->mbuf);
+        p->mbuf = NULL;
+        p->mbuf_cap = 0;
+    }
+    if (p->m_cap * sizeof *p->m_rows > SCRATCH_KEEP_BYTES) {
+        free(p->m_rows);
+        p->m_rows = NULL;
+        p->m_cap = 0;
+    }
+    if (p->h_cap * sizeof *p->h_ent > SCRATCH_KEEP_BYTES) { /* (hash_prepare allocates it again) */
+        free(p->h_ent);
+        p->h_ent = NULL;
+        p->h_cap = 0;
+    }
+    if (p->sreq_cap * sizeof(slow_req) > SCRATCH_KEEP_BYTES) {
+        free(p->sreq);
+        p->sreq = NULL;
+        p->sreq_cap = 0;
+    }
+    slowio_trim(&p->io, SCRATCH_KEEP_BYTES);
+}
+
 static uint64_t align_up(uint64_t x, uint64_t a) { return (x + a - 1) / a * a; }
 
 static uint32_t dtype_bytes(int dtype) { return dtype == RECMG_F16 ? 2u : 4u; }
@@ -309,7 +334,6 @@ static void handle_free(recmg_pool *p)
     free(p->sreq);
     free(p->mbuf);
     free(p->m_rows);
-    free(p->rbuf);
     free(p->free_list);
     pthread_mutex_destroy(&p->lock);
     free(p);

@@ -55,6 +55,20 @@ void slowio_close(slowio *io)
     io->bounce_cap = io->reqs_cap = 0;
 }
 
+void slowio_trim(slowio *io, size_t keep)
+{
+    if (io->bounce_cap > keep) {
+        free(io->bounce);
+        io->bounce = NULL;
+        io->bounce_cap = 0;
+    }
+    if (io->reqs_cap * sizeof(io_req) > keep) {
+        free(io->reqs);
+        io->reqs = NULL;
+        io->reqs_cap = 0;
+    }
+}
+
 /* O_DIRECT offset alignment of an open file: statx(STATX_DIOALIGN) where the kernel reports it. */
 static uint32_t dio_align(int fd)
 {

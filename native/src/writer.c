@@ -383,6 +383,7 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 out:
     writer_unlock(p);
 out_unlocked:
+    scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
     return rc;
 }
@@ -480,6 +481,7 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     uint64_t bytes = 0;
     pthread_mutex_lock(&p->lock);
     rc = read_slow_rows(p, table, rows, n, out, p->tables[table].row_bytes, &bytes);
+    scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
     return rc;
 }
@@ -556,6 +558,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
 out:
     writer_unlock(p);
 out_unlocked:
+    scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
     if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
     return rc;
