@@ -20,8 +20,10 @@ the same build's pool made before it (HEAD against HEAD, all-hit, 26 x 100k rows
 most changes measured here; the two orders cancel that. The rounds' ratios are printed too: far apart,
 the placement of the pools' memory outweighs the change.
 
-Memory: each pool holds every row twice (fast tier and slow tier), each creating handle keeps the
-buffer of its one fill of every row, and the rows are generated once: 7 copies of the rows, and a
+Memory: each pool holds every row twice (fast tier and slow tier), each creating handle of a build
+before 68d500a keeps the buffer of its one fill of every row (later builds free it after the fill, but
+the base may be older, and the fill's buffer exists while it runs), and the rows are generated once:
+7 copies of the rows, and a
 run of 13 x 1M rows at dim 64 (23 GB of rows and buffers) was OOM-killed on a 24 GB VM. The tool
 counts 8 copies and 1 GiB (8 x 1M: 17 GB), stops with one line before it starts when the machine has
 less available, and removes the pools that runs killed before their end (out of memory, Ctrl-C) left
