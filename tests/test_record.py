@@ -301,14 +301,9 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         pool.close()
 
 
-def test_record_full_disk(daemon, tmp_path: Path) -> None:
+def test_record_full_disk(daemon, small_disk) -> None:
     sock, name, d = daemon
-    small = tmp_path / "small"
-    small.mkdir()
-    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(small)],
-                             capture_output=True, text=True)
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs (needs root): {mounted.stderr.strip()}")
+    small = small_disk("64k")
     pool = create_pool(name, [100_000], 100)
     try:
         wait_attached(sock, name)
@@ -333,7 +328,6 @@ def test_record_full_disk(daemon, tmp_path: Path) -> None:
         pool.end_batch()
     finally:
         pool.close()
-        subprocess.run(["umount", str(small)], check=False)
 
 
 def test_record_pool_removed_midway(daemon, tmp_path: Path) -> None:

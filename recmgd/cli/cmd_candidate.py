@@ -20,6 +20,9 @@ import os
 import sys
 import time
 
+from recmgd.errors import ModelError
+from recmgd.fileout import whole_file, write_reason
+
 log = logging.getLogger(__name__)
 
 
@@ -98,12 +101,13 @@ def main(args: argparse.Namespace) -> int:
         "capacity": args.capacity, "train_s": round(train_s, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    tmp = args.result + ".tmp"
-    with open(tmp, "w") as fh:
-        json.dump(result, fh)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, args.result)
+    try:
+        with whole_file(args.result) as tmp, open(tmp, "w") as fh:
+            json.dump(result, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except OSError as exc:
+        raise ModelError(f"{args.result}: cannot write the result ({write_reason(exc)})") from None
     log.info("candidate %d, current %d, lru %d on-demand fetches on the last %d steps", candidate,
              result["current_on_demand"], lru, score)
     return 0

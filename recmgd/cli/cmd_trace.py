@@ -13,6 +13,7 @@ import logging
 import sys
 
 from recmgd.errors import TraceError
+from recmgd.fileout import write_reason
 from recmgd.trace import open_trace, save_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 from recmgd.trace.stats import trace_stats
@@ -85,7 +86,8 @@ def main(args: argparse.Namespace) -> int:
         try:
             n = write_synth(cfg, args.output)
         except OSError as exc:
-            raise TraceError(f"{args.output}: cannot write ({exc.strerror or exc})") from None
+            raise TraceError(f"{args.output}: cannot write ({write_reason(exc)}); nothing was written"
+                             ) from None
         print(f"{args.output}: {n:,} lookups, {cfg.tables} tables, {cfg.lookups_per_sample} lookups a sample")
         return 0
     args._trace_parser.print_help(sys.stderr)

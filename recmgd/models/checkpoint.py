@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from recmgd.errors import ModelError
+from recmgd.fileout import whole_files, write_reason
 from recmgd.models import hazard
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
 from recmgd.models.granularity import Granularity, from_config
@@ -40,12 +41,16 @@ INFERENCE_FILE = "inference.npz"
 
 def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] | None = None,
          granularity: Granularity | None = None) -> Path:
-    """Write a checkpoint directory (created if missing; existing files are replaced); ``granularity``
-    is what the models were trained on (default: rows)."""
+    """Write a checkpoint directory (created if missing; its four files are replaced all together, or,
+    on an error, none of them: ModelError); ``granularity`` is what the models were trained on (default:
+    rows)."""
     import torch
 
     d = Path(out)
-    d.mkdir(parents=True, exist_ok=True)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ModelError(f"{d}: cannot make the checkpoint directory ({write_reason(exc)})") from None
     models: dict[str, dict[str, object]] = {}
     weights: dict[str, dict[str, torch.Tensor]] = {}
     keys: dict[str, np.ndarray] = {}
@@ -81,10 +86,21 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
             infer.update({f"cache.{k}": v for k, v in NumpyCacheNet(trained.cache).arrays().items()})
         if trained.prefetch is not None:
             infer.update({f"prefetch.{k}": v for k, v in NumpyPrefetchNet(trained.prefetch).arrays().items()})
-    torch.save(weights, d / "weights.pt")
-    np.savez(d / "keys.npz", **keys)
-    np.savez(d / INFERENCE_FILE, **infer)
-    (d / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    # all four files or none: a checkpoint cut short (a full disk) must not leave new weights beside an
+    # old config, nor a half-written file; config.json is put in place last
+    files = ["weights.pt", "keys.npz", INFERENCE_FILE, "config.json"]
+    try:
+        with whole_files([d / f for f in files]) as (w_pt, k_npz, i_npz, c_json):
+            with open(w_pt, "wb") as fh:  # a file object: torch then reports the OSError behind a failure
+                torch.save(weights, fh)
+            with open(k_npz, "wb") as fh:
+                np.savez(fh, **keys)
+            with open(i_npz, "wb") as fh:
+                np.savez(fh, **infer)
+            c_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    except (OSError, RuntimeError) as exc:
+        raise ModelError(f"{d}: cannot write the checkpoint ({write_reason(exc)}); nothing in it was "
+                         "replaced") from None
     log.info("saved checkpoint %s (%s, trained on %s)", d, ", ".join(models),
              (granularity or Granularity.rows()).describe())
     return d

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from recmgd.errors import TraceError
+from recmgd.fileout import whole_file, write_reason
 from recmgd.trace.binary import MAGIC, read_binary, write_binary
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE, read_csv_log, sniff_csv
 from recmgd.trace.dlrm import read_dlrm, write_dlrm
@@ -61,7 +62,8 @@ def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:
     if fmt not in writers:
         raise ValueError(f"cannot write format {fmt!r} (binary, text, dlrm)")
     try:
-        writers[fmt](trace, path)
+        with whole_file(path) as tmp:
+            writers[fmt](trace, str(tmp))
     except OSError as exc:
-        raise TraceError(f"{path}: cannot write ({exc.strerror or exc})") from None
+        raise TraceError(f"{path}: cannot write ({write_reason(exc)}); nothing was written") from None
     return fmt

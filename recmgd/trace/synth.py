@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from recmgd.fileout import whole_file
 from recmgd.keys import MAX_ROWS, MAX_TABLES, ROW_BITS
 from recmgd.trace.binary import BinaryWriter
 from recmgd.trace.stats import EDGES, N_BINS
@@ -144,7 +145,7 @@ def _block(cfg: SynthConfig, rng: np.random.Generator, probs: np.ndarray, bounds
 def write_synth(cfg: SynthConfig, path: str | Path) -> int:
     """Write a synthetic binary trace; returns the number of lookups."""
     n = 0
-    with BinaryWriter(path) as w:
+    with whole_file(path) as tmp, BinaryWriter(tmp) as w:
         for keys in synth_keys(cfg):
             w.add(keys)
             n += keys.shape[0]

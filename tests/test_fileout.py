@@ -1,0 +1,114 @@
+"""Outputs written whole or not at all (recmgd/fileout.py): a trace converted or synthesized onto a disk
+that fills up, or a checkpoint trained onto one, is a one-line error that leaves no file behind and the
+file it was to replace as it was; the same without a full disk, for any exception in the writer."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recmgd.cli import recmg
+from recmgd.fileout import whole_file, whole_files, write_reason
+from recmgd.models import checkpoint
+from recmgd.trace import open_trace
+
+
+def _digest(d: Path) -> dict[str, str]:
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(d.iterdir())}
+
+
+def test_whole_files_replace_all_or_none(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("old a")
+    with whole_files([a, b]) as (ta, tb):
+        assert ta.parent == tmp_path and ta.name.endswith(".a.txt") and ta != a
+        ta.write_text("new a")
+        tb.write_text("new b")
+        assert a.read_text() == "old a" and not b.exists()  # nothing replaced before the end
+    assert a.read_text() == "new a" and b.read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]
+
+    with pytest.raises(ValueError, match="the writer failed"), whole_files([a, b]) as (ta, tb):
+        ta.write_text("newer a")
+        raise ValueError("the writer failed")
+    assert a.read_text() == "new a" and b.read_text() == "new b"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary left
+
+
+def test_a_new_file_gets_the_umask_mode_and_a_device_is_written_in_place(tmp_path: Path) -> None:
+    old = os.umask(0o027)
+    try:
+        with whole_file(tmp_path / "out.bin") as t:
+            t.write_bytes(b"x")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o640
+    with whole_file("/dev/null") as t:  # not a regular file: not renamed over
+        assert t == Path("/dev/null")
+        t.write_bytes(b"x")
+    assert Path("/dev/null").is_char_device()
+
+
+def test_write_reason_finds_the_os_error_behind_another() -> None:
+    try:
+        try:
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError("unexpected pos 704 vs 598") from None
+    except RuntimeError as exc:
+        assert write_reason(exc) == "No space left on device"
+    assert write_reason(RuntimeError("plain")) == "plain"
+
+
+@pytest.mark.parametrize("to", ["binary", "text", "dlrm"])
+def test_convert_onto_a_full_disk(to: str, small_disk, shared_traces: Path, capsys) -> None:
+    small = small_disk("64k")
+    before = small / "kept.trace"  # an earlier output: it stays as it was
+    src = shared_traces / "criteo_sample.trace"
+    shutil.copy(src, before)
+    rc = recmg.main(["trace", "convert", "--to", to, str(shared_traces / "obd_random.trace"), str(before)])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "No space left on device" in err and "nothing was written" in err
+    assert os.listdir(small) == ["kept.trace"] and before.read_bytes() == src.read_bytes()
+
+
+def test_synth_onto_a_full_disk(small_disk, capsys) -> None:
+    small = small_disk("64k")
+    rc = recmg.main(["trace", "synth", "--lookups", "100000", "--tables", "8", str(small / "s.bin")])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1 and "No space left on device" in err, err
+    assert os.listdir(small) == []
+
+
+def test_a_gzip_dlrm_trace_is_still_compressed(tmp_path: Path, shared_traces: Path) -> None:
+    out = tmp_path / "t.pt.gz"  # the writer compresses by the name: the temporary ends in it too
+    assert recmg.main(["trace", "convert", str(shared_traces / "criteo_sample.trace"), str(out)]) == 0
+    assert out.read_bytes()[:2] == b"\x1f\x8b"
+    a, b = open_trace(out), open_trace(shared_traces / "criteo_sample.trace")
+    assert np.array_equal(np.asarray(a.keys), np.asarray(b.keys))
+
+
+def test_train_onto_a_full_disk_keeps_the_old_checkpoint(small_disk, tmp_path: Path, shared_traces: Path,
+                                                         capsys) -> None:
+    trace = str(shared_traces / "criteo_sample.trace")
+    assert recmg.main(["train", trace, "--out", str(tmp_path / "ck"), "--epochs", "1", "--quiet"]) == 0
+    size = sum(f.stat().st_size for f in (tmp_path / "ck").iterdir())
+    # room for one checkpoint, not for a second beside it
+    small = small_disk(f"{(size * 3 // 2 + 8192) // 4096 * 4}k")
+    old = small / "ck"
+    shutil.copytree(tmp_path / "ck", old)
+    kept = _digest(old)
+    capsys.readouterr()
+    rc = recmg.main(["train", trace, "--out", str(old), "--epochs", "1", "--seed", "1", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "No space left on device" in err and "nothing in it was replaced" in err
+    assert _digest(old) == kept and os.listdir(small) == ["ck"]
+    assert json.loads((old / "config.json").read_text())["format"] == checkpoint.FORMAT
