@@ -41,5 +41,9 @@ class ModelError(RecmgError):
     """A model checkpoint is missing, corrupt, or of another format version."""
 
 
+class OutputError(RecmgError):
+    """A result file (a plot, a JSON report) could not be written; nothing was left in its place."""
+
+
 class PolicyError(RecmgError):
     """A policy broke its contract (for example, it asked for more rows than the capacity)."""

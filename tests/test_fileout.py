@@ -112,3 +112,15 @@ def test_train_onto_a_full_disk_keeps_the_old_checkpoint(small_disk, tmp_path: P
     assert "No space left on device" in err and "nothing in it was replaced" in err
     assert _digest(old) == kept and os.listdir(small) == ["ck"]
     assert json.loads((old / "config.json").read_text())["format"] == checkpoint.FORMAT
+
+
+def test_the_demos_outputs_onto_a_full_disk(small_disk) -> None:
+    from recmgd.cli import cmd_demo
+    from recmgd.errors import OutputError
+
+    small = small_disk("64k")
+    with pytest.raises(OutputError, match=r"x\.png: cannot write \(No space left on device\)") as err:
+        cmd_demo._write(str(small / "x.png"), lambda tmp: tmp.write_bytes(bytes(200_000)))
+    assert "\n" not in str(err.value) and os.listdir(small) == []
+    cmd_demo._write(str(small / "r.json"), lambda tmp: tmp.write_text("[]\n"))
+    assert os.listdir(small) == ["r.json"]

@@ -35,7 +35,6 @@ import logging
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,6 +44,7 @@ from recmgd.app.replay import table_sizes
 from recmgd.app.trec_model import DENSE_FEATURES, Requests, dram_dlrm, pool_dlrm
 from recmgd.app.weights import write_weights
 from recmgd.errors import RecmgError
+from recmgd.fileout import whole_file
 from recmgd.pool import Pool
 from recmgd.trace import open_trace
 
@@ -302,9 +302,11 @@ def main(argv: list[str] | None = None) -> int:
         if pool is not None:
             pool.close()
     if args.latencies:
-        np.savez(args.latencies, *lats)
+        with whole_file(args.latencies) as tmp, open(tmp, "wb") as fh:
+            np.savez(fh, *lats)
     if args.json:
-        Path(args.json).write_text(json.dumps(results) + "\n")
+        with whole_file(args.json) as tmp:
+            tmp.write_text(json.dumps(results) + "\n")
     return 0
 
 

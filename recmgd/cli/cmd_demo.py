@@ -21,9 +21,12 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from recmgd.app.e2e import SYNTH_26, SYSTEMS, E2EConfig, synth_trace, synthetic_26
+from recmgd.errors import OutputError
+from recmgd.fileout import whole_file, write_reason
 
 _synth_trace = synth_trace  # tests/test_models_guard.py makes its trace with it (its name before)
 
@@ -53,6 +56,15 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
 def _fail(msg: str) -> int:
     print(f"recmg demo: {msg}", file=sys.stderr)
     return 2
+
+
+def _write(path: str, write: Callable[[Path], object]) -> None:
+    """An output of the demo, whole or not at all (recmgd.fileout); a failure is one line."""
+    try:
+        with whole_file(path) as tmp:
+            write(tmp)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot write ({write_reason(exc)}); the results are above") from None
 
 
 def main(args: argparse.Namespace) -> int:
@@ -97,9 +109,9 @@ def main(args: argparse.Namespace) -> int:
         print()
         for line in targets(run["results"], load=min(loads)):
             print(line)
-        plot(run, Path(args.png))
+        _write(args.png, lambda tmp: plot(run, tmp))
         if args.json:
-            Path(args.json).write_text(json.dumps(run["results"], indent=2) + "\n")
+            _write(args.json, lambda tmp: tmp.write_text(json.dumps(run["results"], indent=2) + "\n"))
         print(f"\nplot: {args.png}; {time.monotonic() - t0:.0f} s in all")
         return 0
     finally:
