@@ -45,21 +45,22 @@ def whole_files(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]
             tmps.append(_temporary(p))
         yield [t if t is not None else p for t, p in zip(tmps, outs, strict=True)]
     except BaseException:
-        for t in tmps:
-            if t is not None:
-                with contextlib.suppress(OSError):
-                    t.unlink()
+        _remove(tmps)
         raise
     try:
         for t, p in zip(tmps, outs, strict=True):
             if t is not None:
                 os.replace(t, p)
     except OSError:
-        for t in tmps:
-            if t is not None:
-                with contextlib.suppress(OSError):
-                    t.unlink()
+        _remove(tmps)  # (those renamed already are gone: not found, passed over)
         raise
+
+
+def _remove(tmps: list[Path | None]) -> None:
+    for t in tmps:
+        if t is not None:
+            with contextlib.suppress(OSError):
+                t.unlink()
 
 
 @contextlib.contextmanager

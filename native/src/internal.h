@@ -268,6 +268,8 @@ uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride);
  * trim: their buffers hold one batch's misses and are reused by the next batch. */
 #define SCRATCH_KEEP_BYTES ((size_t)64 << 20)
 void scratch_trim(recmg_pool *p);
+/* Frees *buf (cap elements of elem bytes) when it holds more than keep bytes: *buf NULL, *cap 0. */
+void buf_trim(void **buf, size_t *cap, size_t elem, size_t keep);
 
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
  * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */

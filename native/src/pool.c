@@ -86,28 +86,20 @@ uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride)
     return p->mbuf;
 }
 
+void buf_trim(void **buf, size_t *cap, size_t elem, size_t keep)
+{
+    if (*cap * elem <= keep) return;
+    free(*buf);
+    *buf = NULL;
+    *cap = 0;
+}
+
 void scratch_trim(recmg_pool *p)
 {
-    if (p->mbuf_cap > SCRATCH_KEEP_BYTES) {
-        free(p->mbuf);
-        p->mbuf = NULL;
-        p->mbuf_cap = 0;
-    }
-    if (p->m_cap * sizeof *p->m_rows > SCRATCH_KEEP_BYTES) {
-        free(p->m_rows);
-        p->m_rows = NULL;
-        p->m_cap = 0;
-    }
-    if (p->h_cap * sizeof *p->h_ent > SCRATCH_KEEP_BYTES) { /* (hash_prepare allocates it again) */
-        free(p->h_ent);
-        p->h_ent = NULL;
-        p->h_cap = 0;
-    }
-    if (p->sreq_cap * sizeof(slow_req) > SCRATCH_KEEP_BYTES) {
-        free(p->sreq);
-        p->sreq = NULL;
-        p->sreq_cap = 0;
-    }
+    buf_trim((void **)&p->mbuf, &p->mbuf_cap, 1, SCRATCH_KEEP_BYTES);
+    buf_trim((void **)&p->m_rows, &p->m_cap, sizeof *p->m_rows, SCRATCH_KEEP_BYTES);
+    buf_trim((void **)&p->h_ent, &p->h_cap, sizeof *p->h_ent, SCRATCH_KEEP_BYTES); /* (hash_prepare makes it again) */
+    buf_trim(&p->sreq, &p->sreq_cap, sizeof(slow_req), SCRATCH_KEEP_BYTES);
     slowio_trim(&p->io, SCRATCH_KEEP_BYTES);
 }
 

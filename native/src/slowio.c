@@ -57,16 +57,8 @@ void slowio_close(slowio *io)
 
 void slowio_trim(slowio *io, size_t keep)
 {
-    if (io->bounce_cap > keep) {
-        free(io->bounce);
-        io->bounce = NULL;
-        io->bounce_cap = 0;
-    }
-    if (io->reqs_cap * sizeof(io_req) > keep) {
-        free(io->reqs);
-        io->reqs = NULL;
-        io->reqs_cap = 0;
-    }
+    buf_trim((void **)&io->bounce, &io->bounce_cap, 1, keep);
+    buf_trim(&io->reqs, &io->reqs_cap, sizeof(io_req), keep);
 }
 
 /* O_DIRECT offset alignment of an open file: statx(STATX_DIOALIGN) where the kernel reports it. */
