@@ -8,6 +8,7 @@ system, and a writer that goes by the name's suffix (a ``.gz`` DLRM trace is com
 same bytes. When the block ends cleanly the temporaries are renamed over the outputs, in the order
 given; else they are removed and the outputs left as they were. An output that exists and is not a
 regular file (``/dev/stdout``, a FIFO) is written directly: renaming over it would replace the device.
+An output that is a symbolic link is written at its target, and the link kept, as open() would.
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def _temporary(path: Path) -> Path | None:
 def whole_files(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Temporary paths to write the outputs to, one for each of paths; see the module's docstring. An
     OSError making a temporary (a missing directory, no permission) is raised before the block runs."""
-    outs = [Path(p) for p in paths]
+    # a symbolic link's target is the output (as open() writes through the link): the link stays
+    outs = [Path(os.path.realpath(p)) if os.path.islink(p) else Path(p) for p in paths]
     tmps: list[Path | None] = []
     try:
         for p in outs:

@@ -55,6 +55,19 @@ def test_a_new_file_gets_the_umask_mode_and_a_device_is_written_in_place(tmp_pat
     assert Path("/dev/null").is_char_device()
 
 
+def test_a_symbolic_link_is_written_through(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    target = tmp_path / "v1" / "t.bin"
+    target.write_bytes(b"old")
+    link = tmp_path / "current.bin"
+    link.symlink_to(target)
+    with whole_file(link) as t:
+        assert t.parent == target.parent
+        t.write_bytes(b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert os.listdir(tmp_path / "v1") == ["t.bin"]
+
+
 def test_write_reason_finds_the_os_error_behind_another() -> None:
     try:
         try:
