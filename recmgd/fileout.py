@@ -8,7 +8,8 @@ system, and a writer that goes by the name's suffix (a ``.gz`` DLRM trace is com
 same bytes. When the block ends cleanly the temporaries are renamed over the outputs, in the order
 given; else they are removed and the outputs left as they were. An output that exists and is not a
 regular file (``/dev/stdout``, a FIFO) is written directly: renaming over it would replace the device.
-An output that is a symbolic link is written at its target, and the link kept, as open() would.
+An output that is a symbolic link is written at its target, and the link kept, as open() would; an
+existing output's mode (and, for root, owner) passes to its replacement.
 """
 
 from __future__ import annotations
@@ -16,21 +17,36 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import stat
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
 def _temporary(path: Path) -> Path | None:
-    """A new empty file beside path (mode 0666 less the umask, as open() makes), or None when path
-    exists and is not a regular file."""
-    if path.exists() and not path.is_file():
+    """A new empty file beside path, or None when path exists and is not a regular file. Its mode is
+    the existing output's (and, for root, its owner), so that a private file stays private; for a new
+    output 0666 less the umask, as open() makes."""
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    if st is not None and not stat.S_ISREG(st.st_mode):
         return None
     while True:
         tmp = path.with_name(f".partial-{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600 if st else 0o666)
         except FileExistsError:
             continue
+        try:
+            if st is not None:
+                if os.geteuid() == 0:
+                    os.fchown(fd, st.st_uid, st.st_gid)
+                os.fchmod(fd, stat.S_IMODE(st.st_mode))
+        except OSError:
+            os.close(fd)
+            tmp.unlink()
+            raise
         os.close(fd)
         return tmp
 

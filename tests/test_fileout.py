@@ -41,7 +41,7 @@ def test_whole_files_replace_all_or_none(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary left
 
 
-def test_a_new_file_gets_the_umask_mode_and_a_device_is_written_in_place(tmp_path: Path) -> None:
+def test_modes_owners_and_a_device(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:
         with whole_file(tmp_path / "out.bin") as t:
@@ -49,6 +49,16 @@ def test_a_new_file_gets_the_umask_mode_and_a_device_is_written_in_place(tmp_pat
     finally:
         os.umask(old)
     assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o640
+    (tmp_path / "out.bin").chmod(0o600)  # a private output stays private when it is replaced
+    with whole_file(tmp_path / "out.bin") as t:
+        t.write_bytes(b"y")
+    assert (tmp_path / "out.bin").stat().st_mode & 0o777 == 0o600
+    if os.geteuid() == 0:  # root: the owner passes too
+        os.chown(tmp_path / "out.bin", 1234, 4321)
+        with whole_file(tmp_path / "out.bin") as t:
+            t.write_bytes(b"z")
+        st = (tmp_path / "out.bin").stat()
+        assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (1234, 4321, 0o600)
     with whole_file("/dev/null") as t:  # not a regular file: not renamed over
         assert t == Path("/dev/null")
         t.write_bytes(b"x")
