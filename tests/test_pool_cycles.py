@@ -14,9 +14,9 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sanitized import sanitized_driver
 
 REPO = Path(__file__).resolve().parent.parent
-NATIVE = REPO / "native"
 
 CYCLE = textwrap.dedent(
     """
@@ -68,36 +68,14 @@ def test_create_lookup_destroy_cycles(threads: int, fill: int) -> None:
     assert not left, left
 
 
-def _sanitized_driver(tmp: Path, sanitize: str, target: str) -> Path:
-    """native/build/TARGET, built by make, or a skip when the C compiler cannot build with -fsanitize=."""
-    probe = tmp / "probe"
-    r = subprocess.run(
-        [os.environ.get("CC", "cc"), "-x", "c", f"-fsanitize={sanitize}", "-o", str(probe), "-"],
-        input="int main(void) { return 0; }\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    if r.returncode != 0:
-        pytest.skip(f"the C compiler cannot build with sanitizers here: {r.stderr.strip()[-300:]}")
-    r = subprocess.run(
-        ["make", "-s", "-C", str(NATIVE), f"build/{target}"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert r.returncode == 0, r.stderr
-    return NATIVE / "build" / target
-
-
 @pytest.fixture(scope="module")
 def asan_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sanitized_driver(tmp_path_factory.mktemp("asan"), "address,undefined", "cycle_stress_asan")
+    return sanitized_driver(tmp_path_factory.mktemp("asan"), "address,undefined", "cycle_stress_asan")
 
 
 @pytest.fixture(scope="module")
 def tsan_driver(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _sanitized_driver(tmp_path_factory.mktemp("tsan"), "thread", "cycle_stress_tsan")
+    return sanitized_driver(tmp_path_factory.mktemp("tsan"), "thread", "cycle_stress_tsan")
 
 
 def _run_clean(driver: Path, args: list[str], env: dict[str, str], timeout: int, *reports: str) -> None:

@@ -131,6 +131,8 @@ typedef struct slowio {
     int uring_state; /* 0 not tried, 1 ready, -1 unavailable or disabled */
     unsigned depth;
     void *uring;    /* struct io_uring *, allocated when ready */
+    pid_t uring_pid; /* the process that set the ring up: a child forked with the handle makes its own (a
+                      * ring's queues are shared memory: two processes submitting to one corrupt both) */
     uint8_t *bounce;
     size_t bounce_cap;
     void *reqs;     /* struct io_req array */

@@ -52,8 +52,8 @@ int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     int rc = table_rows_check(p, table);
     if (rc) return rc;
     const tabdesc *t = &p->tables[table];
-    void **pages = malloc((n ? n : 1) * sizeof *pages);
-    int *status = malloc((n ? n : 1) * sizeof *status);
+    void **pages = reallocarray(NULL, n ? n : 1, sizeof *pages);
+    int *status = reallocarray(NULL, n ? n : 1, sizeof *status);
     if (!pages || !status) {
         free(pages);
         free(status);
@@ -97,9 +97,9 @@ int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint
     uintptr_t a0 = (uintptr_t)(p->slow + t->slow_off + first * t->row_bytes) & ~(uintptr_t)(RECMG_PAGE - 1);
     uintptr_t a1 = (uintptr_t)(p->slow + t->slow_off + (first + count) * t->row_bytes);
     uint64_t np = (a1 - a0 + RECMG_PAGE - 1) / RECMG_PAGE;
-    void **pages = malloc(np * sizeof *pages);
-    int *nodes = malloc(np * sizeof *nodes);
-    int *status = malloc(np * sizeof *status);
+    void **pages = reallocarray(NULL, np, sizeof *pages);
+    int *nodes = reallocarray(NULL, np, sizeof *nodes);
+    int *status = reallocarray(NULL, np, sizeof *status);
     if (!pages || !nodes || !status) {
         free(pages);
         free(nodes);
@@ -184,8 +184,8 @@ int recmg_slow_page_nodes(recmg_pool *p, uint32_t table, const int64_t *pages, u
     if (!p || (n && (!pages || !nodes))) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
     if (rc || n == 0) return rc;
-    void **addrs = malloc(n * sizeof *addrs);
-    int *status = malloc(n * sizeof *status);
+    void **addrs = reallocarray(NULL, n, sizeof *addrs);
+    int *status = reallocarray(NULL, n, sizeof *status);
     if (!addrs || !status) {
         free(addrs);
         free(status);
@@ -219,10 +219,10 @@ int64_t recmg_move_slow_pages(recmg_pool *p, uint32_t table, const int64_t *page
     int sys_flags = (flags & RECMG_MOVE_ALL) ? MPOL_MF_MOVE_ALL_ : MPOL_MF_MOVE_;
     if (stats) stats->move_all = (flags & RECMG_MOVE_ALL) ? 1 : 0;
     if (n == 0) return 0;
-    void **addrs = malloc(n * sizeof *addrs);
-    int *nodes = malloc(n * sizeof *nodes);
-    int *st = malloc(n * sizeof *st);
-    uint64_t *idx = malloc(n * sizeof *idx); /* position in the caller's list of each page asked for */
+    void **addrs = reallocarray(NULL, n, sizeof *addrs);
+    int *nodes = reallocarray(NULL, n, sizeof *nodes);
+    int *st = reallocarray(NULL, n, sizeof *st);
+    uint64_t *idx = reallocarray(NULL, n, sizeof *idx); /* position in the caller's list of each page asked for */
     uint64_t m = n, calls = 0, retried = 0;
     int64_t moved = 0;
     if (!addrs || !nodes || !st || !idx) {

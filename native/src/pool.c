@@ -58,6 +58,7 @@ const char *recmg_strerror(int code)
 int grow(void **buf, size_t *cap, size_t need, size_t elem)
 {
     if (need <= *cap) return 0;
+    if (need > SIZE_MAX / 2 / elem) return -1; /* n doubles to under 2 * need: n * elem must not wrap */
     size_t n = *cap ? *cap : 1024;
     while (n < need) n *= 2;
     void *b = realloc(*buf, n * elem);
@@ -72,6 +73,7 @@ int grow(void **buf, size_t *cap, size_t need, size_t elem)
 
 uint8_t *rows_buf(recmg_pool *p, uint64_t rows, uint64_t keep, size_t stride)
 {
+    if (stride && rows > SIZE_MAX / 2 / stride) return NULL; /* (cap doubles to under 2 * need) */
     const size_t need = (size_t)rows * stride;
     if (need > p->mbuf_cap || !p->mbuf) { /* (a fill of no rows gets a buffer too: NULL means no memory) */
         size_t cap = p->mbuf_cap ? p->mbuf_cap : ROWS_BUF_FIRST;
@@ -122,6 +124,10 @@ static uint32_t pow2_at_least(uint32_t x)
     return r;
 }
 
+/* The most row bytes a pool's tables may hold in all (64 PiB): with the index (4 bytes a row, rows
+ * under 2^40 a table) and the slots (under 2^31 of under 2^18 bytes) every offset stays far below 2^64. */
+#define MAX_SLOW_BYTES (UINT64_C(1) << 56)
+
 /* Computes the layout; when tables is not NULL also fills each table's descriptor. */
 static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tables, char *err, size_t errlen)
 {
@@ -164,6 +170,10 @@ static int compute_layout(const recmg_create_opts *o, layout *L, shm_table *tabl
             d->index_first = idx;
             d->slow_off = slow;
         }
+        /* each table is under 2^58 bytes; their sum is bounded so that no offset below wraps */
+        if (s->rows * (uint64_t)rb > MAX_SLOW_BYTES - slow)
+            return rc_buf(err, errlen, RECMG_EINVAL, "tables 0..%u hold over %llu PiB of rows: too large", t,
+                          (unsigned long long)(MAX_SLOW_BYTES >> 50));
         idx += s->rows;
         slow = align_up(slow + s->rows * (uint64_t)rb, RECMG_PAGE);
     }

@@ -231,6 +231,8 @@ int recmg_release_ring(recmg_pool *p, uint32_t i)
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
+    if (r == p->ring) /* freed, it would go to the next app while this handle still logs into it */
+        return rc_set(p, RECMG_EBUSY, "ring %u is this handle's own (it goes back when the handle closes)", i);
     int32_t cur = atomic_load_explicit(&r->owner, memory_order_relaxed);
     if (cur != 0 && pid_alive(cur) && cur != (int32_t)p->pid)
         return rc_set(p, RECMG_EBUSY, "ring %u is owned by live process %d", i, cur);

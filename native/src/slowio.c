@@ -215,6 +215,18 @@ static void uring_try_init(slowio *io)
     }
     io->uring = r;
     io->uring_state = 1;
+    io->uring_pid = getpid();
+}
+
+/* In a child forked with the handle: lets go of the parent's ring (this process's mapping of its
+ * queues and its descriptor; the parent's ring is untouched), so that the next batch sets up this
+ * process's own. */
+static void uring_leave_inherited(slowio *io)
+{
+    io_uring_queue_exit((struct io_uring *)io->uring);
+    free(io->uring);
+    io->uring = NULL;
+    io->uring_state = 0;
 }
 
 /* io_uring: queue every request, submit, keep up to depth in flight, resubmit short reads. Never
@@ -235,7 +247,10 @@ static int run_uring(slowio *io, io_req *rq, uint64_t n, uint64_t *bad)
             io_uring_sqe_set_data64(sqe, k);
             inflight++;
         }
-        if (inflight == 0) break; /* an error stopped submission and everything has landed */
+        if (inflight == 0) { /* an error stopped submission and everything has landed, or no entry */
+            if (!err) err = -EBUSY, *bad = nretry ? retry[nretry - 1] : (next < n ? next : n - 1);
+            break;
+        }
         int ret = io_uring_submit_and_wait(ring, 1);
         if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
             /* cannot submit: wait for what is in flight (it was submitted earlier), then fail */
@@ -324,6 +339,7 @@ static int run_preadv(io_req *rq, uint64_t n, uint64_t *bad)
 
 static int run_batch(slowio *io, io_req *rq, uint64_t n, uint64_t *bad)
 {
+    if (io->uring_state == 1 && io->uring_pid != getpid()) uring_leave_inherited(io);
     uring_try_init(io);
     if (io->uring_state == 1) return run_uring(io, rq, n, bad);
     return run_preadv(rq, n, bad);

@@ -95,6 +95,8 @@ static int key_error(recmg_pool *p, int64_t key)
 
 int hash_prepare(recmg_pool *p, uint64_t n)
 {
+    if (n > SIZE_MAX / 4 / sizeof *p->h_ent) /* need doubles to under 2 * (n + n / 2 + 1) */
+        return rc_set(p, RECMG_ENOMEM, "out of memory for a hash of %llu rows", (unsigned long long)n);
     size_t need = 64;
     while (need < n + n / 2 + 1) need *= 2;
     if (need > p->h_cap) {
