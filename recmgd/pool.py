@@ -317,13 +317,17 @@ class Pool:
         io_uring: bool = True,
         direct: bool = True,
         threads: int | None = None,
+        wait: bool = True,
     ) -> Pool:
-        """Attach to an existing pool. An app takes an access ring of its own; a daemon takes none."""
+        """Attach to an existing pool. An app takes an access ring of its own; a daemon takes none.
+        An object still being created is waited for up to 2 s (its creator's window), unless not WAIT:
+        then it fails at once with PoolError."""
         if role not in _ROLES:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
         out = ffi.new("recmg_pool **")
         err = ffi.new("char[512]")
-        rc = lib.recmg_attach(name.encode(), _ROLES[role], _flags(io_uring, direct), out, err, 512)
+        flags = _flags(io_uring, direct) | (0 if wait else lib.RECMG_F_NO_WAIT)
+        rc = lib.recmg_attach(name.encode(), _ROLES[role], flags, out, err, 512)
         if rc:
             _raise(rc, ffi.string(err).decode(errors="replace"))
         log.debug("attached pool %s as %s", name, role)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 from pool_layout import HDR_BYTES, HEADER, RING, TABLE, TABLE_BYTES
 
-from recmgd.errors import PoolVersionError
+from recmgd.errors import PoolError, PoolVersionError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -165,3 +166,25 @@ def test_ring_head_tail_corrupted(pool: Pool) -> None:
         _exact(pool, 0, [1, 2, 3])
     finally:
         daemon.close()
+
+
+def test_attach_without_waiting_for_a_creator(pool: Pool) -> None:
+    """An object still being created (ready 0) is waited for by default: a creator that finishes
+    within the window is attached. With wait=False attach fails at once, before the creator has
+    finished (the daemon attaches so: a creator that died must not hold up its loop)."""
+    off, fmt = HEADER["ready"]
+    assert _get(pool.name, off, fmt) == 1
+
+    def finish_later() -> threading.Thread:
+        _put(pool.name, off, fmt, 0)
+        t = threading.Timer(0.3, _put, (pool.name, off, fmt, 1))
+        t.start()
+        return t
+
+    t = finish_later()
+    with pytest.raises(PoolError, match="still being created"):
+        Pool.attach(pool.name, role="daemon", wait=False)
+    t.join()
+    t = finish_later()
+    Pool.attach(pool.name, role="daemon").close()  # waits for the "creator"
+    t.join()

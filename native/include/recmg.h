@@ -79,6 +79,8 @@ enum { RECMG_ROLE_APP = 0, RECMG_ROLE_DAEMON = 1 };
 #define RECMG_F_NO_IO_URING 0x1u /* read the SSD tier with preadv even if io_uring works */
 #define RECMG_F_NO_DIRECT 0x2u   /* never use O_DIRECT on the SSD tier */
 #define RECMG_F_REUSE_SLOW 0x4u  /* create: reuse an existing slow-tier file of the tables' size, content kept */
+#define RECMG_F_NO_WAIT 0x8u     /* attach: fail at once (RECMG_EBUSY, RECMG_ENOTPOOL) on an object still being
+                                  * created, instead of waiting up to 2 s for its creator */
 
 typedef struct recmg_pool recmg_pool;
 

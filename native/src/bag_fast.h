@@ -82,9 +82,9 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
     }
     float *out = c->out + b * c->ostride;
     if (c->mean && o1 > o0) {
-        const BF_VEC sc = BF_ISA(set1_ps)(1.0f / (float)(o1 - o0));
+        const BF_VEC n = BF_ISA(set1_ps)((float)(o1 - o0)); /* sum / n, as torch (not sum * (1 / n)) */
 #pragma GCC unroll 16
-        for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ISA(mul_ps)(acc[k], sc);
+        for (uint32_t k = 0; k < D / BF_LANES; k++) acc[k] = BF_ISA(div_ps)(acc[k], n);
     }
 #pragma GCC unroll 16
     for (uint32_t k = 0; k < D / BF_LANES; k++) BF_ISA(storeu_ps)(out + BF_LANES * k, acc[k]);

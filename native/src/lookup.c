@@ -246,6 +246,13 @@ typedef int (*bag_fast_fn)(const bagctx *c, uint64_t b, uint64_t *hits);
 
 /* The generic loops' software prefetch: the row (slot or memory slow tier) of the id PF_DIST ahead of
  * id i. */
+/* A mean bag's sum divided by its length, as torch divides (a multiply by 1 / n is off by an ulp). */
+static inline void mean_of(float *out, int64_t n, uint32_t dim)
+{
+    const float fn = (float)n;
+    for (uint32_t j = 0; j < dim; j++) out[j] /= fn;
+}
+
 static inline void prefetch_ahead(const bagctx *c, uint64_t i)
 {
     if (i + PF_DIST >= c->iend) return;
@@ -574,10 +581,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 }
                 if (i == o1) {
                     hits += h;
-                    if (a->mode == RECMG_MEAN && o1 > o0) {
-                        float scale = 1.0f / (float)(o1 - o0);
-                        for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
-                    }
+                    if (a->mode == RECMG_MEAN && o1 > o0) mean_of(out, o1 - o0, dim);
                     continue;
                 }
             }
@@ -626,15 +630,16 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                     on_demand++;
                     row = tw;
                 }
-                if (a->mode == RECMG_MAX)
+                if (a->mode == RECMG_MAX && i == o0) /* torch's max starts from the first row (a NaN there stays) */
+                    f16 ? f16_to_f32_row(out, row, dim) : (void)memcpy(out, row, (size_t)dim * sizeof *out);
+                else if (a->mode == RECMG_MAX)
                     mx(out, row, dim);
                 else
                     acc(out, row, a->weights ? a->weights[i] : 1.0f, dim);
             }
             hits += hb;
             if (a->mode == RECMG_MEAN && o1 > o0) {
-                float scale = 1.0f / (float)(o1 - o0);
-                for (uint32_t j = 0; j < dim; j++) out[j] *= scale;
+                mean_of(out, o1 - o0, dim);
             } else if (a->mode == RECMG_MAX && o1 == o0) {
                 memset(out, 0, (size_t)dim * sizeof *out);
             }

@@ -637,6 +637,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
     uint8_t *base = MAP_FAILED;
     struct stat st;
     shm_header hdr;
+    const int max_tries = (flags & RECMG_F_NO_WAIT) ? 0 : 2000; /* 1 ms apart: a creator's window */
     for (int tries = 0;; tries++) {
         if (fstat(fd, &st) != 0) {
             rc = rc_set(p, RECMG_ESYS, "fstat(%s): %s", nm, strerror(errno));
@@ -645,7 +646,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         if ((uint64_t)st.st_size < sizeof(shm_header)) {
             rc = rc_set(p, RECMG_ENOTPOOL, "'%s' is not a recmg pool (%lld bytes, too small for a header)", nm + 1,
                         (long long)st.st_size);
-            if (st.st_size == 0 && tries < 2000) { /* a creator between shm_open and ftruncate */
+            if (st.st_size == 0 && tries < max_tries) { /* a creator between shm_open and ftruncate */
                 struct timespec ts = {0, 1000000};
                 nanosleep(&ts, NULL);
                 continue;
@@ -659,7 +660,7 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
             goto fail;
         }
         if (hdr.magic == RECMG_MAGIC && hdr.version == RECMG_LAYOUT_VERSION &&
-            atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0 && tries < 2000) {
+            atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0 && tries < max_tries) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
             continue;
