@@ -24,14 +24,18 @@ Daemon side::
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
+import operator
 import os
 import sys
+import threading
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -167,6 +171,15 @@ def _i64(x: Any, what: str = "ids") -> np.ndarray:
     return a
 
 
+def _int_array(x: Any, what: str) -> np.ndarray:
+    """An int64 numpy array of x's shape; float and boolean values are a one-line PoolError (a cast
+    would truncate them: table 1.9 -> table 1)."""
+    a = np.asarray(x.detach().cpu() if _is_tensor(x) else x)
+    if a.dtype.kind not in "iu" and a.size:
+        raise PoolError(f"{what} must be integers, got {a.dtype} values (not truncated)")
+    return a.astype(np.int64, copy=False)
+
+
 def _flat_i64_kind(xs: Sequence[Any]) -> str | None:
     """"numpy" when every x is a 1-D C-contiguous int64 numpy array, "torch" when every x is a 1-D
     contiguous int64 CPU tensor, else None."""
@@ -206,14 +219,53 @@ def _bag_args_dtype() -> np.dtype:
 _BAG_ARGS = _bag_args_dtype()
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _native(method: _F) -> _F:
+    """A method that calls into the library with the handle: it counts as a call in flight, which
+    close() waits for (the library frees the handle; another thread's call would read freed memory),
+    and it raises PoolError once close() has begun."""
+
+    @functools.wraps(method)
+    def call(self: Pool, *args: Any, **kwargs: Any) -> Any:
+        with self._calls:
+            if self._closing:
+                raise PoolError(f"pool {self._name!r} is closed")
+            self._in_flight += 1
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            with self._calls:
+                self._in_flight -= 1
+                if self._closing and not self._in_flight:
+                    self._drained.set()
+
+    return call  # type: ignore[return-value]
+
+
 class Pool:
-    """A handle on a pool (see the module docstring). Use ``create`` or ``attach``; close when done."""
+    """A handle on a pool (see the module docstring). Use ``create`` or ``attach``; close when done.
+    Its methods may be called from several threads; close() waits for the calls in flight."""
 
     def __init__(self, handle: Any, name: str, role: str, threads: int | None = None) -> None:
+        self._calls = threading.Lock()  # guards the next two
+        self._in_flight = 0  # calls into the library now
+        self._closing = False  # close() has begun: no more calls
+        self._drained = threading.Event()  # the last call in flight has returned, after close() began
         self._h = handle
         self._name = name
         self._role = role
         self._finalizer = weakref.finalize(self, lib.recmg_close, handle)
+        try:
+            self._setup(handle, threads)
+        except BaseException:
+            self._closing = True
+            self._finalizer()  # (the handle is this object's: nobody else can close it)
+            self._h = None
+            raise
+
+    def _setup(self, handle: Any, threads: int | None) -> None:
         # threads=None means torch's thread count: taken now if torch is already loaded, else at the
         # first lookup (which builds tensors, so imports torch anyway); a daemon never pays for it.
         self._threads_pending = not threads
@@ -304,10 +356,18 @@ class Pool:
         rc = lib.recmg_create(name.encode(), o, out, err, 512)
         if rc:
             _raise(rc, ffi.string(err).decode(errors="replace"))
+        try:
+            pool = cls(out[0], name, role, threads)
+        except BaseException:  # (a bad thread count): the pool this call made goes, its new file too
+            Pool.unlink(name)
+            if kind == lib.RECMG_SLOW_SSD and existing == "refuse":
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
+            raise
         log.info(
             "created pool %s: %d tables, %d slots, slow=%s, dtype=%s", name, len(tables), slots, slow, dtype
         )
-        return cls(out[0], name, role, threads)
+        return pool
 
     @classmethod
     def attach(
@@ -342,10 +402,17 @@ class Pool:
             _raise(rc, ffi.string(err).decode(errors="replace"))
 
     def close(self) -> None:
-        """Detach (releases this process's ring). Idempotent."""
-        if self._h is not None:
-            self._finalizer()
-            self._h = None
+        """Detach (releases this process's ring). Idempotent. Calls that other threads have in flight
+        finish first; calls made from then on raise PoolError."""
+        with self._calls:
+            if self._closing:
+                return
+            self._closing = True
+            busy = self._in_flight > 0
+        if busy:
+            self._drained.wait()
+        self._finalizer()
+        self._h = None
 
     def destroy(self) -> None:
         """Close and unlink the shared-memory object (an SSD slow-tier file is left in place)."""
@@ -383,6 +450,7 @@ class Pool:
     def n_slots(self) -> int:
         return self._n_slots
 
+    @_native
     def lookup_kernel(self, table: int) -> str:
         """The bag kernel this handle's sum and mean lookups of ``table`` use: "avx512f", "avx2" or
         "generic" (see recmg_lookup_kernel in native/include/recmg.h)."""
@@ -422,36 +490,44 @@ class Pool:
             _raise(rc, ffi.string(lib.recmg_errmsg(self._h)).decode(errors="replace"))
         return rc
 
+    @_native
     def _info(self) -> Any:
         info = ffi.new("recmg_pool_info *")
         self._check(lib.recmg_info(self._handle, info))
         return info
 
     def _table(self, table: int) -> int:
-        t = int(table)
+        try:
+            t = operator.index(table)
+        except TypeError:
+            raise PoolError(f"table must be an integer, got {table!r}") from None
         if not 0 <= t < len(self._tables):
             raise RowIndexError(
                 f"table {table} out of range (pool {self._name!r} has {len(self._tables)} tables)"
             )
         return t
 
+    @_native
     def set_threads(self, threads: int) -> None:
         """Threads a lookup may use on a memory slow tier (several tables, or one table's bags)."""
         self._check(lib.recmg_set_threads(self._handle, int(threads)))
         self._threads_pending = False
 
+    @_native
     def set_lock_timeout(self, ms: int) -> None:
         """How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock
         another process holds before they raise PoolLockedError (default: 100 ms for a daemon, 2000 ms
         for an app, or RECMG_LOCK_TIMEOUT_MS from the environment at attach)."""
         self._check(lib.recmg_set_lock_timeout(self._handle, int(ms)))
 
+    @_native
     def _default_threads(self) -> None:
         """threads=None: as many lookup threads as torch uses (imports torch if need be)."""
         self._check(lib.recmg_set_threads(self._handle, max(1, _torch().get_num_threads())))
         self._threads_pending = False
 
     # ------------------------------------------------------------------ slow tier
+    @_native
     def write_rows(self, table: int, rows: Any, values: Any) -> None:
         """Write rows to the slow tier (the truth) and refresh any resident copy."""
         t = self._table(table)
@@ -474,6 +550,7 @@ class Pool:
             raise PoolWriteError(msg, int(written[0]))
         self._check(rc)
 
+    @_native
     def read_rows(self, table: int, rows: Any) -> np.ndarray:
         """Rows from the slow tier, in the storage dtype, shape (len(rows), dim)."""
         t = self._table(table)
@@ -519,13 +596,24 @@ class Pool:
                 raise ValueError("offsets has to be a 1D Tensor but got None")
             idv = _i64(ids)
             o = _i64(offsets, "offsets")
+            n_all = len(idv)
             if include_last_offset:
                 off = o
                 n_bags = len(o) - 1
                 if n_bags < 0:
                     raise ValueError("offsets must have at least one entry with include_last_offset")
+                if not n_bags:
+                    idv = idv[:0]  # no bags: torch reads no id
+                elif int(o[-1]) != n_all:  # (torch's modes disagree on the ids after it: refused)
+                    raise PoolError(f"with include_last_offset the last offset ({int(o[-1])}) must be the "
+                                    f"number of ids ({n_all})")
             else:
                 n_bags = len(o)
+                last = int(o[-1]) if n_bags else 0
+                if not 0 <= last <= n_all:
+                    raise PoolError(f"offsets[{n_bags - 1}] = {last} is past the end of the {n_all} ids")
+                if not n_bags:
+                    idv = idv[:0]  # no bags: torch reads no id
                 off = np.empty(n_bags + 1, dtype=np.int64)
                 off[:n_bags] = o
                 off[n_bags] = len(idv)
@@ -544,8 +632,10 @@ class Pool:
         keep.extend((idv, off, idb, offb))
         if weights is not None:
             w = _f32(weights)
-            if len(w) != len(idv):
-                raise ValueError(f"per_sample_weights has {len(w)} entries; expected one per id ({len(idv)})")
+            n_all = int(np.prod(ids.shape)) if ndim == 2 else n_all
+            if len(w) != n_all:
+                raise ValueError(f"per_sample_weights has {len(w)} entries; expected one per id ({n_all})")
+            w = w[: len(idv)]
             wb = ffi.from_buffer("float[]", w)
             keep.extend((w, wb))
             slot.weights = wb
@@ -554,6 +644,7 @@ class Pool:
         slot.out = ffi.cast("float *", out.data_ptr())
         return out
 
+    @_native
     def embedding_bag(
         self,
         table: int,
@@ -576,6 +667,7 @@ class Pool:
         self._check(lib.recmg_embedding_bags(handle, 1, args))
         return out
 
+    @_native
     def embedding_bags(
         self,
         tables: Sequence[int],
@@ -686,7 +778,10 @@ class Pool:
         if batch < 0 or len(o) != n * batch + 1:
             raise ValueError(f"offsets has {len(o)} entries; expected len(tables) * batch + 1 = "
                              f"{n * batch + 1}")
-        windows = np.lib.stride_tricks.sliding_window_view(o, batch + 1)[::max(batch, 1)][:n]
+        if batch and n:
+            windows = np.lib.stride_tricks.sliding_window_view(o, batch + 1)[::batch][:n]
+        else:  # no bags (or no tables): every table's one offset is the only one
+            windows = np.broadcast_to(o[:1], (n, 1)) if n else np.zeros((0, batch + 1), dtype=np.int64)
         return self.embedding_bags_windows(tables, values, windows, mode, weights)
 
     def embedding_bags_windows(self, tables: Any, values: Any, windows: Any,
@@ -694,12 +789,14 @@ class Pool:
         """Bags of table ``tables[k]`` at ``windows[k]`` (``batch + 1`` absolute offsets into ``values``)
         into one ``[batch, sum of dims]`` tensor (also the TorchRec front's path, whose features may come
         in another order than its tables)."""
-        tables = np.asarray(tables, dtype=np.int64)
+        tables = _int_array(tables, "tables").reshape(-1)
         values = _i64(values)
-        windows = np.asarray(windows, dtype=np.int64)
+        windows = _int_array(windows, "offsets")
         n = len(tables)
         if windows.ndim != 2 or len(windows) != n or windows.shape[1] < 1:
             raise ValueError(f"windows must be one row of batch + 1 offsets a table, got {windows.shape}")
+        if not n:
+            return _torch().zeros((windows.shape[1] - 1, 0), dtype=_torch().float32)
         bad = tables[(tables < 0) | (tables >= len(self._tables))]
         if len(bad):
             self._table(int(bad[0]))  # the one-line error
@@ -733,6 +830,7 @@ class Pool:
                         out=out.data_ptr() + 4 * (np.cumsum(dims) - dims), out_stride=width)
         return out  # (values, rel and w lived until the call returned)
 
+    @_native
     def _bags_call(self, n: int, **fields: Any) -> None:
         """One recmg_embedding_bags call over n arguments, each field of recmg_bag_args (by name) given
         for all n at once (a number or n of them); what the addresses point to lives until it returns."""
@@ -742,10 +840,12 @@ class Pool:
             rec[name] = value
         self._check(lib.recmg_embedding_bags(self._handle, n, args))
 
+    @_native
     def end_batch(self) -> None:
         """A batch boundary into this process's ring."""
         self._check(lib.recmg_end_batch(self._handle))
 
+    @_native
     def hint(self, table: int, rows: Any) -> None:
         """Hint records (rows the app expects to look up in the next batch) into this process's ring."""
         t = self._table(table)
@@ -753,12 +853,14 @@ class Pool:
         self._check(lib.recmg_hint(self._handle, t, ffi.from_buffer("int64_t[]", r), len(r)))
 
     # ------------------------------------------------------------------ fast tier (daemon)
+    @_native
     def fill_keys(self, keys: Any) -> int:
         """Copy rows (keys table << 40 | row) from the slow tier into free slots; returns how many were
         filled (resident keys are skipped). Raises PoolError if there are fewer free slots than keys."""
         k = _i64(keys, "keys")
         return self._check(lib.recmg_fill_keys(self._handle, ffi.from_buffer("int64_t[]", k), len(k)))
 
+    @_native
     def evict_keys(self, keys: Any) -> int:
         """Free the slots of resident keys; returns how many were evicted."""
         k = _i64(keys, "keys")
@@ -772,16 +874,19 @@ class Pool:
         t = self._table(table)
         return self.evict_keys((np.int64(t) << ROW_BITS) | _i64(rows, "rows"))
 
+    @_native
     def resident_keys(self) -> np.ndarray:
         """Keys held by the fast tier, read from the slot tags (how a restarted daemon rebuilds)."""
         out = np.empty(max(self._n_slots, 1), dtype=np.int64)
         n = self._check(lib.recmg_resident_keys(self._handle, ffi.from_buffer("int64_t[]", out), len(out)))
         return out[: min(n, len(out))].copy()
 
+    @_native
     def free_slots(self) -> int:
         return self._check(lib.recmg_free_slots(self._handle))
 
     # ------------------------------------------------------------------ rings and counters
+    @_native
     def rings(self) -> list[RingInfo]:
         info = ffi.new("recmg_ring_info *")
         out = []
@@ -790,6 +895,7 @@ class Pool:
             out.append(RingInfo(i, int(info.pid), int(info.waiting), int(info.drops), int(info.capacity)))
         return out
 
+    @_native
     def drain_ring(self, index: int, max_records: int | None = None) -> np.ndarray:
         """Take up to max_records records (uint64 words) from a ring, oldest first."""
         cap = self.rings()[index].capacity if max_records is None else int(max_records)
@@ -799,10 +905,12 @@ class Pool:
         )
         return out[:n]
 
+    @_native
     def release_ring(self, index: int) -> None:
         """Free the ring of a dead app (records still waiting stay drainable)."""
         self._check(lib.recmg_release_ring(self._handle, int(index)))
 
+    @_native
     def counters(self) -> dict[str, list[dict[str, int]]]:
         """Per-table and per-process counters: lookups, unique, hits, on_demand, ring_drops, slow_bytes."""
         c = ffi.new("recmg_counters *")
@@ -818,9 +926,11 @@ class Pool:
                 procs.append({"ring": r.index, "pid": r.pid, **d})
         return {"tables": tables, "processes": procs}
 
+    @_native
     def reset_counters(self) -> None:
         self._check(lib.recmg_reset_counters(self._handle))
 
+    @_native
     def stats(self) -> dict[str, Any]:
         """A summary: layout, this process's counters, per-table counters."""
         info = self._info()
@@ -855,6 +965,7 @@ class Pool:
         """The NUMA node of the page holding each row of the slow tier (negative errno if not placed)."""
         return self._node_query(lib.recmg_slow_nodes, table, _i64(rows, "rows"))
 
+    @_native
     def _node_query(self, fn: Any, table: int, ids: np.ndarray) -> np.ndarray:
         """One node per id (a row or a page of ``table``) from a native query ``fn``."""
         t = self._table(table)
@@ -863,6 +974,7 @@ class Pool:
                        ffi.from_buffer("int32_t[]", out)))
         return out
 
+    @_native
     def move_slow_rows(self, table: int, first: int, count: int, node: int) -> int:
         """Move the slow-tier pages of rows [first, first+count) to a node; returns pages now there.
 
@@ -873,6 +985,7 @@ class Pool:
         )
 
     # ------------------------------------------------------------------ page mode (whole pages)
+    @_native
     def slow_pages(self, table: int) -> int:
         """Pages (of PAGE_BYTES) of a table's slow tier: page k holds bytes [k * 4096, (k+1) * 4096)
         of its rows (each table's region starts on a page boundary). Memory slow tiers only."""
@@ -882,6 +995,7 @@ class Pool:
         """The NUMA node of each listed page of a table's slow tier (a negative errno if not placed)."""
         return self._node_query(lib.recmg_slow_page_nodes, table, _i64(pages, "pages"))
 
+    @_native
     def move_slow_pages(
         self,
         table: int,

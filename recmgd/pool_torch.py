@@ -15,15 +15,17 @@ __all__ = ["TieredEmbeddingBag"]
 
 
 class TieredEmbeddingBag(nn.Module):
-    """Drop-in for torch.nn.EmbeddingBag (inference only) over one table of a pool."""
+    """Drop-in for torch.nn.EmbeddingBag (inference only) over one table of a pool; its mode defaults
+    to 'mean', as nn.EmbeddingBag's does (a DLRM's tables are 'sum': say so)."""
 
-    def __init__(self, pool: Pool, table: int, mode: str = "sum", include_last_offset: bool = False) -> None:
+    def __init__(self, pool: Pool, table: int, mode: str = "mean", include_last_offset: bool = False) -> None:
         super().__init__()
         if mode not in _MODES:
             raise ValueError(f"mode has to be one of sum, mean or max, got {mode!r}")
-        info = pool.tables[table]
+        t = pool._table(table)  # an integer in range, or the pool's one-line error
+        info = pool.tables[t]
         self.pool = pool
-        self.table = int(table)
+        self.table = t
         self.mode = mode
         self.include_last_offset = include_last_offset
         self.num_embeddings = info.rows

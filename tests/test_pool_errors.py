@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import stat
 import struct
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -200,3 +202,104 @@ def test_torch_inputs_on_error_paths(pool: Pool) -> None:
     with pytest.raises(ValueError):
         pool.embedding_bag(0, torch.zeros((2, 2, 2), dtype=torch.int64))
     _usable(pool)
+
+
+CLOSE_DURING_LOOKUP = """
+import sys, threading, time
+import torch
+from recmgd.errors import PoolError
+from recmgd.pool import Pool
+
+name, slow = sys.argv[1], sys.argv[2]
+p = Pool.create(name, tables=[(20000, 64)], slots=1000, slow=slow)
+Pool.unlink(name)
+ids, offs = torch.randint(0, 20000, (400000,)), torch.arange(0, 400000, 4)
+ref = p.embedding_bag(0, ids, offs)
+seen = []
+
+def lookups():
+    try:
+        for _ in range(200):
+            out = p.embedding_bag(0, ids, offs)
+            assert torch.equal(out, ref)
+            seen.append(1)
+    except PoolError as e:
+        seen.append(str(e))
+
+t = threading.Thread(target=lookups)
+t.start()
+while not seen:
+    time.sleep(0.001)
+p.close()
+t.join()
+print(seen[-1])
+"""
+
+
+@pytest.mark.parametrize("tier", ["dram", "ssd"])
+def test_close_while_another_thread_looks_up(tier: str, tmp_path: Path) -> None:
+    """close() from one thread while another is inside a lookup: the lookup finishes (right rows),
+    the next one raises "closed"; the process does not crash (it did: the handle was freed under
+    the call, a segfault in 5 of 6 runs)."""
+    slow = "dram" if tier == "dram" else f"ssd:{tmp_path / 'c.bin'}"
+    r = subprocess.run([sys.executable, "-c", CLOSE_DURING_LOOKUP, _name(), slow],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"rc={r.returncode}\n{r.stdout}\n{r.stderr[-3000:]}"
+    assert "is closed" in r.stdout
+
+
+def test_create_refused_after_the_object_leaves_nothing(tmp_path: Path) -> None:
+    """A thread count the library refuses, after the object was made: the object and the SSD file
+    this call created are removed, so that the same create can be retried."""
+    name, path = _name(), tmp_path / "t.bin"
+    with pytest.raises(PoolError, match="threads must be"):
+        Pool.create(name, tables=[(10, 4)], slots=4, slow=f"ssd:{path}", threads=100000)
+    assert not (SHM / name).exists() and not path.exists()
+    Pool.create(name, tables=[(10, 4)], slots=4, slow=f"ssd:{path}", threads=2).destroy()
+
+
+def test_float_table_numbers_and_offsets_are_refused(pool: Pool) -> None:
+    values = torch.arange(6) % 50
+    for call, what in (
+        (lambda: pool.embedding_bag(1.9, [1, 2], [0]), "table must be an integer"),
+        (lambda: pool.embedding_bags_windows([0.9], values, [[0, 6]]), "tables must be integers"),
+        (lambda: pool.embedding_bags_windows([0], values, [[0, 1.7, 6]]), "offsets must be integers"),
+    ):
+        with pytest.raises(PoolError, match=what) as e:
+            call()
+        _one_line(e)
+    _usable(pool)
+
+
+def test_bags_at_the_edges_as_torch(pool: Pool) -> None:
+    """No bags, no tables, and offsets past the ids: torch's shapes, or one line naming the offset."""
+    w = torch.from_numpy(pool.read_rows(0, np.arange(100)))
+    ids = torch.tensor([1, 2, 3])
+    assert pool.embedding_bag(0, ids, torch.tensor([], dtype=torch.int64)).shape == (0, 8)
+    assert pool.embedding_bag(0, ids, torch.tensor([0]), include_last_offset=True).shape == (0, 8)
+    got = pool.embedding_bag(0, ids, torch.tensor([0, 1, 3]), include_last_offset=True)
+    assert torch.equal(got, torch.nn.functional.embedding_bag(ids, w, torch.tensor([0, 1, 3]), mode="sum",
+                                                              include_last_offset=True))
+    with pytest.raises(PoolError, match=r"last offset \(2\) must be the number of ids \(3\)"):
+        pool.embedding_bag(0, ids, torch.tensor([0, 1, 2]), include_last_offset=True)
+    with pytest.raises(PoolError, match=r"offsets\[1\] = 5 is past the end of the 3 ids"):
+        pool.embedding_bag(0, ids, torch.tensor([0, 5]))
+    # table-batched: no bags of two tables, and bags of no tables
+    assert pool.embedding_bags_packed([0, 1], torch.tensor([], dtype=torch.int64), [0], 0).shape == (0, 12)
+    assert pool.embedding_bags_packed([], torch.tensor([], dtype=torch.int64), [0], 3).shape == (3, 0)
+    _usable(pool)
+
+
+def test_tiered_embedding_bag_as_nn_embedding_bag(pool: Pool) -> None:
+    """Its mode defaults to nn.EmbeddingBag's ('mean'); a table out of range or not an integer is
+    refused when the module is made, not at its first forward."""
+    from recmgd.pool_torch import TieredEmbeddingBag
+
+    w = torch.from_numpy(pool.read_rows(0, np.arange(100)))
+    ref = torch.nn.EmbeddingBag.from_pretrained(w)
+    ids, offs = torch.tensor([1, 2, 3, 7, 9]), torch.tensor([0, 3])
+    assert torch.equal(TieredEmbeddingBag(pool, 0)(ids, offs), ref(ids, offs))
+    for table in (-1, 2, 0.5):
+        with pytest.raises(PoolError) as e:
+            TieredEmbeddingBag(pool, table)
+        _one_line(e)

@@ -39,7 +39,8 @@ def run(pool_name: str, trace_path: str, batch: int, start: int, stop: int | Non
     pool = Pool.attach(pool_name)
     try:
         n = len(pool.tables)
-        model = DLRM(DENSE, pool.tables[0].dim, [TieredEmbeddingBag(pool, t) for t in range(n)], seed=seed)
+        bags = [TieredEmbeddingBag(pool, t, mode="sum") for t in range(n)]
+        model = DLRM(DENSE, pool.tables[0].dim, bags, seed=seed)
         ref = None
         if check:
             refs = [nn.EmbeddingBag.from_pretrained(
