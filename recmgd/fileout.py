@@ -9,33 +9,59 @@ same bytes. When the block ends cleanly the temporaries are renamed over the out
 given; else they are removed and the outputs left as they were. An output that exists and is not a
 regular file (``/dev/stdout``, a FIFO) is written directly: renaming over it would replace the device.
 An output that is a symbolic link is written at its target, and the link kept, as open() would; an
-existing output's mode (and, for root, owner) passes to its replacement.
+existing output's mode (and, for root, owner) passes to its replacement. An output that is a directory
+is refused before the block runs.
+
+A writer that seeks, or that another process runs through a descriptor passed to it (the daemon writes
+a recording so), takes :func:`whole_fd`: the temporary open, and a regular file even for a device or
+FIFO output, which gets its bytes copied in, in place, when the block ends cleanly.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
+import shutil
 import stat
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 
-def _temporary(path: Path) -> Path | None:
-    """A new empty file beside path, or None when path exists and is not a regular file. Its mode is
-    the existing output's (and, for root, its owner), so that a private file stays private; for a new
-    output 0666 less the umask, as open() makes."""
+def _output(path: str | os.PathLike[str]) -> Path:
+    """Where an output is written: a symbolic link's target (as open() writes through the link; the
+    link stays), but the link itself when it leads to no regular file (/dev/stdout's target may be a
+    pipe's name that is no path), which open() then writes through in place."""
+    if not os.path.islink(path):
+        return Path(path)
     try:
-        st: os.stat_result | None = path.stat()
+        st = os.stat(path)
     except FileNotFoundError:
-        st = None
-    if st is not None and not stat.S_ISREG(st.st_mode):
+        st = None  # a dangling link: open() would make its target
+    return Path(os.path.realpath(path)) if st is None or stat.S_ISREG(st.st_mode) else Path(path)
+
+
+def _existing(path: Path) -> os.stat_result | None:
+    """The output's stat, None when there is none yet; a directory is refused (IsADirectoryError)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
         return None
+    if stat.S_ISDIR(st.st_mode):
+        raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+    return st
+
+
+def _create(folder: Path, name: str, st: os.stat_result | None) -> tuple[int, Path]:
+    """A new empty file ``.partial-PID-RANDOM.NAME`` in folder, open for reading and writing. Its mode is
+    st's (and, for root, its owner), so that a private file stays private; without st 0666 less the
+    umask, as open() makes."""
     while True:
-        tmp = path.with_name(f".partial-{os.getpid()}-{secrets.token_hex(4)}.{path.name}")
+        tmp = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}.{name}"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600 if st else 0o666)
+            fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600 if st else 0o666)
         except FileExistsError:
             continue
         try:
@@ -47,16 +73,25 @@ def _temporary(path: Path) -> Path | None:
             os.close(fd)
             tmp.unlink()
             raise
-        os.close(fd)
-        return tmp
+        return fd, tmp
+
+
+def _temporary(path: Path) -> Path | None:
+    """A new empty file beside path (see _create), or None when path exists and is not a regular file."""
+    st = _existing(path)
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        return None
+    fd, tmp = _create(path.parent, path.name, st)
+    os.close(fd)
+    return tmp
 
 
 @contextlib.contextmanager
 def whole_files(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
     """Temporary paths to write the outputs to, one for each of paths; see the module's docstring. An
-    OSError making a temporary (a missing directory, no permission) is raised before the block runs."""
-    # a symbolic link's target is the output (as open() writes through the link): the link stays
-    outs = [Path(os.path.realpath(p)) if os.path.islink(p) else Path(p) for p in paths]
+    OSError making a temporary (a missing directory, no permission, an output that is a directory) is
+    raised before the block runs."""
+    outs = [_output(p) for p in paths]
     tmps: list[Path | None] = []
     try:
         for p in outs:
@@ -86,6 +121,48 @@ def whole_file(path: str | os.PathLike[str]) -> Iterator[Path]:
     """:func:`whole_files` for one output."""
     with whole_files([path]) as (tmp,):
         yield tmp
+
+
+@contextlib.contextmanager
+def whole_fd(path: str | os.PathLike[str]) -> Iterator[tuple[int, Path]]:
+    """:func:`whole_file` for a writer that seeks, or that another process runs through the descriptor
+    (a recording: recmgctl passes it to the daemon): a new, empty, regular temporary file, open for
+    reading and writing (its mode does not matter to the writer), and its path. It lies beside the
+    output and is renamed over it when the block ends cleanly; the directory is fsynced then (a writer
+    that fsynced the data has the output on disk; a failure there is not reported). A device or FIFO
+    output, which can take neither, gets its temporary in the temporary directory
+    (``tempfile.gettempdir()``) and the bytes copied to it, in place (a FIFO's open waits for a reader),
+    when the block ends cleanly. The descriptor is closed and the temporary removed when the block
+    ends, and on an exception the output is left as it was. An OSError making the temporary (an output
+    that is a directory, no permission) is raised before the block runs, as is one for a device or FIFO
+    output this process may not write."""
+    out = _output(path)
+    st = _existing(out)
+    in_place = st is not None and not stat.S_ISREG(st.st_mode)
+    if in_place and not os.access(out, os.W_OK):
+        raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(out))
+    fd, tmp = _create(Path(tempfile.gettempdir()) if in_place else out.parent, out.name,
+                      None if in_place else st)
+    try:
+        try:
+            yield fd, tmp
+        finally:
+            os.close(fd)
+        if in_place:
+            with open(tmp, "rb") as src, open(out, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            tmp.unlink()
+        else:
+            os.replace(tmp, out)
+            with contextlib.suppress(OSError):  # (the output is in place: no reason to say it is not)
+                dfd = os.open(out.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+                try:
+                    os.fsync(dfd)
+                finally:
+                    os.close(dfd)
+    except BaseException:
+        _remove([tmp])
+        raise
 
 
 def write_reason(exc: BaseException) -> str:

@@ -8,15 +8,20 @@ import hashlib
 import json
 import os
 import shutil
+import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from recmgd.cli import recmg
-from recmgd.fileout import whole_file, whole_files, write_reason
+from recmgd.fileout import whole_fd, whole_file, whole_files, write_reason
 from recmgd.models import checkpoint
 from recmgd.trace import open_trace
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _digest(d: Path) -> dict[str, str]:
@@ -76,6 +81,59 @@ def test_a_symbolic_link_is_written_through(tmp_path: Path) -> None:
         t.write_bytes(b"new")
     assert link.is_symlink() and target.read_bytes() == b"new"
     assert os.listdir(tmp_path / "v1") == ["t.bin"]
+
+
+def test_a_directory_is_refused_before_the_block(tmp_path: Path) -> None:
+    (tmp_path / "d").mkdir()
+    for make in (whole_file, whole_fd):
+        with pytest.raises(IsADirectoryError), make(tmp_path / "d"):
+            raise AssertionError("the block ran")
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == []
+
+
+def test_dev_stdout_as_a_pipe_is_written_in_place(tmp_path: Path) -> None:
+    # /dev/stdout's target is then "pipe:[N]", no path: the link itself is written through
+    code = ("import os\nfrom recmgd.fileout import whole_fd, whole_file\n"
+            "with whole_file('/dev/stdout') as t:\n    t.write_bytes(b'one ')\n"
+            "with whole_fd('/dev/stdout') as (fd, t):\n    os.write(fd, b'two')\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=str(REPO))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == b"one two"
+
+
+def test_whole_fd(tmp_path: Path) -> None:
+    out = tmp_path / "out.bin"
+    out.write_bytes(b"old")
+    out.chmod(0o400)  # a read-only output: the writer has the descriptor, mode or not
+    with whole_fd(out) as (fd, t):
+        assert t.parent == tmp_path and t != out and stat.S_IMODE(t.stat().st_mode) == 0o400
+        os.write(fd, b"new, longer")
+        os.lseek(fd, 0, os.SEEK_SET)  # it seeks
+        os.write(fd, b"N")
+        assert out.read_bytes() == b"old"
+    assert out.read_bytes() == b"New, longer" and stat.S_IMODE(out.stat().st_mode) == 0o400
+    with pytest.raises(ValueError, match="the writer failed"), whole_fd(out) as (fd, t):
+        os.write(fd, b"x")
+        raise ValueError("the writer failed")
+    assert out.read_bytes() == b"New, longer" and os.listdir(tmp_path) == ["out.bin"]
+    # a FIFO: the whole file is copied in at the end (a reader reads it all); the FIFO stays
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    reader = subprocess.Popen(["cat", str(fifo)], stdout=subprocess.PIPE)
+    with whole_fd(fifo) as (fd, t):
+        assert stat.S_ISREG(t.stat().st_mode) and t.parent != tmp_path
+        os.write(fd, b"0123456789")
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, b"ab")
+    assert reader.communicate(timeout=30)[0] == b"ab23456789"
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and not t.exists()
+    # a device that refuses the bytes: its error when the block ends, nothing left
+    with pytest.raises(OSError, match="No space left on device"), whole_fd("/dev/full") as (fd, t):
+        os.write(fd, b"x")
+    assert Path("/dev/full").is_char_device() and not t.exists()
+    if os.geteuid() != 0:  # a device this process may not write: refused before the block
+        with pytest.raises(PermissionError), whole_fd("/dev/mem"):
+            raise AssertionError("the block ran")
 
 
 def test_write_reason_finds_the_os_error_behind_another() -> None:

@@ -7,15 +7,17 @@ daemon cannot be reached (not running, or no permission on the socket).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import sys
 import time
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
+from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
 MAX_SECONDS = 86400.0  # --timeout and --watch: a day at most
@@ -76,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("record", "write a pool's live access stream to a trace file (recmg binary format; one "
                 "sample per app batch)")
     s.add_argument("pool", help=pool_help)
-    s.add_argument("file", help="the trace to write (FILE.partial until it is complete)")
+    s.add_argument("file", help="the trace to write (a temporary file beside it until it is complete; a "
+                   "device or FIFO gets the whole trace at the end)")
     s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: no limit)")
     s.add_argument("--lookups", type=int, default=0,
                    help="stop at the first batch end after this many lookups (default: no limit)")
@@ -262,31 +265,48 @@ def _run(args: argparse.Namespace) -> int:
     raise AssertionError(args.command)
 
 
+class _NoFile(Exception):
+    """Raised in the recording's block so that its temporary is removed (its one line printed); args:
+    the exit status."""
+
+
 def record(args: argparse.Namespace) -> int:
-    """Open FILE.partial, pass it to the daemon, follow the recording, and rename it to FILE once the
-    daemon has written and fsynced it (a failed recording leaves no file)."""
-    sock, timeout = args.socket, args.timeout
+    """Make a temporary file for FILE (fileout.whole_fd), pass its descriptor to the daemon, which
+    writes and fsyncs the trace, follow the recording, and put the file in place once complete: renamed
+    over FILE, or copied into a device or FIFO. A failed recording leaves no file and FILE as it was."""
     if args.seconds < 0 or args.lookups < 0 or (args.max_mb is not None and args.max_mb <= 0):
         print("recmgctl: record: --seconds and --lookups must be >= 0, --max-mb > 0", file=sys.stderr)
         return 2
     path = os.path.abspath(args.file)
-    partial = path + ".partial"
-    try:
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    to_stdout = _same_file(path, sys.stdout)
+    out = contextlib.ExitStack()
+    try:  # before the daemon is asked: a directory, a folder that is not there, no permission
+        fd, tmp = out.enter_context(whole_fd(path))
     except OSError as exc:
-        print(f"recmgctl: record: {partial}: {exc.strerror}", file=sys.stderr)
+        print(f"recmgctl: record: {args.file}: {exc.strerror or exc}", file=sys.stderr)
         return 1
+    try:
+        with out:
+            done = _record_into(args, path, fd, str(tmp))
+    except _NoFile as exc:
+        return int(exc.args[0])
+    except OSError as exc:  # putting it in place (a full device, a FIFO's reader gone)
+        print(f"recmgctl: record: {args.file}: {write_reason(exc)}; the recording was not kept",
+              file=sys.stderr)
+        return 1
+    print(done, file=sys.stderr if to_stdout else sys.stdout)
+    return 0
+
+
+def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
+    """Start the recording into fd and follow it to its end: the line to print once the file is in
+    place; _NoFile (its line printed) when there is no whole trace to keep."""
+    sock, timeout = args.socket, args.timeout
     rargs: dict[str, Any] = {"pool": args.pool, "action": "start", "lookups": args.lookups,
                              "seconds": args.seconds, "path": path}
     if args.max_mb is not None:
         rargs["max_bytes"] = int(args.max_mb * 1e6)
-    try:
-        request(sock, "record", rargs, timeout=timeout, fds=(fd,))
-    except BaseException:
-        _unlink(partial)
-        raise
-    finally:
-        os.close(fd)
+    request(sock, "record", rargs, timeout=timeout, fds=(fd,))
     status: dict[str, Any] = {}
     interrupted = False
     show = sys.stderr.isatty() and not args.quiet
@@ -294,11 +314,7 @@ def record(args: argparse.Namespace) -> int:
         while True:
             try:
                 time.sleep(0.2)
-                try:
-                    status = request(sock, "record", {"pool": args.pool, "action": "status"},
-                                     timeout=timeout)
-                except CommandError as exc:  # the pool went away: the daemon completed the file first
-                    return _record_cut_short(args, partial, path, str(exc))
+                status = request(sock, "record", {"pool": args.pool, "action": "status"}, timeout=timeout)
                 if status["state"] != "recording":
                     break
                 if show:
@@ -307,51 +323,49 @@ def record(args: argparse.Namespace) -> int:
                                      f"{status['seconds']:.0f} s ")
             except KeyboardInterrupt:
                 if interrupted:  # a second ^C: give up on the file
-                    _unlink(partial)
-                    return 130
+                    raise _NoFile(130) from None
                 interrupted = True
                 request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
-    except BaseException:
-        _unlink(partial)
-        raise
+    except CommandError as exc:  # the pool went away: the daemon completed the file first
+        return _record_cut_short(args, tmp, str(exc), 1)
+    except ControlUnavailable as exc:  # the daemon stopped: it completed the file first
+        return _record_cut_short(args, tmp, str(exc), 3)
     finally:
         if show:
             sys.stderr.write("\n")
     if status["state"] != "done":
-        _unlink(partial)
         print(f"recmgctl: record: {status.get('error') or 'the recording failed'}; no file was kept",
               file=sys.stderr)
-        return 1
-    os.replace(partial, path)
-    dfd = os.open(os.path.dirname(path), os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+        raise _NoFile(1)
     drops = status["ring_drops"]
     drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""
-    print(f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
-          f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
-    return 0
+    return (f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
+            f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
 
 
-def _record_cut_short(args: argparse.Namespace, partial: str, path: str, why: str) -> int:
-    """The daemon no longer knows the recording (its pool was detached, which completes the file):
-    keep the file if it is a complete trace, else remove it."""
+def _record_cut_short(args: argparse.Namespace, tmp: str, why: str, fail: int) -> str:
+    """The daemon no longer knows the recording (its pool was detached, or it stopped: either completes
+    the file): keep the file if it is a complete trace, else _NoFile(fail)."""
     from recmgd.errors import TraceError
     from recmgd.trace.binary import read_binary
 
     try:
-        tr = read_binary(partial)
+        tr = read_binary(tmp)
         n_lookups, n_batches = tr.n_lookups, tr.n_samples
         del tr
     except TraceError:
-        _unlink(partial)
         print(f"recmgctl: record: {why}; the recording is incomplete, no file was kept", file=sys.stderr)
-        return 1
-    os.replace(partial, path)
-    print(f"recorded {n_lookups} lookups in {n_batches} batches to {args.file} (cut short: {why})")
-    return 0
+        raise _NoFile(fail) from None
+    return f"recorded {n_lookups} lookups in {n_batches} batches to {args.file} (cut short: {why})"
+
+
+def _same_file(path: str, stream: TextIO) -> bool:
+    """Whether path is the file stream writes to (``/dev/stdout``, or a name of the same pipe)."""
+    try:
+        a, b = os.stat(path), os.fstat(stream.fileno())
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
 
 
 def retrain(args: argparse.Namespace) -> int:
@@ -392,13 +406,6 @@ def format_retrain(rt: dict[str, Any]) -> str:
     if rt.get("last_error"):
         line += f"; last error: {rt['last_error']}"
     return line
-
-
-def _unlink(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -16,10 +16,12 @@ The recorder never slows the loop down: the tap only puts the array on a queue; 
 its own splits and writes (through :class:`recmgd.trace.binary.BinaryWriter`, the one home of the
 format) into a file descriptor that ``recmgctl`` opened and passed over the control socket (the
 daemon writes no path of its choosing and needs no write access to the user's directories). The file
-is ``FILE.partial`` until the recording is complete: the daemon writes the header last and fsyncs,
-then ``recmgctl`` renames it to ``FILE``. On a write error (ENOSPC, EIO) the daemon truncates the file
-to nothing and reports one line; ``recmgctl`` removes it. If the writer falls more than
-``QUEUE_MAX_BYTES`` behind, the recording fails the same way rather than leave a gap in the trace.
+is a temporary of ``recmgctl``'s (:func:`recmgd.fileout.whole_fd`: beside ``FILE``, a regular file
+even when ``FILE`` is a device or FIFO) until the recording is complete: the daemon writes the header
+last and fsyncs, then ``recmgctl`` puts it in place. On a write error (ENOSPC, EIO) the daemon
+truncates the file to nothing and reports one line; ``recmgctl`` removes it. If the writer falls more
+than ``QUEUE_MAX_BYTES`` behind, the recording fails the same way rather than leave a gap in the trace.
+A pool detached (removed, or the daemon stopping) completes the file first.
 """
 
 from __future__ import annotations

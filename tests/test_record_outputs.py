@@ -1,0 +1,286 @@
+"""Where `recmgctl record` puts its trace (recmgd/fileout.py's rules for outputs), with a real daemon, real
+pool and real sockets:
+
+- a device node is written in place (a null device takes the trace, a full one is one line), as is a
+  FIFO (a reader gets the whole trace), and a symbolic link is written at its target, the link kept;
+- a directory is refused up front, in one line, before the daemon is asked, with nothing left behind;
+- the daemon stopping (SIGTERM) during a recording completes the file: recmgctl keeps it, one line;
+- a second recording to the same file while the first runs is refused without harm to the first;
+- a replaced file keeps its mode (and, for root, its owner); a new file gets 0666 less the umask.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from test_daemon_live import config
+from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+
+from recmgd.daemon.control import CommandError, request
+from recmgd.trace import open_trace
+
+pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+
+BATCH = 32
+
+
+def recmgctl(sock: Path, *args: str, umask: int = -1) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), *args],
+                            env=daemon_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            umask=umask)
+
+
+def create_pool(name: str) -> object:
+    from test_daemon_app import create_pool as create
+
+    return create(name, [1000], 100, 65536)
+
+
+def wait_attached(sock: Path, name: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while name not in request(str(sock), "stats")["pools"]:
+        assert time.monotonic() < deadline, "the daemon did not attach the pool"
+        time.sleep(0.02)
+
+
+def status(sock: Path, name: str) -> dict | None:
+    try:
+        return request(str(sock), "record", {"pool": name, "action": "status"})
+    except CommandError:
+        return None
+
+
+def wait_recording(sock: Path, name: str, lookups: int = 0, timeout: float = 30.0) -> None:
+    """Until the pool is being recorded (and the recording holds at least `lookups`)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        st = status(sock, name)
+        if st is not None and st["state"] == "recording" and st["lookups"] >= lookups:
+            return
+        assert time.monotonic() < deadline, f"no recording of {lookups} lookups: {st}"
+        time.sleep(0.02)
+
+
+def send(pool: object, n: int, seed: int) -> list[np.ndarray]:
+    """n batches of BATCH lookups of table 0; their keys."""
+    rng = np.random.default_rng(seed)
+    sent = [rng.integers(0, 1000, BATCH) for _ in range(n)]
+    for ids in sent:
+        pool.embedding_bag(0, ids, np.arange(BATCH))  # type: ignore[attr-defined]
+        pool.end_batch()  # type: ignore[attr-defined]
+    return sent
+
+
+def recorded(path: Path) -> list[np.ndarray]:
+    tr = open_trace(path)
+    keys, offs = np.asarray(tr.keys), np.asarray(tr.sample_offsets)
+    return [keys[offs[i]:offs[i + 1]] for i in range(tr.n_samples)]
+
+
+def record(sock: Path, name: str, pool: object, out: Path, n: int = 5, seed: int = 0,
+           umask: int = -1) -> tuple[int, str, str, list[np.ndarray]]:
+    """recmgctl record of n batches sent by this process: (exit status, stdout, stderr, batches sent)."""
+    r = recmgctl(sock, "record", name, str(out), "--lookups", str(n * BATCH), umask=umask)
+    try:
+        wait_recording(sock, name)
+    except AssertionError:
+        r.kill()
+        o, e = r.communicate()
+        raise AssertionError(f"recmgctl: {r.returncode} {o} {e}") from None
+    sent = send(pool, n, seed)
+    o, e = r.communicate(timeout=60)
+    return r.returncode, o, e, sent
+
+
+def leftovers(d: Path) -> list[str]:
+    return sorted(p for p in os.listdir(d) if ".partial" in p)
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, object]]:
+    """One daemon and one pool for the module: (socket, pool name, pool)."""
+    tmp = tmp_path_factory.mktemp("recout")
+    name = f"recmgd-recout-{uuid.uuid4().hex[:8]}"
+    sock = tmp / "ctl.sock"
+    d = start_daemon(config(tmp / "d.toml", sock, [name]))
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name)
+        wait_attached(sock, name)
+        yield sock, name, pool
+    finally:
+        if pool is not None:
+            pool.close()  # type: ignore[attr-defined]
+        rc, err = stop_daemon(d)
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+        assert rc == 0, err
+
+
+def test_device_outputs(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, pool = live
+    # device nodes of our own (the null and full devices' numbers): /dev itself is left alone
+    null, full = tmp_path / "null", tmp_path / "full"
+    try:
+        os.mknod(null, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        os.mknod(full, 0o666 | stat.S_IFCHR, os.makedev(1, 7))
+    except PermissionError:
+        pytest.skip("making device nodes needs root")
+    rc, out, err, _ = record(sock, name, pool, null)
+    assert rc == 0, err
+    assert "recorded 160 lookups in 5 batches" in out
+    assert null.is_char_device() and os.major(null.stat().st_rdev) == 1
+    rc, out, err, _ = record(sock, name, pool, full, seed=1)
+    assert rc == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "No space left on device" in err, err
+    assert full.is_char_device()
+    assert status(sock, name)["state"] == "done"  # the daemon recorded it; the device refused it
+    assert leftovers(tmp_path) == []
+
+
+def test_fifo_and_symlink_outputs(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, pool = live
+    # a symbolic link: written at its target, the link kept
+    (tmp_path / "v1").mkdir()
+    target = tmp_path / "v1" / "t.rtrace"
+    target.write_bytes(b"old")
+    link = tmp_path / "current.rtrace"
+    link.symlink_to(target)
+    rc, out, err, sent = record(sock, name, pool, link, seed=3)
+    assert rc == 0, err
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert [k.tolist() for k in recorded(target)] == [s.tolist() for s in sent]
+    assert os.listdir(tmp_path / "v1") == ["t.rtrace"]
+    # a FIFO: a reader gets the whole trace
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    rfd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)  # (opened here: a test that fails cannot hang)
+    os.set_blocking(rfd, True)
+    keep = os.open(fifo, os.O_WRONLY)  # the reader sees the end once this and recmgctl's are closed
+    chunks: list[bytes] = []
+
+    def read() -> None:
+        with os.fdopen(rfd, "rb") as src:
+            chunks.append(src.read())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        rc, out, err, sent = record(sock, name, pool, fifo, seed=2)
+    finally:
+        os.close(keep)
+        reader.join(30)
+    got = tmp_path / "from-fifo.rtrace"
+    got.write_bytes(b"".join(chunks))
+    assert rc == 0, err
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert [k.tolist() for k in recorded(got)] == [s.tolist() for s in sent]
+    assert leftovers(tmp_path) == []
+
+
+def test_a_directory_is_refused_up_front(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, _ = live
+    before = status(sock, name)
+    d = tmp_path / "X"
+    d.mkdir()
+    r = recmgctl(sock, "record", name, str(d), "--seconds", "0.5")
+    out, err = r.communicate(timeout=60)
+    assert r.returncode == 1 and out == ""
+    assert len(err.strip().splitlines()) == 1 and "Is a directory" in err and "Traceback" not in err, err
+    assert status(sock, name) == before  # the daemon was not asked
+    assert os.listdir(d) == [] and sorted(os.listdir(tmp_path)) == ["X"]
+
+
+def test_a_second_recording_to_the_same_file(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, pool = live
+    out = tmp_path / "same.rtrace"
+    first = recmgctl(sock, "record", name, str(out), "--lookups", str(10 * BATCH))
+    wait_recording(sock, name)
+    sent = send(pool, 4, seed=4)
+    wait_recording(sock, name, 4 * BATCH)
+    second = recmgctl(sock, "record", name, str(out), "--lookups", str(BATCH))
+    o2, e2 = second.communicate(timeout=60)
+    assert second.returncode == 1 and "already being recorded" in e2 and len(e2.strip().splitlines()) == 1
+    sent += send(pool, 6, seed=5)
+    o1, e1 = first.communicate(timeout=60)
+    assert first.returncode == 0, e1
+    assert "recorded 320 lookups in 10 batches" in o1
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+    assert os.listdir(tmp_path) == ["same.rtrace"]
+
+
+def test_modes_and_owners_are_kept(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, pool = live
+    private = tmp_path / "private.rtrace"
+    private.write_bytes(b"old")
+    private.chmod(0o600)
+    root = os.geteuid() == 0
+    if root:
+        os.chown(private, 1234, 4321)
+    rc, _, err, sent = record(sock, name, pool, private, seed=6)
+    assert rc == 0, err
+    st = private.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600
+    if root:
+        assert (st.st_uid, st.st_gid) == (1234, 4321)
+    assert [k.tolist() for k in recorded(private)] == [s.tolist() for s in sent]
+    new = tmp_path / "new.rtrace"
+    rc, _, err, _ = record(sock, name, pool, new, seed=7, umask=0o002)
+    assert rc == 0, err
+    assert stat.S_IMODE(new.stat().st_mode) == 0o664  # 0666 less the umask, as open() makes
+    assert leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_daemon_stopping_completes_the_recording(sig: int, tmp_path: Path) -> None:
+    """SIGTERM: the daemon completes the file as it stops, and recmgctl keeps it. SIGKILL: the file is
+    not complete, and recmgctl keeps nothing (one line, exit status 3: the daemon is gone)."""
+    name = f"recmgd-recout-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    d = start_daemon(config(tmp_path / "d.toml", sock, [name]))
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name)
+        wait_attached(sock, name)
+        out = tmp_path / "stopped.rtrace"
+        r = recmgctl(sock, "record", name, str(out))
+        wait_recording(sock, name)
+        sent = send(pool, 20, seed=8)
+        wait_recording(sock, name, 20 * BATCH)
+        d.send_signal(sig)
+        rout, rerr = r.communicate(timeout=60)
+    finally:
+        if pool is not None:
+            pool.close()  # type: ignore[attr-defined]
+        rc, derr = stop_daemon(d)
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert leftovers(tmp_path) == []
+    if sig == signal.SIGKILL:
+        assert r.returncode == 3 and rout == ""
+        assert len(rerr.strip().splitlines()) == 1 and "incomplete, no file was kept" in rerr, rerr
+        assert not out.exists()
+        return
+    assert rc == 0, derr
+    assert "done (pool detached: stopping): 640 lookups" in derr
+    assert r.returncode == 0, rerr
+    assert rerr == "" and len(rout.strip().splitlines()) == 1
+    assert "recorded 640 lookups in 20 batches" in rout and "cut short" in rout, rout
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
