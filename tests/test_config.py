@@ -193,3 +193,116 @@ def test_check_config(tmp_path: Path) -> None:
     cfg.write_text("[policy]\nname = 'no-such'\n")
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=REPO, env=env)
     assert r.returncode == 1 and f"{cfg}: policy.name: unknown policy 'no-such'" in r.stderr
+
+
+BIG = "1" + "0" * 400  # beyond any float
+HUGE = "1" + "0" * 5000  # more digits than str() of an int may have
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    (f"status_interval = {BIG}", "status_interval", "impossible value <an integer of about 401 digits>"),
+    (f"[policy]\nretrain_every = {BIG}", "policy.retrain_every", "impossible value"),
+    (f"[pages]\nbudget_mb = {BIG}", "pages.budget_mb", "impossible value"),
+    (f"max_drain = {HUGE}", "(syntax)", "an integer has too many digits"),
+    (f"max_drain = {BIG}", "max_drain", "impossible value <an integer of about 401 digits>"),
+    (f"[control]\nmode = {BIG}", "control.mode", "impossible value <an integer"),
+    (f"[control]\nmode = '{HUGE}'", "control.mode", "impossible value <an integer of about 4516 digits>"),
+    ("x = " + "[" * 5000 + "]" * 5000, "(syntax)", "nested too deeply"),
+    ("x = " + "{a=" * 3000 + "1" + "}" * 3000, "(syntax)", "nested too deeply"),
+    ("interval = 1\ninterval = 2", "(syntax)", "line 2: a key is defined twice ('interval = 2')"),
+    ("[policy]\nname = 'lru'\nname = 'lfu'", "(syntax)", "line 3: a key is defined twice"),
+])
+def test_values_no_check_foresaw_are_one_line_errors(text: str, key: str, problem: str) -> None:
+    """Values that made the decoder raise something else than ConfigError (OverflowError, RecursionError,
+    ValueError) and a key defined twice (tomllib names neither key nor line): one line naming key and
+    problem, never long."""
+    msg = err(text)
+    assert msg.startswith(f"/etc/x.toml: {key}: "), msg
+    assert problem in msg and len(msg) < 300, msg
+
+
+@pytest.mark.parametrize("text,key,problem", [
+    ('pools = ["x\\u0000y"]', "pools", "impossible value 'x\\x00y' (a pool name has no control character)"),
+    ('pools = ["aud1", "x\\nMAINPID=1"]', "pools", "'x\\nMAINPID=1' (a pool name has no control character)"),
+    ('pools = ["a\\u2028b"]', "pools", "control character"),
+    ('"zz\\nMAINPID=1" = 1', "'zz\\nMAINPID=1'", "unknown key"),
+    ('[control]\n"so\\rck" = 1', "control.'so\\rck'", "unknown key"),
+    ('[pool."a\\nb"]\nname = "lru"', "pool.'a\\nb'", "a pool name has no control character"),
+    ('[pool."a/b"]\nname = "lru"', "pool.'a/b'", "has no '/'"),
+    ('[control]\nsocket = "/tmp/a\\rb.sock"', "control.socket", "control character"),
+    ('plugins = ["a\\nb"]', "plugins", "control character"),
+])
+def test_control_characters_are_refused_and_keys_escaped(text: str, key: str, problem: str) -> None:
+    """A NUL or a newline in a pool name (or any name) is refused; a key is shown escaped, so that the
+    message (logged, answered, sent as STATUS=) stays one line."""
+    msg = err(text)
+    assert msg.startswith(f"/etc/x.toml: {key}: "), msg
+    assert problem in msg, msg
+
+
+def test_recmg_prefetch_throttling_options() -> None:
+    """prefetch_min_accuracy and prefetch_throttled_probe (documented in the example, taken by recmg) are
+    policy options; the example's commented lines of them are valid."""
+    c = config.parse("[policy.options]\nprefetch_min_accuracy = 0.1\nprefetch_throttled_probe = 8\n"
+                     "[pool.p.options]\nprefetch_min_accuracy = 0\n", "f")
+    assert c.policy.options == {"prefetch_min_accuracy": 0.1, "prefetch_throttled_probe": 8}
+    assert c.policy_for("p").create_options()["prefetch_min_accuracy"] == 0.0
+    too_much = err("[policy.options]\nprefetch_min_accuracy = 1.5")
+    assert "prefetch_min_accuracy: impossible value 1.5" in too_much
+    assert "expected a number, got a string" in err("[policy.options]\nprefetch_min_accuracy = 'x'")
+    assert "impossible value 0" in err("[policy.options]\nprefetch_throttled_probe = 0")
+    example = (REPO / "systemd" / "recmgd.toml.example").read_text()
+    lines = example.splitlines()
+    start = lines.index("[policy.options]")
+    end = next(i for i in range(start + 1, len(lines)) if lines[i].startswith("["))
+    commented = [ln[2:].split("#")[0].strip() for ln in lines[start:end] if ln.startswith("# prefetch_")]
+    assert {ln.split(" = ")[0] for ln in commented} >= {"prefetch_min_accuracy", "prefetch_throttled_probe"}
+    c = config.parse("[policy.options]\n" + "\n".join(commented), "example")
+    assert set(c.policy.options) >= {"prefetch_min_accuracy", "prefetch_throttled_probe"}
+
+
+def check_config(cfg: Path) -> subprocess.CompletedProcess:
+    env = dict(__import__("os").environ, PYTHONPATH=f"{REPO / 'tests'}:{REPO}")
+    cmd = [sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--check-config"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120, cwd=REPO, env=env)
+
+
+def test_check_config_one_line_for_what_made_the_decoder_raise(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    for text, expect in ((f"status_interval = {BIG}\n", "status_interval: impossible value"),
+                         ("x = " + "[" * 5000 + "]" * 5000 + "\n",
+                          "(syntax): arrays or tables nested too deeply"),
+                         ('pools = ["x\\u0000y"]\n', "pools: impossible value 'x\\x00y'")):
+        cfg.write_text(text)
+        r = check_config(cfg)
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"recmgd: error: {cfg}: "), r.stderr
+        assert expect in lines[0], r.stderr
+
+
+def test_check_config_learned_policy_needs_a_checkpoint(tmp_path: Path) -> None:
+    """recmg with a model_dir that does not exist, that holds no checkpoint, or none at all: the daemon
+    would never attach its pools; --check-config says so on one line."""
+    cfg = tmp_path / "c.toml"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text("{}")
+    for section, expect in ((f'[policy]\nname = "recmg"\nmodel_dir = "{tmp_path}/nope"\n',
+                             f"policy.model_dir: impossible value '{tmp_path}/nope' (no such directory)"),
+                            (f'[policy]\nname = "recmg"\nmodel_dir = "{empty}"\n',
+                             f"policy.model_dir: impossible value '{empty}' (holds no checkpoint"),
+                            ('[pool.p]\nname = "recmg-cache"\n',
+                             "pool.p.model_dir: policy 'recmg-cache' needs a checkpoint"),
+                            (f'[policy]\nname = "recmg"\nmodel_dir = "{bad}"\n', "policy.model_dir: ")):
+        cfg.write_text(section)
+        r = check_config(cfg)
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 1 and len(lines) == 1, r.stderr
+        assert lines[0].startswith(f"recmgd: error: {cfg}: ") and expect in lines[0], r.stderr
+    # retraining without a checkpoint runs LRU until its first retrain: valid
+    cfg.write_text('[policy]\nname = "recmg"\nretrain_every = "1h"\n')
+    r = check_config(cfg)
+    assert r.returncode == 0, r.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import shutil
 import signal
@@ -136,6 +137,11 @@ def test_reload_pause_resume_policy(daemon) -> None:
     (b'{"version": 1, "cmd": "stats", "args": [1]}\n', "\"args\" must be an object"),
     (b'{"version": 1, "cmd": "stats", "extra": 1}\n', "unknown field 'extra'"),
     (b'{"version": 1, "cmd": "pause", "args": {"pool": 7}}\n', "missing argument \"pool\""),
+    (b'{"version": true, "cmd": "stats"}\n', "unsupported protocol version True"),
+    (b'{"version": 1.0, "cmd": "stats"}\n', "unsupported protocol version 1.0"),
+    (b"[" * 1010 + b"\n", "malformed request: arrays or objects nested too deeply"),
+    (b'{"version": ' + b"1" * 900 + b', "cmd": "stats"}\n',
+     "unsupported protocol version <an integer of about 900"),
 ])
 def test_bad_requests_get_error_answers(daemon, payload: bytes, expect: str) -> None:
     proc, sock, _ = daemon
@@ -363,3 +369,90 @@ def test_every_command_says_what_it_does_in_its_help() -> None:
             assert sub.description and sub.description.rstrip(".").lower() == listed[name].lower(), name
     top = top_parser.format_help()
     assert "set_argparser" not in top and "Offline work on traces and models" in top
+
+
+def test_requests_that_made_the_decoder_raise_are_one_line_answers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Arrays nested 60000 deep, a version of 5000 digits: an answer that says what is wrong, and no
+    traceback in the log."""
+    from recmgd.daemon import control as control_mod
+
+    path = tmp_path / "c.sock"
+    srv = control_mod.ControlServer(str(path), 0o600, lambda cmd, args: {"cmd": cmd})
+    srv.open()
+    try:
+        for payload, expect in ((b"[" * 60000 + b"\n",
+                                 "malformed request: arrays or objects nested too deeply"),
+                                (b'{"version": ' + b"1" * 5000 + b', "cmd": "stats"}\n',
+                                 "malformed request: a number has too many digits"),
+                                (b'{"version": 1, "cmd": "' + b"x" * 5000 + b'"}\n', "unknown command 'xxx")):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(str(path))
+            s.sendall(payload)
+            buf = b""
+            deadline = time.monotonic() + 10
+            with caplog.at_level(logging.DEBUG, logger="recmgd.daemon.control"):
+                while b"\n" not in buf and time.monotonic() < deadline:
+                    srv.poll(0.05)
+                    s.setblocking(False)
+                    try:
+                        buf += s.recv(65536)
+                    except BlockingIOError:
+                        pass
+            s.close()
+            answer = json.loads(buf.split(b"\n")[0])
+            assert answer["ok"] is False and answer["error"].startswith(expect), answer
+            assert len(answer["error"]) < 200, answer
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING or r.exc_info], caplog.text
+    finally:
+        srv.close()
+
+
+def test_control_requests_are_answered_in_turns(tmp_path: Path) -> None:
+    """Every complete line of every connection is not answered within one poll: a poll works for about
+    its budget, one request a connection in turn; all are answered, in order on each connection."""
+    from recmgd.daemon import control as control_mod
+
+    seen: list[tuple[int, int]] = []
+
+    def handler(cmd: str, args: dict) -> dict:
+        time.sleep(0.001)
+        seen.append((args["c"], args["i"]))
+        return {"c": args["c"], "i": args["i"]}
+
+    path = tmp_path / "c.sock"
+    srv = control_mod.ControlServer(str(path), 0o600, handler)
+    srv.open()
+    clients = []
+    try:
+        for c in range(8):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(str(path))
+            s.sendall(b"".join(b'{"version":1,"cmd":"stats","args":{"c":%d,"i":%d}}\n' % (c, i)
+                               for i in range(100)))
+            clients.append(s)
+        polls = []
+        deadline = time.monotonic() + 60
+        while len(seen) < 800 and time.monotonic() < deadline:
+            before = len(seen)
+            t0 = time.monotonic()
+            srv.poll(0.05)
+            polls.append((len(seen) - before, time.monotonic() - t0))
+        assert len(seen) == 800
+        # no poll answered everything at once: each stopped after its budget (0.02 s of 1 ms requests)
+        assert max(n for n, _ in polls) < 200, polls
+        # turns: the first requests of every connection come before the tenth of any
+        firsts = [seen.index((c, 0)) for c in range(8)]
+        assert max(firsts) < min(seen.index((c, 9)) for c in range(8)), seen[:40]
+        for c, s in enumerate(clients):
+            s.settimeout(10)
+            buf = b""
+            while buf.count(b"\n") < 100:
+                buf += s.recv(65536)
+            assert [json.loads(line)["result"]["i"] for line in buf.splitlines()] == list(range(100))
+            assert all(json.loads(line)["result"]["c"] == c for line in buf.splitlines())
+    finally:
+        for s in clients:
+            s.close()
+        srv.close()

@@ -4,6 +4,7 @@ and metrics changes, pools that go away, dead apps' rings, the STATUS line."""
 from __future__ import annotations
 
 import grp
+import logging
 import os
 import re
 import shutil
@@ -332,3 +333,81 @@ def test_a_non_root_daemon_serves_pools_shared_through_its_group() -> None:
     assert "error" not in res, res
     assert res["pools"] == {shared: 4}, res
     assert res["skipped"][private].startswith("owned by root:root"), res
+
+
+def test_a_pool_that_fails_to_attach_is_retried_later_and_later(tmp_path: Path, restore_signals: None,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    """An object of 0 bytes (a creator that died between shm_open and ftruncate) named in `pools`: the
+    attach does not wait for a creator, fails, and is tried again after a delay that doubles from
+    app_check_interval up to ATTACH_RETRY_MAX (logged once); a new object of that name is attached at
+    the next discovery."""
+    from recmgd.shm import SHM_DIR
+
+    name = f"recmgd-svc-{uuid.uuid4().hex[:8]}"
+    path = Path(SHM_DIR) / name
+    path.touch()
+    sock = tmp_path / "b.sock"
+    creator = None
+    try:
+        with caplog.at_level(logging.INFO, logger="recmgd.daemon.service"):
+            d, _, _ = make(tmp_path, f'pools = ["{name}"]\napp_check_interval = 0.5\n'
+                                     f'[control]\nsocket = "{sock}"\n[policy]\nname = "lru"\n')
+            try:
+                assert d.pools == {} and "too small for a header" in d.handle("pools", {})[0]["error"]
+                delays = []
+                for _ in range(8):
+                    d._retry_after[name] = 0.0  # due now
+                    t0 = time.monotonic()
+                    d._discover()
+                    took = time.monotonic() - t0
+                    assert took < 1.0, took  # the C attach waits up to 2 s for a creator unless told not to
+                    delays.append(round(d._retry_after[name] - t0, 1))
+                assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]  # ATTACH_RETRY_MAX
+                d._discover()  # not due: not tried
+                assert d.pools == {}
+                path.unlink()
+                creator = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024)
+                d._discover()  # a new object: tried now, attached; the delay starts over after a failure
+                assert name in d.pools and name not in d._retry_after
+            finally:
+                d.shutdown()
+        failures = [r for r in caplog.records if "cannot attach" in r.getMessage()]
+        assert len(failures) == 1, [r.getMessage() for r in failures]
+    finally:
+        path.unlink(missing_ok=True)
+        if creator is not None:
+            creator.destroy()
+
+
+def test_the_drop_warning_counts_drops_since_the_daemon_attached(tmp_path: Path, restore_signals: None,
+                                                                 caplog: pytest.LogCaptureFixture) -> None:
+    name = f"recmgd-svc-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(1000, 4)], slots=10, ring_records=1024)
+    rows = np.arange(1000, dtype=np.int64)
+    sock = tmp_path / "w.sock"
+    try:
+        for _ in range(5):  # 5005 records into a ring of 1024 nobody drains: drops before the daemon
+            app.embedding_bag(0, rows, rows)
+            app.end_batch()
+        before = app.counters()["processes"][0]["ring_drops"]
+        assert before > 0
+        d, _, _ = make(tmp_path, f'pools = ["{name}"]\n[control]\nsocket = "{sock}"\n'
+                                 '[policy]\nname = "lru"\n')
+        try:
+            with caplog.at_level(logging.WARNING, logger="recmgd.daemon.service"):
+                d.tick()
+                d._check_drops(time.monotonic() + 100)
+                assert not [r for r in caplog.records if "dropped" in r.getMessage()]
+                for _ in range(3):  # drops while the daemon runs
+                    app.embedding_bag(0, rows, rows)
+                    app.end_batch()
+                d.tick()
+                d._check_drops(time.monotonic() + 200)
+            since = app.counters()["processes"][0]["ring_drops"] - before
+            assert since > 0 and d.pools[name].driver.stats()["ring_drops"] == before + since
+            (warning,) = [r.getMessage() for r in caplog.records if "dropped" in r.getMessage()]
+            assert f"apps dropped {since} ring records since the daemon attached the pool" in warning
+        finally:
+            d.shutdown()
+    finally:
+        app.destroy()

@@ -16,7 +16,7 @@ import pytest
 from test_daemon_plugin import NotifySocket, daemon_env, start_daemon, stop_daemon, wait_socket, write_config
 
 from recmgd.daemon import notify
-from recmgd.daemon.control import request
+from recmgd.daemon.control import CommandError, request
 
 
 def kinds(messages: list[str]) -> list[str]:
@@ -150,3 +150,91 @@ def test_logging_goes_to_journal_under_systemd(monkeypatch: pytest.MonkeyPatch) 
     finally:
         root.handlers[:] = saved
         root.setLevel(level)
+
+
+def test_notifier_sends_one_status_field_and_never_raises(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """A status with a newline cannot add a field (MAINPID=...) to the datagram; one with a NUL (which
+    sd_notify cannot send) does not raise: the failure is logged once."""
+    ns = NotifySocket(tmp_path / "n.sock")
+    try:
+        monkeypatch.setenv("NOTIFY_SOCKET", ns.path)
+        n = notify.Notifier()
+        n.ready("1 pool; waiting for x\nMAINPID=1")
+        msg = ns.recv(5)
+        assert msg is not None and msg.splitlines() == ["READY=1", "STATUS=1 pool; waiting for x\\nMAINPID=1"]
+        n.status("a\u2028b\x85c\rd")
+        assert ns.recv(5) == "STATUS=a\\u2028b\\x85c\\rd"
+        with caplog.at_level(logging.WARNING, logger="recmgd.daemon.notify"):
+            n.status("x\x00y")  # escaped: sent
+            assert ns.recv(5) == "STATUS=x\\x00y"
+            n._notify = lambda message: (_ for _ in ()).throw(ValueError("embedded null character"))
+            n.ready("a")
+            n.status("b")
+            n.stopping()
+        failed = [r for r in caplog.records if "sd_notify failed" in r.getMessage()]
+        assert len(failed) == 1 and "embedded null character" in failed[0].getMessage()
+    finally:
+        ns.close()
+
+
+HUGE_NUMBER = "1" + "0" * 400
+
+
+def test_reload_of_a_config_that_made_the_decoder_raise(tmp_path: Path) -> None:
+    """status_interval beyond a float, arrays nested 5000 deep, a key with a newline: SIGHUP and `recmgctl
+    reload` keep the running configuration, say why on one line, and send READY=1 after RELOADING=1;
+    the STATUS= text never holds a second field."""
+    ns = NotifySocket(tmp_path / "notify.sock")
+    sock = tmp_path / "ctl.sock"
+    top = "pools = []\nstatus_interval = 0.2\n"
+    cfg = write_config(tmp_path / "recmgd.toml", "", socket_path=sock, extra_top=top)
+    good = cfg.read_text()
+    proc = start_daemon(cfg, daemon_env({"NOTIFY_SOCKET": ns.path}))
+    try:
+        ns.wait_for("READY=1", timeout=60)
+        wait_socket(sock, proc)
+        cfg.write_text(good.replace("status_interval = 0.2", f"status_interval = {HUGE_NUMBER}"))
+        proc.send_signal(signal.SIGHUP)
+        ns.wait_for("RELOADING=1")
+        ready = ns.wait_for("READY=1")
+        assert "last reload failed" in ready and "status_interval: impossible value" in ready, ready
+        assert proc.poll() is None
+        st = request(str(sock), "stats")["daemon"]
+        assert "status_interval: impossible value" in st["last_reload_error"] and st["reloads"] == 0
+
+        cfg.write_text(good + "x = " + "[" * 5000 + "]" * 5000 + "\n")
+        with pytest.raises(CommandError) as ei:
+            request(str(sock), "reload")
+        assert "reload failed, the running configuration is kept" in str(ei.value)
+        assert "(syntax): arrays or tables nested too deeply" in str(ei.value)
+        ns.wait_for("RELOADING=1")
+        ns.wait_for("READY=1")
+        assert "nested too deeply" in request(str(sock), "stats")["daemon"]["last_reload_error"]
+
+        cfg.write_text('"zz\\nMAINPID=1" = 1\n' + good)
+        proc.send_signal(signal.SIGHUP)
+        ns.wait_for("RELOADING=1")
+        ready = ns.wait_for("READY=1")
+        assert "MAINPID=1" not in ready.splitlines() and len(ready.splitlines()) == 2, ready
+        assert "'zz\\nMAINPID=1': unknown key" in ready, ready
+        err = request(str(sock), "stats")["daemon"]["last_reload_error"]
+        assert "\n" not in err and "'zz\\nMAINPID=1': unknown key" in err
+
+        cfg.write_text(good)
+        assert request(str(sock), "reload")["reloads"] == 1
+        ns.wait_for("READY=1")
+        assert proc.poll() is None
+        rc, err = stop_daemon(proc)
+        ns.wait_for("STOPPING=1", timeout=5)
+        assert rc == 0, err
+        assert "Traceback" not in err, err
+        assert kinds(ns.messages) == ["READY"] + ["RELOADING", "READY"] * 4 + ["STOPPING"]
+        for m in ns.messages:
+            assert all(line.split("=", 1)[0] in ("READY", "RELOADING", "MONOTONIC_USEC", "STATUS",
+                                                  "STOPPING", "WATCHDOG") for line in m.splitlines()), m
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        ns.close()

@@ -271,3 +271,84 @@ def test_retrain_every_runs_by_itself(tmp_path: Path, shared_traces: Path) -> No
             pass
     assert rc == 0, err
     assert not list((state / "retrain" / name).glob("candidate-*"))
+
+
+def test_the_window_on_a_full_disk_leaves_nothing_and_names_the_file(tmp_path: Path, small_disk) -> None:
+    """A retrain whose window does not fit: one line naming the file and the system's reason; neither
+    the window nor a temporary of it is left."""
+    small = small_disk("64k")
+    rt = Retrainer("p", PolicyConfig(name="recmg", retrain_window=20000), 10, str(small), model_dir=None)
+    rt.window(batches(50, 400), 0)  # 20000 lookups: 160 kB of keys
+    rt.start("test")
+    job = rt._job
+    assert job is not None and job.thread is not None
+    job.thread.join(60)
+    assert rt.poll() is None and rt.counts["failures"] == 1
+    window = small / "retrain" / "p" / "window.rtrace"
+    assert rt.last_error == f"cannot write the retraining window {window}: No space left on device"
+    assert os.listdir(small / "retrain" / "p") == []
+
+
+@pytest.mark.parametrize("configured", ["good", "none", "bad"])
+def test_a_corrupt_retrained_checkpoint_is_passed_over(tmp_path: Path, configured: str) -> None:
+    """`current` points at a checkpoint whose inference.npz is cut short: one warning naming it, and the
+    pool runs the configured model_dir (or LRU when there is none); when that fails too, the pool waits
+    as for any bad model_dir, saying why once. Never a line per app check."""
+    import shutil
+
+    from test_models import small_cfg, zipf_steps
+
+    from recmgd.models import checkpoint
+    from recmgd.models.train import train_models
+
+    name = f"recmgd-rt-{uuid.uuid4().hex[:8]}"
+    trained = train_models(zipf_steps(n_steps=60).as_list(), 20, small_cfg())
+    model = checkpoint.save(trained, tmp_path / "model")
+    state = tmp_path / "state"
+    bad = state / "retrain" / name / "models" / "model-1-1"
+    shutil.copytree(model, bad)
+    (bad / "inference.npz").write_bytes((bad / "inference.npz").read_bytes()[:100])
+    os.symlink("models/model-1-1", state / "retrain" / name / "current")
+    assert current_checkpoint(str(state), name) == str(bad)
+    if configured == "bad":
+        shutil.copytree(bad, tmp_path / "also-bad")
+        model = tmp_path / "also-bad"
+    model_dir = "" if configured == "none" else f'model_dir = "{model}"\n'
+    sock = tmp_path / "ctl.sock"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.005\napp_check_interval = 0.05\nstate_dir = "{state}"\n'
+                   f'[control]\nsocket = "{sock}"\n[policy]\nname = "recmg"\n{model_dir}'
+                   'retrain_every = "1h"\n')
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, [100], 10)
+        if configured == "bad":
+            deadline = time.monotonic() + 30
+            while not (waiting := request(str(sock), "pools"))[0].get("error"):
+                assert time.monotonic() < deadline, waiting
+                time.sleep(0.05)
+            assert str(model) in waiting[0]["error"], waiting
+        else:
+            wait_attached(sock, name)
+            st = request(str(sock), "stats")["pools"][name]
+            if configured == "good":
+                assert st["policy"] == "recmg" and st["retrain"]["model_dir"] == str(model)
+            else:
+                assert st["policy"] == "lru" and st["retrain"]["model_dir"] is None
+        time.sleep(1.0)  # twenty app checks
+        assert d.poll() is None
+    finally:
+        rc, err = stop_daemon(d)
+        if pool is not None:
+            pool.close()
+        try:
+            pool_mod.Pool.unlink(name)
+        except Exception:  # noqa: BLE001
+            pass
+    assert rc == 0, err
+    warnings = [ln for ln in err.splitlines() if "does not load" in ln]
+    assert len(warnings) == 1 and f"the last retrained checkpoint {bad} does not load" in warnings[0], err
+    assert err.count("loading the last retrained checkpoint") == 1, err
+    assert err.count("cannot attach") == (1 if configured == "bad" else 0), err

@@ -50,8 +50,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"recmgd: error: {exc}", file=sys.stderr)
         return 1
     if args.check_config:
+        try:  # and that every learned policy has a checkpoint that loads (the daemon would wait forever)
+            config_mod.check_models(cfg)
+        except RecmgError as exc:
+            print(f"recmgd: error: {exc}", file=sys.stderr)
+            return 1
         print(f"recmgd: {cfg.path}: configuration is valid")
         return 0
+    try:  # started anyway (a checkpoint may be installed later: pools are attached when it loads)
+        config_mod.check_models(cfg, load=False)
+    except RecmgError as exc:
+        logging.getLogger("recmgd").warning("%s; its pools are not attached until it has one", exc)
     from recmgd.daemon.service import Daemon
     from recmgd.simcore import map_large_allocations
 

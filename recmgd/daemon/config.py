@@ -58,12 +58,13 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from recmgd.errors import ConfigError
+from recmgd.errors import ConfigError, RecmgError
 from recmgd.keys import PAGE_BYTES
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
@@ -74,7 +75,7 @@ DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 # The driver's common policy options (docs/ARCHITECTURE.md, Policy interface) and their checks.
-POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
+POLICY_OPTIONS: dict[str, tuple[type, float, float | None]] = {
     # name: (type, minimum, maximum or None)
     "prefetch_budget": (int, 0, 1 << 24),
     "seed": (int, 0, (1 << 63) - 1),
@@ -82,7 +83,51 @@ POLICY_OPTIONS: dict[str, tuple[type, int, int | None]] = {
     "epochs": (int, 1, 1 << 20),
     "region": (int, 1, 1 << 20),
     "history_window": (int, 0, 1 << 40),  # learned policies: recency window in steps (0: unbounded)
+    # recmg's prefetcher throttling (recmgd.models.policies.RecMGPolicy)
+    "prefetch_min_accuracy": (float, 0.0, 1.0),
+    "prefetch_throttled_probe": (int, 1, 1 << 20),
 }
+
+#: a key shown as it is in messages; any other is shown quoted and escaped (a message stays one line)
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+#: characters no name or string value may hold: C0 and C1 controls, DEL, the Unicode line separators
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def show_key(key: str) -> str:
+    """A key (or a pool name used as one) as a message shows it: bare, or quoted with escapes."""
+    return key if _BARE_KEY.fullmatch(key) else repr(key)
+
+
+def show(value: object, limit: int = 240) -> str:
+    """A value as a message shows it: on one line, and short (a huge integer by its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    text = repr(value) if isinstance(value, str) else str(value)
+    if len(text) > limit:
+        text = text[: limit - 5] + "[...]" + (text[-1] if isinstance(value, str) else "")
+    return text
+
+
+def one_line(text: str) -> str:
+    """text with its control characters escaped (a newline as \\n): a message that stays one line."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
+
+
+def control_character(text: str) -> bool:
+    """Whether text holds a control character (NUL, newline, ...), which no name or value may hold."""
+    return _CONTROL.search(text) is not None
+
+
+def pool_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a pool's name (None when it can)."""
+    if not name:
+        return "an empty name"
+    if control_character(name):
+        return "a pool name has no control character"
+    if "/" in name or name in (".", ".."):
+        return "a pool name has no '/'"
+    return None
 
 
 #: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier
@@ -225,7 +270,7 @@ class _Decoder:
         for key in table:
             if key not in allowed:
                 known = ", ".join(sorted(allowed))
-                raise self.fail(prefix + key, f"unknown key (known: {known})")
+                raise self.fail(prefix + show_key(key), f"unknown key (known: {known})")
 
     def boolean(self, table: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
         value = table.get(key, default)
@@ -240,7 +285,7 @@ class _Decoder:
             raise self.fail(prefix + key, f"expected an integer, got {self._typename(value)}")
         if value < lo or (hi is not None and value > hi):
             rng = f">= {lo}" if hi is None else f"between {lo} and {hi}"
-            raise self.fail(prefix + key, f"impossible value {value} (must be {rng})")
+            raise self.fail(prefix + key, f"impossible value {show(value)} (must be {rng})")
         return value
 
     def number(self, table: Mapping[str, Any], key: str, prefix: str, default: float,
@@ -248,10 +293,13 @@ class _Decoder:
         value = table.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.fail(prefix + key, f"expected a number, got {self._typename(value)}")
-        value = float(value)
+        rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")
+        try:
+            value = float(value)
+        except OverflowError:  # an integer beyond any float
+            raise self.fail(prefix + key, f"impossible value {show(value)} (must be {rng})") from None
         bad = value != value or value < lo or (lo_open and value == lo) or (hi is not None and value > hi)
         if bad:
-            rng = (f"> {lo}" if lo_open else f">= {lo}") + ("" if hi is None else f" and <= {hi}")
             raise self.fail(prefix + key, f"impossible value {value} (must be {rng})")
         return value
 
@@ -259,8 +307,9 @@ class _Decoder:
         value = table.get(key, default)
         if not isinstance(value, str):
             raise self.fail(prefix + key, f"expected a string, got {self._typename(value)}")
-        if "\0" in value or "\n" in value:
-            raise self.fail(prefix + key, "impossible value (contains a NUL or newline)")
+        if control_character(value):
+            raise self.fail(prefix + key, f"impossible value {show(value)} (contains a control character: "
+                            "a NUL, a newline, ...)")
         return value
 
     def duration(self, table: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
@@ -271,10 +320,10 @@ class _Decoder:
             unit = DURATION_UNITS.get(text[-1:]) if text else None
             try:
                 seconds = float(text[:-1]) * unit if unit else float(text)
-            except ValueError:
+            except (ValueError, OverflowError):
                 seconds = -1.0
             if not seconds >= 0 or seconds > 1e9:
-                raise self.fail(prefix + key, f"impossible value {value!r} (a duration like \"30m\", "
+                raise self.fail(prefix + key, f"impossible value {show(value)} (a duration like \"30m\", "
                                 "\"2h\" or seconds; 0 = off)")
             return seconds
         return self.number(table, key, prefix, default, 0.0, 1e9)
@@ -289,6 +338,10 @@ class _Decoder:
         value = table.get(key, [])
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise self.fail(prefix + key, "expected an array of strings")
+        for v in value:
+            if control_character(v):
+                raise self.fail(prefix + key, f"impossible value {show(v)} (contains a control character: "
+                                "a NUL, a newline, ...)")
         return tuple(value)
 
     def names(self, table: Mapping[str, Any], key: str, prefix: str, kind: str) -> tuple[str, ...]:
@@ -302,7 +355,7 @@ class _Decoder:
             try:
                 lookup(v)
             except KeyError:
-                raise self.fail(prefix + key, f"impossible value {v!r} (no such {kind})") from None
+                raise self.fail(prefix + key, f"impossible value {show(v)} (no such {kind})") from None
         return values
 
     # -- sections ---------------------------------------------------------------------------------
@@ -340,7 +393,7 @@ class _Decoder:
         model_dir = model_dir_s or None
         if model_dir is not None and not os.path.isabs(model_dir):
             raise self.fail(prefix + "model_dir",
-                            f"impossible value {model_dir!r} (must be an absolute path)")
+                            f"impossible value {show(model_dir)} (must be an absolute path)")
         hint_slots = self.integer(t, "hint_slots", prefix, base.hint_slots, 0, 1 << 40)
         hint_pin_batches = self.integer(t, "hint_pin_batches", prefix, base.hint_pin_batches, 0, 1 << 20)
         opts_t = self.table(t, "options", prefix)
@@ -348,11 +401,14 @@ class _Decoder:
         self.check_keys(opts_t, set(POLICY_OPTIONS), oprefix)
         options = dict(base.options)
         for key in opts_t:
-            _, lo, hi = POLICY_OPTIONS[key]
-            options[key] = self.integer(opts_t, key, oprefix, 0, lo, hi)
+            typ, lo, hi = POLICY_OPTIONS[key]
+            if typ is float:
+                options[key] = self.number(opts_t, key, oprefix, 0.0, lo, hi)
+            else:
+                options[key] = self.integer(opts_t, key, oprefix, 0, int(lo), None if hi is None else int(hi))
         mode = self.string(t, "mode", prefix, base.mode)
         if mode not in MODES:
-            raise self.fail(prefix + "mode", f"impossible value {mode!r} (one of {', '.join(MODES)})")
+            raise self.fail(prefix + "mode", f"impossible value {show(mode)} (one of {', '.join(MODES)})")
         pages = base.pages
         if "pages" in t:
             pages = self.pages(self.table(t, "pages", prefix), prefix + "pages.", base.pages)
@@ -374,7 +430,7 @@ class _Decoder:
         self.check_keys(t, {"socket", "mode", "max_request", "group"}, p)
         sock = self.string(t, "socket", p, DEFAULT_SOCKET)
         if not os.path.isabs(sock):
-            raise self.fail(p + "socket", f"impossible value {sock!r} (must be an absolute path)")
+            raise self.fail(p + "socket", f"impossible value {show(sock)} (must be an absolute path)")
         if len(os.fsencode(sock)) > 107:
             raise self.fail(p + "socket", "impossible value (a Unix socket path is at most 107 bytes)")
         raw = t.get("mode", 0o660)
@@ -382,14 +438,16 @@ class _Decoder:
             try:
                 mode = int(raw, 8)
             except ValueError:
-                raise self.fail(p + "mode", f"impossible value {raw!r} (an octal mode like 0660)") from None
+                raise self.fail(p + "mode",
+                                f"impossible value {show(raw)} (an octal mode like 0660)") from None
         elif isinstance(raw, int) and not isinstance(raw, bool):
             mode = raw
         else:
             raise self.fail(p + "mode",
                             f"expected an integer (0o660) or an octal string, got {self._typename(raw)}")
         if not 0 <= mode <= 0o777:
-            raise self.fail(p + "mode", f"impossible value {oct(mode)} (permission bits 0o000..0o777)")
+            shown = oct(mode) if mode.bit_length() <= 200 else show(mode)
+            raise self.fail(p + "mode", f"impossible value {shown} (permission bits 0o000..0o777)")
         if not mode & 0o600 == 0o600:
             raise self.fail(p + "mode", f"impossible value {oct(mode)} (the owner needs read and write)")
         max_request = self.integer(t, "max_request", p, 65536, 256, 1 << 24)
@@ -400,7 +458,7 @@ class _Decoder:
             try:
                 grp.getgrnam(group)
             except KeyError:
-                raise self.fail(p + "group", f"impossible value {group!r} (no such group)") from None
+                raise self.fail(p + "group", f"impossible value {show(group)} (no such group)") from None
         return ControlConfig(socket=sock, mode=mode, max_request=max_request, group=group)
 
     def metrics(self, t: Mapping[str, Any]) -> MetricsConfig:
@@ -421,13 +479,13 @@ class _Decoder:
                     if host != "localhost":
                         problem = f"host {host!r} is not an IP address"
             if problem:
-                raise self.fail(p + "listen", f"impossible value {listen!r} ({problem})")
+                raise self.fail(p + "listen", f"impossible value {show(listen)} ({problem})")
         return MetricsConfig(listen=listen)
 
     def state_dir(self, doc: Mapping[str, Any]) -> str:
         value = self.string(doc, "state_dir", "", DEFAULT_STATE_DIR)
         if not os.path.isabs(value):
-            raise self.fail("state_dir", f"impossible value {value!r} (must be an absolute path)")
+            raise self.fail("state_dir", f"impossible value {show(value)} (must be an absolute path)")
         return value
 
     def document(self, doc: Mapping[str, Any]) -> Config:
@@ -437,17 +495,19 @@ class _Decoder:
         self.check_keys(doc, top, "")
         log_level = self.string(doc, "log_level", "", "info").lower()
         if log_level not in LOG_LEVELS:
-            raise self.fail("log_level", f"impossible value {log_level!r} (one of {', '.join(LOG_LEVELS)})")
+            raise self.fail("log_level",
+                            f"impossible value {show(log_level)} (one of {', '.join(LOG_LEVELS)})")
         raw_pools = doc.get("pools", "all")
         if raw_pools == "all":
             pools: tuple[str, ...] | None = None
         elif isinstance(raw_pools, list) and all(isinstance(v, str) and v for v in raw_pools):
             pools = tuple(raw_pools)
+            for name in pools:
+                problem = pool_name_problem(name)
+                if problem:
+                    raise self.fail("pools", f"impossible value {show(name)} ({problem})")
             if len(set(pools)) != len(pools):
                 raise self.fail("pools", "impossible value (a pool is named twice)")
-            for name in pools:
-                if "/" in name or name in (".", ".."):
-                    raise self.fail("pools", f"impossible value {name!r} (a pool name has no '/')")
         else:
             raise self.fail("pools", '"all" or an array of pool names expected')
         pages = self.pages(self.table(doc, "pages", ""), "pages.", PagesConfig())
@@ -455,9 +515,13 @@ class _Decoder:
         pool_t = self.table(doc, "pool", "")
         pool_policies: dict[str, PolicyConfig] = {}
         for name, sect in pool_t.items():
+            where = f"pool.{show_key(name)}"
             if not isinstance(sect, dict):
-                raise self.fail(f"pool.{name}", f"expected a table, got {self._typename(sect)}")
-            pool_policies[name] = self.policy(sect, f"pool.{name}.", policy, pages_ok=True)
+                raise self.fail(where, f"expected a table, got {self._typename(sect)}")
+            problem = pool_name_problem(name)
+            if problem:
+                raise self.fail(where, f"impossible pool name ({problem})")
+            pool_policies[name] = self.policy(sect, where + ".", policy, pages_ok=True)
         return Config(
             path=self.path,
             log_level=log_level,
@@ -483,13 +547,53 @@ class _Decoder:
         )
 
 
+#: tomllib's messages for a key defined twice, which name neither the key nor its line
+_TWICE = ("Cannot overwrite a value", "Cannot mutate immutable namespace")
+#: the longest document searched for the line of a key defined twice (a prefix parsed per line)
+_TWICE_SCAN_LINES = 500
+
+
+def _defined_twice(text: str) -> str:
+    """Where a key is defined twice: the first line whose prefix of the document tomllib refuses so."""
+    lines = text.splitlines()
+    if len(lines) <= _TWICE_SCAN_LINES:
+        for n in range(1, len(lines) + 1):
+            try:
+                tomllib.loads("\n".join(lines[:n]))
+            except tomllib.TOMLDecodeError as exc:
+                if str(exc).startswith(_TWICE):
+                    return f"line {n}: a key is defined twice ({show(lines[n - 1].strip())})"
+            except RecursionError:
+                break
+    return "a key is defined twice"
+
+
 def parse(text: str, path: str = "<string>") -> Config:
-    """Decode a configuration from TOML text; ``path`` names it in error messages."""
+    """Decode a configuration from TOML text; ``path`` names it in error messages. Every problem is a
+    ConfigError of one line."""
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: (syntax): {exc}") from None
-    return _Decoder(path).document(doc)
+        msg = str(exc)
+        if msg.startswith(_TWICE) and "(at end of document)" in msg:
+            msg = _defined_twice(text)
+        raise ConfigError(f"{path}: (syntax): {one_line(msg)}") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: (syntax): arrays or tables nested too deeply") from None
+    except ValueError:  # int() of more digits than sys.get_int_max_str_digits()
+        raise ConfigError(f"{path}: (syntax): an integer has too many digits") from None
+    except Exception as exc:  # noqa: BLE001 - whatever else the parser raises: one line
+        why = one_line(f"{type(exc).__name__}: {exc}")
+        raise ConfigError(f"{path}: (syntax): {why}") from None
+    try:
+        return _Decoder(path).document(doc)
+    except ConfigError:
+        raise
+    except RecursionError:
+        raise ConfigError(f"{path}: (value): arrays or tables nested too deeply") from None
+    except Exception as exc:  # noqa: BLE001 - a value no check foresaw: still one line, never a traceback
+        why = one_line(f"{type(exc).__name__}: {exc}")
+        raise ConfigError(f"{path}: (value): cannot decode: {why}") from None
 
 
 def load(path: str | None = None, *, missing_ok: bool = False) -> Config:
@@ -525,8 +629,10 @@ def validate_policies(cfg: Config) -> None:
         try:
             importlib.import_module(mod)
         except Exception as exc:  # noqa: BLE001 - any import failure is a config problem
-            raise ConfigError(f"{cfg.path}: plugins: cannot import {mod!r}: {exc}") from None
-    entries = [("policy.name", cfg.policy)] + [(f"pool.{n}.name", p) for n, p in cfg.pool_policies.items()]
+            why = one_line(str(exc))
+            raise ConfigError(f"{cfg.path}: plugins: cannot import {show(mod)}: {why}") from None
+    entries = [("policy.name", cfg.policy)] + [(f"pool.{show_key(n)}.name", p)
+                                               for n, p in cfg.pool_policies.items()]
     unknown = set(policy_mod.unknown([pc.name for _, pc in entries]))  # loads only what it must
     for key, pc in entries:
         if pc.name in unknown:
@@ -537,3 +643,36 @@ def validate_policies(cfg: Config) -> None:
             where = key.rsplit(".", 1)[0]
             raise ConfigError(f"{cfg.path}: {where}.retrain_every: policy {pc.name!r} is not a learned one "
                               "(retraining trains recmg, recmg-cache, ... models)")
+
+
+def check_models(cfg: Config, *, load: bool = True) -> None:
+    """Check that every learned policy of the configuration has a checkpoint to run: ``model_dir`` set
+    (unless it retrains: LRU until its first retrain), an existing directory holding a checkpoint, and
+    (with ``load``) one that loads for the section's mode. A ConfigError of one line names the key."""
+    from recmgd import policy as policy_mod
+
+    entries = [("policy", cfg.policy)] + [(f"pool.{show_key(n)}", p) for n, p in cfg.pool_policies.items()]
+    for where, pc in entries:
+        if not policy_mod.is_learned(pc.name):
+            continue
+        key = f"{cfg.path}: {where}.model_dir"
+        if pc.model_dir is None:
+            if pc.retrain_every:
+                continue  # LRU until the first retrain (recmgd.daemon.retrain.starting_policy)
+            raise ConfigError(f"{key}: policy {show(pc.name)} needs a checkpoint (set model_dir to a "
+                              "directory made by `recmg train`)")
+        if not os.path.isdir(pc.model_dir):
+            raise ConfigError(f"{key}: impossible value {show(pc.model_dir)} (no such directory)")
+        if not os.path.isfile(os.path.join(pc.model_dir, "config.json")):
+            raise ConfigError(f"{key}: impossible value {show(pc.model_dir)} (holds no checkpoint: no "
+                              "config.json; make one with `recmg train`)")
+        if load:
+            from recmgd.daemon.step import create_policy
+
+            try:
+                create_policy(pc.name, pc.create_options(), mode=pc.mode)
+            except RecmgError as exc:
+                raise ConfigError(f"{key}: {one_line(str(exc))}") from None
+            except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint may fail in any way
+                raise ConfigError(f"{key}: {show(pc.model_dir)} does not load: {type(exc).__name__}: "
+                                  f"{one_line(str(exc))}") from None

@@ -6,16 +6,20 @@ Answer:   ``{"version": 1, "ok": true, "result": ...}`` or ``{"version": 1, "ok"
 The server is non-blocking and runs inside the daemon's single loop thread (it is polled between
 ticks); a malformed, oversized or wrong-version request gets an error answer, and an oversized one
 also closes its connection. Nothing a client sends can raise out of :meth:`ControlServer.poll`.
+One poll answers requests for at most :data:`POLL_BUDGET` seconds, one a connection in turn (in order
+on each); the rest wait for the next poll, and a connection is not read while its requests wait: a
+flood of valid requests slows its own answers, not the daemon's ticks.
 
 Connections are bounded (:data:`MAX_CLIENTS`) and cannot lock anyone out: one silent for
 :data:`IDLE_TIMEOUT` seconds is closed, and when all slots are taken a new client takes the slot of
 the longest-idle one (which is told why it is closed); only when every connection was active in the
-last :data:`EVICT_IDLE` seconds is the new client refused, with a one-line "too many control
-connections" answer that :func:`request` reports as such.
+last :data:`EVICT_IDLE` seconds (or has requests waiting) is the new client refused, with a one-line
+"too many control connections" answer that :func:`request` reports as such.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import logging
@@ -40,6 +44,9 @@ MAX_PENDING_OUT = 1 << 22
 IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent (no request, nothing to send) before it is closed
 EVICT_IDLE = 0.1  # a connection idle this long gives its slot to a new client when all are taken
 LISTEN_BACKLOG = 64
+#: seconds of requests one poll answers at most (at least one request): the rest wait for the next poll,
+#: so that a flood of requests cannot hold up the daemon's loop (its ticks, its watchdog pings)
+POLL_BUDGET = 0.02
 TOO_MANY = "too many control connections"
 
 Handler = Callable[[str, dict[str, Any]], Any]
@@ -68,40 +75,57 @@ def error_answer(message: str) -> dict[str, Any]:
     return {"version": PROTOCOL_VERSION, "ok": False, "error": message}
 
 
+def _show(value: object, limit: int = 60) -> str:
+    """A value a client sent, as an error answer shows it: short (a huge integer by its size)."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 200:
+        return f"<an integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 5] + "[...]"
+
+
 def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
     """Check one request line; raises CommandError with the message to answer."""
     try:
         req = json.loads(line)
-    except (ValueError, UnicodeDecodeError):
-        raise CommandError("malformed request: not a JSON object") from None
+    except UnicodeDecodeError as exc:
+        raise CommandError(f"malformed request: not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise CommandError(f"malformed request: not a JSON object ({exc.msg} at character "
+                           f"{exc.pos})") from None
+    except ValueError:  # a number of more digits than int() takes (sys.get_int_max_str_digits)
+        raise CommandError("malformed request: a number has too many digits") from None
+    except RecursionError:
+        raise CommandError("malformed request: arrays or objects nested too deeply") from None
     if not isinstance(req, dict):
         raise CommandError("malformed request: not a JSON object")
     version = req.get("version")
-    if version != PROTOCOL_VERSION:
-        raise CommandError(f"unsupported protocol version {version!r} "
-                           f"(this daemon speaks {PROTOCOL_VERSION})")
+    if type(version) is not int or version != PROTOCOL_VERSION:  # true is no version (nor is 1.0)
+        raise CommandError(f"unsupported protocol version {_show(version)} "
+                           f"(this daemon speaks {PROTOCOL_VERSION}, an integer)")
     cmd = req.get("cmd")
     if not isinstance(cmd, str):
         raise CommandError("malformed request: \"cmd\" must be a string")
     if cmd not in COMMANDS:
-        raise CommandError(f"unknown command {cmd!r} (known: {', '.join(COMMANDS)})")
+        raise CommandError(f"unknown command {_show(cmd)} (known: {', '.join(COMMANDS)})")
     args = req.get("args", {})
     if not isinstance(args, dict):
         raise CommandError("malformed request: \"args\" must be an object")
     unknown = set(req) - {"version", "cmd", "args"}
     if unknown:
-        raise CommandError(f"malformed request: unknown field {sorted(unknown)[0]!r}")
+        raise CommandError(f"malformed request: unknown field {_show(sorted(unknown)[0])}")
     return cmd, args
 
 
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "closing", "last", "fds")
+    __slots__ = ("sock", "inbuf", "outbuf", "closing", "eof", "queued", "last", "fds")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
+        self.eof = False  # the peer closed its side: what is left in inbuf is answered, then it is closed
+        self.queued = False  # in the server's queue of connections with a request to answer
         self.last = now  # monotonic time of its last request bytes or answer bytes sent
         self.fds: list[int] = []  # descriptors the client passed, for its next request
 
@@ -118,6 +142,9 @@ class ControlServer:
         self.max_request = max_request
         self.sel = selectors.DefaultSelector()
         self.conns: dict[int, _Conn] = {}
+        # connections with a complete request (or an end) not yet answered, one request a turn
+        self._queue: collections.deque[int] = collections.deque()
+        self.budget_s = POLL_BUDGET
         self.listener: socket.socket | None = None
         self.requests = 0
         self.errors = 0
@@ -200,7 +227,11 @@ class ControlServer:
     # -- serving ----------------------------------------------------------------------------------
 
     def poll(self, timeout: float) -> None:
-        """Serve whatever is ready, waiting at most ``timeout`` seconds for something to happen."""
+        """Serve whatever is ready, waiting at most ``timeout`` seconds for something to happen (not at
+        all while requests wait). Requests are answered one a connection in turn, in order on each, for
+        at most :attr:`budget_s` seconds a call: what is left waits for the next call."""
+        if self._queue:
+            timeout = 0.0
         try:
             events = self.sel.select(timeout)
         except InterruptedError:  # pragma: no cover - PEP 475 retries
@@ -218,6 +249,7 @@ class ControlServer:
                 fd = key.fileobj.fileno() if key.data is not None else -1  # type: ignore[union-attr]
                 if fd in self.conns:
                     self._drop(fd)
+        self._work(time.monotonic() + self.budget_s)
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
@@ -226,13 +258,16 @@ class ControlServer:
     def _sweep(self, now: float) -> None:
         """Close the connections silent for longer than the idle timeout."""
         for fd, conn in list(self.conns.items()):
-            if now - conn.last > self.idle_timeout:
+            if now - conn.last > self.idle_timeout and not conn.queued:
                 self.evicted += 1
                 self._drop(fd)
 
     def _make_room(self, now: float) -> bool:
         """At the limit: close the longest-idle connection if it is idle enough; False if none is."""
-        fd, conn = min(self.conns.items(), key=lambda kv: kv[1].last)
+        idle = [kv for kv in self.conns.items() if not kv[1].queued]  # one with requests waiting is busy
+        if not idle:
+            return False
+        fd, conn = min(idle, key=lambda kv: kv[1].last)
         if now - conn.last < self.evict_idle:
             return False
         try:
@@ -272,9 +307,11 @@ class ControlServer:
 
     def _serve(self, fd: int, mask: int) -> None:
         conn = self.conns.get(fd)
-        if conn is None:
-            return
-        if mask & selectors.EVENT_READ and not conn.closing:
+        if conn is None or (conn.queued and not (mask & selectors.EVENT_WRITE and conn.outbuf)):
+            return  # requests wait: it is sent to and read again once they are answered (_work)
+        # a connection with requests waiting is not read until they are answered: what a client sends
+        # meanwhile waits in the socket (it cannot make the daemon hold more than one read of it)
+        if mask & selectors.EVENT_READ and not (conn.closing or conn.eof or conn.queued):
             try:
                 data, fds, _flags, _addr = socket.recv_fds(conn.sock, 65536, MAX_FDS)
                 conn.fds.extend(fds)
@@ -286,14 +323,19 @@ class ControlServer:
                 self._drop(fd)
                 return
             if data == b"":
-                conn.closing = True  # peer closed its side: answer what is complete, then close
-                if conn.inbuf.strip():
-                    self._answer(conn, bytes(conn.inbuf))
-                conn.inbuf.clear()
+                conn.eof = True  # peer closed its side: answer what is left (its last line), then close
+                self._process_one(conn)  # (nothing waits: a connection is not read while requests do)
             elif data:
                 conn.last = time.monotonic()
                 conn.inbuf += data
-                self._process(conn)
+                if b"\n" in data:
+                    self._enqueue(fd, conn)
+                elif len(conn.inbuf) > self.max_request:
+                    self._oversized(conn)  # answered and closed without waiting for more
+        self._settle(fd, conn)
+
+    def _settle(self, fd: int, conn: _Conn) -> None:
+        """Send what is pending, close a finished connection, else wait for what it needs next."""
         if conn.outbuf:
             self._flush(conn)
         if conn.closing and not conn.outbuf:
@@ -304,20 +346,62 @@ class ControlServer:
             want = selectors.EVENT_WRITE
         self.sel.modify(conn.sock, want, conn)
 
-    def _process(self, conn: _Conn) -> None:
-        while True:
-            nl = conn.inbuf.find(b"\n")
-            if nl < 0:
-                if len(conn.inbuf) > self.max_request:
-                    self._oversized(conn)
-                return
-            if nl > self.max_request:
+    def _enqueue(self, fd: int, conn: _Conn) -> None:
+        if not conn.queued:
+            conn.queued = True
+            self._queue.append(fd)
+
+    def _work(self, deadline: float) -> None:
+        """Answer the waiting requests, one a connection in turn, until none waits or the deadline passed
+        (at least one is answered)."""
+        touched: dict[int, _Conn] = {}
+        while self._queue:
+            fd = self._queue.popleft()
+            conn = self.conns.get(fd)
+            if conn is None or not conn.queued:
+                continue  # closed meanwhile (its descriptor number may be another connection's now)
+            conn.queued = False
+            try:
+                if self._process_one(conn):
+                    self._enqueue(fd, conn)
+                touched[fd] = conn
+            except Exception:  # noqa: BLE001 - a client must never take the daemon down
+                log.exception("control connection failed")
+                touched.pop(fd, None)
+                self._drop(fd)
+            if time.monotonic() >= deadline:
+                break
+        for fd, conn in touched.items():  # their answers sent once a call, not once a request
+            if self.conns.get(fd) is conn:
+                try:
+                    self._settle(fd, conn)
+                except Exception:  # noqa: BLE001
+                    log.exception("control connection failed")
+                    self._drop(fd)
+
+    def _process_one(self, conn: _Conn) -> bool:
+        """Answer the connection's next request (at its end, what is left); True while more wait."""
+        if conn.closing:
+            return False
+        nl = conn.inbuf.find(b"\n")
+        if nl < 0:
+            if len(conn.inbuf) > self.max_request:
                 self._oversized(conn)
-                return
-            line = bytes(conn.inbuf[:nl])
-            del conn.inbuf[: nl + 1]
-            if line.strip():
-                self._answer(conn, line)
+            elif conn.eof:
+                if conn.inbuf.strip():
+                    self._answer(conn, bytes(conn.inbuf))
+                conn.inbuf.clear()
+                conn.closing = True
+            return False
+        if nl > self.max_request:
+            self._oversized(conn)
+            return False
+        line = bytes(conn.inbuf[:nl])
+        del conn.inbuf[: nl + 1]
+        if line.strip():
+            self._answer(conn, line)
+        conn.last = time.monotonic()
+        return not conn.closing and (conn.eof or b"\n" in conn.inbuf)
 
     def _oversized(self, conn: _Conn) -> None:
         self.errors += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
 
@@ -41,6 +42,16 @@ def set_level(level: str) -> None:
     logging.getLogger().setLevel(getattr(logging, level.upper(), logging.INFO))
 
 
+#: what a STATUS= text may not hold: a newline would start another field of the datagram (MAINPID=...),
+#: a NUL cannot be sent at all; C0/C1 controls and the Unicode line separators are escaped too
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def status_text(status: str) -> str:
+    """``status`` as one STATUS= field: every control character escaped (a newline as \\n)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], status)
+
+
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in microseconds, as RELOADING=1's MONOTONIC_USEC= wants it."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -59,6 +70,7 @@ class Notifier:
         self.watchdog_interval = self._watchdog_interval()
         self._last_watchdog = 0.0
         self._last_status = ""
+        self._send_error = ""  # the last send failure, logged once
 
     @staticmethod
     def _watchdog_interval() -> float | None:
@@ -77,21 +89,26 @@ class Notifier:
         return value / 2e6 if value > 0 else None
 
     def send(self, message: str) -> None:
+        """Send one datagram; a failure (the manager went away, a message it cannot carry) never leaves
+        here: it is logged once a kind."""
         if self._notify is None:
             return
         try:
             self._notify(message)
-        except OSError as exc:  # the manager went away: nothing we can do but say so once
-            log.debug("sd_notify failed: %s", exc)
+        except Exception as exc:  # noqa: BLE001 - notifying must never take the daemon down
+            why = f"{type(exc).__name__}: {exc}"
+            if why != self._send_error:
+                self._send_error = why
+                log.warning("sd_notify failed: %s", status_text(why))
 
     def ready(self, status: str) -> None:
         self._last_status = status
-        self.send(f"READY=1\nSTATUS={status}")
+        self.send(f"READY=1\nSTATUS={status_text(status)}")
 
     def status(self, status: str) -> None:
         if status != self._last_status:
             self._last_status = status
-            self.send(f"STATUS={status}")
+            self.send(f"STATUS={status_text(status)}")
 
     def reloading(self) -> None:
         self.send(f"RELOADING=1\nMONOTONIC_USEC={monotonic_usec()}")

@@ -37,6 +37,7 @@ from recmgd.daemon.control import CommandError
 from recmgd.daemon.record import BatchSplitter
 from recmgd.daemon.step import create_policy
 from recmgd.errors import RecmgError
+from recmgd.fileout import whole_file, write_reason
 from recmgd.policy import Policy
 from recmgd.trace.binary import BinaryWriter
 
@@ -252,10 +253,13 @@ class Retrainer:
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             window = self.dir / "window.rtrace"
-            tmp = self.dir / "window.rtrace.partial"
-            with BinaryWriter(tmp) as w:
-                w.add(keys, lengths)
-            os.replace(tmp, window)
+            (self.dir / "window.rtrace.partial").unlink(missing_ok=True)  # an older daemon's leftover
+            try:  # whole or not at all: a full disk leaves neither a cut window nor its temporary
+                with whole_file(window) as tmp, BinaryWriter(tmp) as w:
+                    w.add(keys, lengths)
+            except Exception as exc:  # noqa: BLE001 - reported with the file and the system's reason
+                job.error = f"cannot write the retraining window {window}: {write_reason(exc)}"
+                return
             job.candidate = str(self.dir / f"candidate-{job.seq}")
             shutil.rmtree(job.candidate, ignore_errors=True)
             result = self.dir / f"result-{job.seq}.json"
@@ -322,15 +326,44 @@ def _last_line(path: Path) -> str:
     return f": {lines[-1].strip()[:300]}" if lines else ""
 
 
-def starting_policy(pool: str, pc: PolicyConfig, state_dir: str) -> tuple[str, PolicyConfig]:
+def starting_policy(pool: str, pc: PolicyConfig, state_dir: str, *,
+                    skip: str | None = None) -> tuple[str, PolicyConfig]:
     """What a retraining pool runs when it is attached: (policy name, its configuration). The last
-    good retrained checkpoint first, then the configured ``model_dir``; with neither, LRU (and the
-    first retrain's candidate is compared with LRU)."""
+    good retrained checkpoint first (unless it is ``skip``: one that failed to load), then the
+    configured ``model_dir``; with neither, LRU (and the first retrain's candidate is compared with
+    LRU)."""
     cur = current_checkpoint(state_dir, pool)
-    if cur is not None:
-        log.info("pool %s: loading the last retrained checkpoint %s", pool, cur)
+    if cur is not None and cur != skip:
         return pc.name, dataclasses.replace(pc, model_dir=cur)
     if pc.model_dir:
         return pc.name, pc
-    log.info("pool %s: no checkpoint for %s yet: LRU until the first retrain", pool, pc.name)
     return "lru", dataclasses.replace(pc, name="lru", options={})
+
+
+def load_starting_policy(pool: str, pc: PolicyConfig, state_dir: str, bad: dict[str, str] | None = None
+                         ) -> tuple[str, PolicyConfig, Policy]:
+    """:func:`starting_policy`, loaded: (policy name, its configuration, the policy). A retrained
+    checkpoint that fails to load is logged once (one warning naming it; ``bad`` remembers it by pool
+    across calls) and passed over for the configured ``model_dir`` (or LRU); a failure of that is
+    raised (a RecmgError), as for a pool that does not retrain."""
+    bad = {} if bad is None else bad
+    run_name, run_pc = starting_policy(pool, pc, state_dir, skip=bad.get(pool))
+    cur = current_checkpoint(state_dir, pool)
+    if cur is not None and run_pc.model_dir == cur:
+        log.info("pool %s: loading the last retrained checkpoint %s", pool, cur)
+        try:
+            pol = create_policy(run_name, run_pc.create_options(), pool=pool, mode=pc.mode)
+        except Exception as exc:  # noqa: BLE001 - a corrupt checkpoint may fail in any way
+            why = str(exc) if isinstance(exc, RecmgError) else f"{type(exc).__name__}: {exc}"
+            log.warning("pool %s: the last retrained checkpoint %s does not load (%s); using %s instead",
+                        pool, cur, " ".join(why.split()),
+                        f"the configured model_dir {pc.model_dir}" if pc.model_dir else "LRU until a retrain")
+            bad[pool] = cur
+            run_name, run_pc = starting_policy(pool, pc, state_dir, skip=cur)
+        else:
+            bad.pop(pool, None)
+            return run_name, run_pc, pol
+    pol = create_policy(run_name, run_pc.create_options(), pool=pool, mode=pc.mode)
+    if run_name == "lru" and run_name != pc.name:
+        log.info("pool %s: no checkpoint for %s yet: LRU until the first retrain", pool, pc.name)
+    return run_name, run_pc, pol

@@ -18,14 +18,14 @@ from typing import Any
 
 from recmgd.daemon import config as config_mod
 from recmgd.daemon.apps import AppTracker, discover_pools, owner_problem
-from recmgd.daemon.config import Config, PolicyConfig
+from recmgd.daemon.config import Config, PolicyConfig, control_character, one_line
 from recmgd.daemon.control import CommandError, ControlServer
 from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.daemon.record import PoolStream
-from recmgd.daemon.retrain import Retrainer, starting_policy
+from recmgd.daemon.retrain import Retrainer, load_starting_policy
 from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
 from recmgd.shm import HUGE_OK, SHM_DIR, huge_mode, shm_path
 
@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
 RETRY_AFTER_ERROR = 10.0  # seconds before a pool whose loop failed is attached again
 RETRY_STUCK = 2.0  # seconds before a pool whose writer lock stayed held is tried again
+#: a pool that failed to attach (not ready, not a pool, no policy for it) is tried again after a delay that
+#: doubles from app_check_interval up to this many seconds; a success, or a new object of that name, resets it
+ATTACH_RETRY_MAX = 30.0
 
 
 @dataclass
@@ -55,6 +58,7 @@ class _Attached:
     budget: FillBudget | None = None  # page mode: the pool's own MB/s cap (rows share the daemon's)
     stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
     retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
+    drops_base: int = 0  # ring records the rings had dropped before the daemon attached the pool
 
 
 def _shm_inode(name: str) -> int | None:
@@ -83,6 +87,8 @@ class Daemon:
         self._reload = False
         self._attach_errors: dict[str, str] = {}
         self._retry_after: dict[str, float] = {}  # pool -> monotonic time of the next attach after an error
+        self._attach_backoff: dict[str, tuple[float, int | None]] = {}  # pool -> (delay, inode) of failures
+        self._bad_checkpoints: dict[str, str] = {}  # pool -> its retrained checkpoint that does not load
         self.stuck: dict[str, _Stuck] = {}  # pools whose writer lock stays held by another process
         self.skipped: dict[str, str] = {}  # pools not served (owner), and why
         self._served = self.cfg.served_ids()
@@ -168,19 +174,20 @@ class Daemon:
             return False
         self.skipped.pop(name, None)
         run_name, run_pc = pc.name, pc
-        if pc.retrain_every:  # the last retrained checkpoint, if any
-            run_name, run_pc = starting_policy(name, pc, self.cfg.state_dir)
         try:
-            pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
-            pool = Pool.attach(name, role="daemon")
+            if pc.retrain_every:  # the last retrained checkpoint, if any (and if it loads)
+                run_name, run_pc, pol = load_starting_policy(name, pc, self.cfg.state_dir,
+                                                             self._bad_checkpoints)
+            else:
+                pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+            # never waits for a creator: an object that is not ready is tried again later (backoff)
+            pool = Pool.attach(name, role="daemon", wait=False)
         except PoolLockedError as exc:
             self._mark_stuck(name, exc)
             return False
-        except RecmgError as exc:
-            msg = str(exc)
-            if self._attach_errors.get(name) != msg:
-                log.warning("pool %s: cannot attach: %s (will retry)", name, msg)
-                self._attach_errors[name] = msg
+        except Exception as exc:  # noqa: BLE001 - RecmgError, or a policy that fails in its own way
+            msg = str(exc) if isinstance(exc, RecmgError) else f"{type(exc).__name__}: {exc}"
+            self._attach_failed(name, "cannot attach", msg, logging.WARNING, inode)
             return False
         page_budget: FillBudget | None = None
         try:
@@ -199,17 +206,21 @@ class Daemon:
             pool.close()
             self._mark_stuck(name, exc)
             return False
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
             pool.close()
-            msg = str(exc)
-            if self._attach_errors.get(name) != msg:
-                log.error("pool %s: cannot drive it: %s", name, msg)
-                self._attach_errors[name] = msg
+            self._attach_failed(name, "cannot drive it", str(exc), logging.ERROR, inode)
             return False
         self._attach_errors.pop(name, None)
+        self._attach_backoff.pop(name, None)
+        self._retry_after.pop(name, None)
+        try:  # what the rings dropped before: the lag warnings count only the drops since now
+            drops_base = sum(int(getattr(r, "drops", 0)) for r in pool.rings())
+        except Exception:  # noqa: BLE001 - only a warning's baseline
+            drops_base = 0
+        self._warned_drops.pop(name, None)
         # the inode checked for its owner: if the object was replaced since, _discover detaches it
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
-                        budget=page_budget, stream=PoolStream(driver))
+                        budget=page_budget, stream=PoolStream(driver), drops_base=drops_base)
         if pc.retrain_every:
             att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
                                       model_dir=run_pc.model_dir if run_name == pc.name else None)
@@ -233,6 +244,19 @@ class Daemon:
             log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
                      driver.n_slots, driver.resident_count())
         return True
+
+    def _attach_failed(self, name: str, what: str, msg: str, level: int, inode: int | None) -> None:
+        """A pool failed to attach: tried again after a delay that doubles from app_check_interval up to
+        ATTACH_RETRY_MAX (reset by a success, a reload or a new object of the name); logged once a
+        message."""
+        prev = self._attach_backoff.get(name)
+        delay = self.cfg.app_check_interval if prev is None else min(ATTACH_RETRY_MAX, 2 * prev[0])
+        self._attach_backoff[name] = (delay, inode)
+        self._retry_after[name] = time.monotonic() + delay
+        if self._attach_errors.get(name) != msg:
+            log.log(level, "pool %s: %s: %s (tried again later, at least every %.0f s)", name, what,
+                    one_line(msg), ATTACH_RETRY_MAX)
+            self._attach_errors[name] = msg
 
     def _mark_stuck(self, name: str, exc: PoolLockedError) -> None:
         """Note that the pool's writer lock stayed held (logged once per episode); retried later."""
@@ -288,12 +312,21 @@ class Daemon:
                 if problem is not None:
                     self._detach(name, f"skipped: {problem}")
         wanted = discover_pools(self.cfg.pools)
-        gone = set(wanted)
-        for table in (self.stuck, self.skipped):
-            for name in [n for n in table if n not in gone]:
+        present = set(wanted)
+        for table in (self.stuck, self.skipped, self._attach_backoff, self._retry_after):
+            for name in [n for n in table if n not in present]:
                 del table[name]
+        for name, (_, ino) in list(self._attach_backoff.items()):
+            if name not in self.pools and _shm_inode(name) != ino:  # a new object: no more waiting
+                del self._attach_backoff[name]
+                self._retry_after.pop(name, None)
         now = time.monotonic()
         for name in wanted:
+            if control_character(name):  # found by pools = "all": no configuration can name it
+                if name not in self.skipped:
+                    log.warning("pool %r: skipped: its name holds a control character", name)
+                    self.skipped[name] = "its name holds a control character"
+                continue
             if name not in self.pools and self._retry_after.get(name, 0.0) <= now:
                 self._attach(name)
 
@@ -446,19 +479,24 @@ class Daemon:
     def reload(self) -> str | None:
         """Re-read the configuration; on any problem keep the running one. Returns the error, if any."""
         self.notifier.reloading()
-        log.info("reloading %s", self.config_path or config_mod.DEFAULT_PATH)
         err = None
         try:
+            log.info("reloading %s", self.config_path or config_mod.DEFAULT_PATH)
             self._reload_now()
-        except RecmgError as exc:
-            err = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a reload never takes the daemon down
+            if isinstance(exc, RecmgError):
+                err = one_line(str(exc))
+            else:  # a bug: still one line (the traceback at debug level)
+                log.debug("reload failed", exc_info=True)
+                err = one_line(f"internal error: {type(exc).__name__}: {exc}")
             self.last_reload_error = err
             log.error("reload failed, keeping the running configuration: %s", err)
         else:
             self.last_reload_error = None
             self.reloads += 1
             log.info("reloaded %s", self.cfg.path)
-        self.notifier.ready(self.status_line())
+        finally:  # systemd waits for READY=1 after RELOADING=1, whatever happened
+            self.notifier.ready(self.status_line())
         return err
 
     def _reload_now(self) -> None:
@@ -480,8 +518,7 @@ class Daemon:
                     raise ConfigError(f"{new.path}: {key}: {problem}")
                 # fails now, not at the attach
                 if pc.retrain_every:
-                    run_name, run_pc = starting_policy(name, pc, new.state_dir)
-                    create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+                    load_starting_policy(name, pc, new.state_dir, dict(self._bad_checkpoints))
                 else:
                     create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
                 reattach.append(name)
@@ -558,6 +595,9 @@ class Daemon:
             if new_metrics is None and self.metrics is not None:
                 self.metrics.stop()
             self.metrics = new_metrics
+        for name in self._attach_backoff:  # a new configuration: the pools that failed are tried now
+            self._retry_after.pop(name, None)
+        self._attach_backoff.clear()
         self._discover()
 
     def _close_retired(self) -> None:
@@ -635,10 +675,11 @@ class Daemon:
             log.warning("the loop lags: the last tick ended %.0f ms after it was due", self.lag * 1e3)
             self._last_warn = now
         for name, att in self.pools.items():
-            d = att.driver.dropped_total
+            d = att.driver.dropped_total - att.drops_base  # since the daemon attached it
             if d > self._warned_drops.get(name, 0) and now - self._last_warn > 10.0:
-                log.warning("pool %s: apps dropped %d ring records so far (the daemon lags; lag %.1f ms, "
-                            "backlog %d)", name, d, self.lag * 1e3, att.driver.backlog)
+                log.warning("pool %s: apps dropped %d ring records since the daemon attached the pool (the "
+                            "daemon lags; lag %.1f ms, backlog %d)", name, d, self.lag * 1e3,
+                            att.driver.backlog)
                 self._warned_drops[name] = d
                 self._last_warn = now
 
