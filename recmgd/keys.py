@@ -65,6 +65,11 @@ def record_keys(records: np.ndarray) -> np.ndarray:
     return (np.asarray(records, dtype=np.uint64) & REC_KEY_MASK).astype(np.int64)
 
 
+#: the most rows (or pages) a fast tier may hold for the policies and the simulator (the learned
+#: policies' C step watches one row in up to 2**31 in its guard: recmgd.models.policies.guard_sample)
+MAX_CAPACITY = 1 << 40
+
+
 def capacity_for(fraction: float, unique_rows: int) -> int:
     """Fast-tier rows (or pages) for a fraction of the unique rows (pages) of a trace, at least 1: the
     one rule the simulator, training, benchmarks and the demo size their tiers by."""

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from recmgd.app.weights import write_weights
-from recmgd.errors import RecmgError
+from recmgd.errors import RecmgError, TraceError
 from recmgd.keys import capacity_for
 from recmgd.pool import Pool
 
@@ -307,24 +307,34 @@ def prepare(cfg: E2EConfig, label: str, src: Path, counted: int, train: bool) ->
     """The run's trace (warm-up + ``counted`` samples), its tables, the slots, and RecMG's checkpoint
     (trained on the warm-up: ``recmg train`` trains on the first half of the file it is given)."""
     from recmgd.app.replay import table_sizes
+    from recmgd.models.train_config import too_few_steps
     from recmgd.trace import open_trace
 
     path = cfg.work / f"{label}.trace"
     samples = cut_trace(src, cfg.warmup + counted, path)
     if samples <= cfg.warmup:
-        raise ValueError(f"trace {src}: {samples} samples, not more than the warm-up's {cfg.warmup}")
+        raise TraceError(f"trace {src}: {samples} samples, not more than the warm-up's {cfg.warmup}")
     tr = open_trace(path)
     unique = int(np.unique(np.asarray(tr.keys)).size)
     setup = TraceSetup(label, path, samples, table_sizes(tr), unique, capacity_for(cfg.fraction, unique))
     if train:
         half = cfg.work / f"{label}-train.trace"
-        cut_trace(src, 2 * cfg.warmup, half)
+        n_half = cut_trace(src, 2 * cfg.warmup, half)
+        batch = train_batch(cfg)
+        short = too_few_steps(str(src), -(-n_half // batch), batch)
+        if short:  # `recmg train` would refuse it
+            raise TraceError(f"{short} (RecMG trains on the first {n_half} samples, twice the warm-up)")
         setup.model_dir = cfg.work / f"model-{label}"
         cfg.progress(f"{label}: training RecMG on the {cfg.warmup} warm-up samples ({setup.model_dir.name})")
         _run([sys.executable, "-m", "recmgd.cli.recmg", "train", str(half), "--out", str(setup.model_dir),
-              "--fraction", str(cfg.fraction), "--batch-size", str(cfg.max_batch // 2), "--epochs",
+              "--fraction", str(cfg.fraction), "--batch-size", str(batch), "--epochs",
               str(cfg.epochs), "--seed", str(cfg.seed), "--quiet"])
     return setup
+
+
+def train_batch(cfg: E2EConfig) -> int:
+    """Samples a step RecMG is trained with: half the server's largest batch, at least 1."""
+    return max(1, cfg.max_batch // 2)
 
 
 def _percent_load(load: float) -> str:

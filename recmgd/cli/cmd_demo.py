@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from recmgd.app.e2e import SYNTH_26, SYSTEMS, E2EConfig, synth_trace, synthetic_26
+from recmgd.cli.argtypes import EPOCHS, SEED, check_output_dir, check_output_file, integer, number
 from recmgd.errors import OutputError
 from recmgd.fileout import whole_file, write_reason
 
@@ -35,22 +36,25 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--trace", help=f"trace to replay (default: {SYNTH_26}, which the demo generates)")
     p.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated (default: all six)")
     p.add_argument("--loads", default="0.5,0.9", help="offered loads, shares of the all-DRAM server's most")
-    p.add_argument("--seconds", type=float, default=1.0, help="counted seconds a load (default %(default)s)")
-    p.add_argument("--warmup", type=int, default=3000, help="warm-up samples (default %(default)s)")
-    p.add_argument("--fraction", type=float, default=0.1, help="fast tier, share of unique rows")
-    p.add_argument("--dim", type=int, default=64, help="embedding dim")
-    p.add_argument("--max-batch", type=int, default=64, help="requests a batch at most")
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="a batch leaves after this wait")
-    p.add_argument("--epochs", type=int, default=1, help="RecMG training epochs")
+    p.add_argument("--seconds", type=number(0.0, 86400.0, lo_open=True), default=1.0,
+                   help="counted seconds a load (default %(default)s)")
+    p.add_argument("--warmup", type=integer(1, 1 << 30), default=3000,
+                   help="warm-up samples (default %(default)s)")
+    p.add_argument("--fraction", type=number(0.0, 1.0, lo_open=True, hi_open=True), default=0.1,
+                   help="fast tier, share of unique rows")
+    p.add_argument("--dim", type=integer(1, 1 << 16), default=64, help="embedding dim")
+    p.add_argument("--max-batch", type=integer(1, 1 << 20), default=64, help="requests a batch at most")
+    p.add_argument("--max-wait-ms", type=number(0.0, 1e6), default=2.0, help="a batch leaves after this wait")
+    p.add_argument("--epochs", type=EPOCHS, default=1, help="RecMG training epochs")
     p.add_argument("--png", default="recmg-demo.png", help="the plot (default %(default)s)")
     p.add_argument("--json", help="also write one object per (trace, system, load) here")
     p.add_argument("--workdir", help="where the slow-tier files, traces and models go (default: a temp dir "
                                      "under ./build, or . without one: the slow tier's file needs O_DIRECT)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
-    p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
+    p.add_argument("--lookahead-batches", type=integer(0, 1 << 20), default=2, metavar="L",
                    help="+lookahead systems: announce a batch's rows L batches ahead (0: at arrival); the "
                         "daemon pins hints L+1 batches (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=SEED, default=0)
 
 
 def _fail(msg: str) -> int:
@@ -80,14 +84,22 @@ def main(args: argparse.Namespace) -> int:
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
         return _fail(f"--systems: unknown {', '.join(bad)}; use {', '.join(SYSTEMS)}")
-    if args.seconds <= 0 or args.warmup < 1 or not 0 < args.fraction < 1 or args.lookahead_batches < 0:
-        return _fail("--seconds must be > 0, --warmup >= 1, --fraction in (0, 1), --lookahead-batches >= 0")
     if args.trace and not Path(args.trace).is_file():
         return _fail(f"--trace: no file {args.trace}")
+    # the outputs, before anything runs (RecmgError, one line)
+    check_output_file(args.png, "--png")
+    if args.json:
+        check_output_file(args.json, "--json")
+    if args.workdir:
+        check_output_dir(args.workdir, "--workdir")
     # on a disk, not tmpfs (the slow tier's file needs O_DIRECT): under build/ where there is one
     parent = "build" if Path("build").is_dir() else "."
-    work = Path(args.workdir or tempfile.mkdtemp(prefix="recmg-demo-", dir=parent))
-    work.mkdir(parents=True, exist_ok=True)
+    try:
+        work = Path(args.workdir or tempfile.mkdtemp(prefix="recmg-demo-", dir=parent))
+        work.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"--workdir {args.workdir or parent}: cannot make the work dir "
+                          f"({write_reason(exc)})") from None
     t0 = time.monotonic()
     try:
         if args.trace:

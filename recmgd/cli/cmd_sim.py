@@ -23,6 +23,20 @@ import logging
 import os
 import sys
 
+from recmgd.cli.argtypes import (
+    BYTES,
+    EPOCHS,
+    SEED,
+    STEP_BATCH,
+    TABLE_SIZE,
+    THREADS,
+    integer,
+    number,
+    policy_option,
+)
+from recmgd.errors import TraceError
+from recmgd.models.train_config import TrainStepsError, too_few_steps
+from recmgd.policies.native import MAX_REGION
 from recmgd.sim import SimResult, format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import format_pivot
@@ -60,31 +74,34 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated policy names (default %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=[0.05, 0.1, 0.2],
                         help="fast-tier capacity as fractions of the trace's unique rows")
-    parser.add_argument("--batch", type=int, default=16, help="samples per step (default %(default)s)")
+    parser.add_argument("--batch", type=STEP_BATCH, default=16, help="samples per step (default %(default)s)")
     parser.add_argument("--delay", type=int, choices=[0, 1], default=1,
                         help="1: decisions apply before the next step; 0: the textbook cache")
-    parser.add_argument("--prefetch-budget", type=int, default=16,
+    parser.add_argument("--prefetch-budget", type=policy_option("prefetch_budget"), default=16,
                         help="rows per step a prefetcher may fetch (default %(default)s)")
-    parser.add_argument("--prefetch-min-accuracy", type=float, default=None, metavar="A",
+    parser.add_argument("--prefetch-min-accuracy", type=number(0.0, 1.0), default=None, metavar="A",
                         help="recmg's prefetcher is throttled while fewer than this share of its prefetches "
                              "are read (default 0.25; 0: never)")
     parser.add_argument("--lookahead", type=_ints, default=[0], metavar="L[,L...]",
                         help="steps whose rows are known ahead (a serving queue); the driver fills them "
                              "within --prefetch-budget rows a step (default 0)")
-    parser.add_argument("--region", type=int, default=8, help="Bingo: rows per region (1..64)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--region", type=integer(1, MAX_REGION), default=8,
+                        help=f"Bingo: rows per region (1..{MAX_REGION})")
+    parser.add_argument("--seed", type=SEED, default=0)
     parser.add_argument("--model", default=None,
                         help="model directory for the learned policies (a row checkpoint for --policies, "
-                             "a page one, `recmg train --page-bytes`, for --pages; empty: trained and saved)")
-    parser.add_argument("--threads", type=int, default=1, help="threads a learned policy may use")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs for learned policies")
-    parser.add_argument("--row-bytes", type=int, default=256, help="bytes a row (for slow_bytes)")
+                             "a page one, `recmg train --page-bytes`, for --pages; a new or empty one: "
+                             "trained and saved there; one of other files is refused)")
+    parser.add_argument("--threads", type=THREADS, default=1, help="threads a learned policy may use")
+    parser.add_argument("--epochs", type=EPOCHS, default=None, help="training epochs for learned policies")
+    parser.add_argument("--row-bytes", type=BYTES, default=256, help="bytes a row (for slow_bytes)")
     parser.add_argument("--pages", default="", metavar="POLICIES",
                         help="also run these policies on whole pages of the slow tier, with the same "
                              "DRAM bytes (results as NAME@page)")
-    parser.add_argument("--page-bytes", type=int, default=DEFAULT_PAGE_BYTES,
+    parser.add_argument("--page-bytes", type=BYTES, default=DEFAULT_PAGE_BYTES,
                         help="page size for --pages (default %(default)s)")
-    parser.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="CSV logs: rows a table")
+    parser.add_argument("--table-size", type=TABLE_SIZE, default=DEFAULT_TABLE_SIZE,
+                        help="CSV logs: rows a table")
     parser.add_argument("--path", choices=["auto", "native", "python"], default="auto",
                         help="driver: C whole-trace loop where possible, or observe() per step")
     parser.add_argument("--json", action="store_true", help="one JSON object a line per (policy, fraction)")
@@ -96,8 +113,11 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def _model_problem(model_dir: str | None, names: list[str], page_names: list[str], page_bytes: int,
                    row_bytes: int) -> str | None:
-    """Why ``--model`` cannot serve the learned policies asked for (one line), or None."""
-    from recmgd.models.granularity import Granularity, mismatch, of_checkpoint
+    """Why ``--model`` cannot serve the learned policies asked for (one line), or None; ModelError when
+    it is no checkpoint and cannot take one (recmgd.models.granularity.checkpoint_config), or a corrupt
+    one (recmgd.models.checkpoint.read_config): before any trace is read."""
+    from recmgd.models import checkpoint
+    from recmgd.models.granularity import Granularity, checkpoint_config, from_config, mismatch
     from recmgd.policy import is_learned
 
     if model_dir is None:
@@ -107,9 +127,12 @@ def _model_problem(model_dir: str | None, names: list[str], page_names: list[str
     if rows and pages:
         return (f"{model_dir}: one checkpoint is trained on rows or on pages, not both: the learned "
                 f"policies {', '.join(rows)} (--policies) and {', '.join(pages)} (--pages) need one each")
-    have = of_checkpoint(model_dir)
-    if have is None or not (rows or pages):
+    if not (rows or pages):
+        return None
+    f = checkpoint_config(model_dir)
+    if f is None:
         return None  # no checkpoint yet: the learned policies train and save one of their granularity
+    have = from_config(checkpoint.read_config(model_dir), str(f))
     if pages:
         return mismatch(model_dir, have, Granularity.pages(page_bytes, row_bytes),
                         f"--pages {','.join(pages)}")
@@ -122,14 +145,9 @@ def main(args: argparse.Namespace) -> int:
         print(f"recmg sim: --pivot {args.pivot}: not a metric (known: "
               f"{', '.join(SimResult.__dataclass_fields__)})", file=sys.stderr)
         return 2
-    if args.batch < 1:
-        raise SystemExit("recmg sim: --batch must be >= 1")
     page_names = [n.strip() for n in args.pages.split(",") if n.strip()]
     if args.lookahead != [0] and args.delay != 1:
         print("recmg sim: --lookahead runs with --delay 1 only", file=sys.stderr)
-        return 2
-    if args.prefetch_budget < 0:
-        print("recmg sim: --prefetch-budget must be >= 0", file=sys.stderr)
         return 2
     if page_names and args.delay != 1:
         print("recmg sim: --pages runs with --delay 1 only (pages move after the step that read them)",
@@ -156,23 +174,23 @@ def main(args: argparse.Namespace) -> int:
     if args.epochs is not None:
         options["epochs"] = args.epochs
     if args.prefetch_min_accuracy is not None:
-        if not 0.0 <= args.prefetch_min_accuracy <= 1.0:
-            print(f"recmg sim: --prefetch-min-accuracy must be in [0, 1], got {args.prefetch_min_accuracy}",
-                  file=sys.stderr)
-            return 2
         options["prefetch_min_accuracy"] = args.prefetch_min_accuracy
     results = []
     for path in args.trace:
         trace = open_trace(path, table_size=args.table_size)
-        if names:
-            results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
-                                row_bytes=args.row_bytes, options=options, path=args.path,
-                                lookahead=args.lookahead, budget=args.prefetch_budget)
-        if page_names:
-            steps = trace.steps(args.batch)
-            results += simulate_pages(os.path.basename(trace.path) or "trace", steps, page_names,
-                                      args.fractions, unique_rows(steps), row_bytes=args.row_bytes,
-                                      page_bytes=args.page_bytes, batch=args.batch, options=options)
+        try:
+            if names:
+                results += simulate(trace, names, args.fractions, batch=args.batch, delay=args.delay,
+                                    row_bytes=args.row_bytes, options=options, path=args.path,
+                                    lookahead=args.lookahead, budget=args.prefetch_budget)
+            if page_names:
+                steps = trace.steps(args.batch)
+                results += simulate_pages(os.path.basename(trace.path) or "trace", steps, page_names,
+                                          args.fractions, unique_rows(steps), row_bytes=args.row_bytes,
+                                          page_bytes=args.page_bytes, batch=args.batch, options=options)
+        except TrainStepsError as exc:  # a learned policy with no checkpoint, on the first half of the steps
+            n_steps = trace.n_steps(args.batch)
+            raise TraceError(too_few_steps(path, n_steps, args.batch) or f"trace {path}: {exc}") from None
     if args.json:
         for r in results:
             print(json.dumps(r.as_dict()))

@@ -12,25 +12,16 @@ import json
 import logging
 import sys
 
+from recmgd.cli.argtypes import SEED, STEP_BATCH, TABLE_SIZE, count, number
 from recmgd.errors import TraceError
 from recmgd.fileout import write_reason
+from recmgd.keys import MAX_TABLES
 from recmgd.trace import open_trace, save_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 from recmgd.trace.stats import trace_stats
-from recmgd.trace.synth import SynthConfig, write_synth
+from recmgd.trace.synth import MAX_BLOCK_ROWS, MAX_LOOKUPS, MAX_POOLING, SynthConfig, write_synth
 
 log = logging.getLogger(__name__)
-
-
-def _count(text: str) -> int:
-    """Integers that may be written as 1e9 or 10_000_000."""
-    try:
-        value = float(text.replace("_", ""))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if value < 0 or value != int(value):
-        raise argparse.ArgumentTypeError(f"not a count: {text!r}")
-    return int(value)
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
@@ -45,28 +36,29 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     conv.add_argument("output", help="the trace to write")
     conv.add_argument("--to", choices=["binary", "text", "dlrm"], default=None,
                       help="output format (default: from the name; .trace/.txt text, .pt dlrm, else binary)")
-    conv.add_argument("--table-size", type=_count, default=DEFAULT_TABLE_SIZE,
+    conv.add_argument("--table-size", type=TABLE_SIZE, default=DEFAULT_TABLE_SIZE,
                       help="CSV logs: rows per table that values hash to (default %(default)s)")
     st = action("stats", "lookups, tables, unique rows, reuse histogram, LRU/OPT hit rates")
     st.add_argument("file", help="the trace (any of the four formats, recognised by content)")
-    st.add_argument("--batch", type=int, default=16, help="samples per step for the hit rates")
+    st.add_argument("--batch", type=STEP_BATCH, default=16, help="samples per step for the hit rates")
     st.add_argument("--no-sim", action="store_true", help="skip the LRU/OPT hit rates")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument("--table-size", type=_count, default=DEFAULT_TABLE_SIZE)
+    st.add_argument("--table-size", type=TABLE_SIZE, default=DEFAULT_TABLE_SIZE)
     sy = action("synth", "write a synthetic trace calibrated to Meta's 2021 statistics")
     sy.add_argument("output", help="binary trace to write")
     defaults = SynthConfig()
-    sy.add_argument("--lookups", type=_count, default=defaults.lookups,
+    sy.add_argument("--lookups", type=count(0, MAX_LOOKUPS), default=defaults.lookups,
                     help="(default %(default)s; e.g. 1e9)")
-    sy.add_argument("--tables", type=_count, default=defaults.tables, help="(default %(default)s; e.g. 856)")
-    sy.add_argument("--pooling", type=_count, default=defaults.pooling,
+    sy.add_argument("--tables", type=count(1, MAX_TABLES), default=defaults.tables,
+                    help="(default %(default)s; e.g. 856)")
+    sy.add_argument("--pooling", type=count(1, MAX_POOLING), default=defaults.pooling,
                     help="lookups per table per sample (default %(default)s)")
-    sy.add_argument("--block-rows", type=_count, default=defaults.block_rows,
+    sy.add_argument("--block-rows", type=count(1, MAX_BLOCK_ROWS), default=defaults.block_rows,
                     help="rows generated at a time; bounds memory (default %(default)s)")
-    sy.add_argument("--gap", type=float, default=defaults.gap,
+    sy.add_argument("--gap", type=number(0.0, lo_open=True), default=defaults.gap,
                     help="median gap between a row's uses, lookups")
-    sy.add_argument("--sigma", type=float, default=defaults.sigma, help="log-normal spread of the gaps")
-    sy.add_argument("--seed", type=int, default=0)
+    sy.add_argument("--sigma", type=number(0.0), default=defaults.sigma, help="log-normal spread of the gaps")
+    sy.add_argument("--seed", type=SEED, default=0)
     parser.set_defaults(_trace_parser=parser)
 
 

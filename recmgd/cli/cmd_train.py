@@ -13,14 +13,25 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import sys
 import time
 
 import numpy as np
-import torch
 
+from recmgd.cli.argtypes import (
+    BYTES,
+    EPOCHS,
+    FRACTION,
+    SEED,
+    STEP_BATCH,
+    THREADS,
+    check_output_dir,
+    integer,
+)
+from recmgd.errors import ModelError, TraceError
 from recmgd.keys import capacity_for
-from recmgd.models.train_config import TrainConfig
+from recmgd.models.train_config import TrainConfig, too_few_steps
 from recmgd.models.train_memory import MB, TraceSize, default_limit_bytes, estimate_for, fitting_rate
 from recmgd.trace.steps import Steps
 
@@ -29,22 +40,25 @@ log = logging.getLogger(__name__)
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", metavar="TRACE", help="trace file (table row sample per line)")
-    parser.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
-    parser.add_argument("--fraction", type=float, default=0.1,
+    parser.add_argument("--out", required=True, metavar="DIR",
+                        help="checkpoint directory to write: a new or empty one, or a checkpoint, which is "
+                             "replaced when training is done")
+    parser.add_argument("--fraction", type=FRACTION, default=0.1,
                         help="fast-tier capacity as a fraction of the trace's unique rows (default 0.1)")
-    parser.add_argument("--batch-size", "-b", type=int, default=16, dest="step_batch",
+    parser.add_argument("--batch-size", "-b", type=STEP_BATCH, default=16, dest="step_batch",
                         help="samples per step (default 16)")
-    parser.add_argument("--epochs", type=int, default=4, help="training epochs (default 4)")
-    parser.add_argument("--batch", type=int, default=256, help="training minibatch (default 256)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    parser.add_argument("--epochs", type=EPOCHS, default=4, help="training epochs (default 4)")
+    parser.add_argument("--batch", type=integer(1, 1 << 24), default=256,
+                        help="training minibatch (default 256)")
+    parser.add_argument("--seed", type=SEED, default=0, help="random seed (default 0)")
+    parser.add_argument("--threads", type=THREADS, default=1, help="torch threads (default 1)")
     parser.add_argument("--loss", choices=("chamfer", "ce"), default="chamfer",
                         help="prefetching model's loss: the Chamfer set loss or plain cross-entropy")
     parser.add_argument("--voyager", action="store_true", help="also train the Voyager baseline")
-    parser.add_argument("--page-bytes", type=int, default=None, metavar="P",
+    parser.add_argument("--page-bytes", type=BYTES, default=None, metavar="P",
                         help="train on page keys: pages of P bytes of the slow tier (recmgd's page mode: "
                              "4096), for page mode and `recmg sim --pages`")
-    parser.add_argument("--row-bytes", type=int, default=None, metavar="R",
+    parser.add_argument("--row-bytes", type=BYTES, default=None, metavar="R",
                         help="with --page-bytes: bytes a row (default 256, as `recmg sim`)")
     parser.add_argument("--sample", type=float, default=1.0, metavar="RATE",
                         help="train on a hash-chosen RATE of the rows with the capacity scaled alike "
@@ -58,7 +72,6 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
 
 def read_steps(path: str, batch: int) -> Steps:
     """The protocol's steps of a trace file (any format the trace package reads)."""
-    from recmgd.errors import TraceError
     from recmgd.trace import open_trace
 
     trace = open_trace(path)
@@ -162,7 +175,7 @@ class _Bar:
 
 def main(args: argparse.Namespace) -> int:
     from recmgd.models import checkpoint
-    from recmgd.models.granularity import Granularity
+    from recmgd.models.granularity import Granularity, checkpoint_config
     from recmgd.models.train import train_models
 
     if args.row_bytes is not None and args.page_bytes is None:
@@ -183,9 +196,16 @@ def main(args: argparse.Namespace) -> int:
     if args.sample < 1.0 and granularity.is_pages:
         print("recmg train: --sample goes with row keys, not --page-bytes", file=sys.stderr)
         return 2
-    if args.memory_mb is not None and not args.memory_mb >= 0:
+    if args.memory_mb is not None and not (math.isfinite(args.memory_mb) and args.memory_mb >= 0):
         print(f"recmg train: --memory-mb: MB >= 0 (0: no check), got {args.memory_mb}", file=sys.stderr)
         return 2
+    # --out: a new directory, an empty one, or a checkpoint (replaced whole when training is done); never
+    # files of another kind, which the checkpoint's would overwrite
+    check_output_dir(args.out, "--out")
+    try:
+        checkpoint_config(args.out)
+    except ModelError as exc:
+        raise ModelError(f"--out {exc}") from None
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)
     limit = default_limit_bytes() if args.memory_mb is None else int(args.memory_mb * MB)
     memory = ""
@@ -198,12 +218,22 @@ def main(args: argparse.Namespace) -> int:
         memory = (f", peak memory at most {est / MB:,.0f} MB (an upper bound: every lookup taken as a "
                   f"distinct row; limit {limit / MB:,.0f} MB)" if bound else
                   f", peak memory about {est / MB:,.0f} MB by estimate (limit {limit / MB:,.0f} MB)")
+    import torch
+
     torch.set_num_threads(max(1, args.threads))
     if args.sample < 1.0:
         steps = Steps.from_list(read_sampled_steps(args.trace, args.step_batch, args.sample))
     else:
         steps = read_steps(args.trace, args.step_batch)
     half = len(steps) // 2
+    short = too_few_steps(args.trace, len(steps), args.step_batch)
+    if short:
+        raise TraceError(short)
+    if steps.offsets[half] == steps.offsets[0]:
+        kept = (f" (--sample {args.sample:g} kept none of their rows; a larger rate keeps some)"
+                if args.sample < 1.0 else "")
+        raise TraceError(f"trace {args.trace}: no lookups in the first {half} steps, which the models train "
+                         f"on{kept}")
     n_unique = len(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]))
     try:
         capacity = capacity_for(args.fraction, n_unique)
@@ -227,7 +257,7 @@ def main(args: argparse.Namespace) -> int:
     if not args.quiet:
         print(f"training {', '.join(which)} on {half} of {len(steps)} steps "
               f"({int(steps.offsets[half] - steps.offsets[0]):,} lookups), capacity {capacity} {unit}"
-              + (f" ({granularity.describe()})" if granularity.is_pages else "") + memory)
+              + (f" ({granularity.describe()})" if granularity.is_pages else "") + memory, flush=True)
     t0 = time.perf_counter()
     trained = train_models(steps.slice(0, half), capacity, cfg, which=which, progress=bar)
     bar.close()

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
+import signal
 import sys
+from typing import TextIO
 
 from recmgd.errors import RecmgError
 
@@ -44,7 +47,76 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
     return parser, module
 
 
+class _StdoutError(Exception):
+    """A write to stdout failed (not a broken pipe): the output is lost; one line, exit 1."""
+
+    def __init__(self, exc: OSError) -> None:
+        super().__init__(exc.strerror or str(exc))
+
+
+class _Stdout:
+    """sys.stdout, with a write error (a full disk, an I/O error) raised as _StdoutError, so that it is
+    told from the OSErrors of the files a subcommand reads and writes."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise _StdoutError(exc) from None
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stream, name)
+
+
+def _drop_stdout() -> None:
+    """Point fd 1 at /dev/null: what stdout still buffers goes nowhere at exit, with no second error."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
+class _Terminated(BaseException):
+    """SIGTERM (systemd's stop, timeout(1), the daemon stopping a candidate), raised where the process
+    is, so that the blocks it is in unwind: an output's temporary is removed (recmgd/fileout.py)."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The CLI: a RecmgError is one line (exit 1), a write error on stdout one line (exit 1), Ctrl-C
+    one line (exit 130), SIGTERM one line (exit 143), each with no output left half-written."""
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:
+        print("recmg: interrupted", file=sys.stderr)
+        return 130
+    except _Terminated:
+        print("recmg: terminated", file=sys.stderr)
+        return 128 + signal.SIGTERM
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     parser, mod = build_parser(argv)
     args = parser.parse_args(argv)
@@ -56,13 +128,23 @@ def main(argv: list[str] | None = None) -> int:
     if mod is None:
         print(f"recmg {args.command}: not yet available", file=sys.stderr)
         return 2
+    stdout = sys.stdout
+    sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
     try:
-        return int(mod.main(args) or 0)
+        rc = int(mod.main(args) or 0)
+        sys.stdout.flush()
+        return rc
     except RecmgError as exc:
         print(f"recmg {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except _StdoutError as exc:
+        print(f"recmg: cannot write the output: {exc}", file=sys.stderr)
+        _drop_stdout()
+        return 1
     except BrokenPipeError:
         return 0
+    finally:
+        sys.stdout = stdout
 
 
 if __name__ == "__main__":

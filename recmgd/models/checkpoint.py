@@ -14,7 +14,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
+import stat
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -24,7 +26,7 @@ from recmgd.errors import ModelError
 from recmgd.fileout import whole_files, write_reason
 from recmgd.models import hazard
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
-from recmgd.models.granularity import Granularity, from_config
+from recmgd.models.granularity import CONFIG_FILE, Granularity, from_config
 from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train_config import TrainConfig, Trained
 
@@ -107,17 +109,23 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
 
 
 def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
-    """The checked config of a checkpoint directory; ModelError on anything missing or mismatched."""
+    """The checked config of a checkpoint directory; ModelError (one line, naming the file and the
+    field) on anything missing, malformed or mismatched."""
     d = Path(path)
-    f = d / "config.json"
-    if not f.is_file():
-        raise ModelError(f"{d}: not a recmg checkpoint (no config.json)")
+    f = d / CONFIG_FILE
+    try:
+        st = os.stat(f)
+    except OSError:
+        raise ModelError(f"{d}: not a recmg checkpoint (no {CONFIG_FILE})") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise ModelError(f"{f}: not a regular file")
     try:
         cfg = json.loads(f.read_text())
     except (OSError, ValueError) as exc:
         raise ModelError(f"{f}: unreadable config: {exc}") from None
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ModelError(f"{f}: not a recmg model checkpoint (format {cfg.get('format')!r})")
+        got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ModelError(f"{f}: not a recmg model checkpoint (format {got!r})")
     if cfg.get("format_version") != FORMAT_VERSION:
         raise ModelError(f"{f}: checkpoint format version {cfg.get('format_version')} but this recmg reads "
                          f"version {FORMAT_VERSION}; retrain with `recmg train`")
@@ -125,7 +133,73 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
         raise ModelError(f"{f}: checkpoint feature version {cfg.get('feature_version')} but this recmg "
                          f"computes feature version {FEATURE_VERSION}; retrain with `recmg train`")
     from_config(cfg, str(f))  # a malformed granularity is an error here too
+    _check_fields(cfg, str(f))
     return cfg
+
+
+#: the integer fields of each model in config.json's "models" (each >= 1); other fields are not read
+MODEL_FIELDS = {"cache": ("hidden",), "prefetch": ("n_rows", "dim", "queries"),
+                "voyager": ("n_rows", "hidden")}
+#: TrainConfig's integer fields that may exceed the C step's int32 parameters (the training seed)
+_WIDE_INTS = {"seed"}
+
+
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _bad(where: str, field: str, value: object, want: str) -> ModelError:
+    shown = repr(value)
+    shown = shown if len(shown) <= 60 else shown[:55] + "[...]"
+    return ModelError(f"{where}: {field} {shown}: {want}")
+
+
+def _check_fields(cfg: dict[str, object], where: str) -> None:
+    """The fields read from config.json (capacity, models, train, stats) of the types they are read as:
+    else a ModelError naming ``where`` and the field."""
+    cap = cfg.get("capacity", 0)
+    if not _is_int(cap) or not 0 <= cap < 1 << 62:  # type: ignore[operator]
+        raise _bad(where, "capacity", cap, "not an integer >= 0")
+    if "models" not in cfg:
+        raise ModelError(f"{where}: no models field")
+    models = cfg["models"]
+    if not isinstance(models, dict):
+        raise _bad(where, "models", models, "not an object of models")
+    for name, fields in MODEL_FIELDS.items():
+        if name not in models:
+            continue
+        m = models[name]
+        if not isinstance(m, dict):
+            raise _bad(where, f"models.{name}", m, "not an object")
+        for k in fields:
+            v = m.get(k)
+            if not _is_int(v) or not 1 <= v < 1 << 31:  # type: ignore[operator]
+                raise _bad(where, f"models.{name}.{k}", v, "not an integer >= 1")
+        classes = m.get("hazard_classes", 1)
+        if not _is_int(classes) or not 1 <= classes < 1 << 31:  # type: ignore[operator]
+            raise _bad(where, f"models.{name}.hazard_classes", classes, "not an integer >= 1")
+    train = cfg.get("train") or {}
+    if not isinstance(train, dict):
+        raise _bad(where, "train", train, "not an object")
+    for fld in dataclasses.fields(TrainConfig):
+        if fld.name not in train:
+            continue
+        v, default = train[fld.name], getattr(TrainConfig(), fld.name)
+        if _is_int(default):
+            hi = (1 << 63) if fld.name in _WIDE_INTS else (1 << 31)
+            if not _is_int(v) or not 0 <= v < hi:
+                raise _bad(where, f"train.{fld.name}", v, "not an integer >= 0")
+        elif not isinstance(v, type(default)):
+            raise _bad(where, f"train.{fld.name}", v, f"not a {type(default).__name__}")
+    st = cfg.get("stats") or {}
+    if not isinstance(st, dict):
+        raise _bad(where, "stats", st, "not an object")
+    for k, v in st.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise _bad(where, f"stats.{k}", v, "not a finite number")
+    step_len = st.get("mean_step_len", 1.0)
+    if step_len <= 0:
+        raise _bad(where, "stats.mean_step_len", step_len, "not a number > 0")
 
 
 def granularity(path: str | os.PathLike[str]) -> Granularity:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from recmgd.errors import ModelError
 
 ROWS = "rows"
 PAGES = "pages"
+#: a checkpoint directory's config (recmgd.models.checkpoint): there, it is a checkpoint
+CONFIG_FILE = "config.json"
 
 
 @dataclass(frozen=True)
@@ -98,11 +101,45 @@ def from_config(cfg: dict[str, Any], where: str) -> Granularity:
         raise ModelError(f"{where}: granularity: {exc}") from None
 
 
+def checkpoint_config(model_dir: str | os.PathLike[str]) -> Path | None:
+    """The config.json of the checkpoint in ``model_dir``; None when ``model_dir`` is missing or an empty
+    directory (a policy trains there and saves a checkpoint); ModelError (one line) for anything else
+    (not a directory, a config.json that is not a regular file such as a FIFO, or files without a
+    config.json: a new checkpoint would overwrite them)."""
+    d = Path(model_dir)
+    f = d / CONFIG_FILE
+    try:
+        st = os.stat(f)
+    except FileNotFoundError:
+        st = None
+    except NotADirectoryError:
+        raise ModelError(f"{d}: not a directory") from None
+    except OSError as exc:
+        raise ModelError(f"{f}: cannot read ({exc.strerror})") from None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise ModelError(f"{f}: not a regular file")
+        return f
+    if not d.exists():
+        return None
+    if not d.is_dir():
+        raise ModelError(f"{d}: not a directory")
+    try:
+        empty = next(os.scandir(d), None) is None
+    except OSError as exc:
+        raise ModelError(f"{d}: cannot read ({exc.strerror})") from None
+    if not empty:
+        raise ModelError(f"{d}: not a recmg checkpoint (no {CONFIG_FILE}) and not empty: a new checkpoint "
+                         "is trained and saved only into an empty or new directory")
+    return None
+
+
 def of_checkpoint(model_dir: str | os.PathLike[str]) -> Granularity | None:
-    """The granularity of the checkpoint in ``model_dir``, or None when it holds no config.json
-    (the full checks of the checkpoint are :func:`recmgd.models.checkpoint.read_config`'s)."""
-    f = Path(model_dir) / "config.json"
-    if not f.is_file():
+    """The granularity of the checkpoint in ``model_dir``, or None when there is none yet (an empty or
+    missing directory: :func:`checkpoint_config`, whose ModelError it raises for anything else; the full
+    checks of the checkpoint are :func:`recmgd.models.checkpoint.read_config`'s)."""
+    f = checkpoint_config(model_dir)
+    if f is None:
         return None
     try:
         cfg = json.loads(f.read_text())

@@ -27,7 +27,7 @@ from recmgd.errors import ModelError
 from recmgd.models import checkpoint
 from recmgd.models.fastinfer import FastCacheNet
 from recmgd.models.features import HALF_LIVES, RowHistory, Stream
-from recmgd.models.granularity import Granularity, from_config, mismatch
+from recmgd.models.granularity import Granularity, checkpoint_config, from_config, mismatch
 from recmgd.models.hazard import classify, hazard_scores
 from recmgd.models.native_step import NativeStep, unsupported
 from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
@@ -256,7 +256,9 @@ class LearnedPolicy(Policy):
         self._fast_cache: FastCacheNet | None = None
         self._model_index: dict[int, int] | None = None  # the Python step's, built when first needed
         self._step_by_step = False  # the daemon drives it: the C step shares its key map (step_by_step)
-        if model_dir is not None and os.path.isfile(os.path.join(model_dir, "config.json")):
+        # a checkpoint there is loaded; an empty or missing directory gets one trained and saved (fit);
+        # anything else (files without a config.json, a config.json that is no regular file) is refused
+        if model_dir is not None and checkpoint_config(model_dir) is not None:
             self.load(model_dir)
         self.reset(0)
 

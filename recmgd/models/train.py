@@ -19,7 +19,7 @@ from recmgd.models import hazard
 from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, KeyIndex, RowHistory, Stream
 from recmgd.models.labels import opt_labels
 from recmgd.models.nets import CacheNet, PrefetchNet
-from recmgd.models.train_config import TrainConfig, Trained
+from recmgd.models.train_config import TrainConfig, Trained, check_train_steps
 from recmgd.models.voyager_net import VoyagerNet
 from recmgd.oracle import NEVER, StepsLike, next_use
 from recmgd.trace.steps import as_steps
@@ -352,12 +352,14 @@ def fit_hazard(steps: StepsLike, scored: np.ndarray, capacity: int, stats: dict[
 
 def train_models(steps: StepsLike, capacity: int, cfg: TrainConfig,
                  which: Sequence[str] = ("cache", "prefetch"), progress: Progress = _noop) -> Trained:
-    """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps``.
+    """Train the requested models ('cache', 'prefetch', 'voyager') on ``steps`` (at least
+    MIN_TRAIN_STEPS, with lookups in them: else TrainStepsError).
 
     Memory: each per-access array lives only as long as the stage that needs it (the caching model's
     dataset is dropped once it is scored, the scores once they are classified), and the steps are one
     flat array throughout (recmgd.models.train_memory estimates the peak)."""
     s = as_steps(steps)  # one flat copy at most: every stage below reads this one
+    check_train_steps(len(s), s.n_lookups)  # TrainStepsError: none to train on
     out = Trained(capacity=capacity, config=cfg)
     # rows a (deduplicated) step: the policies size a keep-level in steps of LRU age from it, so every
     # checkpoint must carry it (`recmg train` checkpoints once lacked it and were scored with 16)

@@ -8,11 +8,37 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from recmgd.errors import TraceError
 from recmgd.models import hazard
 
 if TYPE_CHECKING:
     from recmgd.models.nets import CacheNet, PrefetchNet
     from recmgd.models.voyager_net import VoyagerNet
+
+
+#: the fewest steps the models train on (`recmg train` and the simulator train on the first half of a
+#: trace's steps, so a trace needs twice as many)
+MIN_TRAIN_STEPS = 1
+
+
+class TrainStepsError(TraceError):
+    """Too few steps to train on, or no lookups in them."""
+
+
+def check_train_steps(n_steps: int, n_lookups: int) -> None:
+    """TrainStepsError when ``n_steps`` steps of ``n_lookups`` lookups in all cannot be trained on."""
+    if n_steps < MIN_TRAIN_STEPS:
+        raise TrainStepsError(f"{n_steps} steps to train on; training needs at least {MIN_TRAIN_STEPS}")
+    if n_lookups < 1:
+        raise TrainStepsError(f"no lookups in the {n_steps} steps to train on")
+
+
+def too_few_steps(trace: str, n_steps: int, batch: int) -> str | None:
+    """The one line for a trace of ``n_steps`` steps of ``batch`` samples whose first half is too short
+    to train on; None when it is long enough."""
+    if n_steps // 2 >= MIN_TRAIN_STEPS:
+        return None
+    return f"trace {trace}: {n_steps} steps of {batch} samples; training needs at least {2 * MIN_TRAIN_STEPS}"
 
 
 @dataclass

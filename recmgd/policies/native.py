@@ -29,6 +29,10 @@ from recmgd.trace.steps import Steps, as_steps
 log = logging.getLogger(__name__)
 
 
+#: Bingo's most rows a region (a region's footprint is a 64-bit mask)
+MAX_REGION = 64
+
+
 def i32_ptr(a: np.ndarray) -> Any:
     return ffi.from_buffer("int32_t[]", a)
 
@@ -56,8 +60,8 @@ class NativePolicy(Policy):
     def __init__(self, prefetch_budget: int = 16, region: int = 8, degree: int = 0, seed: int = 0) -> None:
         if prefetch_budget < 0:
             raise ValueError(f"prefetch_budget must be >= 0, got {prefetch_budget}")
-        if not 1 <= region <= 64:
-            raise ValueError(f"region must be 1..64 rows, got {region}")
+        if not 1 <= region <= MAX_REGION:
+            raise ValueError(f"region must be 1..{MAX_REGION} rows, got {region}")
         self.prefetch_budget = int(prefetch_budget)
         self.region = int(region)
         self.degree = int(degree)

@@ -81,11 +81,22 @@ class BinaryWriter:
             os.fsync(self._fh.fileno())
         self._fh.close()
 
+    def abort(self) -> None:
+        """Close the file without finishing it (no header: no reader takes it for a trace); the caller
+        removes it (recmgd.fileout removes its temporary)."""
+        try:
+            self._fh.close()
+        except OSError:
+            pass  # a close that flushes onto a full disk: the error in flight is the one to report
+
     def __enter__(self) -> BinaryWriter:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
+        if exc_type is not None:  # never an error of its own over the one in flight (a full disk, Ctrl-C)
+            self.abort()
+        else:
+            self.close()
 
 
 def write_binary(trace: Trace, path: str | Path) -> None:

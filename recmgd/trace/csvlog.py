@@ -21,6 +21,7 @@ import numpy as np
 from recmgd.errors import TraceError
 from recmgd.keys import MAX_ROWS, MAX_TABLES, ROW_BITS
 from recmgd.trace.model import Trace
+from recmgd.trace.text import is_text_line
 from recmgd.trace.validate import check_file, first_undecodable_line
 
 DEFAULT_TABLE_SIZE = 1 << 20
@@ -39,13 +40,19 @@ def fnv1a64(text: str) -> int:
 
 
 def sniff_csv(path: str | Path) -> bool:
-    """Does the first line look like a comma/tab separated log (not a whitespace trace)?"""
+    """Does the first line look like a comma/tab separated log (not a whitespace trace)? A line of two
+    or three integers, or a comment, is the text format whatever whitespace separates them (a tab
+    too); a log's line has more fields (Criteo's 40) or a header."""
     try:
         with open(path, encoding="utf-8", errors="replace") as fh:
             first = fh.readline()
     except OSError:
         return False
-    return "," in first or "\t" in first
+    if first.lstrip().startswith("#"):
+        return False
+    if "," in first:
+        return True
+    return "\t" in first and not is_text_line(first)
 
 
 def read_csv_log(path: str | Path, table_size: int = DEFAULT_TABLE_SIZE) -> Trace:

@@ -75,16 +75,40 @@ def read_dlrm(path: str | Path) -> Trace:
     return Trace(np.ascontiguousarray(keys), sample_offsets, path)
 
 
+#: the format is dense, a length for every (table, sample): a file is refused when it would hold more
+#: than DENSE_LOOKUP_CELLS lengths a lookup and more than DENSE_CELLS lengths in all
+DENSE_CELLS = 1 << 26
+DENSE_LOOKUP_CELLS = 64
+
+
+def check_dense(trace: Trace, path: str | Path, n_tables: int | None = None) -> int:
+    """The tables a DLRM file of ``trace`` holds (table ids 0 up to the highest one used, or
+    ``n_tables``); TraceError naming ``path`` and the table count when its dense lengths would be huge
+    for the lookups (a trace with a high table id and few lookups)."""
+    from recmgd.keys import key_table
+
+    if n_tables is None:
+        n_tables = int(key_table(np.asarray(trace.keys).max())) + 1 if trace.n_lookups else 0
+    cells = n_tables * trace.n_samples
+    if cells > DENSE_CELLS and cells > DENSE_LOOKUP_CELLS * trace.n_lookups:
+        raise TraceError(f"{path}: the DLRM format holds a length for every table and sample: {n_tables:,} "
+                         f"tables (ids up to the highest one used) x {trace.n_samples:,} samples would be "
+                         f"{cells:,} lengths ({16 * cells / 2**30:,.1f} GiB) for {trace.n_lookups:,} "
+                         "lookups; write the binary or text format instead")
+    return n_tables
+
+
 def write_dlrm(trace: Trace, path: str | Path, n_tables: int | None = None) -> None:
-    """Write a trace as a DLRM lookup file (for tests and interchange; gzip when path ends in .gz)."""
+    """Write a trace as a DLRM lookup file (for tests and interchange; gzip when path ends in .gz);
+    TraceError (check_dense) before anything is allocated when its dense layout would be huge."""
     import torch
 
     from recmgd.keys import key_row, key_table
 
+    n_tables = check_dense(trace, path, n_tables)
     keys = np.asarray(trace.keys, dtype=np.int64)
     t = key_table(keys)
     r = key_row(keys)
-    n_tables = int(t.max()) + 1 if n_tables is None and keys.shape[0] else (n_tables or 0)
     b = np.repeat(np.arange(trace.n_samples), np.diff(trace.sample_offsets))
     lengths = np.zeros((n_tables, trace.n_samples), dtype=np.int64)
     np.add.at(lengths, (t, b), 1)

@@ -9,7 +9,7 @@ from recmgd.errors import TraceError
 from recmgd.fileout import whole_file, write_reason
 from recmgd.trace.binary import MAGIC, read_binary, write_binary
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE, read_csv_log, sniff_csv
-from recmgd.trace.dlrm import read_dlrm, write_dlrm
+from recmgd.trace.dlrm import check_dense, read_dlrm, write_dlrm
 from recmgd.trace.model import Trace
 from recmgd.trace.text import read_text, write_text
 from recmgd.trace.validate import check_file
@@ -61,6 +61,8 @@ def save_trace(trace: Trace, path: str | Path, fmt: str | None = None) -> str:
     writers = {"binary": write_binary, "text": write_text, "dlrm": write_dlrm}
     if fmt not in writers:
         raise ValueError(f"cannot write format {fmt!r} (binary, text, dlrm)")
+    if fmt == "dlrm":
+        check_dense(trace, path)  # before the temporary: its message names the output
     try:
         with whole_file(path) as tmp:
             writers[fmt](trace, str(tmp))

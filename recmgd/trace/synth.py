@@ -15,6 +15,7 @@ hashed production ids). Memory is constant in the length (``spread`` blocks at a
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,11 @@ META_2021_LOOKUP_RATIO = [0.069, 0.044, 0.068, 0.101, 0.121, 0.104, 0.073, 0.058
                           0.049, 0.048, 0.048, 0.043, 0.031, 0.023, 0.019]
 TOP_BIN_MAX = 65536  # counts of the open last bin are drawn in (32768, 65536]
 _ROW_MULT = 0x9E3779B97F4A7C15 & (MAX_ROWS - 1) | 1  # odd: a bijection modulo 2**40
+#: the most rows a block (memory: about 7 uses a row, some 50 bytes a use, at once)
+MAX_BLOCK_ROWS = 1 << 22
+#: the most lookups a trace (int64 offsets), and lookups a table a sample (tables x pooling fits int64)
+MAX_LOOKUPS = (1 << 62) - 1
+MAX_POOLING = 1 << 40
 
 
 def bin_bounds() -> list[tuple[int, int]]:
@@ -69,12 +75,23 @@ class SynthConfig:
     seed: int = 0
 
     def check(self) -> None:
-        if self.lookups < 0:
-            raise ValueError("lookups must be >= 0")
+        """ValueError naming the setting that is out of its range."""
+        if not 0 <= self.lookups <= MAX_LOOKUPS:
+            raise ValueError(f"lookups must be in 0..{MAX_LOOKUPS}, got {self.lookups}")
         if not 1 <= self.tables <= MAX_TABLES:
-            raise ValueError(f"tables must be 1..{MAX_TABLES}")
-        if self.pooling < 1 or self.block_rows < 1 or self.gap <= 0 or self.sigma < 0 or self.spread < 1:
-            raise ValueError("pooling, block_rows and gap must be positive")
+            raise ValueError(f"tables must be in 1..{MAX_TABLES}, got {self.tables}")
+        if not 1 <= self.pooling <= MAX_POOLING:
+            raise ValueError(f"pooling must be in 1..{MAX_POOLING}, got {self.pooling}")
+        if not 1 <= self.block_rows <= MAX_BLOCK_ROWS:
+            raise ValueError(f"block_rows must be in 1..{MAX_BLOCK_ROWS}, got {self.block_rows}")
+        if not (math.isfinite(self.gap) and self.gap > 0):
+            raise ValueError(f"gap must be a finite number > 0, got {self.gap}")
+        if not (math.isfinite(self.sigma) and self.sigma >= 0):
+            raise ValueError(f"sigma must be a finite number >= 0, got {self.sigma}")
+        if not (math.isfinite(self.spread) and self.spread >= 1):
+            raise ValueError(f"spread must be a finite number >= 1, got {self.spread}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
 
     @property
     def lookups_per_sample(self) -> int:

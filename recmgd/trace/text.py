@@ -27,6 +27,13 @@ BLOCK_LINES = 1 << 20
 _INT = re.compile(r"[+-]?[0-9]+")
 
 
+def is_text_line(line: str) -> bool:
+    """Whether ``line`` is a line of the text format: ``table row [sample]`` (integers, any whitespace
+    between them), a comment or blank (its values are not checked here)."""
+    body = line.split("#", 1)[0].split()
+    return not body or (len(body) in (2, 3) and all(_INT.fullmatch(v) for v in body))
+
+
 def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | None:
     """Validate one line; return its column count (None for blank/comment). Raises TraceError."""
     body = line.split("#", 1)[0].split()
@@ -110,9 +117,12 @@ def read_text(path: str | Path) -> Trace:
 
 
 def write_text(trace: Trace, path: str | Path, chunk: int = 1 << 20) -> None:
-    """Write a trace in the text format (``table row sample``)."""
+    """Write a trace in the text format (``table row sample``); a trace without lookups as a comment
+    line, which reads back as one (an empty file is no trace: recmgd.trace.validate.check_file)."""
     samples = np.repeat(np.arange(trace.n_samples, dtype=np.int64), np.diff(trace.sample_offsets))
     with open(path, "w", encoding="ascii") as fh:
+        if trace.n_lookups == 0:
+            fh.write("# a recmg text trace without lookups\n")
         for lo in range(0, trace.n_lookups, chunk):
             k = np.asarray(trace.keys[lo:lo + chunk], dtype=np.int64)
             out = np.stack([key_table(k), key_row(k), samples[lo:lo + chunk]], axis=1)

@@ -31,9 +31,18 @@ def check_file(path: str) -> os.stat_result:
         raise TraceError(f"{path}: is a directory, not a trace file")
     if not stat.S_ISREG(st.st_mode):
         raise TraceError(f"{path}: not a regular file")
-    if st.st_size == 0:
+    if st.st_size == 0 and not _has_bytes(path):  # procfs and sysfs files say 0 bytes and hold some
         raise TraceError(f"{path}: empty file")
     return st
+
+
+def _has_bytes(path: str) -> bool:
+    """Whether a file that stat says is empty gives a byte when read."""
+    try:
+        with open(path, "rb") as fh:
+            return bool(fh.read(1))
+    except OSError:
+        return False
 
 
 def _bad_key_message(key: int) -> str:
