@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 EMPTY_KEYS = np.zeros(0, dtype=np.int64)
 
+#: Bingo's most rows a region (a region's footprint is a 64-bit mask): its option's bound, for the
+#: simulator's flag and the daemon's config alike
+MAX_REGION = 64
+
 
 @dataclass(frozen=True)
 class StepView:

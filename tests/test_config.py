@@ -121,6 +121,7 @@ threads = 2
     ("[policy.options]\nthreads = 0", "policy.options.threads", "impossible value 0"),
     ("[policy.options]\nseed = 'x'", "policy.options.seed", "expected an integer"),
     ("[pool.p.options]\nprefetch_budget = -1", "pool.p.options.prefetch_budget", "impossible value"),
+    ("[policy.options]\nregion = 65", "policy.options.region", "impossible value 65"),  # (Bingo: 1..64)
 ])
 def test_errors_name_file_key_problem(text: str, key: str, problem: str) -> None:
     msg = err(text)
@@ -141,6 +142,13 @@ def test_load_missing_and_unreadable(tmp_path: Path) -> None:
     bad.write_bytes(b"\xff\xfe = 1")
     with pytest.raises(ConfigError, match="not UTF-8"):
         config.load(str(bad))
+
+
+def test_byte_order_mark_is_read_past(tmp_path: Path) -> None:
+    """A file an editor saved with a UTF-8 byte-order mark reads as the same file without it."""
+    f = tmp_path / "bom.toml"
+    f.write_bytes(b"\xef\xbb\xbfinterval = 0.25\n")
+    assert config.load(str(f)).interval == 0.25
 
 
 def test_example_file_is_valid() -> None:

@@ -36,7 +36,7 @@ from recmgd.cli.argtypes import (
 )
 from recmgd.errors import TraceError
 from recmgd.models.train_config import TrainStepsError, too_few_steps
-from recmgd.policies.native import MAX_REGION
+from recmgd.policy import MAX_REGION
 from recmgd.sim import SimResult, format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import format_pivot

@@ -66,6 +66,7 @@ from typing import Any
 
 from recmgd.errors import ConfigError, RecmgError
 from recmgd.keys import PAGE_BYTES
+from recmgd.policy import MAX_REGION
 
 DEFAULT_PATH = "/etc/recmgd/recmgd.toml"
 DEFAULT_SOCKET = "/run/recmgd/control.sock"
@@ -81,7 +82,7 @@ POLICY_OPTIONS: dict[str, tuple[type, float, float | None]] = {
     "seed": (int, 0, (1 << 63) - 1),
     "threads": (int, 1, 1024),
     "epochs": (int, 1, 1 << 20),
-    "region": (int, 1, 1 << 20),
+    "region": (int, 1, MAX_REGION),
     "history_window": (int, 0, 1 << 40),  # learned policies: recency window in steps (0: unbounded)
     # recmg's prefetcher throttling (recmgd.models.policies.RecMGPolicy)
     "prefetch_min_accuracy": (float, 0.0, 1.0),
@@ -613,7 +614,7 @@ def load(path: str | None = None, *, missing_ok: bool = False) -> Config:
     except OSError as exc:
         raise ConfigError(f"{path}: (file): cannot read: {exc.strerror or exc}") from None
     try:
-        text = data.decode("utf-8")
+        text = data.decode("utf-8").removeprefix("\ufeff")  # (an editor's byte-order mark)
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: (file): not UTF-8 text at byte {exc.start}") from None
     return parse(text, path)

@@ -22,15 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 
 from recmgd.errors import PolicyError
-from recmgd.policy import Decision, Policy, StepView
+from recmgd.policy import MAX_REGION, Decision, Policy, StepView
 from recmgd.simcore import DAEMON_LOAD, HOLDER_POLICY, IdMap, check, ffi, lib
 from recmgd.trace.steps import Steps, as_steps
 
 log = logging.getLogger(__name__)
-
-
-#: Bingo's most rows a region (a region's footprint is a 64-bit mask)
-MAX_REGION = 64
 
 
 def i32_ptr(a: np.ndarray) -> Any:
