@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from ports import free_port
-from test_daemon_plugin import TESTS, daemon_env, start_daemon, stop_daemon, wait_socket
+from test_daemon_plugin import TESTS, daemon_env, shut_down, start_daemon, stop_daemon, wait_socket
 
 from recmgd.daemon.control import request
 
@@ -96,11 +96,7 @@ def test_step_mode_matches_simulator(tmp_path: Path, shared_traces: Path, trace_
         res = json.loads(out.strip().splitlines()[-1])
         st = pstats(sock, name)
     finally:
-        rc, derr = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, derr = shut_down(d, name)
     assert rc == 0, derr
     assert res["wrong"] == 0
     assert st["steps"] == len(batches) == res["batches"]

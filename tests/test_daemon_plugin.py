@@ -168,3 +168,19 @@ def stop_daemon(proc: subprocess.Popen, timeout: float = 20.0, sig: int = signal
         proc.kill()
         _, err = proc.communicate()
     return proc.returncode, err
+
+
+def shut_down(proc: subprocess.Popen, name: str, pool: object | None = None) -> tuple[int, str]:
+    """A test's teardown: the app's pool handle closed (if any), the daemon stopped, the pool's object
+    unlinked (if it is still there); the daemon's exit status and stderr."""
+    from recmgd.errors import PoolError
+    from recmgd.pool import Pool
+
+    if pool is not None:
+        pool.close()  # type: ignore[attr-defined]
+    rc, err = stop_daemon(proc)
+    try:
+        Pool.unlink(name)
+    except PoolError:
+        pass
+    return rc, err

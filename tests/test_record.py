@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_daemon_live import app, config, pstats, unique_keys
-from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+from test_daemon_plugin import daemon_env, shut_down, start_daemon, wait_socket
 
 from recmgd.daemon.control import CommandError, request
 from recmgd.daemon.record import BatchSplitter
@@ -80,11 +80,7 @@ def daemon(tmp_path: Path):
         wait_socket(sock, d, timeout=60)
         yield sock, name, d
     finally:
-        rc, err = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name)
         assert rc == 0, err
 
 
@@ -214,13 +210,7 @@ def test_record_two_apps(tmp_path: Path, shared_traces: Path) -> None:
         assert rec.returncode == 0, rerr
         drops = pstats(sock, name)["ring_drops"]
     finally:
-        if pool is not None:
-            pool.close()
-        rc, err = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
     assert rc == 0, err
     assert drops == 0
     got = recorded_batches(out)

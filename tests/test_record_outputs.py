@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from test_daemon_live import config
-from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+from test_daemon_plugin import daemon_env, shut_down, start_daemon, wait_socket
 
 from recmgd.daemon.control import CommandError, request
 from recmgd.trace import open_trace
@@ -121,13 +121,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, 
         wait_attached(sock, name)
         yield sock, name, pool
     finally:
-        if pool is not None:
-            pool.close()  # type: ignore[attr-defined]
-        rc, err = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
         assert rc == 0, err
 
 
@@ -265,13 +259,7 @@ def test_daemon_stopping_completes_the_recording(sig: int, tmp_path: Path) -> No
         d.send_signal(sig)
         rout, rerr = r.communicate(timeout=60)
     finally:
-        if pool is not None:
-            pool.close()  # type: ignore[attr-defined]
-        rc, derr = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, derr = shut_down(d, name, pool)
     assert leftovers(tmp_path) == []
     if sig == signal.SIGKILL:
         assert r.returncode == 3 and rout == ""

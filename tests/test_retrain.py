@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from ports import free_port
 from test_daemon_live import app, unique_keys
-from test_daemon_plugin import daemon_env, start_daemon, stop_daemon, wait_socket
+from test_daemon_plugin import daemon_env, shut_down, start_daemon, stop_daemon, wait_socket
 from test_record import create_pool, wait_attached
 
 from recmgd.daemon import config as config_mod
@@ -188,13 +188,7 @@ def test_retrain_switches_keeps_and_survives(tmp_path: Path, shared_traces: Path
         assert st["policy"] == "recmg" and st["retrain"]["model_dir"] == model
         assert st["retrain"]["switches"] == 0 and st["retrain"]["window_lookups"] == 0
     finally:
-        rc, err = stop_daemon(d)
-        if pool is not None:
-            pool.close()
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
     assert rc == 0, err
     assert "loading the last retrained checkpoint" in err
 
@@ -214,13 +208,7 @@ def test_retrain_refused_without_config(tmp_path: Path) -> None:
         assert r.returncode == 1 and "does not retrain (set retrain_every" in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
     finally:
-        if pool is not None:
-            pool.close()
-        rc, err = stop_daemon(d)
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
     assert rc == 0, err
 
 
@@ -262,13 +250,7 @@ def test_retrain_every_runs_by_itself(tmp_path: Path, shared_traces: Path) -> No
             assert time.monotonic() < deadline, "no second retrain"
             time.sleep(0.05)
     finally:
-        rc, err = stop_daemon(d)
-        if pool is not None:
-            pool.close()
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
     assert rc == 0, err
     assert not list((state / "retrain" / name).glob("candidate-*"))
 
@@ -340,13 +322,7 @@ def test_a_corrupt_retrained_checkpoint_is_passed_over(tmp_path: Path, configure
         time.sleep(1.0)  # twenty app checks
         assert d.poll() is None
     finally:
-        rc, err = stop_daemon(d)
-        if pool is not None:
-            pool.close()
-        try:
-            pool_mod.Pool.unlink(name)
-        except Exception:  # noqa: BLE001
-            pass
+        rc, err = shut_down(d, name, pool)
     assert rc == 0, err
     warnings = [ln for ln in err.splitlines() if "does not load" in ln]
     assert len(warnings) == 1 and f"the last retrained checkpoint {bad} does not load" in warnings[0], err
