@@ -14,7 +14,7 @@ PREFIX ?= /usr/local
 # The TorchRec front's torchrec, without its declared deps (pyproject.toml's torchrec extra says why).
 TORCHREC := torchrec==1.8.0
 
-.PHONY: all sysdeps venv native test test-vm demo bench bench-e2e lint install clean
+.PHONY: all sysdeps venv native test test-vm demo bench bench-e2e lint install install-venv install-files uninstall clean
 
 all: native
 
@@ -90,24 +90,12 @@ lint: venv
 # the config example (never over an existing config), the sysusers and tmpfiles rules; then (not into a
 # DESTDIR) the recmgd user and group (systemd-sysusers, or groupadd/useradd without it) and its directories.
 INSTALL_VENV := $(PREFIX)/lib/recmgd/venv
-install: native
-	$(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
-	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi
-	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q torch==2.13.0
-	$(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --no-build-isolation .
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib \
-	  $(DESTDIR)/etc/recmgd $(DESTDIR)$(PREFIX)/share/doc/recmgd
-	for c in recmgd recmgctl recmg; do ln -sf $(INSTALL_VENV)/bin/$$c $(DESTDIR)$(PREFIX)/bin/$$c; done
-	install -m 0644 native/include/recmg.h $(DESTDIR)$(PREFIX)/include/recmg.h
-	install -m 0755 native/build/librecmg.so $(DESTDIR)$(PREFIX)/lib/librecmg.so
-	install -m 0644 native/build/librecmg.a $(DESTDIR)$(PREFIX)/lib/librecmg.a
-	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/recmgd/README.md
-	[ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
-	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
-	install -D -m 0644 systemd/recmgd.service $(DESTDIR)/etc/systemd/system/recmgd.service
-	install -D -m 0644 systemd/recmg-hugepages.service $(DESTDIR)/etc/systemd/system/recmg-hugepages.service
-	install -D -m 0644 systemd/recmgd.sysusers $(DESTDIR)/usr/lib/sysusers.d/recmgd.conf
-	install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
+# what `make install` puts down (uninstall removes them; /etc/recmgd/recmgd.toml, an admin's, stays)
+INSTALLED := $(PREFIX)/bin/recmgd $(PREFIX)/bin/recmgctl $(PREFIX)/bin/recmg $(PREFIX)/include/recmg.h \
+  $(PREFIX)/lib/librecmg.so $(PREFIX)/lib/librecmg.a $(PREFIX)/share/doc/recmgd/README.md \
+  /etc/systemd/system/recmgd.service /etc/systemd/system/recmg-hugepages.service \
+  /usr/lib/sysusers.d/recmgd.conf /usr/lib/tmpfiles.d/recmgd.conf
+install: install-venv install-files
 	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files
 	@if [ -z "$(DESTDIR)" ]; then \
 	  if command -v systemd-sysusers >/dev/null 2>&1; then \
@@ -132,6 +120,43 @@ install: native
 	@echo "installed; now: systemctl daemon-reload && systemctl enable --now recmgd"
 	@echo "(and, for 2 MiB pages in the pools: systemctl enable --now recmg-hugepages; README, Huge pages)"
 	@echo "apps share pools with the daemon through group recmgd: usermod -aG recmgd APPUSER (README, Security)"
+
+# the venv, built at $(DESTDIR)$(INSTALL_VENV) and pointing at $(INSTALL_VENV) (its scripts' #! lines
+# rewritten: a DESTDIR tree is moved into / to run); umask 022: the daemon's user reads it all
+install-venv:
+	umask 022; $(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi
+	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q torch==2.13.0
+	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --no-build-isolation .
+	@if [ -n "$(DESTDIR)" ]; then \
+	  grep -rlIZ -F "$(DESTDIR)$(INSTALL_VENV)" $(DESTDIR)$(INSTALL_VENV)/bin $(DESTDIR)$(INSTALL_VENV)/pyvenv.cfg | \
+	    xargs -0 -r sed -i "s|$(DESTDIR)$(INSTALL_VENV)|$(INSTALL_VENV)|g"; \
+	fi
+# everything but the venv (the units name $(PREFIX)/bin; tests/test_systemd.py installs these into a DESTDIR)
+install-files: native
+	umask 022; install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/include $(DESTDIR)$(PREFIX)/lib \
+	  $(DESTDIR)/etc/recmgd $(DESTDIR)$(PREFIX)/share/doc/recmgd
+	umask 022; for c in recmgd recmgctl recmg; do ln -sfn $(INSTALL_VENV)/bin/$$c $(DESTDIR)$(PREFIX)/bin/$$c; done
+	umask 022; install -m 0644 native/include/recmg.h $(DESTDIR)$(PREFIX)/include/recmg.h
+	umask 022; install -m 0755 native/build/librecmg.so $(DESTDIR)$(PREFIX)/lib/librecmg.so
+	umask 022; install -m 0644 native/build/librecmg.a $(DESTDIR)$(PREFIX)/lib/librecmg.a
+	umask 022; install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/recmgd/README.md
+	umask 022; [ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
+	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
+	umask 022; for u in recmgd recmg-hugepages; do \
+	  install -d $(DESTDIR)/etc/systemd/system && \
+	  sed 's|/usr/local/|$(PREFIX)/|g' systemd/$$u.service > $(DESTDIR)/etc/systemd/system/$$u.service || exit 1; \
+	done
+	umask 022; install -D -m 0644 systemd/recmgd.sysusers $(DESTDIR)/usr/lib/sysusers.d/recmgd.conf
+	umask 022; install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf
+
+# Removes what install put down but /etc/recmgd/recmgd.toml, the recmgd user and group, and its state
+# (/var/lib/recmgd): an admin's. Stop and disable the units first.
+uninstall:
+	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
+	rm -rf $(DESTDIR)$(PREFIX)/lib/recmgd
+	-rmdir $(DESTDIR)$(PREFIX)/share/doc/recmgd 2>/dev/null
+	@echo "uninstalled; kept /etc/recmgd/recmgd.toml, the recmgd user and /var/lib/recmgd"
 
 clean:
 	$(MAKE) -s -C native clean

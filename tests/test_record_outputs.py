@@ -217,6 +217,34 @@ def test_a_second_recording_to_the_same_file(live: tuple[Path, str, object], tmp
     assert os.listdir(tmp_path) == ["same.rtrace"]
 
 
+def test_sigterm_stops_the_recording_and_keeps_it(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    """SIGTERM to recmgctl (timeout(1), a service stopping) does what ^C does: the recording is
+    stopped and the trace kept. (It left the daemon recording into an orphaned temporary, and every
+    later record of the pool was refused as "already being recorded".)"""
+    sock, name, pool = live
+    out = tmp_path / "t.rtrace"
+    r = recmgctl(sock, "record", name, str(out))
+    wait_recording(sock, name)
+    sent = send(pool, 4, 3)
+    wait_recording(sock, name, 4 * BATCH)
+    r.send_signal(signal.SIGTERM)
+    o, e = r.communicate(timeout=60)
+    assert r.returncode == 0, e
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+    assert status(sock, name)["state"] != "recording" and leftovers(tmp_path) == []
+
+
+def test_bad_numbers_are_usage_errors(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    sock, name, _ = live
+    for flag, value in (("--max-mb", "nan"), ("--max-mb", "inf"), ("--max-mb", "1e30"), ("--max-mb", "0"),
+                        ("--seconds", "-1"), ("--seconds", "nan"), ("--lookups", "-5")):
+        r = recmgctl(sock, "record", name, str(tmp_path / "x.rtrace"), flag, value)
+        o, e = r.communicate(timeout=60)
+        assert r.returncode == 2 and flag in e and "Traceback" not in e, (flag, value, e)
+        assert len(e.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_modes_and_owners_are_kept(live: tuple[Path, str, object], tmp_path: Path) -> None:
     sock, name, pool = live
     private = tmp_path / "private.rtrace"

@@ -67,7 +67,6 @@ def test_hugepages_unit_verifies_and_runs_before_the_daemon() -> None:
     assert s["Service"]["RuntimeDirectory"] == ["recmg-hugepages"]
     assert s["Service"]["ExecStart"][-1] == "/bin/mount -o remount,huge=advise /dev/shm"
     assert len(s["Service"]["ExecStop"]) == 1
-    assert "systemd/recmg-hugepages.service" in (REPO / "Makefile").read_text()  # `make install` copies it
 
 
 def unit_command(line: str) -> list[str]:
@@ -179,8 +178,27 @@ def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, mode), d
 
 
-def test_makefile_installs_the_systemd_files() -> None:
-    mk = (REPO / "Makefile").read_text()
-    for f in ("systemd/recmgd.service", "systemd/recmgd.toml.example", "systemd/recmgd.tmpfiles",
-              "systemd/recmgd.sysusers"):
-        assert f in mk
+def test_install_files_follow_prefix_and_uninstall_removes_them(tmp_path: Path) -> None:
+    """`make install-files` (install without the venv) into a DESTDIR with PREFIX=/usr, under umask 077:
+    the units run $(PREFIX)/bin/recmgd (they named /usr/local whatever the prefix), every file is
+    readable by the daemon's user; `make uninstall` removes them all but the admin's config."""
+    root = tmp_path / "root"
+    env = dict(os.environ, MAKEFLAGS="")
+    args = ["make", "-s", "-C", str(REPO), f"DESTDIR={root}", "PREFIX=/usr"]
+    r = subprocess.run([*args, "install-files"], capture_output=True, text=True, timeout=600, env=env,
+                       preexec_fn=lambda: os.umask(0o077))
+    assert r.returncode == 0, r.stderr
+    unit = (root / "etc/systemd/system/recmgd.service").read_text()
+    assert "ExecStart=/usr/bin/recmgd\n" in unit and "/usr/local" not in unit
+    assert "/usr/local" not in (root / "etc/systemd/system/recmg-hugepages.service").read_text()
+    assert os.readlink(root / "usr/bin/recmgd") == "/usr/lib/recmgd/venv/bin/recmgd"
+    for f in ("etc/systemd/system/recmgd.service", "usr/lib/librecmg.so", "usr/include/recmg.h",
+              "usr/share/doc/recmgd/README.md", "etc/recmgd/recmgd.toml", "usr/lib/tmpfiles.d/recmgd.conf",
+              "usr/lib/sysusers.d/recmgd.conf", "usr/lib/librecmg.a"):
+        assert (root / f).stat().st_mode & 0o004, f"{f} is not readable by others"
+    for d in (p for p in root.rglob("*") if p.is_dir() and not p.is_symlink()):
+        assert d.stat().st_mode & 0o005 == 0o005, f"{d} cannot be entered by others"
+    r = subprocess.run([*args, "uninstall"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
+    assert left == ["etc/recmgd/recmgd.toml"], left

@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import TextIO
 
+from recmgd.cli import signals
 from recmgd.errors import RecmgError
 
 # subcommand -> (module, help)
@@ -91,55 +92,20 @@ def _drop_stdout() -> None:
         pass
 
 
-class _Terminated(BaseException):
-    """SIGTERM (systemd's stop, timeout(1), the daemon stopping a candidate), raised where the process
-    is, so that the blocks it is in unwind: an output's temporary is removed (recmgd/fileout.py)."""
-
-
-#: seconds between raises of a signal's exception until it lands (see _on_signal)
-_RERAISE_S = 0.25
-
-
-def _signal_exception(signum: int) -> BaseException:
-    return _Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-
-def _on_signal(signum: int, frame: object) -> None:
-    """SIGINT and SIGTERM: their exception is raised where the process is. C code may swallow it (a
-    handler that runs inside a module's import in numpy's random generator does, and the work goes
-    on), so it is raised again every _RERAISE_S seconds until it is seen unwinding the stack or
-    handled (main() then stops the timer)."""
-
-    def again(_signum: int, _frame: object) -> None:
-        if not isinstance(sys.exc_info()[1], (_Terminated, KeyboardInterrupt)):  # (not yet landed)
-            raise _signal_exception(signum)
-
-    signal.signal(signal.SIGALRM, again)
-    signal.setitimer(signal.ITIMER_REAL, _RERAISE_S, _RERAISE_S)
-    raise _signal_exception(signum)
-
-
 def main(argv: list[str] | None = None) -> int:
     """The CLI: a RecmgError is one line (exit 1), a write error on stdout one line (exit 1), Ctrl-C
     one line (exit 130), SIGTERM one line (exit 143), each with no output left half-written."""
-    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)
-    previous = {sig: signal.getsignal(sig) for sig in handled}
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGTERM, _on_signal)
-    try:
-        return _main(argv)
-    except KeyboardInterrupt:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        print("recmg: interrupted", file=sys.stderr)
-        return 128 + signal.SIGINT
-    except _Terminated:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        print("recmg: terminated", file=sys.stderr)
-        return 128 + signal.SIGTERM
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    with signals.raised():
+        try:
+            return _main(argv)
+        except KeyboardInterrupt:
+            signals.landed()
+            print("recmg: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        except signals.Terminated:
+            signals.landed()
+            print("recmg: terminated", file=sys.stderr)
+            return 128 + signal.SIGTERM
 
 
 def _main(argv: list[str] | None) -> int:

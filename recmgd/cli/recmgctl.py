@@ -15,12 +15,15 @@ import sys
 import time
 from typing import Any, NoReturn, TextIO
 
+from recmgd.cli import signals
+from recmgd.cli.argtypes import count, number
 from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
 from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
 MAX_SECONDS = 86400.0  # --timeout and --watch: a day at most
+MAX_RECORD_MB = 1e9  # --max-mb: a petabyte at most
 
 TABLE_COLUMNS = (
     ("table", "table"), ("lookups", "lookups"), ("unique", "unique"), ("hits", "fast hits"),
@@ -80,10 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", help=pool_help)
     s.add_argument("file", help="the trace to write (a temporary file beside it until it is complete; a "
                    "device or FIFO gets the whole trace at the end)")
-    s.add_argument("--seconds", type=float, default=0.0, help="stop after this long (default: no limit)")
-    s.add_argument("--lookups", type=int, default=0,
+    s.add_argument("--seconds", type=number(0), default=0.0, help="stop after this long (default: no limit)")
+    s.add_argument("--lookups", type=count(0), default=0,
                    help="stop at the first batch end after this many lookups (default: no limit)")
-    s.add_argument("--max-mb", type=float, default=None,
+    s.add_argument("--max-mb", type=number(0, MAX_RECORD_MB, lo_open=True), default=None,
                    help="size cap of the file in MB (10^6 bytes; default: the daemon's, 4 GiB)")
     s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
     s = command("retrain", "retrain a pool's learned policy now (pools with retrain_every)")
@@ -208,18 +211,23 @@ def format_pools(pools: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return _run(args)
-    except ControlUnavailable as exc:
-        print(f"recmgctl: {exc}", file=sys.stderr)
-        return 3
-    except CommandError as exc:
-        print(f"recmgctl: {args.command}: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    except BrokenPipeError:
-        return 0
+    with signals.raised():
+        try:
+            return _run(args)
+        except ControlUnavailable as exc:
+            print(f"recmgctl: {exc}", file=sys.stderr)
+            return 3
+        except CommandError as exc:
+            print(f"recmgctl: {args.command}: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            signals.landed()
+            return 130
+        except signals.Terminated:
+            signals.landed()
+            return 143
+        except BrokenPipeError:
+            return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -274,9 +282,6 @@ def record(args: argparse.Namespace) -> int:
     """Make a temporary file for FILE (fileout.whole_fd), pass its descriptor to the daemon, which
     writes and fsyncs the trace, follow the recording, and put the file in place once complete: renamed
     over FILE, or copied into a device or FIFO. A failed recording leaves no file and FILE as it was."""
-    if args.seconds < 0 or args.lookups < 0 or (args.max_mb is not None and args.max_mb <= 0):
-        print("recmgctl: record: --seconds and --lookups must be >= 0, --max-mb > 0", file=sys.stderr)
-        return 2
     path = os.path.abspath(args.file)
     to_stdout = _same_file(path, sys.stdout)
     out = contextlib.ExitStack()
@@ -321,9 +326,10 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
                     sys.stderr.write(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
                                      f"{status['batches']:,} batches, {status['bytes'] / 1e6:.1f} MB, "
                                      f"{status['seconds']:.0f} s ")
-            except KeyboardInterrupt:
-                if interrupted:  # a second ^C: give up on the file
-                    raise _NoFile(130) from None
+            except (KeyboardInterrupt, signals.Terminated) as exc:  # ^C, SIGTERM: stop; the file is kept
+                signals.landed()
+                if interrupted:  # a second one: give up on the file
+                    raise _NoFile(143 if isinstance(exc, signals.Terminated) else 130) from None
                 interrupted = True
                 request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
     except CommandError as exc:  # the pool went away: the daemon completed the file first
