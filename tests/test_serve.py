@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ pytest.importorskip("torchrec", reason="the torchrec extra (make venv installs i
 from recmgd.app import e2e  # noqa: E402
 from recmgd.app.replay import table_sizes  # noqa: E402
 from recmgd.keys import capacity_for  # noqa: E402
+from recmgd.pool import Pool  # noqa: E402
 from recmgd.trace import open_trace  # noqa: E402
 
 
@@ -111,3 +113,40 @@ def test_compare_writes_rows_table_and_plot(tmp_path: Path) -> None:
     png = tmp_path / "e2e.png"
     e2e.plot(run, png)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_server_flags_at_the_edges(tmp_path: Path) -> None:
+    """Numbers no load can have (nan hung the server at 100% CPU, inf and a negative seed raised), a
+    warm-up past the trace, outputs that cannot be written (they raised after the results): each a
+    one-line error with exit status 2, before any work."""
+    trace = _trace(tmp_path / "t.trace", samples=300)
+    base = ("--all-dram", "--trace", str(trace), "--dim", "8", "--requests", "10")
+    for extra, says in ((("--rate", "nan"), "--rate and --requests must be finite"),
+                        (("--rate", "inf"), "--rate and --requests must be finite"),
+                        (("--max-wait-ms", "inf"), "--max-wait-ms"),
+                        (("--max-wait-ms", "nan"), "--max-wait-ms"),
+                        (("--seed", "-1"), "--seed"),
+                        (("--json", str(tmp_path / "no" / "x.json")), "--json"),
+                        (("--latencies", str(tmp_path)), "--latencies")):
+        r = _serve(*base, *extra)
+        assert r.returncode == 2 and says in r.stderr and "Traceback" not in r.stderr, (extra, r.stderr)
+        assert r.stdout == "", extra  # nothing served
+    r = _serve("--all-dram", "--trace", str(trace), "--dim", "8", "--warmup", "301")
+    assert r.returncode == 2 and "warm-up 301 > the trace's 300 samples" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_server_checks_the_pool_before_writing_weights(tmp_path: Path) -> None:
+    """--write-weights into a pool whose dim is not the model's: one line, and no row written (the rows
+    were overwritten, then the mismatch refused)."""
+    trace = _trace(tmp_path / "t.trace", samples=300)
+    name = f"serve-dim-{uuid.uuid4().hex[:8]}"
+    pool = Pool.create(name, tables=[(300, 8), (80, 8), (500, 8)], slots=10)
+    try:
+        r = _serve("--pool", name, "--trace", str(trace), "--dim", "16", "--write-weights",
+                   "--requests", "10")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1
+        assert not pool.read_rows(0, np.arange(300)).any()  # still the zeros it was made with
+    finally:
+        pool.destroy()

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -43,8 +44,9 @@ import torch
 from recmgd.app.replay import table_sizes
 from recmgd.app.trec_model import DENSE_FEATURES, Requests, dram_dlrm, pool_dlrm
 from recmgd.app.weights import write_weights
+from recmgd.cli.argtypes import check_output_file, integer, number
 from recmgd.errors import RecmgError
-from recmgd.fileout import whole_file
+from recmgd.fileout import whole_file, write_reason
 from recmgd.pool import Pool
 from recmgd.trace import open_trace
 
@@ -201,7 +203,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--all-dram", action="store_true", help="TorchRec's own collection, every row in DRAM")
     p.add_argument("--trace", required=True, help="the requests' sparse ids (one request a sample)")
     p.add_argument("--dim", type=int, default=32, help="embedding dim (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="weights, dense features and arrivals")
+    p.add_argument("--seed", type=integer(0, (1 << 63) - 1), default=0,
+                   help="weights, dense features and arrivals")
     p.add_argument("--warmup", type=int, default=0, help="samples served back to back first, not counted")
     p.add_argument("--requests", default="0",
                    help="requests counted at each rate, comma-separated or one for all (0: the rest)")
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="offered requests/s, Poisson (0: all at once); comma-separated: one load after "
                         "the other, each on the next requests of the trace")
     p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-wait-ms", type=float, default=2.0)
+    p.add_argument("--max-wait-ms", type=number(0), default=2.0)
     p.add_argument("--lookahead", action="store_true",
                    help="announce queued requests' rows ahead of their batch")
     p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
@@ -238,8 +241,14 @@ def main(argv: list[str] | None = None) -> int:
         counts *= len(rates)
     if len(counts) != len(rates):
         p.error(f"--requests: one count, or one for each of the {len(rates)} rates")
-    if any(r < 0 for r in rates) or any(c < 0 for c in counts) or args.max_wait_ms < 0:
-        p.error("--rate, --requests and --max-wait-ms must be >= 0")
+    if any(not math.isfinite(r) or r < 0 for r in rates) or any(c < 0 for c in counts):
+        p.error("--rate and --requests must be finite and >= 0")
+    try:  # before any work: results are not lost to an output that cannot be written
+        for flag, path in (("--latencies", args.latencies), ("--json", args.json)):
+            if path:
+                check_output_file(path, flag)
+    except RecmgError as e:
+        p.error(str(e))
     if args.lookahead and args.all_dram:
         p.error("--lookahead needs --pool (the all-DRAM model has nothing to prefetch)")
     torch.set_num_threads(args.threads)
@@ -251,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     requests = Requests(trace, len(sizes))
     if len(rates) > 1 and 0 in counts:
         return _fail("serve: several rates need a request count each (not 0)")
+    if args.warmup > requests.n:
+        return _fail(f"serve: warm-up {args.warmup} > the trace's {requests.n} samples")
     counts = [c or requests.n - args.warmup for c in counts]
     if args.warmup + sum(counts) > requests.n:
         return _fail(f"serve: warm-up {args.warmup} + {sum(counts)} requests > the trace's {requests.n} "
@@ -265,11 +276,11 @@ def main(argv: list[str] | None = None) -> int:
             got = [t.rows for t in pool.tables]
             if len(got) < len(sizes) or any(g < s for g, s in zip(got, sizes, strict=False)):
                 return _fail(f"serve: pool {args.pool}'s tables {got} do not hold the trace's {sizes}")
-            if args.write_weights:
-                write_weights(pool, got, args.dim, args.seed)
-            try:
+            try:  # (the pool is checked against the model before a row is written)
                 model, collection = pool_dlrm(pool, args.dim, args.seed)
-            except ValueError as e:
+                if args.write_weights:
+                    write_weights(pool, got, args.dim, args.seed)
+            except (ValueError, RecmgError) as e:
                 return _fail(f"serve: {e}")
             requests.n_tables = len(got)
             requests.names = [f"f{t}" for t in range(len(got))]
@@ -301,12 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if pool is not None:
             pool.close()
-    if args.latencies:
-        with whole_file(args.latencies) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, *lats)
-    if args.json:
-        with whole_file(args.json) as tmp:
-            tmp.write_text(json.dumps(results) + "\n")
+    try:
+        if args.latencies:
+            with whole_file(args.latencies) as tmp, open(tmp, "wb") as fh:
+                np.savez(fh, *lats)
+        if args.json:
+            with whole_file(args.json) as tmp:
+                tmp.write_text(json.dumps(results) + "\n")
+    except OSError as e:
+        return _fail(f"serve: cannot write {e.filename or 'the results'}: {write_reason(e)}")
     return 0
 
 
