@@ -15,6 +15,11 @@ class PoolVersionError(PoolError):
     """The shared-memory object is a pool of another layout version, or not a pool at all."""
 
 
+class PoolBusyError(PoolError):
+    """The pool is busy: still being created (attach), or in use in a way that refuses the call (a live
+    daemon, a ring this handle owns)."""
+
+
 class PoolLockedError(PoolError):
     """The pool's writer lock stayed held by another process past the timeout (a stuck or stopped
     writer); nothing was changed, and the call may be retried later."""

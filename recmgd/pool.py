@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from recmgd.errors import PoolError, PoolLockedError, PoolVersionError, PoolWriteError
+from recmgd.errors import PoolBusyError, PoolError, PoolLockedError, PoolVersionError, PoolWriteError
 from recmgd.keys import PAGE_BYTES, ROW_BITS
 
 try:
@@ -80,6 +80,8 @@ def _raise(code: int, message: str) -> None:
         raise RowIndexError(msg)
     if code == lib.RECMG_ELOCKED:
         raise PoolLockedError(msg)
+    if code == lib.RECMG_EBUSY:
+        raise PoolBusyError(msg)
     raise PoolError(msg)
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from pool_layout import HDR_BYTES, HEADER, RING, TABLE, TABLE_BYTES
 
-from recmgd.errors import PoolError, PoolVersionError
+from recmgd.errors import PoolBusyError, PoolVersionError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -182,7 +182,7 @@ def test_attach_without_waiting_for_a_creator(pool: Pool) -> None:
         return t
 
     t = finish_later()
-    with pytest.raises(PoolError, match="still being created"):
+    with pytest.raises(PoolBusyError, match="still being created"):
         Pool.attach(pool.name, role="daemon", wait=False)
     t.join()
     t = finish_later()

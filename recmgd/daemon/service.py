@@ -26,7 +26,7 @@ from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.daemon.record import PoolStream
 from recmgd.daemon.retrain import Retrainer, load_starting_policy
-from recmgd.errors import ConfigError, PoolError, PoolLockedError, RecmgError
+from recmgd.errors import ConfigError, PoolBusyError, PoolError, PoolLockedError, RecmgError
 from recmgd.shm import HUGE_OK, SHM_DIR, huge_mode, shm_path
 
 log = logging.getLogger(__name__)
@@ -187,7 +187,9 @@ class Daemon:
             return False
         except Exception as exc:  # noqa: BLE001 - RecmgError, or a policy that fails in its own way
             msg = str(exc) if isinstance(exc, RecmgError) else f"{type(exc).__name__}: {exc}"
-            self._attach_failed(name, "cannot attach", msg, logging.WARNING, inode)
+            # (an app creating its pool as the daemon finds it is no trouble: said, not warned of)
+            level = logging.INFO if isinstance(exc, PoolBusyError) else logging.WARNING
+            self._attach_failed(name, "cannot attach", msg, level, inode)
             return False
         page_budget: FillBudget | None = None
         try:
