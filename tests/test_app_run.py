@@ -10,9 +10,8 @@ import uuid
 from pathlib import Path
 
 import numpy as np
-import pytest
 
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
+import recmgd.pool as pool_mod
 
 
 def _trace(path: Path, samples: int = 200) -> None:

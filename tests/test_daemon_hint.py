@@ -17,12 +17,11 @@ import numpy as np
 import pytest
 from test_daemon_loop import Scripted, k, lookup
 
+import recmgd.pool as pool_mod
 from recmgd import policy as policy_mod
 from recmgd.daemon.loop import PoolDriver
 from recmgd.daemon.mover import HINT, PIN, RES
 from recmgd.policy import Decision, Policy, StepView
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 ROWS = 200
 

@@ -27,8 +27,6 @@ from test_daemon_plugin import TESTS, daemon_env, shut_down, start_daemon, stop_
 
 from recmgd.daemon.control import request
 
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
-
 OBD = "obd_random.trace"
 AMAZON = "amazon_video.trace"
 

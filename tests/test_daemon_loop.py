@@ -9,12 +9,11 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
+import recmgd.pool as pool_mod
 from recmgd import policy as policy_mod
 from recmgd.daemon.loop import FillBudget, PoolDriver
 from recmgd.keys import make_keys
 from recmgd.policy import Decision, Policy, StepView
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ import pytest
 from ports import free_port as _free_port
 from test_daemon_plugin import TESTS, daemon_env, stop_daemon, wait_socket
 
+import recmgd.pool as pool_mod
 from recmgd import policy as policy_mod
 from recmgd.daemon import config
 from recmgd.daemon.config import PagesConfig
@@ -37,8 +38,6 @@ from recmgd.daemon.pages import PageDriver, PagePool
 from recmgd.daemon.service import Daemon
 from recmgd.errors import ConfigError, PoolError
 from recmgd.keys import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 REPO = TESTS.parent
 NATIVE = REPO / "native"

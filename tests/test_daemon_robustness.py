@@ -12,13 +12,11 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 from test_daemon_plugin import NotifySocket, daemon_env, start_daemon, stop_daemon, wait_socket
 
+import recmgd.pool as pool_mod
 from recmgd.daemon.control import request
 from recmgd.shm import SHM_DIR
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 WATCHDOG_USEC = 200_000  # a ping every 0.1 s
 

@@ -20,14 +20,13 @@ import numpy as np
 import pytest
 from ports import free_port
 
+import recmgd.pool as pool_mod
 from recmgd.cli.recmgctl import format_stats
 from recmgd.daemon import config
 from recmgd.daemon.notify import Notifier
 from recmgd.daemon.service import Daemon
 from recmgd.errors import PoolLockedError
 from recmgd.policy import Decision, Policy, StepView, register
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 
 class RecordingNotifier(Notifier):

@@ -17,15 +17,12 @@ import time
 import uuid
 from pathlib import Path
 
-import pytest
 from pool_layout import HEADER
 from test_daemon_live import app, config, pstats, wait_progress, wait_until
 from test_daemon_plugin import TESTS, daemon_env, start_daemon, stop_daemon, wait_socket
 
 from recmgd.cli import recmgctl
 from recmgd.daemon.control import ControlUnavailable, request
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 ROWS = 200_000  # table 0 of the stuck pool: one write_rows call rewrites all of it (the lock held long)
 

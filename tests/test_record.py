@@ -23,11 +23,10 @@ import pytest
 from test_daemon_live import app, config, pstats, unique_keys
 from test_daemon_plugin import daemon_env, shut_down, start_daemon, wait_socket
 
+import recmgd.pool as pool_mod
 from recmgd.daemon.control import CommandError, request
 from recmgd.daemon.record import BatchSplitter
 from recmgd.trace import open_trace
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 AMAZON = "amazon_video.trace"
 REPO = Path(__file__).resolve().parent.parent

@@ -30,8 +30,6 @@ from test_daemon_plugin import daemon_env, shut_down, start_daemon, wait_socket
 from recmgd.daemon.control import CommandError, request
 from recmgd.trace import open_trace
 
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
-
 BATCH = 32
 
 

@@ -31,8 +31,6 @@ from recmgd.daemon.control import request
 from recmgd.daemon.retrain import Retrainer, RollingWindow, current_checkpoint
 from recmgd.errors import ConfigError
 
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
-
 AMAZON = "amazon_video.trace"
 END = np.uint64(1) << np.uint64(62)
 

@@ -13,8 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("torchrec", reason="the torchrec extra (make venv installs it)")
-
 from recmgd.app import e2e  # noqa: E402
 from recmgd.app.replay import table_sizes  # noqa: E402
 from recmgd.keys import capacity_for  # noqa: E402

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
-pytest.importorskip("torchrec", reason="the torchrec extra (make venv installs it)")
-
 import torch  # noqa: E402
 
+import recmgd.pool as pool_mod
 from recmgd import policy as policy_mod  # noqa: E402
 from recmgd.app import serve as serve_mod  # noqa: E402
 from recmgd.app.e2e import pin_batches  # noqa: E402
@@ -27,8 +25,6 @@ from recmgd.app.replay import table_sizes  # noqa: E402
 from recmgd.app.trec_model import Requests, pool_dlrm  # noqa: E402
 from recmgd.daemon.loop import PoolDriver  # noqa: E402
 from recmgd.trace import open_trace  # noqa: E402
-
-pool_mod = pytest.importorskip("recmgd.pool", reason="the native pool is not built")
 
 
 class FakeRequests:

@@ -6,8 +6,6 @@ import uuid
 
 import numpy as np
 import pytest
-
-torchrec = pytest.importorskip("torchrec", reason="the torchrec extra (make venv installs it)")
 import torch  # noqa: E402
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType  # noqa: E402
 from torchrec.models.dlrm import DLRM  # noqa: E402
