@@ -11,6 +11,7 @@ pool and real sockets:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import stat
@@ -20,6 +21,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +107,40 @@ def leftovers(d: Path) -> list[str]:
     return sorted(p for p in os.listdir(d) if ".partial" in p)
 
 
+@dataclass
+class Running:
+    """A daemon serving one pool: its socket, the pool's name and app handle, the daemon's process;
+    after the block, the daemon's exit status and stderr."""
+
+    sock: Path
+    name: str
+    daemon: subprocess.Popen
+    pool: object = None
+    rc: int | None = None
+    err: str = ""
+
+
+@contextlib.contextmanager
+def daemon_and_pool(tmp: Path) -> Iterator[Running]:
+    """A daemon started on a new pool (attached when the block starts), shut down after the block."""
+    name = f"recmgd-recout-{uuid.uuid4().hex[:8]}"
+    sock = tmp / "ctl.sock"
+    run = Running(sock, name, start_daemon(config(tmp / "d.toml", sock, [name])))
+    try:
+        wait_socket(sock, run.daemon, timeout=60)
+        run.pool = create_pool(name)
+        wait_attached(sock, name)
+        yield run
+    finally:
+        run.rc, run.err = shut_down(run.daemon, name, run.pool)
+
+
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, str, object]]:
     """One daemon and one pool for the module: (socket, pool name, pool)."""
-    tmp = tmp_path_factory.mktemp("recout")
-    name = f"recmgd-recout-{uuid.uuid4().hex[:8]}"
-    sock = tmp / "ctl.sock"
-    d = start_daemon(config(tmp / "d.toml", sock, [name]))
-    pool = None
-    try:
-        wait_socket(sock, d, timeout=60)
-        pool = create_pool(name)
-        wait_attached(sock, name)
-        yield sock, name, pool
-    finally:
-        rc, err = shut_down(d, name, pool)
-        assert rc == 0, err
+    with daemon_and_pool(tmp_path_factory.mktemp("recout")) as run:
+        yield run.sock, run.name, run.pool
+    assert run.rc == 0, run.err
 
 
 def test_device_outputs(live: tuple[Path, str, object], tmp_path: Path) -> None:
@@ -269,23 +289,16 @@ def test_modes_and_owners_are_kept(live: tuple[Path, str, object], tmp_path: Pat
 def test_daemon_stopping_completes_the_recording(sig: int, tmp_path: Path) -> None:
     """SIGTERM: the daemon completes the file as it stops, and recmgctl keeps it. SIGKILL: the file is
     not complete, and recmgctl keeps nothing (one line, exit status 3: the daemon is gone)."""
-    name = f"recmgd-recout-{uuid.uuid4().hex[:8]}"
-    sock = tmp_path / "ctl.sock"
-    d = start_daemon(config(tmp_path / "d.toml", sock, [name]))
-    pool = None
-    try:
-        wait_socket(sock, d, timeout=60)
-        pool = create_pool(name)
-        wait_attached(sock, name)
-        out = tmp_path / "stopped.rtrace"
+    out = tmp_path / "stopped.rtrace"
+    with daemon_and_pool(tmp_path) as run:
+        sock, name = run.sock, run.name
         r = recmgctl(sock, "record", name, str(out))
         wait_recording(sock, name)
-        sent = send(pool, 20, seed=8)
+        sent = send(run.pool, 20, seed=8)
         wait_recording(sock, name, 20 * BATCH)
-        d.send_signal(sig)
+        run.daemon.send_signal(sig)
         rout, rerr = r.communicate(timeout=60)
-    finally:
-        rc, derr = shut_down(d, name, pool)
+    rc, derr = run.rc, run.err
     assert leftovers(tmp_path) == []
     if sig == signal.SIGKILL:
         assert r.returncode == 3 and rout == ""
