@@ -24,13 +24,14 @@ Daemon side::
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
 import logging
 import operator
 import os
 import sys
-import threading
+import time
 import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -231,17 +232,14 @@ def _native(method: _F) -> _F:
 
     @functools.wraps(method)
     def call(self: Pool, *args: Any, **kwargs: Any) -> Any:
-        with self._calls:
-            if self._closing:
-                raise PoolError(f"pool {self._name!r} is closed")
-            self._in_flight += 1
+        calls = self._calls
+        calls.append(None)  # (a deque's append and pop are atomic: no lock on the lookup path)
         try:
+            if self._closing:  # checked after counting itself: close() either sees it or it sees close()
+                raise PoolError(f"pool {self._name!r} is closed")
             return method(self, *args, **kwargs)
         finally:
-            with self._calls:
-                self._in_flight -= 1
-                if self._closing and not self._in_flight:
-                    self._drained.set()
+            calls.pop()
 
     return call  # type: ignore[return-value]
 
@@ -251,10 +249,8 @@ class Pool:
     Its methods may be called from several threads; close() waits for the calls in flight."""
 
     def __init__(self, handle: Any, name: str, role: str, threads: int | None = None) -> None:
-        self._calls = threading.Lock()  # guards the next two
-        self._in_flight = 0  # calls into the library now
+        self._calls: collections.deque[None] = collections.deque()  # one entry a call in flight
         self._closing = False  # close() has begun: no more calls
-        self._drained = threading.Event()  # the last call in flight has returned, after close() began
         self._h = handle
         self._name = name
         self._role = role
@@ -406,13 +402,11 @@ class Pool:
     def close(self) -> None:
         """Detach (releases this process's ring). Idempotent. Calls that other threads have in flight
         finish first; calls made from then on raise PoolError."""
-        with self._calls:
-            if self._closing:
-                return
-            self._closing = True
-            busy = self._in_flight > 0
-        if busy:
-            self._drained.wait()
+        if self._closing:
+            return
+        self._closing = True
+        while self._calls:  # the calls in flight finish (a lookup: milliseconds)
+            time.sleep(0.0005)
         self._finalizer()
         self._h = None
 
