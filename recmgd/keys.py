@@ -66,7 +66,7 @@ def record_keys(records: np.ndarray) -> np.ndarray:
 
 
 #: the most rows (or pages) a fast tier may hold for the policies and the simulator (the learned
-#: policies' C step watches one row in up to 2**31 in its guard: recmgd.models.policies.guard_sample)
+#: policies' C step watches one row in at most 2**24 in its guard here: recmgd.models.policies.guard_sample)
 MAX_CAPACITY = 1 << 40
 
 

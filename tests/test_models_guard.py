@@ -120,9 +120,13 @@ def test_guard_sample_bounds_the_shadows_on_large_tiers() -> None:
     """One row in GUARD_SAMPLE on ordinary tiers; on tiers so large that a shadow would pass
     GUARD_MAX_ROWS, one in a larger power of two, so each shadow holds at most GUARD_MAX_ROWS rows (the
     C step gets the same sample: the lockstep tests run on the ordinary tiers)."""
-    from recmgd.models.policies import GUARD_MAX_ROWS, GUARD_SAMPLE, guard_sample
+    from recmgd.models.policies import GUARD_MAX_ROWS, GUARD_SAMPLE, GUARD_SAMPLE_MAX, guard_sample
 
     assert guard_sample(100_000) == GUARD_SAMPLE
+    # the C step's guard_sample is an int32: past 2^46 slots the sample stops at GUARD_SAMPLE_MAX
+    assert GUARD_SAMPLE_MAX < 2**31
+    assert guard_sample(GUARD_SAMPLE_MAX * GUARD_MAX_ROWS) == GUARD_SAMPLE_MAX
+    assert guard_sample(1 << 62) == GUARD_SAMPLE_MAX
     assert guard_sample(GUARD_SAMPLE * GUARD_MAX_ROWS) == GUARD_SAMPLE
     assert guard_sample(GUARD_SAMPLE * GUARD_MAX_ROWS + GUARD_SAMPLE) == 2 * GUARD_SAMPLE
     for capacity in (10**6, 10**7, 10**9):

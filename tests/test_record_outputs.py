@@ -311,3 +311,52 @@ def test_daemon_stopping_completes_the_recording(sig: int, tmp_path: Path) -> No
     assert rerr == "" and len(rout.strip().splitlines()) == 1
     assert "recorded 640 lookups in 20 batches" in rout and "cut short" in rout, rout
     assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+
+
+def test_a_daemon_slow_to_answer_does_not_lose_the_recording(tmp_path: Path) -> None:
+    """A status request that times out (the daemon stopped with SIGSTOP for 4 x recmgctl's --timeout)
+    is asked again: the trace is kept whole, with one line saying the daemon was busy. (recmgctl took
+    the timeout for a daemon gone, and removed the file the daemon went on writing.)"""
+    out = tmp_path / "slow.rtrace"
+    with daemon_and_pool(tmp_path) as run:
+        sock, name = run.sock, run.name
+        r = recmgctl(sock, "--timeout", "0.5", "record", name, str(out), "--lookups", str(10 * BATCH))
+        wait_recording(sock, name)
+        sent = send(run.pool, 4, seed=9)
+        run.daemon.send_signal(signal.SIGSTOP)
+        try:
+            time.sleep(2.0)
+            assert r.poll() is None, r.communicate()
+        finally:
+            run.daemon.send_signal(signal.SIGCONT)
+        sent += send(run.pool, 6, seed=10)
+        o, e = r.communicate(timeout=60)
+    assert r.returncode == 0, e
+    assert "recorded 320 lookups in 10 batches" in o
+    assert len(e.strip().splitlines()) == 1 and "did not answer within 0.5 s" in e
+    assert "still following the recording" in e
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+    assert leftovers(tmp_path) == []
+
+
+def test_a_recording_whose_file_is_removed_stops(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    """A client that passes a file, then removes it (recmgctl giving up after its start request timed
+    out): the daemon stops the recording at its next tick, so the pool can be recorded again."""
+    sock, name, pool = live
+    f = tmp_path / "gone.rtrace"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        request(str(sock), "record", {"pool": name, "action": "start", "path": str(f)}, fds=(fd,))
+    finally:
+        os.close(fd)
+    send(pool, 2, seed=11)
+    wait_recording(sock, name, 2 * BATCH)
+    f.unlink()
+    deadline = time.monotonic() + 30
+    while (st := status(sock, name))["state"] == "recording":
+        assert time.monotonic() < deadline, st
+        time.sleep(0.02)
+    assert st["reason"] == "file removed" and st["state"] == "done", st
+    rc, _, err, sent = record(sock, name, pool, tmp_path / "again.rtrace", seed=12)
+    assert rc == 0, err
+    assert [k.tolist() for k in recorded(tmp_path / "again.rtrace")] == [s.tolist() for s in sent]

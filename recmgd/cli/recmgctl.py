@@ -18,7 +18,7 @@ from typing import Any, NoReturn, TextIO
 from recmgd.cli import signals
 from recmgd.cli.argtypes import count, number
 from recmgd.daemon.config import DEFAULT_SOCKET
-from recmgd.daemon.control import CommandError, ControlUnavailable, request
+from recmgd.daemon.control import CommandError, ControlBusy, ControlUnavailable, request
 from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
@@ -313,12 +313,17 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
         rargs["max_bytes"] = int(args.max_mb * 1e6)
     request(sock, "record", rargs, timeout=timeout, fds=(fd,))
     status: dict[str, Any] = {}
-    interrupted = False
+    interrupted = stop_sent = busy_told = False
+    pause = 0.2  # between status requests; none right after ^C
     show = sys.stderr.isatty() and not args.quiet
     try:
         while True:
             try:
-                time.sleep(0.2)
+                time.sleep(pause)
+                pause = 0.2
+                if interrupted and not stop_sent:
+                    request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
+                    stop_sent = True
                 status = request(sock, "record", {"pool": args.pool, "action": "status"}, timeout=timeout)
                 if status["state"] != "recording":
                     break
@@ -326,12 +331,15 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
                     sys.stderr.write(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
                                      f"{status['batches']:,} batches, {status['bytes'] / 1e6:.1f} MB, "
                                      f"{status['seconds']:.0f} s ")
+            except ControlBusy as exc:  # the daemon is alive and still writes the file: ask again
+                if not busy_told and not args.quiet:
+                    print(f"recmgctl: record: {exc}; still following the recording", file=sys.stderr)
+                busy_told = True
             except (KeyboardInterrupt, signals.Terminated) as exc:  # ^C, SIGTERM: stop; the file is kept
                 signals.landed()
                 if interrupted:  # a second one: give up on the file
                     raise _NoFile(143 if isinstance(exc, signals.Terminated) else 130) from None
-                interrupted = True
-                request(sock, "record", {"pool": args.pool, "action": "stop"}, timeout=timeout)
+                interrupted, pause = True, 0.0
     except CommandError as exc:  # the pool went away: the daemon completed the file first
         return _record_cut_short(args, tmp, str(exc), 1)
     except ControlUnavailable as exc:  # the daemon stopped: it completed the file first

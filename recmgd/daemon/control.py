@@ -60,6 +60,11 @@ class ControlUnavailable(RecmgError):
     """The client cannot reach the daemon (not running, or no permission on the socket)."""
 
 
+class ControlBusy(ControlUnavailable):
+    """The daemon is there but busy: it did not answer (or accept) within the timeout, or all its
+    control connections were taken. Asking again later may succeed."""
+
+
 def encode(obj: dict[str, Any]) -> bytes:
     return json.dumps(obj, separators=(",", ":"), default=_json_default).encode() + b"\n"
 
@@ -490,6 +495,8 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
         except PermissionError:
             raise ControlUnavailable(
                 f"permission denied on {path} (run as root or as a member of the socket's group)") from None
+        except TimeoutError:  # its backlog full: it is alive and not accepting
+            raise ControlBusy(f"recmgd did not accept a connection within {timeout:g} s on {path}") from None
         except OSError as exc:
             raise ControlUnavailable(f"cannot connect to {path}: {exc.strerror or exc}") from None
         buf = bytearray()
@@ -508,7 +515,7 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
                     break
                 buf += chunk
         except TimeoutError:
-            raise ControlUnavailable(f"recmgd did not answer within {timeout:g} s on {path}") from None
+            raise ControlBusy(f"recmgd did not answer within {timeout:g} s on {path}") from None
         except OSError as exc:
             if b"\n" not in buf:
                 raise ControlUnavailable(f"connection to {path} failed: {exc.strerror or exc}") from None
@@ -526,6 +533,6 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
     if not answer.get("ok"):
         message = str(answer.get("error", "unknown error"))
         if message.startswith(TOO_MANY):
-            raise ControlUnavailable(f"recmgd on {path}: {message}")
+            raise ControlBusy(f"recmgd on {path}: {message}")
         raise CommandError(message)
     return answer.get("result")

@@ -184,6 +184,7 @@ class Recorder:
         self.ring_drops = 0
         os.ftruncate(fd, 0)
         os.lseek(fd, 0, os.SEEK_SET)
+        self._linked = os.fstat(fd).st_nlink > 0  # a named file: its client gave up when no name is left
         self._fh = _FdFile(fd)  # unbuffered: nothing left to flush after a failure
         self._out: list[tuple[np.ndarray, np.ndarray]] = []  # batches not written yet
         self._out_lookups = 0
@@ -233,6 +234,17 @@ class Recorder:
     @property
     def active(self) -> bool:
         return self.state == "recording"
+
+    def orphaned(self) -> bool:
+        """Whether the file had a name and has none left: the client that passed it removed it (it gave
+        up, as recmgctl does when the daemon stops answering), so nobody can read the trace."""
+        fd = self._fh.fd
+        if not self._linked or fd < 0 or self._closed:
+            return False
+        try:
+            return os.fstat(fd).st_nlink == 0
+        except OSError:
+            return False
 
     def wait(self, timeout: float = 30.0) -> bool:
         self._thread.join(timeout)
@@ -467,7 +479,12 @@ class PoolStream:
         return rec.status()
 
     def poll(self) -> None:
-        """(Each tick.) Unhook a recording that has ended; tell the sinks of rings whose app is gone."""
+        """(Each tick.) Stop a recording whose file was removed; unhook a recording that has ended; tell
+        the sinks of rings whose app is gone."""
+        if self.recorder is not None and self.recorder.orphaned():
+            log.info("pool %s: the recording's file %s was removed; recording stopped", self.driver.name,
+                     self.recorder.label)
+            self.recorder.stop("file removed")
         if self.recorder is not None and not self.recorder.active and "record" in self.tap.sinks:
             self.remove_sink("record")
         gone = self._seen - set(self.driver.rings)

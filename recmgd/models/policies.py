@@ -133,14 +133,17 @@ GUARD_SAMPLE = 8
 GUARD_MIN_ROWS = 256
 #: ... and at most this many rows in each shadow: on larger tiers one row in a larger power of two
 GUARD_MAX_ROWS = 1 << 16
+#: the largest sample the C step takes (its lp_params.guard_sample is an int32 power of two)
+GUARD_SAMPLE_MAX = 1 << 30
 
 
 def guard_sample(capacity: int) -> int:
     """One row in how many the guard watches on a tier of ``capacity`` slots: GUARD_SAMPLE, doubled
     until a shadow (capacity / sample slots) holds at most GUARD_MAX_ROWS rows, so the guard's state
-    stays bounded on any tier (the sampled miss ratio tracks the whole one, as in SHARDS)."""
+    stays bounded on any tier (the sampled miss ratio tracks the whole one, as in SHARDS); at most
+    GUARD_SAMPLE_MAX (beyond 2^46 slots a shadow holds more than GUARD_MAX_ROWS rows)."""
     s = GUARD_SAMPLE
-    while capacity // s > GUARD_MAX_ROWS:
+    while capacity // s > GUARD_MAX_ROWS and s < GUARD_SAMPLE_MAX:
         s *= 2
     return s
 #: the default recency window of the C step spans this many of the features' longest decay half-life
