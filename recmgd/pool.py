@@ -657,10 +657,45 @@ class Pool:
         handle = self._handle
         if self._threads_pending:
             self._default_threads()
+        if weights is None and not include_last_offset:
+            out = self._bag_tensors(handle, table, ids, offsets, mode)
+            if out is not None:
+                return out
         args = ffi.new("recmg_bag_args *")
         keep: list[Any] = []
         out = self._bag_args(args, table, ids, offsets, mode, weights, include_last_offset, keep)
         self._check(lib.recmg_embedding_bags(handle, 1, args))
+        return out
+
+    def _bag_tensors(self, handle: Any, table: Any, ids: Any, offsets: Any, mode: str) -> torch.Tensor | None:
+        """embedding_bag for the shape a model's forward passes (what TieredEmbeddingBag gets): ids and
+        offsets 1-D contiguous int64 CPU tensors, no weights, an int table, a known mode, at least one id
+        and one bag. The ids are read in place and only the offsets are copied (one entry longer), so
+        the call costs about half the general path's Python time. None for any other shape: the
+        general path then checks (and refuses) it."""
+        torch = sys.modules.get("torch")
+        if torch is None:
+            return None
+        tensor, i64 = torch.Tensor, torch.int64
+        if not (type(ids) is tensor and type(offsets) is tensor and ids.dtype is i64 and offsets.dtype is i64
+                and ids.is_cpu and offsets.is_cpu and ids.layout is torch.strided
+                and offsets.layout is torch.strided and ids.dim() == 1 and offsets.dim() == 1
+                and ids.is_contiguous() and offsets.is_contiguous()):
+            return None
+        m = _MODES.get(mode)
+        dims = self._dims
+        n_ids, n_bags = ids.shape[0], offsets.shape[0]
+        if m is None or type(table) is not int or not 0 <= table < len(dims) or not n_ids or not n_bags:
+            return None
+        off = np.empty(n_bags + 1, dtype=np.int64)
+        off[:n_bags] = offsets.numpy()
+        off[n_bags] = n_ids
+        if not 0 <= off[n_bags - 1] <= n_ids:
+            return None
+        out = torch.empty((n_bags, dims[table]), dtype=torch.float32)
+        self._check(lib.recmg_embedding_bag(handle, table, ffi.cast("int64_t *", ids.data_ptr()), n_ids,
+                                            ffi.from_buffer("int64_t[]", off), n_bags, m, ffi.NULL,
+                                            ffi.cast("float *", out.data_ptr())))
         return out
 
     @_native

@@ -313,6 +313,61 @@ def test_multi_table_call_with_threads(threads: int, tmp_path) -> None:
         pool.destroy()
 
 
+def test_single_table_call_of_tensors_matches_the_general_path(monkeypatch) -> None:
+    """What a model's forward passes (1-D contiguous int64 CPU tensors, no weights, an int table) takes
+    embedding_bag's short path, which reads the ids in place: the same values, ring records and errors
+    as the general path gets from the same arguments as numpy arrays; any other shape goes the general
+    way."""
+    tables = [(500, 64), (300, 16)]
+    rng = np.random.default_rng(11)
+    pool, ws = _third_resident(tables, 400, 1, rng)
+    general_calls = []
+    general = Pool._bag_args
+
+    def counted(self, *args, **kwargs):
+        general_calls.append(1)
+        return general(self, *args, **kwargs)
+
+    monkeypatch.setattr(Pool, "_bag_args", counted)
+    try:
+        pool.drain_ring(pool.ring_index)
+        for t, (rows, _) in enumerate(tables):
+            ids, offs = _batch(rng, rows, bags=40, max_len=15)
+            for mode in ("sum", "mean", "max"):
+                fast = pool.embedding_bag(t, ids, offs, mode)
+                assert not general_calls, "tensors took the general path"
+                fast_keys = pool.drain_ring(pool.ring_index)
+                slow = pool.embedding_bag(t, ids.numpy(), offs.numpy(), mode)
+                assert general_calls
+                general_calls.clear()
+                assert torch.equal(fast, slow)
+                assert pool.drain_ring(pool.ring_index).tolist() == fast_keys.tolist()
+                assert fast_keys.astype(np.int64).tolist() == make_keys(t, ids.numpy()).tolist()
+                torch.testing.assert_close(fast, F.embedding_bag(ids, ws[t], offs, mode=mode), rtol=0, atol=0)
+        ids, offs = torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2])
+        bad = ids.clone()
+        bad[3] = 10_000
+        for i in (bad, bad.numpy()):
+            with pytest.raises(IndexError, match="row id 10000 out of range for table 0"):
+                pool.embedding_bag(0, i, offs)
+        for o, match in (([0, 3, 2], "offsets must not decrease"), ([1, 2], "offsets must start at 0"),
+                         ([0, 5], r"offsets\[1\] = 5 is past the end of the 4 ids")):
+            for call_offs in (torch.tensor(o), np.array(o)):
+                with pytest.raises(PoolError, match=match):
+                    pool.embedding_bag(0, ids, call_offs)
+        general_calls.clear()
+        ref = F.embedding_bag(ids, ws[0], offs, mode="sum")
+        # other shapes: strided ids, int32 ids, a numpy table number, weights: the general path, same rows
+        for args in ((torch.tensor([1, 9, 2, 9, 3, 9, 4, 9])[::2], offs), (ids.int(), offs),
+                     (ids, offs.int())):
+            assert torch.equal(pool.embedding_bag(0, *args), ref)
+        assert torch.equal(pool.embedding_bag(np.int64(0), ids, offs), ref)
+        assert torch.equal(pool.embedding_bag(0, ids, offs, weights=torch.ones(4)), ref)
+        assert len(general_calls) == 5
+    finally:
+        pool.destroy()
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_multi_table_call_of_tensors_matches_the_general_path(threads: int) -> None:
     """Arguments of one shape (1-D contiguous int64 ids and offsets, all tensors or all numpy arrays, the
