@@ -4,6 +4,7 @@ pool made by an unprivileged user never reads a file that user could not read.""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
@@ -11,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -190,6 +192,73 @@ def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
     finally:
         (SHM / name).unlink(missing_ok=True)
         shutil.rmtree(shared)
+
+
+def test_a_fifo_slow_tier_is_never_opened(tmp_path: Path) -> None:
+    """A pool's owner replaces its slow-tier file with a FIFO the owner may only read: attach (a daemon
+    running as the pool's group, an app) refuses it at once, in one line. (It opened the FIFO for
+    reading, which waits for a writer: the daemon's loop and every app attaching the pool hung.) As
+    root a FIFO opens for writing without a wait, so the attach runs as nobody."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to run the attach as the nobody user")
+    nobody = pwd.getpwnam("nobody")
+    shared = Path(tempfile.mkdtemp(prefix="recmg_fifo_"))
+    os.chmod(shared, 0o777)
+    name = _name()
+    slow = shared / "t.bin"
+
+    def make_pool() -> None:
+        Pool.create(name, tables=[(ROWS, DIM)], slots=64, slow=f"ssd:{slow}", mode=0o666).close()
+        slow.unlink()
+        os.mkfifo(slow, 0o444)
+
+    try:
+        _as_nobody(make_pool)
+        for role in ("app", "daemon"):
+            answer = _as_nobody_answer(lambda role=role: _attach_error(name, role), timeout=30)
+            assert answer == f"slow-tier file {slow} refused: it is not a regular file (not opened)", answer
+    finally:
+        (SHM / name).unlink(missing_ok=True)
+        shutil.rmtree(shared)
+
+
+def _attach_error(name: str, role: str) -> str:
+    try:
+        Pool.attach(name, role=role).close()
+    except PoolError as e:
+        return str(e)
+    return "attached"
+
+
+def _as_nobody_answer(fn, timeout: float) -> str:
+    """fn's answer (a string), run in a forked child under the nobody user (the venv's python may not be
+    nobody's to run); fails the test if the child does not answer within timeout seconds."""
+    nobody = pwd.getpwnam("nobody")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setgid(nobody.pw_gid)
+            os.setuid(nobody.pw_uid)
+            os.write(w, fn().encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    try:
+        deadline = time.monotonic() + timeout
+        while os.waitpid(pid, os.WNOHANG) == (0, 0):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"no answer within {timeout} s (the child hung)")
+            time.sleep(0.05)
+        with os.fdopen(r, "rb") as f:
+            return f.read().decode()
+    finally:
+        with contextlib.suppress(OSError):
+            os.close(r)
 
 
 def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:

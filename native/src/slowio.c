@@ -98,6 +98,58 @@ static const char *file_refused(const struct stat *st, uid_t owner, char *buf, s
     return NULL;
 }
 
+/* Opens the file at path with flags (O_RDWR or O_RDONLY, O_DIRECT allowed) only if it is a regular file,
+ * never following a final symbolic link (ELOOP), and fills *st. The path is first opened with O_PATH,
+ * which opens no file: a FIFO is never opened for reading (that waits for a writer, for ever if nobody
+ * writes) nor a device (whose open can act). The checked inode is then reopened through
+ * /proc/self/fd/N, so the file opened is the one checked; without /proc, by its path again, with
+ * O_NONBLOCK and O_NOCTTY (no wait, no terminal) and the same device and inode required. -1 with errno:
+ * ENOEXEC for a file that is not regular (st filled: file_refused says why), ESTALE for a path replaced
+ * in between, else the open's. */
+static int open_regular(const char *path, int flags, struct stat *st)
+{
+    int pfd = open(path, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (pfd < 0) return -1;
+    if (fstat(pfd, st) != 0) {
+        int e = errno;
+        close(pfd);
+        errno = e;
+        return -1;
+    }
+    if (!S_ISREG(st->st_mode)) { /* (O_PATH with O_NOFOLLOW opens a symbolic link itself) */
+        close(pfd);
+        errno = S_ISLNK(st->st_mode) ? ELOOP : ENOEXEC;
+        return -1;
+    }
+    char proc[48];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", pfd);
+    int fd = open(proc, flags | O_CLOEXEC);
+    int e = errno;
+    if (fd < 0 && e == ENOENT) { /* no /proc here: the path again, and the inode compared */
+        fd = open(path, flags | O_NOFOLLOW | O_NONBLOCK | O_NOCTTY | O_CLOEXEC);
+        e = errno;
+        struct stat again;
+        if (fd >= 0 && (fstat(fd, &again) != 0 || again.st_dev != st->st_dev || again.st_ino != st->st_ino)) {
+            close(fd);
+            fd = -1;
+            e = ESTALE;
+        }
+        if (fd >= 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+            e = errno;
+            close(fd);
+            fd = -1;
+        }
+    }
+    close(pfd);
+    if (fd >= 0 && fstat(fd, st) != 0) {
+        e = errno;
+        close(fd);
+        fd = -1;
+    }
+    errno = e;
+    return fd;
+}
+
 /* Reserves size bytes for a new file: a clear error (and nothing reserved) when the file system has
  * not that much room, then posix_fallocate, so that no later write finds the disk full. */
 static int reserve(recmg_pool *p, int fd, const char *path, uint64_t size)
@@ -149,18 +201,23 @@ int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_
             return rc_set(p, RECMG_EIO, "cannot create slow-tier file %s: %s", path, strerror(errno));
         }
     }
+    struct stat st;
     if (io->fd < 0) {
-        io->fd = open(path, O_RDWR | O_NOFOLLOW | O_CLOEXEC);
-        if (io->fd < 0 && (errno == EACCES || errno == EROFS)) io->fd = open(path, O_RDONLY | O_NOFOLLOW | O_CLOEXEC);
+        io->fd = open_regular(path, O_RDWR, &st);
+        if (io->fd < 0 && (errno == EACCES || errno == EROFS)) io->fd = open_regular(path, O_RDONLY, &st);
         if (io->fd < 0) {
             if (errno == ELOOP)
                 return rc_set(p, RECMG_EIO, "slow-tier file %s refused: it is a symbolic link", path);
+            if (errno == ENOEXEC)
+                return rc_set(p, RECMG_EIO, "slow-tier file %s refused: it is not a regular file (not opened)",
+                              path);
+            if (errno == ESTALE)
+                return rc_set(p, RECMG_EIO, "slow-tier file %s was replaced while it was opened", path);
             return rc_set(p, RECMG_EIO, "cannot open slow-tier file %s: %s", path, strerror(errno));
         }
-    }
-    struct stat st;
-    if (fstat(io->fd, &st) != 0)
+    } else if (fstat(io->fd, &st) != 0) {
         return rc_set(p, RECMG_EIO, "cannot stat slow-tier file %s: %s", path, strerror(errno));
+    }
     char why[96];
     const char *bad = file_refused(&st, owner, why, sizeof why);
     if (bad) return rc_set(p, RECMG_EIO, "slow-tier file %s refused: %s", path, bad);
@@ -172,10 +229,10 @@ int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_
         return rc_set(p, RECMG_EIO, "slow-tier file %s is %lld bytes; the pool needs %llu", path,
                       (long long)st.st_size, (unsigned long long)size);
     if (!(io->flags & RECMG_F_NO_DIRECT)) {
-        int dfd = open(path, O_RDONLY | O_DIRECT | O_NOFOLLOW | O_CLOEXEC);
         struct stat dst;
+        int dfd = open_regular(path, O_RDONLY | O_DIRECT, &dst);
         /* the same file that was checked, or none (the path may have been replaced meanwhile) */
-        if (dfd >= 0 && (fstat(dfd, &dst) != 0 || dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
+        if (dfd >= 0 && (dst.st_dev != st.st_dev || dst.st_ino != st.st_ino)) {
             close(dfd);
             dfd = -1;
         }
