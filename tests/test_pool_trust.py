@@ -201,7 +201,6 @@ def test_a_fifo_slow_tier_is_never_opened(tmp_path: Path) -> None:
     root a FIFO opens for writing without a wait, so the attach runs as nobody."""
     if os.geteuid() != 0:
         pytest.skip("needs root to run the attach as the nobody user")
-    nobody = pwd.getpwnam("nobody")
     shared = Path(tempfile.mkdtemp(prefix="recmg_fifo_"))
     os.chmod(shared, 0o777)
     name = _name()
@@ -280,3 +279,81 @@ def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:
             os.truncate(SHM / p.name, size)  # the creator's handle (this process) maps it too
     finally:
         daemon.close()
+
+
+_SHRINK_CHILD = """
+import os, sys
+import numpy as np
+from recmgd.errors import PoolError
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+d = Pool.attach(sys.argv[1], role="daemon")
+print("attached", flush=True)
+os.environ["RECMG_FAULT_STOP_IN_FILL"] = "1"
+for call in (lambda: d.fill_keys(make_keys(0, np.arange(ROWS))), d.free_slots, d.resident_keys,
+             lambda: d.drain_ring(0), d.counters):
+    try:
+        call()
+        print("no error", flush=True)
+    except PoolError as e:
+        print("error:", e, flush=True)
+    os.environ.pop("RECMG_FAULT_STOP_IN_FILL", None)
+d.close()
+print("alive", flush=True)
+""".replace("ROWS", str(ROWS))
+
+
+def test_daemon_survives_a_shrink_during_a_call(ssd_pool: tuple[Pool, Path]) -> None:
+    """The owner truncates the object while a daemon's fill runs (stopped inside it, after the check that
+    a call starts with): the fill faults past the object's new end. The daemon's SIGBUS guard maps zero
+    pages there: the call and every later one fail with one line, and the daemon lives on (it died of
+    SIGBUS)."""
+    p, _ = ssd_pool
+    child = subprocess.Popen([sys.executable, "-c", _SHRINK_CHILD, p.name], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True)
+    size = (SHM / p.name).stat().st_size
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "attached"
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "T":
+            assert time.monotonic() < deadline and child.poll() is None, "the fill did not stop"
+            time.sleep(0.01)
+        os.truncate(SHM / p.name, 4096)
+        child.send_signal(signal.SIGCONT)
+        out, err = child.communicate(timeout=60)
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.truncate(SHM / p.name, size)  # the creator's handle (this process) maps it too
+    assert child.returncode == 0, (child.returncode, out, err)
+    lines = out.strip().splitlines()
+    assert lines[-1] == "alive" and len(lines) == 6, out
+    for line in lines[:5]:
+        assert line.startswith(f"error: pool '{p.name}' shrank under this handle"), out
+
+
+def test_a_fault_outside_the_pools_is_not_swallowed(tmp_path: Path) -> None:
+    """The guard handles faults in a daemon's pool mappings only: a SIGBUS anywhere else in the process
+    (here a mapped file truncated under it) still ends the process as it would without the guard."""
+    name = _name()
+    code = f"""
+import mmap, os
+from recmgd.pool import Pool
+creator = Pool.create({name!r}, tables=[(16, 16)], slots=4)
+d = Pool.attach({name!r}, role="daemon")
+f = os.open({str(tmp_path / "f")!r}, os.O_RDWR | os.O_CREAT)
+os.ftruncate(f, 65536)
+m = mmap.mmap(f, 65536)
+os.ftruncate(f, 0)
+Pool.unlink({name!r})
+print("reading", flush=True)
+m[40000]
+print("survived", flush=True)
+"""
+    try:
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    finally:
+        (SHM / name).unlink(missing_ok=True)
+    assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr)
+    assert r.stdout.strip() == "reading"

@@ -193,6 +193,7 @@ struct recmg_pool {
     uid_t owner;          /* the shm object's owner: the slow-tier file must be theirs */
     uint32_t lock_ms;     /* how long writer_lock waits for another process's writer (ms) */
     int lock_fd;          /* daemon role: the shm object's fd, flock()ed so that one daemon serves a pool */
+    int busguard;         /* daemon role: the mapping's registration with the SIGBUS guard (busguard.c), or -1 */
     _Atomic uint32_t *vers; /* seqlock versions of the index entries' groups */
     uint8_t *slots;
     _Atomic int32_t *index;
@@ -276,6 +277,17 @@ void buf_trim(void **buf, size_t *cap, size_t elem, size_t keep);
 /* pool.c: the daemon's check (its shm descriptor, p->lock_fd) that the object was not truncated under
  * its mapping by its owner (touching pages past the end would raise SIGBUS); RECMG_OK for apps. */
 int shm_intact(recmg_pool *p);
+
+/* busguard.c: a daemon handle's mapping survives its object shrinking under it (see the file) */
+int busguard_add(void *base, size_t len); /* the registration, or -1 (errno) */
+void busguard_remove(int slot);
+int busguard_lost(int slot);              /* a fault in the mapping replaced it by zero pages */
+/* The result of a daemon call that read the mapping: rc, or shm_intact's error when the mapping was
+ * lost during the call (what the call read after the fault was zeros). */
+static inline int64_t intact_after(recmg_pool *p, int64_t rc)
+{
+    return busguard_lost(p->busguard) ? shm_intact(p) : rc;
+}
 
 /* writer.c: the writer lock, timed (RECMG_ELOCKED after p->lock_ms), with recovery after a dead holder.
  * Not a pthread mutex: a robust mutex keeps glibc's robust-list pointers in the mutex, which whoever

@@ -254,6 +254,7 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
     p->flags = flags;
     p->ring_index = -1;
     p->lock_fd = -1;
+    p->busguard = -1;
     p->lock_ms = role == RECMG_ROLE_DAEMON ? RECMG_LOCK_MS_DAEMON : RECMG_LOCK_MS_APP;
     const char *lt = getenv("RECMG_LOCK_TIMEOUT_MS");
     if (lt && lt[0]) {
@@ -329,6 +330,8 @@ static void handle_free(recmg_pool *p)
     if (p->ring && getpid() == p->pid) ring_release_own(p);
     slowio_close(&p->io);
     if (p->h && p->tables) lookup_free(p);
+    busguard_remove(p->busguard); /* (before the unmap: the address range may be reused) */
+    p->busguard = -1;
     if (p->base) munmap(p->base, p->map_bytes);
     if (p->lock_fd >= 0) close(p->lock_fd);
     free(p->tables);
@@ -691,6 +694,12 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         rc = rc_set(p, RECMG_ESYS, "mmap(%s, %lld bytes): %s", nm, (long long)st.st_size, strerror(errno));
         goto fail;
     }
+    /* a daemon reads the mapping only once it is guarded: from here on, the object shrinking (or a
+     * sparse object meeting a full tmpfs) costs this pool, not the daemon */
+    if (role == RECMG_ROLE_DAEMON && (p->busguard = busguard_add(base, (size_t)st.st_size)) < 0) {
+        rc = rc_set(p, RECMG_ESYS, "cannot guard the mapping of '%s' against SIGBUS: %s", nm + 1, strerror(errno));
+        goto fail;
+    }
     if (role == RECMG_ROLE_DAEMON) {
         /* one daemon per pool: the lock lives as long as this handle's descriptor (closed at
          * recmg_close, or by the kernel when the daemon dies) */
@@ -732,19 +741,29 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
     handle_bind(p, base, (size_t)st.st_size, &hdr);
     atomic_thread_fence(memory_order_acquire);
     rc = handle_open(p);
+    if (!rc) rc = (int)intact_after(p, RECMG_OK); /* (the attach read zeros after a fault) */
     if (rc) goto fail;
     *out = p;
     return RECMG_OK;
 fail:
+    if (busguard_lost(p->busguard)) rc = shm_intact(p); /* what validation read was zeros */
     copy_err(err, errlen, p);
     if (fd >= 0) close(fd);
-    if (base != MAP_FAILED && !p->base) munmap(base, (size_t)st.st_size);
+    if (base != MAP_FAILED && !p->base) {
+        busguard_remove(p->busguard);
+        p->busguard = -1;
+        munmap(base, (size_t)st.st_size);
+    }
     handle_free(p);
     return rc;
 }
 
 int shm_intact(recmg_pool *p)
 {
+    if (busguard_lost(p->busguard))
+        return rc_set(p, RECMG_ENOTPOOL,
+                      "pool '%s' shrank under this handle during a call (its lost pages were replaced by zeros); "
+                      "detach it", p->name + 1);
     if (p->lock_fd < 0) return RECMG_OK;
     struct stat st;
     if (fstat(p->lock_fd, &st) != 0) return rc_set(p, RECMG_ESYS, "fstat(%s): %s", p->name, strerror(errno));

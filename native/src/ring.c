@@ -198,7 +198,7 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
     o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
     o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
     o->capacity = p->h->ring_records;
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK);
 }
 
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
@@ -222,7 +222,7 @@ int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
     memcpy(out, rec + first, k1 * 8);
     memcpy(out + k1, rec, (n - k1) * 8);
     atomic_store_explicit(&r->tail, tail + n, memory_order_release);
-    return (int64_t)n;
+    return intact_after(p, (int64_t)n);
 }
 
 int recmg_release_ring(recmg_pool *p, uint32_t i)
@@ -248,7 +248,7 @@ int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
     if (t >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
     counters_read(&p->stab[t].c, c);
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK);
 }
 
 int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
@@ -259,7 +259,7 @@ int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
     int rc = ring_check(p, i);
     if (rc) return rc;
     counters_read(&ring_at(p, i)->c, c);
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK);
 }
 
 int recmg_reset_counters(recmg_pool *p)

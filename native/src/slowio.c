@@ -155,7 +155,8 @@ static int open_regular(const char *path, int flags, struct stat *st)
 static int reserve(recmg_pool *p, int fd, const char *path, uint64_t size)
 {
     struct statvfs vf;
-    if (fstatvfs(fd, &vf) == 0 && (uint64_t)vf.f_bavail * vf.f_frsize < size)
+    /* (a file system that reports no size, as ramfs, is left to posix_fallocate) */
+    if (fstatvfs(fd, &vf) == 0 && vf.f_blocks && (uint64_t)vf.f_bavail * vf.f_frsize < size)
         return rc_set(p, RECMG_ENOSPC, "slow-tier file %s needs %llu bytes; its file system has %llu free", path,
                       (unsigned long long)size, (unsigned long long)vf.f_bavail * vf.f_frsize);
     if (size == 0) return RECMG_OK;

@@ -339,6 +339,7 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
     pthread_mutex_lock(&p->lock);
     int64_t rc = writer_lock(p);
     if (rc) goto out_unlocked;
+    fault_stop("RECMG_FAULT_STOP_IN_FILL"); /* (tests: the object shrinks under a running fill) */
     rc = free_list_sync(p);
     if (rc) goto out;
     /* the keys to fill: not resident, first occurrence only */
@@ -387,7 +388,7 @@ out:
 out_unlocked:
     scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
-    return rc;
+    return intact_after(p, rc);
 }
 
 int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
@@ -426,7 +427,7 @@ out:
     writer_unlock(p);
 out_unlocked:
     pthread_mutex_unlock(&p->lock);
-    return rc;
+    return intact_after(p, rc);
 }
 
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
@@ -444,7 +445,7 @@ int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
             k++;
         }
     }
-    return (int64_t)k;
+    return intact_after(p, (int64_t)k);
 }
 
 int64_t recmg_free_slots(recmg_pool *p)
@@ -460,7 +461,7 @@ int64_t recmg_free_slots(recmg_pool *p)
         writer_unlock(p);
     }
     pthread_mutex_unlock(&p->lock);
-    return rc;
+    return intact_after(p, rc);
 }
 
 static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
