@@ -136,9 +136,10 @@ def format_stats(stats: dict[str, Any]) -> str:
         pages = p.get("pages")
         held = (f"page mode, {p['resident']}/{p['n_slots']} pages promoted" if pages
                 else f"{p['resident']}/{p['n_slots']} slots resident")
+        cut = f"batches cut {p['cut_batches']}, " if p.get("cut_batches") else ""
         lines.append(f"pool {name}: policy {p['policy']}{' (paused)' if p.get('paused') else ''}, "
                      f"{held}, {p['apps']} apps, "
-                     f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, "
+                     f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, {cut}"
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}"
                      f"{', state %.1f MB' % (p['state_bytes'] / 1e6) if 'state_bytes' in p else ''}")
         if pages:
@@ -150,7 +151,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         rec = p.get("recording")
         if rec:
             lines.append(f"recording: {rec['state']} {rec['reason'] or ''}, {rec['lookups']} lookups, "
-                         f"{rec['batches']} batches, {rec['bytes'] / 1e6:.1f} MB"
+                         f"{rec['batches']} batches"
+                         + (f" ({rec['cut_batches']} cut)" if rec.get("cut_batches") else "")
+                         + f", {rec['bytes'] / 1e6:.1f} MB"
                          + (f", {rec['error']}" if rec.get("error") else ""))
         app = p.get("app") or {}
         if app.get("unique"):

@@ -108,6 +108,7 @@ class PoolDriver:
     ring_drops = _forward("tracker", "ring_drops")
     dropped_total = _forward("tracker", "dropped_total")
     backlog = _forward("tracker", "backlog")
+    cut_batches = _forward("tracker", "cut_batches")
     max_drain = _forward("tracker", "max_drain")
     coalesce = _forward("tracker", "coalesce")
     # the residency mover's
@@ -568,6 +569,7 @@ class PoolDriver:
             "apps": len(self.rings),
             "ring_drops": self.dropped_total,
             "backlog_records": self.backlog,
+            "cut_batches": self.cut_batches,
             "policy_time_s": round(self.policy_time + (self._worker.seconds if self._worker else 0.0), 6),
             "hit_rate": (totals["hits"] / uniq) if uniq else 0.0,
             "state_bytes": self.mover.nbytes() + self.policy.state_bytes(),

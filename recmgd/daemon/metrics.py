@@ -50,6 +50,8 @@ POOL_COUNTERS = (
     ("steps", "steps", "policy steps (app batches)"),
     ("ring_drops", "ring_drops", "ring records the apps dropped because a ring was full"),
     ("bad_records", "bad_records", "ring records with keys outside the tables"),
+    ("cut_batches", "batches_cut",
+     "app batches cut without a batch end at the daemon's cap on the records of one batch"),
     ("prefetch_rejected", "prefetches_rejected", "prefetches the fill budget dropped"),
     ("admit_rejected", "admissions_rejected", "admissions the fill budget dropped"),
     ("prefetch_evicted_unread", "prefetches_evicted_unread", "prefetched rows evicted before a read"),

@@ -10,7 +10,10 @@ window (:mod:`recmgd.daemon.retrain`). Records are split per ring at the batch b
 daemon drained the batches (all the pool's apps interleaved as the daemon saw them), so the trace's
 steps of one sample (``recmg train -b 1``, ``recmg sim --batch 1``) are the daemon's policy steps.
 Hints are not part of a trace and are left out; a batch an app had not ended when the recording
-stopped is left out too.
+stopped is left out too. A batch that reaches the daemon's batch cap
+(:data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`) without a batch end is cut by the same rule as the
+ring tracker's, so its trace gets a batch boundary there (in row mode where the daemon cut) and the
+recording's memory stays bounded; the recording's status counts the cuts (``cut_batches``).
 
 The recorder never slows the loop down: the tap only puts the array on a queue; a writer thread of
 its own splits and writes (through :class:`recmgd.trace.binary.BinaryWriter`, the one home of the
@@ -37,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from recmgd.daemon import tracker
 from recmgd.daemon.control import CommandError
 from recmgd.keys import REC_BATCH_END, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 from recmgd.trace.binary import HEADER, BinaryWriter
@@ -69,11 +73,16 @@ class BatchSplitter:
 
     :meth:`feed` takes one ring's drained records and returns the keys (int64) of the batches that
     ended in them and each batch's number of lookups; the records after the last batch end wait for
-    the next feed of that ring.
+    the next feed of that ring. The ring tracker's batch cap holds here too (``max_batch``, default
+    :data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`): an unfinished batch is cut, by the tracker's rule,
+    once its records as drained (hints included) reach the cap; ``cut_batches`` counts the cuts.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, max_batch: int | None = None) -> None:
         self.pending: dict[int, list[np.ndarray]] = {}
+        self.held: dict[int, int] = {}  # per ring, the records of its unfinished batch as drained
+        self.max_batch = max(1, int(tracker.MAX_BATCH_RECORDS if max_batch is None else max_batch))
+        self.cut_batches = 0
 
     def feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         recs = np.asarray(recs, dtype=np.uint64)
@@ -84,6 +93,9 @@ class BatchSplitter:
         if not len(ends):
             if lookup.any():
                 pend.append((recs[lookup] & REC_KEY_MASK).astype(np.int64))
+            held = self.held[ring] = self.held.get(ring, 0) + len(recs)
+            if held >= self.max_batch:
+                return self._cut(ring, pend, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
         last = int(ends[-1])
         counts = np.cumsum(lookup[:last + 1])[ends]  # lookups up to each batch end
@@ -96,11 +108,24 @@ class BatchSplitter:
         tail = lookup[last + 1:]
         if tail.any():
             pend.append((recs[last + 1:][tail] & REC_KEY_MASK).astype(np.int64))
+        self.held[ring] = len(tail)
+        if len(tail) >= self.max_batch:
+            return self._cut(ring, pend, body, lengths)
         return body, lengths
+
+    def _cut(self, ring: int, pend: list[np.ndarray], body: np.ndarray,
+             lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The ring's unfinished batch at the cap: one more batch after those that ended."""
+        keys = np.concatenate(pend) if pend else np.zeros(0, dtype=np.int64)
+        pend.clear()
+        self.held[ring] = 0
+        self.cut_batches += 1
+        return np.concatenate([body, keys]), np.append(lengths, np.int64(len(keys)))
 
     def forget(self, ring: int) -> None:
         """A ring whose app went away: its unfinished batch is dropped (as the driver drops it)."""
         self.pending.pop(ring, None)
+        self.held.pop(ring, None)
 
 
 class StreamTap:
@@ -258,6 +283,7 @@ class Recorder:
                 "lookups": self.n_lookups, "batches": self.n_batches,
                 "bytes": trace_bytes(self.n_lookups, self.n_batches),
                 "seconds": round(end - self._t0, 3), "ring_drops": self.ring_drops,
+                "cut_batches": self._splitter.cut_batches,
                 "max_lookups": self.max_lookups, "max_seconds": self.seconds, "max_bytes": self.max_bytes}
 
     # -- the writer thread ---------------------------------------------------------------------------

@@ -17,6 +17,15 @@ records (format in recmgd.keys: type in bits 62..63, key below), splits them at 
   counters see them; fetching a row already fetched does nothing).
 - *Coalescing*: with ``coalesce`` > 0 (never in step mode) a ring that fell behind has runs of its
   batches merged into one batch of at least that many records (``n_batches`` says how many).
+- *The batch cap*: an app is not trusted to end its batches. A batch that has not ended once it holds
+  :data:`MAX_BATCH_RECORDS` records (counted as drained, hints included) is cut at the end of the
+  drained array that took it there: what is pending is handed on as if a batch end had come there (the
+  policy steps on it; the records after it start the next batch) and counted in ``cut_batches`` (the
+  pool's stats; logged once per pool). The daemon's memory for a ring's unfinished batch stays below
+  the cap (plus the one drained array, ``max_drain`` records, while it is split). The recording's
+  :class:`recmgd.daemon.record.BatchSplitter` cuts by the same rule, so in row mode a recording has its
+  batch boundaries where the daemon cut (once both have seen a batch boundary: a recording started in
+  the middle of a batch counts that batch from its start).
 
 Taps (the hook for consumers of the raw stream, e.g. a recorder): :meth:`RingTracker.add_tap` registers
 ``tap(records)``, called with each chunk of records drained from one ring (uint64, as the pool's
@@ -33,6 +42,7 @@ Page mode's record rewrite (rows to pages) is :func:`page_records`, which
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -53,6 +63,28 @@ EarlyHints = Callable[[np.ndarray], None]
 
 EMPTY = np.zeros(0, dtype=np.int64)
 
+#: test hook: a smaller batch cap from the environment, read once when this module is imported (at the
+#: daemon's start); it can only lower the cap (a value that is not an integer in [1, default) is ignored)
+MAX_BATCH_ENV = "RECMGD_TEST_MAX_BATCH_RECORDS"
+
+
+def _cap_from_env(default: int) -> int:
+    try:
+        cap = int(os.environ.get(MAX_BATCH_ENV, ""))
+    except ValueError:
+        return default
+    return cap if 0 < cap < default else default
+
+
+#: The most records (uint64 ring words, as drained) one unfinished batch of one ring may hold; at this
+#: many the batch is cut (module doc). A real DLRM batch is far below it: 26 tables x 2048 samples x
+#: pooling 100 is 5.3M lookups (2**22.3), so 2**23 (8.4M records, 128 times the default ring size,
+#: ring_records of 65536) leaves room for hints and bigger models before it cuts a real batch, while an
+#: app that never ends its batches costs the daemon at most 64 MiB per ring (and a policy step of that
+#: size) instead of memory and CPU without bound. The one home of the cap: the recordings' and the
+#: retraining window's BatchSplitter (recmgd.daemon.record) read it from here.
+MAX_BATCH_RECORDS = _cap_from_env(1 << 23)
+
 
 class RingSource(Protocol):
     """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode)."""
@@ -67,6 +99,7 @@ class RingState:
 
     pending: list[np.ndarray] = field(default_factory=list)  # records of the batch not yet ended
     pid: int = 0
+    n_pending: int = 0  # records of that batch as drained (hints taken out early included)
 
 
 def ring_field(info: Any, name: str, default: int = 0) -> int:
@@ -104,12 +137,13 @@ class RingTracker:
 
     ``pc`` is the driver's pool counters (``records`` is counted by the driver; ``hint_received`` by
     ``take_hints``). ``dropped_total`` sums the records the rings dropped (full rings); ``backlog`` is
-    what the last drain left waiting in rings it could not empty.
+    what the last drain left waiting in rings it could not empty. ``max_batch`` (default
+    :data:`MAX_BATCH_RECORDS`) is the batch cap; ``cut_batches`` counts the batches cut at it.
     """
 
     def __init__(self, pool: RingSource, on_batch: BatchSink, take_hints: HintSink, *,
                  max_drain: int = 262144, coalesce: int = 0, step_mode: bool = False,
-                 early_hints: EarlyHints | None = None) -> None:
+                 early_hints: EarlyHints | None = None, max_batch: int | None = None) -> None:
         self.pool = pool
         self.on_batch = on_batch
         self.take_hints = take_hints
@@ -121,6 +155,8 @@ class RingTracker:
         self.ring_drops: dict[int, int] = {}
         self.dropped_total = 0
         self.backlog = 0
+        self.max_batch = max(1, int(MAX_BATCH_RECORDS if max_batch is None else max_batch))
+        self.cut_batches = 0
         self._taps: list[tuple[Callable[..., None], bool]] = []
 
     # -- taps ----------------------------------------------------------------------------------------
@@ -231,6 +267,8 @@ class RingTracker:
         else:
             cut = ends.tolist()
             n_batches = [1] * len(cut)
+        if len(ends):
+            st.n_pending = 0
         for e, nb in zip(cut, n_batches, strict=True):
             seg = recs[start:e]
             if st.pending:
@@ -244,6 +282,7 @@ class RingTracker:
         tail = recs[start:]
         if len(tail):
             st.pending.append(tail)
+            st.n_pending += len(tail)
             # hints for the coming lookups: offered now, ahead of the batch's end
             ttypes = tail >> REC_TYPE_SHIFT
             is_hint = ttypes == REC_HINT
@@ -251,6 +290,22 @@ class RingTracker:
                 hk = (tail[is_hint] & REC_KEY_MASK).astype(np.int64)
                 if self.take_hints(hk):
                     st.pending[-1] = tail[~is_hint]
+            if st.n_pending >= self.max_batch:
+                self._cut(st)
+
+    def _cut(self, st: RingState) -> None:
+        """An unfinished batch at the cap: handed on as if its batch end had come (module doc)."""
+        n = st.n_pending
+        seg = np.concatenate(st.pending) if len(st.pending) > 1 else st.pending[0]
+        st.pending = []
+        st.n_pending = 0
+        self.cut_batches += 1
+        if self.cut_batches == 1:
+            log.warning("pool %s: an app (pid %d) logged %d records without a batch end; its batch was cut "
+                        "there (the cap is %d records a batch) and is processed as one; further cuts are "
+                        "counted (cut_batches in recmgctl stats), not logged",
+                        getattr(self.pool, "name", "?"), st.pid, n, self.max_batch)
+        self._batch(seg, 1)
 
     def _batch(self, seg: np.ndarray, n_batches: int) -> None:
         if not len(seg):
