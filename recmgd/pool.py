@@ -916,6 +916,12 @@ class Pool:
     def free_slots(self) -> int:
         return self._check(lib.recmg_free_slots(self._handle))
 
+    @_native
+    def writer_holder(self) -> int:
+        """The pid of the live process holding the pool's writer lock, 0 when it is free (or its holder
+        is dead: the next write takes it over). Never waits."""
+        return self._check(lib.recmg_writer_holder(self._handle))
+
     # ------------------------------------------------------------------ rings and counters
     @_native
     def rings(self) -> list[RingInfo]:

@@ -17,6 +17,7 @@ import time
 import uuid
 from pathlib import Path
 
+import numpy as np
 from pool_layout import HEADER
 from test_daemon_live import app, config, pstats, wait_progress, wait_until
 from test_daemon_plugin import TESTS, daemon_env, start_daemon, stop_daemon, wait_socket
@@ -154,6 +155,67 @@ def test_a_stopped_writer_does_not_freeze_the_daemon(tmp_path: Path, capsys) -> 
         for p in procs:
             p.kill()
             p.wait()
+        if d.poll() is None:
+            d.kill()
+            d.wait()
+        for o in owners:
+            o.destroy()
+
+
+def test_stuck_pools_are_retried_without_waiting(tmp_path: Path) -> None:
+    """Pools whose writer lock a live process holds (the lock word set to a sleeping process's pid): each
+    is reported stuck, tried again after 2 s, then at doubling intervals (not every 2 s), and a retry
+    asks who holds the lock before anything else ("still held by process N": no lock waited for; 30
+    such pools used to stall the loop by seconds, 200 ms of lock waits each every 2 s). Once the
+    holder is gone, every pool is served."""
+    from test_daemon_app import create_pool
+
+    names = [f"recmgd-stk{i}-{uuid.uuid4().hex[:8]}" for i in range(4)]
+    owners = [create_pool(n, [2000], slots=100, ring_records=4096) for n in names]
+    holder = subprocess.Popen(["sleep", "600"])
+    off, fmt = HEADER["writer_lock"]
+    for n in names:
+        with open(f"/dev/shm/{n}", "r+b") as fh:
+            fh.seek(off)
+            fh.write(struct.pack(fmt, holder.pid))
+    sock = tmp_path / "ctl.sock"
+    d = start_daemon(config(tmp_path / "d.toml", sock, names))
+    try:
+        wait_socket(sock, d, timeout=60)
+        wait_until(lambda: set(request(str(sock), "stats")["pools"]) == set(names), timeout=60,
+                   what="every pool attached (the lock is only needed for a write)")
+        t0 = time.monotonic()
+
+        def lookups_then_stuck() -> bool:  # the daemon's fills of what the apps read need the lock
+            for o in owners:
+                o.embedding_bag(0, np.arange(10), np.arange(10))
+                o.end_batch()
+            return set(request(str(sock), "stats")["daemon"]["stuck"]) == set(names)
+
+        wait_until(lookups_then_stuck, timeout=60, what="every pool reported stuck")
+        held = f"still held by process {holder.pid}"
+
+        def all_asked() -> bool:
+            stuck = request(str(sock), "stats")["daemon"]["stuck"]
+            assert set(stuck) == set(names), stuck  # (a retry that attached would serve a held pool)
+            return all(held in s["error"] for s in stuck.values())
+
+        wait_until(all_asked, timeout=60, what="retries that ask who holds the lock")
+        time.sleep(max(0.0, t0 + 9.0 - time.monotonic()))
+        stuck = request(str(sock), "stats")["daemon"]["stuck"]
+        # tries at about 0, 2, 6 and 14 s: at most 3 by 9 s (every 2 s: 5)
+        assert set(stuck) == set(names) and all(2 <= s["tries"] <= 3 for s in stuck.values()), stuck
+        holder.kill()
+        holder.wait()
+        wait_until(lambda: set(request(str(sock), "stats")["pools"]) == set(names), timeout=60,
+                   what="every pool served once the holder is gone")
+        assert request(str(sock), "stats")["daemon"]["stuck"] == {}
+        rc, err = stop_daemon(d, timeout=30)
+        assert rc == 0, err
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
         if d.poll() is None:
             d.kill()
             d.wait()

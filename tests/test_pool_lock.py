@@ -97,6 +97,29 @@ def test_stopped_holder_then_sigcont(pool: Pool) -> None:
         daemon.close()
 
 
+def test_writer_holder_and_a_no_wait_attach(pool: Pool) -> None:
+    """writer_holder() names the live process holding the writer lock (0 when it is free or its holder
+    is dead) without waiting; a daemon's no-wait attach leaves a held lock alone (it does not wait for
+    it, so the dead writer's repair is not run), and the wait=True attach waited for it."""
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        assert daemon.writer_holder() == 0
+        child = _stopped_holder(pool, 7.0)
+        try:
+            assert daemon.writer_holder() == child.pid
+            daemon.close()
+            daemon = Pool.attach(pool.name, role="daemon", wait=False)
+            assert daemon.writer_holder() == child.pid
+        finally:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait(timeout=60)
+        assert daemon.writer_holder() == 0  # dead: the next write takes the lock over
+        assert daemon.fill_keys(make_keys(0, np.arange(5))) == 5
+        assert daemon.writer_holder() == 0
+    finally:
+        daemon.close()
+
+
 def test_killed_holder_is_recovered(pool: Pool) -> None:
     daemon = Pool.attach(pool.name, role="daemon")
     try:

@@ -80,7 +80,8 @@ enum { RECMG_ROLE_APP = 0, RECMG_ROLE_DAEMON = 1 };
 #define RECMG_F_NO_DIRECT 0x2u   /* never use O_DIRECT on the SSD tier */
 #define RECMG_F_REUSE_SLOW 0x4u  /* create: reuse an existing slow-tier file of the tables' size, content kept */
 #define RECMG_F_NO_WAIT 0x8u     /* attach: fail at once (RECMG_EBUSY, RECMG_ENOTPOOL) on an object still being
-                                  * created, instead of waiting up to 2 s for its creator */
+                                  * created, instead of waiting up to 2 s for its creator; a daemon's attach
+                                  * then also takes the writer lock only if it is free (no wait for a holder) */
 
 typedef struct recmg_pool recmg_pool;
 
@@ -214,6 +215,9 @@ int64_t recmg_fill_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);   /*
 int64_t recmg_evict_keys(recmg_pool *pool, const int64_t *keys, uint64_t n);  /* evicted */
 int64_t recmg_resident_keys(recmg_pool *pool, int64_t *out, uint64_t cap);    /* count (may exceed cap) */
 int64_t recmg_free_slots(recmg_pool *pool);
+/* The pid of the live process that holds the pool's writer lock, 0 when it is free or its holder is dead
+ * (the next write takes it over); never waits. */
+int64_t recmg_writer_holder(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);

@@ -363,8 +363,13 @@ static int handle_open(recmg_pool *p)
     } else {
         atomic_store_explicit(&p->sh->daemon_pid, (int32_t)p->pid, memory_order_relaxed);
         /* close what a dead writer left open; a live holder (a stopped app) does not stop the attach:
-         * the daemon's writes then return RECMG_ELOCKED until the holder lets go */
-        if (writer_lock(p) == RECMG_OK) {
+         * the daemon's writes then return RECMG_ELOCKED until the holder lets go (RECMG_F_NO_WAIT: a
+         * held lock is not waited for) */
+        const uint32_t ms = p->lock_ms;
+        if (p->flags & RECMG_F_NO_WAIT) p->lock_ms = 0;
+        int lrc = writer_lock(p);
+        p->lock_ms = ms;
+        if (lrc == RECMG_OK) {
             recover_fast_tier(p);
             writer_unlock(p);
         }
@@ -762,8 +767,8 @@ int shm_intact(recmg_pool *p)
 {
     if (busguard_lost(p->busguard))
         return rc_set(p, RECMG_ENOTPOOL,
-                      "pool '%s' shrank under this handle during a call (its lost pages were replaced by zeros); "
-                      "detach it", p->name + 1);
+                      "pool '%s' faulted under this handle (SIGBUS: the object shrank, or its tmpfs is full); "
+                      "its mapping was replaced by zeros; detach it", p->name + 1);
     if (p->lock_fd < 0) return RECMG_OK;
     struct stat st;
     if (fstat(p->lock_fd, &st) != 0) return rc_set(p, RECMG_ESYS, "fstat(%s): %s", p->name, strerror(errno));

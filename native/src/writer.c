@@ -464,6 +464,16 @@ int64_t recmg_free_slots(recmg_pool *p)
     return intact_after(p, rc);
 }
 
+int64_t recmg_writer_holder(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
+    int32_t cur = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
+    int64_t holder = cur != 0 && !holder_dead(cur) ? cur : 0;
+    return intact_after(p, holder);
+}
+
 static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
 {
     if (table >= p->h->n_tables)

@@ -180,8 +180,15 @@ class Daemon:
                                                              self._bad_checkpoints)
             else:
                 pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
-            # never waits for a creator: an object that is not ready is tried again later (backoff)
+            # never waits for a creator: an object that is not ready is tried again later (backoff);
+            # nor for a writer lock held by a live process
             pool = Pool.attach(name, role="daemon", wait=False)
+            if name in self.stuck:  # still held? then nothing of it is touched (no lock waited for)
+                holder = pool.writer_holder()
+                if holder:
+                    pool.close()
+                    raise PoolLockedError(f"the writer lock of pool '{name}' is still held by process "
+                                          f"{holder} (a stopped or stuck writer)")
         except PoolLockedError as exc:
             self._mark_stuck(name, exc)
             return False
@@ -261,17 +268,19 @@ class Daemon:
             self._attach_errors[name] = msg
 
     def _mark_stuck(self, name: str, exc: PoolLockedError) -> None:
-        """Note that the pool's writer lock stayed held (logged once per episode); retried later."""
+        """Note that the pool's writer lock stayed held (logged once per episode); retried after
+        RETRY_STUCK, doubled at each try of the episode up to ATTACH_RETRY_MAX (a retry finds a held lock
+        without waiting for it, so many stuck pools cost the loop next to nothing)."""
         now = time.monotonic()
         st = self.stuck.get(name)
         if st is None:
-            self.stuck[name] = _Stuck(since=time.time(), since_mono=now, error=str(exc))
-            log.warning("pool %s: stuck: %s; skipped (the other pools go on), tried again every %.0f s",
-                        name, exc, RETRY_STUCK)
+            st = self.stuck[name] = _Stuck(since=time.time(), since_mono=now, error=str(exc))
+            log.warning("pool %s: stuck: %s; skipped (the other pools go on), tried again after %.0f s, "
+                        "then at doubling intervals up to %.0f s", name, exc, RETRY_STUCK, ATTACH_RETRY_MAX)
         else:
             st.tries += 1
             st.error = str(exc)
-        self._retry_after[name] = now + RETRY_STUCK
+        self._retry_after[name] = now + min(ATTACH_RETRY_MAX, RETRY_STUCK * 2.0 ** min(st.tries - 1, 16))
 
     def _lock_held(self, name: str, exc: PoolLockedError) -> None:
         """A pool call found the writer lock held: the step may be half applied, so the pool is
