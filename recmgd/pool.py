@@ -917,6 +917,13 @@ class Pool:
         return self._check(lib.recmg_free_slots(self._handle))
 
     @_native
+    def repairs(self) -> int:
+        """How many times rows left the fast tier other than by a daemon's evictions (a writer that died
+        in the middle of a change, copies a writer dropped); a daemon that sees it change rebuilds its
+        record of what is resident. Never waits."""
+        return self._check(lib.recmg_repairs(self._handle))
+
+    @_native
     def writer_holder(self) -> int:
         """The pid of the live process holding the pool's writer lock, 0 when it is free (or its holder
         is dead: the next write takes it over). Never waits."""

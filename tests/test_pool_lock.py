@@ -186,3 +186,42 @@ def test_lock_word_written_by_the_pool_owner(pool: Pool) -> None:
         _exact(pool, TRUTH)
     finally:
         daemon.close()
+
+
+KILLED_WRITER = """
+import os, sys
+import numpy as np
+from recmgd.pool import Pool
+p = Pool.attach(sys.argv[1])
+os.environ["RECMG_FAULT_KILL_IN_WRITE"] = "1"
+p.write_rows(0, np.arange(10, 20), np.full((10, int(sys.argv[2])), 3.0, dtype=np.float32))
+"""
+
+
+def test_a_writer_killed_in_write_rows_leaves_no_stale_copy(pool: Pool) -> None:
+    """A writer killed inside write_rows after the slow tier took the new rows (RECMG_FAULT_KILL_IN_WRITE):
+    the rows' fast-tier copies were unpublished first, so every lookup reads the new rows (hit or miss
+    path alike); the next writer's repair counts itself (repairs), and what is resident is exactly what
+    the index says. (Copies were refreshed after the slow tier was written: a writer killed between
+    left resident rows stale, disagreeing with the slow tier; a writer killed during a copy's rewrite
+    left its row out of the fast tier while nobody knew.)"""
+    daemon = Pool.attach(pool.name, role="daemon")
+    app = Pool.attach(pool.name)
+    try:
+        daemon.fill_keys(make_keys(0, np.arange(100)))  # (every slot)
+        before = daemon.repairs()
+        child = subprocess.run([sys.executable, "-c", KILLED_WRITER, pool.name, str(DIM)], timeout=60)
+        assert child.returncode == -signal.SIGKILL
+        truth = TRUTH.copy()
+        truth[10:20] = 3.0
+        _exact(app, truth)  # (the slow tier has the new rows; no stale copy is read)
+        assert daemon.fill_keys(make_keys(0, [0])) == 0  # the next write takes the dead writer's lock over
+        assert daemon.repairs() > before
+        resident = set(daemon.resident_keys().tolist())
+        assert resident == set(make_keys(0, [r for r in range(100) if not 10 <= r < 20]).tolist())
+        assert daemon.free_slots() == 10  # the unpublished rows' slots are free again
+        assert daemon.fill_keys(make_keys(0, np.arange(10, 20))) == 10
+        _exact(app, truth)
+    finally:
+        app.close()
+        daemon.close()

@@ -218,6 +218,10 @@ int64_t recmg_free_slots(recmg_pool *pool);
 /* The pid of the live process that holds the pool's writer lock, 0 when it is free or its holder is dead
  * (the next write takes it over); never waits. */
 int64_t recmg_writer_holder(recmg_pool *pool);
+/* How many times rows left the fast tier other than by a daemon's evictions (a writer that died in the
+ * middle of a change, copies a writer dropped): a daemon that sees it change rebuilds its record of what
+ * is resident from recmg_resident_keys. Never waits. */
+int64_t recmg_repairs(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);

@@ -59,7 +59,11 @@ typedef struct shm_header {
     _Atomic int32_t daemon_pid;
     _Atomic int32_t writer_lock; /* the writer lock: the holder's pid, 0 when free (writer.c) */
     char slow_path[RECMG_PATH_MAX];
-    char pad2[64];
+    /* bumped when rows left the fast tier other than by the daemon's evictions: a dead writer's repair,
+     * copies a writer dropped (no memory, a bad slot number); a daemon then rebuilds its record of what
+     * is resident (zero in pools made before it: the field was padding) */
+    _Atomic uint64_t repairs;
+    char pad2[56];
 } shm_header;
 
 /* A table's geometry: the first 40 bytes of its shared descriptor (shm_table.d), and, as validated at

@@ -142,6 +142,12 @@ static uint64_t now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
+/* Rows left the fast tier behind the daemon's back (see shm_header.repairs). */
+static void note_repair(recmg_pool *p)
+{
+    atomic_fetch_add_explicit(&p->sh->repairs, 1, memory_order_relaxed);
+}
+
 /* The writer lock: a word in the header, 0 or the holder's pid, taken by compare-and-swap. A waiter
  * sleeps on it (futex, at most 1 ms at a time) until it is free, its holder is dead (then the waiter
  * takes it over and repairs the fast tier, as a dead writer may have left an entry group's version
@@ -162,6 +168,7 @@ int writer_lock(recmg_pool *p)
         if (cur != me && holder_dead(cur)) {
             if (atomic_compare_exchange_strong_explicit(w, &cur, me, memory_order_acquire, memory_order_relaxed)) {
                 recover_fast_tier(p);
+                note_repair(p); /* the dead writer may have unpublished rows (write_rows) */
                 return RECMG_OK;
             }
             continue;
@@ -236,6 +243,7 @@ static int free_list_sync(recmg_pool *p)
         uint64_t bit = UINT64_C(1) << (s & 63);
         if ((uint64_t)s >= n || (used[s >> 6] & bit)) {
             entry_store(p, i, -1);
+            note_repair(p);
             continue;
         }
         used[s >> 6] |= bit;
@@ -474,6 +482,15 @@ int64_t recmg_writer_holder(recmg_pool *p)
     return intact_after(p, holder);
 }
 
+int64_t recmg_repairs(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
+    int64_t n = (int64_t)(atomic_load_explicit(&p->sh->repairs, memory_order_relaxed) & INT64_MAX);
+    return intact_after(p, n);
+}
+
 static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
 {
     if (table >= p->h->n_tables)
@@ -521,54 +538,71 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
     fault_stop("RECMG_FAULT_STOP_IN_WRITE");
-    /* the slow tier first (the truth), under the writer lock so that no fill copies a half-written row;
-     * if the file write fails at row k, rows [0, k) are written and their resident copies updated */
+    /* First the resident copies of the rows are unpublished (each entry's slot remembered in the call's
+     * hash), then the slow tier (the truth) is written, then the slots are rewritten and published
+     * again. A writer that dies at any point leaves every entry naming a whole slot that agrees with
+     * the slow tier: an unpublished row is read from the slow tier, and the dead writer's repair
+     * counts itself (repairs) so that a daemon rebuilds its record of what is resident. (Refreshing
+     * the copies after the slow tier, as before, left the rows not yet reached stale: their slots
+     * kept the old values the slow tier no longer had.) All under the writer lock, so that no fill
+     * copies a half-written row. If the file write fails at row k, rows [0, k) are written and their
+     * copies updated; the copies of the others are published again unchanged, as their rows. */
+    const int remember = hash_prepare(p, n) == RECMG_OK;
+    int changed = 0;
+    for (uint64_t k = 0; k < n; k++) {
+        const int64_t key = RECMG_KEY(table, rows[k]);
+        const uint64_t e = entry_of(p, key);
+        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
+        if (s < 0) continue;
+        entry_store(p, e, -1); /* (a slot number no writer wrote: only dropped) */
+        changed = 1;
+        if (slot_ok(p, s) && remember) {
+            (void)hash_get_or_put(p, key, s);
+        } else {
+            p->free_valid = 0;
+            note_repair(p); /* a copy dropped: what is resident changed behind the daemon's back */
+        }
+    }
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
     } else {
         rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
     }
-    /* then the resident copies, through the seqlock */
-    uint64_t words[RECMG_PAGE / 8];
-    uint64_t *w = words;
-    uint64_t *heap = NULL;
-    if (p->h->slot_stride > sizeof words) {
-        heap = calloc(1, p->h->slot_stride);
-        if (!heap) {
-            /* cannot update the copies: drop them (lookups then read the slow tier, the truth) */
-            for (uint64_t k = 0; k < done; k++) entry_store(p, entry_of(p, RECMG_KEY(table, rows[k])), -1);
+    if (env_flag("RECMG_FAULT_KILL_IN_WRITE")) raise(SIGKILL); /* (tests: the slow tier written, copies not) */
+    if (remember) {
+        uint64_t words[RECMG_PAGE / 8];
+        uint64_t *w = words;
+        uint64_t *heap = NULL;
+        if (p->h->slot_stride > sizeof words) {
+            heap = calloc(1, p->h->slot_stride);
+            w = heap;
+        }
+        if (w) {
+            memset(w, 0, p->h->slot_stride);
+            for (uint64_t k = 0; k < done; k++) { /* in order: a row given twice ends as the slow tier does */
+                const int32_t s = hash_get_or_put(p, RECMG_KEY(table, rows[k]), -1);
+                if (s < 0) continue;
+                memcpy(w, src + k * rb, rb);
+                slot_write(p, (uint64_t)s, w); /* (named by no entry: a reader that was copying it sees
+                                                  * the version of the window that unpublished it) */
+            }
+            for (uint64_t k = 0; k < n; k++) {
+                const int64_t key = RECMG_KEY(table, rows[k]);
+                const int32_t s = hash_get_or_put(p, key, -1);
+                if (s >= 0 && atomic_load_explicit(&p->index[entry_of(p, key)], memory_order_relaxed) < 0)
+                    entry_store(p, entry_of(p, key), s);
+            }
+        } else { /* no memory for a row: the copies stay dropped (lookups read the slow tier) */
             p->free_valid = 0;
-            bump_generation(p);
+            note_repair(p);
             if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
-            goto out;
         }
-        w = heap;
+        free(heap);
+    } else if (changed) { /* no memory for the hash: the same */
+        if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows' copies (all rows written, copies "
+                             "dropped)", (unsigned long long)n);
     }
-    memset(w, 0, p->h->slot_stride);
-    int wrote = 0;
-    for (uint64_t k = 0; k < done; k++) {
-        const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
-        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
-        if (s < 0) continue;
-        if (!slot_ok(p, s)) { /* not a slot of this pool: the entry is dropped (lookups read the slow tier) */
-            entry_store(p, e, -1);
-            p->free_valid = 0;
-            continue;
-        }
-        memcpy(w, src + k * rb, rb);
-        /* one odd window over the rewrite (readers meanwhile read the slow tier, already updated),
-         * with the entry unpublished inside it, so that a slot an entry names is always whole, also
-         * if this writer dies here */
-        const uint32_t v = window_open(p, e);
-        atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
-        slot_write(p, (uint64_t)s, w);
-        atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
-        window_close(p, e, v);
-        wrote = 1;
-    }
-    free(heap);
-    if (wrote) bump_generation(p);
-out:
+    if (changed) bump_generation(p);
     writer_unlock(p);
 out_unlocked:
     scratch_trim(p);

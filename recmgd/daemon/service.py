@@ -59,6 +59,7 @@ class _Attached:
     stream: PoolStream | None = None  # the drain path's tap: recordings (recmgctl record)
     retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
     drops_base: int = 0  # ring records the rings had dropped before the daemon attached the pool
+    repairs: int = 0  # row mode: the pool's repairs count its mirror was built at (Pool.repairs)
 
 
 def _shm_inode(name: str) -> int | None:
@@ -229,7 +230,8 @@ class Daemon:
         self._warned_drops.pop(name, None)
         # the inode checked for its owner: if the object was replaced since, _discover detaches it
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
-                        budget=page_budget, stream=PoolStream(driver), drops_base=drops_base)
+                        budget=page_budget, stream=PoolStream(driver), drops_base=drops_base,
+                        repairs=pool.repairs() if pc.mode != "pages" else 0)
         if pc.retrain_every:
             att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
                                       model_dir=run_pc.model_dir if run_name == pc.name else None)
@@ -287,6 +289,19 @@ class Daemon:
         detached (its mirror is rebuilt from the fast tier when it is attached again) and skipped."""
         self._detach(name, "its writer lock is held by another process")
         self._mark_stuck(name, exc)
+
+    def _check_repairs(self, att: _Attached) -> None:
+        """Row mode: rows left the fast tier behind the daemon (a writer died in the middle of a change,
+        or dropped copies: Pool.repairs() moved), so its mirror says resident what is not. The pool is
+        detached and attached again at once, which rebuilds the mirror from the fast tier."""
+        if isinstance(att.driver, PageDriver):
+            return
+        name = att.driver.name
+        if att.driver.pool.repairs() != att.repairs:  # type: ignore[attr-defined]
+            log.warning("pool %s: rows left its fast tier behind the daemon (a writer died in the middle "
+                        "of a change, or dropped copies): attached again to rebuild what it knows", name)
+            self._detach(name, "its fast tier was repaired")
+            self._retry_after.pop(name, None)
 
     def _detach(self, name: str, why: str, demote: bool = False) -> None:
         att = self.pools.pop(name, None)
@@ -718,6 +733,7 @@ class Daemon:
                     for att in list(self.pools.values()):
                         try:
                             att.tracker.check()
+                            self._check_repairs(att)
                         except PoolLockedError as exc:
                             self._lock_held(att.driver.name, exc)
                         except PoolError as exc:
