@@ -15,6 +15,7 @@ from recmgd.errors import PolicyError
 from recmgd.keys import make_keys
 from recmgd.policy import Decision, Policy, StepView
 from recmgd.sim import drive, format_table, simulate
+from recmgd.sim.results import format_pivot
 from recmgd.sim.runner import capacity_for
 from recmgd.trace import Steps, Trace
 
@@ -220,3 +221,10 @@ def test_cli_pivot(capsys: pytest.CaptureFixture[str]) -> None:
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "| trace | frac | capacity | lru | opt |" and len(lines) == 6
     assert main(["sim", t, "--pivot", "nonsense"]) == 2
+    capsys.readouterr()
+    for field in ("trace", "policy", "counters"):  # fields of a result, but no numbers: refused
+        assert main(["sim", t, "--policies", "lru", "--pivot", field]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"--pivot {field}: not a numeric metric" in err, err
+    with pytest.raises(ValueError, match="not a metric: 'policy'"):
+        format_pivot([], "policy")

@@ -297,3 +297,31 @@ def test_simulate_and_the_cli_name_runs_by_lookahead(tmp_path: Path) -> None:
                           "--lookahead", "1", "--delay", "0"], capture_output=True, text=True, cwd=ROOT,
                          timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "--delay 1" in bad.stderr
+
+
+def test_a_lookahead_past_the_trace_is_all_of_it() -> None:
+    """L at or past the number of steps announces every step ahead: the C loop and the Python driver
+    agree whatever L (b + L once overflowed int64 in C, and L >= 2**63 did not convert), and results
+    keep the L asked for."""
+    steps = random_steps(11, 60, 50, 6)
+    cap, B, warm = 12, 3, 20
+    fields = ("on_demand", "hits", "prefetch_issued", "lookahead_fills", "lookahead_useful",
+              "first_use_ahead", "pin_refused")
+    want = None
+    for L in (len(steps), 10**6, (1 << 63) - 2, (1 << 63) - 1, 1 << 64):
+        for path in ("native", "python"):
+            c = drive_lookahead(make("lru", B), steps, cap, warm, lookahead=L, budget=B, path=path)
+            got = {f: int(getattr(c, f)) for f in fields}
+            want = want or got
+            assert got == want, (L, path)
+            assert c.lookahead == L
+
+
+def test_cli_lookahead_is_bounded() -> None:
+    trace = str(SHARED / "obd_random.trace")
+    for L in ("99999999999999999999", str(1 << 63)):
+        bad = subprocess.run([sys.executable, "-m", "recmgd.cli.recmg", "sim", trace, "--policies", "lru",
+                              "--lookahead", f"0,{L}"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+        assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
+        assert bad.stderr.strip().splitlines()[-1].startswith("recmg sim: error: argument --lookahead: must "
+                                                              "be an integer in 0..1099511627776"), bad.stderr

@@ -33,6 +33,25 @@ def test_page_keys() -> None:
         page_keys(keys, 8192, 4096)
 
 
+@pytest.mark.parametrize(("row_bytes", "page_bytes"), [(1 << 25, 1 << 26), (3 << 24, 1 << 26),
+                                                   ((1 << 40) - 1, 1 << 40), (12_345_679, 98_765_432),
+                                                   (100, 4096), (1, 1 << 40)])
+def test_page_keys_do_not_wrap(row_bytes: int, page_bytes: int) -> None:
+    """row * row_bytes passes int64 for rows of more than 8 MiB: pages are computed exactly anyway."""
+    rows = np.array([0, 2, (1 << 39) + 2, 1 << 38, (1 << 40) - 1, 123_456_789_012], dtype=np.int64)
+    got = page_keys(make_keys(np.full(rows.shape, 5), rows), row_bytes, page_bytes)
+    assert got.tolist() == make_keys(np.full(rows.shape, 5),
+                                     np.array([int(r) * row_bytes // page_bytes for r in rows])).tolist()
+
+
+def test_large_rows_on_different_pages_all_miss() -> None:
+    """Rows 2 and 2**39 + 2, 32 MiB each, on pages of 64 MiB: two pages, one fits, every scored lookup
+    misses (when row * row_bytes wrapped, both rows were on page 1 and every lookup hit)."""
+    steps = Steps.from_list([make_keys(0, np.array([r])) for r in [2, (1 << 39) + 2] * 20])
+    res = simulate_pages("t", steps, ["lru"], [1.0], 2, row_bytes=1 << 25, page_bytes=1 << 26, batch=1)[0]
+    assert (res.lookups, res.on_demand, res.hits) == (20, 20, 0)
+
+
 def test_to_pages_dedups_in_order_with_row_counts() -> None:
     # step 0 reads rows 17, 3, 18, 5 of table 1 (pages 1, 0, 1, 0) and row 0 of table 0
     s0 = make_keys(np.array([1, 1, 1, 0, 1]), np.array([17, 3, 18, 0, 5]))

@@ -107,12 +107,69 @@ def test_dlrm_errors(tmp_path: Path) -> None:
     import torch
 
     p = tmp_path / "bad.pt"
+    torch.save((torch.tensor([1, 2]), torch.tensor([0, 2]), torch.tensor([[1]])), p)
+    with pytest.raises(TraceError, match="bad.pt: lengths add up to 1, indices hold 2"):
+        open_trace(p)
     torch.save((torch.tensor([1, 2]), torch.tensor([0, 2]), torch.tensor([[5]])), p)
-    with pytest.raises(TraceError, match="bad.pt: lengths add up"):
+    with pytest.raises(TraceError, match="bad.pt: a length of 5, more than the 2 indices"):
         open_trace(p)
     (tmp_path / "x.pt").write_bytes(b"PK not a zip")
     with pytest.raises(TraceError, match="x.pt: not a torch file"):
         open_trace(tmp_path / "x.pt")
+
+
+def test_format_by_content_not_name(tmp_path: Path) -> None:
+    """A text trace named .pt is text (formats are recognised by content); a .pt name only names a file
+    that starts as no text a torch file; a comment with a comma on the first line is still text."""
+    assert open_trace(write(tmp_path, "text.pt", "1 2\n3 4\n")).keys.tolist() == [
+        int(k) for k in make_keys(np.array([1, 3]), np.array([2, 4]))]
+    assert detect_format(tmp_path / "text.pt") == "text"
+    (tmp_path / "junk.pt").write_bytes(b"\x00\x01junk")
+    assert detect_format(tmp_path / "junk.pt") == "dlrm"
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x01junk")
+    assert detect_format(tmp_path / "junk.bin") == "text"
+    for body in ("0 1  # user 7, day 2\n0 2\n1 3\n", "0 1\n0 2  # user 7, day 2\n1 3\n",
+                 "# user 7, day 2\n0 1\n0 2\n1 3\n", "0\t1 # a, b\n0 2\n1 3\n"):
+        p = write(tmp_path, "c.trace", body)
+        assert detect_format(p) == "text", body
+        assert open_trace(p).n_lookups == 3
+
+
+def test_csv_with_a_byte_order_mark_reads_the_same(tmp_path: Path) -> None:
+    """A UTF-8 BOM is no part of the header (Avazu: no extra table) nor of the first row (headerless
+    Criteo: not taken for a header)."""
+    bom = b"\xef\xbb\xbf"
+    avazu = (SHARED / "avazu_sample.txt").read_bytes()
+    criteo = (SHARED / "criteo_sample.txt").read_bytes().split(b"\n", 1)[1]  # headerless
+    for name, data in (("avazu", avazu), ("criteo", criteo)):
+        (tmp_path / f"{name}.csv").write_bytes(data)
+        (tmp_path / f"{name}_bom.csv").write_bytes(bom + data)
+        plain, marked = open_trace(tmp_path / f"{name}.csv"), open_trace(tmp_path / f"{name}_bom.csv")
+        assert detect_format(tmp_path / f"{name}_bom.csv") == "csv"
+        assert marked.keys.tolist() == plain.keys.tolist(), name
+        assert marked.sample_offsets.tolist() == plain.sample_offsets.tolist(), name
+    assert open_trace(tmp_path / "criteo_bom.csv").n_samples == 200
+
+
+def test_dlrm_values_checked_before_any_cast(tmp_path: Path) -> None:
+    """Lengths and offsets are compared in the file's own dtype and without int64 arithmetic that can
+    wrap; a list where a tensor belongs is refused (an array of it could be any size)."""
+    import torch
+
+    p = tmp_path / "d.pt"
+    torch.save((torch.tensor([1, 2], dtype=torch.uint64), torch.tensor([0, 2]),
+                torch.tensor([[2]], dtype=torch.uint8)), p)
+    assert open_trace(p).keys.tolist() == [1, 2]
+    torch.save((torch.tensor([1, 2]), torch.tensor([0, 2]), torch.tensor([[-1, 3]])), p)
+    with pytest.raises(TraceError, match="d.pt: negative lengths"):
+        open_trace(p)
+    wrap = torch.tensor([(1 << 63) - 1, -(1 << 63), -(1 << 63) + 1])  # int64 differences: 1 (wrapped), 1
+    torch.save((torch.tensor([1, 2]), wrap, torch.tensor([[1, 1]])), p)
+    with pytest.raises(TraceError, match="d.pt: offsets disagree"):
+        open_trace(p)
+    torch.save(([1, 2], torch.tensor([0, 2]), torch.tensor([[2]])), p)
+    with pytest.raises(TraceError, match="d.pt: indices must be an integer tensor, got list"):
+        open_trace(p)
 
 
 def test_criteo_and_avazu_csv() -> None:
@@ -180,6 +237,18 @@ def test_synth_matches_meta_2021(tmp_path: Path, tables: int, lookups: int, seed
         assert abs(got - want) <= 0.02
     tr = open_trace(p)
     assert tr.n_samples == -(-lookups // (tables * 4))
+
+
+def test_synth_huge_spread_warns_nothing() -> None:
+    """Gaps drawn past float64 (sigma 1000) are clipped: no RuntimeWarning, no NaN position, and every
+    lookup is still emitted."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for cfg in (SynthConfig(lookups=20_000, sigma=1000.0), SynthConfig(lookups=20_000, gap=1e307)):
+            keys = np.concatenate(list(synth_keys(cfg)))
+            assert keys.shape[0] == 20_000 and int(keys.min()) >= 0
 
 
 def test_synth_streams_in_bounded_blocks() -> None:

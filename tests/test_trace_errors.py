@@ -3,7 +3,11 @@ non-zero exit, never a traceback or a signal (the trust-boundary findings of iss
 
 from __future__ import annotations
 
+import gzip
+import io
 import os
+import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -19,10 +23,17 @@ from recmgd.trace.binary import HEADER, write_binary
 REPO = Path(__file__).resolve().parent.parent
 
 
-def recmg(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def recmg(*args: str, cwd: Path, memory: int | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; ``memory``: its address-space limit in bytes (a file that makes it allocate more
+    fails fast instead of filling the machine)."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
+
+    def limit() -> None:
+        if memory is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+
     return subprocess.run([sys.executable, "-m", "recmgd.cli.recmg", *args], capture_output=True, text=True,
-                          timeout=300, cwd=cwd, env=env)
+                          timeout=300, cwd=cwd, env=env, preexec_fn=limit)
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess[str], *needles: str) -> None:
@@ -189,3 +200,109 @@ def test_a_trace_without_lookups_and_an_unwritable_output(tmp_path: Path) -> Non
     write_binary(good_trace(), tmp_path / "good.bin")
     r = recmg("trace", "convert", "good.bin", "no/such/dir/out.bin", cwd=tmp_path)
     assert_one_line_error(r, "no/such/dir/out.bin: cannot write (No such file or directory)")
+
+
+# ------------------------------------------------------------------ hostile DLRM and text files (audit)
+def torch_file(path: Path, obj: object, gz: bool = False) -> Path:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(gzip.compress(buf.getvalue()) if gz else buf.getvalue())
+    return path
+
+
+def dlrm_lengths_that_wrap(tmp_path: Path) -> Path:
+    """4 lengths of 2**62: their int64 sum wraps to 0, the number of indices (the old reader then wrote
+    out of bounds: SIGSEGV)."""
+    import torch
+
+    return torch_file(tmp_path / "wrap.pt", (torch.zeros(0, dtype=torch.int64), torch.tensor([0]),
+                                             torch.tensor([[1 << 62] * 4])))
+
+
+def dlrm_bad_deflate(tmp_path: Path) -> Path:
+    g = gzip.compress(b"hello world" * 100)
+    p = tmp_path / "deflate.pt.gz"
+    p.write_bytes(g[:10] + b"\xff\xff\xff\xff" + g[14:])
+    return p
+
+
+def dlrm_expanded_lengths(tmp_path: Path) -> Path:
+    """A 2 KB file whose lengths are a stride-0 view of shape (8, 2**28): a copy of them is 16 GiB."""
+    import torch
+
+    lengths = torch.zeros(1, dtype=torch.int64).expand(8, 1 << 28)
+    empty = torch.zeros(0, dtype=torch.int64)
+    return torch_file(tmp_path / "expand.pt", (empty, torch.zeros(1, dtype=torch.int64), lengths))
+
+
+def dlrm_numpy_pickle(tmp_path: Path) -> Path:
+    """numpy arrays in the pickle: torch's weights-only loader refuses them with a message of several
+    lines, ANSI codes and advice to load with weights_only=False."""
+    return torch_file(tmp_path / "np.pt", (np.arange(3), np.arange(2), np.ones((1, 1), dtype=np.int64)))
+
+
+def text_long_integer(tmp_path: Path) -> Path:
+    p = tmp_path / "long.trace"
+    p.write_text("0 1\n1 " + "9" * 5000 + "\n")
+    return p
+
+
+def text_huge_sample(tmp_path: Path) -> Path:
+    p = tmp_path / "huge.trace"
+    p.write_text("1 2 0\n1 3 1\n1 4 99999999999999999999\n1 5 3\n")
+    return p
+
+
+HOSTILE = {
+    "DLRM lengths whose sum wraps": (dlrm_lengths_that_wrap, "wrap.pt: a length of 4611686018427387904, more "
+                                     "than the 0 indices"),
+    "DLRM bad deflate stream": (dlrm_bad_deflate, "deflate.pt.gz: corrupt gzip (Error -3"),
+    "DLRM expanded lengths": (dlrm_expanded_lengths, "expand.pt: lengths is a view of 2,147,483,648 values "
+                              "over 1 stored ones"),
+    "DLRM pickle of numpy arrays": (dlrm_numpy_pickle, "np.pt: not a torch file (UnpicklingError: "
+                                    "Unsupported global"),
+    "text 5000-digit integer": (text_long_integer, "long.trace:2: row 999999999999... (5,000 digits) is out "
+                                "of range 0..1099511627775"),
+    "text sample past int64": (text_huge_sample, "huge.trace:3: sample 99999999999999999999 outside "
+                               "0..9223372036854775807"),
+}
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_files_are_one_line(tmp_path: Path, case: str) -> None:
+    make, message = HOSTILE[case]
+    path = make(tmp_path)
+    r = recmg("trace", "stats", "--no-sim", path.name, cwd=tmp_path, memory=4 << 30)
+    assert_one_line_error(r, "recmg trace: error: ", message)
+    assert "\x1b" not in r.stderr and "weights_only" not in r.stderr  # no ANSI codes, no unsafe advice
+    with pytest.raises(TraceError, match=re.escape(message)):
+        open_trace(path)
+
+
+def test_torch_reasons_are_one_clean_line() -> None:
+    from recmgd.trace.dlrm import torch_reason
+
+    exc = RuntimeError("Weights only load failed. In PyTorch 2.6, we changed the default value of the "
+                       "`weights_only` argument. Re-running `torch.load` with `weights_only` set to `False` "
+                       "will likely succeed. Do it only if you got the file from a trusted source.\n"
+                       "\x1b[1mPlease file an issue\x1b[0m: WeightsUnpickler error: \n\n"
+                       "Unsupported operand 49\n\nCheck the documentation of torch.load")
+    assert torch_reason(exc) == "RuntimeError: Unsupported operand 49"
+    assert torch_reason(RuntimeError("Re-run with weights_only=False\x1b[0m")) == \
+        "RuntimeError: refused by the weights-only loader"
+    assert torch_reason(ValueError("bad\tbyte\x07here\nsecond line")) == "ValueError: bad byte here"
+
+
+def test_convert_to_text_refuses_empty_samples(tmp_path: Path) -> None:
+    """Text cannot hold an empty sample (a sample is the lines of one sample value): converting a trace
+    with some to text is refused, naming how many, and nothing is written (it was dropped silently)."""
+    keys = make_keys(np.zeros(4, np.int64), np.array([1, 2, 1, 2]))
+    write_binary(Trace(keys, np.array([0, 0, 1, 1, 2, 2, 3, 3, 4], dtype=np.int64)), tmp_path / "alt.bin")
+    r = recmg("trace", "convert", "alt.bin", "alt.txt", cwd=tmp_path)
+    assert_one_line_error(r, "recmg trace: error: alt.txt: 4 of the trace's 8 samples are empty", "binary")
+    assert not (tmp_path / "alt.txt").exists()
+    r = recmg("trace", "convert", "alt.bin", "alt2.bin", cwd=tmp_path)
+    assert r.returncode == 0 and "4 lookups, 8 samples (binary)" in r.stdout, r.stderr
+    assert open_trace(tmp_path / "alt2.bin").sample_offsets.tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4]

@@ -126,6 +126,8 @@ FRACTION = number(0.0, 1.0, lo_open=True)
 BYTES = integer(1, 1 << 40)
 #: CSV logs: rows a table that values hash to
 TABLE_SIZE = count(1, MAX_ROWS)
+#: steps whose rows are known ahead (sim --lookahead; more than a trace's steps: all of them, the same)
+LOOKAHEAD = integer(0, 1 << 40)
 
 
 def _probe(folder: Path, flag: str, path: str) -> None:

@@ -26,6 +26,7 @@ import sys
 from recmgd.cli.argtypes import (
     BYTES,
     EPOCHS,
+    LOOKAHEAD,
     SEED,
     STEP_BATCH,
     TABLE_SIZE,
@@ -37,9 +38,9 @@ from recmgd.cli.argtypes import (
 from recmgd.errors import TraceError
 from recmgd.models.train_config import TrainStepsError, too_few_steps
 from recmgd.policy import MAX_REGION
-from recmgd.sim import SimResult, format_table, simulate
+from recmgd.sim import format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
-from recmgd.sim.results import format_pivot
+from recmgd.sim.results import METRICS, format_pivot
 from recmgd.sim.runner import check_policies, unique_rows
 from recmgd.trace import open_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
@@ -57,13 +58,11 @@ def _floats(text: str) -> list[float]:
     return out
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        out = [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}") from None
-    if not out or any(v < 0 for v in out):
-        raise argparse.ArgumentTypeError(f"lookahead steps must be >= 0: {text!r}")
+def _lookaheads(text: str) -> list[int]:
+    """A comma-separated list of LOOKAHEAD values (each one's error names it and the range)."""
+    out = [LOOKAHEAD(x) for x in text.split(",") if x.strip()]
+    if not out:
+        raise argparse.ArgumentTypeError(f"not a list of integers: {text!r}")
     return out
 
 
@@ -82,7 +81,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefetch-min-accuracy", type=number(0.0, 1.0), default=None, metavar="A",
                         help="recmg's prefetcher is throttled while fewer than this share of its prefetches "
                              "are read (default 0.25; 0: never)")
-    parser.add_argument("--lookahead", type=_ints, default=[0], metavar="L[,L...]",
+    parser.add_argument("--lookahead", type=_lookaheads, default=[0], metavar="L[,L...]",
                         help="steps whose rows are known ahead (a serving queue); the driver fills them "
                              "within --prefetch-budget rows a step (default 0)")
     parser.add_argument("--region", type=integer(1, MAX_REGION), default=8,
@@ -141,9 +140,9 @@ def _model_problem(model_dir: str | None, names: list[str], page_names: list[str
 
 def main(args: argparse.Namespace) -> int:
     names = [n.strip() for n in args.policies.split(",") if n.strip()]
-    if args.pivot and args.pivot not in SimResult.__dataclass_fields__:
-        print(f"recmg sim: --pivot {args.pivot}: not a metric (known: "
-              f"{', '.join(SimResult.__dataclass_fields__)})", file=sys.stderr)
+    if args.pivot and args.pivot not in METRICS:
+        print(f"recmg sim: --pivot {args.pivot}: not a numeric metric (known: {', '.join(METRICS)})",
+              file=sys.stderr)
         return 2
     page_names = [n.strip() for n in args.pages.split(",") if n.strip()]
     if args.lookahead != [0] and args.delay != 1:

@@ -363,6 +363,9 @@ def drive_lookahead(policy: Policy, steps: Steps, capacity: int, warm_steps: int
     if lookahead < 0 or budget < 0:
         raise ValueError(f"lookahead and budget must be >= 0, got {lookahead} and {budget}")
     warm_steps = max(0, min(warm_steps, len(steps)))
+    # L past the last step announces what L = the number of steps does (every step ahead); clamped, the
+    # step arithmetic (b + L, in int64 in C) cannot overflow, whatever L was asked for
+    window = min(lookahead, max(len(steps), 1))
     prepare(policy, steps, capacity, warm_steps)
     if policy.needs_future:
         policy.set_future(steps)
@@ -370,9 +373,11 @@ def drive_lookahead(policy: Policy, steps: Steps, capacity: int, warm_steps: int
     if path == "native" and not native:
         raise ValueError(f"policy {policy.name!r} has no native step function")
     if native:
-        return _drive_lookahead_native(policy, steps, capacity, warm_steps, lookahead, budget)  # type: ignore[arg-type]
-    drv = LookaheadDriver(steps, capacity, lookahead, budget)
-    return drv.run(policy, warm_steps)
+        c = _drive_lookahead_native(policy, steps, capacity, warm_steps, window, budget)  # type: ignore[arg-type]
+    else:
+        c = LookaheadDriver(steps, capacity, window, budget).run(policy, warm_steps)
+    c.lookahead = lookahead  # the L asked for (results name runs by it)
+    return c
 
 
 def _drive_lookahead_native(policy: NativePolicy, steps: Steps, capacity: int, split: int, lookahead: int,

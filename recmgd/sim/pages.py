@@ -46,12 +46,30 @@ DEFAULT_PAGE_BYTES = PAGE_BYTES
 PAGE_SUFFIX = "@page"
 
 
+#: the largest row or page size page_keys takes (recmg's --row-bytes and --page-bytes allow as much)
+MAX_BYTES = 1 << 40
+_SPLIT = 20  # page_index's split of row_bytes: each part times a row (< 2**40) fits int64
+
+
 def page_keys(keys: np.ndarray, row_bytes: int, page_bytes: int = DEFAULT_PAGE_BYTES) -> np.ndarray:
     """The key (table << 40 | page index within the table's region) of the page holding each row."""
     _check_sizes(row_bytes, page_bytes)
     keys = np.asarray(keys, dtype=np.int64)
-    rows = keys & ROW_MASK
-    return ((keys >> ROW_BITS) << ROW_BITS) | (rows * row_bytes // page_bytes)
+    return ((keys >> ROW_BITS) << ROW_BITS) | page_index(keys & ROW_MASK, row_bytes, page_bytes)
+
+
+def page_index(rows: np.ndarray, row_bytes: int, page_bytes: int) -> np.ndarray:
+    """``rows * row_bytes // page_bytes`` exactly for rows in 0..2**40-1 (int64), though the product
+    does not fit int64 for rows of more than 8 MiB: a whole number of rows a page divides; else the
+    product is split, ``row_bytes = hi * 2**20 + lo``, and divided in two parts that fit."""
+    rows = np.asarray(rows, dtype=np.int64)
+    if page_bytes % row_bytes == 0:
+        return rows // (page_bytes // row_bytes)
+    if row_bytes <= ((1 << 63) - 1) // (ROW_MASK + 1):
+        return rows * row_bytes // page_bytes
+    hi, lo = divmod(row_bytes, 1 << _SPLIT)  # hi <= 2**20, lo < 2**20
+    q, r = np.divmod(rows * hi, page_bytes)  # rows * hi < 2**60; r < page_bytes <= 2**40
+    return (q << _SPLIT) + ((r << _SPLIT) + rows * lo) // page_bytes  # each term < 2**60
 
 
 def _check_sizes(row_bytes: int, page_bytes: int) -> None:
@@ -60,6 +78,8 @@ def _check_sizes(row_bytes: int, page_bytes: int) -> None:
     if row_bytes > page_bytes:
         raise ValueError(f"rows of {row_bytes} bytes span several pages of {page_bytes}: page granularity "
                          "needs rows no larger than a page")
+    if page_bytes > MAX_BYTES:
+        raise ValueError(f"pages of {page_bytes} bytes: at most {MAX_BYTES}")
 
 
 def to_pages(steps: Steps, row_bytes: int, page_bytes: int = DEFAULT_PAGE_BYTES) -> tuple[Steps, np.ndarray]:

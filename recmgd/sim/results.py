@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from recmgd.sim.driver import Counters
@@ -65,6 +65,10 @@ class SimResult:
         return asdict(self)
 
 
+#: the numeric fields of a result: what --pivot can show in its cells
+METRICS = tuple(f.name for f in fields(SimResult) if f.type in ("int", "float", "float | None"))
+
+
 COLUMNS = [("trace", "trace", "{}"), ("policy", "policy", "{}"), ("fraction", "frac", "{:.2f}"),
            ("capacity", "capacity", "{:,}"), ("lookups", "lookups", "{:,}"),
            ("on_demand", "on_demand", "{:,}"), ("hit_rate", "hit_rate", "{:.4f}"),
@@ -100,7 +104,10 @@ def format_table(results: list[SimResult], markdown: bool = False) -> str:
 
 
 def format_pivot(results: list[SimResult], metric: str = "on_demand", markdown: bool = False) -> str:
-    """One row per (trace, fraction, capacity), one column per policy, cells = ``metric``."""
+    """One row per (trace, fraction, capacity), one column per policy, cells = ``metric`` (one of
+    METRICS; ValueError for another)."""
+    if metric not in METRICS:
+        raise ValueError(f"not a metric: {metric!r} (known: {', '.join(METRICS)})")
     policies: list[str] = []
     rows: dict[tuple[str, float, int], dict[str, Any]] = {}
     for r in results:

@@ -41,29 +41,29 @@ def fnv1a64(text: str) -> int:
 
 def sniff_csv(path: str | Path) -> bool:
     """Does the first line look like a comma/tab separated log (not a whitespace trace)? A line of two
-    or three integers, or a comment, is the text format whatever whitespace separates them (a tab
-    too); a log's line has more fields (Criteo's 40) or a header."""
+    or three integers (a ``#`` comment after them may hold commas), a comment or a blank line is the
+    text format whatever whitespace separates the integers (a tab too); a log's line has more fields
+    (Criteo's 40) or a header. A UTF-8 byte order mark is no part of the line."""
     try:
-        with open(path, encoding="utf-8", errors="replace") as fh:
+        with open(path, encoding="utf-8-sig", errors="replace") as fh:
             first = fh.readline()
     except OSError:
         return False
-    if first.lstrip().startswith("#"):
+    if is_text_line(first):
         return False
-    if "," in first:
-        return True
-    return "\t" in first and not is_text_line(first)
+    return "," in first or "\t" in first
 
 
 def read_csv_log(path: str | Path, table_size: int = DEFAULT_TABLE_SIZE) -> Trace:
-    """Read a Criteo/Avazu log into a trace (one sample per data row). A file that is not UTF-8, not
-    CSV, or has rows of the wrong width is a TraceError naming file and line."""
+    """Read a Criteo/Avazu log into a trace (one sample per data row; UTF-8, a byte order mark skipped).
+    A file that is not UTF-8, not CSV, or has rows of the wrong width is a TraceError naming file and
+    line."""
     path = str(path)
     if not 1 <= table_size <= MAX_ROWS:
         raise TraceError(f"{path}: table size {table_size} outside 1..{MAX_ROWS}")
     check_file(path)
     try:
-        fh = open(path, encoding="utf-8", newline="")
+        fh = open(path, encoding="utf-8-sig", newline="")  # a byte order mark is no part of the header
     except OSError as exc:
         raise TraceError(f"{path}: cannot open ({exc.strerror})") from None
     try:

@@ -4,12 +4,12 @@ Rows are generated in blocks of ``block_rows`` fresh rows. Each row's reuse coun
 Meta 2021 distribution (rows per bin of the reuse-count histogram; the bins the published histogram
 rounds to 0.000 are filled in from its lookup ratios, so the mean is ~7 uses per row as published),
 uniformly within its bin. A row's uses are laid out around a random point of its block with
-log-normal gaps (median ``gap`` lookups, spread ``sigma``), which gives short and long reuse, and
-the block's uses are spread over ``spread`` block lengths (so blocks overlap and the cache sees many
-blocks' rows at once) and emitted in time order. Every row's uses are all emitted, so every count is
-exact whatever the length: the histogram matches for any number of tables and lookups. A row's
-table is uniform over ``tables``; row ids are a bijective scramble of a per-table counter (like
-hashed production ids). Memory is constant in the length (``spread`` blocks at a time).
+log-normal gaps (median ``gap`` lookups, spread ``sigma``; at most ``MAX_GAP``), which gives short and
+long reuse, and the block's uses are spread over ``spread`` block lengths (so blocks overlap and the
+cache sees many blocks' rows at once) and emitted in time order. Every row's uses are all emitted, so
+every count is exact whatever the length: the histogram matches for any number of tables and lookups.
+A row's table is uniform over ``tables``; row ids are a bijective scramble of a per-table counter
+(like hashed production ids). Memory is constant in the length (``spread`` blocks at a time).
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ MAX_BLOCK_ROWS = 1 << 22
 #: the most lookups a trace (int64 offsets), and lookups a table a sample (tables x pooling fits int64)
 MAX_LOOKUPS = (1 << 62) - 1
 MAX_POOLING = 1 << 40
+#: a longer gap between a row's uses is drawn as this one (more lookups than a trace holds: never again)
+MAX_GAP = float(1 << 62)
 
 
 def bin_bounds() -> list[tuple[int, int]]:
@@ -152,6 +154,7 @@ def _block(cfg: SynthConfig, rng: np.random.Generator, probs: np.ndarray, bounds
     centre = rng.random(n_rows) * window
     first = np.repeat(np.cumsum(counts) - counts, counts)
     gaps = rng.lognormal(np.log(cfg.gap), cfg.sigma, size=length)
+    np.minimum(gaps, MAX_GAP, out=gaps)  # a huge sigma or gap draws inf: no inf - inf (NaN) below
     gaps[first] = 0.0
     seg = np.cumsum(gaps)
     seg -= seg[first]  # each row's uses start at its centre

@@ -25,6 +25,12 @@ log = logging.getLogger(__name__)
 
 BLOCK_LINES = 1 << 20
 _INT = re.compile(r"[+-]?[0-9]+")
+#: the largest sample value (int64)
+MAX_SAMPLE = (1 << 63) - 1
+_FIELDS = (("table", MAX_TABLES - 1), ("row", MAX_ROWS - 1), ("sample", MAX_SAMPLE))
+#: a field of more digits than this (leading zeros aside; int64 has 19) is named by its length, not its
+#: value (int() of thousands of digits passes Python's limit on them)
+_MAX_DIGITS = 100
 
 
 def is_text_line(line: str) -> bool:
@@ -45,6 +51,11 @@ def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | N
         raise TraceError(f"{path}:{lineno}: {len(body)} fields where earlier lines have {ncols}")
     if not all(_INT.fullmatch(v) for v in body):
         raise TraceError(f"{path}:{lineno}: not an integer in {line.strip()[:80]!r}")
+    for (name, hi), v in zip(_FIELDS, body, strict=False):
+        digits = len(v.lstrip("+-").lstrip("0"))
+        if digits > _MAX_DIGITS:
+            shown = v[:12] + "..."
+            raise TraceError(f"{path}:{lineno}: {name} {shown} ({digits:,} digits) is out of range 0..{hi}")
     vals = [int(v) for v in body]
     if vals[0] < 0 or vals[0] >= MAX_TABLES:
         raise TraceError(f"{path}:{lineno}: table {vals[0]} outside 0..{MAX_TABLES - 1}")
@@ -52,6 +63,8 @@ def _check_line(path: str, lineno: int, line: str, ncols: int | None) -> int | N
         raise TraceError(f"{path}:{lineno}: row {vals[1]} outside 0..{MAX_ROWS - 1}")
     if len(vals) == 3 and vals[2] < 0:
         raise TraceError(f"{path}:{lineno}: negative sample {vals[2]}")
+    if len(vals) == 3 and vals[2] > MAX_SAMPLE:
+        raise TraceError(f"{path}:{lineno}: sample {vals[2]} outside 0..{MAX_SAMPLE}")
     return len(body)
 
 
@@ -116,9 +129,28 @@ def read_text(path: str | Path) -> Trace:
     return Trace(np.ascontiguousarray(keys), offsets, str(path))
 
 
+def empty_samples(trace: Trace, chunk: int = 1 << 22) -> int:
+    """How many of the trace's samples hold no lookup (counted in chunks of the offsets)."""
+    offs = trace.sample_offsets
+    n = trace.n_samples
+    return sum(int(np.count_nonzero(np.diff(np.asarray(offs[lo:lo + chunk + 1])) == 0))
+               for lo in range(0, n, chunk))
+
+
+def check_text(trace: Trace, path: str | Path) -> None:
+    """TraceError naming ``path`` when the text format cannot hold the trace: a sample there is the run
+    of lines with one sample value, so an empty sample would be lost (and every step after it moved)."""
+    empty = empty_samples(trace)
+    if empty:
+        raise TraceError(f"{path}: {empty:,} of the trace's {trace.n_samples:,} samples are empty, which "
+                         "the text format cannot hold; write the binary format (--to binary) instead")
+
+
 def write_text(trace: Trace, path: str | Path, chunk: int = 1 << 20) -> None:
-    """Write a trace in the text format (``table row sample``); a trace without lookups as a comment
-    line, which reads back as one (an empty file is no trace: recmgd.trace.validate.check_file)."""
+    """Write a trace in the text format (``table row sample``); a trace without lookups (and samples)
+    as a comment line, which reads back as one (an empty file is no trace:
+    recmgd.trace.validate.check_file). TraceError (check_text) for a trace with empty samples."""
+    check_text(trace, path)
     samples = np.repeat(np.arange(trace.n_samples, dtype=np.int64), np.diff(trace.sample_offsets))
     with open(path, "w", encoding="ascii") as fh:
         if trace.n_lookups == 0:
