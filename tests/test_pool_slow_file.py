@@ -252,3 +252,32 @@ def test_a_bag_that_waits_is_resolved_again_whole(tmp_path: Path) -> None:
                                 "RECMG_FAULT_STOP_BEFORE_PASS2", offsets=[0, 3])
         np.testing.assert_array_equal(out, np.stack([truth[[3, 4, 3]].sum(0), truth[5]]))
         assert (st["lookups"], st["hits"], st["on_demand"]) == (4, 1, 2), st
+
+
+def test_fills_count_the_bytes_read_as_lookups_do(tmp_path: Path) -> None:
+    """A row read directly (O_DIRECT) costs the aligned span that covers it: a lookup's miss counts that
+    in the table's slow_bytes, and so does a daemon's fill of the same kind of row (it counted the row's
+    own bytes, a quarter of what it read here). The rows are a quarter of the alignment, the smallest
+    read the SSD tier makes directly."""
+    probe = Pool.create(_name(), tables=[(16, 16)], slots=4, slow=f"ssd:{tmp_path / 'probe.bin'}")
+    st = probe.stats()
+    probe.destroy()
+    if not st["direct_io"]:
+        pytest.skip(f"{tmp_path} takes no O_DIRECT reads")
+    dim = st["io_align"] // 4 // 4  # float32 rows of io_align / 4 bytes
+    p = Pool.create(_name(), tables=[(4000, dim)], slots=2000, slow=f"ssd:{tmp_path / 't.bin'}")
+    daemon = Pool.attach(p.name, role="daemon")
+    try:
+        def slow_bytes() -> int:
+            return int(p.counters()["tables"][0]["slow_bytes"])
+
+        b0 = slow_bytes()
+        p.embedding_bag(0, np.arange(1000), np.arange(1000))
+        per_lookup = (slow_bytes() - b0) / 1000
+        b1 = slow_bytes()
+        assert daemon.fill_keys(make_keys(0, np.arange(2000, 3000))) == 1000
+        per_fill = (slow_bytes() - b1) / 1000
+        assert per_lookup == per_fill == st["io_align"], (per_lookup, per_fill, st["io_align"])
+    finally:
+        daemon.close()
+        p.destroy()

@@ -347,6 +347,9 @@ typedef struct slow_req {
     uint32_t pad;
 } slow_req;
 int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read);
+/* What a read of len bytes at off costs the device, as slowio_read counts it: the aligned span that
+ * covers it when the handle reads it directly (O_DIRECT), else len. */
+uint64_t slowio_read_span(const recmg_pool *p, uint64_t off, uint32_t len);
 /* Writes the rows in order; *written: how many of them were written (all, or those before a failure). */
 int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
                       const uint8_t *src, uint64_t *written);

@@ -403,6 +403,23 @@ static int run_batch(slowio *io, io_req *rq, uint64_t n, uint64_t *bad)
     return run_preadv(rq, n, bad);
 }
 
+/* Whether a read of len bytes goes through the O_DIRECT descriptor (the rule of slowio_read), and then
+ * the aligned span [*a0, *a1) that covers [off, off + len). */
+static int direct_span(const slowio *io, uint64_t off, uint32_t len, uint64_t *a0, uint64_t *a1)
+{
+    const uint32_t A = io->align;
+    if (io->dfd < 0 || (uint64_t)len * 4 < A) return 0;
+    *a0 = off / A * A;
+    *a1 = (off + len + A - 1) / A * A;
+    return 1;
+}
+
+uint64_t slowio_read_span(const recmg_pool *p, uint64_t off, uint32_t len)
+{
+    uint64_t a0, a1;
+    return direct_span(&p->io, off, len, &a0, &a1) ? a1 - a0 : len;
+}
+
 int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_read)
 {
     slowio *io = &p->io;
@@ -413,8 +430,10 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
     for (;;) {
         uint32_t A = io->align;
         size_t bneed = 0;
-        for (uint64_t k = 0; k < n; k++)
-            if (io->dfd >= 0 && (uint64_t)r[k].len * 4 >= A) bneed += (r[k].len + A - 1) / A * A + A;
+        for (uint64_t k = 0; k < n; k++) {
+            uint64_t a0, a1;
+            if (direct_span(io, r[k].off, r[k].len, &a0, &a1)) bneed += (r[k].len + A - 1) / A * A + A;
+        }
         if (bneed > io->bounce_cap) {
             free(io->bounce);
             io->bounce = NULL;
@@ -431,8 +450,8 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
         int any_direct = 0;
         for (uint64_t k = 0; k < n; k++) {
             uint32_t len = r[k].len;
-            if (io->dfd >= 0 && (uint64_t)len * 4 >= A) {
-                uint64_t a0 = r[k].off / A * A, a1 = (r[k].off + len + A - 1) / A * A;
+            uint64_t a0, a1;
+            if (direct_span(io, r[k].off, len, &a0, &a1)) {
                 rq[k] = (io_req){.off = a0, .buf = io->bounce + bpos, .len = (uint32_t)(a1 - a0), .fd = io->dfd};
                 bpos += (len + A - 1) / A * A + A;
                 any_direct = 1;

@@ -386,8 +386,13 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         if ((int64_t)k == die_in) die_mid_publish(p, entry_of(p, key), (int32_t)s);
         entry_store(p, entry_of(p, key), (int32_t)s);
-        uint32_t tk = RECMG_KEY_TABLE(key);
-        atomic_fetch_add_explicit(&p->stab[tk].c.slow_bytes, p->tables[tk].row_bytes, memory_order_relaxed);
+        const uint32_t tk = RECMG_KEY_TABLE(key);
+        const tabdesc *t = &p->tables[tk];
+        /* what the read cost, as lookups count theirs (an O_DIRECT span, not the row) */
+        const uint64_t cost = p->slow ? t->row_bytes
+                                      : slowio_read_span(p, t->slow_off + (uint64_t)RECMG_KEY_ROW(key) * t->row_bytes,
+                                                         t->row_bytes);
+        atomic_fetch_add_explicit(&p->stab[tk].c.slow_bytes, cost, memory_order_relaxed);
     }
     bump_generation(p);
     rc = (int64_t)m;

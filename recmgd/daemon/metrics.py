@@ -44,7 +44,9 @@ TABLE_METRICS = (
     ("hint_useful", "hints_useful", "hinted rows read from the fast tier"),
     ("evictions", "evictions", "rows evicted from the fast tier"),
     ("fills", "slot_fills", "rows copied into fast-tier slots"),
-    ("slow_bytes", "slow_tier_read_bytes", "bytes read from the slow tier by fills"),
+    ("slow_bytes", "slow_tier_read_bytes",
+     "row bytes the daemon's fills copied from the slow tier (the device reads, aligned O_DIRECT spans, "
+     "are in recmgd_app_slow_bytes)"),
 )
 POOL_COUNTERS = (
     ("steps", "steps", "policy steps (app batches)"),
