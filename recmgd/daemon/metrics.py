@@ -167,7 +167,8 @@ class StatsCollector(Collector):
         for pname, st in sorted((d.get("stuck") or {}).items()):
             fam.add_metric([pname], float(st.get("for_s", 0.0)))
         yield fam
-        yield GaugeMetricFamily("recmgd_pools_skipped", "pools not served because of their owner",
+        yield GaugeMetricFamily("recmgd_pools_skipped",
+                                "pools not served (their owner, or no fast-tier slots)",
                                 value=float(len(d.get("skipped") or {})))
 
     @staticmethod
