@@ -36,8 +36,9 @@ from recmgd.daemon.control import request
 from recmgd.daemon.loop import FillBudget
 from recmgd.daemon.pages import PageDriver, PagePool
 from recmgd.daemon.service import Daemon
+from recmgd.daemon.tracker import page_records
 from recmgd.errors import ConfigError, PoolError
-from recmgd.keys import REC_BATCH_END, REC_HINT, REC_TYPE_SHIFT
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_LOOKUP, REC_TYPE_SHIFT
 
 REPO = TESTS.parent
 NATIVE = REPO / "native"
@@ -249,6 +250,99 @@ def test_row_records_become_page_records(app_pool: pool_mod.Pool) -> None:
     finally:
         drv.close()
         pages.close()
+
+
+def _touched_pages(row: int, row_bytes: int) -> list[int]:
+    """Brute force: the page of every byte of a row (each table's region starts on a page boundary)."""
+    return np.unique(np.arange(row * row_bytes, (row + 1) * row_bytes, dtype=np.int64) // PAGE).tolist()
+
+
+def _reference_page_records(recs: np.ndarray, row_bytes: list[int]) -> list[int]:
+    """Brute force of page_records over tables of these row sizes: a record per page each row touches,
+    in order; batch ends unchanged."""
+    out = []
+    for rec in recs.tolist():
+        typ, key = rec >> REC_TYPE_SHIFT, rec & ((1 << REC_TYPE_SHIFT) - 1)
+        if typ == REC_BATCH_END:
+            out.append(rec)
+            continue
+        t, r = key >> 40, key & ((1 << 40) - 1)
+        out += [(typ << REC_TYPE_SHIFT) | (t << 40) | pg for pg in _touched_pages(r, row_bytes[t])]
+    return out
+
+
+# row sizes: within a page (and across one), 2 pages aligned, 3 aligned, 3 or 4, 17 or 18, 64 aligned
+SPAN_ROW_BYTES = [400, 8192, 12288, 12000, 66000, 65536 * 4]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_page_records_give_every_page_a_row_touches(seed: int) -> None:
+    """tracker.page_records against the brute force, rows spanning 1, 2, 3 and many pages, aligned or
+    not, lookups and hints among batch ends (the old rewrite gave a row's first and last page only)."""
+    rbs = np.array(SPAN_ROW_BYTES, dtype=np.int64)
+
+    def first_last(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        t, r = keys >> 40, keys & ((1 << 40) - 1)
+        return (t << 40) | (r * rbs[t]) // PAGE, (t << 40) | ((r + 1) * rbs[t] - 1) // PAGE
+
+    rng = np.random.default_rng(seed)
+    n = 500
+    t = rng.integers(0, len(rbs), n)
+    keys = (t << 40) | rng.integers(0, 50, n)
+    types = rng.choice([REC_LOOKUP, REC_HINT, REC_BATCH_END], n, p=[0.7, 0.2, 0.1])
+    keys[types == REC_BATCH_END] = 0
+    recs = (types.astype(np.uint64) << np.uint64(REC_TYPE_SHIFT)) | keys.astype(np.uint64)
+    got = page_records(recs, first_last)
+    assert got.dtype == np.uint64
+    assert got.tolist() == _reference_page_records(recs, SPAN_ROW_BYTES)
+    # rows within one or two pages only (the common case's path), and none at all
+    small = recs[np.isin(t, [0, 1]) | (types == REC_BATCH_END)]
+    assert page_records(small, first_last).tolist() == _reference_page_records(small, SPAN_ROW_BYTES)
+    assert len(page_records(np.zeros(0, dtype=np.uint64), first_last)) == 0
+
+
+def test_rows_of_many_pages_become_every_page_they_touch() -> None:
+    """PagePool.page_keys and drain_ring on a real pool whose rows span 1 to 64 pages: every page of a
+    row is a record (a brute force over the row's bytes says which), and a policy promotes them all."""
+    dims = [b // 4 for b in SPAN_ROW_BYTES]  # float32
+    rows = [50, 6, 6, 6, 6, 4]
+    app = pool_mod.Pool.create(new_name(), tables=list(zip(rows, dims, strict=True)), slots=1,
+                               slow="numa:0", ring_records=1 << 14, threads=1)
+    drv = pages = None
+    try:
+        drv, pages = page_driver(app.name, budget_pages=512)
+        for t, rb in enumerate(SPAN_ROW_BYTES):
+            assert app.slow_pages(t) == -(-rows[t] * rb // PAGE)
+            r = np.arange(rows[t], dtype=np.int64)
+            k1, k2 = pages.page_keys((t << 40) | r)
+            assert (k1 >> 40).tolist() == (k2 >> 40).tolist() == [t] * rows[t]
+            ref = [_touched_pages(int(x), rb) for x in r]
+            assert ((k1 & 0xFFFFFFFFFF).tolist(), (k2 & 0xFFFFFFFFFF).tolist()) == \
+                ([p[0] for p in ref], [p[-1] for p in ref])
+        lookups = [(0, [0, 10, 49]), (1, [0, 5]), (2, [1]), (3, [0, 1, 5]), (4, [1, 2]), (5, [0, 3])]
+        for t, ids in lookups:
+            app.embedding_bag(t, np.array(ids), np.array([0]))
+        app.hint(3, np.array([2]))
+        app.end_batch()
+        raw = []
+        for t, ids in lookups:
+            raw += [(REC_LOOKUP << REC_TYPE_SHIFT) | (t << 40) | i for i in ids]
+        raw += [(REC_HINT << REC_TYPE_SHIFT) | (3 << 40) | 2, REC_BATCH_END << REC_TYPE_SHIFT]
+        recs = pages.drain_ring(app.ring_index, 1 << 14)
+        want = _reference_page_records(np.array(raw, dtype=np.uint64), SPAN_ROW_BYTES)
+        assert recs.tolist() == want
+        # pages per row: 1, 2, 1 | 2, 2 | 3 | 3, 4, 4 | 17, 17 | 64, 64 | the hint (12000-byte row 2) 4
+        assert len(want) == 4 + 4 + 3 + 11 + 34 + 128 + 4 + 1
+        # the auditor's case: a 12 KiB row read alone has its middle page promoted too
+        app.embedding_bag(2, np.array([0]), np.array([0]))
+        app.end_batch()
+        drv.tick()
+        assert sorted(pages.resident_keys().tolist()) == [(2 << 40) | 0, (2 << 40) | 1, (2 << 40) | 2]
+    finally:
+        if drv is not None and pages is not None:
+            drv.close()
+            pages.close()
+        app.destroy()
 
 
 def test_budget_is_never_exceeded_and_row_slots_stay_empty(app_pool: pool_mod.Pool) -> None:

@@ -49,6 +49,12 @@ from recmgd.simcore import DAEMON_LOAD, HOLDER_MOVER, IdMap, first_mask
 
 log = logging.getLogger(__name__)
 
+
+class NoSlotsError(PolicyError):
+    """The pool has no fast-tier slots (a "no-cache" pool: every row is read from the slow tier), so
+    there is nothing for a policy to manage: not a failure, the daemon skips such a pool."""
+
+
 # per-table counters the mover keeps (all int64)
 TABLE_COUNTERS = ("lookups", "unique", "hits", "on_demand", "fills", "evictions", "slow_bytes",
                   "prefetch_issued", "prefetch_useful", "prefetch_late", "hint_fetched", "hint_useful")
@@ -204,7 +210,10 @@ class ResidencyMover:
         self._pin_queue: deque[tuple[int, np.ndarray]] = deque()
 
     def set_hint_slots(self, hint_slots: int) -> None:
-        """Split the slots into the hint reserve and the policy's capacity (at least one row)."""
+        """Split the slots into the hint reserve and the policy's capacity (at least one row). A pool
+        without slots raises :class:`NoSlotsError` (nothing to manage), whatever ``hint_slots``."""
+        if self.n_slots < 1:
+            raise NoSlotsError(f"pool {self.name} has no fast-tier slots: nothing to manage")
         hs = min(int(hint_slots), self.n_slots)
         if self.n_slots - hs < 1:
             raise PolicyError(f"pool {self.name}: hint_slots {hint_slots} leaves no slot of {self.n_slots} "

@@ -11,8 +11,9 @@ One policy, two drivers: :class:`PagePool` presents a pool to the ordinary
 
 - a key is ``table << 40 | page`` (page k of table t holds bytes [k * 4096, (k + 1) * 4096) of the
   table's rows; each table's region starts on a page boundary). :meth:`PagePool.drain_ring` turns the
-  apps' row records into page records (a row that straddles two pages gives two records; a record of a
-  row outside the tables becomes a key outside them, which the driver counts as a bad record);
+  apps' row records into page records, one per page a row's bytes touch (every page from its first to
+  its last: a row across a page boundary gives two records, a 256 KiB row 64); a record of a row
+  outside the tables becomes a key outside them, which the driver counts as a bad record;
 - ``tables`` are the tables' pages (rows = pages, row_bytes = 4096), ``n_slots`` the DRAM budget in
   pages, so the policy's capacity is the budget (less ``hint_slots``, counted in pages too);
 - ``fill_keys`` promotes pages to ``fast_node``, ``evict_keys`` demotes them to the slow node;
@@ -165,8 +166,10 @@ class PagePool:
         return (t.astype(np.int64) << ROW_BITS) | (flat - self.offsets[t])
 
     def page_keys(self, row_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(page key of each row's first byte, page key of its last byte); a row outside the tables
-        gets a key outside them (table = the table count) in both."""
+        """(page key of each row's first byte, page key of its last byte), both of the row's table: the
+        row's bytes touch every page from the first to the last (recmgd.daemon.tracker.page_records
+        gives a record for each). A row outside the tables gets a key outside them (table = the table
+        count) in both."""
         t = row_keys >> ROW_BITS
         r = row_keys & ROW_MASK
         ok = (row_keys >= 0) & (t < self.n_tables)

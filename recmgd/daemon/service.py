@@ -22,6 +22,7 @@ from recmgd.daemon.config import Config, PolicyConfig, control_character, one_li
 from recmgd.daemon.control import CommandError, ControlServer
 from recmgd.daemon.loop import FillBudget, PoolDriver, create_policy
 from recmgd.daemon.metrics import MetricsServer
+from recmgd.daemon.mover import NoSlotsError
 from recmgd.daemon.notify import Notifier, set_level
 from recmgd.daemon.pages import PageDriver, PagePool, page_mode_problem
 from recmgd.daemon.record import PoolStream
@@ -37,6 +38,8 @@ RETRY_STUCK = 2.0  # seconds before a pool whose writer lock stayed held is trie
 #: a pool that failed to attach (not ready, not a pool, no policy for it) is tried again after a delay that
 #: doubles from app_check_interval up to this many seconds; a success, or a new object of that name, resets it
 ATTACH_RETRY_MAX = 30.0
+#: why a pool without fast-tier slots (a "no-cache" pool) is skipped: there is nothing to manage
+NO_SLOTS = "no fast-tier slots: nothing to manage"
 
 
 @dataclass
@@ -91,7 +94,10 @@ class Daemon:
         self._attach_backoff: dict[str, tuple[float, int | None]] = {}  # pool -> (delay, inode) of failures
         self._bad_checkpoints: dict[str, str] = {}  # pool -> its retrained checkpoint that does not load
         self.stuck: dict[str, _Stuck] = {}  # pools whose writer lock stays held by another process
-        self.skipped: dict[str, str] = {}  # pools not served (owner), and why
+        self.skipped: dict[str, str] = {}  # pools not served (owner, no slots), and why
+        # pools skipped for having no fast-tier slots -> the inode of that object (looked at again only
+        # when the object changes, or at a reload)
+        self._no_slots: dict[str, int | None] = {}
         self._served = self.cfg.served_ids()
         self.last_reload_error: str | None = None
         self.reloads = 0
@@ -173,7 +179,7 @@ class Daemon:
                 log.warning("pool %s: skipped: %s", name, problem)
                 self.skipped[name] = problem
             return False
-        self.skipped.pop(name, None)
+        prev_skip = self.skipped.pop(name, None)
         run_name, run_pc = pc.name, pc
         try:
             if pc.retrain_every:  # the last retrained checkpoint, if any (and if it loads)
@@ -216,6 +222,10 @@ class Daemon:
             pool.close()
             self._mark_stuck(name, exc)
             return False
+        except NoSlotsError:  # a "no-cache" pool: not a failure, and not tried again until it changes
+            pool.close()
+            self._skip_no_slots(name, inode, prev_skip)
+            return False
         except Exception as exc:  # noqa: BLE001 - one pool's failure must not stop the others
             pool.close()
             self._attach_failed(name, "cannot drive it", str(exc), logging.ERROR, inode)
@@ -255,6 +265,19 @@ class Daemon:
             log.info("pool %s attached: %d tables, %d slots, %d resident", name, driver.n_tables,
                      driver.n_slots, driver.resident_count())
         return True
+
+    def _skip_no_slots(self, name: str, inode: int | None, prev_skip: str | None) -> None:
+        """A pool without fast-tier slots: skipped (``skipped`` says why; logged once, at INFO) and not
+        attached again until its object changes (another inode) or the configuration is reloaded."""
+        self.skipped[name] = NO_SLOTS
+        self._no_slots[name] = inode
+        self._attach_errors.pop(name, None)
+        self._attach_backoff.pop(name, None)
+        self._retry_after.pop(name, None)
+        self.stuck.pop(name, None)
+        if prev_skip != NO_SLOTS:
+            log.info("pool %s has no fast-tier slots: nothing to manage (skipped until its object changes)",
+                     name)
 
     def _attach_failed(self, name: str, what: str, msg: str, level: int, inode: int | None) -> None:
         """A pool failed to attach: tried again after a delay that doubles from app_check_interval up to
@@ -339,9 +362,12 @@ class Daemon:
                     self._detach(name, f"skipped: {problem}")
         wanted = discover_pools(self.cfg.pools)
         present = set(wanted)
-        for table in (self.stuck, self.skipped, self._attach_backoff, self._retry_after):
+        for table in (self.stuck, self.skipped, self._attach_backoff, self._retry_after, self._no_slots):
             for name in [n for n in table if n not in present]:
                 del table[name]
+        for name, ino in list(self._no_slots.items()):
+            if name not in self.pools and _shm_inode(name) != ino:  # a new object: looked at again
+                del self._no_slots[name]
         for name, (_, ino) in list(self._attach_backoff.items()):
             if name not in self.pools and _shm_inode(name) != ino:  # a new object: no more waiting
                 del self._attach_backoff[name]
@@ -352,6 +378,8 @@ class Daemon:
                 if name not in self.skipped:
                     log.warning("pool %r: skipped: its name holds a control character", name)
                     self.skipped[name] = "its name holds a control character"
+                continue
+            if name in self._no_slots:  # nothing to manage (the same object as when it was skipped)
                 continue
             if name not in self.pools and self._retry_after.get(name, 0.0) <= now:
                 self._attach(name)
@@ -624,6 +652,7 @@ class Daemon:
         for name in self._attach_backoff:  # a new configuration: the pools that failed are tried now
             self._retry_after.pop(name, None)
         self._attach_backoff.clear()
+        self._no_slots.clear()  # and the pools without slots looked at again (logged again only if changed)
         self._discover()
 
     def _close_retired(self) -> None:

@@ -111,9 +111,11 @@ def ring_field(info: Any, name: str, default: int = 0) -> int:
 
 def page_records(recs: np.ndarray, page_keys: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]]
                  ) -> np.ndarray:
-    """Ring records with row keys turned into page keys: ``page_keys(rows)`` gives (page of a row's first
-    byte, page of its last byte). A row across a page boundary gives two records, its second page right
-    after its first; batch boundaries pass unchanged."""
+    """Ring records with row keys turned into page keys: ``page_keys(rows)`` gives (page key of a row's
+    first byte, page key of its last byte), both of the row's table. A row gives one record per page its
+    bytes touch, every page from its first to its last in order (a row within one page one record, a
+    row across a page boundary two, a row of 64 KiB at least 16), each record of its type; batch
+    boundaries pass unchanged."""
     recs = np.asarray(recs, dtype=np.uint64)
     if not len(recs):
         return recs
@@ -122,13 +124,23 @@ def page_records(recs: np.ndarray, page_keys: Callable[[np.ndarray], tuple[np.nd
     keys = (recs & REC_KEY_MASK).astype(np.int64)
     k1, k2 = page_keys(keys)
     out1 = np.where(keyed, (types << REC_TYPE_SHIFT) | k1.astype(np.uint64), recs)
-    two = keyed & (k2 != k1)
-    if not two.any():
+    # pages after the first of each row (0 for a batch end, and for a row outside the tables: k1 == k2)
+    more = k2 - k1
+    more *= keyed
+    if not more.any():  # every row within one page (the common case)
         return out1
-    reps = np.where(two, 2, 1)
-    out = np.repeat(out1, reps)
-    second = np.cumsum(reps)[two] - 1
-    out[second] = (types[two] << REC_TYPE_SHIFT) | k2[two].astype(np.uint64)
+    multi = np.flatnonzero(more > 0)
+    m = more[multi]
+    out = np.repeat(out1, more + 1)
+    # where each such row's second page goes: the row's position in out, plus one
+    pos = (np.cumsum(more)[multi] - m) + multi + 1
+    if len(m) == int(m.sum()):  # every such row spans two pages (the common case): one record each
+        out[pos] = out1[multi] + np.uint64(1)
+        return out
+    # runs of m[i] records (pages first + 1 .. first + m[i]): an offset 0 .. m[i] - 1 within each run
+    run_start = np.cumsum(m) - m
+    off = np.arange(int(m.sum()), dtype=np.int64) - np.repeat(run_start, m)
+    out[np.repeat(pos, m) + off] = np.repeat(out1[multi], m) + (off + 1).astype(np.uint64)
     return out
 
 
