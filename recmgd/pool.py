@@ -924,6 +924,12 @@ class Pool:
         return self._check(lib.recmg_repairs(self._handle))
 
     @_native
+    def repair(self) -> bool:
+        """If the writer lock's holder is dead, take it over and repair the fast tier now (never waits
+        for a live holder); whether it repaired."""
+        return bool(self._check(lib.recmg_repair(self._handle)))
+
+    @_native
     def writer_holder(self) -> int:
         """The pid of the live process holding the pool's writer lock, 0 when it is free (or its holder
         is dead: the next write takes it over). Never waits."""

@@ -298,19 +298,23 @@ for call in (lambda: d.fill_keys(make_keys(0, np.arange(ROWS))), d.free_slots, d
     except PoolError as e:
         print("error:", e, flush=True)
     os.environ.pop("RECMG_FAULT_STOP_IN_FILL", None)
+print("waiting", flush=True)
+sys.stdin.readline()
 d.close()
 print("alive", flush=True)
 """.replace("ROWS", str(ROWS))
 
 
 def test_daemon_survives_a_shrink_during_a_call(ssd_pool: tuple[Pool, Path]) -> None:
-    """The owner truncates the object while a daemon's fill runs (stopped inside it, after the check that
-    a call starts with): the fill faults past the object's new end. The daemon's SIGBUS guard maps zero
-    pages there: the call and every later one fail with one line, and the daemon lives on (it died of
-    SIGBUS)."""
+    """The owner truncates the object while a daemon's fill runs (stopped inside it, holding the writer
+    lock, after the check that a call starts with): the fill faults past the object's new end. The
+    daemon's SIGBUS guard maps zero pages there: the call and every later one fail with one line, and
+    the daemon lives on (it died of SIGBUS). The writer lock the fill held is handed on through the
+    object's descriptor (its unlock went to the zero pages): while the daemon still runs, the pool's
+    other writers take it over (it was held by the live daemon for good)."""
     p, _ = ssd_pool
-    child = subprocess.Popen([sys.executable, "-c", _SHRINK_CHILD, p.name], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen([sys.executable, "-c", _SHRINK_CHILD, p.name], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     size = (SHM / p.name).stat().st_size
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "attached"
@@ -320,7 +324,17 @@ def test_daemon_survives_a_shrink_during_a_call(ssd_pool: tuple[Pool, Path]) -> 
             time.sleep(0.01)
         os.truncate(SHM / p.name, 4096)
         child.send_signal(signal.SIGCONT)
-        out, err = child.communicate(timeout=60)
+        lines = []
+        while not lines or lines[-1] != "waiting":
+            line = child.stdout.readline()
+            assert line, (child.wait(), child.stderr.read() if child.stderr else "")
+            lines.append(line.strip())
+        os.truncate(SHM / p.name, size)
+        assert child.poll() is None and p.writer_holder() == 0  # (the daemon is alive)
+        p.set_lock_timeout(50)
+        p.write_rows(0, np.arange(4), np.zeros((4, DIM), np.float32))  # takes the lock over
+        out, err = child.communicate("\n", timeout=60)
+        out = "\n".join(lines) + "\n" + out
     finally:
         if child.poll() is None:
             child.kill()
@@ -328,18 +342,22 @@ def test_daemon_survives_a_shrink_during_a_call(ssd_pool: tuple[Pool, Path]) -> 
         os.truncate(SHM / p.name, size)  # the creator's handle (this process) maps it too
     assert child.returncode == 0, (child.returncode, out, err)
     lines = out.strip().splitlines()
-    assert lines[-1] == "alive" and len(lines) == 6, out
+    assert lines[-2:] == ["waiting", "alive"] and len(lines) == 7, out
     for line in lines[:5]:
         assert line.startswith(f"error: pool '{p.name}' faulted under this handle (SIGBUS: the object"), out
 
 
-def test_a_fault_outside_the_pools_is_not_swallowed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("before", ["default", "ignored"])
+def test_a_fault_outside_the_pools_is_not_swallowed(before: str, tmp_path: Path) -> None:
     """The guard handles faults in a daemon's pool mappings only: a SIGBUS anywhere else in the process
-    (here a mapped file truncated under it) still ends the process as it would without the guard."""
+    (here a mapped file truncated under it) still ends the process as it would without the guard, also
+    when SIGBUS was ignored before (the kernel kills for a fault all the same; the guard spun on it)."""
     name = _name()
     code = f"""
-import mmap, os
+import mmap, os, signal
 from recmgd.pool import Pool
+if {before == "ignored"}:
+    signal.signal(signal.SIGBUS, signal.SIG_IGN)
 creator = Pool.create({name!r}, tables=[(16, 16)], slots=4)
 d = Pool.attach({name!r}, role="daemon")
 f = os.open({str(tmp_path / "f")!r}, os.O_RDWR | os.O_CREAT)
@@ -352,8 +370,30 @@ m[40000]
 print("survived", flush=True)
 """
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
     finally:
         (SHM / name).unlink(missing_ok=True)
     assert r.returncode == -signal.SIGBUS, (r.returncode, r.stdout, r.stderr)
     assert r.stdout.strip() == "reading"
+
+
+def test_page_calls_and_ring_release_check_the_object(tmp_path: Path) -> None:
+    """The daemon's page-mode calls (they read the slow tier's pages in the mapping), read_rows and a
+    ring's release check the object like the other daemon calls: a shrunk object is one line each
+    (they returned -EFAULT statuses, garbage nodes or success)."""
+    p = Pool.create(_name(), tables=[(4096, 16)], slots=64, slow="numa:0")
+    daemon = Pool.attach(p.name, role="daemon")
+    size = (SHM / p.name).stat().st_size
+    try:
+        os.truncate(SHM / p.name, size - 65536)
+        calls = [lambda: daemon.slow_pages(0), lambda: daemon.slow_page_nodes(0, [0, 1]),
+                 lambda: daemon.move_slow_pages(0, [0], 0), lambda: daemon.slow_nodes(0, [0]),
+                 lambda: daemon.move_slow_rows(0, 0, 1, 0), lambda: daemon.read_rows(0, [0]),
+                 lambda: daemon.release_ring(0)]
+        for call in calls:
+            with pytest.raises(PoolError, match="shrank to"):
+                call()
+    finally:
+        os.truncate(SHM / p.name, size)
+        daemon.close()
+        p.destroy()

@@ -222,6 +222,10 @@ int64_t recmg_writer_holder(recmg_pool *pool);
  * middle of a change, copies a writer dropped): a daemon that sees it change rebuilds its record of what
  * is resident from recmg_resident_keys. Never waits. */
 int64_t recmg_repairs(recmg_pool *pool);
+/* If the writer lock's holder is dead, take the lock over and repair the fast tier now (never waits for
+ * a live holder): 1 when it repaired, 0 when there was nothing to do. A daemon calls it periodically,
+ * so that a writer that died inside write_rows leaves its table's copies for no longer than that. */
+int64_t recmg_repair(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);

@@ -5,13 +5,15 @@
  * store in the lost range raises SIGBUS, whose default action kills the daemon and with it every
  * pool it serves. shm_intact() finds a shrink before a call starts, but not one made during the call.
  *
- * So each daemon-role handle registers its mapping here, and a SIGBUS handler, installed with the
- * first registration, looks the faulting address up: inside a registered mapping, it maps anonymous
- * zero pages over the whole mapping (MAP_FIXED: the instruction that faulted then runs on them) and
- * marks the registration lost; the call finishes on zeros, and busguard_lost() makes the handle's
- * calls from then on fail with one line (shm_intact), so the daemon detaches the pool. A fault
- * anywhere else goes to the handler that was there before (or the default action: the process dies
- * of SIGBUS as it would have).
+ * So each daemon-role handle registers its mapping here, and a SIGBUS handler, installed by a
+ * registration that does not find it in place, looks the faulting address up: inside a registered
+ * mapping, it maps anonymous zero pages over the whole mapping (MAP_FIXED | MAP_NORESERVE: the
+ * instruction that faulted then runs on them) and marks the registration lost; the call finishes on
+ * zeros, and busguard_lost() makes the handle's calls from then on fail with one line (shm_intact),
+ * so the daemon detaches the pool; a writer lock the call held is handed on through the object's
+ * descriptor (writer.c, release_lost_lock). A fault anywhere else goes to the handler that was there
+ * before, or gets the default action (the process dies of SIGBUS as it would have; as the kernel
+ * does for a fault, also when SIGBUS was ignored).
  *
  * This is the library's only process-wide mutable state beyond the layout: a signal handler can find
  * the mappings no other way. Registrations are a fixed table of atomics, written under a mutex,
@@ -36,26 +38,30 @@ typedef struct {
 
 static busguard_slot slots[BUSGUARD_MAX];
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct sigaction previous; /* the SIGBUS action before ours (written once, before ours runs) */
-static int installed;
+static struct sigaction previous; /* the SIGBUS action before ours (written under slots_lock) */
 
 static void pass_on(int sig, siginfo_t *si, void *uc)
 {
     if (previous.sa_flags & SA_SIGINFO) {
-        if (previous.sa_sigaction) previous.sa_sigaction(sig, si, uc);
+        if (previous.sa_sigaction) {
+            previous.sa_sigaction(sig, si, uc);
+            return;
+        }
+    } else if (previous.sa_handler == SIG_IGN && si->si_code <= 0) {
+        return; /* a sent SIGBUS, ignored as before */
+    } else if (previous.sa_handler != SIG_DFL && previous.sa_handler != SIG_IGN) {
+        previous.sa_handler(sig);
         return;
     }
-    if (previous.sa_handler == SIG_IGN) return;
-    if (previous.sa_handler == SIG_DFL) { /* die of it, as without us: the fault repeats, or the raise lands */
+    { /* the default action (the kernel applies it to a fault even when SIGBUS is ignored): die of it, as
+       * without us: the fault repeats, or the raise lands */
         struct sigaction dfl;
         memset(&dfl, 0, sizeof dfl);
         dfl.sa_handler = SIG_DFL;
         sigemptyset(&dfl.sa_mask);
         sigaction(sig, &dfl, NULL);
         if (si->si_code <= 0) raise(sig);
-        return;
     }
-    previous.sa_handler(sig);
 }
 
 static void on_sigbus(int sig, siginfo_t *si, void *uc)
@@ -68,7 +74,8 @@ static void on_sigbus(int sig, siginfo_t *si, void *uc)
             size_t n = atomic_load_explicit(&slots[i].len, memory_order_relaxed);
             if (a - b >= n) continue;
             int saved = errno;
-            void *m = mmap((void *)b, n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0);
+            void *m = mmap((void *)b, n, PROT_READ | PROT_WRITE,
+                           MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
             errno = saved;
             if (m == MAP_FAILED) break; /* cannot repair it: as if we were not here */
             atomic_store_explicit(&slots[i].lost, 1, memory_order_release);
@@ -82,14 +89,19 @@ int busguard_add(void *base, size_t len)
 {
     pthread_mutex_lock(&slots_lock);
     int rc = -1;
-    if (!installed) {
+    /* installed at each registration unless it is ours already: a handler set after ours (Python's
+     * faulthandler enabled later, say) becomes the one passed on to, and the guard is back */
+    struct sigaction cur;
+    if (sigaction(SIGBUS, NULL, &cur) != 0) goto out;
+    if (!(cur.sa_flags & SA_SIGINFO) || cur.sa_sigaction != on_sigbus) {
         struct sigaction sa;
         memset(&sa, 0, sizeof sa);
         sa.sa_sigaction = on_sigbus;
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
         sigemptyset(&sa.sa_mask);
-        if (sigaction(SIGBUS, &sa, &previous) != 0) goto out;
-        installed = 1;
+        struct sigaction before;
+        if (sigaction(SIGBUS, &sa, &before) != 0) goto out;
+        previous = before;
     }
     for (int i = 0; i < BUSGUARD_MAX; i++) {
         if (atomic_load_explicit(&slots[i].base, memory_order_relaxed)) continue;

@@ -63,7 +63,10 @@ typedef struct shm_header {
      * copies a writer dropped (no memory, a bad slot number); a daemon then rebuilds its record of what
      * is resident (zero in pools made before it: the field was padding) */
     _Atomic uint64_t repairs;
-    char pad2[56];
+    /* table + 1 while a write_rows has written its slow rows and not yet their copies, else 0: a
+     * writer that dies then leaves copies older than the slow tier, all dropped at the repair */
+    _Atomic int32_t writing_table;
+    char pad2[52];
 } shm_header;
 
 /* A table's geometry: the first 40 bytes of its shared descriptor (shm_table.d), and, as validated at

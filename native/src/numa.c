@@ -46,7 +46,7 @@ static int table_rows_check(recmg_pool *p, uint32_t table)
     return RECMG_OK;
 }
 
-int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes)
+static int slow_nodes_mapped(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes)
 {
     if (!p || (n && (!rows || !nodes))) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
@@ -82,7 +82,7 @@ int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_
     return RECMG_OK;
 }
 
-int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint64_t count, int node)
+static int64_t move_slow_rows_mapped(recmg_pool *p, uint32_t table, uint64_t first, uint64_t count, int node)
 {
     if (!p) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
@@ -153,7 +153,7 @@ int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint
 
 #define MPOL_MF_MOVE_ALL_ (1 << 2)
 
-int64_t recmg_slow_pages(recmg_pool *p, uint32_t table)
+static int64_t slow_pages_mapped(recmg_pool *p, uint32_t table)
 {
     if (!p) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
@@ -179,7 +179,7 @@ static int page_addrs(recmg_pool *p, uint32_t table, const int64_t *pages, uint6
     return RECMG_OK;
 }
 
-int recmg_slow_page_nodes(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes)
+static int slow_page_nodes_mapped(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes)
 {
     if (!p || (n && (!pages || !nodes))) return RECMG_EINVAL;
     int rc = table_rows_check(p, table);
@@ -204,8 +204,8 @@ int recmg_slow_page_nodes(recmg_pool *p, uint32_t table, const int64_t *pages, u
     return rc;
 }
 
-int64_t recmg_move_slow_pages(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int node,
-                              uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats)
+static int64_t move_slow_pages_mapped(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int node,
+                                      uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats)
 {
     if (!p || (n && (!pages || !status))) return RECMG_EINVAL;
     if (stats) memset(stats, 0, sizeof *stats);
@@ -288,4 +288,38 @@ out:
     free(st);
     free(idx);
     return rc ? rc : moved;
+}
+
+/* The public calls: each reads the pool's mapping (the slow tier's pages), so a daemon handle checks
+ * the object first and reports a mapping lost during the call (busguard) at its end. */
+int recmg_slow_nodes(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes)
+{
+    int irc = p ? shm_intact(p) : RECMG_EINVAL;
+    return irc ? irc : (int)intact_after(p, slow_nodes_mapped(p, table, rows, n, nodes));
+}
+
+int64_t recmg_move_slow_rows(recmg_pool *p, uint32_t table, uint64_t first, uint64_t count, int node)
+{
+    int irc = p ? shm_intact(p) : RECMG_EINVAL;
+    return irc ? irc : intact_after(p, move_slow_rows_mapped(p, table, first, count, node));
+}
+
+int64_t recmg_slow_pages(recmg_pool *p, uint32_t table)
+{
+    int irc = p ? shm_intact(p) : RECMG_EINVAL;
+    return irc ? irc : intact_after(p, slow_pages_mapped(p, table));
+}
+
+int recmg_slow_page_nodes(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes)
+{
+    int irc = p ? shm_intact(p) : RECMG_EINVAL;
+    return irc ? irc : (int)intact_after(p, slow_page_nodes_mapped(p, table, pages, n, nodes));
+}
+
+int64_t recmg_move_slow_pages(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int node,
+                              uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats)
+{
+    int irc = p ? shm_intact(p) : RECMG_EINVAL;
+    return irc ? irc : intact_after(p, move_slow_pages_mapped(p, table, pages, n, node, flags, busy_retries, status,
+                                                                stats));
 }

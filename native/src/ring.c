@@ -228,6 +228,8 @@ int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
 int recmg_release_ring(recmg_pool *p, uint32_t i)
 {
     if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
     shm_ring *r = ring_at(p, i);
@@ -237,7 +239,7 @@ int recmg_release_ring(recmg_pool *p, uint32_t i)
     if (cur != 0 && pid_alive(cur) && cur != (int32_t)p->pid)
         return rc_set(p, RECMG_EBUSY, "ring %u is owned by live process %d", i, cur);
     atomic_compare_exchange_strong(&r->owner, &cur, 0);
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK);
 }
 
 int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)

@@ -31,6 +31,8 @@
 
 #include <errno.h>
 #include <signal.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <time.h>
 #include <fcntl.h>
@@ -187,8 +189,36 @@ int writer_lock(recmg_pool *p)
     }
 }
 
+/* A daemon's mapping was lost (busguard) while it held the writer lock: its unlock went to the zero
+ * pages, so the shared word still names this (live) process and nobody would ever take it over. The
+ * header is mapped again from the object's descriptor, if the object still holds it, and the lock
+ * word set to -1, which the next writer takes for a dead holder's: it takes the lock over and repairs
+ * what this call left half done. The daemon pid is cleared the same way. */
+static void release_lost_lock(recmg_pool *p)
+{
+    struct stat st;
+    if (p->lock_fd < 0 || fstat(p->lock_fd, &st) != 0 || (uint64_t)st.st_size < sizeof(shm_header)) return;
+    uint8_t *m = mmap(NULL, sizeof(shm_header), PROT_READ | PROT_WRITE, MAP_SHARED, p->lock_fd, 0);
+    if (m == MAP_FAILED) return;
+    int g = busguard_add(m, sizeof(shm_header)); /* (it may shrink again meanwhile) */
+    if (g >= 0) {
+        shm_header *h = (shm_header *)m;
+        int32_t me = (int32_t)getpid();
+        if (atomic_compare_exchange_strong(&h->writer_lock, &me, -1))
+            (void)syscall(SYS_futex, (void *)&h->writer_lock, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
+        me = (int32_t)getpid();
+        atomic_compare_exchange_strong(&h->daemon_pid, &me, 0);
+        busguard_remove(g);
+    }
+    munmap(m, sizeof(shm_header));
+}
+
 void writer_unlock(recmg_pool *p)
 {
+    if (busguard_lost(p->busguard)) {
+        release_lost_lock(p);
+        return;
+    }
     atomic_store_explicit(&p->sh->writer_lock, 0, memory_order_release);
     (void)syscall(SYS_futex, (void *)&p->sh->writer_lock, FUTEX_WAKE, INT32_MAX, NULL, NULL, 0);
 }
@@ -209,14 +239,22 @@ static void bump_generation(recmg_pool *p)
 
 /* Makes the fast tier consistent after a writer died mid-change (called under the writer lock). An
  * index entry only ever names a slot whose row is complete (a slot is written while no entry names
- * it, and published after), so the only repair is closing the odd version the dead writer's window
- * left (at most one) and rebuilding the free list from the index. */
+ * it, and published after), so the repair is closing the odd version the dead writer's window left
+ * (at most one), dropping every copy of the table a write_rows was writing (writing_table: its copies
+ * may be older than its slow rows), and rebuilding the free list from the index. */
 void recover_fast_tier(recmg_pool *p)
 {
     uint64_t ng = version_groups(p->h->index_entries);
     for (uint64_t g = 0; g < ng; g++) {
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
         if (v & 1u) atomic_store_explicit(&p->vers[g], v + 1, memory_order_release);
+    }
+    const int32_t wt = atomic_exchange_explicit(&p->sh->writing_table, 0, memory_order_relaxed);
+    if (wt > 0 && (uint32_t)wt <= p->h->n_tables) {
+        const tabdesc *t = &p->tables[wt - 1];
+        for (uint64_t r = 0; r < t->rows; r++)
+            if (atomic_load_explicit(&p->index[t->index_first + r], memory_order_relaxed) >= 0)
+                entry_store(p, t->index_first + r, -1);
     }
     atomic_fetch_add_explicit(&p->sh->generation, 1, memory_order_release);
     p->free_valid = 0;
@@ -487,6 +525,27 @@ int64_t recmg_writer_holder(recmg_pool *p)
     return intact_after(p, holder);
 }
 
+int64_t recmg_repair(recmg_pool *p)
+{
+    if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
+    int64_t rc = 0;
+    pthread_mutex_lock(&p->lock);
+    const int32_t cur = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
+    if (cur != 0 && cur != (int32_t)getpid() && holder_dead(cur)) {
+        const uint32_t ms = p->lock_ms;
+        p->lock_ms = 0; /* (a dead holder's lock is taken over at once; a live one is not waited for) */
+        if (writer_lock(p) == RECMG_OK) {
+            writer_unlock(p);
+            rc = 1;
+        }
+        p->lock_ms = ms;
+    }
+    pthread_mutex_unlock(&p->lock);
+    return intact_after(p, rc);
+}
+
 int64_t recmg_repairs(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
@@ -511,6 +570,8 @@ static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64
 int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, void *out)
 {
     if (!p || (n && (!rows || !out))) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
     if (rc) return rc;
     uint64_t bytes = 0;
@@ -518,7 +579,7 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     rc = read_slow_rows(p, table, rows, n, out, p->tables[table].row_bytes, &bytes);
     scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
-    return rc;
+    return (int)intact_after(p, rc);
 }
 
 int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
@@ -543,75 +604,58 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
     fault_stop("RECMG_FAULT_STOP_IN_WRITE");
-    /* First the resident copies of the rows are unpublished (each entry's slot remembered in the call's
-     * hash), then the slow tier (the truth) is written, then the slots are rewritten and published
-     * again. A writer that dies at any point leaves every entry naming a whole slot that agrees with
-     * the slow tier: an unpublished row is read from the slow tier, and the dead writer's repair
-     * counts itself (repairs) so that a daemon rebuilds its record of what is resident. (Refreshing
-     * the copies after the slow tier, as before, left the rows not yet reached stale: their slots
-     * kept the old values the slow tier no longer had.) All under the writer lock, so that no fill
-     * copies a half-written row. If the file write fails at row k, rows [0, k) are written and their
-     * copies updated; the copies of the others are published again unchanged, as their rows. */
-    const int remember = hash_prepare(p, n) == RECMG_OK;
-    int changed = 0;
-    for (uint64_t k = 0; k < n; k++) {
-        const int64_t key = RECMG_KEY(table, rows[k]);
-        const uint64_t e = entry_of(p, key);
-        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
-        if (s < 0) continue;
-        entry_store(p, e, -1); /* (a slot number no writer wrote: only dropped) */
-        changed = 1;
-        if (slot_ok(p, s) && remember) {
-            (void)hash_get_or_put(p, key, s);
-        } else {
-            p->free_valid = 0;
-            note_repair(p); /* a copy dropped: what is resident changed behind the daemon's back */
-        }
-    }
+    /* The slow tier first (the truth; resident rows are meanwhile read from their copies, whole), then
+     * each resident copy rewritten in an odd window with its entry unpublished inside it (readers then
+     * read the slow tier, already written). All under the writer lock, so that no fill copies a
+     * half-written row. The header names the table being written until the copies agree again: a
+     * writer that dies in between leaves copies that disagree with the slow tier, and the next
+     * writer's repair drops every copy of that table (recover_fast_tier). If the file write fails at
+     * row k, rows [0, k) are written and their copies updated; row k's copy is dropped (its slow row
+     * may be half written) and the others' are kept (their rows unchanged). */
+    atomic_store_explicit(&p->sh->writing_table, (int32_t)table + 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst); /* (named before any row changes) */
     if (p->slow) {
         for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
     } else {
         rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
     }
     if (env_flag("RECMG_FAULT_KILL_IN_WRITE")) raise(SIGKILL); /* (tests: the slow tier written, copies not) */
-    if (remember) {
-        uint64_t words[RECMG_PAGE / 8];
-        uint64_t *w = words;
-        uint64_t *heap = NULL;
-        if (p->h->slot_stride > sizeof words) {
-            heap = calloc(1, p->h->slot_stride);
-            w = heap;
-        }
-        if (w) {
-            memset(w, 0, p->h->slot_stride);
-            for (uint64_t k = 0; k < done; k++) { /* in order: a row given twice ends as the slow tier does */
-                const int32_t s = hash_get_or_put(p, RECMG_KEY(table, rows[k]), -1);
-                if (s < 0) continue;
-                memcpy(w, src + k * rb, rb);
-                slot_write(p, (uint64_t)s, w); /* (named by no entry: a reader that was copying it sees
-                                                  * the version of the window that unpublished it) */
-            }
-            for (uint64_t k = 0; k < n; k++) {
-                const int64_t key = RECMG_KEY(table, rows[k]);
-                const int32_t s = hash_get_or_put(p, key, -1);
-                if (s >= 0 && atomic_load_explicit(&p->index[entry_of(p, key)], memory_order_relaxed) < 0)
-                    entry_store(p, entry_of(p, key), s);
-            }
-        } else { /* no memory for a row: the copies stay dropped (lookups read the slow tier) */
+    uint64_t words[RECMG_PAGE / 8];
+    uint64_t *w = words;
+    uint64_t *heap = NULL;
+    int changed = 0;
+    if (p->h->slot_stride > sizeof words) w = heap = calloc(1, p->h->slot_stride);
+    if (w) memset(w, 0, p->h->slot_stride);
+    for (uint64_t k = 0; k < done + (done < n); k++) {
+        const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
+        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
+        if (s < 0) continue;
+        changed = 1;
+        if (!slot_ok(p, s) || !w || k == done) {
+            /* not a slot of this pool, no memory for a row, or the row a failed write may have left
+             * half written: the copy is dropped (lookups read the slow tier) */
+            entry_store(p, e, -1);
             p->free_valid = 0;
             note_repair(p);
-            if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
+            continue;
         }
-        free(heap);
-    } else if (changed) { /* no memory for the hash: the same */
-        if (!rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for %llu rows' copies (all rows written, copies "
-                             "dropped)", (unsigned long long)n);
+        memcpy(w, src + k * rb, rb);
+        /* one odd window over the rewrite, with the entry unpublished inside it, so that a slot an
+         * entry names is always whole, also if this writer dies here */
+        const uint32_t v = window_open(p, e);
+        atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
+        slot_write(p, (uint64_t)s, w);
+        atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
+        window_close(p, e, v);
     }
+    atomic_store_explicit(&p->sh->writing_table, 0, memory_order_release);
+    if (!w && changed && !rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
+    free(heap);
     if (changed) bump_generation(p);
     writer_unlock(p);
 out_unlocked:
     scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
     if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
-    return rc;
+    return (int)intact_after(p, rc);
 }

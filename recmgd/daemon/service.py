@@ -314,12 +314,15 @@ class Daemon:
         self._mark_stuck(name, exc)
 
     def _check_repairs(self, att: _Attached) -> None:
-        """Row mode: rows left the fast tier behind the daemon (a writer died in the middle of a change,
-        or dropped copies: Pool.repairs() moved), so its mirror says resident what is not. The pool is
-        detached and attached again at once, which rebuilds the mirror from the fast tier."""
+        """Row mode: a writer that died holding the writer lock is repaired now (Pool.repair: a
+        write_rows cut short leaves its table's copies older than the slow rows until then); when rows
+        left the fast tier behind the daemon (that repair, or a writer dropping copies: Pool.repairs()
+        moved), its mirror says resident what is not, so the pool is detached and attached again at
+        once, which rebuilds the mirror from the fast tier."""
         if isinstance(att.driver, PageDriver):
             return
         name = att.driver.name
+        att.driver.pool.repair()  # type: ignore[attr-defined]  # (a dead writer's lock: repaired now)
         if att.driver.pool.repairs() != att.repairs:  # type: ignore[attr-defined]
             log.warning("pool %s: rows left its fast tier behind the daemon (a writer died in the middle "
                         "of a change, or dropped copies): attached again to rebuild what it knows", name)
