@@ -6,11 +6,17 @@ trace), nor replace the file it was to replace. :func:`whole_files` hands out a 
 each output, ``.partial-PID-RANDOM.NAME`` in the same directory: the rename stays within one file
 system, and a writer that goes by the name's suffix (a ``.gz`` DLRM trace is compressed) writes the
 same bytes. When the block ends cleanly the temporaries are renamed over the outputs, in the order
-given; else they are removed and the outputs left as they were. An output that exists and is not a
-regular file (``/dev/stdout``, a FIFO) is written directly: renaming over it would replace the device.
-An output that is a symbolic link is written at its target, and the link kept, as open() would; an
-existing output's mode (and, for root, owner) passes to its replacement. An output that is a directory
-is refused before the block runs.
+given; else they are removed and the outputs left as they were. Until the last rename has succeeded
+each replaced output's old file is kept under a temporary name of the same pattern (a hard link, or the
+file renamed away where the file system has none), so that an exception between two renames (an
+OSError, a KeyboardInterrupt) puts every old file back before it is raised (:class:`PartlyReplaced`,
+an OSError, when that too fails); the temporaries are removed in every case. An output that exists and
+is not a regular file (``/dev/stdout``, a FIFO) is written directly: renaming over it would replace the
+device. An output that is a symbolic link is written at its target, and the link kept, as open() would;
+an existing output's mode (and, for root, owner) passes to its replacement. An output that is a
+directory is refused before the block runs. ``replace_entries=True`` (the files of a folder the writer
+owns: a checkpoint's) replaces whatever entry each output is, a symbolic link, a FIFO or a device
+included, by the new regular file: nothing is written through a link to a file outside the folder.
 
 A writer that seeks, or that another process runs through a descriptor passed to it (the daemon writes
 a recording so), takes :func:`whole_fd`: the temporary open, and a regular file even for a device or
@@ -76,40 +82,146 @@ def _create(folder: Path, name: str, st: os.stat_result | None) -> tuple[int, Pa
         return fd, tmp
 
 
-def _temporary(path: Path) -> Path | None:
-    """A new empty file beside path (see _create), or None when path exists and is not a regular file."""
-    st = _existing(path)
-    if st is not None and not stat.S_ISREG(st.st_mode):
-        return None
+def _temporary(path: Path, replace_entries: bool = False) -> Path | None:
+    """A new empty file beside path (see _create), or None when path exists and is not a regular file
+    (with ``replace_entries``, never None: any entry but a directory is replaced, its mode not kept
+    unless it is a regular file)."""
+    if replace_entries:
+        try:
+            st: os.stat_result | None = os.lstat(path)
+        except FileNotFoundError:
+            st = None
+        if st is not None and stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            st = None
+    else:
+        st = _existing(path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            return None
     fd, tmp = _create(path.parent, path.name, st)
     os.close(fd)
     return tmp
 
 
+class PartlyReplaced(OSError):
+    """The renames of :func:`whole_files` failed part way (``errno``, ``strerror``: why) and putting the
+    old files back failed too: ``replaced`` are the outputs left new, the others are old."""
+
+    def __init__(self, err: int | None, reason: str, replaced: list[Path]) -> None:
+        super().__init__(err, reason)
+        self.replaced = replaced
+
+
 @contextlib.contextmanager
-def whole_files(paths: Sequence[str | os.PathLike[str]]) -> Iterator[list[Path]]:
+def whole_files(paths: Sequence[str | os.PathLike[str]], *,
+                replace_entries: bool = False) -> Iterator[list[Path]]:
     """Temporary paths to write the outputs to, one for each of paths; see the module's docstring. An
     OSError making a temporary (a missing directory, no permission, an output that is a directory) is
-    raised before the block runs."""
-    outs = [_output(p) for p in paths]
+    raised before the block runs. ``replace_entries``: each output's entry is replaced whatever it is
+    (a symbolic link is not followed), for the files of a folder that belongs to the writer."""
+    outs = [Path(p) if replace_entries else _output(p) for p in paths]
     tmps: list[Path | None] = []
     try:
         for p in outs:
-            tmps.append(_temporary(p))
+            tmps.append(_temporary(p, replace_entries))
         yield [t if t is not None else p for t, p in zip(tmps, outs, strict=True)]
     except BaseException:
         _remove(tmps)
         raise
     try:
-        for t, p in zip(tmps, outs, strict=True):
-            if t is not None:
-                os.replace(t, p)
-    except OSError:
-        _remove(tmps)  # (those renamed already are gone: not found, passed over)
+        _replace_all([(t, p) for t, p in zip(tmps, outs, strict=True) if t is not None])
+    finally:
+        _remove(tmps)  # (those renamed are gone: not found, passed over)
+
+
+class _Old:
+    """An output's old file while the renames run: kept at ``kept`` (None: there was none), as a hard
+    link (``moved`` False: the output still names it) or renamed away (``moved``: the output names
+    nothing until its new file is renamed in)."""
+
+    __slots__ = ("out", "kept", "moved", "replaced")
+
+    def __init__(self, out: Path) -> None:
+        self.out, self.kept, self.moved, self.replaced = out, None, False, False
+
+    def keep(self) -> None:
+        try:
+            os.lstat(self.out)
+        except FileNotFoundError:
+            return
+        while True:
+            kept = self.out.parent / f".partial-{os.getpid()}-{secrets.token_hex(4)}.{self.out.name}"
+            try:
+                os.link(self.out, kept, follow_symlinks=False)
+            except FileExistsError:
+                continue
+            except OSError:  # no hard links here (or not allowed): the old file is renamed away instead
+                if os.path.lexists(kept):
+                    continue
+                os.rename(self.out, kept)
+                self.kept, self.moved = kept, True
+                return
+            self.kept = kept
+            return
+
+    def restore(self) -> None:
+        """Put the old file back (or take the new one away where there was none)."""
+        if self.kept is not None:
+            if self.replaced or self.moved:
+                os.replace(self.kept, self.out)
+            else:  # the output still is the old file: drop the extra link
+                self.kept.unlink()
+            self.kept = None
+        elif self.replaced:
+            self.out.unlink()
+        self.replaced = False
+
+
+def _replace_all(pairs: list[tuple[Path, Path]]) -> None:
+    """Rename each temporary over its output, in order, all or none: on any exception the outputs renamed
+    already get their old files back before it is raised (PartlyReplaced for an OSError when that
+    fails too; another exception is raised as it is, the outputs then possibly mixed)."""
+    olds: list[_Old] = []
+    try:
+        for tmp, out in pairs:
+            old = _Old(out)
+            olds.append(old)
+            old.keep()
+            os.replace(tmp, out)
+            old.replaced = True
+    except BaseException as exc:
+        left = _restore(olds)
+        if left and isinstance(exc, OSError):
+            raise PartlyReplaced(exc.errno, exc.strerror or str(exc), left) from exc
         raise
+    finally:  # (after a restore: None, passed over; an old file renamed away and not put back, the
+        # output then missing, stays where it is rather than be lost)
+        _remove([o.kept for o in olds if not o.moved or o.replaced])
 
 
-def _remove(tmps: list[Path | None]) -> None:
+def _restore(olds: list[_Old]) -> list[Path]:
+    """Put back the old files of ``olds``, last first, each step tried even when another one fails or a
+    signal's exception lands in the middle (raised again after); the outputs left new."""
+    left: list[Path] = []
+    pending: BaseException | None = None
+    for old in reversed(olds):
+        for _ in range(3):
+            try:
+                old.restore()
+                break
+            except OSError:
+                break
+            except BaseException as exc:  # (KeyboardInterrupt, Terminated: the restore is tried again)
+                pending = pending or exc
+        if old.replaced or (old.moved and old.kept is not None):
+            left.append(old.out)
+    if pending is not None:
+        raise pending
+    return left
+
+
+def _remove(tmps: Sequence[Path | None]) -> None:
     for t in tmps:
         if t is not None:
             with contextlib.suppress(OSError):

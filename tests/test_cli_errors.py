@@ -307,6 +307,13 @@ def test_train_memory_mb_inf_is_one_line(work: Path) -> None:
     assert not (work / "out").exists()
 
 
+def test_train_memory_mb_below_a_byte_is_refused(work: Path) -> None:
+    # (it would round to a limit of 0 bytes, which means "no check": the opposite of what was asked)
+    r = recmg("train", "small.trace", "--out", "out", "--memory-mb", "1e-9", cwd=work)
+    one_line(r, "--memory-mb", "less than a byte", rc=2)
+    assert not (work / "out").exists()
+
+
 def test_train_sample_keeping_nothing_is_one_line(work: Path) -> None:
     r = recmg("train", "small.trace", "--out", "out", "--epochs", "1", "-q", "--sample", "1e-9", cwd=work)
     one_line(r, "--sample")

@@ -46,6 +46,81 @@ def test_whole_files_replace_all_or_none(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary left
 
 
+def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_at: int, exc: BaseException,
+                     fail_after: bool = False) -> None:
+    """os.replace fails (raises exc) at its fail_at-th call (and every later one with fail_after)."""
+    real, calls = os.replace, [0]
+
+    def flaky(src: object, dst: object) -> None:
+        calls[0] += 1
+        if calls[0] == fail_at or (fail_after and calls[0] > fail_at):
+            raise exc
+        real(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "replace", flaky)
+
+
+@pytest.mark.parametrize("no_links", [False, True], ids=["hard-links", "renamed-away"])
+@pytest.mark.parametrize("exc", [OSError(5, "Input/output error"), KeyboardInterrupt()], ids=["eio", "int"])
+@pytest.mark.parametrize("fail_at", [1, 2, 3])
+def test_a_failed_rename_puts_every_old_file_back(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                  fail_at: int, exc: BaseException, no_links: bool) -> None:
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"  # c is new: it must not be left behind
+    a.write_text("old a")
+    b.write_text("old b")
+    if no_links:  # a file system without hard links: the old files are renamed away, then back
+        def no_link(*args: object, **kw: object) -> None:
+            raise PermissionError(1, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
+    _failing_replace(monkeypatch, fail_at, exc)
+    with pytest.raises(type(exc)), whole_files([a, b, c]) as (ta, tb, tc):
+        ta.write_text("new a")
+        tb.write_text("new b")
+        tc.write_text("new c")
+    monkeypatch.undo()
+    assert a.read_text() == "old a" and b.read_text() == "old b" and not c.exists()
+    assert sorted(os.listdir(tmp_path)) == ["a", "b"]  # no temporary, no kept old file
+
+
+def test_a_rollback_that_fails_says_so(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from recmgd.fileout import PartlyReplaced
+
+    outs = [tmp_path / n for n in ("a", "b", "c")]
+    for p in outs:
+        p.write_text(f"old {p.name}")
+    _failing_replace(monkeypatch, 3, OSError(5, "Input/output error"), fail_after=True)
+    with pytest.raises(PartlyReplaced) as ei, whole_files(outs) as tmps:
+        for t in tmps:
+            t.write_text("new")
+    monkeypatch.undo()
+    assert ei.value.strerror == "Input/output error" and write_reason(ei.value) == "Input/output error"
+    assert sorted(p.name for p in ei.value.replaced) == ["a", "b"]
+    assert sorted(os.listdir(tmp_path)) == ["a", "b", "c"]
+
+
+def test_replace_entries_never_writes_through(tmp_path: Path) -> None:
+    """The files of a folder the writer owns (a checkpoint's): a link is replaced, not written through;
+    a FIFO is replaced, not opened (its open would wait for a reader)."""
+    (tmp_path / "ck").mkdir()
+    victim = tmp_path / "victim"
+    victim.write_text("precious")
+    link, fifo = tmp_path / "ck" / "keys.npz", tmp_path / "ck" / "weights.pt"
+    link.symlink_to("../victim")
+    os.mkfifo(fifo)
+    dangling = tmp_path / "ck" / "x.npz"
+    dangling.symlink_to("/nonexistent/elsewhere")
+    with whole_files([link, fifo, dangling], replace_entries=True) as tmps:
+        assert all(t.parent == tmp_path / "ck" for t in tmps)
+        for t in tmps:
+            t.write_text("new")
+    assert victim.read_text() == "precious"
+    for p in (link, fifo, dangling):
+        assert not p.is_symlink() and stat.S_ISREG(p.lstat().st_mode) and p.read_text() == "new"
+    (tmp_path / "ck" / "d").mkdir()
+    with pytest.raises(IsADirectoryError), whole_files([tmp_path / "ck" / "d"], replace_entries=True):
+        raise AssertionError("the block ran")
+
+
 def test_modes_owners_and_a_device(tmp_path: Path) -> None:
     old = os.umask(0o027)
     try:

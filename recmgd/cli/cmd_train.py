@@ -199,6 +199,11 @@ def main(args: argparse.Namespace) -> int:
     if args.memory_mb is not None and not (math.isfinite(args.memory_mb) and args.memory_mb >= 0):
         print(f"recmg train: --memory-mb: MB >= 0 (0: no check), got {args.memory_mb}", file=sys.stderr)
         return 2
+    if args.memory_mb is not None and args.memory_mb > 0 and int(args.memory_mb * MB) == 0:
+        # (a limit under one byte would read as 0, "no check": the opposite of what was asked)
+        print(f"recmg train: --memory-mb: {args.memory_mb:g} MB is less than a byte; give 0 for no check "
+              "or a limit of at least one byte", file=sys.stderr)
+        return 2
     # --out: a new directory, an empty one, or a checkpoint (replaced whole when training is done); never
     # files of another kind, which the checkpoint's would overwrite
     check_output_dir(args.out, "--out")

@@ -99,6 +99,12 @@ class StepWorker:
 
 
 
+def _os_reason(exc: OSError) -> str:
+    """One line for an OSError met while a policy loaded its checkpoint."""
+    what = f"{exc.filename}: " if exc.filename else ""
+    return f"{what}cannot read the checkpoint ({exc.strerror or type(exc).__name__})"
+
+
 def create_policy(name: str, options: dict[str, object], *, pool: str | None = None,
                   mode: str = "rows") -> Policy:
     """Build a policy through the registry; an unknown name or a failing factory is a RecmgError.
@@ -113,9 +119,10 @@ def create_policy(name: str, options: dict[str, object], *, pool: str | None = N
         pol = policy_mod.create(name, **options)
     except ValueError as exc:
         raise PolicyError(str(exc)) from None
-    except ModelError as exc:
+    except (ModelError, OSError) as exc:  # (OSError: a checkpoint's file unreadable past its checks)
         where = f"pool {pool} ({'page' if mode == 'pages' else 'row'} mode): " if pool else ""
-        raise PolicyError(f"{where}{exc}") from None
+        msg = str(exc) if isinstance(exc, ModelError) else _os_reason(exc)
+        raise PolicyError(f"{where}{msg}") from None
     if pol.needs_future:
         raise PolicyError(f"policy {name!r} needs the future (OPT) and cannot run live")
     if pol.learned and getattr(pol, "trained", None) is None:

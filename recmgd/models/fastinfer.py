@@ -106,12 +106,18 @@ class FastCacheNet:
     """The caching model (same weights as a :class:`~recmgd.models.nets.NumpyCacheNet`) scored in C."""
 
     def __init__(self, net: NumpyCacheNet) -> None:
-        hidden = int(net.w1.shape[1])
-        if (net.w1.shape[0] != N_FEATURES or net.tb.shape != (N_TABLE_SLOTS, hidden)
-                or hidden > lib.CM_MAX_HIDDEN):
-            raise ModelError(f"caching model of shape {net.w1.shape} / {net.tb.shape} is not one the C "
-                             f"inference runs (features {N_FEATURES}, hidden <= {lib.CM_MAX_HIDDEN})")
-        ws = [np.ascontiguousarray(a, np.float32) for a in (net.w1, net.tb, net.w2, net.b2, net.w3, net.b3)]
+        # C copies each array at the sizes hidden implies: every one must be of its shape (a second line
+        # behind checkpoint.load_inference's checks), float32 and C-contiguous (the copies below)
+        w1 = net.w1
+        hidden = int(w1.shape[1]) if isinstance(w1, np.ndarray) and w1.ndim == 2 else 0
+        want = NumpyCacheNet.shapes(hidden)
+        if (not 1 <= hidden <= lib.CM_MAX_HIDDEN or lib.CM_N_OUT != want["b3"][0]
+                or any(not isinstance(getattr(net, n), np.ndarray) or getattr(net, n).shape != want[n]
+                       for n in NumpyCacheNet.ARRAYS)):
+            got = ", ".join(f"{n} {np.shape(getattr(net, n))}" for n in NumpyCacheNet.ARRAYS)
+            raise ModelError(f"caching model of shapes {got} is not one the C inference runs (features "
+                             f"{N_FEATURES}, table slots {N_TABLE_SLOTS}, hidden <= {lib.CM_MAX_HIDDEN})")
+        ws = [np.ascontiguousarray(getattr(net, n), np.float32) for n in NumpyCacheNet.ARRAYS]
         bufs = [ffi.from_buffer("float[]", a) for a in ws]
         p = lib.cm_net_new(hidden, N_TABLE_SLOTS, *bufs)
         if p == ffi.NULL:

@@ -12,7 +12,6 @@ No torch here: the daemon and the simulator check a checkpoint's granularity bef
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from recmgd.errors import ModelError
+from recmgd.models import ckfiles
 
 ROWS = "rows"
 PAGES = "pages"
@@ -141,10 +141,7 @@ def of_checkpoint(model_dir: str | os.PathLike[str]) -> Granularity | None:
     f = checkpoint_config(model_dir)
     if f is None:
         return None
-    try:
-        cfg = json.loads(f.read_text())
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"{f}: unreadable config: {exc}") from None
+    cfg = ckfiles.read_json(f)  # (a regular file of at most 1 MB; JSON nested too deep refused)
     if not isinstance(cfg, dict):
         raise ModelError(f"{f}: not a recmg model checkpoint")
     return from_config(cfg, str(f))

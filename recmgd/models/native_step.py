@@ -15,9 +15,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recmgd import simcore
+from recmgd.errors import ModelError
 from recmgd.keys import ROW_BITS
-from recmgd.models.features import N_FEATURES, N_TABLE_SLOTS
+from recmgd.models.features import N_TABLE_SLOTS
 from recmgd.models.hazard import AGE_BUCKETS
+from recmgd.models.numpy_nets import NumpyPrefetchNet
 from recmgd.policy import Decision
 
 if TYPE_CHECKING:
@@ -118,11 +120,21 @@ class NativeStep:
         ffi, lib = self._ffi, self._lib
         n = pol._np_pref
         assert n is not None
-        keys = np.ascontiguousarray(pol._model_keys, np.int64)
-        arrs = {name: _f32(getattr(n, name)) for name in
-                ("emb", "f1w", "f1b", "f2w", "f2b", "tab", "c1w", "c1b", "c2w", "c2b", "p1w", "p1b", "p2w")}
-        if arrs["f1w"].shape[0] != N_FEATURES or arrs["emb"].shape[0] != len(keys) + 1:
-            raise ValueError("prefetching model of an unexpected shape for the C step")
+        keys = pol._model_keys
+        if not isinstance(keys, np.ndarray) or keys.ndim != 1 or keys.dtype != np.int64:
+            raise ModelError("the prefetching model's keys are not a 1-D int64 array")
+        keys = np.ascontiguousarray(keys)
+        # C copies each array at the sizes dim, queries and hidden say and reads emb at mid x dim: every
+        # array must be of its shape (a second line behind checkpoint.load_inference's checks)
+        arrs = {name: _f32(getattr(n, name)) for name in NumpyPrefetchNet.ARRAYS}
+        f1w = arrs["f1w"]
+        hidden = int(f1w.shape[1]) if f1w.ndim == 2 else 0
+        want = NumpyPrefetchNet.shapes(len(keys), int(n.dim), int(n.queries), hidden)
+        bad = [f"{k} {arrs[k].shape} (expected {want[k]})" for k in want if arrs[k].shape != want[k]]
+        if int(n.unknown) != len(keys):
+            bad.append(f"unknown row {n.unknown} (expected {len(keys)}, the keys)")
+        if bad:
+            raise ModelError(f"prefetching model of an unexpected shape for the C step: {', '.join(bad[:3])}")
         w = ffi.new("lp_pfnet *", {
             "dim": n.dim, "hidden": arrs["f1w"].shape[1], "queries": n.queries,
             "n_table_slots": arrs["tab"].shape[0], "n_model": len(keys), "p2b": n.p2b, "temp": n.temp})

@@ -11,13 +11,40 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from recmgd.models.features import N_FEATURES
+from recmgd.models.features import N_CAND_FEATURES, N_FEATURES, N_TABLE_SLOTS
 
 if TYPE_CHECKING:
     from recmgd.models.nets import CacheNet, PrefetchNet
 
 # Per-feature normalisation is folded into the first layer; these are rough scales of the log features.
 _FEATURE_SCALE = 0.25
+#: the caching model's outputs (keep logit, log1p of the steps to the next use)
+N_OUT = 2
+
+
+def _take(arrays: dict[str, np.ndarray], name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """``arrays[name]`` as C-contiguous float32 when it is an array of real numbers of ``shape``;
+    ValueError naming it otherwise (the C inference reads these arrays at the sizes the shapes say)."""
+    a = arrays[name]
+    if not isinstance(a, np.ndarray) or a.dtype.kind not in "fiu":
+        raise ValueError(f"{name} is not an array of real numbers")
+    if a.shape != shape:
+        raise ValueError(f"{name} has shape {a.shape}, expected {shape}")
+    return np.ascontiguousarray(a, np.float32)
+
+
+def _int_scalar(arrays: dict[str, np.ndarray], name: str) -> int:
+    v = np.asarray(arrays[name])
+    if v.shape != () or v.dtype.kind not in "iu":
+        raise ValueError(f"{name} is not an integer")
+    return int(v)
+
+
+def _float_scalar(arrays: dict[str, np.ndarray], name: str) -> float:
+    v = np.asarray(arrays[name])
+    if v.shape != () or v.dtype.kind not in "fiu" or not np.isfinite(v):
+        raise ValueError(f"{name} is not a finite number")
+    return float(v)
 
 
 class NumpyCacheNet:
@@ -26,10 +53,20 @@ class NumpyCacheNet:
     #: the arrays that make it (what a checkpoint's inference.npz holds, prefixed "cache.")
     ARRAYS = ("w1", "tb", "w2", "b2", "w3", "b3")
 
+    @staticmethod
+    def shapes(hidden: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each of ARRAYS for a model of ``hidden`` units."""
+        return {"w1": (N_FEATURES, hidden), "tb": (N_TABLE_SLOTS, hidden), "w2": (hidden, hidden),
+                "b2": (hidden,), "w3": (hidden, N_OUT), "b3": (N_OUT,)}
+
     def __init__(self, net: CacheNet | dict[str, np.ndarray]) -> None:
-        if isinstance(net, dict):  # the arrays themselves (no torch)
+        if isinstance(net, dict):  # the arrays themselves (no torch): each of the shape the others imply
+            w1 = net["w1"]
+            if not isinstance(w1, np.ndarray) or w1.ndim != 2 or w1.shape[1] < 1:
+                raise ValueError(f"w1 has shape {np.shape(w1)}, expected ({N_FEATURES}, hidden)")
+            want = self.shapes(int(w1.shape[1]))
             for name in self.ARRAYS:
-                setattr(self, name, np.ascontiguousarray(net[name], np.float32))
+                setattr(self, name, _take(net, name, want[name]))
             return
         sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
         self.w1 = (sd["lin1.weight"].T * _FEATURE_SCALE).copy()
@@ -60,12 +97,28 @@ class NumpyPrefetchNet:
     ARRAYS = ("emb", "f1w", "f1b", "f2w", "f2b", "tab", "c1w", "c1b", "c2w", "c2b", "p1w", "p1b", "p2w")
     SCALARS = ("unknown", "p2b", "temp", "queries", "dim")
 
+    @staticmethod
+    def shapes(n_rows: int, dim: int, queries: int, hidden: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each of ARRAYS for a model of ``n_rows`` embeddings (and the unknown row's) of
+        ``dim`` floats, ``queries`` queries and ``hidden`` units."""
+        return {"emb": (n_rows + 1, dim), "f1w": (N_FEATURES, hidden), "f1b": (hidden,), "f2w": (hidden, dim),
+                "f2b": (dim,), "tab": (N_TABLE_SLOTS, dim), "c1w": (2 * dim, hidden), "c1b": (hidden,),
+                "c2w": (hidden, queries * dim), "c2b": (queries * dim,),
+                "p1w": (N_FEATURES + N_CAND_FEATURES, hidden), "p1b": (hidden,), "p2w": (hidden,)}
+
     def __init__(self, net: PrefetchNet | dict[str, np.ndarray]) -> None:
-        if isinstance(net, dict):  # the arrays themselves (no torch)
+        if isinstance(net, dict):  # the arrays themselves (no torch): each of the shape the others imply
+            self.unknown, self.queries, self.dim = (_int_scalar(net, n)
+                                                    for n in ("unknown", "queries", "dim"))
+            self.p2b, self.temp = _float_scalar(net, "p2b"), _float_scalar(net, "temp")
+            f1w = net["f1w"]
+            if (self.unknown < 0 or self.queries < 1 or self.dim < 1 or not isinstance(f1w, np.ndarray)
+                    or f1w.ndim != 2 or f1w.shape[1] < 1):
+                raise ValueError(f"unknown {self.unknown}, queries {self.queries}, dim {self.dim}, f1w of "
+                                 f"shape {np.shape(f1w)}: not a prefetching model")
+            want = self.shapes(self.unknown, self.dim, self.queries, int(f1w.shape[1]))
             for name in self.ARRAYS:
-                setattr(self, name, np.ascontiguousarray(net[name], np.float32))
-            self.unknown, self.queries, self.dim = (int(net[n]) for n in ("unknown", "queries", "dim"))
-            self.p2b, self.temp = float(net["p2b"]), float(net["temp"])
+                setattr(self, name, _take(net, name, want[name]))
             return
         sd = {k: v.detach().cpu().numpy().astype(np.float32) for k, v in net.state_dict().items()}
         self.emb = sd["emb.weight"]
