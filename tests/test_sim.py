@@ -228,3 +228,30 @@ def test_cli_pivot(capsys: pytest.CaptureFixture[str]) -> None:
         assert err.count("\n") == 0 and f"--pivot {field}: not a numeric metric" in err, err
     with pytest.raises(ValueError, match="not a metric: 'policy'"):
         format_pivot([], "policy")
+
+
+def test_native_path_for_a_policy_without_one_is_one_line() -> None:
+    """--path native for a policy with no native step is a PolicyError (one line from the CLI, exit 1),
+    on both drivers (it was a ValueError: a traceback)."""
+    import numpy as np
+
+    from recmgd.errors import PolicyError
+    from recmgd.policy import Policy
+    from recmgd.sim import drive
+    from recmgd.sim.lookahead import drive_lookahead
+    from recmgd.trace.steps import build_steps
+
+    class Plain(Policy):
+        name = "plain"
+
+        def reset(self, capacity):  # pragma: no cover - never driven
+            raise AssertionError
+
+        def observe(self, view):  # pragma: no cover - never driven
+            raise AssertionError
+
+    steps = build_steps(np.arange(64, dtype=np.int64), np.arange(0, 65, 4, dtype=np.int64), 1)
+    with pytest.raises(PolicyError, match="'plain' has no native step function"):
+        drive(Plain(), steps, 8, 0, path="native")
+    with pytest.raises(PolicyError, match="'plain' has no native step function"):
+        drive_lookahead(Plain(), steps, 8, 0, lookahead=1, budget=0, path="native")

@@ -107,6 +107,12 @@ def prepare(policy: Policy, steps: Steps, capacity: int, warm_steps: int) -> Non
     policy.reset(capacity)
 
 
+def no_native_step(policy: Policy) -> PolicyError:
+    """The error for a policy driven on the native path that has no native step (one line)."""
+    return PolicyError(f"policy {policy.name!r} has no native step function (--path native); use --path auto "
+                       "or python")
+
+
 def drive(policy: Policy, steps: Steps, capacity: int, warm_steps: int, *, delay: int = 1,
           path: str = "auto") -> Counters:
     """Run ``policy`` over ``steps``: the first ``warm_steps`` warm the fast tier, the rest are scored.
@@ -119,14 +125,14 @@ def drive(policy: Policy, steps: Steps, capacity: int, warm_steps: int, *, delay
     if path not in PATHS:
         raise ValueError(f"path must be one of {PATHS}, got {path!r}")
     warm_steps = max(0, min(warm_steps, len(steps)))
+    native = isinstance(policy, NativePolicy) and path != "python"
+    if path == "native" and not native:  # (before a learned policy's fit)
+        raise no_native_step(policy)
     prepare(policy, steps, capacity, warm_steps)
     driven = steps.singletons() if delay == 0 else steps
     split = int(steps.offsets[warm_steps] - steps.offsets[0]) if delay == 0 else warm_steps
     if policy.needs_future:
         policy.set_future(driven)
-    native = isinstance(policy, NativePolicy) and path != "python"
-    if path == "native" and not native:
-        raise ValueError(f"policy {policy.name!r} has no native step function")
     if native:
         counters = _drive_native(policy, driven, capacity, split)  # type: ignore[arg-type]
     else:

@@ -41,7 +41,7 @@ import numpy as np
 from recmgd.errors import PolicyError
 from recmgd.policies.native import NativePolicy, check, i32_ptr, i64_ptr
 from recmgd.policy import EMPTY_KEYS, Decision, Policy, StepView, as_keys
-from recmgd.sim.driver import PATHS, Counters, Driver, ffi, lib, prepare
+from recmgd.sim.driver import PATHS, Counters, Driver, ffi, lib, no_native_step, prepare
 from recmgd.trace.steps import Steps
 
 #: the name the simulator gives the reference (Belady with the same window and budget)
@@ -366,12 +366,12 @@ def drive_lookahead(policy: Policy, steps: Steps, capacity: int, warm_steps: int
     # L past the last step announces what L = the number of steps does (every step ahead); clamped, the
     # step arithmetic (b + L, in int64 in C) cannot overflow, whatever L was asked for
     window = min(lookahead, max(len(steps), 1))
+    native = isinstance(policy, NativePolicy) and not _uses_own_victims(policy) and path != "python"
+    if path == "native" and not native:  # (before a learned policy's fit)
+        raise no_native_step(policy)
     prepare(policy, steps, capacity, warm_steps)
     if policy.needs_future:
         policy.set_future(steps)
-    native = isinstance(policy, NativePolicy) and not _uses_own_victims(policy) and path != "python"
-    if path == "native" and not native:
-        raise ValueError(f"policy {policy.name!r} has no native step function")
     if native:
         c = _drive_lookahead_native(policy, steps, capacity, warm_steps, window, budget)  # type: ignore[arg-type]
     else:
