@@ -27,6 +27,7 @@ import os
 import selectors
 import socket
 import stat
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -121,11 +122,23 @@ def decode_request(line: bytes) -> tuple[str, dict[str, Any]]:
     return cmd, args
 
 
+def peer_ids(sock: socket.socket) -> tuple[int, int] | None:
+    """The (uid, gid) of the process at the other end of a Unix socket, as the kernel recorded them when
+    it connected (SO_PEERCRED); None where the kernel cannot say."""
+    try:
+        _pid, uid, gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED,
+                                                             struct.calcsize("3i")))
+    except OSError:
+        return None
+    return uid, gid
+
+
 class _Conn:
-    __slots__ = ("sock", "inbuf", "outbuf", "closing", "eof", "queued", "last", "fds")
+    __slots__ = ("sock", "inbuf", "outbuf", "closing", "eof", "queued", "last", "fds", "peer")
 
     def __init__(self, sock: socket.socket, now: float) -> None:
         self.sock = sock
+        self.peer = peer_ids(sock)  # the client's (uid, gid), for the handler (ControlServer.peer)
         self.inbuf = bytearray()
         self.outbuf = bytearray()
         self.closing = False
@@ -154,6 +167,7 @@ class ControlServer:
         self.requests = 0
         self.errors = 0
         self._fds: list[int] = []  # the descriptors passed with the request being handled
+        self._peer: tuple[int, int] | None = None  # the (uid, gid) of the client being answered
         self.refused = 0  # clients refused because every slot was busy
         self.evicted = 0  # idle connections closed to make room or after IDLE_TIMEOUT
         self.idle_timeout = IDLE_TIMEOUT
@@ -417,6 +431,7 @@ class ControlServer:
     def _answer(self, conn: _Conn, line: bytes) -> None:
         self.requests += 1
         self._fds, conn.fds = conn.fds, []
+        self._peer = conn.peer
         try:
             cmd, args = decode_request(line)
             result = self.handler(cmd, args)
@@ -452,6 +467,11 @@ class ControlServer:
         if n:
             conn.last = time.monotonic()
         del conn.outbuf[:n]
+
+    def peer(self) -> tuple[int, int] | None:
+        """(For a handler.) The (uid, gid) of the client whose request is being handled (SO_PEERCRED),
+        None where the kernel could not say."""
+        return self._peer
 
     def take_fd(self) -> int | None:
         """(For a handler.) The file descriptor passed with the request being handled, now the

@@ -63,6 +63,16 @@ class _Attached:
     retrainer: Retrainer | None = None  # retrain_every: the rolling window and the trainer
     drops_base: int = 0  # ring records the rings had dropped before the daemon attached the pool
     repairs: int = 0  # row mode: the pool's repairs count its mirror was built at (Pool.repairs)
+    owner_uid: int = -1  # the uid owning the object attached (its owner's control commands act on it)
+
+
+def _shm_owner(name: str, inode: int | None) -> int:
+    """The uid owning /dev/shm/NAME if it is still the object of that inode, else -1 (nobody's)."""
+    try:
+        st = os.lstat(shm_path(name))
+    except OSError:
+        return -1
+    return st.st_uid if st.st_ino == inode else -1
 
 
 def _shm_inode(name: str) -> int | None:
@@ -241,7 +251,8 @@ class Daemon:
         # the inode checked for its owner: if the object was replaced since, _discover detaches it
         att = _Attached(driver=driver, tracker=AppTracker(driver), policy_cfg=pc, inode=inode,
                         budget=page_budget, stream=PoolStream(driver), drops_base=drops_base,
-                        repairs=pool.repairs() if pc.mode != "pages" else 0)
+                        repairs=pool.repairs() if pc.mode != "pages" else 0,
+                        owner_uid=_shm_owner(name, inode))
         if pc.retrain_every:
             att.retrainer = Retrainer(name, pc, driver.capacity, self.cfg.state_dir,
                                       model_dir=run_pc.model_dir if run_name == pc.name else None)
@@ -457,13 +468,21 @@ class Daemon:
 
     # -- control -------------------------------------------------------------------------------
 
-    def _pool_arg(self, args: dict[str, Any]) -> _Attached:
+    def _pool_arg(self, args: dict[str, Any], act: str = "") -> _Attached:
+        """The pool a command names. ``act``: the command changes or reads out the pool (record, pause,
+        resume, policy, retrain), which only the pool's owner, root and the daemon's own user may do:
+        a member of the socket's group may read the stats of every pool, not record another user's
+        lookups nor steer their pool (the client's uid is the kernel's, SO_PEERCRED)."""
         name = args.get("pool")
         if not isinstance(name, str):
             raise CommandError("missing argument \"pool\" (a pool name)")
         att = self.pools.get(name)
         if att is None:
             raise CommandError(f"no such pool {name!r} (attached: {', '.join(self.pools) or 'none'})")
+        peer = self.control.peer() if act and self.control is not None else None
+        if peer is not None and peer[0] not in (0, os.geteuid(), att.owner_uid):
+            raise CommandError(f"pool {name}: only its owner (uid {att.owner_uid}), root or the daemon's "
+                               f"user may {act} it (you are uid {peer[0]})")
         return att
 
     def handle(self, cmd: str, args: dict[str, Any]) -> Any:
@@ -492,12 +511,12 @@ class Daemon:
                 raise CommandError(f"reload failed, the running configuration is kept: {err}")
             return {"config": self.cfg.path, "reloads": self.reloads}
         if cmd in ("pause", "resume"):
-            att = self._pool_arg(args)
+            att = self._pool_arg(args, cmd)
             att.driver.paused = cmd == "pause"
             log.info("pool %s %s", att.driver.name, "paused" if att.driver.paused else "resumed")
             return {"pool": att.driver.name, "paused": att.driver.paused}
         if cmd == "policy":
-            att = self._pool_arg(args)
+            att = self._pool_arg(args, "switch the policy of")
             name = args.get("name")
             if not isinstance(name, str) or not name:
                 raise CommandError("missing argument \"name\" (a policy name)")
@@ -520,11 +539,11 @@ class Daemon:
             log.info("pool %s: policy switched to %s", att.driver.name, name)
             return {"pool": att.driver.name, "policy": name}
         if cmd == "record":
-            att = self._pool_arg(args)
+            att = self._pool_arg(args, "record")
             assert att.stream is not None and self.control is not None
             return att.stream.command(args, self.control.take_fd)
         if cmd == "retrain":
-            att = self._pool_arg(args)
+            att = self._pool_arg(args, "retrain")
             if att.retrainer is None:
                 raise CommandError(f"pool {att.driver.name} does not retrain (set retrain_every in its "
                                    "policy section)")
