@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nobody import as_nobody
 from test_daemon_live import wait_until
 from test_daemon_plugin import start_daemon, stop_daemon, wait_socket
 
@@ -24,27 +25,6 @@ from recmgd.daemon.control import request
 from recmgd.pool import Pool
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (clients run as the nobody user)")
-
-
-def _as_nobody(fn) -> str:
-    """fn's answer (a string), run in a forked child under the nobody user."""
-    nobody = pwd.getpwnam("nobody")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            os.write(w, fn().encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        out = f.read().decode()
-    os.waitpid(pid, 0)
-    return out
 
 
 def _ask(sock: Path, cmd: str, args: dict) -> str:
@@ -80,22 +60,22 @@ def test_only_a_pools_owner_steers_it(tmp_path: Path) -> None:
 
     d = start_daemon(cfg)
     try:
-        assert _as_nobody(make_own) == "made"
+        assert as_nobody(make_own) == "made"
         wait_socket(sock, d, timeout=60)
         wait_until(lambda: set(request(str(sock), "stats")["pools"]) == {root_pool, own_pool}, timeout=60,
                    what="both pools attached")
         # nobody: the stats of every pool; its own pool steered; root's refused, in one line
-        stats = json.loads(_as_nobody(lambda: _ask(sock, "stats", {})))
+        stats = json.loads(as_nobody(lambda: _ask(sock, "stats", {})))
         assert stats["ok"] and set(stats["result"]["pools"]) == {root_pool, own_pool}
         for cmd, args in (("pause", {}), ("resume", {}), ("policy", {"name": "lfu"}),
                           ("record", {"action": "status"})):
             ask = {"pool": root_pool, **args}
-            a = json.loads(_as_nobody(lambda cmd=cmd, ask=ask: _ask(sock, cmd, ask)))
+            a = json.loads(as_nobody(lambda cmd=cmd, ask=ask: _ask(sock, cmd, ask)))
             assert not a["ok"] and "only its owner (uid 0), root or the daemon's user" in a["error"], (cmd, a)
             assert f"you are uid {pwd.getpwnam('nobody').pw_uid}" in a["error"]
-        a = json.loads(_as_nobody(lambda: _ask(sock, "pause", {"pool": own_pool})))
+        a = json.loads(as_nobody(lambda: _ask(sock, "pause", {"pool": own_pool})))
         assert a["ok"] and a["result"]["paused"] is True
-        a = json.loads(_as_nobody(lambda: _ask(sock, "policy", {"pool": own_pool, "name": "lfu"})))
+        a = json.loads(as_nobody(lambda: _ask(sock, "policy", {"pool": own_pool, "name": "lfu"})))
         assert a["ok"], a
         # root steers any pool; nothing nobody asked of root's pool happened
         pools_now = {p["name"]: p for p in request(str(sock), "pools")}

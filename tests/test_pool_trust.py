@@ -4,7 +4,6 @@ pool made by an unprivileged user never reads a file that user could not read.""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from nobody import as_nobody
 from pool_layout import HEADER, SLOW_PATH
 
 from recmgd.errors import PoolError
@@ -125,24 +125,6 @@ def test_file_of_another_owner_is_refused(ssd_pool: tuple[Pool, Path]) -> None:
         Pool.attach(p.name, role="daemon")
 
 
-def _as_nobody(fn) -> None:
-    """Runs fn in a forked child under the nobody user; fails the test if fn raised."""
-    nobody = pwd.getpwnam("nobody")
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            fn()
-            code = 0
-        finally:
-            os._exit(code)
-    _, status = os.waitpid(pid, 0)
-    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
-
-
 def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
     """Issue #12, point 1: a user's pool whose header names a root-only 0600 file."""
     if os.geteuid() != 0:
@@ -161,12 +143,12 @@ def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
         p.close()
 
     try:
-        _as_nobody(make_pool)
+        as_nobody(make_pool)
         assert (SHM / name).stat().st_uid == pwd.getpwnam("nobody").pw_uid
         # a daemon attached before the rewrite keeps the file it checked and opened
         daemon = Pool.attach(name, role="daemon")
         app = Pool.attach(name)
-        _as_nobody(lambda: _put_path(name, str(secret)))
+        as_nobody(lambda: _put_path(name, str(secret)))
         daemon.fill_keys(make_keys(0, np.arange(64)))
         try:
             got = app.embedding_bag(0, np.arange(ROWS), np.arange(ROWS))
@@ -186,7 +168,7 @@ def test_unprivileged_pool_naming_a_root_only_file(tmp_path: Path) -> None:
                 fh.seek(off)
                 fh.write(b"\0" * 8)
 
-        _as_nobody(zero_size)
+        as_nobody(zero_size)
         with pytest.raises(PoolError, match="slow_bytes"):
             Pool.attach(name, role="daemon")
     finally:
@@ -212,9 +194,9 @@ def test_a_fifo_slow_tier_is_never_opened(tmp_path: Path) -> None:
         os.mkfifo(slow, 0o444)
 
     try:
-        _as_nobody(make_pool)
+        as_nobody(make_pool)
         for role in ("app", "daemon"):
-            answer = _as_nobody_answer(lambda role=role: _attach_error(name, role), timeout=30)
+            answer = as_nobody(lambda role=role: _attach_error(name, role), timeout=30)
             assert answer == f"slow-tier file {slow} refused: it is not a regular file (not opened)", answer
     finally:
         (SHM / name).unlink(missing_ok=True)
@@ -227,37 +209,6 @@ def _attach_error(name: str, role: str) -> str:
     except PoolError as e:
         return str(e)
     return "attached"
-
-
-def _as_nobody_answer(fn, timeout: float) -> str:
-    """fn's answer (a string), run in a forked child under the nobody user (the venv's python may not be
-    nobody's to run); fails the test if the child does not answer within timeout seconds."""
-    nobody = pwd.getpwnam("nobody")
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        try:
-            os.close(r)
-            os.setgroups([])
-            os.setgid(nobody.pw_gid)
-            os.setuid(nobody.pw_uid)
-            os.write(w, fn().encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    try:
-        deadline = time.monotonic() + timeout
-        while os.waitpid(pid, os.WNOHANG) == (0, 0):
-            if time.monotonic() > deadline:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-                raise AssertionError(f"no answer within {timeout} s (the child hung)")
-            time.sleep(0.05)
-        with os.fdopen(r, "rb") as f:
-            return f.read().decode()
-    finally:
-        with contextlib.suppress(OSError):
-            os.close(r)
 
 
 def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:
