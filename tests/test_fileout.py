@@ -46,7 +46,7 @@ def test_whole_files_replace_all_or_none(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt", "b.txt"]  # no temporary left
 
 
-def _failing_replace(monkeypatch: pytest.MonkeyPatch, fail_at: int, exc: BaseException,
+def failing_replace(monkeypatch: pytest.MonkeyPatch, fail_at: int, exc: BaseException,
                      fail_after: bool = False) -> None:
     """os.replace fails (raises exc) at its fail_at-th call (and every later one with fail_after)."""
     real, calls = os.replace, [0]
@@ -72,7 +72,7 @@ def test_a_failed_rename_puts_every_old_file_back(tmp_path: Path, monkeypatch: p
         def no_link(*args: object, **kw: object) -> None:
             raise PermissionError(1, "Operation not permitted")
         monkeypatch.setattr(os, "link", no_link)
-    _failing_replace(monkeypatch, fail_at, exc)
+    failing_replace(monkeypatch, fail_at, exc)
     with pytest.raises(type(exc)), whole_files([a, b, c]) as (ta, tb, tc):
         ta.write_text("new a")
         tb.write_text("new b")
@@ -88,7 +88,7 @@ def test_a_rollback_that_fails_says_so(tmp_path: Path, monkeypatch: pytest.Monke
     outs = [tmp_path / n for n in ("a", "b", "c")]
     for p in outs:
         p.write_text(f"old {p.name}")
-    _failing_replace(monkeypatch, 3, OSError(5, "Input/output error"), fail_after=True)
+    failing_replace(monkeypatch, 3, OSError(5, "Input/output error"), fail_after=True)
     with pytest.raises(PartlyReplaced) as ei, whole_files(outs) as tmps:
         for t in tmps:
             t.write_text("new")

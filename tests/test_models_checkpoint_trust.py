@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_fileout import failing_replace
 from test_models import small_cfg, zipf_steps
 
-from recmgd import fileout
 from recmgd import policy as registry
 from recmgd.errors import ModelError, PolicyError
 from recmgd.models import checkpoint, granularity
@@ -366,19 +366,6 @@ def test_a_symlinked_checkpoint_folder_loads(ck: Path, tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- 7: all or nothing, and generation ids
-def _flaky_replace(monkeypatch: pytest.MonkeyPatch, fail_at: int, exc: BaseException,
-                   fail_after: bool = False) -> None:
-    real, calls = os.replace, [0]
-
-    def flaky(src: object, dst: object) -> None:
-        calls[0] += 1
-        if calls[0] == fail_at or (fail_after and calls[0] > fail_at):
-            raise exc
-        real(src, dst)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(fileout.os, "replace", flaky)
-
-
 @pytest.mark.parametrize("exc", [OSError(errno.EIO, "Input/output error"), KeyboardInterrupt()],
                          ids=["eio", "interrupt"])
 @pytest.mark.parametrize("fail_at", [2, 3, 4])
@@ -386,7 +373,7 @@ def test_a_save_failing_between_renames_leaves_the_old_checkpoint(
         ck: Path, retrained: checkpoint.Trained, monkeypatch: pytest.MonkeyPatch, exc: BaseException,
         fail_at: int) -> None:
     before = digest(ck)
-    _flaky_replace(monkeypatch, fail_at, exc)
+    failing_replace(monkeypatch, fail_at, exc)
     if isinstance(exc, OSError):
         refused(lambda: checkpoint.save(retrained, ck), "Input/output error", "nothing in it was replaced")
     else:
@@ -400,7 +387,7 @@ def test_a_save_failing_between_renames_leaves_the_old_checkpoint(
 
 def test_a_save_that_cannot_roll_back_is_refused_by_loaders(ck: Path, retrained: checkpoint.Trained,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    _flaky_replace(monkeypatch, 3, OSError(errno.EIO, "Input/output error"), fail_after=True)
+    failing_replace(monkeypatch, 3, OSError(errno.EIO, "Input/output error"), fail_after=True)
     msg = refused(lambda: checkpoint.save(retrained, ck), "Input/output error")
     monkeypatch.undo()
     assert "nothing in it was replaced" not in msg and "saved again" in msg, msg
