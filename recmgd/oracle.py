@@ -1,4 +1,4 @@
-"""Next-use arrays and Belady's OPT under the simulator's protocol (DESIGN.md).
+"""Next-use arrays and Belady's OPT under the simulator's protocol (docs/ARCHITECTURE.md).
 
 API (stable; the learned models build their labels on it)::
 

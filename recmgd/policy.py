@@ -1,4 +1,5 @@
-"""The one interface every caching policy and prefetcher implements (DESIGN.md: one policy, two drivers).
+"""The one interface every caching policy and prefetcher implements (docs/ARCHITECTURE.md: one policy,
+two drivers).
 
 A *driver* (the simulator, from a trace; the daemon, from the live access rings) owns the truth: which
 keys are resident in the fast tier. It shows the policy each step's deduplicated accesses with the

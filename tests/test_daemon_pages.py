@@ -1,4 +1,5 @@
-"""Page mode (DESIGN.md, "Page mode"): the daemon's policies moving whole pages of a NUMA slow tier.
+"""Page mode (docs/ARCHITECTURE.md, "Page mode"): the daemon's policies moving whole pages of a NUMA slow
+tier.
 
 On this kind of host node 0 is the only NUMA node, so a move to node 0 changes no placement; what is
 tested for real here: the move_pages calls and their per-page status, the bounded -EBUSY retries and

@@ -5,7 +5,7 @@
 
 Kernel NUMA tiering, DAMON-based tiering and memtierd move whole 4 KiB pages between the slow node and
 DRAM; with 256-byte rows a page holds 16 rows whose ids, hashed, are unrelated. In one run per trace
-and fraction this measures, on the simulator's protocol (DESIGN.md: steps of 16 samples, the first
+and fraction this measures, on the simulator's protocol (docs/ARCHITECTURE.md: steps of 16 samples, the first
 half warms, the second is counted), the on-demand fetches of recmg on row slots (trained on the first
 half) and of page-granular tiering with the same DRAM: LRU over pages (what the kernel's LRU lists
 approximate), S3-FIFO over pages, and Belady's OPT over pages, which no page-granular tiering without

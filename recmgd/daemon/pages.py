@@ -1,4 +1,5 @@
-"""Page mode: the daemon's policies moving whole pages of a NUMA slow tier (DESIGN.md, "Page mode").
+"""Page mode: the daemon's policies moving whole pages of a NUMA slow tier (docs/ARCHITECTURE.md,
+"Page mode").
 
 Instead of copying rows into the fast tier's slots, the daemon promotes whole 4096-byte pages of a
 table's backing store (the pool's slow tier, bound to a CPU-less or far node) to ``fast_node`` with

@@ -1,4 +1,4 @@
-"""The simulator: drives policies through a trace under the protocol of DESIGN.md."""
+"""The simulator: drives policies through a trace under the protocol of docs/ARCHITECTURE.md."""
 
 from recmgd.sim.driver import Counters, Driver, drive
 from recmgd.sim.lookahead import BeladyWindow, LookaheadCounters, drive_lookahead

@@ -33,7 +33,7 @@ PATHS = ("auto", "native", "python")
 
 @dataclass
 class Counters:
-    """What one scored run counted (see DESIGN.md, the simulator's protocol)."""
+    """What one scored run counted (docs/ARCHITECTURE.md, "The simulator's protocol")."""
 
     steps: int = 0
     lookups: int = 0

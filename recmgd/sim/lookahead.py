@@ -1,4 +1,5 @@
-"""Lookahead: the simulator's driver when the next L steps' rows are known ahead (DESIGN.md, "Lookahead L").
+"""Lookahead: the simulator's driver when the next L steps' rows are known ahead (docs/ARCHITECTURE.md,
+"Lookahead").
 
 In a server, requests wait in a queue: when step b runs, steps b+1..b+L are already formed. At each step
 b the driver (the same for every policy):

@@ -1,4 +1,4 @@
-"""Page-granular tiering, simulated: the comparison DESIGN.md sets row slots against.
+"""Page-granular tiering, simulated: the comparison docs/ARCHITECTURE.md sets row slots against.
 
 Kernel NUMA tiering, DAMON and memtierd (and recmgd's own page mode) keep whole pages of the slow
 tier's backing store on the fast node, not rows. A table's rows lie in its backing store in id order
@@ -106,8 +106,8 @@ def to_pages(steps: Steps, row_bytes: int, page_bytes: int = DEFAULT_PAGE_BYTES)
 
 
 def floor_bound(page_steps: Steps, weights: np.ndarray, warm: int, cap_pages: int) -> tuple[int, int]:
-    """The floor and bound of DESIGN.md for page granularity: scored lookups of rows on pages never
-    seen before (reading one row of a page brings its neighbours along, so this floor is at most the
+    """The floor and bound of the simulator's protocol for page granularity: scored lookups of rows on pages
+    never seen before (reading one row of a page brings its neighbours along, so this floor is at most the
     rows' one), and the sum over scored steps of max(those lookups, the rows of the step's pages beyond
     ``cap_pages``, lightest pages first)."""
     flat = page_steps.keys[page_steps.offsets[0]:page_steps.offsets[-1]]

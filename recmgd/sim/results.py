@@ -10,7 +10,7 @@ from recmgd.sim.driver import Counters
 
 @dataclass
 class SimResult:
-    """The metrics of one scored run (DESIGN.md, the simulator's protocol)."""
+    """The metrics of one scored run (docs/ARCHITECTURE.md, "The simulator's protocol")."""
 
     trace: str
     policy: str

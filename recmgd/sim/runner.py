@@ -1,11 +1,11 @@
 """The simulator: a trace, policies and fractions in; one SimResult per (policy, fraction) out.
 
-Protocol (DESIGN.md): steps of ``batch`` samples, deduplicated; capacity = fraction x unique rows of
-the trace; every policy warms on the first half of the steps and is scored on the second half (learned
-policies are fit on the first half first); ``floor`` counts scored lookups of rows never seen before;
-``bound`` is the sum over scored steps of max(rows never seen before, rows - capacity), below which no
-policy can go, prefetching or not (a step's rows beyond the capacity cannot all be resident); and
-``gap_closed`` compares with LRU at the same capacity (without lookahead).
+Protocol (docs/ARCHITECTURE.md, "The simulator's protocol"): steps of ``batch`` samples, deduplicated;
+capacity = fraction x unique rows of the trace; every policy warms on the first half of the steps and is
+scored on the second half (learned policies are fit on the first half first); ``floor`` counts scored lookups
+of rows never seen before; ``bound`` is the sum over scored steps of max(rows never seen before, rows -
+capacity), below which no policy can go, prefetching or not (a step's rows beyond the capacity cannot all be
+resident); and ``gap_closed`` compares with LRU at the same capacity (without lookahead).
 
 Lookahead (``lookahead`` > 0, recmgd.sim.lookahead): every policy also sees the next L steps' rows,
 which the driver fills ahead within ``budget`` rows a step; results are named ``POLICY+LL`` (``lru+L2``).
