@@ -109,7 +109,7 @@ install: install-venv install-files
 	    systemd-tmpfiles --create /usr/lib/tmpfiles.d/recmgd.conf || exit 1; \
 	  else \
 	    install -d -o recmgd -g recmgd -m 0755 /run/recmgd && \
-	    install -d -o recmgd -g recmgd -m 0750 /var/lib/recmgd /var/lib/recmgd/models || exit 1; \
+	    install -d -o recmgd -g recmgd -m 0700 /var/lib/recmgd /var/lib/recmgd/models || exit 1; \
 	  fi; \
 	  if command -v runuser >/dev/null 2>&1 && \
 	     ! runuser -u recmgd -- $(INSTALL_VENV)/bin/python -c "import recmgd.daemon.service" 2>/dev/null; then \

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -326,3 +327,21 @@ def test_a_corrupt_retrained_checkpoint_is_passed_over(tmp_path: Path, configure
     assert len(warnings) == 1 and f"the last retrained checkpoint {bad} does not load" in warnings[0], err
     assert err.count("loading the last retrained checkpoint") == 1, err
     assert err.count("cannot attach") == (1 if configured == "bad" else 0), err
+
+
+def test_the_retraining_directories_are_the_daemons_alone(tmp_path: Path, small_disk) -> None:
+    """STATE_DIR/retrain and its pool's directory are made (or made again) 0700 before the window is
+    written: the window is the pool's lookup stream, which another user of the daemon's group could read
+    when the directories took the state directory's group mode (0750)."""
+    small = small_disk("64k")
+    (small / "retrain" / "p").mkdir(parents=True, mode=0o755)
+    os.chmod(small / "retrain", 0o755)
+    os.chmod(small / "retrain" / "p", 0o755)
+    rt = Retrainer("p", PolicyConfig(name="recmg", retrain_window=20000), 10, str(small), model_dir=None)
+    rt.window(batches(50, 400), 0)
+    rt.start("test")
+    job = rt._job
+    assert job is not None and job.thread is not None
+    job.thread.join(60)
+    for d in (small / "retrain", small / "retrain" / "p"):
+        assert stat.S_IMODE(d.stat().st_mode) == 0o700, d

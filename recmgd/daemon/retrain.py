@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -49,6 +50,14 @@ MIN_BATCHES = 16
 TRAINER_NICE = 10
 #: models kept under STATE_DIR/retrain/POOL/models (the current one and the one before it)
 KEEP_MODELS = 2
+
+
+def private_dir(path: Path) -> None:
+    """Make the directory (and its parents) if missing, and make it the daemon's alone (0700, whatever
+    the umask or an older daemon left): a retraining window is a pool's lookup stream."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if stat.S_IMODE(os.stat(path).st_mode) != 0o700:
+        os.chmod(path, 0o700)
 
 
 class RollingWindow:
@@ -251,7 +260,13 @@ class Retrainer:
 
     def _run(self, job: _Job, keys: np.ndarray, lengths: np.ndarray) -> None:
         try:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            try:  # the window is the pool's lookup stream: no other user may read it (nor the models)
+                private_dir(self.dir.parent)
+                private_dir(self.dir)
+            except OSError as exc:
+                where = exc.filename or self.dir
+                job.error = f"cannot make {where} private (mode 0700): {exc.strerror or exc}"
+                return
             window = self.dir / "window.rtrace"
             (self.dir / "window.rtrace.partial").unlink(missing_ok=True)  # an older daemon's leftover
             try:  # whole or not at all: a full disk leaves neither a cut window nor its temporary
