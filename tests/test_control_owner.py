@@ -1,6 +1,7 @@
 """Pool commands are the pool owner's: a member of the control socket's group reads every pool's stats,
 but only a pool's owner (the uid owning its object), root and the daemon's own user may record its
-lookups, pause or resume it, switch its policy or retrain it. The client's uid is the kernel's
+lookups, pause or resume it, switch its policy (from a model folder of the client's own) or retrain it,
+and only root and the daemon's user may reload. The client's uid is the kernel's
 (SO_PEERCRED). (Any member could record another user's lookup stream.) Needs root: the clients run as
 nobody, the daemon serves nobody's pools too."""
 
@@ -75,6 +76,13 @@ def test_only_a_pools_owner_steers_it(tmp_path: Path) -> None:
             assert f"you are uid {pwd.getpwnam('nobody').pw_uid}" in a["error"]
         a = json.loads(as_nobody(lambda: _ask(sock, "pause", {"pool": own_pool})))
         assert a["ok"] and a["result"]["paused"] is True
+        # a reload (which would undo every owner's policy switch) is the admin's; and a checkpoint the
+        # daemon loads for nobody's pool must be a folder of nobody's (root's /etc is not)
+        a = json.loads(as_nobody(lambda: _ask(sock, "reload", {})))
+        assert not a["ok"] and "only root or the daemon's user may reload" in a["error"], a
+        a = json.loads(as_nobody(lambda: _ask(sock, "policy", {"pool": own_pool, "name": "recmg-cache",
+                                                                 "model_dir": "/etc"})))
+        assert not a["ok"] and "/etc must be a directory of yours" in a["error"], a
         a = json.loads(as_nobody(lambda: _ask(sock, "policy", {"pool": own_pool, "name": "lfu"})))
         assert a["ok"], a
         # root steers any pool; nothing nobody asked of root's pool happened

@@ -410,3 +410,27 @@ def test_the_drop_warning_counts_drops_since_the_daemon_attached(tmp_path: Path,
             d.shutdown()
     finally:
         app.destroy()
+
+
+def test_reload_keeps_a_retraining_pool_waiting_for_its_first_model(tmp_path: Path,
+                                                                   restore_signals: None) -> None:
+    """A pool that retrains (retrain_every) and has no checkpoint yet runs LRU until its first retrain;
+    a reload of the unchanged configuration keeps it so, and a `recmgctl policy` switch of it is undone
+    by a reload the same way. (Every reload failed: the LRU it ran looked like a switch, and reverting
+    it asked for a recmg-cache model that does not exist yet.)"""
+    name = f"recmgd-svc-rt-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024)
+    body = (f'pools = ["{name}"]\nstate_dir = "{tmp_path / "state"}"\n'
+            f'[control]\nsocket = "{tmp_path / "s"}"\n'
+            f'[policy]\nname = "recmg-cache"\nretrain_every = 1000000\n')
+    d, cfg, n = make(tmp_path, body)
+    try:
+        att = d.pools[name]
+        assert att.driver.policy_name == "lru"
+        assert d.reload() is None and att.driver.policy_name == "lru"
+        d.handle("policy", {"pool": name, "name": "lfu"})
+        assert att.driver.policy_name == "lfu"
+        assert d.reload() is None and att.driver.policy_name == "lru"
+    finally:
+        d.shutdown()
+        app.destroy()

@@ -324,6 +324,20 @@ def test_a_directory_member_is_refused(ck: Path) -> None:
     refused(lambda: checkpoint.load_inference(ck), "inference.npz", "directory")
 
 
+def test_a_sparse_member_is_refused(ck: Path) -> None:
+    """A member whose bytes are mostly holes (a few kB on disk claiming gigabytes of arrays: the daemon
+    read them all in its loop, 1.2 GB for a 10 kB file) is refused before anything is read."""
+    keys = ck / "keys.npz"
+    data = keys.read_bytes()
+    with open(keys, "r+b") as f:  # the same archive, then 64 MiB of holes (zip readers find the end)
+        f.truncate(64 << 20)
+        f.seek(0)
+        f.write(data)
+    if keys.stat().st_blocks * 512 >= (64 << 20) // 2:
+        pytest.skip("this file system has no holes")
+    refused(lambda: checkpoint.load_inference(ck), "keys.npz", "a sparse file")
+
+
 # ------------------------------------------------------------------------------ 6: symbolic links
 def test_save_replaces_a_symlinked_member_and_never_writes_outside(ck: Path, tmp_path: Path,
                                                                    trained: checkpoint.Trained) -> None:

@@ -506,6 +506,11 @@ class Daemon:
                 out.append({"name": name, "waiting": True, "error": why or self._attach_errors.get(name)})
             return out
         if cmd == "reload":
+            peer = self.control.peer() if self.control is not None else None
+            if peer is not None and peer[0] not in (0, os.geteuid()):
+                # (it resets every owner's policy switches: the admin's, as SIGHUP is)
+                raise CommandError(f"only root or the daemon's user may reload its configuration (you are "
+                                   f"uid {peer[0]})")
             err = self.reload()
             if err:
                 raise CommandError(f"reload failed, the running configuration is kept: {err}")
@@ -523,6 +528,15 @@ class Daemon:
             model = args.get("model_dir")
             if model is not None and (not isinstance(model, str) or not os.path.isabs(model)):
                 raise CommandError("argument \"model_dir\": expected an absolute path")
+            peer = self.control.peer() if self.control is not None else None
+            if model is not None and peer is not None and peer[0] not in (0, os.geteuid()):
+                try:  # the daemon reads it with its own rights: only a folder of the client's own
+                    mine = os.stat(model).st_uid == peer[0]
+                except OSError:
+                    mine = False
+                if not mine:
+                    raise CommandError(f"argument \"model_dir\": {model} must be a directory of yours "
+                                       f"(uid {peer[0]})")
             pc = att.policy_cfg
             new_pc = dataclasses.replace(pc, name=name, model_dir=model or pc.model_dir)
             pol = create_policy(name, new_pc.create_options(), pool=att.driver.name, mode=pc.mode)
@@ -584,7 +598,7 @@ class Daemon:
         reattach = []  # pools whose mode or page-mode settings change: attached again
         for name, att in self.pools.items():
             pc = new.policy_for(name)
-            switched = att.driver.policy_name != att.policy_cfg.name  # by `recmgctl policy`
+            switched = name in self._policy_override  # by `recmgctl policy` (a reload reverts it)
             retrain = (pc.retrain_every or att.policy_cfg.retrain_every) and pc != att.policy_cfg
             if new.manages(name) and (pc.mode != att.policy_cfg.mode or retrain
                                       or (pc.mode == "pages" and pc.pages != att.policy_cfg.pages)):
@@ -604,8 +618,13 @@ class Daemon:
                 raise ConfigError(f"{new.path}: {key}: impossible value {pc.hint_slots} (pool {name} has "
                                   f"{att.driver.n_slots} slots; the policy needs at least one)")
             if new.manages(name) and (pc != att.policy_cfg or switched):
-                pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
-                new_policies[name] = (pc, pol)
+                if pc.retrain_every:  # (its last retrained checkpoint, the configured one, or LRU)
+                    run_name, _, pol = load_starting_policy(name, pc, new.state_dir,
+                                                            dict(self._bad_checkpoints))
+                else:
+                    run_name = pc.name
+                    pol = create_policy(pc.name, pc.create_options(), pool=name, mode=pc.mode)
+                new_policies[name] = (pc, pol, run_name)
         new_control = None
         if new.control.socket != old.control.socket:
             nc = new.control
@@ -643,10 +662,10 @@ class Daemon:
         self._configure_budget()
         self._policy_override.clear()
         self._model_override.clear()
-        for name, (pc, pol) in new_policies.items():
+        for name, (pc, pol, run_name) in new_policies.items():
             att = self.pools[name]
             try:
-                att.driver.switch_policy(pol, pc.name, hint_slots=pc.hint_slots)
+                att.driver.switch_policy(pol, run_name, hint_slots=pc.hint_slots)
                 att.driver.mover.pin_steps = pc.hint_pin_batches
             except PoolLockedError as exc:  # attached again later, with the new configuration
                 self._lock_held(name, exc)

@@ -50,6 +50,10 @@ _REASON_CHARS = 200
 _ADVICE = ("weights_only", "safe_globals", "trust", "Weights only load failed", "Check the documentation")
 
 
+#: a member larger than this must have at least half its bytes on disk (not a sparse file)
+SPARSE_FREE_BYTES = 1 << 20
+
+
 def one_line(exc: BaseException) -> str:
     """One line of an exception's message: its first line with something left once torch's advice is
     taken out (never its advice to load with ``weights_only=False``, which runs any code a file holds;
@@ -98,7 +102,12 @@ def open_member(d: Path, name: str, *, missing_ok: bool = False) -> BinaryIO | N
                              "in its folder") from None
         raise ModelError(f"{p}: cannot read ({exc.strerror})") from None
     try:
-        _check_kind(p, os.fstat(fd))  # what was opened (it may have been replaced since the lstat)
+        st = os.fstat(fd)
+        _check_kind(p, st)  # what was opened (it may have been replaced since the lstat)
+        # a sparse file (holes read as zeros) would let a few kB on disk claim gigabytes of arrays
+        if st.st_size > SPARSE_FREE_BYTES and st.st_blocks * 512 < st.st_size // 2:
+            raise ModelError(f"{p}: a sparse file ({st.st_size:,} bytes, {st.st_blocks * 512:,} on disk); a "
+                             "checkpoint's files are written whole")
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
         return os.fdopen(fd, "rb")
     except BaseException:
