@@ -39,6 +39,7 @@ HEADER = {
     "writer_lock": (164, "<i"),  # the writer lock: its holder's pid, 0 when free
 }
 SLOW_PATH = (168, 1024)  # char slow_path[1024]
+REPAIRS = (1192, "<Q")  # shm_header.repairs, after slow_path (the former padding)
 HEADER_USED = 1256  # sizeof(shm_header); the rest of the first HDR_BYTES is padding
 
 # shm_table (at HDR_BYTES + t * TABLE_BYTES)

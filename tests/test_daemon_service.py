@@ -434,3 +434,48 @@ def test_reload_keeps_a_retraining_pool_waiting_for_its_first_model(tmp_path: Pa
     finally:
         d.shutdown()
         app.destroy()
+
+
+def test_a_pool_bumping_its_repairs_is_attached_again_at_most_so_often(tmp_path: Path,
+                                                                       restore_signals: None) -> None:
+    """The repairs count lives in the pool's shared memory: an app bumping it at every check would make
+    the daemon attach the pool again at every check (a checkpoint loaded again, the index scanned). A
+    move is acted on at once, then at most once in REPAIR_RESYNC_MIN."""
+    import struct
+
+    from pool_layout import REPAIRS
+
+    from recmgd.daemon import service
+
+    name = f"recmgd-svc-rp-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024)
+    d, _, _ = make(tmp_path, f'pools = ["{name}"]\n[control]\nsocket = "{tmp_path / "s"}"\n')
+
+    def bump() -> None:
+        off, fmt = REPAIRS
+        with open(f"/dev/shm/{name}", "r+b") as f:
+            f.seek(off)
+            (n,) = struct.unpack(fmt, f.read(struct.calcsize(fmt)))
+            f.seek(off)
+            f.write(struct.pack(fmt, n + 1))
+
+    try:
+        first = d.pools[name]
+        d._check_repairs(first)
+        assert d.pools[name] is first  # nothing moved
+        bump()
+        d._check_repairs(first)
+        d._discover()
+        second = d.pools[name]
+        assert second is not first and second.repairs == app.repairs() == 1  # attached again at once
+        bump()
+        d._check_repairs(second)
+        d._discover()
+        assert d.pools[name] is second  # not again so soon
+        d._resynced[name] -= service.REPAIR_RESYNC_MIN
+        d._check_repairs(second)
+        d._discover()
+        assert d.pools[name] is not second and d.pools[name].repairs == 2
+    finally:
+        d.shutdown()
+        app.destroy()

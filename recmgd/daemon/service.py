@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 STALL_ENV = "RECMGD_TEST_STALL_FILE"  # test hook: the loop stalls while this file exists
 RETRY_AFTER_ERROR = 10.0  # seconds before a pool whose loop failed is attached again
 RETRY_STUCK = 2.0  # seconds before a pool whose writer lock stayed held is tried again
+#: at most one re-attach a pool in this many seconds for a repair of its fast tier (Pool.repairs moving:
+#: its count is in shared memory, which an app can bump at will to make the daemon re-attach)
+REPAIR_RESYNC_MIN = 10.0
 #: a pool that failed to attach (not ready, not a pool, no policy for it) is tried again after a delay that
 #: doubles from app_check_interval up to this many seconds; a success, or a new object of that name, resets it
 ATTACH_RETRY_MAX = 30.0
@@ -101,6 +104,7 @@ class Daemon:
         self._reload = False
         self._attach_errors: dict[str, str] = {}
         self._retry_after: dict[str, float] = {}  # pool -> monotonic time of the next attach after an error
+        self._resynced: dict[str, float] = {}  # pool -> monotonic time of its last re-attach for a repair
         self._attach_backoff: dict[str, tuple[float, int | None]] = {}  # pool -> (delay, inode) of failures
         self._bad_checkpoints: dict[str, str] = {}  # pool -> its retrained checkpoint that does not load
         self.stuck: dict[str, _Stuck] = {}  # pools whose writer lock stays held by another process
@@ -329,12 +333,17 @@ class Daemon:
         write_rows cut short leaves its table's copies older than the slow rows until then); when rows
         left the fast tier behind the daemon (that repair, or a writer dropping copies: Pool.repairs()
         moved), its mirror says resident what is not, so the pool is detached and attached again at
-        once, which rebuilds the mirror from the fast tier."""
+        once, which rebuilds the mirror from the fast tier; at most once in REPAIR_RESYNC_MIN a pool
+        (the count is in the pool's shared memory: an app could bump it at every check)."""
         if isinstance(att.driver, PageDriver):
             return
         name = att.driver.name
         att.driver.pool.repair()  # type: ignore[attr-defined]  # (a dead writer's lock: repaired now)
+        now = time.monotonic()
+        if now - self._resynced.get(name, -REPAIR_RESYNC_MIN) < REPAIR_RESYNC_MIN:
+            return  # (seen at a later check)
         if att.driver.pool.repairs() != att.repairs:  # type: ignore[attr-defined]
+            self._resynced[name] = now
             log.warning("pool %s: rows left its fast tier behind the daemon (a writer died in the middle "
                         "of a change, or dropped copies): attached again to rebuild what it knows", name)
             self._detach(name, "its fast tier was repaired")
