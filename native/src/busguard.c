@@ -38,10 +38,15 @@ typedef struct {
 
 static busguard_slot slots[BUSGUARD_MAX];
 static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
-static struct sigaction previous; /* the SIGBUS action before ours (written under slots_lock) */
+/* The SIGBUS action before ours: two copies, the one in use named by an atomic index, so that a
+ * registration installing the handler again writes the other and then switches (under slots_lock):
+ * a handler running meanwhile on another thread reads a whole copy. */
+static struct sigaction previous_copies[2];
+static _Atomic int previous_in_use;
 
 static void pass_on(int sig, siginfo_t *si, void *uc)
 {
+    const struct sigaction previous = previous_copies[atomic_load_explicit(&previous_in_use, memory_order_acquire)];
     if (previous.sa_flags & SA_SIGINFO) {
         if (previous.sa_sigaction) {
             previous.sa_sigaction(sig, si, uc);
@@ -99,9 +104,11 @@ int busguard_add(void *base, size_t len)
         sa.sa_sigaction = on_sigbus;
         sa.sa_flags = SA_SIGINFO | SA_ONSTACK | SA_RESTART;
         sigemptyset(&sa.sa_mask);
-        struct sigaction before;
-        if (sigaction(SIGBUS, &sa, &before) != 0) goto out;
-        previous = before;
+        /* the action to pass on is in place before ours can run */
+        const int next = 1 - atomic_load_explicit(&previous_in_use, memory_order_relaxed);
+        previous_copies[next] = cur;
+        atomic_store_explicit(&previous_in_use, next, memory_order_release);
+        if (sigaction(SIGBUS, &sa, NULL) != 0) goto out;
     }
     for (int i = 0; i < BUSGUARD_MAX; i++) {
         if (atomic_load_explicit(&slots[i].base, memory_order_relaxed)) continue;
