@@ -173,7 +173,7 @@ def test_sysusers_and_tmpfiles(tmp_path: Path) -> None:
                         str(REPO / "systemd" / "recmgd.tmpfiles")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
-    for d, mode in (("run/recmgd", 0o755), ("var/lib/recmgd", 0o750), ("var/lib/recmgd/models", 0o750)):
+    for d, mode in (("run/recmgd", 0o755), ("var/lib/recmgd", 0o700), ("var/lib/recmgd/models", 0o700)):
         st = (tmp_path / d).stat()
         assert (st.st_uid, st.st_gid, st.st_mode & 0o777) == (uid, gid, mode), d
 

@@ -54,6 +54,14 @@ DAEMON_COUNTERS = ("steps", "batches", "on_demand", "fills", "evictions", "prefe
                    "policy_time_s")
 REQUIRED_KEYS = ("trace", "system", "offered_qps", "p50_ms", "p99_ms", "throughput_qps",
                  "on_demand_per_batch")
+# The server's batching and lookahead defaults, one home for ``python -m recmgd.app.serve``, ``recmg demo``
+# and E2EConfig (here, not in recmgd.app.serve: this module never imports torch, the server does).
+#: requests a batch at most
+MAX_BATCH = 64
+#: a batch leaves when its first request has waited this long (ms), or when full
+MAX_WAIT_MS = 2.0
+#: the server announces a batch's rows when it is this many batches (L) from running
+LOOKAHEAD_BATCHES = 2
 
 
 @dataclass
@@ -68,11 +76,11 @@ class E2EConfig:
     warmup: int = 20000  # samples served first, back to back (and RecMG's training half)
     fraction: float = 0.1  # fast-tier slots, share of the trace's unique rows
     dim: int = 64
-    max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_batch: int = MAX_BATCH
+    max_wait_ms: float = MAX_WAIT_MS
     epochs: int = 2  # RecMG training
     hint_share: float = 0.25  # lookahead: share of the slots reserved for announced rows
-    lookahead_batches: int = 2  # lookahead: the server announces a batch's rows L batches ahead
+    lookahead_batches: int = LOOKAHEAD_BATCHES  # lookahead: a batch's rows announced L batches ahead
     seed: int = 0
     threads: int = 1
     max_requests: int = 0  # cap on counted requests a run (0: none)

@@ -12,7 +12,7 @@ every row in DRAM (``--all-dram``), or the same DLRM with the collection swapped
 ``TieredEmbeddingBagCollection`` over a pool (``--pool NAME``, which holds the weights: ``--write-weights``
 writes them, otherwise whoever created the pool did). With ``--lookahead`` the server announces the rows
 of queued requests (``collection.prefetch``: hint records) so a daemon can fetch them before their batch
-runs: ``--lookahead-batches L`` (default 2) announces a batch's rows when it is L batches from running
+runs: ``--lookahead-batches L`` announces a batch's rows when it is L batches from running
 (when batch i starts, the queued requests up to the end of batch i+L, counting full batches; a request
 that arrives within that window is announced at once), so a long queue does not flood the daemon's hint
 reserve with rows needed much later; the daemon should pin hinted rows L+1 batches
@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from recmgd.app.e2e import LOOKAHEAD_BATCHES, MAX_BATCH, MAX_WAIT_MS
 from recmgd.app.replay import table_sizes
 from recmgd.app.trec_model import DENSE_FEATURES, Requests, dram_dlrm, pool_dlrm
 from recmgd.app.weights import write_weights
@@ -115,7 +116,7 @@ def announce_end(admitted: int, after: int, lookahead_batches: int, max_batch: i
 def serve(model: torch.nn.Module, requests: Requests, start: int, n: int, rate: float, max_batch: int,
           max_wait: float, seed: int, collection: Any = None, lookahead: bool = False,
           reference: torch.nn.Module | None = None, pool: Pool | None = None,
-          lookahead_batches: int = 2) -> tuple[ServeResult, np.ndarray]:
+          lookahead_batches: int = LOOKAHEAD_BATCHES) -> tuple[ServeResult, np.ndarray]:
     """Serve requests start..start+n-1 arriving at ``rate``; returns the summary and every latency (s).
 
     ``collection``: recmg's collection, for ``lookahead``: announce the rows of queued requests up to
@@ -211,11 +212,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rate", default="0",
                    help="offered requests/s, Poisson (0: all at once); comma-separated: one load after "
                         "the other, each on the next requests of the trace")
-    p.add_argument("--max-batch", type=int, default=64)
-    p.add_argument("--max-wait-ms", type=number(0), default=2.0)
+    p.add_argument("--max-batch", type=int, default=MAX_BATCH)
+    p.add_argument("--max-wait-ms", type=number(0), default=MAX_WAIT_MS)
     p.add_argument("--lookahead", action="store_true",
                    help="announce queued requests' rows ahead of their batch")
-    p.add_argument("--lookahead-batches", type=int, default=2, metavar="L",
+    p.add_argument("--lookahead-batches", type=int, default=LOOKAHEAD_BATCHES, metavar="L",
                    help="with --lookahead: announce a batch's rows when it is L batches from running "
                         "(0: each request's at arrival); the daemon should pin hints L+1 batches "
                         "(default %(default)s)")

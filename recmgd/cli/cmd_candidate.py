@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from recmgd.cli.argtypes import EPOCHS, THREADS, check_output_dir, check_output_file, integer, number
+from recmgd.daemon.retrain import TRAINER_NICE
 from recmgd.errors import ModelError, RecmgError
 from recmgd.fileout import whole_file, write_reason
 from recmgd.keys import MAX_CAPACITY
@@ -52,8 +53,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                              "[policy.options])")
     parser.add_argument("--threads", type=THREADS, default=1, help="torch threads (default 1)")
     parser.add_argument("--epochs", type=EPOCHS, default=4, help="training epochs (default 4)")
-    parser.add_argument("--nice", type=integer(0, 19), default=10,
-                        help="added to the process's nice value (default 10)")
+    parser.add_argument("--nice", type=integer(0, 19), default=TRAINER_NICE,
+                        help=f"added to the process's nice value (default {TRAINER_NICE})")
 
 
 def parse_options(text: str) -> dict[str, Any]:

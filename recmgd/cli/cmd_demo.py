@@ -24,7 +24,16 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from recmgd.app.e2e import SYNTH_26, SYSTEMS, E2EConfig, synth_trace, synthetic_26
+from recmgd.app.e2e import (
+    LOOKAHEAD_BATCHES,
+    MAX_BATCH,
+    MAX_WAIT_MS,
+    SYNTH_26,
+    SYSTEMS,
+    E2EConfig,
+    synth_trace,
+    synthetic_26,
+)
 from recmgd.cli.argtypes import EPOCHS, SEED, check_output_dir, check_output_file, integer, number
 from recmgd.errors import OutputError
 from recmgd.fileout import whole_file, write_reason
@@ -43,15 +52,17 @@ def set_argparser(p: argparse.ArgumentParser) -> None:
     p.add_argument("--fraction", type=number(0.0, 1.0, lo_open=True, hi_open=True), default=0.1,
                    help="fast tier, share of unique rows")
     p.add_argument("--dim", type=integer(1, 1 << 16), default=64, help="embedding dim")
-    p.add_argument("--max-batch", type=integer(1, 1 << 20), default=64, help="requests a batch at most")
-    p.add_argument("--max-wait-ms", type=number(0.0, 1e6), default=2.0, help="a batch leaves after this wait")
+    p.add_argument("--max-batch", type=integer(1, 1 << 20), default=MAX_BATCH,
+                   help="requests a batch at most")
+    p.add_argument("--max-wait-ms", type=number(0.0, 1e6), default=MAX_WAIT_MS,
+                   help="a batch leaves after this wait")
     p.add_argument("--epochs", type=EPOCHS, default=1, help="RecMG training epochs")
     p.add_argument("--png", default="recmg-demo.png", help="the plot (default %(default)s)")
     p.add_argument("--json", help="also write one object per (trace, system, load) here")
     p.add_argument("--workdir", help="where the slow-tier files, traces and models go (default: a temp dir "
                                      "under ./build, or . without one: the slow tier's file needs O_DIRECT)")
     p.add_argument("--keep", action="store_true", help="keep the work dir")
-    p.add_argument("--lookahead-batches", type=integer(0, 1 << 20), default=2, metavar="L",
+    p.add_argument("--lookahead-batches", type=integer(0, 1 << 20), default=LOOKAHEAD_BATCHES, metavar="L",
                    help="+lookahead systems: announce a batch's rows L batches ahead (0: at arrival); the "
                         "daemon pins hints L+1 batches (default %(default)s)")
     p.add_argument("--seed", type=SEED, default=0)

@@ -1,7 +1,7 @@
 """`recmg sim TRACE`: simulate policies on a trace under the protocol of DESIGN.md.
 
     recmg sim TRACE [TRACE ...] --policies lru,opt,stms --fractions 0.05,0.1,0.2 --batch 16 --delay 1 \\
-        [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes 256]
+        [--prefetch-budget N] [--region R] [--seed S] [--model DIR] [--row-bytes R]
         [--pages lru,opt --page-bytes 4096] [--lookahead 0,1,2,4] [--json | --markdown] [--pivot on_demand]
 
 ``--pages`` adds page-granular runs of the named policies (kernel tiering, DAMON, memtierd and
@@ -41,7 +41,7 @@ from recmgd.policy import MAX_REGION
 from recmgd.sim import format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import METRICS, format_pivot
-from recmgd.sim.runner import check_policies, unique_rows
+from recmgd.sim.runner import DEFAULT_ROW_BYTES, check_policies, unique_rows
 from recmgd.trace import open_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 
@@ -93,7 +93,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                              "trained and saved there; one of other files is refused)")
     parser.add_argument("--threads", type=THREADS, default=1, help="threads a learned policy may use")
     parser.add_argument("--epochs", type=EPOCHS, default=None, help="training epochs for learned policies")
-    parser.add_argument("--row-bytes", type=BYTES, default=256, help="bytes a row (for slow_bytes)")
+    parser.add_argument("--row-bytes", type=BYTES, default=DEFAULT_ROW_BYTES,
+                        help="bytes a row (for slow_bytes)")
     parser.add_argument("--pages", default="", metavar="POLICIES",
                         help="also run these policies on whole pages of the slow tier, with the same "
                              "DRAM bytes (results as NAME@page)")

@@ -3,10 +3,11 @@ trace (and the Voyager baseline with --voyager) and write a versioned checkpoint
 
 With ``--page-bytes P [--row-bytes R]`` the models are trained on page keys instead (for recmgd's page
 mode and ``recmg sim --pages``): each step's rows become the pages of P bytes that hold them, as
-``recmg sim --pages`` sees them (recmgd.sim.pages.to_pages, rows of R bytes, default 256), and the
-capacity is the pages that the DRAM of the row-slot tier holds (fraction x unique rows x R // P, at
-least 1). The checkpoint records its granularity (config.json ``granularity``), and the daemon and the
-simulator refuse it where the other granularity is run.
+``recmg sim --pages`` sees them (recmgd.sim.pages.to_pages, rows of R bytes, by default
+recmgd.sim.runner.DEFAULT_ROW_BYTES as in ``recmg sim``), and the capacity is the pages that the DRAM of
+the row-slot tier holds (fraction x unique rows x R // P, at least 1). The checkpoint records its
+granularity (config.json ``granularity``), and the daemon and the simulator refuse it where the other
+granularity is run.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from recmgd.errors import ModelError, TraceError
 from recmgd.keys import capacity_for
 from recmgd.models.train_config import TrainConfig, too_few_steps
 from recmgd.models.train_memory import MB, TraceSize, default_limit_bytes, estimate_for, fitting_rate
+from recmgd.sim.runner import DEFAULT_ROW_BYTES
 from recmgd.trace.steps import Steps
 
 log = logging.getLogger(__name__)
@@ -59,7 +61,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                         help="train on page keys: pages of P bytes of the slow tier (recmgd's page mode: "
                              "4096), for page mode and `recmg sim --pages`")
     parser.add_argument("--row-bytes", type=BYTES, default=None, metavar="R",
-                        help="with --page-bytes: bytes a row (default 256, as `recmg sim`)")
+                        help=f"with --page-bytes: bytes a row (default {DEFAULT_ROW_BYTES}, as `recmg sim`)")
     parser.add_argument("--sample", type=float, default=1.0, metavar="RATE",
                         help="train on a hash-chosen RATE of the rows with the capacity scaled alike "
                              "(SHARDS), read chunk by chunk: memory bounded by RATE x the trace (default 1)")
@@ -184,7 +186,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     granularity = Granularity.rows()
     if args.page_bytes is not None:
-        row_bytes = 256 if args.row_bytes is None else args.row_bytes
+        row_bytes = DEFAULT_ROW_BYTES if args.row_bytes is None else args.row_bytes
         try:
             granularity = Granularity.pages(args.page_bytes, row_bytes)
         except ValueError as exc:

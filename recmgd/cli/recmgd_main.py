@@ -17,18 +17,19 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from recmgd.daemon.config import DEFAULT_PATH, LOG_LEVELS  # noqa: E402
 from recmgd.errors import RecmgError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="recmgd", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("--config", metavar="PATH",
-                   help="configuration file (default /etc/recmgd/recmgd.toml; built-in defaults if absent)")
+                   help=f"configuration file (default {DEFAULT_PATH}; built-in defaults if absent)")
     p.add_argument("--foreground", action="store_true",
                    help="log to stderr even when started by systemd (the daemon never forks either way)")
     p.add_argument("--step-mode", action="store_true",
                    help="deterministic step mode: apply decisions exactly once per app batch (tests)")
-    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"),
+    p.add_argument("--log-level", choices=LOG_LEVELS,
                    help="override the configuration's log_level")
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and its policies) and exit")

@@ -3,54 +3,21 @@
 Every problem (a syntax error, an unknown key, a value of the wrong type, an impossible value) is a
 :class:`~recmgd.errors.ConfigError` whose message is one line: ``FILE: KEY: PROBLEM``.
 
-Layout (every key optional; see ``systemd/recmgd.toml.example``)::
+Layout (every key optional). Defaults: see the dataclasses below, the one home of them (the decoder
+takes its defaults from their fields), and ``systemd/recmgd.toml.example``, which shows every key with
+its default and what it does.
 
-    log_level = "info"            # debug | info | warning | error
-    interval = 0.01               # seconds between loop ticks
-    step_mode = false             # deterministic: one app batch = one policy step (tests)
-    pools = "all"                 # or a list of pool names
-    serve_users = []              # whose pools are served, besides the daemon's own user and group
-    serve_groups = []             # (owner / group of /dev/shm/POOL; names, checked at load)
-    fill_rows_per_s = 0           # cap on rows filled from the slow tier, 0 = no cap
-    fill_mb_per_s = 0.0           # cap on slow-tier MB/s read by fills, 0 = no cap
-    max_drain = 262144            # ring records drained per ring per tick
-    coalesce = 0                  # behind the apps: merge a ring's batches into steps of >= N records
-    early_admit = true            # slow (learned) policies: their steps in a thread, misses filled at once
-    status_interval = 2.0         # seconds between STATUS= updates to systemd
-    app_check_interval = 0.5      # seconds between pid checks of attached apps
-    plugins = []                  # extra modules to import (they register policies)
-
-    [control]
-    socket = "/run/recmgd/control.sock"
-    mode = 0o660
-    max_request = 65536
-    group = ""                    # the socket's group (members may use recmgctl); "" = the daemon's
-
-    [metrics]
-    listen = ""                   # "127.0.0.1:9464" to serve Prometheus text; empty = off
-
-    [policy]                      # the default for every pool
-    name = "lru"
-    model_dir = ""
-    hint_slots = 0
-    hint_pin_batches = 2          # batches a hinted row stays pinned unless a later batch reads it
-    mode = "rows"                 # or "pages": whole pages of a NUMA slow tier (see [pages])
-    [policy.options]
-    prefetch_budget = 0
-    seed = 0
-
-    [pages]                       # page mode (pools with mode = "pages" and a numa:N slow tier)
-    fast_node = 0                 # the node pages are promoted to
-    budget_mb = 1024.0            # DRAM the promoted pages of one pool may use (MB = 10^6 bytes)
-    mb_per_s = 100.0              # cap on pages moved (both ways), 0 = no cap
-    batch = 1024                  # pages per move_pages call
-    busy_retries = 3              # times a page reported -EBUSY is asked for again in a call
-    node_sample_pages = 65536     # pages queried for the bytes per node (0 = every page)
-
-    [pool.NAME]                   # per-pool overrides of [policy]
-    name = "recmg"
-    [pool.NAME.pages]             # per-pool overrides of [pages]
-    budget_mb = 256.0
+- the top level: :class:`Config` (log level, loop tick, which pools and whose, fill caps, ring drain and
+  coalescing, early admission, systemd status and app checks, plugins, ``state_dir``);
+- ``[control]``: :class:`ControlConfig` (recmgctl's socket: path, permission bits, longest request,
+  group);
+- ``[metrics]``: :class:`MetricsConfig` (``listen``: where Prometheus text is served; empty = off);
+- ``[policy]``: :class:`PolicyConfig`, the default for every pool (policy name, ``model_dir``, hint
+  slots and pinning, ``mode`` rows or pages, retraining); ``[policy.options]``: the keys of
+  :data:`POLICY_OPTIONS`;
+- ``[pages]``: :class:`PagesConfig` (page mode: pools with ``mode = "pages"`` and a ``numa:N`` slow
+  tier);
+- ``[pool.NAME]``: per-pool overrides of ``[policy]``; ``[pool.NAME.pages]``: of ``[pages]``.
 """
 
 from __future__ import annotations
@@ -429,12 +396,13 @@ class _Decoder:
     def control(self, t: Mapping[str, Any]) -> ControlConfig:
         p = "control."
         self.check_keys(t, {"socket", "mode", "max_request", "group"}, p)
-        sock = self.string(t, "socket", p, DEFAULT_SOCKET)
+        d = ControlConfig()  # the defaults
+        sock = self.string(t, "socket", p, d.socket)
         if not os.path.isabs(sock):
             raise self.fail(p + "socket", f"impossible value {show(sock)} (must be an absolute path)")
         if len(os.fsencode(sock)) > 107:
             raise self.fail(p + "socket", "impossible value (a Unix socket path is at most 107 bytes)")
-        raw = t.get("mode", 0o660)
+        raw = t.get("mode", d.mode)
         if isinstance(raw, str):
             try:
                 mode = int(raw, 8)
@@ -451,8 +419,8 @@ class _Decoder:
             raise self.fail(p + "mode", f"impossible value {shown} (permission bits 0o000..0o777)")
         if not mode & 0o600 == 0o600:
             raise self.fail(p + "mode", f"impossible value {oct(mode)} (the owner needs read and write)")
-        max_request = self.integer(t, "max_request", p, 65536, 256, 1 << 24)
-        group = self.string(t, "group", p, "")
+        max_request = self.integer(t, "max_request", p, d.max_request, 256, 1 << 24)
+        group = self.string(t, "group", p, d.group)
         if group:
             import grp
 
@@ -465,7 +433,7 @@ class _Decoder:
     def metrics(self, t: Mapping[str, Any]) -> MetricsConfig:
         p = "metrics."
         self.check_keys(t, {"listen"}, p)
-        listen = self.string(t, "listen", p, "")
+        listen = self.string(t, "listen", p, MetricsConfig().listen)
         if listen:
             host, sep, port_s = listen.rpartition(":")
             problem = None
@@ -483,8 +451,8 @@ class _Decoder:
                 raise self.fail(p + "listen", f"impossible value {show(listen)} ({problem})")
         return MetricsConfig(listen=listen)
 
-    def state_dir(self, doc: Mapping[str, Any]) -> str:
-        value = self.string(doc, "state_dir", "", DEFAULT_STATE_DIR)
+    def state_dir(self, doc: Mapping[str, Any], default: str) -> str:
+        value = self.string(doc, "state_dir", "", default)
         if not os.path.isabs(value):
             raise self.fail("state_dir", f"impossible value {show(value)} (must be an absolute path)")
         return value
@@ -494,7 +462,8 @@ class _Decoder:
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
                "serve_users", "serve_groups", "control", "metrics", "policy", "pool", "pages", "state_dir"}
         self.check_keys(doc, top, "")
-        log_level = self.string(doc, "log_level", "", "info").lower()
+        d = Config()  # the defaults
+        log_level = self.string(doc, "log_level", "", d.log_level).lower()
         if log_level not in LOG_LEVELS:
             raise self.fail("log_level",
                             f"impossible value {show(log_level)} (one of {', '.join(LOG_LEVELS)})")
@@ -526,18 +495,20 @@ class _Decoder:
         return Config(
             path=self.path,
             log_level=log_level,
-            interval=self.number(doc, "interval", "", 0.01, 0.0, 60.0, lo_open=True),
-            step_mode=self.boolean(doc, "step_mode", "", False),
+            interval=self.number(doc, "interval", "", d.interval, 0.0, 60.0, lo_open=True),
+            step_mode=self.boolean(doc, "step_mode", "", d.step_mode),
             pools=pools,
-            fill_rows_per_s=self.integer(doc, "fill_rows_per_s", "", 0, 0),
-            fill_mb_per_s=self.number(doc, "fill_mb_per_s", "", 0.0, 0.0),
-            max_drain=self.integer(doc, "max_drain", "", 262144, 1, 1 << 30),
-            coalesce=self.integer(doc, "coalesce", "", 0, 0, 1 << 30),
-            early_admit=self.boolean(doc, "early_admit", "", True),
-            status_interval=self.number(doc, "status_interval", "", 2.0, 0.0, 3600.0, lo_open=True),
-            app_check_interval=self.number(doc, "app_check_interval", "", 0.5, 0.0, 3600.0, lo_open=True),
+            fill_rows_per_s=self.integer(doc, "fill_rows_per_s", "", d.fill_rows_per_s, 0),
+            fill_mb_per_s=self.number(doc, "fill_mb_per_s", "", d.fill_mb_per_s, 0.0),
+            max_drain=self.integer(doc, "max_drain", "", d.max_drain, 1, 1 << 30),
+            coalesce=self.integer(doc, "coalesce", "", d.coalesce, 0, 1 << 30),
+            early_admit=self.boolean(doc, "early_admit", "", d.early_admit),
+            status_interval=self.number(doc, "status_interval", "", d.status_interval, 0.0, 3600.0,
+                                        lo_open=True),
+            app_check_interval=self.number(doc, "app_check_interval", "", d.app_check_interval, 0.0, 3600.0,
+                                           lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),
-            state_dir=self.state_dir(doc),
+            state_dir=self.state_dir(doc, d.state_dir),
             serve_users=self.names(doc, "serve_users", "", "user"),
             serve_groups=self.names(doc, "serve_groups", "", "group"),
             control=self.control(self.table(doc, "control", "")),
@@ -598,7 +569,7 @@ def parse(text: str, path: str = "<string>") -> Config:
 
 
 def load(path: str | None = None, *, missing_ok: bool = False) -> Config:
-    """Read and decode the configuration file (``/etc/recmgd/recmgd.toml`` by default).
+    """Read and decode the configuration file (:data:`DEFAULT_PATH` by default).
 
     With ``missing_ok``, a missing file gives the defaults (the daemon runs with the built-in
     configuration when none is installed); any other read problem is a ConfigError.

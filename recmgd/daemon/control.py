@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from recmgd.daemon.config import ControlConfig
 from recmgd.errors import RecmgError
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,8 @@ class _Conn:
 class ControlServer:
     """The daemon's side of the control socket."""
 
-    def __init__(self, path: str, mode: int, handler: Handler, max_request: int = 65536,
-                 group: str = "") -> None:
+    def __init__(self, path: str, mode: int, handler: Handler,
+                 max_request: int = ControlConfig.max_request, group: str = "") -> None:
         self.path = path
         self.mode = mode
         self.group = group
