@@ -38,6 +38,7 @@ from recmgd.cli.argtypes import (
 from recmgd.errors import TraceError
 from recmgd.models.train_config import TrainStepsError, too_few_steps
 from recmgd.policy import MAX_REGION
+from recmgd.policy import available as policy_names
 from recmgd.sim import format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import METRICS, format_pivot
@@ -70,7 +71,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("trace", nargs="+",
                         help="trace file(s) (text, recmg binary, DLRM .pt, Criteo/Avazu CSV)")
     parser.add_argument("--policies", default="lru,opt",
-                        help="comma-separated policy names (default %(default)s)")
+                        help=f"comma-separated policy names, of {', '.join(policy_names())} "
+                             "(default %(default)s)")
     parser.add_argument("--fractions", type=_floats, default=[0.05, 0.1, 0.2],
                         help="fast-tier capacity as fractions of the trace's unique rows")
     parser.add_argument("--batch", type=STEP_BATCH, default=16, help="samples per step (default %(default)s)")

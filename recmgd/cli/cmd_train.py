@@ -41,7 +41,8 @@ log = logging.getLogger(__name__)
 
 
 def set_argparser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("trace", metavar="TRACE", help="trace file (table row sample per line)")
+    parser.add_argument("trace", metavar="TRACE",
+                        help="the trace to train on (any of the four formats, recognised by content)")
     parser.add_argument("--out", required=True, metavar="DIR",
                         help="checkpoint directory to write: a new or empty one, or a checkpoint, which is "
                              "replaced when training is done")
