@@ -570,6 +570,9 @@ class PoolDriver:
             "ring_drops": self.dropped_total,
             "backlog_records": self.backlog,
             "cut_batches": self.cut_batches,
+            # records of the rings' unfinished batches, now and at most (bounded by the pool cap)
+            "pending_records": self.tracker.n_pending,
+            "pending_records_peak": self.tracker.peak_pending,
             "policy_time_s": round(self.policy_time + (self._worker.seconds if self._worker else 0.0), 6),
             "hit_rate": (totals["hits"] / uniq) if uniq else 0.0,
             "state_bytes": self.mover.nbytes() + self.policy.state_bytes(),

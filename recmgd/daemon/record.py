@@ -73,19 +73,36 @@ class BatchSplitter:
 
     :meth:`feed` takes one ring's drained records and returns the keys (int64) of the batches that
     ended in them and each batch's number of lookups; the records after the last batch end wait for
-    the next feed of that ring. The ring tracker's batch cap holds here too (``max_batch``, default
-    :data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`): an unfinished batch is cut, by the tracker's rule,
-    once its records as drained (hints included) reach the cap; ``cut_batches`` counts the cuts.
+    the next feed of that ring. The ring tracker's caps hold here too, by its rules
+    (:mod:`recmgd.daemon.tracker`): an unfinished batch is cut once its records as drained (hints
+    included) reach ``max_batch`` (default :data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`), and once
+    the unfinished batches of all rings together (``n_held``) reach ``max_pending`` (default
+    :data:`recmgd.daemon.tracker.MAX_POOL_PENDING_RECORDS`) the largest is cut (the lowest ring among
+    equals), until they are below it; a batch cut from another ring comes after the feed's own batches.
+    ``cut_batches`` counts the cuts.
     """
 
-    def __init__(self, max_batch: int | None = None) -> None:
+    def __init__(self, max_batch: int | None = None, max_pending: int | None = None) -> None:
         self.pending: dict[int, list[np.ndarray]] = {}
         self.held: dict[int, int] = {}  # per ring, the records of its unfinished batch as drained
+        self.n_held = 0  # their sum
         self.max_batch = max(1, int(tracker.MAX_BATCH_RECORDS if max_batch is None else max_batch))
+        self.max_pending = max(1, int(tracker.MAX_POOL_PENDING_RECORDS if max_pending is None
+                                      else max_pending))
         self.cut_batches = 0
 
     def feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        recs = np.asarray(recs, dtype=np.uint64)
+        before = self.held.get(ring, 0)
+        body, lengths = self._feed(ring, np.asarray(recs, dtype=np.uint64))
+        self.n_held += self.held[ring] - before
+        while self.n_held >= self.max_pending:  # the pool cap: the largest first
+            big = max(self.held.items(), key=lambda item: (item[1], -item[0]))[0]
+            self.n_held -= self.held[big]
+            body, lengths = self._cut(big, self.pending[big], body, lengths)
+        return body, lengths
+
+    def _feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One ring's records at its batch boundaries, under the batch cap (``n_held`` not kept)."""
         types = recs >> REC_TYPE_SHIFT
         lookup = types == _LOOKUP
         ends = np.flatnonzero(types == _END)
@@ -125,7 +142,7 @@ class BatchSplitter:
     def forget(self, ring: int) -> None:
         """A ring whose app went away: its unfinished batch is dropped (as the driver drops it)."""
         self.pending.pop(ring, None)
-        self.held.pop(ring, None)
+        self.n_held -= self.held.pop(ring, 0)
 
 
 class StreamTap:

@@ -22,10 +22,19 @@ records (format in recmgd.keys: type in bits 62..63, key below), splits them at 
   drained array that took it there: what is pending is handed on as if a batch end had come there (the
   policy steps on it; the records after it start the next batch) and counted in ``cut_batches`` (the
   pool's stats; logged once per pool). The daemon's memory for a ring's unfinished batch stays below
-  the cap (plus the one drained array, ``max_drain`` records, while it is split). The recording's
-  :class:`recmgd.daemon.record.BatchSplitter` cuts by the same rule, so in row mode a recording has its
-  batch boundaries where the daemon cut (once both have seen a batch boundary: a recording started in
-  the middle of a batch counts that batch from its start).
+  the cap (plus the one drained array, ``max_drain`` records, while it is split).
+- *The pool cap*: a pool has up to 4096 rings, each an app may fill without batch ends, so the
+  unfinished batches of all its rings together (``n_pending``, records as drained) are bounded too, by
+  :data:`MAX_POOL_PENDING_RECORDS`: a drain that takes the sum to it cuts the largest unfinished batch
+  (ties: the lowest ring index), by the same rule and counted the same way, until the sum is below it
+  again (one cut always does: the largest batch holds at least what the drain added). Each cut hands on
+  at most ``max_batch`` + ``max_drain`` records, so no tick processes more than the pool cap plus what it
+  drained.
+
+The recording's :class:`recmgd.daemon.record.BatchSplitter` cuts by the same two rules, so in row mode a
+recording has its batch boundaries where the daemon cut (once both have seen a batch boundary on every
+ring: a recording started in the middle of a batch counts that batch from its start, and a ring whose
+app went away is forgotten by the splitter a tick later).
 
 Taps (the hook for consumers of the raw stream, e.g. a recorder): :meth:`RingTracker.add_tap` registers
 ``tap(records)``, called with each chunk of records drained from one ring (uint64, as the pool's
@@ -62,15 +71,18 @@ HintSink = Callable[[np.ndarray], bool]
 EarlyHints = Callable[[np.ndarray], None]
 
 EMPTY = np.zeros(0, dtype=np.int64)
+EMPTY_RECS = np.zeros(0, dtype=np.uint64)
 
 #: test hook: a smaller batch cap from the environment, read once when this module is imported (at the
 #: daemon's start); it can only lower the cap (a value that is not an integer in [1, default) is ignored)
 MAX_BATCH_ENV = "RECMGD_TEST_MAX_BATCH_RECORDS"
+#: the same for the pool cap (MAX_POOL_PENDING_RECORDS)
+MAX_POOL_ENV = "RECMGD_TEST_MAX_POOL_PENDING_RECORDS"
 
 
-def _cap_from_env(default: int) -> int:
+def _cap_from_env(default: int, name: str = MAX_BATCH_ENV) -> int:
     try:
-        cap = int(os.environ.get(MAX_BATCH_ENV, ""))
+        cap = int(os.environ.get(name, ""))
     except ValueError:
         return default
     return cap if 0 < cap < default else default
@@ -84,6 +96,16 @@ def _cap_from_env(default: int) -> int:
 #: size) instead of memory and CPU without bound. The one home of the cap: the recordings' and the
 #: retraining window's BatchSplitter (recmgd.daemon.record) read it from here.
 MAX_BATCH_RECORDS = _cap_from_env(1 << 23)
+
+#: The most records (as drained) the unfinished batches of all of one pool's rings may hold together; at
+#: this many the largest is cut (module doc). The batch cap alone bounds a ring, but a pool may have 4096
+#: rings, each an app can fill without batch ends (4096 x 64 MiB = 256 GiB). 2**24 (16.8M records,
+#: 128 MiB a pool; the same again in each recording's or retraining window's BatchSplitter) is twice the
+#: batch cap: one ring's batch is never cut by the pool cap before its own cap unless others are pending
+#: too, and three real batches of the largest size above (5.3M) or many of a usual size (26 x 2048 x 20
+#: is 1.1M) are in progress at once without a cut. It also bounds a tick's policy work on cut batches
+#: (at most this many records pending when a tick starts). The one home of this cap too.
+MAX_POOL_PENDING_RECORDS = _cap_from_env(1 << 24, MAX_POOL_ENV)
 
 
 class RingSource(Protocol):
@@ -150,12 +172,16 @@ class RingTracker:
     ``pc`` is the driver's pool counters (``records`` is counted by the driver; ``hint_received`` by
     ``take_hints``). ``dropped_total`` sums the records the rings dropped (full rings); ``backlog`` is
     what the last drain left waiting in rings it could not empty. ``max_batch`` (default
-    :data:`MAX_BATCH_RECORDS`) is the batch cap; ``cut_batches`` counts the batches cut at it.
+    :data:`MAX_BATCH_RECORDS`) is the batch cap, ``max_pending`` (default
+    :data:`MAX_POOL_PENDING_RECORDS`) the pool cap; ``cut_batches`` counts the batches cut at either.
+    ``n_pending`` is the records (as drained) of the rings' unfinished batches, ``peak_pending`` the most
+    it held after a drain of a ring.
     """
 
     def __init__(self, pool: RingSource, on_batch: BatchSink, take_hints: HintSink, *,
                  max_drain: int = 262144, coalesce: int = 0, step_mode: bool = False,
-                 early_hints: EarlyHints | None = None, max_batch: int | None = None) -> None:
+                 early_hints: EarlyHints | None = None, max_batch: int | None = None,
+                 max_pending: int | None = None) -> None:
         self.pool = pool
         self.on_batch = on_batch
         self.take_hints = take_hints
@@ -168,7 +194,10 @@ class RingTracker:
         self.dropped_total = 0
         self.backlog = 0
         self.max_batch = max(1, int(MAX_BATCH_RECORDS if max_batch is None else max_batch))
+        self.max_pending = max(1, int(MAX_POOL_PENDING_RECORDS if max_pending is None else max_pending))
         self.cut_batches = 0
+        self.n_pending = 0  # the sum of the rings' RingState.n_pending
+        self.peak_pending = 0
         self._taps: list[tuple[Callable[..., None], bool]] = []
 
     # -- taps ----------------------------------------------------------------------------------------
@@ -209,7 +238,7 @@ class RingTracker:
             waiting = ring_field(info, "waiting", 0 if pid == 0 else 1)
             if pid == 0 and waiting == 0:
                 if idx in self.rings:
-                    del self.rings[idx]
+                    self.n_pending -= self.rings.pop(idx).n_pending
                     self.ring_drops.pop(idx, None)
                 continue
             drops = ring_field(info, "drops")
@@ -219,6 +248,8 @@ class RingTracker:
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
             if st is None or (pid != 0 and st.pid != pid):
+                if st is not None:
+                    self.n_pending -= st.n_pending
                 st = self.rings[idx] = RingState(pending=[], pid=pid)
             if waiting == 0:
                 continue
@@ -240,6 +271,8 @@ class RingTracker:
         """A dead app's ring: drain what is left, hand on complete batches, forget the partial one;
         returns the records drained."""
         st = self.rings.pop(index, None)
+        if st is not None:
+            self.n_pending -= st.n_pending
         try:
             recs = np.asarray(self.pool.drain_ring(index, self.max_drain), dtype=np.uint64)
         except RecmgError:
@@ -247,12 +280,23 @@ class RingTracker:
         if len(recs):
             if self._taps:
                 self._tap(recs, index)
-            self.consume(st or RingState(pending=[]), recs)
+            self._split(st or RingState(pending=[]), recs)  # what is left pending is dropped
         self.ring_drops.pop(index, None)
         return len(recs)
 
     def consume(self, st: RingState, recs: np.ndarray) -> None:
-        """Split one ring's records at its batch boundaries (coalescing runs when behind)."""
+        """Split one ring's records at its batch boundaries (coalescing runs when behind), then hold
+        the pool's unfinished batches to the pool cap."""
+        before = st.n_pending
+        self._split(st, recs)
+        self.n_pending += st.n_pending - before
+        if self.n_pending >= self.max_pending:
+            self._cut_pool(st)
+        if self.n_pending > self.peak_pending:
+            self.peak_pending = self.n_pending
+
+    def _split(self, st: RingState, recs: np.ndarray) -> None:
+        """One ring's records at its batch boundaries, under the batch cap (``n_pending`` not kept)."""
         types = recs >> REC_TYPE_SHIFT
         ends = np.flatnonzero(types == REC_BATCH_END)
         start = 0
@@ -305,18 +349,35 @@ class RingTracker:
             if st.n_pending >= self.max_batch:
                 self._cut(st)
 
-    def _cut(self, st: RingState) -> None:
+    def _cut_pool(self, current: RingState) -> None:
+        """The pool's unfinished batches at the pool cap: the largest cut first (module doc)."""
+        while self.n_pending >= self.max_pending:
+            # the largest, the lowest ring index among equals (BatchSplitter picks the same)
+            best = max(self.rings.items(), key=lambda item: (item[1].n_pending, -item[0]),
+                       default=(0, current))[1]
+            if current.n_pending > best.n_pending:
+                best = current  # a ring state the tracker does not keep (the driver's _consume, tests)
+            if not best.n_pending:
+                return  # nothing pending to cut (cannot happen: the sum counts the kept rings)
+            self.n_pending -= best.n_pending
+            self._cut(best, f"the pool's unfinished batches reached the pool cap, {self.max_pending} "
+                            "records; the largest was cut")
+
+    def _cut(self, st: RingState, why: str = "") -> None:
         """An unfinished batch at the cap: handed on as if its batch end had come (module doc)."""
         n = st.n_pending
-        seg = np.concatenate(st.pending) if len(st.pending) > 1 else st.pending[0]
+        if len(st.pending) == 1:
+            seg = st.pending[0]
+        else:  # several drained arrays (never none: a pending record came in an array)
+            seg = np.concatenate(st.pending) if st.pending else EMPTY_RECS
         st.pending = []
         st.n_pending = 0
         self.cut_batches += 1
         if self.cut_batches == 1:
             log.warning("pool %s: an app (pid %d) logged %d records without a batch end; its batch was cut "
-                        "there (the cap is %d records a batch) and is processed as one; further cuts are "
-                        "counted (cut_batches in recmgctl stats), not logged",
-                        getattr(self.pool, "name", "?"), st.pid, n, self.max_batch)
+                        "there (%s) and is processed as one; further cuts are counted (cut_batches in "
+                        "recmgctl stats), not logged", getattr(self.pool, "name", "?"), st.pid, n,
+                        why or f"the cap is {self.max_batch} records a batch")
         self._batch(seg, 1)
 
     def _batch(self, seg: np.ndarray, n_batches: int) -> None:
