@@ -360,3 +360,23 @@ def test_a_recording_whose_file_is_removed_stops(live: tuple[Path, str, object],
     rc, _, err, sent = record(sock, name, pool, tmp_path / "again.rtrace", seed=12)
     assert rc == 0, err
     assert [k.tolist() for k in recorded(tmp_path / "again.rtrace")] == [s.tolist() for s in sent]
+
+
+def test_a_label_with_a_newline_stays_one_log_line(tmp_path: Path) -> None:
+    """The file's name a client sends is logged: a newline in it is escaped, not a forged log line."""
+    f = tmp_path / "t.rtrace"
+    with daemon_and_pool(tmp_path) as run:
+        fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            request(str(run.sock), "record", {"pool": run.name, "action": "start", "lookups": BATCH,
+                                              "path": "x\nCRITICAL forged line"}, fds=(fd,))
+        finally:
+            os.close(fd)
+        send(run.pool, 1, seed=13)
+        wait_recording_done = time.monotonic() + 30
+        while status(run.sock, run.name)["state"] == "recording":
+            assert time.monotonic() < wait_recording_done
+            time.sleep(0.02)
+    assert run.rc == 0, run.err
+    assert "x\\nCRITICAL forged line" in run.err
+    assert not any(line.startswith("CRITICAL forged") for line in run.err.splitlines())

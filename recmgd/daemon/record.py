@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from recmgd.daemon import tracker
+from recmgd.daemon.config import one_line
 from recmgd.daemon.control import CommandError
 from recmgd.keys import REC_BATCH_END, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 from recmgd.trace.binary import HEADER, BinaryWriter
@@ -247,7 +248,7 @@ class Recorder:
         self._overflow = False
         self._thread = threading.Thread(target=self._run, name=f"recmgd-record-{pool}", daemon=True)
         self._thread.start()
-        log.info("pool %s: recording to %s (lookups %s, seconds %s, cap %d MB)", pool, self.label,
+        log.info("pool %s: recording to %s (lookups %s, seconds %s, cap %d MiB)", pool, self.label,
                  self.max_lookups or "-", self.seconds or "-", self.max_bytes >> 20)
 
     # -- the loop's side -----------------------------------------------------------------------------
@@ -334,7 +335,7 @@ class Recorder:
                 if self._out_lookups >= WRITE_LOOKUPS or (self._q.empty() and self._out):
                     self._flush()
             if self._overflow:
-                self._fail(f"the disk did not keep up (more than {QUEUE_MAX_BYTES >> 20} MB of records "
+                self._fail(f"the disk did not keep up (more than {QUEUE_MAX_BYTES >> 20} MiB of records "
                            "waiting to be written)")
             elif self.state == "recording":
                 self._flush()
@@ -501,6 +502,7 @@ class PoolStream:
         label = args.get("path", "")
         if not isinstance(label, str) or len(label) > 4096:
             raise CommandError("argument 'path': expected the file's name (a string)")
+        label = one_line(label)  # (logged and shown: a newline in it would forge a log line)
         fd = take_fd()
         if fd is None:
             raise CommandError("record: no file passed with the request (recmgctl record passes the "
