@@ -174,7 +174,7 @@ class Config:
     pools: tuple[str, ...] | None = None  # None = every pool that registers
     fill_rows_per_s: int = 0
     fill_mb_per_s: float = 0.0
-    max_drain: int = 262144
+    max_drain: int = 262144  # records a tick from all of a pool's rings together (the drain budget)
     coalesce: int = 0
     early_admit: bool = True
     status_interval: float = 2.0

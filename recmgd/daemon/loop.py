@@ -3,9 +3,10 @@
 One :class:`PoolDriver` per attached pool, made of three parts (docs/ARCHITECTURE.md, "The daemon's
 loop"):
 
-- the ring tracker (:mod:`recmgd.daemon.tracker`): drains every ring, decodes the records, splits
-  them at the batch boundaries (coalescing runs of batches when behind), offers hints ahead of their
-  batch, and feeds the taps (consumers of the raw stream, :meth:`PoolDriver.add_tap`);
+- the ring tracker (:mod:`recmgd.daemon.tracker`): drains the rings, in turn under the pool's drain
+  budget (``max_drain`` records a tick for all of them together), decodes the records, splits them at
+  the batch boundaries (coalescing runs of batches when behind), offers hints ahead of their batch, and
+  feeds the taps (consumers of the raw stream, :meth:`PoolDriver.add_tap`);
 - the residency mover (:mod:`recmgd.daemon.mover`): the mirror of the fast tier, fills and evictions
   through the pool, the counters, the fill budget;
 - the policy step (here, with :mod:`recmgd.daemon.step`): each app batch becomes one
@@ -109,7 +110,7 @@ class PoolDriver:
     dropped_total = _forward("tracker", "dropped_total")
     backlog = _forward("tracker", "backlog")
     cut_batches = _forward("tracker", "cut_batches")
-    max_drain = _forward("tracker", "max_drain")
+    max_drain = _forward("tracker", "max_drain", "the drain budget: records a tick from all the rings")
     coalesce = _forward("tracker", "coalesce")
     # the residency mover's
     budget = _forward("mover", "budget")
@@ -249,7 +250,8 @@ class PoolDriver:
     # -- the tick --------------------------------------------------------------------------------
 
     def tick(self) -> int:
-        """Drain every ring once, process each complete batch as one step; returns records drained."""
+        """Drain the rings (at most ``max_drain`` records from all of them, taken in turn: the tracker's
+        drain budget), process each complete batch as one step; returns records drained."""
         drained = self.tracker.drain()
         self.apply_ready()
         self.pc["records"] += drained

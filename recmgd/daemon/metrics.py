@@ -75,6 +75,10 @@ POOL_GAUGES = (
     ("capacity", "capacity_rows", "rows the policy may keep"),
     ("apps", "apps", "app processes attached"),
     ("backlog_records", "backlog_records", "ring records left undrained after a tick"),
+    ("pending_records", "pending_records",
+     "ring records of the apps' unfinished batches the daemon holds (bounded by the pool cap)"),
+    ("pending_records_peak", "pending_records_peak",
+     "the most ring records of unfinished batches the daemon held at once since it attached the pool"),
     ("hit_rate", "hit_rate", "fast hits / unique lookups"),
     ("state_bytes", "state_bytes", "bytes the daemon holds allocated for the pool's policy and mirror"),
 )
