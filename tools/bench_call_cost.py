@@ -4,7 +4,8 @@ forward passes 1-D int64 tensors (``TieredEmbeddingBag``), which take the call's
 place, only the offsets copied: ``Pool._bag_tensors``); the same call with that path switched off (the
 general path, which checks and converts every argument) and torch's ``F.embedding_bag`` over an
 in-DRAM copy of the table. One table, every row in the fast tier, 1 lookup thread; medians of
-interleaved runs. At one bag the fixed cost of a call shows; at 2048 the rows' reads.
+interleaved runs, their order turning each rep. At one bag the fixed cost of a call shows; at 2048 the
+rows' reads.
 
     .venv/bin/python tools/bench_call_cost.py [--rows 100000] [--dim 64] [--pooling 20]
                                               [--bags 1,16,2048] [--calls 2000] [--reps 7]
@@ -37,6 +38,17 @@ def per_call_us(fn: Callable[[], object], calls: int) -> float:
     for _ in range(calls):
         fn()
     return (time.perf_counter() - t0) / calls * 1e6
+
+
+def timed(which: str, kernel: Callable[[], object], short: Callable[[], object], pool: Pool,
+          calls: int) -> float:
+    """Microseconds a call of torch's kernel, the pool's short path or its general path."""
+    if which == "torch":
+        return per_call_us(kernel, calls)
+    if which == "short":
+        return per_call_us(short, calls)
+    with general_path(pool):
+        return per_call_us(short, calls)
 
 
 @contextlib.contextmanager
@@ -82,11 +94,10 @@ def main() -> int:
                 ref = short()
             assert torch.equal(short(), ref) and torch.equal(kernel(), ref)
             runs: dict[str, list[float]] = {"torch": [], "short": [], "general": []}
-            for _ in range(a.reps):
-                runs["torch"].append(per_call_us(kernel, calls))
-                runs["short"].append(per_call_us(short, calls))
-                with general_path(pool):
-                    runs["general"].append(per_call_us(short, calls))
+            order = ["torch", "short", "general"]
+            for rep in range(a.reps):  # the order turns each rep: whichever runs after torch finds the
+                for which in order[rep % 3:] + order[:rep % 3]:  # pool's rows out of the caches
+                    runs[which].append(timed(which, kernel, short, pool, calls))
             k, s, g = (statistics.median(runs[x]) for x in ("torch", "short", "general"))
             print(f"{bags:>6} {k:>9.2f} {s:>14.2f} {k / s:>6.3f} {g:>11.2f} {k / g:>6.3f} {g - s:>9.2f}")
     finally:
