@@ -89,7 +89,7 @@ for mode, slow in (("never", "dram"), ("advise", "dram"), ("advise", "numa:0")):
     st = p.stats()
     slow_off = st["meta_bytes"] + (st["slot_bytes"] + 4095) // 4096 * 4096
     slow_rss, slow_huge = mapped_kib(p.name, from_offset=slow_off)
-    out.append(f"{huge_mode()} {slow} {rss} {huge} {slow_rss} {slow_huge}")
+    out.append(f"{huge_mode()} {slow} {rss} {huge} {slow_rss} {slow_huge} {slow_off // 1024}")
 print(";".join(out))
 """
 
@@ -101,14 +101,32 @@ def test_a_pool_gets_huge_pages_where_the_tmpfs_allows() -> None:
                        cwd=REPO, capture_output=True, text=True, timeout=300,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 0, r.stderr
-    (m0, _, rss0, huge0, _, _), (m1, _, rss1, huge1, _, _), (m2, slow2, rss2, huge2, srss2, shuge2) = (
+    (m0, _, rss0, huge0, _, _, _), (m1, _, rss1, huge1, _, _, _), (m2, slow2, rss2, huge2, srss2, shuge2,
+                                                                   fast2) = (
         part.split() for part in r.stdout.strip().split(";"))
     assert (m0, m1, m2) == ("never", "advise", "advise")
     assert int(rss0) > 32 * 1024 and int(huge0) == 0  # huge=never: 4 KiB pages only
     # huge=advise, a dram slow tier (plain local memory): slots and slow tier (16 MiB each) on 2 MiB pages
     assert int(rss1) > 32 * 1024 and int(huge1) >= 24 * 1024
-    # a NUMA slow tier: the fast tier on 2 MiB pages, the slow tier (its own mapping, every row written)
-    # on 4 KiB pages only, so that its binding and page mode's moves hold page by page
+    # a NUMA slow tier: the fast tier (metadata and slots: the object up to the slow tier, all of it
+    # taken at create) on 2 MiB pages, the slow tier (its own mapping, every row written) on 4 KiB pages
+    # only, so that its binding and page mode's moves hold page by page
     assert slow2 == "numa:0"
-    assert int(rss2) > 32 * 1024 and 8 * 1024 <= int(huge2) <= 16 * 1024 + 2048
+    assert int(rss2) > 32 * 1024 and 16 * 1024 <= int(huge2) <= int(fast2) + 2048, (huge2, fast2)
     assert int(srss2) >= 16 * 1024 and int(shuge2) == 0, (srss2, shuge2)
+
+
+def test_create_takes_the_pools_memory() -> None:
+    """A pool's object is allocated whole at create (MADV_POPULATE_WRITE): a /dev/shm that cannot hold it
+    is a create error, not a SIGBUS in the app or the daemon at its first write of a page; the object was
+    sparse, its pages taken as they were first written."""
+    import uuid
+
+    from recmgd.pool import Pool
+
+    p = Pool.create(f"shm-populate-{uuid.uuid4().hex[:8]}", tables=[(50_000, 64)], slots=20_000)
+    try:
+        st = os.stat(shm_path(p.name))
+        assert st.st_blocks * 512 >= st.st_size > 12 * 2**20
+    finally:
+        p.destroy()

@@ -377,6 +377,19 @@ static int handle_open(recmg_pool *p)
     return RECMG_OK;
 }
 
+/* Takes the pool's memory now (MADV_POPULATE_WRITE: every page faulted in, huge where the madvise and
+ * the tmpfs allow, on the slow tier's node where it is bound): a /dev/shm that cannot hold the object
+ * (its room taken since the statvfs check, a memory limit) is a create error, not a SIGBUS when the app
+ * or the daemon first writes a page. A kernel without it (before 5.14: EINVAL) leaves the object sparse,
+ * as before. */
+static int populate(recmg_pool *p, uint8_t *base, size_t bytes)
+{
+    if (madvise(base, bytes, MADV_POPULATE_WRITE) == 0 || errno == EINVAL) return RECMG_OK;
+    return rc_set(p, errno == ENOMEM || errno == EFAULT ? RECMG_ENOSPC : RECMG_ESYS,
+                  "pool '%s' needs %zu bytes of shared memory; /dev/shm could not give them (%s)", p->name + 1,
+                  bytes, errno == EFAULT ? "it is full" : strerror(errno));
+}
+
 int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out, char *err, size_t errlen)
 {
     char nm[256];
@@ -477,20 +490,20 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     h->meta_bytes = L.meta_bytes;
     if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
     compute_layout(o, &L, tab, NULL, 0);
-    memcpy(base, h, sizeof *h);
-    memcpy(base + L.tables_off, tab, (size_t)o->n_tables * sizeof *tab);
     rc = geom_set(p, h, tab);
-    handle_bind(p, base, L.total, h);
+    handle_bind(p, base, L.total, h); /* (its madvise first: the pages below are then huge where they may be) */
+    if (!rc && o->slow_kind == RECMG_SLOW_NUMA) rc = numa_bind_region(p, p->slow, L.slow_bytes, o->numa_node);
+    if (!rc) rc = populate(p, base, L.total);
+    if (!rc) {
+        memcpy(base, h, sizeof *h);
+        memcpy(base + L.tables_off, tab, (size_t)o->n_tables * sizeof *tab);
+    }
     free(h);
     free(tab);
     if (rc) goto fail;
     h = p->sh;
     /* versions start at 0 (the object is zero-filled); every index entry at -1 (empty) */
     memset((void *)p->index, 0xff, L.index_entries * 4);
-    if (o->slow_kind == RECMG_SLOW_NUMA) {
-        rc = numa_bind_region(p, p->slow, L.slow_bytes, o->numa_node);
-        if (rc) goto fail;
-    }
     if (o->slow_kind == RECMG_SLOW_SSD) {
         rc = slowio_open(p, o->slow_path, (o->flags & RECMG_F_REUSE_SLOW) ? SLOW_REUSE : SLOW_CREATE, L.slow_bytes,
                          mode, p->owner, &created_file);
