@@ -11,12 +11,17 @@ make a tick handle rings x max_drain records.
 - below the budget (the common case) every ring is drained in ring order each tick, as before;
 - full rings drop records while they wait, and the drops are counted;
 - the same through a PoolDriver over a real pool of several app rings, and the pool's
-  ``pending_records`` and ``pending_records_peak`` stats as Prometheus gauges.
+  ``pending_records`` and ``pending_records_peak`` stats as Prometheus gauges;
+- dead apps' rings (the app check, recmgd.daemon.apps) are drained under the same budget: a check and
+  the next tick together take at most the budget, the ticks drain the rest in turn, every complete batch
+  arrives in order, and each ring is released by the first check that finds it empty (an app that exits
+  with a few records left: at once), also through a PoolDriver over a real pool.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import uuid
 from collections.abc import Iterator
 
@@ -27,6 +32,8 @@ from test_daemon_loop import lookup
 
 import recmgd.pool as pool_mod
 from recmgd import policy as policy_mod
+from recmgd.daemon import apps as apps_mod
+from recmgd.daemon.apps import AppTracker
 from recmgd.daemon.loop import PoolDriver
 from recmgd.daemon.metrics import MetricsServer
 from recmgd.daemon.tracker import RingTracker
@@ -279,3 +286,166 @@ def test_the_pending_gauges_of_each_pool() -> None:
     assert 'recmgd_pending_records_peak{pool="p0"} 9.0' in text
     assert 'recmgd_pending_records{pool="p1"} 0.0' in text
     assert 'recmgd_pending_records_peak{pool="p1"} 0.0' in text
+
+
+# -- dead apps' rings ------------------------------------------------------------------------------------
+
+
+class DeadApps(FifoRings):
+    """FifoRings whose apps (pid 100 + ring) die when the test says (``dead``); ``release_ring`` frees a
+    ring (owner 0) and logs it in ``released``."""
+
+    def __init__(self, n: int, capacity: int = 1 << 40) -> None:
+        super().__init__(n, capacity)
+        self.dead: set[int] = set()
+        self.released: list[int] = []
+
+    def release_ring(self, index: int) -> None:
+        assert self.pids[index] != 0
+        self.pids[index] = 0
+        self.released.append(index)
+
+
+class Driver:
+    """What AppTracker needs of a PoolDriver, over a RingTracker (PoolDriver.flush_ring's contract)."""
+
+    name = "many"
+
+    def __init__(self, src: DeadApps, tr: RingTracker) -> None:
+        self.pool, self.tracker = src, tr
+        self.pc = {"rings_released": 0, "records": 0}
+
+    def flush_ring(self, index: int, info: object = None) -> bool:
+        drained, empty = self.tracker.flush_ring(index, info)
+        self.pc["records"] += drained
+        return empty
+
+
+@pytest.fixture
+def dead_apps(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[DeadApps, Batches, RingTracker, AppTracker]]:
+    src = DeadApps(64)
+    monkeypatch.setattr(apps_mod, "process_start", lambda pid: 1.0)
+    monkeypatch.setattr(apps_mod, "process_alive", lambda pid, start=None: pid - 100 not in src.dead)
+    sink = Batches()
+    tr = tracker(src, sink)
+    yield src, sink, tr, AppTracker(Driver(src, tr))  # type: ignore[arg-type]
+
+
+def fill(src: DeadApps, ring: int, n_batches: int, n: int, partial: int) -> list[list[int]]:
+    """n_batches ended batches of n lookups on a ring, then a batch of ``partial`` never ended; returns
+    the ended batches' keys."""
+    sent = []
+    for b in range(n_batches):
+        recs, keys, _ = batch(ring, n * b, n)
+        src.log(ring, recs)
+        sent.append(keys)
+    src.log(ring, lookups(ring_keys(ring, 10**6, partial)))
+    return sent
+
+
+def by_ring(sink: Batches) -> dict[int, list[list[int]]]:
+    got: dict[int, list[list[int]]] = {}
+    for keys, _, nb in sink.got:
+        assert nb == 1 and len(set((keys >> 32).tolist())) == 1  # one batch of one ring
+        got.setdefault(int(keys[0] >> 32), []).append(keys.tolist())
+    return got
+
+
+def test_dead_apps_full_rings_are_drained_under_the_budget_and_released_once_empty(dead_apps) -> None:
+    src, sink, tr, apps = dead_apps
+    drv = apps.driver
+    apps.check()  # the apps are known
+    assert src.turns == [] and apps.started == 64
+    sent = {ring: fill(src, ring, 20, 50, 30) for ring in range(64)}  # 1050 records a ring
+    total = src.waiting()
+    src.dead = set(range(64))  # every app dies, its ring full
+    released = apps.check()
+    # one check and the next tick take at most the budget together; no ring it could not empty is freed
+    assert released == [] and src.released == [] and drv.pc["rings_released"] == 0
+    assert src.turns == [(0, BUDGET)] and tr.spent == BUDGET
+    assert tick(tr, src) == [] and tr.next_turn == 0 and tr.spent == 0
+    assert apps.draining == set(range(64)) and all(src.pids[r] == 100 + r for r in range(64))
+    drained = BUDGET
+    ticks = 0
+    while src.waiting():
+        for _ in range(4):  # four ticks, then a check (app_check_interval)
+            drained += sum(n for _, n in tick(tr, src))
+            ticks += 1
+        before, n_released = len(src.turns), len(src.released)
+        empty = {ring for ring in range(64) if src.pids[ring] and not src.waiting(ring)}
+        released = apps.check()
+        # released by the first check that finds them empty (or empties them), not before
+        assert released == src.released[n_released:] and empty <= set(released)
+        assert all((src.pids[r] == 0) == (src.waiting(r) == 0) for r in range(64))
+        drained_now = sum(n for _, n in src.turns[before:])
+        drained += drained_now + sum(n for _, n in tick(tr, src))
+        assert drained_now <= BUDGET and tr.spent == 0
+        ticks += 1
+        assert ticks < 200
+    assert drained == total == 64 * 1050
+    apps.check()
+    # every ring released once, its state and partial batch gone; every ended batch arrived, in order
+    assert sorted(src.released) == list(range(64)) and drv.pc["rings_released"] == 64
+    assert apps.exited == 64 and apps.draining == set() and apps.known == {}
+    assert tr.rings == {} and tr.n_pending == 0
+    assert by_ring(sink) == sent
+
+
+def test_an_app_that_exits_with_a_few_records_is_released_at_the_first_check(dead_apps) -> None:
+    src, sink, tr, apps = dead_apps
+    drv = apps.driver
+    apps.check()
+    for ring in range(64):  # live apps with a little waiting, as usual
+        fill(src, ring, 1, 5, 0)
+    sent = {ring: fill(src, ring, 3, 7, 4) for ring in (3, 9, 40)}
+    src.dead = {3, 9, 40, 41}  # 41 exits with its ring empty
+    src.chunks[41] = []
+    assert sorted(apps.check()) == [3, 9, 40, 41]
+    assert sorted(src.released) == [3, 9, 40, 41] and drv.pc["rings_released"] == 4
+    assert apps.draining == set() and not any(src.waiting(r) for r in (3, 9, 40, 41))
+    assert tr.spent == 3 * (6 + 3 * 8 + 4) and drv.pc["records"] == tr.spent
+    assert by_ring(sink) == {ring: [ring_keys(ring, 0, 5).tolist()] + sent[ring] for ring in (3, 9, 40)}
+    assert tr.n_pending == 0 and all(r not in tr.rings for r in (3, 9, 40, 41))
+    turns = tick(tr, src)  # the tick: the rest of the budget, for the live apps
+    assert [r for r, _ in turns] == [r for r in range(64) if r not in (3, 9, 40, 41)]
+    assert tr.spent == 0
+
+
+def test_dead_apps_rings_through_a_pool_driver(many_rings) -> None:
+    """Through a PoolDriver over a real pool: an app process with several rings dies with them full."""
+    app, daemon, _ = many_rings
+    budget = 500
+    drv = PoolDriver(daemon, policy_mod.create("lru"), "lru", step_mode=True, max_drain=budget)
+    apps = AppTracker(drv)
+    pid = os.fork()
+    if pid == 0:  # the app: two rings, each 4 batches of 200 lookups and a batch never ended
+        try:
+            handles = [pool_mod.Pool.attach(app.name) for _ in range(2)]
+            for h in handles:
+                for b in range(4):
+                    lookup(h, 0, np.arange(200) + b)
+                    h.end_batch()
+                lookup(h, 0, np.arange(30))
+        finally:
+            os._exit(0)  # dies without detaching
+    os.waitpid(pid, 0)
+    dead = [r.index for r in daemon.rings() if r.pid == pid]
+    assert len(dead) == 2
+    total = 2 * (4 * 201 + 30)
+    released = apps.check()
+    first = drv.pc["records"]
+    assert released == [] and first == budget and apps.draining == set(dead)
+    assert drv.tick() == 0  # the check spent this tick's budget
+    while len(released) < 2:
+        assert drv.tick() <= budget
+        before = drv.pc["records"]
+        released += apps.check()
+        assert drv.pc["records"] - before <= budget
+        left = {r.index: r.waiting for r in daemon.rings()}
+        assert all(left[r] == 0 for r in released) and all(left[r] for r in set(dead) - set(released))
+    assert sorted(released) == sorted(dead) and drv.stats()["rings_released"] == 2
+    assert all(r.pid == 0 and r.waiting == 0 for r in daemon.rings() if r.index in dead)
+    st = drv.stats()
+    assert st["steps"] == st["batches"] == 8 and st["lookups"] == 8 * 200 and st["records"] == total
+    assert st["pending_records"] == 0 and not set(dead) & set(drv.rings)
+    drv.close()

@@ -3,7 +3,11 @@
 An app takes an access ring when it attaches to a pool and writes its pid into it. The daemon checks
 those pids with psutil every ``app_check_interval``: a process that is gone (exited, SIGKILLed, or a
 zombie not yet reaped, or a new process that reused the pid) has its ring drained one last time and
-released, so the slot can serve a new app. Other apps' rings are not touched.
+released, so the slot can serve a new app. Other apps' rings are not touched. The last drain is under
+the pool's drain budget (an app may leave thousands of full rings): the check drains at most what is
+left of it (shared with the next tick) and releases the rings it emptied (the common case: an app that
+exits with a few records left); a ring it could not empty keeps its owner, the ticks drain it in turn
+like any ring, and a later check, finding it empty, releases it.
 """
 
 from __future__ import annotations
@@ -57,17 +61,22 @@ class AppTracker:
         self.started = 0
         self.release_failures: dict[int, int] = {}
         self.exited = 0
+        self.draining: set[int] = set()  # rings of dead apps still holding records (released when empty)
 
     def check(self) -> list[int]:
         """Check every ring's owner; release the rings of dead ones. Returns the released indices."""
         released = []
         seen = set()
+        deferred = 0
+        # one look at each process a check: an app may hold thousands of rings (psutil: ~20 us a look)
+        alive: dict[tuple[int, float | None], bool] = {}
         for info in self.driver.pool.rings():
             idx = _ring_field(info, "index", -1)
             pid = _ring_field(info, "pid")
             if idx < 0:
                 continue
             if pid == 0:
+                self.draining.discard(idx)
                 if idx in self.known:  # the app detached itself cleanly (the loop drains what it left)
                     self.known.pop(idx)
                     self.exited += 1
@@ -78,6 +87,7 @@ class AppTracker:
             if prev is None or prev[0] != pid:
                 start = process_start(pid)
                 self.known[idx] = (pid, start)
+                self.draining.discard(idx)  # a new app took over a dead app's ring
                 self.started += 1
                 log.info("pool %s: app pid %d attached (ring %d)", self.driver.name, pid, idx)
                 if start is None and not process_alive(pid):
@@ -85,9 +95,17 @@ class AppTracker:
                 else:
                     continue
             pid0, start0 = self.known[idx]
-            if process_alive(pid0, start0):
+            live = alive.get((pid0, start0))
+            if live is None:
+                live = alive[(pid0, start0)] = process_alive(pid0, start0)
+            if live:
                 continue
-            self.driver.flush_ring(idx)
+            if not self.driver.flush_ring(idx, info):
+                # records left over the drain budget: the ticks take them in turn; released once empty
+                if idx not in self.draining:
+                    self.draining.add(idx)
+                    deferred += 1
+                continue
             try:
                 self.driver.pool.release_ring(idx)
             except RecmgError as exc:
@@ -99,6 +117,7 @@ class AppTracker:
                         self.driver.name, idx, pid0, exc)
                 continue
             self.release_failures.pop(idx, None)
+            self.draining.discard(idx)
             self.known.pop(idx, None)
             self.driver.pc["rings_released"] += 1
             self.exited += 1
@@ -106,6 +125,11 @@ class AppTracker:
             log.info("pool %s: app pid %d is gone; ring %d released", self.driver.name, pid0, idx)
         for idx in set(self.known) - seen:
             self.known.pop(idx, None)
+            self.draining.discard(idx)
+        if deferred:
+            log.info("pool %s: %d rings of dead apps hold more records than the drain budget left; the "
+                     "ticks drain them in turn and they are released once empty (%d rings so far)",
+                     self.driver.name, deferred, len(self.draining))
         return released
 
 

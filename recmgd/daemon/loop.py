@@ -261,9 +261,14 @@ class PoolDriver:
         """One ring's records (as drained) through the tracker (tests)."""
         self.tracker.consume(st, recs)
 
-    def flush_ring(self, index: int) -> None:
-        """A dead app's ring: drain what is left, process complete batches, forget the partial one."""
-        self.tracker.flush_ring(index)
+    def flush_ring(self, index: int, info: Any = None) -> bool:
+        """A dead app's ring (``info``: its description, if known): drain what is left under what is
+        left of the drain budget, process complete batches; True when the ring is empty (its partial
+        batch forgotten; the caller releases it), False when the ticks are to drain the rest in turn
+        (:meth:`RingTracker.flush_ring`)."""
+        drained, empty = self.tracker.flush_ring(index, info)
+        self.pc["records"] += drained
+        return empty
 
     def _take_hints(self, hints: np.ndarray) -> bool:
         """Hints of a batch that has not ended: fetched now, ahead of it (not while paused)."""

@@ -18,6 +18,10 @@ driver as ``on_batch(lookups, hints, n_batches)``. The refinements:
   fills meanwhile drops records, counted in ``dropped_total``. While the rings hold less than the
   budget (the common case) every ring is drained in ring order, as without a budget. (In page mode a
   ring record may become several page records: the budget counts what the pool's ``drain_ring`` gives.)
+  A dead app's ring (:meth:`RingTracker.flush_ring`, from the app check) is drained under the same
+  budget: the check takes at most what is left of it (``spent``, taken from the next drain's budget),
+  and what it cannot take the drains take in turn like any ring's, until a later check finds the ring
+  empty and releases it.
 - *Hints ahead of their batch*: hint records (type 2) in the part of a batch that has not ended yet
   are offered to ``take_hints(keys)`` at once; when it takes them (True) they leave the batch, so the
   driver can fetch them before the lookups they announce arrive.
@@ -191,7 +195,8 @@ class RingTracker:
     :data:`MAX_BATCH_RECORDS`) is the batch cap, ``max_pending`` (default
     :data:`MAX_POOL_PENDING_RECORDS`) the pool cap; ``cut_batches`` counts the batches cut at either.
     ``n_pending`` is the records (as drained) of the rings' unfinished batches, ``peak_pending`` the most
-    it held after a drain of a ring.
+    it held after a drain of a ring. ``spent`` is what :meth:`flush_ring` drained since the last drain:
+    the next drain's budget is what is left of ``max_drain`` after it.
     """
 
     def __init__(self, pool: RingSource, on_batch: BatchSink, take_hints: HintSink, *,
@@ -215,6 +220,7 @@ class RingTracker:
         self.n_pending = 0  # the sum of the rings' RingState.n_pending
         self.peak_pending = 0
         self.next_turn = 0  # the ring index the next drain's turns start at (module doc, the drain budget)
+        self.spent = 0  # records flush_ring drained since the last drain (out of that drain's budget)
         self._taps: list[tuple[Callable[..., None], bool]] = []
 
     # -- taps ----------------------------------------------------------------------------------------
@@ -278,7 +284,8 @@ class RingTracker:
             start = bisect_left(turns, self.next_turn, key=itemgetter(0))
             if start == n_turns:
                 start = 0
-        left = self.max_drain
+        left = max(0, self.max_drain - self.spent)  # the app check's flushes took the rest
+        self.spent = 0
         drained = 0
         for k in range(n_turns):
             idx, st, info = turns[(start + k) % n_turns]  # from start, wrapping
@@ -304,22 +311,42 @@ class RingTracker:
         self.backlog = backlog
         return drained
 
-    def flush_ring(self, index: int) -> int:
-        """A dead app's ring: drain what is left, hand on complete batches, forget the partial one;
-        returns the records drained."""
-        st = self.rings.pop(index, None)
-        if st is not None:
-            self.n_pending -= st.n_pending
-        try:
-            recs = np.asarray(self.pool.drain_ring(index, self.max_drain), dtype=np.uint64)
-        except RecmgError:
-            recs = np.zeros(0, dtype=np.uint64)
-        if len(recs):
+    def flush_ring(self, index: int, info: Any = None) -> tuple[int, bool]:
+        """A dead app's ring (its description ``info`` as ``rings()`` gave it, if known): drain what is
+        left, at most what is left of the drain budget (``spent`` counts it against the next drain's),
+        and hand on complete batches. Returns (records drained, empty). Empty: the ring's state goes
+        and the partial batch with it (what is left pending is dropped); the caller releases the ring.
+        Not empty: the state stays and the drains take the rest in turn like any ring's; a later
+        flush (the next app check) finds it empty."""
+        waiting = -1 if info is None else ring_field(info, "waiting", -1)  # -1: not known
+        left = max(0, self.max_drain - self.spent)
+        st = self.rings.get(index)
+        if st is None:
+            st = RingState(pending=[], pid=0 if info is None else ring_field(info, "pid"))
+        recs = EMPTY_RECS
+        if waiting != 0 and left:
+            try:
+                recs = np.asarray(self.pool.drain_ring(index, left), dtype=np.uint64)
+            except RecmgError:
+                waiting = 0  # nothing more can be drained from it: released as it is
+        n = len(recs)
+        self.spent += n
+        # the app is gone, so nothing is added to its ring: emptied when it held no more than the drain
+        # could take (in page mode n counts page records, more than the ring records taken)
+        empty = 0 <= waiting <= left if waiting >= 0 else n < left
+        if empty:
+            if self.rings.pop(index, None) is not None:
+                self.n_pending -= st.n_pending
+            self.ring_drops.pop(index, None)
+        if n:
             if self._taps:
                 self._tap(recs, index)
-            self._split(st or RingState(pending=[]), recs)  # what is left pending is dropped
-        self.ring_drops.pop(index, None)
-        return len(recs)
+            if empty:
+                self._split(st, recs)  # what is left pending is dropped
+            else:
+                self.rings[index] = st
+                self.consume(st, recs)
+        return n, empty
 
     def consume(self, st: RingState, recs: np.ndarray) -> None:
         """Split one ring's records at its batch boundaries (coalescing runs when behind), then hold
