@@ -307,8 +307,9 @@ static void handle_bind(recmg_pool *p, uint8_t *base, size_t bytes, const shm_he
     /* Huge pages where the tmpfs grants them (mounted huge=advise): random row reads then miss the TLB
      * far less. For the whole object, except a NUMA slow tier: its binding (mbind) and page mode's
      * move_pages work page by page, and a 2 MiB folio across the fast tier's end would hold slow-tier
-     * rows on the fast node (the madvise splits the mapping at slow_off, and the kernel puts no huge
-     * page across a mapping's end). A dram slow tier is plain local memory: its misses gain as hits do.
+     * rows on the fast node (the madvise splits the mapping at slow_off; shmem may still allocate the
+     * fast tier's last folio by file offset across it, which create prevents by taking the slow tier's
+     * pages first: populate). A dram slow tier is plain local memory: its misses gain as hits do.
      * Ignored (EINVAL) where THP is off. */
     const size_t fast_end = h->slow_kind == RECMG_SLOW_NUMA && h->slow_off < bytes ? (size_t)h->slow_off : bytes;
     (void)madvise(base, fast_end, MADV_HUGEPAGE);
@@ -380,14 +381,20 @@ static int handle_open(recmg_pool *p)
 /* Takes the pool's memory now (MADV_POPULATE_WRITE: every page faulted in, huge where the madvise and
  * the tmpfs allow, on the slow tier's node where it is bound): a /dev/shm that cannot hold the object
  * (its room taken since the statvfs check, a memory limit) is a create error, not a SIGBUS when the app
- * or the daemon first writes a page. A kernel without it (before 5.14: EINVAL) leaves the object sparse,
- * as before. */
+ * or the daemon first writes a page. A NUMA slow tier first: a 2 MiB folio the fast tier's last page
+ * faults in may reach past the fast tier's end into the file's slow-tier pages (shmem allocates it by
+ * file offset), which would put slow rows on the fast node; pages already there make it fall back to
+ * small ones. A kernel without it (before 5.14: EINVAL) leaves the object sparse, as before. */
 static int populate(recmg_pool *p, uint8_t *base, size_t bytes)
 {
-    if (madvise(base, bytes, MADV_POPULATE_WRITE) == 0 || errno == EINVAL) return RECMG_OK;
-    return rc_set(p, errno == ENOMEM || errno == EFAULT ? RECMG_ENOSPC : RECMG_ESYS,
+    const size_t slow_off = p->h->slow_kind == RECMG_SLOW_NUMA && p->slow ? (size_t)(p->slow - base) : bytes;
+    int e = 0;
+    if (slow_off < bytes && madvise(base + slow_off, bytes - slow_off, MADV_POPULATE_WRITE) != 0) e = errno;
+    if (!e && madvise(base, slow_off, MADV_POPULATE_WRITE) != 0) e = errno;
+    if (!e || e == EINVAL) return RECMG_OK;
+    return rc_set(p, e == ENOMEM || e == EFAULT ? RECMG_ENOSPC : RECMG_ESYS,
                   "pool '%s' needs %zu bytes of shared memory; /dev/shm could not give them (%s)", p->name + 1,
-                  bytes, errno == EFAULT ? "it is full" : strerror(errno));
+                  bytes, e == EFAULT ? "it is full" : strerror(e));
 }
 
 int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out, char *err, size_t errlen)
