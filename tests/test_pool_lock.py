@@ -215,6 +215,9 @@ def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
         truth = TRUTH.copy()
         truth[10:20] = 3.0
         assert daemon.writer_holder() == 0  # (its holder is dead)
+        # it died inside the last row's window (its group's version odd): reads of that group do not
+        # wait for a dead writer, and read the slow tier, which holds the new rows
+        _exact(app, truth)
         assert daemon.repair() is True
         assert daemon.repairs() > before
         _exact(app, truth)  # no copy older than the slow tier is read
@@ -225,3 +228,41 @@ def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
     finally:
         app.close()
         daemon.close()
+
+
+def _stopped_in_row(pool: Pool, value: float) -> subprocess.Popen:
+    env = dict(os.environ, RECMG_FAULT_STOP_IN_ROW="1")
+    argv = [sys.executable, "-c", HOLDER, pool.name, *[str(value)] * DIM]
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    _, status = os.waitpid(child.pid, os.WUNTRACED)
+    assert os.WIFSTOPPED(status), status
+    return child
+
+
+def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool) -> None:
+    """A writer stopped (SIGSTOP) inside a row's window of write_rows, half of the row written
+    (RECMG_FAULT_STOP_IN_ROW): a slow-tier reader waits for a row's window to close, but not for a
+    stopped writer: lookups and read_rows return, every row outside the window exact and the row in it as
+    the slow tier holds it (half written: the one thing a stopped writer is let show); after SIGCONT the
+    writer finishes and every row is read whole."""
+    app = Pool.attach(pool.name)
+    try:
+        child = _stopped_in_row(pool, 9.0)
+        try:
+            ids = np.arange(ROWS)
+            for _ in range(3):  # (the first call waits for the window, later ones do not)
+                got = app.embedding_bag(0, ids, ids).numpy()
+                np.testing.assert_array_equal(np.delete(got, 10, 0), np.delete(TRUTH, 10, 0))
+                half = DIM * 4 // 2 // 4  # (the fault writes half of the row's bytes)
+                np.testing.assert_array_equal(got[10, :half], 9.0)
+                np.testing.assert_array_equal(got[10, half:], TRUTH[10, half:])
+                np.testing.assert_array_equal(app.read_rows(0, ids), got)
+        finally:
+            os.kill(child.pid, signal.SIGCONT)
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0 and "written" in out
+        truth = TRUTH.copy()
+        truth[10:20] = 9.0
+        _exact(app, truth)
+    finally:
+        app.close()

@@ -12,7 +12,8 @@
  *
  * Bag b of a bagctx, its sum kept in vector registers: a hit is accumulated straight from its slot
  * and checked with its group's seqlock version after the row (writer.c has the argument), a miss is
- * read from the memory slow tier or the call's buffer of rows read from the SSD. Returns 0, or -1 if a
+ * read from the memory slow tier (checked the same way: write_rows writes a row in a window of its
+ * group's version) or the call's buffer of rows read whole from the SSD. Returns 0, or -1 if a
  * row lost a race with the writer (nothing was written then; the caller redoes the bag on the safe
  * path). The same additions in the same order as the generic path, so the results are bit-identical
  * whatever the width. Without per-sample weights a row is added (vaddps), as FBGEMM's kernels do: the
@@ -75,9 +76,15 @@ static inline __attribute__((always_inline, target(BF_TARGET))) int BF_NAME(cons
             const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
             if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
             h++;
+        } else if (slow) {
+            /* a memory slow tier's row, checked like a hit's: write_rows writes it in an odd window */
+            if (sver[i] & 1u) return -1;
+            BF_ACCUMULATE(BF_ROW_LOAD, slow + (uint64_t)ids[i] * rb);
+            atomic_thread_fence(memory_order_acquire);
+            const _Atomic uint32_t *ver = &vers[version_index(efirst + (uint64_t)ids[i])];
+            if (atomic_load_explicit(ver, memory_order_relaxed) != sver[i]) return -1;
         } else {
-            const uint8_t *row = slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride;
-            BF_ACCUMULATE(BF_ROW_LOAD, row);
+            BF_ACCUMULATE(BF_ROW_LOAD, mbuf + (size_t)(-2 - s) * mstride);
         }
     }
     float *out = c->out + b * c->ostride;

@@ -233,6 +233,12 @@ struct recmg_pool {
     size_t m_cap;
     void *sreq; /* slow_req array */
     size_t sreq_cap;
+    uint32_t *m_ver; /* the versions under which read_slow_whole reads its rows */
+    size_t m_ver_cap;
+    /* the last entry-group version that row_write_wait gave up on (a writer stopped inside a row's
+     * window): the next wait for that group at that version does not wait again */
+    _Atomic uint64_t stale_group;
+    _Atomic uint32_t stale_v;
     /* daemon side: free-slot stack, valid for generation free_gen */
     uint32_t *free_list;
     uint64_t n_free;
@@ -353,9 +359,8 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
 /* What a read of len bytes at off costs the device, as slowio_read counts it: the aligned span that
  * covers it when the handle reads it directly (O_DIRECT), else len. */
 uint64_t slowio_read_span(const recmg_pool *p, uint64_t off, uint32_t len);
-/* Writes the rows in order; *written: how many of them were written (all, or those before a failure). */
-int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n,
-                      const uint8_t *src, uint64_t *written);
+/* Writes len bytes at off (buffered): RECMG_OK, or RECMG_EIO naming the offset and the cause. */
+int slowio_write_row(recmg_pool *p, uint64_t off, const uint8_t *src, uint32_t len);
 const char *slowio_backend(recmg_pool *p);
 
 /* lookup.c */
@@ -391,12 +396,30 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
 
 /* Fault injection for the tests: the process stops itself (SIGSTOP) where the environment variable
  * NAME is set (env_flag). RECMG_FAULT_STOP_IN_WRITE: write_rows, holding the writer lock;
+ * RECMG_FAULT_STOP_IN_ROW: write_rows of a memory tier, inside its first row's window with half of the
+ * row written;
  * RECMG_FAULT_STOP_AFTER_SLOW_READ: a lookup, after its batch of SSD reads and before it checks its
  * hits again (lookup.c); RECMG_FAULT_STOP_BEFORE_PASS2 (read when the handle is opened: pass 2 runs
  * for every item): a lookup, between its passes. */
 void fault_stop(const char *name);
 
-/* slow-tier row reads shared by lookup and fill */
+/* Reading the slow tier whole (writer.c). write_rows writes each row inside an odd window of its index
+ * entry's group version, so a slow-tier reader does as a hit's reader does: an even version, the copy, an
+ * acquire fence, the same version again.
+ * row_write_wait: the version of the group at ver once even (a window is one row's write long); odd when
+ * no live writer will close it (a dead writer's, closed by the next writer's repair: the row is as it
+ * left it) or after RECMG_ROW_WAIT_MS of a live writer not closing it (a stopped writer), which later
+ * calls for that group at that version do not wait for again. */
+#define RECMG_ROW_WAIT_MS 20u
+uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver);
+/* row_bytes bytes of the memory slow tier at src into dst, whole. */
+void slow_row_copy(recmg_pool *p, const _Atomic uint32_t *ver, const uint8_t *src, void *dst, uint32_t row_bytes);
+/* read_slow_rows (below), each row whole: read again alone if its group's version changed meanwhile. */
+int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
+                    uint64_t *bytes);
+
+/* slow-tier row reads shared by lookup and fill (not checked against write_rows: a fill holds the
+ * writer lock, which excludes it) */
 int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst,
                    size_t dst_stride, uint64_t *bytes);
 

@@ -4,8 +4,12 @@
  * has the argument): pass 1 reads the version (acquire; odd: not a hit) and then the entry (the slot,
  * or -1); pass 2 copies the row as relaxed atomic 64-bit words, then an acquire fence, then the
  * version again. The same version: the copy is the row. Anything else: the row is read from the slow
- * tier, which is the truth. The reader never waits for the writer. A hit reads its index entry once
- * (pass 1), the row, and a version line that the cache keeps.
+ * tier, which is the truth. A hit reads its index entry once (pass 1), the row, and a version line that
+ * the cache keeps. The slow tier is read under the same versions (write_rows writes a row in a window
+ * of its group's version): a miss of a memory tier is checked after its row like a hit, and its bag
+ * redone on the safe path if the version changed, where the row is copied whole (slow_row_copy, which
+ * waits for one row's write, never for a dead or stopped writer); an SSD tier's reads are checked after
+ * each batch (read_slow_whole). Only a reader of a row being written waits, for that row's write.
  *
  * Pass 1 resolves every id (range check, version and index -> slot, first-appearance dedup); on an
  * SSD slow tier the distinct missing rows are then read in one I/O batch (and the rows evicted during
@@ -503,7 +507,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         if (!(mbuf = rows_buf(p, m, 0, mstride)))
             return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
                           (unsigned long long)m);
-        rc = read_slow_rows(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
+        rc = read_slow_whole(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
         if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
         fault_stop("RECMG_FAULT_STOP_AFTER_SLOW_READ");
         /* The batch took a disk's time, long enough for a writer to evict rows that pass 1 found
@@ -517,7 +521,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             if (!(mbuf = rows_buf(p, m, m1, mstride)))
                 return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
                               (unsigned long long)m);
-            rc = read_slow_rows(p, a->table, p->m_rows + m1, m - m1, mbuf + m1 * mstride, mstride, &slow_bytes);
+            rc = read_slow_whole(p, a->table, p->m_rows + m1, m - m1, mbuf + m1 * mstride, mstride, &slow_bytes);
             if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
             on_demand = m;
         }
@@ -575,8 +579,15 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                             sver[i - i0])
                             break;
                         h++;
+                    } else if (slow) { /* checked like a hit: write_rows writes a row in a window */
+                        if (sver[i - i0] & 1u) break;
+                        acc(out, slow + (uint64_t)ids[i] * rb, w, dim);
+                        atomic_thread_fence(memory_order_acquire);
+                        if (atomic_load_explicit(entry_version(p, efirst + (uint64_t)ids[i]), memory_order_relaxed) !=
+                            sver[i - i0])
+                            break;
                     } else {
-                        acc(out, slow ? slow + (uint64_t)ids[i] * rb : mbuf + (size_t)(-2 - s) * mstride, w, dim);
+                        acc(out, mbuf + (size_t)(-2 - s) * mstride, w, dim);
                     }
                 }
                 if (i == o1) {
@@ -601,7 +612,8 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                     row = tw;
                     hb++;
                 } else if (slow) {
-                    row = slow + (uint64_t)r * rb;
+                    slow_row_copy(p, ver, slow + (uint64_t)r * rb, tw, rb);
+                    row = tw;
                     if (s >= 0) { /* lost a race with the writer: the slow tier is the truth */
                         on_demand++;
                         slow_bytes += rb;
@@ -621,7 +633,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                         later[nlater++] = b;
                         goto next;
                     }
-                    rc = read_slow_rows(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
+                    rc = read_slow_whole(p, a->table, &ids[i], 1, (uint8_t *)tw, rb, &slow_bytes);
                     if (rc) {
                         free(heap);
                         free(later);
@@ -648,7 +660,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
         if (!nlater) break;
         if (m > m_read) { /* the waiting bags' rows that no batch has read yet */
             mbuf = rows_buf(p, m, m_read, mstride); /* (ctx.mbuf is round 0's: round 1 takes no fast kernel) */
-            rc = mbuf ? read_slow_rows(p, a->table, p->m_rows + m_read, m - m_read, mbuf + m_read * mstride, mstride,
+            rc = mbuf ? read_slow_whole(p, a->table, p->m_rows + m_read, m - m_read, mbuf + m_read * mstride, mstride,
                                        &slow_bytes)
                       : rc_set(p, RECMG_ENOMEM, "out of memory for %llu missing rows", (unsigned long long)m);
             if (rc) {

@@ -100,6 +100,7 @@ void scratch_trim(recmg_pool *p)
 {
     buf_trim((void **)&p->mbuf, &p->mbuf_cap, 1, SCRATCH_KEEP_BYTES);
     buf_trim((void **)&p->m_rows, &p->m_cap, sizeof *p->m_rows, SCRATCH_KEEP_BYTES);
+    buf_trim((void **)&p->m_ver, &p->m_ver_cap, sizeof *p->m_ver, SCRATCH_KEEP_BYTES);
     buf_trim((void **)&p->h_ent, &p->h_cap, sizeof *p->h_ent, SCRATCH_KEEP_BYTES); /* (hash_prepare makes it again) */
     buf_trim(&p->sreq, &p->sreq_cap, sizeof(slow_req), SCRATCH_KEEP_BYTES);
     slowio_trim(&p->io, SCRATCH_KEEP_BYTES);
@@ -340,6 +341,7 @@ static void handle_free(recmg_pool *p)
     free(p->sreq);
     free(p->mbuf);
     free(p->m_rows);
+    free(p->m_ver);
     free(p->free_list);
     pthread_mutex_destroy(&p->lock);
     free(p);

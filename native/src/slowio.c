@@ -480,28 +480,19 @@ int slowio_read(recmg_pool *p, const slow_req *r, uint64_t n, uint64_t *bytes_re
     }
 }
 
-int slowio_write_rows(recmg_pool *p, uint64_t base, uint32_t rb, const int64_t *rows, uint64_t n, const uint8_t *src,
-                      uint64_t *written)
+int slowio_write_row(recmg_pool *p, uint64_t off, const uint8_t *src, uint32_t len)
 {
-    *written = 0;
     if (!p->io.writable)
         return rc_set(p, RECMG_EIO, "slow-tier file %s is not writable (its owner has no write permission, or it "
-                      "was opened read-only); no rows written", p->h->slow_path);
-    for (uint64_t k = 0; k < n; k++) {
-        uint64_t off = base + (uint64_t)rows[k] * rb;
-        size_t got = 0;
-        while (got < rb) {
-            ssize_t w = pwrite(p->io.fd, src + k * rb + got, rb - got, (off_t)(off + got));
-            if (w < 0 && errno == EINTR) continue;
-            if (w <= 0)
-                return rc_set(p, RECMG_EIO,
-                              "writing slow-tier file %s at offset %llu failed: %s; rows [0, %llu) of the batch of "
-                              "%llu were written",
-                              p->h->slow_path, (unsigned long long)off, w < 0 ? strerror(errno) : "no progress",
-                              (unsigned long long)k, (unsigned long long)n);
-            got += (size_t)w;
-        }
-        *written = k + 1;
+                      "was opened read-only)", p->h->slow_path);
+    size_t got = 0;
+    while (got < len) {
+        ssize_t w = pwrite(p->io.fd, src + got, len - got, (off_t)(off + got));
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0)
+            return rc_set(p, RECMG_EIO, "writing slow-tier file %s at offset %llu failed: %s", p->h->slow_path,
+                          (unsigned long long)off, w < 0 ? strerror(errno) : "no progress");
+        got += (size_t)w;
     }
     return RECMG_OK;
 }

@@ -14,7 +14,8 @@
  *   a slot is written only while no entry names it, after a release fence (slot_write).
  *   evict a:      index[a] = -1 in a window; the slot goes to the free list, its row left in place.
  *   fill b into s (free):  the row into s (relaxed atomic words); index[b] = s in a window.
- *   write_rows:   one window: index[b] = -1, the row into s, index[b] = s.
+ *   write_rows:   row by row, one window: the slow-tier row, and if b is resident in s: index[b] = -1,
+ *                 the row into s, index[b] = s. Slow-tier readers check the window as hits do.
  * The reader (lookup.c): v = version[e >> 6] (acquire; odd: not a hit), s = index[e], later the
  * row's words from slot s (relaxed), an acquire fence, version[e >> 6] again. If it is v, the reader
  * has row b, because
@@ -30,6 +31,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -308,7 +310,8 @@ static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words)
 /* Fault injection for the crash tests: RECMG_FAULT_KILL_IN_FILL=K makes a fill die with SIGKILL in
  * the middle of writing its K-th slot (half the row copied, no entry naming it, writer lock held);
  * RECMG_FAULT_KILL_IN_PUBLISH=K in the window that publishes its K-th slot (the row whole, the entry
- * stored, its group's version odd). */
+ * stored, its group's version odd); RECMG_FAULT_KILL_IN_WRITE (set) makes write_rows die in the window
+ * of its last row, that row's slow-tier row written and its copy not. */
 static int64_t fault_point(const char *name)
 {
     const char *e = getenv(name);
@@ -373,6 +376,69 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
         r[k] = (slow_req){.off = t->slow_off + (uint64_t)rows[k] * t->row_bytes, .dst = dst + k * dst_stride,
                           .len = t->row_bytes};
     return slowio_read(p, r, n, bytes);
+}
+
+uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
+{
+    uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
+    for (int k = 0; (v & 1u) && k < 256; k++) {
+#if defined(__x86_64__)
+        __builtin_ia32_pause();
+#endif
+        v = atomic_load_explicit(ver, memory_order_acquire);
+    }
+    if (!(v & 1u)) return v;
+    const uint64_t group = (uint64_t)(ver - p->vers);
+    if (atomic_load_explicit(&p->stale_group, memory_order_relaxed) == group + 1 &&
+        atomic_load_explicit(&p->stale_v, memory_order_relaxed) == v)
+        return v;
+    const uint64_t t0 = now_ns();
+    for (;;) {
+        const int32_t holder = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
+        if (holder <= 0 || holder_dead(holder)) return v; /* (the caller's check after its copy sees a change) */
+        if (now_ns() - t0 > (uint64_t)RECMG_ROW_WAIT_MS * 1000000u) {
+            atomic_store_explicit(&p->stale_v, v, memory_order_relaxed);
+            atomic_store_explicit(&p->stale_group, group + 1, memory_order_relaxed);
+            return v;
+        }
+        sched_yield();
+        v = atomic_load_explicit(ver, memory_order_acquire);
+        if (!(v & 1u)) return v;
+    }
+}
+
+void slow_row_copy(recmg_pool *p, const _Atomic uint32_t *ver, const uint8_t *src, void *dst, uint32_t row_bytes)
+{
+    for (;;) {
+        const uint32_t v = row_write_wait(p, ver);
+        memcpy(dst, src, row_bytes);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(ver, memory_order_relaxed) == v) return;
+    }
+}
+
+int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
+                    uint64_t *bytes)
+{
+    const uint64_t efirst = p->tables[table].index_first;
+    if (grow((void **)&p->m_ver, &p->m_ver_cap, n ? n : 1, sizeof *p->m_ver) != 0)
+        return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
+    uint32_t *sv = p->m_ver;
+    for (uint64_t k = 0; k < n; k++) sv[k] = row_write_wait(p, entry_version(p, efirst + (uint64_t)rows[k]));
+    int rc = read_slow_rows(p, table, rows, n, dst, dst_stride, bytes);
+    if (rc) return rc;
+    atomic_thread_fence(memory_order_acquire);
+    for (uint64_t k = 0; k < n; k++) {
+        const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)rows[k]);
+        uint32_t v = sv[k];
+        while (atomic_load_explicit(ver, memory_order_relaxed) != v) { /* a write_rows of its group meanwhile */
+            v = row_write_wait(p, ver);
+            rc = read_slow_rows(p, table, &rows[k], 1, dst + k * dst_stride, dst_stride, bytes);
+            if (rc) return rc;
+            atomic_thread_fence(memory_order_acquire);
+        }
+    }
+    return RECMG_OK;
 }
 
 int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
@@ -576,7 +642,7 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     if (rc) return rc;
     uint64_t bytes = 0;
     pthread_mutex_lock(&p->lock);
-    rc = read_slow_rows(p, table, rows, n, out, p->tables[table].row_bytes, &bytes);
+    rc = read_slow_whole(p, table, rows, n, out, p->tables[table].row_bytes, &bytes);
     scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
     return (int)intact_after(p, rc);
@@ -604,49 +670,67 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
     fault_stop("RECMG_FAULT_STOP_IN_WRITE");
-    /* The slow tier first (the truth; resident rows are meanwhile read from their copies, whole), then
-     * each resident copy rewritten in an odd window with its entry unpublished inside it (readers then
-     * read the slow tier, already written). All under the writer lock, so that no fill copies a
-     * half-written row. The header names the table being written until the copies agree again: a
-     * writer that dies in between leaves copies that disagree with the slow tier, and the next
-     * writer's repair drops every copy of that table (recover_fast_tier). If the file write fails at
-     * row k, rows [0, k) are written and their copies updated; row k's copy is dropped (its slow row
-     * may be half written) and the others' are kept (their rows unchanged). */
+    /* Row by row, one odd window of the row's entry group around the row's slow-tier write and its copy's
+     * rewrite: a reader of the slow tier checks the group's version around its read as a hit's reader
+     * does around the slot (lookup.c), so that no read sees a half-written row; the copy is rewritten
+     * with its entry unpublished inside the window, so that a slot an entry names is always whole, also
+     * if this writer dies there. All under the writer lock, so that no fill copies a half-written row.
+     * The header names the table being written until the call ends: a writer that dies between a row's
+     * slow write and its copy's leaves a copy older than the slow tier, and the next writer's repair
+     * drops every copy of that table (recover_fast_tier). If the file write of row k fails, rows [0, k)
+     * are written and their copies updated; row k's copy is dropped (its slow row may be half written). */
     atomic_store_explicit(&p->sh->writing_table, (int32_t)table + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst); /* (named before any row changes) */
-    if (p->slow) {
-        for (uint64_t k = 0; k < n; k++) memcpy(p->slow + t->slow_off + (uint64_t)rows[k] * rb, src + k * rb, rb);
-    } else {
-        rc = slowio_write_rows(p, t->slow_off, rb, rows, n, src, &done);
-    }
-    if (env_flag("RECMG_FAULT_KILL_IN_WRITE")) raise(SIGKILL); /* (tests: the slow tier written, copies not) */
+    const int kill_in_write = env_flag("RECMG_FAULT_KILL_IN_WRITE");
+    const int stop_in_row = env_flag("RECMG_FAULT_STOP_IN_ROW");
     uint64_t words[RECMG_PAGE / 8];
     uint64_t *w = words;
     uint64_t *heap = NULL;
     int changed = 0;
     if (p->h->slot_stride > sizeof words) w = heap = calloc(1, p->h->slot_stride);
     if (w) memset(w, 0, p->h->slot_stride);
-    for (uint64_t k = 0; k < done + (done < n); k++) {
+    for (uint64_t k = 0; k < n; k++) {
         const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
-        int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
-        if (s < 0) continue;
-        changed = 1;
-        if (!slot_ok(p, s) || !w || k == done) {
-            /* not a slot of this pool, no memory for a row, or the row a failed write may have left
-             * half written: the copy is dropped (lookups read the slow tier) */
-            entry_store(p, e, -1);
-            p->free_valid = 0;
-            note_repair(p);
-            continue;
-        }
-        memcpy(w, src + k * rb, rb);
-        /* one odd window over the rewrite, with the entry unpublished inside it, so that a slot an
-         * entry names is always whole, also if this writer dies here */
+        const uint64_t off = t->slow_off + (uint64_t)rows[k] * rb;
         const uint32_t v = window_open(p, e);
-        atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
-        slot_write(p, (uint64_t)s, w);
-        atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
+        if (p->slow) {
+            if (stop_in_row && k == 0) { /* (tests: stopped in the first row's window, half of it written) */
+                memcpy(p->slow + off, src + k * rb, rb / 2);
+                fault_stop("RECMG_FAULT_STOP_IN_ROW");
+            }
+            memcpy(p->slow + off, src + k * rb, rb);
+        } else {
+            rc = slowio_write_row(p, off, src + k * rb, rb);
+        }
+        if (kill_in_write && k + 1 == n) raise(SIGKILL); /* (tests: the last row's slow row written, its copy not) */
+        const int32_t s = atomic_load_explicit(&p->index[e], memory_order_relaxed);
+        if (s >= 0) {
+            changed = 1;
+            if (!slot_ok(p, s) || !w || rc) {
+                /* not a slot of this pool, no memory for a row, or the row a failed write may have left
+                 * half written: the copy is dropped (lookups read the slow tier) */
+                atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
+                p->free_valid = 0;
+                note_repair(p);
+            } else {
+                memcpy(w, src + k * rb, rb);
+                atomic_store_explicit(&p->index[e], -1, memory_order_relaxed);
+                slot_write(p, (uint64_t)s, w);
+                atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
+            }
+        }
         window_close(p, e, v);
+        if (rc) {
+            char why[RECMG_ERRLEN];
+            snprintf(why, sizeof why, "%s", p->err);
+            if (k)
+                rc = rc_set(p, rc, "%s; rows [0, %llu) of the batch of %llu were written", why, (unsigned long long)k,
+                            (unsigned long long)n);
+            else
+                rc = rc_set(p, rc, "%s; no rows written", why);
+            done = k;
+            break;
+        }
     }
     atomic_store_explicit(&p->sh->writing_table, 0, memory_order_release);
     if (!w && changed && !rc) rc = rc_set(p, RECMG_ENOMEM, "out of memory for a row (all rows written, copies dropped)");
