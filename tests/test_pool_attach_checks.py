@@ -5,7 +5,10 @@ a pool changed behind a handle's back gives one-line errors or exact rows, never
 from __future__ import annotations
 
 import os
+import shutil
 import struct
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Iterator
@@ -13,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pool_layout import HDR_BYTES, HEADER, RING, TABLE, TABLE_BYTES
+from pool_layout import HDR_BYTES, HEADER, PID_NS_INO, RING, TABLE, TABLE_BYTES
 
-from recmgd.errors import PoolBusyError, PoolVersionError
+from recmgd.errors import PoolBusyError, PoolError, PoolVersionError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -188,3 +191,51 @@ def test_attach_without_waiting_for_a_creator(pool: Pool) -> None:
     t = finish_later()
     Pool.attach(pool.name, role="daemon").close()  # waits for the "creator"
     t.join()
+
+
+def test_a_pool_of_another_pid_namespace_is_refused(pool: Pool) -> None:
+    """The header holds its creator's PID namespace: a process of another one is refused at attach,
+    with one line naming both, because the writer lock and the rings name processes by pid (a daemon
+    would take a live writer of another namespace for dead, take its lock over and release its ring).
+    A pool whose field is 0 (made before it, or where /proc could not tell) is not checked."""
+    ns = os.stat("/proc/self/ns/pid").st_ino
+    assert _get(pool.name, *PID_NS_INO) == ns
+    _put(pool.name, *PID_NS_INO, ns + 1)
+    for role in ("app", "daemon"):
+        with pytest.raises(PoolError) as e:
+            Pool.attach(pool.name, role=role)
+        msg = str(e.value)
+        assert "\n" not in msg and "another PID namespace" in msg and pool.name in msg, msg
+        assert f"pid:[{ns + 1}]" in msg and f"pid:[{ns}]" in msg, msg
+    _exact(pool, 1, [0, 49, 3])  # (the creator's handle goes on)
+    _put(pool.name, *PID_NS_INO, 0)
+    Pool.attach(pool.name).close()
+    _put(pool.name, *PID_NS_INO, ns)
+    Pool.attach(pool.name).close()
+
+
+ATTACH = """
+import sys
+from recmgd.errors import PoolError
+from recmgd.pool import Pool
+try:
+    Pool.attach(sys.argv[1], role=sys.argv[2]).close()
+except PoolError as e:
+    print(e)
+    sys.exit(3)
+print("attached")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None,
+                    reason="needs root and unshare(1) to run a process in a new PID namespace")
+def test_an_app_in_a_new_pid_namespace_is_refused(pool: Pool) -> None:
+    """A real process in a new PID namespace (unshare --pid --fork) cannot attach the pool, as app or
+    daemon; the same command in this namespace can."""
+    for role in ("app", "daemon"):
+        r = subprocess.run(["unshare", "--pid", "--fork", sys.executable, "-c", ATTACH, pool.name, role],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 3 and "another PID namespace" in r.stdout, (r.stdout, r.stderr)
+    r = subprocess.run([sys.executable, "-c", ATTACH, pool.name, "app"], capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and "attached" in r.stdout, (r.stdout, r.stderr)

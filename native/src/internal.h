@@ -66,7 +66,12 @@ typedef struct shm_header {
     /* table + 1 while a write_rows has written its slow rows and not yet their copies, else 0: a
      * writer that dies then leaves copies older than the slow tier, all dropped at the repair */
     _Atomic int32_t writing_table;
-    char pad2[52];
+    uint32_t pad1;
+    /* the PID namespace of the pool's creator (device and inode of /proc/self/ns/pid; 0 in pools made
+     * before it, the field was padding, or where /proc was not readable): the writer lock and the rings
+     * name processes by pid, so a process of another PID namespace is refused at attach */
+    uint64_t pid_ns_dev, pid_ns_ino;
+    char pad2[32];
 } shm_header;
 
 /* A table's geometry: the first 40 bytes of its shared descriptor (shm_table.d), and, as validated at
@@ -105,6 +110,7 @@ typedef struct shm_ring {
 _Static_assert(sizeof(shm_table) == 128, "table descriptor size");
 _Static_assert(sizeof(shm_ring) == 256, "ring header size");
 _Static_assert(sizeof(shm_header) <= RECMG_HDR_BYTES, "header size");
+_Static_assert(sizeof(shm_header) == 1256, "the header's size (fields added since layout 5 replace padding)");
 
 /* ---------------- process-local ---------------- */
 

@@ -399,6 +399,19 @@ static int populate(recmg_pool *p, uint8_t *base, size_t bytes)
                   bytes, e == EFAULT ? "it is full" : strerror(e));
 }
 
+/* This process's PID namespace: the device and inode of /proc/self/ns/pid, or zeros when /proc cannot
+ * tell (not mounted): then nothing is compared. */
+static void pid_ns_self(uint64_t *dev, uint64_t *ino)
+{
+    struct stat st;
+    if (stat("/proc/self/ns/pid", &st) == 0) {
+        *dev = (uint64_t)st.st_dev;
+        *ino = (uint64_t)st.st_ino;
+    } else {
+        *dev = *ino = 0;
+    }
+}
+
 int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out, char *err, size_t errlen)
 {
     char nm[256];
@@ -498,6 +511,7 @@ int recmg_create(const char *name, const recmg_create_opts *o, recmg_pool **out,
     h->index_entries = L.index_entries;
     h->meta_bytes = L.meta_bytes;
     if (o->slow_kind == RECMG_SLOW_SSD) snprintf(h->slow_path, sizeof h->slow_path, "%s", o->slow_path);
+    pid_ns_self(&h->pid_ns_dev, &h->pid_ns_ino);
     compute_layout(o, &L, tab, NULL, 0);
     rc = geom_set(p, h, tab);
     handle_bind(p, base, L.total, h); /* (its madvise first: the pages below are then huge where they may be) */
@@ -711,6 +725,16 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
         goto fail;
     }
     p->owner = st.st_uid;
+    uint64_t ns_dev, ns_ino;
+    pid_ns_self(&ns_dev, &ns_ino);
+    if (hdr.pid_ns_ino && ns_ino && (hdr.pid_ns_dev != ns_dev || hdr.pid_ns_ino != ns_ino)) {
+        rc = rc_set(p, RECMG_EINVAL,
+                    "pool '%s' was made in another PID namespace (pid:[%llu]; this process is in pid:[%llu]): its "
+                    "processes name each other by pid (writer lock, rings), so the apps and the daemon of a pool "
+                    "must share one PID namespace (docker --pid=host, Kubernetes shareProcessNamespace)",
+                    nm + 1, (unsigned long long)hdr.pid_ns_ino, (unsigned long long)ns_ino);
+        goto fail;
+    }
     if (hdr.total_bytes != (uint64_t)st.st_size) {
         rc = rc_set(p, RECMG_ENOTPOOL, "pool '%s' is truncated or corrupt: header says %llu bytes, object has %lld",
                     nm + 1, (unsigned long long)hdr.total_bytes, (long long)st.st_size);
