@@ -199,11 +199,12 @@ p.write_rows(0, np.arange(10, 20), np.full((10, int(sys.argv[2])), 3.0, dtype=np
 
 
 def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
-    """A writer killed inside write_rows after the slow tier took the new rows and before the copies did
-    (RECMG_FAULT_KILL_IN_WRITE): the header names the table being written, and the repair of the dead
-    writer's lock (Pool.repair, which a daemon calls at each app check, or any next write) drops every
-    copy of that table, so lookups then read the new rows, hit or miss path alike, and counts itself
-    (repairs). (The stale copies stayed for good: resident rows disagreed with the slow tier.)"""
+    """A writer killed inside write_rows in its last row's window, the row's slow row written and its copy
+    not (RECMG_FAULT_KILL_IN_WRITE): lookups read the new rows at once (the stale copy's group version
+    is odd), and the repair of the dead writer's lock (Pool.repair, which a daemon calls at each app
+    check, or any next write) closes the window and drops every copy of the table the header names as
+    being written, so the stale copy is never read, and counts itself (repairs). (The stale copies
+    stayed for good: resident rows disagreed with the slow tier.)"""
     daemon = Pool.attach(pool.name, role="daemon")
     app = Pool.attach(pool.name)
     try:

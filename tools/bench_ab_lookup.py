@@ -37,6 +37,7 @@ slow tier (right rows, fewer hits).
 
     .venv/bin/python tools/bench_ab_lookup.py [--base REV] [--rows 50000] [--tables 26] [--reps 40]
                                               [--miss 0.1] [--multi | --packed] [--threads 2]
+                                              [--mode sum|mean|max]
     .venv/bin/python tools/bench_ab_lookup.py --churn [--base REV] --tables 1 --rows 4096 --dim 16 \
                                               --batch 512 --pooling 8 --reps 300
 """
@@ -142,7 +143,7 @@ class Side:
         self.ring = info.ring_index
 
     def run(self, ids: list[np.ndarray], offsets: np.ndarray, out: np.ndarray, drain: np.ndarray,
-            call: str) -> float:
+            call: str, mode: int = 0) -> float:
         """One batch: every table's bags (call "table": one call a table into out[t]; "multi": one
         multi-table call into out[t]; "packed": one multi-table call into out[b, t * dim:], out being
         [batch, tables * dim])."""
@@ -157,7 +158,7 @@ class Side:
                 dest = whole + t * self.dim if call == "packed" else ffi.from_buffer("float[]", out[t])
                 keep.append((ffi.from_buffer("int64_t[]", tid), ffi.from_buffer("int64_t[]", offsets), dest))
                 a = args[t]
-                a.table, a.mode, a.n_ids, a.n_bags = t, 0, n, batch
+                a.table, a.mode, a.n_ids, a.n_bags = t, mode, n, batch
                 a.ids, a.offsets, a.out = keep[-1]
                 a.out_stride = len(ids) * self.dim if call == "packed" else 0
             rc = lib.recmg_embedding_bags(self.app, len(ids), args)
@@ -166,7 +167,7 @@ class Side:
         else:
             for t, tid in enumerate(ids):
                 rc = lib.recmg_embedding_bag(self.app, t, ffi.from_buffer("int64_t[]", tid), n,
-                                             ffi.from_buffer("int64_t[]", offsets), batch, 0, ffi.NULL,
+                                             ffi.from_buffer("int64_t[]", offsets), batch, mode, ffi.NULL,
                                              ffi.from_buffer("float[]", out[t]))
                 if rc != 0:
                     raise SystemExit(f"lookup: {ffi.string(lib.recmg_errmsg(self.app)).decode()}")
@@ -259,6 +260,7 @@ def main() -> int:
     how.add_argument("--packed", action="store_true",
                      help="one multi-table call into one [batch, tables x dim] output (the TorchRec front's)")
     ap.add_argument("--threads", type=int, default=1, help="lookup threads of both pools")
+    ap.add_argument("--mode", choices=("sum", "mean", "max"), default="sum", help="the bags' pooling mode")
     ap.add_argument("--dtype", choices=("float32", "float16"), default="float32",
                     help="the pools' row type (the rows are written in it)")
     ap.add_argument("--zipf", type=zipf_exponent, default=0.0,
@@ -283,6 +285,7 @@ def main() -> int:
     ids = [draw.ids(t, n) for t in range(a.tables)]
     offsets = np.arange(0, n + 1, a.pooling, dtype=np.int64)
     call = "packed" if a.packed else "multi" if a.multi else "table"
+    mode = getattr(new_mod.lib, f"RECMG_{a.mode.upper()}")
     shape = (a.batch, a.tables * a.dim) if a.packed else (a.tables, a.batch, a.dim)
     outs = {k: np.empty(shape, dtype=np.float32) for k in ("base", "new")}
     drain = np.empty(a.tables * n + 16, dtype=np.uint64)
@@ -309,8 +312,8 @@ def main() -> int:
             for i in range((a.reps + 1) // 2):
                 for tag in ("base", "new") if i % 2 == 0 else ("new", "base"):
                     if a.threads > 1:  # untimed: the other build's workers poll on for 2 ms after its batch
-                        sides[tag].run(ids, offsets, outs[tag], drain, call)
-                    times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, call))
+                        sides[tag].run(ids, offsets, outs[tag], drain, call, mode)
+                    times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, call, mode))
             if not np.array_equal(outs["base"], outs["new"]):
                 raise SystemExit("the two builds returned different rows")
         finally:
@@ -325,7 +328,7 @@ def main() -> int:
     said = {"table": "a call a table", "multi": "one multi-table call",
             "packed": "one multi-table call into one packed output"}[call]
     print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim} {a.dtype}, batch {a.batch} x {a.pooling}, "
-          f"{said}, {a.threads} thread(s), {a.reps} interleaved batches each")
+          f"{said}, {a.mode}, {a.threads} thread(s), {a.reps} interleaved batches each")
     for first, mb, mn in rounds:
         print(f"  {first}'s pool made first: base {mb * 1e3:.2f} ms, new {mn * 1e3:.2f} ms, "
               f"new/base {mn / mb:.3f}")

@@ -410,17 +410,20 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
 void fault_stop(const char *name);
 
 /* Reading the slow tier whole (writer.c). write_rows writes each row inside an odd window of its index
- * entry's group version, so a slow-tier reader does as a hit's reader does: an even version, the copy, an
- * acquire fence, the same version again.
- * row_write_wait: the version of the group at ver once even (a window is one row's write long); odd when
- * no live writer will close it (a dead writer's, closed by the next writer's repair: the row is as it
- * left it) or after RECMG_ROW_WAIT_MS of a live writer not closing it (a stopped writer), which later
- * calls for that group at that version do not wait for again. */
+ * entry's group version, so a slow-tier reader does as a hit's reader does: an even version, the read,
+ * an acquire fence, the same version again.
+ * row_write_wait: the version of the group at ver once even (a window is one row's write long); odd,
+ * at once, when no live writer will close it (a dead writer's window, closed by the next writer's
+ * repair: the row is as it left it), or after RECMG_ROW_WAIT_MS of a live writer not closing it (a
+ * stopped writer); later waits for that group at that version return at once. */
 #define RECMG_ROW_WAIT_MS 20u
 uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver);
-/* row_bytes bytes of the memory slow tier at src into dst, whole. */
-void slow_row_copy(recmg_pool *p, const _Atomic uint32_t *ver, const uint8_t *src, void *dst, uint32_t row_bytes);
-/* read_slow_rows (below), each row whole: read again alone if its group's version changed meanwhile. */
+/* Row `row` of the slow tier into dst, whole: read under the version up to 8 times; a writer that
+ * rewrites the row's group faster than that, and the row is read holding the writer lock, if it comes
+ * within RECMG_ROW_WAIT_MS (else as it is). An SSD tier's reads use the handle's scratch (p->lock). */
+int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uint64_t *bytes);
+/* read_slow_rows (below) under the rows' versions: a row whose group's version changed during the
+ * batch is read again alone (read_row_whole). */
 int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
                     uint64_t *bytes);
 

@@ -7,9 +7,9 @@
  * tier, which is the truth. A hit reads its index entry once (pass 1), the row, and a version line that
  * the cache keeps. The slow tier is read under the same versions (write_rows writes a row in a window
  * of its group's version): a miss of a memory tier is checked after its row like a hit, and its bag
- * redone on the safe path if the version changed, where the row is copied whole (slow_row_copy, which
+ * redone on the safe path if the version changed, where the row is copied whole (slow_copy_whole, which
  * waits for one row's write, never for a dead or stopped writer); an SSD tier's reads are checked after
- * each batch (read_slow_whole). Only a reader of a row being written waits, for that row's write.
+ * each batch (read_slow_whole). Only a reader of a group being written waits, for a row's write.
  *
  * Pass 1 resolves every id (range check, version and index -> slot, first-appearance dedup); on an
  * SSD slow tier the distinct missing rows are then read in one I/O batch (and the rows evicted during
@@ -86,6 +86,21 @@ static int slot_reread(const recmg_pool *p, const _Atomic int32_t *ix, const _At
         if (slot_read(p, s, ver, v, tmp, nwords)) return 1;
     }
     return 0;
+}
+
+/* Row r of a memory slow tier (at src) into dst, whole: one copy under its group's version, and
+ * read_row_whole if a write_rows of the group met it. */
+static inline void slow_copy_whole(recmg_pool *p, uint32_t table, int64_t r, const _Atomic uint32_t *ver,
+                                   const uint8_t *src, uint8_t *dst, uint32_t rb)
+{
+    const uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
+    if (!(v & 1u)) {
+        memcpy(dst, src, rb);
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(ver, memory_order_relaxed) == v) return;
+    }
+    uint64_t read = 0;
+    (void)read_row_whole(p, table, r, dst, &read); /* (a memory copy: no error) */
 }
 
 /* (*maps)[table], a zeroed bitmap of the table's rows, allocated on first use; 0 or -1 (out of memory). */
@@ -596,6 +611,11 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                     continue;
                 }
             }
+            /* a memory tier's missing row is used in place under its group's version, checked after
+             * its use: a write_rows met, and the bag is done again with its missing rows copied whole */
+            int copy_misses = 0;
+            const uint64_t on_demand0 = on_demand, slow_bytes0 = slow_bytes;
+        redo:
             if (a->mode == RECMG_MAX)
                 for (uint32_t j = 0; j < dim; j++) out[j] = -INFINITY;
             else
@@ -607,16 +627,22 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 int32_t s = slot[i - i0];
                 const void *row;
                 const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)r);
+                uint32_t in_place = 1; /* even: row is the slow tier's, read under this version */
                 if (s >= 0 &&
                     (slot_read(p, s, ver, sver[i - i0], tw, nwords) || slot_reread(p, &index[r], ver, tw, nwords))) {
                     row = tw;
                     hb++;
                 } else if (slow) {
-                    slow_row_copy(p, ver, slow + (uint64_t)r * rb, tw, rb);
-                    row = tw;
                     if (s >= 0) { /* lost a race with the writer: the slow tier is the truth */
                         on_demand++;
                         slow_bytes += rb;
+                    }
+                    in_place = copy_misses ? 1u : atomic_load_explicit(ver, memory_order_acquire);
+                    if (in_place & 1u) {
+                        slow_copy_whole(p, a->table, r, ver, slow + (uint64_t)r * rb, (uint8_t *)tw, rb);
+                        row = tw;
+                    } else {
+                        row = slow + (uint64_t)r * rb;
                     }
                 } else if (s < 0) {
                     row = mbuf + (size_t)(-2 - s) * mstride;
@@ -648,6 +674,15 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                     mx(out, row, dim);
                 else
                     acc(out, row, a->weights ? a->weights[i] : 1.0f, dim);
+                if (!(in_place & 1u)) {
+                    atomic_thread_fence(memory_order_acquire);
+                    if (atomic_load_explicit(ver, memory_order_relaxed) != in_place) {
+                        copy_misses = 1;
+                        on_demand = on_demand0;
+                        slow_bytes = slow_bytes0;
+                        goto redo;
+                    }
+                }
             }
             hits += hb;
             if (a->mode == RECMG_MEAN && o1 > o0) {

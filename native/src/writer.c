@@ -378,27 +378,34 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
     return slowio_read(p, r, n, bytes);
 }
 
+static void mark_stale(recmg_pool *p, uint64_t group, uint32_t v)
+{
+    atomic_store_explicit(&p->stale_v, v, memory_order_relaxed);
+    atomic_store_explicit(&p->stale_group, group + 1, memory_order_relaxed);
+}
+
 uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
 {
     uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
-    for (int k = 0; (v & 1u) && k < 256; k++) {
+    if (!(v & 1u)) return v;
+    const uint64_t group = (uint64_t)(ver - p->vers);
+    if (atomic_load_explicit(&p->stale_group, memory_order_relaxed) == group + 1 &&
+        atomic_load_explicit(&p->stale_v, memory_order_relaxed) == v)
+        return v; /* (given up on before: a dead or stopped writer's window) */
+    for (int k = 0; (v & 1u) && k < 64; k++) { /* a live writer's window: one row's write */
 #if defined(__x86_64__)
         __builtin_ia32_pause();
 #endif
         v = atomic_load_explicit(ver, memory_order_acquire);
     }
     if (!(v & 1u)) return v;
-    const uint64_t group = (uint64_t)(ver - p->vers);
-    if (atomic_load_explicit(&p->stale_group, memory_order_relaxed) == group + 1 &&
-        atomic_load_explicit(&p->stale_v, memory_order_relaxed) == v)
-        return v;
     const uint64_t t0 = now_ns();
     for (;;) {
         const int32_t holder = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
-        if (holder <= 0 || holder_dead(holder)) return v; /* (the caller's check after its copy sees a change) */
-        if (now_ns() - t0 > (uint64_t)RECMG_ROW_WAIT_MS * 1000000u) {
-            atomic_store_explicit(&p->stale_v, v, memory_order_relaxed);
-            atomic_store_explicit(&p->stale_group, group + 1, memory_order_relaxed);
+        /* no live writer will close it (the caller's check after its read sees it if one did meanwhile),
+         * or a live one has not for RECMG_ROW_WAIT_MS (stopped) */
+        if (holder <= 0 || holder_dead(holder) || now_ns() - t0 > (uint64_t)RECMG_ROW_WAIT_MS * 1000000u) {
+            mark_stale(p, group, v);
             return v;
         }
         sched_yield();
@@ -407,14 +414,48 @@ uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
     }
 }
 
-void slow_row_copy(recmg_pool *p, const _Atomic uint32_t *ver, const uint8_t *src, void *dst, uint32_t row_bytes)
+/* The writer lock, if it can be had within RECMG_ROW_WAIT_MS without a takeover (a dead holder's lock
+ * is left to the next writer's repair): 1 if taken (writer_unlock releases it), else 0. */
+static int writer_lock_brief(recmg_pool *p)
 {
+    _Atomic int32_t *w = &p->sh->writer_lock;
+    const int32_t me = (int32_t)getpid();
+    const uint64_t deadline = now_ns() + (uint64_t)RECMG_ROW_WAIT_MS * 1000000u;
     for (;;) {
-        const uint32_t v = row_write_wait(p, ver);
-        memcpy(dst, src, row_bytes);
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(ver, memory_order_relaxed) == v) return;
+        int32_t cur = atomic_load_explicit(w, memory_order_relaxed);
+        if (cur == 0) {
+            if (atomic_compare_exchange_strong_explicit(w, &cur, me, memory_order_acquire, memory_order_relaxed))
+                return 1;
+            continue;
+        }
+        if (cur != me && holder_dead(cur)) return 0;
+        const uint64_t t = now_ns();
+        if (t >= deadline) return 0;
+        const uint64_t wait = deadline - t < 1000000u ? deadline - t : 1000000u;
+        struct timespec ts = {0, (long)wait};
+        (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
     }
+}
+
+/* Tries at a row's read under the version before the writer lock is asked for. */
+#define ROW_TRIES 8
+
+int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uint64_t *bytes)
+{
+    const _Atomic uint32_t *ver = entry_version(p, p->tables[table].index_first + (uint64_t)row);
+    for (int k = 0; k < ROW_TRIES; k++) {
+        const uint32_t v = row_write_wait(p, ver);
+        const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
+        if (rc) return rc;
+        atomic_thread_fence(memory_order_acquire);
+        if (atomic_load_explicit(ver, memory_order_relaxed) == v) return RECMG_OK;
+    }
+    /* a writer rewrites the row's group faster than the row can be read: read it holding the writer
+     * lock (write_rows holds it over a whole call), if it comes within RECMG_ROW_WAIT_MS; else as it is */
+    const int locked = writer_lock_brief(p);
+    const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
+    if (locked) writer_unlock(p);
+    return rc;
 }
 
 int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
@@ -428,16 +469,10 @@ int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     int rc = read_slow_rows(p, table, rows, n, dst, dst_stride, bytes);
     if (rc) return rc;
     atomic_thread_fence(memory_order_acquire);
-    for (uint64_t k = 0; k < n; k++) {
-        const _Atomic uint32_t *ver = entry_version(p, efirst + (uint64_t)rows[k]);
-        uint32_t v = sv[k];
-        while (atomic_load_explicit(ver, memory_order_relaxed) != v) { /* a write_rows of its group meanwhile */
-            v = row_write_wait(p, ver);
-            rc = read_slow_rows(p, table, &rows[k], 1, dst + k * dst_stride, dst_stride, bytes);
-            if (rc) return rc;
-            atomic_thread_fence(memory_order_acquire);
-        }
-    }
+    for (uint64_t k = 0; k < n; k++) /* rows whose group a write_rows wrote meanwhile: again, alone */
+        if (atomic_load_explicit(entry_version(p, efirst + (uint64_t)rows[k]), memory_order_relaxed) != sv[k] &&
+            (rc = read_row_whole(p, table, rows[k], dst + k * dst_stride, bytes)) != RECMG_OK)
+            return rc;
     return RECMG_OK;
 }
 
