@@ -9,7 +9,7 @@
  * of table t, or is -1. The seqlock versions guard the entries, one version for each group of 64
  * entries (C11 orders; readers are in lookup.c):
  *   every store to entry e is made in an odd window of its group's version (entry_store):
- *                 v = version[e >> 6]; version = v+1 (odd); release fence; index[e] = x (relaxed);
+ *                 v = version[e >> 6]; version = v+1 (odd, release); release fence; index[e] = x (relaxed);
  *                 version = v+2 (release).
  *   a slot is written only while no entry names it, after a release fence (slot_write).
  *   evict a:      index[a] = -1 in a window; the slot goes to the free list, its row left in place.
@@ -55,7 +55,9 @@ static uint32_t window_open(recmg_pool *p, uint64_t e)
 {
     _Atomic uint32_t *ver = entry_version(p, e);
     const uint32_t v = atomic_load_explicit(ver, memory_order_relaxed);
-    atomic_store_explicit(ver, v + 1, memory_order_relaxed);
+    /* (release: a reader that sees the odd version also sees the writer lock this writer took, so that
+     * row_write_wait never takes a live writer's window for a dead one's) */
+    atomic_store_explicit(ver, v + 1, memory_order_release);
     atomic_thread_fence(memory_order_release);
     return v;
 }
