@@ -525,7 +525,9 @@ class Pool:
     # ------------------------------------------------------------------ slow tier
     @_native
     def write_rows(self, table: int, rows: Any, values: Any) -> None:
-        """Write rows to the slow tier (the truth) and refresh any resident copy."""
+        """Write rows to the slow tier (the truth) and refresh any resident copy.
+
+        Row by row: a lookup or read_rows meanwhile reads each row whole, old or new, never a mix."""
         t = self._table(table)
         r = _i64(rows, "rows")
         dim = self._dims[t]
