@@ -48,8 +48,9 @@ def pool() -> Iterator[Pool]:
         p.destroy()
 
 
-def _stopped_holder(pool: Pool, value: float) -> subprocess.Popen:
-    env = dict(os.environ, RECMG_FAULT_STOP_IN_WRITE="1")
+def _stopped_holder(pool: Pool, value: float, fault: str = "RECMG_FAULT_STOP_IN_WRITE") -> subprocess.Popen:
+    """HOLDER writing rows 10-19 as value, stopped (SIGSTOP) where fault puts it, holding the lock."""
+    env = dict(os.environ, **{fault: "1"})
     argv = [sys.executable, "-c", HOLDER, pool.name, *[str(value)] * DIM]
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
     _, status = os.waitpid(child.pid, os.WUNTRACED)
@@ -231,15 +232,6 @@ def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
         daemon.close()
 
 
-def _stopped_in_row(pool: Pool, value: float) -> subprocess.Popen:
-    env = dict(os.environ, RECMG_FAULT_STOP_IN_ROW="1")
-    argv = [sys.executable, "-c", HOLDER, pool.name, *[str(value)] * DIM]
-    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
-    _, status = os.waitpid(child.pid, os.WUNTRACED)
-    assert os.WIFSTOPPED(status), status
-    return child
-
-
 def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool) -> None:
     """A writer stopped (SIGSTOP) inside a row's window of write_rows, half of the row written
     (RECMG_FAULT_STOP_IN_ROW): a slow-tier reader waits for a row's window to close, but not for a
@@ -248,7 +240,7 @@ def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool) -> None:
     writer finishes and every row is read whole."""
     app = Pool.attach(pool.name)
     try:
-        child = _stopped_in_row(pool, 9.0)
+        child = _stopped_holder(pool, 9.0, "RECMG_FAULT_STOP_IN_ROW")
         try:
             ids = np.arange(ROWS)
             for _ in range(3):  # (the first call waits for the window, later ones do not)
