@@ -58,6 +58,15 @@ def _stopped_holder(pool: Pool, value: float, fault: str = "RECMG_FAULT_STOP_IN_
     return child
 
 
+def _written(child: subprocess.Popen, value: float) -> np.ndarray:
+    """The continued holder's end: it wrote rows 10-19 as value; the rows now."""
+    out, _ = child.communicate(timeout=60)
+    assert child.returncode == 0 and "written" in out
+    truth = TRUTH.copy()
+    truth[10:20] = value
+    return truth
+
+
 def _exact(p: Pool, truth: np.ndarray) -> None:
     ids = np.arange(ROWS)
     np.testing.assert_array_equal(p.embedding_bag(0, ids, ids), truth)
@@ -87,10 +96,7 @@ def test_stopped_holder_then_sigcont(pool: Pool) -> None:
                 daemon.set_lock_timeout(0)
         finally:
             os.kill(child.pid, signal.SIGCONT)
-        out, _ = child.communicate(timeout=60)
-        assert child.returncode == 0 and "written" in out
-        truth = TRUTH.copy()
-        truth[10:20] = 5.0
+        truth = _written(child, 5.0)
         assert daemon.fill_keys(make_keys(0, np.arange(50, 60))) == 10
         _exact(app, truth)
     finally:
@@ -252,10 +258,7 @@ def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool) -> None:
                 np.testing.assert_array_equal(app.read_rows(0, ids), got)
         finally:
             os.kill(child.pid, signal.SIGCONT)
-        out, _ = child.communicate(timeout=60)
-        assert child.returncode == 0 and "written" in out
-        truth = TRUTH.copy()
-        truth[10:20] = 9.0
+        truth = _written(child, 9.0)
         _exact(app, truth)
     finally:
         app.close()
