@@ -176,6 +176,8 @@ typedef struct recmg_bag_args {
 /* ---- lifetime ---- */
 int recmg_create(const char *name, const recmg_create_opts *opts, recmg_pool **out, char *err,
                  size_t errlen);
+/* Refuses (RECMG_EINVAL) a process of another PID namespace than the pool's creator: every process
+ * using a pool must share one, as the writer lock and the rings name processes by pid. */
 int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, char *err, size_t errlen);
 void recmg_close(recmg_pool *pool);
 int recmg_destroy(const char *name, char *err, size_t errlen); /* unlinks the object (and keeps the file) */
