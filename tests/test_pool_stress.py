@@ -382,7 +382,10 @@ def test_readers_of_a_group_rewritten_back_to_back_go_on(slow: str, tmp_path: Pa
         w = mp.get_context("spawn").Process(target=_rewrite_rows, args=(p.name, dim, list(range(32)), stop))
         w.start()
         try:
-            time.sleep(0.5)  # (the writer running)
+            started = time.monotonic() + 60.0
+            while p.read_rows(0, [5]).max() > 2.0:  # (the writer running: row 5 no longer its first value)
+                assert time.monotonic() < started, "the writer did not start"
+                time.sleep(0.01)
             deadline = time.monotonic() + 20.0  # (liveness, not speed: 50 rounds take under a second)
             for _ in range(50):
                 np.testing.assert_array_equal(p.read_rows(0, [40]), base[[40]])
