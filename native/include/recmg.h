@@ -25,8 +25,8 @@
  * read from the slow tier, which is the truth. The workers of recmg_set_threads poll for up to 2 ms between calls
  * before they sleep. write_rows writes each row (slow tier and copy) inside a window of that seqlock,
  * and slow-tier reads check it too: a lookup or read_rows sees every row whole, old or new. A reader
- * that meets a row being written waits for that row's write, but not for a dead writer, and for a
- * stopped one at most 20 ms (it then reads the row as the slow tier holds it).
+ * that meets a row being written waits for that row's write as long as its writer runs, but not for a
+ * dead writer nor a stopped one (SIGSTOP: it then reads the row as the slow tier holds it).
  *
  * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with
  * the record type in bits 62..63 (0 lookup, 1 batch boundary, 2 hint) and the key in bits 0..61.

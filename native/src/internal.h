@@ -241,10 +241,9 @@ struct recmg_pool {
     size_t sreq_cap;
     uint32_t *m_ver; /* the versions under which read_slow_whole reads its rows */
     size_t m_ver_cap;
-    /* the last entry-group version that row_write_wait gave up on (a writer stopped inside a row's
-     * window): the next wait for that group at that version does not wait again */
-    _Atomic uint64_t stale_group;
-    _Atomic uint32_t stale_v;
+    /* the last entry-group version that row_write_wait gave up on (the window of a dead or stopped
+     * writer), group << 32 | version: the next wait for that group at that version does not wait again */
+    _Atomic uint64_t stale;
     /* daemon side: free-slot stack, valid for generation free_gen */
     uint32_t *free_list;
     uint64_t n_free;
@@ -412,15 +411,16 @@ void fault_stop(const char *name);
 /* Reading the slow tier whole (writer.c). write_rows writes each row inside an odd window of its index
  * entry's group version, so a slow-tier reader does as a hit's reader does: an even version, the read,
  * an acquire fence, the same version again.
- * row_write_wait: the version of the group at ver once even (a window is one row's write long); odd,
- * at once, when no live writer will close it (a dead writer's window, closed by the next writer's
- * repair: the row is as it left it), or after RECMG_ROW_WAIT_MS of a live writer not closing it (a
- * stopped writer); later waits for that group at that version return at once. */
-#define RECMG_ROW_WAIT_MS 20u
+ * row_write_wait: the version of the group at ver once even: a window is one row's write long, and a
+ * running writer's is waited for however long it takes (descheduled, or waiting for the disk). Odd, at
+ * once, when no running writer will close it: the lock free or lost, its holder dead (the row is as it
+ * left it; the next writer's repair closes the window) or stopped (SIGSTOP: the row as it is, maybe half
+ * written), or a holder /proc does not show after 1 s; later waits for that group at that version
+ * return at once. */
 uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver);
 /* Row `row` of the slow tier into dst, whole: read under the version up to 8 times; a writer that
- * rewrites the row's group faster than that, and the row is read holding the writer lock, if it comes
- * within RECMG_ROW_WAIT_MS (else as it is). An SSD tier's reads use the handle's scratch (p->lock). */
+ * rewrites the row's group faster than that, and the row is read holding the writer lock, waited for as
+ * long as its holder runs. An SSD tier's reads use the handle's scratch (p->lock). */
 int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uint64_t *bytes);
 /* read_slow_rows (below) under the rows' versions: a row whose group's version changed during the
  * batch is read again alone (read_row_whole). */

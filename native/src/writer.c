@@ -123,22 +123,34 @@ int hash_prepare(recmg_pool *p, uint64_t n)
     return RECMG_OK;
 }
 
-/* Whether the process pid is gone: no such process, or a zombie (killed, not yet reaped: kill(2) still
- * answers for it, /proc/PID/stat says Z). A process this one may not signal is alive (EPERM). */
-static int holder_dead(int32_t pid)
+enum { HOLDER_RUNS, HOLDER_DEAD, HOLDER_STOPPED, HOLDER_UNKNOWN };
+
+/* What process pid is: gone (no such process, or a zombie: killed, not yet reaped, which kill(2) still
+ * answers for; /proc/PID/stat says Z or X), stopped (T: SIGSTOP; t: a tracer's stop), running (or
+ * sleeping: it will go on), or unknown (alive, but /proc does not show it: hidepid). A process this
+ * one may not signal is alive (EPERM). */
+static int holder_state(int32_t pid)
 {
-    if (pid <= 0) return 1;
-    if (kill((pid_t)pid, 0) != 0) return errno == ESRCH;
+    if (pid <= 0) return HOLDER_DEAD;
+    if (kill((pid_t)pid, 0) != 0 && errno == ESRCH) return HOLDER_DEAD;
     char path[48], buf[512];
     snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return 0;
+    if (fd < 0) return HOLDER_UNKNOWN;
     ssize_t n = read(fd, buf, sizeof buf - 1);
     close(fd);
-    if (n <= 0) return 0;
+    if (n <= 0) return HOLDER_UNKNOWN;
     buf[n] = 0;
     const char *q = strrchr(buf, ')'); /* "pid (comm) S ...": comm may hold anything */
-    return q && q[1] == ' ' && (q[2] == 'Z' || q[2] == 'X');
+    if (!q || q[1] != ' ') return HOLDER_UNKNOWN;
+    if (q[2] == 'Z' || q[2] == 'X') return HOLDER_DEAD;
+    if (q[2] == 'T' || q[2] == 't') return HOLDER_STOPPED;
+    return HOLDER_RUNS;
+}
+
+static int holder_dead(int32_t pid)
+{
+    return holder_state(pid) == HOLDER_DEAD;
 }
 
 static uint64_t now_ns(void)
@@ -380,10 +392,15 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
     return slowio_read(p, r, n, bytes);
 }
 
-static void mark_stale(recmg_pool *p, uint64_t group, uint32_t v)
+/* How long a reader waits for a window whose holder it cannot see in /proc (hidepid) before it takes the
+ * holder for stopped; a holder it can see is waited for as long as it runs. */
+#define UNSEEN_WAIT_NS UINT64_C(1000000000)
+
+/* The handle's mark of the window it gave up on (odd version v of entry group g, as one word: g << 32 |
+ * v, v odd, so 0 is none; groups past 2^32 are not marked). */
+static inline uint64_t stale_word(uint64_t group, uint32_t v)
 {
-    atomic_store_explicit(&p->stale_v, v, memory_order_relaxed);
-    atomic_store_explicit(&p->stale_group, group + 1, memory_order_relaxed);
+    return group >> 32 ? 0 : group << 32 | v;
 }
 
 uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
@@ -391,8 +408,8 @@ uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
     uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
     if (!(v & 1u)) return v;
     const uint64_t group = (uint64_t)(ver - p->vers);
-    if (atomic_load_explicit(&p->stale_group, memory_order_relaxed) == group + 1 &&
-        atomic_load_explicit(&p->stale_v, memory_order_relaxed) == v)
+    uint64_t mark = stale_word(group, v);
+    if (mark && atomic_load_explicit(&p->stale, memory_order_relaxed) == mark)
         return v; /* (given up on before: a dead or stopped writer's window) */
     for (int k = 0; (v & 1u) && k < 64; k++) { /* a live writer's window: one row's write */
 #if defined(__x86_64__)
@@ -400,29 +417,34 @@ uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
 #endif
         v = atomic_load_explicit(ver, memory_order_acquire);
     }
-    if (!(v & 1u)) return v;
     const uint64_t t0 = now_ns();
-    for (;;) {
+    while (v & 1u) {
         const int32_t holder = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
-        /* no live writer will close it (the caller's check after its read sees it if one did meanwhile),
-         * or a live one has not for RECMG_ROW_WAIT_MS (stopped) */
-        if (holder <= 0 || holder_dead(holder) || now_ns() - t0 > (uint64_t)RECMG_ROW_WAIT_MS * 1000000u) {
-            mark_stale(p, group, v);
+        /* no live writer will close it: the lock free or lost (a dead writer's window: the caller's
+         * check after its read sees it if a writer closed it meanwhile), its holder dead or stopped */
+        const int st = holder <= 0 ? HOLDER_DEAD : holder == (int32_t)getpid() ? HOLDER_RUNS : holder_state(holder);
+        if (st == HOLDER_DEAD || st == HOLDER_STOPPED || (st == HOLDER_UNKNOWN && now_ns() - t0 > UNSEEN_WAIT_NS)) {
+            mark = stale_word(group, v);
+            if (mark) atomic_store_explicit(&p->stale, mark, memory_order_relaxed);
             return v;
         }
-        sched_yield();
+        /* a running writer that has not closed it: descheduled, or its write waits for the disk; a sleep
+         * gives it the CPU where a yield may not (a writer of lower priority) */
+        struct timespec ts = {0, 20000};
+        nanosleep(&ts, NULL);
         v = atomic_load_explicit(ver, memory_order_acquire);
-        if (!(v & 1u)) return v;
     }
+    return v;
 }
 
-/* The writer lock, if it can be had within RECMG_ROW_WAIT_MS without a takeover (a dead holder's lock
- * is left to the next writer's repair): 1 if taken (writer_unlock releases it), else 0. */
-static int writer_lock_brief(recmg_pool *p)
+/* The writer lock for a reader: waited for as long as its holder runs (no takeover: a dead holder's
+ * lock is left to the next writer's repair). 1 if taken (writer_unlock releases it); 0 if the holder
+ * is dead or stopped, which then changes no row. */
+static int writer_lock_read(recmg_pool *p)
 {
     _Atomic int32_t *w = &p->sh->writer_lock;
     const int32_t me = (int32_t)getpid();
-    const uint64_t deadline = now_ns() + (uint64_t)RECMG_ROW_WAIT_MS * 1000000u;
+    const uint64_t t0 = now_ns();
     for (;;) {
         int32_t cur = atomic_load_explicit(w, memory_order_relaxed);
         if (cur == 0) {
@@ -430,11 +452,13 @@ static int writer_lock_brief(recmg_pool *p)
                 return 1;
             continue;
         }
-        if (cur != me && holder_dead(cur)) return 0;
-        const uint64_t t = now_ns();
-        if (t >= deadline) return 0;
-        const uint64_t wait = deadline - t < 1000000u ? deadline - t : 1000000u;
-        struct timespec ts = {0, (long)wait};
+        if (cur < 0) return 0; /* (lost by a daemon: the next writer takes it over) */
+        if (cur != me) {
+            const int st = holder_state(cur);
+            if (st == HOLDER_DEAD || st == HOLDER_STOPPED || (st == HOLDER_UNKNOWN && now_ns() - t0 > UNSEEN_WAIT_NS))
+                return 0;
+        }
+        struct timespec ts = {0, 1000000};
         (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
     }
 }
@@ -445,19 +469,25 @@ static int writer_lock_brief(recmg_pool *p)
 int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uint64_t *bytes)
 {
     const _Atomic uint32_t *ver = entry_version(p, p->tables[table].index_first + (uint64_t)row);
-    for (int k = 0; k < ROW_TRIES; k++) {
-        const uint32_t v = row_write_wait(p, ver);
-        const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
-        if (rc) return rc;
-        atomic_thread_fence(memory_order_acquire);
-        if (atomic_load_explicit(ver, memory_order_relaxed) == v) return RECMG_OK;
+    for (int round = 0;; round++) {
+        for (int k = 0; k < ROW_TRIES; k++) {
+            const uint32_t v = row_write_wait(p, ver);
+            const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
+            if (rc) return rc;
+            atomic_thread_fence(memory_order_acquire);
+            if (atomic_load_explicit(ver, memory_order_relaxed) == v) return RECMG_OK;
+        }
+        /* a writer rewrites the row's group faster than the row can be read: read it holding the
+         * writer lock (write_rows holds it over a whole call) */
+        if (writer_lock_read(p)) {
+            const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
+            writer_unlock(p);
+            return rc;
+        }
+        /* its holder died or stopped: nothing changes the row now, and the next tries read it (a
+         * third round only if writers keep dying or stopping: then it is read as it is) */
+        if (round == 2) return read_slow_rows(p, table, &row, 1, dst, 0, bytes);
     }
-    /* a writer rewrites the row's group faster than the row can be read: read it holding the writer
-     * lock (write_rows holds it over a whole call), if it comes within RECMG_ROW_WAIT_MS; else as it is */
-    const int locked = writer_lock_brief(p);
-    const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
-    if (locked) writer_unlock(p);
-    return rc;
 }
 
 int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, uint8_t *dst, size_t dst_stride,
