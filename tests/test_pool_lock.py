@@ -262,3 +262,24 @@ def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool) -> None:
         _exact(app, truth)
     finally:
         app.close()
+
+
+def test_a_writer_slow_inside_a_row_is_waited_for(pool: Pool) -> None:
+    """A writer that runs but takes 200 ms inside a row's window, half of the row written
+    (RECMG_FAULT_SLEEP_IN_ROW: asleep, as a descheduled writer or one whose disk is slow would be): a
+    reader of that row waits for it, however long, and reads it whole, old or new. (Readers gave up
+    after 20 ms and read the row half written, as they do for a stopped writer.)"""
+    env = dict(os.environ, RECMG_FAULT_SLEEP_IN_ROW="1")
+    argv = [sys.executable, "-c", HOLDER, pool.name, *[str(9.0)] * DIM]
+    child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
+    app = Pool.attach(pool.name)
+    try:
+        reads = 0
+        while child.poll() is None:
+            for got in (app.embedding_bag(0, [10], [0]).numpy()[0], app.read_rows(0, [10])[0]):
+                assert np.array_equal(got, TRUTH[10]) or np.array_equal(got, np.full(DIM, 9.0)), got
+                reads += 1
+        assert reads > 0
+        _exact(app, _written(child, 9.0))
+    finally:
+        app.close()

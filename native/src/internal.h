@@ -402,7 +402,7 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
 /* Fault injection for the tests: the process stops itself (SIGSTOP) where the environment variable
  * NAME is set (env_flag). RECMG_FAULT_STOP_IN_WRITE: write_rows, holding the writer lock;
  * RECMG_FAULT_STOP_IN_ROW: write_rows of a memory tier, inside its first row's window with half of the
- * row written;
+ * row written (RECMG_FAULT_SLEEP_IN_ROW: there, it sleeps 200 ms instead);
  * RECMG_FAULT_STOP_AFTER_SLOW_READ: a lookup, after its batch of SSD reads and before it checks its
  * hits again (lookup.c); RECMG_FAULT_STOP_BEFORE_PASS2 (read when the handle is opened: pass 2 runs
  * for every item): a lookup, between its passes. */

@@ -749,7 +749,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     atomic_store_explicit(&p->sh->writing_table, (int32_t)table + 1, memory_order_relaxed);
     atomic_thread_fence(memory_order_seq_cst); /* (named before any row changes) */
     const int kill_in_write = env_flag("RECMG_FAULT_KILL_IN_WRITE");
-    const int stop_in_row = env_flag("RECMG_FAULT_STOP_IN_ROW");
+    const int stop_in_row = env_flag("RECMG_FAULT_STOP_IN_ROW"), sleep_in_row = env_flag("RECMG_FAULT_SLEEP_IN_ROW");
     uint64_t words[RECMG_PAGE / 8];
     uint64_t *w = words;
     uint64_t *heap = NULL;
@@ -761,9 +761,15 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
         const uint64_t off = t->slow_off + (uint64_t)rows[k] * rb;
         const uint32_t v = window_open(p, e);
         if (p->slow) {
-            if (stop_in_row && k == 0) { /* (tests: stopped in the first row's window, half of it written) */
+            if ((stop_in_row || sleep_in_row) && k == 0) { /* (tests: stopped, or 200 ms asleep, in the first
+                                                              * row's window, half of it written) */
                 memcpy(p->slow + off, src + k * rb, rb / 2);
-                fault_stop("RECMG_FAULT_STOP_IN_ROW");
+                if (stop_in_row) {
+                    fault_stop("RECMG_FAULT_STOP_IN_ROW");
+                } else {
+                    struct timespec ts = {0, 200000000};
+                    nanosleep(&ts, NULL);
+                }
             }
             memcpy(p->slow + off, src + k * rb, rb);
         } else {
