@@ -269,10 +269,11 @@ def test_a_writer_slow_inside_a_row_is_waited_for(pool: Pool) -> None:
     (RECMG_FAULT_SLEEP_IN_ROW: asleep, as a descheduled writer or one whose disk is slow would be): a
     reader of that row waits for it, however long, and reads it whole, old or new. (Readers gave up
     after 20 ms and read the row half written, as they do for a stopped writer.)"""
+    app = Pool.attach(pool.name)
+    _exact(app, TRUTH)  # (torch imported before the writer starts: the reads meet its window)
     env = dict(os.environ, RECMG_FAULT_SLEEP_IN_ROW="1")
     argv = [sys.executable, "-c", HOLDER, pool.name, *[str(9.0)] * DIM]
     child = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, text=True)
-    app = Pool.attach(pool.name)
     try:
         reads = 0
         while child.poll() is None:
