@@ -284,3 +284,48 @@ def test_a_writer_slow_inside_a_row_is_waited_for(pool: Pool) -> None:
         _exact(app, _written(child, 9.0))
     finally:
         app.close()
+
+
+SLEEPY_FILL = """
+import os, sys
+import numpy as np
+from recmgd.keys import make_keys
+from recmgd.pool import Pool
+p = Pool.attach(sys.argv[1], role="daemon")
+os.environ["RECMG_FAULT_SLEEP_IN_PUBLISH"] = "0"
+p.fill_keys(make_keys(0, [5]))
+print("filled", flush=True)
+"""
+
+
+def _group0_version(pool: Pool) -> int:
+    with open(SHM / pool.name, "rb") as f:
+        f.seek(HEADER["vers_off"][0])
+        (vers_off,) = struct.unpack(HEADER["vers_off"][1], f.read(8))
+        f.seek(vers_off)
+        return struct.unpack("<I", f.read(4))[0]
+
+
+def test_a_lookup_does_not_wait_for_a_fill_window(pool: Pool) -> None:
+    """A fill's window changes no slow row: while the daemon sits in the window that publishes row 5,
+    running (RECMG_FAULT_SLEEP_IN_PUBLISH: 3 s asleep there, as a descheduled daemon would be), lookups
+    of the group's rows read them at once, exact; only a write_rows window of the row's own table is
+    waited for (the header names the table being written). (Readers waited for the daemon's window.)"""
+    app = Pool.attach(pool.name)
+    try:
+        _exact(app, TRUTH)  # (torch imported first)
+        argv = [sys.executable, "-c", SLEEPY_FILL, pool.name]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 30
+        while _group0_version(pool) % 2 == 0:
+            assert time.monotonic() < deadline and child.poll() is None, "the fill never opened its window"
+            time.sleep(0.005)
+        for _ in range(5):
+            _exact(app, TRUTH)
+            np.testing.assert_array_equal(app.read_rows(0, np.arange(64)), TRUTH[:64])
+        assert _group0_version(pool) % 2 == 1  # (all read inside the daemon's window)
+        out, _ = child.communicate(timeout=60)
+        assert child.returncode == 0 and "filled" in out
+        _exact(app, TRUTH)
+    finally:
+        app.close()

@@ -402,7 +402,8 @@ static inline int32_t hash_get_or_put(recmg_pool *p, int64_t key, int32_t val)
 /* Fault injection for the tests: the process stops itself (SIGSTOP) where the environment variable
  * NAME is set (env_flag). RECMG_FAULT_STOP_IN_WRITE: write_rows, holding the writer lock;
  * RECMG_FAULT_STOP_IN_ROW: write_rows of a memory tier, inside its first row's window with half of the
- * row written (RECMG_FAULT_SLEEP_IN_ROW: there, it sleeps 200 ms instead);
+ * row written (RECMG_FAULT_SLEEP_IN_ROW: there, it sleeps 200 ms instead; RECMG_FAULT_SLEEP_IN_PUBLISH
+ * (writer.c) sleeps in a fill's window);
  * RECMG_FAULT_STOP_AFTER_SLOW_READ: a lookup, after its batch of SSD reads and before it checks its
  * hits again (lookup.c); RECMG_FAULT_STOP_BEFORE_PASS2 (read when the handle is opened: pass 2 runs
  * for every item): a lookup, between its passes. */
@@ -411,13 +412,15 @@ void fault_stop(const char *name);
 /* Reading the slow tier whole (writer.c). write_rows writes each row inside an odd window of its index
  * entry's group version, so a slow-tier reader does as a hit's reader does: an even version, the read,
  * an acquire fence, the same version again.
- * row_write_wait: the version of the group at ver once even: a window is one row's write long, and a
- * running writer's is waited for however long it takes (descheduled, or waiting for the disk). Odd, at
- * once, when no running writer will close it: the lock free or lost, its holder dead (the row is as it
+ * row_write_wait: the version of the group at ver (a row of table) once even: a window is one row's
+ * write long, and a running writer's is waited for however long it takes (descheduled, or waiting for
+ * the disk). Odd, at once, when it is not a write_rows window of that table (shm_header.writing_table:
+ * a fill's or an eviction's, which change no slow row, so a lookup never waits for the daemon), or when
+ * no running writer will close it: the lock free or lost, its holder dead (the row is as it
  * left it; the next writer's repair closes the window) or stopped (SIGSTOP: the row as it is, maybe half
  * written), or a holder /proc does not show after 1 s; later waits for that group at that version
  * return at once. */
-uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver);
+uint32_t row_write_wait(recmg_pool *p, uint32_t table, const _Atomic uint32_t *ver);
 /* Row `row` of the slow tier into dst, whole: read under the version up to 8 times; a writer that
  * rewrites the row's group faster than that, and the row is read holding the writer lock, waited for as
  * long as its holder runs. An SSD tier's reads use the handle's scratch (p->lock). */

@@ -351,6 +351,17 @@ static void die_mid_publish(recmg_pool *p, uint64_t e, int32_t s)
     raise(SIGKILL);
 }
 
+/* RECMG_FAULT_SLEEP_IN_PUBLISH=K: the fill sleeps 3 s inside the window that publishes its K-th slot
+ * (running, not stopped: a descheduled daemon's window, for the tests). */
+static void sleep_mid_publish(recmg_pool *p, uint64_t e, int32_t s)
+{
+    const uint32_t v = window_open(p, e);
+    atomic_store_explicit(&p->index[e], s, memory_order_relaxed);
+    struct timespec ts = {3, 0};
+    nanosleep(&ts, NULL);
+    window_close(p, e, v);
+}
+
 /* Reads rows of the slow tier (any tables) into dst + k * stride: memory copy, or one I/O batch. */
 static int read_slow_keys(recmg_pool *p, const int64_t *keys, uint64_t n, uint8_t *dst, size_t stride, uint64_t *bytes)
 {
@@ -403,10 +414,13 @@ static inline uint64_t stale_word(uint64_t group, uint32_t v)
     return group >> 32 ? 0 : group << 32 | v;
 }
 
-uint32_t row_write_wait(recmg_pool *p, const _Atomic uint32_t *ver)
+uint32_t row_write_wait(recmg_pool *p, uint32_t table, const _Atomic uint32_t *ver)
 {
     uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
     if (!(v & 1u)) return v;
+    /* a window of a fill, an eviction or a write_rows of another table (a group may span two tables):
+     * no slow row of this table changes in it (the caller's check sees any window opened after it) */
+    if (atomic_load_explicit(&p->sh->writing_table, memory_order_relaxed) != (int32_t)table + 1) return v;
     const uint64_t group = (uint64_t)(ver - p->vers);
     uint64_t mark = stale_word(group, v);
     if (mark && atomic_load_explicit(&p->stale, memory_order_relaxed) == mark)
@@ -471,7 +485,7 @@ int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uin
     const _Atomic uint32_t *ver = entry_version(p, p->tables[table].index_first + (uint64_t)row);
     for (int round = 0;; round++) {
         for (int k = 0; k < ROW_TRIES; k++) {
-            const uint32_t v = row_write_wait(p, ver);
+            const uint32_t v = row_write_wait(p, table, ver);
             const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
             if (rc) return rc;
             atomic_thread_fence(memory_order_acquire);
@@ -497,7 +511,7 @@ int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     if (grow((void **)&p->m_ver, &p->m_ver_cap, n ? n : 1, sizeof *p->m_ver) != 0)
         return rc_set(p, RECMG_ENOMEM, "out of memory for %llu reads", (unsigned long long)n);
     uint32_t *sv = p->m_ver;
-    for (uint64_t k = 0; k < n; k++) sv[k] = row_write_wait(p, entry_version(p, efirst + (uint64_t)rows[k]));
+    for (uint64_t k = 0; k < n; k++) sv[k] = row_write_wait(p, table, entry_version(p, efirst + (uint64_t)rows[k]));
     int rc = read_slow_rows(p, table, rows, n, dst, dst_stride, bytes);
     if (rc) return rc;
     atomic_thread_fence(memory_order_acquire);
@@ -550,13 +564,17 @@ int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
     rc = read_slow_keys(p, p->m_rows, m, buf, stride, &bytes);
     if (rc) goto out;
     const int64_t die_at = fault_point("RECMG_FAULT_KILL_IN_FILL"), die_in = fault_point("RECMG_FAULT_KILL_IN_PUBLISH");
+    const int64_t sleep_in = fault_point("RECMG_FAULT_SLEEP_IN_PUBLISH");
     for (uint64_t k = 0; k < m; k++) {
         int64_t key = p->m_rows[k];
         uint32_t s = p->free_list[--p->n_free];
         if ((int64_t)k == die_at) die_mid_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         slot_write(p, s, (const uint64_t *)(const void *)(buf + k * stride));
         if ((int64_t)k == die_in) die_mid_publish(p, entry_of(p, key), (int32_t)s);
-        entry_store(p, entry_of(p, key), (int32_t)s);
+        if ((int64_t)k == sleep_in)
+            sleep_mid_publish(p, entry_of(p, key), (int32_t)s);
+        else
+            entry_store(p, entry_of(p, key), (int32_t)s);
         const uint32_t tk = RECMG_KEY_TABLE(key);
         const tabdesc *t = &p->tables[tk];
         /* what the read cost, as lookups count theirs (an O_DIRECT span, not the row) */
