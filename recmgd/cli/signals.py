@@ -25,11 +25,21 @@ def _exception(signum: int) -> BaseException:
     return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
 
-def _on_signal(signum: int, frame: object) -> None:
-    def again(_signum: int, _frame: object) -> None:
-        if not isinstance(sys.exc_info()[1], (Terminated, KeyboardInterrupt)):  # (not yet landed)
-            raise _exception(signum)
+#: the signal whose exception has not landed yet (0: none). A SIGALRM that the kernel delivered just
+#: before landed() stopped the timer runs its Python handler later, at the next bytecode: by then the
+#: exception may have been handled and the process be on its way out, where another one would end it
+#: by the signal's default action (exit status -2 instead of 130).
+_unlanded = 0
 
+
+def _on_signal(signum: int, frame: object) -> None:
+    global _unlanded
+
+    def again(_signum: int, _frame: object) -> None:
+        if _unlanded and not isinstance(sys.exc_info()[1], (Terminated, KeyboardInterrupt)):  # (in flight)
+            raise _exception(_unlanded)
+
+    _unlanded = signum
     signal.signal(signal.SIGALRM, again)
     signal.setitimer(signal.ITIMER_REAL, RERAISE_S, RERAISE_S)
     raise _exception(signum)
@@ -37,6 +47,8 @@ def _on_signal(signum: int, frame: object) -> None:
 
 def landed() -> None:
     """The signal's exception was handled: no more raises of it."""
+    global _unlanded
+    _unlanded = 0
     signal.setitimer(signal.ITIMER_REAL, 0)
 
 
