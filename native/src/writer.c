@@ -166,6 +166,14 @@ static void note_repair(recmg_pool *p)
     atomic_fetch_add_explicit(&p->sh->repairs, 1, memory_order_relaxed);
 }
 
+/* Sleeps while the writer lock word holds cur, at most ns (< 1 s): a shared futex, the word being in a
+ * MAP_SHARED mapping; EAGAIN (changed meanwhile), EINTR and ETIMEDOUT all mean look again. */
+static void lock_word_wait(_Atomic int32_t *w, int32_t cur, uint64_t ns)
+{
+    struct timespec ts = {0, (long)ns};
+    (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
+}
+
 /* The writer lock: a word in the header, 0 or the holder's pid, taken by compare-and-swap. A waiter
  * sleeps on it (futex, at most 1 ms at a time) until it is free, its holder is dead (then the waiter
  * takes it over and repairs the fast tier, as a dead writer may have left an entry group's version
@@ -197,11 +205,7 @@ int writer_lock(recmg_pool *p)
                           "the writer lock of pool '%s' stayed held by process %d for %u ms (a stopped or stuck "
                           "writer); nothing was changed",
                           p->name + 1, (int)cur, p->lock_ms);
-        uint64_t wait = deadline - t < 1000000u ? deadline - t : 1000000u;
-        struct timespec ts = {0, (long)wait};
-        /* a shared futex: the word is in a MAP_SHARED mapping; EAGAIN (changed meanwhile), EINTR and
-         * ETIMEDOUT all mean look again */
-        (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
+        lock_word_wait(w, cur, deadline - t < 1000000u ? deadline - t : 1000000u);
     }
 }
 
@@ -407,6 +411,17 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
  * holder for stopped; a holder it can see is waited for as long as it runs. */
 #define UNSEEN_WAIT_NS UINT64_C(1000000000)
 
+/* Whether the writer lock's holder (the lock word) will write no more: none or lost (<= 0), dead,
+ * stopped, or one /proc does not show for more than UNSEEN_WAIT_NS since `since`. This process (another
+ * thread, or another handle of it) runs. */
+static int holder_idle(int32_t holder, uint64_t since)
+{
+    if (holder <= 0) return 1;
+    if (holder == (int32_t)getpid()) return 0;
+    const int st = holder_state(holder);
+    return st == HOLDER_DEAD || st == HOLDER_STOPPED || (st == HOLDER_UNKNOWN && now_ns() - since > UNSEEN_WAIT_NS);
+}
+
 /* The handle's mark of the window it gave up on (odd version v of entry group g, as one word: g << 32 |
  * v, v odd, so 0 is none; groups past 2^32 are not marked). */
 static inline uint64_t stale_word(uint64_t group, uint32_t v)
@@ -433,11 +448,9 @@ uint32_t row_write_wait(recmg_pool *p, uint32_t table, const _Atomic uint32_t *v
     }
     const uint64_t t0 = now_ns();
     while (v & 1u) {
-        const int32_t holder = atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed);
-        /* no live writer will close it: the lock free or lost (a dead writer's window: the caller's
-         * check after its read sees it if a writer closed it meanwhile), its holder dead or stopped */
-        const int st = holder <= 0 ? HOLDER_DEAD : holder == (int32_t)getpid() ? HOLDER_RUNS : holder_state(holder);
-        if (st == HOLDER_DEAD || st == HOLDER_STOPPED || (st == HOLDER_UNKNOWN && now_ns() - t0 > UNSEEN_WAIT_NS)) {
+        /* no live writer will close it (the lock free or lost: a dead writer's window; the caller's
+         * check after its read sees it if a writer closed it meanwhile) */
+        if (holder_idle(atomic_load_explicit(&p->sh->writer_lock, memory_order_relaxed), t0)) {
             mark = stale_word(group, v);
             if (mark) atomic_store_explicit(&p->stale, mark, memory_order_relaxed);
             return v;
@@ -466,14 +479,8 @@ static int writer_lock_read(recmg_pool *p)
                 return 1;
             continue;
         }
-        if (cur < 0) return 0; /* (lost by a daemon: the next writer takes it over) */
-        if (cur != me) {
-            const int st = holder_state(cur);
-            if (st == HOLDER_DEAD || st == HOLDER_STOPPED || (st == HOLDER_UNKNOWN && now_ns() - t0 > UNSEEN_WAIT_NS))
-                return 0;
-        }
-        struct timespec ts = {0, 1000000};
-        (void)syscall(SYS_futex, (void *)w, FUTEX_WAIT, cur, &ts, NULL, 0);
+        if (holder_idle(cur, t0)) return 0; /* (or lost by a daemon: the next writer takes it over) */
+        lock_word_wait(w, cur, 1000000u);
     }
 }
 
