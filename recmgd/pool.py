@@ -527,7 +527,10 @@ class Pool:
     def write_rows(self, table: int, rows: Any, values: Any) -> None:
         """Write rows to the slow tier (the truth) and refresh any resident copy.
 
-        Row by row: a lookup or read_rows meanwhile reads each row whole, old or new, never a mix."""
+        Row by row: a lookup or read_rows meanwhile reads each row whole, old or new, never a mix; also
+        if this process is stopped or killed inside a row (that row is then read as it was, and a dead
+        writer's is put back by the next writer or ``repair``), except rows over 4096 bytes of a memory
+        slow tier, which are then read as the slow tier holds them."""
         t = self._table(table)
         r = _i64(rows, "rows")
         dim = self._dims[t]

@@ -41,7 +41,9 @@ HEADER = {
 SLOW_PATH = (168, 1024)  # char slow_path[1024]
 REPAIRS = (1192, "<Q")  # shm_header.repairs, after slow_path (the former padding)
 PID_NS_INO = (1216, "<Q")  # shm_header.pid_ns_ino: the creator's PID namespace (0: not compared)
-HEADER_USED = 1256  # sizeof(shm_header); the rest of the first HDR_BYTES is padding
+UNDO_KEY = (1224, "<Q")  # shm_header.undo_key: (table + 1) << 40 | row of the row write_rows is writing
+HEADER_USED = 1256  # sizeof(shm_header); padding after it
+UNDO_OFF = 4096  # RECMG_UNDO_OFF: that row's bytes before the call, up to HDR_BYTES
 
 # shm_table (at HDR_BYTES + t * TABLE_BYTES)
 TABLE = {
