@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from pathlib import Path
@@ -154,6 +155,17 @@ def test_byte_order_mark_is_read_past(tmp_path: Path) -> None:
 def test_example_file_is_valid() -> None:
     c = config.load(str(REPO / "systemd" / "recmgd.toml.example"))
     assert c.pools is None and c.policy.name == "lru" and c.control.mode == 0o660
+
+
+def test_example_file_shows_the_defaults() -> None:
+    """The example says its values are the defaults unless marked "example", and `make install` puts it
+    in /etc: loaded, it is the configuration of no file at all (its one option, seed 0, is every policy's
+    default seed). (It set prefetch_budget = 0, which turned every policy's prefetching off.)"""
+    c = config.load(str(REPO / "systemd" / "recmgd.toml.example"))
+    assert c.policy.options == {"seed": 0}
+    same = dataclasses.replace(c, path=config.Config().path,
+                               policy=dataclasses.replace(c.policy, options={}))
+    assert same == config.Config()
 
 
 def test_unknown_policy_and_bad_plugin(tmp_path: Path) -> None:
