@@ -221,7 +221,7 @@ def test_daemon_survives_a_shrunk_object(ssd_pool: tuple[Pool, Path]) -> None:
         os.truncate(SHM / p.name, 4096)
         calls = [lambda: daemon.fill_keys(make_keys(0, np.arange(10, 20))),
                  lambda: daemon.evict_keys(make_keys(0, [1])), lambda: daemon.drain_ring(0), daemon.rings,
-                 daemon.resident_keys, daemon.free_slots, daemon.counters]
+                 daemon.resident_keys, daemon.free_slots, daemon.counters, daemon.reset_counters]
         try:
             for call in calls:
                 with pytest.raises(PoolError, match="shrank to 4096 bytes"):

@@ -107,7 +107,7 @@ typedef struct recmg_create_opts {
                             * (RECMG_EEXIST) unless RECMG_F_REUSE_SLOW, which keeps it and its content
                             * if its size is the tables' size */
     uint32_t mode;         /* permission bits of the shm object and the file; 0 means 0600 */
-    uint32_t ring_records; /* records per access ring, rounded up to a power of two; 0 = 65536 */
+    uint32_t ring_records; /* records per access ring, rounded up to a power of two, at least 16; 0 = 65536 */
     uint32_t n_rings;      /* access rings (attached app processes at once); 0 = 16 */
     int role;              /* the creator's role: RECMG_ROLE_APP takes a ring */
     uint32_t flags;        /* RECMG_F_* */
@@ -212,8 +212,10 @@ int recmg_hint(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n
 /* Slow tier, in the storage dtype (float or uint16 half bits), row after row. */
 int recmg_read_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, void *out);
 int recmg_write_rows(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values);
-/* write_rows that tells how many rows were written: all n, or on a slow-tier write failure
- * (RECMG_EIO) the first *written rows of the batch (their fast-tier copies updated too), none after. */
+/* write_rows that tells how many rows were written: all n (also with RECMG_ENOMEM: no memory to
+ * rewrite their fast-tier copies, which were dropped), or on a slow-tier write failure (RECMG_EIO) the
+ * first *written rows of the batch (their fast-tier copies updated too), none after; 0 with any other
+ * error (nothing was written). */
 int recmg_write_rows_ex(recmg_pool *pool, uint32_t table, const int64_t *rows, uint64_t n, const void *values,
                         uint64_t *written);
 
@@ -235,6 +237,8 @@ int64_t recmg_repairs(recmg_pool *pool);
 int64_t recmg_repair(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
+/* Frees a ring whose app is gone (drain it first): RECMG_EBUSY, nothing changed, while its owner lives
+ * (another process, or another handle of this one) and for this handle's own ring. */
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);
 int recmg_table_counters(recmg_pool *pool, uint32_t table, recmg_counters *c);
 int recmg_ring_counters(recmg_pool *pool, uint32_t ring, recmg_counters *c);

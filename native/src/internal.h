@@ -106,7 +106,11 @@ typedef struct shm_table {
 typedef struct shm_ring {
     _Atomic int32_t owner;  /* pid of the app that owns it, 0 if free */
     uint32_t pad0;
-    char padA[56];
+    /* the owner's start time (clock ticks after boot, /proc/PID/stat; 0 when unknown, and in pools made
+     * before it: the field was padding): a ring that names this process's pid is held by a handle of
+     * this process only if it also has this process's start time (else its pid was reused) */
+    _Atomic uint64_t owner_start;
+    char padA[48];
     _Atomic uint64_t head;  /* written by the producer only */
     char padB[56];
     _Atomic uint64_t tail;  /* written by the consumer (daemon) only */
@@ -224,8 +228,10 @@ struct recmg_pool {
     int ring_index;
     shm_ring *ring;
     pid_t pid;
+    uint64_t start; /* this process's start time (proc_start), for its rings' owner_start */
     slowio io;
     pthread_mutex_t lock; /* serialises calls on this handle */
+    pthread_mutex_t err_lock; /* rc_set's, for err */
     /* kernels */
     acc_fn acc32, acc16;
     acc_fn facc32, facc16; /* fused: accumulate straight from a slot with relaxed atomic word loads */
@@ -261,9 +267,17 @@ struct recmg_pool {
     char err[RECMG_ERRLEN];
 };
 
-/* errors: format into the handle (or a caller buffer) and return code */
+/* errors: format into the handle (or a caller buffer) and return code. rc_set writes the handle's
+ * message under its own lock (err_lock), so that two threads' failed calls on one handle (argument checks
+ * run before p->lock) leave one of the two messages whole. */
 int rc_set(recmg_pool *p, int code, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
 int rc_buf(char *buf, size_t len, int code, const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* The handle's message copied into buf (under err_lock); returns code. */
+int err_copy(recmg_pool *p, int code, char *buf, size_t len);
+/* ring.c: a process's start time, clock ticks after boot (/proc/PID/stat field 22); 0 if unknown. */
+uint64_t proc_start(pid_t pid);
+/* A NULL pointer argument where the call needs one: RECMG_EINVAL and the message what (p not NULL). */
+static inline int null_arg(recmg_pool *p, const char *what) { return rc_set(p, RECMG_EINVAL, "%s", what); }
 
 /* pool.c */
 static inline shm_ring *ring_at(const recmg_pool *p, uint32_t i)

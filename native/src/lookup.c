@@ -523,7 +523,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
                           (unsigned long long)m);
         rc = read_slow_whole(p, a->table, p->m_rows, m, mbuf, mstride, &slow_bytes);
-        if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+        if (rc) return err_copy(p, rc, ls->err, sizeof ls->err);
         fault_stop("RECMG_FAULT_STOP_AFTER_SLOW_READ");
         /* The batch took a disk's time, long enough for a writer to evict rows that pass 1 found
          * resident; pass 2 would read each use of such a row alone. */
@@ -537,7 +537,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                 return rc_buf(ls->err, sizeof ls->err, RECMG_ENOMEM, "out of memory for %llu missing rows",
                               (unsigned long long)m);
             rc = read_slow_whole(p, a->table, p->m_rows + m1, m - m1, mbuf + m1 * mstride, mstride, &slow_bytes);
-            if (rc) return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+            if (rc) return err_copy(p, rc, ls->err, sizeof ls->err);
             on_demand = m;
         }
     }
@@ -663,7 +663,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
                     if (rc) {
                         free(heap);
                         free(later);
-                        return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+                        return err_copy(p, rc, ls->err, sizeof ls->err);
                     }
                     on_demand++;
                     row = tw;
@@ -701,7 +701,7 @@ static int bag_one(recmg_pool *p, lscratch *ls, const work *wk, bagres *res)
             if (rc) {
                 free(heap);
                 free(later);
-                return rc_buf(ls->err, sizeof ls->err, rc, "%s", p->err);
+                return err_copy(p, rc, ls->err, sizeof ls->err);
             }
             on_demand += m - m_read;
             m_read = m;
@@ -1054,11 +1054,13 @@ static uint32_t chunks_per_arg(uint32_t n, uint32_t t)
 
 int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
 {
-    if (!p || (n && !args)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && !args) return null_arg(p, "recmg_embedding_bags: args is NULL");
     if (p->ring && getpid() != p->pid) return ring_forked_error(p);
     for (uint32_t k = 0; k < n; k++) {
-        int rc = check_args(p, p->err, &args[k]);
-        if (rc) return rc;
+        char why[RECMG_ERRLEN];
+        int rc = check_args(p, why, &args[k]);
+        if (rc) return rc_set(p, rc, "%s", why);
     }
     pthread_mutex_lock(&p->lock);
     int rc = RECMG_OK;

@@ -48,7 +48,8 @@ static int table_rows_check(recmg_pool *p, uint32_t table)
 
 static int slow_nodes_mapped(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, int32_t *nodes)
 {
-    if (!p || (n && (!rows || !nodes))) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && (!rows || !nodes)) return null_arg(p, "recmg_slow_nodes: rows or nodes is NULL");
     int rc = table_rows_check(p, table);
     if (rc) return rc;
     const tabdesc *t = &p->tables[table];
@@ -181,7 +182,8 @@ static int page_addrs(recmg_pool *p, uint32_t table, const int64_t *pages, uint6
 
 static int slow_page_nodes_mapped(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int32_t *nodes)
 {
-    if (!p || (n && (!pages || !nodes))) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && (!pages || !nodes)) return null_arg(p, "recmg_slow_page_nodes: pages or nodes is NULL");
     int rc = table_rows_check(p, table);
     if (rc || n == 0) return rc;
     void **addrs = reallocarray(NULL, n, sizeof *addrs);
@@ -207,7 +209,8 @@ static int slow_page_nodes_mapped(recmg_pool *p, uint32_t table, const int64_t *
 static int64_t move_slow_pages_mapped(recmg_pool *p, uint32_t table, const int64_t *pages, uint64_t n, int node,
                                       uint32_t flags, int busy_retries, int32_t *status, recmg_move_stats *stats)
 {
-    if (!p || (n && (!pages || !status))) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && (!pages || !status)) return null_arg(p, "recmg_move_slow_pages: pages or status is NULL");
     if (stats) memset(stats, 0, sizeof *stats);
     int rc = table_rows_check(p, table);
     if (rc) return rc;

@@ -28,8 +28,18 @@ int rc_set(recmg_pool *p, int code, const char *fmt, ...)
 {
     va_list ap;
     va_start(ap, fmt);
+    pthread_mutex_lock(&p->err_lock);
     vsnprintf(p->err, sizeof p->err, fmt, ap);
+    pthread_mutex_unlock(&p->err_lock);
     va_end(ap);
+    return code;
+}
+
+int err_copy(recmg_pool *p, int code, char *buf, size_t len)
+{
+    pthread_mutex_lock(&p->err_lock);
+    snprintf(buf, len, "%s", p->err);
+    pthread_mutex_unlock(&p->err_lock);
     return code;
 }
 
@@ -264,10 +274,12 @@ static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)
         if (*end == 0 && ms >= 1 && ms <= 3600000ul) p->lock_ms = (uint32_t)ms;
     }
     p->pid = getpid();
+    p->start = proc_start(p->pid);
     p->n_threads = 1;
     slowio_init(&p->io);
     p->io.flags = flags;
     pthread_mutex_init(&p->lock, NULL);
+    pthread_mutex_init(&p->err_lock, NULL);
     kernels_select(p);
     p->fault_pass2 = env_flag("RECMG_FAULT_STOP_BEFORE_PASS2");
     return p;
@@ -344,6 +356,7 @@ static void handle_free(recmg_pool *p)
     free(p->m_ver);
     free(p->free_list);
     pthread_mutex_destroy(&p->lock);
+    pthread_mutex_destroy(&p->err_lock);
     free(p);
 }
 
@@ -848,7 +861,8 @@ int recmg_destroy(const char *name, char *err, size_t errlen)
 
 int recmg_info(recmg_pool *p, recmg_pool_info *i)
 {
-    if (!p || !i) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (!i) return null_arg(p, "recmg_info: info is NULL");
     const pool_geom *h = p->h;
     memset(i, 0, sizeof *i);
     i->version = RECMG_LAYOUT_VERSION;
@@ -876,12 +890,13 @@ int recmg_info(recmg_pool *p, recmg_pool_info *i)
     snprintf(i->io_backend, sizeof i->io_backend, "%s", slowio_backend(p));
     pthread_mutex_unlock(&p->lock);
     snprintf(i->slow_path, sizeof i->slow_path, "%s", h->slow_path);
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK); /* (the generation was read from the mapping) */
 }
 
 int recmg_get_table_info(recmg_pool *p, uint32_t t, recmg_table_info *i)
 {
-    if (!p || !i) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (!i) return null_arg(p, "recmg_get_table_info: info is NULL");
     if (t >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", t, p->h->n_tables);
     i->rows = p->tables[t].rows;

@@ -8,6 +8,7 @@
 #include "internal.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -15,6 +16,25 @@ static int pid_alive(int32_t pid)
 {
     if (pid <= 0) return 0;
     return !(kill((pid_t)pid, 0) != 0 && errno == ESRCH);
+}
+
+uint64_t proc_start(pid_t pid)
+{
+    char path[48], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return 0;
+    buf[n] = 0;
+    const char *q = strrchr(buf, ')'); /* "pid (comm) state ...": comm may hold anything */
+    if (!q) return 0;
+    for (int field = 2; field < 22; field++) { /* (the field after ')' is the 3rd; the start time the 22nd) */
+        q = strchr(q + 1, ' ');
+        if (!q) return 0;
+    }
+    return strtoull(q + 1, NULL, 10);
 }
 
 static void counters_zero(shm_counters *c)
@@ -47,6 +67,7 @@ int ring_claim(recmg_pool *p)
             if (pass == 0 ? cur != 0 : pid_alive(cur)) continue;
             if (atomic_compare_exchange_strong_explicit(&r->owner, &cur, me, memory_order_acq_rel,
                                                         memory_order_relaxed)) {
+                atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
                 counters_zero(&r->c);
                 p->ring = r;
                 p->ring_index = (int)i;
@@ -162,7 +183,8 @@ int recmg_end_batch(recmg_pool *p)
 
 int recmg_hint(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n)
 {
-    if (!p || (n && !rows)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && !rows) return null_arg(p, "recmg_hint: rows is NULL");
     if (p->ring && getpid() != p->pid) return ring_forked_error(p);
     if (table >= p->h->n_tables)
         return rc_set(p, RECMG_ERANGE, "table %u out of range (pool has %u tables)", table, p->h->n_tables);
@@ -186,7 +208,8 @@ static int ring_check(recmg_pool *p, uint32_t i)
 
 int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 {
-    if (!p || !o) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (!o) return null_arg(p, "recmg_get_ring_info: info is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     int rc = ring_check(p, i);
@@ -203,7 +226,8 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
 {
-    if (!p || (max && !out)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (max && !out) return null_arg(p, "recmg_drain_ring: out is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     int rc = ring_check(p, i);
@@ -219,8 +243,8 @@ int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)
     const uint64_t *rec = ring_records(r);
     uint64_t first = tail & mask;
     uint64_t k1 = cap - first < n ? cap - first : n;
-    memcpy(out, rec + first, k1 * 8);
-    memcpy(out + k1, rec, (n - k1) * 8);
+    if (k1) memcpy(out, rec + first, k1 * 8);
+    if (n - k1) memcpy(out + k1, rec, (n - k1) * 8);
     atomic_store_explicit(&r->tail, tail + n, memory_order_release);
     return intact_after(p, (int64_t)n);
 }
@@ -238,13 +262,20 @@ int recmg_release_ring(recmg_pool *p, uint32_t i)
     int32_t cur = atomic_load_explicit(&r->owner, memory_order_relaxed);
     if (cur != 0 && pid_alive(cur) && cur != (int32_t)p->pid)
         return rc_set(p, RECMG_EBUSY, "ring %u is owned by live process %d", i, cur);
+    /* this process's pid: another handle's of this process (or of the process this one forked from),
+     * unless the ring's start time says a dead owner's pid was reused */
+    if (cur != 0 && cur == (int32_t)p->pid && p->start &&
+        atomic_load_explicit(&r->owner_start, memory_order_relaxed) == p->start)
+        return rc_set(p, RECMG_EBUSY, "ring %u is held by another handle of process %d (it goes back when that "
+                      "handle closes)", i, cur);
     atomic_compare_exchange_strong(&r->owner, &cur, 0);
     return (int)intact_after(p, RECMG_OK);
 }
 
 int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
 {
-    if (!p || !c) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (!c) return null_arg(p, "recmg_table_counters: c is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     if (t >= p->h->n_tables)
@@ -255,7 +286,8 @@ int recmg_table_counters(recmg_pool *p, uint32_t t, recmg_counters *c)
 
 int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
 {
-    if (!p || !c) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (!c) return null_arg(p, "recmg_ring_counters: c is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     int rc = ring_check(p, i);
@@ -267,7 +299,9 @@ int recmg_ring_counters(recmg_pool *p, uint32_t i, recmg_counters *c)
 int recmg_reset_counters(recmg_pool *p)
 {
     if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
     for (uint32_t t = 0; t < p->h->n_tables; t++) counters_zero(&p->stab[t].c);
     for (uint32_t i = 0; i < p->h->n_rings; i++) counters_zero(&ring_at(p, i)->c);
-    return RECMG_OK;
+    return (int)intact_after(p, RECMG_OK);
 }

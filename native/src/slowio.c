@@ -134,7 +134,8 @@ static int open_regular(const char *path, int flags, struct stat *st)
             fd = -1;
             e = ESTALE;
         }
-        if (fd >= 0 && fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK) != 0) {
+        const int fl = fd >= 0 ? fcntl(fd, F_GETFL) : 0;
+        if (fd >= 0 && (fl < 0 || fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) != 0)) {
             e = errno;
             close(fd);
             fd = -1;
@@ -222,7 +223,9 @@ int slowio_open(recmg_pool *p, const char *path, int how, uint64_t size, uint32_
     char why[96];
     const char *bad = file_refused(&st, owner, why, sizeof why);
     if (bad) return rc_set(p, RECMG_EIO, "slow-tier file %s refused: %s", path, bad);
-    io->writable = (st.st_mode & S_IWUSR) && (fcntl(io->fd, F_GETFL) & O_ACCMODE) == O_RDWR;
+    const int fl = fcntl(io->fd, F_GETFL);
+    if (fl < 0) return rc_set(p, RECMG_EIO, "fcntl(%s, F_GETFL): %s", path, strerror(errno));
+    io->writable = (st.st_mode & S_IWUSR) && (fl & O_ACCMODE) == O_RDWR;
     if (how == SLOW_REUSE && !(created && *created) && (uint64_t)st.st_size != size)
         return rc_set(p, RECMG_EINVAL, "slow-tier file %s is %lld bytes; these tables need %llu (not reused)", path,
                       (long long)st.st_size, (unsigned long long)size);

@@ -598,7 +598,8 @@ int read_slow_whole(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
 
 int64_t recmg_fill_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
-    if (!p || (n && !keys)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && !keys) return null_arg(p, "recmg_fill_keys: keys is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
@@ -669,7 +670,8 @@ out_unlocked:
 
 int64_t recmg_evict_keys(recmg_pool *p, const int64_t *keys, uint64_t n)
 {
-    if (!p || (n && !keys)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && !keys) return null_arg(p, "recmg_evict_keys: keys is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     for (uint64_t i = 0; i < n; i++)
@@ -708,7 +710,8 @@ out_unlocked:
 
 int64_t recmg_resident_keys(recmg_pool *p, int64_t *out, uint64_t cap)
 {
-    if (!p || (cap && !out)) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (cap && !out) return null_arg(p, "recmg_resident_keys: out is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     /* the index is the record of what is resident: one pass over it, in key order */
@@ -794,7 +797,8 @@ static int rows_check(recmg_pool *p, uint32_t table, const int64_t *rows, uint64
 
 int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, void *out)
 {
-    if (!p || (n && (!rows || !out))) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && (!rows || !out)) return null_arg(p, "recmg_read_rows: rows or out is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
@@ -816,7 +820,8 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
                         uint64_t *written)
 {
     if (written) *written = 0;
-    if (!p || (n && (!rows || !values))) return RECMG_EINVAL;
+    if (!p) return RECMG_EINVAL;
+    if (n && (!rows || !values)) return null_arg(p, "recmg_write_rows_ex: rows or values is NULL");
     int irc = shm_intact(p);
     if (irc) return irc;
     int rc = rows_check(p, table, rows, n);
@@ -824,10 +829,11 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     const tabdesc *t = &p->tables[table];
     uint32_t rb = t->row_bytes;
     const uint8_t *src = values;
-    uint64_t done = n;
+    uint64_t done = 0; /* (rows written: n once the loop ran, or the rows before a failed write) */
     pthread_mutex_lock(&p->lock);
     rc = writer_lock(p);
     if (rc) goto out_unlocked;
+    done = n;
     fault_stop("RECMG_FAULT_STOP_IN_WRITE");
     /* Row by row, one odd window of the row's entry group around the row's slow-tier write and its copy's
      * rewrite: a reader of the slow tier checks the group's version around its read as a hit's reader
@@ -894,7 +900,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
         if (keep) atomic_store_explicit(&p->sh->undo_key, 0, memory_order_relaxed);
         if (rc) {
             char why[RECMG_ERRLEN];
-            snprintf(why, sizeof why, "%s", p->err);
+            err_copy(p, rc, why, sizeof why);
             if (k)
                 rc = rc_set(p, rc, "%s; rows [0, %llu) of the batch of %llu were written", why, (unsigned long long)k,
                             (unsigned long long)n);
@@ -912,6 +918,6 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
 out_unlocked:
     scratch_trim(p);
     pthread_mutex_unlock(&p->lock);
-    if (written) *written = rc == 0 || rc == RECMG_EIO ? done : 0;
+    if (written) *written = done;
     return (int)intact_after(p, rc);
 }

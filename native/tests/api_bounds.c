@@ -7,11 +7,15 @@
  * handle as an app that forks would: a layout of tables whose rows add up past 2^64 bytes, a lookup
  * whose offsets claim 2^62 or 3 * 2^61 ids (the scratch buffers and the slow tier's hash would be
  * sized to a wrapped product), page and node queries of 2^62 entries, a child forked with a handle on
- * the SSD tier reading through io_uring, an app handle releasing its own ring. Each must give an
+ * the SSD tier reading through io_uring, an app handle releasing its own ring (or another handle of the
+ * process, or a forked child, releasing it), calls given NULL pointers (each says so, by name), and two
+ * threads' refused calls on one handle at once (`threads`: that probe alone, for the ThreadSanitizer
+ * build, `make -C native build/api_bounds_tsan`). Each must give an
  * error code (or, for the fork, correct rows in both processes) and leave the handle usable; built
  * with -fsanitize=address,undefined (`make -C native build/api_bounds_asan`), any heap error or
  * overflow is a report. Prints "PROBE: ok" per probe and exits 0 when all passed.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,10 +160,122 @@ static void probe_release_own(recmg_pool *p)
     report("release-own-ring", rc == RECMG_EBUSY ? NULL : "rc %d, want EBUSY", rc, recmg_errmsg(p));
 }
 
+/* Another handle of this process (app or daemon), or a child forked with this one, releasing this
+ * handle's live ring: refused (two producers would share it). */
+static void probe_release_sibling(recmg_pool *p, const char *name)
+{
+    recmg_pool_info info;
+    char err[256];
+    if (recmg_info(p, &info) != RECMG_OK || info.ring_index < 0)
+        return report("release-sibling-ring", "no ring (%d)", info.ring_index, recmg_errmsg(p));
+    recmg_pool *q = NULL, *d = NULL;
+    if (recmg_attach(name, RECMG_ROLE_APP, 0, &q, err, sizeof err) != RECMG_OK ||
+        recmg_attach(name, RECMG_ROLE_DAEMON, 0, &d, err, sizeof err) != RECMG_OK) {
+        recmg_close(q);
+        return report("release-sibling-ring", "attach rc %d", -1, err);
+    }
+    const uint32_t ring = (uint32_t)info.ring_index;
+    int rq = recmg_release_ring(q, ring), rd = recmg_release_ring(d, ring);
+    int rchild = -1;
+    pid_t pid = fork();
+    if (pid == 0) _exit(recmg_release_ring(q, ring) == RECMG_EBUSY ? 0 : 1);
+    int st = 0;
+    if (pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st)) rchild = WEXITSTATUS(st);
+    recmg_ring_info ri;
+    const int owned = recmg_get_ring_info(d, ring, &ri) == RECMG_OK && ri.pid == (int32_t)getpid();
+    recmg_close(q);
+    recmg_close(d);
+    if (rq != RECMG_EBUSY || rd != RECMG_EBUSY || rchild != 0 || !owned) {
+        fprintf(stderr, "api_bounds: release-sibling-ring: app %d, daemon %d, forked child %d, still owned %d\n", rq,
+                rd, rchild, owned);
+        failed = 1;
+        return;
+    }
+    report("release-sibling-ring", NULL, 0, NULL);
+}
+
+/* A call refused for a NULL pointer argument says so (the handle's message was another call's), and
+ * draining into no buffer, with room for none, is no undefined memcpy. */
+static void probe_null_args(recmg_pool *p, const char *name)
+{
+    char err[256];
+    recmg_pool *d = NULL;
+    if (recmg_attach(name, RECMG_ROLE_DAEMON, 0, &d, err, sizeof err) != RECMG_OK)
+        return report("null-args", "attach rc %d", -1, err);
+    const char *fn[] = {"recmg_info", "recmg_get_table_info", "recmg_embedding_bags", "recmg_hint",
+                        "recmg_get_ring_info", "recmg_drain_ring", "recmg_table_counters", "recmg_ring_counters",
+                        "recmg_fill_keys", "recmg_evict_keys", "recmg_resident_keys", "recmg_read_rows",
+                        "recmg_write_rows_ex", "recmg_slow_nodes"};
+    const int n = (int)(sizeof fn / sizeof fn[0]);
+    for (int k = 0; k < n; k++) {
+        (void)recmg_hint(p, 4000000u, NULL, 0); /* (another message first) */
+        (void)recmg_hint(d, 4000000u, NULL, 0);
+        recmg_pool *h = p;
+        int rc;
+        switch (k) {
+        case 0: rc = recmg_info(h, NULL); break;
+        case 1: rc = recmg_get_table_info(h, 0, NULL); break;
+        case 2: rc = recmg_embedding_bags(h, 1, NULL); break;
+        case 3: rc = recmg_hint(h, 0, NULL, 1); break;
+        case 4: rc = recmg_get_ring_info(h = d, 0, NULL); break;
+        case 5: rc = (int)recmg_drain_ring(h = d, 0, NULL, 4); break;
+        case 6: rc = recmg_table_counters(h, 0, NULL); break;
+        case 7: rc = recmg_ring_counters(h = d, 0, NULL); break;
+        case 8: rc = (int)recmg_fill_keys(h = d, NULL, 1); break;
+        case 9: rc = (int)recmg_evict_keys(h = d, NULL, 1); break;
+        case 10: rc = (int)recmg_resident_keys(h = d, NULL, 1); break;
+        case 11: rc = recmg_read_rows(h, 0, NULL, 1, NULL); break;
+        case 12: rc = recmg_write_rows_ex(h, 0, NULL, 1, NULL, NULL); break;
+        default: rc = recmg_slow_nodes(h, 0, NULL, 1, NULL); break;
+        }
+        const char *msg = recmg_errmsg(h);
+        if (rc != RECMG_EINVAL || strncmp(msg, fn[k], strlen(fn[k])) != 0 || !strstr(msg, "NULL")) {
+            fprintf(stderr, "api_bounds: null-args: %s gave %d (%s)\n", fn[k], rc, msg);
+            failed = 1;
+        }
+    }
+    int64_t drained = recmg_drain_ring(d, 0, NULL, 0);
+    if (drained != 0) {
+        fprintf(stderr, "api_bounds: null-args: draining into no buffer gave %lld\n", (long long)drained);
+        failed = 1;
+    }
+    recmg_close(d);
+    if (!failed) report("null-args", NULL, 0, NULL);
+}
+
+typedef struct errjob {
+    recmg_pool *p;
+    int64_t row;
+    int bad;
+} errjob;
+
+static void *err_thread(void *arg)
+{
+    errjob *j = arg;
+    float out[DIM];
+    for (int k = 0; k < 2000; k++) {
+        if (recmg_read_rows(j->p, 0, &j->row, 1, out) != RECMG_ERANGE) j->bad++;
+        if (recmg_hint(j->p, 4000000u + (uint32_t)j->row, NULL, 0) != RECMG_ERANGE) j->bad++;
+    }
+    return NULL;
+}
+
+/* Two threads' refused calls on one handle at once (their argument checks run before the handle's
+ * lock): each message is written whole (a ThreadSanitizer build reports a race where it is not). */
+static void probe_error_threads(recmg_pool *p)
+{
+    pthread_t t[2];
+    errjob j[2] = {{p, ROWS + 5, 0}, {p, ROWS + 9, 0}};
+    for (int k = 0; k < 2; k++)
+        if (pthread_create(&t[k], NULL, err_thread, &j[k]) != 0) return report("error-threads", "thread %d", k, "");
+    for (int k = 0; k < 2; k++) pthread_join(t[k], NULL);
+    report("error-threads", j[0].bad + j[1].bad ? "%d calls not refused" : NULL, j[0].bad + j[1].bad, "");
+}
+
 int main(int argc, char **argv)
 {
-    if (argc != 3) {
-        fprintf(stderr, "usage: api_bounds NAME_PREFIX DIR\n");
+    if (argc != 3 && !(argc == 4 && strcmp(argv[3], "threads") == 0)) {
+        fprintf(stderr, "usage: api_bounds NAME_PREFIX DIR [threads]\n");
         return 2;
     }
     char huge[128], dram[128], ssd[128], path[1024];
@@ -169,12 +285,22 @@ int main(int argc, char **argv)
     snprintf(path, sizeof path, "%s/api-bounds.bin", argv[2]);
     char err[256];
 
+    if (argc == 4) { /* (the ThreadSanitizer build: the threaded probe alone) */
+        recmg_pool *p = make_pool(dram, 0, NULL);
+        probe_error_threads(p);
+        recmg_close(p);
+        recmg_destroy(dram, err, sizeof err);
+        return failed;
+    }
     probe_layout(huge);
     recmg_pool *p = make_pool(dram, 0, NULL);
     probe_wrapped_ids(p, "ids-2^62-fresh", UINT64_C(1) << 62); /* (no scratch yet) */
     probe_wrapped_ids(p, "ids-2^62-grown", UINT64_C(1) << 62); /* (scratch from the lookup before) */
     probe_numa(p);
     probe_release_own(p);
+    probe_release_sibling(p, dram);
+    probe_null_args(p, dram);
+    probe_error_threads(p);
     recmg_close(p);
     recmg_destroy(dram, err, sizeof err);
 
