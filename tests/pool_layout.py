@@ -56,4 +56,4 @@ TABLE = {
 }
 
 # shm_ring (at rings_off + i * ring_stride)
-RING = {"owner": (0, "<i"), "head": (64, "<Q"), "tail": (128, "<Q")}
+RING = {"owner": (0, "<i"), "owner_start": (8, "<Q"), "head": (64, "<Q"), "tail": (128, "<Q")}

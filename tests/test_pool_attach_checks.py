@@ -78,6 +78,28 @@ def test_layout_offsets_match_the_library(pool: Pool) -> None:
     assert _get(pool.name, *_table_off(1, "index_first")) == 100
     rings_off = _get(pool.name, *HEADER["rings_off"])
     assert _get(pool.name, rings_off + RING["owner"][0], "<i") == os.getpid()
+    assert _get(pool.name, rings_off + RING["owner_start"][0], "<Q") == _start_time()
+
+
+def _start_time() -> int:
+    return int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+
+
+def test_a_ring_of_this_pid_is_released_only_when_its_owner_is_gone(pool: Pool) -> None:
+    """A daemon handle in the app's own process cannot release the app's ring (its pid is the app's: it
+    once could, and two producers then shared the ring); a ring that names this pid with another start
+    time is a dead owner's whose pid this process now has, and is released."""
+    rings_off = _get(pool.name, *HEADER["rings_off"])
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        with pytest.raises(PoolBusyError, match="held by another handle of process"):
+            daemon.release_ring(0)
+        assert daemon.rings()[0].pid == os.getpid()
+        _put(pool.name, rings_off + RING["owner_start"][0], "<Q", _start_time() + 1)  # (a dead owner's)
+        daemon.release_ring(0)
+        assert daemon.rings()[0].pid == 0
+    finally:
+        daemon.close()
 
 
 @pytest.mark.parametrize(
