@@ -154,6 +154,32 @@ def _is_tensor(x: Any) -> bool:
     return mod is not None and isinstance(x, mod.Tensor)
 
 
+_U32, _U64 = 2**32 - 1, 2**64 - 1
+
+
+def _int(value: Any, what: str, lo: int, hi: int) -> int:
+    """An integer argument (an int or a numpy integer, not a bool nor a float, which would be truncated)
+    within lo..hi, the range of the C field it goes to; anything else is a one-line PoolError naming it.
+    (The library checks its own, tighter limits, and names them.)"""
+    if isinstance(value, bool | np.bool_):
+        raise PoolError(f"{what} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise PoolError(f"{what} must be an integer, got {value!r}") from None
+    if v < lo:
+        raise PoolError(f"{what} must be at least {lo}, got {v}")
+    if v > hi:
+        raise PoolError(f"{what} is too large: {v}")
+    return v
+
+
+def _name(name: Any) -> bytes:
+    if not isinstance(name, str):
+        raise PoolError(f"a pool name must be a string, got {name!r}")
+    return name.encode()
+
+
 def _i64(x: Any, what: str = "ids") -> np.ndarray:
     """A contiguous 1-D int64 numpy array over x (no copy when it already is one). Integers only: float
     ids (which a cast would truncate: 3.7 -> row 3) and booleans are a one-line PoolError."""
@@ -167,6 +193,9 @@ def _i64(x: Any, what: str = "ids") -> np.ndarray:
     else:
         a = np.asarray(x)
         if a.dtype.kind not in "iu" and a.size:
+            big = next((v for v in a.reshape(-1) if isinstance(v, int) and not -(2**63) <= v < 2**63), None)
+            if a.dtype == object and big is not None:
+                raise PoolError(f"{what} must fit 64-bit integers, got {big}")
             raise PoolError(f"{what} must be integers, got {a.dtype} values (not truncated to rows)")
         a = np.ascontiguousarray(a, dtype=np.int64)
     if a.ndim != 1:
@@ -268,7 +297,7 @@ class Pool:
         # first lookup (which builds tensors, so imports torch anyway); a daemon never pays for it.
         self._threads_pending = not threads
         if threads:
-            self._check(lib.recmg_set_threads(handle, int(threads)))
+            self._check(lib.recmg_set_threads(handle, _int(threads, "threads", -(2**31), 2**31 - 1)))
         elif "torch" in sys.modules:
             self._default_threads()
         info = self._info()
@@ -278,6 +307,7 @@ class Pool:
         self._numa_node = int(info.numa_node)
         self._slow_path = ffi.string(info.slow_path).decode(errors="surrogateescape")
         self._n_rings = int(info.n_rings)
+        self._ring_records = int(info.ring_records)
         ti = ffi.new("recmg_table_info *")
         tables = []
         for t in range(int(info.n_tables)):
@@ -322,36 +352,38 @@ class Pool:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
         if existing not in ("refuse", "reuse"):
             raise PoolError(f"bad existing={existing!r}: use 'refuse' or 'reuse'")
+        if not isinstance(slow, str):
+            raise PoolError(f"bad slow tier {slow!r}: use 'dram', 'numa:N' or 'ssd:/path/to/file'")
         kind, node, path = parse_slow(slow)
+        cname = _name(name)
+        listed = hasattr(tables, "__len__") and hasattr(tables, "__iter__")
+        if isinstance(tables, str | bytes) or not listed:
+            raise PoolError(f"tables must be a list of (rows, dim), got {tables!r}")
         specs = ffi.new("recmg_table_spec[]", max(len(tables), 1))
         for i, spec in enumerate(tables):
             try:
                 rows, dim = spec
             except (TypeError, ValueError):
                 raise PoolError(f"table {i}: expected (rows, dim), got {spec!r}") from None
-            if int(rows) <= 0 or int(dim) <= 0:
-                raise PoolError(f"table {i}: rows and dim must be positive, got ({rows}, {dim})")
-            specs[i].rows = int(rows)
-            specs[i].dim = int(dim)
-        if int(slots) < 0:
-            raise PoolError(f"slots must be >= 0, got {slots}")
+            specs[i].rows = _int(rows, f"table {i}: rows", 1, _U64)
+            specs[i].dim = _int(dim, f"table {i}: dim", 1, _U32)
         o = ffi.new("recmg_create_opts *")
         o.n_tables = len(tables)
         o.tables = specs
-        o.n_slots = int(slots)
+        o.n_slots = _int(slots, "slots", 0, _U64)
         o.dtype = _DTYPES[dtype]
         o.slow_kind = kind
         o.numa_node = node
         cpath = ffi.new("char[]", path.encode())
         o.slow_path = cpath
-        o.mode = int(mode)
-        o.ring_records = int(ring_records)
-        o.n_rings = int(rings)
+        o.mode = _int(mode, "mode", 0, 0o777)  # (permission bits: the library keeps only these)
+        o.ring_records = _int(ring_records, "ring_records", 0, _U32)
+        o.n_rings = _int(rings, "rings", 0, _U32)
         o.role = _ROLES[role]
         o.flags = _flags(io_uring, direct) | (lib.RECMG_F_REUSE_SLOW if existing == "reuse" else 0)
         out = ffi.new("recmg_pool **")
         err = ffi.new("char[512]")
-        rc = lib.recmg_create(name.encode(), o, out, err, 512)
+        rc = lib.recmg_create(cname, o, out, err, 512)
         if rc:
             _raise(rc, ffi.string(err).decode(errors="replace"))
         try:
@@ -385,7 +417,7 @@ class Pool:
         out = ffi.new("recmg_pool **")
         err = ffi.new("char[512]")
         flags = _flags(io_uring, direct) | (0 if wait else lib.RECMG_F_NO_WAIT)
-        rc = lib.recmg_attach(name.encode(), _ROLES[role], flags, out, err, 512)
+        rc = lib.recmg_attach(_name(name), _ROLES[role], flags, out, err, 512)
         if rc:
             _raise(rc, ffi.string(err).decode(errors="replace"))
         log.debug("attached pool %s as %s", name, role)
@@ -395,7 +427,7 @@ class Pool:
     def unlink(name: str) -> None:
         """Remove the shared-memory object of a pool by name (handles stay valid until closed)."""
         err = ffi.new("char[512]")
-        rc = lib.recmg_destroy(name.encode(), err, 512)
+        rc = lib.recmg_destroy(_name(name), err, 512)
         if rc:
             _raise(rc, ffi.string(err).decode(errors="replace"))
 
@@ -506,7 +538,7 @@ class Pool:
     @_native
     def set_threads(self, threads: int) -> None:
         """Threads a lookup may use on a memory slow tier (several tables, or one table's bags)."""
-        self._check(lib.recmg_set_threads(self._handle, int(threads)))
+        self._check(lib.recmg_set_threads(self._handle, _int(threads, "threads", -(2**31), 2**31 - 1)))
         self._threads_pending = False
 
     @_native
@@ -514,7 +546,7 @@ class Pool:
         """How long this handle's writes (fill, evict, write_rows, free_slots) wait for the writer lock
         another process holds before they raise PoolLockedError (default: 100 ms for a daemon, 2000 ms
         for an app, or RECMG_LOCK_TIMEOUT_MS from the environment at attach)."""
-        self._check(lib.recmg_set_lock_timeout(self._handle, int(ms)))
+        self._check(lib.recmg_set_lock_timeout(self._handle, _int(ms, "lock timeout (ms)", 0, _U32)))
 
     @_native
     def _default_threads(self) -> None:
@@ -611,7 +643,9 @@ class Pool:
             else:
                 n_bags = len(o)
                 last = int(o[-1]) if n_bags else 0
-                if not 0 <= last <= n_all:
+                if last < 0:
+                    raise PoolError(f"offsets[{n_bags - 1}] = {last} is negative")
+                if last > n_all:
                     raise PoolError(f"offsets[{n_bags - 1}] = {last} is past the end of the {n_all} ids")
                 if not n_bags:
                     idv = idv[:0]  # no bags: torch reads no id
@@ -953,17 +987,19 @@ class Pool:
     @_native
     def drain_ring(self, index: int, max_records: int | None = None) -> np.ndarray:
         """Take up to max_records records (uint64 words) from a ring, oldest first."""
-        cap = self.rings()[index].capacity if max_records is None else int(max_records)
-        out = np.empty(max(cap, 0), dtype=np.uint64)
-        n = self._check(
-            lib.recmg_drain_ring(self._handle, int(index), ffi.from_buffer("uint64_t[]", out), len(out))
-        )
+        i = _int(index, "ring", 0, _U32)
+        if max_records is None:  # (a ring out of range: the library's one-line error)
+            cap = self._ring_records if i < self._n_rings else 0
+        else:
+            cap = _int(max_records, "max_records", 0, 2**63 - 1)
+        out = np.empty(cap, dtype=np.uint64)
+        n = self._check(lib.recmg_drain_ring(self._handle, i, ffi.from_buffer("uint64_t[]", out), len(out)))
         return out[:n]
 
     @_native
     def release_ring(self, index: int) -> None:
         """Free the ring of a dead app (records still waiting stay drainable)."""
-        self._check(lib.recmg_release_ring(self._handle, int(index)))
+        self._check(lib.recmg_release_ring(self._handle, _int(index, "ring", 0, _U32)))
 
     @_native
     def counters(self) -> dict[str, list[dict[str, int]]]:

@@ -271,6 +271,59 @@ def test_float_table_numbers_and_offsets_are_refused(pool: Pool) -> None:
     _usable(pool)
 
 
+@pytest.mark.parametrize(("kwargs", "what"), [
+    ({"tables": [(10.5, 4.7)]}, r"table 0: rows must be an integer, got 10\.5"),  # (was a 10 x 4 table)
+    ({"tables": [(10, 2**33)]}, "table 0: dim is too large: 8589934592"),
+    ({"tables": [("a", 4)]}, "table 0: rows must be an integer, got 'a'"),
+    ({"tables": [(0, 4)]}, "table 0: rows must be at least 1, got 0"),
+    ({"tables": None}, "tables must be a list of"),
+    ({"slots": 2**64}, "slots is too large"),
+    ({"slots": 1.0}, "slots must be an integer, got 1.0"),
+    ({"slots": True}, "slots must be an integer, got True"),
+    ({"ring_records": -1}, "ring_records must be at least 0, got -1"),
+    ({"rings": 2**40}, "rings is too large"),
+    ({"mode": 0o4755}, "mode is too large"),
+    ({"name": 123}, "a pool name must be a string, got 123"),
+])
+def test_create_arguments_of_the_wrong_kind(kwargs: dict, what: str) -> None:
+    """Arguments the C fields cannot hold, or that a cast would change (a float truncated, a bool taken
+    for 1), are a one-line PoolError naming the argument (they were OverflowError, TypeError,
+    AttributeError, or a table quietly made smaller), and no pool is left behind."""
+    name = _name()
+    args = {"name": name, "tables": [(10, 4)], "slots": 2, **kwargs}
+    with pytest.raises(PoolError, match=what) as e:
+        Pool.create(**args)
+    _one_line(e)
+    assert not (SHM / name).exists()
+
+
+def test_handle_arguments_of_the_wrong_kind(pool: Pool) -> None:
+    """The same for a handle's calls: numbers the C call cannot take, and messages that say what is wrong
+    (a negative key was said to name table 0, an id past 64 bits to be no integer, a negative offset to
+    be past the end)."""
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        for call, err, what in (
+            (lambda: pool.set_lock_timeout(-5), PoolError, "lock timeout .ms. must be at least 0, got -5"),
+            (lambda: pool.set_lock_timeout(2**40), PoolError, "lock timeout .ms. is too large"),
+            (lambda: daemon.drain_ring(-1), PoolError, "ring must be at least 0, got -1"),
+            (lambda: daemon.drain_ring(9999), RowIndexError, "ring 9999 out of range"),
+            (lambda: daemon.drain_ring(0, -3), PoolError, "max_records must be at least 0, got -3"),
+            (lambda: daemon.release_ring(-1), PoolError, "ring must be at least 0, got -1"),
+            (lambda: daemon.fill_keys([-1]), RowIndexError, r"key -1 is negative"),
+            (lambda: pool.read_rows(0, [2**70]), PoolError, f"rows must fit 64-bit integers, got {2**70}"),
+            (lambda: pool.embedding_bag(0, [1, 2], [-1]), PoolError, r"offsets\[0\] = -1 is negative"),
+            (lambda: Pool.attach(7), PoolError, "a pool name must be a string, got 7"),
+        ):
+            with pytest.raises(err, match=what) as e:
+                call()
+            _one_line(e)
+        assert len(daemon.drain_ring(0)) >= 0
+    finally:
+        daemon.close()
+    _usable(pool)
+
+
 def test_bags_at_the_edges_as_torch(pool: Pool) -> None:
     """No bags, no tables, and offsets past the ids: torch's shapes, or one line naming the offset."""
     w = torch.from_numpy(pool.read_rows(0, np.arange(100)))

@@ -94,9 +94,10 @@ static int key_valid(recmg_pool *p, int64_t key)
 static int key_error(recmg_pool *p, int64_t key)
 {
     uint32_t t = RECMG_KEY_TABLE(key);
-    if (key < 0 || t >= p->h->n_tables)
-        return rc_set(p, RECMG_ERANGE, "key %lld names table %u; the pool has %u tables", (long long)key,
-                      key < 0 ? 0 : t, p->h->n_tables);
+    if (key < 0) return rc_set(p, RECMG_ERANGE, "key %lld is negative (a key is table << 40 | row)", (long long)key);
+    if (t >= p->h->n_tables)
+        return rc_set(p, RECMG_ERANGE, "key %lld names table %u; the pool has %u tables", (long long)key, t,
+                      p->h->n_tables);
     return rc_set(p, RECMG_ERANGE, "row id %lld out of range for table %u (%llu rows)", (long long)RECMG_KEY_ROW(key),
                   t, (unsigned long long)p->tables[t].rows);
 }
