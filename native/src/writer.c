@@ -430,6 +430,7 @@ static inline int undo_fits(const recmg_pool *p, uint32_t rb) { return p->slow &
  * RECMG_UNDO_BYTES, 8-byte aligned. */
 static void undo_keep(recmg_pool *p, uint32_t table, int64_t row, uint64_t off, uint32_t rb, uint64_t *buf)
 {
+    buf[(rb + 7) / 8 - 1] = 0; /* (the bytes past the row in its last word) */
     memcpy(buf, p->slow + off, rb);
     atomic_thread_fence(memory_order_release); /* (after the window that closed the last row kept) */
     words_store(undo_bytes(p), buf, (rb + 7) / 8);
