@@ -8,6 +8,7 @@ import multiprocessing as mp
 import os
 import signal
 import struct
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -350,6 +351,59 @@ def test_rows_being_rewritten_are_read_whole(
         if resident == ROWS:
             unique = after["unique"] - before["unique"]
             assert unique > 0 and (after["hits"] - before["hits"]) / unique > 0.9
+    finally:
+        p.destroy()
+
+
+@pytest.mark.parametrize("resident", [0, ROWS // 2], ids=["missing", "half-resident"])
+def test_rows_of_a_writer_stopped_at_random_are_read_whole(resident: int) -> None:
+    """The writer of the test above is stopped (SIGSTOP) and continued at random moments, for 1 to 20 ms
+    at a time, so that it stops inside rows' windows: readers do not wait for a stopped writer, and read
+    the row it stopped in as it was before (the bytes write_rows kept), never half written; after its
+    continue they read on, whole. (Readers read the half-written row of a stopped writer.)"""
+    dim = 256
+    p = Pool.create(_name(), tables=[(ROWS, dim)], slots=ROWS, threads=1)
+    try:
+        p.write_rows(0, np.arange(ROWS), np.ones((ROWS, dim), np.float32))
+        daemon = Pool.attach(p.name, role="daemon")
+        daemon.fill_keys(make_keys(0, np.arange(resident)))
+        stop = mp.get_context("spawn").Event()
+        w = mp.get_context("spawn").Process(target=_rewrite_all, args=(p.name, dim, 1, stop))
+        w.start()
+        done = threading.Event()
+        stops = [0]
+
+        def stopper() -> None:
+            rng = np.random.default_rng(7)
+            while not done.wait(float(rng.uniform(0.001, 0.01))):
+                os.kill(w.pid, signal.SIGSTOP)
+                stops[0] += 1
+                time.sleep(float(rng.uniform(0.001, 0.02)))
+                os.kill(w.pid, signal.SIGCONT)
+
+        try:
+            ids = np.arange(ROWS)
+            while daemon.writer_holder() == 0:  # (the writer at work)
+                time.sleep(0.01)
+            t = threading.Thread(target=stopper)
+            t.start()
+            torn = reads = 0
+            deadline = time.monotonic() + 3.0
+            try:
+                while time.monotonic() < deadline:
+                    outs = [p.embedding_bag(0, ids, ids).numpy(), p.read_rows(0, ids[::7])]
+                    torn += sum(_torn(o) for o in outs)
+                    reads += sum(len(o) for o in outs)
+            finally:
+                done.set()
+                t.join(30)
+                os.kill(w.pid, signal.SIGCONT)
+        finally:
+            stop.set()
+            w.join(60)
+            daemon.close()
+        assert w.exitcode == 0
+        assert stops[0] > 20 and reads > 0 and torn == 0, (stops[0], reads, torn)
     finally:
         p.destroy()
 
