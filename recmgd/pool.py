@@ -560,9 +560,9 @@ class Pool:
         """Write rows to the slow tier (the truth) and refresh any resident copy.
 
         Row by row: a lookup or read_rows meanwhile reads each row whole, old or new, never a mix; also
-        if this process is stopped or killed inside a row (that row is then read as it was, and a dead
-        writer's is put back by the next writer or ``repair``), except rows over 4096 bytes of a memory
-        slow tier, which are then read as the slow tier holds them."""
+        if this process is stopped or killed inside a row (that row is then read new, from where it was
+        staged, and a dead writer's is finished by the next writer or ``repair``), except rows over 4096
+        bytes of a memory slow tier, which are then read as the slow tier holds them."""
         t = self._table(table)
         r = _i64(rows, "rows")
         dim = self._dims[t]

@@ -41,9 +41,9 @@ HEADER = {
 SLOW_PATH = (168, 1024)  # char slow_path[1024]
 REPAIRS = (1192, "<Q")  # shm_header.repairs, after slow_path (the former padding)
 PID_NS_INO = (1216, "<Q")  # shm_header.pid_ns_ino: the creator's PID namespace (0: not compared)
-UNDO_KEY = (1224, "<Q")  # shm_header.undo_key: (table + 1) << 40 | row of the row write_rows is writing
+STAGED_KEY = (1224, "<Q")  # shm_header.staged_key: (table + 1) << 40 | row of the row write_rows writes
 HEADER_USED = 1256  # sizeof(shm_header); padding after it
-UNDO_OFF = 4096  # RECMG_UNDO_OFF: that row's bytes before the call, up to HDR_BYTES
+STAGE_OFF = 4096  # RECMG_STAGE_OFF: that row's new bytes, up to HDR_BYTES
 
 # shm_table (at HDR_BYTES + t * TABLE_BYTES)
 TABLE = {

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pool_layout import HEADER, UNDO_KEY
+from pool_layout import HEADER, STAGED_KEY
 
 from recmgd.errors import PoolError, PoolLockedError
 from recmgd.keys import make_keys
@@ -207,13 +207,12 @@ p.write_rows(0, np.arange(10, 20), np.full((10, int(sys.argv[2])), 3.0, dtype=np
 
 def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
     """A writer killed inside write_rows in its last row's window, half of that row's slow row written
-    and its copy not (RECMG_FAULT_KILL_IN_WRITE): lookups read the rows it finished new and the one it
-    died in as it was, whole (the bytes write_rows kept before the window), never half written; the
-    repair of the dead writer's lock (Pool.repair, which a daemon calls at each app check, or any next
-    write) puts that row back, closes the window and drops every copy of the table the header names as
-    being written, so no copy older than the slow tier is read, and counts itself (repairs). (The stale
-    copies stayed for good: resident rows disagreed with the slow tier; and the row died in stayed half
-    written.)"""
+    and its copy not (RECMG_FAULT_KILL_IN_WRITE): lookups read every row new, the one it died in whole
+    (from where write_rows staged it before the window), never half written; the repair of the dead
+    writer's lock (Pool.repair, which a daemon calls at each app check, or any next write) finishes that
+    row, closes the window and drops every copy of the table the header names as being written, so no
+    copy older than the slow tier is read, and counts itself (repairs). (The stale copies stayed for
+    good: resident rows disagreed with the slow tier; and the row died in stayed half written.)"""
     daemon = Pool.attach(pool.name, role="daemon")
     app = Pool.attach(pool.name)
     try:
@@ -223,16 +222,16 @@ def test_a_writer_killed_in_write_rows_is_repaired(pool: Pool) -> None:
         child = subprocess.run([sys.executable, "-c", KILLED_WRITER, pool.name, str(DIM)], timeout=60)
         assert child.returncode == -signal.SIGKILL
         truth = TRUTH.copy()
-        truth[10:19] = 3.0  # (row 19, the one it died in, as it was)
+        truth[10:20] = 3.0
         assert daemon.writer_holder() == 0  # (its holder is dead)
         # it died inside the last row's window (its group's version odd): reads of that group do not
         # wait for a dead writer; they read the rows it finished from the slow tier, and row 19 whole
-        # as it was, where the slow tier holds it half written
+        # from the stage, where the slow tier holds it half written
         _exact(app, truth)
         np.testing.assert_array_equal(app.read_rows(0, np.arange(ROWS)), truth)
         assert daemon.repair() is True
         assert daemon.repairs() > before
-        _exact(app, truth)  # no copy older than the slow tier is read, and row 19 is back whole
+        _exact(app, truth)  # no copy older than the slow tier is read, and row 19 is finished
         np.testing.assert_array_equal(app.read_rows(0, np.arange(ROWS)), truth)
         assert daemon.resident_keys().tolist() == []  # the table's copies were dropped
         assert daemon.free_slots() == 100
@@ -255,17 +254,17 @@ def _dead_pid() -> int:
     return dead.pid
 
 
-def test_the_repair_puts_back_only_a_row_its_writer_died_inside(pool: Pool) -> None:
-    """The repair writes the kept bytes back only into the row the header names whose window is still
-    odd: a dead writer that had closed the row's window (the key not yet cleared) leaves the row as
-    written; a key naming a row past its table's end, or a table the pool lacks (the header is the
-    owner's to write), is ignored, and nothing outside the rows changes."""
+def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> None:
+    """The repair writes the staged bytes only into the row the header names whose window is still odd:
+    a dead writer that had closed the row's window (the key not yet cleared) leaves the row as written;
+    a key naming a row past its table's end, or a table the pool lacks (the header is the owner's to
+    write), is ignored, and nothing outside the rows changes."""
     name = f"lk2_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     two = Pool.create(name, tables=[(ROWS, DIM), (ROWS, DIM)], slots=10)
     try:
         other = TRUTH + 5000.0
         two.write_rows(0, np.arange(ROWS), TRUTH)
-        two.write_rows(1, np.arange(ROWS), other)  # (the bytes kept: table 1's last row as it was, zeros)
+        two.write_rows(1, np.arange(ROWS), other)  # (the stage: table 1's last row, other[-1])
         daemon = Pool.attach(two.name, role="daemon")
         try:
             vers_off = struct.unpack(HEADER["vers_off"][1], (SHM / two.name).read_bytes()[
@@ -275,7 +274,7 @@ def test_the_repair_puts_back_only_a_row_its_writer_died_inside(pool: Pool) -> N
                      ((0 + 1) << 40 | past_end, (ROWS + 56) >> 6, True),  # past table 0's end, odd
                      ((7 + 1) << 40 | 3, 0, True)]  # no table 7, group 0 odd
             for key, group, odd in cases:
-                _put(two.name, *UNDO_KEY, key)
+                _put(two.name, *STAGED_KEY, key)
                 if odd:
                     ver = _get_u32(two.name, vers_off + 4 * group)
                     _put(two.name, vers_off + 4 * group, "<I", ver | 1)
@@ -302,9 +301,9 @@ def _get_u32(name: str, off: int) -> int:
 def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool, resident: bool) -> None:
     """A writer stopped (SIGSTOP) inside a row's window of write_rows, half of the row written
     (RECMG_FAULT_STOP_IN_ROW): a slow-tier reader waits for a row's window to close, but not for a
-    stopped writer: lookups and read_rows return, every row exact, the row in the window as it was
-    before the call (write_rows kept its bytes before the window), whether its copy is resident or not;
-    after SIGCONT the writer finishes and every row is read new. (The row was read half written.)"""
+    stopped writer: lookups and read_rows return, every row exact, the row in the window whole and new
+    (from where write_rows staged it before the window), whether its copy is resident or not; after
+    SIGCONT the writer finishes and every row is read new. (The row was read half written.)"""
     app = Pool.attach(pool.name)
     daemon = Pool.attach(pool.name, role="daemon")
     try:
@@ -321,10 +320,12 @@ def test_a_writer_stopped_inside_a_row_holds_up_no_reader(pool: Pool, resident: 
             np.testing.assert_array_equal(half[: DIM // 2], 9.0)
             np.testing.assert_array_equal(half[DIM // 2:], TRUTH[10, DIM // 2:])
             ids = np.arange(ROWS)
+            now = TRUTH.copy()
+            now[10] = 9.0  # (the first row it writes, stopped in)
             for _ in range(3):  # (the first call waits for the window, later ones do not)
-                np.testing.assert_array_equal(app.embedding_bag(0, ids, ids).numpy(), TRUTH)
-                np.testing.assert_array_equal(app.read_rows(0, ids), TRUTH)
-                np.testing.assert_array_equal(app.embedding_bag(0, [10], [0]).numpy()[0], TRUTH[10])
+                np.testing.assert_array_equal(app.embedding_bag(0, ids, ids).numpy(), now)
+                np.testing.assert_array_equal(app.read_rows(0, ids), now)
+                np.testing.assert_array_equal(app.embedding_bag(0, [10], [0]).numpy()[0], now[10])
         finally:
             os.kill(child.pid, signal.SIGCONT)
         truth = _written(child, 9.0)

@@ -359,7 +359,7 @@ def test_rows_being_rewritten_are_read_whole(
 def test_rows_of_a_writer_stopped_at_random_are_read_whole(resident: int) -> None:
     """The writer of the test above is stopped (SIGSTOP) and continued at random moments, for 1 to 20 ms
     at a time, so that it stops inside rows' windows: readers do not wait for a stopped writer, and read
-    the row it stopped in as it was before (the bytes write_rows kept), never half written; after its
+    the row it stopped in whole (from where write_rows staged it), never half written; after its
     continue they read on, whole. (Readers read the half-written row of a stopped writer.)"""
     dim = 256
     p = Pool.create(_name(), tables=[(ROWS, dim)], slots=ROWS, threads=1)

@@ -40,6 +40,11 @@ slow tier (right rows, fewer hits).
                                               [--mode sum|mean|max]
     .venv/bin/python tools/bench_ab_lookup.py --churn [--base REV] --tables 1 --rows 4096 --dim 16 \
                                               --batch 512 --pooling 8 --reps 300
+    .venv/bin/python tools/bench_ab_lookup.py --write-rows [--base REV] [--miss 0.5] [--batch 2048]
+
+``--write-rows`` times write_rows instead (``--batch`` random rows of each table, written with their own
+values, through the creating handle), the two builds interleaved as above: what a change to the write
+path costs.
 """
 
 from __future__ import annotations
@@ -176,6 +181,17 @@ class Side:
         lib.recmg_drain_ring(self.owner, self.ring, ffi.from_buffer("uint64_t[]", drain), len(drain))
         return dt
 
+    def write(self, rows: list[np.ndarray], values: list[np.ndarray]) -> float:
+        """One batch of write_rows: rows[t] of table t set to values[t] (their own values: the pool's rows
+        do not change), through the creating handle; the time."""
+        ffi, lib = self.ffi, self.lib
+        t0 = time.perf_counter()
+        for t, (r, v) in enumerate(zip(rows, values, strict=True)):
+            rb, vb = ffi.from_buffer("int64_t[]", r), ffi.from_buffer(v)
+            if lib.recmg_write_rows(self.owner, t, rb, len(r), vb) != 0:
+                raise SystemExit(f"write_rows: {ffi.string(lib.recmg_errmsg(self.owner)).decode()}")
+        return time.perf_counter() - t0
+
     def close(self) -> None:
         self.lib.recmg_close(self.app)
         self.lib.recmg_close(self.owner)
@@ -267,6 +283,9 @@ def main() -> int:
                     help="ids Zipf-distributed with this exponent over each table's rows (0: uniform)")
     ap.add_argument("--churn", action="store_true", help="hits of resident rows while a writer changes the "
                     "other rows of their groups, instead of time (table 0 only)")  # fmt: skip
+    ap.add_argument("--write-rows", action="store_true",
+                    help="time write_rows of --batch random rows of each table (to their own values) instead "
+                         "of lookups")  # fmt: skip
     a = ap.parse_args()
     for name in drop_stale_pools():
         print(f"removed /dev/shm/{name}, left by a run that did not finish")
@@ -302,6 +321,8 @@ def main() -> int:
               f"{a.dim}, {a.reps} calls of {n} ids): hits base {a.base} {share['base']:.4f}, "
               f"new (this checkout) {share['new']:.4f}")
         return 0
+    wrows = [rng.choice(a.rows, size=min(a.batch, a.rows), replace=False).astype(np.int64) for _ in weights]
+    wvals = [np.ascontiguousarray(weights[t][r]) for t, r in enumerate(wrows)]
     rounds: list[tuple[str, float, float]] = []
     for first in ("base", "new"):
         sides: dict[str, Side] = {}
@@ -311,10 +332,13 @@ def main() -> int:
                 sides[tag] = Side(mods[tag], tag, a.tables, a.rows, a.dim, weights, gone, a.threads)
             for i in range((a.reps + 1) // 2):
                 for tag in ("base", "new") if i % 2 == 0 else ("new", "base"):
+                    if a.write_rows:
+                        times[tag].append(sides[tag].write(wrows, wvals))
+                        continue
                     if a.threads > 1:  # untimed: the other build's workers poll on for 2 ms after its batch
                         sides[tag].run(ids, offsets, outs[tag], drain, call, mode)
                     times[tag].append(sides[tag].run(ids, offsets, outs[tag], drain, call, mode))
-            if not np.array_equal(outs["base"], outs["new"]):
+            if not a.write_rows and not np.array_equal(outs["base"], outs["new"]):
                 raise SystemExit("the two builds returned different rows")
         finally:
             for s in sides.values():
@@ -327,8 +351,12 @@ def main() -> int:
     what += f", Zipf {a.zipf} ids" if a.zipf else ", uniform ids"
     said = {"table": "a call a table", "multi": "one multi-table call",
             "packed": "one multi-table call into one packed output"}[call]
-    print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim} {a.dtype}, batch {a.batch} x {a.pooling}, "
-          f"{said}, {a.mode}, {a.threads} thread(s), {a.reps} interleaved batches each")
+    if a.write_rows:
+        print(f"write_rows of {len(wrows[0])} random rows of each of {a.tables} tables x {a.rows} rows "
+              f"({what}), dim {a.dim} {a.dtype}, {a.reps} interleaved batches each")
+    else:
+        print(f"{what}, {a.tables} tables x {a.rows} rows, dim {a.dim} {a.dtype}, batch {a.batch} x "
+              f"{a.pooling}, {said}, {a.mode}, {a.threads} thread(s), {a.reps} interleaved batches each")
     for first, mb, mn in rounds:
         print(f"  {first}'s pool made first: base {mb * 1e3:.2f} ms, new {mn * 1e3:.2f} ms, "
               f"new/base {mn / mb:.3f}")

@@ -26,9 +26,9 @@
  * before they sleep. write_rows writes each row (slow tier and copy) inside a window of that seqlock,
  * and slow-tier reads check it too: a lookup or read_rows sees every row whole, old or new. A reader
  * that meets a row being written waits for that row's write as long as its writer runs, but not for a
- * dead writer nor a stopped one (SIGSTOP): it then reads the row as it was before the call, which
- * write_rows keeps before each row's window, and the repair of a dead writer's lock puts it back. (A
- * memory slow tier's rows wider than 4096 bytes are not kept: they are read as the slow tier holds
+ * dead writer nor a stopped one (SIGSTOP): it then reads the row's new bytes, which write_rows stages
+ * whole before each row's window, and the repair of a dead writer's lock finishes the row from them. (A
+ * memory slow tier's rows wider than 4096 bytes are not staged: they are read as the slow tier holds
  * them. An SSD tier's row is one write(2), which no signal leaves half done.)
  *
  * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with

@@ -17,10 +17,10 @@
 
 #define RECMG_MAGIC UINT64_C(0x4c4f4f50474d4352) /* "RCMGPOOL" little-endian */
 #define RECMG_HDR_BYTES 8192u
-/* The second half of the header's region holds the row write_rows is writing, as it was before
- * (shm_header.undo_key names it) */
-#define RECMG_UNDO_OFF 4096u
-#define RECMG_UNDO_BYTES (RECMG_HDR_BYTES - RECMG_UNDO_OFF)
+/* The second half of the header's region holds the row write_rows is writing, staged whole
+ * (shm_header.staged_key names it) */
+#define RECMG_STAGE_OFF 4096u
+#define RECMG_STAGE_BYTES (RECMG_HDR_BYTES - RECMG_STAGE_OFF)
 #define RECMG_PATH_MAX 1024u
 #define RECMG_PAGE 4096u
 #define RECMG_ERRLEN 256u
@@ -75,11 +75,11 @@ typedef struct shm_header {
      * before it, the field was padding, or where /proc was not readable): the writer lock and the rings
      * name processes by pid, so a process of another PID namespace is refused at attach */
     uint64_t pid_ns_dev, pid_ns_ino;
-    /* the row whose window write_rows has open, (table + 1) << 40 | row, its bytes before the call at
-     * RECMG_UNDO_OFF (memory slow tiers, rows of up to RECMG_UNDO_BYTES; 0: none): a reader of a stopped
-     * or dead writer's row reads them, and the repair puts them back (writer.c; zero in pools made
-     * before it: the field was padding) */
-    _Atomic uint64_t undo_key;
+    /* the row whose window write_rows has open, (table + 1) << 40 | row, its new bytes staged at
+     * RECMG_STAGE_OFF (memory slow tiers, rows of up to RECMG_STAGE_BYTES; 0: none): a reader of a
+     * stopped or dead writer's row reads them, and the repair finishes the row from them (writer.c;
+     * zero in pools made before it: the field was padding) */
+    _Atomic uint64_t staged_key;
     char pad2[24];
 } shm_header;
 
@@ -122,7 +122,7 @@ typedef struct shm_ring {
 
 _Static_assert(sizeof(shm_table) == 128, "table descriptor size");
 _Static_assert(sizeof(shm_ring) == 256, "ring header size");
-_Static_assert(sizeof(shm_header) <= RECMG_UNDO_OFF, "header size");
+_Static_assert(sizeof(shm_header) <= RECMG_STAGE_OFF, "header size");
 _Static_assert(sizeof(shm_header) == 1256, "the header's size (fields added since layout 5 replace padding)");
 
 /* ---------------- process-local ---------------- */

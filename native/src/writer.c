@@ -16,8 +16,8 @@
  *   fill b into s (free):  the row into s (relaxed atomic words); index[b] = s in a window.
  *   write_rows:   row by row, one window: the slow-tier row, and if b is resident in s: index[b] = -1,
  *                 the row into s, index[b] = s. Slow-tier readers check the window as hits do. On a
- *                 memory tier the row's bytes before it are kept first (undo_keep): a reader of a
- *                 writer that stopped or died in the window reads them, and the repair puts them back.
+ *                 memory tier the row's new bytes are staged first (stage_row): a reader of a writer
+ *                 that stopped or died in the window reads them, and the repair finishes the row.
  * The reader (lookup.c): v = version[e >> 6] (acquire; odd: not a hit), s = index[e], later the
  * row's words from slot s (relaxed), an acquire fence, version[e >> 6] again. If it is v, the reader
  * has row b, because
@@ -260,17 +260,17 @@ static void bump_generation(recmg_pool *p)
     if (p->free_valid && p->free_gen == g - 1) p->free_gen = g;
 }
 
-static void undo_restore(recmg_pool *p);
+static void stage_finish(recmg_pool *p);
 
 /* Makes the fast tier consistent after a writer died mid-change (called under the writer lock). An
  * index entry only ever names a slot whose row is complete (a slot is written while no entry names
- * it, and published after), so the repair is putting back the row a write_rows died writing (its
- * bytes kept before its window, undo_restore), closing the odd version the dead writer's window left
+ * it, and published after), so the repair is finishing the row a write_rows died writing (its new
+ * bytes staged before its window, stage_finish), closing the odd version the dead writer's window left
  * (at most one), dropping every copy of the table a write_rows was writing (writing_table: its copies
  * may be older than its slow rows), and rebuilding the free list from the index. */
 void recover_fast_tier(recmg_pool *p)
 {
-    undo_restore(p); /* (while its window is still odd) */
+    stage_finish(p); /* (while its window is still odd) */
     uint64_t ng = version_groups(p->h->index_entries);
     for (uint64_t g = 0; g < ng; g++) {
         uint32_t v = atomic_load_explicit(&p->vers[g], memory_order_relaxed);
@@ -414,58 +414,60 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
     return slowio_read(p, r, n, bytes);
 }
 
-/* The row a write_rows window writes, as it was (memory slow tiers, rows of up to RECMG_UNDO_BYTES): its
- * bytes at RECMG_UNDO_OFF of the header's region, named by shm_header.undo_key, which is set before the
- * window opens and cleared after it closes. So while a row's window is open, undo_key names that row,
- * and a reader that will not wait for the window (its writer stopped or dead) reads the row as it was
- * (undo_read) instead of half written; a dead writer's repair writes it back (undo_restore). The bytes
- * are stored as a slot's are (relaxed atomic words after a release fence) and read as a hit's are
- * (relaxed words, an acquire fence, the row's version again), so a reader that copied any byte of a
- * later row's keeping sees its row's window closed. */
-static inline uint64_t undo_name(uint32_t table, int64_t row) { return ((uint64_t)table + 1) << 40 | (uint64_t)row; }
-static inline uint8_t *undo_bytes(const recmg_pool *p) { return (uint8_t *)p->sh + RECMG_UNDO_OFF; }
-static inline int undo_fits(const recmg_pool *p, uint32_t rb) { return p->slow && rb <= RECMG_UNDO_BYTES; }
+/* The row a write_rows window writes, staged (memory slow tiers, rows of up to RECMG_STAGE_BYTES): its
+ * new bytes at RECMG_STAGE_OFF of the header's region, named by shm_header.staged_key, which is set
+ * before the window opens and cleared after it closes. So while a row's window is open, staged_key
+ * names that row and the stage holds it whole, and a reader that will not wait for the window (its
+ * writer stopped or dead) reads the row from the stage (stage_read) instead of half written; a dead
+ * writer's repair finishes the row from it (stage_finish). The bytes are stored as a slot's are
+ * (relaxed atomic words after a release fence) and read as a hit's are (relaxed words, an acquire fence,
+ * the row's version again), so a reader that copied any byte of a later row's staging sees its row's
+ * window closed. The stage is written from the caller's rows, which the cache holds: the slow row is
+ * not read. */
+static inline uint64_t stage_name(uint32_t table, int64_t row) { return ((uint64_t)table + 1) << 40 | (uint64_t)row; }
+static inline uint8_t *stage_bytes(const recmg_pool *p) { return (uint8_t *)p->sh + RECMG_STAGE_OFF; }
+static inline int stage_fits(const recmg_pool *p, uint32_t rb) { return p->slow && rb <= RECMG_STAGE_BYTES; }
 
-/* Keeps row (table, row) of the memory slow tier (at off) before its window opens; buf is scratch of
- * RECMG_UNDO_BYTES, 8-byte aligned. */
-static void undo_keep(recmg_pool *p, uint32_t table, int64_t row, uint64_t off, uint32_t rb, uint64_t *buf)
+/* Stages row (table, row)'s new bytes (src) before its window opens; buf is scratch of RECMG_STAGE_BYTES,
+ * 8-byte aligned. */
+static void stage_row(recmg_pool *p, uint32_t table, int64_t row, const uint8_t *src, uint32_t rb, uint64_t *buf)
 {
     buf[(rb + 7) / 8 - 1] = 0; /* (the bytes past the row in its last word) */
-    memcpy(buf, p->slow + off, rb);
-    atomic_thread_fence(memory_order_release); /* (after the window that closed the last row kept) */
-    words_store(undo_bytes(p), buf, (rb + 7) / 8);
-    atomic_store_explicit(&p->sh->undo_key, undo_name(table, row), memory_order_release);
+    memcpy(buf, src, rb);
+    atomic_thread_fence(memory_order_release); /* (after the window that closed the last row staged) */
+    words_store(stage_bytes(p), buf, (rb + 7) / 8);
+    atomic_store_explicit(&p->sh->staged_key, stage_name(table, row), memory_order_release);
 }
 
-/* Row (table, row) as it was before the window whose odd version v the reader gave up on, into dst: 1 if
- * that window is the row's own (undo_key names it) and still open after the copy, else 0. */
-static int undo_read(recmg_pool *p, uint32_t table, int64_t row, const _Atomic uint32_t *ver, uint32_t v, uint8_t *dst)
+/* Row (table, row) as the window whose odd version v the reader gave up on writes it, into dst: 1 if that
+ * window is the row's own (staged_key names it) and still open after the copy, else 0. */
+static int stage_read(recmg_pool *p, uint32_t table, int64_t row, const _Atomic uint32_t *ver, uint32_t v, uint8_t *dst)
 {
     const uint32_t rb = p->tables[table].row_bytes;
-    if (!(v & 1u) || !undo_fits(p, rb) ||
-        atomic_load_explicit(&p->sh->undo_key, memory_order_acquire) != undo_name(table, row))
+    if (!(v & 1u) || !stage_fits(p, rb) ||
+        atomic_load_explicit(&p->sh->staged_key, memory_order_acquire) != stage_name(table, row))
         return 0;
-    uint64_t buf[RECMG_UNDO_BYTES / 8];
-    words_load(buf, undo_bytes(p), (rb + 7) / 8);
+    uint64_t buf[RECMG_STAGE_BYTES / 8];
+    words_load(buf, stage_bytes(p), (rb + 7) / 8);
     atomic_thread_fence(memory_order_acquire);
     if (atomic_load_explicit(ver, memory_order_relaxed) != v) return 0;
     memcpy(dst, buf, rb);
     return 1;
 }
 
-/* A dead writer's row put back as it was, if it died inside the row's window (its group's version odd);
- * under the writer lock, before the repair closes the windows. The key is checked against the handle's
- * own geometry (the header is the owner's to write). */
-static void undo_restore(recmg_pool *p)
+/* A dead writer's row finished from the stage, if it died inside the row's window (its group's version
+ * odd); under the writer lock, before the repair closes the windows. The key is checked against the
+ * handle's own geometry (the header is the owner's to write). */
+static void stage_finish(recmg_pool *p)
 {
-    const uint64_t key = atomic_exchange_explicit(&p->sh->undo_key, 0, memory_order_relaxed);
+    const uint64_t key = atomic_exchange_explicit(&p->sh->staged_key, 0, memory_order_relaxed);
     const uint64_t t1 = key >> 40, row = key & ((UINT64_C(1) << 40) - 1);
     if (t1 == 0 || t1 > p->h->n_tables) return;
     const tabdesc *t = &p->tables[t1 - 1];
-    if (row >= t->rows || !undo_fits(p, t->row_bytes)) return;
+    if (row >= t->rows || !stage_fits(p, t->row_bytes)) return;
     if (!(atomic_load_explicit(entry_version(p, t->index_first + row), memory_order_relaxed) & 1u)) return;
-    uint64_t buf[RECMG_UNDO_BYTES / 8];
-    words_load(buf, undo_bytes(p), (t->row_bytes + 7) / 8);
+    uint64_t buf[RECMG_STAGE_BYTES / 8];
+    words_load(buf, stage_bytes(p), (t->row_bytes + 7) / 8);
     memcpy(p->slow + t->slow_off + row * t->row_bytes, buf, t->row_bytes);
 }
 
@@ -555,7 +557,7 @@ int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uin
     for (int round = 0;; round++) {
         for (int k = 0; k < ROW_TRIES; k++) {
             const uint32_t v = row_write_wait(p, table, ver);
-            if (undo_read(p, table, row, ver, v, dst)) return RECMG_OK; /* (a stopped or dead writer's row) */
+            if (stage_read(p, table, row, ver, v, dst)) return RECMG_OK; /* (a stopped or dead writer's row) */
             const int rc = read_slow_rows(p, table, &row, 1, dst, 0, bytes);
             if (rc) return rc;
             atomic_thread_fence(memory_order_acquire);
@@ -572,7 +574,7 @@ int read_row_whole(recmg_pool *p, uint32_t table, int64_t row, uint8_t *dst, uin
          * third round only if writers keep dying or stopping: then it is read as it is) */
         if (round == 2) {
             const uint32_t v = atomic_load_explicit(ver, memory_order_acquire);
-            return undo_read(p, table, row, ver, v, dst) ? RECMG_OK : read_slow_rows(p, table, &row, 1, dst, 0, bytes);
+            return stage_read(p, table, row, ver, v, dst) ? RECMG_OK : read_slow_rows(p, table, &row, 1, dst, 0, bytes);
         }
     }
 }
@@ -813,6 +815,29 @@ int recmg_read_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t
     return (int)intact_after(p, rc);
 }
 
+/* write_rows on a memory slow tier: the lines it will write WRITE_AHEAD rows on (the slow row) and
+ * WRITE_AHEAD / 2 rows on (the copy, if the entry prefetched before names a slot) are asked for ahead, so
+ * that their misses overlap (the stores of the rows between, the stage's and the copies', fill the
+ * store buffer, and a store that misses holds up those after it). Rows of up to 16 lines. */
+#define WRITE_AHEAD 8
+static inline void write_ahead(recmg_pool *p, const tabdesc *t, const int64_t *rows, uint64_t n, uint64_t k,
+                               uint32_t rb)
+{
+    const uint32_t span = rb < 1024 ? rb : 1024;
+    if (k + WRITE_AHEAD < n) {
+        const uint64_t r = (uint64_t)rows[k + WRITE_AHEAD];
+        const uint8_t *row = p->slow + t->slow_off + r * rb;
+        for (uint32_t b = 0; b < span; b += 64) __builtin_prefetch(row + b, 1);
+        __builtin_prefetch(&p->index[t->index_first + r], 0);
+    }
+    if (k + WRITE_AHEAD / 2 < n) {
+        const int32_t s = atomic_load_explicit(&p->index[t->index_first + (uint64_t)rows[k + WRITE_AHEAD / 2]],
+                                               memory_order_relaxed);
+        if (slot_ok(p, s))
+            for (uint32_t b = 0; b < span; b += 64) __builtin_prefetch(slot_ptr(p, (uint64_t)s) + b, 1);
+    }
+}
+
 int recmg_write_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, const void *values)
 {
     return recmg_write_rows_ex(p, table, rows, n, values, NULL);
@@ -850,9 +875,9 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     atomic_thread_fence(memory_order_seq_cst); /* (named before any row changes) */
     const int kill_in_write = env_flag("RECMG_FAULT_KILL_IN_WRITE");
     const int stop_in_row = env_flag("RECMG_FAULT_STOP_IN_ROW"), sleep_in_row = env_flag("RECMG_FAULT_SLEEP_IN_ROW");
-    uint64_t words[RECMG_PAGE / 8], kept[RECMG_UNDO_BYTES / 8];
+    uint64_t words[RECMG_PAGE / 8], staged[RECMG_STAGE_BYTES / 8];
     uint64_t *w = words;
-    const int keep = undo_fits(p, rb);
+    const int stage = stage_fits(p, rb);
     uint64_t *heap = NULL;
     int changed = 0;
     if (p->h->slot_stride > sizeof words) w = heap = calloc(1, p->h->slot_stride);
@@ -860,7 +885,8 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
     for (uint64_t k = 0; k < n; k++) {
         const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
         const uint64_t off = t->slow_off + (uint64_t)rows[k] * rb;
-        if (keep) undo_keep(p, table, rows[k], off, rb, kept);
+        if (p->slow) write_ahead(p, t, rows, n, k, rb);
+        if (stage) stage_row(p, table, rows[k], src + k * rb, rb, staged);
         const uint32_t v = window_open(p, e);
         if (p->slow) {
             if (kill_in_write && k + 1 == n) { /* (tests: dies with half of the last row written) */
@@ -899,7 +925,7 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
             }
         }
         window_close(p, e, v);
-        if (keep) atomic_store_explicit(&p->sh->undo_key, 0, memory_order_relaxed);
+        if (stage) atomic_store_explicit(&p->sh->staged_key, 0, memory_order_relaxed);
         if (rc) {
             char why[RECMG_ERRLEN];
             err_copy(p, rc, why, sizeof why);
