@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from recmgd.keys import MAX_TABLES, make_keys
+from recmgd.models.checkpoint import FORMAT_VERSION
 from recmgd.trace import Trace
 from recmgd.trace.binary import BinaryWriter, write_binary
 
@@ -47,15 +48,18 @@ def one_line(r: subprocess.CompletedProcess[str], *needles: str, rc: int = 1) ->
     return lines[0]
 
 
-def usage_error(r: subprocess.CompletedProcess[str], flag: str) -> None:
-    """An argparse error: exit 2, the usage, and one error line naming ``flag``."""
+def usage_error(r: subprocess.CompletedProcess[str], prog: str, flag: str | None = None) -> str:
+    """An argparse error: exit 2 and one line, ``PROG: error: ... (see PROG --help)`` (naming ``flag``),
+    with no usage block before it (recmgctl's errors are one line too)."""
     assert r.returncode == 2, f"rc={r.returncode}\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     assert "Traceback" not in r.stderr, r.stderr[-3000:]
     lines = r.stderr.strip().splitlines()
-    errors = [x for x in lines if "error:" in x]
-    assert len(errors) == 1 and errors[0] == lines[-1], r.stderr
-    assert f"argument {flag}" in errors[0], errors[0]
-    assert all(x.startswith(("usage:", " ")) for x in lines[:-1]), r.stderr
+    assert len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"{prog}: error: ") and lines[0].endswith(f" (see {prog} --help)"), lines[0]
+    if flag is not None:
+        assert lines[0].startswith(f"{prog}: error: argument {flag}"), lines[0]
+    assert r.stdout == "", r.stdout
+    return lines[0]
 
 
 def tree_hash(path: Path) -> dict[str, str]:
@@ -152,8 +156,23 @@ def _flag_id(argv: list[str], flag: str) -> str:
 def test_wrong_number_is_a_usage_error(work: Path, argv: list[str], flag: str) -> None:
     before = sorted(p.name for p in work.iterdir())
     r = recmg(*argv, "--workdir", str(work / "wd"), cwd=work) if argv[0] == "demo" else recmg(*argv, cwd=work)
-    usage_error(r, flag)
+    usage_error(r, "recmg " + " ".join(argv[:2] if argv[0] == "trace" else argv[:1]), flag)
     assert sorted(p.name for p in work.iterdir()) == before  # no output, no checkpoint, no work dir
+
+
+@pytest.mark.parametrize(("argv", "prog", "needle"), [
+    (["train"], "recmg train", "the following arguments are required: TRACE, --out"),
+    (["train", "small.trace", "--out", "out", "--loss", "nope"], "recmg train", "argument --loss"),
+    (["sim", "small.trace", "--no-such-flag"], "recmg", "unrecognized arguments: --no-such-flag"),
+    (["trace", "convert"], "recmg trace convert", "required: input, output"),
+    (["nosuch"], "recmg", "argument COMMAND: invalid choice: 'nosuch'"),
+])
+def test_usage_errors_are_one_line(work: Path, argv: list[str], prog: str, needle: str) -> None:
+    """Every argparse refusal of every verb is one line (it printed the whole usage block first)."""
+    before = sorted(p.name for p in work.iterdir())
+    line = usage_error(recmg(*argv, cwd=work), prog)
+    assert needle in line, line
+    assert sorted(p.name for p in work.iterdir()) == before
 
 
 # ------------------------------------------------------------------------------ candidate
@@ -284,6 +303,102 @@ def test_corrupt_config_is_one_line(work: Path, verb: str, field: str,
         assert not (work / "out").exists()
     one_line(r, "config.json", field)
     assert tree_hash(work / "ck") == before
+
+
+# ------------------------------------------------------------------------------ --out: whose config.json
+def save_into(work: Path, verb: str, out: str) -> subprocess.CompletedProcess[str]:
+    """`recmg train` or `recmg candidate` writing a checkpoint to ``out``; `recmg sim --model` training a
+    learned policy and saving its checkpoint there."""
+    if verb == "train":
+        return recmg("train", "small.trace", "--out", out, "--epochs", "1", "-q", cwd=work)
+    if verb == "candidate":
+        return candidate(work, out=out)
+    return recmg("sim", "small.trace", "--policies", "recmg", "--fractions", "0.1", "--model", out,
+                 "--epochs", "1", cwd=work)
+
+
+@pytest.mark.parametrize("config", ['{"name": "my-web-app"}\n', "hello = 1\n", "[1, 2]\n", ""],
+                         ids=["json-object", "not-json", "json-list", "empty"])
+@pytest.mark.parametrize("verb", ["train", "candidate"])
+def test_out_with_another_programs_config_is_refused_untouched(work: Path, verb: str, config: str) -> None:
+    """--out holding a config.json that is not a recmg checkpoint's: one line, before training, and the
+    folder as it was (the checkpoint used to be written over it)."""
+    d = work / "app"
+    d.mkdir()
+    (d / "config.json").write_text(config)
+    (d / "index.html").write_text("<html></html>\n")
+    before = tree_hash(d)
+    r = save_into(work, verb, "app")
+    one_line(r, "--out app/config.json", "not a recmg", "not overwritten")
+    assert tree_hash(d) == before
+    assert not (work / "r.json").exists()
+    assert "trained" not in r.stderr  # refused before training
+
+
+@pytest.mark.parametrize("verb", ["train", "candidate"])
+def test_out_with_an_older_checkpoint_is_still_replaced(work: Path, verb: str) -> None:
+    """A recmg checkpoint of another format version is recmg's own: replaced, as any checkpoint."""
+    cfg = json.loads((work / "ck" / "config.json").read_text())
+    cfg["format_version"] = 0
+    (work / "ck" / "config.json").write_text(json.dumps(cfg))
+    r = save_into(work, verb, "ck")
+    assert r.returncode == 0, r.stderr[-3000:]
+    new = json.loads((work / "ck" / "config.json").read_text())
+    assert new["format_version"] == FORMAT_VERSION and new["generation"] != cfg.get("generation")
+
+
+@pytest.mark.parametrize(("verb", "out"), [("train", "m"), ("train", "a/b/m"), ("candidate", "m"),
+                                           ("sim", "m")])
+def test_failed_save_removes_the_folders_it_made(work: Path, small_disk: Callable[[str], Path], verb: str,
+                                                 out: str) -> None:
+    """A checkpoint that does not fit the disk: one line, and the folders the command made for it (with
+    their parents) are removed again (an empty m/ was left behind)."""
+    disk = small_disk("64k")
+    r = save_into(work, verb, str(disk / out))
+    assert list(disk.iterdir()) == [], r.stderr[-3000:]
+    one_line(r, "cannot write the checkpoint", "No space left on device", "nothing was kept")
+    assert not (work / "r.json").exists()
+
+
+def test_failed_save_leaves_a_folder_that_was_there(work: Path, small_disk: Callable[[str], Path]) -> None:
+    disk = small_disk("64k")
+    (disk / "m").mkdir()
+    (disk / "m").chmod(0o750)
+    r = save_into(work, "train", str(disk / "m"))
+    one_line(r, "cannot write the checkpoint", "No space left on device")
+    assert [p.name for p in disk.iterdir()] == ["m"] and list((disk / "m").iterdir()) == []
+    assert (disk / "m").stat().st_mode & 0o777 == 0o750
+
+
+# ------------------------------------------------------------------------------ empty lists
+@pytest.mark.parametrize("systems", ["", ",", " , "])
+def test_demo_no_systems_is_one_line(work: Path, systems: str) -> None:
+    """--systems naming none: one line before anything runs (it ran ~30 s, then an IndexError)."""
+    r = recmg("demo", "--systems", systems, "--workdir", "wd", "--png", "p.png", cwd=work)
+    one_line(r, "recmg demo: --systems: no system named", "all-dram", rc=2)
+    assert not (work / "wd").exists() and not (work / "p.png").exists()
+    assert r.stdout == ""
+
+
+def test_demo_unknown_system_is_one_line(work: Path) -> None:
+    r = recmg("demo", "--systems", "lru,nope", "--workdir", "wd", cwd=work)
+    one_line(r, "--systems", "unknown nope", rc=2)
+    assert not (work / "wd").exists()
+
+
+@pytest.mark.parametrize("policies", ["", ",", " , "])
+def test_sim_no_policies_is_one_line(work: Path, policies: str) -> None:
+    """--policies naming none (and no --pages): one line, exit 2 (it printed a table header, exit 0)."""
+    r = recmg("sim", "small.trace", "--policies", policies, cwd=work)
+    one_line(r, "recmg sim: --policies: no policy named", "lru", rc=2)
+    assert r.stdout == ""
+
+
+def test_sim_pages_alone_still_runs(work: Path) -> None:
+    r = recmg("sim", "small.trace", "--policies", "", "--pages", "lru", "--fractions", "0.1", "--json",
+              cwd=work)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [json.loads(x)["policy"] for x in r.stdout.splitlines()] == ["lru@page"]
 
 
 # ------------------------------------------------------------------------------ short traces

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -326,3 +327,91 @@ def test_check_config_learned_policy_needs_a_checkpoint(tmp_path: Path) -> None:
     cfg.write_text('[policy]\nname = "recmg"\nretrain_every = "1h"\n')
     r = check_config(cfg)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_check_config_into_a_full_or_closed_stdout(tmp_path: Path, buffered: bool) -> None:
+    """`recmgd --check-config > /dev/full`: one line, exit 1 (it was an OSError traceback); into a pipe
+    whose reader is gone (`| head -0`): a quiet end (it was a BrokenPipeError traceback)."""
+    cfg = tmp_path / "ok.toml"
+    cfg.write_text('pools = ["x"]\n')
+    env = dict(os.environ)
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    argv = [sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), "--check-config"]
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(argv, stdout=full, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO,
+                           timeout=60)
+    assert r.returncode == 1
+    assert r.stderr == "recmgd: cannot write the output: No space left on device\n"
+    rfd, wfd = os.pipe()
+    os.close(rfd)
+    try:
+        r = subprocess.run(argv, stdout=wfd, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, timeout=60)
+    finally:
+        os.close(wfd)
+    assert r.returncode == 0 and r.stderr == ""
+    r = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+    assert r.returncode == 0 and r.stdout == f"recmgd: {cfg}: configuration is valid\n" and r.stderr == ""
+
+
+def test_a_pool_section_must_name_a_listed_pool() -> None:
+    """With a list of pools, [pool.NAME] for a pool not in it (a typo) is refused, naming the section;
+    with pools = "all" (or none given) any pool's section stands, as one of the list's does."""
+    msg = err('pools = ["a"]\n[pool.b]\nname = "lfu"\n')
+    assert msg == ("/etc/x.toml: pool.b: pool 'b' is not in `pools` (pools = ['a']): add it there, or name "
+                   "a listed pool")
+    msg = err('pools = ["dlrm0", "dlrm1"]\n[pool.dlrm0]\nname = "lfu"\n[pool.dlrm2.options]\nseed = 1\n')
+    assert msg.startswith("/etc/x.toml: pool.dlrm2: pool 'dlrm2' is not in `pools`"), msg
+    for text in ('[pool.b]\nname = "lfu"\n', 'pools = "all"\n[pool.b]\nname = "lfu"\n',
+                 'pools = ["a", "b"]\n[pool.b]\nname = "lfu"\n'):
+        assert config.parse(text, "f").policy_for("b").name == "lfu"
+
+
+def test_an_empty_pool_list_is_refused() -> None:
+    """pools = [] drove no pool at all; the default ("all") is what leaving it out gives."""
+    msg = err("pools = []\n")
+    assert msg.startswith("/etc/x.toml: pools: impossible value []"), msg
+    assert 'omit `pools` for its default, "all"' in msg
+    assert config.parse("", "f").pools is None
+
+
+RETRAIN = '[policy]\nname = "recmg"\nretrain_every = "1h"\n'
+
+
+def test_a_state_dir_that_is_not_a_directory_is_refused_when_used(tmp_path: Path) -> None:
+    """When a policy retrains (in [policy] or a pool's section), a state_dir that is a file, or lies
+    under one, is refused at load; it failed only at the first retrain ("cannot make .../retrain
+    private (mode 0700): Not a directory"). Unused, it is not looked at."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    msg = err(f'state_dir = "{afile}"\n{RETRAIN}')
+    assert msg == (f"/etc/x.toml: state_dir: impossible value '{afile}' (exists and is not a directory; "
+                   "retraining keeps its windows and models under it)")
+    msg = err(f'state_dir = "{afile}/sub/dir"\npools = ["p"]\n[pool.p]\nname = "recmg"\nretrain_every = 60\n')
+    assert msg.startswith(f"/etc/x.toml: state_dir: impossible value '{afile}/sub/dir' ({afile} exists and "
+                          "is not a directory"), msg
+    assert config.parse(f'state_dir = "{afile}"\n', "f").state_dir == str(afile)  # no retraining
+    for ok in (tmp_path, tmp_path / "not" / "yet"):  # a directory, or one the retrainer will make
+        assert config.parse(f'state_dir = "{ok}"\n{RETRAIN}', "f").state_dir == str(ok)
+
+
+def test_check_config_and_start_refuse_these(tmp_path: Path) -> None:
+    """`recmgd --check-config` and a start say so on one line, exit 1; the start leaves no socket."""
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    sock = tmp_path / "c.sock"
+    cases = (('pools = ["a"]', '[pool.b]\nname = "lfu"', "pool.b: pool 'b' is not in `pools`"),
+             ("pools = []", "", "pools: impossible value []"),
+             (f'state_dir = "{afile}"', RETRAIN, "state_dir: impossible value"))
+    for top, tables, expect in cases:
+        cfg = tmp_path / "x.toml"
+        cfg.write_text(f'{top}\n[control]\nsocket = "{sock}"\n{tables}\n')
+        for extra in (["--check-config"], ["--foreground"]):
+            r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg), *extra],
+                               capture_output=True, text=True, timeout=60, cwd=REPO)
+            assert r.returncode == 1, (top, extra, r.stderr)
+            assert r.stderr.startswith(f"recmgd: error: {cfg}: {expect}"), (top, r.stderr)
+            assert len(r.stderr.splitlines()) == 1 and r.stdout == ""
+            assert not sock.exists()

@@ -350,6 +350,19 @@ def test_bad_command_lines_are_one_line_errors(tmp_path: Path) -> None:
         assert "Traceback" not in r.stderr
 
 
+def test_recmgd_bad_command_lines_are_one_line_errors() -> None:
+    """recmgd's usage errors are one line too, as recmg's and recmgctl's (argparse printed its usage
+    block first)."""
+    for argv, expect in ((["--frob"], "unrecognized arguments: --frob"),
+                         (["--log-level", "loud"],
+                          "argument --log-level: invalid choice: 'loud' (choose from 'debug', 'info', "
+                          "'warning', 'error')")):
+        r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgd_main", *argv], capture_output=True,
+                           text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 2, (argv, r.stderr)
+        assert r.stderr == f"recmgd: error: {expect} (see recmgd --help)\n", (argv, r.stderr)
+
+
 def test_every_command_says_what_it_does_in_its_help() -> None:
     """`recmgctl C --help`, `recmg C --help` and `recmg trace A --help` start with the line their lists
     show, and the top-level help of recmg describes the tool (not the module's notes on its layout)."""
@@ -456,3 +469,39 @@ def test_control_requests_are_answered_in_turns(tmp_path: Path) -> None:
         for s in clients:
             s.close()
         srv.close()
+
+
+def _ctl_into(sock: Path, stdout: int, *args: str, buffered: bool) -> subprocess.CompletedProcess:
+    """recmgctl with its stdout on the descriptor given; buffered: as a shell runs it (no
+    PYTHONUNBUFFERED), where the output is written when the interpreter flushes it."""
+    env = daemon_env()
+    env.pop("PYTHONUNBUFFERED", None)
+    if not buffered:
+        env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), *args],
+                          stdout=stdout, stderr=subprocess.PIPE, text=True, env=env, cwd=REPO, timeout=60)
+
+
+@pytest.mark.parametrize("buffered", [False, True])
+def test_an_output_that_cannot_be_written_is_one_line(daemon, buffered: bool) -> None:
+    """stdout on a full device: one line naming the problem, exit 1 (it was an OSError traceback, and
+    buffered, "Exception ignored" and exit 120); stdout's reader gone (`| head -0`): a quiet end."""
+    proc, sock, cfg = daemon
+    n = request(str(sock), "stats")["daemon"]["reloads"]
+    commands = (("stats",), ("stats", "--json"), ("pools",), ("pools", "--json"), ("reload",))
+    for args in commands:
+        with open("/dev/full", "w") as full:
+            r = _ctl_into(sock, full.fileno(), *args, buffered=buffered)
+        assert r.returncode == 1, (args, r.stderr)
+        assert r.stderr == "recmgctl: cannot write the output: No space left on device\n", (args, r.stderr)
+    for args in commands:
+        rfd, wfd = os.pipe()
+        os.close(rfd)  # the reader is gone before anything is written
+        try:
+            r = _ctl_into(sock, wfd, *args, buffered=buffered)
+        finally:
+            os.close(wfd)
+        assert r.returncode == 0 and r.stderr == "", (args, r.stderr)
+    # the reloads were done all the same: only their line was lost
+    assert request(str(sock), "stats")["daemon"]["reloads"] == n + 2
+    alive(proc, sock)

@@ -9,6 +9,9 @@ import os
 import re
 import shutil
 import signal
+import socket
+import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -23,9 +26,10 @@ from ports import free_port
 import recmgd.pool as pool_mod
 from recmgd.cli.recmgctl import format_stats
 from recmgd.daemon import config
+from recmgd.daemon.control import ControlServer
 from recmgd.daemon.notify import Notifier
 from recmgd.daemon.service import Daemon
-from recmgd.errors import PoolLockedError
+from recmgd.errors import PoolLockedError, RecmgError
 from recmgd.policy import Decision, Policy, StepView, register
 
 
@@ -152,7 +156,8 @@ def test_pools_come_and_go_and_dead_apps_are_released(tmp_path: Path, restore_si
 
 def test_stuck_rates_and_status(tmp_path: Path, restore_signals: None) -> None:
     sock = tmp_path / "s.sock"
-    d, _, n = make(tmp_path, f'pools = []\n[control]\nsocket = "{sock}"\n[policy]\nname = "lru"\n')
+    d, _, n = make(tmp_path, f'pools = ["recmgd-svc-none"]\n[control]\nsocket = "{sock}"\n'
+                             '[policy]\nname = "lru"\n')
     try:
         t0 = time.monotonic()
         d.tick()
@@ -479,3 +484,75 @@ def test_a_pool_bumping_its_repairs_is_attached_again_at_most_so_often(tmp_path:
     finally:
         d.shutdown()
         app.destroy()
+
+
+def _busy_port() -> tuple[socket.socket, int]:
+    """A loopback port something listens on (the metrics listener cannot have it)."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen()
+    return s, int(s.getsockname()[1])
+
+
+def test_a_failed_start_leaves_no_control_socket(tmp_path: Path, restore_signals: None) -> None:
+    """The metrics address is taken: setup fails with its one line, and the control socket it had opened
+    is gone, with the directories it made for it; the same configuration starts once the port is free
+    (a clean stop removes the same)."""
+    held, port = _busy_port()
+    sock = tmp_path / "run" / "sub" / "c.sock"
+    cfg_path = tmp_path / "d.toml"
+    cfg_path.write_text(f'pools = ["nothing-here"]\n[control]\nsocket = "{sock}"\n'
+                        f'[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=RecordingNotifier())
+    try:
+        with pytest.raises(RecmgError, match=rf"^metrics: cannot listen on 127\.0\.0\.1:{port}: "):
+            d.setup()
+    finally:
+        held.close()
+    assert not (tmp_path / "run").exists() and d.control is None
+    d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=RecordingNotifier())
+    d.setup()
+    try:
+        assert sock.exists()
+    finally:
+        d.shutdown()
+    assert not (tmp_path / "run").exists()
+
+
+def test_recmgd_that_cannot_start_removes_its_socket(tmp_path: Path) -> None:
+    """The audit's case, as the process runs: `recmgd --foreground` whose metrics port is in use exits 1
+    with the one line, and leaves no control socket (a stale one stayed)."""
+    from test_daemon_plugin import daemon_env
+
+    held, port = _busy_port()
+    (tmp_path / "d").mkdir()
+    sock = tmp_path / "d" / "c.sock"
+    cfg = tmp_path / "x.toml"
+    cfg.write_text(f'pools = ["x"]\n[control]\nsocket = "{sock}"\n[metrics]\nlisten = "127.0.0.1:{port}"\n')
+    try:
+        r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgd_main", "--config", str(cfg),
+                            "--foreground"], capture_output=True, text=True, env=daemon_env(), timeout=120)
+    finally:
+        held.close()
+    assert r.returncode == 1, r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("recmgd: error:")]
+    assert errors == [f"recmgd: error: metrics: cannot listen on 127.0.0.1:{port}: Address already in use"], \
+        r.stderr
+    assert "Traceback" not in r.stderr
+    assert os.listdir(tmp_path / "d") == []  # the directory it did not make stays
+
+
+def test_a_control_socket_whose_group_cannot_be_set_is_not_left(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """ControlServer.open binds, then sets the group: when that fails (a group the daemon's user is
+    not in), the socket file it bound and the directories it made are removed."""
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "chown", refuse)
+    sock = tmp_path / "a" / "b" / "c.sock"
+    srv = ControlServer(str(sock), 0o660, lambda cmd, args: None, group="daemon")
+    with pytest.raises(RecmgError, match="cannot set group 'daemon'"):
+        srv.open()
+    assert not (tmp_path / "a").exists()
+    srv.close()

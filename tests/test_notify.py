@@ -18,6 +18,9 @@ from test_daemon_plugin import NotifySocket, daemon_env, start_daemon, stop_daem
 from recmgd.daemon import notify
 from recmgd.daemon.control import CommandError, request
 
+#: a pool that never appears: the daemon runs with none attached (`pools = []` is refused)
+NO_POOLS = "pools = ['recmgd-notify-none']\n"
+
 
 def kinds(messages: list[str]) -> list[str]:
     """The protocol events in order (WATCHDOG pings and bare STATUS updates left out)."""
@@ -35,7 +38,7 @@ def test_notify_protocol(tmp_path: Path) -> None:
     sock = tmp_path / "ctl.sock"
     stall = tmp_path / "stall"
     cfg = write_config(tmp_path / "recmgd.toml", "", socket_path=sock,
-                       extra_top="pools = []\nstatus_interval = 0.2\n")
+                       extra_top=f"{NO_POOLS}status_interval = 0.2\n")
     env = daemon_env({"NOTIFY_SOCKET": ns.path, "WATCHDOG_USEC": "300000",
                       "RECMGD_TEST_STALL_FILE": str(stall)})
     proc = start_daemon(cfg, env)
@@ -71,7 +74,7 @@ def test_notify_protocol(tmp_path: Path) -> None:
 
         # SIGHUP with a good new config: RELOADING=1 + MONOTONIC_USEC, then READY=1
         write_config(cfg, "", socket_path=sock,
-                     extra_top="pools = []\nstatus_interval = 0.2\nlog_level = 'debug'\n")
+                     extra_top=f"{NO_POOLS}status_interval = 0.2\nlog_level = 'debug'\n")
         before = notify.monotonic_usec()
         proc.send_signal(signal.SIGHUP)
         msg = ns.wait_for("RELOADING=1")
@@ -94,7 +97,7 @@ def test_notify_protocol(tmp_path: Path) -> None:
 
         # `recmgctl reload` that moves the control socket: answered on the old one, served on the new one
         sock2 = tmp_path / "ctl2.sock"
-        write_config(cfg, "", socket_path=sock2, extra_top="pools = []\nstatus_interval = 0.2\n")
+        write_config(cfg, "", socket_path=sock2, extra_top=f"{NO_POOLS}status_interval = 0.2\n")
         assert request(str(sock), "reload")["reloads"] == 2
         ns.wait_for("READY=1")
         assert request(str(sock2), "stats")["daemon"]["last_reload_error"] is None
@@ -187,7 +190,7 @@ def test_reload_of_a_config_that_made_the_decoder_raise(tmp_path: Path) -> None:
     the STATUS= text never holds a second field."""
     ns = NotifySocket(tmp_path / "notify.sock")
     sock = tmp_path / "ctl.sock"
-    top = "pools = []\nstatus_interval = 0.2\n"
+    top = f"{NO_POOLS}status_interval = 0.2\n"
     cfg = write_config(tmp_path / "recmgd.toml", "", socket_path=sock, extra_top=top)
     good = cfg.read_text()
     proc = start_daemon(cfg, daemon_env({"NOTIFY_SOCKET": ns.path}))

@@ -25,7 +25,7 @@ from test_daemon_plugin import daemon_env, shut_down, start_daemon, wait_socket
 
 import recmgd.pool as pool_mod
 from recmgd.daemon.control import CommandError, request
-from recmgd.daemon.record import BatchSplitter
+from recmgd.daemon.record import MIN_MAX_BYTES, BatchSplitter, Recorder, trace_bytes
 from recmgd.trace import open_trace
 
 AMAZON = "amazon_video.trace"
@@ -348,3 +348,102 @@ def test_record_pool_removed_midway(daemon, tmp_path: Path) -> None:
     got = recorded_batches(out)
     assert len(got) == 20 and all(np.array_equal(g, s) for g, s in zip(got, sent, strict=True))
     assert d.poll() is None
+
+
+def test_recorder_whose_cap_holds_no_batch_fails(tmp_path: Path) -> None:
+    """The writer's side: a cap that holds not even the first batch fails the recording with one line
+    (the file truncated to nothing); it completed an empty trace, "done (size cap)"."""
+    end = np.uint64(1) << np.uint64(62)
+    path = tmp_path / "t.rtrace"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    rec = Recorder("p", fd, max_bytes=100, label=str(path))
+    rec(np.append(np.arange(64, dtype=np.uint64), end), 0)
+    rec.stop()
+    assert rec.wait(30)
+    st = rec.status()
+    assert st["state"] == "failed" and st["batches"] == 0, st
+    assert st["error"] == ("the size cap of 100 bytes holds no batch: the first has 64 lookups, a trace of "
+                           f"{trace_bytes(64, 1)} bytes")
+    assert path.stat().st_size == 0
+    # a cap that holds the first batch: done, with the batches that fit
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    rec = Recorder("p", fd, max_bytes=trace_bytes(64, 1), label=str(path))
+    rec(np.concatenate([np.arange(64, dtype=np.uint64), [end], np.arange(64, dtype=np.uint64), [end]]), 0)
+    assert rec.wait(30)
+    st = rec.status()
+    assert st["state"] == "done" and st["reason"] == "size cap" and st["batches"] == 1, st
+    assert path.stat().st_size == trace_bytes(64, 1)  # (the writer closed the descriptor)
+
+
+def test_record_cap_too_small(daemon, tmp_path: Path) -> None:
+    """--max-mb below one lookup's trace (88 bytes) is a usage error naming the minimum, before the
+    daemon is asked (and the daemon's own check names it too); a cap above it that holds no batch of
+    the pool's (64 lookups) ends the recording with one line, exit 1, no file (it wrote an empty
+    trace and exited 0: "recorded 0 lookups in 0 batches (size cap)")."""
+    sock, name, _ = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        target = tmp_path / "t.rtrace"
+        r = recmgctl(sock, "record", name, str(target), "--max-mb", "0.00005")
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 2 and out == ""
+        assert err == ("recmgctl: error: record: argument --max-mb: 5e-05 MB holds no batch (the smallest "
+                       f"cap is 0.000088 MB, {MIN_MAX_BYTES} bytes: a trace of one lookup) "
+                       "(see recmgctl --help)\n")
+        assert MIN_MAX_BYTES == 88
+        with pytest.raises(CommandError, match=r"'max_bytes': 87 bytes holds no batch \(the smallest cap is "
+                                               r"88 bytes"):
+            request(str(sock), "record", {"pool": name, "max_bytes": 87})
+        r = recmgctl(sock, "record", name, str(target), "--max-mb", "0.0001", "--seconds", "60")
+        wait_recording(sock, name)
+        rng = np.random.default_rng(3)
+        deadline = time.monotonic() + 60
+        while r.poll() is None and time.monotonic() < deadline:
+            pool.embedding_bag(0, rng.integers(0, 1000, 64), np.arange(64))
+            pool.end_batch()
+            time.sleep(0.002)
+        out, err = r.communicate(timeout=60)
+        assert r.returncode == 1, (out, err)
+        assert err == ("recmgctl: record: the size cap of 100 bytes holds no batch: the first has 64 "
+                       "lookups, a trace of 592 bytes; no file was kept\n")
+        assert out == "" and sorted(p.name for p in tmp_path.iterdir()) == ["ctl.sock", "d.toml"]
+        assert pstats(sock, name)["recording"]["state"] == "failed"
+    finally:
+        pool.close()
+
+
+FULL = "recmgctl: cannot write the output: No space left on device\n"
+
+
+def test_record_and_pause_into_a_full_stdout(daemon, tmp_path: Path) -> None:
+    """stdout on a full device: recmgctl record keeps its complete trace and says in one line that its
+    summary could not be written (exit 1); pause and resume are done and say the same (each was an
+    OSError traceback)."""
+    sock, name, _ = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        target = tmp_path / "t.rtrace"
+        with open("/dev/full", "w") as full:
+            r = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock),
+                                  "record", name, str(target), "--lookups", str(5 * 64)],
+                                 env=daemon_env(), stdout=full, stderr=subprocess.PIPE, text=True)
+        wait_recording(sock, name)
+        sent = [np.arange(64) + i for i in range(5)]
+        for ids in sent:
+            pool.embedding_bag(0, ids, np.arange(64))
+            pool.end_batch()
+        _, err = r.communicate(timeout=60)
+        assert r.returncode == 1 and err == FULL
+        got = recorded_batches(target)
+        assert [g.tolist() for g in got] == [s.tolist() for s in sent]
+        for cmd, paused in (("pause", True), ("resume", False)):
+            with open("/dev/full", "w") as full:
+                r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), cmd,
+                                    name], env=daemon_env(), stdout=full, stderr=subprocess.PIPE, text=True,
+                                   timeout=60)
+            assert r.returncode == 1 and r.stderr == FULL
+            assert pstats(sock, name)["paused"] is paused
+    finally:
+        pool.close()

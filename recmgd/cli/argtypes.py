@@ -1,6 +1,8 @@
-"""The ``type=`` functions of recmg's flags and the checks of its paths, shared by the subcommands.
+"""The ``type=`` functions of recmg's flags, the checks of its paths and its parser, shared by the
+subcommands.
 
-A bad number is an argparse usage error (exit 2, one line naming the flag, the value and the range);
+A bad number is an argparse usage error (exit 2, one line naming the flag, the value and the range:
+:class:`OneLineParser`, whose ``error`` prints no usage block);
 a path that cannot serve (an output folder that is not one, a --current that holds no checkpoint) is a
 RecmgError (one line, exit 1), raised before any work is done.
 """
@@ -13,9 +15,20 @@ import os
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from recmgd.errors import RecmgError
 from recmgd.keys import MAX_ROWS
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with a one-line usage error, ``PROG: error: PROBLEM (see PROG --help)``, exit status 2
+    (argparse's own prints the whole usage block first). The subparsers of one are of its class too
+    (argparse makes them with the parent's class), so ``PROG`` names the subcommand: ``recmg train``."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
 
 #: a value shown in a message: at most this many characters of it
 _SHOW = 40

@@ -96,7 +96,6 @@ def _check_paths(args: argparse.Namespace) -> None:
     """--current, --out and --result, before anything is read or trained (RecmgError, one line); nothing
     is made in --current, not even the probe of a writable folder."""
     from recmgd.models import checkpoint
-    from recmgd.models.granularity import checkpoint_config
 
     if args.current:
         try:
@@ -112,7 +111,7 @@ def _check_paths(args: argparse.Namespace) -> None:
     check_output_file(args.result, "--result")
     check_output_dir(args.out, "--out")
     try:
-        checkpoint_config(args.out)  # an earlier candidate is replaced; other files are never overwritten
+        checkpoint.check_save_dir(args.out)  # an earlier candidate is replaced; other files never are
     except ModelError as exc:
         raise RecmgError(f"--out {exc}") from None
 

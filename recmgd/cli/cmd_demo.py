@@ -91,7 +91,9 @@ def main(args: argparse.Namespace) -> int:
         return _fail(f"--loads: numbers, got {args.loads!r}")
     if not loads or any(not 0 < x <= 2 for x in loads):
         return _fail("--loads: shares in (0, 2]")
-    systems = [s for s in args.systems.split(",") if s]
+    systems = [s.strip() for s in args.systems.split(",") if s.strip()]
+    if not systems:
+        return _fail(f"--systems: no system named; use one or more of {', '.join(SYSTEMS)}")
     bad = [s for s in systems if s not in SYSTEMS]
     if bad:
         return _fail(f"--systems: unknown {', '.join(bad)}; use {', '.join(SYSTEMS)}")

@@ -159,6 +159,10 @@ def main(args: argparse.Namespace) -> int:
         print(f"recmg sim: --pages needs 0 < --row-bytes <= --page-bytes, got {args.row_bytes} and "
               f"{args.page_bytes}", file=sys.stderr)
         return 2
+    if not names and not page_names:
+        print(f"recmg sim: --policies: no policy named; give a comma-separated list of "
+              f"{', '.join(policy_names())} (or --pages)", file=sys.stderr)
+        return 2
     if "belady" in page_names:
         print("recmg sim: --pages belady: the lookahead reference runs on rows only", file=sys.stderr)
         return 2

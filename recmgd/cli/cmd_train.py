@@ -178,7 +178,7 @@ class _Bar:
 
 def main(args: argparse.Namespace) -> int:
     from recmgd.models import checkpoint
-    from recmgd.models.granularity import Granularity, checkpoint_config
+    from recmgd.models.granularity import Granularity
     from recmgd.models.train import train_models
 
     if args.row_bytes is not None and args.page_bytes is None:
@@ -208,10 +208,10 @@ def main(args: argparse.Namespace) -> int:
               "or a limit of at least one byte", file=sys.stderr)
         return 2
     # --out: a new directory, an empty one, or a checkpoint (replaced whole when training is done); never
-    # files of another kind, which the checkpoint's would overwrite
+    # files of another kind, nor another program's config.json, which the checkpoint's would overwrite
     check_output_dir(args.out, "--out")
     try:
-        checkpoint_config(args.out)
+        checkpoint.check_save_dir(args.out)
     except ModelError as exc:
         raise ModelError(f"--out {exc}") from None
     cfg = TrainConfig(epochs=args.epochs, batch=args.batch, seed=args.seed, prefetch_loss=args.loss)

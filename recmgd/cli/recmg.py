@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import signal
 import sys
-from typing import TextIO
 
-from recmgd.cli import signals
+from recmgd.cli import output, signals
+from recmgd.cli.argtypes import OneLineParser
 from recmgd.errors import RecmgError
 
 # subcommand -> (module, help)
@@ -26,7 +25,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | None]:
     """The parser; only the chosen subcommand's module is imported (some pull in torch)."""
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="recmg", description="Offline work on traces and models: convert and inspect traces, simulate "
         "policies, train and score RecMG's models, run the demo."
     )
@@ -46,50 +45,6 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
             continue
         module.set_argparser(sp)
     return parser, module
-
-
-class _StdoutError(Exception):
-    """A write to stdout failed (not a broken pipe): the output is lost; one line, exit 1."""
-
-    def __init__(self, exc: OSError) -> None:
-        super().__init__(exc.strerror or str(exc))
-
-
-class _Stdout:
-    """sys.stdout, with a write error (a full disk, an I/O error) raised as _StdoutError, so that it is
-    told from the OSErrors of the files a subcommand reads and writes."""
-
-    def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
-
-    def write(self, text: str) -> int:
-        try:
-            return self._stream.write(text)
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _StdoutError(exc) from None
-
-    def flush(self) -> None:
-        try:
-            self._stream.flush()
-        except BrokenPipeError:
-            raise
-        except OSError as exc:
-            raise _StdoutError(exc) from None
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._stream, name)
-
-
-def _drop_stdout() -> None:
-    """Point fd 1 at /dev/null: what stdout still buffers goes nowhere at exit, with no second error."""
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
-        os.close(devnull)
-    except (OSError, ValueError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -120,23 +75,15 @@ def _main(argv: list[str] | None) -> int:
     if mod is None:
         print(f"recmg {args.command}: not yet available", file=sys.stderr)
         return 2
-    stdout = sys.stdout
-    sys.stdout = _Stdout(stdout)  # type: ignore[assignment]
-    try:
-        rc = int(mod.main(args) or 0)
-        sys.stdout.flush()
-        return rc
-    except RecmgError as exc:
-        print(f"recmg {args.command}: error: {exc}", file=sys.stderr)
-        return 1
-    except _StdoutError as exc:
-        print(f"recmg: cannot write the output: {exc}", file=sys.stderr)
-        _drop_stdout()
-        return 1
-    except BrokenPipeError:
-        return 0
-    finally:
-        sys.stdout = stdout
+
+    def run() -> int:
+        try:
+            return int(mod.main(args) or 0)
+        except RecmgError as exc:
+            print(f"recmg {args.command}: error: {exc}", file=sys.stderr)
+            return 1
+
+    return output.guarded("recmg", run)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """`recmgctl`: talk to a running recmgd over its control socket.
 
-Exit status: 0 on success, 1 when the daemon answered with an error, 2 on a usage error, 3 when the
-daemon cannot be reached (not running, or no permission on the socket).
+Exit status: 0 on success (also when stdout's reader has gone: `| head`), 1 when the daemon answered
+with an error or the output cannot be written (one line: "recmgctl: cannot write the output: ..."), 2 on
+a usage error, 3 when the daemon cannot be reached (not running, or no permission on the socket).
 """
 
 from __future__ import annotations
@@ -13,10 +14,11 @@ import math
 import os
 import sys
 import time
-from typing import Any, NoReturn, TextIO
+from typing import Any, TextIO
 
 from recmgd.cli import signals
-from recmgd.cli.argtypes import count, number
+from recmgd.cli.argtypes import OneLineParser, count, number
+from recmgd.cli.output import guarded
 from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import CommandError, ControlBusy, ControlUnavailable, request
 from recmgd.fileout import whole_fd, write_reason
@@ -31,13 +33,6 @@ TABLE_COLUMNS = (
     ("prefetch_useful", "pf useful"), ("prefetch_late", "pf late"), ("hint_fetched", "hints"),
     ("evictions", "evictions"), ("fills", "fills"), ("slow_bytes", "slow MB"),
 )
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse with a one-line usage error (``recmgctl: PROBLEM``), exit status 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
 
 
 class _DaemonCapHelp(str):
@@ -65,7 +60,7 @@ def positive_seconds(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="recmgctl", description="Query and steer a running recmgd.")
+    p = OneLineParser(prog="recmgctl", description="Query and steer a running recmgd.")
     p.add_argument("--socket", metavar="PATH", default=os.environ.get("RECMGD_SOCKET", DEFAULT_SOCKET),
                    help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
     p.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer")
@@ -226,11 +221,23 @@ def format_pools(pools: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _max_bytes(max_mb: float) -> int:
+    """--max-mb in bytes (MB of 10^6 bytes)."""
+    return int(round(max_mb * 1e6))
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "record" and args.max_mb is not None:
+        from recmgd.daemon.record import MIN_MAX_BYTES
+
+        if _max_bytes(args.max_mb) < MIN_MAX_BYTES:  # no batch fits: refused before the daemon is asked
+            parser.error(f"record: argument --max-mb: {args.max_mb:g} MB holds no batch (the smallest cap is "
+                         f"{MIN_MAX_BYTES / 1e6:.6f} MB, {MIN_MAX_BYTES} bytes: a trace of one lookup)")
     with signals.raised():
-        try:
-            return _run(args)
+        try:  # stdout that cannot be written: one line, exit 1; a closed pipe: a quiet end
+            return guarded("recmgctl", lambda: _run(args))
         except ControlUnavailable as exc:
             print(f"recmgctl: {exc}", file=sys.stderr)
             return 3
@@ -243,8 +250,6 @@ def main(argv: list[str] | None = None) -> int:
         except signals.Terminated:
             signals.landed()
             return 143
-        except BrokenPipeError:
-            return 0
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -327,7 +332,7 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
     rargs: dict[str, Any] = {"pool": args.pool, "action": "start", "lookups": args.lookups,
                              "seconds": args.seconds, "path": path}
     if args.max_mb is not None:
-        rargs["max_bytes"] = int(args.max_mb * 1e6)
+        rargs["max_bytes"] = _max_bytes(args.max_mb)
     request(sock, "record", rargs, timeout=timeout, fds=(fd,))
     status: dict[str, Any] = {}
     interrupted = stop_sent = busy_told = False

@@ -1,7 +1,9 @@
 """`recmgd`: the tiered-memory daemon (run by systemd as recmgd.service, Type=notify).
 
 It never forks: systemd (or the shell) supervises it. Exit status: 0 after a clean stop (SIGTERM,
-SIGINT), 1 when it cannot start (the reason on one line of stderr), 2 on a usage error.
+SIGINT), 1 when it cannot start (the reason on one line of stderr; whatever it made for the start, its
+control socket, is removed), 2 on a usage error. `--check-config` says so on stdout, or one line on stderr
+when stdout cannot be written (exit 1; quietly when its reader has gone).
 """
 
 from __future__ import annotations
@@ -17,12 +19,14 @@ import sys
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
+from recmgd.cli.argtypes import OneLineParser  # noqa: E402
+from recmgd.cli.output import guarded  # noqa: E402
 from recmgd.daemon.config import DEFAULT_PATH, LOG_LEVELS  # noqa: E402
 from recmgd.errors import RecmgError  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="recmgd", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p = OneLineParser(prog="recmgd", description=__doc__.splitlines()[0].split(": ", 1)[1])
     p.add_argument("--config", metavar="PATH",
                    help=f"configuration file (default {DEFAULT_PATH}; built-in defaults if absent)")
     p.add_argument("--foreground", action="store_true",
@@ -34,6 +38,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--check-config", action="store_true",
                    help="validate the configuration (and its policies) and exit")
     return p
+
+
+def _say(line: str) -> int:
+    print(line)
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -56,8 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         except RecmgError as exc:
             print(f"recmgd: error: {exc}", file=sys.stderr)
             return 1
-        print(f"recmgd: {cfg.path}: configuration is valid")
-        return 0
+        return guarded("recmgd", lambda: _say(f"recmgd: {cfg.path}: configuration is valid"))
     try:  # started anyway (a checkpoint may be installed later: pools are attached when it loads)
         config_mod.check_models(cfg, load=False)
     except RecmgError as exc:

@@ -26,6 +26,7 @@ import dataclasses
 import ipaddress
 import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -457,6 +458,27 @@ class _Decoder:
             raise self.fail("state_dir", f"impossible value {show(value)} (must be an absolute path)")
         return value
 
+    def check_state_dir(self, path: str) -> None:
+        """(When retraining uses it.) ``state_dir``, or the nearest of its parents that exists, is a
+        directory: a regular file there would fail only at the first retrain, when the directory
+        is made."""
+        up = path
+        while True:
+            try:
+                st = os.stat(up)
+                break
+            except (FileNotFoundError, NotADirectoryError):  # (a file above it: found further up)
+                parent = os.path.dirname(up)
+                if parent == up:
+                    return
+                up = parent
+            except OSError:  # no permission to look (--check-config run by another user): the daemon's
+                return
+        if not stat.S_ISDIR(st.st_mode):
+            where = "exists" if up == path else f"{up} exists"
+            raise self.fail("state_dir", f"impossible value {show(path)} ({where} and is not a directory; "
+                            "retraining keeps its windows and models under it)")
+
     def document(self, doc: Mapping[str, Any]) -> Config:
         top = {"log_level", "interval", "step_mode", "pools", "fill_rows_per_s", "fill_mb_per_s",
                "max_drain", "coalesce", "early_admit", "status_interval", "app_check_interval", "plugins",
@@ -470,6 +492,9 @@ class _Decoder:
         raw_pools = doc.get("pools", "all")
         if raw_pools == "all":
             pools: tuple[str, ...] | None = None
+        elif raw_pools == []:
+            raise self.fail("pools", 'impossible value [] (no pool to drive; omit `pools` for its default, '
+                            '"all": every pool that appears)')
         elif isinstance(raw_pools, list) and all(isinstance(v, str) and v for v in raw_pools):
             pools = tuple(raw_pools)
             for name in pools:
@@ -491,7 +516,13 @@ class _Decoder:
             problem = pool_name_problem(name)
             if problem:
                 raise self.fail(where, f"impossible pool name ({problem})")
+            if pools is not None and name not in pools:  # a typo: its pool would run [policy] unnoticed
+                raise self.fail(where, f"pool {show(name)} is not in `pools` (pools = {show(list(pools))}): "
+                                "add it there, or name a listed pool")
             pool_policies[name] = self.policy(sect, where + ".", policy, pages_ok=True)
+        state_dir = self.state_dir(doc, d.state_dir)
+        if any(pc.retrain_every for pc in (policy, *pool_policies.values())):
+            self.check_state_dir(state_dir)
         return Config(
             path=self.path,
             log_level=log_level,
@@ -508,7 +539,7 @@ class _Decoder:
             app_check_interval=self.number(doc, "app_check_interval", "", d.app_check_interval, 0.0, 3600.0,
                                            lo_open=True),
             plugins=self.string_list(doc, "plugins", ""),
-            state_dir=self.state_dir(doc, d.state_dir),
+            state_dir=state_dir,
             serve_users=self.names(doc, "serve_users", "", "user"),
             serve_groups=self.names(doc, "serve_groups", "", "group"),
             control=self.control(self.table(doc, "control", "")),

@@ -165,6 +165,7 @@ class ControlServer:
         self._queue: collections.deque[int] = collections.deque()
         self.budget_s = POLL_BUDGET
         self.listener: socket.socket | None = None
+        self._made_dirs: list[str] = []  # the directories open() made for the socket (the deepest first)
         self.requests = 0
         self.errors = 0
         self._fds: list[int] = []  # the descriptors passed with the request being handled
@@ -181,10 +182,17 @@ class ControlServer:
         """Bind and listen; a stale socket file is replaced, a live daemon's is an error."""
         d = os.path.dirname(self.path)
         if d and not os.path.isdir(d):
+            missing = []  # the directories made here, the deepest first: close() removes them
+            up = d
+            while up and not os.path.lexists(up):
+                missing.append(up)
+                up = os.path.dirname(up)
             try:
                 os.makedirs(d, mode=0o755, exist_ok=True)
             except OSError as exc:
+                self._remove_dirs(missing)
                 raise RecmgError(f"control socket {self.path}: cannot create {d}: {exc.strerror}") from None
+            self._made_dirs = missing
         if os.path.lexists(self.path):
             st = os.lstat(self.path)
             if not stat.S_ISSOCK(st.st_mode):
@@ -205,15 +213,37 @@ class ControlServer:
             sock.bind(self.path)
         except OSError as exc:
             sock.close()
+            self._remove_dirs(self._made_dirs)
             raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
-        self.apply_access(self.mode, self.group)
-        sock.listen(LISTEN_BACKLOG)
-        sock.setblocking(False)
+        try:
+            self.apply_access(self.mode, self.group)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:  # (a group it cannot set): no socket file left behind
+            sock.close()
+            self._unlink()
+            self._remove_dirs(self._made_dirs)
+            raise
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
         log.info("control socket at %s (mode %o)", self.path, self.mode)
+
+    def _unlink(self) -> None:
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _remove_dirs(dirs: list[str]) -> None:
+        """Remove the directories open() made (the deepest first), those that are still empty."""
+        for d in dirs:
+            try:
+                os.rmdir(d)
+            except OSError:
+                return
 
     def apply_access(self, mode: int, group: str) -> None:
         """Set the socket file's mode and group."""
@@ -234,10 +264,9 @@ class ControlServer:
             self.sel.unregister(self.listener)
             self.listener.close()
             self.listener = None
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            self._unlink()
+            self._remove_dirs(self._made_dirs)
+            self._made_dirs = []
         self.sel.close()
 
     def add_reader(self, fileobj: socket.socket, callback: Callable[[], None]) -> None:

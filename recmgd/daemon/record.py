@@ -69,6 +69,11 @@ def trace_bytes(lookups: int, batches: int) -> int:
     return HEADER.size + 8 * lookups + 8 * (batches + 1)
 
 
+#: the smallest size cap a recording takes (bytes): a trace of one batch of one lookup. A cap below it
+#: holds no batch at all; a recording whose cap holds not even its first batch fails (one line)
+MIN_MAX_BYTES = trace_bytes(1, 1)
+
+
 class BatchSplitter:
     """Per ring, the lookups of each batch that ends, in the order the batches end.
 
@@ -365,6 +370,10 @@ class Recorder:
         room = (self.max_bytes - trace_bytes(self.n_lookups, self.n_batches)) // 8
         fits = np.cumsum(lengths[:n]) + np.arange(1, n + 1)
         m = int(np.searchsorted(fits, room, side="right"))
+        if m == 0 and n and not self.n_batches:  # not even the first batch: an empty trace is no recording
+            self._fail(f"the size cap of {self.max_bytes} bytes holds no batch: the first has "
+                       f"{int(lengths[0])} lookups, a trace of {trace_bytes(int(lengths[0]), 1)} bytes")
+            return
         if m < n:
             n = m
             self.stop("size cap")
@@ -497,8 +506,9 @@ class PoolStream:
         lookups = _count_arg(args, "lookups", 0)
         seconds = _seconds_arg(args, "seconds")
         max_bytes = _count_arg(args, "max_bytes", DEFAULT_MAX_BYTES)
-        if max_bytes < trace_bytes(0, 1) + 8:
-            raise CommandError(f"argument 'max_bytes': {max_bytes} holds not even one lookup")
+        if max_bytes < MIN_MAX_BYTES:
+            raise CommandError(f"argument 'max_bytes': {max_bytes} bytes holds no batch (the smallest cap is "
+                               f"{MIN_MAX_BYTES} bytes, a trace of one lookup)")
         label = args.get("path", "")
         if not isinstance(label, str) or len(label) > 4096:
             raise CommandError("argument 'path': expected the file's name (a string)")

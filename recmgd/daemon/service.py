@@ -712,6 +712,16 @@ class Daemon:
     # -- main loop -----------------------------------------------------------------------------
 
     def setup(self) -> None:
+        """Open the control socket and the metrics listener, attach the pools, say READY. A start that
+        fails removes what it made (the control socket, the metrics listener, attached pools) before the
+        error goes on: the next start finds things as they were."""
+        try:
+            self._setup()
+        except BaseException:
+            self._release()
+            raise
+
+    def _setup(self) -> None:
         self._install_signals()
         c = self.cfg.control
         self.control = ControlServer(c.socket, c.mode, self.handle, c.max_request, c.group)
@@ -853,6 +863,11 @@ class Daemon:
     def shutdown(self) -> None:
         self.notifier.stopping()
         log.info("stopping")
+        self._release()
+
+    def _release(self) -> None:
+        """Detach every pool, close the control socket (its file removed) and the metrics listener, and
+        stop taking signals on the wakeup socket: at a stop, and after a start that failed."""
         for name in list(self.pools):
             self._detach(name, "stopping")
         self._close_retired()

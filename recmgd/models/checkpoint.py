@@ -37,7 +37,7 @@ from recmgd.fileout import PartlyReplaced, whole_files, write_reason
 from recmgd.models import ckfiles, hazard
 from recmgd.models.ckfiles import GENERATION, Npz
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
-from recmgd.models.granularity import CONFIG_FILE, Granularity, from_config
+from recmgd.models.granularity import CONFIG_FILE, Granularity, checkpoint_config, from_config
 from recmgd.models.numpy_nets import NumpyCacheNet, NumpyPrefetchNet
 from recmgd.models.train_config import TrainConfig, Trained
 
@@ -104,14 +104,13 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
             infer.update({f"prefetch.{k}": v for k, v in NumpyPrefetchNet(trained.prefetch).arrays().items()})
     _check_finite(d, weights, keys, infer)
     keys[GENERATION] = infer[GENERATION] = np.asarray(gen)
-    try:
-        d.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ModelError(f"{d}: cannot make the checkpoint directory ({write_reason(exc)})") from None
+    made = _make_dirs(d)
     # all four files or none: a checkpoint cut short (a full disk) must not leave new weights beside an
     # old config, nor a half-written file; config.json is put in place last. The folder's files are the
-    # checkpoint's own: a symbolic link there is replaced, never written through to a file outside it
+    # checkpoint's own: a symbolic link there is replaced, never written through to a file outside it.
+    # On any failure the folders this save made are removed again (one that was there is left as it was)
     files = [WEIGHTS_FILE, KEYS_FILE, INFERENCE_FILE, CONFIG_FILE]
+    saved = False
     try:
         with whole_files([d / f for f in files], replace_entries=True) as (w_pt, k_npz, i_npz, c_json):
             with open(w_pt, "wb") as fh:  # a file object: torch then reports the OSError behind a failure
@@ -121,15 +120,54 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
             with open(i_npz, "wb") as fh:
                 np.savez(fh, **infer)
             c_json.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        saved = True
     except PartlyReplaced as exc:
         raise ModelError(f"{d}: cannot write the checkpoint ({write_reason(exc)}); some of its files are new "
                          "and could not be put back, so it is refused until it is saved again") from None
     except (OSError, RuntimeError) as exc:
-        raise ModelError(f"{d}: cannot write the checkpoint ({write_reason(exc)}); nothing in it was "
-                         "replaced") from None
+        _unmake(made)
+        made = []
+        what = "nothing was kept" if not d.exists() else "nothing in it was replaced"
+        raise ModelError(f"{d}: cannot write the checkpoint ({write_reason(exc)}); {what}") from None
+    finally:
+        if not saved:  # (Ctrl-C, SIGTERM: recmgd.cli.signals raises them here too)
+            _unmake(made)
     log.info("saved checkpoint %s (%s, trained on %s)", d, ", ".join(models),
              (granularity or Granularity.rows()).describe())
     return d
+
+
+def _make_dirs(d: Path) -> list[Path]:
+    """Make checkpoint folder ``d`` and its missing parents; the folders this call made, innermost first
+    (for :func:`_unmake`). ModelError (one line) when one cannot be made, the ones made removed."""
+    missing: list[Path] = []
+    p = d
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    made: list[Path] = []
+    try:
+        for p in reversed(missing):  # outermost first
+            try:
+                p.mkdir()
+            except FileExistsError:
+                continue  # made by someone else meanwhile: not this save's to remove
+            made.insert(0, p)
+        d.mkdir(parents=True, exist_ok=True)  # (there already: only checks that it is a directory)
+    except OSError as exc:
+        _unmake(made)
+        raise ModelError(f"{d}: cannot make the checkpoint directory ({write_reason(exc)})") from None
+    return made
+
+
+def _unmake(made: list[Path]) -> None:
+    """Remove the folders a failed save made (innermost first), each only if empty: a folder someone
+    else has put a file in since is left."""
+    for p in made:
+        try:
+            os.rmdir(p)
+        except OSError as exc:
+            log.debug("%s: not removed (%s)", p, exc.strerror)
 
 
 def _check_finite(d: Path, weights: dict[str, Any], keys: dict[str, np.ndarray],
@@ -167,6 +205,25 @@ def read_config(path: str | os.PathLike[str]) -> dict[str, object]:
     from_config(cfg, str(f))  # a malformed granularity is an error here too
     _check_fields(cfg, str(f))
     return cfg
+
+
+def check_save_dir(path: str | os.PathLike[str]) -> None:
+    """ModelError (one line) unless a checkpoint may be saved into ``path``: a missing or empty directory,
+    or one holding a recmg checkpoint (of any format version: :func:`save` replaces its files whole).
+    Never a directory of other files, nor one whose config.json is another program's (not JSON, or JSON
+    with no ``"format": "recmg-models"``): the save would overwrite it. Nothing is written."""
+    f = checkpoint_config(path)  # (None: missing or empty; ModelError: files and no config.json)
+    if f is None:
+        return
+    keep = ("it is not overwritten: a checkpoint is saved only into a new or empty directory or over a "
+            "checkpoint")
+    try:
+        cfg = ckfiles.read_json(f)
+    except ModelError as exc:
+        raise ModelError(f"{exc}; not a recmg checkpoint's, so {keep}") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        got = cfg.get("format") if isinstance(cfg, dict) else type(cfg).__name__
+        raise ModelError(f"{f}: not a recmg model checkpoint (format {got!r}); {keep}")
 
 
 #: the integer fields of each model in config.json's "models" (each >= 1); other fields are not read
