@@ -254,6 +254,44 @@ def _dead_pid() -> int:
     return dead.pid
 
 
+REPAIRER = """
+import os, sys
+from recmgd.pool import Pool
+os.environ["RECMG_FAULT_KILL_IN_FINISH"] = "1"
+Pool.attach(sys.argv[1], role="daemon").repair()
+"""
+
+
+def test_a_repairer_killed_while_it_finishes_the_row_leaves_it_to_the_next(pool: Pool) -> None:
+    """A writer dies inside a row (half written), and the repairer dies too, half way through finishing
+    that row from the stage (RECMG_FAULT_KILL_IN_FINISH): readers still read the row whole, from the
+    stage (the repairer clears the key only after its copy), and the next repair finishes it. (The key
+    was cleared before the copy: the row stayed half written for good.)"""
+    app = Pool.attach(pool.name)
+    daemon = None
+    try:
+        child = subprocess.run([sys.executable, "-c", KILLED_WRITER, pool.name, str(DIM)], timeout=60)
+        assert child.returncode == -signal.SIGKILL
+        truth = TRUTH.copy()
+        truth[10:20] = 3.0
+        _exact(app, truth)
+        child = subprocess.run([sys.executable, "-c", REPAIRER, pool.name], timeout=60)
+        assert child.returncode == -signal.SIGKILL
+        _exact(app, truth)
+        np.testing.assert_array_equal(app.read_rows(0, np.arange(ROWS)), truth)
+        assert _get_u64(pool.name, STAGED_KEY[0]) != 0  # (left for the next repair)
+        daemon = Pool.attach(pool.name, role="daemon")  # (the dead repairer's place: its attach repairs)
+        daemon.repair()
+        assert _get_u64(pool.name, STAGED_KEY[0]) == 0
+        _exact(app, truth)
+        np.testing.assert_array_equal(app.read_rows(0, np.arange(ROWS)), truth)
+        assert daemon.repair() is False
+    finally:
+        app.close()
+        if daemon is not None:
+            daemon.close()
+
+
 def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> None:
     """The repair writes the staged bytes only into the row the header names whose window is still odd:
     a dead writer that had closed the row's window (the key not yet cleared) leaves the row as written;
@@ -289,6 +327,12 @@ def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> No
             daemon.close()
     finally:
         two.destroy()
+
+
+def _get_u64(name: str, off: int) -> int:
+    with open(SHM / name, "rb") as f:
+        f.seek(off)
+        return struct.unpack("<Q", f.read(8))[0]
 
 
 def _get_u32(name: str, off: int) -> int:

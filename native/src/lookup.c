@@ -1203,8 +1203,7 @@ int recmg_embedding_bags(recmg_pool *p, uint32_t n, const recmg_bag_args *args)
             t->slow_bytes += res[q].slow_bytes;
         }
         if (t->rc) {
-            rc = t->rc;
-            snprintf(p->err, sizeof p->err, "%s", t->err);
+            rc = rc_set(p, t->rc, "%s", t->err);
         } else {
             account(p, &args[k], t);
             ring_count_drops(p, &rr, at[k], args[k].table, args[k].n_ids, RECMG_REC_LOOKUP);

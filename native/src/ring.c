@@ -65,6 +65,11 @@ int ring_claim(recmg_pool *p)
             shm_ring *r = ring_at(p, i);
             int32_t cur = atomic_load_explicit(&r->owner, memory_order_relaxed);
             if (pass == 0 ? cur != 0 : pid_alive(cur)) continue;
+            /* the start time before the pid (and again after): from the moment the ring names this pid,
+             * another handle of this process finds its own start time there and leaves the ring alone
+             * (recmg_release_ring). A claimer that loses the race to another process may leave its
+             * start time on the winner's ring; only the winner's own release calls would read it. */
+            atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
             if (atomic_compare_exchange_strong_explicit(&r->owner, &cur, me, memory_order_acq_rel,
                                                         memory_order_relaxed)) {
                 atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);

@@ -336,7 +336,8 @@ static void slot_write(recmg_pool *p, uint64_t s, const uint64_t *words)
  * the middle of writing its K-th slot (half the row copied, no entry naming it, writer lock held);
  * RECMG_FAULT_KILL_IN_PUBLISH=K in the window that publishes its K-th slot (the row whole, the entry
  * stored, its group's version odd); RECMG_FAULT_KILL_IN_WRITE (set) makes write_rows die in the window
- * of its last row, its copy not written and its slow row half written (memory tiers) or written (SSD). */
+ * of its last row, its copy not written and its slow row half written (memory tiers) or written (SSD);
+ * RECMG_FAULT_KILL_IN_FINISH (set) makes a repair die half way through finishing a staged row. */
 static int64_t fault_point(const char *name)
 {
     const char *e = getenv(name);
@@ -456,19 +457,27 @@ static int stage_read(recmg_pool *p, uint32_t table, int64_t row, const _Atomic 
 }
 
 /* A dead writer's row finished from the stage, if it died inside the row's window (its group's version
- * odd); under the writer lock, before the repair closes the windows. The key is checked against the
- * handle's own geometry (the header is the owner's to write). */
+ * odd); under the writer lock, before the repair closes the windows. The key is cleared only after the
+ * copy (release): until then readers that give up on the window read the stage, after it the whole row,
+ * and a repairer that dies in the copy leaves the key for the next repair to copy again. The key is
+ * checked against the handle's own geometry (the header is the owner's to write). */
 static void stage_finish(recmg_pool *p)
 {
-    const uint64_t key = atomic_exchange_explicit(&p->sh->staged_key, 0, memory_order_relaxed);
+    const uint64_t key = atomic_load_explicit(&p->sh->staged_key, memory_order_relaxed);
     const uint64_t t1 = key >> 40, row = key & ((UINT64_C(1) << 40) - 1);
-    if (t1 == 0 || t1 > p->h->n_tables) return;
-    const tabdesc *t = &p->tables[t1 - 1];
-    if (row >= t->rows || !stage_fits(p, t->row_bytes)) return;
-    if (!(atomic_load_explicit(entry_version(p, t->index_first + row), memory_order_relaxed) & 1u)) return;
-    uint64_t buf[RECMG_STAGE_BYTES / 8];
-    words_load(buf, stage_bytes(p), (t->row_bytes + 7) / 8);
-    memcpy(p->slow + t->slow_off + row * t->row_bytes, buf, t->row_bytes);
+    const tabdesc *t = t1 && t1 <= p->h->n_tables ? &p->tables[t1 - 1] : NULL;
+    if (t && row < t->rows && stage_fits(p, t->row_bytes) &&
+        (atomic_load_explicit(entry_version(p, t->index_first + row), memory_order_relaxed) & 1u)) {
+        uint64_t buf[RECMG_STAGE_BYTES / 8];
+        words_load(buf, stage_bytes(p), (t->row_bytes + 7) / 8);
+        uint8_t *dst = p->slow + t->slow_off + row * t->row_bytes;
+        if (env_flag("RECMG_FAULT_KILL_IN_FINISH")) { /* (tests: the repairer dies half way through) */
+            memcpy(dst, buf, t->row_bytes / 2);
+            raise(SIGKILL);
+        }
+        memcpy(dst, buf, t->row_bytes);
+    }
+    if (key) atomic_store_explicit(&p->sh->staged_key, 0, memory_order_release);
 }
 
 /* How long a reader waits for a window whose holder it cannot see in /proc (hidepid) before it takes the
@@ -925,7 +934,8 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
             }
         }
         window_close(p, e, v);
-        if (stage) atomic_store_explicit(&p->sh->staged_key, 0, memory_order_relaxed);
+        /* (release: a reader that sees the key cleared sees the row written, in C11 terms as on x86) */
+        if (stage) atomic_store_explicit(&p->sh->staged_key, 0, memory_order_release);
         if (rc) {
             char why[RECMG_ERRLEN];
             err_copy(p, rc, why, sizeof why);

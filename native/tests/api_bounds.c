@@ -253,9 +253,12 @@ static void *err_thread(void *arg)
 {
     errjob *j = arg;
     float out[DIM];
+    const int64_t offsets[2] = {0, 1};
     for (int k = 0; k < 2000; k++) {
         if (recmg_read_rows(j->p, 0, &j->row, 1, out) != RECMG_ERANGE) j->bad++;
         if (recmg_hint(j->p, 4000000u + (uint32_t)j->row, NULL, 0) != RECMG_ERANGE) j->bad++;
+        /* (an id out of range: found by the lookup itself, under the handle's lock) */
+        if (recmg_embedding_bag(j->p, 0, &j->row, 1, offsets, 1, RECMG_SUM, NULL, out) != RECMG_ERANGE) j->bad++;
     }
     return NULL;
 }
