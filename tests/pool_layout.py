@@ -41,6 +41,7 @@ HEADER = {
 SLOW_PATH = (168, 1024)  # char slow_path[1024]
 REPAIRS = (1192, "<Q")  # shm_header.repairs, after slow_path (the former padding)
 PID_NS_INO = (1216, "<Q")  # shm_header.pid_ns_ino: the creator's PID namespace (0: not compared)
+STAGED_VER = (1204, "<I")  # shm_header.staged_ver: the odd version of the staged row's window
 STAGED_KEY = (1224, "<Q")  # shm_header.staged_key: (table + 1) << 40 | row of the row write_rows writes
 HEADER_USED = 1256  # sizeof(shm_header); padding after it
 STAGE_OFF = 4096  # RECMG_STAGE_OFF: that row's new bytes, up to HDR_BYTES

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from pool_layout import HEADER, STAGED_KEY
+from pool_layout import HEADER, STAGED_KEY, STAGED_VER
 
 from recmgd.errors import PoolError, PoolLockedError
 from recmgd.keys import make_keys
@@ -293,10 +293,11 @@ def test_a_repairer_killed_while_it_finishes_the_row_leaves_it_to_the_next(pool:
 
 
 def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> None:
-    """The repair writes the staged bytes only into the row the header names whose window is still odd:
-    a dead writer that had closed the row's window (the key not yet cleared) leaves the row as written;
-    a key naming a row past its table's end, or a table the pool lacks (the header is the owner's to
-    write), is ignored, and nothing outside the rows changes."""
+    """The repair writes the staged bytes only into the row the header names whose window is still odd
+    and is the one staged: a dead writer that had closed the row's window (the key not yet cleared)
+    leaves the row as written; a key of another window of the row's group (a writer that did not stage,
+    an older library, left its key), a key naming a row past its table's end, or a table the pool lacks
+    (the header is the owner's to write), is ignored, and nothing outside the rows changes."""
     name = f"lk2_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     two = Pool.create(name, tables=[(ROWS, DIM), (ROWS, DIM)], slots=10)
     try:
@@ -309,6 +310,7 @@ def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> No
                 HEADER["vers_off"][0]:HEADER["vers_off"][0] + 8])[0]
             past_end = 256  # (table 0's row 256 would be table 1's row 0: its slow rows start a page on)
             cases = [((0 + 1) << 40 | 10, 0, False),  # row 10's window closed (version even)
+                     ((0 + 1) << 40 | 10, 0, True),  # row 10's group odd, its window not the one staged
                      ((0 + 1) << 40 | past_end, (ROWS + 56) >> 6, True),  # past table 0's end, odd
                      ((7 + 1) << 40 | 3, 0, True)]  # no table 7, group 0 odd
             for key, group, odd in cases:
@@ -316,6 +318,7 @@ def test_the_repair_finishes_only_a_row_its_writer_died_inside(pool: Pool) -> No
                 if odd:
                     ver = _get_u32(two.name, vers_off + 4 * group)
                     _put(two.name, vers_off + 4 * group, "<I", ver | 1)
+                    assert _get_u32(two.name, STAGED_VER[0]) != ver | 1  # (the last window staged: another)
                 _put(two.name, *HEADER["writer_lock"], _dead_pid())
                 assert daemon.repair() is True
                 for t, truth in ((0, TRUTH), (1, other)):

@@ -70,7 +70,9 @@ typedef struct shm_header {
     /* table + 1 while a write_rows has written its slow rows and not yet their copies, else 0: a
      * writer that dies then leaves copies older than the slow tier, all dropped at the repair */
     _Atomic int32_t writing_table;
-    uint32_t pad1;
+    /* the odd version of the window the staged row is written in (staged_key, below; writer.c): a key
+     * left by a writer that did not stage (an older library) names no window of it */
+    _Atomic uint32_t staged_ver;
     /* the PID namespace of the pool's creator (device and inode of /proc/self/ns/pid; 0 in pools made
      * before it, the field was padding, or where /proc was not readable): the writer lock and the rings
      * name processes by pid, so a process of another PID namespace is refused at attach */

@@ -417,8 +417,9 @@ int read_slow_rows(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t 
 
 /* The row a write_rows window writes, staged (memory slow tiers, rows of up to RECMG_STAGE_BYTES): its
  * new bytes at RECMG_STAGE_OFF of the header's region, named by shm_header.staged_key, which is set
- * before the window opens and cleared after it closes. So while a row's window is open, staged_key
- * names that row and the stage holds it whole, and a reader that will not wait for the window (its
+ * (with shm_header.staged_ver, the window's odd version) before the window opens and cleared after it
+ * closes. So while a row's window is open, staged_key and staged_ver name that row's window and the
+ * stage holds it whole, and a reader that will not wait for the window (its
  * writer stopped or dead) reads the row from the stage (stage_read) instead of half written; a dead
  * writer's repair finishes the row from it (stage_finish). The bytes are stored as a slot's are
  * (relaxed atomic words after a release fence) and read as a hit's are (relaxed words, an acquire fence,
@@ -429,15 +430,24 @@ static inline uint64_t stage_name(uint32_t table, int64_t row) { return ((uint64
 static inline uint8_t *stage_bytes(const recmg_pool *p) { return (uint8_t *)p->sh + RECMG_STAGE_OFF; }
 static inline int stage_fits(const recmg_pool *p, uint32_t rb) { return p->slow && rb <= RECMG_STAGE_BYTES; }
 
-/* Stages row (table, row)'s new bytes (src) before its window opens; buf is scratch of RECMG_STAGE_BYTES,
- * 8-byte aligned. */
-static void stage_row(recmg_pool *p, uint32_t table, int64_t row, const uint8_t *src, uint32_t rb, uint64_t *buf)
+/* Stages row (table, row)'s new bytes (src) before its window opens, as version odd of its group (the
+ * version the window will have); buf is scratch of RECMG_STAGE_BYTES, 8-byte aligned. */
+static void stage_row(recmg_pool *p, uint32_t table, int64_t row, const uint8_t *src, uint32_t rb, uint32_t odd,
+                      uint64_t *buf)
 {
     buf[(rb + 7) / 8 - 1] = 0; /* (the bytes past the row in its last word) */
     memcpy(buf, src, rb);
     atomic_thread_fence(memory_order_release); /* (after the window that closed the last row staged) */
     words_store(stage_bytes(p), buf, (rb + 7) / 8);
+    atomic_store_explicit(&p->sh->staged_ver, odd, memory_order_relaxed);
     atomic_store_explicit(&p->sh->staged_key, stage_name(table, row), memory_order_release);
+}
+
+/* Whether the stage holds row (table, row) of the window of odd version v (acquire: its bytes seen). */
+static int stage_holds(recmg_pool *p, uint32_t table, int64_t row, uint32_t v)
+{
+    return atomic_load_explicit(&p->sh->staged_key, memory_order_acquire) == stage_name(table, row) &&
+           atomic_load_explicit(&p->sh->staged_ver, memory_order_relaxed) == v;
 }
 
 /* Row (table, row) as the window whose odd version v the reader gave up on writes it, into dst: 1 if that
@@ -445,9 +455,7 @@ static void stage_row(recmg_pool *p, uint32_t table, int64_t row, const uint8_t 
 static int stage_read(recmg_pool *p, uint32_t table, int64_t row, const _Atomic uint32_t *ver, uint32_t v, uint8_t *dst)
 {
     const uint32_t rb = p->tables[table].row_bytes;
-    if (!(v & 1u) || !stage_fits(p, rb) ||
-        atomic_load_explicit(&p->sh->staged_key, memory_order_acquire) != stage_name(table, row))
-        return 0;
+    if (!(v & 1u) || !stage_fits(p, rb) || !stage_holds(p, table, row, v)) return 0;
     uint64_t buf[RECMG_STAGE_BYTES / 8];
     words_load(buf, stage_bytes(p), (rb + 7) / 8);
     atomic_thread_fence(memory_order_acquire);
@@ -457,7 +465,7 @@ static int stage_read(recmg_pool *p, uint32_t table, int64_t row, const _Atomic 
 }
 
 /* A dead writer's row finished from the stage, if it died inside the row's window (its group's version
- * odd); under the writer lock, before the repair closes the windows. The key is cleared only after the
+ * odd, and the one the stage names); under the writer lock, before the repair closes the windows. The key is cleared only after the
  * copy (release): until then readers that give up on the window read the stage, after it the whole row,
  * and a repairer that dies in the copy leaves the key for the next repair to copy again. The key is
  * checked against the handle's own geometry (the header is the owner's to write). */
@@ -466,8 +474,9 @@ static void stage_finish(recmg_pool *p)
     const uint64_t key = atomic_load_explicit(&p->sh->staged_key, memory_order_relaxed);
     const uint64_t t1 = key >> 40, row = key & ((UINT64_C(1) << 40) - 1);
     const tabdesc *t = t1 && t1 <= p->h->n_tables ? &p->tables[t1 - 1] : NULL;
-    if (t && row < t->rows && stage_fits(p, t->row_bytes) &&
-        (atomic_load_explicit(entry_version(p, t->index_first + row), memory_order_relaxed) & 1u)) {
+    const int named = t && row < t->rows && stage_fits(p, t->row_bytes);
+    const uint32_t v = named ? atomic_load_explicit(entry_version(p, t->index_first + row), memory_order_relaxed) : 0;
+    if (named && (v & 1u) && stage_holds(p, (uint32_t)(t1 - 1), (int64_t)row, v)) {
         uint64_t buf[RECMG_STAGE_BYTES / 8];
         words_load(buf, stage_bytes(p), (t->row_bytes + 7) / 8);
         uint8_t *dst = p->slow + t->slow_off + row * t->row_bytes;
@@ -895,7 +904,9 @@ int recmg_write_rows_ex(recmg_pool *p, uint32_t table, const int64_t *rows, uint
         const uint64_t e = entry_of(p, RECMG_KEY(table, rows[k]));
         const uint64_t off = t->slow_off + (uint64_t)rows[k] * rb;
         if (p->slow) write_ahead(p, t, rows, n, k, rb);
-        if (stage) stage_row(p, table, rows[k], src + k * rb, rb, staged);
+        if (stage) /* (the version its window will have: only this writer changes versions) */
+            stage_row(p, table, rows[k], src + k * rb, rb,
+                      atomic_load_explicit(entry_version(p, e), memory_order_relaxed) + 1u, staged);
         const uint32_t v = window_open(p, e);
         if (p->slow) {
             if (kill_in_write && k + 1 == n) { /* (tests: dies with half of the last row written) */
