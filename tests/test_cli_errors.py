@@ -7,6 +7,7 @@ too."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -368,6 +369,59 @@ def test_failed_save_leaves_a_folder_that_was_there(work: Path, small_disk: Call
     one_line(r, "cannot write the checkpoint", "No space left on device")
     assert [p.name for p in disk.iterdir()] == ["m"] and list((disk / "m").iterdir()) == []
     assert (disk / "m").stat().st_mode & 0o777 == 0o750
+
+
+def fill(disk: Path) -> None:
+    """Fill a small disk to the last byte (a file of it all)."""
+    with open(disk / "fill", "wb", buffering=0) as fh:
+        with contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+
+
+@pytest.mark.parametrize("out", ["out", "sub/out", "ck"])
+def test_candidate_result_not_written_leaves_no_checkpoint(work: Path, small_disk: Callable[[str], Path],
+                                                           out: str) -> None:
+    """--result on a full disk: one line naming it, exit 1, and --out as it was: a new folder is not
+    made (it was left holding the new checkpoint, which no result described) and an earlier candidate's
+    checkpoint is not replaced."""
+    disk = small_disk("64k")
+    fill(disk)
+    before = tree_hash(work / "ck")
+    r = candidate(work, out=out, result=str(disk / "r.json"))
+    one_line(r, f"{disk / 'r.json'}: cannot write the result", "No space left on device",
+             "no checkpoint was saved")
+    assert [p.name for p in disk.iterdir()] == ["fill"]
+    assert not (work / "out").exists() and not (work / "sub").exists()
+    assert tree_hash(work / "ck") == before
+
+
+def test_candidate_result_not_put_in_place_removes_the_checkpoint(
+        work: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The result written but not renamed into place (after the checkpoint was saved): the checkpoint
+    this run made is removed again, with the folders it made, and the line says so."""
+    import errno
+
+    from recmgd.cli import recmg as recmg_cli
+
+    real = os.replace
+
+    def replace(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+        if Path(dst).name == "r.json":
+            raise OSError(errno.EIO, os.strerror(errno.EIO), str(dst))
+        real(src, dst)
+
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(os, "replace", replace)
+    rc = recmg_cli.main(["candidate", "win.bin", "--policy", "recmg", "--capacity", "40", "--out", "a/out",
+                         "--result", "r.json", "--epochs", "1", "--nice", "0"])
+    err = capsys.readouterr().err
+    assert rc == 1, err
+    lines = [x for x in err.strip().splitlines() if not x.startswith(LOG_PREFIXES)]
+    assert lines == ["recmg candidate: error: r.json: cannot write the result (Input/output error); "
+                     "the checkpoint saved in a/out was removed"]
+    assert not (work / "a").exists() and not (work / "r.json").exists()
+    assert not [p for p in work.iterdir() if p.name.startswith(".partial")]
 
 
 # ------------------------------------------------------------------------------ empty lists

@@ -237,7 +237,7 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         r = recmgctl(sock, "record", name, str(idle), "--seconds", "0.5")
         out, err = r.communicate(timeout=60)
         assert r.returncode == 0, err
-        assert "recorded 0 lookups in 0 batches (seconds" in out
+        assert "recorded 0 lookups in 0 batches (seconds, 0.5 s; no app ended a batch in it) to" in out
         assert open_trace(idle).n_lookups == 0
         # a second recording of the same pool is refused, one line
         busy = recmgctl(sock, "record", name, str(tmp_path / "a.rtrace"), "--lookups", "100000")
@@ -288,6 +288,50 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
             request(str(sock), "record", {"pool": name})
     finally:
         pool.close()
+
+
+def test_record_seconds_counts_from_its_start(daemon, tmp_path: Path) -> None:
+    """--seconds is wall time from the recording's start, before an app's first batch too: the recording
+    holds the app's batches from its first one (none is missed at the start; the window's end cuts off
+    the later ones), and its summary says when the first batch came, so a window that began well before
+    the app shows as such (an engineer read a short recording as its first batches missed)."""
+    import re
+
+    sock, name, _ = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        # this process's first lookup imports torch (a second or more): done before the window opens,
+        # and its batch stepped on before the recording starts
+        pool.embedding_bag(0, np.arange(4), np.arange(4))
+        pool.end_batch()
+        deadline = time.monotonic() + 30
+        while pstats(sock, name)["steps"] < 1:
+            assert time.monotonic() < deadline, "the daemon did not step on the first batch"
+            time.sleep(0.02)
+        out = tmp_path / "s.rtrace"
+        r = recmgctl(sock, "record", name, str(out), "--seconds", "1")
+        wait_recording(sock, name)
+        rng = np.random.default_rng(4)
+        sent = []
+        deadline = time.monotonic() + 60
+        while r.poll() is None and time.monotonic() < deadline:
+            ids = rng.integers(0, 1000, 16)
+            pool.embedding_bag(0, ids, np.arange(16))
+            pool.end_batch()
+            sent.append(ids)
+            time.sleep(0.002)
+        rout, rerr = r.communicate(timeout=60)
+    finally:
+        pool.close()
+    assert r.returncode == 0, rerr
+    m = re.search(r"recorded (\d+) lookups in (\d+) batches \(seconds, [\d.]+ s; the first batch [\d.]+ s "
+                  r"in\) to ", rout)
+    assert m, rout
+    got = recorded_batches(out)
+    assert len(got) == int(m.group(2)) >= 1
+    # the recording's batches are the app's first ones, in order
+    assert all(np.array_equal(g, s) for g, s in zip(got, sent, strict=False))
 
 
 def test_record_full_disk(daemon, small_disk) -> None:

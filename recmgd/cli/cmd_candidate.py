@@ -8,7 +8,9 @@ what the daemon runs while it has no checkpoint) and LRU are each run by the sim
 window, warming on the earlier steps and counting the on-demand fetches of the held-out ones. The
 candidate is then saved to ``--out`` (a new or empty directory, or an earlier candidate's checkpoint,
 replaced whole; a directory of other files is refused). The result is one JSON object written to
-``--result`` (atomically); the daemon reads it and switches only when the candidate fetched less.
+``--result`` (atomically); the daemon reads it and switches only when the candidate fetched less. The
+two go together: a result that cannot be written leaves no new checkpoint (and an earlier one in
+``--out`` as it was), and the error line says so.
 ``--out``, ``--result``, ``--current`` and ``--options`` are checked before anything is trained. Runs
 at ``--nice`` with ``--threads`` torch threads: recmgd starts it as a separate, low-priority process,
 so its loop never waits for it.
@@ -116,6 +118,63 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise RecmgError(f"--out {exc}") from None
 
 
+def _missing_dirs(path: Path) -> list[Path]:
+    """``path`` and those of its parents that are not there, innermost first (what a save would make)."""
+    missing = []
+    p = path.absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def _unsave(out: Path, made: list[Path]) -> bool:
+    """Remove a checkpoint saved into ``out`` and the folders ``made`` for it (innermost first); whether
+    nothing of it is left."""
+    from recmgd.models.checkpoint import CONFIG_FILE, INFERENCE_FILE, KEYS_FILE, WEIGHTS_FILE
+
+    try:
+        for name in (CONFIG_FILE, WEIGHTS_FILE, KEYS_FILE, INFERENCE_FILE):  # config.json first
+            (out / name).unlink(missing_ok=True)
+        for p in made:
+            p.rmdir()
+    except OSError as exc:
+        log.debug("%s: not removed (%s)", out, exc.strerror)
+        return False
+    return True
+
+
+def _save_with_result(args: argparse.Namespace, trained: Any, granularity: Any,
+                      result: dict[str, Any]) -> None:
+    """Save the candidate to --out and write --result, both or (as far as can be) neither: the result
+    goes to its temporary first (a full disk there: nothing saved, an earlier checkpoint in --out not
+    replaced), then the checkpoint is saved, then the result is put in place. Should that last step
+    fail, the checkpoint this run saved into a new or empty --out is removed again (an earlier one it
+    replaced is gone: the line then says the new one was kept). ModelError, one line."""
+    from recmgd.models import checkpoint
+
+    out = Path(args.out)
+    made = _missing_dirs(out)
+    fresh = bool(made) or not any(out.iterdir())  # a new or empty folder: nothing in it to lose
+    saved = False
+    try:
+        with whole_file(args.result) as tmp:
+            with open(tmp, "w") as fh:
+                json.dump(result, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            checkpoint.save(trained, out, granularity=granularity)
+            saved = True
+    except OSError as exc:
+        what = "no checkpoint was saved"
+        if saved:
+            if fresh and _unsave(out, made):
+                what = f"the checkpoint saved in {args.out} was removed"
+            else:
+                what = f"the new checkpoint in {args.out} was kept"
+        raise ModelError(f"{args.result}: cannot write the result ({write_reason(exc)}); {what}") from None
+
+
 def main(args: argparse.Namespace) -> int:
     from recmgd import policy as policy_mod
 
@@ -132,7 +191,6 @@ def main(args: argparse.Namespace) -> int:
         os.nice(args.nice)
     import torch
 
-    from recmgd.models import checkpoint
     from recmgd.trace import open_trace
 
     torch.set_num_threads(max(1, args.threads))
@@ -158,7 +216,6 @@ def main(args: argparse.Namespace) -> int:
     trained = getattr(cand_pol, "trained", None)
     if trained is None:
         raise ModelError(f"policy {args.policy!r} trained no models")
-    checkpoint.save(trained, args.out, granularity=getattr(cand_pol, "granularity", None))
     result = {
         "candidate_on_demand": candidate,
         "current_on_demand": lru if current is None else current,
@@ -169,13 +226,7 @@ def main(args: argparse.Namespace) -> int:
         "capacity": args.capacity, "train_s": round(train_s, 3),
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    try:
-        with whole_file(args.result) as tmp, open(tmp, "w") as fh:
-            json.dump(result, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-    except OSError as exc:
-        raise ModelError(f"{args.result}: cannot write the result ({write_reason(exc)})") from None
+    _save_with_result(args, trained, getattr(cand_pol, "granularity", None), result)
     log.info("candidate %d, current %d, lru %d on-demand fetches on the last %d steps", candidate,
              result["current_on_demand"], lru, score)
     return 0

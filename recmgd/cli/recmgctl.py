@@ -91,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pool", help=pool_help)
     s.add_argument("file", help="the trace to write (a temporary file beside it until it is complete; a "
                    "device or FIFO gets the whole trace at the end)")
-    s.add_argument("--seconds", type=number(0), default=0.0, help="stop after this long (default: no limit)")
+    s.add_argument("--seconds", type=number(0), default=0.0,
+                   help="stop this long after the recording starts, whether or not the apps have started "
+                        "(an app started after it spends part of it starting; --lookups counts only what "
+                        "the apps do) (default: no limit)")
     s.add_argument("--lookups", type=count(0), default=0,
                    help="stop at the first batch end after this many lookups (default: no limit)")
     s.add_argument("--max-mb", type=number(0, MAX_RECORD_MB, lo_open=True), default=None,
@@ -376,7 +379,17 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
     drops = status["ring_drops"]
     drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""
     return (f"recorded {status['lookups']} lookups in {status['batches']} batches ({status['reason']}, "
-            f"{status['seconds']:.1f} s) to {args.file}, {status['bytes'] / 1e6:.1f} MB{drops}")
+            f"{status['seconds']:.1f} s{_first_batch(status)}) to {args.file}, "
+            f"{status['bytes'] / 1e6:.1f} MB{drops}")
+
+
+def _first_batch(status: dict[str, Any]) -> str:
+    """When the recording's first batch came (its window may have begun before any app ran), or that no
+    app ended a batch in it: the summary's words for a recording that holds little or nothing."""
+    if not status["batches"]:
+        return "; no app ended a batch in it"
+    first = status.get("first_batch_s")
+    return "" if first is None else f"; the first batch {first:.1f} s in"
 
 
 def _record_cut_short(args: argparse.Namespace, tmp: str, why: str, fail: int) -> str:

@@ -213,7 +213,9 @@ class _FdFile:
 class Recorder:
     """One recording of one pool into a file descriptor it owns (see the module doc).
 
-    Limits: ``lookups`` (stop at the first batch end at or after that many lookups), ``seconds``,
+    Limits: ``lookups`` (stop at the first batch end at or after that many lookups), ``seconds`` (wall
+    time from the recording's start, whether or not any app is running yet: an app started after it
+    spends part of it starting; ``first_batch_s`` in the status says when the first batch came),
     ``max_bytes`` (the trace's size; the batch that would cross it is not written). ``stop()`` ends it
     early. ``status()`` says where it stands: state "recording", "done" (complete on disk, fsynced) or
     "failed" (file truncated to nothing, ``error`` one line).
@@ -245,6 +247,7 @@ class Recorder:
         self.error = ""
         self.n_lookups = 0
         self.n_batches = 0
+        self.first_batch_s: float | None = None  # when the first batch was taken, from the start (s)
         self._splitter = BatchSplitter()
         self._q: queue.SimpleQueue[tuple[int, np.ndarray] | None] = queue.SimpleQueue()
         self._queued = 0  # bytes on the queue
@@ -306,6 +309,7 @@ class Recorder:
                 "lookups": self.n_lookups, "batches": self.n_batches,
                 "bytes": trace_bytes(self.n_lookups, self.n_batches),
                 "seconds": round(end - self._t0, 3), "ring_drops": self.ring_drops,
+                "first_batch_s": None if self.first_batch_s is None else round(self.first_batch_s, 3),
                 "cut_batches": self._splitter.cut_batches,
                 "max_lookups": self.max_lookups, "max_seconds": self.seconds, "max_bytes": self.max_bytes}
 
@@ -380,6 +384,8 @@ class Recorder:
         elif self.max_lookups and self.n_lookups + int(lengths[:n].sum()) >= self.max_lookups:
             self.stop("lookups")
         if n:
+            if not self.n_batches:
+                self.first_batch_s = time.monotonic() - self._t0
             k = int(lengths[:n].sum())
             self._out.append((keys[:k], lengths[:n]))
             self._out_lookups += k
