@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -39,6 +39,7 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recmgd.pool import Pool
+from recmgd.pool_torch import not_copied, refuse_tracing
 
 __all__ = ["TieredEmbeddingBagCollection", "pool_tables", "pool_dtype"]
 
@@ -102,6 +103,11 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
             (t, f, pooling_type_to_str(c.pooling)) for t, c in enumerate(tables) for f in c.feature_names
         ]
         self._lengths_per_embedding = [tables[t].embedding_dim for t, _, _ in self._bags]
+        # FP16 tables: TorchRec's bags are float16 nn.EmbeddingBags, whose sums torch rounds to float16
+        # (a mean: the rounded sum divided by the count, rounded again) before TorchRec widens them
+        # (.float()); the pool pools float16 rows in float32, so the collection asks it for sums and
+        # rounds and divides the same way, to equal TorchRec's output
+        self._round_fp16 = want == "float16"
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -221,16 +227,53 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         wts = None if w is None else [w[o[0]:o[-1]] for o in windows]
         return tables.tolist(), ids, offs, wts
 
+    @torch.compiler.disable
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """One table-batched native call: every bag's rows, written side by side into the KeyedTensor's
-        values (no per-table arguments or outputs, no concatenation)."""
+        values (no per-table arguments or outputs, no concatenation). Outside ``torch.compile``'s graph;
+        ``torch.jit.trace`` is refused (the native call is invisible to it)."""
+        refuse_tracing(self)
         tables, windows, values, weights = self._windows(features)
         modes = [m for _, _, m in self._bags]
+        if self._round_fp16:
+            modes = ["sum"] * len(modes)
         out = self.pool.embedding_bags_windows(tables, values, windows, modes, weights)
         if self.batch_boundary:
             self.pool.end_batch()
+        if self._round_fp16:
+            out = self._as_fp16_bags(out, windows)
+        inverse = features.inverse_indices_or_none()
+        if inverse is not None:
+            out = self._expand(out, inverse)
         return KeyedTensor(keys=self._embedding_names, length_per_key=self._lengths_per_embedding,
                            values=out)
+
+    def _as_fp16_bags(self, sums: torch.Tensor, windows: np.ndarray) -> torch.Tensor:
+        """The bags' float32 sums as torch's float16 nn.EmbeddingBag gives them, widened: each sum rounded
+        to float16, a mean bag's divided by its length (an empty bag's stays 0) and rounded again."""
+        out = sums.to(torch.float16).to(torch.float32)
+        col = 0
+        for b, ((_, _, mode), dim) in enumerate(zip(self._bags, self._lengths_per_embedding, strict=True)):
+            if mode == "mean":
+                n = torch.from_numpy(np.maximum(np.diff(windows[b]), 1).astype(np.float32))
+                mean = out[:, col:col + dim] / n[:, None]
+                out[:, col:col + dim] = mean.to(torch.float16).to(torch.float32)
+            col += dim
+        return out
+
+    def _expand(self, out: torch.Tensor, inverse: tuple[list[str], torch.Tensor]) -> torch.Tensor:
+        """A KJT of deduplicated samples (``inverse_indices``: per feature, the row of each sample): each
+        feature's pooled rows put back in sample order, as TorchRec's EBC does."""
+        names, index = inverse
+        where = {n: i for i, n in enumerate(names)}
+        missing = [f for _, f, _ in self._bags if f.split("@")[0] not in where]
+        if missing:
+            raise ValueError(f"the KeyedJaggedTensor's inverse_indices lack feature {missing[0]!r}")
+        parts, col = [], 0
+        for (_, f, _), dim in zip(self._bags, self._lengths_per_embedding, strict=True):
+            parts.append(out[:, col:col + dim].index_select(0, index[where[f.split("@")[0]]].to(torch.int64)))
+            col += dim
+        return torch.cat(parts, dim=1)
 
     def prefetch(self, features: KeyedJaggedTensor) -> int:
         """Announce the rows of a batch that will run later (hint records); returns how many rows."""
@@ -245,6 +288,12 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
                 self.pool.hint(t, rows)
                 n += int(rows.size)
         return n
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NoReturn:
+        not_copied(self)
+
+    def __reduce_ex__(self, protocol: Any) -> NoReturn:
+        not_copied(self)
 
     def extra_repr(self) -> str:
         names = [c.name for c in self._configs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch  # noqa: E402
 from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor, PoolingType  # noqa: E402
 from torchrec.models.dlrm import DLRM  # noqa: E402
+from torchrec.modules.embedding_configs import DataType  # noqa: E402
 
 from recmgd.keys import REC_BATCH_END, REC_HINT, REC_LOOKUP, ROW_BITS, record_keys, record_types  # noqa: E402
 from recmgd.pool import Pool  # noqa: E402
@@ -80,6 +82,43 @@ def test_forward_equals_torchrec(pool_for, pooling, tmp_path) -> None:
         torch.testing.assert_close(got.values(), want.values().detach(), rtol=1e-5, atol=1e-6)
     st = pool.stats()["process"]
     assert st["hits"] > 0 and st["on_demand"] > 0  # both paths were taken
+
+
+@pytest.mark.parametrize("pooling", [PoolingType.SUM, PoolingType.MEAN])
+def test_fp16_tables_equal_torchrec_exactly(pooling) -> None:
+    """FP16 configs: TorchRec's float16 bags round each sum to float16 (a mean: the rounded sum over the
+    count, rounded again) before widening; the collection's output is the same, bit for bit. (It pooled
+    in float32 and never rounded: off by up to about 1e-3.)"""
+    cfgs = _configs(pooling)
+    for c in cfgs:
+        c.data_type = DataType.FP16
+    torch.manual_seed(5)
+    ref = EmbeddingBagCollection(tables=cfgs)
+    col = TieredEmbeddingBagCollection.create(f"test-trec16-{uuid.uuid4().hex[:8]}", cfgs, slots=64)
+    try:
+        col.load_state_dict(ref.state_dict())
+        for seed in range(4):
+            kjt = _kjt(cfgs, batch=40, seed=seed)
+            assert torch.equal(col(kjt).values(), ref(kjt).values().detach())
+    finally:
+        col.pool.destroy()
+
+
+def test_deduplicated_kjt_is_expanded_as_torchrec(pool_for) -> None:
+    """A KJT of deduplicated samples (``inverse_indices``: per feature, each sample's row) gives one output
+    row a sample, as TorchRec's EBC does. (The inverse indices were ignored: one row a distinct sample.)"""
+    cfgs = _configs()
+    ref = EmbeddingBagCollection(tables=cfgs)
+    col = TieredEmbeddingBagCollection.from_ebc(ref, pool_for(cfgs))
+    base = _kjt(cfgs, batch=4, seed=11)
+    g = np.random.default_rng(2)
+    names = base.keys()[::-1]  # (an order of its own)
+    inverse = torch.from_numpy(g.integers(0, 4, size=(len(names), 9)))
+    kjt = KeyedJaggedTensor(keys=base.keys(), values=base.values(), lengths=base.lengths(),
+                            inverse_indices=(names, inverse))
+    want, got = ref(kjt).values().detach(), col(kjt).values()
+    assert got.shape == want.shape == (9, 36)
+    assert torch.equal(got, want)
 
 
 def test_weighted_equals_torchrec(pool_for) -> None:
@@ -162,3 +201,18 @@ def test_mismatch_errors(pool_for) -> None:
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a"], values=torch.tensor([1]), lengths=torch.tensor([1]))
     with pytest.raises(ValueError, match="lacks feature 'b'"):
         col(kjt)
+
+
+def test_collection_under_compile_trace_and_copy(pool_for) -> None:
+    """torch.compile runs the collection's lookup outside its graph (same output as eager); torch.jit.trace
+    and copying the collection are refused in one line."""
+    cfgs = _configs()
+    ref = EmbeddingBagCollection(tables=cfgs)
+    col = TieredEmbeddingBagCollection.from_ebc(ref, pool_for(cfgs))
+    kjt = _kjt(cfgs, batch=4, seed=5)
+    assert torch.equal(torch.compile(col, backend="eager")(kjt).values(), col(kjt).values())
+    with pytest.raises(TypeError, match="is not copied") as e:
+        copy.deepcopy(col)
+    assert "\n" not in str(e.value)
+    with pytest.raises(RuntimeError, match="cannot be traced"):
+        torch.jit.trace(col, (kjt,), strict=False)
