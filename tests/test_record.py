@@ -96,6 +96,17 @@ def wait_attached(sock: Path, name: str, timeout: float = 30.0) -> None:
         time.sleep(0.02)
 
 
+
+def batches_until_done(pool: pool_mod.Pool, r: subprocess.Popen, seed: int) -> tuple[str, str]:
+    """Batches of 64 random lookups from this process until recmgctl (r) ends (60 s at most); its output."""
+    rng = np.random.default_rng(seed)
+    deadline = time.monotonic() + 60
+    while r.poll() is None and time.monotonic() < deadline:
+        pool.embedding_bag(0, rng.integers(0, 1000, 64), np.arange(64))
+        pool.end_batch()
+        time.sleep(0.002)
+    return r.communicate(timeout=60)
+
 def test_splitter_keeps_batches_per_ring() -> None:
     end = np.uint64(1) << np.uint64(62)
     hint = np.uint64(2) << np.uint64(62)
@@ -253,13 +264,7 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         capped = tmp_path / "capped.rtrace"
         r = recmgctl(sock, "record", name, str(capped), "--max-mb", "0.01")
         wait_recording(sock, name)
-        rng = np.random.default_rng(0)
-        deadline = time.monotonic() + 60
-        while r.poll() is None and time.monotonic() < deadline:
-            pool.embedding_bag(0, rng.integers(0, 1000, 64), np.arange(64))
-            pool.end_batch()
-            time.sleep(0.002)
-        out, err = r.communicate(timeout=60)
+        out, err = batches_until_done(pool, r, seed=0)
         assert r.returncode == 0, err
         assert "(size cap" in out
         size = capped.stat().st_size
@@ -270,6 +275,7 @@ def test_record_limits_and_errors(daemon, tmp_path: Path) -> None:
         exact = tmp_path / "exact.rtrace"
         r = recmgctl(sock, "record", name, str(exact), "--lookups", str(10 * 64))
         wait_recording(sock, name)
+        rng = np.random.default_rng(1)
         sent = [rng.integers(0, 1000, 64) for _ in range(10)]
         for ids in sent:
             pool.embedding_bag(1, ids, np.arange(64))
@@ -441,13 +447,7 @@ def test_record_cap_too_small(daemon, tmp_path: Path) -> None:
             request(str(sock), "record", {"pool": name, "max_bytes": 87})
         r = recmgctl(sock, "record", name, str(target), "--max-mb", "0.0001", "--seconds", "60")
         wait_recording(sock, name)
-        rng = np.random.default_rng(3)
-        deadline = time.monotonic() + 60
-        while r.poll() is None and time.monotonic() < deadline:
-            pool.embedding_bag(0, rng.integers(0, 1000, 64), np.arange(64))
-            pool.end_batch()
-            time.sleep(0.002)
-        out, err = r.communicate(timeout=60)
+        out, err = batches_until_done(pool, r, seed=3)
         assert r.returncode == 1, (out, err)
         assert err == ("recmgctl: record: the size cap of 100 bytes holds no batch: the first has 64 "
                        "lookups, a trace of 592 bytes; no file was kept\n")
