@@ -6,7 +6,8 @@ Kept apart from recmgd.pool so that importing the pool (the daemon does) does no
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
 import numpy as np
@@ -15,9 +16,24 @@ from torch import nn
 
 from recmgd.pool import _MODES, Pool
 
-__all__ = ["TieredEmbeddingBag", "not_copied", "refuse_tracing"]
+__all__ = ["TieredEmbeddingBag", "not_copied", "outside_graph", "refuse_tracing"]
 
-_WRITE_CHUNK = 65536  # rows a write_rows call when a state dict is loaded (bounded temporary memory)
+_WRITE_CHUNK = 65536  # rows a write_rows call when a whole table is loaded (bounded temporary memory)
+
+
+def load_table(pool: Pool, table: int, weight: torch.Tensor | np.ndarray, what: str) -> None:
+    """Write a whole table's weight (rows x dim; any float dtype, on any device) into the pool's slow
+    tier, 65,536 rows a write_rows call. ValueError naming ``what`` when its shape is not the table's."""
+    if isinstance(weight, torch.Tensor):
+        weight = weight.detach().to("cpu", torch.float32).numpy()
+    w = np.asarray(weight, dtype=np.float32)
+    info = pool.tables[table]
+    if w.shape != (info.rows, info.dim):
+        raise ValueError(f"{what}: weight is {tuple(w.shape)}, the pool's table {table} is {info.rows} x "
+                         f"{info.dim}")
+    for lo in range(0, info.rows, _WRITE_CHUNK):
+        hi = min(info.rows, lo + _WRITE_CHUNK)
+        pool.write_rows(table, np.arange(lo, hi, dtype=np.int64), w[lo:hi])
 
 
 def not_copied(module: nn.Module) -> NoReturn:
@@ -27,6 +43,13 @@ def not_copied(module: nn.Module) -> NoReturn:
     raise TypeError(f"{type(module).__name__} is a view of shared-memory pool "
                     f"{getattr(pool, 'name', '?')!r} and is not copied or pickled: attach the pool "
                     "(Pool.attach) where it is needed and build the module there")
+
+
+@functools.cache
+def outside_graph(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """fn, run by torch.compile outside its graph (dynamo cannot trace a native call). Made on first use
+    under torch.compile: building it imports dynamo, about a second that an eager app does not pay."""
+    return torch.compiler.disable(fn)
 
 
 def refuse_tracing(module: nn.Module) -> None:
@@ -59,12 +82,21 @@ class TieredEmbeddingBag(nn.Module):
         self.num_embeddings = info.rows
         self.embedding_dim = info.dim
 
-    @torch.compiler.disable  # (torch.compile runs it outside the graph: dynamo cannot trace a native call)
     def forward(
         self,
         input: torch.Tensor,
         offsets: torch.Tensor | None = None,
         per_sample_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if torch.compiler.is_compiling():  # (torch.compile: the lookup outside its graph)
+            return outside_graph(TieredEmbeddingBag._lookup)(self, input, offsets, per_sample_weights)
+        return self._lookup(input, offsets, per_sample_weights)
+
+    def _lookup(
+        self,
+        input: torch.Tensor,
+        offsets: torch.Tensor | None,
+        per_sample_weights: torch.Tensor | None,
     ) -> torch.Tensor:
         refuse_tracing(self)
         if per_sample_weights is not None and self.mode != "sum":
@@ -88,19 +120,20 @@ class TieredEmbeddingBag(nn.Module):
     def _load_from_state_dict(self, state_dict: Mapping[str, Any], prefix: str, local_metadata: Any,
                               strict: bool, missing_keys: list[str], unexpected_keys: list[str],
                               error_msgs: list[str]) -> None:
+        # nn.Module's own: the load pre-hooks, and the unexpected keys (``weight`` among them: the module
+        # holds no parameter of that name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys,
+                                      unexpected_keys, error_msgs)
         key = prefix + "weight"
+        if key in unexpected_keys:
+            unexpected_keys.remove(key)
         if key not in state_dict:
             missing_keys.append(key)
             return
-        w = state_dict[key]
-        w = w.detach().to("cpu").numpy() if isinstance(w, torch.Tensor) else np.asarray(w)
-        if w.shape != (self.num_embeddings, self.embedding_dim):
-            error_msgs.append(f"{key}: weight is {tuple(w.shape)}; the pool's table {self.table} is "
-                              f"{self.num_embeddings} x {self.embedding_dim}")
-            return
-        for lo in range(0, self.num_embeddings, _WRITE_CHUNK):
-            hi = min(self.num_embeddings, lo + _WRITE_CHUNK)
-            self.pool.write_rows(self.table, np.arange(lo, hi, dtype=np.int64), w[lo:hi])
+        try:
+            load_table(self.pool, self.table, state_dict[key], key)
+        except ValueError as e:
+            error_msgs.append(str(e))
 
     def __deepcopy__(self, memo: dict[int, Any]) -> NoReturn:
         not_copied(self)

@@ -39,13 +39,11 @@ from torchrec.modules.embedding_modules import (
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from recmgd.pool import Pool
-from recmgd.pool_torch import not_copied, refuse_tracing
+from recmgd.pool_torch import load_table, not_copied, outside_graph, refuse_tracing
 
 __all__ = ["TieredEmbeddingBagCollection", "pool_tables", "pool_dtype"]
 
 log = logging.getLogger(__name__)
-
-_WRITE_CHUNK = 65536  # rows a write_rows call (bounded temporary memory when loading large tables)
 
 
 def pool_tables(tables: Sequence[EmbeddingBagConfig]) -> list[tuple[int, int]]:
@@ -130,19 +128,11 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def load_weights(self, weights: Mapping[str, torch.Tensor | np.ndarray]) -> None:
         """Write each table's full weight (``{table name: rows x dim}``) into the pool's slow tier."""
-        for t, c in enumerate(self._configs):
+        for c in self._configs:
             if c.name not in weights:
                 raise ValueError(f"no weight for table {c.name}")
-            w = weights[c.name]
-            if isinstance(w, torch.Tensor):
-                w = w.detach().to("cpu", torch.float32).numpy()
-            w = np.asarray(w, dtype=np.float32)
-            if w.shape != (c.num_embeddings, c.embedding_dim):
-                raise ValueError(f"table {c.name}: weight is {tuple(w.shape)}, config "
-                                 f"{c.num_embeddings} x {c.embedding_dim}")
-            for lo in range(0, c.num_embeddings, _WRITE_CHUNK):
-                hi = min(c.num_embeddings, lo + _WRITE_CHUNK)
-                self.pool.write_rows(t, np.arange(lo, hi, dtype=np.int64), w[lo:hi])
+        for t, c in enumerate(self._configs):
+            load_table(self.pool, t, weights[c.name], f"table {c.name}")
         log.debug("pool %s: loaded %d tables", self.pool.name, len(self._configs))
 
     # TorchRec's state dict layout: <prefix>embedding_bags.<table name>.weight
@@ -227,11 +217,15 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         wts = None if w is None else [w[o[0]:o[-1]] for o in windows]
         return tables.tolist(), ids, offs, wts
 
-    @torch.compiler.disable
     def forward(self, features: KeyedJaggedTensor) -> KeyedTensor:
         """One table-batched native call: every bag's rows, written side by side into the KeyedTensor's
         values (no per-table arguments or outputs, no concatenation). Outside ``torch.compile``'s graph;
         ``torch.jit.trace`` is refused (the native call is invisible to it)."""
+        if torch.compiler.is_compiling():
+            return outside_graph(TieredEmbeddingBagCollection._lookup)(self, features)
+        return self._lookup(features)
+
+    def _lookup(self, features: KeyedJaggedTensor) -> KeyedTensor:
         refuse_tracing(self)
         tables, windows, values, weights = self._windows(features)
         modes = [m for _, _, m in self._bags]

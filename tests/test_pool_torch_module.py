@@ -45,6 +45,14 @@ def test_state_dict_is_nn_embedding_bags(pool: Pool) -> None:
         model[0].load_state_dict({"weight": ref.weight[:-1]})
     with pytest.raises(RuntimeError, match="Missing key"):
         model[0].load_state_dict({})
+    with pytest.raises(RuntimeError, match=r'Unexpected key\(s\) in state_dict: "bogus"'):
+        model[0].load_state_dict({"weight": ref.weight, "bogus": ref.weight})
+    seen = []
+    model[0].register_load_state_dict_pre_hook(lambda module, state, prefix, *a: seen.append(prefix))
+    model.load_state_dict({"0.weight": ref.weight.to(torch.bfloat16)})  # (any float dtype)
+    assert seen == ["0."]
+    np.testing.assert_array_equal(pool.read_rows(1, np.arange(ROWS)),
+                                  ref.weight.detach().to(torch.bfloat16).float().numpy())
 
 
 def test_torch_compile_runs_the_lookup_outside_the_graph(pool: Pool) -> None:
