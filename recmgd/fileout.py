@@ -21,6 +21,9 @@ included, by the new regular file: nothing is written through a link to a file o
 A writer that seeks, or that another process runs through a descriptor passed to it (the daemon writes
 a recording so), takes :func:`whole_fd`: the temporary open, and a regular file even for a device or
 FIFO output, which gets its bytes copied in, in place, when the block ends cleanly.
+
+Folders an output needs are made by :func:`make_dirs`, which says which it made, so that a writer that
+fails removes them again (:func:`remove_dirs`: only those still empty) and leaves nothing behind.
 """
 
 from __future__ import annotations
@@ -288,3 +291,46 @@ def write_reason(exc: BaseException) -> str:
             return e.strerror or str(e)
         e = e.__cause__ or e.__context__
     return str(exc) or type(exc).__name__
+
+
+def missing_dirs(path: str | os.PathLike[str]) -> list[Path]:
+    """``path`` and those of its parents that are not there, innermost first (what making it makes)."""
+    missing = []
+    p = Path(path).absolute()
+    while not os.path.lexists(p) and p != p.parent:
+        missing.append(p)
+        p = p.parent
+    return missing
+
+
+def make_dirs(path: str | os.PathLike[str], mode: int = 0o777) -> list[Path]:
+    """Make folder ``path`` and its missing parents (``mode``, less the umask); the folders this call
+    made, innermost first (for :func:`remove_dirs`; one another process made meanwhile is not among
+    them). An OSError removes those it made before it is raised."""
+    made: list[Path] = []
+    try:
+        for p in reversed(missing_dirs(path)):  # outermost first
+            try:
+                p.mkdir(mode)
+            except FileExistsError:
+                continue
+            made.insert(0, p)
+        Path(path).mkdir(mode, parents=True, exist_ok=True)  # (there already: only checks it is a folder)
+    except OSError:
+        remove_dirs(made)
+        raise
+    return made
+
+
+def remove_dirs(made: Sequence[str | os.PathLike[str]]) -> bool:
+    """Remove folders a writer made (innermost first), each only if empty: one someone has put a file in
+    since is left, and the others are still tried. Whether all of them are gone."""
+    gone = True
+    for p in made:
+        try:
+            os.rmdir(p)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            gone = False
+    return gone

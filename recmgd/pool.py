@@ -193,9 +193,11 @@ def _i64(x: Any, what: str = "ids") -> np.ndarray:
     else:
         a = np.asarray(x)
         if a.dtype.kind not in "iu" and a.size:
-            big = next((v for v in a.reshape(-1) if isinstance(v, int) and not -(2**63) <= v < 2**63), None)
-            if a.dtype == object and big is not None:
-                raise PoolError(f"{what} must fit 64-bit integers, got {big}")
+            if a.dtype == object:  # (Python ints past 64 bits make an object array)
+                big = next((v for v in a.reshape(-1) if isinstance(v, int) and not -(2**63) <= v < 2**63),
+                           None)
+                if big is not None:
+                    raise PoolError(f"{what} must fit 64-bit integers, got {big}")
             raise PoolError(f"{what} must be integers, got {a.dtype} values (not truncated to rows)")
         a = np.ascontiguousarray(a, dtype=np.int64)
     if a.ndim != 1:

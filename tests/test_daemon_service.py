@@ -556,3 +556,15 @@ def test_a_control_socket_whose_group_cannot_be_set_is_not_left(tmp_path: Path,
         srv.open()
     assert not (tmp_path / "a").exists()
     srv.close()
+
+
+def test_a_control_socket_folder_made_part_way_is_removed(tmp_path: Path) -> None:
+    """A socket path whose folders can be made only part way (a name too long for the file system):
+    the one-line error, and the folders it did make are removed. (The removal stopped at the first
+    folder it had not made, and left the outer ones.)"""
+    sock = tmp_path / "made" / ("x" * 300) / "c.sock"
+    srv = ControlServer(str(sock), 0o660, lambda cmd, args: None)
+    with pytest.raises(RecmgError, match="cannot create"):
+        srv.open()
+    assert os.listdir(tmp_path) == []
+    srv.close()

@@ -10,7 +10,8 @@ candidate is then saved to ``--out`` (a new or empty directory, or an earlier ca
 replaced whole; a directory of other files is refused). The result is one JSON object written to
 ``--result`` (atomically); the daemon reads it and switches only when the candidate fetched less. The
 two go together: a result that cannot be written leaves no new checkpoint (and an earlier one in
-``--out`` as it was), and the error line says so.
+``--out`` as it was), and the error line says so; only a result that was written but could not be put
+in place after the save keeps a new checkpoint that replaced an earlier one (the line says so too).
 ``--out``, ``--result``, ``--current`` and ``--options`` are checked before anything is trained. Runs
 at ``--nice`` with ``--threads`` torch threads: recmgd starts it as a separate, low-priority process,
 so its loop never waits for it.
@@ -30,7 +31,7 @@ from typing import Any
 from recmgd.cli.argtypes import EPOCHS, THREADS, check_output_dir, check_output_file, integer, number
 from recmgd.daemon.retrain import TRAINER_NICE
 from recmgd.errors import ModelError, RecmgError
-from recmgd.fileout import whole_file, write_reason
+from recmgd.fileout import missing_dirs, remove_dirs, whole_file, write_reason
 from recmgd.keys import MAX_CAPACITY
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,6 @@ def _check_paths(args: argparse.Namespace) -> None:
         raise RecmgError(f"--out {exc}") from None
 
 
-def _missing_dirs(path: Path) -> list[Path]:
-    """``path`` and those of its parents that are not there, innermost first (what a save would make)."""
-    missing = []
-    p = path.absolute()
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    return missing
-
-
 def _unsave(out: Path, made: list[Path]) -> bool:
     """Remove a checkpoint saved into ``out`` and the folders ``made`` for it (innermost first); whether
     nothing of it is left."""
@@ -136,12 +127,10 @@ def _unsave(out: Path, made: list[Path]) -> bool:
     try:
         for name in (CONFIG_FILE, WEIGHTS_FILE, KEYS_FILE, INFERENCE_FILE):  # config.json first
             (out / name).unlink(missing_ok=True)
-        for p in made:
-            p.rmdir()
     except OSError as exc:
         log.debug("%s: not removed (%s)", out, exc.strerror)
         return False
-    return True
+    return remove_dirs(made)
 
 
 def _save_with_result(args: argparse.Namespace, trained: Any, granularity: Any,
@@ -154,7 +143,7 @@ def _save_with_result(args: argparse.Namespace, trained: Any, granularity: Any,
     from recmgd.models import checkpoint
 
     out = Path(args.out)
-    made = _missing_dirs(out)
+    made = missing_dirs(out)
     fresh = bool(made) or not any(out.iterdir())  # a new or empty folder: nothing in it to lose
     saved = False
     try:

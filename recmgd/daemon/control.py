@@ -34,6 +34,7 @@ from typing import Any
 
 from recmgd.daemon.config import ControlConfig
 from recmgd.errors import RecmgError
+from recmgd.fileout import make_dirs, remove_dirs
 
 log = logging.getLogger(__name__)
 
@@ -182,17 +183,10 @@ class ControlServer:
         """Bind and listen; a stale socket file is replaced, a live daemon's is an error."""
         d = os.path.dirname(self.path)
         if d and not os.path.isdir(d):
-            missing = []  # the directories made here, the deepest first: close() removes them
-            up = d
-            while up and not os.path.lexists(up):
-                missing.append(up)
-                up = os.path.dirname(up)
-            try:
-                os.makedirs(d, mode=0o755, exist_ok=True)
+            try:  # (the directories made here, the deepest first: close() removes them)
+                self._made_dirs = [str(p) for p in make_dirs(d, 0o755)]
             except OSError as exc:
-                self._remove_dirs(missing)
                 raise RecmgError(f"control socket {self.path}: cannot create {d}: {exc.strerror}") from None
-            self._made_dirs = missing
         if os.path.lexists(self.path):
             st = os.lstat(self.path)
             if not stat.S_ISSOCK(st.st_mode):
@@ -213,7 +207,7 @@ class ControlServer:
             sock.bind(self.path)
         except OSError as exc:
             sock.close()
-            self._remove_dirs(self._made_dirs)
+            remove_dirs(self._made_dirs)
             raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
         finally:
             os.umask(old_umask)
@@ -224,7 +218,7 @@ class ControlServer:
         except BaseException:  # (a group it cannot set): no socket file left behind
             sock.close()
             self._unlink()
-            self._remove_dirs(self._made_dirs)
+            remove_dirs(self._made_dirs)
             raise
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
@@ -235,15 +229,6 @@ class ControlServer:
             os.unlink(self.path)
         except OSError:
             pass
-
-    @staticmethod
-    def _remove_dirs(dirs: list[str]) -> None:
-        """Remove the directories open() made (the deepest first), those that are still empty."""
-        for d in dirs:
-            try:
-                os.rmdir(d)
-            except OSError:
-                return
 
     def apply_access(self, mode: int, group: str) -> None:
         """Set the socket file's mode and group."""
@@ -265,7 +250,7 @@ class ControlServer:
             self.listener.close()
             self.listener = None
             self._unlink()
-            self._remove_dirs(self._made_dirs)
+            remove_dirs(self._made_dirs)
             self._made_dirs = []
         self.sel.close()
 

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from recmgd.errors import ModelError
-from recmgd.fileout import PartlyReplaced, whole_files, write_reason
+from recmgd.fileout import PartlyReplaced, make_dirs, remove_dirs, whole_files, write_reason
 from recmgd.models import ckfiles, hazard
 from recmgd.models.ckfiles import GENERATION, Npz
 from recmgd.models.features import FEATURE_NAMES, FEATURE_VERSION
@@ -140,34 +140,16 @@ def save(trained: Trained, out: str | os.PathLike[str], meta: dict[str, object] 
 def _make_dirs(d: Path) -> list[Path]:
     """Make checkpoint folder ``d`` and its missing parents; the folders this call made, innermost first
     (for :func:`_unmake`). ModelError (one line) when one cannot be made, the ones made removed."""
-    missing: list[Path] = []
-    p = d
-    while not os.path.lexists(p) and p != p.parent:
-        missing.append(p)
-        p = p.parent
-    made: list[Path] = []
     try:
-        for p in reversed(missing):  # outermost first
-            try:
-                p.mkdir()
-            except FileExistsError:
-                continue  # made by someone else meanwhile: not this save's to remove
-            made.insert(0, p)
-        d.mkdir(parents=True, exist_ok=True)  # (there already: only checks that it is a directory)
+        return make_dirs(d)
     except OSError as exc:
-        _unmake(made)
         raise ModelError(f"{d}: cannot make the checkpoint directory ({write_reason(exc)})") from None
-    return made
 
 
 def _unmake(made: list[Path]) -> None:
-    """Remove the folders a failed save made (innermost first), each only if empty: a folder someone
-    else has put a file in since is left."""
-    for p in made:
-        try:
-            os.rmdir(p)
-        except OSError as exc:
-            log.debug("%s: not removed (%s)", p, exc.strerror)
+    """Remove the folders a failed save made (innermost first), each only if empty."""
+    if not remove_dirs(made):
+        log.debug("%s: not all removed", made)
 
 
 def _check_finite(d: Path, weights: dict[str, Any], keys: dict[str, np.ndarray],
