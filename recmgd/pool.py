@@ -28,6 +28,7 @@ import collections
 import contextlib
 import functools
 import logging
+import math
 import operator
 import os
 import sys
@@ -158,11 +159,14 @@ _U32, _U64 = 2**32 - 1, 2**64 - 1
 
 
 def _int(value: Any, what: str, lo: int, hi: int) -> int:
-    """An integer argument (an int or a numpy integer, not a bool nor a float, which would be truncated)
-    within lo..hi, the range of the C field it goes to; anything else is a one-line PoolError naming it.
-    (The library checks its own, tighter limits, and names them.)"""
+    """An integer argument (an int, a numpy integer, or a float of a whole number such as 2e6; not a bool,
+    nor a fraction, which a cast would truncate) within lo..hi, the range of the C field it goes to;
+    anything else is a one-line PoolError naming it. (The library checks its own, tighter limits, and
+    names them.)"""
     if isinstance(value, bool | np.bool_):
         raise PoolError(f"{what} must be an integer, got {value!r}")
+    if isinstance(value, float | np.floating) and math.isfinite(value) and float(value).is_integer():
+        value = int(value)
     try:
         v = operator.index(value)
     except TypeError:

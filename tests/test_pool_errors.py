@@ -278,7 +278,8 @@ def test_float_table_numbers_and_offsets_are_refused(pool: Pool) -> None:
     ({"tables": [(0, 4)]}, "table 0: rows must be at least 1, got 0"),
     ({"tables": None}, "tables must be a list of"),
     ({"slots": 2**64}, "slots is too large"),
-    ({"slots": 1.0}, "slots must be an integer, got 1.0"),
+    ({"slots": 1.5}, "slots must be an integer, got 1.5"),
+    ({"slots": float("nan")}, "slots must be an integer, got nan"),
     ({"slots": True}, "slots must be an integer, got True"),
     ({"ring_records": -1}, "ring_records must be at least 0, got -1"),
     ({"rings": 2**40}, "rings is too large"),
@@ -295,6 +296,15 @@ def test_create_arguments_of_the_wrong_kind(kwargs: dict, what: str) -> None:
         Pool.create(**args)
     _one_line(e)
     assert not (SHM / name).exists()
+
+
+def test_whole_number_floats_are_taken() -> None:
+    """A float of a whole number (2e6 slots, as people write them) is the integer it names."""
+    p = Pool.create(_name(), tables=[(10.0, np.float64(4))], slots=2e1)
+    try:
+        assert p.tables[0].rows == 10 and p.tables[0].dim == 4 and p.n_slots == 20
+    finally:
+        p.destroy()
 
 
 def test_handle_arguments_of_the_wrong_kind(pool: Pool) -> None:
