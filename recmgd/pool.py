@@ -633,6 +633,8 @@ class Pool:
         elif ndim == 1:
             if offsets is None:
                 raise ValueError("offsets has to be a 1D Tensor but got None")
+            if (offsets.dim() if _is_tensor(offsets) else np.ndim(offsets)) != 1:  # (as torch: not flattened)
+                raise ValueError("offsets has to be a 1D Tensor")
             idv = _i64(ids)
             o = _i64(offsets, "offsets")
             n_all = len(idv)
@@ -672,6 +674,9 @@ class Pool:
         slot.n_bags = n_bags
         keep.extend((idv, off, idb, offb))
         if weights is not None:
+            wshape = tuple(weights.shape) if hasattr(weights, "shape") else (len(weights),)
+            if ndim == 2 and wshape != tuple(ids.shape):  # (as torch: the input's shape, not its size)
+                raise ValueError(f"per_sample_weights has shape {wshape}; input has {tuple(ids.shape)}")
             w = _f32(weights)
             n_all = int(np.prod(ids.shape)) if ndim == 2 else n_all
             if len(w) != n_all:

@@ -298,6 +298,22 @@ def test_create_arguments_of_the_wrong_kind(kwargs: dict, what: str) -> None:
     assert not (SHM / name).exists()
 
 
+def test_shapes_torch_refuses_are_refused(pool: Pool) -> None:
+    """2-D offsets, and per-sample weights of another shape than a 2-D input's, are refused as torch's
+    embedding_bag refuses them (they were flattened and used)."""
+    w = torch.zeros(100, 8)
+    cases = (((torch.tensor([1, 2, 3, 4]), torch.tensor([[0, 2]])), "offsets has to be a 1D Tensor"),
+             ((torch.tensor([[1, 2], [3, 4]]), None, "sum", torch.ones(4)), "per_sample_weights"))
+    for args, what in cases:
+        with pytest.raises(ValueError, match=what):
+            pool.embedding_bag(0, *args)
+        mode = args[2] if len(args) > 2 else "mean"
+        weights = args[3] if len(args) > 3 else None
+        with pytest.raises((ValueError, RuntimeError)):  # (torch's own refusal of the same call)
+            torch.nn.functional.embedding_bag(args[0], w, args[1], mode=mode, per_sample_weights=weights)
+    _usable(pool)
+
+
 def test_whole_number_floats_are_taken() -> None:
     """A float of a whole number (2e6 slots, as people write them) is the integer it names."""
     p = Pool.create(_name(), tables=[(10.0, np.float64(4))], slots=2e1)
