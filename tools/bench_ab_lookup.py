@@ -321,8 +321,11 @@ def main() -> int:
               f"{a.dim}, {a.reps} calls of {n} ids): hits base {a.base} {share['base']:.4f}, "
               f"new (this checkout) {share['new']:.4f}")
         return 0
-    wrows = [rng.choice(a.rows, size=min(a.batch, a.rows), replace=False).astype(np.int64) for _ in weights]
-    wvals = [np.ascontiguousarray(weights[t][r]) for t, r in enumerate(wrows)]
+    wrows, wvals = [], []  # (--write-rows: the rows each batch writes, and their own values)
+    if a.write_rows:
+        n_write = min(a.batch, a.rows)
+        wrows = [rng.choice(a.rows, size=n_write, replace=False).astype(np.int64) for _ in weights]
+        wvals = [np.ascontiguousarray(weights[t][r]) for t, r in enumerate(wrows)]
     rounds: list[tuple[str, float, float]] = []
     for first in ("base", "new"):
         sides: dict[str, Side] = {}
