@@ -346,6 +346,39 @@ def test_rows_of_many_pages_become_every_page_they_touch() -> None:
         app.destroy()
 
 
+def test_a_recording_in_page_mode_holds_rows_from_the_next_batch(app_pool: pool_mod.Pool,
+                                                                 tmp_path: Path) -> None:
+    """A recording of a pool in page mode (its tap before the rows become pages) started while the app's
+    batch is under way: the trace holds the app's rows, from its next batch on."""
+    from recmgd.daemon.record import PoolStream
+    from recmgd.trace import open_trace
+
+    drv, pages = page_driver(app_pool.name, budget_pages=16)
+    try:
+        app_pool.embedding_bag(0, np.array([0, 16]), np.array([0]))  # a batch under way, drained
+        drv.tick()
+        assert drv.mid_batch_rings() == {app_pool.ring_index: 2}  # (its rows' two pages)
+        stream = PoolStream(drv)
+        out = tmp_path / "pages.rtrace"
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT, 0o600)
+        stream.command({"action": "start", "path": str(out)}, lambda: fd)
+        app_pool.embedding_bag(0, np.array([32]), np.array([0]))
+        app_pool.end_batch()
+        app_pool.embedding_bag(1, np.array([5, 999]), np.array([0]))
+        app_pool.end_batch()
+        drv.tick()
+        stream.command({"action": "stop"}, lambda: None)
+        assert stream.recorder is not None and stream.recorder.wait()
+        assert stream.recorder.state == "done"
+        stream.close("test")
+    finally:
+        drv.close()
+        pages.close()
+    tr = open_trace(out)
+    assert np.asarray(tr.keys).tolist() == [(1 << 40) | 5, (1 << 40) | 999]
+    assert np.asarray(tr.sample_offsets).tolist() == [0, 2]
+
+
 def test_budget_is_never_exceeded_and_row_slots_stay_empty(app_pool: pool_mod.Pool) -> None:
     drv, pages = page_driver(app_pool.name, budget_pages=16)
     rng = np.random.default_rng(1)

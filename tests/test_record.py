@@ -3,6 +3,8 @@
 - the recorded trace holds exactly the app's batches, in order, one sample a batch; `recmg sim` on it
   (one sample a step) gives the daemon's own on-demand count in step mode; `recmg trace stats` reads it;
 - two apps at once: every batch of both, each app's in its order;
+- a recording started inside an app's batch begins at its next batch; a dead app's unfinished batch is
+  not joined to the first batch of the app that takes its ring over (the tracker's ring resets);
 - limits: --lookups ends at a batch end, the size cap, --seconds with an idle pool;
 - a full disk (a 64 KiB tmpfs): one line, no FILE, no FILE.partial; the daemon goes on;
 - errors: unknown pool, a second recording of the same pool, a request without a file.
@@ -491,3 +493,165 @@ def test_record_and_pause_into_a_full_stdout(daemon, tmp_path: Path) -> None:
             assert pstats(sock, name)["paused"] is paused
     finally:
         pool.close()
+
+
+def test_splitter_starts_mid_batch_rings_at_their_next_batch() -> None:
+    """A recording that starts while a ring's batch is under way (the daemon has drained part of it)
+    begins that ring at its next batch: the rest of the batch under way is no app batch of its own."""
+    end = np.uint64(1) << np.uint64(62)
+    sp = BatchSplitter(mid_batch={0: 2})
+    k, n = sp.feed(0, np.array([3, 4], dtype=np.uint64))  # the rest of ring 0's batch, no end yet
+    assert k.tolist() == [] and n.tolist() == []
+    k, n = sp.feed(0, np.array([5, end, 6, end, 7], dtype=np.uint64))
+    assert k.tolist() == [6] and n.tolist() == [1]
+    k, n = sp.feed(1, np.array([8, end], dtype=np.uint64))  # ring 1 was at a batch boundary
+    assert k.tolist() == [8] and n.tolist() == [1]
+    sp = BatchSplitter(mid_batch={2: 1})
+    sp.forget(2)  # its app went: the next app's records start a batch
+    k, n = sp.feed(2, np.array([9, end], dtype=np.uint64))
+    assert k.tolist() == [9] and n.tolist() == [1]
+    # a batch under way that reaches the batch cap ends where the daemon cuts it, counted from what the
+    # daemon had drained of it; the records after the cut start a batch
+    sp = BatchSplitter(max_batch=10, mid_batch={0: 6})
+    assert sp.n_held == 6
+    k, n = sp.feed(0, np.array([1, 2, 3], dtype=np.uint64))
+    assert n.tolist() == [] and sp.n_held == 9
+    k, n = sp.feed(0, np.array([4, 5], dtype=np.uint64))
+    assert n.tolist() == [] and sp.n_held == 0 and sp.cut_batches == 0
+    k, n = sp.feed(0, np.array([6, end], dtype=np.uint64))
+    assert k.tolist() == [6] and n.tolist() == [1]
+
+
+class OwnedRing:
+    """One ring (index 3) whose owner and next drains the test sets."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.pid = 7
+        self.chunks: list[np.ndarray] = []
+
+    def rings(self) -> list[dict]:
+        return [{"index": 3, "pid": self.pid, "waiting": sum(len(c) for c in self.chunks), "drops": 0}]
+
+    def drain_ring(self, index: int, max_records: int) -> np.ndarray:
+        return self.chunks.pop(0) if self.chunks else np.zeros(0, dtype=np.uint64)
+
+
+def test_tracker_tells_ring_resets_before_the_next_apps_records() -> None:
+    """The ring tracker tells its reset listeners when a ring's state goes (another app, a detached app's
+    empty ring, a dead app's ring flushed), in the order of the taps' records, and which rings are in a
+    batch: what a recording's splitter needs to drop the same unfinished batches as the daemon."""
+    from recmgd.daemon.tracker import RingTracker
+
+    end = np.uint64(1) << np.uint64(62)
+    src = OwnedRing()
+    events: list[object] = []
+    t = RingTracker(src, lambda *a: None, lambda h: False, step_mode=True)
+    t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
+    t.add_reset(lambda ring: events.append(ring))
+    src.chunks = [np.array([1, end, 2], dtype=np.uint64)]
+    t.drain()
+    assert t.mid_batch() == {3: 1} and events == [(3, [1, int(end), 2])]
+    src.pid, src.chunks = 8, [np.array([5, end], dtype=np.uint64)]  # another app took the ring over
+    t.drain()
+    assert events[1:] == [3, (3, [5, int(end)])] and t.mid_batch() == {}
+    src.pid, src.chunks = 0, []  # the app detached, its ring empty
+    t.drain()
+    assert events[3:] == [3] and 3 not in t.rings
+    src.pid, src.chunks = 9, [np.array([6], dtype=np.uint64)]
+    t.drain()
+    src.chunks = [np.array([7, end], dtype=np.uint64)]  # the app died: its ring flushed, then reset
+    assert t.flush_ring(3, {"index": 3, "pid": 9, "waiting": 2}) == (2, True)
+    assert events[4:] == [(3, [6]), (3, [7, int(end)]), 3]
+
+
+def test_record_started_mid_batch_leaves_that_batch_out(daemon, tmp_path: Path) -> None:
+    """The app is inside a batch (its first lookups drained) when the recording starts: the trace begins
+    at its next batch, as it ends at the last batch the app ended (before: the batch's rest was the
+    trace's first sample)."""
+    sock, name, _ = daemon
+    pool = create_pool(name, [1000], 100)
+    try:
+        wait_attached(sock, name)
+        pool.embedding_bag(0, np.arange(4), np.arange(4))  # (imports torch) a batch before
+        pool.end_batch()
+        pool.embedding_bag(0, np.arange(10, 18), np.arange(8))  # the batch under way
+        deadline = time.monotonic() + 30
+        while pstats(sock, name)["pending_records"] < 8:
+            assert time.monotonic() < deadline, "the daemon did not drain the batch under way"
+            time.sleep(0.02)
+        out = tmp_path / "mid.rtrace"
+        later = [np.arange(100, 108) + 8 * i for i in range(3)]
+        r = recmgctl(sock, "record", name, str(out), "--lookups", str(sum(len(b) for b in later)))
+        wait_recording(sock, name)
+        pool.embedding_bag(0, np.arange(20, 24), np.arange(4))  # the batch under way ends
+        pool.end_batch()
+        for ids in later:
+            pool.embedding_bag(0, ids, np.arange(len(ids)))
+            pool.end_batch()
+        rout, rerr = r.communicate(timeout=60)
+    finally:
+        pool.close()
+    assert r.returncode == 0, rerr
+    got = recorded_batches(out)
+    assert [g.tolist() for g in got] == [b.tolist() for b in later]
+
+
+APP_BATCHES = r'''
+import sys, numpy as np
+from recmgd.pool import Pool
+p = Pool.attach(sys.argv[1])
+p.embedding_bag(0, np.array([int(x) for x in sys.argv[2].split(",")]), np.array([0]))
+if sys.argv[3] == "end":
+    p.end_batch()
+print(p.ring_index, flush=True)
+sys.stdin.read()  # until the test closes it (or kills this process)
+'''
+
+
+def test_record_ring_taken_over_from_a_dead_app(tmp_path: Path) -> None:
+    """Every ring taken, an app dies inside a batch, and a new app takes its ring over before the daemon's
+    app check has released it: the recording drops the dead app's unfinished batch (as the daemon's own
+    steps do) instead of prefixing it to the new app's first batch."""
+    name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
+    sock = tmp_path / "ctl.sock"
+    cfg = config(tmp_path / "d.toml", sock, [name], extra="step_mode = true")
+    cfg.write_text(cfg.read_text().replace("app_check_interval = 0.1", "app_check_interval = 3600"))
+    # (the app check finds new pools too: the pool is there before the daemon starts)
+    pool = pool_mod.Pool.create(name, tables=[(1000, 8)], slots=100, rings=2)  # this process has one
+    d = start_daemon(cfg)
+    apps: list[subprocess.Popen] = []
+
+    def start(ids: list[int], end: bool) -> tuple[subprocess.Popen, int]:
+        a = subprocess.Popen([sys.executable, "-c", APP_BATCHES, name, ",".join(map(str, ids)),
+                              "end" if end else "open"], env=daemon_env(), stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        apps.append(a)
+        line = a.stdout.readline()
+        assert line.strip().isdigit(), a.stderr.read()
+        return a, int(line)
+
+    try:
+        wait_socket(sock, d, timeout=60)
+        wait_attached(sock, name)
+        out = tmp_path / "taken.rtrace"
+        r = recmgctl(sock, "record", name, str(out), "--lookups", "2")
+        wait_recording(sock, name)
+        dead, ring = start([10, 11, 12], end=False)  # a batch under way, drained, then the app dies
+        deadline = time.monotonic() + 30
+        while pstats(sock, name)["pending_records"] < 3:
+            assert time.monotonic() < deadline, "the daemon did not drain the batch under way"
+            time.sleep(0.02)
+        dead.kill()
+        dead.wait()
+        assert start([20, 21], end=True)[1] == ring  # the dead app's ring: the only one left
+        rout, rerr = r.communicate(timeout=60)
+        assert r.returncode == 0, rerr
+    finally:
+        for a in apps:
+            a.kill()
+            a.communicate()
+        rc, err = shut_down(d, name, pool)
+    assert rc == 0, err
+    assert [g.tolist() for g in recorded_batches(out)] == [[20, 21]]

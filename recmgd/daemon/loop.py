@@ -178,6 +178,19 @@ class PoolDriver:
         """Stop calling a tap added by :meth:`add_tap`."""
         self.tracker.remove_tap(tap)
 
+    def add_ring_reset(self, listener: Callable[[int], None]) -> None:
+        """Have ``listener(ring_index)`` called when a ring's app is gone or replaced, and its unfinished
+        batch with it (:meth:`RingTracker.add_reset`)."""
+        self.tracker.add_reset(listener)
+
+    def remove_ring_reset(self, listener: Callable[[int], None]) -> None:
+        """Stop calling a listener added by :meth:`add_ring_reset`."""
+        self.tracker.remove_reset(listener)
+
+    def mid_batch_rings(self) -> dict[int, int]:
+        """The rings whose batch is under way, with its records drained (:meth:`RingTracker.mid_batch`)."""
+        return self.tracker.mid_batch()
+
     def flat(self, keys: np.ndarray) -> np.ndarray:
         """Mirror index of each key, -1 for a row the mirror does not track (keys must be valid)."""
         return self.mover.flat(keys)

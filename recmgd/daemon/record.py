@@ -10,10 +10,11 @@ window (:mod:`recmgd.daemon.retrain`). Records are split per ring at the batch b
 daemon drained the batches (all the pool's apps interleaved as the daemon saw them), so the trace's
 steps of one sample (``recmg train -b 1``, ``recmg sim --batch 1``) are the daemon's policy steps.
 Hints are not part of a trace and are left out; a batch an app had not ended when the recording
-stopped is left out too. A batch that reaches the daemon's batch cap
-(:data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`) without a batch end is cut by the same rule as the
-ring tracker's, so its trace gets a batch boundary there (in row mode where the daemon cut) and the
-recording's memory stays bounded; the recording's status counts the cuts (``cut_batches``).
+stopped is left out too, and so is the rest of a batch under way when it started. A batch that
+reaches the daemon's batch cap (:data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`) without a batch
+end is cut by the same rule as the ring tracker's, so its trace gets a batch boundary there (in row
+mode where the daemon cut) and the recording's memory stays bounded; the recording's status counts
+the cuts (``cut_batches``).
 
 The recorder never slows the loop down: the tap only puts the array on a queue; a writer thread of
 its own splits and writes (through :class:`recmgd.trace.binary.BinaryWriter`, the one home of the
@@ -86,12 +87,20 @@ class BatchSplitter:
     :data:`recmgd.daemon.tracker.MAX_POOL_PENDING_RECORDS`) the largest is cut (the lowest ring among
     equals), until they are below it; a batch cut from another ring comes after the feed's own batches.
     ``cut_batches`` counts the cuts.
+
+    ``mid_batch`` maps the rings whose batch was under way when the splitter started (the daemon had
+    drained that many of its records, :meth:`recmgd.daemon.tracker.RingTracker.mid_batch`) to those
+    counts: the rest of that batch is no whole app batch, so it is left out, up to its end or to where
+    the caps cut it (as the daemon cuts it), and the ring starts at its next batch.
     """
 
-    def __init__(self, max_batch: int | None = None, max_pending: int | None = None) -> None:
+    def __init__(self, max_batch: int | None = None, max_pending: int | None = None,
+                 mid_batch: dict[int, int] | None = None) -> None:
         self.pending: dict[int, list[np.ndarray]] = {}
-        self.held: dict[int, int] = {}  # per ring, the records of its unfinished batch as drained
-        self.n_held = 0  # their sum
+        # per ring, the records of its unfinished batch as drained
+        self.held: dict[int, int] = dict(mid_batch or {})
+        self.n_held = sum(self.held.values())  # their sum
+        self.skip = set(self.held)  # the rings whose batch under way is left out
         self.max_batch = max(1, int(tracker.MAX_BATCH_RECORDS if max_batch is None else max_batch))
         self.max_pending = max(1, int(tracker.MAX_POOL_PENDING_RECORDS if max_pending is None
                                       else max_pending))
@@ -104,15 +113,26 @@ class BatchSplitter:
         while self.n_held >= self.max_pending:  # the pool cap: the largest first
             big = max(self.held.items(), key=lambda item: (item[1], -item[0]))[0]
             self.n_held -= self.held[big]
-            body, lengths = self._cut(big, self.pending[big], body, lengths)
+            body, lengths = self._cut(big, self.pending.setdefault(big, []), body, lengths)
         return body, lengths
 
     def _feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """One ring's records at its batch boundaries, under the batch cap (``n_held`` not kept)."""
         types = recs >> REC_TYPE_SHIFT
+        pend = self.pending.setdefault(ring, [])
+        if ring in self.skip:  # the rest of the batch under way at the start: left out
+            first = np.flatnonzero(types == _END)[:1]
+            if not len(first):
+                held = self.held[ring] = self.held.get(ring, 0) + len(recs)
+                if held >= self.max_batch:  # cut where the daemon cuts it: the next records start a batch
+                    return self._cut(ring, pend, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64))
+                return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+            self.skip.discard(ring)
+            self.held[ring] = 0
+            recs = recs[int(first[0]) + 1:]
+            types = types[int(first[0]) + 1:]
         lookup = types == _LOOKUP
         ends = np.flatnonzero(types == _END)
-        pend = self.pending.setdefault(ring, [])
         if not len(ends):
             if lookup.any():
                 pend.append((recs[lookup] & REC_KEY_MASK).astype(np.int64))
@@ -138,16 +158,22 @@ class BatchSplitter:
 
     def _cut(self, ring: int, pend: list[np.ndarray], body: np.ndarray,
              lengths: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The ring's unfinished batch at the cap: one more batch after those that ended."""
+        """The ring's unfinished batch at the cap: one more batch after those that ended (none for the
+        rest of a batch left out: it ends there)."""
+        self.held[ring] = 0
+        if ring in self.skip:
+            self.skip.discard(ring)
+            return body, lengths
         keys = np.concatenate(pend) if pend else np.zeros(0, dtype=np.int64)
         pend.clear()
-        self.held[ring] = 0
         self.cut_batches += 1
         return np.concatenate([body, keys]), np.append(lengths, np.int64(len(keys)))
 
     def forget(self, ring: int) -> None:
-        """A ring whose app went away: its unfinished batch is dropped (as the driver drops it)."""
+        """A ring whose app went away or was replaced: its unfinished batch is dropped (as the daemon
+        drops it); the ring's next records start a batch."""
         self.pending.pop(ring, None)
+        self.skip.discard(ring)
         self.n_held -= self.held.pop(ring, 0)
 
 
@@ -213,6 +239,9 @@ class _FdFile:
 class Recorder:
     """One recording of one pool into a file descriptor it owns (see the module doc).
 
+    The recording starts each ring at a batch start: ``mid_batch`` names the rings whose batch was
+    under way (see :class:`BatchSplitter`), whose rest is left out.
+
     Limits: ``lookups`` (stop at the first batch end at or after that many lookups), ``seconds`` (wall
     time from the recording's start, whether or not any app is running yet: an app started after it
     spends part of it starting; ``first_batch_s`` in the status says when the first batch came),
@@ -223,7 +252,7 @@ class Recorder:
 
     def __init__(self, pool: str, fd: int, *, lookups: int = 0, seconds: float = 0.0,
                  max_bytes: int = DEFAULT_MAX_BYTES, label: str = "",
-                 drops: Callable[[], int] | None = None) -> None:
+                 drops: Callable[[], int] | None = None, mid_batch: dict[int, int] | None = None) -> None:
         self.pool = pool
         self.label = label or f"fd {fd}"
         self.max_lookups = int(lookups)
@@ -248,7 +277,7 @@ class Recorder:
         self.n_lookups = 0
         self.n_batches = 0
         self.first_batch_s: float | None = None  # when the first batch was taken, from the start (s)
-        self._splitter = BatchSplitter()
+        self._splitter = BatchSplitter(mid_batch=mid_batch)
         self._q: queue.SimpleQueue[tuple[int, np.ndarray] | None] = queue.SimpleQueue()
         self._queued = 0  # bytes on the queue
         self._lock = threading.Lock()
@@ -450,8 +479,9 @@ class PoolStream:
     """One pool's tap (installed on its driver only while a sink wants the stream) and its recording.
 
     In page mode the tap sits on the :class:`~recmgd.daemon.pages.PagePool` (``driver.pages``), before
-    the rows become pages, so recordings hold rows in every mode. Rings the driver's tracker forgot (an
-    app gone) are told to the sinks at the next :meth:`poll`.
+    the rows become pages, so recordings hold rows in every mode. A ring whose app is gone or replaced
+    (the driver's tracker resets it) is told to the sinks at once, before the next app's records
+    (``tap(NO_RECORDS, ring)``), so they drop its unfinished batch as the daemon does.
     """
 
     def __init__(self, driver: Any) -> None:
@@ -459,12 +489,11 @@ class PoolStream:
         self.tap = StreamTap()
         self.recorder: Recorder | None = None
         self._installed = False
-        self._seen: set[int] = set()
-        self._feed_fn = self._feed  # one bound method: the tracker removes a tap by identity
+        self._feed_fn = self.tap  # one object: the tracker removes a tap by identity
+        self._reset_fn = self._reset
 
-    def _feed(self, recs: np.ndarray, ring: int) -> None:
-        self._seen.add(ring)
-        self.tap(recs, ring)
+    def _reset(self, ring: int) -> None:
+        self.tap(NO_RECORDS, ring)
 
     def _install(self, on: bool) -> None:
         if on == self._installed:
@@ -476,6 +505,10 @@ class PoolStream:
             self.driver.add_tap(self._feed_fn, with_ring=True)
         else:
             self.driver.remove_tap(self._feed_fn)
+        if on:
+            self.driver.add_ring_reset(self._reset_fn)
+        else:
+            self.driver.remove_ring_reset(self._reset_fn)
         self._installed = on
 
     def add_sink(self, name: str, sink: Tap) -> None:
@@ -529,7 +562,7 @@ class PoolStream:
             raise CommandError(f"record: {problem}")
         try:
             rec = Recorder(self.driver.name, fd, lookups=lookups, seconds=seconds, max_bytes=max_bytes,
-                           label=label, drops=self._drops)
+                           label=label, drops=self._drops, mid_batch=self.driver.mid_batch_rings())
         except OSError as exc:
             os.close(fd)
             raise CommandError(f"record: {label or 'the file'}: {exc.strerror or exc}") from None
@@ -540,18 +573,13 @@ class PoolStream:
         return rec.status()
 
     def poll(self) -> None:
-        """(Each tick.) Stop a recording whose file was removed; unhook a recording that has ended; tell
-        the sinks of rings whose app is gone."""
+        """(Each tick.) Stop a recording whose file was removed; unhook a recording that has ended."""
         if self.recorder is not None and self.recorder.orphaned():
             log.info("pool %s: the recording's file %s was removed; recording stopped", self.driver.name,
                      self.recorder.label)
             self.recorder.stop("file removed")
         if self.recorder is not None and not self.recorder.active and "record" in self.tap.sinks:
             self.remove_sink("record")
-        gone = self._seen - set(self.driver.rings)
-        for ring in gone:
-            self._seen.discard(ring)
-            self.tap(NO_RECORDS, ring)
 
     def stats(self) -> dict[str, Any] | None:
         return self.recorder.status() if self.recorder is not None else None

@@ -47,9 +47,14 @@ driver as ``on_batch(lookups, hints, n_batches)``. The refinements:
   drained (at most ``max_drain``, the drain budget).
 
 The recording's :class:`recmgd.daemon.record.BatchSplitter` cuts by the same two rules, so in row mode a
-recording has its batch boundaries where the daemon cut (once both have seen a batch boundary on every
-ring: a recording started in the middle of a batch counts that batch from its start, and a ring whose
-app went away is forgotten by the splitter a tick later).
+recording has its batch boundaries where the daemon cut. A recording that starts while a ring's batch is
+under way (:meth:`RingTracker.mid_batch`: part of it drained) begins that ring at its next batch.
+
+Ring resets: a ring's state goes when its app detached and the ring is empty, when a dead app's ring is
+flushed empty (:meth:`RingTracker.flush_ring`), and when another app owns the ring (a new app took over
+a dead one's ring before the app check released it); its unfinished batch goes with it. Each listener
+added with :meth:`RingTracker.add_reset` is called ``listener(ring_index)`` then, before any record of
+the ring's next app is drained, so a consumer that splits batches of its own drops that batch too.
 
 Taps (the hook for consumers of the raw stream, e.g. a recorder): :meth:`RingTracker.add_tap` registers
 ``tap(records)``, called with each chunk of records drained from one ring (uint64, as the pool's
@@ -222,6 +227,7 @@ class RingTracker:
         self.next_turn = 0  # the ring index the next drain's turns start at (module doc, the drain budget)
         self.spent = 0  # records flush_ring drained since the last drain (out of that drain's budget)
         self._taps: list[tuple[Callable[..., None], bool]] = []
+        self._resets: list[Callable[[int], None]] = []
 
     # -- taps ----------------------------------------------------------------------------------------
 
@@ -245,6 +251,29 @@ class RingTracker:
                 log.error("ring tap %r failed (%s: %s); removed", tap, type(exc).__name__, exc)
                 self.remove_tap(tap)
 
+    def add_reset(self, listener: Callable[[int], None]) -> None:
+        """Call ``listener(ring_index)`` when a ring's state (and its unfinished batch) goes (module doc,
+        ring resets)."""
+        self._resets.append(listener)
+
+    def remove_reset(self, listener: Callable[[int], None]) -> None:
+        """Stop calling ``listener`` (no error when it is not registered)."""
+        self._resets = [r for r in self._resets if r is not listener]
+
+    def _reset(self, ring: int) -> None:
+        for listener in list(self._resets):
+            try:
+                listener(ring)
+            except Exception as exc:  # noqa: BLE001 - a consumer's failure must not stop the loop
+                log.error("ring reset listener %r failed (%s: %s); removed", listener, type(exc).__name__,
+                          exc)
+                self.remove_reset(listener)
+
+    def mid_batch(self) -> dict[int, int]:
+        """The rings whose batch is under way (part of it drained, its end not yet), each with the
+        records of it drained so far."""
+        return {idx: st.n_pending for idx, st in self.rings.items() if st.n_pending or st.pending}
+
     # -- draining ------------------------------------------------------------------------------------
 
     def drain(self) -> int:
@@ -265,6 +294,7 @@ class RingTracker:
                 if idx in self.rings:
                     self.n_pending -= self.rings.pop(idx).n_pending
                     self.ring_drops.pop(idx, None)
+                    self._reset(idx)
                 continue
             drops = ring_field(info, "drops")
             prev = self.ring_drops.get(idx, 0)
@@ -273,8 +303,9 @@ class RingTracker:
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
             if st is None or (pid != 0 and st.pid != pid):
-                if st is not None:
+                if st is not None:  # another app owns the ring now
                     self.n_pending -= st.n_pending
+                    self._reset(idx)
                 st = self.rings[idx] = RingState(pending=[], pid=pid)
             if waiting:
                 turns.append((idx, st, info))
@@ -346,6 +377,8 @@ class RingTracker:
             else:
                 self.rings[index] = st
                 self.consume(st, recs)
+        if empty:
+            self._reset(index)  # (after its last records: their complete batches count)
         return n, empty
 
     def consume(self, st: RingState, recs: np.ndarray) -> None:
