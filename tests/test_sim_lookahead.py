@@ -325,3 +325,30 @@ def test_cli_lookahead_is_bounded() -> None:
         assert bad.returncode == 2 and "Traceback" not in bad.stderr, bad.stderr
         assert bad.stderr.strip().splitlines()[-1].startswith("recmg sim: error: argument --lookahead: must "
                                                               "be an integer in 0..1099511627776"), bad.stderr
+
+
+def test_a_learned_policy_trains_once_for_every_lookahead(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`recmg sim --lookahead 0,1,2` trains a learned policy once per capacity, not once per lookahead
+    (each training is the same: the first half, the same seed), and its runs score as when each trains
+    its own models."""
+    from recmgd.models import train as train_mod
+
+    steps = random_steps(3, 120, 300, 12)
+    tr = Trace(steps.keys, steps.offsets, "t")
+    opts = {"epochs": 1, "seed": 5, "prefetch_budget": 2}
+    calls = []
+    real = train_mod.train_models
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "train_models", counted)
+    shared = simulate(tr, ["recmg-cache"], [0.1, 0.2], batch=1, lookahead=[0, 1, 2], budget=2, options=opts)
+    assert len(calls) == 2  # one a capacity
+    alone = [r for L in (0, 1, 2) for r in simulate(tr, ["recmg-cache"], [0.1, 0.2], batch=1, lookahead=[L],
+                                                    budget=2, options=opts)]
+    assert len(calls) == 2 + 6
+    key = lambda r: (r.fraction, r.lookahead)  # noqa: E731
+    assert [(key(r), r.on_demand, r.hits) for r in sorted(shared, key=key)] == \
+        [(key(r), r.on_demand, r.hits) for r in sorted(alone, key=key)]

@@ -315,6 +315,12 @@ class LearnedPolicy(Policy):
         self._model_keys = keys if keys is not None else np.zeros(0, np.int64)
         self._model_index = None
 
+    def use_trained(self, t: Trained) -> None:
+        """Take the models another policy of this name trained (``trained`` after its fit), as if
+        this one had trained them: the simulator trains once for the runs of one capacity at several
+        lookaheads (the same first half, the same seed, the same models)."""
+        self._install(t)
+
     def fit(self, steps: Sequence[np.ndarray], capacity: int) -> None:
         if self.trained is not None:
             if self.trained.capacity and self.trained.capacity != capacity:

@@ -42,11 +42,16 @@ def unique_rows(steps: Steps) -> int:
     return int(np.unique(steps.keys[steps.offsets[0]:steps.offsets[-1]]).shape[0])
 
 
+def policy_names() -> list[str]:
+    """The policies the simulator runs: the registry's and the lookahead reference (``belady``)."""
+    return [*policy_registry.available(), REFERENCE]
+
+
 def check_policies(names: Sequence[str]) -> None:
     """ValueError naming the unknown policies and listing the known ones."""
     bad = policy_registry.unknown([n for n in names if n != REFERENCE])
     if bad:
-        known = [*policy_registry.available(), REFERENCE]
+        known = policy_names()
         raise ValueError(f"unknown polic{'y' if len(bad) == 1 else 'ies'} {', '.join(bad)} "
                          f"(known: {', '.join(known)})")
 
@@ -89,6 +94,9 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
     log.info("%s: %d lookups, %d steps of %d samples, %d unique rows", name, trace.n_lookups, n_steps,
              batch, uniq)
     cache: dict[str, Steps] = {}
+    # the models a learned policy trained itself, by (policy, capacity): its runs at the other
+    # lookaheads take them rather than train the same models again
+    trained: dict[tuple[str, int], Any] = {}
 
     def all_steps() -> Steps:
         if steps is not None:
@@ -100,6 +108,9 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
     def run(pname: str, cap: int, L: int = 0) -> tuple[Counters, dict[str, int]]:
         """The run's counters, and what the policy counted of itself (Policy.counters)."""
         pol = BeladyWindow() if pname == REFERENCE else policy_registry.create(pname, **options)
+        learned = getattr(pol, "trained", None) is None and hasattr(pol, "use_trained")
+        if learned and (pname, cap) in trained:
+            pol.use_trained(trained[pname, cap])  # type: ignore[attr-defined]
         if L or pname == REFERENCE:
             if delay != 1:
                 raise ValueError("lookahead runs with delay 1 only")
@@ -108,6 +119,8 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
             c = drive_stream(pol, trace, batch, cap, warm, delay=delay)
         else:
             c = drive(pol, all_steps(), cap, warm, delay=delay, path=path)
+        if learned and len(lookahead) > 1:
+            trained[pname, cap] = pol.trained  # type: ignore[attr-defined]
         return c, pol.counters()
 
     results: list[SimResult] = []
