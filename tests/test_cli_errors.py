@@ -603,3 +603,20 @@ def test_signal_during_synth_leaves_nothing(tmp_path: Path, sig: int, rc: int, l
     assert got == rc, err[-3000:]
     assert err.strip() == line, err[-3000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_demo_without_torchrec_is_one_line(work: Path) -> None:
+    """An installed recmgd has no TorchRec (the package's torchrec extra): `recmg demo` says so at once,
+    where its server failed with two nested tracebacks after the trace was made."""
+    hide = ("import sys\n"
+            "class Hide:\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.split('.')[0] == 'torchrec':\n"
+            "            raise ModuleNotFoundError(name)\n"
+            "sys.meta_path.insert(0, Hide())\n"
+            "from recmgd.cli.recmg import main\n"
+            "sys.exit(main(['demo', '--seconds', '0.2', '--workdir', 'wd', '--png', 'p.png']))\n")
+    r = subprocess.run([sys.executable, "-c", hide], text=True, capture_output=True, timeout=120, cwd=work,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    one_line(r, "recmg demo: needs torchrec (the package's torchrec extra", rc=2)
+    assert r.stdout == "" and not (work / "wd").exists()

@@ -607,7 +607,7 @@ def test_learned_policy_without_models_is_a_clear_error(tmp_path) -> None:
 
     with pytest.raises(PolicyError, match="needs trained models: set model_dir"):
         create_policy("recmg", {"seed": 0})
-    with pytest.raises(PolicyError, match=f"{tmp_path} holds none"):
+    with pytest.raises(PolicyError, match=f"{tmp_path} holds no checkpoint"):
         create_policy("recmg-cache", {"model_dir": str(tmp_path)})
     assert create_policy("lru", {}).name == "lru"
 

@@ -440,9 +440,9 @@ def test_record_cap_too_small(daemon, tmp_path: Path) -> None:
         r = recmgctl(sock, "record", name, str(target), "--max-mb", "0.00005")
         out, err = r.communicate(timeout=60)
         assert r.returncode == 2 and out == ""
-        assert err == ("recmgctl: error: record: argument --max-mb: 5e-05 MB holds no batch (the smallest "
+        assert err == ("recmgctl record: error: argument --max-mb: 5e-05 MB holds no batch (the smallest "
                        f"cap is 0.000088 MB, {MIN_MAX_BYTES} bytes: a trace of one lookup) "
-                       "(see recmgctl --help)\n")
+                       "(see recmgctl record --help)\n")
         assert MIN_MAX_BYTES == 88
         with pytest.raises(CommandError, match=r"'max_bytes': 87 bytes holds no batch \(the smallest cap is "
                                                r"88 bytes"):

@@ -82,8 +82,31 @@ def _write(path: str, write: Callable[[Path], object]) -> None:
         raise OutputError(f"{path}: cannot write ({write_reason(exc)}); the results are above") from None
 
 
+#: what the demo imports beyond the package's own requirements (pyproject.toml's torchrec extra)
+DEMO_MODULES = ("torchrec", "fbgemm_gpu", "matplotlib")
+
+
+def missing_modules() -> list[str]:
+    """The modules of DEMO_MODULES this Python cannot import (found, not imported: ~3 s for torchrec)."""
+    import importlib.util
+
+    missing = []
+    for m in DEMO_MODULES:
+        try:
+            if importlib.util.find_spec(m) is None:
+                missing.append(m)
+        except (ImportError, ValueError):
+            missing.append(m)
+    return missing
+
+
 def main(args: argparse.Namespace) -> int:
     from recmgd.app.e2e import compare, plot, table, targets
+
+    missing = missing_modules()
+    if missing:  # (an installed daemon's venv has no torchrec: its server would fail with a traceback)
+        return _fail(f"needs {', '.join(missing)} (the package's torchrec extra, which `make demo` installs "
+                     "in a checkout; an installed recmgd has no TorchRec)")
 
     try:
         loads = [float(x) for x in args.loads.split(",") if x]

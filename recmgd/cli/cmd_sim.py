@@ -38,11 +38,10 @@ from recmgd.cli.argtypes import (
 from recmgd.errors import TraceError
 from recmgd.models.train_config import TrainStepsError, too_few_steps
 from recmgd.policy import MAX_REGION
-from recmgd.policy import available as policy_names
 from recmgd.sim import format_table, simulate
 from recmgd.sim.pages import DEFAULT_PAGE_BYTES, simulate_pages
 from recmgd.sim.results import METRICS, format_pivot
-from recmgd.sim.runner import DEFAULT_ROW_BYTES, check_policies, unique_rows
+from recmgd.sim.runner import DEFAULT_FRACTIONS, DEFAULT_ROW_BYTES, check_policies, policy_names, unique_rows
 from recmgd.trace import open_trace
 from recmgd.trace.csvlog import DEFAULT_TABLE_SIZE
 
@@ -73,8 +72,9 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default="lru,opt",
                         help=f"comma-separated policy names, of {', '.join(policy_names())} "
                              "(default %(default)s)")
-    parser.add_argument("--fractions", type=_floats, default=[0.05, 0.1, 0.2],
-                        help="fast-tier capacity as fractions of the trace's unique rows")
+    parser.add_argument("--fractions", type=_floats, default=list(DEFAULT_FRACTIONS),
+                        help="fast-tier capacity as fractions of the trace's unique rows (default "
+                             f"{','.join(f'{f:g}' for f in DEFAULT_FRACTIONS)})")
     parser.add_argument("--batch", type=STEP_BATCH, default=16, help="samples per step (default %(default)s)")
     parser.add_argument("--delay", type=int, choices=[0, 1], default=1,
                         help="1: decisions apply before the next step; 0: the textbook cache")

@@ -48,6 +48,19 @@ class _DaemonCapHelp(str):
         return str(self).replace("%(daemon_cap)s", cap) % params
 
 
+def record_cap_mb(text: str) -> float:
+    """--max-mb: MB (10^6 bytes) > 0 that hold a trace of one lookup at least
+    (recmgd.daemon.record.MIN_MAX_BYTES; imported only when the option is given)."""
+    value = number(0, MAX_RECORD_MB, lo_open=True)(text)
+    from recmgd.daemon.record import MIN_MAX_BYTES
+
+    if _max_bytes(value) < MIN_MAX_BYTES:  # no batch fits: refused before the daemon is asked
+        raise argparse.ArgumentTypeError(f"{value:g} MB holds no batch (the smallest cap is "
+                                         f"{MIN_MAX_BYTES / 1e6:.6f} MB, {MIN_MAX_BYTES} bytes: a trace of "
+                                         "one lookup)")
+    return value
+
+
 def positive_seconds(text: str) -> float:
     """A finite number of seconds > 0 (for --timeout and --watch)."""
     try:
@@ -97,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "the apps do) (default: no limit)")
     s.add_argument("--lookups", type=count(0), default=0,
                    help="stop at the first batch end after this many lookups (default: no limit)")
-    s.add_argument("--max-mb", type=number(0, MAX_RECORD_MB, lo_open=True), default=None,
+    s.add_argument("--max-mb", type=record_cap_mb, default=None,
                    help=_DaemonCapHelp("size cap of the file in MB (10^6 bytes; default: the daemon's, "
                                        "%(daemon_cap)s)"))
     s.add_argument("--quiet", "-q", action="store_true", help="no progress line")
@@ -232,12 +245,6 @@ def _max_bytes(max_mb: float) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if args.command == "record" and args.max_mb is not None:
-        from recmgd.daemon.record import MIN_MAX_BYTES
-
-        if _max_bytes(args.max_mb) < MIN_MAX_BYTES:  # no batch fits: refused before the daemon is asked
-            parser.error(f"record: argument --max-mb: {args.max_mb:g} MB holds no batch (the smallest cap is "
-                         f"{MIN_MAX_BYTES / 1e6:.6f} MB, {MIN_MAX_BYTES} bytes: a trace of one lookup)")
     with signals.raised():
         try:  # stdout that cannot be written: one line, exit 1; a closed pipe: a quiet end
             return guarded("recmgctl", lambda: _run(args))

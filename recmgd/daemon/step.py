@@ -127,6 +127,9 @@ def create_policy(name: str, options: dict[str, object], *, pool: str | None = N
         raise PolicyError(f"policy {name!r} needs the future (OPT) and cannot run live")
     if pol.learned and getattr(pol, "trained", None) is None:
         where = options.get("model_dir")
-        raise PolicyError(f"policy {name!r} needs trained models: set model_dir to a checkpoint made by "
-                          f"`recmg train`" + (f" ({where} holds none)" if where else ""))
+        if where:  # (model_dir in the configuration, or recmgctl policy --model)
+            raise PolicyError(f"policy {name!r} needs trained models: {where} holds no checkpoint (make one "
+                              "with `recmg train`)")
+        raise PolicyError(f"policy {name!r} needs trained models: set model_dir (or recmgctl policy --model) "
+                          "to a checkpoint made by `recmg train`")
     return pol
