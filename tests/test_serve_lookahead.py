@@ -182,3 +182,20 @@ def test_the_comparison_passes_the_distance_to_server_and_daemon(tmp_path: Path)
                              tmp_path / "lat.npz")[0]
     assert out["extra"]["lookahead"] and out["extra"]["lookahead_batches"] == 3
     assert out["requests"] == 300 and out["hinted_rows"] > 0
+
+
+def test_the_demos_target_lines_name_what_they_compare() -> None:
+    """`recmg demo`'s target lines: the best configuration a recmgd drives against all-DRAM (p99), the best
+    but plain LRU against LRU (p50), and RecMG+lookahead against LRU+lookahead, each with its verdict."""
+    from recmgd.app.e2e import targets
+
+    rows = [dict(trace="t", system=s, load=0.5, p99_ms=p99, p50_ms=p99 / 2, slow_bytes=mb * 1e6)
+            for s, p99, mb in [("all-dram", 5, 0), ("lru", 10, 9), ("lru+lookahead", 6, 4),
+                               ("recmg+lookahead", 8, 3)]]
+    assert targets(rows) == [
+        "t: best recmgd-driven configuration (lru+lookahead) p99 6.00 ms = 1.20x all-DRAM's 5.00 ms at 50% "
+        "load [target <= 1.25x: met]",
+        "t: best recmgd-driven one but plain LRU (lru+lookahead) p50 3.00 ms, 40% below LRU's 5.00 ms "
+        "[target >= 43% below: missed]",
+        "t: recmg+lookahead p99 8.00 ms, slow tier 3.0 MB; lru+lookahead 6.00 ms, 4.0 MB [target: lower in "
+        "both: missed]"]
