@@ -85,14 +85,18 @@ lint: venv
 	$(MAKE) -s -C native clean all
 
 # A self-contained install: the package in its own venv under $(PREFIX)/lib/recmgd, its three commands
-# linked into $(PREFIX)/bin (where recmgd.service looks), librecmg and recmg.h for C apps, the units
+# linked into $(PREFIX)/bin (where recmgd.service looks), librecmg, recmg.h and recmg.pc (pkg-config,
+# $(PREFIX)/lib/pkgconfig) for C apps, the units
 # (recmg-hugepages.service installed, not enabled),
 # the config example (never over an existing config), the sysusers and tmpfiles rules; then (not into a
 # DESTDIR) the recmgd user and group (systemd-sysusers, or groupadd/useradd without it) and its directories.
 INSTALL_VENV := $(PREFIX)/lib/recmgd/venv
+# recmg.pc's Version: the package's
+PC_VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
 # what `make install` puts down (uninstall removes them; /etc/recmgd/recmgd.toml, an admin's, stays)
 INSTALLED := $(PREFIX)/bin/recmgd $(PREFIX)/bin/recmgctl $(PREFIX)/bin/recmg $(PREFIX)/include/recmg.h \
-  $(PREFIX)/lib/librecmg.so $(PREFIX)/lib/librecmg.a $(PREFIX)/share/doc/recmgd/README.md \
+  $(PREFIX)/lib/librecmg.so $(PREFIX)/lib/librecmg.a $(PREFIX)/lib/pkgconfig/recmg.pc \
+  $(PREFIX)/share/doc/recmgd/README.md \
   /etc/systemd/system/recmgd.service /etc/systemd/system/recmg-hugepages.service \
   /usr/lib/sysusers.d/recmgd.conf /usr/lib/tmpfiles.d/recmgd.conf
 install: install-venv install-files
@@ -113,7 +117,7 @@ install: install-venv install-files
 	  fi; \
 	  if command -v runuser >/dev/null 2>&1 && \
 	     ! runuser -u recmgd -- $(INSTALL_VENV)/bin/python -c "import recmgd.daemon.service" 2>/dev/null; then \
-	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: make install PYTHON=/usr/bin/python3"; \
+	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: rm -rf $(INSTALL_VENV) && make install PYTHON=/usr/bin/python3"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -122,9 +126,19 @@ install: install-venv install-files
 	@echo "apps share pools with the daemon through group recmgd: usermod -aG recmgd APPUSER (README, Security)"
 
 # the venv, built at $(DESTDIR)$(INSTALL_VENV) and pointing at $(INSTALL_VENV) (its scripts' #! lines
-# rewritten: a DESTDIR tree is moved into / to run); umask 022: the daemon's user reads it all
+# rewritten: a DESTDIR tree is moved into / to run); umask 022: the daemon's user reads it all.
+# Into a DESTDIR, where the recmgd user may not exist (install checks it by running the venv as recmgd
+# otherwise), tools/check_python_access.sh judges from permission bits, before the long pip installs,
+# that others can reach and run the Python the venv links to; refused, the venv is removed (a venv
+# made again over it would keep its links to the old Python).
 install-venv:
 	umask 022; $(PYTHON) -m venv $(DESTDIR)$(INSTALL_VENV)
+	@if [ -n "$(DESTDIR)" ]; then \
+	  why=$$(sh tools/check_python_access.sh $(DESTDIR)$(INSTALL_VENV)/bin/python) || { \
+	    rm -rf $(DESTDIR)$(INSTALL_VENV); \
+	    echo "make install: user recmgd will not be able to run $(INSTALL_VENV)/bin/python: $$why; install again with a system Python: make install DESTDIR=$(DESTDIR) PYTHON=/usr/bin/python3" >&2; \
+	    exit 1; }; \
+	fi
 	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi
 	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q torch==2.13.0
 	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --no-build-isolation .
@@ -140,6 +154,9 @@ install-files: native
 	umask 022; install -m 0644 native/include/recmg.h $(DESTDIR)$(PREFIX)/include/recmg.h
 	umask 022; install -m 0755 native/build/librecmg.so $(DESTDIR)$(PREFIX)/lib/librecmg.so
 	umask 022; install -m 0644 native/build/librecmg.a $(DESTDIR)$(PREFIX)/lib/librecmg.a
+	umask 022; install -d $(DESTDIR)$(PREFIX)/lib/pkgconfig && \
+	  sed -e '/^#/d' -e 's|@PREFIX@|$(PREFIX)|g' -e 's|@VERSION@|$(PC_VERSION)|g' native/recmg.pc.in \
+	    > $(DESTDIR)$(PREFIX)/lib/pkgconfig/recmg.pc
 	umask 022; install -D -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/recmgd/README.md
 	umask 022; [ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
 	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml

@@ -10,6 +10,8 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -126,7 +128,10 @@ def test_unit_settings() -> None:
     assert s["NoNewPrivileges"] == ["yes"] and s["ProtectSystem"] == ["strict"]
     assert s["PrivateDevices"] == ["yes"]  # /dev/shm stays the host's (bind-mounted by systemd)
     assert s["SystemCallFilter"][0] == "@system-service" and s["SystemCallArchitectures"] == ["native"]
-    assert s["ProtectHome"] == ["read-only"]  # the daemon's Python may live under /root (pyenv)
+    assert s["ProtectHome"] == ["read-only"]  # the daemon's Python may live under /home or /root
+    # ... where user recmgd may enter every folder on the way: not a pyenv under a 0700 /root
+    note = UNIT.read_text().split("ProtectHome=read-only")[0].rsplit("\n\n", 1)[-1].split("\n# read-only")[-1]
+    assert "0700 /root" in note and "PYTHON=/usr/bin/python3" in note, note
     assert s["PrivateNetwork"] == ["yes"]
     assert s["CapabilityBoundingSet"] == ["CAP_SYS_NICE"] and s["AmbientCapabilities"] == ["CAP_SYS_NICE"]
     assert "/dev/shm" in " ".join(s["ReadWritePaths"])
@@ -202,3 +207,196 @@ def test_install_files_follow_prefix_and_uninstall_removes_them(tmp_path: Path) 
     assert r.returncode == 0, r.stderr
     left = sorted(str(p.relative_to(root)) for p in root.rglob("*") if not p.is_dir())
     assert left == ["etc/recmgd/recmgd.toml"], left
+
+
+PKG_APP = r"""
+#include <stdio.h>
+#include "recmg.h"
+int main(void)
+{
+    char err[512];
+    recmg_table_spec t = {.rows = 64, .dim = 8};
+    recmg_create_opts o = {.n_tables = 1, .tables = &t, .n_slots = 16, .dtype = RECMG_F32,
+                           .slow_kind = RECMG_SLOW_DRAM, .role = RECMG_ROLE_APP};
+    recmg_pool *p = NULL;
+    if (recmg_create(NAME, &o, &p, err, sizeof err)) { fprintf(stderr, "create: %s\n", err); return 1; }
+    recmg_pool_info info;
+    if (recmg_info(p, &info)) { fprintf(stderr, "info: %s\n", recmg_errmsg(p)); return 1; }
+    recmg_close(p);
+    if (recmg_destroy(NAME, err, sizeof err)) { fprintf(stderr, "destroy: %s\n", err); return 1; }
+    printf("ok tables=%u\n", info.n_tables);
+    return 0;
+}
+"""
+
+
+@pytest.mark.skipif(shutil.which("pkg-config") is None or shutil.which("cc") is None,
+                    reason="pkg-config or cc not installed (make sysdeps installs them)")
+def test_installed_pkg_config_builds_an_app(tmp_path: Path) -> None:
+    """`make install-files` puts down $(PREFIX)/lib/pkgconfig/recmg.pc (its prefix the install's): an app
+    built with just `pkg-config --cflags --libs recmg` links (librecmg.so carries its own -lm -luring) and
+    runs, creating and destroying a pool; --static's flags link librecmg.a; uninstall removes recmg.pc."""
+    import uuid
+
+    root = tmp_path / "root"
+    env = dict(os.environ, MAKEFLAGS="")
+    args = ["make", "-s", "-C", str(REPO), f"DESTDIR={root}", "PREFIX=/opt/recmg"]
+    r = subprocess.run([*args, "install-files"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    pc = root / "opt/recmg/lib/pkgconfig/recmg.pc"
+    assert pc.is_file() and pc.stat().st_mode & 0o004, pc
+    assert "prefix=/opt/recmg\n" in pc.read_text()
+    pkg_env = dict(os.environ, PKG_CONFIG_PATH=str(pc.parent), PKG_CONFIG_SYSROOT_DIR=str(root))
+    pkg_env.pop("PKG_CONFIG_LIBDIR", None)
+
+    def pkg(*what: str) -> list[str]:
+        r = subprocess.run(["pkg-config", *what, "recmg"], capture_output=True, text=True, env=pkg_env,
+                           timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout.split()
+
+    flags = pkg("--cflags", "--libs")
+    assert flags == [f"-I{root}/opt/recmg/include", f"-L{root}/opt/recmg/lib", "-lrecmg"], flags
+    static = pkg("--static", "--libs")
+    assert {"-luring", "-lm", "-pthread"} <= set(static), static
+    name = f"rt_pc_{uuid.uuid4().hex[:10]}"
+    src = tmp_path / "app.c"
+    src.write_text(PKG_APP.replace("NAME", f'"{name}"'))
+    cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
+    # librecmg.a (and the system libraries shared, as usual): -lrecmg alone made static
+    static_recmg = [w for x in static for w in
+                    (["-Wl,--push-state,-Bstatic", x, "-Wl,--pop-state"] if x == "-lrecmg" else [x])]
+    for exe, libs in (("app", flags), ("app_static", [*pkg("--cflags"), *static_recmg])):
+        r = subprocess.run(["cc", *cflags, "-o", str(tmp_path / exe), str(src), *libs], capture_output=True,
+                           text=True, timeout=120)
+        assert r.returncode == 0, f"cc {' '.join(libs)}: {r.stderr}"
+        r = subprocess.run([str(tmp_path / exe)], capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, LD_LIBRARY_PATH=str(root / "opt/recmg/lib")))
+        assert r.returncode == 0 and r.stdout.strip() == "ok tables=1", r.stdout + r.stderr
+        assert not Path(f"/dev/shm/{name}").exists()
+    r = subprocess.run(["ldd", str(tmp_path / "app_static")], capture_output=True, text=True, timeout=30)
+    assert "librecmg" not in r.stdout, r.stdout
+    if shutil.which("readelf"):
+        r = subprocess.run(["readelf", "-d", str(root / "opt/recmg/lib/librecmg.so")], capture_output=True,
+                           text=True, timeout=30, check=True)
+        needed = re.findall(r"\(NEEDED\)\s+Shared library: \[(\S+)\]", r.stdout)
+        assert any(n.startswith("libm.") for n in needed), needed
+        assert any(n.startswith("liburing.") for n in needed), needed
+    r = subprocess.run([*args, "uninstall"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert not pc.exists() and not (root / "opt/recmg/lib/librecmg.so").exists()
+
+
+CHECK_PY = REPO / "tools" / "check_python_access.sh"
+
+
+def top_private_dir(path: Path) -> Path | None:
+    """The top-most directory from / down to path that others cannot enter (o+x unset), if any."""
+    found = None
+    for d in [path, *path.parents]:
+        if d.exists() and not d.stat().st_mode & 0o001:
+            found = d
+    return found
+
+
+@pytest.fixture
+def public_tmp() -> Iterator[Path]:
+    """A temporary folder that others can enter, as every folder above it (tmp_path is under a 0700 one)."""
+    with tempfile.TemporaryDirectory(dir="/tmp" if top_private_dir(Path("/tmp")) is None else None) as d:
+        os.chmod(d, 0o755)
+        if top_private_dir(Path(d)) is not None:
+            pytest.skip(f"no temporary folder that others can enter ({top_private_dir(Path(d))})")
+        yield Path(d)
+
+
+def base_python() -> Path:
+    """The real interpreter under this venv's python."""
+    return Path(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))
+
+
+def public_python() -> Path | None:
+    """An interpreter that others can reach and run: this venv's, else /usr/bin/python3; None if neither."""
+    for p in (base_python(), Path("/usr/bin/python3")):
+        if p.exists() and p.stat().st_mode & 0o001 and top_private_dir(p.resolve().parent) is None:
+            return p
+    return None
+
+
+def test_install_into_destdir_refuses_a_python_others_cannot_reach(tmp_path: Path, public_tmp: Path) -> None:
+    """`make install DESTDIR=...` with a Python that only root can reach (pyenv under /root, mode 0700: here
+    a link to one in a 0700 folder): the tree's daemon would fail to start (runuser -u recmgd ... python:
+    Permission denied), and install refuses at once, before the pip installs, with one line that names
+    the folder and the way out; the venv is removed (a venv made again over it keeps its links). Into /,
+    the check runs the venv as recmgd; into a DESTDIR that user may not exist: permission bits decide."""
+    priv = public_tmp / "priv"
+    priv.mkdir(mode=0o700)
+    os.chmod(priv, 0o700)
+    (priv / "python3").symlink_to(base_python())
+    dest = tmp_path / "dest"
+    # pip offline: without the check, install-venv gets past the venv and fails in pip at once
+    env = dict(os.environ, MAKEFLAGS="", PIP_NO_INDEX="1", PIP_DISABLE_PIP_VERSION_CHECK="1")
+    r = subprocess.run(["make", "-s", "-C", str(REPO), f"DESTDIR={dest}", f"PYTHON={priv / 'python3'}",
+                        "install-venv"], capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode != 0, r.stdout + r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("make install:")]
+    assert len(lines) == 1, r.stdout + r.stderr
+    assert f"is under {priv} (mode 0700)" in lines[0] and "PYTHON=/usr/bin/python3" in lines[0], lines[0]
+    assert "/usr/local/lib/recmgd/venv/bin/python" in lines[0], lines[0]
+    assert not (dest / "usr/local/lib/recmgd/venv").exists()
+
+
+def make_venv(python: Path, where: Path) -> Path:
+    r = subprocess.run([str(python), "-m", "venv", "--without-pip", str(where)], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return where / "bin" / "python"
+
+
+def check_python(python: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["sh", str(CHECK_PY), str(python)], capture_output=True, text=True, timeout=60)
+
+
+def test_check_python_access_refuses_what_others_cannot_reach(tmp_path: Path, public_tmp: Path) -> None:
+    """tools/check_python_access.sh: a link to the interpreter in a private folder, an interpreter others
+    cannot execute, a pyvenv.cfg home in a private folder: each refused with one line naming it."""
+    priv = public_tmp / "priv"
+    priv.mkdir(mode=0o700)
+    os.chmod(priv, 0o700)
+    (priv / "python3").symlink_to(base_python())
+    py = make_venv(priv / "python3", tmp_path / "v1")
+    r = check_python(py)
+    assert r.returncode == 1 and len(r.stdout.splitlines()) == 1, r.stdout + r.stderr
+    want = f"{priv / 'python3'} (a link to {base_python()}), is under {priv} (mode 0700)"
+    assert want in r.stdout, r.stdout
+    # the venv's home (pyvenv.cfg) in a private folder
+    public = public_python()
+    if public is not None:
+        py2 = make_venv(public, tmp_path / "v2")
+        assert check_python(py2).returncode == 0
+        cfg = py2.parent.parent / "pyvenv.cfg"
+        cfg.write_text(re.sub(r"(?m)^home = .*$", f"home = {priv}", cfg.read_text()))
+        r = check_python(py2)
+        assert r.returncode == 1 and f"home (pyvenv.cfg), {priv}, is under {priv}" in r.stdout, r.stdout
+    # an interpreter others cannot execute
+    exe = public_tmp / "python-0700"
+    shutil.copy(base_python(), exe)
+    os.chmod(exe, 0o700)
+    r = check_python(exe)
+    assert r.returncode == 1 and "not executable by other users (mode 0700)" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(public_python() is None, reason="no Python that others can run here")
+def test_check_python_access_passes_a_public_python_in_a_private_destdir(tmp_path: Path) -> None:
+    """A venv of a Python that others can run passes, also built under a folder only root may enter (a
+    DESTDIR's own folders are the installer's: the tree is moved into / to run)."""
+    public = public_python()
+    assert public is not None
+    priv = tmp_path / "priv"
+    priv.mkdir(mode=0o700)
+    os.chmod(priv, 0o700)
+    py = make_venv(public, priv / "usr/local/lib/recmgd/venv")
+    assert top_private_dir(py) is not None
+    r = check_python(py)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr
+    r = check_python(public)
+    assert r.returncode == 0 and r.stdout == "", r.stdout + r.stderr

@@ -8,6 +8,16 @@
  * looks up bags (sum, mean, weighted) through the app handle, checks every output against the
  * expected value, drains the app's access ring and checks its records, then destroys the pool.
  * Prints one summary line; exits 0 when every check passed.
+ *
+ * With ssd:PATH the slow-tier file PATH stays behind after the run (recmg_destroy removes the pool,
+ * not its file), and create never overwrites a file: run it again on the same PATH after `rm PATH`,
+ * or give another PATH.
+ *
+ * `make -C native` builds it as native/build/dlrm_example (static librecmg). Built on its own, it
+ * needs -lm for itself (fmaf), as any app that uses libm does:
+ *   cc dlrm_example.c $(pkg-config --cflags --libs recmg) -lm      (after `make install`)
+ *   cc native/examples/dlrm_example.c -Inative/include -Lnative/build -lrecmg -lm
+ *                                     (from the repository; run with LD_LIBRARY_PATH=native/build)
  */
 #include <math.h>
 #include <stdio.h>
@@ -57,7 +67,17 @@ int main(int argc, char **argv)
 
     recmg_pool *app = NULL, *daemon = NULL;
     int rc = recmg_create(name, &o, &app, err, sizeof err);
-    if (rc == RECMG_EEXIST) rc = recmg_attach(name, RECMG_ROLE_APP, 0, &app, err, sizeof err);
+    if (rc == RECMG_EEXIST) {
+        /* RECMG_EEXIST is also an existing slow-tier file (never overwritten): attach only to a pool
+         * that exists, and keep create's message when there is none */
+        char aerr[512];
+        rc = recmg_attach(name, RECMG_ROLE_APP, 0, &app, aerr, sizeof aerr);
+        if (rc == RECMG_ENOENT) return fail("create", err);
+        if (rc) {
+            fprintf(stderr, "dlrm_example: create: %s; attach: %s\n", err, aerr);
+            return 1;
+        }
+    }
     if (rc) return fail("create", err);
 
     /* the slow tier: values that encode (table, row, column) */
