@@ -11,12 +11,30 @@ APT_PACKAGES := gcc make pkg-config liburing-dev libsystemd-dev fio
 APT_VM_PACKAGES := qemu-system-x86 busybox-static
 TRACE  ?=
 PREFIX ?= /usr/local
+# where `make install` puts the units: the admin's place by default; a package builds with
+# UNITDIR=/usr/lib/systemd/system
+UNITDIR ?= /etc/systemd/system
 # The TorchRec front's torchrec, without its declared deps (pyproject.toml's torchrec extra says why).
 TORCHREC := torchrec==1.8.0
 
-.PHONY: all sysdeps venv native test test-vm demo bench bench-e2e lint install install-venv install-files uninstall clean
+.PHONY: all help sysdeps venv native test test-vm demo bench bench-e2e lint install install-venv install-files uninstall clean
 
 all: native
+
+help:
+	@echo "recmg's targets (README.md says more):"
+	@echo "  make demo        a TorchRec DLRM server on recmg against all-DRAM (TRACE=path: on that trace)"
+	@echo "  make test        the whole test suite (system packages, .venv and the native build first)"
+	@echo "  make test-vm     only the tests in the QEMU guest (a CPU-less NUMA node, systemd as PID 1)"
+	@echo "  make native      librecmg (native/build) and the Python extension, in .venv"
+	@echo "  make bench       the benchmarks (BENCHMARKS.md holds their numbers)"
+	@echo "  make bench-e2e   the full end-to-end comparison (tools/bench_e2e.py)"
+	@echo "  make lint        ruff, and the C build with -Wall -Wextra -Werror"
+	@echo "  make install     the package in its venv, librecmg, recmg.h, recmg.pc, the units, the config"
+	@echo "                   example, the recmgd user (PREFIX=$(PREFIX), DESTDIR=, UNITDIR=$(UNITDIR),"
+	@echo "                   PYTHON=python3: the interpreter the venv is made from)"
+	@echo "  make uninstall   what install put down, but the config, the user and its state"
+	@echo "  make clean       the build outputs"
 
 # System packages: installed when missing and we are root; otherwise the exact command is printed.
 sysdeps:
@@ -97,7 +115,7 @@ PC_VERSION := $(shell sed -n 's/^version *= *"\(.*\)"/\1/p' pyproject.toml)
 INSTALLED := $(PREFIX)/bin/recmgd $(PREFIX)/bin/recmgctl $(PREFIX)/bin/recmg $(PREFIX)/include/recmg.h \
   $(PREFIX)/lib/librecmg.so $(PREFIX)/lib/librecmg.a $(PREFIX)/lib/pkgconfig/recmg.pc \
   $(PREFIX)/share/doc/recmgd/README.md \
-  /etc/systemd/system/recmgd.service /etc/systemd/system/recmg-hugepages.service \
+  $(UNITDIR)/recmgd.service $(UNITDIR)/recmg-hugepages.service \
   /usr/lib/sysusers.d/recmgd.conf /usr/lib/tmpfiles.d/recmgd.conf
 install: install-venv install-files
 	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files
@@ -161,8 +179,8 @@ install-files: native
 	umask 022; [ -f $(DESTDIR)/etc/recmgd/recmgd.toml ] || \
 	  install -m 0644 systemd/recmgd.toml.example $(DESTDIR)/etc/recmgd/recmgd.toml
 	umask 022; for u in recmgd recmg-hugepages; do \
-	  install -d $(DESTDIR)/etc/systemd/system && \
-	  sed 's|/usr/local/|$(PREFIX)/|g' systemd/$$u.service > $(DESTDIR)/etc/systemd/system/$$u.service || exit 1; \
+	  install -d $(DESTDIR)$(UNITDIR) && \
+	  sed 's|/usr/local/|$(PREFIX)/|g' systemd/$$u.service > $(DESTDIR)$(UNITDIR)/$$u.service || exit 1; \
 	done
 	umask 022; install -D -m 0644 systemd/recmgd.sysusers $(DESTDIR)/usr/lib/sysusers.d/recmgd.conf
 	umask 022; install -D -m 0644 systemd/recmgd.tmpfiles $(DESTDIR)/usr/lib/tmpfiles.d/recmgd.conf

@@ -209,6 +209,35 @@ def test_install_files_follow_prefix_and_uninstall_removes_them(tmp_path: Path) 
     assert left == ["etc/recmgd/recmgd.toml"], left
 
 
+def test_units_go_where_unitdir_says(tmp_path: Path) -> None:
+    """A package puts units in /usr/lib/systemd/system (UNITDIR=), not the admin's /etc/systemd/system;
+    uninstall removes them from there."""
+    root = tmp_path / "root"
+    env = dict(os.environ, MAKEFLAGS="")
+    args = ["make", "-s", "-C", str(REPO), f"DESTDIR={root}", "PREFIX=/usr",
+            "UNITDIR=/usr/lib/systemd/system"]
+    r = subprocess.run([*args, "install-files"], capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "ExecStart=/usr/bin/recmgd\n" in (root / "usr/lib/systemd/system/recmgd.service").read_text()
+    assert (root / "usr/lib/systemd/system/recmg-hugepages.service").is_file()
+    assert not (root / "etc/systemd").exists()
+    r = subprocess.run([*args, "uninstall"], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr
+    assert not any((root / "usr/lib/systemd/system").iterdir())
+
+
+def test_make_help_lists_the_targets() -> None:
+    """`make help`: every target a user runs, each with a line, and the variables they take."""
+    r = subprocess.run(["make", "-s", "-C", str(REPO), "help"], capture_output=True, text=True, timeout=60,
+                       env=dict(os.environ, MAKEFLAGS=""))
+    assert r.returncode == 0, r.stderr
+    listed = {line.split()[1] for line in r.stdout.splitlines() if line.startswith("  make ")}
+    assert {"demo", "test", "test-vm", "bench", "bench-e2e", "lint", "native", "install", "uninstall",
+            "clean"} <= listed, listed
+    for var in ("PREFIX", "DESTDIR", "UNITDIR", "PYTHON", "TRACE"):
+        assert var in r.stdout, var
+
+
 PKG_APP = r"""
 #include <stdio.h>
 #include "recmg.h"

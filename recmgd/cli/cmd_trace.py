@@ -43,7 +43,8 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     st.add_argument("--batch", type=STEP_BATCH, default=16, help="samples per step for the hit rates")
     st.add_argument("--no-sim", action="store_true", help="skip the LRU/OPT hit rates")
     st.add_argument("--json", action="store_true", help="print JSON")
-    st.add_argument("--table-size", type=TABLE_SIZE, default=DEFAULT_TABLE_SIZE)
+    st.add_argument("--table-size", type=TABLE_SIZE, default=DEFAULT_TABLE_SIZE,
+                    help="CSV logs: rows per table that values hash to (default %(default)s)")
     sy = action("synth", "write a synthetic trace calibrated to Meta's 2021 statistics")
     sy.add_argument("output", help="binary trace to write")
     defaults = SynthConfig()
@@ -56,9 +57,10 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
     sy.add_argument("--block-rows", type=count(1, MAX_BLOCK_ROWS), default=defaults.block_rows,
                     help="rows generated at a time; bounds memory (default %(default)s)")
     sy.add_argument("--gap", type=number(0.0, lo_open=True), default=defaults.gap,
-                    help="median gap between a row's uses, lookups")
-    sy.add_argument("--sigma", type=number(0.0), default=defaults.sigma, help="log-normal spread of the gaps")
-    sy.add_argument("--seed", type=SEED, default=0)
+                    help="median gap between a row's uses, lookups (default %(default)s)")
+    sy.add_argument("--sigma", type=number(0.0), default=defaults.sigma,
+                    help="log-normal spread of the gaps (default %(default)s)")
+    sy.add_argument("--seed", type=SEED, default=0, help="(default %(default)s)")
     parser.set_defaults(_trace_parser=parser)
 
 

@@ -76,7 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="recmgctl", description="Query and steer a running recmgd.")
     p.add_argument("--socket", metavar="PATH", default=os.environ.get("RECMGD_SOCKET", DEFAULT_SOCKET),
                    help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
-    p.add_argument("--timeout", type=positive_seconds, default=10.0, help="seconds to wait for an answer")
+    p.add_argument("--timeout", type=positive_seconds, default=10.0,
+                   help="seconds to wait for an answer (default %(default)s)")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, what: str) -> argparse.ArgumentParser:
