@@ -23,7 +23,8 @@ all: native
 
 help:
 	@echo "recmg's targets (README.md says more):"
-	@echo "  make demo        a TorchRec DLRM server on recmg against all-DRAM (TRACE=path: on that trace)"
+	@echo "  make demo        a TorchRec DLRM server on recmg against all-DRAM (TRACE=path: on that trace;"
+	@echo "                   LOOKAHEAD_BATCHES=N: the server announces batches N ahead)"
 	@echo "  make test        the whole test suite (system packages, .venv and the native build first)"
 	@echo "  make test-vm     only the tests in the QEMU guest (a CPU-less NUMA node, systemd as PID 1)"
 	@echo "  make native      librecmg (native/build) and the Python extension, in .venv"
@@ -32,8 +33,9 @@ help:
 	@echo "  make lint        ruff, and the C build with -Wall -Wextra -Werror"
 	@echo "  make install     the package in its venv, librecmg, recmg.h, recmg.pc, the units, the config"
 	@echo "                   example, the recmgd user (PREFIX=$(PREFIX), DESTDIR=, UNITDIR=$(UNITDIR),"
-	@echo "                   PYTHON=python3: the interpreter the venv is made from)"
-	@echo "  make uninstall   what install put down, but the config, the user and its state"
+	@echo "                   PYTHON=$(PYTHON): the interpreter the venv is made from)"
+	@echo "  make uninstall   what install put down, but the config, the user and its state (give it"
+	@echo "                   install's PREFIX, DESTDIR and UNITDIR)"
 	@echo "  make clean       the build outputs"
 
 # System packages: installed when missing and we are root; otherwise the exact command is printed.
@@ -118,8 +120,10 @@ INSTALLED := $(PREFIX)/bin/recmgd $(PREFIX)/bin/recmgctl $(PREFIX)/bin/recmg $(P
   $(UNITDIR)/recmgd.service $(UNITDIR)/recmg-hugepages.service \
   /usr/lib/sysusers.d/recmgd.conf /usr/lib/tmpfiles.d/recmgd.conf
 install: install-venv install-files
-	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files
+	@# the daemon's user and group, then its directories (owned by them); into DESTDIR only the files.
+	@# ldconfig: the loader's cache learns $(PREFIX)/lib/librecmg.so (where that is on its path)
 	@if [ -z "$(DESTDIR)" ]; then \
+	  if command -v ldconfig >/dev/null 2>&1; then ldconfig || exit 1; fi; \
 	  if command -v systemd-sysusers >/dev/null 2>&1; then \
 	    systemd-sysusers /usr/lib/sysusers.d/recmgd.conf || exit 1; \
 	  else \
@@ -135,7 +139,7 @@ install: install-venv install-files
 	  fi; \
 	  if command -v runuser >/dev/null 2>&1 && \
 	     ! runuser -u recmgd -- $(INSTALL_VENV)/bin/python -c "import recmgd.daemon.service" 2>/dev/null; then \
-	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: rm -rf $(INSTALL_VENV) && make install PYTHON=/usr/bin/python3"; \
+	    echo "make install: user recmgd cannot run $(INSTALL_VENV)/bin/python (its Python, $$(readlink -f $(INSTALL_VENV)/bin/python), is under a directory only root may enter, e.g. /root/.pyenv); install again with a system Python: rm -rf $(INSTALL_VENV) && make install PREFIX=$(PREFIX) UNITDIR=$(UNITDIR) PYTHON=/usr/bin/python3"; \
 	    exit 1; \
 	  fi; \
 	fi
@@ -154,7 +158,7 @@ install-venv:
 	@if [ -n "$(DESTDIR)" ]; then \
 	  why=$$(sh tools/check_python_access.sh $(DESTDIR)$(INSTALL_VENV)/bin/python) || { \
 	    rm -rf $(DESTDIR)$(INSTALL_VENV); \
-	    echo "make install: user recmgd will not be able to run $(INSTALL_VENV)/bin/python: $$why; install again with a system Python: make install DESTDIR=$(DESTDIR) PYTHON=/usr/bin/python3" >&2; \
+	    echo "make install: user recmgd will not be able to run $(INSTALL_VENV)/bin/python: $$why; install again with a system Python: make install DESTDIR=$(DESTDIR) PREFIX=$(PREFIX) UNITDIR=$(UNITDIR) PYTHON=/usr/bin/python3" >&2; \
 	    exit 1; }; \
 	fi
 	umask 022; $(DESTDIR)$(INSTALL_VENV)/bin/pip install -q --upgrade pip setuptools wheel cffi
@@ -191,6 +195,7 @@ uninstall:
 	rm -f $(addprefix $(DESTDIR),$(INSTALLED))
 	rm -rf $(DESTDIR)$(PREFIX)/lib/recmgd
 	-rmdir $(DESTDIR)$(PREFIX)/share/doc/recmgd 2>/dev/null
+	-rmdir $(DESTDIR)$(PREFIX)/lib/pkgconfig 2>/dev/null
 	@echo "uninstalled; kept /etc/recmgd/recmgd.toml, the recmgd user and /var/lib/recmgd"
 
 clean:

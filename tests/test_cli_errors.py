@@ -618,5 +618,5 @@ def test_demo_without_torchrec_is_one_line(work: Path) -> None:
             "sys.exit(main(['demo', '--seconds', '0.2', '--workdir', 'wd', '--png', 'p.png']))\n")
     r = subprocess.run([sys.executable, "-c", hide], text=True, capture_output=True, timeout=120, cwd=work,
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
-    one_line(r, "recmg demo: needs torchrec (the package's torchrec extra", rc=2)
+    one_line(r, "recmg demo: needs torchrec: torchrec==1.8.0 (installed with --no-deps)", rc=2)
     assert r.stdout == "" and not (work / "wd").exists()

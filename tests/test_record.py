@@ -598,6 +598,33 @@ def test_record_started_mid_batch_leaves_that_batch_out(daemon, tmp_path: Path) 
     assert [g.tolist() for g in got] == [b.tolist() for b in later]
 
 
+def test_a_dead_apps_last_records_are_cut_by_the_pool_cap_in_both() -> None:
+    """A dead app's ring flushed empty: its last records go through the caps in the tracker as in a
+    recording's splitter (the tracker split them without the pool cap, so a recording had a batch cut
+    there that the daemon never stepped on)."""
+    from recmgd.daemon.tracker import RingTracker
+
+    src = OwnedRing()
+    steps: list[list[int]] = []
+    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
+                    step_mode=True, max_pending=4)
+    sp = BatchSplitter(max_pending=4)
+    recorded: list[list[int]] = []
+
+    def tap(recs: np.ndarray, ring: int) -> None:
+        keys, lengths = sp.feed(ring, recs)
+        recorded.extend(np.split(keys, np.cumsum(lengths)[:-1]) if len(lengths) else [])
+
+    t.add_tap(tap, with_ring=True)
+    t.add_reset(sp.forget)
+    src.chunks = [np.array([1, 2, 3], dtype=np.uint64)]  # a batch under way
+    t.drain()
+    src.chunks = [np.array([4], dtype=np.uint64)]  # one lookup more, and the app dies
+    assert t.flush_ring(3, {"index": 3, "pid": 7, "waiting": 1}) == (1, True)
+    assert steps == [[1, 2, 3, 4]] and [r.tolist() for r in recorded] == steps
+    assert t.cut_batches == sp.cut_batches == 1 and t.n_pending == sp.n_held == 0
+
+
 APP_BATCHES = r'''
 import sys, numpy as np
 from recmgd.pool import Pool

@@ -264,7 +264,8 @@ int main(void)
 def test_installed_pkg_config_builds_an_app(tmp_path: Path) -> None:
     """`make install-files` puts down $(PREFIX)/lib/pkgconfig/recmg.pc (its prefix the install's): an app
     built with just `pkg-config --cflags --libs recmg` links (librecmg.so carries its own -lm -luring) and
-    runs, creating and destroying a pool; --static's flags link librecmg.a; uninstall removes recmg.pc."""
+    runs, creating and destroying a pool; the README's static line (librecmg.a by its path, then
+    Libs.private) links an app that needs no librecmg.so; uninstall removes recmg.pc."""
     import uuid
 
     root = tmp_path / "root"
@@ -292,10 +293,13 @@ def test_installed_pkg_config_builds_an_app(tmp_path: Path) -> None:
     src = tmp_path / "app.c"
     src.write_text(PKG_APP.replace("NAME", f'"{name}"'))
     cflags = ["-std=gnu11", "-Wall", "-Wextra", "-Werror"]
-    # librecmg.a (and the system libraries shared, as usual): -lrecmg alone made static
-    static_recmg = [w for x in static for w in
-                    (["-Wl,--push-state,-Bstatic", x, "-Wl,--pop-state"] if x == "-lrecmg" else [x])]
-    for exe, libs in (("app", flags), ("app_static", [*pkg("--cflags"), *static_recmg])):
+    # the README's static line: librecmg.a by its path in libdir, then what it needs (Libs.private)
+    libdir = pkg("--variable=libdir")[0]
+    if not libdir.startswith(str(root)):  # (pkg-config leaves variables without the sysroot)
+        libdir = str(root) + libdir
+    private = [x for x in static if x not in flags]
+    assert private == ["-luring", "-lm", "-pthread"], static
+    for exe, libs in (("app", flags), ("app_static", [*pkg("--cflags"), f"{libdir}/librecmg.a", *private])):
         r = subprocess.run(["cc", *cflags, "-o", str(tmp_path / exe), str(src), *libs], capture_output=True,
                            text=True, timeout=120)
         assert r.returncode == 0, f"cc {' '.join(libs)}: {r.stderr}"
@@ -397,21 +401,28 @@ def test_check_python_access_refuses_what_others_cannot_reach(tmp_path: Path, pu
     assert r.returncode == 1 and len(r.stdout.splitlines()) == 1, r.stdout + r.stderr
     want = f"{priv / 'python3'} (a link to {base_python()}), is under {priv} (mode 0700)"
     assert want in r.stdout, r.stdout
-    # the venv's home (pyvenv.cfg) in a private folder
-    public = public_python()
-    if public is not None:
-        py2 = make_venv(public, tmp_path / "v2")
-        assert check_python(py2).returncode == 0
-        cfg = py2.parent.parent / "pyvenv.cfg"
-        cfg.write_text(re.sub(r"(?m)^home = .*$", f"home = {priv}", cfg.read_text()))
-        r = check_python(py2)
-        assert r.returncode == 1 and f"home (pyvenv.cfg), {priv}, is under {priv}" in r.stdout, r.stdout
     # an interpreter others cannot execute
     exe = public_tmp / "python-0700"
     shutil.copy(base_python(), exe)
     os.chmod(exe, 0o700)
     r = check_python(exe)
     assert r.returncode == 1 and "not executable by other users (mode 0700)" in r.stdout, r.stdout
+
+
+@pytest.mark.skipif(public_python() is None, reason="no Python that others can run here")
+def test_check_python_access_refuses_a_private_venv_home(tmp_path: Path, public_tmp: Path) -> None:
+    """A venv of a public Python whose pyvenv.cfg home is a private folder: refused, naming it."""
+    priv = public_tmp / "priv"
+    priv.mkdir(mode=0o700)
+    os.chmod(priv, 0o700)
+    public = public_python()
+    assert public is not None
+    py = make_venv(public, tmp_path / "v2")
+    assert check_python(py).returncode == 0
+    cfg = py.parent.parent / "pyvenv.cfg"
+    cfg.write_text(re.sub(r"(?m)^home = .*$", f"home = {priv}", cfg.read_text()))
+    r = check_python(py)
+    assert r.returncode == 1 and f"home (pyvenv.cfg), {priv}, is under {priv}" in r.stdout, r.stdout
 
 
 @pytest.mark.skipif(public_python() is None, reason="no Python that others can run here")

@@ -105,8 +105,9 @@ def main(args: argparse.Namespace) -> int:
 
     missing = missing_modules()
     if missing:  # (an installed daemon's venv has no torchrec: its server would fail with a traceback)
-        return _fail(f"needs {', '.join(missing)} (the package's torchrec extra, which `make demo` installs "
-                     "in a checkout; an installed recmgd has no TorchRec)")
+        return _fail(f"needs {', '.join(missing)}: torchrec==1.8.0 (installed with --no-deps) and the "
+                     "package's torchrec extra (pyproject.toml), which `make demo` installs in a checkout's "
+                     ".venv; an installed recmgd has neither")
 
     try:
         loads = [float(x) for x in args.loads.split(",") if x]

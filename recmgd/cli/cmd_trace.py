@@ -60,7 +60,7 @@ def set_argparser(parser: argparse.ArgumentParser) -> None:
                     help="median gap between a row's uses, lookups (default %(default)s)")
     sy.add_argument("--sigma", type=number(0.0), default=defaults.sigma,
                     help="log-normal spread of the gaps (default %(default)s)")
-    sy.add_argument("--seed", type=SEED, default=0, help="(default %(default)s)")
+    sy.add_argument("--seed", type=SEED, default=0, help="the generator's seed (default %(default)s)")
     parser.set_defaults(_trace_parser=parser)
 
 

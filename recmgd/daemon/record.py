@@ -50,7 +50,7 @@ from recmgd.trace.binary import HEADER, BinaryWriter
 log = logging.getLogger(__name__)
 
 #: a sink of the stream: called (uint64 records as drained, ring index); (empty, index) when the ring's
-#: app is gone (its unfinished batch is dropped)
+#: app is gone or replaced (its unfinished batch is dropped)
 Tap = Callable[[np.ndarray, int], None]
 
 #: drained records a recorder may hold before its writer thread writes them (bytes)
@@ -520,6 +520,13 @@ class PoolStream:
         if not self.tap:
             self._install(False)
 
+    def _mid_batch(self) -> dict[int, int]:
+        """The rings whose batch is under way, with the records of it drained; in page mode the tracker
+        counts page records and the splitter rows, so those rings start at 0 (their caps count from the
+        recording's start)."""
+        mid = self.driver.mid_batch_rings()
+        return dict.fromkeys(mid, 0) if getattr(self.driver, "pages", None) is not None else mid
+
     def _drops(self) -> int:
         return int(self.driver.dropped_total)
 
@@ -562,7 +569,7 @@ class PoolStream:
             raise CommandError(f"record: {problem}")
         try:
             rec = Recorder(self.driver.name, fd, lookups=lookups, seconds=seconds, max_bytes=max_bytes,
-                           label=label, drops=self._drops, mid_batch=self.driver.mid_batch_rings())
+                           label=label, drops=self._drops, mid_batch=self._mid_batch())
         except OSError as exc:
             os.close(fd)
             raise CommandError(f"record: {label or 'the file'}: {exc.strerror or exc}") from None

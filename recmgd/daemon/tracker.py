@@ -365,19 +365,16 @@ class RingTracker:
         # the app is gone, so nothing is added to its ring: emptied when it held no more than the drain
         # could take (in page mode n counts page records, more than the ring records taken)
         empty = 0 <= waiting <= left if waiting >= 0 else n < left
-        if empty:
-            if self.rings.pop(index, None) is not None:
-                self.n_pending -= st.n_pending
-            self.ring_drops.pop(index, None)
         if n:
             if self._taps:
                 self._tap(recs, index)
-            if empty:
-                self._split(st, recs)  # what is left pending is dropped
-            else:
-                self.rings[index] = st
-                self.consume(st, recs)
-        if empty:
+            # under the caps as any drain (a recording's splitter cuts by the same rules)
+            self.rings[index] = st
+            self.consume(st, recs)
+        if empty:  # the state goes, and what is left pending with it
+            if self.rings.pop(index, None) is not None:
+                self.n_pending -= st.n_pending
+            self.ring_drops.pop(index, None)
             self._reset(index)  # (after its last records: their complete batches count)
         return n, empty
 

@@ -119,13 +119,14 @@ def simulate(trace: Trace, policies: Sequence[str], fractions: Sequence[float] =
             c = drive_stream(pol, trace, batch, cap, warm, delay=delay)
         else:
             c = drive(pol, all_steps(), cap, warm, delay=delay, path=path)
-        if learned and len(lookahead) > 1:
+        if learned and L != lookahead[-1]:  # (the last lookahead's run has none after it)
             trained[pname, cap] = pol.trained  # type: ignore[attr-defined]
         return c, pol.counters()
 
     results: list[SimResult] = []
     for fraction in fractions:
         cap = capacity_for(fraction, uniq)
+        trained.clear()  # (only this capacity's runs take them)
         lru_on_demand: int | None = None
         batch_results = []
         for L in lookahead:
