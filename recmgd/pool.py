@@ -996,6 +996,14 @@ class Pool:
         return out
 
     @_native
+    def ring_before_owner(self, index: int, pid: int) -> int:
+        """How many of the records waiting in a ring were logged before its owner ``pid`` claimed it (a
+        previous owner's, which the next drain takes first); 0 in a pool made before claims kept their
+        position. Raises PoolBusyError when ``pid`` no longer owns the ring."""
+        i = _int(index, "ring", 0, _U32)
+        return self._check(lib.recmg_ring_before_owner(self._handle, i, _int(pid, "pid", 1, 2**31 - 1)))
+
+    @_native
     def drain_ring(self, index: int, max_records: int | None = None) -> np.ndarray:
         """Take up to max_records records (uint64 words) from a ring, oldest first."""
         i = _int(index, "ring", 0, _U32)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from recmgd.errors import PoolError
+from recmgd.errors import PoolBusyError, PoolError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -259,4 +259,55 @@ def test_multi_table_call_that_fails_logs_the_arguments_before_the_failure() -> 
         assert types.tolist() == [LOOKUP] * 900 + [BATCH_END]
         assert keys[:900].tolist() == make_keys(1, ids[1]).tolist()
     finally:
+        p.destroy()
+
+
+def _child_logs_and_dies(name: str, rows: list[int], end: bool, conn) -> None:
+    p = Pool.attach(name)
+    p.embedding_bag(0, rows, [0])
+    if end:
+        p.end_batch()
+    conn.send((p.ring_index, os.getpid()))
+    os._exit(0)  # dies without closing: its ring stays owned by a dead pid, its records waiting
+
+
+def test_ring_taken_over_says_what_the_previous_owner_left() -> None:
+    """Every ring taken, an app dies with records undrained, and the next app takes its ring over: the
+    ring says how many of its waiting records are the dead app's (the first ones a drain takes), so a
+    daemon ends that app's batches there instead of joining them to the new owner's first batch."""
+    p = Pool.create(_name(), tables=[(1000, 4)], slots=100, ring_records=1024, rings=2)  # p holds one
+    daemon = Pool.attach(p.name, role="daemon")
+    try:
+        free = 1 - p.ring_index
+        assert daemon.ring_before_owner(p.ring_index, os.getpid()) == 0  # a ring claimed fresh
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child_logs_and_dies, args=(p.name, [1, 2, 3], False, child))
+        proc.start()
+        assert parent.poll(60)
+        idx, dead_pid = parent.recv()
+        proc.join(60)
+        assert idx == free and daemon.rings()[idx].waiting == 3
+        assert daemon.ring_before_owner(idx, dead_pid) == 0  # its own records
+        daemon.drain_ring(idx, 1)  # the daemon took one of them before the app died
+        q = Pool.attach(p.name)  # no free ring: the dead app's is taken over
+        try:
+            assert q.ring_index == idx
+            q.embedding_bag(0, [7, 8], [0])
+            q.end_batch()
+            assert daemon.rings()[idx].waiting == 2 + 3
+            assert daemon.ring_before_owner(idx, os.getpid()) == 2  # the dead app's 2 left, then q's 3
+            with pytest.raises(PoolBusyError, match="owned by"):
+                daemon.ring_before_owner(idx, dead_pid)
+            _, keys = _decode(daemon.drain_ring(idx, 1))
+            assert keys.tolist() == make_keys(0, np.array([2])).tolist()
+            assert daemon.ring_before_owner(idx, os.getpid()) == 1  # drained from the front
+            daemon.drain_ring(idx, 2)
+            assert daemon.ring_before_owner(idx, os.getpid()) == 0  # only q's own left
+        finally:
+            q.close()
+        with pytest.raises(PoolError, match="pid must be at least 1"):
+            daemon.ring_before_owner(idx, 0)
+    finally:
+        daemon.close()
         p.destroy()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -625,6 +626,88 @@ def test_a_dead_apps_last_records_are_cut_by_the_pool_cap_in_both() -> None:
     assert t.cut_batches == sp.cut_batches == 1 and t.n_pending == sp.n_held == 0
 
 
+class TakenRing:
+    """One ring (index 3) whose records and owners the test sets: ``before`` of its waiting records are
+    a previous owner's (what Pool.ring_before_owner says)."""
+
+    name = "fake"
+
+    def __init__(self) -> None:
+        self.pid = 7
+        self.recs = np.zeros(0, dtype=np.uint64)
+        self.before = 0
+        self.busy = False
+
+    def log(self, *words: int) -> None:
+        self.recs = np.concatenate([self.recs, np.array(words, dtype=np.uint64)])
+
+    def take_over(self, pid: int) -> None:
+        self.pid, self.before = pid, len(self.recs)
+
+    def rings(self) -> list[dict]:
+        return [{"index": 3, "pid": self.pid, "waiting": len(self.recs), "drops": 0}]
+
+    def ring_before_owner(self, index: int, pid: int) -> int:
+        from recmgd.errors import PoolBusyError
+
+        if self.busy or pid != self.pid:
+            raise PoolBusyError("owned by another")
+        return self.before
+
+    def drain_ring(self, index: int, max_records: int) -> np.ndarray:
+        out, self.recs = self.recs[:max_records], self.recs[max_records:]
+        self.before = max(0, self.before - len(out))
+        return out
+
+
+def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
+    """Records a dead app left undrained in a ring that the next app took over (before the app check
+    released it): the tracker steps on that app's complete batches with its own state, drops its
+    unfinished one and tells the reset listeners, then the new app's records start a batch of their own
+    (they were joined to the dead app's unfinished batch: the policy and a recording saw a batch no app
+    made). A ring the tracker never saw, under a drain budget that does not hold them all, and an
+    owner changing again while it looks, too."""
+    from recmgd.daemon.tracker import RingTracker
+
+    e = int(np.uint64(1) << np.uint64(62))
+    src = TakenRing()
+    steps: list[list[int]] = []
+    events: list[object] = []
+    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
+                    step_mode=True)
+    t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
+    t.add_reset(lambda ring: events.append(ring))
+    src.log(1, e, 2)
+    t.drain()
+    src.log(3, e, 4)  # the app goes on, then dies with these undrained
+    src.take_over(8)
+    src.log(5, e)
+    t.drain()
+    assert steps == [[1], [2, 3], [5]]  # (before: [1], [2, 3], [4, 5])
+    assert events == [(3, [1, e, 2]), (3, [3, e, 4]), 3, (3, [5, e])] and t.n_pending == 0
+
+    # a ring the tracker did not know (a daemon started after the app died), its budget too small
+    src, steps[:], events[:] = TakenRing(), [], []
+    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
+                    step_mode=True, max_drain=2)
+    t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
+    t.add_reset(lambda ring: events.append(ring))
+    src.pid = 0
+    src.log(9, e, 10)
+    src.take_over(8)
+    src.log(5, e)
+    src.busy = True  # the owner changed again since rings(): nothing taken this time
+    t.drain()
+    assert events == [] and steps == []
+    src.busy = False
+    t.drain()  # two of the previous owner's three records: the rest next time, nothing of the new one's
+    assert events == [(3, [9, e])] and steps == [[9]] and t.backlog == 3  # (of 5 waiting before)
+    t.drain()  # the last one, the reset, and the new owner's first records under what is left
+    assert events[1:] == [(3, [10]), 3, (3, [5])] and steps == [[9]]
+    t.drain()
+    assert events[4:] == [(3, [e])] and steps == [[9], [5]] and t.n_pending == 0
+
+
 APP_BATCHES = r'''
 import sys, numpy as np
 from recmgd.pool import Pool
@@ -637,10 +720,13 @@ sys.stdin.read()  # until the test closes it (or kills this process)
 '''
 
 
-def test_record_ring_taken_over_from_a_dead_app(tmp_path: Path) -> None:
+@pytest.mark.parametrize("drained", [True, False], ids=["drained", "left-in-the-ring"])
+def test_record_ring_taken_over_from_a_dead_app(tmp_path: Path, drained: bool) -> None:
     """Every ring taken, an app dies inside a batch, and a new app takes its ring over before the daemon's
     app check has released it: the recording drops the dead app's unfinished batch (as the daemon's own
-    steps do) instead of prefixing it to the new app's first batch."""
+    steps do) instead of prefixing it to the new app's first batch. Drained: the daemon had taken the
+    dead app's records before the new app came; left in the ring: the daemon (stopped) had not, so they
+    wait in the ring ahead of the new app's (the ring's claim position says whose they are)."""
     name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
     sock = tmp_path / "ctl.sock"
     cfg = config(tmp_path / "d.toml", sock, [name], extra="step_mode = true")
@@ -665,14 +751,18 @@ def test_record_ring_taken_over_from_a_dead_app(tmp_path: Path) -> None:
         out = tmp_path / "taken.rtrace"
         r = recmgctl(sock, "record", name, str(out), "--lookups", "2")
         wait_recording(sock, name)
-        dead, ring = start([10, 11, 12], end=False)  # a batch under way, drained, then the app dies
+        if not drained:
+            d.send_signal(signal.SIGSTOP)
+        dead, ring = start([10, 11, 12], end=False)  # a batch under way, then the app dies
         deadline = time.monotonic() + 30
-        while pstats(sock, name)["pending_records"] < 3:
+        while drained and pstats(sock, name)["pending_records"] < 3:
             assert time.monotonic() < deadline, "the daemon did not drain the batch under way"
             time.sleep(0.02)
         dead.kill()
         dead.wait()
         assert start([20, 21], end=True)[1] == ring  # the dead app's ring: the only one left
+        if not drained:
+            d.send_signal(signal.SIGCONT)
         rout, rerr = r.communicate(timeout=60)
         assert r.returncode == 0, rerr
     finally:

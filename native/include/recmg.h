@@ -237,6 +237,10 @@ int64_t recmg_repairs(recmg_pool *pool);
 int64_t recmg_repair(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
+/* How many of the records waiting in a ring were logged before its owner pid claimed it (a previous
+ * owner's, which died or left them undrained; the first ones the next drain takes): 0 .. waiting, and 0
+ * in pools made before the claim's position was kept. RECMG_EBUSY when pid no longer owns the ring. */
+int64_t recmg_ring_before_owner(recmg_pool *pool, uint32_t ring, int32_t pid);
 /* Frees a ring whose app is gone (drain it first): RECMG_EBUSY, nothing changed, while its owner lives
  * (another process, or another handle of this one) and for this handle's own ring. */
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);

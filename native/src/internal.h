@@ -112,7 +112,10 @@ typedef struct shm_ring {
      * before it: the field was padding): a ring that names this process's pid is held by a handle of
      * this process only if it also has this process's start time (else its pid was reused) */
     _Atomic uint64_t owner_start;
-    char padA[48];
+    /* the ring's head when its owner claimed it (0 in pools made before it: the field was padding):
+     * the records before it, if still waiting, are a previous owner's (recmg_ring_before_owner) */
+    _Atomic uint64_t owner_head;
+    char padA[40];
     _Atomic uint64_t head;  /* written by the producer only */
     char padB[56];
     _Atomic uint64_t tail;  /* written by the consumer (daemon) only */

@@ -70,9 +70,15 @@ int ring_claim(recmg_pool *p)
              * (recmg_release_ring). A claimer that loses the race to another process may leave its
              * start time on the winner's ring; only the winner's own release calls would read it. */
             atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
+            /* where this owner's records start, stored before the pid (a daemon that reads the new pid
+             * reads it too) and again after (as the start time: a losing claimer's store could land
+             * in between; the head does not move until the winner logs, after its attach) */
+            uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
+            atomic_store_explicit(&r->owner_head, head, memory_order_relaxed);
             if (atomic_compare_exchange_strong_explicit(&r->owner, &cur, me, memory_order_acq_rel,
                                                         memory_order_relaxed)) {
                 atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
+                atomic_store_explicit(&r->owner_head, head, memory_order_relaxed);
                 counters_zero(&r->c);
                 p->ring = r;
                 p->ring_index = (int)i;
@@ -227,6 +233,28 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
     o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
     o->capacity = p->h->ring_records;
     return (int)intact_after(p, RECMG_OK);
+}
+
+int64_t recmg_ring_before_owner(recmg_pool *p, uint32_t i, int32_t pid)
+{
+    if (!p) return RECMG_EINVAL;
+    int irc = shm_intact(p);
+    if (irc) return irc;
+    int rc = ring_check(p, i);
+    if (rc) return rc;
+    if (pid <= 0) return rc_set(p, RECMG_EINVAL, "recmg_ring_before_owner: pid %d is not a process", (int)pid);
+    shm_ring *r = ring_at(p, i);
+    /* the owner with acquire: its claim stored owner_head before the pid */
+    int32_t cur = atomic_load_explicit(&r->owner, memory_order_acquire);
+    uint64_t from = atomic_load_explicit(&r->owner_head, memory_order_relaxed);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    if (cur != pid)
+        return rc_set(p, RECMG_EBUSY, "ring %u is owned by %d, not %d", i, (int)cur, (int)pid);
+    uint64_t waiting = head - tail;
+    if (waiting > p->h->ring_records) return intact_after(p, 0); /* a corrupted pair: nothing to drain */
+    uint64_t before = from - tail; /* (free-running counters: a claim behind the tail wraps past waiting) */
+    return intact_after(p, (int64_t)(before <= waiting ? before : 0));
 }
 
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)

@@ -192,6 +192,10 @@ class PagePool:
     def release_ring(self, index: int) -> None:
         self.pool.release_ring(index)
 
+    def ring_before_owner(self, index: int, pid: int) -> int:
+        """Ring records (rows, not pages) a previous owner left waiting (Pool.ring_before_owner)."""
+        return int(self.pool.ring_before_owner(index, pid))
+
     def counters(self) -> dict[str, Any]:
         """The apps' own counts (rows, as the pool keeps them)."""
         return dict(self.pool.counters())

@@ -52,7 +52,11 @@ under way (:meth:`RingTracker.mid_batch`: part of it drained) begins that ring a
 
 Ring resets: a ring's state goes when its app detached and the ring is empty, when a dead app's ring is
 flushed empty (:meth:`RingTracker.flush_ring`), and when another app owns the ring (a new app took over
-a dead one's ring before the app check released it); its unfinished batch goes with it. Each listener
+a dead one's ring before the app check released it); its unfinished batch goes with it. In the last
+case the records the previous app left undrained (the pool's ``ring_before_owner``) are drained first,
+into its state, under the drain budget (what it cannot take waits, the state kept, for the next
+drain), so that its complete batches count and the new app's first batch starts with its own
+records. Each listener
 added with :meth:`RingTracker.add_reset` is called ``listener(ring_index)`` then, before any record of
 the ring's next app is drained, so a consumer that splits batches of its own drops that batch too.
 
@@ -81,7 +85,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recmgd.errors import RecmgError
+from recmgd.errors import PoolBusyError, RecmgError
 from recmgd.keys import REC_BATCH_END, REC_HINT, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 
 log = logging.getLogger(__name__)
@@ -132,7 +136,8 @@ MAX_POOL_PENDING_RECORDS = _cap_from_env(1 << 24, MAX_POOL_ENV)
 
 
 class RingSource(Protocol):
-    """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode)."""
+    """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode); one that also has
+    ``ring_before_owner(index, pid)`` lets it end a previous owner's records where they end (module doc)."""
 
     def rings(self) -> list[Any]: ...
     def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
@@ -303,7 +308,15 @@ class RingTracker:
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
             if st is None or (pid != 0 and st.pid != pid):
-                if st is not None:  # another app owns the ring now
+                # another app owns the ring now (or the tracker meets it for the first time): what a
+                # previous owner left waiting is its own, ended before the new owner's first batch
+                taken, done = self._previous_owner(idx, pid, st, waiting)
+                waiting = max(0, waiting - taken)
+                if not done:  # the rest of it at the next drain, the ring's state kept till then
+                    backlog += waiting
+                    continue
+                st = self.rings.get(idx)  # (the previous owner's, or one made for what it left)
+                if st is not None:
                     self.n_pending -= st.n_pending
                     self._reset(idx)
                 st = self.rings[idx] = RingState(pending=[], pid=pid)
@@ -341,6 +354,38 @@ class RingTracker:
             self.consume(st, recs)
         self.backlog = backlog
         return drained
+
+    def _previous_owner(self, index: int, pid: int, st: RingState | None, waiting: int) -> tuple[int, bool]:
+        """A ring whose owner is now ``pid``: drains the records a previous owner left waiting in it
+        (``Pool.ring_before_owner``) into that owner's state ``st`` (a new one, dropped after, when the
+        tracker did not know the ring), under what is left of the drain budget (``spent``). Returns the
+        ring records it took and whether that was all of them; when not (the budget spent, or the owner
+        changed again) the ring is not drained further this time, and its state stays the previous
+        owner's."""
+        before_owner = getattr(self.pool, "ring_before_owner", None)
+        if pid == 0 or not waiting or before_owner is None:
+            return 0, True
+        try:
+            before = int(before_owner(index, pid))
+        except PoolBusyError:  # another owner since rings(): the next drain sees it
+            return 0, False
+        if before <= 0:
+            return 0, True
+        take = min(before, max(0, self.max_drain - self.spent))
+        if take:
+            recs = np.asarray(self.pool.drain_ring(index, take), dtype=np.uint64)
+            self.spent += len(recs)
+            if len(recs):
+                if st is None:  # an owner the tracker never saw: its batches end here
+                    st = self.rings[index] = RingState(pending=[], pid=0)
+                if self._taps:
+                    self._tap(recs, index)
+                self.consume(st, recs)
+        if take < before:
+            if st is None and index not in self.rings:  # the change of owner is taken up next time
+                self.rings[index] = RingState(pending=[], pid=0)
+            return take, False
+        return take, True
 
     def flush_ring(self, index: int, info: Any = None) -> tuple[int, bool]:
         """A dead app's ring (its description ``info`` as ``rings()`` gave it, if known): drain what is
