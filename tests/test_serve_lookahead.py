@@ -199,3 +199,30 @@ def test_the_demos_target_lines_name_what_they_compare() -> None:
         "[target >= 43% below: missed]",
         "t: recmg+lookahead p99 8.00 ms, slow tier 3.0 MB; lru+lookahead 6.00 ms, 4.0 MB [target: lower in "
         "both: missed]"]
+
+
+def test_a_comparison_stopped_midway_leaves_no_server_behind(tmp_path: Path) -> None:
+    """^C (or any error) while the comparison reads its server's results: the server process is killed
+    and reaped, not left running or a zombie of the demo's process."""
+    import psutil
+
+    from recmgd.app import e2e
+    from recmgd.keys import capacity_for
+
+    trace = _trace(tmp_path / "t.trace", 400)
+    cfg = e2e.E2EConfig(traces=[("t", trace)], work=tmp_path, warmup=100, dim=8, max_batch=16)
+    tr = open_trace(trace)
+    unique = int(np.unique(np.asarray(tr.keys)).size)
+    setup = e2e.TraceSetup("t", trace, tr.n_samples, table_sizes(tr), unique, capacity_for(0.2, unique))
+    seen: list[int] = []
+
+    def interrupted() -> dict[str, float]:  # called when the server's timed phase begins
+        seen.extend(c.pid for c in psutil.Process().children())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        e2e.run_server(cfg, setup, None, [500.0], [300], False, None, tmp_path / "lat.npz",
+                       counters=interrupted)
+    assert seen, "the server was not running when the phase began"
+    left = [c for c in psutil.Process().children() if c.pid in seen]
+    assert left == [], [(c.pid, c.status()) for c in left]

@@ -288,24 +288,29 @@ def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Seque
     cmd += ["--pool", pool] if pool else ["--all-dram"]
     if lookahead:
         cmd += ["--lookahead", "--lookahead-batches", str(cfg.lookahead_batches)]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout is not None
     out: list[dict[str, Any]] = []
     c0 = w0 = 0.0
     k0: dict[str, float] = {}
-    for line in proc.stdout:
-        msg = json.loads(line)
-        if "phase" in msg:
-            c0, w0 = _cpu(daemon_pid), time.monotonic()
-            k0 = counters() if counters else {}
-            continue
-        c1, w1 = _cpu(daemon_pid), time.monotonic()
-        msg["daemon_cpu"] = round((c1 - c0) / (w1 - w0), 3) if w1 > w0 else 0.0
-        if counters:
-            k1 = counters()
-            msg["daemon"] = {k: round(v - k0.get(k, 0.0), 6) for k, v in k1.items()}
-        out.append(msg)
-    err = proc.stderr.read() if proc.stderr else ""
+    # (with: a ^C or an error here kills and reaps the server, which stayed a zombie or ran on)
+    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+        assert proc.stdout is not None
+        try:
+            for line in proc.stdout:
+                msg = json.loads(line)
+                if "phase" in msg:
+                    c0, w0 = _cpu(daemon_pid), time.monotonic()
+                    k0 = counters() if counters else {}
+                    continue
+                c1, w1 = _cpu(daemon_pid), time.monotonic()
+                msg["daemon_cpu"] = round((c1 - c0) / (w1 - w0), 3) if w1 > w0 else 0.0
+                if counters:
+                    k1 = counters()
+                    msg["daemon"] = {k: round(v - k0.get(k, 0.0), 6) for k, v in k1.items()}
+                out.append(msg)
+        except BaseException:
+            proc.kill()
+            raise
+        err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0 or len(out) != len(rates):
         raise RuntimeError(f"server failed ({proc.returncode}): {err.strip()[-2000:]}")
     return out
