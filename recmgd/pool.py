@@ -257,6 +257,22 @@ def _bag_args_dtype() -> np.dtype:
 _BAG_ARGS = _bag_args_dtype()
 
 
+def _from_nested(ids: Any, weights: Any) -> tuple[Any, Any, Any]:
+    """A jagged nested input as torch's embedding_bag takes it: (ids, offsets, weights) of its values,
+    its offsets read with include_last_offset (offsets given with it are ignored, as torch does);
+    weights, if any, must be nested too."""
+    if ids.dim() != 2:
+        raise ValueError(f"input has to be a 2D nested tensor, but got one of dimension {ids.dim()}")
+    if weights is not None:
+        if not (_is_tensor(weights) and weights.is_nested):
+            raise ValueError("If input is nested, then per_sample_weights must be nested if specified")
+        wo, io = weights.offsets(), ids.offsets()
+        if wo.shape != io.shape or not bool((wo == io).all()):  # (torch: the same jagged shape)
+            raise ValueError("per_sample_weights (nested) must have the input's bags, one weight an id")
+        weights = weights.values().reshape(-1)
+    return ids.values().reshape(-1), ids.offsets(), weights
+
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -618,6 +634,9 @@ class Pool:
         m = _MODES.get(mode)
         if m is None:
             raise PoolError(f"bad mode {mode!r}: use 'sum', 'mean' or 'max'")
+        if _is_tensor(ids) and ids.is_nested:
+            ids, offsets, weights = _from_nested(ids, weights)
+            include_last_offset = True
         ndim = ids.dim() if _is_tensor(ids) else np.ndim(ids)
         if ndim == 2:
             if offsets is not None:
@@ -644,6 +663,9 @@ class Pool:
                 if n_bags < 0:
                     raise ValueError("offsets must have at least one entry with include_last_offset")
                 if not n_bags:
+                    if int(o[0]) != 0:  # (named here: the truncation below would hide the ids' count)
+                        raise PoolError(f"offsets must start at 0, got {int(o[0])} (include_last_offset, "
+                                        f"no bags, {n_all} ids)")
                     idv = idv[:0]  # no bags: torch reads no id
                 elif int(o[-1]) != n_all:  # (torch's modes disagree on the ids after it: refused)
                     raise PoolError(f"with include_last_offset the last offset ({int(o[-1])}) must be the "
@@ -674,9 +696,10 @@ class Pool:
         slot.n_bags = n_bags
         keep.extend((idv, off, idb, offb))
         if weights is not None:
-            wshape = tuple(weights.shape) if hasattr(weights, "shape") else (len(weights),)
-            if ndim == 2 and wshape != tuple(ids.shape):  # (as torch: the input's shape, not its size)
-                raise ValueError(f"per_sample_weights has shape {wshape}; input has {tuple(ids.shape)}")
+            wshape = tuple(weights.shape) if hasattr(weights, "shape") else np.shape(weights)
+            ishape = tuple(ids.shape) if hasattr(ids, "shape") else np.shape(ids)
+            if wshape != ishape:  # (as torch: the input's shape, not its size: (n, 1) weights of n ids too)
+                raise ValueError(f"per_sample_weights has shape {wshape}; input has {ishape}")
             w = _f32(weights)
             n_all = int(np.prod(ids.shape)) if ndim == 2 else n_all
             if len(w) != n_all:
@@ -702,7 +725,8 @@ class Pool:
     ) -> torch.Tensor:
         """torch.nn.functional.embedding_bag over one table of the pool; returns float32 (n_bags, dim).
 
-        ids 1-D with offsets (start of each bag), or 2-D (bags of equal length) without. Every id goes
+        ids 1-D with offsets (start of each bag), 2-D (bags of equal length) without, or a jagged
+        nested 2-D tensor (as torch: its offsets with include_last_offset). Every id goes
         to this process's access ring. Out-of-range ids raise RowIndexError (an IndexError)."""
         handle = self._handle
         if self._threads_pending:

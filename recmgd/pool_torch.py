@@ -104,7 +104,8 @@ class TieredEmbeddingBag(nn.Module):
                 f"embedding_bag: per_sample_weights was not None. per_sample_weights is only supported for "
                 f"mode='sum' (got mode='{self.mode}')"
             )
-        if per_sample_weights is not None and tuple(per_sample_weights.shape) != tuple(input.shape):
+        if (per_sample_weights is not None and not input.is_nested  # (nested: the pool's check)
+                and tuple(per_sample_weights.shape) != tuple(input.shape)):
             raise ValueError(
                 f"per_sample_weights has shape {tuple(per_sample_weights.shape)}; "
                 f"input has {tuple(input.shape)}"

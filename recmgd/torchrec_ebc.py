@@ -37,6 +37,7 @@ from torchrec.modules.embedding_modules import (
     get_embedding_names_by_table,
 )
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
+from torchrec.sparse.tensor_dict import maybe_td_to_kjt
 
 from recmgd.pool import Pool
 from recmgd.pool_torch import load_table, not_copied, outside_graph, refuse_tracing
@@ -185,6 +186,9 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if features.variable_stride_per_key():
             raise ValueError("variable batch size per feature (VBE) KeyedJaggedTensors are not supported")
         index = {k: i for i, k in enumerate(features.keys())}
+        if len(index) != len(features.keys()):
+            dup = next(k for i, k in enumerate(features.keys()) if index[k] != i)
+            raise ValueError(f"the KeyedJaggedTensor names feature {dup!r} more than once")
         missing = [f for _, f, _ in self._bags if f not in index]
         if missing:
             raise ValueError(f"the KeyedJaggedTensor lacks feature {missing[0]!r} (has {features.keys()})")
@@ -193,6 +197,8 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         if len(offsets) != len(index) * stride + 1:
             raise ValueError(f"the KeyedJaggedTensor has {len(offsets)} offsets; expected "
                              f"{len(index) * stride + 1}")
+        if offsets[0] != 0:  # (TorchRec's split of the values fails; the windows would skip values)
+            raise ValueError(f"the KeyedJaggedTensor's offsets start at {int(offsets[0])}, not 0")
         weights = None
         if self._is_weighted:
             weights = features.weights_or_none()
@@ -227,6 +233,7 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def _lookup(self, features: KeyedJaggedTensor) -> KeyedTensor:
         refuse_tracing(self)
+        features = maybe_td_to_kjt(features, None)  # (a TensorDict of jagged features, as TorchRec takes)
         tables, windows, values, weights = self._windows(features)
         modes = [m for _, _, m in self._bags]
         if self._round_fp16:
@@ -249,7 +256,10 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
         col = 0
         for b, ((_, _, mode), dim) in enumerate(zip(self._bags, self._lengths_per_embedding, strict=True)):
             if mode == "mean":
+                # the length as torch's float16 kernel divides by it: rounded to float16 (2,049 ids count
+                # as 2,048; from 65,520 on it is inf, and the mean 0)
                 n = torch.from_numpy(np.maximum(np.diff(windows[b]), 1).astype(np.float32))
+                n = n.to(torch.float16).to(torch.float32)
                 mean = out[:, col:col + dim] / n[:, None]
                 out[:, col:col + dim] = mean.to(torch.float16).to(torch.float32)
             col += dim
@@ -271,7 +281,7 @@ class TieredEmbeddingBagCollection(EmbeddingBagCollectionInterface):
 
     def prefetch(self, features: KeyedJaggedTensor) -> int:
         """Announce the rows of a batch that will run later (hint records); returns how many rows."""
-        tables, ids, _, _ = self._split(features)
+        tables, ids, _, _ = self._split(maybe_td_to_kjt(features, None))
         per: dict[int, list[np.ndarray]] = {}
         for t, i in zip(tables, ids, strict=True):
             per.setdefault(t, []).append(i)

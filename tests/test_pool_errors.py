@@ -303,7 +303,10 @@ def test_shapes_torch_refuses_are_refused(pool: Pool) -> None:
     embedding_bag refuses them (they were flattened and used)."""
     w = torch.zeros(100, 8)
     cases = (((torch.tensor([1, 2, 3, 4]), torch.tensor([[0, 2]])), "offsets has to be a 1D Tensor"),
-             ((torch.tensor([[1, 2], [3, 4]]), None, "sum", torch.ones(4)), "per_sample_weights"))
+             ((torch.tensor([[1, 2], [3, 4]]), None, "sum", torch.ones(4)), "per_sample_weights"),
+             # (n, 1) weights of n ids in 1-D (they were flattened and used too)
+             ((torch.tensor([1, 2, 3, 4]), torch.tensor([0, 2]), "sum", torch.ones(4, 1)),
+              r"per_sample_weights has shape \(4, 1\); input has \(4,\)"))
     for args, what in cases:
         with pytest.raises(ValueError, match=what):
             pool.embedding_bag(0, *args)
@@ -312,6 +315,44 @@ def test_shapes_torch_refuses_are_refused(pool: Pool) -> None:
         with pytest.raises((ValueError, RuntimeError)):  # (torch's own refusal of the same call)
             torch.nn.functional.embedding_bag(args[0], w, args[1], mode=mode, per_sample_weights=weights)
     _usable(pool)
+
+
+def test_nested_input_as_torch(pool: Pool) -> None:
+    """A jagged nested 2-D input, which torch's embedding_bag takes (its values and offsets, with
+    include_last_offset; weights nested too), through the pool and the module, and in a multi-table
+    call; plain weights with it are refused as torch refuses them. (It failed with an AttributeError.)"""
+    from recmgd.pool_torch import TieredEmbeddingBag
+
+    w = torch.from_numpy(pool.read_rows(0, np.arange(100)))
+    nt = torch.nested.nested_tensor([torch.tensor([1, 2]), torch.tensor([], dtype=torch.int64),
+                                     torch.tensor([3, 4, 99])], layout=torch.jagged)
+    nw = torch.nested.nested_tensor_from_jagged(torch.tensor([0.5, 2.0, 1.0, -1.0, 3.0]), nt.offsets())
+    other = torch.nested.nested_tensor([torch.ones(1), torch.ones(1), torch.ones(3)], layout=torch.jagged)
+    for mode in ("sum", "mean", "max"):
+        want = torch.nn.EmbeddingBag.from_pretrained(w, mode=mode)(nt)
+        assert torch.equal(pool.embedding_bag(0, nt, mode=mode), want)
+        assert torch.equal(TieredEmbeddingBag(pool, 0, mode=mode)(nt), want)
+    want = torch.nn.functional.embedding_bag(nt, w, mode="sum", per_sample_weights=nw)
+    assert torch.equal(pool.embedding_bag(0, nt, None, "sum", nw), want)
+    assert torch.equal(TieredEmbeddingBag(pool, 0, mode="sum")(nt, per_sample_weights=nw), want)
+    assert torch.equal(pool.embedding_bags([0, 0], [nt, nt], mode="sum")[1],
+                       torch.nn.functional.embedding_bag(nt, w, mode="sum"))
+    with pytest.raises(ValueError, match="per_sample_weights must be nested"):
+        pool.embedding_bag(0, nt, None, "sum", torch.ones(5))
+    with pytest.raises(ValueError, match="must have the input's bags"):
+        pool.embedding_bag(0, nt, None, "sum", other)
+    with pytest.raises(ValueError, match="per_sample_weights"):  # (torch's own refusal)
+        torch.nn.functional.embedding_bag(nt, w, mode="sum", per_sample_weights=torch.ones(5))
+    _usable(pool)
+
+
+def test_include_last_offset_without_bags_names_the_first_offset(pool: Pool) -> None:
+    """include_last_offset with one offset (no bags) that is not 0: the message names it and the ids
+    (it said the offsets must end at the number of ids, 0, with 5 ids given)."""
+    msg = r"offsets must start at 0, got 5 \(include_last_offset, no bags, 5 ids\)"
+    with pytest.raises(PoolError, match=msg):
+        pool.embedding_bag(0, torch.arange(5), torch.tensor([5]), include_last_offset=True)
+    assert pool.embedding_bag(0, torch.arange(5), torch.tensor([0]), include_last_offset=True).shape == (0, 8)
 
 
 def test_whole_number_floats_are_taken() -> None:

@@ -104,6 +104,43 @@ def test_fp16_tables_equal_torchrec_exactly(pooling) -> None:
         col.pool.destroy()
 
 
+def test_fp16_mean_of_long_bags_equals_torchrec() -> None:
+    """A float16 MEAN bag divides by its length as float16 holds it, as TorchRec's kernel does: 2,049
+    ids count as 2,048, and from 65,520 ids on the length is inf and the mean 0. (The exact count was
+    used: one float16 ulp off above 2,048 ids, a wholly other number past 65,519.)"""
+    cfgs = [EmbeddingBagConfig(num_embeddings=100, embedding_dim=8, name="t0", feature_names=["f"],
+                               pooling=PoolingType.MEAN, data_type=DataType.FP16)]
+    torch.manual_seed(0)
+    ref = EmbeddingBagCollection(tables=cfgs)
+    col = TieredEmbeddingBagCollection.create(f"test-trec16m-{uuid.uuid4().hex[:8]}", cfgs, slots=16)
+    try:
+        col.load_state_dict(ref.state_dict())
+        g = torch.Generator().manual_seed(1)
+        for n in (2048, 2049, 2101, 4097, 65519, 65520, 70000):
+            kjt = KeyedJaggedTensor(keys=["f"], values=torch.randint(0, 100, (n + 3,), generator=g),
+                                    lengths=torch.tensor([n, 0, 3]))
+            want = ref(kjt).values().detach()
+            assert torch.equal(col(kjt).values(), want), n
+    finally:
+        col.pool.destroy()
+
+
+def test_tensordict_input_as_torchrec(pool_for) -> None:
+    """A TensorDict of jagged features, which TorchRec's EBC takes (maybe_td_to_kjt), in forward and
+    prefetch. (It failed with an AttributeError.)"""
+    from tensordict import TensorDict
+
+    cfgs = _configs()
+    ref = EmbeddingBagCollection(tables=cfgs)
+    col = TieredEmbeddingBagCollection.from_ebc(ref, pool_for(cfgs))
+    feats = {f: torch.nested.nested_tensor([torch.tensor([1, 2]), torch.tensor([], dtype=torch.int64),
+                                            torch.tensor([3, 40, 5])], layout=torch.jagged)
+             for f in ["d", "a", "c", "b"]}
+    td = TensorDict(feats, batch_size=[3])
+    assert torch.equal(col(td).values(), ref(td).values().detach())
+    assert col.prefetch(td) == 15  # (5 distinct rows in each of the three tables)
+
+
 def test_deduplicated_kjt_is_expanded_as_torchrec(pool_for) -> None:
     """A KJT of deduplicated samples (``inverse_indices``: per feature, each sample's row) gives one output
     row a sample, as TorchRec's EBC does. (The inverse indices were ignored: one row a distinct sample.)"""
@@ -200,6 +237,15 @@ def test_mismatch_errors(pool_for) -> None:
     col = TieredEmbeddingBagCollection(cfgs, pool_for(cfgs))
     kjt = KeyedJaggedTensor.from_lengths_sync(keys=["a"], values=torch.tensor([1]), lengths=torch.tensor([1]))
     with pytest.raises(ValueError, match="lacks feature 'b'"):
+        col(kjt)
+    # offsets not from 0 (TorchRec fails to split the values; the bags skipped the values before it)
+    kjt = KeyedJaggedTensor(keys=["a", "b", "c", "d"], values=torch.arange(6),
+                            offsets=torch.tensor([2, 3, 4, 5, 6]))
+    with pytest.raises(ValueError, match="offsets start at 2, not 0"):
+        col(kjt)
+    kjt = KeyedJaggedTensor(keys=["a", "b", "a", "c", "d"], values=torch.arange(5),
+                            lengths=torch.ones(5, dtype=torch.int64))
+    with pytest.raises(ValueError, match="names feature 'a' more than once"):
         col(kjt)
 
 
