@@ -585,10 +585,12 @@ def test_ctrl_c_during_train_is_one_line(work: Path) -> None:
 
 
 @pytest.mark.parametrize(("sig", "rc", "line"), [(signal.SIGINT, 130, "recmg: interrupted"),
-                                                 (signal.SIGTERM, 143, "recmg: terminated")])
+                                                 (signal.SIGTERM, 143, "recmg: terminated"),
+                                                 (signal.SIGHUP, 129, "recmg: hung up")])
 def test_signal_during_synth_leaves_nothing(tmp_path: Path, sig: int, rc: int, line: str) -> None:
-    """Ctrl-C, or SIGTERM (systemd's stop, timeout(1)): one line, and the output's temporary removed
-    (SIGTERM left a 148 MB hidden .partial file: nothing unwound)."""
+    """Ctrl-C, SIGTERM (systemd's stop, timeout(1)) or SIGHUP (a terminal or SSH session gone): one
+    line, and the output's temporary removed (SIGTERM, then SIGHUP, left a 148 MB hidden .partial file:
+    nothing unwound)."""
     def started(p: subprocess.Popen[str]) -> None:  # a temporary beside the output: it writes
         for _ in range(600):
             if any(tmp_path.iterdir()):

@@ -362,6 +362,111 @@ def test_a_recording_whose_file_is_removed_stops(live: tuple[Path, str, object],
     assert [k.tolist() for k in recorded(tmp_path / "again.rtrace")] == [s.tolist() for s in sent]
 
 
+def test_a_file_removed_before_the_start_is_refused(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    """A client whose start request the daemon takes after the client gave up (it timed out waiting, or
+    was interrupted, and removed its temporary): the file has no name, so the start is refused and the
+    pool is not recorded for nobody. (It recorded into the unlinked file until the 4 GiB cap, and every
+    later recording of the pool was refused.)"""
+    sock, name, _ = live
+    f = tmp_path / "given-up.rtrace"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+    f.unlink()
+    try:
+        with pytest.raises(CommandError, match="has no name"):
+            request(str(sock), "record", {"pool": name, "action": "start", "path": str(f)}, fds=(fd,))
+    finally:
+        os.close(fd)
+    assert status(sock, name) is None or status(sock, name)["state"] != "recording"
+
+
+def test_a_recording_nobody_follows_stops_at_its_lease(live: tuple[Path, str, object],
+                                                       tmp_path: Path) -> None:
+    """A recording started with a lease whose client stops asking for its status (recmgctl killed with
+    SIGKILL, its file keeping its name) stops once the lease is out, its trace complete in the file;
+    one whose client keeps asking goes on past it."""
+    sock, name, pool = live
+    f = tmp_path / "lease.rtrace"
+    fd = os.open(f, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        request(str(sock), "record", {"pool": name, "action": "start", "path": str(f), "lease": 1.0},
+                fds=(fd,))
+    finally:
+        os.close(fd)
+    sent = send(pool, 2, seed=21)
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:  # followed: it goes on past its lease
+        assert status(sock, name)["state"] == "recording"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 30
+    while True:  # no longer followed (an unanswered while: it is not asked)
+        time.sleep(0.5)
+        with contextlib.suppress(Exception):
+            if os.path.getsize(f) and open_trace(f).n_samples == len(sent):
+                break
+        assert time.monotonic() < deadline, "the recording did not stop at its lease"
+    st = status(sock, name)
+    assert st["state"] == "done" and st["reason"] == "its client stopped following it", st
+    assert [k.tolist() for k in recorded(f)] == [s.tolist() for s in sent]
+
+
+def test_a_stalled_daemon_does_not_end_a_followed_recordings_lease(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The lease counts the daemon's own time, a tick's gap at most LEASE_GAP_MAX_S: a daemon stopped or
+    stalled for longer than the lease (its client's status requests waiting in the socket) does not end
+    the recording at its next tick; ticks without a status request do."""
+    from recmgd.daemon import record as record_mod
+
+    now = [1000.0]
+    monkeypatch.setattr(record_mod.time, "monotonic", lambda: now[0])
+    fd = os.open(tmp_path / "r.rtrace", os.O_RDWR | os.O_CREAT, 0o644)
+    rec = record_mod.Recorder("p", fd, lease=2.5)
+    try:
+        now[0] += 600.0  # the daemon was stopped for 10 minutes
+        assert not rec.lease_lapsed()
+        rec.followed()  # the status requests that waited
+        for _ in range(2):
+            now[0] += 1.0
+            assert not rec.lease_lapsed()
+        now[0] += 1.0
+        assert rec.lease_lapsed()  # 3 s of ticks without a request
+        assert not record_mod.Recorder("q", os.dup(fd)).lease_lapsed()  # (no lease: never)
+    finally:
+        rec.stop()
+        rec.wait()
+
+
+def test_a_hang_up_stops_the_recording_and_keeps_it(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    """SIGHUP to recmgctl record (its terminal or SSH session gone) does what SIGTERM does: the recording
+    is stopped and the trace kept. (SIGHUP killed recmgctl and left the daemon recording into its
+    temporary.) recmgctl record --stop stops a recording another recmgctl follows."""
+    sock, name, pool = live
+    out = tmp_path / "hup.rtrace"
+    r = recmgctl(sock, "record", name, str(out))
+    wait_recording(sock, name)
+    sent = send(pool, 3, 4)
+    wait_recording(sock, name, 3 * BATCH)
+    r.send_signal(signal.SIGHUP)
+    o, e = r.communicate(timeout=60)
+    assert r.returncode == 0, e
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+    assert status(sock, name)["state"] != "recording" and leftovers(tmp_path) == []
+
+    out2 = tmp_path / "stopped.rtrace"
+    r = recmgctl(sock, "record", name, str(out2))
+    wait_recording(sock, name)
+    sent = send(pool, 2, 5)
+    wait_recording(sock, name, 2 * BATCH)
+    s = recmgctl(sock, "record", name, "--stop")
+    so, se = s.communicate(timeout=60)
+    assert s.returncode == 0 and f"stopped the recording of {name}: {2 * BATCH} lookups" in so, se
+    o, e = r.communicate(timeout=60)
+    assert r.returncode == 0, e
+    assert [k.tolist() for k in recorded(out2)] == [s.tolist() for s in sent]
+    u = recmgctl(sock, "record", name)
+    uo, ue = u.communicate(timeout=60)
+    assert u.returncode == 2 and "give FILE to record into, or --stop without FILE" in ue
+
+
 def test_a_label_with_a_newline_stays_one_log_line(tmp_path: Path) -> None:
     """The file's name a client sends is logged: a newline in it is escaped, not a forged log line."""
     f = tmp_path / "t.rtrace"

@@ -49,7 +49,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
 
 def main(argv: list[str] | None = None) -> int:
     """The CLI: a RecmgError is one line (exit 1), a write error on stdout one line (exit 1), Ctrl-C
-    one line (exit 130), SIGTERM one line (exit 143), each with no output left half-written."""
+    one line (exit 130), SIGTERM one line (exit 143; SIGHUP: 129), each with no output left half-written."""
     with signals.raised():
         try:
             return _main(argv)
@@ -57,10 +57,10 @@ def main(argv: list[str] | None = None) -> int:
             signals.landed()
             print("recmg: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
-        except signals.Terminated:
+        except signals.Terminated as exc:
             signals.landed()
-            print("recmg: terminated", file=sys.stderr)
-            return 128 + signal.SIGTERM
+            print(f"recmg: {exc}", file=sys.stderr)
+            return exc.status
 
 
 def _main(argv: list[str] | None) -> int:

@@ -20,7 +20,7 @@ from recmgd.cli import signals
 from recmgd.cli.argtypes import OneLineParser, count, number
 from recmgd.cli.output import guarded
 from recmgd.daemon.config import DEFAULT_SOCKET
-from recmgd.daemon.control import CommandError, ControlBusy, ControlUnavailable, request
+from recmgd.daemon.control import RECORD_LEASE_S, CommandError, ControlBusy, ControlUnavailable, request
 from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
@@ -103,8 +103,12 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("record", "write a pool's live access stream to a trace file (recmg binary format; one "
                 "sample per app batch)")
     s.add_argument("pool", help=pool_help)
-    s.add_argument("file", help="the trace to write (a temporary file beside it until it is complete; a "
-                   "device or FIFO gets the whole trace at the end)")
+    s.add_argument("file", nargs="?", help="the trace to write (a temporary file beside it until it is "
+                   "complete; a device or FIFO gets the whole trace at the end)")
+    s.add_argument("--stop", action="store_true",
+                   help="stop the pool's recording (another recmgctl's, without FILE): its recmgctl puts the "
+                        "file in place; one whose recmgctl is gone stays in that recmgctl's temporary file, "
+                        "complete")
     s.add_argument("--seconds", type=number(0), default=0.0,
                    help="stop this long after the recording starts, whether or not the apps have started "
                         "(an app started after it spends part of it starting; --lookups counts only what "
@@ -258,9 +262,9 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             signals.landed()
             return 130
-        except signals.Terminated:
+        except signals.Terminated as exc:
             signals.landed()
-            return 143
+            return exc.status
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -314,7 +318,16 @@ class _NoFile(Exception):
 def record(args: argparse.Namespace) -> int:
     """Make a temporary file for FILE (fileout.whole_fd), pass its descriptor to the daemon, which
     writes and fsyncs the trace, follow the recording, and put the file in place once complete: renamed
-    over FILE, or copied into a device or FIFO. A failed recording leaves no file and FILE as it was."""
+    over FILE, or copied into a device or FIFO. A failed recording leaves no file and FILE as it was.
+    With --stop (no FILE): stop the pool's recording."""
+    if args.stop or args.file is None:
+        if not args.stop or args.file is not None:
+            print("recmgctl: record: give FILE to record into, or --stop without FILE", file=sys.stderr)
+            return 2
+        st = request(args.socket, "record", {"pool": args.pool, "action": "stop"}, timeout=args.timeout)
+        print(f"stopped the recording of {args.pool}: {st['lookups']} lookups in {st['batches']} batches so "
+              f"far, state {st['state']}")
+        return 0
     path = os.path.abspath(args.file)
     to_stdout = _same_file(path, sys.stdout)
     out = contextlib.ExitStack()
@@ -341,7 +354,7 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
     place; _NoFile (its line printed) when there is no whole trace to keep."""
     sock, timeout = args.socket, args.timeout
     rargs: dict[str, Any] = {"pool": args.pool, "action": "start", "lookups": args.lookups,
-                             "seconds": args.seconds, "path": path}
+                             "seconds": args.seconds, "path": path, "lease": RECORD_LEASE_S}
     if args.max_mb is not None:
         rargs["max_bytes"] = _max_bytes(args.max_mb)
     request(sock, "record", rargs, timeout=timeout, fds=(fd,))
@@ -368,10 +381,10 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
                 if not busy_told and not args.quiet:
                     print(f"recmgctl: record: {exc}; still following the recording", file=sys.stderr)
                 busy_told = True
-            except (KeyboardInterrupt, signals.Terminated) as exc:  # ^C, SIGTERM: stop; the file is kept
+            except (KeyboardInterrupt, signals.Terminated) as exc:  # ^C, SIGTERM, SIGHUP: stop; file kept
                 signals.landed()
                 if interrupted:  # a second one: give up on the file
-                    raise _NoFile(143 if isinstance(exc, signals.Terminated) else 130) from None
+                    raise _NoFile(exc.status if isinstance(exc, signals.Terminated) else 130) from None
                 interrupted, pause = True, 0.0
     except CommandError as exc:  # the pool went away: the daemon completed the file first
         return _record_cut_short(args, tmp, str(exc), 1)

@@ -1,6 +1,7 @@
-"""SIGINT and SIGTERM in the command-line tools: each raises its exception where the process is
+"""SIGINT, SIGTERM and SIGHUP in the command-line tools: each raises its exception where the process is
 (KeyboardInterrupt; Terminated for SIGTERM, from systemd's stop, timeout(1), the daemon stopping a
-candidate), so that the blocks the process is in unwind: an output's temporary is removed
+candidate, and for SIGHUP, a terminal or SSH session gone), so that the blocks the process is in unwind:
+an output's temporary is removed
 (recmgd/fileout.py), a recording is stopped. C code may swallow such an exception (a handler that runs
 inside a module's import in numpy's random generator does, and the work goes on), so it is raised
 again every RERAISE_S seconds until it is seen unwinding the stack or being handled; whoever handles
@@ -18,11 +19,20 @@ RERAISE_S = 0.25
 
 
 class Terminated(BaseException):
-    """SIGTERM, raised where the process is (not an Exception: no `except Exception` takes it)."""
+    """SIGTERM or SIGHUP, raised where the process is (not an Exception: no `except Exception` takes
+    it); ``status`` is the exit status that says which (128 + the signal's number)."""
+
+    def __init__(self, signum: int = signal.SIGTERM) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+        self.status = 128 + signum
+
+    def __str__(self) -> str:
+        return "hung up" if self.signum == signal.SIGHUP else "terminated"
 
 
 def _exception(signum: int) -> BaseException:
-    return Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(signum)
 
 
 #: the signal whose exception has not landed yet (0: none). A SIGALRM that the kernel delivered just
@@ -54,11 +64,15 @@ def landed() -> None:
 
 @contextlib.contextmanager
 def raised() -> Iterator[None]:
-    """SIGINT and SIGTERM raise their exceptions inside the block (see the module docstring); the
-    handlers before it are put back after it."""
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGALRM)}
+    """SIGINT, SIGTERM and SIGHUP raise their exceptions inside the block (see the module docstring);
+    the handlers before it are put back after it. (A SIGHUP ignored when the block starts, as nohup
+    leaves it, stays ignored.)"""
+    sigs = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    previous = {sig: signal.getsignal(sig) for sig in sigs}
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGTERM, _on_signal)
+    if previous[signal.SIGHUP] is not signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, _on_signal)
     try:
         yield
     finally:

@@ -47,6 +47,9 @@ MAX_PENDING_OUT = 1 << 22
 IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent (no request, nothing to send) before it is closed
 EVICT_IDLE = 0.1  # a connection idle this long gives its slot to a new client when all are taken
 LISTEN_BACKLOG = 64
+#: the lease recmgctl record asks for: a recording whose client has not asked for its status this long
+#: (seconds of the daemon's own time) is stopped (recmgd.daemon.record's module doc)
+RECORD_LEASE_S = 60.0
 #: seconds of requests one poll answers at most (at least one request): the rest wait for the next poll,
 #: so that a flood of requests cannot hold up the daemon's loop (its ticks, its watchdog pings)
 POLL_BUDGET = 0.02

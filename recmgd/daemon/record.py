@@ -26,6 +26,14 @@ last and fsyncs, then ``recmgctl`` puts it in place. On a write error (ENOSPC, E
 truncates the file to nothing and reports one line; ``recmgctl`` removes it. If the writer falls more
 than ``QUEUE_MAX_BYTES`` behind, the recording fails the same way rather than leave a gap in the trace.
 A pool detached (removed, or the daemon stopping) completes the file first.
+
+A recording is never left running for nobody: a file passed without a name (its client removed its
+temporary before the daemon took the request: it gave up waiting) is refused; one whose name goes
+while it is recorded is stopped (:meth:`Recorder.orphaned`); and with a ``lease`` (seconds; recmgctl
+asks for :data:`recmgd.daemon.control.RECORD_LEASE_S`) a recording whose client stopped asking for its
+status that long (killed, stopped) is stopped and its trace completed in the temporary. The lease
+counts the daemon's own time, each tick's gap at most :data:`LEASE_GAP_MAX_S`, so a daemon that was
+itself stopped or stalled does not end a recording whose client still follows it.
 """
 
 from __future__ import annotations
@@ -59,6 +67,8 @@ QUEUE_MAX_BYTES = 256 << 20
 WRITE_LOOKUPS = 1 << 19
 #: the size cap of a recording when the request names none (bytes)
 DEFAULT_MAX_BYTES = 4 << 30
+#: the most one tick's gap counts against a recording's lease (seconds; module doc)
+LEASE_GAP_MAX_S = 1.0
 
 _END = np.uint64(REC_BATCH_END)
 NO_RECORDS = np.zeros(0, dtype=np.uint64)
@@ -204,6 +214,8 @@ def check_fd(fd: int) -> str | None:
         return "the file passed is not a regular file"
     if flags & os.O_ACCMODE not in (os.O_WRONLY, os.O_RDWR) or flags & os.O_APPEND:
         return "the file passed is not open for writing (without O_APPEND)"
+    if st.st_nlink == 0:
+        return "the file passed has no name (removed, or never linked): nobody could read its trace"
     return None
 
 
@@ -252,8 +264,12 @@ class Recorder:
 
     def __init__(self, pool: str, fd: int, *, lookups: int = 0, seconds: float = 0.0,
                  max_bytes: int = DEFAULT_MAX_BYTES, label: str = "",
-                 drops: Callable[[], int] | None = None, mid_batch: dict[int, int] | None = None) -> None:
+                 drops: Callable[[], int] | None = None, mid_batch: dict[int, int] | None = None,
+                 lease: float = 0.0) -> None:
         self.pool = pool
+        self.lease = float(lease)  # seconds without a status request before it stops (0: no lease)
+        self._unfollowed = 0.0  # daemon seconds since the client last asked (module doc)
+        self._last_check = time.monotonic()
         self.label = label or f"fd {fd}"
         self.max_lookups = int(lookups)
         self.seconds = float(seconds)
@@ -325,6 +341,20 @@ class Recorder:
             return os.fstat(fd).st_nlink == 0
         except OSError:
             return False
+
+    def followed(self) -> None:
+        """Its client asked for its status (or stopped it): the lease starts again."""
+        self._unfollowed = 0.0
+
+    def lease_lapsed(self) -> bool:
+        """(Each tick.) Whether the recording has a lease and its client has not asked for it that long
+        (the module doc: each tick's gap counts at most LEASE_GAP_MAX_S)."""
+        now = time.monotonic()
+        gap, self._last_check = min(now - self._last_check, LEASE_GAP_MAX_S), now
+        if not self.lease or self._closed:
+            return False
+        self._unfollowed += gap
+        return self._unfollowed > self.lease
 
     def wait(self, timeout: float = 30.0) -> bool:
         self._thread.join(timeout)
@@ -538,10 +568,12 @@ class PoolStream:
         if action == "status":
             if rec is None:
                 raise CommandError(f"pool {self.driver.name}: no recording")
+            rec.followed()
             return rec.status()
         if action == "stop":
             if rec is None:
                 raise CommandError(f"pool {self.driver.name}: no recording")
+            rec.followed()
             rec.stop()
             return rec.status()
         if action != "start":
@@ -552,6 +584,7 @@ class PoolStream:
         lookups = _count_arg(args, "lookups", 0)
         seconds = _seconds_arg(args, "seconds")
         max_bytes = _count_arg(args, "max_bytes", DEFAULT_MAX_BYTES)
+        lease = _seconds_arg(args, "lease")
         if max_bytes < MIN_MAX_BYTES:
             raise CommandError(f"argument 'max_bytes': {max_bytes} bytes holds no batch (the smallest cap is "
                                f"{MIN_MAX_BYTES} bytes, a trace of one lookup)")
@@ -569,7 +602,7 @@ class PoolStream:
             raise CommandError(f"record: {problem}")
         try:
             rec = Recorder(self.driver.name, fd, lookups=lookups, seconds=seconds, max_bytes=max_bytes,
-                           label=label, drops=self._drops, mid_batch=self._mid_batch())
+                           label=label, drops=self._drops, mid_batch=self._mid_batch(), lease=lease)
         except OSError as exc:
             os.close(fd)
             raise CommandError(f"record: {label or 'the file'}: {exc.strerror or exc}") from None
@@ -585,6 +618,11 @@ class PoolStream:
             log.info("pool %s: the recording's file %s was removed; recording stopped", self.driver.name,
                      self.recorder.label)
             self.recorder.stop("file removed")
+        if self.recorder is not None and self.recorder.lease_lapsed():
+            log.warning("pool %s: nobody asked about the recording to %s for %.0f s (its client is gone or "
+                        "stopped); recording stopped, its trace left complete in the client's temporary "
+                        "file beside it", self.driver.name, self.recorder.label, self.recorder.lease)
+            self.recorder.stop("its client stopped following it")
         if self.recorder is not None and not self.recorder.active and "record" in self.tap.sinks:
             self.remove_sink("record")
 
