@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -505,3 +506,42 @@ def test_an_output_that_cannot_be_written_is_one_line(daemon, buffered: bool) ->
     # the reloads were done all the same: only their line was lost
     assert request(str(sock), "stats")["daemon"]["reloads"] == n + 2
     alive(proc, sock)
+
+
+def test_a_removed_socket_file_is_made_again_and_anothers_is_left_alone(tmp_path: Path) -> None:
+    """The socket file removed under a running daemon (a cleanup of /run, an admin's rm): the server
+    binds it again within a sweep, with its mode, and answers through it (the daemon was unreachable for
+    good, and a second daemon could start beside it). A path another file took is left to it, and
+    close() does not remove it (it removed whatever was at the path)."""
+    from recmgd.daemon import control as control_mod
+
+    path = tmp_path / "c.sock"
+    srv = control_mod.ControlServer(str(path), 0o640, lambda cmd, args: {"cmd": cmd})
+    srv.open()
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            srv.poll(0.02)
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        assert request(str(path), "stats") == {"cmd": "stats"}
+        path.unlink()
+        deadline = time.monotonic() + 10
+        while not path.exists():
+            assert time.monotonic() < deadline, "the socket file was not made again"
+            time.sleep(0.05)
+        assert stat.S_ISSOCK(os.lstat(path).st_mode) and os.lstat(path).st_mode & 0o777 == 0o640
+        assert request(str(path), "stats") == {"cmd": "stats"}
+        other = tmp_path / "other"
+        other.write_text("someone else's\n")
+        os.replace(other, path)  # the path taken by another file
+        time.sleep(1.5)
+        assert path.read_text() == "someone else's\n"
+    finally:
+        stop.set()
+        t.join()
+        srv.close()
+    assert path.read_text() == "someone else's\n"

@@ -10,6 +10,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -381,6 +382,73 @@ def test_a_pool_that_fails_to_attach_is_retried_later_and_later(tmp_path: Path, 
         path.unlink(missing_ok=True)
         if creator is not None:
             creator.destroy()
+
+
+@register("daemon-test-counted")
+class _Counted(Policy):
+    """A policy that counts how many times it was made (a model load, for a learned one)."""
+
+    name = "daemon-test-counted"
+    made = 0
+
+    def __init__(self, **options: object) -> None:
+        type(self).made += 1
+
+    def reset(self, capacity: int) -> None:
+        pass
+
+    def observe(self, view: StepView) -> Decision:
+        return Decision(admit=view.keys)
+
+
+def test_why_a_pool_is_not_driven_is_reported_and_retries_load_no_policy(tmp_path: Path,
+                                                                          restore_signals: None) -> None:
+    """pools = "all" and a pool of another layout version (a library upgrade): stats (JSON and recmgctl's
+    text), `pools` and the metrics say it is not driven and why (only the log did, and stats said "no
+    pools"); its retries make no policy (each one loaded the learned policy's checkpoint first, on the
+    loop thread). A pool that attaches makes one. When the object goes, so does its error."""
+    from pool_layout import HEADER
+
+    from recmgd.daemon.metrics import StatsCollector
+    from recmgd.shm import SHM_DIR
+
+    name = f"recmgd-svc-{uuid.uuid4().hex[:8]}"
+    app = pool_mod.Pool.create(name, tables=[(100, 4)], slots=10, ring_records=1024)
+    off, fmt = HEADER["version"]
+    with open(Path(SHM_DIR) / name, "r+b") as f:
+        f.seek(off)
+        f.write(struct.pack(fmt, 4))
+    sock = tmp_path / "w.sock"
+    _Counted.made = 0
+    d, _, _ = make(tmp_path, f'pools = "all"\n[control]\nsocket = "{sock}"\n'
+                             '[policy]\nname = "daemon-test-counted"\n')
+    try:
+        for _ in range(3):
+            d._retry_after[name] = 0.0
+            d._discover()
+        assert name not in d.pools and _Counted.made == 0
+        st = d.stats()["daemon"]
+        assert name in st["waiting_for"] and "layout version 4" in st["attach_errors"][name], st
+        assert "layout version 4" in next(p for p in d.handle("pools", {}) if p["name"] == name)["error"]
+        assert f"pool {name}: not attached: " in format_stats(d.stats())
+        samples = {(m.name, tuple(s.labels.values())): s.value
+                   for m in StatsCollector(d.stats).collect() for s in m.samples}
+        assert samples[("recmgd_pool_waiting", (name,))] == 1.0
+        with open(Path(SHM_DIR) / name, "r+b") as f:  # the library upgraded back, so to speak
+            f.seek(off)
+            f.write(struct.pack(fmt, 5))
+        d._retry_after[name] = 0.0
+        d._discover()
+        assert name in d.pools and _Counted.made == 1 and name not in d.stats()["daemon"]["attach_errors"]
+    finally:
+        d.shutdown()
+        app.destroy()
+    d2, _, _ = make(tmp_path, f'pools = "all"\n[control]\nsocket = "{tmp_path / "w2.sock"}"\n'
+                              '[policy]\nname = "daemon-test-counted"\n')
+    try:
+        assert name not in d2.stats()["daemon"]["attach_errors"]
+    finally:
+        d2.shutdown()
 
 
 def test_the_drop_warning_counts_drops_since_the_daemon_attached(tmp_path: Path, restore_signals: None,

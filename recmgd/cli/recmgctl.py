@@ -150,6 +150,10 @@ def format_stats(stats: dict[str, Any]) -> str:
              f"{f'  {SHM_DIR} huge=' + d['shm_huge'] if d.get('shm_huge') else ''}"]
     if d.get("waiting_for"):
         lines.append("waiting for pools: " + ", ".join(d["waiting_for"]))
+    errors = d.get("attach_errors") or {}
+    for name in sorted(errors):  # (stuck and skipped pools have lines of their own below)
+        if name not in (d.get("stuck") or {}) and name not in (d.get("skipped") or {}):
+            lines.append(f"pool {name}: not attached: {errors[name]}")
     if d.get("last_reload_error"):
         lines.append("last reload failed: " + d["last_reload_error"])
     for name, st in sorted((d.get("stuck") or {}).items()):

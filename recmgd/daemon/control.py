@@ -179,6 +179,8 @@ class ControlServer:
         self.idle_timeout = IDLE_TIMEOUT
         self.evict_idle = EVICT_IDLE
         self._next_sweep = 0.0
+        self._ino: int | None = None  # the socket file this server bound (its inode)
+        self._path_warned = False  # the path was taken by something else (said once)
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -204,31 +206,74 @@ class ControlServer:
                 raise RecmgError(f"control socket {self.path}: another recmgd is running")
             finally:
                 probe.close()
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old_umask = os.umask(0o777 & ~self.mode)
         try:
-            sock.bind(self.path)
-        except OSError as exc:
-            sock.close()
-            remove_dirs(self._made_dirs)
-            raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
-        finally:
-            os.umask(old_umask)
-        try:
-            self.apply_access(self.mode, self.group)
-            sock.listen(LISTEN_BACKLOG)
-            sock.setblocking(False)
-        except BaseException:  # (a group it cannot set): no socket file left behind
-            sock.close()
-            self._unlink()
+            sock = self._bind()
+        except BaseException:
             remove_dirs(self._made_dirs)
             raise
         self.listener = sock
         self.sel.register(sock, selectors.EVENT_READ, None)
         log.info("control socket at %s (mode %o)", self.path, self.mode)
 
-    def _unlink(self) -> None:
+    def _bind(self) -> socket.socket:
+        """A listening socket bound at the path, with the mode and group (no file left on a failure)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o777 & ~self.mode)
         try:
+            sock.bind(self.path)
+        except OSError as exc:
+            sock.close()
+            raise RecmgError(f"control socket {self.path}: cannot bind: {exc.strerror}") from None
+        finally:
+            os.umask(old_umask)
+        try:
+            self._ino = os.stat(self.path).st_ino
+            self.apply_access(self.mode, self.group)
+            sock.listen(LISTEN_BACKLOG)
+            sock.setblocking(False)
+        except BaseException:  # (a group it cannot set): no socket file left behind
+            sock.close()
+            self._unlink()
+            raise
+        return sock
+
+    def check_path(self) -> None:
+        """(Every second or so.) The socket file removed (a cleanup of /run, an admin's rm) leaves the
+        daemon unreachable and lets a second daemon start beside it: bind it again. A path that another
+        file or socket took is left to it (said once)."""
+        if self.listener is None:
+            return
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            st = None
+        except OSError:
+            return
+        if st is not None:
+            if st.st_ino != self._ino and not self._path_warned:
+                log.warning("control socket %s: the path now holds another file; this daemon cannot be "
+                            "reached through it (restart it)", self.path)
+                self._path_warned = True
+            return
+        try:
+            sock = self._bind()
+        except (RecmgError, OSError) as exc:
+            if not self._path_warned:
+                log.warning("control socket %s was removed and cannot be made again: %s", self.path, exc)
+                self._path_warned = True
+            return
+        self.sel.unregister(self.listener)
+        self.listener.close()  # (clients connected through it keep their connections)
+        self.listener = sock
+        self.sel.register(sock, selectors.EVENT_READ, None)
+        self._path_warned = False
+        log.warning("control socket %s was removed; made again", self.path)
+
+    def _unlink(self) -> None:
+        """Remove the socket file, if it is still the one this server bound (never another's)."""
+        try:
+            if self._ino is not None and os.lstat(self.path).st_ino != self._ino:
+                return
             os.unlink(self.path)
         except OSError:
             pass
@@ -290,6 +335,7 @@ class ControlServer:
         now = time.monotonic()
         if now >= self._next_sweep:
             self._sweep(now)
+            self.check_path()
             self._next_sweep = now + min(1.0, self.idle_timeout / 4)
 
     def _sweep(self, now: float) -> None:

@@ -171,6 +171,12 @@ class StatsCollector(Collector):
         for pname, st in sorted((d.get("stuck") or {}).items()):
             fam.add_metric([pname], float(st.get("for_s", 0.0)))
         yield fam
+        fam = GaugeMetricFamily("recmgd_pool_waiting", "1 for a pool the daemon should drive and does not "
+                                "(not made yet, failing to attach, stuck or skipped; `recmgctl pools` says "
+                                "why)", labels=["pool"])
+        for pname in sorted(d.get("waiting_for") or []):
+            fam.add_metric([pname], 1.0)
+        yield fam
         yield GaugeMetricFamily("recmgd_pools_skipped",
                                 "pools not served (their owner, or no fast-tier slots)",
                                 value=float(len(d.get("skipped") or {})))

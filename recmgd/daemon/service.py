@@ -196,13 +196,10 @@ class Daemon:
         prev_skip = self.skipped.pop(name, None)
         run_name, run_pc = pc.name, pc
         try:
-            if pc.retrain_every:  # the last retrained checkpoint, if any (and if it loads)
-                run_name, run_pc, pol = load_starting_policy(name, pc, self.cfg.state_dir,
-                                                             self._bad_checkpoints)
-            else:
-                pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
             # never waits for a creator: an object that is not ready is tried again later (backoff);
-            # nor for a writer lock held by a live process
+            # nor for a writer lock held by a live process. The pool first, the policy after: a pool
+            # that cannot be attached (another daemon's, another layout, stuck) costs its retries no
+            # model load
             pool = Pool.attach(name, role="daemon", wait=False)
             if name in self.stuck:  # still held? then nothing of it is touched (no lock waited for)
                 holder = pool.writer_holder()
@@ -213,11 +210,22 @@ class Daemon:
         except PoolLockedError as exc:
             self._mark_stuck(name, exc)
             return False
-        except Exception as exc:  # noqa: BLE001 - RecmgError, or a policy that fails in its own way
+        except Exception as exc:  # noqa: BLE001 - RecmgError, or the binding failing in its own way
             msg = str(exc) if isinstance(exc, RecmgError) else f"{type(exc).__name__}: {exc}"
             # (an app creating its pool as the daemon finds it is no trouble: said, not warned of)
             level = logging.INFO if isinstance(exc, PoolBusyError) else logging.WARNING
             self._attach_failed(name, "cannot attach", msg, level, inode)
+            return False
+        try:
+            if pc.retrain_every:  # the last retrained checkpoint, if any (and if it loads)
+                run_name, run_pc, pol = load_starting_policy(name, pc, self.cfg.state_dir,
+                                                             self._bad_checkpoints)
+            else:
+                pol = create_policy(run_name, run_pc.create_options(), pool=name, mode=pc.mode)
+        except Exception as exc:  # noqa: BLE001 - RecmgError, or a policy that fails in its own way
+            pool.close()
+            msg = str(exc) if isinstance(exc, RecmgError) else f"{type(exc).__name__}: {exc}"
+            self._attach_failed(name, "cannot attach", msg, logging.WARNING, inode)
             return False
         page_budget: FillBudget | None = None
         try:
@@ -385,7 +393,8 @@ class Daemon:
                     self._detach(name, f"skipped: {problem}")
         wanted = discover_pools(self.cfg.pools)
         present = set(wanted)
-        for table in (self.stuck, self.skipped, self._attach_backoff, self._retry_after, self._no_slots):
+        for table in (self.stuck, self.skipped, self._attach_backoff, self._retry_after, self._no_slots,
+                      self._attach_errors):
             for name in [n for n in table if n not in present]:
                 del table[name]
         for name, ino in list(self._no_slots.items()):
@@ -408,9 +417,24 @@ class Daemon:
                 self._attach(name)
 
     def waiting_for(self) -> list[str]:
+        """The pools the daemon should drive and does not: those the configuration names, and with
+        pools = "all" the ones found that failed to attach (each with its reason in attach_errors())."""
         if self.cfg.pools is None:
-            return []
+            return [n for n in self._attach_errors if n not in self.pools]
         return [n for n in self.cfg.pools if n not in self.pools]
+
+    def attach_errors(self) -> dict[str, str]:
+        """Why each pool the daemon should drive is not driven, one line a pool: stuck, skipped, or the
+        last attach error (a configured pool not made yet: its "no such pool")."""
+        out = {}
+        for name in self.waiting_for():
+            stuck = self.stuck.get(name)
+            why = (f"stuck: {stuck.error}" if stuck else
+                   f"skipped: {self.skipped[name]}" if name in self.skipped else
+                   self._attach_errors.get(name))
+            if why:
+                out[name] = one_line(why)
+        return out
 
     # -- reporting -----------------------------------------------------------------------------
 
@@ -429,6 +453,7 @@ class Daemon:
                 "shm_huge": self.shm_huge,
                 "last_reload_error": self.last_reload_error,
                 "waiting_for": self.waiting_for(),
+                "attach_errors": self.attach_errors(),
                 "stuck": {name: {"since": round(st.since, 3), "for_s": round(now - st.since_mono, 3),
                                  "tries": st.tries, "error": st.error}
                           for name, st in self.stuck.items()},
@@ -508,11 +533,9 @@ class Daemon:
                             "n_slots": d.n_slots,
                             "capacity": d.capacity, "hint_slots": d.hint_slots,
                             "resident": d.resident_count(), "tables": tables, "apps": apps})
+            errors = self.attach_errors()
             for name in self.waiting_for():
-                stuck = self.stuck.get(name)
-                why = (f"stuck: {stuck.error}" if stuck else
-                       f"skipped: {self.skipped[name]}" if name in self.skipped else None)
-                out.append({"name": name, "waiting": True, "error": why or self._attach_errors.get(name)})
+                out.append({"name": name, "waiting": True, "error": errors.get(name)})
             return out
         if cmd == "reload":
             peer = self.control.peer() if self.control is not None else None
