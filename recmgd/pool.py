@@ -184,6 +184,17 @@ def _name(name: Any) -> bytes:
     return name.encode()
 
 
+def name_problem(name: str) -> str | None:
+    """Why the library would refuse ``name`` as a pool's name (one line), or None: its rule, asked of
+    it (recmg_check_name), so a configuration is checked by the rule the pools are made by."""
+    if "\0" in name:
+        return f"bad pool name {name!r} (a NUL in it)"
+    err = ffi.new("char[512]")
+    if lib.recmg_check_name(name.encode(errors="surrogateescape"), err, 512):
+        return ffi.string(err).decode(errors="replace")
+    return None
+
+
 def _i64(x: Any, what: str = "ids") -> np.ndarray:
     """A contiguous 1-D int64 numpy array over x (no copy when it already is one). Integers only: float
     ids (which a cast would truncate: 3.7 -> row 3) and booleans are a one-line PoolError."""

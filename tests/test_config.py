@@ -100,6 +100,12 @@ threads = 2
     ("log_level = 'loud'", "log_level", "impossible value 'loud'"),
     ("pools = ['a', 'a']", "pools", "named twice"),
     ("pools = ['a/b']", "pools", "impossible value"),
+    # names the library refuses (they passed, and the daemon waited for them for ever)
+    ("pools = ['x y']", "pools", "bad pool name 'x y' (letters, digits, '_', '-', '.' only)"),
+    ("pools = ['\u00e9']", "pools", "letters, digits, '_', '-', '.' only"),
+    ("pools = ['.']", "pools", "bad pool name '.'"),
+    ("pools = ['" + "p" * 201 + "']", "pools", "pool name must be 1..200 characters"),
+    ("[pool.'x y']\nname = 'lru'", "pool.'x y'", "bad pool name 'x y'"),
     ("serve_users = ['no-such-user-xyz']", "serve_users", "no such user"),
     ("serve_users = 'root'", "serve_users", "expected an array of strings"),
     ("serve_groups = ['no-such-group-xyz']", "serve_groups", "no such group"),

@@ -238,6 +238,17 @@ def test_not_running_messages(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(stale), "reload"],
                        capture_output=True, text=True, cwd=REPO, timeout=60)
     assert r.returncode == 3 and "not running" in r.stderr
+    # a --socket that names a regular file or a folder: said so (it said nobody listens there)
+    (tmp_path / "plain").write_text("")
+    for wrong in (tmp_path / "plain", tmp_path):
+        rc, _, err = ctl(wrong, "stats")
+        assert rc == 3 and err.strip() == (f"recmgctl: {wrong} is not a socket (is --socket the daemon's "
+                                           "control socket?)"), err
+    # durations the daemon would refuse are usage errors here
+    r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(stale), "record", "p",
+                        str(tmp_path / "t.rtrace"), "--seconds", "1e30"],
+                       capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 2 and "--seconds: must be a number in [0, 1e+09)" in r.stderr
 
 
 def test_second_daemon_on_same_socket_refuses(daemon, tmp_path: Path) -> None:
@@ -362,6 +373,17 @@ def test_recmgd_bad_command_lines_are_one_line_errors() -> None:
                            text=True, cwd=REPO, timeout=60)
         assert r.returncode == 2, (argv, r.stderr)
         assert r.stderr == f"recmgd: error: {expect} (see recmgd --help)\n", (argv, r.stderr)
+
+
+def test_each_program_says_its_version() -> None:
+    """recmgd, recmgctl and recmg --version: the program and the installed package's version (from
+    pyproject.toml through the package's metadata; none had --version)."""
+    from importlib.metadata import version
+
+    for prog, module in (("recmgd", "recmgd_main"), ("recmgctl", "recmgctl"), ("recmg", "recmg")):
+        r = subprocess.run([sys.executable, "-m", f"recmgd.cli.{module}", "--version"], capture_output=True,
+                           text=True, cwd=REPO, timeout=60)
+        assert r.returncode == 0 and r.stdout == f"{prog} {version('recmgd')}\n", (prog, r.stdout, r.stderr)
 
 
 def test_every_command_says_what_it_does_in_its_help() -> None:

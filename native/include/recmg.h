@@ -184,6 +184,9 @@ int recmg_create(const char *name, const recmg_create_opts *opts, recmg_pool **o
 int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, char *err, size_t errlen);
 void recmg_close(recmg_pool *pool);
 int recmg_destroy(const char *name, char *err, size_t errlen); /* unlinks the object (and keeps the file) */
+/* Whether name can name a pool (1..200 of letters, digits, '_', '-', '.', not starting with '.'; a
+ * leading '/' is allowed): RECMG_OK, or RECMG_EINVAL with the reason in err. */
+int recmg_check_name(const char *name, char *err, size_t errlen);
 const char *recmg_errmsg(const recmg_pool *pool);
 /* The bag kernel this handle's sum and mean lookups of a table use: "avx512f" (dim 64 or 128, unless
  * RECMG_NO_AVX512=1 was set when the handle was opened), "avx2" (dim 16, 32, 64 or 128; float16 rows

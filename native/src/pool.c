@@ -254,6 +254,12 @@ static int shm_name(const char *name, char *out, size_t outlen, char *err, size_
     return RECMG_OK;
 }
 
+int recmg_check_name(const char *name, char *err, size_t errlen)
+{
+    char nm[256];
+    return shm_name(name, nm, sizeof nm, err, errlen);
+}
+
 /* ---------------- handle ---------------- */
 
 static recmg_pool *handle_new(const char *shmname, int role, uint32_t flags)

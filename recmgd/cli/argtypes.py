@@ -29,6 +29,12 @@ class OneLineParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
+    def add_version(self) -> None:
+        """--version: the program and the package's version (what an operator asks first)."""
+        from recmgd import __version__
+
+        self.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+
 
 #: a value shown in a message: at most this many characters of it
 _SHOW = 40

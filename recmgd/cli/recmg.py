@@ -29,6 +29,7 @@ def build_parser(argv: list[str]) -> tuple[argparse.ArgumentParser, object | Non
         prog="recmg", description="Offline work on traces and models: convert and inspect traces, simulate "
         "policies, train and score RecMG's models, run the demo."
     )
+    parser.add_version()
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     chosen = next((a for a in argv if not a.startswith("-")), None)

@@ -20,7 +20,14 @@ from recmgd.cli import signals
 from recmgd.cli.argtypes import OneLineParser, count, number
 from recmgd.cli.output import guarded
 from recmgd.daemon.config import DEFAULT_SOCKET
-from recmgd.daemon.control import RECORD_LEASE_S, CommandError, ControlBusy, ControlUnavailable, request
+from recmgd.daemon.control import (
+    MAX_REQUEST_SECONDS,
+    RECORD_LEASE_S,
+    CommandError,
+    ControlBusy,
+    ControlUnavailable,
+    request,
+)
 from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
@@ -78,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"the daemon's control socket (default {DEFAULT_SOCKET}, or $RECMGD_SOCKET)")
     p.add_argument("--timeout", type=positive_seconds, default=10.0,
                    help="seconds to wait for an answer (default %(default)s)")
+    p.add_version()
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
     def command(name: str, what: str) -> argparse.ArgumentParser:
@@ -109,7 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop the pool's recording (another recmgctl's, without FILE): its recmgctl puts the "
                         "file in place; one whose recmgctl is gone stays in that recmgctl's temporary file, "
                         "complete")
-    s.add_argument("--seconds", type=number(0), default=0.0,
+    s.add_argument("--seconds", type=number(0, MAX_REQUEST_SECONDS, hi_open=True), default=0.0,
                    help="stop this long after the recording starts, whether or not the apps have started "
                         "(an app started after it spends part of it starting; --lookups counts only what "
                         "the apps do) (default: no limit)")

@@ -27,6 +27,7 @@ from recmgd.errors import RecmgError  # noqa: E402
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="recmgd", description=__doc__.splitlines()[0].split(": ", 1)[1])
+    p.add_version()
     p.add_argument("--config", metavar="PATH",
                    help=f"configuration file (default {DEFAULT_PATH}; built-in defaults if absent)")
     p.add_argument("--foreground", action="store_true",

@@ -94,9 +94,11 @@ def pool_name_problem(name: str) -> str | None:
         return "an empty name"
     if control_character(name):
         return "a pool name has no control character"
-    if "/" in name or name in (".", ".."):
+    if "/" in name:  # (the library takes a leading '/' and drops it: the daemon names pools without)
         return "a pool name has no '/'"
-    return None
+    from recmgd.pool import name_problem  # (the library's rule, asked of it)
+
+    return name_problem(name)
 
 
 #: what the daemon moves: rows into the fast tier's slots, or whole pages of a NUMA slow tier

@@ -50,6 +50,8 @@ LISTEN_BACKLOG = 64
 #: the lease recmgctl record asks for: a recording whose client has not asked for its status this long
 #: (seconds of the daemon's own time) is stopped (recmgd.daemon.record's module doc)
 RECORD_LEASE_S = 60.0
+#: the most seconds a request's duration argument (a recording's `seconds`, its `lease`) may say
+MAX_REQUEST_SECONDS = 1e9
 #: seconds of requests one poll answers at most (at least one request): the rest wait for the next poll,
 #: so that a flood of requests cannot hold up the daemon's loop (its ticks, its watchdog pings)
 POLL_BUDGET = 0.02
@@ -559,6 +561,13 @@ class ControlServer:
 # -- client -----------------------------------------------------------------------------------------
 
 
+def _is_socket(path: str) -> bool:
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return True  # (gone meanwhile: say what the connection said)
+
+
 def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0,
             fds: tuple[int, ...] = ()) -> Any:
     """Send one command to the daemon and return its result; errors raise. ``fds``: file descriptors
@@ -575,6 +584,9 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
         except FileNotFoundError:
             raise ControlUnavailable(f"recmgd is not running (no control socket at {path})") from None
         except ConnectionRefusedError:
+            if not _is_socket(path):  # (connecting to a file that is not a socket is refused as well)
+                raise ControlUnavailable(f"{path} is not a socket (is --socket the daemon's control "
+                                         "socket?)") from None
             raise ControlUnavailable(f"recmgd is not running (nobody listens on {path})") from None
         except PermissionError:
             raise ControlUnavailable(
@@ -600,6 +612,10 @@ def request(path: str, cmd: str, args: dict[str, Any] | None = None, timeout: fl
                 buf += chunk
         except TimeoutError:
             raise ControlBusy(f"recmgd did not answer within {timeout:g} s on {path}") from None
+        except ConnectionResetError:
+            if b"\n" not in buf:  # (a daemon stopping closes its connections)
+                raise ControlUnavailable(f"recmgd closed the connection on {path} without an answer (it "
+                                         "stopped?)") from None
         except OSError as exc:
             if b"\n" not in buf:
                 raise ControlUnavailable(f"connection to {path} failed: {exc.strerror or exc}") from None

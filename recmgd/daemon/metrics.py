@@ -283,7 +283,7 @@ class MetricsServer:
         self._stop.clear()
         self._thread = threading.Thread(target=self._serve, name="recmgd-metrics", daemon=True)
         self._thread.start()
-        log.info("metrics at http://%s:%d/metrics", host, port)
+        log.info("metrics at http://%s:%d/metrics", f"[{host}]" if ":" in host else host, port)  # (IPv6)
 
     def stop(self) -> None:
         if self._thread is None:

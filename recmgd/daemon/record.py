@@ -51,7 +51,7 @@ import numpy as np
 
 from recmgd.daemon import tracker
 from recmgd.daemon.config import one_line
-from recmgd.daemon.control import CommandError
+from recmgd.daemon.control import MAX_REQUEST_SECONDS, CommandError
 from recmgd.keys import REC_BATCH_END, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 from recmgd.trace.binary import HEADER, BinaryWriter
 
@@ -500,7 +500,7 @@ def _count_arg(args: dict[str, Any], key: str, default: int) -> int:
 
 def _seconds_arg(args: dict[str, Any], key: str) -> float:
     value = args.get(key, 0)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < 1e9:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value < MAX_REQUEST_SECONDS:
         raise CommandError(f"argument {key!r}: expected seconds (a number >= 0), got {value!r}")
     return float(value)
 

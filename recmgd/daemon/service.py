@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from recmgd import policy as policy_mod
 from recmgd.daemon import config as config_mod
 from recmgd.daemon.apps import AppTracker, discover_pools, owner_problem
 from recmgd.daemon.config import Config, PolicyConfig, control_character, one_line
@@ -560,6 +561,9 @@ class Daemon:
             model = args.get("model_dir")
             if model is not None and (not isinstance(model, str) or not os.path.isabs(model)):
                 raise CommandError("argument \"model_dir\": expected an absolute path")
+            if model is not None and not policy_mod.unknown([name]) and not policy_mod.is_learned(name):
+                raise CommandError(f"argument \"model_dir\": policy {name!r} takes no model (a learned one "
+                                   "does: recmg, recmg-cache, ...)")
             peer = self.control.peer() if self.control is not None else None
             if model is not None and peer is not None and peer[0] not in (0, os.geteuid()):
                 try:  # the daemon reads it with its own rights: only a folder of the client's own
