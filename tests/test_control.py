@@ -567,3 +567,11 @@ def test_a_removed_socket_file_is_made_again_and_anothers_is_left_alone(tmp_path
         t.join()
         srv.close()
     assert path.read_text() == "someone else's\n"
+
+
+def test_the_retrain_line_says_a_full_window() -> None:
+    """A window of whole batches may stay a few lookups under its target once full: the line says full."""
+    rt = {"every_s": 60, "window_lookups": 19968, "window_target": 20000, "window_full": True, "retrains": 2,
+          "switches": 1, "failures": 0, "model_dir": None, "model_age_s": None}
+    assert "window 19968/20000 lookups (full), 2 retrains" in recmgctl.format_retrain(rt)
+    assert "(full)" not in recmgctl.format_retrain({**rt, "window_full": False})

@@ -64,6 +64,37 @@ def test_window_keeps_the_last_lookups_in_whole_batches() -> None:
     assert keys[-1] == 7000 and lengths[-1] == 1 and keys[-2] == 299
 
 
+def test_the_window_reports_what_a_retrain_trains_on(tmp_path: Path) -> None:
+    """The window holds whole drain chunks (a drain of 65152 lookups for a 20000 window), but its stats
+    say what a retrain takes from them: the last whole batches of at most retrain_window lookups."""
+    rt = Retrainer("p", PolicyConfig(name="recmg", retrain_every=1.0, retrain_window=20000), 10,
+                   str(tmp_path), model_dir=None)
+    rt.window(batches(509, 128), 0)  # one drain: 65152 lookups
+    st = rt.stats()
+    keys, lengths = rt.window.snapshot()
+    assert len(keys) == 19968 and len(lengths) == 156 and keys[-1] == 509 * 128 - 1
+    assert st["window_lookups"] == 19968 and st["window_target"] == 20000 and st["window_full"]
+    # against the stream: the longest run of whole last batches within the limit, drain after drain
+    rng = np.random.default_rng(7)
+    w = RollingWindow(5000)
+    sizes: list[int] = []
+    for i in range(300):
+        n = rng.integers(1, 60, size=int(rng.integers(1, 200)))
+        recs = []
+        for size in n:
+            recs.extend(range(int(size)))
+            recs.append(int(END))
+        w(np.array(recs, dtype=np.uint64), 0)
+        sizes.extend(int(x) for x in n)
+        take, total = 0, 0
+        while take < len(sizes) and total + sizes[-1 - take] <= 5000:
+            total += sizes[-1 - take]
+            take += 1
+        keys, lengths = w.snapshot()
+        assert (w.used_lookups, w.used_batches) == (len(keys), len(lengths)) == (total, take), i
+        assert lengths.tolist() == sizes[len(sizes) - take:] and w.full == (sum(sizes) >= 5000)
+
+
 def test_retrainer_is_due_only_with_a_full_window(tmp_path: Path) -> None:
     rt = Retrainer("p", PolicyConfig(name="recmg", retrain_every=1.0, retrain_window=1000), 10,
                    str(tmp_path), model_dir=None)
@@ -129,7 +160,7 @@ def test_retrain_switches_keeps_and_survives(tmp_path: Path, shared_traces: Path
         _, aerr = a.communicate(timeout=300)
         assert a.returncode == 0, aerr
         deadline = time.monotonic() + 30
-        while request(str(sock), "stats")["pools"][name]["retrain"]["window_lookups"] < 20000:
+        while not request(str(sock), "stats")["pools"][name]["retrain"]["window_full"]:
             assert time.monotonic() < deadline, "the window did not fill"
             time.sleep(0.05)
         r = recmgctl(sock, "retrain", name, "--wait")
@@ -345,3 +376,151 @@ def test_the_retraining_directories_are_the_daemons_alone(tmp_path: Path, small_
     job.thread.join(60)
     for d in (small / "retrain", small / "retrain" / "p"):
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
+
+
+def proc_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks) of a process, from /proc/PID/stat; None when there is none."""
+    try:
+        data = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    fields = data[data.rindex(b")") + 2:].split()
+    return fields[0].decode(), int(fields[19])
+
+
+def running(pid: int, ticks: int) -> bool:
+    """Whether the process ``pid`` that started at ``ticks`` still runs (a zombie does not)."""
+    st = proc_start(pid)
+    return st is not None and st[1] == ticks and st[0] not in ("Z", "X")
+
+
+def retraining_daemon(tmp_path: Path, name: str, epochs: int) -> tuple[Path, Path, Path]:
+    """(its config, its socket, its state directory): recmg-cache, retrained at `recmgctl retrain` on a
+    window of 5000 lookups."""
+    sock = tmp_path / "ctl.sock"
+    state = tmp_path / "state"
+    cfg = tmp_path / "d.toml"
+    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\nstate_dir = "{state}"\n'
+                   f'[control]\nsocket = "{sock}"\n'
+                   f'[policy]\nname = "recmg-cache"\nretrain_every = "1h"\nretrain_window = 5000\n'
+                   f'[policy.options]\nepochs = {epochs}\n')
+    return cfg, sock, state
+
+
+@pytest.mark.slow
+def test_a_trainer_dies_with_its_sigkilled_daemon(tmp_path: Path, shared_traces: Path) -> None:
+    """recmgd --foreground killed with SIGKILL during a retrain (no systemd to kill its cgroup): its
+    trainer, in a session of its own, ends with it within seconds instead of training on and writing
+    its candidate and result where a restarted daemon retrains."""
+    from test_daemon_app import trace_batches
+
+    from recmgd.pool import Pool
+
+    name = f"retrainfix-{uuid.uuid4().hex[:8]}"
+    cfg, sock, _ = retraining_daemon(tmp_path, name, epochs=500)  # minutes of training, if left to it
+    trace = shared_traces / AMAZON
+    _, sizes = trace_batches(str(trace), 16, 3000)
+    d = start_daemon(cfg)
+    pool = None
+    trainer: tuple[int, int] | None = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, 300)
+        wait_attached(sock, name)
+        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "3000")
+        _, aerr = a.communicate(timeout=300)
+        assert a.returncode == 0, aerr
+        deadline = time.monotonic() + 30
+        while (r := recmgctl(sock, "retrain", name)).returncode != 0:  # the window's last batches
+            assert time.monotonic() < deadline and "needs at least" in r.stderr, r.stderr
+            time.sleep(0.1)
+        deadline = time.monotonic() + 60
+        while (pid := request(str(sock), "stats")["pools"][name]["retrain"]["trainer_pid"]) is None:
+            assert time.monotonic() < deadline, "no trainer process"
+            time.sleep(0.02)
+        deadline = time.monotonic() + 60
+        while b"candidate" not in Path(f"/proc/{pid}/cmdline").read_bytes():  # the trainer itself
+            assert time.monotonic() < deadline, "the trainer did not start"
+            time.sleep(0.02)
+        st = proc_start(pid)
+        assert st is not None
+        trainer = (pid, st[1])
+        d.kill()
+        d.wait(30)
+        deadline = time.monotonic() + 5
+        while running(*trainer):
+            assert time.monotonic() < deadline, f"the trainer (pid {pid}) outlived its daemon"
+            time.sleep(0.05)
+    finally:
+        if trainer is not None and running(*trainer):
+            os.kill(trainer[0], signal.SIGKILL)
+        if d.poll() is None:
+            stop_daemon(d)
+        if pool is not None:
+            pool.close()
+        Pool.unlink(name)
+
+
+@pytest.mark.slow
+def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_traces: Path) -> None:
+    """Candidates, results and result temporaries of daemons that are gone (one before the owner tag in
+    the names, one killed: its pid gone or reused) are removed at the next daemon's retrain, which
+    they do not confuse (a stale result saying a candidate won by far); a live process's and other
+    files are kept."""
+    from test_daemon_app import trace_batches
+
+    name = f"retrainfix-{uuid.uuid4().hex[:8]}"
+    cfg, sock, state = retraining_daemon(tmp_path, name, epochs=1)
+    folder = state / "retrain" / name
+    folder.mkdir(parents=True, mode=0o700)
+    os.chmod(state / "retrain", 0o700)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    me = proc_start(os.getpid())
+    assert me is not None
+    dead = f"{gone.pid}-1-0badc0de"
+    stale_dirs = ["candidate-1", "candidate-3", f"candidate-{dead}-1"]
+    stale_files = ["result-1.json", "result-3.json", f"result-{dead}-1.json",
+                   f"result-{os.getpid()}-1-0badc0de-2.json",  # this test's pid, another start: reused
+                   f".partial-{gone.pid}-0badc0de.result-{dead}-2.json"]
+    kept_dirs = [f"candidate-{os.getpid()}-{me[1]}-cafef00d-1"]  # this test's: a live process
+    kept_files = [f"result-{os.getpid()}-{me[1]}-cafef00d-1.json", "notes.txt",
+                  f".partial-{os.getpid()}-cafef00d.window.rtrace"]
+    for n in stale_dirs + kept_dirs:
+        (folder / n).mkdir()
+        (folder / n / "config.json").write_text('{"bogus": true}')
+    for n in stale_files + kept_files:
+        (folder / n).write_text('{"candidate_on_demand": 0, "current_on_demand": 1000000000}')
+    trace = shared_traces / AMAZON
+    _, sizes = trace_batches(str(trace), 16, 12_000)
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, 300)
+        wait_attached(sock, name)
+        assert (folder / "candidate-3").is_dir()  # nothing happens before a retrain
+        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "12000")
+        _, aerr = a.communicate(timeout=300)
+        assert a.returncode == 0, aerr
+        deadline = time.monotonic() + 30
+        while not request(str(sock), "stats")["pools"][name]["retrain"]["window_full"]:
+            assert time.monotonic() < deadline, "the window did not fill"
+            time.sleep(0.05)
+        r = recmgctl(sock, "retrain", name, "--wait")
+        assert r.returncode == 0, r.stderr
+        rt = request(str(sock), "stats")["pools"][name]["retrain"]
+        assert rt["retrains"] == 1 and rt["failures"] == 0, rt["last_error"]
+        last = rt["last"]
+        assert last["current"] == "lru" and last["current_on_demand"] == last["lru_on_demand"] < 10**9, last
+        assert last["candidate_on_demand"] > 0, last
+        left = sorted(p.name for p in folder.iterdir())
+        assert not set(stale_dirs + stale_files) & set(left), left
+        assert set(kept_dirs + kept_files) <= set(left), left
+        # the daemon's own candidate and result are gone too (the candidate moved, or removed)
+        assert not [n for n in left if n.startswith(("candidate-", "result-")) and "cafef00d" not in n], left
+        assert (folder / kept_dirs[0] / "config.json").read_text() == '{"bogus": true}'
+    finally:
+        rc, err = shut_down(d, name, pool)
+    assert rc == 0, err
+    assert f"removed {len(stale_dirs + stale_files)} files of retrains of daemons now gone" in err, err

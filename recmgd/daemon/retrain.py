@@ -13,14 +13,23 @@ on-demand fetches, its checkpoint becomes ``STATE_DIR/retrain/POOL/current`` (a 
 atomically; the model before it is kept too) and the pool switches to it; a restarted daemon loads
 ``current``. A trainer that fails, is killed or writes no result is logged and counted, and nothing
 changes.
+
+The trainer dies with the daemon (the kernel's parent-death signal, :data:`_GUARD`), and its files are
+named after the daemon (:func:`owner_tag`): a trainer of a daemon killed with SIGKILL cannot go on
+writing into a restarted daemon's candidate. What a dead daemon left behind (its candidates, results
+and their temporaries) is removed at the next retrain of the pool (:func:`sweep_stale`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import itertools
 import json
 import logging
 import os
+import re
+import secrets
 import shutil
 import stat
 import subprocess
@@ -51,6 +60,30 @@ TRAINER_NICE = 10
 #: models kept under STATE_DIR/retrain/POOL/models (the current one and the one before it)
 KEEP_MODELS = 2
 
+#: The trainer's first step, in its own process before it execs the trainer: ask the kernel for SIGKILL
+#: when the daemon's thread that started it ends (PR_SET_PDEATHSIG = 1; the job's thread, which waits
+#: for the trainer, so in effect when the daemon dies, whatever kills it; the setting survives exec),
+#: then check the daemon is still its parent (one that died before prctl sent no signal). A separate
+#: step rather than Popen's preexec_fn: that runs Python between fork and exec, which may deadlock in
+#: a process with threads (the daemon has several). argv: DAEMON_PID TRAINER_ARGV...
+_GUARD = ("import ctypes, os, sys\n"
+          "if ctypes.CDLL(None, use_errno=True).prctl(1, 9, 0, 0, 0) != 0:\n"
+          "    sys.exit('recmg candidate: prctl(PR_SET_PDEATHSIG): ' + os.strerror(ctypes.get_errno()))\n"
+          "if os.getppid() != int(sys.argv[1]):\n"
+          "    sys.exit('recmg candidate: the daemon that started it is gone')\n"
+          "os.execv(sys.argv[2], sys.argv[2:])\n")
+
+#: the numbers of this daemon's candidate and result names: one count for all its pools and attaches,
+#: so that no two jobs of one daemon share a name (a pool attached again starts its retrains at 1)
+_NAME_SEQ = itertools.count(1)
+
+#: a job's files in a pool's retraining directory: candidate-TAG-N/ and result-TAG-N.json (TAG: see
+#: owner_tag), those of daemons before the tag (candidate-N, result-N.json), and the temporaries of
+#: results and windows (.partial-PID-RANDOM.NAME, recmgd.fileout's)
+_TAGGED = re.compile(r"(?:candidate|result)-(\d+)-(\d+)-([0-9a-f]+)-\d+(?:\.json)?")
+_UNTAGGED = re.compile(r"(?:candidate|result)-\d+(?:\.json)?")
+_PARTIAL = re.compile(r"\.partial-(\d+)-[0-9a-f]+\.(?:result-.*\.json|window\.rtrace)")
+
 
 def private_dir(path: Path) -> None:
     """Make the directory (and its parents) if missing, and make it the daemon's alone (0700, whatever
@@ -61,14 +94,18 @@ def private_dir(path: Path) -> None:
 
 
 class RollingWindow:
-    """The last ``limit`` lookups of a pool's stream, in whole app batches (a sink of its tap)."""
+    """The last ``limit`` lookups of a pool's stream, in whole app batches (a sink of its tap). It holds
+    whole drain chunks (``n_lookups``, ``n_batches``: up to a chunk more than ``limit``); a retrain
+    takes the last ``limit`` of them from a batch start (``used_lookups``, ``used_batches``)."""
 
     def __init__(self, limit: int) -> None:
         self.limit = int(limit)
         self.splitter = BatchSplitter()
-        self.chunks: deque[tuple[np.ndarray, np.ndarray]] = deque()
+        # (keys, batch lengths, their running sums), a drain's whole batches each
+        self.chunks: deque[tuple[np.ndarray, np.ndarray, np.ndarray]] = deque()
         self.n_lookups = 0
         self.n_batches = 0
+        self._cut = (0, 0)  # (batches, lookups) at the first chunk's start that a snapshot leaves out
 
     def __call__(self, recs: np.ndarray, ring: int) -> None:
         if not len(recs):
@@ -77,30 +114,117 @@ class RollingWindow:
         keys, lengths = self.splitter.feed(ring, recs)
         if not len(lengths):
             return
-        self.chunks.append((keys, lengths))
+        self.chunks.append((keys, lengths, np.cumsum(lengths)))
         self.n_lookups += len(keys)
         self.n_batches += len(lengths)
         while self.chunks and self.n_lookups - len(self.chunks[0][0]) >= self.limit:
-            k, n = self.chunks.popleft()
+            k, n, _ = self.chunks.popleft()
             self.n_lookups -= len(k)
             self.n_batches -= len(n)
+        # what is over the limit now lies in the first chunk (the loop above keeps no chunk more): the
+        # batches a snapshot drops are its first ones up to the one that ends at or past the excess
+        over = self.n_lookups - self.limit
+        if over > 0:
+            ends = self.chunks[0][2]
+            i = int(np.searchsorted(ends, over, side="left"))
+            self._cut = (i + 1, int(ends[i]))
+        else:
+            self._cut = (0, 0)
 
     @property
     def full(self) -> bool:
+        """The window has reached ``limit`` (what it trains on may be a batch's part fewer)."""
         return self.n_lookups >= self.limit
+
+    @property
+    def used_lookups(self) -> int:
+        """The lookups a retrain started now trains on (the snapshot's; at most ``limit``)."""
+        return self.n_lookups - self._cut[1]
+
+    @property
+    def used_batches(self) -> int:
+        return self.n_batches - self._cut[0]
 
     def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
         """(keys, batch lengths) of the window: the last ``limit`` lookups, from a batch start."""
         if not self.chunks:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
-        keys = np.concatenate([k for k, _ in self.chunks])
-        lengths = np.concatenate([n for _, n in self.chunks])
-        over = len(keys) - self.limit
-        if over > 0:
-            drop = int(np.searchsorted(np.cumsum(lengths), over, side="left")) + 1
-            keys = keys[int(lengths[:drop].sum()):]
-            lengths = lengths[drop:]
-        return keys, lengths
+        keys = np.concatenate([k for k, _, _ in self.chunks])
+        lengths = np.concatenate([n for _, n, _ in self.chunks])
+        return keys[self._cut[1]:], lengths[self._cut[0]:]
+
+
+def _proc_stat(pid: int) -> tuple[bytes, int] | None:
+    """(state, start time) of process ``pid`` from /proc/PID/stat (the start in clock ticks after boot,
+    its 22nd field), or None when it cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+        fields = data[data.rindex(b")") + 2:].split()  # after the command name, which may hold anything
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+@functools.cache
+def owner_tag(pid: int) -> str:
+    """The daemon's part of its candidate and result names: PID-START-RANDOM (``owner_tag(os.getpid())``).
+    Pid and start time tell whether the daemon is alive (:func:`sweep_stale`; a pid alone may be
+    reused); the random part tells a daemon from an earlier boot's with the same pid and start time (a
+    state directory outlives a boot)."""
+    st = _proc_stat(pid)
+    return f"{pid}-{st[1] if st else 0}-{secrets.token_hex(4)}"
+
+
+def _alive(pid: int, ticks: int | None = None) -> bool:
+    """Whether process ``pid`` (started at ``ticks``, when given) may still run. A zombie has ended; a
+    process /proc does not show (another user's, with hidepid) counts as alive: it may be the one."""
+    st = _proc_stat(pid)
+    if st is not None:
+        return st[0] not in (b"Z", b"X") and (ticks is None or st[1] == ticks)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def sweep_stale(folder: Path) -> list[str]:
+    """Remove from a pool's retraining directory the candidates and results (and their temporaries)
+    that processes now gone left; the names removed. This daemon's own are kept, and so are those of a
+    live process: only one daemon serves a pool (the pool's daemon lock), but a state directory shared
+    in another way is not this daemon's to clean. Names from before the owner tag (candidate-N,
+    result-N.json) carry no owner: an older daemon's, which the lock says does not serve this pool now
+    (an orphaned trainer of it may still write them; no daemon reads them any more)."""
+    pid = os.getpid()
+    mine = owner_tag(pid)
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return []
+    removed = []
+    for name in names:
+        if m := _TAGGED.fullmatch(name):
+            owner = int(m[1])
+            if f"{m[1]}-{m[2]}-{m[3]}" == mine:
+                continue
+            # this daemon's pid in another tag: an earlier process's (another start, or an earlier boot)
+            if owner != pid and _alive(owner, int(m[2])):
+                continue
+        elif m := _PARTIAL.fullmatch(name):
+            if _alive(int(m[1])):  # (no start time in these names: a reused pid keeps them, for now)
+                continue
+        elif not _UNTAGGED.fullmatch(name):
+            continue
+        path = folder / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+        removed.append(name)
+    return removed
 
 
 def current_checkpoint(state_dir: str, pool: str) -> str | None:
@@ -118,6 +242,9 @@ class _Job:
 
     def __init__(self, seq: int, reason: str) -> None:
         self.seq = seq
+        # its files' names: the daemon's tag (no other daemon's trainer writes them) and a number of the
+        # daemon's (none of its other jobs does); seq, the pool's count, is for the log and the stats
+        self.name = f"{owner_tag(os.getpid())}-{next(_NAME_SEQ)}"
         self.reason = reason
         self.started = time.time()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -249,8 +376,8 @@ class Retrainer:
                 age = None
         job = self._job
         return {
-            "policy": self.policy, "every_s": self.every, "window_lookups": self.window.n_lookups,
-            "window_target": self.window.limit, "running": job is not None,
+            "policy": self.policy, "every_s": self.every, "window_lookups": self.window.used_lookups,
+            "window_target": self.window.limit, "window_full": self.window.full, "running": job is not None,
             "trainer_pid": job.proc.pid if job is not None and job.proc is not None else None,
             **self.counts, "model_dir": self.model_dir, "model_age_s": age,
             "last": self.last, "last_error": self.last_error,
@@ -267,6 +394,10 @@ class Retrainer:
                 where = exc.filename or self.dir
                 job.error = f"cannot make {where} private (mode 0700): {exc.strerror or exc}"
                 return
+            stale = sweep_stale(self.dir)  # a dead daemon's candidates may be large
+            if stale:
+                log.info("pool %s: removed %d files of retrains of daemons now gone: %s", self.pool,
+                         len(stale), ", ".join(stale[:5]) + (", ..." if len(stale) > 5 else ""))
             window = self.dir / "window.rtrace"
             (self.dir / "window.rtrace.partial").unlink(missing_ok=True)  # an older daemon's leftover
             try:  # whole or not at all: a full disk leaves neither a cut window nor its temporary
@@ -275,10 +406,11 @@ class Retrainer:
             except Exception as exc:  # noqa: BLE001 - reported with the file and the system's reason
                 job.error = f"cannot write the retraining window {window}: {write_reason(exc)}"
                 return
-            job.candidate = str(self.dir / f"candidate-{job.seq}")
+            job.candidate = str(self.dir / f"candidate-{job.name}")
             shutil.rmtree(job.candidate, ignore_errors=True)
-            result = self.dir / f"result-{job.seq}.json"
-            cmd = [sys.executable, "-m", "recmgd.cli.recmg", "candidate", str(window),
+            result = self.dir / f"result-{job.name}.json"
+            cmd = [sys.executable, "-c", _GUARD, str(os.getpid()),
+                   sys.executable, "-m", "recmgd.cli.recmg", "candidate", str(window),
                    "--policy", self.policy, "--capacity", str(self.capacity), "--out", job.candidate,
                    "--result", str(result), "--threads", str(self.threads), "--nice", str(TRAINER_NICE),
                    "--options", json.dumps(self.options)]
