@@ -106,6 +106,25 @@ def test_bad_requests(server, request_bytes: bytes, status: bytes) -> None:
     assert data.startswith(b"HTTP/1.1 " + status)
 
 
+def test_head_is_answered_with_gets_head(server) -> None:
+    """HEAD /metrics (a health probe's request): GET's status and headers, no body (it was 405)."""
+    _, port = server
+    replies = []
+    for method in (b"HEAD", b"GET"):
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(method + b" /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        replies.append(data)
+    head, _, body = replies[0].partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 OK") and body == b""
+    length = next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:"))
+    length = int(length.split(b":")[1])
+    assert length > 0 and replies[1].startswith(b"HTTP/1.1 200 OK")
+
+
 def test_stop_is_prompt_and_restartable(server) -> None:
     srv, port = server
     held = socket.create_connection(("127.0.0.1", port), timeout=10)

@@ -477,8 +477,8 @@ def format_retrain(rt: dict[str, Any]) -> str:
     age = rt.get("model_age_s")
     full = " (full)" if rt.get("window_full") else ""  # (whole batches: it may stay a few under the target)
     line = (f"retraining: every {rt['every_s']:g} s, window {rt['window_lookups']}/{rt['window_target']} "
-            f"lookups{full}, {rt['retrains']} retrains, {rt['switches']} switches, {rt['failures']} failures; "
-            f"model {rt.get('model_dir') or 'none (lru)'}")
+            f"lookups{full}, {rt['retrains']} retrains, {rt['switches']} switches, "
+            f"{rt['failures']} failures; model {rt.get('model_dir') or 'none (lru)'}")
     if age is not None:
         line += f", {age:.0f} s old"
     if last:

@@ -235,10 +235,11 @@ class _HttpConn:
         self.last = now
 
 
-def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8") -> bytes:
+def _response(status: str, body: bytes, content_type: str = "text/plain; charset=utf-8",
+              head_only: bool = False) -> bytes:
     head = (f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
-    return head.encode() + body
+    return head.encode() + (b"" if head_only else body)
 
 
 class MetricsServer:
@@ -396,12 +397,14 @@ class MetricsServer:
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):
             return _response("400 Bad Request", b"bad request\n")
         method, target = parts[0], parts[1].split(b"?", 1)[0]
-        if method != b"GET":
-            return _response("405 Method Not Allowed", b"only GET\n")
+        if method not in (b"GET", b"HEAD"):  # (HEAD: what a health probe sends; the head of a GET)
+            return _response("405 Method Not Allowed", b"only GET and HEAD\n")
+        head_only = method == b"HEAD"
         if target not in (b"/metrics", b"/"):
-            return _response("404 Not Found", b"not found (the metrics are at /metrics)\n")
+            return _response("404 Not Found", b"not found (the metrics are at /metrics)\n",
+                             head_only=head_only)
         self.scrapes += 1
-        return _response("200 OK", self.text(), CONTENT_TYPE_LATEST)
+        return _response("200 OK", self.text(), CONTENT_TYPE_LATEST, head_only=head_only)
 
     @staticmethod
     def _close(sel: selectors.BaseSelector, conns: dict[int, _HttpConn], conn: _HttpConn) -> None:
