@@ -575,3 +575,42 @@ def test_the_retrain_line_says_a_full_window() -> None:
           "switches": 1, "failures": 0, "model_dir": None, "model_age_s": None}
     assert "window 19968/20000 lookups (full), 2 retrains" in recmgctl.format_retrain(rt)
     assert "(full)" not in recmgctl.format_retrain({**rt, "window_full": False})
+
+
+def test_stats_watch_waits_out_a_daemon_gone(tmp_path: Path) -> None:
+    """stats --watch goes on until interrupted: a daemon not there (restarting) is said once, on stderr,
+    and its stats come as soon as it answers (it exited at the first failed request)."""
+    from recmgd.daemon import control as control_mod
+
+    path = tmp_path / "w.sock"
+    r = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(path), "stats",
+                          "--json", "--watch", "0.1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, cwd=REPO)
+    srv = None
+    stop = threading.Event()
+    t = None
+    try:
+        line = r.stderr.readline()
+        want = f"recmgctl: recmgd is not running (no control socket at {path}); still watching\n"
+        assert line == want, line
+        time.sleep(0.5)
+        assert r.poll() is None
+        srv = control_mod.ControlServer(str(path), 0o600,
+                                        lambda cmd, args: {"daemon": {"ticks": 7}, "pools": {}})
+        srv.open()
+
+        def serve() -> None:
+            while not stop.is_set():
+                srv.poll(0.02)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        assert json.loads(r.stdout.readline())["daemon"]["ticks"] == 7
+    finally:
+        r.terminate()
+        r.communicate(timeout=10)
+        stop.set()
+        if t is not None:
+            t.join()
+        if srv is not None:
+            srv.close()

@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = command("stats", "counters per pool and table")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     s.add_argument("--watch", type=positive_seconds, metavar="SECONDS",
-                   help="repeat every SECONDS until interrupted")
+                   help="repeat every SECONDS until interrupted (a daemon gone or restarting is said, "
+                        "and watched for)")
     s = command("pools", "the pools the daemon drives")
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     command("reload", "re-read the configuration (like SIGHUP)")
@@ -282,8 +283,19 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     sock, timeout = args.socket, args.timeout
     if args.command == "stats":
+        told = ""  # (--watch) the outage already said
         while True:
-            stats = request(sock, "stats", timeout=timeout)
+            try:
+                stats = request(sock, "stats", timeout=timeout)
+            except ControlUnavailable as exc:  # (--watch goes on until interrupted: a daemon restarting)
+                if not args.watch:
+                    raise
+                if str(exc) != told:
+                    print(f"recmgctl: {exc}; still watching", file=sys.stderr, flush=True)
+                    told = str(exc)
+                time.sleep(max(0.05, args.watch))
+                continue
+            told = ""
             if args.json:
                 print(json.dumps(stats, indent=None if args.watch else 2, sort_keys=True), flush=True)
             else:
