@@ -268,6 +268,17 @@ def _bag_args_dtype() -> np.dtype:
 _BAG_ARGS = _bag_args_dtype()
 
 
+def _ring_info_dtype() -> np.dtype:
+    """recmg_ring_info as a numpy record (offsets and size from the cffi build of recmg.h)."""
+    fields = {"pid": np.int32, "waiting": np.uint64, "drops": np.uint64, "capacity": np.uint64}
+    return np.dtype({"names": list(fields), "formats": list(fields.values()),
+                     "offsets": [ffi.offsetof("recmg_ring_info", f) for f in fields],
+                     "itemsize": ffi.sizeof("recmg_ring_info")})
+
+
+_RING_INFO = _ring_info_dtype()
+
+
 def _from_nested(ids: Any, weights: Any) -> tuple[Any, Any, Any]:
     """A jagged nested input as torch's embedding_bag takes it: (ids, offsets, weights) of its values,
     its offsets read with include_last_offset (offsets given with it are ignored, as torch does);
@@ -1022,13 +1033,22 @@ class Pool:
 
     # ------------------------------------------------------------------ rings and counters
     @_native
-    def rings(self) -> list[RingInfo]:
-        info = ffi.new("recmg_ring_info *")
-        out = []
-        for i in range(self._n_rings):
-            self._check(lib.recmg_get_ring_info(self._handle, i, info))
-            out.append(RingInfo(i, int(info.pid), int(info.waiting), int(info.drops), int(info.capacity)))
+    def ring_table(self) -> np.ndarray:
+        """Every ring's pid (0 if free), waiting, drops and capacity, in ring order: a numpy record array
+        (recmg_ring_info's layout), from one native call."""
+        out = np.zeros(self._n_rings, dtype=_RING_INFO)
+        if self._n_rings:
+            n = self._check(lib.recmg_get_rings(self._handle, 0, ffi.from_buffer("recmg_ring_info[]", out),
+                                                 self._n_rings))
+            out = out[:n]
         return out
+
+    def rings(self) -> list[RingInfo]:
+        """Every ring's description (ring_table's, one object a ring)."""
+        t = self.ring_table()
+        return [RingInfo(i, *row) for i, row in enumerate(zip(t["pid"].tolist(), t["waiting"].tolist(),
+                                                                t["drops"].tolist(), t["capacity"].tolist(),
+                                                                strict=True))]
 
     @_native
     def ring_before_owner(self, index: int, pid: int) -> int:

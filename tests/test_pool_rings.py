@@ -311,3 +311,32 @@ def test_ring_taken_over_says_what_the_previous_owner_left() -> None:
     finally:
         daemon.close()
         p.destroy()
+
+
+def test_ring_table_is_every_rings_info_in_one_call(pool: Pool) -> None:
+    """Pool.ring_table (recmg_get_rings: one native call for all rings) holds what rings() and each ring's
+    own description say: this process's ring with its records waiting, the free ones empty."""
+    pool.embedding_bag(0, [1, 2, 3], [0])
+    pool.end_batch()
+    t = pool.ring_table()
+    assert len(t) == pool.n_rings == 4
+    mine = pool.ring_index
+    assert t["pid"][mine] == os.getpid() and t["waiting"][mine] == 4 and (t["capacity"] == 1024).all()
+    assert [(r.pid, r.waiting, r.drops, r.capacity) for r in pool.rings()] == \
+        list(zip(t["pid"].tolist(), t["waiting"].tolist(), t["drops"].tolist(), t["capacity"].tolist(),
+                 strict=True))
+    free = [i for i in range(4) if i != mine]
+    assert (t["pid"][free] == 0).all() and (t["waiting"][free] == 0).all()
+
+
+def test_get_rings_fills_from_first_as_many_as_there_are(pool: Pool) -> None:
+    """recmg_get_rings from a ring on: as many as the pool has from there (not past its end); a first ring
+    past the end is a range error."""
+    from recmgd._native import ffi, lib
+
+    out = ffi.new("recmg_ring_info[8]")
+    assert lib.recmg_get_rings(pool._handle, 2, out, 8) == 2  # rings 2 and 3 of 4
+    assert lib.recmg_get_rings(pool._handle, 4, out, 8) == 0
+    assert lib.recmg_get_rings(pool._handle, 0, out, 1) == 1
+    assert out[0].pid == (os.getpid() if pool.ring_index == 0 else 0)
+    assert lib.recmg_get_rings(pool._handle, 5, out, 8) == lib.RECMG_ERANGE

@@ -239,6 +239,9 @@ int64_t recmg_repairs(recmg_pool *pool);
  * so that a writer that died inside write_rows leaves its table's copies for no longer than that. */
 int64_t recmg_repair(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
+/* recmg_get_ring_info of rings first, first + 1, ... into out[0 .. n-1], as many as the pool has from
+ * first: returns how many were filled (a daemon's look at every ring in one call). */
+int64_t recmg_get_rings(recmg_pool *pool, uint32_t first, recmg_ring_info *out, uint64_t n);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
 /* How many of the records waiting in a ring were logged before its owner pid claimed it (a previous
  * owner's, which died or left them undrained; the first ones the next drain takes): 0 .. waiting, and 0

@@ -217,6 +217,17 @@ static int ring_check(recmg_pool *p, uint32_t i)
     return RECMG_OK;
 }
 
+static void ring_info_fill(recmg_pool *p, uint32_t i, recmg_ring_info *o)
+{
+    shm_ring *r = ring_at(p, i);
+    o->pid = atomic_load_explicit(&r->owner, memory_order_relaxed);
+    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
+    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
+    o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
+    o->capacity = p->h->ring_records;
+}
+
 int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
 {
     if (!p) return RECMG_EINVAL;
@@ -225,14 +236,22 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
     if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
-    shm_ring *r = ring_at(p, i);
-    o->pid = atomic_load_explicit(&r->owner, memory_order_relaxed);
-    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
-    o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
-    o->capacity = p->h->ring_records;
+    ring_info_fill(p, i, o);
     return (int)intact_after(p, RECMG_OK);
+}
+
+int64_t recmg_get_rings(recmg_pool *p, uint32_t first, recmg_ring_info *out, uint64_t n)
+{
+    if (!p) return RECMG_EINVAL;
+    if (n && !out) return null_arg(p, "recmg_get_rings: out is NULL");
+    int irc = shm_intact(p);
+    if (irc) return irc;
+    uint32_t total = p->h->n_rings;
+    if (first > total)
+        return rc_set(p, RECMG_ERANGE, "ring %u out of range (pool has %u rings)", first, total);
+    uint64_t k = total - first < n ? total - first : n;
+    for (uint64_t j = 0; j < k; j++) ring_info_fill(p, first + (uint32_t)j, out + j);
+    return intact_after(p, (int64_t)k);
 }
 
 int64_t recmg_ring_before_owner(recmg_pool *p, uint32_t i, int32_t pid)

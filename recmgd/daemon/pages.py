@@ -189,6 +189,10 @@ class PagePool:
     def rings(self) -> list[Any]:
         return list(self.pool.rings())
 
+    def ring_table(self) -> np.ndarray:
+        """Every ring's pid, waiting (ring records) and drops in one array (Pool.ring_table)."""
+        return self.pool.ring_table()
+
     def release_ring(self, index: int) -> None:
         self.pool.release_ring(index)
 

@@ -78,7 +78,7 @@ from __future__ import annotations
 import logging
 import os
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any, Protocol
@@ -137,7 +137,9 @@ MAX_POOL_PENDING_RECORDS = _cap_from_env(1 << 24, MAX_POOL_ENV)
 
 class RingSource(Protocol):
     """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode); one that also has
-    ``ring_before_owner(index, pid)`` lets it end a previous owner's records where they end (module doc)."""
+    ``ring_before_owner(index, pid)`` lets it end a previous owner's records where they end (module doc),
+    and one with ``ring_table()`` (every ring's pid, waiting and drops in one array) spares it a Python
+    object a ring each drain."""
 
     def rings(self) -> list[Any]: ...
     def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
@@ -286,22 +288,16 @@ class RingTracker:
         under the drain budget (``max_drain`` records for the whole pool, module doc); hands on each
         complete batch; returns the records drained."""
         backlog = 0
-        turns: list[tuple[int, RingState, Any]] = []  # (index, state, description) of the rings to drain
-        for info in self.pool.rings():
-            idx = ring_field(info, "index", -1)
-            pid = ring_field(info, "pid")
-            if idx < 0:
-                continue
+        turns: list[tuple[int, RingState, int]] = []  # (index, state, records waiting) of the rings to drain
+        for idx, pid, waiting, drops in self._ring_rows():
             # an app that detached (pid 0) may have left records its last batches logged: they are
             # drained like any others; once the ring is empty its state (and a partial batch) goes
-            waiting = ring_field(info, "waiting", 0 if pid == 0 else 1)
             if pid == 0 and waiting == 0:
                 if idx in self.rings:
                     self.n_pending -= self.rings.pop(idx).n_pending
                     self.ring_drops.pop(idx, None)
                     self._reset(idx)
                 continue
-            drops = ring_field(info, "drops")
             prev = self.ring_drops.get(idx, 0)
             if drops > prev:
                 self.dropped_total += drops - prev
@@ -321,7 +317,7 @@ class RingTracker:
                     self._reset(idx)
                 st = self.rings[idx] = RingState(pending=[], pid=pid)
             if waiting:
-                turns.append((idx, st, info))
+                turns.append((idx, st, waiting))
         n_turns = len(turns)
         start = 0
         if self.next_turn and n_turns:  # the first ring at or after it (rings() lists them in order)
@@ -332,13 +328,12 @@ class RingTracker:
         self.spent = 0
         drained = 0
         for k in range(n_turns):
-            idx, st, info = turns[(start + k) % n_turns]  # from start, wrapping
+            idx, st, waiting = turns[(start + k) % n_turns]  # from start, wrapping
             if left <= 0:
                 # the budget is spent: this ring, the first without a turn, starts the next drain, and
                 # what the rings after it hold waits in them
                 self.next_turn = idx
-                backlog += sum(ring_field(turns[(start + j) % n_turns][2], "waiting")
-                               for j in range(k, n_turns))
+                backlog += sum(turns[(start + j) % n_turns][2] for j in range(k, n_turns))
                 break
             recs = self.pool.drain_ring(idx, left)
             n = len(recs)
@@ -346,7 +341,7 @@ class RingTracker:
                 continue
             drained += n
             if n >= left:
-                backlog += max(0, ring_field(info, "waiting") - n)
+                backlog += max(0, waiting - n)
             left -= n
             recs = np.asarray(recs, dtype=np.uint64)
             if self._taps:
@@ -354,6 +349,29 @@ class RingTracker:
             self.consume(st, recs)
         self.backlog = backlog
         return drained
+
+    def _ring_rows(self) -> Iterator[tuple[int, int, int, int]]:
+        """(index, pid, waiting, drops) of the rings a drain must look at, in ring order: with the pool's
+        ``ring_table`` (one native call for all its rings), only those with an owner, records waiting or
+        a state here (a free, empty ring the tracker does not know has nothing to do: a pool of 4096
+        rings cost every tick 4096 calls and objects); else every ring ``rings()`` describes."""
+        table = getattr(self.pool, "ring_table", None)
+        if table is not None:
+            t = table()
+            pid, waiting = t["pid"], t["waiting"]
+            look = (pid != 0) | (waiting != 0)
+            known = [i for i in self.rings if 0 <= i < len(look)]
+            if known:
+                look[known] = True
+            sel = np.flatnonzero(look)
+            yield from zip(sel.tolist(), pid[sel].tolist(), waiting[sel].tolist(), t["drops"][sel].tolist(),
+                           strict=True)
+            return
+        for info in self.pool.rings():
+            idx = ring_field(info, "index", -1)
+            if idx >= 0:
+                pid = ring_field(info, "pid")
+                yield idx, pid, ring_field(info, "waiting", 0 if pid == 0 else 1), ring_field(info, "drops")
 
     def _previous_owner(self, index: int, pid: int, st: RingState | None, waiting: int) -> tuple[int, bool]:
         """A ring whose owner is now ``pid``: drains the records a previous owner left waiting in it
