@@ -268,15 +268,16 @@ def _bag_args_dtype() -> np.dtype:
 _BAG_ARGS = _bag_args_dtype()
 
 
-def _ring_info_dtype() -> np.dtype:
-    """recmg_ring_info as a numpy record (offsets and size from the cffi build of recmg.h)."""
-    fields = {"pid": np.int32, "waiting": np.uint64, "drops": np.uint64, "capacity": np.uint64}
+def _ring_state_dtype() -> np.dtype:
+    """recmg_ring_state as a numpy record (offsets and size from the cffi build of recmg.h)."""
+    fields = {"pid": np.int32, "claims": np.uint32, "waiting": np.uint64, "drops": np.uint64,
+              "capacity": np.uint64, "before_claim": np.uint64}
     return np.dtype({"names": list(fields), "formats": list(fields.values()),
-                     "offsets": [ffi.offsetof("recmg_ring_info", f) for f in fields],
-                     "itemsize": ffi.sizeof("recmg_ring_info")})
+                     "offsets": [ffi.offsetof("recmg_ring_state", f) for f in fields],
+                     "itemsize": ffi.sizeof("recmg_ring_state")})
 
 
-_RING_INFO = _ring_info_dtype()
+_RING_STATE = _ring_state_dtype()
 
 
 def _from_nested(ids: Any, weights: Any) -> tuple[Any, Any, Any]:
@@ -1034,11 +1035,12 @@ class Pool:
     # ------------------------------------------------------------------ rings and counters
     @_native
     def ring_table(self) -> np.ndarray:
-        """Every ring's pid (0 if free), waiting, drops and capacity, in ring order: a numpy record array
-        (recmg_ring_info's layout), from one native call."""
-        out = np.zeros(self._n_rings, dtype=_RING_INFO)
+        """Every ring's pid (0 if free), claims, waiting, drops, capacity and before_claim, in ring order:
+        a numpy record array (recmg_ring_state's layout; recmg.h says what each means), from one native
+        call."""
+        out = np.zeros(self._n_rings, dtype=_RING_STATE)
         if self._n_rings:
-            n = self._check(lib.recmg_get_rings(self._handle, 0, ffi.from_buffer("recmg_ring_info[]", out),
+            n = self._check(lib.recmg_get_rings(self._handle, 0, ffi.from_buffer("recmg_ring_state[]", out),
                                                  self._n_rings))
             out = out[:n]
         return out
@@ -1049,14 +1051,6 @@ class Pool:
         return [RingInfo(i, *row) for i, row in enumerate(zip(t["pid"].tolist(), t["waiting"].tolist(),
                                                                 t["drops"].tolist(), t["capacity"].tolist(),
                                                                 strict=True))]
-
-    @_native
-    def ring_before_owner(self, index: int, pid: int) -> int:
-        """How many of the records waiting in a ring were logged before its owner ``pid`` claimed it (a
-        previous owner's, which the next drain takes first); 0 in a pool made before claims kept their
-        position. Raises PoolBusyError when ``pid`` no longer owns the ring."""
-        i = _int(index, "ring", 0, _U32)
-        return self._check(lib.recmg_ring_before_owner(self._handle, i, _int(pid, "pid", 1, 2**31 - 1)))
 
     @_native
     def drain_ring(self, index: int, max_records: int | None = None) -> np.ndarray:

@@ -57,4 +57,5 @@ TABLE = {
 }
 
 # shm_ring (at rings_off + i * ring_stride)
-RING = {"owner": (0, "<i"), "owner_start": (8, "<Q"), "head": (64, "<Q"), "tail": (128, "<Q")}
+RING = {"owner": (0, "<i"), "claims": (4, "<I"), "owner_start": (8, "<Q"), "owner_head": (16, "<Q"),
+        "head": (64, "<Q"), "tail": (128, "<Q")}

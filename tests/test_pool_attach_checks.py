@@ -261,3 +261,32 @@ def test_an_app_in_a_new_pid_namespace_is_refused(pool: Pool) -> None:
     r = subprocess.run([sys.executable, "-c", ATTACH, pool.name, "app"], capture_output=True, text=True,
                        timeout=60)
     assert r.returncode == 0 and "attached" in r.stdout, (r.stdout, r.stderr)
+
+
+def test_a_rings_claim_fields_written_by_an_app_are_bounded(pool: Pool) -> None:
+    """The claim position and count live in memory the apps write: whatever one puts there, before_claim
+    stays within the records waiting, and a daemon's tracker goes on draining the ring."""
+    from recmgd.daemon.tracker import RingTracker
+
+    at = _get(pool.name, *HEADER["rings_off"]) + pool.ring_index * _get(pool.name, *HEADER["ring_stride"])
+    assert _get(pool.name, at + RING["owner"][0], "<i") == os.getpid()  # (this process's ring)
+    pool.embedding_bag(0, [1, 2], [0])
+    pool.end_batch()
+    daemon = Pool.attach(pool.name, role="daemon")
+    try:
+        steps: list[int] = []
+        t = RingTracker(daemon, lambda keys, hints, n: steps.append(len(keys)), lambda h: False,
+                        step_mode=True)
+        t.drain()
+        for head in (2**64 - 1, 2**63, 1, 3):
+            _put(pool.name, at + RING["owner_head"][0], "<Q", head)
+            _put(pool.name, at + RING["claims"][0], "<I", (head * 7) & 0xFFFFFFFF)
+            pool.embedding_bag(0, [3, 4, 5], [0])
+            pool.end_batch()
+            row = daemon.ring_table()[pool.ring_index]
+            assert 0 <= row["before_claim"] <= row["waiting"] == 4
+            t.drain()
+            t.drain()
+        assert sum(steps) == 2 + 4 * 3 and t.n_pending == 0  # every lookup stepped once
+    finally:
+        daemon.close()

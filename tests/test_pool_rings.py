@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 
-from recmgd.errors import PoolBusyError, PoolError
+from recmgd.errors import PoolError
 from recmgd.keys import make_keys
 from recmgd.pool import Pool
 
@@ -273,13 +273,16 @@ def _child_logs_and_dies(name: str, rows: list[int], end: bool, conn) -> None:
 
 def test_ring_taken_over_says_what_the_previous_owner_left() -> None:
     """Every ring taken, an app dies with records undrained, and the next app takes its ring over: the
-    ring says how many of its waiting records are the dead app's (the first ones a drain takes), so a
-    daemon ends that app's batches there instead of joining them to the new owner's first batch."""
+    ring counts the claim and says how many of its waiting records came before it (the dead app's, the
+    first ones a drain takes), so a daemon ends that app's batches there instead of joining them to the
+    new owner's first batch; once that app has left too, the count still says the owner changed."""
     p = Pool.create(_name(), tables=[(1000, 4)], slots=100, ring_records=1024, rings=2)  # p holds one
     daemon = Pool.attach(p.name, role="daemon")
     try:
         free = 1 - p.ring_index
-        assert daemon.ring_before_owner(p.ring_index, os.getpid()) == 0  # a ring claimed fresh
+        t = daemon.ring_table()
+        assert t["claims"][p.ring_index] == 1 and t["before_claim"][p.ring_index] == 0  # claimed fresh
+        assert t["claims"][free] == 0 and t["pid"][free] == 0
         ctx = mp.get_context("fork")
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_child_logs_and_dies, args=(p.name, [1, 2, 3], False, child))
@@ -287,27 +290,26 @@ def test_ring_taken_over_says_what_the_previous_owner_left() -> None:
         assert parent.poll(60)
         idx, dead_pid = parent.recv()
         proc.join(60)
-        assert idx == free and daemon.rings()[idx].waiting == 3
-        assert daemon.ring_before_owner(idx, dead_pid) == 0  # its own records
+        t = daemon.ring_table()[idx]
+        assert idx == free and t["waiting"] == 3 and t["claims"] == 1 and t["before_claim"] == 0
         daemon.drain_ring(idx, 1)  # the daemon took one of them before the app died
         q = Pool.attach(p.name)  # no free ring: the dead app's is taken over
         try:
             assert q.ring_index == idx
             q.embedding_bag(0, [7, 8], [0])
             q.end_batch()
-            assert daemon.rings()[idx].waiting == 2 + 3
-            assert daemon.ring_before_owner(idx, os.getpid()) == 2  # the dead app's 2 left, then q's 3
-            with pytest.raises(PoolBusyError, match="owned by"):
-                daemon.ring_before_owner(idx, dead_pid)
+            t = daemon.ring_table()[idx]
+            assert t["pid"] == os.getpid() and t["claims"] == 2
+            assert t["waiting"] == 2 + 3 and t["before_claim"] == 2  # the dead app's 2 left, then q's 3
             _, keys = _decode(daemon.drain_ring(idx, 1))
             assert keys.tolist() == make_keys(0, np.array([2])).tolist()
-            assert daemon.ring_before_owner(idx, os.getpid()) == 1  # drained from the front
-            daemon.drain_ring(idx, 2)
-            assert daemon.ring_before_owner(idx, os.getpid()) == 0  # only q's own left
+            assert daemon.ring_table()[idx]["before_claim"] == 1  # drained from the front
         finally:
-            q.close()
-        with pytest.raises(PoolError, match="pid must be at least 1"):
-            daemon.ring_before_owner(idx, 0)
+            q.close()  # q leaves too: the ring is free, its count says it changed hands
+        t = daemon.ring_table()[idx]
+        assert t["pid"] == 0 and t["claims"] == 2 and t["before_claim"] == 1 and t["waiting"] == 4
+        daemon.drain_ring(idx, 1)
+        assert daemon.ring_table()[idx]["before_claim"] == 0  # only q's own left
     finally:
         daemon.close()
         p.destroy()
@@ -334,7 +336,7 @@ def test_get_rings_fills_from_first_as_many_as_there_are(pool: Pool) -> None:
     past the end is a range error."""
     from recmgd._native import ffi, lib
 
-    out = ffi.new("recmg_ring_info[8]")
+    out = ffi.new("recmg_ring_state[8]")
     assert lib.recmg_get_rings(pool._handle, 2, out, 8) == 2  # rings 2 and 3 of 4
     assert lib.recmg_get_rings(pool._handle, 4, out, 8) == 0
     assert lib.recmg_get_rings(pool._handle, 0, out, 1) == 1

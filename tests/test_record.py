@@ -627,32 +627,36 @@ def test_a_dead_apps_last_records_are_cut_by_the_pool_cap_in_both() -> None:
 
 
 class TakenRing:
-    """One ring (index 3) whose records and owners the test sets: ``before`` of its waiting records are
-    a previous owner's (what Pool.ring_before_owner says)."""
+    """Ring 3 of 4, whose records and owners the test sets, described as Pool.ring_table describes rings
+    (recmg_ring_state): ``claims`` counts its claims, ``before`` of its waiting records came before the
+    last one (a previous owner's)."""
 
     name = "fake"
+    FIELDS = ("pid", "claims", "waiting", "drops", "before_claim")
 
     def __init__(self) -> None:
         self.pid = 7
+        self.claims = 1
         self.recs = np.zeros(0, dtype=np.uint64)
         self.before = 0
-        self.busy = False
 
     def log(self, *words: int) -> None:
         self.recs = np.concatenate([self.recs, np.array(words, dtype=np.uint64)])
 
-    def take_over(self, pid: int) -> None:
-        self.pid, self.before = pid, len(self.recs)
+    def take_over(self, pid: int, counted: bool = True) -> None:
+        """Another app claims the ring (its claim counted, or not yet: under way, or an older library)."""
+        self.pid = pid
+        if counted:
+            self.claims += 1
+            self.before = len(self.recs)
+
+    def ring_table(self) -> np.ndarray:
+        t = np.zeros(4, dtype=[(f, np.int64) for f in self.FIELDS])
+        t[3] = (self.pid, self.claims, len(self.recs), 0, self.before)
+        return t
 
     def rings(self) -> list[dict]:
-        return [{"index": 3, "pid": self.pid, "waiting": len(self.recs), "drops": 0}]
-
-    def ring_before_owner(self, index: int, pid: int) -> int:
-        from recmgd.errors import PoolBusyError
-
-        if self.busy or pid != self.pid:
-            raise PoolBusyError("owned by another")
-        return self.before
+        raise AssertionError("the tracker reads ring_table when the pool has it")
 
     def drain_ring(self, index: int, max_records: int) -> np.ndarray:
         out, self.recs = self.recs[:max_records], self.recs[max_records:]
@@ -665,47 +669,108 @@ def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
     released it): the tracker steps on that app's complete batches with its own state, drops its
     unfinished one and tells the reset listeners, then the new app's records start a batch of their own
     (they were joined to the dead app's unfinished batch: the policy and a recording saw a batch no app
-    made). A ring the tracker never saw, under a drain budget that does not hold them all, and an
-    owner changing again while it looks, too."""
+    made). The same when the new app has already left again (its claim counted), for a ring the tracker
+    never saw under a drain budget that does not hold them all, and after a claim under way."""
     from recmgd.daemon.tracker import RingTracker
 
     e = int(np.uint64(1) << np.uint64(62))
-    src = TakenRing()
-    steps: list[list[int]] = []
-    events: list[object] = []
-    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
-                    step_mode=True)
-    t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
-    t.add_reset(lambda ring: events.append(ring))
-    src.log(1, e, 2)
-    t.drain()
-    src.log(3, e, 4)  # the app goes on, then dies with these undrained
-    src.take_over(8)
-    src.log(5, e)
-    t.drain()
-    assert steps == [[1], [2, 3], [5]]  # (before: [1], [2, 3], [4, 5])
-    assert events == [(3, [1, e, 2]), (3, [3, e, 4]), 3, (3, [5, e])] and t.n_pending == 0
+
+    def tracker(src: TakenRing, **kw: int) -> tuple[RingTracker, list, list]:
+        steps: list[list[int]] = []
+        events: list[object] = []
+        t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
+                        step_mode=True, **kw)
+        t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
+        t.add_reset(lambda ring: events.append(ring))
+        return t, steps, events
+
+    for left in (False, True):
+        src = TakenRing()
+        t, steps, events = tracker(src)
+        src.log(1, e, 2)
+        t.drain()
+        src.log(3, e, 4)  # the app goes on, then dies with these undrained
+        src.take_over(8)
+        src.log(5, e)
+        if left:  # the new app came and went before the drain
+            src.pid = 0
+        t.drain()
+        assert steps == [[1], [2, 3], [5]], left  # (before: [1], [2, 3], [4, 5])
+        assert events == [(3, [1, e, 2]), (3, [3, e, 4]), 3, (3, [5, e])] and t.n_pending == 0
 
     # a ring the tracker did not know (a daemon started after the app died), its budget too small
-    src, steps[:], events[:] = TakenRing(), [], []
-    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
-                    step_mode=True, max_drain=2)
-    t.add_tap(lambda recs, ring: events.append((ring, recs.tolist())), with_ring=True)
-    t.add_reset(lambda ring: events.append(ring))
+    src = TakenRing()
+    t, steps, events = tracker(src, max_drain=2)
     src.pid = 0
     src.log(9, e, 10)
     src.take_over(8)
     src.log(5, e)
-    src.busy = True  # the owner changed again since rings(): nothing taken this time
-    t.drain()
-    assert events == [] and steps == []
-    src.busy = False
     t.drain()  # two of the previous owner's three records: the rest next time, nothing of the new one's
-    assert events == [(3, [9, e])] and steps == [[9]] and t.backlog == 3  # (of 5 waiting before)
+    assert events == [(3, [9, e])] and steps == [[9]] and t.backlog == 3
     t.drain()  # the last one, the reset, and the new owner's first records under what is left
     assert events[1:] == [(3, [10]), 3, (3, [5])] and steps == [[9]]
     t.drain()
     assert events[4:] == [(3, [e])] and steps == [[9], [5]] and t.n_pending == 0
+
+    # a claim under way (a new pid, its count not moved yet): one drain waits, then the count says it
+    src = TakenRing()
+    t, steps, events = tracker(src)
+    src.log(1, e, 2)
+    t.drain()
+    src.log(3)
+    src.take_over(8, counted=False)
+    t.drain()
+    assert steps == [[1]] and events == [(3, [1, e, 2])]  # nothing taken meanwhile
+    src.claims, src.before = src.claims + 1, len(src.recs)
+    src.log(5, e)
+    t.drain()
+    assert steps == [[1], [5]] and events[1:] == [(3, [3]), 3, (3, [5, e])]
+    # an app of a library before the count: taken as a change of owner at the next drain (no stall)
+    src.log(6)
+    src.take_over(9, counted=False)
+    src.log(7, e)
+    t.drain()
+    assert steps == [[1], [5]]
+    t.drain()
+    assert steps == [[1], [5], [6, 7]] and events[-1] == (3, [6, 7, e])
+
+
+def _logs_and_dies(name: str, rows: list[int]) -> None:
+    p = pool_mod.Pool.attach(name)
+    p.embedding_bag(0, np.array(rows), np.array([0]))  # a batch under way
+    os._exit(0)  # dies holding its ring
+
+
+def test_tracker_on_a_real_ring_whose_new_owner_already_left() -> None:
+    """A real pool, every ring taken: an app dies inside a batch, the daemon drains it, a new app takes
+    the ring over, logs a batch and closes, all before the daemon's next drain. The ring's claim count
+    says the owner changed: the new app's batch is stepped on its own (it was joined to the dead app's
+    unfinished one, since the ring was free again by then)."""
+    import multiprocessing as mp
+
+    from recmgd.daemon.tracker import RingTracker
+
+    name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
+    creator = pool_mod.Pool.create(name, tables=[(1000, 8)], slots=100, rings=2)  # holds one ring
+    daemon = pool_mod.Pool.attach(name, role="daemon")
+    steps: list[list[int]] = []
+    t = RingTracker(daemon, lambda keys, hints, n: steps.append((keys & ((1 << 40) - 1)).tolist()),
+                    lambda h: False, step_mode=True)
+    try:
+        child = mp.get_context("fork").Process(target=_logs_and_dies, args=(name, [1, 2, 3]))
+        child.start()
+        child.join(60)
+        t.drain()
+        assert steps == [] and t.n_pending == 3
+        q = pool_mod.Pool.attach(name)  # the dead app's ring: the only one left
+        q.embedding_bag(0, np.array([7, 8]), np.array([0]))
+        q.end_batch()
+        q.close()
+        t.drain()
+        assert steps == [[7, 8]] and t.n_pending == 0
+    finally:
+        daemon.close()
+        creator.destroy()
 
 
 APP_BATCHES = r'''

@@ -160,6 +160,20 @@ typedef struct recmg_ring_info {
     uint64_t capacity;
 } recmg_ring_info;
 
+/* What a daemon reads of a ring each tick (recmg_get_rings): recmg_ring_info's fields, and how its
+ * owners changed. claims counts the ring's claims (0 in pools made before it was counted): a count that
+ * moved since the last look is a change of owner, even one that already left; a new pid with the count
+ * not moved is a claim under way (or an app of a library before the count). before_claim: of the
+ * records waiting, how many were logged before the last claim (a previous owner's, left undrained). */
+typedef struct recmg_ring_state {
+    int32_t pid;
+    uint32_t claims;
+    uint64_t waiting;
+    uint64_t drops;
+    uint64_t capacity;
+    uint64_t before_claim;
+} recmg_ring_state;
+
 /* One table's bags for recmg_embedding_bags. offsets has n_bags + 1 entries (CSR: bag b holds
  * ids[offsets[b] .. offsets[b+1]-1]); weights (per id) may be NULL; bag b's dim floats go to
  * out + b * out_stride (out_stride 0: dim, the bags back to back; a larger one writes the tables' bags
@@ -239,14 +253,11 @@ int64_t recmg_repairs(recmg_pool *pool);
  * so that a writer that died inside write_rows leaves its table's copies for no longer than that. */
 int64_t recmg_repair(recmg_pool *pool);
 int recmg_get_ring_info(recmg_pool *pool, uint32_t ring, recmg_ring_info *info);
-/* recmg_get_ring_info of rings first, first + 1, ... into out[0 .. n-1], as many as the pool has from
- * first: returns how many were filled (a daemon's look at every ring in one call). */
-int64_t recmg_get_rings(recmg_pool *pool, uint32_t first, recmg_ring_info *out, uint64_t n);
+/* The state of rings first, first + 1, ... into out[0 .. n-1], as many as the pool has from first:
+ * returns how many were filled (a daemon's look at every ring in one call). */
+int64_t recmg_get_rings(recmg_pool *pool, uint32_t first, recmg_ring_state *out, uint64_t n);
 int64_t recmg_drain_ring(recmg_pool *pool, uint32_t ring, uint64_t *out, uint64_t max_records);
-/* How many of the records waiting in a ring were logged before its owner pid claimed it (a previous
- * owner's, which died or left them undrained; the first ones the next drain takes): 0 .. waiting, and 0
- * in pools made before the claim's position was kept. RECMG_EBUSY when pid no longer owns the ring. */
-int64_t recmg_ring_before_owner(recmg_pool *pool, uint32_t ring, int32_t pid);
+
 /* Frees a ring whose app is gone (drain it first): RECMG_EBUSY, nothing changed, while its owner lives
  * (another process, or another handle of this one) and for this handle's own ring. */
 int recmg_release_ring(recmg_pool *pool, uint32_t ring);

@@ -107,13 +107,17 @@ typedef struct shm_table {
 
 typedef struct shm_ring {
     _Atomic int32_t owner;  /* pid of the app that owns it, 0 if free */
-    uint32_t pad0;
+    /* successful claims of the ring, counted after the claim's owner_head is stored (0 in pools made
+     * before it: the field was padding): a daemon tells every change of owner by it, one that already
+     * left too, and a claim under way (a new pid, the count not yet moved) */
+    _Atomic uint32_t claims;
     /* the owner's start time (clock ticks after boot, /proc/PID/stat; 0 when unknown, and in pools made
      * before it: the field was padding): a ring that names this process's pid is held by a handle of
      * this process only if it also has this process's start time (else its pid was reused) */
     _Atomic uint64_t owner_start;
-    /* the ring's head when its owner claimed it (0 in pools made before it: the field was padding):
-     * the records before it, if still waiting, are a previous owner's (recmg_ring_before_owner) */
+    /* the ring's head when its last claim took it (0 in pools made before it: the field was padding):
+     * the records before it, if still waiting, are a previous owner's (recmg_get_rings' before_claim).
+     * Written only by a claim that won its compare-and-swap, before it counts the claim */
     _Atomic uint64_t owner_head;
     char padA[40];
     _Atomic uint64_t head;  /* written by the producer only */

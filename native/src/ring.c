@@ -70,15 +70,16 @@ int ring_claim(recmg_pool *p)
              * (recmg_release_ring). A claimer that loses the race to another process may leave its
              * start time on the winner's ring; only the winner's own release calls would read it. */
             atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
-            /* where this owner's records start, stored before the pid (a daemon that reads the new pid
-             * reads it too) and again after (as the start time: a losing claimer's store could land
-             * in between; the head does not move until the winner logs, after its attach) */
-            uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
-            atomic_store_explicit(&r->owner_head, head, memory_order_relaxed);
             if (atomic_compare_exchange_strong_explicit(&r->owner, &cur, me, memory_order_acq_rel,
                                                         memory_order_relaxed)) {
                 atomic_store_explicit(&r->owner_start, p->start, memory_order_relaxed);
+                /* where this owner's records start (nobody logs into the ring until this handle does,
+                 * after its attach), then the claim counted (release: a daemon that reads the new count
+                 * reads this head). Only the winner writes them: a loser that read the head late would
+                 * put the winner's first records before its claim */
+                uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
                 atomic_store_explicit(&r->owner_head, head, memory_order_relaxed);
+                atomic_fetch_add_explicit(&r->claims, 1, memory_order_release);
                 counters_zero(&r->c);
                 p->ring = r;
                 p->ring_index = (int)i;
@@ -217,13 +218,18 @@ static int ring_check(recmg_pool *p, uint32_t i)
     return RECMG_OK;
 }
 
-static void ring_info_fill(recmg_pool *p, uint32_t i, recmg_ring_info *o)
+static void ring_state_fill(recmg_pool *p, uint32_t i, recmg_ring_state *o)
 {
     shm_ring *r = ring_at(p, i);
-    o->pid = atomic_load_explicit(&r->owner, memory_order_relaxed);
+    /* the count first (acquire: the owner_head its claim stored comes with it), then the rest */
+    o->claims = atomic_load_explicit(&r->claims, memory_order_acquire);
+    o->pid = atomic_load_explicit(&r->owner, memory_order_acquire);
+    uint64_t from = atomic_load_explicit(&r->owner_head, memory_order_relaxed);
     uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
     o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
+    uint64_t before = from - tail; /* (free-running: a claim behind the tail wraps past waiting) */
+    o->before_claim = before <= o->waiting ? before : 0;
     o->drops = atomic_load_explicit(&r->c.ring_drops, memory_order_relaxed);
     o->capacity = p->h->ring_records;
 }
@@ -236,11 +242,16 @@ int recmg_get_ring_info(recmg_pool *p, uint32_t i, recmg_ring_info *o)
     if (irc) return irc;
     int rc = ring_check(p, i);
     if (rc) return rc;
-    ring_info_fill(p, i, o);
+    recmg_ring_state st;
+    ring_state_fill(p, i, &st);
+    o->pid = st.pid;
+    o->waiting = st.waiting;
+    o->drops = st.drops;
+    o->capacity = st.capacity;
     return (int)intact_after(p, RECMG_OK);
 }
 
-int64_t recmg_get_rings(recmg_pool *p, uint32_t first, recmg_ring_info *out, uint64_t n)
+int64_t recmg_get_rings(recmg_pool *p, uint32_t first, recmg_ring_state *out, uint64_t n)
 {
     if (!p) return RECMG_EINVAL;
     if (n && !out) return null_arg(p, "recmg_get_rings: out is NULL");
@@ -250,30 +261,8 @@ int64_t recmg_get_rings(recmg_pool *p, uint32_t first, recmg_ring_info *out, uin
     if (first > total)
         return rc_set(p, RECMG_ERANGE, "ring %u out of range (pool has %u rings)", first, total);
     uint64_t k = total - first < n ? total - first : n;
-    for (uint64_t j = 0; j < k; j++) ring_info_fill(p, first + (uint32_t)j, out + j);
+    for (uint64_t j = 0; j < k; j++) ring_state_fill(p, first + (uint32_t)j, out + j);
     return intact_after(p, (int64_t)k);
-}
-
-int64_t recmg_ring_before_owner(recmg_pool *p, uint32_t i, int32_t pid)
-{
-    if (!p) return RECMG_EINVAL;
-    int irc = shm_intact(p);
-    if (irc) return irc;
-    int rc = ring_check(p, i);
-    if (rc) return rc;
-    if (pid <= 0) return rc_set(p, RECMG_EINVAL, "recmg_ring_before_owner: pid %d is not a process", (int)pid);
-    shm_ring *r = ring_at(p, i);
-    /* the owner with acquire: its claim stored owner_head before the pid */
-    int32_t cur = atomic_load_explicit(&r->owner, memory_order_acquire);
-    uint64_t from = atomic_load_explicit(&r->owner_head, memory_order_relaxed);
-    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
-    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    if (cur != pid)
-        return rc_set(p, RECMG_EBUSY, "ring %u is owned by %d, not %d", i, (int)cur, (int)pid);
-    uint64_t waiting = head - tail;
-    if (waiting > p->h->ring_records) return intact_after(p, 0); /* a corrupted pair: nothing to drain */
-    uint64_t before = from - tail; /* (free-running counters: a claim behind the tail wraps past waiting) */
-    return intact_after(p, (int64_t)(before <= waiting ? before : 0));
 }
 
 int64_t recmg_drain_ring(recmg_pool *p, uint32_t i, uint64_t *out, uint64_t max)

@@ -190,15 +190,12 @@ class PagePool:
         return list(self.pool.rings())
 
     def ring_table(self) -> np.ndarray:
-        """Every ring's pid, waiting (ring records) and drops in one array (Pool.ring_table)."""
+        """Every ring's state in one array (Pool.ring_table; waiting and before_claim in ring records)."""
         return self.pool.ring_table()
 
     def release_ring(self, index: int) -> None:
         self.pool.release_ring(index)
 
-    def ring_before_owner(self, index: int, pid: int) -> int:
-        """Ring records (rows, not pages) a previous owner left waiting (Pool.ring_before_owner)."""
-        return int(self.pool.ring_before_owner(index, pid))
 
     def counters(self) -> dict[str, Any]:
         """The apps' own counts (rows, as the pool keeps them)."""

@@ -51,12 +51,15 @@ recording has its batch boundaries where the daemon cut. A recording that starts
 under way (:meth:`RingTracker.mid_batch`: part of it drained) begins that ring at its next batch.
 
 Ring resets: a ring's state goes when its app detached and the ring is empty, when a dead app's ring is
-flushed empty (:meth:`RingTracker.flush_ring`), and when another app owns the ring (a new app took over
-a dead one's ring before the app check released it); its unfinished batch goes with it. In the last
-case the records the previous app left undrained (the pool's ``ring_before_owner``) are drained first,
-into its state, under the drain budget (what it cannot take waits, the state kept, for the next
-drain), so that its complete batches count and the new app's first batch starts with its own
-records. Each listener
+flushed empty (:meth:`RingTracker.flush_ring`), and when another app owns the ring or had it since the
+last drain (a new app took over a dead one's ring before the app check released it; the ring's claim
+count, ``recmg_ring_state.claims``, tells a change of owner even when that app already left); its
+unfinished batch goes with it. In the last case the records logged before the last claim
+(``before_claim``: the previous owner's, undrained) are drained first, into its state, under the drain
+budget (what it cannot take waits, the state kept, for the next drain), so that its complete batches
+count and the new app's first batch starts with its own records. A new pid whose claim is not counted
+yet (a claim under way) waits one drain; seen again so, it is taken as a change with nothing before it
+(an app of a library before the count). Each listener
 added with :meth:`RingTracker.add_reset` is called ``listener(ring_index)`` then, before any record of
 the ring's next app is drained, so a consumer that splits batches of its own drops that batch too.
 
@@ -85,7 +88,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from recmgd.errors import PoolBusyError, RecmgError
+from recmgd.errors import RecmgError
 from recmgd.keys import REC_BATCH_END, REC_HINT, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
 
 log = logging.getLogger(__name__)
@@ -137,9 +140,8 @@ MAX_POOL_PENDING_RECORDS = _cap_from_env(1 << 24, MAX_POOL_ENV)
 
 class RingSource(Protocol):
     """What the tracker needs of a pool (recmgd.pool.Pool, or PagePool in page mode); one that also has
-    ``ring_before_owner(index, pid)`` lets it end a previous owner's records where they end (module doc),
-    and one with ``ring_table()`` (every ring's pid, waiting and drops in one array) spares it a Python
-    object a ring each drain."""
+    ``ring_table()`` (every ring's recmg_ring_state in one array) spares it a Python object a ring each
+    drain and lets it end a previous owner's records where they end (module doc, ring resets)."""
 
     def rings(self) -> list[Any]: ...
     def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
@@ -152,6 +154,8 @@ class RingState:
     pending: list[np.ndarray] = field(default_factory=list)  # records of the batch not yet ended
     pid: int = 0
     n_pending: int = 0  # records of that batch as drained (hints taken out early included)
+    claims: int = -1  # the ring's claim count when this state began (-1: not known)
+    new_pid: int = 0  # a new pid seen with the claim count not moved yet (a claim under way)
 
 
 def ring_field(info: Any, name: str, default: int = 0) -> int:
@@ -289,7 +293,7 @@ class RingTracker:
         complete batch; returns the records drained."""
         backlog = 0
         turns: list[tuple[int, RingState, int]] = []  # (index, state, records waiting) of the rings to drain
-        for idx, pid, waiting, drops in self._ring_rows():
+        for idx, pid, claims, waiting, drops, before in self._ring_rows():
             # an app that detached (pid 0) may have left records its last batches logged: they are
             # drained like any others; once the ring is empty its state (and a partial batch) goes
             if pid == 0 and waiting == 0:
@@ -303,10 +307,16 @@ class RingTracker:
                 self.dropped_total += drops - prev
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
-            if st is None or (pid != 0 and st.pid != pid):
-                # another app owns the ring now (or the tracker meets it for the first time): what a
-                # previous owner left waiting is its own, ended before the new owner's first batch
-                taken, done = self._previous_owner(idx, pid, st, waiting)
+            counted = st is not None and claims >= 0 and st.claims >= 0 and claims != st.claims
+            if st is None or counted or (pid != 0 and st.pid != pid):
+                # another app owns the ring now, or had it since the last drain (its claim counted), or
+                # the tracker meets the ring for the first time: what the owners before the last claim
+                # left waiting is theirs, ended before the new owner's first batch
+                if st is not None and not counted and claims >= 0 and st.claims >= 0 and st.new_pid != pid:
+                    st.new_pid = pid  # a new pid, its claim not counted yet: under way (next drain), or
+                    backlog += waiting  # an app of a library before the count (then taken as is)
+                    continue
+                taken, done = self._previous_owner(idx, st, before)
                 waiting = max(0, waiting - taken)
                 if not done:  # the rest of it at the next drain, the ring's state kept till then
                     backlog += waiting
@@ -315,7 +325,9 @@ class RingTracker:
                 if st is not None:
                     self.n_pending -= st.n_pending
                     self._reset(idx)
-                st = self.rings[idx] = RingState(pending=[], pid=pid)
+                st = self.rings[idx] = RingState(pending=[], pid=pid, claims=claims)
+            elif st.claims < 0:  # (a state made without the count: a flushed ring's) adopts it
+                st.claims = claims
             if waiting:
                 turns.append((idx, st, waiting))
         n_turns = len(turns)
@@ -350,11 +362,12 @@ class RingTracker:
         self.backlog = backlog
         return drained
 
-    def _ring_rows(self) -> Iterator[tuple[int, int, int, int]]:
-        """(index, pid, waiting, drops) of the rings a drain must look at, in ring order: with the pool's
-        ``ring_table`` (one native call for all its rings), only those with an owner, records waiting or
-        a state here (a free, empty ring the tracker does not know has nothing to do: a pool of 4096
-        rings cost every tick 4096 calls and objects); else every ring ``rings()`` describes."""
+    def _ring_rows(self) -> Iterator[tuple[int, int, int, int, int, int]]:
+        """(index, pid, claims, waiting, drops, before_claim) of the rings a drain must look at, in ring
+        order: with the pool's ``ring_table`` (one native call for all its rings; recmg_ring_state), only
+        those with an owner, records waiting or a state here (a free, empty ring the tracker does not
+        know has nothing to do: a pool of 4096 rings cost every tick 4096 calls and objects); else every
+        ring ``rings()`` describes, its claims not known (-1) and nothing before a claim."""
         table = getattr(self.pool, "ring_table", None)
         if table is not None:
             t = table()
@@ -364,29 +377,23 @@ class RingTracker:
             if known:
                 look[known] = True
             sel = np.flatnonzero(look)
-            yield from zip(sel.tolist(), pid[sel].tolist(), waiting[sel].tolist(), t["drops"][sel].tolist(),
-                           strict=True)
+            yield from zip(sel.tolist(), pid[sel].tolist(), t["claims"][sel].tolist(), waiting[sel].tolist(),
+                           t["drops"][sel].tolist(), t["before_claim"][sel].tolist(), strict=True)
             return
         for info in self.pool.rings():
             idx = ring_field(info, "index", -1)
             if idx >= 0:
                 pid = ring_field(info, "pid")
-                yield idx, pid, ring_field(info, "waiting", 0 if pid == 0 else 1), ring_field(info, "drops")
+                waiting = ring_field(info, "waiting", 0 if pid == 0 else 1)
+                yield idx, pid, -1, waiting, ring_field(info, "drops"), 0
 
-    def _previous_owner(self, index: int, pid: int, st: RingState | None, waiting: int) -> tuple[int, bool]:
-        """A ring whose owner is now ``pid``: drains the records a previous owner left waiting in it
-        (``Pool.ring_before_owner``) into that owner's state ``st`` (a new one, dropped after, when the
+    def _previous_owner(self, index: int, st: RingState | None, before: int) -> tuple[int, bool]:
+        """A ring whose owner changed: drains the ``before`` records the owners before its last claim
+        left waiting in it into the previous owner's state ``st`` (a new one, dropped after, when the
         tracker did not know the ring), under what is left of the drain budget (``spent``). Returns the
-        ring records it took and whether that was all of them; when not (the budget spent, or the owner
-        changed again) the ring is not drained further this time, and its state stays the previous
-        owner's."""
-        before_owner = getattr(self.pool, "ring_before_owner", None)
-        if pid == 0 or not waiting or before_owner is None:
-            return 0, True
-        try:
-            before = int(before_owner(index, pid))
-        except PoolBusyError:  # another owner since rings(): the next drain sees it
-            return 0, False
+        ring records it took and whether that was all of them; when not (the budget spent) the ring is
+        not drained further this time, and its state stays the previous owner's (its claim count too, so
+        the next drain takes up the change again, with what is left before the claim)."""
         if before <= 0:
             return 0, True
         take = min(before, max(0, self.max_drain - self.spent))
