@@ -63,12 +63,34 @@ def _existing(path: Path) -> os.stat_result | None:
     return st
 
 
+#: a temporary's name: PARTIAL_PREFIX + PID-RANDOM + "." + the output's name (partial_name, the one
+#: place that makes them; partial_owner reads them back)
+PARTIAL_PREFIX = ".partial-"
+
+
+def partial_name(folder: Path, name: str) -> Path:
+    """A new temporary's path for output ``name`` in folder: ``.partial-PID-RANDOM.NAME``."""
+    return folder / f"{PARTIAL_PREFIX}{os.getpid()}-{secrets.token_hex(4)}.{name}"
+
+
+def partial_owner(filename: str) -> tuple[int, str] | None:
+    """(the pid of the process that made it, the output's name) of a temporary's file name; None for a
+    name of another kind."""
+    if not filename.startswith(PARTIAL_PREFIX):
+        return None
+    pid, sep, rest = filename[len(PARTIAL_PREFIX):].partition("-")
+    rand, dot, out = rest.partition(".")
+    if not (pid.isdigit() and sep and dot and out and rand and all(c in "0123456789abcdef" for c in rand)):
+        return None
+    return int(pid), out
+
+
 def _create(folder: Path, name: str, st: os.stat_result | None) -> tuple[int, Path]:
     """A new empty file ``.partial-PID-RANDOM.NAME`` in folder, open for reading and writing. Its mode is
     st's (and, for root, its owner), so that a private file stays private; without st 0666 less the
     umask, as open() makes."""
     while True:
-        tmp = folder / f".partial-{os.getpid()}-{secrets.token_hex(4)}.{name}"
+        tmp = partial_name(folder, name)
         try:
             fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600 if st else 0o666)
         except FileExistsError:
@@ -154,7 +176,7 @@ class _Old:
         except FileNotFoundError:
             return
         while True:
-            kept = self.out.parent / f".partial-{os.getpid()}-{secrets.token_hex(4)}.{self.out.name}"
+            kept = partial_name(self.out.parent, self.out.name)
             try:
                 os.link(self.out, kept, follow_symlinks=False)
             except FileExistsError:

@@ -33,6 +33,7 @@ from test_daemon_plugin import (
 
 from recmgd.cli import recmgctl
 from recmgd.daemon.control import CommandError, ControlUnavailable, request
+from recmgd.errors import RecmgError
 from recmgd.shm import SHM_DIR, huge_mode
 
 
@@ -562,6 +563,10 @@ def test_a_removed_socket_file_is_made_again_and_anothers_is_left_alone(tmp_path
         os.replace(other, path)  # the path taken by another file
         time.sleep(1.5)
         assert path.read_text() == "someone else's\n"
+        mode = os.stat(path).st_mode & 0o777
+        with pytest.raises(RecmgError, match="holds another file now"):  # (a reload's new mode)
+            srv.apply_access(0o666, "")
+        assert os.stat(path).st_mode & 0o777 == mode
     finally:
         stop.set()
         t.join()

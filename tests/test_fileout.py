@@ -280,3 +280,14 @@ def test_the_demos_outputs_onto_a_full_disk(small_disk) -> None:
     assert "\n" not in str(err.value) and os.listdir(small) == []
     cmd_demo._write(str(small / "r.json"), lambda tmp: tmp.write_text("[]\n"))
     assert os.listdir(small) == ["r.json"]
+
+
+def test_a_temporarys_name_is_read_back_by_the_same_module(tmp_path: Path) -> None:
+    """partial_name makes a temporary's name and partial_owner reads it (the retrainer's sweep finds a
+    dead process's temporaries by it): the pid and the output's name, None for other names."""
+    from recmgd.fileout import partial_name, partial_owner
+
+    p = partial_name(tmp_path, "result-1-2-ab-3.json")
+    assert p.parent == tmp_path and partial_owner(p.name) == (os.getpid(), "result-1-2-ab-3.json")
+    for other in ("result-1.json", ".partial-x-ab.out", ".partial-12-zz.out", ".partial-12-ab", ".partial-"):
+        assert partial_owner(other) is None, other

@@ -465,6 +465,34 @@ def test_a_hang_up_stops_the_recording_and_keeps_it(live: tuple[Path, str, objec
     u = recmgctl(sock, "record", name)
     uo, ue = u.communicate(timeout=60)
     assert u.returncode == 2 and "give FILE to record into, or --stop without FILE" in ue
+    s = recmgctl(sock, "record", name, "--stop")  # nothing under way: said so (it said "stopped")
+    so, se = s.communicate(timeout=60)
+    assert s.returncode == 1 and f"pool {name}: no recording under way (the last one is done)" in se, se
+
+
+def test_a_real_hang_up_keeps_the_trace(live: tuple[Path, str, object], tmp_path: Path) -> None:
+    """recmgctl record on a terminal that goes away (an SSH session dropped: the terminal's other side
+    closed, then SIGHUP): every write to the terminal fails from then on (EIO), and the trace is kept all
+    the same (the progress line's failed write unwound the recording and removed the finished trace)."""
+    sock, name, pool = live
+    out = tmp_path / "pty.rtrace"
+    master, slave = os.openpty()
+    r = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmgctl", "--socket", str(sock), "record", name,
+                          str(out)], env=daemon_env(), stdin=slave, stdout=slave, stderr=slave,
+                         start_new_session=True)
+    os.close(slave)
+    try:
+        wait_recording(sock, name)
+        sent = send(pool, 3, 8)
+        wait_recording(sock, name, 3 * BATCH)
+        time.sleep(0.5)  # (a progress line or two written to the terminal)
+        os.read(master, 65536)
+    finally:
+        os.close(master)  # the terminal is gone
+    r.send_signal(signal.SIGHUP)
+    assert r.wait(timeout=60) == 0
+    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
+    assert status(sock, name)["state"] != "recording" and leftovers(tmp_path) == []
 
 
 def test_a_label_with_a_newline_stays_one_log_line(tmp_path: Path) -> None:

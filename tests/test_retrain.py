@@ -476,15 +476,18 @@ def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_
     os.chmod(state / "retrain", 0o700)
     gone = subprocess.Popen(["true"])
     gone.wait()
-    me = proc_start(os.getpid())
-    assert me is not None
+    from recmgd.daemon.apps import process_start
+
+    start = process_start(os.getpid())
+    assert start is not None
+    me = round(start * 100)  # (owner_tag's START: psutil's create time in centiseconds)
     dead = f"{gone.pid}-1-0badc0de"
     stale_dirs = ["candidate-1", "candidate-3", f"candidate-{dead}-1"]
     stale_files = ["result-1.json", "result-3.json", f"result-{dead}-1.json",
                    f"result-{os.getpid()}-1-0badc0de-2.json",  # this test's pid, another start: reused
                    f".partial-{gone.pid}-0badc0de.result-{dead}-2.json"]
-    kept_dirs = [f"candidate-{os.getpid()}-{me[1]}-cafef00d-1"]  # this test's: a live process
-    kept_files = [f"result-{os.getpid()}-{me[1]}-cafef00d-1.json", "notes.txt",
+    kept_dirs = [f"candidate-{os.getpid()}-{me}-cafef00d-1"]  # this test's: a live process
+    kept_files = [f"result-{os.getpid()}-{me}-cafef00d-1.json", "notes.txt",
                   f".partial-{os.getpid()}-cafef00d.window.rtrace"]
     for n in stale_dirs + kept_dirs:
         (folder / n).mkdir()

@@ -307,10 +307,11 @@ def run_server(cfg: E2EConfig, setup: TraceSetup, pool: str | None, rates: Seque
                     k1 = counters()
                     msg["daemon"] = {k: round(v - k0.get(k, 0.0), 6) for k, v in k1.items()}
                 out.append(msg)
+            err = proc.stderr.read() if proc.stderr else ""
         except BaseException:
-            proc.kill()
+            proc.kill()  # and reaped here: Popen's exit waits only 0.25 s after a ^C
+            proc.wait()
             raise
-        err = proc.stderr.read() if proc.stderr else ""
     if proc.wait() != 0 or len(out) != len(rates):
         raise RuntimeError(f"server failed ({proc.returncode}): {err.strip()[-2000:]}")
     return out

@@ -12,13 +12,14 @@ import contextlib
 import json
 import math
 import os
+import signal
 import sys
 import time
 from typing import Any, TextIO
 
 from recmgd.cli import signals
 from recmgd.cli.argtypes import OneLineParser, count, number
-from recmgd.cli.output import guarded
+from recmgd.cli.output import StdoutError, drop_stdout, guarded
 from recmgd.daemon.config import DEFAULT_SOCKET
 from recmgd.daemon.control import (
     MAX_REQUEST_SECONDS,
@@ -349,6 +350,10 @@ def record(args: argparse.Namespace) -> int:
             print("recmgctl: record: give FILE to record into, or --stop without FILE", file=sys.stderr)
             return 2
         st = request(args.socket, "record", {"pool": args.pool, "action": "stop"}, timeout=args.timeout)
+        if not st.get("was_recording", True):
+            print(f"recmgctl: record: pool {args.pool}: no recording under way (the last one is "
+                  f"{st['state']})", file=sys.stderr)
+            return 1
         print(f"stopped the recording of {args.pool}: {st['lookups']} lookups in {st['batches']} batches so "
               f"far, state {st['state']}")
         return 0
@@ -369,8 +374,24 @@ def record(args: argparse.Namespace) -> int:
         print(f"recmgctl: record: {args.file}: {write_reason(exc)}; the recording was not kept",
               file=sys.stderr)
         return 1
-    print(done, file=sys.stderr if to_stdout else sys.stdout)
+    try:
+        print(done, file=sys.stderr if to_stdout else sys.stdout)
+    except (OSError, StdoutError):
+        if not getattr(args, "hung_up", False):  # (a terminal gone after SIGHUP: the trace is in place,
+            raise  # only its summary has nowhere to go)
+        drop_stdout()  # (nor what stdout still buffers, at exit)
     return 0
+
+
+def _progress(text: str) -> bool:
+    """Write a progress line (or its end) to stderr; False when it cannot be written (a terminal gone
+    after a hang-up fails every write: the recording goes on and its file is kept all the same)."""
+    try:
+        sys.stderr.write(text)
+        sys.stderr.flush()
+    except OSError:
+        return False
+    return True
 
 
 def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
@@ -398,15 +419,17 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
                 if status["state"] != "recording":
                     break
                 if show:
-                    sys.stderr.write(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
+                    show = _progress(f"\rrecording {args.pool}: {status['lookups']:,} lookups, "
                                      f"{status['batches']:,} batches, {status['bytes'] / 1e6:.1f} MB, "
                                      f"{status['seconds']:.0f} s ")
             except ControlBusy as exc:  # the daemon is alive and still writes the file: ask again
                 if not busy_told and not args.quiet:
-                    print(f"recmgctl: record: {exc}; still following the recording", file=sys.stderr)
+                    _progress(f"recmgctl: record: {exc}; still following the recording\n")
                 busy_told = True
             except (KeyboardInterrupt, signals.Terminated) as exc:  # ^C, SIGTERM, SIGHUP: stop; file kept
                 signals.landed()
+                if isinstance(exc, signals.Terminated) and exc.signum == signal.SIGHUP:
+                    args.hung_up, show = True, False  # (its terminal is gone: nothing more written to it)
                 if interrupted:  # a second one: give up on the file
                     raise _NoFile(exc.status if isinstance(exc, signals.Terminated) else 130) from None
                 interrupted, pause = True, 0.0
@@ -416,10 +439,9 @@ def _record_into(args: argparse.Namespace, path: str, fd: int, tmp: str) -> str:
         return _record_cut_short(args, tmp, str(exc), 3)
     finally:
         if show:
-            sys.stderr.write("\n")
+            _progress("\n")
     if status["state"] != "done":
-        print(f"recmgctl: record: {status.get('error') or 'the recording failed'}; no file was kept",
-              file=sys.stderr)
+        _progress(f"recmgctl: record: {status.get('error') or 'the recording failed'}; no file was kept\n")
         raise _NoFile(1)
     drops = status["ring_drops"]
     drops = f"; the apps dropped {drops} ring records meanwhile" if drops else ""

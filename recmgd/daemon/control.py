@@ -281,7 +281,20 @@ class ControlServer:
             pass
 
     def apply_access(self, mode: int, group: str) -> None:
-        """Set the socket file's mode and group."""
+        """Set the socket file's mode and group (a reload's change): on this server's own file only; one
+        removed meanwhile is bound again with them."""
+        if self.listener is not None and self._ino is not None:  # (a running server, not open()'s bind)
+            try:
+                st = os.lstat(self.path)
+            except FileNotFoundError:
+                self.mode, self.group = mode, group
+                self.check_path()
+                return
+            except OSError as exc:
+                raise RecmgError(f"control socket {self.path}: {exc.strerror or exc}") from None
+            if st.st_ino != self._ino:
+                raise RecmgError(f"control socket {self.path}: the path holds another file now (its mode and "
+                                 "group are not this daemon's to change)")
         if group:
             import grp
 

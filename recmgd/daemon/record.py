@@ -574,8 +574,9 @@ class PoolStream:
             if rec is None:
                 raise CommandError(f"pool {self.driver.name}: no recording")
             rec.followed()
+            was = rec.active
             rec.stop()
-            return rec.status()
+            return {**rec.status(), "was_recording": was}
         if action != "start":
             raise CommandError(f"argument 'action': {action!r} is not start, status or stop")
         if rec is not None and rec.active:

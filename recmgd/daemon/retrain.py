@@ -42,12 +42,13 @@ from typing import Any
 
 import numpy as np
 
+from recmgd.daemon.apps import process_alive, process_start
 from recmgd.daemon.config import PolicyConfig
 from recmgd.daemon.control import CommandError
 from recmgd.daemon.record import BatchSplitter
 from recmgd.daemon.step import create_policy
 from recmgd.errors import RecmgError
-from recmgd.fileout import whole_file, write_reason
+from recmgd.fileout import partial_owner, whole_file, write_reason
 from recmgd.policy import Policy
 from recmgd.trace.binary import BinaryWriter
 
@@ -82,7 +83,7 @@ _NAME_SEQ = itertools.count(1)
 #: results and windows (.partial-PID-RANDOM.NAME, recmgd.fileout's)
 _TAGGED = re.compile(r"(?:candidate|result)-(\d+)-(\d+)-([0-9a-f]+)-\d+(?:\.json)?")
 _UNTAGGED = re.compile(r"(?:candidate|result)-\d+(?:\.json)?")
-_PARTIAL = re.compile(r"\.partial-(\d+)-[0-9a-f]+\.(?:result-.*\.json|window\.rtrace)")
+_TEMPORARY_OF = re.compile(r"result-.*\.json|window\.rtrace")  # (the outputs whose temporaries are swept)
 
 
 def private_dir(path: Path) -> None:
@@ -154,41 +155,14 @@ class RollingWindow:
         return keys[self._cut[1]:], lengths[self._cut[0]:]
 
 
-def _proc_stat(pid: int) -> tuple[bytes, int] | None:
-    """(state, start time) of process ``pid`` from /proc/PID/stat (the start in clock ticks after boot,
-    its 22nd field), or None when it cannot be read."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-        fields = data[data.rindex(b")") + 2:].split()  # after the command name, which may hold anything
-        return fields[0], int(fields[19])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 @functools.cache
 def owner_tag(pid: int) -> str:
-    """The daemon's part of its candidate and result names: PID-START-RANDOM (``owner_tag(os.getpid())``).
-    Pid and start time tell whether the daemon is alive (:func:`sweep_stale`; a pid alone may be
-    reused); the random part tells a daemon from an earlier boot's with the same pid and start time (a
-    state directory outlives a boot)."""
-    st = _proc_stat(pid)
-    return f"{pid}-{st[1] if st else 0}-{secrets.token_hex(4)}"
-
-
-def _alive(pid: int, ticks: int | None = None) -> bool:
-    """Whether process ``pid`` (started at ``ticks``, when given) may still run. A zombie has ended; a
-    process /proc does not show (another user's, with hidepid) counts as alive: it may be the one."""
-    st = _proc_stat(pid)
-    if st is not None:
-        return st[0] not in (b"Z", b"X") and (ticks is None or st[1] == ticks)
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
+    """The daemon's part of its candidate and result names: PID-START-RANDOM (``owner_tag(os.getpid())``;
+    START in centiseconds, psutil's create time). Pid and start time tell whether the daemon is alive
+    (:func:`sweep_stale`, through apps.process_alive; a pid alone may be reused); the random part tells
+    a daemon from an earlier boot's with the same pid and start time (a state directory outlives a boot)."""
+    start = process_start(pid)
+    return f"{pid}-{round(start * 100) if start is not None else 0}-{secrets.token_hex(4)}"
 
 
 def sweep_stale(folder: Path) -> list[str]:
@@ -206,15 +180,16 @@ def sweep_stale(folder: Path) -> list[str]:
         return []
     removed = []
     for name in names:
+        part = partial_owner(name)
         if m := _TAGGED.fullmatch(name):
             owner = int(m[1])
             if f"{m[1]}-{m[2]}-{m[3]}" == mine:
                 continue
             # this daemon's pid in another tag: an earlier process's (another start, or an earlier boot)
-            if owner != pid and _alive(owner, int(m[2])):
+            if owner != pid and process_alive(owner, int(m[2]) / 100 if int(m[2]) else None):
                 continue
-        elif m := _PARTIAL.fullmatch(name):
-            if _alive(int(m[1])):  # (no start time in these names: a reused pid keeps them, for now)
+        elif part is not None and _TEMPORARY_OF.fullmatch(part[1]):
+            if process_alive(part[0]):  # (no start time in these names: a reused pid keeps them, for now)
                 continue
         elif not _UNTAGGED.fullmatch(name):
             continue

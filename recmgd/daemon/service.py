@@ -420,8 +420,8 @@ class Daemon:
     def waiting_for(self) -> list[str]:
         """The pools the daemon should drive and does not: those the configuration names, and with
         pools = "all" the ones found that failed to attach (each with its reason in attach_errors())."""
-        if self.cfg.pools is None:
-            return [n for n in self._attach_errors if n not in self.pools]
+        if self.cfg.pools is None:  # (stuck at its first attach: in stuck, not in the attach errors)
+            return [n for n in {**self._attach_errors, **self.stuck} if n not in self.pools]
         return [n for n in self.cfg.pools if n not in self.pools]
 
     def attach_errors(self) -> dict[str, str]:
