@@ -235,17 +235,20 @@ def test_a_second_recording_to_the_same_file(live: tuple[Path, str, object], tmp
     assert os.listdir(tmp_path) == ["same.rtrace"]
 
 
-def test_sigterm_stops_the_recording_and_keeps_it(live: tuple[Path, str, object], tmp_path: Path) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_sigterm_stops_the_recording_and_keeps_it(live: tuple[Path, str, object], tmp_path: Path,
+                                                   sig: int) -> None:
     """SIGTERM to recmgctl (timeout(1), a service stopping) does what ^C does: the recording is
     stopped and the trace kept. (It left the daemon recording into an orphaned temporary, and every
-    later record of the pool was refused as "already being recorded".)"""
+    later record of the pool was refused as "already being recorded".) SIGHUP (its terminal or SSH
+    session gone) too: it killed recmgctl and left the daemon recording."""
     sock, name, pool = live
     out = tmp_path / "t.rtrace"
     r = recmgctl(sock, "record", name, str(out))
     wait_recording(sock, name)
     sent = send(pool, 4, 3)
     wait_recording(sock, name, 4 * BATCH)
-    r.send_signal(signal.SIGTERM)
+    r.send_signal(sig)
     o, e = r.communicate(timeout=60)
     assert r.returncode == 0, e
     assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
@@ -435,22 +438,11 @@ def test_a_stalled_daemon_does_not_end_a_followed_recordings_lease(tmp_path: Pat
         rec.wait()
 
 
-def test_a_hang_up_stops_the_recording_and_keeps_it(live: tuple[Path, str, object], tmp_path: Path) -> None:
-    """SIGHUP to recmgctl record (its terminal or SSH session gone) does what SIGTERM does: the recording
-    is stopped and the trace kept. (SIGHUP killed recmgctl and left the daemon recording into its
-    temporary.) recmgctl record --stop stops a recording another recmgctl follows."""
+def test_record_stop_stops_another_recmgctls_recording(live: tuple[Path, str, object],
+                                                       tmp_path: Path) -> None:
+    """recmgctl record POOL --stop stops a recording another recmgctl follows (which keeps the file);
+    with nothing under way it says so."""
     sock, name, pool = live
-    out = tmp_path / "hup.rtrace"
-    r = recmgctl(sock, "record", name, str(out))
-    wait_recording(sock, name)
-    sent = send(pool, 3, 4)
-    wait_recording(sock, name, 3 * BATCH)
-    r.send_signal(signal.SIGHUP)
-    o, e = r.communicate(timeout=60)
-    assert r.returncode == 0, e
-    assert [k.tolist() for k in recorded(out)] == [s.tolist() for s in sent]
-    assert status(sock, name)["state"] != "recording" and leftovers(tmp_path) == []
-
     out2 = tmp_path / "stopped.rtrace"
     r = recmgctl(sock, "record", name, str(out2))
     wait_recording(sock, name)

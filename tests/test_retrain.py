@@ -156,15 +156,7 @@ def test_retrain_switches_keeps_and_survives(tmp_path: Path, shared_traces: Path
         # too little in the window yet: one line
         r = recmgctl(sock, "retrain", name)
         assert r.returncode == 1 and "needs at least" in r.stderr and len(r.stderr.strip().splitlines()) == 1
-        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "40000")
-        _, aerr = a.communicate(timeout=300)
-        assert a.returncode == 0, aerr
-        deadline = time.monotonic() + 30
-        while not request(str(sock), "stats")["pools"][name]["retrain"]["window_full"]:
-            assert time.monotonic() < deadline, "the window did not fill"
-            time.sleep(0.05)
-        r = recmgctl(sock, "retrain", name, "--wait")
-        assert r.returncode == 0, r.stderr
+        r = fill_and_retrain(sock, name, trace, 40000)
         st = request(str(sock), "stats")["pools"][name]
         rt = st["retrain"]
         last = rt["last"]
@@ -264,9 +256,7 @@ def test_retrain_every_runs_by_itself(tmp_path: Path, shared_traces: Path) -> No
         wait_socket(sock, d, timeout=60)
         pool = create_pool(name, sizes, 300)
         wait_attached(sock, name)
-        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "12000")
-        _, aerr = a.communicate(timeout=300)
-        assert a.returncode == 0, aerr
+        replay(name, trace, 12000)
         deadline = time.monotonic() + 300
         while not ((rt := request(str(sock), "stats")["pools"][name]["retrain"])["last"]
                    or rt["failures"]):
@@ -378,6 +368,26 @@ def test_the_retraining_directories_are_the_daemons_alone(tmp_path: Path, small_
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 
 
+def replay(name: str, trace: Path, lookups: int) -> None:
+    """An app process replays the first ``lookups`` of the trace into the pool, in batches of 16."""
+    a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", str(lookups))
+    _, aerr = a.communicate(timeout=300)
+    assert a.returncode == 0, aerr
+
+
+def fill_and_retrain(sock: Path, name: str, trace: Path, lookups: int) -> subprocess.CompletedProcess:
+    """An app replays ``lookups`` of the trace into the pool, the retraining window fills, and a retrain
+    is asked for and waited for (recmgctl retrain --wait, which must succeed; its run returned)."""
+    replay(name, trace, lookups)
+    deadline = time.monotonic() + 30
+    while not request(str(sock), "stats")["pools"][name]["retrain"]["window_full"]:
+        assert time.monotonic() < deadline, "the window did not fill"
+        time.sleep(0.05)
+    r = recmgctl(sock, "retrain", name, "--wait")
+    assert r.returncode == 0, r.stderr
+    return r
+
+
 def proc_start(pid: int) -> tuple[str, int] | None:
     """(state, start time in clock ticks) of a process, from /proc/PID/stat; None when there is none."""
     try:
@@ -427,9 +437,7 @@ def test_a_trainer_dies_with_its_sigkilled_daemon(tmp_path: Path, shared_traces:
         wait_socket(sock, d, timeout=60)
         pool = create_pool(name, sizes, 300)
         wait_attached(sock, name)
-        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "3000")
-        _, aerr = a.communicate(timeout=300)
-        assert a.returncode == 0, aerr
+        replay(name, trace, 3000)
         deadline = time.monotonic() + 30
         while (r := recmgctl(sock, "retrain", name)).returncode != 0:  # the window's last batches
             assert time.monotonic() < deadline and "needs at least" in r.stderr, r.stderr
@@ -503,15 +511,7 @@ def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_
         pool = create_pool(name, sizes, 300)
         wait_attached(sock, name)
         assert (folder / "candidate-3").is_dir()  # nothing happens before a retrain
-        a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", "12000")
-        _, aerr = a.communicate(timeout=300)
-        assert a.returncode == 0, aerr
-        deadline = time.monotonic() + 30
-        while not request(str(sock), "stats")["pools"][name]["retrain"]["window_full"]:
-            assert time.monotonic() < deadline, "the window did not fill"
-            time.sleep(0.05)
-        r = recmgctl(sock, "retrain", name, "--wait")
-        assert r.returncode == 0, r.stderr
+        fill_and_retrain(sock, name, trace, 12000)
         rt = request(str(sock), "stats")["pools"][name]["retrain"]
         assert rt["retrains"] == 1 and rt["failures"] == 0, rt["last_error"]
         last = rt["last"]
