@@ -216,13 +216,23 @@ def test_a_comparison_stopped_midway_leaves_no_server_behind(tmp_path: Path) -> 
     setup = e2e.TraceSetup("t", trace, tr.n_samples, table_sizes(tr), unique, capacity_for(0.2, unique))
     seen: list[int] = []
 
+    def servers() -> list[psutil.Process]:  # (not the other children of this process: torch's compile
+        out = []  # workers, which an earlier test's torch.compile may start at any time)
+        for c in psutil.Process().children():
+            try:
+                if "recmgd.app.serve" in c.cmdline():
+                    out.append(c)
+            except psutil.Error:
+                pass
+        return out
+
     def interrupted() -> dict[str, float]:  # called when the server's timed phase begins
-        seen.extend(c.pid for c in psutil.Process().children())
+        seen.extend(c.pid for c in servers())
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
         e2e.run_server(cfg, setup, None, [500.0], [300], False, None, tmp_path / "lat.npz",
                        counters=interrupted)
     assert seen, "the server was not running when the phase began"
-    left = [c for c in psutil.Process().children() if c.pid in seen]
+    left = [c for c in servers() if c.pid in seen]
     assert left == [], [(c.pid, c.status()) for c in left]
