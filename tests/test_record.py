@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -639,6 +640,7 @@ class TakenRing:
         self.claims = 1
         self.recs = np.zeros(0, dtype=np.uint64)
         self.before = 0
+        self.after_look: Callable[[], None] | None = None
 
     def log(self, *words: int) -> None:
         self.recs = np.concatenate([self.recs, np.array(words, dtype=np.uint64)])
@@ -653,6 +655,9 @@ class TakenRing:
     def ring_table(self) -> np.ndarray:
         t = np.zeros(4, dtype=[(f, np.int64) for f in self.FIELDS])
         t[3] = (self.pid, self.claims, len(self.recs), 0, self.before)
+        if self.after_look is not None:  # what happens between the tracker's look and its drain
+            self.after_look()
+            self.after_look = None
         return t
 
     def rings(self) -> list[dict]:
@@ -725,14 +730,26 @@ def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
     src.log(5, e)
     t.drain()
     assert steps == [[1], [5]] and events[1:] == [(3, [3]), 3, (3, [5, e])]
-    # an app of a library before the count: taken as a change of owner at the next drain (no stall)
+    # a takeover between the tracker's look and its drain: the drain takes no more than the look saw
     src.log(6)
+
+    def takeover() -> None:
+        src.take_over(10)
+        src.log(7, e)
+
+    src.after_look = takeover
+    t.drain()
+    assert steps == [[1], [5]] and events[-1] == (3, [6])  # (it took [6, 7, e] as the old owner's)
+    t.drain()
+    assert steps == [[1], [5], [7]] and events[-2:] == [3, (3, [7, e])]
+    # an app of a library before the count: taken as a change of owner at the next drain (no stall)
+    src.log(8)
     src.take_over(9, counted=False)
-    src.log(7, e)
+    src.log(9, e)
     t.drain()
-    assert steps == [[1], [5]]
+    assert steps == [[1], [5], [7]]
     t.drain()
-    assert steps == [[1], [5], [6, 7]] and events[-1] == (3, [6, 7, e])
+    assert steps == [[1], [5], [7], [8, 9]] and events[-1] == (3, [8, 9, e])
 
 
 def _logs_and_dies(name: str, rows: list[int]) -> None:

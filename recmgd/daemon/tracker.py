@@ -347,7 +347,9 @@ class RingTracker:
                 self.next_turn = idx
                 backlog += sum(turns[(start + j) % n_turns][2] for j in range(k, n_turns))
                 break
-            recs = self.pool.drain_ring(idx, left)
+            # no more than the look saw: what came after it may be a new owner's, after a claim the
+            # look did not see (its records are taken, with the change, at the next drain)
+            recs = self.pool.drain_ring(idx, min(left, waiting))
             n = len(recs)
             if n == 0:
                 continue
@@ -427,7 +429,9 @@ class RingTracker:
         recs = EMPTY_RECS
         if waiting != 0 and left:
             try:
-                recs = np.asarray(self.pool.drain_ring(index, left), dtype=np.uint64)
+                # (not past the check's look: a new app may have taken the ring over since)
+                recs = np.asarray(self.pool.drain_ring(index, left if waiting < 0 else min(left, waiting)),
+                                  dtype=np.uint64)
             except RecmgError:
                 waiting = 0  # nothing more can be drained from it: released as it is
         n = len(recs)
