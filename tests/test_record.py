@@ -717,6 +717,27 @@ def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
     t.drain()
     assert events[4:] == [(3, [e])] and steps == [[9], [5]] and t.n_pending == 0
 
+    # the same, the new app gone again by the first look (the ring free): still two batches of their own
+    src = TakenRing()
+    t, steps, events = tracker(src, max_drain=1)
+    src.pid = 0
+    src.log(9, 10, 11)
+    src.take_over(8)
+    src.log(5, e)
+    src.pid = 0
+    for _ in range(6):
+        t.drain()
+    assert steps == [[5]] and 3 in events and t.n_pending == 0  # (before: [9, 10, 11, 5])
+
+    # an app that ends its batch and leaves between the app check's look and its flush: the flush takes
+    # what the ring holds, not what the look saw (it took the look's 3 records, said the ring empty and
+    # dropped them; the batch end came later as an empty batch)
+    src = TakenRing()
+    t, steps, events = tracker(src)
+    src.log(1, 2, 3, e)
+    assert t.flush_ring(3, {"index": 3, "pid": 7, "waiting": 3}) == (4, True)
+    assert steps == [[1, 2, 3]]
+
     # a claim under way (a new pid, its count not moved yet): one drain waits, then the count says it
     src = TakenRing()
     t, steps, events = tracker(src)

@@ -147,6 +147,11 @@ class RingSource(Protocol):
     def drain_ring(self, index: int, max_records: int) -> np.ndarray: ...
 
 
+#: the pid of a ring state made for records of an owner the tracker never saw (before a claim): the
+#: next drain takes the change of owner up again whatever the ring's pid (a free ring's 0 included)
+UNKNOWN_OWNER = -1
+
+
 @dataclass
 class RingState:
     """One ring's batch in progress."""
@@ -308,7 +313,7 @@ class RingTracker:
             self.ring_drops[idx] = drops
             st = self.rings.get(idx)
             counted = st is not None and claims >= 0 and st.claims >= 0 and claims != st.claims
-            if st is None or counted or (pid != 0 and st.pid != pid):
+            if st is None or counted or (pid != 0 and st.pid != pid) or st.pid == UNKNOWN_OWNER:
                 # another app owns the ring now, or had it since the last drain (its claim counted), or
                 # the tracker meets the ring for the first time: what the owners before the last claim
                 # left waiting is theirs, ended before the new owner's first batch
@@ -404,13 +409,13 @@ class RingTracker:
             self.spent += len(recs)
             if len(recs):
                 if st is None:  # an owner the tracker never saw: its batches end here
-                    st = self.rings[index] = RingState(pending=[], pid=0)
+                    st = self.rings[index] = RingState(pending=[], pid=UNKNOWN_OWNER)
                 if self._taps:
                     self._tap(recs, index)
                 self.consume(st, recs)
         if take < before:
             if st is None and index not in self.rings:  # the change of owner is taken up next time
-                self.rings[index] = RingState(pending=[], pid=0)
+                self.rings[index] = RingState(pending=[], pid=UNKNOWN_OWNER)
             return take, False
         return take, True
 
@@ -429,9 +434,7 @@ class RingTracker:
         recs = EMPTY_RECS
         if waiting != 0 and left:
             try:
-                # (not past the check's look: a new app may have taken the ring over since)
-                recs = np.asarray(self.pool.drain_ring(index, left if waiting < 0 else min(left, waiting)),
-                                  dtype=np.uint64)
+                recs = np.asarray(self.pool.drain_ring(index, left), dtype=np.uint64)
             except RecmgError:
                 waiting = 0  # nothing more can be drained from it: released as it is
         n = len(recs)
