@@ -37,6 +37,7 @@ def _cdef_from_header(text: str) -> str:
             or s.startswith("#define RECMG_REC_LOOKUP")
             or s.startswith("#define RECMG_REC_BATCH_END")
             or s.startswith("#define RECMG_REC_HINT")
+            or s.startswith("#define RECMG_REC_OWNER")
             or s.startswith("#define RECMG_ROW_BITS")
         ):
             name = s.split()[1]

@@ -20,8 +20,10 @@ MAX_ROWS = 1 << ROW_BITS
 REC_TYPE_BITS = 62
 REC_TYPE_SHIFT = np.uint64(REC_TYPE_BITS)
 REC_KEY_MASK = np.uint64((1 << REC_TYPE_BITS) - 1)
-#: a lookup of a key, a batch boundary (no key), a hint of a key for a batch that runs later
-REC_LOOKUP, REC_BATCH_END, REC_HINT = 0, 1, 2
+#: a lookup of a key, a batch boundary (no key), a hint of a key for a batch that runs later, a change of
+#: the ring's owner (the key: the new owner's pid; the records before it are the previous owners', an
+#: unfinished batch of theirs ends there unfinished; a ring's first owner has none)
+REC_LOOKUP, REC_BATCH_END, REC_HINT, REC_OWNER = 0, 1, 2, 3
 
 #: the page size of page mode and of the simulator's pages (move_pages(2) moves base pages)
 PAGE_BYTES = 4096
@@ -61,7 +63,7 @@ def record_types(records: np.ndarray) -> np.ndarray:
 
 
 def record_keys(records: np.ndarray) -> np.ndarray:
-    """The key (int64) of each ring record (0 for a batch boundary)."""
+    """The key (int64) of each ring record (0 for a batch boundary, the pid for a change of owner)."""
     return (np.asarray(records, dtype=np.uint64) & REC_KEY_MASK).astype(np.int64)
 
 

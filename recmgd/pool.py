@@ -1034,16 +1034,16 @@ class Pool:
 
     # ------------------------------------------------------------------ rings and counters
     @_native
-    def ring_table(self) -> np.ndarray:
+    def ring_table(self, first: int = 0, count: int | None = None) -> np.ndarray:
         """Every ring's pid (0 if free), claims, waiting, drops, capacity and before_claim, in ring order:
         a numpy record array (recmg_ring_state's layout; recmg.h says what each means), from one native
-        call."""
-        out = np.zeros(self._n_rings, dtype=_RING_STATE)
-        if self._n_rings:
-            n = self._check(lib.recmg_get_rings(self._handle, 0, ffi.from_buffer("recmg_ring_state[]", out),
-                                                 self._n_rings))
-            out = out[:n]
-        return out
+        call. With ``first`` and ``count``: rings first .. first + count - 1 (as many as the pool has)."""
+        i = _int(first, "first", 0, _U32)
+        want = self._n_rings if count is None else _int(count, "count", 0, _U32)
+        out = np.zeros(max(0, min(want, self._n_rings - i)), dtype=_RING_STATE)
+        buf = ffi.from_buffer("recmg_ring_state[]", out) if len(out) else ffi.NULL
+        n = self._check(lib.recmg_get_rings(self._handle, i, buf, len(out)))  # (first past the end: refused)
+        return out[:n]
 
     def rings(self) -> list[RingInfo]:
         """Every ring's description (ring_table's, one object a ring)."""

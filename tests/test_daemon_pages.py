@@ -39,7 +39,7 @@ from recmgd.daemon.pages import PageDriver, PagePool
 from recmgd.daemon.service import Daemon
 from recmgd.daemon.tracker import page_records
 from recmgd.errors import ConfigError, PoolError
-from recmgd.keys import REC_BATCH_END, REC_HINT, REC_LOOKUP, REC_TYPE_SHIFT
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_LOOKUP, REC_OWNER, REC_TYPE_SHIFT
 
 REPO = TESTS.parent
 NATIVE = REPO / "native"
@@ -260,11 +260,11 @@ def _touched_pages(row: int, row_bytes: int) -> list[int]:
 
 def _reference_page_records(recs: np.ndarray, row_bytes: list[int]) -> list[int]:
     """Brute force of page_records over tables of these row sizes: a record per page each row touches,
-    in order; batch ends unchanged."""
+    in order; batch ends and changes of owner (a pid, no row) unchanged."""
     out = []
     for rec in recs.tolist():
         typ, key = rec >> REC_TYPE_SHIFT, rec & ((1 << REC_TYPE_SHIFT) - 1)
-        if typ == REC_BATCH_END:
+        if typ in (REC_BATCH_END, REC_OWNER):
             out.append(rec)
             continue
         t, r = key >> 40, key & ((1 << 40) - 1)
@@ -279,7 +279,8 @@ SPAN_ROW_BYTES = [400, 8192, 12288, 12000, 66000, 65536 * 4]
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_page_records_give_every_page_a_row_touches(seed: int) -> None:
     """tracker.page_records against the brute force, rows spanning 1, 2, 3 and many pages, aligned or
-    not, lookups and hints among batch ends (the old rewrite gave a row's first and last page only)."""
+    not, lookups and hints among batch ends and changes of owner (the old rewrite gave a row's first and
+    last page only; a change of owner's pid is no row)."""
     rbs = np.array(SPAN_ROW_BYTES, dtype=np.int64)
 
     def first_last(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -290,14 +291,15 @@ def test_page_records_give_every_page_a_row_touches(seed: int) -> None:
     n = 500
     t = rng.integers(0, len(rbs), n)
     keys = (t << 40) | rng.integers(0, 50, n)
-    types = rng.choice([REC_LOOKUP, REC_HINT, REC_BATCH_END], n, p=[0.7, 0.2, 0.1])
+    types = rng.choice([REC_LOOKUP, REC_HINT, REC_BATCH_END, REC_OWNER], n, p=[0.65, 0.2, 0.1, 0.05])
     keys[types == REC_BATCH_END] = 0
+    keys[types == REC_OWNER] = rng.integers(1, 1 << 22, int((types == REC_OWNER).sum()))  # pids
     recs = (types.astype(np.uint64) << np.uint64(REC_TYPE_SHIFT)) | keys.astype(np.uint64)
     got = page_records(recs, first_last)
     assert got.dtype == np.uint64
     assert got.tolist() == _reference_page_records(recs, SPAN_ROW_BYTES)
     # rows within one or two pages only (the common case's path), and none at all
-    small = recs[np.isin(t, [0, 1]) | (types == REC_BATCH_END)]
+    small = recs[np.isin(t, [0, 1]) | (types == REC_BATCH_END) | (types == REC_OWNER)]
     assert page_records(small, first_last).tolist() == _reference_page_records(small, SPAN_ROW_BYTES)
     assert len(page_records(np.zeros(0, dtype=np.uint64), first_last)) == 0
 

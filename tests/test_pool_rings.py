@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from recmgd.errors import PoolError
-from recmgd.keys import make_keys
+from recmgd.keys import REC_BATCH_END, REC_LOOKUP, REC_OWNER, make_keys, record_keys, record_types
 from recmgd.pool import Pool
 
 LOOKUP, BATCH_END, HINT = 0, 1, 2
@@ -300,16 +300,62 @@ def test_ring_taken_over_says_what_the_previous_owner_left() -> None:
             q.end_batch()
             t = daemon.ring_table()[idx]
             assert t["pid"] == os.getpid() and t["claims"] == 2
-            assert t["waiting"] == 2 + 3 and t["before_claim"] == 2  # the dead app's 2 left, then q's 3
+            # the dead app's 2 left, then q's change of owner and its 3
+            assert t["waiting"] == 2 + 1 + 3 and t["before_claim"] == 2
             _, keys = _decode(daemon.drain_ring(idx, 1))
             assert keys.tolist() == make_keys(0, np.array([2])).tolist()
             assert daemon.ring_table()[idx]["before_claim"] == 1  # drained from the front
         finally:
             q.close()  # q leaves too: the ring is free, its count says it changed hands
         t = daemon.ring_table()[idx]
-        assert t["pid"] == 0 and t["claims"] == 2 and t["before_claim"] == 1 and t["waiting"] == 4
+        assert t["pid"] == 0 and t["claims"] == 2 and t["before_claim"] == 1 and t["waiting"] == 5
         daemon.drain_ring(idx, 1)
         assert daemon.ring_table()[idx]["before_claim"] == 0  # only q's own left
+        words = daemon.drain_ring(idx)
+        assert record_types(words).tolist() == [REC_OWNER, REC_LOOKUP, REC_LOOKUP, REC_BATCH_END]
+        assert record_keys(words)[0] == os.getpid()  # the change of owner names q's process
+    finally:
+        daemon.close()
+        p.destroy()
+
+
+def test_a_new_owner_begins_with_a_change_of_owner() -> None:
+    """A ring's first owner logs no change of owner; every later one (after a dead app, after one that
+    detached) writes one, its pid the key, before its first record and only once. It waits for room: a
+    new owner of a full ring drops its records (counted) until the daemon drains, then its next records
+    follow the change of owner."""
+    p = Pool.create(_name(), tables=[(1000, 4)], slots=100, ring_records=16, rings=2)  # p holds one
+    daemon = Pool.attach(p.name, role="daemon")
+    try:
+        free = 1 - p.ring_index
+        ctx = mp.get_context("fork")
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=_child_logs_and_dies, args=(p.name, list(range(16)), False, child))
+        proc.start()
+        assert parent.poll(60)
+        idx, _ = parent.recv()
+        proc.join(60)
+        assert idx == free and daemon.ring_table()[idx]["waiting"] == 16  # full, no change of owner
+        q = Pool.attach(p.name)  # takes the dead app's full ring over
+        assert q.ring_index == idx
+        q.embedding_bag(0, [20, 21], [0])  # no room: dropped, and the change of owner waits
+        assert daemon.ring_table()[idx]["drops"] == 2 and daemon.ring_table()[idx]["waiting"] == 16
+        types, keys = _decode(daemon.drain_ring(idx))
+        assert types.tolist() == [LOOKUP] * 16 and keys.tolist() == make_keys(0, np.arange(16)).tolist()
+        q.embedding_bag(0, [22], [0])
+        q.end_batch()
+        q.embedding_bag(0, [23], [0])  # (its change of owner is written once)
+        words = daemon.drain_ring(idx)
+        assert record_types(words).tolist() == [REC_OWNER, REC_LOOKUP, REC_BATCH_END, REC_LOOKUP]
+        assert record_keys(words).tolist() == [os.getpid()] + make_keys(0, np.array([22, 0, 23])).tolist()
+        q.close()  # leaves cleanly: the ring is free, and the next owner's records start with its change
+        r = Pool.attach(p.name)
+        try:
+            assert r.ring_index == idx
+            r.end_batch()
+            assert record_types(daemon.drain_ring(idx)).tolist() == [REC_OWNER, REC_BATCH_END]
+        finally:
+            r.close()
     finally:
         daemon.close()
         p.destroy()

@@ -127,6 +127,23 @@ def test_splitter_keeps_batches_per_ring() -> None:
     assert k.tolist() == [10] and n.tolist() == [1]
 
 
+def test_splitter_ends_a_batch_at_a_change_of_owner() -> None:
+    """A change of owner (RECMG_REC_OWNER, a pid its key) in a ring's records drops the unfinished batch
+    before it, as forget does, also the rest of a batch under way when the splitter started: the records
+    after it are another app's (they were joined to the dead app's unfinished batch)."""
+    end = np.uint64(1) << np.uint64(62)
+    owner = np.uint64(3) << np.uint64(62)
+    sp = BatchSplitter(mid_batch={1: 2})
+    k, n = sp.feed(0, np.array([1, end, 2, owner | np.uint64(99), 3, end, 4], dtype=np.uint64))
+    assert k.tolist() == [1, 3] and n.tolist() == [1, 1] and sp.n_held == 2 + 1  # ring 1's 2, ring 0's 4
+    k, n = sp.feed(1, np.array([5, owner | np.uint64(98), 6, end], dtype=np.uint64))
+    assert k.tolist() == [6] and n.tolist() == [1] and sp.n_held == 1
+    k, n = sp.feed(0, np.array([owner | np.uint64(97)], dtype=np.uint64))  # (alone at the end of an array)
+    assert len(k) == len(n) == 0 and sp.n_held == 0
+    k, n = sp.feed(0, np.array([7, end], dtype=np.uint64))
+    assert k.tolist() == [7] and n.tolist() == [1]
+
+
 @pytest.mark.slow
 def test_record_step_mode_equals_app_and_simulator(daemon, tmp_path: Path, shared_traces: Path) -> None:
     from test_daemon_app import trace_batches
@@ -652,13 +669,13 @@ class TakenRing:
             self.claims += 1
             self.before = len(self.recs)
 
-    def ring_table(self) -> np.ndarray:
+    def ring_table(self, first: int = 0, count: int | None = None) -> np.ndarray:
         t = np.zeros(4, dtype=[(f, np.int64) for f in self.FIELDS])
         t[3] = (self.pid, self.claims, len(self.recs), 0, self.before)
         if self.after_look is not None:  # what happens between the tracker's look and its drain
             self.after_look()
             self.after_look = None
-        return t
+        return t[first:] if count is None else t[first:first + count]
 
     def rings(self) -> list[dict]:
         raise AssertionError("the tracker reads ring_table when the pool has it")
@@ -773,6 +790,28 @@ def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
     assert steps == [[1], [5], [7], [8, 9]] and events[-1] == (3, [8, 9, e])
 
 
+def test_app_check_flush_leaves_a_ring_taken_over_since_its_look() -> None:
+    """The app check found a ring's app dead with records waiting; before its flush another app took the
+    ring over and began a batch. The flush looks at the ring itself: another owner, so it drains nothing
+    and keeps the ring; the drains end the dead app's records at the claim, and the new app's batch is
+    whole (the flush took the new app's records as the dead one's and, counting by the check's look,
+    called the ring empty: the new app's batch under way was dropped, its end became an empty batch)."""
+    from recmgd.daemon.tracker import OWNER_MIN, RingTracker
+
+    e = 1 << 62
+    src = TakenRing()
+    steps: list[list[int]] = []
+    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False, step_mode=True)
+    src.log(1, e, 2)  # app 7, then it dies
+    info = {"index": 3, "pid": 7, "waiting": 3}  # the check's look
+    src.take_over(8)
+    src.log(int(OWNER_MIN) | 8, 5)
+    assert t.flush_ring(3, info) == (0, False) and len(src.recs) == 5
+    src.log(e)
+    assert t.drain() == 6
+    assert steps == [[1], [5]] and t.n_pending == 0
+
+
 def _logs_and_dies(name: str, rows: list[int]) -> None:
     p = pool_mod.Pool.attach(name)
     p.embedding_bag(0, np.array(rows), np.array([0]))  # a batch under way
@@ -806,6 +845,59 @@ def test_tracker_on_a_real_ring_whose_new_owner_already_left() -> None:
         q.close()
         t.drain()
         assert steps == [[7, 8]] and t.n_pending == 0
+    finally:
+        daemon.close()
+        creator.destroy()
+
+
+def _logs_batches_and_dies(name: str, batches: list[list[int]], rest: list[int]) -> None:
+    p = pool_mod.Pool.attach(name)
+    for rows in batches:
+        p.embedding_bag(0, np.array(rows), np.array([0]))
+        p.end_batch()
+    if rest:
+        p.embedding_bag(0, np.array(rest), np.array([0]))  # a batch under way
+    os._exit(0)  # dies holding its ring
+
+
+def test_tracker_and_recording_on_a_ring_taken_over_twice_between_drains() -> None:
+    """A real pool, every ring taken: three apps take one ring in turn, each after the one before died
+    inside a batch, all between two drains of the daemon. Each new owner's records begin with a change of
+    owner (RECMG_REC_OWNER): the tracker and a recording's splitter step on each app's complete batches
+    on their own and drop each dead app's unfinished one (the claim count alone ended the records at the
+    last claim only: the middle app's first batch was joined to the first app's unfinished one). The
+    drain's count holds every record it took, the previous owners' too."""
+    import multiprocessing as mp
+
+    from recmgd.daemon.tracker import RingTracker
+
+    name = f"recmgd-rec-{uuid.uuid4().hex[:8]}"
+    creator = pool_mod.Pool.create(name, tables=[(1000, 8)], slots=100, rings=2)  # holds one ring
+    daemon = pool_mod.Pool.attach(name, role="daemon")
+    steps: list[list[int]] = []
+    recorded: list[list[int]] = []
+    t = RingTracker(daemon, lambda keys, hints, n: steps.append((keys & ((1 << 40) - 1)).tolist()),
+                    lambda h: False, step_mode=True)
+    sp = BatchSplitter()
+
+    def record(recs: np.ndarray, ring: int) -> None:
+        body, lengths = sp.feed(ring, recs)
+        recorded.extend(b.tolist() for b in np.split(body & ((1 << 40) - 1), np.cumsum(lengths)[:-1]))
+
+    t.add_tap(record, with_ring=True)
+    t.add_reset(sp.forget)
+    try:
+        t.drain()
+        for batches, rest in [([[1, 2]], [3]), ([[4]], [5]), ([[6], [7, 8]], [])]:
+            child = mp.get_context("fork").Process(target=_logs_batches_and_dies, args=(name, batches, rest))
+            child.start()
+            child.join(60)
+            assert child.exitcode == 0
+        assert daemon.ring_table()["claims"][1 - creator.ring_index] == 3
+        drained = t.drain()
+        assert steps == recorded == [[1, 2], [4], [6], [7, 8]]  # (before: [1, 2], [3, 4], [6], [7, 8])
+        assert drained == 4 + 4 + 6  # 1 2 end 3, owner 4 end 5, owner 6 end 7 8 end
+        assert t.n_pending == 0 and sp.n_held == 0
     finally:
         daemon.close()
         creator.destroy()

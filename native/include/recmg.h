@@ -32,7 +32,11 @@
  * them. An SSD tier's row is one write(2), which no signal leaves half done.)
  *
  * Keys: a row of a table is the int64 key (table << 40) | row. Ring records are uint64 words with
- * the record type in bits 62..63 (0 lookup, 1 batch boundary, 2 hint) and the key in bits 0..61.
+ * the record type in bits 62..63 (0 lookup, 1 batch boundary, 2 hint, 3 change of owner) and the key
+ * in bits 0..61. A change of owner comes before the first record of each owner of a ring but its first
+ * (an app that took the ring over, from a dead app or after one that detached): its key is the new
+ * owner's pid, and the records before it are the previous owners' (an unfinished batch of theirs ends
+ * there, unfinished).
  */
 #ifndef RECMG_H
 #define RECMG_H
@@ -55,6 +59,7 @@ extern "C" {
 #define RECMG_REC_LOOKUP 0u
 #define RECMG_REC_BATCH_END 1u
 #define RECMG_REC_HINT 2u
+#define RECMG_REC_OWNER 3u
 #define RECMG_REC_TYPE(word) ((unsigned)((uint64_t)(word) >> 62))
 #define RECMG_REC_KEY(word) ((int64_t)((uint64_t)(word) & ((UINT64_C(1) << 62) - 1)))
 

@@ -236,6 +236,9 @@ struct recmg_pool {
     uint8_t *slow; /* dram/numa slow tier, NULL for ssd */
     int ring_index;
     shm_ring *ring;
+    /* the ring was another owner's before this handle claimed it: this handle's first records begin
+     * with a change of owner (RECMG_REC_OWNER), written by the first run that has room for it */
+    int ring_mark;
     pid_t pid;
     uint64_t start; /* this process's start time (proc_start), for its rings' owner_start */
     slowio io;
@@ -364,6 +367,7 @@ static inline void words_store(uint8_t *dst, const uint64_t *src, uint32_t nword
 /* A run of records to append at the ring's head (positions head, head + 1, ...), room of them free. */
 typedef struct ringrun {
     uint64_t head, room;
+    int mark; /* the run begins after the handle's change of owner (at head - 1), published with it */
 } ringrun;
 ringrun ring_begin(recmg_pool *p);
 void ring_write(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_t table, const int64_t *rows, uint64_t n,

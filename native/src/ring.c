@@ -4,7 +4,8 @@
  * head and tail are free-running uint64 counters; record i lives at records[i & (cap - 1)]. The
  * producer never waits: what does not fit is dropped and counted. A ring whose owner died is taken
  * over by the next app that finds no free ring (or released by the daemon); head and tail are never
- * reset, so the daemon can still drain what the dead process logged. */
+ * reset, so the daemon can still drain what the dead process logged; the new owner's records begin
+ * with a change of owner (RECMG_REC_OWNER, ring_begin), so the daemon ends the dead one's there. */
 #include "internal.h"
 
 #include <errno.h>
@@ -79,8 +80,12 @@ int ring_claim(recmg_pool *p)
                  * put the winner's first records before its claim */
                 uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
                 atomic_store_explicit(&r->owner_head, head, memory_order_relaxed);
-                atomic_fetch_add_explicit(&r->claims, 1, memory_order_release);
+                uint32_t before = atomic_fetch_add_explicit(&r->claims, 1, memory_order_release);
                 counters_zero(&r->c);
+                /* a ring owned before (a dead app's, or one an app detached from): the change of owner
+                 * goes before this handle's first record, so a daemon ends the previous owner's records
+                 * there however many claims it missed (the first owner of a ring has nothing before it) */
+                p->ring_mark = before != 0;
                 p->ring = r;
                 p->ring_index = (int)i;
                 return RECMG_OK;
@@ -97,6 +102,7 @@ void ring_release_own(recmg_pool *p)
     atomic_compare_exchange_strong(&p->ring->owner, &me, 0);
     p->ring = NULL;
     p->ring_index = -1;
+    p->ring_mark = 0;
 }
 
 /* A run of records begun at the ring's head: its room is what the daemon has freed (the snapshot
@@ -109,7 +115,16 @@ ringrun ring_begin(recmg_pool *p)
     uint64_t head = atomic_load_explicit(&r->head, memory_order_relaxed);
     uint64_t tail = atomic_load_explicit(&r->tail, memory_order_acquire);
     uint64_t used = head - tail; /* the daemon writes tail: more than cap is a corrupted pair */
-    return (ringrun){.head = head, .room = used <= cap ? cap - used : 0};
+    ringrun rr = {.head = head, .room = used <= cap ? cap - used : 0};
+    if (p->ring_mark && rr.room) {
+        /* the handle's change of owner first (its pid the key): the run's records come after it. Until a
+         * run publishes it, the next run writes it again in the same place */
+        ring_records(r)[head & (cap - 1)] = ((uint64_t)RECMG_REC_OWNER << 62) | (uint64_t)(uint32_t)p->pid;
+        rr.head++;
+        rr.room--;
+        rr.mark = 1;
+    }
+    return rr;
 }
 
 /* How many of n records from position at of run rr its room holds. */
@@ -164,11 +179,14 @@ uint64_t ring_count_drops(recmg_pool *p, const ringrun *rr, uint64_t at, uint32_
 void ring_publish(recmg_pool *p, const ringrun *rr, uint64_t n)
 {
     n = run_fits(rr, 0, n);
-    if (p->ring && n) atomic_store_explicit(&p->ring->head, rr->head + n, memory_order_release);
+    if (p->ring && (n || rr->mark)) {
+        atomic_store_explicit(&p->ring->head, rr->head + n, memory_order_release);
+        if (rr->mark) p->ring_mark = 0;
+    }
 }
 
 /* Appends n records (type, table, rows[i]) or, with rows == NULL, n records of key 0 (boundaries);
- * what does not fit is dropped and counted. */
+ * what does not fit is dropped and counted. (A handle's change of owner goes before them: ring_begin.) */
 void ring_append(recmg_pool *p, uint32_t table, const int64_t *rows, uint64_t n, unsigned type)
 {
     if (!p->ring || n == 0) return;
@@ -221,12 +239,18 @@ static int ring_check(recmg_pool *p, uint32_t i)
 static void ring_state_fill(recmg_pool *p, uint32_t i, recmg_ring_state *o)
 {
     shm_ring *r = ring_at(p, i);
-    /* the count first (acquire: the owner_head its claim stored comes with it), then the rest */
-    o->claims = atomic_load_explicit(&r->claims, memory_order_acquire);
-    o->pid = atomic_load_explicit(&r->owner, memory_order_acquire);
-    uint64_t from = atomic_load_explicit(&r->owner_head, memory_order_relaxed);
-    uint64_t head = atomic_load_explicit(&r->head, memory_order_acquire);
-    uint64_t tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+    /* the count first (acquire: the owner_head its claim stored comes with it), then the rest; a count
+     * that moved meanwhile (a claim while this look was taken) means the pid and owner_head may be the
+     * next claim's: looked at again, a few times at most (apps are not trusted to stop claiming) */
+    uint64_t from, head, tail;
+    for (int again = 0;; again++) {
+        o->claims = atomic_load_explicit(&r->claims, memory_order_acquire);
+        o->pid = atomic_load_explicit(&r->owner, memory_order_acquire);
+        from = atomic_load_explicit(&r->owner_head, memory_order_relaxed);
+        head = atomic_load_explicit(&r->head, memory_order_acquire);
+        tail = atomic_load_explicit(&r->tail, memory_order_relaxed);
+        if (again == 3 || atomic_load_explicit(&r->claims, memory_order_acquire) == o->claims) break;
+    }
     o->waiting = head - tail <= p->h->ring_records ? head - tail : 0; /* a corrupted pair: nothing to drain */
     uint64_t before = from - tail; /* (free-running: a claim behind the tail wraps past waiting) */
     o->before_claim = before <= o->waiting ? before : 0;

@@ -189,9 +189,9 @@ class PagePool:
     def rings(self) -> list[Any]:
         return list(self.pool.rings())
 
-    def ring_table(self) -> np.ndarray:
-        """Every ring's state in one array (Pool.ring_table; waiting and before_claim in ring records)."""
-        return self.pool.ring_table()
+    def ring_table(self, first: int = 0, count: int | None = None) -> np.ndarray:
+        """The rings' state in one array (Pool.ring_table; waiting and before_claim in ring records)."""
+        return self.pool.ring_table(first, count)
 
     def release_ring(self, index: int) -> None:
         self.pool.release_ring(index)

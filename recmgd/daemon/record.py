@@ -90,8 +90,9 @@ class BatchSplitter:
 
     :meth:`feed` takes one ring's drained records and returns the keys (int64) of the batches that
     ended in them and each batch's number of lookups; the records after the last batch end wait for
-    the next feed of that ring. The ring tracker's caps hold here too, by its rules
-    (:mod:`recmgd.daemon.tracker`): an unfinished batch is cut once its records as drained (hints
+    the next feed of that ring. A change of owner (RECMG_REC_OWNER) drops the ring's unfinished batch,
+    as :meth:`forget` does: the next records are another app's. The ring tracker's caps hold here too,
+    by its rules (:mod:`recmgd.daemon.tracker`): an unfinished batch is cut once its records as drained (hints
     included) reach ``max_batch`` (default :data:`recmgd.daemon.tracker.MAX_BATCH_RECORDS`), and once
     the unfinished batches of all rings together (``n_held``) reach ``max_pending`` (default
     :data:`recmgd.daemon.tracker.MAX_POOL_PENDING_RECORDS`) the largest is cut (the lowest ring among
@@ -117,8 +118,26 @@ class BatchSplitter:
         self.cut_batches = 0
 
     def feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        recs = np.asarray(recs, dtype=np.uint64)
+        changes = tracker.owner_changes(recs)
+        if not len(changes):
+            return self._feed_capped(ring, recs)
+        # a change of owner ends the unfinished batch before it, unfinished (as the daemon ends it)
+        bodies, lengths = [], []
+        start = 0
+        for m in changes.tolist() + [len(recs)]:
+            body, n = self._feed_capped(ring, recs[start:m])
+            bodies.append(body)
+            lengths.append(n)
+            if m < len(recs):
+                self.forget(ring)
+            start = m + 1
+        return np.concatenate(bodies), np.concatenate(lengths)
+
+    def _feed_capped(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One ring's records without a change of owner, then the pool cap."""
         before = self.held.get(ring, 0)
-        body, lengths = self._feed(ring, np.asarray(recs, dtype=np.uint64))
+        body, lengths = self._feed(ring, recs)
         self.n_held += self.held[ring] - before
         while self.n_held >= self.max_pending:  # the pool cap: the largest first
             big = max(self.held.items(), key=lambda item: (item[1], -item[0]))[0]

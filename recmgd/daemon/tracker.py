@@ -63,11 +63,19 @@ yet (a claim under way) waits one drain; seen again so, it is taken as a change 
 added with :meth:`RingTracker.add_reset` is called ``listener(ring_index)`` then, before any record of
 the ring's next app is drained, so a consumer that splits batches of its own drops that batch too.
 
+Changes of owner in the stream: the claim count tells the last claim only, so every owner of a ring but
+its first begins its records with a change of owner (``REC_OWNER``, its pid the key; written by the
+library before the handle's first record). :meth:`RingTracker.consume` ends the unfinished batch before
+each one there, unfinished (dropped, no listener called: a tap sees the record in place, and a
+recording's :class:`~recmgd.daemon.record.BatchSplitter` drops at it too), and goes on with the new
+owner's records, so two or more claims between two drains, or records of a takeover drained by the app
+check's flush, keep every app's batches apart.
+
 Taps (the hook for consumers of the raw stream, e.g. a recorder): :meth:`RingTracker.add_tap` registers
 ``tap(records)``, called with each chunk of records drained from one ring (uint64, as the pool's
 ``drain_ring`` returned them: in page mode already page records), in the order drained (each ring's
-records in ring order; the rings in their turns), before any batch split; batch boundaries and hints
-are in it. With several apps the chunks of different rings
+records in ring order; the rings in their turns), before any batch split; batch boundaries, hints and
+changes of owner are in it. With several apps the chunks of different rings
 interleave; ``add_tap(tap, with_ring=True)`` calls ``tap(records, ring_index)`` instead. A tap runs in
 the daemon's loop thread and must be quick (copy, do not process); one that raises is logged and
 removed, and the loop goes on.
@@ -89,7 +97,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from recmgd.errors import RecmgError
-from recmgd.keys import REC_BATCH_END, REC_HINT, REC_KEY_MASK, REC_LOOKUP, REC_TYPE_SHIFT
+from recmgd.keys import REC_BATCH_END, REC_HINT, REC_KEY_MASK, REC_LOOKUP, REC_OWNER, REC_TYPE_SHIFT
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +110,17 @@ EarlyHints = Callable[[np.ndarray], None]
 
 EMPTY = np.zeros(0, dtype=np.int64)
 EMPTY_RECS = np.zeros(0, dtype=np.uint64)
+#: the smallest record word of a change of owner (type 3: both type bits set), so that ``recs.max()``
+#: tells whether an array holds one without a pass that makes an array
+OWNER_MIN = np.uint64(REC_OWNER) << REC_TYPE_SHIFT
+
+
+def owner_changes(recs: np.ndarray) -> np.ndarray:
+    """The positions of the changes of owner (RECMG_REC_OWNER records) in drained records (none in most
+    arrays: a ring's first owner writes none, and a later one writes one before its first record)."""
+    if not len(recs) or recs.max() < OWNER_MIN:
+        return EMPTY
+    return np.flatnonzero(recs >= OWNER_MIN)
 
 #: test hook: a smaller batch cap from the environment, read once when this module is imported (at the
 #: daemon's start); it can only lower the cap (a value that is not an integer in [1, default) is ignored)
@@ -176,16 +195,18 @@ def page_records(recs: np.ndarray, page_keys: Callable[[np.ndarray], tuple[np.nd
     first byte, page key of its last byte), both of the row's table. A row gives one record per page its
     bytes touch, every page from its first to its last in order (a row within one page one record, a
     row across a page boundary two, a row of 64 KiB at least 16), each record of its type; batch
-    boundaries pass unchanged."""
+    boundaries and changes of owner pass unchanged."""
     recs = np.asarray(recs, dtype=np.uint64)
     if not len(recs):
         return recs
     types = recs >> REC_TYPE_SHIFT
-    keyed = types != np.uint64(REC_BATCH_END)  # lookups and hints carry a key; batch ends do not
+    # lookups and hints carry a row key; batch ends do not, and a change of owner's key is a pid
+    keyed = (types == np.uint64(REC_LOOKUP)) | (types == np.uint64(REC_HINT))
     keys = (recs & REC_KEY_MASK).astype(np.int64)
     k1, k2 = page_keys(keys)
     out1 = np.where(keyed, (types << REC_TYPE_SHIFT) | k1.astype(np.uint64), recs)
-    # pages after the first of each row (0 for a batch end, and for a row outside the tables: k1 == k2)
+    # pages after the first of each row (0 for a record without a row, and for a row outside the tables:
+    # k1 == k2)
     more = k2 - k1
     more *= keyed
     if not more.any():  # every row within one page (the common case)
@@ -297,6 +318,7 @@ class RingTracker:
         under the drain budget (``max_drain`` records for the whole pool, module doc); hands on each
         complete batch; returns the records drained."""
         backlog = 0
+        flushed = self.spent  # (the app check's flushes': the driver counted them)
         turns: list[tuple[int, RingState, int]] = []  # (index, state, records waiting) of the rings to drain
         for idx, pid, claims, waiting, drops, before in self._ring_rows():
             # an app that detached (pid 0) may have left records its last batches logged: they are
@@ -342,8 +364,8 @@ class RingTracker:
             if start == n_turns:
                 start = 0
         left = max(0, self.max_drain - self.spent)  # the app check's flushes took the rest
+        drained = self.spent - flushed  # what previous owners left before a claim, drained above
         self.spent = 0
-        drained = 0
         for k in range(n_turns):
             idx, st, waiting = turns[(start + k) % n_turns]  # from start, wrapping
             if left <= 0:
@@ -425,16 +447,34 @@ class RingTracker:
         and hand on complete batches. Returns (records drained, empty). Empty: the ring's state goes
         and the partial batch with it (what is left pending is dropped); the caller releases the ring.
         Not empty: the state stays and the drains take the rest in turn like any ring's; a later
-        flush (the next app check) finds it empty."""
+        flush (the next app check) finds it empty. With the pool's ``ring_table`` the flush looks at
+        the ring itself first: a ring another app owns by then (its pid not ``info``'s) is not touched
+        (0, False), and what it drains and calls empty is what that look saw."""
         waiting = -1 if info is None else ring_field(info, "waiting", -1)  # -1: not known
+        pid = 0 if info is None else ring_field(info, "pid")
+        table = getattr(self.pool, "ring_table", None)
+        if table is not None:
+            # a look of its own, after the app was found dead: the check's look may be older than the
+            # app's last records (a batch it ended, then left), and the ring may have another owner now
+            try:
+                row = table(index, 1)
+            except RecmgError:
+                row = None
+            if row is not None and len(row):
+                if info is not None and int(row["pid"][0]) != pid:
+                    return 0, False  # taken over since the check's look: the drains take it from here
+                waiting = int(row["waiting"][0])
         left = max(0, self.max_drain - self.spent)
         st = self.rings.get(index)
         if st is None:
-            st = RingState(pending=[], pid=0 if info is None else ring_field(info, "pid"))
+            st = RingState(pending=[], pid=pid)
         recs = EMPTY_RECS
         if waiting != 0 and left:
             try:
-                recs = np.asarray(self.pool.drain_ring(index, left), dtype=np.uint64)
+                # (no more than the look saw, when it saw: what comes after it is a new owner's, whose
+                # claim came after the look)
+                recs = np.asarray(self.pool.drain_ring(index, left if waiting < 0 else min(left, waiting)),
+                                  dtype=np.uint64)
             except RecmgError:
                 waiting = 0  # nothing more can be drained from it: released as it is
         n = len(recs)
@@ -457,9 +497,21 @@ class RingTracker:
 
     def consume(self, st: RingState, recs: np.ndarray) -> None:
         """Split one ring's records at its batch boundaries (coalescing runs when behind), then hold
-        the pool's unfinished batches to the pool cap."""
+        the pool's unfinished batches to the pool cap. A change of owner among them ends the unfinished
+        batch before it, unfinished (dropped; the pid in the state becomes the new owner's)."""
         before = st.n_pending
-        self._split(st, recs)
+        start = 0
+        for m in owner_changes(recs).tolist():
+            if m > start:
+                self._split(st, recs[start:m])
+            st.pending = []
+            st.n_pending = 0
+            st.pid = int(recs[m] & REC_KEY_MASK)
+            start = m + 1
+        if start:
+            recs = recs[start:]
+        if len(recs):
+            self._split(st, recs)
         self.n_pending += st.n_pending - before
         if self.n_pending >= self.max_pending:
             self._cut_pool(st)
