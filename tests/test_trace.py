@@ -275,7 +275,10 @@ def test_cli_convert_stats_synth_sim(tmp_path: Path, capsys: pytest.CaptureFixtu
     st = json.loads(capsys.readouterr().out)
     assert st["lookups"] == 60_000 and st["tables"] == 6 and len(st["hit_rates"]) == 6
     assert main(["trace", "stats", str(SHARED / "criteo_sample.trace"), "--no-sim"]) == 0
-    assert "Histogram of col sizes" in capsys.readouterr().out
+    text = capsys.readouterr().out
+    n = open_trace(SHARED / "criteo_sample.trace").n_lookups
+    assert "Histogram of col sizes" in text
+    assert f"\n# of indices: {n}\n" in text and "Avg #" not in text  # totals, not labelled averages
     syn = tmp_path / "syn.bin"
     assert main(["trace", "synth", str(syn), "--lookups", "2e4", "--tables", "3"]) == 0
     assert open_trace(syn).n_lookups == 20_000

@@ -67,9 +67,10 @@ class TraceStats:
                 "bins": BIN_LABELS, "row_hist": self.row_hist, "lookup_hist": self.lookup_hist}
 
     def format(self) -> str:
-        """Text in the layout of Meta's locality statistics, plus per-table unique rows."""
+        """Text in the layout of Meta's locality statistics (totals of the whole trace where Meta's script
+        averages over its runs), plus per-table unique rows."""
         lines = [self.path, f"lookups: {self.lookups:,}  samples: {self.samples:,}  tables: {self.tables}",
-                 f"Avg # of indices: {self.lookups}", f"Avg # of unique cols: {self.unique_rows}",
+                 f"# of indices: {self.lookups}", f"# of unique cols: {self.unique_rows}",
                  f"Avg col size: {self.mean_uses:.1f}", "Histogram of col sizes:"]
         lines += [f"{b}: {v:.3f}" for b, v in zip(BIN_LABELS, self.row_hist, strict=True)]
         lines.append("Ratio of index distribution at different column sizes:")
