@@ -469,6 +469,28 @@ def test_a_trainer_dies_with_its_sigkilled_daemon(tmp_path: Path, shared_traces:
         Pool.unlink(name)
 
 
+def test_sweep_tells_a_reused_pid_from_a_temporarys_maker(tmp_path: Path) -> None:
+    """A result or window temporary's name has its maker's pid but no start time: one whose pid a process
+    holds that started after the file was last written (beyond the clock slack) is a dead maker's and
+    is removed; one written since that process started may be its and is kept (it was kept whenever
+    its pid was alive)."""
+    from recmgd.daemon.apps import process_start
+    from recmgd.daemon.retrain import MAKER_START_SLACK_S, sweep_stale
+
+    start = process_start(os.getpid())
+    assert start is not None
+    old = tmp_path / f".partial-{os.getpid()}-0badc0de.window.rtrace"
+    new = tmp_path / f".partial-{os.getpid()}-cafef00d.result-1-2-ab-3.json"
+    edge = tmp_path / f".partial-{os.getpid()}-feedf00d.window.rtrace"
+    for path in (old, new, edge):
+        path.write_bytes(b"x")
+    before = start - MAKER_START_SLACK_S
+    os.utime(old, (before - 5, before - 5))  # written before this process (holding its pid) started
+    os.utime(edge, (before + 5, before + 5))  # within the slack: may be this process's
+    assert sweep_stale(tmp_path) == [old.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([new.name, edge.name])
+
+
 @pytest.mark.slow
 def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_traces: Path) -> None:
     """Candidates, results and result temporaries of daemons that are gone (one before the owner tag in

@@ -165,6 +165,25 @@ def owner_tag(pid: int) -> str:
     return f"{pid}-{round(start * 100) if start is not None else 0}-{secrets.token_hex(4)}"
 
 
+#: how much later than a temporary's last write its pid's process may have started and still be taken
+#: for its maker (s): a wall clock stepped back meanwhile must not make a live maker's temporary stale
+MAKER_START_SLACK_S = 60.0
+
+
+def _maker_may_live(path: Path, pid: int) -> bool:
+    """Whether the process that made the temporary ``path`` (``pid``, from its name: these names carry no
+    start time) may still run: ``pid`` is alive and started before the file was last written (a process
+    that started after it holds a reused pid, and the maker is gone)."""
+    if not process_alive(pid):
+        return False
+    start = process_start(pid)
+    try:
+        written = path.lstat().st_mtime
+    except OSError:
+        return True  # gone meanwhile (or not to be looked at): nothing to remove
+    return start is None or start <= written + MAKER_START_SLACK_S
+
+
 def sweep_stale(folder: Path) -> list[str]:
     """Remove from a pool's retraining directory the candidates and results (and their temporaries)
     that processes now gone left; the names removed. This daemon's own are kept, and so are those of a
@@ -189,7 +208,7 @@ def sweep_stale(folder: Path) -> list[str]:
             if owner != pid and process_alive(owner, int(m[2]) / 100 if int(m[2]) else None):
                 continue
         elif part is not None and _TEMPORARY_OF.fullmatch(part[1]):
-            if process_alive(part[0]):  # (no start time in these names: a reused pid keeps them, for now)
+            if _maker_may_live(folder / name, part[0]):
                 continue
         elif not _UNTAGGED.fullmatch(name):
             continue
