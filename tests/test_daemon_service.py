@@ -25,7 +25,7 @@ import pytest
 from ports import free_port
 
 import recmgd.pool as pool_mod
-from recmgd.cli.recmgctl import format_stats
+from recmgd.cli.recmgctl import byte_size, format_stats
 from recmgd.daemon import config
 from recmgd.daemon.control import ControlServer
 from recmgd.daemon.notify import Notifier
@@ -93,8 +93,10 @@ def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signal
         held = re.search(rf'recmgd_state_bytes{{pool="{name}"}} (\S+)', text)
         assert held is not None and float(held.group(1)) == att.driver.stats()["state_bytes"]
         assert att.driver.stats()["state_bytes"] > att.driver.mover.nbytes() > 0
-        mb = att.driver.stats()["state_bytes"] / 1e6
-        assert f"steps 1, state {mb:.1f} MB" in format_stats(d._snapshot)
+        assert f"steps 1, state {byte_size(att.driver.stats()['state_bytes'])}" in format_stats(d._snapshot)
+        # (a state under 0.1 MB in KB: an LRU's of 600 keys showed as "state 0.0 MB")
+        assert (byte_size(42_000), byte_size(99_999), byte_size(100_000), byte_size(2.54e6)) == \
+            ("42.0 KB", "100.0 KB", "0.1 MB", "2.5 MB")
         # a bad one (unknown policy) changes nothing
         cfg.write_text(f'pools = ["{name}"]\n[control]\nsocket = "{sock1}"\n[policy]\nname = "nope"\n')
         err = d.reload()

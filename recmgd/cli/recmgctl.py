@@ -39,8 +39,13 @@ TABLE_COLUMNS = (
     ("table", "table"), ("lookups", "lookups"), ("unique", "unique"), ("hits", "fast hits"),
     ("on_demand", "on-demand"), ("hit_rate", "hit %"), ("prefetch_issued", "pf issued"),
     ("prefetch_useful", "pf useful"), ("prefetch_late", "pf late"), ("hint_fetched", "hints"),
-    ("evictions", "evictions"), ("fills", "fills"), ("slow_bytes", "slow MB"),
+    ("evictions", "evictions"), ("fills", "fills"), ("slow_bytes", "fill MB"),
 )
+
+
+def byte_size(n: float) -> str:
+    """A size for people: MB with one decimal from 0.1 MB, KB below (a small state showed as 0.0 MB)."""
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n / 1e3:.1f} KB"
 
 
 class _DaemonCapHelp(str):
@@ -185,7 +190,7 @@ def format_stats(stats: dict[str, Any]) -> str:
                      f"{held}, {p['apps']} apps, "
                      f"ring drops {p['ring_drops']}, backlog {p['backlog_records']}, {cut}"
                      f"model time {p['policy_time_s']:.3f} s, steps {p['steps']}"
-                     f"{', state %.1f MB' % (p['state_bytes'] / 1e6) if 'state_bytes' in p else ''}")
+                     f"{', state ' + byte_size(p['state_bytes']) if 'state_bytes' in p else ''}")
         if pages:
             lines.extend(format_pages(pages))
         if "guard_lru_order" in p:
@@ -204,7 +209,8 @@ def format_stats(stats: dict[str, Any]) -> str:
             hit = 100.0 * (1 - app["on_demand"] / app["unique"])
             mb = app["slow_bytes"] / 1e6
             lines.append(f"apps' own count: {app['lookups']} lookups, {app['on_demand']} on-demand of "
-                         f"{app['unique']} unique ({hit:.1f}% hit), slow tier {mb:.1f} MB")
+                         f"{app['unique']} unique ({hit:.1f}% hit); slow tier read {mb:.1f} MB "
+                         "(their lookups and the daemon's fills)")
         rows = []
         for t in p.get("tables", []) + [dict(p, table="all")]:
             r = dict(t)

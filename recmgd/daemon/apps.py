@@ -78,9 +78,9 @@ class AppTracker:
             if pid == 0:
                 self.draining.discard(idx)
                 if idx in self.known:  # the app detached itself cleanly (the loop drains what it left)
-                    self.known.pop(idx)
+                    gone, _ = self.known.pop(idx)
                     self.exited += 1
-                    log.info("pool %s: app on ring %d detached", self.driver.name, idx)
+                    log.info("pool %s: app pid %d detached (ring %d)", self.driver.name, gone, idx)
                 continue
             seen.add(idx)
             prev = self.known.get(idx)

@@ -768,7 +768,8 @@ class Daemon:
         if waiting:
             log.info("waiting for pools: %s", ", ".join(waiting))
         self.notifier.ready(self.status_line())
-        log.info("recmgd ready: %d pools attached (pid %d, step mode %s)", len(self.pools), os.getpid(),
+        log.info("recmgd ready: %d pool%s attached (pid %d, step mode %s)", len(self.pools),
+                 "" if len(self.pools) == 1 else "s", os.getpid(),
                  "on" if self.cfg.step_mode else "off")
 
     def tick(self) -> None:
