@@ -1035,9 +1035,10 @@ class Pool:
     # ------------------------------------------------------------------ rings and counters
     @_native
     def ring_table(self, first: int = 0, count: int | None = None) -> np.ndarray:
-        """Every ring's pid (0 if free), claims, waiting, drops, capacity and before_claim, in ring order:
+        """The rings' pid (0 if free), claims, waiting, drops, capacity and before_claim, in ring order:
         a numpy record array (recmg_ring_state's layout; recmg.h says what each means), from one native
-        call. With ``first`` and ``count``: rings first .. first + count - 1 (as many as the pool has)."""
+        call; every ring, or with ``first`` and ``count`` rings first .. first + count - 1 (as many as
+        the pool has)."""
         i = _int(first, "first", 0, _U32)
         want = self._n_rings if count is None else _int(count, "count", 0, _U32)
         out = np.zeros(max(0, min(want, self._n_rings - i)), dtype=_RING_STATE)

@@ -793,9 +793,10 @@ def test_tracker_ends_a_previous_owners_records_before_the_new_owners() -> None:
 def test_app_check_flush_leaves_a_ring_taken_over_since_its_look() -> None:
     """The app check found a ring's app dead with records waiting; before its flush another app took the
     ring over and began a batch. The flush looks at the ring itself: another owner, so it drains nothing
-    and keeps the ring; the drains end the dead app's records at the claim, and the new app's batch is
-    whole (the flush took the new app's records as the dead one's and, counting by the check's look,
-    called the ring empty: the new app's batch under way was dropped, its end became an empty batch)."""
+    and says so (None: not the check's to release or count as draining); the drains end the dead app's
+    records at the claim, and the new app's batch is whole (the flush took the new app's records as the
+    dead one's and, counting by the check's look, called the ring empty: the new app's batch under way
+    was dropped, its end became an empty batch)."""
     from recmgd.daemon.tracker import OWNER_MIN, RingTracker
 
     e = 1 << 62
@@ -806,10 +807,93 @@ def test_app_check_flush_leaves_a_ring_taken_over_since_its_look() -> None:
     info = {"index": 3, "pid": 7, "waiting": 3}  # the check's look
     src.take_over(8)
     src.log(int(OWNER_MIN) | 8, 5)
-    assert t.flush_ring(3, info) == (0, False) and len(src.recs) == 5
+    assert t.flush_ring(3, info) == (0, None) and len(src.recs) == 5
     src.log(e)
     assert t.drain() == 6
     assert steps == [[1], [5]] and t.n_pending == 0
+
+
+def test_tracker_and_splitter_cut_at_the_pool_cap_alike_across_a_change_of_owner() -> None:
+    """The pool cap across a change of owner: the daemon drops the dead app's unfinished batch at the
+    change first and holds the pool to its cap after the whole array; a recording's splitter does the
+    same (it applied the cap before the change too, cutting another ring's batch under way that the
+    daemon never cut: the recording and the retraining window held batches no app made)."""
+    from recmgd.daemon.tracker import OWNER_MIN, RingState, RingTracker
+
+    e, owner = 1 << 62, int(OWNER_MIN)
+    steps: list[list[int]] = []
+    recorded: list[list[int]] = []
+    t = RingTracker(TakenRing(), lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False,
+                    step_mode=True, max_pending=10)
+    sp = BatchSplitter(max_pending=10)
+    states = {0: RingState(pid=7, claims=1), 1: RingState(pid=8, claims=1)}
+    t.rings.update(states)
+    for ring, words in [(0, [1, 2, 3, 4, 5, 6]), (1, [10, 11, 12, 13, 14, owner | 9, 20]), (0, [7, e])]:
+        recs = np.array(words, dtype=np.uint64)
+        t.consume(states[ring], recs)
+        body, lengths = sp.feed(ring, recs)
+        recorded.extend(b.tolist() for b in np.split(body, np.cumsum(lengths)[:-1]) if len(lengths))
+    assert steps == recorded == [[1, 2, 3, 4, 5, 6, 7]]  # (the recording: [1 .. 6], [7])
+    assert t.n_pending == sp.n_held == 1 and t.cut_batches == sp.cut_batches == 0
+
+
+def test_a_flush_the_budget_stops_keeps_a_taken_over_rings_batch_whole() -> None:
+    """An app took a ring over, logged a batch and died inside the next before the daemon's next drain;
+    the app check flushes it under a budget too small for all of it. The flush ends the previous
+    owner's records at the claim (as a drain does) and its state takes the new count, so the next drain
+    goes on with the same batch (it took the moved count for a change of owner again and dropped the
+    first part of that batch: the policy and a recording got [7] for [5, 6, 7])."""
+    from recmgd.daemon.tracker import OWNER_MIN, RingTracker
+
+    e = 1 << 62
+    src = TakenRing()
+    steps: list[list[int]] = []
+    recorded: list[list[int]] = []
+    resets: list[int] = []
+    t = RingTracker(src, lambda keys, hints, n: steps.append(keys.tolist()), lambda h: False, step_mode=True,
+                    max_drain=3)
+    sp = BatchSplitter()
+
+    def record(recs: np.ndarray, ring: int) -> None:
+        body, lengths = sp.feed(ring, recs)
+        recorded.extend(b.tolist() for b in np.split(body, np.cumsum(lengths)[:-1]) if len(lengths))
+
+    t.add_tap(record, with_ring=True)
+    t.add_reset(sp.forget)
+    t.add_reset(resets.append)
+    src.log(1)  # app 7, a batch under way
+    t.drain()
+    src.take_over(8)  # 7 died; 8 takes the ring, ends a batch, and dies too
+    src.log(int(OWNER_MIN) | 8, 5, 6, 7, e)
+    assert t.flush_ring(3, {"index": 3, "pid": 8, "waiting": 5}) == (3, False)
+    assert resets == [3] and t.rings[3].claims == 2  # 7's batch under way dropped at 8's claim
+    t.drain()
+    t.drain()
+    assert steps == recorded == [[5, 6, 7]] and resets == [3]
+
+
+def test_a_new_owners_drops_count_from_zero() -> None:
+    """A claim zeroes its ring's drop count: the tracker counts a new owner's drops from 0 (it took them
+    from the previous owner's count, and a new owner's first drops went uncounted)."""
+    from recmgd.daemon.tracker import RingTracker
+
+    class Dropping(TakenRing):
+        drops = 0
+
+        def ring_table(self, first: int = 0, count: int | None = None) -> np.ndarray:
+            t = super().ring_table(first, count)
+            t["drops"][-1] = self.drops
+            return t
+
+    src = Dropping()
+    t = RingTracker(src, lambda keys, hints, n: None, lambda h: False)
+    src.drops = 100
+    t.drain()
+    t.drain()  # (no new drops: nothing counted again)
+    src.take_over(8)
+    src.drops = 30
+    t.drain()
+    assert t.dropped_total == 130
 
 
 def _logs_and_dies(name: str, rows: list[int]) -> None:

@@ -100,7 +100,10 @@ class AppTracker:
                 live = alive[(pid0, start0)] = process_alive(pid0, start0)
             if live:
                 continue
-            if not self.driver.flush_ring(idx, info):
+            flushed = self.driver.flush_ring(idx, info)
+            if flushed is None:  # another app took the ring over (or it was let go) since the look above
+                continue
+            if not flushed:
                 # records left over the drain budget: the ticks take them in turn; released once empty
                 if idx not in self.draining:
                     self.draining.add(idx)

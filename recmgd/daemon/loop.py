@@ -274,11 +274,11 @@ class PoolDriver:
         """One ring's records (as drained) through the tracker (tests)."""
         self.tracker.consume(st, recs)
 
-    def flush_ring(self, index: int, info: Any = None) -> bool:
+    def flush_ring(self, index: int, info: Any = None) -> bool | None:
         """A dead app's ring (``info``: its description, if known): drain what is left under what is
         left of the drain budget, process complete batches; True when the ring is empty (its partial
-        batch forgotten; the caller releases it), False when the ticks are to drain the rest in turn
-        (:meth:`RingTracker.flush_ring`)."""
+        batch forgotten; the caller releases it), False when the ticks are to drain the rest in turn,
+        None when another app owns the ring by now, or none (not touched; :meth:`RingTracker.flush_ring`)."""
         drained, empty = self.tracker.flush_ring(index, info)
         self.pc["records"] += drained
         return empty

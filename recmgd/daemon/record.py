@@ -121,28 +121,30 @@ class BatchSplitter:
         recs = np.asarray(recs, dtype=np.uint64)
         changes = tracker.owner_changes(recs)
         if not len(changes):
-            return self._feed_capped(ring, recs)
-        # a change of owner ends the unfinished batch before it, unfinished (as the daemon ends it)
-        bodies, lengths = [], []
-        start = 0
-        for m in changes.tolist() + [len(recs)]:
-            body, n = self._feed_capped(ring, recs[start:m])
-            bodies.append(body)
-            lengths.append(n)
-            if m < len(recs):
-                self.forget(ring)
-            start = m + 1
-        return np.concatenate(bodies), np.concatenate(lengths)
-
-    def _feed_capped(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """One ring's records without a change of owner, then the pool cap."""
-        before = self.held.get(ring, 0)
-        body, lengths = self._feed(ring, recs)
-        self.n_held += self.held[ring] - before
-        while self.n_held >= self.max_pending:  # the pool cap: the largest first
+            body, lengths = self._feed_held(ring, recs)
+        else:  # a change of owner ends the unfinished batch before it, unfinished (as the daemon ends it)
+            bodies, counts = [], []
+            start = 0
+            for m in changes.tolist() + [len(recs)]:
+                body, lengths = self._feed_held(ring, recs[start:m])
+                bodies.append(body)
+                counts.append(lengths)
+                if m < len(recs):
+                    self.forget(ring)
+                start = m + 1
+            body, lengths = np.concatenate(bodies), np.concatenate(counts)
+        # the pool cap once for the array, after its changes of owner (RingTracker.consume's order)
+        while self.n_held >= self.max_pending:  # the largest first
             big = max(self.held.items(), key=lambda item: (item[1], -item[0]))[0]
             self.n_held -= self.held[big]
             body, lengths = self._cut(big, self.pending.setdefault(big, []), body, lengths)
+        return body, lengths
+
+    def _feed_held(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`_feed`, with ``n_held`` kept."""
+        before = self.held.get(ring, 0)
+        body, lengths = self._feed(ring, recs)
+        self.n_held += self.held[ring] - before
         return body, lengths
 
     def _feed(self, ring: int, recs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

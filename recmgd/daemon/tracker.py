@@ -253,7 +253,7 @@ class RingTracker:
         self.coalesce = coalesce
         self.step_mode = step_mode
         self.rings: dict[int, RingState] = {}
-        self.ring_drops: dict[int, int] = {}
+        self.ring_drops: dict[int, tuple[int, int]] = {}  # ring -> (its claim count, its drops) last seen
         self.dropped_total = 0
         self.backlog = 0
         self.max_batch = max(1, int(MAX_BATCH_RECORDS if max_batch is None else max_batch))
@@ -329,10 +329,13 @@ class RingTracker:
                     self.ring_drops.pop(idx, None)
                     self._reset(idx)
                 continue
-            prev = self.ring_drops.get(idx, 0)
+            # (a claim zeroes the ring's count: a new owner's drops count from 0)
+            was_claims, prev = self.ring_drops.get(idx, (claims, 0))
+            if was_claims != claims:
+                prev = 0
             if drops > prev:
                 self.dropped_total += drops - prev
-            self.ring_drops[idx] = drops
+            self.ring_drops[idx] = (claims, drops)
             st = self.rings.get(idx)
             counted = st is not None and claims >= 0 and st.claims >= 0 and claims != st.claims
             if st is None or counted or (pid != 0 and st.pid != pid) or st.pid == UNKNOWN_OWNER:
@@ -441,17 +444,22 @@ class RingTracker:
             return take, False
         return take, True
 
-    def flush_ring(self, index: int, info: Any = None) -> tuple[int, bool]:
+    def flush_ring(self, index: int, info: Any = None) -> tuple[int, bool | None]:
         """A dead app's ring (its description ``info`` as ``rings()`` gave it, if known): drain what is
         left, at most what is left of the drain budget (``spent`` counts it against the next drain's),
         and hand on complete batches. Returns (records drained, empty). Empty: the ring's state goes
         and the partial batch with it (what is left pending is dropped); the caller releases the ring.
-        Not empty: the state stays and the drains take the rest in turn like any ring's; a later
+        Not empty (False): the state stays and the drains take the rest in turn like any ring's; a later
         flush (the next app check) finds it empty. With the pool's ``ring_table`` the flush looks at
-        the ring itself first: a ring another app owns by then (its pid not ``info``'s) is not touched
-        (0, False), and what it drains and calls empty is what that look saw."""
+        the ring itself first: a ring another app owns by then, or none (its pid not ``info``'s), is not
+        touched (0, None: nothing to release; the next check sees the new owner); what it drains and
+        calls empty is what that look saw; and a ring whose claim count moved since the last drain (the
+        dead app had taken it over) has the records of the owners before that claim ended first, as
+        :meth:`drain` ends them, so that a flush the budget stops halfway leaves the dead app's state
+        with the count the next drain expects."""
         waiting = -1 if info is None else ring_field(info, "waiting", -1)  # -1: not known
         pid = 0 if info is None else ring_field(info, "pid")
+        claims, before = -1, 0
         table = getattr(self.pool, "ring_table", None)
         if table is not None:
             # a look of its own, after the app was found dead: the check's look may be older than the
@@ -462,12 +470,24 @@ class RingTracker:
                 row = None
             if row is not None and len(row):
                 if info is not None and int(row["pid"][0]) != pid:
-                    return 0, False  # taken over since the check's look: the drains take it from here
-                waiting = int(row["waiting"][0])
-        left = max(0, self.max_drain - self.spent)
+                    return 0, None  # taken over (or let go) since the check's look: not the check's now
+                waiting, claims = int(row["waiting"][0]), int(row["claims"][0])
+                before = int(row["before_claim"][0])
+        spent0 = self.spent
         st = self.rings.get(index)
+        if st is not None and claims >= 0 and st.claims >= 0 and claims != st.claims:
+            taken, done = self._previous_owner(index, st, before)
+            if not done:  # the budget is spent: the drains take up the change
+                return self.spent - spent0, False
+            waiting = max(0, waiting - taken)
+            st = self.rings.pop(index, None)
+            if st is not None:
+                self.n_pending -= st.n_pending
+                self._reset(index)
+            st = None
         if st is None:
-            st = RingState(pending=[], pid=pid)
+            st = RingState(pending=[], pid=pid, claims=claims)
+        left = max(0, self.max_drain - self.spent)
         recs = EMPTY_RECS
         if waiting != 0 and left:
             try:
@@ -493,7 +513,7 @@ class RingTracker:
                 self.n_pending -= st.n_pending
             self.ring_drops.pop(index, None)
             self._reset(index)  # (after its last records: their complete batches count)
-        return n, empty
+        return self.spent - spent0, empty
 
     def consume(self, st: RingState, recs: np.ndarray) -> None:
         """Split one ring's records at its batch boundaries (coalescing runs when behind), then hold
