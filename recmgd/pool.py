@@ -455,8 +455,8 @@ class Pool:
         wait: bool = True,
     ) -> Pool:
         """Attach to an existing pool. An app takes an access ring of its own; a daemon takes none.
-        An object still being created is waited for up to 2 s (its creator's window), unless not WAIT:
-        then it fails at once with PoolError."""
+        An object still being created (size 0, no header yet, or not ready) is waited for up to 2 s (its
+        creator's window), unless not WAIT: then it fails at once with PoolBusyError."""
         if role not in _ROLES:
             raise PoolError(f"bad role {role!r}: use 'app' or 'daemon'")
         out = ffi.new("recmg_pool **")

@@ -557,13 +557,20 @@ def test_empty_trace_converts_to_text_that_reads_back(work: Path) -> None:
 # ------------------------------------------------------------------------------ Ctrl-C
 def _interrupt(argv: list[str], cwd: Path, ready: Callable[[subprocess.Popen[str]], None],
                sig: int = signal.SIGINT) -> tuple[int, str]:
-    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1")
+    # (faulthandler: a process that does not end is made to show where it is, below)
+    env = dict(os.environ, PYTHONPATH=str(REPO), PYTHONUNBUFFERED="1", PYTHONFAULTHANDLER="1")
     p = subprocess.Popen([sys.executable, "-m", "recmgd.cli.recmg", *argv], cwd=cwd, env=env, text=True,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         ready(p)
         p.send_signal(sig)
-        _, err = p.communicate(timeout=60)
+        try:
+            _, err = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.send_signal(signal.SIGABRT)  # its threads' stacks on stderr
+            _, err = p.communicate(timeout=60)
+            raise AssertionError(f"still running 60 s after {signal.Signals(sig).name}; its stacks:\n"
+                                 f"{err[-6000:]}") from None
     finally:
         if p.poll() is None:
             p.kill()

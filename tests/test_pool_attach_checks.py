@@ -215,6 +215,36 @@ def test_attach_without_waiting_for_a_creator(pool: Pool) -> None:
     t.join()
 
 
+def test_an_object_whose_header_is_not_written_yet_is_a_creator_at_work(pool: Pool) -> None:
+    """Between its ftruncate and copying its header in, a creator's object is all zeros: attach takes it
+    for a pool being created (waits for it by default; wait=False: PoolBusyError, which the daemon logs
+    as information and tries again), not for "not a recmg pool (bad magic)" (a daemon that looked then
+    reported that, and a test waiting for its real error took it)."""
+    off, fmt = HEADER["magic"]
+    magic = _get(pool.name, off, fmt)
+
+    def write_header_later() -> threading.Timer:
+        _put(pool.name, off, fmt, 0)
+        t = threading.Timer(0.3, _put, (pool.name, off, fmt, magic))
+        t.start()
+        return t
+
+    t = write_header_later()
+    with pytest.raises(PoolBusyError, match="no header yet: still being created") as e:
+        Pool.attach(pool.name, role="daemon", wait=False)
+    assert "\n" not in str(e.value)
+    t.join()
+    t = write_header_later()
+    Pool.attach(pool.name, role="daemon").close()  # waits for the "creator"
+    t.join()
+    _put(pool.name, off, fmt, magic ^ 1)  # a header of something else: still not a pool, at once
+    try:
+        with pytest.raises(PoolError, match="not a recmg pool"):
+            Pool.attach(pool.name, role="daemon")
+    finally:
+        _put(pool.name, off, fmt, magic)
+
+
 def test_a_pool_of_another_pid_namespace_is_refused(pool: Pool) -> None:
     """The header holds its creator's PID namespace: a process of another one is refused at attach,
     with one line naming both, because the writer lock and the rings name processes by pid (a daemon

@@ -722,13 +722,21 @@ int recmg_attach(const char *name, int role, uint32_t flags, recmg_pool **out, c
                         got < 0 ? strerror(errno) : "short read");
             goto fail;
         }
-        if (hdr.magic == RECMG_MAGIC && hdr.version == RECMG_LAYOUT_VERSION &&
-            atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0 && tries < max_tries) {
+        /* a creator between ftruncate and copying its header in (the object all zeros), or after it
+         * but before the pool is ready: its window, waited for */
+        const int creating = hdr.magic == 0 || (hdr.magic == RECMG_MAGIC && hdr.version == RECMG_LAYOUT_VERSION &&
+                                                atomic_load_explicit(&hdr.ready, memory_order_relaxed) == 0);
+        if (creating && tries < max_tries) {
             struct timespec ts = {0, 1000000};
             nanosleep(&ts, NULL);
             continue;
         }
         break;
+    }
+    if (hdr.magic == 0) {
+        rc = rc_set(p, RECMG_EBUSY, "pool '%s' has no header yet: still being created (or its creator died, or "
+                    "it is not a recmg pool)", nm + 1);
+        goto fail;
     }
     if (hdr.magic != RECMG_MAGIC) {
         rc = rc_set(p, RECMG_ENOTPOOL, "'%s' is not a recmg pool (bad magic)", nm + 1);
