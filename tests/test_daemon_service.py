@@ -25,7 +25,7 @@ import pytest
 from ports import free_port
 
 import recmgd.pool as pool_mod
-from recmgd.cli.recmgctl import byte_size, format_stats
+from recmgd.cli.recmgctl import TABLE_COLUMNS, byte_size, columns_help, format_stats
 from recmgd.daemon import config
 from recmgd.daemon.control import ControlServer
 from recmgd.daemon.notify import Notifier
@@ -58,6 +58,25 @@ def make(tmp_path: Path, body: str) -> tuple[Daemon, Path, RecordingNotifier]:
     d = Daemon(config.load(str(cfg_path)), str(cfg_path), notifier=n)
     d.setup()
     return d, cfg_path, n
+
+
+def test_stats_help_says_what_each_column_counts() -> None:
+    """`recmgctl stats --help` names every column of the table with what it counts, in the words of the
+    metrics' help (one home: recmgd.daemon.table_counters): a "unique" larger than a table's rows was
+    not explained anywhere a user of recmgctl looks."""
+    from recmgd.daemon.table_counters import TABLE_METRICS
+
+    text = columns_help()
+    flat = " ".join(text.split())
+    helps = {key: words for key, _, words in TABLE_METRICS}
+    for key, head in TABLE_COLUMNS:
+        assert f"\n  {head:>9}  " in text, head
+        if key in helps:
+            assert f"{head} {helps[key]}" in flat, key
+    assert "distinct rows per batch, summed" in flat and "apps' own count" in flat
+    r = subprocess.run([sys.executable, "-m", "recmgd.cli.recmgctl", "stats", "--help"], capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 0 and text in r.stdout, r.stdout
 
 
 def test_reload_changes_policy_socket_and_metrics(tmp_path: Path, restore_signals: None) -> None:

@@ -14,6 +14,7 @@ import math
 import os
 import signal
 import sys
+import textwrap
 import time
 from typing import Any, TextIO
 
@@ -29,6 +30,7 @@ from recmgd.daemon.control import (
     ControlUnavailable,
     request,
 )
+from recmgd.daemon.table_counters import TABLE_METRICS
 from recmgd.fileout import whole_fd, write_reason
 from recmgd.shm import SHM_DIR
 
@@ -41,6 +43,20 @@ TABLE_COLUMNS = (
     ("prefetch_useful", "pf useful"), ("prefetch_late", "pf late"), ("hint_fetched", "hints"),
     ("evictions", "evictions"), ("fills", "fills"), ("slow_bytes", "fill MB"),
 )
+
+
+def columns_help() -> str:
+    """What the columns of the stats table mean (``stats --help``), in the metrics' words."""
+    meaning = {key: text for key, _, text in TABLE_METRICS}
+    meaning["table"] = "the table's index in the pool; all: the pool's sums"
+    meaning["hit_rate"] = "fast hits over unique, in %"
+    lines = ["Each pool's table counts what the daemon drained from the apps' rings:"]
+    for key, head in TABLE_COLUMNS:
+        lines += textwrap.wrap(meaning[key], 96, initial_indent=f"  {head:>9}  ", subsequent_indent=" " * 13)
+    lines += textwrap.wrap("The line \"apps' own count\" is the pool's own counters, kept by the apps' "
+                           "library: distinct rows per lookup call, and the bytes read from the slow tier "
+                           "by lookups and by the daemon's fills.", 96)
+    return "\n".join(lines)
 
 
 def byte_size(n: float) -> str:
@@ -99,6 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=what, description=what[0].upper() + what[1:] + ".")
 
     s = command("stats", "counters per pool and table")
+    s.formatter_class = argparse.RawDescriptionHelpFormatter
+    s.epilog = columns_help()
     s.add_argument("--json", action="store_true", help="print the daemon's JSON answer")
     s.add_argument("--watch", type=positive_seconds, metavar="SECONDS",
                    help="repeat every SECONDS until interrupted (a daemon gone or restarting is said, "

@@ -22,6 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.registry import Collector
 
+from recmgd.daemon.table_counters import TABLE_METRICS
 from recmgd.errors import RecmgError
 
 log = logging.getLogger(__name__)
@@ -31,23 +32,6 @@ IDLE_TIMEOUT = 5.0  # seconds a connection may stay silent before it is closed
 MAX_REQUEST = 8192  # bytes of a request head
 LISTEN_BACKLOG = 64
 
-# table-level counters: (stats key, metric name, help)
-TABLE_METRICS = (
-    ("lookups", "lookups", "ids looked up (ring records)"),
-    ("unique", "unique_lookups", "distinct rows per batch, summed"),
-    ("hits", "fast_hits", "distinct rows per batch found in the fast tier"),
-    ("on_demand", "on_demand_fetches", "distinct rows per batch read from the slow tier"),
-    ("prefetch_issued", "prefetches_issued", "rows prefetched by the policy"),
-    ("prefetch_useful", "prefetches_useful", "prefetched rows read before eviction"),
-    ("prefetch_late", "prefetches_late", "prefetches the budget deferred, read before they were filled"),
-    ("hint_fetched", "hints_fetched", "rows fetched because an app hinted them"),
-    ("hint_useful", "hints_useful", "hinted rows read from the fast tier"),
-    ("evictions", "evictions", "rows evicted from the fast tier"),
-    ("fills", "slot_fills", "rows copied into fast-tier slots"),
-    ("slow_bytes", "slow_tier_read_bytes",
-     "row bytes the daemon's fills copied from the slow tier (the device reads, aligned O_DIRECT spans, "
-     "are in recmgd_app_slow_bytes)"),
-)
 POOL_COUNTERS = (
     ("steps", "steps", "policy steps (app batches)"),
     ("ring_drops", "ring_drops", "ring records the apps dropped because a ring was full"),
