@@ -238,24 +238,11 @@ def test_retrain_refused_without_config(tmp_path: Path) -> None:
 def test_retrain_every_runs_by_itself(tmp_path: Path, shared_traces: Path) -> None:
     """retrain_every: once the window is full, the daemon retrains on its own; stopping the daemon
     while a trainer runs kills it and leaves no candidate behind."""
-    from test_daemon_app import trace_batches
-
     name = f"recmgd-rt-{uuid.uuid4().hex[:8]}"
-    sock = tmp_path / "ctl.sock"
-    state = tmp_path / "state"
-    cfg = tmp_path / "d.toml"
-    cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\nstate_dir = "{state}"\n'
-                   f'[control]\nsocket = "{sock}"\n'
-                   f'[policy]\nname = "recmg-cache"\nretrain_every = "2s"\nretrain_window = 5000\n'
-                   f'[policy.options]\nepochs = 1\n')
+    cfg, sock, state = retraining_daemon(tmp_path, name, epochs=1, every="2s")
     trace = shared_traces / AMAZON
-    _, sizes = trace_batches(str(trace), 16, 12_000)
-    d = start_daemon(cfg)
-    pool = None
+    d, pool = daemon_with_pool(cfg, sock, name, trace, 12_000)
     try:
-        wait_socket(sock, d, timeout=60)
-        pool = create_pool(name, sizes, 300)
-        wait_attached(sock, name)
         replay(name, trace, 12000)
         deadline = time.monotonic() + 300
         while not ((rt := request(str(sock), "stats")["pools"][name]["retrain"])["last"]
@@ -368,6 +355,26 @@ def test_the_retraining_directories_are_the_daemons_alone(tmp_path: Path, small_
         assert stat.S_IMODE(d.stat().st_mode) == 0o700, d
 
 
+def daemon_with_pool(cfg: Path, sock: Path, name: str, trace: Path,
+                     lookups: int) -> tuple[subprocess.Popen, object]:
+    """The daemon of ``cfg`` started, and pool ``name`` made for the first ``lookups`` of ``trace`` (300
+    slots) and attached by it: (daemon, pool). On a failure on the way the daemon is shut down and the
+    pool removed."""
+    from test_daemon_app import trace_batches
+
+    _, sizes = trace_batches(str(trace), 16, lookups)
+    d = start_daemon(cfg)
+    pool = None
+    try:
+        wait_socket(sock, d, timeout=60)
+        pool = create_pool(name, sizes, 300)
+        wait_attached(sock, name)
+    except BaseException:
+        shut_down(d, name, pool)
+        raise
+    return d, pool
+
+
 def replay(name: str, trace: Path, lookups: int) -> None:
     """An app process replays the first ``lookups`` of the trace into the pool, in batches of 16."""
     a = app("replay", "--pool", name, "--trace", str(trace), "--batch", "16", "--limit", str(lookups))
@@ -404,15 +411,15 @@ def running(pid: int, ticks: int) -> bool:
     return st is not None and st[1] == ticks and st[0] not in ("Z", "X")
 
 
-def retraining_daemon(tmp_path: Path, name: str, epochs: int) -> tuple[Path, Path, Path]:
-    """(its config, its socket, its state directory): recmg-cache, retrained at `recmgctl retrain` on a
-    window of 5000 lookups."""
+def retraining_daemon(tmp_path: Path, name: str, epochs: int, every: str = "1h") -> tuple[Path, Path, Path]:
+    """(its config, its socket, its state directory): recmg-cache, retrained on a window of 5000 lookups
+    every ``every`` and at `recmgctl retrain`."""
     sock = tmp_path / "ctl.sock"
     state = tmp_path / "state"
     cfg = tmp_path / "d.toml"
     cfg.write_text(f'pools = ["{name}"]\ninterval = 0.001\nstate_dir = "{state}"\n'
                    f'[control]\nsocket = "{sock}"\n'
-                   f'[policy]\nname = "recmg-cache"\nretrain_every = "1h"\nretrain_window = 5000\n'
+                   f'[policy]\nname = "recmg-cache"\nretrain_every = "{every}"\nretrain_window = 5000\n'
                    f'[policy.options]\nepochs = {epochs}\n')
     return cfg, sock, state
 
@@ -422,21 +429,14 @@ def test_a_trainer_dies_with_its_sigkilled_daemon(tmp_path: Path, shared_traces:
     """recmgd --foreground killed with SIGKILL during a retrain (no systemd to kill its cgroup): its
     trainer, in a session of its own, ends with it within seconds instead of training on and writing
     its candidate and result where a restarted daemon retrains."""
-    from test_daemon_app import trace_batches
-
     from recmgd.pool import Pool
 
     name = f"retrainfix-{uuid.uuid4().hex[:8]}"
     cfg, sock, _ = retraining_daemon(tmp_path, name, epochs=500)  # minutes of training, if left to it
     trace = shared_traces / AMAZON
-    _, sizes = trace_batches(str(trace), 16, 3000)
-    d = start_daemon(cfg)
-    pool = None
+    d, pool = daemon_with_pool(cfg, sock, name, trace, 3000)
     trainer: tuple[int, int] | None = None
     try:
-        wait_socket(sock, d, timeout=60)
-        pool = create_pool(name, sizes, 300)
-        wait_attached(sock, name)
         replay(name, trace, 3000)
         deadline = time.monotonic() + 30
         while (r := recmgctl(sock, "retrain", name)).returncode != 0:  # the window's last batches
@@ -497,8 +497,6 @@ def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_
     the names, one killed: its pid gone or reused) are removed at the next daemon's retrain, which
     they do not confuse (a stale result saying a candidate won by far); a live process's and other
     files are kept."""
-    from test_daemon_app import trace_batches
-
     name = f"retrainfix-{uuid.uuid4().hex[:8]}"
     cfg, sock, state = retraining_daemon(tmp_path, name, epochs=1)
     folder = state / "retrain" / name
@@ -525,13 +523,8 @@ def test_a_dead_daemons_leftovers_go_at_the_next_retrain(tmp_path: Path, shared_
     for n in stale_files + kept_files:
         (folder / n).write_text('{"candidate_on_demand": 0, "current_on_demand": 1000000000}')
     trace = shared_traces / AMAZON
-    _, sizes = trace_batches(str(trace), 16, 12_000)
-    d = start_daemon(cfg)
-    pool = None
+    d, pool = daemon_with_pool(cfg, sock, name, trace, 12_000)
     try:
-        wait_socket(sock, d, timeout=60)
-        pool = create_pool(name, sizes, 300)
-        wait_attached(sock, name)
         assert (folder / "candidate-3").is_dir()  # nothing happens before a retrain
         fill_and_retrain(sock, name, trace, 12000)
         rt = request(str(sock), "stats")["pools"][name]["retrain"]

@@ -52,7 +52,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from lookup_bench_common import IdDraw  # noqa: E402  (tools/ is sys.path[0] when run as a script)
-from soak import die_with_parent  # noqa: E402
+from soak import die_with_parent, end_process  # noqa: E402
 
 from recmgd.shm import shm_path  # noqa: E402
 
@@ -368,12 +368,7 @@ class Session:
             with contextlib.suppress(OSError):
                 if proc.stdin is not None:
                     proc.stdin.close()
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            if end_process(proc, 20):
                 forced.append(f"{name} pid {proc.pid} killed")
         if self.notify is not None:
             self.notify.close()

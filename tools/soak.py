@@ -351,6 +351,19 @@ def die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def end_process(proc: subprocess.Popen, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL if it has not ended within ``timeout`` seconds; reaped either way. True
+    when it had to be killed."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=timeout)
+        return False
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        return True
+
+
 def slope_per_min(ts: list[float], ys: list[float]) -> float | None:
     """Least-squares slope of ys over ts (seconds), per minute; None with fewer than 3 points."""
     if len(ts) < 3 or max(ts) - min(ts) <= 0:
@@ -736,12 +749,7 @@ class Soak:
         if d is None:
             return None
         if d.poll() is None:
-            d.terminate()
-            try:
-                d.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                d.kill()
-                d.wait()
+            end_process(d, 60)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(d.pid, signal.SIGKILL)  # what it started and left (none when it stops cleanly)
         return d.returncode
