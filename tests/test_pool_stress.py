@@ -350,7 +350,10 @@ def test_rows_being_rewritten_are_read_whole(
         assert reads > 0 and torn == 0
         if resident == ROWS:
             unique = after["unique"] - before["unique"]
-            assert unique > 0 and (after["hits"] - before["hits"]) / unique > 0.9
+            # (the share a reader finds published depends on how the two processes are scheduled: 0.95 to
+            # 0.99 on a quiet 2-core VM, 0.85 to 0.9 at times, one CI run at 0.897 < 0.9; the bug this
+            # guards against lost most hits)
+            assert unique > 0 and (after["hits"] - before["hits"]) / unique > 0.75
     finally:
         p.destroy()
 
